@@ -1,0 +1,3 @@
+"""Real-time customer health scoring service."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,19 @@
+"""The wire contract (shared/contract.md) as pydantic models."""
+
+from healthscore.contracts.alerts import (
+    ChurnRiskAlert,
+    ComponentScores,
+    HealthUpdate,
+    RiskFactor,
+)
+from healthscore.contracts.support import SupportEvent
+from healthscore.contracts.usage import UsageEvent
+
+__all__ = [
+    "ChurnRiskAlert",
+    "ComponentScores",
+    "HealthUpdate",
+    "RiskFactor",
+    "SupportEvent",
+    "UsageEvent",
+]

@@ -1,0 +1,77 @@
+"""Outputs: `customer.churn-risk.v1` alerts and the `customer.health.v1` feed."""
+
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from healthscore.contracts.enums import AlertKind, HealthStatus, RiskLevel
+
+MAX_CAUSED_BY = 20
+
+
+class RiskFactor(BaseModel):
+    """One reason the score is what it is, with its effect in score points."""
+
+    model_config = ConfigDict(frozen=True, title="RiskFactor")
+
+    factor: str = Field(description="Stable machine name, e.g. `inactivity` or `open_escalations`.")
+    value: float = Field(description="The measured input, in the factor's own unit.")
+    impact: float = Field(
+        description="Points this factor moved the score (negative lowers it)."
+    )
+    detail: str = Field(description="One human-readable sentence for the dashboard.")
+
+
+class ChurnRiskAlert(BaseModel):
+    """A change in an organization's churn risk, for the notification service."""
+
+    model_config = ConfigDict(frozen=True, title="ChurnRiskAlert")
+
+    alert_id: UUID = Field(
+        description="Deterministic for (organization, episode, kind): a replay re-emits the same id."
+    )
+    organization_id: UUID = Field(description="The organization; also the message key.")
+    kind: AlertKind = Field(description="`risk_raised`, `risk_escalated` or `recovered`.")
+    health_score: float = Field(ge=0, le=100, description="0..100, after the change.")
+    previous_score: float | None = Field(
+        ge=0, le=100, description="The score before the change, if there was one."
+    )
+    health_status: HealthStatus = Field(description="The band after the change.")
+    churn_probability: float = Field(ge=0, le=1, description="0..1.")
+    risk_level: RiskLevel = Field(description="Risk level after the change.")
+    risk_factors: list[RiskFactor] = Field(description="Why: largest impact first.")
+    caused_by: list[UUID] = Field(
+        max_length=MAX_CAUSED_BY, description="Event ids (at most 20) that moved the score."
+    )
+    scored_at: AwareDatetime = Field(description="The event time the score holds for.")
+    emitted_at: AwareDatetime = Field(description="Wall clock at emission.")
+
+
+class ComponentScores(BaseModel):
+    """The five component scores (each 0..100) behind the composite."""
+
+    model_config = ConfigDict(frozen=True, title="ComponentScores")
+
+    engagement: float = Field(ge=0, le=100)
+    adoption: float = Field(ge=0, le=100)
+    milestones: float = Field(ge=0, le=100)
+    support: float = Field(ge=0, le=100)
+    growth: float = Field(ge=0, le=100)
+
+
+class HealthUpdate(BaseModel):
+    """The latest score of one organization (`customer.health.v1`, compacted)."""
+
+    model_config = ConfigDict(frozen=True, title="HealthUpdate")
+
+    organization_id: UUID = Field(description="The organization; also the message key.")
+    health_score: float = Field(ge=0, le=100, description="0..100.")
+    previous_score: float | None = Field(default=None, ge=0, le=100)
+    health_status: HealthStatus
+    churn_probability: float = Field(ge=0, le=1)
+    risk_level: RiskLevel
+    components: ComponentScores
+    risk_factors: list[RiskFactor] = Field(description="Largest impact first.")
+    score_model_version: str = Field(description="Version of the scoring model config.")
+    scored_at: AwareDatetime = Field(description="The event time the score holds for.")
+    emitted_at: AwareDatetime = Field(description="Wall clock at emission.")

@@ -1,0 +1,58 @@
+"""`support.interactions.v1`: support-interaction events from the support desk."""
+
+from typing import Self
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from healthscore.contracts._common import OccurredAt, check_not_in_future
+from healthscore.contracts.enums import (
+    Channel,
+    InteractionType,
+    Outcome,
+    Priority,
+    Sentiment,
+    SupportAction,
+)
+
+
+class SupportEvent(BaseModel):
+    """One step in the life of a support interaction."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", title="SupportEvent")
+
+    event_id: UUID = Field(description="Idempotency key: the same id delivered twice counts once.")
+    organization_id: UUID = Field(description="The organization; equals the Kafka message key.")
+    interaction_id: UUID = Field(description="The interaction; one interaction has many events.")
+    action: SupportAction = Field(description="What this event does to the interaction.")
+    interaction_type: InteractionType | None = Field(
+        default=None, description="Kind of interaction; required on `opened`."
+    )
+    channel: Channel | None = Field(default=None, description="Channel; required on `opened`.")
+    priority: Priority | None = Field(default=None, description="Priority.")
+    sentiment: Sentiment | None = Field(default=None, description="Customer sentiment.")
+    outcome: Outcome | None = Field(default=None, description="Outcome of the interaction.")
+    assigned_to: UUID | None = Field(
+        default=None, description="The support staff member (a user_profiles id)."
+    )
+    subject: str | None = Field(
+        default=None, max_length=500, description="Subject, stored verbatim and searchable."
+    )
+    follow_up_at: AwareDatetime | None = Field(
+        default=None, description="When to follow up; with `follow_up_scheduled`."
+    )
+    occurred_at: OccurredAt
+
+    _future = field_validator("occurred_at")(check_not_in_future)
+
+    @model_validator(mode="after")
+    def _action_requirements(self) -> Self:
+        if self.action is SupportAction.OPENED:
+            missing = [
+                name for name in ("interaction_type", "channel") if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(f"`opened` requires {', '.join(missing)}")
+        if self.action is SupportAction.FOLLOW_UP_SCHEDULED and self.follow_up_at is None:
+            raise ValueError("`follow_up_scheduled` requires follow_up_at")
+        return self

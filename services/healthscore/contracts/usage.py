@@ -1,0 +1,44 @@
+"""`product.usage.v1`: usage events from product services."""
+
+import json
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from healthscore.contracts._common import OccurredAt, check_not_in_future
+from healthscore.contracts.enums import UsageType
+
+MAX_PROPERTIES_BYTES = 16 * 1024
+
+
+class UsageEvent(BaseModel):
+    """One thing an organization's user did in the product."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", title="UsageEvent")
+
+    event_id: UUID = Field(description="Idempotency key: the same id delivered twice counts once.")
+    organization_id: UUID = Field(description="The organization; equals the Kafka message key.")
+    user_id: UUID | None = Field(default=None, description="The acting user, if any.")
+    type: UsageType = Field(description="What happened.")
+    occurred_at: OccurredAt
+    quantity: int = Field(
+        default=1, ge=1, le=1_000_000, strict=True, description="How many (1..1,000,000)."
+    )
+    feature: str | None = Field(
+        default=None, max_length=100, description="For `feature_used`: which feature."
+    )
+    properties: dict[str, Any] | None = Field(
+        default=None, description="Optional free-form object, at most 16 KiB serialized."
+    )
+
+    _future = field_validator("occurred_at")(check_not_in_future)
+
+    @field_validator("properties")
+    @classmethod
+    def _properties_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            size = len(json.dumps(value, separators=(",", ":")).encode())
+            if size > MAX_PROPERTIES_BYTES:
+                raise ValueError(f"properties is {size} bytes serialized; the limit is 16 KiB")
+        return value

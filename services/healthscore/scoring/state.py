@@ -1,0 +1,69 @@
+"""Per-organization aggregate state: what the scoring model reads.
+
+Stored as one JSON document per organization (table `organization_state`,
+column `state`), decoded with msgspec. Every update is O(1) in the number of
+events; the whole state stays bounded (maps are pruned, rings capped).
+
+Times are POSIX seconds (float) so that the pure code needs no tz handling;
+they are always *event* times, never the wall clock.
+"""
+
+import msgspec
+
+
+class OpenInteraction(msgspec.Struct, frozen=True):
+    """What the support component needs of one interaction that is still open."""
+
+    opened_at: float
+    interaction_type: str | None = None
+    priority: str | None = None
+    escalated: bool = False
+
+
+class AlertState(msgspec.Struct):
+    """Where the organization is in its churn-risk episode lifecycle."""
+
+    episode: int = 0  # how many episodes have started so far (the current one's number)
+    in_episode: bool = False
+    level: str | None = None  # highest risk level alerted in the current episode
+    raised_at: float | None = None
+    recovered_at: float | None = None  # end of the last episode, for the cooldown
+
+
+class OrganizationState(msgspec.Struct):
+    organization_id: str
+    first_event_at: float | None = None
+    last_event_at: float | None = None  # newest occurred_at seen (monotone)
+    last_login_at: float | None = None
+    event_count: int = 0
+    # exponentially decayed sums, all expressed at time `decay_ref`
+    decay_ref: float | None = None
+    decayed: dict[str, float] = msgspec.field(default_factory=dict)
+    # cumulative quantities per usage type (milestones, growth)
+    totals: dict[str, int] = msgspec.field(default_factory=dict)
+    # feature name -> [use count, last used at]
+    features: dict[str, list[float]] = msgspec.field(default_factory=dict)
+    # user id -> last seen at (pruned to the active-user window)
+    users: dict[str, float] = msgspec.field(default_factory=dict)
+    open_interactions: dict[str, OpenInteraction] = msgspec.field(default_factory=dict)
+    # milestone type -> achieved at
+    milestones: dict[str, float] = msgspec.field(default_factory=dict)
+    # the newest event ids applied (at most 20), newest last: an alert's `caused_by`
+    recent_event_ids: list[str] = msgspec.field(default_factory=list)
+    # day number (days since epoch, event time) -> last score of that day; 31 days kept
+    daily_scores: dict[str, float] = msgspec.field(default_factory=dict)
+    last_score: float | None = None
+    last_scored_at: float | None = None
+    alert: AlertState = msgspec.field(default_factory=AlertState)
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(OrganizationState)
+
+
+def encode_state(state: OrganizationState) -> bytes:
+    return _encoder.encode(state)
+
+
+def decode_state(raw: bytes | str) -> OrganizationState:
+    return _decoder.decode(raw)
