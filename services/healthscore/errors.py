@@ -1,0 +1,25 @@
+"""Named errors of the service."""
+
+
+class HealthscoreError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ServiceStartError(HealthscoreError):
+    """An embedded or containerized dependency did not start."""
+
+
+class MigrationError(HealthscoreError):
+    """A migration failed or the applied history does not match the files."""
+
+
+class ModelConfigError(HealthscoreError):
+    """The scoring model config is invalid; the message names the field."""
+
+
+class InvalidStoredOffset(HealthscoreError):
+    """A partition's stored offset went backwards or is ahead of the log."""
+
+
+class UnsafeDatabaseRole(HealthscoreError):
+    """The service would run as a superuser or a BYPASSRLS role."""
