@@ -28,6 +28,9 @@ class AlertState(msgspec.Struct):
     level: str | None = None  # highest risk level alerted in the current episode
     raised_at: float | None = None
     recovered_at: float | None = None  # end of the last episode, for the cooldown
+    # set when the episode was raised by a sharp drop (not by probability): the peak score
+    # before the drop, so that recovery also waits for the score to regain most of it
+    drop_peak: float | None = None
 
 
 class OrganizationState(msgspec.Struct):
@@ -35,6 +38,7 @@ class OrganizationState(msgspec.Struct):
     first_event_at: float | None = None
     last_event_at: float | None = None  # newest occurred_at seen (monotone)
     last_login_at: float | None = None
+    last_usage_at: float | None = None  # newest usage (product) event; support events excluded
     event_count: int = 0
     # exponentially decayed sums, all expressed at time `decay_ref`
     decay_ref: float | None = None
