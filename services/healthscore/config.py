@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(default=60.0, gt=0)
     relay_interval_seconds: float = Field(default=0.05, gt=0)
     dedupe_retention_days: int = Field(default=14, ge=1)
+    silence_rescore_after_seconds: float = Field(
+        default=6 * 3600,
+        gt=0,
+        description="Event-time age after which the silence sweep rescores an organization.",
+    )
     ops_host: str = "127.0.0.1"
     ops_port: int = Field(default=8080, ge=0, le=65535)
     log_level: str = "INFO"

@@ -1,0 +1,214 @@
+"""Composition root: wires settings, pool, broker, pipeline, relay and sweep.
+
+`Service` owns every long-lived resource. `start()` brings them up in
+dependency order, `stop()` takes them down in reverse: the subscribers stop
+first (a batch in flight either commits whole or rolls back), then the relay
+and sweep, then the producer and the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaProducer
+from faststream.kafka import KafkaBroker
+from faststream.middlewares import AckPolicy
+
+from healthscore.config import Settings
+from healthscore.consumers import BatchHandler, SeekToStoredOffsets
+from healthscore.contracts import SupportEvent, UsageEvent
+from healthscore.db import create_pool
+from healthscore.ingest.decode import Decoder
+from healthscore.ingest.dlq import DeadLetterQueue
+from healthscore.ingest.pipeline import BatchOutcome, BatchPipeline
+from healthscore.kafka_admin import ensure_topics, service_topics
+from healthscore.outbox import OutboxRelay
+from healthscore.scoring.model import ScoreModel, load_model
+from healthscore.sweep import SilenceSweep
+
+log = structlog.get_logger(__name__)
+
+
+async def _raw_records(message: Any) -> Any:
+    """FastStream decoder: hand the handler the raw aiokafka records.
+
+    Validation happens per record in `ingest.decode`, so one bad message is
+    dead-lettered instead of failing the batch it came in.
+    """
+    return message.raw_message
+
+
+def _typed_handler(handler: BatchHandler, payload: type) -> Any:
+    """A subscriber function whose annotation names the contract model.
+
+    FastStream reads the annotation for the AsyncAPI document only: the broker
+    runs with apply_types=False, so the handler receives raw records.
+    """
+
+    async def handle(records: Any) -> None:
+        await handler(records)
+
+    handle.__annotations__ = {"records": list[payload], "return": None}  # type: ignore[valid-type]
+    handle.__name__ = f"consume_{payload.__name__}"
+    return handle
+
+
+@dataclass
+class ServiceOptions:
+    run_relay: bool = True
+    run_sweep: bool = True
+    create_topics: bool = True
+
+
+@dataclass
+class Service:
+    settings: Settings
+    options: ServiceOptions = field(default_factory=ServiceOptions)
+    model: ScoreModel | None = None
+    pool: asyncpg.Pool[Any] | None = None
+    producer: AIOKafkaProducer | None = None
+    broker: KafkaBroker | None = None
+    pipeline: BatchPipeline | None = None
+    relay: OutboxRelay | None = None
+    sweep: SilenceSweep | None = None
+    listeners: list[SeekToStoredOffsets] = field(default_factory=list)
+    outcomes: list[BatchOutcome] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def database_url(self) -> str:
+        url = self.settings.database_url
+        if url is None:
+            raise ValueError("DATABASE_URL is not set")
+        return url.get_secret_value()
+
+    @property
+    def bootstrap(self) -> str:
+        if self.settings.kafka_bootstrap_servers is None:
+            raise ValueError("KAFKA_BOOTSTRAP_SERVERS is not set")
+        return self.settings.kafka_bootstrap_servers
+
+    async def start(self) -> None:
+        s = self.settings
+        self.model = load_model(s.model_path)
+        if self.options.create_topics:
+            await ensure_topics(
+                self.bootstrap,
+                service_topics(s),
+                s.topic_partitions,
+                compacted=frozenset({s.health_topic}),
+            )
+        self.pool = await create_pool(
+            self.database_url, s.database_role, min_size=1, max_size=s.database_pool_size
+        )
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=s.kafka_idempotent_producer,
+            linger_ms=5,
+        )
+        await self.producer.start()
+        self.pipeline = BatchPipeline(
+            pool=self.pool,
+            decoder=Decoder(s.usage_topic, s.support_topic, s.max_message_bytes),
+            dlq=DeadLetterQueue(self.producer, s.dlq_suffix),
+            model=self.model,
+            consumer_group=s.consumer_group,
+            rescore_step_seconds=s.silence_rescore_after_seconds,
+        )
+        self.broker = self._build_broker()
+        await self.broker.start()
+        if self.options.run_relay:
+            self.relay = OutboxRelay(self.pool, self.producer, s.alert_topic, s.health_topic)
+            self._spawn(self.relay.run(s.relay_interval_seconds, self._stop))
+        if self.options.run_sweep:
+            self.sweep = SilenceSweep(
+                self.pool, self.model, s.consumer_group, s.silence_rescore_after_seconds
+            )
+            self._spawn(
+                self.sweep.run(s.sweep_interval_seconds, self._stop, s.dedupe_retention_days)
+            )
+        log.info("service_started", group=s.consumer_group, topics=[s.usage_topic, s.support_topic])
+
+    def _spawn(self, coro: Any) -> None:
+        self._tasks.append(asyncio.create_task(coro))
+
+    def _build_broker(self) -> KafkaBroker:
+        s = self.settings
+        assert self.pool is not None and self.pipeline is not None
+        broker = KafkaBroker(self.bootstrap, apply_types=False, logger=None)
+        for topic, payload in ((s.usage_topic, UsageEvent), (s.support_topic, SupportEvent)):
+            holder: dict[str, Any] = {}
+            listener = SeekToStoredOffsets(
+                self.pool, s.consumer_group, lambda h=holder: h["subscriber"].consumer
+            )
+            self.listeners.append(listener)
+            subscriber = broker.subscriber(
+                topic,
+                batch=True,
+                group_id=s.consumer_group,
+                ack_policy=AckPolicy.MANUAL,
+                auto_offset_reset="earliest",
+                max_records=s.batch_max_records,
+                batch_timeout_ms=s.batch_timeout_ms,
+                max_partition_fetch_bytes=4 * 1024 * 1024,
+                listener=listener,
+                decoder=_raw_records,
+                title=f"{topic}:consume",
+                description=f"{payload.__name__} events, consumed in batches; "
+                "invalid ones go to the DLQ topic.",
+            )
+            holder["subscriber"] = subscriber
+            handler = BatchHandler(
+                self.pipeline,
+                lambda h=holder: h["subscriber"].consumer,
+                on_outcome=self._record_outcome,
+            )
+
+            subscriber(_typed_handler(handler, payload))
+        return broker
+
+    def _record_outcome(self, outcome: BatchOutcome, duration: float) -> None:
+        self.outcomes.append(outcome)
+        if len(self.outcomes) > 1000:
+            del self.outcomes[:500]
+        log.info(
+            "batch_committed",
+            records=outcome.records,
+            applied=outcome.applied,
+            duplicates=outcome.duplicates,
+            replayed_skipped=outcome.skipped_replayed,
+            rejected=outcome.rejected,
+            organizations_rescored=outcome.organizations_rescored,
+            milestones=outcome.milestones,
+            alerts=outcome.alerts,
+            offsets={f"{t}:{p}": o for (t, p), o in outcome.next_offsets.items()},
+            duration_ms=round(duration * 1000, 1),
+        )
+
+    async def wait(self) -> None:
+        await self._stop.wait()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self.broker is not None:
+            await self.broker.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.producer is not None:
+            await self.producer.stop()
+        if self.pool is not None:
+            await self.pool.close()
+        log.info("service_stopped")

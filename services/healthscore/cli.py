@@ -1,0 +1,187 @@
+"""`healthscore`: migrate, dev-services, serve, demo, simulate, replay."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+from pydantic import SecretStr
+
+from healthscore.config import Settings
+from healthscore.devservices import Services, resolve_services
+from healthscore.ops.logging import configure_logging
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "database_url", None):
+        overrides["database_url"] = SecretStr(args.database_url)
+    if getattr(args, "bootstrap_servers", None):
+        overrides["kafka_bootstrap_servers"] = args.bootstrap_servers
+    settings = Settings()
+    return settings.model_copy(update=overrides) if overrides else settings
+
+
+@contextlib.contextmanager
+def _with_services(settings: Settings) -> Iterator[tuple[Settings, Services | None]]:
+    """The configured services, or embedded ones when URLs are not given."""
+    if settings.database_url is not None and settings.kafka_bootstrap_servers is not None:
+        yield settings, None
+        return
+    services = resolve_services(
+        database_url=settings.database_url.get_secret_value() if settings.database_url else None,
+        kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
+        data_dir=settings.state_dir.resolve() / "pgdata",
+    )
+    try:
+        update: dict[str, Any] = {
+            "database_url": SecretStr(services.database_url),
+            "kafka_bootstrap_servers": services.kafka_bootstrap_servers,
+        }
+        if not services.broker_supports_idempotence:
+            update["kafka_idempotent_producer"] = False
+        yield settings.model_copy(update=update), services
+    finally:
+        services.close()
+
+
+def _run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _wait_for_signal(on_signal: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from healthscore.migrate import apply_migrations
+
+    settings = _settings(args)
+    url = settings.migration_database_url or settings.database_url
+    if url is None:
+        print(
+            "error: set DATABASE_URL (or MIGRATION_DATABASE_URL), e.g. from "
+            "`healthscore dev-services`",
+            file=sys.stderr,
+        )
+        return 2
+
+    async def main() -> int:
+        applied = await apply_migrations(url.get_secret_value())
+        print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none (up to date)'}")
+        return 0
+
+    return _run(main)
+
+
+def cmd_dev_services(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    data_dir = None if args.ephemeral else settings.state_dir.resolve() / "pgdata"
+    services = resolve_services(data_dir=data_dir)
+    try:
+        print(f"# {services.kind} services are up; paste these into another shell:")
+        print(f"export DATABASE_URL='{services.database_url}'")
+        print(f"export KAFKA_BOOTSTRAP_SERVERS='{services.kafka_bootstrap_servers}'")
+        if not services.broker_supports_idempotence:
+            print("export KAFKA_IDEMPOTENT_PRODUCER=false")
+        print("# Ctrl-C stops them.", flush=True)
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        with contextlib.suppress(KeyboardInterrupt):
+            _sleep()
+    finally:
+        services.close()
+    return 0
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _sleep() -> None:
+    import time
+
+    while True:
+        time.sleep(3600)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from healthscore.app import Service, ServiceOptions
+    from healthscore.migrate import apply_migrations
+
+    settings = _settings(args)
+    configure_logging(settings.log_level, settings.log_format)
+
+    async def main(settings: Settings) -> int:
+        if args.migrate:
+            url = settings.migration_database_url or settings.database_url
+            assert url is not None
+            await apply_migrations(url.get_secret_value())
+        service = Service(settings, ServiceOptions(run_sweep=not args.no_sweep))
+        await _wait_for_signal(service.request_stop)
+        await service.start()
+        try:
+            await service.wait()
+        finally:
+            await service.stop()
+        return 0
+
+    with _with_services(settings) as (resolved, _services):
+        return _run(lambda: main(resolved))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="healthscore",
+        description="Real-time customer health scoring: Kafka events in, scores and alerts out.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> Any:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("migrate", cmd_migrate, "Apply schema migrations to DATABASE_URL.")
+    p.add_argument("--database-url", help="override DATABASE_URL (needs rights to create roles)")
+
+    p = add(
+        "dev-services",
+        cmd_dev_services,
+        "Start PostgreSQL and a Kafka-protocol broker (embedded, or containers where "
+        "Docker runs), print their URLs, stay up until Ctrl-C.",
+    )
+    p.add_argument("--ephemeral", action="store_true", help="keep no data after stopping")
+
+    p = add(
+        "serve",
+        cmd_serve,
+        "Run the consumers, outbox relay and silence sweep. Without DATABASE_URL and "
+        "KAFKA_BOOTSTRAP_SERVERS, embedded services are started first.",
+    )
+    p.add_argument("--database-url")
+    p.add_argument("--bootstrap-servers")
+    p.add_argument("--no-migrate", dest="migrate", action="store_false",
+                   help="do not apply migrations before starting")
+    p.add_argument("--no-sweep", action="store_true", help="do not run the silence sweep")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

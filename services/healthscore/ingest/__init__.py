@@ -1,0 +1,1 @@
+"""From Kafka records to applied batches: decoding, rejection, batch processing."""

@@ -1,0 +1,162 @@
+"""Turn one raw Kafka record into a valid contract event or a specific rejection.
+
+Every rule of shared/contract.md is checked here, in the order a producer
+would want to hear about it: size, encoding, JSON, the message key, then the
+contract model. The rejection's `reason` is a short stable code (a metric
+label and the `x-error-reason` DLQ header); `detail` says exactly what was
+wrong, naming the field, without echoing personal data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from healthscore.contracts import SupportEvent, UsageEvent
+
+ContractEvent = UsageEvent | SupportEvent
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """The parts of a Kafka record the service uses."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    record: RawRecord
+    event: ContractEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    record: RawRecord
+    reason: str
+    detail: str
+
+
+REASONS = (
+    "too_large",
+    "empty",
+    "invalid_utf8",
+    "invalid_json",
+    "not_an_object",
+    "missing_key",
+    "key_mismatch",
+    "missing_field",
+    "invalid_uuid",
+    "unknown_enum",
+    "wrong_type",
+    "out_of_range",
+    "future_timestamp",
+    "invalid_field",
+)
+
+_PYDANTIC_REASON = {
+    "missing": "missing_field",
+    "uuid_parsing": "invalid_uuid",
+    "uuid_type": "invalid_uuid",
+    "uuid_version": "invalid_uuid",
+    "enum": "unknown_enum",
+    "int_type": "wrong_type",
+    "int_parsing": "wrong_type",
+    "int_from_float": "wrong_type",
+    "string_type": "wrong_type",
+    "dict_type": "wrong_type",
+    "bool_type": "wrong_type",
+    "datetime_type": "wrong_type",
+    "datetime_parsing": "invalid_field",
+    "datetime_from_date_parsing": "invalid_field",
+    "timezone_aware": "invalid_field",
+    "greater_than_equal": "out_of_range",
+    "less_than_equal": "out_of_range",
+    "string_too_long": "out_of_range",
+    "too_long": "out_of_range",
+}
+
+
+class Decoder:
+    """Decodes records of the two input topics."""
+
+    def __init__(self, usage_topic: str, support_topic: str, max_message_bytes: int) -> None:
+        self._models: dict[str, type[BaseModel]] = {
+            usage_topic: UsageEvent,
+            support_topic: SupportEvent,
+        }
+        self._max_bytes = max_message_bytes
+
+    def decode(self, record: RawRecord) -> Decoded | Rejection:
+        model = self._models.get(record.topic)
+        if model is None:
+            return Rejection(record, "invalid_field", f"unexpected topic {record.topic!r}")
+        value = record.value
+        if value is None or len(value) == 0:
+            return Rejection(record, "empty", "message value is empty")
+        if len(value) > self._max_bytes:
+            return Rejection(
+                record, "too_large", f"message is {len(value)} bytes; the limit is {self._max_bytes}"
+            )
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return Rejection(record, "invalid_utf8", f"not UTF-8 at byte {exc.start}")
+        try:
+            body: Any = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            return Rejection(record, "invalid_json", f"not valid JSON: {exc}")
+        if not isinstance(body, dict):
+            return Rejection(
+                record, "not_an_object", f"expected a JSON object, got {type(body).__name__}"
+            )
+        if record.key is None:
+            return Rejection(record, "missing_key", "message key (organization_id) is missing")
+        context = {"received_at": _received_at(record)}
+        try:
+            event = model.model_validate(body, context=context)
+        except ValidationError as exc:
+            return _rejection_from(record, exc)
+        assert isinstance(event, UsageEvent | SupportEvent)
+        try:
+            key = UUID(record.key.decode("utf-8", errors="strict"))
+        except (UnicodeDecodeError, ValueError):
+            return Rejection(record, "key_mismatch", "message key is not a UUID")
+        if key != event.organization_id:
+            return Rejection(
+                record,
+                "key_mismatch",
+                f"message key {key} differs from organization_id {event.organization_id}",
+            )
+        return Decoded(record, event)
+
+
+def _received_at(record: RawRecord) -> datetime | None:
+    if record.timestamp_ms is None or record.timestamp_ms <= 0:
+        return None
+    return datetime.fromtimestamp(record.timestamp_ms / 1000, UTC)
+
+
+def _rejection_from(record: RawRecord, exc: ValidationError) -> Rejection:
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    field = ".".join(str(part) for part in first["loc"]) or "(message)"
+    kind = first["type"]
+    message = first["msg"]
+    if kind == "value_error" and "minutes after" in message:
+        reason = "future_timestamp"
+    else:
+        reason = _PYDANTIC_REASON.get(kind, "invalid_field")
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return Rejection(record, reason, f"{field}: {message}{more}")

@@ -1,0 +1,66 @@
+"""Dead-letter publishing: the original bytes, unchanged, with headers saying why."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+from healthscore.ingest.decode import Rejection
+
+
+class RecordProducer(Protocol):
+    """The slice of a Kafka producer the DLQ needs (aiokafka's fits)."""
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> object: ...
+
+
+def dlq_headers(rejection: Rejection) -> list[tuple[str, bytes]]:
+    record = rejection.record
+    headers = [
+        ("x-error-reason", rejection.reason.encode()),
+        ("x-error-detail", rejection.detail.encode()),
+        ("x-source-topic", record.topic.encode()),
+        ("x-source-partition", str(record.partition).encode()),
+        ("x-source-offset", str(record.offset).encode()),
+        ("x-rejected-at", datetime.now(UTC).isoformat().encode()),
+    ]
+    if record.timestamp_ms is not None:
+        headers.append(("x-source-timestamp-ms", str(record.timestamp_ms).encode()))
+    # keep the producer's own headers too, after ours
+    headers.extend(record.headers)
+    return headers
+
+
+class DeadLetterQueue:
+    def __init__(self, producer: RecordProducer, suffix: str) -> None:
+        self._producer = producer
+        self._suffix = suffix
+
+    def topic_for(self, source_topic: str) -> str:
+        return source_topic + self._suffix
+
+    async def publish(self, rejections: Sequence[Rejection]) -> None:
+        """Publish every rejection and wait for the broker's acks.
+
+        Called inside the batch transaction, before it commits: if the process
+        dies after this and before the commit, the batch is redone and the
+        dead letters are sent again (at-least-once, identified by their
+        source coordinates), but none is ever lost.
+        """
+        for rejection in rejections:
+            record = rejection.record
+            await self._producer.send_and_wait(
+                self.topic_for(record.topic),
+                value=record.value,
+                key=record.key,
+                headers=dlq_headers(rejection),
+            )

@@ -1,0 +1,211 @@
+"""One batch, one transaction: gather, compute, apply.
+
+The transaction that writes a batch's effects also moves each partition's
+stored next offset, so the database alone says how far the service got. The
+consumer seeks to those offsets on assignment; Kafka's committed offsets are
+written afterwards for lag tooling only. A crash at any instant therefore
+leaves either the whole batch (effects + offsets) or none of it.
+
+Two guards make the effects count once even when Kafka delivers a record
+again: records below the stored offset are skipped (redelivery after a
+crash or a rebalance), and an event id already in `processed_events` is
+skipped (upstream duplicates, within the retention window).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from healthscore.contracts import SupportEvent, UsageEvent
+from healthscore.errors import InvalidStoredOffset
+from healthscore.ingest.decode import Decoded, Decoder, RawRecord, Rejection
+from healthscore.ingest.dlq import DeadLetterQueue
+from healthscore.ingest.effects import BatchEffects, compute_batch_effects
+from healthscore.interactions import InteractionRecord
+from healthscore.scoring.model import ScoreModel
+from healthscore.scoring.state import OrganizationState, decode_state
+from healthscore.store import sql
+from healthscore.store.effects_writer import write_effects
+from healthscore.store.records import interaction_from_row
+
+TopicPartition = tuple[str, int]
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch did: the canonical log line and the metrics read this."""
+
+    records: int = 0
+    skipped_replayed: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    organizations_rescored: int = 0
+    alerts: dict[str, int] = field(default_factory=dict)
+    milestones: int = 0
+    next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    max_event_time: dict[TopicPartition, datetime] = field(default_factory=dict)
+    rejections: list[Rejection] = field(default_factory=list)
+    effects: BatchEffects | None = None
+
+
+class BatchPipeline:
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        decoder: Decoder,
+        dlq: DeadLetterQueue,
+        model: ScoreModel,
+        consumer_group: str,
+        rescore_step_seconds: float,
+    ) -> None:
+        self._pool = pool
+        self._decoder = decoder
+        self._dlq = dlq
+        self._model = model
+        self._group = consumer_group
+        self._rescore_step = rescore_step_seconds
+
+    async def process(self, records: Sequence[RawRecord]) -> BatchOutcome:
+        outcome = BatchOutcome(records=len(records))
+        if not records:
+            return outcome
+        # gather: decode outside the transaction (pure CPU work)
+        decoded = [self._decoder.decode(r) for r in records]
+        last: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = (record.topic, record.partition)
+            last[tp] = max(last.get(tp, -1), record.offset)
+        partitions = sorted(last)
+
+        async with self._pool.acquire() as conn, conn.transaction():
+            stored = await _lock_offsets(conn, self._group, partitions)
+            fresh: list[Decoded | Rejection] = []
+            for item in decoded:
+                record = item.record
+                tp = (record.topic, record.partition)
+                if record.offset < stored[tp]:
+                    outcome.skipped_replayed += 1
+                    continue
+                fresh.append(item)
+            events = [d for d in fresh if isinstance(d, Decoded)]
+            dead = [d for d in fresh if isinstance(d, Rejection)]
+
+            new_events = await _claim_new_events(conn, events)
+            outcome.duplicates = len(events) - len(new_events)
+            effects = await self._compute(conn, new_events)
+            for event, owner in effects.misrouted:
+                dead.append(_misrouted_rejection(events, event, owner))
+            # dead letters leave before the commit: see DeadLetterQueue.publish
+            await self._dlq.publish(dead)
+            await write_effects(conn, effects, self._model, self._rescore_step)
+            max_times = _max_event_times(events)
+            next_offsets = {tp: max(stored[tp], last[tp] + 1) for tp in partitions}
+            await conn.execute(
+                sql.SAVE_OFFSETS,
+                self._group,
+                [tp[0] for tp in partitions],
+                [tp[1] for tp in partitions],
+                [next_offsets[tp] for tp in partitions],
+                [max_times.get(tp) for tp in partitions],
+            )
+
+        outcome.applied = effects.applied
+        outcome.organizations_rescored = len(effects.rescored)
+        outcome.milestones = len(effects.milestones)
+        for alert in effects.alerts:
+            kind = str(alert.decision.kind)
+            outcome.alerts[kind] = outcome.alerts.get(kind, 0) + 1
+        for rejection in dead:
+            outcome.rejected[rejection.reason] = outcome.rejected.get(rejection.reason, 0) + 1
+        outcome.rejections = dead
+        outcome.next_offsets = next_offsets
+        outcome.max_event_time = max_times
+        outcome.effects = effects
+        return outcome
+
+    async def _compute(
+        self, conn: asyncpg.Connection[Any], events: list[UsageEvent | SupportEvent]
+    ) -> BatchEffects:
+        if not events:
+            return BatchEffects()
+        orgs = sorted({e.organization_id for e in events})
+        await conn.execute(sql.ENSURE_ORGANIZATIONS, orgs)
+        await conn.execute(sql.ENSURE_STATE_ROWS, orgs)
+        states: dict[str, OrganizationState] = {}
+        for row in await conn.fetch(sql.LOCK_STATES, orgs):
+            if row["state"] != "null":
+                states[str(row["organization_id"])] = decode_state(row["state"])
+        interaction_ids = sorted(
+            {e.interaction_id for e in events if isinstance(e, SupportEvent)}
+        )
+        interactions: dict[str, InteractionRecord] = {}
+        if interaction_ids:
+            for row in await conn.fetch(sql.READ_INTERACTIONS, interaction_ids):
+                record = interaction_from_row(row)
+                interactions[record.id] = record
+        return compute_batch_effects(events, states, interactions, self._model)
+
+
+async def _lock_offsets(
+    conn: asyncpg.Connection[Any], group: str, partitions: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    topics = [tp[0] for tp in partitions]
+    numbers = [tp[1] for tp in partitions]
+    await conn.execute(sql.ENSURE_OFFSET_ROWS, group, topics, numbers)
+    rows = await conn.fetch(sql.LOCK_OFFSETS, group, topics, numbers)
+    stored = {(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
+    if set(stored) != set(partitions):
+        raise InvalidStoredOffset(f"offset rows missing for {set(partitions) - set(stored)}")
+    return stored
+
+
+async def _claim_new_events(
+    conn: asyncpg.Connection[Any], events: list[Decoded]
+) -> list[UsageEvent | SupportEvent]:
+    """Insert the batch's event ids; keep the first occurrence of each new one."""
+    if not events:
+        return []
+    bodies = [d.event for d in events]
+    rows = await conn.fetch(
+        sql.CLAIM_EVENT_IDS,
+        [e.event_id for e in bodies],
+        [e.organization_id for e in bodies],
+        [e.occurred_at for e in bodies],
+    )
+    claimed: set[UUID] = {r["event_id"] for r in rows}
+    fresh: list[UsageEvent | SupportEvent] = []
+    for event in bodies:
+        if event.event_id in claimed:
+            claimed.discard(event.event_id)  # later copies in this batch are duplicates
+            fresh.append(event)
+    return fresh
+
+
+def _max_event_times(events: list[Decoded]) -> dict[TopicPartition, datetime]:
+    """Per partition, the newest event time seen: the sweep's event-time clock."""
+    result: dict[TopicPartition, datetime] = {}
+    for item in events:
+        tp = (item.record.topic, item.record.partition)
+        occurred = item.event.occurred_at.astimezone(UTC)
+        if tp not in result or occurred > result[tp]:
+            result[tp] = occurred
+    return result
+
+
+def _misrouted_rejection(
+    events: list[Decoded], event: SupportEvent, owner: str
+) -> Rejection:
+    record = next(d.record for d in events if d.event is event)
+    return Rejection(
+        record,
+        "interaction_org_mismatch",
+        f"interaction {event.interaction_id} belongs to organization {owner}, "
+        f"not {event.organization_id}",
+    )

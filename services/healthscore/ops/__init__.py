@@ -1,0 +1,1 @@
+"""Operability: logging, metrics, health endpoints, lag."""

@@ -1,0 +1,1 @@
+"""PostgreSQL access: named SQL, `$n` parameters, set-based batch writes."""

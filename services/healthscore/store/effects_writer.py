@@ -1,0 +1,138 @@
+"""Apply a batch's computed effects with one set-based statement per table."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+from healthscore.contracts.alerts import ChurnRiskAlert
+from healthscore.ingest.effects import BatchEffects, RaisedAlert
+from healthscore.scoring.model import ScoreModel
+from healthscore.scoring.state import encode_state
+from healthscore.store import sql
+from healthscore.store.records import interaction_columns, to_datetime
+
+# An alert row carries the payload without `emitted_at`; the relay stamps the
+# wall clock when it actually publishes.
+ALERT_PENDING_EMISSION = "1970-01-01T00:00:00+00:00"
+
+
+def alert_payload(alert: RaisedAlert) -> str:
+    health = alert.health
+    message = ChurnRiskAlert.model_construct(
+        alert_id=alert.decision.alert_id,
+        organization_id=UUID(alert.organization_id),
+        kind=alert.decision.kind,
+        health_score=health.score,
+        previous_score=alert.decision.previous_score,
+        health_status=health.status,
+        churn_probability=health.churn_probability,
+        risk_level=health.risk_level,
+        risk_factors=list(health.risk_factors),
+        caused_by=[UUID(e) for e in alert.caused_by],
+        scored_at=to_datetime(alert.scored_at),
+        emitted_at=to_datetime(0.0),
+    )
+    return message.model_dump_json()
+
+
+async def write_effects(
+    conn: asyncpg.Connection[Any],
+    effects: BatchEffects,
+    model: ScoreModel,
+    rescore_step_seconds: float,
+) -> None:
+    if effects.interactions:
+        records = list(effects.interactions.values())
+        assignees = sorted({UUID(r.assigned_to) for r in records if r.assigned_to})
+        if assignees:
+            # assigned_to references user_profiles; an unknown staff member gets a
+            # placeholder profile with the unprivileged `member` role, so an event
+            # can never grant anyone dashboard access.
+            await conn.execute(sql.ENSURE_USER_PROFILES, assignees)
+        await conn.execute(sql.UPSERT_INTERACTIONS, *interaction_columns(records))
+
+    if effects.milestones:
+        rows = effects.milestones
+        await conn.execute(
+            sql.INSERT_MILESTONES,
+            [UUID(org) for org, _ in rows],
+            [str(m.milestone_type) for _, m in rows],
+            [to_datetime(m.achieved_at) for _, m in rows],
+            [UUID(m.event_id) for _, m in rows],
+            [m.health_score_impact for _, m in rows],
+            [None if m.reward_type is None else str(m.reward_type) for _, m in rows],
+            [m.reward_value for _, m in rows],
+        )
+
+    rescored = list(effects.rescored.values())
+    if rescored:
+        states = effects.states
+        orgs = [UUID(r.organization_id) for r in rescored]
+        healths = [r.health for r in rescored]
+        org_states = [states[r.organization_id] for r in rescored]
+        await conn.execute(
+            sql.UPSERT_CUSTOMER_HEALTH,
+            orgs,
+            [h.score for h in healths],
+            [h.components["engagement"] for h in healths],
+            [h.components["adoption"] for h in healths],
+            [h.components["milestones"] for h in healths],
+            [h.components["support"] for h in healths],
+            [h.components["growth"] for h in healths],
+            [h.churn_probability for h in healths],
+            [_factors_json(h.risk_factors) for h in healths],
+            [_feature_usage_json(s.features) for s in org_states],
+            [r.previous_score for r in rescored],
+            [h.change_7d for h in healths],
+            [h.change_30d for h in healths],
+            [h.active_users_30d for h in healths],
+            [len(s.open_interactions) for s in org_states],
+            [len(s.milestones) for s in org_states],
+            [to_datetime(s.last_event_at) for s in org_states],
+            [to_datetime(s.last_login_at) for s in org_states],
+            [to_datetime(r.scored_at) for r in rescored],
+            model.version,
+        )
+        await conn.execute(
+            sql.INSERT_SCORE_HISTORY,
+            orgs,
+            [to_datetime(r.scored_at) for r in rescored],
+            [h.score for h in healths],
+            [h.churn_probability for h in healths],
+            [str(h.risk_level) for h in healths],
+            [orjson.dumps(h.components).decode() for h in healths],
+            model.version,
+            [str(r.cause) for r in rescored],
+        )
+        await conn.execute(
+            sql.SAVE_STATES,
+            orgs,
+            [encode_state(s).decode() for s in org_states],
+            [to_datetime(s.last_event_at) for s in org_states],
+            [to_datetime(r.scored_at + rescore_step_seconds) for r in rescored],
+        )
+
+    if effects.alerts:
+        alerts = effects.alerts
+        await conn.execute(
+            sql.INSERT_ALERTS,
+            [a.decision.alert_id for a in alerts],
+            [UUID(a.organization_id) for a in alerts],
+            [str(a.decision.kind) for a in alerts],
+            [a.decision.episode for a in alerts],
+            [alert_payload(a) for a in alerts],
+        )
+
+
+def _factors_json(factors: Any) -> str:
+    return orjson.dumps([f.model_dump() for f in factors]).decode()
+
+
+def _feature_usage_json(features: dict[str, list[float]]) -> str:
+    return orjson.dumps(
+        {name: {"count": int(v[0]), "last_used_at": to_datetime(v[1])} for name, v in features.items()}
+    ).decode()

@@ -1,0 +1,236 @@
+"""Named SQL of the hot path. Every statement takes arrays and works on a set.
+
+No statement is built from input: identifiers are fixed here, values travel
+as `$n` parameters (arrays unnested server-side), one round trip per
+statement per batch, whatever the batch size.
+"""
+
+ENSURE_OFFSET_ROWS = """
+INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset)
+SELECT $1, t, p, 0 FROM unnest($2::text[], $3::int[]) AS x(t, p)
+ON CONFLICT DO NOTHING
+"""
+
+LOCK_OFFSETS = """
+SELECT o.topic, o.partition, o.next_offset
+FROM consumer_offsets o
+JOIN unnest($2::text[], $3::int[]) AS x(t, p) ON o.topic = x.t AND o.partition = x.p
+WHERE o.consumer_group = $1
+ORDER BY o.topic, o.partition
+FOR UPDATE OF o
+"""
+
+READ_OFFSETS = """
+SELECT topic, partition, next_offset, max_event_time
+FROM consumer_offsets
+WHERE consumer_group = $1
+ORDER BY topic, partition
+"""
+
+SAVE_OFFSETS = """
+UPDATE consumer_offsets o
+SET next_offset = x.next_offset,
+    max_event_time = greatest(o.max_event_time, x.max_event_time),
+    updated_at = now()
+FROM unnest($2::text[], $3::int[], $4::bigint[], $5::timestamptz[])
+     AS x(topic, partition, next_offset, max_event_time)
+WHERE o.consumer_group = $1 AND o.topic = x.topic AND o.partition = x.partition
+"""
+
+CLAIM_EVENT_IDS = """
+INSERT INTO processed_events (event_id, organization_id, occurred_at)
+SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[])
+ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id
+"""
+
+ENSURE_ORGANIZATIONS = """
+INSERT INTO organizations (id)
+SELECT id FROM unnest($1::uuid[]) AS x(id) ORDER BY id
+ON CONFLICT (id) DO NOTHING
+"""
+
+ENSURE_STATE_ROWS = """
+INSERT INTO organization_state (organization_id, state)
+SELECT id, 'null'::jsonb FROM unnest($1::uuid[]) AS x(id) ORDER BY id
+ON CONFLICT (organization_id) DO NOTHING
+"""
+
+# Rows are locked in organization order by every writer (consumers and the
+# sweep), so two transactions never wait on each other in a cycle.
+LOCK_STATES = """
+SELECT organization_id, state::text AS state
+FROM organization_state
+WHERE organization_id = ANY($1::uuid[])
+ORDER BY organization_id
+FOR UPDATE
+"""
+
+SAVE_STATES = """
+UPDATE organization_state s
+SET state = x.state::jsonb,
+    last_event_at = x.last_event_at,
+    rescore_due_at = x.rescore_due_at,
+    health_version = s.health_version + 1,
+    updated_at = now()
+FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[])
+     AS x(organization_id, state, last_event_at, rescore_due_at)
+WHERE s.organization_id = x.organization_id
+"""
+
+READ_INTERACTIONS = """
+SELECT id, organization_id, interaction_type, channel, status, priority, sentiment,
+       outcome, assigned_to, subject, follow_up_required, follow_up_at,
+       follow_up_completed_at, opened_at, resolved_at, closed_at, first_event_at,
+       last_event_at, field_event_times::text AS field_event_times, event_count
+FROM support_interactions
+WHERE id = ANY($1::uuid[])
+"""
+
+ENSURE_USER_PROFILES = """
+INSERT INTO user_profiles (id)
+SELECT id FROM unnest($1::uuid[]) AS x(id) ORDER BY id
+ON CONFLICT (id) DO NOTHING
+"""
+
+UPSERT_INTERACTIONS = """
+INSERT INTO support_interactions (
+    id, organization_id, interaction_type, channel, status, priority, sentiment,
+    outcome, assigned_to, subject, follow_up_required, follow_up_at,
+    follow_up_completed_at, opened_at, resolved_at, closed_at, first_event_at,
+    last_event_at, field_event_times, event_count)
+SELECT id, organization_id, interaction_type, channel, status, priority, sentiment,
+       outcome, assigned_to, subject, follow_up_required, follow_up_at,
+       follow_up_completed_at, opened_at, resolved_at, closed_at, first_event_at,
+       last_event_at, field_event_times::jsonb, event_count
+FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::uuid[], $10::text[], $11::bool[],
+            $12::timestamptz[], $13::timestamptz[], $14::timestamptz[],
+            $15::timestamptz[], $16::timestamptz[], $17::timestamptz[],
+            $18::timestamptz[], $19::text[], $20::int[])
+     AS x(id, organization_id, interaction_type, channel, status, priority, sentiment,
+          outcome, assigned_to, subject, follow_up_required, follow_up_at,
+          follow_up_completed_at, opened_at, resolved_at, closed_at, first_event_at,
+          last_event_at, field_event_times, event_count)
+ON CONFLICT (id) DO UPDATE SET
+    interaction_type = EXCLUDED.interaction_type,
+    channel = EXCLUDED.channel,
+    status = EXCLUDED.status,
+    priority = EXCLUDED.priority,
+    sentiment = EXCLUDED.sentiment,
+    outcome = EXCLUDED.outcome,
+    assigned_to = EXCLUDED.assigned_to,
+    subject = EXCLUDED.subject,
+    follow_up_required = EXCLUDED.follow_up_required,
+    follow_up_at = EXCLUDED.follow_up_at,
+    follow_up_completed_at = EXCLUDED.follow_up_completed_at,
+    opened_at = EXCLUDED.opened_at,
+    resolved_at = EXCLUDED.resolved_at,
+    closed_at = EXCLUDED.closed_at,
+    first_event_at = EXCLUDED.first_event_at,
+    last_event_at = EXCLUDED.last_event_at,
+    field_event_times = EXCLUDED.field_event_times,
+    event_count = EXCLUDED.event_count
+"""
+
+INSERT_MILESTONES = """
+INSERT INTO success_milestones (
+    organization_id, milestone_type, achieved_at, triggering_event_id,
+    health_score_impact, reward_type, reward_value, reward_status)
+SELECT organization_id, milestone_type, achieved_at, triggering_event_id,
+       health_score_impact, reward_type, reward_value,
+       CASE WHEN reward_type IS NULL THEN NULL ELSE 'pending' END
+FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::uuid[], $5::float8[],
+            $6::text[], $7::float8[])
+     AS x(organization_id, milestone_type, achieved_at, triggering_event_id,
+          health_score_impact, reward_type, reward_value)
+ON CONFLICT (organization_id, milestone_type) DO NOTHING
+"""
+
+UPSERT_CUSTOMER_HEALTH = """
+INSERT INTO customer_health (
+    organization_id, health_score, engagement_score, adoption_score, milestone_score,
+    support_score, growth_score, churn_probability, risk_factors, feature_usage,
+    previous_score, score_change_7d, score_change_30d, active_users_30d,
+    open_interactions, milestones_achieved, last_activity_at, last_login_at,
+    scored_at, score_model_version)
+SELECT organization_id, health_score, engagement_score, adoption_score, milestone_score,
+       support_score, growth_score, churn_probability, risk_factors::jsonb,
+       feature_usage::jsonb, previous_score, score_change_7d, score_change_30d,
+       active_users_30d, open_interactions, milestones_achieved, last_activity_at,
+       last_login_at, scored_at, $20
+FROM unnest($1::uuid[], $2::float8[], $3::float8[], $4::float8[], $5::float8[],
+            $6::float8[], $7::float8[], $8::float8[], $9::text[], $10::text[],
+            $11::float8[], $12::float8[], $13::float8[], $14::int[], $15::int[],
+            $16::int[], $17::timestamptz[], $18::timestamptz[], $19::timestamptz[])
+     AS x(organization_id, health_score, engagement_score, adoption_score, milestone_score,
+          support_score, growth_score, churn_probability, risk_factors, feature_usage,
+          previous_score, score_change_7d, score_change_30d, active_users_30d,
+          open_interactions, milestones_achieved, last_activity_at, last_login_at,
+          scored_at)
+ON CONFLICT (organization_id) DO UPDATE SET
+    health_score = EXCLUDED.health_score,
+    engagement_score = EXCLUDED.engagement_score,
+    adoption_score = EXCLUDED.adoption_score,
+    milestone_score = EXCLUDED.milestone_score,
+    support_score = EXCLUDED.support_score,
+    growth_score = EXCLUDED.growth_score,
+    churn_probability = EXCLUDED.churn_probability,
+    risk_factors = EXCLUDED.risk_factors,
+    feature_usage = EXCLUDED.feature_usage,
+    previous_score = EXCLUDED.previous_score,
+    score_change_7d = EXCLUDED.score_change_7d,
+    score_change_30d = EXCLUDED.score_change_30d,
+    active_users_30d = EXCLUDED.active_users_30d,
+    open_interactions = EXCLUDED.open_interactions,
+    milestones_achieved = EXCLUDED.milestones_achieved,
+    last_activity_at = EXCLUDED.last_activity_at,
+    last_login_at = EXCLUDED.last_login_at,
+    scored_at = EXCLUDED.scored_at,
+    score_model_version = EXCLUDED.score_model_version
+"""
+
+INSERT_SCORE_HISTORY = """
+INSERT INTO health_score_history (
+    organization_id, scored_at, health_score, churn_probability, risk_level,
+    components, score_model_version, cause)
+SELECT organization_id, scored_at, health_score, churn_probability, risk_level,
+       components::jsonb, $7, cause
+FROM unnest($1::uuid[], $2::timestamptz[], $3::float8[], $4::float8[], $5::text[],
+            $6::text[], $8::text[])
+     AS x(organization_id, scored_at, health_score, churn_probability, risk_level,
+          components, cause)
+"""
+
+INSERT_ALERTS = """
+INSERT INTO alert_outbox (alert_id, organization_id, kind, episode, payload)
+SELECT alert_id, organization_id, kind, episode, payload::jsonb
+FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::text[])
+     AS x(alert_id, organization_id, kind, episode, payload)
+ON CONFLICT (alert_id) DO NOTHING
+"""
+
+# --- silence sweep -------------------------------------------------------------
+
+SWEEP_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
+
+EVENT_TIME_WATERMARK = """
+SELECT max(max_event_time) FROM consumer_offsets WHERE consumer_group = $1
+"""
+
+PICK_SILENT = """
+SELECT organization_id, state::text AS state
+FROM organization_state
+WHERE rescore_due_at <= $1
+ORDER BY rescore_due_at
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+
+# --- dedupe retention ----------------------------------------------------------
+
+PURGE_PROCESSED_EVENTS = """
+DELETE FROM processed_events
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM processed_events WHERE processed_at < $1 LIMIT $2))
+"""
