@@ -1,0 +1,325 @@
+"""The migration runner against a real PostgreSQL: apply, re-apply, fail, drift, race."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from healthscore.errors import MigrationError
+from healthscore.migrate import apply_migrations, load_migrations, migrations_path
+from healthscore.schema_catalog import (
+    DASHBOARD_ROLE,
+    MIGRATIONS_TABLE,
+    OWNER_ROLE,
+    ROLES,
+    TABLES,
+    WRITER_ROLE,
+)
+
+# everything a migration can create or change in the public schema
+CATALOG_SNAPSHOT_QUERIES = {
+    "relations": """
+        SELECT c.relname, c.relkind::text, c.relowner::regrole::text, c.relacl::text,
+               c.relrowsecurity, c.relforcerowsecurity, obj_description(c.oid, 'pg_class')
+        FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace ORDER BY 1""",
+    "columns": """
+        SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+               a.attgenerated::text, pg_get_expr(d.adbin, d.adrelid), a.attacl::text,
+               col_description(c.oid, a.attnum)
+        FROM pg_attribute a
+        JOIN pg_class c ON c.oid = a.attrelid
+        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE c.relnamespace = 'public'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY 1, 2""",
+    "constraints": """
+        SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)
+        FROM pg_constraint WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2""",
+    "indexes": "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1",
+    "functions": """
+        SELECT p.oid::regprocedure::text, p.proowner::regrole::text, p.prosecdef,
+               p.provolatile::text, p.proparallel::text, p.proconfig::text, p.proacl::text,
+               md5(p.prosrc)
+        FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace ORDER BY 1""",
+    "triggers": """
+        SELECT tgrelid::regclass::text, tgname, pg_get_triggerdef(oid)
+        FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1, 2""",
+    "policies": """
+        SELECT tablename, policyname, cmd, roles::text, qual, with_check
+        FROM pg_policies WHERE schemaname = 'public' ORDER BY 1, 2""",
+    "extensions": "SELECT extname, extversion FROM pg_extension ORDER BY 1",
+    "history": f"SELECT version, name, checksum, applied_at FROM {MIGRATIONS_TABLE} ORDER BY 1",
+}
+
+
+async def catalog_snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    conn = await asyncpg.connect(url)
+    try:
+        return {
+            name: [tuple(row) for row in await conn.fetch(query)]
+            for name, query in CATALOG_SNAPSHOT_QUERIES.items()
+        }
+    finally:
+        await conn.close()
+
+
+async def fetch_val(url: str, query: str, *args: Any) -> Any:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval(query, *args)
+    finally:
+        await conn.close()
+
+
+async def test_apply_from_empty_then_second_run_applies_and_changes_nothing(
+    empty_database: str,
+) -> None:
+    expected = [m.version for m in load_migrations(migrations_path())]
+
+    assert await apply_migrations(empty_database) == expected
+    before = await catalog_snapshot(empty_database)
+    assert await apply_migrations(empty_database) == []
+    after = await catalog_snapshot(empty_database)
+
+    assert after == before
+    assert [row[0] for row in before["history"]] == expected
+    tables = {row[0] for row in before["relations"] if row[1] == "r"}
+    assert set(TABLES) | {MIGRATIONS_TABLE} <= tables
+
+
+async def test_history_records_name_and_sha256_of_each_file(migrated_database: str) -> None:
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        rows = await conn.fetch(f"SELECT version, name, checksum FROM {MIGRATIONS_TABLE}")
+    finally:
+        await conn.close()
+    recorded = {row["version"]: (row["name"], row["checksum"]) for row in rows}
+    assert recorded == {m.version: (m.name, m.checksum) for m in load_migrations(migrations_path())}
+
+
+def write(directory: Path, files: dict[str, str]) -> Path:
+    directory.mkdir(exist_ok=True)
+    for name, sql in files.items():
+        (directory / name).write_text(sql)
+    return directory
+
+
+async def test_failing_migration_leaves_no_partial_state(
+    empty_database: str, tmp_path: Path
+) -> None:
+    migrations = write(
+        tmp_path / "m",
+        {
+            "0001_good.sql": "CREATE TABLE good_table (id integer PRIMARY KEY);",
+            "0002_broken.sql": (
+                "CREATE TABLE partial_table (id integer);\n"
+                "INSERT INTO partial_table VALUES (1);\n"
+                "SELECT * FROM no_such_table;\n"
+            ),
+            "0003_later.sql": "CREATE TABLE later_table (id integer);",
+        },
+    )
+
+    with pytest.raises(MigrationError) as raised:
+        await apply_migrations(empty_database, migrations)
+
+    message = str(raised.value)
+    assert "0002_broken.sql" in message
+    assert 'relation "no_such_table" does not exist' in message
+    assert "line 3" in message
+    assert await fetch_val(empty_database, "SELECT to_regclass('good_table') IS NOT NULL")
+    assert await fetch_val(empty_database, "SELECT to_regclass('partial_table') IS NULL")
+    assert await fetch_val(empty_database, "SELECT to_regclass('later_table') IS NULL")
+    history = f"SELECT array_agg(version) FROM {MIGRATIONS_TABLE}"
+    assert await fetch_val(empty_database, history) == ["0001"]
+
+    # once fixed, the run resumes where it stopped
+    (migrations / "0002_broken.sql").write_text("CREATE TABLE partial_table (id integer);")
+    assert await apply_migrations(empty_database, migrations) == ["0002", "0003"]
+
+
+async def test_checksum_drift_of_an_applied_file_is_refused(
+    empty_database: str, tmp_path: Path
+) -> None:
+    migrations = write(tmp_path / "m", {"0001_first.sql": "CREATE TABLE first_table (id int);"})
+    assert await apply_migrations(empty_database, migrations) == ["0001"]
+
+    (migrations / "0001_first.sql").write_text("CREATE TABLE first_table (id bigint);")
+    write(migrations, {"0002_second.sql": "CREATE TABLE second_table (id int);"})
+    with pytest.raises(MigrationError, match=r"0001_first\.sql changed after it was applied"):
+        await apply_migrations(empty_database, migrations)
+    # nothing after the drifted file ran
+    assert await fetch_val(empty_database, "SELECT to_regclass('second_table') IS NULL")
+
+
+async def test_applied_version_without_file_is_refused(empty_database: str, tmp_path: Path) -> None:
+    migrations = write(tmp_path / "m", {"0001_first.sql": "SELECT 1;"})
+    await apply_migrations(empty_database, migrations)
+    (migrations / "0001_first.sql").unlink()
+    write(migrations, {"0002_second.sql": "SELECT 2;"})
+    with pytest.raises(MigrationError, match=r"0001_first\.sql has no file"):
+        await apply_migrations(empty_database, migrations)
+
+
+@pytest.mark.parametrize(
+    ("files", "match"),
+    [
+        ({"1_short.sql": "SELECT 1;"}, "named NNNN_name.sql"),
+        ({"0001_a.sql": "SELECT 1;", "0001_b.sql": "SELECT 2;"}, "version 0001 is also"),
+    ],
+)
+async def test_badly_named_files_are_refused(
+    empty_database: str, tmp_path: Path, files: dict[str, str], match: str
+) -> None:
+    with pytest.raises(MigrationError, match=match):
+        await apply_migrations(empty_database, write(tmp_path / "m", files))
+
+
+async def test_missing_directory_is_refused(empty_database: str, tmp_path: Path) -> None:
+    with pytest.raises(MigrationError, match="not found"):
+        await apply_migrations(empty_database, tmp_path / "nowhere")
+
+
+async def test_connection_failure_never_shows_the_password(tmp_path: Path) -> None:
+    url = "postgresql://someone:s3cret-pw@127.0.0.1:1/nowhere"
+    with pytest.raises(MigrationError) as raised:
+        await apply_migrations(url, write(tmp_path / "m", {"0001_a.sql": "SELECT 1;"}))
+    assert "s3cret-pw" not in str(raised.value)
+    assert "someone:***@127.0.0.1:1" in str(raised.value)
+
+
+async def test_concurrent_runners_serialize(empty_database: str) -> None:
+    expected = [m.version for m in load_migrations(migrations_path())]
+
+    first, second = await asyncio.gather(
+        apply_migrations(empty_database), apply_migrations(empty_database)
+    )
+
+    assert sorted([first, second]) == [[], expected]
+    assert await fetch_val(empty_database, f"SELECT count(*) FROM {MIGRATIONS_TABLE}") == len(
+        expected
+    )
+
+
+async def test_concurrent_runners_serialize_on_a_slow_migration(
+    empty_database: str, tmp_path: Path
+) -> None:
+    migrations = write(
+        tmp_path / "m",
+        {
+            "0001_slow.sql": "SELECT pg_sleep(0.3); CREATE TABLE slow_table (id int);",
+            "0002_next.sql": "CREATE TABLE next_table (id int);",
+        },
+    )
+    results = await asyncio.gather(
+        *(apply_migrations(empty_database, migrations) for _ in range(4))
+    )
+    assert sorted(results) == [[], [], [], ["0001", "0002"]]
+
+
+async def test_the_advisory_lock_is_released(empty_database: str, tmp_path: Path) -> None:
+    migrations = write(tmp_path / "m", {"0001_bad.sql": "SELEC 1;"})
+    with pytest.raises(MigrationError, match=r"0001_bad\.sql"):
+        await apply_migrations(empty_database, migrations)
+    held = await fetch_val(
+        empty_database, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+    )
+    assert held == 0
+
+
+async def test_roles_are_unprivileged_and_cannot_log_in(migrated_database: str) -> None:
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        rows = await conn.fetch(
+            """SELECT rolname, rolsuper, rolbypassrls, rolcanlogin, rolcreaterole, rolcreatedb
+               FROM pg_roles WHERE rolname = ANY($1::text[])""",
+            list(ROLES),
+        )
+    finally:
+        await conn.close()
+    assert {row["rolname"] for row in rows} == set(ROLES)
+    for row in rows:
+        assert not any(row[k] for k in list(row.keys())[1:]), dict(row)
+
+
+async def test_existing_superuser_role_is_refused(
+    empty_database: str, pg_admin_url: str, tmp_path: Path
+) -> None:
+    """A pre-existing role of ours with BYPASSRLS would silently void RLS: refuse it."""
+    admin = await asyncpg.connect(pg_admin_url)
+    try:
+        await admin.execute(f"ALTER ROLE {DASHBOARD_ROLE} BYPASSRLS")
+        try:
+            with pytest.raises(MigrationError, match=f"role {DASHBOARD_ROLE} exists"):
+                await apply_migrations(empty_database)
+        finally:
+            await admin.execute(f"ALTER ROLE {DASHBOARD_ROLE} NOBYPASSRLS")
+    finally:
+        await admin.close()
+    assert await fetch_val(empty_database, f"SELECT count(*) FROM {MIGRATIONS_TABLE}") == 0
+
+
+async def test_owner_owns_every_table_sequence_and_function(migrated_database: str) -> None:
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        not_owned = await conn.fetch(
+            """SELECT c.relname AS name, c.relowner::regrole::text AS owner
+               FROM pg_class c
+               WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'S', 'v', 'm')
+                 AND c.relname <> $1 AND c.relowner <> $2::regrole
+               UNION ALL
+               SELECT p.proname, p.proowner::regrole::text
+               FROM pg_proc p
+               WHERE p.pronamespace = 'public'::regnamespace AND p.proowner <> $2::regrole
+                 AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                                 WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                                   AND d.deptype = 'e')""",
+            MIGRATIONS_TABLE,
+            OWNER_ROLE,
+        )
+    finally:
+        await conn.close()
+    assert [dict(r) for r in not_owned] == []
+
+
+async def test_writer_privileges(migrated_database: str) -> None:
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        for table in TABLES:
+            for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE"):
+                assert await conn.fetchval(
+                    "SELECT has_table_privilege($1, $2, $3)", WRITER_ROLE, table, privilege
+                ), (table, privilege)
+        assert await conn.fetchval(
+            "SELECT has_sequence_privilege($1, 'health_score_history_id_seq', 'USAGE')",
+            WRITER_ROLE,
+        )
+        assert await conn.fetchval(
+            "SELECT has_table_privilege($1, $2, 'SELECT')", WRITER_ROLE, MIGRATIONS_TABLE
+        )
+        assert not await conn.fetchval(
+            "SELECT has_table_privilege($1, $2, 'INSERT')", WRITER_ROLE, MIGRATIONS_TABLE
+        )
+    finally:
+        await conn.close()
+
+
+async def test_every_table_and_function_is_documented(migrated_database: str) -> None:
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        undocumented = await conn.fetch(
+            """SELECT c.relname FROM pg_class c
+               WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'
+                 AND obj_description(c.oid, 'pg_class') IS NULL
+               UNION ALL
+               SELECT p.proname FROM pg_proc p
+               WHERE p.pronamespace = 'public'::regnamespace AND p.proowner = $1::regrole
+                 AND obj_description(p.oid, 'pg_proc') IS NULL""",
+            OWNER_ROLE,
+        )
+    finally:
+        await conn.close()
+    assert [r[0] for r in undocumented] == []
