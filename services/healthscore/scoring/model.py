@@ -51,12 +51,12 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pass
 
 
-class Segments(_Section):
+class Segments(_Section, frozen=True):
     new_max_tenure_days: Pos  # tenure < this -> segment "new", else "established"
     grace_days: NonNeg  # volume expectations ramp in linearly over the first grace_days
 
 
-class ComponentWeights(_Section):
+class ComponentWeights(_Section, frozen=True):
     engagement: NonNeg
     adoption: NonNeg
     milestones: NonNeg
@@ -67,12 +67,12 @@ class ComponentWeights(_Section):
         return (self.engagement, self.adoption, self.milestones, self.support, self.growth)
 
 
-class SegmentWeights(_Section):
+class SegmentWeights(_Section, frozen=True):
     new: ComponentWeights
     established: ComponentWeights
 
 
-class HalfLives(_Section):
+class HalfLives(_Section, frozen=True):
     activity: Pos
     logins: Pos
     value_actions: Pos
@@ -85,25 +85,25 @@ class HalfLives(_Section):
     escalations: Pos
 
 
-class NegativeSignalWeights(_Section):
+class NegativeSignalWeights(_Section, frozen=True):
     subscription_downgraded: NonNeg
     seat_removed: NonNeg
     data_export_requested: NonNeg
 
 
-class PositiveCommercialWeights(_Section):
+class PositiveCommercialWeights(_Section, frozen=True):
     payment_received: NonNeg
     subscription_upgraded: NonNeg
     referral_made: NonNeg
     review_received: NonNeg
 
 
-class SentimentWeights(_Section):
+class SentimentWeights(_Section, frozen=True):
     negative: NonNeg
     very_negative: NonNeg
 
 
-class SignalWeights(_Section):
+class SignalWeights(_Section, frozen=True):
     value_action_quantity_cap: Pos
     client_quantity_cap: Pos
     negative_signal_quantity_cap: Pos
@@ -112,7 +112,7 @@ class SignalWeights(_Section):
     sentiment_weights: SentimentWeights
 
 
-class Engagement(_Section):
+class Engagement(_Section, frozen=True):
     recency_points: NonNeg
     recency_full_days: NonNeg
     recency_zero_days: Pos
@@ -125,7 +125,7 @@ class Engagement(_Section):
     active_user_window_days: Pos
 
 
-class Adoption(_Section):
+class Adoption(_Section, frozen=True):
     breadth_points: NonNeg
     breadth_scale: Pos
     breadth_window_days: Pos
@@ -133,7 +133,7 @@ class Adoption(_Section):
     depth_scale: Pos
 
 
-class Support(_Section):
+class Support(_Section, frozen=True):
     open_interaction_penalty: NonNeg
     open_interaction_cap: NonNeg
     open_escalation_penalty: NonNeg
@@ -151,7 +151,7 @@ class Support(_Section):
     escalation_cap: NonNeg
 
 
-class Growth(_Section):
+class Growth(_Section, frozen=True):
     baseline: NonNeg
     commercial_points: NonNeg
     commercial_scale: Pos
@@ -161,15 +161,16 @@ class Growth(_Section):
     negative_cap: NonNeg
 
 
-class Churn(_Section):
-    """p = logistic(intercept - score_coefficient * score/100 - trend_coefficient * change_30d/100)"""
+class Churn(_Section, frozen=True):
+    """p = logistic(intercept - score_coefficient * score/100 - trend_coefficient * trend),
+    trend = change_30d / 100."""
 
     intercept: float
     score_coefficient: NonNeg
     trend_coefficient: NonNeg
 
 
-class Alerts(_Section):
+class Alerts(_Section, frozen=True):
     enter_probability: Probability
     exit_probability: Probability
     drop_points: Pos
@@ -177,12 +178,12 @@ class Alerts(_Section):
     cooldown_hours: NonNeg
 
 
-class Reward(_Section):
+class Reward(_Section, frozen=True):
     type: RewardType
     value: NonNeg | None = None
 
 
-class MilestoneRule(_Section):
+class MilestoneRule(_Section, frozen=True):
     impact: NonNeg  # points of the milestones component (the weights are normalized)
     expected_by_days: Pos  # tenure at which its absence costs the full impact
     reward: Reward | None

@@ -1,0 +1,188 @@
+"""Support interactions: merge one event into the stored interaction, pure.
+
+Events of one interaction may arrive out of order (the contract); the stored
+record must end the same whatever the order. So no field depends on arrival
+order:
+
+- Every field an event sets is last-writer-wins by the key ``(occurred_at,
+  event_id)``; the key of the event that set a field is kept in
+  ``field_event_times[field] = [occurred_at, event_id]`` and a later-arriving
+  but older event does not overwrite it. The event id breaks ties so that two
+  events at the same instant resolve the same way in every order.
+- Optional attributes (interaction_type, channel, priority, sentiment,
+  outcome, assigned_to, subject, follow_up_at) are set only by events that
+  carry them (non-null), so an `updated` before its `opened` is kept.
+- `status` is set by opened/reopened (open), resolved, closed; `updated` and
+  `follow_up_scheduled` leave it alone. Before any such event it reads `open`.
+- `resolved_at` / `closed_at` are set by resolved / closed and cleared by a
+  later `reopened` (LWW over those pairs of actions).
+- `follow_up_required` is LWW: True by follow_up_scheduled, False by
+  resolved/closed.
+- `opened_at` and `first_event_at` are minima, `last_event_at` a maximum.
+- `follow_up_completed_at` is derived after every merge from two pseudo-fields
+  in field_event_times (the newest follow_up_scheduled and the newest
+  resolved/closed event): the time of that resolution if it is later than the
+  newest scheduling, else None.
+
+A duplicate delivery of one event id never reaches `merge_interaction`
+(dedupe happens upstream), so `event_count` simply counts.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from healthscore.contracts.enums import InteractionStatus, Priority, SupportAction
+from healthscore.contracts.support import SupportEvent
+
+A = SupportAction
+# pseudo-fields of field_event_times (not columns): newest scheduling / resolution event
+SCHEDULED_KEY = "_follow_up_scheduled"
+RESOLUTION_KEY = "_resolution"
+
+_STATUS_OF: dict[SupportAction, str] = {
+    A.OPENED: InteractionStatus.OPEN.value,
+    A.REOPENED: InteractionStatus.OPEN.value,
+    A.RESOLVED: InteractionStatus.RESOLVED.value,
+    A.CLOSED: InteractionStatus.CLOSED.value,
+}
+_OPTIONAL_FIELDS: tuple[str, ...] = (
+    "interaction_type",
+    "channel",
+    "priority",
+    "sentiment",
+    "outcome",
+    "assigned_to",
+    "subject",
+    "follow_up_at",
+)
+
+
+class InteractionRecord(msgspec.Struct):
+    """One row of `support_interactions` (the columns, in order)."""
+
+    id: str
+    organization_id: str
+    interaction_type: str | None
+    channel: str | None
+    status: str
+    priority: str
+    sentiment: str | None
+    outcome: str | None
+    assigned_to: str | None
+    subject: str | None
+    follow_up_required: bool
+    follow_up_at: float | None
+    follow_up_completed_at: float | None
+    opened_at: float | None
+    resolved_at: float | None
+    closed_at: float | None
+    first_event_at: float
+    last_event_at: float
+    # field -> [occurred_at, event_id] of the event that last set it
+    field_event_times: dict[str, list[float | str]]
+    event_count: int
+
+
+Key = tuple[float, str]
+
+
+def _key_of(entry: list[float | str] | None) -> Key | None:
+    if entry is None:
+        return None
+    return (float(entry[0]), str(entry[1]))
+
+
+def _optional_values(event: SupportEvent) -> dict[str, str | float | None]:
+    return {
+        "interaction_type": event.interaction_type,
+        "channel": event.channel,
+        "priority": event.priority,
+        "sentiment": event.sentiment,
+        "outcome": event.outcome,
+        "assigned_to": str(event.assigned_to) if event.assigned_to is not None else None,
+        "subject": event.subject,
+        "follow_up_at": event.follow_up_at.timestamp() if event.follow_up_at else None,
+    }
+
+
+def _plain(value: str | float | None) -> str | float | None:
+    # StrEnum members -> plain str, so records compare and encode the same however built
+    return str(value) if isinstance(value, str) else value
+
+
+def merge_interaction(current: InteractionRecord | None, event: SupportEvent) -> InteractionRecord:
+    """Return a new record: `current` (or nothing yet) with `event` applied."""
+    t = event.occurred_at.timestamp()
+    event_id = str(event.event_id)
+    key: Key = (t, event_id)
+    entry: list[float | str] = [t, event_id]
+    if current is None:
+        record = InteractionRecord(
+            id=str(event.interaction_id),
+            organization_id=str(event.organization_id),
+            interaction_type=None,
+            channel=None,
+            status=InteractionStatus.OPEN.value,
+            priority=Priority.NORMAL.value,
+            sentiment=None,
+            outcome=None,
+            assigned_to=None,
+            subject=None,
+            follow_up_required=False,
+            follow_up_at=None,
+            follow_up_completed_at=None,
+            opened_at=None,
+            resolved_at=None,
+            closed_at=None,
+            first_event_at=t,
+            last_event_at=t,
+            field_event_times={},
+            event_count=0,
+        )
+    else:
+        record = msgspec.structs.replace(
+            current,
+            field_event_times=dict(current.field_event_times),
+            first_event_at=min(current.first_event_at, t),
+            last_event_at=max(current.last_event_at, t),
+        )
+    times = record.field_event_times
+
+    def wins(field: str) -> bool:
+        """Whether this event is newer than whatever set `field`; records it if so."""
+        previous = _key_of(times.get(field))
+        if previous is not None and previous >= key:
+            return False
+        times[field] = entry
+        return True
+
+    for field, value in _optional_values(event).items():
+        if value is not None and wins(field):
+            setattr(record, field, _plain(value))
+
+    action = event.action
+    status = _STATUS_OF.get(action)
+    if status is not None and wins("status"):
+        record.status = status
+    if action is A.OPENED and (record.opened_at is None or t < record.opened_at):
+        record.opened_at = t
+    if action in (A.RESOLVED, A.REOPENED) and wins("resolved_at"):
+        record.resolved_at = t if action is A.RESOLVED else None
+    if action in (A.CLOSED, A.REOPENED) and wins("closed_at"):
+        record.closed_at = t if action is A.CLOSED else None
+    if action in (A.FOLLOW_UP_SCHEDULED, A.RESOLVED, A.CLOSED) and wins("follow_up_required"):
+        record.follow_up_required = action is A.FOLLOW_UP_SCHEDULED
+    if action is A.FOLLOW_UP_SCHEDULED:
+        wins(SCHEDULED_KEY)
+    elif action in (A.RESOLVED, A.CLOSED):
+        wins(RESOLUTION_KEY)
+
+    scheduled = _key_of(times.get(SCHEDULED_KEY))
+    resolution = _key_of(times.get(RESOLUTION_KEY))
+    if scheduled is not None and resolution is not None and resolution > scheduled:
+        record.follow_up_completed_at = resolution[0]
+    else:
+        record.follow_up_completed_at = None
+    record.event_count += 1
+    return record

@@ -1,0 +1,233 @@
+"""O(1) updates of an organization's aggregate state, one event at a time.
+
+Decayed sums (``state.decayed``) are all expressed at one reference time,
+``state.decay_ref``. Applying a weight w at event time t to signal s with
+half-life h:
+
+- first event: decay_ref = t;
+- t >= decay_ref: every stored sum is multiplied by 2**(-(t - decay_ref)/h_s),
+  decay_ref = t, then w is added;
+- t < decay_ref (late event): w * 2**(-(decay_ref - t)/h) is added and the
+  reference stays put.
+
+Either way the result equals the sum over events of w * 2**(-(ref - t_i)/h),
+whatever the arrival order. Readers decay the stored values on to their as_of
+(`decayed_value`).
+
+The cost per event is bounded by the number of signals (10), plus an
+occasional prune of the user and feature maps when they reach their caps.
+"""
+
+from __future__ import annotations
+
+import math
+
+from healthscore.contracts.enums import InteractionType, Outcome, Sentiment, UsageType
+from healthscore.contracts.support import SupportEvent
+from healthscore.contracts.usage import UsageEvent
+from healthscore.interactions import InteractionRecord
+from healthscore.milestones import MilestoneCrossing, crossed
+from healthscore.scoring.model import DAY, ScoreModel
+from healthscore.scoring.state import OpenInteraction, OrganizationState
+
+MAX_RECENT_EVENT_IDS = 20
+MAX_USERS = 500
+USER_RETENTION = 90 * DAY
+USER_PRUNE_EVERY = 256  # usage events between prunes of users not seen in 90 days
+MAX_FEATURES = 200
+_TINY = 1e-12  # decayed sums below this are dropped to 0 (no denormal drift)
+
+U = UsageType
+VALUE_ACTIONS: frozenset[str] = frozenset(
+    {
+        U.CLIENT_ADDED,
+        U.FORM_CREATED,
+        U.FORM_SUBMITTED,
+        U.JOURNEY_LAUNCHED,
+        U.EMAIL_SENT,
+        U.PAYMENT_RECEIVED,
+        U.CONTRACT_SIGNED,
+    }
+)
+_ESCALATION = InteractionType.ESCALATION.value
+_ESCALATED = Outcome.ESCALATED.value
+
+
+def new_state(organization_id: str) -> OrganizationState:
+    return OrganizationState(organization_id=organization_id)
+
+
+def decayed_value(state: OrganizationState, signal: str, as_of: float, model: ScoreModel) -> float:
+    """A decayed sum as of `as_of` (never amplified when as_of precedes decay_ref)."""
+    value = state.decayed.get(signal, 0.0)
+    if value == 0.0 or state.decay_ref is None or as_of <= state.decay_ref:
+        return value
+    return value * math.exp2(-(as_of - state.decay_ref) / model.half_life_seconds[signal])
+
+
+def _advance(state: OrganizationState, t: float, model: ScoreModel) -> None:
+    """Move decay_ref forward to t (if t is newer), decaying every stored sum."""
+    ref = state.decay_ref
+    if ref is None:
+        state.decay_ref = t
+        return
+    if t <= ref:
+        return
+    dt = t - ref
+    half_lives = model.half_life_seconds
+    decayed = state.decayed
+    for signal, value in decayed.items():
+        value *= math.exp2(-dt / half_lives[signal])
+        decayed[signal] = value if value > _TINY else 0.0
+    state.decay_ref = t
+
+
+def _add(state: OrganizationState, signal: str, weight: float, t: float, model: ScoreModel) -> None:
+    """Add weight at time t; call after _advance(state, t) for this event."""
+    if weight <= 0.0:
+        return
+    ref = state.decay_ref
+    if ref is not None and t < ref:
+        weight *= math.exp2(-(ref - t) / model.half_life_seconds[signal])
+    state.decayed[signal] = state.decayed.get(signal, 0.0) + weight
+
+
+def _touch(state: OrganizationState, t: float, event_id: str) -> None:
+    if state.first_event_at is None or t < state.first_event_at:
+        state.first_event_at = t
+    if state.last_event_at is None or t > state.last_event_at:
+        state.last_event_at = t
+    state.event_count += 1
+    recent = state.recent_event_ids
+    recent.append(event_id)
+    if len(recent) > MAX_RECENT_EVENT_IDS:
+        del recent[: len(recent) - MAX_RECENT_EVENT_IDS]
+
+
+def _see_user(state: OrganizationState, user_id: str, t: float) -> None:
+    users = state.users
+    seen = users.get(user_id)
+    if seen is not None:
+        if t > seen:
+            users[user_id] = t
+        return
+    users[user_id] = t
+    if len(users) > MAX_USERS:
+        _prune_users(state, t)
+
+
+def _prune_users(state: OrganizationState, t: float) -> None:
+    """Drop users not seen within 90 days of the newest event; over the cap, the
+    oldest too, down to 90% of it, so the O(n) prune runs once per ~50 new users."""
+    newest = state.last_event_at if state.last_event_at is not None else t
+    horizon = newest - USER_RETENTION
+    users = state.users
+    if len(users) <= MAX_USERS:
+        state.users = {uid: seen_at for uid, seen_at in users.items() if seen_at >= horizon}
+        return
+    kept = sorted(
+        ((seen_at, uid) for uid, seen_at in users.items() if seen_at >= horizon),
+        reverse=True,
+    )[: MAX_USERS * 9 // 10]
+    state.users = {uid: seen_at for seen_at, uid in kept}
+
+
+def _use_feature(state: OrganizationState, feature: str, t: float) -> None:
+    features = state.features
+    entry = features.get(feature)
+    if entry is not None:
+        entry[0] += 1
+        if t > entry[1]:
+            entry[1] = t
+        return
+    if len(features) >= MAX_FEATURES:
+        stalest = min(features, key=lambda name: features[name][1])
+        del features[stalest]
+    features[feature] = [1.0, t]
+
+
+def apply_usage(
+    state: OrganizationState, event: UsageEvent, model: ScoreModel
+) -> list[MilestoneCrossing]:
+    """Fold one usage event into `state`; returns the milestones it newly crossed."""
+    t = event.occurred_at.timestamp()
+    kind = event.type
+    quantity = event.quantity
+    _touch(state, t, str(event.event_id))
+    if state.last_usage_at is None or t > state.last_usage_at:
+        state.last_usage_at = t
+    if kind is U.LOGIN and (state.last_login_at is None or t > state.last_login_at):
+        state.last_login_at = t
+    state.totals[kind.value] = state.totals.get(kind.value, 0) + quantity
+    if event.user_id is not None:
+        _see_user(state, str(event.user_id), t)
+    if state.event_count % USER_PRUNE_EVERY == 0 and state.users:
+        _prune_users(state, t)
+    if kind is U.FEATURE_USED and event.feature:
+        _use_feature(state, event.feature, t)
+
+    signals = model.signals
+    _advance(state, t, model)
+    _add(state, "activity", 1.0, t, model)
+    if kind is U.LOGIN:
+        _add(state, "logins", 1.0, t, model)
+    if kind in VALUE_ACTIONS:
+        _add(state, "value_actions", min(quantity, signals.value_action_quantity_cap), t, model)
+    if kind is U.CLIENT_ADDED:
+        _add(state, "clients_added", min(quantity, signals.client_quantity_cap), t, model)
+    negative = model.negative_signal_weights.get(kind.value)
+    if negative is not None:
+        weight = negative * min(quantity, signals.negative_signal_quantity_cap)
+        _add(state, "negative_signals", weight, t, model)
+    positive = model.positive_commercial_weights.get(kind.value)
+    if positive is not None:
+        _add(state, "positive_commercial", positive, t, model)
+
+    crossings = crossed(state, event, model)
+    for crossing in crossings:
+        state.milestones[crossing.milestone_type.value] = crossing.achieved_at
+    return crossings
+
+
+def _is_escalated(record: InteractionRecord | None) -> bool:
+    return record is not None and (
+        record.interaction_type == _ESCALATION or record.outcome == _ESCALATED
+    )
+
+
+def apply_interaction(
+    state: OrganizationState,
+    before: InteractionRecord | None,
+    after: InteractionRecord,
+    event: SupportEvent,
+    model: ScoreModel,
+) -> None:
+    """Fold one support event (whose merge turned `before` into `after`) into `state`."""
+    t = event.occurred_at.timestamp()
+    _touch(state, t, str(event.event_id))
+
+    if after.status == "open":
+        state.open_interactions[after.id] = OpenInteraction(
+            opened_at=after.opened_at if after.opened_at is not None else after.first_event_at,
+            interaction_type=after.interaction_type,
+            priority=after.priority,
+            escalated=_is_escalated(after),
+        )
+    else:
+        state.open_interactions.pop(after.id, None)
+
+    _advance(state, t, model)
+    sentiment_weights = model.signals.sentiment_weights
+    if event.sentiment is Sentiment.NEGATIVE:
+        _add(state, "negative_sentiment", sentiment_weights.negative, t, model)
+    elif event.sentiment is Sentiment.VERY_NEGATIVE:
+        _add(state, "negative_sentiment", sentiment_weights.very_negative, t, model)
+    kind = after.interaction_type
+    previous_kind = before.interaction_type if before is not None else None
+    if kind != previous_kind:
+        if kind == InteractionType.COMPLAINT:
+            _add(state, "complaints", 1.0, t, model)
+        elif kind == InteractionType.CANCELLATION_REQUEST:
+            _add(state, "cancellation_requests", 1.0, t, model)
+    if _is_escalated(after) and not _is_escalated(before):
+        _add(state, "escalations", 1.0, t, model)
