@@ -133,7 +133,7 @@ CREATE TABLE success_milestones (
     CONSTRAINT success_milestones_reward_status_presence_check
         CHECK ((reward_type IS NULL) = (reward_status IS NULL)),
     CONSTRAINT success_milestones_reward_delivered_at_check
-        CHECK (reward_delivered_at IS NULL OR reward_status = 'delivered'),
+        CHECK (reward_delivered_at IS NULL OR coalesce(reward_status = 'delivered', false)),
     CONSTRAINT success_milestones_acknowledged_by_check
         CHECK (acknowledged_by IS NULL OR acknowledged_at IS NOT NULL)
 );
