@@ -373,13 +373,13 @@ async def test_health_band_and_risk_level_are_generated_and_follow_updates(
             ),
         )
         query = "SELECT health_status, risk_level FROM customer_health WHERE organization_id = $1"
-        assert tuple(await schema_db.fetchrow(query, org_id)) == ("excellent", "low")
+        assert await b.fetch_tuple(schema_db, query, org_id) == ("excellent", "low")
         await schema_db.execute(
             "UPDATE customer_health SET health_score = 39.99, churn_probability = 0.75"
             " WHERE organization_id = $1",
             org_id,
         )
-        assert tuple(await schema_db.fetchrow(query, org_id)) == ("critical", "critical")
+        assert await b.fetch_tuple(schema_db, query, org_id) == ("critical", "critical")
 
 
 @pytest.mark.parametrize(
@@ -445,7 +445,7 @@ async def test_resolution_time_follows_a_late_opened_event(
             "SELECT interaction_type, channel, priority, event_count, field_event_times::text,"
             " follow_up_required, resolution_time_minutes FROM support_interactions WHERE id = $1"
         )
-        assert tuple(await schema_db.fetchrow(query, row["id"])) == (
+        assert await b.fetch_tuple(schema_db, query, row["id"]) == (
             None,
             None,
             "normal",

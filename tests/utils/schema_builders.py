@@ -197,3 +197,10 @@ async def insert_organization_with_children(conn: asyncpg.Connection) -> Organiz
 
 def hours(n: float) -> timedelta:
     return timedelta(hours=n)
+
+
+async def fetch_tuple(conn: asyncpg.Connection, query: str, *args: Any) -> tuple[Any, ...]:
+    """The one row of a query, as a tuple (fails when there is none)."""
+    row = await conn.fetchrow(query, *args)
+    assert row is not None, query
+    return tuple(row)
