@@ -40,7 +40,7 @@ A = SupportAction
 SCHEDULED_KEY = "_follow_up_scheduled"
 RESOLUTION_KEY = "_resolution"
 
-_STATUS_OF: dict[SupportAction, str] = {
+_STATUS_OF: dict[str, str] = {
     A.OPENED: InteractionStatus.OPEN.value,
     A.REOPENED: InteractionStatus.OPEN.value,
     A.RESOLVED: InteractionStatus.RESOLVED.value,
@@ -161,19 +161,19 @@ def merge_interaction(current: InteractionRecord | None, event: SupportEvent) ->
         if value is not None and wins(field):
             setattr(record, field, _plain(value))
 
-    action = event.action
+    action = str(event.action)
     status = _STATUS_OF.get(action)
     if status is not None and wins("status"):
         record.status = status
-    if action is A.OPENED and (record.opened_at is None or t < record.opened_at):
+    if action == A.OPENED and (record.opened_at is None or t < record.opened_at):
         record.opened_at = t
     if action in (A.RESOLVED, A.REOPENED) and wins("resolved_at"):
-        record.resolved_at = t if action is A.RESOLVED else None
+        record.resolved_at = t if action == A.RESOLVED else None
     if action in (A.CLOSED, A.REOPENED) and wins("closed_at"):
-        record.closed_at = t if action is A.CLOSED else None
+        record.closed_at = t if action == A.CLOSED else None
     if action in (A.FOLLOW_UP_SCHEDULED, A.RESOLVED, A.CLOSED) and wins("follow_up_required"):
-        record.follow_up_required = action is A.FOLLOW_UP_SCHEDULED
-    if action is A.FOLLOW_UP_SCHEDULED:
+        record.follow_up_required = action == A.FOLLOW_UP_SCHEDULED
+    if action == A.FOLLOW_UP_SCHEDULED:
         wins(SCHEDULED_KEY)
     elif action in (A.RESOLVED, A.CLOSED):
         wins(RESOLUTION_KEY)

@@ -151,35 +151,35 @@ def apply_usage(
 ) -> list[MilestoneCrossing]:
     """Fold one usage event into `state`; returns the milestones it newly crossed."""
     t = event.occurred_at.timestamp()
-    kind = event.type
+    kind = str(event.type)  # plain str: tolerant of model_construct'ed events
     quantity = event.quantity
     _touch(state, t, str(event.event_id))
     if state.last_usage_at is None or t > state.last_usage_at:
         state.last_usage_at = t
-    if kind is U.LOGIN and (state.last_login_at is None or t > state.last_login_at):
+    if kind == U.LOGIN and (state.last_login_at is None or t > state.last_login_at):
         state.last_login_at = t
-    state.totals[kind.value] = state.totals.get(kind.value, 0) + quantity
+    state.totals[kind] = state.totals.get(kind, 0) + quantity
     if event.user_id is not None:
         _see_user(state, str(event.user_id), t)
     if state.event_count % USER_PRUNE_EVERY == 0 and state.users:
         _prune_users(state, t)
-    if kind is U.FEATURE_USED and event.feature:
+    if kind == U.FEATURE_USED and event.feature:
         _use_feature(state, event.feature, t)
 
     signals = model.signals
     _advance(state, t, model)
     _add(state, "activity", 1.0, t, model)
-    if kind is U.LOGIN:
+    if kind == U.LOGIN:
         _add(state, "logins", 1.0, t, model)
     if kind in VALUE_ACTIONS:
         _add(state, "value_actions", min(quantity, signals.value_action_quantity_cap), t, model)
-    if kind is U.CLIENT_ADDED:
+    if kind == U.CLIENT_ADDED:
         _add(state, "clients_added", min(quantity, signals.client_quantity_cap), t, model)
-    negative = model.negative_signal_weights.get(kind.value)
+    negative = model.negative_signal_weights.get(kind)
     if negative is not None:
         weight = negative * min(quantity, signals.negative_signal_quantity_cap)
         _add(state, "negative_signals", weight, t, model)
-    positive = model.positive_commercial_weights.get(kind.value)
+    positive = model.positive_commercial_weights.get(kind)
     if positive is not None:
         _add(state, "positive_commercial", positive, t, model)
 
@@ -218,9 +218,9 @@ def apply_interaction(
 
     _advance(state, t, model)
     sentiment_weights = model.signals.sentiment_weights
-    if event.sentiment is Sentiment.NEGATIVE:
+    if event.sentiment == Sentiment.NEGATIVE:
         _add(state, "negative_sentiment", sentiment_weights.negative, t, model)
-    elif event.sentiment is Sentiment.VERY_NEGATIVE:
+    elif event.sentiment == Sentiment.VERY_NEGATIVE:
         _add(state, "negative_sentiment", sentiment_weights.very_negative, t, model)
     kind = after.interaction_type
     previous_kind = before.interaction_type if before is not None else None
