@@ -64,7 +64,7 @@ def crossed(
             break
         if milestone in state.milestones:
             continue
-        rule = model.milestones[milestone]
+        rule = model.milestone_rules[milestone]
         reward = rule.reward
         result.append(
             MilestoneCrossing(

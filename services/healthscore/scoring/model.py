@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -189,6 +188,28 @@ class MilestoneRule(_Section, frozen=True):
     reward: Reward | None
 
 
+class MilestoneRules(_Section, frozen=True):
+    """One rule per milestone of the contract (field names = MilestoneType values)."""
+
+    onboarding_completed: MilestoneRule
+    profile_completed: MilestoneRule
+    first_client_added: MilestoneRule
+    clients_10: MilestoneRule
+    clients_50: MilestoneRule
+    first_form_created: MilestoneRule
+    first_form_submitted: MilestoneRule
+    first_journey_launched: MilestoneRule
+    first_email_sent: MilestoneRule
+    first_payment_received: MilestoneRule
+    first_contract_signed: MilestoneRule
+    integration_connected: MilestoneRule
+    team_member_invited: MilestoneRule
+    weddings_completed_10: MilestoneRule
+    first_review_received: MilestoneRule
+    first_referral: MilestoneRule
+    subscription_upgraded: MilestoneRule
+
+
 class _ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     version: Annotated[str, msgspec.Meta(min_length=1)]
     segments: Segments
@@ -201,7 +222,7 @@ class _ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     growth: Growth
     churn: Churn
     alerts: Alerts
-    milestones: dict[MilestoneType, MilestoneRule]
+    milestones: MilestoneRules
 
 
 class ScoreModel(msgspec.Struct, frozen=True, dict=True):
@@ -218,7 +239,11 @@ class ScoreModel(msgspec.Struct, frozen=True, dict=True):
     growth: Growth
     churn: Churn
     alerts: Alerts
-    milestones: Mapping[MilestoneType, MilestoneRule]
+    milestones: MilestoneRules
+
+    @functools.cached_property
+    def milestone_rules(self) -> dict[MilestoneType, MilestoneRule]:
+        return {m: getattr(self.milestones, m.value) for m in MilestoneType}
 
     @functools.cached_property
     def half_life_seconds(self) -> dict[str, float]:
@@ -234,7 +259,7 @@ class ScoreModel(msgspec.Struct, frozen=True, dict=True):
 
     @functools.cached_property
     def milestone_weight_total(self) -> float:
-        return sum(rule.impact for rule in self.milestones.values())
+        return sum(rule.impact for rule in self.milestone_rules.values())
 
 
 _ERROR_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
@@ -288,10 +313,8 @@ def _check(config: _ModelConfig) -> None:
         raise ModelConfigError("alerts.exit_probability: must be < enter_probability")
     if alerts.recover_drop_points >= alerts.drop_points:
         raise ModelConfigError("alerts.recover_drop_points: must be < drop_points")
-    for milestone in MilestoneType:
-        if milestone not in config.milestones:
-            raise ModelConfigError(f"milestones.{milestone.value}: missing required field")
-    if sum(rule.impact for rule in config.milestones.values()) <= 0:
+    impacts = (getattr(config.milestones, m.value).impact for m in MilestoneType)
+    if sum(impacts) <= 0:
         raise ModelConfigError("milestones: the impacts must sum to > 0")
 
 
@@ -304,7 +327,7 @@ def parse_model(raw: bytes | str) -> ScoreModel:
     except msgspec.DecodeError as exc:
         raise ModelConfigError(f"<root>: not valid JSON ({exc})") from None
     _check(config)
-    return ScoreModel(**msgspec.structs.asdict(config))
+    return ScoreModel(**msgspec.structs.asdict(config))  # shallow: sections are shared
 
 
 def load_model(path: Path) -> ScoreModel:

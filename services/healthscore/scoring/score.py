@@ -236,7 +236,7 @@ def score(state: OrganizationState, as_of: float, model: ScoreModel) -> HealthSc
     missing_points = 0.0
     missing: list[tuple[float, str]] = []
     if tenure > 0.0:
-        for milestone, rule in model.milestones.items():
+        for milestone, rule in model.milestone_rules.items():
             if milestone.value not in achieved:
                 points = rule.impact * min(1.0, tenure / rule.expected_by_days)
                 if points > 0.0:

@@ -1,0 +1,135 @@
+"""The model config loader: the shipped v1 file, and every rejection naming its path."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from healthscore.contracts.enums import MilestoneType
+from healthscore.errors import ModelConfigError
+from healthscore.scoring.model import (
+    DEFAULT_MODEL_PATH,
+    SIGNALS,
+    ScoreModel,
+    default_model,
+    load_model,
+    parse_model,
+)
+
+DEFAULT: dict[str, Any] = json.loads(DEFAULT_MODEL_PATH.read_text())
+EXIT_BELOW_ENTER = "alerts.exit_probability: must be < enter_probability"
+
+
+def write(tmp_path: Path, config: dict[str, Any]) -> Path:
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def mutated(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    config = copy.deepcopy(DEFAULT)
+    change(config)
+    return config
+
+
+def test_default_model_is_v1_and_complete() -> None:
+    model = default_model()
+    assert isinstance(model, ScoreModel)
+    assert model.version == "v1"
+    assert set(model.milestone_rules) == set(MilestoneType)
+    assert set(model.half_life_seconds) == set(SIGNALS)
+    assert model.half_life_seconds["activity"] == 7 * 86400
+    assert model.alerts.exit_probability < model.alerts.enter_probability
+    assert default_model() is model  # loaded once
+
+
+def test_load_model_reads_a_file(tmp_path: Path) -> None:
+    model = load_model(write(tmp_path, mutated(lambda c: c.update(version="v1-test"))))
+    assert model.version == "v1-test"
+
+
+def test_model_is_immutable() -> None:
+    model = default_model()
+    with pytest.raises(AttributeError):
+        model.version = "v2"  # type: ignore[misc]
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def change(config: dict[str, Any]) -> None:
+        *parents, leaf = path.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+
+    return change
+
+
+def _delete(path: str) -> Callable[[dict[str, Any]], None]:
+    def change(config: dict[str, Any]) -> None:
+        *parents, leaf = path.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        del node[leaf]
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_set("weights.established.engagement", -0.1),
+         "weights.established.engagement: must be >= 0"),
+        (_set("half_life_days.activity", 0), "half_life_days.activity: must be > 0"),
+        (_set("half_life_days.complaints", -3), "half_life_days.complaints: must be > 0"),
+        (_set("alerts.exit_probability", 0.5), EXIT_BELOW_ENTER),
+        (_set("alerts.exit_probability", 0.6), EXIT_BELOW_ENTER),
+        (_set("alerts.enter_probability", 1.5), "alerts.enter_probability: must be < 1"),
+        (_set("alerts.surprise", 1), "alerts.surprise: unknown field"),
+        (_set("extra", {}), "extra: unknown field"),
+        (_delete("alerts.cooldown_hours"), "alerts.cooldown_hours: missing required field"),
+        (_delete("growth"), "growth: missing required field"),
+        (_set("weights.new.support", "high"), "weights.new.support: Expected `float`, got `str`"),
+        (_set("weights.new.support", True), "weights.new.support: Expected `float`, got `bool`"),
+        (_set("version", 1), "version: Expected `str`, got `int`"),
+        (_set("weights.new", {"engagement": 0, "adoption": 0, "milestones": 0, "support": 0,
+                              "growth": 0}),
+         "weights.new: the component weights must sum to > 0"),
+        (_delete("milestones.first_referral"), "milestones.first_referral: missing required field"),
+        (_set("milestones.clients_50.impact", -1), "milestones.clients_50.impact: must be >= 0"),
+        (_set("milestones.clients_50.reward", {"type": "gold"}),
+         "milestones.clients_50.reward.type: Invalid enum value 'gold'"),
+        (_set("engagement.recency_points", 40), "engagement: the *_points must sum to 100"),
+        (_set("engagement.recency_zero_days", 1),
+         "engagement.recency_zero_days: must be > recency_full_days"),
+        (_set("alerts.recover_drop_points", 20),
+         "alerts.recover_drop_points: must be < drop_points"),
+        (_set("signals.negative_signal_weights.seat_removed", -1),
+         "signals.negative_signal_weights.seat_removed: must be >= 0"),
+    ],
+)  # fmt: skip
+def test_invalid_configs_are_rejected_naming_the_field(
+    tmp_path: Path, change: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    with pytest.raises(ModelConfigError) as info:
+        load_model(write(tmp_path, mutated(change)))
+    assert str(info.value).startswith(message)
+
+
+def test_unknown_milestone_is_rejected() -> None:
+    config = mutated(_set("milestones.first_wedding", DEFAULT["milestones"]["first_referral"]))
+    with pytest.raises(ModelConfigError, match=r"^milestones.first_wedding: unknown field"):
+        parse_model(json.dumps(config))
+
+
+def test_not_json_and_missing_file_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ModelConfigError, match="not valid JSON"):
+        parse_model(b"{not json")
+    with pytest.raises(ModelConfigError, match="cannot read"):
+        load_model(tmp_path / "absent.json")
