@@ -184,5 +184,7 @@ def merge_interaction(current: InteractionRecord | None, event: SupportEvent) ->
         record.follow_up_completed_at = resolution[0]
     else:
         record.follow_up_completed_at = None
+    # sorted keys: the encoded record is byte-identical whatever the arrival order
+    record.field_event_times = dict(sorted(times.items()))
     record.event_count += 1
     return record
