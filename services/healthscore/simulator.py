@@ -238,7 +238,13 @@ _SENTIMENTS: dict[str, tuple[tuple[str, float], ...]] = {
     CHURNING: (("neutral", 0.5), ("negative", 3.0), ("very_negative", 3.0)),
 }
 
-_CHANNELS = (("email", 4.0), ("chat", 3.0), ("phone", 2.0), ("video", 1.0), ("in_app", 1.5))
+_CHANNELS: tuple[tuple[str, float], ...] = (
+    ("email", 4.0),
+    ("chat", 3.0),
+    ("phone", 2.0),
+    ("video", 1.0),
+    ("in_app", 1.5),
+)
 
 _SUPPORT_WEIGHT = {HEALTHY: 1.0, DECLINING: 2.5, CHURNING: 4.0}
 
@@ -324,7 +330,7 @@ def organization_profiles(config: SimulationConfig) -> dict[str, str]:
 def _profile_intensity(profile: str, fraction: float, elapsed_ms: float, span_ms: int) -> float:
     if profile == DECLINING:
         half_life = min(7 * 86_400 * _MS, span_ms / 4)
-        return 0.5 ** (elapsed_ms / half_life)
+        return float(0.5 ** (elapsed_ms / half_life))
     if profile == CHURNING:
         if fraction < 1 / 3:
             return 1.0
