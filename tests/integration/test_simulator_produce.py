@@ -93,6 +93,7 @@ async def test_produce_and_consume_back(kafka_bootstrap: str, topic_factory: Top
         message = valid_values.get(record.value)
         if message is None:
             continue
+        assert message.organization_id is not None
         assert record.key == message.organization_id.encode()
         assert (record.value, record.timestamp) in timestamps
 
