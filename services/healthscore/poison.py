@@ -121,7 +121,13 @@ def poison_corpus(organization_id: str, now: datetime) -> list[PoisonCase]:
     other = _uuid(org, "another-organization").encode()
     add("key_body_mismatch", "usage", u("mismatch"), "key_mismatch", message_key=other)
     add("support_key_body_mismatch", "support", s("mismatch"), "key_mismatch", message_key=other)
-    add("key_not_uuid", "usage", u("key_not_uuid"), "key_mismatch", message_key=b"acme-weddings")
+    add("key_not_uuid", "usage", u("key_not_uuid"), "invalid_key", message_key=b"acme-weddings")
+    non_canonical = f"urn:uuid:{org}".encode()
+    add("key_not_canonical", "usage", u("key_urn"), "invalid_key", message_key=non_canonical)
+    add("key_empty", "support", s("key_empty"), "missing_key", message_key=b"")
+    add(
+        "occurred_at_as_number", "usage", u("numeric_time", occurred_at=1700000000), "invalid_field"
+    )
 
     # required fields and ids
     add("usage_missing_event_id", "usage", without(u("x"), "event_id"), "missing_field")

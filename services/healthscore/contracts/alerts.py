@@ -16,9 +16,7 @@ class RiskFactor(BaseModel):
 
     factor: str = Field(description="Stable machine name, e.g. `inactivity` or `open_escalations`.")
     value: float = Field(description="The measured input, in the factor's own unit.")
-    impact: float = Field(
-        description="Points this factor moved the score (negative lowers it)."
-    )
+    impact: float = Field(description="Points this factor moved the score (negative lowers it).")
     detail: str = Field(description="One human-readable sentence for the dashboard.")
 
 

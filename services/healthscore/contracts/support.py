@@ -3,9 +3,9 @@
 from typing import Self
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from healthscore.contracts._common import OccurredAt, check_not_in_future
+from healthscore.contracts._common import OccurredAt, TextTimestamp, check_not_in_future
 from healthscore.contracts.enums import (
     Channel,
     InteractionType,
@@ -38,7 +38,7 @@ class SupportEvent(BaseModel):
     subject: str | None = Field(
         default=None, max_length=500, description="Subject, stored verbatim and searchable."
     )
-    follow_up_at: AwareDatetime | None = Field(
+    follow_up_at: TextTimestamp | None = Field(
         default=None, description="When to follow up; with `follow_up_scheduled`."
     )
     occurred_at: OccurredAt

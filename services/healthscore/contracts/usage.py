@@ -1,9 +1,9 @@
 """`product.usage.v1`: usage events from product services."""
 
-import json
 from typing import Any
 from uuid import UUID
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from healthscore.contracts._common import OccurredAt, check_not_in_future
@@ -38,7 +38,7 @@ class UsageEvent(BaseModel):
     @classmethod
     def _properties_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None:
-            size = len(json.dumps(value, separators=(",", ":")).encode())
+            size = len(orjson.dumps(value))  # UTF-8 bytes, as on the wire
             if size > MAX_PROPERTIES_BYTES:
                 raise ValueError(f"properties is {size} bytes serialized; the limit is 16 KiB")
         return value

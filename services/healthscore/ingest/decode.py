@@ -55,6 +55,7 @@ REASONS = (
     "invalid_json",
     "not_an_object",
     "missing_key",
+    "invalid_key",
     "key_mismatch",
     "missing_field",
     "invalid_uuid",
@@ -107,7 +108,9 @@ class Decoder:
             return Rejection(record, "empty", "message value is empty")
         if len(value) > self._max_bytes:
             return Rejection(
-                record, "too_large", f"message is {len(value)} bytes; the limit is {self._max_bytes}"
+                record,
+                "too_large",
+                f"message is {len(value)} bytes; the limit is {self._max_bytes}",
             )
         try:
             value.decode("utf-8")
@@ -121,18 +124,21 @@ class Decoder:
             return Rejection(
                 record, "not_an_object", f"expected a JSON object, got {type(body).__name__}"
             )
-        if record.key is None:
+        if not record.key:
             return Rejection(record, "missing_key", "message key (organization_id) is missing")
+        key = _canonical_uuid(record.key)
+        if key is None:
+            # Kafka partitions by the key's bytes: a non-canonical spelling of the
+            # same UUID would land on another partition and break per-org order.
+            return Rejection(
+                record, "invalid_key", "message key is not a UUID in canonical lowercase form"
+            )
         context = {"received_at": _received_at(record)}
         try:
             event = model.model_validate(body, context=context)
         except ValidationError as exc:
             return _rejection_from(record, exc)
         assert isinstance(event, UsageEvent | SupportEvent)
-        try:
-            key = UUID(record.key.decode("utf-8", errors="strict"))
-        except (UnicodeDecodeError, ValueError):
-            return Rejection(record, "key_mismatch", "message key is not a UUID")
         if key != event.organization_id:
             return Rejection(
                 record,
@@ -142,10 +148,26 @@ class Decoder:
         return Decoded(record, event)
 
 
-def _received_at(record: RawRecord) -> datetime | None:
-    if record.timestamp_ms is None or record.timestamp_ms <= 0:
+def _canonical_uuid(key: bytes) -> UUID | None:
+    try:
+        text = key.decode("ascii")
+        value = UUID(text)
+    except (UnicodeDecodeError, ValueError):
         return None
-    return datetime.fromtimestamp(record.timestamp_ms / 1000, UTC)
+    return value if str(value) == text else None
+
+
+def _received_at(record: RawRecord) -> datetime:
+    """The clock `occurred_at` is judged against: the record's timestamp.
+
+    Using the record timestamp makes a replay judge each event exactly as the
+    live run did; taking the earlier of it and the wall clock stops a producer
+    whose clock runs ahead from vouching for its own future events.
+    """
+    now = datetime.now(UTC)
+    if record.timestamp_ms is None or record.timestamp_ms <= 0:
+        return now
+    return min(now, datetime.fromtimestamp(record.timestamp_ms / 1000, UTC))
 
 
 def _rejection_from(record: RawRecord, exc: ValidationError) -> Rejection:

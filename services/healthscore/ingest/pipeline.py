@@ -49,6 +49,11 @@ class BatchOutcome:
     organizations_rescored: int = 0
     alerts: dict[str, int] = field(default_factory=dict)
     milestones: int = 0
+    consumed_by_topic: dict[str, int] = field(default_factory=dict)
+    applied_by_topic: dict[str, int] = field(default_factory=dict)
+    duplicates_by_topic: dict[str, int] = field(default_factory=dict)
+    redelivered_by_topic: dict[str, int] = field(default_factory=dict)
+    record_timestamps_ms: list[int] = field(default_factory=list)
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
     max_event_time: dict[TopicPartition, datetime] = field(default_factory=dict)
     rejections: list[Rejection] = field(default_factory=list)
@@ -92,14 +97,17 @@ class BatchPipeline:
                 tp = (record.topic, record.partition)
                 if record.offset < stored[tp]:
                     outcome.skipped_replayed += 1
+                    _count(outcome.redelivered_by_topic, record.topic)
                     continue
                 fresh.append(item)
             events = [d for d in fresh if isinstance(d, Decoded)]
             dead = [d for d in fresh if isinstance(d, Rejection)]
 
-            new_events = await _claim_new_events(conn, events)
-            outcome.duplicates = len(events) - len(new_events)
-            effects = await self._compute(conn, new_events)
+            new_events, duplicates = await _claim_new_events(conn, events)
+            outcome.duplicates = len(duplicates)
+            for item in duplicates:
+                _count(outcome.duplicates_by_topic, item.record.topic)
+            effects = await self._compute(conn, [d.event for d in new_events])
             for event, owner in effects.misrouted:
                 dead.append(_misrouted_rejection(events, event, owner))
             # dead letters leave before the commit: see DeadLetterQueue.publish
@@ -116,6 +124,14 @@ class BatchPipeline:
                 [max_times.get(tp) for tp in partitions],
             )
 
+        misrouted = {id(event) for event, _ in effects.misrouted}
+        for item in fresh:
+            _count(outcome.consumed_by_topic, item.record.topic)
+            if item.record.timestamp_ms:
+                outcome.record_timestamps_ms.append(item.record.timestamp_ms)
+        for item in new_events:
+            if id(item.event) not in misrouted:
+                _count(outcome.applied_by_topic, item.record.topic)
         outcome.applied = effects.applied
         outcome.organizations_rescored = len(effects.rescored)
         outcome.milestones = len(effects.milestones)
@@ -142,9 +158,7 @@ class BatchPipeline:
         for row in await conn.fetch(sql.LOCK_STATES, orgs):
             if row["state"] != "null":
                 states[str(row["organization_id"])] = decode_state(row["state"])
-        interaction_ids = sorted(
-            {e.interaction_id for e in events if isinstance(e, SupportEvent)}
-        )
+        interaction_ids = sorted({e.interaction_id for e in events if isinstance(e, SupportEvent)})
         interactions: dict[str, InteractionRecord] = {}
         if interaction_ids:
             for row in await conn.fetch(sql.READ_INTERACTIONS, interaction_ids):
@@ -168,10 +182,10 @@ async def _lock_offsets(
 
 async def _claim_new_events(
     conn: asyncpg.Connection[Any], events: list[Decoded]
-) -> list[UsageEvent | SupportEvent]:
-    """Insert the batch's event ids; keep the first occurrence of each new one."""
+) -> tuple[list[Decoded], list[Decoded]]:
+    """Insert the batch's event ids; split into first occurrences and duplicates."""
     if not events:
-        return []
+        return [], []
     bodies = [d.event for d in events]
     rows = await conn.fetch(
         sql.CLAIM_EVENT_IDS,
@@ -180,12 +194,19 @@ async def _claim_new_events(
         [e.occurred_at for e in bodies],
     )
     claimed: set[UUID] = {r["event_id"] for r in rows}
-    fresh: list[UsageEvent | SupportEvent] = []
-    for event in bodies:
-        if event.event_id in claimed:
-            claimed.discard(event.event_id)  # later copies in this batch are duplicates
-            fresh.append(event)
-    return fresh
+    fresh: list[Decoded] = []
+    duplicates: list[Decoded] = []
+    for item in events:
+        if item.event.event_id in claimed:
+            claimed.discard(item.event.event_id)  # later copies in this batch are duplicates
+            fresh.append(item)
+        else:
+            duplicates.append(item)
+    return fresh, duplicates
+
+
+def _count(counter: dict[str, int], key: str) -> None:
+    counter[key] = counter.get(key, 0) + 1
 
 
 def _max_event_times(events: list[Decoded]) -> dict[TopicPartition, datetime]:
@@ -199,9 +220,7 @@ def _max_event_times(events: list[Decoded]) -> dict[TopicPartition, datetime]:
     return result
 
 
-def _misrouted_rejection(
-    events: list[Decoded], event: SupportEvent, owner: str
-) -> Rejection:
+def _misrouted_rejection(events: list[Decoded], event: SupportEvent, owner: str) -> Rejection:
     record = next(d.record for d in events if d.event is event)
     return Rejection(
         record,

@@ -1,0 +1,110 @@
+"""True end offsets and consumer lag, robust to a stale ListOffsets answer.
+
+Lag is the partition's high watermark minus the next offset the service
+stored in PostgreSQL (its real progress; Kafka's committed offsets trail it).
+The embedded broker may answer ListOffsets(latest) with the base offset of
+the last record batch + 1 instead of the high watermark, so the high
+watermark is taken from a Fetch response instead: seek just before the
+reported end and fetch; every Fetch response carries the true high watermark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from healthscore.store import sql
+
+TP = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    topic: str
+    partition: int
+    high_watermark: int
+    stored_offset: int | None
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.high_watermark - (self.stored_offset or 0))
+
+
+class HighWatermarkProbe:
+    """A group-less consumer that reads high watermarks from Fetch responses."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            group_id=None,
+            fetch_max_wait_ms=50,
+            max_partition_fetch_bytes=64 * 1024,
+        )
+        self._started = False
+
+    async def __aenter__(self) -> HighWatermarkProbe:
+        await self._consumer.start()
+        self._started = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._consumer.stop()
+
+    async def partitions(self, topics: list[str]) -> list[TP]:
+        result: list[TP] = []
+        for topic in topics:
+            parts = self._consumer.partitions_for_topic(topic)
+            if parts is None:
+                await self._consumer._client.force_metadata_update()  # noqa: SLF001
+                parts = self._consumer.partitions_for_topic(topic) or set()
+            result.extend((topic, p) for p in sorted(parts))
+        return result
+
+    async def high_watermarks(self, partitions: list[TP], timeout: float = 5.0) -> dict[TP, int]:
+        consumer = self._consumer
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        if not tps:
+            return {}
+        consumer.assign(tps)
+        reported: dict[Any, int] = await consumer.end_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, max(0, reported[tp] - 1))
+        result: dict[TP, int] = {}
+        deadline = time.monotonic() + timeout
+        while len(result) < len(tps) and time.monotonic() < deadline:
+            await consumer.getmany(*tps, timeout_ms=100, max_records=1)
+            for tp in tps:
+                hw = consumer.highwater(tp)
+                if hw is not None:
+                    result[(tp.topic, tp.partition)] = max(hw, reported[tp])
+            await asyncio.sleep(0)
+        for tp in tps:
+            # an empty partition never answers a fetch with records; 0 is exact then
+            result.setdefault((tp.topic, tp.partition), reported[tp])
+        return result
+
+
+async def stored_offsets(conn: asyncpg.Connection[Any], group: str) -> dict[TP, int]:
+    rows = await conn.fetch(sql.READ_OFFSETS, group)
+    return {(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
+
+
+async def consumer_lag(
+    bootstrap: str, conn: asyncpg.Connection[Any], group: str, topics: list[str]
+) -> list[PartitionLag]:
+    async with HighWatermarkProbe(bootstrap) as probe:
+        partitions = await probe.partitions(topics)
+        watermarks = await probe.high_watermarks(partitions)
+    stored = await stored_offsets(conn, group)
+    return [
+        PartitionLag(
+            topic, partition, watermarks[(topic, partition)], stored.get((topic, partition))
+        )
+        for topic, partition in partitions
+    ]
