@@ -170,8 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--database-url")
     p.add_argument("--bootstrap-servers")
-    p.add_argument("--no-migrate", dest="migrate", action="store_false",
-                   help="do not apply migrations before starting")
+    p.add_argument(
+        "--no-migrate",
+        dest="migrate",
+        action="store_false",
+        help="do not apply migrations before starting",
+    )
     p.add_argument("--no-sweep", action="store_true", help="do not run the silence sweep")
     return parser
 

@@ -39,9 +39,7 @@ def to_raw(record: Any) -> RawRecord:
     )
 
 
-async def stored_offsets(
-    pool: asyncpg.Pool[Any], group: str
-) -> dict[tuple[str, int], int]:
+async def stored_offsets(pool: asyncpg.Pool[Any], group: str) -> dict[tuple[str, int], int]:
     async with pool.acquire() as conn:
         rows = await conn.fetch(sql.READ_OFFSETS, group)
     return {(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}

@@ -50,9 +50,7 @@ def docker_available() -> bool:
     if shutil.which("docker") is None:
         return False
     try:
-        result = subprocess.run(
-            ["docker", "info"], capture_output=True, timeout=5, check=False
-        )
+        result = subprocess.run(["docker", "info"], capture_output=True, timeout=5, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return result.returncode == 0
@@ -127,9 +125,11 @@ def resolve_services(
     idempotence = True
     broker_process: subprocess.Popen[bytes] | None = None
     postgres_pid: int | None = None
-    use_containers = prefer_containers and (
-        database_url is None or kafka_bootstrap_servers is None
-    ) and docker_available()
+    use_containers = (
+        prefer_containers
+        and (database_url is None or kafka_bootstrap_servers is None)
+        and docker_available()
+    )
     if database_url is None:
         if use_containers:
             from testcontainers.postgres import PostgresContainer

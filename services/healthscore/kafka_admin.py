@@ -31,10 +31,14 @@ async def ensure_topics(
         missing = [t for t in topics if t not in existing]
         if missing:
             try:
-                await admin.create_topics([
-                        NewTopic(t, partitions, 1, topic_configs=COMPACTED if t in compacted else {})
+                await admin.create_topics(
+                    [
+                        NewTopic(
+                            t, partitions, 1, topic_configs=COMPACTED if t in compacted else {}
+                        )
                         for t in missing
-                    ])
+                    ]
+                )
             except TopicAlreadyExistsError:
                 pass  # another process created it first
     finally:

@@ -175,7 +175,9 @@ def _health_message(row: Any, now: datetime) -> bytes:
         {
             "organization_id": str(row["organization_id"]),
             "health_score": float(row["health_score"]),
-            "previous_score": None if row["previous_score"] is None else float(row["previous_score"]),
+            "previous_score": None
+            if row["previous_score"] is None
+            else float(row["previous_score"]),
             "health_status": row["health_status"],
             "churn_probability": float(row["churn_probability"]),
             "risk_level": row["risk_level"],

@@ -26,7 +26,9 @@ class ChurnRiskAlert(BaseModel):
     model_config = ConfigDict(frozen=True, title="ChurnRiskAlert")
 
     alert_id: UUID = Field(
-        description="Deterministic for (organization, episode, kind): a replay re-emits the same id."
+        description=(
+            "Deterministic for (organization, episode, kind): a replay re-emits the same id."
+        )
     )
     organization_id: UUID = Field(description="The organization; also the message key.")
     kind: AlertKind = Field(description="`risk_raised`, `risk_escalated` or `recovered`.")

@@ -258,6 +258,13 @@ class ScoreModel(msgspec.Struct, frozen=True, dict=True):
         return msgspec.structs.asdict(self.signals.positive_commercial_weights)
 
     @functools.cached_property
+    def milestone_table(self) -> tuple[tuple[str, float, float], ...]:
+        """(milestone name, impact, expected_by_days) rows, for the score's inner loop."""
+        return tuple(
+            (m.value, rule.impact, rule.expected_by_days) for m, rule in self.milestone_rules.items()
+        )
+
+    @functools.cached_property
     def milestone_weight_total(self) -> float:
         return sum(rule.impact for rule in self.milestone_rules.values())
 

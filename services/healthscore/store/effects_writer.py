@@ -134,5 +134,8 @@ def _factors_json(factors: Any) -> str:
 
 def _feature_usage_json(features: dict[str, list[float]]) -> str:
     return orjson.dumps(
-        {name: {"count": int(v[0]), "last_used_at": to_datetime(v[1])} for name, v in features.items()}
+        {
+            name: {"count": int(v[0]), "last_used_at": to_datetime(v[1])}
+            for name, v in features.items()
+        }
     ).decode()
