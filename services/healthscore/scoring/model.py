@@ -260,9 +260,8 @@ class ScoreModel(msgspec.Struct, frozen=True, dict=True):
     @functools.cached_property
     def milestone_table(self) -> tuple[tuple[str, float, float], ...]:
         """(milestone name, impact, expected_by_days) rows, for the score's inner loop."""
-        return tuple(
-            (m.value, rule.impact, rule.expected_by_days) for m, rule in self.milestone_rules.items()
-        )
+        rules = self.milestone_rules.items()
+        return tuple((m.value, rule.impact, rule.expected_by_days) for m, rule in rules)
 
     @functools.cached_property
     def milestone_weight_total(self) -> float:
