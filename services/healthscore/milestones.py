@@ -7,6 +7,10 @@ the organization has not achieved before (`state.milestones`). A single event
 may cross several thresholds at once (60 clients added in one event cross
 first_client_added, clients_10 and clients_50). Impact and reward of each
 milestone come from the model config.
+
+Totals are sums, so the *set* of milestones reached does not depend on arrival
+order; with late events, the one credited (its time and id) is the event whose
+arrival reached the threshold, not necessarily the earliest by occurred_at.
 """
 
 from __future__ import annotations
