@@ -139,6 +139,94 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _run(lambda: main(resolved))
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from healthscore.demo import DemoOptions, run_demo
+
+    settings = _settings(args)
+    configure_logging("WARNING", settings.log_format)
+    options = DemoOptions(
+        organizations=args.organizations, events=args.events, rate=args.rate, seed=args.seed
+    )
+    with _with_services(settings) as (resolved, services):
+        if services is not None:
+            print(f"started {services.kind} PostgreSQL and Kafka-protocol broker")
+        return _run(lambda: run_demo(resolved, options))
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from aiokafka import AIOKafkaProducer
+
+    from healthscore.simulator import SimulationConfig, generate, produce
+
+    settings = _settings(args)
+    if settings.kafka_bootstrap_servers is None:
+        print("error: set KAFKA_BOOTSTRAP_SERVERS (see `healthscore dev-services`)",
+              file=sys.stderr)
+        return 2
+    span = timedelta(days=args.span_days)
+    config = SimulationConfig(
+        start=datetime.now(UTC) - span,
+        organizations=args.organizations,
+        events=args.events,
+        seed=args.seed,
+        span=span - timedelta(minutes=1),
+        duplicate_rate=args.duplicate_rate,
+        malformed_rate=args.malformed_rate,
+    )
+
+    async def main() -> int:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            acks="all",
+            enable_idempotence=settings.kafka_idempotent_producer,
+        )
+        await producer.start()
+        try:
+            stats = await produce(
+                generate(config), producer, settings.usage_topic, settings.support_topic,
+                rate=args.rate,
+            )
+        finally:
+            await producer.stop()
+        print(
+            f"sent {stats.sent} messages: {stats.valid} valid, {stats.duplicates} duplicates, "
+            f"{stats.malformed} malformed, in {stats.seconds:.1f}s"
+        )
+        return 0
+
+    return _run(main)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from healthscore.replay import replay
+
+    settings = _settings(args)
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.database_url is None or settings.kafka_bootstrap_servers is None:
+        print("error: replay needs DATABASE_URL (an empty database) and "
+              "KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
+        return 2
+
+    async def main() -> int:
+        result = await replay(settings, publish_alerts=args.publish_alerts)
+        print(
+            f"replayed {result.events_applied} events into {result.organizations} "
+            f"organizations, {result.alerts} alerts in the outbox, {result.seconds:.1f}s"
+        )
+        return 0
+
+    return _run(main)
+
+
+def _add_stream_options(p: Any, events: int, rate: float | None) -> None:
+    p.add_argument("--organizations", type=int, default=200)
+    p.add_argument("--events", type=int, default=events)
+    p.add_argument("--rate", type=float, default=rate, help="messages per second")
+    p.add_argument("--seed", type=int, default=7)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="healthscore",
@@ -177,6 +265,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not apply migrations before starting",
     )
     p.add_argument("--no-sweep", action="store_true", help="do not run the silence sweep")
+
+    p = add(
+        "demo",
+        cmd_demo,
+        "Start everything (embedded services unless URLs are set, migrations, the service, "
+        "the simulator) and show scores changing and alerts appearing.",
+    )
+    _add_stream_options(p, events=20_000, rate=4000.0)
+
+    p = add("simulate", cmd_simulate, "Produce a synthetic event stream to the input topics.")
+    _add_stream_options(p, events=10_000, rate=None)
+    p.add_argument("--span-days", type=int, default=30)
+    p.add_argument("--duplicate-rate", type=float, default=0.01)
+    p.add_argument("--malformed-rate", type=float, default=0.001)
+
+    p = add(
+        "replay",
+        cmd_replay,
+        "Rebuild all derived state from the input topics into the empty DATABASE_URL.",
+    )
+    p.add_argument("--publish-alerts", action="store_true",
+                   help="also publish the rebuilt alerts (off: they stay in the outbox)")
     return parser
 
 

@@ -53,7 +53,9 @@ SELECT s.organization_id, s.health_version, h.health_score, h.previous_score,
 FROM organization_state s
 JOIN customer_health h ON h.organization_id = s.organization_id
 WHERE s.health_version <> s.published_health_version
+ORDER BY s.organization_id
 LIMIT $1
+FOR UPDATE OF s SKIP LOCKED
 """
 
 MARK_HEALTH_SENT = """
@@ -124,7 +126,12 @@ class OutboxRelay:
         return len(rows)
 
     async def relay_health(self) -> int:
-        """Publish the latest score of organizations whose score changed."""
+        """Publish the latest score of organizations whose score changed.
+
+        Rows a consumer batch holds are skipped (SKIP LOCKED), never waited
+        for: the relay then cannot take part in a lock cycle with a batch, and
+        the skipped organizations go out on the next pass.
+        """
         if self._health_topic is None:
             return 0
         async with self._pool.acquire() as conn, conn.transaction():
