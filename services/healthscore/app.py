@@ -43,7 +43,7 @@ async def _raw_records(message: Any) -> Any:
     return message.raw_message
 
 
-def _typed_handler(handler: BatchHandler, payload: type) -> Any:
+def _typed_handler(handler: BatchHandler, payload: Any) -> Any:
     """A subscriber function whose annotation names the contract model.
 
     FastStream reads the annotation for the AsyncAPI document only: the broker
@@ -53,8 +53,8 @@ def _typed_handler(handler: BatchHandler, payload: type) -> Any:
     async def handle(records: Any) -> None:
         await handler(records)
 
-    handle.__annotations__ = {"records": list[payload], "return": None}  # type: ignore[valid-type]
-    handle.__name__ = f"consume_{payload.__name__}"
+    handle.__annotations__ = {"records": list[payload], "return": None}
+    handle.__name__ = "consume_events"
     return handle
 
 
@@ -143,36 +143,46 @@ class Service:
         s = self.settings
         assert self.pool is not None and self.pipeline is not None
         broker = KafkaBroker(self.bootstrap, apply_types=False, logger=None)
-        for topic, payload in ((s.usage_topic, UsageEvent), (s.support_topic, SupportEvent)):
-            holder: dict[str, Any] = {}
-            listener = SeekToStoredOffsets(
-                self.pool, s.consumer_group, lambda h=holder: h["subscriber"].consumer
-            )
-            self.listeners.append(listener)
-            subscriber = broker.subscriber(
-                topic,
-                batch=True,
-                group_id=s.consumer_group,
-                ack_policy=AckPolicy.MANUAL,
-                auto_offset_reset="earliest",
-                max_records=s.batch_max_records,
-                batch_timeout_ms=s.batch_timeout_ms,
-                max_partition_fetch_bytes=4 * 1024 * 1024,
-                listener=listener,
-                decoder=_raw_records,
-                title=f"{topic}:consume",
-                description=f"{payload.__name__} events, consumed in batches; "
-                "invalid ones go to the DLQ topic.",
-            )
-            holder["subscriber"] = subscriber
-            handler = BatchHandler(
-                self.pipeline,
-                lambda h=holder: h["subscriber"].consumer,
-                on_outcome=self._record_outcome,
-            )
-
-            subscriber(_typed_handler(handler, payload))
+        # One subscriber for both input topics: one consumer per process, one
+        # group join, and one transaction per fetch whichever topic it came from.
+        holder: dict[str, Any] = {}
+        listener = SeekToStoredOffsets(
+            self.pool,
+            s.consumer_group,
+            lambda: holder["subscriber"].consumer,
+            on_change=self._on_rebalance,
+        )
+        self.listeners.append(listener)
+        subscriber = broker.subscriber(
+            s.usage_topic,
+            s.support_topic,
+            batch=True,
+            group_id=s.consumer_group,
+            ack_policy=AckPolicy.MANUAL,
+            auto_offset_reset="earliest",
+            max_records=s.batch_max_records,
+            batch_timeout_ms=s.batch_timeout_ms,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            listener=listener,
+            decoder=_raw_records,
+            title="healthscore:consume",
+            description=(
+                f"UsageEvent records from {s.usage_topic} and SupportEvent records from "
+                f"{s.support_topic}, consumed in batches; an invalid record goes to "
+                f"<topic>{s.dlq_suffix} with headers naming the error."
+            ),
+        )
+        holder["subscriber"] = subscriber
+        handler = BatchHandler(
+            self.pipeline,
+            lambda: holder["subscriber"].consumer,
+            on_outcome=self._record_outcome,
+        )
+        subscriber(_typed_handler(handler, UsageEvent | SupportEvent))
         return broker
+
+    def _on_rebalance(self, change: str, partitions: int) -> None:
+        log.info("rebalance", change=change, partitions=partitions)
 
     def _record_outcome(self, outcome: BatchOutcome, duration: float) -> None:
         self.outcomes.append(outcome)

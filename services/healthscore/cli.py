@@ -162,8 +162,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if settings.kafka_bootstrap_servers is None:
-        print("error: set KAFKA_BOOTSTRAP_SERVERS (see `healthscore dev-services`)",
-              file=sys.stderr)
+        print(
+            "error: set KAFKA_BOOTSTRAP_SERVERS (see `healthscore dev-services`)", file=sys.stderr
+        )
         return 2
     span = timedelta(days=args.span_days)
     config = SimulationConfig(
@@ -185,7 +186,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         await producer.start()
         try:
             stats = await produce(
-                generate(config), producer, settings.usage_topic, settings.support_topic,
+                generate(config),
+                producer,
+                settings.usage_topic,
+                settings.support_topic,
                 rate=args.rate,
             )
         finally:
@@ -205,8 +209,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
     if settings.database_url is None or settings.kafka_bootstrap_servers is None:
-        print("error: replay needs DATABASE_URL (an empty database) and "
-              "KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
+        print(
+            "error: replay needs DATABASE_URL (an empty database) and KAFKA_BOOTSTRAP_SERVERS",
+            file=sys.stderr,
+        )
         return 2
 
     async def main() -> int:
@@ -285,8 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_replay,
         "Rebuild all derived state from the input topics into the empty DATABASE_URL.",
     )
-    p.add_argument("--publish-alerts", action="store_true",
-                   help="also publish the rebuilt alerts (off: they stay in the outbox)")
+    p.add_argument(
+        "--publish-alerts",
+        action="store_true",
+        help="also publish the rebuilt alerts (off: they stay in the outbox)",
+    )
     return parser
 
 

@@ -8,7 +8,6 @@ top reasons) while churn-risk alerts arrive on the alert topic.
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -43,7 +42,9 @@ class DemoOptions:
     top: int = 8
 
 
-async def _watch_alerts(settings: Settings, stop: asyncio.Event, seen: list[dict[str, Any]]) -> None:
+async def _watch_alerts(
+    settings: Settings, stop: asyncio.Event, seen: list[dict[str, Any]]
+) -> None:
     consumer = AIOKafkaConsumer(
         settings.alert_topic,
         bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -116,7 +117,10 @@ async def run_demo(settings: Settings, options: DemoOptions) -> int:
         )
         send = asyncio.create_task(
             produce(
-                generate(config), producer, settings.usage_topic, settings.support_topic,
+                generate(config),
+                producer,
+                settings.usage_topic,
+                settings.support_topic,
                 rate=options.rate,
             )
         )
@@ -124,11 +128,11 @@ async def run_demo(settings: Settings, options: DemoOptions) -> int:
             await asyncio.sleep(2.0)
             await _print_dashboard(admin_url, 3)
         stats = await send
-        print(f"produced {stats.sent} messages ({stats.duplicates} duplicates, "
-              f"{stats.malformed} malformed) in {stats.seconds:.1f}s")
-        deadline = time.monotonic() + options.settle_seconds
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
+        print(
+            f"produced {stats.sent} messages ({stats.duplicates} duplicates, "
+            f"{stats.malformed} malformed) in {stats.seconds:.1f}s"
+        )
+        await asyncio.sleep(options.settle_seconds)  # let the last batches and alerts land
         print("final dashboard:")
         await _print_dashboard(admin_url, options.top)
         print(f"alerts received: {len(alerts)}")

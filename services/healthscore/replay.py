@@ -51,9 +51,7 @@ async def replay(
         targets = await probe.high_watermarks(await probe.partitions(topics))
     replay_group = group or f"{settings.consumer_group}-replay-{uuid.uuid4().hex[:8]}"
     replay_settings = settings.model_copy(update={"consumer_group": replay_group})
-    service = Service(
-        replay_settings, ServiceOptions(run_relay=publish_alerts, run_sweep=False)
-    )
+    service = Service(replay_settings, ServiceOptions(run_relay=publish_alerts, run_sweep=False))
     started = time.monotonic()
     await service.start()
     try:

@@ -12,6 +12,7 @@ consumer's batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -100,7 +101,5 @@ class SilenceSweep:
                 raise
             except Exception as exc:
                 log.warning("sweep_failed", error=type(exc).__name__, message=str(exc)[:300])
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
-            except TimeoutError:
-                pass

@@ -103,9 +103,7 @@ def test_an_update_alone_makes_an_open_record_with_default_priority() -> None:
 
 
 def test_reopen_clears_resolved_at_and_closed_at() -> None:
-    record = merge_all(
-        [event(A.OPENED, 0, 1), event(A.RESOLVED, 5, 2), event(A.CLOSED, 6, 3)]
-    )
+    record = merge_all([event(A.OPENED, 0, 1), event(A.RESOLVED, 5, 2), event(A.CLOSED, 6, 3)])
     assert (record.status, record.resolved_at, record.closed_at) == ("closed", ts(5), ts(6))
     record = merge_interaction(record, event(A.REOPENED, 8, 4))
     assert (record.status, record.resolved_at, record.closed_at) == ("open", None, None)

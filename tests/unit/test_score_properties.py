@@ -52,8 +52,7 @@ def states(draw: st.DrawFn, *, negatives: bool = True) -> OrganizationState:
         if negatives or signal not in NEGATIVE_SIGNALS
     }
     users = {
-        str(UUID(int=i + 1)): draw(between(first, NOW))
-        for i in range(draw(st.integers(0, 12)))
+        str(UUID(int=i + 1)): draw(between(first, NOW)) for i in range(draw(st.integers(0, 12)))
     }
     features = {
         f"feature-{i}": [float(draw(st.integers(1, 50))), draw(between(first, NOW))]

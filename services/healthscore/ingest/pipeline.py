@@ -30,7 +30,7 @@ from healthscore.ingest.effects import BatchEffects, compute_batch_effects
 from healthscore.interactions import InteractionRecord
 from healthscore.scoring.model import ScoreModel
 from healthscore.scoring.state import OrganizationState, decode_state
-from healthscore.store import sql
+from healthscore.store import Connection, sql
 from healthscore.store.effects_writer import write_effects
 from healthscore.store.records import interaction_from_row
 
@@ -147,7 +147,7 @@ class BatchPipeline:
         return outcome
 
     async def _compute(
-        self, conn: asyncpg.Connection[Any], events: list[UsageEvent | SupportEvent]
+        self, conn: Connection, events: list[UsageEvent | SupportEvent]
     ) -> BatchEffects:
         if not events:
             return BatchEffects()
@@ -168,7 +168,7 @@ class BatchPipeline:
 
 
 async def _lock_offsets(
-    conn: asyncpg.Connection[Any], group: str, partitions: list[TopicPartition]
+    conn: Connection, group: str, partitions: list[TopicPartition]
 ) -> dict[TopicPartition, int]:
     topics = [tp[0] for tp in partitions]
     numbers = [tp[1] for tp in partitions]
@@ -181,7 +181,7 @@ async def _lock_offsets(
 
 
 async def _claim_new_events(
-    conn: asyncpg.Connection[Any], events: list[Decoded]
+    conn: Connection, events: list[Decoded]
 ) -> tuple[list[Decoded], list[Decoded]]:
     """Insert the batch's event ids; split into first occurrences and duplicates."""
     if not events:

@@ -15,10 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from healthscore.store import sql
+from healthscore.store import Connection, sql
 
 TP = tuple[str, int]
 
@@ -61,7 +60,7 @@ class HighWatermarkProbe:
         for topic in topics:
             parts = self._consumer.partitions_for_topic(topic)
             if parts is None:
-                await self._consumer._client.force_metadata_update()  # noqa: SLF001
+                await self._consumer._client.force_metadata_update()
                 parts = self._consumer.partitions_for_topic(topic) or set()
             result.extend((topic, p) for p in sorted(parts))
         return result
@@ -90,13 +89,13 @@ class HighWatermarkProbe:
         return result
 
 
-async def stored_offsets(conn: asyncpg.Connection[Any], group: str) -> dict[TP, int]:
+async def stored_offsets(conn: Connection, group: str) -> dict[TP, int]:
     rows = await conn.fetch(sql.READ_OFFSETS, group)
     return {(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
 
 
 async def consumer_lag(
-    bootstrap: str, conn: asyncpg.Connection[Any], group: str, topics: list[str]
+    bootstrap: str, conn: Connection, group: str, topics: list[str]
 ) -> list[PartitionLag]:
     async with HighWatermarkProbe(bootstrap) as probe:
         partitions = await probe.partitions(topics)

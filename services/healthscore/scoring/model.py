@@ -177,6 +177,22 @@ class Alerts(_Section, frozen=True):
     cooldown_hours: NonNeg
 
 
+ScoreCeiling = Annotated[float, msgspec.Meta(ge=0, le=100)]
+
+
+class Ceilings(_Section, frozen=True):
+    """Highest score an organization can have while a critical signal is open.
+
+    A weighted mean dilutes the strongest churn signals: an open cancellation
+    request moves the support component a lot but the composite little. A
+    ceiling says what customer success means: while it is open, the
+    organization is at risk, whatever else looks fine.
+    """
+
+    open_cancellation_request: ScoreCeiling
+    open_escalation: ScoreCeiling
+
+
 class Reward(_Section, frozen=True):
     type: RewardType
     value: NonNeg | None = None
@@ -222,6 +238,7 @@ class _ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     growth: Growth
     churn: Churn
     alerts: Alerts
+    ceilings: Ceilings
     milestones: MilestoneRules
 
 
@@ -239,6 +256,7 @@ class ScoreModel(msgspec.Struct, frozen=True, dict=True):
     growth: Growth
     churn: Churn
     alerts: Alerts
+    ceilings: Ceilings
     milestones: MilestoneRules
 
     @functools.cached_property

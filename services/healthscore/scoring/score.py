@@ -48,7 +48,12 @@ Growth
     (0 in v1), scaled like support's when clamped at 0.
 
 Composite
-    score = sum_c w_c * C_c / sum_c w_c with the segment's weights.
+    score = sum_c w_c * C_c / sum_c w_c with the segment's weights, then held
+    under the ceilings of critical open signals (ceilings.*): an open
+    cancellation request caps it at open_cancellation_request (critical band),
+    an open escalated or urgent interaction at open_escalation. The points a
+    ceiling removes are a risk factor of their own (`ceiling_<signal>`), so
+    the impacts still sum to score - 100.
 
 Risk factors and their impacts
     impact(f) = -(w_c / sum w) * deficit(f), in composite points, so the
@@ -86,6 +91,7 @@ from healthscore.scoring.state import OrganizationState
 MIN_REPORTED_IMPACT = 0.5
 _URGENT = Priority.URGENT.value
 _ESCALATION = "escalation"
+_CANCELLATION = "cancellation_request"
 
 _DETAILS: dict[str, str] = {
     "inactivity": "No product activity for {value:.1f} days.",
@@ -113,6 +119,10 @@ _DETAILS: dict[str, str] = {
     "(decayed weight {value:.2f}).",
     "growth_baseline": "Growth headroom the model does not award (constant {value:.0f}).",
     "minor_factors": "{value:.0f} smaller factors together.",
+    "ceiling_open_cancellation_request": "{value:.0f} open cancellation request(s) hold the "
+    "score at or below {extra}.",
+    "ceiling_open_escalation": "{value:.0f} open escalated or urgent interaction(s) hold the "
+    "score at or below {extra}.",
 }
 
 
@@ -260,8 +270,11 @@ def score(state: OrganizationState, as_of: float, model: ScoreModel) -> HealthSc
     sup = model.support
     open_count = len(state.open_interactions)
     escalated = 0
+    open_cancellations = 0
     oldest: float | None = None
     for interaction in state.open_interactions.values():
+        if interaction.interaction_type == _CANCELLATION:
+            open_cancellations += 1
         if (
             interaction.escalated
             or interaction.priority == _URGENT
@@ -322,6 +335,15 @@ def score(state: OrganizationState, as_of: float, model: ScoreModel) -> HealthSc
             if deficit > 0.0 and share > 0.0:
                 impacts.append((-share * deficit, factor, measured, extra))
     composite = min(100.0, max(0.0, composite))
+    ceilings = model.ceilings
+    for factor, count, ceiling in (
+        ("ceiling_open_cancellation_request", open_cancellations,
+         ceilings.open_cancellation_request),
+        ("ceiling_open_escalation", escalated, ceilings.open_escalation),
+    ):  # fmt: skip
+        if count and composite > ceiling:
+            impacts.append((ceiling - composite, factor, count, f"{ceiling:g}"))
+            composite = ceiling
     final = round(composite, 2)
 
     change_7d, change_30d = score_changes(state, as_of, final)

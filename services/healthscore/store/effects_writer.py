@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-import asyncpg
 import orjson
 
 from healthscore.contracts.alerts import ChurnRiskAlert
 from healthscore.ingest.effects import BatchEffects, RaisedAlert
 from healthscore.scoring.model import ScoreModel
 from healthscore.scoring.state import encode_state
-from healthscore.store import sql
+from healthscore.store import Connection, sql
 from healthscore.store.records import interaction_columns, to_datetime
 
-# An alert row carries the payload without `emitted_at`; the relay stamps the
-# wall clock when it actually publishes.
-ALERT_PENDING_EMISSION = "1970-01-01T00:00:00+00:00"
+# An outbox row's `emitted_at` is a placeholder (the epoch); the relay stamps
+# the wall clock when it actually publishes.
 
 
 def alert_payload(alert: RaisedAlert) -> str:
@@ -33,14 +32,14 @@ def alert_payload(alert: RaisedAlert) -> str:
         risk_level=health.risk_level,
         risk_factors=list(health.risk_factors),
         caused_by=[UUID(e) for e in alert.caused_by],
-        scored_at=to_datetime(alert.scored_at),
-        emitted_at=to_datetime(0.0),
+        scored_at=datetime.fromtimestamp(alert.scored_at, UTC),
+        emitted_at=datetime.fromtimestamp(0.0, UTC),
     )
     return message.model_dump_json()
 
 
 async def write_effects(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     effects: BatchEffects,
     model: ScoreModel,
     rescore_step_seconds: float,
