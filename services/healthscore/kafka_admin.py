@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -30,16 +32,12 @@ async def ensure_topics(
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t not in existing]
         if missing:
-            try:
-                await admin.create_topics(
-                    [
-                        NewTopic(
-                            t, partitions, 1, topic_configs=COMPACTED if t in compacted else {}
-                        )
-                        for t in missing
-                    ]
-                )
-            except TopicAlreadyExistsError:
-                pass  # another process created it first
+            new = [
+                NewTopic(t, partitions, 1, topic_configs=COMPACTED if t in compacted else {})
+                for t in missing
+            ]
+            # another process may create them first
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new)
     finally:
         await admin.close()
