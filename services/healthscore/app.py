@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import structlog
+import uvicorn
 from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
 from faststream.middlewares import AckPolicy
@@ -27,6 +29,10 @@ from healthscore.ingest.decode import Decoder
 from healthscore.ingest.dlq import DeadLetterQueue
 from healthscore.ingest.pipeline import BatchOutcome, BatchPipeline
 from healthscore.kafka_admin import ensure_topics, service_topics
+from healthscore.ops.asyncapi import asyncapi_html, asyncapi_json, declare_outputs
+from healthscore.ops.gauges import GaugeRefresher
+from healthscore.ops.http import OpsApp
+from healthscore.ops.metrics import Metrics
 from healthscore.outbox import OutboxRelay
 from healthscore.scoring.model import ScoreModel, load_model
 from healthscore.sweep import SilenceSweep
@@ -43,7 +49,7 @@ async def _raw_records(message: Any) -> Any:
     return message.raw_message
 
 
-def _typed_handler(handler: BatchHandler, payload: Any) -> Any:
+def _typed_handler(handler: BatchHandler | None, payload: Any) -> Any:
     """A subscriber function whose annotation names the contract model.
 
     FastStream reads the annotation for the AsyncAPI document only: the broker
@@ -51,6 +57,8 @@ def _typed_handler(handler: BatchHandler, payload: Any) -> Any:
     """
 
     async def handle(records: Any) -> None:
+        if handler is None:
+            raise RuntimeError("this broker only describes the service")
         await handler(records)
 
     handle.__annotations__ = {"records": list[payload], "return": None}
@@ -58,11 +66,60 @@ def _typed_handler(handler: BatchHandler, payload: Any) -> Any:
     return handle
 
 
+def build_broker(
+    settings: Settings,
+    bootstrap: str,
+    handler: BatchHandler | None,
+    listener: SeekToStoredOffsets | None,
+) -> tuple[KafkaBroker, Any]:
+    """The FastStream broker with its one subscriber and the declared outputs.
+
+    With no handler it only describes the service (for the AsyncAPI export).
+    """
+    s = settings
+    broker = KafkaBroker(bootstrap, apply_types=False, logger=None)
+    # One subscriber for both input topics: one consumer per process, one
+    # group join, and one transaction per fetch whichever topic it came from.
+    subscriber = broker.subscriber(
+        s.usage_topic,
+        s.support_topic,
+        batch=True,
+        group_id=s.consumer_group,
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset="earliest",
+        max_records=s.batch_max_records,
+        batch_timeout_ms=s.batch_timeout_ms,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        listener=listener,
+        decoder=_raw_records,
+        title="healthscore:consume",
+        description=(
+            f"UsageEvent records from {s.usage_topic} and SupportEvent records from "
+            f"{s.support_topic}, consumed in batches by one consumer group "
+            f"({s.consumer_group}); an invalid record goes to <topic>{s.dlq_suffix} with "
+            "headers naming the error."
+        ),
+    )
+    subscriber(_typed_handler(handler, UsageEvent | SupportEvent))
+    declare_outputs(broker, s)
+    return broker, subscriber
+
+
+class _OpsServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the service owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 @dataclass
 class ServiceOptions:
     run_relay: bool = True
     run_sweep: bool = True
     create_topics: bool = True
+    serve_http: bool = True
+    gauge_interval_seconds: float = 5.0
 
 
 @dataclass
@@ -77,6 +134,10 @@ class Service:
     relay: OutboxRelay | None = None
     sweep: SilenceSweep | None = None
     listeners: list[SeekToStoredOffsets] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=Metrics)
+    gauges: GaugeRefresher | None = None
+    http_port: int | None = None
+    _http_server: Any = None
     outcomes: list[BatchOutcome] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -125,16 +186,97 @@ class Service:
         self.broker = self._build_broker()
         await self.broker.start()
         if self.options.run_relay:
-            self.relay = OutboxRelay(self.pool, self.producer, s.alert_topic, s.health_topic)
+            self.relay = OutboxRelay(
+                self.pool,
+                self.producer,
+                s.alert_topic,
+                s.health_topic,
+                on_published=lambda kind: self.metrics.alerts_published.labels(kind).inc(),
+            )
             self._spawn(self.relay.run(s.relay_interval_seconds, self._stop))
         if self.options.run_sweep:
             self.sweep = SilenceSweep(
-                self.pool, self.model, s.consumer_group, s.silence_rescore_after_seconds
+                self.pool,
+                self.model,
+                s.consumer_group,
+                s.silence_rescore_after_seconds,
+                on_run=self._on_sweep,
             )
             self._spawn(
                 self.sweep.run(s.sweep_interval_seconds, self._stop, s.dedupe_retention_days)
             )
-        log.info("service_started", group=s.consumer_group, topics=[s.usage_topic, s.support_topic])
+        self.gauges = GaugeRefresher(
+            self.pool,
+            self.metrics,
+            self.bootstrap,
+            s.consumer_group,
+            [s.usage_topic, s.support_topic],
+        )
+        self._spawn(self.gauges.run(self.options.gauge_interval_seconds, self._stop))
+        if self.options.serve_http:
+            await self._start_http()
+        log.info(
+            "service_started",
+            group=s.consumer_group,
+            topics=[s.usage_topic, s.support_topic],
+            ops_port=self.http_port,
+        )
+
+    async def _start_http(self) -> None:
+        app = OpsApp(
+            self.metrics,
+            readiness={
+                "postgres": self._check_postgres,
+                "kafka": self._check_kafka,
+                "partitions": self._check_partitions,
+            },
+            asyncapi_json=lambda: asyncapi_json(self._require_broker()),
+            asyncapi_html=lambda: asyncapi_html(self._require_broker()),
+        )
+        config = uvicorn.Config(
+            app,
+            host=self.settings.ops_host,
+            port=self.settings.ops_port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+        )
+        server = _OpsServer(config)
+        self._http_server = server
+        self._spawn(server.serve())
+        while not server.started:
+            if any(t.done() for t in self._tasks):
+                break
+            await asyncio.sleep(0.01)
+        sockets = [sock for srv in getattr(server, "servers", []) for sock in srv.sockets]
+        self.http_port = sockets[0].getsockname()[1] if sockets else None
+
+    def _require_broker(self) -> KafkaBroker:
+        assert self.broker is not None
+        return self.broker
+
+    async def _check_postgres(self) -> str | None:
+        assert self.pool is not None
+        async with self.pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+        return None
+
+    async def _check_kafka(self) -> str | None:
+        assert self.producer is not None
+        # a real round trip: an open socket to a hung broker is not "reachable"
+        metadata = await self.producer.client.fetch_all_metadata()
+        if not metadata.brokers():
+            return "the cluster reports no brokers"
+        return None
+
+    async def _check_partitions(self) -> str | None:
+        if not any(listener.assigned for listener in self.listeners):
+            return "no input partitions assigned to this process (yet)"
+        return None
+
+    def _on_sweep(self, duration: float) -> None:
+        self.metrics.sweep_runs.inc()
+        self.metrics.sweep_duration.observe(duration)
 
     def _spawn(self, coro: Any) -> None:
         self._tasks.append(asyncio.create_task(coro))
@@ -142,9 +284,6 @@ class Service:
     def _build_broker(self) -> KafkaBroker:
         s = self.settings
         assert self.pool is not None and self.pipeline is not None
-        broker = KafkaBroker(self.bootstrap, apply_types=False, logger=None)
-        # One subscriber for both input topics: one consumer per process, one
-        # group join, and one transaction per fetch whichever topic it came from.
         holder: dict[str, Any] = {}
         listener = SeekToStoredOffsets(
             self.pool,
@@ -153,38 +292,31 @@ class Service:
             on_change=self._on_rebalance,
         )
         self.listeners.append(listener)
-        subscriber = broker.subscriber(
-            s.usage_topic,
-            s.support_topic,
-            batch=True,
-            group_id=s.consumer_group,
-            ack_policy=AckPolicy.MANUAL,
-            auto_offset_reset="earliest",
-            max_records=s.batch_max_records,
-            batch_timeout_ms=s.batch_timeout_ms,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            listener=listener,
-            decoder=_raw_records,
-            title="healthscore:consume",
-            description=(
-                f"UsageEvent records from {s.usage_topic} and SupportEvent records from "
-                f"{s.support_topic}, consumed in batches; an invalid record goes to "
-                f"<topic>{s.dlq_suffix} with headers naming the error."
-            ),
-        )
-        holder["subscriber"] = subscriber
         handler = BatchHandler(
             self.pipeline,
             lambda: holder["subscriber"].consumer,
             on_outcome=self._record_outcome,
+            on_failure=lambda exc: self.metrics.batch_failures.inc(),
         )
-        subscriber(_typed_handler(handler, UsageEvent | SupportEvent))
+        broker, holder["subscriber"] = build_broker(s, self.bootstrap, handler, listener)
         return broker
 
     def _on_rebalance(self, change: str, partitions: int) -> None:
+        self.metrics.rebalances.labels(change).inc()
         log.info("rebalance", change=change, partitions=partitions)
 
     def _record_outcome(self, outcome: BatchOutcome, duration: float) -> None:
+        self.metrics.observe_batch(outcome, duration)
+        for rejection in outcome.rejections:
+            record = rejection.record
+            log.warning(
+                "message_rejected",
+                reason=rejection.reason,
+                detail=rejection.detail,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
         self.outcomes.append(outcome)
         if len(self.outcomes) > 1000:
             del self.outcomes[:500]
@@ -212,6 +344,8 @@ class Service:
         self._stop.set()
         if self.broker is not None:
             await self.broker.stop()
+        if self._http_server is not None:
+            self._http_server.should_exit = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

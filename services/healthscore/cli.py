@@ -226,6 +226,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return _run(main)
 
 
+def cmd_export_contracts(args: argparse.Namespace) -> int:
+    from healthscore.contracts.export import default_schema_dir, stale_files, write_all
+
+    if args.check:
+        stale = stale_files()
+        if stale:
+            print(f"stale: {', '.join(stale)}; run `healthscore export-contracts`", file=sys.stderr)
+            return 1
+        print(f"up to date: {default_schema_dir()}")
+        return 0
+    for path in write_all():
+        print(f"wrote {path}")
+    return 0
+
+
 def _add_stream_options(p: Any, events: int, rate: float | None) -> None:
     p.add_argument("--organizations", type=int, default=200)
     p.add_argument("--events", type=int, default=events)
@@ -285,6 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--span-days", type=int, default=30)
     p.add_argument("--duplicate-rate", type=float, default=0.01)
     p.add_argument("--malformed-rate", type=float, default=0.001)
+
+    p = add(
+        "export-contracts",
+        cmd_export_contracts,
+        "Write the JSON Schema of every message and the AsyncAPI document to schema/contracts/.",
+    )
+    p.add_argument("--check", action="store_true", help="only check that the files are current")
 
     p = add(
         "replay",

@@ -98,12 +98,14 @@ class BatchHandler:
         consumer: ConsumerGetter,
         on_outcome: Callable[[BatchOutcome, float], Awaitable[None] | None] | None = None,
         retry_backoff: tuple[float, float] = (0.2, 5.0),
+        on_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._consumer = consumer
         self._on_outcome = on_outcome
         self._backoff_min, self._backoff_max = retry_backoff
         self._backoff = self._backoff_min
+        self._on_failure = on_failure
         self.failures = 0
 
     async def __call__(self, records: Sequence[Any]) -> None:
@@ -132,6 +134,8 @@ class BatchHandler:
     async def _rewind(self, raw: list[RawRecord], exc: BaseException) -> None:
         """The batch did not commit: fetch it again after a pause."""
         self.failures += 1
+        if self._on_failure is not None:
+            self._on_failure(exc)
         first: dict[tuple[str, int], int] = {}
         for record in raw:
             tp = (record.topic, record.partition)

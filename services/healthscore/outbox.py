@@ -82,6 +82,7 @@ class OutboxRelay:
         health_topic: str | None,
         batch_size: int = 500,
         after_publish: Callable[[], None] | None = None,
+        on_published: Callable[[str], None] | None = None,
     ) -> None:
         self._pool = pool
         self._producer = producer
@@ -91,6 +92,7 @@ class OutboxRelay:
         # fault-injection seam: the crash tests kill the process right here,
         # after the broker acked and before the rows are marked sent
         self._after_publish = after_publish
+        self._on_published = on_published
         self.published: dict[str, int] = {}
 
     async def relay_alerts(self) -> int:
@@ -124,6 +126,8 @@ class OutboxRelay:
             await conn.execute(MARK_ALERTS_SENT, ids)
         for row in rows:
             self.published[row["kind"]] = self.published.get(row["kind"], 0) + 1
+            if self._on_published is not None:
+                self._on_published(row["kind"])
         return len(rows)
 
     async def relay_health(self) -> int:

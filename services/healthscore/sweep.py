@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,17 +40,20 @@ class SilenceSweep:
         consumer_group: str,
         rescore_step_seconds: float,
         page_size: int = 1000,
+        on_run: Callable[[float], None] | None = None,
     ) -> None:
         self._pool = pool
         self._model = model
         self._group = consumer_group
         self._step = rescore_step_seconds
         self._page = page_size
+        self._on_run = on_run
         self.runs = 0
         self.last_alerts = 0
 
     async def run_once(self, as_of: datetime | None = None) -> int:
         """Rescore one page of due organizations; return how many."""
+        started = time.perf_counter()
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(sql.SWEEP_LOCK, SWEEP_LOCK_KEY):
                 return 0
@@ -67,6 +72,8 @@ class SilenceSweep:
             effects = compute_silence_effects(states, as_of.timestamp(), self._model)
             await write_effects(conn, effects, self._model, self._step)
         self.runs += 1
+        if self._on_run is not None:
+            self._on_run(time.perf_counter() - started)
         self.last_alerts = len(effects.alerts)
         log.info(
             "silence_sweep",

@@ -1,0 +1,72 @@
+"""Write the contract's JSON Schema files (schema/contracts/*.json)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from healthscore.contracts.alerts import ChurnRiskAlert, HealthUpdate
+from healthscore.contracts.support import SupportEvent
+from healthscore.contracts.usage import UsageEvent
+
+# file name -> model; the topic each travels on is in shared/contract.md
+CONTRACT_MODELS: dict[str, type[BaseModel]] = {
+    "product.usage.v1.json": UsageEvent,
+    "support.interactions.v1.json": SupportEvent,
+    "customer.churn-risk.v1.json": ChurnRiskAlert,
+    "customer.health.v1.json": HealthUpdate,
+}
+
+
+def default_schema_dir() -> Path:
+    return Path(__file__).resolve().parents[3] / "schema" / "contracts"
+
+
+def render_schemas() -> dict[str, str]:
+    """File name -> JSON text, deterministic (sorted keys, trailing newline)."""
+    rendered = {}
+    for name, model in CONTRACT_MODELS.items():
+        schema = model.model_json_schema(mode="validation")
+        schema["$id"] = f"healthscore/{name}"
+        rendered[name] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    return rendered
+
+
+ASYNCAPI_FILE = "asyncapi.json"
+
+
+def render_all() -> dict[str, str]:
+    """Every exported document: the JSON Schemas and the AsyncAPI document.
+
+    Rendered for the default settings (the contract's topic names), whatever
+    the environment says.
+    """
+    from healthscore.config import Settings
+    from healthscore.ops.asyncapi import render_asyncapi
+
+    documents = render_schemas()
+    documents[ASYNCAPI_FILE] = render_asyncapi(Settings.model_construct())
+    return documents
+
+
+def stale_files(directory: Path | None = None) -> list[str]:
+    """Names of exported files that are missing or differ from the code."""
+    directory = directory or default_schema_dir()
+    return [
+        name
+        for name, text in render_all().items()
+        if not (directory / name).exists() or (directory / name).read_text() != text
+    ]
+
+
+def write_all(directory: Path | None = None) -> list[Path]:
+    directory = directory or default_schema_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in render_all().items():
+        path = directory / name
+        path.write_text(text)
+        written.append(path)
+    return written

@@ -1,0 +1,91 @@
+"""Gauges that come from state, refreshed every few seconds: lag, outbox, bands."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import asyncpg
+import structlog
+
+from healthscore.ops.lag import HighWatermarkProbe, stored_offsets
+from healthscore.ops.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+OUTBOX_STATS = """
+SELECT count(*) AS backlog,
+       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_age
+FROM alert_outbox WHERE published_at IS NULL
+"""
+BANDS = "SELECT health_status, count(*) AS n FROM customer_health GROUP BY 1"
+RISK_LEVELS = "SELECT risk_level, count(*) AS n FROM customer_health GROUP BY 1"
+
+BAND_NAMES = ("excellent", "good", "at_risk", "critical")
+RISK_NAMES = ("low", "medium", "high", "critical")
+
+
+class GaugeRefresher:
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        metrics: Metrics,
+        bootstrap: str,
+        group: str,
+        topics: list[str],
+    ) -> None:
+        self._pool = pool
+        self._metrics = metrics
+        self._bootstrap = bootstrap
+        self._group = group
+        self._topics = topics
+        self.last_lag: dict[tuple[str, int], int] = {}
+
+    async def refresh_lag(self, probe: HighWatermarkProbe) -> None:
+        partitions = await probe.partitions(self._topics)
+        watermarks = await probe.high_watermarks(partitions)
+        async with self._pool.acquire() as conn:
+            stored = await stored_offsets(conn, self._group)
+        for tp, high in watermarks.items():
+            lag = max(0, high - stored.get(tp, 0))
+            self.last_lag[tp] = lag
+            self._metrics.consumer_lag.labels(tp[0], str(tp[1])).set(lag)
+
+    async def refresh_state(self) -> None:
+        async with self._pool.acquire() as conn:
+            outbox = await conn.fetchrow(OUTBOX_STATS)
+            bands = {r["health_status"]: r["n"] for r in await conn.fetch(BANDS)}
+            risks = {r["risk_level"]: r["n"] for r in await conn.fetch(RISK_LEVELS)}
+        assert outbox is not None
+        self._metrics.outbox_backlog.set(outbox["backlog"])
+        self._metrics.outbox_oldest_age.set(outbox["oldest_age"])
+        for band in BAND_NAMES:
+            self._metrics.organizations_by_band.labels(band).set(bands.get(band, 0))
+        for level in RISK_NAMES:
+            self._metrics.organizations_by_risk.labels(level).set(risks.get(level, 0))
+
+    async def run(self, interval: float, stop: asyncio.Event) -> None:
+        probe: HighWatermarkProbe | None = None
+        while not stop.is_set():
+            try:
+                if probe is None:
+                    probe = HighWatermarkProbe(self._bootstrap)
+                    await probe.__aenter__()
+                await self.refresh_lag(probe)
+                await self.refresh_state()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "gauge_refresh_failed", error=type(exc).__name__, message=str(exc)[:200]
+                )
+                if probe is not None:
+                    with contextlib.suppress(Exception):
+                        await probe.__aexit__(None, None, None)
+                    probe = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+        if probe is not None:
+            with contextlib.suppress(Exception):
+                await probe.__aexit__(None, None, None)

@@ -1,0 +1,196 @@
+"""The ops endpoints of a real running service: metrics, health, readiness, AsyncAPI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import urllib.error
+import urllib.request
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from healthscore.app import ServiceOptions
+from healthscore.devservices import Services
+from tests.utils.harness import (
+    make_producer,
+    make_topics,
+    produce_json,
+    running_service,
+    service_settings,
+    wait_for,
+)
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+async def get(port: int, path: str) -> tuple[int, str]:
+    return await asyncio.to_thread(_get, port, path)
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    result = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            result[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return result
+
+
+def value(
+    metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def usage(org: str, kind: str, at: datetime) -> dict[str, object]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "organization_id": org,
+        "type": kind,
+        "occurred_at": at.isoformat(),
+    }
+
+
+async def test_metrics_health_readiness_and_docs_of_a_running_service(
+    migrated_database: str, kafka_bootstrap: str, services: Services
+) -> None:
+    topics = await make_topics(kafka_bootstrap, partitions=2)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    org = str(uuid.uuid4())
+    now = datetime.now(UTC) - timedelta(minutes=1)
+    options = ServiceOptions(run_sweep=True, create_topics=False, gauge_interval_seconds=0.5)
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        async with running_service(settings, options) as service:
+            port = service.http_port
+            assert port
+            assert await get(port, "/healthz") == (200, '{"status":"ok"}')
+
+            events = [usage(org, "login", now), usage(org, "client_added", now)]
+            events.append(dict(events[0]))  # a duplicate
+            await produce_json(producer, topics.usage, events)
+            await producer.send_and_wait(topics.usage, b"{not json", key=org.encode())
+            await wait_for(
+                migrated_database, "SELECT count(*) FROM processed_events", lambda n: n == 2
+            )
+
+            async def settled() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+                for _ in range(100):
+                    status, text = await get(port, "/metrics")
+                    assert status == 200
+                    m = samples(text)
+                    if (
+                        value(
+                            m,
+                            "healthscore_events_dead_lettered_total",
+                            topic=topics.usage,
+                            reason="invalid_json",
+                        )
+                        == 1
+                        and value(
+                            m, "healthscore_consumer_lag_records", topic=topics.usage, partition="0"
+                        )
+                        == 0
+                        and value(
+                            m, "healthscore_consumer_lag_records", topic=topics.usage, partition="1"
+                        )
+                        == 0
+                        and value(m, "healthscore_organizations", health_status="excellent")
+                        + value(m, "healthscore_organizations", health_status="good")
+                        >= 1
+                    ):
+                        return m
+                    await asyncio.sleep(0.2)
+                raise AssertionError("metrics did not settle")
+
+            m = await settled()
+            assert value(m, "healthscore_events_consumed_total", topic=topics.usage) == 4
+            assert value(m, "healthscore_events_applied_total", topic=topics.usage) == 2
+            assert value(m, "healthscore_events_deduplicated_total", topic=topics.usage) == 1
+            assert value(m, "healthscore_batch_size_records_count") >= 1
+            assert value(m, "healthscore_batch_duration_seconds_count") >= 1
+            assert value(m, "healthscore_produce_to_commit_seconds_count") == 4
+            assert value(m, "healthscore_milestones_achieved_total") == 1  # first_client_added
+            assert value(m, "healthscore_rebalances_total", change="assigned") >= 1
+            assert value(m, "healthscore_outbox_backlog_alerts") == 0
+            assert ("healthscore_outbox_oldest_unsent_age_seconds", ()) in m
+            assert value(m, "healthscore_organizations_by_risk", risk_level="low") == 1
+            assert value(m, "healthscore_sweep_runs_total") >= 0
+
+            status, body = await get(port, "/readyz")
+            assert status == 200, body
+            assert json.loads(body)["checks"] == {
+                "postgres": "ok",
+                "kafka": "ok",
+                "partitions": "ok",
+            }
+
+            # readiness really checks: a hung broker makes it fail, and say so
+            broker = services.broker_process
+            if broker is not None:
+                os.kill(broker.pid, signal.SIGSTOP)
+                try:
+                    status, body = await get(port, "/readyz")
+                finally:
+                    os.kill(broker.pid, signal.SIGCONT)
+                assert status == 503
+                assert json.loads(body)["failed"] == ["kafka"]
+
+            status, html = await get(port, "/docs/asyncapi")
+            assert status == 200 and "asyncapi" in html.lower()
+            status, doc = await get(port, "/docs/asyncapi.json")
+            assert status == 200
+            assert "UsageEvent" in json.loads(doc)["components"]["schemas"]
+            assert (await get(port, "/nope"))[0] == 404
+
+            _, text = await get(port, "/metrics")
+    finally:
+        await producer.stop()
+
+    promtool = shutil.which("promtool")
+    if promtool:
+        result = subprocess.run(
+            [promtool, "check", "metrics"], input=text.encode(), capture_output=True, check=False
+        )
+        assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+async def test_readiness_reports_no_partitions_before_assignment() -> None:
+    from healthscore.ops.http import OpsApp
+    from healthscore.ops.metrics import Metrics
+
+    async def ok() -> None:
+        return None
+
+    async def unassigned() -> str:
+        return "no input partitions assigned to this process (yet)"
+
+    async def hangs() -> None:
+        await asyncio.sleep(10)
+
+    app = OpsApp(
+        Metrics(),
+        {"postgres": ok, "kafka": hangs, "partitions": unassigned},
+        lambda: "{}",
+        lambda: "",
+        check_timeout=0.1,
+    )
+    status, body = await app.readiness()
+    assert status == 503
+    assert body["failed"] == ["kafka", "partitions"]
+    assert body["checks"]["kafka"].startswith("no answer within")
+
+
+pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
