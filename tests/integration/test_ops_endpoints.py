@@ -161,8 +161,12 @@ async def test_metrics_health_readiness_and_docs_of_a_running_service(
 
     promtool = shutil.which("promtool")
     if promtool:
-        result = subprocess.run(
-            [promtool, "check", "metrics"], input=text.encode(), capture_output=True, check=False
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [promtool, "check", "metrics"],
+            input=text.encode(),
+            capture_output=True,
+            check=False,
         )
         assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
 
