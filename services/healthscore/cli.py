@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterator
@@ -226,6 +227,65 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return _run(main)
 
 
+def cmd_lag(args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from healthscore.ops.lag import consumer_lag
+
+    settings = _settings(args)
+    if settings.database_url is None or settings.kafka_bootstrap_servers is None:
+        print("error: set DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
+        return 2
+    group = args.group or settings.consumer_group
+    bootstrap = settings.kafka_bootstrap_servers
+    url = settings.database_url.get_secret_value()
+
+    async def main() -> int:
+        role = {"role": settings.database_role} if settings.database_role else {}
+        conn = await asyncpg.connect(url, server_settings=role)
+        try:
+            lags = await consumer_lag(
+                bootstrap, conn, group, [settings.usage_topic, settings.support_topic]
+            )
+        finally:
+            await conn.close()
+        total = sum(p.lag for p in lags)
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "group": group,
+                        "total_lag": total,
+                        "partitions": [
+                            {
+                                "topic": p.topic,
+                                "partition": p.partition,
+                                "high_watermark": p.high_watermark,
+                                "stored_offset": p.stored_offset,
+                                "lag": p.lag,
+                            }
+                            for p in lags
+                        ],
+                    }
+                )
+            )
+        else:
+            print(f"{'topic':<32} {'partition':>9} {'high':>10} {'stored':>10} {'lag':>10}")
+            for p in lags:
+                stored = "-" if p.stored_offset is None else str(p.stored_offset)
+                print(
+                    f"{p.topic:<32} {p.partition:>9} {p.high_watermark:>10} "
+                    f"{stored:>10} {p.lag:>10}"
+                )
+            print(f"total lag of group {group}: {total}")
+        if args.max_lag is not None and total > args.max_lag:
+            print(f"lag {total} is above --max-lag {args.max_lag}", file=sys.stderr)
+            return 1
+        return 0
+
+    return _run(main)
+
+
 def cmd_export_contracts(args: argparse.Namespace) -> int:
     from healthscore.contracts.export import default_schema_dir, stale_files, write_all
 
@@ -300,6 +360,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--span-days", type=int, default=30)
     p.add_argument("--duplicate-rate", type=float, default=0.01)
     p.add_argument("--malformed-rate", type=float, default=0.001)
+
+    p = add(
+        "lag",
+        cmd_lag,
+        "Print per-partition consumer lag (high watermark minus the offset stored in "
+        "PostgreSQL) without the service running; exit 1 above --max-lag.",
+    )
+    p.add_argument("--group", help="consumer group (default: CONSUMER_GROUP)")
+    p.add_argument("--max-lag", type=int, help="exit 1 when the total lag is above this")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     p = add(
         "export-contracts",
