@@ -330,6 +330,7 @@ class Service:
             organizations_rescored=outcome.organizations_rescored,
             milestones=outcome.milestones,
             alerts=outcome.alerts,
+            offsets_from={f"{t}:{p}": o for (t, p), o in outcome.first_offsets.items()},
             offsets={f"{t}:{p}": o for (t, p), o in outcome.next_offsets.items()},
             duration_ms=round(duration * 1000, 1),
         )

@@ -113,6 +113,11 @@ class BatchHandler:
             return
         raw = [to_raw(r) for r in records]
         started = time.perf_counter()
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            batch_first=f"{raw[0].topic}:{raw[0].partition}:{raw[0].offset}",
+            batch_records=len(raw),
+        )
         try:
             outcome = await self._pipeline.process(raw)
         except asyncio.CancelledError:

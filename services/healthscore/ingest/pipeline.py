@@ -54,6 +54,7 @@ class BatchOutcome:
     duplicates_by_topic: dict[str, int] = field(default_factory=dict)
     redelivered_by_topic: dict[str, int] = field(default_factory=dict)
     record_timestamps_ms: list[int] = field(default_factory=list)
+    first_offsets: dict[TopicPartition, int] = field(default_factory=dict)
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
     max_event_time: dict[TopicPartition, datetime] = field(default_factory=dict)
     rejections: list[Rejection] = field(default_factory=list)
@@ -84,9 +85,11 @@ class BatchPipeline:
         # gather: decode outside the transaction (pure CPU work)
         decoded = [self._decoder.decode(r) for r in records]
         last: dict[TopicPartition, int] = {}
+        first = outcome.first_offsets
         for record in records:
             tp = (record.topic, record.partition)
             last[tp] = max(last.get(tp, -1), record.offset)
+            first[tp] = min(first.get(tp, record.offset), record.offset)
         partitions = sorted(last)
 
         async with self._pool.acquire() as conn, conn.transaction():

@@ -1,0 +1,93 @@
+"""Logs: one canonical line per batch, one per rejection, no personal data, no secrets."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from pydantic import SecretStr
+from structlog.testing import capture_logs
+
+from healthscore.config import Settings
+from healthscore.db import create_pool
+from healthscore.dburl import redact
+from tests.utils.harness import (
+    make_producer,
+    make_topics,
+    produce_json,
+    running_service,
+    service_settings,
+    wait_for,
+)
+
+SUBJECT = "Jane Doe's wedding on June 3rd, call +44 7700 900123"
+
+
+async def test_batch_and_rejection_lines_carry_coordinates_but_no_personal_data(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    org = str(uuid.uuid4())
+    at = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    opened = {
+        "event_id": str(uuid.uuid4()),
+        "organization_id": org,
+        "interaction_id": str(uuid.uuid4()),
+        "action": "opened",
+        "interaction_type": "complaint",
+        "channel": "email",
+        "subject": SUBJECT,
+        "occurred_at": at,
+    }
+    too_long = dict(opened, event_id=str(uuid.uuid4()), subject=SUBJECT * 20)
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        with capture_logs() as logs:
+            async with running_service(settings):
+                await produce_json(producer, topics.support, [opened, too_long])
+                await wait_for(
+                    migrated_database, "SELECT count(*) FROM processed_events", lambda n: n == 1
+                )
+                await wait_for(migrated_database, "SELECT 1", lambda n: n == 1)
+    finally:
+        await producer.stop()
+
+    batches = [e for e in logs if e["event"] == "batch_committed"]
+    assert batches, logs
+    line = batches[-1]
+    for key in (
+        "records",
+        "applied",
+        "duplicates",
+        "rejected",
+        "organizations_rescored",
+        "alerts",
+        "offsets_from",
+        "offsets",
+        "duration_ms",
+    ):
+        assert key in line, key
+    assert line["offsets_from"] == {f"{topics.support}:0": 0}
+    assert line["offsets"] == {f"{topics.support}:0": 2}  # the next offset to read
+    rejected = [e for e in logs if e["event"] == "message_rejected"]
+    assert len(rejected) == 1
+    assert rejected[0]["reason"] == "out_of_range"
+    assert rejected[0]["topic"] == topics.support
+    assert rejected[0]["offset"] == 1 and rejected[0]["partition"] == 0
+    assert "subject" in rejected[0]["detail"]
+    # the subject (personal data) never reaches the logs
+    assert not any("Jane Doe" in str(entry) for entry in logs)
+
+
+async def test_the_database_password_never_appears_in_errors_or_settings() -> None:
+    secret = "s3cr3t-pa55word"
+    url = f"postgresql://healthscore:{secret}@127.0.0.1:1/healthscore"
+    settings = Settings.model_construct(database_url=SecretStr(url))
+    assert secret not in repr(settings) and secret not in str(settings.model_dump())
+    assert secret not in redact(url)
+    with pytest.raises((OSError, asyncpg.PostgresError)) as failure:
+        await create_pool(url, "healthscore_writer")
+    assert secret not in str(failure.value) and secret not in repr(failure.value)
