@@ -1,12 +1,14 @@
 """O(1) updates of an organization's aggregate state, one event at a time.
 
-Decayed sums (``state.decayed``) are all expressed at one reference time,
-``state.decay_ref``. Applying a weight w at event time t to signal s with
-half-life h:
+Decayed sums (``state.decayed``) are expressed at a reference time: usage
+signals at ``state.decay_ref``, support signals at ``state.support_decay_ref``.
+Each topic moves only its own group's reference, so how the two topics
+interleave across batches cannot change a single bit of the sums. Applying a
+weight w at event time t to signal s with half-life h (ref = its group's):
 
-- first event: decay_ref = t;
-- t >= decay_ref: every stored sum is multiplied by 2**(-(t - decay_ref)/h_s),
-  decay_ref = t, then w is added;
+- first event of the group: ref = t;
+- t >= ref: every stored sum of the group is multiplied by 2**(-(t - ref)/h_s),
+  ref = t, then w is added;
 - t < decay_ref (late event): w * 2**(-(decay_ref - t)/h) is added and the
   reference stays put.
 
@@ -57,36 +59,47 @@ def new_state(organization_id: str) -> OrganizationState:
     return OrganizationState(organization_id=organization_id)
 
 
+SUPPORT_SIGNALS: frozenset[str] = frozenset(
+    {"negative_sentiment", "complaints", "cancellation_requests", "escalations"}
+)
+
+
+def _ref(state: OrganizationState, signal: str) -> float | None:
+    return state.support_decay_ref if signal in SUPPORT_SIGNALS else state.decay_ref
+
+
 def decayed_value(state: OrganizationState, signal: str, as_of: float, model: ScoreModel) -> float:
-    """A decayed sum as of `as_of` (never amplified when as_of precedes decay_ref)."""
+    """A decayed sum as of `as_of` (never amplified when as_of precedes its reference)."""
     value = state.decayed.get(signal, 0.0)
-    if value == 0.0 or state.decay_ref is None or as_of <= state.decay_ref:
+    ref = _ref(state, signal)
+    if value == 0.0 or ref is None or as_of <= ref:
         return value
-    return value * math.exp2(-(as_of - state.decay_ref) / model.half_life_seconds[signal])
+    return value * math.exp2(-(as_of - ref) / model.half_life_seconds[signal])
 
 
-def _advance(state: OrganizationState, t: float, model: ScoreModel) -> None:
-    """Move decay_ref forward to t (if t is newer), decaying every stored sum."""
-    ref = state.decay_ref
-    if ref is None:
-        state.decay_ref = t
-        return
-    if t <= ref:
-        return
-    dt = t - ref
-    half_lives = model.half_life_seconds
-    decayed = state.decayed
-    for signal, value in decayed.items():
-        value *= math.exp2(-dt / half_lives[signal])
-        decayed[signal] = value if value > _TINY else 0.0
-    state.decay_ref = t
+def _advance(state: OrganizationState, t: float, model: ScoreModel, support: bool) -> None:
+    """Move one group's reference forward to t (if newer), decaying its stored sums."""
+    ref = state.support_decay_ref if support else state.decay_ref
+    if ref is None or t > ref:
+        if ref is not None:
+            dt = t - ref
+            half_lives = model.half_life_seconds
+            decayed = state.decayed
+            for signal, value in decayed.items():
+                if (signal in SUPPORT_SIGNALS) is support:
+                    value *= math.exp2(-dt / half_lives[signal])
+                    decayed[signal] = value if value > _TINY else 0.0
+        if support:
+            state.support_decay_ref = t
+        else:
+            state.decay_ref = t
 
 
 def _add(state: OrganizationState, signal: str, weight: float, t: float, model: ScoreModel) -> None:
-    """Add weight at time t; call after _advance(state, t) for this event."""
+    """Add weight at time t; call after _advance for this event's group."""
     if weight <= 0.0:
         return
-    ref = state.decay_ref
+    ref = _ref(state, signal)
     if ref is not None and t < ref:
         weight *= math.exp2(-(ref - t) / model.half_life_seconds[signal])
     state.decayed[signal] = state.decayed.get(signal, 0.0) + weight
@@ -167,7 +180,7 @@ def apply_usage(
         _use_feature(state, event.feature, t)
 
     signals = model.signals
-    _advance(state, t, model)
+    _advance(state, t, model, support=False)
     _add(state, "activity", 1.0, t, model)
     if kind == U.LOGIN:
         _add(state, "logins", 1.0, t, model)
@@ -216,7 +229,7 @@ def apply_interaction(
     else:
         state.open_interactions.pop(after.id, None)
 
-    _advance(state, t, model)
+    _advance(state, t, model, support=True)
     sentiment_weights = model.signals.sentiment_weights
     if event.sentiment == Sentiment.NEGATIVE:
         _add(state, "negative_sentiment", sentiment_weights.negative, t, model)

@@ -40,7 +40,9 @@ class OrganizationState(msgspec.Struct):
     last_login_at: float | None = None
     last_usage_at: float | None = None  # newest usage (product) event; support events excluded
     event_count: int = 0
-    # exponentially decayed sums, all expressed at time `decay_ref`
+    # exponentially decayed sums: usage signals are expressed at time `decay_ref`,
+    # support signals at `support_decay_ref` (each topic moves only its own
+    # reference, so the interleaving of the two topics cannot change the sums)
     decay_ref: float | None = None
     decayed: dict[str, float] = msgspec.field(default_factory=dict)
     # cumulative quantities per usage type (milestones, growth)
@@ -59,6 +61,7 @@ class OrganizationState(msgspec.Struct):
     last_score: float | None = None
     last_scored_at: float | None = None
     alert: AlertState = msgspec.field(default_factory=AlertState)
+    support_decay_ref: float | None = None
 
 
 _encoder = msgspec.json.Encoder()
