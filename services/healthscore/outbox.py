@@ -29,8 +29,7 @@ PENDING_ALERTS = """
 SELECT alert_id, organization_id, kind, payload::text AS payload
 FROM alert_outbox
 WHERE published_at IS NULL
-ORDER BY created_at, organization_id, episode,
-         CASE kind WHEN 'risk_raised' THEN 0 WHEN 'risk_escalated' THEN 1 ELSE 2 END
+ORDER BY seq
 LIMIT $1
 """
 

@@ -246,6 +246,10 @@ async def test_scripted_scenario_end_to_end(migrated_database: str, kafka_bootst
     # alerts: one risk episode for the at-risk organization, none for the healthy one
     bodies = [orjson.loads(r.value) for r in alerts]
     assert {b["organization_id"] for b in bodies} == {AT_RISK}
+    kinds = [b["kind"] for b in bodies]
+    assert kinds[0] == AlertKind.RISK_RAISED  # published in the order decided
+    levels = [b["risk_level"] for b in bodies if b["kind"] == AlertKind.RISK_ESCALATED]
+    assert levels == sorted(levels, key=["low", "medium", "high", "critical"].index)
     raised = [b for b in bodies if b["kind"] == AlertKind.RISK_RAISED]
     assert len(raised) == 1
     assert raised[0]["alert_id"] == str(alert_id_for(AT_RISK, 1, AlertKind.RISK_RAISED))

@@ -202,11 +202,13 @@ FROM unnest($1::uuid[], $2::timestamptz[], $3::float8[], $4::float8[], $5::text[
           components, cause)
 """
 
+# WITH ORDINALITY + ORDER BY: rows get their `seq` in the order decided
 INSERT_ALERTS = """
 INSERT INTO alert_outbox (alert_id, organization_id, kind, episode, payload)
 SELECT alert_id, organization_id, kind, episode, payload::jsonb
-FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::text[])
-     AS x(alert_id, organization_id, kind, episode, payload)
+FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::text[]) WITH ORDINALITY
+     AS x(alert_id, organization_id, kind, episode, payload, n)
+ORDER BY n
 ON CONFLICT (alert_id) DO NOTHING
 """
 
