@@ -94,14 +94,11 @@ def compute_batch_effects(
 ) -> BatchEffects:
     """Apply `events` (deduplicated, in partition order) to the given state."""
     effects = BatchEffects(states=states, interactions=interactions)
-    score_before: dict[str, float | None] = {}
     for event in events:
         org = str(event.organization_id)
         state = states.get(org)
         if state is None:
             state = states[org] = new_state(org)
-        if org not in score_before:
-            score_before[org] = state.last_score
         if isinstance(event, UsageEvent):
             for crossing in apply_usage(state, event, model):
                 effects.milestones.append((org, crossing))
@@ -118,7 +115,9 @@ def compute_batch_effects(
             apply_interaction(state, current, merged, event, model)
         effects.applied += 1
         assert state.last_event_at is not None
-        _rescore(state, state.last_event_at, model, effects, score_before[org], HistoryCause.EVENTS)
+        # previous_score: the score before this event, not before the batch, so
+        # that it does not depend on where the batch boundaries fell (replay)
+        _rescore(state, state.last_event_at, model, effects, state.last_score, HistoryCause.EVENTS)
     return effects
 
 
