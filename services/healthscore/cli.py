@@ -286,6 +286,12 @@ def cmd_lag(args: argparse.Namespace) -> int:
     return _run(main)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from healthscore.bench.command import run
+
+    return run(args)
+
+
 def cmd_export_contracts(args: argparse.Namespace) -> int:
     from healthscore.contracts.export import default_schema_dir, stale_files, write_all
 
@@ -388,6 +394,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also publish the rebuilt alerts (off: they stay in the outbox)",
     )
+    p = add(
+        "bench",
+        cmd_bench,
+        "Benchmark the real stack on this machine: throughput, latency, alert latency, "
+        "RSS and rows per event, against a naive one-transaction-per-message baseline.",
+    )
+    from healthscore.bench.command import add_arguments as add_bench_arguments
+
+    add_bench_arguments(p)
     return parser
 
 
