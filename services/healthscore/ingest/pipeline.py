@@ -113,6 +113,12 @@ class BatchPipeline:
             effects = await self._compute(conn, [d.event for d in new_events])
             for event, owner in effects.misrouted:
                 dead.append(_misrouted_rejection(events, event, owner))
+            if effects.misrouted:
+                # not applied, so not processed: a corrected resend with the same
+                # event id must not be dropped as a duplicate
+                await conn.execute(
+                    sql.UNCLAIM_EVENT_IDS, [event.event_id for event, _ in effects.misrouted]
+                )
             # dead letters leave before the commit: see DeadLetterQueue.publish
             await self._dlq.publish(dead)
             await write_effects(conn, effects, self._model, self._rescore_step)

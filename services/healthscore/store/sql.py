@@ -44,6 +44,10 @@ ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id
 """
 
+UNCLAIM_EVENT_IDS = """
+DELETE FROM processed_events WHERE event_id = ANY($1::uuid[])
+"""
+
 ENSURE_ORGANIZATIONS = """
 INSERT INTO organizations (id)
 SELECT id FROM unnest($1::uuid[]) AS x(id) ORDER BY id
