@@ -1,0 +1,65 @@
+"""Short form of `healthscore bench`: every phase runs, every event is applied.
+
+Asserts correctness only (the machine running CI is too noisy for speed
+assertions) and prints the figures. The service runs as a child process, as
+in the full benchmark.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from healthscore.bench.runner import BenchOptions, Stack, run_bench
+from healthscore.devservices import Services
+
+pytestmark = pytest.mark.bench
+
+
+async def test_bench_smoke(services: Services, tmp_path: Path) -> None:
+    started = time.monotonic()
+    stack = Stack(
+        admin_url=services.database_url,
+        bootstrap=services.kafka_bootstrap_servers,
+        idempotence=services.broker_supports_idempotence,
+        kind=services.kind,
+    )
+    options = BenchOptions(
+        events=20_000,
+        organizations=[2_000],
+        baseline_events=2_000,
+        rate=1_000.0,
+        latency_seconds=4.0,
+        alert_rate=10.0,
+        work_dir=tmp_path,
+        verbose=False,
+    )
+    report = await run_bench(stack, options)
+    print(report.render())
+
+    (throughput,) = report.throughput
+    assert throughput.events == 20_000
+    assert throughput.processed_events_rows == throughput.events
+    assert throughput.applied == throughput.events
+    assert throughput.committed_records == throughput.messages
+    assert throughput.correct
+    assert throughput.rows_written_per_event >= 1.0  # at least the dedupe row per event
+
+    latency = report.latency
+    assert latency is not None
+    assert latency.produced > 0
+    assert latency.unmatched == 0 and latency.committed_matched == latency.produced
+    assert latency.alert_triggers > 0
+    assert latency.alerts_received == latency.alert_triggers
+
+    baseline = report.baseline
+    assert baseline is not None
+    assert baseline.processed_events_rows == baseline.events == 2_000
+    assert baseline.correct
+
+    data = orjson.loads(report.to_json())
+    assert {"throughput", "latency", "baseline", "targets", "speedup_vs_naive"} <= set(data)
+    assert time.monotonic() - started < 120
