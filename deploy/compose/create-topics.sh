@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Create healthscore's topics (idempotent: existing topics are left alone,
+# their configs are not changed). Runs in the apache/kafka image.
+#
+# Env: BOOTSTRAP, INPUT_PARTITIONS, DLQ_PARTITIONS, REPLICATION_FACTOR,
+#      MIN_INSYNC_REPLICAS; topic names default to the contract's.
+set -euo pipefail
+
+KT=/opt/kafka/bin/kafka-topics.sh
+BOOTSTRAP=${BOOTSTRAP:-kafka:19092}
+P=${INPUT_PARTITIONS:-12}
+DLQ_P=${DLQ_PARTITIONS:-3}
+RF=${REPLICATION_FACTOR:-1}
+ISR=${MIN_INSYNC_REPLICAS:-1}
+USAGE_TOPIC=${USAGE_TOPIC:-product.usage.v1}
+SUPPORT_TOPIC=${SUPPORT_TOPIC:-support.interactions.v1}
+ALERT_TOPIC=${ALERT_TOPIC:-customer.churn-risk.v1}
+HEALTH_TOPIC=${HEALTH_TOPIC:-customer.health.v1}
+DLQ_SUFFIX=${DLQ_SUFFIX:-.dlq}
+
+create() {  # name partitions config...
+  local name=$1 partitions=$2
+  shift 2
+  local args=()
+  for c in "$@"; do args+=(--config "$c"); done
+  "$KT" --bootstrap-server "$BOOTSTRAP" --create --if-not-exists \
+    --topic "$name" --partitions "$partitions" --replication-factor "$RF" \
+    --config "min.insync.replicas=$ISR" "${args[@]}"
+}
+
+# Inputs, keyed by organization_id. Kept forever: `healthscore replay`
+# rebuilds all state from them, and can only replay what is still there.
+# max.message.bytes caps what producers can send (the service dead-letters
+# anything above MAX_MESSAGE_BYTES, 64 KiB by default); keeping it well under
+# the 1 MiB request limit of the service's producer means a rejected record
+# always fits into the dead-letter topic with its headers.
+for t in "$USAGE_TOPIC" "$SUPPORT_TOPIC"; do
+  create "$t" "$P" cleanup.policy=delete retention.ms=-1 max.message.bytes=524288
+done
+
+# Dead letters: the rejected bytes unchanged plus x-error-* headers. Kept 30
+# days to inspect and re-drive; max.message.bytes above the input topics' so a
+# rejected record of the largest size Kafka accepted still fits with headers.
+for t in "$USAGE_TOPIC" "$SUPPORT_TOPIC"; do
+  create "$t$DLQ_SUFFIX" "$DLQ_P" cleanup.policy=delete retention.ms=2592000000 \
+    max.message.bytes=2097152
+done
+
+# Churn-risk alerts for the notification service, keyed by organization_id.
+create "$ALERT_TOPIC" "$P" cleanup.policy=delete retention.ms=2592000000
+
+# Latest score per organization: compacted.
+create "$HEALTH_TOPIC" "$P" cleanup.policy=compact min.compaction.lag.ms=60000
+
+"$KT" --bootstrap-server "$BOOTSTRAP" --describe \
+  --topic "$USAGE_TOPIC|$SUPPORT_TOPIC|$ALERT_TOPIC|$HEALTH_TOPIC|.*\\$DLQ_SUFFIX" \
+  | grep -E '^Topic:' || true
