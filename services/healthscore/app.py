@@ -173,6 +173,9 @@ class Service:
             acks="all",
             enable_idempotence=s.kafka_idempotent_producer,
             linger_ms=5,
+            # dead letters carry the original bytes, which may be larger than
+            # what the service accepts (that is why they are dead)
+            max_request_size=16 * 1024 * 1024,
         )
         await self.producer.start()
         self.pipeline = BatchPipeline(
@@ -274,9 +277,11 @@ class Service:
             return "no input partitions assigned to this process (yet)"
         return None
 
-    def _on_sweep(self, duration: float) -> None:
+    def _on_sweep(self, duration: float, alert_kinds: list[str]) -> None:
         self.metrics.sweep_runs.inc()
         self.metrics.sweep_duration.observe(duration)
+        for kind in alert_kinds:
+            self.metrics.alerts_raised.labels(kind).inc()
 
     def _spawn(self, coro: Any) -> None:
         self._tasks.append(asyncio.create_task(coro))

@@ -229,6 +229,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_lag(args: argparse.Namespace) -> int:
     import asyncpg
+    from aiokafka.errors import KafkaError
 
     from healthscore.ops.lag import consumer_lag
 
@@ -242,13 +243,17 @@ def cmd_lag(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         role = {"role": settings.database_role} if settings.database_role else {}
-        conn = await asyncpg.connect(url, server_settings=role)
         try:
-            lags = await consumer_lag(
-                bootstrap, conn, group, [settings.usage_topic, settings.support_topic]
-            )
-        finally:
-            await conn.close()
+            conn = await asyncpg.connect(url, server_settings=role)
+            try:
+                lags = await consumer_lag(
+                    bootstrap, conn, group, [settings.usage_topic, settings.support_topic]
+                )
+            finally:
+                await conn.close()
+        except (OSError, asyncpg.PostgresError, KafkaError) as exc:
+            print(f"error: cannot measure lag: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 2
         total = sum(p.lag for p in lags)
         if args.json:
             print(
@@ -371,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
         "lag",
         cmd_lag,
         "Print per-partition consumer lag (high watermark minus the offset stored in "
-        "PostgreSQL) without the service running; exit 1 above --max-lag.",
+        "PostgreSQL) without the service running; exit 1 above --max-lag, 2 when it "
+        "cannot be measured.",
     )
     p.add_argument("--group", help="consumer group (default: CONSUMER_GROUP)")
     p.add_argument("--max-lag", type=int, help="exit 1 when the total lag is above this")

@@ -26,7 +26,9 @@ class Settings(BaseSettings):
         default="healthscore_writer",
         description="Role the service switches to after connecting (never a superuser).",
     )
-    database_pool_size: int = Field(default=4, ge=1)
+    database_pool_size: int = Field(
+        default=6, ge=2, description="Batch, relay, sweep, gauges and readiness share it."
+    )
     kafka_bootstrap_servers: str | None = Field(
         default=None, description="Kafka bootstrap servers. Unset: embedded broker."
     )

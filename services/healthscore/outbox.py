@@ -22,6 +22,11 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
+
+class AlertPublishError(Exception):
+    """The broker did not take a page of alerts; they stay pending."""
+
+
 RELAY_LOCK_KEY = 0x6865616C7468_01  # "health" + 1
 HEALTH_LOCK_KEY = 0x6865616C7468_02
 
@@ -96,38 +101,47 @@ class OutboxRelay:
 
     async def relay_alerts(self) -> int:
         """Publish one page of pending alerts; return how many left."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK_KEY):
-                return 0
-            rows = await conn.fetch(PENDING_ALERTS, self._batch_size)
-            if not rows:
-                return 0
-            ids = [r["alert_id"] for r in rows]
-            now = datetime.now(UTC).isoformat()
-            try:
-                futures = []
-                for row in rows:
-                    payload = orjson.loads(row["payload"])
-                    payload["emitted_at"] = now
-                    futures.append(
-                        await self._producer.send(
-                            self._alert_topic,
-                            value=orjson.dumps(payload),
-                            key=str(row["organization_id"]).encode(),
-                        )
-                    )
-                await asyncio.gather(*futures)
-                if self._after_publish is not None:
-                    self._after_publish()
-            except Exception as exc:
-                await conn.execute(RECORD_ALERT_FAILURE, ids, f"{type(exc).__name__}: {exc}"[:500])
-                raise
-            await conn.execute(MARK_ALERTS_SENT, ids)
+        failure: tuple[list[Any], str] | None = None
+        async with self._pool.acquire() as conn:
+            async with conn.transaction():
+                if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK_KEY):
+                    return 0
+                rows = await conn.fetch(PENDING_ALERTS, self._batch_size)
+                if not rows:
+                    return 0
+                ids = [r["alert_id"] for r in rows]
+                try:
+                    await self._publish_alerts(rows)
+                except Exception as exc:
+                    failure = (ids, f"{type(exc).__name__}: {exc}"[:500])
+                else:
+                    await conn.execute(MARK_ALERTS_SENT, ids)
+            if failure is not None:
+                # after the (empty) transaction: the failure record must survive
+                await conn.execute(RECORD_ALERT_FAILURE, *failure)
+                raise AlertPublishError(failure[1])
         for row in rows:
             self.published[row["kind"]] = self.published.get(row["kind"], 0) + 1
             if self._on_published is not None:
                 self._on_published(row["kind"])
         return len(rows)
+
+    async def _publish_alerts(self, rows: list[Any]) -> None:
+        now = datetime.now(UTC).isoformat()
+        futures = []
+        for row in rows:
+            payload = orjson.loads(row["payload"])
+            payload["emitted_at"] = now
+            futures.append(
+                await self._producer.send(
+                    self._alert_topic,
+                    value=orjson.dumps(payload),
+                    key=str(row["organization_id"]).encode(),
+                )
+            )
+        await asyncio.gather(*futures)
+        if self._after_publish is not None:
+            self._after_publish()
 
     async def relay_health(self) -> int:
         """Publish the latest score of organizations whose score changed.

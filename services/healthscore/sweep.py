@@ -40,7 +40,7 @@ class SilenceSweep:
         consumer_group: str,
         rescore_step_seconds: float,
         page_size: int = 1000,
-        on_run: Callable[[float], None] | None = None,
+        on_run: Callable[[float, list[str]], None] | None = None,
     ) -> None:
         self._pool = pool
         self._model = model
@@ -73,7 +73,8 @@ class SilenceSweep:
             await write_effects(conn, effects, self._model, self._step)
         self.runs += 1
         if self._on_run is not None:
-            self._on_run(time.perf_counter() - started)
+            kinds = [str(alert.decision.kind) for alert in effects.alerts]
+            self._on_run(time.perf_counter() - started, kinds)
         self.last_alerts = len(effects.alerts)
         log.info(
             "silence_sweep",
