@@ -1,0 +1,434 @@
+"""Helpers for the fault tests: pause a process, read the service's JSON log,
+know what a simulated stream must leave behind, and check it in PostgreSQL.
+
+Everything here works against the session's real services; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from healthscore.simulator import SimulatedMessage, SimulationConfig, generate, produce
+from tests.utils.harness import Topics
+
+# --------------------------------------------------------------------------- the stream
+
+
+def simulated_stream(
+    events: int, organizations: int, seed: int, duplicate_rate: float = 0.02
+) -> list[SimulatedMessage]:
+    """A deterministic stream whose events all lie in the recent past."""
+    span = timedelta(days=20)
+    config = SimulationConfig(
+        start=(datetime.now(UTC) - span - timedelta(hours=1)).replace(microsecond=0),
+        organizations=organizations,
+        events=events,
+        seed=seed,
+        span=span,
+        duplicate_rate=duplicate_rate,
+        malformed_rate=0.002,
+    )
+    return list(generate(config))
+
+
+@dataclass
+class Oracle:
+    """What the service must end with after applying `messages` exactly once."""
+
+    event_ids: set[str] = field(default_factory=set)
+    per_org: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    malformed: int = 0
+
+    @classmethod
+    def of(cls, messages: Iterable[SimulatedMessage]) -> Oracle:
+        oracle = cls()
+        for m in messages:
+            if not m.valid:
+                oracle.malformed += 1
+                continue
+            assert m.event_id is not None and m.organization_id is not None
+            if m.event_id in oracle.event_ids:
+                oracle.duplicates += 1
+                continue
+            oracle.event_ids.add(m.event_id)
+            oracle.per_org[m.organization_id] += 1
+        return oracle
+
+
+class RecordingProducer:
+    """Wraps an aiokafka producer; remembers the last offset written per partition."""
+
+    def __init__(self, producer: Any) -> None:
+        self._producer = producer
+        self.last_offsets: dict[tuple[str, int], int] = {}
+
+    async def send(self, topic: str, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = await self._producer.send(topic, *args, **kwargs)
+        future.add_done_callback(self._record)
+        return future
+
+    def _record(self, future: asyncio.Future[Any]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        meta = future.result()
+        tp = (meta.topic, meta.partition)
+        self.last_offsets[tp] = max(self.last_offsets.get(tp, -1), meta.offset)
+
+
+async def produce_stream(
+    producer: RecordingProducer,
+    messages: list[SimulatedMessage],
+    topics: Topics,
+    rate: float | None = None,
+) -> None:
+    await produce(messages, producer, topics.usage, topics.support, rate=rate)
+
+
+async def output_topics(bootstrap: str, partitions: int = 4) -> tuple[str, str]:
+    """A fresh (alerts, health) pair, for a second run reading the same input topics."""
+    suffix = uuid.uuid4().hex[:8]
+    alerts, health = f"alerts.{suffix}", f"health.{suffix}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(t, partitions, 1) for t in (alerts, health)])
+    finally:
+        await admin.close()
+    return alerts, health
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@contextlib.contextmanager
+def stopped(pid: int) -> Iterator[float]:
+    """SIGSTOP `pid` for the block; SIGCONT it whatever happens. Yields the stop time."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield time.monotonic()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def log_events(path: str | Path, name: str | None = None) -> list[dict[str, Any]]:
+    """The JSON log lines of a `healthscore serve` child (optionally one event name)."""
+    found: list[dict[str, Any]] = []
+    for line in Path(path).read_bytes().splitlines():
+        if not line.startswith(b"{"):
+            continue
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if name is None or entry.get("event") == name:
+            found.append(entry)
+    return found
+
+
+def log_tail(path: str | Path, chars: int = 3000) -> str:
+    return Path(path).read_text(errors="replace")[-chars:]
+
+
+def log_time(entry: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(str(entry["timestamp"]).replace("Z", "+00:00"))
+
+
+# --------------------------------------------------------------------------- polling
+
+
+async def fetchval(database_url: str, query: str, *args: Any) -> Any:
+    conn = await asyncpg.connect(database_url, timeout=10)
+    try:
+        return await conn.fetchval(query, *args)
+    finally:
+        await conn.close()
+
+
+async def poll(
+    database_url: str,
+    query: str,
+    predicate: Callable[[Any], bool],
+    timeout: float,
+    what: str = "",
+    also: Callable[[], None] | None = None,
+) -> Any:
+    """Poll a query until predicate(value); connection errors (a restarting server) retry."""
+    deadline = time.monotonic() + timeout
+    value: Any = None
+    while time.monotonic() < deadline:
+        if also is not None:
+            also()  # e.g. fail fast when a child process died
+        try:
+            value = await fetchval(database_url, query)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            value = exc
+        else:
+            if predicate(value):
+                return value
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or query}; last {value!r}")
+
+
+async def wait_all_applied(
+    database_url: str,
+    oracle: Oracle,
+    timeout: float,
+    also: Callable[[], None] | None = None,
+) -> None:
+    expected = len(oracle.event_ids)
+    await poll(
+        database_url,
+        "SELECT count(*) FROM processed_events",
+        lambda n: n == expected,
+        timeout,
+        f"{expected} processed events",
+        also,
+    )
+    await poll(
+        database_url,
+        "SELECT count(*) FROM alert_outbox WHERE published_at IS NULL",
+        lambda n: n == 0,
+        timeout,
+        "every alert published",
+        also,
+    )
+
+
+# --------------------------------------------------------------------------- checks
+
+
+async def assert_exactly_once(
+    database_url: str, oracle: Oracle, last_offsets: dict[tuple[str, int], int], group: str
+) -> None:
+    """Every valid event applied exactly once, progress stored to the end of every partition."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT event_id FROM processed_events")
+        ids = {str(r["event_id"]) for r in rows}
+        counts = {
+            str(r["organization_id"]): r["n"]
+            for r in await conn.fetch(
+                "SELECT organization_id, (state->>'event_count')::int AS n FROM organization_state"
+            )
+        }
+        offsets = {
+            (r["topic"], r["partition"]): r["next_offset"]
+            for r in await conn.fetch(
+                "SELECT topic, partition, next_offset FROM consumer_offsets "
+                "WHERE consumer_group = $1",
+                group,
+            )
+        }
+    finally:
+        await conn.close()
+    assert ids == oracle.event_ids
+    assert counts == dict(oracle.per_org)
+    assert offsets == {tp: last + 1 for tp, last in last_offsets.items()}
+
+
+async def assert_alerts_published(
+    bootstrap: str, database_url: str, alert_topic: str, timeout: float = 30.0
+) -> tuple[int, int]:
+    """Every outbox alert is on the alert topic (at least once). Returns (alerts, copies)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT alert_id, published_at FROM alert_outbox")
+    finally:
+        await conn.close()
+    expected = {str(r["alert_id"]) for r in rows}
+    assert all(r["published_at"] is not None for r in rows)
+    seen = await read_topic(
+        bootstrap, alert_topic, lambda recs: _alert_ids(recs) >= expected, timeout
+    )
+    ids = [orjson.loads(r.value)["alert_id"] for r in seen]
+    assert set(ids) == expected, f"missing {expected - set(ids)}, unknown {set(ids) - expected}"
+    return len(expected), len(ids)
+
+
+def _alert_ids(records: list[Any]) -> set[str]:
+    return {orjson.loads(r.value)["alert_id"] for r in records}
+
+
+async def read_topic(
+    bootstrap: str,
+    topic: str,
+    done: Callable[[list[Any]], bool],
+    timeout: float = 30.0,
+) -> list[Any]:
+    """Read a topic from the beginning until done(records), then what is left of it."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=300)
+            for recs in batch.values():
+                records.extend(recs)
+            if not batch and done(records):
+                break
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def dead_letter_sources(bootstrap: str, topics: Topics) -> set[Any]:
+    """Distinct (topic, partition, offset) source coordinates in the two DLQ topics."""
+    sources: set[Any] = set()
+    for topic in (topics.dlq_usage, topics.dlq_support):
+        records = await read_topic(bootstrap, topic, lambda _: True, timeout=10.0)
+        for r in records:
+            h = dict(r.headers)
+            sources.add((h["x-source-topic"], h["x-source-partition"], h["x-source-offset"]))
+    return sources
+
+
+# --------------------------------------------------------------------------- snapshots
+
+
+SNAPSHOT_QUERIES: dict[str, str] = {
+    "processed_events": "SELECT event_id FROM processed_events ORDER BY 1",
+    "org_aggregates": (
+        "SELECT organization_id, (state->>'event_count')::int AS event_count, "
+        "state->'totals' AS totals, last_event_at FROM organization_state ORDER BY 1"
+    ),
+    "milestones": (
+        "SELECT organization_id, milestone_type, achieved_at, triggering_event_id, "
+        "health_score_impact, reward_type, reward_value FROM success_milestones ORDER BY 1, 2"
+    ),
+    "support_interactions": (
+        "SELECT * FROM support_interactions ORDER BY id"  # created_at/updated_at dropped below
+    ),
+    "scores": (
+        "SELECT organization_id, health_score, health_status, engagement_score, adoption_score, "
+        "milestone_score, support_score, growth_score, active_users_30d, open_interactions, "
+        "milestones_achieved, last_activity_at, last_login_at, scored_at, feature_usage "
+        "FROM customer_health ORDER BY 1"
+    ),
+    "churn": (
+        "SELECT organization_id, churn_probability, risk_level FROM customer_health ORDER BY 1"
+    ),
+    "alerts": (
+        "SELECT alert_id, organization_id, kind, episode, "
+        "payload - 'emitted_at' AS payload FROM alert_outbox ORDER BY 1"
+    ),
+}
+WALL_CLOCK_COLUMNS = {"created_at", "updated_at"}
+
+
+async def snapshot(database_url: str) -> dict[str, list[dict[str, Any]]]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        result: dict[str, list[dict[str, Any]]] = {}
+        for name, query in SNAPSHOT_QUERIES.items():
+            rows = await conn.fetch(query)
+            result[name] = [
+                {k: _plain(v) for k, v in dict(r).items() if k not in WALL_CLOCK_COLUMNS}
+                for r in rows
+            ]
+        return result
+    finally:
+        await conn.close()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in "[{":
+        with contextlib.suppress(orjson.JSONDecodeError):
+            return orjson.loads(value)
+    return value
+
+
+def diff_rows(
+    left: list[dict[str, Any]], right: list[dict[str, Any]], key: str = "organization_id"
+) -> list[tuple[Any, dict[str, tuple[Any, Any]]]]:
+    """Per key, the columns whose values differ (left, right)."""
+    lmap = {r[key]: r for r in left}
+    rmap = {r[key]: r for r in right}
+    out: list[tuple[Any, dict[str, tuple[Any, Any]]]] = []
+    for k in sorted(set(lmap) | set(rmap), key=str):
+        a, b = lmap.get(k, {}), rmap.get(k, {})
+        cols = {c: (a.get(c), b.get(c)) for c in set(a) | set(b) if a.get(c) != b.get(c)}
+        if cols:
+            out.append((k, cols))
+    return out
+
+
+# --------------------------------------------------------------------------- async tasks
+
+
+@contextlib.asynccontextmanager
+async def background(coro: Awaitable[Any]) -> AsyncIterator[asyncio.Task[Any]]:
+    """Run `coro` as a task for the block; cancel it if still running at the end."""
+    task = asyncio.ensure_future(coro)
+    try:
+        yield task
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+# --------------------------------------------------------------------------- the pure core
+
+
+@dataclass
+class PureRun:
+    """The pure core's verdict on a stream applied in one given order."""
+
+    scores: dict[str, float]
+    churn: dict[str, float]
+    alerts: set[str]
+
+
+def pure_run(messages: Iterable[SimulatedMessage], support_last: bool = False) -> PureRun:
+    """Apply the valid, first-seen events in wire order (or every usage event first,
+    then every support event: another legal interleaving of the two topics)."""
+    from healthscore.contracts import SupportEvent, UsageEvent
+    from healthscore.ingest.effects import compute_batch_effects
+    from healthscore.scoring.model import default_model
+
+    seen: set[str] = set()
+    events: list[UsageEvent | SupportEvent] = []
+    for m in messages:
+        if not m.valid or m.event_id in seen:
+            continue
+        assert m.event_id is not None
+        seen.add(m.event_id)
+        body = orjson.loads(m.value)
+        events.append(
+            UsageEvent.model_validate(body)
+            if m.topic_kind == "usage"
+            else SupportEvent.model_validate(body)
+        )
+    if support_last:
+        events.sort(key=lambda e: isinstance(e, SupportEvent))  # stable: keeps each topic's order
+    effects = compute_batch_effects(events, {}, {}, default_model())
+    return PureRun(
+        scores={org: r.health.score for org, r in effects.rescored.items()},
+        churn={org: r.health.churn_probability for org, r in effects.rescored.items()},
+        alerts={str(a.decision.alert_id) for a in effects.alerts},
+    )
