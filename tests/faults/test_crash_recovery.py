@@ -1,0 +1,367 @@
+"""SIGKILL the service again and again while it consumes: nothing lost, nothing counted twice.
+
+`healthscore serve` runs as a child process against a fresh database and fresh
+4-partition topics. A simulated stream (duplicates and malformed messages
+included) is produced at a steady rate while the test kills the process at
+random moments and restarts it. Some kills hunt for the inside of a batch
+transaction: the test polls `pg_stat_activity` for a service backend in an
+open transaction that has locked `consumer_offsets` (only the batch pipeline
+does), freezes the process with SIGSTOP, confirms the transaction is still
+open (not committing) while nothing can move, and only then SIGKILLs it.
+Every other kill is classified the same way, so the count of kills that cut
+a batch transaction is exact, not a guess.
+
+After the last restart the stored offsets must reach the end of every
+partition (counted from the producer's acks); then the database and the
+output topics are checked against an oracle computed from the produced
+messages alone (tests/faults/oracle.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from healthscore.simulator import SimulatedMessage, SimulationConfig, generate
+from tests.faults.oracle import Oracle, episode_violations
+from tests.utils.faults import (
+    KillReport,
+    Produced,
+    end_offsets,
+    evict_group_members,
+    freeze_classify_kill,
+    kill_inside_batch_transaction,
+    produce_recorded,
+    read_topic,
+    stored_offsets,
+)
+from tests.utils.harness import (
+    ServiceProcess,
+    Topics,
+    make_producer,
+    make_topics,
+    service_settings,
+)
+
+pytestmark = pytest.mark.faults
+
+
+@dataclass(frozen=True)
+class CrashPlan:
+    events: int
+    kills: int
+    organizations: int = 200
+    seed: int = 20240611
+    duplicate_rate: float = 0.02
+    malformed_rate: float = 0.002
+    batch_max_records: int = 500
+    segment_seconds: float = 3.0  # each round's share of the stream is produced over this long
+    hunt_timeout: float = 15.0
+    rejoin_timeout: float = 60.0
+    drain_timeout: float = 120.0
+
+
+SHORT = CrashPlan(events=6_000, kills=3)
+LONG = CrashPlan(events=50_000, kills=6, drain_timeout=300.0)
+
+
+async def test_sigkill_during_consumption_loses_and_doubles_nothing_short(
+    migrated_database: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    await run_crash_recovery(migrated_database, kafka_bootstrap, tmp_path, SHORT)
+
+
+@pytest.mark.slow
+async def test_sigkill_during_consumption_loses_and_doubles_nothing_long(
+    migrated_database: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    await run_crash_recovery(migrated_database, kafka_bootstrap, tmp_path, LONG)
+
+
+async def run_crash_recovery(
+    database_url: str, bootstrap: str, tmp_path: Path, plan: CrashPlan
+) -> None:
+    started = time.monotonic()
+    rng = random.Random(plan.seed)
+    topics = await make_topics(bootstrap, partitions=4)
+    group = f"crash-{uuid.uuid4().hex[:8]}"
+    settings = service_settings(
+        database_url, bootstrap, topics, group=group, batch_max_records=plan.batch_max_records
+    )
+    span = timedelta(days=30)
+    config = SimulationConfig(
+        start=datetime.now(UTC) - span,
+        organizations=plan.organizations,
+        events=plan.events,
+        seed=plan.seed,
+        span=span - timedelta(minutes=1),
+        duplicate_rate=plan.duplicate_rate,
+        malformed_rate=plan.malformed_rate,
+    )
+    messages = list(generate(config))
+    oracle = Oracle.from_stream((m.valid, m.value) for m in messages)
+
+    # The stream is released in segments, one per life of the service: once the
+    # (re)started service holds its partitions, the next segment is produced at a
+    # steady rate and the kill lands at a random moment within it. The service
+    # therefore always has work when it dies, and the rest of the segment piles
+    # up as a backlog that the next life consumes in full-size batches.
+    segments = plan.kills + 1
+    rate = -(-len(messages) // segments) / plan.segment_seconds
+    gates = [asyncio.Event() for _ in range(segments)]
+    produced: list[Produced] = []
+    producer = await make_producer(bootstrap)
+    production = asyncio.create_task(
+        _produce_in_segments(producer, messages, topics, rate, gates, produced)
+    )
+    service = ServiceProcess(settings)
+    log_path = str(tmp_path / "service.log")
+    monitor = await asyncpg.connect(database_url)
+    reports: list[KillReport] = []
+    rejoins: list[float] = []
+    try:
+        for number in range(plan.kills):
+            rejoins.append(await _start_and_wait_assigned(service, log_path, plan.rejoin_timeout))
+            gates[number].set()
+            await asyncio.sleep(rng.uniform(0.1, 0.8 * plan.segment_seconds))
+            pid = _pid(service, log_path)
+            report: KillReport | None = None
+            if number % 2 == 0:  # every other kill hunts for an open batch transaction
+                report = await kill_inside_batch_transaction(pid, monitor, plan.hunt_timeout)
+            if report is None:  # a kill at a random moment, classified all the same
+                report = await freeze_classify_kill(pid, monitor)
+            reports.append(report)
+            assert service.process is not None
+            service.process.wait(10)
+            await evict_group_members(bootstrap, group)
+        rejoins.append(await _start_and_wait_assigned(service, log_path, plan.rejoin_timeout))
+        gates[-1].set()
+        await asyncio.wait_for(production, timeout=plan.drain_timeout)
+        ends = end_offsets(produced)
+        assert sum(ends.values()) == len(messages)
+        await _wait_for_offsets(monitor, group, ends, service, plan.drain_timeout, log_path)
+        await _wait_for_relay(monitor, plan.drain_timeout, log_path)
+        batches = _count_log_events(log_path, "batch_committed")
+        await check_database(monitor, oracle)
+        alerts = await check_alert_topic(monitor, bootstrap, topics)
+        dead = await check_dead_letters(bootstrap, topics, produced)
+    finally:
+        if not production.done():
+            production.cancel()
+            with contextlib.suppress(BaseException):
+                await production
+        service.kill()
+        await producer.stop()
+        await monitor.close()
+
+    in_transaction = sum(r.in_transaction for r in reports)
+    summary = {
+        "events": plan.events,
+        "messages": len(messages),
+        "distinct_events": len(oracle.event_ids),
+        "duplicates": oracle.duplicates,
+        "malformed": oracle.malformed,
+        "dead_letters": dead,
+        "alerts": alerts,
+        "kills": len(reports),
+        "kills_in_batch_transaction": in_transaction,
+        "batches_committed": batches,
+        "rejoin_seconds": [round(r, 1) for r in rejoins],
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    print("crash recovery:", json.dumps(summary))
+    assert len(reports) == plan.kills
+    assert in_transaction >= 1, f"no kill landed inside a batch transaction: {reports}"
+
+
+async def _produce_in_segments(
+    producer: AIOKafkaProducer,
+    messages: list[SimulatedMessage],
+    topics: Topics,
+    rate: float,
+    gates: list[asyncio.Event],
+    produced: list[Produced],
+) -> None:
+    size = -(-len(messages) // len(gates))
+    for index, gate in enumerate(gates):
+        await gate.wait()
+        segment = messages[index * size : (index + 1) * size]
+        await produce_recorded(
+            producer, segment, topics.usage, topics.support, rate=rate, log=produced
+        )
+
+
+def _pid(service: ServiceProcess, log_path: str) -> int:
+    assert service.process is not None
+    assert service.alive, f"the service exited:\n{_log_tail(log_path)}"
+    return service.process.pid
+
+
+def _log_tail(path: str, lines: int = 30) -> str:
+    with open(path, "rb") as f:
+        return b"".join(f.readlines()[-lines:]).decode(errors="replace")
+
+
+def _count_log_events(path: str, event: str) -> int:
+    needle = f'"event": "{event}"'.encode()
+    with open(path, "rb") as f:
+        return sum(needle in line for line in f)
+
+
+async def _start_and_wait_assigned(service: ServiceProcess, log_path: str, timeout: float) -> float:
+    """Start the service; return once it holds its partitions (seconds it took)."""
+    before = _count_log_events(log_path, "partitions_assigned") if service.log_path else 0
+    started = time.monotonic()
+    service.start(log_path)
+    while _count_log_events(log_path, "partitions_assigned") <= before:
+        _pid(service, log_path)
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"no partitions assigned in {timeout}s:\n{_log_tail(log_path)}")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+async def _wait_for_offsets(
+    conn: asyncpg.Connection[Any],
+    group: str,
+    ends: dict[tuple[str, int], int],
+    service: ServiceProcess,
+    timeout: float,
+    log_path: str,
+) -> None:
+    deadline = time.monotonic() + timeout
+    stored: dict[tuple[str, int], int] = {}
+    while time.monotonic() < deadline:
+        if not service.alive:
+            raise AssertionError(f"the service exited:\n{_log_tail(log_path)}")
+        stored = await stored_offsets(conn, group)
+        if all(stored.get(tp, 0) >= end for tp, end in ends.items()):
+            assert all(stored[tp] == end for tp, end in ends.items()), (stored, ends)
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"offsets {stored} never reached {ends}:\n{_log_tail(log_path)}")
+
+
+async def _wait_for_relay(conn: asyncpg.Connection[Any], timeout: float, log_path: str) -> None:
+    deadline = time.monotonic() + timeout
+    pending = None
+    while time.monotonic() < deadline:
+        pending = await conn.fetchval(
+            "SELECT count(*) FROM alert_outbox WHERE published_at IS NULL"
+        )
+        if pending == 0:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{pending} alerts never published:\n{_log_tail(log_path)}")
+
+
+async def check_database(conn: asyncpg.Connection[Any], oracle: Oracle) -> None:
+    # every distinct valid event applied exactly once, nothing else
+    stored_ids = {
+        str(r["event_id"]) for r in await conn.fetch("SELECT event_id FROM processed_events")
+    }
+    assert len(stored_ids) == len(oracle.event_ids)
+    missing = oracle.event_ids - stored_ids
+    extra = stored_ids - oracle.event_ids
+    assert not missing and not extra, (len(missing), len(extra))
+
+    states = {
+        str(r["organization_id"]): r
+        for r in await conn.fetch(
+            "SELECT organization_id, (state->>'event_count')::int AS event_count, "
+            "(state->'totals')::text AS totals FROM organization_state"
+        )
+    }
+    assert set(states) == set(oracle.organizations)
+    milestones: dict[str, set[str]] = {org: set() for org in oracle.organizations}
+    for row in await conn.fetch("SELECT organization_id, milestone_type FROM success_milestones"):
+        milestones.setdefault(str(row["organization_id"]), set()).add(row["milestone_type"])
+    interactions: dict[str, dict[str, int]] = {org: {} for org in oracle.organizations}
+    for row in await conn.fetch(
+        "SELECT id, organization_id, event_count FROM support_interactions"
+    ):
+        interactions.setdefault(str(row["organization_id"]), {})[str(row["id"])] = row[
+            "event_count"
+        ]
+
+    wrong: list[str] = []
+    for org, expected in oracle.organizations.items():
+        state = states[org]
+        if state["event_count"] != expected.event_count:
+            wrong.append(f"{org}: event_count {state['event_count']} != {expected.event_count}")
+        totals = orjson.loads(state["totals"] or "{}")
+        if totals != expected.totals:
+            wrong.append(f"{org}: totals {totals} != {expected.totals}")
+        if milestones[org] != expected.milestones:
+            wrong.append(f"{org}: milestones {milestones[org]} != {expected.milestones}")
+        if interactions[org] != dict(expected.interactions):
+            wrong.append(f"{org}: interactions {interactions[org]} != {expected.interactions}")
+    assert not wrong, "\n".join(wrong[:20])
+
+    rows = await conn.fetch(
+        "SELECT organization_id, episode, kind, payload->>'risk_level' AS level, seq, "
+        "alert_id, payload->>'alert_id' AS payload_id, payload->>'kind' AS payload_kind "
+        "FROM alert_outbox"
+    )
+    for r in rows:
+        assert r["payload_id"] == str(r["alert_id"]) and r["payload_kind"] == r["kind"], dict(r)
+    problems = episode_violations(
+        (str(r["organization_id"]), r["episode"], r["kind"], r["level"], r["seq"]) for r in rows
+    )
+    assert not problems, "\n".join(problems[:20])
+
+
+async def check_alert_topic(conn: asyncpg.Connection[Any], bootstrap: str, topics: Topics) -> int:
+    """Every outbox alert is on the topic (duplicates allowed), nothing else is."""
+    outbox = {
+        str(r["alert_id"]): str(r["organization_id"])
+        for r in await conn.fetch("SELECT alert_id, organization_id FROM alert_outbox")
+    }
+    records = await read_topic(bootstrap, topics.alerts, expect=len(outbox), settle=2.0)
+    on_topic: dict[str, str] = {}
+    for record in records:
+        body = orjson.loads(record.value)
+        on_topic[body["alert_id"]] = body["organization_id"]
+        assert record.key == body["organization_id"].encode()
+    assert set(on_topic) - set(outbox) == set(), "alerts on the topic that the outbox never had"
+    assert set(outbox) - set(on_topic) == set(), "outbox alerts missing from the topic"
+    assert on_topic == outbox
+    return len(outbox)
+
+
+async def check_dead_letters(bootstrap: str, topics: Topics, produced: list[Produced]) -> int:
+    """Every malformed message is in its topic's DLQ (at least once); nothing valid is."""
+    malformed = {
+        (p.topic, p.partition, p.offset): p.message.value for p in produced if not p.message.valid
+    }
+    seen: set[tuple[str, int, int]] = set()
+    for source, dlq in ((topics.usage, topics.dlq_usage), (topics.support, topics.dlq_support)):
+        expect = sum(1 for t, _, _ in malformed if t == source)
+        for record in await read_topic(bootstrap, dlq, expect=expect, settle=1.0):
+            headers = {k: v.decode() for k, v in record.headers}
+            coordinates = (
+                headers["x-source-topic"],
+                int(headers["x-source-partition"]),
+                int(headers["x-source-offset"]),
+            )
+            assert coordinates[0] == source
+            assert coordinates in malformed, f"a valid message was dead-lettered: {coordinates}"
+            assert record.value == malformed[coordinates], "a dead letter was altered"
+            seen.add(coordinates)
+    assert seen == set(malformed), (
+        f"{len(set(malformed) - seen)} malformed messages not dead-lettered"
+    )
+    return len(malformed)

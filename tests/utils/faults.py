@@ -1,0 +1,312 @@
+"""Helpers for the fault tests: produce with coordinates, find and kill a batch transaction.
+
+The kill helpers freeze the service process with SIGSTOP before they SIGKILL
+it. While it is frozen it can send nothing more to PostgreSQL, so what
+`pg_stat_activity` shows for its backends is exactly what the kill will cut:
+a kill counts as "inside a batch transaction" only when, with the process
+frozen, one of its backends still holds an open transaction that has written
+`consumer_offsets` (only the batch pipeline does) and is not running COMMIT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from aiokafka.protocol.group import LeaveGroupRequest
+
+from healthscore.simulator import SimulatedMessage
+
+# A backend of the service (the pool sets application_name 'healthscore'; it logs in with
+# the URL's user and runs as healthscore_writer through the startup `role` setting, so
+# pg_stat_activity.usename names the login user, not the writer role) that is inside a
+# transaction which has written or locked consumer_offsets: the batch transaction. The
+# relay's transactions never touch consumer_offsets; the sweep is off (--no-sweep); the
+# offset read on partition assignment takes only an AccessShareLock.
+BATCH_TRANSACTIONS = """
+SELECT a.pid, a.xact_start, a.state, a.query
+FROM pg_stat_activity a
+WHERE a.datname = current_database()
+  AND a.pid <> pg_backend_pid()
+  AND (a.application_name = 'healthscore' OR a.usename = 'healthscore_writer')
+  AND a.xact_start IS NOT NULL
+  AND a.state IN ('active', 'idle in transaction')
+  AND EXISTS (
+      SELECT 1 FROM pg_locks l
+      WHERE l.pid = a.pid
+        AND l.relation = 'consumer_offsets'::regclass
+        AND l.mode IN ('RowShareLock', 'RowExclusiveLock')
+        AND l.granted)
+"""
+
+BACKEND = "SELECT xact_start, state, query FROM pg_stat_activity WHERE pid = $1"
+
+
+@dataclass(frozen=True)
+class Produced:
+    """One produced message and where the broker put it."""
+
+    message: SimulatedMessage
+    topic: str
+    partition: int
+    offset: int
+
+
+async def produce_recorded(
+    producer: AIOKafkaProducer,
+    messages: Iterable[SimulatedMessage],
+    usage_topic: str,
+    support_topic: str,
+    rate: float | None = None,
+    log: list[Produced] | None = None,
+) -> list[Produced]:
+    """Like `healthscore.simulator.produce`, but keep each message's RecordMetadata.
+
+    Record timestamps are the event times (a malformed message takes the
+    previous one's), as the simulator's producer does. `log`, when given, is
+    filled as acks arrive so that a concurrent task can watch progress.
+    """
+    produced: list[Produced] = [] if log is None else log
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    pending: list[tuple[SimulatedMessage, asyncio.Future[Any]]] = []
+    last_ms: int | None = None
+
+    async def drain() -> None:
+        results = await asyncio.gather(*(future for _, future in pending))
+        for (message, _), meta in zip(pending, results, strict=True):
+            produced.append(Produced(message, meta.topic, meta.partition, meta.offset))
+        pending.clear()
+
+    for sent, message in enumerate(messages):
+        if rate is not None:
+            delay = started + sent / rate - loop.time()
+            if delay > 0:
+                await drain()
+                await asyncio.sleep(max(delay, 0.01))
+        if message.occurred_at is not None:
+            last_ms = int(message.occurred_at.timestamp() * 1000)
+        topic = usage_topic if message.topic_kind == "usage" else support_topic
+        future = await producer.send(
+            topic, value=message.value, key=message.key, timestamp_ms=last_ms
+        )
+        pending.append((message, future))
+        if len(pending) >= 1000:
+            await drain()
+    await drain()
+    return produced
+
+
+def end_offsets(produced: Iterable[Produced]) -> dict[tuple[str, int], int]:
+    """Per (topic, partition): the offset after the last produced record."""
+    ends: dict[tuple[str, int], int] = {}
+    for p in produced:
+        key = (p.topic, p.partition)
+        ends[key] = max(ends.get(key, 0), p.offset + 1)
+    return ends
+
+
+async def stored_offsets(conn: asyncpg.Connection[Any], group: str) -> dict[tuple[str, int], int]:
+    rows = await conn.fetch(
+        "SELECT topic, partition, next_offset FROM consumer_offsets WHERE consumer_group = $1",
+        group,
+    )
+    return {(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
+
+
+@dataclass(frozen=True)
+class KillReport:
+    in_transaction: bool
+    backend_state: str | None
+    query: str | None
+
+
+def _open_transaction(row: Any, xact_start: datetime | None) -> bool:
+    if row is None or row["xact_start"] is None:
+        return False
+    if xact_start is not None and row["xact_start"] != xact_start:
+        return False
+    if row["state"] == "idle in transaction":
+        return True
+    query = (row["query"] or "").lstrip().upper()
+    return bool(row["state"] == "active" and not query.startswith(("COMMIT", "END")))
+
+
+async def _frozen_batch_backend(
+    conn: asyncpg.Connection[Any], settle: float
+) -> tuple[int, Any] | None:
+    """With the service frozen: its backend that is inside a batch transaction, if any."""
+    await asyncio.sleep(settle)  # let the backend finish reading what was already sent
+    for row in await conn.fetch(BATCH_TRANSACTIONS):
+        again = await conn.fetchrow(BACKEND, row["pid"])
+        if _open_transaction(again, row["xact_start"]):
+            return int(row["pid"]), again
+    return None
+
+
+async def freeze_classify_kill(
+    pid: int, conn: asyncpg.Connection[Any], settle: float = 0.03
+) -> KillReport:
+    """SIGSTOP, look at the frozen process's backends, SIGKILL; say what the kill cut."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        found = await _frozen_batch_backend(conn, settle)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    if found is None:
+        return KillReport(False, None, None)
+    row = found[1]
+    return KillReport(True, row["state"], row["query"])
+
+
+async def kill_inside_batch_transaction(
+    pid: int, conn: asyncpg.Connection[Any], timeout: float, settle: float = 0.03
+) -> KillReport | None:
+    """Poll pg_stat_activity until the service is inside a batch transaction, then kill it.
+
+    Each sighting is confirmed with the process frozen (SIGSTOP); a sighting
+    the process got past before it froze (the COMMIT had already gone out) is
+    released with SIGCONT and the hunt goes on. Returns None, with the process
+    still running, if no batch transaction was caught within `timeout`.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not await conn.fetch(BATCH_TRANSACTIONS):
+            await asyncio.sleep(0.002)
+            continue
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            found = await _frozen_batch_backend(conn, settle)
+        except BaseException:
+            os.kill(pid, signal.SIGKILL)
+            raise
+        if found is not None:
+            os.kill(pid, signal.SIGKILL)
+            row = found[1]
+            return KillReport(True, row["state"], row["query"])
+        os.kill(pid, signal.SIGCONT)
+    return None
+
+
+async def read_topic(
+    bootstrap: str, topic: str, expect: int, timeout: float = 60.0, settle: float = 1.0
+) -> list[Any]:
+    """Every record of `topic` from the beginning: at least `expect`, then `settle` seconds more."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout
+        settle_until: float | None = None
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for recs in batch.values():
+                records.extend(recs)
+            if len(records) >= expect:
+                if settle_until is None:
+                    settle_until = time.monotonic() + settle
+                if time.monotonic() >= settle_until:
+                    break
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def evict_group_members(bootstrap: str, group: str) -> int:
+    """Make the coordinator drop every member of `group` now (LeaveGroup on their behalf).
+
+    A SIGKILLed consumer never leaves its group, so the restarted one would
+    wait for the dead member's session to expire (~20 s per restart here). The
+    crash tests are about the database, not about that timeout: they send the
+    LeaveGroup the dead process could not. Call it only when no live member
+    is in the group. Returns how many members were removed.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    members: list[str] = []
+    try:
+        coordinator = await admin.find_coordinator(group)
+        described = await admin.describe_consumer_groups([group], coordinator)
+        members = [
+            member[0]
+            for response in described
+            for description in response.groups
+            for member in description[5]
+        ]
+        for member_id in members:
+            await admin._send_request_to_node(coordinator, LeaveGroupRequest(group, member_id))
+    except (KafkaError, TimeoutError):
+        return 0  # best effort: without it the restart only waits out the session
+    finally:
+        await admin.close()
+    return len(members)
+
+
+# The relay in a child process that SIGKILLs itself from the `after_publish` seam:
+# after the broker acked every alert of the page, before the rows are marked sent.
+RELAY_THEN_DIE = """
+import asyncio, os, signal
+from aiokafka import AIOKafkaProducer
+from healthscore.db import create_pool
+from healthscore.outbox import OutboxRelay
+
+async def main():
+    pool = await create_pool(os.environ["RELAY_DATABASE_URL"], "healthscore_writer")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=os.environ["RELAY_BOOTSTRAP"], acks="all", enable_idempotence=False
+    )
+    await producer.start()
+    relay = OutboxRelay(
+        pool, producer, os.environ["RELAY_ALERT_TOPIC"], None,
+        after_publish=lambda: os.kill(os.getpid(), signal.SIGKILL),
+    )
+    await relay.relay_alerts()
+    print("relay_alerts returned: the after_publish kill never happened", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def run_relay_then_die(
+    database_url: str, bootstrap: str, alert_topic: str, timeout: float = 60.0
+) -> tuple[int, str]:
+    """Run RELAY_THEN_DIE; return (returncode, output). The child is killed if it hangs."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "RELAY_DATABASE_URL": database_url,
+            "RELAY_BOOTSTRAP": bootstrap,
+            "RELAY_ALERT_TOPIC": alert_topic,
+        }
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", RELAY_THEN_DIE],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        output, _ = child.communicate(timeout=timeout)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    return child.returncode, output.decode(errors="replace")
