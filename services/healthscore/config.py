@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     health_topic: str = "customer.health.v1"
     dlq_suffix: str = ".dlq"
     consumer_group: str = "healthscore"
+    kafka_session_timeout_ms: int = Field(
+        default=10_000,
+        ge=1000,
+        description="Consumer group session timeout: how long a crashed member holds its "
+        "partitions before the group reassigns them.",
+    )
     batch_max_records: int = Field(default=5000, ge=1)
     batch_timeout_ms: int = Field(default=100, ge=1)
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
