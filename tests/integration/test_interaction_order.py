@@ -1,0 +1,228 @@
+"""One support interaction ends the same whatever order its events arrive in.
+
+The same seven events (opened, two updates at the same instant, a follow-up,
+resolved, reopened, closed) are delivered in eight orders, among them an
+`updated` before its `opened`, each order as its own interaction of its own
+organization. Most orders arrive one event per batch (each merge goes
+through the stored row); two arrive in a single burst (merged in memory),
+one with a redelivered event. Every stored row must be the same, and equal
+to the hand-derived "latest occurred_at wins per field" result.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+
+from tests.utils.harness import (
+    make_producer,
+    make_topics,
+    produce_json,
+    running_service,
+    service_settings,
+    wait_for,
+)
+
+T0 = (datetime.now(UTC) - timedelta(days=2)).replace(microsecond=0)
+STAFF_A = str(uuid.uuid5(uuid.NAMESPACE_URL, "staff-a"))
+STAFF_B = str(uuid.uuid5(uuid.NAMESPACE_URL, "staff-b"))
+
+
+def _at(hours: float) -> str:
+    return (T0 + timedelta(hours=hours)).isoformat()
+
+
+# (rank, body without ids). The rank orders event ids the same way in every copy, so
+# the (occurred_at, event_id) tie-break of the two updates at +1h resolves alike.
+EVENTS: list[tuple[int, dict[str, Any]]] = [
+    (
+        0,
+        {
+            "action": "opened",
+            "occurred_at": _at(0),
+            "interaction_type": "technical_support",
+            "channel": "email",
+            "priority": "normal",
+            "sentiment": "negative",
+            "subject": "Calendar sync broken",
+        },
+    ),
+    (
+        1,
+        {
+            "action": "updated",
+            "occurred_at": _at(1),
+            "priority": "high",
+            "sentiment": "very_negative",
+            "assigned_to": STAFF_A,
+        },
+    ),
+    (
+        2,
+        {
+            "action": "updated",
+            "occurred_at": _at(1),  # same instant: the larger event id wins
+            "sentiment": "neutral",
+            "subject": "Calendar sync broken (iOS)",
+            "assigned_to": STAFF_B,
+        },
+    ),
+    (
+        3,
+        {
+            "action": "follow_up_scheduled",
+            "occurred_at": _at(3),
+            "follow_up_at": _at(24),
+            "outcome": "follow_up_required",
+        },
+    ),
+    (
+        4,
+        {
+            "action": "resolved",
+            "occurred_at": _at(5),
+            "outcome": "resolved",
+            "sentiment": "positive",
+        },
+    ),
+    (
+        5,
+        {
+            "action": "reopened",
+            "occurred_at": _at(8),
+            "priority": "urgent",
+            "sentiment": "negative",
+        },
+    ),
+    (6, {"action": "closed", "occurred_at": _at(10), "outcome": "retained", "channel": "phone"}),
+]
+
+ORDERS: list[list[int]] = [
+    [0, 1, 2, 3, 4, 5, 6],  # as it happened
+    [6, 5, 4, 3, 2, 1, 0],  # reversed
+    [2, 1, 0, 3, 4, 5, 6],  # both updates before the opened
+    [1, 6, 0, 5, 2, 4, 3],  # closed before reopened before resolved
+    *([*random.Random(seed).sample(range(7), 7)] for seed in (1, 2)),
+]
+BURST_ORDERS: list[list[int]] = [
+    [4, 6, 2, 0, 5, 1, 3],
+    [5, 3, 1, 6, 2, 4, 0, 2],  # rank 2 delivered twice
+]
+
+
+def _event_id(rank: int, copy: int) -> str:
+    return str(uuid.UUID(f"{rank:08x}-0000-4000-8000-{copy:012x}"))
+
+
+def _bodies(copy: int) -> tuple[str, str, list[dict[str, Any]]]:
+    org = str(uuid.uuid5(uuid.NAMESPACE_URL, f"interaction-order-org-{copy}"))
+    interaction = str(uuid.uuid5(uuid.NAMESPACE_URL, f"interaction-order-{copy}"))
+    bodies = [
+        {
+            "event_id": _event_id(rank, copy),
+            "organization_id": org,
+            "interaction_id": interaction,
+            **body,
+        }
+        for rank, body in EVENTS
+    ]
+    return org, interaction, bodies
+
+
+def _comparable(row: asyncpg.Record) -> dict[str, Any]:
+    """The row without its identity and wall-clock columns; event ids -> their rank."""
+    skip = {"id", "organization_id", "created_at", "updated_at"}
+    result = {k: v for k, v in row.items() if k not in skip}
+    times = orjson.loads(row["field_event_times"])
+    result["field_event_times"] = {
+        name: [when, int(str(event_id)[:8], 16)] for name, (when, event_id) in times.items()
+    }
+    return result
+
+
+async def test_interaction_converges_whatever_the_order(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    topics = await make_topics(kafka_bootstrap, partitions=4)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    copies = [(order, _bodies(copy)) for copy, order in enumerate(ORDERS + BURST_ORDERS)]
+    stepped, burst = copies[: len(ORDERS)], copies[len(ORDERS) :]
+    assert any(order.index(1) < order.index(0) for order in ORDERS)  # updated before opened
+
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        async with running_service(settings):
+            await produce_json(
+                producer,
+                topics.support,
+                [bodies[i] for order, (_o, _x, bodies) in burst for i in order],
+            )
+            done = 7 * len(burst)
+            # one event of every stepped copy per round, each round committed before the next
+            for step in range(7):
+                await produce_json(
+                    producer,
+                    topics.support,
+                    [bodies[order[step]] for order, (_o, _x, bodies) in stepped],
+                )
+                done += len(stepped)
+                await wait_for(
+                    migrated_database,
+                    "SELECT count(*) FROM processed_events",
+                    lambda n, expected=done: n == expected,
+                    60.0,
+                )
+    finally:
+        await producer.stop()
+
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        rows = {
+            str(r["id"]): r
+            for r in await conn.fetch("SELECT * FROM support_interactions ORDER BY id")
+        }
+        open_counts = {
+            str(r["organization_id"]): r["open_interactions"]
+            for r in await conn.fetch(
+                "SELECT organization_id, open_interactions FROM customer_health"
+            )
+        }
+    finally:
+        await conn.close()
+
+    assert len(rows) == len(copies)
+    comparable = [_comparable(rows[interaction]) for _, (_o, interaction, _b) in copies]
+    for order, row in zip(ORDERS + BURST_ORDERS, comparable, strict=True):
+        assert row == comparable[0], f"order {order} ended differently"
+
+    final = comparable[0]
+    expected = {
+        "interaction_type": "technical_support",
+        "channel": "phone",  # closed (+10h) set it last
+        "status": "closed",
+        "priority": "urgent",  # reopened (+8h)
+        "sentiment": "negative",  # reopened (+8h); closed carries none
+        "outcome": "retained",
+        "assigned_to": uuid.UUID(STAFF_B),  # the tie at +1h: the larger event id
+        "subject": "Calendar sync broken (iOS)",
+        "follow_up_required": False,  # closed after the follow-up was scheduled
+        "follow_up_at": T0 + timedelta(hours=24),
+        "follow_up_completed_at": T0 + timedelta(hours=10),
+        "opened_at": T0,
+        "resolved_at": None,  # cleared by the later reopened
+        "closed_at": T0 + timedelta(hours=10),
+        "first_event_at": T0,
+        "last_event_at": T0 + timedelta(hours=10),
+        "event_count": 7,  # the redelivered copy counted once
+        "resolution_time_minutes": None,
+    }
+    assert {k: final[k] for k in expected} == expected
+    assert final["field_event_times"]["assigned_to"][1] == 2
+    # the organizations' aggregates agree: nothing is left open
+    assert set(open_counts.values()) == {0}
+    assert len(open_counts) == len(copies)
