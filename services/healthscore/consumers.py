@@ -18,6 +18,7 @@ import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from healthscore.ingest.alignment import AlignmentView
 from healthscore.ingest.decode import RawRecord
 from healthscore.ingest.pipeline import BatchOutcome, BatchPipeline
 from healthscore.store import sql
@@ -106,6 +107,8 @@ class BatchHandler:
         self._backoff_min, self._backoff_max = retry_backoff
         self._backoff = self._backoff_min
         self._on_failure = on_failure
+        self._frontiers: dict[tuple[str, int], float] = {}
+        self._positions: dict[tuple[str, int], int] = {}
         self.failures = 0
 
     async def __call__(self, records: Sequence[Any]) -> None:
@@ -118,8 +121,9 @@ class BatchHandler:
             batch_first=f"{raw[0].topic}:{raw[0].partition}:{raw[0].offset}",
             batch_records=len(raw),
         )
+        consumer = self._consumer()
         try:
-            outcome = await self._pipeline.process(raw)
+            outcome = await self._pipeline.process(raw, self._alignment_view(consumer))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -130,11 +134,40 @@ class BatchHandler:
             return
         self._backoff = self._backoff_min
         duration = time.perf_counter() - started
+        self._remember(consumer, outcome)
+        if outcome.records == 0 and outcome.held_from:
+            # everything waits for a partition whose records are not fetched yet
+            await asyncio.sleep(0.01)
         await self._commit_to_kafka(outcome)
         if self._on_outcome is not None:
             result = self._on_outcome(outcome, duration)
             if result is not None:
                 await result
+
+    def _alignment_view(self, consumer: Any) -> AlignmentView:
+        assigned = {(tp.topic, tp.partition): tp for tp in consumer.assignment()}
+        high: dict[tuple[str, int], int] = {}
+        for key, tp in assigned.items():
+            mark = consumer.highwater(tp)
+            if mark is not None:
+                high[key] = mark
+        return AlignmentView(
+            frontiers={k: v for k, v in self._frontiers.items() if k in assigned},
+            high_watermarks=high,
+            positions={k: v for k, v in self._positions.items() if k in assigned},
+        )
+
+    def _remember(self, consumer: Any, outcome: BatchOutcome) -> None:
+        """Keep each partition's frontier and position; seek to held-back records."""
+        for key, frontier in outcome.frontiers.items():
+            self._frontiers[key] = max(self._frontiers.get(key, frontier), frontier)
+        for key, offset in outcome.next_offsets.items():
+            self._positions[key] = offset
+        for (topic, partition), offset in outcome.held_from.items():
+            tp = TopicPartition(topic, partition)
+            if tp in consumer.assignment():
+                consumer.seek(tp, offset)
+                self._positions[(topic, partition)] = offset
 
     async def _rewind(self, raw: list[RawRecord], exc: BaseException) -> None:
         """The batch did not commit: fetch it again after a pause."""

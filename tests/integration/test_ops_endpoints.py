@@ -129,7 +129,11 @@ async def test_metrics_health_readiness_and_docs_of_a_running_service(
             assert value(m, "healthscore_organizations_by_risk", risk_level="low") == 1
             assert value(m, "healthscore_sweep_runs_total") >= 0
 
-            status, body = await get(port, "/readyz")
+            for _ in range(20):  # a loaded 2-core machine can miss one 2 s check
+                status, body = await get(port, "/readyz")
+                if status == 200:
+                    break
+                await asyncio.sleep(0.5)
             assert status == 200, body
             assert json.loads(body)["checks"] == {
                 "postgres": "ok",

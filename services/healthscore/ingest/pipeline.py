@@ -24,6 +24,7 @@ import asyncpg
 
 from healthscore.contracts import SupportEvent, UsageEvent
 from healthscore.errors import InvalidStoredOffset
+from healthscore.ingest.alignment import AlignmentView, align
 from healthscore.ingest.decode import Decoded, Decoder, RawRecord, Rejection
 from healthscore.ingest.dlq import DeadLetterQueue
 from healthscore.ingest.effects import BatchEffects, compute_batch_effects
@@ -55,6 +56,8 @@ class BatchOutcome:
     redelivered_by_topic: dict[str, int] = field(default_factory=dict)
     record_timestamps_ms: list[int] = field(default_factory=list)
     first_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    held_from: dict[TopicPartition, int] = field(default_factory=dict)
+    frontiers: dict[TopicPartition, float] = field(default_factory=dict)
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
     max_event_time: dict[TopicPartition, datetime] = field(default_factory=dict)
     rejections: list[Rejection] = field(default_factory=list)
@@ -78,19 +81,33 @@ class BatchPipeline:
         self._group = consumer_group
         self._rescore_step = rescore_step_seconds
 
-    async def process(self, records: Sequence[RawRecord]) -> BatchOutcome:
+    async def process(
+        self, records: Sequence[RawRecord], view: AlignmentView | None = None
+    ) -> BatchOutcome:
+        """Apply a fetched batch; with `view`, only its event-time-aligned part.
+
+        Records held back by the alignment are not applied and not stored as
+        consumed: `outcome.held_from` says where the consumer must seek.
+        """
         outcome = BatchOutcome(records=len(records))
         if not records:
             return outcome
         # gather: decode outside the transaction (pure CPU work)
-        decoded = [self._decoder.decode(r) for r in records]
+        alignment = align([self._decoder.decode(r) for r in records], view)
+        decoded = alignment.applied
+        outcome.held_from = alignment.held_from
+        outcome.frontiers = alignment.frontiers
+        outcome.records = len(decoded)
         last: dict[TopicPartition, int] = {}
         first = outcome.first_offsets
-        for record in records:
+        for item in decoded:
+            record = item.record
             tp = (record.topic, record.partition)
             last[tp] = max(last.get(tp, -1), record.offset)
             first[tp] = min(first.get(tp, record.offset), record.offset)
         partitions = sorted(last)
+        if not partitions:
+            return outcome
 
         async with self._pool.acquire() as conn, conn.transaction():
             stored = await _lock_offsets(conn, self._group, partitions)

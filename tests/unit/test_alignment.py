@@ -1,0 +1,85 @@
+"""Event-time alignment: a topic far ahead waits for the one behind; nothing stalls."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from healthscore.contracts import UsageEvent
+from healthscore.ingest.alignment import AlignmentView, align
+from healthscore.ingest.decode import Decoded, RawRecord, Rejection
+
+T0 = datetime(2026, 5, 1, tzinfo=UTC)
+ORG = uuid.UUID(int=7)
+
+
+def item(topic: str, partition: int, offset: int, hours: float) -> Decoded:
+    event = UsageEvent(
+        event_id=uuid.uuid4(),
+        organization_id=ORG,
+        type="login",
+        occurred_at=T0 + timedelta(hours=hours),
+    )
+    return Decoded(RawRecord(topic, partition, offset, None, b"{}"), event)
+
+
+def bad(topic: str, partition: int, offset: int) -> Rejection:
+    return Rejection(RawRecord(topic, partition, offset, None, b"x"), "invalid_json", "x")
+
+
+def test_without_a_view_everything_is_applied_in_event_time_merge() -> None:
+    items = [item("u", 0, 0, 1), item("u", 0, 1, 5), item("s", 0, 0, 3)]
+    result = align(items, None)
+    assert result.held_from == {}
+    assert [i.record.offset for i in result.applied] == [0, 0, 1]
+    assert [i.record.topic for i in result.applied] == ["u", "s", "u"]
+
+
+def test_a_topic_ahead_is_cut_at_the_frontier_of_the_one_behind() -> None:
+    usage = [item("u", 0, n, hours=n) for n in range(10)]  # hours 0..9, behind
+    support = [item("s", 0, n, hours=24 * n) for n in range(5)]  # days 0..4, ahead
+    view = AlignmentView(high_watermarks={("u", 0): 1000, ("s", 0): 1000})
+    result = align(usage + support, view)
+    assert result.stream_time == (T0 + timedelta(hours=9)).timestamp()
+    assert result.held_from == {("s", 0): 1}  # day 1 onwards waits for usage
+    assert len(result.applied) == 11
+    assert result.frontiers[("s", 0)] == (T0 + timedelta(days=4)).timestamp()
+
+
+def test_a_caught_up_partition_holds_no_one_back() -> None:
+    usage = [item("u", 0, n, hours=n) for n in range(3)]
+    support = [item("s", 0, n, hours=24 * n) for n in range(5)]
+    # usage is at its high watermark: nothing more to wait for
+    view = AlignmentView(high_watermarks={("u", 0): 3, ("s", 0): 1000})
+    result = align(usage + support, view)
+    assert result.held_from == {}
+    assert len(result.applied) == 8
+
+
+def test_a_lagging_partition_outside_the_batch_still_limits_it() -> None:
+    support = [item("s", 0, n, hours=24 * n) for n in range(5)]
+    view = AlignmentView(
+        frontiers={("u", 0): (T0 + timedelta(hours=30)).timestamp()},
+        high_watermarks={("u", 0): 500, ("s", 0): 1000},
+        positions={("u", 0): 100},
+    )
+    result = align(support, view)
+    assert result.held_from == {("s", 0): 2}  # days 0 and 1 (<= 30 h) only
+
+
+def test_rejections_never_block_and_keep_their_partition_order() -> None:
+    items = [bad("u", 0, 0), item("u", 0, 1, 2), bad("u", 0, 2), item("s", 0, 0, 50)]
+    view = AlignmentView(high_watermarks={("u", 0): 100, ("s", 0): 100})
+    result = align(items, view)
+    assert result.held_from == {("s", 0): 0}
+    assert [i.record.offset for i in result.applied if i.record.topic == "u"] == [0, 1, 2]
+
+
+def test_the_partition_that_defines_the_cut_always_progresses() -> None:
+    # whatever the mix, at least one record of the batch is applied
+    usage = [item("u", 0, n, hours=100 + n) for n in range(4)]
+    support = [item("s", 1, n, hours=n) for n in range(4)]
+    view = AlignmentView(high_watermarks={("u", 0): 99, ("s", 1): 99})
+    result = align(usage + support, view)
+    assert result.held_from == {("u", 0): 0}
+    assert [i.record.topic for i in result.applied] == ["s"] * 4
