@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,13 @@ def add_arguments(p: Any) -> None:
         help="also run the throughput phase once under cProfile (service child process); "
         "writes PSTATS and a text summary beside it (.txt)",
     )
+    p.add_argument(
+        "--service-command",
+        metavar="CMD",
+        help="run this instead of `python -m healthscore.cli serve` (for A/B runs of a "
+        "patched service; shell-split; `--no-migrate --no-sweep` are appended, and with "
+        "--profile CMD must start with a Python script path)",
+    )
     p.add_argument("--json-out", type=Path, metavar="PATH", help="write the results as JSON")
     p.add_argument("--keep-databases", action="store_true")
     p.add_argument("--work-dir", type=Path, help="where the service logs go (default: a temp dir)")
@@ -81,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         profile=args.profile.resolve() if args.profile else None,
         keep_databases=args.keep_databases,
         work_dir=args.work_dir,
+        service_command=shlex.split(args.service_command) if args.service_command else None,
     )
     services = resolve_services(
         database_url=os.environ.get("DATABASE_URL"),

@@ -122,6 +122,8 @@ class NaiveHandler:
                 interactions[stored.id] = stored
         effects: BatchEffects = compute_batch_effects([event], states, interactions, self._model)
         if effects.misrouted:
+            # not applied, so not processed (as the batch pipeline does)
+            await conn.execute(sql.UNCLAIM_EVENT_IDS, [event.event_id])
             await self._dlq.publish(
                 [
                     _misrouted(item.record, owner)

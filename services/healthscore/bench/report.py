@@ -45,6 +45,7 @@ class ThroughputResult:
     rows_written: dict[str, int] = field(default_factory=dict)
     rows_written_per_event: float = 0.0
     peak_rss_mb: float = 0.0
+    rss_timeline_mb: list[tuple[float, float]] = field(default_factory=list)
     profiled: bool = False
 
 
@@ -217,6 +218,7 @@ class BenchReport:
                 ("preload (produce) time", f"{t.produce_seconds:.1f} s"),
                 ("DB rows written per event", f"{t.rows_written_per_event:.2f}"),
                 ("peak service RSS", f"{t.peak_rss_mb:.0f} MB"),
+                ("service RSS over time (s: MB)", _timeline(t.rss_timeline_mb)),
                 (
                     "correct (processed_events == distinct valid ids)",
                     f"{t.correct} ({t.processed_events_rows:,} rows, {t.applied:,} applied)",
@@ -283,6 +285,16 @@ class BenchReport:
             w(self.profile_summary)
             w(f"\n(full pstats: {self.profile_path})\n")
         return out.getvalue()
+
+
+def _timeline(samples: list[tuple[float, float]], points: int = 6) -> str:
+    if not samples:
+        return "-"
+    step = max(1, len(samples) // (points - 1))
+    picked = samples[::step]
+    if picked[-1] != samples[-1]:
+        picked.append(samples[-1])
+    return ", ".join(f"{t:.0f}s: {mb:.0f}" for t, mb in picked)
 
 
 def _ms(value: float | None) -> str:

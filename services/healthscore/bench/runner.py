@@ -85,6 +85,9 @@ class BenchOptions:
     drain_timeout: float = 900.0
     work_dir: Path | None = None
     verbose: bool = True
+    # the service's command line instead of `python -m healthscore.cli serve`
+    # (A/B runs of a patched service); --no-migrate --no-sweep are appended
+    service_command: list[str] | None = None
 
 
 @dataclass
@@ -194,6 +197,8 @@ class Child:
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
         self.peak_rss = 0
+        self.current_rss = 0
+        self.timeline: list[tuple[float, float]] = []  # (seconds since start, RSS MB)
         self._sampling = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -207,8 +212,14 @@ class Child:
         self._thread.start()
 
     def _sample(self) -> None:
+        began = time.monotonic()
+        last = -1.0
         while self._sampling.is_set() and self.alive:
             self._read_status()
+            now = time.monotonic() - began
+            if now - last >= 1.0:
+                self.timeline.append((round(now, 1), round(self.current_rss / 2**20, 1)))
+                last = now
             time.sleep(0.1)
 
     def _read_status(self) -> None:
@@ -217,7 +228,10 @@ class Child:
         with contextlib.suppress(OSError, ValueError, IndexError):
             for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
                 if line.startswith(("VmHWM:", "VmRSS:")):
-                    self.peak_rss = max(self.peak_rss, int(line.split()[1]) * 1024)
+                    value = int(line.split()[1]) * 1024
+                    self.peak_rss = max(self.peak_rss, value)
+                    if line.startswith("VmRSS:"):
+                        self.current_rss = value
 
     @property
     def alive(self) -> bool:
@@ -269,8 +283,11 @@ def _child_env(stack: Stack, phase: _Phase, options: BenchOptions) -> dict[str, 
     return env
 
 
-def _service_argv(profile: Path | None) -> list[str]:
+def _service_argv(profile: Path | None, command: list[str] | None = None) -> list[str]:
     serve = ["serve", "--no-migrate", "--no-sweep"]
+    if command:
+        head = [sys.executable, "-m", "cProfile", "-o", str(profile)] if profile else []
+        return [*head, *command, *serve[1:]]
     if profile is None:
         return [sys.executable, "-m", "healthscore.cli", *serve]
     return [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "healthscore.cli", *serve]
@@ -434,7 +451,11 @@ class Bench:
         self, phase: _Phase, label: str, profile: Path | None = None
     ) -> tuple[Child, CommitLog, float]:
         log_path = self.work_dir / f"{phase.name}-{label}.log"
-        child = Child(_service_argv(profile), _child_env(self.stack, phase, self.options), log_path)
+        child = Child(
+            _service_argv(profile, self.options.service_command),
+            _child_env(self.stack, phase, self.options),
+            log_path,
+        )
         started = time.time()
         child.start()
         log = CommitLog(log_path)
@@ -514,6 +535,7 @@ class Bench:
             rows_written=rows,
             rows_written_per_event=written / max(1, counts.valid),
             peak_rss_mb=child.peak_rss_mb,
+            rss_timeline_mb=child.timeline,
             profiled=profile is not None,
         )
         self.say(
