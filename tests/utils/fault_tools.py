@@ -21,11 +21,10 @@ from typing import Any
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from healthscore.simulator import SimulatedMessage, SimulationConfig, generate, produce
-from tests.utils.harness import Topics
+from tests.utils.harness import Topics, consume_all
 
 # --------------------------------------------------------------------------- the stream
 
@@ -273,26 +272,7 @@ async def read_topic(
     timeout: float = 30.0,
 ) -> list[Any]:
     """Read a topic from the beginning until done(records), then what is left of it."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=300)
-            for recs in batch.values():
-                records.extend(recs)
-            if not batch and done(records):
-                break
-    finally:
-        await consumer.stop()
-    return records
+    return await consume_all(bootstrap, topic, timeout=timeout, done=done)
 
 
 async def dead_letter_sources(bootstrap: str, topics: Topics) -> set[Any]:

@@ -22,12 +22,13 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.group import LeaveGroupRequest
 
 from healthscore.simulator import SimulatedMessage
+from tests.utils.harness import consume_all
 
 # A backend of the service (the pool sets application_name 'healthscore'; it logs in with
 # the URL's user and runs as healthscore_writer through the startup `role` setting, so
@@ -204,30 +205,7 @@ async def read_topic(
     bootstrap: str, topic: str, expect: int, timeout: float = 60.0, settle: float = 1.0
 ) -> list[Any]:
     """Every record of `topic` from the beginning: at least `expect`, then `settle` seconds more."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        deadline = time.monotonic() + timeout
-        settle_until: float | None = None
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
-            for recs in batch.values():
-                records.extend(recs)
-            if len(records) >= expect:
-                if settle_until is None:
-                    settle_until = time.monotonic() + settle
-                if time.monotonic() >= settle_until:
-                    break
-    finally:
-        await consumer.stop()
-    return records
+    return await consume_all(bootstrap, topic, expect=expect, timeout=timeout, settle=settle)
 
 
 async def evict_group_members(bootstrap: str, group: str) -> int:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -131,9 +131,15 @@ async def produce_json(
 
 
 async def consume_all(
-    bootstrap: str, topic: str, expect: int, timeout: float = 30.0, settle: float = 0.0
+    bootstrap: str,
+    topic: str,
+    expect: int = 0,
+    timeout: float = 30.0,
+    settle: float = 0.0,
+    done: Callable[[list[Any]], bool] | None = None,
 ) -> list[Any]:
-    """Read a topic from the beginning until `expect` records (then `settle` more seconds)."""
+    """Read a topic from the beginning until `expect` records (or `done(records)`),
+    then `settle` seconds more and until a poll comes back empty."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -150,10 +156,11 @@ async def consume_all(
             batch = await consumer.getmany(timeout_ms=200)
             for recs in batch.values():
                 records.extend(recs)
-            if len(records) >= expect:
+            finished = done(records) if done is not None else len(records) >= expect
+            if finished:
                 if settle_until is None:
                     settle_until = time.monotonic() + settle
-                if time.monotonic() >= settle_until:
+                if time.monotonic() >= settle_until and not batch:
                     break
     finally:
         await consumer.stop()

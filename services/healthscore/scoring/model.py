@@ -242,22 +242,8 @@ class _ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     milestones: MilestoneRules
 
 
-class ScoreModel(msgspec.Struct, frozen=True, dict=True):
-    """The validated model; the sections above plus lookup tables derived once."""
-
-    version: str
-    segments: Segments
-    weights: SegmentWeights
-    half_life_days: HalfLives
-    signals: SignalWeights
-    engagement: Engagement
-    adoption: Adoption
-    support: Support
-    growth: Growth
-    churn: Churn
-    alerts: Alerts
-    ceilings: Ceilings
-    milestones: MilestoneRules
+class ScoreModel(_ModelConfig, frozen=True, dict=True):
+    """The validated model: the config's sections plus lookup tables derived once."""
 
     @functools.cached_property
     def milestone_rules(self) -> dict[MilestoneType, MilestoneRule]:
