@@ -136,6 +136,7 @@ class Service:
     relay: OutboxRelay | None = None
     sweep: SilenceSweep | None = None
     listeners: list[SeekToStoredOffsets] = field(default_factory=list)
+    handlers: list[BatchHandler] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
     gauges: GaugeRefresher | None = None
     http_port: int | None = None
@@ -190,6 +191,8 @@ class Service:
         )
         self.broker = self._build_broker()
         await self.broker.start()
+        for handler in self.handlers:
+            self._spawn(handler.drain_held(self._stop))
         if self.options.run_relay:
             self.relay = OutboxRelay(
                 self.pool,
@@ -305,6 +308,8 @@ class Service:
             on_outcome=self._record_outcome,
             on_failure=lambda exc: self.metrics.batch_failures.inc(),
         )
+        listener.on_revoked = handler.forget
+        self.handlers.append(handler)
         broker, holder["subscriber"] = build_broker(s, self.bootstrap, handler, listener)
         return broker
 
@@ -324,9 +329,13 @@ class Service:
                 partition=record.partition,
                 offset=record.offset,
             )
+        # keep a short history of summaries only: the effects and rejections of a
+        # batch hold every state and record it touched
+        outcome.effects = None
+        outcome.rejections = []
         self.outcomes.append(outcome)
-        if len(self.outcomes) > 1000:
-            del self.outcomes[:500]
+        if len(self.outcomes) > 200:
+            del self.outcomes[:100]
         log.info(
             "batch_committed",
             records=outcome.records,

@@ -9,6 +9,7 @@ when a batch fails, and commit to Kafka (for lag tooling only) afterwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -19,13 +20,15 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from healthscore.ingest.alignment import AlignmentView
-from healthscore.ingest.decode import RawRecord
+from healthscore.ingest.decode import Decoded, RawRecord, Rejection
 from healthscore.ingest.pipeline import BatchOutcome, BatchPipeline
 from healthscore.store import sql
 
 log = structlog.get_logger(__name__)
 
 ConsumerGetter = Callable[[], Any]
+Key = tuple[str, int]
+Item = Decoded | Rejection
 
 
 def to_raw(record: Any) -> RawRecord:
@@ -65,10 +68,13 @@ class SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
         self._group = group
         self._consumer = consumer
         self._on_change = on_change
+        self.on_revoked: Callable[[set[TopicPartition]], None] | None = None
         self.assigned: set[TopicPartition] = set()
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self.assigned -= set(revoked)
+        if self.on_revoked is not None:
+            self.on_revoked(set(revoked))
         if self._on_change and revoked:
             self._on_change("revoked", len(revoked))
 
@@ -107,46 +113,90 @@ class BatchHandler:
         self._backoff_min, self._backoff_max = retry_backoff
         self._backoff = self._backoff_min
         self._on_failure = on_failure
-        self._frontiers: dict[tuple[str, int], float] = {}
-        self._positions: dict[tuple[str, int], int] = {}
+        self._frontiers: dict[Key, float] = {}
+        self._positions: dict[Key, int] = {}
+        # records fetched but held back by the event-time alignment, per
+        # partition in offset order; those partitions are paused meanwhile
+        self._held: dict[Key, list[Item]] = {}
+        self._lock = asyncio.Lock()
+        self._last_run = time.monotonic()
         self.failures = 0
 
     async def __call__(self, records: Sequence[Any]) -> None:
-        if not records:
-            return
         raw = [to_raw(r) for r in records]
+        async with self._lock:
+            await self._run(raw)
+
+    async def drain_held(self, stop: asyncio.Event, idle: float = 0.05) -> None:
+        """Apply held-back records when no new fetch comes to do it.
+
+        A partition that was behind may have caught up (no more records will
+        arrive to trigger a batch), which releases what the others hold.
+        """
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=idle)
+            if self._held and time.monotonic() - self._last_run >= idle:
+                async with self._lock:
+                    await self._run([])
+
+    def forget(self, partitions: set[TopicPartition]) -> None:
+        """Partitions revoked: their held records belong to the next owner now."""
+        for tp in partitions:
+            self._held.pop((tp.topic, tp.partition), None)
+            self._frontiers.pop((tp.topic, tp.partition), None)
+            self._positions.pop((tp.topic, tp.partition), None)
+
+    async def _run(self, raw: list[RawRecord]) -> None:
+        self._last_run = time.monotonic()
+        consumer = self._consumer()
+        assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        for key in [k for k in self._held if k not in assigned]:
+            del self._held[key]
+        items = self._merge_with_held(self._pipeline.decode(raw))
+        if not items:
+            return
         started = time.perf_counter()
+        first = items[0].record
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(
-            batch_first=f"{raw[0].topic}:{raw[0].partition}:{raw[0].offset}",
-            batch_records=len(raw),
+            batch_first=f"{first.topic}:{first.partition}:{first.offset}",
+            batch_records=len(items),
         )
-        consumer = self._consumer()
         try:
-            outcome = await self._pipeline.process(raw, self._alignment_view(consumer))
+            outcome = await self._pipeline.process_items(items, self._alignment_view(consumer))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             # Never skip: a batch that did not commit is fetched again. Transient
             # faults (Postgres restarting, broker paused) heal by themselves; a
             # bug blocks the partition loudly rather than losing its events.
-            await self._rewind(raw, exc)
+            await self._rewind([i.record for i in items], exc)
             return
         self._backoff = self._backoff_min
         duration = time.perf_counter() - started
-        self._remember(consumer, outcome)
-        if outcome.records == 0 and outcome.held_from:
-            # everything waits for a partition whose records are not fetched yet
-            await asyncio.sleep(0.01)
+        self._remember(consumer, outcome, items)
         await self._commit_to_kafka(outcome)
-        if self._on_outcome is not None:
+        if self._on_outcome is not None and outcome.records:
             result = self._on_outcome(outcome, duration)
             if result is not None:
                 await result
 
+    def _merge_with_held(self, fresh: list[Item]) -> list[Item]:
+        """Held records first; a fetched record at or below a held one is a repeat."""
+        if not self._held:
+            return fresh
+        merged = [item for held in self._held.values() for item in held]
+        last_held = {key: held[-1].record.offset for key, held in self._held.items()}
+        for item in fresh:
+            key = (item.record.topic, item.record.partition)
+            if key not in last_held or item.record.offset > last_held[key]:
+                merged.append(item)
+        return merged
+
     def _alignment_view(self, consumer: Any) -> AlignmentView:
         assigned = {(tp.topic, tp.partition): tp for tp in consumer.assignment()}
-        high: dict[tuple[str, int], int] = {}
+        high: dict[Key, int] = {}
         for key, tp in assigned.items():
             mark = consumer.highwater(tp)
             if mark is not None:
@@ -157,17 +207,33 @@ class BatchHandler:
             positions={k: v for k, v in self._positions.items() if k in assigned},
         )
 
-    def _remember(self, consumer: Any, outcome: BatchOutcome) -> None:
-        """Keep each partition's frontier and position; seek to held-back records."""
+    def _remember(self, consumer: Any, outcome: BatchOutcome, items: list[Item]) -> None:
+        """Keep frontiers and positions; hold back (and pause) what was not applied."""
         for key, frontier in outcome.frontiers.items():
             self._frontiers[key] = max(self._frontiers.get(key, frontier), frontier)
         for key, offset in outcome.next_offsets.items():
             self._positions[key] = offset
-        for (topic, partition), offset in outcome.held_from.items():
-            tp = TopicPartition(topic, partition)
-            if tp in consumer.assignment():
-                consumer.seek(tp, offset)
-                self._positions[(topic, partition)] = offset
+        held: dict[Key, list[Item]] = {}
+        for item in items:
+            key = (item.record.topic, item.record.partition)
+            start = outcome.held_from.get(key)
+            if start is not None and item.record.offset >= start:
+                held.setdefault(key, []).append(item)
+        for key, records in held.items():
+            records.sort(key=lambda i: i.record.offset)
+            self._positions[key] = records[0].record.offset
+        assignment = consumer.assignment()
+        to_pause = [TopicPartition(*k) for k in held if TopicPartition(*k) in assignment]
+        to_resume = [
+            TopicPartition(*k)
+            for k in self._held
+            if k not in held and TopicPartition(*k) in assignment
+        ]
+        self._held = held
+        if to_pause:
+            consumer.pause(*to_pause)
+        if to_resume:
+            consumer.resume(*to_resume)
 
     async def _rewind(self, raw: list[RawRecord], exc: BaseException) -> None:
         """The batch did not commit: fetch it again after a pause."""
@@ -179,10 +245,15 @@ class BatchHandler:
             tp = (record.topic, record.partition)
             first[tp] = min(first.get(tp, record.offset), record.offset)
         consumer = self._consumer()
+        paused = [TopicPartition(*k) for k in self._held]
+        self._held = {}
         for (topic, partition), offset in first.items():
             tp = TopicPartition(topic, partition)
             if tp in consumer.assignment():
                 consumer.seek(tp, offset)
+        resumable = [tp for tp in paused if tp in consumer.assignment()]
+        if resumable:
+            consumer.resume(*resumable)
         log.warning(
             "batch_failed_will_retry",
             error=type(exc).__name__,

@@ -51,23 +51,22 @@ WHERE alert_id = ANY($1::uuid[])
 """
 
 PENDING_HEALTH = """
-SELECT s.organization_id, s.health_version, h.health_score, h.previous_score,
+SELECT q.organization_id, q.version, h.health_score, h.previous_score,
        h.health_status, h.churn_probability, h.risk_level, h.engagement_score,
        h.adoption_score, h.milestone_score, h.support_score, h.growth_score,
        h.risk_factors::text AS risk_factors, h.score_model_version, h.scored_at
-FROM organization_state s
-JOIN customer_health h ON h.organization_id = s.organization_id
-WHERE s.health_version <> s.published_health_version
-ORDER BY s.organization_id
+FROM health_feed_pending q
+JOIN customer_health h ON h.organization_id = q.organization_id
+ORDER BY q.organization_id
 LIMIT $1
-FOR UPDATE OF s SKIP LOCKED
+FOR UPDATE OF q SKIP LOCKED
 """
 
+# an entry re-queued meanwhile (a newer version) stays for the next pass
 MARK_HEALTH_SENT = """
-UPDATE organization_state s
-SET published_health_version = x.version
-FROM unnest($1::uuid[], $2::bigint[]) AS x(organization_id, version)
-WHERE s.organization_id = x.organization_id
+DELETE FROM health_feed_pending q
+USING unnest($1::uuid[], $2::bigint[]) AS x(organization_id, version)
+WHERE q.organization_id = x.organization_id AND q.version = x.version
 """
 
 
@@ -171,7 +170,7 @@ class OutboxRelay:
             await conn.execute(
                 MARK_HEALTH_SENT,
                 [r["organization_id"] for r in rows],
-                [r["health_version"] for r in rows],
+                [r["version"] for r in rows],
             )
         return len(rows)
 

@@ -64,9 +64,9 @@ EXPECTED_INDEXES = {
     },
     "organization_state": {
         "organization_state_pkey",
-        "organization_state_last_event_at_idx",
-        "organization_state_unpublished_idx",
+        "organization_state_rescore_due_idx",
     },
+    "health_feed_pending": {"health_feed_pending_pkey"},
     "processed_events": {"processed_events_pkey", "processed_events_processed_at_idx"},
     "consumer_offsets": {"consumer_offsets_pkey"},
     "health_score_history": {
@@ -77,6 +77,7 @@ EXPECTED_INDEXES = {
         "alert_outbox_pkey",
         "alert_outbox_unpublished_idx",
         "alert_outbox_organization_id_idx",
+        "alert_outbox_pending_seq_idx",
     },
 }
 

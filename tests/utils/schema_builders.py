@@ -160,6 +160,10 @@ def alert_outbox(organization_id: uuid.UUID, **overrides: Any) -> Row:
     }
 
 
+def health_feed_pending(organization_id: uuid.UUID, **overrides: Any) -> Row:
+    return {"organization_id": organization_id, "version": 1, **overrides}
+
+
 # builders of the tables that hang off an organization, by table name
 ORGANIZATION_CHILDREN: dict[str, Callable[..., Row]] = {
     "user_profiles": lambda org_id, **o: user_profile(organization_id=org_id, **o),
@@ -170,6 +174,7 @@ ORGANIZATION_CHILDREN: dict[str, Callable[..., Row]] = {
     "processed_events": processed_event,
     "health_score_history": health_score_history,
     "alert_outbox": alert_outbox,
+    "health_feed_pending": health_feed_pending,
 }
 
 

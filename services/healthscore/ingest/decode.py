@@ -9,6 +9,7 @@ wrong, naming the field, without echoing personal data.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -148,13 +149,13 @@ class Decoder:
         return Decoded(record, event)
 
 
+_CANONICAL_UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _canonical_uuid(key: bytes) -> UUID | None:
-    try:
-        text = key.decode("ascii")
-        value = UUID(text)
-    except (UnicodeDecodeError, ValueError):
+    if _CANONICAL_UUID.fullmatch(key) is None:
         return None
-    return value if str(value) == text else None
+    return UUID(key.decode("ascii"))
 
 
 def _received_at(record: RawRecord) -> datetime:

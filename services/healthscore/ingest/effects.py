@@ -11,7 +11,7 @@ that cuts the log into other batches makes the same decisions.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from healthscore.contracts import SupportEvent, UsageEvent
 from healthscore.contracts.enums import HistoryCause
@@ -62,10 +62,13 @@ def _rescore(
     effects: BatchEffects,
     before: float | None,
     cause: HistoryCause,
+    explain: bool,
 ) -> None:
     previous = state.last_score
-    health = score(state, as_of, model)
+    health = score(state, as_of, model, explain=explain)
     decision = evaluate_alert(state, previous, health, as_of, model)
+    if decision is not None and not explain:
+        health = score(state, as_of, model)  # the alert says why
     record_score(state, health, as_of)
     if decision is not None:
         effects.alerts.append(
@@ -117,7 +120,21 @@ def compute_batch_effects(
         assert state.last_event_at is not None
         # previous_score: the score before this event, not before the batch, so
         # that it does not depend on where the batch boundaries fell (replay)
-        _rescore(state, state.last_event_at, model, effects, state.last_score, HistoryCause.EVENTS)
+        # per event only the numbers (alert decisions must not depend on batch
+        # boundaries); the risk factors once per organization, below
+        _rescore(
+            state,
+            state.last_event_at,
+            model,
+            effects,
+            state.last_score,
+            HistoryCause.EVENTS,
+            explain=False,
+        )
+    for org, rescored in effects.rescored.items():
+        if not rescored.health.risk_factors:
+            explained = score(states[org], rescored.scored_at, model)
+            effects.rescored[org] = replace(rescored, health=explained)
     return effects
 
 
@@ -127,5 +144,5 @@ def compute_silence_effects(
     """Rescore quiet organizations at `as_of` (the sweep): time itself is the input."""
     effects = BatchEffects(states=states)
     for state in states.values():
-        _rescore(state, as_of, model, effects, state.last_score, HistoryCause.SWEEP)
+        _rescore(state, as_of, model, effects, state.last_score, HistoryCause.SWEEP, explain=True)
     return effects

@@ -81,19 +81,27 @@ class BatchPipeline:
         self._group = consumer_group
         self._rescore_step = rescore_step_seconds
 
+    def decode(self, records: Sequence[RawRecord]) -> list[Decoded | Rejection]:
+        return [self._decoder.decode(r) for r in records]
+
     async def process(
         self, records: Sequence[RawRecord], view: AlignmentView | None = None
     ) -> BatchOutcome:
-        """Apply a fetched batch; with `view`, only its event-time-aligned part.
+        """Decode and apply a fetched batch (see `process_items`)."""
+        return await self.process_items(self.decode(records), view)
+
+    async def process_items(
+        self, items: Sequence[Decoded | Rejection], view: AlignmentView | None = None
+    ) -> BatchOutcome:
+        """Apply decoded records; with `view`, only their event-time-aligned part.
 
         Records held back by the alignment are not applied and not stored as
-        consumed: `outcome.held_from` says where the consumer must seek.
+        consumed: `outcome.held_from` says from which offset on, per partition.
         """
-        outcome = BatchOutcome(records=len(records))
-        if not records:
+        outcome = BatchOutcome(records=len(items))
+        if not items:
             return outcome
-        # gather: decode outside the transaction (pure CPU work)
-        alignment = align([self._decoder.decode(r) for r in records], view)
+        alignment = align(items, view)
         decoded = alignment.applied
         outcome.held_from = alignment.held_from
         outcome.frontiers = alignment.frontiers

@@ -182,8 +182,14 @@ def score_changes(
     return change7, change30
 
 
-def score(state: OrganizationState, as_of: float, model: ScoreModel) -> HealthScore:
-    """Score `state` as of event time `as_of`; pure (reads no clock, changes nothing)."""
+def score(
+    state: OrganizationState, as_of: float, model: ScoreModel, explain: bool = True
+) -> HealthScore:
+    """Score `state` as of event time `as_of`; pure (reads no clock, changes nothing).
+
+    With `explain=False` the risk factors are left empty: the numbers are the
+    same, and the per-event rescoring on the hot path skips building them.
+    """
     first = state.first_event_at
     tenure = max(0.0, (as_of - first) / DAY) if first is not None else 0.0
     segment = "new" if tenure < model.segments.new_max_tenure_days else "established"
@@ -354,7 +360,7 @@ def score(state: OrganizationState, as_of: float, model: ScoreModel) -> HealthSc
         components=components,
         churn_probability=probability,
         risk_level=risk_level_for(probability),
-        risk_factors=_risk_factors(impacts),
+        risk_factors=_risk_factors(impacts) if explain else [],
         segment=segment,
         change_7d=change_7d,
         change_30d=change_30d,

@@ -71,6 +71,7 @@ FOR UPDATE
 """
 
 SAVE_STATES = """
+WITH saved AS (
 UPDATE organization_state s
 SET state = x.state::jsonb,
     last_event_at = x.last_event_at,
@@ -80,6 +81,11 @@ SET state = x.state::jsonb,
 FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[])
      AS x(organization_id, state, last_event_at, rescore_due_at)
 WHERE s.organization_id = x.organization_id
+RETURNING s.organization_id, s.health_version
+)
+INSERT INTO health_feed_pending (organization_id, version)
+SELECT organization_id, health_version FROM saved ORDER BY organization_id
+ON CONFLICT (organization_id) DO UPDATE SET version = EXCLUDED.version
 """
 
 READ_INTERACTIONS = """
