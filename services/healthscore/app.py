@@ -349,6 +349,7 @@ class Service:
             offsets_from={f"{t}:{p}": o for (t, p), o in outcome.first_offsets.items()},
             offsets={f"{t}:{p}": o for (t, p), o in outcome.next_offsets.items()},
             duration_ms=round(duration * 1000, 1),
+            phases_ms=outcome.timings_ms,
         )
 
     async def wait(self) -> None:

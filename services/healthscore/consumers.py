@@ -153,10 +153,11 @@ class BatchHandler:
         assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
         for key in [k for k in self._held if k not in assigned]:
             del self._held[key]
+        started = time.perf_counter()
         items = self._merge_with_held(self._pipeline.decode(raw))
+        decode_ms = round((time.perf_counter() - started) * 1000, 1)
         if not items:
             return
-        started = time.perf_counter()
         first = items[0].record
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(
@@ -175,6 +176,7 @@ class BatchHandler:
             return
         self._backoff = self._backoff_min
         duration = time.perf_counter() - started
+        outcome.timings_ms["decode"] = decode_ms
         self._remember(consumer, outcome, items)
         await self._commit_to_kafka(outcome)
         if self._on_outcome is not None and outcome.records:

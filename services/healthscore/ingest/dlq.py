@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from healthscore.ingest.decode import Rejection
 
@@ -12,7 +13,7 @@ from healthscore.ingest.decode import Rejection
 class RecordProducer(Protocol):
     """The slice of a Kafka producer the DLQ needs (aiokafka's fits)."""
 
-    async def send_and_wait(
+    async def send(
         self,
         topic: str,
         value: bytes | None = None,
@@ -20,7 +21,7 @@ class RecordProducer(Protocol):
         partition: int | None = None,
         timestamp_ms: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
-    ) -> object: ...
+    ) -> asyncio.Future[Any]: ...
 
 
 def dlq_headers(rejection: Rejection) -> list[tuple[str, bytes]]:
@@ -56,11 +57,16 @@ class DeadLetterQueue:
         dead letters are sent again (at-least-once, identified by their
         source coordinates), but none is ever lost.
         """
+        futures = []
         for rejection in rejections:
             record = rejection.record
-            await self._producer.send_and_wait(
-                self.topic_for(record.topic),
-                value=record.value,
-                key=record.key,
-                headers=dlq_headers(rejection),
+            futures.append(
+                await self._producer.send(
+                    self.topic_for(record.topic),
+                    value=record.value,
+                    key=record.key,
+                    headers=dlq_headers(rejection),
+                )
             )
+        # one wait for all acks, not a round trip per dead letter
+        await asyncio.gather(*futures)

@@ -14,6 +14,7 @@ skipped (upstream duplicates, within the retention window).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,6 +57,7 @@ class BatchOutcome:
     redelivered_by_topic: dict[str, int] = field(default_factory=dict)
     record_timestamps_ms: list[int] = field(default_factory=list)
     first_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
     held_from: dict[TopicPartition, int] = field(default_factory=dict)
     frontiers: dict[TopicPartition, float] = field(default_factory=dict)
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
@@ -88,7 +90,13 @@ class BatchPipeline:
         self, records: Sequence[RawRecord], view: AlignmentView | None = None
     ) -> BatchOutcome:
         """Decode and apply a fetched batch (see `process_items`)."""
-        return await self.process_items(self.decode(records), view)
+        started = time.perf_counter()
+        items = self.decode(records)
+        outcome = await self.process_items(items, view)
+        outcome.timings_ms["decode"] = round((time.perf_counter() - started) * 1000, 1) - sum(
+            outcome.timings_ms.values()
+        )
+        return outcome
 
     async def process_items(
         self, items: Sequence[Decoded | Rejection], view: AlignmentView | None = None
@@ -117,7 +125,9 @@ class BatchPipeline:
         if not partitions:
             return outcome
 
+        marks = _Marks(outcome.timings_ms)
         async with self._pool.acquire() as conn, conn.transaction():
+            marks.lap("begin")
             stored = await _lock_offsets(conn, self._group, partitions)
             fresh: list[Decoded | Rejection] = []
             for item in decoded:
@@ -132,10 +142,11 @@ class BatchPipeline:
             dead = [d for d in fresh if isinstance(d, Rejection)]
 
             new_events, duplicates = await _claim_new_events(conn, events)
+            marks.lap("claim")
             outcome.duplicates = len(duplicates)
             for item in duplicates:
                 _count(outcome.duplicates_by_topic, item.record.topic)
-            effects = await self._compute(conn, [d.event for d in new_events])
+            effects = await self._compute(conn, [d.event for d in new_events], marks)
             for event, owner in effects.misrouted:
                 dead.append(_misrouted_rejection(events, event, owner))
             if effects.misrouted:
@@ -146,7 +157,9 @@ class BatchPipeline:
                 )
             # dead letters leave before the commit: see DeadLetterQueue.publish
             await self._dlq.publish(dead)
+            marks.lap("dead_letters")
             await write_effects(conn, effects, self._model, self._rescore_step)
+            marks.lap("write")
             max_times = _max_event_times(events)
             next_offsets = {tp: max(stored[tp], last[tp] + 1) for tp in partitions}
             await conn.execute(
@@ -157,6 +170,7 @@ class BatchPipeline:
                 [next_offsets[tp] for tp in partitions],
                 [max_times.get(tp) for tp in partitions],
             )
+        marks.lap("commit")
 
         misrouted = {id(event) for event, _ in effects.misrouted}
         for item in fresh:
@@ -181,7 +195,7 @@ class BatchPipeline:
         return outcome
 
     async def _compute(
-        self, conn: Connection, events: list[UsageEvent | SupportEvent]
+        self, conn: Connection, events: list[UsageEvent | SupportEvent], marks: _Marks
     ) -> BatchEffects:
         if not events:
             return BatchEffects()
@@ -198,7 +212,10 @@ class BatchPipeline:
             for row in await conn.fetch(sql.READ_INTERACTIONS, interaction_ids):
                 record = interaction_from_row(row)
                 interactions[record.id] = record
-        return compute_batch_effects(events, states, interactions, self._model)
+        marks.lap("load")
+        effects = compute_batch_effects(events, states, interactions, self._model)
+        marks.lap("compute")
+        return effects
 
 
 async def _lock_offsets(
@@ -237,6 +254,19 @@ async def _claim_new_events(
         else:
             duplicates.append(item)
     return fresh, duplicates
+
+
+class _Marks:
+    """Milliseconds spent in each phase of a batch, for the canonical log line."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self._into = into
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self._into[phase] = round((now - self._last) * 1000, 1)
+        self._last = now
 
 
 def _count(counter: dict[str, int], key: str) -> None:
