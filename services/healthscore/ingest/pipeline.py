@@ -158,7 +158,7 @@ class BatchPipeline:
             # dead letters leave before the commit: see DeadLetterQueue.publish
             await self._dlq.publish(dead)
             marks.lap("dead_letters")
-            await write_effects(conn, effects, self._model, self._rescore_step)
+            await write_effects(conn, effects, self._model, self._rescore_step, outcome.timings_ms)
             marks.lap("write")
             max_times = _max_event_times(events)
             next_offsets = {tp: max(stored[tp], last[tp] + 1) for tp in partitions}

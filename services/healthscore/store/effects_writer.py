@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -43,7 +44,17 @@ async def write_effects(
     effects: BatchEffects,
     model: ScoreModel,
     rescore_step_seconds: float,
+    timings_ms: dict[str, float] | None = None,
 ) -> None:
+    """Write every effect; with `timings_ms`, record milliseconds per statement."""
+    timings = timings_ms if timings_ms is not None else {}
+    clock = [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        timings[name] = round((now - clock[0]) * 1000, 1)
+        clock[0] = now
+
     if effects.interactions:
         records = list(effects.interactions.values())
         assignees = sorted({UUID(r.assigned_to) for r in records if r.assigned_to})
@@ -53,6 +64,7 @@ async def write_effects(
             # can never grant anyone dashboard access.
             await conn.execute(sql.ENSURE_USER_PROFILES, assignees)
         await conn.execute(sql.UPSERT_INTERACTIONS, *interaction_columns(records))
+        lap("w_interactions")
 
     if effects.milestones:
         rows = effects.milestones
@@ -66,6 +78,7 @@ async def write_effects(
             [None if m.reward_type is None else str(m.reward_type) for _, m in rows],
             [m.reward_value for _, m in rows],
         )
+        lap("w_milestones")
 
     rescored = list(effects.rescored.values())
     if rescored:
@@ -73,6 +86,7 @@ async def write_effects(
         orgs = [UUID(r.organization_id) for r in rescored]
         healths = [r.health for r in rescored]
         org_states = [states[r.organization_id] for r in rescored]
+        lap("w_prepare")
         await conn.execute(
             sql.UPSERT_CUSTOMER_HEALTH,
             orgs,
@@ -96,6 +110,7 @@ async def write_effects(
             [to_datetime(r.scored_at) for r in rescored],
             model.version,
         )
+        lap("w_customer_health")
         await conn.execute(
             sql.INSERT_SCORE_HISTORY,
             orgs,
@@ -107,6 +122,7 @@ async def write_effects(
             model.version,
             [str(r.cause) for r in rescored],
         )
+        lap("w_history")
         await conn.execute(
             sql.SAVE_STATES,
             orgs,
@@ -114,6 +130,7 @@ async def write_effects(
             [to_datetime(s.last_event_at) for s in org_states],
             [to_datetime(r.scored_at + rescore_step_seconds) for r in rescored],
         )
+        lap("w_states")
 
     if effects.alerts:
         alerts = effects.alerts
@@ -125,10 +142,16 @@ async def write_effects(
             [a.decision.episode for a in alerts],
             [alert_payload(a) for a in alerts],
         )
+        lap("w_alerts")
 
 
 def _factors_json(factors: Any) -> str:
-    return orjson.dumps([f.model_dump() for f in factors]).decode()
+    return orjson.dumps(
+        [
+            {"factor": f.factor, "value": f.value, "impact": f.impact, "detail": f.detail}
+            for f in factors
+        ]
+    ).decode()
 
 
 def _feature_usage_json(features: dict[str, list[float]]) -> str:
