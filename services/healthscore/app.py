@@ -89,7 +89,7 @@ def build_broker(
         auto_offset_reset="earliest",
         max_records=s.batch_max_records,
         batch_timeout_ms=s.batch_timeout_ms,
-        max_partition_fetch_bytes=4 * 1024 * 1024,
+        max_partition_fetch_bytes=s.kafka_max_partition_fetch_bytes,
         session_timeout_ms=s.kafka_session_timeout_ms,
         heartbeat_interval_ms=max(300, s.kafka_session_timeout_ms // 3),
         listener=listener,

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
         "partitions before the group reassigns them.",
     )
     batch_max_records: int = Field(default=5000, ge=1)
+    kafka_max_partition_fetch_bytes: int = Field(
+        default=1024 * 1024,
+        ge=64 * 1024,
+        description="Per-partition fetch size: bounds what a consumer buffers in memory.",
+    )
     batch_timeout_ms: int = Field(default=100, ge=1)
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
     topic_partitions: int = Field(default=4, ge=1)
