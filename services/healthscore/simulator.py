@@ -31,7 +31,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -730,17 +730,7 @@ def generate(config: SimulationConfig) -> Iterator[SimulatedMessage]:
         last_occurred = occurred_at
         if position in duplicated:
             delay = 1 + int(extras_rng.expovariate(1 / _DUPLICATE_MEAN_DELAY))
-            duplicate = SimulatedMessage(
-                topic_kind=kind,
-                key=org.key,
-                value=message.value,
-                event_id=message.event_id,
-                organization_id=org.id,
-                valid=True,
-                occurred_at=occurred_at,
-                is_duplicate=True,
-                expected_reason=None,
-            )
+            duplicate = replace(message, is_duplicate=True)
             heapq.heappush(pending, (position + delay, next(pending_seq), duplicate))
         while pending and pending[0][0] <= position:
             due = heapq.heappop(pending)[2]

@@ -28,7 +28,7 @@ import itertools
 import random
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -250,17 +250,7 @@ class Workload:
                 last_occurred = occurred
                 if extras.random() < config.duplicate_rate:
                     delay = 1 + int(extras.expovariate(1 / _DUPLICATE_MEAN_DELAY))
-                    duplicate = SimulatedMessage(
-                        topic_kind=message.topic_kind,
-                        key=message.key,
-                        value=message.value,
-                        event_id=message.event_id,
-                        organization_id=message.organization_id,
-                        valid=True,
-                        occurred_at=occurred,
-                        is_duplicate=True,
-                        expected_reason=None,
-                    )
+                    duplicate = replace(message, is_duplicate=True)
                     heapq.heappush(pending, (position + delay, next(pending_seq), duplicate))
                 while pending and pending[0][0] <= position:
                     counts.duplicates += 1
