@@ -309,6 +309,7 @@ class Service:
             on_failure=lambda exc: self.metrics.batch_failures.inc(),
         )
         listener.on_revoked = handler.forget
+        listener.on_positioned = handler.positioned
         self.handlers.append(handler)
         broker, holder["subscriber"] = build_broker(s, self.bootstrap, handler, listener)
         return broker

@@ -69,6 +69,7 @@ class SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
         self._consumer = consumer
         self._on_change = on_change
         self.on_revoked: Callable[[set[TopicPartition]], None] | None = None
+        self.on_positioned: Callable[[TopicPartition, int], None] | None = None
         self.assigned: set[TopicPartition] = set()
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -87,6 +88,8 @@ class SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
                 await consumer.seek_to_beginning(tp)
             else:
                 consumer.seek(tp, offset)
+            if self.on_positioned is not None:
+                self.on_positioned(tp, offset or 0)
         self.assigned |= set(assigned)
         log.info(
             "partitions_assigned",
@@ -106,6 +109,7 @@ class BatchHandler:
         on_outcome: Callable[[BatchOutcome, float], Awaitable[None] | None] | None = None,
         retry_backoff: tuple[float, float] = (0.2, 5.0),
         on_failure: Callable[[BaseException], None] | None = None,
+        max_alignment_wait: float = 2.0,
     ) -> None:
         self._pipeline = pipeline
         self._consumer = consumer
@@ -120,6 +124,10 @@ class BatchHandler:
         self._held: dict[Key, list[Item]] = {}
         self._lock = asyncio.Lock()
         self._last_run = time.monotonic()
+        # where each partition was positioned on assignment (set by the listener)
+        self.start_positions: dict[Key, int] = {}
+        self._blocked_since: float | None = None
+        self.max_alignment_wait = max_alignment_wait
         self.failures = 0
 
     async def __call__(self, records: Sequence[Any]) -> None:
@@ -140,9 +148,17 @@ class BatchHandler:
                 async with self._lock:
                     await self._run([])
 
+    def positioned(self, tp: TopicPartition, offset: int) -> None:
+        """The listener positioned `tp` at `offset` on assignment."""
+        key = (tp.topic, tp.partition)
+        self.start_positions[key] = offset
+        self._positions.pop(key, None)
+        self._frontiers.pop(key, None)
+
     def forget(self, partitions: set[TopicPartition]) -> None:
         """Partitions revoked: their held records belong to the next owner now."""
         for tp in partitions:
+            self.start_positions.pop((tp.topic, tp.partition), None)
             self._held.pop((tp.topic, tp.partition), None)
             self._frontiers.pop((tp.topic, tp.partition), None)
             self._positions.pop((tp.topic, tp.partition), None)
@@ -164,8 +180,16 @@ class BatchHandler:
             batch_first=f"{first.topic}:{first.partition}:{first.offset}",
             batch_records=len(items),
         )
+        view: AlignmentView | None = self._alignment_view(consumer)
+        if (
+            self._blocked_since is not None
+            and time.monotonic() - self._blocked_since > self.max_alignment_wait
+        ):
+            # a partition that should arrive does not (a broker problem): do not
+            # let it stall the others for longer than this
+            view = None
         try:
-            outcome = await self._pipeline.process_items(items, self._alignment_view(consumer))
+            outcome = await self._pipeline.process_items(items, view)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -178,6 +202,11 @@ class BatchHandler:
         duration = time.perf_counter() - started
         outcome.timings_ms["decode"] = decode_ms
         self._remember(consumer, outcome, items)
+        if outcome.records == 0 and outcome.held_from:
+            if self._blocked_since is None:
+                self._blocked_since = time.monotonic()
+        else:
+            self._blocked_since = None
         await self._commit_to_kafka(outcome)
         if self._on_outcome is not None and outcome.records:
             result = self._on_outcome(outcome, duration)
@@ -203,10 +232,13 @@ class BatchHandler:
             mark = consumer.highwater(tp)
             if mark is not None:
                 high[key] = mark
+        positions = {k: v for k, v in self.start_positions.items() if k in assigned}
+        positions.update({k: v for k, v in self._positions.items() if k in assigned})
         return AlignmentView(
             frontiers={k: v for k, v in self._frontiers.items() if k in assigned},
             high_watermarks=high,
-            positions={k: v for k, v in self._positions.items() if k in assigned},
+            positions=positions,
+            assigned=frozenset(assigned),
         )
 
     def _remember(self, consumer: Any, outcome: BatchOutcome, items: list[Item]) -> None:

@@ -83,3 +83,30 @@ def test_the_partition_that_defines_the_cut_always_progresses() -> None:
     result = align(usage + support, view)
     assert result.held_from == {("u", 0): 0}
     assert [i.record.topic for i in result.applied] == ["s"] * 4
+
+
+def test_an_assigned_partition_not_fetched_yet_holds_everything_back() -> None:
+    usage = [item("u", 0, n, hours=n) for n in range(3)]
+    view = AlignmentView(
+        high_watermarks={("u", 0): 100},  # ("s", 0) has no high watermark: never fetched
+        assigned=frozenset({("u", 0), ("s", 0)}),
+    )
+    result = align(usage, view)
+    assert result.applied == []
+    assert result.held_from == {("u", 0): 0}
+
+
+def test_a_behind_partition_with_no_records_delivered_yet_holds_everything_back() -> None:
+    usage = [item("u", 0, n, hours=n) for n in range(3)]
+    view = AlignmentView(
+        high_watermarks={("u", 0): 100, ("s", 0): 40},
+        positions={("s", 0): 0},
+        assigned=frozenset({("u", 0), ("s", 0)}),
+    )
+    assert align(usage, view).applied == []
+    caught_up = AlignmentView(
+        high_watermarks={("u", 0): 100, ("s", 0): 40},
+        positions={("s", 0): 40},
+        assigned=frozenset({("u", 0), ("s", 0)}),
+    )
+    assert len(align(usage, caught_up).applied) == 3

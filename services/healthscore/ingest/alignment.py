@@ -15,7 +15,12 @@ caught up do not hold anyone back, so a quiet topic never stalls the other.
 
 Within the applied set, the partitions are merged by event time, each
 partition keeping its own order (the order the contract promises per
-organization).
+organization), equal times in (topic, partition) order. Since a lagging
+partition's unfetched records are newer than what it has delivered, every
+batch applies exactly the records up to T: for partitions in event-time
+order, the order of application is the event-time order of the whole log,
+whatever the fetch sizes, which is what makes a replay decide like the live
+run.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ class AlignmentView:
     high_watermarks: dict[TopicPartition, int] = field(default_factory=dict)
     # next offset to apply per partition (what the consumer has consumed so far)
     positions: dict[TopicPartition, int] = field(default_factory=dict)
+    # every partition assigned to the consumer
+    assigned: frozenset[TopicPartition] = frozenset()
 
 
 @dataclass
@@ -82,18 +89,25 @@ def align(items: Sequence[Item], view: AlignmentView | None) -> Alignment:
             caught_up = high is not None and records[-1].record.offset + 1 >= high
             if not caught_up and tp in frontiers:
                 limits.append(frontiers[tp])
-        for tp, frontier in view.frontiers.items():
+        for tp in view.assigned | view.frontiers.keys():
             if tp in parts:
                 continue
             high = view.high_watermarks.get(tp)
+            if high is None:
+                # not fetched yet: its first records may be older than anything here
+                limits.append(-math.inf)
+                continue
             position = view.positions.get(tp)
-            if high is not None and position is not None and position < high:
-                limits.append(frontier)  # behind, and its next records are not here yet
+            if position is not None and position < high:
+                # behind, and its next records are not here yet
+                limits.append(view.frontiers.get(tp, -math.inf))
         stream_time = min(limits, default=math.inf)
 
     applied_parts: list[list[Item]] = []
     held_from: dict[TopicPartition, int] = {}
-    for tp, records in parts.items():
+    # partitions in a fixed order: equal event times merge the same way whatever
+    # order the fetch returned them in
+    for tp, records in sorted(parts.items()):
         cut = len(records)
         for index, item in enumerate(records):
             t = _time(item)
