@@ -82,14 +82,17 @@ class SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         consumer = self._consumer()
         stored = await stored_offsets(self._pool, self._group)
+        unknown = [tp for tp in assigned if (tp.topic, tp.partition) not in stored]
+        # an explicit offset, not seek_to_beginning: that one is applied lazily,
+        # after a fetch already in flight has delivered records twice
+        beginnings = await consumer.beginning_offsets(unknown) if unknown else {}
         for tp in assigned:
             offset = stored.get((tp.topic, tp.partition))
             if offset is None:
-                await consumer.seek_to_beginning(tp)
-            else:
-                consumer.seek(tp, offset)
+                offset = beginnings[tp]
+            consumer.seek(tp, offset)
             if self.on_positioned is not None:
-                self.on_positioned(tp, offset or 0)
+                self.on_positioned(tp, offset)
         self.assigned |= set(assigned)
         log.info(
             "partitions_assigned",
