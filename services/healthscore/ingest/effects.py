@@ -97,7 +97,11 @@ def compute_batch_effects(
 ) -> BatchEffects:
     """Apply `events` (deduplicated, in partition order) to the given state."""
     effects = BatchEffects(states=states, interactions=interactions)
-    for event in events:
+    events = list(events)
+    # the organization's last event of the batch is scored with its risk
+    # factors (what the read model shows); the others only need the numbers
+    last_of = {str(event.organization_id): index for index, event in enumerate(events)}
+    for index, event in enumerate(events):
         org = str(event.organization_id)
         state = states.get(org)
         if state is None:
@@ -129,7 +133,7 @@ def compute_batch_effects(
             effects,
             state.last_score,
             HistoryCause.EVENTS,
-            explain=False,
+            explain=last_of[org] == index,
         )
     for org, rescored in effects.rescored.items():
         if not rescored.health.risk_factors:
