@@ -5,11 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+import structlog
 
 from healthscore.errors import UnsafeDatabaseRole
 
+log = structlog.get_logger(__name__)
+
 ROLE_CHECK = """
-SELECT current_user AS role, r.rolsuper AS superuser, r.rolbypassrls AS bypass_rls
+SELECT current_user AS role, r.rolsuper AS superuser, r.rolbypassrls AS bypass_rls,
+       (SELECT rolsuper FROM pg_roles WHERE rolname = session_user) AS login_superuser
 FROM pg_roles r WHERE r.rolname = current_user
 """
 
@@ -37,5 +41,13 @@ async def create_pool(
         raise UnsafeDatabaseRole(
             f"the service would run as {row['role'] if row else '?'!r}, which skips "
             "row-level security; set DATABASE_ROLE to a plain writer role"
+        )
+    if row["login_superuser"]:
+        # policies apply (the session runs as the writer role), but the login
+        # could switch back: fine for the embedded dev server, not for production
+        log.warning(
+            "database_login_is_superuser",
+            role=row["role"],
+            advice=f"connect with a dedicated login role that is a member of {role} (see deploy/)",
         )
     return pool

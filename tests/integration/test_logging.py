@@ -91,3 +91,38 @@ async def test_the_database_password_never_appears_in_errors_or_settings() -> No
     with pytest.raises((OSError, asyncpg.PostgresError)) as failure:
         await create_pool(url, "healthscore_writer")
     assert secret not in str(failure.value) and secret not in repr(failure.value)
+
+
+async def test_a_superuser_login_is_flagged_and_a_dedicated_login_is_not(
+    migrated_database: str,
+) -> None:
+    from urllib.parse import urlsplit, urlunsplit
+
+    with capture_logs() as logs:
+        pool = await create_pool(migrated_database, "healthscore_writer")
+        await pool.close()
+    assert [e["event"] for e in logs] == ["database_login_is_superuser"]
+
+    login = f"t_service_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        # identifiers cannot be bound; generated here, never input
+        await conn.execute(f"CREATE ROLE {login} LOGIN IN ROLE healthscore_writer")
+    finally:
+        await conn.close()
+    try:
+        parts = urlsplit(migrated_database)
+        host = parts.netloc.split("@", 1)[1]
+        url = urlunsplit((parts.scheme, f"{login}@{host}", parts.path, parts.query, ""))
+        with capture_logs() as logs:
+            pool = await create_pool(url, "healthscore_writer")
+            async with pool.acquire() as session:
+                assert await session.fetchval("SELECT session_user") == login
+            await pool.close()
+        assert logs == []
+    finally:
+        conn = await asyncpg.connect(migrated_database)
+        try:
+            await conn.execute(f"DROP ROLE {login}")
+        finally:
+            await conn.close()
