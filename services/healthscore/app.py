@@ -330,9 +330,7 @@ class Service:
                 partition=record.partition,
                 offset=record.offset,
             )
-        # keep a short history of summaries only: the effects and rejections of a
-        # batch hold every state and record it touched
-        outcome.effects = None
+        # keep a short history of summaries only: the rejections hold the records
         outcome.rejections = []
         self.outcomes.append(outcome)
         if len(self.outcomes) > 200:

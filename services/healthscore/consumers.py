@@ -9,7 +9,6 @@ when a batch fails, and commit to Kafka (for lag tooling only) afterwards.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -22,7 +21,8 @@ from aiokafka.errors import KafkaError
 from healthscore.ingest.alignment import AlignmentView
 from healthscore.ingest.decode import Decoded, RawRecord, Rejection
 from healthscore.ingest.pipeline import BatchOutcome, BatchPipeline
-from healthscore.store import sql
+from healthscore.stopping import pause_unless_stopped
+from healthscore.store.offsets import stored_offsets
 
 log = structlog.get_logger(__name__)
 
@@ -41,12 +41,6 @@ def to_raw(record: Any) -> RawRecord:
         timestamp_ms=record.timestamp,
         headers=tuple(record.headers or ()),
     )
-
-
-async def stored_offsets(pool: asyncpg.Pool[Any], group: str) -> dict[tuple[str, int], int]:
-    async with pool.acquire() as conn:
-        rows = await conn.fetch(sql.READ_OFFSETS, group)
-    return {(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
 
 
 class SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -81,7 +75,8 @@ class SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         consumer = self._consumer()
-        stored = await stored_offsets(self._pool, self._group)
+        async with self._pool.acquire() as conn:
+            stored = await stored_offsets(conn, self._group)
         unknown = [tp for tp in assigned if (tp.topic, tp.partition) not in stored]
         # an explicit offset, not seek_to_beginning: that one is applied lazily,
         # after a fetch already in flight has delivered records twice
@@ -145,8 +140,7 @@ class BatchHandler:
         arrive to trigger a batch), which releases what the others hold.
         """
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=idle)
+            await pause_unless_stopped(stop, idle)
             if self._held and time.monotonic() - self._last_run >= idle:
                 async with self._lock:
                     await self._run([])

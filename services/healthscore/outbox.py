@@ -11,7 +11,6 @@ lock), so an organization's alerts leave in the order they were raised.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -19,6 +18,9 @@ from typing import Any, Protocol
 import asyncpg
 import orjson
 import structlog
+
+from healthscore.stopping import pause_unless_stopped
+from healthscore.store import sql
 
 log = structlog.get_logger(__name__)
 
@@ -103,7 +105,7 @@ class OutboxRelay:
         failure: tuple[list[Any], str] | None = None
         async with self._pool.acquire() as conn:
             async with conn.transaction():
-                if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK_KEY):
+                if not await conn.fetchval(sql.TRY_LEADER_LOCK, RELAY_LOCK_KEY):
                     return 0
                 rows = await conn.fetch(PENDING_ALERTS, self._batch_size)
                 if not rows:
@@ -152,7 +154,7 @@ class OutboxRelay:
         if self._health_topic is None:
             return 0
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", HEALTH_LOCK_KEY):
+            if not await conn.fetchval(sql.TRY_LEADER_LOCK, HEALTH_LOCK_KEY):
                 return 0
             rows = await conn.fetch(PENDING_HEALTH, self._batch_size)
             if not rows:
@@ -188,8 +190,7 @@ class OutboxRelay:
                 sent = 0
                 backoff = min(backoff * 2, 5.0)
             if sent == 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=backoff)
+                await pause_unless_stopped(stop, backoff)
 
 
 def _health_message(row: Any, now: datetime) -> bytes:

@@ -20,7 +20,8 @@ import asyncpg
 from healthscore.app import Service, ServiceOptions
 from healthscore.config import Settings
 from healthscore.migrate import apply_migrations
-from healthscore.ops.lag import HighWatermarkProbe, stored_offsets
+from healthscore.ops.lag import HighWatermarkProbe
+from healthscore.store.offsets import stored_offsets
 
 
 @dataclass

@@ -12,7 +12,6 @@ consumer's batch.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -24,6 +23,7 @@ import structlog
 from healthscore.ingest.effects import compute_silence_effects
 from healthscore.scoring.model import ScoreModel
 from healthscore.scoring.state import OrganizationState, decode_state
+from healthscore.stopping import pause_unless_stopped
 from healthscore.store import sql
 from healthscore.store.effects_writer import write_effects
 
@@ -55,7 +55,7 @@ class SilenceSweep:
         """Rescore one page of due organizations; return how many."""
         started = time.perf_counter()
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval(sql.SWEEP_LOCK, SWEEP_LOCK_KEY):
+            if not await conn.fetchval(sql.TRY_LEADER_LOCK, SWEEP_LOCK_KEY):
                 return 0
             if as_of is None:
                 watermark = await conn.fetchval(sql.EVENT_TIME_WATERMARK, self._group)
@@ -109,5 +109,4 @@ class SilenceSweep:
                 raise
             except Exception as exc:
                 log.warning("sweep_failed", error=type(exc).__name__, message=str(exc)[:300])
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval)
+            await pause_unless_stopped(stop, interval)

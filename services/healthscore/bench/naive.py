@@ -11,6 +11,7 @@ it as a child process:
     python -m healthscore.bench.naive STATS.json
 
 with the service's environment (DATABASE_URL, topics, CONSUMER_GROUP...).
+A message is handled as a batch of one by the service's own `BatchPipeline`.
 On SIGTERM it stops and writes its counters and commit times to STATS.json.
 """
 
@@ -23,43 +24,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
 
 from healthscore.config import Settings
 from healthscore.consumers import SeekToStoredOffsets, to_raw
-from healthscore.contracts import SupportEvent
 from healthscore.db import create_pool
-from healthscore.ingest.decode import Decoded, Decoder, RawRecord, Rejection
+from healthscore.ingest.decode import Decoder
 from healthscore.ingest.dlq import DeadLetterQueue
-from healthscore.ingest.effects import BatchEffects, compute_batch_effects
-from healthscore.interactions import InteractionRecord
-from healthscore.scoring.model import ScoreModel, load_model
-from healthscore.scoring.state import OrganizationState, decode_state
-from healthscore.store import sql
-from healthscore.store.effects_writer import write_effects
-from healthscore.store.records import interaction_from_row
+from healthscore.ingest.pipeline import BatchPipeline
+from healthscore.scoring.model import load_model
 
 
 class NaiveHandler:
-    """Per message: decode, then one transaction that does everything for it."""
+    """Per message: the service's own batch pipeline, on a batch of one record.
 
-    def __init__(
-        self,
-        pool: asyncpg.Pool[Any],
-        decoder: Decoder,
-        dlq: DeadLetterQueue,
-        model: ScoreModel,
-        settings: Settings,
-    ) -> None:
-        self._pool = pool
-        self._decoder = decoder
-        self._dlq = dlq
-        self._model = model
-        self._group = settings.consumer_group
-        self._rescore_step = settings.silence_rescore_after_seconds
+    So the effects and guarantees are exactly the service's (the same SQL, the
+    same pure core); only the unit of work, one transaction per event, differs.
+    """
+
+    def __init__(self, pipeline: BatchPipeline) -> None:
+        self._pipeline = pipeline
         self.records = 0
         self.applied = 0
         self.duplicates = 0
@@ -68,76 +54,17 @@ class NaiveHandler:
         self.last_commit: float | None = None
 
     async def __call__(self, message: Any) -> None:
-        record = to_raw(message)
-        item = self._decoder.decode(record)
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                sql.ENSURE_OFFSET_ROWS, self._group, [record.topic], [record.partition]
-            )
-            row = await conn.fetchrow(
-                sql.LOCK_OFFSETS, self._group, [record.topic], [record.partition]
-            )
-            assert row is not None
-            if record.offset < int(row["next_offset"]):
-                return  # redelivered: already applied
-            if isinstance(item, Decoded):
-                await self._apply(conn, item)
-            else:
-                await self._dlq.publish([item])
-                self.rejected += 1
-            occurred = item.event.occurred_at if isinstance(item, Decoded) else None
-            await conn.execute(
-                sql.SAVE_OFFSETS,
-                self._group,
-                [record.topic],
-                [record.partition],
-                [record.offset + 1],
-                [occurred],
-            )
+        outcome = await self._pipeline.process([to_raw(message)])
+        if outcome.skipped_replayed:
+            return  # redelivered: already applied
         self.records += 1
+        self.applied += outcome.applied
+        self.duplicates += outcome.duplicates
+        self.rejected += sum(outcome.rejected.values())
         now = time.time()
         if self.first_commit is None:
             self.first_commit = now
         self.last_commit = now
-
-    async def _apply(self, conn: Any, item: Decoded) -> None:
-        event = item.event
-        claimed = await conn.fetch(
-            sql.CLAIM_EVENT_IDS, [event.event_id], [event.organization_id], [event.occurred_at]
-        )
-        if not claimed:
-            self.duplicates += 1
-            return
-        org = event.organization_id
-        await conn.execute(sql.ENSURE_ORGANIZATIONS, [org])
-        await conn.execute(sql.ENSURE_STATE_ROWS, [org])
-        states: dict[str, OrganizationState] = {}
-        for row in await conn.fetch(sql.LOCK_STATES, [org]):
-            if row["state"] != "null":
-                states[str(row["organization_id"])] = decode_state(row["state"])
-        interactions: dict[str, InteractionRecord] = {}
-        if isinstance(event, SupportEvent):
-            for row in await conn.fetch(sql.READ_INTERACTIONS, [event.interaction_id]):
-                stored = interaction_from_row(row)
-                interactions[stored.id] = stored
-        effects: BatchEffects = compute_batch_effects([event], states, interactions, self._model)
-        if effects.misrouted:
-            # not applied, so not processed (as the batch pipeline does)
-            await conn.execute(sql.UNCLAIM_EVENT_IDS, [event.event_id])
-            await self._dlq.publish(
-                [
-                    _misrouted(item.record, owner)
-                    for _, owner in effects.misrouted  # at most this one event
-                ]
-            )
-            self.rejected += 1
-            return
-        await write_effects(conn, effects, self._model, self._rescore_step)
-        self.applied += effects.applied
-
-
-def _misrouted(record: RawRecord, owner: str) -> Rejection:
-    return Rejection(record, "interaction_org_mismatch", f"interaction belongs to {owner}")
 
 
 async def run() -> dict[str, Any]:
@@ -154,11 +81,16 @@ async def run() -> dict[str, Any]:
     )
     await producer.start()
     handler = NaiveHandler(
-        pool,
-        Decoder(settings.usage_topic, settings.support_topic, settings.max_message_bytes),
-        DeadLetterQueue(producer, settings.dlq_suffix),
-        model,
-        settings,
+        BatchPipeline(
+            pool=pool,
+            decoder=Decoder(
+                settings.usage_topic, settings.support_topic, settings.max_message_bytes
+            ),
+            dlq=DeadLetterQueue(producer, settings.dlq_suffix),
+            model=model,
+            consumer_group=settings.consumer_group,
+            rescore_step_seconds=settings.silence_rescore_after_seconds,
+        )
     )
     broker = KafkaBroker(settings.kafka_bootstrap_servers, apply_types=False, logger=None)
     holder: dict[str, Any] = {}

@@ -61,9 +61,7 @@ class BatchOutcome:
     held_from: dict[TopicPartition, int] = field(default_factory=dict)
     frontiers: dict[TopicPartition, float] = field(default_factory=dict)
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
-    max_event_time: dict[TopicPartition, datetime] = field(default_factory=dict)
     rejections: list[Rejection] = field(default_factory=list)
-    effects: BatchEffects | None = None
 
 
 class BatchPipeline:
@@ -190,8 +188,6 @@ class BatchPipeline:
             outcome.rejected[rejection.reason] = outcome.rejected.get(rejection.reason, 0) + 1
         outcome.rejections = dead
         outcome.next_offsets = next_offsets
-        outcome.max_event_time = max_times
-        outcome.effects = effects
         return outcome
 
     async def _compute(

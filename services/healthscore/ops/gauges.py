@@ -9,8 +9,10 @@ from typing import Any
 import asyncpg
 import structlog
 
-from healthscore.ops.lag import HighWatermarkProbe, stored_offsets
+from healthscore.ops.lag import HighWatermarkProbe
 from healthscore.ops.metrics import Metrics
+from healthscore.stopping import pause_unless_stopped
+from healthscore.store.offsets import stored_offsets
 
 log = structlog.get_logger(__name__)
 
@@ -84,8 +86,7 @@ class GaugeRefresher:
                     with contextlib.suppress(Exception):
                         await probe.__aexit__(None, None, None)
                     probe = None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval)
+            await pause_unless_stopped(stop, interval)
         if probe is not None:
             with contextlib.suppress(Exception):
                 await probe.__aexit__(None, None, None)

@@ -17,7 +17,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from healthscore.store import Connection, sql
+from healthscore.store import Connection
+from healthscore.store.offsets import stored_offsets
 
 TP = tuple[str, int]
 
@@ -87,11 +88,6 @@ class HighWatermarkProbe:
             # an empty partition never answers a fetch with records; 0 is exact then
             result.setdefault((tp.topic, tp.partition), reported[tp])
         return result
-
-
-async def stored_offsets(conn: Connection, group: str) -> dict[TP, int]:
-    rows = await conn.fetch(sql.READ_OFFSETS, group)
-    return {(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
 
 
 async def consumer_lag(

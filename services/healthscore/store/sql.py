@@ -224,7 +224,8 @@ ON CONFLICT (alert_id) DO NOTHING
 
 # --- silence sweep -------------------------------------------------------------
 
-SWEEP_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
+# one leader at a time (sweep, relays): a transaction-level advisory lock
+TRY_LEADER_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
 
 EVENT_TIME_WATERMARK = """
 SELECT max(max_event_time) FROM consumer_offsets WHERE consumer_group = $1
