@@ -92,7 +92,13 @@ async def test_service_recovers_from_a_paused_broker(
             )
             caught_up_s = time.monotonic() - resumed
             await produce_stream(producer, messages[cut:], topics)
-            await wait_all_applied(migrated_database, oracle, timeout=60)
+            await wait_all_applied(
+                migrated_database,
+                oracle,
+                timeout=60,
+                last_offsets=producer.last_offsets,
+                group=settings.consumer_group,
+            )
             outcomes = list(service.outcomes)
     finally:
         await raw_producer.stop()

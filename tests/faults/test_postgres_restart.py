@@ -84,7 +84,14 @@ async def test_service_survives_a_postgres_crash_restart(
             back_at = datetime.now(UTC)
             still_streaming = not stream.done()
             await asyncio.wait_for(stream, 60)
-        await wait_all_applied(migrated_database, oracle, timeout=60, also=alive)
+        await wait_all_applied(
+            migrated_database,
+            oracle,
+            timeout=60,
+            also=alive,
+            last_offsets=producer.last_offsets,
+            group=settings.consumer_group,
+        )
 
         # the same process did it all, and said it retried
         assert service.alive and service.process.pid == pid

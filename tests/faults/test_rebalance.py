@@ -110,7 +110,14 @@ async def test_two_processes_with_rebalances_match_a_single_process(
         def second_alive() -> None:
             assert second.alive, f"serve exited: {log_tail(str(second.log_path))}"
 
-        await wait_all_applied(migrated_database, oracle, timeout=60, also=second_alive)
+        await wait_all_applied(
+            migrated_database,
+            oracle,
+            timeout=60,
+            also=second_alive,
+            last_offsets=producer.last_offsets,
+            group=settings.consumer_group,
+        )
         assert second.alive
         timings["distributed_done"] = time.monotonic() - started
     finally:

@@ -167,6 +167,7 @@ async def poll(
     timeout: float,
     what: str = "",
     also: Callable[[], None] | None = None,
+    *args: Any,
 ) -> Any:
     """Poll a query until predicate(value); connection errors (a restarting server) retry."""
     deadline = time.monotonic() + timeout
@@ -175,7 +176,7 @@ async def poll(
         if also is not None:
             also()  # e.g. fail fast when a child process died
         try:
-            value = await fetchval(database_url, query)
+            value = await fetchval(database_url, query, *args)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             value = exc
         else:
@@ -190,7 +191,17 @@ async def wait_all_applied(
     oracle: Oracle,
     timeout: float,
     also: Callable[[], None] | None = None,
+    *,
+    last_offsets: dict[tuple[str, int], int] | None = None,
+    group: str | None = None,
 ) -> None:
+    """Every valid event applied and every alert published; with `last_offsets`
+    and `group`, also the stored progress at the end of every partition.
+
+    The progress wait matters: a partition's trailing duplicates or malformed
+    records add no processed event, so "all applied" can be true one batch
+    before the consumer has committed its way past them.
+    """
     expected = len(oracle.event_ids)
     await poll(
         database_url,
@@ -208,6 +219,18 @@ async def wait_all_applied(
         "every alert published",
         also,
     )
+    if last_offsets is not None and group is not None:
+        ends = {tp: last + 1 for tp, last in last_offsets.items()}
+        await poll(
+            database_url,
+            "SELECT coalesce(jsonb_object_agg(topic || ':' || partition, next_offset), '{}')"
+            "::text FROM consumer_offsets WHERE consumer_group = $1",
+            lambda stored: orjson.loads(stored) == {f"{t}:{p}": n for (t, p), n in ends.items()},
+            timeout,
+            f"stored offsets at the end of every partition {ends}",
+            also,
+            group,
+        )
 
 
 # --------------------------------------------------------------------------- checks
