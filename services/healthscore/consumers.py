@@ -167,7 +167,7 @@ class BatchHandler:
         for key in [k for k in self._held if k not in assigned]:
             del self._held[key]
         started = time.perf_counter()
-        items = self._merge_with_held(self._pipeline.decode(raw))
+        items = self._merge_with_held(raw)
         decode_ms = round((time.perf_counter() - started) * 1000, 1)
         if not items:
             return
@@ -210,16 +210,22 @@ class BatchHandler:
             if result is not None:
                 await result
 
-    def _merge_with_held(self, fresh: list[Item]) -> list[Item]:
-        """Held records first; a fetched record at or below a held one is a repeat."""
+    def _merge_with_held(self, raw: list[RawRecord]) -> list[Item]:
+        """Held records first, then the fetched ones decoded.
+
+        A fetched record at or below a held one is a repeat (a paused partition
+        is fetched again from its position when resumed) and is not decoded again.
+        """
         if not self._held:
-            return fresh
+            return self._pipeline.decode(raw)
         merged = [item for held in self._held.values() for item in held]
         last_held = {key: held[-1].record.offset for key, held in self._held.items()}
-        for item in fresh:
-            key = (item.record.topic, item.record.partition)
-            if key not in last_held or item.record.offset > last_held[key]:
-                merged.append(item)
+        fresh = [
+            record
+            for record in raw
+            if record.offset > last_held.get((record.topic, record.partition), -1)
+        ]
+        merged.extend(self._pipeline.decode(fresh))
         return merged
 
     def _alignment_view(self, consumer: Any) -> AlignmentView:

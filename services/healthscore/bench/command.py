@@ -47,6 +47,13 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--batch-max-records", type=int, default=5_000)
     p.add_argument("--batch-timeout-ms", type=int, default=100)
     p.add_argument("--pool-size", type=int, default=4)
+    p.add_argument(
+        "--service-processes",
+        type=int,
+        default=2,
+        help="`healthscore serve` processes in the consumer group, splitting the partitions "
+        "(the naive baseline runs as many); 2 uses both cores of a 2-core machine",
+    )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument(
         "--profile",
@@ -85,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         batch_max_records=args.batch_max_records,
         batch_timeout_ms=args.batch_timeout_ms,
         pool_size=args.pool_size,
+        service_processes=args.service_processes,
         seed=args.seed,
         profile=args.profile.resolve() if args.profile else None,
         keep_databases=args.keep_databases,

@@ -44,8 +44,9 @@ class ThroughputResult:
     correct: bool
     rows_written: dict[str, int] = field(default_factory=dict)
     rows_written_per_event: float = 0.0
-    peak_rss_mb: float = 0.0
-    rss_timeline_mb: list[tuple[float, float]] = field(default_factory=list)
+    peak_rss_mb: float = 0.0  # the largest of any one service process
+    peak_rss_total_mb: float = 0.0  # the processes' peaks added up
+    rss_timeline_mb: list[tuple[float, float]] = field(default_factory=list)  # process 0
     profiled: bool = False
 
 
@@ -217,8 +218,11 @@ class BenchReport:
                 ),
                 ("preload (produce) time", f"{t.produce_seconds:.1f} s"),
                 ("DB rows written per event", f"{t.rows_written_per_event:.2f}"),
-                ("peak service RSS", f"{t.peak_rss_mb:.0f} MB"),
-                ("service RSS over time (s: MB)", _timeline(t.rss_timeline_mb)),
+                (
+                    "peak service RSS per process / all processes",
+                    f"{t.peak_rss_mb:.0f} MB / {t.peak_rss_total_mb:.0f} MB",
+                ),
+                ("service RSS over time, process 0 (s: MB)", _timeline(t.rss_timeline_mb)),
                 (
                     "correct (processed_events == distinct valid ids)",
                     f"{t.correct} ({t.processed_events_rows:,} rows, {t.applied:,} applied)",

@@ -28,6 +28,7 @@ import bisect
 import contextlib
 import os
 import platform
+import pstats
 import signal
 import subprocess
 import sys
@@ -88,6 +89,9 @@ class BenchOptions:
     # the service's command line instead of `python -m healthscore.cli serve`
     # (A/B runs of a patched service); --no-migrate --no-sweep are appended
     service_command: list[str] | None = None
+    # `healthscore serve` processes in the consumer group (the naive baseline
+    # gets as many): partition-parallel batches, one core each
+    service_processes: int = 2
 
 
 @dataclass
@@ -135,6 +139,7 @@ class CommitLog:
         self.errors: list[str] = []
 
     def poll(self) -> None:
+        data = b""
         with contextlib.suppress(FileNotFoundError), self.path.open("rb") as f:
             f.seek(self._pos)
             data = f.read()
@@ -257,6 +262,79 @@ class Child:
             self._thread.join(2)
 
 
+class GroupLog:
+    """The commit logs of every process of a consumer group, read as one."""
+
+    def __init__(self, logs: list[CommitLog]) -> None:
+        self.logs = logs
+
+    def poll(self) -> None:
+        for log in self.logs:
+            log.poll()
+
+    @property
+    def batches(self) -> list[_Batch]:
+        return sorted((b for log in self.logs for b in log.batches), key=lambda b: b.ts)
+
+    @property
+    def started(self) -> bool:
+        return all(log.started for log in self.logs)
+
+    @property
+    def assigned(self) -> set[str]:
+        return set().union(*(log.assigned for log in self.logs))
+
+    def next_offsets(self) -> dict[str, int]:
+        done: dict[str, int] = {}
+        for log in self.logs:
+            for key, value in log.next_offsets().items():
+                done[key] = max(done.get(key, 0), value)
+        return done
+
+    @property
+    def progress(self) -> int:
+        return sum(self.next_offsets().values())
+
+
+class ChildGroup:
+    """Several children run as one: alive while all are, RSS per process."""
+
+    def __init__(self, children: list[Child]) -> None:
+        self.children = children
+
+    def start(self) -> None:
+        for child in self.children:
+            child.start()
+
+    @property
+    def alive(self) -> bool:
+        return all(child.alive for child in self.children)
+
+    @property
+    def peak_rss_mb(self) -> float:
+        """The largest peak of any one process (each is a service instance)."""
+        return max(child.peak_rss_mb for child in self.children)
+
+    @property
+    def total_peak_rss_mb(self) -> float:
+        """The sum of the processes' peaks: an upper bound of their RSS together."""
+        return sum(child.peak_rss_mb for child in self.children)
+
+    @property
+    def timeline(self) -> list[tuple[float, float]]:
+        return self.children[0].timeline
+
+    def exited_logs(self) -> str:
+        return ", ".join(str(c.log_path) for c in self.children if not c.alive)
+
+    def stop(self, timeout: float = 120.0) -> None:
+        for child in self.children:
+            if child.process is not None and child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        for child in self.children:
+            child.stop(timeout)
+
+
 def _child_env(stack: Stack, phase: _Phase, options: BenchOptions) -> dict[str, str]:
     env = dict(os.environ)
     for name in ("MIGRATION_DATABASE_URL", "DATABASE_ROLE"):
@@ -293,15 +371,46 @@ def _service_argv(profile: Path | None, command: list[str] | None = None) -> lis
     return [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "healthscore.cli", *serve]
 
 
+def _nth(profile: Path | None, i: int) -> Path | None:
+    """The i-th process's cProfile output: PSTATS for the first, PSTATS.i after."""
+    if profile is None or i == 0:
+        return profile
+    return profile.with_name(f"{profile.name}.{i}")
+
+
+def _merge_profiles(profile: Path, count: int) -> None:
+    """Add the other processes' profiles into the first one's file."""
+    others = [p for i in range(1, count) if (p := _nth(profile, i)) and p.exists()]
+    if not others:
+        return
+    stats = pstats.Stats(str(profile))
+    for other in others:
+        stats.add(str(other))
+        other.unlink()
+    stats.dump_stats(str(profile))
+
+
+def _merge_naive_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several naive consumers as one: counts add up, the commit span is the union."""
+    firsts = [s["first_commit"] for s in stats if s.get("first_commit")]
+    lasts = [s["last_commit"] for s in stats if s.get("last_commit")]
+    return {
+        "records": sum(s["records"] for s in stats),
+        "applied": sum(s["applied"] for s in stats),
+        "first_commit": min(firsts, default=None),
+        "last_commit": max(lasts, default=None),
+    }
+
+
 async def _wait_until(
-    predicate: Any, timeout: float, what: str, child: Child | None = None, every: float = 0.1
+    predicate: Any, timeout: float, what: str, child: ChildGroup | None = None, every: float = 0.1
 ) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if await predicate():
             return
         if child is not None and not child.alive:
-            raise BenchError(f"{what}: the child process exited (see {child.log_path})")
+            raise BenchError(f"{what}: a child process exited (see {child.exited_logs()})")
         if time.monotonic() > deadline:
             raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
         await asyncio.sleep(every)
@@ -449,16 +558,22 @@ class Bench:
 
     async def _start_service(
         self, phase: _Phase, label: str, profile: Path | None = None
-    ) -> tuple[Child, CommitLog, float]:
-        log_path = self.work_dir / f"{phase.name}-{label}.log"
-        child = Child(
-            _service_argv(profile, self.options.service_command),
-            _child_env(self.stack, phase, self.options),
-            log_path,
-        )
+    ) -> tuple[ChildGroup, GroupLog, float]:
+        count = max(1, self.options.service_processes)
+        env = _child_env(self.stack, phase, self.options)
+        children: list[Child] = []
+        for i in range(count):
+            children.append(
+                Child(
+                    _service_argv(_nth(profile, i), self.options.service_command),
+                    env,
+                    self.work_dir / f"{phase.name}-{label}-{i}.log",
+                )
+            )
+        child = ChildGroup(children)
         started = time.time()
         child.start()
-        log = CommitLog(log_path)
+        log = GroupLog([CommitLog(c.log_path) for c in children])
         want = 2 * self.options.partitions
 
         async def ready() -> bool:
@@ -535,6 +650,7 @@ class Bench:
             rows_written=rows,
             rows_written_per_event=written / max(1, counts.valid),
             peak_rss_mb=child.peak_rss_mb,
+            peak_rss_total_mb=child.total_peak_rss_mb,
             rss_timeline_mb=child.timeline,
             profiled=profile is not None,
         )
@@ -686,12 +802,18 @@ class Bench:
         self.say(f"baseline: preloading {o.baseline_events:,} events ...")
         await self._preload(phase, workload.messages())
         counts = workload.counts
-        stats_path = self.work_dir / "naive-stats.json"
-        log_path = self.work_dir / "naive.log"
-        child = Child(
-            [sys.executable, "-m", "healthscore.bench.naive", str(stats_path)],
-            _child_env(self.stack, phase, o),
-            log_path,
+        count = max(1, o.service_processes)
+        stats_paths = [self.work_dir / f"naive-stats-{i}.json" for i in range(count)]
+        env = _child_env(self.stack, phase, o)
+        child = ChildGroup(
+            [
+                Child(
+                    [sys.executable, "-m", "healthscore.bench.naive", str(stats_path)],
+                    env,
+                    self.work_dir / f"naive-{i}.log",
+                )
+                for i, stats_path in enumerate(stats_paths)
+            ]
         )
         child.start()
         self.say("baseline: naive consumer running ...")
@@ -709,7 +831,7 @@ class Bench:
             await _wait_until(drained, o.drain_timeout, "the naive consumer", child, 0.25)
         finally:
             child.stop()
-        stats = orjson.loads(stats_path.read_bytes())
+        stats = _merge_naive_stats([orjson.loads(p.read_bytes()) for p in stats_paths])
         processed = int(await _fetchval(phase.url, "SELECT count(*) FROM processed_events"))
         seconds = max(1e-9, (stats["last_commit"] or 0) - (stats["first_commit"] or 0))
         result = BaselineResult(
@@ -749,6 +871,7 @@ async def run_bench(stack: Stack, options: BenchOptions) -> BenchReport:
             "batch_max_records": options.batch_max_records,
             "batch_timeout_ms": options.batch_timeout_ms,
             "pool_size": options.pool_size,
+            "service_processes": options.service_processes,
             "seed": options.seed,
         },
     )
@@ -763,6 +886,7 @@ async def run_bench(stack: Stack, options: BenchOptions) -> BenchReport:
             result, _, _ = await bench.throughput(options.organizations[-1], profile_path)
             report.throughput.append(result)
             report.profile_path = str(profile_path)
+            _merge_profiles(profile_path, options.service_processes)
             report.profile_summary = profile_summary(profile_path)
             profile_path.with_suffix(".txt").write_text(report.profile_summary)
         if not options.skip_latency and last is not None:

@@ -101,6 +101,8 @@ def compute_batch_effects(
     # the organization's last event of the batch is scored with its risk
     # factors (what the read model shows); the others only need the numbers
     last_of = {str(event.organization_id): index for index, event in enumerate(events)}
+    # organizations whose last applied score carries its risk factors already
+    explained: set[str] = set()
     for index, event in enumerate(events):
         org = str(event.organization_id)
         state = states.get(org)
@@ -126,6 +128,9 @@ def compute_batch_effects(
         # that it does not depend on where the batch boundaries fell (replay)
         # per event only the numbers (alert decisions must not depend on batch
         # boundaries); the risk factors once per organization, below
+        explain = last_of[org] == index
+        if explain:
+            explained.add(org)
         _rescore(
             state,
             state.last_event_at,
@@ -133,12 +138,15 @@ def compute_batch_effects(
             effects,
             state.last_score,
             HistoryCause.EVENTS,
-            explain=last_of[org] == index,
+            explain=explain,
         )
     for org, rescored in effects.rescored.items():
-        if not rescored.health.risk_factors:
-            explained = score(states[org], rescored.scored_at, model)
-            effects.rescored[org] = replace(rescored, health=explained)
+        if org not in explained:
+            # its last event of the batch was rejected (misrouted): explain the
+            # score of the last event that was applied
+            effects.rescored[org] = replace(
+                rescored, health=score(states[org], rescored.scored_at, model)
+            )
     return effects
 
 

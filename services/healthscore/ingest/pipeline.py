@@ -196,12 +196,7 @@ class BatchPipeline:
         if not events:
             return BatchEffects()
         orgs = sorted({e.organization_id for e in events})
-        await conn.execute(sql.ENSURE_ORGANIZATIONS, orgs)
-        await conn.execute(sql.ENSURE_STATE_ROWS, orgs)
-        states: dict[str, OrganizationState] = {}
-        for row in await conn.fetch(sql.LOCK_STATES, orgs):
-            if row["state"] != "null":
-                states[str(row["organization_id"])] = decode_state(row["state"])
+        states = await _lock_states(conn, orgs)
         interaction_ids = sorted({e.interaction_id for e in events if isinstance(e, SupportEvent)})
         interactions: dict[str, InteractionRecord] = {}
         if interaction_ids:
@@ -225,6 +220,31 @@ async def _lock_offsets(
     if set(stored) != set(partitions):
         raise InvalidStoredOffset(f"offset rows missing for {set(partitions) - set(stored)}")
     return stored
+
+
+async def _lock_states(conn: Connection, orgs: list[UUID]) -> dict[str, OrganizationState]:
+    """Lock (creating where missing) the state rows of `orgs`; decode the stored ones.
+
+    Most organizations of a batch exist already, so they are locked first and
+    only the missing ones pay for the two inserts.
+    """
+    states: dict[str, OrganizationState] = {}
+    found: set[UUID] = set()
+    for row in await conn.fetch(sql.LOCK_STATES, orgs):
+        found.add(row["organization_id"])
+        if row["state"] != "null":
+            states[str(row["organization_id"])] = decode_state(row["state"])
+    missing = [org for org in orgs if org not in found]
+    if missing:
+        await conn.execute(sql.ENSURE_ORGANIZATIONS, missing)
+        created = {r["organization_id"] for r in await conn.fetch(sql.ENSURE_STATE_ROWS, missing)}
+        raced = [org for org in missing if org not in created]
+        if raced:
+            # created by another transaction meanwhile: lock and read theirs
+            for row in await conn.fetch(sql.LOCK_STATES, raced):
+                if row["state"] != "null":
+                    states[str(row["organization_id"])] = decode_state(row["state"])
+    return states
 
 
 async def _claim_new_events(

@@ -54,10 +54,14 @@ SELECT id FROM unnest($1::uuid[]) AS x(id) ORDER BY id
 ON CONFLICT (id) DO NOTHING
 """
 
+# Only for the organizations LOCK_STATES did not find: an inserted row stays
+# locked by the inserting transaction until it ends. RETURNING says which
+# were inserted here; any other was created concurrently and must be locked.
 ENSURE_STATE_ROWS = """
 INSERT INTO organization_state (organization_id, state)
-SELECT id, 'null'::jsonb FROM unnest($1::uuid[]) AS x(id) ORDER BY id
+SELECT id, 'null'::json FROM unnest($1::uuid[]) AS x(id) ORDER BY id
 ON CONFLICT (organization_id) DO NOTHING
+RETURNING organization_id
 """
 
 # Rows are locked in organization order by every writer (consumers and the
@@ -73,7 +77,7 @@ FOR UPDATE
 SAVE_STATES = """
 WITH saved AS (
 UPDATE organization_state s
-SET state = x.state::jsonb,
+SET state = x.state::json,
     last_event_at = x.last_event_at,
     rescore_due_at = x.rescore_due_at,
     health_version = s.health_version + 1,
