@@ -34,6 +34,14 @@ def add_arguments(p: Any) -> None:
         help="shorthand for --organizations 1000,1000000",
     )
     p.add_argument(
+        "--prefill",
+        type=_sizes,
+        default=[],
+        metavar="N[,N...]",
+        help="also run the throughput phase over the smallest --organizations into tables "
+        "already holding N other organizations (e.g. 1000000): the table size alone",
+    )
+    p.add_argument(
         "--baseline-events",
         type=int,
         default=20_000,
@@ -93,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         batch_timeout_ms=args.batch_timeout_ms,
         pool_size=args.pool_size,
         service_processes=args.service_processes,
+        prefill=args.prefill,
         seed=args.seed,
         profile=args.profile.resolve() if args.profile else None,
         keep_databases=args.keep_databases,

@@ -46,6 +46,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from healthscore.bench.prefill import prefill_organizations
 from healthscore.bench.report import (
     BaselineResult,
     BenchReport,
@@ -92,6 +93,9 @@ class BenchOptions:
     # `healthscore serve` processes in the consumer group (the naive baseline
     # gets as many): partition-parallel batches, one core each
     service_processes: int = 2
+    # extra throughput runs over the smallest organization count, into tables
+    # already holding this many other organizations (bench.prefill)
+    prefill: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -590,10 +594,16 @@ class Bench:
     # ------------------------------------------------------------------ throughput
 
     async def throughput(
-        self, organizations: int, profile: Path | None
+        self, organizations: int, profile: Path | None, prefill: int = 0
     ) -> tuple[ThroughputResult, _Phase, WorkloadConfig]:
         o = self.options
-        phase = await self._phase(f"{'p' if profile else 't'}{organizations}")
+        name = f"{'p' if profile else 't'}{organizations}" + (f"f{prefill}" if prefill else "")
+        phase = await self._phase(name)
+        if prefill:
+            self.say(f"prefilling {prefill:,} other organizations ...")
+            began = time.perf_counter()
+            await prefill_organizations(phase.url, prefill)
+            self.say(f"prefilled in {time.perf_counter() - began:.0f}s")
         config = self._config(organizations, o.events)
         workload = Workload(config)
         self.say(f"preloading {o.events:,} events over {organizations:,} organizations ...")
@@ -612,7 +622,10 @@ class Bench:
         finally:
             child.stop()
         log.poll()
-        processed = int(await _fetchval(phase.url, "SELECT count(*) FROM processed_events"))
+        # the prefilled organizations came with one processed event id each
+        processed = (
+            int(await _fetchval(phase.url, "SELECT count(*) FROM processed_events")) - prefill
+        )
         rows = await _rows_written(phase.url, before, counts.valid)
         batches = sorted(log.batches, key=lambda b: b.ts)
         first, last = batches[0], batches[-1]
@@ -651,6 +664,7 @@ class Bench:
             rows_written_per_event=written / max(1, counts.valid),
             peak_rss_mb=child.peak_rss_mb,
             peak_rss_total_mb=child.total_peak_rss_mb,
+            prefilled_organizations=prefill,
             rss_timeline_mb=child.timeline,
             profiled=profile is not None,
         )
@@ -881,6 +895,9 @@ async def run_bench(stack: Stack, options: BenchOptions) -> BenchReport:
             result, phase, config = await bench.throughput(organizations, None)
             report.throughput.append(result)
             last = (phase, config)
+        for prefill in options.prefill:
+            result, _, _ = await bench.throughput(min(options.organizations), None, prefill)
+            report.throughput.append(result)
         if options.profile is not None:
             profile_path = options.profile
             result, _, _ = await bench.throughput(options.organizations[-1], profile_path)
