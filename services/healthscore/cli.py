@@ -51,11 +51,25 @@ def _with_services(settings: Settings) -> Iterator[tuple[Settings, Services | No
         services.close()
 
 
-def _run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+def _run(main: Callable[[], Coroutine[Any, Any, int]], event_loop: str = "asyncio") -> int:
     try:
-        return asyncio.run(main())
+        with asyncio.Runner(loop_factory=_loop_factory(event_loop)) as runner:
+            return runner.run(main())
     except KeyboardInterrupt:
         return 130
+
+
+def _loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop (libuv; a faster event loop and socket I/O) where asked and installed."""
+    if event_loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if event_loop == "uvloop":
+            raise SystemExit("error: EVENT_LOOP=uvloop but uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
 
 
 async def _wait_for_signal(on_signal: Callable[[], None]) -> None:
@@ -137,7 +151,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
 
     with _with_services(settings) as (resolved, _services):
-        return _run(lambda: main(resolved))
+        return _run(lambda: main(resolved), settings.event_loop)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

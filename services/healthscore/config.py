@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     )
     ops_host: str = "127.0.0.1"
     ops_port: int = Field(default=8080, ge=0, le=65535)
+    event_loop: str = Field(
+        default="auto",
+        pattern="^(auto|asyncio|uvloop)$",
+        description="The asyncio loop of `serve`: uvloop when installed (auto), or asyncio.",
+    )
     log_level: str = "INFO"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     state_dir: Path = Field(
