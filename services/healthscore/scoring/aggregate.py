@@ -14,7 +14,7 @@ weight w at event time t to signal s with half-life h (ref = its group's):
 
 Either way the result equals the sum over events of w * 2**(-(ref - t_i)/h),
 whatever the arrival order. Readers decay the stored values on to their as_of
-(`decayed_value`).
+(`decayed_value`, or `decayed_values` for all signals at once).
 
 The cost per event is bounded by the number of signals (10), plus an
 occasional prune of the user and feature maps when they reach their caps.
@@ -29,7 +29,7 @@ from healthscore.contracts.support import SupportEvent
 from healthscore.contracts.usage import UsageEvent
 from healthscore.interactions import InteractionRecord
 from healthscore.milestones import MilestoneCrossing, crossed
-from healthscore.scoring.model import DAY, ScoreModel
+from healthscore.scoring.model import DAY, SIGNALS, ScoreModel
 from healthscore.scoring.state import OpenInteraction, OrganizationState
 
 MAX_RECENT_EVENT_IDS = 20
@@ -64,17 +64,36 @@ SUPPORT_SIGNALS: frozenset[str] = frozenset(
 )
 
 
+# (signal, is a support signal) in SIGNALS order, so readers need no set lookups
+_SIGNAL_GROUPS: tuple[tuple[str, bool], ...] = tuple(
+    (signal, signal in SUPPORT_SIGNALS) for signal in SIGNALS
+)
+
+
 def _ref(state: OrganizationState, signal: str) -> float | None:
     return state.support_decay_ref if signal in SUPPORT_SIGNALS else state.decay_ref
 
 
 def decayed_value(state: OrganizationState, signal: str, as_of: float, model: ScoreModel) -> float:
-    """A decayed sum as of `as_of` (never amplified when as_of precedes its reference)."""
-    value = state.decayed.get(signal, 0.0)
-    ref = _ref(state, signal)
-    if value == 0.0 or ref is None or as_of <= ref:
-        return value
-    return value * math.exp2(-(as_of - ref) / model.half_life_seconds[signal])
+    """One decayed sum as of `as_of` (see `decayed_values`)."""
+    return decayed_values(state, as_of, model)[signal]
+
+
+def decayed_values(state: OrganizationState, as_of: float, model: ScoreModel) -> dict[str, float]:
+    """Every signal's decayed sum as of `as_of`, in one pass (the score reads all
+    ten after every event); never amplified when as_of precedes its reference."""
+    stored = state.decayed
+    half_lives = model.half_life_seconds
+    usage_ref, support_ref = state.decay_ref, state.support_decay_ref
+    values: dict[str, float] = {}
+    for signal, support in _SIGNAL_GROUPS:
+        value = stored.get(signal, 0.0)
+        ref = support_ref if support else usage_ref
+        if value == 0.0 or ref is None or as_of <= ref:
+            values[signal] = value
+        else:
+            values[signal] = value * math.exp2(-(as_of - ref) / half_lives[signal])
+    return values
 
 
 def _advance(state: OrganizationState, t: float, model: ScoreModel, support: bool) -> None:

@@ -78,51 +78,80 @@ Changes
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
+from collections.abc import Callable
+from typing import TypedDict
 
 import msgspec
+from pydantic import TypeAdapter
 
 from healthscore.bands import health_band, risk_level_for
 from healthscore.contracts.alerts import RiskFactor
 from healthscore.contracts.enums import HealthStatus, Priority, RiskLevel
-from healthscore.scoring.aggregate import decayed_value
+from healthscore.scoring.aggregate import decayed_values
 from healthscore.scoring.model import COMPONENTS, DAY, ScoreModel
-from healthscore.scoring.state import OrganizationState
+from healthscore.scoring.state import OpenInteraction, OrganizationState
 
 MIN_REPORTED_IMPACT = 0.5
 _URGENT = Priority.URGENT.value
 _ESCALATION = "escalation"
 _CANCELLATION = "cancellation_request"
 
-_DETAILS: dict[str, str] = {
-    "inactivity": "No product activity for {value:.1f} days.",
-    "low_activity": "Little recent product activity (decayed event count {value:.1f}).",
-    "few_logins": "Few recent logins (decayed login count {value:.1f}).",
-    "few_active_users": "{value:.0f} active users in the last 30 days.",
-    "narrow_feature_adoption": "{value:.0f} distinct features used in the last 30 days.",
-    "shallow_usage": (
-        "Few recent value actions: clients, forms, journeys, emails, payments, contracts "
-        "(decayed {value:.1f})."
+# One detail sentence per factor, from its measured value and extra text. Written
+# as f-strings (same format specs as str.format): a factor's text is built for
+# every reported factor, and a template's .format(**kwargs) costs twice as much.
+_Detail = Callable[[float, str], str]
+_DETAILS: dict[str, _Detail] = {
+    "inactivity": lambda value, _: f"No product activity for {value:.1f} days.",
+    "low_activity": lambda value, _: (
+        f"Little recent product activity (decayed event count {value:.1f})."
     ),
-    "missing_milestones": "{value:.0f} success milestones expected by now are missing{extra}.",
-    "open_interactions": "{value:.0f} support interactions are open.",
-    "open_escalations": "{value:.0f} open support interactions are escalated or urgent.",
-    "unresolved_interaction_age": "The oldest open support interaction is {value:.1f} days old.",
-    "negative_sentiment": "Negative sentiment in recent support interactions "
-    "(decayed weight {value:.2f}).",
-    "complaints": "Recent complaints (decayed count {value:.2f}).",
-    "cancellation_request": "The customer asked to cancel (decayed count {value:.2f}).",
-    "recent_escalations": "Recent support escalations (decayed count {value:.2f}).",
-    "weak_commercial_momentum": "Few recent payments, upgrades, referrals or reviews "
-    "(decayed weight {value:.2f}).",
-    "no_client_growth": "Few clients added recently (decayed count {value:.1f}).",
-    "contraction_signals": "Downgrades, seat removals or data exports "
-    "(decayed weight {value:.2f}).",
-    "growth_baseline": "Growth headroom the model does not award (constant {value:.0f}).",
-    "minor_factors": "{value:.0f} smaller factors together.",
-    "ceiling_open_cancellation_request": "{value:.0f} open cancellation request(s) hold the "
-    "score at or below {extra}.",
-    "ceiling_open_escalation": "{value:.0f} open escalated or urgent interaction(s) hold the "
-    "score at or below {extra}.",
+    "few_logins": lambda value, _: f"Few recent logins (decayed login count {value:.1f}).",
+    "few_active_users": lambda value, _: f"{value:.0f} active users in the last 30 days.",
+    "narrow_feature_adoption": lambda value, _: (
+        f"{value:.0f} distinct features used in the last 30 days."
+    ),
+    "shallow_usage": lambda value, _: (
+        "Few recent value actions: clients, forms, journeys, emails, payments, contracts "
+        f"(decayed {value:.1f})."
+    ),
+    "missing_milestones": lambda value, extra: (
+        f"{value:.0f} success milestones expected by now are missing{extra}."
+    ),
+    "open_interactions": lambda value, _: f"{value:.0f} support interactions are open.",
+    "open_escalations": lambda value, _: (
+        f"{value:.0f} open support interactions are escalated or urgent."
+    ),
+    "unresolved_interaction_age": lambda value, _: (
+        f"The oldest open support interaction is {value:.1f} days old."
+    ),
+    "negative_sentiment": lambda value, _: (
+        f"Negative sentiment in recent support interactions (decayed weight {value:.2f})."
+    ),
+    "complaints": lambda value, _: f"Recent complaints (decayed count {value:.2f}).",
+    "cancellation_request": lambda value, _: (
+        f"The customer asked to cancel (decayed count {value:.2f})."
+    ),
+    "recent_escalations": lambda value, _: (
+        f"Recent support escalations (decayed count {value:.2f})."
+    ),
+    "weak_commercial_momentum": lambda value, _: (
+        f"Few recent payments, upgrades, referrals or reviews (decayed weight {value:.2f})."
+    ),
+    "no_client_growth": lambda value, _: f"Few clients added recently (decayed count {value:.1f}).",
+    "contraction_signals": lambda value, _: (
+        f"Downgrades, seat removals or data exports (decayed weight {value:.2f})."
+    ),
+    "growth_baseline": lambda value, _: (
+        f"Growth headroom the model does not award (constant {value:.0f})."
+    ),
+    "minor_factors": lambda value, _: f"{value:.0f} smaller factors together.",
+    "ceiling_open_cancellation_request": lambda value, extra: (
+        f"{value:.0f} open cancellation request(s) hold the score at or below {extra}."
+    ),
+    "ceiling_open_escalation": lambda value, extra: (
+        f"{value:.0f} open escalated or urgent interaction(s) hold the score at or below {extra}."
+    ),
 }
 
 
@@ -139,17 +168,47 @@ class HealthScore(msgspec.Struct, frozen=True):
     active_users_30d: int
 
 
-# (factor, value, deficit in component points, extra detail text)
-_Deficit = tuple[str, float, float, str]
+# Each component's deficits, named as risk factors, in COMPONENTS order and in
+# the order score() lists them (and their measured values). The order is part of
+# the result: a component sums its deficits in it (floating point), and equal
+# impacts keep it through the (stable) sort of the risk factors.
+_FACTORS: tuple[tuple[str, ...], ...] = (
+    ("inactivity", "low_activity", "few_logins", "few_active_users"),
+    ("narrow_feature_adoption", "shallow_usage"),
+    ("missing_milestones",),
+    (
+        "open_interactions",
+        "open_escalations",
+        "unresolved_interaction_age",
+        "negative_sentiment",
+        "complaints",
+        "cancellation_request",
+        "recent_escalations",
+    ),
+    ("growth_baseline", "weak_commercial_momentum", "no_client_growth", "contraction_signals"),
+)
+
+_NO_SUPPORT_DEFICITS = (0.0,) * len(_FACTORS[COMPONENTS.index("support")])
+
+# (impact in composite points, factor, measured value, extra detail text)
+_Impact = tuple[float, str, float, str]
 
 
-def _scale_to(deficits: list[_Deficit], total: float) -> list[_Deficit]:
+def _scale_to(deficits: tuple[float, ...], total: float) -> tuple[float, ...]:
     """Scale deficits proportionally so they sum to `total` (a clamped component)."""
-    raw = sum(d[2] for d in deficits)
+    raw = sum(deficits)
     if raw <= total or raw <= 0.0:
         return deficits
     ratio = total / raw
-    return [(name, value, deficit * ratio, extra) for name, value, deficit, extra in deficits]
+    return tuple(deficit * ratio for deficit in deficits)
+
+
+def _percent(x: float) -> float:
+    """min(100.0, max(0.0, x)) for every x (NaN gives 0.0 too), without the two builtin
+    calls: they cost more than the rest of a component's arithmetic."""
+    if not x > 0.0:
+        return 0.0
+    return x if x < 100.0 else 100.0
 
 
 def churn_probability(score: float, change_30d: float | None, model: ScoreModel) -> float:
@@ -168,18 +227,22 @@ def score_changes(
 ) -> tuple[float | None, float | None]:
     """(change_7d, change_30d) of `current` against state.daily_scores."""
     today = int(as_of // DAY)
-    oldest7: int | None = None
-    oldest30: int | None = None
-    for key in state.daily_scores:
-        day = int(key)
-        if today - 30 <= day < today and (oldest30 is None or day < oldest30):
-            oldest30 = day
-        if today - 7 <= day < today and (oldest7 is None or day < oldest7):
-            oldest7 = day
     daily = state.daily_scores
-    change7 = round(current - daily[str(oldest7)], 2) if oldest7 is not None else None
-    change30 = round(current - daily[str(oldest30)], 2) if oldest30 is not None else None
-    return change7, change30
+    days = sorted(map(int, daily))  # at most 31: sorting them beats scanning with comparisons
+    return (
+        _change_since(current, daily, days, today - 7, today),
+        _change_since(current, daily, days, today - 30, today),
+    )
+
+
+def _change_since(
+    current: float, daily: dict[str, float], days: list[int], start: int, today: int
+) -> float | None:
+    """`current` - the score of the oldest of the sorted `days` in [start, today), if any."""
+    index = bisect_left(days, start)
+    if index == len(days) or days[index] >= today:
+        return None
+    return round(current - daily[str(days[index])], 2)
 
 
 def score(
@@ -195,10 +258,7 @@ def score(
     segment = "new" if tenure < model.segments.new_max_tenure_days else "established"
     grace_days = model.segments.grace_days
     keep = min(1.0, tenure / grace_days) if grace_days > 0 else 1.0
-
-    def dec(signal: str) -> float:
-        return decayed_value(state, signal, as_of, model)
-
+    dec = decayed_values(state, as_of, model)
     exp = math.exp
 
     # engagement
@@ -212,145 +272,103 @@ def score(
     else:
         recency = (eng.recency_zero_days - silent) / (eng.recency_zero_days - eng.recency_full_days)
     user_horizon = as_of - eng.active_user_window_days * DAY
-    active_users = sum(1 for seen in state.users.values() if seen >= user_horizon)
-    activity, logins = dec("activity"), dec("logins")
-    engagement: list[_Deficit] = [
-        ("inactivity", silent, eng.recency_points * (1.0 - recency), ""),
-        (
-            "low_activity",
-            activity,
-            eng.activity_points * exp(-activity / eng.activity_scale) * keep,
-            "",
-        ),
-        ("few_logins", logins, eng.login_points * exp(-logins / eng.login_scale) * keep, ""),
-        (
-            "few_active_users",
-            active_users,
-            eng.active_user_points * exp(-active_users / eng.active_user_scale) * keep,
-            "",
-        ),
-    ]
+    active_users = len([seen for seen in state.users.values() if seen >= user_horizon])
+    activity, logins = dec["activity"], dec["logins"]
+    engagement = (
+        eng.recency_points * (1.0 - recency),
+        eng.activity_points * exp(-activity / eng.activity_scale) * keep,
+        eng.login_points * exp(-logins / eng.login_scale) * keep,
+        eng.active_user_points * exp(-active_users / eng.active_user_scale) * keep,
+    )
 
     # adoption
     ado = model.adoption
     feature_horizon = as_of - ado.breadth_window_days * DAY
-    features = sum(1 for _count, used in state.features.values() if used >= feature_horizon)
-    value_actions = dec("value_actions")
-    adoption: list[_Deficit] = [
-        (
-            "narrow_feature_adoption",
-            features,
-            ado.breadth_points * exp(-features / ado.breadth_scale) * keep,
-            "",
-        ),
-        (
-            "shallow_usage",
-            value_actions,
-            ado.depth_points * exp(-value_actions / ado.depth_scale) * keep,
-            "",
-        ),
-    ]
+    features = len([used for _count, used in state.features.values() if used >= feature_horizon])
+    value_actions = dec["value_actions"]
+    adoption = (
+        ado.breadth_points * exp(-features / ado.breadth_scale) * keep,
+        ado.depth_points * exp(-value_actions / ado.depth_scale) * keep,
+    )
 
     # milestones
-    achieved = state.milestones
-    missing_points = 0.0
-    missing: list[tuple[float, str]] = []
-    if tenure > 0.0:
-        for name, impact, expected_by_days in model.milestone_table:
-            if name not in achieved:
-                points = impact * min(1.0, tenure / expected_by_days)
-                if points > 0.0:
-                    missing_points += points
-                    missing.append((points, name))
-    missing.sort(reverse=True)
-    milestones: list[_Deficit] = [
-        (
-            "missing_milestones",
-            len(missing),
-            100.0 * missing_points / model.milestone_weight_total,
-            ", e.g. " + ", ".join(name for _p, name in missing[:3]) if missing else "",
-        )
-    ]
+    missing_points, missing = _missing_milestones(state.milestones, tenure, model)
+    milestones = (100.0 * missing_points / model.milestone_weight_total,)
 
     # support
     sup = model.support
-    open_count = len(state.open_interactions)
-    escalated = 0
-    open_cancellations = 0
-    oldest: float | None = None
-    for interaction in state.open_interactions.values():
-        if interaction.interaction_type == _CANCELLATION:
-            open_cancellations += 1
-        if (
-            interaction.escalated
-            or interaction.priority == _URGENT
-            or interaction.interaction_type == _ESCALATION
-        ):
-            escalated += 1
-        if oldest is None or interaction.opened_at < oldest:
-            oldest = interaction.opened_at
-    age = max(0.0, (as_of - oldest) / DAY) if oldest is not None else 0.0
-    sentiment, complaints = dec("negative_sentiment"), dec("complaints")
-    cancellations, escalations = dec("cancellation_requests"), dec("escalations")
-    support: list[_Deficit] = [
-        ("open_interactions", open_count,
-         min(sup.open_interaction_cap, sup.open_interaction_penalty * open_count), ""),
-        ("open_escalations", escalated,
-         min(sup.open_escalation_cap, sup.open_escalation_penalty * escalated), ""),
-        ("unresolved_interaction_age", age,
-         min(sup.unresolved_cap,
-             sup.unresolved_penalty_per_day * max(0.0, age - sup.unresolved_grace_days)), ""),
-        ("negative_sentiment", sentiment,
-         min(sup.negative_sentiment_cap, sup.negative_sentiment_penalty * sentiment), ""),
-        ("complaints", complaints, min(sup.complaint_cap, sup.complaint_penalty * complaints), ""),
-        ("cancellation_request", cancellations,
-         min(sup.cancellation_cap, sup.cancellation_penalty * cancellations), ""),
-        ("recent_escalations", escalations,
-         min(sup.escalation_cap, sup.escalation_penalty * escalations), ""),
-    ]  # fmt: skip
-    support = _scale_to(support, 100.0)
+    open_count, escalated, open_cancellations, age = _open_support(state.open_interactions, as_of)
+    sentiment, complaints = dec["negative_sentiment"], dec["complaints"]
+    cancellations, escalations = dec["cancellation_requests"], dec["escalations"]
+    if open_count or sentiment or complaints or cancellations or escalations:
+        support = _scale_to(
+            (
+                min(sup.open_interaction_cap, sup.open_interaction_penalty * open_count),
+                min(sup.open_escalation_cap, sup.open_escalation_penalty * escalated),
+                min(
+                    sup.unresolved_cap,
+                    sup.unresolved_penalty_per_day * max(0.0, age - sup.unresolved_grace_days),
+                ),
+                min(sup.negative_sentiment_cap, sup.negative_sentiment_penalty * sentiment),
+                min(sup.complaint_cap, sup.complaint_penalty * complaints),
+                min(sup.cancellation_cap, sup.cancellation_penalty * cancellations),
+                min(sup.escalation_cap, sup.escalation_penalty * escalations),
+            ),
+            100.0,
+        )
+    else:  # the common case: each penalty is a (finite) model number times 0
+        support = _NO_SUPPORT_DEFICITS
 
     # growth
     gro = model.growth
-    commercial, clients = dec("positive_commercial"), dec("clients_added")
-    negative = dec("negative_signals")
-    growth: list[_Deficit] = [
-        ("growth_baseline", 100.0 - gro.baseline - gro.commercial_points - gro.client_points,
-         max(0.0, 100.0 - gro.baseline - gro.commercial_points - gro.client_points), ""),
-        ("weak_commercial_momentum", commercial,
-         gro.commercial_points * exp(-commercial / gro.commercial_scale), ""),
-        ("no_client_growth", clients, gro.client_points * exp(-clients / gro.client_scale), ""),
-        ("contraction_signals", negative,
-         min(gro.negative_cap, gro.negative_penalty * negative), ""),
-    ]  # fmt: skip
-    growth = _scale_to(growth, 100.0)
+    commercial, clients = dec["positive_commercial"], dec["clients_added"]
+    negative = dec["negative_signals"]
+    unawarded = 100.0 - gro.baseline - gro.commercial_points - gro.client_points
+    growth = _scale_to(
+        (
+            max(0.0, unawarded),
+            gro.commercial_points * exp(-commercial / gro.commercial_scale),
+            gro.client_points * exp(-clients / gro.client_scale),
+            min(gro.negative_cap, gro.negative_penalty * negative),
+        ),
+        100.0,
+    )
 
     weights = (model.weights.new if segment == "new" else model.weights.established).as_tuple()
     total_weight = sum(weights)
+    shares = [weight / total_weight for weight in weights]
+    deficits = (engagement, adoption, milestones, support, growth)
     components: dict[str, float] = {}
     composite = 0.0
-    impacts: list[tuple[float, str, float, str]] = []  # (impact, factor, value, extra)
-    for name, weight, deficits in zip(
-        COMPONENTS, weights, (engagement, adoption, milestones, support, growth), strict=True
-    ):
-        value = min(100.0, max(0.0, 100.0 - sum(d[2] for d in deficits)))
+    for name, share, points in zip(COMPONENTS, shares, deficits, strict=True):
+        value = _percent(100.0 - sum(points))
         components[name] = round(value, 2)
-        share = weight / total_weight
         composite += share * value
-        for factor, measured, deficit, extra in deficits:
-            if deficit > 0.0 and share > 0.0:
-                impacts.append((-share * deficit, factor, measured, extra))
-    composite = min(100.0, max(0.0, composite))
-    ceilings = model.ceilings
-    for factor, count, ceiling in (
-        ("ceiling_open_cancellation_request", open_cancellations,
-         ceilings.open_cancellation_request),
-        ("ceiling_open_escalation", escalated, ceilings.open_escalation),
-    ):  # fmt: skip
-        if count and composite > ceiling:
-            impacts.append((ceiling - composite, factor, count, f"{ceiling:g}"))
-            composite = ceiling
+    composite = _percent(composite)
+    ceiling_impacts: list[_Impact] = []
+    if open_cancellations or escalated:  # a ceiling holds only while its signal is open
+        ceilings = model.ceilings
+        for factor, count, ceiling in (
+            ("ceiling_open_cancellation_request", open_cancellations,
+             ceilings.open_cancellation_request),
+            ("ceiling_open_escalation", escalated, ceilings.open_escalation),
+        ):  # fmt: skip
+            if count and composite > ceiling:
+                ceiling_impacts.append((ceiling - composite, factor, count, f"{ceiling:g}"))
+                composite = ceiling
     final = round(composite, 2)
+
+    risk_factors: list[RiskFactor] = []
+    if explain:
+        measured = (  # the values the factors report, in _FACTORS order
+            (silent, activity, logins, active_users),
+            (features, value_actions),
+            (len(missing),),
+            (open_count, escalated, age, sentiment, complaints, cancellations, escalations),
+            (unawarded, commercial, clients, negative),
+        )
+        extras = ("", "", _milestone_extra(missing), "", "")
+        risk_factors = _risk_factors(_impacts(shares, deficits, measured, extras) + ceiling_impacts)
 
     change_7d, change_30d = score_changes(state, as_of, final)
     probability = round(churn_probability(final, change_30d, model), 4)
@@ -360,7 +378,7 @@ def score(
         components=components,
         churn_probability=probability,
         risk_level=risk_level_for(probability),
-        risk_factors=_risk_factors(impacts) if explain else [],
+        risk_factors=risk_factors,
         segment=segment,
         change_7d=change_7d,
         change_30d=change_30d,
@@ -368,30 +386,118 @@ def score(
     )
 
 
-def _risk_factors(impacts: list[tuple[float, str, float, str]]) -> list[RiskFactor]:
+def _missing_milestones(
+    achieved: dict[str, float], tenure: float, model: ScoreModel
+) -> tuple[float, list[tuple[float, str]]]:
+    """The points of the milestones missing at `tenure`, and (points, name) of each."""
+    total = 0.0
+    missing: list[tuple[float, str]] = []
+    if tenure > 0.0:
+        for name, impact, expected_by_days in model.milestone_table:
+            if name not in achieved:
+                progress = tenure / expected_by_days
+                # impact * min(1.0, progress), without a call in this hot loop
+                points = impact * progress if progress < 1.0 else impact
+                if points > 0.0:
+                    total += points
+                    missing.append((points, name))
+    return total, missing
+
+
+def _milestone_extra(missing: list[tuple[float, str]]) -> str:
+    """The detail text's examples: the (up to) three costliest missing milestones."""
+    if not missing:
+        return ""
+    costliest = sorted(missing, reverse=True)[:3]
+    return ", e.g. " + ", ".join([name for _points, name in costliest])
+
+
+def _open_support(
+    open_interactions: dict[str, OpenInteraction], as_of: float
+) -> tuple[int, int, int, float]:
+    """(open, escalated or urgent, cancellation requests, age in days of the oldest)
+    of the open interactions."""
+    if not open_interactions:
+        return 0, 0, 0, 0.0
+    escalated = 0
+    cancellations = 0
+    oldest: float | None = None
+    for interaction in open_interactions.values():
+        if interaction.interaction_type == _CANCELLATION:
+            cancellations += 1
+        if (
+            interaction.escalated
+            or interaction.priority == _URGENT
+            or interaction.interaction_type == _ESCALATION
+        ):
+            escalated += 1
+        if oldest is None or interaction.opened_at < oldest:
+            oldest = interaction.opened_at
+    assert oldest is not None
+    age = max(0.0, (as_of - oldest) / DAY)
+    return len(open_interactions), escalated, cancellations, age
+
+
+def _impacts(
+    shares: list[float],
+    deficits: tuple[tuple[float, ...], ...],
+    measured: tuple[tuple[float, ...], ...],
+    extras: tuple[str, ...],
+) -> list[_Impact]:
+    """Every factor with a deficit, as its impact on the composite, in _FACTORS order
+    (per component: its share, factors, measured values, deficits and extra text)."""
+    impacts: list[_Impact] = []
+    for share, factors, values, points, extra in zip(
+        shares, _FACTORS, measured, deficits, extras, strict=True
+    ):
+        if share > 0.0:
+            for index, deficit in enumerate(points):
+                if deficit > 0.0:
+                    impacts.append((-share * deficit, factors[index], values[index], extra))
+    return impacts
+
+
+class _Fields(TypedDict):
+    """One RiskFactor's fields, before validation."""
+
+    factor: str
+    value: float
+    impact: float
+    detail: str
+
+
+# Validates all of a score's factors in one call: the same objects as
+# RiskFactor(**fields) for each (equal, same JSON), in about half the time.
+_RISK_FACTORS = TypeAdapter(list[RiskFactor])
+
+
+def _risk_factors(impacts: list[_Impact]) -> list[RiskFactor]:
+    """Largest |impact| first; those under MIN_REPORTED_IMPACT folded into minor_factors."""
     impacts.sort(key=lambda item: -abs(item[0]))
-    factors: list[RiskFactor] = []
+    reported: list[_Impact] = []
     minor_impact, minor_count = 0.0, 0
-    for impact, factor, value, extra in impacts:
-        if abs(impact) < MIN_REPORTED_IMPACT:
-            minor_impact += impact
+    for item in impacts:
+        if abs(item[0]) < MIN_REPORTED_IMPACT:
+            minor_impact += item[0]
             minor_count += 1
-            continue
-        factors.append(_factor(factor, value, impact, extra))
-    if abs(minor_impact) >= MIN_REPORTED_IMPACT:
-        factors.append(_factor("minor_factors", minor_count, minor_impact, ""))
-        factors.sort(key=lambda item: -abs(item.impact))
-    return factors
-
-
-def _factor(factor: str, value: float, impact: float, extra: str) -> RiskFactor:
-    # plain construction: pydantic-core validates four scalars faster than model_construct
-    return RiskFactor(
-        factor=factor,
-        value=round(float(value), 4),
-        impact=round(impact, 2),
-        detail=_DETAILS[factor].format(value=value, extra=extra),
-    )
+        else:
+            reported.append(item)
+    minor = abs(minor_impact) >= MIN_REPORTED_IMPACT
+    if minor:
+        reported.append((minor_impact, "minor_factors", minor_count, ""))
+    fields: list[_Fields] = [
+        {
+            "factor": factor,
+            # a count is an int, which rounds to itself: only a measured float needs round()
+            "value": float(value) if isinstance(value, int) else round(value, 4),
+            "impact": round(impact, 2),
+            "detail": _DETAILS[factor](value, extra),
+        }
+        for impact, factor, value, extra in reported
+    ]
+    if minor:  # it goes where its rounded impact puts it (a stable sort: ties keep their order)
+        fields.sort(key=lambda item: -abs(item["impact"]))
+    return _RISK_FACTORS.validate_python(fields)
 
 
 def record_score(state: OrganizationState, health: HealthScore, as_of: float) -> None:

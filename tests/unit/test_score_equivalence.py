@@ -1,0 +1,340 @@
+"""Every output of score() pinned bit for bit on a fixed corpus, by digest.
+
+The score runs after every event, so its code is tuned for speed (the decayed
+sums read in one pass, no per-factor rows unless explained, one validation for
+all the risk factors of a score). The digests below were recorded with the
+plain implementation that preceded the tuning (commit 132a28c). They hash every
+field of every HealthScore, explain=True and explain=False: floats by their
+shortest round-trip repr (exact), the risk factors as their model_dump_json() in
+order, detail texts included. A refactoring must keep them; a deliberate change
+of the numbers or texts re-records them (run this file: it prints them).
+
+Two corpora:
+
+- stream: the simulator's stream, decoded and applied batch by batch with
+  compute_batch_effects (so the states carry real score histories for the 7- and
+  30-day changes), every organization's state copied after each batch and
+  scored at several as_of up to 60 days later (new and established tenures,
+  grace periods, silence, decay);
+- edge: seeded random states that reach what the stream seldom does (support
+  clamped at 0, many open interactions, decay references after as_of, no first
+  event), under the shipped model and a variant whose growth clamps at 0, whose
+  grace is off and whose new segment ignores support.
+
+Each corpus's inputs have a digest of their own (without the fields that scores
+write, floats to 9 digits), so a failure says which changed: the corpus
+(simulator, decoding, aggregation) or the scoring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import orjson
+import pytest
+
+from healthscore.contracts import SupportEvent, UsageEvent
+from healthscore.contracts.alerts import RiskFactor
+from healthscore.contracts.enums import HealthStatus, MilestoneType, RiskLevel
+from healthscore.ingest.decode import Decoded, Decoder, RawRecord
+from healthscore.ingest.effects import compute_batch_effects
+from healthscore.interactions import InteractionRecord
+from healthscore.scoring.model import (
+    COMPONENTS,
+    DAY,
+    DEFAULT_MODEL_PATH,
+    SIGNALS,
+    ScoreModel,
+    default_model,
+    parse_model,
+)
+from healthscore.scoring.score import HealthScore, score
+from healthscore.scoring.state import AlertState, OpenInteraction, OrganizationState
+from healthscore.simulator import SimulationConfig, generate
+
+# recorded with the implementation of commit 132a28c
+STREAM_INPUTS = "be261f7d639ddf27ef4eee9d7a6a6b142fd26eaf52762171f323a026afdab10b"
+STREAM_OUTPUTS = "5228872c7f64a836d60ef86c0d6483212eb81cf6808626335221993b4cbfba8a"
+EDGE_INPUTS = "301fcea9dd6540ad04a7c41705bbd9a5d5ca56b388db9fb7c61c5340836de10a"
+EDGE_OUTPUTS = "8553ef78667b7175839f1c997b8ce4b33d24968cf1357d4ff702b605fbc1cca5"
+
+SIMULATION = SimulationConfig(
+    start=datetime(2026, 1, 5, tzinfo=UTC),
+    organizations=50,
+    events=5000,
+    seed=3,
+    span=timedelta(days=150),
+)
+BATCHES = 6
+LATER_DAYS = (0.0, 0.5, 3.0, 20.0, 60.0)  # as_of = the state's last event + this
+EDGE_STATES = 400
+EDGE_SEED = 17
+NOW = 1_790_000_000.0  # the edge corpus's as_of, about 2026-09-21
+
+Case = tuple[OrganizationState, float, ScoreModel]
+Scores = tuple[HealthScore, HealthScore]  # (explain=True, explain=False)
+Corpora = dict[str, tuple[list[Case], list[Scores]]]  # by name: the cases and their scores
+
+
+def stress_model() -> ScoreModel:
+    """The shipped model with clamps and corners the shipped numbers never reach."""
+    config = orjson.loads(DEFAULT_MODEL_PATH.read_bytes())
+    config["segments"]["grace_days"] = 0  # keep = 1 from day one
+    config["weights"]["new"]["support"] = 0.0  # support factors carry no impact
+    config["growth"].update(baseline=50, negative_penalty=40, negative_cap=100)  # growth < 0
+    config["ceilings"].update(open_cancellation_request=90, open_escalation=80)
+    return parse_model(orjson.dumps(config))
+
+
+def stream_states(config: SimulationConfig, batches: int) -> list[OrganizationState]:
+    """Every organization's state after each batch of the decoded stream (copies)."""
+    decoder = Decoder("usage", "support", 64 * 1024)
+    events: list[UsageEvent | SupportEvent] = []
+    for offset, message in enumerate(generate(config)):
+        if not message.valid or message.is_duplicate or message.occurred_at is None:
+            continue
+        record = RawRecord(
+            topic=message.topic_kind,
+            partition=0,
+            offset=offset,
+            key=message.key,
+            value=message.value,
+            timestamp_ms=int(message.occurred_at.timestamp() * 1000) + 1000,
+        )
+        decoded = decoder.decode(record)
+        assert isinstance(decoded, Decoded)
+        events.append(decoded.event)
+    model = default_model()
+    states: dict[str, OrganizationState] = {}
+    interactions: dict[str, InteractionRecord] = {}
+    snapshots: list[OrganizationState] = []
+    for batch in range(batches):
+        part = events[batch * len(events) // batches : (batch + 1) * len(events) // batches]
+        compute_batch_effects(part, states, interactions, model)
+        snapshots.extend(copy(state) for state in states.values())
+    return snapshots
+
+
+def copy(state: OrganizationState) -> OrganizationState:
+    return msgspec.json.decode(msgspec.json.encode(state), type=OrganizationState)
+
+
+def stream_cases() -> list[Case]:
+    model = default_model()
+    cases: list[Case] = []
+    for state in stream_states(SIMULATION, BATCHES):
+        assert state.last_event_at is not None
+        cases.extend((state, state.last_event_at + days * DAY, model) for days in LATER_DAYS)
+    return cases
+
+
+def edge_state(rng: random.Random) -> OrganizationState:
+    tenure = rng.choice([0.0, 0.5, 3.0, 29.0, 30.0, 89.0, 90.0, 120.0, 400.0, rng.uniform(0, 500)])
+    first = NOW - tenure * DAY
+    start = first - 60 * DAY
+    kinds = [None, "complaint", "escalation", "cancellation_request", "check_in"]
+    today = int(NOW // DAY)
+    return OrganizationState(
+        organization_id=f"org-{rng.randrange(10**6)}",
+        first_event_at=first if rng.random() > 0.03 else None,
+        last_event_at=NOW,
+        last_usage_at=rng.choice([None, rng.uniform(first, NOW)]),
+        decay_ref=rng.choice([None, rng.uniform(first, NOW), NOW + DAY]),
+        support_decay_ref=rng.choice([None, rng.uniform(first, NOW), NOW + DAY]),
+        decayed={
+            signal: rng.choice([0.0, rng.uniform(0, 60), rng.uniform(0, 2)])
+            for signal in SIGNALS
+            if rng.random() < 0.8
+        },
+        users={f"u{i}": rng.uniform(start, NOW) for i in range(rng.choice([0, 1, 3, 12, 60]))},
+        features={
+            f"f{i}": [float(rng.randint(1, 50)), rng.uniform(start, NOW)]
+            for i in range(rng.randint(0, 12))
+        },
+        open_interactions={
+            f"i{i}": OpenInteraction(
+                opened_at=rng.uniform(first, NOW),
+                interaction_type=rng.choice(kinds),
+                priority=rng.choice([None, "low", "normal", "urgent"]),
+                escalated=rng.random() < 0.3,
+            )
+            for i in range(rng.choice([0, 0, 1, 2, 6]))
+        },
+        milestones={m.value: first for m in MilestoneType if rng.random() < 0.5},
+        daily_scores={
+            str(today - back): round(rng.uniform(0, 100), 2)
+            for back in rng.sample(range(-1, 40), rng.randint(0, 8))
+        },
+    )
+
+
+def edge_cases() -> list[Case]:
+    rng = random.Random(EDGE_SEED)
+    models = (default_model(), stress_model())
+    cases: list[Case] = []
+    for _ in range(EDGE_STATES):
+        state = edge_state(rng)
+        as_of = NOW + rng.choice([0.0, -DAY, 3 * DAY, rng.uniform(0, 40 * DAY)])
+        cases.extend((state, as_of, model) for model in models)
+    return cases
+
+
+def scored(cases: Iterable[Case]) -> Iterator[Scores]:
+    """(explained, unexplained) score of each case; scoring leaves the state alone."""
+    for state, as_of, model in cases:
+        before = msgspec.json.encode(state)
+        yield score(state, as_of, model), score(state, as_of, model, explain=False)
+        assert msgspec.json.encode(state) == before
+
+
+def _risk_factor_json(obj: object) -> object:
+    if isinstance(obj, RiskFactor):
+        return msgspec.Raw(obj.model_dump_json().encode())
+    raise NotImplementedError(type(obj))
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=_risk_factor_json)
+
+
+def output_digest(results: Iterable[Scores]) -> str:
+    digest = hashlib.sha256()
+    for explained, unexplained in results:
+        digest.update(_ENCODER.encode(explained) + b"\n" + _ENCODER.encode(unexplained) + b"\n")
+    return digest.hexdigest()
+
+
+def input_digest(cases: Iterable[Case]) -> str:
+    """The corpus itself, without what scores write into a state (history, alerts)."""
+    digest = hashlib.sha256()
+    for state, as_of, model in cases:
+        unscored = msgspec.structs.replace(
+            state, daily_scores={}, last_score=None, last_scored_at=None, alert=AlertState()
+        )
+        line = approximately(msgspec.to_builtins((unscored, as_of, model)))
+        digest.update(msgspec.json.encode(line) + b"\n")
+    return digest.hexdigest()
+
+
+def approximately(value: object) -> object:
+    """Floats to 9 significant digits. The decayed sums come from exp2 (libm), whose
+    last bit may differ between platforms; the outputs, rounded to 2 or 4 decimals,
+    practically never show such a bit, but the raw sums would."""
+    if isinstance(value, float):
+        return float(f"{value:.9g}")
+    if isinstance(value, dict):
+        return {key: approximately(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [approximately(item) for item in value]
+    return value
+
+
+@pytest.fixture(scope="module")
+def corpora() -> Corpora:
+    return {
+        name: (cases, list(scored(cases)))
+        for name, cases in (("stream", stream_cases()), ("edge", edge_cases()))
+    }
+
+
+@pytest.mark.parametrize(
+    ("corpus", "inputs", "outputs"),
+    [("stream", STREAM_INPUTS, STREAM_OUTPUTS), ("edge", EDGE_INPUTS, EDGE_OUTPUTS)],
+    ids=["stream", "edge"],
+)
+def test_every_output_is_bit_for_bit_the_recorded_one(
+    corpora: Corpora,
+    corpus: str,
+    inputs: str,
+    outputs: str,
+) -> None:
+    cases, results = corpora[corpus]
+    assert input_digest(cases) == inputs, (
+        f"the {corpus} corpus itself changed (simulator, decoding or aggregation), so its "
+        "output digest proves nothing: re-record both with a scoring you trust"
+    )
+    assert output_digest(results) == outputs, f"score() output changed on the {corpus} corpus"
+
+
+def test_explain_only_adds_the_risk_factors(
+    corpora: Corpora,
+) -> None:
+    for _cases, results in corpora.values():
+        for explained, unexplained in results:
+            assert unexplained.risk_factors == []
+            assert msgspec.structs.replace(explained, risk_factors=[]) == unexplained
+
+
+def test_risk_factors_are_what_their_constructor_builds(
+    corpora: Corpora,
+) -> None:
+    for _cases, results in corpora.values():
+        for explained, _unexplained in results:
+            for factor in explained.risk_factors:
+                built = RiskFactor(**factor.model_dump())
+                assert type(factor) is RiskFactor
+                assert factor == built
+                assert factor.model_dump_json() == built.model_dump_json()
+                assert factor.model_fields_set == built.model_fields_set
+
+
+def test_the_corpora_reach_every_branch(
+    corpora: Corpora,
+) -> None:
+    """Without this, the digests could pin a corpus that misses what a change breaks."""
+    seen: Counter[str] = Counter()
+    for corpus, (cases, results) in corpora.items():
+        for (state, as_of, model), (health, _unexplained) in zip(cases, results, strict=True):
+            seen.update(f"factor {factor.factor}" for factor in health.risk_factors)
+            seen[f"{corpus} segment {health.segment}"] += 1
+            seen[f"status {health.status}"] += 1
+            seen[f"risk {health.risk_level}"] += 1
+            seen.update(
+                f"{corpus} {name} at 0" for name in COMPONENTS if health.components[name] == 0
+            )
+            seen[f"change_7d known {health.change_7d is not None}"] += 1
+            seen[f"change_30d known {health.change_30d is not None}"] += 1
+            first = state.first_event_at
+            if first is not None and as_of - first < model.segments.grace_days * DAY:
+                seen[f"{corpus} grace"] += 1
+            if state.open_interactions:
+                seen[f"{corpus} open interactions"] += 1
+    factors = {
+        "inactivity", "low_activity", "few_logins", "few_active_users",
+        "narrow_feature_adoption", "shallow_usage", "missing_milestones",
+        "open_interactions", "open_escalations", "unresolved_interaction_age",
+        "negative_sentiment", "complaints", "cancellation_request", "recent_escalations",
+        "growth_baseline", "weak_commercial_momentum", "no_client_growth",
+        "contraction_signals", "minor_factors",
+        "ceiling_open_cancellation_request", "ceiling_open_escalation",
+    }  # fmt: skip
+    expected = {f"factor {name}" for name in factors} | {
+        *(f"{corpus} segment {s}" for corpus in corpora for s in ("new", "established")),
+        *(f"status {status}" for status in HealthStatus),
+        *(f"risk {level}" for level in RiskLevel),
+        "stream support at 0",
+        "edge support at 0",
+        "edge growth at 0",
+        *(f"change_{n}d known {known}" for n in (7, 30) for known in (True, False)),
+        "stream grace",
+        "edge grace",
+        "stream open interactions",
+        "edge open interactions",
+    }
+    assert expected <= set(seen), sorted(expected - set(seen))
+    # the ceilings bite in the realistic stream too, not only at the edges
+    stream_factors = Counter(
+        factor.factor for health, _ in corpora["stream"][1] for factor in health.risk_factors
+    )
+    assert stream_factors["ceiling_open_cancellation_request"] > 0
+    assert stream_factors["ceiling_open_escalation"] > 0
+
+
+if __name__ == "__main__":  # print the digests, to record them
+    for name, cases in (("STREAM", stream_cases()), ("EDGE", edge_cases())):
+        print(f'{name}_INPUTS = "{input_digest(cases)}"')
+        print(f'{name}_OUTPUTS = "{output_digest(scored(cases))}"')
