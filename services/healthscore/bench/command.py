@@ -52,7 +52,7 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--alert-rate", type=float, default=20.0, help="alert triggers per second")
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--partitions", type=int, default=4)
-    p.add_argument("--batch-max-records", type=int, default=5_000)
+    p.add_argument("--batch-max-records", type=int, default=3_000)
     p.add_argument("--batch-timeout-ms", type=int, default=100)
     p.add_argument("--pool-size", type=int, default=4)
     p.add_argument(

@@ -78,7 +78,7 @@ class BenchOptions:
     alert_rate: float = 20.0
     skip_latency: bool = False
     partitions: int = 4
-    batch_max_records: int = 5_000
+    batch_max_records: int = 3_000
     batch_timeout_ms: int = 100
     pool_size: int = 4
     seed: int = 7
