@@ -61,14 +61,20 @@ FROM health_feed_pending q
 JOIN customer_health h ON h.organization_id = q.organization_id
 ORDER BY q.organization_id
 LIMIT $1
-FOR UPDATE OF q SKIP LOCKED
 """
 
-# an entry re-queued meanwhile (a newer version) stays for the next pass
+# An entry re-queued meanwhile (a newer version) stays for the next pass, and so
+# does one a consumer batch holds right now (SKIP LOCKED): that batch is queueing
+# a newer version, or, if it rolls back, the entry is simply sent again.
 MARK_HEALTH_SENT = """
 DELETE FROM health_feed_pending q
-USING unnest($1::uuid[], $2::bigint[]) AS x(organization_id, version)
-WHERE q.organization_id = x.organization_id AND q.version = x.version
+WHERE q.organization_id IN (
+    SELECT p.organization_id
+    FROM health_feed_pending p
+    JOIN unnest($1::uuid[], $2::bigint[]) AS x(organization_id, version)
+      ON p.organization_id = x.organization_id AND p.version = x.version
+    ORDER BY p.organization_id
+    FOR UPDATE OF p SKIP LOCKED)
 """
 
 
@@ -147,9 +153,12 @@ class OutboxRelay:
     async def relay_health(self) -> int:
         """Publish the latest score of organizations whose score changed.
 
-        Rows a consumer batch holds are skipped (SKIP LOCKED), never waited
-        for: the relay then cannot take part in a lock cycle with a batch, and
-        the skipped organizations go out on the next pass.
+        The queue is read without row locks and entries are deleted only if
+        their version is still the one sent, skipping rows a consumer batch
+        holds: a batch never waits for the relay's round trips to the broker
+        (it did, when the relay locked the entries while publishing: measured
+        ~100-180 ms of `w_states` per small live batch), and the relay never
+        waits for a batch.
         """
         if self._health_topic is None:
             return 0
