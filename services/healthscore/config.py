@@ -54,7 +54,7 @@ class Settings(BaseSettings):
         ge=64 * 1024,
         description="Per-partition fetch size: bounds what a consumer buffers in memory.",
     )
-    batch_timeout_ms: int = Field(default=100, ge=1)
+    batch_timeout_ms: int = Field(default=50, ge=1)
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
     topic_partitions: int = Field(default=4, ge=1)
     model_path: Path = DEFAULT_MODEL_PATH

@@ -53,7 +53,7 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--batch-max-records", type=int, default=3_000)
-    p.add_argument("--batch-timeout-ms", type=int, default=100)
+    p.add_argument("--batch-timeout-ms", type=int, default=50)
     p.add_argument("--pool-size", type=int, default=4)
     p.add_argument(
         "--service-processes",

@@ -79,7 +79,7 @@ class BenchOptions:
     skip_latency: bool = False
     partitions: int = 4
     batch_max_records: int = 3_000
-    batch_timeout_ms: int = 100
+    batch_timeout_ms: int = 50
     pool_size: int = 4
     seed: int = 7
     profile: Path | None = None
