@@ -23,14 +23,19 @@ from tests.utils.fault_tools import (
     assert_exactly_once,
     background,
     dead_letter_sources,
-    fetchval,
     poll,
     produce_stream,
     simulated_stream,
     stopped,
     wait_all_applied,
 )
-from tests.utils.harness import make_producer, make_topics, running_service, service_settings
+from tests.utils.harness import (
+    fetchval,
+    make_producer,
+    make_topics,
+    running_service,
+    service_settings,
+)
 
 pytestmark = pytest.mark.faults
 

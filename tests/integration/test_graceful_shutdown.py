@@ -20,13 +20,13 @@ import orjson
 from healthscore.simulator import produce
 from tests.utils.harness import (
     ServiceProcess,
+    fetchval,
     make_producer,
     make_topics,
     service_settings,
 )
 from tests.utils.scenarios import (
     expected_event_counts,
-    fetchval,
     simulated_stream,
     snapshot,
     stored_offsets,

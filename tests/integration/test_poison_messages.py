@@ -19,9 +19,14 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from healthscore.poison import PoisonCase, poison_corpus
-from tests.utils.harness import consume_all, make_topics, running_service, service_settings
-from tests.utils.scenarios import (
+from tests.utils.harness import (
+    consume_all,
     fetchval,
+    make_topics,
+    running_service,
+    service_settings,
+)
+from tests.utils.scenarios import (
     high_watermarks,
     stored_offsets,
     wait_caught_up,

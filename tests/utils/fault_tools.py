@@ -24,7 +24,7 @@ import orjson
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from healthscore.simulator import SimulatedMessage, SimulationConfig, generate, produce
-from tests.utils.harness import Topics, consume_all
+from tests.utils.harness import Topics, consume_all, fetchval
 
 # --------------------------------------------------------------------------- the stream
 
@@ -150,14 +150,6 @@ def log_time(entry: dict[str, Any]) -> datetime:
 
 
 # --------------------------------------------------------------------------- polling
-
-
-async def fetchval(database_url: str, query: str, *args: Any) -> Any:
-    conn = await asyncpg.connect(database_url, timeout=10)
-    try:
-        return await conn.fetchval(query, *args)
-    finally:
-        await conn.close()
 
 
 async def poll(

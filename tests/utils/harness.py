@@ -185,6 +185,15 @@ async def wait_for(
     raise AssertionError(f"timed out waiting on {query!r}; last value {value!r}")
 
 
+async def fetchval(database_url: str, query: str, *args: Any) -> Any:
+    """One value from a short-lived connection (the timeout: a restarting server)."""
+    conn = await asyncpg.connect(database_url, timeout=10)
+    try:
+        return await conn.fetchval(query, *args)
+    finally:
+        await conn.close()
+
+
 def iso(dt: datetime) -> str:
     return dt.astimezone(UTC).isoformat()
 

@@ -130,14 +130,6 @@ async def wait_caught_up(
     raise AssertionError(f"not caught up after {timeout}s: targets {targets}, stored {stored}")
 
 
-async def fetchval(database_url: str, query: str, *args: Any) -> Any:
-    conn = await asyncpg.connect(database_url)
-    try:
-        return await conn.fetchval(query, *args)
-    finally:
-        await conn.close()
-
-
 # --------------------------------------------------------------------------- snapshots
 
 

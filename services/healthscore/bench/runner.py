@@ -130,6 +130,15 @@ class _Batch:
     next: dict[str, int]
 
 
+def _furthest_offsets(batches: Iterable[_Batch]) -> dict[str, int]:
+    """Per partition, the furthest next offset any of the batches committed."""
+    done: dict[str, int] = {}
+    for b in batches:
+        for key, value in b.next.items():
+            done[key] = max(done.get(key, 0), int(value))
+    return done
+
+
 class CommitLog:
     """Tails a service's JSON log: batch commits, assignments, start."""
 
@@ -185,11 +194,7 @@ class CommitLog:
         return sum(b.records for b in self.batches)
 
     def next_offsets(self) -> dict[str, int]:
-        done: dict[str, int] = {}
-        for b in self.batches:
-            for key, value in b.next.items():
-                done[key] = max(done.get(key, 0), int(value))
-        return done
+        return _furthest_offsets(self.batches)
 
     @property
     def progress(self) -> int:
@@ -289,11 +294,7 @@ class GroupLog:
         return set().union(*(log.assigned for log in self.logs))
 
     def next_offsets(self) -> dict[str, int]:
-        done: dict[str, int] = {}
-        for log in self.logs:
-            for key, value in log.next_offsets().items():
-                done[key] = max(done.get(key, 0), value)
-        return done
+        return _furthest_offsets(b for log in self.logs for b in log.batches)
 
     @property
     def progress(self) -> int:

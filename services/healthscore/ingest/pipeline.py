@@ -229,21 +229,24 @@ async def _lock_states(conn: Connection, orgs: list[UUID]) -> dict[str, Organiza
     only the missing ones pay for the two inserts.
     """
     states: dict[str, OrganizationState] = {}
-    found: set[UUID] = set()
-    for row in await conn.fetch(sql.LOCK_STATES, orgs):
-        found.add(row["organization_id"])
-        if row["state"] != "null":
-            states[str(row["organization_id"])] = decode_state(row["state"])
+
+    async def lock(some: list[UUID]) -> set[UUID]:
+        """Lock and decode the existing rows of `some` (a new row holds JSON null)."""
+        found: set[UUID] = set()
+        for row in await conn.fetch(sql.LOCK_STATES, some):
+            found.add(row["organization_id"])
+            if row["state"] != "null":
+                states[str(row["organization_id"])] = decode_state(row["state"])
+        return found
+
+    found = await lock(orgs)
     missing = [org for org in orgs if org not in found]
     if missing:
         await conn.execute(sql.ENSURE_ORGANIZATIONS, missing)
         created = {r["organization_id"] for r in await conn.fetch(sql.ENSURE_STATE_ROWS, missing)}
         raced = [org for org in missing if org not in created]
         if raced:
-            # created by another transaction meanwhile: lock and read theirs
-            for row in await conn.fetch(sql.LOCK_STATES, raced):
-                if row["state"] != "null":
-                    states[str(row["organization_id"])] = decode_state(row["state"])
+            await lock(raced)  # created by another transaction meanwhile: lock theirs
     return states
 
 
