@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from healthscore.config import Settings
 from healthscore.devservices import Services, resolve_services
+from healthscore.gctuning import tune_garbage_collector
 from healthscore.ops.logging import configure_logging
 
 
@@ -142,6 +143,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             assert url is not None
             await apply_migrations(url.get_secret_value())
         service = Service(settings, ServiceOptions(run_sweep=not args.no_sweep))
+        tune_garbage_collector(settings.gc_young_threshold)
         await _wait_for_signal(service.request_stop)
         await service.start()
         try:
@@ -231,6 +233,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 2
 
     async def main() -> int:
+        tune_garbage_collector(settings.gc_young_threshold)
         result = await replay(settings, publish_alerts=args.publish_alerts)
         print(
             f"replayed {result.events_applied} events into {result.organizations} "

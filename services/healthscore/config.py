@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         pattern="^(auto|asyncio|uvloop)$",
         description="The asyncio loop of `serve`: uvloop when installed (auto), or asyncio.",
     )
+    gc_young_threshold: int = Field(
+        default=50_000,
+        ge=0,
+        description="Allocations between young garbage collections in `serve` and `replay` "
+        "(start-up objects are frozen); 0 keeps CPython's defaults.",
+    )
     log_level: str = "INFO"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     state_dir: Path = Field(

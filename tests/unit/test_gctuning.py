@@ -1,0 +1,50 @@
+"""The serve/replay garbage-collector settings: applied, reversible, cycles still freed."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from healthscore.gctuning import tune_garbage_collector
+
+
+@pytest.fixture
+def restore_gc() -> Iterator[None]:
+    thresholds = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
+
+
+def test_raises_the_young_threshold_and_freezes_startup_objects(restore_gc: None) -> None:
+    tune_garbage_collector(50_000)
+    assert gc.get_threshold() == (50_000, 20, 10)
+    assert gc.get_freeze_count() > 0
+
+
+def test_zero_keeps_the_interpreter_defaults(restore_gc: None) -> None:
+    before = gc.get_threshold()
+    frozen = gc.get_freeze_count()
+    tune_garbage_collector(0)
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == frozen
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.other: _Node | None = None
+
+
+def test_reference_cycles_made_after_tuning_are_still_collected(restore_gc: None) -> None:
+    tune_garbage_collector(1_000)
+    a, b = _Node(), _Node()
+    a.other, b.other = b, a
+    gone = weakref.ref(a)
+    del a, b
+    # live objects beyond the young threshold start a collection by themselves
+    survivors = [_Node() for _ in range(1_500)]
+    del survivors
+    assert gone() is None
