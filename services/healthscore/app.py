@@ -347,6 +347,8 @@ class Service:
             alerts=outcome.alerts,
             offsets_from={f"{t}:{p}": o for (t, p), o in outcome.first_offsets.items()},
             offsets={f"{t}:{p}": o for (t, p), o in outcome.next_offsets.items()},
+            # partitions the event-time alignment held back, from this offset on
+            held_from={f"{t}:{p}": o for (t, p), o in outcome.held_from.items()},
             duration_ms=round(duration * 1000, 1),
             phases_ms=outcome.timings_ms,
         )

@@ -77,6 +77,12 @@ def add_arguments(p: Any) -> None:
         "patched service; shell-split; `--no-migrate --no-sweep` are appended, and with "
         "--profile CMD must start with a Python script path)",
     )
+    p.add_argument(
+        "--levers",
+        action="store_true",
+        help="only run the lever micro-benchmarks (decode with model_validate_json; "
+        "customer_health write: unnest vs unprepared vs COPY to a temp table)",
+    )
     p.add_argument("--json-out", type=Path, metavar="PATH", help="write the results as JSON")
     p.add_argument("--keep-databases", action="store_true")
     p.add_argument("--work-dir", type=Path, help="where the service logs go (default: a temp dir)")
@@ -121,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
             kind=services.kind,
         )
         print(f"bench on {services.kind} services", flush=True)
+        if args.levers:
+            return _run_levers(stack, args.json_out)
         report = asyncio.run(run_bench(stack, options))
     finally:
         services.close()
@@ -132,3 +140,25 @@ def run(args: argparse.Namespace) -> int:
         report.baseline is None or report.baseline.correct
     )
     return 0 if correct else 1
+
+
+def _run_levers(stack: Any, json_out: Path | None) -> int:
+    import asyncio
+    import dataclasses
+    import json
+    import uuid
+
+    from healthscore.bench.levers import measure_levers
+    from healthscore.bench.runner import create_database, drop_database
+
+    name = f"levers_{uuid.uuid4().hex[:12]}"
+    results = asyncio.run(
+        measure_levers(lambda: create_database(stack, name), lambda: drop_database(stack, name))
+    )
+    print("levers (median per unit; ratio to the service's way):")
+    for result in results:
+        print(result.render())
+    if json_out:
+        json_out.write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=2))
+        print(f"wrote {json_out}")
+    return 0

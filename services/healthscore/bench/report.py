@@ -69,6 +69,12 @@ class LatencyResult:
     alert_p99_ms: float | None
     alert_max_ms: float | None
     peak_rss_mb: float = 0.0
+    # produce -> start of the batch that applied the event (producer, broker,
+    # fetch, linger, the batch before it, alignment hold), and that batch's run
+    before_batch_p50_ms: float | None = None
+    before_batch_p99_ms: float | None = None
+    in_batch_p50_ms: float | None = None
+    in_batch_p99_ms: float | None = None
 
 
 @dataclass
@@ -293,6 +299,14 @@ class BenchReport:
                         "event-to-commit p50 / p95 / p99 / max",
                         f"{_ms(lat.p50_ms)} / {_ms(lat.p95_ms)} / {_ms(lat.p99_ms)} / "
                         f"{_ms(lat.max_ms)}",
+                    ),
+                    (
+                        "of which before its batch began, p50 / p99",
+                        f"{_ms(lat.before_batch_p50_ms)} / {_ms(lat.before_batch_p99_ms)}",
+                    ),
+                    (
+                        "of which its batch's run, p50 / p99",
+                        f"{_ms(lat.in_batch_p50_ms)} / {_ms(lat.in_batch_p99_ms)}",
                     ),
                     (
                         "events matched to a commit",

@@ -128,6 +128,7 @@ class _Batch:
     redelivered: int
     first: dict[str, int]
     next: dict[str, int]
+    duration: float = 0.0  # seconds the batch took, from the handler's call to its commit
 
 
 def _furthest_offsets(batches: Iterable[_Batch]) -> dict[str, int]:
@@ -180,6 +181,7 @@ class CommitLog:
                         redelivered=int(entry.get("replayed_skipped", 0)),
                         first=entry.get("offsets_from") or {},
                         next=entry.get("offsets") or {},
+                        duration=float(entry.get("duration_ms", 0.0)) / 1000,
                     )
                 )
             elif event == "partitions_assigned":
@@ -424,7 +426,7 @@ async def _wait_until(
 # --------------------------------------------------------------------------- database
 
 
-async def _create_database(stack: Stack, name: str) -> str:
+async def create_database(stack: Stack, name: str) -> str:
     conn = await asyncpg.connect(stack.admin_url)
     try:
         # the name is generated here, never input
@@ -436,7 +438,7 @@ async def _create_database(stack: Stack, name: str) -> str:
     return url
 
 
-async def _drop_database(stack: Stack, name: str) -> None:
+async def drop_database(stack: Stack, name: str) -> None:
     conn = await asyncpg.connect(stack.admin_url)
     try:
         await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -507,7 +509,7 @@ class Bench:
 
     async def _phase(self, name: str) -> _Phase:
         database = f"bench_{self.run_id}_{name}"
-        url = await _create_database(self.stack, database)
+        url = await create_database(self.stack, database)
         self.databases.append(database)
         prefix = f"bench.{self.run_id}.{name}"
         topics = {
@@ -770,19 +772,25 @@ class Bench:
             child.stop()
         log.poll()
         # exact per-event commit time: the batch whose offset range holds the record
-        ranges: dict[str, list[tuple[int, int, float]]] = {}
+        ranges: dict[str, list[tuple[int, int, float, float]]] = {}
         for b in log.batches:
             for key, first in b.first.items():
-                ranges.setdefault(key, []).append((int(first), int(b.next[key]), b.ts))
+                ranges.setdefault(key, []).append((int(first), int(b.next[key]), b.ts, b.duration))
         for spans in ranges.values():
             spans.sort()
         latencies: list[float] = []
+        before_batch: list[float] = []
+        in_batch: list[float] = []
         unmatched = 0
+        last = (sys.maxsize, float("inf"), float("inf"))
         for meta, (_, sent_ms) in zip(metas, sends, strict=True):
             spans = ranges.get(f"{meta.topic}:{meta.partition}", [])
-            i = bisect.bisect_right(spans, (meta.offset, sys.maxsize, float("inf"))) - 1
+            i = bisect.bisect_right(spans, (meta.offset, *last)) - 1
             if i >= 0 and spans[i][0] <= meta.offset < spans[i][1]:
-                latencies.append((spans[i][2] - sent_ms / 1000) * 1000)
+                _, _, committed, took = spans[i]
+                latencies.append((committed - sent_ms / 1000) * 1000)
+                before_batch.append((committed - took - sent_ms / 1000) * 1000)
+                in_batch.append(took * 1000)
             else:
                 unmatched += 1
         alert_ms = [
@@ -798,6 +806,10 @@ class Bench:
             p50_ms=percentile(latencies, 50),
             p95_ms=percentile(latencies, 95),
             p99_ms=percentile(latencies, 99),
+            before_batch_p50_ms=percentile(before_batch, 50),
+            before_batch_p99_ms=percentile(before_batch, 99),
+            in_batch_p50_ms=percentile(in_batch, 50),
+            in_batch_p99_ms=percentile(in_batch, 99),
             max_ms=max(latencies, default=None),
             alert_triggers=len(triggers),
             alerts_received=len(alert_ms),
@@ -872,7 +884,7 @@ class Bench:
             return
         for name in self.databases:
             with contextlib.suppress(Exception):
-                await _drop_database(self.stack, name)
+                await drop_database(self.stack, name)
 
 
 async def run_bench(stack: Stack, options: BenchOptions) -> BenchReport:
