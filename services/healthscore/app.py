@@ -25,6 +25,7 @@ from healthscore.config import Settings
 from healthscore.consumers import BatchHandler, SeekToStoredOffsets
 from healthscore.contracts import SupportEvent, UsageEvent
 from healthscore.db import create_pool
+from healthscore.gctuning import FullCollectionPacer
 from healthscore.ingest.decode import Decoder
 from healthscore.ingest.dlq import DeadLetterQueue
 from healthscore.ingest.pipeline import BatchOutcome, BatchPipeline
@@ -90,6 +91,7 @@ def build_broker(
         max_records=s.batch_max_records,
         batch_timeout_ms=s.batch_timeout_ms,
         max_partition_fetch_bytes=s.kafka_max_partition_fetch_bytes,
+        fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
         session_timeout_ms=s.kafka_session_timeout_ms,
         heartbeat_interval_ms=max(300, s.kafka_session_timeout_ms // 3),
         listener=listener,
@@ -122,6 +124,9 @@ class ServiceOptions:
     create_topics: bool = True
     serve_http: bool = True
     gauge_interval_seconds: float = 5.0
+    # a full garbage collection after every this many batches (0: the interpreter's
+    # own schedule); set where the process's collector is tuned (gctuning)
+    full_gc_every_batches: int = 0
 
 
 @dataclass
@@ -307,6 +312,7 @@ class Service:
             lambda: holder["subscriber"].consumer,
             on_outcome=self._record_outcome,
             on_failure=lambda exc: self.metrics.batch_failures.inc(),
+            after_batch=FullCollectionPacer(self.options.full_gc_every_batches).after_batch,
         )
         listener.on_revoked = handler.forget
         listener.on_positioned = handler.positioned

@@ -142,8 +142,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             url = settings.migration_database_url or settings.database_url
             assert url is not None
             await apply_migrations(url.get_secret_value())
-        service = Service(settings, ServiceOptions(run_sweep=not args.no_sweep))
-        tune_garbage_collector(settings.gc_young_threshold)
+        tuned = tune_garbage_collector(settings.gc_young_threshold)
+        options = ServiceOptions(
+            run_sweep=not args.no_sweep,
+            full_gc_every_batches=settings.gc_full_every_batches if tuned else 0,
+        )
+        service = Service(settings, options)
         await _wait_for_signal(service.request_stop)
         await service.start()
         try:
@@ -233,8 +237,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 2
 
     async def main() -> int:
-        tune_garbage_collector(settings.gc_young_threshold)
-        result = await replay(settings, publish_alerts=args.publish_alerts)
+        tuned = tune_garbage_collector(settings.gc_young_threshold)
+        result = await replay(
+            settings,
+            publish_alerts=args.publish_alerts,
+            full_gc_every_batches=settings.gc_full_every_batches if tuned else 0,
+        )
         print(
             f"replayed {result.events_applied} events into {result.organizations} "
             f"organizations, {result.alerts} alerts in the outbox, {result.seconds:.1f}s"

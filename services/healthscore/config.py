@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         description="Per-partition fetch size: bounds what a consumer buffers in memory.",
     )
     batch_timeout_ms: int = Field(default=50, ge=1)
+    kafka_fetch_max_wait_ms: int = Field(
+        default=500,
+        ge=1,
+        description="How long the broker may hold a fetch that has no new records yet.",
+    )
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
     topic_partitions: int = Field(default=4, ge=1)
     model_path: Path = DEFAULT_MODEL_PATH
@@ -77,7 +82,14 @@ class Settings(BaseSettings):
         default=50_000,
         ge=0,
         description="Allocations between young garbage collections in `serve` and `replay` "
-        "(start-up objects are frozen); 0 keeps CPython's defaults.",
+        "(start-up objects are frozen, full collections run between batches); 0 keeps "
+        "CPython's defaults.",
+    )
+    gc_full_every_batches: int = Field(
+        default=5,
+        ge=1,
+        description="With GC_YOUNG_THRESHOLD set: a full garbage collection after every "
+        "this many batches.",
     )
     log_level: str = "INFO"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")

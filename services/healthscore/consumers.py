@@ -108,6 +108,7 @@ class BatchHandler:
         retry_backoff: tuple[float, float] = (0.2, 5.0),
         on_failure: Callable[[BaseException], None] | None = None,
         max_alignment_wait: float = 2.0,
+        after_batch: Callable[[], None] | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._consumer = consumer
@@ -127,11 +128,15 @@ class BatchHandler:
         self._blocked_since: float | None = None
         self.max_alignment_wait = max_alignment_wait
         self.failures = 0
+        self._after_batch = after_batch
 
     async def __call__(self, records: Sequence[Any]) -> None:
         raw = [to_raw(r) for r in records]
         async with self._lock:
             await self._run(raw)
+            if self._after_batch is not None:
+                # between batches, while no batch's objects are alive
+                self._after_batch()
 
     async def drain_held(self, stop: asyncio.Event, idle: float = 0.05) -> None:
         """Apply held-back records when no new fetch comes to do it.

@@ -37,6 +37,7 @@ async def replay(
     publish_alerts: bool = False,
     timeout: float = 3600.0,
     group: str | None = None,
+    full_gc_every_batches: int = 0,
 ) -> ReplayResult:
     assert settings.database_url is not None and settings.kafka_bootstrap_servers is not None
     admin_url = (settings.migration_database_url or settings.database_url).get_secret_value()
@@ -52,7 +53,10 @@ async def replay(
         targets = await probe.high_watermarks(await probe.partitions(topics))
     replay_group = group or f"{settings.consumer_group}-replay-{uuid.uuid4().hex[:8]}"
     replay_settings = settings.model_copy(update={"consumer_group": replay_group})
-    service = Service(replay_settings, ServiceOptions(run_relay=publish_alerts, run_sweep=False))
+    options = ServiceOptions(
+        run_relay=publish_alerts, run_sweep=False, full_gc_every_batches=full_gc_every_batches
+    )
+    service = Service(replay_settings, options)
     started = time.monotonic()
     await service.start()
     try:

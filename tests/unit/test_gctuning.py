@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from healthscore.gctuning import tune_garbage_collector
+from healthscore.gctuning import FullCollectionPacer, tune_garbage_collector
 
 
 @pytest.fixture
@@ -20,15 +20,17 @@ def restore_gc() -> Iterator[None]:
 
 
 def test_raises_the_young_threshold_and_freezes_startup_objects(restore_gc: None) -> None:
-    tune_garbage_collector(50_000)
-    assert gc.get_threshold() == (50_000, 20, 10)
+    assert tune_garbage_collector(50_000)
+    young, middle, old = gc.get_threshold()
+    assert (young, middle) == (50_000, 20)
+    assert old >= 1_000_000  # full collections are the pacer's job
     assert gc.get_freeze_count() > 0
 
 
 def test_zero_keeps_the_interpreter_defaults(restore_gc: None) -> None:
     before = gc.get_threshold()
     frozen = gc.get_freeze_count()
-    tune_garbage_collector(0)
+    assert not tune_garbage_collector(0)
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == frozen
 
@@ -48,3 +50,22 @@ def test_reference_cycles_made_after_tuning_are_still_collected(restore_gc: None
     survivors = [_Node() for _ in range(1_500)]
     del survivors
     assert gone() is None
+
+
+def test_pacer_runs_a_full_collection_every_nth_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    runs: list[int] = []
+    monkeypatch.setattr(gc, "collect", lambda generation=2: runs.append(generation) or 0)
+    pacer = FullCollectionPacer(3)
+    for _ in range(7):
+        pacer.after_batch()
+    assert runs == [2, 2]
+    assert pacer.collections == 2
+
+
+def test_pacer_with_zero_never_collects(monkeypatch: pytest.MonkeyPatch) -> None:
+    runs: list[int] = []
+    monkeypatch.setattr(gc, "collect", lambda generation=2: runs.append(generation) or 0)
+    pacer = FullCollectionPacer(0)
+    for _ in range(10):
+        pacer.after_batch()
+    assert runs == []
