@@ -86,7 +86,7 @@ class Settings(BaseSettings):
         "CPython's defaults.",
     )
     gc_full_every_batches: int = Field(
-        default=5,
+        default=3,
         ge=1,
         description="With GC_YOUNG_THRESHOLD set: a full garbage collection after every "
         "this many batches.",
