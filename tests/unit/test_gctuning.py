@@ -52,20 +52,16 @@ def test_reference_cycles_made_after_tuning_are_still_collected(restore_gc: None
     assert gone() is None
 
 
-def test_pacer_runs_a_full_collection_every_nth_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("every_batches", "batches", "expected"), [(3, 7, 2), (1, 4, 4), (0, 10, 0)]
+)
+def test_pacer_runs_a_full_collection_every_nth_batch(
+    monkeypatch: pytest.MonkeyPatch, every_batches: int, batches: int, expected: int
+) -> None:
     runs: list[int] = []
     monkeypatch.setattr(gc, "collect", lambda generation=2: runs.append(generation) or 0)
-    pacer = FullCollectionPacer(3)
-    for _ in range(7):
+    pacer = FullCollectionPacer(every_batches)
+    for _ in range(batches):
         pacer.after_batch()
-    assert runs == [2, 2]
-    assert pacer.collections == 2
-
-
-def test_pacer_with_zero_never_collects(monkeypatch: pytest.MonkeyPatch) -> None:
-    runs: list[int] = []
-    monkeypatch.setattr(gc, "collect", lambda generation=2: runs.append(generation) or 0)
-    pacer = FullCollectionPacer(0)
-    for _ in range(10):
-        pacer.after_batch()
-    assert runs == []
+    assert runs == [2] * expected
+    assert pacer.collections == expected
