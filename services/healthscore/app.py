@@ -124,6 +124,8 @@ class ServiceOptions:
     create_topics: bool = True
     serve_http: bool = True
     gauge_interval_seconds: float = 5.0
+    # the band/risk gauges read all of customer_health
+    distribution_interval_seconds: float = 60.0
     # a full garbage collection after every this many batches (0: the interpreter's
     # own schedule); set where the process's collector is tuned (gctuning)
     full_gc_every_batches: int = 0
@@ -225,7 +227,13 @@ class Service:
             s.consumer_group,
             [s.usage_topic, s.support_topic],
         )
-        self._spawn(self.gauges.run(self.options.gauge_interval_seconds, self._stop))
+        self._spawn(
+            self.gauges.run(
+                self.options.gauge_interval_seconds,
+                self._stop,
+                self.options.distribution_interval_seconds,
+            )
+        )
         if self.options.serve_http:
             await self._start_http()
         log.info(

@@ -70,7 +70,12 @@ async def test_metrics_health_readiness_and_docs_of_a_running_service(
     settings = service_settings(migrated_database, kafka_bootstrap, topics)
     org = str(uuid.uuid4())
     now = datetime.now(UTC) - timedelta(minutes=1)
-    options = ServiceOptions(run_sweep=True, create_topics=False, gauge_interval_seconds=0.5)
+    options = ServiceOptions(
+        run_sweep=True,
+        create_topics=False,
+        gauge_interval_seconds=0.5,
+        distribution_interval_seconds=0.5,
+    )
     producer = await make_producer(kafka_bootstrap)
     try:
         async with running_service(settings, options) as service:

@@ -1,9 +1,10 @@
-"""Gauges that come from state, refreshed every few seconds: lag, outbox, bands."""
+"""Gauges that come from state, refreshed periodically: lag, outbox, bands."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import asyncpg
@@ -21,8 +22,13 @@ SELECT count(*) AS backlog,
        coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_age
 FROM alert_outbox WHERE published_at IS NULL
 """
-BANDS = "SELECT health_status, count(*) AS n FROM customer_health GROUP BY 1"
-RISK_LEVELS = "SELECT risk_level, count(*) AS n FROM customer_health GROUP BY 1"
+# One scan of customer_health for both distributions. It reads the whole table
+# (a million organizations: a few hundred MB), so it runs on its own, slower
+# interval: every 5 s in each replica it was a measured 20% of the throughput
+# with 1M organizations in the tables.
+DISTRIBUTION = """
+SELECT health_status, risk_level, count(*) AS n FROM customer_health GROUP BY 1, 2
+"""
 
 BAND_NAMES = ("excellent", "good", "at_risk", "critical")
 RISK_NAMES = ("low", "medium", "high", "critical")
@@ -54,28 +60,41 @@ class GaugeRefresher:
             self.last_lag[tp] = lag
             self._metrics.consumer_lag.labels(tp[0], str(tp[1])).set(lag)
 
-    async def refresh_state(self) -> None:
+    async def refresh_outbox(self) -> None:
         async with self._pool.acquire() as conn:
             outbox = await conn.fetchrow(OUTBOX_STATS)
-            bands = {r["health_status"]: r["n"] for r in await conn.fetch(BANDS)}
-            risks = {r["risk_level"]: r["n"] for r in await conn.fetch(RISK_LEVELS)}
         assert outbox is not None
         self._metrics.outbox_backlog.set(outbox["backlog"])
         self._metrics.outbox_oldest_age.set(outbox["oldest_age"])
+
+    async def refresh_distribution(self) -> None:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(DISTRIBUTION)
+        bands: dict[str, int] = {}
+        risks: dict[str, int] = {}
+        for row in rows:
+            bands[row["health_status"]] = bands.get(row["health_status"], 0) + row["n"]
+            risks[row["risk_level"]] = risks.get(row["risk_level"], 0) + row["n"]
         for band in BAND_NAMES:
             self._metrics.organizations_by_band.labels(band).set(bands.get(band, 0))
         for level in RISK_NAMES:
             self._metrics.organizations_by_risk.labels(level).set(risks.get(level, 0))
 
-    async def run(self, interval: float, stop: asyncio.Event) -> None:
+    async def run(self, interval: float, stop: asyncio.Event, distribution_interval: float) -> None:
+        """Lag and outbox every `interval`; the band and risk counts every
+        `distribution_interval` (they read all of customer_health)."""
         probe: HighWatermarkProbe | None = None
+        distribution_due = 0.0
         while not stop.is_set():
             try:
                 if probe is None:
                     probe = HighWatermarkProbe(self._bootstrap)
                     await probe.__aenter__()
                 await self.refresh_lag(probe)
-                await self.refresh_state()
+                await self.refresh_outbox()
+                if time.monotonic() >= distribution_due:
+                    await self.refresh_distribution()
+                    distribution_due = time.monotonic() + distribution_interval
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
