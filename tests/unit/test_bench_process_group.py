@@ -6,7 +6,7 @@ from pathlib import Path
 
 import orjson
 
-from healthscore.bench.runner import CommitLog, GroupLog, _merge_naive_stats
+from healthscore.bench.runner import Child, CommitLog, GroupLog, _merge_naive_stats
 
 
 def _write(path: Path, *entries: dict[str, object]) -> None:
@@ -63,3 +63,12 @@ def test_naive_stats_add_up_over_the_union_of_commit_spans() -> None:
         ]
     )
     assert merged == {"records": 17, "applied": 16, "first_commit": 4.0, "last_commit": 9.5}
+
+
+def test_a_new_child_does_not_read_a_log_left_by_an_earlier_run(tmp_path: Path) -> None:
+    path = tmp_path / "t1000-throughput-0.log"
+    _write(path, _batch("2026-11-26T08:00:00+00:00", {"u:0": 0}, {"u:0": 3000}, 3000))
+    child = Child(["true"], {}, path)
+    log = CommitLog(child.log_path)
+    log.poll()
+    assert log.batches == []

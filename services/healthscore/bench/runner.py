@@ -211,6 +211,9 @@ class Child:
         self.argv = argv
         self.env = env
         self.log_path = log_path
+        # a log left in a reused --work-dir by an earlier run would be read as
+        # this child's batches (log names repeat across runs)
+        log_path.unlink(missing_ok=True)
         self.process: subprocess.Popen[bytes] | None = None
         self.peak_rss = 0
         self.current_rss = 0
