@@ -131,15 +131,6 @@ class _Batch:
     duration: float = 0.0  # seconds the batch took, from the handler's call to its commit
 
 
-def _furthest_offsets(batches: Iterable[_Batch]) -> dict[str, int]:
-    """Per partition, the furthest next offset any of the batches committed."""
-    done: dict[str, int] = {}
-    for b in batches:
-        for key, value in b.next.items():
-            done[key] = max(done.get(key, 0), int(value))
-    return done
-
-
 class CommitLog:
     """Tails a service's JSON log: batch commits, assignments, start."""
 
@@ -190,18 +181,6 @@ class CommitLog:
                 self.started = True
             elif entry.get("level") in ("error", "critical"):
                 self.errors.append(str(entry)[:300])
-
-    @property
-    def committed_records(self) -> int:
-        return sum(b.records for b in self.batches)
-
-    def next_offsets(self) -> dict[str, int]:
-        return _furthest_offsets(self.batches)
-
-    @property
-    def progress(self) -> int:
-        """Records committed, counted by stored offsets (redeliveries count once)."""
-        return sum(self.next_offsets().values())
 
 
 class Child:
@@ -299,10 +278,17 @@ class GroupLog:
         return set().union(*(log.assigned for log in self.logs))
 
     def next_offsets(self) -> dict[str, int]:
-        return _furthest_offsets(b for log in self.logs for b in log.batches)
+        """Per partition, the furthest next offset any process committed."""
+        done: dict[str, int] = {}
+        for log in self.logs:
+            for b in log.batches:
+                for key, value in b.next.items():
+                    done[key] = max(done.get(key, 0), int(value))
+        return done
 
     @property
     def progress(self) -> int:
+        """Records committed, counted by stored offsets (redeliveries count once)."""
         return sum(self.next_offsets().values())
 
 
@@ -785,10 +771,11 @@ class Bench:
         before_batch: list[float] = []
         in_batch: list[float] = []
         unmatched = 0
-        last = (sys.maxsize, float("inf"), float("inf"))
+        # sorts after every span that starts at the same offset
+        after_spans = (sys.maxsize, float("inf"), float("inf"))
         for meta, (_, sent_ms) in zip(metas, sends, strict=True):
             spans = ranges.get(f"{meta.topic}:{meta.partition}", [])
-            i = bisect.bisect_right(spans, (meta.offset, *last)) - 1
+            i = bisect.bisect_right(spans, (meta.offset, *after_spans)) - 1
             if i >= 0 and spans[i][0] <= meta.offset < spans[i][1]:
                 _, _, committed, took = spans[i]
                 latencies.append((committed - sent_ms / 1000) * 1000)
