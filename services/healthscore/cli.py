@@ -142,10 +142,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             url = settings.migration_database_url or settings.database_url
             assert url is not None
             await apply_migrations(url.get_secret_value())
-        tuned = tune_garbage_collector(settings.gc_young_threshold)
+        full_gc_every_batches = tune_garbage_collector(
+            settings.gc_young_threshold, settings.gc_full_every_batches
+        )
         options = ServiceOptions(
             run_sweep=not args.no_sweep,
-            full_gc_every_batches=settings.gc_full_every_batches if tuned else 0,
+            full_gc_every_batches=full_gc_every_batches,
         )
         service = Service(settings, options)
         await _wait_for_signal(service.request_stop)
@@ -237,11 +239,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 2
 
     async def main() -> int:
-        tuned = tune_garbage_collector(settings.gc_young_threshold)
+        full_gc_every_batches = tune_garbage_collector(
+            settings.gc_young_threshold, settings.gc_full_every_batches
+        )
         result = await replay(
             settings,
             publish_alerts=args.publish_alerts,
-            full_gc_every_batches=settings.gc_full_every_batches if tuned else 0,
+            full_gc_every_batches=full_gc_every_batches,
         )
         print(
             f"replayed {result.events_applied} events into {result.organizations} "

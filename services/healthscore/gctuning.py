@@ -25,18 +25,19 @@ _MIDDLE_THRESHOLD = 20
 _OLD_THRESHOLD = 1_000_000
 
 
-def tune_garbage_collector(young_threshold: int) -> bool:
-    """Freeze start-up objects and raise the thresholds; False when `young_threshold` is 0.
+def tune_garbage_collector(young_threshold: int, full_every_batches: int) -> int:
+    """Freeze start-up objects and raise the thresholds (`young_threshold` 0: leave all).
 
-    Tuned processes must run full collections themselves (`FullCollectionPacer`).
+    Returns how often the process must run a full collection itself
+    (`FullCollectionPacer`): `full_every_batches` when tuned, 0 when not.
     """
     if young_threshold <= 0:
-        return False
+        return 0
     gc.collect()
     # modules, pydantic schemas, the score model: never garbage, never scanned again
     gc.freeze()
     gc.set_threshold(young_threshold, _MIDDLE_THRESHOLD, _OLD_THRESHOLD)
-    return True
+    return full_every_batches
 
 
 class FullCollectionPacer:

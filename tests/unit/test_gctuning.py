@@ -20,7 +20,7 @@ def restore_gc() -> Iterator[None]:
 
 
 def test_raises_the_young_threshold_and_freezes_startup_objects(restore_gc: None) -> None:
-    assert tune_garbage_collector(50_000)
+    assert tune_garbage_collector(50_000, 3) == 3
     young, middle, old = gc.get_threshold()
     assert (young, middle) == (50_000, 20)
     assert old >= 1_000_000  # full collections are the pacer's job
@@ -30,7 +30,7 @@ def test_raises_the_young_threshold_and_freezes_startup_objects(restore_gc: None
 def test_zero_keeps_the_interpreter_defaults(restore_gc: None) -> None:
     before = gc.get_threshold()
     frozen = gc.get_freeze_count()
-    assert not tune_garbage_collector(0)
+    assert tune_garbage_collector(0, 3) == 0
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == frozen
 
@@ -41,7 +41,7 @@ class _Node:
 
 
 def test_reference_cycles_made_after_tuning_are_still_collected(restore_gc: None) -> None:
-    tune_garbage_collector(1_000)
+    tune_garbage_collector(1_000, 3)
     a, b = _Node(), _Node()
     a.other, b.other = b, a
     gone = weakref.ref(a)
