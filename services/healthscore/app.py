@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ import structlog
 import uvicorn
 from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
+from faststream.kafka.message import FAKE_CONSUMER, KafkaMessage
 from faststream.middlewares import AckPolicy
 
 from healthscore.config import Settings
@@ -33,12 +34,30 @@ from healthscore.kafka_admin import ensure_topics, service_topics
 from healthscore.ops.asyncapi import asyncapi_html, asyncapi_json, declare_outputs
 from healthscore.ops.gauges import GaugeRefresher
 from healthscore.ops.http import OpsApp
+from healthscore.ops.lag import HighWatermarkProbe
+from healthscore.ops.logging import framework_logger
 from healthscore.ops.metrics import Metrics
 from healthscore.outbox import OutboxRelay
 from healthscore.scoring.model import ScoreModel, load_model
 from healthscore.sweep import SilenceSweep
 
 log = structlog.get_logger(__name__)
+
+
+async def _records_as_they_are(records: tuple[Any, ...]) -> KafkaMessage:
+    """FastStream parser: the fetched records, untouched.
+
+    FastStream's own batch parser decodes every header value as UTF-8 and
+    raises on a binary or null one before the handler runs, which dropped the
+    whole fetch. Headers are the service's business (`ingest.decode`).
+    """
+    first, last = records[0], records[-1]
+    return KafkaMessage(
+        records,
+        body=[],
+        message_id=f"{first.topic}-{first.offset}-{last.offset}",
+        consumer=FAKE_CONSUMER,
+    )
 
 
 async def _raw_records(message: Any) -> Any:
@@ -72,13 +91,18 @@ def build_broker(
     bootstrap: str,
     handler: BatchHandler | None,
     listener: SeekToStoredOffsets | None,
+    on_error: Callable[[str], None] | None = None,
 ) -> tuple[KafkaBroker, Any]:
     """The FastStream broker with its one subscriber and the declared outputs.
 
     With no handler it only describes the service (for the AsyncAPI export).
     """
     s = settings
-    broker = KafkaBroker(bootstrap, apply_types=False, logger=None)
+    broker = KafkaBroker(
+        bootstrap,
+        apply_types=False,
+        logger=framework_logger(on_error) if on_error is not None else None,
+    )
     # One subscriber for both input topics: one consumer per process, one
     # group join, and one transaction per fetch whichever topic it came from.
     subscriber = broker.subscriber(
@@ -95,6 +119,7 @@ def build_broker(
         session_timeout_ms=s.kafka_session_timeout_ms,
         heartbeat_interval_ms=max(300, s.kafka_session_timeout_ms // 3),
         listener=listener,
+        parser=_records_as_they_are,
         decoder=_raw_records,
         title="healthscore:consume",
         description=(
@@ -293,6 +318,11 @@ class Service:
     async def _check_partitions(self) -> str | None:
         if not any(listener.assigned for listener in self.listeners):
             return "no input partitions assigned to this process (yet)"
+        refused = {k: v for listener in self.listeners for k, v in listener.refused.items()}
+        if refused:
+            (topic, partition), why = sorted(refused.items())[0]
+            more = f" (+{len(refused) - 1} more)" if len(refused) > 1 else ""
+            return f"not consuming {topic}:{partition}: {why}{more}; see healthscore offsets-reset"
         return None
 
     def _on_sweep(self, duration: float, alert_kinds: list[str]) -> None:
@@ -313,6 +343,10 @@ class Service:
             s.consumer_group,
             lambda: holder["subscriber"].consumer,
             on_change=self._on_rebalance,
+            true_ends=self._true_ends,
+            on_refused=lambda key, why: self.metrics.partitions_refused.labels(
+                key[0], str(key[1])
+            ).set(0 if why is None else 1),
         )
         self.listeners.append(listener)
         handler = BatchHandler(
@@ -321,12 +355,23 @@ class Service:
             on_outcome=self._record_outcome,
             on_failure=lambda exc: self.metrics.batch_failures.inc(),
             after_batch=FullCollectionPacer(self.options.full_gc_every_batches).after_batch,
+            on_gap=lambda gap: self.metrics.offset_gaps.labels(gap.topic).inc(),
         )
         listener.on_revoked = handler.forget
         listener.on_positioned = handler.positioned
         self.handlers.append(handler)
-        broker, holder["subscriber"] = build_broker(s, self.bootstrap, handler, listener)
+        broker, holder["subscriber"] = build_broker(
+            s,
+            self.bootstrap,
+            handler,
+            listener,
+            on_error=lambda source: self.metrics.framework_errors.labels(source).inc(),
+        )
         return broker
+
+    async def _true_ends(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        async with HighWatermarkProbe(self.bootstrap) as probe:
+            return await probe.high_watermarks(partitions)
 
     def _on_rebalance(self, change: str, partitions: int) -> None:
         self.metrics.rebalances.labels(change).inc()

@@ -18,6 +18,7 @@ import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from healthscore.errors import OffsetGap
 from healthscore.ingest.alignment import AlignmentView
 from healthscore.ingest.decode import Decoded, RawRecord, Rejection
 from healthscore.ingest.pipeline import BatchOutcome, BatchPipeline
@@ -28,6 +29,7 @@ log = structlog.get_logger(__name__)
 
 ConsumerGetter = Callable[[], Any]
 Key = tuple[str, int]
+TrueEnds = Callable[[list[Key]], Awaitable[dict[Key, int]]]
 Item = Decoded | Rejection
 
 
@@ -40,6 +42,14 @@ def to_raw(record: Any) -> RawRecord:
         value=record.value,
         timestamp_ms=record.timestamp,
         headers=tuple(record.headers or ()),
+        corrupt=getattr(record, "corrupt", None),
+    )
+
+
+def to_raw_position(record: Any) -> RawRecord:
+    """Only where a record is (for seeking back when even `to_raw` failed)."""
+    return RawRecord(
+        topic=record.topic, partition=record.partition, offset=record.offset, key=None, value=None
     )
 
 
@@ -57,17 +67,27 @@ class SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
         group: str,
         consumer: ConsumerGetter,
         on_change: Callable[[str, int], None] | None = None,
+        true_ends: TrueEnds | None = None,
+        on_refused: Callable[[Key, str | None], None] | None = None,
     ) -> None:
         self._pool = pool
         self._group = group
         self._consumer = consumer
         self._on_change = on_change
+        self._true_ends = true_ends
+        self._on_refused = on_refused
         self.on_revoked: Callable[[set[TopicPartition]], None] | None = None
         self.on_positioned: Callable[[TopicPartition, int], None] | None = None
         self.assigned: set[TopicPartition] = set()
+        # partitions whose stored offset lies outside the log, with why: not consumed
+        self.refused: dict[Key, str] = {}
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self.assigned -= set(revoked)
+        for tp in revoked:
+            was_refused = self.refused.pop((tp.topic, tp.partition), None) is not None
+            if was_refused and self._on_refused is not None:
+                self._on_refused((tp.topic, tp.partition), None)
         if self.on_revoked is not None:
             self.on_revoked(set(revoked))
         if self._on_change and revoked:
@@ -81,8 +101,13 @@ class SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
         # an explicit offset, not seek_to_beginning: that one is applied lazily,
         # after a fetch already in flight has delivered records twice
         beginnings = await consumer.beginning_offsets(unknown) if unknown else {}
+        outside = await self._outside_the_log(consumer, assigned, stored)
         for tp in assigned:
-            offset = stored.get((tp.topic, tp.partition))
+            key = (tp.topic, tp.partition)
+            if key in outside:
+                self._refuse(consumer, tp, outside[key])
+                continue
+            offset = stored.get(key)
             if offset is None:
                 offset = beginnings[tp]
             consumer.seek(tp, offset)
@@ -95,6 +120,56 @@ class SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
         )
         if self._on_change and assigned:
             self._on_change("assigned", len(assigned))
+
+    async def _outside_the_log(
+        self, consumer: Any, assigned: set[TopicPartition], stored: dict[Key, int]
+    ) -> dict[Key, str]:
+        """Partitions whose stored offset the log cannot continue from.
+
+        Above the high watermark: the topic was recreated (or the database
+        belongs to another cluster); the client would silently restart at the
+        log's beginning and skip everything below the stored offset. Below the
+        log start: records were deleted before they were applied. Either way a
+        person decides (`healthscore offsets-reset`), not the consumer.
+        """
+        known = [tp for tp in assigned if (tp.topic, tp.partition) in stored]
+        if not known:
+            return {}
+        starts = await consumer.beginning_offsets(known)
+        ends = await consumer.end_offsets(known)
+        above = [tp for tp in known if stored[(tp.topic, tp.partition)] > ends[tp]]
+        if above and self._true_ends is not None:
+            # ListOffsets(latest) can answer low on some brokers: confirm from a fetch
+            true = await self._true_ends([(tp.topic, tp.partition) for tp in above])
+            for tp in above:
+                ends[tp] = max(ends[tp], true.get((tp.topic, tp.partition), ends[tp]))
+        outside: dict[Key, str] = {}
+        for tp in known:
+            offset = stored[(tp.topic, tp.partition)]
+            if offset > ends[tp]:
+                outside[(tp.topic, tp.partition)] = (
+                    f"stored next offset {offset} is above the high watermark {ends[tp]}"
+                )
+            elif offset < starts[tp]:
+                outside[(tp.topic, tp.partition)] = (
+                    f"stored next offset {offset} is below the log start {starts[tp]}: "
+                    f"records {offset}..{starts[tp] - 1} were deleted before being applied"
+                )
+        return outside
+
+    def _refuse(self, consumer: Any, tp: TopicPartition, why: str) -> None:
+        consumer.pause(tp)
+        key = (tp.topic, tp.partition)
+        self.refused[key] = why
+        if self._on_refused is not None:
+            self._on_refused(key, why)
+        log.error(
+            "partition_refused",
+            topic=tp.topic,
+            partition=tp.partition,
+            reason=why,
+            action="not consuming it; see docs/operations.md, 'Stored offset outside the log'",
+        )
 
 
 class BatchHandler:
@@ -109,6 +184,7 @@ class BatchHandler:
         on_failure: Callable[[BaseException], None] | None = None,
         max_alignment_wait: float = 2.0,
         after_batch: Callable[[], None] | None = None,
+        on_gap: Callable[[OffsetGap], None] | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._consumer = consumer
@@ -129,11 +205,23 @@ class BatchHandler:
         self.max_alignment_wait = max_alignment_wait
         self.failures = 0
         self._after_batch = after_batch
+        self._on_gap = on_gap
+        # offsets this consumer was explicitly sought to and has not yet applied
+        # a batch from: a fetch from there may legitimately start later
+        self._sought: dict[Key, int] = {}
 
     async def __call__(self, records: Sequence[Any]) -> None:
-        raw = [to_raw(r) for r in records]
         async with self._lock:
-            await self._run(raw)
+            raw: list[RawRecord] = []
+            try:
+                raw = [to_raw(r) for r in records]
+                await self._run(raw)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # nothing escapes to the framework: the records are fetched again
+                log.exception("batch_handler_failed", error=type(exc).__name__)
+                await self._rewind(raw or [to_raw_position(r) for r in records], exc)
             if self._after_batch is not None:
                 # between batches, while no batch's objects are alive
                 self._after_batch()
@@ -154,6 +242,7 @@ class BatchHandler:
         """The listener positioned `tp` at `offset` on assignment."""
         key = (tp.topic, tp.partition)
         self.start_positions[key] = offset
+        self._sought[key] = offset
         self._positions.pop(key, None)
         self._frontiers.pop(key, None)
 
@@ -164,6 +253,7 @@ class BatchHandler:
             self._held.pop((tp.topic, tp.partition), None)
             self._frontiers.pop((tp.topic, tp.partition), None)
             self._positions.pop((tp.topic, tp.partition), None)
+            self._sought.pop((tp.topic, tp.partition), None)
 
     async def _run(self, raw: list[RawRecord]) -> None:
         self._last_run = time.monotonic()
@@ -191,9 +281,14 @@ class BatchHandler:
             # let it stall the others for longer than this
             view = None
         try:
-            outcome = await self._pipeline.process_items(items, view)
+            outcome = await self._pipeline.process_items(items, view, dict(self._sought))
         except asyncio.CancelledError:
             raise
+        except OffsetGap as gap:
+            await self._rewind(
+                [i.record for i in items], gap, {(gap.topic, gap.partition): gap.stored}
+            )
+            return
         except Exception as exc:
             # Never skip: a batch that did not commit is fetched again. Transient
             # faults (Postgres restarting, broker paused) heal by themselves; a
@@ -201,6 +296,8 @@ class BatchHandler:
             await self._rewind([i.record for i in items], exc)
             return
         self._backoff = self._backoff_min
+        for key in outcome.next_offsets:
+            self._sought.pop(key, None)
         duration = time.perf_counter() - started
         outcome.timings_ms["decode"] = decode_ms
         self._remember(consumer, outcome, items)
@@ -277,15 +374,31 @@ class BatchHandler:
         if to_resume:
             consumer.resume(*to_resume)
 
-    async def _rewind(self, raw: list[RawRecord], exc: BaseException) -> None:
-        """The batch did not commit: fetch it again after a pause."""
-        self.failures += 1
-        if self._on_failure is not None:
-            self._on_failure(exc)
+    async def _rewind(
+        self,
+        raw: list[RawRecord],
+        exc: BaseException,
+        stored: dict[Key, int] | None = None,
+    ) -> None:
+        """The batch did not commit: fetch it again (after a pause, unless a gap).
+
+        A gap is not a failure to back off from: the partition is sought back
+        to its stored offset (`stored`) and the batch is fetched again at once.
+        """
+        gap = isinstance(exc, OffsetGap)
+        if gap:
+            assert isinstance(exc, OffsetGap)
+            if self._on_gap is not None:
+                self._on_gap(exc)
+        else:
+            self.failures += 1
+            if self._on_failure is not None:
+                self._on_failure(exc)
         first: dict[tuple[str, int], int] = {}
         for record in raw:
             tp = (record.topic, record.partition)
             first[tp] = min(first.get(tp, record.offset), record.offset)
+        first.update(stored or {})
         consumer = self._consumer()
         paused = [TopicPartition(*k) for k in self._held]
         self._held = {}
@@ -293,9 +406,13 @@ class BatchHandler:
             tp = TopicPartition(topic, partition)
             if tp in consumer.assignment():
                 consumer.seek(tp, offset)
+                self._sought[(topic, partition)] = offset
         resumable = [tp for tp in paused if tp in consumer.assignment()]
         if resumable:
             consumer.resume(*resumable)
+        if gap:
+            log.warning("offset_gap_sought_back", message=str(exc), records=len(raw))
+            return
         log.warning(
             "batch_failed_will_retry",
             error=type(exc).__name__,

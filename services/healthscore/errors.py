@@ -23,3 +23,21 @@ class InvalidStoredOffset(HealthscoreError):
 
 class UnsafeDatabaseRole(HealthscoreError):
     """The service would run as a superuser or a BYPASSRLS role."""
+
+
+class OffsetGap(HealthscoreError):
+    """A batch starts past a partition's stored offset: records were skipped.
+
+    Raised before the batch commits; the consumer seeks back to the stored
+    offset, so the skipped records are fetched again instead of lost.
+    """
+
+    def __init__(self, topic: str, partition: int, stored: int, first: int) -> None:
+        super().__init__(
+            f"{topic}:{partition}: batch starts at offset {first}, "
+            f"but the stored next offset is {stored}"
+        )
+        self.topic = topic
+        self.partition = partition
+        self.stored = stored
+        self.first = first

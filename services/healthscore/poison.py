@@ -185,6 +185,21 @@ def poison_corpus(organization_id: str, now: datetime) -> list[PoisonCase]:
     big_properties = u("big_properties", properties={"notes": "n" * (17 * 1024)})
     add("properties_over_16_kib", "usage", big_properties, "invalid_field")
     add("subject_too_long", "support", s("long_subject", subject="S" * 501), "out_of_range")
+    # what PostgreSQL cannot store, refused at decode rather than by every retry
+    add("subject_with_nul", "support", s("nul_subject", subject="Invoice\u0000 #7"), "invalid_text")
+    add("feature_with_nul", "usage", u("nul_feature", feature="cal\u0000endar"), "invalid_text")
+    add(
+        "properties_with_nul",
+        "usage",
+        u("nul_properties", properties={"note": ["a\u0000b"]}),
+        "invalid_text",
+    )
+    # about 3 KB; deeper than the serializer recurses, so built as text
+    shallow = orjson.dumps(u("deep_properties", properties={}))
+    deep = shallow.replace(
+        b'"properties":{}', b'"properties":' + b'{"a":' * 400 + b"{}" + b"}" * 400
+    )
+    add("properties_nested_400_deep", "usage", deep, "out_of_range")
 
     # timestamps
     future = _timestamp(now + timedelta(days=1))
@@ -197,6 +212,22 @@ def poison_corpus(organization_id: str, now: datetime) -> list[PoisonCase]:
         "usage",
         u("garbage_time", occurred_at="yesterday"),
         "invalid_field",
+    )
+    add(
+        "occurred_at_utc_before_year_1",
+        "usage",
+        u("year_zero", occurred_at="0001-01-01T00:00:00+14:00"),
+        "out_of_range",
+    )
+    add(
+        "follow_up_at_utc_after_year_9999",
+        "support",
+        s(
+            "year_10000",
+            action="follow_up_scheduled",
+            follow_up_at="9999-12-31T23:59:59-14:00",
+        ),
+        "out_of_range",
     )
     add(
         "naive_follow_up_at",

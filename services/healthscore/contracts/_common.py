@@ -1,11 +1,15 @@
 """Field types and rules shared by the input contracts."""
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BeforeValidator, Field, ValidationInfo
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field, ValidationInfo
+from pydantic_core import PydanticCustomError
 
 MAX_FUTURE_SKEW = timedelta(minutes=5)
+# deeper `properties` objects are refused before anything recurses into them
+MAX_PROPERTIES_DEPTH = 32
+NO_NUL_PATTERN = "^[^\\u0000]*$"
 
 
 def check_not_in_future(value: datetime, info: ValidationInfo) -> datetime:
@@ -37,9 +41,74 @@ def require_text_timestamp(value: object) -> object:
     return value
 
 
+def check_representable(value: datetime) -> datetime:
+    """The UTC value must lie within years 1-9999, as the contract says.
+
+    `0001-01-01T00:00:00+14:00` parses, but its UTC value is in year 0: every
+    later conversion would fail, on every retry of its batch.
+    """
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise PydanticCustomError(
+            "out_of_range",
+            "its UTC value {value} falls outside 0001-01-01..9999-12-31",
+            {"value": value.isoformat()},
+        ) from None
+    return value
+
+
+def check_text(value: str) -> str:
+    """PostgreSQL text cannot hold U+0000: refuse it here, not in the database."""
+    if "\x00" in value:
+        raise PydanticCustomError(
+            "nul_character",
+            "contains U+0000 at character {index}, which text columns cannot store",
+            {"index": value.index("\x00")},
+        )
+    return value
+
+
+def check_json_value(value: Any) -> None:
+    """Depth and NUL checks of a free-form JSON value, without recursion.
+
+    A few hundred levels of nesting would make any recursive consumer (the
+    serializer measuring its size among them) raise outside validation.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            children = item
+        else:
+            if isinstance(item, str):
+                check_text(item)
+            continue
+        if depth > MAX_PROPERTIES_DEPTH:
+            raise PydanticCustomError(
+                "too_deep",
+                "nested deeper than {limit} levels",
+                {"limit": MAX_PROPERTIES_DEPTH},
+            )
+        stack.extend((child, depth + 1) for child in children)
+
+
+Text = Annotated[
+    str,
+    AfterValidator(check_text),
+    Field(json_schema_extra={"pattern": NO_NUL_PATTERN}),
+]
+_TIMESTAMP_RULE = "RFC 3339 with an offset; its UTC value within 0001-01-01..9999-12-31"
 OccurredAt = Annotated[
     AwareDatetime,
     BeforeValidator(require_text_timestamp),
-    Field(description="When it happened (RFC 3339 with offset); not more than 5 minutes ahead."),
+    AfterValidator(check_representable),
+    Field(description=f"When it happened ({_TIMESTAMP_RULE}); not more than 5 minutes ahead."),
 ]
-TextTimestamp = Annotated[AwareDatetime, BeforeValidator(require_text_timestamp)]
+TextTimestamp = Annotated[
+    AwareDatetime,
+    BeforeValidator(require_text_timestamp),
+    AfterValidator(check_representable),
+]

@@ -5,7 +5,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from healthscore.contracts._common import OccurredAt, TextTimestamp, check_not_in_future
+from healthscore.contracts._common import OccurredAt, Text, TextTimestamp, check_not_in_future
 from healthscore.contracts.enums import (
     Channel,
     InteractionType,
@@ -35,11 +35,15 @@ class SupportEvent(BaseModel):
     assigned_to: UUID | None = Field(
         default=None, description="The support staff member (a user_profiles id)."
     )
-    subject: str | None = Field(
+    subject: Text | None = Field(
         default=None, max_length=500, description="Subject, stored verbatim and searchable."
     )
     follow_up_at: TextTimestamp | None = Field(
-        default=None, description="When to follow up; with `follow_up_scheduled`."
+        default=None,
+        description=(
+            "When to follow up; with `follow_up_scheduled`. RFC 3339 with an offset; "
+            "its UTC value within 0001-01-01..9999-12-31."
+        ),
     )
     occurred_at: OccurredAt
 

@@ -6,7 +6,13 @@ from uuid import UUID
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from healthscore.contracts._common import OccurredAt, check_not_in_future
+from healthscore.contracts._common import (
+    MAX_PROPERTIES_DEPTH,
+    OccurredAt,
+    Text,
+    check_json_value,
+    check_not_in_future,
+)
 from healthscore.contracts.enums import UsageType
 
 MAX_PROPERTIES_BYTES = 16 * 1024
@@ -25,11 +31,15 @@ class UsageEvent(BaseModel):
     quantity: int = Field(
         default=1, ge=1, le=1_000_000, strict=True, description="How many (1..1,000,000)."
     )
-    feature: str | None = Field(
+    feature: Text | None = Field(
         default=None, max_length=100, description="For `feature_used`: which feature."
     )
     properties: dict[str, Any] | None = Field(
-        default=None, description="Optional free-form object, at most 16 KiB serialized."
+        default=None,
+        description=(
+            "Optional free-form object, at most 16 KiB serialized and "
+            f"{MAX_PROPERTIES_DEPTH} levels deep; strings without U+0000."
+        ),
     )
 
     _future = field_validator("occurred_at")(check_not_in_future)
@@ -38,6 +48,7 @@ class UsageEvent(BaseModel):
     @classmethod
     def _properties_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None:
+            check_json_value(value)
             size = len(orjson.dumps(value))  # UTF-8 bytes, as on the wire
             if size > MAX_PROPERTIES_BYTES:
                 raise ValueError(f"properties is {size} bytes serialized; the limit is 16 KiB")

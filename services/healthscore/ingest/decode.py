@@ -33,7 +33,10 @@ class RawRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int | None = None
-    headers: tuple[tuple[str, bytes], ...] = ()
+    # metadata, kept as sent: a value may be binary or null
+    headers: tuple[tuple[str, bytes | None], ...] = ()
+    # set when Kafka's client could not read the record (what failed, where)
+    corrupt: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +68,22 @@ REASONS = (
     "out_of_range",
     "future_timestamp",
     "invalid_field",
+    "invalid_text",
 )
+"""Reasons the decoder gives, from the record alone."""
+
+PIPELINE_REASONS = (
+    "corrupt_record",
+    "undecodable",
+    "event_id_conflict",
+    "interaction_org_mismatch",
+    "unprocessable",
+)
+"""Reasons given later: by the consumer (a record Kafka's client could not read)
+or by the batch (a conflict with what was applied, a record the database or the
+scoring core refused). `undecodable` is the decoder's safety net: an
+unexpected error while decoding becomes a rejection, never an escaped
+exception that would take the record's whole fetch with it."""
 
 _PYDANTIC_REASON = {
     "missing": "missing_field",
@@ -87,6 +105,9 @@ _PYDANTIC_REASON = {
     "less_than_equal": "out_of_range",
     "string_too_long": "out_of_range",
     "too_long": "out_of_range",
+    "out_of_range": "out_of_range",
+    "too_deep": "out_of_range",
+    "nul_character": "invalid_text",
 }
 
 
@@ -101,6 +122,17 @@ class Decoder:
         self._max_bytes = max_message_bytes
 
     def decode(self, record: RawRecord) -> Decoded | Rejection:
+        """Total: every record becomes an event or a rejection with a reason."""
+        try:
+            return self._decode(record)
+        except Exception as exc:
+            return Rejection(
+                record, "undecodable", f"decoding failed: {type(exc).__name__}: {str(exc)[:200]}"
+            )
+
+    def _decode(self, record: RawRecord) -> Decoded | Rejection:
+        if record.corrupt is not None:
+            return Rejection(record, "corrupt_record", record.corrupt)
         model = self._models.get(record.topic)
         if model is None:
             return Rejection(record, "invalid_field", f"unexpected topic {record.topic!r}")

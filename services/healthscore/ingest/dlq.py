@@ -20,13 +20,13 @@ class RecordProducer(Protocol):
         key: bytes | None = None,
         partition: int | None = None,
         timestamp_ms: int | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: list[tuple[str, bytes | None]] | None = None,
     ) -> asyncio.Future[Any]: ...
 
 
-def dlq_headers(rejection: Rejection) -> list[tuple[str, bytes]]:
+def dlq_headers(rejection: Rejection) -> list[tuple[str, bytes | None]]:
     record = rejection.record
-    headers = [
+    headers: list[tuple[str, bytes | None]] = [
         ("x-error-reason", rejection.reason.encode()),
         ("x-error-detail", rejection.detail.encode()),
         ("x-source-topic", record.topic.encode()),

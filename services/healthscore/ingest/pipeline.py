@@ -9,14 +9,26 @@ leaves either the whole batch (effects + offsets) or none of it.
 Two guards make the effects count once even when Kafka delivers a record
 again: records below the stored offset are skipped (redelivery after a
 crash or a rebalance), and an event id already in `processed_events` is
-skipped (upstream duplicates, within the retention window).
+skipped (upstream duplicates, within the retention window). The same id with
+another payload is not a duplicate but a conflict, and is dead-lettered.
+
+A third guard makes sure nothing is skipped: a partition's stored offset only
+moves over records that this transaction applied or dead-lettered. A batch
+whose first record of a partition lies beyond the stored offset (a gap: records
+the client fetched but never handed over) raises `OffsetGap` before anything
+commits, and the consumer seeks back to the stored offset.
+
+A batch that fails on its data (the database refuses a value, the scoring core
+raises) is not an outage: it is split in halves until the one record that
+fails alone is found, and that record is dead-lettered as `unprocessable`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -24,7 +36,7 @@ from uuid import UUID
 import asyncpg
 
 from healthscore.contracts import SupportEvent, UsageEvent
-from healthscore.errors import InvalidStoredOffset
+from healthscore.errors import InvalidStoredOffset, OffsetGap
 from healthscore.ingest.alignment import AlignmentView, align
 from healthscore.ingest.decode import Decoded, Decoder, RawRecord, Rejection
 from healthscore.ingest.dlq import DeadLetterQueue
@@ -37,6 +49,30 @@ from healthscore.store.effects_writer import write_effects
 from healthscore.store.records import interaction_from_row
 
 TopicPartition = tuple[str, int]
+
+# Errors that say "this data cannot be applied", not "the database or broker is
+# away": the batch is narrowed down to the record instead of retried forever.
+# A unique violation is left out on purpose: a race between replicas heals.
+DATA_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.DataError,
+    asyncpg.CheckViolationError,
+    asyncpg.NotNullViolationError,
+    asyncpg.ForeignKeyViolationError,
+    asyncpg.ProgramLimitExceededError,
+    # raised by the pure core on values it cannot compute with
+    ValueError,
+    ArithmeticError,
+    TypeError,
+    LookupError,
+)
+
+
+class TooManyUnprocessable(Exception):
+    """More records of one batch failed alone than a data problem explains.
+
+    A bug that fails every record must block loudly and be retried, not
+    dead-letter the whole stream one record at a time.
+    """
 
 
 @dataclass
@@ -63,6 +99,25 @@ class BatchOutcome:
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
     rejections: list[Rejection] = field(default_factory=list)
 
+    def merge(self, later: BatchOutcome) -> BatchOutcome:
+        """This outcome followed by `later` (the parts of a bisected batch)."""
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(later, f.name)
+            if isinstance(mine, int):
+                setattr(self, f.name, mine + theirs)
+            elif isinstance(mine, list):
+                mine.extend(theirs)
+            elif f.name in ("first_offsets",):
+                for key, value in theirs.items():
+                    mine[key] = min(mine.get(key, value), value)
+            elif f.name in ("next_offsets", "frontiers", "held_from"):
+                for key, value in theirs.items():
+                    mine[key] = max(mine.get(key, value), value)
+            else:  # counters and timings
+                for key, value in theirs.items():
+                    mine[key] = mine.get(key, 0) + value
+        return self
+
 
 class BatchPipeline:
     def __init__(
@@ -73,8 +128,10 @@ class BatchPipeline:
         model: ScoreModel,
         consumer_group: str,
         rescore_step_seconds: float,
+        max_unprocessable_per_batch: int = 10,
     ) -> None:
         self._pool = pool
+        self._max_unprocessable = max_unprocessable_per_batch
         self._decoder = decoder
         self._dlq = dlq
         self._model = model
@@ -97,21 +154,92 @@ class BatchPipeline:
         return outcome
 
     async def process_items(
-        self, items: Sequence[Decoded | Rejection], view: AlignmentView | None = None
+        self,
+        items: Sequence[Decoded | Rejection],
+        view: AlignmentView | None = None,
+        positioned: Mapping[TopicPartition, int] | None = None,
     ) -> BatchOutcome:
         """Apply decoded records; with `view`, only their event-time-aligned part.
 
         Records held back by the alignment are not applied and not stored as
         consumed: `outcome.held_from` says from which offset on, per partition.
+        `positioned` holds the offsets the consumer was explicitly sought to
+        since its last batch of that partition: a fetch from there may start
+        later (the log has nothing to hand over in between: transaction
+        markers, compaction), which is no gap.
         """
-        outcome = BatchOutcome(records=len(items))
         if not items:
-            return outcome
+            return BatchOutcome()
         alignment = align(items, view)
-        decoded = alignment.applied
+        unprocessable: list[int] = [0]
+        outcome = await self._apply_isolating(
+            list(alignment.applied), positioned or {}, unprocessable
+        )
         outcome.held_from = alignment.held_from
         outcome.frontiers = alignment.frontiers
-        outcome.records = len(decoded)
+        return outcome
+
+    async def _apply_isolating(
+        self,
+        items: list[Decoded | Rejection],
+        positioned: Mapping[TopicPartition, int],
+        unprocessable: list[int],
+    ) -> BatchOutcome:
+        """Apply `items`; on a data error, bisect down to the record that fails alone.
+
+        Each half commits on its own with its offsets, so a crash in the middle
+        of a bisection resumes exactly where the database says.
+        """
+        try:
+            return await self._apply(items, positioned)
+        except DATA_ERRORS as exc:
+            if len(items) == 1:
+                unprocessable[0] += 1
+                if unprocessable[0] > self._max_unprocessable:
+                    raise TooManyUnprocessable(
+                        f"more than {self._max_unprocessable} records of one batch failed "
+                        f"alone; the last with {type(exc).__name__}: {exc}"
+                    ) from exc
+                return await self._dead_letter_unprocessable(items[0], exc, positioned)
+            half = len(items) // 2
+            first = await self._apply_isolating(items[:half], positioned, unprocessable)
+            second = await self._apply_isolating(items[half:], positioned, unprocessable)
+            return first.merge(second)
+
+    async def _dead_letter_unprocessable(
+        self,
+        item: Decoded | Rejection,
+        exc: BaseException,
+        positioned: Mapping[TopicPartition, int],
+    ) -> BatchOutcome:
+        """Dead-letter the one record that fails alone and move its offset past it."""
+        record = item.record
+        tp = (record.topic, record.partition)
+        outcome = BatchOutcome(records=1)
+        rejection = Rejection(record, "unprocessable", f"{type(exc).__name__}: {str(exc)[:300]}")
+        async with self._pool.acquire() as conn, conn.transaction():
+            stored = await _lock_offsets(conn, self._group, [tp])
+            if record.offset < stored[tp]:
+                outcome.skipped_replayed = 1
+                _count(outcome.redelivered_by_topic, record.topic)
+                return outcome
+            _check_no_gap(tp, record.offset, stored[tp], positioned)
+            await self._dlq.publish([rejection])
+            await conn.execute(
+                sql.SAVE_OFFSETS, self._group, [tp[0]], [tp[1]], [record.offset + 1], [None]
+            )
+        _count(outcome.consumed_by_topic, record.topic)
+        outcome.first_offsets[tp] = record.offset
+        outcome.next_offsets[tp] = record.offset + 1
+        outcome.rejected["unprocessable"] = 1
+        outcome.rejections = [rejection]
+        return outcome
+
+    async def _apply(
+        self, decoded: list[Decoded | Rejection], positioned: Mapping[TopicPartition, int]
+    ) -> BatchOutcome:
+        """One transaction: effects, dead letters and offsets of `decoded`."""
+        outcome = BatchOutcome(records=len(decoded))
         last: dict[TopicPartition, int] = {}
         first = outcome.first_offsets
         for item in decoded:
@@ -128,6 +256,7 @@ class BatchPipeline:
             marks.lap("begin")
             stored = await _lock_offsets(conn, self._group, partitions)
             fresh: list[Decoded | Rejection] = []
+            first_fresh: dict[TopicPartition, int] = {}
             for item in decoded:
                 record = item.record
                 tp = (record.topic, record.partition)
@@ -135,11 +264,15 @@ class BatchPipeline:
                     outcome.skipped_replayed += 1
                     _count(outcome.redelivered_by_topic, record.topic)
                     continue
+                first_fresh[tp] = min(first_fresh.get(tp, record.offset), record.offset)
                 fresh.append(item)
+            for tp, offset in first_fresh.items():
+                _check_no_gap(tp, offset, stored[tp], positioned)
             events = [d for d in fresh if isinstance(d, Decoded)]
             dead = [d for d in fresh if isinstance(d, Rejection)]
 
-            new_events, duplicates = await _claim_new_events(conn, events)
+            new_events, duplicates, conflicts = await _claim_new_events(conn, events)
+            dead.extend(conflicts)
             marks.lap("claim")
             outcome.duplicates = len(duplicates)
             for item in duplicates:
@@ -153,11 +286,12 @@ class BatchPipeline:
                 await conn.execute(
                     sql.UNCLAIM_EVENT_IDS, [event.event_id for event, _ in effects.misrouted]
                 )
-            # dead letters leave before the commit: see DeadLetterQueue.publish
-            await self._dlq.publish(dead)
-            marks.lap("dead_letters")
             await write_effects(conn, effects, self._model, self._rescore_step, outcome.timings_ms)
             marks.lap("write")
+            # dead letters leave before the commit (see DeadLetterQueue.publish) and
+            # after the writes, so a batch the database refuses sends none
+            await self._dlq.publish(dead)
+            marks.lap("dead_letters")
             max_times = _max_event_times(events)
             next_offsets = {tp: max(stored[tp], last[tp] + 1) for tp in partitions}
             await conn.execute(
@@ -209,6 +343,14 @@ class BatchPipeline:
         return effects
 
 
+def _check_no_gap(
+    tp: TopicPartition, first: int, stored: int, positioned: Mapping[TopicPartition, int]
+) -> None:
+    """The stored offset may only move over records handed to this batch."""
+    if first > stored and positioned.get(tp) != stored:
+        raise OffsetGap(tp[0], tp[1], stored, first)
+
+
 async def _lock_offsets(
     conn: Connection, group: str, partitions: list[TopicPartition]
 ) -> dict[TopicPartition, int]:
@@ -250,29 +392,62 @@ async def _lock_states(conn: Connection, orgs: list[UUID]) -> dict[str, Organiza
     return states
 
 
+def payload_digest(item: Decoded) -> bytes:
+    """What was applied under an event id: topic and the event as validated.
+
+    The validated form, not the raw bytes, so that a producer re-serializing
+    the same event (another key order, other whitespace) repeats it exactly.
+    """
+    body = item.event.__pydantic_serializer__.to_json(item.event)
+    return hashlib.blake2b(item.record.topic.encode() + b"\0" + body, digest_size=16).digest()
+
+
 async def _claim_new_events(
     conn: Connection, events: list[Decoded]
-) -> tuple[list[Decoded], list[Decoded]]:
-    """Insert the batch's event ids; split into first occurrences and duplicates."""
+) -> tuple[list[Decoded], list[Decoded], list[Rejection]]:
+    """Insert the batch's event ids; split into first occurrences, duplicates, conflicts.
+
+    A duplicate repeats what was applied under its id (same digest); a
+    conflict reuses the id for another payload and is dead-lettered.
+    """
     if not events:
-        return [], []
+        return [], [], []
     bodies = [d.event for d in events]
+    digests = [payload_digest(d) for d in events]
     rows = await conn.fetch(
         sql.CLAIM_EVENT_IDS,
         [e.event_id for e in bodies],
         [e.organization_id for e in bodies],
         [e.occurred_at for e in bodies],
+        digests,
     )
     claimed: set[UUID] = {r["event_id"] for r in rows}
+    applied: dict[UUID, bytes | None] = {}
+    repeated = [e.event_id for e in bodies if e.event_id not in claimed]
+    if repeated:
+        for row in await conn.fetch(sql.READ_EVENT_DIGESTS, repeated):
+            applied[row["event_id"]] = row["payload_digest"]
     fresh: list[Decoded] = []
     duplicates: list[Decoded] = []
-    for item in events:
-        if item.event.event_id in claimed:
-            claimed.discard(item.event.event_id)  # later copies in this batch are duplicates
+    conflicts: list[Rejection] = []
+    for item, digest in zip(events, digests, strict=True):
+        event_id = item.event.event_id
+        if event_id in claimed:
+            claimed.discard(event_id)  # later copies in this batch compare with this one
+            applied[event_id] = digest
             fresh.append(item)
-        else:
+        elif applied.get(event_id) in (None, digest):
+            # ids applied before digests were kept count as plain duplicates
             duplicates.append(item)
-    return fresh, duplicates
+        else:
+            conflicts.append(
+                Rejection(
+                    item.record,
+                    "event_id_conflict",
+                    f"event_id {event_id} was applied before with another payload",
+                )
+            )
+    return fresh, duplicates, conflicts
 
 
 class _Marks:

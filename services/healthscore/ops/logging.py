@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 
 import structlog
 
@@ -30,3 +31,42 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+
+
+class _FrameworkLogHandler(logging.Handler):
+    """Framework log records into the service's log, errors also into a counter."""
+
+    def __init__(self, on_error: Callable[[str], None]) -> None:
+        super().__init__(level=logging.WARNING)
+        self._on_error = on_error
+        self._log = structlog.get_logger("healthscore.framework")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if record.levelno >= logging.ERROR:
+                self._on_error(record.name)
+                self._log.error(
+                    "framework_error",
+                    source=record.name,
+                    message=record.getMessage(),
+                    exc_info=record.exc_info,
+                )
+            else:
+                self._log.warning(
+                    "framework_warning", source=record.name, message=record.getMessage()
+                )
+        except Exception:
+            self.handleError(record)
+
+
+def framework_logger(on_error: Callable[[str], None]) -> logging.Logger:
+    """The logger FastStream gets: never muted, its errors logged and counted.
+
+    Its per-batch INFO lines stay out; warnings and errors (an exception in the
+    consume loop, a failed fetch) reach the log and `on_error`.
+    """
+    # not from the registry: each service instance counts into its own metrics
+    logger = logging.Logger("faststream", level=logging.WARNING)
+    logger.propagate = False
+    logger.addHandler(_FrameworkLogHandler(on_error))
+    return logger

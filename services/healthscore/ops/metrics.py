@@ -71,6 +71,26 @@ class Metrics:
             "Batches that failed and were fetched again.",
             registry=r,
         )
+        self.offset_gaps = Counter(
+            "healthscore_offset_gaps_total",
+            "Batches that started past a partition's stored offset (records fetched but "
+            "not handed over); the partition was sought back, nothing committed.",
+            ["topic"],
+            registry=r,
+        )
+        self.partitions_refused = Gauge(
+            "healthscore_partition_refused",
+            "1 while a partition is not consumed because its stored offset lies outside "
+            "the log (above the high watermark or below the log start).",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.framework_errors = Counter(
+            "healthscore_framework_errors_total",
+            "Errors the consumer framework logged (its consume loop, a failed fetch).",
+            ["source"],
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "healthscore_consumer_lag_records",
             "High watermark minus the next offset stored in PostgreSQL.",

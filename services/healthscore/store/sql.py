@@ -38,10 +38,14 @@ WHERE o.consumer_group = $1 AND o.topic = x.topic AND o.partition = x.partition
 """
 
 CLAIM_EVENT_IDS = """
-INSERT INTO processed_events (event_id, organization_id, occurred_at)
-SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[])
+INSERT INTO processed_events (event_id, organization_id, occurred_at, payload_digest)
+SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::bytea[])
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id
+"""
+
+READ_EVENT_DIGESTS = """
+SELECT event_id, payload_digest FROM processed_events WHERE event_id = ANY($1::uuid[])
 """
 
 UNCLAIM_EVENT_IDS = """

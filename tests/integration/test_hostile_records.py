@@ -1,0 +1,383 @@
+"""Hostile records next to valid ones, as real bytes through the real broker.
+
+Each case once made the service drop, block or silently miscount valid
+records around it. Here every valid neighbour must be applied exactly once,
+every bad record must reach the DLQ with its specific reason, and the stored
+offsets must reach the end of every partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from aiokafka import TopicPartition
+
+from tests.utils.harness import (
+    consume_all,
+    fetchval,
+    make_producer,
+    make_topics,
+    running_service,
+    service_settings,
+)
+from tests.utils.scenarios import high_watermarks, stored_offsets, wait_caught_up
+
+
+def _org(label: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"hostile-{label}"))
+
+
+def _usage(org: str, n: int, at: datetime, **changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"hostile-usage-{org}-{n}")),
+        "organization_id": org,
+        "type": "feature_used",
+        "feature": "calendar",
+        "occurred_at": (at + timedelta(seconds=n)).isoformat(),
+    }
+    body.update(changes)
+    return body
+
+
+def _support(org: str, n: int, at: datetime, **changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"hostile-support-{org}-{n}")),
+        "organization_id": org,
+        "interaction_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"hostile-interaction-{org}-{n}")),
+        "action": "opened",
+        "interaction_type": "check_in",
+        "channel": "chat",
+        "subject": f"question {n}",
+        "occurred_at": (at + timedelta(seconds=n)).isoformat(),
+    }
+    body.update(changes)
+    return body
+
+
+def _dead_by_offset(records: list[Any]) -> dict[tuple[int, int], dict[str, bytes | None]]:
+    out: dict[tuple[int, int], dict[str, bytes | None]] = {}
+    for record in records:
+        named = dict(record.headers)
+        partition, offset = named["x-source-partition"], named["x-source-offset"]
+        assert partition is not None and offset is not None
+        out[(int(partition), int(offset))] = named
+    return out
+
+
+async def test_binary_and_null_headers_do_not_invalidate_or_drop_a_fetch(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """FastStream's parser used to decode header values and drop the whole fetch."""
+    topics = await make_topics(kafka_bootstrap, partitions=2)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    orgs = [_org(f"headers-{i}") for i in range(6)]
+    binary = ("traceparent-bin", b"\xff\x00\xfe\x80")
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        async with running_service(settings) as service:
+            futures = []
+            for n in range(60):
+                org = orgs[n % len(orgs)]
+                headers: list[tuple[str, bytes | None]] | None = None
+                if n % 10 == 3:
+                    headers = [binary]
+                elif n % 10 == 7:
+                    headers = [("x-null", None), ("ok", b"plain")]
+                futures.append(
+                    await producer.send(
+                        topics.usage,
+                        orjson.dumps(_usage(org, n, at)),
+                        key=org.encode(),
+                        headers=headers,
+                    )
+                )
+            # a bad record carrying a binary header: dead-lettered, header kept
+            bad = await producer.send(
+                topics.usage,
+                orjson.dumps(_usage(orgs[0], 999, at, quantity=0)),
+                key=orgs[0].encode(),
+                headers=[binary],
+            )
+            for future in futures:
+                await future
+            bad_meta = await bad
+            await wait_caught_up(
+                migrated_database, kafka_bootstrap, settings.consumer_group, [topics.usage]
+            )
+            framework_errors = sum(
+                s.value
+                for metric in service.metrics.framework_errors.collect()
+                for s in metric.samples
+                if s.name.endswith("_total")
+            )
+    finally:
+        await producer.stop()
+
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 60
+    dead = _dead_by_offset(await consume_all(kafka_bootstrap, topics.dlq_usage, 1, settle=0.5))
+    assert list(dead) == [(bad_meta.partition, bad_meta.offset)]
+    named = dead[(bad_meta.partition, bad_meta.offset)]
+    assert named["x-error-reason"] == b"out_of_range"
+    assert named[binary[0]] == binary[1]
+    assert framework_errors == 0
+
+
+async def test_records_postgres_cannot_store_are_rejected_at_decode(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """NUL in text and times outside years 1-9999 used to wedge every retry."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org = _org("unstorable")
+    cases = {
+        "invalid_text": _support(org, 100, at, subject="refund\u0000please"),
+        "out_of_range": _support(
+            org,
+            101,
+            at,
+            action="follow_up_scheduled",
+            follow_up_at="9999-12-31T23:59:59-14:00",
+        ),
+    }
+    producer = await make_producer(kafka_bootstrap)
+    offsets: dict[int, str] = {}
+    try:
+        async with running_service(settings):
+            for n in range(20):
+                await producer.send(
+                    topics.support, orjson.dumps(_support(org, n, at)), key=org.encode()
+                )
+                if n in (5, 12):
+                    reason = "invalid_text" if n == 5 else "out_of_range"
+                    meta = await producer.send_and_wait(
+                        topics.support, orjson.dumps(cases[reason]), key=org.encode()
+                    )
+                    offsets[meta.offset] = reason
+            await producer.flush()
+            await wait_caught_up(
+                migrated_database, kafka_bootstrap, settings.consumer_group, [topics.support]
+            )
+    finally:
+        await producer.stop()
+    assert await fetchval(migrated_database, "SELECT count(*) FROM support_interactions") == 20
+    dead = _dead_by_offset(await consume_all(kafka_bootstrap, topics.dlq_support, 2, settle=0.5))
+    assert {offset: named["x-error-reason"] for (_p, offset), named in dead.items()} == {
+        offset: reason.encode() for offset, reason in offsets.items()
+    }
+
+
+async def test_a_record_only_the_database_refuses_is_isolated(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A data error narrows the batch down to its record; the rest is applied."""
+    conn_url = migrated_database
+    # a rule the decoder does not know: only the database refuses this subject
+    await fetchval(
+        conn_url,
+        "ALTER TABLE support_interactions ADD CONSTRAINT hostile_refused "
+        "CHECK (subject IS DISTINCT FROM 'the database refuses this')",
+    )
+    topics = await make_topics(kafka_bootstrap, partitions=2)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics, batch_timeout_ms=300)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    orgs = [_org(f"refused-{i}") for i in range(4)]
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        sends = []
+        for n in range(80):
+            org = orgs[n % len(orgs)]
+            body = _support(org, n, at)
+            if n == 41:
+                body["subject"] = "the database refuses this"
+            sends.append(
+                (n, await producer.send(topics.support, orjson.dumps(body), key=org.encode()))
+            )
+        metas = {n: await future for n, future in sends}
+        # produced before the service starts: one fetch holds the poison and its neighbours
+        async with running_service(settings) as service:
+            await wait_caught_up(
+                migrated_database, kafka_bootstrap, settings.consumer_group, [topics.support]
+            )
+            failures = service.handlers[0].failures
+    finally:
+        await producer.stop()
+    assert await fetchval(conn_url, "SELECT count(*) FROM support_interactions") == 79
+    assert await fetchval(conn_url, "SELECT count(*) FROM processed_events") == 79
+    dead = _dead_by_offset(await consume_all(kafka_bootstrap, topics.dlq_support, 1, settle=0.5))
+    poison = metas[41]
+    assert list(dead) == [(poison.partition, poison.offset)]
+    named = dead[(poison.partition, poison.offset)]
+    assert named["x-error-reason"] == b"unprocessable"
+    detail = named["x-error-detail"]
+    assert detail is not None and b"CheckViolationError" in detail
+    assert failures == 0  # a data error is no outage: nothing was retried with backoff
+    stored = await stored_offsets(migrated_database, settings.consumer_group)
+    ends = await high_watermarks(kafka_bootstrap, [topics.support])
+    assert {tp: stored.get(tp, 0) for tp in ends} == ends
+
+
+async def test_a_reused_event_id_with_another_payload_is_a_conflict(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    topics = await make_topics(kafka_bootstrap, partitions=2)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org, other = _org("conflict-a"), _org("conflict-b")
+    original = _usage(org, 1, at)
+    # the same event re-serialized (other key order, other spacing): an exact repeat
+    repeat = orjson.dumps(dict(reversed(list(original.items()))), option=orjson.OPT_INDENT_2)
+    changed = {**original, "quantity": 7}
+    elsewhere = {**original, "organization_id": other}
+    on_support = _support(org, 2, at, event_id=original["event_id"])
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        async with running_service(settings) as service:
+            await producer.send_and_wait(topics.usage, orjson.dumps(original), key=org.encode())
+            await producer.send_and_wait(topics.usage, repeat, key=org.encode())
+            conflicts = [
+                await producer.send_and_wait(topics.usage, orjson.dumps(changed), key=org.encode()),
+                await producer.send_and_wait(
+                    topics.usage, orjson.dumps(elsewhere), key=other.encode()
+                ),
+                await producer.send_and_wait(
+                    topics.support, orjson.dumps(on_support), key=org.encode()
+                ),
+            ]
+            await wait_caught_up(
+                migrated_database,
+                kafka_bootstrap,
+                settings.consumer_group,
+                [topics.usage, topics.support],
+            )
+            duplicates = sum(o.duplicates for o in service.outcomes)
+    finally:
+        await producer.stop()
+    assert duplicates == 1
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 1
+    quantity = await fetchval(
+        migrated_database,
+        "SELECT (state->>'event_count')::int FROM organization_state WHERE organization_id = $1",
+        uuid.UUID(org),
+    )
+    assert quantity == 1
+    dead_usage = _dead_by_offset(
+        await consume_all(kafka_bootstrap, topics.dlq_usage, 2, settle=0.5)
+    )
+    dead_support = _dead_by_offset(
+        await consume_all(kafka_bootstrap, topics.dlq_support, 1, settle=0.5)
+    )
+    assert set(dead_usage) == {(m.partition, m.offset) for m in conflicts[:2]}
+    assert set(dead_support) == {(conflicts[2].partition, conflicts[2].offset)}
+    reasons = {named["x-error-reason"] for named in [*dead_usage.values(), *dead_support.values()]}
+    assert reasons == {b"event_id_conflict"}
+
+
+async def test_the_gap_guard_seeks_back_over_records_never_handed_over(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """Skip the consumer ahead behind the service's back: nothing may be lost."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org = _org("gap")
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        async with running_service(settings) as service:
+            for n in range(3):
+                await producer.send_and_wait(
+                    topics.usage, orjson.dumps(_usage(org, n, at)), key=org.encode()
+                )
+            await wait_caught_up(
+                migrated_database, kafka_bootstrap, settings.consumer_group, [topics.usage]
+            )
+            # what a client or framework losing a fetch looks like: the position
+            # moves past records the handler never saw
+            consumer = service.handlers[0]._consumer()
+            consumer.seek(TopicPartition(topics.usage, 0), 8)
+            for n in range(3, 13):
+                await producer.send_and_wait(
+                    topics.usage, orjson.dumps(_usage(org, n, at)), key=org.encode()
+                )
+            await wait_caught_up(
+                migrated_database, kafka_bootstrap, settings.consumer_group, [topics.usage]
+            )
+            gaps = sum(
+                s.value
+                for metric in service.metrics.offset_gaps.collect()
+                for s in metric.samples
+                if s.name.endswith("_total")
+            )
+    finally:
+        await producer.stop()
+    assert gaps >= 1
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 13
+    stored = await stored_offsets(migrated_database, settings.consumer_group)
+    assert stored[(topics.usage, 0)] == 13
+
+
+async def test_a_stored_offset_beyond_the_log_is_refused_loudly(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A recreated topic under a surviving database: consume nothing there, say so."""
+    topics = await make_topics(kafka_bootstrap, partitions=2)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org = _org("recreated")
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        sent = [
+            await producer.send_and_wait(
+                topics.usage, orjson.dumps(_usage(org, n, at)), key=org.encode()
+            )
+            for n in range(5)
+        ]
+    finally:
+        await producer.stop()
+    partition = sent[0].partition
+    # the database remembers more of this partition than the (new) log holds
+    await fetchval(
+        migrated_database,
+        "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset) "
+        "VALUES ($1, $2, $3, 1000)",
+        settings.consumer_group,
+        topics.usage,
+        partition,
+    )
+
+    def readyz(port: int) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    async with running_service(settings) as service:
+        assert service.http_port is not None
+        body = ""
+        for _ in range(60):  # bounded: readiness is refreshed in the background
+            status, body = await asyncio.to_thread(readyz, service.http_port)
+            if "high watermark" in json.loads(body)["checks"]["partitions"]:
+                break
+            await asyncio.sleep(0.5)
+        assert status == 503
+        assert "above the high watermark" in json.loads(body)["checks"]["partitions"]
+        refused = {
+            s.labels["partition"]: s.value
+            for metric in service.metrics.partitions_refused.collect()
+            for s in metric.samples
+        }
+        assert refused == {str(partition): 1.0}
+        await asyncio.sleep(1.0)  # time to (wrongly) consume, had it not refused
+    # nothing consumed, and the stored offset is untouched
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 0
+    stored = await stored_offsets(migrated_database, settings.consumer_group)
+    assert stored[(topics.usage, partition)] == 1000

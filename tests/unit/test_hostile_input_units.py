@@ -1,0 +1,75 @@
+"""Units behind the hostile-input guarantees (the broker-level proofs are in
+tests/integration/test_hostile_records.py)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from healthscore.ingest.decode import PIPELINE_REASONS, Decoder, RawRecord, Rejection
+from healthscore.ingest.pipeline import BatchOutcome
+from healthscore.ops.logging import framework_logger
+
+
+def test_decoding_is_total() -> None:
+    decoder = Decoder("usage", "support", 65536)
+    # a value of the wrong type stands for any bug inside decoding
+    broken: Any = "not bytes"
+    result = decoder.decode(RawRecord("usage", 0, 7, b"k", broken))
+    assert isinstance(result, Rejection)
+    assert result.reason == "undecodable"
+    assert "AttributeError" in result.detail
+    assert result.reason in PIPELINE_REASONS
+
+
+def test_a_record_the_client_could_not_read_is_rejected_as_corrupt() -> None:
+    decoder = Decoder("usage", "support", 65536)
+    record = RawRecord("usage", 1, 9, None, None, corrupt="header key is not UTF-8")
+    result = decoder.decode(record)
+    assert isinstance(result, Rejection)
+    assert (result.reason, result.detail) == ("corrupt_record", "header key is not UTF-8")
+
+
+def test_framework_errors_are_counted_and_warnings_are_not() -> None:
+    seen: list[str] = []
+    logger = framework_logger(seen.append)
+    logger.info("per-batch chatter stays out")
+    logger.warning("a warning")
+    try:
+        raise RuntimeError("consume loop failed")
+    except RuntimeError:
+        logger.exception("Kafka error occurred")
+    logger.log(logging.CRITICAL, "worse")
+    assert seen == ["faststream", "faststream"]
+
+
+def test_outcomes_of_a_bisected_batch_add_up() -> None:
+    first = BatchOutcome(
+        records=2,
+        applied=2,
+        rejected={"unprocessable": 1},
+        consumed_by_topic={"usage": 2},
+        first_offsets={("usage", 0): 10},
+        next_offsets={("usage", 0): 12},
+        timings_ms={"write": 1.5},
+        record_timestamps_ms=[1, 2],
+    )
+    second = BatchOutcome(
+        records=3,
+        applied=1,
+        duplicates=2,
+        rejected={"unprocessable": 1, "invalid_json": 1},
+        consumed_by_topic={"usage": 1, "support": 2},
+        first_offsets={("usage", 0): 12, ("support", 1): 4},
+        next_offsets={("usage", 0): 13, ("support", 1): 6},
+        timings_ms={"write": 2.0},
+        record_timestamps_ms=[3],
+    )
+    merged = first.merge(second)
+    assert (merged.records, merged.applied, merged.duplicates) == (5, 3, 2)
+    assert merged.rejected == {"unprocessable": 2, "invalid_json": 1}
+    assert merged.consumed_by_topic == {"usage": 3, "support": 2}
+    assert merged.first_offsets == {("usage", 0): 10, ("support", 1): 4}
+    assert merged.next_offsets == {("usage", 0): 13, ("support", 1): 6}
+    assert merged.timings_ms == {"write": 3.5}
+    assert merged.record_timestamps_ms == [1, 2, 3]
