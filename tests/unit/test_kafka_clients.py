@@ -190,7 +190,7 @@ async def test_every_client_carries_sasl_ssl_scram_sha_512(pki: tuple[Issued, Is
     assert options["sasl_plain_username"] == "healthscore"
     assert options["sasl_plain_password"] == PASSWORD
     _assert_verifies_with_test_ca(options["ssl_context"])
-    # the subscriber's consumer is built by this factory when the broker starts
+    # the subscriber's consumer comes from this builder (rebuilt from the same options at start)
     subscriber_consumer = broker.config.broker_config.builder("t", group_id="g")
     _assert_scram512(subscriber_consumer._client)
     await subscriber_consumer.stop()
