@@ -25,12 +25,13 @@ from faststream.middlewares import AckPolicy
 from healthscore.config import Settings
 from healthscore.consumers import BatchHandler, SeekToStoredOffsets
 from healthscore.contracts import SupportEvent, UsageEvent
-from healthscore.db import create_pool
+from healthscore.db import create_pool, database_tls
 from healthscore.gctuning import FullCollectionPacer
 from healthscore.ingest.decode import Decoder
 from healthscore.ingest.dlq import DeadLetterQueue
 from healthscore.ingest.pipeline import BatchOutcome, BatchPipeline
 from healthscore.kafka_admin import ensure_topics, service_topics
+from healthscore.kafka_clients import KafkaConnection
 from healthscore.ops.asyncapi import asyncapi_html, asyncapi_json, declare_outputs
 from healthscore.ops.gauges import GaugeRefresher
 from healthscore.ops.http import OpsApp
@@ -98,8 +99,7 @@ def build_broker(
     With no handler it only describes the service (for the AsyncAPI export).
     """
     s = settings
-    broker = KafkaBroker(
-        bootstrap,
+    broker = KafkaConnection.from_settings(s, bootstrap).broker(
         apply_types=False,
         logger=framework_logger(on_error) if on_error is not None else None,
     )
@@ -190,21 +190,29 @@ class Service:
             raise ValueError("KAFKA_BOOTSTRAP_SERVERS is not set")
         return self.settings.kafka_bootstrap_servers
 
+    @property
+    def kafka(self) -> KafkaConnection:
+        return KafkaConnection.from_settings(self.settings, self.bootstrap)
+
     async def start(self) -> None:
         s = self.settings
         self.model = load_model(s.model_path)
         if self.options.create_topics:
             await ensure_topics(
-                self.bootstrap,
+                self.kafka,
                 service_topics(s),
                 s.topic_partitions,
+                s.topic_replication_factor,
                 compacted=frozenset({s.health_topic}),
             )
         self.pool = await create_pool(
-            self.database_url, s.database_role, min_size=1, max_size=s.database_pool_size
+            self.database_url,
+            s.database_role,
+            min_size=1,
+            max_size=s.database_pool_size,
+            tls=database_tls(s),
         )
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
+        self.producer = self.kafka.producer(
             acks="all",
             enable_idempotence=s.kafka_idempotent_producer,
             linger_ms=5,
@@ -248,7 +256,7 @@ class Service:
         self.gauges = GaugeRefresher(
             self.pool,
             self.metrics,
-            self.bootstrap,
+            self.kafka,
             s.consumer_group,
             [s.usage_topic, s.support_topic],
         )
@@ -370,7 +378,7 @@ class Service:
         return broker
 
     async def _true_ends(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        async with HighWatermarkProbe(self.bootstrap) as probe:
+        async with HighWatermarkProbe(self.kafka) as probe:
             return await probe.high_watermarks(partitions)
 
     def _on_rebalance(self, change: str, partitions: int) -> None:

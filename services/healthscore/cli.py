@@ -80,6 +80,7 @@ async def _wait_for_signal(on_signal: Callable[[], None]) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from healthscore.db import database_tls
     from healthscore.migrate import apply_migrations
 
     settings = _settings(args)
@@ -93,7 +94,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         return 2
 
     async def main() -> int:
-        applied = await apply_migrations(url.get_secret_value())
+        applied = await apply_migrations(url.get_secret_value(), tls=database_tls(settings))
         print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none (up to date)'}")
         return 0
 
@@ -132,6 +133,7 @@ def _sleep() -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from healthscore.app import Service, ServiceOptions
+    from healthscore.db import database_tls
     from healthscore.migrate import apply_migrations
 
     settings = _settings(args)
@@ -141,7 +143,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.migrate:
             url = settings.migration_database_url or settings.database_url
             assert url is not None
-            await apply_migrations(url.get_secret_value())
+            await apply_migrations(url.get_secret_value(), tls=database_tls(settings))
         full_gc_every_batches = tune_garbage_collector(
             settings.gc_young_threshold, settings.gc_full_every_batches
         )
@@ -179,8 +181,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime, timedelta
 
-    from aiokafka import AIOKafkaProducer
-
+    from healthscore.kafka_clients import KafkaConnection
     from healthscore.simulator import SimulationConfig, generate, produce
 
     settings = _settings(args)
@@ -201,8 +202,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     )
 
     async def main() -> int:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
+        producer = KafkaConnection.from_settings(settings).producer(
             acks="all",
             enable_idempotence=settings.kafka_idempotent_producer,
         )
@@ -260,6 +260,8 @@ def cmd_lag(args: argparse.Namespace) -> int:
     import asyncpg
     from aiokafka.errors import KafkaError
 
+    from healthscore.db import connect, database_tls
+    from healthscore.kafka_clients import KafkaConnection
     from healthscore.ops.lag import consumer_lag
 
     settings = _settings(args)
@@ -267,16 +269,18 @@ def cmd_lag(args: argparse.Namespace) -> int:
         print("error: set DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
         return 2
     group = args.group or settings.consumer_group
-    bootstrap = settings.kafka_bootstrap_servers
     url = settings.database_url.get_secret_value()
 
     async def main() -> int:
         role = {"role": settings.database_role} if settings.database_role else {}
         try:
-            conn = await asyncpg.connect(url, server_settings=role)
+            conn = await connect(url, database_tls(settings), server_settings=role)
             try:
                 lags = await consumer_lag(
-                    bootstrap, conn, group, [settings.usage_topic, settings.support_topic]
+                    KafkaConnection.from_settings(settings),
+                    conn,
+                    group,
+                    [settings.usage_topic, settings.support_topic],
                 )
             finally:
                 await conn.close()

@@ -2,11 +2,16 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_PATH = Path(__file__).parent / "model" / "health_model.v1.json"
+
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+DatabaseSslMode = Literal["disable", "require", "verify-ca", "verify-full"]
 
 
 class Settings(BaseSettings):
@@ -29,12 +34,61 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(
         default=6, ge=2, description="Batch, relay, sweep, gauges and readiness share it."
     )
+    database_sslmode: DatabaseSslMode | None = Field(
+        default=None,
+        description="TLS to PostgreSQL for DATABASE_URL and MIGRATION_DATABASE_URL (overrides "
+        "an sslmode in the URLs). verify-full: encrypted, certificate chain and host name "
+        "checked; verify-ca: chain only; require: encrypted, unverified unless "
+        "DATABASE_SSLROOTCERT is set (as libpq); disable: no TLS. Unset: as the URL says "
+        "(asyncpg's default: prefer).",
+    )
+    database_sslrootcert: FilePath | None = Field(
+        default=None,
+        description="CA certificate(s) (PEM) the server certificate must chain to. Unset with "
+        "verify-ca/verify-full: the system trust store (libpq's sslrootcert=system).",
+    )
+    database_sslcert: FilePath | None = Field(
+        default=None, description="Client certificate (PEM) for certificate authentication."
+    )
+    database_sslkey: FilePath | None = Field(
+        default=None,
+        description="Private key of DATABASE_SSLCERT (unset: the key is in the certificate file).",
+    )
+    database_sslkey_password: SecretStr | None = Field(
+        default=None, description="Passphrase of an encrypted DATABASE_SSLKEY."
+    )
     kafka_bootstrap_servers: str | None = Field(
         default=None, description="Kafka bootstrap servers. Unset: embedded broker."
     )
     kafka_idempotent_producer: bool = Field(
         default=True,
         description="Idempotent producer (on for real Kafka; the embedded broker refuses it).",
+    )
+    kafka_security_protocol: KafkaSecurityProtocol = Field(
+        default="PLAINTEXT",
+        description="How every Kafka client connects: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT "
+        "(SASL without TLS) or SASL_SSL (SASL over TLS: what managed Kafka asks for).",
+    )
+    kafka_sasl_mechanism: KafkaSaslMechanism | None = Field(
+        default=None, description="SASL mechanism with SASL_*: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512."
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="SASL password.")
+    kafka_ssl_cafile: FilePath | None = Field(
+        default=None,
+        description="CA certificate(s) (PEM) the brokers' certificates must chain to, with SSL "
+        "and SASL_SSL. Unset: the system trust store. Host names are always verified.",
+    )
+    kafka_ssl_certfile: FilePath | None = Field(
+        default=None, description="Client certificate (PEM) for mutual TLS."
+    )
+    kafka_ssl_keyfile: FilePath | None = Field(
+        default=None,
+        description="Private key of KAFKA_SSL_CERTFILE (unset: the key is in the certificate "
+        "file).",
+    )
+    kafka_ssl_key_password: SecretStr | None = Field(
+        default=None, description="Passphrase of an encrypted KAFKA_SSL_KEYFILE."
     )
     usage_topic: str = "product.usage.v1"
     support_topic: str = "support.interactions.v1"
@@ -62,6 +116,12 @@ class Settings(BaseSettings):
     )
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
     topic_partitions: int = Field(default=4, ge=1)
+    topic_replication_factor: int = Field(
+        default=1,
+        ge=1,
+        description="Replication factor of the topics the service creates when they are "
+        "missing (1 suits the single-node dev broker; 3 on a production cluster).",
+    )
     model_path: Path = DEFAULT_MODEL_PATH
     sweep_interval_seconds: float = Field(default=60.0, gt=0)
     relay_interval_seconds: float = Field(default=0.05, gt=0)
@@ -96,6 +156,82 @@ class Settings(BaseSettings):
     state_dir: Path = Field(
         default=Path(".healthscore"), description="Where embedded services keep their data."
     )
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("database_sslmode", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_connection_security(self) -> Self:
+        problems = [*self._kafka_security_problems(), *self._database_tls_problems()]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def _kafka_security_problems(self) -> list[str]:
+        protocol = self.kafka_security_protocol
+        problems: list[str] = []
+        sasl = {
+            "KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,
+            "KAFKA_SASL_USERNAME": self.kafka_sasl_username,
+            "KAFKA_SASL_PASSWORD": self.kafka_sasl_password,
+        }
+        if protocol.startswith("SASL_"):
+            missing = [name for name, value in sasl.items() if not value]
+            if missing:
+                problems.append(f"KAFKA_SECURITY_PROTOCOL={protocol} needs {', '.join(missing)}")
+        else:
+            stray = [name for name, value in sasl.items() if value is not None]
+            if stray:
+                problems.append(
+                    f"{', '.join(stray)} set, but KAFKA_SECURITY_PROTOCOL={protocol} does not "
+                    "authenticate with SASL (SASL_SSL does)"
+                )
+        tls = {
+            "KAFKA_SSL_CAFILE": self.kafka_ssl_cafile,
+            "KAFKA_SSL_CERTFILE": self.kafka_ssl_certfile,
+            "KAFKA_SSL_KEYFILE": self.kafka_ssl_keyfile,
+            "KAFKA_SSL_KEY_PASSWORD": self.kafka_ssl_key_password,
+        }
+        if not protocol.endswith("SSL"):
+            stray = [name for name, value in tls.items() if value is not None]
+            if stray:
+                problems.append(
+                    f"{', '.join(stray)} set, but KAFKA_SECURITY_PROTOCOL={protocol} does not "
+                    "use TLS (SSL or SASL_SSL do)"
+                )
+        elif self.kafka_ssl_certfile is None and (
+            self.kafka_ssl_keyfile is not None or self.kafka_ssl_key_password is not None
+        ):
+            problems.append("KAFKA_SSL_KEYFILE and KAFKA_SSL_KEY_PASSWORD need KAFKA_SSL_CERTFILE")
+        return problems
+
+    def _database_tls_problems(self) -> list[str]:
+        mode = self.database_sslmode
+        files = {
+            "DATABASE_SSLROOTCERT": self.database_sslrootcert,
+            "DATABASE_SSLCERT": self.database_sslcert,
+            "DATABASE_SSLKEY": self.database_sslkey,
+            "DATABASE_SSLKEY_PASSWORD": self.database_sslkey_password,
+        }
+        if mode is None or mode == "disable":
+            stray = [name for name, value in files.items() if value is not None]
+            if stray:
+                return [
+                    f"{', '.join(stray)} set, but DATABASE_SSLMODE is {mode or 'unset'} "
+                    "(set it to verify-full)"
+                ]
+        elif self.database_sslcert is None and (
+            self.database_sslkey is not None or self.database_sslkey_password is not None
+        ):
+            return ["DATABASE_SSLKEY and DATABASE_SSLKEY_PASSWORD need DATABASE_SSLCERT"]
+        return []
 
     @property
     def dlq_topics(self) -> dict[str, str]:

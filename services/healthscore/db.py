@@ -1,13 +1,17 @@
-"""The service's connection pool, always as a role that row-level security binds."""
+"""PostgreSQL connections: the service's pool, always as a role that row-level security
+binds, and one-off connections; both with the TLS of DATABASE_SSLMODE."""
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import asyncpg
 import structlog
 
+from healthscore.config import Settings
 from healthscore.errors import UnsafeDatabaseRole
+from healthscore.tls import client_ssl_context
 
 log = structlog.get_logger(__name__)
 
@@ -18,8 +22,46 @@ FROM pg_roles r WHERE r.rolname = current_user
 """
 
 
+# asyncpg's `ssl=`: a context (TLS required), False (no TLS), None (as the URL says)
+DatabaseTLS = ssl.SSLContext | bool | None
+
+
+def database_tls(settings: Settings) -> DatabaseTLS:
+    """What DATABASE_SSLMODE and its files ask for, as asyncpg's `ssl=` argument.
+
+    verify-full checks the certificate chain (against DATABASE_SSLROOTCERT, else
+    the system trust store) and that the host name of the URL is in the
+    certificate; verify-ca the chain only; require encrypts without verifying
+    unless a root certificate is given (libpq does the same). Over a Unix socket
+    PostgreSQL never uses TLS, whatever the mode.
+    """
+    s = settings
+    mode = s.database_sslmode
+    if mode is None:
+        return None
+    if mode == "disable":
+        return False
+    return client_ssl_context(
+        cafile=s.database_sslrootcert,
+        certfile=s.database_sslcert,
+        keyfile=s.database_sslkey,
+        key_password=s.database_sslkey_password,
+        verify_certificate=mode != "require" or s.database_sslrootcert is not None,
+        check_hostname=mode == "verify-full",
+    )
+
+
+async def connect(database_url: str, tls: DatabaseTLS = None, **options: Any) -> asyncpg.Connection:
+    """One connection (not from the pool) with the given TLS."""
+    return await asyncpg.connect(database_url, ssl=tls, **options)
+
+
 async def create_pool(
-    database_url: str, role: str | None, min_size: int = 1, max_size: int = 4
+    database_url: str,
+    role: str | None,
+    min_size: int = 1,
+    max_size: int = 4,
+    tls: DatabaseTLS = None,
 ) -> asyncpg.Pool[Any]:
     """A pool whose sessions run as `role` (the startup `role` setting).
 
@@ -31,6 +73,7 @@ async def create_pool(
         database_url,
         min_size=min_size,
         max_size=max_size,
+        ssl=tls,
         server_settings={"application_name": "healthscore", **settings},
     )
     assert pool is not None

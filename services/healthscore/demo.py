@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from healthscore.app import Service, ServiceOptions
 from healthscore.config import Settings
+from healthscore.db import DatabaseTLS, connect, database_tls
+from healthscore.kafka_clients import KafkaConnection
 from healthscore.migrate import apply_migrations
 from healthscore.simulator import SimulationConfig, generate, produce
 
@@ -45,9 +45,8 @@ class DemoOptions:
 async def _watch_alerts(
     settings: Settings, stop: asyncio.Event, seen: list[dict[str, Any]]
 ) -> None:
-    consumer = AIOKafkaConsumer(
+    consumer = KafkaConnection.from_settings(settings).consumer(
         settings.alert_topic,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
         auto_offset_reset="latest",
         enable_auto_commit=False,
         group_id=None,
@@ -71,8 +70,8 @@ async def _watch_alerts(
         await consumer.stop()
 
 
-async def _print_dashboard(database_url: str, top: int) -> None:
-    conn = await asyncpg.connect(database_url)
+async def _print_dashboard(database_url: str, top: int, tls: DatabaseTLS = None) -> None:
+    conn = await connect(database_url, tls)
     try:
         bands = await conn.fetch(BANDS_QUERY)
         riskiest = await conn.fetch(RISKIEST_QUERY, top)
@@ -91,15 +90,16 @@ async def _print_dashboard(database_url: str, top: int) -> None:
 async def run_demo(settings: Settings, options: DemoOptions) -> int:
     assert settings.database_url is not None
     admin_url = (settings.migration_database_url or settings.database_url).get_secret_value()
-    applied = await apply_migrations(admin_url)
+    tls = database_tls(settings)
+    applied = await apply_migrations(admin_url, tls=tls)
     print(f"migrations applied: {len(applied)}")
     service = Service(settings, ServiceOptions(run_sweep=True))
     await service.start()
     stop = asyncio.Event()
     alerts: list[dict[str, Any]] = []
     watcher = asyncio.create_task(_watch_alerts(settings, stop, alerts))
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=False
+    producer = KafkaConnection.from_settings(settings).producer(
+        acks="all", enable_idempotence=False
     )
     await producer.start()
     try:
@@ -126,7 +126,7 @@ async def run_demo(settings: Settings, options: DemoOptions) -> int:
         )
         while not send.done():
             await asyncio.sleep(2.0)
-            await _print_dashboard(admin_url, 3)
+            await _print_dashboard(admin_url, 3, tls)
         stats = await send
         print(
             f"produced {stats.sent} messages ({stats.duplicates} duplicates, "
@@ -134,7 +134,7 @@ async def run_demo(settings: Settings, options: DemoOptions) -> int:
         )
         await asyncio.sleep(options.settle_seconds)  # let the last batches and alerts land
         print("final dashboard:")
-        await _print_dashboard(admin_url, options.top)
+        await _print_dashboard(admin_url, options.top, tls)
         print(f"alerts received: {len(alerts)}")
     finally:
         stop.set()

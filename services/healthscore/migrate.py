@@ -18,6 +18,7 @@ from pathlib import Path
 
 import asyncpg
 
+from healthscore.db import DatabaseTLS, connect
 from healthscore.dburl import redact
 from healthscore.errors import MigrationError
 
@@ -90,11 +91,16 @@ def _describe(exc: asyncpg.PostgresError, sql: str) -> str:
     return " ".join(parts)
 
 
-async def apply_migrations(database_url: str, migrations_dir: Path | None = None) -> list[str]:
-    """Apply the pending migrations; return the versions applied now (none: [])."""
+async def apply_migrations(
+    database_url: str, migrations_dir: Path | None = None, tls: DatabaseTLS = None
+) -> list[str]:
+    """Apply the pending migrations; return the versions applied now (none: []).
+
+    `tls`: see `healthscore.db.database_tls` (the service's DATABASE_SSLMODE).
+    """
     migrations = load_migrations(migrations_dir or migrations_path())
     try:
-        conn = await asyncpg.connect(database_url)
+        conn = await connect(database_url, tls)
     except (OSError, asyncpg.PostgresError) as exc:
         raise MigrationError(f"cannot connect to {redact(database_url)}: {exc}") from exc
     try:

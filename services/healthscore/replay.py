@@ -15,10 +15,10 @@ import time
 import uuid
 from dataclasses import dataclass
 
-import asyncpg
-
 from healthscore.app import Service, ServiceOptions
 from healthscore.config import Settings
+from healthscore.db import connect, database_tls
+from healthscore.kafka_clients import KafkaConnection
 from healthscore.migrate import apply_migrations
 from healthscore.ops.lag import HighWatermarkProbe
 from healthscore.store.offsets import stored_offsets
@@ -41,15 +41,16 @@ async def replay(
 ) -> ReplayResult:
     assert settings.database_url is not None and settings.kafka_bootstrap_servers is not None
     admin_url = (settings.migration_database_url or settings.database_url).get_secret_value()
-    await apply_migrations(admin_url)
-    conn = await asyncpg.connect(admin_url)
+    tls = database_tls(settings)
+    await apply_migrations(admin_url, tls=tls)
+    conn = await connect(admin_url, tls)
     try:
         if await conn.fetchval("SELECT count(*) FROM organization_state") > 0:
             raise RuntimeError("replay needs an empty database: organization_state has rows")
     finally:
         await conn.close()
     topics = [settings.usage_topic, settings.support_topic]
-    async with HighWatermarkProbe(settings.kafka_bootstrap_servers) as probe:
+    async with HighWatermarkProbe(KafkaConnection.from_settings(settings)) as probe:
         targets = await probe.high_watermarks(await probe.partitions(topics))
     replay_group = group or f"{settings.consumer_group}-replay-{uuid.uuid4().hex[:8]}"
     replay_settings = settings.model_copy(update={"consumer_group": replay_group})
@@ -61,7 +62,7 @@ async def replay(
     await service.start()
     try:
         while True:
-            conn = await asyncpg.connect(admin_url)
+            conn = await connect(admin_url, tls)
             try:
                 stored = await stored_offsets(conn, replay_group)
             finally:
@@ -73,7 +74,7 @@ async def replay(
             await asyncio.sleep(0.2)
     finally:
         await service.stop()
-    conn = await asyncpg.connect(admin_url)
+    conn = await connect(admin_url, tls)
     try:
         applied = await conn.fetchval("SELECT count(*) FROM processed_events")
         organizations = await conn.fetchval("SELECT count(*) FROM customer_health")

@@ -106,6 +106,8 @@ async def _seed(database_url: str, organizations: int) -> list[str]:
 def _batch(orgs: list[str]) -> list[RawRecord]:
     """5 usage events per organization, and a support interaction for two of them."""
     records: list[RawRecord] = []
+    # offsets as a partition has them (contiguous from 0): the pipeline refuses gaps
+    next_offset = [0, 0, 0, 0]
     ts = int(NOW.timestamp() * 1000)
     kinds = ("login", "feature_used", "client_added", "form_created", "payment_received")
     for i, org in enumerate(orgs):
@@ -118,9 +120,9 @@ def _batch(orgs: list[str]) -> list[RawRecord]:
                 "feature": "calendar" if kind == "feature_used" else None,
                 "occurred_at": (NOW - timedelta(hours=5 - n)).isoformat(),
             }
-            records.append(
-                RawRecord(USAGE, i % 4, len(records), org.encode(), orjson.dumps(body), ts)
-            )
+            offset = next_offset[i % 4]
+            next_offset[i % 4] += 1
+            records.append(RawRecord(USAGE, i % 4, offset, org.encode(), orjson.dumps(body), ts))
     for i, org in enumerate(orgs[:2]):
         body = {
             "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"cost-support-{org}")),

@@ -11,6 +11,7 @@ import sys
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
+from healthscore.kafka_clients import KafkaConnection
 from healthscore.ops.lag import HighWatermarkProbe, consumer_lag
 from tests.utils.harness import make_producer, make_topics
 
@@ -36,7 +37,7 @@ async def test_high_watermarks_match_produced_counts_for_single_and_batched_prod
         await _produce_singles(producer, topics.usage, 1, 3)
     finally:
         await producer.stop()
-    async with HighWatermarkProbe(kafka_bootstrap) as probe:
+    async with HighWatermarkProbe(KafkaConnection(kafka_bootstrap)) as probe:
         partitions = await probe.partitions([topics.usage])
         marks = await probe.high_watermarks(partitions)
     assert marks == {(topics.usage, 0): 7, (topics.usage, 1): 253, (topics.usage, 2): 0}
@@ -60,7 +61,9 @@ async def test_lag_command_reads_stored_offsets_and_exits_above_threshold(
             "VALUES ('lagtest', $1, 0, 30), ('lagtest', $1, 1, 5)",
             topics.usage,
         )
-        lags = await consumer_lag(kafka_bootstrap, conn, "lagtest", [topics.usage, topics.support])
+        lags = await consumer_lag(
+            KafkaConnection(kafka_bootstrap), conn, "lagtest", [topics.usage, topics.support]
+        )
     finally:
         await conn.close()
     by_tp = {(p.topic, p.partition): p.lag for p in lags}

@@ -92,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     from healthscore.bench.runner import BenchOptions, Stack, run_bench
+    from healthscore.config import Settings
     from healthscore.devservices import resolve_services
+    from healthscore.kafka_clients import KafkaSecurity
 
     options = BenchOptions(
         events=args.events,
@@ -114,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         work_dir=args.work_dir,
         service_command=shlex.split(args.service_command) if args.service_command else None,
     )
+    settings = Settings()
     services = resolve_services(
         database_url=os.environ.get("DATABASE_URL"),
         kafka_bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
@@ -125,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
             idempotence=services.broker_supports_idempotence
             and os.environ.get("KAFKA_IDEMPOTENT_PRODUCER", "true").lower() != "false",
             kind=services.kind,
+            kafka_security=KafkaSecurity.from_settings(settings),
+            replication_factor=settings.topic_replication_factor,
         )
         print(f"bench on {services.kind} services", flush=True)
         if args.levers:

@@ -25,15 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
-from faststream.kafka import KafkaBroker
 
 from healthscore.config import Settings
 from healthscore.consumers import SeekToStoredOffsets, to_raw
-from healthscore.db import create_pool
+from healthscore.db import create_pool, database_tls
 from healthscore.ingest.decode import Decoder
 from healthscore.ingest.dlq import DeadLetterQueue
 from healthscore.ingest.pipeline import BatchPipeline
+from healthscore.kafka_clients import KafkaConnection
 from healthscore.scoring.model import load_model
 
 
@@ -72,10 +71,14 @@ async def run() -> dict[str, Any]:
     assert settings.database_url is not None and settings.kafka_bootstrap_servers is not None
     model = load_model(settings.model_path)
     pool = await create_pool(
-        settings.database_url.get_secret_value(), settings.database_role, min_size=1, max_size=2
+        settings.database_url.get_secret_value(),
+        settings.database_role,
+        min_size=1,
+        max_size=2,
+        tls=database_tls(settings),
     )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+    kafka = KafkaConnection.from_settings(settings)
+    producer = kafka.producer(
         acks="all",
         enable_idempotence=settings.kafka_idempotent_producer,
     )
@@ -92,7 +95,7 @@ async def run() -> dict[str, Any]:
             rescore_step_seconds=settings.silence_rescore_after_seconds,
         )
     )
-    broker = KafkaBroker(settings.kafka_bootstrap_servers, apply_types=False, logger=None)
+    broker = kafka.broker(apply_types=False, logger=None)
     holder: dict[str, Any] = {}
     listener = SeekToStoredOffsets(pool, settings.consumer_group, lambda: holder["sub"].consumer)
 

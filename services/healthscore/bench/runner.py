@@ -44,7 +44,7 @@ from typing import Any
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from healthscore.bench.prefill import prefill_organizations
 from healthscore.bench.report import (
@@ -58,6 +58,7 @@ from healthscore.bench.report import (
 from healthscore.bench.workload import LiveStream, Workload, WorkloadConfig
 from healthscore.dburl import with_database
 from healthscore.kafka_admin import ensure_topics
+from healthscore.kafka_clients import KafkaConnection, KafkaSecurity
 from healthscore.migrate import apply_migrations
 from healthscore.simulator import SimulatedMessage, produce
 
@@ -106,6 +107,13 @@ class Stack:
     bootstrap: str
     idempotence: bool
     kind: str
+    # the children get the security settings through the environment they inherit
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    replication_factor: int = 1
+
+    @property
+    def kafka(self) -> KafkaConnection:
+        return KafkaConnection(self.bootstrap, self.kafka_security)
 
 
 @dataclass
@@ -508,7 +516,7 @@ class Bench:
             "health": f"{prefix}.health",
         }
         await ensure_topics(
-            self.stack.bootstrap,
+            self.stack.kafka,
             [
                 topics["usage"],
                 topics["support"],
@@ -518,13 +526,13 @@ class Bench:
                 topics["health"],
             ],
             self.options.partitions,
+            self.stack.replication_factor,
             compacted=frozenset({topics["health"]}),
         )
         return _Phase(name, database, url, topics, f"bench-{self.run_id}-{name}")
 
     async def _producer(self, linger_ms: int) -> AIOKafkaProducer:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.stack.bootstrap,
+        producer = self.stack.kafka.producer(
             acks="all",
             enable_idempotence=self.stack.idempotence,
             linger_ms=linger_ms,
@@ -676,9 +684,7 @@ class Bench:
         o = self.options
         child, log, _ = await self._start_service(phase, "latency")
         live = LiveStream(config)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.stack.bootstrap, enable_auto_commit=False, group_id=None
-        )
+        consumer = self.stack.kafka.consumer(enable_auto_commit=False, group_id=None)
         await consumer.start()
         producer = await self._producer(linger_ms=0)
         received: dict[str, float] = {}

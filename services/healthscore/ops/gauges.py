@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from healthscore.kafka_clients import KafkaConnection
 from healthscore.ops.lag import HighWatermarkProbe
 from healthscore.ops.metrics import Metrics
 from healthscore.stopping import pause_unless_stopped
@@ -40,13 +41,13 @@ class GaugeRefresher:
         self,
         pool: asyncpg.Pool[Any],
         metrics: Metrics,
-        bootstrap: str,
+        kafka: KafkaConnection,
         group: str,
         topics: list[str],
     ) -> None:
         self._pool = pool
         self._metrics = metrics
-        self._bootstrap = bootstrap
+        self._kafka = kafka
         self._group = group
         self._topics = topics
         self.last_lag: dict[tuple[str, int], int] = {}
@@ -89,7 +90,7 @@ class GaugeRefresher:
         while not stop.is_set():
             try:
                 if probe is None:
-                    probe = HighWatermarkProbe(self._bootstrap)
+                    probe = HighWatermarkProbe(self._kafka)
                     await probe.__aenter__()
                 await self.refresh_lag(probe)
                 await self.refresh_outbox()

@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
+from healthscore.kafka_clients import KafkaConnection
 from healthscore.store import Connection
 from healthscore.store.offsets import stored_offsets
 
@@ -38,9 +39,8 @@ class PartitionLag:
 class HighWatermarkProbe:
     """A group-less consumer that reads high watermarks from Fetch responses."""
 
-    def __init__(self, bootstrap: str) -> None:
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
+    def __init__(self, kafka: KafkaConnection) -> None:
+        self._consumer = kafka.consumer(
             enable_auto_commit=False,
             group_id=None,
             fetch_max_wait_ms=50,
@@ -91,9 +91,9 @@ class HighWatermarkProbe:
 
 
 async def consumer_lag(
-    bootstrap: str, conn: Connection, group: str, topics: list[str]
+    kafka: KafkaConnection, conn: Connection, group: str, topics: list[str]
 ) -> list[PartitionLag]:
-    async with HighWatermarkProbe(bootstrap) as probe:
+    async with HighWatermarkProbe(kafka) as probe:
         partitions = await probe.partitions(topics)
         watermarks = await probe.high_watermarks(partitions)
     stored = await stored_offsets(conn, group)

@@ -4,6 +4,12 @@
 #
 # Env: BOOTSTRAP, INPUT_PARTITIONS, DLQ_PARTITIONS, REPLICATION_FACTOR,
 #      MIN_INSYNC_REPLICAS; topic names default to the contract's.
+#      COMMAND_CONFIG: a client properties file for a secured cluster, e.g.
+#        security.protocol=SASL_SSL
+#        sasl.mechanism=SCRAM-SHA-512
+#        sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="..." password="...";
+#        ssl.truststore.type=PEM
+#        ssl.truststore.location=/etc/healthscore/tls/kafka-ca.pem
 set -euo pipefail
 
 KT=/opt/kafka/bin/kafka-topics.sh
@@ -17,13 +23,21 @@ SUPPORT_TOPIC=${SUPPORT_TOPIC:-support.interactions.v1}
 ALERT_TOPIC=${ALERT_TOPIC:-customer.churn-risk.v1}
 HEALTH_TOPIC=${HEALTH_TOPIC:-customer.health.v1}
 DLQ_SUFFIX=${DLQ_SUFFIX:-.dlq}
+CLIENT=()
+if [ -n "${COMMAND_CONFIG:-}" ]; then
+  if [ ! -r "$COMMAND_CONFIG" ]; then
+    echo "COMMAND_CONFIG=$COMMAND_CONFIG is not a readable file" >&2
+    exit 2
+  fi
+  CLIENT=(--command-config "$COMMAND_CONFIG")
+fi
 
 create() {  # name partitions config...
   local name=$1 partitions=$2
   shift 2
   local args=()
   for c in "$@"; do args+=(--config "$c"); done
-  "$KT" --bootstrap-server "$BOOTSTRAP" --create --if-not-exists \
+  "$KT" --bootstrap-server "$BOOTSTRAP" ${CLIENT[@]+"${CLIENT[@]}"} --create --if-not-exists \
     --topic "$name" --partitions "$partitions" --replication-factor "$RF" \
     --config "min.insync.replicas=$ISR" "${args[@]}"
 }
@@ -52,6 +66,6 @@ create "$ALERT_TOPIC" "$P" cleanup.policy=delete retention.ms=2592000000
 # Latest score per organization: compacted.
 create "$HEALTH_TOPIC" "$P" cleanup.policy=compact min.compaction.lag.ms=60000
 
-"$KT" --bootstrap-server "$BOOTSTRAP" --describe \
+"$KT" --bootstrap-server "$BOOTSTRAP" ${CLIENT[@]+"${CLIENT[@]}"} --describe \
   --topic "$USAGE_TOPIC|$SUPPORT_TOPIC|$ALERT_TOPIC|$HEALTH_TOPIC|.*\\$DLQ_SUFFIX" \
   | grep -E '^Topic:' || true

@@ -1,0 +1,186 @@
+"""Kafka security and PostgreSQL TLS settings: combinations checked at load, TLS contexts."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from healthscore.config import Settings
+from healthscore.db import database_tls
+from tests.utils.tls import Issued, issue, make_ca
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Issued, Issued]:
+    directory = tmp_path_factory.mktemp("settings-pki")
+    ca = make_ca(directory, "healthscore settings test CA")
+    return ca, issue(ca, directory, "client", key_password="key-pass")
+
+
+def _settings(**values: Any) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def _problem(**values: Any) -> str:
+    with pytest.raises(ValidationError) as info:
+        _settings(**values)
+    return str(info.value)
+
+
+def test_environment_names_and_spellings(
+    monkeypatch: pytest.MonkeyPatch, pki: tuple[Issued, Issued]
+) -> None:
+    ca, client = pki
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": "b-1.example:9096",
+        "KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+        "KAFKA_SASL_MECHANISM": "scram-sha-512",
+        "KAFKA_SASL_USERNAME": "healthscore",
+        "KAFKA_SASL_PASSWORD": "sasl-pw-123",
+        "KAFKA_SSL_CAFILE": str(ca.cert),
+        "KAFKA_SSL_CERTFILE": str(client.cert),
+        "KAFKA_SSL_KEYFILE": str(client.key),
+        "KAFKA_SSL_KEY_PASSWORD": "key-pass",
+        "TOPIC_REPLICATION_FACTOR": "3",
+        "DATABASE_SSLMODE": "VERIFY-FULL",
+        "DATABASE_SSLROOTCERT": str(ca.cert),
+        "DATABASE_SSLCERT": str(client.cert),
+        "DATABASE_SSLKEY": str(client.key),
+        "DATABASE_SSLKEY_PASSWORD": "key-pass",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    s = _settings()
+    assert (s.kafka_security_protocol, s.kafka_sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert (
+        s.kafka_sasl_password is not None
+        and s.kafka_sasl_password.get_secret_value() == "sasl-pw-123"
+    )
+    assert s.kafka_ssl_cafile == ca.cert and s.kafka_ssl_keyfile == client.key
+    assert s.topic_replication_factor == 3
+    assert s.database_sslmode == "verify-full" and s.database_sslrootcert == ca.cert
+    assert "sasl-pw-123" not in repr(s)  # SecretStr
+    assert "key-pass" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "PLAIN"},
+            "KAFKA_SECURITY_PROTOCOL=SASL_SSL needs KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD",
+        ),
+        (
+            {
+                "kafka_security_protocol": "SASL_SSL",
+                "kafka_sasl_username": "u",
+                "kafka_sasl_password": "p",
+            },
+            "KAFKA_SECURITY_PROTOCOL=SASL_SSL needs KAFKA_SASL_MECHANISM",
+        ),
+        (
+            {"kafka_sasl_username": "u", "kafka_sasl_password": "p"},
+            "KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD set, but KAFKA_SECURITY_PROTOCOL=PLAINTEXT "
+            "does not authenticate with SASL",
+        ),
+        (
+            {"kafka_security_protocol": "SSL", "kafka_sasl_mechanism": "SCRAM-SHA-256"},
+            "KAFKA_SASL_MECHANISM set, but KAFKA_SECURITY_PROTOCOL=SSL",
+        ),
+        ({"kafka_security_protocol": "TLS"}, "kafka_security_protocol"),
+        ({"kafka_sasl_mechanism": "GSSAPI"}, "kafka_sasl_mechanism"),
+        ({"database_sslmode": "prefer"}, "database_sslmode"),
+        ({"topic_replication_factor": 0}, "topic_replication_factor"),
+    ],
+)
+def test_inconsistent_kafka_settings_are_refused_with_the_variables_named(
+    values: dict[str, Any], message: str
+) -> None:
+    assert message in _problem(**values)
+
+
+def test_tls_files_need_a_protocol_or_mode_that_uses_them(pki: tuple[Issued, Issued]) -> None:
+    ca, client = pki
+    assert (
+        "KAFKA_SSL_CAFILE set, but KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT does not use TLS"
+        in _problem(
+            kafka_security_protocol="SASL_PLAINTEXT",
+            kafka_sasl_mechanism="PLAIN",
+            kafka_sasl_username="u",
+            kafka_sasl_password="p",
+            kafka_ssl_cafile=ca.cert,
+        )
+    )
+    assert "KAFKA_SSL_KEYFILE and KAFKA_SSL_KEY_PASSWORD need KAFKA_SSL_CERTFILE" in _problem(
+        kafka_security_protocol="SSL", kafka_ssl_keyfile=client.key
+    )
+    assert "DATABASE_SSLROOTCERT set, but DATABASE_SSLMODE is unset" in _problem(
+        database_sslrootcert=ca.cert
+    )
+    assert "DATABASE_SSLCERT set, but DATABASE_SSLMODE is disable" in _problem(
+        database_sslmode="disable", database_sslcert=client.cert
+    )
+    assert "DATABASE_SSLKEY and DATABASE_SSLKEY_PASSWORD need DATABASE_SSLCERT" in _problem(
+        database_sslmode="verify-full", database_sslkey=client.key
+    )
+
+
+def test_certificate_files_must_exist(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.pem"
+    assert "kafka_ssl_cafile" in _problem(kafka_security_protocol="SSL", kafka_ssl_cafile=missing)
+    assert "database_sslrootcert" in _problem(
+        database_sslmode="verify-full", database_sslrootcert=missing
+    )
+
+
+def _ca_names(context: ssl.SSLContext) -> list[str]:
+    return [dict(x[0] for x in ca["subject"])["commonName"] for ca in context.get_ca_certs()]
+
+
+def test_database_tls_per_mode(pki: tuple[Issued, Issued]) -> None:
+    ca, client = pki
+    assert database_tls(_settings()) is None  # the URL (or asyncpg's default) decides
+    assert database_tls(_settings(database_sslmode="disable")) is False
+
+    full = database_tls(_settings(database_sslmode="verify-full", database_sslrootcert=ca.cert))
+    assert isinstance(full, ssl.SSLContext)
+    assert full.verify_mode == ssl.CERT_REQUIRED and full.check_hostname
+    assert _ca_names(full) == ["healthscore settings test CA"]  # only that CA is trusted
+
+    chain_only = database_tls(_settings(database_sslmode="verify-ca", database_sslrootcert=ca.cert))
+    assert isinstance(chain_only, ssl.SSLContext)
+    assert chain_only.verify_mode == ssl.CERT_REQUIRED and not chain_only.check_hostname
+
+    encrypted = database_tls(_settings(database_sslmode="require"))
+    assert isinstance(encrypted, ssl.SSLContext)
+    assert encrypted.verify_mode == ssl.CERT_NONE and not encrypted.check_hostname
+
+    # as libpq: require with a root certificate verifies the chain
+    pinned = database_tls(_settings(database_sslmode="require", database_sslrootcert=ca.cert))
+    assert isinstance(pinned, ssl.SSLContext)
+    assert pinned.verify_mode == ssl.CERT_REQUIRED and not pinned.check_hostname
+
+    # no root certificate: the system trust store, still verifying
+    system = database_tls(_settings(database_sslmode="verify-full"))
+    assert isinstance(system, ssl.SSLContext)
+    assert system.verify_mode == ssl.CERT_REQUIRED and system.check_hostname
+
+    # a client certificate with an encrypted key loads with its passphrase only
+    with_client = _settings(
+        database_sslmode="verify-full",
+        database_sslrootcert=ca.cert,
+        database_sslcert=client.cert,
+        database_sslkey=client.key,
+        database_sslkey_password="key-pass",
+    )
+    assert isinstance(database_tls(with_client), ssl.SSLContext)
+    no_passphrase = with_client.model_copy(update={"database_sslkey_password": None})
+    with pytest.raises(ValueError, match="private key is encrypted and no passphrase is set"):
+        database_tls(no_passphrase)  # never a terminal prompt
+    wrong = with_client.model_copy(update={"database_sslkey_password": SecretStr("nope")})
+    with pytest.raises(ssl.SSLError):
+        database_tls(wrong)
