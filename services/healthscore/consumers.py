@@ -40,6 +40,7 @@ def to_raw(record: Any) -> RawRecord:
         value=record.value,
         timestamp_ms=record.timestamp,
         headers=tuple(record.headers or ()),
+        corrupt=getattr(record, "corrupt", None),
     )
 
 

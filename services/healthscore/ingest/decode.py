@@ -34,6 +34,8 @@ class RawRecord:
     value: bytes | None
     timestamp_ms: int | None = None
     headers: tuple[tuple[str, bytes], ...] = ()
+    # set when the Kafka record itself could not be read (see kafka_salvage): why
+    corrupt: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,7 @@ REASONS = (
     "out_of_range",
     "future_timestamp",
     "invalid_field",
+    "corrupt_record",
 )
 
 _PYDANTIC_REASON = {
@@ -101,6 +104,8 @@ class Decoder:
         self._max_bytes = max_message_bytes
 
     def decode(self, record: RawRecord) -> Decoded | Rejection:
+        if record.corrupt:
+            return Rejection(record, "corrupt_record", record.corrupt)
         model = self._models.get(record.topic)
         if model is None:
             return Rejection(record, "invalid_field", f"unexpected topic {record.topic!r}")
