@@ -32,6 +32,7 @@ from healthscore.ingest.dlq import DeadLetterQueue
 from healthscore.ingest.pipeline import BatchOutcome, BatchPipeline
 from healthscore.kafka_admin import ensure_topics, service_topics
 from healthscore.kafka_clients import KafkaConnection
+from healthscore.kafka_salvage import CorruptRecordMonitor, install_salvaging_consumer
 from healthscore.ops.asyncapi import asyncapi_html, asyncapi_json, declare_outputs
 from healthscore.ops.gauges import GaugeRefresher
 from healthscore.ops.http import OpsApp
@@ -171,6 +172,8 @@ class Service:
     handlers: list[BatchHandler] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
     gauges: GaugeRefresher | None = None
+    # records the Kafka client could not parse and the consumer got past (kafka_salvage)
+    corrupt_records: CorruptRecordMonitor | None = None
     http_port: int | None = None
     _http_server: Any = None
     outcomes: list[BatchOutcome] = field(default_factory=list)
@@ -230,6 +233,8 @@ class Service:
             rescore_step_seconds=s.silence_rescore_after_seconds,
         )
         self.broker = self._build_broker()
+        self.corrupt_records = CorruptRecordMonitor(self.metrics.corrupt_records)
+        await install_salvaging_consumer(self.broker, self.corrupt_records)
         await self.broker.start()
         for handler in self.handlers:
             self._spawn(handler.drain_held(self._stop))

@@ -18,6 +18,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from healthscore.kafka_clients import KafkaConnection
+from healthscore.kafka_salvage import is_unreadable_record_error
 from healthscore.store import Connection
 from healthscore.store.offsets import stored_offsets
 
@@ -78,7 +79,13 @@ class HighWatermarkProbe:
         result: dict[TP, int] = {}
         deadline = time.monotonic() + timeout
         while len(result) < len(tps) and time.monotonic() < deadline:
-            await consumer.getmany(*tps, timeout_ms=100, max_records=1)
+            try:
+                await consumer.getmany(*tps, timeout_ms=100, max_records=1)
+            except Exception as exc:
+                # only the high watermark is wanted, and it came with the fetch
+                # response: a record aiokafka cannot parse must not hide it
+                if not is_unreadable_record_error(exc):
+                    raise
             for tp in tps:
                 hw = consumer.highwater(tp)
                 if hw is not None:

@@ -66,6 +66,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.corrupt_records = Counter(
+            "healthscore_corrupt_records_total",
+            "Kafka records the client could not parse, salvaged and dead-lettered "
+            "(each source offset counted once per process).",
+            ["topic"],
+            registry=r,
+        )
         self.batch_failures = Counter(
             "healthscore_batch_failures_total",
             "Batches that failed and were fetched again.",

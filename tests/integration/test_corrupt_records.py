@@ -1,0 +1,292 @@
+"""A record aiokafka cannot parse is dead-lettered; the records around it are applied.
+
+The corrupt record (a header key that is not UTF-8) is written by aiokafka's
+pure-Python record builder through the real broker, in one producer batch
+with valid events before and after it, while other partitions of both topics
+carry valid events too. The service, with aiokafka's default C reader, must
+get past it: every valid event applied exactly once, the corrupt record in the
+DLQ with reason `corrupt_record` and its source coordinates, the counter and
+the monitor updated, and the stored offsets at the end of every partition;
+then the partition keeps flowing.
+
+This is also the guard on the aiokafka internals kafka_salvage relies on
+(traceback frame locals, the consumer's client): an upgrade that moves them
+makes this test fail rather than the service stall.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from healthscore.kafka_records import parse_batches
+from healthscore.kafka_salvage import (
+    CorruptRecordMonitor,
+    SalvagingConsumer,
+    _failure_site,
+    fetch_partition_bytes,
+)
+from healthscore.ops.lag import HighWatermarkProbe
+from tests.utils.corrupt_records import (
+    BAD_KEY_BYTES,
+    Outgoing,
+    produce_with_python_builder,
+    read_with_python_reader,
+)
+from tests.utils.harness import (
+    consume_all,
+    fetchval,
+    make_producer,
+    make_topics,
+    running_service,
+    service_settings,
+)
+from tests.utils.scenarios import high_watermarks, stored_offsets, wait_caught_up, wait_outcomes
+
+ORGS = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"corrupt-org-{i}")) for i in range(4)]
+
+
+def _usage(org: str, at: datetime, n: int) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"corrupt-usage-{org}-{n}")),
+        "organization_id": org,
+        "user_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"user-{org}")),
+        "type": ("login", "feature_used", "client_added")[n % 3],
+        "feature": "calendar",
+        "occurred_at": at.isoformat(),
+    }
+
+
+def _support(org: str, at: datetime, n: int) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"corrupt-support-{org}-{n}")),
+        "organization_id": org,
+        "interaction_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"corrupt-interaction-{n}")),
+        "action": "opened",
+        "interaction_type": "check_in",
+        "channel": "chat",
+        "occurred_at": at.isoformat(),
+    }
+
+
+async def _batches_of(bootstrap: str, tp: TopicPartition) -> list[tuple[int, int]]:
+    """(base offset, next offset) of each batch of `tp`, as the broker holds them."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        data = await fetch_partition_bytes(consumer, tp, 0, 1024 * 1024, 0)
+    finally:
+        await consumer.stop()
+    return [(b.base_offset, b.next_offset) for b in parse_batches(data)]
+
+
+async def test_a_record_with_a_non_utf8_header_key_is_dead_lettered_and_passed(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    topics = await make_topics(kafka_bootstrap, partitions=3)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+
+    # usage partition 0: 5 valid, the corrupt one, 5 valid: one producer batch;
+    # valid events on usage partitions 1 and 2 and support partitions 0 and 1
+    outgoing: list[Outgoing] = []
+    valid: list[dict[str, Any]] = []
+    corrupt_event: dict[str, Any] | None = None
+    n = 0
+    for i in range(11):
+        event = _usage(ORGS[0], start + timedelta(seconds=n), n)
+        n += 1
+        outgoing.append(
+            Outgoing(
+                topics.usage,
+                0,
+                ORGS[0].encode(),
+                orjson.dumps(event),
+                headers=[("trace-id", f"t{i}".encode())],
+                corrupt_header=i == 5,
+            )
+        )
+        if i == 5:
+            corrupt_event = event
+        else:
+            valid.append(event)
+    for partition, org in ((1, ORGS[1]), (2, ORGS[2])):
+        for _ in range(6):
+            event = _usage(org, start + timedelta(seconds=n), n)
+            n += 1
+            outgoing.append(Outgoing(topics.usage, partition, org.encode(), orjson.dumps(event)))
+            valid.append(event)
+    for partition, org in ((0, ORGS[3]), (1, ORGS[1])):
+        for _ in range(3):
+            event = _support(org, start + timedelta(seconds=n), n)
+            n += 1
+            outgoing.append(Outgoing(topics.support, partition, org.encode(), orjson.dumps(event)))
+            valid.append(event)
+    assert corrupt_event is not None
+
+    offsets = await produce_with_python_builder(kafka_bootstrap, outgoing)
+    bad_index = next(i for i, r in enumerate(outgoing) if r.corrupt_header)
+    bad_offset = offsets[bad_index]
+    assert bad_offset == 5
+    # the premise: the records after the corrupt one are in its batch
+    assert await _batches_of(kafka_bootstrap, TopicPartition(topics.usage, 0)) == [(0, 11)]
+
+    later: list[dict[str, Any]] = []
+    group, inputs = settings.consumer_group, [topics.usage, topics.support]
+    async with running_service(settings) as service:
+        await wait_caught_up(migrated_database, kafka_bootstrap, group, inputs)
+        # the partition keeps flowing after the corrupt batch
+        producer = await make_producer(kafka_bootstrap)
+        try:
+            later = [_usage(ORGS[0], start + timedelta(seconds=n + k), n + k) for k in range(3)]
+            for event in later:
+                await producer.send_and_wait(
+                    topics.usage, orjson.dumps(event), key=ORGS[0].encode(), partition=0
+                )
+        finally:
+            await producer.stop()
+        await wait_caught_up(migrated_database, kafka_bootstrap, group, inputs)
+        total = len(outgoing) + len(later)
+        outcomes = await wait_outcomes(service, lambda out: sum(o.records for o in out) >= total)
+        counted = service.metrics.registry.get_sample_value(
+            "healthscore_corrupt_records_total", {"topic": topics.usage}
+        )
+        assert service.corrupt_records is not None
+        seen = service.corrupt_records.describe()
+        readiness = await service.corrupt_records.check()
+
+    # every valid event applied exactly once; the corrupt one not at all
+    applied_ids = {
+        str(row)
+        for row in orjson.loads(
+            await fetchval(
+                migrated_database, "SELECT coalesce(json_agg(event_id), '[]') FROM processed_events"
+            )
+        )
+    }
+    assert applied_ids == {e["event_id"] for e in valid + later}
+    event_total = await fetchval(
+        migrated_database, "SELECT sum((state->>'event_count')::int) FROM organization_state"
+    )
+    assert event_total == len(valid) + len(later)
+    applied = Counter[str]()
+    rejected = Counter[str]()
+    for outcome in outcomes:
+        applied.update(outcome.applied_by_topic)
+        rejected.update(outcome.rejected)
+    assert sum(applied.values()) == len(valid) + len(later)
+    assert rejected == Counter({"corrupt_record": 1})
+
+    # the corrupt record in the DLQ: what could be read of it, and where it came from
+    dead = await consume_all(kafka_bootstrap, topics.dlq_usage, 1, settle=0.5)
+    assert len(dead) == 1
+    record = dead[0]
+    named = dict(record.headers)
+    assert named["x-error-reason"] == b"corrupt_record"
+    assert named["x-source-topic"] == topics.usage.encode()
+    assert named["x-source-partition"] == b"0"
+    assert named["x-source-offset"] == str(bad_offset).encode()
+    detail = named["x-error-detail"].decode()
+    assert f"offset {bad_offset}" in detail and "not UTF-8" in detail
+    assert record.key == ORGS[0].encode()
+    assert record.value == orjson.dumps(corrupt_event)
+    # the producer's headers after ours, the undecodable key escaped
+    escaped = BAD_KEY_BYTES.decode("utf-8", "backslashreplace")
+    assert list(record.headers[-2:]) == [(escaped, b"header-value"), ("trace-id", b"t5")]
+
+    # counted once, and shown for readiness
+    assert counted == 1.0
+    assert seen["corrupt_records"] == 1
+    assert seen["last"]["topic"] == topics.usage
+    assert (seen["last"]["partition"], seen["last"]["offset"]) == (0, bad_offset)
+    assert seen["unresolved"] is None
+    assert readiness is not None and f"{topics.usage}:0:{bad_offset}" in readiness
+
+    # stored offsets at the true end of every partition
+    stored = await stored_offsets(migrated_database, settings.consumer_group)
+    targets = await high_watermarks(kafka_bootstrap, [topics.usage, topics.support])
+    assert {tp: stored.get(tp, 0) for tp in targets} == targets
+    assert targets[(topics.usage, 0)] == 11 + len(later)
+
+
+async def test_the_lag_probe_reads_the_high_watermark_past_a_corrupt_record(
+    kafka_bootstrap: str,
+) -> None:
+    """The probe fetches the last batch for its high watermark; aiokafka then fails on
+    the corrupt record in it (here the batch's first, so any fetch position hits it)."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    await produce_with_python_builder(
+        kafka_bootstrap,
+        [Outgoing(topics.usage, 0, None, b"{}", corrupt_header=True)]
+        + [Outgoing(topics.usage, 0, None, b"{}") for _ in range(2)],
+    )
+    async with HighWatermarkProbe(kafka_bootstrap) as probe:
+        assert await probe.high_watermarks([(topics.usage, 0)]) == {(topics.usage, 0): 3}
+
+
+async def _read_with_c_reader(bootstrap: str, topic: str, expect: int) -> list[Any]:
+    consumer = SalvagingConsumer(
+        topic,
+        monitor=CorruptRecordMonitor(),
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    got: list[Any] = []
+    try:
+        for _ in range(150):  # bounded: at most 150 polls of up to 200 ms
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                got.extend((r.partition, r.offset, getattr(r, "corrupt", None)) for r in records)
+            if len(got) >= expect:
+                break
+    finally:
+        await consumer.stop()
+    return got
+
+
+async def test_the_consumer_gets_past_it_with_either_aiokafka_reader(kafka_bootstrap: str) -> None:
+    """The C reader raises a bare UnicodeDecodeError, the pure-Python one
+    CorruptRecordException: both are salvaged, every record read exactly once."""
+    topics = await make_topics(kafka_bootstrap, partitions=2)
+    outgoing = [
+        Outgoing(topics.usage, 0, b"k", f"v{i}".encode(), corrupt_header=i in (0, 4))
+        for i in range(8)
+    ] + [Outgoing(topics.usage, 1, b"k", f"w{i}".encode()) for i in range(3)]
+    await produce_with_python_builder(kafka_bootstrap, outgoing)
+    expected = sorted([(0, i) for i in range(8)] + [(1, i) for i in range(3)])
+    for got in (
+        await _read_with_c_reader(kafka_bootstrap, topics.usage, len(outgoing)),
+        await read_with_python_reader(kafka_bootstrap, topics.usage, len(outgoing)),
+    ):
+        assert sorted((p, o) for p, o, _ in got) == expected
+        corrupt = sorted((p, o) for p, o, c in got if c is not None)
+        assert corrupt == [(0, 0), (0, 4)]
+
+    # the aiokafka internals the salvage reads: where a plain consumer fails
+    plain = AIOKafkaConsumer(
+        bootstrap_servers=kafka_bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await plain.start()
+    try:
+        plain.assign([TopicPartition(topics.usage, 0)])
+        for _ in range(150):  # bounded: at most 150 polls of up to 200 ms
+            try:
+                await plain.getmany(timeout_ms=200)
+            except UnicodeDecodeError as exc:  # aiokafka's C reader
+                site = _failure_site(exc)
+                break
+        else:
+            raise AssertionError("aiokafka read the corrupt record")
+    finally:
+        await plain.stop()
+    assert site is not None
+    assert (site.partition, site.batch) == (TopicPartition(topics.usage, 0), (0, 8))
