@@ -426,12 +426,14 @@ async def install_salvaging_consumer(broker: KafkaBroker, monitor: CorruptRecord
     """
     await broker.connect()
     config = broker.config.broker_config
-    builder = config.builder
+    config.builder = salvaging_builder(config.builder, monitor)
+
+
+def salvaging_builder(builder: Any, monitor: CorruptRecordMonitor) -> functools.partial[Any]:
+    """The same consumer options (connection and security from the factory), salvaging."""
     if not (isinstance(builder, functools.partial) and builder.func is AIOKafkaConsumer):
         raise RuntimeError(
             "FastStream no longer builds consumers as partial(AIOKafkaConsumer, ...): "
             f"{builder!r}; the corrupt-record salvage cannot be installed"
         )
-    config.builder = functools.partial(
-        SalvagingConsumer, *builder.args, monitor=monitor, **builder.keywords
-    )
+    return functools.partial(SalvagingConsumer, *builder.args, monitor=monitor, **builder.keywords)

@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from healthscore.kafka_clients import KafkaConnection
 from healthscore.kafka_records import parse_batches
 from healthscore.kafka_salvage import (
     CorruptRecordMonitor,
@@ -226,7 +227,7 @@ async def test_the_lag_probe_reads_the_high_watermark_past_a_corrupt_record(
         [Outgoing(topics.usage, 0, None, b"{}", corrupt_header=True)]
         + [Outgoing(topics.usage, 0, None, b"{}") for _ in range(2)],
     )
-    async with HighWatermarkProbe(kafka_bootstrap) as probe:
+    async with HighWatermarkProbe(KafkaConnection(kafka_bootstrap)) as probe:
         assert await probe.high_watermarks([(topics.usage, 0)]) == {(topics.usage, 0): 3}
 
 

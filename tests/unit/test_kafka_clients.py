@@ -21,11 +21,16 @@ from healthscore.app import Service, build_broker
 from healthscore.config import Settings
 from healthscore.kafka_admin import new_topics, raise_topic_errors
 from healthscore.kafka_clients import KafkaConnection, KafkaSecurity
+from healthscore.kafka_salvage import CorruptRecordMonitor, SalvagingConsumer, salvaging_builder
 from healthscore.ops.lag import HighWatermarkProbe
+from healthscore.ops.metrics import Metrics
 from tests.utils.tls import Issued, issue, make_ca
 
 PACKAGE = Path(healthscore.__file__).parent
 FACTORY = PACKAGE / "kafka_clients.py"
+# extends the consumer FastStream builds from the factory's options (connection and
+# security); test_the_salvaging_consumer_keeps_the_factory_options proves it keeps them
+EXTENSIONS = {PACKAGE / "kafka_salvage.py"}
 CLIENT_CLASSES = frozenset(
     {"AIOKafkaProducer", "AIOKafkaConsumer", "AIOKafkaAdminClient", "AIOKafkaClient", "KafkaBroker"}
 )
@@ -98,7 +103,9 @@ def test_no_module_but_the_factory_builds_a_kafka_client() -> None:
     offenders = {
         str(path.relative_to(PACKAGE)): hits
         for path in sorted(PACKAGE.rglob("*.py"))
-        if path != FACTORY and (hits := client_constructions(path.read_text()))
+        if path != FACTORY
+        and path not in EXTENSIONS
+        and (hits := client_constructions(path.read_text()))
     }
     assert offenders == {}, "build Kafka clients with healthscore.kafka_clients.KafkaConnection"
     # and the factory itself is where they are built
@@ -194,6 +201,19 @@ async def test_every_client_carries_sasl_ssl_scram_sha_512(pki: tuple[Issued, Is
     subscriber_consumer = broker.config.broker_config.builder("t", group_id="g")
     _assert_scram512(subscriber_consumer._client)
     await subscriber_consumer.stop()
+
+
+async def test_the_salvaging_consumer_keeps_the_factory_options(
+    pki: tuple[Issued, Issued],
+) -> None:
+    settings = _scram512(pki)
+    broker, _ = build_broker(settings, Service(settings).bootstrap, None, None)
+    builder = broker.config.broker_config.builder
+    salvaging = salvaging_builder(builder, CorruptRecordMonitor(Metrics().corrupt_records))
+    consumer = salvaging("t", group_id="g")
+    assert isinstance(consumer, SalvagingConsumer)
+    _assert_scram512(consumer._client)
+    await consumer.stop()
 
 
 @pytest.mark.parametrize(
