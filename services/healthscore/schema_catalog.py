@@ -33,6 +33,10 @@ SERVICE_TABLES: Final = (
 )
 TABLES: Final = CORE_TABLES + READ_MODEL_TABLES + SERVICE_TABLES
 DASHBOARD_READABLE_TABLES: Final = CORE_TABLES + READ_MODEL_TABLES
+# row-level security, FORCE'd: what cs_dashboard reads, bound by its verified user
+ROW_SECURITY_TABLES: Final = CORE_TABLES + READ_MODEL_TABLES
+# the identity tokens' HMAC keys (0020): healthscore_owner only, no grants
+IDENTITY_TABLES: Final = ("app_signing_keys",)
 # columns a dashboard admin may change (acknowledgment workflow)
 DASHBOARD_MILESTONE_COLUMNS: Final = (
     "acknowledged_at",
@@ -48,8 +52,9 @@ SEED_INDEX_MINIMUMS: Final = {
     "support_interactions": 8,
 }
 
-# setting that names the dashboard user of a session (read by app_user_id())
-APP_USER_SETTING: Final = "app.user_id"
+# The dashboard user of a session is what it proved with app_login(token)
+# (healthscore.store.identity); the app.user_id setting is ignored, since any
+# session can set any setting.
 
 
 @dataclass(frozen=True)

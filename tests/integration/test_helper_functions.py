@@ -126,12 +126,21 @@ async def test_function_attributes(conn: asyncpg.Connection) -> None:
     }
     for name in ("health_band", "risk_level_for", "score_trend"):
         assert (by_name[name]["volatility"], by_name[name]["parallel"]) == ("i", "s"), name
-    assert by_name["app_user_id"]["volatility"] == "s"
+    # both read the session's identity table (0020): parallel workers cannot
+    user = by_name["app_user_id"]
+    assert (user["volatility"], user["parallel"]) == ("s", "r")
+    assert user["proconfig"] == ["search_path=pg_catalog, pg_temp"]
     role = by_name["app_user_role"]
-    assert role["definer"] is True
+    assert (role["volatility"], role["parallel"]) == ("s", "r")
     assert role["proconfig"] == ["search_path=pg_catalog, public"]
     assert {r["owner"] for r in rows} == {"healthscore_owner"}
-    assert [n for n, r in by_name.items() if r["definer"]] == ["app_user_role"]
+    assert sorted(n for n, r in by_name.items() if r["definer"]) == ["app_user_id", "app_user_role"]
+
+
+async def _login(conn: asyncpg.Connection, user_id: uuid.UUID) -> None:
+    """Log the session in as `user_id` with a token the database mints (as a superuser may)."""
+    token = await conn.fetchval("SELECT app_mint_token($1)", user_id)
+    assert await conn.fetchval("SELECT app_login($1)", token) == user_id
 
 
 @pytest.mark.parametrize(
@@ -141,6 +150,17 @@ async def test_function_attributes(conn: asyncpg.Connection) -> None:
 async def test_app_user_id_is_null_for_garbage(conn: asyncpg.Connection, setting: str) -> None:
     async with conn.transaction():
         await conn.execute("SELECT set_config('app.user_id', $1, true)", setting)
+        assert await b.fetch_tuple(conn, "SELECT app_user_id(), app_user_role()") == (None, None)
+
+
+async def test_app_user_id_ignores_the_setting_even_for_a_real_admin(
+    conn: asyncpg.Connection,
+) -> None:
+    """Any session can set any setting, so app.user_id proves nothing and is not read."""
+    admin = b.user_profile(role="admin")
+    async with conn.transaction():
+        await b.insert_row(conn, "user_profiles", admin)
+        await conn.execute("SELECT set_config('app.user_id', $1, true)", str(admin["id"]))
         assert await b.fetch_tuple(conn, "SELECT app_user_id(), app_user_role()") == (None, None)
 
 
@@ -155,23 +175,22 @@ async def test_app_user_id_is_null_when_never_set(
         await fresh.close()
 
 
-async def test_app_user_id_and_role_of_a_known_user(conn: asyncpg.Connection) -> None:
+async def test_app_user_id_and_role_of_a_logged_in_user(conn: asyncpg.Connection) -> None:
     user = b.user_profile(role="support")
     tx = conn.transaction()
     await tx.start()
     try:
         await b.insert_row(conn, "user_profiles", user)
-        for text in (str(user["id"]), str(user["id"]).upper(), user["id"].hex):
-            await conn.execute("SELECT set_config('app.user_id', $1, true)", text)
-            assert await b.fetch_tuple(conn, "SELECT app_user_id(), app_user_role()") == (
-                user["id"],
-                "support",
-            )
-        await conn.execute("SELECT set_config('app.user_id', $1, true)", str(uuid.uuid4()))
-        assert await b.fetch_tuple(conn, "SELECT app_user_id() IS NOT NULL, app_user_role()") == (
-            True,
-            None,
+        await _login(conn, user["id"])
+        assert await b.fetch_tuple(conn, "SELECT app_user_id(), app_user_role()") == (
+            user["id"],
+            "support",
         )
+        # the role is read at every query: a demotion takes effect at once
+        await conn.execute("UPDATE user_profiles SET role = 'member' WHERE id = $1", user["id"])
+        assert await conn.fetchval("SELECT app_user_role()") == "member"
+        await conn.execute("SELECT app_logout()")
+        assert await b.fetch_tuple(conn, "SELECT app_user_id(), app_user_role()") == (None, None)
     finally:
         await tx.rollback()
 
@@ -186,8 +205,8 @@ async def test_app_user_role_ignores_a_hostile_search_path(conn: asyncpg.Connect
         await conn.execute("CREATE SCHEMA hostile")
         await conn.execute("CREATE TABLE hostile.user_profiles (id uuid, role text)")
         await conn.execute("INSERT INTO hostile.user_profiles VALUES ($1, 'admin')", user["id"])
+        await _login(conn, user["id"])
         await conn.execute("SET LOCAL search_path = hostile, public")
-        await conn.execute("SELECT set_config('app.user_id', $1, true)", str(user["id"]))
         assert await conn.fetchval("SELECT public.app_user_role()") == "member"
     finally:
         await tx.rollback()

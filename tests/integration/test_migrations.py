@@ -13,6 +13,7 @@ from healthscore.errors import MigrationError
 from healthscore.migrate import apply_migrations, load_migrations, migrations_path
 from healthscore.schema_catalog import (
     DASHBOARD_ROLE,
+    IDENTITY_TABLES,
     MIGRATIONS_TABLE,
     OWNER_ROLE,
     ROLES,
@@ -285,14 +286,61 @@ async def test_owner_owns_every_table_sequence_and_function(migrated_database: s
     assert [dict(r) for r in not_owned] == []
 
 
+# What healthscore_writer may do (0022): exactly what the service's statements do.
+# table -> (privileges on the whole table, privileges on at least one column)
+WRITER_PRIVILEGES: dict[str, tuple[set[str], set[str]]] = {
+    "organizations": (set(), {"SELECT", "INSERT"}),  # the id only
+    "user_profiles": (set(), {"SELECT", "INSERT"}),  # the id only
+    "customer_health": ({"SELECT"}, {"SELECT", "INSERT", "UPDATE"}),
+    "success_milestones": (set(), {"SELECT", "INSERT"}),
+    "support_interactions": ({"SELECT"}, {"SELECT", "INSERT", "UPDATE"}),
+    "organization_state": ({"SELECT"}, {"SELECT", "INSERT", "UPDATE"}),
+    "processed_events": ({"SELECT", "DELETE"}, {"SELECT", "INSERT"}),
+    "consumer_offsets": ({"SELECT"}, {"SELECT", "INSERT", "UPDATE"}),
+    "health_score_history": (set(), {"INSERT"}),
+    "alert_outbox": ({"SELECT"}, {"SELECT", "INSERT", "UPDATE"}),
+    "health_feed_pending": ({"SELECT", "DELETE"}, {"SELECT", "INSERT", "UPDATE"}),
+}
+TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+
+
 async def test_writer_privileges(migrated_database: str) -> None:
+    assert set(WRITER_PRIVILEGES) == set(TABLES)
     conn = await asyncpg.connect(migrated_database)
     try:
-        for table in TABLES:
-            for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE"):
-                assert await conn.fetchval(
+        for table, (whole_table, some_column) in WRITER_PRIVILEGES.items():
+            granted = {
+                privilege
+                for privilege in TABLE_PRIVILEGES
+                if await conn.fetchval(
                     "SELECT has_table_privilege($1, $2, $3)", WRITER_ROLE, table, privilege
-                ), (table, privilege)
+                )
+            }
+            assert granted == whole_table, table
+            on_columns = {
+                privilege
+                for privilege in ("SELECT", "INSERT", "UPDATE")
+                if await conn.fetchval(
+                    "SELECT has_any_column_privilege($1, $2, $3)", WRITER_ROLE, table, privilege
+                )
+            }
+            assert on_columns == some_column | (whole_table - {"DELETE"}), table
+        for table, column, privilege in (
+            ("user_profiles", "role", "UPDATE"),
+            ("user_profiles", "role", "INSERT"),
+            ("user_profiles", "email", "SELECT"),
+            ("organizations", "name", "SELECT"),
+            ("success_milestones", "acknowledged_by", "UPDATE"),
+            ("customer_health", "organization_id", "UPDATE"),
+        ):
+            assert not await conn.fetchval(
+                "SELECT has_column_privilege($1, $2, $3, $4)", WRITER_ROLE, table, column, privilege
+            ), (table, column, privilege)
+        for role in (WRITER_ROLE, DASHBOARD_ROLE):
+            for table in IDENTITY_TABLES:
+                assert not await conn.fetchval(
+                    "SELECT has_any_column_privilege($1, $2, 'SELECT')", role, table
+                ), (role, table)
         assert await conn.fetchval(
             "SELECT has_sequence_privilege($1, 'health_score_history_id_seq', 'USAGE')",
             WRITER_ROLE,

@@ -294,11 +294,18 @@ async def test_deleting_a_user_keeps_their_interactions_and_milestones(
         await b.insert_row(schema_db, "user_profiles", admin)
         interaction = b.support_interaction(org_id, assigned_to=admin["id"])
         await b.insert_row(schema_db, "support_interactions", interaction)
+        # acknowledged_by comes from the verified identity (0023): log in as the admin
+        token = await schema_db.fetchval("SELECT app_mint_token($1)", admin["id"])
+        await schema_db.execute("SELECT app_login($1)", token)
         await b.insert_row(
             schema_db,
             "success_milestones",
             b.success_milestone(org_id, acknowledged_at=b.T0, acknowledged_by=admin["id"]),
         )
+        acknowledged_by = (
+            "SELECT acknowledged_by FROM success_milestones WHERE organization_id = $1"
+        )
+        assert await schema_db.fetchval(acknowledged_by, org_id) == admin["id"]
         await schema_db.execute("DELETE FROM user_profiles WHERE id = $1", admin["id"])
         assert (
             await schema_db.fetchval(

@@ -1,0 +1,72 @@
+"""Identity tokens for dashboard sessions: the tokens `app_login()` verifies.
+
+Row-level security trusts only the identity a session proved with
+`SELECT app_login(token)` (migration 0020): a token naming a `user_profiles` id
+and an expiry, signed with HMAC-SHA256 under a key of `app_signing_keys`. The
+trusted dashboard backend, which authenticates people itself, holds a copy of
+that key and mints a short-lived token per request or connection checkout:
+
+    token = mint_token(key, user_id, expires_at=datetime.now(UTC) + timedelta(minutes=5))
+    await conn.execute(LOGIN, token)      # RLS now sees user_id
+    ...
+    await conn.execute(LOGOUT)            # before the connection serves someone else
+
+The format is fixed by the SQL verifier: ``v1.<key id>.<user id>.<expiry>.<sig>``
+with the canonical lowercase uuid, the expiry in unix seconds and ``sig`` the hex
+HMAC-SHA256 of everything before the last dot. `app_mint_token()` in SQL mints
+the same tokens for administrators.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final
+
+from healthscore.errors import HealthscoreError
+
+TOKEN_VERSION: Final = "v1"
+LOGIN: Final = "SELECT app_login($1)"
+LOGOUT: Final = "SELECT app_logout()"
+# what app_signing_keys and the token pattern of app_login() accept
+MIN_SECRET_BYTES: Final = 32
+MAX_KEY_ID: Final = 999_999_999
+MAX_EXPIRY: Final = 10**12 - 1
+
+
+class InvalidIdentityToken(HealthscoreError):
+    """A token could not be minted: bad key, naive or out-of-range expiry."""
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A row of app_signing_keys: its id (named in tokens) and its secret."""
+
+    key_id: int
+    secret: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.key_id <= MAX_KEY_ID:
+            raise InvalidIdentityToken(f"key_id must be 1..{MAX_KEY_ID}, got {self.key_id}")
+        if len(self.secret) < MIN_SECRET_BYTES:
+            raise InvalidIdentityToken(f"secret must be at least {MIN_SECRET_BYTES} bytes")
+
+
+def signature(secret: bytes, message: bytes) -> str:
+    """Hex HMAC-SHA256 of the message, as `encode(hmac_sha256(secret, message), 'hex')` in SQL."""
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def mint_token(key: SigningKey, user_id: uuid.UUID, *, expires_at: datetime) -> str:
+    """A token that makes `user_id` the session's user until `expires_at` (whole seconds)."""
+    if expires_at.tzinfo is None:
+        raise InvalidIdentityToken("expires_at must be timezone-aware")
+    expiry = math.floor(expires_at.timestamp())
+    if not 0 <= expiry <= MAX_EXPIRY:
+        raise InvalidIdentityToken(f"expires_at out of range: {expires_at.isoformat()}")
+    message = f"{TOKEN_VERSION}.{key.key_id}.{user_id}.{expiry}"
+    return f"{message}.{signature(key.secret, message.encode('ascii'))}"
