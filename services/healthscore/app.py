@@ -120,6 +120,7 @@ class _OpsServer(uvicorn.Server):
 @dataclass
 class ServiceOptions:
     run_relay: bool = True
+    # the silence sweep, and the silence rescorings batches make before events
     run_sweep: bool = True
     create_topics: bool = True
     serve_http: bool = True
@@ -195,6 +196,7 @@ class Service:
             model=self.model,
             consumer_group=s.consumer_group,
             rescore_step_seconds=s.silence_rescore_after_seconds,
+            silence_rescoring=self.options.run_sweep,
         )
         self.broker = self._build_broker()
         await self.broker.start()
@@ -215,6 +217,7 @@ class Service:
                 self.model,
                 s.consumer_group,
                 s.silence_rescore_after_seconds,
+                topics=[s.usage_topic, s.support_topic],
                 on_run=self._on_sweep,
             )
             self._spawn(
