@@ -225,3 +225,30 @@ def test_batch_rescores_silence_before_the_event_that_ends_it() -> None:
     assert quiet.silence_rescorings == [] and [r.scored_at for r in quiet.history()] == [back]
     state = copy.deepcopy(effects.states[str(org)])
     assert next_silence_rescore(state, STEP) == t0 + 10 * STEP  # back + a step, on the grid
+
+
+def test_a_late_event_does_not_rescore_the_same_silence_twice() -> None:
+    """An event older than rescorings already made (late) is scored as of the newest."""
+    t0 = T0.timestamp()
+    org = uuid.UUID(ON_THE_HOUR)
+
+    def login(at: float) -> UsageEvent:
+        return UsageEvent(
+            event_id=uuid.uuid4(),
+            organization_id=org,
+            type="login",
+            occurred_at=datetime.fromtimestamp(at, UTC),
+        )
+
+    states: dict[str, OrganizationState] = {}
+    compute_batch_effects([login(t0)], states, {}, MODEL, STEP)
+    swept = compute_silence_effects(states, t0 + 5 * STEP + 1, STEP, MODEL)
+    assert [r.scored_at for r in swept.silence_rescorings] == [t0 + k * STEP for k in range(1, 6)]
+    late = compute_batch_effects([login(t0 + 2 * STEP)], states, {}, MODEL, STEP)
+    assert late.silence_rescorings == []
+    assert late.rescored[str(org)].scored_at == t0 + 5 * STEP
+    state = states[str(org)]
+    assert state.last_event_at == t0 + 2 * STEP and state.last_scored_at == t0 + 5 * STEP
+    assert next_silence_rescore(state, STEP) == t0 + 6 * STEP
+    again = compute_silence_effects(states, t0 + 7 * STEP + 1, STEP, MODEL)
+    assert [r.scored_at for r in again.silence_rescorings] == [t0 + 6 * STEP, t0 + 7 * STEP]

@@ -242,9 +242,14 @@ def compute_batch_effects(
         explain = last_of[org] == index
         if explain:
             explained.add(org)
+        # as of the newest event, or of a later silence rescoring: an event older
+        # than those (late) must not move the score back to before them
+        as_of = state.last_event_at
+        if state.last_scored_at is not None and state.last_scored_at > as_of:
+            as_of = state.last_scored_at
         _rescore(
             state,
-            state.last_event_at,
+            as_of,
             model,
             effects,
             state.last_score,
