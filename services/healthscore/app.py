@@ -146,6 +146,7 @@ class _OpsServer(uvicorn.Server):
 @dataclass
 class ServiceOptions:
     run_relay: bool = True
+    # the silence sweep, and the silence rescorings batches make before events
     run_sweep: bool = True
     create_topics: bool = True
     serve_http: bool = True
@@ -231,6 +232,7 @@ class Service:
             model=self.model,
             consumer_group=s.consumer_group,
             rescore_step_seconds=s.silence_rescore_after_seconds,
+            silence_rescoring=self.options.run_sweep,
         )
         self.broker = self._build_broker()
         self.corrupt_records = CorruptRecordMonitor(self.metrics.corrupt_records)
@@ -253,6 +255,7 @@ class Service:
                 self.model,
                 s.consumer_group,
                 s.silence_rescore_after_seconds,
+                topics=[s.usage_topic, s.support_topic],
                 on_run=self._on_sweep,
             )
             self._spawn(

@@ -246,10 +246,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
             settings,
             publish_alerts=args.publish_alerts,
             full_gc_every_batches=full_gc_every_batches,
+            sweep=not args.no_sweep,
         )
         print(
             f"replayed {result.events_applied} events into {result.organizations} "
-            f"organizations, {result.alerts} alerts in the outbox, {result.seconds:.1f}s"
+            f"organizations, {result.alerts} alerts in the outbox, "
+            f"{result.silence_rescorings} silence rescorings, {result.seconds:.1f}s"
         )
         return 0
 
@@ -432,6 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--publish-alerts",
         action="store_true",
         help="also publish the rebuilt alerts (off: they stay in the outbox)",
+    )
+    p.add_argument(
+        "--no-sweep",
+        action="store_true",
+        help="no silence rescorings (to match a live run that was served with --no-sweep)",
     )
     p = add(
         "bench",

@@ -6,6 +6,12 @@ reached the high watermark taken at the start. Scores depend on event time
 only, so the rebuilt scores, milestones and alert ids equal the live run's.
 Alerts land in the outbox but are not published unless asked: the
 notification service has seen them already.
+
+With the silence sweep (as `serve` runs by default) the replay makes the same
+silence rescorings as the live run: batches rescore an organization's silence
+before its next event, and once the log is applied the sweep rescores the
+silent organizations up to the log's watermark (see `healthscore.sweep`).
+`sweep=False` matches a live run with `--no-sweep`.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ class ReplayResult:
     organizations: int
     alerts: int
     seconds: float
+    silence_rescorings: int = 0
 
 
 async def replay(
@@ -38,6 +45,7 @@ async def replay(
     timeout: float = 3600.0,
     group: str | None = None,
     full_gc_every_batches: int = 0,
+    sweep: bool = True,
 ) -> ReplayResult:
     assert settings.database_url is not None and settings.kafka_bootstrap_servers is not None
     admin_url = (settings.migration_database_url or settings.database_url).get_secret_value()
@@ -55,7 +63,7 @@ async def replay(
     replay_group = group or f"{settings.consumer_group}-replay-{uuid.uuid4().hex[:8]}"
     replay_settings = settings.model_copy(update={"consumer_group": replay_group})
     options = ServiceOptions(
-        run_relay=publish_alerts, run_sweep=False, full_gc_every_batches=full_gc_every_batches
+        run_relay=publish_alerts, run_sweep=sweep, full_gc_every_batches=full_gc_every_batches
     )
     service = Service(replay_settings, options)
     started = time.monotonic()
@@ -72,6 +80,9 @@ async def replay(
             if time.monotonic() - started > timeout:
                 raise TimeoutError("replay did not reach the end of the topics in time")
             await asyncio.sleep(0.2)
+        if service.sweep is not None:
+            # the whole log is applied: rescore the silence up to its watermark
+            await service.sweep.drain()
     finally:
         await service.stop()
     conn = await connect(admin_url, tls)
@@ -79,6 +90,9 @@ async def replay(
         applied = await conn.fetchval("SELECT count(*) FROM processed_events")
         organizations = await conn.fetchval("SELECT count(*) FROM customer_health")
         alerts = await conn.fetchval("SELECT count(*) FROM alert_outbox")
+        rescorings = await conn.fetchval(
+            "SELECT count(*) FROM health_score_history WHERE cause = 'sweep'"
+        )
     finally:
         await conn.close()
-    return ReplayResult(applied, organizations, alerts, time.monotonic() - started)
+    return ReplayResult(applied, organizations, alerts, time.monotonic() - started, rescorings)

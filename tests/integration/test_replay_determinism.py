@@ -3,7 +3,10 @@
 The live service (in-process) consumes a simulated stream while it is being
 produced (small batches, cut by timing); then `healthscore.replay.replay`
 rebuilds everything from the same topics into a second freshly migrated
-database (large batches, cut differently), and the two are compared.
+database (large batches, cut differently), and the two are compared. These
+first comparisons run without the silence sweep on either side (`serve
+--no-sweep`, `replay --no-sweep`); the last test runs it on both, as `serve`
+and `replay` do by default.
 
 What must match, and what may not:
 
@@ -26,11 +29,22 @@ What must match, and what may not:
 
 from __future__ import annotations
 
+import asyncio
 import math
 import subprocess
 import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
+import asyncpg
+import pytest
+
+from healthscore.app import ServiceOptions
+from healthscore.ingest.alignment import AlignmentView
+from healthscore.ingest.decode import Decoded, Rejection
+from healthscore.ingest.pipeline import BatchOutcome
 from healthscore.replay import replay
 from healthscore.simulator import SimulatedMessage
 from tests.conftest import DatabaseFactory
@@ -79,7 +93,8 @@ async def _live_then_replay(
 
     replay_db = await database_factory(template=migrated_template)
     replay_settings = service_settings(replay_db, kafka_bootstrap, topics)
-    result = await replay(replay_settings, timeout=120.0)
+    # the live run above had no silence sweep (the harness's default)
+    result = await replay(replay_settings, timeout=120.0, sweep=False)
     rebuilt = await snapshot(replay_db)
     assert result.events_applied == len(live.processed_events)
     assert result.alerts == len(rebuilt.alerts)
@@ -180,14 +195,18 @@ async def test_two_replays_with_different_batch_sizes_are_identical(
     topics = await make_topics(kafka_bootstrap, partitions=4)
     await produce_stream(kafka_bootstrap, topics, messages)
     snapshots = []
+    rescorings = []
     for batch_max_records in (300, 5000):
         db = await database_factory(template=migrated_template)
         settings = service_settings(
             db, kafka_bootstrap, topics, batch_max_records=batch_max_records
         )
-        await replay(settings, timeout=120.0)
+        result = await replay(settings, timeout=120.0)  # with the silence sweep
         snapshots.append(await snapshot(db))
+        rescorings.append(await sweep_rescorings(db))
+        assert result.silence_rescorings == len(rescorings[-1])
     small, large = snapshots
+    assert rescorings[0] == rescorings[1] and len(rescorings[0]) > 0
     assert len(small.processed_events) == 3000
     assert_same_event_set_state(small, large)
     documents = diff_fields(
@@ -204,3 +223,127 @@ async def test_two_replays_with_different_batch_sizes_are_identical(
     assert_identical_for(small, large, set(small.states))
     assert small.alerts.keys() == large.alerts.keys()
     assert len(small.alerts) > 0
+
+
+# --------------------------------------------------------------------------- the sweep on
+
+
+async def sweep_rescorings(database_url: str) -> set[tuple[str, datetime, float, float]]:
+    """(organization, scored_at, score, churn probability) of every silence rescoring."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT organization_id, scored_at, health_score::float8 AS score, "
+            "churn_probability::float8 AS p FROM health_score_history WHERE cause = 'sweep'"
+        )
+    finally:
+        await conn.close()
+    found = {(str(r["organization_id"]), r["scored_at"], r["score"], r["p"]) for r in rows}
+    assert len(found) == len(rows), "an organization was rescored twice at one point"
+    return found
+
+
+def with_silences(messages: list[SimulatedMessage]) -> tuple[list[SimulatedMessage], set[str]]:
+    """Some organizations fall silent for five days mid-stream, some for good after day 9."""
+    start = min(m.occurred_at for m in messages if m.occurred_at is not None)
+    orgs = sorted({m.organization_id for m in messages if m.valid and m.organization_id})
+    paused, gone = set(orgs[0:12:3]), set(orgs[1:12:4])
+
+    def dropped(m: SimulatedMessage) -> bool:
+        if m.occurred_at is None or m.organization_id is None:
+            return False
+        day = (m.occurred_at - start) / timedelta(days=1)
+        return (m.organization_id in paused and 6 <= day < 11) or (
+            m.organization_id in gone and day >= 9
+        )
+
+    return [m for m in messages if not dropped(m)], paused | gone
+
+
+async def test_live_with_the_silence_sweep_decides_like_replay(
+    kafka_bootstrap: str,
+    database_factory: DatabaseFactory,
+    migrated_template: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 10: with the sweep on, live and replay disagreed on 98 of 700 alerts.
+
+    The sweep rescored silent organizations at the wall-clock moments it ran.
+    Now silence rescorings fall on the event-time grid, below the log's
+    watermark, or in the batch that ends the silence: the live run (40-record
+    batches, a sweep after every batch and every 20 ms besides) and the replay
+    (5,000-record batches, the sweep once the log is applied) make the same
+    rescorings and the same alerts, and end in the same state.
+    """
+    stream = simulated_stream(
+        organizations=60,
+        events=3000,
+        support_share=0.08,
+        seed=23,
+        duplicate_rate=0.01,
+        malformed_rate=0.002,
+    )
+    messages, silenced = with_silences(stream)
+    topics = await make_topics(kafka_bootstrap, partitions=4)
+    await produce_stream(kafka_bootstrap, topics, messages)
+
+    live_db = await database_factory(template=migrated_template)
+    settings = service_settings(
+        live_db, kafka_bootstrap, topics, batch_max_records=40, sweep_interval_seconds=0.02
+    )
+    async with running_service(settings, ServiceOptions(create_topics=False)) as service:
+        pipeline, sweep = service.pipeline, service.sweep
+        assert pipeline is not None and sweep is not None
+        process_items = pipeline.process_items
+
+        async def process_then_sweep(
+            items: Sequence[Decoded | Rejection], view: AlignmentView | None = None
+        ) -> BatchOutcome:
+            outcome = await process_items(items, view)
+            await sweep.run_once()  # the sweep between every two batches
+            return outcome
+
+        monkeypatch.setattr(pipeline, "process_items", process_then_sweep)
+        await wait_caught_up(
+            live_db, kafka_bootstrap, settings.consumer_group, [topics.usage, topics.support]
+        )
+        deadline = time.monotonic() + 60
+        while await sweep.backlog() > 0:  # the service's own sweep reaches the watermark
+            assert time.monotonic() < deadline, "the live sweep did not reach the watermark"
+            await asyncio.sleep(0.1)
+        live_sweep_rescorings = sweep.rescorings
+    live = await snapshot(live_db)
+    live_rescorings = await sweep_rescorings(live_db)
+
+    replay_db = await database_factory(template=migrated_template)
+    replay_settings = service_settings(replay_db, kafka_bootstrap, topics, batch_max_records=5000)
+    result = await replay(replay_settings, timeout=180.0)
+    rebuilt = await snapshot(replay_db)
+    rebuilt_rescorings = await sweep_rescorings(replay_db)
+
+    print(
+        f"\nsilence rescorings: live {len(live_rescorings)} "
+        f"({live_sweep_rescorings} by the live sweep, the rest in batches), "
+        f"replay {len(rebuilt_rescorings)}; alerts live {len(live.alerts)} "
+        f"replay {len(rebuilt.alerts)} common {len(live.alerts.keys() & rebuilt.alerts.keys())}"
+    )
+    assert set(rebuilt.alerts) == set(live.alerts)  # the alert ids
+    assert rebuilt_rescorings == live_rescorings
+    assert rebuilt.alerts == live.alerts  # kinds, episodes and whole payloads
+    assert_same_event_set_state(live, rebuilt)
+    assert_identical_for(live, rebuilt, set(live.states))
+    assert result.silence_rescorings == len(rebuilt_rescorings)
+
+    # what makes the comparison worth something
+    assert len(live.processed_events) == sum(expected_event_counts(messages).values())
+    assert live_sweep_rescorings > 0, "the live sweep rescored between batches"
+    assert len(live_rescorings) > live_sweep_rescorings, "batches rescored silence too"
+    swept = {org for org, _, _, _ in live_rescorings}
+    assert silenced <= swept
+    points = {(org, at) for org, at, _, _ in live_rescorings}
+    on_silence = [
+        a
+        for a in live.alerts.values()
+        if (a["organization_id"], datetime.fromisoformat(a["payload"]["scored_at"])) in points
+    ]
+    assert on_silence, "silence must raise alerts"

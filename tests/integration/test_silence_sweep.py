@@ -1,9 +1,13 @@
-"""Silence is a signal: quiet organizations drift down and alert; one sweeper at a time.
+"""Silence is a signal: quiet organizations drift down and alert, on the log's clock.
 
-State is created through the real `BatchPipeline`; `SilenceSweep.run_once`
-is then called at event times days and weeks after the last event, as the
-periodic sweep would. Two sweepers on separate pools run concurrently and
-must never both rescore (transaction-level advisory lock).
+State is created through the real `BatchPipeline` (the silence rescorings on,
+as `serve` runs it). The sweep's clock is the log's watermark: the oldest of
+the partitions' newest applied event times, moved here by feeding events, never
+by the wall clock. Silence rescorings fall on a fixed event-time grid (the
+multiples of the step), so they do not depend on when the sweep runs or how
+the log was cut into batches: a batch makes the ones due before an event
+itself. Two sweepers on separate pools run concurrently and must never both
+rescore (transaction-level advisory lock).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -28,39 +33,65 @@ from healthscore.ingest.pipeline import BatchPipeline
 from healthscore.scoring.alerts import alert_id_for
 from healthscore.scoring.model import default_model
 from healthscore.sweep import SWEEP_LOCK_KEY, SilenceSweep
+from tests.conftest import DatabaseFactory
+from tests.utils.scenarios import Snapshot, snapshot
 
 USAGE, SUPPORT = "usage.sweep", "support.sweep"
 GROUP = "sweep-test"
 STEP = 6 * 3600.0
-LAST = (datetime.now(UTC) - timedelta(days=90)).replace(microsecond=0)
+# a multiple of the step, so the expected rescoring times read simply
+LAST = datetime.fromtimestamp(
+    (datetime.now(UTC) - timedelta(days=90)).timestamp() // STEP * STEP, UTC
+)
+Event = tuple[str, str, datetime, dict[str, Any]]
 
 
-def _org(name: str) -> str:
+def _any_org(name: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"sweep-{name}"))
 
 
+def _org(name: str) -> str:
+    """An organization whose silence grid has phase 0 (its points are multiples of
+    the step), so that the expected rescoring times read simply."""
+    n = uuid.UUID(_any_org(name)).int
+    return str(uuid.UUID(int=n - n % int(STEP * 1000)))
+
+
+def _at(hours: float) -> datetime:
+    return LAST + timedelta(hours=hours)
+
+
 class Feed:
-    """Usage events into the real pipeline, with consecutive offsets."""
+    """Usage events into the real pipeline, with consecutive offsets per partition."""
 
     def __init__(self, pipeline: BatchPipeline) -> None:
         self.pipeline = pipeline
-        self.offset = 0
+        self.offsets: dict[int, int] = {}
 
-    async def send(self, events: list[tuple[str, str, datetime, dict[str, Any]]]) -> None:
+    def records(self, events: list[Event], partition: int = 0) -> list[RawRecord]:
+        """The Kafka records of `events` (event ids derived from the content: a log)."""
         records = []
         for org, kind, at, extra in events:
+            offset = self.offsets.get(partition, 0)
+            self.offsets[partition] = offset + 1
             body = {
-                "event_id": str(uuid.uuid4()),
+                "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{partition}:{offset}:{org}")),
                 "organization_id": org,
                 "type": kind,
                 "occurred_at": at.isoformat(),
                 **extra,
             }
             ts = int(at.timestamp() * 1000)
-            records.append(RawRecord(USAGE, 0, self.offset, org.encode(), orjson.dumps(body), ts))
-            self.offset += 1
+            value = orjson.dumps(body)
+            records.append(RawRecord(USAGE, partition, offset, org.encode(), value, ts))
+        return records
+
+    async def apply(self, records: list[RawRecord]) -> None:
         outcome = await self.pipeline.process(records)
-        assert outcome.applied == len(events) and not outcome.rejected
+        assert outcome.applied == len(records) and not outcome.rejected
+
+    async def send(self, events: list[Event], partition: int = 0) -> None:
+        await self.apply(self.records(events, partition))
 
 
 @contextlib.asynccontextmanager
@@ -77,6 +108,7 @@ async def _pipeline(database_url: str, bootstrap: str) -> AsyncIterator[Feed]:
                 model=default_model(),
                 consumer_group=GROUP,
                 rescore_step_seconds=STEP,
+                silence_rescoring=True,
             )
         )
     finally:
@@ -84,23 +116,35 @@ async def _pipeline(database_url: str, bootstrap: str) -> AsyncIterator[Feed]:
         await producer.stop()
 
 
-def _active_history(org: str, end: datetime) -> list[tuple[str, str, datetime, dict[str, Any]]]:
-    """Two weeks of steady use by three users, ending at `end`."""
+def _sweep(feed: Feed) -> SilenceSweep:
+    return SilenceSweep(feed.pipeline._pool, default_model(), GROUP, STEP, topics=[USAGE, SUPPORT])
+
+
+def _active_history(org: str, end: datetime, days: int = 14) -> list[Event]:
+    """`days` of steady use by three users, ending at `end`."""
     users = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"{org}-user-{i}")) for i in range(3)]
     features = ["calendar", "invoices", "contracts", "questionnaires", "gallery"]
-    events: list[tuple[str, str, datetime, dict[str, Any]]] = [
-        (org, "onboarding_completed", end - timedelta(days=14), {"user_id": users[0]}),
-        (org, "client_added", end - timedelta(days=13), {"quantity": 12}),
-        (org, "payment_received", end - timedelta(days=10), {}),
+    events: list[Event] = [
+        (org, "onboarding_completed", end - timedelta(days=days), {"user_id": users[0]}),
+        (org, "client_added", end - timedelta(days=days - 1), {"quantity": 12}),
+        (org, "payment_received", end - timedelta(days=days - 4), {}),
     ]
-    for day in range(14, -1, -1):
+    for day in range(days, -1, -1):
         for u, user in enumerate(users):
             at = end - timedelta(days=day, hours=u + 1)
             events.append((org, "login", at, {"user_id": user}))
             feature = features[(day + u) % len(features)]
             events.append((org, "feature_used", at, {"user_id": user, "feature": feature}))
     events.append((org, "email_sent", end, {"quantity": 3}))
-    return events
+    return sorted(events, key=lambda e: e[2])
+
+
+def _clock(start_hours: float, end_hours: float) -> list[Event]:
+    """Logins of a busy organization on every grid point: it moves the watermark and is
+    never silent for a whole step (the grid point of its next event is not before it)."""
+    org = _org("clock")
+    hours = range(int(start_hours), int(end_hours) + 1, int(STEP // 3600))
+    return [(org, "login", _at(h), {}) for h in hours]
 
 
 async def _row(conn: asyncpg.Connection[Any], query: str, org: str) -> asyncpg.Record:
@@ -115,6 +159,12 @@ FROM customer_health h JOIN organization_state s USING (organization_id)
 WHERE h.organization_id = $1
 """
 
+# silence rescorings after LAST (an active organization has some overnight too)
+SWEEP_HISTORY = """
+SELECT scored_at, health_score::float8 AS score FROM health_score_history
+WHERE organization_id = $1 AND cause = 'sweep' AND scored_at > $2 ORDER BY scored_at
+"""
+
 
 async def test_quiet_organization_drifts_down_and_alerts(
     migrated_database: str, kafka_bootstrap: str
@@ -122,93 +172,241 @@ async def test_quiet_organization_drifts_down_and_alerts(
     quiet, recent = _org("quiet"), _org("recent")
     async with _pipeline(migrated_database, kafka_bootstrap) as feed:
         await feed.send(_active_history(quiet, LAST))
-        await feed.send(_active_history(recent, LAST + timedelta(days=1, hours=20)))
-        sweep = SilenceSweep(feed.pipeline._pool, default_model(), GROUP, STEP)
+        await feed.send(_active_history(recent, _at(44)))
+        sweep = _sweep(feed)
         conn = await asyncpg.connect(migrated_database)
         try:
             start = await _row(conn, HEALTH, quiet)
             assert start["scored_at"] == start["last_event_at"] == LAST
-            assert start["rescore_due_at"] == LAST + timedelta(seconds=STEP)
+            assert start["rescore_due_at"] == _at(6)  # the next grid point a step on
             assert start["score"] >= 70, "the active organization must start healthy"
-
-            # two days later: the quiet one is due, the recent one (due at +2d 2h) is not
-            as_of = LAST + timedelta(days=2)
-            assert await sweep.run_once(as_of=as_of) == 1
+            # the log's watermark is the recent organization's last event: quiet is
+            # due at +6h .. +42h; recent (last event +44h) at +54h, the grid point a step on
+            recent_row = await _row(conn, HEALTH, recent)
+            assert recent_row["rescore_due_at"] == _at(54)
+            assert await sweep.run_once() == 1
+            assert await sweep.run_once() == 0  # nothing due any more below the watermark
             after = await _row(conn, HEALTH, quiet)
             assert after["score"] < start["score"]
-            assert after["scored_at"] == as_of
-            assert after["rescore_due_at"] == as_of + timedelta(seconds=STEP)
+            assert after["scored_at"] == _at(42)
+            assert after["rescore_due_at"] == _at(48)
             assert after["last_event_at"] == LAST  # time passed; no event did
+            swept = await conn.fetch(SWEEP_HISTORY, uuid.UUID(quiet), LAST)
+            assert [h["scored_at"] for h in swept] == [_at(h) for h in range(6, 43, 6)]
             untouched = await _row(conn, HEALTH, recent)
-            assert untouched["scored_at"] == LAST + timedelta(days=1, hours=20)
-            assert await sweep.run_once(as_of=as_of) == 0  # nothing due any more
+            assert untouched["scored_at"] == _at(44)
 
-            # the periodic sweep every 12 hours of event time, for four weeks
-            scores = [start["score"], after["score"]]
-            for half_days in range(5, 61):
-                as_of = LAST + timedelta(hours=12 * half_days)
-                assert await sweep.run_once(as_of=as_of) >= 1
+            # a month of other organizations' events move the watermark; the sweep
+            # runs every 12 hours of event time (30 days on, the last active users and
+            # features leave their 30-day windows)
+            for hours in range(48, 31 * 24 + 1, 12):
+                await feed.send(_clock(hours - 12, hours))
+                await sweep.drain()
                 row = await _row(conn, HEALTH, quiet)
-                assert row["rescore_due_at"] == as_of + timedelta(seconds=STEP)
-                scores.append(row["score"])
+                # rescored up to the last grid point below the watermark (the clock's event)
+                assert row["scored_at"] == _at(hours - 6)
+                assert row["rescore_due_at"] == _at(hours)
+            swept = await conn.fetch(SWEEP_HISTORY, uuid.UUID(quiet), LAST)
+            assert [h["scored_at"] for h in swept] == [_at(h) for h in range(6, 31 * 24, 6)]
+            scores = [start["score"]] + [h["score"] for h in swept]
             assert all(b <= a for a, b in itertools.pairwise(scores)), scores
             assert scores[-1] < scores[0] - 15
+            clock = await conn.fetchval(
+                "SELECT count(*) FROM health_score_history WHERE organization_id = $1 "
+                "AND cause = 'sweep'",
+                uuid.UUID(_org("clock")),
+            )
+            assert clock == 0, "an organization with an event every step is never silent"
 
             history = await conn.fetch(
                 "SELECT cause, scored_at FROM health_score_history "
                 "WHERE organization_id = $1 ORDER BY scored_at",
                 uuid.UUID(quiet),
             )
-            sweeps = [h for h in history if h["cause"] == "sweep"]
-            assert len(sweeps) == 1 + 56
-            assert all(h["scored_at"] > LAST for h in sweeps)
-            assert {h["cause"] for h in history if h["scored_at"] <= LAST} == {"events"}
+            assert {h["cause"] for h in history if h["scored_at"] == LAST} == {"events"}
+            assert {h["cause"] for h in history if h["scored_at"] > LAST} == {"sweep"}
+            # the history came in one batch: one row for its events (the last score) and
+            # one for each grid point it went through silent overnight
+            assert {h["cause"] for h in history if h["scored_at"] < LAST} == {"sweep"}
 
             alerts = await conn.fetch(
                 "SELECT alert_id, kind, payload::text AS payload FROM alert_outbox "
-                "WHERE organization_id = $1 ORDER BY created_at",
+                "WHERE organization_id = $1 ORDER BY seq",
                 uuid.UUID(quiet),
             )
             assert [a["kind"] for a in alerts][:1] == ["risk_raised"], scores
             raised = orjson.loads(alerts[0]["payload"])
-            assert raised["scored_at"] > LAST.isoformat()  # raised by the sweep, not an event
+            raised_at = datetime.fromisoformat(raised["scored_at"])
+            # raised by the sweep, on the grid, not by an event
+            assert raised_at > LAST and raised_at.timestamp() % STEP == 0
             assert alerts[0]["alert_id"] == alert_id_for(quiet, 1, AlertKind.RISK_RAISED)
             assert raised["risk_level"] in ("high", "critical"), raised
             assert raised["churn_probability"] >= 0.5
             assert raised["risk_factors"] and raised["caused_by"]
-            print(f"\nquiet organization: score {scores[0]} -> {scores[-1]} over 30 days")
+            print(f"\nquiet organization: score {scores[0]} -> {scores[-1]} over 31 days")
             print("alerts:", [(a["kind"], orjson.loads(a["payload"])["scored_at"]) for a in alerts])
         finally:
             await conn.close()
 
 
+async def test_a_partition_that_stops_holds_the_sweep_back(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """The watermark is the oldest partition's: a stopped producer is not silence."""
+    quiet = _org("held-quiet")
+    async with _pipeline(migrated_database, kafka_bootstrap) as feed:
+        await feed.send(_active_history(quiet, LAST), partition=0)
+        sweep = _sweep(feed)
+        # partition 1 runs on for ten days; partition 0 delivers nothing after LAST
+        await feed.send(_clock(0, 240), partition=1)
+        assert await sweep.run_once() == 0
+        assert await sweep.backlog() == 0
+        conn = await asyncpg.connect(migrated_database)
+        try:
+            assert await conn.fetch(SWEEP_HISTORY, uuid.UUID(quiet), LAST) == []
+            # one event on partition 0, three days on: the watermark moves to it
+            other = _org("held-other")
+            await feed.send([(other, "login", _at(72), {})], partition=0)
+            assert await sweep.backlog() == 1
+            assert await sweep.run_once() == 1
+            swept = await conn.fetch(SWEEP_HISTORY, uuid.UUID(quiet), LAST)
+            assert [h["scored_at"] for h in swept] == [_at(h) for h in range(6, 72, 6)]
+
+            # a due time stored under another step: taken once, nothing due, moved on
+            await conn.execute(
+                "UPDATE organization_state SET rescore_due_at = $2 WHERE organization_id = $1",
+                uuid.UUID(quiet),
+                _at(1),
+            )
+            assert await sweep.run_once() == 1
+            assert await sweep.run_once() == 0
+            due = await conn.fetchval(
+                "SELECT rescore_due_at FROM organization_state WHERE organization_id = $1",
+                uuid.UUID(quiet),
+            )
+            assert due == _at(72)
+            assert len(await conn.fetch(SWEEP_HISTORY, uuid.UUID(quiet), LAST)) == len(swept)
+        finally:
+            await conn.close()
+
+
+def _silent_log() -> list[Event]:
+    """A month of organizations that go quiet: for a week and back, for good, in gaps."""
+    log: list[Event] = []
+    log += _active_history(_any_org("steady"), _at(30 * 24))
+    log += _active_history(_any_org("gone"), _at(12 * 24), days=10)
+    back = _any_org("back")
+    log += _active_history(back, _at(10 * 24), days=9)  # a week of silence, then back
+    log += [e for e in _active_history(back, _at(30 * 24), days=12) if e[2] > _at(17 * 24)]
+    rng = random.Random(3)
+    sparse = _any_org("sparse")
+    hours = 0.0
+    while hours < 30 * 24:
+        log.append((sparse, rng.choice(["login", "feature_used"]), _at(hours), {}))
+        hours += rng.choice([0.5, 5, 7, 13, 30, 70])
+    return sorted(log, key=lambda e: e[2])
+
+
+async def _sweep_rows(database_url: str) -> list[tuple[str, datetime, float, float]]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT organization_id, scored_at, health_score::float8 AS score, "
+            "churn_probability::float8 AS p FROM health_score_history WHERE cause = 'sweep'"
+        )
+    finally:
+        await conn.close()
+    return sorted((str(r["organization_id"]), r["scored_at"], r["score"], r["p"]) for r in rows)
+
+
+async def test_silence_rescorings_do_not_depend_on_batch_cuts_or_sweep_timing(
+    database_factory: DatabaseFactory, migrated_template: str, kafka_bootstrap: str
+) -> None:
+    """The same log, cut into batches of 1-7 records with a sweep after each, and as one
+    batch swept once at the end: the same rescorings, alerts and states.
+
+    In the first run the sweep rescores an organization that comes back later
+    while it is still silent; in the second its whole silence is rescored by the
+    batch that applies its return, with later events already in the same batch.
+    """
+    log = _silent_log()
+    results: list[tuple[Snapshot, list[tuple[str, datetime, float, float]]]] = []
+    for small_batches in (True, False):
+        database = await database_factory(template=migrated_template)
+        async with _pipeline(database, kafka_bootstrap) as feed:
+            records = feed.records(log)
+            sweep = _sweep(feed)
+            if small_batches:
+                rng = random.Random(9)
+                position = 0
+                while position < len(records):
+                    size = rng.randint(1, 7)
+                    await feed.apply(records[position : position + size])
+                    position += size
+                    await sweep.drain()
+            else:
+                await feed.apply(records)
+                await sweep.drain()
+            assert await sweep.backlog() == 0
+        results.append((await snapshot(database), await _sweep_rows(database)))
+    (small, small_sweeps), (whole, whole_sweeps) = results
+
+    assert small_sweeps == whole_sweeps
+    assert small.alerts == whole.alerts  # ids, kinds, episodes and whole payloads
+    assert small.states == whole.states  # state documents, last_event_at, rescore_due_at
+    assert small.health == whole.health
+
+    swept = {org for org, _, _, _ in whole_sweeps}
+    assert {_any_org("gone"), _any_org("back"), _any_org("sparse")} <= swept
+    back_times = [at for org, at, _, _ in whole_sweeps if org == _any_org("back")]
+    return_at = min(e[2] for e in log if e[0] == _any_org("back") and e[2] > _at(10 * 24))
+    assert any(at < return_at for at in back_times), "silence before the return"
+    first: dict[str, datetime] = {}
+    for org, at, _, _ in whole_sweeps:  # each organization on its own grid, a step apart
+        assert (at - first.setdefault(org, at)) % timedelta(seconds=STEP) == timedelta(0)
+    points = {(org, at) for org, at, _, _ in whole_sweeps}
+    raised_by_silence = [
+        alert
+        for alert in whole.alerts.values()
+        if (alert["organization_id"], datetime.fromisoformat(alert["payload"]["scored_at"]))
+        in points
+    ]
+    print(
+        f"\n{len(whole_sweeps)} silence rescorings, {len(whole.alerts)} alerts "
+        f"({len(raised_by_silence)} on silence)"
+    )
+
+
 async def test_two_sweepers_never_both_sweep(migrated_database: str, kafka_bootstrap: str) -> None:
-    orgs = [_org(f"many-{i}") for i in range(300)]
+    orgs = [_any_org(f"many-{i}") for i in range(300)]  # at all phases
     async with _pipeline(migrated_database, kafka_bootstrap) as feed:
         await feed.send([(org, "login", LAST, {}) for org in orgs])
     model = default_model()
     pools = [await create_pool(migrated_database, "healthscore_writer") for _ in range(2)]
-    sweepers = [SilenceSweep(pool, model, GROUP, STEP) for pool in pools]
+    sweepers = [SilenceSweep(pool, model, GROUP, STEP, topics=[USAGE, SUPPORT]) for pool in pools]
     conn = await asyncpg.connect(migrated_database)
     try:
         # while another session holds the leader lock, a sweeper does nothing at all
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", SWEEP_LOCK_KEY)
-            assert await sweepers[0].run_once(as_of=LAST + timedelta(days=1)) == 0
-        assert await _sweep_rows(conn) == 0
+            assert await sweepers[0].run_once(watermark=LAST + timedelta(days=1)) == 0
+        assert await _sweep_count(conn) == 0
 
         for day in range(1, 6):
-            as_of = LAST + timedelta(days=day)
-            results = await asyncio.gather(*(s.run_once(as_of=as_of) for s in sweepers))
+            watermark = LAST + timedelta(days=day)
+            results = await asyncio.gather(*(s.run_once(watermark=watermark) for s in sweepers))
             assert sorted(results) == [0, len(orgs)], results
             per_org = await conn.fetch(
-                "SELECT organization_id, count(*) AS n FROM health_score_history "
-                "WHERE cause = 'sweep' AND scored_at = $1 GROUP BY organization_id",
-                as_of,
+                "SELECT organization_id, count(*) AS n, count(DISTINCT scored_at) AS points "
+                "FROM health_score_history WHERE cause = 'sweep' GROUP BY organization_id"
             )
             assert len(per_org) == len(orgs)
-            assert {r["n"] for r in per_org} == {1}, "an organization was swept twice"
-        assert await _sweep_rows(conn) == 5 * len(orgs)
+            # every point of its grid below the watermark once: 4 a day, the first a step
+            # or more after LAST
+            assert {(r["n"], r["points"]) for r in per_org} == {(4 * day - 1, 4 * day - 1)}, (
+                "an organization was rescored twice at one point"
+            )
+        assert await _sweep_count(conn) == (4 * 5 - 1) * len(orgs)
         assert sum(s.runs for s in sweepers) == 5
     finally:
         await conn.close()
@@ -216,6 +414,6 @@ async def test_two_sweepers_never_both_sweep(migrated_database: str, kafka_boots
             await pool.close()
 
 
-async def _sweep_rows(conn: asyncpg.Connection[Any]) -> int:
+async def _sweep_count(conn: asyncpg.Connection[Any]) -> int:
     n = await conn.fetchval("SELECT count(*) FROM health_score_history WHERE cause = 'sweep'")
     return int(n)

@@ -129,6 +129,7 @@ class BatchPipeline:
         consumer_group: str,
         rescore_step_seconds: float,
         max_unprocessable_per_batch: int = 10,
+        silence_rescoring: bool = False,
     ) -> None:
         self._pool = pool
         self._max_unprocessable = max_unprocessable_per_batch
@@ -137,6 +138,9 @@ class BatchPipeline:
         self._model = model
         self._group = consumer_group
         self._rescore_step = rescore_step_seconds
+        # with the silence sweep on: rescore an organization's silence before its
+        # next event (see healthscore.sweep), so that it does not depend on timing
+        self._silence_step = rescore_step_seconds if silence_rescoring else None
 
     def decode(self, records: Sequence[RawRecord]) -> list[Decoded | Rejection]:
         return [self._decoder.decode(r) for r in records]
@@ -338,7 +342,9 @@ class BatchPipeline:
                 record = interaction_from_row(row)
                 interactions[record.id] = record
         marks.lap("load")
-        effects = compute_batch_effects(events, states, interactions, self._model)
+        effects = compute_batch_effects(
+            events, states, interactions, self._model, self._silence_step
+        )
         marks.lap("compute")
         return effects
 

@@ -10,7 +10,7 @@ from uuid import UUID
 import orjson
 
 from healthscore.contracts.alerts import ChurnRiskAlert
-from healthscore.ingest.effects import BatchEffects, RaisedAlert
+from healthscore.ingest.effects import BatchEffects, RaisedAlert, next_silence_rescore
 from healthscore.scoring.model import ScoreModel
 from healthscore.scoring.state import encode_state
 from healthscore.store import Connection, sql
@@ -111,16 +111,21 @@ async def write_effects(
             model.version,
         )
         lap("w_customer_health")
+        # one row per score: each organization's last one, and every silence rescoring
+        history, history_orgs = rescored, orgs
+        if effects.silence_rescorings:
+            history = effects.history()
+            history_orgs = [UUID(r.organization_id) for r in history]
         await conn.execute(
             sql.INSERT_SCORE_HISTORY,
-            orgs,
-            [to_datetime(r.scored_at) for r in rescored],
-            [h.score for h in healths],
-            [h.churn_probability for h in healths],
-            [str(h.risk_level) for h in healths],
-            [orjson.dumps(h.components).decode() for h in healths],
+            history_orgs,
+            [to_datetime(r.scored_at) for r in history],
+            [r.health.score for r in history],
+            [r.health.churn_probability for r in history],
+            [str(r.health.risk_level) for r in history],
+            [orjson.dumps(r.health.components).decode() for r in history],
             model.version,
-            [str(r.cause) for r in rescored],
+            [str(r.cause) for r in history],
         )
         lap("w_history")
         await conn.execute(
@@ -128,7 +133,7 @@ async def write_effects(
             orgs,
             [encode_state(s).decode() for s in org_states],
             [to_datetime(s.last_event_at) for s in org_states],
-            [to_datetime(r.scored_at + rescore_step_seconds) for r in rescored],
+            [to_datetime(next_silence_rescore(s, rescore_step_seconds)) for s in org_states],
         )
         lap("w_states")
 

@@ -235,17 +235,35 @@ ON CONFLICT (alert_id) DO NOTHING
 # one leader at a time (sweep, relays): a transaction-level advisory lock
 TRY_LEADER_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
 
+# The log's event-time watermark: the oldest of the input partitions' newest
+# applied event times. Partitions are read in order, so no event older than it
+# is still to come on any partition that has delivered one (the sweep's clock).
 EVENT_TIME_WATERMARK = """
-SELECT max(max_event_time) FROM consumer_offsets WHERE consumer_group = $1
+SELECT min(max_event_time) FROM consumer_offsets
+WHERE consumer_group = $1 AND topic = ANY($2::text[])
 """
 
+# rescore_due_at is the organization's next silence grid point: due when it lies
+# strictly below the watermark
 PICK_SILENT = """
 SELECT organization_id, state::text AS state
 FROM organization_state
-WHERE rescore_due_at <= $1
+WHERE rescore_due_at < $1
 ORDER BY rescore_due_at
 LIMIT $2
 FOR UPDATE SKIP LOCKED
+"""
+
+COUNT_SILENT = """
+SELECT count(*) FROM organization_state WHERE rescore_due_at < $1
+"""
+
+# rows picked with nothing due after all (a due time stored under another step)
+SET_RESCORE_DUE = """
+UPDATE organization_state s
+SET rescore_due_at = x.rescore_due_at
+FROM unnest($1::uuid[], $2::timestamptz[]) AS x(organization_id, rescore_due_at)
+WHERE s.organization_id = x.organization_id
 """
 
 # --- dedupe retention ----------------------------------------------------------

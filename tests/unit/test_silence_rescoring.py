@@ -1,0 +1,254 @@
+"""Silence rescorings are a function of the log: the grid, and batch-cut independence.
+
+An organization is rescored at every multiple of the step that lies at least a
+step after its newest event, before its next one. Whether a batch makes those
+rescorings (before the event that ends the silence) or the sweep does (below a
+watermark, between batches), and wherever the batches are cut, every
+organization goes through the same sequence of events and rescorings: the
+states, the rescorings and the alerts are identical.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from healthscore.contracts import UsageEvent
+from healthscore.contracts.enums import HistoryCause
+from healthscore.ingest.effects import (
+    BatchEffects,
+    compute_batch_effects,
+    compute_silence_effects,
+    next_silence_rescore,
+    silence_rescore_times,
+)
+from healthscore.scoring.aggregate import new_state
+from healthscore.scoring.model import default_model
+from healthscore.scoring.state import OrganizationState, encode_state
+
+STEP = 6 * 3600.0
+# a grid point (a multiple of the step), well in the past
+T0 = datetime(2026, 1, 5, tzinfo=UTC)
+assert T0.timestamp() % STEP == 0
+MODEL = default_model()
+
+
+# an organization whose grid has phase 0: its points are the multiples of the step
+ON_THE_HOUR = str(uuid.UUID(int=int(STEP * 1000) * 12_345))
+
+
+def _state(
+    last_event: float, last_scored: float | None = None, org: str = ON_THE_HOUR
+) -> OrganizationState:
+    state = new_state(org)
+    state.first_event_at = state.last_event_at = last_event
+    state.last_scored_at = last_event if last_scored is None else last_scored
+    return state
+
+
+def test_the_grid() -> None:
+    t0 = T0.timestamp()
+    # on the grid: the first rescoring is one step later
+    assert next_silence_rescore(_state(t0), STEP) == t0 + STEP
+    # just after a grid point: the point two steps on (at least a step of silence)
+    assert next_silence_rescore(_state(t0 + 1), STEP) == t0 + 2 * STEP
+    assert next_silence_rescore(_state(t0 - 1), STEP) == t0 + STEP
+    # after a silence rescoring at t0 + 3 steps: the next grid point
+    assert next_silence_rescore(_state(t0, t0 + 3 * STEP), STEP) == t0 + 4 * STEP
+    # a score stored off the grid (another step, older code): the grid point after it
+    assert next_silence_rescore(_state(t0, t0 + 3 * STEP + 5), STEP) == t0 + 4 * STEP
+    assert next_silence_rescore(new_state(ON_THE_HOUR), STEP) is None
+    # the times strictly below `until`
+    state = _state(t0 + 60)
+    assert silence_rescore_times(state, t0 + 2 * STEP, STEP) == []
+    assert silence_rescore_times(state, t0 + 2 * STEP + 1, STEP) == [t0 + 2 * STEP]
+    assert silence_rescore_times(state, t0 + 5 * STEP, STEP) == [
+        t0 + 2 * STEP,
+        t0 + 3 * STEP,
+        t0 + 4 * STEP,
+    ]
+    # microsecond event times far from the epoch: the grid stays exact
+    for micros in (1, 999_999, 123_456):
+        at = t0 + 7 * STEP + micros / 1e6
+        due = next_silence_rescore(_state(at), STEP)
+        assert due is not None and due % STEP == 0 and at + STEP <= due < at + 2 * STEP
+
+
+def test_each_organization_has_its_own_phase() -> None:
+    """Silent organizations fall due spread over the step, not all at one instant."""
+    t0 = T0.timestamp()
+    rng = random.Random(1)
+    orgs = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(400)]
+    dues = []
+    for org in orgs:
+        state = _state(t0, org=org)
+        due = next_silence_rescore(state, STEP)
+        assert due is not None and t0 + STEP <= due < t0 + 2 * STEP
+        # the same organization's points are a step apart, whatever its last score
+        times = silence_rescore_times(state, t0 + 10 * STEP, STEP)
+        assert times[0] == due and len(times) in (8, 9)
+        assert all(b - a == STEP for a, b in itertools.pairwise(times))
+        assert next_silence_rescore(_state(t0 + 3 * 3600, org=org), STEP) in (due, due + STEP)
+        dues.append(due - (t0 + STEP))
+    # spread over the whole step: every hour of the six gets some
+    assert {int(d // 3600) for d in dues} == set(range(6))
+
+
+def _log(seed: int, organizations: int, events: int) -> list[UsageEvent]:
+    """A usage log in event-time order: bursts of activity and silences of hours to weeks."""
+    rng = random.Random(seed)
+    orgs = [uuid.UUID(int=rng.getrandbits(128)) for _ in range(organizations)]
+    users = {org: [uuid.UUID(int=rng.getrandbits(128)) for _ in range(3)] for org in orgs}
+    at = T0
+    log = []
+    for _ in range(events):
+        at += timedelta(seconds=rng.choice([30, 600, 3600, 4 * 3600, 9 * 3600, 2 * 86400]))
+        if rng.random() < 0.1:
+            at += timedelta(seconds=STEP)  # land exactly on a grid point now and then
+            at = datetime.fromtimestamp(at.timestamp() // STEP * STEP, UTC)
+        # a few organizations do most of the talking; the others go quiet for long
+        org = orgs[min(int(rng.expovariate(0.8)), organizations - 1)]
+        kind = rng.choice(["login", "feature_used", "client_added", "seat_removed", "email_sent"])
+        log.append(
+            UsageEvent(
+                event_id=uuid.UUID(int=rng.getrandbits(128)),
+                organization_id=org,
+                user_id=rng.choice(users[org]),
+                type=kind,
+                feature="calendar",
+                occurred_at=at,
+            )
+        )
+    return log
+
+
+def _run(log: list[UsageEvent], cuts: list[int], sweeps: list[bool]) -> dict[str, object]:
+    """Apply `log` in batches cut at `cuts`; after a batch, sweep to the watermark if asked.
+
+    The watermark after a batch is its newest event time (one partition): no
+    later event is older. The run ends with a sweep to the log's end.
+    """
+    states: dict[str, OrganizationState] = {}
+    all_effects: list[BatchEffects] = []
+    bounds = [0, *sorted(set(cuts)), len(log)]
+    for n, (start, end) in enumerate(itertools.pairwise(bounds)):
+        batch = log[start:end]
+        if not batch:
+            continue
+        all_effects.append(compute_batch_effects(batch, states, {}, MODEL, STEP))
+        if sweeps[n % len(sweeps)]:
+            watermark = batch[-1].occurred_at.timestamp()
+            all_effects.append(compute_silence_effects(states, watermark, STEP, MODEL))
+    end = log[-1].occurred_at.timestamp() + 0.5
+    all_effects.append(compute_silence_effects(states, end, STEP, MODEL))
+    rescorings = [
+        (r.organization_id, r.scored_at, r.health.score, r.health.churn_probability)
+        for effects in all_effects
+        for r in effects.silence_rescorings
+    ]
+    return {
+        "states": {org: encode_state(state) for org, state in states.items()},
+        "rescorings": sorted(rescorings),
+        "alerts": sorted(
+            (str(a.decision.alert_id), a.organization_id, a.scored_at, a.health.score)
+            for effects in all_effects
+            for a in effects.alerts
+        ),
+    }
+
+
+def test_silence_rescorings_do_not_depend_on_batches_or_sweep_timing() -> None:
+    log = _log(seed=5, organizations=8, events=400)
+    whole = _run(log, [], [False])
+    one_by_one = _run(log, list(range(1, len(log))), [True])
+    assert one_by_one == whole
+    rescorings = whole["rescorings"]
+    assert isinstance(rescorings, list) and len(rescorings) > 100
+    first: dict[str, float] = {}
+    for org, at, _, _ in rescorings:
+        first.setdefault(org, at)
+        steps = (at - first[org]) / STEP
+        assert abs(steps - round(steps)) < 1e-9  # on the organization's grid
+    alerts = whole["alerts"]
+    assert isinstance(alerts, list) and alerts
+    # some alerts come from silence
+    silence_points = {(org, at) for org, at, _, _ in rescorings}
+    assert any((org, at) in silence_points for _, org, at, _ in alerts)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    cuts=st.lists(st.integers(1, 119), max_size=30),
+    sweeps=st.lists(st.booleans(), min_size=1, max_size=5),
+)
+def test_any_batch_cuts_and_sweep_points_give_the_same_result(
+    seed: int, cuts: list[int], sweeps: list[bool]
+) -> None:
+    log = _log(seed=seed, organizations=5, events=120)
+    assert _run(log, cuts, sweeps) == _run(log, [], [False])
+
+
+def test_batch_rescores_silence_before_the_event_that_ends_it() -> None:
+    t0 = T0.timestamp()
+    org = uuid.UUID(ON_THE_HOUR)
+
+    def login(at: float) -> UsageEvent:
+        return UsageEvent(
+            event_id=uuid.uuid4(),
+            organization_id=org,
+            type="login",
+            occurred_at=datetime.fromtimestamp(at, UTC),
+        )
+
+    # active at t0 + 10 min, then silent until two days later
+    back = t0 + 2 * 86400 + 60
+    effects = compute_batch_effects([login(t0 + 600), login(back)], {}, {}, MODEL, STEP)
+    times = [r.scored_at for r in effects.silence_rescorings]
+    assert times == [t0 + k * STEP for k in range(2, 9)]
+    assert {r.cause for r in effects.silence_rescorings} == {HistoryCause.SWEEP}
+    scores = [r.health.score for r in effects.silence_rescorings]
+    assert scores == sorted(scores, reverse=True) and scores[-1] < scores[0]
+    final = effects.rescored[str(org)]
+    assert final.cause is HistoryCause.EVENTS and final.scored_at == back
+    assert final.previous_score == scores[-1]
+    history = effects.history()
+    assert [r.scored_at for r in history] == [*times, back]
+    # without a step (the sweep off), no silence rescorings at all
+    quiet = compute_batch_effects([login(t0 + 600), login(back)], {}, {}, MODEL)
+    assert quiet.silence_rescorings == [] and [r.scored_at for r in quiet.history()] == [back]
+    state = copy.deepcopy(effects.states[str(org)])
+    assert next_silence_rescore(state, STEP) == t0 + 10 * STEP  # back + a step, on the grid
+
+
+def test_a_late_event_does_not_rescore_the_same_silence_twice() -> None:
+    """An event older than rescorings already made (late) is scored as of the newest."""
+    t0 = T0.timestamp()
+    org = uuid.UUID(ON_THE_HOUR)
+
+    def login(at: float) -> UsageEvent:
+        return UsageEvent(
+            event_id=uuid.uuid4(),
+            organization_id=org,
+            type="login",
+            occurred_at=datetime.fromtimestamp(at, UTC),
+        )
+
+    states: dict[str, OrganizationState] = {}
+    compute_batch_effects([login(t0)], states, {}, MODEL, STEP)
+    swept = compute_silence_effects(states, t0 + 5 * STEP + 1, STEP, MODEL)
+    assert [r.scored_at for r in swept.silence_rescorings] == [t0 + k * STEP for k in range(1, 6)]
+    late = compute_batch_effects([login(t0 + 2 * STEP)], states, {}, MODEL, STEP)
+    assert late.silence_rescorings == []
+    assert late.rescored[str(org)].scored_at == t0 + 5 * STEP
+    state = states[str(org)]
+    assert state.last_event_at == t0 + 2 * STEP and state.last_scored_at == t0 + 5 * STEP
+    assert next_silence_rescore(state, STEP) == t0 + 6 * STEP
+    again = compute_silence_effects(states, t0 + 7 * STEP + 1, STEP, MODEL)
+    assert [r.scored_at for r in again.silence_rescorings] == [t0 + 6 * STEP, t0 + 7 * STEP]
