@@ -40,7 +40,9 @@ from healthscore.ops.lag import HighWatermarkProbe
 from healthscore.ops.logging import framework_logger
 from healthscore.ops.metrics import Metrics
 from healthscore.outbox import OutboxRelay
+from healthscore.projector import Projector
 from healthscore.scoring.model import ScoreModel, load_model
+from healthscore.stopping import pause_unless_stopped
 from healthscore.sweep import SilenceSweep
 
 log = structlog.get_logger(__name__)
@@ -146,6 +148,9 @@ class _OpsServer(uvicorn.Server):
 @dataclass
 class ServiceOptions:
     run_relay: bool = True
+    # the read model: customer_health and the health feed, projected from state
+    run_projector: bool = True
+    publish_health: bool = True
     # the silence sweep, and the silence rescorings batches make before events
     run_sweep: bool = True
     create_topics: bool = True
@@ -169,6 +174,8 @@ class Service:
     pipeline: BatchPipeline | None = None
     relay: OutboxRelay | None = None
     sweep: SilenceSweep | None = None
+    projector: Projector | None = None
+    read_model_staleness: float = 0.0
     listeners: list[SeekToStoredOffsets] = field(default_factory=list)
     handlers: list[BatchHandler] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
@@ -245,10 +252,20 @@ class Service:
                 self.pool,
                 self.producer,
                 s.alert_topic,
-                s.health_topic,
                 on_published=lambda kind: self.metrics.alerts_published.labels(kind).inc(),
             )
             self._spawn(self.relay.run(s.relay_interval_seconds, self._stop))
+        if self.options.run_projector:
+            self.projector = Projector(
+                self.pool,
+                self.model,
+                self.producer,
+                s.health_topic if self.options.publish_health else None,
+                page_size=s.projector_page_size,
+                on_pass=self._on_projection,
+            )
+            self._spawn(self.projector.run(s.projector_interval_seconds, self._stop))
+            self._spawn(self._watch_staleness(self.projector))
         if self.options.run_sweep:
             self.sweep = SilenceSweep(
                 self.pool,
@@ -291,6 +308,7 @@ class Service:
                 "postgres": self._check_postgres,
                 "kafka": self._check_kafka,
                 "partitions": self._check_partitions,
+                "read_model": self._check_read_model,
             },
             asyncapi_json=lambda: asyncapi_json(self._require_broker()),
             asyncapi_html=lambda: asyncapi_html(self._require_broker()),
@@ -329,6 +347,15 @@ class Service:
         metadata = await self.producer.client.fetch_all_metadata()
         if not metadata.brokers():
             return "the cluster reports no brokers"
+        return None
+
+    async def _check_read_model(self) -> str | None:
+        limit = self.settings.read_model_staleness_max_seconds
+        if self.projector is not None and self.read_model_staleness > limit:
+            return (
+                f"the read model is {self.read_model_staleness:.0f} s behind the state "
+                f"(READ_MODEL_STALENESS_MAX_SECONDS={limit:g})"
+            )
         return None
 
     async def _check_partitions(self) -> str | None:
@@ -389,6 +416,22 @@ class Service:
         async with HighWatermarkProbe(self.kafka) as probe:
             return await probe.high_watermarks(partitions)
 
+    def _on_projection(self, organizations: int, duration: float) -> None:
+        self.metrics.read_model_projected.inc(organizations)
+        self.metrics.projection_duration.observe(duration)
+
+    async def _watch_staleness(self, projector: Projector) -> None:
+        """The read model's staleness gauge, refreshed every second."""
+        while not self._stop.is_set():
+            try:
+                self.read_model_staleness = await projector.staleness()
+                self.metrics.read_model_staleness.set(self.read_model_staleness)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("staleness_check_failed", error=type(exc).__name__)
+            await pause_unless_stopped(self._stop, 1.0)
+
     def _on_rebalance(self, change: str, partitions: int) -> None:
         self.metrics.rebalances.labels(change).inc()
         log.info("rebalance", change=change, partitions=partitions)
@@ -438,6 +481,10 @@ class Service:
         self._stop.set()
         if self.broker is not None:
             await self.broker.stop()
+        if self.projector is not None:
+            # no batch commits any more: leave the read model caught up, if quickly
+            with contextlib.suppress(Exception):
+                await self.projector.drain(timeout=self.settings.projector_drain_on_stop_seconds)
         if self._http_server is not None:
             self._http_server.should_exit = True
         for task in self._tasks:

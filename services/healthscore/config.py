@@ -125,6 +125,25 @@ class Settings(BaseSettings):
     model_path: Path = DEFAULT_MODEL_PATH
     sweep_interval_seconds: float = Field(default=60.0, gt=0)
     relay_interval_seconds: float = Field(default=0.05, gt=0)
+    projector_interval_seconds: float = Field(
+        default=0.2, gt=0, description="pause of the read-model projector when its queue is empty"
+    )
+    projector_page_size: int = Field(
+        default=2000, ge=1, description="organizations the projector writes per transaction"
+    )
+    projector_drain_on_stop_seconds: float = Field(
+        default=5.0, ge=0, description="on a graceful stop, how long to finish the projection"
+    )
+    read_model_staleness_target_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="the freshness the read model is run for (Prometheus rule threshold)",
+    )
+    read_model_staleness_max_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="/readyz fails while the read model is further behind than this",
+    )
     dedupe_retention_days: int = Field(default=14, ge=1)
     silence_rescore_after_seconds: float = Field(
         default=6 * 3600,

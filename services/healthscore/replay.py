@@ -63,7 +63,10 @@ async def replay(
     replay_group = group or f"{settings.consumer_group}-replay-{uuid.uuid4().hex[:8]}"
     replay_settings = settings.model_copy(update={"consumer_group": replay_group})
     options = ServiceOptions(
-        run_relay=publish_alerts, run_sweep=sweep, full_gc_every_batches=full_gc_every_batches
+        run_relay=publish_alerts,
+        run_sweep=sweep,
+        publish_health=publish_alerts,
+        full_gc_every_batches=full_gc_every_batches,
     )
     service = Service(replay_settings, options)
     started = time.monotonic()
@@ -83,6 +86,9 @@ async def replay(
         if service.sweep is not None:
             # the whole log is applied: rescore the silence up to its watermark
             await service.sweep.drain()
+        if service.projector is not None:
+            # and the read model reflects all of it
+            await service.projector.drain(timeout=timeout)
     finally:
         await service.stop()
     conn = await connect(admin_url, tls)

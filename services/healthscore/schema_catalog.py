@@ -29,7 +29,7 @@ SERVICE_TABLES: Final = (
     "consumer_offsets",
     "health_score_history",
     "alert_outbox",
-    "health_feed_pending",
+    "read_model_pending",
 )
 TABLES: Final = CORE_TABLES + READ_MODEL_TABLES + SERVICE_TABLES
 DASHBOARD_READABLE_TABLES: Final = CORE_TABLES + READ_MODEL_TABLES

@@ -157,7 +157,7 @@ async def test_relay_killed_after_publish_before_mark_resends_the_same_ids(
     pool = await create_pool(migrated_database, "healthscore_writer")
     producer = await make_producer(kafka_bootstrap)
     try:
-        relay = OutboxRelay(pool, producer, topics.alerts, None)
+        relay = OutboxRelay(pool, producer, topics.alerts)
         assert await relay.relay_alerts() == len(outbox)
         assert await relay.relay_alerts() == 0  # 4. and nothing more
     finally:

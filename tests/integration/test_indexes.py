@@ -66,7 +66,7 @@ EXPECTED_INDEXES = {
         "organization_state_pkey",
         "organization_state_rescore_due_idx",
     },
-    "health_feed_pending": {"health_feed_pending_pkey"},
+    "read_model_pending": {"read_model_pending_pkey", "read_model_pending_queued_at_idx"},
     "processed_events": {"processed_events_pkey", "processed_events_processed_at_idx"},
     "consumer_offsets": {"consumer_offsets_pkey"},
     "health_score_history": {

@@ -299,7 +299,7 @@ WRITER_PRIVILEGES: dict[str, tuple[set[str], set[str]]] = {
     "consumer_offsets": ({"SELECT"}, {"SELECT", "INSERT", "UPDATE"}),
     "health_score_history": (set(), {"INSERT"}),
     "alert_outbox": ({"SELECT"}, {"SELECT", "INSERT", "UPDATE"}),
-    "health_feed_pending": ({"SELECT", "DELETE"}, {"SELECT", "INSERT", "UPDATE"}),
+    "read_model_pending": ({"SELECT", "DELETE"}, {"SELECT", "INSERT", "UPDATE"}),
 }
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 

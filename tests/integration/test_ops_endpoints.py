@@ -144,6 +144,7 @@ async def test_metrics_health_readiness_and_docs_of_a_running_service(
                 "postgres": "ok",
                 "kafka": "ok",
                 "partitions": "ok",
+                "read_model": "ok",
             }
 
             # readiness really checks: a hung broker makes it fail, and say so

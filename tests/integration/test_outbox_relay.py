@@ -50,7 +50,7 @@ async def test_a_failed_publish_is_recorded_and_the_alerts_stay_pending(
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, max_request_size=1024)
     await producer.start()
     try:
-        relay = OutboxRelay(pool, producer, topics.alerts, None)
+        relay = OutboxRelay(pool, producer, topics.alerts)
         with pytest.raises(AlertPublishError):
             await relay.relay_alerts()
     finally:
@@ -79,7 +79,7 @@ async def test_pending_alerts_leave_in_insertion_order_and_are_marked(
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     await producer.start()
     try:
-        relay = OutboxRelay(pool, producer, topics.alerts, None)
+        relay = OutboxRelay(pool, producer, topics.alerts)
         assert await relay.relay_alerts() == 5
         assert await relay.relay_alerts() == 0
     finally:

@@ -570,7 +570,7 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
     org, user, event, interaction, alert = (uuid.uuid4() for _ in range(5))
     group, topics, partitions = "rls-test", ["product.usage.v1"], [0]
     # scores, churn probability, risk factors, feature usage, changes, counts
-    health = [[50.0]] * 6 + [[0.3], [json.dumps([])], [json.dumps({})]] + [[None]] * 3 + [[1]] * 3
+    health = [[50.0]] * 6 + [[0.3], [json.dumps([])], [json.dumps({})]] + [[None]] * 2 + [[1]] * 3
     return [
         ("ENSURE_ORGANIZATIONS", sql.ENSURE_ORGANIZATIONS, [[org]]),
         ("LOCK_STATES", sql.LOCK_STATES, [[org]]),
@@ -623,8 +623,9 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
         ("outbox.PENDING_ALERTS", outbox.PENDING_ALERTS, [10]),
         ("outbox.MARK_ALERTS_SENT", outbox.MARK_ALERTS_SENT, [[alert]]),
         ("outbox.RECORD_ALERT_FAILURE", outbox.RECORD_ALERT_FAILURE, [[alert], "broker down"]),
-        ("outbox.PENDING_HEALTH", outbox.PENDING_HEALTH, [10]),
-        ("outbox.MARK_HEALTH_SENT", outbox.MARK_HEALTH_SENT, [[org], [1]]),
+        ("PENDING_PROJECTION", sql.PENDING_PROJECTION, [10]),
+        ("OLDEST_PENDING_PROJECTION", sql.OLDEST_PENDING_PROJECTION, []),
+        ("MARK_PROJECTED", sql.MARK_PROJECTED, [[org], [1]]),
         ("gauges.OUTBOX_STATS", gauges.OUTBOX_STATS, []),
         ("gauges.DISTRIBUTION", gauges.DISTRIBUTION, []),
         ("db.ROLE_CHECK", db.ROLE_CHECK, []),

@@ -120,7 +120,7 @@ BAD_CHECK_VALUES: dict[str, tuple[str, list[dict[str, Any]]]] = {
     "alert_outbox_kind_check": ("alert_outbox", [{"kind": "risk_lowered"}]),
     "alert_outbox_episode_check": ("alert_outbox", [{"episode": 0}]),
     "alert_outbox_publish_attempts_check": ("alert_outbox", [{"publish_attempts": -1}]),
-    "health_feed_pending_version_check": ("health_feed_pending", [{"version": 0}]),
+    "read_model_pending_version_check": ("read_model_pending", [{"version": 0}]),
 }
 
 # CHECKs on generated columns: no value can be written; they guard the functions

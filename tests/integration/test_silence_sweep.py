@@ -30,6 +30,7 @@ from healthscore.db import create_pool
 from healthscore.ingest.decode import Decoder, RawRecord
 from healthscore.ingest.dlq import DeadLetterQueue
 from healthscore.ingest.pipeline import BatchPipeline
+from healthscore.projector import Projector
 from healthscore.scoring.alerts import alert_id_for
 from healthscore.scoring.model import default_model
 from healthscore.sweep import SWEEP_LOCK_KEY, SilenceSweep
@@ -67,6 +68,8 @@ class Feed:
     def __init__(self, pipeline: BatchPipeline) -> None:
         self.pipeline = pipeline
         self.offsets: dict[int, int] = {}
+        # the read model: projected from the state, as the service does
+        self.projector = Projector(pipeline._pool, default_model(), None, None)
 
     def records(self, events: list[Event], partition: int = 0) -> list[RawRecord]:
         """The Kafka records of `events` (event ids derived from the content: a log)."""
@@ -147,6 +150,12 @@ def _clock(start_hours: float, end_hours: float) -> list[Event]:
     return [(org, "login", _at(h), {}) for h in hours]
 
 
+async def _health(feed: Feed, conn: asyncpg.Connection[Any], org: str) -> asyncpg.Record:
+    """The organization's read-model row once the projector has caught up."""
+    await feed.projector.drain()
+    return await _row(conn, HEALTH, org)
+
+
 async def _row(conn: asyncpg.Connection[Any], query: str, org: str) -> asyncpg.Record:
     row: asyncpg.Record | None = await conn.fetchrow(query, uuid.UUID(org))
     assert row is not None
@@ -176,24 +185,24 @@ async def test_quiet_organization_drifts_down_and_alerts(
         sweep = _sweep(feed)
         conn = await asyncpg.connect(migrated_database)
         try:
-            start = await _row(conn, HEALTH, quiet)
+            start = await _health(feed, conn, quiet)
             assert start["scored_at"] == start["last_event_at"] == LAST
             assert start["rescore_due_at"] == _at(6)  # the next grid point a step on
             assert start["score"] >= 70, "the active organization must start healthy"
             # the log's watermark is the recent organization's last event: quiet is
             # due at +6h .. +42h; recent (last event +44h) at +54h, the grid point a step on
-            recent_row = await _row(conn, HEALTH, recent)
+            recent_row = await _health(feed, conn, recent)
             assert recent_row["rescore_due_at"] == _at(54)
             assert await sweep.run_once() == 1
             assert await sweep.run_once() == 0  # nothing due any more below the watermark
-            after = await _row(conn, HEALTH, quiet)
+            after = await _health(feed, conn, quiet)
             assert after["score"] < start["score"]
             assert after["scored_at"] == _at(42)
             assert after["rescore_due_at"] == _at(48)
             assert after["last_event_at"] == LAST  # time passed; no event did
             swept = await conn.fetch(SWEEP_HISTORY, uuid.UUID(quiet), LAST)
             assert [h["scored_at"] for h in swept] == [_at(h) for h in range(6, 43, 6)]
-            untouched = await _row(conn, HEALTH, recent)
+            untouched = await _health(feed, conn, recent)
             assert untouched["scored_at"] == _at(44)
 
             # a month of other organizations' events move the watermark; the sweep
@@ -202,7 +211,7 @@ async def test_quiet_organization_drifts_down_and_alerts(
             for hours in range(48, 31 * 24 + 1, 12):
                 await feed.send(_clock(hours - 12, hours))
                 await sweep.drain()
-                row = await _row(conn, HEALTH, quiet)
+                row = await _health(feed, conn, quiet)
                 # rescored up to the last grid point below the watermark (the clock's event)
                 assert row["scored_at"] == _at(hours - 6)
                 assert row["rescore_due_at"] == _at(hours)
@@ -348,6 +357,7 @@ async def test_silence_rescorings_do_not_depend_on_batch_cuts_or_sweep_timing(
                 await feed.apply(records)
                 await sweep.drain()
             assert await sweep.backlog() == 0
+            await feed.projector.drain()
         results.append((await snapshot(database), await _sweep_rows(database)))
     (small, small_sweeps), (whole, whole_sweeps) = results
 

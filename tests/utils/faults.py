@@ -253,7 +253,7 @@ async def main():
     )
     await producer.start()
     relay = OutboxRelay(
-        pool, producer, os.environ["RELAY_ALERT_TOPIC"], None,
+        pool, producer, os.environ["RELAY_ALERT_TOPIC"],
         after_publish=lambda: os.kill(os.getpid(), signal.SIGKILL),
     )
     await relay.relay_alerts()

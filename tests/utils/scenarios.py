@@ -112,20 +112,34 @@ async def stored_offsets(database_url: str, group: str) -> dict[TP, int]:
     return {(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
 
 
+async def read_model_caught_up(database_url: str) -> bool:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return bool(await conn.fetchval("SELECT NOT EXISTS (SELECT 1 FROM read_model_pending)"))
+    finally:
+        await conn.close()
+
+
 async def wait_caught_up(
     database_url: str,
     bootstrap: str,
     group: str,
     topic_names: list[str],
     timeout: float = 90.0,
+    read_model: bool = True,
 ) -> dict[TP, int]:
-    """Wait until the group's stored offsets reach every partition's high watermark."""
+    """Wait until the group's stored offsets reach every partition's high watermark.
+
+    With `read_model`, also until the projector has caught up with the state
+    (customer_health and the health feed reflect every applied event).
+    """
     targets = await high_watermarks(bootstrap, topic_names)
     deadline = time.monotonic() + timeout
     stored: dict[TP, int] = {}
     while time.monotonic() < deadline:
         stored = await stored_offsets(database_url, group)
-        if all(stored.get(tp, 0) >= end for tp, end in targets.items() if end > 0):
+        applied = all(stored.get(tp, 0) >= end for tp, end in targets.items() if end > 0)
+        if applied and (not read_model or await read_model_caught_up(database_url)):
             return targets
         await asyncio.sleep(0.2)
     raise AssertionError(f"not caught up after {timeout}s: targets {targets}, stored {stored}")
@@ -190,7 +204,9 @@ async def snapshot(database_url: str) -> Snapshot:
             row["field_event_times"] = orjson.loads(r["field_event_times"])
             snap.interactions[str(r["id"])] = row
         for r in await conn.fetch("SELECT * FROM customer_health"):
-            row = _row(r, WALL_CLOCK_COLUMNS)
+            # previous_score is the score shown before the last change the projector
+            # saw: how often it looked is timing, not a function of the log
+            row = _row(r, (*WALL_CLOCK_COLUMNS, "previous_score"))
             row["risk_factors"] = orjson.loads(r["risk_factors"])
             row["feature_usage"] = orjson.loads(r["feature_usage"])
             snap.health[str(r["organization_id"])] = row

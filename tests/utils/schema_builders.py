@@ -160,7 +160,7 @@ def alert_outbox(organization_id: uuid.UUID, **overrides: Any) -> Row:
     }
 
 
-def health_feed_pending(organization_id: uuid.UUID, **overrides: Any) -> Row:
+def read_model_pending(organization_id: uuid.UUID, **overrides: Any) -> Row:
     return {"organization_id": organization_id, "version": 1, **overrides}
 
 
@@ -174,7 +174,7 @@ ORGANIZATION_CHILDREN: dict[str, Callable[..., Row]] = {
     "processed_events": processed_event,
     "health_score_history": health_score_history,
     "alert_outbox": alert_outbox,
-    "health_feed_pending": health_feed_pending,
+    "read_model_pending": read_model_pending,
 }
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from healthscore.contracts import SupportEvent, UsageEvent
 from healthscore.contracts.enums import HistoryCause
@@ -148,12 +148,10 @@ def _rescore_silence(
     times: list[float],
     model: ScoreModel,
     effects: BatchEffects,
-    explain_last: bool,
 ) -> None:
     """Rescore `state` at each of `times` (its silence rescorings), in order."""
-    for index, as_of in enumerate(times):
-        explain = explain_last and index == len(times) - 1
-        _rescore(state, as_of, model, effects, state.last_score, HistoryCause.SWEEP, explain)
+    for as_of in times:
+        _rescore(state, as_of, model, effects, state.last_score, HistoryCause.SWEEP, False)
         effects.silence_rescorings.append(effects.rescored[state.organization_id])
 
 
@@ -204,13 +202,7 @@ def compute_batch_effects(
     before an event is first rescored at the grid points in between.
     """
     effects = BatchEffects(states=states, interactions=interactions)
-    events = list(events)
-    # the organization's last event of the batch is scored with its risk
-    # factors (what the read model shows); the others only need the numbers
-    last_of = {str(event.organization_id): index for index, event in enumerate(events)}
-    # organizations whose last applied score carries its risk factors already
-    explained: set[str] = set()
-    for index, event in enumerate(events):
+    for event in events:
         org = str(event.organization_id)
         state = states.get(org)
         if state is None:
@@ -235,18 +227,15 @@ def compute_batch_effects(
             apply_interaction(state, current, merged, event, model)
         effects.applied += 1
         assert state.last_event_at is not None
-        # previous_score: the score before this event, not before the batch, so
-        # that it does not depend on where the batch boundaries fell (replay)
-        # per event only the numbers (alert decisions must not depend on batch
-        # boundaries); the risk factors once per organization, below
-        explain = last_of[org] == index
-        if explain:
-            explained.add(org)
         # as of the newest event, or of a later silence rescoring: an event older
         # than those (late) must not move the score back to before them
         as_of = state.last_event_at
         if state.last_scored_at is not None and state.last_scored_at > as_of:
             as_of = state.last_scored_at
+        # previous_score: the score before this event, not before the batch, so
+        # that it does not depend on where the batch boundaries fell (replay).
+        # Only the numbers: the explanations are computed where they are read
+        # (an alert here, the read model in the projector).
         _rescore(
             state,
             as_of,
@@ -254,15 +243,8 @@ def compute_batch_effects(
             effects,
             state.last_score,
             HistoryCause.EVENTS,
-            explain=explain,
+            explain=False,
         )
-    for org, rescored in effects.rescored.items():
-        if org not in explained:
-            # its last event of the batch was rejected (misrouted): explain the
-            # score of the last event that was applied
-            effects.rescored[org] = replace(
-                rescored, health=score(states[org], rescored.scored_at, model)
-            )
     return effects
 
 
@@ -275,7 +257,7 @@ def _silence_before(
 ) -> None:
     times = silence_rescore_times(state, event.occurred_at.timestamp(), step)
     if times:
-        _rescore_silence(state, times, model, effects, explain_last=False)
+        _rescore_silence(state, times, model, effects)
 
 
 def compute_silence_effects(
@@ -293,5 +275,5 @@ def compute_silence_effects(
     for state in states.values():
         times = silence_rescore_times(state, watermark, step)
         if times:
-            _rescore_silence(state, times, model, effects, explain_last=True)
+            _rescore_silence(state, times, model, effects)
     return effects

@@ -78,6 +78,23 @@ class Metrics:
             "Batches that failed and were fetched again.",
             registry=r,
         )
+        self.read_model_staleness = Gauge(
+            "healthscore_read_model_staleness_seconds",
+            "Age of the oldest organization change not yet projected into customer_health "
+            "and the health feed (0 when the projector is caught up).",
+            registry=r,
+        )
+        self.read_model_projected = Counter(
+            "healthscore_read_model_projected_total",
+            "customer_health rows written by the projector (one per organization per pass).",
+            registry=r,
+        )
+        self.projection_duration = Histogram(
+            "healthscore_projection_duration_seconds",
+            "Duration of one projector pass (one page of organizations).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=r,
+        )
         self.offset_gaps = Counter(
             "healthscore_offset_gaps_total",
             "Batches that started past a partition's stored offset (records fetched but "

@@ -1,10 +1,14 @@
-"""Apply a batch's computed effects with one set-based statement per table."""
+"""Apply a batch's computed effects with one set-based statement per table.
+
+The read model (`customer_health`, the health feed) is not among them: the
+state write queues each changed organization for the projector
+(`healthscore.projector`), which writes it off the event path.
+"""
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
 from uuid import UUID
 
 import orjson
@@ -84,33 +88,8 @@ async def write_effects(
     if rescored:
         states = effects.states
         orgs = [UUID(r.organization_id) for r in rescored]
-        healths = [r.health for r in rescored]
         org_states = [states[r.organization_id] for r in rescored]
         lap("w_prepare")
-        await conn.execute(
-            sql.UPSERT_CUSTOMER_HEALTH,
-            orgs,
-            [h.score for h in healths],
-            [h.components["engagement"] for h in healths],
-            [h.components["adoption"] for h in healths],
-            [h.components["milestones"] for h in healths],
-            [h.components["support"] for h in healths],
-            [h.components["growth"] for h in healths],
-            [h.churn_probability for h in healths],
-            [_factors_json(h.risk_factors) for h in healths],
-            [_feature_usage_json(s.features) for s in org_states],
-            [r.previous_score for r in rescored],
-            [h.change_7d for h in healths],
-            [h.change_30d for h in healths],
-            [h.active_users_30d for h in healths],
-            [len(s.open_interactions) for s in org_states],
-            [len(s.milestones) for s in org_states],
-            [to_datetime(s.last_event_at) for s in org_states],
-            [to_datetime(s.last_login_at) for s in org_states],
-            [to_datetime(r.scored_at) for r in rescored],
-            model.version,
-        )
-        lap("w_customer_health")
         # one row per score: each organization's last one, and every silence rescoring
         history, history_orgs = rescored, orgs
         if effects.silence_rescorings:
@@ -148,21 +127,3 @@ async def write_effects(
             [alert_payload(a) for a in alerts],
         )
         lap("w_alerts")
-
-
-def _factors_json(factors: Any) -> str:
-    return orjson.dumps(
-        [
-            {"factor": f.factor, "value": f.value, "impact": f.impact, "detail": f.detail}
-            for f in factors
-        ]
-    ).decode()
-
-
-def _feature_usage_json(features: dict[str, list[float]]) -> str:
-    return orjson.dumps(
-        {
-            name: {"count": int(v[0]), "last_used_at": to_datetime(v[1])}
-            for name, v in features.items()
-        }
-    ).decode()

@@ -91,7 +91,7 @@ FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[])
 WHERE s.organization_id = x.organization_id
 RETURNING s.organization_id, s.health_version
 )
-INSERT INTO health_feed_pending (organization_id, version)
+INSERT INTO read_model_pending (organization_id, version)
 SELECT organization_id, health_version FROM saved ORDER BY organization_id
 ON CONFLICT (organization_id) DO UPDATE SET version = EXCLUDED.version
 """
@@ -165,27 +165,57 @@ FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::uuid[], $5::float8[],
 ON CONFLICT (organization_id, milestone_type) DO NOTHING
 """
 
+# --- the read model (the projector) ---------------------------------------------
+
+# Oldest change first: the staleness bound is about the oldest one. The queue is
+# read without row locks: a batch re-queueing an organization never waits.
+PENDING_PROJECTION = """
+SELECT q.organization_id, q.version, s.state::text AS state
+FROM read_model_pending q
+JOIN organization_state s ON s.organization_id = q.organization_id
+ORDER BY q.queued_at, q.organization_id
+LIMIT $1
+"""
+
+OLDEST_PENDING_PROJECTION = "SELECT min(queued_at) FROM read_model_pending"
+
+# An entry re-queued meanwhile (a newer version) stays for the next pass, and so
+# does one a consumer batch holds right now (SKIP LOCKED): that batch is queueing
+# a newer version, or, if it rolls back, the entry is simply projected again.
+MARK_PROJECTED = """
+DELETE FROM read_model_pending q
+WHERE q.organization_id IN (
+    SELECT p.organization_id
+    FROM read_model_pending p
+    JOIN unnest($1::uuid[], $2::bigint[]) AS x(organization_id, version)
+      ON p.organization_id = x.organization_id AND p.version = x.version
+    ORDER BY p.organization_id
+    FOR UPDATE OF p SKIP LOCKED)
+"""
+
+# previous_score: the score shown before the last change of the score
 UPSERT_CUSTOMER_HEALTH = """
-INSERT INTO customer_health (
+INSERT INTO customer_health AS h (
     organization_id, health_score, engagement_score, adoption_score, milestone_score,
     support_score, growth_score, churn_probability, risk_factors, feature_usage,
-    previous_score, score_change_7d, score_change_30d, active_users_30d,
+    score_change_7d, score_change_30d, active_users_30d,
     open_interactions, milestones_achieved, last_activity_at, last_login_at,
     scored_at, score_model_version)
 SELECT organization_id, health_score, engagement_score, adoption_score, milestone_score,
        support_score, growth_score, churn_probability, risk_factors::jsonb,
-       feature_usage::jsonb, previous_score, score_change_7d, score_change_30d,
+       feature_usage::jsonb, score_change_7d, score_change_30d,
        active_users_30d, open_interactions, milestones_achieved, last_activity_at,
-       last_login_at, scored_at, $20
+       last_login_at, scored_at, $19
 FROM unnest($1::uuid[], $2::float8[], $3::float8[], $4::float8[], $5::float8[],
             $6::float8[], $7::float8[], $8::float8[], $9::text[], $10::text[],
-            $11::float8[], $12::float8[], $13::float8[], $14::int[], $15::int[],
-            $16::int[], $17::timestamptz[], $18::timestamptz[], $19::timestamptz[])
+            $11::float8[], $12::float8[], $13::int[], $14::int[],
+            $15::int[], $16::timestamptz[], $17::timestamptz[], $18::timestamptz[])
      AS x(organization_id, health_score, engagement_score, adoption_score, milestone_score,
           support_score, growth_score, churn_probability, risk_factors, feature_usage,
-          previous_score, score_change_7d, score_change_30d, active_users_30d,
+          score_change_7d, score_change_30d, active_users_30d,
           open_interactions, milestones_achieved, last_activity_at, last_login_at,
           scored_at)
+ORDER BY organization_id
 ON CONFLICT (organization_id) DO UPDATE SET
     health_score = EXCLUDED.health_score,
     engagement_score = EXCLUDED.engagement_score,
@@ -196,7 +226,8 @@ ON CONFLICT (organization_id) DO UPDATE SET
     churn_probability = EXCLUDED.churn_probability,
     risk_factors = EXCLUDED.risk_factors,
     feature_usage = EXCLUDED.feature_usage,
-    previous_score = EXCLUDED.previous_score,
+    previous_score = CASE WHEN h.health_score IS DISTINCT FROM EXCLUDED.health_score
+                          THEN h.health_score ELSE h.previous_score END,
     score_change_7d = EXCLUDED.score_change_7d,
     score_change_30d = EXCLUDED.score_change_30d,
     active_users_30d = EXCLUDED.active_users_30d,
@@ -206,6 +237,7 @@ ON CONFLICT (organization_id) DO UPDATE SET
     last_login_at = EXCLUDED.last_login_at,
     scored_at = EXCLUDED.scored_at,
     score_model_version = EXCLUDED.score_model_version
+RETURNING h.organization_id, h.previous_score::float8 AS previous_score
 """
 
 INSERT_SCORE_HISTORY = """
