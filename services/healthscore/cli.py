@@ -352,7 +352,11 @@ def cmd_offsets_reset(args: argparse.Namespace) -> int:
     from healthscore.offsets_reset import Mode, OffsetsResetError, run_offsets_reset
 
     settings = _settings(args)
-    url = settings.migration_database_url or settings.database_url
+    url = (
+        settings.database_url  # --database-url
+        if args.database_url
+        else settings.migration_database_url or settings.database_url
+    )
     if url is None or settings.kafka_bootstrap_servers is None:
         print(
             "error: set DATABASE_URL (or MIGRATION_DATABASE_URL) and KAFKA_BOOTSTRAP_SERVERS "
@@ -467,8 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "demo",
         cmd_demo,
-        "Start everything (embedded services unless URLs are set, migrations, the service, "
-        "the simulator) and show scores changing and alerts appearing.",
+        "Start everything (new embedded services unless URLs are set, migrations, the "
+        "service, the simulator) and show scores changing and alerts appearing. Every run "
+        "starts clean; the service's log goes to STATE_DIR/demo.log.",
     )
     _add_stream_options(p, events=20_000, rate=4000.0)
 
