@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ import asyncpg
 import structlog
 import uvicorn
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from faststream.kafka import KafkaBroker
 from faststream.kafka.message import FAKE_CONSUMER, KafkaMessage
 from faststream.middlewares import AckPolicy
@@ -26,6 +28,7 @@ from healthscore.config import Settings
 from healthscore.consumers import BatchHandler, SeekToStoredOffsets
 from healthscore.contracts import SupportEvent, UsageEvent
 from healthscore.db import create_pool, database_tls
+from healthscore.errors import StartupRefused
 from healthscore.gctuning import FullCollectionPacer
 from healthscore.ingest.decode import Decoder
 from healthscore.ingest.dlq import DeadLetterQueue
@@ -137,6 +140,58 @@ def build_broker(
     return broker, subscriber
 
 
+def bind_ops_socket(host: str, port: int) -> socket.socket:
+    """The ops endpoints' listening socket (port 0: any free port).
+
+    Bound first in `Service.start`, so a taken port stops start-up with one
+    line naming the setting, before any producer or pool is open.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise StartupRefused(
+            f"the ops endpoints cannot listen on OPS_HOST={host!r} ({exc}): set OPS_HOST "
+            "to an address of this machine"
+        ) from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise StartupRefused(
+            f"the ops endpoints cannot listen on {host}:{port} ({exc.strerror or exc}): set "
+            "OPS_PORT to a free port (0 = any free port) or OPS_HOST to another address"
+        ) from exc
+    return sock
+
+
+async def start_producer(producer: AIOKafkaProducer, idempotent: bool) -> None:
+    """Start `producer`; a broker that refuses idempotence stops start-up with one line.
+
+    An idempotent producer asks the broker for a producer id (InitProducerId)
+    once it has bootstrapped; a broker without idempotence (the embedded tansu
+    broker) or a cluster denying IdempotentWrite answers with an error. The
+    service does not fall back to a non-idempotent producer on its own: that
+    would weaken delivery (duplicates on retries) behind the operator's back.
+    """
+    try:
+        await producer.start()
+    except KafkaError as exc:
+        bootstrapped = bool(producer.client.cluster.brokers())
+        if idempotent and bootstrapped and not isinstance(exc, KafkaConnectionError):
+            raise StartupRefused(
+                f"the broker refused an idempotent producer (InitProducerId answered "
+                f"{type(exc).__name__}): set KAFKA_IDEMPOTENT_PRODUCER=false for a broker "
+                "without idempotence (such as the embedded tansu broker), or allow "
+                "IdempotentWrite for this client on the cluster"
+            ) from exc
+        raise
+
+
 class _OpsServer(uvicorn.Server):
     """uvicorn without its signal handlers: the service owns SIGTERM/SIGINT."""
 
@@ -184,6 +239,7 @@ class Service:
     corrupt_records: CorruptRecordMonitor | None = None
     http_port: int | None = None
     _http_server: Any = None
+    _ops_socket: socket.socket | None = None
     outcomes: list[BatchOutcome] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -206,7 +262,10 @@ class Service:
         return KafkaConnection.from_settings(self.settings, self.bootstrap)
 
     async def start(self) -> None:
+        """Bring everything up; if this raises, `stop()` closes what was opened."""
         s = self.settings
+        if self.options.serve_http:
+            self._ops_socket = bind_ops_socket(s.ops_host, s.ops_port)
         self.model = load_model(s.model_path)
         if self.options.create_topics:
             await ensure_topics(
@@ -231,7 +290,7 @@ class Service:
             # what the service accepts (that is why they are dead)
             max_request_size=16 * 1024 * 1024,
         )
-        await self.producer.start()
+        await start_producer(self.producer, s.kafka_idempotent_producer)
         self.pipeline = BatchPipeline(
             pool=self.pool,
             decoder=Decoder(s.usage_topic, s.support_topic, s.max_message_bytes),
@@ -323,7 +382,8 @@ class Service:
         )
         server = _OpsServer(config)
         self._http_server = server
-        self._spawn(server.serve())
+        assert self._ops_socket is not None
+        self._spawn(server.serve(sockets=[self._ops_socket]))
         while not server.started:
             if any(t.done() for t in self._tasks):
                 break
@@ -496,4 +556,18 @@ class Service:
             await self.producer.stop()
         if self.pool is not None:
             await self.pool.close()
+        self._close_ops_socket()
         log.info("service_stopped")
+
+    def _close_ops_socket(self) -> None:
+        """Close the ops listener through its event-loop server when there is one.
+
+        Closing the bare socket under a loop that still watches it would free
+        its descriptor number for the next connection while the loop's
+        registration for it lives on.
+        """
+        servers = getattr(self._http_server, "servers", None) or []
+        for server in servers:
+            server.close()
+        if not servers and self._ops_socket is not None:
+            self._ops_socket.close()

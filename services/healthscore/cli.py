@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from healthscore.config import Settings
 from healthscore.devservices import Services, resolve_services
+from healthscore.errors import StartupRefused
 from healthscore.gctuning import tune_garbage_collector
 from healthscore.ops.logging import configure_logging
 
@@ -30,15 +31,21 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 @contextlib.contextmanager
-def _with_services(settings: Settings) -> Iterator[tuple[Settings, Services | None]]:
-    """The configured services, or embedded ones when URLs are not given."""
+def _with_services(
+    settings: Settings, keep_data: bool = True
+) -> Iterator[tuple[Settings, Services | None]]:
+    """The configured services, or embedded ones when URLs are not given.
+
+    `keep_data`: the embedded PostgreSQL keeps its data in STATE_DIR/pgdata;
+    without it, in a temporary directory removed at the end.
+    """
     if settings.database_url is not None and settings.kafka_bootstrap_servers is not None:
         yield settings, None
         return
     services = resolve_services(
         database_url=settings.database_url.get_secret_value() if settings.database_url else None,
         kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
-        data_dir=settings.state_dir.resolve() / "pgdata",
+        data_dir=settings.state_dir.resolve() / "pgdata" if keep_data else None,
     )
     try:
         update: dict[str, Any] = {
@@ -153,11 +160,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         service = Service(settings, options)
         await _wait_for_signal(service.request_stop)
-        await service.start()
         try:
-            await service.wait()
-        finally:
-            await service.stop()
+            try:
+                await service.start()
+                await service.wait()
+            finally:
+                await service.stop()  # also after a failed start: closes what it opened
+        except StartupRefused as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
 
     with _with_services(settings) as (resolved, _services):
@@ -165,17 +176,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from healthscore.demo import DemoOptions, run_demo
+    from healthscore.demo import DemoOptions, log_to_file, run_demo
 
     settings = _settings(args)
-    configure_logging("WARNING", settings.log_format)
+    if "ops_port" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"ops_port": 0})  # any free port
     options = DemoOptions(
-        organizations=args.organizations, events=args.events, rate=args.rate, seed=args.seed
+        organizations=args.organizations,
+        events=args.events,
+        rate=args.rate,
+        seed=args.seed,
+        owns_database=settings.database_url is None,
+        owns_broker=settings.kafka_bootstrap_servers is None,
     )
-    with _with_services(settings) as (resolved, services):
-        if services is not None:
-            print(f"started {services.kind} PostgreSQL and Kafka-protocol broker")
-        return _run(lambda: run_demo(resolved, options))
+    log_path = settings.state_dir.resolve() / "demo.log"
+    try:
+        # a new embedded PostgreSQL each run (keep_data=False): the embedded broker
+        # keeps its topics in memory only, so a kept database would hold offsets
+        # beyond the new topics' ends
+        with (
+            log_to_file(log_path) as summary,
+            _with_services(settings, keep_data=False) as (resolved, _services),
+        ):
+            return _run(lambda: run_demo(resolved, options, summary))
+    finally:
+        print(f"full log: {log_path}")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -326,6 +351,65 @@ def cmd_lag(args: argparse.Namespace) -> int:
     return _run(main)
 
 
+def cmd_offsets_reset(args: argparse.Namespace) -> int:
+    import asyncpg
+    from aiokafka.errors import KafkaError
+
+    from healthscore.db import database_tls
+    from healthscore.kafka_clients import KafkaConnection
+    from healthscore.offsets_reset import Mode, OffsetsResetError, run_offsets_reset
+
+    settings = _settings(args)
+    url = (
+        settings.database_url  # --database-url
+        if args.database_url
+        else settings.migration_database_url or settings.database_url
+    )
+    if url is None or settings.kafka_bootstrap_servers is None:
+        print(
+            "error: set DATABASE_URL (or MIGRATION_DATABASE_URL) and KAFKA_BOOTSTRAP_SERVERS "
+            "of the service whose offsets to reset",
+            file=sys.stderr,
+        )
+        return 2
+    if args.partition is not None and args.partition < 0:
+        print("error: --partition must be 0 or more", file=sys.stderr)
+        return 2
+    if args.to_offset is not None and args.to_offset < 0:
+        print("error: --to-offset must be 0 or more", file=sys.stderr)
+        return 2
+    mode: Mode = "earliest" if args.to_earliest else "latest" if args.to_latest else "offset"
+    bootstrap = settings.kafka_bootstrap_servers
+    database_url = url.get_secret_value()
+
+    async def main() -> int:
+        try:
+            return await run_offsets_reset(
+                database_url,
+                KafkaConnection.from_settings(settings, bootstrap),
+                args.group or settings.consumer_group,
+                args.topic or [settings.usage_topic, settings.support_topic],
+                args.partition,
+                mode,
+                args.to_offset,
+                apply=args.yes,
+                tls=database_tls(settings),
+            )
+        except OffsetsResetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            print(
+                f"error: {exc}: set MIGRATION_DATABASE_URL to a role allowed to change "
+                "consumer_offsets (the one that applies migrations)",
+                file=sys.stderr,
+            )
+        except (OSError, asyncpg.PostgresError, KafkaError) as exc:
+            print(f"error: cannot reset offsets: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+    return _run(main)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from healthscore.bench.command import run
 
@@ -396,8 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "demo",
         cmd_demo,
-        "Start everything (embedded services unless URLs are set, migrations, the service, "
-        "the simulator) and show scores changing and alerts appearing.",
+        "Start everything (new embedded services unless URLs are set, migrations, the "
+        "service, the simulator) and show scores changing and alerts appearing. Every run "
+        "starts clean; the service's log goes to STATE_DIR/demo.log.",
     )
     _add_stream_options(p, events=20_000, rate=4000.0)
 
@@ -417,6 +502,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group", help="consumer group (default: CONSUMER_GROUP)")
     p.add_argument("--max-lag", type=int, help="exit 1 when the total lag is above this")
     p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add(
+        "offsets-reset",
+        cmd_offsets_reset,
+        "Move the offsets the service keeps in PostgreSQL, e.g. after an input topic was "
+        "recreated while the database survived. Prints the change per partition; applies "
+        "it (in one transaction) only with --yes. Stop the service first, or restart it "
+        "right after.",
+    )
+    p.add_argument("--database-url", help="override MIGRATION_DATABASE_URL / DATABASE_URL")
+    p.add_argument("--bootstrap-servers", help="override KAFKA_BOOTSTRAP_SERVERS")
+    p.add_argument("--group", help="consumer group (default: CONSUMER_GROUP)")
+    p.add_argument(
+        "--topic",
+        action="append",
+        help="input topic, repeatable (default: USAGE_TOPIC and SUPPORT_TOPIC)",
+    )
+    p.add_argument("--partition", type=int, help="only this partition (default: all)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument(
+        "--to-earliest",
+        action="store_true",
+        help="delete the stored offsets: the service reads each partition from its log start "
+        "(already applied events found again are skipped as duplicates while their ids are "
+        "remembered, DEDUPE_RETENTION_DAYS)",
+    )
+    target.add_argument(
+        "--to-latest",
+        action="store_true",
+        help="store each partition's high watermark: the records before it are skipped and "
+        "their events are NEVER applied",
+    )
+    target.add_argument(
+        "--to-offset",
+        type=int,
+        metavar="N",
+        help="store offset N (must lie within the log) for the selected partitions",
+    )
+    p.add_argument("--yes", action="store_true", help="apply the change (without it: a dry run)")
 
     p = add(
         "export-contracts",
@@ -455,7 +579,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except StartupRefused as exc:  # e.g. replay's service on a taken OPS_PORT
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return result
 
 

@@ -9,6 +9,10 @@ class ServiceStartError(HealthscoreError):
     """An embedded or containerized dependency did not start."""
 
 
+class StartupRefused(HealthscoreError):
+    """The service cannot start as configured; the message names the setting to change."""
+
+
 class MigrationError(HealthscoreError):
     """A migration failed or the applied history does not match the files."""
 

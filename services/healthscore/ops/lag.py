@@ -96,6 +96,14 @@ class HighWatermarkProbe:
             result.setdefault((tp.topic, tp.partition), reported[tp])
         return result
 
+    async def log_starts(self, partitions: list[TP]) -> dict[TP, int]:
+        """The first offset still in each partition's log (the log start offset)."""
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        if not tps:
+            return {}
+        starts: dict[Any, int] = await self._consumer.beginning_offsets(tps)
+        return {(tp.topic, tp.partition): offset for tp, offset in starts.items()}
+
 
 async def consumer_lag(
     kafka: KafkaConnection, conn: Connection, group: str, topics: list[str]

@@ -1,0 +1,71 @@
+"""`healthscore serve` that cannot start says why in one line and exits non-zero.
+
+Each case runs the real command as a child process against the session's
+PostgreSQL and broker, with one setting wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from healthscore.devservices import Services
+from tests.utils.harness import ServiceProcess, make_topics, service_settings
+
+
+async def _serve(database_url: str, bootstrap: str, **env: str) -> subprocess.CompletedProcess[str]:
+    topics = await make_topics(bootstrap, partitions=1)
+    process = ServiceProcess(service_settings(database_url, bootstrap, topics), extra_env=env)
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "healthscore.cli", "serve", "--no-migrate", "--no-sweep"],
+        env=process.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+
+
+def _assert_quiet(result: subprocess.CompletedProcess[str]) -> None:
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    assert "Unclosed" not in output, output
+
+
+async def test_a_taken_ops_port_names_the_setting(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = await _serve(migrated_database, kafka_bootstrap, OPS_PORT=str(port))
+    assert result.returncode == 2, result.stderr
+    assert _error_lines(result) == [
+        f"error: the ops endpoints cannot listen on 127.0.0.1:{port} (Address already in "
+        "use): set OPS_PORT to a free port (0 = any free port) or OPS_HOST to another address"
+    ]
+    _assert_quiet(result)
+
+
+async def test_a_broker_refusing_idempotence_names_the_setting(
+    migrated_database: str, kafka_bootstrap: str, services: Services
+) -> None:
+    if services.broker_supports_idempotence:
+        pytest.skip("this broker grants idempotent producers")
+    # the embedded broker answers InitProducerId with an error
+    result = await _serve(migrated_database, kafka_bootstrap, KAFKA_IDEMPOTENT_PRODUCER="true")
+    assert result.returncode == 2, result.stderr
+    (line,) = _error_lines(result)
+    assert line.startswith("error: the broker refused an idempotent producer (InitProducerId")
+    assert "set KAFKA_IDEMPOTENT_PRODUCER=false" in line
+    _assert_quiet(result)
