@@ -34,6 +34,7 @@ from healthscore.ops.asyncapi import asyncapi_html, asyncapi_json, declare_outpu
 from healthscore.ops.gauges import GaugeRefresher
 from healthscore.ops.http import OpsApp
 from healthscore.ops.metrics import Metrics
+from healthscore.ops.readiness import ReadinessChecker
 from healthscore.outbox import OutboxRelay
 from healthscore.scoring.model import ScoreModel, load_model
 from healthscore.sweep import SilenceSweep
@@ -146,6 +147,7 @@ class Service:
     handlers: list[BatchHandler] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
     gauges: GaugeRefresher | None = None
+    readiness: ReadinessChecker | None = None
     http_port: int | None = None
     _http_server: Any = None
     outcomes: list[BatchOutcome] = field(default_factory=list)
@@ -244,15 +246,23 @@ class Service:
         )
 
     async def _start_http(self) -> None:
-        app = OpsApp(
-            self.metrics,
-            readiness={
+        s = self.settings
+        self.readiness = ReadinessChecker(
+            {
                 "postgres": self._check_postgres,
                 "kafka": self._check_kafka,
                 "partitions": self._check_partitions,
             },
-            asyncapi_json=lambda: asyncapi_json(self._require_broker()),
-            asyncapi_html=lambda: asyncapi_html(self._require_broker()),
+            interval=s.readiness_interval_seconds,
+            timeout=s.readiness_check_timeout_seconds,
+        )
+        self._spawn(self.readiness.run(self._stop))
+        show = s.asyncapi_show_servers
+        app = OpsApp(
+            self.metrics,
+            self.readiness,
+            asyncapi_json=lambda: asyncapi_json(self._require_broker(), show),
+            asyncapi_html=lambda: asyncapi_html(self._require_broker(), show),
         )
         config = uvicorn.Config(
             app,

@@ -1,15 +1,23 @@
 """The ops endpoints, served by the service's own process (uvicorn, plain ASGI).
 
 /healthz       the process and its event loop answer
-/readyz        PostgreSQL reachable, broker reachable, partitions assigned;
-               503 with a JSON body naming the failed check
+/readyz        the latest background readiness result (PostgreSQL reachable,
+               broker reachable, partitions assigned); 503 with a JSON body
+               naming the failed check, or `checker` when the result is stale
 /metrics       Prometheus text format
 /docs/asyncapi AsyncAPI document (HTML; `/docs/asyncapi.json` for JSON)
+
+Every handler is O(1) and does no I/O: readiness is read from the checker's
+latest result, the metrics text is rendered at most once per
+`metrics_max_age` seconds whoever asks, the AsyncAPI page and document once.
+The server shares the consumer's event loop, so what a request costs is taken
+from the consumer; these bounds keep a crowd of scrapers from costing more
+than the HTTP exchange itself.
 """
 
 from __future__ import annotations
 
-import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,27 +25,37 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from healthscore.ops.metrics import Metrics
+from healthscore.ops.readiness import ReadinessChecker
 
-Check = Callable[[], Awaitable[str | None]]  # None = ok, else why not
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+Clock = Callable[[], float]
+
+JSON = "application/json"
+HTML = "text/html; charset=utf-8"
 
 
 class OpsApp:
     def __init__(
         self,
         metrics: Metrics,
-        readiness: dict[str, Check],
+        readiness: ReadinessChecker,
         asyncapi_json: Callable[[], str],
         asyncapi_html: Callable[[], str],
-        check_timeout: float = 2.0,
+        metrics_max_age: float = 1.0,
+        clock: Clock = time.monotonic,
     ) -> None:
         self._metrics = metrics
         self._readiness = readiness
         self._asyncapi_json = asyncapi_json
         self._asyncapi_html = asyncapi_html
-        self._timeout = check_timeout
+        self._metrics_max_age = metrics_max_age
+        self._clock = clock
+        self._metrics_text = b""
+        self._metrics_rendered = -float("inf")
+        self._documents: dict[str, bytes] = {}
+        self.metrics_renders = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -52,35 +70,36 @@ class OpsApp:
             return
         path = scope["path"]
         if scope["method"] not in ("GET", "HEAD"):
-            await _respond(send, 405, b'{"error":"method not allowed"}', "application/json")
+            await _respond(send, 405, b'{"error":"method not allowed"}', JSON)
         elif path == "/healthz":
-            await _respond(send, 200, b'{"status":"ok"}', "application/json")
+            await _respond(send, 200, b'{"status":"ok"}', JSON)
         elif path == "/readyz":
-            status, body = await self.readiness()
-            await _respond(send, status, orjson.dumps(body), "application/json")
+            status, body = self._readiness.status()
+            await _respond(send, status, orjson.dumps(body), JSON)
         elif path == "/metrics":
-            await _respond(send, 200, generate_latest(self._metrics.registry), CONTENT_TYPE_LATEST)
+            await _respond(send, 200, self.metrics_text(), CONTENT_TYPE_LATEST)
         elif path == "/docs/asyncapi.json":
-            await _respond(send, 200, self._asyncapi_json().encode(), "application/json")
+            await _respond(send, 200, self._document("json", self._asyncapi_json), JSON)
         elif path in ("/docs/asyncapi", "/docs/asyncapi/"):
-            await _respond(send, 200, self._asyncapi_html().encode(), "text/html; charset=utf-8")
+            await _respond(send, 200, self._document("html", self._asyncapi_html), HTML)
         else:
-            await _respond(send, 404, b'{"error":"not found"}', "application/json")
+            await _respond(send, 404, b'{"error":"not found"}', JSON)
 
-    async def readiness(self) -> tuple[int, dict[str, Any]]:
-        checks: dict[str, str] = {}
-        for name, check in self._readiness.items():
-            try:
-                problem = await asyncio.wait_for(check(), self._timeout)
-            except TimeoutError:
-                problem = f"no answer within {self._timeout:g}s"
-            except Exception as exc:
-                problem = f"{type(exc).__name__}: {str(exc)[:200]}"
-            checks[name] = "ok" if problem is None else problem
-        ready = all(v == "ok" for v in checks.values())
-        failed = [k for k, v in checks.items() if v != "ok"]
-        body = {"status": "ready" if ready else "not ready", "checks": checks, "failed": failed}
-        return (200 if ready else 503), body
+    def metrics_text(self) -> bytes:
+        """The exposition text, rendered again only once it is `metrics_max_age` old."""
+        now = self._clock()
+        if now - self._metrics_rendered >= self._metrics_max_age:
+            self._metrics_text = generate_latest(self._metrics.registry)
+            self._metrics_rendered = now
+            self.metrics_renders += 1
+        return self._metrics_text
+
+    def _document(self, kind: str, render: Callable[[], str]) -> bytes:
+        """The AsyncAPI document does not change while the service runs: render it once."""
+        document = self._documents.get(kind)
+        if document is None:
+            document = self._documents[kind] = render().encode()
+        return document
 
 
 async def _respond(send: Send, status: int, body: bytes, content_type: str) -> None:
@@ -91,6 +110,7 @@ async def _respond(send: Send, status: int, body: bytes, content_type: str) -> N
             "headers": [
                 (b"content-type", content_type.encode()),
                 (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
             ],
         }
     )
