@@ -263,6 +263,7 @@ class Service:
             self.readiness,
             asyncapi_json=lambda: asyncapi_json(self._require_broker(), show),
             asyncapi_html=lambda: asyncapi_html(self._require_broker(), show),
+            max_per_second=s.ops_max_requests_per_second,
         )
         config = uvicorn.Config(
             app,

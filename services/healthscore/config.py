@@ -73,6 +73,13 @@ class Settings(BaseSettings):
     )
     ops_host: str = "127.0.0.1"
     ops_port: int = Field(default=8080, ge=0, le=65535)
+    ops_max_requests_per_second: float = Field(
+        default=50.0,
+        ge=0,
+        description="The ops endpoints answer at most this many requests a second, in turn "
+        "(more wait; none refused), so a crowd of clients cannot take the consumer's time; "
+        "0 = no limit.",
+    )
     readiness_interval_seconds: float = Field(
         default=2.0,
         gt=0,

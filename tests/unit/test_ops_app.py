@@ -127,3 +127,36 @@ async def test_health_not_found_and_method() -> None:
     )
     assert (await call(app, "/nope"))[0] == 404
     assert (await call(app, "/metrics", method="POST"))[0] == 405
+
+
+async def test_requests_are_answered_in_turn_at_most_max_per_second() -> None:
+    """Twenty requests arriving at once: each waits for its own slot, 1/50 s apart;
+    nothing is refused. Later, once the crowd is gone, a request waits for nothing."""
+    clock = FakeClock()
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(round(seconds, 6))
+
+    checker = ReadinessChecker({"a": Counted()}, interval=1, timeout=1)
+    await checker.check_once()
+    app = OpsApp(
+        Metrics(), checker, lambda: "{}", lambda: "", max_per_second=50, clock=clock, sleep=sleep
+    )
+    answers = [await call(app, "/readyz" if i % 2 else "/healthz") for i in range(20)]
+    assert [status for status, _, _ in answers] == [200] * 20
+    assert waits == [round(i / 50, 6) for i in range(1, 20)]  # the first goes at once
+    clock.now += 10
+    waits.clear()
+    assert (await call(app, "/metrics"))[0] == 200
+    assert waits == []
+
+
+async def test_unpaced_when_max_per_second_is_zero() -> None:
+    async def sleep(seconds: float) -> None:
+        raise AssertionError("an unpaced app never waits")
+
+    checker = ReadinessChecker({"a": Counted()}, interval=1, timeout=1)
+    app = OpsApp(Metrics(), checker, lambda: "{}", lambda: "", max_per_second=0, sleep=sleep)
+    for _ in range(10):
+        assert (await call(app, "/healthz"))[0] == 200

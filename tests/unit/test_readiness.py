@@ -179,6 +179,32 @@ async def test_run_survives_a_round_that_raises() -> None:
     assert rounds >= 2 and checker.status()[0] == 200
 
 
+async def test_not_ready_checks_again_sooner() -> None:
+    """Start-up before the partitions are assigned: the next round comes after
+    `retry_interval`, not a whole interval."""
+    third_round = asyncio.Event()
+    calls = 0
+
+    async def partitions() -> str | None:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            return "no input partitions assigned to this process (yet)"
+        third_round.set()
+        return None
+
+    # an hour's interval: only the short retries can bring the third round
+    checker = ReadinessChecker({"partitions": partitions}, 3600, 1, retry_interval=0.01)
+    stop = asyncio.Event()
+    task = asyncio.create_task(checker.run(stop))
+    await asyncio.wait_for(third_round.wait(), 10)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert checker.status()[0] == 200
+    assert ReadinessChecker({}, interval=2, timeout=1).retry_interval == 0.5
+    assert ReadinessChecker({}, interval=0.2, timeout=1).retry_interval == 0.2
+
+
 def test_interval_and_timeout_must_be_positive() -> None:
     with pytest.raises(ValueError):
         ReadinessChecker({}, interval=0, timeout=1)

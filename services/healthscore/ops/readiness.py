@@ -5,7 +5,9 @@ own timeout, and keeps the outcome with the time it finished. A request reads
 that outcome (a few dictionary reads): it never waits on PostgreSQL or the
 broker, so twenty scrapers and probes cost no round trips and cannot make one
 another time out. A result older than `stale_after` counts as not ready: a
-checker that stopped finishing rounds is itself a failure.
+checker that stopped finishing rounds is itself a failure. While not ready it
+checks again sooner (`retry_interval`), so start-up and recovery show within
+half a second instead of a whole interval.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class ReadinessChecker:
         interval: float,
         timeout: float,
         stale_after: float | None = None,
+        retry_interval: float | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         if interval <= 0 or timeout <= 0:
@@ -59,6 +62,7 @@ class ReadinessChecker:
         self.timeout = timeout
         # a healthy checker finishes a round at most every interval + timeout
         self.stale_after = stale_after if stale_after is not None else 3 * interval + timeout
+        self.retry_interval = retry_interval if retry_interval is not None else min(interval, 0.5)
         self._clock = clock
         self.latest: ReadinessResult | None = None
         self.rounds = 0
@@ -89,15 +93,16 @@ class ReadinessChecker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Check now, then every `interval` (from the end of one round to the
-        start of the next) until `stop` is set."""
+        start of the next; `retry_interval` while not ready) until `stop` is set."""
         while not stop.is_set():
+            ready = False
             try:
-                await self.check_once()
+                ready = not (await self.check_once()).failed
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug in a check's wrapper; never end the loop
                 log.warning("readiness_round_failed", error=type(exc).__name__, message=str(exc))
-            await pause_unless_stopped(stop, self.interval)
+            await pause_unless_stopped(stop, self.interval if ready else self.retry_interval)
 
     def status(self) -> tuple[int, dict[str, Any]]:
         """The HTTP status and body /readyz answers: O(1), no I/O."""
