@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import structlog
-import uvicorn
 from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
 from faststream.middlewares import AckPolicy
@@ -35,6 +33,7 @@ from healthscore.ops.gauges import GaugeRefresher
 from healthscore.ops.http import OpsApp
 from healthscore.ops.metrics import Metrics
 from healthscore.ops.readiness import ReadinessChecker
+from healthscore.ops.server import OpsServer
 from healthscore.outbox import OutboxRelay
 from healthscore.scoring.model import ScoreModel, load_model
 from healthscore.sweep import SilenceSweep
@@ -110,14 +109,6 @@ def build_broker(
     return broker, subscriber
 
 
-class _OpsServer(uvicorn.Server):
-    """uvicorn without its signal handlers: the service owns SIGTERM/SIGINT."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 @dataclass
 class ServiceOptions:
     run_relay: bool = True
@@ -149,7 +140,7 @@ class Service:
     gauges: GaugeRefresher | None = None
     readiness: ReadinessChecker | None = None
     http_port: int | None = None
-    _http_server: Any = None
+    _http_server: OpsServer | None = None
     outcomes: list[BatchOutcome] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -265,23 +256,10 @@ class Service:
             asyncapi_html=lambda: asyncapi_html(self._require_broker(), show),
             max_per_second=s.ops_max_requests_per_second,
         )
-        config = uvicorn.Config(
-            app,
-            host=self.settings.ops_host,
-            port=self.settings.ops_port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-        )
-        server = _OpsServer(config)
+        server = OpsServer(app.handle)
+        await server.start(s.ops_host, s.ops_port)
         self._http_server = server
-        self._spawn(server.serve())
-        while not server.started:
-            if any(t.done() for t in self._tasks):
-                break
-            await asyncio.sleep(0.01)
-        sockets = [sock for srv in getattr(server, "servers", []) for sock in srv.sockets]
-        self.http_port = sockets[0].getsockname()[1] if sockets else None
+        self.http_port = server.port
 
     def _require_broker(self) -> KafkaBroker:
         assert self.broker is not None
@@ -389,7 +367,7 @@ class Service:
         if self.broker is not None:
             await self.broker.stop()
         if self._http_server is not None:
-            self._http_server.should_exit = True
+            self._http_server.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

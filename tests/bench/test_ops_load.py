@@ -1,7 +1,8 @@
 """Short form of the ops-load bench (`python -m healthscore.bench.opsload run`).
 
-A backlog drained once quietly and once with 20 clients asking for /metrics
-and /readyz back to back. Asserts correctness and that the clients were
+An idle service measured without/with/without 20 clients asking for /metrics
+and /readyz back to back, then a backlog drained once quietly and once with
+them. Asserts correctness and that the clients were
 answered; prints the service's CPU per applied event, loaded over quiet (a
 CPU-time ratio, not a timed assertion: too few events here for a stable
 figure; the README quotes the long form).
@@ -29,7 +30,13 @@ async def test_ops_load_smoke(services: Services, tmp_path: Path) -> None:
         kind=services.kind,
     )
     options = OpsLoadOptions(
-        events=10_000, organizations=2_000, clients=20, rounds=1, work_dir=tmp_path, verbose=False
+        events=6_000,
+        organizations=2_000,
+        clients=20,
+        rounds=1,
+        idle_seconds=4,
+        work_dir=tmp_path,
+        verbose=False,
     )
     report = await run_opsload(stack, options)
     print(report.render())
@@ -44,4 +51,6 @@ async def test_ops_load_smoke(services: Services, tmp_path: Path) -> None:
     assert ready["requests"] > 0 and "200" in ready["statuses"]
     assert set(ready["statuses"]) <= {"200", "503"}
     assert report.cpu_ratio > 0
+    idle = report.idle
+    assert idle is not None and idle.requests > 0 and idle.loaded_cpu_seconds > 0
     assert {"cpu_ratio", "pair_ratios", "runs"} <= set(orjson.loads(report.to_json()))

@@ -15,6 +15,11 @@ interleaved quiet/loaded/loaded/quiet... so drift of the machine hits both.
 CPU time, not wall time: the clients and the other services compete for the
 same cores and would show up in wall time however cheap the endpoints are.
 
+Drain runs spread by several percent from one to the next on a shared
+machine, so first (`--idle-seconds`) one service with nothing to consume is
+measured over equal windows without, with and again without the clients:
+the ops server's own cost, as a share of one core and per answered request.
+
     python -m healthscore.bench.opsload run --events 60000 --rounds 2
 
 `--service-env PYTHONPATH=/path/to/other/services` runs another version of
@@ -188,9 +193,34 @@ class OpsLoadRun:
 
 
 @dataclass
+class IdleResult:
+    """One service process with nothing to consume: CPU over equal windows
+    without, with, and again without the clients. The ops server's own cost,
+    free of the consumer's run-to-run spread."""
+
+    seconds: float  # each window
+    quiet_cpu_seconds: list[float]  # the windows before and after
+    loaded_cpu_seconds: float
+    requests: int  # answered in the loaded window (about)
+    clients: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def extra_core_share(self) -> float:
+        """Extra CPU while the clients ask, as a share of one core."""
+        quiet = statistics.mean(self.quiet_cpu_seconds)
+        return (self.loaded_cpu_seconds - quiet) / self.seconds
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        quiet = statistics.mean(self.quiet_cpu_seconds)
+        return (self.loaded_cpu_seconds - quiet) * 1e6 / max(1, self.requests)
+
+
+@dataclass
 class OpsLoadReport:
     runs: list[OpsLoadRun]
     settings: dict[str, Any]
+    idle: IdleResult | None = None
 
     def _median(self, label: str, attr: str) -> float:
         return float(statistics.median(getattr(r, attr) for r in self.runs if r.label == label))
@@ -256,6 +286,14 @@ class OpsLoadReport:
             f"events/s loaded / quiet: {self.rate_ratio:.3f}; "
             f"service CPU per answered request ~{self.cpu_us_per_request:.0f} us"
         )
+        if self.idle is not None:
+            i = self.idle
+            lines.append(
+                f"idle service, {i.seconds:g} s windows: CPU "
+                f"{', '.join(f'{c:.3f}' for c in i.quiet_cpu_seconds)} s without the clients, "
+                f"{i.loaded_cpu_seconds:.3f} s with them ({i.requests:,} requests answered): "
+                f"{i.extra_core_share:.2%} of one core, ~{i.cpu_us_per_request:.0f} us per request"
+            )
         return "\n".join(lines)
 
     def to_json(self) -> bytes:
@@ -267,6 +305,13 @@ class OpsLoadReport:
                 "pair_ratios": self.pair_ratios,
                 "rate_ratio": self.rate_ratio,
                 "cpu_us_per_request": self.cpu_us_per_request,
+                "idle": None
+                if self.idle is None
+                else {
+                    **asdict(self.idle),
+                    "extra_core_share": self.idle.extra_core_share,
+                    "cpu_us_per_request": self.idle.cpu_us_per_request,
+                },
             },
             option=orjson.OPT_INDENT_2,
         )
@@ -278,6 +323,13 @@ def process_cpu_seconds(pid: int) -> float:
     fields = stat[stat.rindex(")") + 2 :].split()
     # after the command: state is field 3, utime 14 and stime 15 (1-based)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _cpu_over(pid: int, seconds: float) -> float:
+    """CPU seconds process `pid` uses over the next `seconds`."""
+    began = process_cpu_seconds(pid)
+    await asyncio.sleep(seconds)
+    return process_cpu_seconds(pid) - began
 
 
 def _free_port() -> int:
@@ -297,6 +349,7 @@ class OpsLoadOptions:
     work_dir: Path | None = None
     service_env: dict[str, str] = field(default_factory=dict)
     verbose: bool = True
+    idle_seconds: float = 15.0  # 0: no idle measurement
 
 
 class OpsLoadBench:
@@ -318,7 +371,10 @@ class OpsLoadBench:
 
     async def run(self) -> OpsLoadReport:
         runs: list[OpsLoadRun] = []
+        idle: IdleResult | None = None
         try:
+            if self.options.idle_seconds > 0:
+                idle = await self.idle(self.options.idle_seconds)
             for i in range(self.options.rounds):
                 # quiet, loaded, loaded, quiet, ...: a drift of the machine over
                 # the session favours neither
@@ -338,7 +394,56 @@ class OpsLoadBench:
                 "partitions": o.partitions,
                 "cpus": os.cpu_count(),
             },
+            idle,
         )
+
+    def _service(self, phase: Any, name: str) -> tuple[Child, ChildGroup, GroupLog, int]:
+        bench = self.bench
+        port = _free_port()
+        env = {**_child_env(bench.stack, phase, bench.options), **self.options.service_env}
+        env["OPS_PORT"] = str(port)
+        child = Child(_service_argv(None), env, bench.work_dir / f"opsload-{name}-service.log")
+        return child, ChildGroup([child]), GroupLog([CommitLog(child.log_path)]), port
+
+    async def idle(self, seconds: float) -> IdleResult:
+        """CPU of a service with nothing to consume, without/with/without the clients."""
+        bench = self.bench
+        phase = await bench._phase("opsidle")
+        child, group, log, port = self._service(phase, "idle")
+        clients_out = bench.work_dir / "opsload-idle-clients.json"
+        clients_out.unlink(missing_ok=True)
+        group.start()
+        try:
+            assert child.process is not None
+            pid = child.process.pid
+
+            async def assigned() -> bool:
+                log.poll()
+                return log.started and bool(log.assigned)
+
+            await _wait_until(assigned, 120, "the idle service to start", group, 0.05)
+            await asyncio.sleep(2)  # start-up settles (first readiness rounds, gauges)
+            quiet_before = await _cpu_over(pid, seconds)
+            clients = _start_clients(port, self.options.clients, clients_out)
+            try:
+                await asyncio.sleep(1)  # connected, and the turn queue full
+                loaded = await _cpu_over(pid, seconds)
+            finally:
+                _stop_clients(clients)
+            quiet_after = await _cpu_over(pid, seconds)
+        finally:
+            group.stop()
+        summary = orjson.loads(clients_out.read_bytes())
+        answered = sum(int(summary[p]["requests"]) for p in PATHS)
+        # the clients also asked during their 1 s warm-up: count the window's share
+        span = max(float(summary[p]["answering_seconds"]) for p in PATHS) or seconds
+        requests = round(answered * min(1.0, seconds / span))
+        result = IdleResult(seconds, [quiet_before, quiet_after], loaded, requests, summary)
+        bench.say(
+            f"idle: {result.extra_core_share:.2%} of one core with the clients, "
+            f"~{result.cpu_us_per_request:.0f} us per request"
+        )
+        return result
 
     async def one(self, label: str, index: int) -> OpsLoadRun:
         bench, o = self.bench, self.options
@@ -346,13 +451,8 @@ class OpsLoadBench:
         workload = Workload(bench._config(o.organizations, o.events))
         await bench._preload(phase, workload.messages())
         counts = workload.counts
-        port = _free_port()
-        env = {**_child_env(bench.stack, phase, bench.options), **o.service_env}
-        env["OPS_PORT"] = str(port)
+        child, group, log, port = self._service(phase, f"{label}-{index}")
         work_dir = bench.work_dir
-        child = Child(_service_argv(None), env, work_dir / f"opsload-{label}-{index}-service.log")
-        group = ChildGroup([child])
-        log = GroupLog([CommitLog(child.log_path)])
         clients: subprocess.Popen[bytes] | None = None
         clients_out = work_dir / f"opsload-{label}-{index}-clients.json"
         clients_out.unlink(missing_ok=True)
@@ -444,6 +544,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=20)
     p.add_argument("--rounds", type=int, default=2, help="quiet/loaded pairs")
     p.add_argument("--partitions", type=int, default=4)
+    p.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=15.0,
+        help="first, an idle service's CPU over windows this long without/with/without "
+        "the clients (0: skip)",
+    )
     p.add_argument("--work-dir", type=Path)
     p.add_argument("--json-out", type=Path)
     p.add_argument(
@@ -489,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
             partitions=args.partitions,
             work_dir=args.work_dir,
             service_env=dict(args.service_env),
+            idle_seconds=args.idle_seconds,
         )
         report = asyncio.run(run_opsload(stack, options))
     finally:
