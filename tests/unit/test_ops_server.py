@@ -219,3 +219,27 @@ async def test_the_same_under_uvloop() -> None:
             runner.run(main())
 
     await asyncio.to_thread(run)
+
+
+async def test_a_failing_handler_answers_500_and_the_server_goes_on() -> None:
+    async def handler(method: str, path: str) -> Response:
+        if path == "/bug":
+            raise RuntimeError("a bug")
+        return await echo(method, path)
+
+    server = OpsServer(handler)
+    await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await open_(server)
+        writer.write(b"GET /bug HTTP/1.1\r\n\r\n")
+        status, headers, _ = await read_response(reader)
+        assert (status, headers["connection"]) == (500, "close")
+        assert await closed(reader)
+        writer.close()
+        reader, writer = await open_(server)
+        writer.write(b"GET /fine HTTP/1.1\r\n\r\n")
+        assert (await read_response(reader))[2] == b"GET /fine"
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()

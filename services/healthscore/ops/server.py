@@ -29,8 +29,12 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import cast
 
+import structlog
+
 MAX_HEADER_BYTES = 8 * 1024
 MAX_QUEUED = 8  # pipelined requests one connection may have waiting
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +45,8 @@ class Response:
 
 
 Handler = Callable[[str, str], Awaitable[Response]]  # (method, path) -> response
+
+INTERNAL_ERROR = Response(500, "application/json", b'{"error":"internal error"}')
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +198,12 @@ class _Connection(asyncio.Protocol):
                     transport.write(render(response, keep_alive=False))
                     transport.close()
                     return
-                response = await self._server.handler(request.method, request.path)
+                try:
+                    response = await self._server.handler(request.method, request.path)
+                except Exception as exc:  # a bug in a handler: answer it, keep serving
+                    log.error("ops_request_failed", path=request.path, error=repr(exc)[:300])
+                    request = _Request(request.method, request.path, keep_alive=False)
+                    response = INTERNAL_ERROR
                 last = self._closing and not self._queue
                 keep_alive = request.keep_alive and not last
                 await self._writable.wait()
