@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import structlog
-import uvicorn
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from faststream.kafka import KafkaBroker
@@ -42,6 +41,8 @@ from healthscore.ops.http import OpsApp
 from healthscore.ops.lag import HighWatermarkProbe
 from healthscore.ops.logging import framework_logger
 from healthscore.ops.metrics import Metrics
+from healthscore.ops.readiness import ReadinessChecker
+from healthscore.ops.server import OpsServer
 from healthscore.outbox import OutboxRelay
 from healthscore.projector import Projector
 from healthscore.scoring.model import ScoreModel, load_model
@@ -192,14 +193,6 @@ async def start_producer(producer: AIOKafkaProducer, idempotent: bool) -> None:
         raise
 
 
-class _OpsServer(uvicorn.Server):
-    """uvicorn without its signal handlers: the service owns SIGTERM/SIGINT."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 @dataclass
 class ServiceOptions:
     run_relay: bool = True
@@ -235,10 +228,11 @@ class Service:
     handlers: list[BatchHandler] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
     gauges: GaugeRefresher | None = None
+    readiness: ReadinessChecker | None = None
     # records the Kafka client could not parse and the consumer got past (kafka_salvage)
     corrupt_records: CorruptRecordMonitor | None = None
     http_port: int | None = None
-    _http_server: Any = None
+    _http_server: OpsServer | None = None
     _ops_socket: socket.socket | None = None
     outcomes: list[BatchOutcome] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -361,35 +355,34 @@ class Service:
         )
 
     async def _start_http(self) -> None:
-        app = OpsApp(
-            self.metrics,
-            readiness={
+        s = self.settings
+        self.readiness = ReadinessChecker(
+            {
                 "postgres": self._check_postgres,
                 "kafka": self._check_kafka,
                 "partitions": self._check_partitions,
                 "read_model": self._check_read_model,
+                "corrupt_records": self._check_corrupt_records,
             },
-            asyncapi_json=lambda: asyncapi_json(self._require_broker()),
-            asyncapi_html=lambda: asyncapi_html(self._require_broker()),
+            interval=s.readiness_interval_seconds,
+            timeout=s.readiness_check_timeout_seconds,
         )
-        config = uvicorn.Config(
-            app,
-            host=self.settings.ops_host,
-            port=self.settings.ops_port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
+        self.readiness.notes = self._readiness_notes
+        self._spawn(self.readiness.run(self._stop))
+        show = s.asyncapi_show_servers
+        app = OpsApp(
+            self.metrics,
+            self.readiness,
+            asyncapi_json=lambda: asyncapi_json(self._require_broker(), show),
+            asyncapi_html=lambda: asyncapi_html(self._require_broker(), show),
+            max_per_second=s.ops_max_requests_per_second,
         )
-        server = _OpsServer(config)
-        self._http_server = server
+        server = OpsServer(app.handle)
         assert self._ops_socket is not None
-        self._spawn(server.serve(sockets=[self._ops_socket]))
-        while not server.started:
-            if any(t.done() for t in self._tasks):
-                break
-            await asyncio.sleep(0.01)
-        sockets = [sock for srv in getattr(server, "servers", []) for sock in srv.sockets]
-        self.http_port = sockets[0].getsockname()[1] if sockets else None
+        # the socket bound first in start(): a taken port stopped start-up already
+        await server.start(sock=self._ops_socket)
+        self._http_server = server
+        self.http_port = server.port
 
     def _require_broker(self) -> KafkaBroker:
         assert self.broker is not None
@@ -417,6 +410,22 @@ class Service:
                 f"(READ_MODEL_STALENESS_MAX_SECONDS={limit:g})"
             )
         return None
+
+    async def _check_corrupt_records(self) -> str | None:
+        # a salvaged record is dead-lettered and shown in the notes; only one the
+        # consumer cannot get past makes the service unready
+        monitor = self.corrupt_records
+        if monitor is not None and monitor.unresolved is not None:
+            return f"cannot get past an unreadable record: {monitor.unresolved}"
+        return None
+
+    def _readiness_notes(self) -> dict[str, Any]:
+        notes: dict[str, Any] = {
+            "read_model_staleness_seconds": round(self.read_model_staleness, 3)
+        }
+        if self.corrupt_records is not None and self.corrupt_records.total:
+            notes.update(self.corrupt_records.describe())
+        return notes
 
     async def _check_partitions(self) -> str | None:
         if not any(listener.assigned for listener in self.listeners):
@@ -546,7 +555,7 @@ class Service:
             with contextlib.suppress(Exception):
                 await self.projector.drain(timeout=self.settings.projector_drain_on_stop_seconds)
         if self._http_server is not None:
-            self._http_server.should_exit = True
+            self._http_server.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -560,14 +569,11 @@ class Service:
         log.info("service_stopped")
 
     def _close_ops_socket(self) -> None:
-        """Close the ops listener through its event-loop server when there is one.
+        """Close the ops listener itself only when no server took it over.
 
         Closing the bare socket under a loop that still watches it would free
         its descriptor number for the next connection while the loop's
-        registration for it lives on.
+        registration for it lives on; the server closes it in `stop()` then.
         """
-        servers = getattr(self._http_server, "servers", None) or []
-        for server in servers:
-            server.close()
-        if not servers and self._ops_socket is not None:
+        if self._http_server is None and self._ops_socket is not None:
             self._ops_socket.close()

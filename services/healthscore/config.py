@@ -152,6 +152,27 @@ class Settings(BaseSettings):
     )
     ops_host: str = "127.0.0.1"
     ops_port: int = Field(default=8080, ge=0, le=65535)
+    ops_max_requests_per_second: float = Field(
+        default=50.0,
+        ge=0,
+        description="The ops endpoints answer at most this many requests a second, in turn "
+        "(more wait; none refused), so a crowd of clients cannot take the consumer's time; "
+        "0 = no limit.",
+    )
+    readiness_interval_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often the readiness checks run in the background; /readyz serves "
+        "the latest result (not ready once it is older than 3 intervals + the timeout).",
+    )
+    readiness_check_timeout_seconds: float = Field(
+        default=2.0, gt=0, description="Each readiness check's own time limit."
+    )
+    asyncapi_show_servers: bool = Field(
+        default=False,
+        description="Show the broker address in the served AsyncAPI page and document "
+        "(hidden behind a placeholder otherwise).",
+    )
     event_loop: str = Field(
         default="auto",
         pattern="^(auto|asyncio|uvloop)$",

@@ -1,14 +1,23 @@
-"""The AsyncAPI document, generated from the FastStream broker and the contracts."""
+"""The AsyncAPI document, generated from the FastStream broker and the contracts.
+
+The running service serves it as JSON and as a page rendered here, in Python,
+with no script and nothing fetched from elsewhere (`ops.asyncapi_page`). The
+broker address is internal: both show a placeholder unless
+ASYNCAPI_SHOW_SERVERS=true.
+"""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
-from faststream.specification.asyncapi.site import get_asyncapi_html
 
 from healthscore import __version__
 from healthscore.config import Settings
 from healthscore.contracts import ChurnRiskAlert, HealthUpdate
+from healthscore.ops.asyncapi_page import render_html
 
 DESCRIPTION = (
     "Consumes product usage and support-interaction events, keeps per-organization "
@@ -59,20 +68,33 @@ def build_spec(broker: KafkaBroker) -> AsyncAPI:
     )
 
 
-def asyncapi_json(broker: KafkaBroker) -> str:
-    return build_spec(broker).to_specification().to_json()
+HIDDEN_HOST = "<hidden>"
+HIDDEN_NOTE = "The broker address is not shown; set ASYNCAPI_SHOW_SERVERS=true to show it."
 
 
-def asyncapi_html(broker: KafkaBroker) -> str:
-    return get_asyncapi_html(build_spec(broker).to_specification())
+def asyncapi_document(broker: KafkaBroker, show_servers: bool = False) -> dict[str, Any]:
+    """The document as data; the broker address replaced unless `show_servers`."""
+    document: dict[str, Any] = json.loads(build_spec(broker).to_specification().to_json())
+    if not show_servers:
+        for server in document.get("servers", {}).values():
+            server["host"] = HIDDEN_HOST
+            server["description"] = HIDDEN_NOTE
+    return document
+
+
+def asyncapi_json(broker: KafkaBroker, show_servers: bool = False) -> str:
+    return json.dumps(asyncapi_document(broker, show_servers))
+
+
+def asyncapi_html(broker: KafkaBroker, show_servers: bool = False) -> str:
+    return render_html(asyncapi_document(broker, show_servers))
 
 
 def render_asyncapi(settings: Settings) -> str:
     """The document for `settings`, without connecting to anything."""
-    import json
-
     from healthscore.app import build_broker
 
+    # a stand-in address, never a real one: shown as it is
     broker, _ = build_broker(settings, "localhost:9092", None, None)
-    document = json.loads(asyncapi_json(broker))
+    document = asyncapi_document(broker, show_servers=True)
     return json.dumps(document, indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,212 @@
+"""The background readiness checker, with plain async functions as checks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from healthscore.ops.readiness import CHECKER, ReadinessChecker, ReadinessResult
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Counted:
+    """A check that answers `answer` and counts its calls."""
+
+    def __init__(self, answer: str | None = None) -> None:
+        self.answer = answer
+        self.calls = 0
+
+    async def __call__(self) -> str | None:
+        self.calls += 1
+        return self.answer
+
+
+async def test_all_checks_ok_is_ready() -> None:
+    checker = ReadinessChecker({"a": Counted(), "b": Counted()}, interval=1, timeout=1)
+    await checker.check_once()
+    status, body = checker.status()
+    assert status == 200
+    assert body["status"] == "ready"
+    assert body["checks"] == {"a": "ok", "b": "ok"}
+    assert body["failed"] == []
+    assert body["checked_at"] and body["age_seconds"] >= 0
+
+
+async def test_a_failed_check_is_named_with_its_reason() -> None:
+    async def hangs() -> None:
+        await asyncio.sleep(3600)
+
+    async def raises() -> None:
+        raise ConnectionRefusedError("connection refused")
+
+    checker = ReadinessChecker(
+        {
+            "postgres": raises,
+            "kafka": hangs,
+            "partitions": Counted("no input partitions assigned to this process (yet)"),
+            "fine": Counted(),
+        },
+        interval=1,
+        timeout=0.05,
+    )
+    await checker.check_once()
+    status, body = checker.status()
+    assert status == 503
+    assert body["status"] == "not ready"
+    assert body["failed"] == ["postgres", "kafka", "partitions"]
+    assert body["checks"]["postgres"] == "ConnectionRefusedError: connection refused"
+    assert body["checks"]["kafka"] == "no answer within 0.05s"
+    assert body["checks"]["partitions"] == "no input partitions assigned to this process (yet)"
+    assert body["checks"]["fine"] == "ok"
+
+
+async def test_not_ready_before_the_first_round() -> None:
+    check = Counted()
+    checker = ReadinessChecker({"a": check}, interval=1, timeout=1)
+    status, body = checker.status()
+    assert status == 503
+    assert body["failed"] == [CHECKER]
+    assert check.calls == 0
+
+
+async def test_reading_the_status_never_runs_a_check() -> None:
+    check = Counted()
+    checker = ReadinessChecker({"a": check}, interval=1, timeout=1)
+    await checker.check_once()
+    for _ in range(1000):
+        assert checker.status()[0] == 200
+    assert check.calls == 1
+
+
+async def test_a_stale_result_is_not_ready() -> None:
+    clock = FakeClock()
+    checker = ReadinessChecker({"a": Counted()}, interval=2, timeout=1, clock=clock)
+    assert checker.stale_after == 7  # 3 intervals + the timeout
+    await checker.check_once()
+    clock.now += 7
+    assert checker.status()[0] == 200
+    clock.now += 0.5
+    status, body = checker.status()
+    assert status == 503
+    assert body["failed"] == [CHECKER]
+    assert body["checks"]["a"] == "ok"  # what the last round saw, still shown
+    assert "stuck" in body["checks"][CHECKER]
+    assert body["age_seconds"] == 7.5
+    await checker.check_once()  # a fresh round makes it ready again
+    assert checker.status()[0] == 200
+
+
+async def test_checks_run_concurrently() -> None:
+    """A round takes as long as its slowest check, not the sum: here the first
+    check can only finish once the second has started."""
+    second_started = asyncio.Event()
+
+    async def first() -> None:
+        await second_started.wait()
+
+    async def second() -> None:
+        second_started.set()
+
+    checker = ReadinessChecker({"first": first, "second": second}, interval=1, timeout=5)
+    result = await checker.check_once()
+    assert result.failed == []
+
+
+async def test_the_latest_round_wins() -> None:
+    check = Counted("down")
+    checker = ReadinessChecker({"a": check}, interval=1, timeout=1)
+    await checker.check_once()
+    assert checker.status()[0] == 503
+    check.answer = None
+    await checker.check_once()
+    assert checker.status()[0] == 200
+    check.answer = "down again"
+    await checker.check_once()
+    status, body = checker.status()
+    assert (status, body["checks"]["a"]) == (503, "down again")
+
+
+async def test_run_checks_on_an_interval_until_stopped() -> None:
+    third = asyncio.Event()
+    calls = 0
+
+    async def check() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            third.set()
+
+    checker = ReadinessChecker({"a": check}, interval=0.01, timeout=1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(checker.run(stop))
+    await asyncio.wait_for(third.wait(), 10)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert calls == checker.rounds >= 3
+    assert checker.status()[0] == 200
+
+
+async def test_run_survives_a_round_that_raises() -> None:
+    rounds = 0
+
+    class Broken(ReadinessChecker):
+        async def check_once(self) -> ReadinessResult:
+            nonlocal rounds
+            rounds += 1
+            if rounds == 1:
+                raise RuntimeError("a bug")
+            return await super().check_once()
+
+    checked = asyncio.Event()
+
+    async def check() -> None:
+        checked.set()
+
+    checker = Broken({"a": check}, interval=0.01, timeout=1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(checker.run(stop))
+    await asyncio.wait_for(checked.wait(), 10)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert rounds >= 2 and checker.status()[0] == 200
+
+
+async def test_not_ready_checks_again_sooner() -> None:
+    """Start-up before the partitions are assigned: the next round comes after
+    `retry_interval`, not a whole interval."""
+    third_round = asyncio.Event()
+    calls = 0
+
+    async def partitions() -> str | None:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            return "no input partitions assigned to this process (yet)"
+        third_round.set()
+        return None
+
+    # an hour's interval: only the short retries can bring the third round
+    checker = ReadinessChecker({"partitions": partitions}, 3600, 1, retry_interval=0.01)
+    stop = asyncio.Event()
+    task = asyncio.create_task(checker.run(stop))
+    await asyncio.wait_for(third_round.wait(), 10)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert checker.status()[0] == 200
+    assert ReadinessChecker({}, interval=2, timeout=1).retry_interval == 0.5
+    assert ReadinessChecker({}, interval=0.2, timeout=1).retry_interval == 0.2
+
+
+def test_interval_and_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        ReadinessChecker({}, interval=0, timeout=1)
+    with pytest.raises(ValueError):
+        ReadinessChecker({}, interval=1, timeout=0)
