@@ -26,6 +26,8 @@ async def test_bench_smoke(services: Services, tmp_path: Path) -> None:
         bootstrap=services.kafka_bootstrap_servers,
         idempotence=services.broker_supports_idempotence,
         kind=services.kind,
+        postgres_pid=services.postgres_pid,
+        broker_pid=None if services.broker_process is None else services.broker_process.pid,
     )
     options = BenchOptions(
         events=20_000,
@@ -47,6 +49,14 @@ async def test_bench_smoke(services: Services, tmp_path: Path) -> None:
     assert throughput.committed_records == throughput.messages
     assert throughput.correct
     assert throughput.rows_written_per_event >= 1.0  # at least the dedupe row per event
+    # the run ends when the read model reflects every event; CPU of every part is measured
+    assert throughput.events_per_second_read_model > 0
+    assert throughput.cpu_us_per_event_service is not None
+    assert throughput.cpu_us_per_event_service > 0
+    if services.postgres_pid is not None:
+        assert (throughput.cpu_us_per_event_postgres or 0) > 0
+    if services.broker_process is not None:
+        assert (throughput.cpu_us_per_event_broker or 0) > 0
 
     latency = report.latency
     assert latency is not None

@@ -64,6 +64,14 @@ def add_arguments(p: Any) -> None:
     )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument(
+        "--skew",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="Zipf exponent of activity over organizations (e.g. 1.1: a few organizations "
+        "send most events, as real usage does; 0: uniform)",
+    )
+    p.add_argument(
         "--profile",
         type=Path,
         metavar="PSTATS",
@@ -111,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         service_processes=args.service_processes,
         prefill=args.prefill,
         seed=args.seed,
+        skew=args.skew,
         profile=args.profile.resolve() if args.profile else None,
         keep_databases=args.keep_databases,
         work_dir=args.work_dir,
@@ -130,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
             kind=services.kind,
             kafka_security=KafkaSecurity.from_settings(settings),
             replication_factor=settings.topic_replication_factor,
+            postgres_pid=services.postgres_pid,
+            broker_pid=None if services.broker_process is None else services.broker_process.pid,
         )
         print(f"bench on {services.kind} services", flush=True)
         if args.levers:

@@ -49,6 +49,23 @@ class ThroughputResult:
     rss_timeline_mb: list[tuple[float, float]] = field(default_factory=list)  # process 0
     profiled: bool = False
     prefilled_organizations: int = 0  # other organizations already in the tables
+    # until the read model (customer_health) reflects every applied event
+    events_per_second_read_model: float = 0.0
+    read_model_lag_seconds: float = 0.0  # last commit -> projection caught up
+    # CPU microseconds per applied event over the run (service start -> read model caught up)
+    cpu_us_per_event_service: float | None = None
+    cpu_us_per_event_postgres: float | None = None
+    cpu_us_per_event_broker: float | None = None
+    skew: float = 0.0  # Zipf exponent of the organizations' activity (0: uniform)
+
+    @property
+    def cpu_us_per_event(self) -> float | None:
+        parts = (
+            self.cpu_us_per_event_service,
+            self.cpu_us_per_event_postgres,
+            self.cpu_us_per_event_broker,
+        )
+        return None if any(p is None for p in parts) else sum(p for p in parts if p is not None)
 
 
 @dataclass
@@ -156,13 +173,39 @@ class BenchReport:
         head = self.headline
         if head is not None:
             full = head.events >= 1_000_000 and head.organizations >= 100_000
+            scope = (
+                f"({head.events:,} events, {head.organizations:,} orgs"
+                f"{'' if full else '; smaller than the target run'})"
+            )
             rows.append(
                 (
-                    ">= 50,000 events/s sustained (1M events, 100k orgs)",
-                    f"{head.events_per_second:,.0f} events/s "
-                    f"({head.events:,} events, {head.organizations:,} orgs"
-                    f"{'' if full else '; smaller than the target run'})",
-                    head.events_per_second >= 50_000 and head.correct,
+                    ">= 20,000 events/s until the read model reflects them (1M events, 100k orgs)",
+                    f"{head.events_per_second_read_model:,.0f} events/s {scope}; ingest only "
+                    f"{head.events_per_second:,.0f}",
+                    head.events_per_second_read_model >= 20_000 and head.correct,
+                )
+            )
+            total = head.cpu_us_per_event
+            rows.append(
+                (
+                    "whole-stack CPU <= 100 us per event",
+                    _us(total),
+                    None if total is None else total <= 100,
+                )
+            )
+            service = head.cpu_us_per_event_service
+            rows.append(
+                (
+                    "service Python <= 20 us per event",
+                    _us(service),
+                    None if service is None else service <= 20,
+                )
+            )
+            rows.append(
+                (
+                    "rows written per event <= 1.5",
+                    f"{head.rows_written_per_event:.2f}",
+                    head.rows_written_per_event <= 1.5,
                 )
             )
         speed = self.speedup
@@ -255,6 +298,17 @@ class BenchReport:
                 + "\n"
             )
             rows = [
+                ("CPU per applied event, whole stack", _us(t.cpu_us_per_event)),
+                (
+                    "  service / PostgreSQL / broker",
+                    f"{_us(t.cpu_us_per_event_service)} / {_us(t.cpu_us_per_event_postgres)} / "
+                    f"{_us(t.cpu_us_per_event_broker)}",
+                ),
+                (
+                    "events/s until the read model reflects them",
+                    f"{t.events_per_second_read_model:,.0f} (read model caught up "
+                    f"{t.read_model_lag_seconds:.1f} s after the last commit)",
+                ),
                 ("events/s sustained (applied, first->last commit)", f"{t.events_per_second:,.0f}"),
                 ("messages/s sustained", f"{t.messages_per_second:,.0f}"),
                 ("first->last commit", f"{t.seconds_first_to_last_commit:.2f} s"),
@@ -356,6 +410,10 @@ def _timeline(samples: list[tuple[float, float]], points: int = 6) -> str:
     if picked[-1] != samples[-1]:
         picked.append(samples[-1])
     return ", ".join(f"{t:.0f}s: {mb:.0f}" for t, mb in picked)
+
+
+def _us(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f} us"
 
 
 def _ms(value: float | None) -> str:

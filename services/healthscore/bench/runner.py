@@ -46,6 +46,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 
+from healthscore.bench import cpu
 from healthscore.bench.prefill import prefill_organizations
 from healthscore.bench.report import (
     BaselineResult,
@@ -97,6 +98,8 @@ class BenchOptions:
     # extra throughput runs over the smallest organization count, into tables
     # already holding this many other organizations (bench.prefill)
     prefill: list[int] = field(default_factory=list)
+    # Zipf exponent of how activity spreads over organizations (0: uniform)
+    skew: float = 0.0
 
 
 @dataclass
@@ -110,6 +113,9 @@ class Stack:
     # the children get the security settings through the environment they inherit
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     replication_factor: int = 1
+    # for CPU per event (None where the services are not processes of this machine)
+    postgres_pid: int | None = None
+    broker_pid: int | None = None
 
     @property
     def kafka(self) -> KafkaConnection:
@@ -313,6 +319,10 @@ class ChildGroup:
     @property
     def alive(self) -> bool:
         return all(child.alive for child in self.children)
+
+    @property
+    def pids(self) -> list[int]:
+        return [c.process.pid for c in self.children if c.process is not None]
 
     @property
     def peak_rss_mb(self) -> float:
@@ -558,6 +568,7 @@ class Bench:
             start=self.start,
             seed=self.options.seed,
             span=timedelta(days=30) - timedelta(minutes=5),
+            skew=self.options.skew,
         )
 
     async def _start_service(
@@ -616,6 +627,8 @@ class Bench:
         self.say(f"preloaded {counts.messages:,} messages in {produce_seconds:.1f}s; serving")
         before = await _table_stats(phase.url)
         child, log, started = await self._start_service(phase, "throughput", profile)
+        stack = self.stack
+        cpu_start = cpu.sample(child.pids, stack.postgres_pid, stack.broker_pid)
         try:
 
             async def drained() -> bool:
@@ -623,6 +636,18 @@ class Bench:
                 return log.progress >= counts.messages
 
             await _wait_until(drained, o.drain_timeout, "the service to drain", child, 0.2)
+
+            async def projected() -> bool:
+                return bool(
+                    await _fetchval(
+                        phase.url, "SELECT NOT EXISTS (SELECT 1 FROM read_model_pending)"
+                    )
+                )
+
+            # the read model reflects every applied event: the end of the run
+            await _wait_until(projected, o.drain_timeout, "the read model to catch up", child, 0.1)
+            projected_at = time.time()
+            used = cpu.sample(child.pids, stack.postgres_pid, stack.broker_pid).minus(cpu_start)
         finally:
             child.stop()
         log.poll()
@@ -645,6 +670,11 @@ class Bench:
             span = max(last.ts - started, 1e-9)
             msg_rate, event_rate = fresh_records / span, applied / span
         written = sum(rows.values())
+        whole_span = max(projected_at - first.ts, 1e-9) if span > 0 else projected_at - started
+
+        def per_event(seconds: float | None) -> float | None:
+            return None if seconds is None else seconds * 1e6 / max(1, applied)
+
         result = ThroughputResult(
             organizations=organizations,
             events=counts.valid,
@@ -671,6 +701,13 @@ class Bench:
             prefilled_organizations=prefill,
             rss_timeline_mb=child.timeline,
             profiled=profile is not None,
+            events_per_second_read_model=(applied - (first.applied if span > 0 else 0))
+            / whole_span,
+            read_model_lag_seconds=max(0.0, projected_at - last.ts),
+            cpu_us_per_event_service=per_event(used.service),
+            cpu_us_per_event_postgres=per_event(used.postgres),
+            cpu_us_per_event_broker=per_event(used.broker),
+            skew=o.skew,
         )
         self.say(
             f"throughput: {event_rate:,.0f} events/s over {span:.1f}s, "

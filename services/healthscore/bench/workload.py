@@ -25,6 +25,7 @@ import bisect
 import functools
 import heapq
 import itertools
+import math
 import random
 import uuid
 from collections.abc import Iterator
@@ -73,6 +74,8 @@ class WorkloadConfig:
     duplicate_rate: float = 0.01
     malformed_rate: float = 0.001
     support_share: float = 0.08
+    # Zipf exponent of activity within each profile (0: uniform over its organizations)
+    skew: float = 0.0
 
 
 @dataclass
@@ -111,9 +114,11 @@ class _Population:
                 return name
         raise IndexError(index)
 
-    def pick(self, rng: random.Random, profile: str) -> int:
+    def pick(self, rng: random.Random, profile: str, skew: float = 0.0) -> int:
         low, count = self.ranges[profile]
-        return low + rng.randrange(count)
+        if skew <= 0:
+            return low + rng.randrange(count)
+        return low + zipf_rank(rng.random(), count, skew)
 
     def _build(self, index: int) -> _Org:
         rng = random.Random(self._seed * 1_000_003 + index)
@@ -132,6 +137,20 @@ class _Population:
         plan = rng.randint(0, 2) if profile == HEALTHY else rng.randint(1, 3)
         activity = user_count * rng.uniform(0.7, 1.3)
         return _Org(index, org_id, org_id.encode(), profile, users, features, plan, activity)
+
+
+def zipf_rank(u: float, count: int, s: float) -> int:
+    """A rank in [0, count) with P(rank k) roughly proportional to 1/(k+1)^s.
+
+    Inverse of the continuous approximation of the Zipf CDF: O(1) per draw
+    whatever `count`, which a table over a million organizations would not be.
+    """
+    if abs(s - 1.0) < 1e-9:
+        rank = math.exp(u * math.log(count + 1)) - 1
+    else:
+        rank = ((count + 1) ** (1 - s) - 1) * u + 1
+        rank = rank ** (1 / (1 - s)) - 1
+    return min(count - 1, max(0, int(rank)))
 
 
 def _split(total: int, weights: dict[str, float]) -> dict[str, int]:
@@ -209,7 +228,7 @@ class Workload:
             for _ in range(per_bin[b]):
                 offset = min(world.span_ms - 1, int(low + plan_rng.random() * (high - low)))
                 profile = PROFILES[bisect.bisect_right(cum, plan_rng.random() * cum[-1])]
-                index = population.pick(plan_rng, profile)
+                index = population.pick(plan_rng, profile, config.skew)
                 kind: str | None = None
                 if plan_rng.random() < _SCRIPTED_SHARE:
                     scripted = planner.usage_milestones(population.org(index))
