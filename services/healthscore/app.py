@@ -318,6 +318,7 @@ class Service:
                 on_pass=self._on_projection,
             )
             self._spawn(self.projector.run(s.projector_interval_seconds, self._stop))
+            self.metrics.read_model_staleness_target.set(s.read_model_staleness_target_seconds)
             self._spawn(self._watch_staleness(self.projector))
         if self.options.run_sweep:
             self.sweep = SilenceSweep(
@@ -468,6 +469,7 @@ class Service:
             on_failure=lambda exc: self.metrics.batch_failures.inc(),
             after_batch=FullCollectionPacer(self.options.full_gc_every_batches).after_batch,
             on_gap=lambda gap: self.metrics.offset_gaps.labels(gap.topic).inc(),
+            live_lag_records=s.alignment_live_lag_records,
         )
         listener.on_revoked = handler.forget
         listener.on_positioned = handler.positioned

@@ -131,6 +131,12 @@ class Settings(BaseSettings):
     projector_page_size: int = Field(
         default=2000, ge=1, description="organizations the projector writes per transaction"
     )
+    alignment_live_lag_records: int = Field(
+        default=1000,
+        ge=0,
+        description="a partition at most this far behind its high watermark is live traffic: "
+        "applied as it comes, not held for the event-time alignment (0: always align)",
+    )
     projector_drain_on_stop_seconds: float = Field(
         default=5.0, ge=0, description="on a graceful stop, how long to finish the projection"
     )

@@ -183,6 +183,7 @@ class BatchHandler:
         retry_backoff: tuple[float, float] = (0.2, 5.0),
         on_failure: Callable[[BaseException], None] | None = None,
         max_alignment_wait: float = 2.0,
+        live_lag_records: int = 0,
         after_batch: Callable[[], None] | None = None,
         on_gap: Callable[[OffsetGap], None] | None = None,
     ) -> None:
@@ -203,6 +204,7 @@ class BatchHandler:
         self.start_positions: dict[Key, int] = {}
         self._blocked_since: float | None = None
         self.max_alignment_wait = max_alignment_wait
+        self._live_lag = live_lag_records
         self.failures = 0
         self._after_batch = after_batch
         self._on_gap = on_gap
@@ -344,6 +346,7 @@ class BatchHandler:
             high_watermarks=high,
             positions=positions,
             assigned=frozenset(assigned),
+            live_lag_records=self._live_lag,
         )
 
     def _remember(self, consumer: Any, outcome: BatchOutcome, items: list[Item]) -> None:

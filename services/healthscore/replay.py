@@ -61,7 +61,11 @@ async def replay(
     async with HighWatermarkProbe(KafkaConnection.from_settings(settings)) as probe:
         targets = await probe.high_watermarks(await probe.partitions(topics))
     replay_group = group or f"{settings.consumer_group}-replay-{uuid.uuid4().hex[:8]}"
-    replay_settings = settings.model_copy(update={"consumer_group": replay_group})
+    # a replay is a catch-up from start to end: aligned throughout, so that it
+    # decides in the log's event-time order whatever its fetch sizes
+    replay_settings = settings.model_copy(
+        update={"consumer_group": replay_group, "alignment_live_lag_records": 0}
+    )
     options = ServiceOptions(
         run_relay=publish_alerts,
         run_sweep=sweep,

@@ -110,3 +110,38 @@ def test_a_behind_partition_with_no_records_delivered_yet_holds_everything_back(
         assigned=frozenset({("u", 0), ("s", 0)}),
     )
     assert len(align(usage, caught_up).applied) == 3
+
+
+def test_live_partitions_are_neither_held_nor_holding() -> None:
+    # both partitions a few records behind their high watermarks: live traffic
+    usage = [item("u", 0, n, hours=n) for n in range(3)]
+    support = [item("s", 0, n, hours=24 * n) for n in range(5)]
+    view = AlignmentView(high_watermarks={("u", 0): 10, ("s", 0): 12}, live_lag_records=100)
+    result = align(usage + support, view)
+    assert result.held_from == {}
+    assert len(result.applied) == 8
+    # the same records while catching up (far behind): support waits for usage
+    catching_up = AlignmentView(
+        high_watermarks={("u", 0): 10_000, ("s", 0): 10_000}, live_lag_records=100
+    )
+    assert align(usage + support, catching_up).held_from == {("s", 0): 1}
+
+
+def test_a_live_partition_outside_the_batch_does_not_limit_it() -> None:
+    support = [item("s", 0, n, hours=24 * n) for n in range(5)]
+    view = AlignmentView(
+        frontiers={("u", 0): (T0 + timedelta(hours=1)).timestamp()},
+        high_watermarks={("u", 0): 50, ("s", 0): 5},
+        positions={("u", 0): 45},
+        assigned=frozenset({("u", 0), ("s", 0)}),
+        live_lag_records=100,
+    )
+    assert align(support, view).held_from == {}
+    far_behind = AlignmentView(
+        frontiers=view.frontiers,
+        high_watermarks={("u", 0): 5_000, ("s", 0): 5_000},
+        positions={("u", 0): 45},
+        assigned=view.assigned,
+        live_lag_records=100,
+    )
+    assert align(support, far_behind).held_from == {("s", 0): 1}

@@ -13,6 +13,13 @@ seeks to them and fetches them again). The partition that defines T is
 always applied whole, so every batch makes progress; partitions that have
 caught up do not hold anyone back, so a quiet topic never stalls the other.
 
+Live partitions are never held, and hold nobody: a partition at most
+`live_lag_records` behind its high watermark is live traffic, applied as it
+comes (waiting for another topic's next fetch cost live batches most of their
+latency). Alignment is for catching up, where one fetch spans days of event
+time; the price is that live processing applies what arrives in arrival order,
+as any live system must (it cannot wait for records that do not exist yet).
+
 Within the applied set, the partitions are merged by event time, each
 partition keeping its own order (the order the contract promises per
 organization), equal times in (topic, partition) order. Since a lagging
@@ -48,6 +55,8 @@ class AlignmentView:
     positions: dict[TopicPartition, int] = field(default_factory=dict)
     # every partition assigned to the consumer
     assigned: frozenset[TopicPartition] = frozenset()
+    # a partition at most this far behind its high watermark is live: not aligned
+    live_lag_records: int = 0
 
 
 @dataclass
@@ -80,13 +89,18 @@ def align(items: Sequence[Item], view: AlignmentView | None) -> Alignment:
         times = [t for t in map(_time, records) if t is not None]
         if times:
             frontiers[tp] = max(times)
+    live: set[TopicPartition] = set()
     if view is None:
         stream_time = math.inf
     else:
         limits: list[float] = []
         for tp, records in parts.items():
             high = view.high_watermarks.get(tp)
-            caught_up = high is not None and records[-1].record.offset + 1 >= high
+            caught_up = (
+                high is not None and records[-1].record.offset + 1 + view.live_lag_records >= high
+            )
+            if caught_up and view.live_lag_records > 0:
+                live.add(tp)
             if not caught_up and tp in frontiers:
                 limits.append(frontiers[tp])
         for tp in view.assigned | view.frontiers.keys():
@@ -98,7 +112,7 @@ def align(items: Sequence[Item], view: AlignmentView | None) -> Alignment:
                 limits.append(-math.inf)
                 continue
             position = view.positions.get(tp)
-            if position is not None and position < high:
+            if position is not None and position + view.live_lag_records < high:
                 # behind, and its next records are not here yet
                 limits.append(view.frontiers.get(tp, -math.inf))
         stream_time = min(limits, default=math.inf)
@@ -111,7 +125,7 @@ def align(items: Sequence[Item], view: AlignmentView | None) -> Alignment:
         cut = len(records)
         for index, item in enumerate(records):
             t = _time(item)
-            if t is not None and t > stream_time:
+            if t is not None and t > stream_time and tp not in live:
                 cut = index
                 break
         applied_parts.append(records[:cut])

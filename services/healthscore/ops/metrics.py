@@ -84,6 +84,12 @@ class Metrics:
             "and the health feed (0 when the projector is caught up).",
             registry=r,
         )
+        self.read_model_staleness_target = Gauge(
+            "healthscore_read_model_staleness_target_seconds",
+            "READ_MODEL_STALENESS_TARGET_SECONDS: the freshness the read model is run for "
+            "(the alert rules compare the staleness with it).",
+            registry=r,
+        )
         self.read_model_projected = Counter(
             "healthscore_read_model_projected_total",
             "customer_health rows written by the projector (one per organization per pass).",
