@@ -19,7 +19,7 @@ import asyncpg
 import orjson
 import structlog
 
-from healthscore.stopping import pause_unless_stopped
+from healthscore.stopping import repeat_until_stopped
 from healthscore.store import sql
 
 log = structlog.get_logger(__name__)
@@ -124,16 +124,8 @@ class OutboxRelay:
 
     async def run(self, interval: float, stop: asyncio.Event) -> None:
         """Relay until `stop` is set; back off on errors, never give up."""
-        backoff = interval
-        while not stop.is_set():
-            try:
-                sent = await self.relay_alerts()
-                backoff = interval
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("relay_failed", error=type(exc).__name__, message=str(exc)[:300])
-                sent = 0
-                backoff = min(backoff * 2, 5.0)
-            if sent == 0:
-                await pause_unless_stopped(stop, backoff)
+
+        async def step() -> bool:
+            return await self.relay_alerts() > 0
+
+        await repeat_until_stopped(step, stop, interval, "relay_failed")

@@ -38,7 +38,7 @@ import structlog
 from healthscore.scoring.model import ScoreModel
 from healthscore.scoring.score import HealthScore, score
 from healthscore.scoring.state import OrganizationState, decode_state
-from healthscore.stopping import pause_unless_stopped
+from healthscore.stopping import repeat_until_stopped
 from healthscore.store import Connection, sql
 from healthscore.store.records import to_datetime
 
@@ -160,19 +160,11 @@ class Projector:
 
     async def run(self, interval: float, stop: asyncio.Event) -> None:
         """Project until `stop`; a full page goes on at once, an empty queue waits."""
-        backoff = interval
-        while not stop.is_set():
-            try:
-                taken = await self.project_once()
-                backoff = interval
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("projection_failed", error=type(exc).__name__, message=str(exc)[:300])
-                taken = 0
-                backoff = min(backoff * 2, 5.0)
-            if taken < self._page:
-                await pause_unless_stopped(stop, backoff)
+
+        async def step() -> bool:
+            return await self.project_once() >= self._page
+
+        await repeat_until_stopped(step, stop, interval, "projection_failed")
 
 
 async def _upsert_customer_health(

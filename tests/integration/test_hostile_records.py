@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
+from healthscore.app import Service
 from tests.utils.harness import (
     consume_all,
     fetchval,
@@ -59,6 +60,16 @@ def _support(org: str, n: int, at: datetime, **changes: Any) -> dict[str, Any]:
     }
     body.update(changes)
     return body
+
+
+def _total(service: Service, name: str) -> float:
+    """A counter of the service, summed over its labels."""
+    return sum(
+        sample.value
+        for family in service.metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == name
+    )
 
 
 def _dead_by_offset(records: list[Any]) -> dict[tuple[int, int], dict[str, bytes | None]]:
@@ -112,12 +123,7 @@ async def test_binary_and_null_headers_do_not_invalidate_or_drop_a_fetch(
             await wait_caught_up(
                 migrated_database, kafka_bootstrap, settings.consumer_group, [topics.usage]
             )
-            framework_errors = sum(
-                s.value
-                for metric in service.metrics.framework_errors.collect()
-                for s in metric.samples
-                if s.name.endswith("_total")
-            )
+            framework_errors = _total(service, "healthscore_framework_errors_total")
     finally:
         await producer.stop()
 
@@ -310,12 +316,7 @@ async def test_the_gap_guard_seeks_back_over_records_never_handed_over(
             await wait_caught_up(
                 migrated_database, kafka_bootstrap, settings.consumer_group, [topics.usage]
             )
-            gaps = sum(
-                s.value
-                for metric in service.metrics.offset_gaps.collect()
-                for s in metric.samples
-                if s.name.endswith("_total")
-            )
+            gaps = _total(service, "healthscore_offset_gaps_total")
     finally:
         await producer.stop()
     assert gaps >= 1
