@@ -196,8 +196,8 @@ def start_embedded_postgres(data_dir: Path | None) -> tuple[str, Any]:
 # Server settings of the embedded PostgreSQL (dev, tests, bench) on a machine
 # with memory to spare. With the defaults (128 MB of buffers, a checkpoint per
 # GB of WAL) a 100k-organization run keeps evicting pages and writing
-# full-page images: measured 4,316 -> 4,895 events/s with these. deploy/ sets
-# the same for the real server.
+# full-page images (the gain is in the README's Performance section). deploy/
+# sets the same for the real server.
 EMBEDDED_POSTGRES_SETTINGS: dict[str, str] = {
     "shared_buffers": "1GB",
     "max_wal_size": "8GB",

@@ -5,14 +5,13 @@ A 3,000-record batch allocates hundreds of thousands of container objects
 commits. With CPython's default thresholds (700, 10, 10) they trigger a young
 collection every few hundred allocations and a full collection every few
 batches, in the middle of a batch, each walking every object the batch holds
-(measured: 49 full collections of ~120 ms, 6-8 s of a 55 s run, in each of two
-processes over 200k events). So `serve` and `replay` freeze what start-up
+(a tenth of a run's time; the figures are in the README). So `serve` and
+`replay` freeze what start-up
 built, raise the young threshold, switch the automatic full collection off and
 run one themselves between batches, every few batches, when little is alive.
 
 Full collections must not stop altogether: without them the processes' RSS
-climbed to 300 MB over 200k events (against ~160 MB with them) although they
-find almost no cyclic garbage (a few hundred objects per run).
+kept climbing although they find almost no cyclic garbage.
 """
 
 from __future__ import annotations

@@ -3,11 +3,9 @@
 The endpoints answer GET (and HEAD) for a handful of paths with bodies that are
 already rendered (`ops.http.OpsApp`), so the HTTP exchange is all a request
 costs, and it is taken from the consumer, which shares the loop. A general
-server is most of that cost: on the 2-core test machine uvicorn (h11) took
-~130 us of CPU per request with clients asking back to back and ~700 us at 50
-requests a second (cold caches); this protocol, which parses the request
-line, looks at the three headers it needs and answers with one write, takes
-~36 us and ~330 us.
+server is most of that cost (uvicorn and h11 took several times the CPU per
+request of this protocol, which parses the request line, looks at the three
+headers it needs and answers with one write; figures in the README).
 
 What it does: keep-alive (HTTP/1.1 by default, HTTP/1.0 with
 `Connection: keep-alive`), `Connection: close`, pipelined requests answered in
