@@ -1,0 +1,243 @@
+"""The decoder's fast path: contract events validated with msgspec, not pydantic.
+
+`fast_usage_event` and `fast_support_event` take the JSON object the decoder
+has already parsed (orjson, the same parse the pydantic path uses, so which
+bytes are JSON at all is decided in one place) and return the contract event,
+or None when they cannot vouch for the body. None is never a verdict: the
+decoder then validates the body with the pydantic models, which give the
+rejection its reason and detail (or accept what this path was too cautious
+for). So this path has one duty: accept only what the pydantic contract
+accepts, and build exactly the event pydantic would build.
+
+It is deliberately narrower than the contract where matching pydantic's
+parsers exactly would be fiddly: timestamps must have the RFC 3339 form
+`YYYY-MM-DDTHH:MM:SS[.ffffff](Z|±HH:MM)` (anything else, `t`/`z`, a space,
+more than six fractional digits, goes to pydantic); `properties` nested
+below the top level are checked with the contract's own function.
+
+The events are the contract's pydantic models, built without a second
+validation the way `BaseModel.model_construct` builds them, so the pipeline,
+the scoring core and `payload_digest` (the pydantic serializer) use them
+unchanged. One difference is not observable there: a timestamp's tzinfo is a
+`datetime.timezone` here, a `pydantic_core.TzInfo` from pydantic; the values,
+offsets, ISO forms and serialized JSON are equal (tests/unit/test_fast_decode.py).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final, TypeVar
+from uuid import UUID
+
+import msgspec
+import orjson
+from pydantic import BaseModel
+from pydantic_core import PydanticCustomError
+
+from healthscore.contracts import SupportEvent, UsageEvent
+from healthscore.contracts._common import MAX_FUTURE_SKEW, check_json_value
+from healthscore.contracts.enums import (
+    Channel,
+    InteractionType,
+    Outcome,
+    Priority,
+    Sentiment,
+    SupportAction,
+    UsageType,
+)
+from healthscore.contracts.usage import MAX_PROPERTIES_BYTES
+
+# --------------------------------------------------------------------------- wire structs
+
+
+class UsageWire(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """UsageEvent's fields and msgspec-checkable rules, in the model's field order.
+
+    Timestamps stay text: their form and the contract's clock rules are
+    checked by `_timestamp`. Unknown fields are ignored, as the contract says.
+    """
+
+    event_id: UUID
+    organization_id: UUID
+    user_id: UUID | None = None
+    type: UsageType
+    occurred_at: str
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1
+    feature: Annotated[str, msgspec.Meta(max_length=100)] | None = None
+    properties: dict[str, Any] | None = None
+
+
+class SupportWire(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """SupportEvent's fields and msgspec-checkable rules, in the model's field order."""
+
+    event_id: UUID
+    organization_id: UUID
+    interaction_id: UUID
+    action: SupportAction
+    interaction_type: InteractionType | None = None
+    channel: Channel | None = None
+    priority: Priority | None = None
+    sentiment: Sentiment | None = None
+    outcome: Outcome | None = None
+    assigned_to: UUID | None = None
+    subject: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    follow_up_at: str | None = None
+    occurred_at: str
+
+
+_USAGE_FIELDS: Final = frozenset(UsageEvent.model_fields)
+_SUPPORT_FIELDS: Final = frozenset(SupportEvent.model_fields)
+
+
+def _check_mirrors(wire: type[msgspec.Struct], model: type[BaseModel]) -> None:
+    """Refuse to start if a contract model changed without its wire struct."""
+    if wire.__struct_fields__ != tuple(model.model_fields):
+        raise RuntimeError(f"{wire.__name__} does not mirror the fields of {model.__name__}")
+    if (
+        model.model_config.get("extra") != "ignore"
+        or model.__pydantic_post_init__ is not None
+        or model.__private_attributes__
+        or any(f.alias or f.validation_alias for f in model.model_fields.values())
+    ):
+        raise RuntimeError(f"{model.__name__} is no longer built the way fastdecode builds it")
+
+
+_check_mirrors(UsageWire, UsageEvent)
+_check_mirrors(SupportWire, SupportEvent)
+
+
+# --------------------------------------------------------------------------- rules
+
+_RFC3339: Final = re.compile(
+    r"\d{4}-\d\d-\d\dT(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,6})?"
+    r"(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)"
+).fullmatch
+
+
+def _timestamp(text: str) -> datetime | None:
+    """An RFC 3339 timestamp whose UTC value is within years 1-9999, else None.
+
+    The pattern keeps `fromisoformat` to the form where it agrees with
+    pydantic's parser (it alone would take `+01:60` or `12:00:00.Z`).
+    """
+    if _RFC3339(text) is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)  # refuses 02-30 and the like
+        if value.year == 1 or value.year == 9999:
+            value.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+    return value
+
+
+def _occurred_at(text: str, received_at: datetime) -> datetime | None:
+    value = _timestamp(text)
+    if value is None or value - received_at > MAX_FUTURE_SKEW:
+        return None
+    return value
+
+
+def _properties_ok(value: dict[str, Any]) -> bool:
+    """The contract's rules for `properties`: depth, no U+0000, at most 16 KiB."""
+    for key, item in value.items():
+        if "\x00" in key:
+            return False
+        kind = type(item)
+        if kind is str:
+            if "\x00" in item:
+                return False
+        elif kind is dict or kind is list:
+            # nested: the contract's own walk decides
+            try:
+                check_json_value(value)
+            except PydanticCustomError:
+                return False
+            break
+    return len(orjson.dumps(value)) <= MAX_PROPERTIES_BYTES
+
+
+# --------------------------------------------------------------------------- events
+
+_Model = TypeVar("_Model", bound=BaseModel)
+_set = object.__setattr__
+
+
+def _build(model: type[_Model], values: dict[str, Any], fields_set: set[str]) -> _Model:
+    """What `model.model_construct` does for these models, without its per-field loop."""
+    event = model.__new__(model)
+    _set(event, "__dict__", values)
+    _set(event, "__pydantic_fields_set__", fields_set)
+    _set(event, "__pydantic_extra__", None)
+    _set(event, "__pydantic_private__", None)
+    return event
+
+
+def fast_usage_event(body: dict[str, Any], received_at: datetime) -> UsageEvent | None:
+    """The UsageEvent pydantic would validate from `body`, or None to let pydantic decide."""
+    try:
+        wire = msgspec.convert(body, UsageWire)
+    except msgspec.ValidationError:
+        return None
+    occurred_at = _occurred_at(wire.occurred_at, received_at)
+    if occurred_at is None:
+        return None
+    feature = wire.feature
+    if feature is not None and "\x00" in feature:
+        return None
+    properties = wire.properties
+    if properties is not None and not _properties_ok(properties):
+        return None
+    values = {
+        "event_id": wire.event_id,
+        "organization_id": wire.organization_id,
+        "user_id": wire.user_id,
+        "type": wire.type,
+        "occurred_at": occurred_at,
+        "quantity": wire.quantity,
+        "feature": feature,
+        "properties": properties,
+    }
+    return _build(UsageEvent, values, body.keys() & _USAGE_FIELDS)
+
+
+def fast_support_event(body: dict[str, Any], received_at: datetime) -> SupportEvent | None:
+    """The SupportEvent pydantic would validate from `body`, or None to let pydantic decide."""
+    try:
+        wire = msgspec.convert(body, SupportWire)
+    except msgspec.ValidationError:
+        return None
+    occurred_at = _occurred_at(wire.occurred_at, received_at)
+    if occurred_at is None:
+        return None
+    follow_up_at = None
+    if wire.follow_up_at is not None:
+        follow_up_at = _timestamp(wire.follow_up_at)
+        if follow_up_at is None:
+            return None
+    subject = wire.subject
+    if subject is not None and "\x00" in subject:
+        return None
+    action = wire.action
+    if action is SupportAction.OPENED:
+        if wire.interaction_type is None or wire.channel is None:
+            return None
+    elif action is SupportAction.FOLLOW_UP_SCHEDULED and follow_up_at is None:
+        return None
+    values = {
+        "event_id": wire.event_id,
+        "organization_id": wire.organization_id,
+        "interaction_id": wire.interaction_id,
+        "action": action,
+        "interaction_type": wire.interaction_type,
+        "channel": wire.channel,
+        "priority": wire.priority,
+        "sentiment": wire.sentiment,
+        "outcome": wire.outcome,
+        "assigned_to": wire.assigned_to,
+        "subject": subject,
+        "follow_up_at": follow_up_at,
+        "occurred_at": occurred_at,
+    }
+    return _build(SupportEvent, values, body.keys() & _SUPPORT_FIELDS)

@@ -1,0 +1,677 @@
+"""The msgspec fast path of the decoder decides exactly as the pydantic contract does.
+
+Every test decodes the same records with `Decoder(fast=True)` (the service's
+decoder) and `Decoder(fast=False)` (the pydantic models alone) and requires
+the same outcome: a rejection with the same reason and detail, or an event
+of the same model whose fields, dumps, JSON and payload digest are equal.
+The fast path may leave a valid record to pydantic (it then decides), but it
+must never accept what pydantic refuses, nor build another event.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
+
+from healthscore.contracts import SupportEvent, UsageEvent
+from healthscore.contracts.enums import (
+    Channel,
+    InteractionType,
+    Outcome,
+    Priority,
+    Sentiment,
+    SupportAction,
+    UsageType,
+)
+from healthscore.ingest.decode import Decoded, Decoder, RawRecord, Rejection
+from healthscore.ingest.fastdecode import SupportWire, UsageWire, _check_mirrors
+from healthscore.ingest.pipeline import payload_digest
+from healthscore.poison import poison_corpus
+from healthscore.simulator import SimulationConfig, _to_ms, generate
+
+USAGE = "product.usage.v1"
+SUPPORT = "support.interactions.v1"
+ORG = "0b7f4a4e-3d0c-4a53-9c6e-2f1d5f0c9a11"
+NOW = datetime(2025, 3, 14, 15, 9, 26, 535000, tzinfo=UTC)
+
+
+def _decoders() -> tuple[Decoder, Decoder]:
+    return (
+        Decoder(USAGE, SUPPORT, 64 * 1024, fast=True),
+        Decoder(USAGE, SUPPORT, 64 * 1024, fast=False),
+    )
+
+
+FAST, REFERENCE = _decoders()
+
+
+def _record(
+    topic: str, key: bytes | None, value: bytes, now: datetime | None = NOW, offset: int = 0
+) -> RawRecord:
+    timestamp_ms = None if now is None else _to_ms(now)
+    return RawRecord(topic, 0, offset, key, value, timestamp_ms)
+
+
+def assert_same_event(fast: BaseModel, reference: BaseModel) -> None:
+    """Field by field: values and their types (a timestamp's tzinfo class aside)."""
+    assert type(fast) is type(reference)
+    assert fast == reference
+    assert list(fast.__dict__) == list(reference.__dict__)
+    for name, value in reference.__dict__.items():
+        mine = fast.__dict__[name]
+        assert mine == value, name
+        assert type(mine) is type(value), name
+        if isinstance(value, datetime):
+            # pydantic's tzinfo is a pydantic_core.TzInfo, the fast path's a datetime.timezone
+            assert mine.utcoffset() == value.utcoffset(), name
+            assert mine.isoformat() == value.isoformat(), name
+            assert mine.timestamp() == value.timestamp(), name
+    assert fast.model_fields_set == reference.model_fields_set
+    assert fast.__pydantic_extra__ == reference.__pydantic_extra__
+    assert fast.__pydantic_private__ == reference.__pydantic_private__
+    assert fast.model_dump() == reference.model_dump()
+    assert fast.model_dump(mode="json") == reference.model_dump(mode="json")
+    serializer = reference.__pydantic_serializer__
+    assert serializer.to_json(fast) == serializer.to_json(reference)
+
+
+def decide(record: RawRecord) -> Decoded | Rejection:
+    """Decode with both paths, require the same outcome, return the fast path's."""
+    fast = FAST.decode(record)
+    reference = REFERENCE.decode(record)
+    assert type(fast) is type(reference), (fast, reference)
+    if isinstance(reference, Rejection):
+        assert isinstance(fast, Rejection)
+        assert (fast.reason, fast.detail) == (reference.reason, reference.detail)
+    else:
+        assert isinstance(fast, Decoded)
+        assert_same_event(fast.event, reference.event)
+        assert payload_digest(fast) == payload_digest(reference)
+    return fast
+
+
+def took_fast_path(record: RawRecord) -> bool:
+    decoder = Decoder(USAGE, SUPPORT, 64 * 1024)
+    decoder.decode(record)
+    return decoder.fallbacks == 0
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def test_wire_structs_mirror_the_models() -> None:
+    assert UsageWire.__struct_fields__ == tuple(UsageEvent.model_fields)
+    assert SupportWire.__struct_fields__ == tuple(SupportEvent.model_fields)
+
+    class Changed(UsageEvent):
+        campaign: str | None = None
+
+    with pytest.raises(RuntimeError, match="does not mirror"):
+        _check_mirrors(UsageWire, Changed)
+
+
+# --------------------------------------------------------------------------- poison corpus
+
+CORPUS_CLOCKS = [
+    (ORG, NOW),
+    (str(uuid.UUID(int=12345, version=4)), NOW + timedelta(days=400)),
+    (
+        "ffffffff-ffff-4fff-bfff-ffffffffffff",
+        datetime(2024, 2, 29, 23, 59, 59, 999000, tzinfo=timezone(timedelta(hours=-5))),
+    ),
+    ("00000000-0000-4000-8000-000000000000", datetime(2001, 1, 1, tzinfo=UTC)),
+]
+
+
+@pytest.mark.parametrize(("org", "now"), CORPUS_CLOCKS)
+def test_poison_corpus_gets_the_same_rejections(org: str, now: datetime) -> None:
+    for case in poison_corpus(org, now):
+        topic = USAGE if case.kind == "usage" else SUPPORT
+        result = decide(_record(topic, case.key, case.value, now))
+        assert isinstance(result, Rejection), case.name
+        assert result.reason == case.expected_reason, (case.name, result.detail)
+
+
+# --------------------------------------------------------------------------- simulator stream
+
+
+def _simulated(events: int, seed: int, support_share: float) -> Iterator[RawRecord]:
+    span = timedelta(days=20)
+    config = SimulationConfig(
+        start=NOW - span,
+        organizations=40,
+        events=events,
+        seed=seed,
+        span=span,
+        duplicate_rate=0.02,
+        malformed_rate=0.02,
+        support_share=support_share,
+    )
+    timestamp = NOW
+    for offset, message in enumerate(generate(config)):
+        # as simulator.produce sends them: record time = event time (malformed: the last one)
+        timestamp = message.occurred_at or timestamp
+        topic = USAGE if message.topic_kind == "usage" else SUPPORT
+        yield _record(topic, message.key, message.value, timestamp, offset)
+
+
+@pytest.mark.parametrize(("seed", "support_share"), [(20240611, 0.08), (7, 0.5)])
+def test_simulator_stream_decodes_the_same(seed: int, support_share: float) -> None:
+    fast, _ = _decoders()
+    records = list(_simulated(3000, seed, support_share))
+    rejected = 0
+    for record in records:
+        decide(record)
+        before = fast.fallbacks
+        if isinstance(fast.decode(record), Decoded):
+            assert fast.fallbacks == before  # every valid event took the fast path
+        else:
+            rejected += 1
+    assert len(records) - rejected >= 3000
+    assert rejected > 0
+
+
+# --------------------------------------------------------------------------- edge cases
+
+
+def _usage(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "event_id": "6f1c2a8e-53b4-4c1e-9a57-0d1e2f3a4b5c",
+        "organization_id": ORG,
+        "user_id": "2b1e4c6d-8f0a-4b2c-9d3e-5f6a7b8c9d0e",
+        "type": "feature_used",
+        "occurred_at": "2025-03-14T15:00:00.000Z",
+        "quantity": 1,
+        "feature": "calendar",
+        "properties": {"area": "planning"},
+    }
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not _MISSING}
+
+
+def _support(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "event_id": "7a2d3b9f-64c5-4d2f-8b68-1e2f3a4b5c6d",
+        "organization_id": ORG,
+        "interaction_id": "8b3e4c0a-75d6-4e3a-9c79-2f3a4b5c6d7e",
+        "action": "opened",
+        "interaction_type": "billing_inquiry",
+        "channel": "email",
+        "priority": "normal",
+        "sentiment": "neutral",
+        "outcome": None,
+        "assigned_to": None,
+        "subject": "Invoice question",
+        "follow_up_at": None,
+        "occurred_at": "2025-03-14T15:00:00Z",
+    }
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not _MISSING}
+
+
+_MISSING = object()
+_FIVE_MINUTES_AHEAD = (NOW + timedelta(minutes=5)).isoformat()
+_JUST_MORE = (NOW + timedelta(minutes=5, microseconds=1)).isoformat()
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+USAGE_EDGES: dict[str, dict[str, Any]] = {
+    "valid": _usage(),
+    "quantity_0": _usage(quantity=0),
+    "quantity_1": _usage(quantity=1),
+    "quantity_max": _usage(quantity=1_000_000),
+    "quantity_over": _usage(quantity=1_000_001),
+    "quantity_negative": _usage(quantity=-1),
+    "quantity_true": _usage(quantity=True),
+    "quantity_false": _usage(quantity=False),
+    "quantity_float_whole": _usage(quantity=1.0),
+    "quantity_float": _usage(quantity=2.5),
+    "quantity_string": _usage(quantity="3"),
+    "quantity_null": _usage(quantity=None),
+    "quantity_missing": _usage(quantity=_MISSING),
+    "quantity_huge": _usage(quantity=2**63 - 1),
+    "user_null": _usage(user_id=None),
+    "user_missing": _usage(user_id=_MISSING),
+    "feature_null": _usage(feature=None),
+    "feature_missing": _usage(feature=_MISSING),
+    "feature_100": _usage(feature="f" * 100),
+    "feature_101": _usage(feature="f" * 101),
+    "feature_100_astral": _usage(feature="😀" * 100),
+    "feature_101_astral": _usage(feature="😀" * 101),
+    "feature_nul": _usage(feature="a\x00b"),
+    "feature_empty": _usage(feature=""),
+    "feature_bool": _usage(feature=True),
+    "properties_null": _usage(properties=None),
+    "properties_missing": _usage(properties=_MISSING),
+    "properties_empty": _usage(properties={}),
+    "properties_list": _usage(properties=[1]),
+    "properties_string": _usage(properties="x"),
+    "properties_nul_key": _usage(properties={"a\x00": 1}),
+    "properties_nul_value": _usage(properties={"a": "b\x00"}),
+    "properties_nested_nul": _usage(properties={"a": [{"b": ["c\x00"]}]}),
+    "properties_nested_nul_key": _usage(properties={"a": {"\x00": 1}}),
+    "properties_depth_32": _usage(properties=_nested(32)),
+    "properties_depth_33": _usage(properties=_nested(33)),
+    "properties_depth_32_list": _usage(properties={"a": [[[[]]], _nested(28)]}),
+    "properties_scalar_at_33": _usage(properties={"a": _nested(31) | {"s": "x"}}),
+    "properties_16_kib": _usage(properties={"n": "n" * (16 * 1024 - 8)}),
+    "properties_16_kib_plus_1": _usage(properties={"n": "n" * (16 * 1024 - 7)}),
+    "properties_mixed": _usage(properties={"i": 1, "f": 1.5, "b": True, "z": None, "l": [1]}),
+    "event_id_upper": _usage(event_id="6F1C2A8E-53B4-4C1E-9A57-0D1E2F3A4B5C"),
+    "event_id_simple": _usage(event_id="6f1c2a8e53b44c1e9a570d1e2f3a4b5c"),
+    "event_id_braced": _usage(event_id="{6f1c2a8e-53b4-4c1e-9a57-0d1e2f3a4b5c}"),
+    "event_id_urn": _usage(event_id="urn:uuid:6f1c2a8e-53b4-4c1e-9a57-0d1e2f3a4b5c"),
+    "event_id_misplaced_hyphen": _usage(event_id="6f1c2a8e5-3b4-4c1e-9a57-0d1e2f3a4b5c"),
+    "event_id_nil": _usage(event_id="00000000-0000-0000-0000-000000000000"),
+    "event_id_int": _usage(event_id=12),
+    "event_id_null": _usage(event_id=None),
+    "organization_upper": _usage(organization_id=ORG.upper()),
+    "type_upper": _usage(type="FEATURE_USED"),
+    "type_null": _usage(type=None),
+    "unknown_fields": _usage(extra={"x": [1, {"y": None}]}, campaign="spring", z=None),
+    "only_required": {
+        "event_id": "6f1c2a8e-53b4-4c1e-9a57-0d1e2f3a4b5c",
+        "organization_id": ORG,
+        "type": "login",
+        "occurred_at": "2025-03-14T15:00:00Z",
+    },
+}
+
+TIMESTAMPS = [
+    "2025-03-14T15:00:00Z",
+    "2025-03-14T15:00:00.5Z",
+    "2025-03-14T15:00:00.123456Z",
+    "2025-03-14T15:00:00.1234567Z",
+    "2025-03-14T15:00:00.Z",
+    "2025-03-14T15:00:00,5Z",
+    "2025-03-14T15:00:00z",
+    "2025-03-14t15:00:00Z",
+    "2025-03-14 15:00:00Z",
+    "2025-03-14T15:00:00+00:00",
+    "2025-03-14T15:00:00-00:00",
+    "2025-03-14T15:00:00+05:30",
+    "2025-03-14T15:00:00+0530",
+    "2025-03-14T15:00:00+05",
+    "2025-03-14T15:00:00+01:60",
+    "2025-03-14T15:00:00+23:59",
+    "2025-03-14T15:00:00-23:59",
+    "2025-03-14T15:00:00+24:00",
+    "2025-03-14T15:00:00",
+    "2025-03-14T15:00",
+    "2025-03-14",
+    "2025-03-14T24:00:00Z",
+    "2025-03-14T15:00:60Z",
+    "2025-02-29T15:00:00Z",
+    "2024-02-29T15:00:00Z",
+    "2025-13-01T15:00:00Z",
+    "0000-01-01T00:00:00Z",
+    "0001-01-01T00:00:00Z",
+    "0001-01-01T00:00:00+14:00",
+    "0001-01-01T13:59:59+14:00",
+    "0001-01-01T14:00:00+14:00",
+    "0001-01-01T00:00:00-14:00",
+    "9999-12-31T23:59:59.999999-14:00",
+    "9999-12-31T09:59:59-14:00",
+    "9999-12-31T10:00:00-14:00",
+    "9999-12-31T23:59:59.999999Z",
+    "20250314T150000Z",
+    "2025-W11-5T15:00:00Z",
+    "17000000000000000000",
+    "1700000000",
+    "yesterday",
+    "",
+    _FIVE_MINUTES_AHEAD,
+    _JUST_MORE,
+    (NOW + timedelta(minutes=5)).astimezone(timezone(timedelta(hours=-3))).isoformat(),
+    (NOW + timedelta(minutes=5, microseconds=1))
+    .astimezone(timezone(timedelta(hours=9)))
+    .isoformat(),
+]
+NON_STRING_TIMESTAMPS = [1700000000, 1.7e9, None, True, ["2025-03-14T15:00:00Z"]]
+
+SUPPORT_EDGES: dict[str, dict[str, Any]] = {
+    "valid": _support(),
+    "opened_bare": _support(interaction_type=None, channel=None),
+    "opened_no_channel": _support(channel=_MISSING),
+    "updated_bare": _support(action="updated", interaction_type=None, channel=None),
+    "follow_up": _support(action="follow_up_scheduled", follow_up_at="2025-03-20T09:00:00+01:00"),
+    "follow_up_far": _support(action="follow_up_scheduled", follow_up_at="9999-12-31T23:59:59Z"),
+    "follow_up_beyond": _support(
+        action="follow_up_scheduled", follow_up_at="9999-12-31T23:59:59-00:01"
+    ),
+    "follow_up_missing": _support(action="follow_up_scheduled"),
+    "follow_up_naive": _support(action="follow_up_scheduled", follow_up_at="2025-03-20T09:00:00"),
+    "follow_up_number": _support(action="follow_up_scheduled", follow_up_at=1742461200),
+    "follow_up_on_update": _support(action="updated", follow_up_at="2025-03-20T09:00:00Z"),
+    "subject_500": _support(subject="s" * 500),
+    "subject_501": _support(subject="s" * 501),
+    "subject_nul": _support(subject="\x00"),
+    "subject_missing": _support(subject=_MISSING),
+    "assigned": _support(assigned_to="9c4f5d1b-86e7-4f4b-8d8a-3a4b5c6d7e8f"),
+    "assigned_bad": _support(assigned_to="staff-7"),
+    "every_enum": _support(
+        action="resolved", priority="urgent", sentiment="very_negative", outcome="churned"
+    ),
+    "bad_outcome": _support(outcome="done"),
+    "action_missing": _support(action=_MISSING),
+    "interaction_missing": _support(interaction_id=_MISSING),
+    "unknown_fields": _support(tags=["a"], extra={"deep": [[["x"]]]}),
+}
+
+
+def _check_usage(body: dict[str, Any] | bytes, key: bytes | None = ORG.encode()) -> bool:
+    value = body if isinstance(body, bytes) else json.dumps(body).encode()
+    record = _record(USAGE, key, value)
+    decide(record)
+    return took_fast_path(record)
+
+
+@pytest.mark.parametrize("name", USAGE_EDGES)
+def test_usage_edge_cases(name: str) -> None:
+    _check_usage(USAGE_EDGES[name])
+
+
+@pytest.mark.parametrize("name", SUPPORT_EDGES)
+def test_support_edge_cases(name: str) -> None:
+    record = _record(SUPPORT, ORG.encode(), json.dumps(SUPPORT_EDGES[name]).encode())
+    decide(record)
+
+
+@pytest.mark.parametrize("timestamp", [*TIMESTAMPS, *NON_STRING_TIMESTAMPS])
+def test_timestamps(timestamp: Any) -> None:
+    _check_usage(_usage(occurred_at=timestamp))
+    for action in ("follow_up_scheduled", "updated"):
+        body = _support(action=action, follow_up_at=timestamp)
+        decide(_record(SUPPORT, ORG.encode(), json.dumps(body).encode()))
+
+
+def test_the_ordinary_cases_take_the_fast_path() -> None:
+    assert _check_usage(USAGE_EDGES["valid"])
+    assert _check_usage(USAGE_EDGES["only_required"])
+    assert _check_usage(USAGE_EDGES["unknown_fields"])
+    assert _check_usage(USAGE_EDGES["properties_depth_32"])
+    assert _check_usage(_usage(occurred_at="0001-01-01T14:00:00+14:00"))
+    assert _check_usage(_usage(occurred_at=_FIVE_MINUTES_AHEAD))
+    assert not _check_usage(_usage(occurred_at=_JUST_MORE))
+    assert not _check_usage(_usage(occurred_at="2025-03-14T15:00:00.1234567Z"))
+
+
+RAW_BODIES = {
+    # the same JSON is read by one parser (orjson) for both paths
+    "big_int_property": b'"properties":{"n":123456789012345678901234567890}',
+    "infinite_ignored": b'"extra":1e400',
+    "lone_surrogate_ignored": b'"extra":"\\ud800"',
+    "duplicate_quantity": b'"quantity":0,"quantity":5',
+    "duplicate_quantity_bad_last": b'"quantity":5,"quantity":0',
+    "escaped_nul": b'"feature":"a\\u0000b"',
+    "escaped_text": b'"feature":"caf\\u00e9 \\ud83d\\ude00"',
+    "quantity_exponent": b'"quantity":1e2',
+    "quantity_negative_zero": b'"quantity":-0',
+}
+
+
+@pytest.mark.parametrize("name", RAW_BODIES)
+def test_raw_json(name: str) -> None:
+    body = json.dumps(_usage()).encode()
+    _check_usage(body[:-1] + b"," + RAW_BODIES[name] + b"}")
+
+
+def test_key_mismatch_and_missing_timestamp() -> None:
+    other = b"11111111-1111-4111-8111-111111111111"
+    result = decide(_record(USAGE, other, json.dumps(_usage()).encode()))
+    assert isinstance(result, Rejection) and result.reason == "key_mismatch"
+    # no record timestamp: judged against the wall clock (not near the boundary here)
+    result = decide(_record(USAGE, ORG.encode(), json.dumps(_usage()).encode(), now=None))
+    assert isinstance(result, Decoded)
+
+
+# --------------------------------------------------------------------------- generated
+
+
+def _uuid_text() -> st.SearchStrategy[Any]:
+    value = st.uuids()
+    return st.one_of(
+        value.map(str),
+        value.map(lambda u: str(u).upper()),
+        value.map(lambda u: u.hex),
+        value.map(lambda u: "{" + str(u) + "}"),
+        value.map(lambda u: u.urn),
+        value.map(lambda u: str(u)[:-1]),
+        st.text(max_size=40),
+        st.integers(),
+        st.none(),
+    )
+
+
+_OFFSETS = st.integers(min_value=-(24 * 60 - 1), max_value=24 * 60 - 1).map(
+    lambda minutes: timezone(timedelta(minutes=minutes))
+)
+
+
+@st.composite
+def _timestamp_text(draw: st.DrawFn) -> Any:
+    kind = draw(st.integers(0, 9))
+    if kind == 0:
+        return draw(st.one_of(st.text(max_size=30), st.integers(), st.floats(), st.none()))
+    if kind == 1:  # near the record time, on both sides of the five minutes
+        moment = NOW + timedelta(microseconds=draw(st.integers(-(10**9), 4 * 10**8)))
+        moment = moment.astimezone(draw(_OFFSETS))
+    else:
+        near = [date(1, 1, 1), date(1, 1, 2), date(9999, 12, 30), date(9999, 12, 31), NOW.date()]
+        day = draw(
+            st.one_of(
+                st.sampled_from(near),
+                st.dates(min_value=date(1, 1, 1), max_value=date(9999, 12, 31)),
+            )
+        )
+        seconds = draw(st.integers(0, 86_399))
+        micro = draw(st.integers(0, 999_999))
+        naive = datetime(day.year, day.month, day.day) + timedelta(
+            seconds=seconds, microseconds=micro
+        )
+        moment = naive.replace(tzinfo=draw(_OFFSETS))
+    text = (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
+        f"T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"
+    )
+    digits = draw(st.integers(0, 8))
+    if digits:
+        text += "." + f"{moment.microsecond:06d}{draw(st.integers(0, 99)):02d}"[:digits]
+    offset = moment.utcoffset()
+    assert offset is not None
+    minutes = int(offset.total_seconds()) // 60
+    suffix = f"{'+' if minutes >= 0 else '-'}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+    style = draw(st.integers(0, 9))
+    if minutes == 0 and style < 4:
+        suffix = draw(st.sampled_from(["Z", "z", "-00:00"]))
+    elif style == 4:
+        suffix = suffix.replace(":", "")
+    elif style == 5:
+        suffix = ""
+    if draw(st.integers(0, 15)) == 0:
+        text = text.replace("T", draw(st.sampled_from(["t", " "])))
+    return text + suffix
+
+
+def _text(limit: int) -> st.SearchStrategy[Any]:
+    return st.one_of(
+        st.none(),
+        st.text(max_size=8),
+        st.text(alphabet=st.sampled_from("ab\x00😀é"), min_size=limit - 2, max_size=limit + 2),
+        st.integers(),
+    )
+
+
+_JSON_LEAF = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(alphabet=st.sampled_from('ab\x00é😀\n"\\'), max_size=6),
+)
+_JSON = st.recursive(
+    _JSON_LEAF,
+    lambda children: st.one_of(
+        st.lists(children, max_size=3),
+        st.dictionaries(st.text(alphabet="ab\x00", max_size=2), children, max_size=3),
+    ),
+    max_leaves=12,
+)
+
+
+@st.composite
+def _properties(draw: st.DrawFn) -> Any:
+    kind = draw(st.integers(0, 6))
+    if kind == 0:
+        return draw(_JSON)
+    if kind == 1:
+        return _nested(draw(st.integers(30, 34)))
+    if kind == 2:
+        return {"n": "n" * draw(st.integers(16 * 1024 - 10, 16 * 1024 - 5))}
+    return draw(st.dictionaries(st.text(alphabet="ab\x00", max_size=3), _JSON, max_size=4))
+
+
+def _field(value: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """A body field: usually `value`, missing 1 time in 10."""
+    return st.integers(0, 9).flatmap(lambda n: st.just(_MISSING) if n == 0 else value)
+
+
+def _enum(values: type[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(
+        st.sampled_from([member.value for member in values]),
+        st.sampled_from([member.value.upper() for member in values]),
+        st.none(),
+        st.integers(0, 3),
+    )
+
+
+def _weighted(good: st.SearchStrategy[Any], other: st.SearchStrategy[Any]) -> Any:
+    """Mostly (7 in 8) good values, so that enough bodies pass and acceptance is compared."""
+    return st.integers(0, 7).flatmap(lambda n: other if n == 0 else good)
+
+
+_GOOD_UUID = st.uuids().map(str)
+_GOOD_TIME = st.integers(-(10**11), 2 * 10**8).map(
+    lambda us: (NOW + timedelta(microseconds=us)).isoformat()
+)
+
+
+@st.composite
+def usage_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "event_id": draw(_weighted(_GOOD_UUID, _field(_uuid_text()))),
+        "organization_id": ORG if draw(st.integers(0, 9)) else draw(_uuid_text()),
+        "user_id": draw(_field(_weighted(_GOOD_UUID, _uuid_text()))),
+        "type": draw(_weighted(st.sampled_from(list(UsageType)), _field(_enum(UsageType)))),
+        "occurred_at": draw(_weighted(_GOOD_TIME, _field(_timestamp_text()))),
+        "quantity": draw(
+            _weighted(
+                _field(st.integers(1, 1_000_000)),
+                st.one_of(
+                    st.integers(-2, 3),
+                    st.integers(999_998, 1_000_002),
+                    st.booleans(),
+                    st.floats(-2, 3),
+                    st.sampled_from([1.0, "1", None]),
+                ),
+            )
+        ),
+        "feature": draw(_field(_weighted(st.one_of(st.none(), st.text(max_size=20)), _text(100)))),
+        "properties": draw(
+            _field(_weighted(st.one_of(st.none(), st.just({"a": 1})), _properties()))
+        ),
+    }
+    if draw(st.booleans()):
+        fields[draw(st.sampled_from(["extra", "v", "Type"]))] = draw(_JSON)
+    return {name: value for name, value in fields.items() if value is not _MISSING}
+
+
+@st.composite
+def support_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    def optional_enum(values: type[Any]) -> Any:
+        return draw(_field(_weighted(st.sampled_from([None, *values]), _enum(values))))
+
+    fields: dict[str, Any] = {
+        "event_id": draw(_weighted(_GOOD_UUID, _field(_uuid_text()))),
+        "organization_id": ORG if draw(st.integers(0, 9)) else draw(_uuid_text()),
+        "interaction_id": draw(_weighted(_GOOD_UUID, _field(_uuid_text()))),
+        "action": draw(
+            _weighted(st.sampled_from(list(SupportAction)), _field(_enum(SupportAction)))
+        ),
+        "interaction_type": optional_enum(InteractionType),
+        "channel": optional_enum(Channel),
+        "priority": optional_enum(Priority),
+        "sentiment": optional_enum(Sentiment),
+        "outcome": optional_enum(Outcome),
+        "assigned_to": draw(_field(_weighted(st.one_of(st.none(), _GOOD_UUID), _uuid_text()))),
+        "subject": draw(_field(_weighted(st.one_of(st.none(), st.text(max_size=20)), _text(500)))),
+        "follow_up_at": draw(
+            _field(_weighted(st.one_of(st.none(), _GOOD_TIME), _timestamp_text()))
+        ),
+        "occurred_at": draw(_weighted(_GOOD_TIME, _field(_timestamp_text()))),
+    }
+    if draw(st.booleans()):
+        fields["extra"] = draw(_JSON)
+    return {name: value for name, value in fields.items() if value is not _MISSING}
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    # json, not orjson: integers beyond 64 bits and astral text as \\u escapes too
+    return json.dumps(body, ensure_ascii=bool(len(body) % 2)).encode()
+
+
+_GENERATED = settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+@_GENERATED
+@given(usage_bodies())
+def test_generated_usage_bodies(body: dict[str, Any]) -> None:
+    decide(_record(USAGE, ORG.encode(), _encode(body)))
+
+
+@_GENERATED
+@given(support_bodies())
+def test_generated_support_bodies(body: dict[str, Any]) -> None:
+    decide(_record(SUPPORT, ORG.encode(), _encode(body)))
+
+
+@_GENERATED
+@given(_timestamp_text())
+def test_generated_timestamps(timestamp: Any) -> None:
+    decide(_record(USAGE, ORG.encode(), _encode(_usage(occurred_at=timestamp))))
+    body = _support(action="follow_up_scheduled", follow_up_at=timestamp)
+    decide(_record(SUPPORT, ORG.encode(), _encode(body)))
+
+
+def test_generated_bodies_are_often_valid() -> None:
+    """The generators reach acceptance, so acceptance is what they compare."""
+    accepted = {USAGE: 0, SUPPORT: 0}
+
+    @settings(max_examples=200, deadline=None, database=None)
+    @given(usage_bodies(), support_bodies())
+    def sample(usage: dict[str, Any], support: dict[str, Any]) -> None:
+        for topic, body in ((USAGE, usage), (SUPPORT, support)):
+            record = _record(topic, ORG.encode(), _encode(body))
+            accepted[topic] += isinstance(FAST.decode(record), Decoded)
+
+    sample()
+    assert accepted[USAGE] > 10
+    assert accepted[SUPPORT] > 10
