@@ -73,6 +73,25 @@ def project(state: OrganizationState, model: ScoreModel) -> HealthScore | None:
     return score(state, state.last_scored_at, model, explain=True)
 
 
+async def project_in_transaction(
+    conn: Connection, states: list[OrganizationState], model: ScoreModel
+) -> None:
+    """Write the read model of `states` in the caller's transaction and dequeue them.
+
+    Not the service's way (that is the projector, off the event path): the naive
+    benchmark baseline writes the read model with every event, as a
+    one-transaction-per-message consumer would.
+    """
+    page = []
+    for state in states:
+        health = project(state, model)
+        if health is not None:
+            page.append(Projected(UUID(state.organization_id), 0, state, health))
+    if page:
+        await _upsert_customer_health(conn, page, model)
+        await conn.execute(sql.DEQUEUE_PROJECTED, [p.organization_id for p in page])
+
+
 class Projector:
     def __init__(
         self,

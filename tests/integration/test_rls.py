@@ -626,6 +626,7 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
         ("PENDING_PROJECTION", sql.PENDING_PROJECTION, [10]),
         ("OLDEST_PENDING_PROJECTION", sql.OLDEST_PENDING_PROJECTION, []),
         ("MARK_PROJECTED", sql.MARK_PROJECTED, [[org], [1]]),
+        ("DEQUEUE_PROJECTED", sql.DEQUEUE_PROJECTED, [[org]]),
         ("gauges.OUTBOX_STATS", gauges.OUTBOX_STATS, []),
         ("gauges.DISTRIBUTION", gauges.DISTRIBUTION, []),
         ("db.ROLE_CHECK", db.ROLE_CHECK, []),

@@ -93,6 +93,8 @@ async def run() -> dict[str, Any]:
             model=model,
             consumer_group=settings.consumer_group,
             rescore_step_seconds=settings.silence_rescore_after_seconds,
+            # as a tutorial consumer would: the dashboard's table with every event
+            read_model_in_transaction=True,
         )
     )
     broker = kafka.broker(apply_types=False, logger=None)

@@ -42,6 +42,7 @@ from healthscore.ingest.decode import Decoded, Decoder, RawRecord, Rejection
 from healthscore.ingest.dlq import DeadLetterQueue
 from healthscore.ingest.effects import BatchEffects, compute_batch_effects
 from healthscore.interactions import InteractionRecord
+from healthscore.projector import project_in_transaction
 from healthscore.scoring.model import ScoreModel
 from healthscore.scoring.state import OrganizationState, decode_state
 from healthscore.store import Connection, sql
@@ -130,8 +131,11 @@ class BatchPipeline:
         rescore_step_seconds: float,
         max_unprocessable_per_batch: int = 10,
         silence_rescoring: bool = False,
+        read_model_in_transaction: bool = False,
     ) -> None:
         self._pool = pool
+        # the naive baseline's way: the read model in every batch's transaction
+        self._read_model_in_transaction = read_model_in_transaction
         self._max_unprocessable = max_unprocessable_per_batch
         self._decoder = decoder
         self._dlq = dlq
@@ -291,6 +295,9 @@ class BatchPipeline:
                     sql.UNCLAIM_EVENT_IDS, [event.event_id for event, _ in effects.misrouted]
                 )
             await write_effects(conn, effects, self._model, self._rescore_step, outcome.timings_ms)
+            if self._read_model_in_transaction:
+                states = [effects.states[org] for org in effects.rescored]
+                await project_in_transaction(conn, states, self._model)
             marks.lap("write")
             # dead letters leave before the commit (see DeadLetterQueue.publish) and
             # after the writes, so a batch the database refuses sends none

@@ -193,6 +193,11 @@ WHERE q.organization_id IN (
     FOR UPDATE OF p SKIP LOCKED)
 """
 
+# the naive baseline writes the read model in its own transaction: nothing to queue
+DEQUEUE_PROJECTED = """
+DELETE FROM read_model_pending WHERE organization_id = ANY($1::uuid[])
+"""
+
 # previous_score: the score shown before the last change of the score
 UPSERT_CUSTOMER_HEALTH = """
 INSERT INTO customer_health AS h (
