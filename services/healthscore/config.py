@@ -129,7 +129,7 @@ class Settings(BaseSettings):
         default=0.2, gt=0, description="pause of the read-model projector when its queue is empty"
     )
     projector_page_size: int = Field(
-        default=2000, ge=1, description="organizations the projector writes per transaction"
+        default=500, ge=1, description="organizations the projector writes per transaction"
     )
     alignment_live_lag_records: int = Field(
         default=1000,

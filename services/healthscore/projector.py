@@ -45,6 +45,8 @@ from healthscore.store.records import to_datetime
 log = structlog.get_logger(__name__)
 
 PROJECTOR_LOCK_KEY = 0x6865616C7468_02
+# organizations scored between two returns to the event loop
+YIELD_EVERY = 50
 
 
 class Producer(Protocol):
@@ -120,7 +122,10 @@ class Projector:
             if not rows:
                 return 0
             page = []
-            for row in rows:
+            for index, row in enumerate(rows):
+                if index % YIELD_EVERY == YIELD_EVERY - 1:
+                    # the consumer shares this event loop: let its batches in
+                    await asyncio.sleep(0)
                 if row["state"] is None or row["state"] == "null":
                     continue
                 state = decode_state(row["state"])
