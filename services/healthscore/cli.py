@@ -1,4 +1,4 @@
-"""`healthscore`: migrate, dev-services, serve, demo, simulate, replay."""
+"""`healthscore`: migrate, dev-services, serve, api, demo, simulate, replay."""
 
 from __future__ import annotations
 
@@ -172,6 +172,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     options = DemoOptions(
         organizations=args.organizations, events=args.events, rate=args.rate, seed=args.seed
     )
+    options.dashboard = args.dashboard
     with _with_services(settings) as (resolved, services):
         if services is not None:
             print(f"started {services.kind} PostgreSQL and Kafka-protocol broker")
@@ -326,6 +327,62 @@ def cmd_lag(args: argparse.Namespace) -> int:
     return _run(main)
 
 
+def cmd_api(args: argparse.Namespace) -> int:
+    from healthscore.api.server import (
+        dev_config,
+        print_sign_in,
+        serve_until,
+        stop_on_signals,
+        wait_stopped,
+    )
+    from healthscore.api.state import ApiConfig, ApiConfigError
+    from healthscore.db import database_tls
+    from healthscore.migrate import apply_migrations
+
+    settings = _settings(args)
+    overrides: dict[str, Any] = {}
+    if args.host is not None:
+        overrides["api_host"] = args.host
+    if args.port is not None:
+        overrides["api_port"] = args.port
+    settings = settings.model_copy(update=overrides)
+    configure_logging(settings.log_level, settings.log_format)
+
+    async def main(settings: Settings) -> int:
+        identity = None
+        if args.dev:
+            if args.migrate:
+                url = settings.migration_database_url or settings.database_url
+                assert url is not None
+                await apply_migrations(url.get_secret_value(), tls=database_tls(settings))
+            config, identity = await dev_config(settings)
+        else:
+            try:
+                config = ApiConfig.from_settings(settings)
+            except ApiConfigError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        address = await serve_until(config, settings.api_host, settings.api_port, stop)
+        print_sign_in(address, identity)
+        await wait_stopped()
+        return 0
+
+    if not args.dev or settings.database_url is not None:
+        return _run(lambda: main(settings))
+    # --dev without DATABASE_URL: the embedded PostgreSQL of `serve` (same data directory);
+    # the API needs no broker
+    services = resolve_services(
+        kafka_bootstrap_servers="unused:9092", data_dir=settings.state_dir.resolve() / "pgdata"
+    )
+    try:
+        resolved = settings.model_copy(update={"database_url": SecretStr(services.database_url)})
+        return _run(lambda: main(resolved))
+    finally:
+        services.close()
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from healthscore.bench.command import run
 
@@ -400,6 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the simulator) and show scores changing and alerts appearing.",
     )
     _add_stream_options(p, events=20_000, rate=4000.0)
+    p.add_argument(
+        "--no-dashboard",
+        dest="dashboard",
+        action="store_false",
+        help="end after the stream instead of serving the dashboard until Ctrl-C",
+    )
 
     p = add("simulate", cmd_simulate, "Produce a synthetic event stream to the input topics.")
     _add_stream_options(p, events=10_000, rate=None)
@@ -439,6 +502,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-sweep",
         action="store_true",
         help="no silence rescorings (to match a live run that was served with --no-sweep)",
+    )
+    p = add(
+        "api",
+        cmd_api,
+        "Serve the read API and the customer-success dashboard on API_HOST:API_PORT "
+        "(a process of its own, scaled apart from the consumers).",
+    )
+    p.add_argument("--database-url", help="override DATABASE_URL (with --dev: the migration URL)")
+    p.add_argument("--host", help="override API_HOST")
+    p.add_argument("--port", type=int, help="override API_PORT (0: any free port)")
+    p.add_argument(
+        "--dev",
+        action="store_true",
+        help="development sign-in: apply migrations, create or reuse an admin, a support and a "
+        "member profile, print a sign-in link for each (embedded PostgreSQL without "
+        "DATABASE_URL)",
+    )
+    p.add_argument(
+        "--no-migrate",
+        dest="migrate",
+        action="store_false",
+        help="with --dev: do not apply migrations first",
     )
     p = add(
         "bench",

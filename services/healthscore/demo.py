@@ -40,6 +40,7 @@ class DemoOptions:
     span_days: int = 30
     settle_seconds: float = 5.0
     top: int = 8
+    dashboard: bool = True  # serve the dashboard at the end, until Ctrl-C
 
 
 async def _watch_alerts(
@@ -136,6 +137,10 @@ async def run_demo(settings: Settings, options: DemoOptions) -> int:
         print("final dashboard:")
         await _print_dashboard(admin_url, options.top, tls)
         print(f"alerts received: {len(alerts)}")
+        if options.dashboard:
+            from healthscore.api.server import run_dashboard
+
+            await run_dashboard(settings)  # the service keeps scoring meanwhile
     finally:
         stop.set()
         await watcher
