@@ -123,13 +123,15 @@ SELECT h.organization_id, o.name AS organization_name, o.plan,
            AS trend,
        h.active_users_30d, h.open_interactions, h.milestones_achieved, h.last_activity_at,
        h.last_login_at, h.scored_at, h.score_model_version, h.updated_at,
-       m.acknowledged AS milestones_acknowledged, m.rewards_pending, m.rewards_delivered,
+       m.achieved AS milestones_achieved_count, m.acknowledged AS milestones_acknowledged,
+       m.rewards_pending, m.rewards_delivered,
        i.overdue AS overdue_follow_ups,
        a.last_alert
 FROM customer_health h
 LEFT JOIN organizations o ON o.id = h.organization_id
 CROSS JOIN LATERAL (
-    SELECT count(*) FILTER (WHERE acknowledged_at IS NOT NULL) AS acknowledged,
+    SELECT count(*) AS achieved,
+           count(*) FILTER (WHERE acknowledged_at IS NOT NULL) AS acknowledged,
            count(*) FILTER (WHERE reward_status = 'pending') AS rewards_pending,
            count(*) FILTER (WHERE reward_status = 'delivered') AS rewards_delivered
     FROM success_milestones WHERE organization_id = h.organization_id
@@ -156,8 +158,8 @@ WHERE h.organization_id = $1
 
 ORGANIZATION_VISIBLE: Final = "SELECT true FROM customer_health WHERE organization_id = $1"
 
-# $1 organization id, $2 days back from its latest score. One point per day (UTC):
-# the day's last score.
+# $1 organization id, $2 days (UTC) ending with the day of its latest score. One point
+# per day: the day's last score.
 ORGANIZATION_HISTORY: Final = """
 SELECT DISTINCT ON (day) day, scored_at, health_score, churn_probability, risk_level,
        components
@@ -166,8 +168,10 @@ FROM (
            s.churn_probability, s.risk_level, s.components
     FROM health_score_history s
     WHERE s.organization_id = $1
-      AND s.scored_at > (SELECT h.scored_at FROM customer_health h
-                         WHERE h.organization_id = $1) - make_interval(days => $2::int)
+      AND s.scored_at >= (
+          SELECT (date_trunc('day', h.scored_at AT TIME ZONE 'UTC')
+                  - make_interval(days => $2::int - 1)) AT TIME ZONE 'UTC'
+          FROM customer_health h WHERE h.organization_id = $1)
 ) AS trail
 ORDER BY day, scored_at DESC
 """

@@ -201,7 +201,7 @@ async def get_organization(request: Request, organization_id: OrganizationId) ->
             None,
             20,
         )
-    achieved = row["milestones_achieved"]
+    achieved = row["milestones_achieved_count"]
     alert = row["last_alert"]
     return OrganizationDetail(
         organization_id=row["organization_id"],
@@ -254,7 +254,8 @@ async def get_history(
     request: Request,
     organization_id: OrganizationId,
     days: Annotated[
-        int, Query(ge=1, le=365, description="Days back from the organization's latest score.")
+        int,
+        Query(ge=1, le=365, description="Days (UTC), the last the day of the latest score."),
     ] = 30,
 ) -> OrganizationHistory:
     """The daily score trail: each day's last score, churn probability and components."""
