@@ -484,7 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "export-contracts",
         cmd_export_contracts,
-        "Write the JSON Schema of every message and the AsyncAPI document to schema/contracts/.",
+        "Write the JSON Schema of every message, the AsyncAPI document, and the read API's "
+        "OpenAPI document and TypeScript types to schema/contracts/.",
     )
     p.add_argument("--check", action="store_true", help="only check that the files are current")
 

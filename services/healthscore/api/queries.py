@@ -219,8 +219,8 @@ RETURNING milestone_type
 # --- interactions -----------------------------------------------------------------------
 
 # $1 status[], $2 assigned_to, $3 organization id, $4 interaction_type[], $5 overdue only,
-# $6 search text, $7 its ILIKE pattern, $8 cursor sort value, $9 cursor is in the NULL
-# part, $10 cursor id, $11 limit
+# $6 search text (pg_trgm word similarity: typos and word order are forgiven), $7 cursor
+# sort value, $8 cursor is in the NULL part, $9 cursor id, $10 limit
 _INTERACTION_COLUMNS = """i.id, i.organization_id, o.name AS organization_name, i.interaction_type,
        i.channel, i.status, i.priority, i.sentiment, i.outcome, i.assigned_to, i.subject,
        i.follow_up_required, i.follow_up_at, i.follow_up_completed_at, i.opened_at,
@@ -235,7 +235,7 @@ _INTERACTION_FILTERS = """
   AND ($4::text[] IS NULL OR i.interaction_type = ANY($4::text[]))
   AND ($5::bool IS NOT TRUE OR (i.follow_up_required AND i.follow_up_completed_at IS NULL
                                 AND i.follow_up_at <= now()))
-  AND ($6::text IS NULL OR i.subject ILIKE $7::text OR $6::text <% i.subject)"""
+  AND ($6::text IS NULL OR $6::text <% i.subject)"""
 
 
 def _interactions(rank: str, keyset: str, order: str) -> str:
@@ -246,42 +246,42 @@ LEFT JOIN organizations o ON o.id = i.organization_id
 WHERE true{_INTERACTION_FILTERS}
   AND {keyset}
 ORDER BY {order}
-LIMIT $11"""
+LIMIT $10"""
 
 
 # newest first; interactions not opened yet (an update came first) lead
 LIST_INTERACTIONS_NEWEST: Final = _interactions(
     "NULL::real",
-    """($9::bool IS NULL
-       OR ($9::bool AND (i.opened_at IS NOT NULL OR i.id > $10::uuid))
-       OR (NOT $9::bool AND i.opened_at <= $8::timestamptz
-           AND (i.opened_at < $8::timestamptz OR i.id > $10::uuid)))""",
+    """($8::bool IS NULL
+       OR ($8::bool AND (i.opened_at IS NOT NULL OR i.id > $9::uuid))
+       OR (NOT $8::bool AND i.opened_at <= $7::timestamptz
+           AND (i.opened_at < $7::timestamptz OR i.id > $9::uuid)))""",
     "i.opened_at DESC NULLS FIRST, i.id",
 )
 
 # oldest first (a queue); interactions not opened yet come last
 LIST_INTERACTIONS_OLDEST: Final = _interactions(
     "NULL::real",
-    """($9::bool IS NULL
-       OR ($9::bool AND i.opened_at IS NULL AND i.id > $10::uuid)
-       OR (NOT $9::bool AND (i.opened_at IS NULL OR (i.opened_at >= $8::timestamptz
-           AND (i.opened_at > $8::timestamptz OR i.id > $10::uuid)))))""",
+    """($8::bool IS NULL
+       OR ($8::bool AND i.opened_at IS NULL AND i.id > $9::uuid)
+       OR (NOT $8::bool AND (i.opened_at IS NULL OR (i.opened_at >= $7::timestamptz
+           AND (i.opened_at > $7::timestamptz OR i.id > $9::uuid)))))""",
     "i.opened_at NULLS LAST, i.id",
 )
 
 # most overdue first (with the overdue filter, follow_up_at is never NULL)
 LIST_INTERACTIONS_FOLLOW_UP: Final = _interactions(
     "NULL::real",
-    """($9::bool IS NULL OR (i.follow_up_at >= $8::timestamptz
-       AND (i.follow_up_at > $8::timestamptz OR i.id > $10::uuid)))""",
+    """($8::bool IS NULL OR (i.follow_up_at >= $7::timestamptz
+       AND (i.follow_up_at > $7::timestamptz OR i.id > $9::uuid)))""",
     "i.follow_up_at, i.id",
 )
 
 # best match first (pg_trgm word similarity of the search text within the subject)
 LIST_INTERACTIONS_RELEVANCE: Final = _interactions(
     "word_similarity($6::text, i.subject)",
-    """($9::bool IS NULL OR word_similarity($6::text, i.subject) < $8::real
-       OR (word_similarity($6::text, i.subject) = $8::real AND i.id > $10::uuid))""",
+    """($8::bool IS NULL OR word_similarity($6::text, i.subject) < $7::real
+       OR (word_similarity($6::text, i.subject) = $7::real AND i.id > $9::uuid))""",
     "rank DESC, i.id",
 )
 

@@ -198,7 +198,6 @@ async def get_organization(request: Request, organization_id: OrganizationId) ->
             None,
             None,
             None,
-            None,
             20,
         )
     achieved = row["milestones_achieved_count"]
@@ -380,11 +379,6 @@ _INTERACTION_STATEMENTS: Final = {
 }
 
 
-def _like_pattern(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
 def _cursor_value(sort: str, value: str | None) -> Any:
     if value is None:
         return None
@@ -441,7 +435,6 @@ async def list_interactions(
             [t.value for t in type_] if type_ else None,
             overdue,
             q_,
-            _like_pattern(q_) if q_ else None,
             _cursor_value(chosen, after.value) if after else None,
             None if after is None else after.value is None,
             after.id if after else None,
