@@ -121,6 +121,7 @@ function signOut(reason) {
 }
 
 async function signIn() {
+  say("");
   state.me = await api("/api/v1/me");
   $("who-name").textContent = state.me.full_name || state.me.email || shortId(state.me.user_id);
   $("who-role").textContent = state.me.role;
@@ -190,8 +191,12 @@ function renderOrganization(org) {
   $("org-subtitle").textContent =
     `${org.organization_id}${org.plan ? ` · plan ${org.plan}` : ""} · scored ${when(org.scored_at)}`;
   $("org-score").textContent = org.health_score.toFixed(1);
-  $("org-band").replaceWith(Object.assign(badge("band", org.health_status), { id: "org-band" }));
-  $("org-risk").replaceWith(Object.assign(badge("risk", org.risk_level), { id: "org-risk" }));
+  const band = badge("band", org.health_status);
+  band.textContent = `${words(org.health_status)} band`;
+  const risk = badge("risk", org.risk_level);
+  risk.textContent = `${words(org.risk_level)} churn risk`;
+  $("org-band").replaceWith(Object.assign(band, { id: "org-band" }));
+  $("org-risk").replaceWith(Object.assign(risk, { id: "org-risk" }));
   const facts = [
     ["Churn probability", pct(org.churn_probability)],
     ["Change, 7 days", signed(org.score_change_7d)],
@@ -282,8 +287,8 @@ function renderChart(history) {
     chart.append(dot);
   }
   const legend = el("figcaption", { class: "legend" },
-    el("span", { class: "key score", text: "Health score" }),
-    el("span", { class: "key churn", text: "Churn probability (%)" }));
+    el("span", { class: "key key-score", text: "Health score" }),
+    el("span", { class: "key key-churn", text: "Churn probability (%)" }));
   figure.replaceChildren(chart, legend);
   const first = points[0], last = points[points.length - 1];
   $("chart-summary").textContent = `From ${first.health_score.toFixed(1)} on ${first.day} to ` +
