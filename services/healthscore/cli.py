@@ -383,6 +383,13 @@ def cmd_api(args: argparse.Namespace) -> int:
         services.close()
 
 
+def cmd_api_bench(args: argparse.Namespace) -> int:
+    from healthscore.api.bench import run
+
+    configure_logging("WARNING", "console")
+    return run(args)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from healthscore.bench.command import run
 
@@ -526,6 +533,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="with --dev: do not apply migrations first",
     )
+    p = add(
+        "api-bench",
+        cmd_api_bench,
+        "Benchmark the read API: p50/p95/p99 of every list sort and filter and of the "
+        "organization page, N concurrent clients, 100,000 organizations, consumers writing.",
+    )
+    from healthscore.api.bench import add_arguments as add_api_bench_arguments
+
+    add_api_bench_arguments(p)
     p = add(
         "bench",
         cmd_bench,

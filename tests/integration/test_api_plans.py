@@ -131,8 +131,11 @@ SORTS = {
 }
 
 
-def extra_args(sort: str) -> list[Any]:
-    return [False] if sort == "score_change_7d" else []
+def extra_args(sort: str, levels: list[str] | None = None) -> list[Any]:
+    """The churn statement's probability range of the risk levels asked for."""
+    if sort != "churn_probability":
+        return []
+    return [Decimal("0.5"), None] if levels == ["high", "critical"] else [None, None]
 
 
 @pytest.mark.parametrize("sort", SORTS)
@@ -164,7 +167,9 @@ async def test_each_filter_with_each_sort_uses_an_index(
         digits = session.organization_id.hex[:4]
         filters = {"prefix": (uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f")))}
     sql, sort_indexes = SORTS[sort]
-    plan = await explain(session, sql, *org_args(**filters), *extra_args(sort))
+    plan = await explain(
+        session, sql, *org_args(**filters), *extra_args(sort, filters.get("levels"))
+    )
     used = indexes(plan)
     assert "customer_health" not in seq_scans(plan), (name, sort, used)
     # served either by the filter's own index or by the sort's, whichever the planner
@@ -176,9 +181,23 @@ async def test_each_filter_with_each_sort_uses_an_index(
         assert serving in used, (name, sort, used)  # selective: the filter's index wins
 
 
+async def test_organizations_without_a_weekly_change_are_read_by_id(session: Session) -> None:
+    args = org_args()[:5]
+    plan = await explain(session, q.LIST_ORGANIZATIONS_WITHOUT_CHANGE_7D, *args, None, 51)
+    assert "customer_health" not in seq_scans(plan)
+    assert indexes(plan) & {
+        "customer_health_score_change_7d_idx",
+        "customer_health_organization_id_key",
+    }
+
+
 async def test_a_filter_that_rules_a_slice_out_reads_none_of_it(session: Session) -> None:
+    levels = ["high", "critical"]
     plan = await explain(
-        session, q.LIST_ORGANIZATIONS_BY_CHURN, *org_args(levels=["high", "critical"])
+        session,
+        q.LIST_ORGANIZATIONS_BY_CHURN,
+        *org_args(levels=levels),
+        *extra_args("churn_probability", levels),
     )
     assert "customer_health_lower_risk_idx" not in indexes(plan)
     plan = await explain(session, q.LIST_ORGANIZATIONS_BY_SCORE, *org_args(status=["good"]))

@@ -18,8 +18,9 @@ merges in order (MergeAppend, stopping at the limit):
   risk levels, then its complement on low and medium (migration 0030);
 * health score, ascending: the seed's (health_status, health_score) index once
   per band, worst band first (the band is a function of the score);
-* 7-day change, ascending: the seed's index on score_change_7d, then the
-  organizations without a 7-day history (NULL) last.
+* 7-day change, ascending: the seed's index on score_change_7d; the
+  organizations without a 7-day history (NULL) come last, by id, from a second
+  statement run only when the first runs out.
 
 A branch that a filter rules out (risk level `low` for the high-risk slice)
 is folded to a one-time `false` at planning, so it reads nothing.
@@ -33,8 +34,7 @@ from typing import Final
 # --- organizations ------------------------------------------------------------------
 
 # $1 health_status[], $2 risk_level[], $3 factor (jsonb, e.g. [{"factor": "inactivity"}]),
-# $4/$5 organization id range (prefix search), $6 cursor sort value, $7 cursor id,
-# $8 limit, $9 cursor is in the NULL tail (score_change_7d only)
+# $4/$5 organization id range (prefix search), $6 cursor sort value, $7 cursor id, $8 limit
 _ORG_COLUMNS = """organization_id, health_score, health_status, churn_probability, risk_level,
            score_change_7d, score_change_30d, scored_at,
            jsonb_path_query_array(risk_factors, '$[0 to 2]') AS top_risk_factors"""
@@ -46,24 +46,31 @@ _ORG_FILTERS = """
       AND ($4::uuid IS NULL OR organization_id BETWEEN $4::uuid AND $5::uuid)"""
 
 
-def _org_list(branches: list[str], order: str) -> str:
-    union = "\n    UNION ALL\n".join(f"    ({b})" for b in branches)
+def _org_list(branches: list[str], order: str, limit: str = "$8") -> str:
+    union = "\n    UNION ALL\n".join(
+        f"    SELECT * FROM ({b}) AS slice{i}" for i, b in enumerate(branches)
+    )
     return f"""
 SELECT u.*, o.name AS organization_name
 FROM (
 {union}
     ORDER BY {order}
-    LIMIT $8
+    LIMIT {limit}
 ) AS u
 LEFT JOIN organizations o ON o.id = u.organization_id
 ORDER BY {order}"""
 
 
+# $9/$10: the churn probabilities of the requested risk levels, [from, to): a level is
+# a function of the probability, so the index scan starts and stops at its edges
+# instead of filtering its way past the other levels
 def _churn_branch(levels: str) -> str:
     return f"""SELECT {_ORG_COLUMNS}
     FROM customer_health
     WHERE risk_level IN ({levels})
       AND ($2::text[] IS NULL OR $2::text[] && ARRAY[{levels}]){_ORG_FILTERS}
+      AND ($9::numeric IS NULL OR churn_probability >= $9::numeric)
+      AND ($10::numeric IS NULL OR churn_probability < $10::numeric)
       AND ($6::numeric IS NULL OR churn_probability <= $6::numeric)
       AND ($6::numeric IS NULL OR churn_probability < $6::numeric
            OR organization_id > $7::uuid)
@@ -93,24 +100,35 @@ LIST_ORGANIZATIONS_BY_SCORE: Final = _org_list(
     "health_score, organization_id",
 )
 
+# biggest drop first; the organizations without a 7-day history (NULL) follow, from
+# the next statement, read only when this one runs out (sorting them would
+# otherwise cost every page)
 LIST_ORGANIZATIONS_BY_CHANGE_7D: Final = _org_list(
     [
         f"""SELECT {_ORG_COLUMNS}
     FROM customer_health
-    WHERE score_change_7d IS NOT NULL AND NOT $9::bool{_ORG_FILTERS}
+    WHERE score_change_7d IS NOT NULL{_ORG_FILTERS}
       AND ($6::numeric IS NULL OR score_change_7d >= $6::numeric)
       AND ($6::numeric IS NULL OR score_change_7d > $6::numeric
            OR organization_id > $7::uuid)
     ORDER BY score_change_7d, organization_id
-    LIMIT $8""",
+    LIMIT $8"""
+    ],
+    "score_change_7d, organization_id",
+)
+
+# $1-$5 as above, $6 cursor id, $7 limit
+LIST_ORGANIZATIONS_WITHOUT_CHANGE_7D: Final = _org_list(
+    [
         f"""SELECT {_ORG_COLUMNS}
     FROM customer_health
     WHERE score_change_7d IS NULL{_ORG_FILTERS}
-      AND (NOT $9::bool OR organization_id > $7::uuid)
-    ORDER BY score_change_7d, organization_id
-    LIMIT $8""",
+      AND ($6::uuid IS NULL OR organization_id > $6::uuid)
+    ORDER BY organization_id
+    LIMIT $7"""
     ],
-    "score_change_7d NULLS LAST, organization_id",
+    "organization_id",
+    limit="$7",
 )
 
 # $1 organization id

@@ -16,7 +16,8 @@ from decimal import Decimal
 from typing import Annotated, Any, Final, Literal
 
 import asyncpg
-from fastapi import APIRouter, Body, Path, Query, Request
+from fastapi import APIRouter, Body, Path, Query, Request, Response
+from pydantic import BaseModel
 
 from healthscore.api import queries as q
 from healthscore.api.cursor import Cursor, decode_cursor
@@ -40,6 +41,7 @@ from healthscore.api.models import (
 from healthscore.api.problems import ApiProblem, not_found
 from healthscore.api.session import Session, bound_session
 from healthscore.api.state import ApiState
+from healthscore.bands import RISK_LEVEL_EDGES
 from healthscore.contracts.enums import (
     HealthStatus,
     InteractionStatus,
@@ -90,11 +92,6 @@ def _page_cursor(
 # --- organizations ------------------------------------------------------------------
 
 OrganizationSort = Literal["churn_probability", "health_score", "score_change_7d"]
-_ORG_STATEMENTS: Final = {
-    "churn_probability": q.LIST_ORGANIZATIONS_BY_CHURN,
-    "health_score": q.LIST_ORGANIZATIONS_BY_SCORE,
-    "score_change_7d": q.LIST_ORGANIZATIONS_BY_CHANGE_7D,
-}
 _PREFIX = re.compile(r"^[0-9a-fA-F-]{1,36}$")
 
 
@@ -147,28 +144,72 @@ async def list_organizations(
     ] = "churn_probability",
     limit: Limit = 50,
     cursor: CursorText = None,
-) -> OrganizationPage:
+) -> Response:
     """Organizations by churn probability (or score, or weekly change), with filters."""
     after = decode_cursor(cursor, sort) if cursor else None
     low, high = _id_range(q_)
-    args: list[Any] = [
+    filters: list[Any] = [
         [s.value for s in health_status] if health_status else None,
         [r.value for r in risk_level] if risk_level else None,
         [{"factor": factor}] if factor else None,
         low,
         high,
-        Decimal(after.value) if after and after.value is not None else None,
-        after.id if after else None,
-        limit + 1,
     ]
-    if sort == "score_change_7d":
-        args.append(after is not None and after.value is None)
+    key = (Decimal(after.value) if after.value is not None else None) if after else None
+    after_id = after.id if after else None
     async with _session(request) as session:
-        rows = await session.conn.fetch(_ORG_STATEMENTS[sort], *args)
-    return OrganizationPage(
+        if sort == "churn_probability":
+            rows = await session.conn.fetch(
+                q.LIST_ORGANIZATIONS_BY_CHURN,
+                *filters,
+                key,
+                after_id,
+                limit + 1,
+                *_churn_range(risk_level),
+            )
+        elif sort == "health_score":
+            rows = await session.conn.fetch(
+                q.LIST_ORGANIZATIONS_BY_SCORE, *filters, key, after_id, limit + 1
+            )
+        else:
+            rows = []
+            in_null_tail = after is not None and after.value is None
+            if not in_null_tail:
+                rows = await session.conn.fetch(
+                    q.LIST_ORGANIZATIONS_BY_CHANGE_7D, *filters, key, after_id, limit + 1
+                )
+            if len(rows) <= limit:
+                rows += await session.conn.fetch(
+                    q.LIST_ORGANIZATIONS_WITHOUT_CHANGE_7D,
+                    *filters,
+                    after_id if in_null_tail else None,
+                    limit + 1 - len(rows),
+                )
+    page = OrganizationPage(
         items=[_summary(r) for r in rows[:limit]],
         next_cursor=_page_cursor(rows, limit, sort, sort, "organization_id"),
     )
+    return _json(page)
+
+
+def _churn_range(levels: list[RiskLevel] | None) -> tuple[Decimal | None, Decimal | None]:
+    """[from, to) of the churn probabilities of these risk levels (bands.py's edges)."""
+    if not levels:
+        return None, None
+    lower = {level: Decimal(str(edge)) for edge, level in RISK_LEVEL_EDGES}
+    lower[RiskLevel.LOW] = Decimal(0)
+    upper = {RiskLevel.LOW: lower[RiskLevel.MEDIUM], RiskLevel.MEDIUM: lower[RiskLevel.HIGH]}
+    upper[RiskLevel.HIGH] = lower[RiskLevel.CRITICAL]
+    tops = [upper.get(level) for level in levels]
+    return min(lower[level] for level in levels), None if None in tops else max(
+        t for t in tops if t is not None
+    )
+
+
+def _json(model: BaseModel) -> Response:
+    # pydantic serializes the validated model once; the route's response_model is
+    # the documented contract, not a second validation pass
+    return Response(model.model_dump_json(), media_type="application/json")
 
 
 def _interaction(row: asyncpg.Record) -> Interaction:
@@ -181,7 +222,7 @@ def _interaction(row: asyncpg.Record) -> Interaction:
     responses=NOT_FOUND,
     tags=["organizations"],
 )
-async def get_organization(request: Request, organization_id: OrganizationId) -> OrganizationDetail:
+async def get_organization(request: Request, organization_id: OrganizationId) -> Response:
     """The organization page: score, components, every factor, usage, interactions, alert."""
     async with _session(request) as session:
         row = await session.conn.fetchrow(q.ORGANIZATION_DETAIL, organization_id)
@@ -202,7 +243,7 @@ async def get_organization(request: Request, organization_id: OrganizationId) ->
         )
     achieved = row["milestones_achieved_count"]
     alert = row["last_alert"]
-    return OrganizationDetail(
+    detail = OrganizationDetail(
         organization_id=row["organization_id"],
         organization_name=row["organization_name"],
         plan=row["plan"],
@@ -241,6 +282,7 @@ async def get_organization(request: Request, organization_id: OrganizationId) ->
         updated_at=row["updated_at"],
         last_alert=LastAlert(**alert) if alert else None,
     )
+    return _json(detail)
 
 
 @router.get(
@@ -256,13 +298,13 @@ async def get_history(
         int,
         Query(ge=1, le=365, description="Days (UTC), the last the day of the latest score."),
     ] = 30,
-) -> OrganizationHistory:
+) -> Response:
     """The daily score trail: each day's last score, churn probability and components."""
     async with _session(request) as session:
         if not await session.conn.fetchval(q.ORGANIZATION_VISIBLE, organization_id):
             raise not_found("organization")
         rows = await session.conn.fetch(q.ORGANIZATION_HISTORY, organization_id, days)
-    return OrganizationHistory(
+    history = OrganizationHistory(
         organization_id=organization_id,
         days=days,
         points=[
@@ -277,6 +319,7 @@ async def get_history(
             for r in rows
         ],
     )
+    return _json(history)
 
 
 # --- milestones ---------------------------------------------------------------------
@@ -417,7 +460,7 @@ async def list_interactions(
     ] = None,
     limit: Limit = 50,
     cursor: CursorText = None,
-) -> InteractionPage:
+) -> Response:
     """Support interactions: the support queue, an organization's timeline, search."""
     chosen: str = sort or ("relevance" if q_ else "follow_up" if overdue else "newest")
     if chosen == "relevance" and not q_:
@@ -446,7 +489,9 @@ async def list_interactions(
         value = last[key]
         text = None if value is None else (repr(value) if key == "rank" else value.isoformat())
         next_cursor = Cursor(chosen, text, last["id"]).encode()
-    return InteractionPage(items=[_interaction(r) for r in rows[:limit]], next_cursor=next_cursor)
+    return _json(
+        InteractionPage(items=[_interaction(r) for r in rows[:limit]], next_cursor=next_cursor)
+    )
 
 
 # --- the caller ---------------------------------------------------------------------
