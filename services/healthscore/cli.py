@@ -370,7 +370,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         return 0
 
     if not args.dev or settings.database_url is not None:
-        return _run(lambda: main(settings))
+        return _run(lambda: main(settings), settings.event_loop)
     # --dev without DATABASE_URL: the embedded PostgreSQL of `serve` (same data directory);
     # the API needs no broker
     services = resolve_services(
@@ -378,7 +378,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     )
     try:
         resolved = settings.model_copy(update={"database_url": SecretStr(services.database_url)})
-        return _run(lambda: main(resolved))
+        return _run(lambda: main(resolved), settings.event_loop)
     finally:
         services.close()
 

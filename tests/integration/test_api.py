@@ -24,6 +24,7 @@ import jwt
 import pytest
 from fastapi import FastAPI
 
+from healthscore.api.models import InteractionPage, OrganizationDetail, OrganizationPage
 from healthscore.api.session import create_api_pool
 from tests.utils import schema_builders as b
 from tests.utils.api import JWT_SECRET, api_client, api_config, api_login, bearer
@@ -274,6 +275,7 @@ async def test_me_says_who_the_token_names_and_their_role(world: World) -> None:
 async def names(world: World, role: str = "admin", **params: Any) -> list[str]:
     response = await world.get(role, "/api/v1/organizations", **params)
     assert response.status_code == 200, response.text
+    OrganizationPage.model_validate(response.json())  # the documented contract
     by_id = {str(v): k for k, v in world.orgs.items()}
     return [by_id[item["organization_id"]] for item in response.json()["items"]]
 
@@ -390,6 +392,7 @@ async def test_organization_page_has_everything(world: World) -> None:
     response = await world.get("admin", f"/api/v1/organizations/{bloom}")
     assert response.status_code == 200, response.text
     org = response.json()
+    OrganizationDetail.model_validate(org)
     assert org["organization_name"] == "Bloom Weddings" and org["plan"] == "pro"
     assert org["health_score"] == 35 and org["risk_level"] == "critical"
     assert org["components"] == {
@@ -506,6 +509,7 @@ async def test_reward_workflow_pending_to_delivered(world: World) -> None:
 async def interaction_keys(world: World, role: str, **params: Any) -> list[str]:
     response = await world.get(role, "/api/v1/interactions", **params)
     assert response.status_code == 200, response.text
+    InteractionPage.model_validate(response.json())
     by_id = {str(v): k for k, v in world.interactions.items()}
     return [by_id[i["id"]] for i in response.json()["items"]]
 
@@ -576,6 +580,17 @@ async def test_pooled_connections_carry_no_identity_between_requests(
     async with world.app.state.api.pool.acquire() as conn:
         assert await conn.fetchval("SELECT app_user_id()") is None
         assert await conn.fetchval("SELECT count(*) FROM customer_health") == 0
+
+
+async def test_a_failed_request_rolls_its_login_back(world: World) -> None:
+    bloom = world.orgs["bloom"]
+    bad = await world.post(
+        "admin", f"/api/v1/organizations/{bloom}/milestones/clients_10/reward", {}
+    )
+    assert bad.status_code == 409  # raised inside the bound transaction
+    async with world.app.state.api.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT app_user_id()") is None
+        assert not conn.is_in_transaction()
 
 
 async def test_health_and_readiness(world: World) -> None:

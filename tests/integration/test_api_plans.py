@@ -135,7 +135,9 @@ def extra_args(sort: str, levels: list[str] | None = None) -> list[Any]:
     """The churn statement's probability range of the risk levels asked for."""
     if sort != "churn_probability":
         return []
-    return [Decimal("0.5"), None] if levels == ["high", "critical"] else [None, None]
+    if levels == ["high", "critical"]:
+        return [Decimal("0.5"), None, True, False]
+    return [None, None, True, True]
 
 
 @pytest.mark.parametrize("sort", SORTS)

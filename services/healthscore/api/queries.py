@@ -63,12 +63,14 @@ ORDER BY {order}"""
 
 # $9/$10: the churn probabilities of the requested risk levels, [from, to): a level is
 # a function of the probability, so the index scan starts and stops at its edges
-# instead of filtering its way past the other levels
-def _churn_branch(levels: str) -> str:
+# instead of filtering its way past the other levels (and for a contiguous run of
+# levels the caller passes no level list at all: the planner, which cannot know that
+# the two say the same, would multiply their selectivities and give up the index).
+# $11/$12: whether the high-and-critical / low-and-medium slice is wanted at all.
+def _churn_branch(levels: str, wanted: str) -> str:
     return f"""SELECT {_ORG_COLUMNS}
     FROM customer_health
-    WHERE risk_level IN ({levels})
-      AND ($2::text[] IS NULL OR $2::text[] && ARRAY[{levels}]){_ORG_FILTERS}
+    WHERE risk_level IN ({levels}) AND {wanted}{_ORG_FILTERS}
       AND ($9::numeric IS NULL OR churn_probability >= $9::numeric)
       AND ($10::numeric IS NULL OR churn_probability < $10::numeric)
       AND ($6::numeric IS NULL OR churn_probability <= $6::numeric)
@@ -90,7 +92,10 @@ def _score_branch(band: str) -> str:
 
 
 LIST_ORGANIZATIONS_BY_CHURN: Final = _org_list(
-    [_churn_branch("'high', 'critical'"), _churn_branch("'low', 'medium'")],
+    [
+        _churn_branch("'high', 'critical'", "$11::bool"),
+        _churn_branch("'low', 'medium'", "$12::bool"),
+    ],
     "churn_probability DESC, organization_id",
 )
 

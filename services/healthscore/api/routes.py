@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Final, Literal
 
 import asyncpg
+import orjson
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from pydantic import BaseModel
 
@@ -33,7 +34,6 @@ from healthscore.api.models import (
     OrganizationDetail,
     OrganizationHistory,
     OrganizationPage,
-    OrganizationSummary,
     Problem,
     RewardDelivery,
     RiskFactor,
@@ -43,6 +43,7 @@ from healthscore.api.session import Session, bound_session
 from healthscore.api.state import ApiState
 from healthscore.bands import RISK_LEVEL_EDGES
 from healthscore.contracts.enums import (
+    RISK_LEVEL_ORDER,
     HealthStatus,
     InteractionStatus,
     InteractionType,
@@ -104,19 +105,29 @@ def _id_range(prefix: str | None) -> tuple[uuid.UUID | None, uuid.UUID | None]:
     return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
 
 
-def _summary(row: asyncpg.Record) -> OrganizationSummary:
-    return OrganizationSummary(
-        organization_id=row["organization_id"],
-        organization_name=row["organization_name"],
-        health_score=float(row["health_score"]),
-        health_status=row["health_status"],
-        churn_probability=float(row["churn_probability"]),
-        risk_level=row["risk_level"],
-        score_change_7d=_f(row["score_change_7d"]),
-        score_change_30d=_f(row["score_change_30d"]),
-        top_risk_factors=[RiskFactor(**f) for f in row["top_risk_factors"]],
-        scored_at=row["scored_at"],
-    )
+def _summary(row: asyncpg.Record) -> dict[str, Any]:
+    """An OrganizationSummary as plain data: the list's rows skip model construction
+    (measured: ~1 ms of a 50-row page); tests validate pages against the model."""
+    return {
+        "organization_id": row["organization_id"],
+        "organization_name": row["organization_name"],
+        "health_score": float(row["health_score"]),
+        "health_status": row["health_status"],
+        "churn_probability": float(row["churn_probability"]),
+        "risk_level": row["risk_level"],
+        "score_change_7d": _f(row["score_change_7d"]),
+        "score_change_30d": _f(row["score_change_30d"]),
+        "top_risk_factors": [
+            {
+                "factor": f["factor"],
+                "value": float(f["value"]),
+                "impact": float(f["impact"]),
+                "detail": f.get("detail", ""),
+            }
+            for f in row["top_risk_factors"]
+        ],
+        "scored_at": row["scored_at"],
+    }
 
 
 @router.get("/organizations", response_model=OrganizationPage, tags=["organizations"])
@@ -159,13 +170,20 @@ async def list_organizations(
     after_id = after.id if after else None
     async with _session(request) as session:
         if sort == "churn_probability":
+            exact, low_edge, high_edge = _churn_range(risk_level)
+            wanted = set(risk_level) if risk_level else set(RiskLevel)
             rows = await session.conn.fetch(
                 q.LIST_ORGANIZATIONS_BY_CHURN,
-                *filters,
+                filters[0],
+                None if exact else filters[1],
+                *filters[2:],
                 key,
                 after_id,
                 limit + 1,
-                *_churn_range(risk_level),
+                low_edge,
+                high_edge,
+                bool(wanted & {RiskLevel.HIGH, RiskLevel.CRITICAL}),
+                bool(wanted & {RiskLevel.LOW, RiskLevel.MEDIUM}),
             )
         elif sort == "health_score":
             rows = await session.conn.fetch(
@@ -185,25 +203,29 @@ async def list_organizations(
                     after_id if in_null_tail else None,
                     limit + 1 - len(rows),
                 )
-    page = OrganizationPage(
-        items=[_summary(r) for r in rows[:limit]],
-        next_cursor=_page_cursor(rows, limit, sort, sort, "organization_id"),
-    )
-    return _json(page)
+    page = {
+        "items": [_summary(r) for r in rows[:limit]],
+        "next_cursor": _page_cursor(rows, limit, sort, sort, "organization_id"),
+    }
+    # asyncpg's own UUID type is not one orjson knows: as text
+    return Response(orjson.dumps(page, default=str), media_type="application/json")
 
 
-def _churn_range(levels: list[RiskLevel] | None) -> tuple[Decimal | None, Decimal | None]:
-    """[from, to) of the churn probabilities of these risk levels (bands.py's edges)."""
+def _churn_range(
+    levels: list[RiskLevel] | None,
+) -> tuple[bool, Decimal | None, Decimal | None]:
+    """The churn probabilities [from, to) of these risk levels (bands.py's edges), and
+    whether that range alone selects exactly them (a contiguous run of levels)."""
     if not levels:
-        return None, None
-    lower = {level: Decimal(str(edge)) for edge, level in RISK_LEVEL_EDGES}
-    lower[RiskLevel.LOW] = Decimal(0)
-    upper = {RiskLevel.LOW: lower[RiskLevel.MEDIUM], RiskLevel.MEDIUM: lower[RiskLevel.HIGH]}
-    upper[RiskLevel.HIGH] = lower[RiskLevel.CRITICAL]
-    tops = [upper.get(level) for level in levels]
-    return min(lower[level] for level in levels), None if None in tops else max(
-        t for t in tops if t is not None
-    )
+        return True, None, None
+    order = list(RISK_LEVEL_ORDER)
+    edges = {level: Decimal(str(edge)) for edge, level in RISK_LEVEL_EDGES}
+    edges[RiskLevel.LOW] = Decimal(0)
+    picked = sorted({order.index(level) for level in levels})
+    contiguous = picked == list(range(picked[0], picked[-1] + 1))
+    lowest, highest = order[picked[0]], order[picked[-1]]
+    upper = None if highest == order[-1] else edges[order[picked[-1] + 1]]
+    return contiguous, edges[lowest], upper
 
 
 def _json(model: BaseModel) -> Response:

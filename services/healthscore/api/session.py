@@ -38,6 +38,8 @@ from healthscore.store.identity import LOGIN, LOGOUT, SigningKey, mint_token
 
 log = structlog.get_logger(__name__)
 
+# one round trip for both; simple query protocol (no parameters), so two statements
+LOGOUT_AND_COMMIT: Final = LOGOUT + "; COMMIT"
 # a request's database identity outlives no request by much; the bearer
 # token's own expiry caps it too
 DB_TOKEN_LIFETIME: Final = timedelta(seconds=60)
@@ -112,15 +114,25 @@ async def bound_session(
     """A transaction in which row-level security sees `principal` and nobody else."""
     expires_at = min(datetime.now(UTC) + DB_TOKEN_LIFETIME, principal.expires_at)
     token = mint_token(key, principal.user_id, expires_at=expires_at)
-    async with pool.acquire() as conn, conn.transaction():
+    async with pool.acquire() as conn:
+        # the transaction by hand, so that the logout and the commit travel together
+        await conn.execute("BEGIN")
         try:
-            user_id = await conn.fetchval(LOGIN, token)
-        except asyncpg.InvalidAuthorizationSpecificationError as exc:
-            if "unknown user" in str(exc):
-                raise Unauthenticated("the token's subject is not a known user") from None
-            if "expired" in str(exc):
-                raise Unauthenticated("the token has expired") from None
-            log.error("api_identity_binding_failed", error=str(exc))
-            raise IdentityBindingFailed(str(exc)) from exc
-        yield Session(conn, user_id)
-        await conn.execute(LOGOUT)
+            try:
+                user_id = await conn.fetchval(LOGIN, token)
+            except asyncpg.InvalidAuthorizationSpecificationError as exc:
+                if "unknown user" in str(exc):
+                    raise Unauthenticated("the token's subject is not a known user") from None
+                if "expired" in str(exc):
+                    raise Unauthenticated("the token has expired") from None
+                log.error("api_identity_binding_failed", error=str(exc))
+                raise IdentityBindingFailed(str(exc)) from exc
+            yield Session(conn, user_id)
+            await conn.execute(LOGOUT_AND_COMMIT)
+        except BaseException:
+            # a lost connection is discarded by the pool; otherwise undo the login
+            if not conn.is_closed():
+                # best effort: the pool's reset rolls back what this could not
+                with contextlib.suppress(Exception):
+                    await conn.execute("ROLLBACK")
+            raise
