@@ -84,24 +84,41 @@ ALTER POLICY user_profiles_dashboard_select ON user_profiles
 
 -- Under row-level security PostgreSQL evaluates the policies before any condition
 -- of the query that is not LEAKPROOF, so such a condition can never be an index
--- condition: the list's factor filter (`risk_factors @> ...`, GIN) and the subject
--- search (`... <% subject`, trigram GIN) read every row under the policies instead
--- of their indexes. Both functions are pure and raise no error that depends on
--- their arguments' values (a jsonb containment test; a trigram similarity), so
--- marking them LEAKPROOF reveals nothing a policy hides, and lets the indexes work.
+-- condition, and its column's statistics are not consulted either (the planner then
+-- guesses, and under a LIMIT guesses low): the list's factor filter
+-- (`risk_factors @> ...`, GIN), the subject search (`... <% subject`, trigram GIN),
+-- and every range on a numeric column (the keyset conditions of the score, churn and
+-- 7-day-change sorts, the churn range of a risk level) read past their indexes.
+-- These functions are pure and raise no error that depends on their arguments'
+-- values (a jsonb containment test; a trigram similarity; numeric comparisons, NaN
+-- included, as the integer and float ones PostgreSQL already marks), so marking them
+-- LEAKPROOF reveals nothing a policy hides and lets the indexes and statistics work.
 -- Only a superuser may do this; run by anyone else (a managed database's admin
 -- role), the migration says so and the filters stay correct, only slower.
 -- pg_dump does not carry these marks (system and extension functions): re-apply
--- the two statements after restoring a dump.
+-- them after restoring a dump (docs/operations.md).
 DO $leakproof$
+DECLARE
+    fn regprocedure;
 BEGIN
     IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
-        ALTER FUNCTION pg_catalog.jsonb_contains(jsonb, jsonb) LEAKPROOF;
-        EXECUTE format('ALTER FUNCTION %s LEAKPROOF',
-                       pg_catalog.to_regprocedure('word_similarity_op(text, text)'));
+        FOREACH fn IN ARRAY ARRAY[
+            'pg_catalog.jsonb_contains(jsonb, jsonb)',
+            'pg_catalog.numeric_eq(numeric, numeric)',
+            'pg_catalog.numeric_ne(numeric, numeric)',
+            'pg_catalog.numeric_lt(numeric, numeric)',
+            'pg_catalog.numeric_le(numeric, numeric)',
+            'pg_catalog.numeric_gt(numeric, numeric)',
+            'pg_catalog.numeric_ge(numeric, numeric)',
+            pg_catalog.to_regprocedure('word_similarity_op(text, text)')::text
+        ]::regprocedure[]
+        LOOP
+            EXECUTE format('ALTER FUNCTION %s LEAKPROOF', fn);
+        END LOOP;
     ELSE
-        RAISE NOTICE 'not a superuser: jsonb_contains and word_similarity_op stay non-LEAKPROOF, '
-            'so the dashboard''s factor filter and subject search read past their indexes';
+        RAISE NOTICE 'not a superuser: jsonb_contains, the numeric comparisons and '
+            'word_similarity_op stay non-LEAKPROOF, so the dashboard''s filters and '
+            'pages read past their indexes under row-level security';
     END IF;
 END
 $leakproof$;

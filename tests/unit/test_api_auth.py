@@ -107,3 +107,17 @@ def test_cursors_round_trip_and_refuse_other_sorts_and_garbage() -> None:
     for garbage in ("", "!!", "bm90IGpzb24", "WzEsMl0"):
         with pytest.raises(InvalidCursor):
             decode_cursor(garbage, "x")
+
+
+def test_churn_range_of_risk_levels_follows_the_bands() -> None:
+    from decimal import Decimal
+
+    from healthscore.api.routes import _churn_range
+    from healthscore.contracts.enums import RiskLevel as L
+
+    assert _churn_range(None) == (True, None, None)
+    assert _churn_range([L.HIGH]) == (True, Decimal("0.5"), Decimal("0.75"))
+    assert _churn_range([L.CRITICAL, L.HIGH]) == (True, Decimal("0.5"), None)
+    assert _churn_range([L.LOW]) == (True, Decimal("0"), Decimal("0.25"))
+    # not contiguous: the hull, and the level list must stay
+    assert _churn_range([L.LOW, L.CRITICAL]) == (False, Decimal("0"), None)
