@@ -51,7 +51,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 try:
     from selenium import webdriver
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+        TimeoutException,
+    )
     from selenium.webdriver.chrome.service import Service as ChromeService
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -164,7 +168,13 @@ def browser() -> Iterator[WebDriver]:
 
 def wait(driver: WebDriver, condition: Callable[[WebDriver], T], timeout: float = 20) -> T:
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition)
+        # the page re-renders what it refreshes: an element found a moment ago may be gone
+        return WebDriverWait(
+            driver,
+            timeout,
+            poll_frequency=0.2,
+            ignored_exceptions=(StaleElementReferenceException, NoSuchElementException),
+        ).until(condition)
     except TimeoutException:
         screenshot(driver, "timeout")
         raise
