@@ -60,6 +60,7 @@ bash -n compose/create-topics.sh && echo "ok   compose/create-topics.sh" || fail
 
 step "copies"
 for pair in "compose/init/10-service-login.sql k8s/jobs/files/10-service-login.sql" \
+            "compose/init/20-api-login.sql k8s/jobs/files/20-api-login.sql" \
             "compose/create-topics.sh k8s/jobs/files/create-topics.sh"; do
   set -- $pair
   if cmp -s "$1" "$2"; then echo "ok   $2 = $1"; else echo "FAIL $2 differs from $1"; fail=1; fi

@@ -1,4 +1,4 @@
-"""`healthscore`: migrate, dev-services, serve, demo, simulate, replay."""
+"""`healthscore`: migrate, dev-services, serve, api, demo, simulate, replay."""
 
 from __future__ import annotations
 
@@ -189,6 +189,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         owns_database=settings.database_url is None,
         owns_broker=settings.kafka_bootstrap_servers is None,
     )
+    options.dashboard = args.dashboard
     log_path = settings.state_dir.resolve() / "demo.log"
     try:
         # a new embedded PostgreSQL each run (keep_data=False): the embedded broker
@@ -410,6 +411,69 @@ def cmd_offsets_reset(args: argparse.Namespace) -> int:
     return _run(main)
 
 
+def cmd_api(args: argparse.Namespace) -> int:
+    from healthscore.api.server import (
+        dev_config,
+        print_sign_in,
+        serve_until,
+        stop_on_signals,
+        wait_stopped,
+    )
+    from healthscore.api.state import ApiConfig, ApiConfigError
+    from healthscore.db import database_tls
+    from healthscore.migrate import apply_migrations
+
+    settings = _settings(args)
+    overrides: dict[str, Any] = {}
+    if args.host is not None:
+        overrides["api_host"] = args.host
+    if args.port is not None:
+        overrides["api_port"] = args.port
+    settings = settings.model_copy(update=overrides)
+    configure_logging(settings.log_level, settings.log_format)
+
+    async def main(settings: Settings) -> int:
+        identity = None
+        if args.dev:
+            if args.migrate:
+                url = settings.migration_database_url or settings.database_url
+                assert url is not None
+                await apply_migrations(url.get_secret_value(), tls=database_tls(settings))
+            config, identity = await dev_config(settings)
+        else:
+            try:
+                config = ApiConfig.from_settings(settings)
+            except ApiConfigError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        address = await serve_until(config, settings.api_host, settings.api_port, stop)
+        print_sign_in(address, identity)
+        await wait_stopped()
+        return 0
+
+    if not args.dev or settings.database_url is not None:
+        return _run(lambda: main(settings), settings.event_loop)
+    # --dev without DATABASE_URL: the embedded PostgreSQL of `serve` (same data directory);
+    # the API needs no broker
+    services = resolve_services(
+        kafka_bootstrap_servers="unused:9092", data_dir=settings.state_dir.resolve() / "pgdata"
+    )
+    try:
+        resolved = settings.model_copy(update={"database_url": SecretStr(services.database_url)})
+        return _run(lambda: main(resolved), settings.event_loop)
+    finally:
+        services.close()
+
+
+def cmd_api_bench(args: argparse.Namespace) -> int:
+    from healthscore.api.bench import run
+
+    configure_logging("WARNING", "console")
+    return run(args)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from healthscore.bench.command import run
 
@@ -485,6 +549,12 @@ def build_parser() -> argparse.ArgumentParser:
         "starts clean; the service's log goes to STATE_DIR/demo.log.",
     )
     _add_stream_options(p, events=20_000, rate=4000.0)
+    p.add_argument(
+        "--no-dashboard",
+        dest="dashboard",
+        action="store_false",
+        help="end after the stream instead of serving the dashboard until Ctrl-C",
+    )
 
     p = add("simulate", cmd_simulate, "Produce a synthetic event stream to the input topics.")
     _add_stream_options(p, events=10_000, rate=None)
@@ -545,7 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "export-contracts",
         cmd_export_contracts,
-        "Write the JSON Schema of every message and the AsyncAPI document to schema/contracts/.",
+        "Write the JSON Schema of every message, the AsyncAPI document, and the read API's "
+        "OpenAPI document and TypeScript types to schema/contracts/.",
     )
     p.add_argument("--check", action="store_true", help="only check that the files are current")
 
@@ -564,6 +635,37 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no silence rescorings (to match a live run that was served with --no-sweep)",
     )
+    p = add(
+        "api",
+        cmd_api,
+        "Serve the read API and the customer-success dashboard on API_HOST:API_PORT "
+        "(a process of its own, scaled apart from the consumers).",
+    )
+    p.add_argument("--database-url", help="override DATABASE_URL (with --dev: the migration URL)")
+    p.add_argument("--host", help="override API_HOST")
+    p.add_argument("--port", type=int, help="override API_PORT (0: any free port)")
+    p.add_argument(
+        "--dev",
+        action="store_true",
+        help="development sign-in: apply migrations, create or reuse an admin, a support and a "
+        "member profile, print a sign-in link for each (embedded PostgreSQL without "
+        "DATABASE_URL)",
+    )
+    p.add_argument(
+        "--no-migrate",
+        dest="migrate",
+        action="store_false",
+        help="with --dev: do not apply migrations first",
+    )
+    p = add(
+        "api-bench",
+        cmd_api_bench,
+        "Benchmark the read API: p50/p95/p99 of every list sort and filter and of the "
+        "organization page, N concurrent clients, 100,000 organizations, consumers writing.",
+    )
+    from healthscore.api.bench import add_arguments as add_api_bench_arguments
+
+    add_api_bench_arguments(p)
     p = add(
         "bench",
         cmd_bench,

@@ -197,6 +197,47 @@ class Settings(BaseSettings):
         description="With GC_YOUNG_THRESHOLD set: a full garbage collection after every "
         "this many batches.",
     )
+    api_host: str = Field(default="127.0.0.1", description="Address `healthscore api` binds.")
+    api_port: int = Field(default=8000, ge=0, le=65535, description="Port of `healthscore api`.")
+    api_database_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL URL of the read API: a LOGIN role that is a member of "
+        "API_DATABASE_ROLE (never a superuser in production). Unset: DATABASE_URL.",
+    )
+    api_database_role: str = Field(
+        default="cs_dashboard",
+        description="Role the API's sessions run as; row-level security binds it.",
+    )
+    api_database_pool_size: int = Field(
+        default=10, ge=1, description="Connections of one API process (one per request in flight)."
+    )
+    api_jwt_secret: SecretStr | None = Field(
+        default=None, description="HS256 secret the API verifies bearer tokens with."
+    )
+    api_jwks_path: FilePath | None = Field(
+        default=None,
+        description="JWKS file (the identity provider's public keys) for RS256 bearer tokens.",
+    )
+    api_jwt_audience: str | None = Field(
+        default=None, description="Required `aud` of bearer tokens, when set."
+    )
+    api_jwt_issuer: str | None = Field(
+        default=None, description="Required `iss` of bearer tokens, when set."
+    )
+    api_db_signing_key_id: int | None = Field(
+        default=None,
+        ge=1,
+        description="key_id of the app_signing_keys row the API mints database identity "
+        "tokens with (app_login).",
+    )
+    api_db_signing_key: SecretStr | None = Field(
+        default=None,
+        description="That key's secret, hex (`SELECT encode(secret, 'hex') FROM "
+        "app_signing_keys`), provisioned by an operator.",
+    )
+    api_refresh_seconds: float = Field(
+        default=15.0, gt=0, description="How often the dashboard page refreshes its lists."
+    )
     log_level: str = "INFO"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     state_dir: Path = Field(

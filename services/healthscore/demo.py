@@ -74,6 +74,7 @@ class DemoOptions:
     # the demo's own services (started for this run, removed after it)
     owns_database: bool = True
     owns_broker: bool = True
+    dashboard: bool = True  # serve the dashboard at the end, until Ctrl-C
 
 
 @dataclass
@@ -345,6 +346,10 @@ async def run_demo(
         print("final dashboard:")
         await _print_dashboard(admin_url, options.top, tls)
         print(f"alerts received: {len(alerts)}")
+        if options.dashboard:
+            from healthscore.api.server import run_dashboard
+
+            await run_dashboard(settings)  # the service keeps scoring meanwhile
     finally:
         stop.set()
         if watcher is not None:

@@ -32,9 +32,11 @@ SERVICE_TABLES: Final = (
     "read_model_pending",
 )
 TABLES: Final = CORE_TABLES + READ_MODEL_TABLES + SERVICE_TABLES
-DASHBOARD_READABLE_TABLES: Final = CORE_TABLES + READ_MODEL_TABLES
+# service tables the dashboard reads too (0030): the score trail and the alerts
+DASHBOARD_SERVICE_TABLES: Final = ("health_score_history", "alert_outbox")
+DASHBOARD_READABLE_TABLES: Final = CORE_TABLES + READ_MODEL_TABLES + DASHBOARD_SERVICE_TABLES
 # row-level security, FORCE'd: what cs_dashboard reads, bound by its verified user
-ROW_SECURITY_TABLES: Final = CORE_TABLES + READ_MODEL_TABLES
+ROW_SECURITY_TABLES: Final = CORE_TABLES + READ_MODEL_TABLES + DASHBOARD_SERVICE_TABLES
 # the identity tokens' HMAC keys (0020): healthscore_owner only, no grants
 IDENTITY_TABLES: Final = ("app_signing_keys",)
 # columns a dashboard admin may change (acknowledgment workflow)

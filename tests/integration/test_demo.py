@@ -37,7 +37,7 @@ async def _demo(state_dir: Path) -> subprocess.CompletedProcess[str]:
         )
     }
     env["STATE_DIR"] = str(state_dir)
-    args = ["demo", "--events", "1500", "--organizations", "40", "--rate", "3000"]
+    args = ["demo", "--events", "1500", "--organizations", "40", "--rate", "3000", "--no-dashboard"]
     return await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "healthscore.cli", *args],

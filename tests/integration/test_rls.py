@@ -31,6 +31,7 @@ from healthscore.ops import gauges
 from healthscore.schema_catalog import (
     CORE_TABLES,
     DASHBOARD_ROLE,
+    DASHBOARD_SERVICE_TABLES,
     OWNER_ROLE,
     READ_MODEL_TABLES,
     ROLES,
@@ -732,13 +733,41 @@ async def test_dashboard_cannot_write_health_rows_or_users(
             await conn.execute(sql_text, *args)
 
 
-@pytest.mark.parametrize("table", SERVICE_TABLES)
+@pytest.mark.parametrize("table", [t for t in SERVICE_TABLES if t not in DASHBOARD_SERVICE_TABLES])
 async def test_dashboard_cannot_read_service_tables(
     world: World, connect_as: Connect, table: str
 ) -> None:
     conn = await connect_as(DASHBOARD_ROLE, world.admin, "set_role")
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
         await conn.fetch(f"SELECT * FROM {table}")
+
+
+@pytest.mark.parametrize("style", STYLES)
+async def test_only_admins_read_the_score_trail_and_alerts(
+    world: World, connect_as: Connect, style: str
+) -> None:
+    superuser = await asyncpg.connect(world.url)
+    try:
+        for org_id in (world.org_a, world.org_b):
+            await b.insert_row(superuser, "health_score_history", b.health_score_history(org_id))
+            await b.insert_row(superuser, "alert_outbox", b.alert_outbox(org_id))
+    finally:
+        await superuser.close()
+    expected = {"admin": 2, "support": 0, "member": 0}
+    for role, rows in expected.items():
+        conn = await connect_as(DASHBOARD_ROLE, getattr(world, role), style)
+        assert await count_rows(conn, DASHBOARD_SERVICE_TABLES) == dict.fromkeys(
+            DASHBOARD_SERVICE_TABLES, rows
+        ), role
+    anonymous = await connect_as(DASHBOARD_ROLE, None, style)
+    assert await count_rows(anonymous, DASHBOARD_SERVICE_TABLES) == dict.fromkeys(
+        DASHBOARD_SERVICE_TABLES, 0
+    )
+    admin = await connect_as(DASHBOARD_ROLE, world.admin, style)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+        await admin.fetch("SELECT last_error FROM alert_outbox")
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+        await admin.execute("DELETE FROM health_score_history")
 
 
 @pytest.mark.parametrize("style", STYLES)

@@ -38,16 +38,18 @@ ASYNCAPI_FILE = "asyncapi.json"
 
 
 def render_all() -> dict[str, str]:
-    """Every exported document: the JSON Schemas and the AsyncAPI document.
+    """Every exported document: the JSON Schemas, the AsyncAPI document, the read API's.
 
     Rendered for the default settings (the contract's topic names), whatever
     the environment says.
     """
+    from healthscore.api.contract import render_api_contracts
     from healthscore.config import Settings
     from healthscore.ops.asyncapi import render_asyncapi
 
     documents = render_schemas()
     documents[ASYNCAPI_FILE] = render_asyncapi(Settings.model_construct())
+    documents.update(render_api_contracts())  # the read API: OpenAPI and TypeScript
     return documents
 
 

@@ -1,0 +1,1 @@
+"""The read API and customer-success dashboard (`healthscore api`)."""

@@ -1,0 +1,134 @@
+"""The read API and the dashboard page, one ASGI app (`healthscore api`).
+
+/                      the dashboard page (static, shipped in the package)
+/static/...            its script, styles and vendored assets
+/api/v1/...            the JSON API (healthscore.api.routes)
+/api/openapi.json      the OpenAPI document; /api/docs browses it
+/api/healthz, /readyz  liveness, readiness (PostgreSQL answers)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Any, Final
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from healthscore.api import problems, routes
+from healthscore.api.session import create_api_pool
+from healthscore.api.state import ApiConfig, ApiState
+
+STATIC: Final = resources.files("healthscore.api") / "static"
+READY_TIMEOUT: Final = 2.0
+
+# the page loads nothing but its own files; no framing, no referrer leaks
+SECURITY_HEADERS: Final = [
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    ),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+
+
+class SecurityHeaders:
+    """Adds SECURITY_HEADERS to every response (plain ASGI: no per-request task)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _page(name: str, refresh_seconds: float) -> str:
+    html = (STATIC / name).read_text(encoding="utf-8")
+    return html.replace("{{REFRESH_SECONDS}}", f"{refresh_seconds:g}")
+
+
+def create_app(config: ApiConfig) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await create_api_pool(
+            config.database_url, config.database_role, config.pool_size, config.tls
+        )
+        app.state.api = ApiState(pool, config.signing_key, config.verifier, config.refresh_seconds)
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    app = FastAPI(
+        title="healthscore read API",
+        version="1",
+        summary="Customer health scores, milestones and support interactions for the "
+        "customer-success dashboard. Row-level security in PostgreSQL decides what each "
+        "caller sees.",
+        openapi_url="/api/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    # declares the bearer scheme in the OpenAPI document; verification is in routes
+    bearer = HTTPBearer(auto_error=False, description="A JWT whose `sub` is a user_profiles id.")
+    app.include_router(routes.router, dependencies=[Depends(bearer)])
+    for exc_type, handler in problems.HANDLERS.items():
+        app.add_exception_handler(exc_type, handler)
+
+    index = _page("index.html", config.refresh_seconds)
+    docs = _page("docs.html", config.refresh_seconds)
+
+    @app.get("/", include_in_schema=False)
+    async def dashboard() -> HTMLResponse:
+        return HTMLResponse(index)
+
+    @app.get("/api/docs", include_in_schema=False)
+    async def api_docs() -> HTMLResponse:
+        return HTMLResponse(docs)
+
+    @app.get("/api/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/api/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> Response:
+        state: ApiState | None = getattr(request.app.state, "api", None)
+        problem: str | None = None
+        try:
+            if state is None:
+                problem = "not started"
+            else:
+                async with asyncio.timeout(READY_TIMEOUT):
+                    await state.pool.fetchval("SELECT 1")
+        except Exception as exc:
+            problem = f"{type(exc).__name__}: {str(exc)[:200]}"
+        if problem is None:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"failed": [{"check": "postgres", "problem": problem}]}, 503)
+
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    return app
+
+
+def asgi_app(config: ApiConfig) -> Any:
+    """The app as served: the FastAPI app inside the security-header layer."""
+    return SecurityHeaders(create_app(config))

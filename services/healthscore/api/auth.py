@@ -1,0 +1,148 @@
+"""Who is calling: bearer JWTs verified against a shared secret (HS256) or an
+identity provider's public keys (RS256, a JWKS file).
+
+Only verification happens here. What the verified person may see is decided
+by row-level security in PostgreSQL, bound to `sub` for each request
+(`healthscore.api.session`).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+
+import jwt
+
+from healthscore.errors import HealthscoreError
+
+LEEWAY: Final = timedelta(seconds=30)  # clock skew between the IdP and this host
+
+
+class Unauthenticated(HealthscoreError):
+    """No usable credential: the request gets 401 with `reason` as its detail."""
+
+    def __init__(self, reason: str, code: str = "invalid_token") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A verified caller: a user_profiles id and when the credential expires."""
+
+    user_id: uuid.UUID
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class TokenVerifier:
+    """Verifies bearer tokens. Each algorithm is accepted only when its key is configured."""
+
+    hs256_secret: bytes | None = field(default=None, repr=False)
+    jwks: jwt.PyJWKSet | None = None
+    audience: str | None = None
+    issuer: str | None = None
+
+    @classmethod
+    def from_files(
+        cls,
+        hs256_secret: str | None,
+        jwks_path: Path | None,
+        audience: str | None = None,
+        issuer: str | None = None,
+    ) -> TokenVerifier:
+        jwks = jwt.PyJWKSet.from_json(jwks_path.read_text()) if jwks_path is not None else None
+        secret = hs256_secret.encode() if hs256_secret else None
+        return cls(secret, jwks, audience, issuer)
+
+    @property
+    def configured(self) -> bool:
+        return self.hs256_secret is not None or self.jwks is not None
+
+    def verify(self, authorization: str | None) -> Principal:
+        token = _bearer(authorization)
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise Unauthenticated("the bearer token is not a JWT") from None
+        key: Any
+        algorithm = header.get("alg")
+        if algorithm == "HS256" and self.hs256_secret is not None:
+            key = self.hs256_secret
+        elif algorithm == "RS256" and self.jwks is not None:
+            key = self._public_key(header.get("kid"))
+        else:
+            raise Unauthenticated(f"tokens signed with {algorithm!r} are not accepted here")
+        options = {"require": ["exp", "sub"], "verify_aud": self.audience is not None}
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[algorithm],
+                options=options,  # type: ignore[arg-type]
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=LEEWAY,
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("the token has expired") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise Unauthenticated(f"the token has no {exc.claim!r} claim") from None
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated(f"the token is not valid: {exc}") from None
+        try:
+            user_id = uuid.UUID(str(claims["sub"]))
+        except ValueError:
+            raise Unauthenticated("the token's subject is not a user id") from None
+        return Principal(user_id, datetime.fromtimestamp(int(claims["exp"]), UTC))
+
+    def _public_key(self, kid: Any) -> Any:
+        assert self.jwks is not None
+        keys = [k for k in self.jwks.keys if kid is None or k.key_id == kid]
+        if len(keys) != 1:
+            raise Unauthenticated("the token's signing key is not in the configured key set")
+        return keys[0].key
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise Unauthenticated("an Authorization: Bearer token is required", code="invalid_request")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated(
+            "the Authorization header must be 'Bearer <token>'", "invalid_request"
+        )
+    return token.strip()
+
+
+def issue_hs256(
+    secret: str,
+    user_id: uuid.UUID,
+    valid_for: timedelta,
+    *,
+    audience: str | None = None,
+    issuer: str | None = None,
+    now: datetime | None = None,
+) -> str:
+    """An HS256 token for `user_id` (development sign-in links, tests, the benchmark)."""
+    issued = now or datetime.now(UTC)
+    claims: dict[str, Any] = {
+        "sub": str(user_id),
+        "iat": int(issued.timestamp()),
+        "exp": int((issued + valid_for).timestamp()),
+    }
+    if audience is not None:
+        claims["aud"] = audience
+    if issuer is not None:
+        claims["iss"] = issuer
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def jwks_document(public_jwks: list[dict[str, Any]]) -> str:
+    """A JWKS file's text (what API_JWKS_PATH points at)."""
+    return json.dumps({"keys": public_jwks})

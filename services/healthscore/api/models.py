@@ -1,0 +1,219 @@
+"""The read API's response and request bodies: the contract front ends build on.
+
+Exported as the OpenAPI document (schema/contracts/openapi.json) and as
+TypeScript types (schema/contracts/healthscore-api.d.ts).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from healthscore.contracts.enums import (
+    AlertKind,
+    Channel,
+    HealthStatus,
+    InteractionStatus,
+    InteractionType,
+    MilestoneType,
+    Outcome,
+    Priority,
+    RewardStatus,
+    RewardType,
+    RiskLevel,
+    Sentiment,
+    UserRole,
+)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class RiskFactor(_Model):
+    """One reason the score is what it is."""
+
+    factor: str = Field(description="Stable machine name, e.g. `inactivity`.")
+    value: float = Field(description="The measured input, in the factor's own unit.")
+    impact: float = Field(description="Score points this factor moved (negative lowers it).")
+    detail: str = Field(default="", description="One sentence for people.")
+
+
+class Components(_Model):
+    """The five component scores (0-100) behind the composite."""
+
+    engagement: float | None = Field(default=None, description="Recent activity and logins.")
+    adoption: float | None = Field(default=None, description="Breadth of features used.")
+    milestones: float | None = Field(default=None, description="Success milestones achieved.")
+    support: float | None = Field(default=None, description="Support experience.")
+    growth: float | None = Field(default=None, description="Expansion versus contraction.")
+
+
+class OrganizationSummary(_Model):
+    """One row of the at-risk list."""
+
+    organization_id: UUID
+    organization_name: str | None = Field(description="NULL for organizations known by id only.")
+    health_score: float = Field(ge=0, le=100)
+    health_status: HealthStatus
+    churn_probability: float = Field(ge=0, le=1)
+    risk_level: RiskLevel
+    score_change_7d: float | None = Field(description="NULL without 7 days of history.")
+    score_change_30d: float | None = Field(description="NULL without 30 days of history.")
+    top_risk_factors: list[RiskFactor] = Field(description="The three largest, largest first.")
+    scored_at: AwareDatetime = Field(description="Event time the score holds for.")
+
+
+class OrganizationPage(_Model):
+    items: list[OrganizationSummary]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; NULL: last.")
+
+
+class Interaction(_Model):
+    """A support or customer-success interaction."""
+
+    id: UUID
+    organization_id: UUID
+    organization_name: str | None
+    interaction_type: InteractionType | None = Field(description="NULL until it was opened.")
+    channel: Channel | None
+    status: InteractionStatus
+    priority: Priority
+    sentiment: Sentiment | None
+    outcome: Outcome | None
+    assigned_to: UUID | None
+    subject: str | None
+    follow_up_required: bool
+    follow_up_at: AwareDatetime | None
+    follow_up_completed_at: AwareDatetime | None
+    opened_at: AwareDatetime | None
+    resolved_at: AwareDatetime | None
+    closed_at: AwareDatetime | None
+    last_event_at: AwareDatetime
+    overdue: bool = Field(description="A follow-up is due and not done.")
+    rank: float | None = Field(description="Search similarity (0-1) with `q`, else NULL.")
+
+
+class InteractionPage(_Model):
+    items: list[Interaction]
+    next_cursor: str | None
+
+
+class MilestoneCounts(_Model):
+    achieved: int = Field(description="Milestones achieved, of 17.")
+    acknowledged: int
+    unacknowledged: int
+    rewards_pending: int
+    rewards_delivered: int
+
+
+class LastAlert(_Model):
+    """The newest churn-risk alert raised for the organization."""
+
+    alert_id: UUID
+    kind: AlertKind
+    episode: int
+    health_score: float | None
+    previous_score: float | None
+    churn_probability: float | None
+    risk_level: RiskLevel | None
+    scored_at: AwareDatetime | None
+    created_at: AwareDatetime = Field(description="When it was decided (committed).")
+    published_at: AwareDatetime | None = Field(description="When it was published; NULL: pending.")
+
+
+class OrganizationDetail(_Model):
+    """Everything the organization page shows."""
+
+    organization_id: UUID
+    organization_name: str | None
+    plan: str | None
+    health_score: float = Field(ge=0, le=100)
+    health_status: HealthStatus
+    churn_probability: float = Field(ge=0, le=1)
+    risk_level: RiskLevel
+    components: Components
+    risk_factors: list[RiskFactor] = Field(description="All of them, largest impact first.")
+    feature_usage: dict[str, float] = Field(description="Feature -> uses in the window.")
+    previous_score: float | None
+    score_change_7d: float | None
+    score_change_30d: float | None
+    trend: Literal["improving", "declining", "stable"] | None
+    active_users_30d: int
+    open_interactions_count: int
+    overdue_follow_ups: int
+    open_interactions: list[Interaction] = Field(description="The 20 newest open ones.")
+    milestones: MilestoneCounts
+    last_activity_at: AwareDatetime | None
+    last_login_at: AwareDatetime | None
+    scored_at: AwareDatetime
+    score_model_version: str
+    updated_at: AwareDatetime = Field(description="Wall clock of the last write of the row.")
+    last_alert: LastAlert | None
+
+
+class HistoryPoint(_Model):
+    """The last score of one day (UTC)."""
+
+    day: dt.date
+    scored_at: AwareDatetime
+    health_score: float
+    churn_probability: float
+    risk_level: RiskLevel
+    components: Components
+
+
+class OrganizationHistory(_Model):
+    organization_id: UUID
+    days: int
+    points: list[HistoryPoint] = Field(description="Oldest first; days without a score are absent.")
+
+
+class Milestone(_Model):
+    milestone_type: MilestoneType
+    achieved_at: AwareDatetime
+    triggering_event_id: UUID
+    health_score_impact: float
+    reward_type: RewardType | None
+    reward_value: float | None
+    reward_status: RewardStatus | None
+    reward_delivered_at: AwareDatetime | None
+    acknowledged_at: AwareDatetime | None
+    acknowledged_by: UUID | None = Field(description="Set by the database from the caller.")
+    acknowledged_by_name: str | None
+
+
+class MilestoneList(_Model):
+    items: list[Milestone] = Field(description="Newest first (at most 17).")
+
+
+class RewardDelivery(_Model):
+    """What happened to a milestone's pending reward."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    outcome: Literal["delivered", "declined"] = "delivered"
+    delivered_at: AwareDatetime | None = Field(
+        default=None, description="When it was delivered (default: now); only with delivered."
+    )
+
+
+class Me(_Model):
+    user_id: UUID
+    email: str | None
+    full_name: str | None
+    role: UserRole
+    organization_id: UUID | None
+
+
+class Problem(_Model):
+    """RFC 9457 problem details (application/problem+json)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None

@@ -1,0 +1,316 @@
+"""Every statement the read API runs: named, with $n parameters, nothing from input.
+
+They run as cs_dashboard after `app_login`, so row-level security filters every
+table they touch; none of them mentions a role. A row the policies hide is
+simply absent, which the API answers with 404 exactly like a missing one.
+
+Lists are keyset-paginated: each sort has a unique key (the sort column, then
+the row id) and the cursor carries the last row's key. Optional filters are
+written `($n IS NULL OR ...)`; the pool plans with the values
+(`plan_cache_mode=force_custom_plan`), so an absent filter costs nothing and a
+present one can use its index.
+
+Some sorts are served by more than one index, one per slice of the rows, and
+the statement spells the slices out as UNION ALL branches that PostgreSQL
+merges in order (MergeAppend, stopping at the limit):
+
+* churn probability, descending: the seed's partial index on high and critical
+  risk levels, then its complement on low and medium (migration 0030);
+* health score, ascending: the seed's (health_status, health_score) index once
+  per band, worst band first (the band is a function of the score);
+* 7-day change, ascending: the seed's index on score_change_7d; the
+  organizations without a 7-day history (NULL) come last, by id, from a second
+  statement run only when the first runs out.
+
+A branch that a filter rules out (risk level `low` for the high-risk slice)
+is folded to a one-time `false` at planning, so it reads nothing.
+tests/integration/test_api_plans.py checks each sort and filter's plan.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- organizations ------------------------------------------------------------------
+
+# $1 health_status[], $2 risk_level[], $3 factor (jsonb, e.g. [{"factor": "inactivity"}]),
+# $4/$5 organization id range (prefix search), $6 cursor sort value, $7 cursor id, $8 limit
+_ORG_COLUMNS = """organization_id, health_score, health_status, churn_probability, risk_level,
+           score_change_7d, score_change_30d, scored_at,
+           jsonb_path_query_array(risk_factors, '$[0 to 2]') AS top_risk_factors"""
+
+_ORG_FILTERS = """
+      AND ($1::text[] IS NULL OR health_status = ANY($1::text[]))
+      AND ($2::text[] IS NULL OR risk_level = ANY($2::text[]))
+      AND ($3::jsonb IS NULL OR risk_factors @> $3::jsonb)
+      AND ($4::uuid IS NULL OR organization_id BETWEEN $4::uuid AND $5::uuid)"""
+
+
+def _org_list(branches: list[str], order: str, limit: str = "$8") -> str:
+    union = "\n    UNION ALL\n".join(
+        f"    SELECT * FROM ({b}) AS slice{i}" for i, b in enumerate(branches)
+    )
+    return f"""
+SELECT u.*, o.name AS organization_name
+FROM (
+{union}
+    ORDER BY {order}
+    LIMIT {limit}
+) AS u
+LEFT JOIN organizations o ON o.id = u.organization_id
+ORDER BY {order}"""
+
+
+# $9/$10: the churn probabilities of the requested risk levels, [from, to): a level is
+# a function of the probability, so the index scan starts and stops at its edges
+# instead of filtering its way past the other levels (and for a contiguous run of
+# levels the caller passes no level list at all: the planner, which cannot know that
+# the two say the same, would multiply their selectivities and give up the index).
+# $11/$12: whether the high-and-critical / low-and-medium slice is wanted at all.
+def _churn_branch(levels: str, wanted: str) -> str:
+    return f"""SELECT {_ORG_COLUMNS}
+    FROM customer_health
+    WHERE risk_level IN ({levels}) AND {wanted}{_ORG_FILTERS}
+      AND ($9::numeric IS NULL OR churn_probability >= $9::numeric)
+      AND ($10::numeric IS NULL OR churn_probability < $10::numeric)
+      AND ($6::numeric IS NULL OR churn_probability <= $6::numeric)
+      AND ($6::numeric IS NULL OR churn_probability < $6::numeric
+           OR organization_id > $7::uuid)
+    ORDER BY churn_probability DESC, organization_id
+    LIMIT $8"""
+
+
+def _score_branch(band: str) -> str:
+    return f"""SELECT {_ORG_COLUMNS}
+    FROM customer_health
+    WHERE health_status = '{band}'
+      AND ($1::text[] IS NULL OR '{band}' = ANY($1::text[])){_ORG_FILTERS}
+      AND ($6::numeric IS NULL OR health_score >= $6::numeric)
+      AND ($6::numeric IS NULL OR health_score > $6::numeric OR organization_id > $7::uuid)
+    ORDER BY health_score, organization_id
+    LIMIT $8"""
+
+
+LIST_ORGANIZATIONS_BY_CHURN: Final = _org_list(
+    [
+        _churn_branch("'high', 'critical'", "$11::bool"),
+        _churn_branch("'low', 'medium'", "$12::bool"),
+    ],
+    "churn_probability DESC, organization_id",
+)
+
+# worst band first; the band is a function of the score, so this is score order
+LIST_ORGANIZATIONS_BY_SCORE: Final = _org_list(
+    [_score_branch(band) for band in ("critical", "at_risk", "good", "excellent")],
+    "health_score, organization_id",
+)
+
+# biggest drop first; the organizations without a 7-day history (NULL) follow, from
+# the next statement, read only when this one runs out (sorting them would
+# otherwise cost every page)
+LIST_ORGANIZATIONS_BY_CHANGE_7D: Final = _org_list(
+    [
+        f"""SELECT {_ORG_COLUMNS}
+    FROM customer_health
+    WHERE score_change_7d IS NOT NULL{_ORG_FILTERS}
+      AND ($6::numeric IS NULL OR score_change_7d >= $6::numeric)
+      AND ($6::numeric IS NULL OR score_change_7d > $6::numeric
+           OR organization_id > $7::uuid)
+    ORDER BY score_change_7d, organization_id
+    LIMIT $8"""
+    ],
+    "score_change_7d, organization_id",
+)
+
+# $1-$5 as above, $6 cursor id, $7 limit
+LIST_ORGANIZATIONS_WITHOUT_CHANGE_7D: Final = _org_list(
+    [
+        f"""SELECT {_ORG_COLUMNS}
+    FROM customer_health
+    WHERE score_change_7d IS NULL{_ORG_FILTERS}
+      AND ($6::uuid IS NULL OR organization_id > $6::uuid)
+    ORDER BY organization_id
+    LIMIT $7"""
+    ],
+    "organization_id",
+    limit="$7",
+)
+
+# $1 organization id
+ORGANIZATION_DETAIL: Final = """
+SELECT h.organization_id, o.name AS organization_name, o.plan,
+       h.health_score, h.health_status, h.churn_probability, h.risk_level,
+       h.engagement_score, h.adoption_score, h.milestone_score, h.support_score,
+       h.growth_score, h.risk_factors, h.feature_usage, h.previous_score,
+       h.score_change_7d, h.score_change_30d, score_trend(h.health_score, h.previous_score)
+           AS trend,
+       h.active_users_30d, h.open_interactions, h.milestones_achieved, h.last_activity_at,
+       h.last_login_at, h.scored_at, h.score_model_version, h.updated_at,
+       m.achieved AS milestones_achieved_count, m.acknowledged AS milestones_acknowledged,
+       m.rewards_pending, m.rewards_delivered,
+       i.overdue AS overdue_follow_ups,
+       a.last_alert
+FROM customer_health h
+LEFT JOIN organizations o ON o.id = h.organization_id
+CROSS JOIN LATERAL (
+    SELECT count(*) AS achieved,
+           count(*) FILTER (WHERE acknowledged_at IS NOT NULL) AS acknowledged,
+           count(*) FILTER (WHERE reward_status = 'pending') AS rewards_pending,
+           count(*) FILTER (WHERE reward_status = 'delivered') AS rewards_delivered
+    FROM success_milestones WHERE organization_id = h.organization_id
+) AS m
+CROSS JOIN LATERAL (
+    SELECT count(*) AS overdue FROM support_interactions
+    WHERE organization_id = h.organization_id AND status = 'open'
+      AND follow_up_required AND follow_up_completed_at IS NULL AND follow_up_at <= now()
+) AS i
+LEFT JOIN LATERAL (
+    SELECT jsonb_build_object(
+               'alert_id', alert_id, 'kind', kind, 'episode', episode,
+               'health_score', payload -> 'health_score',
+               'previous_score', payload -> 'previous_score',
+               'churn_probability', payload -> 'churn_probability',
+               'risk_level', payload -> 'risk_level',
+               'scored_at', payload -> 'scored_at',
+               'created_at', created_at, 'published_at', published_at) AS last_alert
+    FROM alert_outbox WHERE organization_id = h.organization_id
+    ORDER BY seq DESC LIMIT 1
+) AS a ON true
+WHERE h.organization_id = $1
+"""
+
+ORGANIZATION_VISIBLE: Final = "SELECT true FROM customer_health WHERE organization_id = $1"
+
+# $1 organization id, $2 days (UTC) ending with the day of its latest score. One point
+# per day: the day's last score.
+ORGANIZATION_HISTORY: Final = """
+SELECT DISTINCT ON (day) day, scored_at, health_score, churn_probability, risk_level,
+       components
+FROM (
+    SELECT (s.scored_at AT TIME ZONE 'UTC')::date AS day, s.scored_at, s.health_score,
+           s.churn_probability, s.risk_level, s.components
+    FROM health_score_history s
+    WHERE s.organization_id = $1
+      AND s.scored_at >= (
+          SELECT (date_trunc('day', h.scored_at AT TIME ZONE 'UTC')
+                  - make_interval(days => $2::int - 1)) AT TIME ZONE 'UTC'
+          FROM customer_health h WHERE h.organization_id = $1)
+) AS trail
+ORDER BY day, scored_at DESC
+"""
+
+# --- milestones -------------------------------------------------------------------------
+
+_MILESTONE_COLUMNS = """milestone_type, achieved_at, triggering_event_id, health_score_impact,
+       reward_type, reward_value, reward_status, reward_delivered_at, acknowledged_at,
+       acknowledged_by, (SELECT u.full_name FROM user_profiles u WHERE u.id = acknowledged_by)
+           AS acknowledged_by_name"""
+
+# $1 organization id
+ORGANIZATION_MILESTONES: Final = f"""
+SELECT {_MILESTONE_COLUMNS}
+FROM success_milestones
+WHERE organization_id = $1
+ORDER BY achieved_at DESC, milestone_type
+"""
+
+# $1 organization id, $2 milestone type
+MILESTONE: Final = f"""
+SELECT {_MILESTONE_COLUMNS}
+FROM success_milestones
+WHERE organization_id = $1 AND milestone_type = $2
+"""
+
+# acknowledged_by is set by the database from the verified identity (0023)
+ACKNOWLEDGE_MILESTONE: Final = """
+UPDATE success_milestones SET acknowledged_at = now()
+WHERE organization_id = $1 AND milestone_type = $2 AND acknowledged_at IS NULL
+RETURNING milestone_type
+"""
+
+# $3 delivered | declined, $4 when delivered (NULL: now)
+RECORD_REWARD: Final = """
+UPDATE success_milestones
+SET reward_status = $3::text,
+    reward_delivered_at = CASE WHEN $3::text = 'delivered'
+                               THEN coalesce($4::timestamptz, now()) END
+WHERE organization_id = $1 AND milestone_type = $2
+  AND reward_status = 'pending' AND acknowledged_at IS NOT NULL
+RETURNING milestone_type
+"""
+
+# --- interactions -----------------------------------------------------------------------
+
+# $1 status[], $2 assigned_to, $3 organization id, $4 interaction_type[], $5 overdue only,
+# $6 search text (pg_trgm word similarity: typos and word order are forgiven), $7 cursor
+# sort value, $8 cursor is in the NULL part, $9 cursor id, $10 limit
+_INTERACTION_COLUMNS = """i.id, i.organization_id, o.name AS organization_name, i.interaction_type,
+       i.channel, i.status, i.priority, i.sentiment, i.outcome, i.assigned_to, i.subject,
+       i.follow_up_required, i.follow_up_at, i.follow_up_completed_at, i.opened_at,
+       i.resolved_at, i.closed_at, i.last_event_at,
+       coalesce(i.follow_up_required AND i.follow_up_completed_at IS NULL
+                AND i.follow_up_at <= now(), false) AS overdue"""
+
+_INTERACTION_FILTERS = """
+  AND ($1::text[] IS NULL OR i.status = ANY($1::text[]))
+  AND ($2::uuid IS NULL OR i.assigned_to = $2::uuid)
+  AND ($3::uuid IS NULL OR i.organization_id = $3::uuid)
+  AND ($4::text[] IS NULL OR i.interaction_type = ANY($4::text[]))
+  AND ($5::bool IS NOT TRUE OR (i.follow_up_required AND i.follow_up_completed_at IS NULL
+                                AND i.follow_up_at <= now()))
+  AND ($6::text IS NULL OR $6::text <% i.subject)"""
+
+
+def _interactions(rank: str, keyset: str, order: str) -> str:
+    return f"""
+SELECT {_INTERACTION_COLUMNS}, {rank} AS rank
+FROM support_interactions i
+LEFT JOIN organizations o ON o.id = i.organization_id
+WHERE true{_INTERACTION_FILTERS}
+  AND {keyset}
+ORDER BY {order}
+LIMIT $10"""
+
+
+# newest first; interactions not opened yet (an update came first) lead
+LIST_INTERACTIONS_NEWEST: Final = _interactions(
+    "NULL::real",
+    """($8::bool IS NULL
+       OR ($8::bool AND (i.opened_at IS NOT NULL OR i.id > $9::uuid))
+       OR (NOT $8::bool AND i.opened_at <= $7::timestamptz
+           AND (i.opened_at < $7::timestamptz OR i.id > $9::uuid)))""",
+    "i.opened_at DESC NULLS FIRST, i.id",
+)
+
+# oldest first (a queue); interactions not opened yet come last
+LIST_INTERACTIONS_OLDEST: Final = _interactions(
+    "NULL::real",
+    """($8::bool IS NULL
+       OR ($8::bool AND i.opened_at IS NULL AND i.id > $9::uuid)
+       OR (NOT $8::bool AND (i.opened_at IS NULL OR (i.opened_at >= $7::timestamptz
+           AND (i.opened_at > $7::timestamptz OR i.id > $9::uuid)))))""",
+    "i.opened_at NULLS LAST, i.id",
+)
+
+# most overdue first (with the overdue filter, follow_up_at is never NULL)
+LIST_INTERACTIONS_FOLLOW_UP: Final = _interactions(
+    "NULL::real",
+    """($8::bool IS NULL OR (i.follow_up_at >= $7::timestamptz
+       AND (i.follow_up_at > $7::timestamptz OR i.id > $9::uuid)))""",
+    "i.follow_up_at, i.id",
+)
+
+# best match first (pg_trgm word similarity of the search text within the subject)
+LIST_INTERACTIONS_RELEVANCE: Final = _interactions(
+    "word_similarity($6::text, i.subject)",
+    """($8::bool IS NULL OR word_similarity($6::text, i.subject) < $7::real
+       OR (word_similarity($6::text, i.subject) = $7::real AND i.id > $9::uuid))""",
+    "rank DESC, i.id",
+)
+
+# --- the caller -------------------------------------------------------------------------
+
+ME: Final = """
+SELECT u.id, u.email, u.full_name, u.role, u.organization_id
+FROM user_profiles u WHERE u.id = $1
+"""

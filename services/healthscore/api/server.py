@@ -1,0 +1,124 @@
+"""Serving the API: `healthscore api`, and the dashboard at the end of `healthscore demo`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import structlog
+import uvicorn
+from pydantic import SecretStr
+
+from healthscore.api.app import asgi_app
+from healthscore.api.dev import DevIdentity, dev_login_url, prepare_dev_identity
+from healthscore.api.state import ApiConfig
+from healthscore.config import Settings
+from healthscore.db import database_tls
+
+log = structlog.get_logger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the caller decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _uvicorn(app: Any, host: str, port: int) -> _Server:
+    return _Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            server_header=False,
+            # the page polls; idle keep-alive connections are cheap
+            timeout_keep_alive=30,
+        )
+    )
+
+
+def bound_address(server: uvicorn.Server, host: str) -> str:
+    """http://host:port the server listens on (the port may have been 0)."""
+    port = server.servers[0].sockets[0].getsockname()[1] if server.servers else 0
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    return f"http://{shown}:{port}"
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def serve_until(config: ApiConfig, host: str, port: int, stop: asyncio.Event) -> str:
+    """Start serving; return the address once listening. Stops when `stop` is set."""
+    server = _uvicorn(asgi_app(config), host, port)
+    task = asyncio.create_task(server.serve())
+
+    async def stopper() -> None:
+        await stop.wait()
+        server.should_exit = True
+        await task
+
+    while not server.started:
+        if task.done():
+            task.result()  # start-up failed (a taken port, the database): raise it
+            raise RuntimeError("the API server stopped during start-up")
+        await asyncio.sleep(0.05)
+    _STOPPERS.add(asyncio.create_task(stopper()))
+    return bound_address(server, host)
+
+
+_STOPPERS: set[asyncio.Task[None]] = set()
+
+
+async def wait_stopped() -> None:
+    """Wait until every server started here has shut down."""
+    while _STOPPERS:
+        task = _STOPPERS.pop()
+        await task
+
+
+async def dev_config(settings: Settings) -> tuple[ApiConfig, DevIdentity]:
+    """--dev: the key from the database, three users, a login role in cs_dashboard."""
+    admin = settings.migration_database_url or settings.database_url
+    assert admin is not None
+    tls = database_tls(settings)
+    secret = settings.api_jwt_secret.get_secret_value() if settings.api_jwt_secret else None
+    identity = await prepare_dev_identity(admin.get_secret_value(), tls, secret)
+    overrides: dict[str, Any] = {}
+    if settings.api_database_url is None:
+        url = await dev_login_url(admin.get_secret_value(), tls)
+        overrides["api_database_url"] = SecretStr(url)
+    config = ApiConfig.from_settings(
+        settings.model_copy(update=overrides), identity.signing_key, identity.verifier
+    )
+    return config, identity
+
+
+def print_sign_in(address: str, identity: DevIdentity | None) -> None:
+    print(f"dashboard: {address}/", flush=True)
+    print(f"API docs:  {address}/api/docs", flush=True)
+    if identity is not None:
+        print("sign in (development links, valid 12 hours; production uses the IdP's tokens):")
+        for role, link in identity.links(address).items():
+            print(f"  {role:<8} {link}", flush=True)
+
+
+async def run_dashboard(settings: Settings) -> None:
+    """The end of `healthscore demo`: serve the dashboard with dev sign-in until Ctrl-C."""
+    config, identity = await dev_config(settings)
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    address = await serve_until(config, settings.api_host, settings.api_port, stop)
+    print_sign_in(address, identity)
+    print("serving the dashboard until Ctrl-C", flush=True)
+    await wait_stopped()

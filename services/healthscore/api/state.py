@@ -1,0 +1,88 @@
+"""What one API process holds: its configuration, then its pool."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from healthscore.api.auth import TokenVerifier
+from healthscore.config import Settings
+from healthscore.db import DatabaseTLS, database_tls
+from healthscore.errors import HealthscoreError
+from healthscore.store.identity import SigningKey
+
+
+class ApiConfigError(HealthscoreError):
+    """The API cannot start with these settings; the message names the variables."""
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    database_url: str
+    database_role: str
+    pool_size: int
+    signing_key: SigningKey
+    verifier: TokenVerifier
+    tls: DatabaseTLS = None
+    refresh_seconds: float = 15.0
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        signing_key: SigningKey | None = None,
+        verifier: TokenVerifier | None = None,
+    ) -> ApiConfig:
+        """From API_* settings; `signing_key`/`verifier` override them (`--dev`)."""
+        problems: list[str] = []
+        url = settings.api_database_url or settings.database_url
+        if url is None:
+            problems.append("set API_DATABASE_URL (or DATABASE_URL)")
+        if signing_key is None:
+            signing_key = _signing_key(settings, problems)
+        if verifier is None:
+            secret = settings.api_jwt_secret
+            verifier = TokenVerifier.from_files(
+                secret.get_secret_value() if secret else None,
+                settings.api_jwks_path,
+                settings.api_jwt_audience,
+                settings.api_jwt_issuer,
+            )
+            if not verifier.configured:
+                problems.append("set API_JWT_SECRET (HS256) or API_JWKS_PATH (RS256)")
+        if problems or url is None or signing_key is None:
+            raise ApiConfigError("; ".join(problems))
+        return cls(
+            database_url=url.get_secret_value(),
+            database_role=settings.api_database_role,
+            pool_size=settings.api_database_pool_size,
+            signing_key=signing_key,
+            verifier=verifier,
+            tls=database_tls(settings),
+            refresh_seconds=settings.api_refresh_seconds,
+        )
+
+
+def _signing_key(settings: Settings, problems: list[str]) -> SigningKey | None:
+    key_id, secret = settings.api_db_signing_key_id, settings.api_db_signing_key
+    if key_id is None or secret is None:
+        problems.append(
+            "set API_DB_SIGNING_KEY_ID and API_DB_SIGNING_KEY (a key of app_signing_keys, "
+            "see docs/operations.md)"
+        )
+        return None
+    try:
+        return SigningKey(key_id, bytes.fromhex(secret.get_secret_value()))
+    except ValueError as exc:
+        problems.append(f"API_DB_SIGNING_KEY: {exc}")
+        return None
+
+
+@dataclass(frozen=True)
+class ApiState:
+    pool: asyncpg.Pool[Any]
+    signing_key: SigningKey
+    verifier: TokenVerifier
+    refresh_seconds: float

@@ -1,0 +1,499 @@
+// The customer-success dashboard: plain JavaScript, no build step, no network
+// access but this server's /api/v1. Data is only ever written with
+// textContent, never as HTML. What a user sees is decided by the server
+// (row-level security); this page shows whatever the API answers.
+"use strict";
+
+const TOKEN_KEY = "healthscore.token";
+const REFRESH_SECONDS = Number(
+  document.querySelector('meta[name="healthscore-refresh-seconds"]').content) || 15;
+const PAGE = 50;
+
+const $ = (id) => document.getElementById(id);
+const state = { me: null, view: null, orgId: null, timer: null, listItems: 0, visitedList: false,
+  listCursor: null, supportCursor: null, knownFactors: new Set() };
+
+// --- the token ------------------------------------------------------------------
+function takeTokenFromFragment() {
+  const match = location.hash.match(/^#token=([A-Za-z0-9._~+/=-]+)$/);
+  if (match) {
+    sessionStorage.setItem(TOKEN_KEY, match[1]);
+    state.me = null;
+    state.visitedList = false;
+    history.replaceState(null, "", location.pathname + "#/");
+  }
+}
+const token = () => sessionStorage.getItem(TOKEN_KEY);
+
+class ApiError extends Error {
+  constructor(status, problem) {
+    super((problem && (problem.detail || problem.title)) || `HTTP ${status}`);
+    this.status = status;
+    this.problem = problem;
+  }
+}
+
+async function api(path, options = {}) {
+  const headers = { Accept: "application/json", Authorization: `Bearer ${token()}` };
+  if (options.body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method: options.method || "GET",
+    headers,
+    body: options.body === undefined ? undefined : JSON.stringify(options.body),
+    cache: "no-store",
+  });
+  const body = response.status === 204 ? null : await response.json().catch(() => null);
+  if (!response.ok) {
+    if (response.status === 401) signOut(body && body.detail);
+    throw new ApiError(response.status, body);
+  }
+  return body;
+}
+
+function query(params) {
+  const search = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) {
+    if (value !== undefined && value !== null && value !== "" && value !== false) {
+      search.append(key, String(value));
+    }
+  }
+  const text = search.toString();
+  return text ? `?${text}` : "";
+}
+
+// --- small helpers ------------------------------------------------------------------
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+const words = (name) => (name || "").replaceAll("_", " ");
+const pct = (p) => `${(p * 100).toFixed(0)}%`;
+const signed = (v) => (v === null || v === undefined ? "—" : `${v > 0 ? "+" : ""}${v.toFixed(1)}`);
+const shortId = (id) => id.slice(0, 8);
+function when(iso) {
+  if (!iso) return "—";
+  const date = new Date(iso);
+  return date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+}
+function day(iso) {
+  return iso ? new Date(iso).toLocaleDateString(undefined, { dateStyle: "medium" }) : "—";
+}
+function badge(kind, value) {
+  return el("span", { class: `badge ${kind}-${value}`, text: words(value) });
+}
+function say(message) {
+  $("status").textContent = message;
+}
+function showView(name) {
+  for (const view of document.querySelectorAll(".view")) view.hidden = view.id !== `view-${name}`;
+  for (const link of document.querySelectorAll("#nav a")) {
+    if (link.dataset.view === name) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  state.view = name;
+}
+function fail(error) {
+  if (error instanceof ApiError && error.status === 401) return;
+  say(error instanceof ApiError ? `Could not load: ${error.message}` : `Error: ${error}`);
+}
+
+// --- sign in and out ------------------------------------------------------------------
+function signOut(reason) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  state.me = null;
+  clearInterval(state.timer);
+  $("nav").hidden = true;
+  $("who").hidden = true;
+  $("signin-reason").hidden = !reason;
+  $("signin-reason").textContent = reason ? `Signed out: ${reason}` : "";
+  showView("signin");
+}
+
+async function signIn() {
+  say("");
+  state.me = await api("/api/v1/me");
+  $("who-name").textContent = state.me.full_name || state.me.email || shortId(state.me.user_id);
+  $("who-role").textContent = state.me.role;
+  $("who-role").className = `badge role-${state.me.role}`;
+  $("who").hidden = false;
+  $("nav").hidden = false;
+}
+
+// --- the at-risk list -----------------------------------------------------------------
+function listParams() {
+  const form = $("list-filters");
+  const data = new FormData(form);
+  return {
+    health_status: data.get("health_status"),
+    risk_level: data.get("risk_level"),
+    factor: data.get("factor").trim(),
+    q: data.get("q").trim(),
+    sort: data.get("sort"),
+  };
+}
+
+function orgRow(org) {
+  const name = org.organization_name || `Organization ${shortId(org.organization_id)}`;
+  const reasons = org.top_risk_factors.filter((f) => f.impact < 0).map((f) => words(f.factor));
+  for (const f of org.top_risk_factors) state.knownFactors.add(f.factor);
+  const link = el("a", { href: `#/org/${org.organization_id}`, text: name });
+  return el("tr", { "data-organization": org.organization_id },
+    el("th", { scope: "row" }, link, el("span", { class: "id", text: shortId(org.organization_id) })),
+    el("td", { class: "num", text: org.health_score.toFixed(1) }),
+    el("td", {}, badge("band", org.health_status)),
+    el("td", { class: "num", text: pct(org.churn_probability) }),
+    el("td", {}, badge("risk", org.risk_level)),
+    el("td", { class: `num ${org.score_change_7d < 0 ? "down" : ""}`, text: signed(org.score_change_7d) }),
+    el("td", { class: `num ${org.score_change_30d < 0 ? "down" : ""}`, text: signed(org.score_change_30d) }),
+    el("td", { text: reasons.join(", ") || "—" }),
+    el("td", { text: when(org.scored_at) }));
+}
+
+async function loadList({ append = false, refresh = false } = {}) {
+  const params = listParams();
+  // a refresh reloads what is on screen (up to 200 rows), in one request
+  const limit = refresh ? Math.min(Math.max(state.listItems, PAGE), 200) : PAGE;
+  const page = await api(`/api/v1/organizations${query({ ...params, limit,
+    cursor: append ? state.listCursor : null })}`);
+  const body = $("org-table").tBodies[0];
+  const rows = page.items.map(orgRow);
+  if (append) body.append(...rows);
+  else body.replaceChildren(...rows);
+  state.listItems = body.rows.length;
+  state.listCursor = page.next_cursor;
+  $("org-more").hidden = !page.next_cursor;
+  $("org-empty").hidden = body.rows.length > 0;
+  $("factor-names").replaceChildren(
+    ...[...state.knownFactors].sort().map((f) => el("option", { value: f })));
+  $("list-updated").textContent = `Updated ${new Date().toLocaleTimeString()}; refreshes every ${REFRESH_SECONDS} s`;
+}
+
+// --- the organization page --------------------------------------------------------------
+const COMPONENTS = [
+  ["engagement", "Engagement"], ["adoption", "Adoption"], ["milestones", "Milestones"],
+  ["support", "Support"], ["growth", "Growth"],
+];
+
+function renderOrganization(org) {
+  const name = org.organization_name || `Organization ${shortId(org.organization_id)}`;
+  $("org-title").textContent = name;
+  $("org-subtitle").textContent =
+    `${org.organization_id}${org.plan ? ` · plan ${org.plan}` : ""} · scored ${when(org.scored_at)}`;
+  $("org-score").textContent = org.health_score.toFixed(1);
+  const band = badge("band", org.health_status);
+  band.textContent = `${words(org.health_status)} band`;
+  const risk = badge("risk", org.risk_level);
+  risk.textContent = `${words(org.risk_level)} churn risk`;
+  $("org-band").replaceWith(Object.assign(band, { id: "org-band" }));
+  $("org-risk").replaceWith(Object.assign(risk, { id: "org-risk" }));
+  const facts = [
+    ["Churn probability", pct(org.churn_probability)],
+    ["Change, 7 days", signed(org.score_change_7d)],
+    ["Change, 30 days", signed(org.score_change_30d)],
+    ["Trend", org.trend || "—"],
+    ["Active users (30 days)", String(org.active_users_30d)],
+    ["Open interactions", String(org.open_interactions_count)],
+    ["Overdue follow-ups", String(org.overdue_follow_ups)],
+    ["Milestones", `${org.milestones.achieved} of 17 (${org.milestones.unacknowledged} to acknowledge)`],
+    ["Last activity", when(org.last_activity_at)],
+  ];
+  $("org-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
+  $("org-components").replaceChildren(...COMPONENTS.map(([key, label]) => {
+    const value = org.components[key] ?? 0;
+    return el("li", {},
+      el("span", { class: "label", id: `c-${key}`, text: label }),
+      el("meter", { min: "0", max: "100", low: "40", high: "60", optimum: "100",
+        value: String(value), "aria-labelledby": `c-${key}` }),
+      el("span", { class: "num", text: value.toFixed(0) }));
+  }));
+  const factors = org.risk_factors.filter((f) => f.impact !== 0);
+  $("factor-table").tBodies[0].replaceChildren(...factors.map((f) =>
+    el("tr", { class: f.impact < 0 ? "hurts" : "" },
+      el("th", { scope: "row", text: words(f.factor) }),
+      el("td", { class: `num ${f.impact < 0 ? "down" : ""}`, text: signed(f.impact) }),
+      el("td", { text: f.detail || "—" }))));
+  $("factor-empty").hidden = factors.length > 0;
+  const usage = Object.entries(org.feature_usage).sort((a, b) => b[1] - a[1]);
+  $("org-usage").replaceChildren(...(usage.length
+    ? usage.map(([feature, uses]) => el("li", {}, el("span", { text: words(feature) }),
+      el("span", { class: "num", text: String(uses) })))
+    : [el("li", { class: "muted", text: "No feature usage in the window." })]));
+  const alert = org.last_alert;
+  $("org-alert").replaceChildren(alert
+    ? el("dl", { class: "facts" },
+      el("dt", { text: "Kind" }), el("dd", {}, badge("alert", alert.kind)),
+      el("dt", { text: "Risk level" }), el("dd", { text: words(alert.risk_level) }),
+      el("dt", { text: "Score then" }), el("dd", { text: alert.health_score === null ? "—" : alert.health_score.toFixed(1) }),
+      el("dt", { text: "Raised" }), el("dd", { text: when(alert.created_at) }),
+      el("dt", { text: "Published" }), el("dd", { text: alert.published_at ? when(alert.published_at) : "pending" }))
+    : el("p", { class: "muted", text: "No churn-risk alert yet." }));
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+function svg(tag, attrs = {}, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function renderChart(history) {
+  const figure = $("org-chart");
+  const points = history.points;
+  const table = $("history-table").tBodies[0];
+  table.replaceChildren(...points.slice().reverse().map((p) => el("tr", {},
+    el("th", { scope: "row", text: p.day }), el("td", { class: "num", text: p.health_score.toFixed(1) }),
+    el("td", { class: "num", text: pct(p.churn_probability) }), el("td", { text: words(p.risk_level) }))));
+  if (points.length === 0) {
+    figure.replaceChildren(el("p", { class: "muted", text: "No score history in this period." }));
+    $("chart-summary").textContent = "";
+    return;
+  }
+  const width = 720, height = 240, left = 36, right = 12, top = 12, bottom = 28;
+  const t0 = new Date(points[0].day).getTime();
+  const t1 = Math.max(new Date(points[points.length - 1].day).getTime(), t0 + 86400000);
+  const x = (d) => left + ((new Date(d).getTime() - t0) / (t1 - t0)) * (width - left - right);
+  const y = (v) => top + (1 - v / 100) * (height - top - bottom);
+  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img",
+    "aria-label": `Health score by day, ${points.length} days` });
+  // the bands behind the line: critical < 40 <= at risk < 60 <= good < 80 <= excellent
+  for (const [from, to, cls] of [[0, 40, "critical"], [40, 60, "at_risk"], [60, 80, "good"], [80, 100, "excellent"]]) {
+    chart.append(svg("rect", { x: left, y: y(to), width: width - left - right, height: y(from) - y(to), class: `zone zone-${cls}` }));
+  }
+  for (const v of [0, 40, 60, 80, 100]) {
+    chart.append(svg("line", { x1: left, x2: width - right, y1: y(v), y2: y(v), class: "grid" }));
+    chart.append(svg("text", { x: left - 6, y: y(v) + 4, class: "axis", "text-anchor": "end" }, String(v)));
+  }
+  chart.append(svg("text", { x: left, y: height - 8, class: "axis" }, points[0].day));
+  chart.append(svg("text", { x: width - right, y: height - 8, class: "axis", "text-anchor": "end" },
+    points[points.length - 1].day));
+  const path = (key, scale) => points.map((p, i) => `${i ? "L" : "M"}${x(p.day).toFixed(1)},${y(scale(p[key])).toFixed(1)}`).join(" ");
+  chart.append(svg("path", { d: path("churn_probability", (v) => v * 100), class: "line churn" }));
+  chart.append(svg("path", { d: path("health_score", (v) => v), class: "line score" }));
+  for (const p of points) {
+    const dot = svg("circle", { cx: x(p.day).toFixed(1), cy: y(p.health_score).toFixed(1), r: 3, class: "dot" });
+    dot.append(svg("title", {}, `${p.day}: score ${p.health_score.toFixed(1)}, churn ${pct(p.churn_probability)}`));
+    chart.append(dot);
+  }
+  const legend = el("figcaption", { class: "legend" },
+    el("span", { class: "key key-score", text: "Health score" }),
+    el("span", { class: "key key-churn", text: "Churn probability (%)" }));
+  figure.replaceChildren(chart, legend);
+  const first = points[0], last = points[points.length - 1];
+  $("chart-summary").textContent = `From ${first.health_score.toFixed(1)} on ${first.day} to ` +
+    `${last.health_score.toFixed(1)} on ${last.day}; churn probability ${pct(first.churn_probability)} to ${pct(last.churn_probability)}.`;
+}
+
+function milestoneActions(orgId, m) {
+  const cell = el("td", { class: "actions" });
+  const base = `/api/v1/organizations/${orgId}/milestones/${m.milestone_type}`;
+  const act = async (button, path, body, done) => {
+    button.disabled = true;
+    try {
+      await api(`${base}/${path}`, { method: "POST", body });
+      say(done);
+      await loadMilestones(orgId);
+    } catch (error) {
+      button.disabled = false;
+      fail(error);
+    }
+  };
+  if (!m.acknowledged_at) {
+    const button = el("button", { type: "button", "aria-label": `Acknowledge ${words(m.milestone_type)}`, text: "Acknowledge" });
+    button.addEventListener("click", () => act(button, "acknowledge", undefined, `${words(m.milestone_type)} acknowledged`));
+    cell.append(button);
+  } else if (m.reward_status === "pending") {
+    const deliver = el("button", { type: "button", "aria-label": `Mark the reward of ${words(m.milestone_type)} delivered`, text: "Reward delivered" });
+    const decline = el("button", { type: "button", class: "secondary", "aria-label": `Mark the reward of ${words(m.milestone_type)} declined`, text: "Declined" });
+    deliver.addEventListener("click", () => act(deliver, "reward", { outcome: "delivered" }, "reward recorded as delivered"));
+    decline.addEventListener("click", () => act(decline, "reward", { outcome: "declined" }, "reward recorded as declined"));
+    cell.append(deliver, " ", decline);
+  } else {
+    cell.append(el("span", { class: "muted", text: "—" }));
+  }
+  return cell;
+}
+
+async function loadMilestones(orgId) {
+  const list = await api(`/api/v1/organizations/${orgId}/milestones`);
+  $("milestone-table").tBodies[0].replaceChildren(...list.items.map((m) => {
+    const reward = m.reward_type
+      ? `${words(m.reward_type)}${m.reward_value ? ` (${m.reward_value})` : ""}: ${m.reward_status}`
+      : "—";
+    const acknowledged = m.acknowledged_at
+      ? `${when(m.acknowledged_at)} by ${m.acknowledged_by_name || (m.acknowledged_by ? shortId(m.acknowledged_by) : "—")}`
+      : "not yet";
+    return el("tr", { "data-milestone": m.milestone_type },
+      el("th", { scope: "row", text: words(m.milestone_type) }),
+      el("td", { text: day(m.achieved_at) }),
+      el("td", { class: "acknowledged", text: acknowledged }),
+      el("td", { text: reward }),
+      milestoneActions(orgId, m));
+  }));
+  $("milestone-empty").hidden = list.items.length > 0;
+}
+
+function interactionItem(i) {
+  const follow = i.follow_up_required && !i.follow_up_completed_at && i.follow_up_at
+    ? el("span", { class: i.overdue ? "overdue" : "muted",
+      text: i.overdue ? `Follow-up overdue since ${when(i.follow_up_at)}` : `Follow-up due ${when(i.follow_up_at)}` })
+    : null;
+  return el("li", { class: i.overdue ? "overdue-item" : "" },
+    el("p", { class: "when", text: when(i.opened_at || i.last_event_at) }),
+    el("p", {}, el("strong", { text: i.subject || words(i.interaction_type) || "Interaction" })),
+    el("p", { class: "meta" }, badge("status", i.status), " ", words(i.interaction_type),
+      i.channel ? ` · ${words(i.channel)}` : "", ` · priority ${i.priority}`,
+      i.sentiment ? ` · ${words(i.sentiment)}` : ""),
+    follow);
+}
+
+async function loadOrganization(orgId, { refresh = false } = {}) {
+  const days = $("history-days").value;
+  const [org, history, interactions] = await Promise.all([
+    api(`/api/v1/organizations/${orgId}`),
+    api(`/api/v1/organizations/${orgId}/history?days=${days}`),
+    api(`/api/v1/interactions${query({ organization_id: orgId, limit: 100 })}`),
+  ]);
+  if (state.orgId !== orgId) return;
+  renderOrganization(org);
+  renderChart(history);
+  $("org-timeline").replaceChildren(...interactions.items.map(interactionItem));
+  $("timeline-empty").hidden = interactions.items.length > 0;
+  if (!refresh) await loadMilestones(orgId);
+}
+
+// --- the support view -----------------------------------------------------------------
+function supportParams() {
+  const data = new FormData($("support-filters"));
+  const q = data.get("q").trim();
+  return {
+    q: q.length >= 3 ? q : null,
+    status: data.get("status"),
+    assigned_to: data.get("mine") ? "me" : null,
+    overdue: data.get("overdue") ? "true" : null,
+  };
+}
+
+function interactionRow(i) {
+  const follow = i.follow_up_at && !i.follow_up_completed_at
+    ? el("span", { class: i.overdue ? "overdue" : "", text: `${i.overdue ? "Overdue: " : ""}${when(i.follow_up_at)}` })
+    : "—";
+  const org = i.organization_name || shortId(i.organization_id);
+  return el("tr", { class: i.overdue ? "overdue-item" : "", "data-interaction": i.id },
+    el("th", { scope: "row", text: i.subject || "(no subject)" }),
+    el("td", { text: org }),
+    el("td", { text: words(i.interaction_type) || "—" }),
+    el("td", {}, badge("priority", i.priority)),
+    el("td", {}, badge("status", i.status)),
+    el("td", { text: when(i.opened_at) }),
+    el("td", {}, follow));
+}
+
+async function loadSupport({ append = false } = {}) {
+  const params = supportParams();
+  const page = await api(`/api/v1/interactions${query({ ...params, limit: PAGE,
+    sort: params.q ? null : (params.overdue ? null : "oldest"),
+    cursor: append ? state.supportCursor : null })}`);
+  const body = $("interaction-table").tBodies[0];
+  const rows = page.items.map(interactionRow);
+  if (append) body.append(...rows);
+  else body.replaceChildren(...rows);
+  state.supportCursor = page.next_cursor;
+  $("interaction-more").hidden = !page.next_cursor;
+  $("interaction-empty").hidden = body.rows.length > 0;
+  $("support-updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
+}
+
+// --- routing and refresh ----------------------------------------------------------------
+async function route() {
+  clearInterval(state.timer);
+  if (!token()) {
+    signOut();
+    return;
+  }
+  try {
+    if (!state.me) await signIn();
+    const hash = location.hash || "#/";
+    const org = hash.match(/^#\/org\/([0-9a-f-]{36})$/);
+    if (org) {
+      state.orgId = org[1];
+      showView("org");
+      $("org-title").textContent = "Loading…";
+      await loadOrganization(org[1]);
+      state.timer = setInterval(() => loadOrganization(org[1], { refresh: true }).catch(fail), REFRESH_SECONDS * 1000);
+    } else if (hash === "#/support") {
+      state.orgId = null;
+      showView("support");
+      await loadSupport();
+      state.timer = setInterval(() => loadSupport().catch(fail), REFRESH_SECONDS * 1000);
+    } else if (hash === "#/" && state.me && state.me.role === "support" && !state.visitedList) {
+      // support staff start in their queue; the list stays one click away
+      state.visitedList = true;
+      location.hash = "#/support";
+    } else {
+      state.visitedList = true;
+      state.orgId = null;
+      showView("list");
+      await loadList();
+      state.timer = setInterval(() => {
+        if (!document.hidden) loadList({ refresh: true }).catch(fail);
+      }, REFRESH_SECONDS * 1000);
+    }
+    $("main").focus({ preventScroll: true });
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 404) {
+      showView("org");
+      $("org-title").textContent = "Not found";
+      $("org-subtitle").textContent = "No organization with that id is visible to you.";
+    }
+    fail(error);
+  }
+}
+
+function start() {
+  takeTokenFromFragment();
+  $("signin-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, $("signin-token").value.trim());
+    state.me = null;
+    state.visitedList = false;
+    $("signin-token").value = "";
+    location.hash = "#/";
+    route();
+  });
+  $("sign-out").addEventListener("click", () => signOut());
+  $("list-filters").addEventListener("submit", (event) => {
+    event.preventDefault();
+    loadList().catch(fail);
+  });
+  $("list-filters").addEventListener("reset", () => setTimeout(() => loadList().catch(fail)));
+  for (const id of ["f-band", "f-risk", "f-sort"]) $(id).addEventListener("change", () => loadList().catch(fail));
+  $("org-more").addEventListener("click", () => loadList({ append: true }).catch(fail));
+  $("support-filters").addEventListener("submit", (event) => {
+    event.preventDefault();
+    loadSupport().catch(fail);
+  });
+  for (const id of ["s-status", "s-mine", "s-overdue"]) $(id).addEventListener("change", () => loadSupport().catch(fail));
+  $("interaction-more").addEventListener("click", () => loadSupport({ append: true }).catch(fail));
+  $("history-days").addEventListener("change", () => {
+    if (state.orgId) loadOrganization(state.orgId, { refresh: true }).catch(fail);
+  });
+  window.addEventListener("hashchange", () => {
+    takeTokenFromFragment();
+    route();
+  });
+  route();
+}
+
+document.addEventListener("DOMContentLoaded", start);

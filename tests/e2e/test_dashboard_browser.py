@@ -1,0 +1,345 @@
+"""The dashboard in a real browser, against the real API, database and event stream.
+
+Headless Chromium (Debian's `chromium` and `chromium-driver`, driven by Selenium)
+opens the page served by `healthscore.api` while the service consumes a stream:
+the admin sees the at-risk organization first, opens it, sees its factors and
+chart, acknowledges a milestone (persisted, attributed to the admin by the
+database); the list refreshes by itself as new scores land; the support person
+sees only their interactions; the member sees none. Screenshots are saved under
+test-artifacts/e2e/ (or $HEALTHSCORE_TEST_ARTIFACTS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import pytest
+
+from healthscore.api.server import dev_config, serve_until, wait_stopped
+from tests.e2e.test_pipeline_end_to_end import (
+    AT_RISK,
+    BASE,
+    COMPLAINT,
+    HEALTHY,
+    USERS,
+    _id,
+    _usage,
+    at_risk_support,
+    at_risk_usage,
+    healthy_events,
+)
+from tests.utils.harness import (
+    make_producer,
+    make_topics,
+    produce_json,
+    running_service,
+    service_settings,
+    wait_for,
+)
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+try:
+    from selenium import webdriver
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+        TimeoutException,
+    )
+    from selenium.webdriver.chrome.service import Service as ChromeService
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import WebDriverWait
+except ImportError:  # pragma: no cover - the dev extra installs it
+    webdriver = None  # type: ignore[assignment]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        webdriver is None or CHROMIUM is None or CHROMEDRIVER is None,
+        reason="needs Debian's chromium and chromium-driver packages (.ci/run installs them) "
+        "and selenium",
+    ),
+]
+
+ARTIFACTS = (
+    Path(
+        os.environ.get(
+            "HEALTHSCORE_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"
+        )
+    )
+    / "e2e"
+)
+LATE_RISK = str(uuid.uuid5(uuid.NAMESPACE_DNS, "late-risk.example"))
+OTHER_INTERACTION = str(uuid.uuid5(uuid.NAMESPACE_DNS, "other-support-interaction"))
+T = TypeVar("T")
+
+
+def stream() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    usage = healthy_events() + at_risk_usage()
+    # the at-risk organization had onboarded: a milestone to acknowledge
+    usage.append(_usage(AT_RISK, "onboarding_completed", BASE - timedelta(days=1), "r-onboard"))
+    support = at_risk_support()
+    # someone else's interaction, on the healthy organization
+    support.append(
+        {
+            "event_id": _id("o-open"),
+            "organization_id": HEALTHY,
+            "interaction_id": OTHER_INTERACTION,
+            "action": "opened",
+            "occurred_at": (BASE + timedelta(days=5)).isoformat(),
+            "interaction_type": "training_session",
+            "channel": "video",
+            "assigned_to": USERS[1],
+            "subject": "Training for the new coordinator",
+        }
+    )
+    return usage, support
+
+
+def by_day(
+    usage: list[dict[str, Any]], support: list[dict[str, Any]]
+) -> list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+    days = sorted({e["occurred_at"][:10] for e in usage + support})
+    return [
+        (
+            [e for e in usage if e["occurred_at"][:10] == day],
+            [e for e in support if e["occurred_at"][:10] == day],
+        )
+        for day in days
+    ]
+
+
+def late_risk_events() -> list[dict[str, Any]]:
+    """An organization that appears while the page is open, straight into high risk."""
+    at = BASE + timedelta(days=6)
+    return [
+        _usage(LATE_RISK, "login", at, "l-login"),
+        _usage(LATE_RISK, "data_export_requested", at + timedelta(hours=1), "l-export"),
+        _usage(LATE_RISK, "subscription_downgraded", at + timedelta(hours=2), "l-down"),
+        _usage(LATE_RISK, "seat_removed", at + timedelta(hours=3), "l-seat"),
+    ]
+
+
+async def name_organizations(database_url: str) -> None:
+    """The product's names for the organizations the service knows by id."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        for org, name in ((AT_RISK, "Bloom & Vow Weddings"), (HEALTHY, "Evergreen Events")):
+            await conn.execute(
+                "UPDATE organizations SET name = $2 WHERE id = $1", uuid.UUID(org), name
+            )
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",  # CI runs as root
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        "--lang=en-US",
+    ):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=ChromeService(str(CHROMEDRIVER)))
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait(driver: WebDriver, condition: Callable[[WebDriver], T], timeout: float = 20) -> T:
+    try:
+        # the page re-renders what it refreshes: an element found a moment ago may be gone
+        return WebDriverWait(
+            driver,
+            timeout,
+            poll_frequency=0.2,
+            ignored_exceptions=(StaleElementReferenceException, NoSuchElementException),
+        ).until(condition)
+    except TimeoutException:
+        screenshot(driver, "timeout")
+        raise
+
+
+def screenshot(driver: WebDriver, name: str) -> Path:
+    """The whole page, not only the window (Chromium's DevTools capture)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    shot = driver.execute_cdp_cmd(  # type: ignore[attr-defined]
+        "Page.captureScreenshot", {"captureBeyondViewport": True, "fromSurface": True}
+    )
+    path.write_bytes(base64.b64decode(shot["data"]))
+    return path
+
+
+def rows(driver: WebDriver, table: str, attribute: str) -> list[str]:
+    # read in one script: the page re-renders rows while it refreshes
+    found: list[str] = driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])]"
+        ".map(r => r.getAttribute(arguments[1]))",
+        f"#{table} tbody tr",
+        attribute,
+    )
+    return found
+
+
+def js_errors(driver: WebDriver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+async def test_dashboard_in_chromium(
+    browser: WebDriver, migrated_database: str, kafka_bootstrap: str
+) -> None:
+    topics = await make_topics(kafka_bootstrap, partitions=2)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    usage, support = stream()
+    producer = await make_producer(kafka_bootstrap)
+    stop = asyncio.Event()
+    try:
+        async with running_service(settings):
+            # day by day, so that batches score each day and the chart has a trail
+            applied = 0
+            for day_usage, day_support in by_day(usage, support):
+                await produce_json(producer, topics.usage, day_usage)
+                await produce_json(producer, topics.support, day_support)
+                applied += len(day_usage) + len(day_support)
+                await wait_for(
+                    migrated_database,
+                    "SELECT count(*) FROM processed_events",
+                    lambda n, expected=applied: n == expected,
+                )
+            await name_organizations(migrated_database)
+            config, identity = await dev_config(settings)
+            config = dataclasses.replace(config, refresh_seconds=1.0)
+            address = await serve_until(config, "127.0.0.1", 0, stop)
+            links = identity.links(address)
+            run = asyncio.to_thread  # Selenium blocks; the service and the API keep running
+
+            # --- admin: the at-risk organization first ----------------------------------
+            await run(browser.get, links["admin"])
+            await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) >= 2)
+            listed = rows(browser, "org-table", "data-organization")
+            assert listed[0] == AT_RISK, listed
+            assert HEALTHY in listed
+            await run(screenshot, browser, "admin-at-risk-list")
+
+            # the list refreshes by itself when new scores land
+            await produce_json(producer, topics.usage, late_risk_events())
+            await run(
+                wait,
+                browser,
+                lambda d: LATE_RISK in rows(d, "org-table", "data-organization"),
+                30,
+            )
+            await run(screenshot, browser, "admin-list-refreshed")
+
+            # open it from the keyboard
+            first_link = browser.find_element(
+                By.CSS_SELECTOR, f'#org-table tr[data-organization="{AT_RISK}"] a'
+            )
+            await run(first_link.send_keys, Keys.ENTER)
+            await run(
+                wait,
+                browser,
+                lambda d: (
+                    d.find_elements(By.CSS_SELECTOR, "#factor-table tbody tr")
+                    and d.find_elements(By.CSS_SELECTOR, "#org-chart svg circle")
+                ),
+            )
+            factor_rows = browser.find_elements(By.CSS_SELECTOR, "#factor-table tbody tr")
+            assert all(r.text.strip() for r in factor_rows)
+            assert browser.find_elements(By.CSS_SELECTOR, "#org-components meter")
+            await run(screenshot, browser, "admin-organization")
+
+            # acknowledge the milestone
+            button = await run(
+                wait,
+                browser,
+                lambda d: d.find_element(
+                    By.CSS_SELECTOR,
+                    '#milestone-table tr[data-milestone="onboarding_completed"] button',
+                ),
+            )
+            await run(button.click)
+            await run(
+                wait,
+                browser,
+                lambda d: (
+                    "Dana Admin"
+                    in d.find_element(
+                        By.CSS_SELECTOR,
+                        '#milestone-table tr[data-milestone="onboarding_completed"] .acknowledged',
+                    ).text
+                ),
+            )
+            await run(screenshot, browser, "admin-milestone-acknowledged")
+            conn = await asyncpg.connect(migrated_database)
+            try:
+                acknowledged_by = await conn.fetchval(
+                    "SELECT acknowledged_by FROM success_milestones"
+                    " WHERE organization_id = $1 AND milestone_type = 'onboarding_completed'",
+                    uuid.UUID(AT_RISK),
+                )
+            finally:
+                await conn.close()
+            assert acknowledged_by == identity.users["admin"]
+            assert not js_errors(browser), js_errors(browser)
+
+            # --- support: their interactions only -----------------------------------------
+            await run(browser.get, links["support"])
+            await run(
+                wait,
+                browser,
+                lambda d: (
+                    d.find_element(By.ID, "view-support").is_displayed()
+                    and rows(d, "interaction-table", "data-interaction")
+                ),
+            )
+            assert rows(browser, "interaction-table", "data-interaction") == [COMPLAINT]
+            await run(screenshot, browser, "support-queue")
+            search = browser.find_element(By.ID, "s-q")
+            await run(search.send_keys, "invoice totals", Keys.ENTER)
+            await run(
+                wait,
+                browser,
+                lambda d: rows(d, "interaction-table", "data-interaction") == [COMPLAINT],
+            )
+            # the organization list shows nothing to support staff
+            await run(browser.get, f"{address}/#/")
+            await run(wait, browser, lambda d: d.find_element(By.ID, "org-empty").is_displayed())
+
+            # --- member: nothing ------------------------------------------------------------
+            await run(browser.get, links["member"])
+            await run(wait, browser, lambda d: d.find_element(By.ID, "org-empty").is_displayed())
+            assert rows(browser, "org-table", "data-organization") == []
+            assert browser.find_element(By.ID, "who-role").text == "member"
+            await run(screenshot, browser, "member-sees-nothing")
+
+            # --- no token: the sign-in page, and 401 for a forged one ---------------------------
+            await run(browser.get, f"{address}/#token=forged.token.value")
+            await run(wait, browser, lambda d: d.find_element(By.ID, "view-signin").is_displayed())
+            assert "Signed out" in browser.find_element(By.ID, "signin-reason").text
+            await run(screenshot, browser, "signed-out")
+    finally:
+        stop.set()
+        await wait_stopped()
+        await producer.stop()

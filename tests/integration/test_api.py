@@ -1,0 +1,606 @@
+"""The read API over real PostgreSQL, as cs_dashboard under row-level security.
+
+Nothing is mocked: the API connects as a LOGIN role in cs_dashboard, binds each
+request's verified caller with app_login, and the policies decide. These tests
+prove what each role gets through the HTTP API, that hidden rows answer exactly
+like missing ones, and that identity never outlives its request on a pooled
+connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import httpx
+import jwt
+import pytest
+from fastapi import FastAPI
+
+from healthscore.api.models import InteractionPage, OrganizationDetail, OrganizationPage
+from healthscore.api.session import create_api_pool
+from tests.utils import schema_builders as b
+from tests.utils.api import JWT_SECRET, api_client, api_config, api_login, bearer
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+@dataclass
+class World:
+    url: str
+    client: httpx.AsyncClient
+    app: FastAPI
+    orgs: dict[str, uuid.UUID]
+    users: dict[str, uuid.UUID]
+    interactions: dict[str, uuid.UUID] = field(default_factory=dict)
+
+    def auth(self, role: str) -> dict[str, str]:
+        return {"Authorization": bearer(self.users[role])}
+
+    async def get(self, role: str, path: str, **params: Any) -> httpx.Response:
+        return await self.client.get(path, params=params, headers=self.auth(role))
+
+    async def post(self, role: str, path: str, body: Any = None) -> httpx.Response:
+        return await self.client.post(path, json=body, headers=self.auth(role))
+
+
+def factor(name: str, impact: float, detail: str = "") -> dict[str, Any]:
+    return {"factor": name, "value": 1.0, "impact": impact, "detail": detail or f"{name} hurts"}
+
+
+# name -> (score, churn probability, risk factors, 7-day change)
+ORGANIZATIONS: dict[str, tuple[str, str, list[dict[str, Any]], str | None]] = {
+    "bloom": (
+        "35.00",
+        "0.8200",
+        [
+            factor("cancellation_request", -25, "A cancellation request is open."),
+            factor("inactivity", -12, "No activity for 20 days."),
+            factor("few_logins", -3),
+            factor("shallow_usage", -1),
+        ],
+        "-18.00",
+    ),
+    "vow": ("55.00", "0.5500", [factor("inactivity", -9)], "-5.00"),
+    "petal": ("62.00", "0.3000", [factor("few_logins", -4)], None),
+    "aisle": ("85.00", "0.0500", [], "3.00"),
+    "veil": ("45.00", "0.4000", [factor("inactivity", -7)], "-10.00"),
+}
+
+
+async def build(conn: asyncpg.Connection) -> tuple[dict[str, uuid.UUID], dict[str, uuid.UUID]]:
+    orgs: dict[str, uuid.UUID] = {}
+    for name, (score, churn, factors, change) in ORGANIZATIONS.items():
+        org = b.organization(name=name.title() + " Weddings")
+        await b.insert_row(conn, "organizations", org)
+        orgs[name] = org["id"]
+        await b.insert_row(
+            conn,
+            "customer_health",
+            b.customer_health(
+                org["id"],
+                health_score=Decimal(score),
+                churn_probability=Decimal(churn),
+                risk_factors=json.dumps(factors),
+                score_change_7d=None if change is None else Decimal(change),
+                score_change_30d=Decimal("-30") if name == "bloom" else None,
+                feature_usage=json.dumps({"forms": 3, "journeys": 1}),
+                scored_at=NOW,
+            ),
+        )
+    users: dict[str, uuid.UUID] = {}
+    for role in ("admin", "support", "other_support", "member"):
+        user = b.user_profile(role="support" if role == "other_support" else role)
+        user["full_name"] = role.replace("_", " ").title()
+        await b.insert_row(conn, "user_profiles", user)
+        users[role] = user["id"]
+    return orgs, users
+
+
+@pytest.fixture
+async def world(migrated_database: str, pg_admin_url: str) -> AsyncIterator[World]:
+    conn = await asyncpg.connect(migrated_database)
+    interactions: dict[str, uuid.UUID] = {}
+    try:
+        orgs, users = await build(conn)
+        bloom, vow = orgs["bloom"], orgs["vow"]
+        for org_id, milestone, reward in (
+            (bloom, "first_client_added", "badge"),
+            (bloom, "clients_10", None),
+            (vow, "first_client_added", "badge"),
+        ):
+            await b.insert_row(
+                conn,
+                "success_milestones",
+                b.success_milestone(
+                    org_id,
+                    milestone_type=milestone,
+                    reward_type=reward,
+                    reward_status="pending" if reward else None,
+                    reward_value=Decimal("0") if reward else None,
+                    achieved_at=NOW - timedelta(days=3),
+                ),
+            )
+        for key, org_id, assignee, overrides in (
+            (
+                "overdue",
+                bloom,
+                users["support"],
+                {
+                    "subject": "Cannot export the guest list",
+                    "follow_up_required": True,
+                    "follow_up_at": NOW - timedelta(days=1),
+                    "opened_at": NOW - timedelta(days=4),
+                },
+            ),
+            (
+                "resolved",
+                bloom,
+                users["support"],
+                {"subject": "Invoice question", "status": "resolved", "opened_at": NOW},
+            ),
+            (
+                "other",
+                vow,
+                users["other_support"],
+                {"subject": "Calendar sync broken", "opened_at": NOW - timedelta(days=2)},
+            ),
+            (
+                "unassigned",
+                vow,
+                None,
+                {"subject": "Export to PDF fails", "opened_at": NOW - timedelta(days=1)},
+            ),
+        ):
+            row = b.support_interaction(org_id, assigned_to=assignee, **overrides)
+            await b.insert_row(conn, "support_interactions", row)
+            interactions[key] = row["id"]
+        for days_ago, hour, score in ((2, 12, 60), (1, 9, 52), (1, 18, 50), (0, 0, 35)):
+            at = NOW.replace(hour=hour, minute=0, second=0) - timedelta(days=days_ago)
+            await b.insert_row(
+                conn,
+                "health_score_history",
+                b.health_score_history(
+                    bloom,
+                    scored_at=min(at, NOW),
+                    health_score=Decimal(score),
+                    risk_level="high",
+                    components=json.dumps(
+                        {
+                            "engagement": 40,
+                            "adoption": 50,
+                            "milestones": 30,
+                            "support": 20,
+                            "growth": 45,
+                        }
+                    ),
+                ),
+            )
+        for episode, kind in ((1, "risk_raised"), (1, "risk_escalated")):
+            payload = {"kind": kind, "health_score": 35.0, "previous_score": 50.0}
+            payload |= {"churn_probability": 0.82, "risk_level": "critical"}
+            payload |= {"scored_at": NOW.isoformat()}
+            await b.insert_row(
+                conn,
+                "alert_outbox",
+                b.alert_outbox(bloom, kind=kind, episode=episode, payload=json.dumps(payload)),
+            )
+    finally:
+        await conn.close()
+    async with (
+        api_login(pg_admin_url, migrated_database) as login_url,
+        api_client(await api_config(migrated_database, login_url, pool_size=2)) as (client, app),
+    ):
+        yield World(migrated_database, client, app, orgs, users, interactions)
+
+
+async def superuser_fetch(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetch(query, *args)
+    finally:
+        await conn.close()
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status and body["type"] and body["title"]
+    return body
+
+
+# --- who is calling --------------------------------------------------------------------
+
+
+def forged(user_id: uuid.UUID) -> str:
+    """A well-formed token signed with a secret that is not this deployment's."""
+    claims = {"sub": str(user_id), "exp": int((NOW + timedelta(minutes=5)).timestamp())}
+    return "Bearer " + jwt.encode(claims, "not-the-secret-of-this-deployment-0123", "HS256")
+
+
+async def test_requests_without_a_valid_token_get_401_problem_json(world: World) -> None:
+    admin = world.users["admin"]
+    expired = bearer(admin, valid_for=timedelta(minutes=-5))
+    unsigned = "Bearer " + jwt.encode({"sub": str(admin), "exp": 4102444800}, None, "none")
+    no_exp = "Bearer " + jwt.encode({"sub": str(admin)}, JWT_SECRET, algorithm="HS256")
+    not_a_user_id = "Bearer " + jwt.encode(
+        {"sub": "alice", "exp": 4102444800}, JWT_SECRET, algorithm="HS256"
+    )
+    unknown_user = bearer(uuid.uuid4())
+    cases = {
+        "missing": None,
+        "basic": "Basic YWxpY2U6c2VjcmV0",
+        "garbage": "Bearer not.a.jwt",
+        "expired": expired,
+        "forged": forged(admin),
+        "alg none": unsigned,
+        "no exp": no_exp,
+        "sub not a uuid": not_a_user_id,
+        "unknown user": unknown_user,
+    }
+    for case, header in cases.items():
+        headers = {} if header is None else {"Authorization": header}
+        response = await world.client.get("/api/v1/organizations", headers=headers)
+        body = assert_problem(response, 401)
+        assert response.headers["www-authenticate"].startswith("Bearer "), case
+        assert body["detail"], case
+    assert (
+        "expired"
+        in (await world.client.get("/api/v1/me", headers={"Authorization": expired})).json()[
+            "detail"
+        ]
+    )
+
+
+async def test_me_says_who_the_token_names_and_their_role(world: World) -> None:
+    for role in ("admin", "support", "member"):
+        response = await world.get(role, "/api/v1/me")
+        assert response.status_code == 200, response.text
+        me = response.json()
+        assert me["user_id"] == str(world.users[role])
+        assert me["role"] == role
+
+
+# --- the organization list ----------------------------------------------------------------
+
+
+async def names(world: World, role: str = "admin", **params: Any) -> list[str]:
+    response = await world.get(role, "/api/v1/organizations", **params)
+    assert response.status_code == 200, response.text
+    OrganizationPage.model_validate(response.json())  # the documented contract
+    by_id = {str(v): k for k, v in world.orgs.items()}
+    return [by_id[item["organization_id"]] for item in response.json()["items"]]
+
+
+async def test_admin_sees_organizations_most_likely_to_churn_first(world: World) -> None:
+    assert await names(world) == ["bloom", "vow", "veil", "petal", "aisle"]
+    response = await world.get("admin", "/api/v1/organizations", limit=1)
+    first = response.json()["items"][0]
+    assert first["organization_name"] == "Bloom Weddings"
+    assert first["risk_level"] == "critical" and first["health_status"] == "critical"
+    assert first["churn_probability"] == pytest.approx(0.82)
+    assert [f["factor"] for f in first["top_risk_factors"]] == [
+        "cancellation_request",
+        "inactivity",
+        "few_logins",
+    ]
+    assert first["score_change_7d"] == -18 and first["score_change_30d"] == -30
+
+
+async def test_each_sort_orders_every_row(world: World) -> None:
+    assert await names(world, sort="health_score") == ["bloom", "veil", "vow", "petal", "aisle"]
+    # biggest drop first, organizations without a 7-day history last
+    assert await names(world, sort="score_change_7d") == ["bloom", "veil", "vow", "aisle", "petal"]
+
+
+async def test_filters_by_band_level_factor_and_id_prefix(world: World) -> None:
+    assert await names(world, health_status="critical") == ["bloom"]
+    response = await world.client.get(
+        "/api/v1/organizations?health_status=at_risk&health_status=good",
+        headers=world.auth("admin"),
+    )
+    assert len(response.json()["items"]) == 3
+    assert await names(world, risk_level="medium") == ["veil", "petal"]
+    assert await names(world, risk_level="high", sort="health_score") == ["vow"]
+    assert await names(world, factor="inactivity") == ["bloom", "vow", "veil"]
+    assert await names(world, factor="inactivity", risk_level="low") == []
+    prefix = str(world.orgs["petal"])[:6]
+    assert "petal" in await names(world, q=prefix)
+    assert await names(world, q=str(world.orgs["aisle"])) == ["aisle"]
+
+
+@pytest.mark.parametrize("sort", ["churn_probability", "health_score", "score_change_7d"])
+async def test_cursor_pages_cover_every_row_once(world: World, sort: str) -> None:
+    everything = await names(world, sort=sort)
+    seen: list[str] = []
+    cursor: str | None = None
+    for _ in range(10):
+        params: dict[str, Any] = {"sort": sort, "limit": 2}
+        if cursor:
+            params["cursor"] = cursor
+        response = await world.get("admin", "/api/v1/organizations", **params)
+        page = response.json()
+        by_id = {str(v): k for k, v in world.orgs.items()}
+        seen += [by_id[i["organization_id"]] for i in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == everything
+
+
+async def test_bad_parameters_and_cursors_are_problems(world: World) -> None:
+    for params in (
+        {"limit": 0},
+        {"limit": 201},
+        {"sort": "name"},
+        {"health_status": "sad"},
+        {"factor": "DROP TABLE"},
+        {"q": "xyz"},
+    ):
+        response = await world.get("admin", "/api/v1/organizations", **params)
+        body = assert_problem(response, 422)
+        assert body["detail"], params
+    cursor = (await world.get("admin", "/api/v1/organizations", limit=1)).json()["next_cursor"]
+    wrong_sort = await world.get(
+        "admin", "/api/v1/organizations", sort="health_score", cursor=cursor
+    )
+    assert_problem(wrong_sort, 400)
+    assert_problem(await world.get("admin", "/api/v1/organizations", cursor="!!nonsense"), 400)
+
+
+# --- what support staff and members get ----------------------------------------------------
+
+
+@pytest.mark.parametrize("role", ["support", "member"])
+async def test_rows_the_policies_hide_answer_like_missing_ones(world: World, role: str) -> None:
+    assert await names(world, role) == []
+    bloom = world.orgs["bloom"]
+    missing = uuid.uuid4()
+    for suffix in ("", "/history", "/milestones"):
+        hidden = await world.get(role, f"/api/v1/organizations/{bloom}{suffix}")
+        absent = await world.get("admin", f"/api/v1/organizations/{missing}{suffix}")
+        hidden_body, absent_body = assert_problem(hidden, 404), assert_problem(absent, 404)
+        assert {k: v for k, v in hidden_body.items() if k != "instance"} == {
+            k: v for k, v in absent_body.items() if k != "instance"
+        }
+    acknowledge = f"/api/v1/organizations/{bloom}/milestones/first_client_added/acknowledge"
+    assert_problem(await world.post(role, acknowledge), 404)
+    reward = f"/api/v1/organizations/{bloom}/milestones/first_client_added/reward"
+    assert_problem(await world.post(role, reward, {"outcome": "delivered"}), 404)
+    rows = await superuser_fetch(
+        world.url,
+        "SELECT acknowledged_at, reward_status FROM success_milestones"
+        " WHERE organization_id = $1 AND milestone_type = 'first_client_added'",
+        bloom,
+    )
+    assert [tuple(r) for r in rows] == [(None, "pending")]
+
+
+# --- the organization page ----------------------------------------------------------------
+
+
+async def test_organization_page_has_everything(world: World) -> None:
+    bloom = world.orgs["bloom"]
+    response = await world.get("admin", f"/api/v1/organizations/{bloom}")
+    assert response.status_code == 200, response.text
+    org = response.json()
+    OrganizationDetail.model_validate(org)
+    assert org["organization_name"] == "Bloom Weddings" and org["plan"] == "pro"
+    assert org["health_score"] == 35 and org["risk_level"] == "critical"
+    assert org["components"] == {
+        "engagement": 70,
+        "adoption": 65,
+        "milestones": 40,
+        "support": 90,
+        "growth": 55,
+    }
+    assert [f["factor"] for f in org["risk_factors"]] == [
+        "cancellation_request",
+        "inactivity",
+        "few_logins",
+        "shallow_usage",
+    ]
+    assert org["risk_factors"][0]["detail"] == "A cancellation request is open."
+    assert org["feature_usage"] == {"forms": 3, "journeys": 1}
+    assert [i["id"] for i in org["open_interactions"]] == [str(world.interactions["overdue"])]
+    assert org["open_interactions"][0]["overdue"] is True
+    assert org["overdue_follow_ups"] == 1
+    assert org["milestones"] == {
+        "achieved": 2,
+        "acknowledged": 0,
+        "unacknowledged": 2,
+        "rewards_pending": 1,
+        "rewards_delivered": 0,
+    }
+    assert org["last_alert"]["kind"] == "risk_escalated"
+    assert org["last_alert"]["risk_level"] == "critical"
+    assert org["last_alert"]["published_at"] is None
+
+
+async def test_history_is_the_last_score_of_each_day(world: World) -> None:
+    bloom = world.orgs["bloom"]
+    response = await world.get("admin", f"/api/v1/organizations/{bloom}/history", days=30)
+    assert response.status_code == 200, response.text
+    points = response.json()["points"]
+    assert [p["health_score"] for p in points] == [60, 50, 35]
+    assert points[0]["components"]["support"] == 20
+    assert [p["day"] for p in points] == sorted(p["day"] for p in points)
+    two_days = await world.get("admin", f"/api/v1/organizations/{bloom}/history", days=2)
+    assert [p["health_score"] for p in two_days.json()["points"]] == [50, 35]
+    one_day = await world.get("admin", f"/api/v1/organizations/{bloom}/history", days=1)
+    assert [p["health_score"] for p in one_day.json()["points"]] == [35]
+    assert_problem(await world.get("admin", f"/api/v1/organizations/{bloom}/history", days=0), 422)
+
+
+async def test_admin_acknowledges_a_milestone_as_themselves(world: World) -> None:
+    bloom = world.orgs["bloom"]
+    path = f"/api/v1/organizations/{bloom}/milestones/first_client_added/acknowledge"
+    # a body naming someone else is not even read: the database records the caller
+    response = await world.client.post(
+        path, json={"acknowledged_by": str(world.users["member"])}, headers=world.auth("admin")
+    )
+    assert response.status_code == 200, response.text
+    milestone = response.json()
+    assert milestone["acknowledged_by"] == str(world.users["admin"])
+    assert milestone["acknowledged_by_name"] == "Admin"
+    rows = await superuser_fetch(
+        world.url,
+        "SELECT acknowledged_by, acknowledged_at FROM success_milestones"
+        " WHERE organization_id = $1 AND milestone_type = 'first_client_added'",
+        bloom,
+    )
+    assert rows[0]["acknowledged_by"] == world.users["admin"]
+    # again: nothing changes, the first acknowledgment stands
+    again = await world.post("admin", path)
+    assert again.json()["acknowledged_at"] == milestone["acknowledged_at"]
+    listing = await world.get("admin", f"/api/v1/organizations/{bloom}/milestones")
+    assert {m["milestone_type"]: m["acknowledged_by"] for m in listing.json()["items"]} == {
+        "first_client_added": str(world.users["admin"]),
+        "clients_10": None,
+    }
+    assert_problem(
+        await world.post(
+            "admin", f"/api/v1/organizations/{bloom}/milestones/clients_50/acknowledge"
+        ),
+        404,
+    )
+    assert_problem(
+        await world.post("admin", f"/api/v1/organizations/{bloom}/milestones/nonsense/acknowledge"),
+        422,
+    )
+
+
+async def test_reward_workflow_pending_to_delivered(world: World) -> None:
+    bloom = world.orgs["bloom"]
+    base = f"/api/v1/organizations/{bloom}/milestones"
+    early = await world.post("admin", f"{base}/first_client_added/reward", {"outcome": "delivered"})
+    assert assert_problem(early, 409)["type"].endswith("not-acknowledged")
+    await world.post("admin", f"{base}/first_client_added/acknowledge")
+    delivered = await world.post(
+        "admin", f"{base}/first_client_added/reward", {"outcome": "delivered"}
+    )
+    assert delivered.status_code == 200, delivered.text
+    assert delivered.json()["reward_status"] == "delivered"
+    assert delivered.json()["reward_delivered_at"] is not None
+    again = await world.post("admin", f"{base}/first_client_added/reward", {"outcome": "declined"})
+    assert assert_problem(again, 409)["type"].endswith("reward-settled")
+    await world.post("admin", f"{base}/clients_10/acknowledge")
+    no_reward = await world.post("admin", f"{base}/clients_10/reward", {})
+    assert assert_problem(no_reward, 409)["type"].endswith("no-reward")
+    bad = await world.post(
+        "admin",
+        f"{base}/first_client_added/reward",
+        {"outcome": "declined", "delivered_at": NOW.isoformat()},
+    )
+    assert_problem(bad, 422)
+
+
+# --- interactions --------------------------------------------------------------------------
+
+
+async def interaction_keys(world: World, role: str, **params: Any) -> list[str]:
+    response = await world.get(role, "/api/v1/interactions", **params)
+    assert response.status_code == 200, response.text
+    InteractionPage.model_validate(response.json())
+    by_id = {str(v): k for k, v in world.interactions.items()}
+    return [by_id[i["id"]] for i in response.json()["items"]]
+
+
+async def test_support_sees_only_their_interactions_member_none(world: World) -> None:
+    assert set(await interaction_keys(world, "support")) == {"overdue", "resolved"}
+    assert await interaction_keys(world, "support", status="open", assigned_to="me") == ["overdue"]
+    assert await interaction_keys(world, "other_support") == ["other"]
+    assert await interaction_keys(world, "member") == []
+    assert set(await interaction_keys(world, "admin")) == set(world.interactions)
+    # support staff see the interaction, not the organization's name (admins only)
+    response = await world.get("support", "/api/v1/interactions", status="open")
+    assert response.json()["items"][0]["organization_name"] is None
+
+
+async def test_interaction_filters_search_and_pages(world: World) -> None:
+    assert await interaction_keys(world, "admin", overdue="true") == ["overdue"]
+    assert await interaction_keys(world, "admin", organization_id=str(world.orgs["vow"])) == [
+        "unassigned",
+        "other",
+    ]
+    assert await interaction_keys(world, "admin", status="open", sort="oldest") == [
+        "overdue",
+        "other",
+        "unassigned",
+    ]
+    found = await interaction_keys(world, "admin", q="export")
+    assert set(found) == {"overdue", "unassigned"}
+    assert await interaction_keys(world, "admin", q="calendr sync") == ["other"]  # a typo
+    assert await interaction_keys(world, "support", q="calendar") == []
+    assert await interaction_keys(world, "admin", type="complaint") == []
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 1, **({"cursor": cursor} if cursor else {})}
+        page = (await world.get("admin", "/api/v1/interactions", **params)).json()
+        by_id = {str(v): k for k, v in world.interactions.items()}
+        seen += [by_id[i["id"]] for i in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == await interaction_keys(world, "admin")
+    assert_problem(await world.get("admin", "/api/v1/interactions", sort="relevance"), 422)
+    assert_problem(await world.get("admin", "/api/v1/interactions", q="ab"), 422)
+
+
+# --- identity does not outlive the request ---------------------------------------------------
+
+
+async def test_pooled_connections_carry_no_identity_between_requests(
+    world: World, pg_admin_url: str
+) -> None:
+    # one connection serves every request in turn; interleave callers on it
+    async def visible(role: str) -> int:
+        return len((await world.get(role, "/api/v1/organizations")).json()["items"])
+
+    results = await asyncio.gather(*(visible(r) for r in ["admin", "member", "support"] * 6))
+    assert results == [5, 0, 0] * 6
+    async with api_login(pg_admin_url, world.url) as login_url:
+        pool = await create_api_pool(login_url, "cs_dashboard", 1)
+        try:
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SELECT current_user") == "cs_dashboard"
+                assert await conn.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+        finally:
+            await pool.close()
+    # the API's own connections: no identity left after the requests above
+    async with world.app.state.api.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT app_user_id()") is None
+        assert await conn.fetchval("SELECT count(*) FROM customer_health") == 0
+
+
+async def test_a_failed_request_rolls_its_login_back(world: World) -> None:
+    bloom = world.orgs["bloom"]
+    bad = await world.post(
+        "admin", f"/api/v1/organizations/{bloom}/milestones/clients_10/reward", {}
+    )
+    assert bad.status_code == 409  # raised inside the bound transaction
+    async with world.app.state.api.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT app_user_id()") is None
+        assert not conn.is_in_transaction()
+
+
+async def test_health_and_readiness(world: World) -> None:
+    assert (await world.client.get("/api/healthz")).status_code == 200
+    ready = await world.client.get("/api/readyz")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+    page = await world.client.get("/")
+    assert page.status_code == 200 and "Customer health" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert (await world.client.get("/static/app.js")).status_code == 200
+    assert (await world.client.get("/api/docs")).status_code == 200
+    openapi = (await world.client.get("/api/openapi.json")).json()
+    assert "/api/v1/organizations" in openapi["paths"]
