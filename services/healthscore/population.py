@@ -17,7 +17,7 @@ scoring model's formulas or weights: it is written in terms of a latent health
   It is negligible at ordinary health and steep below about -1, so most churn
   follows weeks of decline; a little is sudden (a business closing), which no
   score can foresee.
-* **Behaviour** follows health through `e = logistic(1.4 h + 0.3)`: how many of
+* **Behaviour** follows health through `e = logistic(2 h + 0.5)`: how many of
   the organization's users are active each day, how many features they use
   (the set in use shrinks with e), the volume of value actions (clients,
   forms, emails, payments, contracts: scaled by the organization's own
@@ -159,7 +159,7 @@ _PRIOR_MILESTONES: tuple[tuple[MilestoneType, float, float], ...] = (
 class PopulationConfig:
     """The generative model's settings (see the module docstring for their meaning)."""
 
-    start: datetime = datetime(2026, 1, 5, tzinfo=UTC)
+    start: datetime = datetime(2025, 1, 6, tzinfo=UTC)
     organizations: int = 300
     days: int = 90
     follow_up_days: int = 90
@@ -177,6 +177,10 @@ class PopulationConfig:
     base_hazard: float = 0.0002  # churn per day at h = 0
     slope: float = 4.0  # hazard = base_hazard * exp(-slope * h)
     sudden_hazard: float = 0.00005  # churn per day whatever the health (a business closing)
+    engagement_slope: float = 2.0  # engagement e = logistic(slope * h + offset)
+    engagement_offset: float = 0.5
+    user_activity: float = 0.75  # chance a user is active on a weekday, at e = 1
+    team_size: float = 2.5  # users = min(12, 1 + exponential(mean team_size)), rounded down
     burn_in_days: int = 150
 
     def __post_init__(self) -> None:
@@ -318,7 +322,9 @@ class _Org:
         self.config = config
         self.rng = rng = random.Random(f"{config.seed}:population:{index}")
         self.id = _uuid(rng)
-        self.users = tuple(_uuid(rng) for _ in range(min(12, 1 + int(rng.expovariate(1 / 2.5)))))
+        self.users = tuple(
+            _uuid(rng) for _ in range(min(12, 1 + int(rng.expovariate(1 / config.team_size))))
+        )
         self.features = tuple(rng.sample(FEATURES, rng.randint(6, 20)))
         self.volume = math.exp(rng.gauss(0.0, 0.4))
         self.staff = tuple(_uuid(rng) for _ in range(3))
@@ -366,13 +372,13 @@ class _Org:
         """Every event of one stream day, given the latent health (`end`: the
         organization's last moment in the stream, its churn or the stream end)."""
         c, rng = self.config, self.rng
-        e = _logistic(1.4 * h + 0.3)
+        e = _logistic(c.engagement_slope * h + c.engagement_offset)
         week = 1.0 if weekday < 5 else 0.45
         self._close_due(day_start + DAY_S, end)
         # users and features
         in_use = self.features[: max(1, round(len(self.features) * (0.25 + 0.75 * e)))]
         for rank, user in enumerate(self.users):
-            p = min(0.95, c.activity * 0.55 * e * week * (1.0 if rank < 2 else 0.6))
+            p = min(0.95, c.activity * c.user_activity * e * week * (1.0 if rank < 2 else 0.6))
             if rng.random() >= p:
                 continue
             for _ in range(1 + (rng.random() < 0.3)):
@@ -534,7 +540,7 @@ def generate_population(config: PopulationConfig) -> Population:
                 if not any(latent.step() for _ in range(config.burn_in_days)):
                     break
             created = start - rng.uniform(30.0, 720.0) * DAY_S
-            e0 = _logistic(1.4 * mu + 0.3)
+            e0 = _logistic(config.engagement_slope * mu + config.engagement_offset)
             org.achieved |= {"onboarding_completed", "profile_completed"}
             reached = _prior_milestones(rng, created, start, e0, len(org.users))
             org.achieved |= {

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -42,6 +42,7 @@ SIGNALS: tuple[str, ...] = (
     "complaints",
     "cancellation_requests",
     "escalations",
+    "activity_baseline",
 )
 COMPONENTS: tuple[str, ...] = ("engagement", "adoption", "milestones", "support", "growth")
 
@@ -82,6 +83,11 @@ class HalfLives(_Section, frozen=True):
     complaints: Pos
     cancellation_requests: Pos
     escalations: Pos
+    # the same usage events as `activity`, over a longer memory: an organization's own
+    # usual level, against which `activity_decline` measures its recent activity
+    # (accumulated under every model, so that a model using it can be switched to
+    # without a replay)
+    activity_baseline: Pos = 60.0
 
 
 class NegativeSignalWeights(_Section, frozen=True):
@@ -122,6 +128,11 @@ class Engagement(_Section, frozen=True):
     active_user_points: NonNeg
     active_user_scale: Pos
     active_user_window_days: Pos
+    # activity_decline: the recent activity rate against the organization's own
+    # baseline rate (both per day over the history they cover); the full points are
+    # lost when the recent rate is `decline_full` (a share) below the baseline
+    decline_points: NonNeg = 0.0
+    decline_full: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.75
 
 
 class Adoption(_Section, frozen=True):
@@ -240,6 +251,10 @@ class _ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     alerts: Alerts
     ceilings: Ceilings
     milestones: MilestoneRules
+    # what changed from the version before and why (newest first), and the figures
+    # `healthscore fit` measured for it (held-out organizations): documentation only
+    changelog: list[str] = msgspec.field(default_factory=list)
+    evaluation: dict[str, Any] | None = None
 
 
 class ScoreModel(_ModelConfig, frozen=True, dict=True):
@@ -305,7 +320,13 @@ def _check(config: _ModelConfig) -> None:
         if sum(weights.as_tuple()) <= 0:
             raise ModelConfigError(f"weights.{segment}: the component weights must sum to > 0")
     eng = config.engagement
-    total = eng.recency_points + eng.activity_points + eng.login_points + eng.active_user_points
+    total = (
+        eng.recency_points
+        + eng.activity_points
+        + eng.login_points
+        + eng.active_user_points
+        + eng.decline_points
+    )
     if abs(total - 100.0) > 1e-9:
         raise ModelConfigError(f"engagement: the *_points must sum to 100, not {total:g}")
     if eng.recency_zero_days <= eng.recency_full_days:

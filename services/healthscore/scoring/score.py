@@ -5,7 +5,8 @@ Notation: all numbers below are model-config fields (`model/health_model.v1.json
 is a saturating curve (0 at x = 0, 63% at x = k); ``days(x)`` is x seconds in days.
 
 Segment and grace
-    tenure = days(as_of - first_event_at); segment = "new" if tenure <
+    tenure = days(as_of - origin), origin = the account's creation (state.created_at,
+    from a profile) if known and earlier, else first_event_at; segment = "new" if tenure <
     segments.new_max_tenure_days else "established". New organizations get a
     grace on *volume* expectations (missing data is not bad data):
     grace = max(0, 1 - tenure / segments.grace_days), keep = 1 - grace; a
@@ -22,7 +23,13 @@ Engagement
     low_activity       = activity_points * exp(-dec(activity)/activity_scale) * keep
     few_logins         = login_points * exp(-dec(logins)/login_scale) * keep
     few_active_users   = active_user_points * exp(-users_30d/active_user_scale) * keep
-    (the four *_points sum to 100, enforced by the loader).
+    activity_decline   = decline_points * clamp((1 - ratio) / decline_full, 0, 1) * keep,
+        ratio = rate(activity) / rate(activity_baseline), rate(s) = dec(s) / (the
+        weight its half-life h gives a steady daily event over the organization's
+        history: h/ln 2 * (1 - 2**(-age/h)), age = days since its first event), so a
+        steady organization has ratio 1 whatever its size or age; 1 when the
+        baseline is 0. decline_points is 0 (the factor off) before v2.
+    (the *_points sum to 100, enforced by the loader).
 Adoption
     narrow_feature_adoption = breadth_points * exp(-features_30d/breadth_scale) * keep
     shallow_usage           = depth_points * exp(-dec(value_actions)/depth_scale) * keep
@@ -108,6 +115,9 @@ _DETAILS: dict[str, _Detail] = {
     ),
     "few_logins": lambda value, _: f"Few recent logins (decayed login count {value:.1f}).",
     "few_active_users": lambda value, _: f"{value:.0f} active users in the last 30 days.",
+    "activity_decline": lambda value, _: (
+        f"Recent activity is {value:.0%} of this organization's usual level."
+    ),
     "narrow_feature_adoption": lambda value, _: (
         f"{value:.0f} distinct features used in the last 30 days."
     ),
@@ -173,7 +183,7 @@ class HealthScore(msgspec.Struct, frozen=True):
 # the result: a component sums its deficits in it (floating point), and equal
 # impacts keep it through the (stable) sort of the risk factors.
 _FACTORS: tuple[tuple[str, ...], ...] = (
-    ("inactivity", "low_activity", "few_logins", "few_active_users"),
+    ("inactivity", "low_activity", "few_logins", "few_active_users", "activity_decline"),
     ("narrow_feature_adoption", "shallow_usage"),
     ("missing_milestones",),
     (
@@ -209,6 +219,25 @@ def _percent(x: float) -> float:
     if not x > 0.0:
         return 0.0
     return x if x < 100.0 else 100.0
+
+
+def _history_weight(half_life_days: float, age_days: float) -> float:
+    """sum of 2**(-k/h) over a steady daily event stream of `age_days`, as an integral."""
+    return half_life_days / math.log(2) * -math.expm1(-age_days / half_life_days * math.log(2))
+
+
+def activity_ratio(
+    activity: float, baseline: float, state: OrganizationState, as_of: float, model: ScoreModel
+) -> float:
+    """Recent activity rate over the organization's own baseline rate (1.0: as usual)."""
+    first = state.first_event_at
+    if first is None or baseline <= 0.0 or as_of <= first:
+        return 1.0
+    age = (as_of - first) / DAY
+    half_lives = model.half_life_days
+    recent = activity / _history_weight(half_lives.activity, age)
+    usual = baseline / _history_weight(half_lives.activity_baseline, age)
+    return recent / usual
 
 
 def churn_probability(score: float, change_30d: float | None, model: ScoreModel) -> float:
@@ -254,7 +283,9 @@ def score(
     same, and the per-event rescoring on the hot path skips building them.
     """
     first = state.first_event_at
-    tenure = max(0.0, (as_of - first) / DAY) if first is not None else 0.0
+    created = state.created_at  # from a profile: the account is older than its first event
+    origin = created if created is not None and (first is None or created < first) else first
+    tenure = max(0.0, (as_of - origin) / DAY) if origin is not None else 0.0
     segment = "new" if tenure < model.segments.new_max_tenure_days else "established"
     grace_days = model.segments.grace_days
     keep = min(1.0, tenure / grace_days) if grace_days > 0 else 1.0
@@ -274,11 +305,17 @@ def score(
     user_horizon = as_of - eng.active_user_window_days * DAY
     active_users = len([seen for seen in state.users.values() if seen >= user_horizon])
     activity, logins = dec["activity"], dec["logins"]
+    ratio = 1.0
+    decline = 0.0
+    if eng.decline_points > 0.0:
+        ratio = activity_ratio(activity, dec["activity_baseline"], state, as_of, model)
+        decline = eng.decline_points * min(1.0, max(0.0, (1.0 - ratio) / eng.decline_full)) * keep
     engagement = (
         eng.recency_points * (1.0 - recency),
         eng.activity_points * exp(-activity / eng.activity_scale) * keep,
         eng.login_points * exp(-logins / eng.login_scale) * keep,
         eng.active_user_points * exp(-active_users / eng.active_user_scale) * keep,
+        decline,
     )
 
     # adoption
@@ -361,7 +398,7 @@ def score(
     risk_factors: list[RiskFactor] = []
     if explain:
         measured = (  # the values the factors report, in _FACTORS order
-            (silent, activity, logins, active_users),
+            (silent, activity, logins, active_users, ratio),
             (features, value_actions),
             (len(missing),),
             (open_count, escalated, age, sentiment, complaints, cancellations, escalations),

@@ -62,6 +62,10 @@ class OrganizationState(msgspec.Struct):
     last_scored_at: float | None = None
     alert: AlertState = msgspec.field(default_factory=AlertState)
     support_decay_ref: float | None = None
+    # known from the organization's profile (a CRM export: `apply_profile`), for an
+    # organization whose history began before its first event here: its tenure counts
+    # from the account's creation, not from the first event the service saw
+    created_at: float | None = None
 
 
 _encoder = msgspec.json.Encoder()
