@@ -114,7 +114,7 @@ class _Recorder:
                     kind=alert.decision.kind,
                     episode=alert.decision.episode,
                     risk_level=alert.health.risk_level.value,
-                    trigger=getattr(alert.decision, "trigger", ""),
+                    trigger=alert.decision.trigger.value,
                     score=alert.health.score,
                     probability=alert.health.churn_probability,
                 )

@@ -33,7 +33,7 @@ from uuid import UUID, uuid5
 
 import msgspec
 
-from healthscore.contracts.enums import RISK_LEVEL_ORDER, AlertKind, RiskLevel
+from healthscore.contracts.enums import RISK_LEVEL_ORDER, AlertKind, AlertTrigger, RiskLevel
 from healthscore.scoring.model import DAY, ScoreModel
 from healthscore.scoring.score import HealthScore
 from healthscore.scoring.state import OrganizationState
@@ -50,6 +50,7 @@ class AlertDecision(msgspec.Struct, frozen=True):
     episode: int
     alert_id: UUID
     previous_score: float | None
+    trigger: AlertTrigger
 
 
 def alert_id_for(
@@ -84,7 +85,11 @@ def recent_peak(state: OrganizationState, previous: float | None, as_of: float) 
 
 
 def _decision(
-    state: OrganizationState, kind: AlertKind, previous: float | None, level: RiskLevel | None
+    state: OrganizationState,
+    kind: AlertKind,
+    previous: float | None,
+    level: RiskLevel | None,
+    trigger: AlertTrigger,
 ) -> AlertDecision:
     episode = state.alert.episode
     return AlertDecision(
@@ -92,6 +97,7 @@ def _decision(
         episode=episode,
         alert_id=alert_id_for(state.organization_id, episode, kind, level),
         previous_score=previous,
+        trigger=trigger,
     )
 
 
@@ -114,7 +120,7 @@ def evaluate_alert(
             or current.score >= alert.drop_peak - config.recover_drop_points
             or (alert.raised_at is not None and as_of - alert.raised_at >= DROP_WINDOW_DAYS * DAY)
         ):
-            decision = _decision(state, AlertKind.RECOVERED, previous, None)
+            decision = _decision(state, AlertKind.RECOVERED, previous, None, AlertTrigger.RECOVERY)
             alert.in_episode = False
             alert.recovered_at = as_of
             alert.level = None
@@ -123,7 +129,9 @@ def evaluate_alert(
         alerted_rank = _RANK.get(alert.level, -1) if alert.level is not None else -1
         if level in _ALERTABLE and _RANK[level.value] > alerted_rank:
             alert.level = level.value
-            return _decision(state, AlertKind.RISK_ESCALATED, previous, level)
+            return _decision(
+                state, AlertKind.RISK_ESCALATED, previous, level, AlertTrigger.ESCALATION_STEP
+            )
         return None
 
     if alert.recovered_at is not None and as_of - alert.recovered_at < config.cooldown_hours * 3600:
@@ -138,4 +146,5 @@ def evaluate_alert(
     alert.level = level.value
     alert.raised_at = as_of
     alert.drop_peak = None if high else peak
-    return _decision(state, AlertKind.RISK_RAISED, previous, None)
+    trigger = AlertTrigger.PROBABILITY_THRESHOLD if high else AlertTrigger.SCORE_DROP
+    return _decision(state, AlertKind.RISK_RAISED, previous, None, trigger)

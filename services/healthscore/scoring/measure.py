@@ -45,6 +45,10 @@ class Measures(NamedTuple):
     negative_signals: float
     days_since_last_event: float  # any event, usage or support
     activity_ratio: float  # recent activity rate over the organization's baseline rate
+    users_7d: float  # users seen within 7 days
+    known_users: float  # users seen within 90 days (the state keeps no older ones)
+    features_7d: float  # features used within 7 days
+    known_features: float  # every feature the state remembers
 
 
 MEASURES: tuple[str, ...] = Measures._fields
@@ -99,4 +103,10 @@ def measure(state: OrganizationState, as_of: float, model: ScoreModel) -> Measur
         activity_ratio=activity_ratio(
             dec["activity"], dec["activity_baseline"], state, as_of, model
         ),
+        users_7d=float(sum(1 for seen in state.users.values() if seen >= as_of - 7 * DAY)),
+        known_users=float(len(state.users)),
+        features_7d=float(
+            sum(1 for _count, used in state.features.values() if used >= as_of - 7 * DAY)
+        ),
+        known_features=float(len(state.features)),
     )
