@@ -149,7 +149,7 @@ def edge_state(rng: random.Random) -> OrganizationState:
         decayed={
             signal: rng.choice([0.0, rng.uniform(0, 60), rng.uniform(0, 2)])
             for signal in SIGNALS
-            if signal != "activity_baseline"  # added since the recording (issue 13)
+            if signal not in ("activity_baseline", "activity_recent")  # added since (issue 13)
             if rng.random() < 0.8
         },
         users={f"u{i}": rng.uniform(start, NOW) for i in range(rng.choice([0, 1, 3, 12, 60]))},
@@ -225,27 +225,35 @@ def input_digest(cases: Iterable[Case]) -> str:
 def without_later_additions(line: list[object]) -> list[object]:
     """The corpus as it was recorded: fields and a signal added to the state and the
     model config since (issue 13: the account's creation date from a profile, the
-    activity baseline, the activity_decline factor's settings, the changelog and
-    embedded figures) are left out while they hold what v1 gives them. v1 scores
+    activity baseline and recent signals, the activity_decline factor's settings, the
+    alert persistence, the changelog and embedded figures) are left out while they
+    hold what v1 gives them. v1 scores
     never read them (decline_points is 0), so the output digests pin v1 unchanged."""
     state, as_of, model = line
     assert isinstance(state, dict) and isinstance(model, dict)
     state = dict(state)
     if state.get("created_at") is None:
         state.pop("created_at", None)
-    state["decayed"] = {k: v for k, v in state["decayed"].items() if k != "activity_baseline"}
+    alert = dict(state["alert"])
+    if alert.get("above_since") is None:
+        alert.pop("above_since", None)
+    state["alert"] = alert
+    added = ("activity_baseline", "activity_recent")
+    state["decayed"] = {k: v for k, v in state["decayed"].items() if k not in added}
     model = dict(model)
     if model.get("changelog") == [] and model.get("evaluation") is None:
         model.pop("changelog", None)
         model.pop("evaluation", None)
-    model["half_life_days"] = {
-        k: v for k, v in model["half_life_days"].items() if k != "activity_baseline"
-    }
+    model["half_life_days"] = {k: v for k, v in model["half_life_days"].items() if k not in added}
     engagement = dict(model["engagement"])
     if engagement.get("decline_points") == 0.0:
         engagement.pop("decline_points")
         engagement.pop("decline_full")
     model["engagement"] = engagement
+    alerts = dict(model["alerts"])
+    if alerts.get("persist_hours") == 0.0:
+        alerts.pop("persist_hours")
+    model["alerts"] = alerts
     return [state, as_of, model]
 
 

@@ -25,10 +25,10 @@ held-out ones judge the result, beside the current model on the same ones.
 4. **Calibration.** ``p = logistic(a - b * score/100 - c * change_30d/100)`` is
    refitted (b, c >= 0) on the candidate's own scores.
 5. **Alerts.** The candidate is replayed; from its path (`policy`), the enter
-   and exit probabilities and the drop rule are chosen on the training
-   organizations: the most churners alerted with a median lead of at least
-   16 days and at most 3.5 false alerts per 100 healthy organizations per
-   month (margins under the targets).
+   probability (exit at half of it), how long it must persist and the drop rule
+   are chosen on the training organizations: the most churners alerted with a
+   median lead of at least 16 days and at most 3.5 false alerts per 100 healthy
+   organizations per month (margins under the targets).
 6. **Judgement.** The candidate is replayed once more with its final settings
    and evaluated on the held-out organizations beside the current model;
    `fit` refuses to write a config whose held-out ROC AUC or Brier score (30
@@ -51,7 +51,7 @@ from scipy.optimize import minimize
 from healthscore.evaluation.evaluate import evaluate
 from healthscore.evaluation.log import LabelledLog
 from healthscore.evaluation.metrics import DAY, alert_figures, labels_at
-from healthscore.evaluation.policy import simulate_alerts, with_alerts
+from healthscore.evaluation.policy import prepare, simulate_alerts, with_alerts
 from healthscore.evaluation.replay import Backtest, run_backtest
 from healthscore.evaluation.split import is_held_out
 from healthscore.evaluation.vector import FACTORS, factor_table, normalized_shortfalls
@@ -316,19 +316,23 @@ def tune_alerts(
     first_point = float(bt.snap_at.min())
     best: tuple[tuple[float, float, float], Alerts, dict[str, Any]] | None = None
     base = model.alerts
-    for enter in (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6):
-        for exit_share in (0.5, 0.7):
-            for drop in (15.0, 20.0, 30.0, 100.0):
+    prepared = prepare(bt)
+    for enter in (0.2, 0.3, 0.4, 0.5, 0.6):
+        for persist in (0.0, 24.0, 48.0, 72.0, 96.0):
+            for drop in (25.0, 100.0):
                 alerts = Alerts(
                     enter_probability=enter,
-                    exit_probability=round(enter * exit_share, 4),
+                    exit_probability=round(enter * 0.5, 4),
                     drop_points=drop,
                     recover_drop_points=min(base.recover_drop_points, drop / 2),
                     cooldown_hours=base.cooldown_hours,
+                    persist_hours=persist,
                 )
                 raised = [
                     (org, at)
-                    for org, at, kind, _trigger in simulate_alerts(bt, with_alerts(model, alerts))
+                    for org, at, kind, _trigger in simulate_alerts(
+                        bt, with_alerts(model, alerts), prepared
+                    )
                     if kind.value == "risk_raised"
                 ]
                 figures = alert_figures(
@@ -433,6 +437,7 @@ def fit(
         "drop_points": alerts.drop_points,
         "recover_drop_points": alerts.recover_drop_points,
         "cooldown_hours": alerts.cooldown_hours,
+        "persist_hours": alerts.persist_hours,
     }
     model = _model(fitted)
     progress(f"replaying under the final {version}; judging it on the held-out organizations")

@@ -26,18 +26,15 @@ def with_alerts(model: ScoreModel, alerts: Alerts) -> ScoreModel:
     return msgspec.structs.replace(model, alerts=alerts)
 
 
-def simulate_alerts(bt: Backtest, model: ScoreModel) -> list[tuple[int, float, AlertKind, str]]:
-    """(organization index, time, kind, trigger) of every alert over the path."""
-    out: list[tuple[int, float, AlertKind, str]] = []
+Prepared = list[tuple[int, float, HealthScore]]
+
+
+def prepare(bt: Backtest) -> Prepared:
+    """The path as the state machine reads it, per organization in order (reusable
+    across alert settings)."""
+    out: Prepared = []
     order = np.lexsort((np.arange(len(bt.path_org)), bt.path_org))  # stable per organization
-    current = -1
-    state = new_state("")
     for index in order:
-        org = int(bt.path_org[index])
-        if org != current:
-            current = org
-            state = new_state(bt.orgs[org])
-        at = float(bt.path_at[index])
         value = float(bt.path_score[index])
         probability = float(bt.path_probability[index])
         health = HealthScore(
@@ -52,6 +49,21 @@ def simulate_alerts(bt: Backtest, model: ScoreModel) -> list[tuple[int, float, A
             change_30d=None,
             active_users_30d=0,
         )
+        out.append((int(bt.path_org[index]), float(bt.path_at[index]), health))
+    return out
+
+
+def simulate_alerts(
+    bt: Backtest, model: ScoreModel, prepared: Prepared | None = None
+) -> list[tuple[int, float, AlertKind, str]]:
+    """(organization index, time, kind, trigger) of every alert over the path."""
+    out: list[tuple[int, float, AlertKind, str]] = []
+    current = -1
+    state = new_state("")
+    for org, at, health in prepared if prepared is not None else prepare(bt):
+        if org != current:
+            current = org
+            state = new_state(bt.orgs[org])
         decision = evaluate_alert(state, state.last_score, health, at, model)
         record_score(state, health, at)
         if decision is not None:

@@ -208,6 +208,7 @@ def apply_usage(
     _advance(state, t, model, support=False)
     _add(state, "activity", 1.0, t, model)
     _add(state, "activity_baseline", 1.0, t, model)
+    _add(state, "activity_recent", 1.0, t, model)
     if kind == U.LOGIN:
         _add(state, "logins", 1.0, t, model)
     if kind in VALUE_ACTIONS:

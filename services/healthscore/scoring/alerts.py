@@ -8,7 +8,9 @@ hovers at a threshold). The state machine lives in `state.alert`:
 
 - raise (idle only, and only once `alerts.cooldown_hours` have passed since the
   last recovery): churn_probability >= alerts.enter_probability (0.5 in v1,
-  the edge of risk level "high"), or a sharp drop: the peak score of the last
+  the edge of risk level "high"), at every rescoring for `alerts.persist_hours`
+  (0 in v1: at once; `state.alert.above_since` remembers since when), or a
+  sharp drop: the peak score of the last
   7 days (state.daily_scores, plus `previous` if it was scored within 7 days;
   only days since the last recovery count) minus the current score exceeds
   alerts.drop_points.
@@ -134,9 +136,16 @@ def evaluate_alert(
             )
         return None
 
+    high = probability >= config.enter_probability
+    if config.persist_hours > 0.0:  # the probability must hold in the range for a while
+        if not high:
+            alert.above_since = None
+        else:
+            if alert.above_since is None:
+                alert.above_since = as_of
+            high = as_of - alert.above_since >= config.persist_hours * 3600
     if alert.recovered_at is not None and as_of - alert.recovered_at < config.cooldown_hours * 3600:
         return None
-    high = probability >= config.enter_probability
     peak = None if high else recent_peak(state, previous, as_of)
     dropped = peak is not None and peak - current.score > config.drop_points
     if not (high or dropped):
@@ -146,5 +155,6 @@ def evaluate_alert(
     alert.level = level.value
     alert.raised_at = as_of
     alert.drop_peak = None if high else peak
+    alert.above_since = None
     trigger = AlertTrigger.PROBABILITY_THRESHOLD if high else AlertTrigger.SCORE_DROP
     return _decision(state, AlertKind.RISK_RAISED, previous, None, trigger)

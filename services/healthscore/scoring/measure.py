@@ -101,7 +101,7 @@ def measure(state: OrganizationState, as_of: float, model: ScoreModel) -> Measur
         negative_signals=dec["negative_signals"],
         days_since_last_event=max(0.0, (as_of - last_event) / DAY) if last_event else 0.0,
         activity_ratio=activity_ratio(
-            dec["activity"], dec["activity_baseline"], state, as_of, model
+            dec["activity_recent"], dec["activity_baseline"], state, as_of, model
         ),
         users_7d=float(sum(1 for seen in state.users.values() if seen >= as_of - 7 * DAY)),
         known_users=float(len(state.users)),

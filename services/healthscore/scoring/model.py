@@ -43,6 +43,7 @@ SIGNALS: tuple[str, ...] = (
     "cancellation_requests",
     "escalations",
     "activity_baseline",
+    "activity_recent",
 )
 COMPONENTS: tuple[str, ...] = ("engagement", "adoption", "milestones", "support", "growth")
 
@@ -88,6 +89,9 @@ class HalfLives(_Section, frozen=True):
     # (accumulated under every model, so that a model using it can be switched to
     # without a replay)
     activity_baseline: Pos = 60.0
+    # and over a shorter memory than the baseline but longer than `activity`: the
+    # recent rate activity_decline compares (a week-end barely moves it)
+    activity_recent: Pos = 14.0
 
 
 class NegativeSignalWeights(_Section, frozen=True):
@@ -186,6 +190,8 @@ class Alerts(_Section, frozen=True):
     drop_points: Pos
     recover_drop_points: NonNeg
     cooldown_hours: NonNeg
+    # how long the probability must stay at or above enter_probability before a raise
+    persist_hours: NonNeg = 0.0
 
 
 ScoreCeiling = Annotated[float, msgspec.Meta(ge=0, le=100)]

@@ -24,7 +24,7 @@ Engagement
     few_logins         = login_points * exp(-dec(logins)/login_scale) * keep
     few_active_users   = active_user_points * exp(-users_30d/active_user_scale) * keep
     activity_decline   = decline_points * clamp((1 - ratio) / decline_full, 0, 1) * keep,
-        ratio = rate(activity) / rate(activity_baseline), rate(s) = dec(s) / (the
+        ratio = rate(activity_recent) / rate(activity_baseline), rate(s) = dec(s) / (the
         weight its half-life h gives a steady daily event over the organization's
         history: h/ln 2 * (1 - 2**(-age/h)), age = days since its first event), so a
         steady organization has ratio 1 whatever its size or age; 1 when the
@@ -227,7 +227,7 @@ def _history_weight(half_life_days: float, age_days: float) -> float:
 
 
 def activity_ratio(
-    activity: float, baseline: float, state: OrganizationState, as_of: float, model: ScoreModel
+    recent: float, baseline: float, state: OrganizationState, as_of: float, model: ScoreModel
 ) -> float:
     """Recent activity rate over the organization's own baseline rate (1.0: as usual)."""
     first = state.first_event_at
@@ -235,9 +235,9 @@ def activity_ratio(
         return 1.0
     age = (as_of - first) / DAY
     half_lives = model.half_life_days
-    recent = activity / _history_weight(half_lives.activity, age)
+    rate = recent / _history_weight(half_lives.activity_recent, age)
     usual = baseline / _history_weight(half_lives.activity_baseline, age)
-    return recent / usual
+    return rate / usual
 
 
 def churn_probability(score: float, change_30d: float | None, model: ScoreModel) -> float:
@@ -308,7 +308,9 @@ def score(
     ratio = 1.0
     decline = 0.0
     if eng.decline_points > 0.0:
-        ratio = activity_ratio(activity, dec["activity_baseline"], state, as_of, model)
+        ratio = activity_ratio(
+            dec["activity_recent"], dec["activity_baseline"], state, as_of, model
+        )
         decline = eng.decline_points * min(1.0, max(0.0, (1.0 - ratio) / eng.decline_full)) * keep
     engagement = (
         eng.recency_points * (1.0 - recency),

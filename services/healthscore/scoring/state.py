@@ -31,6 +31,9 @@ class AlertState(msgspec.Struct):
     # set when the episode was raised by a sharp drop (not by probability): the peak score
     # before the drop, so that recovery also waits for the score to regain most of it
     drop_peak: float | None = None
+    # idle: since when the churn probability has been at or above the enter threshold
+    # (only tracked when the model asks for persistence: alerts.persist_hours > 0)
+    above_since: float | None = None
 
 
 class OrganizationState(msgspec.Struct):
