@@ -249,6 +249,7 @@ def without_later_additions(line: list[object]) -> list[object]:
     if engagement.get("decline_points") == 0.0:
         engagement.pop("decline_points")
         engagement.pop("decline_full")
+        engagement.pop("decline_prior_events")
     model["engagement"] = engagement
     alerts = dict(model["alerts"])
     if alerts.get("persist_hours") == 0.0:

@@ -70,6 +70,7 @@ SHAPES: tuple[tuple[str, tuple[float, ...]], ...] = (
     ("engagement.login_scale", (2.0, 5.0, 10.0, 20.0, 40.0)),
     ("engagement.active_user_scale", (0.5, 1.0, 2.0, 4.0)),
     ("engagement.decline_full", (0.3, 0.45, 0.6, 0.75, 0.9, 1.0)),
+    ("engagement.decline_prior_events", (0.0, 5.0, 10.0, 20.0, 40.0, 80.0)),
     ("adoption.breadth_scale", (1.0, 2.0, 3.0, 5.0, 8.0)),
     ("adoption.depth_scale", (2.0, 5.0, 10.0, 20.0, 40.0)),
     ("growth.commercial_scale", (1.0, 3.0, 6.0, 12.0)),

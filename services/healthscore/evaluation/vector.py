@@ -49,6 +49,14 @@ def _col(m: FloatArray, name: str) -> FloatArray:
     return m[:, MEASURES.index(name)]
 
 
+def activity_ratio(m: FloatArray, prior: float) -> FloatArray:
+    """`scoring.score.activity_ratio` per row (1 where there is no baseline yet)."""
+    expected = _col(m, "activity_expected")
+    known = (expected >= 0.0) & (expected + prior > 0.0)
+    ratio = (_col(m, "activity_recent") + prior) / np.where(known, expected + prior, 1.0)
+    return np.where(known, ratio, 1.0)
+
+
 def normalized_shortfalls(m: FloatArray, model: ScoreModel) -> FloatArray:
     """(n, len(FACTORS)): each factor's deficit over its largest possible value
     (before the clamping of support and growth), in FACTORS order."""
@@ -72,7 +80,8 @@ def normalized_shortfalls(m: FloatArray, model: ScoreModel) -> FloatArray:
         exp(-_col(m, "activity") / eng.activity_scale) * keep,
         exp(-_col(m, "logins") / eng.login_scale) * keep,
         exp(-_col(m, "active_users") / eng.active_user_scale) * keep,
-        np.clip((1.0 - _col(m, "activity_ratio")) / eng.decline_full, 0.0, 1.0) * keep,
+        np.clip((1.0 - activity_ratio(m, eng.decline_prior_events)) / eng.decline_full, 0, 1)
+        * keep,
         exp(-_col(m, "features") / ado.breadth_scale) * keep,
         exp(-_col(m, "value_actions") / ado.depth_scale) * keep,
         _col(m, "missing_milestones") * (_col(m, "tenure_days") > 0),

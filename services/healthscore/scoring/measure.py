@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from healthscore.scoring.aggregate import decayed_values
 from healthscore.scoring.model import DAY, ScoreModel
-from healthscore.scoring.score import _open_support, activity_ratio
+from healthscore.scoring.score import _open_support, expected_recent_activity
 from healthscore.scoring.state import OrganizationState
 
 
@@ -44,7 +44,8 @@ class Measures(NamedTuple):
     clients_added: float
     negative_signals: float
     days_since_last_event: float  # any event, usage or support
-    activity_ratio: float  # recent activity rate over the organization's baseline rate
+    activity_recent: float  # the decayed sum activity_decline compares ...
+    activity_expected: float  # ... with what the baseline rate predicts (-1: no baseline)
     users_7d: float  # users seen within 7 days
     known_users: float  # users seen within 90 days (the state keeps no older ones)
     features_7d: float  # features used within 7 days
@@ -77,6 +78,7 @@ def measure(state: OrganizationState, as_of: float, model: ScoreModel) -> Measur
                 missing += impact * min(1.0, tenure / expected_by_days)
     open_count, escalated, cancellations, age = _open_support(state.open_interactions, as_of)
     last_event = state.last_event_at
+    expected = expected_recent_activity(dec["activity_baseline"], state, as_of, model)
     return Measures(
         tenure_days=tenure,
         new_segment=1.0 if new else 0.0,
@@ -100,9 +102,8 @@ def measure(state: OrganizationState, as_of: float, model: ScoreModel) -> Measur
         clients_added=dec["clients_added"],
         negative_signals=dec["negative_signals"],
         days_since_last_event=max(0.0, (as_of - last_event) / DAY) if last_event else 0.0,
-        activity_ratio=activity_ratio(
-            dec["activity_recent"], dec["activity_baseline"], state, as_of, model
-        ),
+        activity_recent=dec["activity_recent"],
+        activity_expected=-1.0 if expected is None else expected,
         users_7d=float(sum(1 for seen in state.users.values() if seen >= as_of - 7 * DAY)),
         known_users=float(len(state.users)),
         features_7d=float(

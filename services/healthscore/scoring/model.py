@@ -137,6 +137,9 @@ class Engagement(_Section, frozen=True):
     # lost when the recent rate is `decline_full` (a share) below the baseline
     decline_points: NonNeg = 0.0
     decline_full: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.75
+    # events added to both sides of the ratio: a few events more or less in a small
+    # organization's fortnight are noise, not a decline (the ratio shrinks towards 1)
+    decline_prior_events: NonNeg = 0.0
 
 
 class Adoption(_Section, frozen=True):

@@ -24,11 +24,14 @@ Engagement
     few_logins         = login_points * exp(-dec(logins)/login_scale) * keep
     few_active_users   = active_user_points * exp(-users_30d/active_user_scale) * keep
     activity_decline   = decline_points * clamp((1 - ratio) / decline_full, 0, 1) * keep,
-        ratio = rate(activity_recent) / rate(activity_baseline), rate(s) = dec(s) / (the
-        weight its half-life h gives a steady daily event over the organization's
-        history: h/ln 2 * (1 - 2**(-age/h)), age = days since its first event), so a
-        steady organization has ratio 1 whatever its size or age; 1 when the
-        baseline is 0. decline_points is 0 (the factor off) before v2.
+        ratio = (dec(activity_recent) + k) / (expected + k), expected = the recent
+        sum the baseline rate predicts: dec(activity_baseline) * W(recent) /
+        W(baseline), W(h) = the weight half-life h gives a steady daily event over
+        the organization's history, h/ln 2 * (1 - 2**(-age/h)), age = days since
+        its first event; k = decline_prior_events. A steady organization has ratio
+        1 whatever its size or age, and k keeps a small one's noise from looking
+        like a decline; 1 when the baseline is 0. decline_points is 0 (the
+        factor off) before v2.
     (the *_points sum to 100, enforced by the loader).
 Adoption
     narrow_feature_adoption = breadth_points * exp(-features_30d/breadth_scale) * keep
@@ -226,18 +229,26 @@ def _history_weight(half_life_days: float, age_days: float) -> float:
     return half_life_days / math.log(2) * -math.expm1(-age_days / half_life_days * math.log(2))
 
 
-def activity_ratio(
-    recent: float, baseline: float, state: OrganizationState, as_of: float, model: ScoreModel
-) -> float:
-    """Recent activity rate over the organization's own baseline rate (1.0: as usual)."""
+def expected_recent_activity(
+    baseline: float, state: OrganizationState, as_of: float, model: ScoreModel
+) -> float | None:
+    """The recent (activity_recent) sum the organization's baseline rate predicts;
+    None when there is no baseline yet."""
     first = state.first_event_at
     if first is None or baseline <= 0.0 or as_of <= first:
-        return 1.0
+        return None
     age = (as_of - first) / DAY
     half_lives = model.half_life_days
-    rate = recent / _history_weight(half_lives.activity_recent, age)
-    usual = baseline / _history_weight(half_lives.activity_baseline, age)
-    return rate / usual
+    window = _history_weight(half_lives.activity_recent, age)
+    return baseline / _history_weight(half_lives.activity_baseline, age) * window
+
+
+def activity_ratio(recent: float, expected: float | None, prior: float) -> float:
+    """Recent activity over what the baseline predicts, shrunk by `prior` events (1.0:
+    as usual)."""
+    if expected is None or expected + prior <= 0.0:
+        return 1.0
+    return (recent + prior) / (expected + prior)
 
 
 def churn_probability(score: float, change_30d: float | None, model: ScoreModel) -> float:
@@ -308,9 +319,8 @@ def score(
     ratio = 1.0
     decline = 0.0
     if eng.decline_points > 0.0:
-        ratio = activity_ratio(
-            dec["activity_recent"], dec["activity_baseline"], state, as_of, model
-        )
+        expected = expected_recent_activity(dec["activity_baseline"], state, as_of, model)
+        ratio = activity_ratio(dec["activity_recent"], expected, eng.decline_prior_events)
         decline = eng.decline_points * min(1.0, max(0.0, (1.0 - ratio) / eng.decline_full)) * keep
     engagement = (
         eng.recency_points * (1.0 - recency),
