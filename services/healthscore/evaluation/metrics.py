@@ -145,10 +145,10 @@ def alert_figures(
         before = [t for t in by_org.get(org, []) if at - horizon <= t < at]
         if before:
             alerted += 1
-            leads.append((at - min(before)) / DAY)
+            leads.append(float(at - min(before)) / DAY)
     healthy = [org for org in chosen if np.isnan(churn[org]) or churn[org] > labels_until]
     observed = [end - first_seen[org] for org in healthy if not np.isnan(first_seen[org])]
-    months = sum(max(0.0, seconds) for seconds in observed) / (30 * DAY)
+    months = float(sum(max(0.0, float(seconds)) for seconds in observed)) / (30 * DAY)
     false_healthy = sum(len(by_org.get(org, [])) for org in healthy)
     return AlertFigures(
         episodes=episodes,
