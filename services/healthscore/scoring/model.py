@@ -1,6 +1,7 @@
 """The scoring model config: every tunable number of the score, loaded from JSON.
 
-The file is versioned (`model/health_model.v1.json`, `"version": "v1"`); the
+The file is versioned (`model/health_model.v2.json`, `"version": "v2"`, the
+default; v1 is kept beside it); the
 version travels with every published score (`score_model_version`). Decoding is
 strict: unknown keys, missing keys and wrong types are rejected, and so are
 values that would make the score meaningless (negative weights, half-lives
@@ -380,10 +381,18 @@ def load_model(path: Path) -> ScoreModel:
     return parse_model(raw)
 
 
-DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "model" / "health_model.v1.json"
+MODEL_DIR = Path(__file__).resolve().parent.parent / "model"
+DEFAULT_MODEL_PATH = MODEL_DIR / "health_model.v2.json"
+V1_MODEL_PATH = MODEL_DIR / "health_model.v1.json"  # the hand-set model, kept for reference
 
 
 @functools.cache
 def default_model() -> ScoreModel:
-    """The shipped v1 model (loaded once per process)."""
+    """The shipped model, v2 (loaded once per process)."""
     return load_model(DEFAULT_MODEL_PATH)
+
+
+@functools.cache
+def v1_model() -> ScoreModel:
+    """The hand-set v1 model (what tests of the v1 formulas pin; loaded once)."""
+    return load_model(V1_MODEL_PATH)

@@ -1,6 +1,6 @@
 """The score: (aggregate state, as_of, model) -> health score, pure and cheap.
 
-Notation: all numbers below are model-config fields (`model/health_model.v1.json`);
+Notation: all numbers below are model-config fields (`model/health_model.v2.json`);
 ``dec(s)`` is the decayed sum of signal s read at as_of; ``sat(x, k) = 1 - exp(-x/k)``
 is a saturating curve (0 at x = 0, 63% at x = k); ``days(x)`` is x seconds in days.
 
@@ -31,7 +31,9 @@ Engagement
         its first event; k = decline_prior_events. A steady organization has ratio
         1 whatever its size or age, and k keeps a small one's noise from looking
         like a decline; 1 when the baseline is 0. decline_points is 0 (the
-        factor off) before v2.
+        factor off) before v2. More activity at as_of never lowers the score;
+        a late event (older than the newest) adds more to the baseline than to
+        the recent sum and can lower it a little.
     (the *_points sum to 100, enforced by the loader).
 Adoption
     narrow_feature_adoption = breadth_points * exp(-features_30d/breadth_scale) * keep
