@@ -37,6 +37,7 @@ import msgspec
 
 from healthscore.contracts.enums import RISK_LEVEL_ORDER, AlertKind, AlertTrigger, RiskLevel
 from healthscore.scoring.model import DAY, ScoreModel
+from healthscore.scoring.path import HealthAction, path_to_healthy
 from healthscore.scoring.score import HealthScore
 from healthscore.scoring.state import OrganizationState
 
@@ -53,6 +54,9 @@ class AlertDecision(msgspec.Struct, frozen=True):
     alert_id: UUID
     previous_score: float | None
     trigger: AlertTrigger
+    score_model_version: str = ""
+    # for raises and escalations: the fewest actions out of risk (scoring.path)
+    path_to_healthy: tuple[HealthAction, ...] = ()
 
 
 def alert_id_for(
@@ -92,14 +96,19 @@ def _decision(
     previous: float | None,
     level: RiskLevel | None,
     trigger: AlertTrigger,
+    as_of: float,
+    model: ScoreModel,
 ) -> AlertDecision:
     episode = state.alert.episode
+    path = () if kind is AlertKind.RECOVERED else tuple(path_to_healthy(state, as_of, model))
     return AlertDecision(
         kind=kind,
         episode=episode,
         alert_id=alert_id_for(state.organization_id, episode, kind, level),
         previous_score=previous,
         trigger=trigger,
+        score_model_version=model.version,
+        path_to_healthy=path,
     )
 
 
@@ -122,7 +131,9 @@ def evaluate_alert(
             or current.score >= alert.drop_peak - config.recover_drop_points
             or (alert.raised_at is not None and as_of - alert.raised_at >= DROP_WINDOW_DAYS * DAY)
         ):
-            decision = _decision(state, AlertKind.RECOVERED, previous, None, AlertTrigger.RECOVERY)
+            decision = _decision(
+                state, AlertKind.RECOVERED, previous, None, AlertTrigger.RECOVERY, as_of, model
+            )
             alert.in_episode = False
             alert.recovered_at = as_of
             alert.level = None
@@ -132,7 +143,13 @@ def evaluate_alert(
         if level in _ALERTABLE and _RANK[level.value] > alerted_rank:
             alert.level = level.value
             return _decision(
-                state, AlertKind.RISK_ESCALATED, previous, level, AlertTrigger.ESCALATION_STEP
+                state,
+                AlertKind.RISK_ESCALATED,
+                previous,
+                level,
+                AlertTrigger.ESCALATION_STEP,
+                as_of,
+                model,
             )
         return None
 
@@ -157,4 +174,4 @@ def evaluate_alert(
     alert.drop_peak = None if high else peak
     alert.above_since = None
     trigger = AlertTrigger.PROBABILITY_THRESHOLD if high else AlertTrigger.SCORE_DROP
-    return _decision(state, AlertKind.RISK_RAISED, previous, None, trigger)
+    return _decision(state, AlertKind.RISK_RAISED, previous, None, trigger, as_of, model)
