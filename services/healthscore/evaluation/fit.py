@@ -169,6 +169,8 @@ def _get(config: Config, path: str) -> float:
     section, name = path.split(".")
     if section == "sat":
         sec, penalty, cap = _SATURATIONS[name]
+        if float(config[sec][penalty]) <= 0.0:  # the factor is off: any saturation will do
+            return 1.0
         return float(config[sec][cap]) / float(config[sec][penalty])
     return float(config[section][name])
 
