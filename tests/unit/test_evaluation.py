@@ -189,8 +189,12 @@ def shifted_report() -> dict[str, object]:
 MISSED = {
     ("reference", "auc_30d"): "0.883 on this 160-organization population (0.937 on the "
     "full-size held-out organizations, 0.927 on another full-size seed)",
-    ("shifted", "false_alerts_per_100_healthy_per_month"): "8.96 here, 10.6-14.6 on the "
-    "full-size shifted populations: the shifted setting's quieter customers look riskier",
+    ("shifted", "brier_skill_vs_base_rate"): "0.397 here, 0.32-0.37 on the full-size "
+    "shifted populations: v2's probability is calibrated on the reference setting",
+    ("shifted", "brier_below_baselines"): "0.0404 against the raw-aggregate regression's "
+    "0.0399, which is fitted within this population (v2 on another)",
+    ("shifted", "false_alerts_per_100_healthy_per_month"): "11.1 here, 14-18 on the "
+    "full-size shifted populations: the shifted setting's customers look riskier",
 }
 
 

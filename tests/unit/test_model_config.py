@@ -61,8 +61,8 @@ def test_default_model_is_v2_and_complete() -> None:
     )
     # v2's changes that are not just numbers
     assert model.engagement.decline_points > 0
-    assert model.ceilings.open_escalation == 100 and model.ceilings.open_cancellation_request == 100
-    assert model.alerts.persist_hours > 0
+    assert model.ceilings.follow_signals and model.ceilings.open_escalation == 100
+    assert model.alerts.persist_hours > 0 and model.alerts.drop_points == 100
 
 
 def test_v1_is_kept_and_loads_unchanged() -> None:
@@ -70,7 +70,8 @@ def test_v1_is_kept_and_loads_unchanged() -> None:
     assert model.version == "v1"
     assert model.half_life_seconds["activity"] == 7 * 86400
     assert model.engagement.decline_points == 0  # the fields added since take v1's meaning
-    assert model.alerts.persist_hours == 0
+    assert model.alerts.persist_hours == 0 and model.alerts.immediate_probability is None
+    assert not model.ceilings.follow_signals
     assert model.changelog == [] and model.evaluation is None
 
 

