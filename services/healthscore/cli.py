@@ -1,4 +1,4 @@
-"""`healthscore`: migrate, dev-services, serve, api, demo, simulate, replay."""
+"""`healthscore`: migrate, dev-services, serve, api, demo, simulate, replay, evaluate, fit."""
 
 from __future__ import annotations
 
@@ -495,6 +495,18 @@ def cmd_export_contracts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from healthscore.evaluation.command import run_evaluate
+
+    return run_evaluate(args)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from healthscore.evaluation.command import run_fit
+
+    return run_fit(args)
+
+
 def _add_stream_options(p: Any, events: int, rate: float | None) -> None:
     p.add_argument("--organizations", type=int, default=200)
     p.add_argument("--events", type=int, default=events)
@@ -666,6 +678,26 @@ def build_parser() -> argparse.ArgumentParser:
     from healthscore.api.bench import add_arguments as add_api_bench_arguments
 
     add_api_bench_arguments(p)
+    p = add(
+        "evaluate",
+        cmd_evaluate,
+        "Backtest the scoring model on a labelled event log (simulated, or your own export) "
+        "through the service's pure core: ROC AUC, Brier score and reliability of the churn "
+        "probability, alert precision, recall, lead time and false alerts, beside two "
+        "baselines, on held-out organizations; a table, --json and --plots.",
+    )
+    from healthscore.evaluation.command import add_evaluate_arguments, add_fit_arguments
+
+    add_evaluate_arguments(p)
+    p = add(
+        "fit",
+        cmd_fit,
+        "Fit the model's weights, scales, churn calibration and alert settings from a "
+        "labelled event log (training organizations only) and write health_model.<version>"
+        ".json with its held-out figures; refuses one that evaluates worse than the current "
+        "model on the held-out organizations.",
+    )
+    add_fit_arguments(p)
     p = add(
         "bench",
         cmd_bench,

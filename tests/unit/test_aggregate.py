@@ -115,6 +115,8 @@ def test_signal_weights_follow_the_config(model: ScoreModel) -> None:
     apply_usage(state, usage(UsageType.SUBSCRIPTION_UPGRADED), model)  # 3
     assert state.decayed == {
         "activity": 6.0,  # one per event, not per quantity
+        "activity_baseline": 6.0,  # the same events, for activity_decline
+        "activity_recent": 6.0,
         "value_actions": 20.0 + 9.0,  # min(500, 20) + min(9, 20)
         "clients_added": 50.0,
         "negative_signals": 3.0 + 2.0 + 30.0,

@@ -15,7 +15,7 @@ from healthscore.scoring.alerts import (
     alert_id_for,
     evaluate_alert,
 )
-from healthscore.scoring.model import DAY, ScoreModel, default_model
+from healthscore.scoring.model import DAY, ScoreModel, v1_model
 from healthscore.scoring.score import HealthScore, record_score
 from healthscore.scoring.state import OrganizationState
 
@@ -26,7 +26,7 @@ T0 = 1_780_000_000.0 // DAY * DAY  # a day boundary
 
 @pytest.fixture(scope="module")
 def model() -> ScoreModel:
-    return default_model()
+    return v1_model()
 
 
 def health(probability: float, score: float = 50.0) -> HealthScore:

@@ -1,4 +1,4 @@
-"""The model config loader: the shipped v1 file, and every rejection naming its path."""
+"""The model config loader: the shipped v2 and v1 files, and every rejection naming its path."""
 
 from __future__ import annotations
 
@@ -15,13 +15,17 @@ from healthscore.errors import ModelConfigError
 from healthscore.scoring.model import (
     DEFAULT_MODEL_PATH,
     SIGNALS,
+    V1_MODEL_PATH,
     ScoreModel,
     default_model,
     load_model,
     parse_model,
+    v1_model,
 )
 
-DEFAULT: dict[str, Any] = json.loads(DEFAULT_MODEL_PATH.read_text())
+# the rejections are shown on the v1 file (the v2 one has the same structure, plus
+# the optional fields v2 added, tested below)
+DEFAULT: dict[str, Any] = json.loads(V1_MODEL_PATH.read_text())
 EXIT_BELOW_ENTER = "alerts.exit_probability: must be < enter_probability"
 
 
@@ -37,15 +41,60 @@ def mutated(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     return config
 
 
-def test_default_model_is_v1_and_complete() -> None:
+def test_default_model_is_v2_and_complete() -> None:
     model = default_model()
     assert isinstance(model, ScoreModel)
-    assert model.version == "v1"
+    assert model.version == "v2"
+    assert DEFAULT_MODEL_PATH.name == "health_model.v2.json"
     assert set(model.milestone_rules) == set(MilestoneType)
     assert set(model.half_life_seconds) == set(SIGNALS)
-    assert model.half_life_seconds["activity"] == 7 * 86400
     assert model.alerts.exit_probability < model.alerts.enter_probability
     assert default_model() is model  # loaded once
+    # v2 says what changed and carries the figures it was accepted on
+    assert model.changelog and model.changelog[0].startswith("v2:")
+    assert any(line.startswith("v1:") for line in model.changelog)
+    assert model.evaluation is not None
+    held_out = model.evaluation["held_out"]
+    assert (
+        held_out["auc_30d_churn_probability"]
+        > (model.evaluation["current_model_held_out"]["v1"]["auc_30d_churn_probability"])
+    )
+    # v2's changes that are not just numbers
+    assert model.engagement.decline_points > 0
+    assert model.ceilings.follow_signals and model.ceilings.open_escalation == 100
+    assert model.alerts.persist_hours > 0 and model.alerts.drop_points == 100
+
+
+def test_v1_is_kept_and_loads_unchanged() -> None:
+    model = v1_model()
+    assert model.version == "v1"
+    assert model.half_life_seconds["activity"] == 7 * 86400
+    assert model.engagement.decline_points == 0  # the fields added since take v1's meaning
+    assert model.alerts.persist_hours == 0 and model.alerts.immediate_probability is None
+    assert not model.ceilings.follow_signals
+    assert model.changelog == [] and model.evaluation is None
+
+
+@pytest.mark.parametrize(
+    ("change", "value", "message"),
+    [
+        ("engagement.decline_full", 1.5, "engagement.decline_full: must be <= 1"),
+        ("engagement.decline_prior_events", -1, "engagement.decline_prior_events: must be >= 0"),
+        ("alerts.persist_hours", -1, "alerts.persist_hours: must be >= 0"),
+        ("half_life_days.activity_baseline", 0, "half_life_days.activity_baseline: must be > 0"),
+        ("changelog", "text", "changelog: Expected `array`, got `str`"),
+    ],
+)
+def test_fields_added_in_v2_are_validated(change: str, value: Any, message: str) -> None:
+    config = json.loads(DEFAULT_MODEL_PATH.read_text())
+    *parents, leaf = change.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    with pytest.raises(ModelConfigError) as info:
+        parse_model(json.dumps(config))
+    assert str(info.value).startswith(message)
 
 
 def test_load_model_reads_a_file(tmp_path: Path) -> None:

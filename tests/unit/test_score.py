@@ -1,5 +1,6 @@
 """The score function on hand-computed cases (numbers from the formulas in
-healthscore.scoring.score, with the default v1 model)."""
+healthscore.scoring.score, with the hand-set v1 model: its formulas are the
+code v2 runs too, with other numbers)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from healthscore.contracts.enums import HealthStatus, MilestoneType, RiskLevel
 from healthscore.contracts.usage import UsageEvent
 from healthscore.scoring.aggregate import apply_usage, new_state
-from healthscore.scoring.model import DAY, ScoreModel, default_model
+from healthscore.scoring.model import DAY, ScoreModel, v1_model
 from healthscore.scoring.score import (
     HealthScore,
     churn_probability,
@@ -29,7 +30,7 @@ NOW = T0.timestamp()
 
 @pytest.fixture(scope="module")
 def model() -> ScoreModel:
-    return default_model()
+    return v1_model()
 
 
 def usage(kind: str, at: datetime, *, user: UUID | None = None, quantity: int = 1) -> UsageEvent:

@@ -3,6 +3,7 @@
 from healthscore.contracts.alerts import (
     ChurnRiskAlert,
     ComponentScores,
+    HealthAction,
     HealthUpdate,
     RiskFactor,
 )
@@ -12,6 +13,7 @@ from healthscore.contracts.usage import UsageEvent
 __all__ = [
     "ChurnRiskAlert",
     "ComponentScores",
+    "HealthAction",
     "HealthUpdate",
     "RiskFactor",
     "SupportEvent",

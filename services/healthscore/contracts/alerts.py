@@ -4,7 +4,7 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from healthscore.contracts.enums import AlertKind, HealthStatus, RiskLevel
+from healthscore.contracts.enums import AlertKind, AlertTrigger, HealthStatus, RiskLevel
 
 MAX_CAUSED_BY = 20
 
@@ -18,6 +18,19 @@ class RiskFactor(BaseModel):
     value: float = Field(description="The measured input, in the factor's own unit.")
     impact: float = Field(description="Points this factor moved the score (negative lowers it).")
     detail: str = Field(description="One human-readable sentence for the dashboard.")
+
+
+class HealthAction(BaseModel):
+    """One step of the way back out of risk, valued by the scoring model."""
+
+    model_config = ConfigDict(frozen=True, title="HealthAction")
+
+    action: str = Field(
+        description="What to do, e.g. `close escalation <interaction id>` or "
+        "`bring product activity back to its usual level`."
+    )
+    factor: str = Field(description="The risk factor it removes (see `risk_factors`).")
+    impact: float = Field(description="Score points it adds, according to the model.")
 
 
 class ChurnRiskAlert(BaseModel):
@@ -45,6 +58,28 @@ class ChurnRiskAlert(BaseModel):
     )
     scored_at: AwareDatetime = Field(description="The event time the score holds for.")
     emitted_at: AwareDatetime = Field(description="Wall clock at emission.")
+    # added fields (optional: consumers built before them keep working)
+    trigger: AlertTrigger | None = Field(
+        default=None,
+        description=(
+            "Why it fired: `probability_threshold`, `score_drop`, `escalation_step` or "
+            "`recovery`. Added field."
+        ),
+    )
+    episode: int | None = Field(
+        default=None, ge=1, description="The organization's risk episode number. Added field."
+    )
+    score_model_version: str | None = Field(
+        default=None, description="The scoring model that scored it, e.g. `v2`. Added field."
+    )
+    path_to_healthy: list[HealthAction] = Field(
+        default_factory=list,
+        description=(
+            "The fewest actions that would bring the organization out of risk according "
+            "to the model (churn probability below the recovery threshold), largest "
+            "first; empty for `recovered`. Added field."
+        ),
+    )
 
 
 class ComponentScores(BaseModel):

@@ -148,6 +148,15 @@ class AlertKind(StrEnum):
     RECOVERED = "recovered"
 
 
+class AlertTrigger(StrEnum):
+    """Why an alert fired (a field of the alert only; no table stores it)."""
+
+    PROBABILITY_THRESHOLD = "probability_threshold"  # churn probability entered the alert range
+    SCORE_DROP = "score_drop"  # the score fell sharply within 7 days
+    ESCALATION_STEP = "escalation_step"  # the risk level stepped up within an episode
+    RECOVERY = "recovery"  # the probability fell back below the exit threshold
+
+
 class UserRole(StrEnum):
     ADMIN = "admin"
     SUPPORT = "support"

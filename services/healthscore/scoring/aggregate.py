@@ -24,7 +24,13 @@ from __future__ import annotations
 
 import math
 
-from healthscore.contracts.enums import InteractionType, Outcome, Sentiment, UsageType
+from healthscore.contracts.enums import (
+    InteractionType,
+    MilestoneType,
+    Outcome,
+    Sentiment,
+    UsageType,
+)
 from healthscore.contracts.support import SupportEvent
 from healthscore.contracts.usage import UsageEvent
 from healthscore.interactions import InteractionRecord
@@ -201,6 +207,8 @@ def apply_usage(
     signals = model.signals
     _advance(state, t, model, support=False)
     _add(state, "activity", 1.0, t, model)
+    _add(state, "activity_baseline", 1.0, t, model)
+    _add(state, "activity_recent", 1.0, t, model)
     if kind == U.LOGIN:
         _add(state, "logins", 1.0, t, model)
     if kind in VALUE_ACTIONS:
@@ -263,3 +271,27 @@ def apply_interaction(
             _add(state, "cancellation_requests", 1.0, t, model)
     if _is_escalated(after) and not _is_escalated(before):
         _add(state, "escalations", 1.0, t, model)
+
+
+def apply_profile(
+    state: OrganizationState, created_at: float | None, milestones: dict[str, float]
+) -> list[str]:
+    """Fold what a CRM knows of an organization into its state: when the account was
+    created and the success milestones it reached before its events reach the service
+    (names of the contract's milestones, achieved-at times). Missing data is not bad
+    data: the score then counts tenure from the creation and expects only milestones
+    that are really missing. Order-independent and idempotent (earliest times win);
+    returns the milestones newly recorded."""
+    if created_at is not None and (state.created_at is None or created_at < state.created_at):
+        state.created_at = created_at
+    known = {m.value for m in MilestoneType}
+    added: list[str] = []
+    for name, at in sorted(milestones.items()):
+        if name not in known:
+            raise ValueError(f"unknown milestone {name!r}")
+        current = state.milestones.get(name)
+        if current is None:
+            added.append(name)
+        if current is None or at < current:
+            state.milestones[name] = at
+    return added

@@ -8,7 +8,10 @@ hovers at a threshold). The state machine lives in `state.alert`:
 
 - raise (idle only, and only once `alerts.cooldown_hours` have passed since the
   last recovery): churn_probability >= alerts.enter_probability (0.5 in v1,
-  the edge of risk level "high"), or a sharp drop: the peak score of the last
+  the edge of risk level "high"), at every rescoring for `alerts.persist_hours`
+  (0 in v1: at once; `state.alert.above_since` remembers since when) unless it
+  reaches `alerts.immediate_probability` (a critical risk is raised at once), or a
+  sharp drop: the peak score of the last
   7 days (state.daily_scores, plus `previous` if it was scored within 7 days;
   only days since the last recovery count) minus the current score exceeds
   alerts.drop_points.
@@ -33,8 +36,9 @@ from uuid import UUID, uuid5
 
 import msgspec
 
-from healthscore.contracts.enums import RISK_LEVEL_ORDER, AlertKind, RiskLevel
+from healthscore.contracts.enums import RISK_LEVEL_ORDER, AlertKind, AlertTrigger, RiskLevel
 from healthscore.scoring.model import DAY, ScoreModel
+from healthscore.scoring.path import HealthAction, path_to_healthy
 from healthscore.scoring.score import HealthScore
 from healthscore.scoring.state import OrganizationState
 
@@ -50,6 +54,10 @@ class AlertDecision(msgspec.Struct, frozen=True):
     episode: int
     alert_id: UUID
     previous_score: float | None
+    trigger: AlertTrigger
+    score_model_version: str = ""
+    # for raises and escalations: the fewest actions out of risk (scoring.path)
+    path_to_healthy: tuple[HealthAction, ...] = ()
 
 
 def alert_id_for(
@@ -84,14 +92,24 @@ def recent_peak(state: OrganizationState, previous: float | None, as_of: float) 
 
 
 def _decision(
-    state: OrganizationState, kind: AlertKind, previous: float | None, level: RiskLevel | None
+    state: OrganizationState,
+    kind: AlertKind,
+    previous: float | None,
+    level: RiskLevel | None,
+    trigger: AlertTrigger,
+    as_of: float,
+    model: ScoreModel,
 ) -> AlertDecision:
     episode = state.alert.episode
+    path = () if kind is AlertKind.RECOVERED else tuple(path_to_healthy(state, as_of, model))
     return AlertDecision(
         kind=kind,
         episode=episode,
         alert_id=alert_id_for(state.organization_id, episode, kind, level),
         previous_score=previous,
+        trigger=trigger,
+        score_model_version=model.version,
+        path_to_healthy=path,
     )
 
 
@@ -114,7 +132,9 @@ def evaluate_alert(
             or current.score >= alert.drop_peak - config.recover_drop_points
             or (alert.raised_at is not None and as_of - alert.raised_at >= DROP_WINDOW_DAYS * DAY)
         ):
-            decision = _decision(state, AlertKind.RECOVERED, previous, None)
+            decision = _decision(
+                state, AlertKind.RECOVERED, previous, None, AlertTrigger.RECOVERY, as_of, model
+            )
             alert.in_episode = False
             alert.recovered_at = as_of
             alert.level = None
@@ -123,12 +143,30 @@ def evaluate_alert(
         alerted_rank = _RANK.get(alert.level, -1) if alert.level is not None else -1
         if level in _ALERTABLE and _RANK[level.value] > alerted_rank:
             alert.level = level.value
-            return _decision(state, AlertKind.RISK_ESCALATED, previous, level)
+            return _decision(
+                state,
+                AlertKind.RISK_ESCALATED,
+                previous,
+                level,
+                AlertTrigger.ESCALATION_STEP,
+                as_of,
+                model,
+            )
         return None
 
+    high = probability >= config.enter_probability
+    if config.persist_hours > 0.0:  # the probability must hold in the range for a while
+        if not high:
+            alert.above_since = None
+        else:
+            if alert.above_since is None:
+                alert.above_since = as_of
+            immediate = config.immediate_probability
+            high = as_of - alert.above_since >= config.persist_hours * 3600 or (
+                immediate is not None and probability >= immediate
+            )
     if alert.recovered_at is not None and as_of - alert.recovered_at < config.cooldown_hours * 3600:
         return None
-    high = probability >= config.enter_probability
     peak = None if high else recent_peak(state, previous, as_of)
     dropped = peak is not None and peak - current.score > config.drop_points
     if not (high or dropped):
@@ -138,4 +176,6 @@ def evaluate_alert(
     alert.level = level.value
     alert.raised_at = as_of
     alert.drop_peak = None if high else peak
-    return _decision(state, AlertKind.RISK_RAISED, previous, None)
+    alert.above_since = None
+    trigger = AlertTrigger.PROBABILITY_THRESHOLD if high else AlertTrigger.SCORE_DROP
+    return _decision(state, AlertKind.RISK_RAISED, previous, None, trigger, as_of, model)

