@@ -1,6 +1,6 @@
 """Session-wide real services and per-test clean databases and topics.
 
-The services come from `healthscore.devservices`: the URLs in the environment
+The services come from `healthscore_lab.devservices`: the URLs in the environment
 when set, else testcontainers where Docker answers, else the embedded
 PostgreSQL and tansu broker. Each test gets its own database, cloned from a
 migrated template (fast: a file copy inside the server), and its own topics.
@@ -16,8 +16,8 @@ import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from healthscore.dburl import with_database
-from healthscore.devservices import Services, resolve_services
+from healthscore.store.dburl import with_database
+from healthscore_lab.devservices import Services, resolve_services
 
 TEMPLATE_DB = "healthscore_template"
 
@@ -77,7 +77,7 @@ async def database_factory(pg_admin_url: str) -> AsyncIterator[DatabaseFactory]:
 @pytest.fixture(scope="session")
 async def migrated_template(pg_admin_url: str) -> str:
     """A database with every migration applied, used as a template."""
-    from healthscore.migrate import apply_migrations
+    from healthscore.store.migrate import apply_migrations
 
     conn = await asyncpg.connect(pg_admin_url)
     try:

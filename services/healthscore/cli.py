@@ -1,4 +1,7 @@
-"""`healthscore`: migrate, dev-services, serve, api, demo, simulate, replay, evaluate, fit."""
+"""The `healthscore` command: the service's subcommands, and those other
+installed distributions register through the `healthscore.commands` entry point
+group (the lab adds demo, simulate, bench, api-bench, evaluate, fit and
+dev-services)."""
 
 from __future__ import annotations
 
@@ -9,18 +12,54 @@ import json
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Protocol
 
 from pydantic import SecretStr
 
 from healthscore.config import Settings
-from healthscore.devservices import Services, resolve_services
 from healthscore.errors import StartupRefused
-from healthscore.gctuning import tune_garbage_collector
-from healthscore.ops.logging import configure_logging
+from healthscore.service.gctuning import tune_garbage_collector
+from healthscore.service.ops.logging import configure_logging
+
+COMMANDS_GROUP = "healthscore.commands"
+LOCAL_SERVICES_GROUP = "healthscore.local_services"
+
+AddCommand = Callable[[str, Callable[[argparse.Namespace], int], str], Any]
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+class LocalServices(Protocol):
+    """PostgreSQL and a Kafka-protocol broker started for this process."""
+
+    database_url: str
+    kafka_bootstrap_servers: str
+    broker_supports_idempotence: bool
+
+    def close(self) -> None: ...
+
+
+def start_local_services(
+    database_url: str | None = None,
+    kafka_bootstrap_servers: str | None = None,
+    data_dir: Path | None = None,
+) -> LocalServices:
+    """Services from the `healthscore.local_services` entry point (the lab's embedded ones)."""
+    found = list(entry_points(group=LOCAL_SERVICES_GROUP))
+    if not found:
+        raise StartupRefused(
+            "set DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS (embedded services for development "
+            "come with the lab: pip install -e '.[dev]')"
+        )
+    start: Callable[..., LocalServices] = found[0].load()
+    return start(
+        database_url=database_url,
+        kafka_bootstrap_servers=kafka_bootstrap_servers,
+        data_dir=data_dir,
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
     if getattr(args, "database_url", None):
         overrides["database_url"] = SecretStr(args.database_url)
@@ -31,9 +70,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 @contextlib.contextmanager
-def _with_services(
+def with_services(
     settings: Settings, keep_data: bool = True
-) -> Iterator[tuple[Settings, Services | None]]:
+) -> Iterator[tuple[Settings, LocalServices | None]]:
     """The configured services, or embedded ones when URLs are not given.
 
     `keep_data`: the embedded PostgreSQL keeps its data in STATE_DIR/pgdata;
@@ -42,7 +81,7 @@ def _with_services(
     if settings.database_url is not None and settings.kafka_bootstrap_servers is not None:
         yield settings, None
         return
-    services = resolve_services(
+    services = start_local_services(
         database_url=settings.database_url.get_secret_value() if settings.database_url else None,
         kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
         data_dir=settings.state_dir.resolve() / "pgdata" if keep_data else None,
@@ -59,15 +98,15 @@ def _with_services(
         services.close()
 
 
-def _run(main: Callable[[], Coroutine[Any, Any, int]], event_loop: str = "asyncio") -> int:
+def run(main: Callable[[], Coroutine[Any, Any, int]], event_loop: str = "asyncio") -> int:
     try:
-        with asyncio.Runner(loop_factory=_loop_factory(event_loop)) as runner:
+        with asyncio.Runner(loop_factory=loop_factory(event_loop)) as runner:
             return runner.run(main())
     except KeyboardInterrupt:
         return 130
 
 
-def _loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+def loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's loop (libuv; a faster event loop and socket I/O) where asked and installed."""
     if event_loop == "asyncio":
         return None
@@ -80,17 +119,17 @@ def _loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | 
     return uvloop.new_event_loop
 
 
-async def _wait_for_signal(on_signal: Callable[[], None]) -> None:
+async def wait_for_signal(on_signal: Callable[[], None]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from healthscore.db import database_tls
-    from healthscore.migrate import apply_migrations
+    from healthscore.store.db import database_tls
+    from healthscore.store.migrate import apply_migrations
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     url = settings.migration_database_url or settings.database_url
     if url is None:
         print(
@@ -105,45 +144,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none (up to date)'}")
         return 0
 
-    return _run(main)
-
-
-def cmd_dev_services(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    data_dir = None if args.ephemeral else settings.state_dir.resolve() / "pgdata"
-    services = resolve_services(data_dir=data_dir)
-    try:
-        print(f"# {services.kind} services are up; paste these into another shell:")
-        print(f"export DATABASE_URL='{services.database_url}'")
-        print(f"export KAFKA_BOOTSTRAP_SERVERS='{services.kafka_bootstrap_servers}'")
-        if not services.broker_supports_idempotence:
-            print("export KAFKA_IDEMPOTENT_PRODUCER=false")
-        print("# Ctrl-C stops them.", flush=True)
-        signal.signal(signal.SIGTERM, _raise_interrupt)
-        with contextlib.suppress(KeyboardInterrupt):
-            _sleep()
-    finally:
-        services.close()
-    return 0
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-def _sleep() -> None:
-    import time
-
-    while True:
-        time.sleep(3600)
+    return run(main)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from healthscore.app import Service, ServiceOptions
-    from healthscore.db import database_tls
-    from healthscore.migrate import apply_migrations
+    from healthscore.service.app import Service, ServiceOptions
+    from healthscore.store.db import database_tls
+    from healthscore.store.migrate import apply_migrations
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     configure_logging(settings.log_level, settings.log_format)
 
     async def main(settings: Settings) -> int:
@@ -159,7 +168,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             full_gc_every_batches=full_gc_every_batches,
         )
         service = Service(settings, options)
-        await _wait_for_signal(service.request_stop)
+        await wait_for_signal(service.request_stop)
         try:
             try:
                 await service.start()
@@ -171,91 +180,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return 2
         return 0
 
-    with _with_services(settings) as (resolved, _services):
-        return _run(lambda: main(resolved), settings.event_loop)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from healthscore.demo import DemoOptions, log_to_file, run_demo
-
-    settings = _settings(args)
-    if "ops_port" not in settings.model_fields_set:
-        settings = settings.model_copy(update={"ops_port": 0})  # any free port
-    options = DemoOptions(
-        organizations=args.organizations,
-        events=args.events,
-        rate=args.rate,
-        seed=args.seed,
-        owns_database=settings.database_url is None,
-        owns_broker=settings.kafka_bootstrap_servers is None,
-    )
-    options.dashboard = args.dashboard
-    log_path = settings.state_dir.resolve() / "demo.log"
-    try:
-        # a new embedded PostgreSQL each run (keep_data=False): the embedded broker
-        # keeps its topics in memory only, so a kept database would hold offsets
-        # beyond the new topics' ends
-        with (
-            log_to_file(log_path) as summary,
-            _with_services(settings, keep_data=False) as (resolved, _services),
-        ):
-            return _run(lambda: run_demo(resolved, options, summary))
-    finally:
-        print(f"full log: {log_path}")
-
-
-def cmd_simulate(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime, timedelta
-
-    from healthscore.kafka_clients import KafkaConnection
-    from healthscore.simulator import SimulationConfig, generate, produce
-
-    settings = _settings(args)
-    if settings.kafka_bootstrap_servers is None:
-        print(
-            "error: set KAFKA_BOOTSTRAP_SERVERS (see `healthscore dev-services`)", file=sys.stderr
-        )
-        return 2
-    span = timedelta(days=args.span_days)
-    config = SimulationConfig(
-        start=datetime.now(UTC) - span,
-        organizations=args.organizations,
-        events=args.events,
-        seed=args.seed,
-        span=span - timedelta(minutes=1),
-        duplicate_rate=args.duplicate_rate,
-        malformed_rate=args.malformed_rate,
-    )
-
-    async def main() -> int:
-        producer = KafkaConnection.from_settings(settings).producer(
-            acks="all",
-            enable_idempotence=settings.kafka_idempotent_producer,
-        )
-        await producer.start()
-        try:
-            stats = await produce(
-                generate(config),
-                producer,
-                settings.usage_topic,
-                settings.support_topic,
-                rate=args.rate,
-            )
-        finally:
-            await producer.stop()
-        print(
-            f"sent {stats.sent} messages: {stats.valid} valid, {stats.duplicates} duplicates, "
-            f"{stats.malformed} malformed, in {stats.seconds:.1f}s"
-        )
-        return 0
-
-    return _run(main)
+    with with_services(settings) as (resolved, _services):
+        return run(lambda: main(resolved), settings.event_loop)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from healthscore.replay import replay
+    from healthscore.service.replay import replay
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     configure_logging(settings.log_level, settings.log_format)
     if settings.database_url is None or settings.kafka_bootstrap_servers is None:
         print(
@@ -281,18 +213,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
         )
         return 0
 
-    return _run(main)
+    return run(main)
 
 
 def cmd_lag(args: argparse.Namespace) -> int:
     import asyncpg
     from aiokafka.errors import KafkaError
 
-    from healthscore.db import connect, database_tls
-    from healthscore.kafka_clients import KafkaConnection
-    from healthscore.ops.lag import consumer_lag
+    from healthscore.service.kafka_clients import KafkaConnection
+    from healthscore.service.ops.lag import consumer_lag
+    from healthscore.store.db import connect, database_tls
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     if settings.database_url is None or settings.kafka_bootstrap_servers is None:
         print("error: set DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
         return 2
@@ -349,18 +281,18 @@ def cmd_lag(args: argparse.Namespace) -> int:
             return 1
         return 0
 
-    return _run(main)
+    return run(main)
 
 
 def cmd_offsets_reset(args: argparse.Namespace) -> int:
     import asyncpg
     from aiokafka.errors import KafkaError
 
-    from healthscore.db import database_tls
-    from healthscore.kafka_clients import KafkaConnection
-    from healthscore.offsets_reset import Mode, OffsetsResetError, run_offsets_reset
+    from healthscore.service.kafka_clients import KafkaConnection
+    from healthscore.service.offsets_reset import Mode, OffsetsResetError, run_offsets_reset
+    from healthscore.store.db import database_tls
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     url = (
         settings.database_url  # --database-url
         if args.database_url
@@ -408,7 +340,7 @@ def cmd_offsets_reset(args: argparse.Namespace) -> int:
             print(f"error: cannot reset offsets: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 
-    return _run(main)
+    return run(main)
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -420,10 +352,10 @@ def cmd_api(args: argparse.Namespace) -> int:
         wait_stopped,
     )
     from healthscore.api.state import ApiConfig, ApiConfigError
-    from healthscore.db import database_tls
-    from healthscore.migrate import apply_migrations
+    from healthscore.store.db import database_tls
+    from healthscore.store.migrate import apply_migrations
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     overrides: dict[str, Any] = {}
     if args.host is not None:
         overrides["api_host"] = args.host
@@ -454,30 +386,17 @@ def cmd_api(args: argparse.Namespace) -> int:
         return 0
 
     if not args.dev or settings.database_url is not None:
-        return _run(lambda: main(settings), settings.event_loop)
+        return run(lambda: main(settings), settings.event_loop)
     # --dev without DATABASE_URL: the embedded PostgreSQL of `serve` (same data directory);
     # the API needs no broker
-    services = resolve_services(
+    services = start_local_services(
         kafka_bootstrap_servers="unused:9092", data_dir=settings.state_dir.resolve() / "pgdata"
     )
     try:
         resolved = settings.model_copy(update={"database_url": SecretStr(services.database_url)})
-        return _run(lambda: main(resolved), settings.event_loop)
+        return run(lambda: main(resolved), settings.event_loop)
     finally:
         services.close()
-
-
-def cmd_api_bench(args: argparse.Namespace) -> int:
-    from healthscore.api.bench import run
-
-    configure_logging("WARNING", "console")
-    return run(args)
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from healthscore.bench.command import run
-
-    return run(args)
 
 
 def cmd_export_contracts(args: argparse.Namespace) -> int:
@@ -495,47 +414,10 @@ def cmd_export_contracts(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from healthscore.evaluation.command import run_evaluate
-
-    return run_evaluate(args)
-
-
-def cmd_fit(args: argparse.Namespace) -> int:
-    from healthscore.evaluation.command import run_fit
-
-    return run_fit(args)
-
-
-def _add_stream_options(p: Any, events: int, rate: float | None) -> None:
-    p.add_argument("--organizations", type=int, default=200)
-    p.add_argument("--events", type=int, default=events)
-    p.add_argument("--rate", type=float, default=rate, help="messages per second")
-    p.add_argument("--seed", type=int, default=7)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="healthscore",
-        description="Real-time customer health scoring: Kafka events in, scores and alerts out.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> Any:
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.set_defaults(func=func)
-        return p
-
+def register_service_commands(add: AddCommand) -> None:
+    """The service's own subcommands."""
     p = add("migrate", cmd_migrate, "Apply schema migrations to DATABASE_URL.")
     p.add_argument("--database-url", help="override DATABASE_URL (needs rights to create roles)")
-
-    p = add(
-        "dev-services",
-        cmd_dev_services,
-        "Start PostgreSQL and a Kafka-protocol broker (embedded, or containers where "
-        "Docker runs), print their URLs, stay up until Ctrl-C.",
-    )
-    p.add_argument("--ephemeral", action="store_true", help="keep no data after stopping")
 
     p = add(
         "serve",
@@ -552,27 +434,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not apply migrations before starting",
     )
     p.add_argument("--no-sweep", action="store_true", help="do not run the silence sweep")
-
-    p = add(
-        "demo",
-        cmd_demo,
-        "Start everything (new embedded services unless URLs are set, migrations, the "
-        "service, the simulator) and show scores changing and alerts appearing. Every run "
-        "starts clean; the service's log goes to STATE_DIR/demo.log.",
-    )
-    _add_stream_options(p, events=20_000, rate=4000.0)
-    p.add_argument(
-        "--no-dashboard",
-        dest="dashboard",
-        action="store_false",
-        help="end after the stream instead of serving the dashboard until Ctrl-C",
-    )
-
-    p = add("simulate", cmd_simulate, "Produce a synthetic event stream to the input topics.")
-    _add_stream_options(p, events=10_000, rate=None)
-    p.add_argument("--span-days", type=int, default=30)
-    p.add_argument("--duplicate-rate", type=float, default=0.01)
-    p.add_argument("--malformed-rate", type=float, default=0.001)
 
     p = add(
         "lag",
@@ -669,44 +530,24 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="with --dev: do not apply migrations first",
     )
-    p = add(
-        "api-bench",
-        cmd_api_bench,
-        "Benchmark the read API: p50/p95/p99 of every list sort and filter and of the "
-        "organization page, N concurrent clients, 100,000 organizations, consumers writing.",
-    )
-    from healthscore.api.bench import add_arguments as add_api_bench_arguments
 
-    add_api_bench_arguments(p)
-    p = add(
-        "evaluate",
-        cmd_evaluate,
-        "Backtest the scoring model on a labelled event log (simulated, or your own export) "
-        "through the service's pure core: ROC AUC, Brier score and reliability of the churn "
-        "probability, alert precision, recall, lead time and false alerts, beside two "
-        "baselines, on held-out organizations; a table, --json and --plots.",
-    )
-    from healthscore.evaluation.command import add_evaluate_arguments, add_fit_arguments
 
-    add_evaluate_arguments(p)
-    p = add(
-        "fit",
-        cmd_fit,
-        "Fit the model's weights, scales, churn calibration and alert settings from a "
-        "labelled event log (training organizations only) and write health_model.<version>"
-        ".json with its held-out figures; refuses one that evaluates worse than the current "
-        "model on the held-out organizations.",
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="healthscore",
+        description="Real-time customer health scoring: Kafka events in, scores and alerts out.",
     )
-    add_fit_arguments(p)
-    p = add(
-        "bench",
-        cmd_bench,
-        "Benchmark the real stack on this machine: throughput, latency, alert latency, "
-        "RSS and rows per event, against a naive one-transaction-per-message baseline.",
-    )
-    from healthscore.bench.command import add_arguments as add_bench_arguments
+    sub = parser.add_subparsers(dest="command", required=True)
 
-    add_bench_arguments(p)
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> Any:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+    register_service_commands(add)
+    for extension in entry_points(group=COMMANDS_GROUP):
+        register: Callable[[AddCommand], None] = extension.load()
+        register(add)
     return parser
 
 

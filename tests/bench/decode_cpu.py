@@ -22,9 +22,9 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from healthscore.config import Settings
-from healthscore.gctuning import FullCollectionPacer, tune_garbage_collector
-from healthscore.ingest.decode import Decoded, Decoder, RawRecord
-from healthscore.simulator import SimulationConfig, _to_ms, generate
+from healthscore.service.gctuning import FullCollectionPacer, tune_garbage_collector
+from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord
+from healthscore_lab.simulator import SimulationConfig, _to_ms, generate
 
 USAGE = "product.usage.v1"
 SUPPORT = "support.interactions.v1"

@@ -13,8 +13,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from healthscore.bench.runner import BenchOptions, Stack, run_bench
-from healthscore.devservices import Services
+from healthscore_lab.bench.runner import BenchOptions, Stack, run_bench
+from healthscore_lab.devservices import Services
 
 pytestmark = pytest.mark.bench
 

@@ -1,4 +1,4 @@
-"""Short form of the ops-load bench (`python -m healthscore.bench.opsload run`).
+"""Short form of the ops-load bench (`python -m healthscore_lab.bench.opsload run`).
 
 An idle service measured without/with/without 20 clients asking for /metrics
 and /readyz back to back, then a backlog drained once quietly and once with
@@ -15,9 +15,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from healthscore.bench.opsload import OpsLoadOptions, run_opsload
-from healthscore.bench.runner import Stack
-from healthscore.devservices import Services
+from healthscore_lab.bench.opsload import OpsLoadOptions, run_opsload
+from healthscore_lab.bench.runner import Stack
+from healthscore_lab.devservices import Services
 
 pytestmark = pytest.mark.bench
 

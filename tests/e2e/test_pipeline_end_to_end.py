@@ -17,9 +17,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from healthscore.contracts import SupportEvent, UsageEvent
 from healthscore.contracts.enums import AlertKind, HealthStatus, RiskLevel
-from healthscore.ingest.effects import compute_batch_effects
-from healthscore.scoring.alerts import alert_id_for
-from healthscore.scoring.model import default_model
+from healthscore.core.effects import compute_batch_effects
+from healthscore.core.scoring.alerts import alert_id_for
+from healthscore.core.scoring.model import default_model
 from tests.utils.harness import (
     consume_all,
     make_producer,

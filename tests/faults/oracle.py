@@ -4,7 +4,7 @@ Built from the produced messages with nothing of the service but the wire
 contract: dedupe by `event_id` (first occurrence wins), malformed messages
 excluded, per organization the event count, the cumulative quantity per usage
 type, the milestones those totals cross (the contract's list, written out
-again here rather than imported from `healthscore.milestones`), and the
+again here rather than imported from `healthscore.core.milestones`), and the
 support interactions with how many distinct events each received.
 """
 

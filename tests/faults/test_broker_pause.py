@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
-from healthscore.devservices import Services
+from healthscore_lab.devservices import Services
 from tests.utils.fault_tools import (
     Oracle,
     RecordingProducer,

@@ -35,7 +35,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from healthscore.simulator import SimulatedMessage, SimulationConfig, generate
+from healthscore_lab.simulator import SimulatedMessage, SimulationConfig, generate
 from tests.faults.oracle import Oracle, episode_violations
 from tests.utils.faults import (
     KillReport,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from healthscore.devservices import Services
+from healthscore_lab.devservices import Services
 from tests.utils.fault_tools import (
     Oracle,
     RecordingProducer,

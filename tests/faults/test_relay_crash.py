@@ -22,11 +22,11 @@ import asyncpg
 import orjson
 import pytest
 
-from healthscore.app import ServiceOptions
 from healthscore.contracts.enums import AlertKind, RiskLevel
-from healthscore.db import create_pool
-from healthscore.outbox import OutboxRelay
-from healthscore.scoring.alerts import alert_id_for
+from healthscore.core.scoring.alerts import alert_id_for
+from healthscore.service.app import ServiceOptions
+from healthscore.service.outbox import OutboxRelay
+from healthscore.store.db import create_pool
 from tests.utils.faults import read_topic, run_relay_then_die
 from tests.utils.harness import (
     make_producer,

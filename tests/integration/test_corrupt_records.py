@@ -24,15 +24,15 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from healthscore.kafka_clients import KafkaConnection
-from healthscore.kafka_records import parse_batches
-from healthscore.kafka_salvage import (
+from healthscore.service.kafka_clients import KafkaConnection
+from healthscore.service.kafka_records import parse_batches
+from healthscore.service.kafka_salvage import (
     CorruptRecordMonitor,
     SalvagingConsumer,
     _failure_site,
     fetch_partition_bytes,
 )
-from healthscore.ops.lag import HighWatermarkProbe
+from healthscore.service.ops.lag import HighWatermarkProbe
 from tests.utils.corrupt_records import (
     BAD_KEY_BYTES,
     Outgoing,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from healthscore.devservices import docker_available
+from healthscore_lab.devservices import docker_available
 
 pytestmark = pytest.mark.skipif(
     docker_available(), reason="runs the embedded services; containers would be pulled"

@@ -16,9 +16,9 @@ from typing import Any
 
 import asyncpg
 
-from healthscore.app import Service
-from healthscore.ingest.pipeline import BatchOutcome
-from healthscore.simulator import SimulatedMessage
+from healthscore.service.app import Service
+from healthscore.service.ingest.pipeline import BatchOutcome
+from healthscore_lab.simulator import SimulatedMessage
 from tests.conftest import DatabaseFactory
 from tests.utils.harness import Topics, make_topics, running_service, service_settings
 from tests.utils.scenarios import (

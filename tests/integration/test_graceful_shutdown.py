@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from healthscore.simulator import produce
+from healthscore_lab.simulator import produce
 from tests.utils.harness import (
     ServiceProcess,
     fetchval,

@@ -1,4 +1,4 @@
-"""SQL helper functions: bands agree with healthscore.bands, trends, session identity."""
+"""SQL helper functions: bands agree with healthscore.core.bands, trends, session identity."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from healthscore import bands
+from healthscore.core import bands
 from tests.conftest import DatabaseFactory
 from tests.utils import schema_builders as b
 

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
-from healthscore.app import Service
+from healthscore.service.app import Service
 from tests.utils.harness import (
     consume_all,
     fetchval,

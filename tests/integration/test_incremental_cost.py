@@ -21,11 +21,11 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from healthscore.db import create_pool
-from healthscore.ingest.decode import Decoder, RawRecord
-from healthscore.ingest.dlq import DeadLetterQueue
-from healthscore.ingest.pipeline import BatchPipeline
-from healthscore.scoring.model import default_model
+from healthscore.core.scoring.model import default_model
+from healthscore.service.ingest.decode import Decoder, RawRecord
+from healthscore.service.ingest.dlq import DeadLetterQueue
+from healthscore.service.ingest.pipeline import BatchPipeline
+from healthscore.store.db import create_pool
 from tests.conftest import DatabaseFactory
 
 BIG = 100_000

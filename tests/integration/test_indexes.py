@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 from healthscore.contracts.enums import InteractionType, MilestoneType
-from healthscore.schema_catalog import (
+from healthscore.store.schema_catalog import (
     DASHBOARD_QUERIES,
     READ_MODEL_TABLES,
     SEED_INDEX_MINIMUMS,

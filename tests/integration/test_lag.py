@@ -11,8 +11,8 @@ import sys
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from healthscore.kafka_clients import KafkaConnection
-from healthscore.ops.lag import HighWatermarkProbe, consumer_lag
+from healthscore.service.kafka_clients import KafkaConnection
+from healthscore.service.ops.lag import HighWatermarkProbe, consumer_lag
 from tests.utils.harness import make_producer, make_topics
 
 

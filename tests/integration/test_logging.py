@@ -11,8 +11,8 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from healthscore.config import Settings
-from healthscore.db import create_pool
-from healthscore.dburl import redact
+from healthscore.store.db import create_pool
+from healthscore.store.dburl import redact
 from tests.utils.harness import (
     make_producer,
     make_topics,

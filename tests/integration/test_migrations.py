@@ -10,8 +10,8 @@ import asyncpg
 import pytest
 
 from healthscore.errors import MigrationError
-from healthscore.migrate import apply_migrations, load_migrations, migrations_path
-from healthscore.schema_catalog import (
+from healthscore.store.migrate import apply_migrations, load_migrations, migrations_path
+from healthscore.store.schema_catalog import (
     DASHBOARD_ROLE,
     IDENTITY_TABLES,
     MIGRATIONS_TABLE,

@@ -18,9 +18,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from healthscore.app import ServiceOptions
-from healthscore.devservices import Services
-from healthscore.ops.asyncapi import HIDDEN_HOST
+from healthscore.service.app import ServiceOptions
+from healthscore.service.ops.asyncapi import HIDDEN_HOST
+from healthscore_lab.devservices import Services
 from tests.utils.harness import (
     make_producer,
     make_topics,

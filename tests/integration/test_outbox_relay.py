@@ -9,8 +9,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from healthscore.db import create_pool
-from healthscore.outbox import AlertPublishError, OutboxRelay
+from healthscore.service.outbox import AlertPublishError, OutboxRelay
+from healthscore.store.db import create_pool
 from tests.utils.harness import consume_all, make_topics
 
 

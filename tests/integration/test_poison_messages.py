@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from healthscore.poison import PoisonCase, poison_corpus
+from healthscore_lab.poison import PoisonCase, poison_corpus
 from tests.utils.harness import (
     consume_all,
     fetchval,

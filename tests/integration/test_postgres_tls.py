@@ -33,10 +33,10 @@ import asyncpg
 import pytest
 
 from healthscore.config import Settings
-from healthscore.db import DatabaseTLS, connect, create_pool, database_tls
-from healthscore.devservices import free_port
 from healthscore.errors import MigrationError
-from healthscore.migrate import apply_migrations
+from healthscore.store.db import DatabaseTLS, connect, create_pool, database_tls
+from healthscore.store.migrate import apply_migrations
+from healthscore_lab.devservices import free_port
 from tests.utils.postgres_tls import (
     TlsTerminatingProxy,
     native_tls_postgres,

@@ -1,7 +1,7 @@
 """Replaying the topics into an empty database rebuilds exactly the live run's state.
 
 The live service (in-process) consumes a simulated stream while it is being
-produced (small batches, cut by timing); then `healthscore.replay.replay`
+produced (small batches, cut by timing); then `healthscore.service.replay.replay`
 rebuilds everything from the same topics into a second freshly migrated
 database (large batches, cut differently), and the two are compared. These
 first comparisons run without the silence sweep on either side (`serve
@@ -42,13 +42,13 @@ from typing import Any
 import asyncpg
 import pytest
 
-from healthscore.app import ServiceOptions
-from healthscore.ingest.alignment import AlignmentView
-from healthscore.ingest.decode import Decoded, Rejection
-from healthscore.ingest.pipeline import BatchOutcome
-from healthscore.replay import replay
-from healthscore.scoring.model import V1_MODEL_PATH
-from healthscore.simulator import SimulatedMessage
+from healthscore.core.alignment import AlignmentView
+from healthscore.core.scoring.model import V1_MODEL_PATH
+from healthscore.service.app import ServiceOptions
+from healthscore.service.ingest.decode import Decoded, Rejection
+from healthscore.service.ingest.pipeline import BatchOutcome
+from healthscore.service.replay import replay
+from healthscore_lab.simulator import SimulatedMessage
 from tests.conftest import DatabaseFactory
 from tests.utils.harness import make_topics, running_service, service_settings
 from tests.utils.scenarios import (

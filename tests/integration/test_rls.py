@@ -26,9 +26,11 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from healthscore import db, outbox
-from healthscore.ops import gauges
-from healthscore.schema_catalog import (
+from healthscore.service import outbox
+from healthscore.service.ops import gauges
+from healthscore.store import db, sql
+from healthscore.store.identity import LOGIN, LOGOUT, SigningKey, mint_token
+from healthscore.store.schema_catalog import (
     CORE_TABLES,
     DASHBOARD_ROLE,
     DASHBOARD_SERVICE_TABLES,
@@ -39,8 +41,6 @@ from healthscore.schema_catalog import (
     SERVICE_TABLES,
     WRITER_ROLE,
 )
-from healthscore.store import sql
-from healthscore.store.identity import LOGIN, LOGOUT, SigningKey, mint_token
 from tests.utils import schema_builders as b
 
 ALL_ROWS = {"customer_health": 2, "success_milestones": 3, "support_interactions": 4}

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from healthscore.schema_catalog import TABLES
+from healthscore.store.schema_catalog import TABLES
 from tests.conftest import DatabaseFactory
 from tests.utils import schema_builders as b
 

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from healthscore.contracts import enums as e
-from healthscore.schema_catalog import TABLES
+from healthscore.store.schema_catalog import TABLES
 
 ENUM_CHECKS: dict[str, type[StrEnum]] = {
     "user_profiles_role_check": e.UserRole,

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from healthscore.devservices import Services
+from healthscore_lab.devservices import Services
 from tests.utils.harness import ServiceProcess, make_topics, service_settings
 
 

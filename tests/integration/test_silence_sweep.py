@@ -26,14 +26,14 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from healthscore.contracts.enums import AlertKind
-from healthscore.db import create_pool
-from healthscore.ingest.decode import Decoder, RawRecord
-from healthscore.ingest.dlq import DeadLetterQueue
-from healthscore.ingest.pipeline import BatchPipeline
-from healthscore.projector import Projector
-from healthscore.scoring.alerts import alert_id_for
-from healthscore.scoring.model import default_model
-from healthscore.sweep import SWEEP_LOCK_KEY, SilenceSweep
+from healthscore.core.scoring.alerts import alert_id_for
+from healthscore.core.scoring.model import default_model
+from healthscore.service.ingest.decode import Decoder, RawRecord
+from healthscore.service.ingest.dlq import DeadLetterQueue
+from healthscore.service.ingest.pipeline import BatchPipeline
+from healthscore.service.projector import Projector
+from healthscore.service.sweep import SWEEP_LOCK_KEY, SilenceSweep
+from healthscore.store.db import create_pool
 from tests.conftest import DatabaseFactory
 from tests.utils.scenarios import Snapshot, snapshot
 

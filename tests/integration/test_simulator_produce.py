@@ -11,7 +11,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from healthscore.simulator import SimulatedMessage, SimulationConfig, generate, produce
+from healthscore_lab.simulator import SimulatedMessage, SimulationConfig, generate, produce
 
 TopicFactory = Callable[..., Awaitable[str]]
 

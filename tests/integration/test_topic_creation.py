@@ -6,8 +6,8 @@ import uuid
 
 from aiokafka.errors import InvalidReplicationFactorError
 
-from healthscore.kafka_admin import ensure_topics
-from healthscore.kafka_clients import KafkaConnection
+from healthscore.service.kafka_admin import ensure_topics
+from healthscore.service.kafka_clients import KafkaConnection
 
 
 async def test_missing_topics_are_created_with_the_replication_factor(

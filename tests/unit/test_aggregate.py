@@ -19,8 +19,8 @@ from healthscore.contracts.enums import (
 )
 from healthscore.contracts.support import SupportEvent
 from healthscore.contracts.usage import UsageEvent
-from healthscore.interactions import InteractionRecord, merge_interaction
-from healthscore.scoring.aggregate import (
+from healthscore.core.interactions import InteractionRecord, merge_interaction
+from healthscore.core.scoring.aggregate import (
     MAX_FEATURES,
     MAX_RECENT_EVENT_IDS,
     MAX_USERS,
@@ -29,8 +29,8 @@ from healthscore.scoring.aggregate import (
     decayed_value,
     new_state,
 )
-from healthscore.scoring.model import DAY, ScoreModel, default_model
-from healthscore.scoring.state import OrganizationState
+from healthscore.core.scoring.model import DAY, ScoreModel, default_model
+from healthscore.core.scoring.state import OrganizationState
 
 ORG = UUID("7c1d2e3f-4a5b-4c6d-8e7f-901a2b3c4d5e")
 T0 = datetime(2026, 6, 1, tzinfo=UTC)

@@ -6,18 +6,18 @@ from uuid import UUID, uuid5
 
 import pytest
 
-from healthscore.bands import health_band, risk_level_for
 from healthscore.contracts.enums import AlertKind, RiskLevel
-from healthscore.scoring.aggregate import new_state
-from healthscore.scoring.alerts import (
+from healthscore.core.bands import health_band, risk_level_for
+from healthscore.core.scoring.aggregate import new_state
+from healthscore.core.scoring.alerts import (
     ALERT_NAMESPACE,
     AlertDecision,
     alert_id_for,
     evaluate_alert,
 )
-from healthscore.scoring.model import DAY, ScoreModel, v1_model
-from healthscore.scoring.score import HealthScore, record_score
-from healthscore.scoring.state import OrganizationState
+from healthscore.core.scoring.model import DAY, ScoreModel, v1_model
+from healthscore.core.scoring.score import HealthScore, record_score
+from healthscore.core.scoring.state import OrganizationState
 
 ORG = "1e2d3c4b-5a69-4788-8796-a5b4c3d2e1f0"
 HOUR = 3600.0

@@ -6,8 +6,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from healthscore.contracts import UsageEvent
-from healthscore.ingest.alignment import AlignmentView, align
-from healthscore.ingest.decode import Decoded, RawRecord, Rejection
+from healthscore.core.alignment import AlignmentView, align
+from healthscore.service.ingest.decode import Decoded, RawRecord, Rejection
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 ORG = uuid.UUID(int=7)

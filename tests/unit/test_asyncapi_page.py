@@ -8,10 +8,10 @@ import re
 import pytest
 from faststream.kafka import KafkaBroker
 
-from healthscore.app import build_broker
 from healthscore.config import Settings
-from healthscore.ops.asyncapi import HIDDEN_HOST, asyncapi_html, asyncapi_json
-from healthscore.ops.asyncapi_page import render_html
+from healthscore.service.app import build_broker
+from healthscore.service.ops.asyncapi import HIDDEN_HOST, asyncapi_html, asyncapi_json
+from healthscore.service.ops.asyncapi_page import render_html
 from tests.utils.html import Tags, external_references
 
 BOOTSTRAP = "kafka-0.kafka.internal.example:9092,10.20.30.40:9093"

@@ -6,8 +6,8 @@ import os
 import random
 import time
 
-from healthscore.bench.cpu import process_cpu_seconds, sample, tree_cpu_seconds
-from healthscore.bench.workload import zipf_rank
+from healthscore_lab.bench.cpu import process_cpu_seconds, sample, tree_cpu_seconds
+from healthscore_lab.bench.workload import zipf_rank
 
 
 def test_zipf_ranks_stay_in_range_and_concentrate() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import orjson
 
-from healthscore.bench.runner import Child, CommitLog, GroupLog, _merge_naive_stats
+from healthscore_lab.bench.runner import Child, CommitLog, GroupLog, _merge_naive_stats
 
 
 def _write(path: Path, *entries: dict[str, object]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from healthscore.bench.report import BenchReport, ThroughputResult
+from healthscore_lab.bench.report import BenchReport, ThroughputResult
 
 
 def _run(

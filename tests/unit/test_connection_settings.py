@@ -10,7 +10,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from healthscore.config import Settings
-from healthscore.db import database_tls
+from healthscore.store.db import database_tls
 from tests.utils.tls import Issued, issue, make_ca
 
 

@@ -13,15 +13,16 @@ import orjson
 import pytest
 
 from healthscore.contracts.enums import AlertKind
-from healthscore.evaluation.command import run_evaluate
-from healthscore.evaluation.evaluate import TARGETS, evaluate
-from healthscore.evaluation.fit import apply_coefficients, constrained_logistic
-from healthscore.evaluation.log import from_population, load_log
-from healthscore.evaluation.metrics import DAY, alert_figures, auc, brier, labels_at
-from healthscore.evaluation.policy import simulate_alerts
-from healthscore.evaluation.replay import Backtest, run_backtest
-from healthscore.evaluation.vector import FACTORS, factor_table
-from healthscore.population import (
+from healthscore.core.scoring.model import DEFAULT_MODEL_PATH, default_model, parse_model, v1_model
+from healthscore_lab.evaluation.command import run_evaluate
+from healthscore_lab.evaluation.evaluate import TARGETS, evaluate
+from healthscore_lab.evaluation.fit import apply_coefficients, constrained_logistic
+from healthscore_lab.evaluation.log import from_population, load_log
+from healthscore_lab.evaluation.metrics import DAY, alert_figures, auc, brier, labels_at
+from healthscore_lab.evaluation.policy import simulate_alerts
+from healthscore_lab.evaluation.replay import Backtest, run_backtest
+from healthscore_lab.evaluation.vector import FACTORS, factor_table
+from healthscore_lab.population import (
     Population,
     generate_population,
     iter_jsonl,
@@ -30,7 +31,6 @@ from healthscore.population import (
     reference,
     shifted,
 )
-from healthscore.scoring.model import DEFAULT_MODEL_PATH, default_model, parse_model, v1_model
 
 SMALL = reference(organizations=60, days=45, seed=101)
 
@@ -263,7 +263,7 @@ def test_v2_does_better_than_v1_on_the_same_log(small: Population) -> None:
 def test_the_evaluate_command_writes_json_and_plots(tmp_path: Path) -> None:
     import argparse
 
-    from healthscore.evaluation.command import add_evaluate_arguments
+    from healthscore_lab.evaluation.command import add_evaluate_arguments
 
     parser = argparse.ArgumentParser()
     add_evaluate_arguments(parser)

@@ -31,11 +31,11 @@ from healthscore.contracts.enums import (
     SupportAction,
     UsageType,
 )
-from healthscore.ingest.decode import Decoded, Decoder, RawRecord, Rejection
-from healthscore.ingest.fastdecode import SupportWire, UsageWire, _check_mirrors
-from healthscore.ingest.pipeline import payload_digest
-from healthscore.poison import poison_corpus
-from healthscore.simulator import SimulationConfig, _to_ms, generate
+from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord, Rejection
+from healthscore.service.ingest.fastdecode import SupportWire, UsageWire, _check_mirrors
+from healthscore.service.ingest.pipeline import payload_digest
+from healthscore_lab.poison import poison_corpus
+from healthscore_lab.simulator import SimulationConfig, _to_ms, generate
 
 USAGE = "product.usage.v1"
 SUPPORT = "support.interactions.v1"

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from healthscore.gctuning import FullCollectionPacer, tune_garbage_collector
+from healthscore.service.gctuning import FullCollectionPacer, tune_garbage_collector
 
 
 @pytest.fixture

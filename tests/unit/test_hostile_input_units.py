@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from healthscore.ingest.decode import PIPELINE_REASONS, Decoder, RawRecord, Rejection
-from healthscore.ingest.pipeline import BatchOutcome
-from healthscore.ops.logging import framework_logger
+from healthscore.service.ingest.decode import PIPELINE_REASONS, Decoder, RawRecord, Rejection
+from healthscore.service.ingest.pipeline import BatchOutcome
+from healthscore.service.ops.logging import framework_logger
 
 
 def test_decoding_is_total() -> None:

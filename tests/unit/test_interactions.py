@@ -21,7 +21,7 @@ from healthscore.contracts.enums import (
     SupportAction,
 )
 from healthscore.contracts.support import SupportEvent
-from healthscore.interactions import InteractionRecord, merge_interaction
+from healthscore.core.interactions import InteractionRecord, merge_interaction
 
 ORG = UUID("9d3c0b7e-1b2a-4c8d-8e9f-0a1b2c3d4e5f")
 INTERACTION = UUID("2a7e4f10-5c6d-4e3f-a1b2-c3d4e5f60718")

@@ -1,4 +1,4 @@
-"""Every Kafka client goes through `healthscore.kafka_clients`, with the security settings.
+"""Every Kafka client goes through `healthscore.service.kafka_clients`, with the security settings.
 
 No connection is made: the clients are built (aiokafka wants a running loop for
 that, hence the async tests) and their connection options inspected.
@@ -17,20 +17,26 @@ from aiokafka.errors import InvalidReplicationFactorError
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
 import healthscore
-from healthscore.app import Service, build_broker
+import healthscore_lab
 from healthscore.config import Settings
-from healthscore.kafka_admin import new_topics, raise_topic_errors
-from healthscore.kafka_clients import KafkaConnection, KafkaSecurity
-from healthscore.kafka_salvage import CorruptRecordMonitor, SalvagingConsumer, salvaging_builder
-from healthscore.ops.lag import HighWatermarkProbe
-from healthscore.ops.metrics import Metrics
+from healthscore.service.app import Service, build_broker
+from healthscore.service.kafka_admin import new_topics, raise_topic_errors
+from healthscore.service.kafka_clients import KafkaConnection, KafkaSecurity
+from healthscore.service.kafka_salvage import (
+    CorruptRecordMonitor,
+    SalvagingConsumer,
+    salvaging_builder,
+)
+from healthscore.service.ops.lag import HighWatermarkProbe
+from healthscore.service.ops.metrics import Metrics
 from tests.utils.tls import Issued, issue, make_ca
 
 PACKAGE = Path(healthscore.__file__).parent
-FACTORY = PACKAGE / "kafka_clients.py"
+FACTORY = PACKAGE / "service" / "kafka_clients.py"
 # extends the consumer FastStream builds from the factory's options (connection and
 # security); test_the_salvaging_consumer_keeps_the_factory_options proves it keeps them
-EXTENSIONS = {PACKAGE / "kafka_salvage.py"}
+EXTENSIONS = {PACKAGE / "service" / "kafka_salvage.py"}
+LAB = Path(healthscore_lab.__file__).parent
 CLIENT_CLASSES = frozenset(
     {"AIOKafkaProducer", "AIOKafkaConsumer", "AIOKafkaAdminClient", "AIOKafkaClient", "KafkaBroker"}
 )
@@ -101,13 +107,15 @@ c = partial(aiokafka.AIOKafkaAdminClient, bootstrap_servers="h")
 
 def test_no_module_but_the_factory_builds_a_kafka_client() -> None:
     offenders = {
-        str(path.relative_to(PACKAGE)): hits
-        for path in sorted(PACKAGE.rglob("*.py"))
+        str(path.relative_to(PACKAGE.parent)): hits
+        for path in sorted([*PACKAGE.rglob("*.py"), *LAB.rglob("*.py")])
         if path != FACTORY
         and path not in EXTENSIONS
         and (hits := client_constructions(path.read_text()))
     }
-    assert offenders == {}, "build Kafka clients with healthscore.kafka_clients.KafkaConnection"
+    assert offenders == {}, (
+        "build Kafka clients with healthscore.service.kafka_clients.KafkaConnection"
+    )
     # and the factory itself is where they are built
     assert {name for _, name in client_constructions(FACTORY.read_text())} >= {
         "AIOKafkaProducer",

@@ -15,8 +15,8 @@ from aiokafka.record.default_records import (
 from aiokafka.record.util import calc_crc32c
 from prometheus_client import CollectorRegistry, Counter
 
-from healthscore.kafka_records import ParsedRecord, parse_batches
-from healthscore.kafka_salvage import CorruptRecordMonitor, salvage_range
+from healthscore.service.kafka_records import ParsedRecord, parse_batches
+from healthscore.service.kafka_salvage import CorruptRecordMonitor, salvage_range
 from tests.utils.corrupt_records import BAD_KEY_BYTES, NotUtf8Key
 
 GZIP = 1

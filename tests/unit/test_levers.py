@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from healthscore.bench.levers import SUPPORT, USAGE, decoders, disagreements, workload_records
-from healthscore.ingest.decode import Decoded, RawRecord
-from healthscore.poison import poison_corpus
+from healthscore.service.ingest.decode import Decoded, RawRecord
+from healthscore_lab.bench.levers import SUPPORT, USAGE, decoders, disagreements, workload_records
+from healthscore_lab.poison import poison_corpus
 
 ORG = "0b7f4a4e-3d0c-4a53-9c6e-2f1d5f0c9a11"
 

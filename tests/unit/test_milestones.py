@@ -9,10 +9,10 @@ import pytest
 
 from healthscore.contracts.enums import MilestoneType, RewardType, UsageType
 from healthscore.contracts.usage import UsageEvent
-from healthscore.milestones import THRESHOLDS, MilestoneCrossing, crossed
-from healthscore.scoring.aggregate import apply_usage, new_state
-from healthscore.scoring.model import ScoreModel, default_model
-from healthscore.scoring.state import OrganizationState, encode_state
+from healthscore.core.milestones import THRESHOLDS, MilestoneCrossing, crossed
+from healthscore.core.scoring.aggregate import apply_usage, new_state
+from healthscore.core.scoring.model import ScoreModel, default_model
+from healthscore.core.scoring.state import OrganizationState, encode_state
 
 ORG = UUID("0f6f3c1e-8a8e-4c55-9a3e-6c4a1b2d3e4f")
 T0 = datetime(2026, 5, 1, 9, tzinfo=UTC)

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from healthscore.contracts.enums import MilestoneType
-from healthscore.errors import ModelConfigError
-from healthscore.scoring.model import (
+from healthscore.core.scoring.model import (
     DEFAULT_MODEL_PATH,
     SIGNALS,
     V1_MODEL_PATH,
@@ -22,6 +21,7 @@ from healthscore.scoring.model import (
     parse_model,
     v1_model,
 )
+from healthscore.errors import ModelConfigError
 
 # the rejections are shown on the v1 file (the v2 one has the same structure, plus
 # the optional fields v2 added, tested below)

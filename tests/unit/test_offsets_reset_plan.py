@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from healthscore.offsets_reset import OffsetsResetError, format_plan, plan_reset
+from healthscore.service.offsets_reset import OffsetsResetError, format_plan, plan_reset
 
 U, S = "usage", "support"
 # a recreated usage topic (2 partitions, short logs); support trimmed by retention

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import orjson
 
-from healthscore.ops.http import OpsApp
-from healthscore.ops.metrics import Metrics
-from healthscore.ops.readiness import ReadinessChecker
+from healthscore.service.ops.http import OpsApp
+from healthscore.service.ops.metrics import Metrics
+from healthscore.service.ops.readiness import ReadinessChecker
 
 
 class FakeClock:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from healthscore.ops.server import MAX_HEADER_BYTES, OpsServer, Response, parse_request
+from healthscore.service.ops.server import MAX_HEADER_BYTES, OpsServer, Response, parse_request
 
 
 async def echo(method: str, path: str) -> Response:

@@ -10,12 +10,12 @@ import pytest
 
 from healthscore.contracts.alerts import ChurnRiskAlert
 from healthscore.contracts.enums import AlertKind, AlertTrigger, MilestoneType
-from healthscore.ingest.effects import RaisedAlert
-from healthscore.scoring.alerts import evaluate_alert
-from healthscore.scoring.model import DAY, ScoreModel, default_model, v1_model
-from healthscore.scoring.path import path_to_healthy
-from healthscore.scoring.score import churn_probability, record_score, score
-from healthscore.scoring.state import OpenInteraction, OrganizationState
+from healthscore.core.effects import RaisedAlert
+from healthscore.core.scoring.alerts import evaluate_alert
+from healthscore.core.scoring.model import DAY, ScoreModel, default_model, v1_model
+from healthscore.core.scoring.path import path_to_healthy
+from healthscore.core.scoring.score import churn_probability, record_score, score
+from healthscore.core.scoring.state import OpenInteraction, OrganizationState
 from healthscore.store.effects_writer import alert_payload
 
 ORG = "0b7c6f0e-3a1d-4c5e-8f9a-1b2c3d4e5f60"

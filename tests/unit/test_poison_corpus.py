@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from healthscore.ingest.decode import REASONS, Decoder, RawRecord, Rejection
-from healthscore.poison import PoisonCase, poison_corpus
+from healthscore.service.ingest.decode import REASONS, Decoder, RawRecord, Rejection
+from healthscore_lab.poison import PoisonCase, poison_corpus
 
 USAGE = "product.usage.v1"
 SUPPORT = "support.interactions.v1"

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from healthscore.ops.readiness import CHECKER, ReadinessChecker, ReadinessResult
+from healthscore.service.ops.readiness import CHECKER, ReadinessChecker, ReadinessResult
 
 
 class FakeClock:

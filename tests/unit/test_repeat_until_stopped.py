@@ -6,7 +6,7 @@ import asyncio
 
 from structlog.testing import capture_logs
 
-from healthscore.stopping import repeat_until_stopped
+from healthscore.service.stopping import repeat_until_stopped
 
 
 async def test_more_work_runs_again_at_once_and_failures_are_logged_and_retried() -> None:

@@ -1,5 +1,5 @@
 """The score function on hand-computed cases (numbers from the formulas in
-healthscore.scoring.score, with the hand-set v1 model: its formulas are the
+healthscore.core.scoring.score, with the hand-set v1 model: its formulas are the
 code v2 runs too, with other numbers)."""
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import pytest
 
 from healthscore.contracts.enums import HealthStatus, MilestoneType, RiskLevel
 from healthscore.contracts.usage import UsageEvent
-from healthscore.scoring.aggregate import apply_usage, new_state
-from healthscore.scoring.model import DAY, ScoreModel, v1_model
-from healthscore.scoring.score import (
+from healthscore.core.scoring.aggregate import apply_usage, new_state
+from healthscore.core.scoring.model import DAY, ScoreModel, v1_model
+from healthscore.core.scoring.score import (
     HealthScore,
     churn_probability,
     record_score,
     score,
     score_changes,
 )
-from healthscore.scoring.state import OpenInteraction, OrganizationState
+from healthscore.core.scoring.state import OpenInteraction, OrganizationState
 
 ORG = "5b0c6a36-6f34-4d4e-9d57-0b3d6a1d2c11"
 T0 = datetime(2026, 3, 2, tzinfo=UTC)  # a day boundary
@@ -288,7 +288,7 @@ def test_record_score_keeps_31_days_and_last_score(model: ScoreModel) -> None:
 
 
 def test_score_is_pure(model: ScoreModel) -> None:
-    from healthscore.scoring.state import encode_state
+    from healthscore.core.scoring.state import encode_state
 
     state = troubled_state()
     raw = encode_state(state)

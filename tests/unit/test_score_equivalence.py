@@ -41,10 +41,9 @@ import pytest
 from healthscore.contracts import SupportEvent, UsageEvent
 from healthscore.contracts.alerts import RiskFactor
 from healthscore.contracts.enums import HealthStatus, MilestoneType, RiskLevel
-from healthscore.ingest.decode import Decoded, Decoder, RawRecord
-from healthscore.ingest.effects import compute_batch_effects
-from healthscore.interactions import InteractionRecord
-from healthscore.scoring.model import (
+from healthscore.core.effects import compute_batch_effects
+from healthscore.core.interactions import InteractionRecord
+from healthscore.core.scoring.model import (
     COMPONENTS,
     DAY,
     SIGNALS,
@@ -54,9 +53,10 @@ from healthscore.scoring.model import (
     parse_model,
     v1_model,
 )
-from healthscore.scoring.score import HealthScore, score
-from healthscore.scoring.state import AlertState, OpenInteraction, OrganizationState
-from healthscore.simulator import SimulationConfig, generate
+from healthscore.core.scoring.score import HealthScore, score
+from healthscore.core.scoring.state import AlertState, OpenInteraction, OrganizationState
+from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord
+from healthscore_lab.simulator import SimulationConfig, generate
 
 # recorded with the implementation of commit 132a28c, under v1 (issue 13 added fields,
 # signals and factors that v1 leaves off: these still hold, so v1 scores as it did)

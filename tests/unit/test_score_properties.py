@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 
 from healthscore.contracts.enums import MilestoneType, UsageType
 from healthscore.contracts.usage import UsageEvent
-from healthscore.scoring.aggregate import apply_usage
-from healthscore.scoring.model import COMPONENTS, DAY, SIGNALS, default_model, v1_model
-from healthscore.scoring.score import HealthScore, churn_probability, score
-from healthscore.scoring.state import OpenInteraction, OrganizationState
+from healthscore.core.scoring.aggregate import apply_usage
+from healthscore.core.scoring.model import COMPONENTS, DAY, SIGNALS, default_model, v1_model
+from healthscore.core.scoring.score import HealthScore, churn_probability, score
+from healthscore.core.scoring.state import OpenInteraction, OrganizationState
 
 MODEL = default_model()
 V1 = v1_model()

@@ -7,10 +7,10 @@ from __future__ import annotations
 import msgspec
 
 from healthscore.contracts.enums import AlertKind, AlertTrigger, MilestoneType
-from healthscore.scoring.alerts import evaluate_alert
-from healthscore.scoring.model import DAY, default_model
-from healthscore.scoring.score import HealthScore, record_score, score
-from healthscore.scoring.state import OpenInteraction, OrganizationState
+from healthscore.core.scoring.alerts import evaluate_alert
+from healthscore.core.scoring.model import DAY, default_model
+from healthscore.core.scoring.score import HealthScore, record_score, score
+from healthscore.core.scoring.state import OpenInteraction, OrganizationState
 
 ORG = "3c4d5e6f-7081-4293-a4b5-c6d7e8f90a1b"
 NOW = 1_790_000_000.0 // DAY * DAY
@@ -67,7 +67,7 @@ def test_a_cancellation_request_holds_the_score_down_and_closing_it_does_not_lif
 
 
 def health(probability: float, score_: float = 50.0) -> HealthScore:
-    from healthscore.bands import health_band, risk_level_for
+    from healthscore.core.bands import health_band, risk_level_for
 
     return HealthScore(
         score=score_,

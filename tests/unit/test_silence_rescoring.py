@@ -21,16 +21,16 @@ from hypothesis import strategies as st
 
 from healthscore.contracts import UsageEvent
 from healthscore.contracts.enums import HistoryCause
-from healthscore.ingest.effects import (
+from healthscore.core.effects import (
     BatchEffects,
     compute_batch_effects,
     compute_silence_effects,
     next_silence_rescore,
     silence_rescore_times,
 )
-from healthscore.scoring.aggregate import new_state
-from healthscore.scoring.model import default_model
-from healthscore.scoring.state import OrganizationState, encode_state
+from healthscore.core.scoring.aggregate import new_state
+from healthscore.core.scoring.model import default_model
+from healthscore.core.scoring.state import OrganizationState, encode_state
 
 STEP = 6 * 3600.0
 # a grid point (a multiple of the step), well in the past

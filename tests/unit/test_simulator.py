@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from healthscore.ingest.decode import Decoded, Decoder, RawRecord, Rejection
-from healthscore.simulator import (
+from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord, Rejection
+from healthscore_lab.simulator import (
     SimulatedMessage,
     SimulationConfig,
     generate,

@@ -7,8 +7,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from healthscore.contracts import SupportEvent, UsageEvent
-from healthscore.ingest.effects import compute_batch_effects
-from healthscore.scoring.model import default_model
+from healthscore.core.effects import compute_batch_effects
+from healthscore.core.scoring.model import default_model
 
 ORG = str(uuid.UUID(int=42))
 START = datetime(2026, 3, 1, tzinfo=UTC)

@@ -145,7 +145,7 @@ async def _read(spec: dict[str, Any]) -> list[tuple[int, int, str | None]]:
     import structlog
     from aiokafka.util import NO_EXTENSIONS
 
-    from healthscore.kafka_salvage import CorruptRecordMonitor, SalvagingConsumer
+    from healthscore.service.kafka_salvage import CorruptRecordMonitor, SalvagingConsumer
 
     assert NO_EXTENSIONS
     # stdout carries the result

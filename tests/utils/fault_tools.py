@@ -23,7 +23,7 @@ import asyncpg
 import orjson
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from healthscore.simulator import SimulatedMessage, SimulationConfig, generate, produce
+from healthscore_lab.simulator import SimulatedMessage, SimulationConfig, generate, produce
 from tests.utils.harness import Topics, consume_all, fetchval
 
 # --------------------------------------------------------------------------- the stream
@@ -403,8 +403,8 @@ def pure_run(messages: Iterable[SimulatedMessage], support_last: bool = False) -
     """Apply the valid, first-seen events in wire order (or every usage event first,
     then every support event: another legal interleaving of the two topics)."""
     from healthscore.contracts import SupportEvent, UsageEvent
-    from healthscore.ingest.effects import compute_batch_effects
-    from healthscore.scoring.model import default_model
+    from healthscore.core.effects import compute_batch_effects
+    from healthscore.core.scoring.model import default_model
 
     seen: set[str] = set()
     events: list[UsageEvent | SupportEvent] = []

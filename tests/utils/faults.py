@@ -27,7 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.group import LeaveGroupRequest
 
-from healthscore.simulator import SimulatedMessage
+from healthscore_lab.simulator import SimulatedMessage
 from tests.utils.harness import consume_all
 
 # A backend of the service (the pool sets application_name 'healthscore'; it logs in with
@@ -73,7 +73,7 @@ async def produce_recorded(
     rate: float | None = None,
     log: list[Produced] | None = None,
 ) -> list[Produced]:
-    """Like `healthscore.simulator.produce`, but keep each message's RecordMetadata.
+    """Like `healthscore_lab.simulator.produce`, but keep each message's RecordMetadata.
 
     Record timestamps are the event times (a malformed message takes the
     previous one's), as the simulator's producer does. `log`, when given, is
@@ -243,8 +243,8 @@ async def evict_group_members(bootstrap: str, group: str) -> int:
 RELAY_THEN_DIE = """
 import asyncio, os, signal
 from aiokafka import AIOKafkaProducer
-from healthscore.db import create_pool
-from healthscore.outbox import OutboxRelay
+from healthscore.store.db import create_pool
+from healthscore.service.outbox import OutboxRelay
 
 async def main():
     pool = await create_pool(os.environ["RELAY_DATABASE_URL"], "healthscore_writer")

@@ -26,8 +26,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import SecretStr
 
-from healthscore.app import Service, ServiceOptions
 from healthscore.config import Settings
+from healthscore.service.app import Service, ServiceOptions
 
 
 @dataclass

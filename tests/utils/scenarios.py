@@ -21,11 +21,11 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from healthscore.app import Service
-from healthscore.ingest.pipeline import BatchOutcome
-from healthscore.kafka_clients import KafkaConnection
-from healthscore.ops.lag import HighWatermarkProbe
-from healthscore.simulator import SimulatedMessage, SimulationConfig, generate, produce
+from healthscore.service.app import Service
+from healthscore.service.ingest.pipeline import BatchOutcome
+from healthscore.service.kafka_clients import KafkaConnection
+from healthscore.service.ops.lag import HighWatermarkProbe
+from healthscore_lab.simulator import SimulatedMessage, SimulationConfig, generate, produce
 from tests.utils.harness import Topics
 
 TP = tuple[str, int]
@@ -95,7 +95,7 @@ def expected_event_counts(messages: Iterable[SimulatedMessage]) -> dict[str, int
 
 
 async def high_watermarks(bootstrap: str, topic_names: list[str]) -> dict[TP, int]:
-    """True end offsets (from Fetch responses; see healthscore.ops.lag)."""
+    """True end offsets (from Fetch responses; see healthscore.service.ops.lag)."""
     async with HighWatermarkProbe(KafkaConnection(bootstrap)) as probe:
         return await probe.high_watermarks(await probe.partitions(topic_names))
 

@@ -21,8 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from healthscore.api.auth import TokenVerifier, issue_hs256
-from healthscore.db import DatabaseTLS, connect
 from healthscore.errors import HealthscoreError
+from healthscore.store.db import DatabaseTLS, connect
 from healthscore.store.identity import SigningKey
 
 LINK_LIFETIME: Final = timedelta(hours=12)

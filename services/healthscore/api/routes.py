@@ -41,7 +41,6 @@ from healthscore.api.models import (
 from healthscore.api.problems import ApiProblem, not_found
 from healthscore.api.session import Session, bound_session
 from healthscore.api.state import ApiState
-from healthscore.bands import RISK_LEVEL_EDGES
 from healthscore.contracts.enums import (
     RISK_LEVEL_ORDER,
     HealthStatus,
@@ -50,6 +49,7 @@ from healthscore.contracts.enums import (
     MilestoneType,
     RiskLevel,
 )
+from healthscore.core.bands import RISK_LEVEL_EDGES
 
 PROBLEMS: Final[dict[int | str, dict[str, Any]]] = {
     401: {"model": Problem, "description": "Missing, expired or forged bearer token."},

@@ -16,7 +16,7 @@ from healthscore.api.app import asgi_app
 from healthscore.api.dev import DevIdentity, dev_login_url, prepare_dev_identity
 from healthscore.api.state import ApiConfig
 from healthscore.config import Settings
-from healthscore.db import database_tls
+from healthscore.store.db import database_tls
 
 log = structlog.get_logger(__name__)
 

@@ -32,8 +32,8 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from healthscore.api.auth import Principal, Unauthenticated
-from healthscore.db import ROLE_CHECK, DatabaseTLS
 from healthscore.errors import HealthscoreError, UnsafeDatabaseRole
+from healthscore.store.db import ROLE_CHECK, DatabaseTLS
 from healthscore.store.identity import LOGIN, LOGOUT, SigningKey, mint_token
 
 log = structlog.get_logger(__name__)

@@ -9,8 +9,8 @@ import asyncpg
 
 from healthscore.api.auth import TokenVerifier
 from healthscore.config import Settings
-from healthscore.db import DatabaseTLS, database_tls
 from healthscore.errors import HealthscoreError
+from healthscore.store.db import DatabaseTLS, database_tls
 from healthscore.store.identity import SigningKey
 
 

@@ -45,7 +45,7 @@ def render_all() -> dict[str, str]:
     """
     from healthscore.api.contract import render_api_contracts
     from healthscore.config import Settings
-    from healthscore.ops.asyncapi import render_asyncapi
+    from healthscore.service.ops.asyncapi import render_asyncapi
 
     documents = render_schemas()
     documents[ASYNCAPI_FILE] = render_asyncapi(Settings.model_construct())

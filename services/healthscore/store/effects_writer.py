@@ -2,7 +2,7 @@
 
 The read model (`customer_health`, the health feed) is not among them: the
 state write queues each changed organization for the projector
-(`healthscore.projector`), which writes it off the event path.
+(`healthscore.service.projector`), which writes it off the event path.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from uuid import UUID
 import orjson
 
 from healthscore.contracts.alerts import ChurnRiskAlert, HealthAction
-from healthscore.ingest.effects import BatchEffects, RaisedAlert, next_silence_rescore
-from healthscore.scoring.model import ScoreModel
-from healthscore.scoring.state import encode_state
+from healthscore.core.effects import BatchEffects, RaisedAlert, next_silence_rescore
+from healthscore.core.scoring.model import ScoreModel
+from healthscore.core.scoring.state import encode_state
 from healthscore.store import Connection, sql
 from healthscore.store.records import interaction_columns, to_datetime
 

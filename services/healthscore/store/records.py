@@ -8,7 +8,7 @@ from uuid import UUID
 
 import orjson
 
-from healthscore.interactions import InteractionRecord
+from healthscore.core.interactions import InteractionRecord
 
 
 def to_datetime(seconds: float | None) -> datetime | None:

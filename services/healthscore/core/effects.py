@@ -1,0 +1,279 @@
+"""Gather-compute-apply, the compute part: a batch's events -> every effect.
+
+Pure: no I/O and no clock. Given the locked state of every organization the
+batch touches, the stored support interactions it touches, and the new
+(deduplicated) events in partition order, it returns what the store must
+write. Each event is applied and the organization rescored right after it,
+so an alert decision never depends on where a batch boundary fell: a replay
+that cuts the log into other batches makes the same decisions.
+
+Silence is rescored the same way, as a function of the log: an organization
+is rescored at every point of its fixed event-time grid (every silence step,
+at a phase set by its id) that lies at least one step after its newest event
+and before its next one (`silence_rescore_times`). Before applying an event, a batch
+first rescores the grid points the organization went through in silence
+(`compute_batch_effects` with `silence_step`); the sweep rescores the grid
+points below the log's watermark for organizations that have not sent
+anything since (`compute_silence_effects`). Either way each organization
+sees the same sequence of events and silence rescorings, whoever runs them
+and wherever the batches were cut.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from healthscore.contracts import SupportEvent, UsageEvent
+from healthscore.contracts.enums import HistoryCause
+from healthscore.core.interactions import InteractionRecord, merge_interaction
+from healthscore.core.milestones import MilestoneCrossing
+from healthscore.core.scoring.aggregate import apply_interaction, apply_usage, new_state
+from healthscore.core.scoring.alerts import AlertDecision, evaluate_alert
+from healthscore.core.scoring.model import ScoreModel
+from healthscore.core.scoring.score import HealthScore, record_score, score
+from healthscore.core.scoring.state import OrganizationState
+
+
+@dataclass(frozen=True, slots=True)
+class RaisedAlert:
+    organization_id: str
+    decision: AlertDecision
+    health: HealthScore
+    scored_at: float
+    caused_by: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rescored:
+    """The organization's score after the batch, for the read model."""
+
+    organization_id: str
+    health: HealthScore
+    previous_score: float | None
+    scored_at: float
+    cause: HistoryCause
+
+
+@dataclass
+class BatchEffects:
+    states: dict[str, OrganizationState] = field(default_factory=dict)
+    interactions: dict[str, InteractionRecord] = field(default_factory=dict)
+    milestones: list[tuple[str, MilestoneCrossing]] = field(default_factory=list)
+    # each organization's last score of the batch (the read model and the state)
+    rescored: dict[str, Rescored] = field(default_factory=dict)
+    # every silence rescoring, in the order made (each one is a history row)
+    silence_rescorings: list[Rescored] = field(default_factory=list)
+    alerts: list[RaisedAlert] = field(default_factory=list)
+    misrouted: list[tuple[SupportEvent, str]] = field(default_factory=list)
+    applied: int = 0
+
+    def history(self) -> list[Rescored]:
+        """The score history rows: every silence rescoring and each event-scored last score."""
+        rows = list(self.silence_rescorings)
+        rows.extend(r for r in self.rescored.values() if r.cause is not HistoryCause.SWEEP)
+        return rows
+
+
+class _Grid:
+    """An organization's silence grid: every `step` of event time, at its own phase.
+
+    In integer milliseconds, so that every grid point is computed one way
+    (`at`) and compares with event times the same way in every run. The phase
+    comes from the organization id: silent organizations fall due spread over
+    the step, not all at once (the sweep's work, and their alerts).
+    """
+
+    __slots__ = ("phase_ms", "step_ms")
+
+    def __init__(self, organization_id: str, step: float) -> None:
+        self.step_ms = max(1, round(step * 1000))
+        # the id's 128 bits (a canonical UUID string, as every state holds)
+        self.phase_ms = int(organization_id.replace("-", ""), 16) % self.step_ms
+
+    def at(self, k: int) -> float:
+        return (k * self.step_ms + self.phase_ms) / 1000
+
+    def index_at_or_after(self, x: float) -> int:
+        """The smallest k with at(k) >= x."""
+        step, phase = self.step_ms, self.phase_ms
+        k = math.ceil((x * 1000 - phase) / step)
+        while (k * step + phase) / 1000 < x:  # at(k), inline: once per organization per batch
+            k += 1
+        while ((k - 1) * step + phase) / 1000 >= x:
+            k -= 1
+        return k
+
+
+def _next_silence_index(state: OrganizationState, grid: _Grid, step: float) -> int | None:
+    last_event = state.last_event_at
+    if last_event is None:
+        return None
+    k = grid.index_at_or_after(last_event + step)
+    scored = state.last_scored_at
+    if scored is not None and grid.at(k) <= scored:
+        k = grid.index_at_or_after(scored)
+        if grid.at(k) <= scored:
+            k += 1
+    return k
+
+
+def next_silence_rescore(state: OrganizationState, step: float) -> float | None:
+    """Event time of the organization's next silence rescoring, if it stays silent.
+
+    The first point of its grid (every `step`, at a phase set by its id) that
+    is at least `step` after its newest event and later than its last score (a
+    silence rescoring already made). Every store of a state records it as
+    `rescore_due_at`.
+    """
+    grid = _Grid(state.organization_id, step)
+    k = _next_silence_index(state, grid, step)
+    return None if k is None else grid.at(k)
+
+
+def silence_rescore_times(state: OrganizationState, until: float, step: float) -> list[float]:
+    """The grid points before `until` at which the silent organization is due (oldest first)."""
+    last_event = state.last_event_at
+    if last_event is None or until <= last_event + step:
+        return []  # the common case, per event of an active organization: nothing due
+    grid = _Grid(state.organization_id, step)
+    first = _next_silence_index(state, grid, step)
+    assert first is not None
+    return [grid.at(k) for k in range(first, grid.index_at_or_after(until))]
+
+
+def _rescore_silence(
+    state: OrganizationState,
+    times: list[float],
+    model: ScoreModel,
+    effects: BatchEffects,
+) -> None:
+    """Rescore `state` at each of `times` (its silence rescorings), in order."""
+    for as_of in times:
+        _rescore(state, as_of, model, effects, state.last_score, HistoryCause.SWEEP, False)
+        effects.silence_rescorings.append(effects.rescored[state.organization_id])
+
+
+def _rescore(
+    state: OrganizationState,
+    as_of: float,
+    model: ScoreModel,
+    effects: BatchEffects,
+    before: float | None,
+    cause: HistoryCause,
+    explain: bool,
+) -> None:
+    previous = state.last_score
+    health = score(state, as_of, model, explain=explain)
+    decision = evaluate_alert(state, previous, health, as_of, model)
+    if decision is not None and not explain:
+        health = score(state, as_of, model)  # the alert says why
+    record_score(state, health, as_of)
+    if decision is not None:
+        effects.alerts.append(
+            RaisedAlert(
+                organization_id=state.organization_id,
+                decision=decision,
+                health=health,
+                scored_at=as_of,
+                caused_by=tuple(state.recent_event_ids[-20:]),
+            )
+        )
+    effects.rescored[state.organization_id] = Rescored(
+        organization_id=state.organization_id,
+        health=health,
+        previous_score=before,
+        scored_at=as_of,
+        cause=cause,
+    )
+
+
+def compute_batch_effects(
+    events: Iterable[UsageEvent | SupportEvent],
+    states: dict[str, OrganizationState],
+    interactions: dict[str, InteractionRecord],
+    model: ScoreModel,
+    silence_step: float | None = None,
+) -> BatchEffects:
+    """Apply `events` (deduplicated, in partition order) to the given state.
+
+    With `silence_step`, an organization that was silent for a step or more
+    before an event is first rescored at the grid points in between.
+    """
+    effects = BatchEffects(states=states, interactions=interactions)
+    for event in events:
+        org = str(event.organization_id)
+        state = states.get(org)
+        if state is None:
+            state = states[org] = new_state(org)
+        if isinstance(event, UsageEvent):
+            if silence_step is not None:
+                _silence_before(state, event, silence_step, model, effects)
+            for crossing in apply_usage(state, event, model):
+                effects.milestones.append((org, crossing))
+        else:
+            key = str(event.interaction_id)
+            current = interactions.get(key)
+            if current is not None and current.organization_id != org:
+                # An interaction never moves between organizations; applying it
+                # would corrupt two organizations' support aggregates.
+                effects.misrouted.append((event, current.organization_id))
+                continue
+            if silence_step is not None:
+                _silence_before(state, event, silence_step, model, effects)
+            merged = merge_interaction(current, event)
+            interactions[key] = merged
+            apply_interaction(state, current, merged, event, model)
+        effects.applied += 1
+        assert state.last_event_at is not None
+        # as of the newest event, or of a later silence rescoring: an event older
+        # than those (late) must not move the score back to before them
+        as_of = state.last_event_at
+        if state.last_scored_at is not None and state.last_scored_at > as_of:
+            as_of = state.last_scored_at
+        # previous_score: the score before this event, not before the batch, so
+        # that it does not depend on where the batch boundaries fell (replay).
+        # Only the numbers: the explanations are computed where they are read
+        # (an alert here, the read model in the projector).
+        _rescore(
+            state,
+            as_of,
+            model,
+            effects,
+            state.last_score,
+            HistoryCause.EVENTS,
+            explain=False,
+        )
+    return effects
+
+
+def _silence_before(
+    state: OrganizationState,
+    event: UsageEvent | SupportEvent,
+    step: float,
+    model: ScoreModel,
+    effects: BatchEffects,
+) -> None:
+    times = silence_rescore_times(state, event.occurred_at.timestamp(), step)
+    if times:
+        _rescore_silence(state, times, model, effects)
+
+
+def compute_silence_effects(
+    states: dict[str, OrganizationState], watermark: float, step: float, model: ScoreModel
+) -> BatchEffects:
+    """The sweep: rescore silent organizations at every due grid point below `watermark`.
+
+    `watermark` is an event time no event still to come precedes (see
+    `healthscore.service.sweep`), so none of these rescorings can come out of order
+    with a later event of the organization. The last rescoring of each
+    organization carries its risk factors (the read model shows them).
+    Organizations with nothing due are left out of `rescored`.
+    """
+    effects = BatchEffects(states=states)
+    for state in states.values():
+        times = silence_rescore_times(state, watermark, step)
+        if times:
+            _rescore_silence(state, times, model, effects)
+    return effects

@@ -1,0 +1,134 @@
+"""The path to healthy: the fewest actions that bring an organization out of risk; pure.
+
+"Out of risk" is what ends an alert episode: a churn probability below
+`alerts.exit_probability`. The actions are of three kinds, each valued by the
+model itself:
+
+- close an open support interaction (each one by its id): the score is
+  recomputed with it closed, so its value includes the open-interaction,
+  escalation, unresolved-age and (v1) ceiling points it holds;
+- reach a missing success milestone: recomputed with the milestone achieved;
+- undo a behavioural shortfall (inactivity, activity below the organization's
+  usual level, few logins, ...): worth the factor's impact, which is exactly
+  what it costs the score (the impacts sum to score - 100).
+
+Signals that only time heals (recent complaints, negative sentiment, past
+escalations and cancellation requests, contraction) are not actions. The
+search is greedy on the marginal value, recomputed after every choice; since
+the values add up (up to the support and growth clamps), the largest-first
+order reaches the threshold with the fewest actions. At most `limit` actions;
+if even those do not reach the threshold, the list says how far they go.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from healthscore.contracts.enums import MilestoneType
+from healthscore.core.scoring.model import ScoreModel
+from healthscore.core.scoring.score import churn_probability, score
+from healthscore.core.scoring.state import OrganizationState
+
+MAX_ACTIONS = 5
+MIN_VALUE = 0.05  # score points below which an action is not worth naming
+
+_BEHAVIOUR: dict[str, str] = {
+    "inactivity": "use the product again",
+    "activity_decline": "bring product activity back to its usual level",
+    "low_activity": "use the product more",
+    "few_logins": "get the team logging in regularly",
+    "few_active_users": "bring more users back",
+    "narrow_feature_adoption": "use more of the product's features",
+    "shallow_usage": "do more work in the product (clients, forms, emails, payments)",
+    "weak_commercial_momentum": "take payments, upgrade, refer or get reviews",
+    "no_client_growth": "add clients",
+}
+
+
+class HealthAction(msgspec.Struct, frozen=True):
+    action: str  # what to do, for a person
+    factor: str  # the risk factor it removes
+    impact: float  # score points it adds (2 decimals)
+
+
+def _with(
+    state: OrganizationState, closed: frozenset[str], reached: frozenset[str], as_of: float
+) -> OrganizationState:
+    if not closed and not reached:
+        return state
+    milestones = dict(state.milestones)
+    for name in reached:
+        milestones[name] = as_of
+    return msgspec.structs.replace(
+        state,
+        open_interactions={k: v for k, v in state.open_interactions.items() if k not in closed},
+        milestones=milestones,
+    )
+
+
+def path_to_healthy(
+    state: OrganizationState, as_of: float, model: ScoreModel, limit: int = MAX_ACTIONS
+) -> list[HealthAction]:
+    """The fewest actions (largest first) after which the churn probability falls
+    below alerts.exit_probability; [] when it already is. Reads `state`, changes
+    nothing."""
+    base = score(state, as_of, model)
+    reference = base.score - base.change_30d if base.change_30d is not None else None
+    threshold = model.alerts.exit_probability
+
+    def out_of_risk(value: float) -> bool:
+        change = None if reference is None else value - reference
+        return churn_probability(value, change, model) < threshold
+
+    if out_of_risk(base.score):
+        return []
+    closed: frozenset[str] = frozenset()
+    reached: frozenset[str] = frozenset()
+    undone: dict[str, float] = {}
+    current = base
+    actions: list[HealthAction] = []
+    while len(actions) < limit:
+        level = current.score + sum(undone.values())
+        best: tuple[float, str, str, str] | None = None  # (gain, kind, key, factor)
+        for key, interaction in state.open_interactions.items():
+            if key in closed:
+                continue
+            after = score(_with(state, closed | {key}, reached, as_of), as_of, model, False)
+            gain = after.score + sum(undone.values()) - level
+            strong = interaction.escalated or interaction.priority == "urgent"
+            factor = "open_escalations" if strong else "open_interactions"
+            if best is None or gain > best[0]:
+                best = (gain, "close", key, factor)
+        for milestone in MilestoneType:
+            name = milestone.value
+            if name in state.milestones or name in reached:
+                continue
+            after = score(_with(state, closed, reached | {name}, as_of), as_of, model, False)
+            gain = after.score + sum(undone.values()) - level
+            if best is None or gain > best[0]:
+                best = (gain, "reach", name, "missing_milestones")
+        for risk in current.risk_factors:
+            if risk.factor in _BEHAVIOUR and risk.factor not in undone:
+                gain = -risk.impact
+                if best is None or gain > best[0]:
+                    best = (gain, "undo", risk.factor, risk.factor)
+        if best is None or best[0] < MIN_VALUE:
+            break
+        gain, kind, key, factor = best
+        if kind == "close":
+            closed = closed | {key}
+            interaction_type = state.open_interactions[key].interaction_type or "interaction"
+            text = f"close {interaction_type.replace('_', ' ')} {key}"
+        elif kind == "reach":
+            reached = reached | {key}
+            text = f"reach the milestone {key}"
+        else:
+            undone[key] = gain
+            text = _BEHAVIOUR[key]
+        actions.append(HealthAction(action=text, factor=factor, impact=round(gain, 2)))
+        # a behavioural factor's impact does not depend on the support or milestone
+        # components (the composite is a weighted mean), so `undone` keeps its value
+        current = score(_with(state, closed, reached, as_of), as_of, model)
+        if out_of_risk(current.score + sum(undone.values())):
+            break
+    return actions

@@ -1,0 +1,585 @@
+"""The score: (aggregate state, as_of, model) -> health score, pure and cheap.
+
+Notation: all numbers below are model-config fields (`model/health_model.v2.json`);
+``dec(s)`` is the decayed sum of signal s read at as_of; ``sat(x, k) = 1 - exp(-x/k)``
+is a saturating curve (0 at x = 0, 63% at x = k); ``days(x)`` is x seconds in days.
+
+Segment and grace
+    tenure = days(as_of - origin), origin = the account's creation (state.created_at,
+    from a profile) if known and earlier, else first_event_at; segment = "new" if tenure <
+    segments.new_max_tenure_days else "established". New organizations get a
+    grace on *volume* expectations (missing data is not bad data):
+    grace = max(0, 1 - tenure / segments.grace_days), keep = 1 - grace; a
+    volume shortfall costs only `keep` of its points.
+
+Every component is 100 minus named deficits (each deficit is a risk factor):
+
+Engagement
+    silent = days(as_of - last_usage_at) (last_usage_at falls back to
+    first_event_at); recency = 1 within recency_full_days, falling linearly
+    to 0 at recency_zero_days (so a silent organization drifts down as as_of
+    advances).
+    inactivity         = recency_points * (1 - recency)           (no grace)
+    low_activity       = activity_points * exp(-dec(activity)/activity_scale) * keep
+    few_logins         = login_points * exp(-dec(logins)/login_scale) * keep
+    few_active_users   = active_user_points * exp(-users_30d/active_user_scale) * keep
+    activity_decline   = decline_points * clamp((1 - ratio) / decline_full, 0, 1) * keep,
+        ratio = (dec(activity_recent) + k) / (expected + k), expected = the recent
+        sum the baseline rate predicts: dec(activity_baseline) * W(recent) /
+        W(baseline), W(h) = the weight half-life h gives a steady daily event over
+        the organization's history, h/ln 2 * (1 - 2**(-age/h)), age = days since
+        its first event; k = decline_prior_events. A steady organization has ratio
+        1 whatever its size or age, and k keeps a small one's noise from looking
+        like a decline; 1 when the baseline is 0. decline_points is 0 (the
+        factor off) before v2. More activity at as_of never lowers the score;
+        a late event (older than the newest) adds more to the baseline than to
+        the recent sum and can lower it a little.
+    (the *_points sum to 100, enforced by the loader).
+Adoption
+    narrow_feature_adoption = breadth_points * exp(-features_30d/breadth_scale) * keep
+    shallow_usage           = depth_points * exp(-dec(value_actions)/depth_scale) * keep
+Milestones
+    missing_milestones = 100 * sum over missing m of impact_m * min(1, tenure /
+    expected_by_days_m) / sum of all impacts. A milestone's absence costs
+    nothing at tenure 0 and its full weight from expected_by_days on.
+Support (100 when there were never any interactions)
+    open_interactions          = min(cap, penalty * open count)
+    open_escalations           = min(cap, penalty * open escalated-or-urgent count)
+    unresolved_interaction_age = min(cap, per_day * max(0, age of oldest open - grace_days))
+    negative_sentiment / complaints / cancellation_request / recent_escalations
+                               = min(cap, penalty * dec(signal))
+    If the penalties exceed 100 the component is 0 and the factors are scaled
+    down proportionally so that they still sum to the component's deficit.
+Growth
+    growth = clamp(baseline + commercial_points * sat(dec(positive_commercial),
+    commercial_scale) + client_points * sat(dec(clients_added), client_scale)
+    - min(negative_cap, negative_penalty * dec(negative_signals)), 0, 100); the
+    deficits are weak_commercial_momentum = commercial_points * exp(...),
+    no_client_growth = client_points * exp(...), contraction_signals = the
+    penalty, growth_baseline = 100 - baseline - commercial_points - client_points
+    (0 in v1), scaled like support's when clamped at 0.
+
+Composite
+    score = sum_c w_c * C_c / sum_c w_c with the segment's weights, then held
+    under the ceilings of critical signals (ceilings.*). With
+    ceilings.follow_signals (v2) a ceiling fades with its decayed signal instead of
+    holding while the interaction is open: the score is held at or below
+    100 - (100 - ceiling) * min(1, dec(cancellation_requests)) (resp.
+    dec(escalations)), so a cancellation request pulls the score down at once and
+    closing it lets the score recover as the signal decays, not in one event.
+    Without it (v1) the ceilings hold while the signal is open: an open
+    cancellation request caps it at open_cancellation_request (critical band),
+    an open escalated or urgent interaction at open_escalation. The points a
+    ceiling removes are a risk factor of their own (`ceiling_<signal>`), so
+    the impacts still sum to score - 100.
+
+Risk factors and their impacts
+    impact(f) = -(w_c / sum w) * deficit(f), in composite points, so the
+    impacts of *all* factors sum exactly to score - 100 (the baseline is 100:
+    every factor is a shortfall from the ideal). Factors with |impact| < 0.5
+    are folded into one `minor_factors` entry (reported only if that sum
+    reaches 0.5 too), so the reported list sums to score - 100 within 0.5
+    plus rounding. Largest |impact| first.
+
+Churn probability
+    p = logistic(churn.intercept - churn.score_coefficient * score/100
+                 - churn.trend_coefficient * change_30d/100),
+    change_30d = 0 when unknown. p is strictly decreasing in the score (for a
+    given 30-day-old reference score, raising the score also raises the
+    trend) and rises when the 30-day trend falls.
+
+Changes
+    change_Nd = score - the daily score (state.daily_scores) of the oldest day
+    within [today - N, today - 1], None if there is none.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections.abc import Callable
+from typing import TypedDict
+
+import msgspec
+from pydantic import TypeAdapter
+
+from healthscore.contracts.alerts import RiskFactor
+from healthscore.contracts.enums import HealthStatus, Priority, RiskLevel
+from healthscore.core.bands import health_band, risk_level_for
+from healthscore.core.scoring.aggregate import decayed_values
+from healthscore.core.scoring.model import COMPONENTS, DAY, ScoreModel
+from healthscore.core.scoring.state import OpenInteraction, OrganizationState
+
+MIN_REPORTED_IMPACT = 0.5
+_URGENT = Priority.URGENT.value
+_ESCALATION = "escalation"
+_CANCELLATION = "cancellation_request"
+
+# One detail sentence per factor, from its measured value and extra text. Written
+# as f-strings (same format specs as str.format): a factor's text is built for
+# every reported factor, and a template's .format(**kwargs) costs twice as much.
+_Detail = Callable[[float, str], str]
+_DETAILS: dict[str, _Detail] = {
+    "inactivity": lambda value, _: f"No product activity for {value:.1f} days.",
+    "low_activity": lambda value, _: (
+        f"Little recent product activity (decayed event count {value:.1f})."
+    ),
+    "few_logins": lambda value, _: f"Few recent logins (decayed login count {value:.1f}).",
+    "few_active_users": lambda value, _: f"{value:.0f} active users in the last 30 days.",
+    "activity_decline": lambda value, _: (
+        f"Recent activity is {value:.0%} of this organization's usual level."
+    ),
+    "narrow_feature_adoption": lambda value, _: (
+        f"{value:.0f} distinct features used in the last 30 days."
+    ),
+    "shallow_usage": lambda value, _: (
+        "Few recent value actions: clients, forms, journeys, emails, payments, contracts "
+        f"(decayed {value:.1f})."
+    ),
+    "missing_milestones": lambda value, extra: (
+        f"{value:.0f} success milestones expected by now are missing{extra}."
+    ),
+    "open_interactions": lambda value, _: f"{value:.0f} support interactions are open.",
+    "open_escalations": lambda value, _: (
+        f"{value:.0f} open support interactions are escalated or urgent."
+    ),
+    "unresolved_interaction_age": lambda value, _: (
+        f"The oldest open support interaction is {value:.1f} days old."
+    ),
+    "negative_sentiment": lambda value, _: (
+        f"Negative sentiment in recent support interactions (decayed weight {value:.2f})."
+    ),
+    "complaints": lambda value, _: f"Recent complaints (decayed count {value:.2f}).",
+    "cancellation_request": lambda value, _: (
+        f"The customer asked to cancel (decayed count {value:.2f})."
+    ),
+    "recent_escalations": lambda value, _: (
+        f"Recent support escalations (decayed count {value:.2f})."
+    ),
+    "weak_commercial_momentum": lambda value, _: (
+        f"Few recent payments, upgrades, referrals or reviews (decayed weight {value:.2f})."
+    ),
+    "no_client_growth": lambda value, _: f"Few clients added recently (decayed count {value:.1f}).",
+    "contraction_signals": lambda value, _: (
+        f"Downgrades, seat removals or data exports (decayed weight {value:.2f})."
+    ),
+    "growth_baseline": lambda value, _: (
+        f"Growth headroom the model does not award (constant {value:.0f})."
+    ),
+    "minor_factors": lambda value, _: f"{value:.0f} smaller factors together.",
+    "ceiling_open_cancellation_request": lambda value, extra: (
+        f"{value:.0f} open cancellation request(s) hold the score at or below {extra}."
+    ),
+    "ceiling_cancellation_request": lambda value, extra: (
+        f"A recent cancellation request (decayed weight {value:.2f}) holds the score at or "
+        f"below {extra}."
+    ),
+    "ceiling_escalation": lambda value, extra: (
+        f"A recent escalation (decayed weight {value:.2f}) holds the score at or below {extra}."
+    ),
+    "ceiling_open_escalation": lambda value, extra: (
+        f"{value:.0f} open escalated or urgent interaction(s) hold the score at or below {extra}."
+    ),
+}
+
+
+class HealthScore(msgspec.Struct, frozen=True):
+    score: float  # 0..100, 2 decimals
+    status: HealthStatus
+    components: dict[str, float]  # engagement, adoption, milestones, support, growth
+    churn_probability: float  # 0..1, 4 decimals
+    risk_level: RiskLevel
+    risk_factors: list[RiskFactor]  # largest |impact| first, each |impact| >= 0.5
+    segment: str
+    change_7d: float | None
+    change_30d: float | None
+    active_users_30d: int
+
+
+# Each component's deficits, named as risk factors, in COMPONENTS order and in
+# the order score() lists them (and their measured values). The order is part of
+# the result: a component sums its deficits in it (floating point), and equal
+# impacts keep it through the (stable) sort of the risk factors.
+_FACTORS: tuple[tuple[str, ...], ...] = (
+    ("inactivity", "low_activity", "few_logins", "few_active_users", "activity_decline"),
+    ("narrow_feature_adoption", "shallow_usage"),
+    ("missing_milestones",),
+    (
+        "open_interactions",
+        "open_escalations",
+        "unresolved_interaction_age",
+        "negative_sentiment",
+        "complaints",
+        "cancellation_request",
+        "recent_escalations",
+    ),
+    ("growth_baseline", "weak_commercial_momentum", "no_client_growth", "contraction_signals"),
+)
+
+_NO_SUPPORT_DEFICITS = (0.0,) * len(_FACTORS[COMPONENTS.index("support")])
+
+# (impact in composite points, factor, measured value, extra detail text)
+_Impact = tuple[float, str, float, str]
+
+
+def _scale_to(deficits: tuple[float, ...], total: float) -> tuple[float, ...]:
+    """Scale deficits proportionally so they sum to `total` (a clamped component)."""
+    raw = sum(deficits)
+    if raw <= total or raw <= 0.0:
+        return deficits
+    ratio = total / raw
+    return tuple(deficit * ratio for deficit in deficits)
+
+
+def _percent(x: float) -> float:
+    """min(100.0, max(0.0, x)) for every x (NaN gives 0.0 too), without the two builtin
+    calls: they cost more than the rest of a component's arithmetic."""
+    if not x > 0.0:
+        return 0.0
+    return x if x < 100.0 else 100.0
+
+
+def _history_weight(half_life_days: float, age_days: float) -> float:
+    """sum of 2**(-k/h) over a steady daily event stream of `age_days`, as an integral."""
+    return half_life_days / math.log(2) * -math.expm1(-age_days / half_life_days * math.log(2))
+
+
+def expected_recent_activity(
+    baseline: float, state: OrganizationState, as_of: float, model: ScoreModel
+) -> float | None:
+    """The recent (activity_recent) sum the organization's baseline rate predicts;
+    None when there is no baseline yet."""
+    first = state.first_event_at
+    if first is None or baseline <= 0.0 or as_of <= first:
+        return None
+    age = (as_of - first) / DAY
+    half_lives = model.half_life_days
+    window = _history_weight(half_lives.activity_recent, age)
+    return baseline / _history_weight(half_lives.activity_baseline, age) * window
+
+
+def activity_ratio(recent: float, expected: float | None, prior: float) -> float:
+    """Recent activity over what the baseline predicts, shrunk by `prior` events (1.0:
+    as usual)."""
+    if expected is None or expected + prior <= 0.0:
+        return 1.0
+    return (recent + prior) / (expected + prior)
+
+
+def churn_probability(score: float, change_30d: float | None, model: ScoreModel) -> float:
+    """logistic(a - b*score/100 - c*change_30d/100), unrounded."""
+    churn = model.churn
+    trend = (change_30d or 0.0) / 100.0
+    x = churn.intercept - churn.score_coefficient * score / 100.0 - churn.trend_coefficient * trend
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+def score_changes(
+    state: OrganizationState, as_of: float, current: float
+) -> tuple[float | None, float | None]:
+    """(change_7d, change_30d) of `current` against state.daily_scores."""
+    today = int(as_of // DAY)
+    daily = state.daily_scores
+    days = sorted(map(int, daily))  # at most 31: sorting them beats scanning with comparisons
+    return (
+        _change_since(current, daily, days, today - 7, today),
+        _change_since(current, daily, days, today - 30, today),
+    )
+
+
+def _change_since(
+    current: float, daily: dict[str, float], days: list[int], start: int, today: int
+) -> float | None:
+    """`current` - the score of the oldest of the sorted `days` in [start, today), if any."""
+    index = bisect_left(days, start)
+    if index == len(days) or days[index] >= today:
+        return None
+    return round(current - daily[str(days[index])], 2)
+
+
+def score(
+    state: OrganizationState, as_of: float, model: ScoreModel, explain: bool = True
+) -> HealthScore:
+    """Score `state` as of event time `as_of`; pure (reads no clock, changes nothing).
+
+    With `explain=False` the risk factors are left empty: the numbers are the
+    same, and the per-event rescoring on the hot path skips building them.
+    """
+    first = state.first_event_at
+    created = state.created_at  # from a profile: the account is older than its first event
+    origin = created if created is not None and (first is None or created < first) else first
+    tenure = max(0.0, (as_of - origin) / DAY) if origin is not None else 0.0
+    segment = "new" if tenure < model.segments.new_max_tenure_days else "established"
+    grace_days = model.segments.grace_days
+    keep = min(1.0, tenure / grace_days) if grace_days > 0 else 1.0
+    dec = decayed_values(state, as_of, model)
+    exp = math.exp
+
+    # engagement
+    eng = model.engagement
+    last_usage = state.last_usage_at if state.last_usage_at is not None else first
+    silent = max(0.0, (as_of - last_usage) / DAY) if last_usage is not None else 0.0
+    if silent <= eng.recency_full_days:
+        recency = 1.0
+    elif silent >= eng.recency_zero_days:
+        recency = 0.0
+    else:
+        recency = (eng.recency_zero_days - silent) / (eng.recency_zero_days - eng.recency_full_days)
+    user_horizon = as_of - eng.active_user_window_days * DAY
+    active_users = len([seen for seen in state.users.values() if seen >= user_horizon])
+    activity, logins = dec["activity"], dec["logins"]
+    ratio = 1.0
+    decline = 0.0
+    if eng.decline_points > 0.0:
+        expected = expected_recent_activity(dec["activity_baseline"], state, as_of, model)
+        ratio = activity_ratio(dec["activity_recent"], expected, eng.decline_prior_events)
+        decline = eng.decline_points * min(1.0, max(0.0, (1.0 - ratio) / eng.decline_full)) * keep
+    engagement = (
+        eng.recency_points * (1.0 - recency),
+        eng.activity_points * exp(-activity / eng.activity_scale) * keep,
+        eng.login_points * exp(-logins / eng.login_scale) * keep,
+        eng.active_user_points * exp(-active_users / eng.active_user_scale) * keep,
+        decline,
+    )
+
+    # adoption
+    ado = model.adoption
+    feature_horizon = as_of - ado.breadth_window_days * DAY
+    features = len([used for _count, used in state.features.values() if used >= feature_horizon])
+    value_actions = dec["value_actions"]
+    adoption = (
+        ado.breadth_points * exp(-features / ado.breadth_scale) * keep,
+        ado.depth_points * exp(-value_actions / ado.depth_scale) * keep,
+    )
+
+    # milestones
+    missing_points, missing = _missing_milestones(state.milestones, tenure, model)
+    milestones = (100.0 * missing_points / model.milestone_weight_total,)
+
+    # support
+    sup = model.support
+    open_count, escalated, open_cancellations, age = _open_support(state.open_interactions, as_of)
+    sentiment, complaints = dec["negative_sentiment"], dec["complaints"]
+    cancellations, escalations = dec["cancellation_requests"], dec["escalations"]
+    if open_count or sentiment or complaints or cancellations or escalations:
+        support = _scale_to(
+            (
+                min(sup.open_interaction_cap, sup.open_interaction_penalty * open_count),
+                min(sup.open_escalation_cap, sup.open_escalation_penalty * escalated),
+                min(
+                    sup.unresolved_cap,
+                    sup.unresolved_penalty_per_day * max(0.0, age - sup.unresolved_grace_days),
+                ),
+                min(sup.negative_sentiment_cap, sup.negative_sentiment_penalty * sentiment),
+                min(sup.complaint_cap, sup.complaint_penalty * complaints),
+                min(sup.cancellation_cap, sup.cancellation_penalty * cancellations),
+                min(sup.escalation_cap, sup.escalation_penalty * escalations),
+            ),
+            100.0,
+        )
+    else:  # the common case: each penalty is a (finite) model number times 0
+        support = _NO_SUPPORT_DEFICITS
+
+    # growth
+    gro = model.growth
+    commercial, clients = dec["positive_commercial"], dec["clients_added"]
+    negative = dec["negative_signals"]
+    unawarded = 100.0 - gro.baseline - gro.commercial_points - gro.client_points
+    growth = _scale_to(
+        (
+            max(0.0, unawarded),
+            gro.commercial_points * exp(-commercial / gro.commercial_scale),
+            gro.client_points * exp(-clients / gro.client_scale),
+            min(gro.negative_cap, gro.negative_penalty * negative),
+        ),
+        100.0,
+    )
+
+    weights = (model.weights.new if segment == "new" else model.weights.established).as_tuple()
+    total_weight = sum(weights)
+    shares = [weight / total_weight for weight in weights]
+    deficits = (engagement, adoption, milestones, support, growth)
+    components: dict[str, float] = {}
+    composite = 0.0
+    for name, share, points in zip(COMPONENTS, shares, deficits, strict=True):
+        value = _percent(100.0 - sum(points))
+        components[name] = round(value, 2)
+        composite += share * value
+    composite = _percent(composite)
+    ceiling_impacts: list[_Impact] = []
+    ceilings = model.ceilings
+    if ceilings.follow_signals:  # v2: the ceilings fade with their signals, open or not
+        for factor, strength, ceiling in (
+            ("ceiling_cancellation_request", cancellations, ceilings.open_cancellation_request),
+            ("ceiling_escalation", escalations, ceilings.open_escalation),
+        ):
+            held = 100.0 - (100.0 - ceiling) * min(1.0, strength)
+            if strength > 0.0 and composite > held:
+                ceiling_impacts.append((held - composite, factor, strength, f"{held:.0f}"))
+                composite = held
+    elif open_cancellations or escalated:  # a ceiling holds only while its signal is open
+        for factor, count, ceiling in (
+            ("ceiling_open_cancellation_request", open_cancellations,
+             ceilings.open_cancellation_request),
+            ("ceiling_open_escalation", escalated, ceilings.open_escalation),
+        ):  # fmt: skip
+            if count and composite > ceiling:
+                ceiling_impacts.append((ceiling - composite, factor, count, f"{ceiling:g}"))
+                composite = ceiling
+    final = round(composite, 2)
+
+    risk_factors: list[RiskFactor] = []
+    if explain:
+        measured = (  # the values the factors report, in _FACTORS order
+            (silent, activity, logins, active_users, ratio),
+            (features, value_actions),
+            (len(missing),),
+            (open_count, escalated, age, sentiment, complaints, cancellations, escalations),
+            (unawarded, commercial, clients, negative),
+        )
+        extras = ("", "", _milestone_extra(missing), "", "")
+        risk_factors = _risk_factors(_impacts(shares, deficits, measured, extras) + ceiling_impacts)
+
+    change_7d, change_30d = score_changes(state, as_of, final)
+    probability = round(churn_probability(final, change_30d, model), 4)
+    return HealthScore(
+        score=final,
+        status=health_band(final),
+        components=components,
+        churn_probability=probability,
+        risk_level=risk_level_for(probability),
+        risk_factors=risk_factors,
+        segment=segment,
+        change_7d=change_7d,
+        change_30d=change_30d,
+        active_users_30d=active_users,
+    )
+
+
+def _missing_milestones(
+    achieved: dict[str, float], tenure: float, model: ScoreModel
+) -> tuple[float, list[tuple[float, str]]]:
+    """The points of the milestones missing at `tenure`, and (points, name) of each."""
+    total = 0.0
+    missing: list[tuple[float, str]] = []
+    if tenure > 0.0:
+        for name, impact, expected_by_days in model.milestone_table:
+            if name not in achieved:
+                progress = tenure / expected_by_days
+                # impact * min(1.0, progress), without a call in this hot loop
+                points = impact * progress if progress < 1.0 else impact
+                if points > 0.0:
+                    total += points
+                    missing.append((points, name))
+    return total, missing
+
+
+def _milestone_extra(missing: list[tuple[float, str]]) -> str:
+    """The detail text's examples: the (up to) three costliest missing milestones."""
+    if not missing:
+        return ""
+    costliest = sorted(missing, reverse=True)[:3]
+    return ", e.g. " + ", ".join([name for _points, name in costliest])
+
+
+def _open_support(
+    open_interactions: dict[str, OpenInteraction], as_of: float
+) -> tuple[int, int, int, float]:
+    """(open, escalated or urgent, cancellation requests, age in days of the oldest)
+    of the open interactions."""
+    if not open_interactions:
+        return 0, 0, 0, 0.0
+    escalated = 0
+    cancellations = 0
+    oldest: float | None = None
+    for interaction in open_interactions.values():
+        if interaction.interaction_type == _CANCELLATION:
+            cancellations += 1
+        if (
+            interaction.escalated
+            or interaction.priority == _URGENT
+            or interaction.interaction_type == _ESCALATION
+        ):
+            escalated += 1
+        if oldest is None or interaction.opened_at < oldest:
+            oldest = interaction.opened_at
+    assert oldest is not None
+    age = max(0.0, (as_of - oldest) / DAY)
+    return len(open_interactions), escalated, cancellations, age
+
+
+def _impacts(
+    shares: list[float],
+    deficits: tuple[tuple[float, ...], ...],
+    measured: tuple[tuple[float, ...], ...],
+    extras: tuple[str, ...],
+) -> list[_Impact]:
+    """Every factor with a deficit, as its impact on the composite, in _FACTORS order
+    (per component: its share, factors, measured values, deficits and extra text)."""
+    impacts: list[_Impact] = []
+    for share, factors, values, points, extra in zip(
+        shares, _FACTORS, measured, deficits, extras, strict=True
+    ):
+        if share > 0.0:
+            for index, deficit in enumerate(points):
+                if deficit > 0.0:
+                    impacts.append((-share * deficit, factors[index], values[index], extra))
+    return impacts
+
+
+class _Fields(TypedDict):
+    """One RiskFactor's fields, before validation."""
+
+    factor: str
+    value: float
+    impact: float
+    detail: str
+
+
+# Validates all of a score's factors in one call: the same objects as
+# RiskFactor(**fields) for each (equal, same JSON), in about half the time.
+_RISK_FACTORS = TypeAdapter(list[RiskFactor])
+
+
+def _risk_factors(impacts: list[_Impact]) -> list[RiskFactor]:
+    """Largest |impact| first; those under MIN_REPORTED_IMPACT folded into minor_factors."""
+    impacts.sort(key=lambda item: -abs(item[0]))
+    reported: list[_Impact] = []
+    minor_impact, minor_count = 0.0, 0
+    for item in impacts:
+        if abs(item[0]) < MIN_REPORTED_IMPACT:
+            minor_impact += item[0]
+            minor_count += 1
+        else:
+            reported.append(item)
+    minor = abs(minor_impact) >= MIN_REPORTED_IMPACT
+    if minor:
+        reported.append((minor_impact, "minor_factors", minor_count, ""))
+    fields: list[_Fields] = [
+        {
+            "factor": factor,
+            # a count is an int, which rounds to itself: only a measured float needs round()
+            "value": float(value) if isinstance(value, int) else round(value, 4),
+            "impact": round(impact, 2),
+            "detail": _DETAILS[factor](value, extra),
+        }
+        for impact, factor, value, extra in reported
+    ]
+    if minor:  # it goes where its rounded impact puts it (a stable sort: ties keep their order)
+        fields.sort(key=lambda item: -abs(item["impact"]))
+    return _RISK_FACTORS.validate_python(fields)
+
+
+def record_score(state: OrganizationState, health: HealthScore, as_of: float) -> None:
+    """Remember `health` as the latest score (and as its day's score; 31 days kept)."""
+    day = int(as_of // DAY)
+    daily = state.daily_scores
+    daily[str(day)] = health.score
+    newest = max(int(key) for key in daily)
+    for key in [key for key in daily if int(key) < newest - 30]:
+        del daily[key]
+    state.last_score = health.score
+    state.last_scored_at = as_of

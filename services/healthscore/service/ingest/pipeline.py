@@ -1,0 +1,501 @@
+"""One batch, one transaction: gather, compute, apply.
+
+The transaction that writes a batch's effects also moves each partition's
+stored next offset, so the database alone says how far the service got. The
+consumer seeks to those offsets on assignment; Kafka's committed offsets are
+written afterwards for lag tooling only. A crash at any instant therefore
+leaves either the whole batch (effects + offsets) or none of it.
+
+Two guards make the effects count once even when Kafka delivers a record
+again: records below the stored offset are skipped (redelivery after a
+crash or a rebalance), and an event id already in `processed_events` is
+skipped (upstream duplicates, within the retention window). The same id with
+another payload is not a duplicate but a conflict, and is dead-lettered.
+
+A third guard makes sure nothing is skipped: a partition's stored offset only
+moves over records that this transaction applied or dead-lettered. A batch
+whose first record of a partition lies beyond the stored offset (a gap: records
+the client fetched but never handed over) raises `OffsetGap` before anything
+commits, and the consumer seeks back to the stored offset.
+
+A batch that fails on its data (the database refuses a value, the scoring core
+raises) is not an outage: it is split in halves until the one record that
+fails alone is found, and that record is dead-lettered as `unprocessable`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from healthscore.contracts import SupportEvent, UsageEvent
+from healthscore.core.alignment import AlignmentView, align
+from healthscore.core.effects import BatchEffects, compute_batch_effects
+from healthscore.core.interactions import InteractionRecord
+from healthscore.core.scoring.model import ScoreModel
+from healthscore.core.scoring.state import OrganizationState, decode_state
+from healthscore.errors import InvalidStoredOffset, OffsetGap
+from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord, Rejection
+from healthscore.service.ingest.dlq import DeadLetterQueue
+from healthscore.service.projector import project_in_transaction
+from healthscore.store import Connection, sql
+from healthscore.store.effects_writer import write_effects
+from healthscore.store.records import interaction_from_row
+
+TopicPartition = tuple[str, int]
+
+# Errors that say "this data cannot be applied", not "the database or broker is
+# away": the batch is narrowed down to the record instead of retried forever.
+# A unique violation is left out on purpose: a race between replicas heals.
+DATA_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.DataError,
+    asyncpg.CheckViolationError,
+    asyncpg.NotNullViolationError,
+    asyncpg.ForeignKeyViolationError,
+    asyncpg.ProgramLimitExceededError,
+    # raised by the pure core on values it cannot compute with
+    ValueError,
+    ArithmeticError,
+    TypeError,
+    LookupError,
+)
+
+
+class TooManyUnprocessable(Exception):
+    """More records of one batch failed alone than a data problem explains.
+
+    A bug that fails every record must block loudly and be retried, not
+    dead-letter the whole stream one record at a time.
+    """
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch did: the canonical log line and the metrics read this."""
+
+    records: int = 0
+    skipped_replayed: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    organizations_rescored: int = 0
+    alerts: dict[str, int] = field(default_factory=dict)
+    milestones: int = 0
+    consumed_by_topic: dict[str, int] = field(default_factory=dict)
+    applied_by_topic: dict[str, int] = field(default_factory=dict)
+    duplicates_by_topic: dict[str, int] = field(default_factory=dict)
+    redelivered_by_topic: dict[str, int] = field(default_factory=dict)
+    record_timestamps_ms: list[int] = field(default_factory=list)
+    first_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    held_from: dict[TopicPartition, int] = field(default_factory=dict)
+    frontiers: dict[TopicPartition, float] = field(default_factory=dict)
+    next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    rejections: list[Rejection] = field(default_factory=list)
+
+    def merge(self, later: BatchOutcome) -> BatchOutcome:
+        """This outcome followed by `later` (the parts of a bisected batch)."""
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(later, f.name)
+            if isinstance(mine, int):
+                setattr(self, f.name, mine + theirs)
+            elif isinstance(mine, list):
+                mine.extend(theirs)
+            elif f.name in ("first_offsets",):
+                for key, value in theirs.items():
+                    mine[key] = min(mine.get(key, value), value)
+            elif f.name in ("next_offsets", "frontiers", "held_from"):
+                for key, value in theirs.items():
+                    mine[key] = max(mine.get(key, value), value)
+            else:  # counters and timings
+                for key, value in theirs.items():
+                    mine[key] = mine.get(key, 0) + value
+        return self
+
+
+class BatchPipeline:
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        decoder: Decoder,
+        dlq: DeadLetterQueue,
+        model: ScoreModel,
+        consumer_group: str,
+        rescore_step_seconds: float,
+        max_unprocessable_per_batch: int = 10,
+        silence_rescoring: bool = False,
+        read_model_in_transaction: bool = False,
+    ) -> None:
+        self._pool = pool
+        # the naive baseline's way: the read model in every batch's transaction
+        self._read_model_in_transaction = read_model_in_transaction
+        self._max_unprocessable = max_unprocessable_per_batch
+        self._decoder = decoder
+        self._dlq = dlq
+        self._model = model
+        self._group = consumer_group
+        self._rescore_step = rescore_step_seconds
+        # with the silence sweep on: rescore an organization's silence before its
+        # next event (see healthscore.service.sweep), so that it does not depend on timing
+        self._silence_step = rescore_step_seconds if silence_rescoring else None
+
+    def decode(self, records: Sequence[RawRecord]) -> list[Decoded | Rejection]:
+        return [self._decoder.decode(r) for r in records]
+
+    async def process(
+        self, records: Sequence[RawRecord], view: AlignmentView | None = None
+    ) -> BatchOutcome:
+        """Decode and apply a fetched batch (see `process_items`)."""
+        started = time.perf_counter()
+        items = self.decode(records)
+        outcome = await self.process_items(items, view)
+        outcome.timings_ms["decode"] = round((time.perf_counter() - started) * 1000, 1) - sum(
+            outcome.timings_ms.values()
+        )
+        return outcome
+
+    async def process_items(
+        self,
+        items: Sequence[Decoded | Rejection],
+        view: AlignmentView | None = None,
+        positioned: Mapping[TopicPartition, int] | None = None,
+    ) -> BatchOutcome:
+        """Apply decoded records; with `view`, only their event-time-aligned part.
+
+        Records held back by the alignment are not applied and not stored as
+        consumed: `outcome.held_from` says from which offset on, per partition.
+        `positioned` holds the offsets the consumer was explicitly sought to
+        since its last batch of that partition: a fetch from there may start
+        later (the log has nothing to hand over in between: transaction
+        markers, compaction), which is no gap.
+        """
+        if not items:
+            return BatchOutcome()
+        alignment = align(items, view)
+        unprocessable: list[int] = [0]
+        outcome = await self._apply_isolating(
+            list(alignment.applied), positioned or {}, unprocessable
+        )
+        outcome.held_from = alignment.held_from
+        outcome.frontiers = alignment.frontiers
+        return outcome
+
+    async def _apply_isolating(
+        self,
+        items: list[Decoded | Rejection],
+        positioned: Mapping[TopicPartition, int],
+        unprocessable: list[int],
+    ) -> BatchOutcome:
+        """Apply `items`; on a data error, bisect down to the record that fails alone.
+
+        Each half commits on its own with its offsets, so a crash in the middle
+        of a bisection resumes exactly where the database says.
+        """
+        try:
+            return await self._apply(items, positioned)
+        except DATA_ERRORS as exc:
+            if len(items) == 1:
+                unprocessable[0] += 1
+                if unprocessable[0] > self._max_unprocessable:
+                    raise TooManyUnprocessable(
+                        f"more than {self._max_unprocessable} records of one batch failed "
+                        f"alone; the last with {type(exc).__name__}: {exc}"
+                    ) from exc
+                return await self._dead_letter_unprocessable(items[0], exc, positioned)
+            half = len(items) // 2
+            first = await self._apply_isolating(items[:half], positioned, unprocessable)
+            second = await self._apply_isolating(items[half:], positioned, unprocessable)
+            return first.merge(second)
+
+    async def _dead_letter_unprocessable(
+        self,
+        item: Decoded | Rejection,
+        exc: BaseException,
+        positioned: Mapping[TopicPartition, int],
+    ) -> BatchOutcome:
+        """Dead-letter the one record that fails alone and move its offset past it."""
+        record = item.record
+        tp = (record.topic, record.partition)
+        outcome = BatchOutcome(records=1)
+        rejection = Rejection(record, "unprocessable", f"{type(exc).__name__}: {str(exc)[:300]}")
+        async with self._pool.acquire() as conn, conn.transaction():
+            stored = await _lock_offsets(conn, self._group, [tp])
+            if record.offset < stored[tp]:
+                outcome.skipped_replayed = 1
+                _count(outcome.redelivered_by_topic, record.topic)
+                return outcome
+            _check_no_gap(tp, record.offset, stored[tp], positioned)
+            await self._dlq.publish([rejection])
+            await conn.execute(
+                sql.SAVE_OFFSETS, self._group, [tp[0]], [tp[1]], [record.offset + 1], [None]
+            )
+        _count(outcome.consumed_by_topic, record.topic)
+        outcome.first_offsets[tp] = record.offset
+        outcome.next_offsets[tp] = record.offset + 1
+        outcome.rejected["unprocessable"] = 1
+        outcome.rejections = [rejection]
+        return outcome
+
+    async def _apply(
+        self, decoded: list[Decoded | Rejection], positioned: Mapping[TopicPartition, int]
+    ) -> BatchOutcome:
+        """One transaction: effects, dead letters and offsets of `decoded`."""
+        outcome = BatchOutcome(records=len(decoded))
+        last: dict[TopicPartition, int] = {}
+        first = outcome.first_offsets
+        for item in decoded:
+            record = item.record
+            tp = (record.topic, record.partition)
+            last[tp] = max(last.get(tp, -1), record.offset)
+            first[tp] = min(first.get(tp, record.offset), record.offset)
+        partitions = sorted(last)
+        if not partitions:
+            return outcome
+
+        marks = _Marks(outcome.timings_ms)
+        async with self._pool.acquire() as conn, conn.transaction():
+            marks.lap("begin")
+            stored = await _lock_offsets(conn, self._group, partitions)
+            fresh: list[Decoded | Rejection] = []
+            first_fresh: dict[TopicPartition, int] = {}
+            for item in decoded:
+                record = item.record
+                tp = (record.topic, record.partition)
+                if record.offset < stored[tp]:
+                    outcome.skipped_replayed += 1
+                    _count(outcome.redelivered_by_topic, record.topic)
+                    continue
+                first_fresh[tp] = min(first_fresh.get(tp, record.offset), record.offset)
+                fresh.append(item)
+            for tp, offset in first_fresh.items():
+                _check_no_gap(tp, offset, stored[tp], positioned)
+            events = [d for d in fresh if isinstance(d, Decoded)]
+            dead = [d for d in fresh if isinstance(d, Rejection)]
+
+            new_events, duplicates, conflicts = await _claim_new_events(conn, events)
+            dead.extend(conflicts)
+            marks.lap("claim")
+            outcome.duplicates = len(duplicates)
+            for item in duplicates:
+                _count(outcome.duplicates_by_topic, item.record.topic)
+            effects = await self._compute(conn, [d.event for d in new_events], marks)
+            for event, owner in effects.misrouted:
+                dead.append(_misrouted_rejection(events, event, owner))
+            if effects.misrouted:
+                # not applied, so not processed: a corrected resend with the same
+                # event id must not be dropped as a duplicate
+                await conn.execute(
+                    sql.UNCLAIM_EVENT_IDS, [event.event_id for event, _ in effects.misrouted]
+                )
+            await write_effects(conn, effects, self._model, self._rescore_step, outcome.timings_ms)
+            if self._read_model_in_transaction:
+                states = [effects.states[org] for org in effects.rescored]
+                await project_in_transaction(conn, states, self._model)
+            marks.lap("write")
+            # dead letters leave before the commit (see DeadLetterQueue.publish) and
+            # after the writes, so a batch the database refuses sends none
+            await self._dlq.publish(dead)
+            marks.lap("dead_letters")
+            max_times = _max_event_times(events)
+            next_offsets = {tp: max(stored[tp], last[tp] + 1) for tp in partitions}
+            await conn.execute(
+                sql.SAVE_OFFSETS,
+                self._group,
+                [tp[0] for tp in partitions],
+                [tp[1] for tp in partitions],
+                [next_offsets[tp] for tp in partitions],
+                [max_times.get(tp) for tp in partitions],
+            )
+        marks.lap("commit")
+
+        misrouted = {id(event) for event, _ in effects.misrouted}
+        for item in fresh:
+            _count(outcome.consumed_by_topic, item.record.topic)
+            if item.record.timestamp_ms:
+                outcome.record_timestamps_ms.append(item.record.timestamp_ms)
+        for item in new_events:
+            if id(item.event) not in misrouted:
+                _count(outcome.applied_by_topic, item.record.topic)
+        outcome.applied = effects.applied
+        outcome.organizations_rescored = len(effects.rescored)
+        outcome.milestones = len(effects.milestones)
+        for alert in effects.alerts:
+            kind = str(alert.decision.kind)
+            outcome.alerts[kind] = outcome.alerts.get(kind, 0) + 1
+        for rejection in dead:
+            outcome.rejected[rejection.reason] = outcome.rejected.get(rejection.reason, 0) + 1
+        outcome.rejections = dead
+        outcome.next_offsets = next_offsets
+        return outcome
+
+    async def _compute(
+        self, conn: Connection, events: list[UsageEvent | SupportEvent], marks: _Marks
+    ) -> BatchEffects:
+        if not events:
+            return BatchEffects()
+        orgs = sorted({e.organization_id for e in events})
+        states = await _lock_states(conn, orgs)
+        interaction_ids = sorted({e.interaction_id for e in events if isinstance(e, SupportEvent)})
+        interactions: dict[str, InteractionRecord] = {}
+        if interaction_ids:
+            for row in await conn.fetch(sql.READ_INTERACTIONS, interaction_ids):
+                record = interaction_from_row(row)
+                interactions[record.id] = record
+        marks.lap("load")
+        effects = compute_batch_effects(
+            events, states, interactions, self._model, self._silence_step
+        )
+        marks.lap("compute")
+        return effects
+
+
+def _check_no_gap(
+    tp: TopicPartition, first: int, stored: int, positioned: Mapping[TopicPartition, int]
+) -> None:
+    """The stored offset may only move over records handed to this batch."""
+    if first > stored and positioned.get(tp) != stored:
+        raise OffsetGap(tp[0], tp[1], stored, first)
+
+
+async def _lock_offsets(
+    conn: Connection, group: str, partitions: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    topics = [tp[0] for tp in partitions]
+    numbers = [tp[1] for tp in partitions]
+    await conn.execute(sql.ENSURE_OFFSET_ROWS, group, topics, numbers)
+    rows = await conn.fetch(sql.LOCK_OFFSETS, group, topics, numbers)
+    stored = {(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
+    if set(stored) != set(partitions):
+        raise InvalidStoredOffset(f"offset rows missing for {set(partitions) - set(stored)}")
+    return stored
+
+
+async def _lock_states(conn: Connection, orgs: list[UUID]) -> dict[str, OrganizationState]:
+    """Lock (creating where missing) the state rows of `orgs`; decode the stored ones.
+
+    Most organizations of a batch exist already, so they are locked first and
+    only the missing ones pay for the two inserts.
+    """
+    states: dict[str, OrganizationState] = {}
+
+    async def lock(some: list[UUID]) -> set[UUID]:
+        """Lock and decode the existing rows of `some` (a new row holds JSON null)."""
+        found: set[UUID] = set()
+        for row in await conn.fetch(sql.LOCK_STATES, some):
+            found.add(row["organization_id"])
+            if row["state"] != "null":
+                states[str(row["organization_id"])] = decode_state(row["state"])
+        return found
+
+    found = await lock(orgs)
+    missing = [org for org in orgs if org not in found]
+    if missing:
+        await conn.execute(sql.ENSURE_ORGANIZATIONS, missing)
+        created = {r["organization_id"] for r in await conn.fetch(sql.ENSURE_STATE_ROWS, missing)}
+        raced = [org for org in missing if org not in created]
+        if raced:
+            await lock(raced)  # created by another transaction meanwhile: lock theirs
+    return states
+
+
+def payload_digest(item: Decoded) -> bytes:
+    """What was applied under an event id: topic and the event as validated.
+
+    The validated form, not the raw bytes, so that a producer re-serializing
+    the same event (another key order, other whitespace) repeats it exactly.
+    """
+    body = item.event.__pydantic_serializer__.to_json(item.event)
+    return hashlib.blake2b(item.record.topic.encode() + b"\0" + body, digest_size=16).digest()
+
+
+async def _claim_new_events(
+    conn: Connection, events: list[Decoded]
+) -> tuple[list[Decoded], list[Decoded], list[Rejection]]:
+    """Insert the batch's event ids; split into first occurrences, duplicates, conflicts.
+
+    A duplicate repeats what was applied under its id (same digest); a
+    conflict reuses the id for another payload and is dead-lettered.
+    """
+    if not events:
+        return [], [], []
+    bodies = [d.event for d in events]
+    digests = [payload_digest(d) for d in events]
+    rows = await conn.fetch(
+        sql.CLAIM_EVENT_IDS,
+        [e.event_id for e in bodies],
+        [e.organization_id for e in bodies],
+        [e.occurred_at for e in bodies],
+        digests,
+    )
+    claimed: set[UUID] = {r["event_id"] for r in rows}
+    applied: dict[UUID, bytes | None] = {}
+    repeated = [e.event_id for e in bodies if e.event_id not in claimed]
+    if repeated:
+        for row in await conn.fetch(sql.READ_EVENT_DIGESTS, repeated):
+            applied[row["event_id"]] = row["payload_digest"]
+    fresh: list[Decoded] = []
+    duplicates: list[Decoded] = []
+    conflicts: list[Rejection] = []
+    for item, digest in zip(events, digests, strict=True):
+        event_id = item.event.event_id
+        if event_id in claimed:
+            claimed.discard(event_id)  # later copies in this batch compare with this one
+            applied[event_id] = digest
+            fresh.append(item)
+        elif applied.get(event_id) in (None, digest):
+            # ids applied before digests were kept count as plain duplicates
+            duplicates.append(item)
+        else:
+            conflicts.append(
+                Rejection(
+                    item.record,
+                    "event_id_conflict",
+                    f"event_id {event_id} was applied before with another payload",
+                )
+            )
+    return fresh, duplicates, conflicts
+
+
+class _Marks:
+    """Milliseconds spent in each phase of a batch, for the canonical log line."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self._into = into
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self._into[phase] = round((now - self._last) * 1000, 1)
+        self._last = now
+
+
+def _count(counter: dict[str, int], key: str) -> None:
+    counter[key] = counter.get(key, 0) + 1
+
+
+def _max_event_times(events: list[Decoded]) -> dict[TopicPartition, datetime]:
+    """Per partition, the newest event time seen: the sweep's event-time clock."""
+    result: dict[TopicPartition, datetime] = {}
+    for item in events:
+        tp = (item.record.topic, item.record.partition)
+        occurred = item.event.occurred_at.astimezone(UTC)
+        if tp not in result or occurred > result[tp]:
+            result[tp] = occurred
+    return result
+
+
+def _misrouted_rejection(events: list[Decoded], event: SupportEvent, owner: str) -> Rejection:
+    record = next(d.record for d in events if d.event is event)
+    return Rejection(
+        record,
+        "interaction_org_mismatch",
+        f"interaction {event.interaction_id} belongs to organization {owner}, "
+        f"not {event.organization_id}",
+    )

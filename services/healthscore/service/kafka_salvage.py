@@ -1,0 +1,439 @@
+"""Get past Kafka records aiokafka cannot read, losing none of the readable ones.
+
+A record aiokafka cannot parse (a header key that is not UTF-8, a batch that
+fails its CRC, ...) makes `getmany` raise from inside its record iterator:
+`CorruptRecordException` from the pure-Python reader, a bare
+`UnicodeDecodeError` from the C extension the consumer uses by default. The
+exception drops what that call had already drained (other partitions, and the
+records of the same batch before the bad one), and every later fetch starting
+anywhere in the batch fails the same way: FastStream's consume loop retries
+(or restarts) forever, with its logging muted here, and the partition stalls.
+
+`SalvagingConsumer` is the consumer FastStream builds for the service (see
+`install_salvaging_consumer`). When `getmany` fails that way it
+
+1. finds the partition and what the failed call had drained (`_failure_site`);
+2. fetches the partition's bytes from its position with the consumer's own
+   client (`fetch_partition_bytes`) and reads them with the tolerant `kafka_records`
+   reader, from the position through the end of the first damaged batch;
+3. returns those records (the readable ones as ordinary `ConsumerRecord`s, the
+   unreadable ones marked `corrupt` with what failed, at which offset, and the
+   key, value and headers that could be read) together with the drained ones,
+   and seeks the partition past the damaged batch.
+
+The caller (the batch handler) dead-letters the corrupt ones and commits their
+offsets with the batch, like any rejected record. FastStream never sees the
+exception. Every corrupt record is logged (`corrupt_record_salvaged`), counted
+(`healthscore_corrupt_records_total`) and kept for readiness
+(`CorruptRecordMonitor`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import errors as kafka_errors
+from aiokafka.consumer.fetcher import Fetcher, PartitionRecords
+from aiokafka.protocol.fetch import FetchRequest
+from prometheus_client import Counter
+
+from healthscore.service.kafka_records import ParsedBatch, ParsedRecord, parse_batches
+
+if TYPE_CHECKING:
+    from faststream.kafka import KafkaBroker
+
+log = structlog.get_logger(__name__)
+
+Records = dict[TopicPartition, list[Any]]
+READ_COMMITTED = 1
+FETCH_MAX_WAIT_MS = 500
+# a failure the salvage cannot reproduce is retried after this long, not in a hot loop
+UNRESOLVED_BACKOFF_SECONDS = 1.0
+# coordinates remembered so a record read again (a retried batch) is counted once
+REMEMBERED = 10_000
+
+
+@dataclass
+class SalvagedRecord(ConsumerRecord):  # type: ignore[misc]  # aiokafka is untyped
+    """A `ConsumerRecord` read by the salvage; `corrupt` says why it is not valid."""
+
+    corrupt: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CorruptRecordSeen:
+    topic: str
+    partition: int
+    offset: int
+    detail: str
+    at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "detail": self.detail,
+            "at": self.at.isoformat(),
+        }
+
+
+class CorruptRecordMonitor:
+    """Logs, counts and remembers the corrupt records the salvage gets past.
+
+    `describe()` and `check()` are for /readyz: the last corrupt record (where,
+    what, when) and how many, and a readiness problem while one is recent.
+    """
+
+    def __init__(
+        self,
+        counter: Counter | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._counter = counter
+        self._clock = clock
+        self.total = 0
+        self.last: CorruptRecordSeen | None = None
+        # a failure the salvage could not locate or reproduce (None once it gets past one)
+        self.unresolved: str | None = None
+        self._counted: OrderedDict[tuple[str, int, int], None] = OrderedDict()
+
+    def corrupt(self, topic: str, partition: int, record: ParsedRecord) -> None:
+        assert record.corrupt is not None
+        coordinates = (topic, partition, record.offset)
+        repeat = coordinates in self._counted
+        log.error(
+            "corrupt_record_salvaged",
+            topic=topic,
+            partition=partition,
+            offset=record.offset,
+            detail=record.corrupt,
+            key_bytes=None if record.key is None else len(record.key),
+            value_bytes=None if record.value is None else len(record.value),
+            repeat=repeat,
+        )
+        self.last = CorruptRecordSeen(
+            topic,
+            partition,
+            record.offset,
+            record.corrupt,
+            datetime.fromtimestamp(self._clock(), UTC),
+        )
+        if repeat:
+            return
+        self.total += 1
+        self._counted[coordinates] = None
+        if len(self._counted) > REMEMBERED:
+            self._counted.popitem(last=False)
+        if self._counter is not None:
+            self._counter.labels(topic).inc()
+
+    def failed_to_salvage(self, why: str) -> None:
+        self.unresolved = why
+        log.error("corrupt_record_not_salvaged", detail=why)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "corrupt_records": self.total,
+            "last": None if self.last is None else self.last.as_dict(),
+            "unresolved": self.unresolved,
+        }
+
+    async def check(self, recent_seconds: float = 300.0) -> str | None:
+        """A readiness check: a problem while a corrupt record is recent or one is stuck."""
+        if self.unresolved is not None:
+            return f"cannot get past an unreadable record: {self.unresolved}"
+        last = self.last
+        if last is None:
+            return None
+        age = self._clock() - last.at.timestamp()
+        if age > recent_seconds:
+            return None
+        return (
+            f"corrupt record {last.topic}:{last.partition}:{last.offset} skipped "
+            f"{age:.0f}s ago (dead-lettered): {last.detail[:300]}"
+        )
+
+
+@dataclass
+class FailureSite:
+    """Where in aiokafka a `getmany` failed."""
+
+    partition: TopicPartition | None
+    # the batch being read when it failed (base offset, next offset), if known
+    batch: tuple[int, int] | None
+    # records another partition had already handed over in the failed call
+    drained: Records
+
+
+def _failure_site(exc: BaseException) -> FailureSite | None:
+    """Where aiokafka failed to read a fetched record; None for any other error.
+
+    A read failure is a `CorruptRecordException`, or any error raised inside
+    aiokafka's record readers (`aiokafka/record/`: the C reader raises a bare
+    `UnicodeDecodeError` for a header key that is not UTF-8).
+
+    aiokafka internals, used here only: the exception carries neither the
+    partition nor the records the call had drained from other partitions (their
+    positions already moved past them); they exist only as locals of the frames
+    `Fetcher.fetched_records` (`drained`) and `PartitionRecords._unpack_records`
+    (`tp`, `next_batch`) on the traceback. tests/integration/test_corrupt_records.py
+    fails if an aiokafka upgrade moves them; the partition is then None (and a
+    `CorruptRecordException` still gets every partition tried).
+    """
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    innermost = frames[-1].f_code.co_filename.replace("\\", "/") if frames else ""
+    if "aiokafka/record/" not in innermost and not isinstance(
+        exc, kafka_errors.CorruptRecordException
+    ):
+        return None
+    site = FailureSite(None, None, {})
+    for frame in frames:
+        owner = frame.f_locals.get("self")
+        if frame.f_code.co_name == "fetched_records" and isinstance(owner, Fetcher):
+            drained = frame.f_locals.get("drained")
+            if isinstance(drained, dict):
+                site.drained = dict(drained)
+        elif frame.f_code.co_name == "_unpack_records" and isinstance(owner, PartitionRecords):
+            tp = frame.f_locals.get("tp")
+            if isinstance(tp, TopicPartition):
+                site.partition = tp
+            batch = frame.f_locals.get("next_batch")
+            if batch is not None:
+                site.batch = (int(batch.base_offset), int(batch.next_offset))
+    return site
+
+
+def is_unreadable_record_error(exc: BaseException) -> bool:
+    """`exc` is aiokafka failing to read a fetched record (not a broker or client error)."""
+    return _failure_site(exc) is not None
+
+
+async def fetch_partition_bytes(
+    consumer: AIOKafkaConsumer,
+    tp: TopicPartition,
+    offset: int,
+    max_bytes: int,
+    isolation_level: int,
+) -> bytes:
+    """The record bytes of `tp` from `offset`, as the broker sends them.
+
+    aiokafka internals: it has no public call for a partition's raw bytes, so
+    one Fetch request goes through the consumer's own client (`_client`: same
+    connections, security and negotiated protocol version).
+    """
+    client = consumer._client
+    node_id = client.cluster.leader_for_partition(tp)
+    if node_id is None or node_id < 0:
+        await client.force_metadata_update()
+        node_id = client.cluster.leader_for_partition(tp)
+        if node_id is None or node_id < 0:
+            raise kafka_errors.LeaderNotAvailableError(f"no leader for {tp}")
+    # at least one byte (the batch that failed is there): a broker may answer a
+    # zero-byte, zero-wait fetch with no partitions at all (tansu does)
+    request = FetchRequest(
+        FETCH_MAX_WAIT_MS,
+        1,
+        max_bytes,
+        isolation_level,
+        [(tp.topic, [(tp.partition, offset, max_bytes)])],
+    )
+    response = await client.send(node_id, request)
+    for topic, partitions in response.topics:
+        for partition, error_code, _highwater, *part_data in partitions:
+            if (topic, partition) != (tp.topic, tp.partition):
+                continue
+            error = kafka_errors.for_code(error_code)
+            if error is not kafka_errors.NoError:
+                raise error(f"fetching {tp} at {offset}")
+            return bytes(part_data[-1] or b"")
+    raise kafka_errors.KafkaError(f"the fetch response has no data for {tp}")
+
+
+def salvage_range(
+    batches: Iterable[ParsedBatch], position: int, failed_batch: tuple[int, int] | None
+) -> tuple[list[ParsedRecord], int] | None:
+    """The records from `position` through the first damaged batch, and the offset after it.
+
+    Where no batch reads as damaged (aiokafka failed on something this reader
+    accepts), the batch aiokafka was reading ends the range instead. None when
+    neither is among `batches`.
+    """
+    records: list[ParsedRecord] = []
+    for batch in batches:
+        if batch.next_offset <= position:
+            continue
+        if not batch.control:
+            records.extend(r for r in batch.records if r.offset >= position)
+        if batch.damaged or (failed_batch is not None and batch.base_offset == failed_batch[0]):
+            return records, batch.next_offset
+    return None
+
+
+class SalvagingConsumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is untyped
+    """An `AIOKafkaConsumer` whose `getmany` gets past records it cannot parse."""
+
+    def __init__(self, *topics: str, monitor: CorruptRecordMonitor, **kwargs: Any) -> None:
+        super().__init__(*topics, **kwargs)
+        self._monitor = monitor
+        self._salvage_fetch_bytes = int(kwargs.get("max_partition_fetch_bytes", 1024 * 1024))
+        self._salvage_isolation = (
+            READ_COMMITTED if kwargs.get("isolation_level") == "read_committed" else 0
+        )
+        self._key_deserializer_fn = kwargs.get("key_deserializer")
+        self._value_deserializer_fn = kwargs.get("value_deserializer")
+
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> Records:
+        try:
+            result: Records = await super().getmany(
+                *partitions, timeout_ms=timeout_ms, max_records=max_records
+            )
+            return result
+        except Exception as exc:
+            site = _failure_site(exc)
+            if site is None:
+                raise
+            return await self._salvage(exc, site, partitions)
+
+    async def _salvage(
+        self, exc: Exception, site: FailureSite, partitions: tuple[TopicPartition, ...]
+    ) -> Records:
+        error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        drained = site.drained
+        if site.partition is not None:
+            suspects = [site.partition]
+        else:
+            # not located: try every partition this call could have read
+            paused = self.paused()
+            suspects = [
+                tp
+                for tp in sorted(self.assignment())
+                if tp not in paused and tp not in drained and (not partitions or tp in partitions)
+            ]
+        out: Records = {}
+        salvaged = False
+        for tp in suspects:
+            try:
+                got = await self._salvage_partition(tp, site, error)
+            except kafka_errors.KafkaError as fetch_error:
+                log.warning(
+                    "corrupt_record_fetch_failed",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    error=type(fetch_error).__name__,
+                    message=str(fetch_error)[:300],
+                )
+                continue
+            if got is not None:
+                salvaged = True
+                if got:
+                    out[tp] = got
+        assignment = self.assignment()
+        result = {tp: records for tp, records in drained.items() if tp in assignment}
+        result.update(out)
+        if salvaged:
+            self._monitor.unresolved = None
+        else:
+            self._monitor.failed_to_salvage(
+                f"{error} (partitions tried: "
+                f"{', '.join(f'{tp.topic}:{tp.partition}' for tp in suspects) or 'none'})"
+            )
+            await asyncio.sleep(UNRESOLVED_BACKOFF_SECONDS)
+        return result
+
+    async def _salvage_partition(
+        self, tp: TopicPartition, site: FailureSite, error: str
+    ) -> list[SalvagedRecord] | None:
+        """The partition's records through its first damaged batch; None if none is found."""
+        if tp not in self.assignment():
+            return None
+        position = await self.position(tp)
+        data = await fetch_partition_bytes(
+            self, tp, position, self._salvage_fetch_bytes, self._salvage_isolation
+        )
+        failed_batch = site.batch if site.partition == tp else None
+        found = salvage_range(parse_batches(data), position, failed_batch)
+        if found is None:
+            return None
+        records, next_offset = found
+        # a rebalance or a seek while fetching: these records are not ours to hand over
+        if tp not in self.assignment() or await self.position(tp) != position:
+            return []
+        self.seek(tp, next_offset)
+        out = [self._consumer_record(tp, r) for r in records]
+        corrupt = [r for r in records if r.corrupt is not None]
+        for record in corrupt:
+            self._monitor.corrupt(tp.topic, tp.partition, record)
+        log.warning(
+            "corrupt_batch_salvaged",
+            topic=tp.topic,
+            partition=tp.partition,
+            from_offset=position,
+            next_offset=next_offset,
+            records=len(out),
+            corrupt=len(corrupt),
+            error=error,
+        )
+        return out
+
+    def _consumer_record(self, tp: TopicPartition, record: ParsedRecord) -> SalvagedRecord:
+        key: Any = record.key
+        value: Any = record.value
+        if record.corrupt is None:
+            # a corrupt record keeps its raw bytes: they are dead-lettered as they are
+            if self._key_deserializer_fn is not None:
+                key = self._key_deserializer_fn(key)
+            if self._value_deserializer_fn is not None:
+                value = self._value_deserializer_fn(value)
+        return SalvagedRecord(
+            tp.topic,
+            tp.partition,
+            record.offset,
+            record.timestamp,
+            record.timestamp_type,
+            key,
+            value,
+            None,
+            -1 if record.key is None else len(record.key),
+            -1 if record.value is None else len(record.value),
+            record.headers,
+            corrupt=record.corrupt,
+        )
+
+
+async def install_salvaging_consumer(broker: KafkaBroker, monitor: CorruptRecordMonitor) -> None:
+    """Connect `broker` and have its subscribers build `SalvagingConsumer`s.
+
+    FastStream builds each subscriber's consumer with the broker config's
+    `builder`, which `connect()` sets to `partial(AIOKafkaConsumer, **options)`;
+    `start()` connects only if not connected yet. So: connect, swap the class,
+    then start. Fails loudly if FastStream stops building consumers that way.
+    """
+    await broker.connect()
+    config = broker.config.broker_config
+    config.builder = salvaging_builder(config.builder, monitor)
+
+
+def salvaging_builder(builder: Any, monitor: CorruptRecordMonitor) -> functools.partial[Any]:
+    """The same consumer options (connection and security from the factory), salvaging."""
+    if not (isinstance(builder, functools.partial) and builder.func is AIOKafkaConsumer):
+        raise RuntimeError(
+            "FastStream no longer builds consumers as partial(AIOKafkaConsumer, ...): "
+            f"{builder!r}; the corrupt-record salvage cannot be installed"
+        )
+    return functools.partial(SalvagingConsumer, *builder.args, monitor=monitor, **builder.keywords)

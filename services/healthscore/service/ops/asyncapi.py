@@ -1,0 +1,100 @@
+"""The AsyncAPI document, generated from the FastStream broker and the contracts.
+
+The running service serves it as JSON and as a page rendered here, in Python,
+with no script and nothing fetched from elsewhere (`ops.asyncapi_page`). The
+broker address is internal: both show a placeholder unless
+ASYNCAPI_SHOW_SERVERS=true.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from faststream.kafka import KafkaBroker
+from faststream.specification import AsyncAPI
+
+from healthscore import __version__
+from healthscore.config import Settings
+from healthscore.contracts import ChurnRiskAlert, HealthUpdate
+from healthscore.service.ops.asyncapi_page import render_html
+
+DESCRIPTION = (
+    "Consumes product usage and support-interaction events, keeps per-organization "
+    "health scores in PostgreSQL, and publishes churn-risk alerts (with the risk "
+    "factors that drove them) and a compacted feed of the latest scores. Invalid "
+    "input goes unchanged to `<topic>.dlq` with headers x-error-reason, "
+    "x-error-detail, x-source-topic, x-source-partition, x-source-offset."
+)
+
+
+def declare_outputs(broker: KafkaBroker, settings: Settings) -> None:
+    """Describe the output topics in the AsyncAPI document.
+
+    The outbox relay and the DLQ send through one aiokafka producer of their
+    own (batched acks, raw header bytes); these publisher declarations give
+    the document each output's channel and payload schema.
+    """
+    broker.publisher(
+        settings.alert_topic,
+        schema=ChurnRiskAlert,
+        title=f"{settings.alert_topic}:publish",
+        description="One alert per risk episode step; key = organization_id; "
+        "alert_id is deterministic, so consumers drop repeats.",
+    )
+    broker.publisher(
+        settings.health_topic,
+        schema=HealthUpdate,
+        title=f"{settings.health_topic}:publish",
+        description="Latest score of each organization; compacted; key = organization_id.",
+    )
+    for source, dlq in settings.dlq_topics.items():
+        broker.publisher(
+            dlq,
+            schema=bytes,
+            title=f"{dlq}:publish",
+            description=f"Rejected records of {source}, original bytes unchanged; headers "
+            "name the error and the source coordinates.",
+        )
+
+
+def build_spec(broker: KafkaBroker) -> AsyncAPI:
+    return AsyncAPI(
+        broker,
+        title="healthscore",
+        version=__version__,
+        description=DESCRIPTION,
+        schema_version="3.0.0",
+    )
+
+
+HIDDEN_HOST = "<hidden>"
+HIDDEN_NOTE = "The broker address is not shown; set ASYNCAPI_SHOW_SERVERS=true to show it."
+
+
+def asyncapi_document(broker: KafkaBroker, show_servers: bool = False) -> dict[str, Any]:
+    """The document as data; the broker address replaced unless `show_servers`."""
+    document: dict[str, Any] = json.loads(build_spec(broker).to_specification().to_json())
+    if not show_servers:
+        for server in document.get("servers", {}).values():
+            server["host"] = HIDDEN_HOST
+            server["description"] = HIDDEN_NOTE
+    return document
+
+
+def asyncapi_json(broker: KafkaBroker, show_servers: bool = False) -> str:
+    return json.dumps(asyncapi_document(broker, show_servers))
+
+
+def asyncapi_html(broker: KafkaBroker, show_servers: bool = False) -> str:
+    return render_html(asyncapi_document(broker, show_servers))
+
+
+def render_asyncapi(settings: Settings) -> str:
+    """The document for `settings`, without connecting to anything."""
+    from healthscore.service.app import build_broker
+
+    # a stand-in address, never a real one: shown as it is
+    broker, _ = build_broker(settings, "localhost:9092", None, None)
+    document = asyncapi_document(broker, show_servers=True)
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"

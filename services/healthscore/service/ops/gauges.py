@@ -1,0 +1,112 @@
+"""Gauges that come from state, refreshed periodically: lag, outbox, bands."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import asyncpg
+import structlog
+
+from healthscore.service.kafka_clients import KafkaConnection
+from healthscore.service.ops.lag import HighWatermarkProbe
+from healthscore.service.ops.metrics import Metrics
+from healthscore.service.stopping import pause_unless_stopped
+from healthscore.store.offsets import stored_offsets
+
+log = structlog.get_logger(__name__)
+
+OUTBOX_STATS = """
+SELECT count(*) AS backlog,
+       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_age
+FROM alert_outbox WHERE published_at IS NULL
+"""
+# One scan of customer_health for both distributions. It reads the whole table
+# (a million organizations: a few hundred MB), so it runs on its own, slower
+# interval: at the gauges' 5 s it took a measurable share of the throughput with
+# a million organizations in the tables (README, Performance).
+DISTRIBUTION = """
+SELECT health_status, risk_level, count(*) AS n FROM customer_health GROUP BY 1, 2
+"""
+
+BAND_NAMES = ("excellent", "good", "at_risk", "critical")
+RISK_NAMES = ("low", "medium", "high", "critical")
+
+
+class GaugeRefresher:
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        metrics: Metrics,
+        kafka: KafkaConnection,
+        group: str,
+        topics: list[str],
+    ) -> None:
+        self._pool = pool
+        self._metrics = metrics
+        self._kafka = kafka
+        self._group = group
+        self._topics = topics
+        self.last_lag: dict[tuple[str, int], int] = {}
+
+    async def refresh_lag(self, probe: HighWatermarkProbe) -> None:
+        partitions = await probe.partitions(self._topics)
+        watermarks = await probe.high_watermarks(partitions)
+        async with self._pool.acquire() as conn:
+            stored = await stored_offsets(conn, self._group)
+        for tp, high in watermarks.items():
+            lag = max(0, high - stored.get(tp, 0))
+            self.last_lag[tp] = lag
+            self._metrics.consumer_lag.labels(tp[0], str(tp[1])).set(lag)
+
+    async def refresh_outbox(self) -> None:
+        async with self._pool.acquire() as conn:
+            outbox = await conn.fetchrow(OUTBOX_STATS)
+        assert outbox is not None
+        self._metrics.outbox_backlog.set(outbox["backlog"])
+        self._metrics.outbox_oldest_age.set(outbox["oldest_age"])
+
+    async def refresh_distribution(self) -> None:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(DISTRIBUTION)
+        bands: dict[str, int] = {}
+        risks: dict[str, int] = {}
+        for row in rows:
+            bands[row["health_status"]] = bands.get(row["health_status"], 0) + row["n"]
+            risks[row["risk_level"]] = risks.get(row["risk_level"], 0) + row["n"]
+        for band in BAND_NAMES:
+            self._metrics.organizations_by_band.labels(band).set(bands.get(band, 0))
+        for level in RISK_NAMES:
+            self._metrics.organizations_by_risk.labels(level).set(risks.get(level, 0))
+
+    async def run(self, interval: float, stop: asyncio.Event, distribution_interval: float) -> None:
+        """Lag and outbox every `interval`; the band and risk counts every
+        `distribution_interval` (they read all of customer_health)."""
+        probe: HighWatermarkProbe | None = None
+        distribution_due = 0.0
+        while not stop.is_set():
+            try:
+                if probe is None:
+                    probe = HighWatermarkProbe(self._kafka)
+                    await probe.__aenter__()
+                await self.refresh_lag(probe)
+                await self.refresh_outbox()
+                if time.monotonic() >= distribution_due:
+                    await self.refresh_distribution()
+                    distribution_due = time.monotonic() + distribution_interval
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "gauge_refresh_failed", error=type(exc).__name__, message=str(exc)[:200]
+                )
+                if probe is not None:
+                    with contextlib.suppress(Exception):
+                        await probe.__aexit__(None, None, None)
+                    probe = None
+            await pause_unless_stopped(stop, interval)
+        if probe is not None:
+            with contextlib.suppress(Exception):
+                await probe.__aexit__(None, None, None)

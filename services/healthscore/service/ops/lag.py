@@ -1,0 +1,120 @@
+"""True end offsets and consumer lag, robust to a stale ListOffsets answer.
+
+Lag is the partition's high watermark minus the next offset the service
+stored in PostgreSQL (its real progress; Kafka's committed offsets trail it).
+The embedded broker may answer ListOffsets(latest) with the base offset of
+the last record batch + 1 instead of the high watermark, so the high
+watermark is taken from a Fetch response instead: seek just before the
+reported end and fetch; every Fetch response carries the true high watermark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from healthscore.service.kafka_clients import KafkaConnection
+from healthscore.service.kafka_salvage import is_unreadable_record_error
+from healthscore.store import Connection
+from healthscore.store.offsets import stored_offsets
+
+TP = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    topic: str
+    partition: int
+    high_watermark: int
+    stored_offset: int | None
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.high_watermark - (self.stored_offset or 0))
+
+
+class HighWatermarkProbe:
+    """A group-less consumer that reads high watermarks from Fetch responses."""
+
+    def __init__(self, kafka: KafkaConnection) -> None:
+        self._consumer = kafka.consumer(
+            enable_auto_commit=False,
+            group_id=None,
+            fetch_max_wait_ms=50,
+            max_partition_fetch_bytes=64 * 1024,
+        )
+        self._started = False
+
+    async def __aenter__(self) -> HighWatermarkProbe:
+        await self._consumer.start()
+        self._started = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._consumer.stop()
+
+    async def partitions(self, topics: list[str]) -> list[TP]:
+        result: list[TP] = []
+        for topic in topics:
+            parts = self._consumer.partitions_for_topic(topic)
+            if parts is None:
+                await self._consumer._client.force_metadata_update()
+                parts = self._consumer.partitions_for_topic(topic) or set()
+            result.extend((topic, p) for p in sorted(parts))
+        return result
+
+    async def high_watermarks(self, partitions: list[TP], timeout: float = 5.0) -> dict[TP, int]:
+        consumer = self._consumer
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        if not tps:
+            return {}
+        consumer.assign(tps)
+        reported: dict[Any, int] = await consumer.end_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, max(0, reported[tp] - 1))
+        result: dict[TP, int] = {}
+        deadline = time.monotonic() + timeout
+        while len(result) < len(tps) and time.monotonic() < deadline:
+            try:
+                await consumer.getmany(*tps, timeout_ms=100, max_records=1)
+            except Exception as exc:
+                # only the high watermark is wanted, and it came with the fetch
+                # response: a record aiokafka cannot parse must not hide it
+                if not is_unreadable_record_error(exc):
+                    raise
+            for tp in tps:
+                hw = consumer.highwater(tp)
+                if hw is not None:
+                    result[(tp.topic, tp.partition)] = max(hw, reported[tp])
+            await asyncio.sleep(0)
+        for tp in tps:
+            # an empty partition never answers a fetch with records; 0 is exact then
+            result.setdefault((tp.topic, tp.partition), reported[tp])
+        return result
+
+    async def log_starts(self, partitions: list[TP]) -> dict[TP, int]:
+        """The first offset still in each partition's log (the log start offset)."""
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        if not tps:
+            return {}
+        starts: dict[Any, int] = await self._consumer.beginning_offsets(tps)
+        return {(tp.topic, tp.partition): offset for tp, offset in starts.items()}
+
+
+async def consumer_lag(
+    kafka: KafkaConnection, conn: Connection, group: str, topics: list[str]
+) -> list[PartitionLag]:
+    async with HighWatermarkProbe(kafka) as probe:
+        partitions = await probe.partitions(topics)
+        watermarks = await probe.high_watermarks(partitions)
+    stored = await stored_offsets(conn, group)
+    return [
+        PartitionLag(
+            topic, partition, watermarks[(topic, partition)], stored.get((topic, partition))
+        )
+        for topic, partition in partitions
+    ]

@@ -1,0 +1,206 @@
+"""Prometheus metrics, one registry per service instance (tests run several)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from healthscore.service.ingest.pipeline import BatchOutcome
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 500, 1000, 2500, 5000, 10000, 20000)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events_consumed = Counter(
+            "healthscore_events_consumed_total",
+            "Records fetched from an input topic and handled in a committed batch.",
+            ["topic"],
+            registry=r,
+        )
+        self.events_applied = Counter(
+            "healthscore_events_applied_total",
+            "Valid, new events whose effects were committed.",
+            ["topic"],
+            registry=r,
+        )
+        self.events_deduplicated = Counter(
+            "healthscore_events_deduplicated_total",
+            "Valid events skipped because their event_id was already processed.",
+            ["topic"],
+            registry=r,
+        )
+        self.events_redelivered = Counter(
+            "healthscore_events_redelivered_total",
+            "Records skipped because their offset was already committed in PostgreSQL.",
+            ["topic"],
+            registry=r,
+        )
+        self.events_dead_lettered = Counter(
+            "healthscore_events_dead_lettered_total",
+            "Records sent to the DLQ, by rejection reason.",
+            ["topic", "reason"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "healthscore_batch_size_records",
+            "Records per committed batch.",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.batch_duration = Histogram(
+            "healthscore_batch_duration_seconds",
+            "Time from receiving a batch to its database commit.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.produce_to_commit = Histogram(
+            "healthscore_produce_to_commit_seconds",
+            "Kafka record timestamp (producer time) to the commit of its effects.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.corrupt_records = Counter(
+            "healthscore_corrupt_records_total",
+            "Kafka records the client could not parse, salvaged and dead-lettered "
+            "(each source offset counted once per process).",
+            ["topic"],
+            registry=r,
+        )
+        self.batch_failures = Counter(
+            "healthscore_batch_failures_total",
+            "Batches that failed and were fetched again.",
+            registry=r,
+        )
+        self.read_model_staleness = Gauge(
+            "healthscore_read_model_staleness_seconds",
+            "Age of the oldest organization change not yet projected into customer_health "
+            "and the health feed (0 when the projector is caught up).",
+            registry=r,
+        )
+        self.read_model_staleness_target = Gauge(
+            "healthscore_read_model_staleness_target_seconds",
+            "READ_MODEL_STALENESS_TARGET_SECONDS: the freshness the read model is run for "
+            "(the alert rules compare the staleness with it).",
+            registry=r,
+        )
+        self.read_model_projected = Counter(
+            "healthscore_read_model_projected_total",
+            "customer_health rows written by the projector (one per organization per pass).",
+            registry=r,
+        )
+        self.projection_duration = Histogram(
+            "healthscore_projection_duration_seconds",
+            "Duration of one projector pass (one page of organizations).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=r,
+        )
+        self.offset_gaps = Counter(
+            "healthscore_offset_gaps_total",
+            "Batches that started past a partition's stored offset (records fetched but "
+            "not handed over); the partition was sought back, nothing committed.",
+            ["topic"],
+            registry=r,
+        )
+        self.partitions_refused = Gauge(
+            "healthscore_partition_refused",
+            "1 while a partition is not consumed because its stored offset lies outside "
+            "the log (above the high watermark or below the log start).",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.framework_errors = Counter(
+            "healthscore_framework_errors_total",
+            "Errors the consumer framework logged (its consume loop, a failed fetch).",
+            ["source"],
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "healthscore_consumer_lag_records",
+            "High watermark minus the next offset stored in PostgreSQL.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.outbox_backlog = Gauge(
+            "healthscore_outbox_backlog_alerts",
+            "Alerts committed but not yet published.",
+            registry=r,
+        )
+        self.outbox_oldest_age = Gauge(
+            "healthscore_outbox_oldest_unsent_age_seconds",
+            "Age of the oldest unpublished alert (0 when none).",
+            registry=r,
+        )
+        self.alerts_raised = Counter(
+            "healthscore_alerts_raised_total",
+            "Alerts written to the outbox, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.alerts_published = Counter(
+            "healthscore_alerts_published_total",
+            "Alerts published to Kafka, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.organizations_by_band = Gauge(
+            "healthscore_organizations",
+            "Organizations by health band.",
+            ["health_status"],
+            registry=r,
+        )
+        self.organizations_by_risk = Gauge(
+            "healthscore_organizations_by_risk",
+            "Organizations by risk level.",
+            ["risk_level"],
+            registry=r,
+        )
+        self.milestones = Counter(
+            "healthscore_milestones_achieved_total",
+            "Milestones achieved.",
+            registry=r,
+        )
+        self.sweep_runs = Counter(
+            "healthscore_sweep_runs_total",
+            "Silence sweep pages run.",
+            registry=r,
+        )
+        self.sweep_duration = Histogram(
+            "healthscore_sweep_duration_seconds",
+            "Duration of one sweep page.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rebalances = Counter(
+            "healthscore_rebalances_total",
+            "Partition assignment changes.",
+            ["change"],
+            registry=r,
+        )
+
+    def observe_batch(self, outcome: BatchOutcome, duration: float) -> None:
+        self.batch_size.observe(outcome.records)
+        self.batch_duration.observe(duration)
+        for topic, count in outcome.consumed_by_topic.items():
+            self.events_consumed.labels(topic).inc(count)
+        for topic, count in outcome.applied_by_topic.items():
+            self.events_applied.labels(topic).inc(count)
+        for topic, count in outcome.duplicates_by_topic.items():
+            self.events_deduplicated.labels(topic).inc(count)
+        for topic, count in outcome.redelivered_by_topic.items():
+            self.events_redelivered.labels(topic).inc(count)
+        for rejection in outcome.rejections:
+            self.events_dead_lettered.labels(rejection.record.topic, rejection.reason).inc()
+        for kind, count in outcome.alerts.items():
+            self.alerts_raised.labels(kind).inc(count)
+        if outcome.milestones:
+            self.milestones.inc(outcome.milestones)
+        now_ms = time.time() * 1000
+        for ts in outcome.record_timestamps_ms:
+            self.produce_to_commit.observe(max(0.0, (now_ms - ts) / 1000))

@@ -1,0 +1,137 @@
+"""Readiness, checked in the background: /readyz serves the latest result.
+
+One task runs every check on an interval, all at once, each cut off after its
+own timeout, and keeps the outcome with the time it finished. A request reads
+that outcome (a few dictionary reads): it never waits on PostgreSQL or the
+broker, so twenty scrapers and probes cost no round trips and cannot make one
+another time out. A result older than `stale_after` counts as not ready: a
+checker that stopped finishing rounds is itself a failure. While not ready it
+checks again sooner (`retry_interval`), so start-up and recovery show within
+half a second instead of a whole interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from healthscore.service.stopping import pause_unless_stopped
+
+log = structlog.get_logger(__name__)
+
+Check = Callable[[], Awaitable[str | None]]  # None = ok, else why not
+Clock = Callable[[], float]
+
+# the name /readyz reports when there is no fresh result to serve
+CHECKER = "checker"
+
+
+@dataclass(frozen=True, slots=True)
+class ReadinessResult:
+    """One round of checks: each check's "ok" or why not, and when it finished."""
+
+    checks: dict[str, str]
+    finished: float  # the checker's clock (monotonic)
+    finished_at: datetime  # wall clock, for the response body
+
+    @property
+    def failed(self) -> list[str]:
+        return [name for name, outcome in self.checks.items() if outcome != "ok"]
+
+
+class ReadinessChecker:
+    def __init__(
+        self,
+        checks: Mapping[str, Check],
+        interval: float,
+        timeout: float,
+        stale_after: float | None = None,
+        retry_interval: float | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if interval <= 0 or timeout <= 0:
+            raise ValueError("interval and timeout must be positive")
+        # O(1) facts shown beside the checks in /readyz (set by the composition root)
+        self.notes: Callable[[], dict[str, Any]] | None = None
+        self._checks = dict(checks)
+        self.interval = interval
+        self.timeout = timeout
+        # a healthy checker finishes a round at most every interval + timeout
+        self.stale_after = stale_after if stale_after is not None else 3 * interval + timeout
+        self.retry_interval = retry_interval if retry_interval is not None else min(interval, 0.5)
+        self._clock = clock
+        self.latest: ReadinessResult | None = None
+        self.rounds = 0
+
+    async def check_once(self) -> ReadinessResult:
+        """Run every check concurrently; store and return the result."""
+        outcomes = await asyncio.gather(*(self._run(check) for check in self._checks.values()))
+        result = ReadinessResult(
+            checks=dict(zip(self._checks, outcomes, strict=True)),
+            finished=self._clock(),
+            finished_at=datetime.now(UTC),
+        )
+        previous = self.latest
+        self.latest = result
+        self.rounds += 1
+        if previous is None or previous.failed != result.failed:
+            log.info("readiness_changed", ready=not result.failed, checks=result.checks)
+        return result
+
+    async def _run(self, check: Check) -> str:
+        try:
+            problem = await asyncio.wait_for(check(), self.timeout)
+        except TimeoutError:
+            return f"no answer within {self.timeout:g}s"
+        except Exception as exc:
+            return f"{type(exc).__name__}: {str(exc)[:200]}"
+        return "ok" if problem is None else problem
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Check now, then every `interval` (from the end of one round to the
+        start of the next; `retry_interval` while not ready) until `stop` is set."""
+        while not stop.is_set():
+            ready = False
+            try:
+                ready = not (await self.check_once()).failed
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug in a check's wrapper; never end the loop
+                log.warning("readiness_round_failed", error=type(exc).__name__, message=str(exc))
+            await pause_unless_stopped(stop, self.interval if ready else self.retry_interval)
+
+    def status(self) -> tuple[int, dict[str, Any]]:
+        """The HTTP status and body /readyz answers: O(1), no I/O."""
+        result = self.latest
+        if result is None:
+            return 503, {
+                "status": "not ready",
+                "checks": {CHECKER: "no readiness check has finished yet"},
+                "failed": [CHECKER],
+            }
+        age = max(0.0, self._clock() - result.finished)
+        checks = dict(result.checks)
+        failed = result.failed
+        if age > self.stale_after:
+            checks[CHECKER] = (
+                f"the latest result is {age:.1f}s old (limit {self.stale_after:g}s): "
+                "the readiness checker is stuck"
+            )
+            failed = [*failed, CHECKER]
+        body: dict[str, Any] = {
+            "status": "not ready" if failed else "ready",
+            "checks": checks,
+            "failed": failed,
+            "checked_at": result.finished_at.isoformat(),
+            "age_seconds": round(age, 3),
+        }
+        if self.notes is not None:
+            # what an operator should know that does not make the service unready
+            body["notes"] = self.notes()
+        return (503 if failed else 200), body

@@ -1,0 +1,131 @@
+"""The relay: publish committed alerts, then mark them sent.
+
+Only what a committed batch transaction wrote can leave, so an alert never
+escapes a batch that rolled back. Publishing and marking are not atomic: a
+crash between them re-publishes the same rows with the same `alert_id`
+(deterministic), which the notification service drops; a different id is
+never minted. One relay is active at a time (a transaction-level advisory
+lock), so an organization's alerts leave in the order they were raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import asyncpg
+import orjson
+import structlog
+
+from healthscore.service.stopping import repeat_until_stopped
+from healthscore.store import sql
+
+log = structlog.get_logger(__name__)
+
+
+class AlertPublishError(Exception):
+    """The broker did not take a page of alerts; they stay pending."""
+
+
+RELAY_LOCK_KEY = 0x6865616C7468_01  # "health" + 1
+
+PENDING_ALERTS = """
+SELECT alert_id, organization_id, kind, payload::text AS payload
+FROM alert_outbox
+WHERE published_at IS NULL
+ORDER BY seq
+LIMIT $1
+"""
+
+MARK_ALERTS_SENT = """
+UPDATE alert_outbox
+SET published_at = now(), publish_attempts = publish_attempts + 1, last_error = NULL
+WHERE alert_id = ANY($1::uuid[])
+"""
+
+RECORD_ALERT_FAILURE = """
+UPDATE alert_outbox
+SET publish_attempts = publish_attempts + 1, last_error = $2
+WHERE alert_id = ANY($1::uuid[])
+"""
+
+
+class Producer(Protocol):
+    async def send(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None
+    ) -> asyncio.Future[Any]: ...
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        producer: Producer,
+        alert_topic: str,
+        batch_size: int = 500,
+        after_publish: Callable[[], None] | None = None,
+        on_published: Callable[[str], None] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._producer = producer
+        self._alert_topic = alert_topic
+        self._batch_size = batch_size
+        # fault-injection seam: the crash tests kill the process right here,
+        # after the broker acked and before the rows are marked sent
+        self._after_publish = after_publish
+        self._on_published = on_published
+        self.published: dict[str, int] = {}
+
+    async def relay_alerts(self) -> int:
+        """Publish one page of pending alerts; return how many left."""
+        failure: tuple[list[Any], str] | None = None
+        async with self._pool.acquire() as conn:
+            async with conn.transaction():
+                if not await conn.fetchval(sql.TRY_LEADER_LOCK, RELAY_LOCK_KEY):
+                    return 0
+                rows = await conn.fetch(PENDING_ALERTS, self._batch_size)
+                if not rows:
+                    return 0
+                ids = [r["alert_id"] for r in rows]
+                try:
+                    await self._publish_alerts(rows)
+                except Exception as exc:
+                    failure = (ids, f"{type(exc).__name__}: {exc}"[:500])
+                else:
+                    await conn.execute(MARK_ALERTS_SENT, ids)
+            if failure is not None:
+                # after the (empty) transaction: the failure record must survive
+                await conn.execute(RECORD_ALERT_FAILURE, *failure)
+                raise AlertPublishError(failure[1])
+        for row in rows:
+            self.published[row["kind"]] = self.published.get(row["kind"], 0) + 1
+            if self._on_published is not None:
+                self._on_published(row["kind"])
+        return len(rows)
+
+    async def _publish_alerts(self, rows: list[Any]) -> None:
+        now = datetime.now(UTC).isoformat()
+        futures = []
+        for row in rows:
+            payload = orjson.loads(row["payload"])
+            payload["emitted_at"] = now
+            futures.append(
+                await self._producer.send(
+                    self._alert_topic,
+                    value=orjson.dumps(payload),
+                    key=str(row["organization_id"]).encode(),
+                )
+            )
+        await asyncio.gather(*futures)
+        if self._after_publish is not None:
+            self._after_publish()
+
+    async def run(self, interval: float, stop: asyncio.Event) -> None:
+        """Relay until `stop` is set; back off on errors, never give up."""
+
+        async def step() -> bool:
+            return await self.relay_alerts() > 0
+
+        await repeat_until_stopped(step, stop, interval, "relay_failed")

@@ -1,0 +1,190 @@
+"""Silence is a signal: rescore organizations that stopped sending events.
+
+Silence rescorings are a function of the log, so that a replay makes the
+same ones as the live run, whatever the timing of either. An organization is
+rescored at every point of its fixed event-time grid (every
+SILENCE_RESCORE_AFTER_SECONDS, at a phase set by its id, so that silent
+organizations do not all fall due at once) that lies at least one step after
+its newest event, as of that point (`ingest.effects.silence_rescore_times`):
+
+- before a batch applies an organization's event, it rescores the grid
+  points the organization went through in silence (`BatchPipeline`);
+- this sweep rescores the grid points that lie strictly below the log's
+  watermark for organizations that have sent nothing since.
+
+The watermark is the oldest of the input partitions' newest applied event
+times (stored with the offsets, in the batch's transaction). A partition is
+read in order, so for a log whose partitions are in event-time order no event
+older than the watermark is still to come: a rescoring the sweep makes can
+never precede an older event of that organization, and an event that comes
+later would have been preceded by exactly the same rescorings in a batch.
+The wall clock plays no part: when a producer stops, its partitions hold the
+watermark back (an upstream outage, not customers going quiet) and the sweep
+waits instead of raising an alert storm.
+
+One sweeper at a time across processes: a transaction-level advisory lock;
+rows are taken with SKIP LOCKED so a sweep never waits on a consumer's batch
+(the batch makes any rescorings due before its events itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import structlog
+
+from healthscore.core.effects import compute_silence_effects, next_silence_rescore
+from healthscore.core.scoring.model import ScoreModel
+from healthscore.core.scoring.state import OrganizationState, decode_state
+from healthscore.service.stopping import pause_unless_stopped
+from healthscore.store import Connection, sql
+from healthscore.store.effects_writer import write_effects
+from healthscore.store.records import to_datetime
+
+log = structlog.get_logger(__name__)
+
+SWEEP_LOCK_KEY = 0x6865616C7468_03
+
+
+async def event_time_watermark(
+    conn: Connection, consumer_group: str, topics: Sequence[str]
+) -> datetime | None:
+    """The log's watermark for `consumer_group` (None before any event was applied)."""
+    value: datetime | None = await conn.fetchval(
+        sql.EVENT_TIME_WATERMARK, consumer_group, list(topics)
+    )
+    return value
+
+
+class SilenceSweep:
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        model: ScoreModel,
+        consumer_group: str,
+        rescore_step_seconds: float,
+        *,
+        topics: Sequence[str],
+        page_size: int = 1000,
+        on_run: Callable[[float, list[str]], None] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._model = model
+        self._group = consumer_group
+        self._topics = list(topics)
+        self._step = rescore_step_seconds
+        self._page = page_size
+        self._on_run = on_run
+        self.runs = 0
+        self.rescorings = 0
+        self.last_alerts = 0
+
+    async def run_once(self, watermark: datetime | None = None) -> int:
+        """Rescore one page of due organizations up to the log's watermark; return how many.
+
+        `watermark` overrides the log's (tests and tools). Returns the number of
+        organizations taken, 0 when none is due or another process sweeps.
+        """
+        started = time.perf_counter()
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(sql.TRY_LEADER_LOCK, SWEEP_LOCK_KEY):
+                return 0
+            if watermark is None:
+                watermark = await event_time_watermark(conn, self._group, self._topics)
+                if watermark is None:
+                    return 0
+            rows = await conn.fetch(sql.PICK_SILENT, watermark, self._page)
+            if not rows:
+                return 0
+            states: dict[str, OrganizationState] = {}
+            for row in rows:
+                if row["state"] != "null":
+                    states[str(row["organization_id"])] = decode_state(row["state"])
+            effects = compute_silence_effects(
+                states, watermark.timestamp(), self._step, self._model
+            )
+            if effects.rescored:
+                await write_effects(conn, effects, self._model, self._step)
+            # taken but nothing due after all (a due time stored under another step)
+            stale = [str(r["organization_id"]) for r in rows]
+            stale = [org for org in stale if org not in effects.rescored]
+            if stale:
+                await conn.execute(
+                    sql.SET_RESCORE_DUE,
+                    [UUID(org) for org in stale],
+                    [self._next_due(states.get(org)) for org in stale],
+                )
+        rescorings = len(effects.silence_rescorings)
+        self.last_alerts = len(effects.alerts)
+        if rescorings:
+            self.runs += 1
+            self.rescorings += rescorings
+            if self._on_run is not None:
+                kinds = [str(alert.decision.kind) for alert in effects.alerts]
+                self._on_run(time.perf_counter() - started, kinds)
+        log.info(
+            "silence_sweep",
+            organizations=len(effects.rescored),
+            rescorings=rescorings,
+            alerts=len(effects.alerts),
+            watermark=watermark.isoformat(),
+        )
+        return len(rows)
+
+    def _next_due(self, state: OrganizationState | None) -> datetime | None:
+        return None if state is None else to_datetime(next_silence_rescore(state, self._step))
+
+    async def drain(self, pause: float = 0.05) -> int:
+        """Sweep until nothing is due below the watermark; how many organizations taken.
+
+        Waits its turn while another sweeper holds the lock or a batch holds rows.
+        """
+        total = 0
+        while True:
+            taken = await self.run_once()
+            total += taken
+            if taken == 0:
+                if await self.backlog() == 0:
+                    return total
+                await asyncio.sleep(pause)
+
+    async def backlog(self) -> int:
+        """How many organizations are due below the log's watermark now."""
+        async with self._pool.acquire() as conn:
+            watermark = await event_time_watermark(conn, self._group, self._topics)
+            if watermark is None:
+                return 0
+            return int(await conn.fetchval(sql.COUNT_SILENT, watermark))
+
+    async def purge_processed_events(self, retention_days: int, page: int = 50_000) -> int:
+        """Forget event ids older than the dedupe window (wall clock of processing)."""
+        cutoff = datetime.now(UTC) - timedelta(days=retention_days)
+        total = 0
+        while True:
+            async with self._pool.acquire() as conn:
+                status = await conn.execute(sql.PURGE_PROCESSED_EVENTS, cutoff, page)
+            deleted = int(status.split()[-1])
+            total += deleted
+            if deleted < page:
+                return total
+
+    async def run(
+        self, interval: float, stop: asyncio.Event, dedupe_retention_days: int | None = None
+    ) -> None:
+        while not stop.is_set():
+            try:
+                while await self.run_once() >= self._page:
+                    pass  # a full page: more are due
+                if dedupe_retention_days is not None:
+                    await self.purge_processed_events(dedupe_retention_days)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("sweep_failed", error=type(exc).__name__, message=str(exc)[:300])
+            await pause_unless_stopped(stop, interval)

@@ -1,0 +1,552 @@
+"""`healthscore api-bench`: the read side under load, on the real stack.
+
+1. tables holding N organizations (default 100,000), generated inside PostgreSQL:
+   customer_health with 3-8 risk factors each (~1 KB of JSON), 14 daily score
+   history rows, 3 milestones, interactions and alerts for some;
+2. the API as its own process(es) (`healthscore api`, a LOGIN role in
+   cs_dashboard, the signing key from the database), as in production;
+3. the consumers writing meanwhile: `healthscore serve` fed a simulated stream
+   at --write-rate events/s (new organizations, so customer_health grows and its
+   indexes churn under the readers);
+4. for each scenario (every sort and filter of the list, a second page, the
+   organization page), --clients concurrent closed-loop clients for --seconds,
+   each request timed from send to the last byte by a minimal HTTP/1.1 client
+   (keep-alive) so that the client's own cost stays small.
+
+Prints p50/p95/p99 per scenario and writes JSON (--json-out). Nothing here is
+asserted: the figures go to the README with the command that made them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlencode
+
+import asyncpg
+
+from healthscore.api.auth import issue_hs256
+from healthscore.api.dev import dev_login_url
+from healthscore.service.kafka_clients import KafkaConnection
+from healthscore.store.migrate import apply_migrations
+from healthscore_lab.devservices import free_port, resolve_services
+from healthscore_lab.simulator import SimulationConfig, generate, produce
+
+FACTORS = (
+    "inactivity",
+    "low_activity",
+    "few_logins",
+    "few_active_users",
+    "narrow_feature_adoption",
+    "shallow_usage",
+    "missing_milestones",
+    "open_interactions",
+    "negative_sentiment",
+    "complaints",
+    "weak_commercial_momentum",
+    "contraction_signals",
+)
+
+# generated in PostgreSQL, in chunks of organizations; every statement reads $1 (the
+# chunk's size) and writes rows for the organizations it creates
+_PREFILL = """
+WITH orgs AS (
+    INSERT INTO organizations (id, name, plan)
+    SELECT gen_random_uuid(), 'Bench Weddings ' || g, 'pro' FROM generate_series(1, $1) g
+    RETURNING id
+), scored AS (
+    SELECT id, round((100 * power(random(), 0.7))::numeric, 2) AS s,
+           (3 + floor(random() * 6))::int AS nfactors, random() AS r
+    FROM orgs
+), health AS (
+    INSERT INTO customer_health (
+        organization_id, health_score, engagement_score, adoption_score, milestone_score,
+        support_score, growth_score, churn_probability, risk_factors, feature_usage,
+        score_change_7d, score_change_30d, active_users_30d, open_interactions,
+        milestones_achieved, last_activity_at, last_login_at, scored_at, score_model_version)
+    SELECT id, s, s, least(100, s + 5), greatest(0, s - 5), s, s,
+           round((1 / (1 + exp(-(4.5 - 10 * s / 100))))::numeric, 4),
+           (SELECT jsonb_agg(jsonb_build_object(
+                       'factor', ($2::text[])[1 + ((k * 7 + (r * 1000)::int) % 12)],
+                       'value', round((random() * 30)::numeric, 1),
+                       'impact', -round((random() * 12)::numeric, 2),
+                       'detail', 'A sentence about this factor for the dashboard, as the '
+                                 || 'scoring model writes it, with its measured value.')
+                   ORDER BY k)
+            FROM generate_series(1, nfactors) k),
+           '{"forms": 12, "journeys": 3, "invoices": 7, "calendar": 20}',
+           CASE WHEN r < 0.1 THEN NULL ELSE round((random() * 40 - 25)::numeric, 2) END,
+           CASE WHEN r < 0.2 THEN NULL ELSE round((random() * 60 - 35)::numeric, 2) END,
+           (random() * 8)::int, (random() * 3)::int, 3,
+           now() - random() * interval '20 days', now() - random() * interval '20 days',
+           now() - random() * interval '1 day', 'bench'
+    FROM scored
+    RETURNING organization_id
+), history AS (
+    INSERT INTO health_score_history (organization_id, scored_at, health_score,
+                                      churn_probability, risk_level, components,
+                                      score_model_version, cause)
+    SELECT organization_id, now() - d * interval '1 day', 50 + d, 0.3, 'medium',
+           '{"engagement": 50, "adoption": 60, "milestones": 40, "support": 70, "growth": 45}',
+           'bench', 'events'
+    FROM health, generate_series(0, 13) d
+    RETURNING 1
+), milestones AS (
+    INSERT INTO success_milestones (organization_id, milestone_type, achieved_at,
+                                    triggering_event_id, reward_type, reward_status)
+    SELECT organization_id, m, now() - interval '30 days', gen_random_uuid(),
+           CASE WHEN m = 'first_client_added' THEN 'badge' END,
+           CASE WHEN m = 'first_client_added' THEN 'pending' END
+    FROM health,
+         unnest(ARRAY['onboarding_completed', 'profile_completed', 'first_client_added']) m
+    RETURNING 1
+), interactions AS (
+    INSERT INTO support_interactions (id, organization_id, interaction_type, channel, status,
+                                      priority, assigned_to, subject, opened_at,
+                                      first_event_at, last_event_at)
+    SELECT gen_random_uuid(), organization_id, 'technical_support', 'email',
+           CASE WHEN random() < 0.3 THEN 'open' ELSE 'resolved' END, 'normal', $3::uuid,
+           'Question about ' || md5(organization_id::text), now() - interval '3 days',
+           now() - interval '3 days', now() - interval '2 days'
+    FROM health WHERE random() < 0.5
+    RETURNING 1
+), alerts AS (
+    INSERT INTO alert_outbox (alert_id, organization_id, kind, episode, payload, published_at)
+    SELECT gen_random_uuid(), organization_id, 'risk_raised', 1,
+           '{"health_score": 30, "risk_level": "high", "churn_probability": 0.6}', now()
+    FROM health WHERE random() < 0.1
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM history) + (SELECT count(*) FROM milestones)
+       + (SELECT count(*) FROM interactions) + (SELECT count(*) FROM alerts)
+"""
+CHUNK = 10_000
+
+
+@dataclass
+class Scenario:
+    name: str
+    path: str
+    params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    scenario: str
+    requests: int
+    errors: int
+    per_second: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+@dataclass
+class BenchSettings:
+    organizations: int
+    clients: int
+    seconds: float
+    write_rate: float
+    api_processes: int
+    pool_size: int
+
+
+# --- a minimal HTTP/1.1 client: keep-alive GETs, Content-Length bodies -------------------
+
+
+class Connection:
+    def __init__(self, host: str, port: int, token: str) -> None:
+        self.host, self.port, self.token = host, port, token
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def get(self, target: str) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        request = (
+            f"GET {target} HTTP/1.1\r\nHost: {self.host}\r\n"
+            f"Authorization: Bearer {self.token}\r\nAccept: application/json\r\n\r\n"
+        )
+        self.writer.write(request.encode())
+        status_line = await self.reader.readline()
+        length = 0
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.decode().partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+        await self.reader.readexactly(length)
+        return int(status_line.split()[1])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def _client(
+    ports: list[int], token: str, targets: list[str], until: float, latencies: list[float]
+) -> int:
+    errors = 0
+    connections = [Connection("127.0.0.1", port, token) for port in ports]
+    rng = random.Random()
+    try:
+        while time.perf_counter() < until:
+            conn = rng.choice(connections)  # replicas behind a load balancer
+            target = rng.choice(targets)
+            start = time.perf_counter()
+            try:
+                status = await conn.get(target)
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                conn.close()
+                conn.writer = None
+                errors += 1
+                continue
+            latencies.append((time.perf_counter() - start) * 1000)
+            if status != 200:
+                errors += 1
+    finally:
+        for conn in connections:
+            conn.close()
+    return errors
+
+
+async def run_scenario(
+    ports: list[int], token: str, name: str, targets: list[str], clients: int, seconds: float
+) -> Result:
+    latencies: list[float] = []
+    until = time.perf_counter() + seconds
+    started = time.perf_counter()
+    errors = await asyncio.gather(
+        *(_client(ports, token, targets, until, latencies) for _ in range(clients))
+    )
+    elapsed = time.perf_counter() - started
+    ordered = sorted(latencies) or [0.0]
+
+    def pct(p: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))], 1)
+
+    return Result(
+        scenario=name,
+        requests=len(latencies),
+        errors=sum(errors),
+        per_second=round(len(latencies) / elapsed, 1),
+        p50_ms=round(statistics.median(ordered), 1),
+        p95_ms=pct(0.95),
+        p99_ms=pct(0.99),
+        max_ms=round(ordered[-1], 1),
+    )
+
+
+# --- the stack ----------------------------------------------------------------------------
+
+
+async def prefill(url: str, organizations: int, support_user: uuid.UUID) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        done = 0
+        while done < organizations:
+            size = min(CHUNK, organizations - done)
+            await conn.fetchval(_PREFILL, size, list(FACTORS), support_user)
+            done += size
+            print(f"  prefilled {done:,} organizations", flush=True)
+        await conn.execute("VACUUM ANALYZE")
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+
+
+async def _users(url: str) -> dict[str, uuid.UUID]:
+    users = {"admin": uuid.uuid4(), "support": uuid.uuid4()}
+    conn = await asyncpg.connect(url)
+    try:
+        for role, user_id in users.items():
+            await conn.execute(
+                "INSERT INTO user_profiles (id, email, full_name, role) VALUES ($1, $2, $3, $4)",
+                user_id,
+                f"bench-{role}-{user_id.hex[:6]}@healthscore.invalid",
+                f"Bench {role}",
+                role,
+            )
+    finally:
+        await conn.close()
+    return users
+
+
+async def _signing_key(url: str) -> tuple[int, str]:
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT key_id, encode(secret, 'hex') AS secret FROM app_signing_keys"
+            " WHERE retired_at IS NULL ORDER BY key_id DESC LIMIT 1"
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    return row["key_id"], row["secret"]
+
+
+async def _sample_ids(url: str, count: int) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT organization_id FROM customer_health TABLESAMPLE SYSTEM (5) LIMIT $1", count
+        )
+    finally:
+        await conn.close()
+    return [str(r["organization_id"]) for r in rows]
+
+
+@contextlib.contextmanager
+def _children(argvs: list[tuple[list[str], dict[str, str]]], logs: Path) -> Iterator[None]:
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for i, (argv, env) in enumerate(argvs):
+            log = (logs / f"child-{i}.log").open("wb")
+            processes.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
+        yield
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+async def _wait_ready(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError, ValueError):
+            conn = Connection("127.0.0.1", port, "")
+            try:
+                if await conn.get("/api/readyz") == 200:
+                    return
+            finally:
+                conn.close()
+        await asyncio.sleep(0.3)
+    raise RuntimeError(f"the API on port {port} did not become ready")
+
+
+def scenarios(ids: list[str]) -> list[tuple[str, list[str]]]:
+    def org_list(**params: str) -> str:
+        return "/api/v1/organizations?" + urlencode({"limit": "50", **params})
+
+    return [
+        ("list: churn_probability (default)", [org_list()]),
+        ("list: sort=health_score", [org_list(sort="health_score")]),
+        ("list: sort=score_change_7d", [org_list(sort="score_change_7d")]),
+        ("list: health_status=at_risk", [org_list(health_status="at_risk")]),
+        (
+            "list: health_status=good, sort=health_score",
+            [org_list(health_status="good", sort="health_score")],
+        ),
+        ("list: risk_level=high", [org_list(risk_level="high")]),
+        ("list: factor=complaints", [org_list(factor="complaints")]),
+        ("list: q=<id prefix>", [org_list(q=i[:4]) for i in ids[:200]]),
+        ("organization page", [f"/api/v1/organizations/{i}" for i in ids]),
+        ("organization history (30 days)", [f"/api/v1/organizations/{i}/history" for i in ids]),
+    ]
+
+
+async def _second_pages(port: int, token: str) -> list[str]:
+    """Second pages of the default list, by the cursor the first page returns."""
+    import http.client
+
+    def fetch() -> str | None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request(
+            "GET", "/api/v1/organizations?limit=50", headers={"Authorization": f"Bearer {token}"}
+        )
+        body = json.loads(conn.getresponse().read())
+        conn.close()
+        cursor: str | None = body["next_cursor"]
+        return cursor
+
+    cursor = await asyncio.to_thread(fetch)
+    return [f"/api/v1/organizations?{urlencode({'limit': '50', 'cursor': cursor or ''})}"]
+
+
+async def run_api_bench(options: BenchSettings) -> dict[str, object]:
+    services = resolve_services(
+        database_url=os.environ.get("DATABASE_URL"),
+        kafka_bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
+    )
+    logs = Path(".healthscore") / "api-bench"
+    logs.mkdir(parents=True, exist_ok=True)
+    try:
+        url = services.database_url
+        print(f"{services.kind} PostgreSQL and broker; migrating", flush=True)
+        await apply_migrations(url)
+        users = await _users(url)
+        started = time.perf_counter()
+        await prefill(url, options.organizations, users["support"])
+        print(f"prefill: {time.perf_counter() - started:.0f}s", flush=True)
+        key_id, secret = await _signing_key(url)
+        login_url = await dev_login_url(url)
+        jwt_secret = secrets.token_urlsafe(32)
+        token = issue_hs256(jwt_secret, users["admin"], timedelta(hours=2))
+        ports = [free_port() for _ in range(options.api_processes)]
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "DATABASE"))}
+        api_env = {
+            **base_env,
+            "API_DATABASE_URL": login_url,
+            "API_DB_SIGNING_KEY_ID": str(key_id),
+            "API_DB_SIGNING_KEY": secret,
+            "API_JWT_SECRET": jwt_secret,
+            "API_DATABASE_POOL_SIZE": str(options.pool_size),
+            "LOG_LEVEL": "WARNING",
+        }
+        suffix = uuid.uuid4().hex[:6]
+        topics = {
+            "USAGE_TOPIC": f"bench-usage-{suffix}",
+            "SUPPORT_TOPIC": f"bench-support-{suffix}",
+            "ALERT_TOPIC": f"bench-alerts-{suffix}",
+            "HEALTH_TOPIC": f"bench-health-{suffix}",
+        }
+        serve_env = {
+            **base_env,
+            **topics,
+            "DATABASE_URL": url,
+            "KAFKA_BOOTSTRAP_SERVERS": services.kafka_bootstrap_servers,
+            "KAFKA_IDEMPOTENT_PRODUCER": "true"
+            if services.broker_supports_idempotence
+            else "false",
+            "OPS_PORT": "0",
+            "LOG_LEVEL": "WARNING",
+        }
+        command = [sys.executable, "-m", "healthscore.cli"]
+        children = [([*command, "api", "--port", str(port)], api_env) for port in ports]
+        if options.write_rate > 0:
+            children.append(([*command, "serve", "--no-migrate", "--no-sweep"], serve_env))
+        with _children(children, logs):
+            for port in ports:
+                await _wait_ready(port)
+            ids = await _sample_ids(url, 2000)
+            writer = None
+            if options.write_rate > 0:
+                writer = asyncio.create_task(_write(serve_env, options.write_rate))
+                await asyncio.sleep(10)  # the consumer joins and starts writing
+            second = await _second_pages(ports[0], token)
+            results: list[Result] = []
+            print(
+                f"{options.clients} clients, {options.seconds:g}s per scenario, "
+                f"{options.api_processes} API process(es), writes at {options.write_rate:g}/s",
+                flush=True,
+            )
+            plan = scenarios(ids)
+            plan.insert(7, ("list: second page (cursor)", second))
+            for name, targets in plan:
+                # a short warm-up of each statement's plans and the pool
+                await run_scenario(ports, token, name, targets, options.clients, 1.0)
+                result = await run_scenario(
+                    ports, token, name, targets, options.clients, options.seconds
+                )
+                results.append(result)
+                print(
+                    f"  {name:<46} p50 {result.p50_ms:7.1f}  p95 {result.p95_ms:7.1f}  "
+                    f"p99 {result.p99_ms:7.1f} ms  {result.per_second:7.1f}/s  "
+                    f"errors {result.errors}",
+                    flush=True,
+                )
+            written = await _fetch_count(url)
+            if writer is not None:
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+        return {
+            "when": datetime.now(UTC).isoformat(),
+            "settings": asdict(options),
+            "organizations_scored_after": written,
+            "results": [asdict(r) for r in results],
+        }
+    finally:
+        services.close()
+
+
+async def _fetch_count(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        count: int = await conn.fetchval("SELECT count(*) FROM customer_health")
+    finally:
+        await conn.close()
+    return count
+
+
+async def _write(env: dict[str, str], rate: float) -> None:
+    """The consumers' input: a simulated stream over new organizations, at `rate`."""
+    from healthscore.config import Settings
+
+    settings = Settings.model_construct(
+        **{
+            **Settings().model_dump(),
+            "kafka_bootstrap_servers": env["KAFKA_BOOTSTRAP_SERVERS"],
+            "usage_topic": env["USAGE_TOPIC"],
+            "support_topic": env["SUPPORT_TOPIC"],
+        }
+    )
+    producer = KafkaConnection.from_settings(settings).producer(
+        acks="all", enable_idempotence=False
+    )
+    await producer.start()
+    try:
+        config = SimulationConfig(
+            start=datetime.now(UTC) - timedelta(days=30),
+            organizations=20_000,
+            events=int(rate * 3600),
+            seed=14,
+            span=timedelta(days=30),
+        )
+        await produce(
+            generate(config), producer, env["USAGE_TOPIC"], env["SUPPORT_TOPIC"], rate=rate
+        )
+    finally:
+        await producer.stop()
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--organizations", type=int, default=100_000)
+    p.add_argument("--clients", type=int, default=50, help="concurrent closed-loop clients")
+    p.add_argument("--seconds", type=float, default=10.0, help="per scenario")
+    p.add_argument(
+        "--write-rate", type=float, default=1000.0, help="events/s the consumers apply meanwhile"
+    )
+    p.add_argument("--api-processes", type=int, default=2, help="API replicas, load-balanced")
+    p.add_argument("--pool-size", type=int, default=10, help="connections per API process")
+    p.add_argument("--json-out", type=Path)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = BenchSettings(
+        organizations=args.organizations,
+        clients=args.clients,
+        seconds=args.seconds,
+        write_rate=args.write_rate,
+        api_processes=args.api_processes,
+        pool_size=args.pool_size,
+    )
+    report = asyncio.run(run_api_bench(options))
+    if args.json_out is not None:
+        args.json_out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json_out}")
+    return 0

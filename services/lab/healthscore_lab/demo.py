@@ -1,0 +1,363 @@
+"""`healthscore demo`: everything at once, on the embedded services.
+
+Starts the service in this process, feeds it a synthetic stream, and prints
+the dashboard's view (organizations by band, the riskiest ones with their
+top reasons) while churn-risk alerts arrive on the alert topic.
+
+Every run starts clean: unless DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS are set,
+the PostgreSQL and the broker are new and removed at the end (the broker keeps
+its topics in memory only, so a kept database would hold offsets beyond the new
+topics' ends). What is set is used as it is, and the demo says so. The service's
+log goes to a file; the screen gets a summary of the rejected messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import sys
+from collections import Counter
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import orjson
+import structlog
+from aiokafka import AIOKafkaProducer
+from pydantic import SecretStr
+
+from healthscore.config import Settings
+from healthscore.errors import StartupRefused
+from healthscore.service.app import Service, ServiceOptions
+from healthscore.service.kafka_clients import KafkaConnection
+from healthscore.service.offsets_reset import read_log_bounds
+from healthscore.store.db import DatabaseTLS, connect, database_tls
+from healthscore.store.dburl import redact
+from healthscore.store.migrate import apply_migrations
+from healthscore.store.offsets_reset import selected_offsets
+from healthscore_lab.simulator import SimulationConfig, generate, produce
+
+BANDS_QUERY = """
+SELECT health_status, count(*) AS n FROM customer_health GROUP BY 1 ORDER BY 1
+"""
+RISKIEST_QUERY = """
+SELECT organization_id, health_score, health_status, churn_probability, risk_level,
+       risk_factors::text AS risk_factors
+FROM customer_health ORDER BY health_score ASC LIMIT $1
+"""
+# The service's own login (not the server's superuser): the production posture
+# (deploy/), so the service has nothing to warn about. The server quotes both.
+DEMO_LOGIN = "healthscore_demo"
+LOGIN_STATEMENT = """
+SELECT format(
+    CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)
+         THEN 'ALTER ROLE %I LOGIN PASSWORD %L'
+         ELSE 'CREATE ROLE %I LOGIN PASSWORD %L IN ROLE healthscore_writer' END,
+    $1::text, $2::text)
+"""
+
+
+@dataclass
+class DemoOptions:
+    organizations: int = 200
+    events: int = 20_000
+    rate: float = 4000.0
+    seed: int = 7
+    span_days: int = 30
+    settle_seconds: float = 5.0
+    top: int = 8
+    # the demo's own services (started for this run, removed after it)
+    owns_database: bool = True
+    owns_broker: bool = True
+    dashboard: bool = True  # serve the dashboard at the end, until Ctrl-C
+
+
+@dataclass
+class LogSummary:
+    """What the service logged, condensed for the screen (a structlog processor)."""
+
+    # reason -> the rejected records (topic, partition, offset): a retried batch
+    # logs its rejections again
+    rejected: dict[str, set[tuple[str, int, int]]] = field(default_factory=dict)
+    examples: dict[str, str] = field(default_factory=dict)
+    other: Counter[str] = field(default_factory=Counter)
+
+    def __call__(
+        self, logger: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        name = str(event.get("event"))
+        if name == "message_rejected":
+            reason = str(event.get("reason"))
+            where = (
+                str(event.get("topic")),
+                int(event.get("partition", -1)),
+                int(event.get("offset", -1)),
+            )
+            self.rejected.setdefault(reason, set()).add(where)
+            self.examples.setdefault(reason, str(event.get("detail", "")))
+        elif method in ("warning", "error", "critical", "exception"):
+            self.other[name] += 1
+        return event
+
+    def lines(self) -> list[str]:
+        total = sum(len(v) for v in self.rejected.values())
+        out: list[str] = []
+        if total:
+            out.append(
+                f"rejected messages: {total}, each sent to its topic's dead-letter topic "
+                "(<topic>.dlq); the service went on"
+            )
+            for reason, records in sorted(self.rejected.items(), key=lambda kv: -len(kv[1])):
+                # pydantic's prefix says nothing to a reader
+                example = self.examples[reason].replace("Value error, ", "")
+                if len(example) > 160:
+                    example = example[:157] + "..."
+                out.append(f"  {reason:<24} {len(records):>5}  e.g. {example}")
+        else:
+            out.append("rejected messages: none")
+        if self.other:
+            worst = ", ".join(f"{name} x{n}" for name, n in self.other.most_common(5))
+            out.append(f"warnings and errors in the log: {worst}")
+        return out
+
+
+@contextmanager
+def log_to_file(path: Path) -> Iterator[LogSummary]:
+    """The service's log (JSON lines, INFO and up) into `path`, not onto the screen."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    summary = LogSummary()
+    with path.open("w", encoding="utf-8") as file:
+        _configure(file, summary)
+        try:
+            yield summary
+        finally:
+            logging.getLogger().handlers.clear()
+            structlog.reset_defaults()
+
+
+def _configure(file: TextIO, summary: LogSummary) -> None:
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            summary,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(file=file),
+        cache_logger_on_first_use=False,
+    )
+    # the libraries' own log (aiokafka, uvicorn, asyncio) into the same file
+    logging.basicConfig(level=logging.WARNING, stream=file, force=True)
+
+
+async def _watch_alerts(
+    settings: Settings, stop: asyncio.Event, seen: list[dict[str, Any]]
+) -> None:
+    consumer = KafkaConnection.from_settings(settings).consumer(
+        settings.alert_topic,
+        auto_offset_reset="latest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                for record in records:
+                    alert = orjson.loads(record.value)
+                    seen.append(alert)
+                    reasons = ", ".join(f["factor"] for f in alert["risk_factors"][:3])
+                    print(
+                        f"  ALERT {alert['kind']:<15} org {alert['organization_id'][:8]} "
+                        f"score {alert['health_score']:5.1f} risk {alert['risk_level']:<8} "
+                        f"because: {reasons}",
+                        flush=True,
+                    )
+    finally:
+        await consumer.stop()
+
+
+async def _print_dashboard(database_url: str, top: int, tls: DatabaseTLS = None) -> None:
+    conn = await connect(database_url, tls)
+    try:
+        bands = await conn.fetch(BANDS_QUERY)
+        riskiest = await conn.fetch(RISKIEST_QUERY, top)
+    finally:
+        await conn.close()
+    print("  organizations by band: " + ", ".join(f"{r['health_status']}={r['n']}" for r in bands))
+    print(f"  lowest {top} scores (organization, score, band, churn probability, top reasons):")
+    for row in riskiest:
+        factors = orjson.loads(row["risk_factors"])[:2]
+        why = "; ".join(f"{f['factor']} ({f['impact']:+.1f})" for f in factors)
+        print(
+            f"    {str(row['organization_id'])[:8]}  {float(row['health_score']):5.1f} "
+            f"{row['health_status']:<9} p(churn)={float(row['churn_probability']):.2f}  {why}"
+        )
+
+
+async def _create_demo_login(admin_url: str) -> str:
+    """A LOGIN role in healthscore_writer on the demo's own server; its URL."""
+    password = secrets.token_hex(16)
+    conn = await connect(admin_url, None)  # the demo's own embedded server
+    try:
+        await conn.execute(await conn.fetchval(LOGIN_STATEMENT, DEMO_LOGIN, password))
+    finally:
+        await conn.close()
+    parts = urlsplit(admin_url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    netloc = f"{DEMO_LOGIN}:{quote(password)}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+async def _offsets_beyond_the_log(admin_url: str, settings: Settings) -> list[str]:
+    """Stored offsets of a kept database that the (new) topics cannot continue from."""
+    assert settings.kafka_bootstrap_servers is not None
+    topics = [settings.usage_topic, settings.support_topic]
+    starts, ends = await read_log_bounds(KafkaConnection.from_settings(settings), topics)
+    conn = await connect(admin_url, database_tls(settings))
+    try:
+        stored = await selected_offsets(conn, settings.consumer_group, topics, None)
+    finally:
+        await conn.close()
+    # a missing topic is created empty when the service starts
+    return [
+        f"{topic}:{partition} stored {offset}, log {starts.get((topic, partition), 0)}.."
+        f"{ends.get((topic, partition), 0)}"
+        for (topic, partition), offset in sorted(stored.items())
+        if not starts.get((topic, partition), 0) <= offset <= ends.get((topic, partition), 0)
+    ]
+
+
+async def run_demo(
+    settings: Settings, options: DemoOptions, summary: LogSummary | None = None
+) -> int:
+    assert settings.database_url is not None
+    admin_url = (settings.migration_database_url or settings.database_url).get_secret_value()
+    if options.owns_database and options.owns_broker:
+        print(
+            "services: a new PostgreSQL and Kafka-protocol broker for this run, removed "
+            "when it ends (every run starts clean)"
+        )
+    else:
+        if not options.owns_database:
+            print(
+                f"database: DATABASE_URL as it is ({redact(admin_url)}): scores, alerts and "
+                "stored offsets of earlier runs stay"
+            )
+        if not options.owns_broker:
+            print(
+                f"broker: KAFKA_BOOTSTRAP_SERVERS as it is ({settings.kafka_bootstrap_servers}): "
+                "records of earlier runs stay in its topics"
+            )
+    tls = database_tls(settings)
+    applied = await apply_migrations(admin_url, tls=tls)
+    print(
+        f"database schema: {len(applied)} migration(s) applied"
+        if applied
+        else "database schema: up to date"
+    )
+    if options.owns_database:
+        service_url = await _create_demo_login(admin_url)
+        settings = settings.model_copy(
+            update={
+                "database_url": SecretStr(service_url),
+                "migration_database_url": SecretStr(admin_url),
+            }
+        )
+    else:
+        beyond = await _offsets_beyond_the_log(admin_url, settings)
+        if beyond:
+            way_out = (
+                "the demo's own broker is new each run (its topics live in memory): unset "
+                "DATABASE_URL (a new database each run too), point it at an empty database, "
+                "or also set KAFKA_BOOTSTRAP_SERVERS to a broker that keeps its topics"
+                if options.owns_broker
+                else "point DATABASE_URL at an empty database, or run `healthscore "
+                "offsets-reset --to-earliest` (see docs/operations.md)"
+            )
+            print(
+                f"error: the database keeps offsets of consumer group {settings.consumer_group!r} "
+                f"outside the topics' logs ({'; '.join(beyond[:3])}"
+                f"{'; ...' if len(beyond) > 3 else ''}), so the service would not consume "
+                f"them: {way_out}",
+                file=sys.stderr,
+            )
+            return 1
+    service = Service(settings, ServiceOptions(run_sweep=True))
+    stop = asyncio.Event()
+    alerts: list[dict[str, Any]] = []
+    watcher: asyncio.Task[None] | None = None
+    producer: AIOKafkaProducer | None = None
+    try:
+        try:
+            await service.start()
+        except StartupRefused as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(
+            f"service: running, ops endpoints on http://{settings.ops_host}:{service.http_port}"
+            "/metrics (and /readyz) while the demo runs"
+        )
+        watcher = asyncio.create_task(_watch_alerts(settings, stop, alerts))
+        producer = KafkaConnection.from_settings(settings).producer(
+            acks="all", enable_idempotence=False
+        )
+        await producer.start()
+        start = datetime.now(UTC) - timedelta(days=options.span_days)
+        config = SimulationConfig(
+            start=start,
+            organizations=options.organizations,
+            events=options.events,
+            seed=options.seed,
+            span=timedelta(days=options.span_days) - timedelta(minutes=1),
+        )
+        print(
+            f"producing {options.events} events for {options.organizations} organizations "
+            f"at {options.rate:.0f}/s ..."
+        )
+        send = asyncio.create_task(
+            produce(
+                generate(config),
+                producer,
+                settings.usage_topic,
+                settings.support_topic,
+                rate=options.rate,
+            )
+        )
+        while not send.done():
+            await asyncio.sleep(2.0)
+            await _print_dashboard(admin_url, 3, tls)
+        stats = await send
+        print(
+            f"produced {stats.sent} messages ({stats.duplicates} duplicates and "
+            f"{stats.malformed} bad ones on purpose) in {stats.seconds:.1f}s"
+        )
+        await asyncio.sleep(options.settle_seconds)  # let the last batches and alerts land
+        print("final dashboard:")
+        await _print_dashboard(admin_url, options.top, tls)
+        print(f"alerts received: {len(alerts)}")
+        if options.dashboard:
+            from healthscore.api.server import run_dashboard
+
+            await run_dashboard(settings)  # the service keeps scoring meanwhile
+    finally:
+        stop.set()
+        if watcher is not None:
+            await watcher
+        if producer is not None:
+            await producer.stop()
+        await service.stop()
+    if summary is not None:
+        for line in summary.lines():
+            print(line)
+    return 0

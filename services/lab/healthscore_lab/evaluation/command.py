@@ -1,0 +1,232 @@
+"""`healthscore evaluate` and `healthscore fit`: arguments, inputs, outputs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from healthscore.core.scoring.model import DEFAULT_MODEL_PATH, load_model
+from healthscore.errors import HealthscoreError, ModelConfigError
+
+
+def add_input_arguments(p: argparse.ArgumentParser) -> None:
+    source = p.add_argument_group("input (one of)")
+    source.add_argument(
+        "--simulate",
+        nargs="?",
+        const="reference",
+        choices=("reference", "shifted"),
+        help="simulate a labelled population (default setting: reference)",
+    )
+    source.add_argument("--events", type=Path, help='JSON lines {"topic": ..., "value": {...}}')
+    p.add_argument("--labels", type=Path, help="CSV organization_id,churned_at (with --events)")
+    p.add_argument(
+        "--profiles",
+        type=Path,
+        help="CSV organization_id,created_at,milestones (name=time;...), optional",
+    )
+    p.add_argument(
+        "--labels-until",
+        help="RFC 3339 time up to which churn is known (default: last event + 30 days)",
+    )
+    sim = p.add_argument_group("simulation settings (with --simulate)")
+    sim.add_argument("--organizations", type=int, help="default: the setting's (300)")
+    sim.add_argument("--days", type=int, help="stream length (reference 90, shifted 120)")
+    sim.add_argument("--seed", type=int, help="default: the setting's")
+    p.add_argument(
+        "--no-profiles",
+        action="store_true",
+        help="ignore the profiles (account creation, milestones before the stream)",
+    )
+    p.add_argument(
+        "--write-log",
+        type=Path,
+        metavar="DIR",
+        help="with --simulate: also write events.jsonl, labels.csv and profiles.csv there",
+    )
+
+
+def _log(args: argparse.Namespace) -> Any:
+    from healthscore_lab.evaluation.log import EvaluationInputError, from_population, load_log
+
+    if (args.simulate is None) == (args.events is None):
+        raise EvaluationInputError("give exactly one of --simulate or --events")
+    if args.events is not None:
+        if args.labels is None:
+            raise EvaluationInputError("--events needs --labels")
+        until = None
+        if args.labels_until:
+            from datetime import datetime
+
+            until = datetime.fromisoformat(args.labels_until).timestamp()
+        return load_log(
+            args.events, args.labels, None if args.no_profiles else args.profiles, until
+        )
+    from healthscore_lab.population import (
+        PRESETS,
+        generate_population,
+        iter_jsonl,
+        labels_csv,
+        profiles_csv,
+    )
+
+    config = PRESETS[args.simulate]()
+    overrides = {
+        name: value
+        for name, value in (
+            ("organizations", args.organizations),
+            ("days", args.days),
+            ("seed", args.seed),
+        )
+        if value is not None
+    }
+    population = generate_population(replace(config, **overrides))
+    if args.write_log is not None:
+        args.write_log.mkdir(parents=True, exist_ok=True)
+        with (args.write_log / "events.jsonl").open("wb") as handle:
+            for line in iter_jsonl(population):
+                handle.write(line)
+        (args.write_log / "labels.csv").write_text(labels_csv(population))
+        (args.write_log / "profiles.csv").write_text(profiles_csv(population))
+    log = from_population(population, use_profiles=not args.no_profiles)
+    log.source = f"simulated {args.simulate} " + ", ".join(
+        f"{k}={v}" for k, v in {"seed": population.config.seed, **overrides}.items()
+    )
+    return log
+
+
+def _progress(quiet: bool) -> Any:
+    started = time.monotonic()
+
+    def say(message: str) -> None:
+        if not quiet:
+            print(f"[{time.monotonic() - started:5.0f}s] {message}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from healthscore_lab.evaluation.compare import compare_episodes
+    from healthscore_lab.evaluation.evaluate import evaluate
+    from healthscore_lab.evaluation.replay import run_backtest
+    from healthscore_lab.evaluation.report import render_table, write_plots
+
+    say = _progress(args.json == "-")
+    try:
+        model = load_model(args.model or DEFAULT_MODEL_PATH)
+        candidate = load_model(args.candidate) if args.candidate else None
+        log = _log(args)
+    except (HealthscoreError, ModelConfigError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    say(f"{len(log.events)} events ({log.rejected} rejected), {len(log.churned_at)} organizations")
+    say(f"replaying under {model.version}")
+    bt = run_backtest(log, model)
+    report = evaluate(bt, model, source=log.source, organizations=args.judge)
+    output: dict[str, Any] = {"report": report}
+    if candidate is not None:
+        say(f"replaying under the candidate {candidate.version}")
+        candidate_bt = run_backtest(log, candidate)
+        output["candidate_report"] = evaluate(
+            candidate_bt, candidate, source=log.source, organizations=args.judge
+        )
+        output["episodes"] = compare_episodes(bt, candidate_bt)
+    if args.plots is not None:
+        for path in write_plots(bt, report, args.plots):
+            say(f"wrote {path}")
+    if args.json is not None:
+        text = json.dumps(output if candidate is not None else report, indent=1)
+        if args.json == "-":
+            print(text)
+            return 0
+        Path(args.json).write_text(text + "\n")
+        say(f"wrote {args.json}")
+    print(render_table(report), end="")
+    if candidate is not None:
+        print()
+        print(render_table(output["candidate_report"]), end="")
+        episodes = output["episodes"]
+        print(
+            f"\nepisodes, {candidate.version} against {model.version}: "
+            f"{episodes['added']} added ({episodes['added_before_a_churn']} before a churn), "
+            f"{episodes['dropped']} dropped ({episodes['dropped_before_a_churn']} before a "
+            f"churn), {episodes['moved']} moved ({episodes['moved_earlier']} earlier, median "
+            f"{episodes['median_move_days']} days), "
+            f"{episodes['organizations_changed']} organizations changed"
+        )
+    return 0
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    from healthscore_lab.evaluation.fit import SIZE_FACTORS, FitSettings, fit
+    from healthscore_lab.evaluation.report import render_table
+
+    say = _progress(False)
+    try:
+        path = args.model or DEFAULT_MODEL_PATH
+        current = load_model(path)
+        current_config = orjson.loads(Path(path).read_bytes())
+        log = _log(args)
+    except (HealthscoreError, ModelConfigError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    version = args.version
+    out = args.out or Path(path).with_name(f"health_model.{version}.json")
+    settings = FitSettings(exclude=() if args.include_size_factors else SIZE_FACTORS)
+    result = fit(log, current, current_config, version, settings, progress=say)
+    print(render_table(result.current), end="")
+    print()
+    print(render_table(result.candidate), end="")
+    if not result.accepted and not args.force:
+        print(f"\nrefused: {'; '.join(result.reasons)} (--force writes it anyway)")
+        return 1
+    config = result.config
+    config["changelog"] = [
+        f"{version}: fitted by `healthscore fit` on {log.source} "
+        f"(training organizations only); held-out figures in `evaluation`.",
+        *args.note,
+        *current_config.get("changelog", []),
+    ]
+    out.write_bytes(orjson.dumps(config, option=orjson.OPT_INDENT_2) + b"\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    add_input_arguments(p)
+    p.add_argument("--model", type=Path, help="model config (default: the shipped one)")
+    p.add_argument(
+        "--candidate",
+        type=Path,
+        help="a second model: its figures too, and the alert episodes it adds, drops, moves",
+    )
+    p.add_argument(
+        "--judge",
+        choices=("held_out", "all"),
+        default="held_out",
+        help="organizations the figures are computed on: the held-out ones (default), or "
+        "all (only for a population the model was not fitted on)",
+    )
+    p.add_argument("--json", metavar="FILE", help="write the report as JSON ('-': stdout only)")
+    p.add_argument("--plots", type=Path, metavar="DIR", help="write PNG plots there")
+
+
+def add_fit_arguments(p: argparse.ArgumentParser) -> None:
+    add_input_arguments(p)
+    p.add_argument("--model", type=Path, help="the current model (default: the shipped one)")
+    p.add_argument("--version", required=True, help="the new version, e.g. v3")
+    p.add_argument("--out", type=Path, help="default: health_model.<version>.json beside --model")
+    p.add_argument("--force", action="store_true", help="write it even if it evaluates worse")
+    p.add_argument(
+        "--include-size-factors",
+        action="store_true",
+        help="also fit the factors that measure a customer's size (see evaluation/fit.py)",
+    )
+    p.add_argument("--note", action="append", default=[], help="a changelog line (repeatable)")

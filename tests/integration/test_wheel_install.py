@@ -1,0 +1,69 @@
+"""The service as a plain wheel: `healthscore migrate` from any directory, no repository."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import asyncpg
+
+from healthscore.store.migrate import load_migrations, migrations_path
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def build_wheel(out: Path) -> Path:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(out), str(REPOSITORY)],
+        check=True,
+        timeout=300,
+    )  # fmt: skip
+    (wheel,) = out.glob("healthscore-*.whl")
+    return wheel
+
+
+def install_and_migrate(tmp_path: Path, empty_database: str) -> None:
+    """Build the wheel, install it as files, run `healthscore migrate` elsewhere."""
+    wheel = build_wheel(tmp_path / "dist")
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = sorted(n.rsplit("/", 1)[1] for n in names if n.endswith(".sql"))
+    assert shipped == sorted(m.file_name for m in load_migrations(migrations_path()))
+    assert not [n for n in names if n.startswith("healthscore_lab/")], "the lab is not the service"
+
+    # installed as files (not a link to this tree) and imported ahead of the editable install
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+         str(wheel)],
+        check=True,
+        timeout=300,
+    )  # fmt: skip
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "MIGRATION_"))}
+    env |= {"PYTHONPATH": str(target), "DATABASE_URL": empty_database}
+    where = subprocess.run(
+        [sys.executable, "-c", "import healthscore; print(healthscore.__file__)"],
+        cwd=elsewhere, env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert where.stdout.strip().startswith(str(target))
+    done = subprocess.run(
+        [sys.executable, "-m", "healthscore.cli", "migrate"],
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+async def test_migrate_runs_from_a_plain_wheel_install(tmp_path: Path, empty_database: str) -> None:
+    await asyncio.to_thread(install_and_migrate, tmp_path, empty_database)
+    conn = await asyncpg.connect(empty_database)
+    try:
+        applied = await conn.fetchval("SELECT count(*) FROM schema_migrations")
+    finally:
+        await conn.close()
+    assert applied == len(load_migrations(migrations_path()))
