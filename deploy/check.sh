@@ -81,8 +81,9 @@ else
 fi
 
 step "kustomize"
-# kubectl's built-in kustomize, else a standalone kustomize (v5 here; kubectl
-# older than 1.27 has a kustomize too old for components and `labels`)
+# kubectl's built-in kustomize, else a standalone kustomize. v5 is what is used
+# here; a very old one (Debian's kubectl 1.20 has kustomize v2) knows neither
+# components nor `labels` and fails the renders.
 if command -v kubectl >/dev/null; then
   kz="kubectl kustomize"
   kubectl version --client 2>/dev/null | grep -i kustomize || true
