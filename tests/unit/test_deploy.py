@@ -1,0 +1,439 @@
+"""deploy/ checked like code.
+
+`deploy/check.sh` passes; every metric the Grafana dashboard and the Prometheus
+rules (and their promtool tests) query is one the service exports; the compose
+file references files that exist and wires Grafana to its Prometheus and its
+dashboard; the Kubernetes renders carry the compose files and the dashboard
+themselves, not copies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+COMPOSE_DIR = DEPLOY / "compose"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "healthscore.json"
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+ALERTS_TEST = DEPLOY / "prometheus" / "alerts_test.yml"
+
+# sample names each metric type adds to its family name on /metrics (prometheus_client)
+EXPOSED_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+    "info": ("_info",),
+    "stateset": ("",),
+    "enum": ("",),
+}
+
+# metrics the rules may use that come from elsewhere than the service
+EXTERNAL_METRICS = {
+    "up": "Prometheus, one per scrape target",
+    "kube_deployment_spec_replicas": "kube-state-metrics",
+    "kube_deployment_status_replicas_ready": "kube-state-metrics",
+}
+
+
+def exported_metric_names() -> set[str]:
+    """Every sample name the service's /metrics can carry (one place knows the module)."""
+    from healthscore.ops.metrics import Metrics
+
+    names: set[str] = set()
+    for family in Metrics().registry.collect():
+        names.update(family.name + suffix for suffix in EXPOSED_SUFFIXES[family.type])
+    return names
+
+
+# --- PromQL: the metric names an expression selects -------------------------------
+
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+_COMMENTS = re.compile(r"#[^\n]*")
+_GRAFANA_VARIABLES = re.compile(r"\$\{[^}]*\}|\$\w+")
+_MATCHERS = re.compile(r"\{[^{}]*\}")
+_RANGES = re.compile(r"\[[^\[\]]*\]")
+_LABEL_LISTS = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)")
+_IDENTIFIER = re.compile(r"(?<![\w:.])[a-zA-Z_:][\w:]*")
+_KEYWORDS = {
+    "and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
+    "group_left", "group_right", "inf", "nan",
+}  # fmt: skip
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names selected in a PromQL expression.
+
+    Strings, comments, Grafana variables, label matchers, ranges and the label
+    lists of by/without/on/ignoring/group_* go first; of what is left, an
+    identifier followed by "(" is a function or an aggregation, the keywords are
+    operators, and the rest are metric names.
+    """
+    text = _STRINGS.sub(" ", expr)
+    text = _COMMENTS.sub(" ", text)
+    text = _GRAFANA_VARIABLES.sub(" ", text)
+    text = _MATCHERS.sub(" ", text)
+    text = _RANGES.sub(" ", text)
+    text = _LABEL_LISTS.sub(" ", text)
+    names = set()
+    for match in _IDENTIFIER.finditer(text):
+        name = match.group()
+        if text[match.end() :].lstrip().startswith("("):
+            continue  # rate(, sum(, histogram_quantile(, ...
+        if name.lower() in _KEYWORDS:
+            continue
+        names.add(name)
+    return names
+
+
+def grafana_variable_query(query: Any) -> str | None:
+    """The PromQL inside a Grafana Prometheus variable query, None when it has none."""
+    text = query.get("query", "") if isinstance(query, dict) else str(query)
+    text = text.strip()
+    if match := re.fullmatch(r"label_values\((.*)\)", text, re.DOTALL):
+        inner = match.group(1)
+        # label_values(label) or label_values(selector, label)
+        return inner.rsplit(",", 1)[0] if "," in inner else None
+    if match := re.fullmatch(r"query_result\((.*)\)", text, re.DOTALL):
+        return match.group(1)
+    if re.fullmatch(r"(label_names|metrics)\(.*\)", text, re.DOTALL):
+        return None
+    raise AssertionError(f"a Grafana variable query this test cannot read: {text!r}")
+
+
+# --- where the expressions are ----------------------------------------------------
+
+
+def load_dashboard() -> dict[str, Any]:
+    dashboard: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return dashboard
+
+
+def dashboard_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in dashboard["panels"]:
+        yield panel
+        yield from panel.get("panels", [])  # a collapsed row keeps its panels inside
+
+
+def dashboard_expressions() -> list[tuple[str, str]]:
+    dashboard = load_dashboard()
+    found = [
+        (f"dashboard panel {panel['title']!r} {target['refId']}", target["expr"])
+        for panel in dashboard_panels(dashboard)
+        for target in panel.get("targets", [])
+    ]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            promql = grafana_variable_query(variable["query"])
+            if promql is not None:
+                found.append((f"dashboard variable ${variable['name']}", promql))
+    return found
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [
+        rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]
+    ]
+
+
+def rule_expressions() -> list[tuple[str, str]]:
+    found = [
+        (f"alerts.yml {rule.get('alert') or rule['record']}", rule["expr"])
+        for rule in alert_rules()
+    ]
+    for number, test in enumerate(yaml.safe_load(ALERTS_TEST.read_text())["tests"], 1):
+        for series in test.get("input_series", []):
+            found.append((f"alerts_test.yml test {number} input", series["series"]))
+        for case in test.get("promql_expr_test", []):
+            found.append((f"alerts_test.yml test {number} promql", case["expr"]))
+    return found
+
+
+def unknown_metrics(expressions: list[tuple[str, str]]) -> dict[str, set[str]]:
+    known = exported_metric_names() | set(EXTERNAL_METRICS)
+    known |= {rule["record"] for rule in alert_rules() if "record" in rule}
+    unknown = {where: metric_names(expr) - known for where, expr in expressions}
+    return {where: names for where, names in unknown.items() if names}
+
+
+# --- the tests --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("expr", "names"),
+    [
+        (
+            'histogram_quantile(0.99, sum by (namespace, le) (rate(a_bucket{job=~"$job"}[5m])))',
+            {"a_bucket"},
+        ),
+        ("max by (topic) (x) > on (namespace) group_left (y) max(z offset 5m) * 1e3", {"x", "z"}),
+        (
+            "sum without (le) (rate(b_total[$__rate_interval])) / ignoring(q) c or vector(0)",
+            {"b_total", "c"},
+        ),
+        (
+            "ns:lag:total > 0 and deriv(ns:lag:total[15m]) > bool Inf  # a comment name",
+            {"ns:lag:total"},
+        ),
+        ('label_replace(up{a="b"}, "dst", "$1", "src", "(.*)")', {"up"}),
+        ("sum(increase(q_total[1h:5m]))", {"q_total"}),
+    ],
+)
+def test_metric_names_of_an_expression(expr: str, names: set[str]) -> None:
+    assert metric_names(expr) == names
+
+
+def test_a_misspelt_metric_is_reported() -> None:
+    misspelt = [("probe", 'sum(rate(healthscore_events_consumd_total{job=~"$job"}[5m]))')]
+    assert unknown_metrics(misspelt) == {"probe": {"healthscore_events_consumd_total"}}
+    correct = [("probe", 'sum(rate(healthscore_events_consumed_total{job=~"$job"}[5m]))')]
+    assert unknown_metrics(correct) == {}
+
+
+def test_the_exported_names_are_read_from_the_service() -> None:
+    names = exported_metric_names()
+    assert {
+        "healthscore_events_consumed_total",
+        "healthscore_batch_duration_seconds_bucket",
+        "healthscore_consumer_lag_records",
+    } <= names
+    # a counter has no bare family name on /metrics, a gauge no _total
+    assert "healthscore_events_consumed" not in names
+    assert "healthscore_consumer_lag_records_total" not in names
+
+
+def test_the_dashboard_queries_only_exported_metrics() -> None:
+    expressions = dashboard_expressions()
+    assert len(expressions) > 20
+    assert unknown_metrics(expressions) == {}
+
+
+def test_the_dashboard_has_the_panels_operators_need() -> None:
+    used = set().union(*(metric_names(expr) for _, expr in dashboard_expressions()))
+    assert {
+        "healthscore_consumer_lag_records",  # lag per partition
+        "healthscore_events_consumed_total",  # events/s
+        "healthscore_events_dead_lettered_total",  # DLQ rate by reason
+        "healthscore_batch_duration_seconds_bucket",  # batch latency quantiles
+        "healthscore_read_model_staleness_seconds",  # read-model staleness
+        "healthscore_alerts_raised_total",  # alerts by kind
+        "healthscore_organizations",  # organizations by band
+    } <= used
+    exprs = " ".join(expr for _, expr in dashboard_expressions())
+    assert "sum by (topic, reason)" in exprs
+    assert "sum by (kind)" in exprs
+    assert "max by (health_status)" in exprs
+    assert "max by (topic, partition) (healthscore_consumer_lag_records" in exprs
+
+
+def test_the_dashboard_works_in_any_grafana() -> None:
+    """Panels use the $datasource variable, ids are unique, nothing overlaps."""
+    dashboard = load_dashboard()
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    panels = list(dashboard_panels(dashboard))
+    ids = [panel["id"] for panel in panels]
+    assert len(ids) == len(set(ids))
+    cells: dict[tuple[int, int], str] = {}
+    for panel in panels:
+        if panel["type"] != "row":
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+            for target in panel["targets"]:
+                assert target.get("datasource", panel["datasource"]) == panel["datasource"]
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0, panel["title"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']!r} overlaps {cells[(x, y)]!r}"
+                cells[(x, y)] = panel["title"]
+
+
+def test_the_rules_and_their_tests_query_only_exported_metrics() -> None:
+    expressions = rule_expressions()
+    assert len(expressions) > 15
+    assert unknown_metrics(expressions) == {}
+
+
+# --- compose ----------------------------------------------------------------------
+
+
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((COMPOSE_DIR / "docker-compose.yml").read_text())
+    return loaded
+
+
+def bind_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
+    """(source, target) of each bind mount of a service, short or long syntax."""
+    mounts = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source, target = volume.split(":")[:2]
+        elif volume.get("type") == "bind":
+            source, target = volume["source"], volume["target"]
+        else:
+            continue
+        if source.startswith((".", "/")):
+            mounts.append((source, target))
+    return mounts
+
+
+def mounted(service: dict[str, Any], path: str) -> Path:
+    """The file in the repository that a path inside the container comes from."""
+    for source, target in bind_mounts(service):
+        if path == target or path.startswith(target.rstrip("/") + "/"):
+            return (COMPOSE_DIR / source / path[len(target) :].lstrip("/")).resolve()
+    raise AssertionError(f"{path} is not bind-mounted")
+
+
+def test_compose_references_files_and_services_that_exist() -> None:
+    spec = compose()
+    services = spec["services"]
+    for name, service in services.items():
+        for source, _ in bind_mounts(service):
+            assert (COMPOSE_DIR / source).exists(), f"{name}: {source} does not exist"
+        for volume in service.get("volumes", []):
+            if isinstance(volume, str) and not volume.startswith((".", "/")):
+                assert volume.split(":")[0] in spec["volumes"], f"{name}: {volume}"
+        for dependency in service.get("depends_on", []):
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+        if "build" in service:
+            context = COMPOSE_DIR / service["build"]["context"]
+            assert (context / service["build"]["dockerfile"]).is_file(), name
+
+
+def strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from strings(item)
+
+
+def test_compose_variables_are_in_env_example() -> None:
+    """A variable with no default is one env.example sets (comments aside)."""
+    example = (COMPOSE_DIR / "env.example").read_text()
+    defined = set(re.findall(r"^([A-Z_][A-Z0-9_]*)=", example, re.MULTILINE))
+    needed = {
+        name
+        for text in strings(compose())
+        for name in re.findall(r"\$\{([A-Z_][A-Z0-9_]*)(?:\}|:\?)", text)
+    }
+    assert needed, "no variables found: the pattern is wrong"
+    assert needed - defined == set()
+
+
+def test_compose_grafana_loads_the_dashboard_from_its_prometheus() -> None:
+    services = compose()["services"]
+    grafana, prometheus = services["grafana"], services["prometheus"]
+    assert grafana["profiles"] == prometheus["profiles"] == ["monitoring"]
+    assert "prometheus" in grafana["depends_on"]
+
+    datasources = yaml.safe_load(
+        mounted(grafana, "/etc/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )["datasources"]
+    assert [(d["type"], d["url"], d["isDefault"]) for d in datasources] == [
+        ("prometheus", "http://prometheus:9090", True)
+    ]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    scrape = yaml.safe_load(mounted(prometheus, "/etc/prometheus/prometheus.yml").read_text())
+    assert datasources[0]["jsonData"]["timeInterval"] == scrape["global"]["scrape_interval"]
+    for rule_file in scrape["rule_files"]:
+        assert mounted(prometheus, f"/etc/prometheus/{rule_file}") == ALERTS
+
+    providers = yaml.safe_load(
+        mounted(grafana, "/etc/grafana/provisioning/dashboards/healthscore.yml").read_text()
+    )["providers"]
+    assert [p["type"] for p in providers] == ["file"]
+    assert mounted(grafana, providers[0]["options"]["path"]) == DASHBOARD.parent
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert mounted(grafana, home) == DASHBOARD
+
+
+# --- kustomize and check.sh -------------------------------------------------------
+
+
+def kustomize_command() -> list[str] | None:
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    return None
+
+
+def render(directory: str) -> list[dict[str, Any]]:
+    command = kustomize_command()
+    if command is None:
+        pytest.skip("neither kubectl nor kustomize on PATH: the renders are not checked")
+    out = subprocess.run(
+        [*command, str(DEPLOY / directory)], capture_output=True, text=True, check=True
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def test_the_jobs_mount_the_compose_files_themselves() -> None:
+    objects = render("k8s/jobs")
+    (files,) = [
+        o
+        for o in objects
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("healthscore-jobs-files-")
+    ]
+    assert files["data"] == {
+        "10-service-login.sql": (COMPOSE_DIR / "init" / "10-service-login.sql").read_text(),
+        "20-api-login.sql": (COMPOSE_DIR / "init" / "20-api-login.sql").read_text(),
+        "create-topics.sh": (COMPOSE_DIR / "create-topics.sh").read_text(),
+    }
+    jobs = [o for o in objects if o["kind"] == "Job"]
+    assert {job["metadata"]["name"] for job in jobs} == {
+        "healthscore-migrate",
+        "healthscore-topics",
+    }
+    for job in jobs:
+        volumes = job["spec"]["template"]["spec"]["volumes"]
+        names = [v["configMap"]["name"] for v in volumes if "configMap" in v]
+        assert files["metadata"]["name"] in names, job["metadata"]["name"]
+
+
+def test_the_servicemonitor_component_ships_the_dashboard_itself() -> None:
+    objects = render("k8s/overlays/example")
+    (dashboard,) = [
+        o
+        for o in objects
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "healthscore-grafana-dashboard"
+    ]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["data"] == {"healthscore.json": DASHBOARD.read_text()}
+    assert "ServiceMonitor" in {o["kind"] for o in objects}
+
+
+def test_check_sh_passes() -> None:
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    result = subprocess.run(
+        ["bash", str(DEPLOY / "check.sh")],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    skipped = [line for line in output.splitlines() if "skipped" in line]
+    if skipped:
+        warnings.warn("deploy/check.sh ran without: " + "; ".join(skipped), stacklevel=1)
