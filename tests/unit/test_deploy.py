@@ -51,7 +51,7 @@ EXTERNAL_METRICS = {
 
 def exported_metric_names() -> set[str]:
     """Every sample name the service's /metrics can carry (one place knows the module)."""
-    from healthscore.ops.metrics import Metrics
+    from healthscore.service.ops.metrics import Metrics
 
     names: set[str] = set()
     for family in Metrics().registry.collect():
