@@ -26,8 +26,6 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from healthscore.service import outbox
-from healthscore.service.ops import gauges
 from healthscore.store import db, sql
 from healthscore.store.identity import LOGIN, LOGOUT, SigningKey, mint_token
 from healthscore.store.schema_catalog import (
@@ -621,15 +619,15 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
         ("COUNT_SILENT", sql.COUNT_SILENT, [now]),
         ("SET_RESCORE_DUE", sql.SET_RESCORE_DUE, [[org], [now]]),
         ("PURGE_PROCESSED_EVENTS", sql.PURGE_PROCESSED_EVENTS, [now, 10]),
-        ("outbox.PENDING_ALERTS", outbox.PENDING_ALERTS, [10]),
-        ("outbox.MARK_ALERTS_SENT", outbox.MARK_ALERTS_SENT, [[alert]]),
-        ("outbox.RECORD_ALERT_FAILURE", outbox.RECORD_ALERT_FAILURE, [[alert], "broker down"]),
+        ("PENDING_ALERTS", sql.PENDING_ALERTS, [10]),
+        ("MARK_ALERTS_SENT", sql.MARK_ALERTS_SENT, [[alert]]),
+        ("RECORD_ALERT_FAILURE", sql.RECORD_ALERT_FAILURE, [[alert], "broker down"]),
         ("PENDING_PROJECTION", sql.PENDING_PROJECTION, [10]),
         ("OLDEST_PENDING_PROJECTION", sql.OLDEST_PENDING_PROJECTION, []),
         ("MARK_PROJECTED", sql.MARK_PROJECTED, [[org], [1]]),
         ("DEQUEUE_PROJECTED", sql.DEQUEUE_PROJECTED, [[org]]),
-        ("gauges.OUTBOX_STATS", gauges.OUTBOX_STATS, []),
-        ("gauges.DISTRIBUTION", gauges.DISTRIBUTION, []),
+        ("OUTBOX_STATS", sql.OUTBOX_STATS, []),
+        ("DISTRIBUTION", sql.DISTRIBUTION, []),
         ("db.ROLE_CHECK", db.ROLE_CHECK, []),
     ]
 

@@ -32,7 +32,8 @@ from healthscore.service.ingest.decode import Decoder, RawRecord
 from healthscore.service.ingest.dlq import DeadLetterQueue
 from healthscore.service.ingest.pipeline import BatchPipeline
 from healthscore.service.projector import Projector
-from healthscore.service.sweep import SWEEP_LOCK_KEY, SilenceSweep
+from healthscore.service.sweep import SilenceSweep
+from healthscore.store import locks
 from healthscore.store.db import create_pool
 from tests.conftest import DatabaseFactory
 from tests.utils.scenarios import Snapshot, snapshot
@@ -399,7 +400,7 @@ async def test_two_sweepers_never_both_sweep(migrated_database: str, kafka_boots
     try:
         # while another session holds the leader lock, a sweeper does nothing at all
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", SWEEP_LOCK_KEY)
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", locks.SWEEP)
             assert await sweepers[0].run_once(watermark=LAST + timedelta(days=1)) == 0
         assert await _sweep_count(conn) == 0
 

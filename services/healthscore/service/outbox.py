@@ -20,36 +20,13 @@ import orjson
 import structlog
 
 from healthscore.service.stopping import repeat_until_stopped
-from healthscore.store import sql
+from healthscore.store import locks, sql
 
 log = structlog.get_logger(__name__)
 
 
 class AlertPublishError(Exception):
     """The broker did not take a page of alerts; they stay pending."""
-
-
-RELAY_LOCK_KEY = 0x6865616C7468_01  # "health" + 1
-
-PENDING_ALERTS = """
-SELECT alert_id, organization_id, kind, payload::text AS payload
-FROM alert_outbox
-WHERE published_at IS NULL
-ORDER BY seq
-LIMIT $1
-"""
-
-MARK_ALERTS_SENT = """
-UPDATE alert_outbox
-SET published_at = now(), publish_attempts = publish_attempts + 1, last_error = NULL
-WHERE alert_id = ANY($1::uuid[])
-"""
-
-RECORD_ALERT_FAILURE = """
-UPDATE alert_outbox
-SET publish_attempts = publish_attempts + 1, last_error = $2
-WHERE alert_id = ANY($1::uuid[])
-"""
 
 
 class Producer(Protocol):
@@ -83,9 +60,9 @@ class OutboxRelay:
         failure: tuple[list[Any], str] | None = None
         async with self._pool.acquire() as conn:
             async with conn.transaction():
-                if not await conn.fetchval(sql.TRY_LEADER_LOCK, RELAY_LOCK_KEY):
+                if not await conn.fetchval(sql.TRY_LEADER_LOCK, locks.RELAY):
                     return 0
-                rows = await conn.fetch(PENDING_ALERTS, self._batch_size)
+                rows = await conn.fetch(sql.PENDING_ALERTS, self._batch_size)
                 if not rows:
                     return 0
                 ids = [r["alert_id"] for r in rows]
@@ -94,10 +71,10 @@ class OutboxRelay:
                 except Exception as exc:
                     failure = (ids, f"{type(exc).__name__}: {exc}"[:500])
                 else:
-                    await conn.execute(MARK_ALERTS_SENT, ids)
+                    await conn.execute(sql.MARK_ALERTS_SENT, ids)
             if failure is not None:
                 # after the (empty) transaction: the failure record must survive
-                await conn.execute(RECORD_ALERT_FAILURE, *failure)
+                await conn.execute(sql.RECORD_ALERT_FAILURE, *failure)
                 raise AlertPublishError(failure[1])
         for row in rows:
             self.published[row["kind"]] = self.published.get(row["kind"], 0) + 1

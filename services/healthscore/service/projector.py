@@ -39,12 +39,11 @@ from healthscore.core.scoring.model import ScoreModel
 from healthscore.core.scoring.score import HealthScore, score
 from healthscore.core.scoring.state import OrganizationState, decode_state
 from healthscore.service.stopping import repeat_until_stopped
-from healthscore.store import Connection, sql
+from healthscore.store import Connection, locks, sql
 from healthscore.store.records import to_datetime
 
 log = structlog.get_logger(__name__)
 
-PROJECTOR_LOCK_KEY = 0x6865616C7468_02
 # organizations scored between two returns to the event loop
 YIELD_EVERY = 50
 
@@ -116,7 +115,7 @@ class Projector:
         """Project one page of the oldest queued organizations; return how many."""
         started = time.perf_counter()
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval(sql.TRY_LEADER_LOCK, PROJECTOR_LOCK_KEY):
+            if not await conn.fetchval(sql.TRY_LEADER_LOCK, locks.PROJECTOR):
                 return 0
             rows = await conn.fetch(sql.PENDING_PROJECTION, self._page)
             if not rows:

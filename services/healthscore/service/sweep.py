@@ -43,13 +43,11 @@ from healthscore.core.effects import compute_silence_effects, next_silence_resco
 from healthscore.core.scoring.model import ScoreModel
 from healthscore.core.scoring.state import OrganizationState, decode_state
 from healthscore.service.stopping import pause_unless_stopped
-from healthscore.store import Connection, sql
+from healthscore.store import Connection, locks, sql
 from healthscore.store.effects_writer import write_effects
 from healthscore.store.records import to_datetime
 
 log = structlog.get_logger(__name__)
-
-SWEEP_LOCK_KEY = 0x6865616C7468_03
 
 
 async def event_time_watermark(
@@ -93,7 +91,7 @@ class SilenceSweep:
         """
         started = time.perf_counter()
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval(sql.TRY_LEADER_LOCK, SWEEP_LOCK_KEY):
+            if not await conn.fetchval(sql.TRY_LEADER_LOCK, locks.SWEEP):
                 return 0
             if watermark is None:
                 watermark = await event_time_watermark(conn, self._group, self._topics)

@@ -19,11 +19,9 @@ from pathlib import Path
 import asyncpg
 
 from healthscore.errors import MigrationError
+from healthscore.store import locks
 from healthscore.store.db import DatabaseTLS, connect
 from healthscore.store.dburl import redact
-
-# fixed key of pg_advisory_lock: "healthsc" as a signed 64-bit integer
-MIGRATION_LOCK_KEY = int.from_bytes(b"healthsc", "big", signed=True)
 
 _FILE_NAME = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
 
@@ -104,11 +102,11 @@ async def apply_migrations(
     except (OSError, asyncpg.PostgresError) as exc:
         raise MigrationError(f"cannot connect to {redact(database_url)}: {exc}") from exc
     try:
-        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        await conn.execute("SELECT pg_advisory_lock($1)", locks.MIGRATION)
         try:
             return await _apply_locked(conn, migrations)
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+            await conn.execute("SELECT pg_advisory_unlock($1)", locks.MIGRATION)
     finally:
         await conn.close()
 

@@ -14,22 +14,10 @@ from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.service.ops.lag import HighWatermarkProbe
 from healthscore.service.ops.metrics import Metrics
 from healthscore.service.stopping import pause_unless_stopped
+from healthscore.store import sql
 from healthscore.store.offsets import stored_offsets
 
 log = structlog.get_logger(__name__)
-
-OUTBOX_STATS = """
-SELECT count(*) AS backlog,
-       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_age
-FROM alert_outbox WHERE published_at IS NULL
-"""
-# One scan of customer_health for both distributions. It reads the whole table
-# (a million organizations: a few hundred MB), so it runs on its own, slower
-# interval: at the gauges' 5 s it took a measurable share of the throughput with
-# a million organizations in the tables (README, Performance).
-DISTRIBUTION = """
-SELECT health_status, risk_level, count(*) AS n FROM customer_health GROUP BY 1, 2
-"""
 
 BAND_NAMES = ("excellent", "good", "at_risk", "critical")
 RISK_NAMES = ("low", "medium", "high", "critical")
@@ -63,14 +51,14 @@ class GaugeRefresher:
 
     async def refresh_outbox(self) -> None:
         async with self._pool.acquire() as conn:
-            outbox = await conn.fetchrow(OUTBOX_STATS)
+            outbox = await conn.fetchrow(sql.OUTBOX_STATS)
         assert outbox is not None
         self._metrics.outbox_backlog.set(outbox["backlog"])
         self._metrics.outbox_oldest_age.set(outbox["oldest_age"])
 
     async def refresh_distribution(self) -> None:
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(DISTRIBUTION)
+            rows = await conn.fetch(sql.DISTRIBUTION)
         bands: dict[str, int] = {}
         risks: dict[str, int] = {}
         for row in rows:

@@ -1,0 +1,12 @@
+"""Every PostgreSQL advisory-lock key the service takes, in one place.
+
+Keys are 64-bit integers, unique across the database: two purposes sharing a key
+would serialize each other or, worse, let one leader stand in for another.
+"""
+
+# session-level, held while `healthscore migrate` applies files
+MIGRATION = int.from_bytes(b"healthsc", "big", signed=True)
+# transaction-level leader locks (store.sql.TRY_LEADER_LOCK): one active at a time
+RELAY = 0x6865616C7468_01  # "health" + 1
+PROJECTOR = 0x6865616C7468_02
+SWEEP = 0x6865616C7468_03
