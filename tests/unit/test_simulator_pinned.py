@@ -16,8 +16,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from healthscore_lab.bench.workload import LiveStream, Workload, WorkloadConfig
-from healthscore_lab.population import (
+from healthscore_lab.simulator import (
+    LiveStream,
+    SimulatedMessage,
+    SimulationConfig,
+    Workload,
+    WorkloadConfig,
+    generate,
+    organization_profiles,
+)
+from healthscore_lab.simulator.labelled import (
     PopulationConfig,
     generate_population,
     iter_jsonl,
@@ -26,12 +34,6 @@ from healthscore_lab.population import (
     reference,
     shifted,
     summary,
-)
-from healthscore_lab.simulator import (
-    SimulatedMessage,
-    SimulationConfig,
-    generate,
-    organization_profiles,
 )
 
 START = datetime(2025, 1, 6, tzinfo=UTC)
