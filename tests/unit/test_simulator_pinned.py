@@ -23,17 +23,8 @@ from healthscore_lab.simulator import (
     Workload,
     WorkloadConfig,
     generate,
+    labelled,
     organization_profiles,
-)
-from healthscore_lab.simulator.labelled import (
-    PopulationConfig,
-    generate_population,
-    iter_jsonl,
-    labels_csv,
-    profiles_csv,
-    reference,
-    shifted,
-    summary,
 )
 
 START = datetime(2025, 1, 6, tzinfo=UTC)
@@ -133,12 +124,12 @@ def test_bench_live_stream_is_pinned() -> None:
     ("config", "expected", "events"),
     [
         (
-            reference(organizations=40),
+            labelled.reference(organizations=40),
             "fcd53d6e1ba79bfbb65b5e83df23c804b3c0145ae2a97dbed343932ba2d4aa7b",
             14_811,
         ),
         (
-            shifted(organizations=30, days=40),
+            labelled.shifted(organizations=30, days=40),
             "771f6a39638a1ede1cb5ef8bc7b64491fc86f73d3f10cf4d699d0975eb4ea881",
             3_524,
         ),
@@ -146,14 +137,14 @@ def test_bench_live_stream_is_pinned() -> None:
     ids=["reference", "shifted"],
 )
 def test_labelled_population_is_pinned(
-    config: PopulationConfig, expected: str, events: int
+    config: labelled.PopulationConfig, expected: str, events: int
 ) -> None:
-    population = generate_population(config)
+    population = labelled.generate_population(config)
     digest = hashlib.sha256()
-    for line in iter_jsonl(population):
+    for line in labelled.iter_jsonl(population):
         digest.update(line)
-    digest.update(labels_csv(population).encode())
-    digest.update(profiles_csv(population).encode())
-    digest.update(repr(sorted(summary(population).items())).encode())
+    digest.update(labelled.labels_csv(population).encode())
+    digest.update(labelled.profiles_csv(population).encode())
+    digest.update(repr(sorted(labelled.summary(population).items())).encode())
     digest.update(repr(sorted(population.latent.items())).encode())
     assert (digest.hexdigest(), len(population.events)) == (expected, events)
