@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from healthscore.config import Settings
 from healthscore.service.gctuning import FullCollectionPacer, tune_garbage_collector
 from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord
-from healthscore_lab.simulator import SimulationConfig, _to_ms, generate
+from healthscore_lab.simulator import SimulationConfig, generate, to_ms
 
 USAGE = "product.usage.v1"
 SUPPORT = "support.interactions.v1"
@@ -40,7 +40,7 @@ def stream(events: int, organizations: int, seed: int) -> list[RawRecord]:
     timestamp_ms: int | None = None
     for offset, message in enumerate(generate(config)):
         if message.occurred_at is not None:
-            timestamp_ms = _to_ms(message.occurred_at)
+            timestamp_ms = to_ms(message.occurred_at)
         topic = USAGE if message.topic_kind == "usage" else SUPPORT
         records.append(RawRecord(topic, 0, offset, message.key, message.value, timestamp_ms))
     return records

@@ -7,7 +7,7 @@ import random
 import time
 
 from healthscore_lab.bench.cpu import process_cpu_seconds, sample, tree_cpu_seconds
-from healthscore_lab.bench.workload import zipf_rank
+from healthscore_lab.simulator import zipf_rank
 
 
 def test_zipf_ranks_stay_in_range_and_concentrate() -> None:

@@ -22,7 +22,7 @@ from healthscore_lab.evaluation.metrics import DAY, alert_figures, auc, brier, l
 from healthscore_lab.evaluation.policy import simulate_alerts
 from healthscore_lab.evaluation.replay import Backtest, run_backtest
 from healthscore_lab.evaluation.vector import FACTORS, factor_table
-from healthscore_lab.population import (
+from healthscore_lab.simulator.labelled import (
     Population,
     generate_population,
     iter_jsonl,

@@ -35,7 +35,7 @@ from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord, Rejec
 from healthscore.service.ingest.fastdecode import SupportWire, UsageWire, _check_mirrors
 from healthscore.service.ingest.pipeline import payload_digest
 from healthscore_lab.poison import poison_corpus
-from healthscore_lab.simulator import SimulationConfig, _to_ms, generate
+from healthscore_lab.simulator import SimulationConfig, generate, to_ms
 
 USAGE = "product.usage.v1"
 SUPPORT = "support.interactions.v1"
@@ -56,7 +56,7 @@ FAST, REFERENCE = _decoders()
 def _record(
     topic: str, key: bytes | None, value: bytes, now: datetime | None = NOW, offset: int = 0
 ) -> RawRecord:
-    timestamp_ms = None if now is None else _to_ms(now)
+    timestamp_ms = None if now is None else to_ms(now)
     return RawRecord(topic, 0, offset, key, value, timestamp_ms)
 
 

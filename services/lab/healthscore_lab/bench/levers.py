@@ -39,7 +39,7 @@ from healthscore.service.ingest.decode import (
     _received_at,
 )
 from healthscore.store import sql
-from healthscore_lab.bench.workload import Workload, WorkloadConfig
+from healthscore_lab.simulator import Workload, WorkloadConfig
 
 USAGE, SUPPORT = "usage", "support"
 

@@ -2,7 +2,7 @@
 a crowd of clients hammering /metrics and /readyz.
 
 Each run gets a fresh database and topics, preloads the same workload
-(`bench.workload`, same seed), starts one `healthscore serve` process and
+(`simulator.workload`, same seed), starts one `healthscore serve` process and
 reads its CPU time (utime + stime from /proc/<pid>/stat) from the moment it
 logs `service_started` to the moment the backlog is drained; the events it
 applied in that window come from its `batch_committed` lines. In the loaded
@@ -58,7 +58,7 @@ from healthscore_lab.bench.runner import (
     _service_argv,
     _wait_until,
 )
-from healthscore_lab.bench.workload import Workload
+from healthscore_lab.simulator import Workload
 
 PATHS = ("/metrics", "/readyz")
 

@@ -3,7 +3,7 @@
 Phases (each on its own fresh database and topics unless said otherwise):
 
 1. throughput: preload N events over M organizations (the simulator's mix,
-   `bench.workload`) into the input topics, *then* start `healthscore serve`
+   `simulator.workload`) into the input topics, *then* start `healthscore serve`
    as a child process and time it from its first to its last batch commit
    (read from its `batch_committed` log lines). Its RSS is sampled with
    psutil and its VmHWM read before it stops; pg_stat_user_tables deltas
@@ -60,8 +60,13 @@ from healthscore_lab.bench.report import (
     percentile,
     profile_summary,
 )
-from healthscore_lab.bench.workload import LiveStream, Workload, WorkloadConfig
-from healthscore_lab.simulator import SimulatedMessage, produce
+from healthscore_lab.simulator import (
+    LiveStream,
+    SimulatedMessage,
+    Workload,
+    WorkloadConfig,
+    produce,
+)
 
 TP = tuple[str, int]
 

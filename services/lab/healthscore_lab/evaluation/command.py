@@ -69,7 +69,7 @@ def _log(args: argparse.Namespace) -> Any:
         return load_log(
             args.events, args.labels, None if args.no_profiles else args.profiles, until
         )
-    from healthscore_lab.population import (
+    from healthscore_lab.simulator.labelled import (
         PRESETS,
         generate_population,
         iter_jsonl,

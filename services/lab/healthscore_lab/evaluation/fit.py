@@ -127,11 +127,10 @@ _FIXED = ("growth_baseline",)
 # one user and a handful of clients is not a churn risk for that. Left out of the fit
 # by default (their weight is 0): fitted on one population they rank its churners a
 # little better, but they judge another population's quieter customers as unhealthy
-# (on the shifted simulator setting, fitted without the cancellation ceiling: Brier
-# skill 0.32 with them, 0.36 without; ROC AUC 0.929 and 0.930). `few_logins` stays:
-# at its fitted scale it measures whether anyone logs in at all. This choice was made
-# looking at the shifted population's figures, which is why the README reports a
-# third, blind population too.
+# (on the shifted simulator setting; the figures are in the README's Scores section).
+# `few_logins` stays: at its fitted scale it measures whether anyone logs in at all.
+# This choice was made looking at the shifted population's figures, which is why the
+# README reports a third, blind population too.
 SIZE_FACTORS = (
     "low_activity",
     "few_active_users",

@@ -24,7 +24,7 @@ from healthscore.contracts import SupportEvent, UsageEvent
 from healthscore.contracts.enums import MilestoneType
 from healthscore.errors import HealthscoreError
 from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord
-from healthscore_lab.population import Population, iter_jsonl
+from healthscore_lab.simulator.labelled import Population, iter_jsonl
 
 USAGE_TOPIC = "product.usage.v1"
 SUPPORT_TOPIC = "support.interactions.v1"

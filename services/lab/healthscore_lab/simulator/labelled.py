@@ -1,10 +1,10 @@
 """A labelled population: an event stream with ground truth, for `healthscore evaluate`.
 
-`healthscore_lab.simulator.generate` scripts three profiles (healthy, declining,
-churning) for the demo and the benchmark; nothing in it churns. This module
-draws a population from a generative model in which churn and behaviour share
-one latent variable, and writes down who churned and when, so that a score can
-be backtested against outcomes it never saw. The model knows nothing of the
+`simulator.stream` and `simulator.workload` script three profiles (healthy,
+declining, churning) for the demo, the tests and the benchmark; nothing in them
+churns. This module draws a population from a generative model in which churn
+and behaviour share one latent variable, and writes down who churned and when,
+so that a score can be backtested against outcomes it never saw. The model knows nothing of the
 scoring model's formulas or weights: it is written in terms of a latent health
 `h` (about +1 for a healthy customer, below -1 for one about to leave):
 
@@ -58,46 +58,25 @@ from __future__ import annotations
 
 import math
 import random
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
 from healthscore.contracts.enums import MilestoneType
+from healthscore_lab.simulator.catalogue import (
+    CHANNELS,
+    FEATURES,
+    NO_USER_TYPES,
+    TopicKind,
+    hour_weight,
+    iso,
+    new_uuid,
+)
 
 DAY_S = 86_400.0
-TopicKind = Literal["usage", "support"]
-
-FEATURES = (
-    "calendar",
-    "client_portal",
-    "invoices",
-    "contracts",
-    "questionnaires",
-    "timeline_builder",
-    "vendor_directory",
-    "seating_chart",
-    "budget_tracker",
-    "guest_list",
-    "moodboards",
-    "task_manager",
-    "email_templates",
-    "automations",
-    "reports",
-    "gallery",
-    "mobile_app",
-    "scheduler",
-    "proposals",
-    "forms",
-    "journeys",
-    "crm",
-    "tags",
-    "website_widget",
-    "payment_plans",
-)
 
 # usage type -> base daily rate per unit of business volume (scaled by engagement)
 _VALUE_RATES: tuple[tuple[str, float], ...] = (
@@ -110,7 +89,6 @@ _VALUE_RATES: tuple[tuple[str, float], ...] = (
     ("contract_signed", 0.12),
     ("wedding_completed", 0.06),
 )
-_NO_USER_TYPES = frozenset({"form_submitted", "payment_received", "review_received"})
 
 # interaction type -> (base weight, sensitivity to low health: weight * exp(-k * h))
 _INTERACTIONS: tuple[tuple[str, float, float], ...] = (
@@ -139,8 +117,7 @@ _OPEN_DAYS: dict[str, tuple[float, float]] = {
     "cancellation_request": (4.0, 25.0),
     "churn_intervention": (2.0, 6.0),
 }
-_CHANNELS = ("email", "chat", "phone", "video", "in_app")
-_CHANNEL_WEIGHTS = (4.0, 3.0, 2.0, 1.0, 1.5)
+_CHANNELS, _CHANNEL_WEIGHTS = zip(*CHANNELS, strict=True)
 
 # milestones an organization that predates the stream had reached before it:
 # (milestone, probability at engagement 1, minimum tenure in days)
@@ -280,17 +257,7 @@ def _poisson(rng: random.Random, lam: float) -> int:
     return k
 
 
-def _uuid(rng: random.Random) -> str:
-    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
-
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
-
-
-_HOUR_WEIGHTS = tuple(
-    1.0 if 8 <= hour < 19 else 0.35 if 19 <= hour < 23 else 0.08 for hour in range(24)
-)
+_HOUR_WEIGHTS = tuple(hour_weight(hour) for hour in range(24))
 _HOUR_CUMULATIVE = tuple(sum(_HOUR_WEIGHTS[: hour + 1]) for hour in range(24))
 
 
@@ -331,13 +298,13 @@ class _Org:
     def __init__(self, config: PopulationConfig, index: int) -> None:
         self.config = config
         self.rng = rng = random.Random(f"{config.seed}:population:{index}")
-        self.id = _uuid(rng)
+        self.id = new_uuid(rng)
         self.users = tuple(
-            _uuid(rng) for _ in range(min(12, 1 + int(rng.expovariate(1 / config.team_size))))
+            new_uuid(rng) for _ in range(min(12, 1 + int(rng.expovariate(1 / config.team_size))))
         )
         self.features = tuple(rng.sample(FEATURES, rng.randint(6, 20)))
         self.volume = math.exp(rng.gauss(0.0, 0.4))
-        self.staff = tuple(_uuid(rng) for _ in range(3))
+        self.staff = tuple(new_uuid(rng) for _ in range(3))
         self.events: list[LabelledEvent] = []
         self.open: list[_Interaction] = []
         self.achieved: set[str] = set()
@@ -357,14 +324,14 @@ class _Org:
         feature: str | None = None,
     ) -> None:
         rng = self.rng
-        if user is None and kind not in _NO_USER_TYPES:
+        if user is None and kind not in NO_USER_TYPES:
             user = rng.choice(self.users)
         body: dict[str, Any] = {
-            "event_id": _uuid(rng),
+            "event_id": new_uuid(rng),
             "organization_id": self.id,
             "user_id": user,
             "type": kind,
-            "occurred_at": _iso(t),
+            "occurred_at": iso(t),
             "quantity": quantity,
         }
         if feature is not None:
@@ -372,8 +339,8 @@ class _Org:
         self.events.append(LabelledEvent("usage", t, orjson.dumps(body)))
 
     def support(self, t: float, fields: dict[str, Any]) -> None:
-        body = {"event_id": _uuid(self.rng), "organization_id": self.id, **fields}
-        body["occurred_at"] = _iso(t)
+        body = {"event_id": new_uuid(self.rng), "organization_id": self.id, **fields}
+        body["occurred_at"] = iso(t)
         self.events.append(LabelledEvent("support", t, orjson.dumps(body)))
 
     # -- one day -----------------------------------------------------------------
@@ -457,7 +424,7 @@ class _Org:
             priority = rng.choice(("high", "urgent"))
         else:
             priority = "urgent" if z < -1.8 else "high" if z < -1.0 else "normal"
-        interaction_id = _uuid(rng)
+        interaction_id = new_uuid(rng)
         self.support(
             t,
             {
