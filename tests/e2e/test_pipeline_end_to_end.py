@@ -18,8 +18,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from healthscore.contracts import SupportEvent, UsageEvent
 from healthscore.contracts.enums import AlertKind, HealthStatus, RiskLevel
 from healthscore.core.effects import compute_batch_effects
+from healthscore.core.events import Event
 from healthscore.core.scoring.alerts import alert_id_for
 from healthscore.core.scoring.model import default_model
+from healthscore.service.ingest.decode import core_event
 from tests.utils.harness import (
     consume_all,
     make_producer,
@@ -148,8 +150,8 @@ def at_risk_support() -> list[dict[str, Any]]:
 
 def oracle_scores(usage: list[dict[str, Any]], support: list[dict[str, Any]]) -> dict[str, float]:
     """The pure core applied to the same events in the same per-topic order."""
-    events: list[UsageEvent | SupportEvent] = [UsageEvent.model_validate(e) for e in usage]
-    events += [SupportEvent.model_validate(e) for e in support]
+    events: list[Event] = [core_event(UsageEvent.model_validate(e)) for e in usage]
+    events += [core_event(SupportEvent.model_validate(e)) for e in support]
     effects = compute_batch_effects(events, {}, {}, default_model())
     return {org: r.health.score for org, r in effects.rescored.items()}
 

@@ -17,8 +17,7 @@ from healthscore.contracts.enums import (
     SupportAction,
     UsageType,
 )
-from healthscore.contracts.support import SupportEvent
-from healthscore.contracts.usage import UsageEvent
+from healthscore.core.events import SupportEvent, UsageEvent
 from healthscore.core.interactions import InteractionRecord, merge_interaction
 from healthscore.core.scoring.aggregate import (
     MAX_FEATURES,
@@ -182,15 +181,13 @@ def support(action: SupportAction, days: float, n: int, **fields: object) -> Sup
     if action is SupportAction.OPENED:
         fields.setdefault("interaction_type", InteractionType.TECHNICAL_SUPPORT)
         fields.setdefault("channel", Channel.CHAT)
-    return SupportEvent.model_validate(
-        {
-            "event_id": UUID(int=n),
-            "organization_id": ORG,
-            "interaction_id": INTERACTION,
-            "action": action,
-            "occurred_at": T0 + timedelta(days=days),
-            **fields,
-        }
+    return SupportEvent(
+        event_id=UUID(int=n),
+        organization_id=ORG,
+        interaction_id=INTERACTION,
+        action=action,
+        occurred_at=T0 + timedelta(days=days),
+        **fields,
     )
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from healthscore.contracts import UsageEvent
 from healthscore.core.alignment import AlignmentView, align
+from healthscore.core.events import UsageEvent
 from healthscore.service.ingest.decode import Decoded, RawRecord, Rejection
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)

@@ -20,7 +20,7 @@ from healthscore.contracts.enums import (
     Sentiment,
     SupportAction,
 )
-from healthscore.contracts.support import SupportEvent
+from healthscore.core.events import SupportEvent
 from healthscore.core.interactions import InteractionRecord, merge_interaction
 
 ORG = UUID("9d3c0b7e-1b2a-4c8d-8e9f-0a1b2c3d4e5f")

@@ -8,7 +8,7 @@ from uuid import UUID, uuid4
 import pytest
 
 from healthscore.contracts.enums import MilestoneType, RewardType, UsageType
-from healthscore.contracts.usage import UsageEvent
+from healthscore.core.events import UsageEvent
 from healthscore.core.milestones import THRESHOLDS, MilestoneCrossing, crossed
 from healthscore.core.scoring.aggregate import apply_usage, new_state
 from healthscore.core.scoring.model import ScoreModel, default_model

@@ -11,7 +11,7 @@ from uuid import UUID, uuid4
 import pytest
 
 from healthscore.contracts.enums import HealthStatus, MilestoneType, RiskLevel
-from healthscore.contracts.usage import UsageEvent
+from healthscore.core.events import UsageEvent
 from healthscore.core.scoring.aggregate import apply_usage, new_state
 from healthscore.core.scoring.model import DAY, ScoreModel, v1_model
 from healthscore.core.scoring.score import (
@@ -34,7 +34,7 @@ def model() -> ScoreModel:
 
 
 def usage(kind: str, at: datetime, *, user: UUID | None = None, quantity: int = 1) -> UsageEvent:
-    return UsageEvent.model_construct(
+    return UsageEvent(
         event_id=uuid4(),
         organization_id=UUID(ORG),
         user_id=user,

@@ -9,7 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from healthscore.contracts.enums import MilestoneType, UsageType
-from healthscore.contracts.usage import UsageEvent
+from healthscore.core.events import UsageEvent
 from healthscore.core.scoring.aggregate import apply_usage
 from healthscore.core.scoring.model import COMPONENTS, DAY, SIGNALS, default_model, v1_model
 from healthscore.core.scoring.score import HealthScore, churn_probability, score
@@ -200,7 +200,7 @@ def test_more_logins_and_value_actions_never_lower_the_score(
     model = data.draw(st.sampled_from([MODEL, V1]))
     at = NOW if model is MODEL else data.draw(between(state.first_event_at, NOW))
     before = score(state, NOW, model)
-    event = UsageEvent.model_construct(
+    event = UsageEvent(
         event_id=uuid4(),
         organization_id=ORG,
         user_id=uuid4() if with_user else None,

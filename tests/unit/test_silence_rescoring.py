@@ -19,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from healthscore.contracts import UsageEvent
 from healthscore.contracts.enums import HistoryCause
 from healthscore.core.effects import (
     BatchEffects,
@@ -28,6 +27,7 @@ from healthscore.core.effects import (
     next_silence_rescore,
     silence_rescore_times,
 )
+from healthscore.core.events import UsageEvent
 from healthscore.core.scoring.aggregate import new_state
 from healthscore.core.scoring.model import default_model
 from healthscore.core.scoring.state import OrganizationState, encode_state

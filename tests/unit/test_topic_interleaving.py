@@ -6,8 +6,8 @@ import random
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from healthscore.contracts import SupportEvent, UsageEvent
 from healthscore.core.effects import compute_batch_effects
+from healthscore.core.events import SupportEvent, UsageEvent
 from healthscore.core.scoring.model import default_model
 
 ORG = str(uuid.UUID(int=42))

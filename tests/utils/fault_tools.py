@@ -403,11 +403,13 @@ def pure_run(messages: Iterable[SimulatedMessage], support_last: bool = False) -
     """Apply the valid, first-seen events in wire order (or every usage event first,
     then every support event: another legal interleaving of the two topics)."""
     from healthscore.contracts import SupportEvent, UsageEvent
+    from healthscore.core import events as core
     from healthscore.core.effects import compute_batch_effects
     from healthscore.core.scoring.model import default_model
+    from healthscore.service.ingest.decode import core_event
 
     seen: set[str] = set()
-    events: list[UsageEvent | SupportEvent] = []
+    events: list[core.Event] = []
     for m in messages:
         if not m.valid or m.event_id in seen:
             continue
@@ -415,12 +417,16 @@ def pure_run(messages: Iterable[SimulatedMessage], support_last: bool = False) -
         seen.add(m.event_id)
         body = orjson.loads(m.value)
         events.append(
-            UsageEvent.model_validate(body)
-            if m.topic_kind == "usage"
-            else SupportEvent.model_validate(body)
+            core_event(
+                UsageEvent.model_validate(body)
+                if m.topic_kind == "usage"
+                else SupportEvent.model_validate(body)
+            )
         )
     if support_last:
-        events.sort(key=lambda e: isinstance(e, SupportEvent))  # stable: keeps each topic's order
+        events.sort(
+            key=lambda e: isinstance(e, core.SupportEvent)
+        )  # stable: keeps each topic's order
     effects = compute_batch_effects(events, {}, {}, default_model())
     return PureRun(
         scores={org: r.health.score for org, r in effects.rescored.items()},

@@ -28,6 +28,10 @@ batch applies exactly the records up to T: for partitions in event-time
 order, the order of application is the event-time order of the whole log,
 whatever the fetch sizes, which is what makes a replay decide like the live
 run.
+
+The alignment knows records only by the `Alignable` protocol: where a record
+sits (topic, partition, offset) and its event time, if it has one (a
+rejection has none, and is never held back).
 """
 
 from __future__ import annotations
@@ -36,11 +40,38 @@ import heapq
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-
-from healthscore.service.ingest.decode import Decoded, Rejection
+from operator import itemgetter
+from typing import Generic, Protocol, TypeVar
 
 TopicPartition = tuple[str, int]
-Item = Decoded | Rejection
+
+
+class Position(Protocol):
+    """Where a record sits in the log."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+
+class Alignable(Protocol):
+    """A fetched record as the alignment reads it."""
+
+    @property
+    def record(self) -> Position: ...
+
+    @property
+    def event_time(self) -> float | None:
+        """The event's time in POSIX seconds; None for a record without an event."""
+        ...
+
+
+Item = TypeVar("Item", bound=Alignable)
 
 
 @dataclass(frozen=True)
@@ -60,35 +91,37 @@ class AlignmentView:
 
 
 @dataclass
-class Alignment:
+class Alignment(Generic[Item]):
     applied: list[Item]
     held_from: dict[TopicPartition, int]  # partition -> first held-back offset
     frontiers: dict[TopicPartition, float]  # batch's newest event time per partition
     stream_time: float
 
 
-def _time(item: Item) -> float | None:
-    if isinstance(item, Decoded):
-        return item.event.occurred_at.timestamp()
-    return None
+# (event time, or -inf for a record without one; the record), read once per record
+_Timed = tuple[float, Item]
+_NO_TIME = -math.inf
 
 
-def _by_partition(items: Iterable[Item]) -> dict[TopicPartition, list[Item]]:
-    parts: dict[TopicPartition, list[Item]] = {}
+def _by_partition(items: Iterable[Item]) -> dict[TopicPartition, list[_Timed[Item]]]:
+    parts: dict[TopicPartition, list[_Timed[Item]]] = {}
     for item in items:
-        parts.setdefault((item.record.topic, item.record.partition), []).append(item)
+        record = item.record
+        t = item.event_time
+        timed = (_NO_TIME if t is None else t, item)
+        parts.setdefault((record.topic, record.partition), []).append(timed)
     for records in parts.values():
-        records.sort(key=lambda i: i.record.offset)
+        records.sort(key=lambda timed: timed[1].record.offset)
     return parts
 
 
-def align(items: Sequence[Item], view: AlignmentView | None) -> Alignment:
+def align(items: Sequence[Item], view: AlignmentView | None) -> Alignment[Item]:
     parts = _by_partition(items)
     frontiers: dict[TopicPartition, float] = {}
     for tp, records in parts.items():
-        times = [t for t in map(_time, records) if t is not None]
-        if times:
-            frontiers[tp] = max(times)
+        newest = max(t for t, _item in records)
+        if newest != _NO_TIME:
+            frontiers[tp] = newest
     live: set[TopicPartition] = set()
     if view is None:
         stream_time = math.inf
@@ -97,7 +130,8 @@ def align(items: Sequence[Item], view: AlignmentView | None) -> Alignment:
         for tp, records in parts.items():
             high = view.high_watermarks.get(tp)
             caught_up = (
-                high is not None and records[-1].record.offset + 1 + view.live_lag_records >= high
+                high is not None
+                and records[-1][1].record.offset + 1 + view.live_lag_records >= high
             )
             if caught_up and view.live_lag_records > 0:
                 live.add(tp)
@@ -117,24 +151,20 @@ def align(items: Sequence[Item], view: AlignmentView | None) -> Alignment:
                 limits.append(view.frontiers.get(tp, -math.inf))
         stream_time = min(limits, default=math.inf)
 
-    applied_parts: list[list[Item]] = []
+    applied_parts: list[list[_Timed[Item]]] = []
     held_from: dict[TopicPartition, int] = {}
     # partitions in a fixed order: equal event times merge the same way whatever
     # order the fetch returned them in
-    for tp, records in sorted(parts.items()):
+    for tp, records in sorted(parts.items(), key=itemgetter(0)):
         cut = len(records)
-        for index, item in enumerate(records):
-            t = _time(item)
-            if t is not None and t > stream_time and tp not in live:
-                cut = index
-                break
+        if tp not in live:
+            for index, (t, _item) in enumerate(records):
+                if t > stream_time:  # never a record without a time (-inf)
+                    cut = index
+                    break
         applied_parts.append(records[:cut])
         if cut < len(records):
-            held_from[tp] = records[cut].record.offset
-    applied = list(heapq.merge(*applied_parts, key=_merge_key))
+            held_from[tp] = records[cut][1].record.offset
+    # equal times keep the order of the parts (heapq.merge is stable across its inputs)
+    applied = [item for _t, item in heapq.merge(*applied_parts, key=itemgetter(0))]
     return Alignment(applied, held_from, frontiers, stream_time)
-
-
-def _merge_key(item: Item) -> float:
-    t = _time(item)
-    return -math.inf if t is None else t

@@ -7,7 +7,7 @@ Python side and the dashboard's SQL always agree. Changing an edge is a
 migration, not a config change, because stored rows carry the band.
 """
 
-from healthscore.contracts.enums import HealthStatus, RiskLevel
+from healthscore.core.enums import HealthStatus, RiskLevel
 
 # lower edges, highest band first: score >= edge -> band
 HEALTH_BAND_EDGES: tuple[tuple[float, HealthStatus], ...] = (

@@ -25,8 +25,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from healthscore.contracts import SupportEvent, UsageEvent
-from healthscore.contracts.enums import HistoryCause
+from healthscore.core.enums import HistoryCause
+from healthscore.core.events import Event, SupportEvent, UsageEvent
 from healthscore.core.interactions import InteractionRecord, merge_interaction
 from healthscore.core.milestones import MilestoneCrossing
 from healthscore.core.scoring.aggregate import apply_interaction, apply_usage, new_state
@@ -190,7 +190,7 @@ def _rescore(
 
 
 def compute_batch_effects(
-    events: Iterable[UsageEvent | SupportEvent],
+    events: Iterable[Event],
     states: dict[str, OrganizationState],
     interactions: dict[str, InteractionRecord],
     model: ScoreModel,
@@ -212,7 +212,7 @@ def compute_batch_effects(
                 _silence_before(state, event, silence_step, model, effects)
             for crossing in apply_usage(state, event, model):
                 effects.milestones.append((org, crossing))
-        else:
+        elif isinstance(event, SupportEvent):
             key = str(event.interaction_id)
             current = interactions.get(key)
             if current is not None and current.organization_id != org:
@@ -225,6 +225,8 @@ def compute_batch_effects(
             merged = merge_interaction(current, event)
             interactions[key] = merged
             apply_interaction(state, current, merged, event, model)
+        else:
+            raise TypeError(f"not an event of the core: {type(event).__name__}")
         effects.applied += 1
         assert state.last_event_at is not None
         # as of the newest event, or of a later silence rescoring: an event older
@@ -250,7 +252,7 @@ def compute_batch_effects(
 
 def _silence_before(
     state: OrganizationState,
-    event: UsageEvent | SupportEvent,
+    event: Event,
     step: float,
     model: ScoreModel,
     effects: BatchEffects,

@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import msgspec
 
-from healthscore.contracts.enums import InteractionStatus, Priority, SupportAction
-from healthscore.contracts.support import SupportEvent
+from healthscore.core.enums import InteractionStatus, Priority, SupportAction
+from healthscore.core.events import SupportEvent
 
 A = SupportAction
 # pseudo-fields of field_event_times (not columns): newest scheduling / resolution event

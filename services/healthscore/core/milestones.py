@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import msgspec
 
-from healthscore.contracts.enums import MilestoneType, RewardType, UsageType
-from healthscore.contracts.usage import UsageEvent
+from healthscore.core.enums import MilestoneType, RewardType, UsageType
+from healthscore.core.events import UsageEvent
 from healthscore.core.scoring.model import ScoreModel
 from healthscore.core.scoring.state import OrganizationState
 

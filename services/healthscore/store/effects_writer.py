@@ -13,7 +13,7 @@ from uuid import UUID
 
 import orjson
 
-from healthscore.contracts.alerts import ChurnRiskAlert, HealthAction
+from healthscore.contracts.alerts import ChurnRiskAlert, HealthAction, RiskFactor
 from healthscore.core.effects import BatchEffects, RaisedAlert, next_silence_rescore
 from healthscore.core.scoring.model import ScoreModel
 from healthscore.core.scoring.state import encode_state
@@ -35,7 +35,10 @@ def alert_payload(alert: RaisedAlert) -> str:
         health_status=health.status,
         churn_probability=health.churn_probability,
         risk_level=health.risk_level,
-        risk_factors=list(health.risk_factors),
+        risk_factors=[
+            RiskFactor(factor=f.factor, value=f.value, impact=f.impact, detail=f.detail)
+            for f in health.risk_factors
+        ],
         caused_by=[UUID(e) for e in alert.caused_by],
         scored_at=datetime.fromtimestamp(alert.scored_at, UTC),
         emitted_at=datetime.fromtimestamp(0.0, UTC),

@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import math
 
-from healthscore.contracts.enums import (
+from healthscore.core.enums import (
     InteractionType,
     MilestoneType,
     Outcome,
     Sentiment,
     UsageType,
 )
-from healthscore.contracts.support import SupportEvent
-from healthscore.contracts.usage import UsageEvent
+from healthscore.core.events import SupportEvent, UsageEvent
 from healthscore.core.interactions import InteractionRecord
 from healthscore.core.milestones import MilestoneCrossing, crossed
 from healthscore.core.scoring.model import DAY, SIGNALS, ScoreModel
@@ -189,7 +188,7 @@ def apply_usage(
 ) -> list[MilestoneCrossing]:
     """Fold one usage event into `state`; returns the milestones it newly crossed."""
     t = event.occurred_at.timestamp()
-    kind = str(event.type)  # plain str: tolerant of model_construct'ed events
+    kind = str(event.type)  # plain str, as the state's keys are
     quantity = event.quantity
     _touch(state, t, str(event.event_id))
     if state.last_usage_at is None or t > state.last_usage_at:

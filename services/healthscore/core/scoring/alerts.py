@@ -36,7 +36,7 @@ from uuid import UUID, uuid5
 
 import msgspec
 
-from healthscore.contracts.enums import RISK_LEVEL_ORDER, AlertKind, AlertTrigger, RiskLevel
+from healthscore.core.enums import RISK_LEVEL_ORDER, AlertKind, AlertTrigger, RiskLevel
 from healthscore.core.scoring.model import DAY, ScoreModel
 from healthscore.core.scoring.path import HealthAction, path_to_healthy
 from healthscore.core.scoring.score import HealthScore

@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from healthscore.contracts.enums import MilestoneType, RewardType
+from healthscore.core.enums import MilestoneType, RewardType
 from healthscore.errors import ModelConfigError
 
 NonNeg = Annotated[float, msgspec.Meta(ge=0)]

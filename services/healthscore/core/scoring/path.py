@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import msgspec
 
-from healthscore.contracts.enums import MilestoneType
+from healthscore.core.enums import MilestoneType
 from healthscore.core.scoring.model import ScoreModel
 from healthscore.core.scoring.score import churn_probability, score
 from healthscore.core.scoring.state import OrganizationState

@@ -1,4 +1,4 @@
-"""Turn one raw Kafka record into a valid contract event or a specific rejection.
+"""Turn one raw Kafka record into a valid event of the core or a specific rejection.
 
 Every rule of shared/contract.md is checked here, in the order a producer
 would want to hear about it: size, encoding, JSON, the message key, then the
@@ -9,8 +9,15 @@ wrong, naming the field, without echoing personal data.
 The contract is checked in two ways. A fast path (`ingest/fastdecode.py`,
 msgspec) builds the event for the ordinary valid record; whatever it cannot
 vouch for goes to the pydantic models, which alone name rejections. Both
-start from the same orjson parse, and tests keep the two equal on the poison
-corpus, the simulator's stream and generated edge cases.
+start from the same orjson parse and end in the same event of the core
+(`healthscore.core.events`: the fast path builds it directly, the pydantic
+path converts its validated model), and tests keep the two equal on the
+poison corpus, the simulator's stream and generated edge cases.
+
+`event_json` is the event as the contract validated it, in the bytes the
+pydantic serializer gives for the contract model: the payload digests stored
+in `processed_events` are computed from it, so it must never change for the
+same input (tests/unit/test_wire_pins.py).
 """
 
 from __future__ import annotations
@@ -23,13 +30,13 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import msgspec
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from healthscore.contracts import SupportEvent, UsageEvent
+from healthscore import contracts
+from healthscore.core.events import Event, SupportEvent, UsageEvent
 from healthscore.service.ingest.fastdecode import fast_support_event, fast_usage_event
-
-ContractEvent = UsageEvent | SupportEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +58,12 @@ class RawRecord:
 @dataclass(frozen=True, slots=True)
 class Decoded:
     record: RawRecord
-    event: ContractEvent
+    event: Event
+
+    @property
+    def event_time(self) -> float:
+        """The event's time in POSIX seconds (what the alignment orders by)."""
+        return self.event.occurred_at.timestamp()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +71,11 @@ class Rejection:
     record: RawRecord
     reason: str
     detail: str
+
+    @property
+    def event_time(self) -> None:
+        """A rejection has no event time: the alignment never holds it back."""
+        return None
 
 
 REASONS = (
@@ -132,8 +149,8 @@ class Decoder:
         fast: bool = True,
     ) -> None:
         self._models: dict[str, type[BaseModel]] = {
-            usage_topic: UsageEvent,
-            support_topic: SupportEvent,
+            usage_topic: contracts.UsageEvent,
+            support_topic: contracts.SupportEvent,
         }
         self._fast: dict[str, _FastPath] = (
             {usage_topic: fast_usage_event, support_topic: fast_support_event} if fast else {}
@@ -195,7 +212,7 @@ class Decoder:
             self._keys[record.key] = key
         received_at = _received_at(record)
         fast = self._fast.get(record.topic)
-        event: ContractEvent | None = None
+        event: Event | None = None
         if fast is not None:
             try:
                 event = fast(body, received_at)
@@ -207,8 +224,8 @@ class Decoder:
                 validated = model.model_validate(body, context={"received_at": received_at})
             except ValidationError as exc:
                 return _rejection_from(record, exc)
-            assert isinstance(validated, UsageEvent | SupportEvent)
-            event = validated
+            assert isinstance(validated, contracts.UsageEvent | contracts.SupportEvent)
+            event = core_event(validated)
         if key != event.organization_id:
             return Rejection(
                 record,
@@ -218,7 +235,59 @@ class Decoder:
         return Decoded(record, event)
 
 
-_FastPath = Callable[[dict[str, Any], datetime], ContractEvent | None]
+_FastPath = Callable[[dict[str, Any], datetime], Event | None]
+
+
+def core_event(validated: contracts.UsageEvent | contracts.SupportEvent) -> Event:
+    """The core's event of a contract model validated by pydantic (the same values)."""
+    if isinstance(validated, contracts.UsageEvent):
+        return UsageEvent(
+            event_id=validated.event_id,
+            organization_id=validated.organization_id,
+            user_id=validated.user_id,
+            type=validated.type,
+            occurred_at=validated.occurred_at,
+            quantity=validated.quantity,
+            feature=validated.feature,
+            properties=validated.properties,
+        )
+    return SupportEvent(
+        event_id=validated.event_id,
+        organization_id=validated.organization_id,
+        interaction_id=validated.interaction_id,
+        action=validated.action,
+        interaction_type=validated.interaction_type,
+        channel=validated.channel,
+        priority=validated.priority,
+        sentiment=validated.sentiment,
+        outcome=validated.outcome,
+        assigned_to=validated.assigned_to,
+        subject=validated.subject,
+        follow_up_at=validated.follow_up_at,
+        occurred_at=validated.occurred_at,
+    )
+
+
+def event_json(event: Event) -> bytes:
+    """The event as validated, byte for byte as pydantic serializes the contract model.
+
+    The same fields in the same order (checked below at import), each value as
+    pydantic writes it: UUIDs and enums as their text, timestamps in ISO 8601
+    with `Z` for a zero offset and six fractional digits when there are any,
+    `properties` as parsed (orjson and pydantic write numbers and text alike;
+    tests/unit/test_fast_decode.py compares the two on generated bodies).
+    """
+    return orjson.dumps(msgspec.structs.asdict(event), option=orjson.OPT_UTC_Z)
+
+
+def _check_fields(core: type[msgspec.Struct], model: type[BaseModel]) -> None:
+    """Refuse to start if a contract model and the core's event differ in fields."""
+    if core.__struct_fields__ != tuple(model.model_fields):
+        raise RuntimeError(f"{core.__module__}.{core.__name__} does not mirror {model.__name__}")
+
+
+_check_fields(UsageEvent, contracts.UsageEvent)
+_check_fields(SupportEvent, contracts.SupportEvent)
 
 _KEY_CACHE_SIZE = 65_536
 """Message keys (organization ids) remembered as parsed; the cache restarts when full."""

@@ -2,12 +2,13 @@
 
 `fast_usage_event` and `fast_support_event` take the JSON object the decoder
 has already parsed (orjson, the same parse the pydantic path uses, so which
-bytes are JSON at all is decided in one place) and return the contract event,
-or None when they cannot vouch for the body. None is never a verdict: the
-decoder then validates the body with the pydantic models, which give the
-rejection its reason and detail (or accept what this path was too cautious
-for). So this path has one duty: accept only what the pydantic contract
-accepts, and build exactly the event pydantic would build.
+bytes are JSON at all is decided in one place) and return the core's event
+(`healthscore.core.events`), or None when they cannot vouch for the body. None
+is never a verdict: the decoder then validates the body with the pydantic
+models, which give the rejection its reason and detail (or accept what this
+path was too cautious for). So this path has one duty: accept only what the
+pydantic contract accepts, and build exactly the event the pydantic path
+builds from it.
 
 It is deliberately narrower than the contract where matching pydantic's
 parsers exactly would be fiddly: timestamps must have the RFC 3339 form
@@ -15,19 +16,20 @@ parsers exactly would be fiddly: timestamps must have the RFC 3339 form
 more than six fractional digits, goes to pydantic); `properties` nested
 below the top level are checked with the contract's own function.
 
-The events are the contract's pydantic models, built without a second
-validation the way `BaseModel.model_construct` builds them, so the pipeline,
-the scoring core and `payload_digest` (the pydantic serializer) use them
-unchanged. One difference is not observable there: a timestamp's tzinfo is a
-`datetime.timezone` here, a `pydantic_core.TzInfo` from pydantic; the values,
-offsets, ISO forms and serialized JSON are equal (tests/unit/test_fast_decode.py).
+The events are the core's msgspec structs, built from the checked wire
+struct without a second validation; the pydantic path converts its validated
+model into the same struct (`decode.core_event`). One difference is not
+observable: a timestamp's tzinfo is a `datetime.timezone` here, a
+`pydantic_core.TzInfo` from pydantic; the values, offsets, ISO forms and
+serialized JSON (`decode.event_json`, hence the payload digest) are equal
+(tests/unit/test_fast_decode.py).
 """
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, TypeVar
+from typing import Annotated, Any, Final
 from uuid import UUID
 
 import msgspec
@@ -35,9 +37,11 @@ import orjson
 from pydantic import BaseModel
 from pydantic_core import PydanticCustomError
 
-from healthscore.contracts import SupportEvent, UsageEvent
+from healthscore.contracts import SupportEvent as SupportModel
+from healthscore.contracts import UsageEvent as UsageModel
 from healthscore.contracts._common import MAX_FUTURE_SKEW, check_json_value
-from healthscore.contracts.enums import (
+from healthscore.contracts.usage import MAX_PROPERTIES_BYTES
+from healthscore.core.enums import (
     Channel,
     InteractionType,
     Outcome,
@@ -46,7 +50,7 @@ from healthscore.contracts.enums import (
     SupportAction,
     UsageType,
 )
-from healthscore.contracts.usage import MAX_PROPERTIES_BYTES
+from healthscore.core.events import SupportEvent, UsageEvent
 
 # --------------------------------------------------------------------------- wire structs
 
@@ -86,10 +90,6 @@ class SupportWire(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     occurred_at: str
 
 
-_USAGE_FIELDS: Final = frozenset(UsageEvent.model_fields)
-_SUPPORT_FIELDS: Final = frozenset(SupportEvent.model_fields)
-
-
 def _check_mirrors(wire: type[msgspec.Struct], model: type[BaseModel]) -> None:
     """Refuse to start if a contract model changed without its wire struct."""
     if wire.__struct_fields__ != tuple(model.model_fields):
@@ -103,8 +103,8 @@ def _check_mirrors(wire: type[msgspec.Struct], model: type[BaseModel]) -> None:
         raise RuntimeError(f"{model.__name__} is no longer built the way fastdecode builds it")
 
 
-_check_mirrors(UsageWire, UsageEvent)
-_check_mirrors(SupportWire, SupportEvent)
+_check_mirrors(UsageWire, UsageModel)
+_check_mirrors(SupportWire, SupportModel)
 
 
 # --------------------------------------------------------------------------- rules
@@ -160,22 +160,9 @@ def _properties_ok(value: dict[str, Any]) -> bool:
 
 # --------------------------------------------------------------------------- events
 
-_Model = TypeVar("_Model", bound=BaseModel)
-_set = object.__setattr__
-
-
-def _build(model: type[_Model], values: dict[str, Any], fields_set: set[str]) -> _Model:
-    """What `model.model_construct` does for these models, without its per-field loop."""
-    event = model.__new__(model)
-    _set(event, "__dict__", values)
-    _set(event, "__pydantic_fields_set__", fields_set)
-    _set(event, "__pydantic_extra__", None)
-    _set(event, "__pydantic_private__", None)
-    return event
-
 
 def fast_usage_event(body: dict[str, Any], received_at: datetime) -> UsageEvent | None:
-    """The UsageEvent pydantic would validate from `body`, or None to let pydantic decide."""
+    """The event the pydantic path would build from `body`, or None to let pydantic decide."""
     try:
         wire = msgspec.convert(body, UsageWire)
     except msgspec.ValidationError:
@@ -189,21 +176,20 @@ def fast_usage_event(body: dict[str, Any], received_at: datetime) -> UsageEvent 
     properties = wire.properties
     if properties is not None and not _properties_ok(properties):
         return None
-    values = {
-        "event_id": wire.event_id,
-        "organization_id": wire.organization_id,
-        "user_id": wire.user_id,
-        "type": wire.type,
-        "occurred_at": occurred_at,
-        "quantity": wire.quantity,
-        "feature": feature,
-        "properties": properties,
-    }
-    return _build(UsageEvent, values, body.keys() & _USAGE_FIELDS)
+    return UsageEvent(
+        event_id=wire.event_id,
+        organization_id=wire.organization_id,
+        user_id=wire.user_id,
+        type=wire.type,
+        occurred_at=occurred_at,
+        quantity=wire.quantity,
+        feature=feature,
+        properties=properties,
+    )
 
 
 def fast_support_event(body: dict[str, Any], received_at: datetime) -> SupportEvent | None:
-    """The SupportEvent pydantic would validate from `body`, or None to let pydantic decide."""
+    """The event the pydantic path would build from `body`, or None to let pydantic decide."""
     try:
         wire = msgspec.convert(body, SupportWire)
     except msgspec.ValidationError:
@@ -225,19 +211,18 @@ def fast_support_event(body: dict[str, Any], received_at: datetime) -> SupportEv
             return None
     elif action is SupportAction.FOLLOW_UP_SCHEDULED and follow_up_at is None:
         return None
-    values = {
-        "event_id": wire.event_id,
-        "organization_id": wire.organization_id,
-        "interaction_id": wire.interaction_id,
-        "action": action,
-        "interaction_type": wire.interaction_type,
-        "channel": wire.channel,
-        "priority": wire.priority,
-        "sentiment": wire.sentiment,
-        "outcome": wire.outcome,
-        "assigned_to": wire.assigned_to,
-        "subject": subject,
-        "follow_up_at": follow_up_at,
-        "occurred_at": occurred_at,
-    }
-    return _build(SupportEvent, values, body.keys() & _SUPPORT_FIELDS)
+    return SupportEvent(
+        event_id=wire.event_id,
+        organization_id=wire.organization_id,
+        interaction_id=wire.interaction_id,
+        action=action,
+        interaction_type=wire.interaction_type,
+        channel=wire.channel,
+        priority=wire.priority,
+        sentiment=wire.sentiment,
+        outcome=wire.outcome,
+        assigned_to=wire.assigned_to,
+        subject=subject,
+        follow_up_at=follow_up_at,
+        occurred_at=occurred_at,
+    )

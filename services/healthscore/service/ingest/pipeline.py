@@ -35,14 +35,14 @@ from uuid import UUID
 
 import asyncpg
 
-from healthscore.contracts import SupportEvent, UsageEvent
 from healthscore.core.alignment import AlignmentView, align
 from healthscore.core.effects import BatchEffects, compute_batch_effects
+from healthscore.core.events import Event, SupportEvent
 from healthscore.core.interactions import InteractionRecord
 from healthscore.core.scoring.model import ScoreModel
 from healthscore.core.scoring.state import OrganizationState, decode_state
 from healthscore.errors import InvalidStoredOffset, OffsetGap
-from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord, Rejection
+from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord, Rejection, event_json
 from healthscore.service.ingest.dlq import DeadLetterQueue
 from healthscore.service.projector import project_in_transaction
 from healthscore.store import Connection, sql
@@ -335,9 +335,7 @@ class BatchPipeline:
         outcome.next_offsets = next_offsets
         return outcome
 
-    async def _compute(
-        self, conn: Connection, events: list[UsageEvent | SupportEvent], marks: _Marks
-    ) -> BatchEffects:
+    async def _compute(self, conn: Connection, events: list[Event], marks: _Marks) -> BatchEffects:
         if not events:
             return BatchEffects()
         orgs = sorted({e.organization_id for e in events})
@@ -410,8 +408,10 @@ def payload_digest(item: Decoded) -> bytes:
 
     The validated form, not the raw bytes, so that a producer re-serializing
     the same event (another key order, other whitespace) repeats it exactly.
+    Digests stored by earlier releases are compared with new ones: `event_json`
+    must give the same bytes for the same event forever.
     """
-    body = item.event.__pydantic_serializer__.to_json(item.event)
+    body = event_json(item.event)
     return hashlib.blake2b(item.record.topic.encode() + b"\0" + body, digest_size=16).digest()
 
 

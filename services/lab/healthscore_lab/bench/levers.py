@@ -37,6 +37,7 @@ from healthscore.service.ingest.decode import (
     Rejection,
     _canonical_uuid,
     _received_at,
+    core_event,
 )
 from healthscore.store import sql
 from healthscore_lab.simulator import Workload, WorkloadConfig
@@ -85,7 +86,7 @@ class JsonModeDecoder:
         assert isinstance(event, UsageEvent | SupportEvent)
         if key != event.organization_id:
             return self._fallback.decode(record)
-        return Decoded(record, event)
+        return Decoded(record, core_event(event))
 
 
 def workload_records(events: int) -> list[RawRecord]:

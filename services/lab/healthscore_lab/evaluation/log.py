@@ -20,8 +20,8 @@ from pathlib import Path
 
 import orjson
 
-from healthscore.contracts import SupportEvent, UsageEvent
 from healthscore.contracts.enums import MilestoneType
+from healthscore.core.events import Event
 from healthscore.errors import HealthscoreError
 from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord
 from healthscore_lab.simulator.labelled import Population, iter_jsonl
@@ -43,7 +43,7 @@ class OrgProfile:
 
 @dataclass
 class LabelledLog:
-    events: list[UsageEvent | SupportEvent]  # decoded, in event-time order (stable)
+    events: list[Event]  # decoded, in event-time order (stable)
     churned_at: dict[str, float | None]  # organization -> churn time (None: retained)
     profiles: dict[str, OrgProfile]
     labels_until: float  # churn is known up to this time
@@ -59,11 +59,9 @@ class LabelledLog:
         return self.events[-1].occurred_at.timestamp()
 
 
-def _decode_lines(
-    lines: Iterable[bytes], where: str
-) -> tuple[list[UsageEvent | SupportEvent], int]:
+def _decode_lines(lines: Iterable[bytes], where: str) -> tuple[list[Event], int]:
     decoder = Decoder(USAGE_TOPIC, SUPPORT_TOPIC, 64 * 1024)
-    events: list[UsageEvent | SupportEvent] = []
+    events: list[Event] = []
     rejected = 0
     for number, line in enumerate(lines, start=1):
         if not line.strip():

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from healthscore.contracts import SupportEvent
 from healthscore.contracts.enums import AlertKind
 from healthscore.core.effects import BatchEffects, compute_batch_effects, compute_silence_effects
+from healthscore.core.events import SupportEvent
 from healthscore.core.interactions import InteractionRecord
 from healthscore.core.scoring.aggregate import apply_profile, new_state
 from healthscore.core.scoring.measure import MEASURES, measure
