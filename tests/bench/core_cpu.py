@@ -22,7 +22,7 @@ import argparse
 import gc
 import statistics
 import time
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
 
 from healthscore.config import Settings
 from healthscore.core.alignment import align
@@ -34,29 +34,17 @@ from healthscore.service.gctuning import FullCollectionPacer, tune_garbage_colle
 from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord
 from healthscore.service.ingest.pipeline import payload_digest
 from healthscore.store.effects_writer import alert_payload
-from healthscore_lab.simulator import SimulationConfig, _to_ms, generate
-
-USAGE = "product.usage.v1"
-SUPPORT = "support.interactions.v1"
+from tests.bench.decode_cpu import SUPPORT, USAGE
+from tests.bench.decode_cpu import stream as decode_stream
 
 
 def stream(events: int, organizations: int, seed: int) -> list[RawRecord]:
-    end = datetime(2025, 3, 14, tzinfo=UTC)
-    span = timedelta(days=30)
-    config = SimulationConfig(
-        start=end - span, organizations=organizations, events=events, seed=seed, span=span
-    )
-    records: list[RawRecord] = []
-    timestamp_ms: int | None = None
-    for offset, message in enumerate(generate(config)):
-        if message.occurred_at is not None:
-            timestamp_ms = _to_ms(message.occurred_at)
-        topic = USAGE if message.topic_kind == "usage" else SUPPORT
-        partition = 0 if topic == USAGE else 1
-        records.append(
-            RawRecord(topic, partition, offset, message.key, message.value, timestamp_ms)
-        )
-    return records
+    """decode_cpu's stream, usage on partition 0 and support on partition 1 (as the
+    alignment sees two topics)."""
+    return [
+        replace(record, partition=0 if record.topic == USAGE else 1)
+        for record in decode_stream(events, organizations, seed)
+    ]
 
 
 def one_round(
