@@ -209,7 +209,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(
             f"replayed {result.events_applied} events into {result.organizations} "
             f"organizations, {result.alerts} alerts in the outbox, "
-            f"{result.silence_rescorings} silence rescorings, {result.seconds:.1f}s"
+            f"{result.silence_days} organization-days last scored in silence, "
+            f"{result.seconds:.1f}s"
         )
         return 0
 

@@ -162,7 +162,8 @@ async def world(migrated_database: str, pg_admin_url: str) -> AsyncIterator[Worl
             row = b.support_interaction(org_id, assigned_to=assignee, **overrides)
             await b.insert_row(conn, "support_interactions", row)
             interactions[key] = row["id"]
-        for days_ago, hour, score in ((2, 12, 60), (1, 9, 52), (1, 18, 50), (0, 0, 35)):
+        # one row per organization and day (migration 0040): each day's last score
+        for days_ago, hour, score in ((2, 12, 60), (1, 18, 50), (0, 0, 35)):
             at = NOW.replace(hour=hour, minute=0, second=0) - timedelta(days=days_ago)
             await b.insert_row(
                 conn,

@@ -33,7 +33,7 @@ EXTRA = """
 UPDATE customer_health SET score_change_7d = NULL WHERE health_score < 5;
 INSERT INTO health_score_history (organization_id, scored_at, health_score, churn_probability,
                                   risk_level, components, score_model_version, cause)
-SELECT h.organization_id, now() - g * interval '6 hours', 50, 0.3, 'medium', '{}', 'v1', 'events'
+SELECT h.organization_id, now() - g * interval '1 day', 50, 0.3, 'medium', '{}', 'v1', 'events'
 FROM customer_health h, generate_series(0, 40) g;
 INSERT INTO alert_outbox (alert_id, organization_id, kind, episode, payload)
 SELECT gen_random_uuid(), organization_id, 'risk_raised', 1, '{}' FROM customer_health;

@@ -72,6 +72,7 @@ EXPECTED_INDEXES = {
     "health_score_history": {
         "health_score_history_pkey",
         "health_score_history_organization_scored_idx",
+        "health_score_history_organization_day_key",
     },
     "alert_outbox": {
         "alert_outbox_pkey",

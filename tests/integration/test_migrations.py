@@ -297,7 +297,7 @@ WRITER_PRIVILEGES: dict[str, tuple[set[str], set[str]]] = {
     "organization_state": ({"SELECT"}, {"SELECT", "INSERT", "UPDATE"}),
     "processed_events": ({"SELECT", "DELETE"}, {"SELECT", "INSERT"}),
     "consumer_offsets": ({"SELECT"}, {"SELECT", "INSERT", "UPDATE"}),
-    "health_score_history": (set(), {"INSERT"}),
+    "health_score_history": (set(), {"SELECT", "INSERT", "UPDATE"}),  # the day's upsert
     "alert_outbox": ({"SELECT"}, {"SELECT", "INSERT", "UPDATE"}),
     "read_model_pending": ({"SELECT", "DELETE"}, {"SELECT", "INSERT", "UPDATE"}),
 }
@@ -332,6 +332,9 @@ async def test_writer_privileges(migrated_database: str) -> None:
             ("organizations", "name", "SELECT"),
             ("success_milestones", "acknowledged_by", "UPDATE"),
             ("customer_health", "organization_id", "UPDATE"),
+            ("health_score_history", "organization_id", "UPDATE"),
+            ("health_score_history", "id", "SELECT"),
+            ("health_score_history", "day", "UPDATE"),
         ):
             assert not await conn.fetchval(
                 "SELECT has_column_privilege($1, $2, $3, $4)", WRITER_ROLE, table, column, privilege

@@ -604,8 +604,8 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
             [[org], *health, *[[now]] * 3, "v1"],
         ),
         (
-            "INSERT_SCORE_HISTORY",
-            sql.INSERT_SCORE_HISTORY,
+            "UPSERT_SCORE_HISTORY",
+            sql.UPSERT_SCORE_HISTORY,
             [[org], [now], [50.0], [0.3], ["medium"], ["{}"], "v1", ["events"]],
         ),
         (
@@ -656,6 +656,8 @@ async def test_writer_runs_every_service_statement(
         # what the upserts wrote is really there
         assert await conn.fetchval("SELECT count(*) FROM customer_health") == 3
         assert await conn.fetchval("SELECT count(*) FROM support_interactions") == 5
+        # the second score of the day replaced the first
+        assert await conn.fetchval("SELECT count(*) FROM health_score_history") == 1
 
 
 @pytest.mark.parametrize("style", STYLES)
@@ -684,6 +686,8 @@ async def test_writer_cannot_change_users_or_delete_organizations(
         ),
         ("SELECT * FROM success_milestones", []),
         ("DELETE FROM health_score_history", []),
+        ("UPDATE health_score_history SET organization_id = $1", [world.org_b]),
+        ("SELECT * FROM health_score_history", []),
         ("DELETE FROM alert_outbox", []),
         ("DELETE FROM organization_state", []),
         ("DELETE FROM consumer_offsets", []),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -61,6 +62,42 @@ def _org(name: str) -> str:
 
 def _at(hours: float) -> datetime:
     return LAST + timedelta(hours=hours)
+
+
+def _scores(event_times: list[datetime], until: datetime) -> list[tuple[datetime, str]]:
+    """Every score of a phase-0 organization with these events, the log applied below `until`.
+
+    (scored_at, cause) in order: one after each event; one at each grid point (a
+    multiple of the step) a step or more after its newest event and before its next
+    event, or before `until`.
+    """
+    scores: list[tuple[datetime, str]] = []
+    newest: datetime | None = None
+    for at in [*sorted(event_times), None]:
+        if newest is not None:
+            point = datetime.fromtimestamp(
+                math.ceil((newest.timestamp() + STEP) / STEP) * STEP, UTC
+            )
+            while point < (until if at is None else at):
+                scores.append((point, "sweep"))
+                point += timedelta(seconds=STEP)
+        if at is not None:
+            scores.append((at, "events"))
+            newest = at
+    return scores
+
+
+def _daily_last(scores: list[tuple[datetime, str]]) -> list[tuple[datetime, str]]:
+    """The score history rows of `scores`: each (UTC) day's last score."""
+    days = {at.date(): (at, cause) for at, cause in scores}
+    return sorted(days.values())
+
+
+def _swept_days(events: list[Event], until: datetime) -> list[datetime]:
+    """The `sweep` rows after LAST (SWEEP_HISTORY) the history holds for `events`."""
+    times = [at for _, _, at, _ in events]
+    rows = _daily_last(_scores(times, until))
+    return [at for at, cause in rows if cause == "sweep" and at > LAST]
 
 
 class Feed:
@@ -169,7 +206,8 @@ FROM customer_health h JOIN organization_state s USING (organization_id)
 WHERE h.organization_id = $1
 """
 
-# silence rescorings after LAST (an active organization has some overnight too)
+# history rows after LAST whose day ended in a silence rescoring (an active organization
+# has some too, overnight)
 SWEEP_HISTORY = """
 SELECT scored_at, health_score::float8 AS score FROM health_score_history
 WHERE organization_id = $1 AND cause = 'sweep' AND scored_at > $2 ORDER BY scored_at
@@ -180,8 +218,9 @@ async def test_quiet_organization_drifts_down_and_alerts(
     migrated_database: str, kafka_bootstrap: str
 ) -> None:
     quiet, recent = _org("quiet"), _org("recent")
+    quiet_events = _active_history(quiet, LAST)
     async with _pipeline(migrated_database, kafka_bootstrap) as feed:
-        await feed.send(_active_history(quiet, LAST))
+        await feed.send(quiet_events)
         await feed.send(_active_history(recent, _at(44)))
         sweep = _sweep(feed)
         conn = await asyncpg.connect(migrated_database)
@@ -196,13 +235,16 @@ async def test_quiet_organization_drifts_down_and_alerts(
             assert recent_row["rescore_due_at"] == _at(54)
             assert await sweep.run_once() == 1
             assert await sweep.run_once() == 0  # nothing due any more below the watermark
+            assert sweep.rescorings == 7  # +6h .. +42h
             after = await _health(feed, conn, quiet)
             assert after["score"] < start["score"]
             assert after["scored_at"] == _at(42)
             assert after["rescore_due_at"] == _at(48)
             assert after["last_event_at"] == LAST  # time passed; no event did
+            # the history: each day's last score
             swept = await conn.fetch(SWEEP_HISTORY, uuid.UUID(quiet), LAST)
-            assert [h["scored_at"] for h in swept] == [_at(h) for h in range(6, 43, 6)]
+            assert [h["scored_at"] for h in swept] == _swept_days(quiet_events, _at(44))
+            assert swept[-1]["scored_at"] == _at(42) and len(swept) in (2, 3)
             untouched = await _health(feed, conn, recent)
             assert untouched["scored_at"] == _at(44)
 
@@ -217,7 +259,8 @@ async def test_quiet_organization_drifts_down_and_alerts(
                 assert row["scored_at"] == _at(hours - 6)
                 assert row["rescore_due_at"] == _at(hours)
             swept = await conn.fetch(SWEEP_HISTORY, uuid.UUID(quiet), LAST)
-            assert [h["scored_at"] for h in swept] == [_at(h) for h in range(6, 31 * 24, 6)]
+            assert [h["scored_at"] for h in swept] == _swept_days(quiet_events, _at(31 * 24))
+            assert len(swept) in (31, 32) and swept[-1]["scored_at"] == _at(31 * 24 - 6)
             scores = [start["score"]] + [h["score"] for h in swept]
             assert all(b <= a for a, b in itertools.pairwise(scores)), scores
             assert scores[-1] < scores[0] - 15
@@ -229,15 +272,18 @@ async def test_quiet_organization_drifts_down_and_alerts(
             assert clock == 0, "an organization with an event every step is never silent"
 
             history = await conn.fetch(
-                "SELECT cause, scored_at FROM health_score_history "
+                "SELECT scored_at, cause FROM health_score_history "
                 "WHERE organization_id = $1 ORDER BY scored_at",
                 uuid.UUID(quiet),
             )
-            assert {h["cause"] for h in history if h["scored_at"] == LAST} == {"events"}
-            assert {h["cause"] for h in history if h["scored_at"] > LAST} == {"sweep"}
-            # the history came in one batch: one row for its events (the last score) and
-            # one for each grid point it went through silent overnight
-            assert {h["cause"] for h in history if h["scored_at"] < LAST} == {"sweep"}
+            # the two weeks of activity came in one batch, the silence after them in many
+            # sweeps: one row per day, the day's last score (an event's or a silence
+            # rescoring's), from the first day of activity to the last rescoring
+            times = [at for _, _, at, _ in quiet_events]
+            expected = _daily_last(_scores(times, _at(31 * 24)))
+            assert [(h["scored_at"], h["cause"]) for h in history] == expected
+            days = [h["scored_at"].date() for h in history]
+            assert all(b - a == timedelta(days=1) for a, b in itertools.pairwise(days))
 
             alerts = await conn.fetch(
                 "SELECT alert_id, kind, payload::text AS payload FROM alert_outbox "
@@ -265,8 +311,9 @@ async def test_a_partition_that_stops_holds_the_sweep_back(
 ) -> None:
     """The watermark is the oldest partition's: a stopped producer is not silence."""
     quiet = _org("held-quiet")
+    quiet_events = _active_history(quiet, LAST)
     async with _pipeline(migrated_database, kafka_bootstrap) as feed:
-        await feed.send(_active_history(quiet, LAST), partition=0)
+        await feed.send(quiet_events, partition=0)
         sweep = _sweep(feed)
         # partition 1 runs on for ten days; partition 0 delivers nothing after LAST
         await feed.send(_clock(0, 240), partition=1)
@@ -280,8 +327,10 @@ async def test_a_partition_that_stops_holds_the_sweep_back(
             await feed.send([(other, "login", _at(72), {})], partition=0)
             assert await sweep.backlog() == 1
             assert await sweep.run_once() == 1
+            assert sweep.rescorings == 11  # +6h .. +66h
             swept = await conn.fetch(SWEEP_HISTORY, uuid.UUID(quiet), LAST)
-            assert [h["scored_at"] for h in swept] == [_at(h) for h in range(6, 72, 6)]
+            assert [h["scored_at"] for h in swept] == _swept_days(quiet_events, _at(72))
+            assert swept[-1]["scored_at"] == _at(66)
 
             # a due time stored under another step: taken once, nothing due, moved on
             await conn.execute(
@@ -408,17 +457,18 @@ async def test_two_sweepers_never_both_sweep(migrated_database: str, kafka_boots
             watermark = LAST + timedelta(days=day)
             results = await asyncio.gather(*(s.run_once(watermark=watermark) for s in sweepers))
             assert sorted(results) == [0, len(orgs)], results
-            per_org = await conn.fetch(
-                "SELECT organization_id, count(*) AS n, count(DISTINCT scored_at) AS points "
-                "FROM health_score_history WHERE cause = 'sweep' GROUP BY organization_id"
-            )
-            assert len(per_org) == len(orgs)
             # every point of its grid below the watermark once: 4 a day, the first a step
             # or more after LAST
-            assert {(r["n"], r["points"]) for r in per_org} == {(4 * day - 1, 4 * day - 1)}, (
+            assert sum(s.rescorings for s in sweepers) == (4 * day - 1) * len(orgs), (
                 "an organization was rescored twice at one point"
             )
-        assert await _sweep_count(conn) == (4 * 5 - 1) * len(orgs)
+            # each organization's history is at its last grid point below the watermark
+            latest = await conn.fetch(
+                "SELECT organization_id, max(scored_at) AS at FROM health_score_history "
+                "WHERE cause = 'sweep' GROUP BY organization_id"
+            )
+            assert len(latest) == len(orgs)
+            assert all(watermark - timedelta(seconds=STEP) <= r["at"] < watermark for r in latest)
         assert sum(s.runs for s in sweepers) == 5
     finally:
         await conn.close()

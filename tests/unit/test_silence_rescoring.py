@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from healthscore.contracts.enums import HistoryCause
 from healthscore.core.effects import (
     BatchEffects,
+    Rescored,
     compute_batch_effects,
     compute_silence_effects,
     next_silence_rescore,
@@ -29,7 +30,7 @@ from healthscore.core.effects import (
 )
 from healthscore.core.events import UsageEvent
 from healthscore.core.scoring.aggregate import new_state
-from healthscore.core.scoring.model import default_model
+from healthscore.core.scoring.model import DAY, default_model
 from healthscore.core.scoring.state import OrganizationState, encode_state
 
 STEP = 6 * 3600.0
@@ -155,12 +156,43 @@ def _run(log: list[UsageEvent], cuts: list[int], sweeps: list[bool]) -> dict[str
     return {
         "states": {org: encode_state(state) for org, state in states.items()},
         "rescorings": sorted(rescorings),
+        "history": stored_history(all_effects),
         "alerts": sorted(
             (str(a.decision.alert_id), a.organization_id, a.scored_at, a.health.score)
             for effects in all_effects
             for a in effects.alerts
         ),
     }
+
+
+def stored_history(all_effects: list[BatchEffects]) -> list[tuple[object, ...]]:
+    """The score history rows the store ends with: UPSERT_SCORE_HISTORY, in Python.
+
+    One row per (organization, event-time day); a score replaces the day's row
+    unless it is older. Each batch hands over at most one row per day, as one
+    statement needs.
+    """
+    rows: dict[tuple[str, int], Rescored] = {}
+    for effects in all_effects:
+        batch = effects.history()
+        keys = [(r.organization_id, int(r.scored_at // DAY)) for r in batch]
+        assert len(set(keys)) == len(keys), "two rows for one organization's day in a batch"
+        for key, r in zip(keys, batch, strict=True):
+            stored = rows.get(key)
+            if stored is None or r.scored_at >= stored.scored_at:
+                rows[key] = r
+    return sorted(
+        (
+            *key,
+            r.scored_at,
+            r.health.score,
+            r.health.churn_probability,
+            str(r.health.risk_level),
+            tuple(sorted(r.health.components.items())),
+            str(r.cause),
+        )
+        for key, r in rows.items()
+    )
 
 
 def test_silence_rescorings_do_not_depend_on_batches_or_sweep_timing() -> None:
@@ -218,11 +250,18 @@ def test_batch_rescores_silence_before_the_event_that_ends_it() -> None:
     final = effects.rescored[str(org)]
     assert final.cause is HistoryCause.EVENTS and final.scored_at == back
     assert final.previous_score == scores[-1]
+    # the history: each day's last score (t0 is midnight UTC; the step is 6 hours)
     history = effects.history()
-    assert [r.scored_at for r in history] == [*times, back]
+    assert [(r.scored_at, r.cause) for r in history] == [
+        (t0 + 3 * STEP, HistoryCause.SWEEP),  # day 0: the event at 00:10, silence 12:00, 18:00
+        (t0 + 7 * STEP, HistoryCause.SWEEP),  # day 1: silence at 00:00, 06:00, 12:00, 18:00
+        (back, HistoryCause.EVENTS),  # day 2: silence at 00:00, then the event at 00:01
+    ]
+    assert [r.health.score for r in history[:2]] == [scores[1], scores[5]]
     # without a step (the sweep off), no silence rescorings at all
     quiet = compute_batch_effects([login(t0 + 600), login(back)], {}, {}, MODEL)
-    assert quiet.silence_rescorings == [] and [r.scored_at for r in quiet.history()] == [back]
+    assert quiet.silence_rescorings == []
+    assert [r.scored_at for r in quiet.history()] == [t0 + 600, back]
     state = copy.deepcopy(effects.states[str(org)])
     assert next_silence_rescore(state, STEP) == t0 + 10 * STEP  # back + a step, on the grid
 

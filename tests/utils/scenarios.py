@@ -172,6 +172,8 @@ class Snapshot:
     health: dict[str, dict[str, Any]] = field(default_factory=dict)
     alerts: dict[str, dict[str, Any]] = field(default_factory=dict)
     history_by_cause: dict[str, int] = field(default_factory=dict)
+    # (organization, day) -> the day's row: one per organization per event-time day
+    history: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     offsets: dict[TP, int] = field(default_factory=dict)
 
 
@@ -227,6 +229,10 @@ async def snapshot(database_url: str) -> Snapshot:
                 "SELECT cause, count(*) AS n FROM health_score_history GROUP BY cause"
             )
         }
+        for r in await conn.fetch("SELECT * FROM health_score_history"):
+            row = _row(r, ("id", "recorded_at"))
+            row["components"] = orjson.loads(r["components"])
+            snap.history[(str(r["organization_id"]), r["day"].isoformat())] = row
         snap.offsets = {
             (r["topic"], r["partition"]): int(r["next_offset"])
             for r in await conn.fetch("SELECT topic, partition, next_offset FROM consumer_offsets")
@@ -294,6 +300,11 @@ def assert_identical_for(a: Snapshot, b: Snapshot, orgs: set[str]) -> None:
     assert diff_fields(docs_a, docs_b) == {}
     assert diff_fields(only(a.health, orgs), only(b.health, orgs)) == {}
     assert only(b.alerts, orgs, "organization_id") == only(a.alerts, orgs, "organization_id")
+    # the score history: each day's last score, whatever the batch cuts
+    history_a = {key: row for key, row in a.history.items() if key[0] in orgs}
+    history_b = {key: row for key, row in b.history.items() if key[0] in orgs}
+    assert history_b.keys() == history_a.keys()
+    assert diff_fields(history_a, history_b) == {}
 
 
 def organizations_by_topic(messages: Iterable[SimulatedMessage]) -> tuple[set[str], set[str]]:

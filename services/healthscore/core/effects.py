@@ -17,6 +17,12 @@ points below the log's watermark for organizations that have not sent
 anything since (`compute_silence_effects`). Either way each organization
 sees the same sequence of events and silence rescorings, whoever runs them
 and wherever the batches were cut.
+
+The score history keeps one row per organization per event-time day (UTC):
+the day's last score. A batch hands the store each organization's last score
+of every day it scored (`BatchEffects.history`); the store keeps, per day, the
+one with the latest as-of time. An organization's as-of times never go back,
+so whatever the batch cuts, each day ends with the same row.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from healthscore.core.interactions import InteractionRecord, merge_interaction
 from healthscore.core.milestones import MilestoneCrossing
 from healthscore.core.scoring.aggregate import apply_interaction, apply_usage, new_state
 from healthscore.core.scoring.alerts import AlertDecision, evaluate_alert
-from healthscore.core.scoring.model import ScoreModel
+from healthscore.core.scoring.model import DAY, ScoreModel
 from healthscore.core.scoring.score import HealthScore, record_score, score
 from healthscore.core.scoring.state import OrganizationState
 
@@ -47,7 +53,7 @@ class RaisedAlert:
 
 @dataclass(frozen=True, slots=True)
 class Rescored:
-    """The organization's score after the batch, for the read model."""
+    """A score the batch made: the organization's last one, a silence rescoring, a day's last."""
 
     organization_id: str
     health: HealthScore
@@ -63,17 +69,21 @@ class BatchEffects:
     milestones: list[tuple[str, MilestoneCrossing]] = field(default_factory=list)
     # each organization's last score of the batch (the read model and the state)
     rescored: dict[str, Rescored] = field(default_factory=dict)
-    # every silence rescoring, in the order made (each one is a history row)
+    # every silence rescoring, in the order made
     silence_rescorings: list[Rescored] = field(default_factory=list)
+    # (organization, event-time day: days since the epoch, UTC) -> its last score that day
+    daily: dict[tuple[str, int], Rescored] = field(default_factory=dict)
     alerts: list[RaisedAlert] = field(default_factory=list)
     misrouted: list[tuple[SupportEvent, str]] = field(default_factory=list)
     applied: int = 0
 
     def history(self) -> list[Rescored]:
-        """The score history rows: every silence rescoring and each event-scored last score."""
-        rows = list(self.silence_rescorings)
-        rows.extend(r for r in self.rescored.values() if r.cause is not HistoryCause.SWEEP)
-        return rows
+        """The score history rows: each organization's last score of each day it was scored.
+
+        One per (organization, day), so that one upsert statement can write them
+        all (PostgreSQL refuses to update a row twice in one statement).
+        """
+        return list(self.daily.values())
 
 
 class _Grid:
@@ -180,13 +190,17 @@ def _rescore(
                 caused_by=tuple(state.recent_event_ids[-20:]),
             )
         )
-    effects.rescored[state.organization_id] = Rescored(
+    rescored = Rescored(
         organization_id=state.organization_id,
         health=health,
         previous_score=before,
         scored_at=as_of,
         cause=cause,
     )
+    effects.rescored[state.organization_id] = rescored
+    # as-of times never go back (see compute_batch_effects): the last one assigned is
+    # the day's latest
+    effects.daily[(state.organization_id, int(as_of // DAY))] = rescored
 
 
 def compute_batch_effects(

@@ -36,7 +36,8 @@ class ReplayResult:
     organizations: int
     alerts: int
     seconds: float
-    silence_rescorings: int = 0
+    # history rows (organization-days) whose last score is a silence rescoring
+    silence_days: int = 0
 
 
 async def replay(
@@ -100,9 +101,9 @@ async def replay(
         applied = await conn.fetchval("SELECT count(*) FROM processed_events")
         organizations = await conn.fetchval("SELECT count(*) FROM customer_health")
         alerts = await conn.fetchval("SELECT count(*) FROM alert_outbox")
-        rescorings = await conn.fetchval(
+        silence_days = await conn.fetchval(
             "SELECT count(*) FROM health_score_history WHERE cause = 'sweep'"
         )
     finally:
         await conn.close()
-    return ReplayResult(applied, organizations, alerts, time.monotonic() - started, rescorings)
+    return ReplayResult(applied, organizations, alerts, time.monotonic() - started, silence_days)

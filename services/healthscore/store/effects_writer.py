@@ -100,14 +100,11 @@ async def write_effects(
         orgs = [UUID(r.organization_id) for r in rescored]
         org_states = [states[r.organization_id] for r in rescored]
         lap("w_prepare")
-        # one row per score: each organization's last one, and every silence rescoring
-        history, history_orgs = rescored, orgs
-        if effects.silence_rescorings:
-            history = effects.history()
-            history_orgs = [UUID(r.organization_id) for r in history]
+        # each organization's last score of each event-time day it was scored on
+        history = effects.history()
         await conn.execute(
-            sql.INSERT_SCORE_HISTORY,
-            history_orgs,
+            sql.UPSERT_SCORE_HISTORY,
+            [UUID(r.organization_id) for r in history],
             [to_datetime(r.scored_at) for r in history],
             [r.health.score for r in history],
             [r.health.churn_probability for r in history],

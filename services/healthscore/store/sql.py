@@ -245,8 +245,13 @@ ON CONFLICT (organization_id) DO UPDATE SET
 RETURNING h.organization_id, h.previous_score::float8 AS previous_score
 """
 
-INSERT_SCORE_HISTORY = """
-INSERT INTO health_score_history (
+# One row per organization per event-time day (UTC; `day` is generated from
+# scored_at): the day's latest score. A batch passes at most one row per
+# (organization, day) (BatchEffects.history): one statement cannot update a row
+# twice. An older score never replaces a newer one; of two with the same as-of
+# time the later written (later applied) wins, as within a batch.
+UPSERT_SCORE_HISTORY = """
+INSERT INTO health_score_history AS h (
     organization_id, scored_at, health_score, churn_probability, risk_level,
     components, score_model_version, cause)
 SELECT organization_id, scored_at, health_score, churn_probability, risk_level,
@@ -255,6 +260,16 @@ FROM unnest($1::uuid[], $2::timestamptz[], $3::float8[], $4::float8[], $5::text[
             $6::text[], $8::text[])
      AS x(organization_id, scored_at, health_score, churn_probability, risk_level,
           components, cause)
+ON CONFLICT (organization_id, day) DO UPDATE SET
+    scored_at = EXCLUDED.scored_at,
+    health_score = EXCLUDED.health_score,
+    churn_probability = EXCLUDED.churn_probability,
+    risk_level = EXCLUDED.risk_level,
+    components = EXCLUDED.components,
+    score_model_version = EXCLUDED.score_model_version,
+    cause = EXCLUDED.cause,
+    recorded_at = now()
+WHERE EXCLUDED.scored_at >= h.scored_at
 """
 
 # WITH ORDINALITY + ORDER BY: rows get their `seq` in the order decided

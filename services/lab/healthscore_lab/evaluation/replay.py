@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from healthscore.contracts.enums import AlertKind
+from healthscore.contracts.enums import AlertKind, HistoryCause
 from healthscore.core.effects import BatchEffects, compute_batch_effects, compute_silence_effects
 from healthscore.core.events import SupportEvent
 from healthscore.core.interactions import InteractionRecord
@@ -101,7 +101,10 @@ class _Recorder:
         self.alerts: list[AlertRow] = []
 
     def effects(self, effects: BatchEffects) -> None:
-        for row in effects.history():  # silence rescorings first: they precede the event
+        # every score in order: the silence rescorings precede the event's score
+        scores = [*effects.silence_rescorings]
+        scores += [r for r in effects.rescored.values() if r.cause is not HistoryCause.SWEEP]
+        for row in scores:
             self.path_org.append(self.orgs[row.organization_id])
             self.path_at.append(row.scored_at)
             self.path_score.append(row.health.score)
