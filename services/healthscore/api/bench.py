@@ -165,9 +165,13 @@ class Result:
     api_cpu_us: float | None = None
     pg_api_cpu_us: float | None = None
     # cores busy on average during the scenario: all of PostgreSQL (the consumer's
-    # writes included), this load generator, the whole machine
+    # writes included), this load generator (the clients and the event producer), the
+    # consumer (`healthscore serve`), the broker, the whole machine (other processes
+    # than these included)
     pg_cores: float | None = None
     client_cores: float | None = None
+    consumer_cores: float | None = None
+    broker_cores: float | None = None
     machine_cores: float | None = None
 
 
@@ -312,6 +316,8 @@ class CpuSample:
     pg_api: float
     pg_total: float
     client: float
+    consumer: float
+    broker: float
     machine: float
 
 
@@ -321,6 +327,8 @@ class CpuMeter:
 
     api_pids: list[int]
     postmaster: int | None
+    consumer_pid: int | None = None
+    broker_pid: int | None = None
 
     def sample(self) -> CpuSample | None:
         try:
@@ -329,6 +337,11 @@ class CpuMeter:
             machine = _machine_busy_seconds()
         except (OSError, ValueError, IndexError):
             return None
+        consumer = broker = 0.0
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            consumer = _cpu_seconds(self.consumer_pid) if self.consumer_pid else 0.0
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            broker = _cpu_seconds(self.broker_pid) if self.broker_pid else 0.0
         pg_api = pg_total = 0.0
         if self.postmaster is not None:
             # exited backends are in the postmaster's reaped-children time
@@ -346,7 +359,9 @@ class CpuMeter:
                     title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").split()
                     if title[1:2] == [DEV_LOGIN_ROLE.encode()]:
                         pg_api += seconds
-        return CpuSample(time.perf_counter(), api, pg_api, pg_total, client, machine)
+        return CpuSample(
+            time.perf_counter(), api, pg_api, pg_total, client, consumer, broker, machine
+        )
 
 
 def cpu_figures(
@@ -360,6 +375,8 @@ def cpu_figures(
         "pg_api_cpu_us": round((after.pg_api - before.pg_api) / requests * 1e6),
         "pg_cores": round((after.pg_total - before.pg_total) / wall, 2),
         "client_cores": round((after.client - before.client) / wall, 2),
+        "consumer_cores": round((after.consumer - before.consumer) / wall, 2),
+        "broker_cores": round((after.broker - before.broker) / wall, 2),
         "machine_cores": round((after.machine - before.machine) / wall, 2),
     }
 
@@ -370,14 +387,15 @@ async def _postmaster_pid(url: str) -> int | None:
     try:
         backend: int = await conn.fetchval("SELECT pg_backend_pid()")
         address = await conn.fetchval("SELECT inet_server_addr()")
+        if address is not None and not str(address).startswith(("127.", "::1")):
+            return None
+        # while the backend lives: its parent is the postmaster
+        try:
+            return int(_stat_fields(backend)[1])
+        except (OSError, ValueError, IndexError):
+            return None
     finally:
         await conn.close()
-    if address is not None and not str(address).startswith(("127.", "::1")):
-        return None
-    try:
-        return int(_stat_fields(backend)[1])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 # --- the stack ----------------------------------------------------------------------------
@@ -569,7 +587,10 @@ async def run_api_bench(options: BenchSettings) -> dict[str, object]:
             for port in ports:
                 await _wait_ready(port)
             meter = CpuMeter(
-                [p.pid for p in processes[: len(ports)]], await _postmaster_pid(login_url)
+                [p.pid for p in processes[: len(ports)]],
+                await _postmaster_pid(login_url),
+                processes[len(ports)].pid if options.write_rate > 0 else None,
+                services.broker_process.pid if services.broker_process else None,
             )
             ids = await _sample_ids(url, 2000)
             writer = None
@@ -597,7 +618,8 @@ async def run_api_bench(options: BenchSettings) -> dict[str, object]:
                     f"p99 {result.p99_ms:7.1f} ms  {result.per_second:7.1f}/s  "
                     f"errors {result.errors}  CPU/request: API {result.api_cpu_us} us, "
                     f"PostgreSQL {result.pg_api_cpu_us} us; cores busy: PostgreSQL "
-                    f"{result.pg_cores}, clients {result.client_cores}, "
+                    f"{result.pg_cores}, clients {result.client_cores}, consumer "
+                    f"{result.consumer_cores}, broker {result.broker_cores}, "
                     f"machine {result.machine_cores}",
                     flush=True,
                 )
