@@ -1,6 +1,6 @@
 """Every sort and filter of the read API is served by an index, under row-level security.
 
-The API's own statements (healthscore.api.queries) are EXPLAINed in a real
+The API's own statements (healthscore.store.read_api) are EXPLAINed in a real
 cs_dashboard session logged in as an admin (so the plans include the policies),
 on the generated data of test_indexes (5k organizations, 20k interactions)
 after ANALYZE, with the values bound as the API binds them.
@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from healthscore.api import queries as q
+from healthscore.store import read_api as q
 from healthscore.store.identity import LOGIN, SigningKey, mint_token
 from tests.conftest import DatabaseFactory
 from tests.integration.test_indexes import GENERATE, SEARCHED_ROW

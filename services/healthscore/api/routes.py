@@ -20,7 +20,6 @@ import orjson
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from pydantic import BaseModel
 
-from healthscore.api import queries as q
 from healthscore.api.cursor import Cursor, decode_cursor
 from healthscore.api.models import (
     Components,
@@ -50,6 +49,7 @@ from healthscore.contracts.enums import (
     RiskLevel,
 )
 from healthscore.core.bands import RISK_LEVEL_EDGES
+from healthscore.store import read_api as q
 
 PROBLEMS: Final[dict[int | str, dict[str, Any]]] = {
     401: {"model": Problem, "description": "Missing, expired or forged bearer token."},
