@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from healthscore.core.partitions import PartitionKey
 from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.service.ops.lag import HighWatermarkProbe
 from healthscore.service.ops.metrics import Metrics
@@ -49,7 +50,7 @@ class GaugeRefresher:
         self._kafka = kafka
         self._group = group
         self._topics = topics
-        self.last_lag: dict[tuple[str, int], int] = {}
+        self.last_lag: dict[PartitionKey, int] = {}
 
     async def refresh_lag(self, probe: HighWatermarkProbe) -> None:
         partitions = await probe.partitions(self._topics)

@@ -63,8 +63,6 @@ from healthscore_lab.bench.report import (
 from healthscore_lab.bench.workload import LiveStream, Workload, WorkloadConfig
 from healthscore_lab.simulator import SimulatedMessage, produce
 
-TP = tuple[str, int]
-
 
 class BenchError(RuntimeError):
     pass
