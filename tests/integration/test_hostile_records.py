@@ -307,7 +307,7 @@ async def test_the_gap_guard_seeks_back_over_records_never_handed_over(
             )
             # what a client or framework losing a fetch looks like: the position
             # moves past records the handler never saw
-            consumer = service.handlers[0]._consumer()
+            consumer = service.listeners[0].consumer
             consumer.seek(TopicPartition(topics.usage, 0), 8)
             for n in range(3, 13):
                 await producer.send_and_wait(

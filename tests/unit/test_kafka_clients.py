@@ -217,9 +217,13 @@ async def test_the_salvaging_consumer_keeps_the_factory_options(
     settings = _scram512(pki)
     broker, _ = build_broker(settings, Service(settings).bootstrap, None, None)
     builder = broker.config.broker_config.builder
-    salvaging = salvaging_builder(builder, CorruptRecordMonitor(Metrics().corrupt_records))
+    built: list[SalvagingConsumer] = []
+    salvaging = salvaging_builder(
+        builder, CorruptRecordMonitor(Metrics().corrupt_records), built.append
+    )
     consumer = salvaging("t", group_id="g")
     assert isinstance(consumer, SalvagingConsumer)
+    assert built == [consumer]  # handed to the offset protocol
     _assert_scram512(consumer._client)
     await consumer.stop()
 

@@ -25,15 +25,18 @@ from faststream.middlewares import AckPolicy
 
 from healthscore.config import Settings
 from healthscore.contracts import SupportEvent, UsageEvent
+from healthscore.core.partitions import PartitionKey
 from healthscore.core.scoring.model import ScoreModel, load_model
 from healthscore.errors import StartupRefused
-from healthscore.service.consumers import BatchHandler, SeekToStoredOffsets
+from healthscore.service.consumers import HELD_IDLE_SECONDS, BatchHandler
 from healthscore.service.gctuning import FullCollectionPacer
+from healthscore.service.holdback import HoldBack
 from healthscore.service.ingest.decode import Decoder
 from healthscore.service.ingest.dlq import DeadLetterQueue
 from healthscore.service.ingest.pipeline import BatchOutcome, BatchPipeline
 from healthscore.service.kafka_admin import ensure_topics, service_topics
 from healthscore.service.kafka_clients import KafkaConnection
+from healthscore.service.kafka_offsets import KafkaOffsets
 from healthscore.service.kafka_salvage import CorruptRecordMonitor, install_salvaging_consumer
 from healthscore.service.ops.asyncapi import asyncapi_html, asyncapi_json, declare_outputs
 from healthscore.service.ops.gauges import GaugeRefresher
@@ -98,7 +101,7 @@ def build_broker(
     settings: Settings,
     bootstrap: str,
     handler: BatchHandler | None,
-    listener: SeekToStoredOffsets | None,
+    listener: KafkaOffsets | None,
     on_error: Callable[[str], None] | None = None,
 ) -> tuple[KafkaBroker, Any]:
     """The FastStream broker with its one subscriber and the declared outputs.
@@ -224,7 +227,7 @@ class Service:
     sweep: SilenceSweep | None = None
     projector: Projector | None = None
     read_model_staleness: float = 0.0
-    listeners: list[SeekToStoredOffsets] = field(default_factory=list)
+    listeners: list[KafkaOffsets] = field(default_factory=list)
     handlers: list[BatchHandler] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
     gauges: GaugeRefresher | None = None
@@ -296,10 +299,12 @@ class Service:
         )
         self.broker = self._build_broker()
         self.corrupt_records = CorruptRecordMonitor(self.metrics.corrupt_records)
-        await install_salvaging_consumer(self.broker, self.corrupt_records)
+        await install_salvaging_consumer(
+            self.broker, self.corrupt_records, self.listeners[0].consumer_built
+        )
         await self.broker.start()
         for handler in self.handlers:
-            self._spawn(handler.drain_held(self._stop))
+            self._spawn(self._drain_held(handler))
         if self.options.run_relay:
             self.relay = OutboxRelay(
                 self.pool,
@@ -450,40 +455,38 @@ class Service:
     def _build_broker(self) -> KafkaBroker:
         s = self.settings
         assert self.pool is not None and self.pipeline is not None
-        holder: dict[str, Any] = {}
-        listener = SeekToStoredOffsets(
+        holdback = HoldBack(self.pipeline.decode, live_lag_records=s.alignment_live_lag_records)
+        offsets = KafkaOffsets(
             self.pool,
             s.consumer_group,
-            lambda: holder["subscriber"].consumer,
+            holdback,
             on_change=self._on_rebalance,
             true_ends=self._true_ends,
             on_refused=lambda key, why: self.metrics.partitions_refused.labels(
                 key[0], str(key[1])
             ).set(0 if why is None else 1),
         )
-        self.listeners.append(listener)
+        self.listeners.append(offsets)
         handler = BatchHandler(
             self.pipeline,
-            lambda: holder["subscriber"].consumer,
+            offsets,
+            holdback,
             on_outcome=self._record_outcome,
             on_failure=lambda exc: self.metrics.batch_failures.inc(),
             after_batch=FullCollectionPacer(self.options.full_gc_every_batches).after_batch,
             on_gap=lambda gap: self.metrics.offset_gaps.labels(gap.topic).inc(),
-            live_lag_records=s.alignment_live_lag_records,
         )
-        listener.on_revoked = handler.forget
-        listener.on_positioned = handler.positioned
         self.handlers.append(handler)
-        broker, holder["subscriber"] = build_broker(
+        broker, _ = build_broker(
             s,
             self.bootstrap,
             handler,
-            listener,
+            offsets,
             on_error=lambda source: self.metrics.framework_errors.labels(source).inc(),
         )
         return broker
 
-    async def _true_ends(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    async def _true_ends(self, partitions: list[PartitionKey]) -> dict[PartitionKey, int]:
         async with HighWatermarkProbe(self.kafka) as probe:
             return await probe.high_watermarks(partitions)
 
@@ -541,6 +544,11 @@ class Service:
             duration_ms=round(duration * 1000, 1),
             phases_ms=outcome.timings_ms,
         )
+
+    async def _drain_held(self, handler: BatchHandler) -> None:
+        while not self._stop.is_set():
+            await pause_unless_stopped(self._stop, HELD_IDLE_SECONDS)
+            await handler.drain_held()
 
     async def wait(self) -> None:
         await self._stop.wait()

@@ -28,11 +28,14 @@ import orjson
 
 from healthscore.config import Settings
 from healthscore.core.scoring.model import load_model
-from healthscore.service.consumers import SeekToStoredOffsets, to_raw
+from healthscore.service.consumers import to_raw
+from healthscore.service.holdback import HoldBack
 from healthscore.service.ingest.decode import Decoder
 from healthscore.service.ingest.dlq import DeadLetterQueue
 from healthscore.service.ingest.pipeline import BatchPipeline
 from healthscore.service.kafka_clients import KafkaConnection
+from healthscore.service.kafka_offsets import KafkaOffsets
+from healthscore.service.kafka_salvage import CorruptRecordMonitor, install_salvaging_consumer
 from healthscore.store.db import create_pool, database_tls
 
 
@@ -83,23 +86,19 @@ async def run() -> dict[str, Any]:
         enable_idempotence=settings.kafka_idempotent_producer,
     )
     await producer.start()
-    handler = NaiveHandler(
-        BatchPipeline(
-            pool=pool,
-            decoder=Decoder(
-                settings.usage_topic, settings.support_topic, settings.max_message_bytes
-            ),
-            dlq=DeadLetterQueue(producer, settings.dlq_suffix),
-            model=model,
-            consumer_group=settings.consumer_group,
-            rescore_step_seconds=settings.silence_rescore_after_seconds,
-            # as a tutorial consumer would: the dashboard's table with every event
-            read_model_in_transaction=True,
-        )
+    pipeline = BatchPipeline(
+        pool=pool,
+        decoder=Decoder(settings.usage_topic, settings.support_topic, settings.max_message_bytes),
+        dlq=DeadLetterQueue(producer, settings.dlq_suffix),
+        model=model,
+        consumer_group=settings.consumer_group,
+        rescore_step_seconds=settings.silence_rescore_after_seconds,
+        # as a tutorial consumer would: the dashboard's table with every event
+        read_model_in_transaction=True,
     )
+    handler = NaiveHandler(pipeline)
     broker = kafka.broker(apply_types=False, logger=None)
-    holder: dict[str, Any] = {}
-    listener = SeekToStoredOffsets(pool, settings.consumer_group, lambda: holder["sub"].consumer)
+    listener = KafkaOffsets(pool, settings.consumer_group, HoldBack(pipeline.decode))
 
     async def raw(message: Any) -> Any:
         return message.raw_message
@@ -112,12 +111,12 @@ async def run() -> dict[str, Any]:
         listener=listener,
         decoder=raw,
     )
-    holder["sub"] = subscriber
     subscriber(handler)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    await install_salvaging_consumer(broker, CorruptRecordMonitor(), listener.consumer_built)
     await broker.start()
     print("naive_started", flush=True)
     try:
