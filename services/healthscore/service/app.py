@@ -47,8 +47,8 @@ from healthscore.service.ops.metrics import Metrics
 from healthscore.service.ops.readiness import ReadinessChecker
 from healthscore.service.ops.server import OpsServer
 from healthscore.service.outbox import OutboxRelay
+from healthscore.service.periodic import every
 from healthscore.service.projector import Projector
-from healthscore.service.stopping import pause_unless_stopped
 from healthscore.service.sweep import SilenceSweep
 from healthscore.store.db import create_pool, database_tls
 
@@ -304,7 +304,7 @@ class Service:
         )
         await self.broker.start()
         for handler in self.handlers:
-            self._spawn(self._drain_held(handler))
+            self._spawn(every(HELD_IDLE_SECONDS, handler.drain_held, self._stop, "drain_held"))
         if self.options.run_relay:
             self.relay = OutboxRelay(
                 self.pool,
@@ -312,7 +312,7 @@ class Service:
                 s.alert_topic,
                 on_published=lambda kind: self.metrics.alerts_published.labels(kind).inc(),
             )
-            self._spawn(self.relay.run(s.relay_interval_seconds, self._stop))
+            self._spawn(every(s.relay_interval_seconds, self.relay.step, self._stop, "relay", 5.0))
         if self.options.run_projector:
             self.projector = Projector(
                 self.pool,
@@ -322,9 +322,13 @@ class Service:
                 page_size=s.projector_page_size,
                 on_pass=self._on_projection,
             )
-            self._spawn(self.projector.run(s.projector_interval_seconds, self._stop))
+            self._spawn(
+                every(
+                    s.projector_interval_seconds, self.projector.step, self._stop, "projection", 5.0
+                )
+            )
             self.metrics.read_model_staleness_target.set(s.read_model_staleness_target_seconds)
-            self._spawn(self._watch_staleness(self.projector))
+            self._spawn(every(1.0, self._watch_staleness, self._stop, "staleness_check"))
         if self.options.run_sweep:
             self.sweep = SilenceSweep(
                 self.pool,
@@ -333,22 +337,23 @@ class Service:
                 s.silence_rescore_after_seconds,
                 topics=[s.usage_topic, s.support_topic],
                 on_run=self._on_sweep,
+                dedupe_retention_days=s.dedupe_retention_days,
             )
-            self._spawn(
-                self.sweep.run(s.sweep_interval_seconds, self._stop, s.dedupe_retention_days)
-            )
+            self._spawn(every(s.sweep_interval_seconds, self.sweep.step, self._stop, "sweep"))
         self.gauges = GaugeRefresher(
             self.pool,
             self.metrics,
             self.kafka,
             s.consumer_group,
             [s.usage_topic, s.support_topic],
+            self.options.distribution_interval_seconds,
         )
         self._spawn(
-            self.gauges.run(
+            every(
                 self.options.gauge_interval_seconds,
+                self.gauges.refresh,
                 self._stop,
-                self.options.distribution_interval_seconds,
+                "gauge_refresh",
             )
         )
         if self.options.serve_http:
@@ -372,9 +377,11 @@ class Service:
             },
             interval=s.readiness_interval_seconds,
             timeout=s.readiness_check_timeout_seconds,
+            notes=self._readiness_notes,
         )
-        self.readiness.notes = self._readiness_notes
-        self._spawn(self.readiness.run(self._stop))
+        self._spawn(
+            every(s.readiness_interval_seconds, self.readiness.step, self._stop, "readiness_round")
+        )
         show = s.asyncapi_show_servers
         app = OpsApp(
             self.metrics,
@@ -494,17 +501,11 @@ class Service:
         self.metrics.read_model_projected.inc(organizations)
         self.metrics.projection_duration.observe(duration)
 
-    async def _watch_staleness(self, projector: Projector) -> None:
+    async def _watch_staleness(self) -> None:
         """The read model's staleness gauge, refreshed every second."""
-        while not self._stop.is_set():
-            try:
-                self.read_model_staleness = await projector.staleness()
-                self.metrics.read_model_staleness.set(self.read_model_staleness)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("staleness_check_failed", error=type(exc).__name__)
-            await pause_unless_stopped(self._stop, 1.0)
+        assert self.projector is not None
+        self.read_model_staleness = await self.projector.measure_staleness()
+        self.metrics.read_model_staleness.set(self.read_model_staleness)
 
     def _on_rebalance(self, change: str, partitions: int) -> None:
         self.metrics.rebalances.labels(change).inc()
@@ -545,11 +546,6 @@ class Service:
             phases_ms=outcome.timings_ms,
         )
 
-    async def _drain_held(self, handler: BatchHandler) -> None:
-        while not self._stop.is_set():
-            await pause_unless_stopped(self._stop, HELD_IDLE_SECONDS)
-            await handler.drain_held()
-
     async def wait(self) -> None:
         await self._stop.wait()
 
@@ -571,6 +567,8 @@ class Service:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.gauges is not None:
+            await self.gauges.close()
         if self.producer is not None:
             await self.producer.stop()
         if self.pool is not None:
