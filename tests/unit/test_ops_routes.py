@@ -1,12 +1,16 @@
-"""The ops endpoints' handler, called directly: every answer O(1), no I/O per request."""
+"""The ops routes, called through FastStream's ASGI app: every answer O(1), no I/O per
+request."""
 
 from __future__ import annotations
 
-import orjson
+from typing import Any
 
-from healthscore.service.ops.http import OpsApp
+import orjson
+from faststream.asgi import AsgiFastStream
+
 from healthscore.service.ops.metrics import Metrics
 from healthscore.service.ops.readiness import ReadinessChecker
+from healthscore.service.ops.routes import OpsRoutes
 
 
 class FakeClock:
@@ -27,14 +31,27 @@ class Counted:
         return self.answer
 
 
-async def call(app: OpsApp, path: str, method: str = "GET") -> tuple[int, str, bytes]:
-    response = await app.handle(method, path)
-    return response.status, response.content_type, response.body
+async def call(routes: OpsRoutes, path: str, method: str = "GET") -> tuple[int, str, bytes]:
+    """One request through an ASGI app serving `routes` (as the service's app does)."""
+    app = AsgiFastStream(asgi_routes=routes.routes, logger=None)
+    scope = {"type": "http", "method": method, "path": path, "query_string": b"", "headers": []}
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    headers = dict(sent[0]["headers"])
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return sent[0]["status"], headers.get(b"content-type", b"").decode(), body
 
 
 def make_app(
     checks: dict[str, Counted] | None = None, clock: FakeClock | None = None
-) -> tuple[OpsApp, Metrics, dict[str, int]]:
+) -> tuple[OpsRoutes, Metrics, dict[str, int]]:
     metrics = Metrics()
     renders = {"json": 0, "html": 0}
 
@@ -47,7 +64,7 @@ def make_app(
         return "<!DOCTYPE html><title>asyncapi</title>"
 
     checker = ReadinessChecker(checks or {"a": Counted()}, interval=1, timeout=1)
-    app = OpsApp(metrics, checker, json_doc, html_doc, clock=clock or FakeClock())
+    app = OpsRoutes(metrics, checker, json_doc, html_doc, clock=clock or FakeClock())
     return app, metrics, renders
 
 
@@ -124,7 +141,7 @@ async def test_requests_are_answered_in_turn_at_most_max_per_second() -> None:
 
     checker = ReadinessChecker({"a": Counted()}, interval=1, timeout=1)
     await checker.check_once()
-    app = OpsApp(
+    app = OpsRoutes(
         Metrics(), checker, lambda: "{}", lambda: "", max_per_second=50, clock=clock, sleep=sleep
     )
     answers = [await call(app, "/readyz" if i % 2 else "/metrics") for i in range(20)]
@@ -144,6 +161,6 @@ async def test_unpaced_when_max_per_second_is_zero() -> None:
         raise AssertionError("an unpaced app never waits")
 
     checker = ReadinessChecker({"a": Counted()}, interval=1, timeout=1)
-    app = OpsApp(Metrics(), checker, lambda: "{}", lambda: "", max_per_second=0, sleep=sleep)
+    app = OpsRoutes(Metrics(), checker, lambda: "{}", lambda: "", max_per_second=0, sleep=sleep)
     for _ in range(10):
         assert (await call(app, "/healthz"))[0] == 200
