@@ -139,3 +139,11 @@ def test_the_consumer_is_there_only_once_the_broker_built_it() -> None:
     offsets, _, _ = protocol({})
     with pytest.raises(ConsumerNotStarted):
         _ = offsets.consumer
+
+
+async def test_without_kafka_commits_the_offsets_stay_in_postgresql_only() -> None:
+    offsets, _, _ = protocol({}, commit_to_kafka=False)
+    consumer = FakeConsumer(assigned=[U0])
+    offsets.consumer_built(consumer)
+    await offsets.commit({U0: 5})
+    assert consumer.commits == []

@@ -86,6 +86,9 @@ class ServiceOptions:
     # the read model written in each batch's own transaction instead of projected off
     # the event path (the naive benchmark baseline's way: no projector then)
     read_model_in_transaction: bool = False
+    # each batch's offsets committed to Kafka too, for lag tooling (PostgreSQL has
+    # them either way)
+    commit_to_kafka: bool = True
     gauge_interval_seconds: float = 5.0
     # the band/risk gauges read all of customer_health
     distribution_interval_seconds: float = 60.0
@@ -182,6 +185,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         on_change=on_rebalance,
         true_ends=true_ends,
         on_refused=on_refused,
+        commit_to_kafka=o.commit_to_kafka,
     )
     outcomes = BatchLog(metrics)
     handler = BatchHandler(
@@ -412,8 +416,8 @@ async def running(
     """The service, up from the bound ops port to the served routes, until the block ends.
 
     Stopping runs in reverse: the ops routes, then the broker (a batch in flight
-    commits or rolls back whole), the read model's last projection, the loops,
-    the pool and the producer.
+    commits or rolls back whole), the background loops, the read model's last
+    projection, the pool and the producer.
     """
     s = settings
     try:

@@ -51,6 +51,7 @@ class KafkaOffsets(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         on_change: Callable[[str, int], None] | None = None,
         true_ends: TrueEnds | None = None,
         on_refused: Callable[[PartitionKey, str | None], None] | None = None,
+        commit_to_kafka: bool = True,
     ) -> None:
         self._pool = pool
         self._group = group
@@ -58,6 +59,7 @@ class KafkaOffsets(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         self._on_change = on_change
         self._true_ends = true_ends
         self._on_refused = on_refused
+        self._commit_to_kafka = commit_to_kafka
         self._consumer: Any = None
         self.assigned: set[PartitionKey] = set()
         # partitions whose stored offset lies outside the log, with why: not consumed
@@ -187,6 +189,8 @@ class KafkaOffsets(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
 
     async def commit(self, next_offsets: Mapping[PartitionKey, int]) -> None:
         """Commit to Kafka what PostgreSQL committed (only lag tooling reads it)."""
+        if not self._commit_to_kafka:
+            return
         consumer = self.consumer
         assignment = consumer.assignment()
         offsets = {
