@@ -14,18 +14,11 @@ from healthscore.service.holdback import HoldBack, Item
 from healthscore.service.ingest.decode import Decoded, RawRecord
 from healthscore.service.ingest.pipeline import BatchOutcome
 from tests.utils.fake_consumer import FakeConsumer
+from tests.utils.fakes import FakeClock
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 U0: PartitionKey = ("usage", 0)
 S0: PartitionKey = ("support", 0)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class CountingDecode:
@@ -157,7 +150,7 @@ def test_a_failed_batch_releases_everything_held() -> None:
 
 
 def test_held_records_are_due_once_no_batch_came_for_the_idle_time() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     buffer = HoldBack(CountingDecode(), clock=clock)
     consumer = FakeConsumer(assigned=[U0, S0])
     items = buffer.merge(consumer, [raw(U0, 0, 1), raw(S0, 0, 1), raw(S0, 1, 50)])
@@ -170,7 +163,7 @@ def test_held_records_are_due_once_no_batch_came_for_the_idle_time() -> None:
 
 
 def test_a_batch_that_only_holds_for_too_long_is_applied_unaligned() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     buffer = HoldBack(CountingDecode(), max_alignment_wait=2.0, clock=clock)
     consumer = FakeConsumer(assigned=[U0, S0])
     items = buffer.merge(consumer, [raw(S0, 0, 50)])

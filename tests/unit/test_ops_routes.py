@@ -11,24 +11,7 @@ from faststream.asgi import AsgiFastStream
 from healthscore.service.ops.metrics import Metrics
 from healthscore.service.ops.readiness import ReadinessChecker
 from healthscore.service.ops.routes import OpsRoutes
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Counted:
-    def __init__(self, answer: str | None = None) -> None:
-        self.answer = answer
-        self.calls = 0
-
-    async def __call__(self) -> str | None:
-        self.calls += 1
-        return self.answer
+from tests.utils.fakes import Counted, FakeClock
 
 
 async def call(routes: OpsRoutes, path: str, method: str = "GET") -> tuple[int, str, bytes]:
@@ -64,7 +47,7 @@ def make_app(
         return "<!DOCTYPE html><title>asyncapi</title>"
 
     checker = ReadinessChecker(checks or {"a": Counted()}, interval=1, timeout=1)
-    app = OpsRoutes(metrics, checker, json_doc, html_doc, clock=clock or FakeClock())
+    app = OpsRoutes(metrics, checker, json_doc, html_doc, clock=clock or FakeClock(50.0))
     return app, metrics, renders
 
 
@@ -96,7 +79,7 @@ async def test_readyz_names_the_failed_check() -> None:
 
 
 async def test_metrics_are_rendered_at_most_once_per_max_age() -> None:
-    clock = FakeClock()
+    clock = FakeClock(50.0)
     app, metrics, _ = make_app(clock=clock)
     metrics.batch_failures.inc()
     for _ in range(100):
@@ -133,7 +116,7 @@ async def test_health_not_found_and_method() -> None:
 async def test_requests_are_answered_in_turn_at_most_max_per_second() -> None:
     """Twenty requests arriving at once: each waits for its own slot, 1/50 s apart;
     nothing is refused. Once the crowd is gone, a request waits for nothing."""
-    clock = FakeClock()
+    clock = FakeClock(50.0)
     waits: list[float] = []
 
     async def sleep(seconds: float) -> None:

@@ -8,26 +8,7 @@ import pytest
 
 from healthscore.service.ops.readiness import CHECKER, ReadinessChecker, ReadinessResult
 from healthscore.service.periodic import every
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Counted:
-    """A check that answers `answer` and counts its calls."""
-
-    def __init__(self, answer: str | None = None) -> None:
-        self.answer = answer
-        self.calls = 0
-
-    async def __call__(self) -> str | None:
-        self.calls += 1
-        return self.answer
+from tests.utils.fakes import Counted, FakeClock
 
 
 async def test_all_checks_ok_is_ready() -> None:

@@ -83,11 +83,9 @@ def service_pool(
 
 @contextlib.asynccontextmanager
 async def opened(pool: asyncpg.Pool[Any], role: str | None) -> AsyncIterator[asyncpg.Pool[Any]]:
-    """Open `pool` (as `role`), refuse a role that skips row-level security, close it
-    at the end."""
-    await pool
+    """Open `pool` (as `role`) for the block; closed at its end."""
+    await _open(pool, role)
     try:
-        await _check_role(pool, role)
         yield pool
     finally:
         await pool.close()
@@ -102,13 +100,18 @@ async def create_pool(
 ) -> asyncpg.Pool[Any]:
     """An open pool whose sessions run as `role` (see `service_pool`); the caller closes it."""
     pool = service_pool(database_url, role, min_size, max_size, tls)
+    await _open(pool, role)
+    return pool
+
+
+async def _open(pool: asyncpg.Pool[Any], role: str | None) -> None:
+    """Connect `pool`; refuse (and close it) when its role skips row-level security."""
     await pool
     try:
         await _check_role(pool, role)
     except BaseException:
         await pool.close()
         raise
-    return pool
 
 
 async def _check_role(pool: asyncpg.Pool[Any], role: str | None) -> None:
