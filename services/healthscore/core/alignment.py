@@ -37,9 +37,9 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from healthscore.core.partitions import PartitionKey
 from healthscore.service.ingest.decode import Decoded, Rejection
 
+TopicPartition = tuple[str, int]
 Item = Decoded | Rejection
 
 
@@ -48,13 +48,13 @@ class AlignmentView:
     """What the consumer knows about partitions beyond the current batch."""
 
     # newest event time fetched so far per partition (POSIX seconds)
-    frontiers: dict[PartitionKey, float] = field(default_factory=dict)
+    frontiers: dict[TopicPartition, float] = field(default_factory=dict)
     # high watermark per partition, from the consumer's last fetch responses
-    high_watermarks: dict[PartitionKey, int] = field(default_factory=dict)
+    high_watermarks: dict[TopicPartition, int] = field(default_factory=dict)
     # next offset to apply per partition (what the consumer has consumed so far)
-    positions: dict[PartitionKey, int] = field(default_factory=dict)
+    positions: dict[TopicPartition, int] = field(default_factory=dict)
     # every partition assigned to the consumer
-    assigned: frozenset[PartitionKey] = frozenset()
+    assigned: frozenset[TopicPartition] = frozenset()
     # a partition at most this far behind its high watermark is live: not aligned
     live_lag_records: int = 0
 
@@ -62,8 +62,8 @@ class AlignmentView:
 @dataclass
 class Alignment:
     applied: list[Item]
-    held_from: dict[PartitionKey, int]  # partition -> first held-back offset
-    frontiers: dict[PartitionKey, float]  # batch's newest event time per partition
+    held_from: dict[TopicPartition, int]  # partition -> first held-back offset
+    frontiers: dict[TopicPartition, float]  # batch's newest event time per partition
     stream_time: float
 
 
@@ -73,8 +73,8 @@ def _time(item: Item) -> float | None:
     return None
 
 
-def _by_partition(items: Iterable[Item]) -> dict[PartitionKey, list[Item]]:
-    parts: dict[PartitionKey, list[Item]] = {}
+def _by_partition(items: Iterable[Item]) -> dict[TopicPartition, list[Item]]:
+    parts: dict[TopicPartition, list[Item]] = {}
     for item in items:
         parts.setdefault((item.record.topic, item.record.partition), []).append(item)
     for records in parts.values():
@@ -84,12 +84,12 @@ def _by_partition(items: Iterable[Item]) -> dict[PartitionKey, list[Item]]:
 
 def align(items: Sequence[Item], view: AlignmentView | None) -> Alignment:
     parts = _by_partition(items)
-    frontiers: dict[PartitionKey, float] = {}
+    frontiers: dict[TopicPartition, float] = {}
     for tp, records in parts.items():
         times = [t for t in map(_time, records) if t is not None]
         if times:
             frontiers[tp] = max(times)
-    live: set[PartitionKey] = set()
+    live: set[TopicPartition] = set()
     if view is None:
         stream_time = math.inf
     else:
@@ -118,7 +118,7 @@ def align(items: Sequence[Item], view: AlignmentView | None) -> Alignment:
         stream_time = min(limits, default=math.inf)
 
     applied_parts: list[list[Item]] = []
-    held_from: dict[PartitionKey, int] = {}
+    held_from: dict[TopicPartition, int] = {}
     # partitions in a fixed order: equal event times merge the same way whatever
     # order the fetch returned them in
     for tp, records in sorted(parts.items()):
