@@ -47,6 +47,7 @@ import asyncpg
 
 from healthscore.api.auth import issue_hs256
 from healthscore.api.dev import DEV_LOGIN_ROLE, dev_login_url
+from healthscore.config import Settings
 from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.store.migrate import apply_migrations
 from healthscore_lab.devservices import free_port, resolve_services
@@ -532,9 +533,10 @@ async def _second_pages(port: int, token: str) -> list[str]:
 
 
 async def run_api_bench(options: BenchSettings) -> dict[str, object]:
+    settings = Settings()
     services = resolve_services(
-        database_url=os.environ.get("DATABASE_URL"),
-        kafka_bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
+        database_url=settings.database_url.get_secret_value() if settings.database_url else None,
+        kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
     )
     logs = Path(".healthscore") / "api-bench"
     logs.mkdir(parents=True, exist_ok=True)
