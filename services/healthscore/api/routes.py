@@ -148,24 +148,23 @@ async def list_organizations(
     key = (Decimal(after.value) if after.value is not None else None) if after else None
     after_id = after.id if after else None
     async with _session(request) as session:
-        if sort == "churn_probability" and health_status:
-            exact, low_edge, high_edge = _churn_range(risk_level)
-            rows = await session.conn.fetch(
-                q.LIST_ORGANIZATIONS_IN_BANDS_BY_CHURN,
-                filters[0],
-                None if exact else filters[1],
-                *filters[2:],
-                key,
-                after_id,
-                limit + 1,
-                low_edge,
-                high_edge,
-            )
-        elif sort == "churn_probability":
+        if sort == "churn_probability":
             exact, low_edge, high_edge = _churn_range(risk_level)
             wanted = set(risk_level) if risk_level else set(RiskLevel)
+            # one slice per band when bands are asked for, else the two risk-level slices
+            statement, slices = (
+                (q.LIST_ORGANIZATIONS_IN_BANDS_BY_CHURN, ())
+                if health_status
+                else (
+                    q.LIST_ORGANIZATIONS_BY_CHURN,
+                    (
+                        bool(wanted & {RiskLevel.HIGH, RiskLevel.CRITICAL}),
+                        bool(wanted & {RiskLevel.LOW, RiskLevel.MEDIUM}),
+                    ),
+                )
+            )
             rows = await session.conn.fetch(
-                q.LIST_ORGANIZATIONS_BY_CHURN,
+                statement,
                 filters[0],
                 None if exact else filters[1],
                 *filters[2:],
@@ -174,8 +173,7 @@ async def list_organizations(
                 limit + 1,
                 low_edge,
                 high_edge,
-                bool(wanted & {RiskLevel.HIGH, RiskLevel.CRITICAL}),
-                bool(wanted & {RiskLevel.LOW, RiskLevel.MEDIUM}),
+                *slices,
             )
         elif sort == "health_score":
             rows = await session.conn.fetch(
