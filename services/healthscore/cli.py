@@ -148,7 +148,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from healthscore.service.app import Service, ServiceOptions
+    from healthscore.service.app import ServiceOptions, running
     from healthscore.store.db import database_tls
     from healthscore.store.migrate import apply_migrations
 
@@ -167,14 +167,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             run_sweep=not args.no_sweep,
             full_gc_every_batches=full_gc_every_batches,
         )
-        service = Service(settings, options)
-        await wait_for_signal(service.request_stop)
+        # a signal during start-up stops the service as soon as it is up
+        stop = asyncio.Event()
+        await wait_for_signal(stop.set)
         try:
-            try:
-                await service.start()
-                await service.wait()
-            finally:
-                await service.stop()  # also after a failed start: closes what it opened
+            async with running(settings, options):
+                await stop.wait()
         except StartupRefused as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -1,6 +1,6 @@
 """Every sort and filter of the read API is served by an index, under row-level security.
 
-The API's own statements (healthscore.api.queries) are EXPLAINed in a real
+The API's own statements (healthscore.store.read_api) are EXPLAINed in a real
 cs_dashboard session logged in as an admin (so the plans include the policies),
 on the generated data of test_indexes (5k organizations, 20k interactions)
 after ANALYZE, with the values bound as the API binds them.
@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from healthscore.api import queries as q
+from healthscore.store import read_api as q
 from healthscore.store.identity import LOGIN, SigningKey, mint_token
 from tests.conftest import DatabaseFactory
 from tests.integration.test_indexes import GENERATE, SEARCHED_ROW
@@ -203,8 +203,43 @@ async def test_a_filter_that_rules_a_slice_out_reads_none_of_it(session: Session
     )
     assert "customer_health_lower_risk_idx" not in indexes(plan)
     plan = await explain(session, q.LIST_ORGANIZATIONS_BY_SCORE, *org_args(status=["good"]))
-    scans = [n for n in plan if n.get("Index Name") == "customer_health_status_score_idx"]
-    assert len(scans) == 1 and "'good'" in scans[0]["Index Cond"]
+    # one band read, by its score index or (on this small table, sorting the band) the
+    # band's churn index of 0031, whichever the planner judges cheaper
+    banded = {"customer_health_status_score_idx", "customer_health_status_churn_idx"}
+    scans = [n for n in plan if n.get("Index Name") in banded]
+    assert len(scans) == 1 and "'good'" in scans[0]["Index Cond"], indexes(plan)
+    plan = await explain(
+        session,
+        q.LIST_ORGANIZATIONS_IN_BANDS_BY_CHURN,
+        *org_args(status=["at_risk"]),
+        *extra_args("churn_probability")[:2],
+    )
+    scans = [n for n in plan if n.get("Index Name") == "customer_health_status_churn_idx"]
+    assert len(scans) == 1 and "'at_risk'" in scans[0]["Index Cond"], indexes(plan)
+
+
+@pytest.mark.parametrize("cursor", [None, (Decimal("0.5"), uuid.UUID(int=0))])
+@pytest.mark.parametrize("levels", [None, ["high", "critical"]])
+async def test_a_band_by_churn_reads_the_band_in_churn_order(
+    session: Session, cursor: tuple[Decimal, uuid.UUID] | None, levels: list[str] | None
+) -> None:
+    # the band filter with the default sort: the band's slice of the churn order
+    # (0031), not the churn indexes walked past the other bands
+    plan = await explain(
+        session,
+        q.LIST_ORGANIZATIONS_IN_BANDS_BY_CHURN,
+        *org_args(status=["at_risk", "critical"], cursor=cursor),
+        *extra_args("churn_probability", levels)[:2],
+    )
+    scans = [n for n in plan if n.get("Index Name") == "customer_health_status_churn_idx"]
+    assert len(scans) == 2, indexes(plan)
+    assert {"customer_health_high_risk_idx", "customer_health_lower_risk_idx"}.isdisjoint(
+        indexes(plan)
+    )
+    assert "customer_health" not in seq_scans(plan)
+    # read in churn order (an index scan, then at most an incremental sort of equal
+    # churn values), not collected by a bitmap and sorted
+    assert {n["Node Type"] for n in scans} == {"Index Scan"}, [n["Node Type"] for n in scans]
 
 
 def interaction_args(**given: Any) -> list[Any]:
@@ -279,3 +314,55 @@ async def test_organization_page_statements_use_indexes(session: Session) -> Non
     assert "health_score_history" not in seq_scans(history)
     milestones = await explain(session, q.ORGANIZATION_MILESTONES, org)
     assert "success_milestones" not in seq_scans(milestones)
+
+
+async def explain_generic(session: Session, sql: str) -> list[dict[str, Any]]:
+    """The plan that plan_cache_mode=force_generic_plan executes, for any parameter values."""
+    conn = session.conn
+    await conn.execute(f"PREPARE generic_statement AS {sql}")
+    try:
+        count = len((await conn.prepare(sql)).get_parameters())
+        nulls = ", ".join(["NULL"] * count)
+        async with conn.transaction():
+            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE generic_statement({nulls})")
+    finally:
+        await conn.execute("DEALLOCATE generic_statement")
+    plan = raw if isinstance(raw, list) else json.loads(raw)
+    return nodes(plan[0]["Plan"])
+
+
+GENERIC: dict[str, tuple[str, set[str]]] = {
+    "organization page": (
+        q.ORGANIZATION_DETAIL,
+        {
+            "customer_health_organization_id_key",
+            "success_milestones_organization_id_milestone_type_key",
+        },
+    ),
+    "its open interactions": (
+        q.ORGANIZATION_OPEN_INTERACTIONS,
+        {"support_interactions_organization_opened_idx"},
+    ),
+    "visible": (q.ORGANIZATION_VISIBLE, {"customer_health_organization_id_key"}),
+    "history": (q.ORGANIZATION_HISTORY, {"health_score_history_organization_scored_idx"}),
+    "milestones": (
+        q.ORGANIZATION_MILESTONES,
+        {
+            "success_milestones_organization_id_milestone_type_key",
+            "success_milestones_organization_achieved_idx",
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("name", GENERIC)
+async def test_organization_page_statements_have_indexed_generic_plans(
+    session: Session, name: str
+) -> None:
+    # the organization page's statements run with plan_cache_mode=force_generic_plan
+    # (planned once per connection): their one plan, for any organization, reads by index
+    sql, expected = GENERIC[name]
+    plan = await explain_generic(session, sql)
+    assert expected & indexes(plan), (name, indexes(plan))
+    assert not seq_scans(plan) - {"organizations", "user_profiles"}, (name, seq_scans(plan))

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from healthscore.service.app import Service
+from healthscore.service.app import Components
 from healthscore.service.ingest.pipeline import BatchOutcome
 from healthscore_lab.simulator import SimulatedMessage
 from tests.conftest import DatabaseFactory
@@ -50,7 +50,7 @@ def doubled(messages: list[SimulatedMessage], seed: int = 5) -> list[SimulatedMe
 
 async def _consume(
     database_url: str, bootstrap: str, topics: Topics, messages: list[SimulatedMessage]
-) -> tuple[Service, str]:
+) -> tuple[Components, str]:
     settings = service_settings(database_url, bootstrap, topics, batch_max_records=400)
     async with running_service(settings) as service:
         await produce_stream(bootstrap, topics, messages)

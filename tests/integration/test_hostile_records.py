@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
-from healthscore.service.app import Service
+from healthscore.service.app import Components
 from tests.utils.harness import (
     consume_all,
     fetchval,
@@ -62,7 +62,7 @@ def _support(org: str, n: int, at: datetime, **changes: Any) -> dict[str, Any]:
     return body
 
 
-def _total(service: Service, name: str) -> float:
+def _total(service: Components, name: str) -> float:
     """A counter of the service, summed over its labels."""
     return sum(
         sample.value
@@ -213,7 +213,7 @@ async def test_a_record_only_the_database_refuses_is_isolated(
             await wait_caught_up(
                 migrated_database, kafka_bootstrap, settings.consumer_group, [topics.support]
             )
-            failures = service.handlers[0].failures
+            failures = service.handler.failures
     finally:
         await producer.stop()
     assert await fetchval(conn_url, "SELECT count(*) FROM support_interactions") == 79
@@ -307,7 +307,7 @@ async def test_the_gap_guard_seeks_back_over_records_never_handed_over(
             )
             # what a client or framework losing a fetch looks like: the position
             # moves past records the handler never saw
-            consumer = service.handlers[0]._consumer()
+            consumer = service.offsets.consumer
             consumer.seek(TopicPartition(topics.usage, 0), 8)
             for n in range(3, 13):
                 await producer.send_and_wait(
@@ -362,10 +362,10 @@ async def test_a_stored_offset_beyond_the_log_is_refused_loudly(
             return error.code, error.read().decode()
 
     async with running_service(settings) as service:
-        assert service.http_port is not None
+        assert service.ops_port
         body = ""
         for _ in range(60):  # bounded: readiness is refreshed in the background
-            status, body = await asyncio.to_thread(readyz, service.http_port)
+            status, body = await asyncio.to_thread(readyz, service.ops_port)
             if "high watermark" in json.loads(body).get("checks", {}).get("partitions", ""):
                 break
             await asyncio.sleep(0.5)

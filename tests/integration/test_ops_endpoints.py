@@ -98,7 +98,7 @@ async def test_metrics_health_readiness_and_docs_of_a_running_service(
     producer = await make_producer(kafka_bootstrap)
     try:
         async with running_service(settings, options) as service:
-            port = service.http_port
+            port = service.ops_port
             assert port
             assert await get(port, "/healthz") == (200, '{"status":"ok"}')
 
@@ -213,7 +213,7 @@ async def test_the_asyncapi_servers_are_shown_when_configured(
         migrated_database, kafka_bootstrap, topics, asyncapi_show_servers=True
     )
     async with running_service(settings) as service:
-        port = service.http_port
+        port = service.ops_port
         assert port
         status, html = await get(port, "/docs/asyncapi")
         assert status == 200 and kafka_bootstrap in html

@@ -6,6 +6,7 @@ import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -121,3 +122,120 @@ def test_churn_range_of_risk_levels_follows_the_bands() -> None:
     assert _churn_range([L.LOW]) == (True, Decimal("0"), Decimal("0.25"))
     # not contiguous: the hull, and the level list must stay
     assert _churn_range([L.LOW, L.CRITICAL]) == (False, Decimal("0"), None)
+
+
+# --- verified tokens are remembered, never beyond their expiry, never for a forgery ------
+
+
+def test_a_verified_token_is_remembered_until_it_expires(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from healthscore.api import auth
+
+    verifier = TokenVerifier(hs256_secret=SECRET.encode())
+    token = issue_hs256(SECRET, USER, timedelta(minutes=5))
+    calls: list[str] = []
+    verify = TokenVerifier._verify
+
+    def counting(self: TokenVerifier, raw: str) -> auth.Principal:
+        calls.append(raw)
+        return verify(self, raw)
+
+    monkeypatch.setattr(TokenVerifier, "_verify", counting)
+    first = verifier.verify(f"Bearer {token}")
+    assert verifier.verify(f"Bearer {token}") == first
+    assert len(calls) == 1 and len(verifier.verified) == 1
+
+    # at its exp the remembered principal is gone and the token is checked again:
+    # within the leeway it still passes, past it it is refused
+    exp = first.expires_at.timestamp()
+    monkeypatch.setattr(auth.time, "time", lambda: exp)
+    assert verifier.verify(f"Bearer {token}") == first
+    assert len(calls) == 2 and len(verifier.verified) == 0  # not remembered at exp
+    monkeypatch.setattr(auth.time, "time", lambda: exp + 60)
+    with pytest.raises(Unauthenticated, match="expired"), jwt_clock(exp + 60):
+        verifier.verify(f"Bearer {token}")
+
+
+def jwt_clock(at: float) -> Any:
+    """PyJWT reads the clock through datetime.now(tz=UTC); pin it at `at`."""
+    from unittest import mock
+
+    fixed = datetime.fromtimestamp(at, UTC)
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
+            return fixed if tz is not None else fixed.replace(tzinfo=None)
+
+    return mock.patch("jwt.api_jwt.datetime", Clock)
+
+
+def test_an_expired_token_is_never_served_from_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from healthscore.api import auth
+
+    verifier = TokenVerifier(hs256_secret=SECRET.encode())
+    # expired ten seconds ago: within the leeway, so verification passes, but a token
+    # past its exp is not remembered
+    token = issue_hs256(SECRET, USER, timedelta(seconds=-10))
+    assert verifier.verify(f"Bearer {token}").user_id == USER
+    assert len(verifier.verified) == 0
+    # a remembered entry is dropped, not served, once the clock passes its exp
+    fresh = issue_hs256(SECRET, USER, timedelta(seconds=30))
+    principal = verifier.verify(f"Bearer {fresh}")
+    assert len(verifier.verified) == 1
+    later = principal.expires_at.timestamp() + 3600
+    monkeypatch.setattr(auth.time, "time", lambda: later)
+    with pytest.raises(Unauthenticated, match="expired"), jwt_clock(later):
+        verifier.verify(f"Bearer {fresh}")
+    assert len(verifier.verified) == 0
+
+
+def test_a_forged_token_is_never_served_from_memory() -> None:
+    verifier = TokenVerifier(hs256_secret=SECRET.encode())
+    good = issue_hs256(SECRET, USER, timedelta(minutes=5))
+    assert verifier.verify(f"Bearer {good}").user_id == USER
+    # the same claims signed with another secret, and the good token with its
+    # signature altered: different strings, so verified (and refused) each time
+    forged = issue_hs256("another-secret-of-the-same-length-0123456", USER, timedelta(minutes=5))
+    header, claims, signature = good.split(".")
+    altered = ".".join(
+        [header, claims, signature[:-2] + ("AA" if signature[-2:] != "AA" else "BB")]
+    )
+    for bad in (forged, altered, good + "x", " " + good + "."):
+        for _ in range(2):
+            with pytest.raises(Unauthenticated):
+                verifier.verify(f"Bearer {bad}")
+    assert len(verifier.verified) == 1
+    # a verifier with another secret remembers nothing of this one's tokens
+    other = TokenVerifier(hs256_secret=b"a-different-deployment-secret-0123456789")
+    with pytest.raises(Unauthenticated, match="not valid"):
+        other.verify(f"Bearer {good}")
+
+
+def test_remembered_tokens_are_bounded_least_recently_used_first() -> None:
+    from healthscore.api.auth import VerifiedTokens
+
+    verifier = TokenVerifier(hs256_secret=SECRET.encode(), verified=VerifiedTokens(size=3))
+    tokens = [issue_hs256(SECRET, uuid.uuid4(), timedelta(minutes=5)) for _ in range(4)]
+    for token in tokens[:3]:
+        verifier.verify(f"Bearer {token}")
+    verifier.verify(f"Bearer {tokens[0]}")  # used again: now the most recent
+    verifier.verify(f"Bearer {tokens[3]}")  # evicts tokens[1], the least recently used
+    assert len(verifier.verified) == 3
+    now = datetime.now(UTC).timestamp()
+    assert verifier.verified.get(tokens[1], now) is None
+    assert verifier.verified.get(tokens[0], now) is not None
+
+
+def test_only_tokens_this_process_minted_are_sent_inline() -> None:
+    from healthscore.api.session import IdentityBindingFailed, begin_as
+    from healthscore.store.identity import SigningKey, mint_token
+
+    key = SigningKey(7, bytes(range(32)))
+    token = mint_token(key, USER, expires_at=datetime.now(UTC) + timedelta(minutes=1))
+    assert begin_as(token) == f"BEGIN; SELECT app_login('{token}')"
+    assert "force_generic_plan" in begin_as(token, generic_plans=True)
+    for bad in (token + "'", "x'); DROP TABLE customer_health; --", token.upper(), ""):
+        with pytest.raises(IdentityBindingFailed):
+            begin_as(bad)

@@ -9,7 +9,7 @@ import pytest
 from faststream.kafka import KafkaBroker
 
 from healthscore.config import Settings
-from healthscore.service.app import build_broker
+from healthscore.service.broker import build_broker
 from healthscore.service.ops.asyncapi import HIDDEN_HOST, asyncapi_html, asyncapi_json
 from healthscore.service.ops.asyncapi_page import render_html
 from tests.utils.html import Tags, external_references
@@ -19,7 +19,7 @@ BOOTSTRAP = "kafka-0.kafka.internal.example:9092,10.20.30.40:9093"
 
 @pytest.fixture(scope="module")
 def broker() -> KafkaBroker:
-    broker, _ = build_broker(Settings.model_construct(), BOOTSTRAP, None, None)
+    broker = build_broker(Settings.model_construct(), BOOTSTRAP)
     return broker
 
 

@@ -15,11 +15,13 @@ from typing import Any
 import pytest
 from aiokafka.errors import InvalidReplicationFactorError
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
+from pydantic import SecretStr
 
 import healthscore
 import healthscore_lab
 from healthscore.config import Settings
-from healthscore.service.app import Service, build_broker
+from healthscore.service.app import ServiceOptions, build
+from healthscore.service.broker import build_broker
 from healthscore.service.kafka_admin import new_topics, raise_topic_errors
 from healthscore.service.kafka_clients import KafkaConnection, KafkaSecurity
 from healthscore.service.kafka_salvage import (
@@ -196,9 +198,15 @@ async def test_every_client_carries_sasl_ssl_scram_sha_512(pki: tuple[Issued, Is
     await probe._consumer.stop()
 
     # the service: its producer and its FastStream broker (consumer, producer, admin)
-    service = Service(settings)
-    _assert_scram512(await _producer_client(service.kafka))
-    broker, _ = build_broker(settings, service.bootstrap, None, None)
+    # as the composition root wires them (built, nothing opened)
+    service = build(
+        settings.model_copy(update={"database_url": SecretStr("postgresql://u@db.invalid/d")}),
+        ServiceOptions(),
+        ops_port=0,
+    )
+    _assert_scram512(service.producer.client)
+    await service.producer.stop()  # never started: keeps aiokafka's "unclosed" warning away
+    broker = service.broker
     options = broker._connection_kwargs  # what its producer and admin client get
     assert options["security_protocol"] == "SASL_SSL"
     assert options["sasl_mechanism"] == "SCRAM-SHA-512"
@@ -215,11 +223,15 @@ async def test_the_salvaging_consumer_keeps_the_factory_options(
     pki: tuple[Issued, Issued],
 ) -> None:
     settings = _scram512(pki)
-    broker, _ = build_broker(settings, Service(settings).bootstrap, None, None)
+    broker = build_broker(settings, BOOTSTRAP)
     builder = broker.config.broker_config.builder
-    salvaging = salvaging_builder(builder, CorruptRecordMonitor(Metrics().corrupt_records))
+    built: list[SalvagingConsumer] = []
+    salvaging = salvaging_builder(
+        builder, CorruptRecordMonitor(Metrics().corrupt_records), built.append
+    )
     consumer = salvaging("t", group_id="g")
     assert isinstance(consumer, SalvagingConsumer)
+    assert built == [consumer]  # handed to the offset protocol
     _assert_scram512(consumer._client)
     await consumer.stop()
 

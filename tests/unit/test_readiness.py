@@ -7,26 +7,8 @@ import asyncio
 import pytest
 
 from healthscore.service.ops.readiness import CHECKER, ReadinessChecker, ReadinessResult
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Counted:
-    """A check that answers `answer` and counts its calls."""
-
-    def __init__(self, answer: str | None = None) -> None:
-        self.answer = answer
-        self.calls = 0
-
-    async def __call__(self) -> str | None:
-        self.calls += 1
-        return self.answer
+from healthscore.service.periodic import every
+from tests.utils.fakes import Counted, FakeClock
 
 
 async def test_all_checks_ok_is_ready() -> None:
@@ -146,7 +128,7 @@ async def test_run_checks_on_an_interval_until_stopped() -> None:
 
     checker = ReadinessChecker({"a": check}, interval=0.01, timeout=1)
     stop = asyncio.Event()
-    task = asyncio.create_task(checker.run(stop))
+    task = asyncio.create_task(every(checker.interval, checker.step, stop, "readiness_round"))
     await asyncio.wait_for(third.wait(), 10)
     stop.set()
     await asyncio.wait_for(task, 10)
@@ -172,7 +154,7 @@ async def test_run_survives_a_round_that_raises() -> None:
 
     checker = Broken({"a": check}, interval=0.01, timeout=1)
     stop = asyncio.Event()
-    task = asyncio.create_task(checker.run(stop))
+    task = asyncio.create_task(every(checker.interval, checker.step, stop, "readiness_round"))
     await asyncio.wait_for(checked.wait(), 10)
     stop.set()
     await asyncio.wait_for(task, 10)
@@ -196,7 +178,7 @@ async def test_not_ready_checks_again_sooner() -> None:
     # an hour's interval: only the short retries can bring the third round
     checker = ReadinessChecker({"partitions": partitions}, 3600, 1, retry_interval=0.01)
     stop = asyncio.Event()
-    task = asyncio.create_task(checker.run(stop))
+    task = asyncio.create_task(every(checker.interval, checker.step, stop, "readiness_round"))
     await asyncio.wait_for(third_round.wait(), 10)
     stop.set()
     await asyncio.wait_for(task, 10)

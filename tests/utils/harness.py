@@ -27,7 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import SecretStr
 
 from healthscore.config import Settings
-from healthscore.service.app import Service, ServiceOptions
+from healthscore.service.app import Components, ServiceOptions, running
 
 
 @dataclass
@@ -98,13 +98,11 @@ def service_settings(
 @contextlib.asynccontextmanager
 async def running_service(
     settings: Settings, options: ServiceOptions | None = None
-) -> AsyncIterator[Service]:
-    service = Service(settings, options or ServiceOptions(run_sweep=False, create_topics=False))
-    await service.start()
-    try:
+) -> AsyncIterator[Components]:
+    async with running(
+        settings, options or ServiceOptions(run_sweep=False, create_topics=False)
+    ) as service:
         yield service
-    finally:
-        await service.stop()
 
 
 async def make_producer(bootstrap: str) -> AIOKafkaProducer:

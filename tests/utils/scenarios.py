@@ -21,7 +21,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from healthscore.service.app import Service
+from healthscore.service.app import Components
 from healthscore.service.ingest.pipeline import BatchOutcome
 from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.service.ops.lag import HighWatermarkProbe
@@ -320,7 +320,7 @@ def organizations_by_topic(messages: Iterable[SimulatedMessage]) -> tuple[set[st
 
 
 async def wait_outcomes(
-    service: Service, predicate: Callable[[list[BatchOutcome]], bool], timeout: float = 15.0
+    service: Components, predicate: Callable[[list[BatchOutcome]], bool], timeout: float = 15.0
 ) -> list[BatchOutcome]:
     """Wait until the service's recorded batch outcomes satisfy `predicate`.
 

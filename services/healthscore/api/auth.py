@@ -4,12 +4,24 @@ identity provider's public keys (RS256, a JWKS file).
 Only verification happens here. What the verified person may see is decided
 by row-level security in PostgreSQL, bound to `sub` for each request
 (`healthscore.api.session`).
+
+A dashboard sends the same token with every request until it expires, and
+verifying it (base64, JSON, the signature, the claims) is a noticeable part of
+a request's cost, so each verifier remembers the tokens it verified: by the
+whole token string (its signature included, so a forged or altered token is
+never the key of a remembered one), until the token's `exp` (no leeway: past
+it, the token is verified again, and refused once the leeway is over), at most
+TOKEN_CACHE_SIZE of them, the least recently used leaving first. Nothing is
+remembered about a token that failed.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +32,8 @@ import jwt
 from healthscore.errors import HealthscoreError
 
 LEEWAY: Final = timedelta(seconds=30)  # clock skew between the IdP and this host
+TOKEN_CACHE_SIZE: Final = 4096  # verified tokens remembered (a few MB at most)
+MAX_CACHED_TOKEN_LENGTH: Final = 8192  # longer tokens are verified every time
 
 
 class Unauthenticated(HealthscoreError):
@@ -39,6 +53,38 @@ class Principal:
     expires_at: datetime
 
 
+class VerifiedTokens:
+    """Principals of verified tokens, by token string, each until its expiry (bounded LRU)."""
+
+    def __init__(self, size: int = TOKEN_CACHE_SIZE) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, Principal] = OrderedDict()
+        self._lock = threading.Lock()  # the API serves from one thread; tests may not
+
+    def get(self, token: str, now: float) -> Principal | None:
+        with self._lock:
+            principal = self._entries.get(token)
+            if principal is None:
+                return None
+            if principal.expires_at.timestamp() <= now:
+                del self._entries[token]
+                return None
+            self._entries.move_to_end(token)
+            return principal
+
+    def put(self, token: str, principal: Principal, now: float) -> None:
+        if principal.expires_at.timestamp() <= now or len(token) > MAX_CACHED_TOKEN_LENGTH:
+            return
+        with self._lock:
+            self._entries[token] = principal
+            self._entries.move_to_end(token)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 @dataclass(frozen=True)
 class TokenVerifier:
     """Verifies bearer tokens. Each algorithm is accepted only when its key is configured."""
@@ -47,6 +93,9 @@ class TokenVerifier:
     jwks: jwt.PyJWKSet | None = None
     audience: str | None = None
     issuer: str | None = None
+    verified: VerifiedTokens = field(
+        default_factory=VerifiedTokens, repr=False, compare=False, hash=False
+    )
 
     @classmethod
     def from_files(
@@ -66,6 +115,14 @@ class TokenVerifier:
 
     def verify(self, authorization: str | None) -> Principal:
         token = _bearer(authorization)
+        now = time.time()
+        principal = self.verified.get(token, now)
+        if principal is None:
+            principal = self._verify(token)
+            self.verified.put(token, principal, now)
+        return principal
+
+    def _verify(self, token: str) -> Principal:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:

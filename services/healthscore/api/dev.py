@@ -22,6 +22,7 @@ import asyncpg
 
 from healthscore.api.auth import TokenVerifier, issue_hs256
 from healthscore.errors import HealthscoreError
+from healthscore.store import identity as sign_in_sql
 from healthscore.store.db import DatabaseTLS, connect
 from healthscore.store.identity import SigningKey
 
@@ -45,23 +46,6 @@ DEV_USERS: Final = (
     DevUser("support", "dev-support@healthscore.invalid", "Sam Support (dev)"),
     DevUser("member", "dev-member@healthscore.invalid", "Mia Member (dev)"),
 )
-
-NEWEST_KEY = """
-SELECT key_id, secret FROM app_signing_keys WHERE retired_at IS NULL
-ORDER BY key_id DESC LIMIT 1
-"""
-USER_BY_EMAIL = "SELECT id FROM user_profiles WHERE email = $1"
-# the placeholder assignee (created by the service from events) with the most
-# open interactions: as the dev support person, the support view has work in it
-BUSIEST_PLACEHOLDER_ASSIGNEE = """
-SELECT i.assigned_to FROM support_interactions i
-JOIN user_profiles u ON u.id = i.assigned_to AND u.email IS NULL
-WHERE i.status = 'open'
-GROUP BY i.assigned_to ORDER BY count(*) DESC, i.assigned_to LIMIT 1
-"""
-ADOPT_PROFILE = "UPDATE user_profiles SET email = $2, full_name = $3, role = $4 WHERE id = $1"
-INSERT_PROFILE = "INSERT INTO user_profiles (id, email, full_name, role) VALUES ($1, $2, $3, $4)"
-ROLE_EXISTS = "SELECT true FROM pg_roles WHERE rolname = $1"
 
 
 @dataclass
@@ -87,7 +71,7 @@ async def prepare_dev_identity(
 ) -> DevIdentity:
     conn = await connect(admin_url, tls)
     try:
-        key = await conn.fetchrow(NEWEST_KEY)
+        key = await conn.fetchrow(sign_in_sql.NEWEST_KEY)
         if key is None:
             raise DevSetupFailed(
                 "no signing key in use: INSERT INTO app_signing_keys DEFAULT VALUES"
@@ -107,16 +91,22 @@ async def prepare_dev_identity(
 
 async def _ensure_user(conn: asyncpg.Connection, user: DevUser) -> uuid.UUID:
     async with conn.transaction():
-        existing: uuid.UUID | None = await conn.fetchval(USER_BY_EMAIL, user.email)
+        existing: uuid.UUID | None = await conn.fetchval(sign_in_sql.USER_BY_EMAIL, user.email)
         if existing is not None:
             return existing
         if user.role == "support":
-            adopted: uuid.UUID | None = await conn.fetchval(BUSIEST_PLACEHOLDER_ASSIGNEE)
+            adopted: uuid.UUID | None = await conn.fetchval(
+                sign_in_sql.BUSIEST_PLACEHOLDER_ASSIGNEE
+            )
             if adopted is not None:
-                await conn.execute(ADOPT_PROFILE, adopted, user.email, user.full_name, user.role)
+                await conn.execute(
+                    sign_in_sql.ADOPT_PROFILE, adopted, user.email, user.full_name, user.role
+                )
                 return adopted
         user_id = uuid.uuid4()
-        await conn.execute(INSERT_PROFILE, user_id, user.email, user.full_name, user.role)
+        await conn.execute(
+            sign_in_sql.INSERT_PROFILE, user_id, user.email, user.full_name, user.role
+        )
         return user_id
 
 
@@ -127,7 +117,7 @@ async def dev_login_url(admin_url: str, tls: DatabaseTLS = None) -> str:
     """
     conn = await connect(admin_url, tls)
     try:
-        if not await conn.fetchval(ROLE_EXISTS, DEV_LOGIN_ROLE):
+        if not await conn.fetchval(sign_in_sql.ROLE_EXISTS, DEV_LOGIN_ROLE):
             # a constant identifier, never input
             await conn.execute(f"CREATE ROLE {DEV_LOGIN_ROLE} LOGIN IN ROLE cs_dashboard")
     finally:

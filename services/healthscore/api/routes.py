@@ -20,7 +20,6 @@ import orjson
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from pydantic import BaseModel
 
-from healthscore.api import queries as q
 from healthscore.api.cursor import Cursor, decode_cursor
 from healthscore.api.models import (
     Components,
@@ -50,6 +49,7 @@ from healthscore.contracts.enums import (
     RiskLevel,
 )
 from healthscore.core.bands import RISK_LEVEL_EDGES
+from healthscore.store import read_api as q
 
 PROBLEMS: Final[dict[int | str, dict[str, Any]]] = {
     401: {"model": Problem, "description": "Missing, expired or forged bearer token."},
@@ -69,10 +69,14 @@ MILESTONE_LIMIT: Final = 17
 
 
 @asynccontextmanager
-async def _session(request: Request) -> AsyncIterator[Session]:
+async def _session(
+    request: Request, *, writes: bool = False, generic_plans: bool = False
+) -> AsyncIterator[Session]:
     state: ApiState = request.app.state.api
     principal = state.verifier.verify(request.headers.get("authorization"))
-    async with bound_session(state.pool, state.signing_key, principal) as session:
+    async with bound_session(
+        state.pool, state.signing_key, principal, writes=writes, generic_plans=generic_plans
+    ) as session:
         yield session
 
 
@@ -103,31 +107,6 @@ def _id_range(prefix: str | None) -> tuple[uuid.UUID | None, uuid.UUID | None]:
     if not _PREFIX.match(prefix) or not 0 < len(digits) <= 32:
         raise ApiProblem(422, "invalid-request", "q must be the start of an organization id")
     return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
-
-
-def _summary(row: asyncpg.Record) -> dict[str, Any]:
-    """An OrganizationSummary as plain data: the list's rows skip model construction
-    (measured: ~1 ms of a 50-row page); tests validate pages against the model."""
-    return {
-        "organization_id": row["organization_id"],
-        "organization_name": row["organization_name"],
-        "health_score": float(row["health_score"]),
-        "health_status": row["health_status"],
-        "churn_probability": float(row["churn_probability"]),
-        "risk_level": row["risk_level"],
-        "score_change_7d": _f(row["score_change_7d"]),
-        "score_change_30d": _f(row["score_change_30d"]),
-        "top_risk_factors": [
-            {
-                "factor": f["factor"],
-                "value": float(f["value"]),
-                "impact": float(f["impact"]),
-                "detail": f.get("detail", ""),
-            }
-            for f in row["top_risk_factors"]
-        ],
-        "scored_at": row["scored_at"],
-    }
 
 
 @router.get("/organizations", response_model=OrganizationPage, tags=["organizations"])
@@ -172,8 +151,20 @@ async def list_organizations(
         if sort == "churn_probability":
             exact, low_edge, high_edge = _churn_range(risk_level)
             wanted = set(risk_level) if risk_level else set(RiskLevel)
+            # one slice per band when bands are asked for, else the two risk-level slices
+            statement, slices = (
+                (q.LIST_ORGANIZATIONS_IN_BANDS_BY_CHURN, ())
+                if health_status
+                else (
+                    q.LIST_ORGANIZATIONS_BY_CHURN,
+                    (
+                        bool(wanted & {RiskLevel.HIGH, RiskLevel.CRITICAL}),
+                        bool(wanted & {RiskLevel.LOW, RiskLevel.MEDIUM}),
+                    ),
+                )
+            )
             rows = await session.conn.fetch(
-                q.LIST_ORGANIZATIONS_BY_CHURN,
+                statement,
                 filters[0],
                 None if exact else filters[1],
                 *filters[2:],
@@ -182,8 +173,7 @@ async def list_organizations(
                 limit + 1,
                 low_edge,
                 high_edge,
-                bool(wanted & {RiskLevel.HIGH, RiskLevel.CRITICAL}),
-                bool(wanted & {RiskLevel.LOW, RiskLevel.MEDIUM}),
+                *slices,
             )
         elif sort == "health_score":
             rows = await session.conn.fetch(
@@ -203,12 +193,14 @@ async def list_organizations(
                     after_id if in_null_tail else None,
                     limit + 1 - len(rows),
                 )
-    page = {
-        "items": [_summary(r) for r in rows[:limit]],
-        "next_cursor": _page_cursor(rows, limit, sort, sort, "organization_id"),
-    }
-    # asyncpg's own UUID type is not one orjson knows: as text
-    return Response(orjson.dumps(page, default=str), media_type="application/json")
+    # each item is an OrganizationSummary's JSON, built by the statement (queries.py);
+    # tests validate pages against the model
+    items = ",".join([r["item"] for r in rows[:limit]]).encode()
+    cursor_json = orjson.dumps(_page_cursor(rows, limit, sort, "sort_key", "organization_id"))
+    return Response(
+        b'{"items":[' + items + b'],"next_cursor":' + cursor_json + b"}",
+        media_type="application/json",
+    )
 
 
 def _churn_range(
@@ -246,23 +238,11 @@ def _interaction(row: asyncpg.Record) -> Interaction:
 )
 async def get_organization(request: Request, organization_id: OrganizationId) -> Response:
     """The organization page: score, components, every factor, usage, interactions, alert."""
-    async with _session(request) as session:
+    async with _session(request, generic_plans=True) as session:
         row = await session.conn.fetchrow(q.ORGANIZATION_DETAIL, organization_id)
         if row is None:
             raise not_found("organization")
-        open_rows = await session.conn.fetch(
-            q.LIST_INTERACTIONS_NEWEST,
-            ["open"],
-            None,
-            organization_id,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            20,
-        )
+        open_rows = await session.conn.fetch(q.ORGANIZATION_OPEN_INTERACTIONS, organization_id)
     achieved = row["milestones_achieved_count"]
     alert = row["last_alert"]
     detail = OrganizationDetail(
@@ -322,7 +302,7 @@ async def get_history(
     ] = 30,
 ) -> Response:
     """The daily score trail: each day's last score, churn probability and components."""
-    async with _session(request) as session:
+    async with _session(request, generic_plans=True) as session:
         if not await session.conn.fetchval(q.ORGANIZATION_VISIBLE, organization_id):
             raise not_found("organization")
         rows = await session.conn.fetch(q.ORGANIZATION_HISTORY, organization_id, days)
@@ -365,7 +345,7 @@ def _milestone(row: asyncpg.Record) -> Milestone:
 )
 async def list_milestones(request: Request, organization_id: OrganizationId) -> MilestoneList:
     """The organization's achieved milestones with their acknowledgment and reward."""
-    async with _session(request) as session:
+    async with _session(request, generic_plans=True) as session:
         if not await session.conn.fetchval(q.ORGANIZATION_VISIBLE, organization_id):
             raise not_found("organization")
         rows = await session.conn.fetch(q.ORGANIZATION_MILESTONES, organization_id)
@@ -386,7 +366,7 @@ async def acknowledge_milestone(
 ) -> Milestone:
     """Acknowledge an achieved milestone. The database records the caller as acknowledger;
     acknowledging again changes nothing and answers the existing acknowledgment."""
-    async with _session(request) as session:
+    async with _session(request, writes=True) as session:
         await session.conn.fetchval(q.ACKNOWLEDGE_MILESTONE, organization_id, milestone_type.value)
         row = await session.conn.fetchrow(q.MILESTONE, organization_id, milestone_type.value)
     if row is None:
@@ -413,7 +393,7 @@ async def record_reward(
     delivered or declined). Admins only, as row-level security decides."""
     if delivery.outcome == "declined" and delivery.delivered_at is not None:
         raise ApiProblem(422, "invalid-request", "delivered_at goes only with outcome delivered")
-    async with _session(request) as session:
+    async with _session(request, writes=True) as session:
         changed = await session.conn.fetchval(
             q.RECORD_REWARD,
             organization_id,
@@ -522,7 +502,7 @@ async def list_interactions(
 @router.get("/me", response_model=Me, tags=["identity"])
 async def me(request: Request) -> Me:
     """Who the token says you are, and your role (as the database knows it)."""
-    async with _session(request) as session:
+    async with _session(request, generic_plans=True) as session:
         row = await session.conn.fetchrow(q.ME, session.user_id)
     if row is None:
         raise not_found("user")

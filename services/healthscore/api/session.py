@@ -4,22 +4,30 @@ The API's sessions run as `cs_dashboard` (API_DATABASE_ROLE), under the row-leve
 security of the read model. For each request the verified caller becomes the
 session's user through the database's own identity check (migration 0020):
 
-    BEGIN
-    SELECT app_login(<token for sub, minted with the backend's copy of the key>)
+    BEGIN; SELECT app_login('<token for sub, minted with the backend's copy of the key>')
     ... the request's queries: the policies see exactly this user ...
-    SELECT app_logout()
-    COMMIT
+    ROLLBACK                              (a request that only reads)
+    SELECT app_logout(); COMMIT           (a request that writes)
 
-The logout is part of the same transaction, and a transaction that fails rolls
-the login back with it, so a pooled connection never carries one person's
-identity into another's request. (asyncpg's pool reset does not drop temporary
-tables, which is where the identity lives, and it rolls back an unfinished
-transaction before reuse.)
+The login belongs to the request's transaction. A reading request rolls it back
+with the transaction, a writing one logs out before it commits, and a
+transaction that fails is rolled back, login included; so a pooled connection
+never carries one person's identity into another's request. Each new connection
+creates its (empty) identity table once (`app_identity_prepare()`, migration
+0031), so that a login that is rolled back costs no table creation.
+
+Round trips per request: the BEGIN and the login travel together (simple query
+protocol; the token is our own, of a fixed alphabet), then the request's
+statements, then the ROLLBACK or the logout with the COMMIT. The pool's own
+reset (a `RESET ALL`, closing cursors, unlistening, releasing advisory locks)
+would be one more round trip per request; the API uses none of those, so the
+pool only rolls back a transaction left open (`_reset`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -34,12 +42,15 @@ from asyncpg.pool import PoolConnectionProxy
 from healthscore.api.auth import Principal, Unauthenticated
 from healthscore.errors import HealthscoreError, UnsafeDatabaseRole
 from healthscore.store.db import ROLE_CHECK, DatabaseTLS
-from healthscore.store.identity import LOGIN, LOGOUT, SigningKey, mint_token
+from healthscore.store.identity import LOGOUT, SigningKey, mint_token
 
 log = structlog.get_logger(__name__)
 
 # one round trip for both; simple query protocol (no parameters), so two statements
 LOGOUT_AND_COMMIT: Final = LOGOUT + "; COMMIT"
+PREPARE_IDENTITY: Final = "SELECT app_identity_prepare()"
+# what mint_token writes: v1.<key id>.<uuid>.<expiry>.<hex>; nothing that could end a literal
+_TOKEN_ALPHABET: Final = re.compile(r"v1\.[0-9]+\.[0-9a-f-]{36}\.[0-9]+\.[0-9a-f]{64}")
 # a request's database identity outlives no request by much; the bearer
 # token's own expiry caps it too
 DB_TOKEN_LIFETIME: Final = timedelta(seconds=60)
@@ -66,6 +77,19 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
             decoder=orjson.loads,
             schema="pg_catalog",
         )
+    # the session's identity table, empty, committed: logins rolled back leave it as is
+    await conn.execute(PREPARE_IDENTITY)
+
+
+async def _reset(conn: asyncpg.Connection) -> None:
+    """The pool's reset, after its own rollback of an open transaction: nothing more.
+
+    asyncpg's default also runs `RESET ALL`, `CLOSE ALL`, `UNLISTEN *` and
+    `pg_advisory_unlock_all()`, one round trip per request; the API sets no
+    session setting (its role and plan_cache_mode are startup settings), opens no
+    cursor outside a transaction, listens to nothing and takes no advisory lock.
+    The identity is not session state: it ends with the request's transaction.
+    """
 
 
 async def create_api_pool(
@@ -84,10 +108,13 @@ async def create_api_pool(
         max_size=size,
         ssl=tls,
         init=_init_connection,
+        reset=_reset,
         server_settings={
             "application_name": "healthscore-api",
             "role": role,
             "plan_cache_mode": "force_custom_plan",
+            # timestamps the statements write as JSON text (the list's items) in UTC
+            "TimeZone": "UTC",
         },
     )
     async with pool.acquire() as conn:
@@ -107,19 +134,41 @@ async def create_api_pool(
     return pool
 
 
+def begin_as(token: str, *, generic_plans: bool = False) -> str:
+    """BEGIN and the login as one simple-protocol message (one round trip).
+
+    `generic_plans`: the request's statements take no optional filters (a key and
+    nothing else), so each is planned once per connection (asyncpg prepares and
+    keeps it) instead of at every execution as the pool's force_custom_plan does.
+    """
+    if not _TOKEN_ALPHABET.fullmatch(token):  # never anything but mint_token's output
+        raise IdentityBindingFailed("refusing to send a token that is not one we minted")
+    plans = "SET LOCAL plan_cache_mode = force_generic_plan; " if generic_plans else ""
+    return f"BEGIN; {plans}SELECT app_login('{token}')"
+
+
 @contextlib.asynccontextmanager
 async def bound_session(
-    pool: asyncpg.Pool[Any], key: SigningKey, principal: Principal
+    pool: asyncpg.Pool[Any],
+    key: SigningKey,
+    principal: Principal,
+    *,
+    writes: bool = False,
+    generic_plans: bool = False,
 ) -> AsyncIterator[Session]:
-    """A transaction in which row-level security sees `principal` and nobody else."""
+    """A transaction in which row-level security sees `principal` and nobody else.
+
+    `writes`: the request changes rows, so it commits (logging out first); a
+    request that only reads ends with ROLLBACK, which undoes its login too.
+    `generic_plans`: see `begin_as`.
+    """
     expires_at = min(datetime.now(UTC) + DB_TOKEN_LIFETIME, principal.expires_at)
     token = mint_token(key, principal.user_id, expires_at=expires_at)
+    begin = begin_as(token, generic_plans=generic_plans)
     async with pool.acquire() as conn:
-        # the transaction by hand, so that the logout and the commit travel together
-        await conn.execute("BEGIN")
         try:
             try:
-                user_id = await conn.fetchval(LOGIN, token)
+                await conn.execute(begin)
             except asyncpg.InvalidAuthorizationSpecificationError as exc:
                 if "unknown user" in str(exc):
                     raise Unauthenticated("the token's subject is not a known user") from None
@@ -127,8 +176,9 @@ async def bound_session(
                     raise Unauthenticated("the token has expired") from None
                 log.error("api_identity_binding_failed", error=str(exc))
                 raise IdentityBindingFailed(str(exc)) from exc
-            yield Session(conn, user_id)
-            await conn.execute(LOGOUT_AND_COMMIT)
+            # app_login returned the token's user, which mint_token took from principal
+            yield Session(conn, principal.user_id)
+            await conn.execute(LOGOUT_AND_COMMIT if writes else "ROLLBACK")
         except BaseException:
             # a lost connection is discarded by the pool; otherwise undo the login
             if not conn.is_closed():

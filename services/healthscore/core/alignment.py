@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Generic, Protocol, TypeVar
 
-TopicPartition = tuple[str, int]
+from healthscore.core.partitions import PartitionKey
 
 
 class Position(Protocol):
@@ -79,13 +79,13 @@ class AlignmentView:
     """What the consumer knows about partitions beyond the current batch."""
 
     # newest event time fetched so far per partition (POSIX seconds)
-    frontiers: dict[TopicPartition, float] = field(default_factory=dict)
+    frontiers: dict[PartitionKey, float] = field(default_factory=dict)
     # high watermark per partition, from the consumer's last fetch responses
-    high_watermarks: dict[TopicPartition, int] = field(default_factory=dict)
+    high_watermarks: dict[PartitionKey, int] = field(default_factory=dict)
     # next offset to apply per partition (what the consumer has consumed so far)
-    positions: dict[TopicPartition, int] = field(default_factory=dict)
+    positions: dict[PartitionKey, int] = field(default_factory=dict)
     # every partition assigned to the consumer
-    assigned: frozenset[TopicPartition] = frozenset()
+    assigned: frozenset[PartitionKey] = frozenset()
     # a partition at most this far behind its high watermark is live: not aligned
     live_lag_records: int = 0
 
@@ -93,8 +93,8 @@ class AlignmentView:
 @dataclass
 class Alignment(Generic[Item]):
     applied: list[Item]
-    held_from: dict[TopicPartition, int]  # partition -> first held-back offset
-    frontiers: dict[TopicPartition, float]  # batch's newest event time per partition
+    held_from: dict[PartitionKey, int]  # partition -> first held-back offset
+    frontiers: dict[PartitionKey, float]  # batch's newest event time per partition
     stream_time: float
 
 
@@ -103,8 +103,8 @@ _Timed = tuple[float, Item]
 _NO_TIME = -math.inf
 
 
-def _by_partition(items: Iterable[Item]) -> dict[TopicPartition, list[_Timed[Item]]]:
-    parts: dict[TopicPartition, list[_Timed[Item]]] = {}
+def _by_partition(items: Iterable[Item]) -> dict[PartitionKey, list[_Timed[Item]]]:
+    parts: dict[PartitionKey, list[_Timed[Item]]] = {}
     for item in items:
         record = item.record
         t = item.event_time
@@ -117,12 +117,12 @@ def _by_partition(items: Iterable[Item]) -> dict[TopicPartition, list[_Timed[Ite
 
 def align(items: Sequence[Item], view: AlignmentView | None) -> Alignment[Item]:
     parts = _by_partition(items)
-    frontiers: dict[TopicPartition, float] = {}
+    frontiers: dict[PartitionKey, float] = {}
     for tp, records in parts.items():
         newest = max(t for t, _item in records)
         if newest != _NO_TIME:
             frontiers[tp] = newest
-    live: set[TopicPartition] = set()
+    live: set[PartitionKey] = set()
     if view is None:
         stream_time = math.inf
     else:
@@ -152,7 +152,7 @@ def align(items: Sequence[Item], view: AlignmentView | None) -> Alignment[Item]:
         stream_time = min(limits, default=math.inf)
 
     applied_parts: list[list[_Timed[Item]]] = []
-    held_from: dict[TopicPartition, int] = {}
+    held_from: dict[PartitionKey, int] = {}
     # partitions in a fixed order: equal event times merge the same way whatever
     # order the fetch returned them in
     for tp, records in sorted(parts.items(), key=itemgetter(0)):

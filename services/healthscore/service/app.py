@@ -1,173 +1,445 @@
-"""Composition root: wires settings, pool, broker, pipeline, relay and sweep.
+"""Composition root: the service's one object graph, its lifespan and its runner.
 
-`Service` owns every long-lived resource. `start()` brings them up in
-dependency order, `stop()` takes them down in reverse: the subscribers stop
-first (a batch in flight either commits whole or rolls back), then the relay
-and sweep, then the producer and the pool.
+`build` wires every component from the settings without any I/O (the
+PostgreSQL pool and the producer are built closed): the batch pipeline, the
+offset protocol and the hold-back buffer behind the batch handler, the
+FastStream broker that calls it, the relay, projector, sweep, gauges and
+readiness checker. The result, `Components`, is immutable; a part a variant
+switches off (`ServiceOptions`) is None.
+
+`lifespan` opens what `build` made, in dependency order, on one
+`AsyncExitStack` (topics, pool, producer, the salvaging consumer, then every
+background loop in one `asyncio.TaskGroup`), and closes it in reverse.
+FastStream's ASGI app (`AsgiFastStream`, with the ops endpoints as its routes)
+runs it around the broker: entered before the broker starts, left after it
+stops, so a batch in flight commits or rolls back whole before anything closes.
+
+`running` binds the ops port first (a taken port refuses start-up before
+anything opens), builds, runs the app's lifespan, and serves the ops routes
+with uvicorn until the caller's block ends. `healthscore serve`, `replay`, the
+demo, the naive benchmark baseline and the tests all start the service
+through it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
+from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaBroker
-from faststream.kafka.message import FAKE_CONSUMER, KafkaMessage
-from faststream.middlewares import AckPolicy
 
 from healthscore.config import Settings
-from healthscore.contracts import SupportEvent, UsageEvent
+from healthscore.core.partitions import PartitionKey
 from healthscore.core.scoring.model import ScoreModel, load_model
 from healthscore.errors import StartupRefused
-from healthscore.service.consumers import BatchHandler, SeekToStoredOffsets
+from healthscore.service.batch_log import BatchLog
+from healthscore.service.broker import build_broker
+from healthscore.service.consumers import HELD_IDLE_SECONDS, BatchHandler
 from healthscore.service.gctuning import FullCollectionPacer
+from healthscore.service.holdback import HoldBack
 from healthscore.service.ingest.decode import Decoder
 from healthscore.service.ingest.dlq import DeadLetterQueue
-from healthscore.service.ingest.pipeline import BatchOutcome, BatchPipeline
+from healthscore.service.ingest.pipeline import BatchPipeline
 from healthscore.service.kafka_admin import ensure_topics, service_topics
 from healthscore.service.kafka_clients import KafkaConnection
+from healthscore.service.kafka_offsets import KafkaOffsets
 from healthscore.service.kafka_salvage import CorruptRecordMonitor, install_salvaging_consumer
-from healthscore.service.ops.asyncapi import asyncapi_html, asyncapi_json, declare_outputs
+from healthscore.service.ops import serving
+from healthscore.service.ops.asyncapi import asyncapi_html, asyncapi_json
+from healthscore.service.ops.checks import readiness_checks, readiness_notes
 from healthscore.service.ops.gauges import GaugeRefresher
-from healthscore.service.ops.http import OpsApp
 from healthscore.service.ops.lag import HighWatermarkProbe
-from healthscore.service.ops.logging import framework_logger
 from healthscore.service.ops.metrics import Metrics
 from healthscore.service.ops.readiness import ReadinessChecker
-from healthscore.service.ops.server import OpsServer
+from healthscore.service.ops.routes import OpsRoutes
 from healthscore.service.outbox import OutboxRelay
+from healthscore.service.periodic import Step, every
 from healthscore.service.projector import Projector
-from healthscore.service.stopping import pause_unless_stopped
 from healthscore.service.sweep import SilenceSweep
-from healthscore.store.db import create_pool, database_tls
+from healthscore.store.db import database_tls, opened, service_pool
 
 log = structlog.get_logger(__name__)
 
+# relay and projector back off up to this long while they fail
+LOOP_MAX_BACKOFF_SECONDS = 5.0
+STALENESS_WATCH_SECONDS = 1.0
 
-async def _records_as_they_are(records: tuple[Any, ...]) -> KafkaMessage:
-    """FastStream parser: the fetched records, untouched.
 
-    FastStream's own batch parser decodes every header value as UTF-8 and
-    raises on a binary or null one before the handler runs, which dropped the
-    whole fetch. Headers are the service's business (`ingest.decode`).
-    """
-    first, last = records[0], records[-1]
-    return KafkaMessage(
-        records,
-        body=[],
-        message_id=f"{first.topic}-{first.offset}-{last.offset}",
-        consumer=FAKE_CONSUMER,
+@dataclass(frozen=True, slots=True)
+class ServiceOptions:
+    """What a variant of the service switches off or tunes (defaults: `healthscore serve`)."""
+
+    run_relay: bool = True
+    # the health feed the projector publishes beside customer_health
+    publish_health: bool = True
+    # the silence sweep, and the silence rescorings batches make before events
+    run_sweep: bool = True
+    create_topics: bool = True
+    # the read model written in each batch's own transaction instead of projected off
+    # the event path (the naive benchmark baseline's way: no projector then)
+    read_model_in_transaction: bool = False
+    # each batch's offsets committed to Kafka too, for lag tooling (PostgreSQL has
+    # them either way)
+    commit_to_kafka: bool = True
+    gauge_interval_seconds: float = 5.0
+    # the band/risk gauges read all of customer_health
+    distribution_interval_seconds: float = 60.0
+    # a full garbage collection after every this many batches (0: the interpreter's
+    # own schedule); set where the process's collector is tuned (gctuning)
+    full_gc_every_batches: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Components:
+    """The running service's parts (a part its options switch off is None)."""
+
+    settings: Settings
+    options: ServiceOptions
+    # set when the service stops: every background loop ends
+    stop: asyncio.Event
+    # where the ops endpoints listen (the bound port when OPS_PORT=0)
+    ops_port: int
+    model: ScoreModel
+    metrics: Metrics
+    kafka: KafkaConnection
+    pool: asyncpg.Pool[Any]
+    producer: AIOKafkaProducer
+    pipeline: BatchPipeline
+    holdback: HoldBack
+    offsets: KafkaOffsets
+    handler: BatchHandler
+    broker: KafkaBroker
+    # the recent batch outcomes and totals
+    outcomes: BatchLog
+    # records the Kafka client could not parse and the consumer got past (kafka_salvage)
+    corrupt_records: CorruptRecordMonitor
+    gauges: GaugeRefresher
+    readiness: ReadinessChecker
+    relay: OutboxRelay | None
+    projector: Projector | None
+    sweep: SilenceSweep | None
+
+
+def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Components:
+    """Every component, wired; nothing opened yet (see `lifespan`)."""
+    s, o = settings, options
+    if s.database_url is None:
+        raise StartupRefused("DATABASE_URL is not set")
+    if s.kafka_bootstrap_servers is None:
+        raise StartupRefused("KAFKA_BOOTSTRAP_SERVERS is not set")
+    bootstrap = s.kafka_bootstrap_servers
+    kafka = KafkaConnection.from_settings(s, bootstrap)
+    topics = [s.usage_topic, s.support_topic]
+    model = load_model(s.model_path)
+    metrics = Metrics()
+    pool = service_pool(
+        s.database_url.get_secret_value(),
+        s.database_role,
+        min_size=1,
+        max_size=s.database_pool_size,
+        tls=database_tls(s),
+    )
+    producer = kafka.producer(
+        acks="all",
+        enable_idempotence=s.kafka_idempotent_producer,
+        linger_ms=5,
+        # dead letters carry the original bytes, which may be larger than
+        # what the service accepts (that is why they are dead)
+        max_request_size=16 * 1024 * 1024,
+    )
+    pipeline = BatchPipeline(
+        pool=pool,
+        decoder=Decoder(s.usage_topic, s.support_topic, s.max_message_bytes),
+        dlq=DeadLetterQueue(producer, s.dlq_suffix),
+        model=model,
+        consumer_group=s.consumer_group,
+        rescore_step_seconds=s.silence_rescore_after_seconds,
+        silence_rescoring=o.run_sweep,
+        read_model_in_transaction=o.read_model_in_transaction,
+    )
+
+    async def true_ends(partitions: list[PartitionKey]) -> dict[PartitionKey, int]:
+        async with HighWatermarkProbe(kafka) as probe:
+            return await probe.high_watermarks(partitions)
+
+    def on_rebalance(change: str, partitions: int) -> None:
+        metrics.rebalances.labels(change).inc()
+        log.info("rebalance", change=change, partitions=partitions)
+
+    def on_refused(key: PartitionKey, why: str | None) -> None:
+        metrics.partitions_refused.labels(key[0], str(key[1])).set(0 if why is None else 1)
+
+    holdback = HoldBack(pipeline.decode, live_lag_records=s.alignment_live_lag_records)
+    offsets = KafkaOffsets(
+        pool,
+        s.consumer_group,
+        holdback,
+        on_change=on_rebalance,
+        true_ends=true_ends,
+        on_refused=on_refused,
+        commit_to_kafka=o.commit_to_kafka,
+    )
+    outcomes = BatchLog(metrics)
+    handler = BatchHandler(
+        pipeline,
+        offsets,
+        holdback,
+        on_outcome=outcomes.record,
+        on_failure=lambda exc: metrics.batch_failures.inc(),
+        after_batch=FullCollectionPacer(o.full_gc_every_batches).after_batch,
+        on_gap=lambda gap: metrics.offset_gaps.labels(gap.topic).inc(),
+    )
+    broker = build_broker(
+        s,
+        bootstrap,
+        handler,
+        offsets,
+        on_error=lambda source: metrics.framework_errors.labels(source).inc(),
+    )
+    relay = (
+        OutboxRelay(
+            pool,
+            producer,
+            s.alert_topic,
+            on_published=lambda kind: metrics.alerts_published.labels(kind).inc(),
+        )
+        if o.run_relay
+        else None
+    )
+
+    def on_projection(organizations: int, duration: float) -> None:
+        metrics.read_model_projected.inc(organizations)
+        metrics.projection_duration.observe(duration)
+
+    projector = (
+        None
+        if o.read_model_in_transaction
+        else Projector(
+            pool,
+            model,
+            producer,
+            s.health_topic if o.publish_health else None,
+            page_size=s.projector_page_size,
+            on_pass=on_projection,
+        )
+    )
+
+    def on_sweep(duration: float, alert_kinds: list[str]) -> None:
+        metrics.sweep_runs.inc()
+        metrics.sweep_duration.observe(duration)
+        for kind in alert_kinds:
+            metrics.alerts_raised.labels(kind).inc()
+
+    sweep = (
+        SilenceSweep(
+            pool,
+            model,
+            s.consumer_group,
+            s.silence_rescore_after_seconds,
+            topics=topics,
+            on_run=on_sweep,
+            dedupe_retention_days=s.dedupe_retention_days,
+        )
+        if o.run_sweep
+        else None
+    )
+    corrupt_records = CorruptRecordMonitor(metrics.corrupt_records)
+    return Components(
+        settings=s,
+        options=o,
+        stop=asyncio.Event(),
+        ops_port=ops_port,
+        model=model,
+        metrics=metrics,
+        kafka=kafka,
+        pool=pool,
+        producer=producer,
+        pipeline=pipeline,
+        holdback=holdback,
+        offsets=offsets,
+        handler=handler,
+        broker=broker,
+        outcomes=outcomes,
+        corrupt_records=corrupt_records,
+        gauges=GaugeRefresher(
+            pool, metrics, kafka, s.consumer_group, topics, o.distribution_interval_seconds
+        ),
+        readiness=ReadinessChecker(
+            readiness_checks(
+                pool,
+                producer,
+                offsets,
+                projector,
+                s.read_model_staleness_max_seconds,
+                corrupt_records,
+            ),
+            interval=s.readiness_interval_seconds,
+            timeout=s.readiness_check_timeout_seconds,
+            notes=readiness_notes(projector, corrupt_records),
+        ),
+        relay=relay,
+        projector=projector,
+        sweep=sweep,
     )
 
 
-async def _raw_records(message: Any) -> Any:
-    """FastStream decoder: hand the handler the raw aiokafka records.
-
-    Validation happens per record in `ingest.decode`, so one bad message is
-    dead-lettered instead of failing the batch it came in.
-    """
-    return message.raw_message
-
-
-def _typed_handler(handler: BatchHandler | None, payload: Any) -> Any:
-    """A subscriber function whose annotation names the contract model.
-
-    FastStream reads the annotation for the AsyncAPI document only: the broker
-    runs with apply_types=False, so the handler receives raw records.
-    """
-
-    async def handle(records: Any) -> None:
-        if handler is None:
-            raise RuntimeError("this broker only describes the service")
-        await handler(records)
-
-    handle.__annotations__ = {"records": list[payload], "return": None}
-    handle.__name__ = "consume_events"
-    return handle
+@dataclass(frozen=True, slots=True)
+class Loop:
+    interval: float
+    step: Step
+    name: str
+    max_backoff: float | None = None
 
 
-def build_broker(
-    settings: Settings,
-    bootstrap: str,
-    handler: BatchHandler | None,
-    listener: SeekToStoredOffsets | None,
-    on_error: Callable[[str], None] | None = None,
-) -> tuple[KafkaBroker, Any]:
-    """The FastStream broker with its one subscriber and the declared outputs.
+def background_loops(c: Components) -> list[Loop]:
+    """Every periodic task of the service (`periodic.every` runs each)."""
+    s, o = c.settings, c.options
+    loops = [
+        Loop(HELD_IDLE_SECONDS, c.handler.drain_held, "drain_held"),
+        Loop(o.gauge_interval_seconds, c.gauges.refresh, "gauge_refresh"),
+        Loop(s.readiness_interval_seconds, c.readiness.step, "readiness_round"),
+    ]
+    if c.relay is not None:
+        loops.append(
+            Loop(s.relay_interval_seconds, c.relay.step, "relay", LOOP_MAX_BACKOFF_SECONDS)
+        )
+    if c.projector is not None:
+        projector = c.projector
 
-    With no handler it only describes the service (for the AsyncAPI export).
+        async def watch_staleness() -> None:
+            c.metrics.read_model_staleness.set(await projector.measure_staleness())
+
+        loops.append(
+            Loop(
+                s.projector_interval_seconds,
+                projector.step,
+                "projection",
+                LOOP_MAX_BACKOFF_SECONDS,
+            )
+        )
+        loops.append(Loop(STALENESS_WATCH_SECONDS, watch_staleness, "staleness_check"))
+    if c.sweep is not None:
+        loops.append(Loop(s.sweep_interval_seconds, c.sweep.step, "sweep"))
+    return loops
+
+
+@contextlib.asynccontextmanager
+async def lifespan(c: Components) -> AsyncIterator[None]:
+    """Open the components in dependency order, run the loops; close in reverse."""
+    s = c.settings
+    async with contextlib.AsyncExitStack() as stack:
+        # built in `build`: closed on every way out, whether it started or not
+        stack.push_async_callback(c.producer.stop)
+        if c.options.create_topics:
+            await ensure_topics(
+                c.kafka,
+                service_topics(s),
+                s.topic_partitions,
+                s.topic_replication_factor,
+                compacted=frozenset({s.health_topic}),
+            )
+        await stack.enter_async_context(opened(c.pool, s.database_role))
+        await start_producer(c.producer, s.kafka_idempotent_producer)
+        await install_salvaging_consumer(c.broker, c.corrupt_records, c.offsets.consumer_built)
+        # FastStream stops the broker before this exit runs; this stops one whose
+        # start failed half-way
+        stack.push_async_callback(c.broker.stop)
+        if c.projector is not None:
+            c.metrics.read_model_staleness_target.set(s.read_model_staleness_target_seconds)
+            # no batch commits any more: leave the read model caught up, if quickly
+            stack.push_async_callback(_drain, c.projector, s.projector_drain_on_stop_seconds)
+        stack.push_async_callback(c.gauges.close)
+        await stack.enter_async_context(_loops(background_loops(c), c.stop))
+        yield
+
+
+async def _drain(projector: Projector, timeout: float) -> None:
+    with contextlib.suppress(Exception):
+        await projector.drain(timeout=timeout)
+
+
+@contextlib.asynccontextmanager
+async def _loops(loops: list[Loop], stop: asyncio.Event) -> AsyncIterator[None]:
+    """Every loop in one TaskGroup, on a task of its own (what the service does
+    meanwhile never passes through the group). On exit `stop` is set: the loops
+    end at their next pause; what is mid-step then (a probe, a page) is cancelled."""
+
+    async def run() -> None:
+        async with asyncio.TaskGroup() as group:
+            for loop in loops:
+                group.create_task(
+                    every(loop.interval, loop.step, stop, loop.name, loop.max_backoff),
+                    name=loop.name,
+                )
+
+    task = asyncio.create_task(run(), name="background-loops")
+    try:
+        yield
+    finally:
+        stop.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def asgi_app(c: Components, on_started: Callable[[], None]) -> AsgiFastStream:
+    """FastStream's ASGI app: the broker, the ops routes, and `lifespan` around them."""
+    show = c.settings.asyncapi_show_servers
+    routes = OpsRoutes(
+        c.metrics,
+        c.readiness,
+        asyncapi_json=lambda: asyncapi_json(c.broker, show),
+        asyncapi_html=lambda: asyncapi_html(c.broker, show),
+        max_per_second=c.settings.ops_max_requests_per_second,
+    )
+    return AsgiFastStream(
+        c.broker,
+        asgi_routes=routes.routes,
+        lifespan=lambda: lifespan(c),
+        after_startup=[on_started],
+        logger=None,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(
+    settings: Settings, options: ServiceOptions | None = None
+) -> AsyncIterator[Components]:
+    """The service, up from the bound ops port to the served routes, until the block ends.
+
+    Stopping runs in reverse: the ops routes, then the broker (a batch in flight
+    commits or rolls back whole), the background loops, the read model's last
+    projection, the pool and the producer.
     """
     s = settings
-    broker = KafkaConnection.from_settings(s, bootstrap).broker(
-        apply_types=False,
-        logger=framework_logger(on_error) if on_error is not None else None,
-    )
-    # One subscriber for both input topics: one consumer per process, one
-    # group join, and one transaction per fetch whichever topic it came from.
-    subscriber = broker.subscriber(
-        s.usage_topic,
-        s.support_topic,
-        batch=True,
-        group_id=s.consumer_group,
-        ack_policy=AckPolicy.MANUAL,
-        auto_offset_reset="earliest",
-        max_records=s.batch_max_records,
-        batch_timeout_ms=s.batch_timeout_ms,
-        max_partition_fetch_bytes=s.kafka_max_partition_fetch_bytes,
-        fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
-        session_timeout_ms=s.kafka_session_timeout_ms,
-        heartbeat_interval_ms=max(300, s.kafka_session_timeout_ms // 3),
-        listener=listener,
-        parser=_records_as_they_are,
-        decoder=_raw_records,
-        title="healthscore:consume",
-        description=(
-            f"UsageEvent records from {s.usage_topic} and SupportEvent records from "
-            f"{s.support_topic}, consumed in batches by one consumer group "
-            f"({s.consumer_group}); an invalid record goes to <topic>{s.dlq_suffix} with "
-            "headers naming the error."
-        ),
-    )
-    subscriber(_typed_handler(handler, UsageEvent | SupportEvent))
-    declare_outputs(broker, s)
-    return broker, subscriber
-
-
-def bind_ops_socket(host: str, port: int) -> socket.socket:
-    """The ops endpoints' listening socket (port 0: any free port).
-
-    Bound first in `Service.start`, so a taken port stops start-up with one
-    line naming the setting, before any producer or pool is open.
-    """
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
-        raise StartupRefused(
-            f"the ops endpoints cannot listen on OPS_HOST={host!r} ({exc}): set OPS_HOST "
-            "to an address of this machine"
-        ) from exc
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        raise StartupRefused(
-            f"the ops endpoints cannot listen on {host}:{port} ({exc.strerror or exc}): set "
-            "OPS_PORT to a free port (0 = any free port) or OPS_HOST to another address"
-        ) from exc
-    return sock
+        with contextlib.closing(serving.bind_ops_socket(s.ops_host, s.ops_port)) as sock:
+            c = build(s, options or ServiceOptions(), sock.getsockname()[1])
+            broker_started = asyncio.Event()
+            app = asgi_app(c, broker_started.set)
+            async with app.start_lifespan_context():
+                await broker_started.wait()
+                async with serving.serve(app, sock):
+                    log.info(
+                        "service_started",
+                        group=s.consumer_group,
+                        topics=[s.usage_topic, s.support_topic],
+                        ops_port=c.ops_port,
+                    )
+                    try:
+                        yield c
+                    finally:
+                        c.stop.set()
+    finally:
+        log.info("service_stopped")
 
 
 async def start_producer(producer: AIOKafkaProducer, idempotent: bool) -> None:
@@ -191,391 +463,3 @@ async def start_producer(producer: AIOKafkaProducer, idempotent: bool) -> None:
                 "IdempotentWrite for this client on the cluster"
             ) from exc
         raise
-
-
-@dataclass
-class ServiceOptions:
-    run_relay: bool = True
-    # the read model: customer_health and the health feed, projected from state
-    run_projector: bool = True
-    publish_health: bool = True
-    # the silence sweep, and the silence rescorings batches make before events
-    run_sweep: bool = True
-    create_topics: bool = True
-    serve_http: bool = True
-    gauge_interval_seconds: float = 5.0
-    # the band/risk gauges read all of customer_health
-    distribution_interval_seconds: float = 60.0
-    # a full garbage collection after every this many batches (0: the interpreter's
-    # own schedule); set where the process's collector is tuned (gctuning)
-    full_gc_every_batches: int = 0
-
-
-@dataclass
-class Service:
-    settings: Settings
-    options: ServiceOptions = field(default_factory=ServiceOptions)
-    model: ScoreModel | None = None
-    pool: asyncpg.Pool[Any] | None = None
-    producer: AIOKafkaProducer | None = None
-    broker: KafkaBroker | None = None
-    pipeline: BatchPipeline | None = None
-    relay: OutboxRelay | None = None
-    sweep: SilenceSweep | None = None
-    projector: Projector | None = None
-    read_model_staleness: float = 0.0
-    listeners: list[SeekToStoredOffsets] = field(default_factory=list)
-    handlers: list[BatchHandler] = field(default_factory=list)
-    metrics: Metrics = field(default_factory=Metrics)
-    gauges: GaugeRefresher | None = None
-    readiness: ReadinessChecker | None = None
-    # records the Kafka client could not parse and the consumer got past (kafka_salvage)
-    corrupt_records: CorruptRecordMonitor | None = None
-    http_port: int | None = None
-    _http_server: OpsServer | None = None
-    _ops_socket: socket.socket | None = None
-    outcomes: list[BatchOutcome] = field(default_factory=list)
-    _stop: asyncio.Event = field(default_factory=asyncio.Event)
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-    @property
-    def database_url(self) -> str:
-        url = self.settings.database_url
-        if url is None:
-            raise ValueError("DATABASE_URL is not set")
-        return url.get_secret_value()
-
-    @property
-    def bootstrap(self) -> str:
-        if self.settings.kafka_bootstrap_servers is None:
-            raise ValueError("KAFKA_BOOTSTRAP_SERVERS is not set")
-        return self.settings.kafka_bootstrap_servers
-
-    @property
-    def kafka(self) -> KafkaConnection:
-        return KafkaConnection.from_settings(self.settings, self.bootstrap)
-
-    async def start(self) -> None:
-        """Bring everything up; if this raises, `stop()` closes what was opened."""
-        s = self.settings
-        if self.options.serve_http:
-            self._ops_socket = bind_ops_socket(s.ops_host, s.ops_port)
-        self.model = load_model(s.model_path)
-        if self.options.create_topics:
-            await ensure_topics(
-                self.kafka,
-                service_topics(s),
-                s.topic_partitions,
-                s.topic_replication_factor,
-                compacted=frozenset({s.health_topic}),
-            )
-        self.pool = await create_pool(
-            self.database_url,
-            s.database_role,
-            min_size=1,
-            max_size=s.database_pool_size,
-            tls=database_tls(s),
-        )
-        self.producer = self.kafka.producer(
-            acks="all",
-            enable_idempotence=s.kafka_idempotent_producer,
-            linger_ms=5,
-            # dead letters carry the original bytes, which may be larger than
-            # what the service accepts (that is why they are dead)
-            max_request_size=16 * 1024 * 1024,
-        )
-        await start_producer(self.producer, s.kafka_idempotent_producer)
-        self.pipeline = BatchPipeline(
-            pool=self.pool,
-            decoder=Decoder(s.usage_topic, s.support_topic, s.max_message_bytes),
-            dlq=DeadLetterQueue(self.producer, s.dlq_suffix),
-            model=self.model,
-            consumer_group=s.consumer_group,
-            rescore_step_seconds=s.silence_rescore_after_seconds,
-            silence_rescoring=self.options.run_sweep,
-        )
-        self.broker = self._build_broker()
-        self.corrupt_records = CorruptRecordMonitor(self.metrics.corrupt_records)
-        await install_salvaging_consumer(self.broker, self.corrupt_records)
-        await self.broker.start()
-        for handler in self.handlers:
-            self._spawn(handler.drain_held(self._stop))
-        if self.options.run_relay:
-            self.relay = OutboxRelay(
-                self.pool,
-                self.producer,
-                s.alert_topic,
-                on_published=lambda kind: self.metrics.alerts_published.labels(kind).inc(),
-            )
-            self._spawn(self.relay.run(s.relay_interval_seconds, self._stop))
-        if self.options.run_projector:
-            self.projector = Projector(
-                self.pool,
-                self.model,
-                self.producer,
-                s.health_topic if self.options.publish_health else None,
-                page_size=s.projector_page_size,
-                on_pass=self._on_projection,
-            )
-            self._spawn(self.projector.run(s.projector_interval_seconds, self._stop))
-            self.metrics.read_model_staleness_target.set(s.read_model_staleness_target_seconds)
-            self._spawn(self._watch_staleness(self.projector))
-        if self.options.run_sweep:
-            self.sweep = SilenceSweep(
-                self.pool,
-                self.model,
-                s.consumer_group,
-                s.silence_rescore_after_seconds,
-                topics=[s.usage_topic, s.support_topic],
-                on_run=self._on_sweep,
-            )
-            self._spawn(
-                self.sweep.run(s.sweep_interval_seconds, self._stop, s.dedupe_retention_days)
-            )
-        self.gauges = GaugeRefresher(
-            self.pool,
-            self.metrics,
-            self.kafka,
-            s.consumer_group,
-            [s.usage_topic, s.support_topic],
-        )
-        self._spawn(
-            self.gauges.run(
-                self.options.gauge_interval_seconds,
-                self._stop,
-                self.options.distribution_interval_seconds,
-            )
-        )
-        if self.options.serve_http:
-            await self._start_http()
-        log.info(
-            "service_started",
-            group=s.consumer_group,
-            topics=[s.usage_topic, s.support_topic],
-            ops_port=self.http_port,
-        )
-
-    async def _start_http(self) -> None:
-        s = self.settings
-        self.readiness = ReadinessChecker(
-            {
-                "postgres": self._check_postgres,
-                "kafka": self._check_kafka,
-                "partitions": self._check_partitions,
-                "read_model": self._check_read_model,
-                "corrupt_records": self._check_corrupt_records,
-            },
-            interval=s.readiness_interval_seconds,
-            timeout=s.readiness_check_timeout_seconds,
-        )
-        self.readiness.notes = self._readiness_notes
-        self._spawn(self.readiness.run(self._stop))
-        show = s.asyncapi_show_servers
-        app = OpsApp(
-            self.metrics,
-            self.readiness,
-            asyncapi_json=lambda: asyncapi_json(self._require_broker(), show),
-            asyncapi_html=lambda: asyncapi_html(self._require_broker(), show),
-            max_per_second=s.ops_max_requests_per_second,
-        )
-        server = OpsServer(app.handle)
-        assert self._ops_socket is not None
-        # the socket bound first in start(): a taken port stopped start-up already
-        await server.start(sock=self._ops_socket)
-        self._http_server = server
-        self.http_port = server.port
-
-    def _require_broker(self) -> KafkaBroker:
-        assert self.broker is not None
-        return self.broker
-
-    async def _check_postgres(self) -> str | None:
-        assert self.pool is not None
-        async with self.pool.acquire() as conn:
-            await conn.fetchval("SELECT 1")
-        return None
-
-    async def _check_kafka(self) -> str | None:
-        assert self.producer is not None
-        # a real round trip: an open socket to a hung broker is not "reachable"
-        metadata = await self.producer.client.fetch_all_metadata()
-        if not metadata.brokers():
-            return "the cluster reports no brokers"
-        return None
-
-    async def _check_read_model(self) -> str | None:
-        limit = self.settings.read_model_staleness_max_seconds
-        if self.projector is not None and self.read_model_staleness > limit:
-            return (
-                f"the read model is {self.read_model_staleness:.0f} s behind the state "
-                f"(READ_MODEL_STALENESS_MAX_SECONDS={limit:g})"
-            )
-        return None
-
-    async def _check_corrupt_records(self) -> str | None:
-        # a salvaged record is dead-lettered and shown in the notes; only one the
-        # consumer cannot get past makes the service unready
-        monitor = self.corrupt_records
-        if monitor is not None and monitor.unresolved is not None:
-            return f"cannot get past an unreadable record: {monitor.unresolved}"
-        return None
-
-    def _readiness_notes(self) -> dict[str, Any]:
-        notes: dict[str, Any] = {
-            "read_model_staleness_seconds": round(self.read_model_staleness, 3)
-        }
-        if self.corrupt_records is not None and self.corrupt_records.total:
-            notes.update(self.corrupt_records.describe())
-        return notes
-
-    async def _check_partitions(self) -> str | None:
-        if not any(listener.assigned for listener in self.listeners):
-            return "no input partitions assigned to this process (yet)"
-        refused = {k: v for listener in self.listeners for k, v in listener.refused.items()}
-        if refused:
-            (topic, partition), why = sorted(refused.items())[0]
-            more = f" (+{len(refused) - 1} more)" if len(refused) > 1 else ""
-            return f"not consuming {topic}:{partition}: {why}{more}; see healthscore offsets-reset"
-        return None
-
-    def _on_sweep(self, duration: float, alert_kinds: list[str]) -> None:
-        self.metrics.sweep_runs.inc()
-        self.metrics.sweep_duration.observe(duration)
-        for kind in alert_kinds:
-            self.metrics.alerts_raised.labels(kind).inc()
-
-    def _spawn(self, coro: Any) -> None:
-        self._tasks.append(asyncio.create_task(coro))
-
-    def _build_broker(self) -> KafkaBroker:
-        s = self.settings
-        assert self.pool is not None and self.pipeline is not None
-        holder: dict[str, Any] = {}
-        listener = SeekToStoredOffsets(
-            self.pool,
-            s.consumer_group,
-            lambda: holder["subscriber"].consumer,
-            on_change=self._on_rebalance,
-            true_ends=self._true_ends,
-            on_refused=lambda key, why: self.metrics.partitions_refused.labels(
-                key[0], str(key[1])
-            ).set(0 if why is None else 1),
-        )
-        self.listeners.append(listener)
-        handler = BatchHandler(
-            self.pipeline,
-            lambda: holder["subscriber"].consumer,
-            on_outcome=self._record_outcome,
-            on_failure=lambda exc: self.metrics.batch_failures.inc(),
-            after_batch=FullCollectionPacer(self.options.full_gc_every_batches).after_batch,
-            on_gap=lambda gap: self.metrics.offset_gaps.labels(gap.topic).inc(),
-            live_lag_records=s.alignment_live_lag_records,
-        )
-        listener.on_revoked = handler.forget
-        listener.on_positioned = handler.positioned
-        self.handlers.append(handler)
-        broker, holder["subscriber"] = build_broker(
-            s,
-            self.bootstrap,
-            handler,
-            listener,
-            on_error=lambda source: self.metrics.framework_errors.labels(source).inc(),
-        )
-        return broker
-
-    async def _true_ends(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        async with HighWatermarkProbe(self.kafka) as probe:
-            return await probe.high_watermarks(partitions)
-
-    def _on_projection(self, organizations: int, duration: float) -> None:
-        self.metrics.read_model_projected.inc(organizations)
-        self.metrics.projection_duration.observe(duration)
-
-    async def _watch_staleness(self, projector: Projector) -> None:
-        """The read model's staleness gauge, refreshed every second."""
-        while not self._stop.is_set():
-            try:
-                self.read_model_staleness = await projector.staleness()
-                self.metrics.read_model_staleness.set(self.read_model_staleness)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("staleness_check_failed", error=type(exc).__name__)
-            await pause_unless_stopped(self._stop, 1.0)
-
-    def _on_rebalance(self, change: str, partitions: int) -> None:
-        self.metrics.rebalances.labels(change).inc()
-        log.info("rebalance", change=change, partitions=partitions)
-
-    def _record_outcome(self, outcome: BatchOutcome, duration: float) -> None:
-        self.metrics.observe_batch(outcome, duration)
-        for rejection in outcome.rejections:
-            record = rejection.record
-            log.warning(
-                "message_rejected",
-                reason=rejection.reason,
-                detail=rejection.detail,
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-            )
-        # keep a short history of summaries only: the rejections hold the records
-        outcome.rejections = []
-        self.outcomes.append(outcome)
-        if len(self.outcomes) > 200:
-            del self.outcomes[:100]
-        log.info(
-            "batch_committed",
-            records=outcome.records,
-            applied=outcome.applied,
-            duplicates=outcome.duplicates,
-            replayed_skipped=outcome.skipped_replayed,
-            rejected=outcome.rejected,
-            organizations_rescored=outcome.organizations_rescored,
-            milestones=outcome.milestones,
-            alerts=outcome.alerts,
-            offsets_from={f"{t}:{p}": o for (t, p), o in outcome.first_offsets.items()},
-            offsets={f"{t}:{p}": o for (t, p), o in outcome.next_offsets.items()},
-            # partitions the event-time alignment held back, from this offset on
-            held_from={f"{t}:{p}": o for (t, p), o in outcome.held_from.items()},
-            duration_ms=round(duration * 1000, 1),
-            phases_ms=outcome.timings_ms,
-        )
-
-    async def wait(self) -> None:
-        await self._stop.wait()
-
-    def request_stop(self) -> None:
-        self._stop.set()
-
-    async def stop(self) -> None:
-        self._stop.set()
-        if self.broker is not None:
-            await self.broker.stop()
-        if self.projector is not None:
-            # no batch commits any more: leave the read model caught up, if quickly
-            with contextlib.suppress(Exception):
-                await self.projector.drain(timeout=self.settings.projector_drain_on_stop_seconds)
-        if self._http_server is not None:
-            self._http_server.close()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self.producer is not None:
-            await self.producer.stop()
-        if self.pool is not None:
-            await self.pool.close()
-        self._close_ops_socket()
-        log.info("service_stopped")
-
-    def _close_ops_socket(self) -> None:
-        """Close the ops listener itself only when no server took it over.
-
-        Closing the bare socket under a loop that still watches it would free
-        its descriptor number for the next connection while the loop's
-        registration for it lives on; the server closes it in `stop()` then.
-        """
-        if self._http_server is None and self._ops_socket is not None:
-            self._ops_socket.close()

@@ -416,24 +416,38 @@ class SalvagingConsumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is 
         )
 
 
-async def install_salvaging_consumer(broker: KafkaBroker, monitor: CorruptRecordMonitor) -> None:
-    """Connect `broker` and have its subscribers build `SalvagingConsumer`s.
+async def install_salvaging_consumer(
+    broker: KafkaBroker, monitor: CorruptRecordMonitor, built: Callable[[SalvagingConsumer], None]
+) -> None:
+    """Connect `broker` and have its subscriber build a `SalvagingConsumer`, handed to `built`.
 
     FastStream builds each subscriber's consumer with the broker config's
     `builder`, which `connect()` sets to `partial(AIOKafkaConsumer, **options)`;
-    `start()` connects only if not connected yet. So: connect, swap the class,
+    `start()` connects only if not connected yet. So: connect, swap the builder,
     then start. Fails loudly if FastStream stops building consumers that way.
     """
     await broker.connect()
     config = broker.config.broker_config
-    config.builder = salvaging_builder(config.builder, monitor)
+    config.builder = salvaging_builder(config.builder, monitor, built)
 
 
-def salvaging_builder(builder: Any, monitor: CorruptRecordMonitor) -> functools.partial[Any]:
-    """The same consumer options (connection and security from the factory), salvaging."""
+def salvaging_builder(
+    builder: Any, monitor: CorruptRecordMonitor, built: Callable[[SalvagingConsumer], None]
+) -> Callable[..., SalvagingConsumer]:
+    """The same consumer options (connection and security from the factory), salvaging;
+    each consumer it builds is handed to `built` (the offset protocol uses it)."""
     if not (isinstance(builder, functools.partial) and builder.func is AIOKafkaConsumer):
         raise RuntimeError(
             "FastStream no longer builds consumers as partial(AIOKafkaConsumer, ...): "
             f"{builder!r}; the corrupt-record salvage cannot be installed"
         )
-    return functools.partial(SalvagingConsumer, *builder.args, monitor=monitor, **builder.keywords)
+    salvaging = functools.partial(
+        SalvagingConsumer, *builder.args, monitor=monitor, **builder.keywords
+    )
+
+    def build(*args: Any, **kwargs: Any) -> SalvagingConsumer:
+        consumer = salvaging(*args, **kwargs)
+        built(consumer)
+        return consumer
+
+    return build

@@ -24,6 +24,7 @@ from typing import Literal
 
 import asyncpg
 
+from healthscore.core.partitions import PartitionKey
 from healthscore.errors import HealthscoreError
 from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.service.ops.lag import HighWatermarkProbe
@@ -35,7 +36,6 @@ from healthscore.store.offsets_reset import (
     set_offsets,
 )
 
-TP = tuple[str, int]
 Mode = Literal["earliest", "latest", "offset"]
 
 OPTION = {"earliest": "--to-earliest", "latest": "--to-latest", "offset": "--to-offset"}
@@ -124,9 +124,9 @@ def plan_reset(
     partition: int | None,
     mode: Mode,
     to_offset: int | None,
-    starts: dict[TP, int],
-    ends: dict[TP, int],
-    stored: dict[TP, int],
+    starts: dict[PartitionKey, int],
+    ends: dict[PartitionKey, int],
+    stored: dict[PartitionKey, int],
 ) -> ResetPlan:
     """What the reset would change; `starts`/`ends` are the broker's partitions."""
     keys = sorted(
@@ -200,7 +200,7 @@ def format_plan(plan: ResetPlan) -> list[str]:
 
 async def read_log_bounds(
     kafka: KafkaConnection, topics: list[str]
-) -> tuple[dict[TP, int], dict[TP, int]]:
+) -> tuple[dict[PartitionKey, int], dict[PartitionKey, int]]:
     """Log start and true high watermark of every partition of `topics` on the broker."""
     async with HighWatermarkProbe(kafka) as probe:
         partitions = await probe.partitions(topics)

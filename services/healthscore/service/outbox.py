@@ -19,7 +19,7 @@ import asyncpg
 import orjson
 import structlog
 
-from healthscore.service.stopping import repeat_until_stopped
+from healthscore.service.periodic import AT_ONCE
 from healthscore.store import locks, sql
 
 log = structlog.get_logger(__name__)
@@ -99,10 +99,6 @@ class OutboxRelay:
         if self._after_publish is not None:
             self._after_publish()
 
-    async def run(self, interval: float, stop: asyncio.Event) -> None:
-        """Relay until `stop` is set; back off on errors, never give up."""
-
-        async def step() -> bool:
-            return await self.relay_alerts() > 0
-
-        await repeat_until_stopped(step, stop, interval, "relay_failed")
+    async def step(self) -> float | None:
+        """Relay one page; the next at once while alerts are pending (`periodic.every`)."""
+        return AT_ONCE if await self.relay_alerts() > 0 else None

@@ -38,7 +38,7 @@ import structlog
 from healthscore.core.scoring.model import ScoreModel
 from healthscore.core.scoring.score import HealthScore, score
 from healthscore.core.scoring.state import OrganizationState, decode_state
-from healthscore.service.stopping import repeat_until_stopped
+from healthscore.service.periodic import AT_ONCE
 from healthscore.store import Connection, locks, sql
 from healthscore.store.records import to_datetime
 
@@ -110,6 +110,8 @@ class Projector:
         self._page = page_size
         self._on_pass = on_pass
         self.projected = 0
+        # the latest `measure_staleness()`, in seconds
+        self.latest_staleness = 0.0
 
     async def project_once(self) -> int:
         """Project one page of the oldest queued organizations; return how many."""
@@ -181,13 +183,14 @@ class Projector:
                     raise TimeoutError("the read model did not catch up")
                 await asyncio.sleep(pause)
 
-    async def run(self, interval: float, stop: asyncio.Event) -> None:
-        """Project until `stop`; a full page goes on at once, an empty queue waits."""
+    async def step(self) -> float | None:
+        """Project one page; a full page goes on at once, an empty queue waits."""
+        return AT_ONCE if await self.project_once() >= self._page else None
 
-        async def step() -> bool:
-            return await self.project_once() >= self._page
-
-        await repeat_until_stopped(step, stop, interval, "projection_failed")
+    async def measure_staleness(self) -> float:
+        """`staleness()`, kept as `latest_staleness` for readiness (a periodic step)."""
+        self.latest_staleness = await self.staleness()
+        return self.latest_staleness
 
 
 async def _upsert_customer_health(

@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 
 from healthscore.config import Settings
-from healthscore.service.app import Service, ServiceOptions
+from healthscore.service.app import ServiceOptions, running
 from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.service.ops.lag import HighWatermarkProbe
 from healthscore.store.db import connect, database_tls
@@ -73,10 +73,8 @@ async def replay(
         publish_health=publish_alerts,
         full_gc_every_batches=full_gc_every_batches,
     )
-    service = Service(replay_settings, options)
     started = time.monotonic()
-    await service.start()
-    try:
+    async with running(replay_settings, options) as service:
         while True:
             conn = await connect(admin_url, tls)
             try:
@@ -94,8 +92,6 @@ async def replay(
         if service.projector is not None:
             # and the read model reflects all of it
             await service.projector.drain(timeout=timeout)
-    finally:
-        await service.stop()
     conn = await connect(admin_url, tls)
     try:
         applied = await conn.fetchval("SELECT count(*) FROM processed_events")

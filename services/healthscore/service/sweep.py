@@ -42,7 +42,7 @@ import structlog
 from healthscore.core.effects import compute_silence_effects, next_silence_rescore
 from healthscore.core.scoring.model import ScoreModel
 from healthscore.core.scoring.state import OrganizationState, decode_state
-from healthscore.service.stopping import pause_unless_stopped
+from healthscore.service.periodic import AT_ONCE
 from healthscore.store import Connection, locks, sql
 from healthscore.store.effects_writer import write_effects
 from healthscore.store.records import to_datetime
@@ -71,6 +71,7 @@ class SilenceSweep:
         topics: Sequence[str],
         page_size: int = 1000,
         on_run: Callable[[float, list[str]], None] | None = None,
+        dedupe_retention_days: int | None = None,
     ) -> None:
         self._pool = pool
         self._model = model
@@ -79,6 +80,8 @@ class SilenceSweep:
         self._step = rescore_step_seconds
         self._page = page_size
         self._on_run = on_run
+        # `step` also forgets event ids older than this (the dedupe window)
+        self._dedupe_retention_days = dedupe_retention_days
         self.runs = 0
         self.rescorings = 0
         self.last_alerts = 0
@@ -172,17 +175,10 @@ class SilenceSweep:
             if deleted < page:
                 return total
 
-    async def run(
-        self, interval: float, stop: asyncio.Event, dedupe_retention_days: int | None = None
-    ) -> None:
-        while not stop.is_set():
-            try:
-                while await self.run_once() >= self._page:
-                    pass  # a full page: more are due
-                if dedupe_retention_days is not None:
-                    await self.purge_processed_events(dedupe_retention_days)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("sweep_failed", error=type(exc).__name__, message=str(exc)[:300])
-            await pause_unless_stopped(stop, interval)
+    async def step(self) -> float | None:
+        """Sweep one page (the next at once when it was full), then purge old event ids."""
+        if await self.run_once() >= self._page:
+            return AT_ONCE  # a full page: more are due
+        if self._dedupe_retention_days is not None:
+            await self.purge_processed_events(self._dedupe_retention_days)
+        return None

@@ -3,7 +3,9 @@ binds, and one-off connections; both with the TLS of DATABASE_SSLMODE."""
 
 from __future__ import annotations
 
+import contextlib
 import ssl
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -56,6 +58,39 @@ async def connect(database_url: str, tls: DatabaseTLS = None, **options: Any) ->
     return await asyncpg.connect(database_url, ssl=tls, **options)
 
 
+def service_pool(
+    database_url: str,
+    role: str | None,
+    min_size: int = 1,
+    max_size: int = 4,
+    tls: DatabaseTLS = None,
+) -> asyncpg.Pool[Any]:
+    """The service's pool, not open yet (`opened`): its sessions run as `role`.
+
+    Setting the role at connection startup (the startup `role` setting), not
+    with SET ROLE after it, makes it the session default: the pool's
+    `RESET ALL` between uses keeps it.
+    """
+    settings = {"role": role} if role else {}
+    return asyncpg.create_pool(
+        database_url,
+        min_size=min_size,
+        max_size=max_size,
+        ssl=tls,
+        server_settings={"application_name": "healthscore", **settings},
+    )
+
+
+@contextlib.asynccontextmanager
+async def opened(pool: asyncpg.Pool[Any], role: str | None) -> AsyncIterator[asyncpg.Pool[Any]]:
+    """Open `pool` (as `role`) for the block; closed at its end."""
+    await _open(pool, role)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
 async def create_pool(
     database_url: str,
     role: str | None,
@@ -63,24 +98,26 @@ async def create_pool(
     max_size: int = 4,
     tls: DatabaseTLS = None,
 ) -> asyncpg.Pool[Any]:
-    """A pool whose sessions run as `role` (the startup `role` setting).
+    """An open pool whose sessions run as `role` (see `service_pool`); the caller closes it."""
+    pool = service_pool(database_url, role, min_size, max_size, tls)
+    await _open(pool, role)
+    return pool
 
-    Setting the role at connection startup, not with SET ROLE after it, makes
-    it the session default: the pool's `RESET ALL` between uses keeps it.
-    """
-    settings = {"role": role} if role else {}
-    pool = await asyncpg.create_pool(
-        database_url,
-        min_size=min_size,
-        max_size=max_size,
-        ssl=tls,
-        server_settings={"application_name": "healthscore", **settings},
-    )
-    assert pool is not None
+
+async def _open(pool: asyncpg.Pool[Any], role: str | None) -> None:
+    """Connect `pool`; refuse (and close it) when its role skips row-level security."""
+    await pool
+    try:
+        await _check_role(pool, role)
+    except BaseException:
+        await pool.close()
+        raise
+
+
+async def _check_role(pool: asyncpg.Pool[Any], role: str | None) -> None:
     async with pool.acquire() as conn:
         row = await conn.fetchrow(ROLE_CHECK)
     if row is None or row["superuser"] or row["bypass_rls"]:
-        await pool.close()
         raise UnsafeDatabaseRole(
             f"the service would run as {row['role'] if row else '?'!r}, which skips "
             "row-level security; set DATABASE_ROLE to a plain writer role"
@@ -93,4 +130,3 @@ async def create_pool(
             role=row["role"],
             advice=f"connect with a dedicated login role that is a member of {role} (see deploy/)",
         )
-    return pool

@@ -70,3 +70,23 @@ def mint_token(key: SigningKey, user_id: uuid.UUID, *, expires_at: datetime) -> 
         raise InvalidIdentityToken(f"expires_at out of range: {expires_at.isoformat()}")
     message = f"{TOKEN_VERSION}.{key.key_id}.{user_id}.{expiry}"
     return f"{message}.{signature(key.secret, message.encode('ascii'))}"
+
+
+# --- development sign-in (`healthscore api --dev`) ---------------------------------
+
+NEWEST_KEY = """
+SELECT key_id, secret FROM app_signing_keys WHERE retired_at IS NULL
+ORDER BY key_id DESC LIMIT 1
+"""
+USER_BY_EMAIL = "SELECT id FROM user_profiles WHERE email = $1"
+# the placeholder assignee (created by the service from events) with the most
+# open interactions: as the dev support person, the support view has work in it
+BUSIEST_PLACEHOLDER_ASSIGNEE = """
+SELECT i.assigned_to FROM support_interactions i
+JOIN user_profiles u ON u.id = i.assigned_to AND u.email IS NULL
+WHERE i.status = 'open'
+GROUP BY i.assigned_to ORDER BY count(*) DESC, i.assigned_to LIMIT 1
+"""
+ADOPT_PROFILE = "UPDATE user_profiles SET email = $2, full_name = $3, role = $4 WHERE id = $1"
+INSERT_PROFILE = "INSERT INTO user_profiles (id, email, full_name, role) VALUES ($1, $2, $3, $4)"
+ROLE_EXISTS = "SELECT true FROM pg_roles WHERE rolname = $1"

@@ -7,9 +7,8 @@ optionally one partition) as `$n` parameters; nothing is built from input.
 
 from __future__ import annotations
 
+from healthscore.core.partitions import PartitionKey
 from healthscore.store import Connection
-
-TP = tuple[str, int]
 
 SELECTED_OFFSETS = """
 SELECT topic, partition, next_offset
@@ -55,19 +54,19 @@ WHERE datname = current_database() AND application_name = 'healthscore'
 
 async def selected_offsets(
     conn: Connection, group: str, topics: list[str], partition: int | None, lock: bool = False
-) -> dict[TP, int]:
+) -> dict[PartitionKey, int]:
     """Stored next offsets of `group` for `topics` (only `partition` when given)."""
     query = LOCK_SELECTED_OFFSETS if lock else SELECTED_OFFSETS
     rows = await conn.fetch(query, group, topics, partition)
     return {(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
 
 
-async def delete_offsets(conn: Connection, group: str, keys: list[TP]) -> None:
+async def delete_offsets(conn: Connection, group: str, keys: list[PartitionKey]) -> None:
     if keys:
         await conn.execute(DELETE_OFFSETS, group, [t for t, _ in keys], [p for _, p in keys])
 
 
-async def set_offsets(conn: Connection, group: str, offsets: dict[TP, int]) -> None:
+async def set_offsets(conn: Connection, group: str, offsets: dict[PartitionKey, int]) -> None:
     if offsets:
         keys = sorted(offsets)
         await conn.execute(

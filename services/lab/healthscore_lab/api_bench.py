@@ -11,10 +11,15 @@
 4. for each scenario (every sort and filter of the list, a second page, the
    organization page), --clients concurrent closed-loop clients for --seconds,
    each request timed from send to the last byte by a minimal HTTP/1.1 client
-   (keep-alive) so that the client's own cost stays small.
+   (keep-alive) so that the client's own cost stays small;
+5. the CPU time each scenario cost, from /proc: the API processes, the
+   PostgreSQL backends of the API's login role, all of PostgreSQL, this load
+   generator and the whole machine. Latency on a shared machine swings by a
+   third from run to run; CPU per request is the steadier figure.
 
-Prints p50/p95/p99 per scenario and writes JSON (--json-out). Nothing here is
-asserted: the figures go to the README with the command that made them.
+Prints p50/p95/p99 and CPU per request for each scenario and writes JSON
+(--json-out). Nothing here is asserted: the figures go to the README with the
+command that made them.
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ from urllib.parse import urlencode
 import asyncpg
 
 from healthscore.api.auth import issue_hs256
-from healthscore.api.dev import dev_login_url
+from healthscore.api.dev import DEV_LOGIN_ROLE, dev_login_url
+from healthscore.config import Settings
 from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.store.migrate import apply_migrations
 from healthscore_lab.devservices import free_port, resolve_services
@@ -155,6 +161,19 @@ class Result:
     p95_ms: float
     p99_ms: float
     max_ms: float
+    # CPU per request, microseconds: the API processes, and the PostgreSQL backends
+    # serving them
+    api_cpu_us: float | None = None
+    pg_api_cpu_us: float | None = None
+    # cores busy on average during the scenario: all of PostgreSQL (the consumer's
+    # writes included), this load generator (the clients and the event producer), the
+    # consumer (`healthscore serve`), the broker, the whole machine (other processes
+    # than these included)
+    pg_cores: float | None = None
+    client_cores: float | None = None
+    consumer_cores: float | None = None
+    broker_cores: float | None = None
+    machine_cores: float | None = None
 
 
 @dataclass
@@ -230,15 +249,23 @@ async def _client(
 
 
 async def run_scenario(
-    ports: list[int], token: str, name: str, targets: list[str], clients: int, seconds: float
+    ports: list[int],
+    token: str,
+    name: str,
+    targets: list[str],
+    clients: int,
+    seconds: float,
+    meter: CpuMeter | None = None,
 ) -> Result:
     latencies: list[float] = []
+    before = meter.sample() if meter else None
     until = time.perf_counter() + seconds
     started = time.perf_counter()
     errors = await asyncio.gather(
         *(_client(ports, token, targets, until, latencies) for _ in range(clients))
     )
     elapsed = time.perf_counter() - started
+    after = meter.sample() if meter else None
     ordered = sorted(latencies) or [0.0]
 
     def pct(p: float) -> float:
@@ -253,7 +280,123 @@ async def run_scenario(
         p95_ms=pct(0.95),
         p99_ms=pct(0.99),
         max_ms=round(ordered[-1], 1),
+        **cpu_figures(before, after, len(latencies)),
     )
+
+
+# --- CPU time, from /proc ------------------------------------------------------------------
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat_fields(pid: int) -> list[str]:
+    # the command name may hold spaces and parentheses: split after the last ')'
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _cpu_seconds(pid: int, reaped_children: bool = False) -> float:
+    fields = _stat_fields(pid)
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / _TICKS
+
+
+def _machine_busy_seconds() -> float:
+    # the first line of /proc/stat: every CPU's ticks by state; idle and iowait are idle
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / _TICKS
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """CPU seconds used so far by each part of the stack (and the wall clock)."""
+
+    at: float
+    api: float
+    pg_api: float
+    pg_total: float
+    client: float
+    consumer: float
+    broker: float
+    machine: float
+
+
+@dataclass
+class CpuMeter:
+    """Samples the API processes and PostgreSQL (when it runs on this machine)."""
+
+    api_pids: list[int]
+    postmaster: int | None
+    consumer_pid: int | None = None
+    broker_pid: int | None = None
+
+    def sample(self) -> CpuSample | None:
+        try:
+            api = sum(_cpu_seconds(pid) for pid in self.api_pids)
+            client = _cpu_seconds(os.getpid())
+            machine = _machine_busy_seconds()
+        except (OSError, ValueError, IndexError):
+            return None
+        consumer = broker = 0.0
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            consumer = _cpu_seconds(self.consumer_pid) if self.consumer_pid else 0.0
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            broker = _cpu_seconds(self.broker_pid) if self.broker_pid else 0.0
+        pg_api = pg_total = 0.0
+        if self.postmaster is not None:
+            # exited backends are in the postmaster's reaped-children time
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                pg_total = _cpu_seconds(self.postmaster, reaped_children=True)
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    if int(_stat_fields(int(entry.name))[1]) != self.postmaster:
+                        continue
+                    seconds = _cpu_seconds(int(entry.name))
+                    pg_total += seconds
+                    # a backend's title: "postgres: <user> <database> <client> <state>"
+                    title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").split()
+                    if title[1:2] == [DEV_LOGIN_ROLE.encode()]:
+                        pg_api += seconds
+        return CpuSample(
+            time.perf_counter(), api, pg_api, pg_total, client, consumer, broker, machine
+        )
+
+
+def cpu_figures(
+    before: CpuSample | None, after: CpuSample | None, requests: int
+) -> dict[str, float]:
+    if before is None or after is None or requests == 0:
+        return {}
+    wall = after.at - before.at
+    return {
+        "api_cpu_us": round((after.api - before.api) / requests * 1e6),
+        "pg_api_cpu_us": round((after.pg_api - before.pg_api) / requests * 1e6),
+        "pg_cores": round((after.pg_total - before.pg_total) / wall, 2),
+        "client_cores": round((after.client - before.client) / wall, 2),
+        "consumer_cores": round((after.consumer - before.consumer) / wall, 2),
+        "broker_cores": round((after.broker - before.broker) / wall, 2),
+        "machine_cores": round((after.machine - before.machine) / wall, 2),
+    }
+
+
+async def _postmaster_pid(url: str) -> int | None:
+    """The postmaster of the server behind `url`, when it runs on this machine."""
+    conn = await asyncpg.connect(url)
+    try:
+        backend: int = await conn.fetchval("SELECT pg_backend_pid()")
+        address = await conn.fetchval("SELECT inet_server_addr()")
+        if address is not None and not str(address).startswith(("127.", "::1")):
+            return None
+        # while the backend lives: its parent is the postmaster
+        try:
+            return int(_stat_fields(backend)[1])
+        except (OSError, ValueError, IndexError):
+            return None
+    finally:
+        await conn.close()
 
 
 # --- the stack ----------------------------------------------------------------------------
@@ -316,13 +459,15 @@ async def _sample_ids(url: str, count: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def _children(argvs: list[tuple[list[str], dict[str, str]]], logs: Path) -> Iterator[None]:
+def _children(
+    argvs: list[tuple[list[str], dict[str, str]]], logs: Path
+) -> Iterator[list[subprocess.Popen[bytes]]]:
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for i, (argv, env) in enumerate(argvs):
             log = (logs / f"child-{i}.log").open("wb")
             processes.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
-        yield
+        yield processes
     finally:
         for process in processes:
             if process.poll() is None:
@@ -388,9 +533,10 @@ async def _second_pages(port: int, token: str) -> list[str]:
 
 
 async def run_api_bench(options: BenchSettings) -> dict[str, object]:
+    settings = Settings()
     services = resolve_services(
-        database_url=os.environ.get("DATABASE_URL"),
-        kafka_bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
+        database_url=settings.database_url.get_secret_value() if settings.database_url else None,
+        kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
     )
     logs = Path(".healthscore") / "api-bench"
     logs.mkdir(parents=True, exist_ok=True)
@@ -439,9 +585,15 @@ async def run_api_bench(options: BenchSettings) -> dict[str, object]:
         children = [([*command, "api", "--port", str(port)], api_env) for port in ports]
         if options.write_rate > 0:
             children.append(([*command, "serve", "--no-migrate", "--no-sweep"], serve_env))
-        with _children(children, logs):
+        with _children(children, logs) as processes:
             for port in ports:
                 await _wait_ready(port)
+            meter = CpuMeter(
+                [p.pid for p in processes[: len(ports)]],
+                await _postmaster_pid(login_url),
+                processes[len(ports)].pid if options.write_rate > 0 else None,
+                services.broker_process.pid if services.broker_process else None,
+            )
             ids = await _sample_ids(url, 2000)
             writer = None
             if options.write_rate > 0:
@@ -460,13 +612,17 @@ async def run_api_bench(options: BenchSettings) -> dict[str, object]:
                 # a short warm-up of each statement's plans and the pool
                 await run_scenario(ports, token, name, targets, options.clients, 1.0)
                 result = await run_scenario(
-                    ports, token, name, targets, options.clients, options.seconds
+                    ports, token, name, targets, options.clients, options.seconds, meter
                 )
                 results.append(result)
                 print(
                     f"  {name:<46} p50 {result.p50_ms:7.1f}  p95 {result.p95_ms:7.1f}  "
                     f"p99 {result.p99_ms:7.1f} ms  {result.per_second:7.1f}/s  "
-                    f"errors {result.errors}",
+                    f"errors {result.errors}  CPU/request: API {result.api_cpu_us} us, "
+                    f"PostgreSQL {result.pg_api_cpu_us} us; cores busy: PostgreSQL "
+                    f"{result.pg_cores}, clients {result.client_cores}, consumer "
+                    f"{result.consumer_cores}, broker {result.broker_cores}, "
+                    f"machine {result.machine_cores}",
                     flush=True,
                 )
             written = await _fetch_count(url)

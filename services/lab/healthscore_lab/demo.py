@@ -19,7 +19,7 @@ import secrets
 import sys
 from collections import Counter
 from collections.abc import Iterator, MutableMapping
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,7 +33,7 @@ from pydantic import SecretStr
 
 from healthscore.config import Settings
 from healthscore.errors import StartupRefused
-from healthscore.service.app import Service, ServiceOptions
+from healthscore.service.app import ServiceOptions, running
 from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.service.offsets_reset import read_log_bounds
 from healthscore.store.db import DatabaseTLS, connect, database_tls
@@ -293,70 +293,71 @@ async def run_demo(
                 file=sys.stderr,
             )
             return 1
-    service = Service(settings, ServiceOptions(run_sweep=True))
     stop = asyncio.Event()
     alerts: list[dict[str, Any]] = []
     watcher: asyncio.Task[None] | None = None
     producer: AIOKafkaProducer | None = None
-    try:
+    async with AsyncExitStack() as stack:
         try:
-            await service.start()
+            service = await stack.enter_async_context(
+                running(settings, ServiceOptions(run_sweep=True))
+            )
         except StartupRefused as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        print(
-            f"service: running, ops endpoints on http://{settings.ops_host}:{service.http_port}"
-            "/metrics (and /readyz) while the demo runs"
-        )
-        watcher = asyncio.create_task(_watch_alerts(settings, stop, alerts))
-        producer = KafkaConnection.from_settings(settings).producer(
-            acks="all", enable_idempotence=False
-        )
-        await producer.start()
-        start = datetime.now(UTC) - timedelta(days=options.span_days)
-        config = SimulationConfig(
-            start=start,
-            organizations=options.organizations,
-            events=options.events,
-            seed=options.seed,
-            span=timedelta(days=options.span_days) - timedelta(minutes=1),
-        )
-        print(
-            f"producing {options.events} events for {options.organizations} organizations "
-            f"at {options.rate:.0f}/s ..."
-        )
-        send = asyncio.create_task(
-            produce(
-                generate(config),
-                producer,
-                settings.usage_topic,
-                settings.support_topic,
-                rate=options.rate,
+        try:
+            print(
+                f"service: running, ops endpoints on http://{settings.ops_host}:{service.ops_port}"
+                "/metrics (and /readyz) while the demo runs"
             )
-        )
-        while not send.done():
-            await asyncio.sleep(2.0)
-            await _print_dashboard(admin_url, 3, tls)
-        stats = await send
-        print(
-            f"produced {stats.sent} messages ({stats.duplicates} duplicates and "
-            f"{stats.malformed} bad ones on purpose) in {stats.seconds:.1f}s"
-        )
-        await asyncio.sleep(options.settle_seconds)  # let the last batches and alerts land
-        print("final dashboard:")
-        await _print_dashboard(admin_url, options.top, tls)
-        print(f"alerts received: {len(alerts)}")
-        if options.dashboard:
-            from healthscore.api.server import run_dashboard
+            watcher = asyncio.create_task(_watch_alerts(settings, stop, alerts))
+            producer = KafkaConnection.from_settings(settings).producer(
+                acks="all", enable_idempotence=False
+            )
+            await producer.start()
+            start = datetime.now(UTC) - timedelta(days=options.span_days)
+            config = SimulationConfig(
+                start=start,
+                organizations=options.organizations,
+                events=options.events,
+                seed=options.seed,
+                span=timedelta(days=options.span_days) - timedelta(minutes=1),
+            )
+            print(
+                f"producing {options.events} events for {options.organizations} organizations "
+                f"at {options.rate:.0f}/s ..."
+            )
+            send = asyncio.create_task(
+                produce(
+                    generate(config),
+                    producer,
+                    settings.usage_topic,
+                    settings.support_topic,
+                    rate=options.rate,
+                )
+            )
+            while not send.done():
+                await asyncio.sleep(2.0)
+                await _print_dashboard(admin_url, 3, tls)
+            stats = await send
+            print(
+                f"produced {stats.sent} messages ({stats.duplicates} duplicates and "
+                f"{stats.malformed} bad ones on purpose) in {stats.seconds:.1f}s"
+            )
+            await asyncio.sleep(options.settle_seconds)  # let the last batches and alerts land
+            print("final dashboard:")
+            await _print_dashboard(admin_url, options.top, tls)
+            print(f"alerts received: {len(alerts)}")
+            if options.dashboard:
+                from healthscore.api.server import run_dashboard
 
-            await run_dashboard(settings)  # the service keeps scoring meanwhile
-    finally:
-        stop.set()
-        if watcher is not None:
-            await watcher
-        if producer is not None:
-            await producer.stop()
-        await service.stop()
+                await run_dashboard(settings)  # the service keeps scoring meanwhile
+        finally:
+            stop.set()
+            if watcher is not None:
+                await watcher
+            if producer is not None:
+                await producer.stop()
     if summary is not None:
         for line in summary.lines():
             print(line)

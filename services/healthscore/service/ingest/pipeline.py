@@ -39,6 +39,7 @@ from healthscore.core.alignment import AlignmentView, align
 from healthscore.core.effects import BatchEffects, compute_batch_effects
 from healthscore.core.events import Event, SupportEvent
 from healthscore.core.interactions import InteractionRecord
+from healthscore.core.partitions import PartitionKey
 from healthscore.core.scoring.model import ScoreModel
 from healthscore.core.scoring.state import OrganizationState, decode_state
 from healthscore.errors import InvalidStoredOffset, OffsetGap
@@ -48,8 +49,6 @@ from healthscore.service.projector import project_in_transaction
 from healthscore.store import Connection, sql
 from healthscore.store.effects_writer import write_effects
 from healthscore.store.records import interaction_from_row
-
-TopicPartition = tuple[str, int]
 
 # Errors that say "this data cannot be applied", not "the database or broker is
 # away": the batch is narrowed down to the record instead of retried forever.
@@ -93,11 +92,11 @@ class BatchOutcome:
     duplicates_by_topic: dict[str, int] = field(default_factory=dict)
     redelivered_by_topic: dict[str, int] = field(default_factory=dict)
     record_timestamps_ms: list[int] = field(default_factory=list)
-    first_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    first_offsets: dict[PartitionKey, int] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
-    held_from: dict[TopicPartition, int] = field(default_factory=dict)
-    frontiers: dict[TopicPartition, float] = field(default_factory=dict)
-    next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    held_from: dict[PartitionKey, int] = field(default_factory=dict)
+    frontiers: dict[PartitionKey, float] = field(default_factory=dict)
+    next_offsets: dict[PartitionKey, int] = field(default_factory=dict)
     rejections: list[Rejection] = field(default_factory=list)
 
     def merge(self, later: BatchOutcome) -> BatchOutcome:
@@ -165,7 +164,7 @@ class BatchPipeline:
         self,
         items: Sequence[Decoded | Rejection],
         view: AlignmentView | None = None,
-        positioned: Mapping[TopicPartition, int] | None = None,
+        positioned: Mapping[PartitionKey, int] | None = None,
     ) -> BatchOutcome:
         """Apply decoded records; with `view`, only their event-time-aligned part.
 
@@ -190,7 +189,7 @@ class BatchPipeline:
     async def _apply_isolating(
         self,
         items: list[Decoded | Rejection],
-        positioned: Mapping[TopicPartition, int],
+        positioned: Mapping[PartitionKey, int],
         unprocessable: list[int],
     ) -> BatchOutcome:
         """Apply `items`; on a data error, bisect down to the record that fails alone.
@@ -218,7 +217,7 @@ class BatchPipeline:
         self,
         item: Decoded | Rejection,
         exc: BaseException,
-        positioned: Mapping[TopicPartition, int],
+        positioned: Mapping[PartitionKey, int],
     ) -> BatchOutcome:
         """Dead-letter the one record that fails alone and move its offset past it."""
         record = item.record
@@ -244,11 +243,11 @@ class BatchPipeline:
         return outcome
 
     async def _apply(
-        self, decoded: list[Decoded | Rejection], positioned: Mapping[TopicPartition, int]
+        self, decoded: list[Decoded | Rejection], positioned: Mapping[PartitionKey, int]
     ) -> BatchOutcome:
         """One transaction: effects, dead letters and offsets of `decoded`."""
         outcome = BatchOutcome(records=len(decoded))
-        last: dict[TopicPartition, int] = {}
+        last: dict[PartitionKey, int] = {}
         first = outcome.first_offsets
         for item in decoded:
             record = item.record
@@ -264,7 +263,7 @@ class BatchPipeline:
             marks.lap("begin")
             stored = await _lock_offsets(conn, self._group, partitions)
             fresh: list[Decoded | Rejection] = []
-            first_fresh: dict[TopicPartition, int] = {}
+            first_fresh: dict[PartitionKey, int] = {}
             for item in decoded:
                 record = item.record
                 tp = (record.topic, record.partition)
@@ -355,7 +354,7 @@ class BatchPipeline:
 
 
 def _check_no_gap(
-    tp: TopicPartition, first: int, stored: int, positioned: Mapping[TopicPartition, int]
+    tp: PartitionKey, first: int, stored: int, positioned: Mapping[PartitionKey, int]
 ) -> None:
     """The stored offset may only move over records handed to this batch."""
     if first > stored and positioned.get(tp) != stored:
@@ -363,8 +362,8 @@ def _check_no_gap(
 
 
 async def _lock_offsets(
-    conn: Connection, group: str, partitions: list[TopicPartition]
-) -> dict[TopicPartition, int]:
+    conn: Connection, group: str, partitions: list[PartitionKey]
+) -> dict[PartitionKey, int]:
     topics = [tp[0] for tp in partitions]
     numbers = [tp[1] for tp in partitions]
     await conn.execute(sql.ENSURE_OFFSET_ROWS, group, topics, numbers)
@@ -480,9 +479,9 @@ def _count(counter: dict[str, int], key: str) -> None:
     counter[key] = counter.get(key, 0) + 1
 
 
-def _max_event_times(events: list[Decoded]) -> dict[TopicPartition, datetime]:
+def _max_event_times(events: list[Decoded]) -> dict[PartitionKey, datetime]:
     """Per partition, the newest event time seen: the sweep's event-time clock."""
-    result: dict[TopicPartition, datetime] = {}
+    result: dict[PartitionKey, datetime] = {}
     for item in events:
         tp = (item.record.topic, item.record.partition)
         occurred = item.event.occurred_at.astimezone(UTC)

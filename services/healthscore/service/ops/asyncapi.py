@@ -16,7 +16,7 @@ from faststream.specification import AsyncAPI
 
 from healthscore import __version__
 from healthscore.config import Settings
-from healthscore.contracts import ChurnRiskAlert, HealthUpdate
+from healthscore.service.broker import build_broker
 from healthscore.service.ops.asyncapi_page import render_html
 
 DESCRIPTION = (
@@ -26,36 +26,6 @@ DESCRIPTION = (
     "input goes unchanged to `<topic>.dlq` with headers x-error-reason, "
     "x-error-detail, x-source-topic, x-source-partition, x-source-offset."
 )
-
-
-def declare_outputs(broker: KafkaBroker, settings: Settings) -> None:
-    """Describe the output topics in the AsyncAPI document.
-
-    The outbox relay and the DLQ send through one aiokafka producer of their
-    own (batched acks, raw header bytes); these publisher declarations give
-    the document each output's channel and payload schema.
-    """
-    broker.publisher(
-        settings.alert_topic,
-        schema=ChurnRiskAlert,
-        title=f"{settings.alert_topic}:publish",
-        description="One alert per risk episode step; key = organization_id; "
-        "alert_id is deterministic, so consumers drop repeats.",
-    )
-    broker.publisher(
-        settings.health_topic,
-        schema=HealthUpdate,
-        title=f"{settings.health_topic}:publish",
-        description="Latest score of each organization; compacted; key = organization_id.",
-    )
-    for source, dlq in settings.dlq_topics.items():
-        broker.publisher(
-            dlq,
-            schema=bytes,
-            title=f"{dlq}:publish",
-            description=f"Rejected records of {source}, original bytes unchanged; headers "
-            "name the error and the source coordinates.",
-        )
 
 
 def build_spec(broker: KafkaBroker) -> AsyncAPI:
@@ -92,9 +62,7 @@ def asyncapi_html(broker: KafkaBroker, show_servers: bool = False) -> str:
 
 def render_asyncapi(settings: Settings) -> str:
     """The document for `settings`, without connecting to anything."""
-    from healthscore.service.app import build_broker
-
     # a stand-in address, never a real one: shown as it is
-    broker, _ = build_broker(settings, "localhost:9092", None, None)
+    broker = build_broker(settings, "localhost:9092")
     document = asyncapi_document(broker, show_servers=True)
     return json.dumps(document, indent=2, sort_keys=True) + "\n"

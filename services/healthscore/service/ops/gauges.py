@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from typing import Any
@@ -10,10 +9,10 @@ from typing import Any
 import asyncpg
 import structlog
 
+from healthscore.core.partitions import PartitionKey
 from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.service.ops.lag import HighWatermarkProbe
 from healthscore.service.ops.metrics import Metrics
-from healthscore.service.stopping import pause_unless_stopped
 from healthscore.store import sql
 from healthscore.store.offsets import stored_offsets
 
@@ -31,13 +30,19 @@ class GaugeRefresher:
         kafka: KafkaConnection,
         group: str,
         topics: list[str],
+        distribution_interval: float = 60.0,
     ) -> None:
         self._pool = pool
         self._metrics = metrics
         self._kafka = kafka
         self._group = group
         self._topics = topics
-        self.last_lag: dict[tuple[str, int], int] = {}
+        self.last_lag: dict[PartitionKey, int] = {}
+        # the band and risk counts read all of customer_health: on their own, slower interval
+        self._distribution_interval = distribution_interval
+        self._distribution_due = 0.0
+        # one probe consumer kept between refreshes, opened again after a failure
+        self._probe: HighWatermarkProbe | None = None
 
     async def refresh_lag(self, probe: HighWatermarkProbe) -> None:
         partitions = await probe.partitions(self._topics)
@@ -69,32 +74,25 @@ class GaugeRefresher:
         for level in RISK_NAMES:
             self._metrics.organizations_by_risk.labels(level).set(risks.get(level, 0))
 
-    async def run(self, interval: float, stop: asyncio.Event, distribution_interval: float) -> None:
-        """Lag and outbox every `interval`; the band and risk counts every
-        `distribution_interval` (they read all of customer_health)."""
-        probe: HighWatermarkProbe | None = None
-        distribution_due = 0.0
-        while not stop.is_set():
-            try:
-                if probe is None:
-                    probe = HighWatermarkProbe(self._kafka)
-                    await probe.__aenter__()
-                await self.refresh_lag(probe)
-                await self.refresh_outbox()
-                if time.monotonic() >= distribution_due:
-                    await self.refresh_distribution()
-                    distribution_due = time.monotonic() + distribution_interval
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning(
-                    "gauge_refresh_failed", error=type(exc).__name__, message=str(exc)[:200]
-                )
-                if probe is not None:
-                    with contextlib.suppress(Exception):
-                        await probe.__aexit__(None, None, None)
-                    probe = None
-            await pause_unless_stopped(stop, interval)
+    async def refresh(self) -> None:
+        """Lag and outbox now; the band and risk counts when their interval is due
+        (a periodic step). A failure closes the probe: the next refresh opens another."""
+        try:
+            if self._probe is None:
+                probe = HighWatermarkProbe(self._kafka)
+                await probe.__aenter__()
+                self._probe = probe
+            await self.refresh_lag(self._probe)
+            await self.refresh_outbox()
+            if time.monotonic() >= self._distribution_due:
+                await self.refresh_distribution()
+                self._distribution_due = time.monotonic() + self._distribution_interval
+        except Exception:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        probe, self._probe = self._probe, None
         if probe is not None:
             with contextlib.suppress(Exception):
                 await probe.__aexit__(None, None, None)

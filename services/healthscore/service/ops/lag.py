@@ -17,12 +17,11 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
+from healthscore.core.partitions import PartitionKey
 from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.service.kafka_salvage import is_unreadable_record_error
 from healthscore.store import Connection
 from healthscore.store.offsets import stored_offsets
-
-TP = tuple[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +56,8 @@ class HighWatermarkProbe:
     async def __aexit__(self, *exc: object) -> None:
         await self._consumer.stop()
 
-    async def partitions(self, topics: list[str]) -> list[TP]:
-        result: list[TP] = []
+    async def partitions(self, topics: list[str]) -> list[PartitionKey]:
+        result: list[PartitionKey] = []
         for topic in topics:
             parts = self._consumer.partitions_for_topic(topic)
             if parts is None:
@@ -67,7 +66,9 @@ class HighWatermarkProbe:
             result.extend((topic, p) for p in sorted(parts))
         return result
 
-    async def high_watermarks(self, partitions: list[TP], timeout: float = 5.0) -> dict[TP, int]:
+    async def high_watermarks(
+        self, partitions: list[PartitionKey], timeout: float = 5.0
+    ) -> dict[PartitionKey, int]:
         consumer = self._consumer
         tps = [TopicPartition(t, p) for t, p in partitions]
         if not tps:
@@ -76,7 +77,7 @@ class HighWatermarkProbe:
         reported: dict[Any, int] = await consumer.end_offsets(tps)
         for tp in tps:
             consumer.seek(tp, max(0, reported[tp] - 1))
-        result: dict[TP, int] = {}
+        result: dict[PartitionKey, int] = {}
         deadline = time.monotonic() + timeout
         while len(result) < len(tps) and time.monotonic() < deadline:
             try:
@@ -96,7 +97,7 @@ class HighWatermarkProbe:
             result.setdefault((tp.topic, tp.partition), reported[tp])
         return result
 
-    async def log_starts(self, partitions: list[TP]) -> dict[TP, int]:
+    async def log_starts(self, partitions: list[PartitionKey]) -> dict[PartitionKey, int]:
         """The first offset still in each partition's log (the log start offset)."""
         tps = [TopicPartition(t, p) for t, p in partitions]
         if not tps:

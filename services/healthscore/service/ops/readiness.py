@@ -1,7 +1,8 @@
 """Readiness, checked in the background: /readyz serves the latest result.
 
-One task runs every check on an interval, all at once, each cut off after its
-own timeout, and keeps the outcome with the time it finished. A request reads
+A periodic step (`step`, run by `periodic.every`) runs every check, all at
+once, each cut off after its own timeout, and keeps the outcome with the time
+it finished. A request reads
 that outcome (a few dictionary reads): it never waits on PostgreSQL or the
 broker, so twenty scrapers and probes cost no round trips and cannot make one
 another time out. A result older than `stale_after` counts as not ready: a
@@ -20,8 +21,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-
-from healthscore.service.stopping import pause_unless_stopped
 
 log = structlog.get_logger(__name__)
 
@@ -54,11 +53,12 @@ class ReadinessChecker:
         stale_after: float | None = None,
         retry_interval: float | None = None,
         clock: Clock = time.monotonic,
+        notes: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         if interval <= 0 or timeout <= 0:
             raise ValueError("interval and timeout must be positive")
-        # O(1) facts shown beside the checks in /readyz (set by the composition root)
-        self.notes: Callable[[], dict[str, Any]] | None = None
+        # O(1) facts shown beside the checks in /readyz
+        self._notes = notes
         self._checks = dict(checks)
         self.interval = interval
         self.timeout = timeout
@@ -93,18 +93,11 @@ class ReadinessChecker:
             return f"{type(exc).__name__}: {str(exc)[:200]}"
         return "ok" if problem is None else problem
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Check now, then every `interval` (from the end of one round to the
-        start of the next; `retry_interval` while not ready) until `stop` is set."""
-        while not stop.is_set():
-            ready = False
-            try:
-                ready = not (await self.check_once()).failed
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a bug in a check's wrapper; never end the loop
-                log.warning("readiness_round_failed", error=type(exc).__name__, message=str(exc))
-            await pause_unless_stopped(stop, self.interval if ready else self.retry_interval)
+    async def step(self) -> float | None:
+        """One round (a periodic step, every `interval`); while not ready the next
+        comes after `retry_interval`, so start-up and recovery show sooner."""
+        ready = not (await self.check_once()).failed
+        return None if ready else self.retry_interval
 
     def status(self) -> tuple[int, dict[str, Any]]:
         """The HTTP status and body /readyz answers: O(1), no I/O."""
@@ -131,7 +124,7 @@ class ReadinessChecker:
             "checked_at": result.finished_at.isoformat(),
             "age_seconds": round(age, 3),
         }
-        if self.notes is not None:
+        if self._notes is not None:
             # what an operator should know that does not make the service unready
-            body["notes"] = self.notes()
+            body["notes"] = self._notes()
         return (503 if failed else 200), body

@@ -6,7 +6,6 @@ Kept free of heavy imports: `build_parser` imports this for every command.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -126,16 +125,16 @@ def run(args: argparse.Namespace) -> int:
         service_command=shlex.split(args.service_command) if args.service_command else None,
     )
     settings = Settings()
+    migration_url = settings.migration_database_url
     services = resolve_services(
-        database_url=os.environ.get("DATABASE_URL"),
-        kafka_bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
+        database_url=settings.database_url.get_secret_value() if settings.database_url else None,
+        kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
     )
     try:
         stack = Stack(
-            admin_url=os.environ.get("MIGRATION_DATABASE_URL") or services.database_url,
+            admin_url=migration_url.get_secret_value() if migration_url else services.database_url,
             bootstrap=services.kafka_bootstrap_servers,
-            idempotence=services.broker_supports_idempotence
-            and os.environ.get("KAFKA_IDEMPOTENT_PRODUCER", "true").lower() != "false",
+            idempotence=services.broker_supports_idempotence and settings.kafka_idempotent_producer,
             kind=services.kind,
             kafka_security=KafkaSecurity.from_settings(settings),
             replication_factor=settings.topic_replication_factor,

@@ -1,17 +1,20 @@
-"""The naive baseline: one FastStream message, one Postgres transaction.
+"""The naive baseline: the service itself, one message per Postgres transaction.
 
-This is how most tutorials write a Kafka-to-Postgres consumer: a per-message
-subscriber (no `batch=True`) whose handler opens a transaction, does the
-work for that one event and commits. It reuses the service's pure core and
-its SQL so that it writes exactly the same effects with the same guarantees
-(stored offsets in the same transaction, event-id dedupe, dead letters,
-rescoring, outbox alerts); only the unit of work differs. The benchmark runs
-it as a child process:
+This is how most tutorials write a Kafka-to-Postgres consumer: every message
+is handled in a transaction of its own, which also writes the dashboard's
+table, and messages are applied as they arrive. The baseline is the service's
+own composition root (`healthscore.service.app.running`) in that per-message
+variant (`per_message`): BATCH_MAX_RECORDS=1, the read model written in each
+batch's transaction (no projector), every partition applied as it arrives (no
+event-time alignment), offsets kept in PostgreSQL only (no Kafka commit, a
+broker round trip per message), no relay and no sweep. So it writes exactly the same
+effects with the same guarantees (stored offsets in the same transaction,
+event-id dedupe, dead letters, rescoring, outbox alerts); only the unit of
+work differs. The benchmark runs it as a child process:
 
     python -m healthscore_lab.bench.naive STATS.json
 
 with the service's environment (DATABASE_URL, topics, CONSUMER_GROUP...).
-A message is handled as a batch of one by the service's own `BatchPipeline`.
 On SIGTERM it stops and writes its counters and commit times to STATS.json.
 """
 
@@ -20,119 +23,49 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from healthscore.config import Settings
-from healthscore.core.scoring.model import load_model
-from healthscore.service.consumers import SeekToStoredOffsets, to_raw
-from healthscore.service.ingest.decode import Decoder
-from healthscore.service.ingest.dlq import DeadLetterQueue
-from healthscore.service.ingest.pipeline import BatchPipeline
-from healthscore.service.kafka_clients import KafkaConnection
-from healthscore.store.db import create_pool, database_tls
+from healthscore.service.app import ServiceOptions, running
+from healthscore.service.ops.logging import configure_logging
+
+# no partition is ever this far behind its high watermark: all are live, none aligned
+ALL_LIVE = 1 << 62
+
+PER_MESSAGE = ServiceOptions(
+    run_relay=False, run_sweep=False, read_model_in_transaction=True, commit_to_kafka=False
+)
 
 
-class NaiveHandler:
-    """Per message: the service's own batch pipeline, on a batch of one record.
-
-    So the effects and guarantees are exactly the service's (the same SQL, the
-    same pure core); only the unit of work, one transaction per event, differs.
-    """
-
-    def __init__(self, pipeline: BatchPipeline) -> None:
-        self._pipeline = pipeline
-        self.records = 0
-        self.applied = 0
-        self.duplicates = 0
-        self.rejected = 0
-        self.first_commit: float | None = None
-        self.last_commit: float | None = None
-
-    async def __call__(self, message: Any) -> None:
-        outcome = await self._pipeline.process([to_raw(message)])
-        if outcome.skipped_replayed:
-            return  # redelivered: already applied
-        self.records += 1
-        self.applied += outcome.applied
-        self.duplicates += outcome.duplicates
-        self.rejected += sum(outcome.rejected.values())
-        now = time.time()
-        if self.first_commit is None:
-            self.first_commit = now
-        self.last_commit = now
+def per_message(settings: Settings) -> Settings:
+    """`settings` for one message per batch, applied as it arrives."""
+    return settings.model_copy(
+        update={"batch_max_records": 1, "alignment_live_lag_records": ALL_LIVE}
+    )
 
 
 async def run() -> dict[str, Any]:
-    settings = Settings()
-    assert settings.database_url is not None and settings.kafka_bootstrap_servers is not None
-    model = load_model(settings.model_path)
-    pool = await create_pool(
-        settings.database_url.get_secret_value(),
-        settings.database_role,
-        min_size=1,
-        max_size=2,
-        tls=database_tls(settings),
-    )
-    kafka = KafkaConnection.from_settings(settings)
-    producer = kafka.producer(
-        acks="all",
-        enable_idempotence=settings.kafka_idempotent_producer,
-    )
-    await producer.start()
-    handler = NaiveHandler(
-        BatchPipeline(
-            pool=pool,
-            decoder=Decoder(
-                settings.usage_topic, settings.support_topic, settings.max_message_bytes
-            ),
-            dlq=DeadLetterQueue(producer, settings.dlq_suffix),
-            model=model,
-            consumer_group=settings.consumer_group,
-            rescore_step_seconds=settings.silence_rescore_after_seconds,
-            # as a tutorial consumer would: the dashboard's table with every event
-            read_model_in_transaction=True,
-        )
-    )
-    broker = kafka.broker(apply_types=False, logger=None)
-    holder: dict[str, Any] = {}
-    listener = SeekToStoredOffsets(pool, settings.consumer_group, lambda: holder["sub"].consumer)
-
-    async def raw(message: Any) -> Any:
-        return message.raw_message
-
-    subscriber = broker.subscriber(
-        settings.usage_topic,
-        settings.support_topic,
-        group_id=settings.consumer_group,
-        auto_offset_reset="earliest",
-        listener=listener,
-        decoder=raw,
-    )
-    holder["sub"] = subscriber
-    subscriber(handler)
+    settings = per_message(Settings())
+    # a log line per message would be a cost of its own: warnings and errors only
+    configure_logging("WARNING", "json")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await broker.start()
-    print("naive_started", flush=True)
-    try:
+    async with running(settings, PER_MESSAGE) as service:
+        print("naive_started", flush=True)
         await stop.wait()
-    finally:
-        await broker.stop()
-        await producer.stop()
-        await pool.close()
+    batches = service.outcomes
     return {
-        "records": handler.records,
-        "applied": handler.applied,
-        "duplicates": handler.duplicates,
-        "rejected": handler.rejected,
-        "first_commit": handler.first_commit,
-        "last_commit": handler.last_commit,
+        "records": batches.records,
+        "applied": batches.applied,
+        "duplicates": batches.duplicates,
+        "rejected": batches.rejected,
+        "first_commit": batches.first_commit,
+        "last_commit": batches.last_commit,
     }
 
 

@@ -575,15 +575,18 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_bytes(orjson.dumps(summary))
         return 0
 
+    from healthscore.config import Settings
     from healthscore_lab.devservices import resolve_services
 
+    settings = Settings()
+    migration_url = settings.migration_database_url
     services = resolve_services(
-        database_url=os.environ.get("DATABASE_URL"),
-        kafka_bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
+        database_url=settings.database_url.get_secret_value() if settings.database_url else None,
+        kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
     )
     try:
         stack = Stack(
-            admin_url=os.environ.get("MIGRATION_DATABASE_URL") or services.database_url,
+            admin_url=migration_url.get_secret_value() if migration_url else services.database_url,
             bootstrap=services.kafka_bootstrap_servers,
             idempotence=services.broker_supports_idempotence,
             kind=services.kind,

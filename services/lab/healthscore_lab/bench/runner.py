@@ -68,8 +68,6 @@ from healthscore_lab.simulator import (
     produce,
 )
 
-TP = tuple[str, int]
-
 
 class BenchError(RuntimeError):
     pass

@@ -1,40 +1,40 @@
-"""The ops endpoints' handler, called directly: every answer O(1), no I/O per request."""
+"""The ops routes, called through FastStream's ASGI app: every answer O(1), no I/O per
+request."""
 
 from __future__ import annotations
 
-import orjson
+from typing import Any
 
-from healthscore.service.ops.http import OpsApp
+import orjson
+from faststream.asgi import AsgiFastStream
+
 from healthscore.service.ops.metrics import Metrics
 from healthscore.service.ops.readiness import ReadinessChecker
+from healthscore.service.ops.routes import OpsRoutes
+from tests.utils.fakes import Counted, FakeClock
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 50.0
+async def call(routes: OpsRoutes, path: str, method: str = "GET") -> tuple[int, str, bytes]:
+    """One request through an ASGI app serving `routes` (as the service's app does)."""
+    app = AsgiFastStream(asgi_routes=routes.routes, logger=None)
+    scope = {"type": "http", "method": method, "path": path, "query_string": b"", "headers": []}
+    sent: list[dict[str, Any]] = []
 
-    def __call__(self) -> float:
-        return self.now
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
 
+    async def send(message: Any) -> None:
+        sent.append(message)
 
-class Counted:
-    def __init__(self, answer: str | None = None) -> None:
-        self.answer = answer
-        self.calls = 0
-
-    async def __call__(self) -> str | None:
-        self.calls += 1
-        return self.answer
-
-
-async def call(app: OpsApp, path: str, method: str = "GET") -> tuple[int, str, bytes]:
-    response = await app.handle(method, path)
-    return response.status, response.content_type, response.body
+    await app(scope, receive, send)
+    headers = dict(sent[0]["headers"])
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return sent[0]["status"], headers.get(b"content-type", b"").decode(), body
 
 
 def make_app(
     checks: dict[str, Counted] | None = None, clock: FakeClock | None = None
-) -> tuple[OpsApp, Metrics, dict[str, int]]:
+) -> tuple[OpsRoutes, Metrics, dict[str, int]]:
     metrics = Metrics()
     renders = {"json": 0, "html": 0}
 
@@ -47,7 +47,7 @@ def make_app(
         return "<!DOCTYPE html><title>asyncapi</title>"
 
     checker = ReadinessChecker(checks or {"a": Counted()}, interval=1, timeout=1)
-    app = OpsApp(metrics, checker, json_doc, html_doc, clock=clock or FakeClock())
+    app = OpsRoutes(metrics, checker, json_doc, html_doc, clock=clock or FakeClock(50.0))
     return app, metrics, renders
 
 
@@ -79,7 +79,7 @@ async def test_readyz_names_the_failed_check() -> None:
 
 
 async def test_metrics_are_rendered_at_most_once_per_max_age() -> None:
-    clock = FakeClock()
+    clock = FakeClock(50.0)
     app, metrics, _ = make_app(clock=clock)
     metrics.batch_failures.inc()
     for _ in range(100):
@@ -116,7 +116,7 @@ async def test_health_not_found_and_method() -> None:
 async def test_requests_are_answered_in_turn_at_most_max_per_second() -> None:
     """Twenty requests arriving at once: each waits for its own slot, 1/50 s apart;
     nothing is refused. Once the crowd is gone, a request waits for nothing."""
-    clock = FakeClock()
+    clock = FakeClock(50.0)
     waits: list[float] = []
 
     async def sleep(seconds: float) -> None:
@@ -124,7 +124,7 @@ async def test_requests_are_answered_in_turn_at_most_max_per_second() -> None:
 
     checker = ReadinessChecker({"a": Counted()}, interval=1, timeout=1)
     await checker.check_once()
-    app = OpsApp(
+    app = OpsRoutes(
         Metrics(), checker, lambda: "{}", lambda: "", max_per_second=50, clock=clock, sleep=sleep
     )
     answers = [await call(app, "/readyz" if i % 2 else "/metrics") for i in range(20)]
@@ -144,6 +144,6 @@ async def test_unpaced_when_max_per_second_is_zero() -> None:
         raise AssertionError("an unpaced app never waits")
 
     checker = ReadinessChecker({"a": Counted()}, interval=1, timeout=1)
-    app = OpsApp(Metrics(), checker, lambda: "{}", lambda: "", max_per_second=0, sleep=sleep)
+    app = OpsRoutes(Metrics(), checker, lambda: "{}", lambda: "", max_per_second=0, sleep=sleep)
     for _ in range(10):
         assert (await call(app, "/healthz"))[0] == 200

@@ -36,8 +36,7 @@ from typing import Final
 # $1 health_status[], $2 risk_level[], $3 factor (jsonb, e.g. [{"factor": "inactivity"}]),
 # $4/$5 organization id range (prefix search), $6 cursor sort value, $7 cursor id, $8 limit
 _ORG_COLUMNS = """organization_id, health_score, health_status, churn_probability, risk_level,
-           score_change_7d, score_change_30d, scored_at,
-           jsonb_path_query_array(risk_factors, '$[0 to 2]') AS top_risk_factors"""
+           score_change_7d, score_change_30d, scored_at, risk_factors"""
 
 _ORG_FILTERS = """
       AND ($1::text[] IS NULL OR health_status = ANY($1::text[]))
@@ -46,12 +45,35 @@ _ORG_FILTERS = """
       AND ($4::uuid IS NULL OR organization_id BETWEEN $4::uuid AND $5::uuid)"""
 
 
-def _org_list(branches: list[str], order: str, limit: str = "$8") -> str:
+# One row per organization of the page: `item`, the OrganizationSummary as JSON text,
+# built here rather than in Python (decoding ten columns, numeric and jsonb among
+# them, and shaping each row cost the API more than PostgreSQL spends building the
+# text), `sort_key`, the sort column as text (exact, for the cursor), and the id.
+# Numbers are float8 (as Python's float() of the numeric would be), timestamps in
+# the session's time zone, which the API's pool sets to UTC; the three largest
+# factors are the first three as stored (the projector writes each as factor, value,
+# impact, detail, largest first).
+_ORG_ITEM = """json_build_object(
+           'organization_id', u.organization_id,
+           'organization_name', o.name,
+           'health_score', u.health_score::float8,
+           'health_status', u.health_status,
+           'churn_probability', u.churn_probability::float8,
+           'risk_level', u.risk_level,
+           'score_change_7d', u.score_change_7d::float8,
+           'score_change_30d', u.score_change_30d::float8,
+           'top_risk_factors', jsonb_path_query_array(u.risk_factors, '$[0 to 2]'),
+           'scored_at', u.scored_at)::text"""
+
+
+def _org_list(branches: list[str], order: str, sort_key: str, limit: str = "$8") -> str:
     union = "\n    UNION ALL\n".join(
         f"    SELECT * FROM ({b}) AS slice{i}" for i, b in enumerate(branches)
     )
+    # the items of the page's rows only, not of every row a branch read
     return f"""
-SELECT u.*, o.name AS organization_name
+SELECT {_ORG_ITEM} AS item,
+       {sort_key}::text AS sort_key, u.organization_id
 FROM (
 {union}
     ORDER BY {order}
@@ -97,12 +119,38 @@ LIST_ORGANIZATIONS_BY_CHURN: Final = _org_list(
         _churn_branch("'low', 'medium'", "$12::bool"),
     ],
     "churn_probability DESC, organization_id",
+    "u.churn_probability",
+)
+
+
+# $1-$10 as LIST_ORGANIZATIONS_BY_CHURN, with $1 given (the bands): one scan of
+# customer_health_status_churn_idx (migration 0031) per requested band, merged in churn
+# order; the bands not asked for fold away. (The statement above would walk the churn
+# indexes past the other bands: the probability is not a function of the band.)
+def _band_churn_branch(band: str) -> str:
+    return f"""SELECT {_ORG_COLUMNS}
+    FROM customer_health
+    WHERE health_status = '{band}' AND '{band}' = ANY($1::text[]){_ORG_FILTERS}
+      AND ($9::numeric IS NULL OR churn_probability >= $9::numeric)
+      AND ($10::numeric IS NULL OR churn_probability < $10::numeric)
+      AND ($6::numeric IS NULL OR churn_probability <= $6::numeric)
+      AND ($6::numeric IS NULL OR churn_probability < $6::numeric
+           OR organization_id > $7::uuid)
+    ORDER BY churn_probability DESC, organization_id
+    LIMIT $8"""
+
+
+LIST_ORGANIZATIONS_IN_BANDS_BY_CHURN: Final = _org_list(
+    [_band_churn_branch(band) for band in ("critical", "at_risk", "good", "excellent")],
+    "churn_probability DESC, organization_id",
+    "u.churn_probability",
 )
 
 # worst band first; the band is a function of the score, so this is score order
 LIST_ORGANIZATIONS_BY_SCORE: Final = _org_list(
     [_score_branch(band) for band in ("critical", "at_risk", "good", "excellent")],
     "health_score, organization_id",
+    "u.health_score",
 )
 
 # biggest drop first; the organizations without a 7-day history (NULL) follow, from
@@ -120,6 +168,7 @@ LIST_ORGANIZATIONS_BY_CHANGE_7D: Final = _org_list(
     LIMIT $8"""
     ],
     "score_change_7d, organization_id",
+    "u.score_change_7d",
 )
 
 # $1-$5 as above, $6 cursor id, $7 limit
@@ -133,6 +182,7 @@ LIST_ORGANIZATIONS_WITHOUT_CHANGE_7D: Final = _org_list(
     LIMIT $7"""
     ],
     "organization_id",
+    "NULL",
     limit="$7",
 )
 
@@ -307,6 +357,19 @@ LIST_INTERACTIONS_RELEVANCE: Final = _interactions(
        OR (word_similarity($6::text, i.subject) = $7::real AND i.id > $9::uuid))""",
     "rank DESC, i.id",
 )
+
+# $1 organization id: its 20 newest open interactions (the organization page), as
+# LIST_INTERACTIONS_NEWEST returns them, written without optional filters so that one
+# generic plan serves every organization
+ORGANIZATION_OPEN_INTERACTIONS: Final = f"""
+SELECT {_INTERACTION_COLUMNS}, NULL::real AS rank
+FROM support_interactions i
+LEFT JOIN organizations o ON o.id = i.organization_id
+WHERE i.organization_id = $1 AND i.status = 'open'
+ORDER BY i.opened_at DESC NULLS FIRST, i.id
+LIMIT 20
+"""
+
 
 # --- the caller -------------------------------------------------------------------------
 

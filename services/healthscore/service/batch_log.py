@@ -1,0 +1,76 @@
+"""What each committed batch leaves behind: its metrics, one canonical log line,
+one line per rejected record, and a short history of summaries with totals."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator
+
+import structlog
+
+from healthscore.service.ingest.pipeline import BatchOutcome
+from healthscore.service.ops.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+
+class BatchLog:
+    def __init__(self, metrics: Metrics, keep: int = 200) -> None:
+        self._metrics = metrics
+        # the latest summaries (their rejections dropped: those hold the records)
+        self.recent: deque[BatchOutcome] = deque(maxlen=keep)
+        # since start: records handled (redeliveries skipped not counted), events
+        # applied, duplicates, rejections; wall-clock times of the first and last
+        # commit that handled a record
+        self.records = 0
+        self.applied = 0
+        self.duplicates = 0
+        self.rejected = 0
+        self.first_commit: float | None = None
+        self.last_commit: float | None = None
+
+    def __iter__(self) -> Iterator[BatchOutcome]:
+        return iter(list(self.recent))
+
+    def record(self, outcome: BatchOutcome, duration: float) -> None:
+        self._metrics.observe_batch(outcome, duration)
+        for rejection in outcome.rejections:
+            record = rejection.record
+            log.warning(
+                "message_rejected",
+                reason=rejection.reason,
+                detail=rejection.detail,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
+        outcome.rejections = []
+        self.recent.append(outcome)
+        handled = outcome.records - outcome.skipped_replayed
+        if handled > 0:
+            self.records += handled
+            self.applied += outcome.applied
+            self.duplicates += outcome.duplicates
+            self.rejected += sum(outcome.rejected.values())
+            now = time.time()
+            if self.first_commit is None:
+                self.first_commit = now
+            self.last_commit = now
+        log.info(
+            "batch_committed",
+            records=outcome.records,
+            applied=outcome.applied,
+            duplicates=outcome.duplicates,
+            replayed_skipped=outcome.skipped_replayed,
+            rejected=outcome.rejected,
+            organizations_rescored=outcome.organizations_rescored,
+            milestones=outcome.milestones,
+            alerts=outcome.alerts,
+            offsets_from={f"{t}:{p}": o for (t, p), o in outcome.first_offsets.items()},
+            offsets={f"{t}:{p}": o for (t, p), o in outcome.next_offsets.items()},
+            # partitions the event-time alignment held back, from this offset on
+            held_from={f"{t}:{p}": o for (t, p), o in outcome.held_from.items()},
+            duration_ms=round(duration * 1000, 1),
+            phases_ms=outcome.timings_ms,
+        )

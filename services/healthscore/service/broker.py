@@ -1,0 +1,143 @@
+"""The FastStream broker: one batch subscriber for both input topics, and the outputs
+declared for the AsyncAPI document.
+
+The composition root builds it with the batch handler and the offset protocol
+(as the rebalance listener); `ops.asyncapi` builds one without them, only to
+describe the service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from aiokafka import ConsumerRebalanceListener
+from faststream.kafka import KafkaBroker
+from faststream.kafka.message import FAKE_CONSUMER, KafkaMessage
+from faststream.middlewares import AckPolicy
+
+from healthscore.config import Settings
+from healthscore.contracts import ChurnRiskAlert, HealthUpdate, SupportEvent, UsageEvent
+from healthscore.service.kafka_clients import KafkaConnection
+from healthscore.service.ops.logging import framework_logger
+
+Handler = Callable[[Sequence[Any]], Awaitable[None]]
+
+
+async def _records_as_they_are(records: tuple[Any, ...]) -> KafkaMessage:
+    """FastStream parser: the fetched records, untouched.
+
+    FastStream's own batch parser decodes every header value as UTF-8 and
+    raises on a binary or null one before the handler runs, which dropped the
+    whole fetch. Headers are the service's business (`ingest.decode`).
+    """
+    first, last = records[0], records[-1]
+    return KafkaMessage(
+        records,
+        body=[],
+        message_id=f"{first.topic}-{first.offset}-{last.offset}",
+        consumer=FAKE_CONSUMER,
+    )
+
+
+async def _raw_records(message: Any) -> Any:
+    """FastStream decoder: hand the handler the raw aiokafka records.
+
+    Validation happens per record in `ingest.decode`, so one bad message is
+    dead-lettered instead of failing the batch it came in.
+    """
+    return message.raw_message
+
+
+def _typed_handler(handler: Handler | None, payload: Any) -> Any:
+    """A subscriber function whose annotation names the contract model.
+
+    FastStream reads the annotation for the AsyncAPI document only: the broker
+    runs with apply_types=False, so the handler receives raw records.
+    """
+
+    async def handle(records: Any) -> None:
+        if handler is None:
+            raise RuntimeError("this broker only describes the service")
+        await handler(records)
+
+    handle.__annotations__ = {"records": list[payload], "return": None}
+    handle.__name__ = "consume_events"
+    return handle
+
+
+def build_broker(
+    settings: Settings,
+    bootstrap: str,
+    handler: Handler | None = None,
+    listener: ConsumerRebalanceListener | None = None,
+    on_error: Callable[[str], None] | None = None,
+) -> KafkaBroker:
+    """The broker with its one subscriber and the declared outputs.
+
+    Without a handler it only describes the service (the AsyncAPI export).
+    """
+    s = settings
+    broker = KafkaConnection.from_settings(s, bootstrap).broker(
+        apply_types=False,
+        logger=framework_logger(on_error) if on_error is not None else None,
+    )
+    # One subscriber for both input topics: one consumer per process, one
+    # group join, and one transaction per fetch whichever topic it came from.
+    subscriber = broker.subscriber(
+        s.usage_topic,
+        s.support_topic,
+        batch=True,
+        group_id=s.consumer_group,
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset="earliest",
+        max_records=s.batch_max_records,
+        batch_timeout_ms=s.batch_timeout_ms,
+        max_partition_fetch_bytes=s.kafka_max_partition_fetch_bytes,
+        fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
+        session_timeout_ms=s.kafka_session_timeout_ms,
+        heartbeat_interval_ms=max(300, s.kafka_session_timeout_ms // 3),
+        listener=listener,
+        parser=_records_as_they_are,
+        decoder=_raw_records,
+        title="healthscore:consume",
+        description=(
+            f"UsageEvent records from {s.usage_topic} and SupportEvent records from "
+            f"{s.support_topic}, consumed in batches by one consumer group "
+            f"({s.consumer_group}); an invalid record goes to <topic>{s.dlq_suffix} with "
+            "headers naming the error."
+        ),
+    )
+    subscriber(_typed_handler(handler, UsageEvent | SupportEvent))
+    declare_outputs(broker, s)
+    return broker
+
+
+def declare_outputs(broker: KafkaBroker, settings: Settings) -> None:
+    """Describe the output topics in the AsyncAPI document.
+
+    The outbox relay and the DLQ send through one aiokafka producer of their
+    own (batched acks, raw header bytes); these publisher declarations give
+    the document each output's channel and payload schema.
+    """
+    broker.publisher(
+        settings.alert_topic,
+        schema=ChurnRiskAlert,
+        title=f"{settings.alert_topic}:publish",
+        description="One alert per risk episode step; key = organization_id; "
+        "alert_id is deterministic, so consumers drop repeats.",
+    )
+    broker.publisher(
+        settings.health_topic,
+        schema=HealthUpdate,
+        title=f"{settings.health_topic}:publish",
+        description="Latest score of each organization; compacted; key = organization_id.",
+    )
+    for source, dlq in settings.dlq_topics.items():
+        broker.publisher(
+            dlq,
+            schema=bytes,
+            title=f"{dlq}:publish",
+            description=f"Rejected records of {source}, original bytes unchanged; headers "
+            "name the error and the source coordinates.",
+        )

@@ -1,0 +1,86 @@
+"""What the readiness checker asks of the running service (`ops.readiness` runs them).
+
+Each check answers None when fine, else why not; the notes are O(1) facts shown
+beside the checks in /readyz that do not make the service unready.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from healthscore.service.kafka_offsets import KafkaOffsets
+from healthscore.service.kafka_salvage import CorruptRecordMonitor
+from healthscore.service.ops.readiness import Check
+from healthscore.service.projector import Projector
+
+
+def readiness_checks(
+    pool: asyncpg.Pool[Any],
+    producer: AIOKafkaProducer,
+    offsets: KafkaOffsets,
+    projector: Projector | None,
+    staleness_max_seconds: float,
+    corrupt_records: CorruptRecordMonitor,
+) -> dict[str, Check]:
+    async def postgres() -> str | None:
+        async with pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+        return None
+
+    async def kafka() -> str | None:
+        # a real round trip: an open socket to a hung broker is not "reachable"
+        metadata = await producer.client.fetch_all_metadata()
+        if not metadata.brokers():
+            return "the cluster reports no brokers"
+        return None
+
+    async def partitions() -> str | None:
+        if not offsets.assigned:
+            return "no input partitions assigned to this process (yet)"
+        refused = offsets.refused
+        if refused:
+            (topic, partition), why = sorted(refused.items())[0]
+            more = f" (+{len(refused) - 1} more)" if len(refused) > 1 else ""
+            return f"not consuming {topic}:{partition}: {why}{more}; see healthscore offsets-reset"
+        return None
+
+    async def read_model() -> str | None:
+        staleness = projector.latest_staleness if projector is not None else 0.0
+        if staleness > staleness_max_seconds:
+            return (
+                f"the read model is {staleness:.0f} s behind the state "
+                f"(READ_MODEL_STALENESS_MAX_SECONDS={staleness_max_seconds:g})"
+            )
+        return None
+
+    async def corrupt() -> str | None:
+        # a salvaged record is dead-lettered and shown in the notes; only one the
+        # consumer cannot get past makes the service unready
+        if corrupt_records.unresolved is not None:
+            return f"cannot get past an unreadable record: {corrupt_records.unresolved}"
+        return None
+
+    return {
+        "postgres": postgres,
+        "kafka": kafka,
+        "partitions": partitions,
+        "read_model": read_model,
+        "corrupt_records": corrupt,
+    }
+
+
+def readiness_notes(
+    projector: Projector | None, corrupt_records: CorruptRecordMonitor
+) -> Callable[[], dict[str, Any]]:
+    def notes() -> dict[str, Any]:
+        staleness = projector.latest_staleness if projector is not None else 0.0
+        facts: dict[str, Any] = {"read_model_staleness_seconds": round(staleness, 3)}
+        if corrupt_records.total:
+            facts.update(corrupt_records.describe())
+        return facts
+
+    return notes

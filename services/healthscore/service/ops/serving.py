@@ -1,0 +1,95 @@
+"""The ops port: bound first, served by uvicorn on the service's own event loop.
+
+`bind_ops_socket` runs before anything else opens, so a taken OPS_PORT stops
+start-up with one line naming the setting, before any pool or producer exists;
+port 0 binds any free port, and the socket says which. `serve` hands that
+socket to uvicorn (httptools' parser, no lifespan: FastStream's app runs its
+own around the broker) until the block ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Iterator
+
+import uvicorn
+from faststream.asgi.types import ASGIApp
+
+from healthscore.errors import StartupRefused
+
+# an idle keep-alive connection is closed after this long
+IDLE_TIMEOUT_SECONDS = 60
+# on stop, requests still in flight get this long to finish
+GRACEFUL_SECONDS = 2
+
+
+def bind_ops_socket(host: str, port: int) -> socket.socket:
+    """The ops endpoints' listening socket (port 0: any free port)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise StartupRefused(
+            f"the ops endpoints cannot listen on OPS_HOST={host!r} ({exc}): set OPS_HOST "
+            "to an address of this machine"
+        ) from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise StartupRefused(
+            f"the ops endpoints cannot listen on {host}:{port} ({exc.strerror or exc}): set "
+            "OPS_PORT to a free port (0 = any free port) or OPS_HOST to another address"
+        ) from exc
+    return sock
+
+
+class _OpsServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = asyncio.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        self.listening.set()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # SIGTERM and SIGINT stop the whole service (`healthscore serve` handles
+        # them), not this server alone; uvicorn would also raise them again on exit
+        yield
+
+
+@contextlib.asynccontextmanager
+async def serve(app: ASGIApp, sock: socket.socket) -> AsyncIterator[None]:
+    """Serve `app` on the bound `sock` until the block ends (uvicorn closes the socket)."""
+    config = uvicorn.Config(
+        app,
+        http="httptools",
+        ws="none",
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        timeout_keep_alive=IDLE_TIMEOUT_SECONDS,
+        timeout_graceful_shutdown=GRACEFUL_SECONDS,
+    )
+    server = _OpsServer(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]), name="ops-http")
+    listening = asyncio.ensure_future(server.listening.wait())
+    try:
+        await asyncio.wait([serving, listening], return_when=asyncio.FIRST_COMPLETED)
+        if serving.done():
+            serving.result()  # it could not start: say why
+        yield
+    finally:
+        listening.cancel()
+        server.should_exit = True
+        await serving

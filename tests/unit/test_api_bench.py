@@ -1,0 +1,53 @@
+"""api-bench's CPU figures: per request from two samples of /proc."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from healthscore_lab.api_bench import CpuMeter, CpuSample, cpu_figures
+
+
+def test_cpu_per_request_and_cores_from_two_samples() -> None:
+    before = CpuSample(
+        at=10.0,
+        api=1.0,
+        pg_api=2.0,
+        pg_total=3.0,
+        client=0.5,
+        consumer=1.0,
+        broker=0.1,
+        machine=20.0,
+    )
+    after = CpuSample(
+        at=12.0,
+        api=1.5,
+        pg_api=2.8,
+        pg_total=4.0,
+        client=0.7,
+        consumer=1.6,
+        broker=0.3,
+        machine=23.6,
+    )
+    figures = cpu_figures(before, after, requests=250)
+    assert figures["api_cpu_us"] == 2000  # 0.5 s over 250 requests
+    assert figures["pg_api_cpu_us"] == 3200
+    assert figures["pg_cores"] == 0.5  # 1 s of CPU in 2 s
+    assert figures["client_cores"] == 0.1
+    assert figures["consumer_cores"] == 0.3
+    assert figures["broker_cores"] == 0.1
+    assert figures["machine_cores"] == 1.8
+    assert cpu_figures(before, None, 250) == {} and cpu_figures(before, after, 0) == {}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_meter_reads_this_process() -> None:
+    meter = CpuMeter([os.getpid()], postmaster=None)
+    first = meter.sample()
+    sum(i * i for i in range(200_000))  # burn a little CPU
+    second = meter.sample()
+    assert first is not None and second is not None
+    assert second.api >= first.api and second.client >= first.client
+    assert second.machine >= first.machine and second.at > first.at

@@ -1,0 +1,86 @@
+"""The one loop every background task runs in."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from structlog.testing import capture_logs
+
+from healthscore.service import periodic
+from healthscore.service.periodic import AT_ONCE, every
+
+
+async def test_more_work_runs_again_at_once_and_failures_are_logged_and_retried() -> None:
+    stop = asyncio.Event()
+    calls: list[str] = []
+    script = ["more", "more", "fail", "idle", "more", "stop"]
+
+    async def step() -> float | None:
+        what = script[len(calls)]
+        calls.append(what)
+        if what == "fail":
+            raise RuntimeError("broker away")
+        if what == "stop":
+            stop.set()
+        return AT_ONCE if what == "more" else None
+
+    with capture_logs() as logs:
+        await asyncio.wait_for(every(0.001, step, stop, "thing"), 5)
+    assert calls == script
+    assert [e["event"] for e in logs] == ["thing_failed"]
+    assert logs[0]["error"] == "RuntimeError"
+
+
+async def test_a_stop_cuts_the_pause_short() -> None:
+    stop = asyncio.Event()
+
+    async def idle() -> None:
+        asyncio.get_running_loop().call_soon(stop.set)
+
+    # an hour's interval: only the stop can end this quickly
+    await asyncio.wait_for(every(3600.0, idle, stop, "never"), 5)
+
+
+async def test_failures_back_off_up_to_the_limit_and_a_success_resets_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stop = asyncio.Event()
+    pauses: list[float] = []
+
+    async def pause(event: asyncio.Event, seconds: float) -> None:
+        pauses.append(seconds)
+
+    monkeypatch.setattr(periodic, "pause_unless_stopped", pause)
+    script = ["fail", "fail", "fail", "ok", "fail", "stop"]
+    calls = 0
+
+    async def step() -> None:
+        nonlocal calls
+        what = script[calls]
+        calls += 1
+        if what == "fail":
+            raise RuntimeError("down")
+        if what == "stop":
+            stop.set()
+
+    with capture_logs():
+        await asyncio.wait_for(every(0.01, step, stop, "thing", max_backoff=0.04), 5)
+    # doubling while failing, capped; the interval after a success; doubling again;
+    # the interval after the last step (a pause the stop cuts short)
+    assert pauses == [0.02, 0.04, 0.04, 0.01, 0.02, 0.01]
+
+
+async def test_a_step_may_ask_for_its_own_pause() -> None:
+    stop = asyncio.Event()
+    starts: list[float] = []
+
+    async def step() -> float:
+        starts.append(time.monotonic())
+        if len(starts) == 2:
+            stop.set()
+        return 0.05
+
+    await asyncio.wait_for(every(3600.0, step, stop, "short"), 5)
+    assert 0.04 <= starts[1] - starts[0] < 1.0

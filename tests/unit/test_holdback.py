@@ -1,0 +1,178 @@
+"""The hold-back buffer against an in-memory consumer: what the alignment did not
+apply waits (its partition paused), goes first in the next batch, and leaves
+with a revoke or a failed batch."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from healthscore.contracts import UsageEvent
+from healthscore.core.partitions import PartitionKey
+from healthscore.service.holdback import HoldBack, Item
+from healthscore.service.ingest.decode import Decoded, RawRecord
+from healthscore.service.ingest.pipeline import BatchOutcome
+from tests.utils.fake_consumer import FakeConsumer
+from tests.utils.fakes import FakeClock
+
+T0 = datetime(2026, 5, 1, tzinfo=UTC)
+U0: PartitionKey = ("usage", 0)
+S0: PartitionKey = ("support", 0)
+
+
+class CountingDecode:
+    """Decodes a record's value (hours after T0) into a usage event; counts records."""
+
+    def __init__(self) -> None:
+        self.decoded: list[tuple[PartitionKey, int]] = []
+
+    def __call__(self, records: Sequence[RawRecord]) -> list[Item]:
+        items: list[Item] = []
+        for record in records:
+            self.decoded.append(((record.topic, record.partition), record.offset))
+            assert record.value is not None
+            event = UsageEvent(
+                event_id=uuid.uuid4(),
+                organization_id=uuid.UUID(int=1),
+                type="login",
+                occurred_at=T0 + timedelta(hours=float(record.value)),
+            )
+            items.append(Decoded(record, event))
+        return items
+
+
+def raw(key: PartitionKey, offset: int, hours: float = 0.0) -> RawRecord:
+    return RawRecord(key[0], key[1], offset, None, str(hours).encode())
+
+
+def offsets(items: list[Item]) -> list[tuple[PartitionKey, int]]:
+    return [((i.record.topic, i.record.partition), i.record.offset) for i in items]
+
+
+def outcome_holding(
+    items: list[Item], held_from: dict[PartitionKey, int], frontiers: dict[PartitionKey, float]
+) -> BatchOutcome:
+    """What the pipeline reports for `items` with `held_from` held back."""
+    applied = [
+        i
+        for i in items
+        if i.record.offset < held_from.get((i.record.topic, i.record.partition), 1 << 62)
+    ]
+    next_offsets: dict[PartitionKey, int] = {}
+    for item in applied:
+        key = (item.record.topic, item.record.partition)
+        next_offsets[key] = max(next_offsets.get(key, 0), item.record.offset + 1)
+    return BatchOutcome(
+        records=len(applied), held_from=held_from, frontiers=frontiers, next_offsets=next_offsets
+    )
+
+
+def test_without_held_records_a_batch_is_what_was_fetched() -> None:
+    decode = CountingDecode()
+    buffer = HoldBack(decode)
+    consumer = FakeConsumer(assigned=[U0, S0])
+    items = buffer.merge(consumer, [raw(U0, 0), raw(S0, 0)])
+    assert offsets(items) == [(U0, 0), (S0, 0)]
+    assert not buffer.holding
+
+
+def test_held_records_are_paused_then_go_first_and_are_not_decoded_again() -> None:
+    decode = CountingDecode()
+    buffer = HoldBack(decode)
+    consumer = FakeConsumer(assigned=[U0, S0])
+    items = buffer.merge(consumer, [raw(U0, 0, 1), raw(S0, 0, 1), raw(S0, 1, 48), raw(S0, 2, 72)])
+    buffer.keep(consumer, outcome_holding(items, {S0: 1}, {U0: 1.0, S0: 72.0}), items)
+    assert buffer.held() == {S0: [1, 2]}
+    assert consumer.paused_keys == {S0}
+
+    # the paused partition is fetched again from its position: repeats are skipped
+    decode.decoded.clear()
+    again = buffer.merge(consumer, [raw(U0, 1, 50), raw(S0, 2, 72), raw(S0, 3, 80)])
+    assert offsets(again) == [(S0, 1), (S0, 2), (U0, 1), (S0, 3)]
+    assert decode.decoded == [(U0, 1), (S0, 3)]
+
+    # a batch that holds nothing resumes the partition
+    buffer.keep(consumer, outcome_holding(again, {}, {U0: 50.0, S0: 80.0}), again)
+    assert not buffer.holding
+    assert consumer.paused_keys == set()
+
+
+def test_the_view_carries_frontiers_positions_and_high_watermarks_of_assigned_partitions() -> None:
+    buffer = HoldBack(CountingDecode(), live_lag_records=10)
+    consumer = FakeConsumer(assigned=[U0, S0], highwater={U0: 40})
+    buffer.positioned(U0, 5)
+    buffer.positioned(S0, 7)
+    items = buffer.merge(consumer, [raw(U0, 5, 2), raw(S0, 7, 1), raw(S0, 8, 30)])
+    buffer.keep(consumer, outcome_holding(items, {S0: 8}, {U0: 2.0, S0: 30.0}), items)
+    view = buffer.view(consumer)
+    assert view is not None
+    assert view.assigned == frozenset({U0, S0})
+    assert view.high_watermarks == {U0: 40}
+    # applied up to the next offset; a held partition's position is its first held record
+    assert view.positions == {U0: 6, S0: 8}
+    assert view.frontiers == {U0: 2.0, S0: 30.0}
+    assert view.live_lag_records == 10
+
+
+def test_a_revoked_partition_takes_its_held_records_and_state_with_it() -> None:
+    buffer = HoldBack(CountingDecode())
+    consumer = FakeConsumer(assigned=[U0, S0])
+    buffer.positioned(S0, 3)
+    items = buffer.merge(consumer, [raw(U0, 0, 1), raw(S0, 3, 1), raw(S0, 4, 50)])
+    buffer.keep(consumer, outcome_holding(items, {S0: 4}, {S0: 50.0}), items)
+    buffer.forget({S0})
+    assert not buffer.holding
+    assert S0 not in buffer.start_positions
+    view = buffer.view(consumer)
+    assert view is not None and S0 not in view.positions and S0 not in view.frontiers
+
+
+def test_held_records_of_a_partition_no_longer_assigned_are_dropped() -> None:
+    buffer = HoldBack(CountingDecode())
+    consumer = FakeConsumer(assigned=[U0, S0])
+    items = buffer.merge(consumer, [raw(U0, 0, 1), raw(S0, 0, 1), raw(S0, 1, 50)])
+    buffer.keep(consumer, outcome_holding(items, {S0: 1}, {S0: 50.0}), items)
+    consumer.assign([U0])
+    assert offsets(buffer.merge(consumer, [raw(U0, 1, 2)])) == [(U0, 1)]
+    assert not buffer.holding
+
+
+def test_a_failed_batch_releases_everything_held() -> None:
+    buffer = HoldBack(CountingDecode())
+    consumer = FakeConsumer(assigned=[U0, S0])
+    items = buffer.merge(consumer, [raw(U0, 0, 1), raw(S0, 0, 1), raw(S0, 1, 50)])
+    buffer.keep(consumer, outcome_holding(items, {S0: 1}, {S0: 50.0}), items)
+    assert consumer.paused_keys == {S0}
+    buffer.release(consumer)
+    assert not buffer.holding
+    assert consumer.paused_keys == set()
+
+
+def test_held_records_are_due_once_no_batch_came_for_the_idle_time() -> None:
+    clock = FakeClock(100.0)
+    buffer = HoldBack(CountingDecode(), clock=clock)
+    consumer = FakeConsumer(assigned=[U0, S0])
+    items = buffer.merge(consumer, [raw(U0, 0, 1), raw(S0, 0, 1), raw(S0, 1, 50)])
+    buffer.keep(consumer, outcome_holding(items, {S0: 1}, {S0: 50.0}), items)
+    assert not buffer.due(0.05)
+    clock.now += 0.06
+    assert buffer.due(0.05)
+    buffer.merge(consumer, [])  # a batch ran
+    assert not buffer.due(0.05)
+
+
+def test_a_batch_that_only_holds_for_too_long_is_applied_unaligned() -> None:
+    clock = FakeClock(100.0)
+    buffer = HoldBack(CountingDecode(), max_alignment_wait=2.0, clock=clock)
+    consumer = FakeConsumer(assigned=[U0, S0])
+    items = buffer.merge(consumer, [raw(S0, 0, 50)])
+    # nothing applied, everything held: the alignment waits for usage
+    buffer.keep(consumer, outcome_holding(items, {S0: 0}, {S0: 50.0}), items)
+    assert buffer.view(consumer) is not None
+    clock.now += 2.5
+    assert buffer.view(consumer) is None
+    # a batch that applies something ends the wait
+    items = buffer.merge(consumer, [raw(U0, 0, 1)])
+    buffer.keep(consumer, outcome_holding(items, {}, {U0: 1.0}), items)
+    assert buffer.view(consumer) is not None

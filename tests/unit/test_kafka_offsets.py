@@ -1,0 +1,149 @@
+"""The offset protocol against an in-memory consumer and stored offsets: seek where
+the database says on assignment, refuse what lies outside the log, seek back, commit."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
+
+from healthscore.core.partitions import PartitionKey
+from healthscore.service.holdback import HoldBack
+from healthscore.service.kafka_offsets import ConsumerNotStarted, KafkaOffsets
+from tests.utils.fake_consumer import FakeConsumer
+
+U0: PartitionKey = ("usage", 0)
+U1: PartitionKey = ("usage", 1)
+S0: PartitionKey = ("support", 0)
+
+
+class StoredOffsets:
+    """A pool whose one query is the stored offsets (`store.offsets.stored_offsets`)."""
+
+    def __init__(self, stored: dict[PartitionKey, int]) -> None:
+        self.stored = stored
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        yield self
+
+    async def fetch(self, query: str, group: str) -> list[dict[str, Any]]:
+        return [{"topic": t, "partition": p, "next_offset": o} for (t, p), o in self.stored.items()]
+
+
+def tps(*keys: PartitionKey) -> set[TopicPartition]:
+    return {TopicPartition(*key) for key in keys}
+
+
+def protocol(
+    stored: dict[PartitionKey, int], **kwargs: Any
+) -> tuple[KafkaOffsets, HoldBack, list[tuple[str, int]]]:
+    holdback = HoldBack(lambda records: [])
+    changes: list[tuple[str, int]] = []
+    offsets = KafkaOffsets(
+        StoredOffsets(stored),  # type: ignore[arg-type]
+        "g",
+        holdback,
+        on_change=lambda change, n: changes.append((change, n)),
+        **kwargs,
+    )
+    return offsets, holdback, changes
+
+
+async def test_assignment_seeks_to_the_stored_offsets_and_new_partitions_to_the_log_start() -> None:
+    offsets, holdback, changes = protocol({U0: 7})
+    consumer = FakeConsumer(log_starts={U1: 3}, log_ends={U0: 10, U1: 5})
+    offsets.consumer_built(consumer)
+    await offsets.on_partitions_assigned(tps(U0, U1))
+    assert consumer.positions == {U0: 7, U1: 3}
+    assert offsets.assigned == {U0, U1}
+    assert offsets.sought == {U0: 7, U1: 3}
+    assert holdback.start_positions == {U0: 7, U1: 3}
+    assert changes == [("assigned", 2)]
+
+
+async def test_a_stored_offset_outside_the_log_is_refused_and_paused() -> None:
+    refused: list[tuple[PartitionKey, str | None]] = []
+    offsets, _, _ = protocol(
+        {U0: 50, U1: 1}, on_refused=lambda key, why: refused.append((key, why))
+    )
+    consumer = FakeConsumer(log_starts={U1: 4}, log_ends={U0: 10, U1: 9})
+    offsets.consumer_built(consumer)
+    await offsets.on_partitions_assigned(tps(U0, U1))
+    assert consumer.positions == {}
+    assert consumer.paused_keys == {U0, U1}
+    assert "above the high watermark 10" in offsets.refused[U0]
+    assert "below the log start 4" in offsets.refused[U1]
+    assert sorted(key for key, _ in refused) == [U0, U1]
+
+    # revoked: no longer refused by this process
+    await offsets.on_partitions_revoked(tps(U0, U1))
+    assert offsets.refused == {} and offsets.assigned == set()
+    assert sorted(refused[2:]) == [(U0, None), (U1, None)]
+
+
+async def test_a_low_end_offset_is_confirmed_from_a_fetch_before_refusing() -> None:
+    async def true_ends(keys: list[PartitionKey]) -> dict[PartitionKey, int]:
+        return dict.fromkeys(keys, 60)
+
+    offsets, _, _ = protocol({U0: 50}, true_ends=true_ends)
+    consumer = FakeConsumer(log_ends={U0: 49})  # a broker answering ListOffsets low
+    offsets.consumer_built(consumer)
+    await offsets.on_partitions_assigned(tps(U0))
+    assert offsets.refused == {}
+    assert consumer.positions == {U0: 50}
+
+
+async def test_revoking_forgets_what_was_sought_and_held() -> None:
+    offsets, holdback, changes = protocol({U0: 2, S0: 4})
+    consumer = FakeConsumer(log_ends={U0: 10, S0: 10})
+    offsets.consumer_built(consumer)
+    await offsets.on_partitions_assigned(tps(U0, S0))
+    await offsets.on_partitions_revoked(tps(S0))
+    assert offsets.assigned == {U0}
+    assert offsets.sought == {U0: 2}
+    assert holdback.start_positions == {U0: 2}
+    assert changes == [("assigned", 2), ("revoked", 1)]
+
+
+async def test_rewind_seeks_back_only_assigned_partitions_and_an_applied_batch_clears_sought() -> (
+    None
+):
+    offsets, _, _ = protocol({})
+    consumer = FakeConsumer(assigned=[U0])
+    offsets.consumer_built(consumer)
+    offsets.rewind({U0: 12, U1: 3})
+    assert consumer.seeks == [(U0, 12)]
+    assert offsets.sought == {U0: 12}
+    offsets.applied({U0: 20})
+    assert offsets.sought == {}
+
+
+async def test_commit_sends_assigned_partitions_and_a_failed_commit_is_only_logged() -> None:
+    offsets, _, _ = protocol({})
+    consumer = FakeConsumer(assigned=[U0])
+    offsets.consumer_built(consumer)
+    await offsets.commit({U0: 5, U1: 9})
+    assert consumer.commits == [{U0: 5}]
+    await offsets.commit({U1: 9})  # nothing assigned: no commit at all
+    assert len(consumer.commits) == 1
+    consumer.commit_error = KafkaConnectionError()
+    await offsets.commit({U0: 6})  # the database holds the real progress
+
+
+def test_the_consumer_is_there_only_once_the_broker_built_it() -> None:
+    offsets, _, _ = protocol({})
+    with pytest.raises(ConsumerNotStarted):
+        _ = offsets.consumer
+
+
+async def test_without_kafka_commits_the_offsets_stay_in_postgresql_only() -> None:
+    offsets, _, _ = protocol({}, commit_to_kafka=False)
+    consumer = FakeConsumer(assigned=[U0])
+    offsets.consumer_built(consumer)
+    await offsets.commit({U0: 5})
+    assert consumer.commits == []
