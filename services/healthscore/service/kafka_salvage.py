@@ -148,10 +148,16 @@ class CorruptRecordMonitor:
             "unresolved": self.unresolved,
         }
 
+    def stuck(self) -> str | None:
+        """Why the consumer cannot get past an unreadable record, if it cannot."""
+        if self.unresolved is None:
+            return None
+        return f"cannot get past an unreadable record: {self.unresolved}"
+
     async def check(self, recent_seconds: float = 300.0) -> str | None:
-        """A readiness check: a problem while a corrupt record is recent or one is stuck."""
-        if self.unresolved is not None:
-            return f"cannot get past an unreadable record: {self.unresolved}"
+        """A problem while a corrupt record is recent or one is stuck."""
+        if (stuck := self.stuck()) is not None:
+            return stuck
         last = self.last
         if last is None:
             return None

@@ -60,9 +60,7 @@ def readiness_checks(
     async def corrupt() -> str | None:
         # a salvaged record is dead-lettered and shown in the notes; only one the
         # consumer cannot get past makes the service unready
-        if corrupt_records.unresolved is not None:
-            return f"cannot get past an unreadable record: {corrupt_records.unresolved}"
-        return None
+        return corrupt_records.stuck()
 
     return {
         "postgres": postgres,
