@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
-from collections.abc import Iterator
 from typing import Any
 
 import structlog
@@ -15,22 +13,15 @@ from pydantic import SecretStr
 from healthscore.api.app import asgi_app
 from healthscore.api.dev import DevIdentity, dev_login_url, prepare_dev_identity
 from healthscore.api.state import ApiConfig
+from healthscore.asgi_server import SignalFreeServer
 from healthscore.config import Settings
 from healthscore.store.db import database_tls
 
 log = structlog.get_logger(__name__)
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the caller decides when to stop."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def _uvicorn(app: Any, host: str, port: int) -> _Server:
-    return _Server(
+def _uvicorn(app: Any, host: str, port: int) -> SignalFreeServer:
+    return SignalFreeServer(
         uvicorn.Config(
             app,
             host=host,

@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import uvicorn
 from faststream.asgi.types import ASGIApp
 
+from healthscore.asgi_server import SignalFreeServer
 from healthscore.errors import StartupRefused
 
 # an idle keep-alive connection is closed after this long
@@ -50,7 +51,7 @@ def bind_ops_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-class _OpsServer(uvicorn.Server):
+class _OpsServer(SignalFreeServer):
     def __init__(self, config: uvicorn.Config) -> None:
         super().__init__(config)
         self.listening = asyncio.Event()
@@ -58,12 +59,6 @@ class _OpsServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         self.listening.set()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        # SIGTERM and SIGINT stop the whole service (`healthscore serve` handles
-        # them), not this server alone; uvicorn would also raise them again on exit
-        yield
 
 
 @contextlib.asynccontextmanager
