@@ -150,6 +150,13 @@ class Settings(BaseSettings):
         gt=0,
         description="/readyz fails while the read model is further behind than this",
     )
+    owned_states_max: int = Field(
+        default=200_000,
+        ge=0,
+        description="organization states a consumer process holds between batches, so that "
+        "a batch need not read and lock them (least recently used beyond it are dropped; "
+        "0: every batch reads its organizations' states)",
+    )
     dedupe_retention_days: int = Field(default=14, ge=1)
     silence_rescore_after_seconds: float = Field(
         default=6 * 3600,

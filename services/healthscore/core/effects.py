@@ -76,6 +76,52 @@ class BatchEffects:
     alerts: list[RaisedAlert] = field(default_factory=list)
     misrouted: list[tuple[SupportEvent, str]] = field(default_factory=list)
     applied: int = 0
+    _applied_per_org: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def without(self, organizations: set[str]) -> BatchEffects:
+        """These effects less those of `organizations` (their events are computed again).
+
+        Every effect belongs to one organization, so the rest stay exactly as
+        computed: a batch that finds some organizations' state changed by another
+        writer recomputes only theirs (`healthscore.service.ingest.pipeline`).
+        """
+        return BatchEffects(
+            states={o: s for o, s in self.states.items() if o not in organizations},
+            interactions={
+                k: r for k, r in self.interactions.items() if r.organization_id not in organizations
+            },
+            milestones=[(o, m) for o, m in self.milestones if o not in organizations],
+            rescored={o: r for o, r in self.rescored.items() if o not in organizations},
+            silence_rescorings=[
+                r for r in self.silence_rescorings if r.organization_id not in organizations
+            ],
+            daily={k: r for k, r in self.daily.items() if k[0] not in organizations},
+            alerts=[a for a in self.alerts if a.organization_id not in organizations],
+            misrouted=[
+                (e, owner)
+                for e, owner in self.misrouted
+                if str(e.organization_id) not in organizations
+            ],
+            applied=self.applied - sum(self._applied_per_org.get(o, 0) for o in organizations),
+            _applied_per_org={
+                o: n for o, n in self._applied_per_org.items() if o not in organizations
+            },
+        )
+
+    def merge(self, other: BatchEffects) -> BatchEffects:
+        """These effects and `other`'s, of disjoint organizations."""
+        self.states.update(other.states)
+        self.interactions.update(other.interactions)
+        self.milestones.extend(other.milestones)
+        self.rescored.update(other.rescored)
+        self.silence_rescorings.extend(other.silence_rescorings)
+        self.daily.update(other.daily)
+        self.alerts.extend(other.alerts)
+        self.misrouted.extend(other.misrouted)
+        self.applied += other.applied
+        for org, n in other._applied_per_org.items():
+            self._applied_per_org[org] = self._applied_per_org.get(org, 0) + n
+        return self
 
     def history(self) -> list[Rescored]:
         """The score history rows: each organization's last score of each day it was scored.
@@ -242,6 +288,7 @@ def compute_batch_effects(
         else:
             raise TypeError(f"not an event of the core: {type(event).__name__}")
         effects.applied += 1
+        effects._applied_per_org[org] = effects._applied_per_org.get(org, 0) + 1
         assert state.last_event_at is not None
         # as of the newest event, or of a later silence rescoring: an event older
         # than those (late) must not move the score back to before them

@@ -164,6 +164,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         rescore_step_seconds=s.silence_rescore_after_seconds,
         silence_rescoring=o.run_sweep,
         read_model_in_transaction=o.read_model_in_transaction,
+        owned_states=s.owned_states_max,
     )
 
     async def true_ends(partitions: list[PartitionKey]) -> dict[PartitionKey, int]:
@@ -171,6 +172,10 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
             return await probe.high_watermarks(partitions)
 
     def on_rebalance(change: str, partitions: int) -> None:
+        if change == "revoked":
+            # their next owner writes them now: what this process holds would only
+            # fail its version checks
+            pipeline.forget_owned_states()
         metrics.rebalances.labels(change).inc()
         log.info("rebalance", change=change, partitions=partitions)
 

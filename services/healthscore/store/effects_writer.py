@@ -8,6 +8,7 @@ state write queues each changed organization for the projector
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -16,7 +17,7 @@ import orjson
 from healthscore.contracts.alerts import ChurnRiskAlert, HealthAction, RiskFactor
 from healthscore.core.effects import BatchEffects, RaisedAlert, next_silence_rescore
 from healthscore.core.scoring.model import ScoreModel
-from healthscore.core.scoring.state import encode_state
+from healthscore.core.scoring.state import OrganizationState, encode_state
 from healthscore.store import Connection, sql
 from healthscore.store.records import interaction_columns, to_datetime
 
@@ -59,8 +60,13 @@ async def write_effects(
     model: ScoreModel,
     rescore_step_seconds: float,
     timings_ms: dict[str, float] | None = None,
+    *,
+    save_states: bool = True,
 ) -> None:
-    """Write every effect; with `timings_ms`, record milliseconds per statement."""
+    """Write every effect; with `timings_ms`, record milliseconds per statement.
+
+    `save_states=False`: the caller saved the states already (`save_states_checked`).
+    """
     timings = timings_ms if timings_ms is not None else {}
     clock = [time.perf_counter()]
 
@@ -99,7 +105,6 @@ async def write_effects(
         states = effects.states
         orgs = [UUID(r.organization_id) for r in rescored]
         org_states = [states[r.organization_id] for r in rescored]
-        lap("w_prepare")
         # each organization's last score of each event-time day it was scored on
         history = effects.history()
         await conn.execute(
@@ -114,14 +119,11 @@ async def write_effects(
             [str(r.cause) for r in history],
         )
         lap("w_history")
-        await conn.execute(
-            sql.SAVE_STATES,
-            orgs,
-            [encode_state(s).decode() for s in org_states],
-            [to_datetime(s.last_event_at) for s in org_states],
-            [to_datetime(next_silence_rescore(s, rescore_step_seconds)) for s in org_states],
-        )
-        lap("w_states")
+        if save_states:
+            await conn.execute(
+                sql.SAVE_STATES, orgs, *_state_columns(org_states, rescore_step_seconds)
+            )
+            lap("w_states")
 
     if effects.alerts:
         alerts = effects.alerts
@@ -134,3 +136,45 @@ async def write_effects(
             [alert_payload(a) for a in alerts],
         )
         lap("w_alerts")
+
+
+def _state_columns(
+    states: list[OrganizationState], rescore_step_seconds: float
+) -> tuple[list[str], list[datetime | None], list[datetime | None]]:
+    return (
+        [encode_state(s).decode() for s in states],
+        [to_datetime(s.last_event_at) for s in states],
+        [to_datetime(next_silence_rescore(s, rescore_step_seconds)) for s in states],
+    )
+
+
+async def save_states_checked(
+    conn: Connection,
+    effects: BatchEffects,
+    versions: Mapping[str, int],
+    rescore_step_seconds: float,
+) -> tuple[dict[str, int], set[str]]:
+    """Save the rescored states computed from `versions` (absent: no stored row yet).
+
+    Returns the new version of each saved organization and the organizations
+    another writer changed (or created) meanwhile, which were not saved.
+    """
+    stored: list[OrganizationState] = []
+    new: list[OrganizationState] = []
+    for org in effects.rescored:
+        (stored if org in versions else new).append(effects.states[org])
+    saved: dict[str, int] = {}
+    if stored:
+        rows = await conn.fetch(
+            sql.SAVE_STATES_CHECKED,
+            [UUID(s.organization_id) for s in stored],
+            *_state_columns(stored, rescore_step_seconds),
+            [versions[s.organization_id] for s in stored],
+        )
+        saved.update((str(r["organization_id"]), r["version"]) for r in rows)
+    if new:
+        ids = [UUID(s.organization_id) for s in new]
+        await conn.execute(sql.ENSURE_ORGANIZATIONS, ids)
+        rows = await conn.fetch(sql.INSERT_STATES, ids, *_state_columns(new, rescore_step_seconds))
+        saved.update((str(r["organization_id"]), r["version"]) for r in rows)
+    return saved, {org for org in effects.rescored if org not in saved}

@@ -71,11 +71,62 @@ RETURNING organization_id
 # Rows are locked in organization order by every writer (consumers and the
 # sweep), so two transactions never wait on each other in a cycle.
 LOCK_STATES = """
-SELECT organization_id, state::text AS state
+SELECT organization_id, state::text AS state, health_version
 FROM organization_state
 WHERE organization_id = ANY($1::uuid[])
 ORDER BY organization_id
 FOR UPDATE
+"""
+
+# A consumer's read of the states it does not hold (see OwnedStates): no row
+# locks. What it writes back is checked against `health_version` instead.
+LOAD_STATES = """
+SELECT organization_id, state::text AS state, health_version
+FROM organization_state
+WHERE organization_id = ANY($1::uuid[])
+"""
+
+# Saves the states whose stored version is still the one they were computed
+# from and queues them for the projector; RETURNING names the saved ones and
+# their new versions. A row another writer (the sweep, a replica during a
+# rebalance) changed meanwhile is left alone: its events are computed again.
+SAVE_STATES_CHECKED = """
+WITH saved AS (
+UPDATE organization_state s
+SET state = x.state::json,
+    last_event_at = x.last_event_at,
+    rescore_due_at = x.rescore_due_at,
+    health_version = s.health_version + 1,
+    updated_at = now()
+FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[])
+     AS x(organization_id, state, last_event_at, rescore_due_at, version)
+WHERE s.organization_id = x.organization_id AND s.health_version = x.version
+RETURNING s.organization_id, s.health_version
+)
+INSERT INTO read_model_pending AS q (organization_id, version)
+SELECT organization_id, health_version FROM saved ORDER BY organization_id
+ON CONFLICT (organization_id) DO UPDATE SET version = EXCLUDED.version
+RETURNING q.organization_id, q.version
+"""
+
+# The first state of organizations no row exists for (their `organizations` row
+# is ensured first). One created meanwhile by another writer is left out of
+# RETURNING and computed again, as in SAVE_STATES_CHECKED.
+INSERT_STATES = """
+WITH created AS (
+INSERT INTO organization_state (
+    organization_id, state, last_event_at, rescore_due_at, health_version)
+SELECT organization_id, state::json, last_event_at, rescore_due_at, 1
+FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[])
+     AS x(organization_id, state, last_event_at, rescore_due_at)
+ORDER BY organization_id
+ON CONFLICT (organization_id) DO NOTHING
+RETURNING organization_id, health_version
+)
+INSERT INTO read_model_pending AS q (organization_id, version)
+SELECT organization_id, health_version FROM created ORDER BY organization_id
+ON CONFLICT (organization_id) DO UPDATE SET version = EXCLUDED.version
+RETURNING q.organization_id, q.version
 """
 
 SAVE_STATES = """

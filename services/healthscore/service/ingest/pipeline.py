@@ -45,9 +45,10 @@ from healthscore.core.scoring.state import OrganizationState, decode_state
 from healthscore.errors import InvalidStoredOffset, OffsetGap
 from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord, Rejection, event_json
 from healthscore.service.ingest.dlq import DeadLetterQueue
+from healthscore.service.ingest.owned import OwnedStates
 from healthscore.service.projector import project_in_transaction
 from healthscore.store import Connection, sql
-from healthscore.store.effects_writer import write_effects
+from healthscore.store.effects_writer import save_states_checked, write_effects
 from healthscore.store.records import interaction_from_row
 
 # Errors that say "this data cannot be applied", not "the database or broker is
@@ -85,6 +86,11 @@ class BatchOutcome:
     duplicates: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     organizations_rescored: int = 0
+    # organizations whose state the consumer held, read, or found changed by another
+    # writer (computed again under lock)
+    states_held: int = 0
+    states_read: int = 0
+    states_changed_elsewhere: int = 0
     alerts: dict[str, int] = field(default_factory=dict)
     milestones: int = 0
     consumed_by_topic: dict[str, int] = field(default_factory=dict)
@@ -131,8 +137,11 @@ class BatchPipeline:
         max_unprocessable_per_batch: int = 10,
         silence_rescoring: bool = False,
         read_model_in_transaction: bool = False,
+        owned_states: int = 0,
     ) -> None:
         self._pool = pool
+        # states held between batches (OwnedStates; 0: every batch reads them)
+        self._owned = OwnedStates(owned_states)
         # the naive baseline's way: the read model in every batch's transaction
         self._read_model_in_transaction = read_model_in_transaction
         self._max_unprocessable = max_unprocessable_per_batch
@@ -144,6 +153,13 @@ class BatchPipeline:
         # with the silence sweep on: rescore an organization's silence before its
         # next event (see healthscore.service.sweep), so that it does not depend on timing
         self._silence_step = rescore_step_seconds if silence_rescoring else None
+
+    def forget_owned_states(self) -> None:
+        self._owned.clear()
+
+    @property
+    def owned_states(self) -> OwnedStates:
+        return self._owned
 
     def decode(self, records: Sequence[RawRecord]) -> list[Decoded | Rejection]:
         return [self._decoder.decode(r) for r in records]
@@ -284,7 +300,9 @@ class BatchPipeline:
             outcome.duplicates = len(duplicates)
             for item in duplicates:
                 _count(outcome.duplicates_by_topic, item.record.topic)
-            effects = await self._compute(conn, [d.event for d in new_events], marks)
+            effects, saved = await self._compute_and_save_states(
+                conn, [d.event for d in new_events], marks, outcome
+            )
             for event, owner in effects.misrouted:
                 dead.append(_misrouted_rejection(events, event, owner))
             if effects.misrouted:
@@ -293,7 +311,14 @@ class BatchPipeline:
                 await conn.execute(
                     sql.UNCLAIM_EVENT_IDS, [event.event_id for event, _ in effects.misrouted]
                 )
-            await write_effects(conn, effects, self._model, self._rescore_step, outcome.timings_ms)
+            await write_effects(
+                conn,
+                effects,
+                self._model,
+                self._rescore_step,
+                outcome.timings_ms,
+                save_states=False,
+            )
             if self._read_model_in_transaction:
                 states = [effects.states[org] for org in effects.rescored]
                 await project_in_transaction(conn, states, self._model)
@@ -313,6 +338,7 @@ class BatchPipeline:
                 [max_times.get(tp) for tp in partitions],
             )
         marks.lap("commit")
+        self._owned.give_back(effects.states, saved)
 
         misrouted = {id(event) for event, _ in effects.misrouted}
         for item in fresh:
@@ -334,23 +360,72 @@ class BatchPipeline:
         outcome.next_offsets = next_offsets
         return outcome
 
-    async def _compute(self, conn: Connection, events: list[Event], marks: _Marks) -> BatchEffects:
+    async def _compute_and_save_states(
+        self, conn: Connection, events: list[Event], marks: _Marks, outcome: BatchOutcome
+    ) -> tuple[BatchEffects, dict[str, int]]:
+        """Compute the effects of `events` and save the states: first, as the batch's first writes.
+
+        States come from what this consumer holds (`OwnedStates`) or are read
+        without locks; each save is checked against the version it was computed
+        from. The organizations another writer changed meanwhile are locked,
+        read and computed again; every other organization's effects stand, as
+        each effect belongs to one organization. Saving the states before any
+        other row means that a batch waiting for a state row holds no row that
+        the holder of that row (the sweep) could wait for.
+        """
         if not events:
-            return BatchEffects()
-        orgs = sorted({e.organization_id for e in events})
-        states = await _lock_states(conn, orgs)
-        interaction_ids = sorted({e.interaction_id for e in events if isinstance(e, SupportEvent)})
-        interactions: dict[str, InteractionRecord] = {}
-        if interaction_ids:
-            for row in await conn.fetch(sql.READ_INTERACTIONS, interaction_ids):
-                record = interaction_from_row(row)
-                interactions[record.id] = record
+            return BatchEffects(), {}
+        orgs = sorted({str(e.organization_id) for e in events})
+        states, versions, missing = self._owned.take(orgs)
+        outcome.states_held = len(versions)
+        outcome.states_read = len(missing)
+        if missing:
+            for row in await conn.fetch(sql.LOAD_STATES, [UUID(org) for org in missing]):
+                org = str(row["organization_id"])
+                versions[org] = row["health_version"]
+                if row["state"] != "null":  # a row created empty by an earlier release
+                    states[org] = decode_state(row["state"])
+        interactions = await _read_interactions(conn, events)
         marks.lap("load")
         effects = compute_batch_effects(
             events, states, interactions, self._model, self._silence_step
         )
         marks.lap("compute")
-        return effects
+        saved, changed = await save_states_checked(conn, effects, versions, self._rescore_step)
+        marks.lap("w_states")
+        if changed:
+            outcome.states_changed_elsewhere = len(changed)
+            again = [e for e in events if str(e.organization_id) in changed]
+            locked = await _lock_states(conn, sorted(UUID(org) for org in changed))
+            redo = compute_batch_effects(
+                again,
+                {org: state for org, (state, _) in locked.items() if state is not None},
+                await _read_interactions(conn, again),
+                self._model,
+                self._silence_step,
+            )
+            resaved, still = await save_states_checked(
+                conn,
+                redo,
+                {org: version for org, (_, version) in locked.items()},
+                self._rescore_step,
+            )
+            if still:  # under row locks nobody else can write them
+                raise RuntimeError(f"state rows changed under lock: {sorted(still)[:5]}")
+            effects = effects.without(changed).merge(redo)
+            saved.update(resaved)
+            marks.lap("w_changed")
+        return effects, saved
+
+
+async def _read_interactions(conn: Connection, events: list[Event]) -> dict[str, InteractionRecord]:
+    interaction_ids = sorted({e.interaction_id for e in events if isinstance(e, SupportEvent)})
+    interactions: dict[str, InteractionRecord] = {}
+    if interaction_ids:
+        for row in await conn.fetch(sql.READ_INTERACTIONS, interaction_ids):
+            record = interaction_from_row(row)
+            interactions[record.id] = record
+    return interactions
 
 
 def _check_no_gap(
@@ -374,31 +449,30 @@ async def _lock_offsets(
     return stored
 
 
-async def _lock_states(conn: Connection, orgs: list[UUID]) -> dict[str, OrganizationState]:
-    """Lock (creating where missing) the state rows of `orgs`; decode the stored ones.
+async def _lock_states(
+    conn: Connection, orgs: list[UUID]
+) -> dict[str, tuple[OrganizationState | None, int]]:
+    """Lock (creating where missing) the state rows of `orgs`: each stored state and version.
 
-    Most organizations of a batch exist already, so they are locked first and
-    only the missing ones pay for the two inserts.
+    A row created here, or an empty one of an earlier release, has no state (None).
     """
-    states: dict[str, OrganizationState] = {}
+    states: dict[str, tuple[OrganizationState | None, int]] = {}
 
     async def lock(some: list[UUID]) -> set[UUID]:
-        """Lock and decode the existing rows of `some` (a new row holds JSON null)."""
         found: set[UUID] = set()
         for row in await conn.fetch(sql.LOCK_STATES, some):
             found.add(row["organization_id"])
-            if row["state"] != "null":
-                states[str(row["organization_id"])] = decode_state(row["state"])
+            raw = row["state"]
+            state = None if raw == "null" else decode_state(raw)
+            states[str(row["organization_id"])] = (state, row["health_version"])
         return found
 
     found = await lock(orgs)
     missing = [org for org in orgs if org not in found]
     if missing:
         await conn.execute(sql.ENSURE_ORGANIZATIONS, missing)
-        created = {r["organization_id"] for r in await conn.fetch(sql.ENSURE_STATE_ROWS, missing)}
-        raced = [org for org in missing if org not in created]
-        if raced:
-            await lock(raced)  # created by another transaction meanwhile: lock theirs
+        await conn.execute(sql.ENSURE_STATE_ROWS, missing)
+        await lock(missing)  # ours, or created by another transaction meanwhile
     return states
 
 

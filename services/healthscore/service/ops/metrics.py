@@ -177,6 +177,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.organization_states = Counter(
+            "healthscore_organization_states_total",
+            "Organization states a batch started from: held by the consumer since its last "
+            "batch (held), read from PostgreSQL (read), or found changed by another writer "
+            "and computed again under lock (changed_elsewhere).",
+            ["source"],
+            registry=r,
+        )
         self.rebalances = Counter(
             "healthscore_rebalances_total",
             "Partition assignment changes.",
@@ -201,6 +209,10 @@ class Metrics:
             self.alerts_raised.labels(kind).inc(count)
         if outcome.milestones:
             self.milestones.inc(outcome.milestones)
+        states = self.organization_states
+        states.labels("held").inc(outcome.states_held)
+        states.labels("read").inc(outcome.states_read)
+        states.labels("changed_elsewhere").inc(outcome.states_changed_elsewhere)
         now_ms = time.time() * 1000
         for ts in outcome.record_timestamps_ms:
             self.produce_to_commit.observe(max(0.0, (now_ms - ts) / 1000))

@@ -43,7 +43,12 @@ PER_MESSAGE = ServiceOptions(
 def per_message(settings: Settings) -> Settings:
     """`settings` for one message per batch, applied as it arrives."""
     return settings.model_copy(
-        update={"batch_max_records": 1, "alignment_live_lag_records": ALL_LIVE}
+        update={
+            "batch_max_records": 1,
+            "alignment_live_lag_records": ALL_LIVE,
+            # as tutorials do: every message reads its organization's state
+            "owned_states_max": 0,
+        }
     )
 
 

@@ -1,0 +1,251 @@
+"""A consumer holds its organizations' states between batches, and that changes nothing.
+
+Through the real `BatchPipeline` and PostgreSQL (the pipeline's own
+`healthscore_writer` role): the same batches give the same stored states,
+history, milestones, interactions and alerts whether the pipeline holds the
+states or reads them every batch; a held state that another writer changed
+(a plain SQL write standing in for the sweep, or a second replica during a
+rebalance) is noticed by its version, read again under lock and its events
+computed from it, while the other organizations of the batch keep what was
+computed for them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from healthscore.core.scoring.model import default_model
+from healthscore.service.ingest.decode import Decoder, RawRecord
+from healthscore.service.ingest.dlq import DeadLetterQueue
+from healthscore.service.ingest.pipeline import BatchOutcome, BatchPipeline
+from healthscore.store.db import create_pool
+
+USAGE, SUPPORT = "usage.owned", "support.owned"
+T0 = datetime(2026, 11, 1, 9, tzinfo=UTC)
+KINDS = ("login", "feature_used", "client_added", "form_created", "payment_received")
+
+
+def _org(i: int) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"owned-org-{i}"))
+
+
+class _Log:
+    """A partitioned log handed to the pipeline in batches, offsets contiguous per partition."""
+
+    def __init__(self) -> None:
+        self._next: dict[tuple[str, int], int] = {}
+        self._n = 0
+
+    def usage(self, org: int, kind: str, at: datetime) -> RawRecord:
+        self._n += 1
+        body: dict[str, Any] = {
+            "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"owned-event-{self._n}")),
+            "organization_id": _org(org),
+            "user_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"owned-user-{org}-{self._n % 3}")),
+            "type": kind,
+            "feature": "calendar" if kind == "feature_used" else None,
+            "occurred_at": at.isoformat(),
+        }
+        return self._record(USAGE, org, body)
+
+    def support(self, org: int, action: str, at: datetime) -> RawRecord:
+        self._n += 1
+        body: dict[str, Any] = {
+            "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"owned-event-{self._n}")),
+            "organization_id": _org(org),
+            "interaction_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"owned-interaction-{org}")),
+            "action": action,
+            "interaction_type": "complaint",
+            "channel": "email",
+            "priority": "urgent",
+            "sentiment": "negative",
+            "occurred_at": at.isoformat(),
+        }
+        return self._record(SUPPORT, org, body)
+
+    def _record(self, topic: str, org: int, body: dict[str, Any]) -> RawRecord:
+        partition = org % 2
+        offset = self._next.get((topic, partition), 0)
+        self._next[(topic, partition)] = offset + 1
+        return RawRecord(topic, partition, offset, _org(org).encode(), orjson.dumps(body), 0)
+
+
+def _batches(log: _Log) -> list[list[RawRecord]]:
+    """Three batches over six organizations: new ones, held ones, one with a complaint."""
+    batches: list[list[RawRecord]] = []
+    for b in range(3):
+        day = T0 + timedelta(days=b)
+        batch = [
+            log.usage(org, KINDS[(org + n) % len(KINDS)], day + timedelta(hours=n))
+            for org in range(6)
+            for n in range(3)
+        ]
+        if b == 1:
+            batch.append(log.support(2, "opened", day + timedelta(hours=5)))
+        if b == 2:
+            batch.append(log.support(2, "resolved", day + timedelta(hours=5)))
+        batches.append(batch)
+    return batches
+
+
+@pytest.fixture
+async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
+def _pipeline(pool: asyncpg.Pool[Any], producer: AIOKafkaProducer, held: int) -> BatchPipeline:
+    return BatchPipeline(
+        pool=pool,
+        decoder=Decoder(USAGE, SUPPORT, 64 * 1024),
+        dlq=DeadLetterQueue(producer, ".dlq"),
+        model=default_model(),
+        consumer_group="owned",
+        rescore_step_seconds=6 * 3600,
+        owned_states=held,
+    )
+
+
+SNAPSHOT = {
+    "state": "SELECT organization_id, state::text AS s, health_version FROM organization_state",
+    "history": "SELECT organization_id, day, health_score, churn_probability, risk_level, cause "
+    "FROM health_score_history",
+    "milestones": "SELECT organization_id, milestone_type, achieved_at FROM success_milestones",
+    "interactions": "SELECT id, status, event_count FROM support_interactions",
+    "alerts": "SELECT alert_id, kind, episode FROM alert_outbox",
+    "queued": "SELECT organization_id, version FROM read_model_pending",
+    "processed": "SELECT event_id FROM processed_events",
+}
+
+
+async def _snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    conn = await asyncpg.connect(url)
+    try:
+        return {
+            name: sorted(tuple(r.values()) for r in await conn.fetch(query))
+            for name, query in SNAPSHOT.items()
+        }
+    finally:
+        await conn.close()
+
+
+async def _run(
+    url: str, producer: AIOKafkaProducer, held: int, batches: list[list[RawRecord]]
+) -> list[BatchOutcome]:
+    pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=1)
+    try:
+        pipeline = _pipeline(pool, producer, held)
+        return [await pipeline.process(batch) for batch in batches]
+    finally:
+        await pool.close()
+
+
+async def test_held_states_write_what_read_states_write(
+    database_factory: Any, migrated_template: str, producer: AIOKafkaProducer
+) -> None:
+    held_url = await database_factory(template=migrated_template)
+    read_url = await database_factory(template=migrated_template)
+    batches = _batches(_Log())
+
+    held = await _run(held_url, producer, 1000, batches)
+    read = await _run(read_url, producer, 0, batches)
+
+    assert [o.states_held for o in held] == [0, 6, 6]
+    assert [o.states_read for o in held] == [6, 0, 0]
+    assert [o.states_held for o in read] == [0, 0, 0]
+    assert [o.states_read for o in read] == [6, 6, 6]
+    assert [o.applied for o in held] == [o.applied for o in read] == [18, 19, 19]
+    assert await _snapshot(held_url) == await _snapshot(read_url)
+
+
+async def test_a_state_changed_by_another_writer_is_read_again(
+    database_factory: Any, migrated_template: str, producer: AIOKafkaProducer
+) -> None:
+    url = await database_factory(template=migrated_template)
+    reference_url = await database_factory(template=migrated_template)
+    log = _Log()
+    first = [log.usage(org, "login", T0 + timedelta(hours=org)) for org in range(4)]
+    second = [log.usage(org, "feature_used", T0 + timedelta(hours=9 + org)) for org in range(4)]
+
+    pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=1)
+    admin = await asyncpg.connect(url)
+    try:
+        pipeline = _pipeline(pool, producer, 1000)
+        await pipeline.process(first)
+        # another writer (the sweep, a replica) moves organization 1's state on
+        await admin.execute(
+            """
+            UPDATE organization_state
+            SET state = jsonb_set(state::jsonb, '{event_count}', '100')::json,
+                health_version = health_version + 1
+            WHERE organization_id = $1
+            """,
+            uuid.UUID(_org(1)),
+        )
+        outcome = await pipeline.process(second)
+        counts = {
+            str(r["organization_id"]): (r["n"], r["health_version"])
+            for r in await admin.fetch(
+                "SELECT organization_id, (state::jsonb->>'event_count')::int AS n, health_version "
+                "FROM organization_state"
+            )
+        }
+    finally:
+        await admin.close()
+        await pool.close()
+
+    assert outcome.states_held == 4 and outcome.states_read == 0
+    assert outcome.states_changed_elsewhere == 1
+    assert outcome.applied == 4 and outcome.organizations_rescored == 4
+    # organization 1 continued from the other writer's state, once; the others from theirs
+    assert counts[_org(1)] == (101, 3)
+    assert {counts[_org(org)] for org in (0, 2, 3)} == {(2, 2)}
+    # and the rest of what the batch wrote is what a pipeline without held states writes
+    # for the same batches (the other writer's change aside)
+    await _run(reference_url, producer, 0, [first, second])
+    ours, reference = await _snapshot(url), await _snapshot(reference_url)
+    for name in ("milestones", "interactions", "alerts", "processed"):
+        assert ours[name] == reference[name], name
+
+
+async def test_a_replica_that_took_the_partition_over_is_not_overwritten(
+    database_factory: Any, migrated_template: str, producer: AIOKafkaProducer
+) -> None:
+    """A rebalance: replica B writes an organization replica A still holds; A's next batch
+    continues from B's state instead of overwriting it with its own stale one."""
+    url = await database_factory(template=migrated_template)
+    log = _Log()
+    batches = [[log.usage(0, "login", T0 + timedelta(hours=h))] for h in range(3)]
+    pool_a = await create_pool(url, "healthscore_writer", min_size=1, max_size=1)
+    pool_b = await create_pool(url, "healthscore_writer", min_size=1, max_size=1)
+    try:
+        a = _pipeline(pool_a, producer, 1000)
+        b = _pipeline(pool_b, producer, 1000)
+        await a.process(batches[0])
+        await b.process(batches[1])  # B owns the partition now; A was not told
+        outcome = await a.process(batches[2])
+        conn = await asyncpg.connect(url)
+        try:
+            row = await conn.fetchrow(
+                "SELECT (state::jsonb->>'event_count')::int AS n, health_version "
+                "FROM organization_state"
+            )
+        finally:
+            await conn.close()
+    finally:
+        await pool_a.close()
+        await pool_b.close()
+    assert outcome.states_changed_elsewhere == 1
+    assert row is not None and (row["n"], row["health_version"]) == (3, 3)
