@@ -1,5 +1,8 @@
 """Apply a batch's computed effects with one set-based statement per table.
 
+Identifiers travel as the core holds them, canonical UUID strings: asyncpg
+encodes a string for a uuid parameter directly, without a `uuid.UUID` each.
+
 The read model (`customer_health`, the health feed) is not among them: the
 state write queues each changed organization for the projector
 (`healthscore.service.projector`), which writes it off the event path.
@@ -90,10 +93,10 @@ async def write_effects(
         rows = effects.milestones
         await conn.execute(
             sql.INSERT_MILESTONES,
-            [UUID(org) for org, _ in rows],
+            [org for org, _ in rows],
             [str(m.milestone_type) for _, m in rows],
             [to_datetime(m.achieved_at) for _, m in rows],
-            [UUID(m.event_id) for _, m in rows],
+            [m.event_id for _, m in rows],
             [m.health_score_impact for _, m in rows],
             [None if m.reward_type is None else str(m.reward_type) for _, m in rows],
             [m.reward_value for _, m in rows],
@@ -103,13 +106,13 @@ async def write_effects(
     rescored = list(effects.rescored.values())
     if rescored:
         states = effects.states
-        orgs = [UUID(r.organization_id) for r in rescored]
+        orgs = [r.organization_id for r in rescored]
         org_states = [states[r.organization_id] for r in rescored]
         # each organization's last score of each event-time day it was scored on
         history = effects.history()
         await conn.execute(
             sql.UPSERT_SCORE_HISTORY,
-            [UUID(r.organization_id) for r in history],
+            [r.organization_id for r in history],
             [to_datetime(r.scored_at) for r in history],
             [r.health.score for r in history],
             [r.health.churn_probability for r in history],
@@ -130,7 +133,7 @@ async def write_effects(
         await conn.execute(
             sql.INSERT_ALERTS,
             [a.decision.alert_id for a in alerts],
-            [UUID(a.organization_id) for a in alerts],
+            [a.organization_id for a in alerts],
             [str(a.decision.kind) for a in alerts],
             [a.decision.episode for a in alerts],
             [alert_payload(a) for a in alerts],
@@ -167,13 +170,13 @@ async def save_states_checked(
     if stored:
         rows = await conn.fetch(
             sql.SAVE_STATES_CHECKED,
-            [UUID(s.organization_id) for s in stored],
+            [s.organization_id for s in stored],
             *_state_columns(stored, rescore_step_seconds),
             [versions[s.organization_id] for s in stored],
         )
         saved.update((str(r["organization_id"]), r["version"]) for r in rows)
     if new:
-        ids = [UUID(s.organization_id) for s in new]
+        ids = [s.organization_id for s in new]
         await conn.execute(sql.ENSURE_ORGANIZATIONS, ids)
         rows = await conn.fetch(sql.INSERT_STATES, ids, *_state_columns(new, rescore_step_seconds))
         saved.update((str(r["organization_id"]), r["version"]) for r in rows)

@@ -380,7 +380,7 @@ class BatchPipeline:
         outcome.states_held = len(versions)
         outcome.states_read = len(missing)
         if missing:
-            for row in await conn.fetch(sql.LOAD_STATES, [UUID(org) for org in missing]):
+            for row in await conn.fetch(sql.LOAD_STATES, missing):
                 org = str(row["organization_id"])
                 versions[org] = row["health_version"]
                 if row["state"] != "null":  # a row created empty by an earlier release
