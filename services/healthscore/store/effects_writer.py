@@ -156,28 +156,31 @@ async def save_states_checked(
     effects: BatchEffects,
     versions: Mapping[str, int],
     rescore_step_seconds: float,
-) -> tuple[dict[str, int], set[str]]:
+) -> tuple[dict[str, tuple[str, int]], set[str]]:
     """Save the rescored states computed from `versions` (absent: no stored row yet).
 
-    Returns the new version of each saved organization and the organizations
-    another writer changed (or created) meanwhile, which were not saved.
+    Returns each saved organization's state as saved (JSON) with its new
+    version, and the organizations another writer changed (or created)
+    meanwhile, which were not saved.
     """
-    stored: list[OrganizationState] = []
-    new: list[OrganizationState] = []
-    for org in effects.rescored:
-        (stored if org in versions else new).append(effects.states[org])
-    saved: dict[str, int] = {}
-    if stored:
-        rows = await conn.fetch(
-            sql.SAVE_STATES_CHECKED,
-            [s.organization_id for s in stored],
-            *_state_columns(stored, rescore_step_seconds),
-            [versions[s.organization_id] for s in stored],
-        )
-        saved.update((str(r["organization_id"]), r["version"]) for r in rows)
-    if new:
-        ids = [s.organization_id for s in new]
-        await conn.execute(sql.ENSURE_ORGANIZATIONS, ids)
-        rows = await conn.fetch(sql.INSERT_STATES, ids, *_state_columns(new, rescore_step_seconds))
-        saved.update((str(r["organization_id"]), r["version"]) for r in rows)
+    saved: dict[str, tuple[str, int]] = {}
+    for statement, states in (
+        (sql.SAVE_STATES_CHECKED, [effects.states[o] for o in effects.rescored if o in versions]),
+        (sql.INSERT_STATES, [effects.states[o] for o in effects.rescored if o not in versions]),
+    ):
+        if not states:
+            continue
+        ids = [s.organization_id for s in states]
+        encoded, last_events, due = _state_columns(states, rescore_step_seconds)
+        if statement is sql.INSERT_STATES:
+            await conn.execute(sql.ENSURE_ORGANIZATIONS, ids)
+            rows = await conn.fetch(statement, ids, encoded, last_events, due)
+        else:
+            rows = await conn.fetch(
+                statement, ids, encoded, last_events, due, [versions[o] for o in ids]
+            )
+        by_org = dict(zip(ids, encoded, strict=True))
+        for row in rows:
+            org = str(row["organization_id"])
+            saved[org] = (by_org[org], row["version"])
     return saved, {org for org in effects.rescored if org not in saved}

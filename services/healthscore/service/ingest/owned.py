@@ -13,7 +13,9 @@ events computed again in the same transaction.
 A batch takes its organizations' states out (`take`) and gives back only
 what its transaction committed (`give_back`): a batch that fails leaves
 nothing half-applied behind, since the states it mutated are dropped and
-loaded again. Bounded: the least recently used beyond `capacity` go.
+loaded again. States are held as the JSON the batch saved (a third of a
+decoded state's memory), decoded when taken, as a read would; bounded: the
+least recently used beyond `capacity` go.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
-from healthscore.core.scoring.state import OrganizationState
+from healthscore.core.scoring.state import OrganizationState, decode_state
 
 
 class OwnedStates:
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
-        self._held: OrderedDict[str, tuple[OrganizationState, int]] = OrderedDict()
+        self._held: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -47,20 +49,19 @@ class OwnedStates:
             if entry is None:
                 missing.append(org)
             else:
-                states[org], versions[org] = entry
+                states[org] = decode_state(entry[0])
+                versions[org] = entry[1]
         self.hits += len(states)
         self.misses += len(missing)
         return states, versions, missing
 
-    def give_back(
-        self, states: Mapping[str, OrganizationState], versions: Mapping[str, int]
-    ) -> None:
-        """Hold the committed `states` at their stored `versions` (most recently used)."""
+    def give_back(self, saved: Mapping[str, tuple[str, int]]) -> None:
+        """Hold the committed states (as saved: JSON, version), most recently used."""
         if self._capacity <= 0:
             return
         held = self._held
-        for org, version in versions.items():
-            held[org] = (states[org], version)
+        for org, entry in saved.items():
+            held[org] = entry
         while len(held) > self._capacity:
             held.popitem(last=False)
 

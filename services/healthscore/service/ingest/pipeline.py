@@ -338,7 +338,7 @@ class BatchPipeline:
                 [max_times.get(tp) for tp in partitions],
             )
         marks.lap("commit")
-        self._owned.give_back(effects.states, saved)
+        self._owned.give_back(saved)
 
         misrouted = {id(event) for event, _ in effects.misrouted}
         for item in fresh:
@@ -362,7 +362,7 @@ class BatchPipeline:
 
     async def _compute_and_save_states(
         self, conn: Connection, events: list[Event], marks: _Marks, outcome: BatchOutcome
-    ) -> tuple[BatchEffects, dict[str, int]]:
+    ) -> tuple[BatchEffects, dict[str, tuple[str, int]]]:
         """Compute the effects of `events` and save the states: first, as the batch's first writes.
 
         States come from what this consumer holds (`OwnedStates`) or are read
