@@ -62,6 +62,7 @@ class OwnedStates:
         held = self._held
         for org, entry in saved.items():
             held[org] = entry
+            held.move_to_end(org)
         while len(held) > self._capacity:
             held.popitem(last=False)
 
