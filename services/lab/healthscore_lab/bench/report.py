@@ -57,6 +57,9 @@ class ThroughputResult:
     cpu_us_per_event_postgres: float | None = None
     cpu_us_per_event_broker: float | None = None
     skew: float = 0.0  # Zipf exponent of the organizations' activity (0: uniform)
+    # organization states the batches started from: held by the consumer, read, changed
+    # by another writer (summed over the batches)
+    organization_states: tuple[int, ...] = (0, 0, 0)
 
     @property
     def cpu_us_per_event(self) -> float | None:
@@ -321,6 +324,10 @@ class BenchReport:
                 ),
                 ("preload (produce) time", f"{t.produce_seconds:.1f} s"),
                 ("DB rows written per event", f"{t.rows_written_per_event:.2f}"),
+                (
+                    "organization states held / read / changed elsewhere",
+                    " / ".join(f"{n:,}" for n in t.organization_states),
+                ),
                 (
                     "peak service RSS per process / all processes",
                     f"{t.peak_rss_mb:.0f} MB / {t.peak_rss_total_mb:.0f} MB",

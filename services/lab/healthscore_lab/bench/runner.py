@@ -146,6 +146,8 @@ class _Batch:
     first: dict[str, int]
     next: dict[str, int]
     duration: float = 0.0  # seconds the batch took, from the handler's call to its commit
+    # organization states the batch started from: held since the last batch, read, changed
+    states: tuple[int, int, int] = (0, 0, 0)
 
 
 class CommitLog:
@@ -190,6 +192,11 @@ class CommitLog:
                         first=entry.get("offsets_from") or {},
                         next=entry.get("offsets") or {},
                         duration=float(entry.get("duration_ms", 0.0)) / 1000,
+                        states=(
+                            int(entry.get("states_held", 0)),
+                            int(entry.get("states_read", 0)),
+                            int(entry.get("states_changed_elsewhere", 0)),
+                        ),
                     )
                 )
             elif event == "partitions_assigned":
@@ -711,6 +718,7 @@ class Bench:
             cpu_us_per_event_postgres=per_event(used.postgres),
             cpu_us_per_event_broker=per_event(used.broker),
             skew=o.skew,
+            organization_states=tuple(sum(b.states[i] for b in batches) for i in range(3)),
         )
         self.say(
             f"throughput: {event_rate:,.0f} events/s over {span:.1f}s, "
