@@ -26,6 +26,8 @@ from healthscore.core.scoring.model import default_model
 from healthscore.service.ingest.decode import Decoder, RawRecord
 from healthscore.service.ingest.dlq import DeadLetterQueue
 from healthscore.service.ingest.pipeline import BatchOutcome, BatchPipeline
+from healthscore.service.projector import Projector
+from healthscore.store import sql
 from healthscore.store.db import create_pool
 
 USAGE, SUPPORT = "usage.owned", "support.owned"
@@ -249,3 +251,57 @@ async def test_a_replica_that_took_the_partition_over_is_not_overwritten(
         await pool_b.close()
     assert outcome.states_changed_elsewhere == 1
     assert row is not None and (row["n"], row["health_version"]) == (3, 3)
+
+
+async def test_the_queue_holds_an_organization_from_its_first_unprojected_change(
+    database_factory: Any, migrated_template: str, producer: AIOKafkaProducer
+) -> None:
+    """Later saves leave the entry alone; the projector removes it only while the state
+    still has the version it projected, and never under a writer holding the row."""
+    url = await database_factory(template=migrated_template)
+    log = _Log()
+    org = uuid.UUID(_org(0))
+    pool = await create_pool(url, "healthscore_writer", min_size=2, max_size=2)
+    admin = await asyncpg.connect(url)
+
+    async def queued() -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in await admin.fetch("SELECT version FROM read_model_pending")]
+
+    try:
+        pipeline = _pipeline(pool, producer, 1000)
+        await pipeline.process([log.usage(0, "login", T0)])
+        queued_at = await admin.fetchval("SELECT queued_at FROM read_model_pending")
+        await pipeline.process([log.usage(0, "login", T0 + timedelta(hours=1))])
+        # the second save wrote no queue row: the entry is the first change's
+        assert await queued() == [(1,)]
+        assert await admin.fetchval("SELECT queued_at FROM read_model_pending") == queued_at
+        projector = Projector(pool, default_model(), None, None)
+        assert await projector.project_once() == 1
+        assert await queued() == []
+        assert (
+            await admin.fetchval(
+                "SELECT (state::jsonb->>'event_count')::int FROM organization_state"
+            )
+            == 2
+        )
+        assert await admin.fetchval("SELECT count(*) FROM customer_health") == 1
+
+        await pipeline.process([log.usage(0, "login", T0 + timedelta(hours=2))])  # version 3
+        async with pool.acquire() as conn:
+            # a projector that read version 2 before this save: the entry stays
+            await conn.execute(sql.MARK_PROJECTED, [org], [2])
+            assert await queued() == [(3,)]
+            # a writer holds the state row (saving a newer version): the entry stays
+            holder = admin.transaction()
+            await holder.start()
+            await admin.execute(
+                "SELECT 1 FROM organization_state WHERE organization_id = $1 FOR UPDATE", org
+            )
+            await conn.execute(sql.MARK_PROJECTED, [org], [3])
+            await holder.rollback()
+            assert await queued() == [(3,)]
+            await conn.execute(sql.MARK_PROJECTED, [org], [3])
+            assert await queued() == []
+    finally:
+        await admin.close()
+        await pool.close()

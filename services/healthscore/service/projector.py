@@ -2,11 +2,13 @@
 
 A consumer batch commits what must be exact (dedupe ids, state, interactions,
 milestones, the alert outbox, offsets) and queues each organization it
-changed in `read_model_pending` (one row per organization, its state version).
-The projector takes the oldest queued organizations page by page, scores each
-once with its explanations as of its last score (the same numbers the batch
-decided alerts on), upserts `customer_health`, publishes the health feed and
-removes the entries whose version is still the one it projected.
+changed in `read_model_pending`: one row per organization, written by its first
+change not yet projected (later changes find it and write nothing). The
+projector takes the oldest queued organizations page by page, scores each
+current state once with its explanations as of its last score (the same
+numbers the batch decided alerts on), upserts `customer_health`, publishes the
+health feed and removes the entries whose state still has the version it
+projected.
 
 It coalesces like Kafka Streams' record cache: an organization changed by many
 batches since the last pass is projected once. When ingest outruns it, each
@@ -15,8 +17,9 @@ lag is measured, not hoped for: `staleness()` is the age of the oldest change
 not yet projected (`healthscore_read_model_staleness_seconds`).
 
 One projector at a time across processes (a transaction-level advisory lock).
-The queue is read without row locks and entries are deleted with SKIP LOCKED,
-so a batch never waits for the projector's writes or broker round trips.
+The queue is read without row locks and entries are removed with SKIP LOCKED
+on the state rows, so a batch never waits for the projector's writes or broker
+round trips (only for the instant between that removal and its commit).
 Publishing and deleting are not atomic: a crash between them publishes the
 same score again on the compacted feed, never a wrong one.
 """

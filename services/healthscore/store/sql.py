@@ -102,11 +102,13 @@ FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bi
      AS x(organization_id, state, last_event_at, rescore_due_at, version)
 WHERE s.organization_id = x.organization_id AND s.health_version = x.version
 RETURNING s.organization_id, s.health_version
-)
-INSERT INTO read_model_pending AS q (organization_id, version)
+),
+queued AS (
+INSERT INTO read_model_pending (organization_id, version)
 SELECT organization_id, health_version FROM saved ORDER BY organization_id
-ON CONFLICT (organization_id) DO UPDATE SET version = EXCLUDED.version
-RETURNING q.organization_id, q.version
+ON CONFLICT (organization_id) DO NOTHING
+)
+SELECT organization_id, health_version AS version FROM saved
 """
 
 # The first state of organizations no row exists for (their `organizations` row
@@ -122,11 +124,13 @@ FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[])
 ORDER BY organization_id
 ON CONFLICT (organization_id) DO NOTHING
 RETURNING organization_id, health_version
-)
-INSERT INTO read_model_pending AS q (organization_id, version)
+),
+queued AS (
+INSERT INTO read_model_pending (organization_id, version)
 SELECT organization_id, health_version FROM created ORDER BY organization_id
-ON CONFLICT (organization_id) DO UPDATE SET version = EXCLUDED.version
-RETURNING q.organization_id, q.version
+ON CONFLICT (organization_id) DO NOTHING
+)
+SELECT organization_id, health_version AS version FROM created
 """
 
 SAVE_STATES = """
@@ -144,7 +148,7 @@ RETURNING s.organization_id, s.health_version
 )
 INSERT INTO read_model_pending (organization_id, version)
 SELECT organization_id, health_version FROM saved ORDER BY organization_id
-ON CONFLICT (organization_id) DO UPDATE SET version = EXCLUDED.version
+ON CONFLICT (organization_id) DO NOTHING
 """
 
 READ_INTERACTIONS = """
@@ -218,10 +222,16 @@ ON CONFLICT (organization_id, milestone_type) DO NOTHING
 
 # --- the read model (the projector) ---------------------------------------------
 
+# An organization is queued once, at its first change not yet projected (a later
+# change finds the entry and leaves it: ON CONFLICT DO NOTHING, no write), so
+# `queued_at` is the age of its oldest unprojected change. The projector reads
+# the current state and its version; it removes the entry only if the state
+# still has that version (MARK_PROJECTED).
+#
 # Oldest change first: the staleness bound is about the oldest one. The queue is
 # read without row locks: a batch re-queueing an organization never waits.
 PENDING_PROJECTION = """
-SELECT q.organization_id, q.version, s.state::text AS state
+SELECT q.organization_id, s.health_version AS version, s.state::text AS state
 FROM read_model_pending q
 JOIN organization_state s ON s.organization_id = q.organization_id
 ORDER BY q.queued_at, q.organization_id
@@ -230,18 +240,21 @@ LIMIT $1
 
 OLDEST_PENDING_PROJECTION = "SELECT min(queued_at) FROM read_model_pending"
 
-# An entry re-queued meanwhile (a newer version) stays for the next pass, and so
-# does one a consumer batch holds right now (SKIP LOCKED): that batch is queueing
-# a newer version, or, if it rolls back, the entry is simply projected again.
+# An entry stays when its state moved on since the projector read it (a newer
+# version: committed after the read) and when a writer holds the state row right
+# now (SKIP LOCKED: a batch or the sweep is saving a newer version, which finds
+# the entry and leaves it; if it rolls back, the entry is simply projected
+# again). A state row this statement locks (FOR SHARE) cannot be saved until the
+# projector commits, so a save after the deletion queues its organization anew.
 MARK_PROJECTED = """
 DELETE FROM read_model_pending q
 WHERE q.organization_id IN (
-    SELECT p.organization_id
-    FROM read_model_pending p
+    SELECT s.organization_id
+    FROM organization_state s
     JOIN unnest($1::uuid[], $2::bigint[]) AS x(organization_id, version)
-      ON p.organization_id = x.organization_id AND p.version = x.version
-    ORDER BY p.organization_id
-    FOR UPDATE OF p SKIP LOCKED)
+      ON s.organization_id = x.organization_id AND s.health_version = x.version
+    ORDER BY s.organization_id
+    FOR SHARE OF s SKIP LOCKED)
 """
 
 # the naive baseline writes the read model in its own transaction: nothing to queue
