@@ -572,9 +572,15 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
     health = [[50.0]] * 6 + [[0.3], [json.dumps([])], [json.dumps({})]] + [[None]] * 2 + [[1]] * 3
     return [
         ("ENSURE_ORGANIZATIONS", sql.ENSURE_ORGANIZATIONS, [[org]]),
+        ("INSERT_STATES", sql.INSERT_STATES, [[org], ['{"logins": 1}'], [now], [now]]),
+        ("LOAD_STATES", sql.LOAD_STATES, [[org]]),
         ("LOCK_STATES", sql.LOCK_STATES, [[org]]),
         ("ENSURE_STATE_ROWS", sql.ENSURE_STATE_ROWS, [[org]]),
-        ("SAVE_STATES", sql.SAVE_STATES, [[org], ['{"logins": 1}'], [now], [now]]),
+        (
+            "SAVE_STATES_CHECKED",
+            sql.SAVE_STATES_CHECKED,
+            [[org], ['{"logins": 2}'], [now], [now], [1]],
+        ),
         ("ENSURE_OFFSET_ROWS", sql.ENSURE_OFFSET_ROWS, [group, topics, partitions]),
         ("LOCK_OFFSETS", sql.LOCK_OFFSETS, [group, topics, partitions]),
         ("READ_OFFSETS", sql.READ_OFFSETS, [group]),

@@ -44,7 +44,7 @@ from healthscore.core.scoring.model import ScoreModel
 from healthscore.core.scoring.state import OrganizationState, decode_state
 from healthscore.service.periodic import AT_ONCE
 from healthscore.store import Connection, locks, sql
-from healthscore.store.effects_writer import write_effects
+from healthscore.store.effects_writer import save_states_checked, write_effects
 from healthscore.store.records import to_datetime
 
 log = structlog.get_logger(__name__)
@@ -104,14 +104,20 @@ class SilenceSweep:
             if not rows:
                 return 0
             states: dict[str, OrganizationState] = {}
+            versions: dict[str, int] = {}
             for row in rows:
+                org = str(row["organization_id"])
+                versions[org] = row["health_version"]
                 if row["state"] != "null":
-                    states[str(row["organization_id"])] = decode_state(row["state"])
+                    states[org] = decode_state(row["state"])
             effects = compute_silence_effects(
                 states, watermark.timestamp(), self._step, self._model
             )
             if effects.rescored:
-                await write_effects(conn, effects, self._model, self._step)
+                _, changed = await save_states_checked(conn, effects, versions, self._step)
+                if changed:  # the rows are locked: nobody else can have saved them
+                    raise RuntimeError(f"state rows changed under lock: {sorted(changed)[:5]}")
+                await write_effects(conn, effects, self._model)
             # taken but nothing due after all (a due time stored under another step)
             stale = [str(r["organization_id"]) for r in rows]
             stale = [org for org in stale if org not in effects.rescored]

@@ -61,14 +61,11 @@ async def write_effects(
     conn: Connection,
     effects: BatchEffects,
     model: ScoreModel,
-    rescore_step_seconds: float,
     timings_ms: dict[str, float] | None = None,
-    *,
-    save_states: bool = True,
 ) -> None:
-    """Write every effect; with `timings_ms`, record milliseconds per statement.
+    """Write every effect but the states, which `save_states_checked` saved first.
 
-    `save_states=False`: the caller saved the states already (`save_states_checked`).
+    With `timings_ms`, record milliseconds per statement.
     """
     timings = timings_ms if timings_ms is not None else {}
     clock = [time.perf_counter()]
@@ -103,11 +100,7 @@ async def write_effects(
         )
         lap("w_milestones")
 
-    rescored = list(effects.rescored.values())
-    if rescored:
-        states = effects.states
-        orgs = [r.organization_id for r in rescored]
-        org_states = [states[r.organization_id] for r in rescored]
+    if effects.rescored:
         # each organization's last score of each event-time day it was scored on
         history = effects.history()
         await conn.execute(
@@ -122,11 +115,6 @@ async def write_effects(
             [str(r.cause) for r in history],
         )
         lap("w_history")
-        if save_states:
-            await conn.execute(
-                sql.SAVE_STATES, orgs, *_state_columns(org_states, rescore_step_seconds)
-            )
-            lap("w_states")
 
     if effects.alerts:
         alerts = effects.alerts

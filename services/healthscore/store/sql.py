@@ -133,24 +133,6 @@ ON CONFLICT (organization_id) DO NOTHING
 SELECT organization_id, health_version AS version FROM created
 """
 
-SAVE_STATES = """
-WITH saved AS (
-UPDATE organization_state s
-SET state = x.state::json,
-    last_event_at = x.last_event_at,
-    rescore_due_at = x.rescore_due_at,
-    health_version = s.health_version + 1,
-    updated_at = now()
-FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[])
-     AS x(organization_id, state, last_event_at, rescore_due_at)
-WHERE s.organization_id = x.organization_id
-RETURNING s.organization_id, s.health_version
-)
-INSERT INTO read_model_pending (organization_id, version)
-SELECT organization_id, health_version FROM saved ORDER BY organization_id
-ON CONFLICT (organization_id) DO NOTHING
-"""
-
 READ_INTERACTIONS = """
 SELECT id, organization_id, interaction_type, channel, status, priority, sentiment,
        outcome, assigned_to, subject, follow_up_required, follow_up_at,
@@ -399,7 +381,7 @@ WHERE consumer_group = $1 AND topic = ANY($2::text[])
 # rescore_due_at is the organization's next silence grid point: due when it lies
 # strictly below the watermark
 PICK_SILENT = """
-SELECT organization_id, state::text AS state
+SELECT organization_id, state::text AS state, health_version
 FROM organization_state
 WHERE rescore_due_at < $1
 ORDER BY rescore_due_at

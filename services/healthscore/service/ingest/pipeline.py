@@ -311,14 +311,7 @@ class BatchPipeline:
                 await conn.execute(
                     sql.UNCLAIM_EVENT_IDS, [event.event_id for event, _ in effects.misrouted]
                 )
-            await write_effects(
-                conn,
-                effects,
-                self._model,
-                self._rescore_step,
-                outcome.timings_ms,
-                save_states=False,
-            )
+            await write_effects(conn, effects, self._model, outcome.timings_ms)
             if self._read_model_in_transaction:
                 states = [effects.states[org] for org in effects.rescored]
                 await project_in_transaction(conn, states, self._model)
