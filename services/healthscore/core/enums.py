@@ -149,12 +149,19 @@ class AlertKind(StrEnum):
 
 
 class AlertTrigger(StrEnum):
-    """Why an alert fired (a field of the alert only; no table stores it)."""
+    """Why an alert fired (a field of the alert; shadow_alerts stores the candidate's)."""
 
     PROBABILITY_THRESHOLD = "probability_threshold"  # churn probability entered the alert range
     SCORE_DROP = "score_drop"  # the score fell sharply within 7 days
     ESCALATION_STEP = "escalation_step"  # the risk level stepped up within an episode
     RECOVERY = "recovery"  # the probability fell back below the exit threshold
+
+
+class AlertOutcome(StrEnum):
+    """What became of an alert episode (healthscore.core.quality: within 60 days)."""
+
+    RETAINED = "retained"
+    CHURNED = "churned"
 
 
 class UserRole(StrEnum):
