@@ -153,6 +153,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
     kafka = KafkaConnection.from_settings(s, bootstrap)
     topics = [s.usage_topic, s.support_topic]
     model = load_model(s.model_path)
+    candidate = None if s.shadow_model_path is None else load_model(s.shadow_model_path)
     metrics = Metrics()
     pool = service_pool(
         s.database_url.get_secret_value(),
@@ -267,8 +268,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
     )
     corrupt_records = CorruptRecordMonitor(metrics.corrupt_records)
     shadow = shadow_gauges = None
-    if s.shadow_model_path is not None:
-        candidate = load_model(s.shadow_model_path)
+    if candidate is not None:
         differ = aggregates_differ(model, candidate)
         if differ:
             # the stored aggregates are the live model's: the candidate's scores are
