@@ -148,8 +148,10 @@ class AlertKind(StrEnum):
     RECOVERED = "recovered"
 
 
+# the docstring is the contract's description of the field (JSON Schema); shadow_alerts
+# stores a candidate model's triggers too
 class AlertTrigger(StrEnum):
-    """Why an alert fired (a field of the alert; shadow_alerts stores the candidate's)."""
+    """Why an alert fired (a field of the alert only; no table stores it)."""
 
     PROBABILITY_THRESHOLD = "probability_threshold"  # churn probability entered the alert range
     SCORE_DROP = "score_drop"  # the score fell sharply within 7 days
