@@ -235,7 +235,7 @@ async def test_writer_runs_every_quality_and_promotion_statement(feed: Feed) -> 
     o, a = org("writer"), uuid.uuid4()
     await feed.apply(feed.logins(o, T, 2))
     statements: list[tuple[str, str, list[Any]]] = [
-        ("SHADOW_PAGE", quality.SHADOW_PAGE, [None, "v9", 10]),
+        ("SHADOW_PAGE", quality.SHADOW_PAGE, [uuid.UUID(int=0), "v9", 10]),
         (
             "UPSERT_SHADOW_HEALTH",
             quality.UPSERT_SHADOW_HEALTH,
@@ -564,18 +564,21 @@ async def test_alert_decisions_are_labelled_from_the_support_stream_and_labels(
     assert sample("healthscore_churned_organizations_alerted") == 1
     assert sample("healthscore_alert_lead_time_days", quantile="0.5") == pytest.approx(10.0)
 
-    # a later import: z churned 30 days after its raise
+    # a later import: z churned 30 days after its raise (and an organization the
+    # service has not seen, which counts nowhere)
     async with feed.pool.acquire() as writer:
         await import_labels(
             writer,
             parse_labels(
                 f"organization_id,churned_at\n{z},{(T + timedelta(days=35)).isoformat()}\n"
+                f"{org('outcome-unseen')},{T.isoformat()}\n"
             ),
             T + timedelta(days=100),
         )
     await labeller.step()
     assert (await labels())[z] == [("risk_raised", "churned")]
     assert sample("healthscore_alert_precision") == pytest.approx(2 / 3)
+    assert sample("healthscore_churned_organizations") == 4
     assert sample("healthscore_churned_organizations_alerted") == 2
     assert sample("healthscore_alert_lead_time_days", quantile="0.5") == pytest.approx(20.0)
     assert sample("healthscore_alert_lead_time_days", quantile="0.75") == pytest.approx(25.0)

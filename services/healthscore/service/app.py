@@ -3,8 +3,9 @@
 `build` wires every component from the settings without any I/O (the
 PostgreSQL pool and the producer are built closed): the batch pipeline, the
 offset protocol and the hold-back buffer behind the batch handler, the
-FastStream broker that calls it, the relay, projector, sweep, gauges and
-readiness checker. The result, `Components`, is immutable; a part a variant
+FastStream broker that calls it, the relay, projector, sweep, gauges,
+readiness checker, alert outcome labeller, promotion and (with
+SHADOW_MODEL_PATH) the shadow scorer. The result, `Components`, is immutable; a part a variant
 switches off (`ServiceOptions`) is None.
 
 `lifespan` opens what `build` made, in dependency order, on one

@@ -224,6 +224,8 @@ async def import_labels(
     """Upsert `labels` a page per transaction; how many."""
     for chunk in _pages(labels, page):
         async with conn.transaction():
+            # a label may name an organization not seen in events yet
+            await conn.execute(sql.ENSURE_ORGANIZATIONS, [label.organization_id for label in chunk])
             await conn.execute(
                 quality.UPSERT_CHURN_LABELS,
                 [label.organization_id for label in chunk],

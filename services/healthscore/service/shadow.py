@@ -56,6 +56,7 @@ log = structlog.get_logger(__name__)
 
 # organizations scored between two returns to the event loop (the consumer shares it)
 YIELD_EVERY = 50
+WALK_START = UUID(int=0)
 
 
 class ShadowScorer:
@@ -63,15 +64,15 @@ class ShadowScorer:
         self,
         pool: asyncpg.Pool[Any],
         candidate: ScoreModel,
-        page_size: int = 500,
+        page_size: int = 500,  # at least 2: a page repeats the previous page's last id
         on_page: Callable[[int, float], None] | None = None,
     ) -> None:
         self._pool = pool
         self._candidate = candidate
-        self._page = page_size
+        self._page = max(2, page_size)
         self._on_page = on_page
-        # the last organization id of the previous page (None: start from the first)
-        self._cursor: UUID | None = None
+        # the last organization id of the previous page (the nil UUID: from the first)
+        self._cursor = WALK_START
         self.scored = 0
 
     @property
@@ -100,8 +101,10 @@ class ShadowScorer:
                     scored.append((row, result))
             if scored:
                 await _write(conn, self._candidate.version, scored)
-        wrapped = len(rows) < self._page
-        self._cursor = None if wrapped else rows[-1]["organization_id"]
+        # the page starts at the previous page's last id (unchanged since, or scored
+        # again): a page that reaches no further is the walk's end
+        wrapped = len(rows) < self._page or rows[-1]["organization_id"] == self._cursor
+        self._cursor = WALK_START if wrapped else rows[-1]["organization_id"]
         self.scored += len(scored)
         if self._on_page is not None:
             self._on_page(len(scored), time.perf_counter() - started)
@@ -114,7 +117,7 @@ class ShadowScorer:
 
     async def catch_up(self) -> int:
         """Walk every organization once (tests, tools); how many scored."""
-        self._cursor = None
+        self._cursor = WALK_START
         total = 0
         while True:
             scored, wrapped = await self.score_page()

@@ -6,7 +6,8 @@ outcome labeller and `healthscore import` run them in transactions of their own.
 
 # --- shadow scoring ---------------------------------------------------------------
 
-# One page of organizations in id order after the cursor ($1; NULL: from the start):
+# One page of organizations in id order from the cursor ($1, the previous page's last
+# id, or the nil UUID; a plain range, so that a generic plan walks the primary key):
 # every id of the page (to move the cursor), the state only of those the candidate
 # ($2) has not scored at their current version. The page is read without row locks:
 # a batch never waits for the shadow scorer.
@@ -19,7 +20,7 @@ SELECT p.organization_id,
        h.started_at
 FROM (SELECT organization_id, health_version, state
       FROM organization_state
-      WHERE $1::uuid IS NULL OR organization_id > $1::uuid
+      WHERE organization_id >= $1
       ORDER BY organization_id
       LIMIT $3) AS p
 LEFT JOIN shadow_health h
