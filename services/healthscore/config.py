@@ -32,7 +32,9 @@ class Settings(BaseSettings):
         description="Role the service switches to after connecting (never a superuser).",
     )
     database_pool_size: int = Field(
-        default=6, ge=2, description="Batch, relay, sweep, gauges and readiness share it."
+        default=6,
+        ge=2,
+        description="Batch, relay, sweep, gauges, readiness and the quality loops share it.",
     )
     database_sslmode: DatabaseSslMode | None = Field(
         default=None,
