@@ -584,6 +584,35 @@ async def test_alert_decisions_are_labelled_from_the_support_stream_and_labels(
     assert sample("healthscore_alert_lead_time_days", quantile="0.75") == pytest.approx(25.0)
 
 
+async def test_labels_import_command_labels_the_pending_episode(
+    feed: Feed, migrated_database: str, tmp_path: Path
+) -> None:
+    w = org("labels-cli")
+    await feed.apply(feed.logins(w, T, 2), quiet(default_model()))
+    async with superuser(migrated_database) as conn:
+        await insert_live_raise(conn, w, T + timedelta(days=1))
+    labeller = OutcomeLabeller(feed.pool, Metrics(), GROUP, [USAGE, SUPPORT])
+    await labeller.step()
+    assert labeller.latest is not None and labeller.latest.pending == 1
+    labels = tmp_path / "churn.csv"
+    labels.write_text(f"organization_id,churned_at\n{w},\n")
+    until = (T + timedelta(days=61)).isoformat()
+    result = cli(migrated_database, "import", "--labels", str(labels), "--labels-until", until)
+    assert result.returncode == 0, result.stderr
+    assert "labels: 1 organizations" in result.stdout and "(0 churned)" in result.stdout
+    await labeller.step()
+    assert labeller.latest.retained == 1 and labeller.latest.pending == 0
+    labels.write_text(f"organization_id,churned_at\n{w},{(T + timedelta(days=40)).isoformat()}\n")
+    assert cli(migrated_database, "import", "--labels", str(labels)).returncode == 0
+    await labeller.step()
+    assert labeller.latest.churned == 1 and labeller.latest.retained == 0
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"organization_id,churned_at\n{w},soon\n")
+    refused = cli(migrated_database, "import", "--labels", str(bad))
+    assert refused.returncode == 1
+    assert f"{bad}: row 2, column churned_at: 'soon'" in refused.stderr
+
+
 # --- the running service ---------------------------------------------------------------
 
 
