@@ -320,12 +320,14 @@ async def test_shadow_scorer_scores_changed_organizations_and_reports_episode_ch
             == 0
         )
         assert await conn.fetchval("SELECT count(*) FROM alert_outbox") == 0
-        # live raises: one 3 days after the candidate's (moved), one long before the
-        # candidate looked (not compared), one 30 days later (dropped)
+        # live raises: one 3 days after the candidate's (moved), one before the candidate
+        # looked (not compared), one 30 days later (dropped)
         start = T + timedelta(days=2)
         await insert_live_raise(conn, orgs[1], start + timedelta(days=3))
         await insert_live_raise(conn, orgs[2], start - timedelta(days=1))
         await insert_live_raise(conn, orgs[3], start + timedelta(days=30))
+        # at the candidate's first look: its episode state was taken over, not compared
+        await insert_live_raise(conn, orgs[4], start)
         report = await compare_shadow(conn, "v2-eager")
     assert report.organizations_scored == 5
     assert report.live_raises == 2 and report.candidate_raises == 5

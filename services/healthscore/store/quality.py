@@ -63,9 +63,10 @@ FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::int[], $6::text[], $7::times
 ON CONFLICT (score_model_version, alert_id) DO NOTHING
 """
 
-# Every raise to compare, per organization the candidate ($1) has scored, from the
-# candidate's first score of it on: the live model's (the outbox; `scored_at` of the
-# alert is the event time it was decided at) and the candidate's. $2: one
+# Every raise to compare, per organization the candidate ($1) has scored, after the
+# candidate's first score of it (which took over the live episode state, a live
+# raise at that very score included): the live model's (the outbox; `scored_at` of
+# the alert is the event time it was decided at) and the candidate's. $2: one
 # organization, or NULL for all.
 SHADOW_RAISES = """
 SELECT h.organization_id, 'live' AS model,
@@ -73,7 +74,7 @@ SELECT h.organization_id, 'live' AS model,
 FROM shadow_health h
 JOIN alert_outbox a ON a.organization_id = h.organization_id AND a.kind = 'risk_raised'
 WHERE h.score_model_version = $1 AND ($2::uuid IS NULL OR h.organization_id = $2::uuid)
-  AND (a.payload->>'scored_at')::timestamptz >= h.started_at
+  AND (a.payload->>'scored_at')::timestamptz > h.started_at
 UNION ALL
 SELECT s.organization_id, 'candidate', extract(epoch FROM s.decided_at)::float8
 FROM shadow_alerts s
