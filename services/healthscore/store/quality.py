@@ -9,8 +9,9 @@ outcome labeller and `healthscore import` run them in transactions of their own.
 # One page of organizations in id order from the cursor ($1, the previous page's last
 # id, or the nil UUID; a plain range, so that a generic plan walks the primary key):
 # every id of the page (to move the cursor), the state only of those the candidate
-# ($2) has not scored at their current version. The page is read without row locks:
-# a batch never waits for the shadow scorer.
+# ($2) has not scored at their current version, looked up by key per row (a join
+# could hash all of the candidate's rows for every page). The page is read without
+# row locks: a batch never waits for the shadow scorer.
 SHADOW_PAGE = """
 SELECT p.organization_id,
        CASE WHEN h.source_version IS DISTINCT FROM p.health_version
@@ -23,8 +24,9 @@ FROM (SELECT organization_id, health_version, state
       WHERE organization_id >= $1
       ORDER BY organization_id
       LIMIT $3) AS p
-LEFT JOIN shadow_health h
-       ON h.organization_id = p.organization_id AND h.score_model_version = $2
+LEFT JOIN LATERAL (
+    SELECT source_version, shadow_state, started_at FROM shadow_health
+    WHERE organization_id = p.organization_id AND score_model_version = $2) AS h ON true
 ORDER BY p.organization_id
 """
 
