@@ -29,7 +29,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from healthscore.core.enums import MilestoneType
-from healthscore.core.scoring.model import ScoreModel, default_model, v1_model
+from healthscore.core.scoring.model import DAY, ScoreModel, default_model, v1_model
 from healthscore.core.scoring.state import decode_state
 from healthscore.service.imports import ImportRefused, apply_profiles, import_labels, parse_labels
 from healthscore.service.imports import parse_profiles as parse_profile_file
@@ -564,7 +564,8 @@ async def test_alert_decisions_are_labelled_from_the_support_stream_and_labels(
     # in the 60 days before: x alone, 10 days ahead
     assert sample("healthscore_churned_organizations") == 3
     assert sample("healthscore_churned_organizations_alerted") == 1
-    assert sample("healthscore_alert_lead_time_days", quantile="0.5") == pytest.approx(10.0)
+    lead = "healthscore_alert_lead_time_seconds"
+    assert sample(lead, percentile="50") == pytest.approx(10 * DAY)
 
     # a later import: z churned 30 days after its raise (and an organization the
     # service has not seen, which counts nowhere)
@@ -582,8 +583,8 @@ async def test_alert_decisions_are_labelled_from_the_support_stream_and_labels(
     assert sample("healthscore_alert_precision") == pytest.approx(2 / 3)
     assert sample("healthscore_churned_organizations") == 4
     assert sample("healthscore_churned_organizations_alerted") == 2
-    assert sample("healthscore_alert_lead_time_days", quantile="0.5") == pytest.approx(20.0)
-    assert sample("healthscore_alert_lead_time_days", quantile="0.75") == pytest.approx(25.0)
+    assert sample(lead, percentile="50") == pytest.approx(20 * DAY)
+    assert sample(lead, percentile="75") == pytest.approx(25 * DAY)
 
 
 async def test_labels_import_command_labels_the_pending_episode(

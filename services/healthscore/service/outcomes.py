@@ -28,7 +28,7 @@ from healthscore.store import Connection, locks, quality, sql
 log = structlog.get_logger(__name__)
 
 HORIZON_SECONDS = ALERT_HORIZON_DAYS * DAY
-QUANTILES = ("0.25", "0.5", "0.75")
+PERCENTILES = ("25", "50", "75")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,5 +99,5 @@ class OutcomeLabeller:
         m.churned_organizations.set(figures.churners)
         m.churned_organizations_alerted.set(figures.churners_alerted)
         quartiles = figures.lead_days_quartiles or (math.nan, math.nan, math.nan)
-        for name, value in zip(QUANTILES, quartiles, strict=True):
-            m.alert_lead_time.labels(name).set(value)
+        for name, days in zip(PERCENTILES, quartiles, strict=True):
+            m.alert_lead_time.labels(name).set(days * DAY)

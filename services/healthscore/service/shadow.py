@@ -45,7 +45,7 @@ from healthscore.core.quality import (
     shadow_alert_id,
     shadow_score,
 )
-from healthscore.core.scoring.model import ScoreModel
+from healthscore.core.scoring.model import DAY, ScoreModel
 from healthscore.core.scoring.state import decode_state
 from healthscore.service.ops.metrics import Metrics
 from healthscore.service.periodic import AT_ONCE
@@ -290,5 +290,5 @@ class ShadowGauges:
         m.shadow_episode_changes.labels("dropped").set(report.dropped)
         m.shadow_episode_changes.labels("moved").set(len(moved))
         middle = median(moved)
-        m.shadow_median_move_days.set(math.nan if middle is None else middle)
+        m.shadow_median_move.set(math.nan if middle is None else middle * DAY)
         self.latest = report

@@ -208,10 +208,11 @@ class Metrics:
             registry=r,
         )
         self.alert_lead_time = Gauge(
-            "healthscore_alert_lead_time_days",
-            "Days from the first risk_raised (within 60 days before) to the churn, over the "
-            "alerted churned organizations: quartiles (NaN while there is none).",
-            ["quantile"],
+            "healthscore_alert_lead_time_seconds",
+            "Time from the first risk_raised (within 60 days before) to the churn, over the "
+            "alerted churned organizations: its 25th, 50th and 75th percentiles (NaN while "
+            "there is none).",
+            ["percentile"],
             registry=r,
         )
         self.shadow_info = Gauge(
@@ -243,10 +244,10 @@ class Metrics:
             ["change"],
             registry=r,
         )
-        self.shadow_median_move_days = Gauge(
-            "healthscore_shadow_median_move_days",
-            "Median move of the moved episodes, in days (negative: the candidate earlier; NaN "
-            "while none moved).",
+        self.shadow_median_move = Gauge(
+            "healthscore_shadow_median_move_seconds",
+            "Median move of the moved episodes (negative: the candidate earlier; NaN while "
+            "none moved).",
             registry=r,
         )
         self.organizations_on_other_model = Gauge(
