@@ -12,9 +12,11 @@ import json
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterator
+from datetime import datetime
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol
+from uuid import UUID
 
 from pydantic import SecretStr
 
@@ -342,6 +344,122 @@ def cmd_offsets_reset(args: argparse.Namespace) -> int:
     return run(main)
 
 
+async def _service_connection(settings: Settings) -> Any:
+    """One connection to DATABASE_URL running as the service's role."""
+    from healthscore.store.db import connect, database_tls
+
+    assert settings.database_url is not None
+    role = {"role": settings.database_role} if settings.database_role else {}
+    return await connect(
+        settings.database_url.get_secret_value(), database_tls(settings), server_settings=role
+    )
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from healthscore.service.imports import (
+        ImportRefused,
+        apply_profiles,
+        import_labels,
+        parse_labels,
+        parse_profiles,
+    )
+
+    settings = settings_from_args(args)
+    if settings.database_url is None:
+        print("error: set DATABASE_URL", file=sys.stderr)
+        return 2
+    if args.profiles is None and args.labels is None:
+        print("error: give --profiles FILE and/or --labels FILE", file=sys.stderr)
+        return 2
+    known_until = args.labels_until
+    if known_until is not None and known_until.tzinfo is None:
+        print("error: --labels-until needs an offset (e.g. 2026-03-01T00:00:00Z)", file=sys.stderr)
+        return 2
+    try:  # every file checked before anything is applied
+        profiles = (
+            parse_profiles(args.profiles.read_text(), str(args.profiles)) if args.profiles else []
+        )
+        labels = parse_labels(args.labels.read_text(), str(args.labels)) if args.labels else []
+    except ImportRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        for error in exc.errors:
+            print(f"  {exc.source}: {error}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> int:
+        from datetime import UTC, datetime
+
+        try:
+            conn = await _service_connection(settings)
+        except (OSError, asyncpg.PostgresError) as exc:
+            print(f"error: cannot connect: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 2
+        try:
+            if profiles:
+                changed = await apply_profiles(
+                    conn, profiles, settings.silence_rescore_after_seconds, page=args.page_size
+                )
+                print(
+                    f"profiles: {len(profiles)} organizations in {args.profiles}, "
+                    f"{changed} states changed (queued for the read model)"
+                )
+            if labels:
+                until = known_until or datetime.now(UTC)
+                await import_labels(conn, labels, until, page=args.page_size)
+                churned = sum(1 for label in labels if label.churned_at is not None)
+                print(
+                    f"labels: {len(labels)} organizations in {args.labels} ({churned} churned), "
+                    f"known until {until.isoformat()}"
+                )
+        finally:
+            await conn.close()
+        return 0
+
+    return run(main)
+
+
+def cmd_shadow_report(args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from healthscore.core.scoring.model import load_model
+    from healthscore.service.shadow import compare_shadow, format_comparison
+
+    settings = settings_from_args(args)
+    if settings.database_url is None:
+        print("error: set DATABASE_URL", file=sys.stderr)
+        return 2
+    candidate = args.candidate
+    if candidate is None:
+        if settings.shadow_model_path is None:
+            print("error: give --candidate VERSION or set SHADOW_MODEL_PATH", file=sys.stderr)
+            return 2
+        candidate = load_model(settings.shadow_model_path).version
+    live = load_model(settings.model_path).version
+
+    async def main() -> int:
+        try:
+            conn = await _service_connection(settings)
+        except (OSError, asyncpg.PostgresError) as exc:
+            print(f"error: cannot connect: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 2
+        try:
+            report = await compare_shadow(conn, candidate, args.organization)
+        finally:
+            await conn.close()
+        if args.json:
+            print(json.dumps({"live_model": live, **report.as_json()}, indent=2))
+        else:
+            print(format_comparison(report, live))
+        return 0
+
+    return run(main)
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     from healthscore.api.server import (
         dev_config,
@@ -507,6 +625,40 @@ def register_service_commands(add: AddCommand) -> None:
         action="store_true",
         help="no silence rescorings (to match a live run that was served with --no-sweep)",
     )
+    p = add(
+        "import",
+        cmd_import,
+        "Import what a CRM knows: --profiles (organization_id,created_at,milestones: account "
+        "creation and milestones reached before the stream, `name=time` pairs joined by `;`) "
+        "into organization state, --labels (organization_id,churned_at, empty when retained) "
+        "for the live alert outcomes. Every row is checked first: any bad row, nothing applied.",
+    )
+    p.add_argument("--database-url", help="override DATABASE_URL")
+    p.add_argument("--profiles", type=Path, metavar="FILE.csv", help="organization profiles")
+    p.add_argument("--labels", type=Path, metavar="FILE.csv", help="churn labels")
+    p.add_argument(
+        "--labels-until",
+        type=datetime.fromisoformat,
+        metavar="TIME",
+        help="the labels are complete up to this time (RFC 3339; default: now)",
+    )
+    p.add_argument(
+        "--page-size", type=int, default=500, help="rows applied per transaction (default 500)"
+    )
+
+    p = add(
+        "shadow-report",
+        cmd_shadow_report,
+        "Which alert episodes the shadow (candidate) model would add, drop or move against "
+        "the live one, and by how many days, per organization and in aggregate.",
+    )
+    p.add_argument("--database-url", help="override DATABASE_URL")
+    p.add_argument(
+        "--candidate", metavar="VERSION", help="candidate version (default: SHADOW_MODEL_PATH's)"
+    )
+    p.add_argument("--organization", type=UUID, help="only this organization")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
     p = add(
         "api",
         cmd_api,

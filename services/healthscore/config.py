@@ -32,7 +32,9 @@ class Settings(BaseSettings):
         description="Role the service switches to after connecting (never a superuser).",
     )
     database_pool_size: int = Field(
-        default=6, ge=2, description="Batch, relay, sweep, gauges and readiness share it."
+        default=6,
+        ge=2,
+        description="Batch, relay, sweep, gauges, readiness and the quality loops share it.",
     )
     database_sslmode: DatabaseSslMode | None = Field(
         default=None,
@@ -123,6 +125,22 @@ class Settings(BaseSettings):
         "missing (1 suits the single-node dev broker; 3 on a production cluster).",
     )
     model_path: Path = DEFAULT_MODEL_PATH
+    shadow_model_path: FilePath | None = Field(
+        default=None,
+        description="A candidate scoring model to score beside the live one (shadow scoring: "
+        "its scores and alert decisions are stored, never published). Unset: no shadow.",
+    )
+    shadow_interval_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="pause of the shadow scorer after it walked every organization once",
+    )
+    outcome_interval_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="how often live alert decisions are labelled and the outcome gauges "
+        "(precision, lead time) refreshed",
+    )
     sweep_interval_seconds: float = Field(default=60.0, gt=0)
     relay_interval_seconds: float = Field(default=0.05, gt=0)
     projector_interval_seconds: float = Field(

@@ -300,6 +300,10 @@ WRITER_PRIVILEGES: dict[str, tuple[set[str], set[str]]] = {
     "health_score_history": (set(), {"SELECT", "INSERT", "UPDATE"}),  # the day's upsert
     "alert_outbox": ({"SELECT"}, {"SELECT", "INSERT", "UPDATE"}),
     "read_model_pending": ({"SELECT", "DELETE"}, {"SELECT", "INSERT", "UPDATE"}),
+    "shadow_health": ({"SELECT"}, {"SELECT", "INSERT", "UPDATE"}),
+    "shadow_alerts": ({"SELECT"}, {"SELECT", "INSERT"}),
+    "churn_labels": ({"SELECT"}, {"SELECT", "INSERT", "UPDATE"}),
+    "alert_outcomes": ({"SELECT"}, {"SELECT", "INSERT", "UPDATE"}),
 }
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 

@@ -121,6 +121,20 @@ BAD_CHECK_VALUES: dict[str, tuple[str, list[dict[str, Any]]]] = {
     "alert_outbox_episode_check": ("alert_outbox", [{"episode": 0}]),
     "alert_outbox_publish_attempts_check": ("alert_outbox", [{"publish_attempts": -1}]),
     "read_model_pending_version_check": ("read_model_pending", [{"version": 0}]),
+    "shadow_health_health_score_check": (
+        "shadow_health",
+        [{"health_score": Decimal("100.5")}, {"health_score": Decimal("-1")}],
+    ),
+    "shadow_health_churn_probability_check": (
+        "shadow_health",
+        [{"churn_probability": Decimal("1.5")}],
+    ),
+    "shadow_health_risk_level_check": ("shadow_health", [{"risk_level": "extreme"}]),
+    "shadow_alerts_kind_check": ("shadow_alerts", [{"kind": "risk_lowered"}]),
+    "shadow_alerts_trigger_check": ("shadow_alerts", [{"trigger": "hunch"}]),
+    "shadow_alerts_episode_check": ("shadow_alerts", [{"episode": 0}]),
+    "alert_outcomes_kind_check": ("alert_outcomes", [{"kind": "risk_lowered"}]),
+    "alert_outcomes_outcome_check": ("alert_outcomes", [{"outcome": "resolved"}]),
 }
 
 # CHECKs on generated columns: no value can be written; they guard the functions

@@ -27,6 +27,11 @@ ENUM_CHECKS: dict[str, type[StrEnum]] = {
     "health_score_history_risk_level_check": e.RiskLevel,
     "health_score_history_cause_check": e.HistoryCause,
     "alert_outbox_kind_check": e.AlertKind,
+    "shadow_health_risk_level_check": e.RiskLevel,
+    "shadow_alerts_kind_check": e.AlertKind,
+    "shadow_alerts_trigger_check": e.AlertTrigger,
+    "alert_outcomes_kind_check": e.AlertKind,
+    "alert_outcomes_outcome_check": e.AlertOutcome,
 }
 
 # CHECK (col IN ('a', 'b')) is stored as ((col = ANY (ARRAY['a'::text, 'b'::text])))

@@ -164,6 +164,54 @@ def read_model_pending(organization_id: uuid.UUID, **overrides: Any) -> Row:
     return {"organization_id": organization_id, "version": 1, **overrides}
 
 
+def shadow_health(organization_id: uuid.UUID, **overrides: Any) -> Row:
+    return {
+        "organization_id": organization_id,
+        "score_model_version": "v3",
+        "health_score": Decimal("64.20"),
+        "churn_probability": Decimal("0.2100"),
+        "risk_level": "medium",
+        "components": json.dumps({"engagement": 60}),
+        "scored_at": T0,
+        "shadow_state": json.dumps({"daily_scores": {}}),
+        "source_version": 1,
+        "started_at": T0,
+        **overrides,
+    }
+
+
+def shadow_alert(organization_id: uuid.UUID, **overrides: Any) -> Row:
+    return {
+        "alert_id": uuid.uuid4(),
+        "score_model_version": "v3",
+        "organization_id": organization_id,
+        "kind": "risk_raised",
+        "episode": 1,
+        "trigger": "probability_threshold",
+        "decided_at": T0,
+        "health_score": Decimal("40.00"),
+        "churn_probability": Decimal("0.5500"),
+        **overrides,
+    }
+
+
+def churn_label(organization_id: uuid.UUID, **overrides: Any) -> Row:
+    return {"organization_id": organization_id, "churned_at": T0, "known_until": T0, **overrides}
+
+
+def alert_outcome(organization_id: uuid.UUID, **overrides: Any) -> Row:
+    return {
+        "alert_id": uuid.uuid4(),
+        "organization_id": organization_id,
+        "kind": "risk_raised",
+        "episode": 1,
+        "raised_at": T0,
+        "outcome": "churned",
+        "churned_at": T0,
+        **overrides,
+    }
+
+
 # builders of the tables that hang off an organization, by table name
 ORGANIZATION_CHILDREN: dict[str, Callable[..., Row]] = {
     "user_profiles": lambda org_id, **o: user_profile(organization_id=org_id, **o),
@@ -175,6 +223,10 @@ ORGANIZATION_CHILDREN: dict[str, Callable[..., Row]] = {
     "health_score_history": health_score_history,
     "alert_outbox": alert_outbox,
     "read_model_pending": read_model_pending,
+    "shadow_health": shadow_health,
+    "shadow_alerts": shadow_alert,
+    "churn_labels": churn_label,
+    "alert_outcomes": alert_outcome,
 }
 
 

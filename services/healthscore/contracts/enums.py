@@ -7,6 +7,7 @@ owns them because it computes with them and imports nothing of the wire.
 from healthscore.core.enums import (
     RISK_LEVEL_ORDER,
     AlertKind,
+    AlertOutcome,
     AlertTrigger,
     Channel,
     HealthStatus,
@@ -28,6 +29,7 @@ from healthscore.core.enums import (
 __all__ = [
     "RISK_LEVEL_ORDER",
     "AlertKind",
+    "AlertOutcome",
     "AlertTrigger",
     "Channel",
     "HealthStatus",

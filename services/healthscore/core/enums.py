@@ -148,6 +148,8 @@ class AlertKind(StrEnum):
     RECOVERED = "recovered"
 
 
+# the docstring is the contract's description of the field (JSON Schema); shadow_alerts
+# stores a candidate model's triggers too
 class AlertTrigger(StrEnum):
     """Why an alert fired (a field of the alert only; no table stores it)."""
 
@@ -155,6 +157,13 @@ class AlertTrigger(StrEnum):
     SCORE_DROP = "score_drop"  # the score fell sharply within 7 days
     ESCALATION_STEP = "escalation_step"  # the risk level stepped up within an episode
     RECOVERY = "recovery"  # the probability fell back below the exit threshold
+
+
+class AlertOutcome(StrEnum):
+    """What became of an alert episode (healthscore.core.quality: within 60 days)."""
+
+    RETAINED = "retained"
+    CHURNED = "churned"
 
 
 class UserRole(StrEnum):

@@ -3,8 +3,9 @@
 `build` wires every component from the settings without any I/O (the
 PostgreSQL pool and the producer are built closed): the batch pipeline, the
 offset protocol and the hold-back buffer behind the batch handler, the
-FastStream broker that calls it, the relay, projector, sweep, gauges and
-readiness checker. The result, `Components`, is immutable; a part a variant
+FastStream broker that calls it, the relay, projector, sweep, gauges,
+readiness checker, alert outcome labeller, promotion and (with
+SHADOW_MODEL_PATH) the shadow scorer. The result, `Components`, is immutable; a part a variant
 switches off (`ServiceOptions`) is None.
 
 `lifespan` opens what `build` made, in dependency order, on one
@@ -38,6 +39,7 @@ from faststream.kafka import KafkaBroker
 
 from healthscore.config import Settings
 from healthscore.core.partitions import PartitionKey
+from healthscore.core.quality import aggregates_differ
 from healthscore.core.scoring.model import ScoreModel, load_model
 from healthscore.errors import StartupRefused
 from healthscore.service.batch_log import BatchLog
@@ -61,8 +63,11 @@ from healthscore.service.ops.metrics import Metrics
 from healthscore.service.ops.readiness import ReadinessChecker
 from healthscore.service.ops.routes import OpsRoutes
 from healthscore.service.outbox import OutboxRelay
+from healthscore.service.outcomes import OutcomeLabeller
 from healthscore.service.periodic import Step, every
 from healthscore.service.projector import Projector
+from healthscore.service.promotion import Promotion
+from healthscore.service.shadow import ShadowGauges, ShadowScorer
 from healthscore.service.sweep import SilenceSweep
 from healthscore.store.db import database_tls, opened, service_pool
 
@@ -71,6 +76,9 @@ log = structlog.get_logger(__name__)
 # relay and projector back off up to this long while they fail
 LOOP_MAX_BACKOFF_SECONDS = 5.0
 STALENESS_WATCH_SECONDS = 1.0
+# how often the promotion looks for organizations the read model shows under
+# another model version (it counts them less often: promotion.Promotion)
+PROMOTION_INTERVAL_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +134,13 @@ class Components:
     relay: OutboxRelay | None
     projector: Projector | None
     sweep: SilenceSweep | None
+    # live alert decisions labelled retained/churned, precision and lead time gauges
+    alert_outcomes: OutcomeLabeller
+    # re-projects organizations scored by another model version (with the projector)
+    promotion: Promotion | None = None
+    # the candidate model scored beside the live one (SHADOW_MODEL_PATH)
+    shadow: ShadowScorer | None = None
+    shadow_gauges: ShadowGauges | None = None
 
 
 def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Components:
@@ -139,6 +154,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
     kafka = KafkaConnection.from_settings(s, bootstrap)
     topics = [s.usage_topic, s.support_topic]
     model = load_model(s.model_path)
+    candidate = None if s.shadow_model_path is None else load_model(s.shadow_model_path)
     metrics = Metrics()
     pool = service_pool(
         s.database_url.get_secret_value(),
@@ -257,6 +273,20 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         else None
     )
     corrupt_records = CorruptRecordMonitor(metrics.corrupt_records)
+    shadow = shadow_gauges = None
+    if candidate is not None:
+        differ = aggregates_differ(model, candidate)
+        if differ:
+            # the stored aggregates are the live model's: the candidate's scores are
+            # then not those it would compute from the events (a replay would)
+            log.warning("shadow_model_aggregates_differ", settings=differ)
+        shadow = ShadowScorer(
+            pool,
+            candidate,
+            page_size=s.projector_page_size,
+            on_page=lambda scored, _duration: metrics.shadow_scored.inc(scored),
+        )
+        shadow_gauges = ShadowGauges(pool, metrics, candidate.version, model.version)
     return Components(
         settings=s,
         options=o,
@@ -293,6 +323,14 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         relay=relay,
         projector=projector,
         sweep=sweep,
+        alert_outcomes=OutcomeLabeller(pool, metrics, s.consumer_group, topics),
+        promotion=(
+            None
+            if projector is None
+            else Promotion(pool, model.version, metrics, page_size=s.projector_page_size)
+        ),
+        shadow=shadow,
+        shadow_gauges=shadow_gauges,
     )
 
 
@@ -333,6 +371,14 @@ def background_loops(c: Components) -> list[Loop]:
         loops.append(Loop(STALENESS_WATCH_SECONDS, watch_staleness, "staleness_check"))
     if c.sweep is not None:
         loops.append(Loop(s.sweep_interval_seconds, c.sweep.step, "sweep"))
+    loops.append(Loop(s.outcome_interval_seconds, c.alert_outcomes.step, "alert_outcomes"))
+    if c.promotion is not None:
+        loops.append(Loop(PROMOTION_INTERVAL_SECONDS, c.promotion.step, "promotion"))
+    if c.shadow is not None and c.shadow_gauges is not None:
+        loops.append(
+            Loop(s.shadow_interval_seconds, c.shadow.step, "shadow", LOOP_MAX_BACKOFF_SECONDS)
+        )
+        loops.append(Loop(s.outcome_interval_seconds, c.shadow_gauges.refresh, "shadow_report"))
     return loops
 
 

@@ -30,6 +30,11 @@ SERVICE_TABLES: Final = (
     "health_score_history",
     "alert_outbox",
     "read_model_pending",
+    # score quality (0060): the shadow model, churn labels, live alert outcomes
+    "shadow_health",
+    "shadow_alerts",
+    "churn_labels",
+    "alert_outcomes",
 )
 TABLES: Final = CORE_TABLES + READ_MODEL_TABLES + SERVICE_TABLES
 # service tables the dashboard reads too (0030): the score trail and the alerts

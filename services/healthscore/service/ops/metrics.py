@@ -192,6 +192,79 @@ class Metrics:
             registry=r,
         )
 
+        # score quality (issue 13): live alert outcomes, the shadow model, promotion
+        self.alert_episodes = Gauge(
+            "healthscore_alert_episodes",
+            "Live alert episodes (risk_raised) by outcome: churned or retained within 60 days, "
+            "or pending while not known yet.",
+            ["outcome"],
+            registry=r,
+        )
+        self.alert_precision = Gauge(
+            "healthscore_alert_precision",
+            "Churned episodes over labelled episodes (NaN while none is labelled).",
+            registry=r,
+        )
+        self.churned_organizations = Gauge(
+            "healthscore_churned_organizations",
+            "Organizations the service scored that churned (support stream or labels).",
+            registry=r,
+        )
+        self.churned_organizations_alerted = Gauge(
+            "healthscore_churned_organizations_alerted",
+            "Of those, the ones with a risk_raised in the 60 days before their churn.",
+            registry=r,
+        )
+        self.alert_lead_time = Gauge(
+            "healthscore_alert_lead_time_seconds",
+            "Time from the first risk_raised (within 60 days before) to the churn, over the "
+            "alerted churned organizations: its 25th, 50th and 75th percentiles (NaN while "
+            "there is none).",
+            ["percentile"],
+            registry=r,
+        )
+        self.shadow_info = Gauge(
+            "healthscore_shadow_model_info",
+            "1 for the candidate model being scored in the shadow (SHADOW_MODEL_PATH).",
+            ["candidate", "live"],
+            registry=r,
+        )
+        self.shadow_organizations = Gauge(
+            "healthscore_shadow_organizations_scored",
+            "Organizations the candidate model has scored.",
+            registry=r,
+        )
+        self.shadow_scored = Counter(
+            "healthscore_shadow_scored_total",
+            "Scores the candidate model computed.",
+            registry=r,
+        )
+        self.shadow_raises = Gauge(
+            "healthscore_shadow_raises",
+            "Raises (episodes) compared, by model (live or candidate), since the candidate's "
+            "first score of each organization.",
+            ["model"],
+            registry=r,
+        )
+        self.shadow_episode_changes = Gauge(
+            "healthscore_shadow_episode_changes",
+            "Episodes the candidate would add, drop or move (matched within 14 days).",
+            ["change"],
+            registry=r,
+        )
+        self.shadow_median_move = Gauge(
+            "healthscore_shadow_median_move_seconds",
+            "Median move of the moved episodes (negative: the candidate earlier; NaN while "
+            "none moved).",
+            registry=r,
+        )
+        self.organizations_on_other_model = Gauge(
+            "healthscore_organizations_on_other_model_version",
+            "Organizations whose read model is still scored by another model version than the "
+            "live one (a promotion re-projects them).",
+            registry=r,
+        )
+
     def observe_batch(self, outcome: BatchOutcome, duration: float) -> None:
         self.batch_size.observe(outcome.records)
         self.batch_duration.observe(duration)

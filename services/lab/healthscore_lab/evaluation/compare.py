@@ -1,12 +1,13 @@
 """Which alert episodes a candidate model would add, drop or move, against the live one.
 
-Both backtests replay the same log. Per organization, each live `risk_raised`
-is matched with the candidate's nearest one within `window_days` (each used
-once, nearest first): a match is *moved* by the difference in days (negative:
-the candidate warns earlier), a live raise without a match is *dropped*, a
-candidate raise without one is *added*. With churn labels, each change is also
-judged: an added or earlier episode before a churn is a gain, a dropped one a
-loss.
+Both backtests replay the same log. Per organization, the raises are matched by
+the core's `compare_raises` (the service's shadow report uses the same): each
+live `risk_raised` with the candidate's nearest one within `window_days` (each
+used once, nearest first); a match is *moved* by the difference in days
+(negative: the candidate warns earlier), a live raise without a match is
+*dropped*, a candidate raise without one is *added*. With churn labels, each
+change is also judged: an added or earlier episode before a churn is a gain, a
+dropped one a loss.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ import math
 from typing import Any
 
 from healthscore.contracts.enums import AlertKind
-from healthscore_lab.evaluation.metrics import ALERT_HORIZON_DAYS, DAY
+from healthscore.core.quality import ALERT_HORIZON_DAYS, WINDOW_DAYS, compare_raises, median
+from healthscore_lab.evaluation.metrics import DAY
 from healthscore_lab.evaluation.replay import Backtest
-
-WINDOW_DAYS = 14.0
 
 
 def _raises(bt: Backtest) -> dict[str, list[float]]:
@@ -38,21 +38,10 @@ def compare_episodes(
     moved: list[float] = []
     added = dropped = added_before_churn = dropped_before_churn = 0
     for org in sorted(set(live_raises) | set(candidate_raises)):
-        ours, theirs = list(live_raises.get(org, [])), list(candidate_raises.get(org, []))
-        pairs = sorted(
-            (abs(b - a), a, b) for a in ours for b in theirs if abs(b - a) <= window_days * DAY
+        changes = compare_raises(
+            live_raises.get(org, []), candidate_raises.get(org, []), window_days
         )
-        matched_a: set[float] = set()
-        matched_b: set[float] = set()
-        shifts: list[float] = []
-        for _gap, a, b in pairs:
-            if a in matched_a or b in matched_b:
-                continue
-            matched_a.add(a)
-            matched_b.add(b)
-            shifts.append(round((b - a) / DAY, 2))
-        gone = [a for a in ours if a not in matched_a]
-        new = [b for b in theirs if b not in matched_b]
+        gone, new, shifts = changes.dropped, changes.added, changes.moved_days
         churned = churn.get(org, math.nan)
 
         def before_churn(t: float, churned: float = churned) -> bool:
@@ -62,13 +51,9 @@ def compare_episodes(
         dropped += len(gone)
         added_before_churn += sum(1 for t in new if before_churn(t))
         dropped_before_churn += sum(1 for t in gone if before_churn(t))
-        moved.extend(s for s in shifts if s != 0.0)
-        if gone or new or any(shifts):
-            per_org[org] = {
-                "added": len(new),
-                "dropped": len(gone),
-                "moved_days": [s for s in shifts if s != 0.0],
-            }
+        moved.extend(shifts)
+        if changes.changed:
+            per_org[org] = {"added": len(new), "dropped": len(gone), "moved_days": shifts}
     earlier = [s for s in moved if s < 0]
     return {
         "live_model": live.model_version,
@@ -80,7 +65,7 @@ def compare_episodes(
         "dropped_before_a_churn": dropped_before_churn,
         "moved": len(moved),
         "moved_earlier": len(earlier),
-        "median_move_days": sorted(moved)[len(moved) // 2] if moved else None,
+        "median_move_days": median(moved),
         "organizations_changed": len(per_org),
         "per_organization": per_org,
     }

@@ -32,12 +32,13 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.metrics import roc_auc_score
 
+from healthscore.core.quality import ALERT_HORIZON_DAYS
+
 FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
 IntArray = NDArray[np.int64]
 DAY = 86_400.0
 HORIZONS = (30, 60, 90)
-ALERT_HORIZON_DAYS = 60.0
 RECALL_WINDOW_DAYS = 30.0
 
 

@@ -1,0 +1,177 @@
+"""Score quality, pure: a candidate model scored beside the live one, and how their
+alert episodes differ.
+
+Definitions shared by the offline evaluation (`healthscore evaluate --candidate`,
+the lab's `evaluation/compare.py`) and the service (shadow scoring, its report):
+
+- An **episode** is one `risk_raised` (the contract's episodes: one raise each).
+- **Matching** (`compare_raises`): per organization, each live raise is matched
+  with the candidate's nearest one within `window_days` (each used once, nearest
+  first). A match is *moved* by the difference in days (negative: the candidate
+  warns earlier); a live raise without a match is *dropped*, a candidate raise
+  without one *added*.
+- An episode's **outcome** (`ALERT_HORIZON_DAYS`): *churned* when the organization
+  churns within 60 days after the raise, *retained* when it does not and that is
+  known. The service labels its live alerts with the same rule in SQL
+  (`healthscore.store.quality`).
+
+**Shadow scoring** (`shadow_score`): the candidate scores the live state's
+aggregates at the live state's last score time. Only what a model's own scores
+shape is the candidate's own (`ShadowState`: its daily scores, for the 7- and
+30-day changes and the drop rule, its last score and its alert episode state);
+everything else is the live state's. The aggregates were accumulated under the
+live model's half-lives and signal weights (`aggregates_differ` says when a
+candidate would have accumulated them differently).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from uuid import UUID, uuid5
+
+import msgspec
+
+from healthscore.core.scoring.alerts import AlertDecision, evaluate_alert
+from healthscore.core.scoring.model import DAY, ScoreModel
+from healthscore.core.scoring.score import HealthScore, record_score, score
+from healthscore.core.scoring.state import AlertState, OrganizationState
+
+# a candidate raise this close to a live one is the same episode, moved
+WINDOW_DAYS = 14.0
+# an episode is true when the organization churns within this long after the raise
+ALERT_HORIZON_DAYS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class RaiseChanges:
+    """How a candidate's raises of one organization differ from the live ones."""
+
+    added: list[float] = field(default_factory=list)  # candidate raise times, unmatched
+    dropped: list[float] = field(default_factory=list)  # live raise times, unmatched
+    moved_days: list[float] = field(default_factory=list)  # candidate - live, non-zero
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.dropped or self.moved_days)
+
+
+def compare_raises(
+    live: Iterable[float], candidate: Iterable[float], window_days: float = WINDOW_DAYS
+) -> RaiseChanges:
+    """Match one organization's raise times (POSIX seconds), nearest first."""
+    ours, theirs = list(live), list(candidate)
+    pairs = sorted(
+        (abs(b - a), a, b) for a in ours for b in theirs if abs(b - a) <= window_days * DAY
+    )
+    matched_a: set[float] = set()
+    matched_b: set[float] = set()
+    shifts: list[float] = []
+    for _gap, a, b in pairs:
+        if a in matched_a or b in matched_b:
+            continue
+        matched_a.add(a)
+        matched_b.add(b)
+        shifts.append(round((b - a) / DAY, 2))
+    return RaiseChanges(
+        added=[b for b in theirs if b not in matched_b],
+        dropped=[a for a in ours if a not in matched_a],
+        moved_days=[s for s in shifts if s != 0.0],
+    )
+
+
+def median(values: list[float]) -> float | None:
+    """The upper median (the offline report's), None when empty."""
+    return sorted(values)[len(values) // 2] if values else None
+
+
+def churned_within_horizon(raised_at: float, churned_at: float | None) -> bool:
+    """Whether an episode raised at `raised_at` is true (churn within the horizon)."""
+    return churned_at is not None and raised_at < churned_at <= raised_at + ALERT_HORIZON_DAYS * DAY
+
+
+class ShadowState(msgspec.Struct):
+    """What a candidate model keeps of its own past for one organization."""
+
+    daily_scores: dict[str, float] = msgspec.field(default_factory=dict)
+    last_score: float | None = None
+    last_scored_at: float | None = None
+    alert: AlertState = msgspec.field(default_factory=AlertState)
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowScore:
+    health: HealthScore
+    scored_at: float
+    decision: AlertDecision | None
+    state: ShadowState
+
+
+def start_shadow(live: OrganizationState) -> ShadowState:
+    """A candidate's first look at an organization: no scores of its own yet, and the
+    live episode state (an organization in a live episode is in one for the candidate
+    too, so that joining mid-episode does not count as a new raise)."""
+    return ShadowState(alert=msgspec.structs.replace(live.alert))
+
+
+def shadow_score(
+    live: OrganizationState, shadow: ShadowState | None, model: ScoreModel
+) -> ShadowScore | None:
+    """The candidate's score of `live` as of its last score, with the alert the
+    candidate would decide; None when there is nothing new to score."""
+    as_of = live.last_scored_at
+    if as_of is None:
+        return None
+    own = shadow if shadow is not None else start_shadow(live)
+    if own.last_scored_at is not None and own.last_scored_at >= as_of:
+        return None
+    state = msgspec.structs.replace(
+        live,
+        daily_scores=dict(own.daily_scores),
+        last_score=own.last_score,
+        last_scored_at=own.last_scored_at,
+        alert=msgspec.structs.replace(own.alert),
+    )
+    health = score(state, as_of, model, explain=False)
+    decision = evaluate_alert(state, state.last_score, health, as_of, model)
+    record_score(state, health, as_of)
+    return ShadowScore(
+        health=health,
+        scored_at=as_of,
+        decision=decision,
+        state=ShadowState(
+            daily_scores=state.daily_scores,
+            last_score=state.last_score,
+            last_scored_at=state.last_scored_at,
+            alert=state.alert,
+        ),
+    )
+
+
+def shadow_alert_id(decision: AlertDecision, candidate_version: str) -> UUID:
+    """The id of a candidate's alert: derived from the id a live alert of the same
+    organization, episode and kind would have, and the candidate's version, so that
+    it is never a live alert's id."""
+    return uuid5(decision.alert_id, f"shadow:{candidate_version}")
+
+
+def aggregates_differ(live: ScoreModel, candidate: ScoreModel) -> list[str]:
+    """Settings under which the candidate would have accumulated the state's
+    aggregates differently from the live model (empty: shadow scores are exact)."""
+    return [
+        name
+        for name in ("half_life_days", "signals")
+        if msgspec.to_builtins(getattr(live, name)) != msgspec.to_builtins(getattr(candidate, name))
+    ]
+
+
+_shadow_encoder = msgspec.json.Encoder()
+_shadow_decoder = msgspec.json.Decoder(ShadowState)
+
+
+def encode_shadow(state: ShadowState) -> bytes:
+    return _shadow_encoder.encode(state)
+
+
+def decode_shadow(raw: bytes | str) -> ShadowState:
+    return _shadow_decoder.decode(raw)

@@ -1,0 +1,235 @@
+"""`healthscore import`: what a CRM knows, into the service's state.
+
+Two CSV files, both with a header row, times RFC 3339 with an offset:
+
+- profiles, ``organization_id,created_at,milestones``: when the account was
+  created (may be empty) and the success milestones it reached before its
+  events reach the service, as ``name=achieved_at`` pairs joined by ``;`` (may
+  be empty). The same shape as `healthscore evaluate --profiles`.
+- labels, ``organization_id,churned_at``: when the organization churned, empty
+  when it was retained (as far as `--labels-until`, default the import time).
+
+The whole file is checked first; any bad row (row number, column, reason) and
+nothing is applied. Then it is applied a page at a time, one transaction per
+page. Profiles go through the pure core's `apply_profile` into each
+organization's state (rows locked in id order, as consumers lock them), which
+is queued for the projector as a batch's changes are; applying the same file
+twice changes nothing more (the earliest times win). Labels replace what an
+earlier import said of the same organization.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TypeVar
+from uuid import UUID
+
+from healthscore.core.effects import next_silence_rescore
+from healthscore.core.enums import MilestoneType
+from healthscore.core.scoring.aggregate import apply_profile, new_state
+from healthscore.core.scoring.state import OrganizationState, decode_state, encode_state
+from healthscore.errors import HealthscoreError
+from healthscore.store import Connection, quality, sql
+from healthscore.store.records import to_datetime
+
+PROFILE_COLUMNS = ("organization_id", "created_at", "milestones")
+LABEL_COLUMNS = ("organization_id", "churned_at")
+_T = TypeVar("_T")
+_KNOWN_MILESTONES = frozenset(m.value for m in MilestoneType)
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    row: int  # 1 is the header
+    column: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"row {self.row}, column {self.column}: {self.reason}"
+
+
+class ImportRefused(HealthscoreError):
+    """A file with bad rows: nothing of it was applied."""
+
+    def __init__(self, source: str, errors: list[RowError]) -> None:
+        self.source = source
+        self.errors = sorted(errors, key=lambda error: error.row)  # stable: column order kept
+        super().__init__(f"{source}: {len(errors)} bad row(s), nothing applied")
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    organization_id: UUID
+    created_at: float | None
+    milestones: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ChurnLabel:
+    organization_id: UUID
+    churned_at: datetime | None
+
+
+def _time(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError("a time without an offset (write e.g. 2026-03-01T00:00:00Z)")
+    return moment
+
+
+def _rows(
+    text: str, columns: Sequence[str], source: str
+) -> tuple[list[tuple[int, dict[str, str]]], list[RowError]]:
+    reader = csv.reader(io.StringIO(text))
+    header = [h.strip() for h in next(reader, [])]
+    if header != list(columns):
+        raise ImportRefused(
+            source, [RowError(1, "-", f"expected the header {','.join(columns)}, got {header}")]
+        )
+    rows: list[tuple[int, dict[str, str]]] = []
+    errors: list[RowError] = []
+    for number, row in enumerate(reader, start=2):
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        if len(row) > len(columns):
+            errors.append(RowError(number, "-", f"{len(row)} columns, expected {len(columns)}"))
+            continue
+        cells = [cell.strip() for cell in row] + [""] * (len(columns) - len(row))
+        rows.append((number, dict(zip(columns, cells, strict=True))))
+    return rows, errors
+
+
+def _organization(number: int, value: str, errors: list[RowError]) -> UUID | None:
+    try:
+        return UUID(value)
+    except ValueError:
+        errors.append(RowError(number, "organization_id", f"not a UUID: {value!r}"))
+        return None
+
+
+def parse_profiles(text: str, source: str = "profiles") -> list[Profile]:
+    """Every profile of the file, one per organization (rows of one organization
+    merged: the earliest times win); `ImportRefused` with every bad row."""
+    rows, errors = _rows(text, PROFILE_COLUMNS, source)
+    merged: dict[UUID, OrganizationState] = {}
+    for number, cells in rows:
+        before = len(errors)
+        org = _organization(number, cells["organization_id"], errors)
+        created: float | None = None
+        if cells["created_at"]:
+            try:
+                created = _time(cells["created_at"]).timestamp()
+            except ValueError as exc:
+                errors.append(RowError(number, "created_at", f"{cells['created_at']!r}: {exc}"))
+        milestones: dict[str, float] = {}
+        for pair in filter(None, (p.strip() for p in cells["milestones"].split(";"))):
+            name, sep, at = (part.strip() for part in pair.partition("="))
+            if not sep or not at:
+                errors.append(RowError(number, "milestones", f"{pair!r}: expected name=time"))
+            elif name not in _KNOWN_MILESTONES:
+                errors.append(RowError(number, "milestones", f"unknown milestone {name!r}"))
+            else:
+                try:
+                    milestones[name] = _time(at).timestamp()
+                except ValueError as exc:
+                    errors.append(RowError(number, "milestones", f"{name}={at!r}: {exc}"))
+        if org is None or len(errors) > before:
+            continue
+        state = merged.setdefault(org, new_state(str(org)))
+        apply_profile(state, created, milestones)
+    if errors:
+        raise ImportRefused(source, errors)
+    return [
+        Profile(org, state.created_at, dict(state.milestones))
+        for org, state in sorted(merged.items())
+    ]
+
+
+def parse_labels(text: str, source: str = "labels") -> list[ChurnLabel]:
+    """Every label of the file; `ImportRefused` with every bad row (an organization
+    listed twice is one)."""
+    rows, errors = _rows(text, LABEL_COLUMNS, source)
+    labels: dict[UUID, ChurnLabel] = {}
+    for number, cells in rows:
+        org = _organization(number, cells["organization_id"], errors)
+        churned: datetime | None = None
+        if cells["churned_at"]:
+            try:
+                churned = _time(cells["churned_at"])
+            except ValueError as exc:
+                errors.append(RowError(number, "churned_at", f"{cells['churned_at']!r}: {exc}"))
+                continue
+        if org is None:
+            continue
+        if org in labels:
+            errors.append(RowError(number, "organization_id", f"{org} is listed twice"))
+            continue
+        labels[org] = ChurnLabel(org, churned)
+    if errors:
+        raise ImportRefused(source, errors)
+    return sorted(labels.values(), key=lambda label: label.organization_id)
+
+
+def _pages(items: Sequence[_T], size: int) -> list[Sequence[_T]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+async def apply_profiles(
+    conn: Connection, profiles: Sequence[Profile], rescore_step_seconds: float, page: int = 500
+) -> int:
+    """Apply `profiles` a page per transaction; how many organizations' states changed."""
+    changed = 0
+    for chunk in _pages(profiles, page):
+        async with conn.transaction():
+            changed += await _apply_profile_page(conn, chunk, rescore_step_seconds)
+    return changed
+
+
+async def _apply_profile_page(
+    conn: Connection, page: Sequence[Profile], rescore_step_seconds: float
+) -> int:
+    ids = [p.organization_id for p in page]
+    await conn.execute(sql.ENSURE_ORGANIZATIONS, ids)
+    rows = {r["organization_id"]: r["state"] for r in await conn.fetch(sql.LOCK_STATES, ids)}
+    missing = [org for org in ids if org not in rows]
+    if missing:
+        await conn.execute(sql.ENSURE_STATE_ROWS, missing)
+        rows = {r["organization_id"]: r["state"] for r in await conn.fetch(sql.LOCK_STATES, ids)}
+    saved: list[OrganizationState] = []
+    for profile in page:
+        raw = rows[profile.organization_id]
+        state = new_state(str(profile.organization_id)) if raw == "null" else decode_state(raw)
+        before = (state.created_at, dict(state.milestones))
+        apply_profile(state, profile.created_at, profile.milestones)
+        if (state.created_at, state.milestones) != before:
+            saved.append(state)
+    if saved:
+        await conn.execute(
+            sql.SAVE_STATES,
+            [UUID(s.organization_id) for s in saved],
+            [encode_state(s).decode() for s in saved],
+            [to_datetime(s.last_event_at) for s in saved],
+            [to_datetime(next_silence_rescore(s, rescore_step_seconds)) for s in saved],
+        )
+    return len(saved)
+
+
+async def import_labels(
+    conn: Connection, labels: Sequence[ChurnLabel], known_until: datetime, page: int = 500
+) -> int:
+    """Upsert `labels` a page per transaction; how many."""
+    for chunk in _pages(labels, page):
+        async with conn.transaction():
+            # a label may name an organization not seen in events yet
+            await conn.execute(sql.ENSURE_ORGANIZATIONS, [label.organization_id for label in chunk])
+            await conn.execute(
+                quality.UPSERT_CHURN_LABELS,
+                [label.organization_id for label in chunk],
+                [label.churned_at for label in chunk],
+                [known_until] * len(chunk),
+            )
+    return len(labels)

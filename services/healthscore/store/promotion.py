@@ -1,0 +1,29 @@
+"""Named SQL of a model promotion: re-project organizations scored by another version.
+
+`customer_health.score_model_version` says which organizations the read model
+still shows under another model than the live one ($1). The promotion queues a
+page of them ($2) for the projector, which scores each at its stored state
+with the live model; it queues only while the projector's queue is shorter
+than a page, so a promotion never makes the read model look stale to the
+organizations that changed meanwhile (the queue is oldest first).
+"""
+
+QUEUE_OTHER_VERSION = """
+INSERT INTO read_model_pending (organization_id, version)
+SELECT s.organization_id, s.health_version
+FROM organization_state s
+WHERE s.organization_id IN (
+    SELECT h.organization_id FROM customer_health h
+    WHERE h.score_model_version <> $1
+      AND NOT EXISTS (SELECT 1 FROM read_model_pending q
+                      WHERE q.organization_id = h.organization_id)
+    ORDER BY h.organization_id
+    LIMIT $2)
+  AND (SELECT count(*) FROM read_model_pending) < $2
+ORDER BY s.organization_id
+ON CONFLICT (organization_id) DO NOTHING
+"""
+
+COUNT_OTHER_VERSION = """
+SELECT count(*) FROM customer_health WHERE score_model_version <> $1
+"""

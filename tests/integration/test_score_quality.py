@@ -1,0 +1,704 @@
+"""Score quality in the running service, against real PostgreSQL and the broker: shadow
+scoring and its report, promotion, profile and label imports, live alert outcomes.
+
+State is made by the real `BatchPipeline` from Kafka-shaped records (as `serve`
+applies them); the read model by the real projector. Alerts whose timing a test
+needs exactly are written to the outbox as rows (the relay never runs in those
+tests), and churns come through the support stream or the label import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import msgspec
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from healthscore.core.enums import MilestoneType
+from healthscore.core.scoring.model import DAY, ScoreModel, default_model, v1_model
+from healthscore.core.scoring.state import decode_state
+from healthscore.service.imports import ImportRefused, apply_profiles, import_labels, parse_labels
+from healthscore.service.imports import parse_profiles as parse_profile_file
+from healthscore.service.ingest.decode import Decoder, RawRecord
+from healthscore.service.ingest.dlq import DeadLetterQueue
+from healthscore.service.ingest.pipeline import BatchPipeline
+from healthscore.service.ops.metrics import Metrics
+from healthscore.service.outcomes import HORIZON_SECONDS, OutcomeLabeller
+from healthscore.service.projector import Projector, project
+from healthscore.service.promotion import Promotion
+from healthscore.service.shadow import ShadowScorer, compare_shadow
+from healthscore.store import promotion, quality
+from healthscore.store.db import create_pool
+from tests.utils.harness import (
+    consume_all,
+    make_producer,
+    make_topics,
+    produce_json,
+    running_service,
+    service_settings,
+    wait_for,
+)
+
+USAGE, SUPPORT = "usage.quality", "support.quality"
+GROUP = "quality-test"
+STEP = 6 * 3600.0
+REPO = Path(__file__).resolve().parents[2]
+T = datetime.fromtimestamp(
+    (datetime.now(UTC) - timedelta(days=200)).timestamp() // 86400 * 86400, UTC
+)
+
+
+def org(name: str) -> uuid.UUID:
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"quality-{name}")
+
+
+def eager(model: ScoreModel, version: str) -> ScoreModel:
+    """`model` raising an episode at every organization's first score and never
+    recovering (a candidate whose alerts differ from the live model's, visibly)."""
+    alerts = msgspec.structs.replace(
+        model.alerts,
+        enter_probability=0.0002,
+        exit_probability=0.0001,
+        persist_hours=0.0,
+        immediate_probability=None,
+    )
+    return msgspec.structs.replace(model, alerts=alerts, version=version)
+
+
+def quiet(model: ScoreModel) -> ScoreModel:
+    """`model` that never raises (a live model whose episodes a test writes itself)."""
+    alerts = msgspec.structs.replace(
+        model.alerts, enter_probability=0.9999, exit_probability=0.5, immediate_probability=None
+    )
+    return msgspec.structs.replace(model, alerts=alerts)
+
+
+class Feed:
+    """Usage and support events into the real pipeline, consecutive offsets per topic."""
+
+    def __init__(self, pool: asyncpg.Pool[Any], producer: AIOKafkaProducer) -> None:
+        self.pool = pool
+        self.producer = producer
+        self.offsets: dict[str, int] = {}
+
+    def pipeline(self, model: ScoreModel) -> BatchPipeline:
+        return BatchPipeline(
+            pool=self.pool,
+            decoder=Decoder(USAGE, SUPPORT, 64 * 1024),
+            dlq=DeadLetterQueue(self.producer, ".dlq"),
+            model=model,
+            consumer_group=GROUP,
+            rescore_step_seconds=STEP,
+            silence_rescoring=False,
+        )
+
+    def _record(self, topic: str, key: uuid.UUID, body: dict[str, Any]) -> RawRecord:
+        offset = self.offsets.get(topic, 0)
+        self.offsets[topic] = offset + 1
+        at = datetime.fromisoformat(body["occurred_at"])
+        return RawRecord(
+            topic, 0, offset, str(key).encode(), orjson.dumps(body), int(at.timestamp() * 1000)
+        )
+
+    def logins(self, organization: uuid.UUID, start: datetime, days: int) -> list[RawRecord]:
+        user = uuid.uuid5(organization, "user")
+        return [
+            self._record(
+                USAGE,
+                organization,
+                {
+                    "event_id": str(uuid.uuid5(organization, f"login-{start}-{day}")),
+                    "organization_id": str(organization),
+                    "user_id": str(user),
+                    "type": "login",
+                    "occurred_at": (start + timedelta(days=day)).isoformat(),
+                },
+            )
+            for day in range(days)
+        ]
+
+    def churn(self, organization: uuid.UUID, at: datetime) -> list[RawRecord]:
+        """A cancellation request opened and closed as churned (the support stream's
+        churn signal)."""
+        interaction = uuid.uuid5(organization, f"churn-{at}")
+        base = {
+            "organization_id": str(organization),
+            "interaction_id": str(interaction),
+        }
+        return [
+            self._record(
+                SUPPORT,
+                organization,
+                {
+                    **base,
+                    "event_id": str(uuid.uuid5(interaction, "opened")),
+                    "action": "opened",
+                    "interaction_type": "cancellation_request",
+                    "channel": "email",
+                    "occurred_at": (at - timedelta(days=2)).isoformat(),
+                },
+            ),
+            self._record(
+                SUPPORT,
+                organization,
+                {
+                    **base,
+                    "event_id": str(uuid.uuid5(interaction, "closed")),
+                    "action": "closed",
+                    "outcome": "churned",
+                    "occurred_at": at.isoformat(),
+                },
+            ),
+        ]
+
+    async def apply(self, records: list[RawRecord], model: ScoreModel | None = None) -> None:
+        outcome = await self.pipeline(model or default_model()).process(records)
+        assert outcome.applied == len(records) and not outcome.rejected
+
+
+@pytest.fixture
+async def feed(migrated_database: str, kafka_bootstrap: str) -> AsyncIterator[Feed]:
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False)
+    await producer.start()
+    pool = await create_pool(migrated_database, "healthscore_writer")
+    try:
+        yield Feed(pool, producer)
+    finally:
+        await pool.close()
+        await producer.stop()
+
+
+@contextlib.asynccontextmanager
+async def superuser(url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def insert_live_raise(
+    conn: asyncpg.Connection,
+    organization: uuid.UUID,
+    at: datetime,
+    episode: int = 1,
+    kind: str = "risk_raised",
+) -> uuid.UUID:
+    alert_id = uuid.uuid4()
+    await conn.execute(
+        "INSERT INTO alert_outbox (alert_id, organization_id, kind, episode, payload)"
+        " VALUES ($1, $2, $3, $4, $5::jsonb)",
+        alert_id,
+        organization,
+        kind,
+        episode,
+        json.dumps({"kind": kind, "scored_at": at.isoformat()}),
+    )
+    return alert_id
+
+
+def cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "PYTHONPATH": f"{REPO / 'services'}:{REPO / 'services' / 'lab'}",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "healthscore.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+# --- least privilege -------------------------------------------------------------------
+
+
+async def test_writer_runs_every_quality_and_promotion_statement(feed: Feed) -> None:
+    now = datetime.now(UTC)
+    o, a = org("writer"), uuid.uuid4()
+    await feed.apply(feed.logins(o, T, 2))
+    statements: list[tuple[str, str, list[Any]]] = [
+        ("SHADOW_PAGE", quality.SHADOW_PAGE, [uuid.UUID(int=0), "v9", 10]),
+        (
+            "UPSERT_SHADOW_HEALTH",
+            quality.UPSERT_SHADOW_HEALTH,
+            ["v9", [o], [50.0], [0.5], ["high"], ["{}"], [now], ["{}"], [1], [now]],
+        ),
+        (
+            "INSERT_SHADOW_ALERTS",
+            quality.INSERT_SHADOW_ALERTS,
+            ["v9", [a], [o], ["risk_raised"], [1], ["score_drop"], [now], [40.0], [0.6]],
+        ),
+        ("SHADOW_RAISES", quality.SHADOW_RAISES, ["v9", None]),
+        ("SHADOW_COUNT", quality.SHADOW_COUNT, ["v9"]),
+        ("UPSERT_CHURN_LABELS", quality.UPSERT_CHURN_LABELS, [[o], [now], [now]]),
+        ("LABEL_ALERT_OUTCOMES", quality.LABEL_ALERT_OUTCOMES, [GROUP, [USAGE], HORIZON_SECONDS]),
+        ("OUTCOME_FIGURES", quality.OUTCOME_FIGURES, [HORIZON_SECONDS]),
+        ("ALERT_OUTCOMES", quality.ALERT_OUTCOMES, []),
+        ("QUEUE_OTHER_VERSION", promotion.QUEUE_OTHER_VERSION, ["v9", 10]),
+        ("COUNT_OTHER_VERSION", promotion.COUNT_OTHER_VERSION, ["v9"]),
+    ]
+    named = {name for name, _, _ in statements}
+    for module in (quality, promotion):
+        in_module = {n for n, v in vars(module).items() if n.isupper() and isinstance(v, str)}
+        assert in_module - {"_CHURNS"} <= named, f"a new statement in {module.__name__}"
+    async with feed.pool.acquire() as conn, conn.transaction():
+        assert await conn.fetchval("SELECT current_user") == "healthscore_writer"
+        for name, query, args in statements:
+            for _ in range(2):  # the second run takes the ON CONFLICT paths
+                try:
+                    await conn.execute(query, *args)
+                except asyncpg.PostgresError as exc:
+                    raise AssertionError(f"{name} refused to the writer: {exc}") from exc
+        for table in ("shadow_health", "shadow_alerts", "churn_labels", "alert_outcomes"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                async with conn.transaction():
+                    await conn.execute(f"DELETE FROM {table}")
+
+
+# --- shadow scoring --------------------------------------------------------------------
+
+
+async def test_shadow_scorer_scores_changed_organizations_and_reports_episode_changes(
+    feed: Feed, migrated_database: str
+) -> None:
+    orgs = [org(f"shadow-{i}") for i in range(5)]
+    live = quiet(default_model())
+    for o in orgs:
+        await feed.apply(feed.logins(o, T, 3), live)
+    candidate = eager(default_model(), "v2-eager")
+    scorer = ShadowScorer(feed.pool, candidate, page_size=2)  # three pages a walk
+    assert await scorer.catch_up() == 5
+    assert await scorer.catch_up() == 0  # nothing changed since
+    await feed.apply(feed.logins(orgs[0], T + timedelta(days=3), 2), live)
+    assert await scorer.catch_up() == 1
+
+    async with superuser(migrated_database) as conn:
+        rows = await conn.fetch(
+            "SELECT organization_id, scored_at, started_at, source_version, risk_level"
+            " FROM shadow_health WHERE score_model_version = 'v2-eager'"
+        )
+        assert {r["organization_id"] for r in rows} == set(orgs)
+        versions = {
+            r["organization_id"]: r["health_version"]
+            for r in await conn.fetch(
+                "SELECT organization_id, health_version FROM organization_state"
+            )
+        }
+        for r in rows:
+            assert r["source_version"] == versions[r["organization_id"]]
+        first = next(r for r in rows if r["organization_id"] == orgs[0])
+        assert first["scored_at"] == T + timedelta(days=4)  # its newest event
+        assert first["started_at"] == T + timedelta(days=2)  # the candidate's first score
+        raised = await conn.fetch(
+            "SELECT organization_id, decided_at FROM shadow_alerts WHERE kind = 'risk_raised'"
+        )
+        assert sorted(r["organization_id"] for r in raised) == sorted(orgs)
+        # nothing of the candidate reaches the outbox (so nothing is published)
+        shadow_ids = [r["alert_id"] for r in await conn.fetch("SELECT alert_id FROM shadow_alerts")]
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM alert_outbox WHERE alert_id = ANY($1::uuid[])", shadow_ids
+            )
+            == 0
+        )
+        assert await conn.fetchval("SELECT count(*) FROM alert_outbox") == 0
+        # live raises: one 3 days after the candidate's (moved), one before the candidate
+        # looked (not compared), one 30 days later (dropped)
+        start = T + timedelta(days=2)
+        await insert_live_raise(conn, orgs[1], start + timedelta(days=3))
+        await insert_live_raise(conn, orgs[2], start - timedelta(days=1))
+        await insert_live_raise(conn, orgs[3], start + timedelta(days=30))
+        # at the candidate's first look: its episode state was taken over, not compared
+        await insert_live_raise(conn, orgs[4], start)
+        report = await compare_shadow(conn, "v2-eager")
+    assert report.organizations_scored == 5
+    assert report.live_raises == 2 and report.candidate_raises == 5
+    assert report.moved_days == [-3.0]
+    assert report.dropped == 1 and report.added == 4
+    changed = {uuid.UUID(k): v for k, v in report.per_organization.items()}
+    assert set(changed) == set(orgs)
+    assert changed[orgs[1]].moved_days == [-3.0] and not changed[orgs[1]].added
+    assert len(changed[orgs[3]].added) == 1 and len(changed[orgs[3]].dropped) == 1
+
+    # the command prints the same
+    result = cli(migrated_database, "shadow-report", "--candidate", "v2-eager", "--json")
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert {k: printed[k] for k in ("added", "dropped", "moved", "live_raises")} == {
+        "added": 4,
+        "dropped": 1,
+        "moved": 1,
+        "live_raises": 2,
+    }
+    assert printed["per_organization"][str(orgs[1])]["moved_days"] == [-3.0]
+    one = cli(
+        migrated_database,
+        "shadow-report",
+        "--candidate",
+        "v2-eager",
+        "--organization",
+        str(orgs[3]),
+    )
+    assert one.returncode == 0, one.stderr
+    assert "added 1, dropped 1, moved 0" in one.stdout
+
+
+# --- promotion -------------------------------------------------------------------------
+
+
+async def test_promotion_reprojects_every_organization_under_the_new_version(
+    feed: Feed, migrated_database: str
+) -> None:
+    old, new = v1_model(), default_model()
+    orgs = [org(f"promote-{i}") for i in range(5)]
+    for o in orgs:
+        await feed.apply(feed.logins(o, T, 4), old)
+    await Projector(feed.pool, old, None, None).drain()
+    promoting = Promotion(feed.pool, new.version, Metrics(), page_size=2)
+    assert await promoting.count() == 5
+
+    # a page at a time: no more while the projector has not taken the last one
+    assert await promoting.queue_page() == 2
+    assert await promoting.queue_page() == 0
+    projector = Projector(feed.pool, new, None, None)
+    # consumption goes on meanwhile, under the new model
+    await feed.apply(feed.logins(orgs[4], T + timedelta(days=4), 1), new)
+    steps = 0
+    while await promoting.count():
+        await promoting.step()
+        await projector.drain()
+        steps += 1
+        assert steps < 10
+    assert promoting.remaining == 0
+    async with superuser(migrated_database) as conn:
+        rows = await conn.fetch(
+            "SELECT h.organization_id, h.score_model_version, h.health_score::float8 AS score,"
+            " h.churn_probability::float8 AS p, s.state::text AS state"
+            " FROM customer_health h JOIN organization_state s USING (organization_id)"
+        )
+    assert len(rows) == 5
+    for row in rows:
+        assert row["score_model_version"] == new.version
+        expected = project(decode_state(row["state"]), new)
+        assert expected is not None
+        assert row["score"] == pytest.approx(expected.score, abs=0.005)
+        assert row["p"] == pytest.approx(expected.churn_probability, abs=0.00005)
+    # the v1 scores differed: the promotion changed what the read model shows
+    assert any(
+        project(decode_state(r["state"]), old).score != r["score"]  # type: ignore[union-attr]
+        for r in rows
+    )
+
+
+# --- imports -----------------------------------------------------------------------------
+
+
+async def test_profiles_import_changes_state_and_read_model_bad_files_change_nothing(
+    feed: Feed, migrated_database: str, tmp_path: Path
+) -> None:
+    known, unknown = org("profile-known"), org("profile-unknown")
+    await feed.apply(feed.logins(known, T, 20))  # old enough to be expected to have some
+    projector = Projector(feed.pool, default_model(), None, None)
+    await projector.drain()
+
+    async def missing_milestones() -> float:
+        async with superuser(migrated_database) as conn:
+            factors = orjson.loads(
+                await conn.fetchval(
+                    "SELECT risk_factors::text FROM customer_health WHERE organization_id = $1",
+                    known,
+                )
+            )
+        return float(sum(f["impact"] for f in factors if f["factor"] == "missing_milestones"))
+
+    before = await missing_milestones()
+    assert before < 0
+    long_ago = T - timedelta(days=400)
+    milestones = ";".join(
+        f"{m.value}={(long_ago + timedelta(days=30)).isoformat()}" for m in MilestoneType
+    )
+    good = tmp_path / "profiles.csv"
+    good.write_text(
+        "organization_id,created_at,milestones\n"
+        f"{known},{long_ago.isoformat()},{milestones}\n"
+        f"{unknown},{long_ago.isoformat()},\n"
+    )
+    bad = tmp_path / "bad.csv"
+    bad.write_text(
+        "organization_id,created_at,milestones\n"
+        f"{known},{T.isoformat()},\n"
+        f"{unknown},2020-01-01,\n"
+        f"{known},,first_million=2020-01-01T00:00:00Z\n"
+    )
+    async with superuser(migrated_database) as conn:
+        state_before = await conn.fetchval(
+            "SELECT state::text FROM organization_state WHERE organization_id = $1", known
+        )
+    refused = cli(migrated_database, "import", "--profiles", str(bad))
+    assert refused.returncode == 1
+    assert f"{bad}: row 3, column created_at:" in refused.stderr
+    assert f"{bad}: row 4, column milestones: unknown milestone 'first_million'" in refused.stderr
+    async with superuser(migrated_database) as conn:
+        assert (
+            await conn.fetchval(
+                "SELECT state::text FROM organization_state WHERE organization_id = $1", known
+            )
+            == state_before
+        )
+        assert await conn.fetchval("SELECT count(*) FROM read_model_pending") == 0
+    with pytest.raises(ImportRefused):
+        parse_profile_file(bad.read_text())
+
+    async with feed.pool.acquire() as writer:
+        profiles = parse_profile_file(good.read_text())
+        assert await apply_profiles(writer, profiles, STEP, page=1) == 2
+        assert await apply_profiles(writer, profiles, STEP, page=1) == 0  # idempotent
+    async with superuser(migrated_database) as conn:
+        states = {
+            r["organization_id"]: decode_state(r["state"])
+            for r in await conn.fetch(
+                "SELECT organization_id, state::text AS state FROM organization_state"
+            )
+        }
+        assert await conn.fetchval("SELECT count(*) FROM organizations WHERE id = $1", unknown) == 1
+    assert states[known].created_at == long_ago.timestamp()
+    assert (
+        states[known].milestones["first_payment_received"]
+        == (long_ago + timedelta(days=30)).timestamp()
+    )
+    assert states[unknown].created_at == long_ago.timestamp() and states[unknown].event_count == 0
+    await projector.drain()
+    assert await missing_milestones() == 0  # every milestone achieved, before the stream
+
+    # the command applies the same file: nothing left to change
+    again = cli(migrated_database, "import", "--profiles", str(good))
+    assert again.returncode == 0, again.stderr
+    assert "2 organizations" in again.stdout and "0 states changed" in again.stdout
+
+
+# --- live alert outcomes ---------------------------------------------------------------
+
+
+async def test_alert_decisions_are_labelled_from_the_support_stream_and_labels(
+    feed: Feed, migrated_database: str
+) -> None:
+    x, y, z, w = (org(f"outcome-{name}") for name in "xyzw")
+    live = quiet(default_model())  # the live episodes are the rows written below
+    for o in (x, y, z, w):
+        await feed.apply(feed.logins(o, T - timedelta(days=5), 3), live)
+    # the support stream: x churns 10 days after its raise; the log reaches T + 70 days
+    await feed.apply(feed.churn(x, T + timedelta(days=10)), live)
+    await feed.apply(feed.logins(org("outcome-clock"), T + timedelta(days=70), 1), live)
+    # usage and support partitions both reach T + 70 days (the watermark is their minimum)
+    await feed.apply(feed.churn(org("outcome-clock"), T + timedelta(days=70)), live)
+    async with superuser(migrated_database) as conn:
+        x_ids = [
+            await insert_live_raise(conn, x, T),
+            await insert_live_raise(conn, x, T + timedelta(days=1), kind="risk_escalated"),
+            await insert_live_raise(conn, x, T + timedelta(days=20), kind="recovered"),
+        ]
+        await insert_live_raise(conn, y, T)
+        await insert_live_raise(conn, z, T + timedelta(days=5))
+        await insert_live_raise(conn, w, T + timedelta(days=50))
+    async with feed.pool.acquire() as writer:
+        # y churned 90 days after its raise: beyond the 60-day horizon
+        await import_labels(
+            writer,
+            parse_labels(
+                f"organization_id,churned_at\n{y},{(T + timedelta(days=90)).isoformat()}\n"
+            ),
+            T + timedelta(days=100),
+        )
+    metrics = Metrics()
+    labeller = OutcomeLabeller(feed.pool, metrics, GROUP, [USAGE, SUPPORT])
+    await labeller.step()
+
+    async def labels() -> dict[uuid.UUID, list[tuple[str, str | None]]]:
+        async with superuser(migrated_database) as conn:
+            rows = await conn.fetch(quality.ALERT_OUTCOMES)
+        out: dict[uuid.UUID, list[tuple[str, str | None]]] = {}
+        for r in rows:
+            out.setdefault(r["organization_id"], []).append((r["kind"], r["outcome"]))
+        return out
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels or None)
+
+    got = await labels()
+    # every decision of x's episode carries its outcome; the clock org has none
+    assert sorted(got[x]) == [
+        ("recovered", "churned"),
+        ("risk_escalated", "churned"),
+        ("risk_raised", "churned"),
+    ]
+    assert got[y] == [("risk_raised", "retained")]  # known: labels to T + 100 days
+    assert got[z] == [("risk_raised", "retained")]  # the log reached T + 70 > T + 5 + 60
+    assert got[w] == [("risk_raised", None)]  # not known yet
+    async with superuser(migrated_database) as conn:
+        assert await conn.fetchval(
+            "SELECT churned_at FROM alert_outcomes WHERE alert_id = $1", x_ids[0]
+        ) == T + timedelta(days=10)
+    assert sample("healthscore_alert_episodes", outcome="churned") == 1
+    assert sample("healthscore_alert_episodes", outcome="retained") == 2
+    assert sample("healthscore_alert_episodes", outcome="pending") == 1
+    assert sample("healthscore_alert_precision") == pytest.approx(1 / 3)
+    # churners: x (support stream), y (labels) and the clock organization; alerted
+    # in the 60 days before: x alone, 10 days ahead
+    assert sample("healthscore_churned_organizations") == 3
+    assert sample("healthscore_churned_organizations_alerted") == 1
+    lead = "healthscore_alert_lead_time_seconds"
+    assert sample(lead, percentile="50") == pytest.approx(10 * DAY)
+
+    # a later import: z churned 30 days after its raise (and an organization the
+    # service has not seen, which counts nowhere)
+    async with feed.pool.acquire() as writer:
+        await import_labels(
+            writer,
+            parse_labels(
+                f"organization_id,churned_at\n{z},{(T + timedelta(days=35)).isoformat()}\n"
+                f"{org('outcome-unseen')},{T.isoformat()}\n"
+            ),
+            T + timedelta(days=100),
+        )
+    await labeller.step()
+    assert (await labels())[z] == [("risk_raised", "churned")]
+    assert sample("healthscore_alert_precision") == pytest.approx(2 / 3)
+    assert sample("healthscore_churned_organizations") == 4
+    assert sample("healthscore_churned_organizations_alerted") == 2
+    assert sample(lead, percentile="50") == pytest.approx(20 * DAY)
+    assert sample(lead, percentile="75") == pytest.approx(25 * DAY)
+
+
+async def test_labels_import_command_labels_the_pending_episode(
+    feed: Feed, migrated_database: str, tmp_path: Path
+) -> None:
+    w = org("labels-cli")
+    await feed.apply(feed.logins(w, T, 2), quiet(default_model()))
+    async with superuser(migrated_database) as conn:
+        await insert_live_raise(conn, w, T + timedelta(days=1))
+    labeller = OutcomeLabeller(feed.pool, Metrics(), GROUP, [USAGE, SUPPORT])
+    await labeller.step()
+    assert labeller.latest is not None and labeller.latest.pending == 1
+    labels = tmp_path / "churn.csv"
+    labels.write_text(f"organization_id,churned_at\n{w},\n")
+    until = (T + timedelta(days=61)).isoformat()
+    result = cli(migrated_database, "import", "--labels", str(labels), "--labels-until", until)
+    assert result.returncode == 0, result.stderr
+    assert "labels: 1 organizations" in result.stdout and "(0 churned)" in result.stdout
+    await labeller.step()
+    assert labeller.latest.retained == 1 and labeller.latest.pending == 0
+    labels.write_text(f"organization_id,churned_at\n{w},{(T + timedelta(days=40)).isoformat()}\n")
+    assert cli(migrated_database, "import", "--labels", str(labels)).returncode == 0
+    await labeller.step()
+    assert labeller.latest.churned == 1 and labeller.latest.retained == 0
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"organization_id,churned_at\n{w},soon\n")
+    refused = cli(migrated_database, "import", "--labels", str(bad))
+    assert refused.returncode == 1
+    assert f"{bad}: row 2, column churned_at: 'soon'" in refused.stderr
+
+
+# --- the running service ---------------------------------------------------------------
+
+
+async def test_the_service_scores_a_shadow_model_and_publishes_only_live_alerts(
+    migrated_database: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    candidate_path = tmp_path / "health_model.eager.json"
+    candidate_path.write_bytes(msgspec.json.encode(eager(default_model(), "v2-eager")))
+    topics = await make_topics(kafka_bootstrap)
+    settings = service_settings(
+        migrated_database,
+        kafka_bootstrap,
+        topics,
+        shadow_model_path=candidate_path,
+        shadow_interval_seconds=0.2,
+        outcome_interval_seconds=0.5,
+    )
+    orgs = [org(f"service-{i}") for i in range(6)]
+    now = datetime.now(UTC)
+    events = [
+        {
+            "event_id": str(uuid.uuid4()),
+            "organization_id": str(o),
+            "type": "login",
+            "occurred_at": (now - timedelta(days=3, hours=i)).isoformat(),
+        }
+        for o in orgs
+        for i in range(3)
+    ]
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        async with running_service(settings) as service:
+            await produce_json(producer, topics.usage, events)
+            await wait_for(
+                migrated_database,
+                "SELECT count(*) FROM shadow_health WHERE scored_at = ("
+                " SELECT max(scored_at) FROM shadow_health)",
+                lambda n: n is not None and n >= 1,
+            )
+            await wait_for(
+                migrated_database,
+                "SELECT count(*) FROM shadow_alerts WHERE kind = 'risk_raised'",
+                lambda n: n == len(orgs),
+            )
+            await wait_for(
+                migrated_database,
+                "SELECT count(*) FROM alert_outbox WHERE published_at IS NULL",
+                lambda n: n == 0,
+            )
+            live_ids = {
+                str(r)
+                for r in await _column(migrated_database, "SELECT alert_id FROM alert_outbox")
+            }
+            raised = await _column(
+                migrated_database, "SELECT count(*) FROM alert_outbox WHERE kind = 'risk_raised'"
+            )
+            url = f"http://127.0.0.1:{service.ops_port}/metrics"
+            pending = f'healthscore_alert_episodes{{outcome="pending"}} {float(raised[0])}'
+            async with httpx.AsyncClient() as client:
+                for _ in range(300):
+                    text = (await client.get(url)).text
+                    if "healthscore_shadow_organizations_scored 6.0" in text and pending in text:
+                        break
+                    await asyncio.sleep(0.1)
+        published = await consume_all(
+            kafka_bootstrap, topics.alerts, expect=len(live_ids), settle=1.0
+        )
+    finally:
+        await producer.stop()
+    shadow_ids = {
+        str(r) for r in await _column(migrated_database, "SELECT alert_id FROM shadow_alerts")
+    }
+    on_topic = {orjson.loads(r.value)["alert_id"] for r in published}
+    assert on_topic == live_ids and len(published) == len(live_ids)
+    assert not on_topic & shadow_ids
+    assert 'healthscore_shadow_model_info{candidate="v2-eager",live="v2"} 1.0' in text
+    assert 'healthscore_shadow_raises{model="candidate"} 6.0' in text
+    assert "healthscore_organizations_on_other_model_version 0.0" in text
+    assert "healthscore_shadow_organizations_scored 6.0" in text
+    assert pending in text  # every live raise labelled, none known yet
+    assert "healthscore_alert_precision NaN" in text
+
+
+async def _column(url: str, query: str) -> list[Any]:
+    async with superuser(url) as conn:
+        return [r[0] for r in await conn.fetch(query)]

@@ -1,0 +1,235 @@
+"""Score quality in the pure core: episode matching, shadow scoring, import parsing."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import pytest
+
+from healthscore.contracts.enums import AlertKind
+from healthscore.core.effects import compute_batch_effects
+from healthscore.core.events import UsageEvent
+from healthscore.core.quality import (
+    ShadowState,
+    aggregates_differ,
+    compare_raises,
+    decode_shadow,
+    encode_shadow,
+    shadow_alert_id,
+    shadow_score,
+)
+from healthscore.core.scoring.alerts import alert_id_for
+from healthscore.core.scoring.model import DAY, ScoreModel, default_model, v1_model
+from healthscore.core.scoring.state import OrganizationState
+from healthscore.service.imports import ImportRefused, RowError, parse_labels, parse_profiles
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+ORG = uuid.UUID("8a7b6c5d-4e3f-4a1b-9c8d-7e6f5a4b3c2d")
+
+
+def test_raises_match_nearest_first_within_the_window() -> None:
+    day = DAY
+    live = [10 * day, 40 * day, 100 * day]
+    candidate = [8 * day, 12 * day, 41.5 * day, 200 * day]
+    changes = compare_raises(live, candidate)
+    # 10 -> 12 and 8 are both 2 days away: the first pair in (gap, live, candidate)
+    # order wins (8: -2 days); 12 is then unmatched
+    assert changes.moved_days == [1.5, -2.0]
+    assert changes.added == [12 * day, 200 * day]
+    assert changes.dropped == [100 * day]
+    assert changes.changed
+
+
+def test_identical_raises_are_no_change() -> None:
+    changes = compare_raises([1.0 * DAY, 30 * DAY], [30 * DAY, 1.0 * DAY])
+    assert not changes.changed
+    assert compare_raises([0.0], [15 * DAY]).added == [15 * DAY]  # beyond 14 days
+    assert compare_raises([0.0], [14 * DAY]).moved_days == [14.0]
+
+
+def _events(seed: int, count: int) -> list[UsageEvent]:
+    """One organization: busy weeks and silences of days, so that the probability of
+    churn swings up and down."""
+    rng = random.Random(seed)
+    users = [uuid.UUID(int=rng.getrandbits(128)) for _ in range(3)]
+    at = T0
+    events = []
+    for _ in range(count):
+        at += timedelta(hours=rng.choice([1, 3, 9, 30, 24 * 5, 24 * 12]))
+        events.append(
+            UsageEvent(
+                event_id=uuid.UUID(int=rng.getrandbits(128)),
+                organization_id=ORG,
+                user_id=rng.choice(users),
+                type=rng.choice(["login", "feature_used", "client_added", "seat_removed"]),
+                feature="calendar",
+                occurred_at=at,
+            )
+        )
+    return events
+
+
+def _live_path(
+    events: list[UsageEvent], model: ScoreModel
+) -> list[tuple[OrganizationState, AlertKind | None]]:
+    """The live state after each event (a copy), with the alert decided on it."""
+    states: dict[str, OrganizationState] = {}
+    path = []
+    for event in events:
+        effects = compute_batch_effects([event], states, {}, model)
+        kinds = [alert.decision.kind for alert in effects.alerts]
+        state = msgspec.json.decode(msgspec.json.encode(states[str(ORG)]), type=OrganizationState)
+        path.append((state, kinds[0] if kinds else None))
+    return path
+
+
+def _eager(model: ScoreModel, path_probabilities: list[float], version: str) -> ScoreModel:
+    """`model` with alert thresholds inside the range the path's probabilities span."""
+    ordered = sorted(path_probabilities)
+    enter = ordered[len(ordered) * 7 // 10]
+    exit_ = ordered[len(ordered) * 4 // 10]
+    alerts = msgspec.structs.replace(
+        model.alerts, enter_probability=enter, exit_probability=exit_, persist_hours=0.0
+    )
+    return msgspec.structs.replace(model, alerts=alerts, version=version)
+
+
+def test_a_candidate_equal_to_the_live_model_scores_and_alerts_as_it_does() -> None:
+    base = v1_model()
+    probe = _live_path(_events(7, 120), base)
+    probabilities = [shadow_score(s, None, base).health.churn_probability for s, _ in probe]  # type: ignore[union-attr]
+    live_model = _eager(base, probabilities, "v1-eager")
+    candidate = msgspec.structs.replace(live_model, version="v1-eager-candidate")
+    path = _live_path(_events(7, 120), live_model)
+    assert sum(1 for _, kind in path if kind is AlertKind.RISK_RAISED) >= 2
+    shadow: ShadowState | None = None
+    for index, (state, live_kind) in enumerate(path):
+        result = shadow_score(state, shadow, candidate)
+        assert result is not None
+        # stored and read back, as the shadow scorer does between pages
+        shadow = decode_shadow(encode_shadow(result.state))
+        if index == 0:
+            continue  # the candidate's first look: no scores of its own yet
+        assert result.health.score == state.last_score
+        assert (result.decision.kind if result.decision else None) is live_kind
+        if result.decision is not None:
+            live_id = alert_id_for(str(ORG), result.decision.episode, result.decision.kind)
+            if result.decision.kind is not AlertKind.RISK_ESCALATED:
+                assert result.decision.alert_id == live_id
+            assert shadow_alert_id(result.decision, candidate.version) != live_id
+        # nothing new: nothing scored
+        assert shadow_score(state, shadow, candidate) is None
+
+
+def test_a_stricter_candidate_raises_fewer_episodes_on_the_same_states() -> None:
+    base = v1_model()
+    probe = _live_path(_events(11, 150), base)
+    probabilities = [shadow_score(s, None, base).health.churn_probability for s, _ in probe]  # type: ignore[union-attr]
+    live_model = _eager(base, probabilities, "live")
+    strict = msgspec.structs.replace(
+        live_model,
+        version="strict",
+        alerts=msgspec.structs.replace(
+            live_model.alerts, enter_probability=0.999, immediate_probability=None
+        ),
+    )
+    path = _live_path(_events(11, 150), live_model)
+    shadow: ShadowState | None = None
+    candidate_raises = 0
+    for state, _ in path:
+        result = shadow_score(state, shadow, strict)
+        assert result is not None
+        shadow = result.state
+        candidate_raises += result.decision is not None and (
+            result.decision.kind is AlertKind.RISK_RAISED
+        )
+    assert sum(1 for _, kind in path if kind is AlertKind.RISK_RAISED) >= 2
+    assert candidate_raises == 0
+
+
+def test_a_state_never_scored_is_not_shadow_scored() -> None:
+    assert shadow_score(OrganizationState(organization_id=str(ORG)), None, default_model()) is None
+
+
+def test_aggregates_differ_names_what_the_state_accumulates_differently() -> None:
+    v2 = default_model()
+    assert aggregates_differ(v1_model(), v2) == []
+    slower = msgspec.structs.replace(
+        v2, half_life_days=msgspec.structs.replace(v2.half_life_days, activity=14.0)
+    )
+    assert aggregates_differ(v2, slower) == ["half_life_days"]
+
+
+def test_profiles_parse_and_merge_rows_of_one_organization() -> None:
+    other = uuid.uuid4()
+    text = (
+        "organization_id,created_at,milestones\n"
+        f"{ORG},2024-05-01T00:00:00Z,onboarding_completed=2024-05-20T10:00:00+02:00\n"
+        f"{other},,\n"
+        "\n"
+        f"{ORG},2024-04-01T00:00:00Z,first_client_added=2024-06-01T00:00:00Z;"
+        "onboarding_completed=2024-05-21T00:00:00Z\n"
+    )
+    profiles = {p.organization_id: p for p in parse_profiles(text)}
+    assert set(profiles) == {ORG, other}
+    mine = profiles[ORG]
+    assert mine.created_at == datetime(2024, 4, 1, tzinfo=UTC).timestamp()  # the earliest
+    assert mine.milestones == {
+        "onboarding_completed": datetime(2024, 5, 20, 8, tzinfo=UTC).timestamp(),
+        "first_client_added": datetime(2024, 6, 1, tzinfo=UTC).timestamp(),
+    }
+    assert profiles[other].created_at is None and profiles[other].milestones == {}
+
+
+def test_bad_profile_rows_are_all_reported_with_row_and_column() -> None:
+    text = (
+        "organization_id,created_at,milestones\n"
+        f"{ORG},2024-05-01T00:00:00Z,\n"
+        "not-a-uuid,2024-05-01T00:00:00Z,\n"
+        f"{ORG},2024-05-01 00:00,\n"
+        f"{ORG},,clients_1000=2024-05-01T00:00:00Z\n"
+        f"{ORG},,onboarding_completed\n"
+        f"{ORG},,onboarding_completed=yesterday\n"
+        f"{ORG},,,extra\n"
+    )
+    with pytest.raises(ImportRefused) as refused:
+        parse_profiles(text, "p.csv")
+    assert [(e.row, e.column) for e in refused.value.errors] == [
+        (3, "organization_id"),
+        (4, "created_at"),
+        (5, "milestones"),
+        (6, "milestones"),
+        (7, "milestones"),
+        (8, "-"),
+    ]
+    assert "unknown milestone 'clients_1000'" in str(refused.value.errors[2])
+    assert "without an offset" in refused.value.errors[1].reason
+    with pytest.raises(ImportRefused) as header:
+        parse_profiles("org,created,milestones\n", "p.csv")
+    assert header.value.errors == [
+        RowError(
+            1,
+            "-",
+            "expected the header organization_id,created_at,milestones, "
+            "got ['org', 'created', 'milestones']",
+        )
+    ]
+
+
+def test_labels_parse_and_refuse_bad_rows() -> None:
+    other = uuid.uuid4()
+    labels = parse_labels(f"organization_id,churned_at\n{ORG},2026-04-01T00:00:00Z\n{other},\n")
+    by_org = {label.organization_id: label.churned_at for label in labels}
+    assert by_org == {ORG: datetime(2026, 4, 1, tzinfo=UTC), other: None}
+    with pytest.raises(ImportRefused) as refused:
+        parse_labels(
+            f"organization_id,churned_at\n{ORG},\n{ORG},2026-04-01T00:00:00Z\nx,\n{other},April\n"
+        )
+    assert [(e.row, e.column) for e in refused.value.errors] == [
+        (3, "organization_id"),
+        (4, "organization_id"),
+        (5, "churned_at"),
+    ]
