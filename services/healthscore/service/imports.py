@@ -28,13 +28,12 @@ from datetime import datetime
 from typing import TypeVar
 from uuid import UUID
 
-from healthscore.core.effects import next_silence_rescore
 from healthscore.core.enums import MilestoneType
 from healthscore.core.scoring.aggregate import apply_profile, new_state
-from healthscore.core.scoring.state import OrganizationState, decode_state, encode_state
+from healthscore.core.scoring.state import OrganizationState, decode_state
 from healthscore.errors import HealthscoreError
 from healthscore.store import Connection, quality, sql
-from healthscore.store.records import to_datetime
+from healthscore.store.effects_writer import save_states_checked
 
 PROFILE_COLUMNS = ("organization_id", "created_at", "milestones")
 LABEL_COLUMNS = ("organization_id", "churned_at")
@@ -194,27 +193,26 @@ async def _apply_profile_page(
 ) -> int:
     ids = [p.organization_id for p in page]
     await conn.execute(sql.ENSURE_ORGANIZATIONS, ids)
-    rows = {r["organization_id"]: r["state"] for r in await conn.fetch(sql.LOCK_STATES, ids)}
+    rows = {r["organization_id"]: r for r in await conn.fetch(sql.LOCK_STATES, ids)}
     missing = [org for org in ids if org not in rows]
     if missing:
         await conn.execute(sql.ENSURE_STATE_ROWS, missing)
-        rows = {r["organization_id"]: r["state"] for r in await conn.fetch(sql.LOCK_STATES, ids)}
+        rows = {r["organization_id"]: r for r in await conn.fetch(sql.LOCK_STATES, ids)}
+    versions = {str(org): row["health_version"] for org, row in rows.items()}
     saved: list[OrganizationState] = []
     for profile in page:
-        raw = rows[profile.organization_id]
+        raw = rows[profile.organization_id]["state"]
         state = new_state(str(profile.organization_id)) if raw == "null" else decode_state(raw)
         before = (state.created_at, dict(state.milestones))
         apply_profile(state, profile.created_at, profile.milestones)
         if (state.created_at, state.milestones) != before:
             saved.append(state)
     if saved:
-        await conn.execute(
-            sql.SAVE_STATES,
-            [UUID(s.organization_id) for s in saved],
-            [encode_state(s).decode() for s in saved],
-            [to_datetime(s.last_event_at) for s in saved],
-            [to_datetime(next_silence_rescore(s, rescore_step_seconds)) for s in saved],
-        )
+        # checked like every save: a consumer holding one of these states finds its
+        # version moved on and continues from the imported profile
+        _, changed = await save_states_checked(conn, saved, versions, rescore_step_seconds)
+        if changed:  # the rows are locked: nobody else can have saved them
+            raise RuntimeError(f"state rows changed under lock: {sorted(changed)[:5]}")
     return len(saved)
 
 

@@ -44,7 +44,11 @@ from healthscore.core.scoring.model import ScoreModel
 from healthscore.core.scoring.state import OrganizationState, decode_state
 from healthscore.service.periodic import AT_ONCE
 from healthscore.store import Connection, locks, sql
-from healthscore.store.effects_writer import save_states_checked, write_effects
+from healthscore.store.effects_writer import (
+    rescored_states,
+    save_states_checked,
+    write_effects,
+)
 from healthscore.store.records import to_datetime
 
 log = structlog.get_logger(__name__)
@@ -114,7 +118,9 @@ class SilenceSweep:
                 states, watermark.timestamp(), self._step, self._model
             )
             if effects.rescored:
-                _, changed = await save_states_checked(conn, effects, versions, self._step)
+                _, changed = await save_states_checked(
+                    conn, rescored_states(effects), versions, self._step
+                )
                 if changed:  # the rows are locked: nobody else can have saved them
                     raise RuntimeError(f"state rows changed under lock: {sorted(changed)[:5]}")
                 await write_effects(conn, effects, self._model)

@@ -11,7 +11,7 @@ state write queues each changed organization for the projector
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -139,13 +139,18 @@ def _state_columns(
     )
 
 
+def rescored_states(effects: BatchEffects) -> list[OrganizationState]:
+    """The states a batch (or sweep) changed: those of the organizations it rescored."""
+    return [effects.states[org] for org in effects.rescored]
+
+
 async def save_states_checked(
     conn: Connection,
-    effects: BatchEffects,
+    to_save: Sequence[OrganizationState],
     versions: Mapping[str, int],
     rescore_step_seconds: float,
 ) -> tuple[dict[str, tuple[str, int]], set[str]]:
-    """Save the rescored states computed from `versions` (absent: no stored row yet).
+    """Save states computed from `versions` (absent: no stored row yet) and queue them.
 
     Returns each saved organization's state as saved (JSON) with its new
     version, and the organizations another writer changed (or created)
@@ -153,8 +158,8 @@ async def save_states_checked(
     """
     saved: dict[str, tuple[str, int]] = {}
     for statement, states in (
-        (sql.SAVE_STATES_CHECKED, [effects.states[o] for o in effects.rescored if o in versions]),
-        (sql.INSERT_STATES, [effects.states[o] for o in effects.rescored if o not in versions]),
+        (sql.SAVE_STATES_CHECKED, [s for s in to_save if s.organization_id in versions]),
+        (sql.INSERT_STATES, [s for s in to_save if s.organization_id not in versions]),
     ):
         if not states:
             continue
@@ -171,4 +176,4 @@ async def save_states_checked(
         for row in rows:
             org = str(row["organization_id"])
             saved[org] = (by_org[org], row["version"])
-    return saved, {org for org in effects.rescored if org not in saved}
+    return saved, {s.organization_id for s in to_save if s.organization_id not in saved}

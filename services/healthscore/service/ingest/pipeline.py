@@ -48,7 +48,11 @@ from healthscore.service.ingest.dlq import DeadLetterQueue
 from healthscore.service.ingest.owned import OwnedStates
 from healthscore.service.projector import project_in_transaction
 from healthscore.store import Connection, sql
-from healthscore.store.effects_writer import save_states_checked, write_effects
+from healthscore.store.effects_writer import (
+    rescored_states,
+    save_states_checked,
+    write_effects,
+)
 from healthscore.store.records import interaction_from_row
 
 # Errors that say "this data cannot be applied", not "the database or broker is
@@ -384,7 +388,9 @@ class BatchPipeline:
             events, states, interactions, self._model, self._silence_step
         )
         marks.lap("compute")
-        saved, changed = await save_states_checked(conn, effects, versions, self._rescore_step)
+        saved, changed = await save_states_checked(
+            conn, rescored_states(effects), versions, self._rescore_step
+        )
         marks.lap("w_states")
         if changed:
             outcome.states_changed_elsewhere = len(changed)
@@ -397,11 +403,9 @@ class BatchPipeline:
                 self._model,
                 self._silence_step,
             )
+            versions_now = {org: version for org, (_, version) in locked.items()}
             resaved, still = await save_states_checked(
-                conn,
-                redo,
-                {org: version for org, (_, version) in locked.items()},
-                self._rescore_step,
+                conn, rescored_states(redo), versions_now, self._rescore_step
             )
             if still:  # under row locks nobody else can write them
                 raise RuntimeError(f"state rows changed under lock: {sorted(still)[:5]}")
