@@ -24,7 +24,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from healthscore.api import problems, routes
@@ -167,7 +167,10 @@ def create_app(config: ApiConfig) -> FastAPI:
             return JSONResponse({"status": "ready"})
         return JSONResponse({"failed": [{"check": "postgres", "problem": problem}]}, 503)
 
-    app.mount("/api/metrics", make_asgi_app(metrics.registry), name="metrics")
+    @app.get("/api/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     return app
 
