@@ -5,13 +5,17 @@ from __future__ import annotations
 import math
 import re
 import uuid
+from datetime import timedelta
 
 from fastapi.routing import APIRoute
+from starlette.types import Message, Receive, Scope, Send
 
 from healthscore.api import routes
+from healthscore.api.auth import TokenVerifier, issue_hs256
 from healthscore.api.cache import (
     KEY_RETIREMENT_MARGIN,
     Answer,
+    CachedReads,
     CacheState,
     ReadModelVersions,
     ResponseCache,
@@ -112,3 +116,64 @@ def test_every_get_route_has_its_endpoint_and_reads_the_identity_tables() -> Non
     organization = endpoint_of(f"/api/v1/organizations/{uuid.uuid4()}")
     assert organization is not None and organization.clock_bound
     assert t.INTERACTIONS in organization.tables and t.ALERTS in organization.tables
+
+
+class CountingApp:
+    """An ASGI app standing in for the routes: answers 200 with a counter."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.calls += 1
+        body = f'{{"call": {self.calls}}}'.encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+async def call(app: CachedReads, method: str, path: str, token: str) -> tuple[int, bytes]:
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "query_string": b"",
+        "headers": [(b"authorization", f"Bearer {token}".encode())],
+    }
+    await app(scope, receive, send)
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def test_writes_move_every_version_and_other_methods_none() -> None:
+    secret = "a-test-secret-of-at-least-32-bytes-long"
+    state = CacheState(ResponseCache(), ApiMetrics())
+    state.live(until=math.inf)
+    routes_app = CountingApp()
+    app = CachedReads(routes_app, state, TokenVerifier(hs256_secret=secret.encode()))
+    token = issue_hs256(secret, USER, timedelta(minutes=5))
+    path = "/api/v1/organizations"
+    assert await call(app, "GET", path, token) == (200, b'{"call": 1}')
+    assert await call(app, "GET", path, token) == (200, b'{"call": 1}')  # kept
+    await call(app, "OPTIONS", path, token)
+    assert await call(app, "GET", path, token) == (200, b'{"call": 1}')
+    await call(app, "POST", f"{path}/x/milestones/y/acknowledge", token)
+    assert await call(app, "GET", path, token) == (200, b'{"call": 4}')
+    # an unverifiable token goes to the routes (which answer 401), and is never kept
+    assert await call(app, "GET", path, "forged") == (200, b'{"call": 5}')
+    assert await call(app, "GET", path, token) == (200, b'{"call": 4}')
+    state.blind()
+    assert await call(app, "GET", path, token) == (200, b'{"call": 6}')
+    assert await call(app, "GET", path, token) == (200, b'{"call": 7}')

@@ -28,9 +28,9 @@ Correctness first:
   least every change announced before them);
 * answers that depend on the clock (overdue follow-ups) are kept CLOCK_MAX_AGE
   at most;
-* only 200 answers to GET; any other method through the API (the milestone
-  acknowledgment and reward) moves every version on once it has committed, so
-  the caller sees their own write at once.
+* only 200 answers to GET; a write through the API (POST and the like: the
+  milestone acknowledgment and reward) moves every version on once it has
+  committed, so the caller sees their own write at once.
 
 Concurrent misses of the same key at the same versions share one computation
 (the first computes, the others wait for its answer): when a write moves a
@@ -262,6 +262,7 @@ def _matches(if_none_match: bytes | None, etag: bytes) -> bool:
     return b"*" in candidates or etag in candidates or b"W/" + etag in candidates
 
 
+_WRITES: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _CACHE_HEADERS: Final = [
     (b"cache-control", b"private, no-cache"),
     (b"vary", b"authorization"),
@@ -302,8 +303,9 @@ class CachedReads:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if scope["method"] != "GET":
-            if path.startswith("/api/v1/"):
+        method: str = scope["method"]
+        if method != "GET":
+            if method in _WRITES and path.startswith("/api/v1/"):
                 await self._write(scope, receive, send)
             else:
                 await self.app(scope, receive, send)
