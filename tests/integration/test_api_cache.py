@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from healthscore.api.invalidation import APPLICATION_NAME
 from healthscore.api.session import IdentityBindingFailed
@@ -265,10 +266,12 @@ async def test_the_listeners_loss_disables_the_cache_until_it_is_back(world: Wor
     login = listeners[0]["usename"]
     # it cannot come back while the role may not log in (the pool keeps its connections)
     await as_superuser(world, f'ALTER ROLE "{login}" NOLOGIN')
-    await as_superuser(world, "SELECT pg_terminate_backend($1)", listeners[0]["pid"])
-    async with asyncio.timeout(20):
-        while state.listener.live.is_set():  # noqa: ASYNC110 (cleared by the listener)
-            await asyncio.sleep(0.05)
+    with capture_logs() as logs:
+        await as_superuser(world, "SELECT pg_terminate_backend($1)", listeners[0]["pid"])
+        async with asyncio.timeout(20):
+            while state.listener.live.is_set():  # noqa: ASYNC110 (cleared by the listener)
+                await asyncio.sleep(0.05)
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["api_cache_listener_lost"]
     assert (
         state.cache.metrics.registry.get_sample_value("healthscore_api_cache_listener_losses_total")
         == 1
