@@ -29,6 +29,7 @@ BEGIN
     RETURN NULL;
 END
 $$;
+ALTER FUNCTION read_model_changed() OWNER TO healthscore_owner;
 COMMENT ON FUNCTION read_model_changed() IS
     'Statement-level trigger: announces on channel healthscore_read_model that the table changed (payload: its name), for the read API''s response cache.';
 
@@ -43,6 +44,7 @@ BEGIN
     RETURN NULL;
 END
 $$;
+ALTER FUNCTION read_model_rows_inserted() OWNER TO healthscore_owner;
 COMMENT ON FUNCTION read_model_rows_inserted() IS
     'Statement-level AFTER INSERT trigger (REFERENCING NEW TABLE AS inserted): announces the table on healthscore_read_model when the statement inserted at least one row.';
 
