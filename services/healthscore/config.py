@@ -263,6 +263,15 @@ class Settings(BaseSettings):
     api_refresh_seconds: float = Field(
         default=15.0, gt=0, description="How often the dashboard page refreshes its lists."
     )
+    api_response_cache_entries: int = Field(
+        default=4096,
+        ge=0,
+        description="Answers the API keeps per process (per user, request and read-model "
+        "version, invalidated by the database's change announcements); 0: no cache.",
+    )
+    api_response_cache_megabytes: int = Field(
+        default=64, ge=1, description="Memory the API's kept answers may take per process."
+    )
     log_level: str = "INFO"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     state_dir: Path = Field(

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from healthscore_lab.api_bench import CpuMeter, CpuSample, cpu_figures
+from healthscore_lab.api_bench import CpuMeter, CpuSample, cache_figures, cpu_figures
 
 
 def test_cpu_per_request_and_cores_from_two_samples() -> None:
@@ -51,3 +51,14 @@ def test_the_meter_reads_this_process() -> None:
     assert first is not None and second is not None
     assert second.api >= first.api and second.client >= first.client
     assert second.machine >= first.machine and second.at > first.at
+
+
+def test_cache_hit_ratio_from_two_scrapes() -> None:
+    before = {"hit": 10.0, "shared": 0.0, "miss": 5.0, "bypass": 0.0}
+    after = {"hit": 85.0, "shared": 10.0, "miss": 15.0, "bypass": 5.0}
+    assert cache_figures(before, after) == {
+        "cache_hit_ratio": 0.85,  # 75 hits and 10 shared of 100 requests
+        "cache_misses": 10,
+        "cache_bypassed": 5,
+    }
+    assert cache_figures(before, before) == {}

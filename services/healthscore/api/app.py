@@ -5,6 +5,11 @@
 /api/v1/...            the JSON API (healthscore.api.routes)
 /api/openapi.json      the OpenAPI document; /api/docs browses it
 /api/healthz, /readyz  liveness, readiness (PostgreSQL answers)
+/api/metrics           Prometheus exposition (the response cache's counters)
+
+GET answers of /api/v1 are kept per verified user, request and read-model version
+(healthscore.api.cache), invalidated by the database's change announcements
+(healthscore.api.invalidation).
 """
 
 from __future__ import annotations
@@ -19,14 +24,21 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from healthscore.api import problems, routes
+from healthscore.api.cache import CachedReads, CacheState, ResponseCache
+from healthscore.api.invalidation import ReadModelListener
+from healthscore.api.metrics import ApiMetrics
 from healthscore.api.session import create_api_pool
 from healthscore.api.state import ApiConfig, ApiState
 
 STATIC: Final = resources.files("healthscore.api") / "static"
 READY_TIMEOUT: Final = 2.0
+# start-up waits this long for the invalidation listener (the cache serves once it is
+# live; the API serves uncached until then)
+LISTENER_START_TIMEOUT: Final = 5.0
 
 # the page loads nothing but its own files; no framing, no referrer leaks
 SECURITY_HEADERS: Final = [
@@ -66,16 +78,44 @@ def _page(name: str, refresh_seconds: float) -> str:
 
 
 def create_app(config: ApiConfig) -> FastAPI:
+    metrics = ApiMetrics()
+    cache: CacheState | None = None
+    if config.cache_entries > 0:
+        store = ResponseCache(config.cache_entries, config.cache_bytes)
+        cache = CacheState(store, metrics)
+        metrics.cache_entries.set_function(lambda: len(store))
+        metrics.cache_bytes.set_function(lambda: store.bytes)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_api_pool(
             config.database_url, config.database_role, config.pool_size, config.tls
         )
-        app.state.api = ApiState(pool, config.signing_key, config.verifier, config.refresh_seconds)
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(pool.close)
+            listener = None
+            if cache is not None:
+                listener = ReadModelListener(
+                    config.database_url,
+                    config.database_role,
+                    config.tls,
+                    config.signing_key.key_id,
+                    cache,
+                )
+                task = asyncio.create_task(listener.run(), name="api-cache-listener")
+                stack.push_async_callback(_cancelled, task)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(LISTENER_START_TIMEOUT):
+                        await listener.live.wait()
+            app.state.api = ApiState(
+                pool,
+                config.signing_key,
+                config.verifier,
+                config.refresh_seconds,
+                cache,
+                listener,
+            )
             yield
-        finally:
-            await pool.close()
 
     app = FastAPI(
         title="healthscore read API",
@@ -91,6 +131,8 @@ def create_app(config: ApiConfig) -> FastAPI:
     # declares the bearer scheme in the OpenAPI document; verification is in routes
     bearer = HTTPBearer(auto_error=False, description="A JWT whose `sub` is a user_profiles id.")
     app.include_router(routes.router, dependencies=[Depends(bearer)])
+    if cache is not None:
+        app.add_middleware(CachedReads, state=cache, verifier=config.verifier)
     for exc_type, handler in problems.HANDLERS.items():
         app.add_exception_handler(exc_type, handler)
 
@@ -125,8 +167,18 @@ def create_app(config: ApiConfig) -> FastAPI:
             return JSONResponse({"status": "ready"})
         return JSONResponse({"failed": [{"check": "postgres", "problem": problem}]}, 503)
 
+    @app.get("/api/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     return app
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def asgi_app(config: ApiConfig) -> Any:

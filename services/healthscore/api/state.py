@@ -1,4 +1,4 @@
-"""What one API process holds: its configuration, then its pool."""
+"""What one API process holds: its configuration, then its pool and response cache."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Any
 import asyncpg
 
 from healthscore.api.auth import TokenVerifier
+from healthscore.api.cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, CacheState
+from healthscore.api.invalidation import ReadModelListener
 from healthscore.config import Settings
 from healthscore.errors import HealthscoreError
 from healthscore.store.db import DatabaseTLS, database_tls
@@ -27,6 +29,9 @@ class ApiConfig:
     verifier: TokenVerifier
     tls: DatabaseTLS = None
     refresh_seconds: float = 15.0
+    # the response cache (healthscore.api.cache); 0 entries: no cache
+    cache_entries: int = DEFAULT_MAX_ENTRIES
+    cache_bytes: int = DEFAULT_MAX_BYTES
 
     @classmethod
     def from_settings(
@@ -62,6 +67,8 @@ class ApiConfig:
             verifier=verifier,
             tls=database_tls(settings),
             refresh_seconds=settings.api_refresh_seconds,
+            cache_entries=settings.api_response_cache_entries,
+            cache_bytes=settings.api_response_cache_megabytes * 1024 * 1024,
         )
 
 
@@ -86,3 +93,5 @@ class ApiState:
     signing_key: SigningKey
     verifier: TokenVerifier
     refresh_seconds: float
+    cache: CacheState | None = None
+    listener: ReadModelListener | None = None

@@ -174,6 +174,12 @@ class Result:
     consumer_cores: float | None = None
     broker_cores: float | None = None
     machine_cores: float | None = None
+    # the response cache's outcomes over the scenario, from the API processes'
+    # /api/metrics: hits (a kept answer, or a concurrent miss's shared answer) per
+    # request, and the requests that ran statements
+    cache_hit_ratio: float | None = None
+    cache_misses: float | None = None
+    cache_bypassed: float | None = None
 
 
 @dataclass
@@ -184,6 +190,7 @@ class BenchSettings:
     write_rate: float
     api_processes: int
     pool_size: int
+    cache_entries: int | None = None
 
 
 # --- a minimal HTTP/1.1 client: keep-alive GETs, Content-Length bodies -------------------
@@ -196,6 +203,9 @@ class Connection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def get(self, target: str) -> int:
+        return (await self.fetch(target))[0]
+
+    async def fetch(self, target: str) -> tuple[int, bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
@@ -213,8 +223,8 @@ class Connection:
             name, _, value = line.decode().partition(":")
             if name.lower() == "content-length":
                 length = int(value)
-        await self.reader.readexactly(length)
-        return int(status_line.split()[1])
+        body = await self.reader.readexactly(length)
+        return int(status_line.split()[1]), body
 
     def close(self) -> None:
         if self.writer is not None:
@@ -479,6 +489,40 @@ def _children(
                 process.kill()
 
 
+CACHE_OUTCOMES = ("hit", "shared", "miss", "bypass")
+
+
+async def cache_outcomes(ports: list[int]) -> dict[str, float]:
+    """The response cache's request counters, summed over the API processes."""
+    totals = dict.fromkeys(CACHE_OUTCOMES, 0.0)
+    for port in ports:
+        conn = Connection("127.0.0.1", port, "")
+        try:
+            status, body = await conn.fetch("/api/metrics")
+        finally:
+            conn.close()
+        if status != 200:
+            continue
+        for line in body.decode().splitlines():
+            for outcome in CACHE_OUTCOMES:
+                prefix = f'healthscore_api_cache_requests_total{{outcome="{outcome}"}} '
+                if line.startswith(prefix):
+                    totals[outcome] += float(line[len(prefix) :])
+    return totals
+
+
+def cache_figures(before: dict[str, float], after: dict[str, float]) -> dict[str, float | int]:
+    delta = {k: after[k] - before[k] for k in CACHE_OUTCOMES}
+    total = sum(delta.values())
+    if total == 0:
+        return {}
+    return {
+        "cache_hit_ratio": round((delta["hit"] + delta["shared"]) / total, 3),
+        "cache_misses": int(delta["miss"]),
+        "cache_bypassed": int(delta["bypass"]),
+    }
+
+
 async def _wait_ready(port: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -563,6 +607,8 @@ async def run_api_bench(options: BenchSettings) -> dict[str, object]:
             "API_DATABASE_POOL_SIZE": str(options.pool_size),
             "LOG_LEVEL": "WARNING",
         }
+        if options.cache_entries is not None:
+            api_env["API_RESPONSE_CACHE_ENTRIES"] = str(options.cache_entries)
         suffix = uuid.uuid4().hex[:6]
         topics = {
             "USAGE_TOPIC": f"bench-usage-{suffix}",
@@ -611,9 +657,12 @@ async def run_api_bench(options: BenchSettings) -> dict[str, object]:
             for name, targets in plan:
                 # a short warm-up of each statement's plans and the pool
                 await run_scenario(ports, token, name, targets, options.clients, 1.0)
+                cache_before = await cache_outcomes(ports)
                 result = await run_scenario(
                     ports, token, name, targets, options.clients, options.seconds, meter
                 )
+                for key, value in cache_figures(cache_before, await cache_outcomes(ports)).items():
+                    setattr(result, key, value)
                 results.append(result)
                 print(
                     f"  {name:<46} p50 {result.p50_ms:7.1f}  p95 {result.p95_ms:7.1f}  "
@@ -622,7 +671,8 @@ async def run_api_bench(options: BenchSettings) -> dict[str, object]:
                     f"PostgreSQL {result.pg_api_cpu_us} us; cores busy: PostgreSQL "
                     f"{result.pg_cores}, clients {result.client_cores}, consumer "
                     f"{result.consumer_cores}, broker {result.broker_cores}, "
-                    f"machine {result.machine_cores}",
+                    f"machine {result.machine_cores}; cache hits {result.cache_hit_ratio}, "
+                    f"misses {result.cache_misses}",
                     flush=True,
                 )
             written = await _fetch_count(url)
@@ -689,6 +739,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--api-processes", type=int, default=2, help="API replicas, load-balanced")
     p.add_argument("--pool-size", type=int, default=10, help="connections per API process")
+    p.add_argument(
+        "--cache-entries",
+        type=int,
+        default=None,
+        help="API_RESPONSE_CACHE_ENTRIES of the API processes (0: no response cache); "
+        "unset: the setting's default",
+    )
     p.add_argument("--json-out", type=Path)
 
 
@@ -700,6 +757,7 @@ def run(args: argparse.Namespace) -> int:
         write_rate=args.write_rate,
         api_processes=args.api_processes,
         pool_size=args.pool_size,
+        cache_entries=args.cache_entries,
     )
     report = asyncio.run(run_api_bench(options))
     if args.json_out is not None:

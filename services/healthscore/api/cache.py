@@ -1,0 +1,408 @@
+"""Answers kept per verified user, request and read-model version.
+
+A dashboard's clients ask the same few pages again and again, and between two
+writes the answer that row-level security decided for a user does not change.
+So a GET answer is kept, keyed by the verified caller's user id and the request
+(path and query), with the version of every table its endpoint reads
+(ENDPOINTS). The database announces each committed change of those tables
+(migration 0050, heard by healthscore.api.invalidation), which bumps that table's
+version here; an answer is served only while the versions it was computed at are
+still the current ones. A hit costs the token check and a dictionary lookup: no
+connection, no login, no statement.
+
+Correctness first:
+
+* only after the bearer token is verified (an unverified caller goes through to
+  the route, which answers 401), and only while the token is still valid (the
+  database would refuse an expired one: such a request goes through too);
+* the user is part of the key, so an answer computed under one user's row-level
+  security never reaches another user;
+* user_profiles (roles) and app_signing_keys (retirement) are read by every
+  endpoint: a role change or a key's retirement drops every answer; a retirement
+  dated in the future stops the cache at that time (`CacheState.key_retires_at`);
+* nothing is served or kept while the listener is not known to be live (lost,
+  reconnecting, or silent for longer than its lease): a change could have gone
+  unheard; every version moves on when it is lost and when it is back;
+* an answer is kept only when no version it read moved while it was computed,
+  under the versions read before its transaction began (so its snapshot holds at
+  least every change announced before them);
+* answers that depend on the clock (overdue follow-ups) are kept CLOCK_MAX_AGE
+  at most;
+* only 200 answers to GET; a write through the API (POST and the like: the
+  milestone acknowledgment and reward) moves every version on once it has
+  committed, so the caller sees their own write at once.
+
+Concurrent misses of the same key at the same versions share one computation
+(the first computes, the others wait for its answer): when a write moves a
+version, fifty clients asking for the same page cost one query, not fifty.
+
+Memory is bounded: at most `max_entries` answers and `max_bytes` of them, the
+least recently used leaving first.
+
+Responses carry an ETag (a digest of the body) and `Cache-Control: private,
+no-cache`, so a browser revalidates with If-None-Match and gets 304 when its copy
+is still the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import re
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from healthscore.api.auth import TokenVerifier, Unauthenticated
+from healthscore.api.metrics import ApiMetrics
+from healthscore.store import read_model_changes as t
+
+# answers whose values depend on now() (overdue follow-ups) are this old at most
+CLOCK_MAX_AGE: Final = 1.0
+# the signing key's retirement is the database's clock; allow for skew
+KEY_RETIREMENT_MARGIN: Final = 30.0
+DEFAULT_MAX_ENTRIES: Final = 4096
+DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
+
+Key = tuple[uuid.UUID, bytes]
+Versions = tuple[int, ...]
+
+# what decides who may see what: every endpoint reads it
+_IDENTITY: Final = (t.USERS, t.SIGNING_KEYS)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """The tables a GET endpoint's statements and policies read."""
+
+    tables: tuple[str, ...]
+    clock_bound: bool = False
+
+
+_ID = r"[^/]+"
+ENDPOINTS: Final = (
+    (
+        re.compile(r"/api/v1/organizations"),
+        Endpoint((t.CUSTOMER_HEALTH, t.ORGANIZATIONS, *_IDENTITY)),
+    ),
+    (
+        re.compile(rf"/api/v1/organizations/{_ID}"),
+        Endpoint(
+            (
+                t.CUSTOMER_HEALTH,
+                t.ORGANIZATIONS,
+                t.MILESTONES,
+                t.INTERACTIONS,
+                t.ALERTS,
+                *_IDENTITY,
+            ),
+            clock_bound=True,
+        ),
+    ),
+    (
+        re.compile(rf"/api/v1/organizations/{_ID}/history"),
+        Endpoint((t.CUSTOMER_HEALTH, t.ORGANIZATIONS, t.SCORE_HISTORY, *_IDENTITY)),
+    ),
+    (
+        re.compile(rf"/api/v1/organizations/{_ID}/milestones"),
+        Endpoint((t.CUSTOMER_HEALTH, t.ORGANIZATIONS, t.MILESTONES, *_IDENTITY)),
+    ),
+    (
+        re.compile(r"/api/v1/interactions"),
+        Endpoint((t.INTERACTIONS, t.ORGANIZATIONS, *_IDENTITY), clock_bound=True),
+    ),
+    (re.compile(r"/api/v1/me"), Endpoint(_IDENTITY)),
+)
+
+
+def endpoint_of(path: str) -> Endpoint | None:
+    """The cached endpoint serving `path`; None: not cached."""
+    for pattern, endpoint in ENDPOINTS:
+        if pattern.fullmatch(path):
+            return endpoint
+    return None
+
+
+class ReadModelVersions:
+    """Each announced table's version: how many of its changes this process has heard of."""
+
+    def __init__(self) -> None:
+        self._versions = dict.fromkeys(t.TABLES, 0)
+
+    def changed(self, table: str) -> None:
+        if table in self._versions:
+            self._versions[table] += 1
+        else:  # a payload we do not know: assume anything changed
+            self.changed_everything()
+
+    def changed_everything(self) -> None:
+        for table in self._versions:
+            self._versions[table] += 1
+
+    def of(self, tables: Iterable[str]) -> Versions:
+        versions = self._versions
+        return tuple([versions[table] for table in tables])
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A kept 200 response: its headers (with the ETag), body and validator."""
+
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    etag: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers) + 200
+
+    def not_modified_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(k, v) for k, v in self.headers if k in (b"etag", b"cache-control", b"vary")]
+
+
+@dataclass(slots=True)
+class _Entry:
+    versions: Versions
+    fresh_until: float  # time.monotonic()
+    answer: Answer
+
+
+class ResponseCache:
+    """Answers by key, each valid at its versions; a bounded LRU."""
+
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, max_bytes: int = DEFAULT_MAX_BYTES):
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[Key, _Entry] = OrderedDict()
+
+    def get(self, key: Key, versions: Versions, now: float) -> Answer | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.versions != versions or entry.fresh_until <= now:
+            self._drop(key, entry)
+            return None
+        self._entries.move_to_end(key)
+        return entry.answer
+
+    def put(self, key: Key, versions: Versions, fresh_until: float, answer: Answer) -> None:
+        size = answer.size
+        if size > self.max_bytes // 8:  # one huge answer would push out many
+            return
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.bytes -= old.answer.size
+        self._entries[key] = _Entry(versions, fresh_until, answer)
+        self.bytes += size
+        while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self.bytes -= evicted.answer.size
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.bytes = 0
+
+    def _drop(self, key: Key, entry: _Entry) -> None:
+        del self._entries[key]
+        self.bytes -= entry.answer.size
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass
+class CacheState:
+    """The cache, the versions, and whether the listener lets the cache serve."""
+
+    cache: ResponseCache
+    metrics: ApiMetrics
+    versions: ReadModelVersions = field(default_factory=ReadModelVersions)
+    # time.monotonic() until which the listener is known to be live (its last round
+    # trip plus its lease); -inf: not connected
+    live_until: float = -math.inf
+    # unix time from which the database refuses the API's signing key
+    key_retires_at: float = math.inf
+    flights: dict[tuple[Key, Versions], asyncio.Future[Answer | None]] = field(default_factory=dict)
+
+    def serving(self, wall: float, monotonic: float) -> bool:
+        return monotonic < self.live_until and wall < self.key_retires_at - KEY_RETIREMENT_MARGIN
+
+    def changed(self, table: str) -> None:
+        self.versions.changed(table)
+        self.metrics.cache_invalidations.labels(table=table).inc()
+
+    def changed_everything(self) -> None:
+        self.versions.changed_everything()
+
+    def live(self, until: float) -> None:
+        self.live_until = until
+
+    def blind(self) -> None:
+        """The listener is lost: serve nothing, keep nothing, forget everything."""
+        self.live_until = -math.inf
+        self.versions.changed_everything()
+        self.cache.clear()
+
+
+def _etag(body: bytes) -> bytes:
+    return b'"' + hashlib.blake2b(body, digest_size=12).hexdigest().encode() + b'"'
+
+
+def _matches(if_none_match: bytes | None, etag: bytes) -> bool:
+    if if_none_match is None:
+        return False
+    candidates = [c.strip() for c in if_none_match.split(b",")]
+    return b"*" in candidates or etag in candidates or b"W/" + etag in candidates
+
+
+_WRITES: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_CACHE_HEADERS: Final = [
+    (b"cache-control", b"private, no-cache"),
+    (b"vary", b"authorization"),
+]
+
+
+def _answer(messages: list[Message]) -> Answer | None:
+    """The captured response as an Answer, when it is a complete 200."""
+    if not messages or messages[0]["type"] != "http.response.start":
+        return None
+    start = messages[0]
+    if start["status"] != 200:
+        return None
+    body = b"".join(m.get("body", b"") for m in messages[1:] if m["type"] == "http.response.body")
+    etag = _etag(body)
+    headers = [
+        (k, v) for k, v in start.get("headers", []) if k.lower() not in (b"etag", b"cache-control")
+    ]
+    return Answer([*headers, (b"etag", etag), *_CACHE_HEADERS], body, etag)
+
+
+class CachedReads:
+    """ASGI middleware in front of the API's routes: serves and keeps GET answers."""
+
+    def __init__(self, app: ASGIApp, state: CacheState, verifier: TokenVerifier) -> None:
+        self.app = app
+        self.state = state
+        self.verifier = verifier
+        m = state.metrics.cache_requests
+        self._hit = m.labels(outcome="hit")
+        self._shared = m.labels(outcome="shared")
+        self._miss = m.labels(outcome="miss")
+        self._bypass = m.labels(outcome="bypass")
+        self._not_modified = state.metrics.cache_not_modified
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if method != "GET":
+            if method in _WRITES and path.startswith("/api/v1/"):
+                await self._write(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        endpoint = endpoint_of(path)
+        if endpoint is None:
+            await self.app(scope, receive, send)
+            return
+        authorization = if_none_match = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"if-none-match":
+                if_none_match = value
+        try:
+            principal = self.verifier.verify(
+                None if authorization is None else authorization.decode("latin-1")
+            )
+        except Unauthenticated:
+            await self.app(scope, receive, send)  # the route answers 401
+            return
+        state = self.state
+        wall, monotonic = time.time(), time.monotonic()
+        if principal.expires_at.timestamp() <= wall or not state.serving(wall, monotonic):
+            self._bypass.inc()
+            await self.app(scope, receive, send)
+            return
+
+        key: Key = (principal.user_id, path.encode() + b"?" + scope["query_string"])
+        versions = state.versions.of(endpoint.tables)
+        answer = state.cache.get(key, versions, monotonic)
+        if answer is not None:
+            self._hit.inc()
+            await self._send(send, answer, if_none_match)
+            return
+        flight_key = (key, versions)
+        flight = state.flights.get(flight_key)
+        if flight is not None:
+            answer = await asyncio.shield(flight)
+            if answer is not None:
+                self._shared.inc()
+                await self._send(send, answer, if_none_match)
+                return
+            self._miss.inc()
+            await self.app(scope, receive, send)
+            return
+
+        self._miss.inc()
+        future: asyncio.Future[Answer | None] = asyncio.get_running_loop().create_future()
+        state.flights[flight_key] = future
+        messages: list[Message] = []
+
+        async def capture(message: Message) -> None:
+            messages.append(message)
+
+        try:
+            await self.app(scope, receive, capture)
+            answer = _answer(messages)
+        finally:
+            del state.flights[flight_key]
+            future.set_result(answer)
+        if answer is None:
+            for message in messages:
+                await send(message)
+            return
+        if state.versions.of(endpoint.tables) == versions and state.serving(
+            time.time(), time.monotonic()
+        ):
+            fresh_until = monotonic + CLOCK_MAX_AGE if endpoint.clock_bound else math.inf
+            state.cache.put(key, versions, fresh_until, answer)
+        await self._send(send, answer, if_none_match)
+
+    async def _send(self, send: Send, answer: Answer, if_none_match: bytes | None) -> None:
+        if _matches(if_none_match, answer.etag):
+            self._not_modified.inc()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 304,
+                    "headers": answer.not_modified_headers(),
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": answer.headers})
+        await send({"type": "http.response.body", "body": answer.body})
+
+    async def _write(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Any other method: once it has answered (its transaction is over), every
+        version moves on, so no answer computed before it is served after it."""
+
+        async def send_after_commit(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.state.changed_everything()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_after_commit)
+        finally:
+            self.state.changed_everything()

@@ -1,0 +1,50 @@
+"""The API process's Prometheus metrics (served at /api/metrics), one registry per app."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class ApiMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.cache_requests = Counter(
+            "healthscore_api_cache_requests_total",
+            "GET requests to cached endpoints by outcome: hit (a kept answer), shared (the "
+            "answer of a concurrent miss of the same key), miss (computed in the database), "
+            "bypass (not cached: the invalidation listener is not live, or the token has "
+            "expired).",
+            ["outcome"],
+            registry=r,
+        )
+        self.cache_not_modified = Counter(
+            "healthscore_api_cache_not_modified_total",
+            "Answers sent as 304 Not Modified (If-None-Match matched the answer's ETag).",
+            registry=r,
+        )
+        self.cache_invalidations = Counter(
+            "healthscore_api_cache_invalidations_total",
+            "Change announcements heard from the database, by table.",
+            ["table"],
+            registry=r,
+        )
+        self.cache_entries = Gauge(
+            "healthscore_api_cache_entries", "Answers kept in the response cache.", registry=r
+        )
+        self.cache_bytes = Gauge(
+            "healthscore_api_cache_bytes",
+            "Approximate size of the answers kept in the response cache.",
+            registry=r,
+        )
+        self.cache_listener_up = Gauge(
+            "healthscore_api_cache_listener_up",
+            "1 while the invalidation listener is connected and the cache serves, else 0.",
+            registry=r,
+        )
+        self.cache_listener_losses = Counter(
+            "healthscore_api_cache_listener_losses_total",
+            "Times the invalidation listener's connection was lost (the cache was cleared "
+            "and bypassed until it was back).",
+            registry=r,
+        )

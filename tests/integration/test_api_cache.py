@@ -1,0 +1,332 @@
+"""The read API's response cache over real PostgreSQL, real roles, real notifications.
+
+Nothing is mocked: the API runs as a LOGIN role in cs_dashboard with its cache
+and its listener; writes come from other connections (as the service's writer
+role where its grants allow) and announce themselves through migration 0050's
+triggers. Whether a request touched the database is read from pg_stat_activity:
+a backend's state_change moves with every statement it runs, so a hit leaves
+every one of the API's backends as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from structlog.testing import capture_logs
+
+from healthscore.api.invalidation import APPLICATION_NAME
+from healthscore.api.session import IdentityBindingFailed
+from tests.integration import test_api
+from tests.integration.test_api import NOW, World, forged, names, superuser_fetch
+from tests.utils import schema_builders as b
+from tests.utils.api import bearer
+
+world = test_api.world  # the API over the same organizations and users
+LIST = "/api/v1/organizations"
+
+
+async def settle(world: World) -> None:
+    """Until the API's listener has heard every change committed before now."""
+    async with asyncio.timeout(20):
+        await world.app.state.api.listener.settle()
+
+
+async def api_backends(world: World) -> dict[int, tuple[datetime, str]]:
+    """The API pool's backends: when each last changed state, and its last statement."""
+    rows = await superuser_fetch(
+        world.url,
+        "SELECT pid, state_change, query FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name = 'healthscore-api'",
+    )
+    return {r["pid"]: (r["state_change"], r["query"]) for r in rows}
+
+
+async def as_writer(world: World, statement: str, *args: Any) -> None:
+    """A statement as the consumers run theirs: as healthscore_writer, committed."""
+    conn = await asyncpg.connect(world.url)
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL ROLE healthscore_writer")
+            await conn.execute(statement, *args)
+    finally:
+        await conn.close()
+
+
+async def as_superuser(world: World, statement: str, *args: Any) -> None:
+    conn = await asyncpg.connect(world.url)
+    try:
+        await conn.execute(statement, *args)
+    finally:
+        await conn.close()
+
+
+def counted(world: World, outcome: str) -> float:
+    value = world.app.state.api.cache.metrics.registry.get_sample_value(
+        "healthscore_api_cache_requests_total", {"outcome": outcome}
+    )
+    return value or 0.0
+
+
+async def test_a_hit_runs_nothing_in_the_database(world: World) -> None:
+    first = await world.get("admin", LIST)
+    assert first.status_code == 200
+    before = await api_backends(world)
+    assert before  # the control below: a miss does move them
+    hits = counted(world, "hit")
+    again = await world.get("admin", LIST)
+    assert again.status_code == 200 and again.content == first.content
+    assert counted(world, "hit") == hits + 1
+    assert await api_backends(world) == before
+    # another request (a miss) does run statements
+    assert (await world.get("admin", LIST, limit=2)).status_code == 200
+    assert await api_backends(world) != before
+
+
+async def test_a_projector_write_invalidates_the_lists(world: World) -> None:
+    bloom = world.orgs["bloom"]
+    first = (await world.get("admin", LIST)).json()["items"][0]
+    assert first["score_change_7d"] == -18
+    await as_writer(
+        world, "UPDATE customer_health SET score_change_7d = -21 WHERE organization_id = $1", bloom
+    )
+    await settle(world)
+    before = await api_backends(world)
+    first = (await world.get("admin", LIST)).json()["items"][0]
+    assert first["score_change_7d"] == -21
+    assert await api_backends(world) != before
+
+
+async def test_an_interaction_write_invalidates_interactions_and_pages_not_lists(
+    world: World,
+) -> None:
+    vow = world.orgs["vow"]
+    support_before = (await world.get("support", "/api/v1/interactions")).json()["items"]
+    page_before = (await world.get("admin", f"/api/v1/organizations/{vow}")).json()
+    listed = await world.get("admin", LIST)
+    new = b.support_interaction(
+        vow, assigned_to=world.users["support"], subject="Seating chart will not save"
+    )
+    new["opened_at"] = NOW
+    conn = await asyncpg.connect(world.url)
+    try:
+        await b.insert_row(conn, "support_interactions", new)
+    finally:
+        await conn.close()
+    await settle(world)
+    support_after = (await world.get("support", "/api/v1/interactions")).json()["items"]
+    assert {i["id"] for i in support_after} == {
+        str(new["id"]),
+        *(i["id"] for i in support_before),
+    }
+    page_after = (await world.get("admin", f"/api/v1/organizations/{vow}")).json()
+    assert str(new["id"]) in {i["id"] for i in page_after["open_interactions"]}
+    assert str(new["id"]) not in {i["id"] for i in page_before["open_interactions"]}
+    # the lists read no interactions: still the kept answer, no statement run
+    before = await api_backends(world)
+    assert (await world.get("admin", LIST)).content == listed.content
+    assert await api_backends(world) == before
+
+
+async def test_an_acknowledgment_is_seen_at_once_by_its_author(world: World) -> None:
+    vow = world.orgs["vow"]
+    milestones = f"/api/v1/organizations/{vow}/milestones"
+    page = f"/api/v1/organizations/{vow}"
+    assert (await world.get("admin", milestones)).json()["items"][0]["acknowledged_at"] is None
+    assert (await world.get("admin", page)).json()["milestones"]["acknowledged"] == 0
+    acknowledged = await world.post("admin", f"{milestones}/first_client_added/acknowledge")
+    assert acknowledged.status_code == 200
+    # no waiting for the notification: the write moved this process's versions itself
+    item = (await world.get("admin", milestones)).json()["items"][0]
+    assert item["acknowledged_at"] is not None
+    assert item["acknowledged_by"] == str(world.users["admin"])
+    assert (await world.get("admin", page)).json()["milestones"]["acknowledged"] == 1
+
+
+async def test_a_role_change_invalidates_what_the_user_was_shown(world: World) -> None:
+    member = world.users["member"]
+    assert await names(world, "member") == []
+    assert await names(world, "member") == []  # kept
+    await as_superuser(world, "UPDATE user_profiles SET role = 'admin' WHERE id = $1", member)
+    await settle(world)
+    assert await names(world, "member") == ["bloom", "vow", "veil", "petal", "aisle"]
+    await as_superuser(world, "UPDATE user_profiles SET role = 'member' WHERE id = $1", member)
+    await settle(world)
+    assert await names(world, "member") == []
+
+
+async def test_a_signing_key_retirement_invalidates_every_answer(world: World) -> None:
+    state = world.app.state.api
+    key_id = state.signing_key.key_id
+    assert (await world.get("admin", LIST)).status_code == 200
+    hits = counted(world, "hit")
+    assert (await world.get("admin", LIST)).status_code == 200
+    assert counted(world, "hit") == hits + 1
+    # retired an hour from now: served until (a margin before) then, not after
+    await as_superuser(
+        world,
+        "UPDATE app_signing_keys SET retired_at = now() + interval '1 hour' WHERE key_id = $1",
+        key_id,
+    )
+    await settle(world)
+    now, monotonic = datetime.now().timestamp(), asyncio.get_running_loop().time()
+    retires_at = state.cache.key_retires_at
+    assert now + 3500 < retires_at < now + 3700
+    live = state.cache.live_until - 0.001
+    assert state.cache.serving(now, min(live, monotonic))
+    assert not state.cache.serving(retires_at, min(live, monotonic))
+    # retired now: nothing kept is served; the database refuses the key
+    await as_superuser(
+        world, "UPDATE app_signing_keys SET retired_at = now() WHERE key_id = $1", key_id
+    )
+    await settle(world)
+    with pytest.raises(IdentityBindingFailed):
+        await world.get("admin", LIST)
+
+
+async def test_one_users_answer_never_reaches_another(world: World) -> None:
+    bloom = world.orgs["bloom"]
+    page = f"/api/v1/organizations/{bloom}"
+    for _ in range(2):  # a miss, then a hit for the admin
+        assert len((await world.get("admin", LIST)).json()["items"]) == 5
+        assert (await world.get("admin", page)).status_code == 200
+    # right after the admin's answers were kept, under the same paths and queries
+    assert (await world.get("member", LIST)).json()["items"] == []
+    assert (await world.get("support", LIST)).json()["items"] == []
+    assert (await world.get("member", page)).status_code == 404
+    me = (await world.get("member", "/api/v1/me")).json()
+    assert me["user_id"] == str(world.users["member"]) and me["role"] == "member"
+    # concurrent misses of the same path by different users: each their own answer
+    await as_writer(
+        world,
+        "UPDATE customer_health SET score_change_7d = -19 WHERE organization_id = $1",
+        bloom,
+    )
+    await settle(world)
+    roles = ["admin", "member", "support"] * 8
+    pages = await asyncio.gather(*(world.get(role, LIST) for role in roles))
+    assert [len(p.json()["items"]) for p in pages] == [
+        5 if role == "admin" else 0 for role in roles
+    ]
+
+
+async def test_concurrent_misses_of_one_key_share_one_computation(world: World) -> None:
+    await world.get("admin", LIST)
+    await as_writer(
+        world,
+        "UPDATE customer_health SET score_change_7d = -17 WHERE organization_id = $1",
+        world.orgs["bloom"],
+    )
+    await settle(world)
+    misses, shared = counted(world, "miss"), counted(world, "shared")
+    pages = await asyncio.gather(*(world.get("admin", LIST) for _ in range(12)))
+    assert {p.content for p in pages} == {pages[0].content}
+    assert pages[0].json()["items"][0]["score_change_7d"] == -17
+    assert counted(world, "miss") == misses + 1
+    # the others waited for it (or, arriving after it, found it kept)
+    assert counted(world, "shared") > shared
+
+
+async def test_expired_and_forged_tokens_get_401_after_the_users_answer_was_kept(
+    world: World,
+) -> None:
+    admin = world.users["admin"]
+    assert (await world.get("admin", LIST)).status_code == 200
+    assert (await world.get("admin", LIST)).status_code == 200
+    # expired 5 s ago: within the verifier's leeway, but the database refuses it
+    expired = await world.client.get(
+        LIST, headers={"Authorization": bearer(admin, valid_for=timedelta(seconds=-5))}
+    )
+    assert expired.status_code == 401 and "expired" in expired.json()["detail"]
+    long_expired = await world.client.get(
+        LIST, headers={"Authorization": bearer(admin, valid_for=timedelta(minutes=-5))}
+    )
+    assert long_expired.status_code == 401
+    assert (
+        await world.client.get(LIST, headers={"Authorization": forged(admin)})
+    ).status_code == 401
+    assert (await world.client.get(LIST)).status_code == 401
+
+
+async def test_the_listeners_loss_disables_the_cache_until_it_is_back(world: World) -> None:
+    state = world.app.state.api
+    bloom = world.orgs["bloom"]
+    assert (await world.get("admin", LIST)).status_code == 200
+    listeners = await superuser_fetch(
+        world.url,
+        "SELECT pid, usename FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name = $1",
+        APPLICATION_NAME,
+    )
+    assert len(listeners) == 1
+    login = listeners[0]["usename"]
+    # it cannot come back while the role may not log in (the pool keeps its connections)
+    await as_superuser(world, f'ALTER ROLE "{login}" NOLOGIN')
+    with capture_logs() as logs:
+        await as_superuser(world, "SELECT pg_terminate_backend($1)", listeners[0]["pid"])
+        async with asyncio.timeout(20):
+            while state.listener.live.is_set():  # noqa: ASYNC110 (cleared by the listener)
+                await asyncio.sleep(0.05)
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["api_cache_listener_lost"]
+    assert (
+        state.cache.metrics.registry.get_sample_value("healthscore_api_cache_listener_losses_total")
+        == 1
+    )
+    assert len(state.cache.cache) == 0
+    # blind: every request goes to the database, and a change nobody announced is seen
+    await as_superuser(
+        world, "UPDATE customer_health SET score_change_7d = -3 WHERE organization_id = $1", bloom
+    )
+    bypassed = counted(world, "bypass")
+    for _ in range(2):
+        before = await api_backends(world)
+        first = (await world.get("admin", LIST)).json()["items"][0]
+        assert first["score_change_7d"] == -3
+        assert await api_backends(world) != before
+    assert counted(world, "bypass") == bypassed + 2
+    assert len(state.cache.cache) == 0
+    # back: caching again
+    await as_superuser(world, f'ALTER ROLE "{login}" LOGIN')
+    async with asyncio.timeout(30):
+        await state.listener.live.wait()
+    await world.get("admin", LIST)
+    before = await api_backends(world)
+    assert (await world.get("admin", LIST)).status_code == 200
+    assert await api_backends(world) == before
+    metrics = (await world.client.get("/api/metrics")).text
+    assert "healthscore_api_cache_listener_up 1.0" in metrics
+
+
+async def test_etag_answers_304_until_the_answer_changes(world: World) -> None:
+    first = await world.get("admin", LIST)
+    etag = first.headers["etag"]
+    assert first.headers["cache-control"] == "private, no-cache"
+    headers = {**world.auth("admin"), "If-None-Match": etag}
+    same = await world.client.get(LIST, headers=headers)
+    assert same.status_code == 304 and same.content == b"" and same.headers["etag"] == etag
+    await as_writer(
+        world,
+        "UPDATE customer_health SET score_change_7d = -11 WHERE organization_id = $1",
+        world.orgs["bloom"],
+    )
+    await settle(world)
+    changed = await world.client.get(LIST, headers=headers)
+    assert changed.status_code == 200 and changed.headers["etag"] != etag
+    assert changed.json()["items"][0]["score_change_7d"] == -11
+    metrics = (await world.client.get("/api/metrics")).text
+    assert "healthscore_api_cache_not_modified_total 1.0" in metrics
+
+
+async def test_errors_and_writes_are_never_kept(world: World) -> None:
+    missing = f"/api/v1/organizations/{uuid.uuid4()}"
+    for _ in range(2):
+        assert (await world.get("admin", missing)).status_code == 404
+    assert len(world.app.state.api.cache.cache) == 0
+    reward = f"/api/v1/organizations/{world.orgs['bloom']}/milestones/clients_10/reward"
+    for _ in range(2):
+        assert (await world.post("admin", reward, {})).status_code == 409
+    assert len(world.app.state.api.cache.cache) == 0

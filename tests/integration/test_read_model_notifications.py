@@ -1,0 +1,154 @@
+"""Migration 0050's change announcements: one per changed table and transaction.
+
+A session LISTENs on the channel the API's cache listens on, other sessions
+write, and the test reads exactly which payloads arrived (after a round trip on
+the listening session, by which PostgreSQL has sent every notification of the
+transactions committed before it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from healthscore.store import read_model_changes as t
+from tests.utils import schema_builders as b
+
+
+class Heard:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.payloads: list[str] = []
+
+    def __call__(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        self.payloads.append(str(payload))
+
+    async def take(self) -> list[str]:
+        await self.conn.fetchval("SELECT 1")
+        await asyncio.sleep(0)
+        taken, self.payloads = self.payloads, []
+        return taken
+
+
+@pytest.fixture
+async def heard(migrated_database: str) -> AsyncIterator[Heard]:
+    conn = await asyncpg.connect(migrated_database)
+    heard = Heard(conn)
+    await conn.add_listener(t.CHANNEL, heard)
+    try:
+        yield heard
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def writer(migrated_database: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def test_one_announcement_per_changed_table_and_transaction(
+    heard: Heard, writer: asyncpg.Connection
+) -> None:
+    rows = [await b.insert_organization_with_children(writer) for _ in range(3)]
+    await heard.take()
+    ids = [r.organization_id for r in rows]
+    async with writer.transaction():
+        # many rows, many statements, two tables: one notification each
+        for _ in range(5):
+            await writer.execute(
+                "UPDATE customer_health SET active_users_30d = active_users_30d + 1"
+                " WHERE organization_id = ANY($1::uuid[])",
+                ids,
+            )
+        await writer.execute(
+            "UPDATE success_milestones SET health_score_impact = 1"
+            " WHERE organization_id = ANY($1::uuid[])",
+            ids,
+        )
+    assert sorted(await heard.take()) == [t.CUSTOMER_HEALTH, t.MILESTONES]
+
+
+async def test_a_rolled_back_write_announces_nothing(
+    heard: Heard, writer: asyncpg.Connection
+) -> None:
+    row = await b.insert_organization_with_children(writer)
+    await heard.take()
+    tx = writer.transaction()
+    await tx.start()
+    await writer.execute(
+        "UPDATE customer_health SET active_users_30d = 1 WHERE organization_id = $1",
+        row.organization_id,
+    )
+    await tx.rollback()
+    assert await heard.take() == []
+
+
+async def test_placeholder_inserts_announce_only_new_rows(
+    heard: Heard, writer: asyncpg.Connection
+) -> None:
+    known = uuid.uuid4()
+    ensure = "INSERT INTO {} (id) SELECT unnest($1::uuid[]) ON CONFLICT (id) DO NOTHING"
+    for table in (t.ORGANIZATIONS, t.USERS):
+        await writer.execute(ensure.format(table), [known])
+        assert await heard.take() == [table]
+        await writer.execute(ensure.format(table), [known])  # nothing inserted
+        assert await heard.take() == []
+
+
+@pytest.mark.parametrize(
+    ("statement", "payload"),
+    [
+        ("UPDATE user_profiles SET role = 'admin'", t.USERS),
+        ("UPDATE app_signing_keys SET retired_at = now()", t.SIGNING_KEYS),
+        ("INSERT INTO app_signing_keys DEFAULT VALUES", t.SIGNING_KEYS),
+        ("UPDATE organizations SET name = 'Renamed'", t.ORGANIZATIONS),
+        ("UPDATE support_interactions SET subject = 'x'", t.INTERACTIONS),
+        ("UPDATE alert_outbox SET published_at = now()", t.ALERTS),
+        ("UPDATE health_score_history SET cause = cause", t.SCORE_HISTORY),
+        ("DELETE FROM customer_health", t.CUSTOMER_HEALTH),
+    ],
+)
+async def test_every_read_table_announces_its_changes(
+    heard: Heard, writer: asyncpg.Connection, statement: str, payload: str
+) -> None:
+    await writer.execute(statement)
+    assert await heard.take() == [payload]
+
+
+async def test_the_triggers_fire_per_statement_never_per_row(writer: asyncpg.Connection) -> None:
+    triggers = await writer.fetch(
+        "SELECT tgrelid::regclass::text AS table_name, tgname, tgtype FROM pg_trigger"
+        " WHERE tgfoid IN ('read_model_changed()'::regprocedure,"
+        "                  'read_model_rows_inserted()'::regprocedure)"
+    )
+    assert {r["table_name"] for r in triggers} == set(t.TABLES)
+    # bit 0 of tgtype: FOR EACH ROW
+    assert [r["tgname"] for r in triggers if r["tgtype"] & 1] == []
+
+
+async def test_the_api_role_reads_only_when_its_key_retires(migrated_database: str) -> None:
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        key_id = await conn.fetchval("SELECT max(key_id) FROM app_signing_keys")
+        async with conn.transaction():
+            await conn.execute("SET LOCAL ROLE cs_dashboard")
+            assert await conn.fetchval(t.SIGNING_KEY_RETIRES_AT, key_id) == float("inf")
+            assert await conn.fetchval(t.SIGNING_KEY_RETIRES_AT, key_id + 1) == float("-inf")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.fetchval("SELECT secret FROM app_signing_keys")
+        await conn.execute(
+            "UPDATE app_signing_keys SET retired_at = 'epoch'::timestamptz + interval '5 s'"
+        )
+        async with conn.transaction():
+            await conn.execute("SET LOCAL ROLE cs_dashboard")
+            assert await conn.fetchval(t.SIGNING_KEY_RETIRES_AT, key_id) == 5.0
+    finally:
+        await conn.close()
