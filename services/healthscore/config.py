@@ -169,7 +169,7 @@ class Settings(BaseSettings):
         description="/readyz fails while the read model is further behind than this",
     )
     owned_states_max: int = Field(
-        default=20_000,
+        default=10_000,
         ge=0,
         description="organization states a consumer process holds between batches, so that "
         "a batch need not read and lock them (least recently used beyond it are dropped; "
