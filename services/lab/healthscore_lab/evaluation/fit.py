@@ -129,9 +129,9 @@ _GROWTH_POINTS = {
     "weak_commercial_momentum": "commercial_points",
     "no_client_growth": "client_points",
 }
-CANCELLATION_CEILING = 40.0  # the score's highest while a cancellation request is fresh
+CANCELLATION_CEILING = 40.0  # the strongest cancellation ceiling (apply_coefficients' own)
 # the ceilings `fit` may choose from, strongest first (100: no ceiling at all)
-CANCELLATION_CEILINGS = (40.0, 55.0, 70.0, 85.0, 100.0)
+CANCELLATION_CEILINGS = (CANCELLATION_CEILING, 55.0, 70.0, 85.0, 100.0)
 CEILING_TOLERANCE = 1e-3  # relative log loss a stronger ceiling may cost
 # the minimum times between a recovery and the next raise `fit` may choose from
 COOLDOWNS_HOURS = (24.0, 168.0, 336.0)
