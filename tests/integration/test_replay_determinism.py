@@ -44,7 +44,7 @@ import pytest
 
 from healthscore.core.alignment import AlignmentView
 from healthscore.core.effects import BatchEffects, compute_batch_effects
-from healthscore.core.scoring.model import V1_MODEL_PATH
+from healthscore.core.scoring.model import V1_MODEL_PATH, V2_MODEL_PATH
 from healthscore.service.app import ServiceOptions
 from healthscore.service.ingest import pipeline as pipeline_module
 from healthscore.service.ingest.decode import Decoded, Rejection
@@ -307,6 +307,7 @@ async def test_live_with_the_silence_sweep_decides_like_replay(
         batch_max_records=40,
         sweep_interval_seconds=0.02,
         alignment_live_lag_records=0,
+        model_path=V2_MODEL_PATH,  # its alerts on this stream are what the comparison needs
     )
     async with running_service(settings, ServiceOptions(create_topics=False)) as service:
         pipeline, sweep = service.pipeline, service.sweep
@@ -345,7 +346,9 @@ async def test_live_with_the_silence_sweep_decides_like_replay(
     live_rescorings = await sweep_rescorings(live_db)
 
     replay_db = await database_factory(template=migrated_template)
-    replay_settings = service_settings(replay_db, kafka_bootstrap, topics, batch_max_records=5000)
+    replay_settings = service_settings(
+        replay_db, kafka_bootstrap, topics, batch_max_records=5000, model_path=V2_MODEL_PATH
+    )
     result = await replay(replay_settings, timeout=180.0)
     rebuilt = await snapshot(replay_db)
     rebuilt_rescorings = await sweep_rescorings(replay_db)

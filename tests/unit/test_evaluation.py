@@ -13,10 +13,25 @@ import orjson
 import pytest
 
 from healthscore.contracts.enums import AlertKind
-from healthscore.core.scoring.model import DEFAULT_MODEL_PATH, default_model, parse_model, v1_model
+from healthscore.core.scoring.model import (
+    DEFAULT_MODEL_PATH,
+    ScoreModel,
+    default_model,
+    parse_model,
+    v1_model,
+    v2_model,
+)
 from healthscore_lab.evaluation.command import run_evaluate
 from healthscore_lab.evaluation.evaluate import TARGETS, evaluate
-from healthscore_lab.evaluation.fit import apply_coefficients, constrained_logistic
+from healthscore_lab.evaluation.fit import (
+    CANCELLATION_CEILINGS,
+    CEILING_TOLERANCE,
+    FitSettings,
+    _fold_of,
+    apply_coefficients,
+    choose_cancellation_ceiling,
+    constrained_logistic,
+)
 from healthscore_lab.evaluation.log import from_population, load_log
 from healthscore_lab.evaluation.metrics import DAY, alert_figures, auc, brier, labels_at
 from healthscore_lab.evaluation.policy import simulate_alerts
@@ -161,40 +176,61 @@ def test_the_constrained_fit_keeps_signs_and_maps_to_a_valid_config() -> None:
     assert sum(model.weights.new.as_tuple()) == pytest.approx(1.0)
 
 
+def test_the_cancellation_ceiling_is_the_strongest_the_training_data_allows(
+    small_backtest: Backtest,
+) -> None:
+    bt = small_backtest
+    usable, label = labels_at(bt.snap_org, bt.snap_at, bt.churn, 30, bt.labels_until)
+    folds = np.array([_fold_of(bt.orgs[o], 3) for o in bt.snap_org[usable]])
+    fitted = orjson.loads(DEFAULT_MODEL_PATH.read_bytes())
+    settings = FitSettings()
+    chosen, losses = choose_cancellation_ceiling(
+        bt, fitted, usable, label[usable].astype(float), folds, settings
+    )
+    assert list(losses) == [f"{c:g}" for c in CANCELLATION_CEILINGS]
+    bound = min(losses.values()) * (1 + CEILING_TOLERANCE)
+    assert losses[f"{chosen:g}"] <= bound
+    assert all(losses[f"{c:g}"] > bound for c in CANCELLATION_CEILINGS if c < chosen)
+    assert fitted == orjson.loads(DEFAULT_MODEL_PATH.read_bytes())  # the candidate is left as is
+
+
 # ------------------------------------------------------------------ the targets
 
 
-def _report(config_overrides: dict[str, object], maker: object = reference) -> dict[str, object]:
+def _report(
+    config_overrides: dict[str, object], maker: object = reference, model: ScoreModel | None = None
+) -> dict[str, object]:
     population = generate_population(maker(**config_overrides))  # type: ignore[operator]
-    model = default_model()
+    model = model or default_model()
     bt = run_backtest(from_population(population), model)
     return evaluate(bt, model, organizations="all")
+
+
+SMALL_REFERENCE = {"organizations": 160, "days": 75, "seed": 515}
+SMALL_SHIFTED = {"organizations": 160, "days": 90, "seed": 616}
 
 
 @pytest.fixture(scope="module")
 def reference_report() -> dict[str, object]:
     """A reference-setting population the model never saw (another seed), all judged."""
-    return _report({"organizations": 160, "days": 75, "seed": 515})
+    return _report(SMALL_REFERENCE)
 
 
 @pytest.fixture(scope="module")
 def shifted_report() -> dict[str, object]:
-    return _report({"organizations": 160, "days": 90, "seed": 616}, shifted)
+    return _report(SMALL_SHIFTED, shifted)
 
 
 # The issue's targets, each checked on both small populations. Their seeds were fixed
-# before the figures were seen; two targets are missed on them, as on the full-size
-# populations (README, "Score quality"): those are strict xfails, so a model that
-# meets them turns the run red until the marks go.
+# before the figures were seen (under v2); two targets are missed on them by v3, as on
+# the full-size populations (README, "Score quality"): those are strict xfails, so a
+# model that meets them turns the run red until the marks go.
 MISSED = {
     ("reference", "auc_30d"): "0.883 on this 160-organization population (0.937 on the "
     "full-size held-out organizations, 0.927 on another full-size seed)",
-    ("shifted", "brier_skill_vs_base_rate"): "0.397 here, 0.32-0.37 on the full-size "
-    "shifted populations: v2's probability is calibrated on the reference setting",
-    ("shifted", "brier_below_baselines"): "0.0404 against the raw-aggregate regression's "
-    "0.0399, which is fitted within this population (v2 on another)",
-    ("shifted", "false_alerts_per_100_healthy_per_month"): "11.1 here, 14-18 on the "
-    "full-size shifted populations: the shifted setting's customers look riskier",
+    ("shifted", "false_alerts_per_100_healthy_per_month"): "5.12 here (v2: 11.1), 7-10 on "
+    "the full-size shifted populations: the shifted setting's quieter customers score "
+    "lower than the reference setting's at the same health",
 }
 
 
@@ -216,7 +252,7 @@ def _target_cases() -> list[object]:
 
 
 @pytest.mark.parametrize(("which", "target"), _target_cases())
-def test_v2_meets_the_target(
+def test_the_shipped_model_meets_the_target(
     which: str,
     target: str,
     reference_report: dict[str, object],
@@ -245,9 +281,21 @@ def test_v2_meets_the_target(
         )
 
 
+def test_v3_alerts_less_and_is_better_calibrated_than_v2_on_the_shifted_setting(
+    shifted_report: dict[str, object],
+) -> None:
+    """What v3 changed v2 for (its changelog), on the small shifted population."""
+    v3 = shifted_report["results"]["model"]  # type: ignore[index]
+    v2 = _report(SMALL_SHIFTED, shifted, v2_model())["results"]["model"]  # type: ignore[index]
+    assert v3["brier_30d"] < v2["brier_30d"]
+    assert v3["auc"]["churn_probability"]["30"] > v2["auc"]["churn_probability"]["30"]
+    false_v3 = v3["alerts"]["false_alerts_per_100_healthy_per_month"]
+    assert false_v3 < v2["alerts"]["false_alerts_per_100_healthy_per_month"]
+
+
 def test_v2_does_better_than_v1_on_the_same_log(small: Population) -> None:
     log = from_population(small)
-    v1, v2 = v1_model(), default_model()
+    v1, v2 = v1_model(), v2_model()
     old = evaluate(run_backtest(log, v1), v1, organizations="all")
     new = evaluate(run_backtest(log, v2), v2, organizations="all")
     assert (

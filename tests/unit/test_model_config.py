@@ -1,4 +1,4 @@
-"""The model config loader: the shipped v2 and v1 files, and every rejection naming its path."""
+"""The model config loader: the shipped v3, v2 and v1 files, and every rejection naming its path."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from healthscore.contracts.enums import MilestoneType
@@ -15,11 +16,13 @@ from healthscore.core.scoring.model import (
     DEFAULT_MODEL_PATH,
     SIGNALS,
     V1_MODEL_PATH,
+    V2_MODEL_PATH,
     ScoreModel,
     default_model,
     load_model,
     parse_model,
     v1_model,
+    v2_model,
 )
 from healthscore.errors import ModelConfigError
 
@@ -41,25 +44,51 @@ def mutated(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     return config
 
 
-def test_default_model_is_v2_and_complete() -> None:
+def test_default_model_is_v3_and_complete() -> None:
     model = default_model()
     assert isinstance(model, ScoreModel)
-    assert model.version == "v2"
-    assert DEFAULT_MODEL_PATH.name == "health_model.v2.json"
+    assert model.version == "v3"
+    assert DEFAULT_MODEL_PATH.name == "health_model.v3.json"
     assert set(model.milestone_rules) == set(MilestoneType)
     assert set(model.half_life_seconds) == set(SIGNALS)
     assert model.alerts.exit_probability < model.alerts.enter_probability
     assert default_model() is model  # loaded once
-    # v2 says what changed and carries the figures it was accepted on
-    assert model.changelog and model.changelog[0].startswith("v2:")
+    # v3 says what changed and carries the figures it was accepted on, against v2
+    assert model.changelog and model.changelog[0].startswith("v3:")
+    assert any(line.startswith("v2:") for line in model.changelog)
     assert any(line.startswith("v1:") for line in model.changelog)
     assert model.evaluation is not None
     held_out = model.evaluation["held_out"]
+    current = model.evaluation["current_model_held_out"]["v2"]
+    assert held_out["auc_30d_churn_probability"] >= current["auc_30d_churn_probability"]
+    assert held_out["brier_30d"] <= current["brier_30d"]
+    # v3's changes from v2 that are not just fitted numbers: a softer cancellation
+    # ceiling, and alerts that wait longer before a raise and after a recovery
+    v2 = v2_model()
+    assert v2.ceilings.open_cancellation_request < model.ceilings.open_cancellation_request < 100
+    assert model.alerts.persist_hours > v2.alerts.persist_hours
+    assert model.alerts.cooldown_hours > v2.alerts.cooldown_hours
+    # ... while the factors' points, scales and weights are v2's (the same fit
+    # reproduces them, to the last bits of a float)
+    for new, old in (
+        (model.engagement, v2.engagement),
+        (model.support, v2.support),
+        (model.weights.established, v2.weights.established),
+    ):
+        assert msgspec.to_builtins(new) == pytest.approx(msgspec.to_builtins(old), rel=1e-9)
+
+
+def test_v2_is_kept_and_loads() -> None:
+    model = v2_model()
+    assert model.version == "v2"
+    assert V2_MODEL_PATH.name == "health_model.v2.json"
+    assert model.changelog[0].startswith("v2:")
+    assert model.evaluation is not None
     assert (
-        held_out["auc_30d_churn_probability"]
+        model.evaluation["held_out"]["auc_30d_churn_probability"]
         > (model.evaluation["current_model_held_out"]["v1"]["auc_30d_churn_probability"])
     )
-    # v2's changes that are not just numbers
+    # v2's changes from v1 that are not just numbers
     assert model.engagement.decline_points > 0
     assert model.ceilings.follow_signals and model.ceilings.open_escalation == 100
     assert model.alerts.persist_hours > 0 and model.alerts.drop_points == 100

@@ -49,9 +49,9 @@ from healthscore.core.scoring.model import (
     SIGNALS,
     V1_MODEL_PATH,
     ScoreModel,
-    default_model,
     parse_model,
     v1_model,
+    v2_model,
 )
 from healthscore.core.scoring.score import HealthScore, RiskFactor, score
 from healthscore.core.scoring.state import AlertState, OpenInteraction, OrganizationState
@@ -184,7 +184,7 @@ def edge_state(rng: random.Random) -> OrganizationState:
 
 def edge_cases(v2: bool = False) -> list[Case]:
     rng = random.Random(EDGE_SEED)
-    models = (default_model(),) if v2 else (v1_model(), stress_model())
+    models = (v2_model(),) if v2 else (v1_model(), stress_model())
     cases: list[Case] = []
     for _ in range(EDGE_STATES):
         state = edge_state(rng)
@@ -285,7 +285,7 @@ def corpora() -> Corpora:
 
 def all_cases() -> dict[str, list[Case]]:
     v1_stream = stream_cases()
-    v2 = default_model()
+    v2 = v2_model()
     return {
         "stream": v1_stream,
         "edge": edge_cases(),

@@ -1,6 +1,7 @@
-"""v2's strong signals: a cancellation request pulls the score down at once and fades
-with its signal, closing it does not make the score leap back; a critical risk is
-raised at once, a merely elevated one only once it has persisted."""
+"""Strong signals (v2, and v3 with a softer ceiling): a cancellation request pulls the
+score down at once and fades with its signal, closing it does not make the score leap
+back; a critical risk is raised at once, a merely elevated one only once it has
+persisted."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import msgspec
 
 from healthscore.contracts.enums import AlertKind, AlertTrigger, MilestoneType
 from healthscore.core.scoring.alerts import evaluate_alert
-from healthscore.core.scoring.model import DAY, default_model
+from healthscore.core.scoring.model import DAY, default_model, v2_model
 from healthscore.core.scoring.score import HealthScore, record_score, score
 from healthscore.core.scoring.state import OpenInteraction, OrganizationState
 
@@ -49,7 +50,7 @@ def healthy_with_request(open_: bool, requested_days_ago: float) -> Organization
 
 
 def test_a_cancellation_request_holds_the_score_down_and_closing_it_does_not_lift_it() -> None:
-    model = default_model()
+    model = v2_model()  # v2's ceiling (40): a fresh request is a high risk at once
     assert model.ceilings.follow_signals
     calm = msgspec.structs.replace(
         healthy_with_request(False, 1.0),
@@ -64,6 +65,19 @@ def test_a_cancellation_request_holds_the_score_down_and_closing_it_does_not_lif
     assert closed.score - fresh.score < 10  # v1: back to the 80s in one event
     later = score(healthy_with_request(False, 90.0), NOW, model)  # 1.5 half-lives on
     assert later.score > closed.score + 15  # it recovers as the signal fades
+
+
+def test_v3s_softer_ceiling_still_holds_and_fades() -> None:
+    """v3's fitted ceiling (70) holds the same customer down and fades the same way."""
+    model = default_model()
+    assert 40 < model.ceilings.open_cancellation_request < 100
+    fresh = score(healthy_with_request(True, 1.0), NOW, model)
+    assert fresh.score <= model.ceilings.open_cancellation_request + 1
+    assert "ceiling_cancellation_request" in {f.factor for f in fresh.risk_factors}
+    closed = score(healthy_with_request(False, 1.0), NOW, model)
+    assert closed.score - fresh.score < 10
+    later = score(healthy_with_request(False, 90.0), NOW, model)
+    assert later.score > closed.score + 5
 
 
 def health(probability: float, score_: float = 50.0) -> HealthScore:

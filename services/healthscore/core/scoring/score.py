@@ -1,6 +1,6 @@
 """The score: (aggregate state, as_of, model) -> health score, pure and cheap.
 
-Notation: all numbers below are model-config fields (`model/health_model.v2.json`);
+Notation: all numbers below are model-config fields (`model/health_model.v3.json`);
 ``dec(s)`` is the decayed sum of signal s read at as_of; ``sat(x, k) = 1 - exp(-x/k)``
 is a saturating curve (0 at x = 0, 63% at x = k); ``days(x)`` is x seconds in days.
 

@@ -21,16 +21,25 @@ held-out ones judge the result, beside the current model on the same ones.
    ``100 - score`` is proportional to the fitted linear predictor (support and
    growth caps then sum to 100, so their clamps never bite; the ceilings are
    lifted to 100 for escalations, which count through their fitted factors; a
-   cancellation request keeps a ceiling of 40 that fades with its decayed
-   signal, not when the interaction closes).
-4. **Calibration.** ``p = logistic(a - b * score/100 - c * change_30d/100)`` is
+   cancellation request keeps a ceiling that fades with its decayed signal, not
+   when the interaction closes).
+4. **Cancellation ceiling.** The ceiling a fresh cancellation request holds the
+   score at is policy first (a customer who asked to cancel is at risk), so the
+   strongest of `CANCELLATION_CEILINGS` is kept unless the training data says it
+   fits worse: the lowest ceiling whose cross-validated log loss (calibration
+   refitted per fold, folds grouped by organization) is within
+   `CEILING_TOLERANCE` of the best one's.
+5. **Calibration.** ``p = logistic(a - b * score/100 - c * change_30d/100)`` is
    refitted (b, c >= 0) on the candidate's own scores.
-5. **Alerts.** The candidate is replayed; from its path (`policy`), the enter
+6. **Alerts.** The candidate is replayed; from its path (`policy`), the enter
    probability (exit at half of it), how long it must persist and the drop rule
    are chosen on the training organizations: the most churners warned at least
-   14 days ahead, with at most 4.5 false alerts per 100 healthy organizations
-   per month (the targets, the latter with a margin).
-6. **Judgement.** The candidate is replayed once more with its final settings
+   14 days ahead, with at most `max_false_alerts` false alerts per 100 healthy
+   organizations per month (the target, with a margin for how much that rate
+   varies between two samples of organizations); then the longest cooldown of
+   `COOLDOWNS_HOURS` (the minimum time between an episode's recovery and the next
+   raise) that warns as many churners that early.
+7. **Judgement.** The candidate is replayed once more with its final settings
    and evaluated on the held-out organizations beside the current model;
    `fit` refuses to write a config whose held-out ROC AUC or Brier score (30
    days) is worse than the current model's.
@@ -44,6 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 import orjson
 from numpy.typing import NDArray
@@ -52,8 +62,8 @@ from scipy.optimize import minimize
 from healthscore.core.scoring.model import COMPONENTS, Alerts, ScoreModel, parse_model
 from healthscore_lab.evaluation.evaluate import evaluate
 from healthscore_lab.evaluation.log import LabelledLog
-from healthscore_lab.evaluation.metrics import DAY, alert_figures, labels_at
-from healthscore_lab.evaluation.policy import prepare, simulate_alerts, with_alerts
+from healthscore_lab.evaluation.metrics import DAY, AlertFigures, alert_figures, labels_at
+from healthscore_lab.evaluation.policy import Prepared, prepare, simulate_alerts, with_alerts
 from healthscore_lab.evaluation.replay import Backtest, run_backtest
 from healthscore_lab.evaluation.split import is_held_out
 from healthscore_lab.evaluation.vector import FACTORS, factor_table, normalized_shortfalls
@@ -119,7 +129,12 @@ _GROWTH_POINTS = {
     "weak_commercial_momentum": "commercial_points",
     "no_client_growth": "client_points",
 }
-CANCELLATION_CEILING = 40.0  # the score's highest while a cancellation request is fresh
+CANCELLATION_CEILING = 40.0  # the strongest cancellation ceiling (apply_coefficients' own)
+# the ceilings `fit` may choose from, strongest first (100: no ceiling at all)
+CANCELLATION_CEILINGS = (CANCELLATION_CEILING, 55.0, 70.0, 85.0, 100.0)
+CEILING_TOLERANCE = 1e-3  # relative log loss a stronger ceiling may cost
+# the minimum times between a recovery and the next raise `fit` may choose from
+COOLDOWNS_HOURS = (24.0, 168.0, 336.0)
 IMMEDIATE_PROBABILITY = 0.75  # the edge of `critical`: raised at once, without persistence
 # factors that are not fitted: the growth component's constant
 _FIXED = ("growth_baseline",)
@@ -147,7 +162,7 @@ class FitSettings:
     l2: float = 1e-3
     folds: int = 3
     rounds: int = 2
-    max_false_alerts: float = 4.5  # per 100 healthy organizations per month, on training
+    max_false_alerts: float = 3.5  # per 100 healthy organizations per month, on training
     min_median_lead_days: float = 14.0  # a churner counts as warned this long ahead
     warmup_days: float = 14.0
     exclude: tuple[str, ...] = SIZE_FACTORS
@@ -338,6 +353,42 @@ def calibrate(scores: FloatArray, trend: FloatArray, y: FloatArray, l2: float) -
     }
 
 
+def choose_cancellation_ceiling(
+    bt: Backtest,
+    fitted: Config,
+    rows: BoolArray,
+    y: FloatArray,
+    folds: NDArray[np.int64],
+    settings: FitSettings,
+) -> tuple[float, dict[str, float]]:
+    """The strongest of CANCELLATION_CEILINGS whose cross-validated log loss (the
+    calibration refitted on the other folds) is within CEILING_TOLERANCE of the
+    best; and each ceiling's loss."""
+    losses: dict[str, float] = {}
+    for ceiling in CANCELLATION_CEILINGS:
+        trial = _copy(fitted)
+        trial["ceilings"]["open_cancellation_request"] = ceiling
+        _impacts, _components, scores = factor_table(bt.snap_measures, _model(trial))
+        trend = snapshot_trend(bt, scores)
+        s, t = scores[rows], trend[rows]
+        total = 0.0
+        for fold in range(settings.folds):
+            train, test = folds != fold, folds == fold
+            cal = calibrate(s[train], t[train], y[train], settings.l2)
+            z = (
+                cal["intercept"]
+                - cal["score_coefficient"] * s[test] / 100.0
+                - cal["trend_coefficient"] * t[test] / 100.0
+            )
+            total += _log_loss(y[test], z) * test.sum()
+        losses[f"{ceiling:g}"] = float(total / len(y))
+    best = min(losses.values())
+    chosen = next(
+        c for c in CANCELLATION_CEILINGS if losses[f"{c:g}"] <= best * (1 + CEILING_TOLERANCE)
+    )
+    return chosen, losses
+
+
 # --------------------------------------------------------------------------- alert thresholds
 
 
@@ -345,11 +396,31 @@ def tune_alerts(
     bt: Backtest, model: ScoreModel, train_orgs: list[int], settings: FitSettings
 ) -> tuple[Alerts, dict[str, Any]]:
     """The alert settings that warn the most training churners at least
-    `min_median_lead_days` ahead, with at most `max_false_alerts`."""
-    first_point = float(bt.snap_at.min())
+    `min_median_lead_days` ahead, with at most `max_false_alerts`; then the longest
+    cooldown of COOLDOWNS_HOURS that warns as many of them as early."""
     best: tuple[tuple[float, float], Alerts, dict[str, Any]] | None = None
     base = model.alerts
     prepared = prepare(bt)
+
+    def judged(alerts: Alerts) -> tuple[tuple[float, float], dict[str, Any]]:
+        figures = _training_figures(bt, with_alerts(model, alerts), prepared, train_orgs)
+        false_rate = figures.false_alerts_per_100_healthy_per_month or 0.0
+        early = sum(1 for d in figures.lead_days if d >= settings.min_median_lead_days)
+        key = (early / max(1, figures.churners), -false_rate)
+        return key, {
+            "recall": figures.recall,
+            "warned_at_least_14_days_ahead": key[0],
+            "median_lead_days": figures.median_lead_days,
+            "false_alerts_per_100_healthy_per_month": false_rate,
+            "precision": figures.precision,
+            "alerts": {
+                "enter_probability": alerts.enter_probability,
+                "persist_hours": alerts.persist_hours,
+                "drop_points": alerts.drop_points,
+                "cooldown_hours": alerts.cooldown_hours,
+            },
+        }
+
     for enter in (0.15, 0.2, 0.25, 0.3, 0.4, 0.5):
         for persist in (24.0, 48.0, 72.0, 96.0, 144.0):
             for drop in (25.0, 100.0):
@@ -358,48 +429,44 @@ def tune_alerts(
                     exit_probability=round(enter * 0.5, 4),
                     drop_points=drop,
                     recover_drop_points=min(base.recover_drop_points, drop / 2),
-                    cooldown_hours=base.cooldown_hours,
+                    cooldown_hours=COOLDOWNS_HOURS[0],
                     immediate_probability=IMMEDIATE_PROBABILITY,
                     persist_hours=persist,
                 )
-                raised = [
-                    (org, at)
-                    for org, at, kind, _trigger in simulate_alerts(
-                        bt, with_alerts(model, alerts), prepared
-                    )
-                    if kind.value == "risk_raised"
-                ]
-                figures = alert_figures(
-                    raised,
-                    bt.churn,
-                    bt.first_seen,
-                    train_orgs,
-                    first_point,
-                    bt.end,
-                    bt.labels_until,
-                )
-                false_rate = figures.false_alerts_per_100_healthy_per_month or 0.0
-                if false_rate > settings.max_false_alerts:
+                key, summary = judged(alerts)
+                if -key[1] > settings.max_false_alerts:
                     continue
-                early = sum(1 for d in figures.lead_days if d >= settings.min_median_lead_days)
-                key = (early / max(1, figures.churners), -false_rate)
                 if best is None or key > best[0]:
-                    summary = {
-                        "recall": figures.recall,
-                        "warned_at_least_14_days_ahead": key[0],
-                        "median_lead_days": figures.median_lead_days,
-                        "false_alerts_per_100_healthy_per_month": false_rate,
-                        "precision": figures.precision,
-                        "alerts": {
-                            "enter_probability": enter,
-                            "persist_hours": persist,
-                            "drop_points": drop,
-                        },
-                    }
                     best = (key, alerts, summary)
     if best is None:
         return base, {"note": "no setting met the bounds; the current alert settings are kept"}
+    # a longer pause after a recovery drops the re-raises of an organization that
+    # hovers at the edge; kept when it warns as many training churners as early
+    for cooldown in COOLDOWNS_HOURS[1:]:
+        alerts = msgspec.structs.replace(best[1], cooldown_hours=cooldown)
+        key, summary = judged(alerts)
+        if key[0] >= best[0][0] and key[1] >= best[0][1]:
+            best = (key, alerts, summary)
     return best[1], best[2]
+
+
+def _training_figures(
+    bt: Backtest, model: ScoreModel, prepared: Prepared, train_orgs: list[int]
+) -> AlertFigures:
+    raised = [
+        (org, at)
+        for org, at, kind, _trigger in simulate_alerts(bt, model, prepared)
+        if kind.value == "risk_raised"
+    ]
+    return alert_figures(
+        raised,
+        bt.churn,
+        bt.first_seen,
+        train_orgs,
+        float(bt.snap_at.min()),
+        bt.end,
+        bt.labels_until,
+    )
 
 
 # --------------------------------------------------------------------------- the whole fit
@@ -459,6 +526,13 @@ def fit(
     coefficients = {FACTORS[c][1]: float(b) for c, b in zip(columns, w[1:], strict=True)}
     progress("weights: " + ", ".join(f"{k} {v:.2f}" for k, v in coefficients.items() if v))
     fitted = apply_coefficients(config, coefficients)
+    ceiling, ceiling_losses = choose_cancellation_ceiling(base, fitted, rows, y, folds, settings)
+    fitted["ceilings"]["open_cancellation_request"] = ceiling
+    progress(
+        f"cancellation ceiling {ceiling:g} (cross-validated log loss by ceiling: "
+        + ", ".join(f"{k} {v:.5f}" for k, v in ceiling_losses.items())
+        + ")"
+    )
 
     # calibration on the candidate's own scores and 30-day changes
     model = _model(fitted)
@@ -490,6 +564,7 @@ def fit(
     fitted["evaluation"] = {
         "source": log.source,
         "held_out_organizations": candidate_report["organizations"]["judged"],
+        "cancellation_ceiling_log_loss": ceiling_losses,
         "training_alert_settings": alert_summary,
         "held_out": _summary(candidate_report),
         "current_model_held_out": {current.version: _summary(current_report)},
