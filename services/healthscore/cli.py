@@ -345,18 +345,23 @@ def cmd_offsets_reset(args: argparse.Namespace) -> int:
 
 
 async def _service_connection(settings: Settings) -> Any:
-    """One connection to DATABASE_URL running as the service's role."""
+    """One connection to DATABASE_URL running as the service's role; None (said) if refused."""
+    import asyncpg
+
     from healthscore.store.db import connect, database_tls
 
     assert settings.database_url is not None
     role = {"role": settings.database_role} if settings.database_role else {}
-    return await connect(
-        settings.database_url.get_secret_value(), database_tls(settings), server_settings=role
-    )
+    try:
+        return await connect(
+            settings.database_url.get_secret_value(), database_tls(settings), server_settings=role
+        )
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"error: cannot connect: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    import asyncpg
 
     from healthscore.service.imports import (
         ImportRefused,
@@ -394,10 +399,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     async def main() -> int:
         from datetime import UTC, datetime
 
-        try:
-            conn = await _service_connection(settings)
-        except (OSError, asyncpg.PostgresError) as exc:
-            print(f"error: cannot connect: {type(exc).__name__}: {exc}", file=sys.stderr)
+        conn = await _service_connection(settings)
+        if conn is None:
             return 2
         try:
             if profiles:
@@ -424,7 +427,6 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_shadow_report(args: argparse.Namespace) -> int:
-    import asyncpg
 
     from healthscore.core.scoring.model import load_model
     from healthscore.service.shadow import compare_shadow, format_comparison
@@ -442,10 +444,8 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
     live = load_model(settings.model_path).version
 
     async def main() -> int:
-        try:
-            conn = await _service_connection(settings)
-        except (OSError, asyncpg.PostgresError) as exc:
-            print(f"error: cannot connect: {type(exc).__name__}: {exc}", file=sys.stderr)
+        conn = await _service_connection(settings)
+        if conn is None:
             return 2
         try:
             report = await compare_shadow(conn, candidate, args.organization)

@@ -691,7 +691,8 @@ async def test_the_service_scores_a_shadow_model_and_publishes_only_live_alerts(
     on_topic = {orjson.loads(r.value)["alert_id"] for r in published}
     assert on_topic == live_ids and len(published) == len(live_ids)
     assert not on_topic & shadow_ids
-    assert 'healthscore_shadow_model_info{candidate="v2-eager",live="v2"} 1.0' in text
+    live = default_model().version
+    assert f'healthscore_shadow_model_info{{candidate="v2-eager",live="{live}"}} 1.0' in text
     assert 'healthscore_shadow_raises{model="candidate"} 6.0' in text
     assert "healthscore_organizations_on_other_model_version 0.0" in text
     assert "healthscore_shadow_organizations_scored 6.0" in text
