@@ -630,6 +630,7 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
         ("RECORD_ALERT_FAILURE", sql.RECORD_ALERT_FAILURE, [[alert], "broker down"]),
         ("PENDING_PROJECTION", sql.PENDING_PROJECTION, [10]),
         ("OLDEST_PENDING_PROJECTION", sql.OLDEST_PENDING_PROJECTION, []),
+        ("READ_MODEL_STALENESS", sql.READ_MODEL_STALENESS, []),
         ("MARK_PROJECTED", sql.MARK_PROJECTED, [[org], [1]]),
         ("DEQUEUE_PROJECTED", sql.DEQUEUE_PROJECTED, [[org]]),
         ("OUTBOX_STATS", sql.OUTBOX_STATS, []),

@@ -222,6 +222,11 @@ LIMIT $1
 
 OLDEST_PENDING_PROJECTION = "SELECT min(queued_at) FROM read_model_pending"
 
+# the same age in seconds (0 with nothing queued), for the bench's live sampling
+READ_MODEL_STALENESS = """
+SELECT coalesce(extract(epoch FROM now() - min(queued_at)), 0)::float8 FROM read_model_pending
+"""
+
 # An entry stays when its state moved on since the projector read it (a newer
 # version: committed after the read) and when a writer holds the state row right
 # now (SKIP LOCKED: a batch or the sweep is saving a newer version, which finds

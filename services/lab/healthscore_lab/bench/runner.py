@@ -49,6 +49,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from healthscore.core.scoring.model import V2_MODEL_PATH
 from healthscore.service.kafka_admin import ensure_topics
 from healthscore.service.kafka_clients import KafkaConnection, KafkaSecurity
+from healthscore.store import sql
 from healthscore.store.dburl import with_database
 from healthscore.store.migrate import apply_migrations
 from healthscore_lab.bench import cpu
@@ -743,6 +744,7 @@ class Bench:
         producer = await self._producer(linger_ms=0)
         received: dict[str, float] = {}
         triggers: dict[str, int] = {}
+        staleness: list[float] = []
         stop = asyncio.Event()
         try:
             await consumer.topics()
@@ -764,7 +766,19 @@ class Bench:
                             if org in triggers and org not in received:
                                 received[org] = now
 
+            async def sample_staleness() -> None:
+                # the age of the oldest change the read model does not show yet, as
+                # the service's own gauge measures it, while the live events flow
+                conn = await asyncpg.connect(phase.url)
+                try:
+                    while not stop.is_set():
+                        staleness.append(float(await conn.fetchval(sql.READ_MODEL_STALENESS)))
+                        await asyncio.sleep(0.1)
+                finally:
+                    await conn.close()
+
             watcher = asyncio.create_task(watch())
+            sampler = asyncio.create_task(sample_staleness())
             self.say(
                 f"latency: producing at {o.rate:,.0f}/s for {o.latency_seconds:.0f}s "
                 f"({o.alert_rate:g} alert triggers/s) ..."
@@ -792,6 +806,9 @@ class Bench:
                     sends.append((future, now_ms))
                 await asyncio.sleep(0.002)
             produced_seconds = time.perf_counter() - began
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
             metas = await asyncio.gather(*(f for f, _ in sends))
             target: dict[str, int] = {}
             for meta in metas:
@@ -867,6 +884,9 @@ class Bench:
             alert_p99_ms=percentile(alert_ms, 99),
             alert_max_ms=max(alert_ms, default=None),
             peak_rss_mb=child.peak_rss_mb,
+            staleness_p50_s=percentile(staleness, 50),
+            staleness_p99_s=percentile(staleness, 99),
+            staleness_max_s=max(staleness, default=None),
         )
         self.say(
             f"latency: p99 {result.p99_ms}ms, alert p99 {result.alert_p99_ms}ms "
