@@ -19,7 +19,7 @@ def test_take_removes_and_decodes_what_was_given_back() -> None:
     assert states["a"].organization_id == "a"
     # taken: a failed batch never gives it back, so the next batch reads it
     assert owned.take(["a"])[2] == ["a"]
-    assert len(owned) == 1 and (owned.hits, owned.misses) == (1, 2)
+    assert len(owned) == 1
 
 
 def test_the_least_recently_given_back_go_first() -> None:

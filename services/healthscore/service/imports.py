@@ -30,10 +30,10 @@ from uuid import UUID
 
 from healthscore.core.enums import MilestoneType
 from healthscore.core.scoring.aggregate import apply_profile, new_state
-from healthscore.core.scoring.state import OrganizationState, decode_state
+from healthscore.core.scoring.state import OrganizationState
 from healthscore.errors import HealthscoreError
 from healthscore.store import Connection, quality, sql
-from healthscore.store.effects_writer import save_states_checked
+from healthscore.store.states import lock_states, save_locked_states
 
 PROFILE_COLUMNS = ("organization_id", "created_at", "milestones")
 LABEL_COLUMNS = ("organization_id", "churned_at")
@@ -191,18 +191,11 @@ async def apply_profiles(
 async def _apply_profile_page(
     conn: Connection, page: Sequence[Profile], rescore_step_seconds: float
 ) -> int:
-    ids = [p.organization_id for p in page]
-    await conn.execute(sql.ENSURE_ORGANIZATIONS, ids)
-    rows = {r["organization_id"]: r for r in await conn.fetch(sql.LOCK_STATES, ids)}
-    missing = [org for org in ids if org not in rows]
-    if missing:
-        await conn.execute(sql.ENSURE_STATE_ROWS, missing)
-        rows = {r["organization_id"]: r for r in await conn.fetch(sql.LOCK_STATES, ids)}
-    versions = {str(org): row["health_version"] for org, row in rows.items()}
+    states, versions = await lock_states(conn, [str(p.organization_id) for p in page])
     saved: list[OrganizationState] = []
     for profile in page:
-        raw = rows[profile.organization_id]["state"]
-        state = new_state(str(profile.organization_id)) if raw == "null" else decode_state(raw)
+        org = str(profile.organization_id)
+        state = states.get(org) or new_state(org)
         before = (state.created_at, dict(state.milestones))
         apply_profile(state, profile.created_at, profile.milestones)
         if (state.created_at, state.milestones) != before:
@@ -210,9 +203,7 @@ async def _apply_profile_page(
     if saved:
         # checked like every save: a consumer holding one of these states finds its
         # version moved on and continues from the imported profile
-        _, changed = await save_states_checked(conn, saved, versions, rescore_step_seconds)
-        if changed:  # the rows are locked: nobody else can have saved them
-            raise RuntimeError(f"state rows changed under lock: {sorted(changed)[:5]}")
+        await save_locked_states(conn, saved, versions, rescore_step_seconds)
     return len(saved)
 
 

@@ -41,15 +41,12 @@ import structlog
 
 from healthscore.core.effects import compute_silence_effects, next_silence_rescore
 from healthscore.core.scoring.model import ScoreModel
-from healthscore.core.scoring.state import OrganizationState, decode_state
+from healthscore.core.scoring.state import OrganizationState
 from healthscore.service.periodic import AT_ONCE
 from healthscore.store import Connection, locks, sql
-from healthscore.store.effects_writer import (
-    rescored_states,
-    save_states_checked,
-    write_effects,
-)
+from healthscore.store.effects_writer import write_effects
 from healthscore.store.records import to_datetime
+from healthscore.store.states import rescored_states, save_locked_states, stored_states
 
 log = structlog.get_logger(__name__)
 
@@ -107,22 +104,12 @@ class SilenceSweep:
             rows = await conn.fetch(sql.PICK_SILENT, watermark, self._page)
             if not rows:
                 return 0
-            states: dict[str, OrganizationState] = {}
-            versions: dict[str, int] = {}
-            for row in rows:
-                org = str(row["organization_id"])
-                versions[org] = row["health_version"]
-                if row["state"] != "null":
-                    states[org] = decode_state(row["state"])
+            states, versions = stored_states(rows)
             effects = compute_silence_effects(
                 states, watermark.timestamp(), self._step, self._model
             )
             if effects.rescored:
-                _, changed = await save_states_checked(
-                    conn, rescored_states(effects), versions, self._step
-                )
-                if changed:  # the rows are locked: nobody else can have saved them
-                    raise RuntimeError(f"state rows changed under lock: {sorted(changed)[:5]}")
+                await save_locked_states(conn, rescored_states(effects), versions, self._step)
                 await write_effects(conn, effects, self._model)
             # taken but nothing due after all (a due time stored under another step)
             stale = [str(r["organization_id"]) for r in rows]

@@ -3,24 +3,23 @@
 Identifiers travel as the core holds them, canonical UUID strings: asyncpg
 encodes a string for a uuid parameter directly, without a `uuid.UUID` each.
 
-The read model (`customer_health`, the health feed) is not among them: the
-state write queues each changed organization for the projector
+The states are saved before these, by `healthscore.store.states`; the read
+model (`customer_health`, the health feed) is not among them: the state save
+queues each changed organization for the projector
 (`healthscore.service.projector`), which writes it off the event path.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
 import orjson
 
 from healthscore.contracts.alerts import ChurnRiskAlert, HealthAction, RiskFactor
-from healthscore.core.effects import BatchEffects, RaisedAlert, next_silence_rescore
+from healthscore.core.effects import BatchEffects, RaisedAlert
 from healthscore.core.scoring.model import ScoreModel
-from healthscore.core.scoring.state import OrganizationState, encode_state
 from healthscore.store import Connection, sql
 from healthscore.store.records import interaction_columns, to_datetime
 
@@ -63,7 +62,7 @@ async def write_effects(
     model: ScoreModel,
     timings_ms: dict[str, float] | None = None,
 ) -> None:
-    """Write every effect but the states, which `save_states_checked` saved first.
+    """Write every effect but the states, which `healthscore.store.states` saved first.
 
     With `timings_ms`, record milliseconds per statement.
     """
@@ -127,53 +126,3 @@ async def write_effects(
             [alert_payload(a) for a in alerts],
         )
         lap("w_alerts")
-
-
-def _state_columns(
-    states: list[OrganizationState], rescore_step_seconds: float
-) -> tuple[list[str], list[datetime | None], list[datetime | None]]:
-    return (
-        [encode_state(s).decode() for s in states],
-        [to_datetime(s.last_event_at) for s in states],
-        [to_datetime(next_silence_rescore(s, rescore_step_seconds)) for s in states],
-    )
-
-
-def rescored_states(effects: BatchEffects) -> list[OrganizationState]:
-    """The states a batch (or sweep) changed: those of the organizations it rescored."""
-    return [effects.states[org] for org in effects.rescored]
-
-
-async def save_states_checked(
-    conn: Connection,
-    to_save: Sequence[OrganizationState],
-    versions: Mapping[str, int],
-    rescore_step_seconds: float,
-) -> tuple[dict[str, tuple[str, int]], set[str]]:
-    """Save states computed from `versions` (absent: no stored row yet) and queue them.
-
-    Returns each saved organization's state as saved (JSON) with its new
-    version, and the organizations another writer changed (or created)
-    meanwhile, which were not saved.
-    """
-    saved: dict[str, tuple[str, int]] = {}
-    for statement, states in (
-        (sql.SAVE_STATES_CHECKED, [s for s in to_save if s.organization_id in versions]),
-        (sql.INSERT_STATES, [s for s in to_save if s.organization_id not in versions]),
-    ):
-        if not states:
-            continue
-        ids = [s.organization_id for s in states]
-        encoded, last_events, due = _state_columns(states, rescore_step_seconds)
-        if statement is sql.INSERT_STATES:
-            await conn.execute(sql.ENSURE_ORGANIZATIONS, ids)
-            rows = await conn.fetch(statement, ids, encoded, last_events, due)
-        else:
-            rows = await conn.fetch(
-                statement, ids, encoded, last_events, due, [versions[o] for o in ids]
-            )
-        by_org = dict(zip(ids, encoded, strict=True))
-        for row in rows:
-            org = str(row["organization_id"])
-            saved[org] = (by_org[org], row["version"])
-    return saved, {s.organization_id for s in to_save if s.organization_id not in saved}

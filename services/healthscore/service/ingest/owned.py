@@ -30,8 +30,6 @@ class OwnedStates:
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
         self._held: OrderedDict[str, tuple[str, int]] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
 
     def __len__(self) -> int:
         return len(self._held)
@@ -51,8 +49,6 @@ class OwnedStates:
             else:
                 states[org] = decode_state(entry[0])
                 versions[org] = entry[1]
-        self.hits += len(states)
-        self.misses += len(missing)
         return states, versions, missing
 
     def give_back(self, saved: Mapping[str, tuple[str, int]]) -> None:

@@ -41,19 +41,21 @@ from healthscore.core.events import Event, SupportEvent
 from healthscore.core.interactions import InteractionRecord
 from healthscore.core.partitions import PartitionKey
 from healthscore.core.scoring.model import ScoreModel
-from healthscore.core.scoring.state import OrganizationState, decode_state
 from healthscore.errors import InvalidStoredOffset, OffsetGap
 from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord, Rejection, event_json
 from healthscore.service.ingest.dlq import DeadLetterQueue
 from healthscore.service.ingest.owned import OwnedStates
 from healthscore.service.projector import project_in_transaction
 from healthscore.store import Connection, sql
-from healthscore.store.effects_writer import (
-    rescored_states,
-    save_states_checked,
-    write_effects,
-)
+from healthscore.store.effects_writer import write_effects
 from healthscore.store.records import interaction_from_row
+from healthscore.store.states import (
+    load_states,
+    lock_states,
+    rescored_states,
+    save_locked_states,
+    save_states_checked,
+)
 
 # Errors that say "this data cannot be applied", not "the database or broker is
 # away": the batch is narrowed down to the record instead of retried forever.
@@ -160,10 +162,6 @@ class BatchPipeline:
 
     def forget_owned_states(self) -> None:
         self._owned.clear()
-
-    @property
-    def owned_states(self) -> OwnedStates:
-        return self._owned
 
     def decode(self, records: Sequence[RawRecord]) -> list[Decoded | Rejection]:
         return [self._decoder.decode(r) for r in records]
@@ -317,8 +315,7 @@ class BatchPipeline:
                 )
             await write_effects(conn, effects, self._model, outcome.timings_ms)
             if self._read_model_in_transaction:
-                states = [effects.states[org] for org in effects.rescored]
-                await project_in_transaction(conn, states, self._model)
+                await project_in_transaction(conn, rescored_states(effects), self._model)
             marks.lap("write")
             # dead letters leave before the commit (see DeadLetterQueue.publish) and
             # after the writes, so a batch the database refuses sends none
@@ -377,11 +374,9 @@ class BatchPipeline:
         outcome.states_held = len(versions)
         outcome.states_read = len(missing)
         if missing:
-            for row in await conn.fetch(sql.LOAD_STATES, missing):
-                org = str(row["organization_id"])
-                versions[org] = row["health_version"]
-                if row["state"] != "null":  # a row created empty by an earlier release
-                    states[org] = decode_state(row["state"])
+            loaded, loaded_versions = await load_states(conn, missing)
+            states.update(loaded)
+            versions.update(loaded_versions)
         interactions = await _read_interactions(conn, events)
         marks.lap("load")
         effects = compute_batch_effects(
@@ -395,20 +390,17 @@ class BatchPipeline:
         if changed:
             outcome.states_changed_elsewhere = len(changed)
             again = [e for e in events if str(e.organization_id) in changed]
-            locked = await _lock_states(conn, sorted(UUID(org) for org in changed))
+            fresh, fresh_versions = await lock_states(conn, sorted(changed))
             redo = compute_batch_effects(
                 again,
-                {org: state for org, (state, _) in locked.items() if state is not None},
+                fresh,
                 await _read_interactions(conn, again),
                 self._model,
                 self._silence_step,
             )
-            versions_now = {org: version for org, (_, version) in locked.items()}
-            resaved, still = await save_states_checked(
-                conn, rescored_states(redo), versions_now, self._rescore_step
+            resaved = await save_locked_states(
+                conn, rescored_states(redo), fresh_versions, self._rescore_step
             )
-            if still:  # under row locks nobody else can write them
-                raise RuntimeError(f"state rows changed under lock: {sorted(still)[:5]}")
             effects = effects.without(changed).merge(redo)
             saved.update(resaved)
             marks.lap("w_changed")
@@ -444,33 +436,6 @@ async def _lock_offsets(
     if set(stored) != set(partitions):
         raise InvalidStoredOffset(f"offset rows missing for {set(partitions) - set(stored)}")
     return stored
-
-
-async def _lock_states(
-    conn: Connection, orgs: list[UUID]
-) -> dict[str, tuple[OrganizationState | None, int]]:
-    """Lock (creating where missing) the state rows of `orgs`: each stored state and version.
-
-    A row created here, or an empty one of an earlier release, has no state (None).
-    """
-    states: dict[str, tuple[OrganizationState | None, int]] = {}
-
-    async def lock(some: list[UUID]) -> set[UUID]:
-        found: set[UUID] = set()
-        for row in await conn.fetch(sql.LOCK_STATES, some):
-            found.add(row["organization_id"])
-            raw = row["state"]
-            state = None if raw == "null" else decode_state(raw)
-            states[str(row["organization_id"])] = (state, row["health_version"])
-        return found
-
-    found = await lock(orgs)
-    missing = [org for org in orgs if org not in found]
-    if missing:
-        await conn.execute(sql.ENSURE_ORGANIZATIONS, missing)
-        await conn.execute(sql.ENSURE_STATE_ROWS, missing)
-        await lock(missing)  # ours, or created by another transaction meanwhile
-    return states
 
 
 def payload_digest(item: Decoded) -> bytes:
