@@ -116,7 +116,7 @@ def _documents(snap: Snapshot, orgs: set[str]) -> dict[str, dict[str, Any]]:
 async def test_replay_of_usage_only_stream_is_identical(
     kafka_bootstrap: str, database_factory: DatabaseFactory, migrated_template: str
 ) -> None:
-    messages = simulated_stream(organizations=60, events=3000, support_share=0.0, seed=41)
+    messages = simulated_stream(organizations=60, events=3000, support_share=0.0, seed=47, days=30)
     live, rebuilt = await _live_then_replay(
         kafka_bootstrap, database_factory, migrated_template, messages
     )

@@ -43,10 +43,17 @@ def simulated_stream(
     malformed_rate: float = 0.0,
     days: int = 20,
 ) -> list[SimulatedMessage]:
-    """A deterministic simulated stream ending about an hour before now."""
+    """A deterministic simulated stream ending an hour before the latest Monday 00:00 UTC.
+
+    The same seed gives the same stream relative to weekdays, hours and UTC days
+    whenever it runs (the simulator's activity follows the clock and the week, and
+    the score history and alert rules follow UTC days): a stream ending an hour
+    before now moved all three with the wall clock, so what it alerted on changed
+    from one hour to the next.
+    """
     span = timedelta(days=days)
-    # whole hours: the same seed gives the same event times within the hour
-    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    end = midnight - timedelta(days=midnight.weekday(), hours=1)
     config = SimulationConfig(
         start=end - span,
         organizations=organizations,
