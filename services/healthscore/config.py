@@ -149,6 +149,13 @@ class Settings(BaseSettings):
     projector_page_size: int = Field(
         default=500, ge=1, description="organizations the projector writes per transaction"
     )
+    projector_shards: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="shards of the read-model queue: up to this many processes project at "
+        "once, each shard by one of them at a time",
+    )
     alignment_live_lag_records: int = Field(
         default=1000,
         ge=0,

@@ -12,6 +12,7 @@ computed for them.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -27,7 +28,7 @@ from healthscore.service.ingest.decode import Decoder, RawRecord
 from healthscore.service.ingest.dlq import DeadLetterQueue
 from healthscore.service.ingest.pipeline import BatchOutcome, BatchPipeline
 from healthscore.service.projector import Projector
-from healthscore.store import sql
+from healthscore.store import locks, sql
 from healthscore.store.db import create_pool
 
 USAGE, SUPPORT = "usage.owned", "support.owned"
@@ -302,6 +303,47 @@ async def test_the_queue_holds_an_organization_from_its_first_unprojected_change
             assert await queued() == [(3,)]
             await conn.execute(sql.MARK_PROJECTED, [org], [3])
             assert await queued() == []
+    finally:
+        await admin.close()
+        await pool.close()
+
+
+async def test_projectors_share_the_queue_by_shard(
+    database_factory: Any, migrated_template: str, producer: AIOKafkaProducer
+) -> None:
+    """A shard another process projects is left to it; every other shard is projected,
+    and nothing is projected twice."""
+    url = await database_factory(template=migrated_template)
+    log = _Log()
+    pool = await create_pool(url, "healthscore_writer", min_size=2, max_size=3)
+    admin = await asyncpg.connect(url)
+    shards = 4
+    try:
+        pipeline = _pipeline(pool, producer, 1000)
+        await pipeline.process([log.usage(org, "login", T0) for org in range(40)])
+        by_shard: dict[int, set[str]] = {}
+        for org in range(40):
+            by_shard.setdefault(uuid.UUID(_org(org)).bytes[15] % shards, set()).add(_org(org))
+        assert len(by_shard) == shards  # every shard has organizations to project
+        busy = 2
+        # another process holds shard 2 (the projector's own lock, taken here by hand)
+        holder = admin.transaction()
+        await holder.start()
+        assert await admin.fetchval(sql.TRY_SHARD_LOCK, locks.PROJECTOR_SHARD, busy)
+        projector = Projector(pool, default_model(), None, None, shards=shards)
+        assert await projector.project_once() == 40 - len(by_shard[busy])
+        queued = {
+            str(r[0]) for r in await admin.fetch("SELECT organization_id FROM read_model_pending")
+        }
+        assert queued == by_shard[busy]
+        await holder.rollback()
+        # two projectors at once: the rest is projected once, by one of them
+        other = Projector(pool, default_model(), None, None, shards=shards)
+        taken = await asyncio.gather(projector.project_once(), other.project_once())
+        assert sum(taken) == len(by_shard[busy])
+        assert projector.projected + other.projected == 40
+        assert await admin.fetchval("SELECT count(*) FROM read_model_pending") == 0
+        assert await admin.fetchval("SELECT count(*) FROM customer_health") == 40
     finally:
         await admin.close()
         await pool.close()

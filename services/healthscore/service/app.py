@@ -250,6 +250,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
             s.health_topic if o.publish_health else None,
             page_size=s.projector_page_size,
             on_pass=on_projection,
+            shards=s.projector_shards,
         )
     )
 

@@ -16,10 +16,13 @@ pass covers more events per organization, instead of ingest slowing down. Its
 lag is measured, not hoped for: `staleness()` is the age of the oldest change
 not yet projected (`healthscore_read_model_staleness_seconds`).
 
-One projector at a time across processes (a transaction-level advisory lock).
-The queue is read without row locks and entries are removed with SKIP LOCKED
-on the state rows, so a batch never waits for the projector's writes or broker
-round trips (only for the instant between that removal and its commit).
+The queue is split into shards by organization (`shards`, PROJECTOR_SHARDS):
+each shard is projected by one process at a time (a transaction-level advisory
+lock per shard), so the service's processes share the projection instead of
+one of them doing all of it beside its own consumer. The queue is read without
+row locks and entries are removed with SKIP LOCKED on the state rows, so a batch
+never waits for the projector's writes or broker round trips (only for the
+instant between that removal and its commit).
 Publishing and deleting are not atomic: a crash between them publishes the
 same score again on the compacted feed, never a wrong one.
 """
@@ -27,6 +30,7 @@ same score again on the compacted feed, never a wrong one.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,6 +109,7 @@ class Projector:
         health_topic: str | None,
         page_size: int = 1000,
         on_pass: Callable[[int, float], None] | None = None,
+        shards: int = 1,
     ) -> None:
         self._pool = pool
         self._model = model
@@ -112,17 +117,32 @@ class Projector:
         self._health_topic = health_topic
         self._page = page_size
         self._on_pass = on_pass
+        self._shards = max(1, shards)
         self.projected = 0
         # the latest `measure_staleness()`, in seconds
         self.latest_staleness = 0.0
+        # whether the latest pass took a full page of some shard
+        self._full_page = False
 
     async def project_once(self) -> int:
-        """Project one page of the oldest queued organizations; return how many."""
+        """Project a page of the oldest queued organizations of every shard that no
+        other process holds; return how many entries were taken."""
+        taken = 0
+        self._full_page = False
+        # from a random shard: processes passing at once mostly take different ones
+        first = random.randrange(self._shards)
+        for index in range(self._shards):
+            rows = await self._project_shard((first + index) % self._shards)
+            taken += rows
+            self._full_page = self._full_page or rows >= self._page
+        return taken
+
+    async def _project_shard(self, shard: int) -> int:
         started = time.perf_counter()
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval(sql.TRY_LEADER_LOCK, locks.PROJECTOR):
+            if not await conn.fetchval(sql.TRY_SHARD_LOCK, locks.PROJECTOR_SHARD, shard):
                 return 0
-            rows = await conn.fetch(sql.PENDING_PROJECTION, self._page)
+            rows = await conn.fetch(sql.PENDING_PROJECTION, self._page, self._shards, shard)
             if not rows:
                 return 0
             page = []
@@ -187,8 +207,9 @@ class Projector:
                 await asyncio.sleep(pause)
 
     async def step(self) -> float | None:
-        """Project one page; a full page goes on at once, an empty queue waits."""
-        return AT_ONCE if await self.project_once() >= self._page else None
+        """Project a page per shard; a full page goes on at once, an empty queue waits."""
+        await self.project_once()
+        return AT_ONCE if self._full_page else None
 
     async def measure_staleness(self) -> float:
         """`staleness()`, kept as `latest_staleness` for readiness (a periodic step)."""

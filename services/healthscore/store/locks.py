@@ -12,3 +12,7 @@ PROJECTOR = 0x6865616C7468_02
 SWEEP = 0x6865616C7468_03
 SHADOW = 0x6865616C7468_04
 OUTCOMES = 0x6865616C7468_05
+
+# two-key transaction-level locks (store.sql.TRY_SHARD_LOCK): (purpose, shard). The
+# two-key form is a lock space of its own: these never meet the keys above.
+PROJECTOR_SHARD = 0x68700002  # "hp" + 2: one projector per read-model queue shard

@@ -212,10 +212,14 @@ ON CONFLICT (organization_id, milestone_type) DO NOTHING
 #
 # Oldest change first: the staleness bound is about the oldest one. The queue is
 # read without row locks: a batch re-queueing an organization never waits.
+# The queue is split into $2 shards by the organization id's last byte, so that
+# several processes project at once, each shard under its own lock
+# (`locks.PROJECTOR_SHARD`); $3 is the shard.
 PENDING_PROJECTION = """
 SELECT q.organization_id, s.health_version AS version, s.state::text AS state
 FROM read_model_pending q
 JOIN organization_state s ON s.organization_id = q.organization_id
+WHERE get_byte(uuid_send(q.organization_id), 15) % $2::int = $3::int
 ORDER BY q.queued_at, q.organization_id
 LIMIT $1
 """
@@ -374,6 +378,9 @@ SELECT health_status, risk_level, count(*) AS n FROM customer_health GROUP BY 1,
 
 # one leader at a time (sweep, relays): a transaction-level advisory lock
 TRY_LEADER_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
+
+# the two-key form: (a purpose, a number within it), e.g. a projector shard
+TRY_SHARD_LOCK = "SELECT pg_try_advisory_xact_lock($1::int, $2::int)"
 
 # The log's event-time watermark: the oldest of the input partitions' newest
 # applied event times. Partitions are read in order, so no event older than it
