@@ -46,7 +46,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from healthscore.core.scoring.model import V2_MODEL_PATH
+from healthscore.core.scoring.model import V2_MODEL_PATH, load_model
 from healthscore.service.kafka_admin import ensure_topics
 from healthscore.service.kafka_clients import KafkaConnection, KafkaSecurity
 from healthscore.store import sql
@@ -428,6 +428,14 @@ def _merge_naive_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _latency_model_path() -> str:
+    """The latency phase's model: MODEL_PATH if set, else v2. The alert triggers are
+    cancellation requests of new organizations, which v2 raises at once and v3 (the
+    default) holds until the risk persists: the alert latency measured is the
+    pipeline's, so it runs v2's rule."""
+    return os.environ.get("MODEL_PATH") or str(V2_MODEL_PATH)
+
+
 async def _wait_until(
     predicate: Any, timeout: float, what: str, child: ChildGroup | None = None, every: float = 0.1
 ) -> None:
@@ -588,11 +596,8 @@ class Bench:
     ) -> tuple[ChildGroup, GroupLog, float]:
         count = max(1, self.options.service_processes)
         env = _child_env(self.stack, phase, self.options)
-        if label == "latency" and "MODEL_PATH" not in os.environ:
-            # the alert triggers are cancellation requests of new organizations, which
-            # v2 raises at once and v3 (the default) holds until the risk persists: the
-            # alert latency measured is the pipeline's, so it runs v2's rule
-            env["MODEL_PATH"] = str(V2_MODEL_PATH)
+        if label == "latency":
+            env["MODEL_PATH"] = _latency_model_path()
         if profile is not None:
             # cProfile sees the time asyncio's loop waits in epoll (the summary's
             # idle line); under uvloop that wait is in C and lands on coroutines
@@ -735,9 +740,39 @@ class Bench:
 
     # ------------------------------------------------------------------ latency
 
+    async def _settle_promotion(self, phase: _Phase, child: ChildGroup) -> None:
+        """Wait until the read model shows every organization under the latency phase's
+        model and nothing is queued: the service promotes what the throughput phase
+        scored under another model (`service.promotion`), and that backlog is not
+        live traffic, so the live measurement starts once it is done."""
+        version = load_model(Path(_latency_model_path())).version
+        conn = await asyncpg.connect(phase.url)
+        began = time.perf_counter()
+        try:
+
+            async def promoted() -> bool:
+                return bool(
+                    await conn.fetchval(
+                        "SELECT NOT EXISTS (SELECT 1 FROM customer_health "
+                        "WHERE score_model_version <> $1) "
+                        "AND NOT EXISTS (SELECT 1 FROM read_model_pending)",
+                        version,
+                    )
+                )
+
+            await _wait_until(promoted, self.options.drain_timeout, "the model promotion", child)
+        finally:
+            await conn.close()
+        self.say(f"latency: read model on {version} after {time.perf_counter() - began:.1f}s")
+
     async def latency(self, phase: _Phase, config: WorkloadConfig) -> LatencyResult:
         o = self.options
         child, log, _ = await self._start_service(phase, "latency")
+        try:
+            await self._settle_promotion(phase, child)
+        except BaseException:
+            child.stop()
+            raise
         live = LiveStream(config)
         consumer = self.stack.kafka.consumer(enable_auto_commit=False, group_id=None)
         await consumer.start()
