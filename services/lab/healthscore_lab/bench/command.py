@@ -168,7 +168,11 @@ def _run_levers(stack: Any, json_out: Path | None) -> int:
 
     name = f"levers_{uuid.uuid4().hex[:12]}"
     results = asyncio.run(
-        measure_levers(lambda: create_database(stack, name), lambda: drop_database(stack, name))
+        measure_levers(
+            lambda: create_database(stack, name),
+            lambda: drop_database(stack, name),
+            stack.kafka,
+        )
     )
     print("levers (median per unit; ratio to the service's way):")
     for result in results:
