@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -45,6 +45,7 @@ import structlog
 from healthscore.core.scoring.model import ScoreModel
 from healthscore.core.scoring.score import HealthScore, score
 from healthscore.core.scoring.state import OrganizationState, decode_state
+from healthscore.service.keyed_batches import BatchingProducer, send_keyed
 from healthscore.service.periodic import AT_ONCE
 from healthscore.store import Connection, locks, sql
 from healthscore.store.records import to_datetime
@@ -53,12 +54,6 @@ log = structlog.get_logger(__name__)
 
 # organizations scored between two returns to the event loop
 YIELD_EVERY = 50
-
-
-class Producer(Protocol):
-    async def send(
-        self, topic: str, value: bytes | None = None, key: bytes | None = None
-    ) -> asyncio.Future[Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +100,7 @@ class Projector:
         self,
         pool: asyncpg.Pool[Any],
         model: ScoreModel,
-        producer: Producer | None,
+        producer: BatchingProducer | None,
         health_topic: str | None,
         page_size: int = 1000,
         on_pass: Callable[[int, float], None] | None = None,
@@ -173,15 +168,18 @@ class Projector:
         if self._producer is None or self._health_topic is None:
             return
         now = datetime.now(UTC)
-        futures = [
-            await self._producer.send(
-                self._health_topic,
-                value=health_message(p, previous.get(p.organization_id), self._model.version, now),
-                key=str(p.organization_id).encode(),
-            )
-            for p in page
-        ]
-        await asyncio.gather(*futures)
+        version = self._model.version
+        await send_keyed(
+            self._producer,
+            self._health_topic,
+            [
+                (
+                    str(p.organization_id).encode(),
+                    health_message(p, previous.get(p.organization_id), version, now),
+                )
+                for p in page
+            ],
+        )
 
     async def staleness(self) -> float:
         """Seconds since the oldest change not yet projected (0 when none is queued)."""
@@ -248,13 +246,15 @@ async def _upsert_customer_health(
     return {r["organization_id"]: r["previous_score"] for r in rows}
 
 
+def factor_dicts(factors: Any) -> list[dict[str, Any]]:
+    return [
+        {"factor": f.factor, "value": f.value, "impact": f.impact, "detail": f.detail}
+        for f in factors
+    ]
+
+
 def factors_json(factors: Any) -> str:
-    return orjson.dumps(
-        [
-            {"factor": f.factor, "value": f.value, "impact": f.impact, "detail": f.detail}
-            for f in factors
-        ]
-    ).decode()
+    return orjson.dumps(factor_dicts(factors)).decode()
 
 
 def feature_usage_json(features: dict[str, list[float]]) -> str:
@@ -286,7 +286,7 @@ def health_message(
                 "support": health.components["support"],
                 "growth": health.components["growth"],
             },
-            "risk_factors": orjson.loads(factors_json(health.risk_factors)),
+            "risk_factors": factor_dicts(health.risk_factors),
             "score_model_version": model_version,
             "scored_at": to_datetime(projected.state.last_scored_at),
             "emitted_at": now,

@@ -1,0 +1,60 @@
+"""Send many keyed records at once: one record batch per partition, not one call each.
+
+aiokafka's `send` costs some 40 us of Python per record (metadata wait,
+partitioner, accumulator, a future each); appending to a batch built per
+partition costs about half. The partition is the one `send` would pick for the
+key (the default partitioner: murmur2 of the key over the partitions sorted by
+id, as Kafka's Java client does), so a compacted topic keeps each key on one
+partition whichever way its records were sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+from aiokafka.partitioner import DefaultPartitioner
+
+_PARTITIONER = DefaultPartitioner()
+
+
+class BatchingProducer(Protocol):
+    async def partitions_for(self, topic: str) -> Any: ...
+
+    def create_batch(self) -> Any: ...
+
+    async def send_batch(
+        self, batch: Any, topic: str, *, partition: int
+    ) -> asyncio.Future[Any]: ...
+
+    async def send(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None
+    ) -> asyncio.Future[Any]: ...
+
+
+async def send_keyed(
+    producer: BatchingProducer, topic: str, records: list[tuple[bytes, bytes]]
+) -> None:
+    """Send (key, value) records and wait until the broker acknowledged all of them."""
+    if not records:
+        return
+    partitions = sorted(await producer.partitions_for(topic))
+    open_batches: dict[int, Any] = {}
+    acks: list[asyncio.Future[Any]] = []
+    for key, value in records:
+        partition = _PARTITIONER(key, partitions, partitions)
+        batch = open_batches.get(partition)
+        if batch is None:
+            batch = open_batches[partition] = producer.create_batch()
+        if batch.append(key=key, value=value, timestamp=None) is not None:
+            continue
+        # full: send it and start the partition's next one with this record
+        acks.append(await producer.send_batch(batch, topic, partition=partition))
+        batch = open_batches[partition] = producer.create_batch()
+        if batch.append(key=key, value=value, timestamp=None) is None:
+            # larger than a whole batch: alone, as `send` would (it sets its own limits)
+            del open_batches[partition]
+            acks.append(await producer.send(topic, value=value, key=key))
+    for partition, batch in open_batches.items():
+        acks.append(await producer.send_batch(batch, topic, partition=partition))
+    await asyncio.gather(*acks)
