@@ -229,7 +229,7 @@ class Settings(BaseSettings):
         default=3,
         ge=1,
         description="With GC_YOUNG_THRESHOLD set: a full garbage collection after every "
-        "this many batches.",
+        "this many full batches' worth of records (BATCH_MAX_RECORDS each), between batches.",
     )
     api_host: str = Field(default="127.0.0.1", description="Address `healthscore api` binds.")
     api_port: int = Field(default=8000, ge=0, le=65535, description="Port of `healthscore api`.")

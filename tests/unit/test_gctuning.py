@@ -65,3 +65,21 @@ def test_pacer_runs_a_full_collection_every_nth_batch(
         pacer.after_batch()
     assert runs == [2] * expected
     assert pacer.collections == expected
+
+
+def test_pacer_counts_records_so_small_live_batches_collect_rarely(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runs: list[int] = []
+    monkeypatch.setattr(gc, "collect", lambda generation=2: runs.append(generation) or 0)
+    pacer = FullCollectionPacer(3, batch_records=3000)
+    for _ in range(89):  # 89 live batches of 100 records: 8,900 < 3 x 3,000
+        pacer.after_batch(100)
+    assert runs == []
+    pacer.after_batch(100)
+    assert runs == [2]
+    pacer.after_batch(3000)
+    pacer.after_batch(3000)
+    assert runs == [2]
+    pacer.after_batch()  # a full batch
+    assert runs == [2, 2]

@@ -215,7 +215,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         holdback,
         on_outcome=outcomes.record,
         on_failure=lambda exc: metrics.batch_failures.inc(),
-        after_batch=FullCollectionPacer(o.full_gc_every_batches).after_batch,
+        after_batch=FullCollectionPacer(o.full_gc_every_batches, s.batch_max_records).after_batch,
         on_gap=lambda gap: metrics.offset_gaps.labels(gap.topic).inc(),
     )
     broker = build_broker(

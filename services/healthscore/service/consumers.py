@@ -59,7 +59,7 @@ class BatchHandler:
         on_outcome: Callable[[BatchOutcome, float], Awaitable[None] | None] | None = None,
         retry_backoff: tuple[float, float] = (0.2, 5.0),
         on_failure: Callable[[BaseException], None] | None = None,
-        after_batch: Callable[[], None] | None = None,
+        after_batch: Callable[[int], None] | None = None,
         on_gap: Callable[[OffsetGap], None] | None = None,
     ) -> None:
         self._pipeline = pipeline
@@ -88,7 +88,7 @@ class BatchHandler:
                 await self._rewind(raw or [to_raw_position(r) for r in records], exc)
             if self._after_batch is not None:
                 # between batches, while no batch's objects are alive
-                self._after_batch()
+                self._after_batch(len(records))
 
     async def drain_held(self) -> None:
         """Apply held-back records when no new fetch comes to do it (a periodic step)."""

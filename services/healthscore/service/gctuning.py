@@ -40,17 +40,28 @@ def tune_garbage_collector(young_threshold: int, full_every_batches: int) -> int
 
 
 class FullCollectionPacer:
-    """Runs a full collection after every `every_batches`-th batch (0: never)."""
+    """Runs a full collection after every `every_batches` full batches' worth of records
+    (`batch_records` each; 0: never).
 
-    def __init__(self, every_batches: int) -> None:
+    Paced by records, not by batches: a live consumer's batches hold tens of records
+    and come several times a second, and a full collection after every third of them
+    stalled the consumer many times a second; the garbage a collection finds grows with
+    the records handled, whatever the batch sizes.
+    """
+
+    def __init__(self, every_batches: int, batch_records: int = 1) -> None:
         self.every_batches = every_batches
-        self.batches = 0
+        self._batch_records = max(1, batch_records)
+        self._every_records = every_batches * self._batch_records
+        self.records = 0
         self.collections = 0
 
-    def after_batch(self) -> None:
+    def after_batch(self, records: int | None = None) -> None:
+        """After a batch of `records` (None: a full batch)."""
         if self.every_batches <= 0:
             return
-        self.batches += 1
-        if self.batches % self.every_batches == 0:
+        self.records += self._batch_records if records is None else records
+        if self.records >= self._every_records:
+            self.records = 0
             gc.collect()
             self.collections += 1
