@@ -186,20 +186,51 @@ LIST_ORGANIZATIONS_WITHOUT_CHANGE_7D: Final = _org_list(
     limit="$7",
 )
 
-# $1 organization id
-ORGANIZATION_DETAIL: Final = """
-SELECT h.organization_id, o.name AS organization_name, o.plan,
-       h.health_score, h.health_status, h.churn_probability, h.risk_level,
-       h.engagement_score, h.adoption_score, h.milestone_score, h.support_score,
-       h.growth_score, h.risk_factors, h.feature_usage, h.previous_score,
-       h.score_change_7d, h.score_change_30d, score_trend(h.health_score, h.previous_score)
-           AS trend,
-       h.active_users_30d, h.open_interactions, h.milestones_achieved, h.last_activity_at,
-       h.last_login_at, h.scored_at, h.score_model_version, h.updated_at,
-       m.achieved AS milestones_achieved_count, m.acknowledged AS milestones_acknowledged,
-       m.rewards_pending, m.rewards_delivered,
-       i.overdue AS overdue_follow_ups,
-       a.last_alert
+# $1 organization id: the organization page (OrganizationDetail) as JSON text, built
+# here in one statement (decoding some thirty columns and the open interactions, then
+# validating and serializing them in the API, cost the API more than PostgreSQL spends
+# building the text; tests validate the text against the model), and `clock_changes_in`:
+# seconds until the page changes by the clock alone (the next open follow-up falls
+# due), NULL: never. No row: no such organization, or hidden by row-level security.
+# Numbers are float8, timestamps in the session's time zone (the API's pool: UTC).
+ORGANIZATION_PAGE: Final = """
+SELECT json_build_object(
+           'organization_id', h.organization_id,
+           'organization_name', o.name,
+           'plan', o.plan,
+           'health_score', h.health_score::float8,
+           'health_status', h.health_status,
+           'churn_probability', h.churn_probability::float8,
+           'risk_level', h.risk_level,
+           'components', json_build_object(
+               'engagement', h.engagement_score::float8,
+               'adoption', h.adoption_score::float8,
+               'milestones', h.milestone_score::float8,
+               'support', h.support_score::float8,
+               'growth', h.growth_score::float8),
+           'risk_factors', h.risk_factors,
+           'feature_usage', h.feature_usage,
+           'previous_score', h.previous_score::float8,
+           'score_change_7d', h.score_change_7d::float8,
+           'score_change_30d', h.score_change_30d::float8,
+           'trend', score_trend(h.health_score, h.previous_score),
+           'active_users_30d', h.active_users_30d,
+           'open_interactions_count', h.open_interactions,
+           'overdue_follow_ups', f.overdue,
+           'open_interactions', coalesce(i.items, '[]'::json),
+           'milestones', json_build_object(
+               'achieved', m.achieved,
+               'acknowledged', m.acknowledged,
+               'unacknowledged', greatest(0, m.achieved - m.acknowledged),
+               'rewards_pending', m.rewards_pending,
+               'rewards_delivered', m.rewards_delivered),
+           'last_activity_at', h.last_activity_at,
+           'last_login_at', h.last_login_at,
+           'scored_at', h.scored_at,
+           'score_model_version', h.score_model_version,
+           'updated_at', h.updated_at,
+           'last_alert', a.last_alert)::text AS page,
+       extract(epoch FROM f.next_due - now())::float8 AS clock_changes_in
 FROM customer_health h
 LEFT JOIN organizations o ON o.id = h.organization_id
 CROSS JOIN LATERAL (
@@ -210,18 +241,41 @@ CROSS JOIN LATERAL (
     FROM success_milestones WHERE organization_id = h.organization_id
 ) AS m
 CROSS JOIN LATERAL (
-    SELECT count(*) AS overdue FROM support_interactions
+    SELECT count(*) FILTER (WHERE follow_up_at <= now()) AS overdue,
+           min(follow_up_at) FILTER (WHERE follow_up_at > now()) AS next_due
+    FROM support_interactions
     WHERE organization_id = h.organization_id AND status = 'open'
-      AND follow_up_required AND follow_up_completed_at IS NULL AND follow_up_at <= now()
-) AS i
+      AND follow_up_required AND follow_up_completed_at IS NULL
+) AS f
 LEFT JOIN LATERAL (
-    SELECT jsonb_build_object(
+    SELECT json_agg(json_build_object(
+               'id', n.id, 'organization_id', n.organization_id,
+               'organization_name', o.name, 'interaction_type', n.interaction_type,
+               'channel', n.channel, 'status', n.status, 'priority', n.priority,
+               'sentiment', n.sentiment, 'outcome', n.outcome, 'assigned_to', n.assigned_to,
+               'subject', n.subject, 'follow_up_required', n.follow_up_required,
+               'follow_up_at', n.follow_up_at, 'follow_up_completed_at', n.follow_up_completed_at,
+               'opened_at', n.opened_at, 'resolved_at', n.resolved_at, 'closed_at', n.closed_at,
+               'last_event_at', n.last_event_at, 'overdue', n.overdue, 'rank', NULL)
+               ORDER BY n.opened_at DESC NULLS FIRST, n.id) AS items
+    FROM (
+        SELECT i.*,
+               coalesce(i.follow_up_required AND i.follow_up_completed_at IS NULL
+                        AND i.follow_up_at <= now(), false) AS overdue
+        FROM support_interactions i
+        WHERE i.organization_id = h.organization_id AND i.status = 'open'
+        ORDER BY i.opened_at DESC NULLS FIRST, i.id
+        LIMIT 20
+    ) AS n
+) AS i ON true
+LEFT JOIN LATERAL (
+    SELECT json_build_object(
                'alert_id', alert_id, 'kind', kind, 'episode', episode,
-               'health_score', payload -> 'health_score',
-               'previous_score', payload -> 'previous_score',
-               'churn_probability', payload -> 'churn_probability',
-               'risk_level', payload -> 'risk_level',
-               'scored_at', payload -> 'scored_at',
+               'health_score', (payload ->> 'health_score')::float8,
+               'previous_score', (payload ->> 'previous_score')::float8,
+               'churn_probability', (payload ->> 'churn_probability')::float8,
+               'risk_level', payload ->> 'risk_level',
+               'scored_at', (payload ->> 'scored_at')::timestamptz,
                'created_at', created_at, 'published_at', published_at) AS last_alert
     FROM alert_outbox WHERE organization_id = h.organization_id
     ORDER BY seq DESC LIMIT 1
@@ -231,22 +285,37 @@ WHERE h.organization_id = $1
 
 ORGANIZATION_VISIBLE: Final = "SELECT true FROM customer_health WHERE organization_id = $1"
 
-# $1 organization id, $2 days (UTC) ending with the day of its latest score. One point
-# per day: the day's last score.
+# $1 organization id, $2 days (UTC) ending with the day of its latest score: the
+# OrganizationHistory as JSON text, one point per day (the day's last score), oldest
+# first; no row: no such organization, or hidden (its customer_health row decides,
+# as for the page).
 ORGANIZATION_HISTORY: Final = """
-SELECT DISTINCT ON (day) day, scored_at, health_score, churn_probability, risk_level,
-       components
-FROM (
-    SELECT (s.scored_at AT TIME ZONE 'UTC')::date AS day, s.scored_at, s.health_score,
-           s.churn_probability, s.risk_level, s.components
-    FROM health_score_history s
-    WHERE s.organization_id = $1
-      AND s.scored_at >= (
-          SELECT (date_trunc('day', h.scored_at AT TIME ZONE 'UTC')
-                  - make_interval(days => $2::int - 1)) AT TIME ZONE 'UTC'
-          FROM customer_health h WHERE h.organization_id = $1)
-) AS trail
-ORDER BY day, scored_at DESC
+SELECT json_build_object(
+           'organization_id', h.organization_id,
+           'days', $2::int,
+           'points', coalesce((
+               SELECT json_agg(json_build_object(
+                          'day', day, 'scored_at', scored_at,
+                          'health_score', health_score::float8,
+                          'churn_probability', churn_probability::float8,
+                          'risk_level', risk_level, 'components', components)
+                          ORDER BY day)
+               FROM (
+                   SELECT DISTINCT ON (day) day, scored_at, health_score, churn_probability,
+                          risk_level, components
+                   FROM (
+                       SELECT (s.scored_at AT TIME ZONE 'UTC')::date AS day, s.scored_at,
+                              s.health_score, s.churn_probability, s.risk_level, s.components
+                       FROM health_score_history s
+                       WHERE s.organization_id = h.organization_id
+                         AND s.scored_at >= (date_trunc('day', h.scored_at AT TIME ZONE 'UTC')
+                                             - make_interval(days => $2::int - 1))
+                                            AT TIME ZONE 'UTC'
+                   ) AS trail
+                   ORDER BY day, scored_at DESC
+               ) AS daily), '[]'::json))::text AS page
+FROM customer_health h
+WHERE h.organization_id = $1
 """
 
 # --- milestones -------------------------------------------------------------------------
@@ -357,18 +426,6 @@ LIST_INTERACTIONS_RELEVANCE: Final = _interactions(
        OR (word_similarity($6::text, i.subject) = $7::real AND i.id > $9::uuid))""",
     "rank DESC, i.id",
 )
-
-# $1 organization id: its 20 newest open interactions (the organization page), as
-# LIST_INTERACTIONS_NEWEST returns them, written without optional filters so that one
-# generic plan serves every organization
-ORGANIZATION_OPEN_INTERACTIONS: Final = f"""
-SELECT {_INTERACTION_COLUMNS}, NULL::real AS rank
-FROM support_interactions i
-LEFT JOIN organizations o ON o.id = i.organization_id
-WHERE i.organization_id = $1 AND i.status = 'open'
-ORDER BY i.opened_at DESC NULLS FIRST, i.id
-LIMIT 20
-"""
 
 
 # --- the caller -------------------------------------------------------------------------
