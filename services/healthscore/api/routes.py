@@ -36,7 +36,7 @@ from healthscore.api.models import (
     RewardDelivery,
 )
 from healthscore.api.problems import ApiProblem, not_found
-from healthscore.api.session import Session, bound_session
+from healthscore.api.session import Session, bound_session, fetch_as
 from healthscore.api.state import ApiState
 from healthscore.contracts.enums import (
     RISK_LEVEL_ORDER,
@@ -76,6 +76,13 @@ async def _session(
         state.pool, state.signing_key, principal, writes=writes, generic_plans=generic_plans
     ) as session:
         yield session
+
+
+async def _fetch_as_caller(request: Request, statement: str, *args: Any) -> asyncpg.Record | None:
+    """One statement that logs the caller in, reads and logs out (session.fetch_as)."""
+    state: ApiState = request.app.state.api
+    principal = state.verifier.verify(request.headers.get("authorization"))
+    return await fetch_as(state.pool, state.signing_key, principal, statement, *args)
 
 
 def _f(value: Decimal | None) -> float | None:
@@ -242,8 +249,7 @@ def _built_json(text: str) -> Response:
 )
 async def get_organization(request: Request, organization_id: OrganizationId) -> Response:
     """The organization page: score, components, every factor, usage, interactions, alert."""
-    async with _session(request, generic_plans=True) as session:
-        row = await session.conn.fetchrow(q.ORGANIZATION_PAGE, organization_id)
+    row = await _fetch_as_caller(request, q.ORGANIZATION_PAGE, organization_id)
     if row is None:
         raise not_found("organization")
     # the page changes by the clock alone when its next follow-up falls due
@@ -267,11 +273,10 @@ async def get_history(
     ] = 30,
 ) -> Response:
     """The daily score trail: each day's last score, churn probability and components."""
-    async with _session(request, generic_plans=True) as session:
-        page = await session.conn.fetchval(q.ORGANIZATION_HISTORY, organization_id, days)
-    if page is None:
+    row = await _fetch_as_caller(request, q.ORGANIZATION_HISTORY, organization_id, days)
+    if row is None:
         raise not_found("organization")
-    return _built_json(page)
+    return _built_json(row["page"])
 
 
 # --- milestones ---------------------------------------------------------------------

@@ -186,137 +186,19 @@ LIST_ORGANIZATIONS_WITHOUT_CHANGE_7D: Final = _org_list(
     limit="$7",
 )
 
-# $1 organization id: the organization page (OrganizationDetail) as JSON text, built
-# here in one statement (decoding some thirty columns and the open interactions, then
-# validating and serializing them in the API, cost the API more than PostgreSQL spends
-# building the text; tests validate the text against the model), and `clock_changes_in`:
-# seconds until the page changes by the clock alone (the next open follow-up falls
-# due), NULL: never. No row: no such organization, or hidden by row-level security.
-# Numbers are float8, timestamps in the session's time zone (the API's pool: UTC).
-ORGANIZATION_PAGE: Final = """
-SELECT json_build_object(
-           'organization_id', h.organization_id,
-           'organization_name', o.name,
-           'plan', o.plan,
-           'health_score', h.health_score::float8,
-           'health_status', h.health_status,
-           'churn_probability', h.churn_probability::float8,
-           'risk_level', h.risk_level,
-           'components', json_build_object(
-               'engagement', h.engagement_score::float8,
-               'adoption', h.adoption_score::float8,
-               'milestones', h.milestone_score::float8,
-               'support', h.support_score::float8,
-               'growth', h.growth_score::float8),
-           'risk_factors', h.risk_factors,
-           'feature_usage', h.feature_usage,
-           'previous_score', h.previous_score::float8,
-           'score_change_7d', h.score_change_7d::float8,
-           'score_change_30d', h.score_change_30d::float8,
-           'trend', score_trend(h.health_score, h.previous_score),
-           'active_users_30d', h.active_users_30d,
-           'open_interactions_count', h.open_interactions,
-           'overdue_follow_ups', f.overdue,
-           'open_interactions', coalesce(i.items, '[]'::json),
-           'milestones', json_build_object(
-               'achieved', m.achieved,
-               'acknowledged', m.acknowledged,
-               'unacknowledged', greatest(0, m.achieved - m.acknowledged),
-               'rewards_pending', m.rewards_pending,
-               'rewards_delivered', m.rewards_delivered),
-           'last_activity_at', h.last_activity_at,
-           'last_login_at', h.last_login_at,
-           'scored_at', h.scored_at,
-           'score_model_version', h.score_model_version,
-           'updated_at', h.updated_at,
-           'last_alert', a.last_alert)::text AS page,
-       extract(epoch FROM f.next_due - now())::float8 AS clock_changes_in
-FROM customer_health h
-LEFT JOIN organizations o ON o.id = h.organization_id
-CROSS JOIN LATERAL (
-    SELECT count(*) AS achieved,
-           count(*) FILTER (WHERE acknowledged_at IS NOT NULL) AS acknowledged,
-           count(*) FILTER (WHERE reward_status = 'pending') AS rewards_pending,
-           count(*) FILTER (WHERE reward_status = 'delivered') AS rewards_delivered
-    FROM success_milestones WHERE organization_id = h.organization_id
-) AS m
-CROSS JOIN LATERAL (
-    SELECT count(*) FILTER (WHERE follow_up_at <= now()) AS overdue,
-           min(follow_up_at) FILTER (WHERE follow_up_at > now()) AS next_due
-    FROM support_interactions
-    WHERE organization_id = h.organization_id AND status = 'open'
-      AND follow_up_required AND follow_up_completed_at IS NULL
-) AS f
-LEFT JOIN LATERAL (
-    SELECT json_agg(json_build_object(
-               'id', n.id, 'organization_id', n.organization_id,
-               'organization_name', o.name, 'interaction_type', n.interaction_type,
-               'channel', n.channel, 'status', n.status, 'priority', n.priority,
-               'sentiment', n.sentiment, 'outcome', n.outcome, 'assigned_to', n.assigned_to,
-               'subject', n.subject, 'follow_up_required', n.follow_up_required,
-               'follow_up_at', n.follow_up_at, 'follow_up_completed_at', n.follow_up_completed_at,
-               'opened_at', n.opened_at, 'resolved_at', n.resolved_at, 'closed_at', n.closed_at,
-               'last_event_at', n.last_event_at, 'overdue', n.overdue, 'rank', NULL)
-               ORDER BY n.opened_at DESC NULLS FIRST, n.id) AS items
-    FROM (
-        SELECT i.*,
-               coalesce(i.follow_up_required AND i.follow_up_completed_at IS NULL
-                        AND i.follow_up_at <= now(), false) AS overdue
-        FROM support_interactions i
-        WHERE i.organization_id = h.organization_id AND i.status = 'open'
-        ORDER BY i.opened_at DESC NULLS FIRST, i.id
-        LIMIT 20
-    ) AS n
-) AS i ON true
-LEFT JOIN LATERAL (
-    SELECT json_build_object(
-               'alert_id', alert_id, 'kind', kind, 'episode', episode,
-               'health_score', (payload ->> 'health_score')::float8,
-               'previous_score', (payload ->> 'previous_score')::float8,
-               'churn_probability', (payload ->> 'churn_probability')::float8,
-               'risk_level', payload ->> 'risk_level',
-               'scored_at', (payload ->> 'scored_at')::timestamptz,
-               'created_at', created_at, 'published_at', published_at) AS last_alert
-    FROM alert_outbox WHERE organization_id = h.organization_id
-    ORDER BY seq DESC LIMIT 1
-) AS a ON true
-WHERE h.organization_id = $1
-"""
+# The organization page and its history: each one statement that logs the caller in,
+# builds the response model's JSON text in PostgreSQL and logs out (migration 0052), so
+# a request is one round trip in that statement's own transaction. $1 the caller's
+# identity token (store.identity.mint_token), $2 organization id. No row: no such
+# organization, or hidden by row-level security.
+# Columns: page (OrganizationDetail JSON), clock_changes_in (seconds until the page
+# changes by the clock alone, its next open follow-up falling due; NULL: never).
+ORGANIZATION_PAGE: Final = "SELECT page, clock_changes_in FROM app_organization_page($1, $2)"
+# $3 days (UTC) ending with the day of the latest score. Column: page
+# (OrganizationHistory JSON).
+ORGANIZATION_HISTORY: Final = "SELECT page FROM app_organization_history($1, $2, $3)"
 
 ORGANIZATION_VISIBLE: Final = "SELECT true FROM customer_health WHERE organization_id = $1"
-
-# $1 organization id, $2 days (UTC) ending with the day of its latest score: the
-# OrganizationHistory as JSON text, one point per day (the day's last score), oldest
-# first; no row: no such organization, or hidden (its customer_health row decides,
-# as for the page).
-ORGANIZATION_HISTORY: Final = """
-SELECT json_build_object(
-           'organization_id', h.organization_id,
-           'days', $2::int,
-           'points', coalesce((
-               SELECT json_agg(json_build_object(
-                          'day', day, 'scored_at', scored_at,
-                          'health_score', health_score::float8,
-                          'churn_probability', churn_probability::float8,
-                          'risk_level', risk_level, 'components', components)
-                          ORDER BY day)
-               FROM (
-                   SELECT DISTINCT ON (day) day, scored_at, health_score, churn_probability,
-                          risk_level, components
-                   FROM (
-                       SELECT (s.scored_at AT TIME ZONE 'UTC')::date AS day, s.scored_at,
-                              s.health_score, s.churn_probability, s.risk_level, s.components
-                       FROM health_score_history s
-                       WHERE s.organization_id = h.organization_id
-                         AND s.scored_at >= (date_trunc('day', h.scored_at AT TIME ZONE 'UTC')
-                                             - make_interval(days => $2::int - 1))
-                                            AT TIME ZONE 'UTC'
-                   ) AS trail
-                   ORDER BY day, scored_at DESC
-               ) AS daily), '[]'::json))::text AS page
-FROM customer_health h
-WHERE h.organization_id = $1
-"""
 
 # --- milestones -------------------------------------------------------------------------
 
