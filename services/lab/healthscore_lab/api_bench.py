@@ -257,7 +257,11 @@ def uniform(targets: list[str]) -> Visitor:
 class DashboardUser:
     """A dashboard user: opens an organization of the hot set (the at-risk list), whose
     page then refreshes itself `refreshes` times (every API_REFRESH_SECONDS on the real
-    page; here back to back, as every client of this bench asks), then opens another."""
+    page; here back to back, as every client of this bench asks), then opens another.
+    Its browser keeps one keep-alive connection, so one replica serves it (a
+    Kubernetes Service balances connections, not requests)."""
+
+    sticky = True
 
     def __init__(self, hot_set: list[str], path: Callable[[str], str], refreshes: int) -> None:
         self.hot_set, self.path, self.refreshes = hot_set, path, refreshes
@@ -279,9 +283,11 @@ async def _client(
     errors = 0
     connections = [Connection("127.0.0.1", port, token) for port in ports]
     rng = random.Random()
+    # replicas behind a load balancer: by request, or one for the client's connection
+    sticky = rng.choice(connections) if getattr(visitor, "sticky", False) else None
     try:
         while time.perf_counter() < until:
-            conn = rng.choice(connections)  # replicas behind a load balancer
+            conn = sticky or rng.choice(connections)
             target = visitor()
             start = time.perf_counter()
             try:
