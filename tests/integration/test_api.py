@@ -442,6 +442,25 @@ async def test_organization_page_has_everything(world: World) -> None:
     assert org["last_alert"]["published_at"] is None
 
 
+async def test_the_page_counts_feature_usage_as_the_projector_stores_it(world: World) -> None:
+    # the projector writes each feature as its count and last use (service/projector.py)
+    vow = world.orgs["vow"]
+    usage = {"forms": {"count": 4, "last_used_at": NOW.isoformat()}, "journeys": 2}
+    conn = await asyncpg.connect(world.url)
+    try:
+        await conn.execute(
+            "UPDATE customer_health SET feature_usage = $2::jsonb WHERE organization_id = $1",
+            vow,
+            json.dumps(usage),
+        )
+    finally:
+        await conn.close()
+    response = await world.get("admin", f"/api/v1/organizations/{vow}")
+    assert response.status_code == 200, response.text
+    OrganizationDetail.model_validate_json(response.content)
+    assert response.json()["feature_usage"] == {"forms": 4, "journeys": 2}
+
+
 async def test_history_is_the_last_score_of_each_day(world: World) -> None:
     bloom = world.orgs["bloom"]
     response = await world.get("admin", f"/api/v1/organizations/{bloom}/history", days=30)

@@ -229,6 +229,8 @@ class Connection:
         )
         self.writer.write(request.encode())
         status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionResetError("the server closed the connection")
         length = 0
         while True:
             line = await self.reader.readline()

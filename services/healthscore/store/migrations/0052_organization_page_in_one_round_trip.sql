@@ -16,6 +16,11 @@
 -- connection never carries the identity into the next request. Called inside an
 -- open transaction the caller must end it the same way (the API never does).
 --
+-- The page's feature usage is each feature's count (OrganizationDetail.feature_usage,
+-- the column's documented meaning); the projector stores each as an object with the
+-- count and the last use, which the page's model refused (a 500 for every organization
+-- the consumers had scored).
+--
 -- Each returns no row for an organization that does not exist or that row-level
 -- security hides (the API answers 404 for both). Their statements are planned once
 -- per connection (plan_cache_mode: the API's pool plans its list statements with the
@@ -47,7 +52,13 @@ BEGIN
                    'support', h.support_score::float8,
                    'growth', h.growth_score::float8),
                'risk_factors', h.risk_factors,
-               'feature_usage', h.feature_usage,
+               -- feature -> uses in the window: the projector stores each feature as
+               -- {"count": n, "last_used_at": t} (older rows: the count alone)
+               'feature_usage', (
+                   SELECT coalesce(json_object_agg(u.key, CASE jsonb_typeof(u.value)
+                              WHEN 'object' THEN (u.value ->> 'count')::float8
+                              ELSE (u.value #>> '{}')::float8 END), '{}'::json)
+                   FROM jsonb_each(h.feature_usage) AS u),
                'previous_score', h.previous_score::float8,
                'score_change_7d', h.score_change_7d::float8,
                'score_change_30d', h.score_change_30d::float8,
