@@ -24,7 +24,17 @@ import jwt
 import pytest
 from fastapi import FastAPI
 
-from healthscore.api.models import InteractionPage, OrganizationDetail, OrganizationPage
+from healthscore.api.models import (
+    HistoryPoint,
+    Interaction,
+    InteractionPage,
+    LastAlert,
+    MilestoneCounts,
+    OrganizationDetail,
+    OrganizationHistory,
+    OrganizationPage,
+    RiskFactor,
+)
 from healthscore.api.session import create_api_pool
 from tests.utils import schema_builders as b
 from tests.utils.api import JWT_SECRET, api_client, api_config, api_login, bearer
@@ -392,8 +402,14 @@ async def test_organization_page_has_everything(world: World) -> None:
     bloom = world.orgs["bloom"]
     response = await world.get("admin", f"/api/v1/organizations/{bloom}")
     assert response.status_code == 200, response.text
+    # the statement's JSON is the documented contract, field for field
+    OrganizationDetail.model_validate_json(response.content)
     org = response.json()
-    OrganizationDetail.model_validate(org)
+    assert set(org) == set(OrganizationDetail.model_fields)
+    assert set(org["open_interactions"][0]) == set(Interaction.model_fields)
+    assert set(org["last_alert"]) == set(LastAlert.model_fields)
+    assert set(org["milestones"]) == set(MilestoneCounts.model_fields)
+    assert set(org["risk_factors"][0]) == set(RiskFactor.model_fields)
     assert org["organization_name"] == "Bloom Weddings" and org["plan"] == "pro"
     assert org["health_score"] == 35 and org["risk_level"] == "critical"
     assert org["components"] == {
@@ -426,11 +442,33 @@ async def test_organization_page_has_everything(world: World) -> None:
     assert org["last_alert"]["published_at"] is None
 
 
+async def test_the_page_counts_feature_usage_as_the_projector_stores_it(world: World) -> None:
+    # the projector writes each feature as its count and last use (service/projector.py)
+    vow = world.orgs["vow"]
+    usage = {"forms": {"count": 4, "last_used_at": NOW.isoformat()}, "journeys": 2}
+    conn = await asyncpg.connect(world.url)
+    try:
+        await conn.execute(
+            "UPDATE customer_health SET feature_usage = $2::jsonb WHERE organization_id = $1",
+            vow,
+            json.dumps(usage),
+        )
+    finally:
+        await conn.close()
+    response = await world.get("admin", f"/api/v1/organizations/{vow}")
+    assert response.status_code == 200, response.text
+    OrganizationDetail.model_validate_json(response.content)
+    assert response.json()["feature_usage"] == {"forms": 4, "journeys": 2}
+
+
 async def test_history_is_the_last_score_of_each_day(world: World) -> None:
     bloom = world.orgs["bloom"]
     response = await world.get("admin", f"/api/v1/organizations/{bloom}/history", days=30)
     assert response.status_code == 200, response.text
+    OrganizationHistory.model_validate_json(response.content)
+    assert set(response.json()) == set(OrganizationHistory.model_fields)
     points = response.json()["points"]
+    assert set(points[0]) == set(HistoryPoint.model_fields)
     assert [p["health_score"] for p in points] == [60, 50, 35]
     assert points[0]["components"]["support"] == 20
     assert [p["day"] for p in points] == sorted(p["day"] for p in points)

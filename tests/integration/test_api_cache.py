@@ -330,3 +330,97 @@ async def test_errors_and_writes_are_never_kept(world: World) -> None:
     for _ in range(2):
         assert (await world.post("admin", reward, {})).status_code == 409
     assert len(world.app.state.api.cache.cache) == 0
+
+
+async def hits_without_statements(world: World, role: str, path: str) -> bytes:
+    """The kept answer of `path`: a hit that runs nothing in the database."""
+    before, hits = await api_backends(world), counted(world, "hit")
+    response = await world.get(role, path)
+    assert response.status_code == 200, response.text
+    assert counted(world, "hit") == hits + 1, path
+    assert await api_backends(world) == before, path
+    return response.content
+
+
+async def test_a_write_to_one_organization_keeps_the_others_pages(world: World) -> None:
+    bloom, vow = world.orgs["bloom"], world.orgs["vow"]
+    pages = {
+        org: [f"/api/v1/organizations/{org}{suffix}" for suffix in ("", "/history", "/milestones")]
+        for org in (bloom, vow)
+    }
+    kept = {}
+    for paths in pages.values():
+        for path in paths:
+            kept[path] = (await world.get("admin", path)).content
+            assert await hits_without_statements(world, "admin", path) == kept[path]
+    listed = (await world.get("admin", LIST)).content
+    # as a consumer batch writes: the score, the history, an interaction, an alert of vow
+    await as_writer(
+        world,
+        "UPDATE customer_health SET health_score = 57, score_change_7d = -3"
+        " WHERE organization_id = $1",
+        vow,
+    )
+    await as_writer(
+        world,
+        "INSERT INTO health_score_history (organization_id, scored_at, health_score,"
+        " churn_probability, risk_level, components, score_model_version, cause)"
+        " VALUES ($1, $2, 57, 0.5, 'medium', '{}', 'v3', 'events')",
+        vow,
+        NOW,
+    )
+    await as_superuser(
+        world,
+        "UPDATE support_interactions SET subject = 'Calendar sync fixed' WHERE id = $1",
+        world.interactions["other"],
+    )
+    await settle(world)
+    # bloom's pages: still the kept answers, no statement run
+    for path in pages[bloom]:
+        assert await hits_without_statements(world, "admin", path) == kept[path]
+    # vow's pages: misses showing the new rows
+    misses = counted(world, "miss")
+    page, history, milestones = [await world.get("admin", path) for path in pages[vow]]
+    assert counted(world, "miss") == misses + 3
+    assert page.json()["health_score"] == 57
+    assert "Calendar sync fixed" in {i["subject"] for i in page.json()["open_interactions"]}
+    assert [p["health_score"] for p in history.json()["points"]][-1:] == [57]
+    assert milestones.content == kept[pages[vow][2]]  # recomputed, the same rows
+    # the lists read every organization: they moved on
+    after = (await world.get("admin", LIST)).json()["items"]
+    assert (await world.get("admin", LIST)).content != listed
+    assert {i["organization_id"]: i["health_score"] for i in after}[str(vow)] == 57
+    # row-level security still decides, for the same paths right after the admin's hits
+    for role in ("member", "support"):
+        for path in pages[bloom][:2] + pages[vow][:2]:
+            assert (await world.get(role, path)).status_code == 404, (role, path)
+
+
+async def test_an_organizations_page_is_not_kept_past_its_next_follow_up(world: World) -> None:
+    bloom = world.orgs["bloom"]
+    page = f"/api/v1/organizations/{bloom}"
+    # bloom's other open interaction falls due in 2 s: the page changes then, with no write
+    await as_superuser(
+        world,
+        "UPDATE support_interactions SET status = 'open', follow_up_required = true,"
+        " follow_up_at = now() + interval '2 seconds' WHERE id = $1",
+        world.interactions["resolved"],
+    )
+    await settle(world)
+    first = (await world.get("admin", page)).json()
+    assert first["overdue_follow_ups"] == 1
+    await hits_without_statements(world, "admin", page)
+    await asyncio.sleep(2.5)
+    later = (await world.get("admin", page)).json()
+    assert later["overdue_follow_ups"] == 2
+    assert all(i["overdue"] for i in later["open_interactions"])
+    # with no follow-up ahead, the page is kept past the clock-bound answers' second
+    await as_superuser(
+        world,
+        "UPDATE support_interactions SET follow_up_completed_at = now() WHERE organization_id = $1",
+        bloom,
+    )
+    await settle(world)
+    assert (await world.get("admin", page)).json()["overdue_follow_ups"] == 0
+    await asyncio.sleep(1.2)
+    await hits_without_statements(world, "admin", page)

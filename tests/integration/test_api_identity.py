@@ -146,6 +146,33 @@ async def test_a_prepared_identity_table_grants_nothing_and_logins_roll_back(
     assert await dashboard.fetchval("SELECT app_user_id()") is None
 
 
+async def test_the_one_statement_pages_log_in_read_as_the_caller_and_log_out(
+    world: World,  # noqa: F811
+    dashboard: asyncpg.Connection,
+) -> None:
+    key = await signing_key(world.url)
+    bloom = world.orgs["bloom"]
+    expires_at = datetime.now(UTC) + timedelta(hours=1)
+    calls = {
+        "page": ("SELECT page FROM app_organization_page($1, $2)", ()),
+        "history": ("SELECT page FROM app_organization_history($1, $2, $3)", (30,)),
+    }
+    for statement, extra in calls.values():
+        for role, visible in (("admin", True), ("member", False), ("support", False)):
+            token = mint_token(key, world.users[role], expires_at=expires_at)
+            rows = await dashboard.fetch(statement, token, bloom, *extra)
+            assert len(rows) == (1 if visible else 0), (statement, role)
+            # the statement's transaction logged out before it committed
+            assert await dashboard.fetchval("SELECT app_user_id()") is None
+            assert await dashboard.fetchval("SELECT count(*) FROM customer_health") == 0
+        expired = mint_token(
+            key, world.users["admin"], expires_at=datetime.now(UTC) - timedelta(seconds=5)
+        )
+        with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError, match="expired"):
+            await dashboard.fetch(statement, expired, bloom, *extra)
+        assert await dashboard.fetchval("SELECT app_user_id()") is None
+
+
 async def test_prepare_refuses_a_table_the_session_planted(
     world: World,  # noqa: F811
     dashboard: asyncpg.Connection,
@@ -189,6 +216,8 @@ async def test_one_reused_connection_never_carries_identity_into_another_request
         ("support", "GET", f"/api/v1/organizations/{bloom}", None, 404),
         ("admin", "POST", f"/api/v1/organizations/{bloom}/milestones/clients_10/reward", {}, 409),
         ("member", "GET", f"/api/v1/organizations/{bloom}/history", None, 404),
+        ("admin", "GET", f"/api/v1/organizations/{bloom}/history", None, 200),
+        ("unknown", "GET", f"/api/v1/organizations/{bloom}", None, 401),
         (
             "admin",
             "POST",

@@ -1,4 +1,5 @@
-"""Migration 0050's change announcements: one per changed table and transaction.
+"""Migrations 0050 and 0051's change announcements: one per changed table and
+transaction, naming the organizations changed for the tables announced by organization.
 
 A session LISTENs on the channel the API's cache listens on, other sessions
 write, and the test reads exactly which payloads arrived (after a round trip on
@@ -73,7 +74,8 @@ async def test_one_announcement_per_changed_table_and_transaction(
             " WHERE organization_id = ANY($1::uuid[])",
             ids,
         )
-    assert sorted(await heard.take()) == [t.CUSTOMER_HEALTH, t.MILESTONES]
+    named = ",".join(sorted(str(i) for i in ids))
+    assert sorted(await heard.take()) == [f"{t.CUSTOMER_HEALTH}:{named}", f"{t.MILESTONES}:{named}"]
 
 
 async def test_a_rolled_back_write_announces_nothing(
@@ -110,26 +112,93 @@ async def test_placeholder_inserts_announce_only_new_rows(
         ("UPDATE app_signing_keys SET retired_at = now()", t.SIGNING_KEYS),
         ("INSERT INTO app_signing_keys DEFAULT VALUES", t.SIGNING_KEYS),
         ("UPDATE organizations SET name = 'Renamed'", t.ORGANIZATIONS),
-        ("UPDATE support_interactions SET subject = 'x'", t.INTERACTIONS),
-        ("UPDATE alert_outbox SET published_at = now()", t.ALERTS),
-        ("UPDATE health_score_history SET cause = cause", t.SCORE_HISTORY),
-        ("DELETE FROM customer_health", t.CUSTOMER_HEALTH),
+        ("UPDATE support_interactions SET subject = 'x'", f"{t.INTERACTIONS}:<org>"),
+        ("UPDATE alert_outbox SET published_at = now()", f"{t.ALERTS}:<org>"),
+        ("UPDATE health_score_history SET cause = cause", f"{t.SCORE_HISTORY}:<org>"),
+        ("UPDATE success_milestones SET health_score_impact = 1", f"{t.MILESTONES}:<org>"),
+        ("DELETE FROM customer_health", f"{t.CUSTOMER_HEALTH}:<org>"),
+        ("TRUNCATE customer_health", t.CUSTOMER_HEALTH),
     ],
 )
 async def test_every_read_table_announces_its_changes(
     heard: Heard, writer: asyncpg.Connection, statement: str, payload: str
 ) -> None:
+    org = (await b.insert_organization_with_children(writer)).organization_id
+    await heard.take()
     await writer.execute(statement)
-    assert await heard.take() == [payload]
+    assert await heard.take() == [payload.replace("<org>", str(org))]
+
+
+@pytest.mark.parametrize("table", t.BY_ORGANIZATION)
+async def test_a_statement_that_changes_no_row_announces_nothing(
+    heard: Heard, writer: asyncpg.Connection, table: str
+) -> None:
+    await b.insert_organization_with_children(writer)
+    await heard.take()
+    await writer.execute(f"UPDATE {table} SET organization_id = organization_id WHERE false")
+    await writer.execute(f"DELETE FROM {table} WHERE false")
+    assert await heard.take() == []
+
+
+async def test_inserts_and_upserts_name_the_organizations_they_changed(
+    heard: Heard, writer: asyncpg.Connection
+) -> None:
+    rows = [await b.insert_organization_with_children(writer) for _ in range(2)]
+    fresh = await b.insert_organization_with_children(writer)
+    await heard.take()
+    await writer.execute(
+        "DELETE FROM customer_health WHERE organization_id = $1", fresh.organization_id
+    )
+    await heard.take()
+    upsert = """
+        INSERT INTO customer_health (organization_id, health_score, churn_probability,
+                                     scored_at, score_model_version)
+        SELECT unnest($1::uuid[]), 50, 0.2, now(), 'test'
+        ON CONFLICT (organization_id) DO UPDATE SET health_score = 51
+        WHERE customer_health.organization_id = $2"""
+    # one row inserted (fresh), one updated (rows[0]), one left alone (rows[1])
+    ids = [fresh.organization_id, rows[0].organization_id, rows[1].organization_id]
+    await writer.execute(upsert, ids, rows[0].organization_id)
+    assert sorted(await heard.take()) == sorted(
+        [
+            f"{t.CUSTOMER_HEALTH}:{fresh.organization_id}",
+            f"{t.CUSTOMER_HEALTH}:{rows[0].organization_id}",
+        ]
+    )
+
+
+async def test_many_organizations_take_several_payloads_and_too_many_the_whole_table(
+    heard: Heard, writer: asyncpg.Connection
+) -> None:
+    ids = [uuid.uuid4() for _ in range(1001)]
+    await writer.execute("INSERT INTO organizations (id) SELECT unnest($1::uuid[])", ids)
+    insert = """
+        INSERT INTO customer_health (organization_id, health_score, churn_probability,
+                                     scored_at, score_model_version)
+        SELECT unnest($1::uuid[]), 50, 0.2, now(), 'test'"""
+    await writer.execute(insert, ids[:450])
+    payloads = [p for p in await heard.take() if p.startswith(t.CUSTOMER_HEALTH)]
+    tables, named = zip(*(t.organizations_changed(p) for p in payloads), strict=True)
+    assert set(tables) == {t.CUSTOMER_HEALTH}
+    assert sorted(len(n) for n in named) == [50, 200, 200]
+    assert all(len(p.encode()) < 8000 for p in payloads)
+    assert sorted(i for n in named for i in n) == sorted(str(i) for i in ids[:450])
+    await writer.execute(insert, ids[450:])  # 551: still by organization
+    assert len(await heard.take()) == 3
+    await writer.execute("UPDATE customer_health SET health_score = 1")  # 1,001
+    assert await heard.take() == [t.CUSTOMER_HEALTH]
 
 
 async def test_the_triggers_fire_per_statement_never_per_row(writer: asyncpg.Connection) -> None:
     triggers = await writer.fetch(
         "SELECT tgrelid::regclass::text AS table_name, tgname, tgtype FROM pg_trigger"
         " WHERE tgfoid IN ('read_model_changed()'::regprocedure,"
-        "                  'read_model_rows_inserted()'::regprocedure)"
+        "                  'read_model_rows_inserted()'::regprocedure,"
+        "                  'read_model_organizations_changed()'::regprocedure)"
     )
     assert {r["table_name"] for r in triggers} == set(t.TABLES)
+    by_organization = {r["table_name"] for r in triggers if r["tgname"].endswith("_updated")}
+    assert by_organization == set(t.BY_ORGANIZATION)
     # bit 0 of tgtype: FOR EACH ROW
     assert [r["tgname"] for r in triggers if r["tgtype"] & 1] == []
 

@@ -7,7 +7,14 @@ import sys
 
 import pytest
 
-from healthscore_lab.api_bench import CpuMeter, CpuSample, cache_figures, cpu_figures
+from healthscore_lab.api_bench import (
+    CpuMeter,
+    CpuSample,
+    DashboardUser,
+    cache_figures,
+    cpu_figures,
+    organization_page,
+)
 
 
 def test_cpu_per_request_and_cores_from_two_samples() -> None:
@@ -62,3 +69,14 @@ def test_cache_hit_ratio_from_two_scrapes() -> None:
         "cache_bypassed": 5,
     }
     assert cache_figures(before, before) == {}
+
+
+def test_a_dashboard_user_refreshes_an_open_page_then_opens_another() -> None:
+    hot_set = [f"org-{n}" for n in range(50)]
+    user = DashboardUser(hot_set, organization_page, refreshes=4)
+    asked = [user() for _ in range(500)]
+    visits = [asked[i : i + 5] for i in range(0, 500, 5)]
+    # each visit: the page opened, then refreshed four times
+    assert all(len(set(visit)) == 1 for visit in visits)
+    assert {visit[0] for visit in visits} <= {organization_page(o) for o in hot_set}
+    assert len({visit[0] for visit in visits}) > 20  # the user moves around the list

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 import uuid
 from datetime import timedelta
 
@@ -13,6 +14,7 @@ from starlette.types import Message, Receive, Scope, Send
 from healthscore.api import routes
 from healthscore.api.auth import TokenVerifier, issue_hs256
 from healthscore.api.cache import (
+    CLOCK_MAX_AGE,
     KEY_RETIREMENT_MARGIN,
     Answer,
     CachedReads,
@@ -20,6 +22,8 @@ from healthscore.api.cache import (
     ReadModelVersions,
     ResponseCache,
     _matches,
+    changes_by_clock_in,
+    endpoint_and_organization,
     endpoint_of,
 )
 from healthscore.api.metrics import ApiMetrics
@@ -77,6 +81,45 @@ def test_versions_move_per_table_and_an_unknown_payload_moves_all() -> None:
     everything = versions.of(t.TABLES)
     versions.changed("a_table_added_later")
     assert all(a < b for a, b in zip(everything, versions.of(t.TABLES), strict=True))
+
+
+def test_an_organizations_version_moves_with_it_and_with_its_whole_table() -> None:
+    versions = ReadModelVersions()
+    page = (t.CUSTOMER_HEALTH, t.INTERACTIONS, t.ORGANIZATIONS, t.USERS)
+    a, b_ = str(uuid.uuid4()), str(uuid.uuid4())
+    lists = versions.of(page)
+    before = {org: versions.of_organization(page, org) for org in (a, b_)}
+    versions.changed(t.CUSTOMER_HEALTH, [a])
+    assert versions.of_organization(page, a) != before[a]
+    assert versions.of_organization(page, b_) == before[b_]  # (unless they share a bucket)
+    assert versions.of(page) != lists  # a list reads every organization
+    before = {org: versions.of_organization(page, org) for org in (a, b_)}
+    versions.changed(t.INTERACTIONS)  # the whole table (too many, or a TRUNCATE)
+    assert all(versions.of_organization(page, org) != before[org] for org in (a, b_))
+    before = {org: versions.of_organization(page, org) for org in (a, b_)}
+    versions.changed(t.ORGANIZATIONS, [a])  # not announced by organization: all of it
+    assert all(versions.of_organization(page, org) != before[org] for org in (a, b_))
+    before = {org: versions.of_organization(page, org) for org in (a, b_)}
+    versions.changed_everything()
+    assert all(versions.of_organization(page, org) != before[org] for org in (a, b_))
+
+
+def test_payloads_name_a_table_and_perhaps_organizations() -> None:
+    a, b_ = str(uuid.uuid4()), str(uuid.uuid4())
+    assert t.organizations_changed(t.CUSTOMER_HEALTH) == (t.CUSTOMER_HEALTH, [])
+    assert t.organizations_changed(f"{t.ALERTS}:{a},{b_}") == (t.ALERTS, [a, b_])
+
+
+def test_an_organizations_path_names_it_as_postgresql_prints_it() -> None:
+    org = uuid.uuid4()
+    for spelled in (str(org), str(org).upper(), org.hex):
+        for suffix in ("", "/history", "/milestones"):
+            endpoint, named = endpoint_and_organization(f"/api/v1/organizations/{spelled}{suffix}")
+            assert endpoint is not None and endpoint.by_organization and named == str(org)
+    endpoint, named = endpoint_and_organization("/api/v1/organizations/not-an-id")
+    assert endpoint is not None and named is None
+    endpoint, named = endpoint_and_organization("/api/v1/organizations")
+    assert endpoint is not None and not endpoint.by_organization and named is None
 
 
 def test_the_cache_serves_only_while_live_and_the_key_is_in_use() -> None:
@@ -177,3 +220,37 @@ async def test_writes_move_every_version_and_other_methods_none() -> None:
     state.blind()
     assert await call(app, "GET", path, token) == (200, b'{"call": 6}')
     assert await call(app, "GET", path, token) == (200, b'{"call": 7}')
+
+
+class ClockBoundApp(CountingApp):
+    """A clock-bound route that says how long its answer stays what it is."""
+
+    def __init__(self, seconds: float | None) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.seconds is not None:
+            changes_by_clock_in(scope, self.seconds)
+        await super().__call__(scope, receive, send)
+
+
+async def test_a_clock_bound_answer_is_kept_as_long_as_its_route_says() -> None:
+    secret = "a-test-secret-of-at-least-32-bytes-long"
+    token = issue_hs256(secret, USER, timedelta(minutes=5))
+    page = f"/api/v1/organizations/{uuid.uuid4()}"
+    kept: dict[float | None, float | None] = {}
+    for seconds in (None, 0.0, math.inf, 30.0):
+        state = CacheState(ResponseCache(), ApiMetrics())
+        state.live(until=math.inf)
+        app = CachedReads(
+            ClockBoundApp(seconds), state, TokenVerifier(hs256_secret=secret.encode())
+        )
+        await call(app, "GET", page, token)
+        entries = list(state.cache._entries.values())
+        kept[seconds] = None if not entries else entries[0].fresh_until
+    now = time.monotonic()
+    assert kept[0.0] is None  # due already: not kept
+    assert kept[None] is not None and now < kept[None] <= now + CLOCK_MAX_AGE
+    assert kept[30.0] is not None and now + 25 < kept[30.0] <= now + 30
+    assert kept[math.inf] == math.inf

@@ -5,10 +5,19 @@ writes the answer that row-level security decided for a user does not change.
 So a GET answer is kept, keyed by the verified caller's user id and the request
 (path and query), with the version of every table its endpoint reads
 (ENDPOINTS). The database announces each committed change of those tables
-(migration 0050, heard by healthscore.api.invalidation), which bumps that table's
-version here; an answer is served only while the versions it was computed at are
-still the current ones. A hit costs the token check and a dictionary lookup: no
-connection, no login, no statement.
+(migrations 0050 and 0051, heard by healthscore.api.invalidation), which bumps
+that table's version here; an answer is served only while the versions it was
+computed at are still the current ones. A hit costs the token check and a
+dictionary lookup: no connection, no login, no statement.
+
+An organization's pages (its page, history, milestones) read only that
+organization's rows of the tables announced by organization
+(`read_model_changes.BY_ORGANIZATION`), so they are kept at the version of that
+organization instead of those tables': a write to one organization leaves every
+other organization's pages as they were. An organization's version is a counter
+of its bucket (organizations hash into ORGANIZATION_BUCKETS of them: two sharing
+one only drop each other's pages more often); an announcement of a whole table
+moves every organization on.
 
 Correctness first:
 
@@ -27,7 +36,8 @@ Correctness first:
   under the versions read before its transaction began (so its snapshot holds at
   least every change announced before them);
 * answers that depend on the clock (overdue follow-ups) are kept CLOCK_MAX_AGE
-  at most;
+  at most, or until the time the route tells (`changes_by_clock_in`: the
+  organization page, until its next open follow-up falls due);
 * only 200 answers to GET; a write through the API (POST and the like: the
   milestone acknowledgment and reward) moves every version on once it has
   committed, so the caller sees their own write at once.
@@ -52,6 +62,7 @@ import math
 import re
 import time
 import uuid
+from array import array
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -70,6 +81,10 @@ KEY_RETIREMENT_MARGIN: Final = 30.0
 DEFAULT_MAX_ENTRIES: Final = 4096
 DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 
+# a power of two; 8 bytes each
+ORGANIZATION_BUCKETS: Final = 1 << 18
+CLOCK_SCOPE_KEY: Final = "healthscore.changes_by_clock_in"
+
 Key = tuple[uuid.UUID, bytes]
 Versions = tuple[int, ...]
 
@@ -83,9 +98,12 @@ class Endpoint:
 
     tables: tuple[str, ...]
     clock_bound: bool = False
+    # the path names an organization (group `organization`) and the endpoint reads
+    # only its rows of the tables announced by organization
+    by_organization: bool = False
 
 
-_ID = r"[^/]+"
+_ID = r"(?P<organization>[^/]+)"
 ENDPOINTS: Final = (
     (
         re.compile(r"/api/v1/organizations"),
@@ -103,15 +121,22 @@ ENDPOINTS: Final = (
                 *_IDENTITY,
             ),
             clock_bound=True,
+            by_organization=True,
         ),
     ),
     (
         re.compile(rf"/api/v1/organizations/{_ID}/history"),
-        Endpoint((t.CUSTOMER_HEALTH, t.ORGANIZATIONS, t.SCORE_HISTORY, *_IDENTITY)),
+        Endpoint(
+            (t.CUSTOMER_HEALTH, t.ORGANIZATIONS, t.SCORE_HISTORY, *_IDENTITY),
+            by_organization=True,
+        ),
     ),
     (
         re.compile(rf"/api/v1/organizations/{_ID}/milestones"),
-        Endpoint((t.CUSTOMER_HEALTH, t.ORGANIZATIONS, t.MILESTONES, *_IDENTITY)),
+        Endpoint(
+            (t.CUSTOMER_HEALTH, t.ORGANIZATIONS, t.MILESTONES, *_IDENTITY),
+            by_organization=True,
+        ),
     ),
     (
         re.compile(r"/api/v1/interactions"),
@@ -123,31 +148,71 @@ ENDPOINTS: Final = (
 
 def endpoint_of(path: str) -> Endpoint | None:
     """The cached endpoint serving `path`; None: not cached."""
+    return endpoint_and_organization(path)[0]
+
+
+def endpoint_and_organization(path: str) -> tuple[Endpoint | None, str | None]:
+    """The cached endpoint serving `path` and the organization it names, as
+    PostgreSQL prints the id (None: it names none, or not a valid id)."""
     for pattern, endpoint in ENDPOINTS:
-        if pattern.fullmatch(path):
-            return endpoint
-    return None
+        match = pattern.fullmatch(path)
+        if match is None:
+            continue
+        if not endpoint.by_organization:
+            return endpoint, None
+        try:
+            return endpoint, str(uuid.UUID(match["organization"]))
+        except ValueError:  # the route answers 422; nothing is kept
+            return endpoint, None
+    return None, None
 
 
 class ReadModelVersions:
-    """Each announced table's version: how many of its changes this process has heard of."""
+    """Each announced table's version (how many of its changes this process has heard
+    of), and each organization's, for the tables announced by organization."""
 
     def __init__(self) -> None:
+        # every change of the table
         self._versions = dict.fromkeys(t.TABLES, 0)
+        # changes of the whole table: those not narrowed to some organizations
+        self._whole = dict.fromkeys(t.TABLES, 0)
+        self._organizations = array("Q", bytes(8 * ORGANIZATION_BUCKETS))
 
-    def changed(self, table: str) -> None:
-        if table in self._versions:
-            self._versions[table] += 1
-        else:  # a payload we do not know: assume anything changed
+    def changed(self, table: str, organizations: Iterable[str] = ()) -> None:
+        """`table` changed: only the rows of `organizations` (as PostgreSQL prints their
+        ids) when it is announced by organization and they are given, else all of it."""
+        if table not in self._versions:  # a payload we do not know: assume anything changed
             self.changed_everything()
+            return
+        self._versions[table] += 1
+        if table not in t.BY_ORGANIZATION:
+            self._whole[table] += 1
+            return
+        buckets = self._organizations
+        moved = False
+        for organization in organizations:
+            buckets[hash(organization) & (ORGANIZATION_BUCKETS - 1)] += 1
+            moved = True
+        if not moved:
+            self._whole[table] += 1
 
     def changed_everything(self) -> None:
         for table in self._versions:
             self._versions[table] += 1
+            self._whole[table] += 1
 
     def of(self, tables: Iterable[str]) -> Versions:
         versions = self._versions
         return tuple([versions[table] for table in tables])
+
+    def of_organization(self, tables: Iterable[str], organization: str) -> Versions:
+        """The versions an organization's page read at: its own, with the whole-table
+        versions of the tables announced by organization and the others' versions."""
+        versions, whole = self._versions, self._whole
+        return (
+            *[whole[table] if table in t.BY_ORGANIZATION else versions[table] for table in tables],
+            self._organizations[hash(organization) & (ORGANIZATION_BUCKETS - 1)],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,8 +299,8 @@ class CacheState:
     def serving(self, wall: float, monotonic: float) -> bool:
         return monotonic < self.live_until and wall < self.key_retires_at - KEY_RETIREMENT_MARGIN
 
-    def changed(self, table: str) -> None:
-        self.versions.changed(table)
+    def changed(self, table: str, organizations: Iterable[str] = ()) -> None:
+        self.versions.changed(table, organizations)
         self.metrics.cache_invalidations.labels(table=table).inc()
 
     def changed_everything(self) -> None:
@@ -249,6 +314,20 @@ class CacheState:
         self.live_until = -math.inf
         self.versions.changed_everything()
         self.cache.clear()
+
+
+@dataclass(slots=True)
+class _ClockHint:
+    seconds: float | None = None
+
+
+def changes_by_clock_in(scope: Scope, seconds: float) -> None:
+    """Tell the cache, from a clock-bound route, that its answer stays what it is for
+    `seconds` (measured from the start of its transaction; math.inf: until a write
+    changes it). Without it such an answer is kept CLOCK_MAX_AGE."""
+    hint = scope.get(CLOCK_SCOPE_KEY)
+    if isinstance(hint, _ClockHint):
+        hint.seconds = max(0.0, seconds)
 
 
 def _etag(body: bytes) -> bytes:
@@ -310,7 +389,7 @@ class CachedReads:
             else:
                 await self.app(scope, receive, send)
             return
-        endpoint = endpoint_of(path)
+        endpoint, organization = endpoint_and_organization(path)
         if endpoint is None:
             await self.app(scope, receive, send)
             return
@@ -335,7 +414,7 @@ class CachedReads:
             return
 
         key: Key = (principal.user_id, path.encode() + b"?" + scope["query_string"])
-        versions = state.versions.of(endpoint.tables)
+        versions = self._versions(endpoint, organization)
         answer = state.cache.get(key, versions, monotonic)
         if answer is not None:
             self._hit.inc()
@@ -361,6 +440,9 @@ class CachedReads:
         async def capture(message: Message) -> None:
             messages.append(message)
 
+        clock = _ClockHint()
+        if endpoint.clock_bound:
+            scope[CLOCK_SCOPE_KEY] = clock
         try:
             await self.app(scope, receive, capture)
             answer = _answer(messages)
@@ -371,12 +453,22 @@ class CachedReads:
             for message in messages:
                 await send(message)
             return
-        if state.versions.of(endpoint.tables) == versions and state.serving(
+        if self._versions(endpoint, organization) == versions and state.serving(
             time.time(), time.monotonic()
         ):
-            fresh_until = monotonic + CLOCK_MAX_AGE if endpoint.clock_bound else math.inf
-            state.cache.put(key, versions, fresh_until, answer)
+            fresh_until = math.inf
+            if endpoint.clock_bound:
+                # `monotonic` was read before the transaction began: never later than told
+                told = CLOCK_MAX_AGE if clock.seconds is None else clock.seconds
+                fresh_until = monotonic + told
+            if fresh_until > monotonic:
+                state.cache.put(key, versions, fresh_until, answer)
         await self._send(send, answer, if_none_match)
+
+    def _versions(self, endpoint: Endpoint, organization: str | None) -> Versions:
+        if organization is None:
+            return self.state.versions.of(endpoint.tables)
+        return self.state.versions.of_organization(endpoint.tables, organization)
 
     async def _send(self, send: Send, answer: Answer, if_none_match: bytes | None) -> None:
         if _matches(if_none_match, answer.etag):

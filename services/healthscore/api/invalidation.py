@@ -1,5 +1,6 @@
 """The response cache's ear: a connection that LISTENs to the database's change
-announcements (migration 0050) and tells the cache which tables changed.
+announcements (migrations 0050, 0051) and tells the cache which tables changed,
+and of which organizations when the announcement names them.
 
 It runs as the API's database role without a login (LISTEN needs none) on a
 connection of its own, outside the pool. The cache serves only while this
@@ -132,9 +133,9 @@ class ReadModelListener:
                 waiter.set_result(None)
 
     def _heard(self, conn: Any, pid: int, channel: str, payload: object) -> None:
-        payload = str(payload)
-        self.state.changed(payload)
-        if payload == t.SIGNING_KEYS:
+        table, organizations = t.organizations_changed(str(payload))
+        self.state.changed(table, organizations)
+        if table == t.SIGNING_KEYS:
             # serve nothing until the key's retirement time is read again
             self.state.key_retires_at = -math.inf
             self._key_check_due = True

@@ -7,6 +7,7 @@ transaction in which row-level security sees the verified user, and answers
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -20,25 +21,22 @@ import orjson
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from pydantic import BaseModel
 
+from healthscore.api.cache import changes_by_clock_in
 from healthscore.api.cursor import Cursor, decode_cursor
 from healthscore.api.models import (
-    Components,
     Interaction,
     InteractionPage,
-    LastAlert,
     Me,
     Milestone,
-    MilestoneCounts,
     MilestoneList,
     OrganizationDetail,
     OrganizationHistory,
     OrganizationPage,
     Problem,
     RewardDelivery,
-    RiskFactor,
 )
 from healthscore.api.problems import ApiProblem, not_found
-from healthscore.api.session import Session, bound_session
+from healthscore.api.session import Session, bound_session, fetch_as
 from healthscore.api.state import ApiState
 from healthscore.contracts.enums import (
     RISK_LEVEL_ORDER,
@@ -78,6 +76,13 @@ async def _session(
         state.pool, state.signing_key, principal, writes=writes, generic_plans=generic_plans
     ) as session:
         yield session
+
+
+async def _fetch_as_caller(request: Request, statement: str, *args: Any) -> asyncpg.Record | None:
+    """One statement that logs the caller in, reads and logs out (session.fetch_as)."""
+    state: ApiState = request.app.state.api
+    principal = state.verifier.verify(request.headers.get("authorization"))
+    return await fetch_as(state.pool, state.signing_key, principal, statement, *args)
 
 
 def _f(value: Decimal | None) -> float | None:
@@ -230,6 +235,12 @@ def _interaction(row: asyncpg.Record) -> Interaction:
     return Interaction(**{k: v for k, v in row.items() if k != "rank"}, rank=row["rank"])
 
 
+def _built_json(text: str) -> Response:
+    # a body that the statement built as the route's response_model's JSON
+    # (read_api.py); tests validate it against the model
+    return Response(text.encode(), media_type="application/json")
+
+
 @router.get(
     "/organizations/{organization_id}",
     response_model=OrganizationDetail,
@@ -238,53 +249,13 @@ def _interaction(row: asyncpg.Record) -> Interaction:
 )
 async def get_organization(request: Request, organization_id: OrganizationId) -> Response:
     """The organization page: score, components, every factor, usage, interactions, alert."""
-    async with _session(request, generic_plans=True) as session:
-        row = await session.conn.fetchrow(q.ORGANIZATION_DETAIL, organization_id)
-        if row is None:
-            raise not_found("organization")
-        open_rows = await session.conn.fetch(q.ORGANIZATION_OPEN_INTERACTIONS, organization_id)
-    achieved = row["milestones_achieved_count"]
-    alert = row["last_alert"]
-    detail = OrganizationDetail(
-        organization_id=row["organization_id"],
-        organization_name=row["organization_name"],
-        plan=row["plan"],
-        health_score=float(row["health_score"]),
-        health_status=row["health_status"],
-        churn_probability=float(row["churn_probability"]),
-        risk_level=row["risk_level"],
-        components=Components(
-            engagement=float(row["engagement_score"]),
-            adoption=float(row["adoption_score"]),
-            milestones=float(row["milestone_score"]),
-            support=float(row["support_score"]),
-            growth=float(row["growth_score"]),
-        ),
-        risk_factors=[RiskFactor(**f) for f in row["risk_factors"]],
-        feature_usage=row["feature_usage"],
-        previous_score=_f(row["previous_score"]),
-        score_change_7d=_f(row["score_change_7d"]),
-        score_change_30d=_f(row["score_change_30d"]),
-        trend=row["trend"],
-        active_users_30d=row["active_users_30d"],
-        open_interactions_count=row["open_interactions"],
-        overdue_follow_ups=row["overdue_follow_ups"],
-        open_interactions=[_interaction(r) for r in open_rows],
-        milestones=MilestoneCounts(
-            achieved=achieved,
-            acknowledged=row["milestones_acknowledged"],
-            unacknowledged=max(0, achieved - row["milestones_acknowledged"]),
-            rewards_pending=row["rewards_pending"],
-            rewards_delivered=row["rewards_delivered"],
-        ),
-        last_activity_at=row["last_activity_at"],
-        last_login_at=row["last_login_at"],
-        scored_at=row["scored_at"],
-        score_model_version=row["score_model_version"],
-        updated_at=row["updated_at"],
-        last_alert=LastAlert(**alert) if alert else None,
-    )
-    return _json(detail)
+    row = await _fetch_as_caller(request, q.ORGANIZATION_PAGE, organization_id)
+    if row is None:
+        raise not_found("organization")
+    # the page changes by the clock alone when its next follow-up falls due
+    clock_changes_in = row["clock_changes_in"]
+    changes_by_clock_in(request.scope, math.inf if clock_changes_in is None else clock_changes_in)
+    return _built_json(row["page"])
 
 
 @router.get(
@@ -302,26 +273,10 @@ async def get_history(
     ] = 30,
 ) -> Response:
     """The daily score trail: each day's last score, churn probability and components."""
-    async with _session(request, generic_plans=True) as session:
-        if not await session.conn.fetchval(q.ORGANIZATION_VISIBLE, organization_id):
-            raise not_found("organization")
-        rows = await session.conn.fetch(q.ORGANIZATION_HISTORY, organization_id, days)
-    history = OrganizationHistory(
-        organization_id=organization_id,
-        days=days,
-        points=[
-            {
-                "day": r["day"],
-                "scored_at": r["scored_at"],
-                "health_score": float(r["health_score"]),
-                "churn_probability": float(r["churn_probability"]),
-                "risk_level": r["risk_level"],
-                "components": r["components"],
-            }
-            for r in rows
-        ],
-    )
-    return _json(history)
+    row = await _fetch_as_caller(request, q.ORGANIZATION_HISTORY, organization_id, days)
+    if row is None:
+        raise not_found("organization")
+    return _built_json(row["page"])
 
 
 # --- milestones ---------------------------------------------------------------------

@@ -22,6 +22,10 @@ statements, then the ROLLBACK or the logout with the COMMIT. The pool's own
 reset (a `RESET ALL`, closing cursors, unlistening, releasing advisory locks)
 would be one more round trip per request; the API uses none of those, so the
 pool only rolls back a transaction left open (`_reset`).
+
+The organization page and its history take one round trip (`fetch_as`): a store
+function logs the caller in, reads and logs out inside the one statement's own
+transaction (migration 0052), with the same minted token and the same refusals.
 """
 
 from __future__ import annotations
@@ -147,6 +151,36 @@ def begin_as(token: str, *, generic_plans: bool = False) -> str:
     return f"BEGIN; {plans}SELECT app_login('{token}')"
 
 
+def _database_token(key: SigningKey, principal: Principal) -> str:
+    expires_at = min(datetime.now(UTC) + DB_TOKEN_LIFETIME, principal.expires_at)
+    return mint_token(key, principal.user_id, expires_at=expires_at)
+
+
+def _refused(exc: asyncpg.InvalidAuthorizationSpecificationError) -> Exception:
+    """What the database's refusal of the backend's own token means for the caller."""
+    if "unknown user" in str(exc):
+        return Unauthenticated("the token's subject is not a known user")
+    if "expired" in str(exc):
+        return Unauthenticated("the token has expired")
+    log.error("api_identity_binding_failed", error=str(exc))
+    return IdentityBindingFailed(str(exc))
+
+
+async def fetch_as(
+    pool: asyncpg.Pool[Any], key: SigningKey, principal: Principal, statement: str, *args: Any
+) -> asyncpg.Record | None:
+    """The row of `statement`, a call of a store function that logs in with its first
+    argument (the caller's token, passed here), reads and logs out by itself: one
+    round trip, in the statement's own transaction (a failure rolls the login back)."""
+    token = _database_token(key, principal)
+    async with pool.acquire() as conn:
+        try:
+            row: asyncpg.Record | None = await conn.fetchrow(statement, token, *args)
+        except asyncpg.InvalidAuthorizationSpecificationError as exc:
+            raise _refused(exc) from None
+    return row
+
+
 @contextlib.asynccontextmanager
 async def bound_session(
     pool: asyncpg.Pool[Any],
@@ -162,20 +196,16 @@ async def bound_session(
     request that only reads ends with ROLLBACK, which undoes its login too.
     `generic_plans`: see `begin_as`.
     """
-    expires_at = min(datetime.now(UTC) + DB_TOKEN_LIFETIME, principal.expires_at)
-    token = mint_token(key, principal.user_id, expires_at=expires_at)
-    begin = begin_as(token, generic_plans=generic_plans)
+    begin = begin_as(_database_token(key, principal), generic_plans=generic_plans)
     async with pool.acquire() as conn:
         try:
             try:
                 await conn.execute(begin)
             except asyncpg.InvalidAuthorizationSpecificationError as exc:
-                if "unknown user" in str(exc):
-                    raise Unauthenticated("the token's subject is not a known user") from None
-                if "expired" in str(exc):
-                    raise Unauthenticated("the token has expired") from None
-                log.error("api_identity_binding_failed", error=str(exc))
-                raise IdentityBindingFailed(str(exc)) from exc
+                refused = _refused(exc)
+                if isinstance(refused, Unauthenticated):
+                    raise refused from None
+                raise refused from exc
             # app_login returned the token's user, which mint_token took from principal
             yield Session(conn, principal.user_id)
             await conn.execute(LOGOUT_AND_COMMIT if writes else "ROLLBACK")

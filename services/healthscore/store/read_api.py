@@ -186,68 +186,19 @@ LIST_ORGANIZATIONS_WITHOUT_CHANGE_7D: Final = _org_list(
     limit="$7",
 )
 
-# $1 organization id
-ORGANIZATION_DETAIL: Final = """
-SELECT h.organization_id, o.name AS organization_name, o.plan,
-       h.health_score, h.health_status, h.churn_probability, h.risk_level,
-       h.engagement_score, h.adoption_score, h.milestone_score, h.support_score,
-       h.growth_score, h.risk_factors, h.feature_usage, h.previous_score,
-       h.score_change_7d, h.score_change_30d, score_trend(h.health_score, h.previous_score)
-           AS trend,
-       h.active_users_30d, h.open_interactions, h.milestones_achieved, h.last_activity_at,
-       h.last_login_at, h.scored_at, h.score_model_version, h.updated_at,
-       m.achieved AS milestones_achieved_count, m.acknowledged AS milestones_acknowledged,
-       m.rewards_pending, m.rewards_delivered,
-       i.overdue AS overdue_follow_ups,
-       a.last_alert
-FROM customer_health h
-LEFT JOIN organizations o ON o.id = h.organization_id
-CROSS JOIN LATERAL (
-    SELECT count(*) AS achieved,
-           count(*) FILTER (WHERE acknowledged_at IS NOT NULL) AS acknowledged,
-           count(*) FILTER (WHERE reward_status = 'pending') AS rewards_pending,
-           count(*) FILTER (WHERE reward_status = 'delivered') AS rewards_delivered
-    FROM success_milestones WHERE organization_id = h.organization_id
-) AS m
-CROSS JOIN LATERAL (
-    SELECT count(*) AS overdue FROM support_interactions
-    WHERE organization_id = h.organization_id AND status = 'open'
-      AND follow_up_required AND follow_up_completed_at IS NULL AND follow_up_at <= now()
-) AS i
-LEFT JOIN LATERAL (
-    SELECT jsonb_build_object(
-               'alert_id', alert_id, 'kind', kind, 'episode', episode,
-               'health_score', payload -> 'health_score',
-               'previous_score', payload -> 'previous_score',
-               'churn_probability', payload -> 'churn_probability',
-               'risk_level', payload -> 'risk_level',
-               'scored_at', payload -> 'scored_at',
-               'created_at', created_at, 'published_at', published_at) AS last_alert
-    FROM alert_outbox WHERE organization_id = h.organization_id
-    ORDER BY seq DESC LIMIT 1
-) AS a ON true
-WHERE h.organization_id = $1
-"""
+# The organization page and its history: each one statement that logs the caller in,
+# builds the response model's JSON text in PostgreSQL and logs out (migration 0052), so
+# a request is one round trip in that statement's own transaction. $1 the caller's
+# identity token (store.identity.mint_token), $2 organization id. No row: no such
+# organization, or hidden by row-level security.
+# Columns: page (OrganizationDetail JSON), clock_changes_in (seconds until the page
+# changes by the clock alone, its next open follow-up falling due; NULL: never).
+ORGANIZATION_PAGE: Final = "SELECT page, clock_changes_in FROM app_organization_page($1, $2)"
+# $3 days (UTC) ending with the day of the latest score. Column: page
+# (OrganizationHistory JSON).
+ORGANIZATION_HISTORY: Final = "SELECT page FROM app_organization_history($1, $2, $3)"
 
 ORGANIZATION_VISIBLE: Final = "SELECT true FROM customer_health WHERE organization_id = $1"
-
-# $1 organization id, $2 days (UTC) ending with the day of its latest score. One point
-# per day: the day's last score.
-ORGANIZATION_HISTORY: Final = """
-SELECT DISTINCT ON (day) day, scored_at, health_score, churn_probability, risk_level,
-       components
-FROM (
-    SELECT (s.scored_at AT TIME ZONE 'UTC')::date AS day, s.scored_at, s.health_score,
-           s.churn_probability, s.risk_level, s.components
-    FROM health_score_history s
-    WHERE s.organization_id = $1
-      AND s.scored_at >= (
-          SELECT (date_trunc('day', h.scored_at AT TIME ZONE 'UTC')
-                  - make_interval(days => $2::int - 1)) AT TIME ZONE 'UTC'
-          FROM customer_health h WHERE h.organization_id = $1)
-) AS trail
-ORDER BY day, scored_at DESC
-"""
 
 # --- milestones -------------------------------------------------------------------------
 
@@ -357,18 +308,6 @@ LIST_INTERACTIONS_RELEVANCE: Final = _interactions(
        OR (word_similarity($6::text, i.subject) = $7::real AND i.id > $9::uuid))""",
     "rank DESC, i.id",
 )
-
-# $1 organization id: its 20 newest open interactions (the organization page), as
-# LIST_INTERACTIONS_NEWEST returns them, written without optional filters so that one
-# generic plan serves every organization
-ORGANIZATION_OPEN_INTERACTIONS: Final = f"""
-SELECT {_INTERACTION_COLUMNS}, NULL::real AS rank
-FROM support_interactions i
-LEFT JOIN organizations o ON o.id = i.organization_id
-WHERE i.organization_id = $1 AND i.status = 'open'
-ORDER BY i.opened_at DESC NULLS FIRST, i.id
-LIMIT 20
-"""
 
 
 # --- the caller -------------------------------------------------------------------------

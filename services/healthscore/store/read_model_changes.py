@@ -1,8 +1,11 @@
-"""What the database announces when the read model changes (migration 0050).
+"""What the database announces when the read model changes (migrations 0050, 0051).
 
-Every transaction that changes one of TABLES notifies CHANNEL once per table it
-changed, with the table's name as the payload, when it commits. The read API's
-response cache listens (healthscore.api.invalidation).
+Every transaction that changes one of TABLES notifies CHANNEL when it commits.
+The payload is the table's name (the whole table may have changed), or, for
+the tables whose rows each belong to one organization (BY_ORGANIZATION), the
+table's name, a colon and the ids of the organizations whose rows changed,
+comma-separated (`organizations_changed`). The read API's response cache
+listens (healthscore.api.invalidation).
 """
 
 from __future__ import annotations
@@ -30,6 +33,18 @@ TABLES: Final = (
     USERS,
     SIGNING_KEYS,
 )
+
+# their rows each belong to one organization: announced by organization (0051)
+BY_ORGANIZATION: Final = (CUSTOMER_HEALTH, SCORE_HISTORY, MILESTONES, INTERACTIONS, ALERTS)
+ORGANIZATIONS_SEPARATOR: Final = ":"
+
+
+def organizations_changed(payload: str) -> tuple[str, list[str]]:
+    """The table and the organization ids (as PostgreSQL prints uuids) a payload
+    names; no ids: the whole table changed."""
+    table, _, ids = payload.partition(ORGANIZATIONS_SEPARATOR)
+    return table, ids.split(",") if ids else []
+
 
 # $1 key_id: unix seconds from which app_login refuses it (+inf in use, -inf unknown)
 SIGNING_KEY_RETIRES_AT: Final = "SELECT app_signing_key_retires_at($1)"

@@ -9,9 +9,15 @@
    at --write-rate events/s (new organizations, so customer_health grows and its
    indexes churn under the readers);
 4. for each scenario (every sort and filter of the list, a second page, the
-   organization page), --clients concurrent closed-loop clients for --seconds,
-   each request timed from send to the last byte by a minimal HTTP/1.1 client
-   (keep-alive) so that the client's own cost stays small;
+   organization page and its history), --clients concurrent closed-loop clients
+   for --seconds, each request timed from send to the last byte by a minimal
+   HTTP/1.1 client (keep-alive) so that the client's own cost stays small. The
+   organization page and history are asked two ways: uniformly over 2,000
+   organizations by one user, and as dashboard users ask them (`DashboardUser`):
+   each client its own user, opening an organization of a small hot set (the
+   first page of the at-risk list; or the at-risk organizations the consumers
+   are writing) whose open page then refreshes itself --refreshes times before
+   the user opens another;
 5. the CPU time each scenario cost, from /proc: the API processes, the
    PostgreSQL backends of the API's login role, all of PostgreSQL, this load
    generator and the whole machine. Latency on a shared machine swings by a
@@ -37,10 +43,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import asyncpg
@@ -180,6 +187,10 @@ class Result:
     cache_hit_ratio: float | None = None
     cache_misses: float | None = None
     cache_bypassed: float | None = None
+    # dashboard scenarios: organizations in the hot set, and how many of them the
+    # consumers wrote during the scenario
+    hot_set: float | None = None
+    hot_set_written: float | None = None
 
 
 @dataclass
@@ -191,6 +202,9 @@ class BenchSettings:
     api_processes: int
     pool_size: int
     cache_entries: int | None = None
+    refreshes: int = 4
+    hot_set: int = 50
+    only: list[str] = field(default_factory=list)
 
 
 # --- a minimal HTTP/1.1 client: keep-alive GETs, Content-Length bodies -------------------
@@ -215,6 +229,8 @@ class Connection:
         )
         self.writer.write(request.encode())
         status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionResetError("the server closed the connection")
         length = 0
         while True:
             line = await self.reader.readline()
@@ -231,16 +247,50 @@ class Connection:
             self.writer.close()
 
 
+# what a client asks next
+Visitor = Callable[[], str]
+
+
+def uniform(targets: list[str]) -> Visitor:
+    rng = random.Random()
+    return lambda: rng.choice(targets)
+
+
+class DashboardUser:
+    """A dashboard user: opens an organization of the hot set (the at-risk list), whose
+    page then refreshes itself `refreshes` times (every API_REFRESH_SECONDS on the real
+    page; here back to back, as every client of this bench asks), then opens another.
+    Its browser keeps one keep-alive connection, so one replica serves it (a
+    Kubernetes Service balances connections, not requests)."""
+
+    sticky = True
+
+    def __init__(self, hot_set: list[str], path: Callable[[str], str], refreshes: int) -> None:
+        self.hot_set, self.path, self.refreshes = hot_set, path, refreshes
+        self.rng = random.Random()
+        self.left = 0
+        self.organization = ""
+
+    def __call__(self) -> str:
+        if self.left == 0:
+            self.organization = self.rng.choice(self.hot_set)
+            self.left = self.refreshes + 1
+        self.left -= 1
+        return self.path(self.organization)
+
+
 async def _client(
-    ports: list[int], token: str, targets: list[str], until: float, latencies: list[float]
+    ports: list[int], token: str, visitor: Visitor, until: float, latencies: list[float]
 ) -> int:
     errors = 0
     connections = [Connection("127.0.0.1", port, token) for port in ports]
     rng = random.Random()
+    # replicas behind a load balancer: by request, or one for the client's connection
+    sticky = rng.choice(connections) if getattr(visitor, "sticky", False) else None
     try:
         while time.perf_counter() < until:
-            conn = rng.choice(connections)  # replicas behind a load balancer
-            target = rng.choice(targets)
+            conn = sticky or rng.choice(connections)
+            target = visitor()
             start = time.perf_counter()
             try:
                 status = await conn.get(target)
@@ -260,19 +310,18 @@ async def _client(
 
 async def run_scenario(
     ports: list[int],
-    token: str,
     name: str,
-    targets: list[str],
-    clients: int,
+    clients: list[tuple[str, Visitor]],
     seconds: float,
     meter: CpuMeter | None = None,
 ) -> Result:
+    """`clients`: each client's bearer token and what it asks."""
     latencies: list[float] = []
     before = meter.sample() if meter else None
     until = time.perf_counter() + seconds
     started = time.perf_counter()
     errors = await asyncio.gather(
-        *(_client(ports, token, targets, until, latencies) for _ in range(clients))
+        *(_client(ports, token, visitor, until, latencies) for token, visitor in clients)
     )
     elapsed = time.perf_counter() - started
     after = meter.sample() if meter else None
@@ -427,16 +476,20 @@ async def prefill(url: str, organizations: int, support_user: uuid.UUID) -> None
         await conn.close()
 
 
-async def _users(url: str) -> dict[str, uuid.UUID]:
+async def _users(url: str, dashboard_users: int) -> dict[str, uuid.UUID]:
+    """The bench's admin and support user, and `dashboard_users` more admins
+    (`dashboard-<n>`), one per client of the dashboard scenarios."""
     users = {"admin": uuid.uuid4(), "support": uuid.uuid4()}
+    users |= {f"dashboard-{n}": uuid.uuid4() for n in range(dashboard_users)}
     conn = await asyncpg.connect(url)
     try:
-        for role, user_id in users.items():
+        for name, user_id in users.items():
+            role = "support" if name == "support" else "admin"
             await conn.execute(
                 "INSERT INTO user_profiles (id, email, full_name, role) VALUES ($1, $2, $3, $4)",
                 user_id,
-                f"bench-{role}-{user_id.hex[:6]}@healthscore.invalid",
-                f"Bench {role}",
+                f"bench-{name}-{user_id.hex[:6]}@healthscore.invalid",
+                f"Bench {name}",
                 role,
             )
     finally:
@@ -558,6 +611,55 @@ def scenarios(ids: list[str]) -> list[tuple[str, list[str]]]:
     ]
 
 
+def organization_page(organization: str) -> str:
+    return f"/api/v1/organizations/{organization}"
+
+
+def organization_history(organization: str) -> str:
+    return f"/api/v1/organizations/{organization}/history"
+
+
+async def _at_risk_list(port: int, token: str, size: int) -> list[str]:
+    """The organizations of the at-risk list's first page, as the dashboard opens it."""
+    conn = Connection("127.0.0.1", port, token)
+    try:
+        status, body = await conn.fetch(f"/api/v1/organizations?limit={size}")
+    finally:
+        conn.close()
+    assert status == 200, body
+    return [item["organization_id"] for item in json.loads(body)["items"]]
+
+
+async def _written_at_risk(url: str, size: int) -> list[str]:
+    """The organizations most likely to churn among those the consumers wrote in the
+    last 10 s: an at-risk list whose every organization is being written."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT organization_id FROM customer_health"
+            " WHERE updated_at > now() - interval '10 seconds'"
+            " ORDER BY churn_probability DESC LIMIT $1",
+            size,
+        )
+    finally:
+        await conn.close()
+    return [str(r["organization_id"]) for r in rows]
+
+
+async def _written_since(url: str, organizations: list[str], since: datetime) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM customer_health"
+            " WHERE organization_id = ANY($1::uuid[]) AND updated_at >= $2",
+            organizations,
+            since,
+        )
+    finally:
+        await conn.close()
+    return count
+
+
 async def _second_pages(port: int, token: str) -> list[str]:
     """Second pages of the default list, by the cursor the first page returns."""
     import http.client
@@ -588,7 +690,7 @@ async def run_api_bench(options: BenchSettings) -> dict[str, object]:
         url = services.database_url
         print(f"{services.kind} PostgreSQL and broker; migrating", flush=True)
         await apply_migrations(url)
-        users = await _users(url)
+        users = await _users(url, options.clients)
         started = time.perf_counter()
         await prefill(url, options.organizations, users["support"])
         print(f"prefill: {time.perf_counter() - started:.0f}s", flush=True)
@@ -596,6 +698,10 @@ async def run_api_bench(options: BenchSettings) -> dict[str, object]:
         login_url = await dev_login_url(url)
         jwt_secret = secrets.token_urlsafe(32)
         token = issue_hs256(jwt_secret, users["admin"], timedelta(hours=2))
+        dashboard_tokens = [
+            issue_hs256(jwt_secret, users[f"dashboard-{n}"], timedelta(hours=2))
+            for n in range(options.clients)
+        ]
         ports = [free_port() for _ in range(options.api_processes)]
         base_env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "DATABASE"))}
         api_env = {
@@ -652,17 +758,44 @@ async def run_api_bench(options: BenchSettings) -> dict[str, object]:
                 f"{options.api_processes} API process(es), writes at {options.write_rate:g}/s",
                 flush=True,
             )
-            plan = scenarios(ids)
-            plan.insert(7, ("list: second page (cursor)", second))
-            for name, targets in plan:
+            plan: list[tuple[str, Callable[[], Any]]] = [
+                (name, _uniform_clients(token, targets, options.clients))
+                for name, targets in scenarios(ids)
+            ]
+            plan.insert(
+                7, ("list: second page (cursor)", _uniform_clients(token, second, options.clients))
+            )
+            for hot_name, hot_set in (
+                ("at-risk list", lambda: _at_risk_list(ports[0], token, options.hot_set)),
+                ("at risk, being written", lambda: _written_at_risk(url, options.hot_set)),
+            ):
+                for page_name, path in (
+                    ("organization page", organization_page),
+                    ("organization history", organization_history),
+                ):
+                    plan.append(
+                        (
+                            f"dashboard: {page_name} ({hot_name})",
+                            _dashboard_clients(hot_set, path, dashboard_tokens, options.refreshes),
+                        )
+                    )
+            for name, make_clients in plan:
+                if options.only and not any(part in name for part in options.only):
+                    continue
+                clients, hot = await make_clients()
+                if not clients or (name.startswith("dashboard") and not hot):
+                    print(f"  {name}: skipped, its hot set is empty", flush=True)
+                    continue
                 # a short warm-up of each statement's plans and the pool
-                await run_scenario(ports, token, name, targets, options.clients, 1.0)
+                await run_scenario(ports, name, clients, 1.0)
                 cache_before = await cache_outcomes(ports)
-                result = await run_scenario(
-                    ports, token, name, targets, options.clients, options.seconds, meter
-                )
+                started_at = datetime.now(UTC)
+                result = await run_scenario(ports, name, clients, options.seconds, meter)
                 for key, value in cache_figures(cache_before, await cache_outcomes(ports)).items():
                     setattr(result, key, value)
+                if hot:
+                    result.hot_set = len(hot)
+                    result.hot_set_written = await _written_since(url, hot, started_at)
                 results.append(result)
                 print(
                     f"  {name:<46} p50 {result.p50_ms:7.1f}  p95 {result.p95_ms:7.1f}  "
@@ -672,7 +805,12 @@ async def run_api_bench(options: BenchSettings) -> dict[str, object]:
                     f"{result.pg_cores}, clients {result.client_cores}, consumer "
                     f"{result.consumer_cores}, broker {result.broker_cores}, "
                     f"machine {result.machine_cores}; cache hits {result.cache_hit_ratio}, "
-                    f"misses {result.cache_misses}",
+                    f"misses {result.cache_misses}"
+                    + (
+                        f"; hot set {result.hot_set}, written {result.hot_set_written}"
+                        if result.hot_set
+                        else ""
+                    ),
                     flush=True,
                 )
             written = await _fetch_count(url)
@@ -688,6 +826,31 @@ async def run_api_bench(options: BenchSettings) -> dict[str, object]:
         }
     finally:
         services.close()
+
+
+Clients = tuple[list[tuple[str, Visitor]], list[str]]
+
+
+def _uniform_clients(token: str, targets: list[str], count: int) -> Callable[[], Any]:
+    """`count` clients of one user, each asking any of `targets` at random."""
+
+    async def make() -> Clients:
+        return [(token, uniform(targets)) for _ in range(count)], []
+
+    return make
+
+
+def _dashboard_clients(
+    hot_set: Callable[[], Any], path: Callable[[str], str], tokens: list[str], refreshes: int
+) -> Callable[[], Any]:
+    """One client per dashboard user (token), each a DashboardUser over the hot set,
+    taken when the scenario starts."""
+
+    async def make() -> Clients:
+        hot: list[str] = await hot_set()
+        return [(token, DashboardUser(hot, path, refreshes)) for token in tokens], hot
+
+    return make
 
 
 async def _fetch_count(url: str) -> int:
@@ -746,6 +909,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="API_RESPONSE_CACHE_ENTRIES of the API processes (0: no response cache); "
         "unset: the setting's default",
     )
+    p.add_argument(
+        "--refreshes",
+        type=int,
+        default=4,
+        help="dashboard scenarios: refreshes of an open page before its user opens another "
+        "(4: open a minute at API_REFRESH_SECONDS=15)",
+    )
+    p.add_argument(
+        "--hot-set", type=int, default=50, help="dashboard scenarios: organizations in the hot set"
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="run only the scenarios whose name contains this (repeatable)",
+    )
     p.add_argument("--json-out", type=Path)
 
 
@@ -758,6 +937,9 @@ def run(args: argparse.Namespace) -> int:
         api_processes=args.api_processes,
         pool_size=args.pool_size,
         cache_entries=args.cache_entries,
+        refreshes=args.refreshes,
+        hot_set=args.hot_set,
+        only=args.only,
     )
     report = asyncio.run(run_api_bench(options))
     if args.json_out is not None:
