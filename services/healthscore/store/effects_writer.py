@@ -1,4 +1,4 @@
-"""Apply a batch's computed effects with one set-based statement per table.
+"""Apply a batch's computed effects: one set-based statement per table, sent as one.
 
 Identifiers travel as the core holds them, canonical UUID strings: asyncpg
 encodes a string for a uuid parameter directly, without a `uuid.UUID` each.
@@ -12,6 +12,7 @@ queues each changed organization for the projector
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -21,6 +22,7 @@ from healthscore.contracts.alerts import ChurnRiskAlert, HealthAction, RiskFacto
 from healthscore.core.effects import BatchEffects, RaisedAlert
 from healthscore.core.scoring.model import ScoreModel
 from healthscore.store import Connection, sql
+from healthscore.store.combined import Part, combine
 from healthscore.store.records import interaction_columns, to_datetime
 
 # An outbox row's `emitted_at` is a placeholder (the epoch); the relay stamps
@@ -61,68 +63,79 @@ async def write_effects(
     effects: BatchEffects,
     model: ScoreModel,
     timings_ms: dict[str, float] | None = None,
+    also: Sequence[Part] = (),
 ) -> None:
-    """Write every effect but the states, which `healthscore.store.states` saved first.
+    """Write every effect but the states, which `healthscore.store.states` saved first,
+    with the statements of `also` (the batch's offsets), in one round trip.
 
-    With `timings_ms`, record milliseconds per statement.
+    With `timings_ms`, record the milliseconds it took (`w_effects`).
     """
-    timings = timings_ms if timings_ms is not None else {}
-    clock = [time.perf_counter()]
-
-    def lap(name: str) -> None:
-        now = time.perf_counter()
-        timings[name] = round((now - clock[0]) * 1000, 1)
-        clock[0] = now
-
+    started = time.perf_counter()
+    parts: list[Part] = []
     if effects.interactions:
         records = list(effects.interactions.values())
         assignees = sorted({UUID(r.assigned_to) for r in records if r.assigned_to})
         if assignees:
             # assigned_to references user_profiles; an unknown staff member gets a
             # placeholder profile with the unprivileged `member` role, so an event
-            # can never grant anyone dashboard access.
+            # can never grant anyone dashboard access. Before, on its own: the
+            # interactions' foreign key must find it.
             await conn.execute(sql.ENSURE_USER_PROFILES, assignees)
-        await conn.execute(sql.UPSERT_INTERACTIONS, *interaction_columns(records))
-        lap("w_interactions")
+        parts.append((sql.UPSERT_INTERACTIONS, interaction_columns(records)))
 
     if effects.milestones:
         rows = effects.milestones
-        await conn.execute(
-            sql.INSERT_MILESTONES,
-            [org for org, _ in rows],
-            [str(m.milestone_type) for _, m in rows],
-            [to_datetime(m.achieved_at) for _, m in rows],
-            [m.event_id for _, m in rows],
-            [m.health_score_impact for _, m in rows],
-            [None if m.reward_type is None else str(m.reward_type) for _, m in rows],
-            [m.reward_value for _, m in rows],
+        parts.append(
+            (
+                sql.INSERT_MILESTONES,
+                [
+                    [org for org, _ in rows],
+                    [str(m.milestone_type) for _, m in rows],
+                    [to_datetime(m.achieved_at) for _, m in rows],
+                    [m.event_id for _, m in rows],
+                    [m.health_score_impact for _, m in rows],
+                    [None if m.reward_type is None else str(m.reward_type) for _, m in rows],
+                    [m.reward_value for _, m in rows],
+                ],
+            )
         )
-        lap("w_milestones")
 
     if effects.rescored:
         # each organization's last score of each event-time day it was scored on
         history = effects.history()
-        await conn.execute(
-            sql.UPSERT_SCORE_HISTORY,
-            [r.organization_id for r in history],
-            [to_datetime(r.scored_at) for r in history],
-            [r.health.score for r in history],
-            [r.health.churn_probability for r in history],
-            [str(r.health.risk_level) for r in history],
-            [orjson.dumps(r.health.components).decode() for r in history],
-            model.version,
-            [str(r.cause) for r in history],
+        parts.append(
+            (
+                sql.UPSERT_SCORE_HISTORY,
+                [
+                    [r.organization_id for r in history],
+                    [to_datetime(r.scored_at) for r in history],
+                    [r.health.score for r in history],
+                    [r.health.churn_probability for r in history],
+                    [str(r.health.risk_level) for r in history],
+                    [orjson.dumps(r.health.components).decode() for r in history],
+                    model.version,
+                    [str(r.cause) for r in history],
+                ],
+            )
         )
-        lap("w_history")
 
     if effects.alerts:
         alerts = effects.alerts
-        await conn.execute(
-            sql.INSERT_ALERTS,
-            [a.decision.alert_id for a in alerts],
-            [a.organization_id for a in alerts],
-            [str(a.decision.kind) for a in alerts],
-            [a.decision.episode for a in alerts],
-            [alert_payload(a) for a in alerts],
+        parts.append(
+            (
+                sql.INSERT_ALERTS,
+                [
+                    [a.decision.alert_id for a in alerts],
+                    [a.organization_id for a in alerts],
+                    [str(a.decision.kind) for a in alerts],
+                    [a.decision.episode for a in alerts],
+                    [alert_payload(a) for a in alerts],
+                ],
+            )
         )
-        lap("w_alerts")
+    parts.extend(also)
+    if parts:
+        statement, args = combine(parts)
+        await conn.execute(statement, *args)
+    if timings_ms is not None:
+        timings_ms["w_effects"] = round((time.perf_counter() - started) * 1000, 1)

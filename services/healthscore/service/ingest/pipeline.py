@@ -313,7 +313,20 @@ class BatchPipeline:
                 await conn.execute(
                     sql.UNCLAIM_EVENT_IDS, [event.event_id for event, _ in effects.misrouted]
                 )
-            await write_effects(conn, effects, self._model, outcome.timings_ms)
+            max_times = _max_event_times(events)
+            next_offsets = {tp: max(stored[tp], last[tp] + 1) for tp in partitions}
+            offsets = (
+                sql.SAVE_OFFSETS,
+                [
+                    self._group,
+                    [tp[0] for tp in partitions],
+                    [tp[1] for tp in partitions],
+                    [next_offsets[tp] for tp in partitions],
+                    [max_times.get(tp) for tp in partitions],
+                ],
+            )
+            # the effects and the offsets in one round trip
+            await write_effects(conn, effects, self._model, outcome.timings_ms, also=[offsets])
             if self._read_model_in_transaction:
                 await project_in_transaction(conn, rescored_states(effects), self._model)
             marks.lap("write")
@@ -321,16 +334,6 @@ class BatchPipeline:
             # after the writes, so a batch the database refuses sends none
             await self._dlq.publish(dead)
             marks.lap("dead_letters")
-            max_times = _max_event_times(events)
-            next_offsets = {tp: max(stored[tp], last[tp] + 1) for tp in partitions}
-            await conn.execute(
-                sql.SAVE_OFFSETS,
-                self._group,
-                [tp[0] for tp in partitions],
-                [tp[1] for tp in partitions],
-                [next_offsets[tp] for tp in partitions],
-                [max_times.get(tp) for tp in partitions],
-            )
         marks.lap("commit")
         self._owned.give_back(saved)
 
