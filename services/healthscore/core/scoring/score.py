@@ -37,6 +37,8 @@ Engagement
     few_logins_per_user = login_per_user_points * exp(-dec(logins) / max(1, users_30d)
         / login_per_user_scale) * keep (v4; 0 before): logins per active user, so
         that a one-person team is not judged for its size as few_logins judges it.
+        A login by a user already active never lowers the score; a user's first
+        login within the window adds a user too and can lower it a little.
     (the *_points sum to 100, enforced by the loader).
 Adoption
     narrow_feature_adoption = breadth_points * exp(-features_30d/breadth_scale) * keep
