@@ -34,11 +34,14 @@ Engagement
         factor off) before v2. More activity at as_of never lowers the score;
         a late event (older than the newest) adds more to the baseline than to
         the recent sum and can lower it a little.
-    few_logins_per_user = login_per_user_points * exp(-dec(logins) / max(1, users_30d)
-        / login_per_user_scale) * keep (v4; 0 before): logins per active user, so
-        that a one-person team is not judged for its size as few_logins judges it.
-        A login by a user already active never lowers the score; a user's first
-        login within the window adds a user too and can lower it a little.
+    few_logins_per_user = login_per_user_points * exp(-dec(logins) / max(1, users)
+        / login_per_user_scale) * keep (v4; 0 before), users = the users the state
+        knows (seen within about 90 days: pruned only as usage events arrive): logins
+        per user, so that a one-person team is not judged for its size as few_logins
+        judges it. The team is not counted over a window of as_of, so that a silent
+        organization's score only drifts down (its users leaving a window would raise
+        its logins per user). A login by a known user never lowers the score; a new
+        user's first event adds a user and can lower it a little.
     (the *_points sum to 100, enforced by the loader).
 Adoption
     narrow_feature_adoption = breadth_points * exp(-features_30d/breadth_scale) * keep
@@ -368,7 +371,8 @@ def score(
         expected = expected_recent_activity(dec["activity_baseline"], state, as_of, model)
         ratio = activity_ratio(dec["activity_recent"], expected, eng.decline_prior_events)
         decline = eng.decline_points * min(1.0, max(0.0, (1.0 - ratio) / eng.decline_full)) * keep
-    per_user = logins / active_users if active_users > 1 else logins
+    team = len(state.users)
+    per_user = logins / team if team > 1 else logins
     few_per_user = 0.0
     if eng.login_per_user_points > 0.0:
         few_per_user = eng.login_per_user_points * exp(-per_user / eng.login_per_user_scale) * keep

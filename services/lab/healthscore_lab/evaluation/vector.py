@@ -60,8 +60,8 @@ def activity_ratio(m: FloatArray, prior: float) -> FloatArray:
 
 
 def logins_per_user(m: FloatArray) -> FloatArray:
-    """`score()`'s decayed logins per active user (logins where at most one is active)."""
-    users = _col(m, "active_users")
+    """`score()`'s decayed logins per known user (the logins where it knows at most one)."""
+    users = _col(m, "known_users")
     return _col(m, "logins") / np.where(users > 1, users, 1.0)
 
 
