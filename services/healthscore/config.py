@@ -7,7 +7,7 @@ from typing import Any, Literal, Self
 from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_MODEL_PATH = Path(__file__).parent / "model" / "health_model.v3.json"
+DEFAULT_MODEL_PATH = Path(__file__).parent / "model" / "health_model.v4.json"
 
 KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]

@@ -12,7 +12,14 @@ from healthscore.contracts.alerts import ChurnRiskAlert
 from healthscore.contracts.enums import AlertKind, AlertTrigger, MilestoneType
 from healthscore.core.effects import RaisedAlert
 from healthscore.core.scoring.alerts import evaluate_alert
-from healthscore.core.scoring.model import DAY, ScoreModel, default_model, v1_model, v2_model
+from healthscore.core.scoring.model import (
+    DAY,
+    ScoreModel,
+    default_model,
+    v1_model,
+    v2_model,
+    v3_model,
+)
 from healthscore.core.scoring.path import path_to_healthy
 from healthscore.core.scoring.score import churn_probability, record_score, score
 from healthscore.core.scoring.state import OpenInteraction, OrganizationState
@@ -56,7 +63,9 @@ def outcome(state: OrganizationState, model: ScoreModel, actions: list[str]) -> 
     return score(after, NOW, model).score
 
 
-@pytest.mark.parametrize("model", [v1_model(), v2_model(), default_model()], ids=["v1", "v2", "v3"])
+@pytest.mark.parametrize(
+    "model", [v1_model(), v2_model(), v3_model(), default_model()], ids=["v1", "v2", "v3", "v4"]
+)
 def test_the_path_leads_out_of_risk_largest_step_first(model: ScoreModel) -> None:
     state = troubled()
     before = msgspec.json.encode(state)
@@ -144,7 +153,7 @@ def test_alerts_say_why_which_episode_which_model_and_the_way_back() -> None:
     assert first.kind is AlertKind.RISK_RAISED
     assert first.trigger is AlertTrigger.PROBABILITY_THRESHOLD
     assert first.episode == 1
-    assert first.score_model_version == model.version == "v3"
+    assert first.score_model_version == model.version == "v4"
     assert first.path_to_healthy and first.path_to_healthy[0].impact > 0
     # the wire message carries them (additive fields of customer.churn-risk.v1)
     payload = alert_payload(
@@ -153,7 +162,7 @@ def test_alerts_say_why_which_episode_which_model_and_the_way_back() -> None:
     message = ChurnRiskAlert.model_validate_json(payload)
     assert message.trigger is AlertTrigger.PROBABILITY_THRESHOLD
     assert message.episode == 1
-    assert message.score_model_version == "v3"
+    assert message.score_model_version == "v4"
     assert [a.action for a in message.path_to_healthy] == [a.action for a in first.path_to_healthy]
     assert message.organization_id == UUID(ORG)
 

@@ -227,10 +227,10 @@ def input_digest(cases: Iterable[Case]) -> str:
 def without_later_additions(line: list[object]) -> list[object]:
     """The corpus as it was recorded: fields and a signal added to the state and the
     model config since (issue 13: the account's creation date from a profile, the
-    activity baseline and recent signals, the activity_decline factor's settings, the
-    alert persistence, the changelog and embedded figures) are left out while they
-    hold what v1 gives them. v1 scores
-    never read them (decline_points is 0), so the output digests pin v1 unchanged."""
+    activity baseline and recent signals, the activity_decline factor's settings, v4's
+    logins-per-user and feature-share settings, the alert persistence, the changelog
+    and embedded figures) are left out while they hold what v1 gives them. v1 scores
+    never read them (their points are 0), so the output digests pin v1 unchanged."""
     state, as_of, model = line
     assert isinstance(state, dict) and isinstance(model, dict)
     state = dict(state)
@@ -252,7 +252,15 @@ def without_later_additions(line: list[object]) -> list[object]:
         engagement.pop("decline_points")
         engagement.pop("decline_full")
         engagement.pop("decline_prior_events")
+    if engagement.get("login_per_user_points") == 0.0:
+        engagement.pop("login_per_user_points")
+        engagement.pop("login_per_user_scale")
     model["engagement"] = engagement
+    adoption = dict(model["adoption"])
+    if adoption.get("feature_share_points") == 0.0:
+        adoption.pop("feature_share_points")
+        adoption.pop("feature_share_full")
+    model["adoption"] = adoption
     alerts = dict(model["alerts"])
     if alerts.get("persist_hours") == 0.0 and alerts.get("immediate_probability") is None:
         alerts.pop("persist_hours")

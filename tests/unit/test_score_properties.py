@@ -200,10 +200,18 @@ def test_more_logins_and_value_actions_never_lower_the_score(
     model = data.draw(st.sampled_from([MODEL, V1]))
     at = NOW if model is MODEL else data.draw(between(state.first_event_at, NOW))
     before = score(state, NOW, model)
+    # v4's few_logins_per_user divides the logins by the users the state knows: a
+    # new user's first login adds a user as well as a login and can lower the rate (a
+    # new colleague who has logged in once), so for v4 the login comes from a known
+    # user, or from none; v1 holds it for a new user too
+    known = sorted(state.users)
+    user = uuid4() if with_user else None
+    if model is MODEL and with_user:
+        user = UUID(data.draw(st.sampled_from(known))) if known else None
     event = UsageEvent(
         event_id=uuid4(),
         organization_id=ORG,
-        user_id=uuid4() if with_user else None,
+        user_id=user,
         type=kind,
         occurred_at=datetime.fromtimestamp(at, UTC),
         quantity=quantity,

@@ -17,7 +17,11 @@ from typing import NamedTuple
 
 from healthscore.core.scoring.aggregate import decayed_values
 from healthscore.core.scoring.model import DAY, ScoreModel
-from healthscore.core.scoring.score import _open_support, expected_recent_activity
+from healthscore.core.scoring.score import (
+    FEATURE_SHARE_WINDOW_DAYS,
+    _open_support,
+    expected_recent_activity,
+)
 from healthscore.core.scoring.state import OrganizationState
 
 
@@ -48,7 +52,7 @@ class Measures(NamedTuple):
     activity_expected: float  # ... with what the baseline rate predicts (-1: no baseline)
     users_7d: float  # users seen within 7 days
     known_users: float  # users seen within 90 days (the state keeps no older ones)
-    features_7d: float  # features used within 7 days
+    features_7d: float  # features used within FEATURE_SHARE_WINDOW_DAYS (7)
     known_features: float  # every feature the state remembers
 
 
@@ -79,6 +83,7 @@ def measure(state: OrganizationState, as_of: float, model: ScoreModel) -> Measur
     open_count, escalated, cancellations, age = _open_support(state.open_interactions, as_of)
     last_event = state.last_event_at
     expected = expected_recent_activity(dec["activity_baseline"], state, as_of, model)
+    week = as_of - FEATURE_SHARE_WINDOW_DAYS * DAY
     return Measures(
         tenure_days=tenure,
         new_segment=1.0 if new else 0.0,
@@ -106,8 +111,6 @@ def measure(state: OrganizationState, as_of: float, model: ScoreModel) -> Measur
         activity_expected=-1.0 if expected is None else expected,
         users_7d=float(sum(1 for seen in state.users.values() if seen >= as_of - 7 * DAY)),
         known_users=float(len(state.users)),
-        features_7d=float(
-            sum(1 for _count, used in state.features.values() if used >= as_of - 7 * DAY)
-        ),
+        features_7d=float(sum(1 for _count, used in state.features.values() if used >= week)),
         known_features=float(len(state.features)),
     )

@@ -1,7 +1,7 @@
 """The scoring model config: every tunable number of the score, loaded from JSON.
 
-The file is versioned (`model/health_model.v3.json`, `"version": "v3"`, the
-default; v1 and v2 are kept beside it, loadable); the
+The file is versioned (`model/health_model.v4.json`, `"version": "v4"`, the
+default; v1, v2 and v3 are kept beside it, loadable); the
 version travels with every published score (`score_model_version`). Decoding is
 strict: unknown keys, missing keys and wrong types are rejected, and so are
 values that would make the score meaningless (negative weights, half-lives
@@ -142,6 +142,10 @@ class Engagement(_Section, frozen=True):
     # events added to both sides of the ratio: a few events more or less in a small
     # organization's fortnight are noise, not a decline (the ratio shrinks towards 1)
     decline_prior_events: NonNeg = 0.0
+    # few_logins_per_user (v4): decayed logins per user active within the active-user
+    # window; unlike few_logins, a small team is not judged for its size
+    login_per_user_points: NonNeg = 0.0
+    login_per_user_scale: Pos = 5.0
 
 
 class Adoption(_Section, frozen=True):
@@ -150,6 +154,12 @@ class Adoption(_Section, frozen=True):
     breadth_window_days: Pos
     depth_points: NonNeg
     depth_scale: Pos
+    # narrowing_feature_use (v4): the share of the features the organization has used
+    # that it used within the last week; the full points are lost when the share is
+    # `feature_share_full` below 1 (a share of its own features, not a count: an
+    # organization that needs few features is not judged for that)
+    feature_share_points: NonNeg = 0.0
+    feature_share_full: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.6
 
 
 class Support(_Section, frozen=True):
@@ -343,14 +353,17 @@ def _check(config: _ModelConfig) -> None:
         + eng.login_points
         + eng.active_user_points
         + eng.decline_points
+        + eng.login_per_user_points
     )
     if abs(total - 100.0) > 1e-9:
         raise ModelConfigError(f"engagement: the *_points must sum to 100, not {total:g}")
     if eng.recency_zero_days <= eng.recency_full_days:
         raise ModelConfigError("engagement.recency_zero_days: must be > recency_full_days")
     ado = config.adoption
-    if abs(ado.breadth_points + ado.depth_points - 100.0) > 1e-9:
-        raise ModelConfigError("adoption: breadth_points + depth_points must sum to 100")
+    if abs(ado.breadth_points + ado.depth_points + ado.feature_share_points - 100.0) > 1e-9:
+        raise ModelConfigError(
+            "adoption: breadth_points + depth_points + feature_share_points must sum to 100"
+        )
     gro = config.growth
     if gro.baseline + gro.commercial_points + gro.client_points > 100.0 + 1e-9:
         raise ModelConfigError(
@@ -388,15 +401,22 @@ def load_model(path: Path) -> ScoreModel:
 
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "model"
-DEFAULT_MODEL_PATH = MODEL_DIR / "health_model.v3.json"
+DEFAULT_MODEL_PATH = MODEL_DIR / "health_model.v4.json"
 V1_MODEL_PATH = MODEL_DIR / "health_model.v1.json"  # the hand-set model, kept for reference
 V2_MODEL_PATH = MODEL_DIR / "health_model.v2.json"  # the first fitted model, kept for reference
+V3_MODEL_PATH = MODEL_DIR / "health_model.v3.json"  # the live model before v4
 
 
 @functools.cache
 def default_model() -> ScoreModel:
-    """The shipped model, v3 (loaded once per process)."""
+    """The shipped model, v4 (loaded once per process)."""
     return load_model(DEFAULT_MODEL_PATH)
+
+
+@functools.cache
+def v3_model() -> ScoreModel:
+    """The live model before v4 (what tests pinned on its numbers use; loaded once)."""
+    return load_model(V3_MODEL_PATH)
 
 
 @functools.cache

@@ -1,6 +1,6 @@
 """The score: (aggregate state, as_of, model) -> health score, pure and cheap.
 
-Notation: all numbers below are model-config fields (`model/health_model.v3.json`);
+Notation: all numbers below are model-config fields (`model/health_model.v4.json`);
 ``dec(s)`` is the decayed sum of signal s read at as_of; ``sat(x, k) = 1 - exp(-x/k)``
 is a saturating curve (0 at x = 0, 63% at x = k); ``days(x)`` is x seconds in days.
 
@@ -34,10 +34,22 @@ Engagement
         factor off) before v2. More activity at as_of never lowers the score;
         a late event (older than the newest) adds more to the baseline than to
         the recent sum and can lower it a little.
+    few_logins_per_user = login_per_user_points * exp(-dec(logins) / max(1, users)
+        / login_per_user_scale) * keep (v4; 0 before), users = the users the state
+        knows (seen within about 90 days: pruned only as usage events arrive): logins
+        per user, so that a one-person team is not judged for its size as few_logins
+        judges it. The team is not counted over a window of as_of, so that a silent
+        organization's score only drifts down (its users leaving a window would raise
+        its logins per user). A login by a known user never lowers the score; a new
+        user's first event adds a user and can lower it a little.
     (the *_points sum to 100, enforced by the loader).
 Adoption
     narrow_feature_adoption = breadth_points * exp(-features_30d/breadth_scale) * keep
     shallow_usage           = depth_points * exp(-dec(value_actions)/depth_scale) * keep
+    narrowing_feature_use   = feature_share_points * clamp((1 - share) / feature_share_full,
+        0, 1) * keep (v4; 0 before), share = features used within FEATURE_SHARE_WINDOW_DAYS
+        / features the state remembers (1 when none): the organization's own features,
+        not a count, so one that needs few of them is not judged for that.
 Milestones
     missing_milestones = 100 * sum over missing m of impact_m * min(1, tenure /
     expected_by_days_m) / sum of all impacts. A milestone's absence costs
@@ -108,6 +120,7 @@ from healthscore.core.scoring.model import COMPONENTS, DAY, ScoreModel
 from healthscore.core.scoring.state import OpenInteraction, OrganizationState
 
 MIN_REPORTED_IMPACT = 0.5
+FEATURE_SHARE_WINDOW_DAYS = 7.0  # the week narrowing_feature_use reads the features of
 _URGENT = Priority.URGENT.value
 _ESCALATION = "escalation"
 _CANCELLATION = "cancellation_request"
@@ -126,12 +139,18 @@ _DETAILS: dict[str, _Detail] = {
     "activity_decline": lambda value, _: (
         f"Recent activity is {value:.0%} of this organization's usual level."
     ),
+    "few_logins_per_user": lambda value, _: (
+        f"Few recent logins per active user (decayed logins per user {value:.1f})."
+    ),
     "narrow_feature_adoption": lambda value, _: (
         f"{value:.0f} distinct features used in the last 30 days."
     ),
     "shallow_usage": lambda value, _: (
         "Few recent value actions: clients, forms, journeys, emails, payments, contracts "
         f"(decayed {value:.1f})."
+    ),
+    "narrowing_feature_use": lambda value, _: (
+        f"{value:.0%} of the features this organization uses were used in the last week."
     ),
     "missing_milestones": lambda value, extra: (
         f"{value:.0f} success milestones expected by now are missing{extra}."
@@ -209,8 +228,15 @@ class HealthScore(msgspec.Struct, frozen=True):
 # the result: a component sums its deficits in it (floating point), and equal
 # impacts keep it through the (stable) sort of the risk factors.
 _FACTORS: tuple[tuple[str, ...], ...] = (
-    ("inactivity", "low_activity", "few_logins", "few_active_users", "activity_decline"),
-    ("narrow_feature_adoption", "shallow_usage"),
+    (
+        "inactivity",
+        "low_activity",
+        "few_logins",
+        "few_active_users",
+        "activity_decline",
+        "few_logins_per_user",
+    ),
+    ("narrow_feature_adoption", "shallow_usage", "narrowing_feature_use"),
     ("missing_milestones",),
     (
         "open_interactions",
@@ -345,22 +371,49 @@ def score(
         expected = expected_recent_activity(dec["activity_baseline"], state, as_of, model)
         ratio = activity_ratio(dec["activity_recent"], expected, eng.decline_prior_events)
         decline = eng.decline_points * min(1.0, max(0.0, (1.0 - ratio) / eng.decline_full)) * keep
+    team = len(state.users)
+    per_user = logins / team if team > 1 else logins
+    few_per_user = 0.0
+    if eng.login_per_user_points > 0.0:
+        few_per_user = eng.login_per_user_points * exp(-per_user / eng.login_per_user_scale) * keep
     engagement = (
         eng.recency_points * (1.0 - recency),
         eng.activity_points * exp(-activity / eng.activity_scale) * keep,
         eng.login_points * exp(-logins / eng.login_scale) * keep,
         eng.active_user_points * exp(-active_users / eng.active_user_scale) * keep,
         decline,
+        few_per_user,
     )
 
     # adoption
     ado = model.adoption
     feature_horizon = as_of - ado.breadth_window_days * DAY
-    features = len([used for _count, used in state.features.values() if used >= feature_horizon])
+    share = 1.0
+    narrowing = 0.0
+    if ado.feature_share_points > 0.0:  # both counts in the one pass over the features
+        week = as_of - FEATURE_SHARE_WINDOW_DAYS * DAY
+        features = used_this_week = 0
+        for _count, used in state.features.values():
+            if used >= feature_horizon:
+                features += 1
+            if used >= week:
+                used_this_week += 1
+        if state.features:
+            share = used_this_week / len(state.features)
+        narrowing = (
+            ado.feature_share_points
+            * min(1.0, max(0.0, (1.0 - share) / ado.feature_share_full))
+            * keep
+        )
+    else:
+        features = len(
+            [used for _count, used in state.features.values() if used >= feature_horizon]
+        )
     value_actions = dec["value_actions"]
     adoption = (
         ado.breadth_points * exp(-features / ado.breadth_scale) * keep,
         ado.depth_points * exp(-value_actions / ado.depth_scale) * keep,
+        narrowing,
     )
 
     # milestones
@@ -442,8 +495,8 @@ def score(
     risk_factors: list[RiskFactor] = []
     if explain:
         measured = (  # the values the factors report, in _FACTORS order
-            (silent, activity, logins, active_users, ratio),
-            (features, value_actions),
+            (silent, activity, logins, active_users, ratio, per_user),
+            (features, value_actions, share),
             (len(missing),),
             (open_count, escalated, age, sentiment, complaints, cancellations, escalations),
             (unawarded, commercial, clients, negative),

@@ -82,6 +82,8 @@ SHAPES: tuple[tuple[str, tuple[float, ...]], ...] = (
     ("engagement.active_user_scale", (0.5, 1.0, 2.0, 4.0)),
     ("engagement.decline_full", (0.3, 0.45, 0.6, 0.75, 0.9, 1.0)),
     ("engagement.decline_prior_events", (0.0, 5.0, 10.0, 20.0, 40.0, 80.0)),
+    ("engagement.login_per_user_scale", (1.0, 2.0, 4.0, 6.0, 10.0)),
+    ("adoption.feature_share_full", (0.3, 0.45, 0.6, 0.75, 0.9, 1.0)),
     ("adoption.breadth_scale", (1.0, 2.0, 3.0, 5.0, 8.0)),
     ("adoption.depth_scale", (2.0, 5.0, 10.0, 20.0, 40.0)),
     ("growth.commercial_scale", (1.0, 3.0, 6.0, 12.0)),
@@ -123,8 +125,13 @@ _ENGAGEMENT_POINTS = {
     "few_logins": "login_points",
     "few_active_users": "active_user_points",
     "activity_decline": "decline_points",
+    "few_logins_per_user": "login_per_user_points",
 }
-_ADOPTION_POINTS = {"narrow_feature_adoption": "breadth_points", "shallow_usage": "depth_points"}
+_ADOPTION_POINTS = {
+    "narrow_feature_adoption": "breadth_points",
+    "shallow_usage": "depth_points",
+    "narrowing_feature_use": "feature_share_points",
+}
 _GROWTH_POINTS = {
     "weak_commercial_momentum": "commercial_points",
     "no_client_growth": "client_points",
@@ -143,10 +150,12 @@ _FIXED = ("growth_baseline",)
 # by default (their weight is 0): fitted on one population they rank its churners a
 # little better, but they judge another population's quieter customers as unhealthy
 # (on the shifted simulator setting; the figures are in the README's Scores section).
-# `few_logins` stays: at its fitted scale it measures whether anyone logs in at all.
-# This choice was made looking at the shifted population's figures, which is why the
-# README reports a third, blind population too.
+# `few_logins` joined them in v4: it counts the whole team's logins, so a one-person
+# team scored like a disengaged one; `few_logins_per_user` measures the same habit
+# without the team's size. These choices were made looking at the shifted
+# population's figures, which is why the README reports fresh seeds too.
 SIZE_FACTORS = (
+    "few_logins",
     "low_activity",
     "few_active_users",
     "narrow_feature_adoption",
@@ -493,18 +502,7 @@ def fit(
     measures, y = base.snap_measures[rows], label[rows].astype(float)
     folds = np.array([_fold_of(base.orgs[o], settings.folds) for o in base.snap_org[rows]])
 
-    config = _copy(current_config)
-    config.setdefault("engagement", {}).setdefault("decline_points", 0.0)
-    config["engagement"].setdefault("decline_full", 0.75)
-    config["engagement"].setdefault("decline_prior_events", 0.0)
-    # the shapes are searched with every factor switched on (a factor whose points
-    # are 0 would have a shortfall of 0 and nothing to fit)
-    config["engagement"]["decline_points"] = max(1.0, config["engagement"]["decline_points"])
-    for sat in _SATURATIONS:
-        section, penalty, cap = _SATURATIONS[sat]
-        if float(config[section][cap]) <= 0 or float(config[section][penalty]) <= 0:
-            config[section][cap], config[section][penalty] = 10.0, 5.0
-    _rebalance_engagement(config)
+    config = every_factor_on(current_config)
     progress("searching the factor shapes (grouped 3-fold cross-validation)")
     best_loss = _cv_loss(measures, y, folds, config, settings)
     for _round in range(settings.rounds):
@@ -579,6 +577,28 @@ def fit(
         shapes=shapes,
         coefficients=coefficients,
     )
+
+
+def every_factor_on(current_config: Config) -> Config:
+    """The current config with the fields of factors added since it was written, and
+    every factor switched on: the shapes are searched with all of them (a factor whose
+    points are 0 would have a shortfall of 0 and nothing to fit)."""
+    config = _copy(current_config)
+    engagement, adoption = config.setdefault("engagement", {}), config["adoption"]
+    engagement.setdefault("decline_points", 0.0)
+    engagement.setdefault("decline_full", 0.75)
+    engagement.setdefault("decline_prior_events", 0.0)
+    engagement.setdefault("login_per_user_points", 0.0)
+    engagement.setdefault("login_per_user_scale", 5.0)
+    adoption.setdefault("feature_share_points", 0.0)
+    adoption.setdefault("feature_share_full", 0.6)
+    engagement["decline_points"] = max(1.0, engagement["decline_points"])
+    for sat in _SATURATIONS:
+        section, penalty, cap = _SATURATIONS[sat]
+        if float(config[section][cap]) <= 0 or float(config[section][penalty]) <= 0:
+            config[section][cap], config[section][penalty] = 10.0, 5.0
+    _rebalance_engagement(config)
+    return config
 
 
 def _rebalance_engagement(config: Config) -> None:

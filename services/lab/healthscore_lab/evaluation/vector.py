@@ -26,8 +26,10 @@ FACTORS: tuple[tuple[str, str], ...] = (
     ("engagement", "few_logins"),
     ("engagement", "few_active_users"),
     ("engagement", "activity_decline"),
+    ("engagement", "few_logins_per_user"),
     ("adoption", "narrow_feature_adoption"),
     ("adoption", "shallow_usage"),
+    ("adoption", "narrowing_feature_use"),
     ("milestones", "missing_milestones"),
     ("support", "open_interactions"),
     ("support", "open_escalations"),
@@ -57,6 +59,18 @@ def activity_ratio(m: FloatArray, prior: float) -> FloatArray:
     return np.where(known, ratio, 1.0)
 
 
+def logins_per_user(m: FloatArray) -> FloatArray:
+    """`score()`'s decayed logins per known user (the logins where it knows at most one)."""
+    users = _col(m, "known_users")
+    return _col(m, "logins") / np.where(users > 1, users, 1.0)
+
+
+def feature_share(m: FloatArray) -> FloatArray:
+    """`score()`'s share of the remembered features used within the week (1: none known)."""
+    known = _col(m, "known_features")
+    return np.where(known > 0, _col(m, "features_7d") / np.maximum(known, 1.0), 1.0)
+
+
 def normalized_shortfalls(m: FloatArray, model: ScoreModel) -> FloatArray:
     """(n, len(FACTORS)): each factor's deficit over its largest possible value
     (before the clamping of support and growth), in FACTORS order."""
@@ -82,8 +96,10 @@ def normalized_shortfalls(m: FloatArray, model: ScoreModel) -> FloatArray:
         exp(-_col(m, "active_users") / eng.active_user_scale) * keep,
         np.clip((1.0 - activity_ratio(m, eng.decline_prior_events)) / eng.decline_full, 0, 1)
         * keep,
+        exp(-logins_per_user(m) / eng.login_per_user_scale) * keep,
         exp(-_col(m, "features") / ado.breadth_scale) * keep,
         exp(-_col(m, "value_actions") / ado.depth_scale) * keep,
+        np.clip((1.0 - feature_share(m)) / ado.feature_share_full, 0, 1) * keep,
         _col(m, "missing_milestones") * (_col(m, "tenure_days") > 0),
         capped("open_interactions", sup.open_interaction_penalty, sup.open_interaction_cap),
         capped("open_escalations", sup.open_escalation_penalty, sup.open_escalation_cap),
@@ -111,8 +127,10 @@ def factor_maxima(model: ScoreModel) -> FloatArray:
             eng.login_points,
             eng.active_user_points,
             eng.decline_points,
+            eng.login_per_user_points,
             ado.breadth_points,
             ado.depth_points,
+            ado.feature_share_points,
             100.0,
             sup.open_interaction_cap,
             sup.open_escalation_cap,
