@@ -116,21 +116,20 @@ class Projector:
         self.projected = 0
         # the latest `measure_staleness()`, in seconds
         self.latest_staleness = 0.0
-        # whether the latest pass took a full page of some shard
-        self._full_page = False
 
     async def project_once(self) -> int:
         """Project a page of the oldest queued organizations of every shard that no
         other process holds; return how many entries were taken."""
-        taken = 0
-        self._full_page = False
+        return sum(await self._pass())
+
+    async def _pass(self) -> list[int]:
+        """The entries taken from each shard, in the order passed."""
         # from a random shard: processes passing at once mostly take different ones
         first = random.randrange(self._shards)
-        for index in range(self._shards):
-            rows = await self._project_shard((first + index) % self._shards)
-            taken += rows
-            self._full_page = self._full_page or rows >= self._page
-        return taken
+        return [
+            await self._project_shard((first + index) % self._shards)
+            for index in range(self._shards)
+        ]
 
     async def _project_shard(self, shard: int) -> int:
         started = time.perf_counter()
@@ -206,8 +205,7 @@ class Projector:
 
     async def step(self) -> float | None:
         """Project a page per shard; a full page goes on at once, an empty queue waits."""
-        await self.project_once()
-        return AT_ONCE if self._full_page else None
+        return AT_ONCE if max(await self._pass()) >= self._page else None
 
     async def measure_staleness(self) -> float:
         """`staleness()`, kept as `latest_staleness` for readiness (a periodic step)."""

@@ -8,7 +8,7 @@ would serialize each other or, worse, let one leader stand in for another.
 MIGRATION = int.from_bytes(b"healthsc", "big", signed=True)
 # transaction-level leader locks (store.sql.TRY_LEADER_LOCK): one active at a time
 RELAY = 0x6865616C7468_01  # "health" + 1
-PROJECTOR = 0x6865616C7468_02
+# 0x6865616C7468_02 was the single projector's; retired for PROJECTOR_SHARD below
 SWEEP = 0x6865616C7468_03
 SHADOW = 0x6865616C7468_04
 OUTCOMES = 0x6865616C7468_05
