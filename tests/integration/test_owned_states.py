@@ -13,6 +13,7 @@ computed for them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -344,6 +345,43 @@ async def test_projectors_share_the_queue_by_shard(
         assert projector.projected + other.projected == 40
         assert await admin.fetchval("SELECT count(*) FROM read_model_pending") == 0
         assert await admin.fetchval("SELECT count(*) FROM customer_health") == 40
+    finally:
+        await admin.close()
+        await pool.close()
+
+
+async def test_offset_rows_created_once_and_again_after_a_reset(
+    database_factory: Any, migrated_template: str, producer: AIOKafkaProducer
+) -> None:
+    """The pipeline creates a partition's offset row on its first batch only; an offset
+    reset that removes the rows under a running pipeline costs a restarted batch, not
+    an error, and records below a stored offset are never claimed."""
+    url = await database_factory(template=migrated_template)
+    log = _Log()
+    first = [log.usage(0, "login", T0 + timedelta(hours=n)) for n in range(3)]
+    second = [log.usage(0, "login", T0 + timedelta(hours=3 + n)) for n in range(3)]
+    pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=1)
+    admin = await asyncpg.connect(url)
+    try:
+        pipeline = _pipeline(pool, producer, 1000)
+        assert (await pipeline.process(first)).applied == 3
+        # the row the first batch created: a later batch finds it and moves it on
+        assert (await pipeline.process(second)).applied == 3
+        assert await admin.fetchval("SELECT next_offset FROM consumer_offsets") == 6
+
+        # below the stored offset: skipped and not claimed, even an id never seen
+        unseen = dataclasses.replace(log.usage(0, "login", T0 + timedelta(hours=7)), offset=1)
+        again = await pipeline.process([*second, unseen])
+        assert (again.skipped_replayed, again.duplicates, again.applied) == (4, 0, 0)
+        assert await admin.fetchval("SELECT count(*) FROM processed_events") == 6
+
+        # an offset reset removes the rows under the running pipeline: the batch
+        # starts over, recreates the row at 0, and the dedupe ids still hold
+        await admin.execute("DELETE FROM consumer_offsets")
+        replayed = await pipeline.process(first + second)
+        assert (replayed.skipped_replayed, replayed.duplicates, replayed.applied) == (0, 6, 0)
+        assert await admin.fetchval("SELECT next_offset FROM consumer_offsets") == 6
+        assert await admin.fetchval("SELECT count(*) FROM processed_events") == 6
     finally:
         await admin.close()
         await pool.close()

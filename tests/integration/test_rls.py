@@ -585,7 +585,11 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
         ("LOCK_OFFSETS", sql.LOCK_OFFSETS, [group, topics, partitions]),
         ("READ_OFFSETS", sql.READ_OFFSETS, [group]),
         ("SAVE_OFFSETS", sql.SAVE_OFFSETS, [group, topics, partitions, [7], [now]]),
-        ("CLAIM_EVENT_IDS", sql.CLAIM_EVENT_IDS, [[event], [org], [now], [b"digest"]]),
+        (
+            "LOCK_OFFSETS_AND_CLAIM_EVENT_IDS",
+            sql.LOCK_OFFSETS_AND_CLAIM_EVENT_IDS,
+            [group, topics, partitions, [event], [org], [now], [b"digest"], topics, [0], [0]],
+        ),
         ("READ_EVENT_DIGESTS", sql.READ_EVENT_DIGESTS, [[event]]),
         ("UNCLAIM_EVENT_IDS", sql.UNCLAIM_EVENT_IDS, [[event]]),
         ("ENSURE_USER_PROFILES", sql.ENSURE_USER_PROFILES, [[user]]),

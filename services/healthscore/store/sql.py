@@ -37,11 +37,30 @@ FROM unnest($2::text[], $3::int[], $4::bigint[], $5::timestamptz[])
 WHERE o.consumer_group = $1 AND o.topic = x.topic AND o.partition = x.partition
 """
 
-CLAIM_EVENT_IDS = """
-INSERT INTO processed_events (event_id, organization_id, occurred_at, payload_digest)
-SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::bytea[])
-ON CONFLICT (event_id) DO NOTHING
-RETURNING event_id
+LOCK_OFFSETS_AND_CLAIM_EVENT_IDS = """
+WITH locked AS (
+    SELECT o.topic, o.partition, o.next_offset
+    FROM consumer_offsets o
+    JOIN unnest($2::text[], $3::int[]) AS x(t, p) ON o.topic = x.t AND o.partition = x.p
+    WHERE o.consumer_group = $1
+    ORDER BY o.topic, o.partition
+    FOR UPDATE OF o
+), claimed AS (
+    INSERT INTO processed_events (event_id, organization_id, occurred_at, payload_digest)
+    SELECT e.event_id, e.organization_id, e.occurred_at, e.payload_digest
+    FROM unnest(
+        $4::uuid[], $5::uuid[], $6::timestamptz[], $7::bytea[], $8::text[], $9::int[],
+        $10::bigint[]
+    ) AS e(event_id, organization_id, occurred_at, payload_digest, topic, partition, record_offset)
+    JOIN locked l ON l.topic = e.topic AND l.partition = e.partition
+    -- below the stored offset: applied or dead-lettered before, not claimed again
+    WHERE e.record_offset >= l.next_offset
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+)
+SELECT topic, partition, next_offset, NULL::uuid AS event_id FROM locked
+UNION ALL
+SELECT NULL, NULL, NULL, event_id FROM claimed
 """
 
 READ_EVENT_DIGESTS = """

@@ -148,6 +148,8 @@ class BatchPipeline:
         self._pool = pool
         # states held between batches (OwnedStates; 0: every batch reads them)
         self._owned = OwnedStates(owned_states)
+        # partitions whose offset rows exist (created by this pipeline or found)
+        self._offset_rows: set[PartitionKey] = set()
         # the naive baseline's way: the read model in every batch's transaction
         self._read_model_in_transaction = read_model_in_transaction
         self._max_unprocessable = max_unprocessable_per_batch
@@ -263,6 +265,66 @@ class BatchPipeline:
     async def _apply(
         self, decoded: list[Decoded | Rejection], positioned: Mapping[PartitionKey, int]
     ) -> BatchOutcome:
+        try:
+            return await self._apply_once(decoded, positioned)
+        except _OffsetRowsGone:
+            # reset or removed since this consumer first saw them: create and start over
+            self._offset_rows.clear()
+            return await self._apply_once(decoded, positioned)
+
+    async def _lock_offsets_and_claim(
+        self,
+        conn: Connection,
+        partitions: list[PartitionKey],
+        events: list[Decoded],
+        digests: list[bytes],
+    ) -> tuple[dict[PartitionKey, int], set[UUID]]:
+        """Lock the partitions' stored offsets and claim the ids of the events at or after them.
+
+        One round trip: the offset rows are created only for partitions this
+        pipeline has not seen yet (they are never removed while it runs, except
+        by an offset reset, which `_apply` recovers from).
+        """
+        ensured = not self._offset_rows.issuperset(partitions)
+        if ensured:
+            await conn.execute(
+                sql.ENSURE_OFFSET_ROWS,
+                self._group,
+                [tp[0] for tp in partitions],
+                [tp[1] for tp in partitions],
+            )
+        bodies = [d.event for d in events]
+        rows = await conn.fetch(
+            sql.LOCK_OFFSETS_AND_CLAIM_EVENT_IDS,
+            self._group,
+            [tp[0] for tp in partitions],
+            [tp[1] for tp in partitions],
+            [e.event_id for e in bodies],
+            [e.organization_id for e in bodies],
+            [e.occurred_at for e in bodies],
+            digests,
+            [d.record.topic for d in events],
+            [d.record.partition for d in events],
+            [d.record.offset for d in events],
+        )
+        stored: dict[PartitionKey, int] = {}
+        claimed: set[UUID] = set()
+        for row in rows:
+            if row["event_id"] is None:
+                stored[(row["topic"], row["partition"])] = int(row["next_offset"])
+            else:
+                claimed.add(row["event_id"])
+        if set(stored) != set(partitions):
+            gone = set(partitions) - set(stored)
+            if not ensured:
+                raise _OffsetRowsGone(gone)
+            raise InvalidStoredOffset(f"offset rows missing for {gone}")
+        self._offset_rows.update(partitions)
+        return stored, claimed
+
+    async def _apply_once(
+        self, decoded: list[Decoded | Rejection], positioned: Mapping[PartitionKey, int]
+    ) -> BatchOutcome:
         """One transaction: effects, dead letters and offsets of `decoded`."""
         outcome = BatchOutcome(records=len(decoded))
         last: dict[PartitionKey, int] = {}
@@ -279,7 +341,11 @@ class BatchPipeline:
         marks = _Marks(outcome.timings_ms)
         async with self._pool.acquire() as conn, conn.transaction():
             marks.lap("begin")
-            stored = await _lock_offsets(conn, self._group, partitions)
+            claimable = [d for d in decoded if isinstance(d, Decoded)]
+            digests = [payload_digest(d) for d in claimable]
+            stored, claimed = await self._lock_offsets_and_claim(
+                conn, partitions, claimable, digests
+            )
             fresh: list[Decoded | Rejection] = []
             first_fresh: dict[PartitionKey, int] = {}
             for item in decoded:
@@ -295,8 +361,14 @@ class BatchPipeline:
                 _check_no_gap(tp, offset, stored[tp], positioned)
             events = [d for d in fresh if isinstance(d, Decoded)]
             dead = [d for d in fresh if isinstance(d, Rejection)]
-
-            new_events, duplicates, conflicts = await _claim_new_events(conn, events)
+            fresh_digests = [
+                digest
+                for d, digest in zip(claimable, digests, strict=True)
+                if d.record.offset >= stored[(d.record.topic, d.record.partition)]
+            ]
+            new_events, duplicates, conflicts = await _sort_claimed(
+                conn, events, fresh_digests, claimed
+            )
             dead.extend(conflicts)
             marks.lap("claim")
             outcome.duplicates = len(duplicates)
@@ -453,28 +525,19 @@ def payload_digest(item: Decoded) -> bytes:
     return hashlib.blake2b(item.record.topic.encode() + b"\0" + body, digest_size=16).digest()
 
 
-async def _claim_new_events(
-    conn: Connection, events: list[Decoded]
+async def _sort_claimed(
+    conn: Connection, events: list[Decoded], digests: list[bytes], claimed: set[UUID]
 ) -> tuple[list[Decoded], list[Decoded], list[Rejection]]:
-    """Insert the batch's event ids; split into first occurrences, duplicates, conflicts.
+    """Split `events` (at or after the stored offsets) by their claimed ids into first
+    occurrences, duplicates and conflicts.
 
     A duplicate repeats what was applied under its id (same digest); a
     conflict reuses the id for another payload and is dead-lettered.
     """
     if not events:
         return [], [], []
-    bodies = [d.event for d in events]
-    digests = [payload_digest(d) for d in events]
-    rows = await conn.fetch(
-        sql.CLAIM_EVENT_IDS,
-        [e.event_id for e in bodies],
-        [e.organization_id for e in bodies],
-        [e.occurred_at for e in bodies],
-        digests,
-    )
-    claimed: set[UUID] = {r["event_id"] for r in rows}
     applied: dict[UUID, bytes | None] = {}
-    repeated = [e.event_id for e in bodies if e.event_id not in claimed]
+    repeated = [d.event.event_id for d in events if d.event.event_id not in claimed]
     if repeated:
         for row in await conn.fetch(sql.READ_EVENT_DIGESTS, repeated):
             applied[row["event_id"]] = row["payload_digest"]
@@ -499,6 +562,10 @@ async def _claim_new_events(
                 )
             )
     return fresh, duplicates, conflicts
+
+
+class _OffsetRowsGone(Exception):
+    """Offset rows this pipeline saw before are gone (an offset reset): start the batch over."""
 
 
 class _Marks:
