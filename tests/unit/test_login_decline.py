@@ -1,4 +1,4 @@
-"""The login baseline (state) and login_decline (v5): logins against the organization's
+"""The login baseline (state) and login_decline (off in v1-v4): logins against the organization's
 own usual level, not against every customer's."""
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def test_a_login_never_lowers_the_score_while_logins_are_below_usual(model: Scor
     assert score(state, as_of, model).score > before
 
 
-def test_models_before_v5_do_not_read_the_login_baseline() -> None:
+def test_models_without_login_decline_do_not_read_the_login_baseline() -> None:
     v1 = v1_model()
     state = team_logging_in(v1, 120, [8, 8, 2])
     without = msgspec.structs.replace(

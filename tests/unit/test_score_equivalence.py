@@ -232,7 +232,7 @@ def without_later_additions(line: list[object]) -> list[object]:
     """The corpus as it was recorded: fields and a signal added to the state and the
     model config since (issue 13: the account's creation date from a profile, the
     activity baseline and recent signals, the activity_decline factor's settings, v4's
-    logins-per-user and feature-share settings, v5's login baseline signal and
+    logins-per-user and feature-share settings, the login baseline signal and
     login_decline settings, the alert persistence, the changelog and embedded figures)
     are left out while they hold what v1 gives them. v1 scores never read them (their
     points are 0), so the output digests pin v1 unchanged."""

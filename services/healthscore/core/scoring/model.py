@@ -96,7 +96,7 @@ class HalfLives(_Section, frozen=True):
     # was tried and ranked churn worse on held-out organizations, 0.919 against 0.928)
     activity_recent: Pos = 7.0
     # the same logins as `logins`, over a longer memory: the organization's own usual
-    # login level, against which `login_decline` (v5) measures its recent logins
+    # login level, against which `login_decline` measures its recent logins
     # (accumulated under every model, as activity_baseline is)
     logins_baseline: Pos = 60.0
 
@@ -151,7 +151,8 @@ class Engagement(_Section, frozen=True):
     # window; unlike few_logins, a small team is not judged for its size
     login_per_user_points: NonNeg = 0.0
     login_per_user_scale: Pos = 5.0
-    # login_decline (v5): the recent logins (`logins`) against what the organization's
+    # login_decline (0 points in every shipped model: `fit` gives it no weight, README
+    # "Score quality"): the recent logins (`logins`) against what the organization's
     # own login baseline predicts; the full points are lost when they are
     # `login_decline_full` (a share) below it. Measured against the organization
     # itself, so a population that logs in less at the same health is not judged for it

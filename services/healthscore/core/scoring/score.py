@@ -43,7 +43,7 @@ Engagement
         its logins per user). A login by a known user never lowers the score; a new
         user's first event adds a user and can lower it a little.
     login_decline      = login_decline_points * clamp((1 - login_ratio) / login_decline_full,
-        0, 1) * keep (v5; 0 before), login_ratio = (dec(logins) + k) / (expected + k),
+        0, 1) * keep (0 points in v1-v4), login_ratio = (dec(logins) + k) / (expected + k),
         expected = dec(logins_baseline) * W(logins) / W(logins_baseline) (W as for
         activity_decline), k = login_decline_prior: the team's recent logins against the
         organization's own usual login level (with the same team, logins per user
@@ -323,7 +323,7 @@ def expected_recent_logins(
     baseline: float, state: OrganizationState, as_of: float, model: ScoreModel
 ) -> float | None:
     """The recent (logins) sum the organization's login baseline predicts; None when
-    there is no baseline yet (as before v5's signal existed)."""
+    there is no baseline yet (as in a state written before the signal existed)."""
     half_lives = model.half_life_days
     return _expected_recent(baseline, state, as_of, half_lives.logins, half_lives.logins_baseline)
 
