@@ -365,3 +365,19 @@ def test_the_evaluate_command_writes_json_and_plots(tmp_path: Path) -> None:
         "score_distributions.png",
         "lead_times.png",
     }
+
+
+def test_the_fit_command_refuses_an_unknown_factor_to_exclude(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import argparse
+
+    from healthscore_lab.evaluation.command import add_fit_arguments, run_fit
+
+    parser = argparse.ArgumentParser()
+    add_fit_arguments(parser)
+    arguments = "--simulate --organizations 10 --days 20 --version vX"
+    arguments += " --exclude few_logins_per_user --exclude no_such_factor"
+    args = parser.parse_args(arguments.split())
+    assert run_fit(args) == 2
+    assert "unknown factor(s) no_such_factor" in capsys.readouterr().err

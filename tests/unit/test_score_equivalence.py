@@ -141,6 +141,10 @@ def stream_cases(model: ScoreModel | None = None) -> list[Case]:
     return cases
 
 
+# signals added to the state since the corpora were recorded (issue 13; v1 never reads them)
+ADDED_SIGNALS = ("activity_baseline", "activity_recent", "logins_baseline")
+
+
 def edge_state(rng: random.Random) -> OrganizationState:
     tenure = rng.choice([0.0, 0.5, 3.0, 29.0, 30.0, 89.0, 90.0, 120.0, 400.0, rng.uniform(0, 500)])
     first = NOW - tenure * DAY
@@ -157,7 +161,7 @@ def edge_state(rng: random.Random) -> OrganizationState:
         decayed={
             signal: rng.choice([0.0, rng.uniform(0, 60), rng.uniform(0, 2)])
             for signal in SIGNALS
-            if signal not in ("activity_baseline", "activity_recent")  # added since (issue 13)
+            if signal not in ADDED_SIGNALS
             if rng.random() < 0.8
         },
         users={f"u{i}": rng.uniform(start, NOW) for i in range(rng.choice([0, 1, 3, 12, 60]))},
@@ -228,9 +232,10 @@ def without_later_additions(line: list[object]) -> list[object]:
     """The corpus as it was recorded: fields and a signal added to the state and the
     model config since (issue 13: the account's creation date from a profile, the
     activity baseline and recent signals, the activity_decline factor's settings, v4's
-    logins-per-user and feature-share settings, the alert persistence, the changelog
-    and embedded figures) are left out while they hold what v1 gives them. v1 scores
-    never read them (their points are 0), so the output digests pin v1 unchanged."""
+    logins-per-user and feature-share settings, the login baseline signal and
+    login_decline settings, the alert persistence, the changelog and embedded figures)
+    are left out while they hold what v1 gives them. v1 scores never read them (their
+    points are 0), so the output digests pin v1 unchanged."""
     state, as_of, model = line
     assert isinstance(state, dict) and isinstance(model, dict)
     state = dict(state)
@@ -240,7 +245,7 @@ def without_later_additions(line: list[object]) -> list[object]:
     if alert.get("above_since") is None:
         alert.pop("above_since", None)
     state["alert"] = alert
-    added = ("activity_baseline", "activity_recent")
+    added = ADDED_SIGNALS
     state["decayed"] = {k: v for k, v in state["decayed"].items() if k not in added}
     model = dict(model)
     if model.get("changelog") == [] and model.get("evaluation") is None:
@@ -255,6 +260,10 @@ def without_later_additions(line: list[object]) -> list[object]:
     if engagement.get("login_per_user_points") == 0.0:
         engagement.pop("login_per_user_points")
         engagement.pop("login_per_user_scale")
+    if engagement.get("login_decline_points") == 0.0:
+        engagement.pop("login_decline_points")
+        engagement.pop("login_decline_full")
+        engagement.pop("login_decline_prior")
     model["engagement"] = engagement
     adoption = dict(model["adoption"])
     if adoption.get("feature_share_points") == 0.0:

@@ -16,7 +16,7 @@ Either way the result equals the sum over events of w * 2**(-(ref - t_i)/h),
 whatever the arrival order. Readers decay the stored values on to their as_of
 (`decayed_value`, or `decayed_values` for all signals at once).
 
-The cost per event is bounded by the number of signals (10), plus an
+The cost per event is bounded by the number of signals (13), plus an
 occasional prune of the user and feature maps when they reach their caps.
 """
 
@@ -210,6 +210,7 @@ def apply_usage(
     _add(state, "activity_recent", 1.0, t, model)
     if kind == U.LOGIN:
         _add(state, "logins", 1.0, t, model)
+        _add(state, "logins_baseline", 1.0, t, model)
     if kind in VALUE_ACTIONS:
         _add(state, "value_actions", min(quantity, signals.value_action_quantity_cap), t, model)
     if kind == U.CLIENT_ADDED:

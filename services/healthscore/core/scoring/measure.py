@@ -21,6 +21,7 @@ from healthscore.core.scoring.score import (
     FEATURE_SHARE_WINDOW_DAYS,
     _open_support,
     expected_recent_activity,
+    expected_recent_logins,
 )
 from healthscore.core.scoring.state import OrganizationState
 
@@ -54,6 +55,7 @@ class Measures(NamedTuple):
     known_users: float  # users seen within 90 days (the state keeps no older ones)
     features_7d: float  # features used within FEATURE_SHARE_WINDOW_DAYS (7)
     known_features: float  # every feature the state remembers
+    logins_expected: float  # the logins sum the login baseline predicts (-1: no baseline)
 
 
 MEASURES: tuple[str, ...] = Measures._fields
@@ -83,6 +85,7 @@ def measure(state: OrganizationState, as_of: float, model: ScoreModel) -> Measur
     open_count, escalated, cancellations, age = _open_support(state.open_interactions, as_of)
     last_event = state.last_event_at
     expected = expected_recent_activity(dec["activity_baseline"], state, as_of, model)
+    expected_logins = expected_recent_logins(dec["logins_baseline"], state, as_of, model)
     week = as_of - FEATURE_SHARE_WINDOW_DAYS * DAY
     return Measures(
         tenure_days=tenure,
@@ -113,4 +116,5 @@ def measure(state: OrganizationState, as_of: float, model: ScoreModel) -> Measur
         known_users=float(len(state.users)),
         features_7d=float(sum(1 for _count, used in state.features.values() if used >= week)),
         known_features=float(len(state.features)),
+        logins_expected=-1.0 if expected_logins is None else expected_logins,
     )

@@ -45,6 +45,7 @@ SIGNALS: tuple[str, ...] = (
     "escalations",
     "activity_baseline",
     "activity_recent",
+    "logins_baseline",
 )
 COMPONENTS: tuple[str, ...] = ("engagement", "adoption", "milestones", "support", "growth")
 
@@ -94,6 +95,10 @@ class HalfLives(_Section, frozen=True):
     # events as `activity`; a separate sum so that its memory can differ: 14 days
     # was tried and ranked churn worse on held-out organizations, 0.919 against 0.928)
     activity_recent: Pos = 7.0
+    # the same logins as `logins`, over a longer memory: the organization's own usual
+    # login level, against which `login_decline` measures its recent logins
+    # (accumulated under every model, as activity_baseline is)
+    logins_baseline: Pos = 60.0
 
 
 class NegativeSignalWeights(_Section, frozen=True):
@@ -146,6 +151,15 @@ class Engagement(_Section, frozen=True):
     # window; unlike few_logins, a small team is not judged for its size
     login_per_user_points: NonNeg = 0.0
     login_per_user_scale: Pos = 5.0
+    # login_decline (0 points in every shipped model: `fit` gives it no weight, README
+    # "Score quality"): the recent logins (`logins`) against what the organization's
+    # own login baseline predicts; the full points are lost when they are
+    # `login_decline_full` (a share) below it. Measured against the organization
+    # itself, so a population that logs in less at the same health is not judged for it
+    login_decline_points: NonNeg = 0.0
+    login_decline_full: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.75
+    # logins added to both sides of the ratio (as decline_prior_events)
+    login_decline_prior: NonNeg = 0.0
 
 
 class Adoption(_Section, frozen=True):
@@ -354,6 +368,7 @@ def _check(config: _ModelConfig) -> None:
         + eng.active_user_points
         + eng.decline_points
         + eng.login_per_user_points
+        + eng.login_decline_points
     )
     if abs(total - 100.0) > 1e-9:
         raise ModelConfigError(f"engagement: the *_points must sum to 100, not {total:g}")

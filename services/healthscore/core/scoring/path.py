@@ -38,6 +38,7 @@ _BEHAVIOUR: dict[str, str] = {
     "low_activity": "use the product more",
     "few_logins": "get the team logging in regularly",
     "few_logins_per_user": "get each active user logging in regularly",
+    "login_decline": "bring logins back to their usual level",
     "few_active_users": "bring more users back",
     "narrow_feature_adoption": "use more of the product's features",
     "narrowing_feature_use": "use the features the team used before again",

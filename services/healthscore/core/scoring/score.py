@@ -42,6 +42,15 @@ Engagement
         organization's score only drifts down (its users leaving a window would raise
         its logins per user). A login by a known user never lowers the score; a new
         user's first event adds a user and can lower it a little.
+    login_decline      = login_decline_points * clamp((1 - login_ratio) / login_decline_full,
+        0, 1) * keep (0 points in v1-v4), login_ratio = (dec(logins) + k) / (expected + k),
+        expected = dec(logins_baseline) * W(logins) / W(logins_baseline) (W as for
+        activity_decline), k = login_decline_prior: the team's recent logins against the
+        organization's own usual login level (with the same team, logins per user
+        against its own history), 1 when the baseline is 0 (a state written before
+        the baseline existed: no decline until it rebuilds). A population that logs in
+        less at the same health is not judged for it, as few_logins_per_user judges it;
+        a login never lowers it while the ratio is at most 1.
     (the *_points sum to 100, enforced by the loader).
 Adoption
     narrow_feature_adoption = breadth_points * exp(-features_30d/breadth_scale) * keep
@@ -142,6 +151,9 @@ _DETAILS: dict[str, _Detail] = {
     "few_logins_per_user": lambda value, _: (
         f"Few recent logins per active user (decayed logins per user {value:.1f})."
     ),
+    "login_decline": lambda value, _: (
+        f"Recent logins are {value:.0%} of this organization's usual level."
+    ),
     "narrow_feature_adoption": lambda value, _: (
         f"{value:.0f} distinct features used in the last 30 days."
     ),
@@ -235,6 +247,7 @@ _FACTORS: tuple[tuple[str, ...], ...] = (
         "few_active_users",
         "activity_decline",
         "few_logins_per_user",
+        "login_decline",
     ),
     ("narrow_feature_adoption", "shallow_usage", "narrowing_feature_use"),
     ("missing_milestones",),
@@ -278,18 +291,41 @@ def _history_weight(half_life_days: float, age_days: float) -> float:
     return half_life_days / math.log(2) * -math.expm1(-age_days / half_life_days * math.log(2))
 
 
-def expected_recent_activity(
-    baseline: float, state: OrganizationState, as_of: float, model: ScoreModel
+def _expected_recent(
+    baseline: float,
+    state: OrganizationState,
+    as_of: float,
+    recent_half_life: float,
+    baseline_half_life: float,
 ) -> float | None:
-    """The recent (activity_recent) sum the organization's baseline rate predicts;
+    """The recent sum (half-life `recent_half_life`) a baseline sum's rate predicts;
     None when there is no baseline yet."""
     first = state.first_event_at
     if first is None or baseline <= 0.0 or as_of <= first:
         return None
     age = (as_of - first) / DAY
+    window = _history_weight(recent_half_life, age)
+    return baseline / _history_weight(baseline_half_life, age) * window
+
+
+def expected_recent_activity(
+    baseline: float, state: OrganizationState, as_of: float, model: ScoreModel
+) -> float | None:
+    """The recent (activity_recent) sum the organization's baseline rate predicts;
+    None when there is no baseline yet."""
     half_lives = model.half_life_days
-    window = _history_weight(half_lives.activity_recent, age)
-    return baseline / _history_weight(half_lives.activity_baseline, age) * window
+    return _expected_recent(
+        baseline, state, as_of, half_lives.activity_recent, half_lives.activity_baseline
+    )
+
+
+def expected_recent_logins(
+    baseline: float, state: OrganizationState, as_of: float, model: ScoreModel
+) -> float | None:
+    """The recent (logins) sum the organization's login baseline predicts; None when
+    there is no baseline yet (as in a state written before the signal existed)."""
+    half_lives = model.half_life_days
+    return _expected_recent(baseline, state, as_of, half_lives.logins, half_lives.logins_baseline)
 
 
 def activity_ratio(recent: float, expected: float | None, prior: float) -> float:
@@ -376,6 +412,16 @@ def score(
     few_per_user = 0.0
     if eng.login_per_user_points > 0.0:
         few_per_user = eng.login_per_user_points * exp(-per_user / eng.login_per_user_scale) * keep
+    login_ratio = 1.0
+    login_decline = 0.0
+    if eng.login_decline_points > 0.0:
+        expected_logins = expected_recent_logins(dec["logins_baseline"], state, as_of, model)
+        login_ratio = activity_ratio(logins, expected_logins, eng.login_decline_prior)
+        login_decline = (
+            eng.login_decline_points
+            * min(1.0, max(0.0, (1.0 - login_ratio) / eng.login_decline_full))
+            * keep
+        )
     engagement = (
         eng.recency_points * (1.0 - recency),
         eng.activity_points * exp(-activity / eng.activity_scale) * keep,
@@ -383,6 +429,7 @@ def score(
         eng.active_user_points * exp(-active_users / eng.active_user_scale) * keep,
         decline,
         few_per_user,
+        login_decline,
     )
 
     # adoption
@@ -495,7 +542,7 @@ def score(
     risk_factors: list[RiskFactor] = []
     if explain:
         measured = (  # the values the factors report, in _FACTORS order
-            (silent, activity, logins, active_users, ratio, per_user),
+            (silent, activity, logins, active_users, ratio, per_user, login_ratio),
             (features, value_actions, share),
             (len(missing),),
             (open_count, escalated, age, sentiment, complaints, cancellations, escalations),

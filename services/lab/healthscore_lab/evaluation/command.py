@@ -167,6 +167,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_fit(args: argparse.Namespace) -> int:
     from healthscore_lab.evaluation.fit import SIZE_FACTORS, FitSettings, fit
     from healthscore_lab.evaluation.report import render_table
+    from healthscore_lab.evaluation.vector import FACTORS
 
     say = _progress(False)
     try:
@@ -179,7 +180,12 @@ def run_fit(args: argparse.Namespace) -> int:
         return 2
     version = args.version
     out = args.out or Path(path).with_name(f"health_model.{version}.json")
-    settings = FitSettings(exclude=() if args.include_size_factors else SIZE_FACTORS)
+    unknown = sorted(set(args.exclude) - {name for _component, name in FACTORS})
+    if unknown:
+        print(f"error: --exclude: unknown factor(s) {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    size = () if args.include_size_factors else SIZE_FACTORS
+    settings = FitSettings(exclude=size + tuple(args.exclude))
     result = fit(log, current, current_config, version, settings, progress=say)
     print(render_table(result.current), end="")
     print()
@@ -228,5 +234,12 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
         "--include-size-factors",
         action="store_true",
         help="also fit the factors that measure a customer's size (see evaluation/fit.py)",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="FACTOR",
+        help="leave this factor out of the fit too, its weight 0 (repeatable)",
     )
     p.add_argument("--note", action="append", default=[], help="a changelog line (repeatable)")

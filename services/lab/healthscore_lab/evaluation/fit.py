@@ -83,6 +83,8 @@ SHAPES: tuple[tuple[str, tuple[float, ...]], ...] = (
     ("engagement.decline_full", (0.3, 0.45, 0.6, 0.75, 0.9, 1.0)),
     ("engagement.decline_prior_events", (0.0, 5.0, 10.0, 20.0, 40.0, 80.0)),
     ("engagement.login_per_user_scale", (1.0, 2.0, 4.0, 6.0, 10.0)),
+    ("engagement.login_decline_full", (0.3, 0.45, 0.6, 0.75, 0.9, 1.0)),
+    ("engagement.login_decline_prior", (0.0, 2.0, 5.0, 10.0, 20.0)),
     ("adoption.feature_share_full", (0.3, 0.45, 0.6, 0.75, 0.9, 1.0)),
     ("adoption.breadth_scale", (1.0, 2.0, 3.0, 5.0, 8.0)),
     ("adoption.depth_scale", (2.0, 5.0, 10.0, 20.0, 40.0)),
@@ -126,6 +128,7 @@ _ENGAGEMENT_POINTS = {
     "few_active_users": "active_user_points",
     "activity_decline": "decline_points",
     "few_logins_per_user": "login_per_user_points",
+    "login_decline": "login_decline_points",
 }
 _ADOPTION_POINTS = {
     "narrow_feature_adoption": "breadth_points",
@@ -590,9 +593,13 @@ def every_factor_on(current_config: Config) -> Config:
     engagement.setdefault("decline_prior_events", 0.0)
     engagement.setdefault("login_per_user_points", 0.0)
     engagement.setdefault("login_per_user_scale", 5.0)
+    engagement.setdefault("login_decline_points", 0.0)
+    engagement.setdefault("login_decline_full", 0.75)
+    engagement.setdefault("login_decline_prior", 0.0)
     adoption.setdefault("feature_share_points", 0.0)
     adoption.setdefault("feature_share_full", 0.6)
     engagement["decline_points"] = max(1.0, engagement["decline_points"])
+    engagement["login_decline_points"] = max(1.0, engagement["login_decline_points"])
     for sat in _SATURATIONS:
         section, penalty, cap = _SATURATIONS[sat]
         if float(config[section][cap]) <= 0 or float(config[section][penalty]) <= 0:

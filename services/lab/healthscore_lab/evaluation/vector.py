@@ -27,6 +27,7 @@ FACTORS: tuple[tuple[str, str], ...] = (
     ("engagement", "few_active_users"),
     ("engagement", "activity_decline"),
     ("engagement", "few_logins_per_user"),
+    ("engagement", "login_decline"),
     ("adoption", "narrow_feature_adoption"),
     ("adoption", "shallow_usage"),
     ("adoption", "narrowing_feature_use"),
@@ -51,11 +52,17 @@ def _col(m: FloatArray, name: str) -> FloatArray:
     return m[:, MEASURES.index(name)]
 
 
-def activity_ratio(m: FloatArray, prior: float) -> FloatArray:
-    """`scoring.score.activity_ratio` per row (1 where there is no baseline yet)."""
-    expected = _col(m, "activity_expected")
-    known = (expected >= 0.0) & (expected + prior > 0.0)
-    ratio = (_col(m, "activity_recent") + prior) / np.where(known, expected + prior, 1.0)
+def activity_ratio(
+    m: FloatArray,
+    prior: float,
+    recent: str = "activity_recent",
+    expected: str = "activity_expected",
+) -> FloatArray:
+    """`scoring.score.activity_ratio` per row (1 where there is no baseline yet); with
+    recent="logins", expected="logins_expected", login_decline's ratio."""
+    predicted = _col(m, expected)
+    known = (predicted >= 0.0) & (predicted + prior > 0.0)
+    ratio = (_col(m, recent) + prior) / np.where(known, predicted + prior, 1.0)
     return np.where(known, ratio, 1.0)
 
 
@@ -97,6 +104,13 @@ def normalized_shortfalls(m: FloatArray, model: ScoreModel) -> FloatArray:
         np.clip((1.0 - activity_ratio(m, eng.decline_prior_events)) / eng.decline_full, 0, 1)
         * keep,
         exp(-logins_per_user(m) / eng.login_per_user_scale) * keep,
+        np.clip(
+            (1.0 - activity_ratio(m, eng.login_decline_prior, "logins", "logins_expected"))
+            / eng.login_decline_full,
+            0,
+            1,
+        )
+        * keep,
         exp(-_col(m, "features") / ado.breadth_scale) * keep,
         exp(-_col(m, "value_actions") / ado.depth_scale) * keep,
         np.clip((1.0 - feature_share(m)) / ado.feature_share_full, 0, 1) * keep,
@@ -128,6 +142,7 @@ def factor_maxima(model: ScoreModel) -> FloatArray:
             eng.active_user_points,
             eng.decline_points,
             eng.login_per_user_points,
+            eng.login_decline_points,
             ado.breadth_points,
             ado.depth_points,
             ado.feature_share_points,
