@@ -573,7 +573,6 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
     return [
         ("ENSURE_ORGANIZATIONS", sql.ENSURE_ORGANIZATIONS, [[org]]),
         ("INSERT_STATES", sql.INSERT_STATES, [[org], ['{"logins": 1}'], [now], [now]]),
-        ("LOAD_STATES", sql.LOAD_STATES, [[org]]),
         ("LOCK_STATES", sql.LOCK_STATES, [[org]]),
         ("ENSURE_STATE_ROWS", sql.ENSURE_STATE_ROWS, [[org]]),
         (
@@ -588,7 +587,19 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
         (
             "LOCK_OFFSETS_AND_CLAIM_EVENT_IDS",
             sql.LOCK_OFFSETS_AND_CLAIM_EVENT_IDS,
-            [group, topics, partitions, [event], [org], [now], [b"digest"], topics, [0], [0]],
+            [
+                group,
+                topics,
+                partitions,
+                [event],
+                [org],
+                [now],
+                [b"digest"],
+                topics,
+                [0],
+                [0],
+                [org],
+            ],
         ),
         ("READ_EVENT_DIGESTS", sql.READ_EVENT_DIGESTS, [[event]]),
         ("UNCLAIM_EVENT_IDS", sql.UNCLAIM_EVENT_IDS, [[event]]),

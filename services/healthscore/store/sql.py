@@ -37,6 +37,8 @@ FROM unnest($2::text[], $3::int[], $4::bigint[], $5::timestamptz[])
 WHERE o.consumer_group = $1 AND o.topic = x.topic AND o.partition = x.partition
 """
 
+# One round trip at the start of a batch: lock the stored offsets, claim the event ids
+# of the records at or after them, read the states the consumer does not hold.
 LOCK_OFFSETS_AND_CLAIM_EVENT_IDS = """
 WITH locked AS (
     SELECT o.topic, o.partition, o.next_offset
@@ -58,9 +60,17 @@ WITH locked AS (
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id
 )
-SELECT topic, partition, next_offset, NULL::uuid AS event_id FROM locked
+SELECT topic, partition, next_offset, NULL::uuid AS event_id,
+       NULL::uuid AS organization_id, NULL::text AS state, NULL::bigint AS health_version
+FROM locked
 UNION ALL
-SELECT NULL, NULL, NULL, event_id FROM claimed
+SELECT NULL, NULL, NULL, event_id, NULL, NULL, NULL FROM claimed
+UNION ALL
+-- the states the consumer does not hold (see OwnedStates), without row locks: what it
+-- writes back is checked against `health_version` instead
+SELECT NULL, NULL, NULL, NULL, organization_id, state::text, health_version
+FROM organization_state
+WHERE organization_id = ANY($11::uuid[])
 """
 
 READ_EVENT_DIGESTS = """
@@ -95,14 +105,6 @@ FROM organization_state
 WHERE organization_id = ANY($1::uuid[])
 ORDER BY organization_id
 FOR UPDATE
-"""
-
-# A consumer's read of the states it does not hold (see OwnedStates): no row
-# locks. What it writes back is checked against `health_version` instead.
-LOAD_STATES = """
-SELECT organization_id, state::text AS state, health_version
-FROM organization_state
-WHERE organization_id = ANY($1::uuid[])
 """
 
 # Saves the states whose stored version is still the one they were computed

@@ -39,11 +39,6 @@ def stored_states(rows: Iterable[Any]) -> States:
     return states, versions
 
 
-async def load_states(conn: Connection, organizations: Sequence[str]) -> States:
-    """The stored states of `organizations`, without row locks (absent: no row yet)."""
-    return stored_states(await conn.fetch(sql.LOAD_STATES, organizations))
-
-
 async def lock_states(conn: Connection, organizations: Sequence[str]) -> States:
     """Lock the state rows of `organizations` in organization order, creating missing ones."""
     states, versions = stored_states(await conn.fetch(sql.LOCK_STATES, organizations))

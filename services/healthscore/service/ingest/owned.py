@@ -51,6 +51,11 @@ class OwnedStates:
                 versions[org] = entry[1]
         return states, versions, missing
 
+    def absent(self, organizations: Iterable[str]) -> list[str]:
+        """Those of `organizations` whose state is not held (a batch reads them)."""
+        held = self._held
+        return [org for org in organizations if org not in held]
+
     def give_back(self, saved: Mapping[str, tuple[str, int]]) -> None:
         """Hold the committed states (as saved: JSON, version), most recently used."""
         if self._capacity <= 0:

@@ -50,11 +50,12 @@ from healthscore.store import Connection, sql
 from healthscore.store.effects_writer import write_effects
 from healthscore.store.records import interaction_from_row
 from healthscore.store.states import (
-    load_states,
+    States,
     lock_states,
     rescored_states,
     save_locked_states,
     save_states_checked,
+    stored_states,
 )
 
 # Errors that say "this data cannot be applied", not "the database or broker is
@@ -278,12 +279,16 @@ class BatchPipeline:
         partitions: list[PartitionKey],
         events: list[Decoded],
         digests: list[bytes],
-    ) -> tuple[dict[PartitionKey, int], set[UUID]]:
-        """Lock the partitions' stored offsets and claim the ids of the events at or after them.
+        to_read: list[str],
+    ) -> tuple[dict[PartitionKey, int], set[UUID], States]:
+        """Lock the partitions' stored offsets, claim the ids of the events at or after
+        them and read the states of `to_read` (without row locks).
 
         One round trip: the offset rows are created only for partitions this
         pipeline has not seen yet (they are never removed while it runs, except
-        by an offset reset, which `_apply` recovers from).
+        by an offset reset, which `_apply` recovers from). States are read for
+        every organization of the batch that is not held, before knowing which
+        events are new: a duplicate's organization is read for nothing.
         """
         ensured = not self._offset_rows.issuperset(partitions)
         if ensured:
@@ -306,21 +311,25 @@ class BatchPipeline:
             [d.record.topic for d in events],
             [d.record.partition for d in events],
             [d.record.offset for d in events],
+            to_read,
         )
         stored: dict[PartitionKey, int] = {}
         claimed: set[UUID] = set()
+        state_rows = []
         for row in rows:
-            if row["event_id"] is None:
-                stored[(row["topic"], row["partition"])] = int(row["next_offset"])
-            else:
+            if row["organization_id"] is not None:
+                state_rows.append(row)
+            elif row["event_id"] is not None:
                 claimed.add(row["event_id"])
+            else:
+                stored[(row["topic"], row["partition"])] = int(row["next_offset"])
         if set(stored) != set(partitions):
             gone = set(partitions) - set(stored)
             if not ensured:
                 raise _OffsetRowsGone(gone)
             raise InvalidStoredOffset(f"offset rows missing for {gone}")
         self._offset_rows.update(partitions)
-        return stored, claimed
+        return stored, claimed, stored_states(state_rows)
 
     async def _apply_once(
         self, decoded: list[Decoded | Rejection], positioned: Mapping[PartitionKey, int]
@@ -343,8 +352,9 @@ class BatchPipeline:
             marks.lap("begin")
             claimable = [d for d in decoded if isinstance(d, Decoded)]
             digests = [payload_digest(d) for d in claimable]
-            stored, claimed = await self._lock_offsets_and_claim(
-                conn, partitions, claimable, digests
+            to_read = self._owned.absent(sorted({str(d.event.organization_id) for d in claimable}))
+            stored, claimed, read = await self._lock_offsets_and_claim(
+                conn, partitions, claimable, digests, to_read
             )
             fresh: list[Decoded | Rejection] = []
             first_fresh: dict[PartitionKey, int] = {}
@@ -375,7 +385,7 @@ class BatchPipeline:
             for item in duplicates:
                 _count(outcome.duplicates_by_topic, item.record.topic)
             effects, saved = await self._compute_and_save_states(
-                conn, [d.event for d in new_events], marks, outcome
+                conn, [d.event for d in new_events], read, marks, outcome
             )
             for event, owner in effects.misrouted:
                 dead.append(_misrouted_rejection(events, event, owner))
@@ -430,7 +440,12 @@ class BatchPipeline:
         return outcome
 
     async def _compute_and_save_states(
-        self, conn: Connection, events: list[Event], marks: _Marks, outcome: BatchOutcome
+        self,
+        conn: Connection,
+        events: list[Event],
+        read: States,
+        marks: _Marks,
+        outcome: BatchOutcome,
     ) -> tuple[BatchEffects, dict[str, tuple[str, int]]]:
         """Compute the effects of `events` and save the states: first, as the batch's first writes.
 
@@ -448,10 +463,14 @@ class BatchPipeline:
         states, versions, missing = self._owned.take(orgs)
         outcome.states_held = len(versions)
         outcome.states_read = len(missing)
-        if missing:
-            loaded, loaded_versions = await load_states(conn, missing)
-            states.update(loaded)
-            versions.update(loaded_versions)
+        # read with the claim (an organization not held then is not held now; were one
+        # missing anyway, it would be saved as new, refused, and locked and read again)
+        read_states, read_versions = read
+        for org in missing:
+            if org in read_versions:
+                versions[org] = read_versions[org]
+                if org in read_states:
+                    states[org] = read_states[org]
         interactions = await _read_interactions(conn, events)
         marks.lap("load")
         effects = compute_batch_effects(
