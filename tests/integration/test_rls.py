@@ -581,7 +581,6 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
             [[org], ['{"logins": 2}'], [now], [now], [1]],
         ),
         ("ENSURE_OFFSET_ROWS", sql.ENSURE_OFFSET_ROWS, [group, topics, partitions]),
-        ("LOCK_OFFSETS", sql.LOCK_OFFSETS, [group, topics, partitions]),
         ("READ_OFFSETS", sql.READ_OFFSETS, [group]),
         ("SAVE_OFFSETS", sql.SAVE_OFFSETS, [group, topics, partitions, [7], [now]]),
         (

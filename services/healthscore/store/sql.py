@@ -11,15 +11,6 @@ SELECT $1, t, p, 0 FROM unnest($2::text[], $3::int[]) AS x(t, p)
 ON CONFLICT DO NOTHING
 """
 
-LOCK_OFFSETS = """
-SELECT o.topic, o.partition, o.next_offset
-FROM consumer_offsets o
-JOIN unnest($2::text[], $3::int[]) AS x(t, p) ON o.topic = x.t AND o.partition = x.p
-WHERE o.consumer_group = $1
-ORDER BY o.topic, o.partition
-FOR UPDATE OF o
-"""
-
 READ_OFFSETS = """
 SELECT topic, partition, next_offset, max_event_time
 FROM consumer_offsets

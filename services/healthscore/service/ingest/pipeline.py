@@ -246,7 +246,7 @@ class BatchPipeline:
         outcome = BatchOutcome(records=1)
         rejection = Rejection(record, "unprocessable", f"{type(exc).__name__}: {str(exc)[:300]}")
         async with self._pool.acquire() as conn, conn.transaction():
-            stored = await _lock_offsets(conn, self._group, [tp])
+            stored, _, _ = await self._lock_offsets_and_claim(conn, [tp], [], [], [], ensure=True)
             if record.offset < stored[tp]:
                 outcome.skipped_replayed = 1
                 _count(outcome.redelivered_by_topic, record.topic)
@@ -280,17 +280,19 @@ class BatchPipeline:
         events: list[Decoded],
         digests: list[bytes],
         to_read: list[str],
+        ensure: bool = False,
     ) -> tuple[dict[PartitionKey, int], set[UUID], States]:
         """Lock the partitions' stored offsets, claim the ids of the events at or after
         them and read the states of `to_read` (without row locks).
 
         One round trip: the offset rows are created only for partitions this
         pipeline has not seen yet (they are never removed while it runs, except
-        by an offset reset, which `_apply` recovers from). States are read for
+        by an offset reset, which `_apply` recovers from; `ensure` creates them
+        whatever this pipeline has seen). States are read for
         every organization of the batch that is not held, before knowing which
         events are new: a duplicate's organization is read for nothing.
         """
-        ensured = not self._offset_rows.issuperset(partitions)
+        ensured = ensure or not self._offset_rows.issuperset(partitions)
         if ensured:
             await conn.execute(
                 sql.ENSURE_OFFSET_ROWS,
@@ -517,19 +519,6 @@ def _check_no_gap(
     """The stored offset may only move over records handed to this batch."""
     if first > stored and positioned.get(tp) != stored:
         raise OffsetGap(tp[0], tp[1], stored, first)
-
-
-async def _lock_offsets(
-    conn: Connection, group: str, partitions: list[PartitionKey]
-) -> dict[PartitionKey, int]:
-    topics = [tp[0] for tp in partitions]
-    numbers = [tp[1] for tp in partitions]
-    await conn.execute(sql.ENSURE_OFFSET_ROWS, group, topics, numbers)
-    rows = await conn.fetch(sql.LOCK_OFFSETS, group, topics, numbers)
-    stored = {(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
-    if set(stored) != set(partitions):
-        raise InvalidStoredOffset(f"offset rows missing for {set(partitions) - set(stored)}")
-    return stored
 
 
 def payload_digest(item: Decoded) -> bytes:
