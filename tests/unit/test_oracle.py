@@ -126,6 +126,10 @@ def test_hysteresis_holds_persists_and_cools_down() -> None:
     assert hysteresis_raises(org, at, p, 0.3, 0.15, 0.0, 2.0) == [(0, 3 * DAY), (0, 7 * DAY)]
     # a 5-day cooldown after the recovery on day 4: not before day 9
     assert hysteresis_raises(org, at, p, 0.3, 0.15, 5.0, 2.0) == [(0, 3 * DAY), (0, 9 * DAY)]
+    # held four days, or at once from 0.35: day 1 and, after the cooldown, day 9;
+    # from 0.5 nothing is immediate: held three days from day 5 (the dip resets it)
+    assert hysteresis_raises(org, at, p, 0.3, 0.15, 5.0, 4.0, 0.35) == [(0, DAY), (0, 9 * DAY)]
+    assert hysteresis_raises(org, at, p, 0.3, 0.15, 5.0, 3.0, 0.5) == [(0, 8 * DAY)]
 
 
 def test_the_bootstrap_resamples_organizations_and_pairs_the_risks() -> None:

@@ -221,6 +221,18 @@ def _oracle_entry(
     y30 = label[30][rows]
     train = [index for index, org in enumerate(bt.orgs) if not is_held_out(org)]
     raised, rule = choose_alerts(bt, p30, train, model.alerts.cooldown_hours / 24)
+    # the model's own alert settings on the true probability: no choice made on the data
+    alerts = model.alerts
+    at_model_rule = hysteresis_raises(
+        bt.snap_org,
+        bt.snap_at,
+        p30,
+        alerts.enter_probability,
+        alerts.exit_probability,
+        alerts.cooldown_hours / 24,
+        alerts.persist_hours / 24,
+        alerts.immediate_probability,
+    )
     entry: dict[str, Any] = {
         "auc": {
             "probability": {
@@ -240,6 +252,7 @@ def _oracle_entry(
         "reliability_30d": [vars(b) for b in reliability(y30, p30[rows])],
         "alerts": alerts_of(raised),
         "alert_rule": rule,
+        "alerts_at_model_rule": alerts_of(at_model_rule),
         "monte_carlo": {"paths": oracle.paths, "seed": oracle.seed},
     }
     entry["brier_skill_vs_base_rate"] = _round(1 - entry["brier_30d"] / base_brier)

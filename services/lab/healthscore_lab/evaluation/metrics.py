@@ -176,10 +176,11 @@ def hysteresis_raises(
     exit_: float,
     cooldown_days: float = 1.0,
     persist_days: float = 0.0,
+    immediate: float | None = None,
 ) -> list[tuple[int, float]]:
     """Episodes of a forecast sampled daily: raise once it has stayed >= enter for
-    persist_days (0: at once), recover below exit_ (the rule the service applies to
-    its own probability, without the drop rule)."""
+    persist_days (0: at once) or at once from `immediate`, recover below exit_ (the
+    rule the service applies to its own probability, without the drop rule)."""
     order = np.lexsort((at, org))
     raised: list[tuple[int, float]] = []
     current = -1
@@ -199,7 +200,8 @@ def hysteresis_raises(
             continue
         if above_since is None:
             above_since = t
-        if t - above_since >= persist_days * DAY and t - recovered_at >= cooldown_days * DAY:
+        held = t - above_since >= persist_days * DAY or (immediate is not None and p >= immediate)
+        if held and t - recovered_at >= cooldown_days * DAY:
             in_episode, above_since = True, None
             raised.append((o, t))
     return raised

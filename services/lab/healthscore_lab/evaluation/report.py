@@ -125,6 +125,13 @@ def _oracle_lines(oracle: dict[str, Any], lines: list[str]) -> None:
         f"{rule['persist_days']} days, exit below {rule['exit_probability']:g}, "
         f"chosen on {rule['chosen_on']}"
     )
+    same = oracle["alerts_at_model_rule"]
+    lines.append(
+        f"  oracle's alerts under the model's alert settings: alerted {_fmt(same['recall'])}, "
+        f"median lead {_fmt(same['median_lead_days'], 1)} days, false alerts "
+        f"{_fmt(same['false_alerts_per_100_healthy_per_month'], 2)}, precision "
+        f"{_fmt(same['precision'])}"
+    )
     boot = oracle.get("bootstrap_auc_30d")
     if boot:
         lines.append(
