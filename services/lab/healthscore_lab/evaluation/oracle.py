@@ -7,11 +7,12 @@ Per snapshot (the model's own as-of points, labels and organizations):
 
 - `probability[H]`: the true probability of churn within H days given that state,
   P(churn in (t, t + H days] | h, drift, mu), from the simulator's own dynamics run
-  forward `paths` times (Monte Carlo). Each path contributes its exact survival,
-  exp(-sum of its daily hazards), rather than a drawn churn (Rao-Blackwellized), so
-  the only noise left is that of the path of `h`. Every signal a score sees is drawn
-  from this state, so no score forecasts better on average: its ROC AUC and Brier
-  score bound what the population allows.
+  forward `paths` times (Monte Carlo), the same paths for every snapshot (common
+  random numbers: no snapshot-to-snapshot Monte Carlo noise). Each path contributes
+  its exact survival, exp(-sum of its daily hazards), rather than a drawn churn
+  (Rao-Blackwellized), so the only noise left is that of the path of `h`. Every
+  signal a score sees is drawn from this state, so no score forecasts better on
+  average: its ROC AUC and Brier score bound what the population allows.
 - `latent`: the latent health `h` itself, as a ranking (risk = -h).
 
 The state at an as-of point (00:00 UTC of stream day D) is the one after day D-1's
@@ -72,12 +73,13 @@ def forward_churn_probability(
     drift0: FloatArray,
     mu: FloatArray,
     horizons: Sequence[int],
-    paths: int,
-    rng: np.random.Generator,
+    uniforms: FloatArray,
+    normals: FloatArray,
 ) -> dict[int, FloatArray]:
     """P(churn within each horizon, in days) from each state (h0, drift0, mu), by
-    the day steps of `simulator.labelled._Latent.step`, vectorized."""
-    n = len(h0)
+    the day steps of `simulator.labelled._Latent.step`, vectorized: `uniforms` and
+    `normals` (days, paths) are the paths' draws, the same for every state."""
+    n, paths = len(h0), uniforms.shape[1]
     h = np.repeat(h0[:, None], paths, axis=1)
     drift = np.repeat(drift0[:, None], paths, axis=1)
     level = mu[:, None]
@@ -88,13 +90,13 @@ def forward_churn_probability(
         # one uniform decides the transition: a decline ends (recovery_rate) or, outside
         # one, begins (decline_rate); below decline_rate, u / decline_rate is uniform
         # and draws the new decline's drift
-        u = rng.random((n, paths))
+        u = uniforms[day - 1][None, :]
         drift = np.where(
             drift > 0.0,
             np.where(u < config.recovery_rate, 0.0, drift),
             np.where(u < config.decline_rate, low + (high - low) * u / config.decline_rate, 0.0),
         )
-        noise = config.sigma * rng.standard_normal((n, paths))
+        noise = config.sigma * normals[day - 1][None, :]
         h = np.where(drift > 0.0, h - drift, h + (level - h) / config.tau_days) + noise
         cumulative += config.sudden_hazard + config.base_hazard * np.exp(-config.slope * h)
         if day in horizons:
@@ -122,12 +124,16 @@ def oracle_forecasts(
             raise ValueError(f"no latent state for {org} before stream day {day}")
         h0[index], drift0[index], mu[index] = h, drift, population.level[org]
     chosen = population.config.seed if seed is None else seed
+    # common random numbers: every snapshot runs the same paths, so the forecast is a
+    # smooth function of the state, with no snapshot-to-snapshot Monte Carlo noise
     rng = np.random.default_rng([chosen, paths])
+    days = max(horizons)
+    uniforms, normals = rng.random((days, paths)), rng.standard_normal((days, paths))
     probability: dict[int, FloatArray] = {h: np.empty(n) for h in horizons}
     for first in range(0, n, _CHUNK):
         rows = slice(first, min(n, first + _CHUNK))
         part = forward_churn_probability(
-            population.config, h0[rows], drift0[rows], mu[rows], horizons, paths, rng
+            population.config, h0[rows], drift0[rows], mu[rows], horizons, uniforms, normals
         )
         for horizon in horizons:
             probability[horizon][rows] = part[horizon]
