@@ -119,6 +119,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from healthscore_lab.evaluation.report import render_table, write_plots
 
     say = _progress(args.json == "-")
+    if args.oracle and args.simulate is None:
+        print(
+            "error: --oracle needs --simulate (only the simulator knows the truth)", file=sys.stderr
+        )
+        return 2
     try:
         model = load_model(args.model or DEFAULT_MODEL_PATH)
         candidate = load_model(args.candidate) if args.candidate else None
@@ -129,7 +134,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     say(f"{len(log.events)} events ({log.rejected} rejected), {len(log.churned_at)} organizations")
     say(f"replaying under {model.version}")
     bt = run_backtest(log, model)
-    report = evaluate(bt, model, source=log.source, organizations=args.judge)
+    oracle = None
+    if args.oracle and log.population is not None:
+        from healthscore_lab.evaluation.oracle import oracle_forecasts
+
+        say(f"the oracle's forecasts ({args.oracle_paths} paths per snapshot)")
+        oracle = oracle_forecasts(bt, log.population, paths=args.oracle_paths)
+    report = evaluate(bt, model, source=log.source, organizations=args.judge, oracle=oracle)
     output: dict[str, Any] = {"report": report}
     if candidate is not None:
         say(f"replaying under the candidate {candidate.version}")
@@ -222,6 +233,19 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", metavar="FILE", help="write the report as JSON ('-': stdout only)")
     p.add_argument("--plots", type=Path, metavar="DIR", help="write PNG plots there")
+    p.add_argument(
+        "--oracle",
+        action="store_true",
+        help="with --simulate: also the figures of the simulator's true churn probability "
+        "and latent health (the ceiling of any score; evaluation/oracle.py)",
+    )
+    p.add_argument(
+        "--oracle-paths",
+        type=int,
+        default=256,
+        metavar="N",
+        help="Monte Carlo paths per snapshot for the oracle's probability (default 256)",
+    )
 
 
 def add_fit_arguments(p: argparse.ArgumentParser) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -27,6 +27,7 @@ from healthscore_lab.evaluation.metrics import (
     HORIZONS,
     alert_figures,
     auc,
+    bootstrap_auc,
     brier,
     hysteresis_raises,
     labels_at,
@@ -35,6 +36,9 @@ from healthscore_lab.evaluation.metrics import (
 from healthscore_lab.evaluation.replay import Backtest
 from healthscore_lab.evaluation.split import is_held_out
 from healthscore_lab.evaluation.vector import FACTOR_NAMES, factor_table
+
+if TYPE_CHECKING:
+    from healthscore_lab.evaluation.oracle import Oracle
 
 FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
@@ -80,8 +84,16 @@ def _fold(org: str) -> int:
     return hashlib.sha256(b"healthscore-baseline-fold:" + org.encode()).digest()[0] % FOLDS
 
 
+BOOTSTRAP_REPLICATES = 200
+
+
 def evaluate(
-    bt: Backtest, model: ScoreModel, *, source: str = "", organizations: str = "held_out"
+    bt: Backtest,
+    model: ScoreModel,
+    *,
+    source: str = "",
+    organizations: str = "held_out",
+    oracle: Oracle | None = None,
 ) -> dict[str, Any]:
     if organizations not in ("held_out", "all"):
         raise ValueError("organizations must be 'held_out' or 'all'")
@@ -164,6 +176,10 @@ def evaluate(
         entry["brier_skill_vs_base_rate"] = _round(1 - entry["brier_30d"] / base_brier)
         results[baseline.name] = entry
     results["base_rate"] = {"rate": _round(base_rate), "brier_30d": _round(base_brier)}
+    if oracle is not None:
+        results["oracle"] = _oracle_entry(
+            bt, model, oracle, held, test, label, base_brier, alerts_of
+        )
 
     report: dict[str, Any] = {
         "model": bt.model_version,
@@ -184,6 +200,91 @@ def evaluate(
     }
     report["targets"] = _targets(report)
     return report
+
+
+def _oracle_entry(
+    bt: Backtest,
+    model: ScoreModel,
+    oracle: Oracle,
+    held: BoolArray,
+    test: dict[int, BoolArray],
+    label: dict[int, BoolArray],
+    base_brier: float,
+    alerts_of: Any,
+) -> dict[str, Any]:
+    """The oracle's figures (`oracle`), and the sampling error of the 30-day ROC AUC:
+    a bootstrap over the judged organizations, the model's and the oracle's paired."""
+    from healthscore_lab.evaluation.oracle import choose_alerts
+
+    p30 = oracle.probability[30]
+    rows = test[30]
+    y30 = label[30][rows]
+    train = [index for index, org in enumerate(bt.orgs) if not is_held_out(org)]
+    raised, rule = choose_alerts(bt, p30, train, model.alerts.cooldown_hours / 24)
+    # the model's own alert settings on the true probability: no choice made on the data
+    alerts = model.alerts
+    at_model_rule = hysteresis_raises(
+        bt.snap_org,
+        bt.snap_at,
+        p30,
+        alerts.enter_probability,
+        alerts.exit_probability,
+        alerts.cooldown_hours / 24,
+        alerts.persist_hours / 24,
+        alerts.immediate_probability,
+    )
+    entry: dict[str, Any] = {
+        "auc": {
+            "probability": {
+                str(h): _round(auc(label[h][test[h]], oracle.probability[h][test[h]]))
+                for h in HORIZONS
+            },
+            "latent_health": {
+                str(h): _round(auc(label[h][test[h]], -oracle.latent[test[h]])) for h in HORIZONS
+            },
+        },
+        "brier_30d": _round(brier(y30, p30[rows])),
+        "brier": {
+            str(h): _round(brier(label[h][test[h]], oracle.probability[h][test[h]]))
+            for h in HORIZONS
+            if test[h].any()
+        },
+        "reliability_30d": [vars(b) for b in reliability(y30, p30[rows])],
+        "alerts": alerts_of(raised),
+        "alert_rule": rule,
+        "alerts_at_model_rule": alerts_of(at_model_rule),
+        "monte_carlo": {"paths": oracle.paths, "seed": oracle.seed},
+    }
+    entry["brier_skill_vs_base_rate"] = _round(1 - entry["brier_30d"] / base_brier)
+    if y30.any() and not y30.all():
+        draws = bootstrap_auc(
+            bt.snap_org[rows],
+            y30,
+            {
+                "model": bt.snap_probability[rows],
+                "oracle": p30[rows],
+                "latent_health": -oracle.latent[rows],
+            },
+            BOOTSTRAP_REPLICATES,
+        )
+        gap = draws["oracle"] - draws["model"]
+
+        def spread(values: FloatArray) -> dict[str, Any]:
+            return {
+                "se": _round(float(np.nanstd(values, ddof=1))),
+                "ci95": [_round(float(q)) for q in np.nanpercentile(values, [2.5, 97.5])],
+            }
+
+        entry["bootstrap_auc_30d"] = {
+            "replicates": BOOTSTRAP_REPLICATES,
+            "organizations": len(np.unique(bt.snap_org[rows])),
+            **{name: spread(values) for name, values in draws.items()},
+            "oracle_minus_model": {"mean": _round(float(np.nanmean(gap))), **spread(gap)},
+            "oracle_below_target_share": _round(
+                float(np.nanmean(draws["oracle"] < TARGETS["auc_30d"])), 3
+            ),
+        }
+    return entry
 
 
 def _trigger_counts(bt: Backtest, held: BoolArray) -> dict[str, int]:

@@ -49,6 +49,7 @@ class LabelledLog:
     labels_until: float  # churn is known up to this time
     rejected: int = 0
     source: str = ""
+    population: Population | None = None  # the ground truth, when simulated (the oracle)
 
     @property
     def first_event_at(self) -> float:
@@ -205,4 +206,5 @@ def from_population(population: Population, use_profiles: bool = True) -> Labell
         labels_until=population.labels_until,
         rejected=rejected,
         source=f"simulated (seed {population.config.seed})",
+        population=population,
     )

@@ -175,22 +175,60 @@ def hysteresis_raises(
     enter: float,
     exit_: float,
     cooldown_days: float = 1.0,
+    persist_days: float = 0.0,
+    immediate: float | None = None,
 ) -> list[tuple[int, float]]:
-    """Episodes of a forecast sampled daily: raise at >= enter, recover below exit_
-    (the rule the service applies to its own probability, without the drop rule)."""
+    """Episodes of a forecast sampled daily: raise once it has stayed >= enter for
+    persist_days (0: at once) or at once from `immediate`, recover below exit_ (the
+    rule the service applies to its own probability, without the drop rule)."""
     order = np.lexsort((at, org))
     raised: list[tuple[int, float]] = []
     current = -1
     in_episode = False
     recovered_at = -np.inf
+    above_since: float | None = None
     for index in order:
         o, t, p = int(org[index]), float(at[index]), float(probability[index])
         if o != current:
-            current, in_episode, recovered_at = o, False, -np.inf
+            current, in_episode, recovered_at, above_since = o, False, -np.inf, None
         if in_episode:
             if p < exit_:
                 in_episode, recovered_at = False, t
-        elif p >= enter and t - recovered_at >= cooldown_days * DAY:
-            in_episode = True
+            continue
+        if p < enter:
+            above_since = None
+            continue
+        if above_since is None:
+            above_since = t
+        held = t - above_since >= persist_days * DAY or (immediate is not None and p >= immediate)
+        if held and t - recovered_at >= cooldown_days * DAY:
+            in_episode, above_since = True, None
             raised.append((o, t))
     return raised
+
+
+def bootstrap_auc(
+    org: IntArray,
+    label: BoolArray,
+    risks: dict[str, FloatArray],
+    replicates: int = 200,
+    seed: int = 0,
+) -> dict[str, FloatArray]:
+    """ROC AUC of each risk over `replicates` resamples of the organizations (with
+    replacement, every snapshot of a drawn organization: the snapshots of one
+    organization are not independent); the same resamples for every risk, so
+    differences are paired. NaN where a resample has one class only."""
+    orgs, inverse = np.unique(org, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.concatenate(([0], np.cumsum(np.bincount(inverse, minlength=len(orgs)))))
+    groups = [order[bounds[i] : bounds[i + 1]] for i in range(len(orgs))]
+    rng = np.random.default_rng(seed)
+    out = {name: np.full(replicates, np.nan) for name in risks}
+    for replicate in range(replicates):
+        rows = np.concatenate([groups[i] for i in rng.integers(0, len(orgs), len(orgs))])
+        y = label[rows]
+        for name, risk in risks.items():
+            value = auc(y, risk[rows])
+            if value is not None:
+                out[name][replicate] = value
+    return out

@@ -15,6 +15,7 @@ _COLUMNS = (
     ("model", "model"),
     ("days_since_last_activity", "days since activity"),
     ("raw_aggregates_logistic", "raw-aggregate LR"),
+    ("oracle", "oracle (the truth)"),
 )
 
 
@@ -48,9 +49,8 @@ def render_table(report: dict[str, Any]) -> str:
         values = []
         for key, _label in names:
             auc = results[key]["auc"]
-            values.append(
-                auc["churn_probability"][horizon] if key == "model" else auc["rank"][horizon]
-            )
+            chosen = {"model": "churn_probability", "oracle": "probability"}.get(key, "rank")
+            values.append(auc[chosen][horizon])
         row(f"ROC AUC, churn within {horizon} days", values)
     row("ROC AUC of the score (model), 30 days", [results["model"]["auc"]["score"]["30"]])
     row("Brier score, 30 days", [results[key]["brier_30d"] for key, _l in names], 4)
@@ -68,6 +68,8 @@ def render_table(report: dict[str, Any]) -> str:
         ("episodes", "risk episodes raised", 0),
     ):
         row(label, [results[key]["alerts"][field] for key, _l in names], digits)
+    if "oracle" in results:
+        _oracle_lines(results["oracle"], lines)
     triggers = results["model"].get("alert_triggers") or {}
     lines.append(
         "  model's raises by trigger: "
@@ -109,6 +111,37 @@ def render_table(report: dict[str, Any]) -> str:
         met = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
         lines.append(f"  {name:40s} {_fmt(t['value'])} {t['target']:>10s}  {met}")
     return "\n".join(lines) + "\n"
+
+
+def _oracle_lines(oracle: dict[str, Any], lines: list[str]) -> None:
+    latent = oracle["auc"]["latent_health"]
+    lines.append(
+        "  oracle: latent health alone, ROC AUC 30/60/90 days: "
+        + " / ".join(_fmt(latent[h]) for h in ("30", "60", "90"))
+    )
+    rule = oracle["alert_rule"]
+    lines.append(
+        f"  oracle's alerts: 30-day probability >= {rule['enter_probability']} held "
+        f"{rule['persist_days']} days, exit below {rule['exit_probability']:g}, "
+        f"chosen on {rule['chosen_on']}"
+    )
+    same = oracle["alerts_at_model_rule"]
+    lines.append(
+        f"  oracle's alerts under the model's alert settings: alerted {_fmt(same['recall'])}, "
+        f"median lead {_fmt(same['median_lead_days'], 1)} days, false alerts "
+        f"{_fmt(same['false_alerts_per_100_healthy_per_month'], 2)}, precision "
+        f"{_fmt(same['precision'])}"
+    )
+    boot = oracle.get("bootstrap_auc_30d")
+    if boot:
+        lines.append(
+            f"  ROC AUC 30 days over {boot['replicates']} resamples of the "
+            f"{boot['organizations']} organizations: SE model {_fmt(boot['model']['se'])}, "
+            f"oracle {_fmt(boot['oracle']['se'])} (95% {_fmt(boot['oracle']['ci95'][0])}-"
+            f"{_fmt(boot['oracle']['ci95'][1])}); oracle - model "
+            f"{_fmt(boot['oracle_minus_model']['mean'])} (SE "
+            f"{_fmt(boot['oracle_minus_model']['se'])})"
+        )
 
 
 def write_plots(bt: Backtest, report: dict[str, Any], directory: Path) -> list[Path]:

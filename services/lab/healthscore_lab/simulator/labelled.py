@@ -239,6 +239,11 @@ class Population:
     stream_start: float
     stream_end: float
     labels_until: float  # churn is known up to here
+    # the rest of the latent state, for the oracle (`evaluation.oracle`): each
+    # organization's level `mu`, and per stream day the decline drift after that
+    # day's step (0 outside a decline), aligned with `latent`
+    level: dict[str, float] = field(default_factory=dict)
+    drift: dict[str, list[float | None]] = field(default_factory=dict)
 
 
 def _logistic(x: float) -> float:
@@ -501,6 +506,8 @@ def generate_population(config: PopulationConfig) -> Population:
     churned: dict[str, datetime | None] = {}
     profiles: dict[str, Profile] = {}
     latent_by_org: dict[str, list[float | None]] = {}
+    level_by_org: dict[str, float] = {}
+    drift_by_org: dict[str, list[float | None]] = {}
     weekday0 = datetime.fromtimestamp(start, UTC).weekday()
     for index in range(config.organizations):
         org = _Org(config, index)
@@ -526,12 +533,14 @@ def generate_population(config: PopulationConfig) -> Population:
             profiles[org.id] = Profile(org.id, datetime.fromtimestamp(created, UTC), reached)
         # the latent path over the stream and the follow-up, and the churn day
         path: list[float] = []
+        drifts: list[float] = []  # recorded only (no draw): the stream is unchanged
         churn_day: int | None = None
         for day in range(first_day, config.days + config.follow_up_days):
             if latent.step():
                 churn_day = day
                 break
             path.append(latent.h)
+            drifts.append(latent.drift)
         churn_at = None if churn_day is None else start + (churn_day + rng.random()) * DAY_S
         last = min(end, churn_at) if churn_at is not None else end
         if new:  # a sign-up's first event is its account's first moment
@@ -546,10 +555,14 @@ def generate_population(config: PopulationConfig) -> Population:
         events.extend(org_events)
         churned[org.id] = datetime.fromtimestamp(churn_at, UTC) if churn_at is not None else None
         daily: list[float | None] = [None] * config.days
+        daily_drift: list[float | None] = [None] * config.days
         for offset, h in enumerate(path):
             if first_day + offset < config.days:
                 daily[first_day + offset] = h
+                daily_drift[first_day + offset] = drifts[offset]
         latent_by_org[org.id] = daily
+        level_by_org[org.id] = mu
+        drift_by_org[org.id] = daily_drift
     events.sort(key=lambda event: event.occurred_at)
     profiles = {org: profile for org, profile in profiles.items() if org in churned}
     return Population(
@@ -561,6 +574,8 @@ def generate_population(config: PopulationConfig) -> Population:
         stream_start=start,
         stream_end=end,
         labels_until=start + (config.days + config.follow_up_days) * DAY_S,
+        level=level_by_org,
+        drift=drift_by_org,
     )
 
 
