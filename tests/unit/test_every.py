@@ -43,64 +43,13 @@ async def test_a_stop_cuts_the_pause_short() -> None:
     await asyncio.wait_for(every(3600.0, idle, stop, "never"), 5)
 
 
-async def test_a_wake_cuts_the_pause_short_and_one_during_a_step_is_not_lost() -> None:
-    """The outbox relay's case: a batch that commits alerts wakes it instead of the
-    relay waiting out its interval, also when the batch commits while a step runs."""
-    stop = asyncio.Event()
-    wake = asyncio.Event()
-    second_done = asyncio.Event()
-    steps = 0
-
-    async def step() -> None:
-        nonlocal steps
-        steps += 1
-        if steps == 1:
-            wake.set()  # work announced while this step runs: the next pause ends at once
-        elif steps == 2:
-            second_done.set()
-        elif steps == 3:
-            stop.set()
-
-    async def announce_when_idle() -> None:
-        await second_done.wait()
-        for _ in range(5):  # the loop is in its pause by now
-            await asyncio.sleep(0)
-        wake.set()
-
-    announcer = asyncio.create_task(announce_when_idle())
-    # an hour's interval: only the two wakes can get this loop to its third step
-    await asyncio.wait_for(every(3600.0, step, stop, "relay", wake=wake), 5)
-    await announcer
-    assert steps == 3
-
-
-async def test_without_a_wake_the_pause_lasts() -> None:
-    stop = asyncio.Event()
-    wake = asyncio.Event()
-    steps = 0
-
-    async def step() -> None:
-        nonlocal steps
-        steps += 1
-
-    loop = asyncio.create_task(every(3600.0, step, stop, "relay", wake=wake))
-    for _ in range(100):
-        await asyncio.sleep(0)
-    assert steps == 1  # paused for the interval: nothing woke it
-    stop.set()
-    await asyncio.wait_for(loop, 5)
-    assert steps == 1
-
-
 async def test_failures_back_off_up_to_the_limit_and_a_success_resets_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     stop = asyncio.Event()
     pauses: list[float] = []
 
-    async def pause(
-        event: asyncio.Event, seconds: float, wake: asyncio.Event | None = None
-    ) -> None:
+    async def pause(event: asyncio.Event, seconds: float) -> None:
         pauses.append(seconds)
 
     monkeypatch.setattr(periodic, "pause_unless_stopped", pause)

@@ -49,7 +49,7 @@ from healthscore.service.gctuning import FullCollectionPacer
 from healthscore.service.holdback import HoldBack
 from healthscore.service.ingest.decode import Decoder
 from healthscore.service.ingest.dlq import DeadLetterQueue
-from healthscore.service.ingest.pipeline import BatchOutcome, BatchPipeline
+from healthscore.service.ingest.pipeline import BatchPipeline
 from healthscore.service.kafka_admin import ensure_topics, service_topics
 from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.service.kafka_offsets import KafkaOffsets
@@ -113,8 +113,6 @@ class Components:
     options: ServiceOptions
     # set when the service stops: every background loop ends
     stop: asyncio.Event
-    # set when a batch or the sweep commits alerts: wakes the outbox relay
-    alerts_committed: asyncio.Event
     # where the ops endpoints listen (the bound port when OPS_PORT=0)
     ops_port: int
     model: ScoreModel
@@ -211,18 +209,11 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         commit_to_kafka=o.commit_to_kafka,
     )
     outcomes = BatchLog(metrics)
-    alerts_committed = asyncio.Event()
-
-    def on_outcome(outcome: BatchOutcome, duration: float) -> None:
-        outcomes.record(outcome, duration)
-        if outcome.alerts:
-            alerts_committed.set()
-
     handler = BatchHandler(
         pipeline,
         offsets,
         holdback,
-        on_outcome=on_outcome,
+        on_outcome=outcomes.record,
         on_failure=lambda exc: metrics.batch_failures.inc(),
         after_batch=FullCollectionPacer(o.full_gc_every_batches, s.batch_max_records).after_batch,
         on_gap=lambda gap: metrics.offset_gaps.labels(gap.topic).inc(),
@@ -268,8 +259,6 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         metrics.sweep_duration.observe(duration)
         for kind in alert_kinds:
             metrics.alerts_raised.labels(kind).inc()
-        if alert_kinds:
-            alerts_committed.set()
 
     sweep = (
         SilenceSweep(
@@ -303,7 +292,6 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         settings=s,
         options=o,
         stop=asyncio.Event(),
-        alerts_committed=alerts_committed,
         ops_port=ops_port,
         model=model,
         metrics=metrics,
@@ -353,8 +341,6 @@ class Loop:
     step: Step
     name: str
     max_backoff: float | None = None
-    # set by whoever gives the step work: ends its pause at once
-    wake: asyncio.Event | None = None
 
 
 def background_loops(c: Components) -> list[Loop]:
@@ -367,13 +353,7 @@ def background_loops(c: Components) -> list[Loop]:
     ]
     if c.relay is not None:
         loops.append(
-            Loop(
-                s.relay_interval_seconds,
-                c.relay.step,
-                "relay",
-                LOOP_MAX_BACKOFF_SECONDS,
-                wake=c.alerts_committed,
-            )
+            Loop(s.relay_interval_seconds, c.relay.step, "relay", LOOP_MAX_BACKOFF_SECONDS)
         )
     if c.projector is not None:
         projector = c.projector
@@ -448,7 +428,7 @@ async def _loops(loops: list[Loop], stop: asyncio.Event) -> AsyncIterator[None]:
         async with asyncio.TaskGroup() as group:
             for loop in loops:
                 group.create_task(
-                    every(loop.interval, loop.step, stop, loop.name, loop.max_backoff, loop.wake),
+                    every(loop.interval, loop.step, stop, loop.name, loop.max_backoff),
                     name=loop.name,
                 )
 

@@ -25,20 +25,10 @@ AT_ONCE = 0.0
 Step = Callable[[], Awaitable[float | None]]
 
 
-async def pause_unless_stopped(
-    stop: asyncio.Event, seconds: float, wake: asyncio.Event | None = None
-) -> None:
-    """Sleep `seconds`, or less if `stop` (or `wake`) is set meanwhile."""
-    if wake is None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=seconds)
-        return
-    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
+async def pause_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep `seconds`, or less if `stop` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
 async def every(
@@ -47,21 +37,16 @@ async def every(
     stop: asyncio.Event,
     name: str,
     max_backoff: float | None = None,
-    wake: asyncio.Event | None = None,
 ) -> None:
     """Run `step` until `stop` is set, pausing `interval` (or what the step asks:
     `AT_ONCE` while it has more to do) between steps.
 
     A failed step is logged as `<name>_failed`; the next one comes after the
     interval, or, with `max_backoff`, after a pause that doubles with each
-    failure in a row up to `max_backoff`. Setting `wake` ends a pause at once:
-    whoever gave the step work says so instead of waiting for the interval.
+    failure in a row up to `max_backoff`.
     """
     backoff = interval
     while not stop.is_set():
-        if wake is not None:
-            # before the step: work announced while it runs ends the next pause
-            wake.clear()
         try:
             pause = await step()
             backoff = interval
@@ -75,4 +60,4 @@ async def every(
         if pause is None:
             pause = interval
         if pause > 0:
-            await pause_unless_stopped(stop, pause, wake)
+            await pause_unless_stopped(stop, pause)
