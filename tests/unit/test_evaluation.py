@@ -47,19 +47,7 @@ from healthscore_lab.simulator.labelled import (
     reference,
     shifted,
 )
-
-SMALL = reference(organizations=60, days=45, seed=101)
-
-
-@pytest.fixture(scope="module")
-def small() -> Population:
-    return generate_population(SMALL)
-
-
-@pytest.fixture(scope="module")
-def small_backtest(small: Population) -> Backtest:
-    return run_backtest(from_population(small), default_model())
-
+from tests.utils.populations import SMALL
 
 # ------------------------------------------------------------------ the population
 

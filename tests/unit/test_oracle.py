@@ -15,34 +15,20 @@ import pytest
 from healthscore.core.scoring.model import default_model
 from healthscore_lab.evaluation.command import add_evaluate_arguments, run_evaluate
 from healthscore_lab.evaluation.evaluate import evaluate
-from healthscore_lab.evaluation.log import from_population
 from healthscore_lab.evaluation.metrics import DAY, bootstrap_auc, hysteresis_raises
 from healthscore_lab.evaluation.oracle import (
     forward_churn_probability,
     oracle_forecasts,
 )
-from healthscore_lab.evaluation.replay import Backtest, run_backtest
+from healthscore_lab.evaluation.replay import Backtest
 from healthscore_lab.evaluation.report import render_table
 from healthscore_lab.simulator.labelled import (
     Population,
     PopulationConfig,
     _Latent,
-    generate_population,
     reference,
     shifted,
 )
-
-SMALL = reference(organizations=60, days=45, seed=101)
-
-
-@pytest.fixture(scope="module")
-def small() -> Population:
-    return generate_population(SMALL)
-
-
-@pytest.fixture(scope="module")
-def small_backtest(small: Population) -> Backtest:
-    return run_backtest(from_population(small), default_model())
 
 
 @pytest.mark.parametrize("config", [reference(), shifted()], ids=["reference", "shifted"])
