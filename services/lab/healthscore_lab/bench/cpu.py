@@ -80,3 +80,22 @@ def sample(service_pids: list[int], postgres_pid: int | None, broker_pid: int | 
         with contextlib.suppress(OSError, ValueError, IndexError):
             broker = tree_cpu_seconds(broker_pid)
     return StackCpu(service, postgres, broker)
+
+
+@dataclass(frozen=True)
+class MachineCpu:
+    """Seconds of CPU time the whole machine spent busy, and had stolen by its host,
+    since boot (the first line of /proc/stat)."""
+
+    busy: float
+    steal: float
+
+    def minus(self, earlier: MachineCpu) -> MachineCpu:
+        return MachineCpu(self.busy - earlier.busy, self.steal - earlier.steal)
+
+
+def machine() -> MachineCpu:
+    # cpu user nice system idle iowait irq softirq steal ...
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return MachineCpu((user + nice + system + irq + softirq) / _TICKS, steal / _TICKS)

@@ -100,6 +100,14 @@ class LatencyResult:
     staleness_p50_s: float | None = None
     staleness_p99_s: float | None = None
     staleness_max_s: float | None = None
+    # over the production window: CPU microseconds per produced event of the service
+    # processes, PostgreSQL and the broker (comparable across runs, unlike the
+    # percentiles), and the cores the whole machine was busy and had stolen by its host
+    cpu_us_per_event_service: float | None = None
+    cpu_us_per_event_postgres: float | None = None
+    cpu_us_per_event_broker: float | None = None
+    machine_busy_cores: float | None = None
+    machine_steal_cores: float | None = None
 
 
 @dataclass
@@ -399,6 +407,24 @@ class BenchReport:
                         " / ".join(
                             "-" if v is None else f"{v:.2f} s"
                             for v in (lat.staleness_p50_s, lat.staleness_p99_s, lat.staleness_max_s)
+                        ),
+                    ),
+                    (
+                        "CPU per event: service / PostgreSQL / broker",
+                        " / ".join(
+                            "-" if v is None else f"{v:.0f} us"
+                            for v in (
+                                lat.cpu_us_per_event_service,
+                                lat.cpu_us_per_event_postgres,
+                                lat.cpu_us_per_event_broker,
+                            )
+                        ),
+                    ),
+                    (
+                        "machine cores busy / stolen by the host",
+                        " / ".join(
+                            "-" if v is None else f"{v:.2f}"
+                            for v in (lat.machine_busy_cores, lat.machine_steal_cores)
                         ),
                     ),
                     ("peak service RSS", f"{lat.peak_rss_mb:.0f} MB"),
