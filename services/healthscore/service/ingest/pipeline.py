@@ -373,13 +373,9 @@ class BatchPipeline:
                 _check_no_gap(tp, offset, stored[tp], positioned)
             events = [d for d in fresh if isinstance(d, Decoded)]
             dead = [d for d in fresh if isinstance(d, Rejection)]
-            fresh_digests = [
-                digest
-                for d, digest in zip(claimable, digests, strict=True)
-                if d.record.offset >= stored[(d.record.topic, d.record.partition)]
-            ]
+            digest_of = {id(d): digest for d, digest in zip(claimable, digests, strict=True)}
             new_events, duplicates, conflicts = await _sort_claimed(
-                conn, events, fresh_digests, claimed
+                conn, events, [digest_of[id(d)] for d in events], claimed
             )
             dead.extend(conflicts)
             marks.lap("claim")
