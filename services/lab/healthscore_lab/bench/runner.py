@@ -76,10 +76,10 @@ class BenchError(RuntimeError):
 
 
 # The latency phase's producer lingers as product services' producers do (Kafka's
-# own producer defaults to 5 ms since 4.0): one produce request per event costs the
-# embedded broker about a fifth of a core per thousand events/s, which is the load
-# generator's cost, not the service's. The linger counts in the measured latency
-# (each event's time is taken before it is sent).
+# own producer defaults to 5 ms since 4.0), instead of sending every event as its
+# own request: on this machine that load generator took CPU from the service it
+# measures. The linger counts in the measured latency (each event's time is taken
+# before it is sent).
 LIVE_PRODUCER_LINGER_MS = 5
 
 
@@ -702,9 +702,6 @@ class Bench:
         written = sum(rows.values())
         whole_span = max(projected_at - first.ts, 1e-9) if span > 0 else projected_at - started
 
-        def per_event(seconds: float | None) -> float | None:
-            return None if seconds is None else seconds * 1e6 / max(1, applied)
-
         result = ThroughputResult(
             organizations=organizations,
             events=counts.valid,
@@ -734,9 +731,9 @@ class Bench:
             events_per_second_read_model=(applied - (first.applied if span > 0 else 0))
             / whole_span,
             read_model_lag_seconds=max(0.0, projected_at - last.ts),
-            cpu_us_per_event_service=per_event(used.service),
-            cpu_us_per_event_postgres=per_event(used.postgres),
-            cpu_us_per_event_broker=per_event(used.broker),
+            cpu_us_per_event_service=_per_event_us(used.service, applied),
+            cpu_us_per_event_postgres=_per_event_us(used.postgres, applied),
+            cpu_us_per_event_broker=_per_event_us(used.broker, applied),
             skew=o.skew,
             organization_states=tuple(sum(b.states[i] for b in batches) for i in range(3)),
         )
@@ -1062,5 +1059,5 @@ async def run_bench(stack: Stack, options: BenchOptions) -> BenchReport:
 
 
 def _per_event_us(seconds: float | None, events: int) -> float | None:
-    """CPU seconds over `events` events, in microseconds per event (rounded)."""
-    return None if seconds is None or events == 0 else round(seconds / events * 1e6, 1)
+    """CPU seconds over `events` events, in microseconds per event."""
+    return None if seconds is None else seconds * 1e6 / max(1, events)
