@@ -21,23 +21,18 @@ import orjson
 
 from healthscore.core.scoring.model import DEFAULT_MODEL_PATH, parse_model
 from healthscore_lab.evaluation.fit import (
-    SHAPES,
     SIZE_FACTORS,
     FitSettings,
     _copy,
-    _cv_loss,
-    _fitted_columns,
     _fold_of,
-    _model,
-    _set,
-    constrained_logistic,
     every_factor_on,
+    fit_coefficients,
+    search_shapes,
 )
 from healthscore_lab.evaluation.log import from_population
 from healthscore_lab.evaluation.metrics import labels_at
 from healthscore_lab.evaluation.replay import run_backtest
 from healthscore_lab.evaluation.split import is_held_out
-from healthscore_lab.evaluation.vector import FACTORS, normalized_shortfalls
 from healthscore_lab.simulator.labelled import PRESETS, generate_population
 
 
@@ -58,24 +53,10 @@ def main() -> None:
         folds = np.array([_fold_of(bt.orgs[o], 3) for o in bt.snap_org[rows]])
         for exclude in (SIZE_FACTORS, (*SIZE_FACTORS, "few_logins_per_user")):
             settings = FitSettings(exclude=exclude)
-            trial_config = every_factor_on(config)
-            best = _cv_loss(measures, y, folds, trial_config, settings)
-            for _round in range(settings.rounds):
-                for path, candidates in SHAPES:
-                    for value in candidates:
-                        trial = _copy(trial_config)
-                        _set(trial, path, value)
-                        if path == "engagement.recency_zero_days":  # as fit does
-                            trial["engagement"]["recency_full_days"] = min(
-                                float(trial["engagement"]["recency_full_days"]), value / 2
-                            )
-                        loss = _cv_loss(measures, y, folds, trial, settings)
-                        if loss < best - 1e-7:
-                            best, trial_config = loss, trial
-            columns = _fitted_columns(settings.exclude)
-            x = normalized_shortfalls(measures, _model(trial_config))[:, columns]
-            w = constrained_logistic(x, y, settings.l2)
-            coefficients = {FACTORS[c][1]: float(b) for c, b in zip(columns, w[1:], strict=True)}
+            trial_config, best = search_shapes(
+                measures, y, folds, every_factor_on(config), settings
+            )
+            coefficients = fit_coefficients(measures, y, trial_config, settings)
             eng = trial_config["engagement"]
             print(
                 f"{preset}: baseline half-life {half_life:g} d, few_logins_per_user "

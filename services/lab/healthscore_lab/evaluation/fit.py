@@ -484,6 +484,42 @@ def _training_figures(
 # --------------------------------------------------------------------------- the whole fit
 
 
+def search_shapes(
+    measures: np.ndarray,
+    y: np.ndarray,
+    folds: np.ndarray,
+    config: Config,
+    settings: FitSettings,
+) -> tuple[Config, float]:
+    """The factor shapes (SHAPES) of `config` that minimize the grouped cross-validated
+    log loss, by coordinate search over `settings.rounds` rounds; with that loss."""
+    best_loss = _cv_loss(measures, y, folds, config, settings)
+    for _round in range(settings.rounds):
+        for path, candidates in SHAPES:
+            for value in candidates:
+                trial = _copy(config)
+                _set(trial, path, value)
+                if path == "engagement.recency_zero_days":
+                    trial["engagement"]["recency_full_days"] = min(
+                        float(trial["engagement"]["recency_full_days"]), value / 2
+                    )
+                loss = _cv_loss(measures, y, folds, trial, settings)
+                if loss < best_loss - 1e-7:
+                    best_loss, config = loss, trial
+    return config, best_loss
+
+
+def fit_coefficients(
+    measures: np.ndarray, y: np.ndarray, config: Config, settings: FitSettings
+) -> dict[str, float]:
+    """Each fitted factor's coefficient (constrained logistic regression on the
+    normalized shortfalls of `config`'s shapes; the excluded factors left out)."""
+    columns = _fitted_columns(settings.exclude)
+    shortfalls = normalized_shortfalls(measures, _model(config))[:, columns]
+    w = constrained_logistic(shortfalls, y, settings.l2)
+    return {FACTORS[c][1]: float(b) for c, b in zip(columns, w[1:], strict=True)}
+
+
 def fit(
     log: LabelledLog,
     current: ScoreModel,
@@ -505,26 +541,10 @@ def fit(
     measures, y = base.snap_measures[rows], label[rows].astype(float)
     folds = np.array([_fold_of(base.orgs[o], settings.folds) for o in base.snap_org[rows]])
 
-    config = every_factor_on(current_config)
     progress("searching the factor shapes (grouped 3-fold cross-validation)")
-    best_loss = _cv_loss(measures, y, folds, config, settings)
-    for _round in range(settings.rounds):
-        for path, candidates in SHAPES:
-            for value in candidates:
-                trial = _copy(config)
-                _set(trial, path, value)
-                if path == "engagement.recency_zero_days":
-                    trial["engagement"]["recency_full_days"] = min(
-                        float(trial["engagement"]["recency_full_days"]), value / 2
-                    )
-                loss = _cv_loss(measures, y, folds, trial, settings)
-                if loss < best_loss - 1e-7:
-                    best_loss, config = loss, trial
+    config, _loss = search_shapes(measures, y, folds, every_factor_on(current_config), settings)
     shapes = {path: _get(config, path) for path, _c in SHAPES}
-    columns = _fitted_columns(settings.exclude)
-    shortfalls = normalized_shortfalls(measures, _model(config))[:, columns]
-    w = constrained_logistic(shortfalls, y, settings.l2)
-    coefficients = {FACTORS[c][1]: float(b) for c, b in zip(columns, w[1:], strict=True)}
+    coefficients = fit_coefficients(measures, y, config, settings)
     progress("weights: " + ", ".join(f"{k} {v:.2f}" for k, v in coefficients.items() if v))
     fitted = apply_coefficients(config, coefficients)
     ceiling, ceiling_losses = choose_cancellation_ceiling(base, fitted, rows, y, folds, settings)
