@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any, Final
@@ -31,7 +32,7 @@ from healthscore.api import problems, routes
 from healthscore.api.cache import CachedReads, CacheState, ResponseCache
 from healthscore.api.invalidation import ReadModelListener
 from healthscore.api.metrics import ApiMetrics
-from healthscore.api.session import create_api_pool
+from healthscore.api.session import audience_of, create_api_pool
 from healthscore.api.state import ApiConfig, ApiState
 
 STATIC: Final = resources.files("healthscore.api") / "static"
@@ -95,6 +96,7 @@ def create_app(config: ApiConfig) -> FastAPI:
             stack.push_async_callback(pool.close)
             listener = None
             if cache is not None:
+                cache.audience_of = functools.partial(audience_of, pool, config.signing_key)
                 listener = ReadModelListener(
                     config.database_url,
                     config.database_role,

@@ -19,13 +19,23 @@ of its bucket (organizations hash into ORGANIZATION_BUCKETS of them: two sharing
 one only drop each other's pages more often); an announcement of a whole table
 moves every organization on.
 
+Answers are kept per *audience* where the database says a group of users sees the
+same rows: `app_audience()` (migration 0061) names it ('admin': every dashboard policy
+admits an admin by the role alone), so a team of admins looking at the same at-risk
+organizations shares one computation per page. Each user's audience is asked once
+(one statement, as that user) and kept while user_profiles is unchanged; anybody the
+database names no audience for keeps answers of their own, as do the endpoints whose
+answer names its caller (`Endpoint.per_user`: /me, the interactions with
+`assigned_to=me`).
+
 Correctness first:
 
 * only after the bearer token is verified (an unverified caller goes through to
   the route, which answers 401), and only while the token is still valid (the
   database would refuse an expired one: such a request goes through too);
-* the user is part of the key, so an answer computed under one user's row-level
-  security never reaches another user;
+* the user, or the audience the database put them in, is part of the key, so an
+  answer computed under one user's row-level security reaches only users the
+  database declares to see the same rows;
 * user_profiles (roles) and app_signing_keys (retirement) are read by every
   endpoint: a role change or a key's retirement drops every answer; a retirement
   dated in the future stops the cache at that time (`CacheState.key_retires_at`);
@@ -64,15 +74,18 @@ import time
 import uuid
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
+import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from healthscore.api.auth import TokenVerifier, Unauthenticated
+from healthscore.api.auth import Principal, TokenVerifier, Unauthenticated
 from healthscore.api.metrics import ApiMetrics
 from healthscore.store import read_model_changes as t
+
+log = structlog.get_logger(__name__)
 
 # answers whose values depend on now() (overdue follow-ups) are this old at most
 CLOCK_MAX_AGE: Final = 1.0
@@ -81,11 +94,14 @@ KEY_RETIREMENT_MARGIN: Final = 30.0
 DEFAULT_MAX_ENTRIES: Final = 4096
 DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 
+# users whose audience is remembered (all forgotten beyond it, and asked again)
+MAX_AUDIENCE_USERS: Final = 100_000
 # a power of two; 8 bytes each
 ORGANIZATION_BUCKETS: Final = 1 << 18
 CLOCK_SCOPE_KEY: Final = "healthscore.changes_by_clock_in"
 
-Key = tuple[uuid.UUID, bytes]
+# (the user, or the audience the database puts them in; the path and query)
+Key = tuple[uuid.UUID | str, bytes]
 Versions = tuple[int, ...]
 
 # what decides who may see what: every endpoint reads it
@@ -101,6 +117,9 @@ class Endpoint:
     # the path names an organization (group `organization`) and the endpoint reads
     # only its rows of the tables announced by organization
     by_organization: bool = False
+    # the answer names its caller (who they are, what is assigned to them): kept for
+    # that user only, never for their audience
+    per_user: bool = False
 
 
 _ID = r"(?P<organization>[^/]+)"
@@ -140,9 +159,9 @@ ENDPOINTS: Final = (
     ),
     (
         re.compile(r"/api/v1/interactions"),
-        Endpoint((t.INTERACTIONS, t.ORGANIZATIONS, *_IDENTITY), clock_bound=True),
+        Endpoint((t.INTERACTIONS, t.ORGANIZATIONS, *_IDENTITY), clock_bound=True, per_user=True),
     ),
-    (re.compile(r"/api/v1/me"), Endpoint(_IDENTITY)),
+    (re.compile(r"/api/v1/me"), Endpoint(_IDENTITY, per_user=True)),
 )
 
 
@@ -282,6 +301,10 @@ class ResponseCache:
         return len(self._entries)
 
 
+AudienceOf = Callable[[Principal], Awaitable[str | None]]
+_USERS: Final = (t.USERS,)
+
+
 @dataclass
 class CacheState:
     """The cache, the versions, and whether the listener lets the cache serve."""
@@ -295,6 +318,32 @@ class CacheState:
     # unix time from which the database refuses the API's signing key
     key_retires_at: float = math.inf
     flights: dict[tuple[Key, Versions], asyncio.Future[Answer | None]] = field(default_factory=dict)
+    # asks the database for a user's audience (app_audience); None: answers per user
+    audience_of: AudienceOf | None = None
+    # user -> (user_profiles' version when asked, their audience)
+    audiences: dict[uuid.UUID, tuple[Versions, str | None]] = field(default_factory=dict)
+
+    async def owner(self, principal: Principal, endpoint: Endpoint) -> uuid.UUID | str:
+        """Whose answer this request gets: its audience's, or the caller's own."""
+        user = principal.user_id
+        if endpoint.per_user or self.audience_of is None:
+            return user
+        asked_at = self.versions.of(_USERS)
+        known = self.audiences.get(user)
+        if known is not None and known[0] == asked_at:
+            audience = known[1]
+        else:
+            try:
+                audience = await self.audience_of(principal)
+            except Exception as exc:  # the route meets the same failure and answers it
+                log.warning("api_audience_unknown", error=str(exc))
+                return user
+            if self.versions.of(_USERS) == asked_at:  # else the answer may predate a change
+                if len(self.audiences) >= MAX_AUDIENCE_USERS:
+                    self.audiences.clear()
+                self.audiences[user] = (asked_at, audience)
+            self.metrics.cache_audience_lookups.inc()
+        return user if audience is None else "audience:" + audience
 
     def serving(self, wall: float, monotonic: float) -> bool:
         return monotonic < self.live_until and wall < self.key_retires_at - KEY_RETIREMENT_MARGIN
@@ -314,6 +363,7 @@ class CacheState:
         self.live_until = -math.inf
         self.versions.changed_everything()
         self.cache.clear()
+        self.audiences.clear()
 
 
 @dataclass(slots=True)
@@ -413,7 +463,8 @@ class CachedReads:
             await self.app(scope, receive, send)
             return
 
-        key: Key = (principal.user_id, path.encode() + b"?" + scope["query_string"])
+        owner = await state.owner(principal, endpoint)
+        key: Key = (owner, path.encode() + b"?" + scope["query_string"])
         versions = self._versions(endpoint, organization)
         answer = state.cache.get(key, versions, monotonic)
         if answer is not None:

@@ -29,6 +29,12 @@ class ApiMetrics:
             ["table"],
             registry=r,
         )
+        self.cache_audience_lookups = Counter(
+            "healthscore_api_cache_audience_lookups_total",
+            "Times a user's audience (whose answers they share, app_audience) was asked of "
+            "the database: once per user, and again after user_profiles changes.",
+            registry=r,
+        )
         self.cache_entries = Gauge(
             "healthscore_api_cache_entries", "Answers kept in the response cache.", registry=r
         )

@@ -45,6 +45,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from healthscore.api.auth import Principal, Unauthenticated
 from healthscore.errors import HealthscoreError, UnsafeDatabaseRole
+from healthscore.store import read_api as q
 from healthscore.store.db import ROLE_CHECK, DatabaseTLS
 from healthscore.store.identity import LOGOUT, SigningKey, mint_token
 
@@ -179,6 +180,13 @@ async def fetch_as(
         except asyncpg.InvalidAuthorizationSpecificationError as exc:
             raise _refused(exc) from None
     return row
+
+
+async def audience_of(pool: asyncpg.Pool[Any], key: SigningKey, principal: Principal) -> str | None:
+    """The audience the database puts the caller in (app_audience): users who see the
+    same rows share answers; None: their answers are their own."""
+    row = await fetch_as(pool, key, principal, q.AUDIENCE)
+    return None if row is None else row["audience"]
 
 
 @contextlib.asynccontextmanager

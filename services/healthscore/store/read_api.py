@@ -193,6 +193,9 @@ LIST_ORGANIZATIONS_WITHOUT_CHANGE_7D: Final = _org_list(
 # organization, or hidden by row-level security.
 # Columns: page (OrganizationDetail JSON), clock_changes_in (seconds until the page
 # changes by the clock alone, its next open follow-up falling due; NULL: never).
+# the audience whose members see the same rows as the token's user (migration 0061)
+AUDIENCE: Final = "SELECT app_audience($1) AS audience"
+
 ORGANIZATION_PAGE: Final = "SELECT page, clock_changes_in FROM app_organization_page($1, $2)"
 # $3 days (UTC) ending with the day of the latest score. Column: page
 # (OrganizationHistory JSON).
