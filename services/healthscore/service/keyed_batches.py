@@ -5,17 +5,28 @@ partitioner, accumulator, a future each); appending to a batch built per
 partition costs about half. The partition is the one `send` would pick for the
 key (the default partitioner: murmur2 of the key over the partitions sorted by
 id, as Kafka's Java client does), so a compacted topic keeps each key on one
-partition whichever way its records were sent.
+partition whichever way its records were sent. The hash of a key is kept (the same
+organizations come back batch after batch, and aiokafka's murmur2 is pure Python).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Sequence
 from typing import Any, Protocol
 
-from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2
 
-_PARTITIONER = DefaultPartitioner()
+
+@functools.lru_cache(maxsize=1 << 16)
+def _positive_hash(key: bytes) -> int:
+    return int(murmur2(key)) & 0x7FFFFFFF
+
+
+def partition_for(key: bytes, partitions: Sequence[int]) -> int:
+    """The partition aiokafka's DefaultPartitioner picks for `key` (`partitions` sorted)."""
+    return partitions[_positive_hash(key) % len(partitions)]
 
 
 class BatchingProducer(Protocol):
@@ -42,7 +53,7 @@ async def send_keyed(
     open_batches: dict[int, Any] = {}
     acks: list[asyncio.Future[Any]] = []
     for key, value in records:
-        partition = _PARTITIONER(key, partitions, partitions)
+        partition = partition_for(key, partitions)
         batch = open_batches.get(partition)
         if batch is None:
             batch = open_batches[partition] = producer.create_batch()
