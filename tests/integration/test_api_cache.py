@@ -424,3 +424,32 @@ async def test_an_organizations_page_is_not_kept_past_its_next_follow_up(world: 
     assert (await world.get("admin", page)).json()["overdue_follow_ups"] == 0
     await asyncio.sleep(1.2)
     await hits_without_statements(world, "admin", page)
+
+
+async def test_a_new_organization_keeps_every_page_and_moves_the_lists(world: World) -> None:
+    bloom = world.orgs["bloom"]
+    paths = [f"/api/v1/organizations/{bloom}{suffix}" for suffix in ("", "/history", "/milestones")]
+    kept = {}
+    for path in paths:
+        kept[path] = (await world.get("admin", path)).content
+    listed = await world.get("admin", LIST)
+    misses = counted(world, "miss")
+    # the placeholder the consumers insert for an organization seen for the first time
+    await as_writer(
+        world,
+        "INSERT INTO organizations (id) SELECT unnest($1::uuid[]) ON CONFLICT (id) DO NOTHING",
+        [uuid.uuid4()],
+    )
+    await settle(world)
+    for path in paths:
+        assert await hits_without_statements(world, "admin", path) == kept[path]
+    assert counted(world, "miss") == misses
+    # the lists read every organization: recomputed (the same rows: it has no score yet)
+    assert (await world.get("admin", LIST)).content == listed.content
+    assert counted(world, "miss") == misses + 1
+    # a rename is announced as the whole table: every page moves on
+    await as_superuser(world, "UPDATE organizations SET name = 'Bloom & Co' WHERE id = $1", bloom)
+    await settle(world)
+    page = await world.get("admin", paths[0])
+    assert page.json()["organization_name"] == "Bloom & Co"
+    assert counted(world, "miss") == misses + 2

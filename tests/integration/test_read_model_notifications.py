@@ -98,11 +98,15 @@ async def test_placeholder_inserts_announce_only_new_rows(
 ) -> None:
     known = uuid.uuid4()
     ensure = "INSERT INTO {} (id) SELECT unnest($1::uuid[]) ON CONFLICT (id) DO NOTHING"
-    for table in (t.ORGANIZATIONS, t.USERS):
+    # new organizations are named (migration 0063): they change no other organization's page
+    for table, payload in ((t.ORGANIZATIONS, f"{t.ORGANIZATIONS}:{known}"), (t.USERS, t.USERS)):
         await writer.execute(ensure.format(table), [known])
-        assert await heard.take() == [table]
+        assert await heard.take() == [payload]
         await writer.execute(ensure.format(table), [known])  # nothing inserted
         assert await heard.take() == []
+    fresh = uuid.uuid4()
+    await writer.execute(ensure.format(t.ORGANIZATIONS), [known, fresh])  # one of two new
+    assert await heard.take() == [f"{t.ORGANIZATIONS}:{fresh}"]
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ dictionary lookup: no connection, no login, no statement.
 
 An organization's pages (its page, history, milestones) read only that
 organization's rows of the tables announced by organization
-(`read_model_changes.BY_ORGANIZATION`), so they are kept at the version of that
+(`read_model_changes.NAMES_ORGANIZATIONS`), so they are kept at the version of that
 organization instead of those tables': a write to one organization leaves every
 other organization's pages as they were. An organization's version is a counter
 of its bucket (organizations hash into ORGANIZATION_BUCKETS of them: two sharing
@@ -204,7 +204,7 @@ class ReadModelVersions:
             self.changed_everything()
             return
         self._versions[table] += 1
-        if table not in t.BY_ORGANIZATION:
+        if table not in t.NAMES_ORGANIZATIONS:
             self._whole[table] += 1
             return
         buckets = self._organizations
@@ -229,7 +229,10 @@ class ReadModelVersions:
         versions of the tables announced by organization and the others' versions."""
         versions, whole = self._versions, self._whole
         return (
-            *[whole[table] if table in t.BY_ORGANIZATION else versions[table] for table in tables],
+            *[
+                whole[table] if table in t.NAMES_ORGANIZATIONS else versions[table]
+                for table in tables
+            ],
             self._organizations[hash(organization) & (ORGANIZATION_BUCKETS - 1)],
         )
 

@@ -2,7 +2,8 @@
 
 Every transaction that changes one of TABLES notifies CHANNEL when it commits.
 The payload is the table's name (the whole table may have changed), or, for
-the tables whose rows each belong to one organization (BY_ORGANIZATION), the
+the tables whose rows each belong to one organization (BY_ORGANIZATION) and the
+inserts into organizations (NAMES_ORGANIZATIONS), the
 table's name, a colon and the ids of the organizations whose rows changed,
 comma-separated (`organizations_changed`). The read API's response cache
 listens (healthscore.api.invalidation).
@@ -36,6 +37,9 @@ TABLES: Final = (
 
 # their rows each belong to one organization: announced by organization (0051)
 BY_ORGANIZATION: Final = (CUSTOMER_HEALTH, SCORE_HISTORY, MILESTONES, INTERACTIONS, ALERTS)
+# and organizations, whose inserts name the organizations inserted (0063; its updates
+# and deletes announce the whole table)
+NAMES_ORGANIZATIONS: Final = (*BY_ORGANIZATION, ORGANIZATIONS)
 ORGANIZATIONS_SEPARATOR: Final = ":"
 
 
