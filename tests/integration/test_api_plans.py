@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from healthscore.api.routes import RANGE_FIRST_DIGITS
 from healthscore.store import read_api as q
 from healthscore.store.identity import LOGIN, SigningKey, mint_token
 from tests.conftest import DatabaseFactory
@@ -179,8 +180,7 @@ FILTERS: dict[str, tuple[dict[str, Any], str]] = {
     "health_status": ({"status": ["critical"]}, "customer_health_status_score_idx"),
     "risk_level": ({"levels": ["high", "critical"]}, "customer_health_high_risk_idx"),
     "factor": ({"factor": "<factor>"}, "customer_health_risk_factors_idx"),
-    "q": ({"prefix": "<prefix>"}, "customer_health_organization_id_key"),
-}
+}  # the id prefix (q): below, by its width
 
 
 @pytest.mark.parametrize("sort", SORTS)
@@ -191,9 +191,6 @@ async def test_each_filter_with_each_sort_uses_an_index(
     filters, serving = FILTERS[name]
     if name == "factor":
         filters = {"factor": session.factor}
-    if name == "q":
-        digits = session.organization_id.hex[:4]
-        filters = {"prefix": (uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f")))}
     sql, sort_indexes = SORTS[sort]
     plan = await explain(
         session, sql, *org_args(**filters), *extra_args(sort, filters.get("levels"))
@@ -205,8 +202,70 @@ async def test_each_filter_with_each_sort_uses_an_index(
     assert used & ({serving} | sort_indexes), (name, sort, used)
     if (name, sort) in {("health_status", "health_score"), ("risk_level", "churn_probability")}:
         assert serving in used
-    if name in ("factor", "q"):
+    if name == "factor":
         assert serving in used, (name, sort, used)  # selective: the filter's index wins
+
+
+# The id-prefix search (q) by the prefix's width (routes.RANGE_FIRST_DIGITS): a narrow
+# prefix reads its id range once and sorts it, with one plan per connection (the route's
+# generic plans); a wide one (one hex digit, 1/16 of the ids) walks the sort's indexes.
+RANGE_FIRST = {
+    "churn_probability": q.LIST_ORGANIZATIONS_IN_RANGE_BY_CHURN,
+    "health_score": q.LIST_ORGANIZATIONS_IN_RANGE_BY_SCORE,
+    "score_change_7d": q.LIST_ORGANIZATIONS_IN_RANGE_BY_CHANGE_7D,
+}
+
+
+def id_range(digits: str) -> tuple[uuid.UUID, uuid.UUID]:
+    return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
+
+
+def customer_health_scans(plan: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [n for n in plan if n.get("Relation Name") == "customer_health"]
+
+
+@pytest.mark.parametrize("width", [RANGE_FIRST_DIGITS, 4])
+@pytest.mark.parametrize("sort", SORTS)
+async def test_a_narrow_prefix_reads_its_id_range_once(
+    session: Session, sort: str, width: int
+) -> None:
+    digits = session.organization_id.hex[:width]
+    in_range = await session.conn.fetchval(
+        "SELECT count(*) FROM customer_health WHERE organization_id BETWEEN $1 AND $2",
+        *id_range(digits),
+    )
+    low, high = (f"'{u}'::uuid" for u in id_range(digits))
+    values = ["NULL", "NULL", "NULL", low, high, "NULL", "NULL", "51"]
+    plan = await explain_generic(session, RANGE_FIRST[sort], values, analyze=True)
+    scans = customer_health_scans(plan)
+    # one read of the table (not one per slice), by the id range, of the range's rows
+    assert len(scans) == 1, [n["Node Type"] for n in scans]
+    assert indexes(plan) == {"customer_health_organization_id_key", "organizations_pkey"}, indexes(
+        plan
+    )
+    assert scans[0]["Actual Rows"] == in_range > 0, (scans[0]["Actual Rows"], in_range)
+    # with a cursor as well: the keyset filters the range's rows, it reads no sort index
+    plan = await explain_generic(
+        session, RANGE_FIRST[sort], [*values[:5], "50", f"'{uuid.UUID(int=0)}'", "51"]
+    )
+    assert indexes(plan) == {"customer_health_organization_id_key", "organizations_pkey"}
+
+
+@pytest.mark.parametrize("sort", SORTS)
+async def test_a_wide_prefix_is_read_by_index_slice_by_slice(session: Session, sort: str) -> None:
+    # one hex digit: the sliced statement, each slice by an index, its sort's or the id
+    # range's, whichever the planner judges cheaper for the table's size (here, 5,000
+    # organizations, mostly the range: 312 rows; at 100,000 the sort's, about 816 rows
+    # for a page against 6,250: README, "Read side")
+    digits = session.organization_id.hex[: RANGE_FIRST_DIGITS - 1]
+    sql, _ = SORTS[sort]
+    for cursor in (None, (Decimal("50"), uuid.UUID(int=0))):
+        plan = await explain(
+            session, sql, *org_args(prefix=id_range(digits), cursor=cursor), *extra_args(sort)
+        )
+        slices = {"churn_probability": 2, "health_score": 4}.get(sort, 1)
+        assert len(customer_health_scans(plan)) == slices, (sort, cursor)
+        assert "customer_health" not in seq_scans(plan), sort
 
 
 async def test_organizations_without_a_weekly_change_are_read_by_id(session: Session) -> None:
@@ -340,16 +399,20 @@ async def test_organization_page_statements_use_indexes(session: Session) -> Non
     assert "success_milestones" not in seq_scans(milestones)
 
 
-async def explain_generic(session: Session, sql: str) -> list[dict[str, Any]]:
-    """The plan that plan_cache_mode=force_generic_plan executes, for any parameter values."""
+async def explain_generic(
+    session: Session, sql: str, values: list[str] | None = None, *, analyze: bool = False
+) -> list[dict[str, Any]]:
+    """The plan that plan_cache_mode=force_generic_plan executes, for any parameter values
+    (`values`: SQL literals to run it with, under `analyze`; NULLs if not given)."""
     conn = session.conn
     await conn.execute(f"PREPARE generic_statement AS {sql}")
     try:
         count = len((await conn.prepare(sql)).get_parameters())
-        nulls = ", ".join(["NULL"] * count)
+        given = ", ".join(values or ["NULL"] * count)
+        options = "ANALYZE, FORMAT JSON" if analyze else "FORMAT JSON"
         async with conn.transaction():
             await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-            raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE generic_statement({nulls})")
+            raw = await conn.fetchval(f"EXPLAIN ({options}) EXECUTE generic_statement({given})")
     finally:
         await conn.execute("DEALLOCATE generic_statement")
     plan = raw if isinstance(raw, list) else json.loads(raw)

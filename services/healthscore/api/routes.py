@@ -103,6 +103,16 @@ def _page_cursor(
 
 OrganizationSort = Literal["churn_probability", "health_score", "score_change_7d"]
 _PREFIX = re.compile(r"^[0-9a-fA-F-]{1,36}$")
+# An id prefix of this many hex digits or more is searched by its id range first, then
+# sorted: it selects 1/256 of the organizations or fewer (uuids are random), fewer rows
+# than walking the sort's index to fill a page would read (51 * 16^digits). One digit
+# (1/16) walks the sort's index (read_api.py, "prefix search").
+RANGE_FIRST_DIGITS: Final = 2
+_RANGE_FIRST: Final[dict[str, str]] = {
+    "churn_probability": q.LIST_ORGANIZATIONS_IN_RANGE_BY_CHURN,
+    "health_score": q.LIST_ORGANIZATIONS_IN_RANGE_BY_SCORE,
+    "score_change_7d": q.LIST_ORGANIZATIONS_IN_RANGE_BY_CHANGE_7D,
+}
 
 
 def _id_range(prefix: str | None) -> tuple[uuid.UUID | None, uuid.UUID | None]:
@@ -152,8 +162,13 @@ async def list_organizations(
     ]
     key = (Decimal(after.value) if after.value is not None else None) if after else None
     after_id = after.id if after else None
-    async with _session(request) as session:
-        if sort == "churn_probability":
+    range_first = q_ is not None and len(q_.replace("-", "")) >= RANGE_FIRST_DIGITS
+    # the range-first statements read one index range and filter the rows it holds, so
+    # one plan per connection serves every request (no planning per request)
+    async with _session(request, generic_plans=range_first) as session:
+        if range_first:
+            rows = await session.conn.fetch(_RANGE_FIRST[sort], *filters, key, after_id, limit + 1)
+        elif sort == "churn_probability":
             exact, low_edge, high_edge = _churn_range(risk_level)
             wanted = set(risk_level) if risk_level else set(RiskLevel)
             # one slice per band when bands are asked for, else the two risk-level slices

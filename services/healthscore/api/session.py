@@ -142,9 +142,10 @@ async def create_api_pool(
 def begin_as(token: str, *, generic_plans: bool = False) -> str:
     """BEGIN and the login as one simple-protocol message (one round trip).
 
-    `generic_plans`: the request's statements take no optional filters (a key and
-    nothing else), so each is planned once per connection (asyncpg prepares and
-    keeps it) instead of at every execution as the pool's force_custom_plan does.
+    `generic_plans`: the request's statements read by a key and nothing else (their
+    optional filters, if any, only filter the rows the key reads), so each is planned
+    once per connection (asyncpg prepares and keeps it) instead of at every execution
+    as the pool's force_custom_plan does.
     """
     if not _TOKEN_ALPHABET.fullmatch(token):  # never anything but mint_token's output
         raise IdentityBindingFailed("refusing to send a token that is not one we minted")

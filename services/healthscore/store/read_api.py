@@ -186,6 +186,64 @@ LIST_ORGANIZATIONS_WITHOUT_CHANGE_7D: Final = _org_list(
     limit="$7",
 )
 
+# --- prefix search: the id range first ---------------------------------------------
+
+
+# With a prefix of the organization id (q), the rows in its id range are few: a prefix
+# of k hex digits selects 16^-k of the ids (uuids are random), 390 of 100,000 for two
+# digits. Walking a sort's index for them reads 51 * 16^k rows to fill a page of 50
+# (13,000 for two digits) and, for the sorts read in slices, does so once per slice,
+# each with its own row-level-security InitPlan. These statements read the range of
+# customer_health_organization_id_key once and sort what it holds (a top-N sort), for
+# every sort; the keyset and the order are those of the statements above, so a cursor
+# means the same in both. The route picks them by the prefix's width (routes.py): for
+# one hex digit (6,250 of 100,000 rows) the sort's own index, filtered by the range,
+# is cheaper (it reads about 816 rows for a page).
+# $1 health_status[], $2 risk_level[], $3 factor, $4/$5 the id range (given), $6 cursor
+# sort value, $7 cursor id, $8 limit.
+def _range_list(order: str, keyset: str, sort_key: str) -> str:
+    return _org_list(
+        [
+            f"""SELECT {_ORG_COLUMNS}
+    FROM customer_health
+    WHERE organization_id BETWEEN $4::uuid AND $5::uuid
+      AND ($1::text[] IS NULL OR health_status = ANY($1::text[]))
+      AND ($2::text[] IS NULL OR risk_level = ANY($2::text[]))
+      AND ($3::jsonb IS NULL OR risk_factors @> $3::jsonb)
+      AND {keyset}
+    ORDER BY {order}
+    LIMIT $8"""
+        ],
+        order,
+        sort_key,
+    )
+
+
+LIST_ORGANIZATIONS_IN_RANGE_BY_CHURN: Final = _range_list(
+    "churn_probability DESC, organization_id",
+    """($6::numeric IS NULL OR churn_probability < $6::numeric
+           OR (churn_probability = $6::numeric AND organization_id > $7::uuid))""",
+    "u.churn_probability",
+)
+
+LIST_ORGANIZATIONS_IN_RANGE_BY_SCORE: Final = _range_list(
+    "health_score, organization_id",
+    """($6::numeric IS NULL OR health_score > $6::numeric
+           OR (health_score = $6::numeric AND organization_id > $7::uuid))""",
+    "u.health_score",
+)
+
+# both parts of the 7-day-change order in one statement (ascending puts NULL last): a
+# cursor with no value ($6 NULL, $7 given) is in the NULL part, as in the two above
+LIST_ORGANIZATIONS_IN_RANGE_BY_CHANGE_7D: Final = _range_list(
+    "score_change_7d, organization_id",
+    """($7::uuid IS NULL
+           OR (score_change_7d IS NULL AND ($6::numeric IS NOT NULL OR organization_id > $7::uuid))
+           OR score_change_7d > $6::numeric
+           OR (score_change_7d = $6::numeric AND organization_id > $7::uuid))""",
+    "u.score_change_7d",
+)
+
 # The organization page and its history: each one statement that logs the caller in,
 # builds the response model's JSON text in PostgreSQL and logs out (migration 0052), so
 # a request is one round trip in that statement's own transaction. $1 the caller's
