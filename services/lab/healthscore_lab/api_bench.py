@@ -606,6 +606,16 @@ def scenarios(ids: list[str]) -> list[tuple[str, list[str]]]:
         ("list: risk_level=high", [org_list(risk_level="high")]),
         ("list: factor=complaints", [org_list(factor="complaints")]),
         ("list: q=<id prefix>", [org_list(q=i[:4]) for i in ids[:200]]),
+        (
+            "list: q=<id prefix>, sort=health_score",
+            [org_list(q=i[:4], sort="health_score") for i in ids[:200]],
+        ),
+        (
+            "list: q=<id prefix>, sort=score_change_7d",
+            [org_list(q=i[:4], sort="score_change_7d") for i in ids[:200]],
+        ),
+        # two digits: about 390 of 100,000 organizations each, pages of 50
+        ("list: q=<2-digit id prefix>", [org_list(q=i[:2]) for i in ids[:200]]),
         ("organization page", [f"/api/v1/organizations/{i}" for i in ids]),
         ("organization history (30 days)", [f"/api/v1/organizations/{i}/history" for i in ids]),
     ]
