@@ -23,7 +23,9 @@ merges in order (MergeAppend, stopping at the limit):
   statement run only when the first runs out.
 
 A branch that a filter rules out (risk level `low` for the high-risk slice)
-is folded to a one-time `false` at planning, so it reads nothing.
+is folded to a one-time `false` at planning, so it reads nothing. An id prefix
+of two or more hex digits (q) is read by its id range first instead, one
+statement per sort ("prefix search" below).
 tests/integration/test_api_plans.py checks each sort and filter's plan.
 """
 
@@ -191,14 +193,15 @@ LIST_ORGANIZATIONS_WITHOUT_CHANGE_7D: Final = _org_list(
 
 # With a prefix of the organization id (q), the rows in its id range are few: a prefix
 # of k hex digits selects 16^-k of the ids (uuids are random), 390 of 100,000 for two
-# digits. Walking a sort's index for them reads 51 * 16^k rows to fill a page of 50
-# (13,000 for two digits) and, for the sorts read in slices, does so once per slice,
-# each with its own row-level-security InitPlan. These statements read the range of
-# customer_health_organization_id_key once and sort what it holds (a top-N sort), for
-# every sort; the keyset and the order are those of the statements above, so a cursor
+# digits. The sliced statements above read that range once per slice, each slice with
+# its own row-level-security InitPlan, or walk the sort's index past the other ids
+# (51 * 16^k rows for a page of 50), and are planned at every request. These read the
+# range of customer_health_organization_id_key once and sort what it holds (top-N),
+# for every sort, with a plan that serves any values (the route runs them with generic
+# plans); the keyset and the order are those of the statements above, so a cursor
 # means the same in both. The route picks them by the prefix's width (routes.py): for
-# one hex digit (6,250 of 100,000 rows) the sort's own index, filtered by the range,
-# is cheaper (it reads about 816 rows for a page).
+# one hex digit (6,250 of 100,000 rows) walking the sort's index is cheaper (about 816
+# rows for a page).
 # $1 health_status[], $2 risk_level[], $3 factor, $4/$5 the id range (given), $6 cursor
 # sort value, $7 cursor id, $8 limit.
 def _range_list(order: str, keyset: str, sort_key: str) -> str:
