@@ -18,9 +18,11 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from healthscore.api.models import OrganizationPage
-from healthscore.api.routes import RANGE_FIRST_DIGITS
+from healthscore.api.routes import RANGE_FIRST_DIGITS, read_by_id_range_first
+from healthscore.store import read_api as q
 from tests.utils import schema_builders as b
 from tests.utils.api import api_client, api_config, api_login, bearer
 
@@ -67,6 +69,7 @@ FILTERS: dict[str, tuple[dict[str, Any], str]] = {
 class Crowd:
     url: str
     client: httpx.AsyncClient
+    app: FastAPI
     auth: dict[str, str]
 
 
@@ -84,9 +87,9 @@ async def crowd(
         await conn.close()
     async with (
         api_login(pg_admin_url, url) as login_url,
-        api_client(await api_config(url, login_url, pool_size=2)) as (client, _app),
+        api_client(await api_config(url, login_url, pool_size=2)) as (client, app),
     ):
-        yield Crowd(url, client, {"Authorization": bearer(admin["id"])})
+        yield Crowd(url, client, app, {"Authorization": bearer(admin["id"])})
 
 
 async def owner_ids(crowd: Crowd, prefix: str, sort: str, condition: str) -> list[str]:
@@ -147,5 +150,63 @@ async def test_a_prefix_with_each_filter_pages_like_the_owners_query(
 
 
 def test_the_prefixes_above_take_both_statements() -> None:
-    # one digit walks the sort's index, two or more read the id range first
-    assert len("a") < RANGE_FIRST_DIGITS <= len("ab")
+    # one digit walks the sort's index, two or more read the id range first; a dash
+    # is not a digit
+    assert RANGE_FIRST_DIGITS == 2
+    assert not read_by_id_range_first("a") and not read_by_id_range_first("a-")
+    assert all(read_by_id_range_first(p) for p in ("ab", "abc", "abcd", "abcd-"))
+    assert not read_by_id_range_first(None)
+
+
+RANGE_FIRST = {
+    "churn_probability": q.LIST_ORGANIZATIONS_IN_RANGE_BY_CHURN,
+    "health_score": q.LIST_ORGANIZATIONS_IN_RANGE_BY_SCORE,
+    "score_change_7d": q.LIST_ORGANIZATIONS_IN_RANGE_BY_CHANGE_7D,
+}
+SLICED = {
+    "churn_probability": q.LIST_ORGANIZATIONS_BY_CHURN,
+    "health_score": q.LIST_ORGANIZATIONS_BY_SCORE,
+    "score_change_7d": q.LIST_ORGANIZATIONS_BY_CHANGE_7D,
+}
+
+
+async def plans_by_statement(crowd: Crowd) -> dict[str, tuple[int, int]]:
+    """Generic and custom plans executed so far, per statement, on the API's connections."""
+    pool = crowd.app.state.api.pool
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
+    counts: dict[str, tuple[int, int]] = {}
+    try:
+        for conn in held:
+            for row in await conn.fetch(
+                "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+            ):
+                generic, custom = counts.get(row[0], (0, 0))
+                counts[row[0]] = (generic + row[1], custom + row[2])
+    finally:
+        for conn in held:
+            await pool.release(conn)
+    return counts
+
+
+@pytest.mark.parametrize("sort", ORDER)
+async def test_the_route_runs_the_statement_of_the_prefix_width(crowd: Crowd, sort: str) -> None:
+    def added(
+        before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]], sql: str
+    ) -> tuple[int, int]:
+        was, now = before.get(sql, (0, 0)), after.get(sql, (0, 0))
+        return now[0] - was[0], now[1] - was[1]
+
+    # a page size of its own: no answer of the tests above comes from the cache
+    before = await plans_by_statement(crowd)
+    await paged_ids(crowd, {"q": "abc", "sort": sort, "limit": 9})
+    after = await plans_by_statement(crowd)
+    generic, custom = added(before, after, RANGE_FIRST[sort])
+    assert generic > 0 and custom == 0, (generic, custom)  # one plan per connection
+    assert added(before, after, SLICED[sort]) == (0, 0)
+
+    before = after
+    await paged_ids(crowd, {"q": "a", "sort": sort, "limit": 9})
+    after = await plans_by_statement(crowd)
+    assert added(before, after, RANGE_FIRST[sort]) == (0, 0)
+    generic, custom = added(before, after, SLICED[sort])
+    assert custom > 0 and generic == 0, (generic, custom)  # planned with the values

@@ -115,6 +115,11 @@ _RANGE_FIRST: Final[dict[str, str]] = {
 }
 
 
+def read_by_id_range_first(prefix: str | None) -> bool:
+    """Whether the prefix search reads its id range before sorting (RANGE_FIRST_DIGITS)."""
+    return prefix is not None and len(prefix.replace("-", "")) >= RANGE_FIRST_DIGITS
+
+
 def _id_range(prefix: str | None) -> tuple[uuid.UUID | None, uuid.UUID | None]:
     if prefix is None:
         return None, None
@@ -162,7 +167,7 @@ async def list_organizations(
     ]
     key = (Decimal(after.value) if after.value is not None else None) if after else None
     after_id = after.id if after else None
-    range_first = q_ is not None and len(q_.replace("-", "")) >= RANGE_FIRST_DIGITS
+    range_first = read_by_id_range_first(q_)
     # the range-first statements read one index range and filter the rows it holds, so
     # one plan per connection serves every request (no planning per request)
     async with _session(request, generic_plans=range_first) as session:
