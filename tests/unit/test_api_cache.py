@@ -97,7 +97,14 @@ def test_an_organizations_version_moves_with_it_and_with_its_whole_table() -> No
     versions.changed(t.INTERACTIONS)  # the whole table (too many, or a TRUNCATE)
     assert all(versions.of_organization(page, org) != before[org] for org in (a, b_))
     before = {org: versions.of_organization(page, org) for org in (a, b_)}
-    versions.changed(t.ORGANIZATIONS, [a])  # not announced by organization: all of it
+    versions.changed(t.ORGANIZATIONS, [a])  # a new organization (0063): that one only
+    assert versions.of_organization(page, a) != before[a]
+    assert versions.of_organization(page, b_) == before[b_]
+    before = {org: versions.of_organization(page, org) for org in (a, b_)}
+    versions.changed(t.ORGANIZATIONS)  # a rename: all of it
+    assert all(versions.of_organization(page, org) != before[org] for org in (a, b_))
+    before = {org: versions.of_organization(page, org) for org in (a, b_)}
+    versions.changed(t.USERS, [a])  # not announced by organization: all of it
     assert all(versions.of_organization(page, org) != before[org] for org in (a, b_))
     before = {org: versions.of_organization(page, org) for org in (a, b_)}
     versions.changed_everything()
