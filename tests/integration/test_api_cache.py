@@ -453,3 +453,35 @@ async def test_a_new_organization_keeps_every_page_and_moves_the_lists(world: Wo
     page = await world.get("admin", paths[0])
     assert page.json()["organization_name"] == "Bloom & Co"
     assert counted(world, "miss") == misses + 2
+
+
+async def test_an_id_prefix_list_is_kept_past_writes_to_other_ids(world: World) -> None:
+    bloom, vow = world.orgs["bloom"], world.orgs["vow"]
+    prefix = str(bloom)[:4]
+    assert not str(vow).startswith(prefix)  # random ids: one in 65,536 would share it
+    kept = await world.get("admin", LIST, q=prefix)
+    assert [i["organization_id"] for i in kept.json()["items"]] == [str(bloom)]
+
+    async def kept_answer() -> bytes:  # a hit that runs nothing in the database
+        before, hits = await api_backends(world), counted(world, "hit")
+        response = await world.get("admin", LIST, q=prefix)
+        assert counted(world, "hit") == hits + 1
+        assert await api_backends(world) == before
+        return response.content
+
+    assert await kept_answer() == kept.content
+    # a write to an organization outside the prefix: the full list moves, this one stays
+    await as_writer(
+        world, "UPDATE customer_health SET health_score = 58 WHERE organization_id = $1", vow
+    )
+    await settle(world)
+    assert await kept_answer() == kept.content
+    # a write to bloom: recomputed, with the new score
+    await as_writer(
+        world, "UPDATE customer_health SET health_score = 36 WHERE organization_id = $1", bloom
+    )
+    await settle(world)
+    misses = counted(world, "miss")
+    after = await world.get("admin", LIST, q=prefix)
+    assert counted(world, "miss") == misses + 1
+    assert after.json()["items"][0]["health_score"] == 36

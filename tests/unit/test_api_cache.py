@@ -25,6 +25,7 @@ from healthscore.api.cache import (
     changes_by_clock_in,
     endpoint_and_organization,
     endpoint_of,
+    id_prefix,
 )
 from healthscore.api.metrics import ApiMetrics
 from healthscore.store import read_model_changes as t
@@ -261,3 +262,36 @@ async def test_a_clock_bound_answer_is_kept_as_long_as_its_route_says() -> None:
     assert kept[None] is not None and now < kept[None] <= now + CLOCK_MAX_AGE
     assert kept[30.0] is not None and now + 25 < kept[30.0] <= now + 30
     assert kept[math.inf] == math.inf
+
+
+def test_an_id_prefix_list_moves_with_the_ids_it_covers_only() -> None:
+    versions = ReadModelVersions()
+    tables = (t.CUSTOMER_HEALTH, t.ORGANIZATIONS, t.USERS)
+    inside = "abcd1234-0000-4000-8000-000000000001"
+    outside = "abce1234-0000-4000-8000-000000000001"
+    prefixes = ("a", "ab", "abc", "abcd", "abcd1", "abcd1234")
+    before = {p: versions.of_id_prefix(tables, p) for p in (*prefixes, "abce", "b")}
+    versions.changed(t.CUSTOMER_HEALTH, [inside])
+    assert all(versions.of_id_prefix(tables, p) != before[p] for p in prefixes)
+    assert versions.of_id_prefix(tables, "abce") == before["abce"]
+    assert versions.of_id_prefix(tables, "b") == before["b"]
+    before = {p: versions.of_id_prefix(tables, p) for p in ("abcd", "abce", "abc", "b")}
+    versions.changed(t.ORGANIZATIONS, [outside])  # a new organization under abce
+    assert versions.of_id_prefix(tables, "abcd") == before["abcd"]
+    assert versions.of_id_prefix(tables, "abce") != before["abce"]
+    assert versions.of_id_prefix(tables, "abc") != before["abc"]
+    assert versions.of_id_prefix(tables, "b") == before["b"]
+    for whole in (t.CUSTOMER_HEALTH, t.USERS):  # a whole table: every prefix
+        before = {p: versions.of_id_prefix(tables, p) for p in ("abcd", "b")}
+        versions.changed(whole)
+        assert all(versions.of_id_prefix(tables, p) != before[p] for p in ("abcd", "b"))
+
+
+def test_the_id_prefix_is_read_from_the_query_as_the_route_reads_it() -> None:
+    assert id_prefix(b"q=ABcd-12&limit=5") == "abcd12"
+    assert id_prefix(b"limit=5") is None
+    assert id_prefix(b"q=ab&q=cd") is None  # which one the route takes is not ours to guess
+    assert id_prefix(b"q=xyz") is None  # refused by the route: not kept
+    assert id_prefix(b"q=") is None
+    assert id_prefix(b"q=--") is None
+    assert id_prefix(b"q=" + b"a" * 33) is None

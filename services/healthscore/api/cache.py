@@ -10,6 +10,11 @@ that table's version here; an answer is served only while the versions it was
 computed at are still the current ones. A hit costs the token check and a
 dictionary lookup: no connection, no login, no statement.
 
+A list narrowed by an id prefix (`q`) reads only the organizations whose ids start
+with it, so it is kept at the changes of the ids sharing its first PREFIX_DIGITS
+digits (or all of them, when shorter), counted per prefix from the same
+announcements, instead of every change of those tables.
+
 An organization's pages (its page, history, milestones) read only that
 organization's rows of the tables announced by organization
 (`read_model_changes.NAMES_ORGANIZATIONS`), so they are kept at the version of that
@@ -77,6 +82,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
+from urllib.parse import parse_qsl
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -98,6 +104,11 @@ DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 MAX_AUDIENCE_USERS: Final = 100_000
 # a power of two; 8 bytes each
 ORGANIZATION_BUCKETS: Final = 1 << 18
+# changes are also counted per id prefix of 1 to this many hex digits (16 ** n counters
+# of 8 bytes each), for the lists of an id-prefix search
+PREFIX_DIGITS: Final = 4
+# what the list's `q` may be (the route refuses anything else): hex digits and dashes
+_ID_PREFIX: Final = re.compile(r"[0-9a-fA-F-]{1,36}")
 CLOCK_SCOPE_KEY: Final = "healthscore.changes_by_clock_in"
 
 # (the user, or the audience the database puts them in; the path and query)
@@ -117,6 +128,9 @@ class Endpoint:
     # the path names an organization (group `organization`) and the endpoint reads
     # only its rows of the tables announced by organization
     by_organization: bool = False
+    # a `q` (an organization id prefix) narrows what it reads to the ids with that
+    # prefix, of the tables announced by organization
+    by_id_prefix: bool = False
     # the answer names its caller (who they are, what is assigned to them): kept for
     # that user only, never for their audience
     per_user: bool = False
@@ -126,7 +140,7 @@ _ID = r"(?P<organization>[^/]+)"
 ENDPOINTS: Final = (
     (
         re.compile(r"/api/v1/organizations"),
-        Endpoint((t.CUSTOMER_HEALTH, t.ORGANIZATIONS, *_IDENTITY)),
+        Endpoint((t.CUSTOMER_HEALTH, t.ORGANIZATIONS, *_IDENTITY), by_id_prefix=True),
     ),
     (
         re.compile(rf"/api/v1/organizations/{_ID}"),
@@ -186,6 +200,16 @@ def endpoint_and_organization(path: str) -> tuple[Endpoint | None, str | None]:
     return None, None
 
 
+def id_prefix(query_string: bytes) -> str | None:
+    """The hex digits of the query's one `q`, lowercase, as the route reads them; None:
+    no q, several, or one the route refuses."""
+    values = [v for k, v in parse_qsl(query_string.decode("latin-1"), True) if k == "q"]
+    if len(values) != 1 or not _ID_PREFIX.fullmatch(values[0]):
+        return None
+    digits = values[0].replace("-", "").lower()
+    return digits if 0 < len(digits) <= 32 else None
+
+
 class ReadModelVersions:
     """Each announced table's version (how many of its changes this process has heard
     of), and each organization's, for the tables announced by organization."""
@@ -196,6 +220,8 @@ class ReadModelVersions:
         # changes of the whole table: those not narrowed to some organizations
         self._whole = dict.fromkeys(t.TABLES, 0)
         self._organizations = array("Q", bytes(8 * ORGANIZATION_BUCKETS))
+        # [n - 1][the first n hex digits of an id]: changes of such ids
+        self._prefixes = [array("Q", bytes(8 * 16**n)) for n in range(1, PREFIX_DIGITS + 1)]
 
     def changed(self, table: str, organizations: Iterable[str] = ()) -> None:
         """`table` changed: only the rows of `organizations` (as PostgreSQL prints their
@@ -207,10 +233,17 @@ class ReadModelVersions:
         if table not in t.NAMES_ORGANIZATIONS:
             self._whole[table] += 1
             return
-        buckets = self._organizations
+        buckets, prefixes = self._organizations, self._prefixes
         moved = False
         for organization in organizations:
             buckets[hash(organization) & (ORGANIZATION_BUCKETS - 1)] += 1
+            try:
+                head = int(organization[:PREFIX_DIGITS], 16)
+            except ValueError:  # not an id as PostgreSQL prints them: every prefix moves
+                self._whole[table] += 1
+                return
+            for n, counters in enumerate(prefixes, 1):
+                counters[head >> 4 * (PREFIX_DIGITS - n)] += 1
             moved = True
         if not moved:
             self._whole[table] += 1
@@ -227,14 +260,22 @@ class ReadModelVersions:
     def of_organization(self, tables: Iterable[str], organization: str) -> Versions:
         """The versions an organization's page read at: its own, with the whole-table
         versions of the tables announced by organization and the others' versions."""
+        own = self._organizations[hash(organization) & (ORGANIZATION_BUCKETS - 1)]
+        return (*self._narrowed(tables), own)
+
+    def of_id_prefix(self, tables: Iterable[str], digits: str) -> Versions:
+        """The versions a list of the ids starting with `digits` (lowercase hex) read at:
+        the changes of the ids sharing their first PREFIX_DIGITS digits or fewer, with
+        the whole-table versions of the tables announced by organization and the
+        others' versions."""
+        n = min(len(digits), PREFIX_DIGITS)
+        return (*self._narrowed(tables), self._prefixes[n - 1][int(digits[:n], 16)])
+
+    def _narrowed(self, tables: Iterable[str]) -> list[int]:
         versions, whole = self._versions, self._whole
-        return (
-            *[
-                whole[table] if table in t.NAMES_ORGANIZATIONS else versions[table]
-                for table in tables
-            ],
-            self._organizations[hash(organization) & (ORGANIZATION_BUCKETS - 1)],
-        )
+        return [
+            whole[table] if table in t.NAMES_ORGANIZATIONS else versions[table] for table in tables
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,8 +508,10 @@ class CachedReads:
             return
 
         owner = await state.owner(principal, endpoint)
-        key: Key = (owner, path.encode() + b"?" + scope["query_string"])
-        versions = self._versions(endpoint, organization)
+        query: bytes = scope["query_string"]
+        key: Key = (owner, path.encode() + b"?" + query)
+        prefix = id_prefix(query) if endpoint.by_id_prefix and query else None
+        versions = self._versions(endpoint, organization, prefix)
         answer = state.cache.get(key, versions, monotonic)
         if answer is not None:
             self._hit.inc()
@@ -507,7 +550,7 @@ class CachedReads:
             for message in messages:
                 await send(message)
             return
-        if self._versions(endpoint, organization) == versions and state.serving(
+        if self._versions(endpoint, organization, prefix) == versions and state.serving(
             time.time(), time.monotonic()
         ):
             fresh_until = math.inf
@@ -519,10 +562,15 @@ class CachedReads:
                 state.cache.put(key, versions, fresh_until, answer)
         await self._send(send, answer, if_none_match)
 
-    def _versions(self, endpoint: Endpoint, organization: str | None) -> Versions:
-        if organization is None:
-            return self.state.versions.of(endpoint.tables)
-        return self.state.versions.of_organization(endpoint.tables, organization)
+    def _versions(
+        self, endpoint: Endpoint, organization: str | None, prefix: str | None
+    ) -> Versions:
+        versions = self.state.versions
+        if organization is not None:
+            return versions.of_organization(endpoint.tables, organization)
+        if prefix is not None:
+            return versions.of_id_prefix(endpoint.tables, prefix)
+        return versions.of(endpoint.tables)
 
     async def _send(self, send: Send, answer: Answer, if_none_match: bytes | None) -> None:
         if _matches(if_none_match, answer.etag):
