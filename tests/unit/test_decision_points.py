@@ -39,6 +39,8 @@ ON_THE_HOUR = uuid.UUID(int=int(DECISION_BUCKET * 1000) * 777)
 # ... and one whose buckets start at half past (one spans midnight)
 HALF_PAST = uuid.UUID(int=int(DECISION_BUCKET * 1000) * 777 + int(DECISION_BUCKET * 500))
 USER = uuid.UUID(int=42)
+# 20 minutes after the calm organization's first score, in the same bucket and day
+LATER = MIDNIGHT + timedelta(hours=10, minutes=20)
 
 
 def _usage(
@@ -85,7 +87,7 @@ def _calm(org: uuid.UUID = ON_THE_HOUR, at: datetime = MIDNIGHT + timedelta(hour
 
 
 def _then(states: dict[str, OrganizationState], event: Event) -> BatchEffects:
-    return compute_batch_effects([event], states, {}, MODEL)
+    return compute_batch_effects([event], states, {}, MODEL, keep_scores=True)
 
 
 def test_an_event_that_is_not_a_decision_point_is_applied_and_not_scored(
@@ -105,6 +107,9 @@ def test_an_event_that_is_not_a_decision_point_is_applied_and_not_scored(
     assert state.event_count == before.event_count + 1
     assert state.last_event_at == (MIDNIGHT + timedelta(hours=10, minutes=20)).timestamp()
     assert effects.applied == 1 and effects.changed() == [str(ON_THE_HOUR)]
+    # the service keeps no list of the scores made (only the lab's replay asks for it)
+    first = compute_batch_effects([_usage(LATER)], {}, {}, MODEL)
+    assert first.rescored and first.scores == []
     # a reader scores it as of the event: the event is in the read model
     assert current_as_of(state) == state.last_event_at
     projected = project(state, MODEL)
@@ -119,9 +124,6 @@ def _decides(states: dict[str, OrganizationState], event: Event) -> bool:
         return False
     assert effects.scores[-1].scored_at == state.last_scored_at == current_as_of(state)
     return True
-
-
-LATER = MIDNIGHT + timedelta(hours=10, minutes=20)
 
 
 def test_the_reference_case_is_not_a_decision_point() -> None:
@@ -214,9 +216,9 @@ def _day_of_logins(org: uuid.UUID = ON_THE_HOUR) -> list[UsageEvent]:
 def test_the_days_last_event_is_decided_before_a_later_days_event() -> None:
     """Each day's history row and daily score: the score after its last event."""
     events = _day_of_logins()
-    reference = compute_batch_effects(events, {}, {}, MODEL, decision_bucket=None)
+    reference = compute_batch_effects(events, {}, {}, MODEL, decision_bucket=None, keep_scores=True)
     states: dict[str, OrganizationState] = {}
-    effects = compute_batch_effects(events, states, {}, MODEL)
+    effects = compute_batch_effects(events, states, {}, MODEL, keep_scores=True)
     assert len(effects.scores) < len(events) / 2
     first_day = int(MIDNIGHT.timestamp() // 86400)
     day_one = (str(ON_THE_HOUR), first_day)
@@ -247,7 +249,7 @@ def test_events_not_decided_are_decided_before_a_silence_rescoring() -> None:
     state = states[str(ON_THE_HOUR)]
     last = events[-1].occurred_at.timestamp()
     assert state.last_scored_at is not None and state.last_scored_at < last
-    swept = compute_silence_effects(states, last + 3 * step, step, MODEL)
+    swept = compute_silence_effects(states, last + 3 * step, step, MODEL, keep_scores=True)
     assert swept.scores[0].scored_at == last  # the pending events first, as of the newest
     assert swept.scores[1:] == swept.silence_rescorings
     reference: dict[str, OrganizationState] = {}

@@ -156,12 +156,14 @@ def _run(
         batch = log[start:end]
         if not batch:
             continue
-        all_effects.append(compute_batch_effects(batch, states, {}, MODEL, STEP, decision_bucket))
+        all_effects.append(
+            compute_batch_effects(batch, states, {}, MODEL, STEP, decision_bucket, keep_scores=True)
+        )
         if sweeps[n % len(sweeps)]:
             watermark = batch[-1].occurred_at.timestamp()
-            all_effects.append(compute_silence_effects(states, watermark, STEP, MODEL))
+            all_effects.append(compute_silence_effects(states, watermark, STEP, MODEL, True))
     end = log[-1].occurred_at.timestamp() + 0.5
-    all_effects.append(compute_silence_effects(states, end, STEP, MODEL))
+    all_effects.append(compute_silence_effects(states, end, STEP, MODEL, True))
     rescorings = [
         (r.organization_id, r.scored_at, r.health.score, r.health.churn_probability)
         for effects in all_effects
@@ -325,7 +327,9 @@ def test_batch_rescores_silence_before_the_event_that_ends_it() -> None:
     assert next_silence_rescore(state, STEP) == t0 + 10 * STEP  # back + a step, on the grid
     # an event in the hour of the silence rescoring (00:01) waits for its decision
     soon = t0 + 2 * 86400 + 60
-    waits = compute_batch_effects([login(t0 + 600), login(soon)], {}, {}, MODEL, STEP)
+    waits = compute_batch_effects(
+        [login(t0 + 600), login(soon)], {}, {}, MODEL, STEP, keep_scores=True
+    )
     assert waits.scores[-1] == waits.silence_rescorings[-1]
     assert waits.states[str(org)].last_scored_at == t0 + 8 * STEP
     assert next_silence_rescore(waits.states[str(org)], STEP) == t0 + 10 * STEP

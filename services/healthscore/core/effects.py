@@ -98,8 +98,11 @@ class BatchEffects:
     rescored: dict[str, Rescored] = field(default_factory=dict)
     # every silence rescoring, in the order made
     silence_rescorings: list[Rescored] = field(default_factory=list)
-    # every score the batch made (decision points and silence rescorings), in order
+    # with keep_scores: every score the batch made (decision points and silence
+    # rescorings), in order; off in the service, which reads none of them (kept,
+    # a batch's thousands of scores outlive their event and the collector walks them)
     scores: list[Rescored] = field(default_factory=list)
+    keep_scores: bool = False
     # (organization, event-time day: days since the epoch, UTC) -> its last score that day
     daily: dict[tuple[str, int], Rescored] = field(default_factory=dict)
     alerts: list[RaisedAlert] = field(default_factory=list)
@@ -125,6 +128,7 @@ class BatchEffects:
                 r for r in self.silence_rescorings if r.organization_id not in organizations
             ],
             scores=[r for r in self.scores if r.organization_id not in organizations],
+            keep_scores=self.keep_scores,
             daily={k: r for k, r in self.daily.items() if k[0] not in organizations},
             alerts=[a for a in self.alerts if a.organization_id not in organizations],
             misrouted=[
@@ -283,7 +287,8 @@ def _rescore(
         cause=cause,
     )
     effects.rescored[state.organization_id] = rescored
-    effects.scores.append(rescored)
+    if effects.keep_scores:
+        effects.scores.append(rescored)
     # as-of times never go back (see compute_batch_effects): the last one assigned is
     # the day's latest
     effects.daily[(state.organization_id, int(as_of // DAY))] = rescored
@@ -296,6 +301,7 @@ def compute_batch_effects(
     model: ScoreModel,
     silence_step: float | None = None,
     decision_bucket: float | None = DECISION_BUCKET,
+    keep_scores: bool = False,
 ) -> BatchEffects:
     """Apply `events` (deduplicated, in partition order) to the given state.
 
@@ -304,9 +310,10 @@ def compute_batch_effects(
     is applied; it is then rescored (its alert decided, its score recorded) if
     it is a decision point (`_can_wait`), which depends on the log and the state
     only. With `decision_bucket` None every event is one (the reference the
-    rule's tests compare with).
+    rule's tests compare with). With `keep_scores`, `BatchEffects.scores` lists
+    every score made (the lab's replay records them all).
     """
-    effects = BatchEffects(states=states, interactions=interactions)
+    effects = BatchEffects(states=states, interactions=interactions, keep_scores=keep_scores)
     lowering = _lowering_usage_types(model)
     for event in events:
         org = str(event.organization_id)
@@ -317,10 +324,18 @@ def compute_batch_effects(
             t = event.occurred_at.timestamp()
             if silence_step is not None:
                 _silence_before(state, t, silence_step, model, effects)
-            _end_day(state, t, model, effects)
+            # `_end_day` and the first check of `_can_wait` inline: they run for
+            # every usage event, and most events of a sparse stream stop there
             scored = state.last_scored_at
-            # inline, the check that settles most events of a sparse stream: a
-            # bucket or more after the last score, the event is a decision point
+            newest = state.last_event_at
+            if (
+                scored is not None
+                and newest is not None
+                and scored < newest
+                and t // DAY > newest // DAY
+            ):
+                _decide(state, model, effects)
+                scored = state.last_scored_at
             waits = (
                 decision_bucket is not None
                 and scored is not None
@@ -354,7 +369,13 @@ def compute_batch_effects(
         effects._applied_per_org[org] = effects._applied_per_org.get(org, 0) + 1
         if waits:
             continue  # applied, decided later (`_decide_pending`)
-        _decide(state, model, effects)
+        # as of the newest event, or of a later silence rescoring (`_decide`, inline)
+        as_of = state.last_event_at
+        assert as_of is not None
+        scored = state.last_scored_at
+        if scored is not None and scored > as_of:
+            as_of = scored
+        _rescore(state, as_of, model, effects, state.last_score, HistoryCause.EVENTS, False)
     return effects
 
 
@@ -471,7 +492,11 @@ def _silence_before(
 
 
 def compute_silence_effects(
-    states: dict[str, OrganizationState], watermark: float, step: float, model: ScoreModel
+    states: dict[str, OrganizationState],
+    watermark: float,
+    step: float,
+    model: ScoreModel,
+    keep_scores: bool = False,
 ) -> BatchEffects:
     """The sweep: rescore silent organizations at every due grid point below `watermark`.
 
@@ -481,7 +506,7 @@ def compute_silence_effects(
     organization carries its risk factors (the read model shows them).
     Organizations with nothing due are left out of `rescored`.
     """
-    effects = BatchEffects(states=states)
+    effects = BatchEffects(states=states, keep_scores=keep_scores)
     for state in states.values():
         times = silence_rescore_times(state, watermark, step)
         if times:

@@ -174,7 +174,7 @@ def run_backtest(
 
     def snapshot(at: float) -> None:
         if silence_step is not None:
-            recorder.effects(compute_silence_effects(states, at, silence_step, model))
+            recorder.effects(compute_silence_effects(states, at, silence_step, model, True))
         for org, state in states.items():
             index = orgs[org]
             if state.last_event_at is None or churn[index] <= at:  # NaN: never churns
@@ -206,7 +206,9 @@ def run_backtest(
                 as_of = current_as_of(known)
                 before = None if as_of is None else score(known, as_of, model, explain=False).score
                 closing = (key, before)
-        effects = compute_batch_effects([event], states, interactions, model, silence_step)
+        effects = compute_batch_effects(
+            [event], states, interactions, model, silence_step, keep_scores=True
+        )
         recorder.effects(effects)
         if closing is not None:
             after = states[org]
