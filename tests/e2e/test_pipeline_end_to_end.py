@@ -22,6 +22,7 @@ from healthscore.core.events import Event
 from healthscore.core.scoring.alerts import alert_id_for
 from healthscore.core.scoring.model import V2_MODEL_PATH, v2_model
 from healthscore.service.ingest.decode import core_event
+from healthscore.service.projector import project
 from tests.utils.harness import (
     consume_all,
     make_producer,
@@ -152,8 +153,11 @@ def oracle_scores(usage: list[dict[str, Any]], support: list[dict[str, Any]]) ->
     """The pure core applied to the same events in the same per-topic order."""
     events: list[Event] = [core_event(UsageEvent.model_validate(e)) for e in usage]
     events += [core_event(SupportEvent.model_validate(e)) for e in support]
-    effects = compute_batch_effects(events, {}, {}, v2_model())
-    return {org: r.health.score for org, r in effects.rescored.items()}
+    model = v2_model()
+    effects = compute_batch_effects(events, {}, {}, model)
+    # what the read model shows: each state scored as of its newest event
+    read = {org: project(effects.states[org], model) for org in effects.changed()}
+    return {org: health.score for org, health in read.items() if health is not None}
 
 
 async def test_scripted_scenario_end_to_end(migrated_database: str, kafka_bootstrap: str) -> None:

@@ -123,7 +123,8 @@ def stream_states(config: SimulationConfig, batches: int) -> list[OrganizationSt
     snapshots: list[OrganizationState] = []
     for batch in range(batches):
         part = events[batch * len(events) // batches : (batch + 1) * len(events) // batches]
-        compute_batch_effects(part, states, interactions, model)
+        # every event a decision point: the score histories the corpus was recorded with
+        compute_batch_effects(part, states, interactions, model, decision_bucket=None)
         snapshots.extend(copy(state) for state in states.values())
     return snapshots
 
@@ -220,7 +221,12 @@ def input_digest(cases: Iterable[Case]) -> str:
     digest = hashlib.sha256()
     for state, as_of, model in cases:
         unscored = msgspec.structs.replace(
-            state, daily_scores={}, last_score=None, last_scored_at=None, alert=AlertState()
+            state,
+            daily_scores={},
+            last_score=None,
+            last_scored_at=None,
+            last_churn_probability=None,
+            alert=AlertState(),
         )
         line = approximately(msgspec.to_builtins((unscored, as_of, model)))
         assert isinstance(line, list)
@@ -230,7 +236,8 @@ def input_digest(cases: Iterable[Case]) -> str:
 
 def without_later_additions(line: list[object]) -> list[object]:
     """The corpus as it was recorded: fields and a signal added to the state and the
-    model config since (issue 13: the account's creation date from a profile, the
+    model config since (issue 12: the last churn probability; issue 13: the account's
+    creation date from a profile, the
     activity baseline and recent signals, the activity_decline factor's settings, v4's
     logins-per-user and feature-share settings, the login baseline signal and
     login_decline settings, the alert persistence, the changelog and embedded figures)
@@ -241,6 +248,8 @@ def without_later_additions(line: list[object]) -> list[object]:
     state = dict(state)
     if state.get("created_at") is None:
         state.pop("created_at", None)
+    if state.get("last_churn_probability") is None:
+        state.pop("last_churn_probability", None)
     alert = dict(state["alert"])
     if alert.get("above_since") is None:
         alert.pop("above_since", None)

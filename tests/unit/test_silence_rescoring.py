@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from healthscore.contracts.enums import HistoryCause
 from healthscore.core.effects import (
+    DECISION_BUCKET,
     BatchEffects,
     Rescored,
     compute_batch_effects,
@@ -101,7 +102,14 @@ def test_each_organization_has_its_own_phase() -> None:
     assert {int(d // 3600) for d in dues} == set(range(6))
 
 
-def _log(seed: int, organizations: int, events: int) -> list[UsageEvent]:
+SPARSE_GAPS = (30, 600, 3600, 4 * 3600, 9 * 3600, 2 * 86400)
+# minutes apart mostly: many events of an organization share an hour (not decision points)
+DENSE_GAPS = (5, 30, 60, 120, 300, 600, 900, 1800, 3600, 4 * 3600)
+
+
+def _log(
+    seed: int, organizations: int, events: int, gaps: tuple[int, ...] = SPARSE_GAPS
+) -> list[UsageEvent]:
     """A usage log in event-time order: bursts of activity and silences of hours to weeks."""
     rng = random.Random(seed)
     orgs = [uuid.UUID(int=rng.getrandbits(128)) for _ in range(organizations)]
@@ -109,7 +117,7 @@ def _log(seed: int, organizations: int, events: int) -> list[UsageEvent]:
     at = T0
     log = []
     for _ in range(events):
-        at += timedelta(seconds=rng.choice([30, 600, 3600, 4 * 3600, 9 * 3600, 2 * 86400]))
+        at += timedelta(seconds=rng.choice(gaps))
         if rng.random() < 0.1:
             at += timedelta(seconds=STEP)  # land exactly on a grid point now and then
             at = datetime.fromtimestamp(at.timestamp() // STEP * STEP, UTC)
@@ -129,11 +137,17 @@ def _log(seed: int, organizations: int, events: int) -> list[UsageEvent]:
     return log
 
 
-def _run(log: list[UsageEvent], cuts: list[int], sweeps: list[bool]) -> dict[str, object]:
+def _run(
+    log: list[UsageEvent],
+    cuts: list[int],
+    sweeps: list[bool],
+    decision_bucket: float | None = DECISION_BUCKET,
+) -> dict[str, object]:
     """Apply `log` in batches cut at `cuts`; after a batch, sweep to the watermark if asked.
 
     The watermark after a batch is its newest event time (one partition): no
-    later event is older. The run ends with a sweep to the log's end.
+    later event is older. The run ends with a sweep to the log's end. With
+    `decision_bucket` None every event is a decision point (the reference).
     """
     states: dict[str, OrganizationState] = {}
     all_effects: list[BatchEffects] = []
@@ -142,20 +156,29 @@ def _run(log: list[UsageEvent], cuts: list[int], sweeps: list[bool]) -> dict[str
         batch = log[start:end]
         if not batch:
             continue
-        all_effects.append(compute_batch_effects(batch, states, {}, MODEL, STEP))
+        all_effects.append(
+            compute_batch_effects(batch, states, {}, MODEL, STEP, decision_bucket, keep_scores=True)
+        )
         if sweeps[n % len(sweeps)]:
             watermark = batch[-1].occurred_at.timestamp()
-            all_effects.append(compute_silence_effects(states, watermark, STEP, MODEL))
+            all_effects.append(compute_silence_effects(states, watermark, STEP, MODEL, True))
     end = log[-1].occurred_at.timestamp() + 0.5
-    all_effects.append(compute_silence_effects(states, end, STEP, MODEL))
+    all_effects.append(compute_silence_effects(states, end, STEP, MODEL, True))
     rescorings = [
         (r.organization_id, r.scored_at, r.health.score, r.health.churn_probability)
         for effects in all_effects
         for r in effects.silence_rescorings
     ]
+    scores = [
+        (r.organization_id, r.scored_at, r.health.score, r.health.churn_probability)
+        for effects in all_effects
+        for r in effects.scores
+    ]
     return {
         "states": {org: encode_state(state) for org, state in states.items()},
         "rescorings": sorted(rescorings),
+        # every score made, decision points and silence rescorings (in order per organization)
+        "scores": sorted(scores, key=lambda row: row[0]),
         "history": stored_history(all_effects),
         "alerts": sorted(
             (str(a.decision.alert_id), a.organization_id, a.scored_at, a.health.score)
@@ -227,6 +250,43 @@ def test_any_batch_cuts_and_sweep_points_give_the_same_result(
     assert _run(log, cuts, sweeps) == _run(log, [], [False])
 
 
+def test_events_that_wait_for_their_decision_do_not_depend_on_batches() -> None:
+    """A log dense enough that many events are not decision points: the same
+    decisions whatever the cuts, and every score one the every-event reference makes."""
+    log = _log(seed=11, organizations=6, events=600, gaps=DENSE_GAPS)
+    whole = _run(log, [], [False])
+    assert _run(log, list(range(1, len(log))), [True]) == whole
+    assert _run(log, list(range(7, len(log), 13)), [False, True]) == whole
+    scores = whole["scores"]
+    rescorings = whole["rescorings"]
+    assert isinstance(scores, list) and isinstance(rescorings, list)
+    decided = len(scores) - len(rescorings)
+    assert len(log) - decided > 100  # many events waited (154 of 600)
+    reference = _run(log, [], [False], decision_bucket=None)
+    every = reference["scores"]
+    assert isinstance(every, list) and len(every) - len(rescorings) == len(log)
+    assert set(scores) <= set(every)
+    # on this log, the same alerts and silence rescorings as scoring every event
+    assert whole["alerts"] == reference["alerts"] and whole["alerts"]
+    assert whole["rescorings"] == reference["rescorings"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    cuts=st.lists(st.integers(1, 149), max_size=30),
+    sweeps=st.lists(st.booleans(), min_size=1, max_size=5),
+)
+def test_any_batch_cuts_give_the_same_decision_points(
+    seed: int, cuts: list[int], sweeps: list[bool]
+) -> None:
+    log = _log(seed=seed, organizations=4, events=150, gaps=DENSE_GAPS)
+    whole = _run(log, [], [False])
+    assert _run(log, cuts, sweeps) == whole
+    every = _run(log, [], [False], decision_bucket=None)["scores"]
+    assert isinstance(every, list) and set(whole["scores"]) <= set(every)  # type: ignore[arg-type]
+
+
 def test_batch_rescores_silence_before_the_event_that_ends_it() -> None:
     t0 = T0.timestamp()
     org = uuid.UUID(ON_THE_HOUR)
@@ -239,8 +299,9 @@ def test_batch_rescores_silence_before_the_event_that_ends_it() -> None:
             occurred_at=datetime.fromtimestamp(at, UTC),
         )
 
-    # active at t0 + 10 min, then silent until two days later
-    back = t0 + 2 * 86400 + 60
+    # active at t0 + 10 min, then silent until two days later (an hour after the
+    # silence rescoring at 00:00: a decision point, see tests/unit/test_decision_points.py)
+    back = t0 + 2 * 86400 + 3600 + 60
     effects = compute_batch_effects([login(t0 + 600), login(back)], {}, {}, MODEL, STEP)
     times = [r.scored_at for r in effects.silence_rescorings]
     assert times == [t0 + k * STEP for k in range(2, 9)]
@@ -255,7 +316,7 @@ def test_batch_rescores_silence_before_the_event_that_ends_it() -> None:
     assert [(r.scored_at, r.cause) for r in history] == [
         (t0 + 3 * STEP, HistoryCause.SWEEP),  # day 0: the event at 00:10, silence 12:00, 18:00
         (t0 + 7 * STEP, HistoryCause.SWEEP),  # day 1: silence at 00:00, 06:00, 12:00, 18:00
-        (back, HistoryCause.EVENTS),  # day 2: silence at 00:00, then the event at 00:01
+        (back, HistoryCause.EVENTS),  # day 2: silence at 00:00, then the event at 01:01
     ]
     assert [r.health.score for r in history[:2]] == [scores[1], scores[5]]
     # without a step (the sweep off), no silence rescorings at all
@@ -264,6 +325,14 @@ def test_batch_rescores_silence_before_the_event_that_ends_it() -> None:
     assert [r.scored_at for r in quiet.history()] == [t0 + 600, back]
     state = copy.deepcopy(effects.states[str(org)])
     assert next_silence_rescore(state, STEP) == t0 + 10 * STEP  # back + a step, on the grid
+    # an event in the hour of the silence rescoring (00:01) waits for its decision
+    soon = t0 + 2 * 86400 + 60
+    waits = compute_batch_effects(
+        [login(t0 + 600), login(soon)], {}, {}, MODEL, STEP, keep_scores=True
+    )
+    assert waits.scores[-1] == waits.silence_rescorings[-1]
+    assert waits.states[str(org)].last_scored_at == t0 + 8 * STEP
+    assert next_silence_rescore(waits.states[str(org)], STEP) == t0 + 10 * STEP
 
 
 def test_a_late_event_does_not_rescore_the_same_silence_twice() -> None:

@@ -407,6 +407,7 @@ def pure_run(messages: Iterable[SimulatedMessage], support_last: bool = False) -
     from healthscore.core.effects import compute_batch_effects
     from healthscore.core.scoring.model import default_model
     from healthscore.service.ingest.decode import core_event
+    from healthscore.service.projector import project
 
     seen: set[str] = set()
     events: list[core.Event] = []
@@ -427,9 +428,13 @@ def pure_run(messages: Iterable[SimulatedMessage], support_last: bool = False) -
         events.sort(
             key=lambda e: isinstance(e, core.SupportEvent)
         )  # stable: keeps each topic's order
-    effects = compute_batch_effects(events, {}, {}, default_model())
+    model = default_model()
+    effects = compute_batch_effects(events, {}, {}, model)
+    # what the read model shows: each state scored as of its newest event (the last
+    # events need not have been decision points)
+    read = {org: project(effects.states[org], model) for org in effects.changed()}
     return PureRun(
-        scores={org: r.health.score for org, r in effects.rescored.items()},
-        churn={org: r.health.churn_probability for org, r in effects.rescored.items()},
+        scores={org: h.score for org, h in read.items() if h is not None},
+        churn={org: h.churn_probability for org, h in read.items() if h is not None},
         alerts={str(a.decision.alert_id) for a in effects.alerts},
     )

@@ -3,9 +3,25 @@
 Pure: no I/O and no clock. Given the locked state of every organization the
 batch touches, the stored support interactions it touches, and the new
 (deduplicated) events in partition order, it returns what the store must
-write. Each event is applied and the organization rescored right after it,
-so an alert decision never depends on where a batch boundary fell: a replay
-that cuts the log into other batches makes the same decisions.
+write.
+
+Each event is applied (its O(1) aggregate update) and, if it is a *decision
+point*, the organization is rescored right after it: scored, its alert decided,
+the score recorded (`last_score`, `daily_scores`, the history). An event is not
+one only when it cannot matter to an alert: a usage event, in order, of a type
+that cannot lower the score, with no new user and no milestone, of an idle,
+calm organization (no episode, last churn probability below the exit
+threshold) last scored in the same hour bucket (`DECISION_BUCKET`, at the
+organization's grid phase) and the same day (`_can_wait`). Its decision waits:
+the events applied since the last score are decided, as of the newest, before
+a silence rescoring and before the first event of a later day
+(`_decide_pending`), so each day's last event is a decision point and each
+day's recorded score is the score after its last event, as when every event
+was decided. The rule reads the event log and the state only, never where a
+batch boundary fell: a replay that cuts the log into other batches makes the
+same decisions. Whoever reads a score between decisions scores the state as of
+its newest event (`current_as_of`: the read model, the shadow model), so every
+event shows there.
 
 Silence is rescored the same way, as a function of the log: an organization
 is rescored at every point of its fixed event-time grid (every silence step,
@@ -19,10 +35,13 @@ sees the same sequence of events and silence rescorings, whoever runs them
 and wherever the batches were cut.
 
 The score history keeps one row per organization per event-time day (UTC):
-the day's last score. A batch hands the store each organization's last score
-of every day it scored (`BatchEffects.history`); the store keeps, per day, the
-one with the latest as-of time. An organization's as-of times never go back,
-so whatever the batch cuts, each day ends with the same row.
+the day's last score, which is the last decision point's (a decision point
+of that day, or a silence rescoring). A batch hands the store each
+organization's last score of every day it scored (`BatchEffects.history`); the
+store keeps, per day, the one with the latest as-of time. An organization's
+as-of times never go back, so whatever the batch cuts, each day ends with the
+same row: the score after the day's last event once a later event or a
+silence rescoring has come, the day's last decision point's until then.
 """
 
 from __future__ import annotations
@@ -40,6 +59,14 @@ from healthscore.core.scoring.alerts import AlertDecision, evaluate_alert
 from healthscore.core.scoring.model import DAY, ScoreModel
 from healthscore.core.scoring.score import HealthScore, record_score, score
 from healthscore.core.scoring.state import OrganizationState
+
+# The event-time bucket of the decision rule (`compute_batch_effects`): an idle,
+# calm organization's events that cannot lower its score are decided at least
+# once per bucket of its activity. An hour: what goes unseen meanwhile is the
+# score's drift with time alone (decay, tenure, windows), a fraction of a point
+# an hour, which for a silent organization goes unseen for a whole silence step
+# (6 hours by default); and the alert persistence of the shipped model is 96 hours.
+DECISION_BUCKET = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +98,11 @@ class BatchEffects:
     rescored: dict[str, Rescored] = field(default_factory=dict)
     # every silence rescoring, in the order made
     silence_rescorings: list[Rescored] = field(default_factory=list)
+    # with keep_scores: every score the batch made (decision points and silence
+    # rescorings), in order; off in the service, which reads none of them (kept,
+    # a batch's thousands of scores outlive their event and the collector walks them)
+    scores: list[Rescored] = field(default_factory=list)
+    keep_scores: bool = False
     # (organization, event-time day: days since the epoch, UTC) -> its last score that day
     daily: dict[tuple[str, int], Rescored] = field(default_factory=dict)
     alerts: list[RaisedAlert] = field(default_factory=list)
@@ -95,6 +127,8 @@ class BatchEffects:
             silence_rescorings=[
                 r for r in self.silence_rescorings if r.organization_id not in organizations
             ],
+            scores=[r for r in self.scores if r.organization_id not in organizations],
+            keep_scores=self.keep_scores,
             daily={k: r for k, r in self.daily.items() if k[0] not in organizations},
             alerts=[a for a in self.alerts if a.organization_id not in organizations],
             misrouted=[
@@ -115,6 +149,7 @@ class BatchEffects:
         self.milestones.extend(other.milestones)
         self.rescored.update(other.rescored)
         self.silence_rescorings.extend(other.silence_rescorings)
+        self.scores.extend(other.scores)
         self.daily.update(other.daily)
         self.alerts.extend(other.alerts)
         self.misrouted.extend(other.misrouted)
@@ -122,6 +157,13 @@ class BatchEffects:
         for org, n in other._applied_per_org.items():
             self._applied_per_org[org] = self._applied_per_org.get(org, 0) + n
         return self
+
+    def changed(self) -> list[str]:
+        """The organizations whose state the batch changed: it applied an event or
+        scored (an event that is not a decision point changes the state unscored)."""
+        changed = dict.fromkeys(self.rescored)
+        changed.update(dict.fromkeys(self._applied_per_org))
+        return list(changed)
 
     def history(self) -> list[Rescored]:
         """The score history rows: each organization's last score of each day it was scored.
@@ -206,6 +248,7 @@ def _rescore_silence(
     effects: BatchEffects,
 ) -> None:
     """Rescore `state` at each of `times` (its silence rescorings), in order."""
+    _decide_pending(state, model, effects)
     for as_of in times:
         _rescore(state, as_of, model, effects, state.last_score, HistoryCause.SWEEP, False)
         effects.silence_rescorings.append(effects.rescored[state.organization_id])
@@ -244,6 +287,8 @@ def _rescore(
         cause=cause,
     )
     effects.rescored[state.organization_id] = rescored
+    if effects.keep_scores:
+        effects.scores.append(rescored)
     # as-of times never go back (see compute_batch_effects): the last one assigned is
     # the day's latest
     effects.daily[(state.organization_id, int(as_of // DAY))] = rescored
@@ -255,23 +300,53 @@ def compute_batch_effects(
     interactions: dict[str, InteractionRecord],
     model: ScoreModel,
     silence_step: float | None = None,
+    decision_bucket: float | None = DECISION_BUCKET,
+    keep_scores: bool = False,
 ) -> BatchEffects:
     """Apply `events` (deduplicated, in partition order) to the given state.
 
     With `silence_step`, an organization that was silent for a step or more
-    before an event is first rescored at the grid points in between.
+    before an event is first rescored at the grid points in between. Each event
+    is applied; it is then rescored (its alert decided, its score recorded) if
+    it is a decision point (`_can_wait`), which depends on the log and the state
+    only. With `decision_bucket` None every event is one (the reference the
+    rule's tests compare with). With `keep_scores`, `BatchEffects.scores` lists
+    every score made (the lab's replay records them all).
     """
-    effects = BatchEffects(states=states, interactions=interactions)
+    effects = BatchEffects(states=states, interactions=interactions, keep_scores=keep_scores)
+    lowering = _lowering_usage_types(model)
     for event in events:
         org = str(event.organization_id)
         state = states.get(org)
         if state is None:
             state = states[org] = new_state(org)
         if isinstance(event, UsageEvent):
+            t = event.occurred_at.timestamp()
             if silence_step is not None:
-                _silence_before(state, event, silence_step, model, effects)
-            for crossing in apply_usage(state, event, model):
+                _silence_before(state, t, silence_step, model, effects)
+            # `_end_day` and the first check of `_can_wait` inline: they run for
+            # every usage event, and most events of a sparse stream stop there
+            scored = state.last_scored_at
+            newest = state.last_event_at
+            if (
+                scored is not None
+                and newest is not None
+                and scored < newest
+                and t // DAY > newest // DAY
+            ):
+                _decide(state, model, effects)
+                scored = state.last_scored_at
+            waits = (
+                decision_bucket is not None
+                and scored is not None
+                and t - scored < decision_bucket
+                and _can_wait(state, event, t, lowering, model, decision_bucket)
+            )
+            crossings = apply_usage(state, event, model)
+            for crossing in crossings:
                 effects.milestones.append((org, crossing))
+            if crossings:
+                waits = False
         elif isinstance(event, SupportEvent):
             key = str(event.interaction_id)
             current = interactions.get(key)
@@ -280,8 +355,11 @@ def compute_batch_effects(
                 # would corrupt two organizations' support aggregates.
                 effects.misrouted.append((event, current.organization_id))
                 continue
+            t = event.occurred_at.timestamp()
             if silence_step is not None:
-                _silence_before(state, event, silence_step, model, effects)
+                _silence_before(state, t, silence_step, model, effects)
+            _end_day(state, t, model, effects)
+            waits = False
             merged = merge_interaction(current, event)
             interactions[key] = merged
             apply_interaction(state, current, merged, event, model)
@@ -289,42 +367,136 @@ def compute_batch_effects(
             raise TypeError(f"not an event of the core: {type(event).__name__}")
         effects.applied += 1
         effects._applied_per_org[org] = effects._applied_per_org.get(org, 0) + 1
-        assert state.last_event_at is not None
-        # as of the newest event, or of a later silence rescoring: an event older
-        # than those (late) must not move the score back to before them
+        if waits:
+            continue  # applied, decided later (`_decide_pending`)
+        # as of the newest event, or of a later silence rescoring (`_decide`, inline)
         as_of = state.last_event_at
-        if state.last_scored_at is not None and state.last_scored_at > as_of:
-            as_of = state.last_scored_at
-        # previous_score: the score before this event, not before the batch, so
-        # that it does not depend on where the batch boundaries fell (replay).
-        # Only the numbers: the explanations are computed where they are read
-        # (an alert here, the read model in the projector).
-        _rescore(
-            state,
-            as_of,
-            model,
-            effects,
-            state.last_score,
-            HistoryCause.EVENTS,
-            explain=False,
-        )
+        assert as_of is not None
+        scored = state.last_scored_at
+        if scored is not None and scored > as_of:
+            as_of = scored
+        _rescore(state, as_of, model, effects, state.last_score, HistoryCause.EVENTS, False)
     return effects
+
+
+def _lowering_usage_types(model: ScoreModel) -> frozenset[str]:
+    """The usage types the model counts against the organization (contraction signals)."""
+    return frozenset(kind for kind, weight in model.negative_signal_weights.items() if weight > 0)
+
+
+def _can_wait(
+    state: OrganizationState,
+    event: UsageEvent,
+    t: float,
+    lowering: frozenset[str],
+    model: ScoreModel,
+    bucket: float,
+) -> bool:
+    """Whether the usage event at `t`, about to be applied, is *not* a decision point.
+
+    Decided before applying it (a new user is known only then), from the event
+    and the state: so on every run of the log. It passes only when it can neither
+    lower the score nor come near an alert (cheapest checks first):
+
+    - its type is not one the model counts against the organization, and it is
+      in order: at or after the newest event (a late event can lower the
+      activity ratio) and after the last score (so the state knows it is
+      undecided: `last_event_at > last_scored_at`);
+    - it brings no new user (a new user lowers the logins per user);
+    - the organization is idle and calm: in no alert episode, not counting the
+      time above the enter threshold, and its last churn probability below
+      the exit threshold (below the enter one): the event can only raise the
+      score, so a raise could come only of the score's drift with time;
+    - the last score lies in the same event-time bucket (`bucket` seconds, on
+      the organization's silence-grid phase) and on the same UTC day.
+
+    A milestone the event crosses makes it a decision point too (checked once
+    applied, in `compute_batch_effects`).
+    """
+    scored = state.last_scored_at
+    newest = state.last_event_at
+    if scored is None or newest is None or t < newest or t <= scored:
+        return False
+    # a bucket or more after the last score (most events of a sparse stream): not in its bucket
+    if t - scored >= bucket or int(t // DAY) != int(scored // DAY):
+        return False
+    if event.type in lowering:
+        return False
+    alert = state.alert
+    probability = state.last_churn_probability
+    if (
+        alert.in_episode
+        or alert.above_since is not None
+        or probability is None
+        or probability >= model.alerts.exit_probability
+    ):
+        return False
+    user = event.user_id
+    if user is not None and str(user) not in state.users:
+        return False
+    grid = _Grid(state.organization_id, bucket)
+    k = grid.index_at_or_after(scored)
+    if grid.at(k) <= scored:
+        k += 1
+    return t < grid.at(k)  # before the first bucket start after the last score
+
+
+def _decide(state: OrganizationState, model: ScoreModel, effects: BatchEffects) -> None:
+    """Rescore `state` as of its newest event (or a later silence rescoring)."""
+    assert state.last_event_at is not None
+    # as of the newest event, or of a later silence rescoring: an event older
+    # than those (late) must not move the score back to before them
+    as_of = state.last_event_at
+    if state.last_scored_at is not None and state.last_scored_at > as_of:
+        as_of = state.last_scored_at
+    # previous_score: the organization's last score before this decision, not the
+    # batch's, so that it does not depend on where the batch boundaries fell (replay).
+    # Only the numbers: the explanations are computed where they are read
+    # (an alert here, the read model in the projector).
+    _rescore(state, as_of, model, effects, state.last_score, HistoryCause.EVENTS, explain=False)
+
+
+def _decide_pending(state: OrganizationState, model: ScoreModel, effects: BatchEffects) -> None:
+    """Decide the events applied since the last score, if any, as of the newest.
+
+    Before a silence rescoring and before the first event of a later day: the
+    day's last event is then a decision point, so each day's history row and
+    `daily_scores` entry is the score after the day's last event, as when every
+    event was decided (the later days' 7- and 30-day changes read them).
+    """
+    scored = state.last_scored_at
+    newest = state.last_event_at
+    if scored is not None and newest is not None and newest > scored:
+        _decide(state, model, effects)
+
+
+def _end_day(state: OrganizationState, t: float, model: ScoreModel, effects: BatchEffects) -> None:
+    """Before the event at `t`: decide the pending events if `t` is on a later day."""
+    scored = state.last_scored_at
+    newest = state.last_event_at
+    if scored is not None and newest is not None and newest > scored and t // DAY > newest // DAY:
+        _decide(state, model, effects)
 
 
 def _silence_before(
     state: OrganizationState,
-    event: Event,
+    t: float,
     step: float,
     model: ScoreModel,
     effects: BatchEffects,
 ) -> None:
-    times = silence_rescore_times(state, event.occurred_at.timestamp(), step)
+    """Rescore the silence due before an event at `t`."""
+    times = silence_rescore_times(state, t, step)
     if times:
         _rescore_silence(state, times, model, effects)
 
 
 def compute_silence_effects(
-    states: dict[str, OrganizationState], watermark: float, step: float, model: ScoreModel
+    states: dict[str, OrganizationState],
+    watermark: float,
+    step: float,
+    model: ScoreModel,
+    keep_scores: bool = False,
 ) -> BatchEffects:
     """The sweep: rescore silent organizations at every due grid point below `watermark`.
 
@@ -334,7 +506,7 @@ def compute_silence_effects(
     organization carries its risk factors (the read model shows them).
     Organizations with nothing due are left out of `rescored`.
     """
-    effects = BatchEffects(states=states)
+    effects = BatchEffects(states=states, keep_scores=keep_scores)
     for state in states.values():
         times = silence_rescore_times(state, watermark, step)
         if times:

@@ -35,7 +35,7 @@ import msgspec
 from healthscore.core.scoring.alerts import AlertDecision, evaluate_alert
 from healthscore.core.scoring.model import DAY, ScoreModel
 from healthscore.core.scoring.score import HealthScore, record_score, score
-from healthscore.core.scoring.state import AlertState, OrganizationState
+from healthscore.core.scoring.state import AlertState, OrganizationState, current_as_of
 
 # a candidate raise this close to a live one is the same episode, moved
 WINDOW_DAYS = 14.0
@@ -117,9 +117,10 @@ def start_shadow(live: OrganizationState) -> ShadowState:
 def shadow_score(
     live: OrganizationState, shadow: ShadowState | None, model: ScoreModel
 ) -> ShadowScore | None:
-    """The candidate's score of `live` as of its last score, with the alert the
-    candidate would decide; None when there is nothing new to score."""
-    as_of = live.last_scored_at
+    """The candidate's score of `live` as of its newest event or last score
+    (`current_as_of`), with the alert the candidate would decide; None when there
+    is nothing new to score."""
+    as_of = current_as_of(live)
     if as_of is None:
         return None
     own = shadow if shadow is not None else start_shadow(live)

@@ -5,10 +5,10 @@ milestones, the alert outbox, offsets) and queues each organization it
 changed in `read_model_pending`: one row per organization, written by its first
 change not yet projected (later changes find it and write nothing). The
 projector takes the oldest queued organizations page by page, scores each
-current state once with its explanations as of its last score (the same
-numbers the batch decided alerts on), upserts `customer_health`, publishes the
-health feed and removes the entries whose state still has the version it
-projected.
+current state once with its explanations as of its newest event (`project`:
+every event applied shows, decision point or not), upserts `customer_health`,
+publishes the health feed and removes the entries whose state still has the
+version it projected.
 
 It coalesces like Kafka Streams' record cache: an organization changed by many
 batches since the last pass is projected once. When ingest outruns it, each
@@ -44,7 +44,7 @@ import structlog
 
 from healthscore.core.scoring.model import ScoreModel
 from healthscore.core.scoring.score import HealthScore, score
-from healthscore.core.scoring.state import OrganizationState, decode_state
+from healthscore.core.scoring.state import OrganizationState, current_as_of, decode_state
 from healthscore.service.keyed_batches import BatchingProducer, send_keyed
 from healthscore.service.periodic import AT_ONCE
 from healthscore.store import Connection, locks, sql
@@ -65,15 +65,19 @@ class Projected:
 
 
 def project(state: OrganizationState, model: ScoreModel) -> HealthScore | None:
-    """The read model's score of `state`: as of its last score, with explanations.
+    """The read model's score of `state`: as of its newest event (or a later silence
+    rescoring, `current_as_of`), with explanations.
 
-    The batch that last scored the organization recorded that score in the
-    state; scoring the recorded state again at the same instant gives the same
-    numbers (the day's own entry is not part of the 7- and 30-day changes).
+    Every event applied is in it, decision point or not: when the last event was
+    one, the batch recorded this very score in the state (scoring the recorded
+    state again at the same instant gives the same numbers: the day's own entry
+    is not part of the 7- and 30-day changes); when it was not, it is the score
+    that event's decision will record.
     """
-    if state.last_scored_at is None:
+    as_of = current_as_of(state)
+    if as_of is None:
         return None
-    return score(state, state.last_scored_at, model, explain=True)
+    return score(state, as_of, model, explain=True)
 
 
 async def project_in_transaction(
@@ -238,7 +242,7 @@ async def _upsert_customer_health(
         [len(s.milestones) for s in states],
         [to_datetime(s.last_event_at) for s in states],
         [to_datetime(s.last_login_at) for s in states],
-        [to_datetime(s.last_scored_at) for s in states],
+        [to_datetime(current_as_of(s)) for s in states],
         model.version,
     )
     return {r["organization_id"]: r["previous_score"] for r in rows}
@@ -286,7 +290,7 @@ def health_message(
             },
             "risk_factors": factor_dicts(health.risk_factors),
             "score_model_version": model_version,
-            "scored_at": to_datetime(projected.state.last_scored_at),
+            "scored_at": to_datetime(current_as_of(projected.state)),
             "emitted_at": now,
         }
     )

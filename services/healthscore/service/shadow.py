@@ -8,11 +8,13 @@ scores each organization whose state changed since the candidate last scored it
 `shadow_alerts`; nothing is published. After the last page it starts over from
 the first, after a pause.
 
-The candidate sees each organization at the state's last score when the walk
-reaches it: under a steady stream that is seconds after the live model, but
-scores an organization had in between (a busy burst, a catch-up) are not seen by
-the candidate, so its alerts are decided on fewer points (their times by at most
-a walk's length, which the report's 14-day matching absorbs).
+The candidate sees each organization as of the state's newest event (or later
+silence rescoring: `current_as_of`) when the walk reaches it, every event applied
+included, whether the live model decided on it or not: under a steady stream that
+is seconds after the live model, but scores an organization had in between (a busy
+burst, a catch-up) are not seen by the candidate, so its alerts are decided on
+fewer points (their times by at most a walk's length, which the report's 14-day
+matching absorbs).
 
 `ShadowReport` compares the candidate's raises with the live ones per
 organization (`compare_raises`, as `healthscore evaluate --candidate` does), for

@@ -54,8 +54,9 @@ async def lock_states(conn: Connection, organizations: Sequence[str]) -> States:
 
 
 def rescored_states(effects: BatchEffects) -> list[OrganizationState]:
-    """The states a batch (or sweep) changed: those of the organizations it rescored."""
-    return [effects.states[org] for org in effects.rescored]
+    """The states a batch (or sweep) changed: those of the organizations it applied
+    events to or rescored (not every event is rescored: `BatchEffects.changed`)."""
+    return [effects.states[org] for org in effects.changed()]
 
 
 def _state_columns(

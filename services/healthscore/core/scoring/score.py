@@ -677,3 +677,4 @@ def record_score(state: OrganizationState, health: HealthScore, as_of: float) ->
         del daily[key]
     state.last_score = health.score
     state.last_scored_at = as_of
+    state.last_churn_probability = health.churn_probability

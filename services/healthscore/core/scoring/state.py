@@ -63,6 +63,9 @@ class OrganizationState(msgspec.Struct):
     daily_scores: dict[str, float] = msgspec.field(default_factory=dict)
     last_score: float | None = None
     last_scored_at: float | None = None
+    # the churn probability of the last score: whether an alert could be near
+    # (`healthscore.core.effects`: an event is a decision point unless it is not)
+    last_churn_probability: float | None = None
     alert: AlertState = msgspec.field(default_factory=AlertState)
     support_decay_ref: float | None = None
     # known from the organization's profile (a CRM export: `apply_profile`), for an
@@ -73,6 +76,18 @@ class OrganizationState(msgspec.Struct):
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(OrganizationState)
+
+
+def current_as_of(state: OrganizationState) -> float | None:
+    """The event time the state stands at: its newest event, or a later silence rescoring.
+
+    What a reader scores the state as of (the read model, the shadow model): events
+    that were not decision points are in the aggregates but not in `last_scored_at`.
+    """
+    scored, newest = state.last_scored_at, state.last_event_at
+    if scored is None or (newest is not None and newest > scored):
+        return newest
+    return scored
 
 
 def encode_state(state: OrganizationState) -> bytes:

@@ -15,8 +15,11 @@ Recorded:
   probability, components and 30-day change `score()` gives as of that time,
   and the raw measures (`scoring.measure`); organizations that have sent no
   event yet or churned already are left out;
-- the *path*: every rescoring (events and silence), its time, score and
-  probability (the alert state machine's input, for `fit` to try thresholds);
+- the *path*: every rescoring (the decision points among the events, and
+  silence), its time, score and probability (the alert state machine's input,
+  for `fit` to try thresholds; which events are decision points depends on the
+  replayed model's alert exit threshold, so other alert settings are tried on
+  that model's decision points);
 - every alert, with its trigger;
 - the score before and after each event that closed an escalated interaction
   or a cancellation request (how much a closure moves the score at once).
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from healthscore.contracts.enums import AlertKind, HistoryCause
+from healthscore.contracts.enums import AlertKind
 from healthscore.core.effects import BatchEffects, compute_batch_effects, compute_silence_effects
 from healthscore.core.events import SupportEvent
 from healthscore.core.interactions import InteractionRecord
@@ -38,7 +41,7 @@ from healthscore.core.scoring.aggregate import apply_profile, new_state
 from healthscore.core.scoring.measure import MEASURES, measure
 from healthscore.core.scoring.model import COMPONENTS, ScoreModel
 from healthscore.core.scoring.score import score
-from healthscore.core.scoring.state import OrganizationState
+from healthscore.core.scoring.state import OrganizationState, current_as_of
 from healthscore_lab.evaluation.log import DAY, LabelledLog
 
 DEFAULT_SILENCE_STEP = 21_600.0  # SILENCE_RESCORE_AFTER_SECONDS' default
@@ -101,10 +104,8 @@ class _Recorder:
         self.alerts: list[AlertRow] = []
 
     def effects(self, effects: BatchEffects) -> None:
-        # every score in order: the silence rescorings precede the event's score
-        scores = [*effects.silence_rescorings]
-        scores += [r for r in effects.rescored.values() if r.cause is not HistoryCause.SWEEP]
-        for row in scores:
+        # every score in order (the decision points and the silence rescorings)
+        for row in effects.scores:
             self.path_org.append(self.orgs[row.organization_id])
             self.path_at.append(row.scored_at)
             self.path_score.append(row.health.score)
@@ -173,7 +174,7 @@ def run_backtest(
 
     def snapshot(at: float) -> None:
         if silence_step is not None:
-            recorder.effects(compute_silence_effects(states, at, silence_step, model))
+            recorder.effects(compute_silence_effects(states, at, silence_step, model, True))
         for org, state in states.items():
             index = orgs[org]
             if state.last_event_at is None or churn[index] <= at:  # NaN: never churns
@@ -201,8 +202,13 @@ def run_backtest(
         if isinstance(event, SupportEvent) and known is not None:
             key = str(event.interaction_id)
             if _is_strong(known, key):
-                closing = (key, known.last_score)
-        effects = compute_batch_effects([event], states, interactions, model, silence_step)
+                # the score before it, events that were not decision points included
+                as_of = current_as_of(known)
+                before = None if as_of is None else score(known, as_of, model, explain=False).score
+                closing = (key, before)
+        effects = compute_batch_effects(
+            [event], states, interactions, model, silence_step, keep_scores=True
+        )
         recorder.effects(effects)
         if closing is not None:
             after = states[org]
