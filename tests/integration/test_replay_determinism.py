@@ -68,7 +68,15 @@ from tests.utils.scenarios import (
 )
 
 # The sequence-dependent parts (see the module docstring).
-ORDER_DEPENDENT_STATE = {"daily_scores", "recent_event_ids", "alert", "decayed"}
+# last_churn_probability: the last recorded score's, as order-dependent as the health
+# row's churn_probability (what the decision points read, core/effects.py)
+ORDER_DEPENDENT_STATE = {
+    "daily_scores",
+    "recent_event_ids",
+    "alert",
+    "decayed",
+    "last_churn_probability",
+}
 ORDER_DEPENDENT_HEALTH = {
     "churn_probability",
     "risk_level",
