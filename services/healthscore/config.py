@@ -172,6 +172,13 @@ class Settings(BaseSettings):
         gt=0,
         description="the freshness the read model is run for (Prometheus rule threshold)",
     )
+    read_model_catch_up_window_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="while the consumer catches up (lag above alignment_live_lag_records), the "
+        "projector leaves a change queued this long, so that the organization's later changes "
+        "are projected with it (live traffic is projected at once)",
+    )
     read_model_staleness_max_seconds: float = Field(
         default=120.0,
         gt=0,

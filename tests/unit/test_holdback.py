@@ -8,6 +8,8 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+from aiokafka import TopicPartition
+
 from healthscore.contracts import UsageEvent
 from healthscore.core.partitions import PartitionKey
 from healthscore.service.holdback import HoldBack, Item
@@ -176,3 +178,30 @@ def test_a_batch_that_only_holds_for_too_long_is_applied_unaligned() -> None:
     items = buffer.merge(consumer, [raw(U0, 0, 1)])
     buffer.keep(consumer, outcome_holding(items, {}, {U0: 1.0}), items)
     assert buffer.view(consumer) is not None
+
+
+def test_catching_up_while_behind_the_high_watermark_then_live() -> None:
+    clock = FakeClock()
+    buffer = HoldBack(CountingDecode(), live_lag_records=100, clock=clock)
+    consumer = FakeConsumer(assigned=[U0, S0], highwater={U0: 5_000, S0: 50})
+    buffer.positioned(U0, 0)
+    buffer.positioned(S0, 0)
+    items = buffer.merge(consumer, [raw(U0, 0), raw(S0, 0)])
+    assert buffer.view(consumer) is not None
+    buffer.keep(consumer, outcome_holding(items, {}, {}), items)
+    assert buffer.catching_up()  # usage is 4,999 records behind
+    # a batch that brings usage within the live lag
+    items = buffer.merge(consumer, [raw(U0, 4_950)])
+    buffer.view(consumer)
+    buffer.keep(consumer, outcome_holding(items, {}, {}), items)
+    assert not buffer.catching_up()
+    # behind again, but no batch for a while: nothing to coalesce for
+    consumer.highwaters[TopicPartition(*U0)] = 9_000
+    items = buffer.merge(consumer, [raw(U0, 4_951)])
+    buffer.view(consumer)
+    buffer.keep(consumer, outcome_holding(items, {}, {}), items)
+    assert buffer.catching_up()
+    clock.now += 4.9
+    assert buffer.catching_up()
+    clock.now += 0.1
+    assert not buffer.catching_up()

@@ -251,6 +251,9 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
             page_size=s.projector_page_size,
             on_pass=on_projection,
             shards=s.projector_shards,
+            coalesce_for=lambda: (
+                s.read_model_catch_up_window_seconds if holdback.catching_up() else 0.0
+            ),
         )
     )
 
@@ -404,10 +407,12 @@ async def lifespan(c: Components) -> AsyncIterator[None]:
         # FastStream stops the broker before this exit runs; this stops one whose
         # start failed half-way
         stack.push_async_callback(c.broker.stop)
-        if c.projector is not None:
+        projector = c.projector
+        if projector is not None:
             c.metrics.read_model_staleness_target.set(s.read_model_staleness_target_seconds)
+            c.metrics.read_model_coalescing.set_function(lambda: projector.coalescing)
             # no batch commits any more: leave the read model caught up, if quickly
-            stack.push_async_callback(_drain, c.projector, s.projector_drain_on_stop_seconds)
+            stack.push_async_callback(_drain, projector, s.projector_drain_on_stop_seconds)
         stack.push_async_callback(c.gauges.close)
         await stack.enter_async_context(_loops(background_loops(c), c.stop))
         yield

@@ -73,6 +73,8 @@ class HoldBack:
         self.start_positions: dict[PartitionKey, int] = {}
         self._blocked_since: float | None = None
         self._last_batch = clock()
+        self._high: dict[PartitionKey, int] = {}
+        self._last_kept = clock()
 
     @property
     def holding(self) -> bool:
@@ -143,6 +145,7 @@ class HoldBack:
             mark = consumer.highwater(tp)
             if mark is not None:
                 high[key] = mark
+        self._high = high
         positions = {k: v for k, v in self.start_positions.items() if k in assigned}
         positions.update({k: v for k, v in self._positions.items() if k in assigned})
         return AlignmentView(
@@ -156,6 +159,7 @@ class HoldBack:
     def keep(self, consumer: PausingConsumer, outcome: BatchOutcome, items: list[Item]) -> None:
         """After a committed batch: keep frontiers and positions, hold back (and
         pause) what it did not apply, resume what is no longer held."""
+        self._last_kept = self._clock()
         for key, frontier in outcome.frontiers.items():
             self._frontiers[key] = max(self._frontiers.get(key, frontier), frontier)
         for key, offset in outcome.next_offsets.items():
@@ -186,6 +190,16 @@ class HoldBack:
                 self._blocked_since = self._clock()
         else:
             self._blocked_since = None
+
+    def catching_up(self, idle: float = 5.0) -> bool:
+        """Some partition is further behind its high watermark than live traffic is,
+        as of the last batch (which ended less than `idle` seconds ago)."""
+        if self._clock() - self._last_kept >= idle:
+            return False
+        return any(
+            high - self._positions.get(key, self.start_positions.get(key, high)) > self._live_lag
+            for key, high in self._high.items()
+        )
 
     def release(self, consumer: PausingConsumer) -> None:
         """A batch failed: drop what is held (it is fetched again) and resume its partitions."""

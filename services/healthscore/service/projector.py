@@ -109,6 +109,7 @@ class Projector:
         page_size: int = 1000,
         on_pass: Callable[[int, float], None] | None = None,
         shards: int = 1,
+        coalesce_for: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self._pool = pool
         self._model = model
@@ -117,30 +118,36 @@ class Projector:
         self._page = page_size
         self._on_pass = on_pass
         self._shards = max(1, shards)
+        # how old a queued change must be before it is projected (seconds)
+        self._coalesce_for = coalesce_for
         self.projected = 0
         # the latest `measure_staleness()`, in seconds
         self.latest_staleness = 0.0
+        # how long the last pass left changes queued to coalesce them (seconds)
+        self.coalescing = 0.0
 
     async def project_once(self) -> int:
         """Project a page of the oldest queued organizations of every shard that no
         other process holds; return how many entries were taken."""
-        return sum(await self._pass())
+        return sum(await self._pass(0.0))
 
-    async def _pass(self) -> list[int]:
+    async def _pass(self, min_age: float) -> list[int]:
         """The entries taken from each shard, in the order passed."""
         # from a random shard: processes passing at once mostly take different ones
         first = random.randrange(self._shards)
         return [
-            await self._project_shard((first + index) % self._shards)
+            await self._project_shard((first + index) % self._shards, min_age)
             for index in range(self._shards)
         ]
 
-    async def _project_shard(self, shard: int) -> int:
+    async def _project_shard(self, shard: int, min_age: float) -> int:
         started = time.perf_counter()
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(sql.TRY_SHARD_LOCK, locks.PROJECTOR_SHARD, shard):
                 return 0
-            rows = await conn.fetch(sql.PENDING_PROJECTION, self._page, self._shards, shard)
+            rows = await conn.fetch(
+                sql.PENDING_PROJECTION, self._page, self._shards, shard, min_age
+            )
             if not rows:
                 return 0
             page = []
@@ -208,8 +215,16 @@ class Projector:
                 await asyncio.sleep(pause)
 
     async def step(self) -> float | None:
-        """Project a page per shard; a full page goes on at once, an empty queue waits."""
-        return AT_ONCE if max(await self._pass()) >= self._page else None
+        """Project a page per shard; a full page goes on at once, an empty queue waits.
+
+        While the consumer catches up (`coalesce_for`), only changes queued at least
+        that long ago are taken: the organization's later changes are projected with
+        them, one write for many batches. The freshness this costs is none that a
+        reader would see: the events being applied are older than that already.
+        Live changes are taken at once.
+        """
+        self.coalescing = self._coalesce_for()
+        return AT_ONCE if max(await self._pass(self.coalescing)) >= self._page else None
 
     async def measure_staleness(self) -> float:
         """`staleness()`, kept as `latest_staleness` for readiness (a periodic step)."""

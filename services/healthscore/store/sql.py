@@ -232,6 +232,7 @@ SELECT q.organization_id, s.health_version AS version, s.state::text AS state
 FROM read_model_pending q
 JOIN organization_state s ON s.organization_id = q.organization_id
 WHERE get_byte(uuid_send(q.organization_id), 15) % $2::int = $3::int
+  AND q.queued_at <= now() - make_interval(secs => $4::float8)
 ORDER BY q.queued_at, q.organization_id
 LIMIT $1
 """

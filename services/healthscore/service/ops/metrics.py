@@ -90,6 +90,13 @@ class Metrics:
             "(the alert rules compare the staleness with it).",
             registry=r,
         )
+        self.read_model_coalescing = Gauge(
+            "healthscore_read_model_coalescing_seconds",
+            "How long the projector leaves a change queued to project it with the "
+            "organization's later ones: READ_MODEL_CATCH_UP_WINDOW_SECONDS while the consumer "
+            "catches up, 0 for live traffic (the staleness alert allows for it).",
+            registry=r,
+        )
         self.read_model_projected = Counter(
             "healthscore_read_model_projected_total",
             "customer_health rows written by the projector (one per organization per pass).",
