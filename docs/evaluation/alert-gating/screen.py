@@ -29,7 +29,15 @@ decides every event of an organization that counts time above the enter threshol
 (`effects._can_wait`), so under a gate that holds a raise back it would decide a few
 more points than v4's path has (within an hour of one it has): a gated raise can come
 up to an hour earlier than here. With v4's own rule the figures are the evaluation's
-to the digit (checked against docs/evaluation/v4-*.json at every run).
+to the digit (checked against docs/evaluation/v4-*.json at every run); with the
+19-point decline gate (`alerts.decline_points`, candidate-decline19.json) they are
+`healthscore evaluate`'s to the digit on all eight populations (the *-all.json and
+reference-held-out.json beside this file).
+
+Also written: what the rule could read at each of v4's raises, healthy organizations
+against churners (`at_v4_raises`), and a grid of enter thresholds and persistences
+with and without the gate on every judged population (`settings_grid`): diagnostics,
+made after the rule was chosen, that choose nothing.
 
     PYTHONPATH=services:services/lab python docs/evaluation/alert-gating/screen.py \
         [--cache DIR] [--out docs/evaluation/alert-gating/screen.json]
@@ -247,6 +255,42 @@ def at_v4_raises(bt: Backtest, points: dict[int, list[Point]], orgs: list[int]) 
     return out
 
 
+def settings_grid(
+    populations: list[tuple[str, Backtest, dict[int, list[Point]], list[int]]],
+) -> dict[str, Any]:
+    """Every enter threshold and persistence of a grid, with and without the decline
+    gate of 19 points, on every judged population: whether any meets the three alert
+    targets (>= 60% alerted, median lead >= 14 days, <= 5 false alerts) on all of them.
+    A diagnostic over the judged populations (it chooses nothing)."""
+    rows: dict[str, Any] = {}
+    for enter in (0.25, 0.3, 0.35, 0.4, 0.45, 0.5):
+        for hours in (0.0, 24.0, 48.0, 72.0, 96.0, 120.0, 144.0, 168.0):
+            for gate_points in (None, 19.0):
+                gate = _always if gate_points is None else declined(gate_points)
+                rule = Rule("grid", None, gate, enter=enter, persist_hours=hours)
+                by_population = {}
+                met_everywhere = True
+                for name, bt, points, orgs in populations:
+                    f = figures(bt, raises(points, orgs, rule), orgs)
+                    met = (
+                        (f["recall"] or 0.0) >= 0.6
+                        and (f["median_lead_days"] or 0.0) >= 14.0
+                        and (f["false_alerts_per_100_healthy_per_month"] or 0.0) <= 5.0
+                    )
+                    met_everywhere &= met
+                    by_population[name] = [
+                        f["recall"],
+                        f["median_lead_days"],
+                        f["false_alerts_per_100_healthy_per_month"],
+                        met,
+                    ]
+                key = f"enter {enter} held {hours:g} h, decline gate {gate_points}"
+                rows[key] = {"alert_targets_met_everywhere": met_everywhere} | by_population
+    met = [key for key, row in rows.items() if row["alert_targets_met_everywhere"]]
+    print(f"settings meeting the alert targets on every population: {len(met)} of {len(rows)}")
+    return {"meeting_the_alert_targets_everywhere": met, "settings": rows}
+
+
 def backtest(setting: str, seed: int, cache: Path | None) -> Backtest:
     from healthscore_lab.evaluation.log import from_population
     from healthscore_lab.simulator.labelled import PRESETS, generate_population
@@ -273,6 +317,7 @@ def main() -> None:
     judged: dict[str, dict[str, Any]] = {}
     training: dict[str, Any] = {}
     raised: dict[str, Any] = {}
+    populations: list[tuple[str, Backtest, dict[int, list[Point]], list[int]]] = []
     for setting, seed, on, v4_file in POPULATIONS:
         bt = backtest(setting, seed, args.cache)
         points = paths(bt)
@@ -286,6 +331,7 @@ def main() -> None:
             judged[name][f"{rule.family} {rule.parameter}"] = figures(
                 bt, raises(points, orgs, rule), orgs
             )
+        populations.append((name, bt, points, orgs))
         if setting == "shifted":
             raised[name] = at_v4_raises(bt, points, orgs)
         if setting == "reference" and seed == 11:
@@ -306,6 +352,7 @@ def main() -> None:
             == targets["false_alerts_per_100_healthy_per_month"]["value"]
         ), (name, mine)
         print(name, "v4 reproduced:", mine, flush=True)
+    grid = settings_grid(populations)
     chosen: dict[str, str] = {}
     for family in dict.fromkeys(rule.family for rule in all_rules):
         best: tuple[tuple[float, float, float], str] | None = None
@@ -329,6 +376,7 @@ def main() -> None:
                 "training": training,
                 "judged": judged,
                 "at_v4_raises": raised,
+                "settings_grid": grid,
             },
             option=orjson.OPT_INDENT_2,
         ).decode()

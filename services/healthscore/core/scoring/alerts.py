@@ -124,8 +124,10 @@ def _declined(current: HealthScore, config: Alerts) -> bool:
     if immediate is not None and current.churn_probability >= immediate:
         return True
     change = current.change_30d
-    return change is not None and config.decline_points is not None and (
-        change <= -config.decline_points
+    return (
+        change is not None
+        and config.decline_points is not None
+        and change <= -config.decline_points
     )
 
 
