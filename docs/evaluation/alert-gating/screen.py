@@ -9,7 +9,9 @@ for 96 h, evidence of decline against the organization's own past. Three forms:
   the published `score_change_30d`; unknown counts as no decline);
 * `falling`: the score fell by at least D points over 7 days (`change_7d <= -D`:
   the decline is still under way);
-* `recent_peak`: the 30-day peak is at most N days old (the decline is recent).
+* `recent_peak`: the 30-day peak is at most N days old (the decline is recent);
+* `not_recovering`: the score is at most x points above its day-end score of 3 days
+  before (the dip is not already reverting).
 
 The raise at once from `immediate_probability` (0.75) is never gated; the time above
 the enter threshold keeps counting while the gate holds the raise back. Beside them, for
@@ -86,6 +88,7 @@ class Point:
     change_7d: float | None
     change_30d: float | None
     peak_age_days: int | None  # days since the highest daily score of the last 30
+    change_3d: float | None  # the score minus the day-end score of 3 days before
 
 
 Gate = Callable[[Point], bool]
@@ -123,6 +126,12 @@ def recent_peak(days: int) -> Gate:
     return lambda p: p.peak_age_days is not None and p.peak_age_days <= days
 
 
+def not_recovering(points: float) -> Gate:
+    """The score is at most `points` above its day-end score of 3 days before (the dip
+    is not already reverting; unknown: passes)."""
+    return lambda p: p.change_3d is None or p.change_3d <= points
+
+
 def rules() -> list[Rule]:
     out = [Rule("v4", None, _always)]
     for d in (0, 5, 10, 15, 16, 17, 18, 19, 20, 22, 25, 30, 35):
@@ -131,6 +140,8 @@ def rules() -> list[Rule]:
         out.append(Rule("falling", d, falling(d), strictness=d))
     for n in (28, 21, 17, 14, 10, 7):
         out.append(Rule("recent_peak", n, recent_peak(n), strictness=-n))
+    for x in (8, 4, 2, 1, 0):
+        out.append(Rule("not_recovering", x, not_recovering(x), strictness=-x))
     for hours in (120.0, 144.0, 168.0):
         out.append(Rule("persist", hours, _always, persist_hours=hours, strictness=hours))
     for enter in (0.35, 0.4, 0.5):
@@ -163,6 +174,9 @@ def paths(bt: Backtest) -> dict[int, list[Point]]:
                 change_7d,
                 change_30d,
                 None if peak_day is None else today - peak_day,
+                None
+                if str(today - 3) not in state.daily_scores
+                else value - state.daily_scores[str(today - 3)],
             )
         )
         # what record_score keeps of the daily scores (31 days)
