@@ -240,7 +240,8 @@ def without_later_additions(line: list[object]) -> list[object]:
     creation date from a profile, the
     activity baseline and recent signals, the activity_decline factor's settings, v4's
     logins-per-user and feature-share settings, the login baseline signal and
-    login_decline settings, the alert persistence, the changelog and embedded figures)
+    login_decline settings, the alert persistence and decline gate, the changelog and
+    embedded figures)
     are left out while they hold what v1 gives them. v1 scores never read them (their
     points are 0), so the output digests pin v1 unchanged."""
     state, as_of, model = line
@@ -283,6 +284,8 @@ def without_later_additions(line: list[object]) -> list[object]:
     if alerts.get("persist_hours") == 0.0 and alerts.get("immediate_probability") is None:
         alerts.pop("persist_hours")
         alerts.pop("immediate_probability")
+    if alerts.get("decline_points", 0.0) is None:
+        alerts.pop("decline_points")
     model["alerts"] = alerts
     ceilings = dict(model["ceilings"])
     if ceilings.get("follow_signals") is False:

@@ -16,6 +16,8 @@ import random
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,7 +33,7 @@ from healthscore.core.effects import (
 )
 from healthscore.core.events import UsageEvent
 from healthscore.core.scoring.aggregate import new_state
-from healthscore.core.scoring.model import DAY, default_model
+from healthscore.core.scoring.model import DAY, ScoreModel, default_model
 from healthscore.core.scoring.state import OrganizationState, encode_state
 
 STEP = 6 * 3600.0
@@ -142,6 +144,7 @@ def _run(
     cuts: list[int],
     sweeps: list[bool],
     decision_bucket: float | None = DECISION_BUCKET,
+    model: ScoreModel = MODEL,
 ) -> dict[str, object]:
     """Apply `log` in batches cut at `cuts`; after a batch, sweep to the watermark if asked.
 
@@ -157,13 +160,13 @@ def _run(
         if not batch:
             continue
         all_effects.append(
-            compute_batch_effects(batch, states, {}, MODEL, STEP, decision_bucket, keep_scores=True)
+            compute_batch_effects(batch, states, {}, model, STEP, decision_bucket, keep_scores=True)
         )
         if sweeps[n % len(sweeps)]:
             watermark = batch[-1].occurred_at.timestamp()
-            all_effects.append(compute_silence_effects(states, watermark, STEP, MODEL, True))
+            all_effects.append(compute_silence_effects(states, watermark, STEP, model, True))
     end = log[-1].occurred_at.timestamp() + 0.5
-    all_effects.append(compute_silence_effects(states, end, STEP, MODEL, True))
+    all_effects.append(compute_silence_effects(states, end, STEP, model, True))
     rescorings = [
         (r.organization_id, r.scored_at, r.health.score, r.health.churn_probability)
         for effects in all_effects
@@ -269,6 +272,26 @@ def test_events_that_wait_for_their_decision_do_not_depend_on_batches() -> None:
     # on this log, the same alerts and silence rescorings as scoring every event
     assert whole["alerts"] == reference["alerts"] and whole["alerts"]
     assert whole["rescorings"] == reference["rescorings"]
+
+
+@pytest.mark.parametrize(("decline_points", "holds_back"), [(19.0, False), (80.0, True)])
+def test_a_decline_gate_keeps_the_decisions_of_scoring_every_event(
+    decline_points: float, holds_back: bool
+) -> None:
+    """alerts.decline_points (no shipped model sets it) holds raises back and adds no
+    reason to decide: the events that wait change nothing decided under it either."""
+    gated = msgspec.structs.replace(
+        MODEL, alerts=msgspec.structs.replace(MODEL.alerts, decline_points=decline_points)
+    )
+    log = _log(seed=11, organizations=6, events=600, gaps=DENSE_GAPS)
+    whole = _run(log, [], [False], model=gated)
+    assert _run(log, list(range(7, len(log), 13)), [False, True], model=gated) == whole
+    reference = _run(log, [], [False], decision_bucket=None, model=gated)
+    assert whole["alerts"] == reference["alerts"]
+    assert whole["rescorings"] == reference["rescorings"]
+    # this log's two raises follow declines of more than 19 points over 30 days
+    # (both kept); not of 80 (both held back: the gate was asked)
+    assert (whole["alerts"] != _run(log, [], [False])["alerts"]) is holds_back
 
 
 @settings(max_examples=25, deadline=None)

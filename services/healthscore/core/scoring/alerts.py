@@ -24,6 +24,10 @@ hovers at a threshold). The state machine lives in `state.alert`:
   alone also waits until the score is back within recover_drop_points of the
   pre-drop peak, or 7 days have passed since the raise (the drop then no
   longer counts), so that it does not recover on the very next event.
+- with `alerts.decline_points` set (no shipped model sets it), a raise by the
+  probability threshold also needs change_30d <= -decline_points (the raise at
+  once from immediate_probability excepted); until then the time above the
+  threshold keeps counting.
 
 Alert ids are uuid5(ALERT_NAMESPACE, "{organization}:{episode}:{kind}:{level}")
 with the level only for risk_escalated (empty otherwise): a replay of the same
@@ -37,7 +41,7 @@ from uuid import UUID, uuid5
 import msgspec
 
 from healthscore.core.enums import RISK_LEVEL_ORDER, AlertKind, AlertTrigger, RiskLevel
-from healthscore.core.scoring.model import DAY, ScoreModel
+from healthscore.core.scoring.model import DAY, Alerts, ScoreModel
 from healthscore.core.scoring.path import HealthAction, path_to_healthy
 from healthscore.core.scoring.score import HealthScore
 from healthscore.core.scoring.state import OrganizationState
@@ -113,6 +117,20 @@ def _decision(
     )
 
 
+def _declined(current: HealthScore, config: Alerts) -> bool:
+    """Whether a raise by the probability threshold has the decline it needs: the
+    score fell by decline_points over 30 days, or the probability is critical."""
+    immediate = config.immediate_probability
+    if immediate is not None and current.churn_probability >= immediate:
+        return True
+    change = current.change_30d
+    return (
+        change is not None
+        and config.decline_points is not None
+        and change <= -config.decline_points
+    )
+
+
 def evaluate_alert(
     state: OrganizationState,
     previous: float | None,
@@ -167,6 +185,9 @@ def evaluate_alert(
             )
     if alert.recovered_at is not None and as_of - alert.recovered_at < config.cooldown_hours * 3600:
         return None
+    if high and config.decline_points is not None and not _declined(current, config):
+        # the time above the threshold keeps counting (above_since stays)
+        high = False
     peak = None if high else recent_peak(state, previous, as_of)
     dropped = peak is not None and peak - current.score > config.drop_points
     if not (high or dropped):

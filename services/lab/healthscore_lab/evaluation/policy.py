@@ -18,7 +18,7 @@ from healthscore.core.bands import health_band, risk_level_for
 from healthscore.core.scoring.aggregate import new_state
 from healthscore.core.scoring.alerts import evaluate_alert
 from healthscore.core.scoring.model import Alerts, ScoreModel
-from healthscore.core.scoring.score import HealthScore, record_score
+from healthscore.core.scoring.score import HealthScore, record_score, score_changes
 from healthscore_lab.evaluation.replay import Backtest
 
 
@@ -60,10 +60,16 @@ def simulate_alerts(
     out: list[tuple[int, float, AlertKind, str]] = []
     current = -1
     state = new_state("")
+    # a decline gate reads the 30-day change, which the prepared path leaves out (the
+    # other rules read none): computed here from the daily scores, as score() does
+    changes = model.alerts.decline_points is not None
     for org, at, health in prepared if prepared is not None else prepare(bt):
         if org != current:
             current = org
             state = new_state(bt.orgs[org])
+        if changes:
+            change_7d, change_30d = score_changes(state, at, health.score)
+            health = msgspec.structs.replace(health, change_7d=change_7d, change_30d=change_30d)
         decision = evaluate_alert(state, state.last_score, health, at, model)
         record_score(state, health, at)
         if decision is not None:
