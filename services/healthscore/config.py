@@ -173,11 +173,12 @@ class Settings(BaseSettings):
         description="the freshness the read model is run for (Prometheus rule threshold)",
     )
     read_model_catch_up_window_seconds: float = Field(
-        default=30.0,
+        default=120.0,
         ge=0,
         description="while the consumer catches up (lag above alignment_live_lag_records), the "
-        "projector leaves a change queued this long, so that the organization's later changes "
-        "are projected with it (live traffic is projected at once)",
+        "projector leaves a change queued up to this long (at most as long as the records "
+        "being applied are old), so that the organization's later changes are projected with "
+        "it (live traffic is projected at once)",
     )
     read_model_staleness_max_seconds: float = Field(
         default=120.0,

@@ -205,3 +205,32 @@ def test_catching_up_while_behind_the_high_watermark_then_live() -> None:
     assert buffer.catching_up()
     clock.now += 0.1
     assert not buffer.catching_up()
+
+
+def test_catch_up_lag_is_the_age_of_what_is_applied_while_catching_up() -> None:
+    clock, wall = FakeClock(), FakeClock(1_800_000_000.0)
+    buffer = HoldBack(CountingDecode(), live_lag_records=100, clock=clock, wall_clock=wall)
+    consumer = FakeConsumer(assigned=[U0], highwater={U0: 5_000})
+    buffer.positioned(U0, 0)
+    items = buffer.merge(consumer, [raw(U0, 0), raw(U0, 1)])
+    buffer.view(consumer)
+    stamped = outcome_holding(items, {}, {})
+    # produced 40 and 50 minutes ago
+    stamped.record_timestamps_ms = [1_799_997_000_000, 1_799_997_600_000]
+    buffer.keep(consumer, stamped, items)
+    assert buffer.catch_up_lag() == 2_400.0
+    # live: the same old records are no reason to wait
+    items = buffer.merge(consumer, [raw(U0, 4_950)])
+    buffer.view(consumer)
+    live = outcome_holding(items, {}, {})
+    live.record_timestamps_ms = [1_799_997_600_000]
+    buffer.keep(consumer, live, items)
+    assert buffer.catch_up_lag() == 0.0
+    # behind again with records of a second ago
+    consumer.highwaters[TopicPartition(*U0)] = 9_000
+    items = buffer.merge(consumer, [raw(U0, 4_951)])
+    buffer.view(consumer)
+    recent = outcome_holding(items, {}, {})
+    recent.record_timestamps_ms = [1_799_999_999_000]
+    buffer.keep(consumer, recent, items)
+    assert buffer.catch_up_lag() == 1.0

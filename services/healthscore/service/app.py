@@ -251,9 +251,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
             page_size=s.projector_page_size,
             on_pass=on_projection,
             shards=s.projector_shards,
-            coalesce_for=lambda: (
-                s.read_model_catch_up_window_seconds if holdback.catching_up() else 0.0
-            ),
+            coalesce_for=lambda: min(s.read_model_catch_up_window_seconds, holdback.catch_up_lag()),
         )
     )
 

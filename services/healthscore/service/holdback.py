@@ -58,6 +58,7 @@ class HoldBack:
         live_lag_records: int = 0,
         max_alignment_wait: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._decode = decode
         self._live_lag = live_lag_records
@@ -75,6 +76,9 @@ class HoldBack:
         self._last_batch = clock()
         self._high: dict[PartitionKey, int] = {}
         self._last_kept = clock()
+        self._wall_clock = wall_clock
+        # the newest record timestamp of the last batch (ms; None: none carried one)
+        self._newest_applied_ms: int | None = None
 
     @property
     def holding(self) -> bool:
@@ -160,6 +164,8 @@ class HoldBack:
         """After a committed batch: keep frontiers and positions, hold back (and
         pause) what it did not apply, resume what is no longer held."""
         self._last_kept = self._clock()
+        stamps = outcome.record_timestamps_ms
+        self._newest_applied_ms = max(stamps) if stamps else None
         for key, frontier in outcome.frontiers.items():
             self._frontiers[key] = max(self._frontiers.get(key, frontier), frontier)
         for key, offset in outcome.next_offsets.items():
@@ -200,6 +206,18 @@ class HoldBack:
             high - self._positions.get(key, self.start_positions.get(key, high)) > self._live_lag
             for key, high in self._high.items()
         )
+
+    def catch_up_lag(self, idle: float = 5.0) -> float:
+        """While catching up: how many seconds the newest record of the last batch is
+        older than the wall clock (its timestamp); 0 for live traffic.
+
+        What a reader of the read model already misses of the events being applied,
+        so what the projector may wait on top without making anything older.
+        """
+        newest = self._newest_applied_ms
+        if newest is None or not self.catching_up(idle):
+            return 0.0
+        return max(0.0, self._wall_clock() - newest / 1000)
 
     def release(self, consumer: PausingConsumer) -> None:
         """A batch failed: drop what is held (it is fetched again) and resume its partitions."""

@@ -1,0 +1,36 @@
+"""The read-model readiness check allows for what a catching-up replica holds on purpose."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+
+from healthscore.service.ops.checks import readiness_checks
+from healthscore.service.projector import Projector
+
+
+@dataclass
+class ProjectorAt:
+    latest_staleness: float
+    coalescing: float
+
+
+async def read_model_check(staleness: float, coalescing: float) -> str | None:
+    none = cast(Any, None)
+    projector = cast(Projector, ProjectorAt(staleness, coalescing))
+    checks = readiness_checks(none, none, none, projector, 120.0, none)
+    return await checks["read_model"]()
+
+
+async def test_live_replica_further_behind_than_the_maximum_is_not_ready() -> None:
+    assert await read_model_check(100.0, 0.0) is None
+    problem = await read_model_check(121.0, 0.0)
+    assert problem is not None
+    assert "121 s behind" in problem
+
+
+async def test_coalescing_while_catching_up_is_not_being_behind() -> None:
+    assert await read_model_check(230.0, 120.0) is None
+    problem = await read_model_check(241.0, 120.0)
+    assert problem is not None
+    assert "120 s of it coalescing" in problem
