@@ -176,8 +176,8 @@ class Settings(BaseSettings):
         default=120.0,
         ge=0,
         description="while the consumer catches up (lag above alignment_live_lag_records), the "
-        "projector leaves a change queued up to this long (at most as long as the records "
-        "being applied are old), so that the organization's later changes are projected with "
+        "projector leaves a change queued up to this long (at most as long as its backlog "
+        "takes to apply at the recent pace), so that the organization's later changes are projected with "
         "it (live traffic is projected at once)",
     )
     read_model_staleness_max_seconds: float = Field(

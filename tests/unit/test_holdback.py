@@ -207,30 +207,28 @@ def test_catching_up_while_behind_the_high_watermark_then_live() -> None:
     assert not buffer.catching_up()
 
 
-def test_catch_up_lag_is_the_age_of_what_is_applied_while_catching_up() -> None:
-    clock, wall = FakeClock(), FakeClock(1_800_000_000.0)
-    buffer = HoldBack(CountingDecode(), live_lag_records=100, clock=clock, wall_clock=wall)
-    consumer = FakeConsumer(assigned=[U0], highwater={U0: 5_000})
+def test_catch_up_lag_is_the_time_to_apply_the_backlog_at_the_recent_pace() -> None:
+    clock = FakeClock()
+    buffer = HoldBack(CountingDecode(), live_lag_records=100, clock=clock)
+    consumer = FakeConsumer(assigned=[U0, S0], highwater={U0: 5_002, S0: 40})
     buffer.positioned(U0, 0)
+    buffer.positioned(S0, 0)
+    assert buffer.catch_up_lag() == 0.0  # no pace measured yet
+    clock.now += 2.0
     items = buffer.merge(consumer, [raw(U0, 0), raw(U0, 1)])
     buffer.view(consumer)
-    stamped = outcome_holding(items, {}, {})
-    # produced 40 and 50 minutes ago
-    stamped.record_timestamps_ms = [1_799_997_000_000, 1_799_997_600_000]
-    buffer.keep(consumer, stamped, items)
-    assert buffer.catch_up_lag() == 2_400.0
-    # live: the same old records are no reason to wait
-    items = buffer.merge(consumer, [raw(U0, 4_950)])
+    buffer.keep(consumer, outcome_holding(items, {}, {}), items)
+    # 2 records in 2 s; 5,000 behind on usage (support is within the live lag)
+    assert buffer.catch_up_lag() == 5_000.0
+    clock.now += 1.0
+    items = buffer.merge(consumer, [raw(U0, offset) for offset in range(2, 1_002)])
     buffer.view(consumer)
-    live = outcome_holding(items, {}, {})
-    live.record_timestamps_ms = [1_799_997_600_000]
-    buffer.keep(consumer, live, items)
+    buffer.keep(consumer, outcome_holding(items, {}, {}), items)
+    # the pace averages 1 and 1,000 records a second; 4,000 behind
+    assert buffer.catch_up_lag() == 4_000 / 500.5
+    # live: nothing to wait for
+    clock.now += 1.0
+    items = buffer.merge(consumer, [raw(U0, offset) for offset in range(1_002, 4_950)])
+    buffer.view(consumer)
+    buffer.keep(consumer, outcome_holding(items, {}, {}), items)
     assert buffer.catch_up_lag() == 0.0
-    # behind again with records of a second ago
-    consumer.highwaters[TopicPartition(*U0)] = 9_000
-    items = buffer.merge(consumer, [raw(U0, 4_951)])
-    buffer.view(consumer)
-    recent = outcome_holding(items, {}, {})
-    recent.record_timestamps_ms = [1_799_999_999_000]
-    buffer.keep(consumer, recent, items)
-    assert buffer.catch_up_lag() == 1.0

@@ -58,7 +58,6 @@ class HoldBack:
         live_lag_records: int = 0,
         max_alignment_wait: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._decode = decode
         self._live_lag = live_lag_records
@@ -76,9 +75,8 @@ class HoldBack:
         self._last_batch = clock()
         self._high: dict[PartitionKey, int] = {}
         self._last_kept = clock()
-        self._wall_clock = wall_clock
-        # the newest record timestamp of the last batch (ms; None: none carried one)
-        self._newest_applied_ms: int | None = None
+        # records applied per second, over the last batches (0: not measured yet)
+        self._apply_rate = 0.0
 
     @property
     def holding(self) -> bool:
@@ -163,9 +161,11 @@ class HoldBack:
     def keep(self, consumer: PausingConsumer, outcome: BatchOutcome, items: list[Item]) -> None:
         """After a committed batch: keep frontiers and positions, hold back (and
         pause) what it did not apply, resume what is no longer held."""
-        self._last_kept = self._clock()
-        stamps = outcome.record_timestamps_ms
-        self._newest_applied_ms = max(stamps) if stamps else None
+        now = self._clock()
+        if now > self._last_kept and outcome.records:
+            rate = outcome.records / (now - self._last_kept)
+            self._apply_rate = rate if not self._apply_rate else 0.5 * (self._apply_rate + rate)
+        self._last_kept = now
         for key, frontier in outcome.frontiers.items():
             self._frontiers[key] = max(self._frontiers.get(key, frontier), frontier)
         for key, offset in outcome.next_offsets.items():
@@ -197,27 +197,30 @@ class HoldBack:
         else:
             self._blocked_since = None
 
+    def _behind(self) -> int:
+        """Records between the positions and the high watermarks, over the live lag."""
+        return sum(
+            max(0, high - self._positions.get(key, self.start_positions.get(key, high)))
+            for key, high in self._high.items()
+            if high - self._positions.get(key, self.start_positions.get(key, high)) > self._live_lag
+        )
+
     def catching_up(self, idle: float = 5.0) -> bool:
         """Some partition is further behind its high watermark than live traffic is,
         as of the last batch (which ended less than `idle` seconds ago)."""
-        if self._clock() - self._last_kept >= idle:
-            return False
-        return any(
-            high - self._positions.get(key, self.start_positions.get(key, high)) > self._live_lag
-            for key, high in self._high.items()
-        )
+        return self._clock() - self._last_kept < idle and self._behind() > 0
 
     def catch_up_lag(self, idle: float = 5.0) -> float:
-        """While catching up: how many seconds the newest record of the last batch is
-        older than the wall clock (its timestamp); 0 for live traffic.
+        """While catching up: the seconds it takes at the recent pace to apply what the
+        partitions behind hold; 0 for live traffic.
 
-        What a reader of the read model already misses of the events being applied,
-        so what the projector may wait on top without making anything older.
+        A record produced now reaches the state that much later, so the read model
+        already shows the newest events that late: a projector waiting as long on
+        top at most doubles it, whatever the records' timestamps say.
         """
-        newest = self._newest_applied_ms
-        if newest is None or not self.catching_up(idle):
+        if not self.catching_up(idle) or self._apply_rate <= 0:
             return 0.0
-        return max(0.0, self._wall_clock() - newest / 1000)
+        return self._behind() / self._apply_rate
 
     def release(self, consumer: PausingConsumer) -> None:
         """A batch failed: drop what is held (it is fetched again) and resume its partitions."""
