@@ -177,8 +177,15 @@ class Settings(BaseSettings):
         ge=0,
         description="while the consumer catches up (lag above alignment_live_lag_records), the "
         "projector leaves a change queued up to this long (at most as long as its backlog "
-        "takes to apply at the recent pace), so that the organization's later changes are projected with "
-        "it (live traffic is projected at once)",
+        "takes to apply at the recent pace), so that the organization's later changes are "
+        "projected with it (live traffic is projected at once)",
+    )
+    read_model_catch_up_after_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="the projector coalesces only while the consumer's backlog takes longer "
+        "than this to apply at the recent pace: live traffic and short bursts are projected "
+        "at once",
     )
     read_model_staleness_max_seconds: float = Field(
         default=120.0,

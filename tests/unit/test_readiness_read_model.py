@@ -1,4 +1,5 @@
-"""The read-model readiness check allows for what a catching-up replica holds on purpose."""
+"""The read model while a replica catches up: how long the projector waits, and the
+readiness check that allows for it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from healthscore.service.ops.checks import readiness_checks
-from healthscore.service.projector import Projector
+from healthscore.service.projector import Projector, catch_up_wait
 
 
 @dataclass
@@ -34,3 +35,12 @@ async def test_coalescing_while_catching_up_is_not_being_behind() -> None:
     problem = await read_model_check(241.0, 120.0)
     assert problem is not None
     assert "120 s of it coalescing" in problem
+
+
+def test_the_projector_waits_only_for_a_backlog_longer_than_the_threshold() -> None:
+    # live traffic and bursts: projected at once
+    assert catch_up_wait(0.0, after=10.0, window=120.0) == 0.0
+    assert catch_up_wait(9.9, after=10.0, window=120.0) == 0.0
+    # a backlog: as long as it takes to apply, at most the window
+    assert catch_up_wait(10.0, after=10.0, window=120.0) == 10.0
+    assert catch_up_wait(300.0, after=10.0, window=120.0) == 120.0

@@ -65,7 +65,7 @@ from healthscore.service.ops.routes import OpsRoutes
 from healthscore.service.outbox import OutboxRelay
 from healthscore.service.outcomes import OutcomeLabeller
 from healthscore.service.periodic import Step, every
-from healthscore.service.projector import Projector
+from healthscore.service.projector import Projector, catch_up_wait
 from healthscore.service.promotion import Promotion
 from healthscore.service.shadow import ShadowGauges, ShadowScorer
 from healthscore.service.sweep import SilenceSweep
@@ -251,7 +251,11 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
             page_size=s.projector_page_size,
             on_pass=on_projection,
             shards=s.projector_shards,
-            coalesce_for=lambda: min(s.read_model_catch_up_window_seconds, holdback.catch_up_lag()),
+            coalesce_for=lambda: catch_up_wait(
+                holdback.catch_up_lag(),
+                s.read_model_catch_up_after_seconds,
+                s.read_model_catch_up_window_seconds,
+            ),
         )
     )
 

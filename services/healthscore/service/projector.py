@@ -99,6 +99,13 @@ async def project_in_transaction(
         await conn.execute(sql.DEQUEUE_PROJECTED, [p.organization_id for p in page])
 
 
+def catch_up_wait(backlog_seconds: float, after: float, window: float) -> float:
+    """How long the projector leaves a change queued, given how long the consumer's
+    backlog takes to apply: nothing for live traffic and short bursts (a backlog of
+    less than `after` seconds), else as long as the backlog, at most `window`."""
+    return 0.0 if backlog_seconds < after else min(window, backlog_seconds)
+
+
 class Projector:
     def __init__(
         self,
@@ -223,7 +230,10 @@ class Projector:
         reader would see: the events being applied are older than that already.
         Live changes are taken at once.
         """
-        self.coalescing = self._coalesce_for()
+        coalescing = self._coalesce_for()
+        if (coalescing > 0) != (self.coalescing > 0):
+            log.info("read_model_coalescing", seconds=round(coalescing, 1))
+        self.coalescing = coalescing
         return AT_ONCE if max(await self._pass(self.coalescing)) >= self._page else None
 
     async def measure_staleness(self) -> float:
