@@ -10,11 +10,11 @@ import msgspec
 import pytest
 
 from healthscore.contracts.enums import AlertKind
-from healthscore.core.bands import health_band, risk_level_for
 from healthscore.core.scoring.aggregate import new_state
 from healthscore.core.scoring.alerts import AlertDecision, evaluate_alert
 from healthscore.core.scoring.model import DAY, ScoreModel, default_model
-from healthscore.core.scoring.score import HealthScore, record_score, score_changes
+from healthscore.core.scoring.score import record_score, score_changes
+from tests.unit.test_alerts import health
 
 ORG = "0b7f3f5e-4f2a-4c1d-9e8b-7a6c5d4e3f21"
 HOUR = 3600.0
@@ -37,18 +37,7 @@ class Run:
 
     def step(self, at: float, probability: float, score: float) -> AlertDecision | None:
         change_7d, change_30d = score_changes(self.state, at, score)
-        current = HealthScore(
-            score=score,
-            status=health_band(score),
-            components={},
-            churn_probability=probability,
-            risk_level=risk_level_for(probability),
-            risk_factors=[],
-            segment="established",
-            change_7d=change_7d,
-            change_30d=change_30d,
-            active_users_30d=0,
-        )
+        current = health(probability, score, change_7d, change_30d)
         decision = evaluate_alert(self.state, self.state.last_score, current, at, self.model)
         record_score(self.state, current, at)
         return decision

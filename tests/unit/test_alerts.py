@@ -29,7 +29,12 @@ def model() -> ScoreModel:
     return v1_model()
 
 
-def health(probability: float, score: float = 50.0) -> HealthScore:
+def health(
+    probability: float,
+    score: float = 50.0,
+    change_7d: float | None = None,
+    change_30d: float | None = None,
+) -> HealthScore:
     return HealthScore(
         score=score,
         status=health_band(score),
@@ -38,8 +43,8 @@ def health(probability: float, score: float = 50.0) -> HealthScore:
         risk_level=risk_level_for(probability),
         risk_factors=[],
         segment="established",
-        change_7d=None,
-        change_30d=None,
+        change_7d=change_7d,
+        change_30d=change_30d,
         active_users_30d=0,
     )
 

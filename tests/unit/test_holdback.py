@@ -180,26 +180,34 @@ def test_a_batch_that_only_holds_for_too_long_is_applied_unaligned() -> None:
     assert buffer.view(consumer) is not None
 
 
-def test_catching_up_while_behind_the_high_watermark_then_live() -> None:
-    clock = FakeClock()
-    buffer = HoldBack(CountingDecode(), live_lag_records=100, clock=clock)
-    consumer = FakeConsumer(assigned=[U0, S0], highwater={U0: 5_000, S0: 50})
-    buffer.positioned(U0, 0)
-    buffer.positioned(S0, 0)
-    items = buffer.merge(consumer, [raw(U0, 0), raw(S0, 0)])
+def applied(buffer: HoldBack, consumer: FakeConsumer, records: list[RawRecord]) -> None:
+    """One batch of `records`, applied whole."""
+    items = buffer.merge(consumer, records)
     assert buffer.view(consumer) is not None
     buffer.keep(consumer, outcome_holding(items, {}, {}), items)
+
+
+def behind_on_usage(
+    clock: FakeClock, usage_high: int, support_high: int
+) -> tuple[HoldBack, FakeConsumer]:
+    buffer = HoldBack(CountingDecode(), live_lag_records=100, clock=clock)
+    consumer = FakeConsumer(assigned=[U0, S0], highwater={U0: usage_high, S0: support_high})
+    buffer.positioned(U0, 0)
+    buffer.positioned(S0, 0)
+    return buffer, consumer
+
+
+def test_catching_up_while_behind_the_high_watermark_then_live() -> None:
+    clock = FakeClock()
+    buffer, consumer = behind_on_usage(clock, 5_000, 50)
+    applied(buffer, consumer, [raw(U0, 0), raw(S0, 0)])
     assert buffer.catching_up()  # usage is 4,999 records behind
     # a batch that brings usage within the live lag
-    items = buffer.merge(consumer, [raw(U0, 4_950)])
-    buffer.view(consumer)
-    buffer.keep(consumer, outcome_holding(items, {}, {}), items)
+    applied(buffer, consumer, [raw(U0, 4_950)])
     assert not buffer.catching_up()
     # behind again, but no batch for a while: nothing to coalesce for
     consumer.highwaters[TopicPartition(*U0)] = 9_000
-    items = buffer.merge(consumer, [raw(U0, 4_951)])
-    buffer.view(consumer)
-    buffer.keep(consumer, outcome_holding(items, {}, {}), items)
+    applied(buffer, consumer, [raw(U0, 4_951)])
     assert buffer.catching_up()
     clock.now += 4.9
     assert buffer.catching_up()
@@ -209,26 +217,17 @@ def test_catching_up_while_behind_the_high_watermark_then_live() -> None:
 
 def test_catch_up_lag_is_the_time_to_apply_the_backlog_at_the_recent_pace() -> None:
     clock = FakeClock()
-    buffer = HoldBack(CountingDecode(), live_lag_records=100, clock=clock)
-    consumer = FakeConsumer(assigned=[U0, S0], highwater={U0: 5_002, S0: 40})
-    buffer.positioned(U0, 0)
-    buffer.positioned(S0, 0)
+    buffer, consumer = behind_on_usage(clock, 5_002, 40)
     assert buffer.catch_up_lag() == 0.0  # no pace measured yet
     clock.now += 2.0
-    items = buffer.merge(consumer, [raw(U0, 0), raw(U0, 1)])
-    buffer.view(consumer)
-    buffer.keep(consumer, outcome_holding(items, {}, {}), items)
+    applied(buffer, consumer, [raw(U0, 0), raw(U0, 1)])
     # 2 records in 2 s; 5,000 behind on usage (support is within the live lag)
     assert buffer.catch_up_lag() == 5_000.0
     clock.now += 1.0
-    items = buffer.merge(consumer, [raw(U0, offset) for offset in range(2, 1_002)])
-    buffer.view(consumer)
-    buffer.keep(consumer, outcome_holding(items, {}, {}), items)
+    applied(buffer, consumer, [raw(U0, offset) for offset in range(2, 1_002)])
     # the pace averages 1 and 1,000 records a second; 4,000 behind
     assert buffer.catch_up_lag() == 4_000 / 500.5
     # live: nothing to wait for
     clock.now += 1.0
-    items = buffer.merge(consumer, [raw(U0, offset) for offset in range(1_002, 4_950)])
-    buffer.view(consumer)
-    buffer.keep(consumer, outcome_holding(items, {}, {}), items)
+    applied(buffer, consumer, [raw(U0, offset) for offset in range(1_002, 4_950)])
     assert buffer.catch_up_lag() == 0.0
