@@ -174,7 +174,7 @@ async def test_inserts_and_upserts_name_the_organizations_they_changed(
 async def test_many_organizations_take_several_payloads_and_too_many_the_whole_table(
     heard: Heard, writer: asyncpg.Connection
 ) -> None:
-    ids = [uuid.uuid4() for _ in range(1001)]
+    ids = [uuid.uuid4() for _ in range(5001)]
     await writer.execute("INSERT INTO organizations (id) SELECT unnest($1::uuid[])", ids)
     insert = """
         INSERT INTO customer_health (organization_id, health_score, churn_probability,
@@ -187,9 +187,11 @@ async def test_many_organizations_take_several_payloads_and_too_many_the_whole_t
     assert sorted(len(n) for n in named) == [50, 200, 200]
     assert all(len(p.encode()) < 8000 for p in payloads)
     assert sorted(i for n in named for i in n) == sorted(str(i) for i in ids[:450])
-    await writer.execute(insert, ids[450:])  # 551: still by organization
-    assert len(await heard.take()) == 3
-    await writer.execute("UPDATE customer_health SET health_score = 1")  # 1,001
+    await writer.execute(insert, ids[450:3450])  # a consumer batch's worth: by organization
+    assert len(await heard.take()) == 15
+    await writer.execute(insert, ids[3450:])
+    await heard.take()
+    await writer.execute("UPDATE customer_health SET health_score = 1")  # 5,001
     assert await heard.take() == [t.CUSTOMER_HEALTH]
 
 

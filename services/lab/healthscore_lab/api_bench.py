@@ -56,6 +56,7 @@ from healthscore.api.auth import issue_hs256
 from healthscore.api.dev import DEV_LOGIN_ROLE, dev_login_url
 from healthscore.config import Settings
 from healthscore.service.kafka_clients import KafkaConnection
+from healthscore.store import sql
 from healthscore.store.migrate import apply_migrations
 from healthscore_lab.devservices import free_port, resolve_services
 from healthscore_lab.simulator import SimulationConfig, generate, produce
@@ -761,6 +762,10 @@ async def run_api_bench(options: BenchSettings) -> dict[str, object]:
             if options.write_rate > 0:
                 writer = asyncio.create_task(_write(serve_env, options.write_rate))
                 await asyncio.sleep(10)  # the consumer joins and starts writing
+                # then applies what was produced before it joined, in large batches whose
+                # statements announce whole tables: not the steady writing measured here
+                live_after = await _wait_consumer_live(url, options.write_rate)
+                print(f"consumer live after {live_after}", flush=True)
             second = await _second_pages(ports[0], token)
             results: list[Result] = []
             print(
@@ -861,6 +866,34 @@ def _dashboard_clients(
         return [(token, DashboardUser(hot, path, refreshes)) for token in tokens], hot
 
     return make
+
+
+async def _wait_consumer_live(
+    url: str, rate: float, steady_seconds: int = 3, timeout: float = 120.0
+) -> str:
+    """Wait until the consumer applies about `rate` records a second, no more (a backlog)
+    and no less, for `steady_seconds` seconds in a row, with the read model under 2 s
+    behind; say how long that took."""
+    started = time.monotonic()
+    conn = await asyncpg.connect(url)
+    try:
+        steady = 0
+        previous: int | None = None
+        while time.monotonic() - started < timeout:
+            applied = int(
+                await conn.fetchval("SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets")
+            )
+            staleness = float(await conn.fetchval(sql.READ_MODEL_STALENESS))
+            if previous is not None:
+                pace = applied - previous
+                steady = steady + 1 if 0.5 * rate <= pace <= 1.5 * rate and staleness < 2 else 0
+                if steady >= steady_seconds:
+                    return f"{time.monotonic() - started:.1f} s"
+            previous = applied
+            await asyncio.sleep(1.0)
+    finally:
+        await conn.close()
+    return f"more than {timeout:g} s (measuring anyway)"
 
 
 async def _fetch_count(url: str) -> int:
