@@ -197,18 +197,22 @@ class HoldBack:
         else:
             self._blocked_since = None
 
-    def _behind(self) -> int:
-        """Records between the positions and the high watermarks, over the live lag."""
-        return sum(
-            max(0, high - self._positions.get(key, self.start_positions.get(key, high)))
+    def _behind(self, idle: float) -> int:
+        """Records between the positions and the high watermarks of the partitions
+        further behind than the live lag, as of the last batch (0 when it ended
+        `idle` seconds ago or more)."""
+        if self._clock() - self._last_kept >= idle:
+            return 0
+        lags = (
+            high - self._positions.get(key, self.start_positions.get(key, high))
             for key, high in self._high.items()
-            if high - self._positions.get(key, self.start_positions.get(key, high)) > self._live_lag
         )
+        return sum(lag for lag in lags if lag > self._live_lag)
 
     def catching_up(self, idle: float = 5.0) -> bool:
         """Some partition is further behind its high watermark than live traffic is,
         as of the last batch (which ended less than `idle` seconds ago)."""
-        return self._clock() - self._last_kept < idle and self._behind() > 0
+        return self._behind(idle) > 0
 
     def catch_up_lag(self, idle: float = 5.0) -> float:
         """While catching up: the seconds it takes at the recent pace to apply what the
@@ -218,9 +222,9 @@ class HoldBack:
         already shows the newest events that late: a projector waiting as long on
         top at most doubles it, whatever the records' timestamps say.
         """
-        if not self.catching_up(idle) or self._apply_rate <= 0:
+        if self._apply_rate <= 0:
             return 0.0
-        return self._behind() / self._apply_rate
+        return self._behind(idle) / self._apply_rate
 
     def release(self, consumer: PausingConsumer) -> None:
         """A batch failed: drop what is held (it is fetched again) and resume its partitions."""

@@ -93,8 +93,10 @@ class Metrics:
         self.read_model_coalescing = Gauge(
             "healthscore_read_model_coalescing_seconds",
             "How long the projector leaves a change queued to project it with the "
-            "organization's later ones: READ_MODEL_CATCH_UP_WINDOW_SECONDS while the consumer "
-            "catches up, 0 for live traffic (the staleness alert allows for it).",
+            "organization's later ones: while the consumer's backlog takes over "
+            "READ_MODEL_CATCH_UP_AFTER_SECONDS to apply, that time, at most "
+            "READ_MODEL_CATCH_UP_WINDOW_SECONDS; 0 for live traffic (the staleness alert "
+            "allows for it).",
             registry=r,
         )
         self.read_model_projected = Counter(
