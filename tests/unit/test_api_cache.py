@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import time
@@ -19,6 +20,7 @@ from healthscore.api.cache import (
     Answer,
     CachedReads,
     CacheState,
+    Lagging,
     ReadModelVersions,
     ResponseCache,
     _matches,
@@ -295,3 +297,73 @@ def test_the_id_prefix_is_read_from_the_query_as_the_route_reads_it() -> None:
     assert id_prefix(b"q=") is None
     assert id_prefix(b"q=--") is None
     assert id_prefix(b"q=" + b"a" * 33) is None
+
+
+def test_a_list_may_lag_a_change_for_its_bound_from_when_it_was_computed() -> None:
+    cache = ResponseCache()
+    key = (USER, b"/api/v1/organizations?")
+    cache.put(key, (1,), math.inf, answer(), computed_at=10.0)
+    assert cache.lookup(key, (1,), now=100.0) == answer()  # unchanged: served at any age
+    assert cache.lookup(key, (2,), now=11.9, may_lag=0.0) == "changed"  # exact: dropped
+    assert cache.lookup(key, (2,), now=11.9, may_lag=2.0) == "absent"
+    cache.put(key, (1,), math.inf, answer(), computed_at=10.0)
+    assert cache.lookup(key, (2,), now=11.9, may_lag=2.0) == Lagging(answer(), 10.0)
+    assert cache.lookup(key, (2,), now=12.0, may_lag=2.0) == "changed"  # past its bound
+    assert cache.lookup(key, (2,), now=12.0, may_lag=2.0) == "absent"
+    cache.put(key, (1,), 11.0, answer(), computed_at=10.0)
+    assert cache.lookup(key, (2,), now=11.5, may_lag=2.0) == "expired"  # the clock first
+
+
+async def settle(app: CachedReads) -> None:
+    """Until the background refreshes the middleware started are done."""
+    while app._background:
+        await asyncio.gather(*app._background)
+
+
+async def test_a_lagging_list_is_served_and_computed_again_in_the_background() -> None:
+    secret = "a-test-secret-of-at-least-32-bytes-long"
+    state = CacheState(ResponseCache(), ApiMetrics(), list_staleness=2.0)
+    state.live(until=math.inf)
+    routes_app = CountingApp()
+    app = CachedReads(routes_app, state, TokenVerifier(hs256_secret=secret.encode()))
+    token = issue_hs256(secret, USER, timedelta(minutes=5))
+    lists = "/api/v1/organizations"
+    organization = str(uuid.uuid4())
+    page = f"/api/v1/organizations/{organization}"
+
+    def age(path: str, seconds: float) -> None:
+        for (_, target), entry in state.cache._entries.items():
+            if target.startswith(path.encode() + b"?"):
+                entry.computed_at -= seconds
+
+    assert await call(app, "GET", lists, token) == (200, b'{"call": 1}')
+    state.changed(t.CUSTOMER_HEALTH, [organization])
+    # younger than half its bound: served as it is, nothing computed
+    assert await call(app, "GET", lists, token) == (200, b'{"call": 1}')
+    await settle(app)
+    assert routes_app.calls == 1
+    # from half its bound on: still served, and computed again meanwhile
+    age(lists, 1.5)
+    assert await call(app, "GET", lists, token) == (200, b'{"call": 1}')
+    await settle(app)
+    assert routes_app.calls == 2
+    assert await call(app, "GET", lists, token) == (200, b'{"call": 2}')
+    # past its bound: computed before it is answered
+    state.changed(t.CUSTOMER_HEALTH, [organization])
+    age(lists, 2.5)
+    assert await call(app, "GET", lists, token) == (200, b'{"call": 3}')
+    # who may see what changed: nothing kept is served, lagging or not
+    state.changed(t.CUSTOMER_HEALTH, [organization])
+    assert await call(app, "GET", lists, token) == (200, b'{"call": 3}')
+    state.changed(t.USERS)
+    assert await call(app, "GET", lists, token) == (200, b'{"call": 4}')
+    # nor after a write through the API, which the writer must see at once
+    state.changed(t.CUSTOMER_HEALTH, [organization])
+    await call(app, "POST", f"{page}/milestones/m/acknowledge", token)  # call 5
+    assert await call(app, "GET", lists, token) == (200, b'{"call": 6}')
+    # an organization's page never lags
+    assert await call(app, "GET", page, token) == (200, b'{"call": 7}')
+    state.changed(t.CUSTOMER_HEALTH, [organization])
+    assert await call(app, "GET", page, token) == (200, b'{"call": 8}')
+    await settle(app)
+    assert routes_app.calls == 8

@@ -82,8 +82,10 @@ def create_app(config: ApiConfig) -> FastAPI:
     metrics = ApiMetrics()
     cache: CacheState | None = None
     if config.cache_entries > 0:
-        store = ResponseCache(config.cache_entries, config.cache_bytes)
-        cache = CacheState(store, metrics)
+        store = ResponseCache(
+            config.cache_entries, config.cache_bytes, on_evict=metrics.cache_evictions.inc
+        )
+        cache = CacheState(store, metrics, list_staleness=config.list_staleness)
         metrics.cache_entries.set_function(lambda: len(store))
         metrics.cache_bytes.set_function(lambda: store.bytes)
 

@@ -81,7 +81,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal, get_args
 from urllib.parse import parse_qsl
 
 import structlog
@@ -110,10 +110,15 @@ PREFIX_DIGITS: Final = 4
 # what the list's `q` may be (the route refuses anything else): hex digits and dashes
 _ID_PREFIX: Final = re.compile(r"[0-9a-fA-F-]{1,36}")
 CLOCK_SCOPE_KEY: Final = "healthscore.changes_by_clock_in"
+# a lagging list is computed again this long before its bound (or from half of it)
+LIST_REFRESH_LEAD: Final = 1.0
 
 # (the user, or the audience the database puts them in; the path and query)
 Key = tuple[uuid.UUID | str, bytes]
 Versions = tuple[int, ...]
+# why a request found no answer to serve: none kept (never asked here, evicted, or
+# dropped), a version it read has moved, or its time (clock-bound answers) is up
+MissReason = Literal["absent", "changed", "expired"]
 
 # what decides who may see what: every endpoint reads it
 _IDENTITY: Final = (t.USERS, t.SIGNING_KEYS)
@@ -134,13 +139,17 @@ class Endpoint:
     # the answer names its caller (who they are, what is assigned to them): kept for
     # that user only, never for their audience
     per_user: bool = False
+    # a list over many organizations: its kept answer may be served up to the
+    # cache's `list_staleness` after a change of the read model it does not show yet,
+    # while it is computed again (see "Lists within a bound")
+    may_lag: bool = False
 
 
 _ID = r"(?P<organization>[^/]+)"
 ENDPOINTS: Final = (
     (
         re.compile(r"/api/v1/organizations"),
-        Endpoint((t.CUSTOMER_HEALTH, t.ORGANIZATIONS, *_IDENTITY), by_id_prefix=True),
+        Endpoint((t.CUSTOMER_HEALTH, t.ORGANIZATIONS, *_IDENTITY), by_id_prefix=True, may_lag=True),
     ),
     (
         re.compile(rf"/api/v1/organizations/{_ID}"),
@@ -299,39 +308,79 @@ class _Entry:
     versions: Versions
     fresh_until: float  # time.monotonic()
     answer: Answer
+    # time.monotonic() before its transaction began: it shows every change announced
+    # before then
+    computed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Lagging:
+    """A kept answer computed before a change it does not show, still within its bound."""
+
+    answer: Answer
+    computed_at: float
 
 
 class ResponseCache:
     """Answers by key, each valid at its versions; a bounded LRU."""
 
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, max_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(
+        self,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        on_evict: Callable[[], None] | None = None,
+    ):
         self.max_entries = max_entries
         self.max_bytes = max_bytes
+        self._on_evict = on_evict
         self.bytes = 0
         self._entries: OrderedDict[Key, _Entry] = OrderedDict()
 
     def get(self, key: Key, versions: Versions, now: float) -> Answer | None:
+        found = self.lookup(key, versions, now)
+        return found if isinstance(found, Answer) else None
+
+    def lookup(
+        self, key: Key, versions: Versions, now: float, may_lag: float = 0.0
+    ) -> Answer | Lagging | MissReason:
+        """The kept answer at `versions`; or, computed less than `may_lag` seconds ago,
+        the kept answer at older versions (Lagging); or why there is none to serve."""
         entry = self._entries.get(key)
         if entry is None:
-            return None
-        if entry.versions != versions or entry.fresh_until <= now:
+            return "absent"
+        if entry.fresh_until <= now:
             self._drop(key, entry)
-            return None
+            return "expired"
+        if entry.versions != versions:
+            if now < entry.computed_at + may_lag:
+                self._entries.move_to_end(key)
+                return Lagging(entry.answer, entry.computed_at)
+            self._drop(key, entry)
+            return "changed"
         self._entries.move_to_end(key)
         return entry.answer
 
-    def put(self, key: Key, versions: Versions, fresh_until: float, answer: Answer) -> None:
+    def put(
+        self,
+        key: Key,
+        versions: Versions,
+        fresh_until: float,
+        answer: Answer,
+        computed_at: float = -math.inf,
+    ) -> None:
         size = answer.size
         if size > self.max_bytes // 8:  # one huge answer would push out many
             return
         old = self._entries.pop(key, None)
         if old is not None:
             self.bytes -= old.answer.size
-        self._entries[key] = _Entry(versions, fresh_until, answer)
+        self._entries[key] = _Entry(versions, fresh_until, answer, computed_at)
         self.bytes += size
         while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
             _, evicted = self._entries.popitem(last=False)
             self.bytes -= evicted.answer.size
+            if self._on_evict is not None:
+                self._on_evict()
 
     def clear(self) -> None:
         self._entries.clear()
@@ -362,6 +411,12 @@ class CacheState:
     # unix time from which the database refuses the API's signing key
     key_retires_at: float = math.inf
     flights: dict[tuple[Key, Versions], asyncio.Future[Answer | None]] = field(default_factory=dict)
+    # how long after it was computed a list's answer (Endpoint.may_lag) may still be
+    # served once the read model has changed under it; 0: lists are exact too
+    list_staleness: float = 0.0
+    # lists being computed again in the background while their lagging answer is
+    # served, by key (one at a time per key)
+    refreshing: set[Key] = field(default_factory=set)
     # asks the database for a user's audience (app_audience); None: answers per user
     audience_of: AudienceOf | None = None
     # user -> (user_profiles' version when asked, their audience)
@@ -395,9 +450,16 @@ class CacheState:
     def changed(self, table: str, organizations: Iterable[str] = ()) -> None:
         self.versions.changed(table, organizations)
         self.metrics.cache_invalidations.labels(table=table).inc()
+        if table not in t.READ_MODEL:
+            # who may see what, or a table we do not know: nothing kept is served, not
+            # even a list within its bound
+            self.cache.clear()
 
     def changed_everything(self) -> None:
+        """Every version moves on, and nothing kept is served again (lagging lists
+        included): after a write through the API, a reconnection, an unknown payload."""
         self.versions.changed_everything()
+        self.cache.clear()
 
     def live(self, until: float) -> None:
         self.live_until = until
@@ -413,6 +475,12 @@ class CacheState:
 @dataclass(slots=True)
 class _ClockHint:
     seconds: float | None = None
+
+
+def refresh_after(list_staleness: float) -> float:
+    """The age from which a lagging list is computed again in the background: early
+    enough to be done before its bound, late enough to be computed as seldom as it may."""
+    return max(list_staleness / 2, list_staleness - LIST_REFRESH_LEAD)
 
 
 def changes_by_clock_in(scope: Scope, seconds: float) -> None:
@@ -468,8 +536,19 @@ class CachedReads:
         self._hit = m.labels(outcome="hit")
         self._shared = m.labels(outcome="shared")
         self._miss = m.labels(outcome="miss")
+        self._lagging = m.labels(outcome="lagging")
+        self._refreshes = state.metrics.cache_refreshes
+        self._background: set[asyncio.Task[None]] = set()
+        self._miss_reason = {
+            reason: state.metrics.cache_misses.labels(reason=reason)
+            for reason in get_args(MissReason)
+        }
         self._bypass = m.labels(outcome="bypass")
         self._not_modified = state.metrics.cache_not_modified
+        self._unkept = {
+            reason: state.metrics.cache_unkept.labels(reason=reason)
+            for reason in ("moved", "not_serving", "clock")
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -512,13 +591,26 @@ class CachedReads:
         key: Key = (owner, path.encode() + b"?" + query)
         prefix = id_prefix(query) if endpoint.by_id_prefix and query else None
         versions = self._versions(endpoint, organization, prefix)
-        answer = state.cache.get(key, versions, monotonic)
-        if answer is not None:
+        found = state.cache.lookup(
+            key, versions, monotonic, state.list_staleness if endpoint.may_lag else 0.0
+        )
+        if isinstance(found, Answer):
             self._hit.inc()
-            await self._send(send, answer, if_none_match)
+            await self._send(send, found, if_none_match)
             return
-        flight_key = (key, versions)
-        flight = state.flights.get(flight_key)
+        if isinstance(found, Lagging):
+            self._lagging.inc()
+            # computed again in the background a little before its bound, so that a list
+            # asked steadily is served from the cache and never more than the bound late
+            if (
+                monotonic >= found.computed_at + refresh_after(state.list_staleness)
+                and key not in state.refreshing
+                and (key, versions) not in state.flights
+            ):
+                self._refresh_in_background(scope, endpoint, organization, prefix, key, versions)
+            await self._send(send, found.answer, if_none_match)
+            return
+        flight = state.flights.get((key, versions))
         if flight is not None:
             answer = await asyncio.shield(flight)
             if answer is not None:
@@ -526,10 +618,36 @@ class CachedReads:
                 await self._send(send, answer, if_none_match)
                 return
             self._miss.inc()
+            self._miss_reason[found].inc()
             await self.app(scope, receive, send)
             return
 
         self._miss.inc()
+        self._miss_reason[found].inc()
+        answer, messages = await self._compute(
+            scope, receive, endpoint, organization, prefix, key, versions, monotonic
+        )
+        if answer is None:
+            for message in messages:
+                await send(message)
+            return
+        await self._send(send, answer, if_none_match)
+
+    async def _compute(
+        self,
+        scope: Scope,
+        receive: Receive,
+        endpoint: Endpoint,
+        organization: str | None,
+        prefix: str | None,
+        key: Key,
+        versions: Versions,
+        monotonic: float,
+    ) -> tuple[Answer | None, list[Message]]:
+        """Run the route for `key` as the one computation at `versions` (concurrent
+        misses share it) and keep its answer: the answer, and the route's messages."""
+        state = self.state
+        flight_key = (key, versions)
         future: asyncio.Future[Answer | None] = asyncio.get_running_loop().create_future()
         state.flights[flight_key] = future
         messages: list[Message] = []
@@ -540,6 +658,7 @@ class CachedReads:
         clock = _ClockHint()
         if endpoint.clock_bound:
             scope[CLOCK_SCOPE_KEY] = clock
+        answer: Answer | None = None
         try:
             await self.app(scope, receive, capture)
             answer = _answer(messages)
@@ -547,20 +666,62 @@ class CachedReads:
             del state.flights[flight_key]
             future.set_result(answer)
         if answer is None:
-            for message in messages:
-                await send(message)
-            return
-        if self._versions(endpoint, organization, prefix) == versions and state.serving(
-            time.time(), time.monotonic()
-        ):
+            return None, messages
+        if self._versions(endpoint, organization, prefix) != versions and not endpoint.may_lag:
+            # a list that may lag is kept anyway, at the versions read before it began:
+            # it shows every change announced before then, and lags from then on
+            self._unkept["moved"].inc()
+        elif not state.serving(time.time(), time.monotonic()):
+            self._unkept["not_serving"].inc()
+        else:
             fresh_until = math.inf
             if endpoint.clock_bound:
                 # `monotonic` was read before the transaction began: never later than told
                 told = CLOCK_MAX_AGE if clock.seconds is None else clock.seconds
                 fresh_until = monotonic + told
             if fresh_until > monotonic:
-                state.cache.put(key, versions, fresh_until, answer)
-        await self._send(send, answer, if_none_match)
+                state.cache.put(key, versions, fresh_until, answer, computed_at=monotonic)
+            else:
+                self._unkept["clock"].inc()
+        return answer, messages
+
+    def _refresh_in_background(
+        self,
+        scope: Scope,
+        endpoint: Endpoint,
+        organization: str | None,
+        prefix: str | None,
+        key: Key,
+        versions: Versions,
+    ) -> None:
+        state = self.state
+        state.refreshing.add(key)
+        request_scope = {k: v for k, v in scope.items() if k != CLOCK_SCOPE_KEY}
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def refresh() -> None:
+            try:
+                await self._compute(
+                    request_scope,
+                    receive,
+                    endpoint,
+                    organization,
+                    prefix,
+                    key,
+                    versions,
+                    time.monotonic(),
+                )
+            except Exception as exc:  # the next request past the bound computes it
+                log.warning("api_cache_refresh_failed", error=str(exc))
+            finally:
+                state.refreshing.discard(key)
+
+        self._refreshes.inc()
+        task = asyncio.get_running_loop().create_task(refresh())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _versions(
         self, endpoint: Endpoint, organization: str | None, prefix: str | None

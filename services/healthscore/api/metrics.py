@@ -11,11 +11,40 @@ class ApiMetrics:
         r = self.registry
         self.cache_requests = Counter(
             "healthscore_api_cache_requests_total",
-            "GET requests to cached endpoints by outcome: hit (a kept answer), shared (the "
-            "answer of a concurrent miss of the same key), miss (computed in the database), "
-            "bypass (not cached: the invalidation listener is not live, or the token has "
-            "expired).",
+            "GET requests to cached endpoints by outcome: hit (a kept answer), lagging (a "
+            "kept list answer computed before a change of the read model, less than "
+            "API_LIST_STALENESS_SECONDS ago), shared (the answer of a concurrent miss of the "
+            "same key), miss (computed in the database), bypass (not cached: the "
+            "invalidation listener is not live, or the token has expired).",
             ["outcome"],
+            registry=r,
+        )
+        self.cache_misses = Counter(
+            "healthscore_api_cache_misses_total",
+            "Misses computed in the database, by why no kept answer was served: absent (none "
+            "kept for the key: its first request in this process, or evicted), changed (a "
+            "table or organization it read has changed since), expired (a clock-bound answer "
+            "past its time).",
+            ["reason"],
+            registry=r,
+        )
+        self.cache_unkept = Counter(
+            "healthscore_api_cache_unkept_total",
+            "Answers computed but not kept, by why: moved (a version the answer read moved "
+            "while it was computed), not_serving (the listener was not live when it was "
+            "done), clock (a clock-bound answer already at its time).",
+            ["reason"],
+            registry=r,
+        )
+        self.cache_refreshes = Counter(
+            "healthscore_api_cache_refreshes_total",
+            "Lagging list answers computed again in the background while they were served.",
+            registry=r,
+        )
+        self.cache_evictions = Counter(
+            "healthscore_api_cache_evictions_total",
+            "Answers pushed out of the response cache by its bounds (entries or bytes): "
+            "a steady rate says the cache is smaller than what its clients ask.",
             registry=r,
         )
         self.cache_not_modified = Counter(

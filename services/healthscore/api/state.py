@@ -32,6 +32,7 @@ class ApiConfig:
     # the response cache (healthscore.api.cache); 0 entries: no cache
     cache_entries: int = DEFAULT_MAX_ENTRIES
     cache_bytes: int = DEFAULT_MAX_BYTES
+    list_staleness: float = 0.0
 
     @classmethod
     def from_settings(
@@ -69,6 +70,7 @@ class ApiConfig:
             refresh_seconds=settings.api_refresh_seconds,
             cache_entries=settings.api_response_cache_entries,
             cache_bytes=settings.api_response_cache_megabytes * 1024 * 1024,
+            list_staleness=settings.api_list_staleness_seconds,
         )
 
 

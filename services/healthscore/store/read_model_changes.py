@@ -35,6 +35,16 @@ TABLES: Final = (
     SIGNING_KEYS,
 )
 
+# the read model proper; the others (USERS, SIGNING_KEYS) decide who may see what
+READ_MODEL: Final = (
+    CUSTOMER_HEALTH,
+    ORGANIZATIONS,
+    SCORE_HISTORY,
+    MILESTONES,
+    INTERACTIONS,
+    ALERTS,
+)
+
 # their rows each belong to one organization: announced by organization (0051)
 BY_ORGANIZATION: Final = (CUSTOMER_HEALTH, SCORE_HISTORY, MILESTONES, INTERACTIONS, ALERTS)
 # and organizations, whose inserts name the organizations inserted (0063; its updates

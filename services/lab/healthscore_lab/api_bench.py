@@ -188,10 +188,30 @@ class Result:
     cache_hit_ratio: float | None = None
     cache_misses: float | None = None
     cache_bypassed: float | None = None
+    # the misses by reason (healthscore_api_cache_misses_total): no answer kept for the
+    # key in that process, a version it read moved, a clock-bound answer's time up
+    cache_misses_absent: float | None = None
+    cache_misses_changed: float | None = None
+    cache_misses_expired: float | None = None
+    # answers computed but not kept, by why (healthscore_api_cache_unkept_total), and
+    # answers pushed out by the cache's bounds
+    # list answers served lagging (within API_LIST_STALENESS_SECONDS of a change they do
+    # not show), and those computed again in the background meanwhile
+    cache_lagging: float | None = None
+    cache_refreshes: float | None = None
+    cache_unkept_moved: float | None = None
+    cache_unkept_not_serving: float | None = None
+    cache_unkept_clock: float | None = None
+    cache_evictions: float | None = None
     # dashboard scenarios: organizations in the hot set, and how many of them the
     # consumers wrote during the scenario
     hot_set: float | None = None
     hot_set_written: float | None = None
+    # uniform scenarios: the pass that asked every target once of every API process
+    # before the warm-up (each process's cache cold for each of them): its requests and
+    # p95, what the first minutes after a replica starts look like
+    cold_requests: float | None = None
+    cold_p95_ms: float | None = None
 
 
 @dataclass
@@ -203,6 +223,7 @@ class BenchSettings:
     api_processes: int
     pool_size: int
     cache_entries: int | None = None
+    list_staleness: float | None = None
     refreshes: int = 4
     hot_set: int = 50
     only: list[str] = field(default_factory=list)
@@ -307,6 +328,31 @@ async def _client(
         for conn in connections:
             conn.close()
     return errors
+
+
+async def prime(
+    ports: list[int], token: str, targets: list[str], clients: int
+) -> tuple[int, float]:
+    """Ask every target once of every API process, `clients` at a time: the requests
+    and their p95 (ms)."""
+    pending = [(port, target) for target in targets for port in ports]
+    latencies: list[float] = []
+
+    async def client() -> None:
+        connections = {port: Connection("127.0.0.1", port, token) for port in ports}
+        try:
+            while pending:
+                port, target = pending.pop()
+                start = time.perf_counter()
+                await connections[port].get(target)
+                latencies.append((time.perf_counter() - start) * 1000)
+        finally:
+            for conn in connections.values():
+                conn.close()
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    ordered = sorted(latencies) or [0.0]
+    return len(latencies), round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 1)
 
 
 async def run_scenario(
@@ -543,12 +589,21 @@ def _children(
                 process.kill()
 
 
-CACHE_OUTCOMES = ("hit", "shared", "miss", "bypass")
+CACHE_OUTCOMES = ("hit", "lagging", "shared", "miss", "bypass")
+MISS_REASONS = ("absent", "changed", "expired")
+UNKEPT = ("moved", "not_serving", "clock")
+_COUNTERS = {
+    **{f'healthscore_api_cache_requests_total{{outcome="{o}"}} ': o for o in CACHE_OUTCOMES},
+    **{f'healthscore_api_cache_misses_total{{reason="{r}"}} ': f"miss_{r}" for r in MISS_REASONS},
+    **{f'healthscore_api_cache_unkept_total{{reason="{r}"}} ': f"unkept_{r}" for r in UNKEPT},
+    "healthscore_api_cache_evictions_total ": "evictions",
+    "healthscore_api_cache_refreshes_total ": "refreshes",
+}
 
 
 async def cache_outcomes(ports: list[int]) -> dict[str, float]:
     """The response cache's request counters, summed over the API processes."""
-    totals = dict.fromkeys(CACHE_OUTCOMES, 0.0)
+    totals = dict.fromkeys(_COUNTERS.values(), 0.0)
     for port in ports:
         conn = Connection("127.0.0.1", port, "")
         try:
@@ -558,10 +613,9 @@ async def cache_outcomes(ports: list[int]) -> dict[str, float]:
         if status != 200:
             continue
         for line in body.decode().splitlines():
-            for outcome in CACHE_OUTCOMES:
-                prefix = f'healthscore_api_cache_requests_total{{outcome="{outcome}"}} '
+            for prefix, name in _COUNTERS.items():
                 if line.startswith(prefix):
-                    totals[outcome] += float(line[len(prefix) :])
+                    totals[name] += float(line[len(prefix) :])
     return totals
 
 
@@ -571,9 +625,16 @@ def cache_figures(before: dict[str, float], after: dict[str, float]) -> dict[str
     if total == 0:
         return {}
     return {
-        "cache_hit_ratio": round((delta["hit"] + delta["shared"]) / total, 3),
+        "cache_hit_ratio": round((delta["hit"] + delta["lagging"] + delta["shared"]) / total, 3),
+        "cache_lagging": int(delta["lagging"]),
+        "cache_refreshes": int(after["refreshes"] - before["refreshes"]),
         "cache_misses": int(delta["miss"]),
         "cache_bypassed": int(delta["bypass"]),
+        **{
+            f"cache_misses_{r}": int(after[f"miss_{r}"] - before[f"miss_{r}"]) for r in MISS_REASONS
+        },
+        **{f"cache_unkept_{r}": int(after[f"unkept_{r}"] - before[f"unkept_{r}"]) for r in UNKEPT},
+        "cache_evictions": int(after["evictions"] - before["evictions"]),
     }
 
 
@@ -726,6 +787,8 @@ async def run_api_bench(options: BenchSettings) -> dict[str, object]:
         }
         if options.cache_entries is not None:
             api_env["API_RESPONSE_CACHE_ENTRIES"] = str(options.cache_entries)
+        if options.list_staleness is not None:
+            api_env["API_LIST_STALENESS_SECONDS"] = str(options.list_staleness)
         suffix = uuid.uuid4().hex[:6]
         topics = {
             "USAGE_TOPIC": f"bench-usage-{suffix}",
@@ -773,12 +836,18 @@ async def run_api_bench(options: BenchSettings) -> dict[str, object]:
                 f"{options.api_processes} API process(es), writes at {options.write_rate:g}/s",
                 flush=True,
             )
-            plan: list[tuple[str, Callable[[], Any]]] = [
-                (name, _uniform_clients(token, targets, options.clients))
+            # (name, its clients, the targets asked uniformly: primed first)
+            plan: list[tuple[str, Callable[[], Any], list[str]]] = [
+                (name, _uniform_clients(token, targets, options.clients), targets)
                 for name, targets in scenarios(ids)
             ]
             plan.insert(
-                7, ("list: second page (cursor)", _uniform_clients(token, second, options.clients))
+                7,
+                (
+                    "list: second page (cursor)",
+                    _uniform_clients(token, second, options.clients),
+                    second,
+                ),
             )
             for hot_name, hot_set in (
                 ("at-risk list", lambda: _at_risk_list(ports[0], token, options.hot_set)),
@@ -792,15 +861,20 @@ async def run_api_bench(options: BenchSettings) -> dict[str, object]:
                         (
                             f"dashboard: {page_name} ({hot_name})",
                             _dashboard_clients(hot_set, path, dashboard_tokens, options.refreshes),
+                            [],
                         )
                     )
-            for name, make_clients in plan:
+            for name, make_clients, targets in plan:
                 if options.only and not any(part in name for part in options.only):
                     continue
                 clients, hot = await make_clients()
                 if not clients or (name.startswith("dashboard") and not hot):
                     print(f"  {name}: skipped, its hot set is empty", flush=True)
                     continue
+                # each uniform target asked of each process once: the steady state is
+                # measured, not each process's first request for each of them (its cold
+                # pass is reported beside it); the dashboard's users ask a hot set
+                cold = await prime(ports, token, targets, options.clients) if targets else None
                 # a short warm-up of each statement's plans and the pool
                 await run_scenario(ports, name, clients, 1.0)
                 cache_before = await cache_outcomes(ports)
@@ -808,6 +882,8 @@ async def run_api_bench(options: BenchSettings) -> dict[str, object]:
                 result = await run_scenario(ports, name, clients, options.seconds, meter)
                 for key, value in cache_figures(cache_before, await cache_outcomes(ports)).items():
                     setattr(result, key, value)
+                if cold is not None:
+                    result.cold_requests, result.cold_p95_ms = cold
                 if hot:
                     result.hot_set = len(hot)
                     result.hot_set_written = await _written_since(url, hot, started_at)
@@ -820,7 +896,18 @@ async def run_api_bench(options: BenchSettings) -> dict[str, object]:
                     f"{result.pg_cores}, clients {result.client_cores}, consumer "
                     f"{result.consumer_cores}, broker {result.broker_cores}, "
                     f"machine {result.machine_cores}; cache hits {result.cache_hit_ratio}, "
-                    f"misses {result.cache_misses}"
+                    f"misses {result.cache_misses} (absent {result.cache_misses_absent}, "
+                    f"changed {result.cache_misses_changed}, expired "
+                    f"{result.cache_misses_expired}); not kept: moved {result.cache_unkept_moved}, "
+                    f"not serving {result.cache_unkept_not_serving}, clock "
+                    f"{result.cache_unkept_clock}; "
+                    f"evicted {result.cache_evictions}; lagging {result.cache_lagging}, "
+                    f"refreshed {result.cache_refreshes}"
+                    + (
+                        f"; cold pass {result.cold_requests} requests, p95 {result.cold_p95_ms} ms"
+                        if cold is not None
+                        else ""
+                    )
                     + (
                         f"; hot set {result.hot_set}, written {result.hot_set_written}"
                         if result.hot_set
@@ -953,6 +1040,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "unset: the setting's default",
     )
     p.add_argument(
+        "--list-staleness",
+        type=float,
+        default=None,
+        help="API_LIST_STALENESS_SECONDS of the API processes (0: exact lists); unset: the "
+        "setting's default",
+    )
+    p.add_argument(
         "--refreshes",
         type=int,
         default=4,
@@ -980,6 +1074,7 @@ def run(args: argparse.Namespace) -> int:
         api_processes=args.api_processes,
         pool_size=args.pool_size,
         cache_entries=args.cache_entries,
+        list_staleness=args.list_staleness,
         refreshes=args.refreshes,
         hot_set=args.hot_set,
         only=args.only,
