@@ -294,12 +294,12 @@ class Settings(BaseSettings):
         "version, invalidated by the database's change announcements); 0: no cache.",
     )
     api_list_staleness_seconds: float = Field(
-        default=2.0,
+        default=5.0,
         ge=0,
         description="How long after it was computed a kept organization list may still be "
         "served once the read model has changed under it (it is computed again in the "
-        "background from half that age on); 0: lists are recomputed at every change, as "
-        "organization pages always are.",
+        "background a second before that, or from half of it); 0: lists are recomputed at "
+        "every change, as organization pages always are.",
     )
     api_response_cache_megabytes: int = Field(
         default=64, ge=1, description="Memory the API's kept answers may take per process."

@@ -61,12 +61,26 @@ def test_the_meter_reads_this_process() -> None:
 
 
 def test_cache_hit_ratio_from_two_scrapes() -> None:
-    before = {"hit": 10.0, "shared": 0.0, "miss": 5.0, "bypass": 0.0}
-    after = {"hit": 85.0, "shared": 10.0, "miss": 15.0, "bypass": 5.0}
+    zero = {"miss_absent": 0.0, "miss_changed": 0.0, "miss_expired": 0.0}
+    zero |= {"unkept_moved": 0.0, "unkept_not_serving": 0.0, "unkept_clock": 0.0}
+    zero |= {"evictions": 0.0, "refreshes": 0.0}
+    before = {"hit": 10.0, "lagging": 0.0, "shared": 0.0, "miss": 5.0, "bypass": 0.0, **zero}
+    after = {"hit": 75.0, "lagging": 10.0, "shared": 10.0, "miss": 15.0, "bypass": 5.0}
+    after |= zero | {"miss_absent": 4.0, "miss_changed": 6.0, "unkept_moved": 1.0}
+    after |= {"evictions": 2.0, "refreshes": 3.0}
     assert cache_figures(before, after) == {
-        "cache_hit_ratio": 0.85,  # 75 hits and 10 shared of 100 requests
+        "cache_hit_ratio": 0.85,  # 65 hits, 10 lagging and 10 shared of 100 requests
+        "cache_lagging": 10,
+        "cache_refreshes": 3,
         "cache_misses": 10,
         "cache_bypassed": 5,
+        "cache_misses_absent": 4,
+        "cache_misses_changed": 6,
+        "cache_misses_expired": 0,
+        "cache_unkept_moved": 1,
+        "cache_unkept_not_serving": 0,
+        "cache_unkept_clock": 0,
+        "cache_evictions": 2,
     }
     assert cache_figures(before, before) == {}
 
