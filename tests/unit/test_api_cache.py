@@ -9,6 +9,8 @@ import time
 import uuid
 from datetime import timedelta
 
+import pytest
+from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.types import Message, Receive, Scope, Send
 
@@ -367,3 +369,40 @@ async def test_a_lagging_list_is_served_and_computed_again_in_the_background() -
     assert await call(app, "GET", page, token) == (200, b'{"call": 8}')
     await settle(app)
     assert routes_app.calls == 8
+
+
+async def test_a_failing_route_behind_the_cache_still_answers_its_500() -> None:
+    secret = "a-test-secret-of-at-least-32-bytes-long"
+    framework = FastAPI()
+
+    @framework.get("/api/v1/organizations")
+    async def fails() -> None:
+        raise RuntimeError("a bug in a route")
+
+    state = CacheState(ResponseCache(), ApiMetrics())
+    state.live(until=math.inf)
+    app = CachedReads(framework, state, TokenVerifier(hs256_secret=secret.encode()))
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    token = issue_hs256(secret, USER, timedelta(minutes=5))
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/api/v1/organizations",
+        "raw_path": b"/api/v1/organizations",
+        "root_path": "",
+        "scheme": "http",
+        "server": ("test", 80),
+        "query_string": b"",
+        "headers": [(b"authorization", f"Bearer {token}".encode())],
+    }
+    with pytest.raises(RuntimeError, match="a bug in a route"):
+        await app(scope, receive, send)  # raised on, for the server to log
+    assert sent and sent[0]["status"] == 500  # and the client got the framework's 500
+    assert len(state.cache) == 0 and not state.flights

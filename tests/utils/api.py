@@ -18,7 +18,7 @@ import asyncpg
 import httpx
 from fastapi import FastAPI
 
-from healthscore.api.app import SecurityHeaders, create_app
+from healthscore.api.app import create_app, served
 from healthscore.api.auth import TokenVerifier, issue_hs256
 from healthscore.api.state import ApiConfig
 from healthscore.store.identity import SigningKey
@@ -86,6 +86,6 @@ async def api_client(config: ApiConfig) -> AsyncIterator[tuple[httpx.AsyncClient
     """The ASGI app with its lifespan (pool) running, and an HTTP client to it."""
     app = create_app(config)
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=SecurityHeaders(app))
+        transport = httpx.ASGITransport(app=served(app))
         async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
             yield client, app

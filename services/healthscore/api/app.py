@@ -19,7 +19,7 @@ import contextlib
 import functools
 from collections.abc import AsyncIterator
 from importlib import resources
-from typing import Any, Final
+from typing import Final
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -135,8 +135,8 @@ def create_app(config: ApiConfig) -> FastAPI:
     # declares the bearer scheme in the OpenAPI document; verification is in routes
     bearer = HTTPBearer(auto_error=False, description="A JWT whose `sub` is a user_profiles id.")
     app.include_router(routes.router, dependencies=[Depends(bearer)])
-    if cache is not None:
-        app.add_middleware(CachedReads, state=cache, verifier=config.verifier)
+    # served in front of the framework (`served`): a hit never enters FastAPI
+    app.state.front = CachedReads(app, cache, config.verifier) if cache is not None else None
     for exc_type, handler in problems.HANDLERS.items():
         app.add_exception_handler(exc_type, handler)
 
@@ -185,6 +185,14 @@ async def _cancelled(task: asyncio.Task[None]) -> None:
         await task
 
 
-def asgi_app(config: ApiConfig) -> Any:
-    """The app as served: the FastAPI app inside the security-header layer."""
-    return SecurityHeaders(create_app(config))
+def served(app: FastAPI) -> ASGIApp:
+    """What the server runs: the response cache (when the app has one) in front of the
+    FastAPI app, so that a kept answer is sent without entering the framework's
+    middleware and routing, all inside the security-header layer."""
+    front: CachedReads | None = getattr(app.state, "front", None)
+    return SecurityHeaders(front if front is not None else app)
+
+
+def asgi_app(config: ApiConfig) -> ASGIApp:
+    """The app as served (`served`)."""
+    return served(create_app(config))

@@ -624,9 +624,16 @@ class CachedReads:
 
         self._miss.inc()
         self._miss_reason[found].inc()
-        answer, messages = await self._compute(
-            scope, receive, endpoint, organization, prefix, key, versions, monotonic
-        )
+        messages: list[Message] = []
+        try:
+            answer = await self._compute(
+                scope, receive, endpoint, organization, prefix, key, versions, monotonic, messages
+            )
+        except Exception:
+            # the framework answered (its 500 problem) before it raised: send that answer
+            for message in messages:
+                await send(message)
+            raise
         if answer is None:
             for message in messages:
                 await send(message)
@@ -643,14 +650,14 @@ class CachedReads:
         key: Key,
         versions: Versions,
         monotonic: float,
-    ) -> tuple[Answer | None, list[Message]]:
+        messages: list[Message],
+    ) -> Answer | None:
         """Run the route for `key` as the one computation at `versions` (concurrent
-        misses share it) and keep its answer: the answer, and the route's messages."""
+        misses share it), its messages into `messages`, and keep its answer."""
         state = self.state
         flight_key = (key, versions)
         future: asyncio.Future[Answer | None] = asyncio.get_running_loop().create_future()
         state.flights[flight_key] = future
-        messages: list[Message] = []
 
         async def capture(message: Message) -> None:
             messages.append(message)
@@ -666,7 +673,7 @@ class CachedReads:
             del state.flights[flight_key]
             future.set_result(answer)
         if answer is None:
-            return None, messages
+            return None
         if self._versions(endpoint, organization, prefix) != versions and not endpoint.may_lag:
             # a list that may lag is kept anyway, at the versions read before it began:
             # it shows every change announced before then, and lags from then on
@@ -683,7 +690,7 @@ class CachedReads:
                 state.cache.put(key, versions, fresh_until, answer, computed_at=monotonic)
             else:
                 self._unkept["clock"].inc()
-        return answer, messages
+        return answer
 
     def _refresh_in_background(
         self,
@@ -712,6 +719,7 @@ class CachedReads:
                     key,
                     versions,
                     time.monotonic(),
+                    [],
                 )
             except Exception as exc:  # the next request past the bound computes it
                 log.warning("api_cache_refresh_failed", error=str(exc))
