@@ -24,18 +24,7 @@ INTERACTIONS: Final = "support_interactions"
 ALERTS: Final = "alert_outbox"
 USERS: Final = "user_profiles"
 SIGNING_KEYS: Final = "app_signing_keys"
-TABLES: Final = (
-    CUSTOMER_HEALTH,
-    ORGANIZATIONS,
-    SCORE_HISTORY,
-    MILESTONES,
-    INTERACTIONS,
-    ALERTS,
-    USERS,
-    SIGNING_KEYS,
-)
-
-# the read model proper; the others (USERS, SIGNING_KEYS) decide who may see what
+# the read model proper
 READ_MODEL: Final = (
     CUSTOMER_HEALTH,
     ORGANIZATIONS,
@@ -44,6 +33,8 @@ READ_MODEL: Final = (
     INTERACTIONS,
     ALERTS,
 )
+# and what decides who may see what
+TABLES: Final = (*READ_MODEL, USERS, SIGNING_KEYS)
 
 # their rows each belong to one organization: announced by organization (0051)
 BY_ORGANIZATION: Final = (CUSTOMER_HEALTH, SCORE_HISTORY, MILESTONES, INTERACTIONS, ALERTS)
