@@ -118,6 +118,14 @@ class Settings(BaseSettings):
         "Kafka answers a held fetch as soon as records arrive; the embedded broker holds it "
         "for most of this time even then, so it bounds live latency from below.",
     )
+    kafka_commit_interval_ms: int = Field(
+        default=1000,
+        ge=0,
+        description="How often the consumer commits to Kafka the offsets PostgreSQL "
+        "committed (lag tooling reads them; the service resumes from PostgreSQL's): the "
+        "latest at most this often, a revoked partition's before it goes; 0: after every "
+        "batch.",
+    )
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
     topic_partitions: int = Field(default=4, ge=1)
     topic_replication_factor: int = Field(

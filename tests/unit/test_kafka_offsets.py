@@ -147,3 +147,21 @@ async def test_without_kafka_commits_the_offsets_stay_in_postgresql_only() -> No
     offsets.consumer_built(consumer)
     await offsets.commit({U0: 5})
     assert consumer.commits == []
+
+
+async def test_with_an_interval_the_latest_offsets_go_at_the_flush_or_before_a_revocation() -> None:
+    offsets, _, _ = protocol({}, commit_interval=1.0)
+    consumer = FakeConsumer(assigned=[U0, U1])
+    offsets.consumer_built(consumer)
+    await offsets.commit({U0: 5, U1: 3})
+    await offsets.commit({U0: 6})
+    assert consumer.commits == []  # no broker round trip in the batch's path
+    await offsets.on_partitions_revoked(tps(U1))
+    assert consumer.commits == [{U1: 3}]  # a revoked partition's, before it goes
+    await offsets.flush()
+    assert consumer.commits == [{U1: 3}, {U0: 6}]  # only the latest of each
+    await offsets.flush()
+    assert len(consumer.commits) == 2  # nothing new: nothing sent
+    await offsets.commit({U0: 7, S0: 2})  # S0 is not assigned here
+    await offsets.flush()
+    assert consumer.commits[-1] == {U0: 7}

@@ -207,6 +207,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         true_ends=true_ends,
         on_refused=on_refused,
         commit_to_kafka=o.commit_to_kafka,
+        commit_interval=s.kafka_commit_interval_ms / 1000,
     )
     outcomes = BatchLog(metrics)
     handler = BatchHandler(
@@ -356,6 +357,8 @@ def background_loops(c: Components) -> list[Loop]:
         Loop(o.gauge_interval_seconds, c.gauges.refresh, "gauge_refresh"),
         Loop(s.readiness_interval_seconds, c.readiness.step, "readiness_round"),
     ]
+    if s.kafka_commit_interval_ms > 0:
+        loops.append(Loop(s.kafka_commit_interval_ms / 1000, c.offsets.flush, "kafka_commit"))
     if c.relay is not None:
         loops.append(
             Loop(s.relay_interval_seconds, c.relay.step, "relay", LOOP_MAX_BACKOFF_SECONDS)

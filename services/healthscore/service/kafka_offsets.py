@@ -9,7 +9,10 @@ A batch's transaction stores each partition's next offset with its effects
   everything); a stored offset outside the log is refused, not guessed at;
 - after a batch that did not commit, seek back to where it started (`rewind`),
   or to the stored offset over a gap: records are fetched again, never skipped;
-- after a committed batch, commit to Kafka as well, for lag tooling only.
+- after a committed batch, commit to Kafka as well, for lag tooling only: at most every
+  KAFKA_COMMIT_INTERVAL_MS (a periodic `flush`), and a revoked partition's offsets
+  before it goes, so that a batch does not wait for a broker round trip that nothing
+  of the service reads.
 
 The consumer is FastStream's, built when the broker starts: the salvaging
 consumer builder hands it over (`consumer_built`, see `kafka_salvage`).
@@ -52,6 +55,7 @@ class KafkaOffsets(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         true_ends: TrueEnds | None = None,
         on_refused: Callable[[PartitionKey, str | None], None] | None = None,
         commit_to_kafka: bool = True,
+        commit_interval: float = 0.0,
     ) -> None:
         self._pool = pool
         self._group = group
@@ -60,6 +64,10 @@ class KafkaOffsets(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         self._true_ends = true_ends
         self._on_refused = on_refused
         self._commit_to_kafka = commit_to_kafka
+        # seconds between commits to Kafka (`flush`, a periodic step); 0: every batch
+        self._commit_interval = commit_interval
+        # the latest next offsets PostgreSQL committed, not yet committed to Kafka
+        self._pending: dict[PartitionKey, int] = {}
         self._consumer: Any = None
         self.assigned: set[PartitionKey] = set()
         # partitions whose stored offset lies outside the log, with why: not consumed
@@ -82,6 +90,8 @@ class KafkaOffsets(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         keys = {key_of(tp) for tp in revoked}
+        # still ours while this runs: what PostgreSQL committed for them goes to Kafka
+        await self.flush(keys)
         self.assigned -= keys
         for key in keys:
             self.sought.pop(key, None)
@@ -188,16 +198,26 @@ class KafkaOffsets(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
                 self.sought[key] = offset
 
     async def commit(self, next_offsets: Mapping[PartitionKey, int]) -> None:
-        """Commit to Kafka what PostgreSQL committed (only lag tooling reads it)."""
+        """Commit to Kafka what PostgreSQL committed (only lag tooling reads it): at once
+        without a commit interval, else at the next `flush`."""
         if not self._commit_to_kafka:
+            return
+        self._pending.update(next_offsets)
+        if self._commit_interval <= 0:
+            await self.flush()
+
+    async def flush(self, keys: set[PartitionKey] | None = None) -> None:
+        """Commit the pending offsets (of `keys` only, when given) of the partitions
+        still assigned; the others are dropped (their new owner commits its own)."""
+        if not self._pending:
             return
         consumer = self.consumer
         assignment = consumer.assignment()
-        offsets = {
-            tp: offset
-            for key, offset in next_offsets.items()
-            if (tp := TopicPartition(*key)) in assignment
-        }
+        offsets: dict[TopicPartition, int] = {}
+        for key in list(self._pending) if keys is None else keys & self._pending.keys():
+            offset = self._pending.pop(key)
+            if (tp := TopicPartition(*key)) in assignment:
+                offsets[tp] = offset
         if not offsets:
             return
         try:
