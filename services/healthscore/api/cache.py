@@ -119,6 +119,9 @@ Versions = tuple[int, ...]
 # why a request found no answer to serve: none kept (never asked here, evicted, or
 # dropped), a version it read has moved, or its time (clock-bound answers) is up
 MissReason = Literal["absent", "changed", "expired"]
+# why a computed answer was not kept: a version it read moved while it was computed, the
+# listener was not live when it was done, or a clock-bound answer was already at its time
+UnkeptReason = Literal["moved", "not_serving", "clock"]
 
 # what decides who may see what: every endpoint reads it
 _IDENTITY: Final = (t.USERS, t.SIGNING_KEYS)
@@ -547,7 +550,7 @@ class CachedReads:
         self._not_modified = state.metrics.cache_not_modified
         self._unkept = {
             reason: state.metrics.cache_unkept.labels(reason=reason)
-            for reason in ("moved", "not_serving", "clock")
+            for reason in get_args(UnkeptReason)
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -47,12 +47,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlencode
 
 import asyncpg
 
 from healthscore.api.auth import issue_hs256
+from healthscore.api.cache import MissReason, UnkeptReason
 from healthscore.api.dev import DEV_LOGIN_ROLE, dev_login_url
 from healthscore.config import Settings
 from healthscore.service.kafka_clients import KafkaConnection
@@ -193,12 +194,12 @@ class Result:
     cache_misses_absent: float | None = None
     cache_misses_changed: float | None = None
     cache_misses_expired: float | None = None
-    # answers computed but not kept, by why (healthscore_api_cache_unkept_total), and
-    # answers pushed out by the cache's bounds
     # list answers served lagging (within API_LIST_STALENESS_SECONDS of a change they do
     # not show), and those computed again in the background meanwhile
     cache_lagging: float | None = None
     cache_refreshes: float | None = None
+    # answers computed but not kept, by why (healthscore_api_cache_unkept_total), and
+    # answers pushed out by the cache's bounds
     cache_unkept_moved: float | None = None
     cache_unkept_not_serving: float | None = None
     cache_unkept_clock: float | None = None
@@ -351,8 +352,12 @@ async def prime(
                 conn.close()
 
     await asyncio.gather(*(client() for _ in range(clients)))
-    ordered = sorted(latencies) or [0.0]
-    return len(latencies), round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 1)
+    return len(latencies), percentile(sorted(latencies) or [0.0], 0.95)
+
+
+def percentile(ordered: list[float], p: float) -> float:
+    """The `p` quantile of sorted latencies (ms), rounded to 0.1."""
+    return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))], 1)
 
 
 async def run_scenario(
@@ -374,17 +379,14 @@ async def run_scenario(
     after = meter.sample() if meter else None
     ordered = sorted(latencies) or [0.0]
 
-    def pct(p: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))], 1)
-
     return Result(
         scenario=name,
         requests=len(latencies),
         errors=sum(errors),
         per_second=round(len(latencies) / elapsed, 1),
         p50_ms=round(statistics.median(ordered), 1),
-        p95_ms=pct(0.95),
-        p99_ms=pct(0.99),
+        p95_ms=percentile(ordered, 0.95),
+        p99_ms=percentile(ordered, 0.99),
         max_ms=round(ordered[-1], 1),
         **cpu_figures(before, after, len(latencies)),
     )
@@ -590,8 +592,8 @@ def _children(
 
 
 CACHE_OUTCOMES = ("hit", "lagging", "shared", "miss", "bypass")
-MISS_REASONS = ("absent", "changed", "expired")
-UNKEPT = ("moved", "not_serving", "clock")
+MISS_REASONS: tuple[str, ...] = get_args(MissReason)
+UNKEPT: tuple[str, ...] = get_args(UnkeptReason)
 _COUNTERS = {
     **{f'healthscore_api_cache_requests_total{{outcome="{o}"}} ': o for o in CACHE_OUTCOMES},
     **{f'healthscore_api_cache_misses_total{{reason="{r}"}} ': f"miss_{r}" for r in MISS_REASONS},
@@ -620,21 +622,19 @@ async def cache_outcomes(ports: list[int]) -> dict[str, float]:
 
 
 def cache_figures(before: dict[str, float], after: dict[str, float]) -> dict[str, float | int]:
-    delta = {k: after[k] - before[k] for k in CACHE_OUTCOMES}
-    total = sum(delta.values())
+    delta = {k: after[k] - before[k] for k in after}
+    total = sum(delta[k] for k in CACHE_OUTCOMES)
     if total == 0:
         return {}
     return {
         "cache_hit_ratio": round((delta["hit"] + delta["lagging"] + delta["shared"]) / total, 3),
         "cache_lagging": int(delta["lagging"]),
-        "cache_refreshes": int(after["refreshes"] - before["refreshes"]),
+        "cache_refreshes": int(delta["refreshes"]),
         "cache_misses": int(delta["miss"]),
         "cache_bypassed": int(delta["bypass"]),
-        **{
-            f"cache_misses_{r}": int(after[f"miss_{r}"] - before[f"miss_{r}"]) for r in MISS_REASONS
-        },
-        **{f"cache_unkept_{r}": int(after[f"unkept_{r}"] - before[f"unkept_{r}"]) for r in UNKEPT},
-        "cache_evictions": int(after["evictions"] - before["evictions"]),
+        **{f"cache_misses_{r}": int(delta[f"miss_{r}"]) for r in MISS_REASONS},
+        **{f"cache_unkept_{r}": int(delta[f"unkept_{r}"]) for r in UNKEPT},
+        "cache_evictions": int(delta["evictions"]),
     }
 
 
