@@ -30,14 +30,19 @@ from healthscore_lab.evaluation.fit import (
     CEILING_TOLERANCE,
     FitSettings,
     _fold_of,
+    _log_loss,
     apply_coefficients,
+    calibrate,
     choose_cancellation_ceiling,
     constrained_logistic,
+    recalibrate,
+    snapshot_trend,
 )
 from healthscore_lab.evaluation.log import from_population, load_log
 from healthscore_lab.evaluation.metrics import DAY, alert_figures, auc, brier, labels_at
 from healthscore_lab.evaluation.policy import simulate_alerts
 from healthscore_lab.evaluation.replay import Backtest, run_backtest
+from healthscore_lab.evaluation.split import is_held_out
 from healthscore_lab.evaluation.vector import FACTORS, factor_table
 from healthscore_lab.simulator.labelled import (
     Population,
@@ -202,6 +207,57 @@ def test_the_cancellation_ceiling_is_the_strongest_the_training_data_allows(
     assert losses[f"{chosen:g}"] <= bound
     assert all(losses[f"{c:g}"] > bound for c in CANCELLATION_CEILINGS if c < chosen)
     assert fitted == orjson.loads(DEFAULT_MODEL_PATH.read_bytes())  # the candidate is left as is
+
+
+def test_recalibration_fits_only_the_churn_calibration_and_the_alert_settings() -> None:
+    # SMALL's training organizations have no churn within 30 days of a snapshot
+    log = from_population(generate_population(replace(SMALL, organizations=80, days=50)))
+    config = orjson.loads(DEFAULT_MODEL_PATH.read_bytes())
+    # one alert setting besides the cooldowns: the search itself is fit's, tested there
+    one = FitSettings(enter_probabilities=(0.3,), persist_hours=(96.0,), drop_points=(100.0,))
+    result = recalibrate(log, default_model(), config, "v4r", one)
+    fitted = result.config
+    changed = {key for key in set(config) | set(fitted) if config.get(key) != fitted.get(key)}
+    assert "churn" in changed
+    assert changed <= {"churn", "alerts", "version", "evaluation"}  # weights, shapes, ceilings kept
+    assert fitted["version"] == "v4r" and result.model.version == "v4r"
+    assert fitted["evaluation"]["recalibrated_from"] == "v4"
+    assert fitted["evaluation"]["current_model_held_out"].keys() == {"v4"}
+    churn = fitted["churn"]
+    assert churn["score_coefficient"] >= 0.0 and churn["trend_coefficient"] >= 0.0
+    # the calibration is the likelihood's optimum on the training organizations' snapshots
+    bt = run_backtest(log, default_model())
+    usable, label = labels_at(bt.snap_org, bt.snap_at, bt.churn, 30, bt.labels_until)
+    held = np.array([is_held_out(org) for org in bt.orgs])
+    rows = usable & ~held[bt.snap_org]
+    scores, trend, y = bt.snap_score, snapshot_trend(bt, bt.snap_score), label.astype(float)
+
+    def loss(intercept: float) -> float:
+        z = (
+            intercept
+            - churn["score_coefficient"] * scores[rows] / 100.0
+            - churn["trend_coefficient"] * trend[rows] / 100.0
+        )
+        return _log_loss(y[rows], z)
+
+    assert churn == calibrate(scores[rows], trend[rows], y[rows], FitSettings().l2)
+    assert loss(churn["intercept"]) < loss(churn["intercept"] + 0.1)
+    assert loss(churn["intercept"]) < loss(churn["intercept"] - 0.1)
+
+
+def test_the_fit_command_refuses_to_exclude_factors_when_it_keeps_every_weight(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import argparse
+
+    from healthscore_lab.evaluation.command import add_fit_arguments, run_fit
+
+    parser = argparse.ArgumentParser()
+    add_fit_arguments(parser)
+    arguments = "--simulate --organizations 10 --days 20 --version vX --calibration-only"
+    args = parser.parse_args([*arguments.split(), "--exclude", "inactivity"])
+    assert run_fit(args) == 2
+    assert "--calibration-only keeps every weight" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ the targets

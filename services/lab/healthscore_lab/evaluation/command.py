@@ -176,7 +176,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from healthscore_lab.evaluation.fit import SIZE_FACTORS, FitSettings, fit
+    from healthscore_lab.evaluation.fit import SIZE_FACTORS, FitSettings, fit, recalibrate
     from healthscore_lab.evaluation.report import render_table
     from healthscore_lab.evaluation.vector import FACTORS
 
@@ -195,9 +195,19 @@ def run_fit(args: argparse.Namespace) -> int:
     if unknown:
         print(f"error: --exclude: unknown factor(s) {', '.join(unknown)}", file=sys.stderr)
         return 2
+    if args.calibration_only and (args.exclude or args.include_size_factors):
+        print(
+            "error: --calibration-only keeps every weight: --exclude and "
+            "--include-size-factors do not apply",
+            file=sys.stderr,
+        )
+        return 2
     size = () if args.include_size_factors else SIZE_FACTORS
     settings = FitSettings(exclude=size + tuple(args.exclude))
-    result = fit(log, current, current_config, version, settings, progress=say)
+    if args.calibration_only:
+        result = recalibrate(log, current, current_config, version, settings, progress=say)
+    else:
+        result = fit(log, current, current_config, version, settings, progress=say)
     print(render_table(result.current), end="")
     print()
     print(render_table(result.candidate), end="")
@@ -205,8 +215,13 @@ def run_fit(args: argparse.Namespace) -> int:
         print(f"\nrefused: {'; '.join(result.reasons)} (--force writes it anyway)")
         return 1
     config = result.config
+    what = (
+        f"{current.version}'s weights, its churn calibration and alert settings refitted"
+        if args.calibration_only
+        else "fitted"
+    )
     config["changelog"] = [
-        f"{version}: fitted by `healthscore fit` on {log.source} "
+        f"{version}: {what} by `healthscore fit` on {log.source} "
         f"(training organizations only); held-out figures in `evaluation`.",
         *args.note,
         *current_config.get("changelog", []),
@@ -265,5 +280,12 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="FACTOR",
         help="leave this factor out of the fit too, its weight 0 (repeatable)",
+    )
+    p.add_argument(
+        "--calibration-only",
+        action="store_true",
+        help="keep the current model's weights, shapes and ceilings; refit only the churn "
+        "calibration and the alert settings on this log (a population whose habits differ "
+        "from the one the weights were fitted on)",
     )
     p.add_argument("--note", action="append", default=[], help="a changelog line (repeatable)")

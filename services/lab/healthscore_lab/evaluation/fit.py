@@ -178,6 +178,10 @@ class FitSettings:
     min_median_lead_days: float = 14.0  # a churner counts as warned this long ahead
     warmup_days: float = 14.0
     exclude: tuple[str, ...] = SIZE_FACTORS
+    # the alert settings tried (`tune_alerts`)
+    enter_probabilities: tuple[float, ...] = (0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+    persist_hours: tuple[float, ...] = (24.0, 48.0, 72.0, 96.0, 144.0)
+    drop_points: tuple[float, ...] = (25.0, 100.0)
 
 
 @dataclass
@@ -433,9 +437,9 @@ def tune_alerts(
             },
         }
 
-    for enter in (0.15, 0.2, 0.25, 0.3, 0.4, 0.5):
-        for persist in (24.0, 48.0, 72.0, 96.0, 144.0):
-            for drop in (25.0, 100.0):
+    for enter in settings.enter_probabilities:
+        for persist in settings.persist_hours:
+            for drop in settings.drop_points:
                 alerts = Alerts(
                     enter_probability=enter,
                     exit_probability=round(enter * 0.5, 4),
@@ -531,14 +535,8 @@ def fit(
     settings = settings or FitSettings()
     progress(f"replaying {len(log.events)} events under {current.version}")
     base = run_backtest(log, current, warmup_days=settings.warmup_days)
-    held = np.array([is_held_out(org) for org in base.orgs])
-    usable, label = labels_at(
-        base.snap_org, base.snap_at, base.churn, settings.horizon_days, base.labels_until
-    )
-    rows = usable & ~held[base.snap_org]
-    if not label[rows].any():
-        raise ValueError("no training organization churns within the horizon: nothing to fit")
-    measures, y = base.snap_measures[rows], label[rows].astype(float)
+    held, rows, y = _training_rows(base, settings)
+    measures = base.snap_measures[rows]
     folds = np.array([_fold_of(base.orgs[o], settings.folds) for o in base.snap_org[rows]])
 
     progress("searching the factor shapes (grouped 3-fold cross-validation)")
@@ -555,13 +553,78 @@ def fit(
         + ")"
     )
 
-    # calibration on the candidate's own scores and 30-day changes
+    fitted["evaluation"] = {"cancellation_ceiling_log_loss": ceiling_losses}
+    result = _calibrate_and_judge(
+        log, base, current, fitted, version, settings, progress, rows, y, held
+    )
+    result.shapes, result.coefficients = shapes, coefficients
+    return result
+
+
+def recalibrate(
+    log: LabelledLog,
+    current: ScoreModel,
+    current_config: Config,
+    version: str,
+    settings: FitSettings | None = None,
+    progress: Callable[[str], None] = lambda _message: None,
+) -> FitResult:
+    """The current model with only its churn calibration and alert settings fitted
+    on this log's training organizations: the weights, shapes and ceilings stay.
+
+    For a population whose habits differ from the one the weights were fitted on
+    (the same behaviour means another churn rate there), a deploying team's own
+    labelled history recalibrates the probability, and so what the alert
+    thresholds mean, with three parameters instead of every weight: a log with a
+    few dozen churners among its training organizations is enough. Judged on the
+    held-out organizations beside the current model, like `fit`."""
+    settings = settings or FitSettings()
+    progress(f"replaying {len(log.events)} events under {current.version}")
+    base = run_backtest(log, current, warmup_days=settings.warmup_days)
+    held, rows, y = _training_rows(base, settings)
+    fitted = _copy(current_config)
+    fitted.pop("evaluation", None)
+    fitted["evaluation"] = {"recalibrated_from": current.version}
+    return _calibrate_and_judge(
+        log, base, current, fitted, version, settings, progress, rows, y, held
+    )
+
+
+def _training_rows(bt: Backtest, settings: FitSettings) -> tuple[BoolArray, BoolArray, FloatArray]:
+    """Per organization whether it is held out; the snapshots fitted on (training
+    organizations, label known) and their labels."""
+    held = np.array([is_held_out(org) for org in bt.orgs])
+    usable, label = labels_at(
+        bt.snap_org, bt.snap_at, bt.churn, settings.horizon_days, bt.labels_until
+    )
+    rows = usable & ~held[bt.snap_org]
+    if not label[rows].any():
+        raise ValueError("no training organization churns within the horizon: nothing to fit")
+    return held, rows, label[rows].astype(float)
+
+
+def _calibrate_and_judge(
+    log: LabelledLog,
+    base: Backtest,
+    current: ScoreModel,
+    fitted: Config,
+    version: str,
+    settings: FitSettings,
+    progress: Callable[[str], None],
+    rows: BoolArray,
+    y: FloatArray,
+    held: BoolArray,
+) -> FitResult:
+    """The steps `fit` and `recalibrate` share, given the candidate's weights: the
+    churn calibration on its own scores and 30-day changes, the alert settings on its
+    replayed path, the judgement on the held-out organizations beside `current`."""
     model = _model(fitted)
     _impacts, _components, scores = factor_table(base.snap_measures, model)
     trend = snapshot_trend(base, scores)
     fitted["churn"] = calibrate(scores[rows], trend[rows], y, settings.l2)
     fitted["version"] = version
     model = _model(fitted)
+    progress("churn calibration: " + ", ".join(f"{k} {v:.3f}" for k, v in fitted["churn"].items()))
 
     progress(f"replaying under the candidate {version} to choose the alert settings")
     candidate_bt = run_backtest(log, model, warmup_days=settings.warmup_days)
@@ -585,7 +648,7 @@ def fit(
     fitted["evaluation"] = {
         "source": log.source,
         "held_out_organizations": candidate_report["organizations"]["judged"],
-        "cancellation_ceiling_log_loss": ceiling_losses,
+        **fitted.get("evaluation", {}),
         "training_alert_settings": alert_summary,
         "held_out": _summary(candidate_report),
         "current_model_held_out": {current.version: _summary(current_report)},
@@ -597,8 +660,6 @@ def fit(
         current=current_report,
         accepted=not reasons,
         reasons=reasons,
-        shapes=shapes,
-        coefficients=coefficients,
     )
 
 
