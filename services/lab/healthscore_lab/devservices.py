@@ -166,8 +166,10 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
             process.wait(5)
 
 
-def start_embedded_postgres(data_dir: Path | None) -> tuple[str, Any]:
-    """Start the embedded PostgreSQL 18; return its superuser URL and server handle."""
+def start_embedded_postgres(data_dir: Path | None) -> tuple[str, Any, Path | None]:
+    """Start the embedded PostgreSQL 18; return its superuser URL, server handle and
+    the temporary directory it made for the data (None with `data_dir`): the server's
+    own cleanup deletes the data directory, not that parent, which the caller removes."""
     if "XDG_RUNTIME_DIR" not in os.environ:
         # embedded-postgres keeps its lock file there; it wants a private directory
         runtime = Path(tempfile.gettempdir()) / f"healthscore-runtime-{os.getuid()}"
@@ -181,8 +183,10 @@ def start_embedded_postgres(data_dir: Path | None) -> tuple[str, Any]:
             "pip install 'healthscore[local]' or set DATABASE_URL"
         ) from exc
 
+    root: Path | None = None
     if data_dir is None:
-        data_dir = Path(tempfile.mkdtemp(prefix="healthscore-pg-")) / "pgdata"
+        root = Path(tempfile.mkdtemp(prefix="healthscore-pg-"))
+        data_dir = root / "pgdata"
         cleanup = "delete"
     else:
         data_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -190,7 +194,7 @@ def start_embedded_postgres(data_dir: Path | None) -> tuple[str, Any]:
     server = embedded_postgres.get_server(data_dir, cleanup_mode=cleanup)  # type: ignore[attr-defined,unused-ignore]
     if _tune_embedded_postgres(Path(server.pgdata)):
         restart_embedded_postgres(server, "fast")
-    return str(server.get_uri()), server
+    return str(server.get_uri()), server, root
 
 
 # Server settings of the embedded PostgreSQL (dev, tests, bench) on a machine
@@ -245,7 +249,9 @@ def resolve_services(
             database_url = container.get_connection_url(driver=None)
             kind = "containers"
         else:
-            database_url, server = start_embedded_postgres(data_dir)
+            database_url, server, root = start_embedded_postgres(data_dir)
+            if root is not None:  # runs after the server's cleanup (last in, first out)
+                stack.callback(shutil.rmtree, root, ignore_errors=True)
             stack.callback(server.cleanup)
             postgres_pid = server.get_pid()
             postgres_server = server
