@@ -245,21 +245,6 @@ def test_recalibration_fits_only_the_churn_calibration_and_the_alert_settings() 
     assert loss(churn["intercept"]) < loss(churn["intercept"] - 0.1)
 
 
-def test_the_fit_command_refuses_to_exclude_factors_when_it_keeps_every_weight(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    import argparse
-
-    from healthscore_lab.evaluation.command import add_fit_arguments, run_fit
-
-    parser = argparse.ArgumentParser()
-    add_fit_arguments(parser)
-    arguments = "--simulate --organizations 10 --days 20 --version vX --calibration-only"
-    args = parser.parse_args([*arguments.split(), "--exclude", "inactivity"])
-    assert run_fit(args) == 2
-    assert "--calibration-only keeps every weight" in capsys.readouterr().err
-
-
 # ------------------------------------------------------------------ the targets
 
 
@@ -432,8 +417,19 @@ def test_the_evaluate_command_writes_json_and_plots(tmp_path: Path) -> None:
     }
 
 
-def test_the_fit_command_refuses_an_unknown_factor_to_exclude(
-    capsys: pytest.CaptureFixture[str],
+@pytest.mark.parametrize(
+    ("extra", "error"),
+    [
+        (
+            "--exclude few_logins_per_user --exclude no_such_factor",
+            "unknown factor(s) no_such_factor",
+        ),
+        ("--calibration-only --exclude inactivity", "--calibration-only keeps every weight"),
+    ],
+    ids=["unknown-factor", "calibration-only-excluding"],
+)
+def test_the_fit_command_refuses_what_it_cannot_do(
+    extra: str, error: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import argparse
 
@@ -441,8 +437,6 @@ def test_the_fit_command_refuses_an_unknown_factor_to_exclude(
 
     parser = argparse.ArgumentParser()
     add_fit_arguments(parser)
-    arguments = "--simulate --organizations 10 --days 20 --version vX"
-    arguments += " --exclude few_logins_per_user --exclude no_such_factor"
-    args = parser.parse_args(arguments.split())
-    assert run_fit(args) == 2
-    assert "unknown factor(s) no_such_factor" in capsys.readouterr().err
+    arguments = f"--simulate --organizations 10 --days 20 --version vX {extra}"
+    assert run_fit(parser.parse_args(arguments.split())) == 2
+    assert error in capsys.readouterr().err

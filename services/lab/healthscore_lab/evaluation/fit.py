@@ -533,9 +533,7 @@ def fit(
     progress: Callable[[str], None] = lambda _message: None,
 ) -> FitResult:
     settings = settings or FitSettings()
-    progress(f"replaying {len(log.events)} events under {current.version}")
-    base = run_backtest(log, current, warmup_days=settings.warmup_days)
-    held, rows, y = _training_rows(base, settings)
+    base, held, rows, y = _replay_current(log, current, settings, progress)
     measures = base.snap_measures[rows]
     folds = np.array([_fold_of(base.orgs[o], settings.folds) for o in base.snap_org[rows]])
 
@@ -579,9 +577,7 @@ def recalibrate(
     few dozen churners among its training organizations is enough. Judged on the
     held-out organizations beside the current model, like `fit`."""
     settings = settings or FitSettings()
-    progress(f"replaying {len(log.events)} events under {current.version}")
-    base = run_backtest(log, current, warmup_days=settings.warmup_days)
-    held, rows, y = _training_rows(base, settings)
+    base, held, rows, y = _replay_current(log, current, settings, progress)
     fitted = _copy(current_config)
     fitted.pop("evaluation", None)
     fitted["evaluation"] = {"recalibrated_from": current.version}
@@ -590,9 +586,16 @@ def recalibrate(
     )
 
 
-def _training_rows(bt: Backtest, settings: FitSettings) -> tuple[BoolArray, BoolArray, FloatArray]:
-    """Per organization whether it is held out; the snapshots fitted on (training
-    organizations, label known) and their labels."""
+def _replay_current(
+    log: LabelledLog,
+    current: ScoreModel,
+    settings: FitSettings,
+    progress: Callable[[str], None],
+) -> tuple[Backtest, BoolArray, BoolArray, FloatArray]:
+    """The log replayed under the current model; per organization whether it is held
+    out; the snapshots fitted on (training organizations, label known), their labels."""
+    progress(f"replaying {len(log.events)} events under {current.version}")
+    bt = run_backtest(log, current, warmup_days=settings.warmup_days)
     held = np.array([is_held_out(org) for org in bt.orgs])
     usable, label = labels_at(
         bt.snap_org, bt.snap_at, bt.churn, settings.horizon_days, bt.labels_until
@@ -600,7 +603,7 @@ def _training_rows(bt: Backtest, settings: FitSettings) -> tuple[BoolArray, Bool
     rows = usable & ~held[bt.snap_org]
     if not label[rows].any():
         raise ValueError("no training organization churns within the horizon: nothing to fit")
-    return held, rows, label[rows].astype(float)
+    return bt, held, rows, label[rows].astype(float)
 
 
 def _calibrate_and_judge(
