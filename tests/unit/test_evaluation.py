@@ -221,6 +221,15 @@ def test_recalibration_fits_only_the_churn_calibration_and_the_alert_settings() 
     assert "churn" in changed
     assert changed <= {"churn", "alerts", "version", "evaluation"}  # weights, shapes, ceilings kept
     assert fitted["version"] == "v4r" and result.model.version == "v4r"
+    assert list(fitted["evaluation"]) == [
+        "source",
+        "held_out_organizations",
+        "recalibrated_from",
+        "training_alert_settings",
+        "held_out",
+        "current_model_held_out",
+    ]
+    assert fitted["evaluation"]["source"] == log.source
     assert fitted["evaluation"]["recalibrated_from"] == "v4"
     assert fitted["evaluation"]["current_model_held_out"].keys() == {"v4"}
     churn = fitted["churn"]
@@ -425,8 +434,17 @@ def test_the_evaluate_command_writes_json_and_plots(tmp_path: Path) -> None:
             "unknown factor(s) no_such_factor",
         ),
         ("--calibration-only --exclude inactivity", "--calibration-only keeps every weight"),
+        ("--calibration-only --include-size-factors", "--calibration-only keeps every weight"),
+        ("--version v4 --calibration-only", "would replace the current model v4"),
+        ("--seed 3 --organizations 4", "no training organization churns"),
     ],
-    ids=["unknown-factor", "calibration-only-excluding"],
+    ids=[
+        "unknown-factor",
+        "calibration-only-excluding",
+        "calibration-only-size-factors",
+        "the-current-version",
+        "nothing-to-fit",
+    ],
 )
 def test_the_fit_command_refuses_what_it_cannot_do(
     extra: str, error: str, capsys: pytest.CaptureFixture[str]
@@ -437,6 +455,7 @@ def test_the_fit_command_refuses_what_it_cannot_do(
 
     parser = argparse.ArgumentParser()
     add_fit_arguments(parser)
+    # `extra` comes last: of a repeated option, the last wins
     arguments = f"--simulate --organizations 10 --days 20 --version vX {extra}"
     assert run_fit(parser.parse_args(arguments.split())) == 2
     assert error in capsys.readouterr().err

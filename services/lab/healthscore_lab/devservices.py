@@ -191,9 +191,18 @@ def start_embedded_postgres(data_dir: Path | None) -> tuple[str, Any, Path | Non
     else:
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         cleanup = "stop"
-    server = embedded_postgres.get_server(data_dir, cleanup_mode=cleanup)  # type: ignore[attr-defined,unused-ignore]
-    if _tune_embedded_postgres(Path(server.pgdata)):
-        restart_embedded_postgres(server, "fast")
+    try:
+        server = embedded_postgres.get_server(data_dir, cleanup_mode=cleanup)  # type: ignore[attr-defined,unused-ignore]
+        try:
+            if _tune_embedded_postgres(Path(server.pgdata)):
+                restart_embedded_postgres(server, "fast")
+        except BaseException:
+            server.cleanup()
+            raise
+    except BaseException:
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
+        raise
     return str(server.get_uri()), server, root
 
 

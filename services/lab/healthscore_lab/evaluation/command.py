@@ -181,16 +181,6 @@ def run_fit(args: argparse.Namespace) -> int:
     from healthscore_lab.evaluation.vector import FACTORS
 
     say = _progress(False)
-    try:
-        path = args.model or DEFAULT_MODEL_PATH
-        current = load_model(path)
-        current_config = orjson.loads(Path(path).read_bytes())
-        log = _log(args)
-    except (HealthscoreError, ModelConfigError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    version = args.version
-    out = args.out or Path(path).with_name(f"health_model.{version}.json")
     unknown = sorted(set(args.exclude) - {name for _component, name in FACTORS})
     if unknown:
         print(f"error: --exclude: unknown factor(s) {', '.join(unknown)}", file=sys.stderr)
@@ -202,12 +192,34 @@ def run_fit(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        path = args.model or DEFAULT_MODEL_PATH
+        current = load_model(path)
+        current_config = orjson.loads(Path(path).read_bytes())
+    except (HealthscoreError, ModelConfigError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    version = args.version
+    out = args.out or Path(path).with_name(f"health_model.{version}.json")
+    if version == current.version or out.resolve() == Path(path).resolve():
+        # a recalibrated model under its source's name would be taken for it
+        print(
+            f"error: --version {version} would replace the current model {current.version} "
+            f"({path}): give the new model a version of its own",
+            file=sys.stderr,
+        )
+        return 2
     size = () if args.include_size_factors else SIZE_FACTORS
     settings = FitSettings(exclude=size + tuple(args.exclude))
-    if args.calibration_only:
-        result = recalibrate(log, current, current_config, version, settings, progress=say)
-    else:
-        result = fit(log, current, current_config, version, settings, progress=say)
+    try:
+        log = _log(args)
+        if args.calibration_only:
+            result = recalibrate(log, current, current_config, version, settings, progress=say)
+        else:
+            result = fit(log, current, current_config, version, settings, progress=say)
+    except (HealthscoreError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(render_table(result.current), end="")
     print()
     print(render_table(result.candidate), end="")
@@ -216,7 +228,7 @@ def run_fit(args: argparse.Namespace) -> int:
         return 1
     config = result.config
     what = (
-        f"{current.version}'s weights, its churn calibration and alert settings refitted"
+        f"{current.version}'s weights kept; its churn calibration and alert settings refitted"
         if args.calibration_only
         else "fitted"
     )

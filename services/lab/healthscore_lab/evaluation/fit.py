@@ -551,9 +551,16 @@ def fit(
         + ")"
     )
 
-    fitted["evaluation"] = {"cancellation_ceiling_log_loss": ceiling_losses}
     result = _calibrate_and_judge(
-        log, base, current, fitted, version, settings, progress, rows, y, held
+        log,
+        base,
+        current,
+        fitted,
+        version,
+        settings,
+        progress,
+        (rows, y, held),
+        {"cancellation_ceiling_log_loss": ceiling_losses},
     )
     result.shapes, result.coefficients = shapes, coefficients
     return result
@@ -573,16 +580,22 @@ def recalibrate(
     For a population whose habits differ from the one the weights were fitted on
     (the same behaviour means another churn rate there), a deploying team's own
     labelled history recalibrates the probability, and so what the alert
-    thresholds mean, with three parameters instead of every weight: a log with a
-    few dozen churners among its training organizations is enough. Judged on the
+    thresholds mean, with three parameters instead of every weight (and the alert
+    settings, chosen by `fit`'s rule on the same organizations): a log with a few
+    dozen churners among its training organizations is enough. Judged on the
     held-out organizations beside the current model, like `fit`."""
     settings = settings or FitSettings()
     base, held, rows, y = _replay_current(log, current, settings, progress)
-    fitted = _copy(current_config)
-    fitted.pop("evaluation", None)
-    fitted["evaluation"] = {"recalibrated_from": current.version}
     return _calibrate_and_judge(
-        log, base, current, fitted, version, settings, progress, rows, y, held
+        log,
+        base,
+        current,
+        _copy(current_config),
+        version,
+        settings,
+        progress,
+        (rows, y, held),
+        {"recalibrated_from": current.version},
     )
 
 
@@ -614,13 +627,15 @@ def _calibrate_and_judge(
     version: str,
     settings: FitSettings,
     progress: Callable[[str], None],
-    rows: BoolArray,
-    y: FloatArray,
-    held: BoolArray,
+    training: tuple[BoolArray, FloatArray, BoolArray],
+    evaluation: dict[str, Any],
 ) -> FitResult:
     """The steps `fit` and `recalibrate` share, given the candidate's weights: the
-    churn calibration on its own scores and 30-day changes, the alert settings on its
-    replayed path, the judgement on the held-out organizations beside `current`."""
+    churn calibration on its own scores and 30-day changes (`training`: the snapshots
+    fitted on, their labels, which organizations are held out), the alert settings on
+    its replayed path, the judgement on the held-out organizations beside `current`;
+    `evaluation` goes into the config's record of it, after where the log came from."""
+    rows, y, held = training
     model = _model(fitted)
     _impacts, _components, scores = factor_table(base.snap_measures, model)
     trend = snapshot_trend(base, scores)
@@ -651,7 +666,7 @@ def _calibrate_and_judge(
     fitted["evaluation"] = {
         "source": log.source,
         "held_out_organizations": candidate_report["organizations"]["judged"],
-        **fitted.get("evaluation", {}),
+        **evaluation,
         "training_alert_settings": alert_summary,
         "held_out": _summary(candidate_report),
         "current_model_held_out": {current.version: _summary(current_report)},
