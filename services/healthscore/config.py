@@ -152,9 +152,25 @@ class Settings(BaseSettings):
         "(precision, lead time) refreshed",
     )
     sweep_interval_seconds: float = Field(default=60.0, gt=0)
-    relay_interval_seconds: float = Field(default=0.05, gt=0)
+    relay_interval_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="how often the outbox relay looks for alerts no batch of this process "
+        "announced (another process's, the silence sweep's, a page whose publish failed); "
+        "a batch that commits alerts wakes it at once",
+    )
     projector_interval_seconds: float = Field(
-        default=0.2, gt=0, description="pause of the read-model projector when its queue is empty"
+        default=0.2,
+        gt=0,
+        description="the least pause of the read-model projector after a pass that left "
+        "less than a page queued (a full page goes on at once)",
+    )
+    projector_idle_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="how often the projector looks for changes no batch of this process "
+        "announced (another process's, the silence sweep's); a batch that applied events "
+        "wakes it, after projector_interval_seconds",
     )
     projector_page_size: int = Field(
         default=500, ge=1, description="organizations the projector writes per transaction"

@@ -164,8 +164,14 @@ async def test_scripted_scenario_end_to_end(migrated_database: str, kafka_bootst
     topics = await make_topics(kafka_bootstrap, partitions=2)
     # v2: the scripted at-risk organization's cancellation request raises at once under
     # v2's ceiling (40); v3 holds a fresh request's score at 70 only
+    # an hour between polls: only the batches' wakes move the alert and the read model
     settings = service_settings(
-        migrated_database, kafka_bootstrap, topics, model_path=V2_MODEL_PATH
+        migrated_database,
+        kafka_bootstrap,
+        topics,
+        model_path=V2_MODEL_PATH,
+        relay_interval_seconds=3600.0,
+        projector_idle_seconds=3600.0,
     )
     usage = healthy_events() + at_risk_usage()
     support = at_risk_support()
@@ -189,6 +195,13 @@ async def test_scripted_scenario_end_to_end(migrated_database: str, kafka_bootst
                 migrated_database,
                 "SELECT count(*) FROM alert_outbox WHERE published_at IS NULL",
                 lambda n: n == 0,
+            )
+            # projected while running (stopping drains the projector anyway)
+            await wait_for(
+                migrated_database,
+                "SELECT (SELECT count(*) FROM customer_health)"
+                " + 10 * (SELECT count(*) FROM read_model_pending)",
+                lambda n: n == 2,
             )
             alerts = await consume_all(kafka_bootstrap, topics.alerts, expect=1, settle=1.0)
             dead = await consume_all(kafka_bootstrap, topics.dlq_usage, expect=1)

@@ -84,3 +84,53 @@ async def test_a_step_may_ask_for_its_own_pause() -> None:
 
     await asyncio.wait_for(every(3600.0, step, stop, "short"), 5)
     assert 0.04 <= starts[1] - starts[0] < 1.0
+
+
+async def test_a_wake_set_during_a_step_ends_the_next_pause_at_once() -> None:
+    stop, wake = asyncio.Event(), asyncio.Event()
+    calls = 0
+
+    async def step() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            wake.set()  # work announced while the step ran: not lost
+        elif calls == 2:
+            asyncio.get_running_loop().call_later(0.01, wake.set)  # announced later
+        else:
+            stop.set()
+
+    # an hour's interval: only the wakes can end these pauses quickly
+    await asyncio.wait_for(every(3600.0, step, stop, "woken", wake=wake), 5)
+    assert calls == 3
+    assert not wake.is_set()
+
+
+async def test_a_woken_loop_still_pauses_at_least_its_minimum() -> None:
+    stop, wake = asyncio.Event(), asyncio.Event()
+    starts: list[float] = []
+
+    async def step() -> None:
+        starts.append(time.monotonic())
+        wake.set()
+        if len(starts) == 2:
+            stop.set()
+
+    await asyncio.wait_for(every(3600.0, step, stop, "spaced", wake=wake, min_pause=0.05), 5)
+    assert starts[1] - starts[0] >= 0.04
+
+
+async def test_a_failed_step_backs_off_whatever_wakes_it() -> None:
+    stop, wake = asyncio.Event(), asyncio.Event()
+    calls = 0
+
+    async def step() -> None:
+        nonlocal calls
+        calls += 1
+        wake.set()
+        raise RuntimeError("database away")
+
+    asyncio.get_running_loop().call_later(0.2, stop.set)
+    with capture_logs():
+        await asyncio.wait_for(every(3600.0, step, stop, "failing", wake=wake), 5)
+    assert calls == 1  # the wake did not cut the failure's pause short

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -49,7 +49,7 @@ from healthscore.service.gctuning import FullCollectionPacer
 from healthscore.service.holdback import HoldBack
 from healthscore.service.ingest.decode import Decoder
 from healthscore.service.ingest.dlq import DeadLetterQueue
-from healthscore.service.ingest.pipeline import BatchPipeline
+from healthscore.service.ingest.pipeline import BatchOutcome, BatchPipeline
 from healthscore.service.kafka_admin import ensure_topics, service_topics
 from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.service.kafka_offsets import KafkaOffsets
@@ -134,6 +134,8 @@ class Components:
     relay: OutboxRelay | None
     projector: Projector | None
     sweep: SilenceSweep | None
+    # what the batches announce to the relay and the projector
+    wakes: Wakes
     # live alert decisions labelled retained/churned, precision and lead time gauges
     alert_outcomes: OutcomeLabeller
     # re-projects organizations scored by another model version (with the projector)
@@ -210,11 +212,12 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         commit_interval=s.kafka_commit_interval_ms / 1000,
     )
     outcomes = BatchLog(metrics)
+    wakes = Wakes()
     handler = BatchHandler(
         pipeline,
         offsets,
         holdback,
-        on_outcome=outcomes.record,
+        on_outcome=wakes.announcing(outcomes.record),
         on_failure=lambda exc: metrics.batch_failures.inc(),
         after_batch=FullCollectionPacer(o.full_gc_every_batches, s.batch_max_records).after_batch,
         on_gap=lambda gap: metrics.offset_gaps.labels(gap.topic).inc(),
@@ -295,6 +298,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         )
         shadow_gauges = ShadowGauges(pool, metrics, candidate.version, model.version)
     return Components(
+        wakes=wakes,
         settings=s,
         options=o,
         stop=asyncio.Event(),
@@ -347,6 +351,29 @@ class Loop:
     step: Step
     name: str
     max_backoff: float | None = None
+    wake: asyncio.Event | None = None
+    min_pause: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Wakes:
+    """What a committed batch announces to the loops it gave work: alerts to the
+    relay, changed states to the projector (they poll only for the rest)."""
+
+    relay: asyncio.Event = field(default_factory=asyncio.Event)
+    projection: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def announcing(
+        self, record: Callable[[BatchOutcome, float], Awaitable[None] | None]
+    ) -> Callable[[BatchOutcome, float], Awaitable[None] | None]:
+        def on_outcome(outcome: BatchOutcome, duration: float) -> Awaitable[None] | None:
+            if outcome.alerts:
+                self.relay.set()
+            if outcome.applied:
+                self.projection.set()
+            return record(outcome, duration)
+
+        return on_outcome
 
 
 def background_loops(c: Components) -> list[Loop]:
@@ -361,7 +388,13 @@ def background_loops(c: Components) -> list[Loop]:
         loops.append(Loop(s.kafka_commit_interval_ms / 1000, c.offsets.flush, "kafka_commit"))
     if c.relay is not None:
         loops.append(
-            Loop(s.relay_interval_seconds, c.relay.step, "relay", LOOP_MAX_BACKOFF_SECONDS)
+            Loop(
+                s.relay_interval_seconds,
+                c.relay.step,
+                "relay",
+                LOOP_MAX_BACKOFF_SECONDS,
+                wake=c.wakes.relay,
+            )
         )
     if c.projector is not None:
         projector = c.projector
@@ -371,10 +404,12 @@ def background_loops(c: Components) -> list[Loop]:
 
         loops.append(
             Loop(
-                s.projector_interval_seconds,
+                s.projector_idle_seconds,
                 projector.step,
                 "projection",
                 LOOP_MAX_BACKOFF_SECONDS,
+                wake=c.wakes.projection,
+                min_pause=s.projector_interval_seconds,
             )
         )
         loops.append(Loop(STALENESS_WATCH_SECONDS, watch_staleness, "staleness_check"))
@@ -438,7 +473,15 @@ async def _loops(loops: list[Loop], stop: asyncio.Event) -> AsyncIterator[None]:
         async with asyncio.TaskGroup() as group:
             for loop in loops:
                 group.create_task(
-                    every(loop.interval, loop.step, stop, loop.name, loop.max_backoff),
+                    every(
+                        loop.interval,
+                        loop.step,
+                        stop,
+                        loop.name,
+                        loop.max_backoff,
+                        loop.wake,
+                        loop.min_pause,
+                    ),
                     name=loop.name,
                 )
 

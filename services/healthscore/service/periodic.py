@@ -3,9 +3,10 @@
 The outbox relay, the projector, the silence sweep, the gauges, the readiness
 checker, the read model's staleness watch and the drain of held-back records
 are steps run by `every`; the composition root starts them all in one
-`asyncio.TaskGroup`. A step that raises is logged (`<name>_failed`) and run
-again after the pause: the loops are the service's, never optional, so none
-gives up.
+`asyncio.TaskGroup`. The relay and the projector are woken by the batches that
+give them work (a `wake` event) and poll only as a fallback. A step that raises
+is logged (`<name>_failed`) and run again after the pause: the loops are the
+service's, never optional, so none gives up.
 """
 
 from __future__ import annotations
@@ -31,22 +32,47 @@ async def pause_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
+async def pause_until_woken(
+    stop: asyncio.Event, wake: asyncio.Event, seconds: float, min_pause: float
+) -> None:
+    """Sleep `seconds`, or less: at least `min_pause`, then until `wake` is set (or
+    `stop`). `wake` is cleared on the way out: what sets it during the next step
+    ends the next pause."""
+    if min_pause > 0:
+        await pause_unless_stopped(stop, min(min_pause, seconds))
+        seconds -= min_pause
+    if seconds > 0 and not stop.is_set() and not wake.is_set():
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+    wake.clear()
+
+
 async def every(
     interval: float,
     step: Step,
     stop: asyncio.Event,
     name: str,
     max_backoff: float | None = None,
+    wake: asyncio.Event | None = None,
+    min_pause: float = 0.0,
 ) -> None:
     """Run `step` until `stop` is set, pausing `interval` (or what the step asks:
     `AT_ONCE` while it has more to do) between steps.
 
-    A failed step is logged as `<name>_failed`; the next one comes after the
-    interval, or, with `max_backoff`, after a pause that doubles with each
-    failure in a row up to `max_backoff`.
+    With `wake`, a pause after a step that did not fail ends as soon as `wake` is
+    set, but lasts at least `min_pause`: what has work for the step announces it
+    instead of the step polling for it, and `interval` is the longest it waits for
+    work nobody announced. A failed step is logged as `<name>_failed`; the next one
+    comes after the interval, or, with `max_backoff`, after a pause that doubles
+    with each failure in a row up to `max_backoff`.
     """
     backoff = interval
     while not stop.is_set():
+        failed = False
         try:
             pause = await step()
             backoff = interval
@@ -57,7 +83,11 @@ async def every(
             if max_backoff is not None:
                 backoff = min(backoff * 2, max_backoff)
             pause = backoff
+            failed = True
         if pause is None:
             pause = interval
         if pause > 0:
-            await pause_unless_stopped(stop, pause)
+            if wake is None or failed:
+                await pause_unless_stopped(stop, pause)
+            else:
+                await pause_until_woken(stop, wake, pause, min_pause)
