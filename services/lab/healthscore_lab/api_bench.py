@@ -801,8 +801,9 @@ async def run_api_bench(options: BenchSettings) -> dict[str, object]:
             **topics,
             "DATABASE_URL": url,
             "KAFKA_BOOTSTRAP_SERVERS": services.kafka_bootstrap_servers,
+            # a broker given by the environment may refuse idempotence too (the setting)
             "KAFKA_IDEMPOTENT_PRODUCER": "true"
-            if services.broker_supports_idempotence
+            if services.broker_supports_idempotence and settings.kafka_idempotent_producer
             else "false",
             "OPS_PORT": "0",
             "LOG_LEVEL": "WARNING",
