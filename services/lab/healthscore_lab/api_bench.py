@@ -59,7 +59,7 @@ from healthscore.config import Settings
 from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.store import sql
 from healthscore.store.migrate import apply_migrations
-from healthscore_lab.devservices import free_port, resolve_services
+from healthscore_lab.devservices import die_with_parent, free_port, resolve_services
 from healthscore_lab.simulator import SimulationConfig, generate, produce
 
 FACTORS = (
@@ -578,7 +578,15 @@ def _children(
     try:
         for i, (argv, env) in enumerate(argvs):
             log = (logs / f"child-{i}.log").open("wb")
-            processes.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
+            processes.append(
+                subprocess.Popen(
+                    argv,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=die_with_parent,
+                )
+            )
         yield processes
     finally:
         for process in processes:

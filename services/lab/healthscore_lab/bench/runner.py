@@ -62,6 +62,7 @@ from healthscore_lab.bench.report import (
     percentile,
     profile_summary,
 )
+from healthscore_lab.devservices import die_with_parent
 from healthscore_lab.simulator import (
     LiveStream,
     SimulatedMessage,
@@ -237,7 +238,11 @@ class Child:
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                self.argv,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
             )
         self._sampling.set()
         self._thread = threading.Thread(target=self._sample, daemon=True)
