@@ -10,6 +10,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from healthscore.service.outbox import AlertPublishError, OutboxRelay
+from healthscore.service.periodic import AT_ONCE, LOCK_BUSY_RETRY
+from healthscore.store import locks
 from healthscore.store.db import create_pool
 from tests.utils.harness import consume_all, make_topics
 
@@ -88,3 +90,27 @@ async def test_pending_alerts_leave_in_insertion_order_and_are_marked(
     records = await consume_all(kafka_bootstrap, topics.alerts, expect=5)
     assert [orjson.loads(r.value)["alert_id"] for r in records] == [str(i) for i in ids]
     assert all(orjson.loads(r.value)["emitted_at"] for r in records)
+
+
+async def test_a_relay_that_finds_another_publishing_tries_again_soon(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    # another process's relay may have read the outbox before this process's alerts
+    # committed: woken for them, this relay must not wait a whole poll interval
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    await _insert_alerts(migrated_database, uuid.uuid4(), payload_size=10, n=2)
+    pool = await create_pool(migrated_database, "healthscore_writer")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    other = await asyncpg.connect(migrated_database)
+    try:
+        relay = OutboxRelay(pool, producer, topics.alerts)
+        async with other.transaction():
+            await other.execute("SELECT pg_advisory_xact_lock($1)", locks.RELAY)
+            assert await relay.step() == LOCK_BUSY_RETRY
+        assert await relay.step() == AT_ONCE  # the two alerts
+        assert await relay.step() is None  # nothing pending, nobody publishing
+    finally:
+        await other.close()
+        await producer.stop()
+        await pool.close()

@@ -28,6 +28,7 @@ from healthscore.core.scoring.model import default_model
 from healthscore.service.ingest.decode import Decoder, RawRecord
 from healthscore.service.ingest.dlq import DeadLetterQueue
 from healthscore.service.ingest.pipeline import BatchOutcome, BatchPipeline
+from healthscore.service.periodic import LOCK_BUSY_RETRY
 from healthscore.service.projector import Projector
 from healthscore.store import locks, sql
 from healthscore.store.db import create_pool
@@ -337,6 +338,8 @@ async def test_projectors_share_the_queue_by_shard(
             str(r[0]) for r in await admin.fetch("SELECT organization_id FROM read_model_pending")
         }
         assert queued == by_shard[busy]
+        # woken, it comes back soon for the shard it could not take (not after its idle poll)
+        assert await projector.step() == LOCK_BUSY_RETRY
         await holder.rollback()
         # two projectors at once: the rest is projected once, by one of them
         other = Projector(pool, default_model(), None, None, shards=shards)
@@ -345,6 +348,7 @@ async def test_projectors_share_the_queue_by_shard(
         assert projector.projected + other.projected == 40
         assert await admin.fetchval("SELECT count(*) FROM read_model_pending") == 0
         assert await admin.fetchval("SELECT count(*) FROM customer_health") == 40
+        assert await projector.step() is None  # nothing queued, no shard busy: wait
     finally:
         await admin.close()
         await pool.close()

@@ -19,7 +19,7 @@ import asyncpg
 import orjson
 import structlog
 
-from healthscore.service.periodic import AT_ONCE
+from healthscore.service.periodic import AT_ONCE, LOCK_BUSY_RETRY
 from healthscore.store import locks, sql
 
 log = structlog.get_logger(__name__)
@@ -54,13 +54,16 @@ class OutboxRelay:
         self._after_publish = after_publish
         self._on_published = on_published
         self.published: dict[str, int] = {}
+        # the last page found another process's relay publishing
+        self.lock_busy = False
 
     async def relay_alerts(self) -> int:
         """Publish one page of pending alerts; return how many left."""
         failure: tuple[list[Any], str] | None = None
         async with self._pool.acquire() as conn:
             async with conn.transaction():
-                if not await conn.fetchval(sql.TRY_LEADER_LOCK, locks.RELAY):
+                self.lock_busy = not await conn.fetchval(sql.TRY_LEADER_LOCK, locks.RELAY)
+                if self.lock_busy:
                     return 0
                 rows = await conn.fetch(sql.PENDING_ALERTS, self._batch_size)
                 if not rows:
@@ -100,5 +103,8 @@ class OutboxRelay:
             self._after_publish()
 
     async def step(self) -> float | None:
-        """Relay one page; the next at once while alerts are pending (`periodic.every`)."""
-        return AT_ONCE if await self.relay_alerts() > 0 else None
+        """Relay one page; the next at once while alerts are pending, soon while another
+        relay publishes (`periodic.every`)."""
+        if await self.relay_alerts() > 0:
+            return AT_ONCE
+        return LOCK_BUSY_RETRY if self.lock_busy else None

@@ -21,6 +21,9 @@ log = structlog.get_logger(__name__)
 
 # what a step returns when it has more to do at once
 AT_ONCE = 0.0
+# what a woken step returns when another process held the lock its work needs: that
+# process may have read the queue before this one's work was committed
+LOCK_BUSY_RETRY = 0.05
 
 # a step returns how long to pause before the next one (None: the loop's interval)
 Step = Callable[[], Awaitable[float | None]]
@@ -35,11 +38,11 @@ async def pause_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
 async def pause_until_woken(
     stop: asyncio.Event, wake: asyncio.Event, seconds: float, min_pause: float
 ) -> None:
-    """Sleep `seconds`, or less: at least `min_pause`, then until `wake` is set (or
-    `stop`). `wake` is cleared on the way out: what sets it during the next step
-    ends the next pause."""
+    """Sleep `min_pause`, then until `seconds` have passed or `wake` is set (or `stop`).
+    `wake` is cleared on the way out: what sets it during the next step ends the next
+    pause."""
     if min_pause > 0:
-        await pause_unless_stopped(stop, min(min_pause, seconds))
+        await pause_unless_stopped(stop, min_pause)
         seconds -= min_pause
     if seconds > 0 and not stop.is_set() and not wake.is_set():
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]

@@ -46,7 +46,7 @@ from healthscore.core.scoring.model import ScoreModel
 from healthscore.core.scoring.score import HealthScore, score
 from healthscore.core.scoring.state import OrganizationState, current_as_of, decode_state
 from healthscore.service.keyed_batches import BatchingProducer, send_keyed
-from healthscore.service.periodic import AT_ONCE
+from healthscore.service.periodic import AT_ONCE, LOCK_BUSY_RETRY
 from healthscore.store import Connection, locks, sql
 from healthscore.store.records import to_datetime
 
@@ -132,6 +132,8 @@ class Projector:
         self.latest_staleness = 0.0
         # how long the last pass left changes queued to coalesce them (seconds)
         self.coalescing = 0.0
+        # shards of the last pass another process held
+        self.shards_busy = 0
 
     async def project_once(self) -> int:
         """Project a page of the oldest queued organizations of every shard that no
@@ -151,6 +153,7 @@ class Projector:
         started = time.perf_counter()
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(sql.TRY_SHARD_LOCK, locks.PROJECTOR_SHARD, shard):
+                self.shards_busy += 1
                 return 0
             rows = await conn.fetch(
                 sql.PENDING_PROJECTION, self._page, self._shards, shard, min_age
@@ -234,7 +237,11 @@ class Projector:
         if (coalescing > 0) != (self.coalescing > 0):
             log.info("read_model_coalescing", seconds=round(coalescing, 1))
         self.coalescing = coalescing
-        return AT_ONCE if max(await self._pass(self.coalescing)) >= self._page else None
+        self.shards_busy = 0
+        if max(await self._pass(self.coalescing)) >= self._page:
+            return AT_ONCE
+        # a shard another process was projecting may hold this process's newest changes
+        return LOCK_BUSY_RETRY if self.shards_busy else None
 
     async def measure_staleness(self) -> float:
         """`staleness()`, kept as `latest_staleness` for readiness (a periodic step)."""
