@@ -54,17 +54,15 @@ class OutboxRelay:
         self._after_publish = after_publish
         self._on_published = on_published
         self.published: dict[str, int] = {}
-        # the last page found another process's relay publishing
-        self.lock_busy = False
 
-    async def relay_alerts(self) -> int:
-        """Publish one page of pending alerts; return how many left."""
+    async def relay_alerts(self) -> int | None:
+        """Publish one page of pending alerts; return how many left (None: another
+        process's relay holds the lock)."""
         failure: tuple[list[Any], str] | None = None
         async with self._pool.acquire() as conn:
             async with conn.transaction():
-                self.lock_busy = not await conn.fetchval(sql.TRY_LEADER_LOCK, locks.RELAY)
-                if self.lock_busy:
-                    return 0
+                if not await conn.fetchval(sql.TRY_LEADER_LOCK, locks.RELAY):
+                    return None
                 rows = await conn.fetch(sql.PENDING_ALERTS, self._batch_size)
                 if not rows:
                     return 0
@@ -105,6 +103,7 @@ class OutboxRelay:
     async def step(self) -> float | None:
         """Relay one page; the next at once while alerts are pending, soon while another
         relay publishes (`periodic.every`)."""
-        if await self.relay_alerts() > 0:
-            return AT_ONCE
-        return LOCK_BUSY_RETRY if self.lock_busy else None
+        published = await self.relay_alerts()
+        if published is None:
+            return LOCK_BUSY_RETRY
+        return AT_ONCE if published > 0 else None

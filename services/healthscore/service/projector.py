@@ -132,16 +132,15 @@ class Projector:
         self.latest_staleness = 0.0
         # how long the last pass left changes queued to coalesce them (seconds)
         self.coalescing = 0.0
-        # shards of the last pass another process held
-        self.shards_busy = 0
 
     async def project_once(self) -> int:
         """Project a page of the oldest queued organizations of every shard that no
         other process holds; return how many entries were taken."""
-        return sum(await self._pass(0.0))
+        return sum(taken or 0 for taken in await self._pass(0.0))
 
-    async def _pass(self, min_age: float) -> list[int]:
-        """The entries taken from each shard, in the order passed."""
+    async def _pass(self, min_age: float) -> list[int | None]:
+        """The entries taken from each shard, in the order passed (None: another
+        process held the shard)."""
         # from a random shard: processes passing at once mostly take different ones
         first = random.randrange(self._shards)
         return [
@@ -149,12 +148,11 @@ class Projector:
             for index in range(self._shards)
         ]
 
-    async def _project_shard(self, shard: int, min_age: float) -> int:
+    async def _project_shard(self, shard: int, min_age: float) -> int | None:
         started = time.perf_counter()
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(sql.TRY_SHARD_LOCK, locks.PROJECTOR_SHARD, shard):
-                self.shards_busy += 1
-                return 0
+                return None
             rows = await conn.fetch(
                 sql.PENDING_PROJECTION, self._page, self._shards, shard, min_age
             )
@@ -237,11 +235,11 @@ class Projector:
         if (coalescing > 0) != (self.coalescing > 0):
             log.info("read_model_coalescing", seconds=round(coalescing, 1))
         self.coalescing = coalescing
-        self.shards_busy = 0
-        if max(await self._pass(self.coalescing)) >= self._page:
+        taken = await self._pass(self.coalescing)
+        if max(n or 0 for n in taken) >= self._page:
             return AT_ONCE
         # a shard another process was projecting may hold this process's newest changes
-        return LOCK_BUSY_RETRY if self.shards_busy else None
+        return LOCK_BUSY_RETRY if None in taken else None
 
     async def measure_staleness(self) -> float:
         """`staleness()`, kept as `latest_staleness` for readiness (a periodic step)."""
