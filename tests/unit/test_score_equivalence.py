@@ -241,7 +241,7 @@ def without_later_additions(line: list[object]) -> list[object]:
     activity baseline and recent signals, the activity_decline factor's settings, v4's
     logins-per-user and feature-share settings, the login baseline signal and
     login_decline settings, the alert persistence and decline gate, the changelog and
-    embedded figures)
+    embedded figures, the usage reference `healthscore adapt` reads)
     are left out while they hold what v1 gives them. v1 scores never read them (their
     points are 0), so the output digests pin v1 unchanged."""
     state, as_of, model = line
@@ -261,6 +261,8 @@ def without_later_additions(line: list[object]) -> list[object]:
     if model.get("changelog") == [] and model.get("evaluation") is None:
         model.pop("changelog", None)
         model.pop("evaluation", None)
+    if model.get("usage_reference", 0) is None:
+        model.pop("usage_reference")
     model["half_life_days"] = {k: v for k, v in model["half_life_days"].items() if k not in added}
     engagement = dict(model["engagement"])
     if engagement.get("decline_points") == 0.0:

@@ -150,6 +150,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return run_fit(args)
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from healthscore_lab.evaluation.command import run_adapt
+
+    return run_adapt(args)
+
+
 def _add_stream_options(p: Any, events: int, rate: float | None) -> None:
     p.add_argument("--organizations", type=int, default=200)
     p.add_argument("--events", type=int, default=events)
@@ -205,7 +211,11 @@ def register(add: AddCommand) -> None:
         "probability, alert precision, recall, lead time and false alerts, beside two "
         "baselines, on held-out organizations; a table, --json and --plots.",
     )
-    from healthscore_lab.evaluation.command import add_evaluate_arguments, add_fit_arguments
+    from healthscore_lab.evaluation.command import (
+        add_adapt_arguments,
+        add_evaluate_arguments,
+        add_fit_arguments,
+    )
 
     add_evaluate_arguments(p)
     p = add(
@@ -217,6 +227,14 @@ def register(add: AddCommand) -> None:
         "model on the held-out organizations.",
     )
     add_fit_arguments(p)
+    p = add(
+        "adapt",
+        cmd_adapt,
+        "Adapt the model's usage scales to a population's own usage volume from its event "
+        "log alone (no churn labels needed) and write health_model.<version>.json; judged "
+        "and refused like fit when the log has labels.",
+    )
+    add_adapt_arguments(p)
     p = add(
         "bench",
         cmd_bench,

@@ -284,6 +284,22 @@ class MilestoneRules(_Section, frozen=True):
     subscription_upgraded: MilestoneRule
 
 
+class UsageVolume(_Section, frozen=True):
+    """A population's usage volume: for each decayed measure an absolute usage factor
+    reads (`exp(-measure / scale)`), its median over the population's daily as-of
+    points where it is positive and the organization used the product within the
+    week (0: never positive). Documentation for the score
+    itself; `healthscore adapt` compares a deploying population's volume with the one
+    the scales were fitted to and scales them by the ratio (README, Score quality)."""
+
+    activity: NonNeg
+    logins: NonNeg
+    logins_per_user: NonNeg
+    value_actions: NonNeg
+    positive_commercial: NonNeg
+    clients_added: NonNeg
+
+
 class _ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     version: Annotated[str, msgspec.Meta(min_length=1)]
     segments: Segments
@@ -302,6 +318,9 @@ class _ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # `healthscore fit` measured for it (held-out organizations): documentation only
     changelog: list[str] = msgspec.field(default_factory=list)
     evaluation: dict[str, Any] | None = None
+    # the usage volume of the population the usage scales fit (the training
+    # organizations `fit` fitted them on, or the population `adapt` adapted them to)
+    usage_reference: UsageVolume | None = None
 
 
 class ScoreModel(_ModelConfig, frozen=True, dict=True):

@@ -53,13 +53,13 @@ def add_input_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _log(args: argparse.Namespace) -> Any:
+def _log(args: argparse.Namespace, labels_required: bool = True) -> Any:
     from healthscore_lab.evaluation.log import EvaluationInputError, from_population, load_log
 
     if (args.simulate is None) == (args.events is None):
         raise EvaluationInputError("give exactly one of --simulate or --events")
     if args.events is not None:
-        if args.labels is None:
+        if args.labels is None and labels_required:
             raise EvaluationInputError("--events needs --labels")
         until = None
         if args.labels_until:
@@ -175,6 +175,37 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _current_and_out(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Path] | None:
+    """The current model (--model), its config, and where the new version goes; None
+    (after saying why) when it cannot be loaded or the new one would replace it."""
+    try:
+        path = args.model or DEFAULT_MODEL_PATH
+        current = load_model(path)
+        current_config = orjson.loads(Path(path).read_bytes())
+    except (HealthscoreError, ModelConfigError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    version = args.version
+    out: Path = args.out or Path(path).with_name(f"health_model.{version}.json")
+    if version == current.version or out.resolve() == Path(path).resolve():
+        # a derived model under its source's name would be taken for it
+        print(
+            f"error: --version {version} would replace the current model {current.version} "
+            f"({path}): give the new model a version of its own",
+            file=sys.stderr,
+        )
+        return None
+    return current, current_config, out
+
+
+def _write_model(
+    out: Path, config: dict[str, Any], lines: list[str], current_config: dict[str, Any]
+) -> None:
+    config["changelog"] = [*lines, *current_config.get("changelog", [])]
+    out.write_bytes(orjson.dumps(config, option=orjson.OPT_INDENT_2) + b"\n")
+    print(f"\nwrote {out}")
+
+
 def run_fit(args: argparse.Namespace) -> int:
     from healthscore_lab.evaluation.fit import SIZE_FACTORS, FitSettings, fit, recalibrate
     from healthscore_lab.evaluation.report import render_table
@@ -192,23 +223,11 @@ def run_fit(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    try:
-        path = args.model or DEFAULT_MODEL_PATH
-        current = load_model(path)
-        current_config = orjson.loads(Path(path).read_bytes())
-    except (HealthscoreError, ModelConfigError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    loaded = _current_and_out(args)
+    if loaded is None:
         return 2
+    current, current_config, out = loaded
     version = args.version
-    out = args.out or Path(path).with_name(f"health_model.{version}.json")
-    if version == current.version or out.resolve() == Path(path).resolve():
-        # a recalibrated model under its source's name would be taken for it
-        print(
-            f"error: --version {version} would replace the current model {current.version} "
-            f"({path}): give the new model a version of its own",
-            file=sys.stderr,
-        )
-        return 2
     size = () if args.include_size_factors else SIZE_FACTORS
     settings = FitSettings(exclude=size + tuple(args.exclude))
     try:
@@ -232,14 +251,50 @@ def run_fit(args: argparse.Namespace) -> int:
         if args.calibration_only
         else "fitted"
     )
-    config["changelog"] = [
+    line = (
         f"{version}: {what} by `healthscore fit` on {log.source} "
-        f"(training organizations only); held-out figures in `evaluation`.",
-        *args.note,
-        *current_config.get("changelog", []),
-    ]
-    out.write_bytes(orjson.dumps(config, option=orjson.OPT_INDENT_2) + b"\n")
-    print(f"\nwrote {out}")
+        f"(training organizations only); held-out figures in `evaluation`."
+    )
+    _write_model(out, config, [line, *args.note], current_config)
+    return 0
+
+
+def run_adapt(args: argparse.Namespace) -> int:
+    from healthscore_lab.evaluation.adapt import adapt
+    from healthscore_lab.evaluation.report import render_table
+
+    say = _progress(False)
+    loaded = _current_and_out(args)
+    if loaded is None:
+        return 2
+    current, current_config, out = loaded
+    try:
+        log = _log(args, labels_required=False)
+        result = adapt(log, current, current_config, args.version, progress=say)
+    except (HealthscoreError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if result.candidate is not None and result.current is not None:
+        print(render_table(result.current), end="")
+        print()
+        print(render_table(result.candidate), end="")
+    else:
+        print(
+            "the log has no churn labels: the adapted model is written unjudged (`healthscore "
+            "evaluate --candidate` with labels, or SHADOW_MODEL_PATH in the service, shows "
+            "what it changes)"
+        )
+    if not result.accepted and not args.force:
+        print(f"\nrefused: {'; '.join(result.reasons)} (--force writes it anyway)")
+        return 1
+    ratios = ", ".join(f"{name} {ratio:.3f}" for name, ratio in result.ratios.items())
+    judged = "held-out figures" if result.candidate is not None else "unjudged (no labels)"
+    line = (
+        f"{args.version}: {current.version}'s usage scales adapted by `healthscore adapt` to "
+        f"the usage volume of {log.source} (training organizations' events only, no labels): "
+        f"times {ratios}; {judged} in `evaluation`."
+    )
+    _write_model(out, result.config, [line, *args.note], current_config)
     return 0
 
 
@@ -275,12 +330,21 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_fit_arguments(p: argparse.ArgumentParser) -> None:
+def _add_new_version_arguments(p: argparse.ArgumentParser) -> None:
     add_input_arguments(p)
     p.add_argument("--model", type=Path, help="the current model (default: the shipped one)")
     p.add_argument("--version", required=True, help="the new version, e.g. v3")
     p.add_argument("--out", type=Path, help="default: health_model.<version>.json beside --model")
     p.add_argument("--force", action="store_true", help="write it even if it evaluates worse")
+    p.add_argument("--note", action="append", default=[], help="a changelog line (repeatable)")
+
+
+def add_adapt_arguments(p: argparse.ArgumentParser) -> None:
+    _add_new_version_arguments(p)
+
+
+def add_fit_arguments(p: argparse.ArgumentParser) -> None:
+    _add_new_version_arguments(p)
     p.add_argument(
         "--include-size-factors",
         action="store_true",
@@ -300,4 +364,3 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
         "calibration and the alert settings on this log (a population whose habits differ "
         "from the one the weights were fitted on)",
     )
-    p.add_argument("--note", action="append", default=[], help="a changelog line (repeatable)")

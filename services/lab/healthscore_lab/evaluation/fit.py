@@ -66,7 +66,12 @@ from healthscore_lab.evaluation.metrics import DAY, AlertFigures, alert_figures,
 from healthscore_lab.evaluation.policy import Prepared, prepare, simulate_alerts, with_alerts
 from healthscore_lab.evaluation.replay import Backtest, run_backtest
 from healthscore_lab.evaluation.split import is_held_out
-from healthscore_lab.evaluation.vector import FACTORS, factor_table, normalized_shortfalls
+from healthscore_lab.evaluation.vector import (
+    FACTORS,
+    factor_table,
+    normalized_shortfalls,
+    usage_volume,
+)
 
 FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
@@ -545,6 +550,8 @@ def fit(
     fitted = apply_coefficients(config, coefficients)
     ceiling, ceiling_losses = choose_cancellation_ceiling(base, fitted, rows, y, folds, settings)
     fitted["ceilings"]["open_cancellation_request"] = ceiling
+    # the volume the usage scales were fitted to, for `healthscore adapt`
+    fitted["usage_reference"] = usage_volume(base.snap_measures[~held[base.snap_org]])
     progress(
         f"cancellation ceiling {ceiling:g} (cross-validated log loss by ceiling: "
         + ", ".join(f"{k} {v:.5f}" for k, v in ceiling_losses.items())

@@ -162,17 +162,18 @@ def parse_profiles(text: str, where: str = "profiles") -> dict[str, OrgProfile]:
 
 def load_log(
     events: Path,
-    labels: Path,
+    labels: Path | None,
     profiles: Path | None = None,
     labels_until: float | None = None,
 ) -> LabelledLog:
     """A user's export. `labels_until` (default: the last event + 30 days) is how far
-    the labels are known: a horizon is evaluated only at as-of points it fits in."""
+    the labels are known: a horizon is evaluated only at as-of points it fits in.
+    Without labels (`healthscore adapt` needs none) every organization is retained."""
     with events.open("rb") as handle:
         decoded, rejected = _decode_lines(handle, str(events))
     if not decoded:
         raise EvaluationInputError(f"{events}: no valid events")
-    churned = parse_labels(labels.read_text(), str(labels))
+    churned = parse_labels(labels.read_text(), str(labels)) if labels is not None else {}
     for event in decoded:  # an organization without a label is taken as retained
         churned.setdefault(str(event.organization_id), None)
     log = LabelledLog(

@@ -1,0 +1,138 @@
+"""`healthscore adapt`: a model's usage scales adapted to a population's own volume,
+from its event log alone (no churn labels).
+
+A population that uses the product less at the same health (fewer logins per
+user, fewer value actions) reads as less healthy to every factor that judges an
+absolute amount (`exp(-measure / scale)`): on the shifted simulator setting
+(30% less usage) v4 forecasts 1.3-1.5 times the observed churn rate and raises
+5.9-7.3 false alerts per 100 healthy organizations a month. Labels that would
+recalibrate it (`fit --calibration-only`) take months to exist in a new
+deployment; its event log exists from the first week. So: the population's
+median of each such measure, over the daily as-of points of its training
+organizations where the measure is positive, against the same median of the
+population the scales fit (`usage_reference` in the model), and every usage
+scale times that ratio. Ratios of the organization to itself (activity decline,
+the feature share) and support measures are left alone.
+
+The same measure sits on both sides of each ratio, from the same half-lives, so
+the adapted model records the new population's volume as its own reference:
+adapting it again to the same log changes nothing, and adapting it to a third
+population gives the scales the original model would get there. When the log
+has labels the candidate is judged on the held-out organizations beside the
+current model and refused if worse, as `fit` does; without labels it is written
+unjudged (`healthscore evaluate --candidate`, or shadow scoring in the service,
+shows what it would change before it is promoted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from healthscore.core.scoring.model import ScoreModel
+from healthscore_lab.evaluation.evaluate import evaluate
+from healthscore_lab.evaluation.fit import Config, FitSettings, _copy, _model, _summary, _worse
+from healthscore_lab.evaluation.log import LabelledLog
+from healthscore_lab.evaluation.metrics import BoolArray
+from healthscore_lab.evaluation.replay import Backtest, run_backtest
+from healthscore_lab.evaluation.split import is_held_out
+from healthscore_lab.evaluation.vector import USAGE_SCALES, usage_volume
+
+WARMUP_DAYS = FitSettings().warmup_days  # `fit`'s: the same as-of points measure both sides
+
+
+class AdaptError(ValueError):
+    """A model or log that cannot be adapted (the message says why)."""
+
+
+@dataclass
+class AdaptResult:
+    config: Config
+    model: ScoreModel
+    volume: dict[str, float]  # the log's training organizations' usage volume
+    ratios: dict[str, float]  # measure -> the log's volume over the reference's (1: kept)
+    candidate: dict[str, Any] | None = None  # evaluate() reports, when the log has labels
+    current: dict[str, Any] | None = None
+    accepted: bool = True
+    reasons: list[str] = field(default_factory=list)
+
+
+def training_snapshots(bt: Backtest) -> tuple[BoolArray, BoolArray]:
+    """Per organization whether it is held out; the snapshots of the others."""
+    held = np.array([is_held_out(org) for org in bt.orgs], dtype=bool)
+    return held, ~held[bt.snap_org]
+
+
+def has_labels(log: LabelledLog) -> bool:
+    return any(at is not None for at in log.churned_at.values())
+
+
+def adapted_config(
+    current_config: Config, reference: dict[str, float], volume: dict[str, float], version: str
+) -> tuple[Config, dict[str, float]]:
+    """`current_config` with each usage scale times volume / reference (kept where
+    either is 0), the volume as its new reference, and `version`."""
+    config = _copy(current_config)
+    ratios: dict[str, float] = {}
+    for name, (section, scale) in USAGE_SCALES.items():
+        ratio = volume[name] / reference[name] if volume[name] > 0 and reference[name] > 0 else 1.0
+        ratios[name] = ratio
+        config[section][scale] = float(config[section][scale]) * ratio
+    config["usage_reference"] = dict(volume)
+    config["version"] = version
+    return config, ratios
+
+
+def adapt(
+    log: LabelledLog,
+    current: ScoreModel,
+    current_config: Config,
+    version: str,
+    progress: Callable[[str], None] = lambda _message: None,
+) -> AdaptResult:
+    if current.usage_reference is None:
+        raise AdaptError(
+            f"model {current.version} records no usage_reference (the usage volume its "
+            "scales were fitted to): refit it with `healthscore fit`, which records it"
+        )
+    reference = msgspec.structs.asdict(current.usage_reference)
+    progress(f"replaying {len(log.events)} events under {current.version}")
+    base = run_backtest(log, current, warmup_days=WARMUP_DAYS)
+    held, rows = training_snapshots(base)
+    if not rows.any():
+        raise AdaptError("the log has no daily as-of point of a training organization")
+    volume = usage_volume(base.snap_measures[rows])
+    config, ratios = adapted_config(current_config, reference, volume, version)
+    progress(
+        "usage volume against the reference: "
+        + ", ".join(f"{name} {volume[name]:.3g} ({ratios[name]:.3f}x)" for name in USAGE_SCALES)
+    )
+    record: dict[str, Any] = {
+        "adapted_from": current.version,
+        "source": log.source,
+        "training_organizations": int((~held).sum()),
+        "usage_ratios": ratios,
+    }
+    model = _model(config)
+    if not has_labels(log):
+        config["evaluation"] = {**record, "judged": False}
+        return AdaptResult(config, _model(config), volume, ratios)
+    progress(f"replaying under {version}; judging it on the held-out organizations")
+    adapted = run_backtest(log, model, warmup_days=WARMUP_DAYS)
+    candidate = evaluate(adapted, model, source=log.source)
+    current_report = evaluate(base, current, source=log.source)
+    config["evaluation"] = {
+        **record,
+        "judged": True,
+        "held_out_organizations": candidate["organizations"]["judged"],
+        "held_out": _summary(candidate),
+        "current_model_held_out": {current.version: _summary(current_report)},
+    }
+    reasons = _worse(candidate, current_report)
+    return AdaptResult(
+        config, _model(config), volume, ratios, candidate, current_report, not reasons, reasons
+    )
