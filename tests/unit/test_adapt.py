@@ -32,7 +32,7 @@ from healthscore_lab.evaluation.command import add_adapt_arguments, run_adapt
 from healthscore_lab.evaluation.fit import FitSettings, fit
 from healthscore_lab.evaluation.log import LabelledLog, from_population
 from healthscore_lab.evaluation.replay import run_backtest
-from healthscore_lab.evaluation.vector import USAGE_SCALES, usage_volume
+from healthscore_lab.evaluation.vector import USAGE_SCALES, normalized_shortfalls, usage_volume
 from healthscore_lab.simulator.labelled import generate_population, iter_jsonl, shifted
 from healthscore_lab.simulator.labelled import reference as reference_setting
 from tests.utils.populations import SMALL
@@ -74,7 +74,9 @@ def test_each_usage_scale_moves_by_its_volume_ratio_and_nothing_else_changes() -
     assert config["engagement"]["login_per_user_scale"] == pytest.approx(6.0 * 0.7)
     assert config["adoption"]["depth_scale"] == pytest.approx(10 * 1.2)
     assert config["growth"]["client_scale"] == V4_CONFIG["growth"]["client_scale"]  # no volume
-    assert config["usage_reference"] == volume and config["version"] == "v4x"
+    # the new population's volume is the reference, but where it says nothing
+    assert config["usage_reference"] == {**volume, "clients_added": 10.0}
+    assert config["version"] == "v4x"
     for section in ("engagement", "adoption", "growth"):
         for name, value in config[section].items():
             if (section, name) not in USAGE_SCALES.values():
@@ -82,6 +84,46 @@ def test_each_usage_scale_moves_by_its_volume_ratio_and_nothing_else_changes() -
     changed = {key for key in config if config[key] != V4_CONFIG.get(key)}
     assert changed == {"engagement", "adoption", "version", "usage_reference"}
     parse_model(orjson.dumps(config))  # a valid model
+
+
+def test_each_scale_is_the_one_whose_factor_reads_its_measure() -> None:
+    # every usage measure r times larger and each scale moved by its own r: every
+    # factor's shortfall is what it was (a scale paired with another factor's measure
+    # would see another r)
+    factors = {"activity": 2.0, "logins": 3.0, "value_actions": 5.0,
+               "positive_commercial": 7.0, "clients_added": 11.0}  # fmt: skip
+    rng = np.random.default_rng(5)
+    m = _measures(
+        **{name: list(rng.uniform(0.5, 30.0, 50)) for name in factors},
+        known_users=list(rng.integers(1, 6, 50).astype(float)),
+        keep=[1.0] * 50,
+    )
+    more = m.copy()
+    for name, r in factors.items():
+        more[:, MEASURES.index(name)] *= r
+    ratio = {**factors, "logins_per_user": factors["logins"]}
+    reference = dict.fromkeys(USAGE_SCALES, 10.0)
+    config, ratios = adapted_config(
+        V4_CONFIG, reference, {name: 10.0 * ratio[name] for name in USAGE_SCALES}, "v4r"
+    )
+    assert ratios == ratio
+    v4 = default_model()
+    before = normalized_shortfalls(m, v4)
+    assert not np.allclose(normalized_shortfalls(more, v4), before)
+    assert np.allclose(normalized_shortfalls(more, parse_model(orjson.dumps(config))), before)
+
+
+def test_adapting_twice_is_adapting_once_to_the_last_population() -> None:
+    reference = dict.fromkeys(USAGE_SCALES, 10.0)
+    first = {**dict.fromkeys(USAGE_SCALES, 8.0), "clients_added": 0.0}  # never seen there
+    last = dict.fromkeys(USAGE_SCALES, 5.0)
+    between, _ratios = adapted_config(V4_CONFIG, reference, first, "v4a")
+    assert between["usage_reference"]["clients_added"] == 10.0  # kept with its scale
+    twice, _ratios = adapted_config(between, between["usage_reference"], last, "v4b")
+    once, _ratios = adapted_config(V4_CONFIG, reference, last, "v4b")
+    for section, scale in USAGE_SCALES.values():
+        assert twice[section][scale] == pytest.approx(once[section][scale]), scale
+    assert twice["usage_reference"] == once["usage_reference"] == last
 
 
 def test_the_shipped_model_records_the_volume_of_its_training_organizations() -> None:
@@ -131,7 +173,9 @@ def test_a_quieter_population_gets_smaller_scales_and_lower_forecasts(
 
 
 def test_an_unlabelled_log_is_adapted_unjudged(quieter_log: LabelledLog) -> None:
-    unlabelled = replace(quieter_log, churned_at=dict.fromkeys(quieter_log.churned_at))
+    unlabelled = replace(
+        quieter_log, churned_at=dict.fromkeys(quieter_log.churned_at), labelled=False
+    )
     result = adapt(unlabelled, default_model(), V4_CONFIG, "v4u")
     assert result.candidate is None and result.accepted
     assert result.config["evaluation"]["judged"] is False
@@ -180,8 +224,9 @@ def test_the_adapt_command_needs_no_labels(
     assert "written unjudged" in capsys.readouterr().out
     written = orjson.loads(out.read_bytes())
     assert written["version"] == "v4-ours" and written["evaluation"]["judged"] is False
-    assert written["changelog"][:2] == [written["changelog"][0], "why"]
-    assert "usage scales adapted by `healthscore adapt`" in written["changelog"][0]
+    first, note = written["changelog"][:2]
+    assert first.startswith("v4-ours: v4's usage scales adapted by `healthscore adapt`")
+    assert note == "why"
     assert written["changelog"][2:] == V4_CONFIG["changelog"]
     assert load_model(out).engagement.login_per_user_scale < 6.0
 

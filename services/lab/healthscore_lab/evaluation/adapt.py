@@ -67,22 +67,21 @@ def training_snapshots(bt: Backtest) -> tuple[BoolArray, BoolArray]:
     return held, ~held[bt.snap_org]
 
 
-def has_labels(log: LabelledLog) -> bool:
-    return any(at is not None for at in log.churned_at.values())
-
-
 def adapted_config(
     current_config: Config, reference: dict[str, float], volume: dict[str, float], version: str
 ) -> tuple[Config, dict[str, float]]:
-    """`current_config` with each usage scale times volume / reference (kept where
-    either is 0), the volume as its new reference, and `version`."""
+    """`current_config` with each usage scale times volume / reference, the volume as
+    its new reference, and `version`. Where either is 0 the scale and its reference are
+    kept: the population says nothing about that habit."""
     config = _copy(current_config)
     ratios: dict[str, float] = {}
+    new_reference: dict[str, float] = {}
     for name, (section, scale) in USAGE_SCALES.items():
-        ratio = volume[name] / reference[name] if volume[name] > 0 and reference[name] > 0 else 1.0
-        ratios[name] = ratio
-        config[section][scale] = float(config[section][scale]) * ratio
-    config["usage_reference"] = dict(volume)
+        known = volume[name] > 0 and reference[name] > 0
+        ratios[name] = volume[name] / reference[name] if known else 1.0
+        new_reference[name] = volume[name] if known else reference[name]
+        config[section][scale] = float(config[section][scale]) * ratios[name]
+    config["usage_reference"] = new_reference
     config["version"] = version
     return config, ratios
 
@@ -118,7 +117,7 @@ def adapt(
         "usage_ratios": ratios,
     }
     model = _model(config)
-    if not has_labels(log):
+    if not log.labelled:
         config["evaluation"] = {**record, "judged": False}
         return AdaptResult(config, _model(config), volume, ratios)
     progress(f"replaying under {version}; judging it on the held-out organizations")

@@ -50,6 +50,7 @@ class LabelledLog:
     rejected: int = 0
     source: str = ""
     population: Population | None = None  # the ground truth, when simulated (the oracle)
+    labelled: bool = True  # False: no labels were given (every organization taken as retained)
 
     @property
     def first_event_at(self) -> float:
@@ -183,6 +184,7 @@ def load_log(
         labels_until=0.0,
         rejected=rejected,
         source=str(events),
+        labelled=labels is not None,
     )
     log.labels_until = labels_until if labels_until is not None else log.last_event_at + 30 * DAY
     return log
