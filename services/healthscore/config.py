@@ -151,6 +151,17 @@ class Settings(BaseSettings):
         description="how often live alert decisions are labelled and the outcome gauges "
         "(precision, lead time) refreshed",
     )
+    usage_drift_interval_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="how often a sample of organizations' usage volume is compared with "
+        "the live model's usage_reference (healthscore_usage_volume_ratio)",
+    )
+    usage_drift_sample_organizations: int = Field(
+        default=2000,
+        ge=10,
+        description="organizations in that sample (a random run of the id space)",
+    )
     sweep_interval_seconds: float = Field(default=60.0, gt=0)
     relay_interval_seconds: float = Field(
         default=1.0,

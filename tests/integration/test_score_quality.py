@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -251,6 +252,7 @@ async def test_writer_runs_every_quality_and_promotion_statement(feed: Feed) -> 
         ("UPSERT_CHURN_LABELS", quality.UPSERT_CHURN_LABELS, [[o], [now], [now]]),
         ("LABEL_ALERT_OUTCOMES", quality.LABEL_ALERT_OUTCOMES, [GROUP, [USAGE], HORIZON_SECONDS]),
         ("OUTCOME_FIGURES", quality.OUTCOME_FIGURES, [HORIZON_SECONDS]),
+        ("SAMPLE_STATES", quality.SAMPLE_STATES, [uuid.uuid4(), 10]),
         ("ALERT_OUTCOMES", quality.ALERT_OUTCOMES, []),
         ("QUEUE_OTHER_VERSION", promotion.QUEUE_OTHER_VERSION, ["v9", 10]),
         ("COUNT_OTHER_VERSION", promotion.COUNT_OTHER_VERSION, ["v9"]),
@@ -703,3 +705,55 @@ async def test_the_service_scores_a_shadow_model_and_publishes_only_live_alerts(
 async def _column(url: str, query: str) -> list[Any]:
     async with superuser(url) as conn:
         return [r[0] for r in await conn.fetch(query)]
+
+
+# --- usage volume drift ----------------------------------------------------------------
+
+
+async def test_the_usage_drift_gauge_compares_a_sample_with_the_models_reference(
+    feed: Feed,
+) -> None:
+    from healthscore.service.ops.drift import UsageDrift
+
+    # 30 one-user organizations logging in daily for 20 days, the same days: every one
+    # has the same decayed logins at the newest login, known in closed form
+    start = T + timedelta(days=150)
+    organizations = [org(f"drift-{i}") for i in range(30)]
+    await feed.apply([r for o in organizations for r in feed.logins(o, start, 20)])
+    model = default_model()
+    assert model.usage_reference is not None
+    half_life = model.half_life_days.logins
+    logins = sum(2 ** (-day / half_life) for day in range(20))
+    metrics = Metrics()
+    drift = UsageDrift.for_model(feed.pool, metrics, model, sample_size=10)
+    assert drift is not None
+    expected = logins / model.usage_reference.logins_per_user
+    for _ in range(3):  # each from a random id, wrapping around the key space: always 10
+        await drift.step()
+        assert metrics.usage_volume_sampled._value.get() == 10
+        ratio = metrics.usage_volume_ratio.labels("logins_per_user")._value.get()
+        assert ratio == pytest.approx(expected, rel=1e-9)
+    # a measure v4 does not judge by (its factor has no points) gets no ratio
+    assert math.isnan(metrics.usage_volume_ratio.labels("logins")._value.get())
+    few_logins = msgspec.structs.replace(
+        model.engagement, login_points=10.0, login_per_user_points=44.0
+    )
+    judging_logins = msgspec.structs.replace(model, engagement=few_logins)
+    assert judging_logins.usage_reference is not None
+    both = UsageDrift.for_model(feed.pool, metrics, judging_logins, sample_size=10)
+    assert both is not None
+    await both.step()
+    # each measure against its own reference (one user: logins per user are the logins)
+    ratio = metrics.usage_volume_ratio.labels("logins")._value.get()
+    assert ratio == pytest.approx(logins / judging_logins.usage_reference.logins, rel=1e-9)
+    ratio = metrics.usage_volume_ratio.labels("logins_per_user")._value.get()
+    assert ratio == pytest.approx(expected, rel=1e-9)
+    whole = UsageDrift(feed.pool, metrics, model, model.usage_reference, sample_size=1000)
+    await whole.step()
+    assert metrics.usage_volume_sampled._value.get() == 30
+    async with feed.pool.acquire() as conn:  # from past the last id: the start of the space
+        rows = await conn.fetch(quality.SAMPLE_STATES, uuid.UUID(int=2**128 - 1), 10)
+    assert len(rows) == 10
+    # no value action, commercial signal or client: no ratio
+    assert math.isnan(metrics.usage_volume_ratio.labels("value_actions")._value.get())
+    assert UsageDrift.for_model(feed.pool, metrics, v1_model(), 10) is None  # no reference

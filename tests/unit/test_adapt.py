@@ -21,6 +21,7 @@ from healthscore.core.scoring.model import (
     load_model,
     parse_model,
 )
+from healthscore.core.scoring.volume import USAGE_SCALES
 from healthscore_lab.evaluation.adapt import (
     WARMUP_DAYS,
     AdaptError,
@@ -32,7 +33,7 @@ from healthscore_lab.evaluation.command import add_adapt_arguments, run_adapt
 from healthscore_lab.evaluation.fit import FitSettings, fit
 from healthscore_lab.evaluation.log import LabelledLog, from_population
 from healthscore_lab.evaluation.replay import run_backtest
-from healthscore_lab.evaluation.vector import USAGE_SCALES, normalized_shortfalls, usage_volume
+from healthscore_lab.evaluation.vector import normalized_shortfalls, usage_volume
 from healthscore_lab.simulator.labelled import generate_population, iter_jsonl, shifted
 from healthscore_lab.simulator.labelled import reference as reference_setting
 from tests.utils.populations import SMALL

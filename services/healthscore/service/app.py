@@ -57,6 +57,7 @@ from healthscore.service.kafka_salvage import CorruptRecordMonitor, install_salv
 from healthscore.service.ops import serving
 from healthscore.service.ops.asyncapi import asyncapi_html, asyncapi_json
 from healthscore.service.ops.checks import readiness_checks, readiness_notes
+from healthscore.service.ops.drift import UsageDrift
 from healthscore.service.ops.gauges import GaugeRefresher
 from healthscore.service.ops.lag import HighWatermarkProbe
 from healthscore.service.ops.metrics import Metrics
@@ -138,6 +139,8 @@ class Components:
     wakes: Wakes
     # live alert decisions labelled retained/churned, precision and lead time gauges
     alert_outcomes: OutcomeLabeller
+    # the live population's usage volume against the model's (None: it records none)
+    usage_drift: UsageDrift | None
     # re-projects organizations scored by another model version (with the projector)
     promotion: Promotion | None = None
     # the candidate model scored beside the live one (SHADOW_MODEL_PATH)
@@ -335,6 +338,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         projector=projector,
         sweep=sweep,
         alert_outcomes=OutcomeLabeller(pool, metrics, s.consumer_group, topics),
+        usage_drift=UsageDrift.for_model(pool, metrics, model, s.usage_drift_sample_organizations),
         promotion=(
             None
             if projector is None
@@ -416,6 +420,8 @@ def background_loops(c: Components) -> list[Loop]:
     if c.sweep is not None:
         loops.append(Loop(s.sweep_interval_seconds, c.sweep.step, "sweep"))
     loops.append(Loop(s.outcome_interval_seconds, c.alert_outcomes.step, "alert_outcomes"))
+    if c.usage_drift is not None:
+        loops.append(Loop(s.usage_drift_interval_seconds, c.usage_drift.step, "usage_drift"))
     if c.promotion is not None:
         loops.append(Loop(PROMOTION_INTERVAL_SECONDS, c.promotion.step, "promotion"))
     if c.shadow is not None and c.shadow_gauges is not None:

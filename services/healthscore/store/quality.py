@@ -206,3 +206,18 @@ SELECT alert_id, organization_id, kind, episode, raised_at, outcome, churned_at
 FROM alert_outcomes
 ORDER BY organization_id, episode, kind
 """
+
+
+# --- usage volume drift ----------------------------------------------------------------
+
+# A sample of organization states: up to $2 from a random id ($1) on, in id order, then
+# from the start of the key space (ids are random UUIDs, so a run of them is a random
+# sample of organizations; the caller keeps the first $2). Two range scans of the
+# primary key, read without row locks.
+SAMPLE_STATES = """
+(SELECT state::text AS state FROM organization_state
+ WHERE organization_id >= $1 ORDER BY organization_id LIMIT $2)
+UNION ALL
+(SELECT state::text AS state FROM organization_state
+ WHERE organization_id < $1 ORDER BY organization_id LIMIT $2)
+"""

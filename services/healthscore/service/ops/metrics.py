@@ -232,6 +232,20 @@ class Metrics:
             ["percentile"],
             registry=r,
         )
+        self.usage_volume_ratio = Gauge(
+            "healthscore_usage_volume_ratio",
+            "A sample of organizations' usage volume (median of each usage measure over "
+            "those active within 7 days) over the live model's usage_reference, for the "
+            "measures the model judges by; NaN otherwise. Far from 1 for long: "
+            "`healthscore adapt`.",
+            ["measure"],
+            registry=r,
+        )
+        self.usage_volume_sampled = Gauge(
+            "healthscore_usage_volume_sampled_organizations",
+            "Organizations active within 7 days in the last usage volume sample.",
+            registry=r,
+        )
         self.shadow_info = Gauge(
             "healthscore_shadow_model_info",
             "1 for the candidate model being scored in the shadow (SHADOW_MODEL_PATH).",

@@ -34,13 +34,14 @@ import msgspec
 import numpy as np
 
 from healthscore.core.scoring.model import ScoreModel
+from healthscore.core.scoring.volume import USAGE_SCALES
 from healthscore_lab.evaluation.evaluate import evaluate
 from healthscore_lab.evaluation.fit import Config, FitSettings, _copy, _model, _summary, _worse
 from healthscore_lab.evaluation.log import LabelledLog
 from healthscore_lab.evaluation.metrics import BoolArray
 from healthscore_lab.evaluation.replay import Backtest, run_backtest
 from healthscore_lab.evaluation.split import is_held_out
-from healthscore_lab.evaluation.vector import USAGE_SCALES, usage_volume
+from healthscore_lab.evaluation.vector import usage_volume
 
 WARMUP_DAYS = FitSettings().warmup_days  # `fit`'s: the same as-of points measure both sides
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from healthscore.core.scoring.measure import MEASURES
+from healthscore.core.scoring import volume
+from healthscore.core.scoring.measure import MEASURES, Measures
 from healthscore.core.scoring.model import COMPONENTS, ScoreModel
 
 FloatArray = NDArray[np.float64]
@@ -78,35 +79,10 @@ def feature_share(m: FloatArray) -> FloatArray:
     return np.where(known > 0, _col(m, "features_7d") / np.maximum(known, 1.0), 1.0)
 
 
-# usage measure -> the scale of the factor that reads it (`exp(-measure / scale)`), as
-# (section, field): what `healthscore adapt` scales to a population's usage volume
-USAGE_SCALES: dict[str, tuple[str, str]] = {
-    "activity": ("engagement", "activity_scale"),
-    "logins": ("engagement", "login_scale"),
-    "logins_per_user": ("engagement", "login_per_user_scale"),
-    "value_actions": ("adoption", "depth_scale"),
-    "positive_commercial": ("growth", "commercial_scale"),
-    "clients_added": ("growth", "client_scale"),
-}
-
-
-# the as-of points that show a population's habits: its organizations' that used the
-# product within this many days (a churned organization's silent tail is no habit, and
-# without labels nothing else says it has gone)
-USAGE_VOLUME_ACTIVE_DAYS = 7.0
-
-
 def usage_volume(m: FloatArray) -> dict[str, float]:
-    """Each usage measure's median over the rows of organizations active within
-    `USAGE_VOLUME_ACTIVE_DAYS` where it is positive (0 where it never is): the
-    `usage_reference` of a model fitted or adapted on these snapshots."""
-    active = _col(m, "silent_days") <= USAGE_VOLUME_ACTIVE_DAYS
-    volume: dict[str, float] = {}
-    for name in USAGE_SCALES:
-        values = logins_per_user(m) if name == "logins_per_user" else _col(m, name)
-        positive = values[active & (values > 0)]
-        volume[name] = float(np.median(positive)) if len(positive) else 0.0
-    return volume
+    """`volume.usage_volume` of measure rows (the `usage_reference` of a model fitted or
+    adapted on these snapshots)."""
+    return volume.usage_volume(Measures(*row) for row in m.tolist())
 
 
 def normalized_shortfalls(m: FloatArray, model: ScoreModel) -> FloatArray:
