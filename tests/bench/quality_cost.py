@@ -13,7 +13,8 @@ PostgreSQL backend's CPU can be read from /proc):
 - the read model under v1, then a promotion to v2 (queue pages + projector) until
   no organization is left on v1;
 - the outcome labeller over one raise per organization (10% of them churned by
-  label): the first labelling (inserts), a second one (no change), the figures.
+  label): the first labelling (inserts), a second one (no change), the figures;
+- the usage drift gauge's step: a sample of 2,000 states (per sampled organization).
 
 Each figure: wall seconds, this process's CPU and the backend's CPU, per
 organization (or per alert). No assertion: the figures are for the report.
@@ -42,6 +43,7 @@ from healthscore.core.interactions import InteractionRecord
 from healthscore.core.scoring.model import default_model, v1_model
 from healthscore.core.scoring.state import OrganizationState, encode_state
 from healthscore.service.ingest.decode import Decoded, Decoder
+from healthscore.service.ops.drift import UsageDrift
 from healthscore.service.ops.metrics import Metrics
 from healthscore.service.outcomes import OutcomeLabeller
 from healthscore.service.projector import Projector
@@ -148,6 +150,12 @@ async def main(organizations: int) -> dict[str, Any]:
         await analyze.execute("ANALYZE shadow_health")
         await analyze.close()
         await measure(results, "shadow_walk_none_changed", pid, organizations, scorer.catch_up)
+
+        sample = min(2000, organizations)
+        drift = UsageDrift.for_model(pool, Metrics(), v2, sample)
+        assert drift is not None
+        for round_ in (1, 2, 3):
+            await measure(results, f"usage_drift_sample_{round_}", pid, sample, drift.step)
 
         await Projector(pool, v1, None, None, page_size=500).drain(timeout=3600)
         promoting = Promotion(pool, v2.version, page_size=500, count_interval=0.0)
