@@ -139,7 +139,7 @@ async def main(organizations: int) -> dict[str, Any]:
         pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=1)
         pid = await pool.fetchval("SELECT pg_backend_pid()")
         results: dict[str, Any] = {"organizations": organizations}
-        v1, v2 = v1_model(), default_model()
+        v1, v2 = v1_model(), default_model()  # v2: the live model (v4 since 2026-12-02)
         candidate = msgspec.structs.replace(v1, version="v1-shadow")
 
         scorer = ShadowScorer(pool, candidate, page_size=500)
@@ -171,7 +171,7 @@ async def main(organizations: int) -> dict[str, Any]:
         await measure(results, "promotion_v1_to_v2", pid, organizations, promote)
         results["promotion_pages"] = promoting.queued // 500
         left = await pool.fetchval(
-            "SELECT count(*) FROM customer_health WHERE score_model_version <> 'v2'"
+            "SELECT count(*) FROM customer_health WHERE score_model_version <> $1", v2.version
         )
         assert left == 0 and promoting.queued == organizations, (left, promoting.queued)
 
