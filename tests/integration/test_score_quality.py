@@ -16,6 +16,7 @@ import math
 import os
 import subprocess
 import sys
+import unittest.mock
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -253,6 +254,7 @@ async def test_writer_runs_every_quality_and_promotion_statement(feed: Feed) -> 
         ("LABEL_ALERT_OUTCOMES", quality.LABEL_ALERT_OUTCOMES, [GROUP, [USAGE], HORIZON_SECONDS]),
         ("OUTCOME_FIGURES", quality.OUTCOME_FIGURES, [HORIZON_SECONDS]),
         ("SAMPLE_STATES", quality.SAMPLE_STATES, [uuid.uuid4(), 10]),
+        ("SAMPLE_STATES_BEFORE", quality.SAMPLE_STATES_BEFORE, [uuid.uuid4(), 10]),
         ("ALERT_OUTCOMES", quality.ALERT_OUTCOMES, []),
         ("QUEUE_OTHER_VERSION", promotion.QUEUE_OTHER_VERSION, ["v9", 10]),
         ("COUNT_OTHER_VERSION", promotion.COUNT_OTHER_VERSION, ["v9"]),
@@ -751,9 +753,16 @@ async def test_the_usage_drift_gauge_compares_a_sample_with_the_models_reference
     whole = UsageDrift(feed.pool, metrics, model, model.usage_reference, sample_size=1000)
     await whole.step()
     assert metrics.usage_volume_sampled._value.get() == 30
-    async with feed.pool.acquire() as conn:  # from past the last id: the start of the space
-        rows = await conn.fetch(quality.SAMPLE_STATES, uuid.UUID(int=2**128 - 1), 10)
-    assert len(rows) == 10
-    # no value action, commercial signal or client: no ratio
+    # from past the last id: the whole sample from the start of the key space
+    last = UsageDrift(feed.pool, metrics, model, model.usage_reference, sample_size=10)
+    with unittest.mock.patch("uuid.uuid4", return_value=uuid.UUID(int=2**128 - 1)):
+        await last.step()
+    assert metrics.usage_volume_sampled._value.get() == 10
+    # a measure the model judges by that the sample never shows (no value action): none
+    deep = msgspec.structs.replace(model.adoption, depth_points=20.0, feature_share_points=80.0)
+    judging_depth = msgspec.structs.replace(model, adoption=deep)
+    depth = UsageDrift.for_model(feed.pool, metrics, judging_depth, sample_size=10)
+    assert depth is not None and "value_actions" in depth._judged
+    await depth.step()
     assert math.isnan(metrics.usage_volume_ratio.labels("value_actions")._value.get())
     assert UsageDrift.for_model(feed.pool, metrics, v1_model(), 10) is None  # no reference

@@ -210,14 +210,17 @@ ORDER BY organization_id, episode, kind
 
 # --- usage volume drift ----------------------------------------------------------------
 
-# A sample of organization states: up to $2 from a random id ($1) on, in id order, then
-# from the start of the key space (ids are random UUIDs, so a run of them is a random
-# sample of organizations; the caller keeps the first $2). Two range scans of the
-# primary key, read without row locks.
+# A sample of organization states: up to $2 from a random id ($1) on, in id order; the
+# caller takes the rest, when the key space ends first, from its start
+# (SAMPLE_STATES_BEFORE). A run of the primary key is a random sample of organizations
+# as long as their ids are random (v4 UUIDs; time-ordered ids would make it a cohort).
+# Range scans of the primary key, read without row locks.
 SAMPLE_STATES = """
-(SELECT state::text AS state FROM organization_state
- WHERE organization_id >= $1 ORDER BY organization_id LIMIT $2)
-UNION ALL
-(SELECT state::text AS state FROM organization_state
- WHERE organization_id < $1 ORDER BY organization_id LIMIT $2)
+SELECT state::text AS state FROM organization_state
+WHERE organization_id >= $1 ORDER BY organization_id LIMIT $2
+"""
+
+SAMPLE_STATES_BEFORE = """
+SELECT state::text AS state FROM organization_state
+WHERE organization_id < $1 ORDER BY organization_id LIMIT $2
 """

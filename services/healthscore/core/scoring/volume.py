@@ -28,24 +28,16 @@ USAGE_SCALES: dict[str, tuple[str, str]] = {
     "positive_commercial": ("growth", "commercial_scale"),
     "clients_added": ("growth", "client_scale"),
 }
-# usage measure -> the points its factor may take away, as (model section, field)
-USAGE_POINTS: dict[str, tuple[str, str]] = {
-    "activity": ("engagement", "activity_points"),
-    "logins": ("engagement", "login_points"),
-    "logins_per_user": ("engagement", "login_per_user_points"),
-    "value_actions": ("adoption", "depth_points"),
-    "positive_commercial": ("growth", "commercial_points"),
-    "clients_added": ("growth", "client_points"),
-}
 ACTIVE_DAYS = 7.0
 
 
 def judged_measures(model: ScoreModel) -> frozenset[str]:
-    """The usage measures whose factor has points in `model` (v4: logins per user)."""
+    """The usage measures whose factor has points in `model` (v4: logins per user); a
+    factor's points sit beside its scale (`login_per_user_scale`, `..._points`)."""
     return frozenset(
         name
-        for name, (section, points) in USAGE_POINTS.items()
-        if float(getattr(getattr(model, section), points)) > 0
+        for name, (section, scale) in USAGE_SCALES.items()
+        if float(getattr(getattr(model, section), scale.removesuffix("_scale") + "_points")) > 0
     )
 
 

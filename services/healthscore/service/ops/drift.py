@@ -60,12 +60,14 @@ class UsageDrift:
         return cls(pool, metrics, model, model.usage_reference, sample_size)
 
     async def step(self) -> None:
+        start = uuid.uuid4()
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(quality.SAMPLE_STATES, uuid.uuid4(), self._sample_size)
+            rows = await conn.fetch(quality.SAMPLE_STATES, start, self._sample_size)
+            if len(rows) < self._sample_size:  # the key space ended: on from its start
+                more = self._sample_size - len(rows)
+                rows += await conn.fetch(quality.SAMPLE_STATES_BEFORE, start, more)
         # a row created empty (JSON null) holds no state yet
-        sample = [
-            decode_state(r["state"]) for r in rows[: self._sample_size] if r["state"] != "null"
-        ]
+        sample = [decode_state(r["state"]) for r in rows if r["state"] != "null"]
         states = [s for s in sample if s.last_event_at is not None]
         ratios: dict[str, float] = {}
         active = 0

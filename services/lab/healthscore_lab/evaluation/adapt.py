@@ -33,8 +33,8 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from healthscore.core.scoring.model import ScoreModel
-from healthscore.core.scoring.volume import USAGE_SCALES
+from healthscore.core.scoring.model import ScoreModel, UsageVolume
+from healthscore.core.scoring.volume import USAGE_SCALES, volume_ratios
 from healthscore_lab.evaluation.evaluate import evaluate
 from healthscore_lab.evaluation.fit import Config, FitSettings, _copy, _model, _summary, _worse
 from healthscore_lab.evaluation.log import LabelledLog
@@ -75,14 +75,13 @@ def adapted_config(
     its new reference, and `version`. Where either is 0 the scale and its reference are
     kept: the population says nothing about that habit."""
     config = _copy(current_config)
-    ratios: dict[str, float] = {}
-    new_reference: dict[str, float] = {}
+    known = volume_ratios(volume, UsageVolume(**reference))
+    ratios = {name: known.get(name, 1.0) for name in USAGE_SCALES}
     for name, (section, scale) in USAGE_SCALES.items():
-        known = volume[name] > 0 and reference[name] > 0
-        ratios[name] = volume[name] / reference[name] if known else 1.0
-        new_reference[name] = volume[name] if known else reference[name]
         config[section][scale] = float(config[section][scale]) * ratios[name]
-    config["usage_reference"] = new_reference
+    config["usage_reference"] = {
+        name: volume[name] if name in known else reference[name] for name in USAGE_SCALES
+    }
     config["version"] = version
     return config, ratios
 
