@@ -733,10 +733,10 @@ async def test_the_usage_drift_gauge_compares_a_sample_with_the_models_reference
     for _ in range(3):  # each from a random id, wrapping around the key space: always 10
         await drift.step()
         assert metrics.usage_volume_sampled._value.get() == 10
-        ratio = metrics.usage_volume_ratio.labels("logins_per_user")._value.get()
+        ratio = metrics.usage_volume_ratio.labels("logins_per_user", "v4")._value.get()
         assert ratio == pytest.approx(expected, rel=1e-9)
     # a measure v4 does not judge by (its factor has no points) gets no ratio
-    assert math.isnan(metrics.usage_volume_ratio.labels("logins")._value.get())
+    assert math.isnan(metrics.usage_volume_ratio.labels("logins", "v4")._value.get())
     few_logins = msgspec.structs.replace(
         model.engagement, login_points=10.0, login_per_user_points=44.0
     )
@@ -746,9 +746,9 @@ async def test_the_usage_drift_gauge_compares_a_sample_with_the_models_reference
     assert both is not None
     await both.step()
     # each measure against its own reference (one user: logins per user are the logins)
-    ratio = metrics.usage_volume_ratio.labels("logins")._value.get()
+    ratio = metrics.usage_volume_ratio.labels("logins", "v4")._value.get()
     assert ratio == pytest.approx(logins / judging_logins.usage_reference.logins, rel=1e-9)
-    ratio = metrics.usage_volume_ratio.labels("logins_per_user")._value.get()
+    ratio = metrics.usage_volume_ratio.labels("logins_per_user", "v4")._value.get()
     assert ratio == pytest.approx(expected, rel=1e-9)
     whole = UsageDrift(feed.pool, metrics, model, model.usage_reference, sample_size=1000)
     await whole.step()
@@ -764,5 +764,5 @@ async def test_the_usage_drift_gauge_compares_a_sample_with_the_models_reference
     depth = UsageDrift.for_model(feed.pool, metrics, judging_depth, sample_size=10)
     assert depth is not None and "value_actions" in depth._judged
     await depth.step()
-    assert math.isnan(metrics.usage_volume_ratio.labels("value_actions")._value.get())
+    assert math.isnan(metrics.usage_volume_ratio.labels("value_actions", "v4")._value.get())
     assert UsageDrift.for_model(feed.pool, metrics, v1_model(), 10) is None  # no reference

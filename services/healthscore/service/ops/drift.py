@@ -93,4 +93,4 @@ class UsageDrift:
         self._metrics.usage_volume_sampled.set(active)
         for name in USAGE_SCALES:
             ratio = ratios.get(name, math.nan) if name in self._judged else math.nan
-            self._metrics.usage_volume_ratio.labels(name).set(ratio)
+            self._metrics.usage_volume_ratio.labels(name, self._model.version).set(ratio)

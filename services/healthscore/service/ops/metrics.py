@@ -238,7 +238,7 @@ class Metrics:
             "those active within 7 days) over the live model's usage_reference, for the "
             "measures the model judges by; NaN otherwise. Far from 1 for long: "
             "`healthscore adapt`.",
-            ["measure"],
+            ["measure", "model"],
             registry=r,
         )
         self.usage_volume_sampled = Gauge(
