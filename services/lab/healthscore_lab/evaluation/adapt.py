@@ -31,16 +31,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-import numpy as np
 
 from healthscore.core.scoring.model import ScoreModel, UsageVolume
 from healthscore.core.scoring.volume import USAGE_SCALES, volume_ratios
 from healthscore_lab.evaluation.evaluate import evaluate
-from healthscore_lab.evaluation.fit import Config, FitSettings, _copy, _model, _summary, _worse
+from healthscore_lab.evaluation.fit import (
+    Config,
+    FitSettings,
+    _copy,
+    _model,
+    _summary,
+    _worse,
+    training_snapshots,
+)
 from healthscore_lab.evaluation.log import LabelledLog
-from healthscore_lab.evaluation.metrics import BoolArray
-from healthscore_lab.evaluation.replay import Backtest, run_backtest
-from healthscore_lab.evaluation.split import is_held_out
+from healthscore_lab.evaluation.replay import run_backtest
 from healthscore_lab.evaluation.vector import usage_volume
 
 WARMUP_DAYS = FitSettings().warmup_days  # `fit`'s: the same as-of points measure both sides
@@ -60,12 +65,6 @@ class AdaptResult:
     current: dict[str, Any] | None = None
     accepted: bool = True
     reasons: list[str] = field(default_factory=list)
-
-
-def training_snapshots(bt: Backtest) -> tuple[BoolArray, BoolArray]:
-    """Per organization whether it is held out; the snapshots of the others."""
-    held = np.array([is_held_out(org) for org in bt.orgs], dtype=bool)
-    return held, ~held[bt.snap_org]
 
 
 def adapted_config(
@@ -116,10 +115,10 @@ def adapt(
         "training_organizations": int((~held).sum()),
         "usage_ratios": ratios,
     }
-    model = _model(config)
     if not log.labelled:
         config["evaluation"] = {**record, "judged": False}
         return AdaptResult(config, _model(config), volume, ratios)
+    model = _model(config)
     progress(f"replaying under {version}; judging it on the held-out organizations")
     adapted = run_backtest(log, model, warmup_days=WARMUP_DAYS)
     candidate = evaluate(adapted, model, source=log.source)

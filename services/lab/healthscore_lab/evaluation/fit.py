@@ -551,7 +551,7 @@ def fit(
     ceiling, ceiling_losses = choose_cancellation_ceiling(base, fitted, rows, y, folds, settings)
     fitted["ceilings"]["open_cancellation_request"] = ceiling
     # the volume the usage scales were fitted to, for `healthscore adapt`
-    fitted["usage_reference"] = usage_volume(base.snap_measures[~held[base.snap_org]])
+    fitted["usage_reference"] = usage_volume(base.snap_measures[training_snapshots(base)[1]])
     progress(
         f"cancellation ceiling {ceiling:g} (cross-validated log loss by ceiling: "
         + ", ".join(f"{k} {v:.5f}" for k, v in ceiling_losses.items())
@@ -606,6 +606,12 @@ def recalibrate(
     )
 
 
+def training_snapshots(bt: Backtest) -> tuple[BoolArray, BoolArray]:
+    """Per organization whether it is held out; the snapshots of the others."""
+    held = np.array([is_held_out(org) for org in bt.orgs], dtype=bool)
+    return held, ~held[bt.snap_org]
+
+
 def _replay_current(
     log: LabelledLog,
     current: ScoreModel,
@@ -616,11 +622,11 @@ def _replay_current(
     out; the snapshots fitted on (training organizations, label known), their labels."""
     progress(f"replaying {len(log.events)} events under {current.version}")
     bt = run_backtest(log, current, warmup_days=settings.warmup_days)
-    held = np.array([is_held_out(org) for org in bt.orgs])
+    held, training = training_snapshots(bt)
     usable, label = labels_at(
         bt.snap_org, bt.snap_at, bt.churn, settings.horizon_days, bt.labels_until
     )
-    rows = usable & ~held[bt.snap_org]
+    rows = usable & training
     if not label[rows].any():
         raise ValueError("no training organization churns within the horizon: nothing to fit")
     return bt, held, rows, label[rows].astype(float)
