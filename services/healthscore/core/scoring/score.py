@@ -336,6 +336,12 @@ def activity_ratio(recent: float, expected: float | None, prior: float) -> float
     return (recent + prior) / (expected + prior)
 
 
+def logins_per_user(logins: float, users: float) -> float:
+    """Decayed logins per known user (the logins themselves where at most one is known):
+    few_logins_per_user's measure, and the usage volume's (`volume.py`)."""
+    return logins / users if users > 1 else logins
+
+
 def churn_probability(score: float, change_30d: float | None, model: ScoreModel) -> float:
     """logistic(a - b*score/100 - c*change_30d/100), unrounded."""
     churn = model.churn
@@ -407,8 +413,7 @@ def score(
         expected = expected_recent_activity(dec["activity_baseline"], state, as_of, model)
         ratio = activity_ratio(dec["activity_recent"], expected, eng.decline_prior_events)
         decline = eng.decline_points * min(1.0, max(0.0, (1.0 - ratio) / eng.decline_full)) * keep
-    team = len(state.users)
-    per_user = logins / team if team > 1 else logins
+    per_user = logins_per_user(logins, len(state.users))
     few_per_user = 0.0
     if eng.login_per_user_points > 0.0:
         few_per_user = eng.login_per_user_points * exp(-per_user / eng.login_per_user_scale) * keep

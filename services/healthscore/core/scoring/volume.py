@@ -18,6 +18,7 @@ from collections.abc import Iterable
 
 from healthscore.core.scoring.measure import Measures
 from healthscore.core.scoring.model import ScoreModel, UsageVolume
+from healthscore.core.scoring.score import logins_per_user
 
 # usage measure -> the scale of the factor that reads it, as (model section, field)
 USAGE_SCALES: dict[str, tuple[str, str]] = {
@@ -41,11 +42,6 @@ def judged_measures(model: ScoreModel) -> frozenset[str]:
     )
 
 
-def logins_per_user(m: Measures) -> float:
-    """`score()`'s decayed logins per known user (the logins where it knows at most one)."""
-    return m.logins / m.known_users if m.known_users > 1 else m.logins
-
-
 def usage_volume(rows: Iterable[Measures]) -> dict[str, float]:
     """Each usage measure's median over `rows` of organizations active within
     `ACTIVE_DAYS` where it is positive (0 where it never is)."""
@@ -54,7 +50,11 @@ def usage_volume(rows: Iterable[Measures]) -> dict[str, float]:
         if m.silent_days > ACTIVE_DAYS:
             continue
         for name, column in values.items():
-            x = logins_per_user(m) if name == "logins_per_user" else getattr(m, name)
+            x = (
+                logins_per_user(m.logins, m.known_users)
+                if name == "logins_per_user"
+                else getattr(m, name)
+            )
             if x > 0:
                 column.append(x)
     return {name: statistics.median(xs) if xs else 0.0 for name, xs in values.items()}

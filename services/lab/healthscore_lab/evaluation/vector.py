@@ -68,7 +68,7 @@ def activity_ratio(
 
 
 def logins_per_user(m: FloatArray) -> FloatArray:
-    """`score()`'s decayed logins per known user (the logins where it knows at most one)."""
+    """`scoring.score.logins_per_user` per row (logins / max(users, 1) is the same number)."""
     users = _col(m, "known_users")
     return _col(m, "logins") / np.where(users > 1, users, 1.0)
 
