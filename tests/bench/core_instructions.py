@@ -29,7 +29,8 @@ from healthscore.core.scoring.state import OrganizationState
 from healthscore.service.ingest.decode import Decoded, Decoder, Rejection
 from healthscore.service.ingest.pipeline import payload_digest
 from healthscore.store.effects_writer import alert_payload
-from tests.bench.core_cpu import SUPPORT, USAGE, stream
+from tests.bench.core_cpu import stream
+from tests.bench.decode_cpu import SUPPORT, USAGE
 
 BATCH = 3000
 

@@ -57,9 +57,11 @@ try:
         TimeoutException,
     )
     from selenium.webdriver.chrome.service import Service as ChromeService
+
+    # Chromium's driver: the DevTools commands and the browser log are its own
+    from selenium.webdriver.chrome.webdriver import WebDriver
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.support.ui import WebDriverWait
 except ImportError:  # pragma: no cover - the dev extra installs it
     webdriver = None  # type: ignore[assignment]
@@ -184,7 +186,7 @@ def screenshot(driver: WebDriver, name: str) -> Path:
     """The whole page, not only the window (Chromium's DevTools capture)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    shot = driver.execute_cdp_cmd(  # type: ignore[attr-defined]
+    shot = driver.execute_cdp_cmd(
         "Page.captureScreenshot", {"captureBeyondViewport": True, "fromSurface": True}
     )
     path.write_bytes(base64.b64decode(shot["data"]))
@@ -203,7 +205,9 @@ def rows(driver: WebDriver, table: str, attribute: str) -> list[str]:
 
 
 def js_errors(driver: WebDriver) -> list[str]:
-    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    # selenium leaves get_log unannotated (its entries are dicts of the log's JSON)
+    log = driver.get_log("browser")  # type: ignore[no-untyped-call]
+    return [e["message"] for e in log if e["level"] == "SEVERE"]
 
 
 async def test_dashboard_in_chromium(

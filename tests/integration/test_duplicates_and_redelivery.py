@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
@@ -61,7 +62,7 @@ async def _consume(
     return service, settings.consumer_group
 
 
-def _handled(outcomes: list[BatchOutcome]) -> int:
+def _handled(outcomes: Iterable[BatchOutcome]) -> int:
     """Records applied or skipped as duplicates (each valid record exactly once)."""
     return sum(o.applied + o.duplicates for o in outcomes)
 

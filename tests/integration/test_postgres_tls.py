@@ -77,7 +77,7 @@ class Endpoint:
         values: dict[str, Any] = {"database_sslmode": mode}
         if mode != "disable":
             values["database_sslrootcert"] = (ca or self.pki.ca).cert
-        return database_tls(Settings(_env_file=None, **values))  # type: ignore[call-arg]
+        return database_tls(Settings(_env_file=None, **values))
 
 
 @pytest.fixture(scope="module")

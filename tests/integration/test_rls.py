@@ -687,7 +687,7 @@ async def test_writer_cannot_change_users_or_delete_organizations(
     world: World, connect_as: Connect, style: str
 ) -> None:
     conn = await connect_as(WRITER_ROLE, None, style)
-    refused = [
+    refused: list[tuple[str, list[object]]] = [
         ("UPDATE user_profiles SET role = 'admin' WHERE id = $1", [world.member]),
         ("UPDATE user_profiles SET email = 'x@example.com'", []),
         ("INSERT INTO user_profiles (id, role) VALUES ($1, 'admin')", [uuid.uuid4()]),

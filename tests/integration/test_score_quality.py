@@ -399,17 +399,18 @@ async def test_promotion_reprojects_every_organization_under_the_new_version(
             " FROM customer_health h JOIN organization_state s USING (organization_id)"
         )
     assert len(rows) == 5
+    v1_scores = []
     for row in rows:
         assert row["score_model_version"] == new.version
         expected = project(decode_state(row["state"]), new)
         assert expected is not None
         assert row["score"] == pytest.approx(expected.score, abs=0.005)
         assert row["p"] == pytest.approx(expected.churn_probability, abs=0.00005)
+        v1 = project(decode_state(row["state"]), old)
+        assert v1 is not None
+        v1_scores.append(v1.score)
     # the v1 scores differed: the promotion changed what the read model shows
-    assert any(
-        project(decode_state(r["state"]), old).score != r["score"]  # type: ignore[union-attr]
-        for r in rows
-    )
+    assert any(v1_score != row["score"] for v1_score, row in zip(v1_scores, rows, strict=True))
 
 
 # --- imports -----------------------------------------------------------------------------

@@ -28,11 +28,13 @@ async def test_a_state_of_several_kilobytes_is_stored_as_it_is(migrated_database
     try:
         await conn.execute("INSERT INTO organizations (id) VALUES ($1)", organization)
         await conn.fetch(sql.INSERT_STATES, [organization], [document], [None], [None])
-        stored, length = await conn.fetchrow(
+        row = await conn.fetchrow(
             "SELECT pg_column_size(state), octet_length(state::text) FROM organization_state "
             "WHERE organization_id = $1",
             organization,
         )
+        assert row is not None
+        stored, length = row
     finally:
         await conn.close()
     assert length == len(document)

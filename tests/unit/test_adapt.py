@@ -22,15 +22,9 @@ from healthscore.core.scoring.model import (
     parse_model,
 )
 from healthscore.core.scoring.volume import USAGE_SCALES
-from healthscore_lab.evaluation.adapt import (
-    WARMUP_DAYS,
-    AdaptError,
-    adapt,
-    adapted_config,
-    training_snapshots,
-)
+from healthscore_lab.evaluation.adapt import WARMUP_DAYS, AdaptError, adapt, adapted_config
 from healthscore_lab.evaluation.command import add_adapt_arguments, run_adapt
-from healthscore_lab.evaluation.fit import FitSettings, fit
+from healthscore_lab.evaluation.fit import FitSettings, fit, training_snapshots
 from healthscore_lab.evaluation.log import LabelledLog, from_population
 from healthscore_lab.evaluation.replay import run_backtest
 from healthscore_lab.evaluation.vector import normalized_shortfalls, usage_volume

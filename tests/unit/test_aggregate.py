@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from typing import TypedDict, Unpack
 from uuid import UUID, uuid4
 
 import pytest
@@ -177,7 +178,22 @@ def test_apply_usage_returns_and_records_milestones_once(model: ScoreModel) -> N
 INTERACTION = UUID("3b4c5d6e-7f80-4a1b-9c2d-3e4f5a6b7c8d")
 
 
-def support(action: SupportAction, days: float, n: int, **fields: object) -> SupportEvent:
+class SupportFields(TypedDict, total=False):
+    """The optional fields of a SupportEvent."""
+
+    interaction_type: InteractionType | None
+    channel: Channel | None
+    priority: Priority | None
+    sentiment: Sentiment | None
+    outcome: Outcome | None
+    assigned_to: UUID | None
+    subject: str | None
+    follow_up_at: datetime | None
+
+
+def support(
+    action: SupportAction, days: float, n: int, **fields: Unpack[SupportFields]
+) -> SupportEvent:
     if action is SupportAction.OPENED:
         fields.setdefault("interaction_type", InteractionType.TECHNICAL_SUPPORT)
         fields.setdefault("channel", Channel.CHAT)

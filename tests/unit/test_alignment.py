@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from healthscore.core.alignment import AlignmentView, align
+from healthscore.core.enums import UsageType
 from healthscore.core.events import UsageEvent
 from healthscore.service.ingest.decode import Decoded, RawRecord, Rejection
 
@@ -17,7 +18,7 @@ def item(topic: str, partition: int, offset: int, hours: float) -> Decoded:
     event = UsageEvent(
         event_id=uuid.uuid4(),
         organization_id=ORG,
-        type="login",
+        type=UsageType.LOGIN,
         occurred_at=T0 + timedelta(hours=hours),
     )
     return Decoded(RawRecord(topic, partition, offset, None, b"{}"), event)
@@ -68,7 +69,12 @@ def test_a_lagging_partition_outside_the_batch_still_limits_it() -> None:
 
 
 def test_rejections_never_block_and_keep_their_partition_order() -> None:
-    items = [bad("u", 0, 0), item("u", 0, 1, 2), bad("u", 0, 2), item("s", 0, 0, 50)]
+    items: list[Decoded | Rejection] = [
+        bad("u", 0, 0),
+        item("u", 0, 1, 2),
+        bad("u", 0, 2),
+        item("s", 0, 0, 50),
+    ]
     view = AlignmentView(high_watermarks={("u", 0): 100, ("s", 0): 100})
     result = align(items, view)
     assert result.held_from == {("s", 0): 0}

@@ -11,7 +11,7 @@ from pydantic import SecretStr, ValidationError
 
 from healthscore.config import Settings
 from healthscore.store.db import database_tls
-from tests.utils.tls import Issued, issue, make_ca
+from tests.utils.tls import Issued, issue, make_ca, trusted_subjects
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Issued, Issued]:
 
 
 def _settings(**values: Any) -> Settings:
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 def _problem(**values: Any) -> str:
@@ -138,7 +138,7 @@ def test_certificate_files_must_exist(tmp_path: Path) -> None:
 
 
 def _ca_names(context: ssl.SSLContext) -> list[str]:
-    return [dict(x[0] for x in ca["subject"])["commonName"] for ca in context.get_ca_certs()]
+    return [subject["commonName"] for subject in trusted_subjects(context)]
 
 
 def test_database_tls_per_mode(pki: tuple[Issued, Issued]) -> None:

@@ -25,8 +25,10 @@ from healthscore.core.effects import (
     compute_batch_effects,
     compute_silence_effects,
 )
+from healthscore.core.enums import InteractionType, SupportAction, UsageType
 from healthscore.core.events import Event, SupportEvent, UsageEvent
-from healthscore.core.scoring.model import default_model
+from healthscore.core.scoring.model import ScoreModel, default_model
+from healthscore.core.scoring.score import HealthScore, score
 from healthscore.core.scoring.state import OrganizationState, current_as_of
 from healthscore.service.projector import project
 
@@ -44,7 +46,10 @@ LATER = MIDNIGHT + timedelta(hours=10, minutes=20)
 
 
 def _usage(
-    at: datetime, kind: str = "login", user: uuid.UUID | None = USER, org: uuid.UUID = ON_THE_HOUR
+    at: datetime,
+    kind: UsageType = UsageType.LOGIN,
+    user: uuid.UUID | None = USER,
+    org: uuid.UUID = ON_THE_HOUR,
 ) -> UsageEvent:
     return UsageEvent(
         event_id=uuid.uuid4(), organization_id=org, user_id=user, type=kind, occurred_at=at
@@ -56,8 +61,8 @@ def _support(at: datetime, org: uuid.UUID = ON_THE_HOUR) -> SupportEvent:
         event_id=uuid.uuid4(),
         organization_id=org,
         interaction_id=uuid.uuid4(),
-        action="opened",
-        interaction_type="check_in",
+        action=SupportAction.OPENED,
+        interaction_type=InteractionType.CHECK_IN,
         occurred_at=at,
     )
 
@@ -66,17 +71,20 @@ def _support(at: datetime, org: uuid.UUID = ON_THE_HOUR) -> SupportEvent:
 def score_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
     """The as-of times of every score() the core computes."""
     calls: list[float] = []
-    real = effects_module.score
 
-    def counted(state: OrganizationState, as_of: float, *args: object, **kwargs: bool):  # type: ignore[no-untyped-def]
+    def counted(
+        state: OrganizationState, as_of: float, model: ScoreModel, explain: bool = True
+    ) -> HealthScore:
         calls.append(as_of)
-        return real(state, as_of, *args, **kwargs)  # type: ignore[arg-type]
+        return score(state, as_of, model, explain)
 
     monkeypatch.setattr(effects_module, "score", counted)
     yield calls
 
 
-def _calm(org: uuid.UUID = ON_THE_HOUR, at: datetime = MIDNIGHT + timedelta(hours=10)) -> dict:
+def _calm(
+    org: uuid.UUID = ON_THE_HOUR, at: datetime = MIDNIGHT + timedelta(hours=10)
+) -> dict[str, OrganizationState]:
     """States of an organization scored once (a login), idle and calm."""
     states: dict[str, OrganizationState] = {}
     compute_batch_effects([_usage(at, org=org)], states, {}, MODEL)
@@ -97,7 +105,9 @@ def test_an_event_that_is_not_a_decision_point_is_applied_and_not_scored(
     state = states[str(ON_THE_HOUR)]
     before = copy.deepcopy(state)
     score_calls.clear()
-    effects = _then(states, _usage(MIDNIGHT + timedelta(hours=10, minutes=20), "feature_used"))
+    effects = _then(
+        states, _usage(MIDNIGHT + timedelta(hours=10, minutes=20), UsageType.FEATURE_USED)
+    )
     assert score_calls == []
     assert effects.scores == [] and effects.rescored == {} and effects.daily == {}
     assert effects.alerts == []
@@ -137,12 +147,12 @@ def test_a_support_event_is_a_decision_point() -> None:
 
 def test_a_usage_type_that_lowers_the_score_is_a_decision_point() -> None:
     assert "seat_removed" in MODEL.negative_signal_weights
-    assert _decides(_calm(), _usage(LATER, "seat_removed"))
+    assert _decides(_calm(), _usage(LATER, UsageType.SEAT_REMOVED))
 
 
 def test_a_milestone_crossed_is_a_decision_point() -> None:
     states = _calm()
-    effects = _then(states, _usage(LATER, "client_added"))
+    effects = _then(states, _usage(LATER, UsageType.CLIENT_ADDED))
     assert effects.milestones and effects.scores
 
 
@@ -208,7 +218,7 @@ def _day_of_logins(org: uuid.UUID = ON_THE_HOUR) -> list[UsageEvent]:
         for hour in (9, 13, 22):
             for minute in range(0, 60, 7):
                 at = MIDNIGHT + timedelta(days=day, hours=hour, minutes=minute)
-                kind = "feature_used" if minute % 2 else "login"
+                kind = UsageType.FEATURE_USED if minute % 2 else UsageType.LOGIN
                 events.append(_usage(at, kind, USER if minute % 3 else other, org))
     return events
 

@@ -5,8 +5,10 @@ it was not fitted on (the full-size figures and their commands are in the README
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -46,6 +48,7 @@ from healthscore_lab.evaluation.split import is_held_out
 from healthscore_lab.evaluation.vector import FACTORS, factor_table
 from healthscore_lab.simulator.labelled import (
     Population,
+    PopulationConfig,
     generate_population,
     iter_jsonl,
     labels_csv,
@@ -83,14 +86,17 @@ def test_churners_decline_for_weeks_before_they_leave() -> None:
     """The ground truth comes from the latent health, not from any score: the
     churners' health falls over the weeks before churn."""
     population = generate_population(reference(organizations=150, seed=7))
-    drops = []
+    drops: list[float] = []
     for org, at in population.churned_at.items():
         if at is None:
             continue
         day = int((at.timestamp() - population.stream_start) // DAY)
         path = population.latent[org]
-        if 28 <= day < len(path) and path[day - 28] is not None and path[day - 1] is not None:
-            drops.append(path[day - 28] - path[day - 1])  # type: ignore[operator]
+        if not 28 <= day < len(path):
+            continue
+        four_weeks_before, the_day_before = path[day - 28], path[day - 1]
+        if four_weeks_before is not None and the_day_before is not None:
+            drops.append(four_weeks_before - the_day_before)
     assert drops and float(np.median(drops)) > 0.5
 
 
@@ -257,10 +263,16 @@ def test_recalibration_fits_only_the_churn_calibration_and_the_alert_settings() 
 # ------------------------------------------------------------------ the targets
 
 
+# evaluate()'s report: a JSON document, typed as evaluate() declares it
+Report = dict[str, Any]
+
+
 def _report(
-    config_overrides: dict[str, object], maker: object = reference, model: ScoreModel | None = None
-) -> dict[str, object]:
-    population = generate_population(maker(**config_overrides))  # type: ignore[operator]
+    config_overrides: dict[str, int],
+    maker: Callable[..., PopulationConfig] = reference,
+    model: ScoreModel | None = None,
+) -> Report:
+    population = generate_population(maker(**config_overrides))
     model = model or default_model()
     bt = run_backtest(from_population(population), model)
     return evaluate(bt, model, organizations="all")
@@ -271,18 +283,18 @@ SMALL_SHIFTED = {"organizations": 160, "days": 90, "seed": 616}
 
 
 @pytest.fixture(scope="module")
-def reference_report() -> dict[str, object]:
+def reference_report() -> Report:
     """A reference-setting population the model never saw (another seed), all judged."""
     return _report(SMALL_REFERENCE)
 
 
 @pytest.fixture(scope="module")
-def shifted_report() -> dict[str, object]:
+def shifted_report() -> Report:
     return _report(SMALL_SHIFTED, shifted)
 
 
 @pytest.fixture(scope="module")
-def shifted_v3_report() -> dict[str, object]:
+def shifted_v3_report() -> Report:
     return _report(SMALL_SHIFTED, shifted, v3_model())
 
 
@@ -296,7 +308,7 @@ MISSED = {
 }
 
 
-def _target_cases() -> list[object]:
+def _target_cases() -> list[pytest.ParameterSet]:
     cases = []
     for which in ("reference", "shifted"):
         for target in (
@@ -317,11 +329,11 @@ def _target_cases() -> list[object]:
 def test_the_shipped_model_meets_the_target(
     which: str,
     target: str,
-    reference_report: dict[str, object],
-    shifted_report: dict[str, object],
+    reference_report: Report,
+    shifted_report: Report,
 ) -> None:
     report = reference_report if which == "reference" else shifted_report
-    results = report["results"]  # type: ignore[index]
+    results = report["results"]
     model = results["model"]
     alerts = model["alerts"]
     if target == "auc_30d":
@@ -344,21 +356,21 @@ def test_the_shipped_model_meets_the_target(
 
 
 def test_v4_ranks_and_calibrates_better_than_v3_on_both_small_populations(
-    reference_report: dict[str, object],
-    shifted_report: dict[str, object],
-    shifted_v3_report: dict[str, object],
+    reference_report: Report,
+    shifted_report: Report,
+    shifted_v3_report: Report,
 ) -> None:
     """What v4 changed v3 for (its changelog): factors measured against the organization
     itself, which transfer to a population that uses the product less."""
-    v3_reference = _report(SMALL_REFERENCE, model=v3_model())["results"]["model"]  # type: ignore[index]
+    v3_reference = _report(SMALL_REFERENCE, model=v3_model())["results"]["model"]
     for v4, v3 in (
-        (reference_report["results"]["model"], v3_reference),  # type: ignore[index]
-        (shifted_report["results"]["model"], shifted_v3_report["results"]["model"]),  # type: ignore[index]
+        (reference_report["results"]["model"], v3_reference),
+        (shifted_report["results"]["model"], shifted_v3_report["results"]["model"]),
     ):
         assert v4["auc"]["churn_probability"]["30"] > v3["auc"]["churn_probability"]["30"]
         assert v4["brier_30d"] < v3["brier_30d"]
-    false_v4 = shifted_report["results"]["model"]["alerts"]  # type: ignore[index]
-    false_v3 = shifted_v3_report["results"]["model"]["alerts"]  # type: ignore[index]
+    false_v4 = shifted_report["results"]["model"]["alerts"]
+    false_v3 = shifted_v3_report["results"]["model"]["alerts"]
     assert (
         false_v4["false_alerts_per_100_healthy_per_month"]
         < false_v3["false_alerts_per_100_healthy_per_month"]
@@ -366,11 +378,11 @@ def test_v4_ranks_and_calibrates_better_than_v3_on_both_small_populations(
 
 
 def test_v3_alerts_less_and_is_better_calibrated_than_v2_on_the_shifted_setting(
-    shifted_v3_report: dict[str, object],
+    shifted_v3_report: Report,
 ) -> None:
     """What v3 changed v2 for (its changelog), on the small shifted population."""
-    v3 = shifted_v3_report["results"]["model"]  # type: ignore[index]
-    v2 = _report(SMALL_SHIFTED, shifted, v2_model())["results"]["model"]  # type: ignore[index]
+    v3 = shifted_v3_report["results"]["model"]
+    v2 = _report(SMALL_SHIFTED, shifted, v2_model())["results"]["model"]
     assert v3["brier_30d"] < v2["brier_30d"]
     assert v3["auc"]["churn_probability"]["30"] > v2["auc"]["churn_probability"]["30"]
     false_v3 = v3["alerts"]["false_alerts_per_100_healthy_per_month"]

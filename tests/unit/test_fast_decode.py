@@ -15,6 +15,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
+from enum import StrEnum
 from typing import Any
 
 import msgspec
@@ -557,7 +558,7 @@ def _field(value: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return st.integers(0, 9).flatmap(lambda n: st.just(_MISSING) if n == 0 else value)
 
 
-def _enum(values: type[Any]) -> st.SearchStrategy[Any]:
+def _enum(values: type[StrEnum]) -> st.SearchStrategy[Any]:
     return st.one_of(
         st.sampled_from([member.value for member in values]),
         st.sampled_from([member.value.upper() for member in values]),
@@ -609,7 +610,7 @@ def usage_bodies(draw: st.DrawFn) -> dict[str, Any]:
 
 @st.composite
 def support_bodies(draw: st.DrawFn) -> dict[str, Any]:
-    def optional_enum(values: type[Any]) -> Any:
+    def optional_enum(values: type[StrEnum]) -> Any:
         return draw(_field(_weighted(st.sampled_from([None, *values]), _enum(values))))
 
     fields: dict[str, Any] = {

@@ -52,14 +52,25 @@ def test_reference_cycles_made_after_tuning_are_still_collected(restore_gc: None
     assert gone() is None
 
 
+def _record_collections(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The generations gc.collect is called with from now on (it collects nothing)."""
+    runs: list[int] = []
+
+    def collect(generation: int = 2) -> int:
+        runs.append(generation)
+        return 0
+
+    monkeypatch.setattr(gc, "collect", collect)
+    return runs
+
+
 @pytest.mark.parametrize(
     ("every_batches", "batches", "expected"), [(3, 7, 2), (1, 4, 4), (0, 10, 0)]
 )
 def test_pacer_runs_a_full_collection_every_nth_batch(
     monkeypatch: pytest.MonkeyPatch, every_batches: int, batches: int, expected: int
 ) -> None:
-    runs: list[int] = []
-    monkeypatch.setattr(gc, "collect", lambda generation=2: runs.append(generation) or 0)
+    runs = _record_collections(monkeypatch)
     pacer = FullCollectionPacer(every_batches)
     for _ in range(batches):
         pacer.after_batch()
@@ -70,8 +81,7 @@ def test_pacer_runs_a_full_collection_every_nth_batch(
 def test_pacer_counts_records_so_small_live_batches_collect_rarely(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runs: list[int] = []
-    monkeypatch.setattr(gc, "collect", lambda generation=2: runs.append(generation) or 0)
+    runs = _record_collections(monkeypatch)
     pacer = FullCollectionPacer(3, batch_records=3000)
     for _ in range(89):  # 89 live batches of 100 records: 8,900 < 3 x 3,000
         pacer.after_batch(100)

@@ -13,7 +13,7 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 
 from healthscore.core.effects import compute_batch_effects
-from healthscore.core.enums import HistoryCause
+from healthscore.core.enums import HistoryCause, UsageType
 from healthscore.core.events import UsageEvent
 from healthscore.core.scoring.model import DAY, default_model
 from healthscore.store.records import to_datetime
@@ -24,7 +24,9 @@ EPOCH = date(1970, 1, 1)
 
 
 def _login(org: uuid.UUID, at: datetime) -> UsageEvent:
-    return UsageEvent(event_id=uuid.uuid4(), organization_id=org, type="login", occurred_at=at)
+    return UsageEvent(
+        event_id=uuid.uuid4(), organization_id=org, type=UsageType.LOGIN, occurred_at=at
+    )
 
 
 def test_one_row_per_organization_and_day_each_the_days_last_score() -> None:

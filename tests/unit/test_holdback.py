@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 from aiokafka import TopicPartition
 
-from healthscore.contracts import UsageEvent
+from healthscore.core.enums import UsageType
+from healthscore.core.events import UsageEvent
 from healthscore.core.partitions import PartitionKey
 from healthscore.service.holdback import HoldBack, Item
 from healthscore.service.ingest.decode import Decoded, RawRecord
@@ -37,7 +38,7 @@ class CountingDecode:
             event = UsageEvent(
                 event_id=uuid.uuid4(),
                 organization_id=uuid.UUID(int=1),
-                type="login",
+                type=UsageType.LOGIN,
                 occurred_at=T0 + timedelta(hours=float(record.value)),
             )
             items.append(Decoded(record, event))

@@ -31,7 +31,7 @@ from healthscore.service.kafka_salvage import (
 )
 from healthscore.service.ops.lag import HighWatermarkProbe
 from healthscore.service.ops.metrics import Metrics
-from tests.utils.tls import Issued, issue, make_ca
+from tests.utils.tls import Issued, issue, make_ca, trusted_subjects
 
 PACKAGE = Path(healthscore.__file__).parent
 FACTORY = PACKAGE / "service" / "kafka_clients.py"
@@ -139,7 +139,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Issued, Issued]:
 
 
 def _settings(**values: Any) -> Settings:
-    return Settings(_env_file=None, kafka_bootstrap_servers=BOOTSTRAP, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, kafka_bootstrap_servers=BOOTSTRAP, **values)
 
 
 def _scram512(pki: tuple[Issued, Issued]) -> Settings:
@@ -168,8 +168,7 @@ def _assert_verifies_with_test_ca(context: ssl.SSLContext) -> None:
     assert context.check_hostname is True
     assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
     # only the configured CA is trusted, not the system store
-    subjects = [dict(x[0] for x in ca["subject"]) for ca in context.get_ca_certs()]
-    assert subjects == [{"commonName": "healthscore kafka test CA"}]
+    assert trusted_subjects(context) == [{"commonName": "healthscore kafka test CA"}]
 
 
 def _assert_scram512(client: Any) -> None:
@@ -316,7 +315,7 @@ def test_topics_are_created_with_the_replication_factor() -> None:
         ("b", 12, 3),
     ]
     assert topics[1].topic_configs == {"cleanup.policy": "compact"}
-    assert Settings(_env_file=None).topic_replication_factor == 1  # type: ignore[call-arg]
+    assert Settings(_env_file=None).topic_replication_factor == 1
 
 
 def test_topic_errors_in_the_create_response_are_raised() -> None:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import healthscore
@@ -31,9 +32,15 @@ def _contracts() -> list[dict[str, Any]]:
     return contracts
 
 
+def _import_root(package: ModuleType) -> str:
+    """The directory from which `package` was imported."""
+    assert package.__file__ is not None  # a regular package, not a namespace one
+    return str(Path(package.__file__).resolve().parents[1])
+
+
 def _python(*args: str) -> subprocess.CompletedProcess[str]:
     """This interpreter, with the packages importable from where this test imports them."""
-    paths = [str(Path(p.__file__).resolve().parents[1]) for p in (healthscore, healthscore_lab)]
+    paths = [_import_root(p) for p in (healthscore, healthscore_lab)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")])
     return subprocess.run(

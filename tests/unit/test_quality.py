@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
-from healthscore.contracts.enums import AlertKind
+from healthscore.contracts.enums import AlertKind, UsageType
 from healthscore.core.effects import compute_batch_effects
 from healthscore.core.events import UsageEvent
 from healthscore.core.quality import (
@@ -64,7 +64,14 @@ def _events(seed: int, count: int) -> list[UsageEvent]:
                 event_id=uuid.UUID(int=rng.getrandbits(128)),
                 organization_id=ORG,
                 user_id=rng.choice(users),
-                type=rng.choice(["login", "feature_used", "client_added", "seat_removed"]),
+                type=rng.choice(
+                    [
+                        UsageType.LOGIN,
+                        UsageType.FEATURE_USED,
+                        UsageType.CLIENT_ADDED,
+                        UsageType.SEAT_REMOVED,
+                    ]
+                ),
                 feature="calendar",
                 occurred_at=at,
             )
@@ -97,10 +104,22 @@ def _eager(model: ScoreModel, path_probabilities: list[float], version: str) -> 
     return msgspec.structs.replace(model, alerts=alerts, version=version)
 
 
+def _first_look_probabilities(
+    path: list[tuple[OrganizationState, AlertKind | None]], model: ScoreModel
+) -> list[float]:
+    """The churn probability `model` gives each state of `path` at its first look."""
+    probabilities = []
+    for state, _ in path:
+        result = shadow_score(state, None, model)
+        assert result is not None  # a first look always scores
+        probabilities.append(result.health.churn_probability)
+    return probabilities
+
+
 def test_a_candidate_equal_to_the_live_model_scores_and_alerts_as_it_does() -> None:
     base = v1_model()
     probe = _live_path(_events(7, 120), base)
-    probabilities = [shadow_score(s, None, base).health.churn_probability for s, _ in probe]  # type: ignore[union-attr]
+    probabilities = _first_look_probabilities(probe, base)
     live_model = _eager(base, probabilities, "v1-eager")
     candidate = msgspec.structs.replace(live_model, version="v1-eager-candidate")
     path = _live_path(_events(7, 120), live_model)
@@ -127,7 +146,7 @@ def test_a_candidate_equal_to_the_live_model_scores_and_alerts_as_it_does() -> N
 def test_a_stricter_candidate_raises_fewer_episodes_on_the_same_states() -> None:
     base = v1_model()
     probe = _live_path(_events(11, 150), base)
-    probabilities = [shadow_score(s, None, base).health.churn_probability for s, _ in probe]  # type: ignore[union-attr]
+    probabilities = _first_look_probabilities(probe, base)
     live_model = _eager(base, probabilities, "live")
     strict = msgspec.structs.replace(
         live_model,

@@ -10,7 +10,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from healthscore.contracts.enums import HealthStatus, MilestoneType, RiskLevel
+from healthscore.contracts.enums import HealthStatus, MilestoneType, RiskLevel, UsageType
 from healthscore.core.events import UsageEvent
 from healthscore.core.scoring.aggregate import apply_usage, new_state
 from healthscore.core.scoring.model import DAY, ScoreModel, v1_model
@@ -33,7 +33,9 @@ def model() -> ScoreModel:
     return v1_model()
 
 
-def usage(kind: str, at: datetime, *, user: UUID | None = None, quantity: int = 1) -> UsageEvent:
+def usage(
+    kind: UsageType, at: datetime, *, user: UUID | None = None, quantity: int = 1
+) -> UsageEvent:
     return UsageEvent(
         event_id=uuid4(),
         organization_id=UUID(ORG),
@@ -54,7 +56,7 @@ def test_brand_new_org_with_one_login_yesterday_is_excellent_and_low_risk(
     model: ScoreModel,
 ) -> None:
     state = new_state(ORG)
-    apply_usage(state, usage("login", T0, user=uuid4()), model)
+    apply_usage(state, usage(UsageType.LOGIN, T0, user=uuid4()), model)
     health = score(state, NOW + DAY, model)
 
     # tenure 1 day: segment "new"; keep = 1/30 (grace_days 30)
@@ -89,7 +91,7 @@ def test_new_org_lands_in_good_or_better_even_before_its_first_login_day_ends(
     model: ScoreModel,
 ) -> None:
     state = new_state(ORG)
-    apply_usage(state, usage("login", T0, user=uuid4()), model)
+    apply_usage(state, usage(UsageType.LOGIN, T0, user=uuid4()), model)
     for hours in (0, 1, 12, 24, 48):
         health = score(state, NOW + hours * 3600, model)
         assert health.status in (HealthStatus.GOOD, HealthStatus.EXCELLENT)
@@ -227,8 +229,8 @@ def test_a_silent_org_drifts_down_as_as_of_advances(model: ScoreModel) -> None:
     state = new_state(ORG)
     for day in range(20):
         at = T0 + timedelta(days=day)
-        apply_usage(state, usage("login", at, user=UUID(int=day % 3)), model)
-        apply_usage(state, usage("client_added", at), model)
+        apply_usage(state, usage(UsageType.LOGIN, at, user=UUID(int=day % 3)), model)
+        apply_usage(state, usage(UsageType.CLIENT_ADDED, at), model)
     last = NOW + 19 * DAY
     scores = [score(state, last + d * DAY, model).score for d in (0, 3, 10, 20, 40, 60)]
     assert scores == sorted(scores, reverse=True)
@@ -299,7 +301,7 @@ def test_score_is_pure(model: ScoreModel) -> None:
 
 def test_minor_factors_are_folded_into_one_entry(model: ScoreModel) -> None:
     state = new_state(ORG)
-    apply_usage(state, usage("login", T0, user=uuid4()), model)
+    apply_usage(state, usage(UsageType.LOGIN, T0, user=uuid4()), model)
     health = score(state, NOW + DAY, model)
     names = [f.factor for f in health.risk_factors]
     # growth shortfalls (.10 * 25, .10 * 15) are big enough to name; the small

@@ -15,13 +15,14 @@ import itertools
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import TypedDict
 
 import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from healthscore.contracts.enums import HistoryCause
+from healthscore.contracts.enums import HistoryCause, UsageType
 from healthscore.core.effects import (
     DECISION_BUCKET,
     BatchEffects,
@@ -125,7 +126,15 @@ def _log(
             at = datetime.fromtimestamp(at.timestamp() // STEP * STEP, UTC)
         # a few organizations do most of the talking; the others go quiet for long
         org = orgs[min(int(rng.expovariate(0.8)), organizations - 1)]
-        kind = rng.choice(["login", "feature_used", "client_added", "seat_removed", "email_sent"])
+        kind = rng.choice(
+            [
+                UsageType.LOGIN,
+                UsageType.FEATURE_USED,
+                UsageType.CLIENT_ADDED,
+                UsageType.SEAT_REMOVED,
+                UsageType.EMAIL_SENT,
+            ]
+        )
         log.append(
             UsageEvent(
                 event_id=uuid.UUID(int=rng.getrandbits(128)),
@@ -139,13 +148,28 @@ def _log(
     return log
 
 
+# (organization, scored at, score, churn probability)
+Scored = tuple[str, float, float, float]
+
+
+class Run(TypedDict):
+    """What a run ends with, compared whole between runs."""
+
+    states: dict[str, bytes]
+    rescorings: list[Scored]
+    scores: list[Scored]
+    history: list[tuple[object, ...]]
+    # (alert, organization, scored at, score)
+    alerts: list[tuple[str, str, float, float]]
+
+
 def _run(
     log: list[UsageEvent],
     cuts: list[int],
     sweeps: list[bool],
     decision_bucket: float | None = DECISION_BUCKET,
     model: ScoreModel = MODEL,
-) -> dict[str, object]:
+) -> Run:
     """Apply `log` in batches cut at `cuts`; after a batch, sweep to the watermark if asked.
 
     The watermark after a batch is its newest event time (one partition): no
@@ -165,8 +189,8 @@ def _run(
         if sweeps[n % len(sweeps)]:
             watermark = batch[-1].occurred_at.timestamp()
             all_effects.append(compute_silence_effects(states, watermark, STEP, model, True))
-    end = log[-1].occurred_at.timestamp() + 0.5
-    all_effects.append(compute_silence_effects(states, end, STEP, model, True))
+    last = log[-1].occurred_at.timestamp() + 0.5
+    all_effects.append(compute_silence_effects(states, last, STEP, model, True))
     rescorings = [
         (r.organization_id, r.scored_at, r.health.score, r.health.churn_probability)
         for effects in all_effects
@@ -307,7 +331,7 @@ def test_any_batch_cuts_give_the_same_decision_points(
     whole = _run(log, [], [False])
     assert _run(log, cuts, sweeps) == whole
     every = _run(log, [], [False], decision_bucket=None)["scores"]
-    assert isinstance(every, list) and set(whole["scores"]) <= set(every)  # type: ignore[arg-type]
+    assert isinstance(every, list) and set(whole["scores"]) <= set(every)
 
 
 def test_batch_rescores_silence_before_the_event_that_ends_it() -> None:
@@ -318,7 +342,7 @@ def test_batch_rescores_silence_before_the_event_that_ends_it() -> None:
         return UsageEvent(
             event_id=uuid.uuid4(),
             organization_id=org,
-            type="login",
+            type=UsageType.LOGIN,
             occurred_at=datetime.fromtimestamp(at, UTC),
         )
 
@@ -367,7 +391,7 @@ def test_a_late_event_does_not_rescore_the_same_silence_twice() -> None:
         return UsageEvent(
             event_id=uuid.uuid4(),
             organization_id=org,
-            type="login",
+            type=UsageType.LOGIN,
             occurred_at=datetime.fromtimestamp(at, UTC),
         )
 

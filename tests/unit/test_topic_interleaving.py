@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from healthscore.core.effects import compute_batch_effects
+from healthscore.core.enums import Channel, InteractionType, Sentiment, SupportAction, UsageType
 from healthscore.core.events import SupportEvent, UsageEvent
 from healthscore.core.scoring.model import default_model
 
@@ -21,7 +22,13 @@ def _streams(seed: int) -> tuple[list[UsageEvent], list[SupportEvent]]:
             event_id=uuid.UUID(int=rng.getrandbits(128)),
             organization_id=uuid.UUID(ORG),
             type=rng.choice(
-                ["login", "feature_used", "client_added", "payment_received", "seat_removed"]
+                [
+                    UsageType.LOGIN,
+                    UsageType.FEATURE_USED,
+                    UsageType.CLIENT_ADDED,
+                    UsageType.PAYMENT_RECEIVED,
+                    UsageType.SEAT_REMOVED,
+                ]
             ),
             feature="calendar",
             occurred_at=START + timedelta(hours=i * 7 + rng.random()),
@@ -37,10 +44,18 @@ def _streams(seed: int) -> tuple[list[UsageEvent], list[SupportEvent]]:
                 event_id=uuid.UUID(int=rng.getrandbits(128)),
                 organization_id=uuid.UUID(ORG),
                 interaction_id=interaction,
-                action="opened",
-                interaction_type=rng.choice(["complaint", "technical_support", "escalation"]),
-                channel="email",
-                sentiment=rng.choice(["negative", "very_negative", "neutral"]),
+                action=SupportAction.OPENED,
+                interaction_type=rng.choice(
+                    [
+                        InteractionType.COMPLAINT,
+                        InteractionType.TECHNICAL_SUPPORT,
+                        InteractionType.ESCALATION,
+                    ]
+                ),
+                channel=Channel.EMAIL,
+                sentiment=rng.choice(
+                    [Sentiment.NEGATIVE, Sentiment.VERY_NEGATIVE, Sentiment.NEUTRAL]
+                ),
                 occurred_at=opened,
             )
         )
@@ -49,7 +64,7 @@ def _streams(seed: int) -> tuple[list[UsageEvent], list[SupportEvent]]:
                 event_id=uuid.UUID(int=rng.getrandbits(128)),
                 organization_id=uuid.UUID(ORG),
                 interaction_id=interaction,
-                action="resolved",
+                action=SupportAction.RESOLVED,
                 occurred_at=opened + timedelta(hours=5),
             )
         )

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -249,8 +249,12 @@ async def snapshot(database_url: str) -> Snapshot:
         await conn.close()
 
 
+# a row's key: an organization, or (organization, day) for the score history
+Key = TypeVar("Key", bound=Hashable)
+
+
 def diff_fields(
-    left: Mapping[str, Mapping[str, Any]], right: Mapping[str, Mapping[str, Any]]
+    left: Mapping[Key, Mapping[str, Any]], right: Mapping[Key, Mapping[str, Any]]
 ) -> dict[str, list[str]]:
     """field name -> keys whose values differ (keys present on both sides)."""
     result: dict[str, list[str]] = {}

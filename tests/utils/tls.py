@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -12,6 +13,24 @@ from pathlib import Path
 class Issued:
     cert: Path
     key: Path
+
+
+def trusted_subjects(context: ssl.SSLContext) -> list[dict[str, str]]:
+    """The subject of each CA `context` trusts, as {attribute: value} (the first
+    attribute of each relative distinguished name: the test CAs have one each)."""
+    subjects = []
+    for ca in context.get_ca_certs():
+        names: dict[str, str] = {}
+        # typeshed types every value of the certificate's dict alike; "subject" is a
+        # tuple of relative distinguished names, each a tuple of (attribute, value)
+        for rdn in ca["subject"]:
+            assert isinstance(rdn, tuple)
+            attribute = rdn[0]
+            assert isinstance(attribute, tuple)
+            name, value = attribute
+            names[name] = value
+        subjects.append(names)
+    return subjects
 
 
 def _openssl(*args: str) -> None:
