@@ -124,6 +124,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             "error: --oracle needs --simulate (only the simulator knows the truth)", file=sys.stderr
         )
         return 2
+    if args.seeds is not None:
+        return _evaluate_seeds(args, say)
     try:
         model = load_model(args.model or DEFAULT_MODEL_PATH)
         candidate = load_model(args.candidate) if args.candidate else None
@@ -133,14 +135,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return 2
     say(f"{len(log.events)} events ({log.rejected} rejected), {len(log.churned_at)} organizations")
     say(f"replaying under {model.version}")
-    bt = run_backtest(log, model)
-    oracle = None
-    if args.oracle and log.population is not None:
-        from healthscore_lab.evaluation.oracle import oracle_forecasts
-
-        say(f"the oracle's forecasts ({args.oracle_paths} paths per snapshot)")
-        oracle = oracle_forecasts(bt, log.population, paths=args.oracle_paths)
-    report = evaluate(bt, model, source=log.source, organizations=args.judge, oracle=oracle)
+    bt, report = _backtest_and_report(args, log, model, say)
     output: dict[str, Any] = {"report": report}
     if candidate is not None:
         say(f"replaying under the candidate {candidate.version}")
@@ -172,6 +167,70 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"{episodes['median_move_days']} days), "
             f"{episodes['organizations_changed']} organizations changed"
         )
+    return 0
+
+
+def _backtest_and_report(
+    args: argparse.Namespace, log: Any, model: Any, say: Any
+) -> tuple[Any, dict[str, Any]]:
+    """The log replayed under `model` and its report (with the oracle's figures when
+    asked for and the log is simulated)."""
+    from healthscore_lab.evaluation.evaluate import evaluate
+    from healthscore_lab.evaluation.replay import run_backtest
+
+    bt = run_backtest(log, model)
+    oracle = None
+    if args.oracle and log.population is not None:
+        from healthscore_lab.evaluation.oracle import oracle_forecasts
+
+        say(f"the oracle's forecasts ({args.oracle_paths} paths per snapshot)")
+        oracle = oracle_forecasts(bt, log.population, paths=args.oracle_paths)
+    return bt, evaluate(bt, model, source=log.source, organizations=args.judge, oracle=oracle)
+
+
+def _evaluate_seeds(args: argparse.Namespace, say: Any) -> int:
+    """`evaluate --seeds`: the model judged on each draw, and each target's distribution."""
+    from healthscore_lab.evaluation.seeds import parse_seeds, render_summary, summarize
+
+    refused = [
+        flag
+        for flag, given in (
+            ("--events", args.events is not None),
+            ("--seed", args.seed is not None),
+            ("--candidate", args.candidate is not None),
+            ("--plots", args.plots is not None),
+            ("--write-log", args.write_log is not None),
+        )
+        if given
+    ]
+    if args.simulate is None or refused:
+        print(
+            "error: --seeds needs --simulate, and goes with none of --events, --seed, "
+            "--candidate, --plots, --write-log"
+            + (f" (given: {', '.join(refused)})" if refused else ""),
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        seeds = parse_seeds(args.seeds)
+        model = load_model(args.model or DEFAULT_MODEL_PATH)
+    except (ModelConfigError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    reports = []
+    for seed in seeds:
+        say(f"seed {seed}: simulating and replaying under {model.version}")
+        log = _log(argparse.Namespace(**{**vars(args), "seed": seed}))
+        reports.append(_backtest_and_report(args, log, model, say)[1])
+    summary = summarize(seeds, reports)
+    if args.json is not None:
+        text = json.dumps({"summary": summary, "reports": reports}, indent=1)
+        if args.json == "-":
+            print(text)
+            return 0
+        Path(args.json).write_text(text + "\n")
+        say(f"wrote {args.json}")
+    print(render_summary(summary, reports), end="")
     return 0
 
 
@@ -312,6 +371,13 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
         default="held_out",
         help="organizations the figures are computed on: the held-out ones (default), or "
         "all (only for a population the model was not fitted on)",
+    )
+    p.add_argument(
+        "--seeds",
+        metavar="SEEDS",
+        help="with --simulate: judge the model on several draws of the setting (e.g. 15-24 "
+        "or 3,5,8; with --judge all for a setting it was not fitted on) and report each "
+        "target's distribution over them, and how many draws met it",
     )
     p.add_argument("--json", metavar="FILE", help="write the report as JSON ('-': stdout only)")
     p.add_argument("--plots", type=Path, metavar="DIR", help="write PNG plots there")
