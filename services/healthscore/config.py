@@ -222,6 +222,12 @@ class Settings(BaseSettings):
         "than this to apply at the recent pace: live traffic and short bursts are projected "
         "at once",
     )
+    read_model_live_in_batch: bool = Field(
+        default=True,
+        description="a batch that starts while the consumer is live (the projector would "
+        "not coalesce) projects its own changes in its transaction instead of queueing "
+        "them for the projector; changes while catching up are queued and coalesced",
+    )
     read_model_staleness_max_seconds: float = Field(
         default=120.0,
         gt=0,

@@ -68,6 +68,7 @@ class BatchLog:
             states_held=outcome.states_held,
             states_read=outcome.states_read,
             states_changed_elsewhere=outcome.states_changed_elsewhere,
+            projected_in_batch=outcome.projected_in_batch,
             milestones=outcome.milestones,
             alerts=outcome.alerts,
             offsets_from={f"{t}:{p}": o for (t, p), o in outcome.first_offsets.items()},

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -133,6 +133,10 @@ class Projector:
         # how long the last pass left changes queued to coalesce them (seconds)
         self.coalescing = 0.0
 
+    def coalesce_wait(self) -> float:
+        """How long a queued change would now be left to coalesce (0: live)."""
+        return self._coalesce_for()
+
     async def project_once(self) -> int:
         """Project a page of the oldest queued organizations of every shard that no
         other process holds; return how many entries were taken."""
@@ -181,6 +185,30 @@ class Projector:
         if self._on_pass is not None:
             self._on_pass(len(page), time.perf_counter() - started)
         return len(rows)
+
+    async def project_in_batch(
+        self, conn: Connection, states: Sequence[tuple[OrganizationState, int]]
+    ) -> int:
+        """Project `states` (each as a live batch saved it, with its version) in the
+        batch's transaction, and publish their health feed before it commits (a batch
+        that fails is applied again and publishes the same scores, as a pass does).
+
+        Only for organizations nobody had queued (`sql.TAKE_OWN_PENDING`): no pass can
+        be writing an older state of them meanwhile.
+        """
+        started = time.perf_counter()
+        page = []
+        for state, version in states:
+            health = project(state, self._model)
+            if health is not None:
+                page.append(Projected(UUID(state.organization_id), version, state, health))
+        if page:
+            previous = await _upsert_customer_health(conn, page, self._model)
+            await self._publish(page, previous)
+            self.projected += len(page)
+            if self._on_pass is not None:
+                self._on_pass(len(page), time.perf_counter() - started)
+        return len(page)
 
     async def _publish(self, page: list[Projected], previous: dict[UUID, float | None]) -> None:
         if self._producer is None or self._health_topic is None:

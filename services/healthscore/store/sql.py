@@ -262,6 +262,17 @@ WHERE q.organization_id IN (
 """
 
 # the naive baseline writes the read model in its own transaction: nothing to queue
+# A live batch projects its own changes (BatchPipeline, "live projection"): it takes
+# back the queue entries its state saves just made (at the versions it saved; an
+# organization queued before it keeps its entry at an older version, and with it the
+# projector's turn). Run after the saves, while the batch holds those state rows.
+TAKE_OWN_PENDING = """
+DELETE FROM read_model_pending q
+USING unnest($1::uuid[], $2::bigint[]) AS x(organization_id, version)
+WHERE q.organization_id = x.organization_id AND q.version = x.version
+RETURNING q.organization_id
+"""
+
 DEQUEUE_PROJECTED = """
 DELETE FROM read_model_pending WHERE organization_id = ANY($1::uuid[])
 """

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -41,6 +41,7 @@ from healthscore.core.events import Event, SupportEvent
 from healthscore.core.interactions import InteractionRecord
 from healthscore.core.partitions import PartitionKey
 from healthscore.core.scoring.model import ScoreModel
+from healthscore.core.scoring.state import OrganizationState
 from healthscore.errors import InvalidStoredOffset, OffsetGap
 from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord, Rejection, event_json
 from healthscore.service.ingest.dlq import DeadLetterQueue
@@ -83,6 +84,10 @@ class TooManyUnprocessable(Exception):
     """
 
 
+# projects states a live batch saved (each with its version) in the batch's transaction
+ProjectInBatch = Callable[[Connection, Sequence[tuple[OrganizationState, int]]], Awaitable[int]]
+
+
 @dataclass
 class BatchOutcome:
     """What one batch did: the canonical log line and the metrics read this."""
@@ -98,6 +103,8 @@ class BatchOutcome:
     states_held: int = 0
     states_read: int = 0
     states_changed_elsewhere: int = 0
+    # organizations this batch projected itself (live projection)
+    projected_in_batch: int = 0
     alerts: dict[str, int] = field(default_factory=dict)
     milestones: int = 0
     consumed_by_topic: dict[str, int] = field(default_factory=dict)
@@ -153,6 +160,8 @@ class BatchPipeline:
         self._offset_rows: set[PartitionKey] = set()
         # the naive baseline's way: the read model in every batch's transaction
         self._read_model_in_transaction = read_model_in_transaction
+        # live projection (`project_live_batches`): how, and whether the consumer is live
+        self._live_projection: tuple[ProjectInBatch, Callable[[], bool]] | None = None
         self._max_unprocessable = max_unprocessable_per_batch
         self._decoder = decoder
         self._dlq = dlq
@@ -162,6 +171,19 @@ class BatchPipeline:
         # with the silence sweep on: rescore an organization's silence before its
         # next event (see healthscore.service.sweep), so that it does not depend on timing
         self._silence_step = rescore_step_seconds if silence_rescoring else None
+
+    def project_live_batches(self, project: ProjectInBatch, live: Callable[[], bool]) -> None:
+        """Let each batch that starts while `live()` project its own changes in its
+        transaction with `project` (the projector's `project_in_batch`), instead of
+        queueing them for the projector: live, every organization changes about once a
+        projector pass, so there is nothing to coalesce and the queue's round trip only
+        adds staleness. While the consumer catches up (`live()` false) changes are
+        queued, and the projector coalesces them. An organization queued before the
+        batch (by the sweep, an import, a promotion, an earlier catching-up batch)
+        stays queued: the projector may be writing an older state of it, and its entry
+        is what makes the projector write it again when it sees the state moved on.
+        """
+        self._live_projection = (project, live)
 
     def forget_owned_states(self) -> None:
         self._owned.clear()
@@ -409,6 +431,12 @@ class BatchPipeline:
             await write_effects(conn, effects, self._model, outcome.timings_ms, also=[offsets])
             if self._read_model_in_transaction:
                 await project_in_transaction(conn, rescored_states(effects), self._model)
+            elif self._live_projection is not None and saved:
+                project, live = self._live_projection
+                if live():
+                    outcome.projected_in_batch = await _project_own_changes(
+                        conn, project, effects, saved
+                    )
             marks.lap("write")
             # dead letters leave before the commit (see DeadLetterQueue.publish) and
             # after the writes, so a batch the database refuses sends none
@@ -497,6 +525,29 @@ class BatchPipeline:
             saved.update(resaved)
             marks.lap("w_changed")
         return effects, saved
+
+
+async def _project_own_changes(
+    conn: Connection,
+    project: ProjectInBatch,
+    effects: BatchEffects,
+    saved: Mapping[str, tuple[str, int]],
+) -> int:
+    """Project, in the batch's transaction, the organizations whose queue entry this
+    batch made (after its state saves: it holds their rows, so nobody else can queue
+    or change them before it commits); those queued before it stay queued."""
+    states = [s for s in rescored_states(effects) if s.organization_id in saved]
+    if not states:
+        return 0
+    rows = await conn.fetch(
+        sql.TAKE_OWN_PENDING,
+        [s.organization_id for s in states],
+        [saved[s.organization_id][1] for s in states],
+    )
+    own = {str(row["organization_id"]) for row in rows}
+    return await project(
+        conn, [(s, saved[s.organization_id][1]) for s in states if s.organization_id in own]
+    )
 
 
 async def _read_interactions(conn: Connection, events: list[Event]) -> dict[str, InteractionRecord]:

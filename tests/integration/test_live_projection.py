@@ -1,0 +1,143 @@
+"""A live batch projects its own changes in its transaction; catching up, it queues them.
+
+Through the real `BatchPipeline`, `Projector` and PostgreSQL (the writer role): the
+rows a live batch writes into `customer_health` are the rows the projector writes for
+the same states; an organization queued before the batch (as the sweep, an import or
+a promotion queue one) is left to the projector, whose entry stays until it has
+written the organization's newest state.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from healthscore.core.scoring.model import default_model
+from healthscore.service.ingest.pipeline import BatchPipeline
+from healthscore.service.projector import Projector
+from healthscore.store.db import create_pool
+from tests.integration.test_owned_states import _batches, _Log, _org, _pipeline
+
+# what the projector and a live batch both write (not the row's own bookkeeping)
+READ_MODEL = """
+SELECT organization_id, health_score, engagement_score, adoption_score, milestone_score,
+       support_score, growth_score, churn_probability, risk_factors::text, feature_usage::text,
+       previous_score, score_change_7d, score_change_30d, active_users_30d, open_interactions,
+       milestones_achieved, last_activity_at, last_login_at, scored_at, score_model_version
+FROM customer_health ORDER BY organization_id
+"""
+
+
+@pytest.fixture
+async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
+async def _rows(url: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
+    conn = await asyncpg.connect(url)
+    try:
+        return [tuple(r.values()) for r in await conn.fetch(query, *args)]
+    finally:
+        await conn.close()
+
+
+def _live(pipeline: BatchPipeline, projector: Projector, live: list[bool]) -> None:
+    pipeline.project_live_batches(projector.project_in_batch, lambda: live[0])
+
+
+async def test_a_live_batch_writes_what_the_projector_writes_and_queues_nothing(
+    database_factory: Any, migrated_template: str, producer: AIOKafkaProducer
+) -> None:
+    live_url = await database_factory(template=migrated_template)
+    queued_url = await database_factory(template=migrated_template)
+    batches = _batches(_Log())
+    model = default_model()
+
+    pool = await create_pool(live_url, "healthscore_writer", min_size=1, max_size=1)
+    try:
+        pipeline = _pipeline(pool, producer, 1000)
+        _live(pipeline, Projector(pool, model, None, None), [True])
+        outcomes = [await pipeline.process(batch) for batch in batches]
+    finally:
+        await pool.close()
+    assert [o.projected_in_batch for o in outcomes] == [6, 6, 6]
+    assert await _rows(live_url, "SELECT * FROM read_model_pending") == []
+
+    # the same batches queued (the consumer catching up), a projector pass after each
+    pool = await create_pool(queued_url, "healthscore_writer", min_size=1, max_size=1)
+    try:
+        pipeline = _pipeline(pool, producer, 1000)
+        projector = Projector(pool, model, None, None)
+        _live(pipeline, projector, [False])
+        for batch in batches:
+            assert (await pipeline.process(batch)).projected_in_batch == 0
+            assert len(await _rows(queued_url, "SELECT * FROM read_model_pending")) == 6
+            assert await projector.project_once() == 6
+    finally:
+        await pool.close()
+    assert await _rows(queued_url, "SELECT * FROM read_model_pending") == []
+    written = await _rows(live_url, READ_MODEL)
+    assert len(written) == 6
+    assert written == await _rows(queued_url, READ_MODEL)
+
+
+async def test_an_organization_queued_before_the_batch_is_left_to_the_projector(
+    database_factory: Any, migrated_template: str, producer: AIOKafkaProducer
+) -> None:
+    url = await database_factory(template=migrated_template)
+    first, second, _third = _batches(_Log())
+    queued_org = uuid.UUID(_org(1))
+    pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=1)
+    admin = await asyncpg.connect(url)
+    try:
+        pipeline = _pipeline(pool, producer, 1000)
+        projector = Projector(pool, default_model(), None, None)
+        _live(pipeline, projector, [True])
+        await pipeline.process(first)
+        before = await admin.fetchrow(
+            "SELECT h.scored_at, s.health_version FROM customer_health h "
+            "JOIN organization_state s USING (organization_id) WHERE organization_id = $1",
+            queued_org,
+        )
+        assert before is not None
+        # queued by another writer (a promotion queues an organization at its version)
+        await admin.execute(
+            "INSERT INTO read_model_pending (organization_id, version) VALUES ($1, $2)",
+            queued_org,
+            before["health_version"],
+        )
+        outcome = await pipeline.process(second)
+        assert outcome.projected_in_batch == 5
+        # still queued at the version it was queued at, and not written by the batch
+        assert await _rows(url, "SELECT organization_id, version FROM read_model_pending") == [
+            (queued_org, before["health_version"])
+        ]
+        assert (
+            await admin.fetchval(
+                "SELECT scored_at FROM customer_health WHERE organization_id = $1", queued_org
+            )
+            == before["scored_at"]
+        )
+        # the projector writes its newest state and, having written it, dequeues it
+        assert await projector.project_once() == 1
+        after = await admin.fetchrow(
+            "SELECT h.scored_at, s.health_version FROM customer_health h "
+            "JOIN organization_state s USING (organization_id) WHERE organization_id = $1",
+            queued_org,
+        )
+        assert after is not None and after["scored_at"] > before["scored_at"]
+        assert after["health_version"] > before["health_version"]
+        assert await _rows(url, "SELECT * FROM read_model_pending") == []
+    finally:
+        await admin.close()
+        await pool.close()
