@@ -141,3 +141,32 @@ async def test_an_organization_queued_before_the_batch_is_left_to_the_projector(
     finally:
         await admin.close()
         await pool.close()
+
+
+async def test_a_health_feed_that_fails_leaves_the_batch_to_the_projector(
+    database_factory: Any, migrated_template: str, kafka_bootstrap: str, producer: AIOKafkaProducer
+) -> None:
+    """Ingestion never waits on the feed: a live batch whose feed cannot be published
+    commits anyway, with its organizations queued for the projector, and the next
+    batches queue theirs until the pause is over."""
+    url = await database_factory(template=migrated_template)
+    first, second, _third = _batches(_Log())
+    broken = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False)
+    await broken.start()
+    await broken.stop()  # a real producer that can no longer send
+    pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=1)
+    try:
+        pipeline = _pipeline(pool, producer, 1000)
+        projector = Projector(pool, default_model(), broken, "customer.health.feed-test")
+        pipeline.project_live_batches(projector.project_in_batch, projector.takes_live_batches)
+        assert projector.takes_live_batches()
+        outcome = await pipeline.process(first)
+        assert outcome.applied == 18 and outcome.projected_in_batch == 0
+        queued = await _rows(url, "SELECT organization_id, version FROM read_model_pending")
+        states = await _rows(url, "SELECT organization_id, health_version FROM organization_state")
+        assert sorted(queued) == sorted(states) and len(queued) == 6
+        assert not projector.takes_live_batches()
+        assert (await pipeline.process(second)).projected_in_batch == 0
+        assert len(await _rows(url, "SELECT * FROM read_model_pending")) == 6
+    finally:
+        await pool.close()

@@ -266,10 +266,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         )
     )
     if projector is not None and s.read_model_live_in_batch:
-        live_projector = projector
-        pipeline.project_live_batches(
-            live_projector.project_in_batch, lambda: live_projector.coalesce_wait() == 0.0
-        )
+        pipeline.project_live_batches(projector.project_in_batch, projector.takes_live_batches)
 
     def on_sweep(duration: float, alert_kinds: list[str]) -> None:
         metrics.sweep_runs.inc()

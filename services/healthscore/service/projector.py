@@ -41,6 +41,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 import structlog
+from aiokafka.errors import KafkaError
 
 from healthscore.core.scoring.model import ScoreModel
 from healthscore.core.scoring.score import HealthScore, score
@@ -54,6 +55,10 @@ log = structlog.get_logger(__name__)
 
 # organizations scored between two returns to the event loop
 YIELD_EVERY = 50
+# a live batch waits this long at most for the health feed of what it projected, and
+# after a failure leaves the feed (and its projection) to the projector this long
+FEED_TIMEOUT_SECONDS = 2.0
+FEED_PAUSE_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,10 +137,8 @@ class Projector:
         self.latest_staleness = 0.0
         # how long the last pass left changes queued to coalesce them (seconds)
         self.coalescing = 0.0
-
-    def coalesce_wait(self) -> float:
-        """How long a queued change would now be left to coalesce (0: live)."""
-        return self._coalesce_for()
+        # until when (monotonic) live batches leave their changes to the projector
+        self._feed_paused_until = 0.0
 
     async def project_once(self) -> int:
         """Project a page of the oldest queued organizations of every shard that no
@@ -204,11 +207,33 @@ class Projector:
                 page.append(Projected(UUID(state.organization_id), version, state, health))
         if page:
             previous = await _upsert_customer_health(conn, page, self._model)
-            await self._publish(page, previous)
+            try:
+                await asyncio.wait_for(self._publish(page, previous), FEED_TIMEOUT_SECONDS)
+            except (TimeoutError, KafkaError) as exc:
+                # ingestion never waits on the feed: these go back to the projector,
+                # and live batches queue theirs too for a while
+                self._feed_paused_until = time.monotonic() + FEED_PAUSE_SECONDS
+                await conn.execute(
+                    sql.QUEUE_FOR_PROJECTOR,
+                    [p.organization_id for p in page],
+                    [p.version for p in page],
+                )
+                log.warning(
+                    "health_feed_failed_in_batch",
+                    organizations=len(page),
+                    error=repr(exc),
+                    paused_seconds=FEED_PAUSE_SECONDS,
+                )
+                return 0
             self.projected += len(page)
             if self._on_pass is not None:
                 self._on_pass(len(page), time.perf_counter() - started)
         return len(page)
+
+    def takes_live_batches(self) -> bool:
+        """Whether live batches should project their own changes now: the consumer is
+        live (nothing to coalesce) and the health feed did not just fail in a batch."""
+        return self._coalesce_for() == 0.0 and time.monotonic() >= self._feed_paused_until
 
     async def _publish(self, page: list[Projected], previous: dict[UUID, float | None]) -> None:
         if self._producer is None or self._health_topic is None:

@@ -273,6 +273,16 @@ WHERE q.organization_id = x.organization_id AND q.version = x.version
 RETURNING q.organization_id
 """
 
+# Back to the projector: organizations a live batch projected but could not publish
+# the health feed of (the projector writes them again and publishes).
+QUEUE_FOR_PROJECTOR = """
+INSERT INTO read_model_pending (organization_id, version)
+SELECT organization_id, version
+FROM unnest($1::uuid[], $2::bigint[]) AS x(organization_id, version)
+ORDER BY organization_id
+ON CONFLICT (organization_id) DO NOTHING
+"""
+
 DEQUEUE_PROJECTED = """
 DELETE FROM read_model_pending WHERE organization_id = ANY($1::uuid[])
 """
