@@ -648,6 +648,8 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
         ("READ_MODEL_STALENESS", sql.READ_MODEL_STALENESS, []),
         ("MARK_PROJECTED", sql.MARK_PROJECTED, [[org], [1]]),
         ("DEQUEUE_PROJECTED", sql.DEQUEUE_PROJECTED, [[org]]),
+        ("TAKE_OWN_PENDING", sql.TAKE_OWN_PENDING, [[org], [1]]),
+        ("QUEUE_FOR_PROJECTOR", sql.QUEUE_FOR_PROJECTOR, [[org], [1]]),
         ("OUTBOX_STATS", sql.OUTBOX_STATS, []),
         ("DISTRIBUTION", sql.DISTRIBUTION, []),
         ("db.ROLE_CHECK", db.ROLE_CHECK, []),
