@@ -223,10 +223,12 @@ class Settings(BaseSettings):
         "at once",
     )
     read_model_live_in_batch: bool = Field(
-        default=True,
+        default=False,
         description="a batch that starts while the consumer is live (the projector would "
         "not coalesce) projects its own changes in its transaction instead of queueing "
-        "them for the projector; changes while catching up are queued and coalesced",
+        "them for the projector; changes while catching up are queued and coalesced. Off "
+        "by default: its health-feed publication waits for the broker inside every live "
+        "batch (README, Performance, Tenth session)",
     )
     read_model_staleness_max_seconds: float = Field(
         default=120.0,
