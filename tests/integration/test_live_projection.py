@@ -10,11 +10,9 @@ written the organization's newest state.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import pytest
 from aiokafka import AIOKafkaProducer
 
 from healthscore.core.scoring.model import default_model
@@ -31,16 +29,6 @@ SELECT organization_id, health_score, engagement_score, adoption_score, mileston
        milestones_achieved, last_activity_at, last_login_at, scored_at, score_model_version
 FROM customer_health ORDER BY organization_id
 """
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False)
-    await producer.start()
-    try:
-        yield producer
-    finally:
-        await producer.stop()
 
 
 async def _rows(url: str, query: str, *args: Any) -> list[tuple[Any, ...]]:

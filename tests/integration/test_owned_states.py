@@ -15,13 +15,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import orjson
-import pytest
 from aiokafka import AIOKafkaProducer
 
 from healthscore.core.scoring.model import default_model
@@ -99,16 +97,6 @@ def _batches(log: _Log) -> list[list[RawRecord]]:
             batch.append(log.support(2, "resolved", day + timedelta(hours=5)))
         batches.append(batch)
     return batches
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False)
-    await producer.start()
-    try:
-        yield producer
-    finally:
-        await producer.stop()
 
 
 def _pipeline(pool: asyncpg.Pool[Any], producer: AIOKafkaProducer, held: int) -> BatchPipeline:
