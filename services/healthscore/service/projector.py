@@ -85,6 +85,18 @@ def project(state: OrganizationState, model: ScoreModel) -> HealthScore | None:
     return score(state, as_of, model, explain=True)
 
 
+def _projected(
+    states: Sequence[tuple[OrganizationState, int]], model: ScoreModel
+) -> list[Projected]:
+    """The states (each with the version it has) that have a score, with it."""
+    page = []
+    for state, version in states:
+        health = project(state, model)
+        if health is not None:
+            page.append(Projected(UUID(state.organization_id), version, state, health))
+    return page
+
+
 async def project_in_transaction(
     conn: Connection, states: list[OrganizationState], model: ScoreModel
 ) -> None:
@@ -94,11 +106,7 @@ async def project_in_transaction(
     benchmark baseline writes the read model with every event, as a
     one-transaction-per-message consumer would.
     """
-    page = []
-    for state in states:
-        health = project(state, model)
-        if health is not None:
-            page.append(Projected(UUID(state.organization_id), 0, state, health))
+    page = _projected([(state, 0) for state in states], model)
     if page:
         await _upsert_customer_health(conn, page, model)
         await conn.execute(sql.DEQUEUE_PROJECTED, [p.organization_id for p in page])
@@ -200,11 +208,7 @@ class Projector:
         be writing an older state of them meanwhile.
         """
         started = time.perf_counter()
-        page = []
-        for state, version in states:
-            health = project(state, self._model)
-            if health is not None:
-                page.append(Projected(UUID(state.organization_id), version, state, health))
+        page = _projected(states, self._model)
         if page:
             previous = await _upsert_customer_health(conn, page, self._model)
             try:

@@ -147,13 +147,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.plots is not None:
         for path in write_plots(bt, report, args.plots):
             say(f"wrote {path}")
-    if args.json is not None:
-        text = json.dumps(output if candidate is not None else report, indent=1)
-        if args.json == "-":
-            print(text)
-            return 0
-        Path(args.json).write_text(text + "\n")
-        say(f"wrote {args.json}")
+    if args.json is not None and _write_json(
+        args.json, output if candidate is not None else report, say
+    ):
+        return 0
     print(render_table(report), end="")
     if candidate is not None:
         print()
@@ -168,6 +165,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"{episodes['organizations_changed']} organizations changed"
         )
     return 0
+
+
+def _write_json(where: str, value: Any, say: Any) -> bool:
+    """Write `value` as JSON to the file `where`, or to stdout for '-' (True: then it is
+    the whole output)."""
+    text = json.dumps(value, indent=1)
+    if where == "-":
+        print(text)
+        return True
+    Path(where).write_text(text + "\n")
+    say(f"wrote {where}")
+    return False
 
 
 def _backtest_and_report(
@@ -223,13 +232,10 @@ def _evaluate_seeds(args: argparse.Namespace, say: Any) -> int:
         log = _log(argparse.Namespace(**{**vars(args), "seed": seed}))
         reports.append(_backtest_and_report(args, log, model, say)[1])
     summary = summarize(seeds, reports)
-    if args.json is not None:
-        text = json.dumps({"summary": summary, "reports": reports}, indent=1)
-        if args.json == "-":
-            print(text)
-            return 0
-        Path(args.json).write_text(text + "\n")
-        say(f"wrote {args.json}")
+    if args.json is not None and _write_json(
+        args.json, {"summary": summary, "reports": reports}, say
+    ):
+        return 0
     print(render_summary(summary, reports), end="")
     return 0
 

@@ -16,6 +16,8 @@ import math
 import statistics
 from typing import Any
 
+from healthscore_lab.evaluation.evaluate import TARGETS
+
 # what the summary reads from each report, beside its targets
 _ORACLE_AUC = ("results", "oracle", "auc", "probability", "30")
 _PER_DRAW = {"brier_below_baselines": "< each draw's baselines"}
@@ -91,17 +93,12 @@ def summarize(seeds: list[int], reports: list[dict[str, Any]]) -> dict[str, Any]
         model = [float(report["targets"]["auc_30d"]["value"]) for report in reports]
         summary["oracle_auc_30d"] = _distribution([float(v) for v in oracle])
         summary["oracle_auc_30d"]["below_target_on"] = sum(
-            1 for value in oracle if float(value) < float(_threshold(targets["auc_30d"]))
+            1 for value in oracle if float(value) < TARGETS["auc_30d"]
         )
         summary["gap_to_oracle_auc_30d"] = _distribution(
             [float(o) - m for o, m in zip(oracle, model, strict=True)]
         )
     return summary
-
-
-def _threshold(target: dict[str, Any]) -> float:
-    """The figure of a target stated as ">= 0.93"."""
-    return float(str(target["target"]).split()[-1])
 
 
 def render_summary(summary: dict[str, Any], reports: list[dict[str, Any]]) -> str:
@@ -140,32 +137,24 @@ def render_summary(summary: dict[str, Any], reports: list[dict[str, Any]]) -> st
         lines.append(f"{seed:>8d}" + "".join(cells))
     lines += ["", f"{'target':56s}{'met on':>10s}{'mean (SE)':>20s}{'min - max':>20s}"]
     for name, entry in summary["targets"].items():
-        if entry["draws"] == 0:
-            continue
-        se = entry["standard_error"]
-        mean = f"{_fmt(entry['mean'])} ({_fmt(se)})" if se is not None else _fmt(entry["mean"])
-        lines.append(
-            f"{name + ' ' + entry['target']:56s}"
-            f"{str(entry['met_on']) + '/' + str(entry['judged_on']):>10s}"
-            f"{mean:>20s}"
-            f"{_fmt(entry['min']) + ' - ' + _fmt(entry['max']):>20s}"
-        )
+        if entry["draws"]:
+            met = f"{entry['met_on']}/{entry['judged_on']}"
+            lines.append(_distribution_row(f"{name} {entry['target']}", met, entry))
     if oracle:
-        for key, label in (
-            ("oracle_auc_30d", "oracle ROC AUC 30 days"),
-            ("gap_to_oracle_auc_30d", "oracle - model ROC AUC"),
-        ):
-            entry = summary[key]
-            se = entry["standard_error"]
-            mean = f"{_fmt(entry['mean'])} ({_fmt(se)})" if se is not None else _fmt(entry["mean"])
-            met = ""
-            if key == "oracle_auc_30d":
-                met = f"{entry['draws'] - entry['below_target_on']}/{entry['draws']}"
-            lines.append(
-                f"{label:56s}{met:>10s}{mean:>20s}"
-                f"{_fmt(entry['min']) + ' - ' + _fmt(entry['max']):>20s}"
-            )
+        entry = summary["oracle_auc_30d"]
+        met = f"{entry['draws'] - entry['below_target_on']}/{entry['draws']}"
+        lines.append(_distribution_row("oracle ROC AUC 30 days", met, entry))
+        lines.append(
+            _distribution_row("oracle - model ROC AUC", "", summary["gap_to_oracle_auc_30d"])
+        )
     return "\n".join(lines) + "\n"
+
+
+def _distribution_row(label: str, met: str, entry: dict[str, Any]) -> str:
+    """label, met on, mean (SE) and min - max of a `_distribution`."""
+    se = entry["standard_error"]
+    mean = f"{_fmt(entry['mean'])} ({_fmt(se)})" if se is not None else _fmt(entry["mean"])
+    return f"{label:56s}{met:>10s}{mean:>20s}{_fmt(entry['min']) + ' - ' + _fmt(entry['max']):>20s}"
 
 
 def _fmt(value: Any) -> str:
