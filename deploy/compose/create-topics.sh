@@ -20,6 +20,7 @@ RF=${REPLICATION_FACTOR:-1}
 ISR=${MIN_INSYNC_REPLICAS:-1}
 USAGE_TOPIC=${USAGE_TOPIC:-product.usage.v1}
 SUPPORT_TOPIC=${SUPPORT_TOPIC:-support.interactions.v1}
+PROFILE_TOPIC=${PROFILE_TOPIC:-organization.profile.v1}
 ALERT_TOPIC=${ALERT_TOPIC:-customer.churn-risk.v1}
 HEALTH_TOPIC=${HEALTH_TOPIC:-customer.health.v1}
 DLQ_SUFFIX=${DLQ_SUFFIX:-.dlq}
@@ -42,20 +43,22 @@ create() {  # name partitions config...
     --config "min.insync.replicas=$ISR" "${args[@]}"
 }
 
-# Inputs, keyed by organization_id. Kept forever: `healthscore replay`
+# Inputs, keyed by organization_id and partitioned alike (the consumer that owns
+# an organization's usage partition owns its support and profile partitions). Not
+# compacted, profiles included: each adds to what the ones before said. Kept forever: `healthscore replay`
 # rebuilds all state from them, and can only replay what is still there.
 # max.message.bytes caps what producers can send (the service dead-letters
 # anything above MAX_MESSAGE_BYTES, 64 KiB by default); keeping it well under
 # the 1 MiB request limit of the service's producer means a rejected record
 # always fits into the dead-letter topic with its headers.
-for t in "$USAGE_TOPIC" "$SUPPORT_TOPIC"; do
+for t in "$USAGE_TOPIC" "$SUPPORT_TOPIC" "$PROFILE_TOPIC"; do
   create "$t" "$P" cleanup.policy=delete retention.ms=-1 max.message.bytes=524288
 done
 
 # Dead letters: the rejected bytes unchanged plus x-error-* headers. Kept 30
 # days to inspect and re-drive; max.message.bytes above the input topics' so a
 # rejected record of the largest size Kafka accepted still fits with headers.
-for t in "$USAGE_TOPIC" "$SUPPORT_TOPIC"; do
+for t in "$USAGE_TOPIC" "$SUPPORT_TOPIC" "$PROFILE_TOPIC"; do
   create "$t$DLQ_SUFFIX" "$DLQ_P" cleanup.policy=delete retention.ms=2592000000 \
     max.message.bytes=2097152
 done
@@ -67,5 +70,5 @@ create "$ALERT_TOPIC" "$P" cleanup.policy=delete retention.ms=2592000000
 create "$HEALTH_TOPIC" "$P" cleanup.policy=compact min.compaction.lag.ms=60000
 
 "$KT" --bootstrap-server "$BOOTSTRAP" ${CLIENT[@]+"${CLIENT[@]}"} --describe \
-  --topic "$USAGE_TOPIC|$SUPPORT_TOPIC|$ALERT_TOPIC|$HEALTH_TOPIC|.*\\$DLQ_SUFFIX" \
+  --topic "$USAGE_TOPIC|$SUPPORT_TOPIC|$PROFILE_TOPIC|$ALERT_TOPIC|$HEALTH_TOPIC|.*\\$DLQ_SUFFIX" \
   | grep -E '^Topic:' || true

@@ -241,7 +241,7 @@ def cmd_lag(args: argparse.Namespace) -> int:
                     KafkaConnection.from_settings(settings),
                     conn,
                     group,
-                    [settings.usage_topic, settings.support_topic],
+                    settings.input_topics,
                 )
             finally:
                 await conn.close()
@@ -322,7 +322,7 @@ def cmd_offsets_reset(args: argparse.Namespace) -> int:
                 database_url,
                 KafkaConnection.from_settings(settings, bootstrap),
                 args.group or settings.consumer_group,
-                args.topic or [settings.usage_topic, settings.support_topic],
+                args.topic or settings.input_topics,
                 args.partition,
                 mode,
                 args.to_offset,
@@ -363,28 +363,41 @@ async def _service_connection(settings: Settings) -> Any:
 
 def cmd_import(args: argparse.Namespace) -> int:
 
+    from datetime import UTC, datetime
+
+    from aiokafka.errors import KafkaError
+
     from healthscore.service.imports import (
         ImportRefused,
         apply_profiles,
         import_labels,
         parse_labels,
         parse_profiles,
+        profile_records,
     )
+    from healthscore.service.kafka_clients import KafkaConnection
 
     settings = settings_from_args(args)
-    if settings.database_url is None:
-        print("error: set DATABASE_URL", file=sys.stderr)
-        return 2
     if args.profiles is None and args.labels is None:
         print("error: give --profiles FILE and/or --labels FILE", file=sys.stderr)
         return 2
+    publish = args.publish and args.profiles is not None
+    if settings.database_url is None and (args.labels is not None or not publish):
+        print("error: set DATABASE_URL", file=sys.stderr)
+        return 2
+    if publish and settings.kafka_bootstrap_servers is None:
+        print("error: --publish needs KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
+        return 2
+    now = datetime.now(UTC)
     known_until = args.labels_until
     if known_until is not None and known_until.tzinfo is None:
         print("error: --labels-until needs an offset (e.g. 2026-03-01T00:00:00Z)", file=sys.stderr)
         return 2
     try:  # every file checked before anything is applied
         profiles = (
-            parse_profiles(args.profiles.read_text(), str(args.profiles)) if args.profiles else []
+            parse_profiles(args.profiles.read_text(), str(args.profiles), now)
+            if args.profiles
+            else []
         )
         labels = parse_labels(args.labels.read_text(), str(args.labels)) if args.labels else []
     except ImportRefused as exc:
@@ -396,14 +409,38 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    async def main() -> int:
-        from datetime import UTC, datetime
+    async def publish_profiles() -> None:
+        producer = KafkaConnection.from_settings(settings).producer(
+            acks="all", enable_idempotence=settings.kafka_idempotent_producer
+        )
+        try:
+            await producer.start()
+            sent = [
+                await producer.send(settings.profile_topic, key=key, value=value)
+                for key, value in profile_records(profiles, now)
+            ]
+            await asyncio.gather(*sent)
+        finally:
+            await producer.stop()
+        print(
+            f"profiles: {len(profiles)} organizations in {args.profiles}, "
+            f"published to {settings.profile_topic}"
+        )
 
+    async def main() -> int:
+        if publish and profiles:
+            try:
+                await publish_profiles()
+            except KafkaError as exc:
+                print(f"error: cannot publish: {type(exc).__name__}: {exc}", file=sys.stderr)
+                return 2
+        if not labels and (publish or not profiles):
+            return 0
         conn = await _service_connection(settings)
         if conn is None:
             return 2
         try:
-            if profiles:
+            if profiles and not publish:
                 changed = await apply_profiles(
                     conn, profiles, settings.silence_rescore_after_seconds, page=args.page_size
                 )
@@ -635,6 +672,12 @@ def register_service_commands(add: AddCommand) -> None:
     )
     p.add_argument("--database-url", help="override DATABASE_URL")
     p.add_argument("--profiles", type=Path, metavar="FILE.csv", help="organization profiles")
+    p.add_argument(
+        "--publish",
+        action="store_true",
+        help="send the profiles to PROFILE_TOPIC (organization.profile.v1) for the service to "
+        "apply, instead of writing them into the database: in the log, a replay keeps them",
+    )
     p.add_argument("--labels", type=Path, metavar="FILE.csv", help="churn labels")
     p.add_argument(
         "--labels-until",

@@ -94,6 +94,7 @@ class Settings(BaseSettings):
     )
     usage_topic: str = "product.usage.v1"
     support_topic: str = "support.interactions.v1"
+    profile_topic: str = "organization.profile.v1"
     alert_topic: str = "customer.churn-risk.v1"
     health_topic: str = "customer.health.v1"
     dlq_suffix: str = ".dlq"
@@ -430,8 +431,20 @@ class Settings(BaseSettings):
         return []
 
     @property
+    def input_topics(self) -> list[str]:
+        """The topics the service consumes, partitioned alike by organization."""
+        return [self.usage_topic, self.support_topic, self.profile_topic]
+
+    @property
+    def activity_topics(self) -> list[str]:
+        """The input topics whose event times make the log's watermark (the silence
+        sweep's and the alert outcomes'): a profile topic is quiet by nature and would
+        hold it back for good."""
+        return [self.usage_topic, self.support_topic]
+
+    @property
     def dlq_topics(self) -> dict[str, str]:
-        return {t: t + self.dlq_suffix for t in (self.usage_topic, self.support_topic)}
+        return {t: t + self.dlq_suffix for t in self.input_topics}
 
 
 @lru_cache(maxsize=1)

@@ -136,12 +136,14 @@ async def test_two_processes_with_rebalances_match_a_single_process(
         for name, path in (("first", first.log_path), ("second", second.log_path))
     }
     assert work["first"] > 0 and work["second"] > 0, work
-    assert len(assigned_partitions(second)[-1]) == 8
+    assert len(assigned_partitions(second)[-1]) == 12  # 4 partitions of 3 input topics
 
     # the same stream through one in-process service, into another fresh database
     reference_db = await database_factory(template=migrated_template)
     alerts_topic, health_topic = await output_topics(kafka_bootstrap)
-    reference_topics = Topics(topics.usage, topics.support, alerts_topic, health_topic)
+    reference_topics = Topics(
+        topics.usage, topics.support, alerts_topic, health_topic, topics.profile
+    )
     reference = service_settings(reference_db, kafka_bootstrap, reference_topics)
     async with running_service(reference):
         await wait_all_applied(reference_db, oracle, timeout=60)

@@ -24,12 +24,20 @@ def test_asyncapi_names_every_topic_and_payload() -> None:
     assert addresses == {
         "product.usage.v1",
         "support.interactions.v1",
+        "organization.profile.v1",
         "product.usage.v1.dlq",
         "support.interactions.v1.dlq",
+        "organization.profile.v1.dlq",
         "customer.churn-risk.v1",
         "customer.health.v1",
     }
     schemas = document["components"]["schemas"]
-    for model in ("UsageEvent", "SupportEvent", "ChurnRiskAlert", "HealthUpdate"):
+    for model in (
+        "UsageEvent",
+        "SupportEvent",
+        "OrganizationProfile",
+        "ChurnRiskAlert",
+        "HealthUpdate",
+    ):
         assert model in schemas
     assert schemas["UsageEvent"]["properties"]["event_id"]["description"]

@@ -8,10 +8,12 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from healthscore.service.ingest.decode import REASONS, Decoder, RawRecord, Rejection
-from healthscore_lab.poison import PoisonCase, poison_corpus
+from healthscore_lab.poison import PoisonCase, poison_corpus, profile_poison_corpus
 
 USAGE = "product.usage.v1"
 SUPPORT = "support.interactions.v1"
+PROFILE = "organization.profile.v1"
+TOPICS = {"usage": USAGE, "support": SUPPORT, "profile": PROFILE}
 ORG = "0b7f4a4e-3d0c-4a53-9c6e-2f1d5f0c9a11"
 NOW = datetime(2025, 3, 14, 15, 9, 26, 535000, tzinfo=UTC)
 
@@ -49,10 +51,9 @@ REQUIRED_CASES = {
 
 
 def _decode(case: PoisonCase, now: datetime) -> Rejection:
-    decoder = Decoder(USAGE, SUPPORT, 64 * 1024)
-    topic = USAGE if case.kind == "usage" else SUPPORT
+    decoder = Decoder(USAGE, SUPPORT, 64 * 1024, profile_topic=PROFILE)
     record = RawRecord(
-        topic=topic,
+        topic=TOPICS[case.kind],
         partition=0,
         offset=0,
         key=case.key,
@@ -64,7 +65,7 @@ def _decode(case: PoisonCase, now: datetime) -> Rejection:
     return result
 
 
-CORPUS = poison_corpus(ORG, NOW)
+CORPUS = poison_corpus(ORG, NOW) + profile_poison_corpus(ORG, NOW)
 
 
 @pytest.mark.parametrize("case", CORPUS, ids=[case.name for case in CORPUS])
@@ -90,20 +91,23 @@ def test_sizes_of_the_size_cases() -> None:
 
 
 def test_every_topic_and_reason_family_is_exercised() -> None:
-    assert {case.kind for case in CORPUS} == {"usage", "support"}
+    assert {case.kind for case in CORPUS} == {"usage", "support", "profile"}
     reasons = {case.expected_reason for case in CORPUS}
     assert reasons == set(REASONS)
 
 
 def test_deterministic_and_judged_against_now() -> None:
-    assert poison_corpus(ORG, NOW) == CORPUS
+    assert poison_corpus(ORG, NOW) + profile_poison_corpus(ORG, NOW) == CORPUS
     # a corpus built for another clock and organization still gets the same reasons there
     later = NOW + timedelta(days=400)
     other = str(uuid.UUID(int=12345, version=4))
-    for case in poison_corpus(other, later.astimezone(timezone(timedelta(hours=-5)))):
+    elsewhere = later.astimezone(timezone(timedelta(hours=-5)))
+    for case in poison_corpus(other, elsewhere) + profile_poison_corpus(other, elsewhere):
         assert _decode(case, later).reason == case.expected_reason, case.name
 
 
 def test_naive_now_is_refused() -> None:
     with pytest.raises(ValueError):
         poison_corpus(ORG, NOW.replace(tzinfo=None))
+    with pytest.raises(ValueError):
+        profile_poison_corpus(ORG, NOW.replace(tzinfo=None))

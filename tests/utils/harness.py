@@ -36,6 +36,7 @@ class Topics:
     support: str
     alerts: str
     health: str
+    profile: str
 
     @property
     def dlq_usage(self) -> str:
@@ -45,6 +46,10 @@ class Topics:
     def dlq_support(self) -> str:
         return self.support + ".dlq"
 
+    @property
+    def dlq_profile(self) -> str:
+        return self.profile + ".dlq"
+
 
 async def make_topics(bootstrap: str, partitions: int = 4) -> Topics:
     suffix = uuid.uuid4().hex[:8]
@@ -53,6 +58,7 @@ async def make_topics(bootstrap: str, partitions: int = 4) -> Topics:
         support=f"support.{suffix}",
         alerts=f"alerts.{suffix}",
         health=f"health.{suffix}",
+        profile=f"profile.{suffix}",
     )
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -65,8 +71,10 @@ async def make_topics(bootstrap: str, partitions: int = 4) -> Topics:
                     names.support,
                     names.alerts,
                     names.health,
+                    names.profile,
                     names.dlq_usage,
                     names.dlq_support,
+                    names.dlq_profile,
                 )
             ]
         )
@@ -84,6 +92,7 @@ def service_settings(
         "kafka_idempotent_producer": False,
         "usage_topic": topics.usage,
         "support_topic": topics.support,
+        "profile_topic": topics.profile,
         "alert_topic": topics.alerts,
         "health_topic": topics.health,
         "consumer_group": group or f"g-{uuid.uuid4().hex[:8]}",
@@ -216,6 +225,7 @@ class ServiceProcess:
                 "KAFKA_IDEMPOTENT_PRODUCER": "false",
                 "USAGE_TOPIC": s.usage_topic,
                 "SUPPORT_TOPIC": s.support_topic,
+                "PROFILE_TOPIC": s.profile_topic,
                 "ALERT_TOPIC": s.alert_topic,
                 "HEALTH_TOPIC": s.health_topic,
                 "CONSUMER_GROUP": s.consumer_group,

@@ -7,6 +7,7 @@ from healthscore.contracts.alerts import (
     HealthUpdate,
     RiskFactor,
 )
+from healthscore.contracts.profile import OrganizationProfile
 from healthscore.contracts.support import SupportEvent
 from healthscore.contracts.usage import UsageEvent
 
@@ -15,6 +16,7 @@ __all__ = [
     "ComponentScores",
     "HealthAction",
     "HealthUpdate",
+    "OrganizationProfile",
     "RiskFactor",
     "SupportEvent",
     "UsageEvent",

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from healthscore.contracts.alerts import ChurnRiskAlert, HealthUpdate
+from healthscore.contracts.profile import OrganizationProfile
 from healthscore.contracts.support import SupportEvent
 from healthscore.contracts.usage import UsageEvent
 
@@ -15,6 +16,7 @@ from healthscore.contracts.usage import UsageEvent
 CONTRACT_MODELS: dict[str, type[BaseModel]] = {
     "product.usage.v1.json": UsageEvent,
     "support.interactions.v1.json": SupportEvent,
+    "organization.profile.v1.json": OrganizationProfile,
     "customer.churn-risk.v1.json": ChurnRiskAlert,
     "customer.health.v1.json": HealthUpdate,
 }

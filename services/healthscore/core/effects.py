@@ -51,10 +51,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from healthscore.core.enums import HistoryCause
-from healthscore.core.events import Event, SupportEvent, UsageEvent
+from healthscore.core.events import Event, ProfileEvent, SupportEvent, UsageEvent
 from healthscore.core.interactions import InteractionRecord, merge_interaction
 from healthscore.core.milestones import MilestoneCrossing
-from healthscore.core.scoring.aggregate import apply_interaction, apply_usage, new_state
+from healthscore.core.scoring.aggregate import (
+    apply_interaction,
+    apply_profile_event,
+    apply_usage,
+    new_state,
+)
 from healthscore.core.scoring.alerts import AlertDecision, evaluate_alert
 from healthscore.core.scoring.model import DAY, ScoreModel
 from healthscore.core.scoring.score import HealthScore, record_score, score
@@ -363,6 +368,15 @@ def compute_batch_effects(
             merged = merge_interaction(current, event)
             interactions[key] = merged
             apply_interaction(state, current, merged, event, model)
+        elif isinstance(event, ProfileEvent):
+            t = event.occurred_at.timestamp()
+            if silence_step is not None:
+                _silence_before(state, t, silence_step, model, effects)
+            _end_day(state, t, model, effects)
+            apply_profile_event(state, event)
+            # a decision point (the score moves with tenure and milestones); an
+            # organization not seen in events yet gets its score at its first event
+            waits = state.last_event_at is None
         else:
             raise TypeError(f"not an event of the core: {type(event).__name__}")
         effects.applied += 1

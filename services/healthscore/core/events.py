@@ -1,4 +1,5 @@
-"""The core's inputs: one usage event and one support-interaction event, validated.
+"""The core's inputs: a usage event, a support-interaction event and an
+organization profile, validated.
 
 The service's decoder builds them from Kafka records after the wire contract
 (`healthscore.contracts`, pydantic) has been checked: straight from its msgspec
@@ -62,4 +63,16 @@ class SupportEvent(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     occurred_at: datetime
 
 
-Event = UsageEvent | SupportEvent
+class ProfileEvent(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """What a CRM knows of an organization from before its events reach the service
+    (`organization.profile.v1`): when the account was created and the success
+    milestones it reached (contract names, each with when)."""
+
+    event_id: UUID
+    organization_id: UUID
+    created_at: datetime | None = None
+    milestones: dict[str, datetime] = {}
+    occurred_at: datetime
+
+
+Event = UsageEvent | SupportEvent | ProfileEvent

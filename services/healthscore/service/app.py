@@ -157,7 +157,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         raise StartupRefused("KAFKA_BOOTSTRAP_SERVERS is not set")
     bootstrap = s.kafka_bootstrap_servers
     kafka = KafkaConnection.from_settings(s, bootstrap)
-    topics = [s.usage_topic, s.support_topic]
+    topics = s.input_topics
     model = load_model(s.model_path)
     candidate = None if s.shadow_model_path is None else load_model(s.shadow_model_path)
     metrics = Metrics()
@@ -178,7 +178,9 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
     )
     pipeline = BatchPipeline(
         pool=pool,
-        decoder=Decoder(s.usage_topic, s.support_topic, s.max_message_bytes),
+        decoder=Decoder(
+            s.usage_topic, s.support_topic, s.max_message_bytes, profile_topic=s.profile_topic
+        ),
         dlq=DeadLetterQueue(producer, s.dlq_suffix),
         model=model,
         consumer_group=s.consumer_group,
@@ -280,7 +282,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
             model,
             s.consumer_group,
             s.silence_rescore_after_seconds,
-            topics=topics,
+            topics=s.activity_topics,
             on_run=on_sweep,
             dedupe_retention_days=s.dedupe_retention_days,
         )
@@ -339,7 +341,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         relay=relay,
         projector=projector,
         sweep=sweep,
-        alert_outcomes=OutcomeLabeller(pool, metrics, s.consumer_group, topics),
+        alert_outcomes=OutcomeLabeller(pool, metrics, s.consumer_group, s.activity_topics),
         usage_drift=UsageDrift.for_model(pool, metrics, model, s.usage_drift_sample_organizations),
         promotion=(
             None
@@ -544,7 +546,7 @@ async def running(
                     log.info(
                         "service_started",
                         group=s.consumer_group,
-                        topics=[s.usage_topic, s.support_topic],
+                        topics=s.input_topics,
                         ops_port=c.ops_port,
                     )
                     try:

@@ -1,4 +1,4 @@
-"""The FastStream broker: one batch subscriber for both input topics, and the outputs
+"""The FastStream broker: one batch subscriber for the input topics, and the outputs
 declared for the AsyncAPI document.
 
 The composition root builds it with the batch handler and the offset protocol
@@ -17,7 +17,13 @@ from faststream.kafka.message import FAKE_CONSUMER, KafkaMessage
 from faststream.middlewares import AckPolicy
 
 from healthscore.config import Settings
-from healthscore.contracts import ChurnRiskAlert, HealthUpdate, SupportEvent, UsageEvent
+from healthscore.contracts import (
+    ChurnRiskAlert,
+    HealthUpdate,
+    OrganizationProfile,
+    SupportEvent,
+    UsageEvent,
+)
 from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.service.ops.logging import framework_logger
 
@@ -82,11 +88,10 @@ def build_broker(
         apply_types=False,
         logger=framework_logger(on_error) if on_error is not None else None,
     )
-    # One subscriber for both input topics: one consumer per process, one
+    # One subscriber for the input topics: one consumer per process, one
     # group join, and one transaction per fetch whichever topic it came from.
     subscriber = broker.subscriber(
-        s.usage_topic,
-        s.support_topic,
+        *s.input_topics,
         batch=True,
         group_id=s.consumer_group,
         ack_policy=AckPolicy.MANUAL,
@@ -102,13 +107,14 @@ def build_broker(
         decoder=_raw_records,
         title="healthscore:consume",
         description=(
-            f"UsageEvent records from {s.usage_topic} and SupportEvent records from "
-            f"{s.support_topic}, consumed in batches by one consumer group "
+            f"UsageEvent records from {s.usage_topic}, SupportEvent records from "
+            f"{s.support_topic} and OrganizationProfile records from {s.profile_topic}, "
+            "consumed in batches by one consumer group "
             f"({s.consumer_group}); an invalid record goes to <topic>{s.dlq_suffix} with "
             "headers naming the error."
         ),
     )
-    subscriber(_typed_handler(handler, UsageEvent | SupportEvent))
+    subscriber(_typed_handler(handler, UsageEvent | SupportEvent | OrganizationProfile))
     declare_outputs(broker, s)
     return broker
 

@@ -16,6 +16,11 @@ organization's state (rows locked in id order, as consumers lock them), which
 is queued for the projector as a batch's changes are; applying the same file
 twice changes nothing more (the earliest times win). Labels replace what an
 earlier import said of the same organization.
+
+With `--publish`, profiles go to `organization.profile.v1` instead, one record per
+organization, and the service applies them as it applies the stream: in the log,
+so `healthscore replay` rebuilds them (a profile written straight into the
+database is not in the log, and a replay into an empty database loses it).
 """
 
 from __future__ import annotations
@@ -24,10 +29,13 @@ import csv
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeVar
-from uuid import UUID
+from uuid import UUID, uuid5
 
+import orjson
+
+from healthscore.contracts.profile import OrganizationProfile
 from healthscore.core.enums import MilestoneType
 from healthscore.core.scoring.aggregate import apply_profile, new_state
 from healthscore.core.scoring.state import OrganizationState
@@ -80,6 +88,12 @@ def _time(text: str) -> datetime:
     return moment
 
 
+def _past(moment: datetime, now: datetime) -> datetime:
+    if moment > now:
+        raise ValueError(f"after the import's time {now.isoformat()}")
+    return moment
+
+
 def _rows(
     text: str, columns: Sequence[str], source: str
 ) -> tuple[list[tuple[int, dict[str, str]]], list[RowError]]:
@@ -110,9 +124,13 @@ def _organization(number: int, value: str, errors: list[RowError]) -> UUID | Non
         return None
 
 
-def parse_profiles(text: str, source: str = "profiles") -> list[Profile]:
+def parse_profiles(
+    text: str, source: str = "profiles", now: datetime | None = None
+) -> list[Profile]:
     """Every profile of the file, one per organization (rows of one organization
-    merged: the earliest times win); `ImportRefused` with every bad row."""
+    merged: the earliest times win); `ImportRefused` with every bad row. A time after
+    `now` (default: the wall clock) is one: a profile says what has happened."""
+    now = now or datetime.now(UTC)
     rows, errors = _rows(text, PROFILE_COLUMNS, source)
     merged: dict[UUID, OrganizationState] = {}
     for number, cells in rows:
@@ -121,7 +139,7 @@ def parse_profiles(text: str, source: str = "profiles") -> list[Profile]:
         created: float | None = None
         if cells["created_at"]:
             try:
-                created = _time(cells["created_at"]).timestamp()
+                created = _past(_time(cells["created_at"]), now).timestamp()
             except ValueError as exc:
                 errors.append(RowError(number, "created_at", f"{cells['created_at']!r}: {exc}"))
         milestones: dict[str, float] = {}
@@ -133,7 +151,7 @@ def parse_profiles(text: str, source: str = "profiles") -> list[Profile]:
                 errors.append(RowError(number, "milestones", f"unknown milestone {name!r}"))
             else:
                 try:
-                    milestones[name] = _time(at).timestamp()
+                    milestones[name] = _past(_time(at), now).timestamp()
                 except ValueError as exc:
                     errors.append(RowError(number, "milestones", f"{name}={at!r}: {exc}"))
         if org is None or len(errors) > before:
@@ -222,3 +240,37 @@ async def import_labels(
                 [known_until] * len(chunk),
             )
     return len(labels)
+
+
+_PROFILE_IDS = UUID("6f1e3c52-8d47-4a0b-9a51-0c2d7e4b8f13")
+"""Namespace of the event ids of published profiles (`profile_records`)."""
+
+
+def profile_records(profiles: Sequence[Profile], sent_at: datetime) -> list[tuple[bytes, bytes]]:
+    """Each profile as an `organization.profile.v1` record (key, value), checked against
+    the contract as the service will check it (`parse_profiles` with `now=sent_at`
+    leaves nothing for it to refuse). The event id is derived from what the profile
+    says, so publishing the same file again is a duplicate the service counts once."""
+    records: list[tuple[bytes, bytes]] = []
+    for profile in profiles:
+        org = str(profile.organization_id)
+        milestones = {
+            name: datetime.fromtimestamp(at, UTC).isoformat()
+            for name, at in sorted(profile.milestones.items())
+        }
+        created = (
+            None
+            if profile.created_at is None
+            else datetime.fromtimestamp(profile.created_at, UTC).isoformat()
+        )
+        said = orjson.dumps([org, created, milestones]).decode()
+        body = {
+            "event_id": str(uuid5(_PROFILE_IDS, said)),
+            "organization_id": org,
+            "created_at": created,
+            "milestones": milestones,
+            "occurred_at": sent_at.astimezone(UTC).isoformat(),
+        }
+        OrganizationProfile.model_validate(body, context={"received_at": sent_at})
+        records.append((org.encode(), orjson.dumps(body)))
+    return records

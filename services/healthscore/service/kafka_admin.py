@@ -13,8 +13,7 @@ from healthscore.service.kafka_clients import KafkaConnection
 
 def service_topics(settings: Settings) -> list[str]:
     return [
-        settings.usage_topic,
-        settings.support_topic,
+        *settings.input_topics,
         *settings.dlq_topics.values(),
         settings.alert_topic,
         settings.health_topic,

@@ -1,6 +1,6 @@
 """`healthscore replay`: rebuild all derived state from the topics.
 
-A fresh consumer group reads both input topics from the beginning into the
+A fresh consumer group reads the input topics from the beginning into the
 given (empty) database and stops once every partition's stored offset has
 reached the high watermark taken at the start. Scores depend on event time
 only, so the rebuilt scores, milestones and alert ids equal the live run's.
@@ -58,7 +58,7 @@ async def replay(
             raise RuntimeError("replay needs an empty database: organization_state has rows")
     finally:
         await conn.close()
-    topics = [settings.usage_topic, settings.support_topic]
+    topics = settings.input_topics
     async with HighWatermarkProbe(KafkaConnection.from_settings(settings)) as probe:
         targets = await probe.high_watermarks(await probe.partitions(topics))
     replay_group = group or f"{settings.consumer_group}-replay-{uuid.uuid4().hex[:8]}"

@@ -31,7 +31,7 @@ class PoisonCase:
     """One bad message and the reason code the decoder must give it."""
 
     name: str
-    kind: Literal["usage", "support"]
+    kind: Literal["usage", "support", "profile"]
     key: bytes | None
     value: bytes
     expected_reason: str
@@ -256,3 +256,53 @@ def poison_corpus(organization_id: str, now: datetime) -> list[PoisonCase]:
         "invalid_field",
     )
     return cases
+
+
+def profile_poison_corpus(organization_id: str, now: datetime) -> list[PoisonCase]:
+    """Bad `organization.profile.v1` messages, for one organization, judged at `now`.
+
+    Apart from `poison_corpus`, whose order the simulator's draws depend on.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    org = str(UUID(organization_id))
+    key = org.encode()
+    occurred = now - timedelta(seconds=1)
+
+    def p(name: str, **changes: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "event_id": _uuid(org, f"profile:{name}"),
+            "organization_id": org,
+            "created_at": _timestamp(occurred - timedelta(days=700)),
+            "milestones": {"onboarding_completed": _timestamp(occurred - timedelta(days=680))},
+            "occurred_at": _timestamp(occurred),
+        }
+        body.update(changes)
+        return body
+
+    later = _timestamp(occurred + timedelta(days=1))
+    naive = occurred.astimezone(UTC).replace(tzinfo=None).isoformat()
+    other = _uuid(org, "another-organization").encode()
+    raw: list[tuple[str, dict[str, Any], str, bytes | None]] = [
+        ("profile_key_body_mismatch", p("mismatch"), "key_mismatch", other),
+        ("profile_event_id_null", {**p("x"), "event_id": None}, "invalid_uuid", key),
+        ("profile_missing_occurred_at", {k: v for k, v in p("t").items() if k != "occurred_at"},
+         "missing_field", key),
+        ("profile_unknown_milestone", p("m", milestones={"went_viral": _timestamp(occurred)}),
+         "unknown_enum", key),
+        ("profile_milestones_as_list", p("l", milestones=["onboarding_completed"]),
+         "wrong_type", key),
+        ("profile_created_after_occurred_at", p("c", created_at=later), "invalid_field", key),
+        ("profile_milestone_after_occurred_at",
+         p("a", milestones={"first_client_added": later}), "invalid_field", key),
+        ("profile_naive_created_at", p("n", created_at=naive), "invalid_field", key),
+        ("profile_created_at_as_number", p("num", created_at=1_600_000_000), "invalid_field", key),
+        ("profile_created_at_utc_before_year_1",
+         p("y", created_at="0001-01-01T00:00:00+14:00"), "out_of_range", key),
+        ("profile_far_future", p("f", occurred_at=_timestamp(now + timedelta(days=1))),
+         "future_timestamp", key),
+    ]  # fmt: skip
+    return [
+        PoisonCase(name, "profile", message_key, orjson.dumps(body), reason)
+        for name, body, reason, message_key in raw
+    ]

@@ -31,7 +31,7 @@ from healthscore.core.enums import (
     Sentiment,
     UsageType,
 )
-from healthscore.core.events import SupportEvent, UsageEvent
+from healthscore.core.events import ProfileEvent, SupportEvent, UsageEvent
 from healthscore.core.interactions import InteractionRecord
 from healthscore.core.milestones import MilestoneCrossing, crossed
 from healthscore.core.scoring.model import DAY, SIGNALS, ScoreModel
@@ -295,3 +295,13 @@ def apply_profile(
         if current is None or at < current:
             state.milestones[name] = at
     return added
+
+
+def apply_profile_event(state: OrganizationState, event: ProfileEvent) -> list[str]:
+    """`apply_profile` of an `organization.profile.v1` event. A profile is not
+    activity: the organization's event times (silence, tenure from its first event)
+    stay as they are."""
+    created = event.created_at.timestamp() if event.created_at is not None else None
+    return apply_profile(
+        state, created, {name: at.timestamp() for name, at in event.milestones.items()}
+    )

@@ -35,7 +35,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from healthscore import contracts
-from healthscore.core.events import Event, SupportEvent, UsageEvent
+from healthscore.core.events import Event, ProfileEvent, SupportEvent, UsageEvent
 from healthscore.service.ingest.fastdecode import fast_support_event, fast_usage_event
 
 
@@ -137,8 +137,14 @@ _PYDANTIC_REASON = {
 }
 
 
+PROFILE_TOPIC = "organization.profile.v1"
+
+
 class Decoder:
-    """Decodes records of the two input topics."""
+    """Decodes records of the input topics.
+
+    Profiles (a few per organization, ever) always take the pydantic path.
+    """
 
     def __init__(
         self,
@@ -146,11 +152,13 @@ class Decoder:
         support_topic: str,
         max_message_bytes: int,
         *,
+        profile_topic: str = PROFILE_TOPIC,
         fast: bool = True,
     ) -> None:
         self._models: dict[str, type[BaseModel]] = {
             usage_topic: contracts.UsageEvent,
             support_topic: contracts.SupportEvent,
+            profile_topic: contracts.OrganizationProfile,
         }
         self._fast: dict[str, _FastPath] = (
             {usage_topic: fast_usage_event, support_topic: fast_support_event} if fast else {}
@@ -224,7 +232,10 @@ class Decoder:
                 validated = model.model_validate(body, context={"received_at": received_at})
             except ValidationError as exc:
                 return _rejection_from(record, exc)
-            assert isinstance(validated, contracts.UsageEvent | contracts.SupportEvent)
+            assert isinstance(
+                validated,
+                contracts.UsageEvent | contracts.SupportEvent | contracts.OrganizationProfile,
+            )
             event = core_event(validated)
         if key != event.organization_id:
             return Rejection(
@@ -238,8 +249,19 @@ class Decoder:
 _FastPath = Callable[[dict[str, Any], datetime], Event | None]
 
 
-def core_event(validated: contracts.UsageEvent | contracts.SupportEvent) -> Event:
+def core_event(
+    validated: contracts.UsageEvent | contracts.SupportEvent | contracts.OrganizationProfile,
+) -> Event:
     """The core's event of a contract model validated by pydantic (the same values)."""
+    if isinstance(validated, contracts.OrganizationProfile):
+        return ProfileEvent(
+            event_id=validated.event_id,
+            organization_id=validated.organization_id,
+            created_at=validated.created_at,
+            # plain names: the digest's bytes are pydantic's, which writes the values
+            milestones={name.value: at for name, at in validated.milestones.items()},
+            occurred_at=validated.occurred_at,
+        )
     if isinstance(validated, contracts.UsageEvent):
         return UsageEvent(
             event_id=validated.event_id,
@@ -288,6 +310,7 @@ def _check_fields(core: type[msgspec.Struct], model: type[BaseModel]) -> None:
 
 _check_fields(UsageEvent, contracts.UsageEvent)
 _check_fields(SupportEvent, contracts.SupportEvent)
+_check_fields(ProfileEvent, contracts.OrganizationProfile)
 
 _KEY_CACHE_SIZE = 65_536
 """Message keys (organization ids) remembered as parsed; the cache restarts when full."""

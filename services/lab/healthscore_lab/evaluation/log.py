@@ -2,7 +2,8 @@
 
 Two sources: the labelled population simulator (`from_population`), or a user's
 own export (`load_log`): JSON lines, each ``{"topic": ..., "value": {...}}`` in
-log order, as exported from the input topics; a labels CSV
+log order, as exported from the input topics (profiles from
+`organization.profile.v1` among them); a labels CSV
 ``organization_id,churned_at`` (empty when retained); optionally a profiles CSV
 ``organization_id,created_at,milestones`` (``name=achieved_at`` pairs joined
 by ``;``). Every event goes through the service's own decoder (the contract's
@@ -28,6 +29,7 @@ from healthscore_lab.simulator.labelled import Population, iter_jsonl
 
 USAGE_TOPIC = "product.usage.v1"
 SUPPORT_TOPIC = "support.interactions.v1"
+PROFILE_TOPIC = "organization.profile.v1"
 DAY = 86_400.0
 
 
@@ -62,7 +64,7 @@ class LabelledLog:
 
 
 def _decode_lines(lines: Iterable[bytes], where: str) -> tuple[list[Event], int]:
-    decoder = Decoder(USAGE_TOPIC, SUPPORT_TOPIC, 64 * 1024)
+    decoder = Decoder(USAGE_TOPIC, SUPPORT_TOPIC, 64 * 1024, profile_topic=PROFILE_TOPIC)
     events: list[Event] = []
     rejected = 0
     for number, line in enumerate(lines, start=1):
@@ -75,7 +77,7 @@ def _decode_lines(lines: Iterable[bytes], where: str) -> tuple[list[Event], int]
             raise EvaluationInputError(
                 f'{where}:{number}: expected {{"topic": ..., "value": {{...}}}}'
             ) from None
-        if topic not in (USAGE_TOPIC, SUPPORT_TOPIC):
+        if topic not in (USAGE_TOPIC, SUPPORT_TOPIC, PROFILE_TOPIC):
             raise EvaluationInputError(f"{where}:{number}: unknown topic {topic!r}")
         raw = orjson.dumps(value)
         key = value.get("organization_id") if isinstance(value, dict) else None

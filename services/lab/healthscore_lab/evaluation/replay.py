@@ -35,7 +35,7 @@ from numpy.typing import NDArray
 
 from healthscore.contracts.enums import AlertKind
 from healthscore.core.effects import BatchEffects, compute_batch_effects, compute_silence_effects
-from healthscore.core.events import SupportEvent
+from healthscore.core.events import ProfileEvent, SupportEvent
 from healthscore.core.interactions import InteractionRecord
 from healthscore.core.scoring.aggregate import apply_profile, new_state
 from healthscore.core.scoring.measure import MEASURES, measure
@@ -195,8 +195,8 @@ def run_backtest(
             next_point += DAY
         org = str(event.organization_id)
         index = orgs[org]
-        if math.isnan(first_seen[index]):
-            first_seen[index] = t
+        if math.isnan(first_seen[index]) and not isinstance(event, ProfileEvent):
+            first_seen[index] = t  # a profile is not activity
         closing = None
         known = states.get(org)
         if isinstance(event, SupportEvent) and known is not None:

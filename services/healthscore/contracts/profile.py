@@ -1,0 +1,51 @@
+"""`organization.profile.v1`: what a CRM knows of an organization from before its
+events reach the service."""
+
+from typing import Self
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from healthscore.contracts._common import OccurredAt, TextTimestamp, check_not_in_future
+from healthscore.contracts.enums import MilestoneType
+
+
+class OrganizationProfile(BaseModel):
+    """An organization's history from before the stream: when its account was created
+    and the success milestones it reached. Missing data is not bad data: the score
+    counts tenure from the creation and expects only the milestones really missing.
+    Order-independent and idempotent: the earliest time of each wins."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", title="OrganizationProfile")
+
+    event_id: UUID = Field(description="Idempotency key: the same id delivered twice counts once.")
+    organization_id: UUID = Field(description="The organization; equals the Kafka message key.")
+    created_at: TextTimestamp | None = Field(
+        default=None,
+        description=(
+            "When the account was created, if known (RFC 3339 with an offset; "
+            "not after occurred_at)."
+        ),
+    )
+    milestones: dict[MilestoneType, TextTimestamp] = Field(
+        default_factory=dict,
+        description=(
+            "Success milestones reached before the stream: contract name -> when it was "
+            "reached (RFC 3339 with an offset; not after occurred_at). They count in the "
+            "score; they are not acknowledged as new milestones."
+        ),
+    )
+    occurred_at: OccurredAt
+
+    _future = field_validator("occurred_at")(check_not_in_future)
+
+    @model_validator(mode="after")
+    def _known_when_sent(self) -> Self:
+        late = [
+            name
+            for name, at in (("created_at", self.created_at), *self.milestones.items())
+            if at is not None and at > self.occurred_at
+        ]
+        if late:
+            raise ValueError(f"{', '.join(late)} after occurred_at (a profile says what was known)")
+        return self
