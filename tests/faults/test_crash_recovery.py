@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import random
 import time
@@ -35,6 +36,9 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from healthscore.core.scoring.model import default_model
+from healthscore.core.scoring.state import decode_state
+from healthscore.service.projector import project
 from healthscore_lab.simulator import SimulatedMessage, SimulationConfig, generate
 from tests.faults.oracle import Oracle, episode_violations
 from tests.utils.faults import (
@@ -72,6 +76,8 @@ class CrashPlan:
     hunt_timeout: float = 15.0
     rejoin_timeout: float = 60.0
     drain_timeout: float = 120.0
+    # live batches project their own changes and publish their feed before they commit
+    live_in_batch: bool = False
 
 
 SHORT = CrashPlan(events=6_000, kills=3)
@@ -82,6 +88,14 @@ async def test_sigkill_during_consumption_loses_and_doubles_nothing_short(
     migrated_database: str, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     await run_crash_recovery(migrated_database, kafka_bootstrap, tmp_path, SHORT)
+
+
+async def test_sigkill_with_live_batches_projecting_their_own_changes(
+    migrated_database: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """`READ_MODEL_LIVE_IN_BATCH`: a kill between a batch's feed publish and its commit."""
+    plan = dataclasses.replace(SHORT, seed=20261203, live_in_batch=True)
+    await run_crash_recovery(migrated_database, kafka_bootstrap, tmp_path, plan)
 
 
 @pytest.mark.slow
@@ -127,7 +141,9 @@ async def run_crash_recovery(
     production = asyncio.create_task(
         _produce_in_segments(producer, messages, topics, rate, gates, produced)
     )
-    service = ServiceProcess(settings)
+    service = ServiceProcess(
+        settings, {"READ_MODEL_LIVE_IN_BATCH": "true"} if plan.live_in_batch else None
+    )
     log_path = str(tmp_path / "service.log")
     monitor = await asyncpg.connect(database_url)
     reports: list[KillReport] = []
@@ -156,6 +172,7 @@ async def run_crash_recovery(
         await _wait_for_relay(monitor, plan.drain_timeout, log_path)
         batches = _count_log_events(log_path, "batch_committed")
         await check_database(monitor, oracle)
+        projected = await check_read_model(monitor, bootstrap, topics, plan.drain_timeout)
         alerts = await check_alert_topic(monitor, bootstrap, topics)
         dead = await check_dead_letters(bootstrap, topics, produced)
     finally:
@@ -178,6 +195,8 @@ async def run_crash_recovery(
         "alerts": alerts,
         "kills": len(reports),
         "kills_in_batch_transaction": in_transaction,
+        "projected_organizations": projected,
+        "projected_in_batch": _sum_log_field(log_path, "batch_committed", "projected_in_batch"),
         "batches_committed": batches,
         "rejoin_seconds": [round(r, 1) for r in rejoins],
         "seconds": round(time.monotonic() - started, 1),
@@ -185,6 +204,8 @@ async def run_crash_recovery(
     print("crash recovery:", json.dumps(summary))
     assert len(reports) == plan.kills
     assert in_transaction >= 1, f"no kill landed inside a batch transaction: {reports}"
+    if plan.live_in_batch:
+        assert summary["projected_in_batch"], "no live batch projected its own changes"
 
 
 async def _produce_in_segments(
@@ -213,6 +234,15 @@ def _pid(service: ServiceProcess, log_path: str) -> int:
 def _log_tail(path: str, lines: int = 30) -> str:
     with open(path, "rb") as f:
         return b"".join(f.readlines()[-lines:]).decode(errors="replace")
+
+
+def _sum_log_field(path: str, event: str, name: str) -> int:
+    total = 0
+    with open(path, "rb") as f:
+        for line in f:
+            if f'"event": "{event}"'.encode() in line:
+                total += int(json.loads(line).get(name) or 0)
+    return total
 
 
 def _count_log_events(path: str, event: str) -> int:
@@ -322,6 +352,41 @@ async def check_database(conn: asyncpg.Connection[Any], oracle: Oracle) -> None:
         (str(r["organization_id"]), r["episode"], r["kind"], r["level"], r["seq"]) for r in rows
     )
     assert not problems, "\n".join(problems[:20])
+
+
+async def check_read_model(
+    conn: asyncpg.Connection[Any], bootstrap: str, topics: Topics, timeout: float
+) -> int:
+    """Once the projector has caught up: every organization's `customer_health` row is
+    the projection of its stored state, and the health feed's last record of it says
+    the same (a batch or pass killed after publishing is published again, never lost)."""
+    deadline = time.monotonic() + timeout
+    while await conn.fetchval("SELECT count(*) FROM read_model_pending") > 0:
+        assert time.monotonic() < deadline, "the read model never caught up"
+        await asyncio.sleep(0.2)
+    model = default_model()
+    expected = {}
+    for row in await conn.fetch("SELECT organization_id, state::text AS s FROM organization_state"):
+        health = project(decode_state(row["s"]), model)
+        if health is not None:
+            expected[str(row["organization_id"])] = (health.score, health.churn_probability)
+    shown = {
+        str(r["organization_id"]): (float(r["health_score"]), float(r["churn_probability"]))
+        for r in await conn.fetch(
+            "SELECT organization_id, health_score, churn_probability FROM customer_health"
+        )
+    }
+    assert shown == expected, [
+        (o, shown.get(o), e) for o, e in expected.items() if shown.get(o) != e
+    ][:10]
+    feed: dict[str, tuple[float, float]] = {}
+    for record in await read_topic(bootstrap, topics.health, expect=len(expected), settle=2.0):
+        body = orjson.loads(record.value)
+        feed[body["organization_id"]] = (body["health_score"], body["churn_probability"])
+    assert feed == expected, [(o, feed.get(o), e) for o, e in expected.items() if feed.get(o) != e][
+        :10
+    ]
+    return len(expected)
 
 
 async def check_alert_topic(conn: asyncpg.Connection[Any], bootstrap: str, topics: Topics) -> int:
