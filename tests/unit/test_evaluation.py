@@ -5,8 +5,10 @@ it was not fitted on (the full-size figures and their commands are in the README
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +117,44 @@ def test_the_log_round_trips_through_the_export_files(small: Population, tmp_pat
     assert [e.event_id for e in loaded.events] == [e.event_id for e in direct.events]
     assert loaded.churned_at == direct.churned_at
     assert loaded.profiles == direct.profiles
+
+
+def test_profiles_on_their_topic_evaluate_like_the_profiles_file(
+    small: Population, small_backtest: Backtest, tmp_path: Path
+) -> None:
+    """An export with the `organization.profile.v1` records instead of a profiles CSV:
+    each profile before its organization's first event, the same backtest."""
+    first = min(event.occurred_at for event in small.events)
+    start = datetime.fromtimestamp(first - 60, UTC).isoformat()  # before the first event
+    lines = [
+        orjson.dumps(
+            {
+                "topic": "organization.profile.v1",
+                "value": {
+                    "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, profile.organization_id)),
+                    "organization_id": str(profile.organization_id),
+                    "created_at": profile.created_at.isoformat(),
+                    "milestones": {m: at.isoformat() for m, at in profile.milestones.items()},
+                    "occurred_at": start,
+                },
+            }
+        )
+        + b"\n"
+        for profile in small.profiles.values()
+    ]
+    assert lines
+    (tmp_path / "events.jsonl").write_bytes(b"".join([*lines, *iter_jsonl(small)]))
+    (tmp_path / "labels.csv").write_text(labels_csv(small))
+    loaded = load_log(tmp_path / "events.jsonl", tmp_path / "labels.csv", None, small.labels_until)
+    assert loaded.rejected == 0 and not loaded.profiles
+    backtest = run_backtest(loaded, default_model())
+    assert (backtest.start, backtest.end) == (small_backtest.start, small_backtest.end)
+    assert np.array_equal(backtest.snap_score, small_backtest.snap_score)
+    assert np.array_equal(backtest.path_score, small_backtest.path_score)
+    assert backtest.alerts == small_backtest.alerts
+    # without them, the same organizations look new and miss their milestones
+    without = run_backtest(from_population(small, use_profiles=False), default_model())
+    assert not np.array_equal(without.snap_score, small_backtest.snap_score)
 
 
 # ------------------------------------------------------------------ the machinery

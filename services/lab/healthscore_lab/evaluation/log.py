@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +22,7 @@ from pathlib import Path
 import orjson
 
 from healthscore.contracts.enums import MilestoneType
-from healthscore.core.events import Event
+from healthscore.core.events import Event, ProfileEvent
 from healthscore.errors import HealthscoreError
 from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord
 from healthscore_lab.simulator.labelled import Population, iter_jsonl
@@ -56,11 +56,16 @@ class LabelledLog:
 
     @property
     def first_event_at(self) -> float:
-        return self.events[0].occurred_at.timestamp()
+        """The first usage or support event's time (a profile is not activity)."""
+        return next(_activity(self.events)).occurred_at.timestamp()
 
     @property
     def last_event_at(self) -> float:
-        return self.events[-1].occurred_at.timestamp()
+        return next(_activity(reversed(self.events))).occurred_at.timestamp()
+
+
+def _activity(events: Iterable[Event]) -> Iterator[Event]:
+    return (event for event in events if not isinstance(event, ProfileEvent))
 
 
 def _decode_lines(lines: Iterable[bytes], where: str) -> tuple[list[Event], int]:
@@ -174,8 +179,8 @@ def load_log(
     Without labels (`healthscore adapt` needs none) every organization is retained."""
     with events.open("rb") as handle:
         decoded, rejected = _decode_lines(handle, str(events))
-    if not decoded:
-        raise EvaluationInputError(f"{events}: no valid events")
+    if not any(_activity(decoded)):
+        raise EvaluationInputError(f"{events}: no valid usage or support events")
     churned = parse_labels(labels.read_text(), str(labels)) if labels is not None else {}
     for event in decoded:  # an organization without a label is taken as retained
         churned.setdefault(str(event.organization_id), None)
