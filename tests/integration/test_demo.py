@@ -56,6 +56,11 @@ async def test_demo_twice_processes_events_both_times_and_keeps_the_screen_reada
         result = await _demo(tmp_path)
         assert result.returncode == 0, (run, result.stdout, result.stderr)
         out = result.stdout
+        # the CRM's profiles reach the service through their topic and rescore the
+        # organizations the stream took for new and short of milestones
+        profiles = out.split("profiles from the CRM (organization.profile.v1)", 1)[1]
+        moved = re.findall(r"^ +\w{8} +([\d.]+) -> +([\d.]+)$", profiles, re.MULTILINE)
+        assert moved and all(after != before for before, after in moved), out
         final = out.split("final dashboard:", 1)[1]
         assert re.search(r"organizations by band: \w+=\d+", final), (run, out)
         # a new database each run: the whole schema is applied every time

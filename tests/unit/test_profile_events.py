@@ -75,6 +75,7 @@ def test_a_profile_sets_what_the_import_sets() -> None:
         LONG_AGO.timestamp(),
         {name: at.timestamp() for name, at in event.milestones.items()},
     )
+    imported.recent_event_ids.append(str(event.event_id))  # the only difference
     assert states[str(ORG)] == imported
 
 
@@ -103,13 +104,13 @@ def test_a_profile_after_events_is_a_decision_point_and_counts_what_was_reached(
     newest = state.last_event_at
     assert before.segment == "new" and _missing_milestones(state) < 0
     everything = {m.value: LONG_AGO + timedelta(days=30) for m in MilestoneType}
-    effects, _ = _run(
-        [_profile(START + timedelta(days=19, hours=5), milestones=everything)], states
-    )
+    profile = _profile(START + timedelta(days=19, hours=5), milestones=everything)
+    effects, _ = _run([profile], states)
     after = effects.rescored[str(ORG)]  # decided at once, its score in the day's history
     assert after.scored_at == newest  # as of the newest event: a profile is not activity
     assert effects.daily[(str(ORG), int(newest // 86_400))] is after
     assert state.last_event_at == newest and state.first_event_at == START.timestamp()
+    assert state.event_count == 20 and state.recent_event_ids[-1] == str(profile.event_id)
     assert after.health.segment == "established"  # tenure from the account's creation
     assert _missing_milestones(state) == 0
     assert state.last_score == after.health.score != before.score

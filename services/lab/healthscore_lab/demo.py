@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote, urlsplit, urlunsplit
+from uuid import uuid5
 
 import orjson
 import structlog
@@ -50,6 +51,23 @@ SELECT organization_id, health_score, health_status, churn_probability, risk_lev
        risk_factors::text AS risk_factors
 FROM customer_health ORDER BY health_score ASC LIMIT $1
 """
+# the lowest-scored organizations that miss milestones: the ones a CRM's history helps
+PROFILE_CANDIDATES_QUERY = """
+SELECT organization_id, health_score FROM customer_health
+WHERE risk_factors @> '[{"factor": "missing_milestones"}]'
+ORDER BY health_score ASC LIMIT $1
+"""
+SCORES_QUERY = """
+SELECT organization_id, health_score FROM customer_health WHERE organization_id = ANY($1::uuid[])
+"""
+# what the demo's CRM knows of them: old accounts that reached these long ago
+PROFILE_MILESTONES = (
+    "onboarding_completed",
+    "profile_completed",
+    "first_client_added",
+    "first_form_created",
+    "first_email_sent",
+)
 # The service's own login (not the server's superuser): the production posture
 # (deploy/), so the service has nothing to warn about. The server quotes both.
 DEMO_LOGIN = "healthscore_demo"
@@ -71,6 +89,7 @@ class DemoOptions:
     span_days: int = 30
     settle_seconds: float = 5.0
     top: int = 8
+    profiles: int = 3  # organizations whose history a CRM publishes at the end
     # the demo's own services (started for this run, removed after it)
     owns_database: bool = True
     owns_broker: bool = True
@@ -205,6 +224,59 @@ async def _print_dashboard(database_url: str, top: int, tls: DatabaseTLS = None)
         )
 
 
+async def _publish_profiles(
+    settings: Settings,
+    producer: AIOKafkaProducer,
+    database_url: str,
+    tls: DatabaseTLS,
+    count: int,
+    wait_seconds: float = 15.0,
+) -> None:
+    """Publish what a CRM knows of a few organizations the stream takes for new and
+    short of milestones (`organization.profile.v1`), and show their scores move."""
+    conn = await connect(database_url, tls)
+    try:
+        before = {
+            r["organization_id"]: float(r["health_score"])
+            for r in await conn.fetch(PROFILE_CANDIDATES_QUERY, count)
+        }
+        if not before:
+            return
+        now = datetime.now(UTC)
+        created = now - timedelta(days=730)
+        for organization in before:
+            profile = {
+                "event_id": str(uuid5(organization, "demo-crm-profile")),
+                "organization_id": str(organization),
+                "created_at": created.isoformat(),
+                "milestones": {
+                    name: (created + timedelta(days=20 * (i + 1))).isoformat()
+                    for i, name in enumerate(PROFILE_MILESTONES)
+                },
+                "occurred_at": now.isoformat(),
+            }
+            await producer.send(
+                settings.profile_topic, key=str(organization).encode(), value=orjson.dumps(profile)
+            )
+        await producer.flush()
+        after: dict[Any, float] = {}
+        deadline = asyncio.get_running_loop().time() + wait_seconds
+        while asyncio.get_running_loop().time() < deadline:
+            rows = await conn.fetch(SCORES_QUERY, list(before))
+            after = {r["organization_id"]: float(r["health_score"]) for r in rows}
+            if all(after.get(o) != score for o, score in before.items()):
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
+    print(
+        f"profiles from the CRM ({settings.profile_topic}): accounts since "
+        f"{created.date()} with {len(PROFILE_MILESTONES)} milestones reached before the stream"
+    )
+    for organization, score in before.items():
+        print(f"    {str(organization)[:8]}  {score:5.1f} -> {after.get(organization, score):5.1f}")
+
+
 async def _create_demo_login(admin_url: str) -> str:
     """A LOGIN role in healthscore_writer on the demo's own server; its URL."""
     password = secrets.token_hex(16)
@@ -222,7 +294,7 @@ async def _create_demo_login(admin_url: str) -> str:
 async def _offsets_beyond_the_log(admin_url: str, settings: Settings) -> list[str]:
     """Stored offsets of a kept database that the (new) topics cannot continue from."""
     assert settings.kafka_bootstrap_servers is not None
-    topics = [settings.usage_topic, settings.support_topic]
+    topics = settings.input_topics
     starts, ends = await read_log_bounds(KafkaConnection.from_settings(settings), topics)
     conn = await connect(admin_url, database_tls(settings))
     try:
@@ -345,6 +417,7 @@ async def run_demo(
                 f"{stats.malformed} bad ones on purpose) in {stats.seconds:.1f}s"
             )
             await asyncio.sleep(options.settle_seconds)  # let the last batches and alerts land
+            await _publish_profiles(settings, producer, admin_url, tls, options.profiles)
             print("final dashboard:")
             await _print_dashboard(admin_url, options.top, tls)
             print(f"alerts received: {len(alerts)}")

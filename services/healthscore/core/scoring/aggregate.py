@@ -135,6 +135,10 @@ def _touch(state: OrganizationState, t: float, event_id: str) -> None:
     if state.last_event_at is None or t > state.last_event_at:
         state.last_event_at = t
     state.event_count += 1
+    _remember(state, event_id)
+
+
+def _remember(state: OrganizationState, event_id: str) -> None:
     recent = state.recent_event_ids
     recent.append(event_id)
     if len(recent) > MAX_RECENT_EVENT_IDS:
@@ -300,7 +304,9 @@ def apply_profile(
 def apply_profile_event(state: OrganizationState, event: ProfileEvent) -> list[str]:
     """`apply_profile` of an `organization.profile.v1` event. A profile is not
     activity: the organization's event times (silence, tenure from its first event)
-    stay as they are."""
+    and event count stay as they are; its id joins the recent ones, so that an alert
+    it moves names it among its causes."""
+    _remember(state, str(event.event_id))
     created = event.created_at.timestamp() if event.created_at is not None else None
     return apply_profile(
         state, created, {name: at.timestamp() for name, at in event.milestones.items()}

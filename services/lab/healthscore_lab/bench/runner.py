@@ -385,6 +385,7 @@ def _child_env(stack: Stack, phase: _Phase, options: BenchOptions) -> dict[str, 
             "KAFKA_IDEMPOTENT_PRODUCER": "true" if stack.idempotence else "false",
             "USAGE_TOPIC": phase.topics["usage"],
             "SUPPORT_TOPIC": phase.topics["support"],
+            "PROFILE_TOPIC": phase.topics["profile"],
             "ALERT_TOPIC": phase.topics["alerts"],
             "HEALTH_TOPIC": phase.topics["health"],
             "CONSUMER_GROUP": phase.group,
@@ -557,14 +558,19 @@ class Bench:
             "support": f"{prefix}.support",
             "alerts": f"{prefix}.alerts",
             "health": f"{prefix}.health",
+            # no profiles are sent: the service subscribes to an empty third topic, as
+            # a deployment without a CRM feed does
+            "profile": f"{prefix}.profile",
         }
         await ensure_topics(
             self.stack.kafka,
             [
                 topics["usage"],
                 topics["support"],
+                topics["profile"],
                 topics["usage"] + ".dlq",
                 topics["support"] + ".dlq",
+                topics["profile"] + ".dlq",
                 topics["alerts"],
                 topics["health"],
             ],
