@@ -222,7 +222,7 @@ async def _create_demo_login(admin_url: str) -> str:
 async def _offsets_beyond_the_log(admin_url: str, settings: Settings) -> list[str]:
     """Stored offsets of a kept database that the (new) topics cannot continue from."""
     assert settings.kafka_bootstrap_servers is not None
-    topics = [settings.usage_topic, settings.support_topic]
+    topics = settings.input_topics
     starts, ends = await read_log_bounds(KafkaConnection.from_settings(settings), topics)
     conn = await connect(admin_url, database_tls(settings))
     try:
