@@ -9,11 +9,12 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import orjson
 
 from healthscore import contracts
 from healthscore.core.effects import BatchEffects, compute_batch_effects
-from healthscore.core.enums import MilestoneType, UsageType
+from healthscore.core.enums import AlertKind, MilestoneType, UsageType
 from healthscore.core.events import Event, ProfileEvent, UsageEvent
 from healthscore.core.scoring.aggregate import apply_profile, new_state
 from healthscore.core.scoring.model import default_model
@@ -77,6 +78,7 @@ def test_a_profile_sets_what_the_import_sets() -> None:
         LONG_AGO.timestamp(),
         {name: at.timestamp() for name, at in event.milestones.items()},
     )
+    imported.recent_event_ids.append(str(event.event_id))  # an alert's `caused_by`
     assert states[str(ORG)] == imported
 
 
@@ -210,3 +212,25 @@ def test_two_publishes_of_one_file_never_share_an_event_id_with_another_payload(
         digest = payload_digest(decoded)
         assert seen.setdefault(decoded.event.event_id, digest) == digest
     assert len(seen) == 2  # the same record sent again is one event
+
+
+def test_an_alert_decided_on_a_profile_names_it_among_its_causes() -> None:
+    """`caused_by`: the events that moved the score. A profile that says the
+    organization is old (no grace period) and reached no milestone moves it down."""
+    eager = msgspec.structs.replace(
+        MODEL,
+        alerts=msgspec.structs.replace(
+            MODEL.alerts,
+            enter_probability=0.02,
+            exit_probability=0.01,
+            persist_hours=0.0,
+            immediate_probability=None,
+        ),
+    )
+    states: dict[str, OrganizationState] = {}
+    assert not compute_batch_effects(_logins(3), states, {}, eager).alerts
+    profile = _profile(START + timedelta(days=2, hours=1), milestones={})
+    effects = compute_batch_effects([profile], states, {}, eager)
+    (alert,) = effects.alerts
+    assert alert.decision.kind is AlertKind.RISK_RAISED
+    assert alert.caused_by[-1] == str(profile.event_id)

@@ -300,8 +300,14 @@ def apply_profile(
 def apply_profile_event(state: OrganizationState, event: ProfileEvent) -> list[str]:
     """`apply_profile` of an `organization.profile.v1` event. A profile is not
     activity: the organization's event times (silence, tenure from its first event)
-    stay as they are."""
+    stay as they are. It moves the score, so an alert decided on it names it among
+    the events that did (`caused_by`)."""
     created = event.created_at.timestamp() if event.created_at is not None else None
-    return apply_profile(
+    added = apply_profile(
         state, created, {name: at.timestamp() for name, at in event.milestones.items()}
     )
+    recent = state.recent_event_ids
+    recent.append(str(event.event_id))
+    if len(recent) > MAX_RECENT_EVENT_IDS:
+        del recent[: len(recent) - MAX_RECENT_EVENT_IDS]
+    return added
