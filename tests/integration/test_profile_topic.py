@@ -178,6 +178,8 @@ async def test_profiles_through_the_broker_count_once_bad_ones_dead_letter_and_r
             b.milestones,
             b.event_count,
         )
+        # the whole state: scores, their days, the alert episode, the ids it cites
+        assert a == b
     assert await _missing_milestones(replay_db, KNOWN) == 0
 
 
