@@ -614,7 +614,7 @@ def register_service_commands(add: AddCommand) -> None:
     p.add_argument(
         "--topic",
         action="append",
-        help="input topic, repeatable (default: USAGE_TOPIC and SUPPORT_TOPIC)",
+        help="input topic, repeatable (default: USAGE_TOPIC, SUPPORT_TOPIC and PROFILE_TOPIC)",
     )
     p.add_argument("--partition", type=int, help="only this partition (default: all)")
     target = p.add_mutually_exclusive_group(required=True)

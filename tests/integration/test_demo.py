@@ -14,9 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 import pytest
 
+from healthscore_lab.demo import _offsets_beyond_the_log
 from healthscore_lab.devservices import docker_available
+from tests.utils.harness import make_topics, service_settings
 
 pytestmark = pytest.mark.skipif(
     docker_available(), reason="runs the embedded services; containers would be pulled"
@@ -75,3 +78,25 @@ async def test_demo_twice_processes_events_both_times_and_keeps_the_screen_reada
         assert '"event": "service_started"' in log.read_text()
         assert "database_login_is_superuser" not in log.read_text()
         assert result.stderr == "", result.stderr
+
+
+async def test_a_kept_database_with_profile_offsets_beyond_the_log_is_refused(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """The demo's check of a kept database covers every input topic: a stored offset of
+    the profile topic past its (new, empty) log would leave the service skipping the
+    profiles published until the log reaches it."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        await conn.execute(
+            "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset) "
+            "VALUES ($1, $2, 0, 3)",
+            settings.consumer_group,
+            topics.profile,
+        )
+    finally:
+        await conn.close()
+    beyond = await _offsets_beyond_the_log(migrated_database, settings)
+    assert beyond == [f"{topics.profile}:0 stored 3, log 0..0"]

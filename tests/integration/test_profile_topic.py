@@ -178,6 +178,8 @@ async def test_profiles_through_the_broker_count_once_bad_ones_dead_letter_and_r
             b.milestones,
             b.event_count,
         )
+        # the whole state: scores, their days, the alert episode, the ids it cites
+        assert a == b
     assert await _missing_milestones(replay_db, KNOWN) == 0
 
 
@@ -196,7 +198,7 @@ def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def test_import_publish_sends_the_checked_profiles_through_the_log_once(
+async def test_import_publish_sends_the_checked_profiles_through_the_log_and_again_no_conflict(
     migrated_database: str, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     topics = await make_topics(kafka_bootstrap, partitions=2)
@@ -227,15 +229,17 @@ async def test_import_publish_sends_the_checked_profiles_through_the_log_once(
     assert sum((await high_watermarks(kafka_bootstrap, [topics.profile])).values()) == 0
 
     async with running_service(settings):
-        for _ in range(2):  # the same file twice: the second is a duplicate
+        for _ in range(2):  # the same file twice: new events that change nothing
             sent = _cli("import", "--profiles", str(good), "--publish", **env)
             assert sent.returncode == 0, sent.stderr
             assert f"2 organizations in {good}, published to {topics.profile}" in sent.stdout
         await _caught_up(migrated_database, kafka_bootstrap, settings.consumer_group, topics)
+    # a second publish is no event_id_conflict (its records say another occurred_at)
+    assert sum((await high_watermarks(kafka_bootstrap, [topics.dlq_profile])).values()) == 0
     states = await _states(migrated_database)
     assert states[KNOWN].created_at == LONG_AGO.timestamp()
     assert set(states[KNOWN].milestones) == set(EVERY_MILESTONE)
     assert states[UNSEEN].created_at is None
     assert states[UNSEEN].milestones == {"onboarding_completed": LONG_AGO.timestamp()}
     assert sum((await high_watermarks(kafka_bootstrap, [topics.profile])).values()) == 4
-    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 2
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 4

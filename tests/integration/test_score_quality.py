@@ -365,6 +365,41 @@ async def test_shadow_scorer_scores_changed_organizations_and_reports_episode_ch
     assert "added 1, dropped 1, moved 0" in one.stdout
 
 
+async def test_the_shadow_scorer_sees_a_profile_that_the_live_model_decided_on(
+    feed: Feed, migrated_database: str
+) -> None:
+    """A profile is decided as of the newest event: the state changes where it stands.
+    A candidate equal to the live model scores it again, to the live model's score."""
+    o = org("shadow-profile")
+    live = default_model()
+    await feed.apply(feed.logins(o, T, 20), live)
+    scorer = ShadowScorer(feed.pool, msgspec.structs.replace(live, version="same"))
+    assert await scorer.catch_up() == 1
+    long_ago = T - timedelta(days=600)
+    profile = {
+        "event_id": str(uuid.uuid5(o, "crm")),
+        "organization_id": str(o),
+        "created_at": long_ago.isoformat(),
+        "milestones": {m.value: (long_ago + timedelta(days=30)).isoformat() for m in MilestoneType},
+        "occurred_at": (T + timedelta(days=19, hours=5)).isoformat(),
+    }
+    await feed.apply([feed._record("organization.profile.v1", o, profile)], live)
+    assert await scorer.catch_up() == 1
+    async with superuser(migrated_database) as conn:
+        state = decode_state(
+            await conn.fetchval(
+                "SELECT state::text FROM organization_state WHERE organization_id = $1", o
+            )
+        )
+        shadow = await conn.fetchrow(
+            "SELECT health_score, scored_at FROM shadow_health WHERE organization_id = $1", o
+        )
+    assert state.created_at == long_ago.timestamp() and shadow is not None
+    assert shadow["scored_at"] == T + timedelta(days=19)  # the newest event
+    assert float(shadow["health_score"]) == state.last_score
+    assert await scorer.catch_up() == 0  # nothing changed since
+
+
 # --- promotion -------------------------------------------------------------------------
 
 

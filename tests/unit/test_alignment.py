@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from healthscore.core.alignment import AlignmentView, align
 from healthscore.core.enums import UsageType
-from healthscore.core.events import UsageEvent
+from healthscore.core.events import ProfileEvent, UsageEvent
 from healthscore.service.ingest.decode import Decoded, RawRecord, Rejection
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
@@ -151,3 +151,31 @@ def test_a_live_partition_outside_the_batch_does_not_limit_it() -> None:
         live_lag_records=100,
     )
     assert align(support, far_behind).held_from == {("s", 0): 1}
+
+
+def test_a_caught_up_profile_partition_waits_for_activity_being_caught_up_on() -> None:
+    """Profiles are never live: a profile at the time it was sent, applied while the
+    usage partition is still hours behind, would rescore its organization's silence
+    through hours the backlog holds events of (a replay applies it after them)."""
+    usage = [item("u", 0, n, hours=n) for n in range(3)]  # far behind: catching up
+    profile = Decoded(
+        RawRecord("p", 0, 0, None, b"{}"),
+        ProfileEvent(
+            event_id=uuid.uuid4(), organization_id=ORG, occurred_at=T0 + timedelta(hours=9)
+        ),
+    )
+    high = {("u", 0): 10_000, ("p", 0): 1}  # the profile partition is caught up
+    live = AlignmentView(high_watermarks=high, live_lag_records=100)
+    assert align([*usage, profile], live).held_from == {}  # a live partition
+    aligned = AlignmentView(
+        high_watermarks=high, live_lag_records=100, always_aligned=frozenset({"p"})
+    )
+    result = align([*usage, profile], aligned)
+    assert result.held_from == {("p", 0): 0} and len(result.applied) == 3
+    # once the usage partition is live too, nothing waits
+    caught_up = AlignmentView(
+        high_watermarks={("u", 0): 10, ("p", 0): 1},
+        live_lag_records=100,
+        always_aligned=frozenset({"p"}),
+    )
+    assert align([*usage, profile], caught_up).held_from == {}

@@ -143,11 +143,18 @@ def test_profiles_on_their_topic_evaluate_like_the_profiles_file(
         for profile in small.profiles.values()
     ]
     assert lines
+    # and a profile of an organization with no events in the export (a CRM knows more
+    # organizations than the window saw): like a profiles CSV's row, it judges no one
+    unseen = str(uuid.uuid5(uuid.NAMESPACE_URL, "no events in the export"))
+    stray = {"event_id": unseen, "organization_id": unseen, "occurred_at": start}
+    lines.append(orjson.dumps({"topic": "organization.profile.v1", "value": stray}) + b"\n")
     (tmp_path / "events.jsonl").write_bytes(b"".join([*lines, *iter_jsonl(small)]))
     (tmp_path / "labels.csv").write_text(labels_csv(small))
     loaded = load_log(tmp_path / "events.jsonl", tmp_path / "labels.csv", None, small.labels_until)
     assert loaded.rejected == 0 and not loaded.profiles
+    assert unseen not in loaded.churned_at
     backtest = run_backtest(loaded, default_model())
+    assert backtest.orgs == small_backtest.orgs
     assert (backtest.start, backtest.end) == (small_backtest.start, small_backtest.end)
     assert np.array_equal(backtest.snap_score, small_backtest.snap_score)
     assert np.array_equal(backtest.path_score, small_backtest.path_score)

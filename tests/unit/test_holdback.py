@@ -102,7 +102,7 @@ def test_held_records_are_paused_then_go_first_and_are_not_decoded_again() -> No
 
 
 def test_the_view_carries_frontiers_positions_and_high_watermarks_of_assigned_partitions() -> None:
-    buffer = HoldBack(CountingDecode(), live_lag_records=10)
+    buffer = HoldBack(CountingDecode(), live_lag_records=10, always_aligned=frozenset({"p"}))
     consumer = FakeConsumer(assigned=[U0, S0], highwater={U0: 40})
     buffer.positioned(U0, 5)
     buffer.positioned(S0, 7)
@@ -116,6 +116,7 @@ def test_the_view_carries_frontiers_positions_and_high_watermarks_of_assigned_pa
     assert view.positions == {U0: 6, S0: 8}
     assert view.frontiers == {U0: 2.0, S0: 30.0}
     assert view.live_lag_records == 10
+    assert view.always_aligned == frozenset({"p"})
 
 
 def test_a_revoked_partition_takes_its_held_records_and_state_with_it() -> None:

@@ -9,17 +9,20 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import orjson
 
 from healthscore import contracts
 from healthscore.core.effects import BatchEffects, compute_batch_effects
-from healthscore.core.enums import MilestoneType, UsageType
+from healthscore.core.enums import AlertKind, MilestoneType, UsageType
 from healthscore.core.events import Event, ProfileEvent, UsageEvent
 from healthscore.core.scoring.aggregate import apply_profile, new_state
 from healthscore.core.scoring.model import default_model
 from healthscore.core.scoring.score import score
 from healthscore.core.scoring.state import OrganizationState, current_as_of
+from healthscore.service.imports import parse_profiles, profile_records
 from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord, event_json
+from healthscore.service.ingest.pipeline import payload_digest
 
 ORG = uuid.UUID("5f0c8a52-9d1e-4c3b-8f7a-2b6e1d0c9a44")
 USER = uuid.UUID(int=7)
@@ -75,7 +78,7 @@ def test_a_profile_sets_what_the_import_sets() -> None:
         LONG_AGO.timestamp(),
         {name: at.timestamp() for name, at in event.milestones.items()},
     )
-    imported.recent_event_ids.append(str(event.event_id))  # the only difference
+    imported.recent_event_ids.append(str(event.event_id))  # an alert's `caused_by`
     assert states[str(ORG)] == imported
 
 
@@ -190,3 +193,44 @@ def test_an_empty_profile_is_valid_and_changes_nothing() -> None:
     _run([decoded.event], states)
     after = states[str(ORG)]
     assert (after.created_at, after.milestones) == (before.created_at, before.milestones)
+
+
+def test_two_publishes_of_one_file_never_share_an_event_id_with_another_payload() -> None:
+    """The service dedupes on (event id, payload digest): an id two publishes share
+    while their `occurred_at` differs would dead-letter the second as a conflict."""
+    text = (
+        "organization_id,created_at,milestones\n"
+        f"{ORG},{LONG_AGO.isoformat()},onboarding_completed={LONG_AGO.isoformat()}\n"
+    )
+    decoder = Decoder("usage", "support", 64 * 1024)
+    seen: dict[uuid.UUID, bytes] = {}
+    for sent in (START, START + timedelta(seconds=5), START):
+        ((key, value),) = profile_records(parse_profiles(text, "crm.csv", sent), sent)
+        sent_ms = int(sent.timestamp() * 1000) + 1000
+        decoded = decoder.decode(RawRecord(PROFILE_TOPIC, 0, 0, key, value, sent_ms))
+        assert isinstance(decoded, Decoded)
+        digest = payload_digest(decoded)
+        assert seen.setdefault(decoded.event.event_id, digest) == digest
+    assert len(seen) == 2  # the same record sent again is one event
+
+
+def test_an_alert_decided_on_a_profile_names_it_among_its_causes() -> None:
+    """`caused_by`: the events that moved the score. A profile that says the
+    organization is old (no grace period) and reached no milestone moves it down."""
+    eager = msgspec.structs.replace(
+        MODEL,
+        alerts=msgspec.structs.replace(
+            MODEL.alerts,
+            enter_probability=0.02,
+            exit_probability=0.01,
+            persist_hours=0.0,
+            immediate_probability=None,
+        ),
+    )
+    states: dict[str, OrganizationState] = {}
+    assert not compute_batch_effects(_logins(3), states, {}, eager).alerts
+    profile = _profile(START + timedelta(days=2, hours=1), milestones={})
+    effects = compute_batch_effects([profile], states, {}, eager)
+    (alert,) = effects.alerts
+    assert alert.decision.kind is AlertKind.RISK_RAISED
+    assert alert.caused_by[-1] == str(profile.event_id)

@@ -19,12 +19,13 @@ from typing import Any
 
 import pytest
 
+from healthscore.contracts import OrganizationProfile
 from healthscore.core.effects import RaisedAlert
 from healthscore.core.scoring.alerts import evaluate_alert
 from healthscore.core.scoring.model import DAY, v2_model
 from healthscore.core.scoring.score import record_score, score
 from healthscore.core.scoring.state import OpenInteraction, OrganizationState
-from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord
+from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord, event_json
 from healthscore.service.ingest.pipeline import payload_digest
 from healthscore.service.projector import Projected, health_message, project
 from healthscore.store.effects_writer import alert_payload
@@ -185,6 +186,44 @@ def test_the_fallback_cases_take_the_fallback() -> None:
         decoder = Decoder(USAGE, SUPPORT, 64 * 1024)
         _decode(decoder, topic, value)
         assert (decoder.fallbacks == 1) == ("fallback" in name), name
+
+
+PROFILE = "organization.profile.v1"
+_PROFILE: dict[str, Any] = {
+    "event_id": "9c5e6f1a-86f7-4a4b-9c8a-3b4c5d6e7f80",
+    "organization_id": ORG,
+    "created_at": "2023-04-01T00:00:00+02:00",
+    "milestones": {
+        "first_client_added": "2023-05-02T10:00:00.5Z",
+        "onboarding_completed": "2023-04-20T00:00:00-00:00",
+    },
+    "occurred_at": "2025-03-14T15:00:00.000Z",
+}
+# profiles take the pydantic path only; a missing created_at or milestones digests as
+# null and {} do
+PROFILE_PINNED: list[tuple[str, bytes, str]] = [
+    ("profile", _body(_PROFILE), "a3473451c35858bdda369179f37eb8ca"),
+    (
+        "profile_required_only",
+        _body(_PROFILE, drop=("created_at", "milestones")),
+        "84c57609c89e52bb66901099a378d2a5",
+    ),
+    (
+        "profile_nulls_and_extra",
+        _body(_PROFILE, created_at=None, milestones={}, source="crm"),
+        "84c57609c89e52bb66901099a378d2a5",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "digest"), PROFILE_PINNED, ids=[p[0] for p in PROFILE_PINNED]
+)
+def test_profile_digests_are_pinned(name: str, value: bytes, digest: str) -> None:
+    decoded = _decode(Decoder(USAGE, SUPPORT, 64 * 1024), PROFILE, value)
+    assert payload_digest(decoded).hex() == digest
+    validated = OrganizationProfile.model_validate_json(value)
+    assert event_json(decoded.event) == validated.model_dump_json().encode()
 
 
 def _generated(seed: int, count: int) -> list[tuple[str, bytes]]:

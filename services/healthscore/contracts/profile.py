@@ -35,7 +35,14 @@ class OrganizationProfile(BaseModel):
             "score; they are not acknowledged as new milestones."
         ),
     )
-    occurred_at: OccurredAt
+    occurred_at: OccurredAt = Field(
+        description=(
+            "When the profile was sent (as `healthscore import --publish` sets it), not "
+            "when its facts changed; RFC 3339 with an offset, not more than 5 minutes "
+            "ahead. A profile is ordered among its organization's events by it: a replay "
+            "applies it where the live run did only if it is the time it was sent."
+        )
+    )
 
     _future = field_validator("occurred_at")(check_not_in_future)
 

@@ -19,6 +19,10 @@ comes (waiting for another topic's next fetch cost live batches most of their
 latency). Alignment is for catching up, where one fetch spans days of event
 time; the price is that live processing applies what arrives in arrival order,
 as any live system must (it cannot wait for records that do not exist yet).
+Topics in `always_aligned` are never live (the profile topic): a profile carries the
+time it was sent, and applied ahead of a usage backlog it would rescore its
+organization's silence through hours the backlog holds events of; it waits for the
+lagging partitions instead, which costs nothing once they are live.
 
 Within the applied set, the partitions are merged by event time, each
 partition keeping its own order (the order the contract promises per
@@ -88,6 +92,10 @@ class AlignmentView:
     assigned: frozenset[PartitionKey] = frozenset()
     # a partition at most this far behind its high watermark is live: not aligned
     live_lag_records: int = 0
+    # topics never live: their records wait for lagging partitions even when caught up
+    # (profiles: not activity, yet a profile's time moves its organization's silence,
+    # so it must not run ahead of activity still being caught up on)
+    always_aligned: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -133,7 +141,7 @@ def align(items: Sequence[Item], view: AlignmentView | None) -> Alignment[Item]:
                 high is not None
                 and records[-1][1].record.offset + 1 + view.live_lag_records >= high
             )
-            if caught_up and view.live_lag_records > 0:
+            if caught_up and view.live_lag_records > 0 and tp[0] not in view.always_aligned:
                 live.add(tp)
             if not caught_up and tp in frontiers:
                 limits.append(frontiers[tp])

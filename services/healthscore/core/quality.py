@@ -115,16 +115,23 @@ def start_shadow(live: OrganizationState) -> ShadowState:
 
 
 def shadow_score(
-    live: OrganizationState, shadow: ShadowState | None, model: ScoreModel
+    live: OrganizationState,
+    shadow: ShadowState | None,
+    model: ScoreModel,
+    changed: bool = False,
 ) -> ShadowScore | None:
     """The candidate's score of `live` as of its newest event or last score
     (`current_as_of`), with the alert the candidate would decide; None when there
-    is nothing new to score."""
+    is nothing new to score: `live` stands where the candidate last scored it and,
+    unless `changed` (the state was written since), is the state it scored then.
+    A state can change without standing later: a profile (`organization.profile.v1`)
+    or a late event is decided as of the newest event, as the live model does."""
     as_of = current_as_of(live)
     if as_of is None:
         return None
     own = shadow if shadow is not None else start_shadow(live)
-    if own.last_scored_at is not None and own.last_scored_at >= as_of:
+    scored = own.last_scored_at
+    if scored is not None and (scored > as_of or (scored == as_of and not changed)):
         return None
     state = msgspec.structs.replace(
         live,

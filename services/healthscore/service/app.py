@@ -205,7 +205,11 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
     def on_refused(key: PartitionKey, why: str | None) -> None:
         metrics.partitions_refused.labels(key[0], str(key[1])).set(0 if why is None else 1)
 
-    holdback = HoldBack(pipeline.decode, live_lag_records=s.alignment_live_lag_records)
+    holdback = HoldBack(
+        pipeline.decode,
+        live_lag_records=s.alignment_live_lag_records,
+        always_aligned=frozenset({s.profile_topic}),
+    )
     offsets = KafkaOffsets(
         pool,
         s.consumer_group,

@@ -58,9 +58,11 @@ class HoldBack:
         live_lag_records: int = 0,
         max_alignment_wait: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        always_aligned: frozenset[str] = frozenset(),
     ) -> None:
         self._decode = decode
         self._live_lag = live_lag_records
+        self._always_aligned = always_aligned
         # a partition that should arrive and does not (a broker problem) stalls the
         # others at most this long: then a batch is applied unaligned
         self.max_alignment_wait = max_alignment_wait
@@ -156,6 +158,7 @@ class HoldBack:
             positions=positions,
             assigned=frozenset(assigned),
             live_lag_records=self._live_lag,
+            always_aligned=self._always_aligned,
         )
 
     def keep(self, consumer: PausingConsumer, outcome: BatchOutcome, items: list[Item]) -> None:

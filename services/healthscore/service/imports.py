@@ -249,8 +249,12 @@ _PROFILE_IDS = UUID("6f1e3c52-8d47-4a0b-9a51-0c2d7e4b8f13")
 def profile_records(profiles: Sequence[Profile], sent_at: datetime) -> list[tuple[bytes, bytes]]:
     """Each profile as an `organization.profile.v1` record (key, value), checked against
     the contract as the service will check it (`parse_profiles` with `now=sent_at`
-    leaves nothing for it to refuse). The event id is derived from what the profile
-    says, so publishing the same file again is a duplicate the service counts once."""
+    leaves nothing for it to refuse). The event id is derived from the whole record,
+    `occurred_at` included: the service's dedupe compares the payload, so an id that
+    one publish of a file shared with the next (another `occurred_at`) would be an
+    `event_id_conflict`, dead-lettered. A second publish is then new events that change
+    nothing (the earliest times win); a record sent twice by the producer counts once."""
+    occurred_at = sent_at.astimezone(UTC).isoformat()
     records: list[tuple[bytes, bytes]] = []
     for profile in profiles:
         org = str(profile.organization_id)
@@ -263,13 +267,13 @@ def profile_records(profiles: Sequence[Profile], sent_at: datetime) -> list[tupl
             if profile.created_at is None
             else datetime.fromtimestamp(profile.created_at, UTC).isoformat()
         )
-        said = orjson.dumps([org, created, milestones]).decode()
+        said = orjson.dumps([org, created, milestones, occurred_at]).decode()
         body = {
             "event_id": str(uuid5(_PROFILE_IDS, said)),
             "organization_id": org,
             "created_at": created,
             "milestones": milestones,
-            "occurred_at": sent_at.astimezone(UTC).isoformat(),
+            "occurred_at": occurred_at,
         }
         OrganizationProfile.model_validate(body, context={"received_at": sent_at})
         records.append((org.encode(), orjson.dumps(body)))

@@ -98,7 +98,9 @@ class ShadowScorer:
                     continue
                 live = decode_state(row["state"])
                 own = decode_shadow(row["shadow_state"]) if row["shadow_state"] else None
-                result = shadow_score(live, own, self._candidate)
+                # the state is read only when it was written since the candidate's
+                # last look (SHADOW_PAGE): changed, even where it stands no later
+                result = shadow_score(live, own, self._candidate, changed=True)
                 if result is not None:
                     scored.append((row, result))
             if scored:

@@ -803,6 +803,7 @@ async def run_api_bench(options: BenchSettings) -> dict[str, object]:
         topics = {
             "USAGE_TOPIC": f"bench-usage-{suffix}",
             "SUPPORT_TOPIC": f"bench-support-{suffix}",
+            "PROFILE_TOPIC": f"bench-profile-{suffix}",  # its own: never a real CRM's
             "ALERT_TOPIC": f"bench-alerts-{suffix}",
             "HEALTH_TOPIC": f"bench-health-{suffix}",
         }

@@ -305,7 +305,7 @@ def apply_profile_event(state: OrganizationState, event: ProfileEvent) -> list[s
     """`apply_profile` of an `organization.profile.v1` event. A profile is not
     activity: the organization's event times (silence, tenure from its first event)
     and event count stay as they are; its id joins the recent ones, so that an alert
-    it moves names it among its causes."""
+    it moves names it among its causes (`caused_by`)."""
     _remember(state, str(event.event_id))
     created = event.created_at.timestamp() if event.created_at is not None else None
     return apply_profile(

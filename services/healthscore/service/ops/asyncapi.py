@@ -20,7 +20,8 @@ from healthscore.service.broker import build_broker
 from healthscore.service.ops.asyncapi_page import render_html
 
 DESCRIPTION = (
-    "Consumes product usage and support-interaction events, keeps per-organization "
+    "Consumes product usage and support-interaction events and organization profiles "
+    "(what a CRM knows from before the stream), keeps per-organization "
     "health scores in PostgreSQL, and publishes churn-risk alerts (with the risk "
     "factors that drove them) and a compacted feed of the latest scores. Invalid "
     "input goes unchanged to `<topic>.dlq` with headers x-error-reason, "

@@ -182,7 +182,9 @@ def load_log(
     if not any(_activity(decoded)):
         raise EvaluationInputError(f"{events}: no valid usage or support events")
     churned = parse_labels(labels.read_text(), str(labels)) if labels is not None else {}
-    for event in decoded:  # an organization without a label is taken as retained
+    # an organization without a label is taken as retained; one with nothing but a
+    # profile in the export was not seen, as a profiles CSV's row of it is not
+    for event in _activity(decoded):
         churned.setdefault(str(event.organization_id), None)
     log = LabelledLog(
         events=decoded,

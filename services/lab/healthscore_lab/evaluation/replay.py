@@ -146,7 +146,8 @@ def run_backtest(
     for org in log.churned_at:
         orgs.setdefault(org, len(orgs))
     for event in log.events:
-        orgs.setdefault(str(event.organization_id), len(orgs))
+        if not isinstance(event, ProfileEvent):  # profiles of others: as `log.profiles`'
+            orgs.setdefault(str(event.organization_id), len(orgs))
     states: dict[str, OrganizationState] = {}
     for org, profile in log.profiles.items():
         if org in orgs:
@@ -189,12 +190,14 @@ def run_backtest(
             snap_measures.append(tuple(measure(state, at, model)))
 
     for event in log.events:
+        org = str(event.organization_id)
+        index = orgs.get(org)
+        if index is None:
+            continue  # a profile of an organization neither labelled nor seen
         t = event.occurred_at.timestamp()
         while t >= next_point and next_point <= end:
             snapshot(next_point)
             next_point += DAY
-        org = str(event.organization_id)
-        index = orgs[org]
         if math.isnan(first_seen[index]) and not isinstance(event, ProfileEvent):
             first_seen[index] = t  # a profile is not activity
         closing = None
