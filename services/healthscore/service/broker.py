@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka import ConsumerRebalanceListener
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from faststream.kafka import KafkaBroker
 from faststream.kafka.message import FAKE_CONSUMER, KafkaMessage
 from faststream.middlewares import AckPolicy
@@ -28,6 +30,15 @@ from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.service.ops.logging import framework_logger
 
 Handler = Callable[[Sequence[Any]], Awaitable[None]]
+
+# Range first: each topic's partitions are split alike among the members, so the
+# process that owns usage partition p owns support and profile partition p too, the
+# organizations whose states it holds (design.md, Ownership), whatever the replica
+# count; round-robin over all topic-partitions pairs them only when the partition
+# count is a multiple of it. Round-robin stays listed so that a group whose members
+# still run an older version (round-robin only) keeps a common protocol during a
+# rolling upgrade.
+ASSIGNORS = (RangePartitionAssignor, RoundRobinPartitionAssignor)
 
 
 async def _records_as_they_are(records: tuple[Any, ...]) -> KafkaMessage:
@@ -94,6 +105,7 @@ def build_broker(
         *s.input_topics,
         batch=True,
         group_id=s.consumer_group,
+        partition_assignment_strategy=ASSIGNORS,
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset="earliest",
         max_records=s.batch_max_records,
