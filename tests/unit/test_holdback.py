@@ -9,10 +9,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from aiokafka import TopicPartition
+from pydantic import SecretStr
 
+from healthscore.config import Settings
 from healthscore.core.enums import UsageType
 from healthscore.core.events import UsageEvent
 from healthscore.core.partitions import PartitionKey
+from healthscore.service.app import ServiceOptions, build
 from healthscore.service.holdback import HoldBack, Item
 from healthscore.service.ingest.decode import Decoded, RawRecord
 from healthscore.service.ingest.pipeline import BatchOutcome
@@ -233,3 +236,20 @@ def test_catch_up_lag_is_the_time_to_apply_the_backlog_at_the_recent_pace() -> N
     clock.now += 1.0
     applied(buffer, consumer, [raw(U0, offset) for offset in range(1_002, 4_950)])
     assert buffer.catch_up_lag() == 0.0
+
+
+async def test_the_composition_root_keeps_the_profile_topic_aligned() -> None:
+    """The service's buffer never applies profile partitions as live traffic."""
+    settings = Settings.model_construct(
+        **{
+            **Settings().model_dump(),
+            "database_url": SecretStr("postgresql://u@db.invalid/d"),
+            "kafka_bootstrap_servers": "kafka.invalid:9092",
+            "profile_topic": "crm.profiles",
+        }
+    )
+    service = build(settings, ServiceOptions(), ops_port=0)  # built, nothing opened
+    try:
+        assert service.holdback.always_aligned == {"crm.profiles"}
+    finally:
+        await service.producer.stop()

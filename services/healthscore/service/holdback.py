@@ -62,7 +62,8 @@ class HoldBack:
     ) -> None:
         self._decode = decode
         self._live_lag = live_lag_records
-        self._always_aligned = always_aligned
+        # topics never applied as live traffic (the profiles: see core.alignment)
+        self.always_aligned = always_aligned
         # a partition that should arrive and does not (a broker problem) stalls the
         # others at most this long: then a batch is applied unaligned
         self.max_alignment_wait = max_alignment_wait
@@ -158,7 +159,7 @@ class HoldBack:
             positions=positions,
             assigned=frozenset(assigned),
             live_lag_records=self._live_lag,
-            always_aligned=self._always_aligned,
+            always_aligned=self.always_aligned,
         )
 
     def keep(self, consumer: PausingConsumer, outcome: BatchOutcome, items: list[Item]) -> None:
