@@ -19,6 +19,8 @@ from healthscore.service.broker import ASSIGNORS
 from tests.utils.harness import Topics, make_topics, running_service, service_settings
 
 PARTITIONS = 4  # three members: round-robin over the 12 topic-partitions splits them
+# heartbeats every second: members that join or leave rebalance the group sooner
+SESSION = {"kafka_session_timeout_ms": 3000}
 
 
 async def _settled(services: Sequence[Components], total: int, timeout: float = 60.0) -> None:
@@ -44,7 +46,7 @@ async def test_each_process_owns_the_same_partitions_of_every_input_topic(
     migrated_database: str, kafka_bootstrap: str
 ) -> None:
     topics = await make_topics(kafka_bootstrap, partitions=PARTITIONS)
-    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics, **SESSION)
     async with AsyncExitStack() as stack:
         services = [await stack.enter_async_context(running_service(settings)) for _ in range(3)]
         await _settled(services, 3 * PARTITIONS)
@@ -59,7 +61,7 @@ async def test_a_member_with_round_robin_only_still_joins_the_group(
     """A rolling upgrade: the group falls back to the protocol every member has."""
     assert ASSIGNORS[-1].name == "roundrobin"
     topics = await make_topics(kafka_bootstrap, partitions=PARTITIONS)
-    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics, **SESSION)
     async with AsyncExitStack() as stack:
         monkeypatch.setattr(broker_module, "ASSIGNORS", ASSIGNORS[-1:])
         older = await stack.enter_async_context(running_service(settings))
