@@ -20,7 +20,7 @@ from tests.utils.harness import Topics, make_topics, running_service, service_se
 
 PARTITIONS = 4  # three members: round-robin over the 12 topic-partitions splits them
 # heartbeats every second: members that join or leave rebalance the group sooner
-SESSION = {"kafka_session_timeout_ms": 3000}
+SESSION_MS = 3000
 
 
 async def _settled(services: Sequence[Components], total: int, timeout: float = 60.0) -> None:
@@ -46,7 +46,9 @@ async def test_each_process_owns_the_same_partitions_of_every_input_topic(
     migrated_database: str, kafka_bootstrap: str
 ) -> None:
     topics = await make_topics(kafka_bootstrap, partitions=PARTITIONS)
-    settings = service_settings(migrated_database, kafka_bootstrap, topics, **SESSION)
+    settings = service_settings(
+        migrated_database, kafka_bootstrap, topics, kafka_session_timeout_ms=SESSION_MS
+    )
     async with AsyncExitStack() as stack:
         services = [await stack.enter_async_context(running_service(settings)) for _ in range(3)]
         await _settled(services, 3 * PARTITIONS)
@@ -61,7 +63,9 @@ async def test_a_member_with_round_robin_only_still_joins_the_group(
     """A rolling upgrade: the group falls back to the protocol every member has."""
     assert ASSIGNORS[-1].name == "roundrobin"
     topics = await make_topics(kafka_bootstrap, partitions=PARTITIONS)
-    settings = service_settings(migrated_database, kafka_bootstrap, topics, **SESSION)
+    settings = service_settings(
+        migrated_database, kafka_bootstrap, topics, kafka_session_timeout_ms=SESSION_MS
+    )
     async with AsyncExitStack() as stack:
         monkeypatch.setattr(broker_module, "ASSIGNORS", ASSIGNORS[-1:])
         older = await stack.enter_async_context(running_service(settings))
