@@ -30,11 +30,11 @@ async def test_ops_load_smoke(services: Services, tmp_path: Path) -> None:
         kind=services.kind,
     )
     options = OpsLoadOptions(
-        events=6_000,
+        events=4_000,
         organizations=2_000,
         clients=20,
         rounds=1,
-        idle_seconds=4,
+        idle_seconds=2,
         work_dir=tmp_path,
         verbose=False,
     )

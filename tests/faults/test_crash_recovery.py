@@ -94,7 +94,7 @@ async def test_sigkill_with_live_batches_projecting_their_own_changes(
     migrated_database: str, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     """`READ_MODEL_LIVE_IN_BATCH`: a kill between a batch's feed publish and its commit."""
-    plan = dataclasses.replace(SHORT, seed=20261203, live_in_batch=True)
+    plan = dataclasses.replace(SHORT, events=4_000, kills=2, seed=20261203, live_in_batch=True)
     await run_crash_recovery(migrated_database, kafka_bootstrap, tmp_path, plan)
 
 
