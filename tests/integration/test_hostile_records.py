@@ -20,6 +20,8 @@ import orjson
 from aiokafka import TopicPartition
 
 from healthscore.service.app import Components
+from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord
+from healthscore.service.ingest.pipeline import legacy_payload_digest, payload_digest
 from tests.utils.harness import (
     consume_all,
     fetchval,
@@ -70,6 +72,12 @@ def _total(service: Components, name: str) -> float:
         for sample in family.samples
         if sample.name == name
     )
+
+
+def _reversed_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _reversed_keys(value[key]) for key in reversed(list(value))}
+    return value
 
 
 def _dead_by_offset(records: list[Any]) -> dict[tuple[int, int], dict[str, bytes | None]]:
@@ -238,17 +246,37 @@ async def test_a_reused_event_id_with_another_payload_is_a_conflict(
     settings = service_settings(migrated_database, kafka_bootstrap, topics)
     at = datetime.now(UTC) - timedelta(hours=1)
     org, other = _org("conflict-a"), _org("conflict-b")
-    original = _usage(org, 1, at)
-    # the same event re-serialized (other key order, other spacing): an exact repeat
-    repeat = orjson.dumps(dict(reversed(list(original.items()))), option=orjson.OPT_INDENT_2)
+    original = _usage(org, 1, at, properties={"plan": "pro", "seats": {"used": 3, "paid": 5}})
+    # the same event re-serialized (other key order at every depth, other spacing): an
+    # exact repeat
+    repeat = orjson.dumps(_reversed_keys(original), option=orjson.OPT_INDENT_2)
     changed = {**original, "quantity": 7}
     elsewhere = {**original, "organization_id": other}
     on_support = _support(org, 2, at, event_id=original["event_id"])
+    # an id a release before nested keys were sorted claimed, under its digest: its
+    # repeat, nested keys in the order that release saw, is a duplicate too
+    earlier = _usage(org, 3, at, properties={"seats": {"used": 3, "paid": 5}, "plan": "pro"})
+    earlier_record = RawRecord(
+        topics.usage, 0, 0, org.encode(), orjson.dumps(earlier), int(at.timestamp() * 1000)
+    )
+    decoded = Decoder(topics.usage, topics.support, 64 * 1024).decode(earlier_record)
+    assert isinstance(decoded, Decoded)
+    assert legacy_payload_digest(decoded) != payload_digest(decoded)
+    await fetchval(
+        migrated_database,
+        "INSERT INTO processed_events (event_id, organization_id, occurred_at, payload_digest)"
+        " VALUES ($1, $2, $3, $4) RETURNING event_id",
+        uuid.UUID(earlier["event_id"]),
+        uuid.UUID(org),
+        decoded.event.occurred_at,
+        legacy_payload_digest(decoded),
+    )
     producer = await make_producer(kafka_bootstrap)
     try:
         async with running_service(settings) as service:
             await producer.send_and_wait(topics.usage, orjson.dumps(original), key=org.encode())
             await producer.send_and_wait(topics.usage, repeat, key=org.encode())
+            await producer.send_and_wait(topics.usage, orjson.dumps(earlier), key=org.encode())
             conflicts = [
                 await producer.send_and_wait(topics.usage, orjson.dumps(changed), key=org.encode()),
                 await producer.send_and_wait(
@@ -267,8 +295,8 @@ async def test_a_reused_event_id_with_another_payload_is_a_conflict(
             duplicates = sum(o.duplicates for o in service.outcomes)
     finally:
         await producer.stop()
-    assert duplicates == 1
-    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 1
+    assert duplicates == 2
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 2
     quantity = await fetchval(
         migrated_database,
         "SELECT (state->>'event_count')::int FROM organization_state WHERE organization_id = $1",

@@ -2,7 +2,8 @@
 
 `processed_events.payload_digest` is compared with digests stored by earlier
 releases (a replayed event whose digest changed would be dead-lettered as an
-`event_id_conflict`), and consumers of `customer.churn-risk.v1` and
+`event_id_conflict`; the one change so far, nested keys sorted, keeps the
+earlier form as a second comparison: LEGACY_DIGESTS), and consumers of `customer.churn-risk.v1` and
 `customer.health.v1` compare payloads across replays. The expected values
 below were computed by the release that stored the first digests; whatever
 changes inside the decoder, the pipeline or the scoring core, these must not.
@@ -26,7 +27,7 @@ from healthscore.core.scoring.model import DAY, v2_model
 from healthscore.core.scoring.score import record_score, score
 from healthscore.core.scoring.state import OpenInteraction, OrganizationState
 from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord, event_json
-from healthscore.service.ingest.pipeline import payload_digest
+from healthscore.service.ingest.pipeline import legacy_payload_digest, payload_digest
 from healthscore.service.projector import Projected, health_message, project
 from healthscore.store.effects_writer import alert_payload
 
@@ -100,7 +101,7 @@ PINNED: list[tuple[str, str, bytes, str]] = [
                 "z": None,
             },
         ),
-        "52209f86bcdd651706b224aa4021cde7",
+        "70825e81b76bc6f87f5a465f4105551e",
     ),
     (
         "usage_unknown_fields_ignored",
@@ -166,6 +167,11 @@ PINNED: list[tuple[str, str, bytes, str]] = [
 ]
 
 
+# Releases before 2026-12-04 digested nested objects in the order parsed; the pipeline
+# still accepts a repeat under that digest (`legacy_payload_digest`). Where it differs:
+LEGACY_DIGESTS = {"usage_numbers_and_text": "52209f86bcdd651706b224aa4021cde7"}
+
+
 def _decode(decoder: Decoder, topic: str, value: bytes, offset: int = 0) -> Decoded:
     result = decoder.decode(RawRecord(topic, 0, offset, ORG.encode(), value, NOW_MS))
     assert isinstance(result, Decoded), result
@@ -178,7 +184,38 @@ def test_payload_digests_are_pinned(
     name: str, topic: str, value: bytes, digest: str, fast: bool
 ) -> None:
     decoder = Decoder(USAGE, SUPPORT, 64 * 1024, fast=fast)
-    assert payload_digest(_decode(decoder, topic, value)).hex() == digest
+    decoded = _decode(decoder, topic, value)
+    assert payload_digest(decoded).hex() == digest
+    assert legacy_payload_digest(decoded).hex() == LEGACY_DIGESTS.get(name, digest)
+
+
+def _reordered(value: Any, rng: random.Random) -> Any:
+    """`value` with the keys of every object, at every depth, in a random order."""
+    if isinstance(value, dict):
+        keys = list(value)
+        rng.shuffle(keys)
+        return {key: _reordered(value[key], rng) for key in keys}
+    if isinstance(value, list):
+        return [_reordered(item, rng) for item in value]
+    return value
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "pydantic"])
+def test_a_repeat_with_its_keys_in_another_order_has_the_same_digest(fast: bool) -> None:
+    rng = random.Random(7)
+    decoder = Decoder(USAGE, SUPPORT, 64 * 1024, fast=fast)
+    cases = [(topic, value) for _name, topic, value, _digest in PINNED]
+    cases += [(PROFILE, value) for _name, value, _digest in PROFILE_PINNED]
+    cases += _generated(20251204, 300)
+    reordered_nested = 0
+    for topic, value in cases:
+        original = _decode(decoder, topic, value)
+        for _ in range(3):
+            body = json.dumps(_reordered(json.loads(value), rng)).encode()
+            repeat = _decode(decoder, topic, body)
+            assert payload_digest(repeat) == payload_digest(original)
+            reordered_nested += legacy_payload_digest(repeat) != legacy_payload_digest(original)
+    assert reordered_nested >= 50  # the nested orders did change what was parsed (67 of 1,038)
 
 
 def test_the_fallback_cases_take_the_fallback() -> None:

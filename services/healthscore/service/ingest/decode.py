@@ -15,9 +15,10 @@ path converts its validated model), and tests keep the two equal on the
 poison corpus, the simulator's stream and generated edge cases.
 
 `event_json` is the event as the contract validated it, in the bytes the
-pydantic serializer gives for the contract model: the payload digests stored
-in `processed_events` are computed from it, so it must never change for the
-same input (tests/unit/test_wire_pins.py).
+pydantic serializer gives for the contract model; the payload digests stored
+in `processed_events` are computed from it with nested keys sorted
+(`canonical_event_json`), so that must never change for the same input
+(tests/unit/test_wire_pins.py).
 """
 
 from __future__ import annotations
@@ -300,6 +301,35 @@ def event_json(event: Event) -> bytes:
     tests/unit/test_fast_decode.py compares the two on generated bodies).
     """
     return orjson.dumps(msgspec.structs.asdict(event), option=orjson.OPT_UTC_Z)
+
+
+def canonical_event_json(event: Event) -> bytes:
+    """`event_json` with the keys of every nested object in sorted order.
+
+    JSON objects are unordered, so a producer that re-serializes an event may
+    reorder `properties` or a profile's `milestones`: the payload digest is
+    taken from this form, in which such a repeat is the same event. The
+    top-level fields keep the contract's order, so an event whose nested keys
+    are sorted already (most) digests as `event_json` does.
+    """
+    fields = msgspec.structs.asdict(event)
+    for name in _NESTED_OBJECTS:
+        value = fields.get(name)
+        if value:
+            fields[name] = _sorted_keys(value)
+    return orjson.dumps(fields, option=orjson.OPT_UTC_Z)
+
+
+_NESTED_OBJECTS = ("properties", "milestones")
+"""The event fields that hold JSON objects of the producer's (the rest are scalars)."""
+
+
+def _sorted_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _sorted_keys(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted_keys(item) for item in value]
+    return value
 
 
 def _check_fields(core: type[msgspec.Struct], model: type[BaseModel]) -> None:

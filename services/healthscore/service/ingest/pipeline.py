@@ -43,7 +43,14 @@ from healthscore.core.partitions import PartitionKey
 from healthscore.core.scoring.model import ScoreModel
 from healthscore.core.scoring.state import OrganizationState
 from healthscore.errors import InvalidStoredOffset, OffsetGap
-from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord, Rejection, event_json
+from healthscore.service.ingest.decode import (
+    Decoded,
+    Decoder,
+    RawRecord,
+    Rejection,
+    canonical_event_json,
+    event_json,
+)
 from healthscore.service.ingest.dlq import DeadLetterQueue
 from healthscore.service.ingest.owned import OwnedStates
 from healthscore.service.projector import project_in_transaction
@@ -571,13 +578,26 @@ def _check_no_gap(
 def payload_digest(item: Decoded) -> bytes:
     """What was applied under an event id: topic and the event as validated.
 
-    The validated form, not the raw bytes, so that a producer re-serializing
-    the same event (another key order, other whitespace) repeats it exactly.
-    Digests stored by earlier releases are compared with new ones: `event_json`
-    must give the same bytes for the same event forever.
+    The validated form with nested keys sorted, not the raw bytes, so that a
+    producer re-serializing the same event (another key order at any depth,
+    other whitespace) repeats it exactly. Digests stored by earlier releases
+    are compared with new ones: `canonical_event_json` must give the same
+    bytes for the same event forever.
     """
-    body = event_json(item.event)
-    return hashlib.blake2b(item.record.topic.encode() + b"\0" + body, digest_size=16).digest()
+    return _digest(item.record.topic, canonical_event_json(item.event))
+
+
+def legacy_payload_digest(item: Decoded) -> bytes:
+    """The digest releases before 2026-12-04 stored: nested keys in the order parsed.
+
+    A repeat of an id claimed by such a release (within the dedupe window) is
+    compared with this too, so the change of digest is no conflict.
+    """
+    return _digest(item.record.topic, event_json(item.event))
+
+
+def _digest(topic: str, body: bytes) -> bytes:
+    return hashlib.blake2b(topic.encode() + b"\0" + body, digest_size=16).digest()
 
 
 async def _sort_claimed(
@@ -605,7 +625,9 @@ async def _sort_claimed(
             claimed.discard(event_id)  # later copies in this batch compare with this one
             applied[event_id] = digest
             fresh.append(item)
-        elif applied.get(event_id) in (None, digest):
+        elif (stored := applied.get(event_id)) in (None, digest) or (
+            stored == legacy_payload_digest(item)
+        ):
             # ids applied before digests were kept count as plain duplicates
             duplicates.append(item)
         else:
