@@ -4,8 +4,10 @@ Built from the produced messages with nothing of the service but the wire
 contract: dedupe by `event_id` (first occurrence wins), malformed messages
 excluded, per organization the event count, the cumulative quantity per usage
 type, the milestones those totals cross (the contract's list, written out
-again here rather than imported from `healthscore.core.milestones`), and the
-support interactions with how many distinct events each received.
+again here rather than imported from `healthscore.core.milestones`), the
+support interactions with how many distinct events each received, and what
+CRM profiles said (the earliest account creation, the milestones reached
+before the stream; a profile is not activity and counts no event).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -54,6 +57,9 @@ class OrgExpectation:
     totals: dict[str, int] = field(default_factory=dict)
     # interaction id -> distinct events of it
     interactions: Counter[str] = field(default_factory=Counter)
+    # from profiles: the earliest account creation (POSIX seconds), milestones reached before
+    created_at: float | None = None
+    profile_milestones: set[str] = field(default_factory=set)
 
     @property
     def milestones(self) -> set[str]:
@@ -87,6 +93,13 @@ class Oracle:
             return
         self.event_ids.add(event_id)
         org = self.organizations[body["organization_id"]]
+        if "type" not in body and "interaction_id" not in body:  # a profile
+            created = body.get("created_at")
+            if created is not None:
+                at = datetime.fromisoformat(created).timestamp()
+                org.created_at = at if org.created_at is None else min(org.created_at, at)
+            org.profile_milestones.update(body.get("milestones") or {})
+            return
         org.event_count += 1
         if "interaction_id" in body:
             org.interactions[body["interaction_id"]] += 1

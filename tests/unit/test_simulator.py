@@ -8,7 +8,9 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
+from healthscore.core.events import ProfileEvent
 from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord, Rejection
+from healthscore.service.ingest.pipeline import payload_digest
 from healthscore_lab.simulator import (
     SimulatedMessage,
     SimulationConfig,
@@ -246,3 +248,55 @@ def test_config_is_checked() -> None:
         SimulationConfig(start=START, duplicate_rate=1.5)
     with pytest.raises(ValueError):
         SimulationConfig(start=START, profile_mix={"zombie": 1.0})
+
+
+PROFILE = "organization.profile.v1"
+
+
+def test_profiles_from_a_crm_ride_the_stream() -> None:
+    """`profile_share`: valid profiles (a repeat re-serialized has its original's
+    digest), bad ones with their reason; without it, the stream is unchanged."""
+    config = SimulationConfig(start=START, events=3000, organizations=200, profile_share=0.3)
+    messages = list(generate(config))
+    plain = list(generate(SimulationConfig(start=START, events=3000, organizations=200)))
+    assert [m for m in messages if m.topic_kind != "profile"] == plain
+    assert messages == list(generate(config))
+
+    decoder = Decoder(USAGE, SUPPORT, 64 * 1024, profile_topic=PROFILE)
+    topics = {"usage": USAGE, "support": SUPPORT, "profile": PROFILE}
+    digests: dict[str, bytes] = {}
+    originals = repeats = bad = 0
+    previous_ms: int | None = None
+    for offset, message in enumerate(messages):
+        if message.occurred_at is not None:
+            previous_ms = _ms(message.occurred_at)
+        if message.topic_kind != "profile":
+            continue
+        record = RawRecord(
+            topics[message.topic_kind], 0, offset, message.key, message.value, previous_ms
+        )
+        result = decoder.decode(record)
+        if not message.valid:
+            bad += 1
+            assert isinstance(result, Rejection)
+            assert result.reason == message.expected_reason, (result.detail, message.value)
+            continue
+        assert isinstance(result, Decoded), (result.reason, result.detail, message.value)
+        assert message.event_id is not None
+        digest = payload_digest(result)
+        if message.is_duplicate:
+            repeats += 1
+            assert digests[message.event_id] == digest  # a repeat, not a conflict
+            assert message.value != next(
+                m.value for m in messages if m.event_id == message.event_id
+            )
+        else:
+            originals += 1
+            digests[message.event_id] = digest
+            event = result.event
+            assert isinstance(event, ProfileEvent)
+            assert event.created_at is not None and event.created_at < START
+            assert event.milestones and all(at < START for at in event.milestones.values())
+    assert originals == round(200 * 0.3)
+    assert 0 < repeats < originals
+    assert bad >= 1

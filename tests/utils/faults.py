@@ -28,6 +28,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.protocol.group import LeaveGroupRequest
 
 from healthscore_lab.simulator import SimulatedMessage
+from healthscore_lab.simulator.kafka import topic_of
 from tests.utils.harness import consume_all
 
 # A backend of the service (the pool sets application_name 'healthscore'; it logs in with
@@ -72,6 +73,7 @@ async def produce_recorded(
     support_topic: str,
     rate: float | None = None,
     log: list[Produced] | None = None,
+    profile_topic: str | None = None,
 ) -> list[Produced]:
     """Like `healthscore_lab.simulator.produce`, but keep each message's RecordMetadata.
 
@@ -99,7 +101,7 @@ async def produce_recorded(
                 await asyncio.sleep(max(delay, 0.01))
         if message.occurred_at is not None:
             last_ms = int(message.occurred_at.timestamp() * 1000)
-        topic = usage_topic if message.topic_kind == "usage" else support_topic
+        topic = topic_of(message, usage_topic, support_topic, profile_topic)
         future = await producer.send(
             topic, value=message.value, key=message.key, timestamp_ms=last_ms
         )

@@ -98,6 +98,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         span=span - timedelta(minutes=1),
         duplicate_rate=args.duplicate_rate,
         malformed_rate=args.malformed_rate,
+        profile_share=args.profile_share,
     )
 
     async def main() -> int:
@@ -113,6 +114,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 settings.usage_topic,
                 settings.support_topic,
                 rate=args.rate,
+                profile_topic=settings.profile_topic,
             )
         finally:
             await producer.stop()
@@ -193,6 +195,13 @@ def register(add: AddCommand) -> None:
     p.add_argument("--span-days", type=int, default=30)
     p.add_argument("--duplicate-rate", type=float, default=0.01)
     p.add_argument("--malformed-rate", type=float, default=0.001)
+    p.add_argument(
+        "--profile-share",
+        type=float,
+        default=0.0,
+        help="share of organizations whose CRM profile (organization.profile.v1) is "
+        "published during the stream, half of them twice (default 0)",
+    )
 
     p = add(
         "api-bench",

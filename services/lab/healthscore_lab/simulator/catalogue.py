@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-TopicKind = Literal["usage", "support"]
+TopicKind = Literal["usage", "support", "profile"]
 
 HEALTHY = "healthy"
 DECLINING = "declining"

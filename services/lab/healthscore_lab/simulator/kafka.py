@@ -21,6 +21,19 @@ class ProduceStats(StreamCounts):
         return self.messages
 
 
+def topic_of(
+    message: SimulatedMessage, usage_topic: str, support_topic: str, profile_topic: str | None
+) -> str:
+    """The input topic `message` goes to (a profile needs `profile_topic`)."""
+    if message.topic_kind == "usage":
+        return usage_topic
+    if message.topic_kind == "support":
+        return support_topic
+    if profile_topic is None:
+        raise ValueError("the stream holds organization profiles: give the profile topic")
+    return profile_topic
+
+
 _CHUNK = 1000
 _PACE_TICK = 0.01  # with a rate, send in bursts about every 10 ms
 
@@ -32,6 +45,7 @@ async def produce(
     support_topic: str,
     rate: float | None = None,
     timestamp_from_event: bool = True,
+    profile_topic: str | None = None,
 ) -> ProduceStats:
     """Send `messages` with a started aiokafka producer; wait for every delivery.
 
@@ -58,7 +72,7 @@ async def produce(
             if message.occurred_at is not None:
                 last_ms = to_ms(message.occurred_at)
             timestamp_ms = last_ms
-        topic = usage_topic if message.topic_kind == "usage" else support_topic
+        topic = topic_of(message, usage_topic, support_topic, profile_topic)
         future = await producer.send(
             topic, value=message.value, key=message.key, timestamp_ms=timestamp_ms
         )

@@ -17,7 +17,12 @@ gives the same byte stream. Each organization has a profile:
 
 Valid events are emitted in event-time order; a fraction is re-emitted later
 with the same event id and bytes (duplicates), and bad messages from
-`healthscore_lab.poison` are interleaved (malformed).
+`healthscore_lab.poison` are interleaved (malformed). With `profile_share`, a
+CRM also publishes what it knows of some organizations from before the stream
+(`organization.profile.v1`: account creation, milestones reached) at a random
+point of it; half of those profiles are sent again later re-serialized (every
+key in another order: a repeat, not a conflict), and a tenth of the profiled
+organizations get a bad profile as well (`poison.profile_poison_corpus`).
 
 `generate` samples every event from one (organizations x hour) activity table,
 so its counts are exact (`events` originals, `events * duplicate_rate`
@@ -34,23 +39,29 @@ import itertools
 import random
 from array import array
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from healthscore.contracts.enums import MilestoneType
+from healthscore_lab.poison import profile_poison_corpus
 from healthscore_lab.simulator.catalogue import (
     BINS,
     PROFILE_SHARES,
     PROFILES,
     SUPPORT_WEIGHT,
     clock_intensity,
+    iso,
+    iso_ms,
     new_uuid,
     profile_intensity,
+    to_ms,
 )
 from healthscore_lab.simulator.events import BodyWriter, Planner, Timeline
 from healthscore_lab.simulator.messages import (
     Duplicates,
     SimulatedMessage,
+    event_message,
     malformed_message,
 )
 from healthscore_lab.simulator.organizations import Organization, scripted_organizations
@@ -73,6 +84,8 @@ class SimulationConfig:
     malformed_rate: float = 0.001
     support_share: float = 0.08
     profile_mix: dict[str, float] = field(default_factory=_default_profile_mix)
+    # organizations whose CRM profile is published during the stream (0: no profile topic)
+    profile_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.start.tzinfo is None or self.start.utcoffset() is None:
@@ -83,7 +96,7 @@ class SimulationConfig:
             raise ValueError("events must not be negative")
         if self.span <= timedelta(0):
             raise ValueError("span must be positive")
-        for name in ("duplicate_rate", "malformed_rate", "support_share"):
+        for name in ("duplicate_rate", "malformed_rate", "support_share", "profile_share"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be within 0..1")
@@ -166,7 +179,9 @@ def generate(config: SimulationConfig) -> Iterator[SimulatedMessage]:
 
     Exactly `config.events` valid originals; `round(events * duplicate_rate)`
     duplicates, each after its original; `round(events * malformed_rate)`
-    malformed messages. Deterministic for the config.
+    malformed messages. Deterministic for the config. With `profile_share`, the
+    profiles come on top (see the module docstring); without, the stream is the
+    same as before profiles existed.
     """
     world = _build_world(config)
     timeline = world.timeline
@@ -199,6 +214,7 @@ def generate(config: SimulationConfig) -> Iterator[SimulatedMessage]:
     malformed_after = set(extras_rng.sample(range(total), malformed_count))
     duplicates = Duplicates()
     last_occurred = config.start
+    crm = _Crm(world, config, len(plans))
 
     for position, (offset, _seq, org_index, detail) in enumerate(plans):
         message = writer.message(world.orgs[org_index], offset, detail)
@@ -211,4 +227,87 @@ def generate(config: SimulationConfig) -> Iterator[SimulatedMessage]:
             last_occurred = due.occurred_at or last_occurred
         if position in malformed_after:
             yield malformed_message(extras_rng, world.orgs, last_occurred)
+        yield from crm.after(position, last_occurred)
     yield from duplicates.rest()
+    yield from crm.rest()
+
+
+class _Crm:
+    """The profiles a CRM publishes during the stream (`SimulationConfig.profile_share`).
+
+    Draws from a generator of its own, so that a stream without profiles is the
+    same as before they existed.
+    """
+
+    def __init__(self, world: _World, config: SimulationConfig, positions: int) -> None:
+        self._rng = random.Random(f"{config.seed}:crm")
+        self._start = config.start
+        self._orgs = world.orgs
+        count = round(len(world.orgs) * config.profile_share) if positions else 0
+        chosen = self._rng.sample(range(len(world.orgs)), count)
+        # after which original each organization's profile goes out
+        self._due: dict[int, list[int]] = {}
+        for org_index in chosen:
+            self._due.setdefault(self._rng.randrange(positions), []).append(org_index)
+        self._repeats: list[tuple[int, SimulatedMessage]] = []  # (after original n, message)
+
+    def after(self, position: int, now: datetime) -> Iterator[SimulatedMessage]:
+        for org_index in self._due.pop(position, []):
+            org = self._orgs[org_index]
+            body = self._profile(org, now)
+            yield event_message("profile", org.id.encode(), org.id, body, to_ms(now))
+            if self._rng.random() < 0.5:  # sent again later, every key in another order
+                again = event_message(
+                    "profile", org.id.encode(), org.id, _reversed_keys(body), to_ms(now)
+                )
+                later = position + 1 + self._rng.randrange(200)
+                self._repeats.append((later, replace(again, is_duplicate=True)))
+            if self._rng.random() < 0.1:
+                corpus = profile_poison_corpus(org.id, now)
+                case = corpus[self._rng.randrange(len(corpus))]
+                yield SimulatedMessage(
+                    topic_kind="profile",
+                    key=case.key,
+                    value=case.value,
+                    event_id=None,
+                    organization_id=org.id,
+                    valid=False,
+                    occurred_at=None,
+                    is_duplicate=False,
+                    expected_reason=case.expected_reason,
+                )
+        due = [m for at, m in self._repeats if at <= position]
+        self._repeats = [(at, m) for at, m in self._repeats if at > position]
+        yield from due
+
+    def rest(self) -> Iterator[SimulatedMessage]:
+        yield from (m for _, m in self._repeats)
+        self._repeats = []
+
+    def _profile(self, org: Organization, now: datetime) -> dict[str, Any]:
+        """Account creation 30-700 days before the stream, one to three milestones
+        reached between it and the stream's start (keys in a random order)."""
+        rng = self._rng
+        created = self._start - timedelta(days=rng.uniform(30, 700))
+        names = rng.sample(_MILESTONES, rng.randint(1, 3))
+        span = (self._start - created).total_seconds()
+        milestones = {
+            name: iso((created + timedelta(seconds=rng.uniform(0, span))).timestamp())
+            for name in names
+        }
+        return {
+            "event_id": new_uuid(rng),
+            "organization_id": org.id,
+            "created_at": iso(created.timestamp()),
+            "milestones": milestones,
+            "occurred_at": iso_ms(to_ms(now)),
+        }
+
+
+_MILESTONES = [m.value for m in MilestoneType]
+
+
+def _reversed_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _reversed_keys(value[key]) for key in reversed(list(value))}
+    return value
