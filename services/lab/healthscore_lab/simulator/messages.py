@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from healthscore_lab.poison import poison_corpus
+from healthscore_lab.poison import PoisonCase, poison_corpus
 from healthscore_lab.simulator.catalogue import DUPLICATE_MEAN_DELAY, MS, TopicKind
 from healthscore_lab.simulator.organizations import OrganizationLookup
 
@@ -62,16 +62,17 @@ def malformed_message(
     """A bad message of the poison corpus, about a random organization (two draws)."""
     victim = organizations[rng.randrange(len(organizations))]
     corpus = poison_corpus(victim.id, last_occurred)
-    case = corpus[rng.randrange(len(corpus))]
-    kind = case.kind
-    if kind == "profile":  # not in `poison_corpus`: the simulator sends no profiles
-        raise AssertionError(case.name)
+    return poison_message(corpus[rng.randrange(len(corpus))], victim.id)
+
+
+def poison_message(case: PoisonCase, organization_id: str) -> SimulatedMessage:
+    """A bad message of a poison corpus (`healthscore_lab.poison`) as the stream sends it."""
     return SimulatedMessage(
-        topic_kind=kind,
+        topic_kind=case.kind,
         key=case.key,
         value=case.value,
         event_id=None,
-        organization_id=victim.id,
+        organization_id=organization_id,
         valid=False,
         occurred_at=None,
         is_duplicate=False,

@@ -63,6 +63,7 @@ from healthscore_lab.simulator.messages import (
     SimulatedMessage,
     event_message,
     malformed_message,
+    poison_message,
 )
 from healthscore_lab.simulator.organizations import Organization, scripted_organizations
 
@@ -264,18 +265,7 @@ class _Crm:
                 self._repeats.append((later, replace(again, is_duplicate=True)))
             if self._rng.random() < 0.1:
                 corpus = profile_poison_corpus(org.id, now)
-                case = corpus[self._rng.randrange(len(corpus))]
-                yield SimulatedMessage(
-                    topic_kind="profile",
-                    key=case.key,
-                    value=case.value,
-                    event_id=None,
-                    organization_id=org.id,
-                    valid=False,
-                    occurred_at=None,
-                    is_duplicate=False,
-                    expected_reason=case.expected_reason,
-                )
+                yield poison_message(corpus[self._rng.randrange(len(corpus))], org.id)
         due = [m for at, m in self._repeats if at <= position]
         self._repeats = [(at, m) for at, m in self._repeats if at > position]
         yield from due
