@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
-from healthscore.service.app import Components
+from healthscore.service.app import Components, ServiceOptions
 from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord
 from healthscore.service.ingest.pipeline import legacy_payload_digest, payload_digest
 from tests.utils.harness import (
@@ -410,3 +410,44 @@ async def test_a_stored_offset_beyond_the_log_is_refused_loudly(
     assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 0
     stored = await stored_offsets(migrated_database, settings.consumer_group)
     assert stored[(topics.usage, partition)] == 1000
+
+
+async def test_an_event_dated_centuries_back_costs_a_year_of_silence_at_most(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A first event dated in year 1 (the contract admits it), then a current one: the
+    batch rescored every 6 hours of the silence in between (some three million
+    rescorings in one transaction) before its neighbours could commit; now one year."""
+    topics = await make_topics(kafka_bootstrap, partitions=2)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    ancient = datetime(1, 1, 3, tzinfo=UTC)
+    org = _org("ancient")
+    neighbours = [_org(f"ancient-neighbour-{i}") for i in range(4)]
+    bodies = [(org, _usage(org, 0, ancient)), (org, _usage(org, 1, at))]
+    bodies += [(n, _usage(n, i, at)) for i, n in enumerate(neighbours)]
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        for key, body in bodies:  # produced first: one fetch holds them all
+            await producer.send_and_wait(topics.usage, orjson.dumps(body), key=key.encode())
+        # as `serve` runs: batches rescore the silence before an organization's event
+        options = ServiceOptions(run_sweep=True, create_topics=False)
+        async with running_service(settings, options):
+            await wait_caught_up(
+                migrated_database, kafka_bootstrap, settings.consumer_group, [topics.usage]
+            )
+    finally:
+        await producer.stop()
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 6
+    history = await fetchval(
+        migrated_database,
+        "SELECT count(*) FROM health_score_history WHERE organization_id = $1",
+        uuid.UUID(org),
+    )
+    assert history == 365 + 1  # the silent year's days, then the current event's
+    due = await fetchval(
+        migrated_database,
+        "SELECT rescore_due_at FROM organization_state WHERE organization_id = $1",
+        uuid.UUID(org),
+    )
+    assert due is not None and due > at  # the grid goes on after the current event

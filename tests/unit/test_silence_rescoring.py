@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from healthscore.contracts.enums import HistoryCause, UsageType
 from healthscore.core.effects import (
     DECISION_BUCKET,
+    SILENCE_HORIZON,
     BatchEffects,
     Rescored,
     compute_batch_effects,
@@ -407,3 +408,40 @@ def test_a_late_event_does_not_rescore_the_same_silence_twice() -> None:
     assert next_silence_rescore(state, STEP) == t0 + 6 * STEP
     again = compute_silence_effects(states, t0 + 7 * STEP + 1, STEP, MODEL)
     assert [r.scored_at for r in again.silence_rescorings] == [t0 + 6 * STEP, t0 + 7 * STEP]
+
+
+def test_silence_is_rescored_for_a_year_at_most() -> None:
+    """A first event decades old, then a current one: one year of silence rescorings,
+    not one per grid point since (the contract admits events dated back to year 1)."""
+    org = uuid.UUID(ON_THE_HOUR)
+    ancient = datetime(1990, 1, 1, tzinfo=UTC).timestamp()
+    assert ancient % STEP == 0
+
+    def login(at: float) -> UsageEvent:
+        return UsageEvent(
+            event_id=uuid.uuid4(),
+            organization_id=org,
+            type=UsageType.LOGIN,
+            occurred_at=datetime.fromtimestamp(at, UTC),
+        )
+
+    now = T0.timestamp() + 600
+    effects = compute_batch_effects([login(ancient), login(now)], {}, {}, MODEL, STEP)
+    times = [r.scored_at for r in effects.silence_rescorings]
+    year = SILENCE_HORIZON // STEP  # grid points a year holds
+    assert times == [ancient + k * STEP for k in range(1, int(year))]
+    assert times[-1] < ancient + SILENCE_HORIZON <= times[-1] + STEP
+    assert len(effects.history()) == 365 + 1  # the year's days, then the current event's
+    assert effects.rescored[str(org)].scored_at == now
+    # within the year the grid goes on; past it nothing is due, and the sweep agrees
+    state = _state(T0.timestamp())
+    assert next_silence_rescore(state, STEP) == T0.timestamp() + STEP
+    late = _state(T0.timestamp(), T0.timestamp() + SILENCE_HORIZON - STEP)
+    assert next_silence_rescore(late, STEP) is None
+    states = {ON_THE_HOUR: _state(T0.timestamp())}
+    swept = compute_silence_effects(states, T0.timestamp() + 3 * SILENCE_HORIZON, STEP, MODEL)
+    assert len(swept.silence_rescorings) == year - 1
+    assert next_silence_rescore(states[ON_THE_HOUR], STEP) is None
+    assert (
+        silence_rescore_times(states[ON_THE_HOUR], T0.timestamp() + 9 * SILENCE_HORIZON, STEP) == []
+    )

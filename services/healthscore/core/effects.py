@@ -25,8 +25,9 @@ event shows there.
 
 Silence is rescored the same way, as a function of the log: an organization
 is rescored at every point of its fixed event-time grid (every silence step,
-at a phase set by its id) that lies at least one step after its newest event
-and before its next one (`silence_rescore_times`). Before applying an event, a batch
+at a phase set by its id) that lies at least one step after its newest event,
+before its next one and within a year of it (`silence_rescore_times`,
+`SILENCE_HORIZON`). Before applying an event, a batch
 first rescores the grid points the organization went through in silence
 (`compute_batch_effects` with `silence_step`); the sweep rescores the grid
 points below the log's watermark for organizations that have not sent
@@ -72,6 +73,13 @@ from healthscore.core.scoring.state import OrganizationState
 # an hour, which for a silent organization goes unseen for a whole silence step
 # (6 hours by default); and the alert persistence of the shipped model is 96 hours.
 DECISION_BUCKET = 3600.0
+
+# Silence is rescored for a year after an organization's newest event, no longer: by
+# then every shipped model's score has all but settled, and the work one valid event
+# can cause stays bounded (the contract admits events dated back to year 1; a first
+# event centuries old followed by a current one would otherwise be rescored at every
+# grid point in between, in one batch).
+SILENCE_HORIZON = 365 * DAY
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,18 +240,24 @@ def next_silence_rescore(state: OrganizationState, step: float) -> float | None:
     """
     grid = _Grid(state.organization_id, step)
     k = _next_silence_index(state, grid, step)
-    return None if k is None else grid.at(k)
+    if k is None:
+        return None
+    at = grid.at(k)
+    assert state.last_event_at is not None
+    return at if at < state.last_event_at + SILENCE_HORIZON else None
 
 
 def silence_rescore_times(state: OrganizationState, until: float, step: float) -> list[float]:
-    """The grid points before `until` at which the silent organization is due (oldest first)."""
+    """The grid points before `until`, and within `SILENCE_HORIZON` of the newest event,
+    at which the silent organization is due (oldest first)."""
     last_event = state.last_event_at
     if last_event is None or until <= last_event + step:
         return []  # the common case, per event of an active organization: nothing due
     grid = _Grid(state.organization_id, step)
     first = _next_silence_index(state, grid, step)
     assert first is not None
-    return [grid.at(k) for k in range(first, grid.index_at_or_after(until))]
+    end = grid.index_at_or_after(min(until, last_event + SILENCE_HORIZON))
+    return [grid.at(k) for k in range(first, end)]
 
 
 def _rescore_silence(
