@@ -377,3 +377,48 @@ async def test_offset_rows_created_once_and_again_after_a_reset(
     finally:
         await admin.close()
         await pool.close()
+
+
+async def test_a_recomputed_organization_sees_the_interactions_its_batch_created(
+    database_factory: Any, migrated_template: str, producer: AIOKafkaProducer
+) -> None:
+    """Organization 0 opens an interaction and organization 1, whose held state another
+    writer changed, reuses its id in the same batch: organization 1's events are computed
+    again, and must find the interaction organization 0 created (not yet in the
+    database): its event is misrouted, organization 0's interaction stays its own."""
+    url = await database_factory(template=migrated_template)
+    log = _Log()
+    first = [log.usage(org, "login", T0 + timedelta(hours=org)) for org in range(2)]
+    shared = str(uuid.uuid5(uuid.NAMESPACE_URL, "owned-shared-interaction"))
+
+    def opened(org: int, hours: int) -> RawRecord:
+        record = log.support(org, "opened", T0 + timedelta(hours=hours))
+        assert record.value is not None
+        body = orjson.loads(record.value)
+        body["interaction_id"] = shared
+        return dataclasses.replace(record, value=orjson.dumps(body))
+
+    # organization 1's login changes its state: its save finds the other writer's version
+    second = [opened(0, 5), log.usage(1, "login", T0 + timedelta(hours=6)), opened(1, 7)]
+    pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=1)
+    admin = await asyncpg.connect(url)
+    try:
+        pipeline = _pipeline(pool, producer, 1000)
+        await pipeline.process(first)
+        await admin.execute(
+            "UPDATE organization_state SET health_version = health_version + 1 "
+            "WHERE organization_id = $1",
+            uuid.UUID(_org(1)),
+        )
+        outcome = await pipeline.process(second)
+        interaction = await admin.fetchrow(
+            "SELECT organization_id, event_count FROM support_interactions WHERE id = $1",
+            uuid.UUID(shared),
+        )
+    finally:
+        await admin.close()
+        await pool.close()
+    assert outcome.states_changed_elsewhere == 1
+    assert outcome.rejected == {"interaction_org_mismatch": 1}
+    assert interaction is not None
+    assert (str(interaction["organization_id"]), interaction["event_count"]) == (_org(0), 1)

@@ -518,17 +518,16 @@ class BatchPipeline:
             outcome.states_changed_elsewhere = len(changed)
             again = [e for e in events if str(e.organization_id) in changed]
             fresh, fresh_versions = await lock_states(conn, sorted(changed))
-            redo = compute_batch_effects(
-                again,
-                fresh,
-                await _read_interactions(conn, again),
-                self._model,
-                self._silence_step,
-            )
+            kept = effects.without(changed)
+            # the interactions the kept organizations made in this batch are not stored
+            # yet: an event of a recomputed organization reusing one's id is misrouted
+            known = await _read_interactions(conn, again)
+            known.update(kept.interactions)
+            redo = compute_batch_effects(again, fresh, known, self._model, self._silence_step)
             resaved = await save_locked_states(
                 conn, rescored_states(redo), fresh_versions, self._rescore_step
             )
-            effects = effects.without(changed).merge(redo)
+            effects = kept.merge(redo)
             saved.update(resaved)
             marks.lap("w_changed")
         return effects, saved
