@@ -410,3 +410,34 @@ async def test_a_stored_offset_beyond_the_log_is_refused_loudly(
     assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 0
     stored = await stored_offsets(migrated_database, settings.consumer_group)
     assert stored[(topics.usage, partition)] == 1000
+
+
+async def test_a_record_timestamp_past_year_9999_does_not_invalidate_its_event(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A producer that sets the record timestamp in microseconds (or nanoseconds): the
+    timestamp is only the clock the event is judged against, so the event stands."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org = _org("microsecond-stamps")
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    stamps = [now_ms * 1000, now_ms * 1_000_000, now_ms]  # µs, ns, then a sane one
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        async with running_service(settings) as service:
+            for n, stamp in enumerate(stamps):
+                await producer.send_and_wait(
+                    topics.usage,
+                    orjson.dumps(_usage(org, n, at)),
+                    key=org.encode(),
+                    timestamp_ms=stamp,
+                )
+            await wait_caught_up(
+                migrated_database, kafka_bootstrap, settings.consumer_group, [topics.usage]
+            )
+            rejected = [reason for o in service.outcomes for reason in o.rejected]
+    finally:
+        await producer.stop()
+    assert rejected == []
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 3

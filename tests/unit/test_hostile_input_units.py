@@ -4,9 +4,21 @@ tests/integration/test_hostile_records.py)."""
 from __future__ import annotations
 
 import logging
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from healthscore.service.ingest.decode import PIPELINE_REASONS, Decoder, RawRecord, Rejection
+import orjson
+import pytest
+
+from healthscore.service.ingest.decode import (
+    PIPELINE_REASONS,
+    Decoded,
+    Decoder,
+    RawRecord,
+    Rejection,
+)
 from healthscore.service.ingest.pipeline import BatchOutcome
 from healthscore.service.ops.logging import framework_logger
 
@@ -28,6 +40,25 @@ def test_a_record_the_client_could_not_read_is_rejected_as_corrupt() -> None:
     result = decoder.decode(record)
     assert isinstance(result, Rejection)
     assert (result.reason, result.detail) == ("corrupt_record", "header key is not UTF-8")
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("unit", [1_000, 1_000_000], ids=["microseconds", "nanoseconds"])
+def test_a_record_timestamp_past_year_9999_is_only_a_clock(fast: bool, unit: int) -> None:
+    """A producer setting the record timestamp in the wrong unit: the event is judged
+    against the wall clock (the earlier of the two), not refused."""
+    org = str(uuid.uuid4())
+    at = datetime.now(UTC) - timedelta(minutes=1)
+    body = {"event_id": str(uuid.uuid4()), "organization_id": org, "type": "login"}
+    decoder = Decoder("usage", "support", 65536, fast=fast)
+    stamp = int(time.time() * 1000) * unit
+    for occurred_at, verdict in ((at, None), (at + timedelta(minutes=10), "future_timestamp")):
+        value = orjson.dumps({**body, "occurred_at": occurred_at.isoformat()})
+        result = decoder.decode(RawRecord("usage", 0, 1, org.encode(), value, stamp))
+        if verdict is None:
+            assert isinstance(result, Decoded), result
+        else:
+            assert isinstance(result, Rejection) and result.reason == verdict, result
 
 
 def test_framework_errors_are_counted_and_warnings_are_not() -> None:
