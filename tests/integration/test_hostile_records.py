@@ -441,3 +441,59 @@ async def test_a_record_timestamp_past_year_9999_does_not_invalidate_its_event(
         await producer.stop()
     assert rejected == []
     assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 3
+
+
+async def test_producer_headers_cannot_pose_as_the_rejection(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A record that carries headers named like the DLQ's own (a dead letter re-driven
+    with its headers, a producer copying headers through): read by name, the dead
+    letter still says why and where it was rejected this time."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org = _org("header-posers")
+    stale = [
+        ("x-error-reason", b"invalid_json"),
+        ("x-error-detail", b"not valid JSON: the first time"),
+        ("x-source-topic", b"somewhere.else"),
+        ("x-source-partition", b"7"),
+        ("x-source-offset", b"12345"),
+        ("x-rejected-at", b"2020-01-01T00:00:00+00:00"),
+        ("x-source-timestamp-ms", b"1"),
+        ("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+    ]
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        await producer.send_and_wait(
+            topics.usage, orjson.dumps(_usage(org, 0, at)), key=org.encode()
+        )
+        bad = await producer.send_and_wait(
+            topics.usage,
+            orjson.dumps(_usage(org, 1, at, quantity=0)),
+            key=org.encode(),
+            headers=stale,
+        )
+        async with running_service(settings):
+            await wait_caught_up(
+                migrated_database, kafka_bootstrap, settings.consumer_group, [topics.usage]
+            )
+    finally:
+        await producer.stop()
+    (letter,) = await consume_all(kafka_bootstrap, topics.dlq_usage, 1, settle=0.5)
+    named = dict(letter.headers)  # the last of a name wins, as with Java's lastHeader()
+    first: dict[str, bytes | None] = {}
+    for name, value in letter.headers:
+        first.setdefault(name, value)
+    for read in (named, first):
+        assert read["x-error-reason"] == b"out_of_range"
+        assert read["x-source-topic"] == topics.usage.encode()
+        assert read["x-source-partition"] == str(bad.partition).encode()
+        assert read["x-source-offset"] == str(bad.offset).encode()
+        assert read["x-source-timestamp-ms"] == str(bad.timestamp).encode()
+    # the producer's own headers are kept: the ones named like ours under another name
+    assert named["traceparent"] == stale[-1][1]
+    assert [(n, v) for n, v in letter.headers if n.startswith("x-original-")] == [
+        (f"x-original-{n}", v) for n, v in stale[:-1]
+    ]
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 1

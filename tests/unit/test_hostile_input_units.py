@@ -19,6 +19,7 @@ from healthscore.service.ingest.decode import (
     RawRecord,
     Rejection,
 )
+from healthscore.service.ingest.dlq import ORIGINAL_PREFIX, OWN_HEADERS, dlq_headers
 from healthscore.service.ingest.pipeline import BatchOutcome
 from healthscore.service.ops.logging import framework_logger
 
@@ -59,6 +60,24 @@ def test_a_record_timestamp_past_year_9999_is_only_a_clock(fast: bool, unit: int
             assert isinstance(result, Decoded), result
         else:
             assert isinstance(result, Rejection) and result.reason == verdict, result
+
+
+def test_a_dead_letter_names_each_of_its_own_headers_once() -> None:
+    """Whatever the producer sent, each of the dead letter's own header names occurs
+    once, ours; the producer's headers follow, those named like ours renamed."""
+    theirs: tuple[tuple[str, bytes | None], ...] = (
+        *((name, b"stale") for name in sorted(OWN_HEADERS)),
+        ("trace", None),
+    )
+    record = RawRecord("usage", 3, 41, b"k", b"{}", 1_700_000_000_000, theirs)
+    headers = dlq_headers(Rejection(record, "invalid_field", "why"))
+    names = [name for name, _value in headers]
+    assert set(names[: len(OWN_HEADERS)]) == OWN_HEADERS  # the list covers every one
+    assert all(names.count(name) == 1 for name in OWN_HEADERS)
+    assert headers[len(OWN_HEADERS) :] == [
+        *((ORIGINAL_PREFIX + name, b"stale") for name in sorted(OWN_HEADERS)),
+        ("trace", None),
+    ]
 
 
 def test_framework_errors_are_counted_and_warnings_are_not() -> None:
