@@ -497,3 +497,76 @@ async def test_producer_headers_cannot_pose_as_the_rejection(
         (f"x-original-{n}", v) for n, v in stale[:-1]
     ]
     assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 1
+
+
+async def test_a_corrected_resend_in_the_batch_of_its_misrouted_original_is_applied(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """An event refused as `interaction_org_mismatch` is not applied, so its id stays
+    free: its corrected resend in the same batch is a first occurrence, not a conflict,
+    and an exact repeat of it is refused for the same reason, not counted as a duplicate."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    owner, thief = _org("misrouted-owner"), _org("misrouted-thief")
+    opened = _support(owner, 0, at)
+    interaction = opened["interaction_id"]
+
+    def moved(n: int, org: str, event: str) -> dict[str, Any]:
+        return _support(
+            org,
+            n,
+            at,
+            event_id=event,
+            interaction_id=interaction,
+            action="updated",
+            interaction_type=None,
+            channel=None,
+            subject="moved?",
+        )
+
+    fixed_id, repeated_id = str(uuid.uuid4()), str(uuid.uuid4())
+    plan = [
+        (owner, opened),
+        (thief, moved(1, thief, fixed_id)),  # misrouted
+        (owner, moved(1, owner, fixed_id)),  # its corrected resend: applied
+        (thief, moved(2, thief, repeated_id)),  # misrouted
+        (thief, moved(2, thief, repeated_id)),  # the producer's retry of it: misrouted too
+    ]
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        # produced before the service starts: one partition, one fetch, one batch
+        metas = [
+            await producer.send_and_wait(topics.support, orjson.dumps(body), key=org.encode())
+            for org, body in plan
+        ]
+        async with running_service(settings) as service:
+            await wait_caught_up(
+                migrated_database, kafka_bootstrap, settings.consumer_group, [topics.support]
+            )
+            duplicates = sum(o.duplicates for o in service.outcomes)
+    finally:
+        await producer.stop()
+    dead = _dead_by_offset(await consume_all(kafka_bootstrap, topics.dlq_support, 3, settle=0.5))
+    assert {offset: named["x-error-reason"] for (_p, offset), named in dead.items()} == {
+        metas[n].offset: b"interaction_org_mismatch" for n in (1, 3, 4)
+    }
+    assert duplicates == 0
+    assert (
+        await fetchval(
+            migrated_database,
+            "SELECT event_count FROM support_interactions WHERE id = $1",
+            uuid.UUID(interaction),
+        )
+        == 2
+    )  # opened + the corrected update
+    assert (
+        await fetchval(
+            migrated_database,
+            "SELECT count(*) FROM processed_events WHERE event_id = $1",
+            uuid.UUID(fixed_id),
+        )
+        == 1
+    )
+    stored = await stored_offsets(migrated_database, settings.consumer_group)
+    assert stored[(topics.support, 0)] == len(plan)
