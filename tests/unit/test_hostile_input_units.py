@@ -123,3 +123,41 @@ def test_outcomes_of_a_bisected_batch_add_up() -> None:
     assert merged.next_offsets == {("usage", 0): 13, ("support", 1): 6}
     assert merged.timings_ms == {"write": 3.5}
     assert merged.record_timestamps_ms == [1, 2, 3]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_leap_second_is_a_valid_rfc_3339_timestamp(fast: bool) -> None:
+    """`23:59:60` UTC (any offset) is the last microsecond of its minute; second 60
+    of another minute is refused, with a reason, as before."""
+    org = str(uuid.uuid4())
+    decoder = Decoder("usage", "support", 65536, profile_topic="profile", fast=fast)
+    last = datetime(2016, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+
+    def decode(topic: str, **body: Any) -> Decoded | Rejection:
+        value = orjson.dumps({"event_id": str(uuid.uuid4()), "organization_id": org, **body})
+        return decoder.decode(RawRecord(topic, 0, 1, org.encode(), value))
+
+    for text in ("2016-12-31T23:59:60Z", "2016-12-31T15:59:60.5-08:00", "2016-12-31t23:59:60z"):
+        usage = decode("usage", type="login", occurred_at=text)
+        assert isinstance(usage, Decoded), usage
+        assert usage.event.occurred_at == last
+        support = decode(
+            "support",
+            interaction_id=str(uuid.uuid4()),
+            action="follow_up_scheduled",
+            follow_up_at=text,
+            occurred_at="2017-01-01T00:00:00Z",
+        )
+        assert isinstance(support, Decoded), support
+        assert support.event.follow_up_at == last  # type: ignore[union-attr]
+        profile = decode(
+            "profile",
+            created_at=text,
+            milestones={"clients_10": text},
+            occurred_at="2017-01-01T00:00:00Z",
+        )
+        assert isinstance(profile, Decoded), profile
+        assert profile.event.milestones == {"clients_10": last}  # type: ignore[union-attr]
+    for text in ("2016-12-31T12:00:60Z", "2016-12-31T23:59:60+01:00", "2016-12-31T23:59:61Z"):
+        refused = decode("usage", type="login", occurred_at=text)
+        assert isinstance(refused, Rejection) and refused.reason == "invalid_field", refused
