@@ -412,6 +412,166 @@ async def test_a_stored_offset_beyond_the_log_is_refused_loudly(
     assert stored[(topics.usage, partition)] == 1000
 
 
+async def test_a_record_timestamp_past_year_9999_does_not_invalidate_its_event(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A producer that sets the record timestamp in microseconds (or nanoseconds): the
+    timestamp is only the clock the event is judged against, so the event stands."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org = _org("microsecond-stamps")
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    stamps = [now_ms * 1000, now_ms * 1_000_000, now_ms]  # µs, ns, then a sane one
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        async with running_service(settings) as service:
+            for n, stamp in enumerate(stamps):
+                await producer.send_and_wait(
+                    topics.usage,
+                    orjson.dumps(_usage(org, n, at)),
+                    key=org.encode(),
+                    timestamp_ms=stamp,
+                )
+            await wait_caught_up(
+                migrated_database, kafka_bootstrap, settings.consumer_group, [topics.usage]
+            )
+            rejected = [reason for o in service.outcomes for reason in o.rejected]
+    finally:
+        await producer.stop()
+    assert rejected == []
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 3
+
+
+async def test_producer_headers_cannot_pose_as_the_rejection(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A record that carries headers named like the DLQ's own (a dead letter re-driven
+    with its headers, a producer copying headers through): read by name, the dead
+    letter still says why and where it was rejected this time."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org = _org("header-posers")
+    stale = [
+        ("x-error-reason", b"invalid_json"),
+        ("x-error-detail", b"not valid JSON: the first time"),
+        ("x-source-topic", b"somewhere.else"),
+        ("x-source-partition", b"7"),
+        ("x-source-offset", b"12345"),
+        ("x-rejected-at", b"2020-01-01T00:00:00+00:00"),
+        ("x-source-timestamp-ms", b"1"),
+        ("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+    ]
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        await producer.send_and_wait(
+            topics.usage, orjson.dumps(_usage(org, 0, at)), key=org.encode()
+        )
+        bad = await producer.send_and_wait(
+            topics.usage,
+            orjson.dumps(_usage(org, 1, at, quantity=0)),
+            key=org.encode(),
+            headers=stale,
+        )
+        async with running_service(settings):
+            await wait_caught_up(
+                migrated_database, kafka_bootstrap, settings.consumer_group, [topics.usage]
+            )
+    finally:
+        await producer.stop()
+    (letter,) = await consume_all(kafka_bootstrap, topics.dlq_usage, 1, settle=0.5)
+    named = dict(letter.headers)  # the last of a name wins, as with Java's lastHeader()
+    first: dict[str, bytes | None] = {}
+    for name, value in letter.headers:
+        first.setdefault(name, value)
+    for read in (named, first):
+        assert read["x-error-reason"] == b"out_of_range"
+        assert read["x-source-topic"] == topics.usage.encode()
+        assert read["x-source-partition"] == str(bad.partition).encode()
+        assert read["x-source-offset"] == str(bad.offset).encode()
+        assert read["x-source-timestamp-ms"] == str(bad.timestamp).encode()
+    # the producer's own headers are kept: the ones named like ours under another name
+    assert named["traceparent"] == stale[-1][1]
+    assert [(n, v) for n, v in letter.headers if n.startswith("x-original-")] == [
+        (f"x-original-{n}", v) for n, v in stale[:-1]
+    ]
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 1
+
+
+async def test_a_corrected_resend_in_the_batch_of_its_misrouted_original_is_applied(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """An event refused as `interaction_org_mismatch` is not applied, so its id stays
+    free: its corrected resend in the same batch is a first occurrence, not a conflict,
+    and an exact repeat of it is refused for the same reason, not counted as a duplicate."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    owner, thief = _org("misrouted-owner"), _org("misrouted-thief")
+    opened = _support(owner, 0, at)
+    interaction = opened["interaction_id"]
+
+    def moved(n: int, org: str, event: str) -> dict[str, Any]:
+        return _support(
+            org,
+            n,
+            at,
+            event_id=event,
+            interaction_id=interaction,
+            action="updated",
+            interaction_type=None,
+            channel=None,
+            subject="moved?",
+        )
+
+    fixed_id, repeated_id = str(uuid.uuid4()), str(uuid.uuid4())
+    plan = [
+        (owner, opened),
+        (thief, moved(1, thief, fixed_id)),  # misrouted
+        (owner, moved(1, owner, fixed_id)),  # its corrected resend: applied
+        (thief, moved(2, thief, repeated_id)),  # misrouted
+        (thief, moved(2, thief, repeated_id)),  # the producer's retry of it: misrouted too
+    ]
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        # produced before the service starts: one partition, one fetch, one batch
+        metas = [
+            await producer.send_and_wait(topics.support, orjson.dumps(body), key=org.encode())
+            for org, body in plan
+        ]
+        async with running_service(settings) as service:
+            await wait_caught_up(
+                migrated_database, kafka_bootstrap, settings.consumer_group, [topics.support]
+            )
+            duplicates = sum(o.duplicates for o in service.outcomes)
+    finally:
+        await producer.stop()
+    dead = _dead_by_offset(await consume_all(kafka_bootstrap, topics.dlq_support, 3, settle=0.5))
+    assert {offset: named["x-error-reason"] for (_p, offset), named in dead.items()} == {
+        metas[n].offset: b"interaction_org_mismatch" for n in (1, 3, 4)
+    }
+    assert duplicates == 0
+    assert (
+        await fetchval(
+            migrated_database,
+            "SELECT event_count FROM support_interactions WHERE id = $1",
+            uuid.UUID(interaction),
+        )
+        == 2
+    )  # opened + the corrected update
+    assert (
+        await fetchval(
+            migrated_database,
+            "SELECT count(*) FROM processed_events WHERE event_id = $1",
+            uuid.UUID(fixed_id),
+        )
+        == 1
+    )
+    stored = await stored_offsets(migrated_database, settings.consumer_group)
+    assert stored[(topics.support, 0)] == len(plan)
+
+
 async def test_an_event_dated_centuries_back_costs_a_year_of_silence_at_most(
     migrated_database: str, kafka_bootstrap: str
 ) -> None:

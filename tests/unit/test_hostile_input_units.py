@@ -4,9 +4,22 @@ tests/integration/test_hostile_records.py)."""
 from __future__ import annotations
 
 import logging
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from healthscore.service.ingest.decode import PIPELINE_REASONS, Decoder, RawRecord, Rejection
+import orjson
+import pytest
+
+from healthscore.service.ingest.decode import (
+    PIPELINE_REASONS,
+    Decoded,
+    Decoder,
+    RawRecord,
+    Rejection,
+)
+from healthscore.service.ingest.dlq import ORIGINAL_PREFIX, OWN_HEADERS, dlq_headers
 from healthscore.service.ingest.pipeline import BatchOutcome
 from healthscore.service.ops.logging import framework_logger
 
@@ -28,6 +41,43 @@ def test_a_record_the_client_could_not_read_is_rejected_as_corrupt() -> None:
     result = decoder.decode(record)
     assert isinstance(result, Rejection)
     assert (result.reason, result.detail) == ("corrupt_record", "header key is not UTF-8")
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("unit", [1_000, 1_000_000], ids=["microseconds", "nanoseconds"])
+def test_a_record_timestamp_past_year_9999_is_only_a_clock(fast: bool, unit: int) -> None:
+    """A producer setting the record timestamp in the wrong unit: the event is judged
+    against the wall clock (the earlier of the two), not refused."""
+    org = str(uuid.uuid4())
+    at = datetime.now(UTC) - timedelta(minutes=1)
+    body = {"event_id": str(uuid.uuid4()), "organization_id": org, "type": "login"}
+    decoder = Decoder("usage", "support", 65536, fast=fast)
+    stamp = int(time.time() * 1000) * unit
+    for occurred_at, verdict in ((at, None), (at + timedelta(minutes=10), "future_timestamp")):
+        value = orjson.dumps({**body, "occurred_at": occurred_at.isoformat()})
+        result = decoder.decode(RawRecord("usage", 0, 1, org.encode(), value, stamp))
+        if verdict is None:
+            assert isinstance(result, Decoded), result
+        else:
+            assert isinstance(result, Rejection) and result.reason == verdict, result
+
+
+def test_a_dead_letter_names_each_of_its_own_headers_once() -> None:
+    """Whatever the producer sent, each of the dead letter's own header names occurs
+    once, ours; the producer's headers follow, those named like ours renamed."""
+    theirs: tuple[tuple[str, bytes | None], ...] = (
+        *((name, b"stale") for name in sorted(OWN_HEADERS)),
+        ("trace", None),
+    )
+    record = RawRecord("usage", 3, 41, b"k", b"{}", 1_700_000_000_000, theirs)
+    headers = dlq_headers(Rejection(record, "invalid_field", "why"))
+    names = [name for name, _value in headers]
+    assert set(names[: len(OWN_HEADERS)]) == OWN_HEADERS  # the list covers every one
+    assert all(names.count(name) == 1 for name in OWN_HEADERS)
+    assert headers[len(OWN_HEADERS) :] == [
+        *((ORIGINAL_PREFIX + name, b"stale") for name in sorted(OWN_HEADERS)),
+        ("trace", None),
+    ]
 
 
 def test_framework_errors_are_counted_and_warnings_are_not() -> None:
@@ -73,3 +123,41 @@ def test_outcomes_of_a_bisected_batch_add_up() -> None:
     assert merged.next_offsets == {("usage", 0): 13, ("support", 1): 6}
     assert merged.timings_ms == {"write": 3.5}
     assert merged.record_timestamps_ms == [1, 2, 3]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_leap_second_is_a_valid_rfc_3339_timestamp(fast: bool) -> None:
+    """`23:59:60` UTC (any offset) is the last microsecond of its minute; second 60
+    of another minute is refused, with a reason, as before."""
+    org = str(uuid.uuid4())
+    decoder = Decoder("usage", "support", 65536, profile_topic="profile", fast=fast)
+    last = datetime(2016, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+
+    def decode(topic: str, **body: Any) -> Decoded | Rejection:
+        value = orjson.dumps({"event_id": str(uuid.uuid4()), "organization_id": org, **body})
+        return decoder.decode(RawRecord(topic, 0, 1, org.encode(), value))
+
+    for text in ("2016-12-31T23:59:60Z", "2016-12-31T15:59:60.5-08:00", "2016-12-31t23:59:60z"):
+        usage = decode("usage", type="login", occurred_at=text)
+        assert isinstance(usage, Decoded), usage
+        assert usage.event.occurred_at == last
+        support = decode(
+            "support",
+            interaction_id=str(uuid.uuid4()),
+            action="follow_up_scheduled",
+            follow_up_at=text,
+            occurred_at="2017-01-01T00:00:00Z",
+        )
+        assert isinstance(support, Decoded), support
+        assert support.event.follow_up_at == last  # type: ignore[union-attr]
+        profile = decode(
+            "profile",
+            created_at=text,
+            milestones={"clients_10": text},
+            occurred_at="2017-01-01T00:00:00Z",
+        )
+        assert isinstance(profile, Decoded), profile
+        assert profile.event.milestones == {"clients_10": last}  # type: ignore[union-attr]
+    for text in ("2016-12-31T12:00:60Z", "2016-12-31T23:59:60+01:00", "2016-12-31T23:59:61Z"):
+        refused = decode("usage", type="login", occurred_at=text)
+        assert isinstance(refused, Rejection) and refused.reason == "invalid_field", refused

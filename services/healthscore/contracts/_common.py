@@ -1,9 +1,18 @@
 """Field types and rules shared by the input contracts."""
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field, ValidationInfo
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BeforeValidator,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+)
 from pydantic_core import PydanticCustomError
 
 MAX_FUTURE_SKEW = timedelta(minutes=5)
@@ -38,7 +47,37 @@ def require_text_timestamp(value: object) -> object:
         raise ValueError("must be an RFC 3339 timestamp string with an offset")
     if not value[:1].isdigit() or len(value) < 20:
         raise ValueError("must be an RFC 3339 timestamp string with an offset")
+    if value[16:19] == ":60":
+        return _leap_second(value)
     return value
+
+
+_LEAP_SECOND = re.compile(r"(\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d):60(?:[.,]\d+)?([Zz]|[+-]\d\d:\d\d)")
+_AWARE: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
+
+
+def _leap_second(value: str) -> object:
+    """RFC 3339's leap second, `23:59:60` UTC, as the last microsecond before it.
+
+    A datetime has no second 60; the time stays within the second's minute and
+    day, after every earlier instant. Second 60 at another UTC minute is no
+    leap second and is refused; what does not match the form is left to the
+    parser (which refuses it as before).
+    """
+    match = _LEAP_SECOND.fullmatch(value)
+    if match is None:
+        return value
+    try:
+        parsed = _AWARE.validate_python(f"{match[1]}:59.999999{match[2]}")
+    except ValidationError:
+        return value
+    try:
+        utc = parsed.astimezone(UTC)
+    except OverflowError:
+        return parsed  # outside years 1-9999: `check_representable` says so
+    if (utc.hour, utc.minute) != (23, 59):
+        raise ValueError("second 60 (a leap second) only exists at 23:59:60 UTC")
+    return parsed
 
 
 def check_representable(value: datetime) -> datetime:

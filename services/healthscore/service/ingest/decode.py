@@ -364,10 +364,15 @@ def _received_at(record: RawRecord) -> datetime:
     stamp = record.timestamp_ms
     if stamp is None or stamp <= 0:
         return datetime.now(UTC)
-    sent = datetime.fromtimestamp(stamp / 1000, UTC)
     if stamp < (time.time() - 1) * 1000:
-        return sent  # well before the wall clock: the earlier of the two (cheaper)
-    return min(datetime.now(UTC), sent)
+        # well before the wall clock: the earlier of the two (cheaper)
+        return datetime.fromtimestamp(stamp / 1000, UTC)
+    # compared before converting: a stamp in micro- or nanoseconds lies past year
+    # 9999, where a datetime cannot go, and is no reason to refuse a valid event
+    now = datetime.now(UTC)
+    if stamp >= now.timestamp() * 1000:
+        return now
+    return datetime.fromtimestamp(stamp / 1000, UTC)
 
 
 def _rejection_from(record: RawRecord, exc: ValidationError) -> Rejection:

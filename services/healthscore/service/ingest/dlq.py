@@ -36,9 +36,31 @@ def dlq_headers(rejection: Rejection) -> list[tuple[str, bytes | None]]:
     ]
     if record.timestamp_ms is not None:
         headers.append(("x-source-timestamp-ms", str(record.timestamp_ms).encode()))
-    # keep the producer's own headers too, after ours
-    headers.extend(record.headers)
+    # keep the producer's own headers too, after ours; one named like ours (a dead
+    # letter re-driven with its headers) is renamed, or a reader taking the last
+    # (or the first) header of a name would read the old rejection as this one
+    headers.extend(
+        (ORIGINAL_PREFIX + name if name in OWN_HEADERS else name, value)
+        for name, value in record.headers
+    )
     return headers
+
+
+OWN_HEADERS = frozenset(
+    (
+        "x-error-reason",
+        "x-error-detail",
+        "x-source-topic",
+        "x-source-partition",
+        "x-source-offset",
+        "x-rejected-at",
+        "x-source-timestamp-ms",
+    )
+)
+"""The headers a dead letter is given (`dlq_headers`)."""
+
+ORIGINAL_PREFIX = "x-original-"
+"""Prefixed to a producer's header that is named like one of `OWN_HEADERS`."""
 
 
 class DeadLetterQueue:

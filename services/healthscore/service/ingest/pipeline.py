@@ -249,6 +249,10 @@ class BatchPipeline:
         """
         try:
             return await self._apply(items, positioned)
+        except _SplitBefore as split:
+            first = await self._apply_isolating(items[: split.index], positioned, unprocessable)
+            second = await self._apply_isolating(items[split.index :], positioned, unprocessable)
+            return first.merge(second)
         except DATA_ERRORS as exc:
             if len(items) == 1:
                 unprocessable[0] += 1
@@ -417,6 +421,11 @@ class BatchPipeline:
             for event, owner in effects.misrouted:
                 dead.append(_misrouted_rejection(events, event, owner))
             if effects.misrouted:
+                later = _later_copies_of_misrouted(decoded, effects.misrouted)
+                if later is not None:
+                    # sorted as repeats of an id that stays unclaimed: start over with
+                    # the records before the first of them, then the rest
+                    raise _SplitBefore(later)
                 # not applied, so not processed: a corrected resend with the same
                 # event id must not be dropped as a duplicate
                 await conn.execute(
@@ -638,6 +647,37 @@ async def _sort_claimed(
                 )
             )
     return fresh, duplicates, conflicts
+
+
+class _SplitBefore(Exception):
+    """The batch must be applied as two: the records before `index`, then the rest."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
+
+
+def _later_copies_of_misrouted(
+    decoded: Sequence[Decoded | Rejection], misrouted: Sequence[tuple[SupportEvent, str]]
+) -> int | None:
+    """The index of the first record that repeats the id of a misrouted event, if any.
+
+    A misrouted event is not applied and its id is unclaimed, yet this batch sorted
+    its later copies against it: a corrected resend as a conflict, an exact repeat
+    as a duplicate. After it in a batch of their own, they are sorted as the
+    first occurrences they are. Only copies after a misrouted event count, so
+    both parts are smaller than the batch.
+    """
+    refused = {id(event) for event, _owner in misrouted}
+    seen: set[UUID] = set()  # ids of the misrouted events met so far
+    for index, item in enumerate(decoded):
+        if not isinstance(item, Decoded):
+            continue
+        if id(item.event) in refused:
+            seen.add(item.event.event_id)
+        elif item.event.event_id in seen:
+            return index
+    return None
 
 
 class _OffsetRowsGone(Exception):
