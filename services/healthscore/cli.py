@@ -71,6 +71,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return settings.model_copy(update=overrides) if overrides else settings
 
 
+def administrator_url(settings: Settings, args: argparse.Namespace) -> SecretStr | None:
+    """The URL of a command that changes the schema or the progress: `--database-url`
+    when given (the database the operator named on the command line), else
+    MIGRATION_DATABASE_URL, else DATABASE_URL."""
+    if getattr(args, "database_url", None):
+        return settings.database_url
+    return settings.migration_database_url or settings.database_url
+
+
 @contextlib.contextmanager
 def with_services(
     settings: Settings, keep_data: bool = True
@@ -132,7 +141,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from healthscore.store.migrate import apply_migrations
 
     settings = settings_from_args(args)
-    url = settings.migration_database_url or settings.database_url
+    url = administrator_url(settings, args)
     if url is None:
         print(
             "error: set DATABASE_URL (or MIGRATION_DATABASE_URL), e.g. from "
@@ -294,11 +303,7 @@ def cmd_offsets_reset(args: argparse.Namespace) -> int:
     from healthscore.store.db import database_tls
 
     settings = settings_from_args(args)
-    url = (
-        settings.database_url  # --database-url
-        if args.database_url
-        else settings.migration_database_url or settings.database_url
-    )
+    url = administrator_url(settings, args)
     if url is None or settings.kafka_bootstrap_servers is None:
         print(
             "error: set DATABASE_URL (or MIGRATION_DATABASE_URL) and KAFKA_BOOTSTRAP_SERVERS "
@@ -511,6 +516,9 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     overrides: dict[str, Any] = {}
+    if args.dev and args.database_url:
+        # --dev provisions with the migration URL: the one given here, not the environment's
+        overrides["migration_database_url"] = SecretStr(args.database_url)
     if args.host is not None:
         overrides["api_host"] = args.host
     if args.port is not None:
@@ -522,7 +530,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         identity = None
         if args.dev:
             if args.migrate:
-                url = settings.migration_database_url or settings.database_url
+                url = administrator_url(settings, args)
                 assert url is not None
                 await apply_migrations(url.get_secret_value(), tls=database_tls(settings))
             config, identity = await dev_config(settings)
@@ -571,7 +579,11 @@ def cmd_export_contracts(args: argparse.Namespace) -> int:
 def register_service_commands(add: AddCommand) -> None:
     """The service's own subcommands."""
     p = add("migrate", cmd_migrate, "Apply schema migrations to DATABASE_URL.")
-    p.add_argument("--database-url", help="override DATABASE_URL (needs rights to create roles)")
+    p.add_argument(
+        "--database-url",
+        help="the database to migrate (overrides MIGRATION_DATABASE_URL and DATABASE_URL; "
+        "needs rights to create roles)",
+    )
 
     p = add(
         "serve",

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import subprocess
 import sys
+import warnings
 
 import asyncpg
+import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 
 from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.service.ops.lag import HighWatermarkProbe, consumer_lag
@@ -102,3 +106,16 @@ async def test_lag_command_reads_stored_offsets_and_exits_above_threshold(
     assert over.returncode == 1
     assert "above --max-lag" in over.stderr
     assert "total lag of group lagtest: 12" in over.stdout
+
+
+async def test_a_probe_that_cannot_reach_the_cluster_closes_its_consumer() -> None:
+    # the gauges open a probe every 5 s while the brokers are down: each one left
+    # unclosed printed "Unclosed AIOKafkaConsumer" on stderr when collected
+    probe = HighWatermarkProbe(KafkaConnection("127.0.0.1:1"))
+    with pytest.raises(KafkaConnectionError):
+        await probe.__aenter__()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del probe
+        gc.collect()
+    assert [str(w.message) for w in caught if "Unclosed" in str(w.message)] == []

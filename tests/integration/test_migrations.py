@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -378,3 +381,25 @@ async def test_every_table_and_function_is_documented(migrated_database: str) ->
     finally:
         await conn.close()
     assert [r[0] for r in undocumented] == []
+
+
+async def test_migrate_command_migrates_the_database_its_database_url_option_names(
+    empty_database: str,
+) -> None:
+    # an operator's environment (or .env) names another database to migrate; the
+    # option given on the command line is the one they mean
+    elsewhere = "postgresql://nobody@127.0.0.1:1/elsewhere"
+    env = dict(os.environ, DATABASE_URL=elsewhere, MIGRATION_DATABASE_URL=elsewhere)
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "healthscore.cli", "migrate", "--database-url", empty_database],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert await fetch_val(empty_database, f"SELECT count(*) FROM {MIGRATIONS_TABLE}") == len(
+        load_migrations(migrations_path())
+    )

@@ -9,6 +9,7 @@ from pydantic import (
     AwareDatetime,
     BeforeValidator,
     Field,
+    StringConstraints,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
@@ -134,8 +135,18 @@ def check_json_value(value: Any) -> None:
         stack.extend((child, depth + 1) for child in children)
 
 
-Text = Annotated[
+# The length limit comes before the NUL check: one counted after a validator is
+# pydantic's generic "at most N items after validation", which is what a dead
+# letter's x-error-detail then told the producing team instead of characters.
+FeatureText = Annotated[
     str,
+    StringConstraints(max_length=100),
+    AfterValidator(check_text),
+    Field(json_schema_extra={"pattern": NO_NUL_PATTERN}),
+]
+SubjectText = Annotated[
+    str,
+    StringConstraints(max_length=500),
     AfterValidator(check_text),
     Field(json_schema_extra={"pattern": NO_NUL_PATTERN}),
 ]

@@ -5,7 +5,12 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from healthscore.contracts._common import OccurredAt, Text, TextTimestamp, check_not_in_future
+from healthscore.contracts._common import (
+    OccurredAt,
+    SubjectText,
+    TextTimestamp,
+    check_not_in_future,
+)
 from healthscore.contracts.enums import (
     Channel,
     InteractionType,
@@ -35,8 +40,8 @@ class SupportEvent(BaseModel):
     assigned_to: UUID | None = Field(
         default=None, description="The support staff member (a user_profiles id)."
     )
-    subject: Text | None = Field(
-        default=None, max_length=500, description="Subject, stored verbatim and searchable."
+    subject: SubjectText | None = Field(
+        default=None, description="Subject, stored verbatim and searchable."
     )
     follow_up_at: TextTimestamp | None = Field(
         default=None,

@@ -8,8 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from healthscore.contracts._common import (
     MAX_PROPERTIES_DEPTH,
+    FeatureText,
     OccurredAt,
-    Text,
     check_json_value,
     check_not_in_future,
 )
@@ -31,8 +31,8 @@ class UsageEvent(BaseModel):
     quantity: int = Field(
         default=1, ge=1, le=1_000_000, strict=True, description="How many (1..1,000,000)."
     )
-    feature: Text | None = Field(
-        default=None, max_length=100, description="For `feature_used`: which feature."
+    feature: FeatureText | None = Field(
+        default=None, description="For `feature_used`: which feature."
     )
     properties: dict[str, Any] | None = Field(
         default=None,

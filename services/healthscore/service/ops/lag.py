@@ -49,7 +49,13 @@ class HighWatermarkProbe:
         self._started = False
 
     async def __aenter__(self) -> HighWatermarkProbe:
-        await self._consumer.start()
+        try:
+            await self._consumer.start()
+        except BaseException:
+            # no __aexit__ follows a failed enter: close it here, or every failed
+            # attempt (a gauge refresh while the brokers are down) leaves one open
+            await self._consumer.stop()
+            raise
         self._started = True
         return self
 
