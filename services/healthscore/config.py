@@ -128,6 +128,14 @@ class Settings(BaseSettings):
         "batch.",
     )
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+    kafka_max_request_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="The largest record the service's producer sends (dead letters carry "
+        "the original bytes, larger than MAX_MESSAGE_BYTES); set it to the dead-letter "
+        "topics' max.message.bytes. A dead letter over it, or refused by the broker as too "
+        "large, is sent without its value (header x-value-omitted).",
+    )
     topic_partitions: int = Field(default=4, ge=1)
     topic_replication_factor: int = Field(
         default=1,

@@ -611,3 +611,50 @@ async def test_an_event_dated_centuries_back_costs_a_year_of_silence_at_most(
         uuid.UUID(org),
     )
     assert due is not None and due > at  # the grid goes on after the current event
+
+
+async def test_a_dead_letter_too_large_for_its_topic_goes_without_its_value(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A record the source topic took but whose dead letter (the same bytes plus the
+    headers) exceeds what the producer may send used to fail its batch over and over,
+    holding the partition. The dead letter goes without the value now, saying so."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    limit = 70_000  # what the service's producer may send, here below the source record
+    settings = service_settings(
+        migrated_database, kafka_bootstrap, topics, kafka_max_request_bytes=limit
+    )
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org = _org("oversized")
+    huge = orjson.dumps(_usage(org, 0, at, properties={"blob": "x" * (limit - 600)}))
+    assert 64 * 1024 < len(huge) < limit
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        await producer.send_and_wait(
+            topics.usage, orjson.dumps(_usage(org, 1, at)), key=org.encode()
+        )
+        big = await producer.send_and_wait(
+            topics.usage, huge, key=org.encode(), headers=[("trace", b"t" * 500)]
+        )
+        await producer.send_and_wait(
+            topics.usage, orjson.dumps(_usage(org, 2, at)), key=org.encode()
+        )
+        async with running_service(settings):
+            await wait_caught_up(
+                migrated_database, kafka_bootstrap, settings.consumer_group, [topics.usage]
+            )
+    finally:
+        await producer.stop()
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 2
+    (letter,) = await consume_all(kafka_bootstrap, topics.dlq_usage, 1, settle=0.5)
+    named = dict(letter.headers)
+    assert letter.value is None
+    assert named["x-error-reason"] == b"too_large"
+    assert named["x-source-offset"] == str(big.offset).encode()
+    assert (
+        named["x-value-omitted"]
+        == (
+            f"{len(huge)} bytes and 1 header: too large for the dead-letter topic; "
+            f"the record stays at its source offset while the topic retains it"
+        ).encode()
+    )

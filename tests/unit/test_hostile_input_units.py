@@ -3,6 +3,7 @@ tests/integration/test_hostile_records.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -11,6 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka.errors import MessageSizeTooLargeError
 
 from healthscore.service.ingest.decode import (
     PIPELINE_REASONS,
@@ -19,7 +21,13 @@ from healthscore.service.ingest.decode import (
     RawRecord,
     Rejection,
 )
-from healthscore.service.ingest.dlq import ORIGINAL_PREFIX, OWN_HEADERS, dlq_headers
+from healthscore.service.ingest.dlq import (
+    ORIGINAL_PREFIX,
+    OWN_HEADERS,
+    VALUE_OMITTED,
+    DeadLetterQueue,
+    dlq_headers,
+)
 from healthscore.service.ingest.pipeline import BatchOutcome
 from healthscore.service.ops.logging import framework_logger
 
@@ -161,3 +169,52 @@ def test_a_leap_second_is_a_valid_rfc_3339_timestamp(fast: bool) -> None:
     for text in ("2016-12-31T12:00:60Z", "2016-12-31T23:59:60+01:00", "2016-12-31T23:59:61Z"):
         refused = decode("usage", type="login", occurred_at=text)
         assert isinstance(refused, Rejection) and refused.reason == "invalid_field", refused
+
+
+class _SizeLimitedProducer:
+    """Acknowledges records up to `limit` bytes of value; refuses larger ones as the
+    broker does (the future fails), the producer's own check aside."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.sent: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = []
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes | None]] | None = None,
+    ) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if value is not None and len(value) > self.limit:
+            future.set_exception(MessageSizeTooLargeError())
+        else:
+            self.sent.append((topic, key, value, list(headers or [])))
+            future.set_result(None)
+        return future
+
+
+async def test_a_dead_letter_the_broker_refuses_as_too_large_goes_without_its_value() -> None:
+    producer = _SizeLimitedProducer(limit=100)
+    small = RawRecord("usage", 0, 1, b"k", b"{}", None, (("trace", b"1"),))
+    large = RawRecord("usage", 0, 2, b"k" * 2000, b"x" * 500, None, (("trace", b"2"),))
+    await DeadLetterQueue(producer, ".dlq").publish(
+        [Rejection(small, "invalid_json", "a"), Rejection(large, "too_large", "b")]
+    )
+    (_, key, value, headers), (_, big_key, big_value, big_headers) = producer.sent
+    assert (key, value, headers[-1]) == (b"k", b"{}", ("trace", b"1"))
+    assert big_key is None and big_value is None  # the 2,000-byte key went too
+    named = dict(big_headers)
+    assert named["x-source-offset"] == b"2" and "trace" not in named
+    assert named[VALUE_OMITTED] == (
+        b"500 bytes, a 2000-byte key and 1 header: too large for the dead-letter topic; "
+        b"the record stays at its source offset while the topic retains it"
+    )
+    # a producer's own header of that name cannot pose as ours
+    posing = RawRecord("usage", 0, 3, b"k", b"{}", None, ((VALUE_OMITTED, b"no"),))
+    assert (ORIGINAL_PREFIX + VALUE_OMITTED, b"no") in dlq_headers(
+        Rejection(posing, "invalid_json", "c")
+    )

@@ -174,7 +174,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         linger_ms=5,
         # dead letters carry the original bytes, which may be larger than
         # what the service accepts (that is why they are dead)
-        max_request_size=16 * 1024 * 1024,
+        max_request_size=s.kafka_max_request_bytes,
     )
     pipeline = BatchPipeline(
         pool=pool,

@@ -7,7 +7,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from healthscore.service.ingest.decode import Rejection
+from aiokafka.errors import (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
+
+from healthscore.service.ingest.decode import RawRecord, Rejection
 
 
 class RecordProducer(Protocol):
@@ -24,7 +30,8 @@ class RecordProducer(Protocol):
     ) -> asyncio.Future[Any]: ...
 
 
-def dlq_headers(rejection: Rejection) -> list[tuple[str, bytes | None]]:
+def dlq_headers(rejection: Rejection, own_only: bool = False) -> list[tuple[str, bytes | None]]:
+    """The dead letter's headers: ours, then (unless `own_only`) the producer's."""
     record = rejection.record
     headers: list[tuple[str, bytes | None]] = [
         ("x-error-reason", rejection.reason.encode()),
@@ -36,11 +43,13 @@ def dlq_headers(rejection: Rejection) -> list[tuple[str, bytes | None]]:
     ]
     if record.timestamp_ms is not None:
         headers.append(("x-source-timestamp-ms", str(record.timestamp_ms).encode()))
+    if own_only:
+        return headers
     # keep the producer's own headers too, after ours; one named like ours (a dead
     # letter re-driven with its headers) is renamed, or a reader taking the last
     # (or the first) header of a name would read the old rejection as this one
     headers.extend(
-        (ORIGINAL_PREFIX + name if name in OWN_HEADERS else name, value)
+        (ORIGINAL_PREFIX + name if name in _RESERVED else name, value)
         for name, value in record.headers
     )
     return headers
@@ -59,8 +68,13 @@ OWN_HEADERS = frozenset(
 )
 """The headers a dead letter is given (`dlq_headers`)."""
 
+VALUE_OMITTED = "x-value-omitted"
+"""The header of a dead letter sent without its value (too large for its topic)."""
+
+_RESERVED = OWN_HEADERS | {VALUE_OMITTED}
+
 ORIGINAL_PREFIX = "x-original-"
-"""Prefixed to a producer's header that is named like one of `OWN_HEADERS`."""
+"""Prefixed to a producer's header that is named like one of ours."""
 
 
 class DeadLetterQueue:
@@ -77,18 +91,63 @@ class DeadLetterQueue:
         Called inside the batch transaction, before it commits: if the process
         dies after this and before the commit, the batch is redone and the
         dead letters are sent again (at-least-once, identified by their
-        source coordinates), but none is ever lost.
+        source coordinates), but none is ever lost. A dead letter too large to
+        send (the source topic took a record that, with our headers, the
+        producer or the dead-letter topic refuses) goes without its value and
+        the producer's headers: failing the batch would fail it on every retry.
         """
-        futures = []
-        for rejection in rejections:
-            record = rejection.record
-            futures.append(
-                await self._producer.send(
-                    self.topic_for(record.topic),
-                    value=record.value,
-                    key=record.key,
-                    headers=dlq_headers(rejection),
-                )
-            )
+        futures: list[asyncio.Future[Any] | None] = []
+        for rejection in rejections:  # enqueued in order; refused at once when too large
+            try:
+                futures.append(await self._send(rejection, whole=True))
+            except TOO_LARGE:
+                futures.append(None)
         # one wait for all acks, not a round trip per dead letter
-        await asyncio.gather(*futures)
+        acks = iter(
+            await asyncio.gather(*(f for f in futures if f is not None), return_exceptions=True)
+        )
+        retries = []
+        for rejection, future in zip(rejections, futures, strict=True):
+            ack = None if future is None else next(acks)
+            if future is None or isinstance(ack, TOO_LARGE):
+                retries.append(await self._send(rejection, whole=False))
+            elif isinstance(ack, BaseException):
+                raise ack
+        await asyncio.gather(*retries)
+
+    async def _send(self, rejection: Rejection, whole: bool) -> asyncio.Future[Any]:
+        """Enqueue the dead letter of `rejection`: whole, or without the value and the
+        producer's headers."""
+        record = rejection.record
+        key = record.key
+        if whole:
+            value, headers = record.value, dlq_headers(rejection)
+        else:
+            value, headers = None, [*dlq_headers(rejection, own_only=True), _omitted(record)]
+            if key is not None and len(key) > _LARGEST_KEY_KEPT:
+                key = None
+        return await self._producer.send(
+            self.topic_for(record.topic), value=value, key=key, headers=headers
+        )
+
+
+TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
+"""The producer's (before sending) and the broker's refusals of a record's size."""
+
+
+_LARGEST_KEY_KEPT = 1024
+"""A dead letter sent without its value keeps a key up to this size (a hostile key may
+be what made it too large)."""
+
+
+def _omitted(record: RawRecord) -> tuple[str, bytes]:
+    size = len(record.value or b"")
+    count = len(record.headers)
+    key = len(record.key or b"")
+    dropped_key = f", a {key}-byte key" if key > _LARGEST_KEY_KEPT else ""
+    return (
+        VALUE_OMITTED,
+        f"{size} bytes{dropped_key} and {count} header{'' if count == 1 else 's'}: too "
+        "large for the dead-letter topic; the record stays at its source offset while the "
+        "topic retains it".encode(),
+    )
