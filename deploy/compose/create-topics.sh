@@ -49,8 +49,9 @@ create() {  # name partitions config...
 # rebuilds all state from them, and can only replay what is still there.
 # max.message.bytes caps what producers can send (the service dead-letters
 # anything above MAX_MESSAGE_BYTES, 64 KiB by default); keeping it well under
-# the 1 MiB request limit of the service's producer means a rejected record
-# always fits into the dead-letter topic with its headers.
+# the service producer's KAFKA_MAX_REQUEST_BYTES (16 MiB) and the dead-letter
+# topics' limit below means a rejected record always fits into the dead-letter
+# topic with its headers (one that does not goes without its value, x-value-omitted).
 for t in "$USAGE_TOPIC" "$SUPPORT_TOPIC" "$PROFILE_TOPIC"; do
   create "$t" "$P" cleanup.policy=delete retention.ms=-1 max.message.bytes=524288
 done
