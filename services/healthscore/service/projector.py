@@ -45,7 +45,12 @@ from aiokafka.errors import KafkaError
 
 from healthscore.core.scoring.model import ScoreModel
 from healthscore.core.scoring.score import HealthScore, score
-from healthscore.core.scoring.state import OrganizationState, current_as_of, decode_state
+from healthscore.core.scoring.state import (
+    OrganizationState,
+    current_as_of,
+    decode_state,
+    open_interaction_count,
+)
 from healthscore.service.keyed_batches import BatchingProducer, send_keyed
 from healthscore.service.periodic import AT_ONCE, LOCK_BUSY_RETRY
 from healthscore.store import Connection, locks, sql
@@ -325,7 +330,7 @@ async def _upsert_customer_health(
         [h.change_7d for h in healths],
         [h.change_30d for h in healths],
         [h.active_users_30d for h in healths],
-        [len(s.open_interactions) for s in states],
+        [open_interaction_count(s) for s in states],
         [len(s.milestones) for s in states],
         [to_datetime(s.last_event_at) for s in states],
         [to_datetime(s.last_login_at) for s in states],

@@ -28,6 +28,7 @@ from healthscore.core.enums import (
     InteractionType,
     MilestoneType,
     Outcome,
+    Priority,
     Sentiment,
     UsageType,
 )
@@ -35,7 +36,12 @@ from healthscore.core.events import ProfileEvent, SupportEvent, UsageEvent
 from healthscore.core.interactions import InteractionRecord
 from healthscore.core.milestones import MilestoneCrossing, crossed
 from healthscore.core.scoring.model import DAY, SIGNALS, ScoreModel
-from healthscore.core.scoring.state import OpenInteraction, OrganizationState
+from healthscore.core.scoring.state import (
+    MAX_OPEN_INTERACTIONS,
+    OpenBeyond,
+    OpenInteraction,
+    OrganizationState,
+)
 
 MAX_RECENT_EVENT_IDS = 20
 MAX_USERS = 500
@@ -57,6 +63,8 @@ VALUE_ACTIONS: frozenset[str] = frozenset(
     }
 )
 _ESCALATION = InteractionType.ESCALATION.value
+_CANCELLATION = InteractionType.CANCELLATION_REQUEST.value
+_URGENT = Priority.URGENT.value
 _ESCALATED = Outcome.ESCALATED.value
 
 
@@ -239,6 +247,55 @@ def _is_escalated(record: InteractionRecord | None) -> bool:
     )
 
 
+def _track_open(
+    state: OrganizationState, before: InteractionRecord | None, after: InteractionRecord
+) -> None:
+    """Keep `state`'s open interactions: itemized up to MAX_OPEN_INTERACTIONS, counted
+    beyond (`OpenBeyond`). One of those counted stays counted until it closes."""
+    itemized = state.open_interactions
+    beyond = state.open_beyond
+    counted = (
+        after.id not in itemized
+        and before is not None
+        and before.status == "open"
+        and beyond is not None
+        and beyond.count > 0
+    )
+    if counted:
+        assert beyond is not None and before is not None
+        _count_beyond(beyond, before, -1)
+        if after.status == "open":
+            _count_beyond(beyond, after, +1)
+        elif beyond.count == 0:
+            state.open_beyond = None
+        return
+    if after.status != "open":
+        itemized.pop(after.id, None)
+        return
+    opened_at = after.opened_at if after.opened_at is not None else after.first_event_at
+    if after.id in itemized or len(itemized) < MAX_OPEN_INTERACTIONS:
+        itemized[after.id] = OpenInteraction(
+            opened_at=opened_at,
+            interaction_type=after.interaction_type,
+            priority=after.priority,
+            escalated=_is_escalated(after),
+        )
+        return
+    if beyond is None:
+        beyond = state.open_beyond = OpenBeyond()
+    _count_beyond(beyond, after, +1)
+    if beyond.since is None or opened_at < beyond.since:
+        beyond.since = opened_at
+
+
+def _count_beyond(beyond: OpenBeyond, record: InteractionRecord, sign: int) -> None:
+    beyond.count = max(0, beyond.count + sign)
+    if _is_escalated(record) or record.priority == _URGENT:
+        beyond.escalated = max(0, beyond.escalated + sign)
+    if record.interaction_type == _CANCELLATION:
+        beyond.cancellations = max(0, beyond.cancellations + sign)
+
+
 def apply_interaction(
     state: OrganizationState,
     before: InteractionRecord | None,
@@ -250,15 +307,7 @@ def apply_interaction(
     t = event.occurred_at.timestamp()
     _touch(state, t, str(event.event_id))
 
-    if after.status == "open":
-        state.open_interactions[after.id] = OpenInteraction(
-            opened_at=after.opened_at if after.opened_at is not None else after.first_event_at,
-            interaction_type=after.interaction_type,
-            priority=after.priority,
-            escalated=_is_escalated(after),
-        )
-    else:
-        state.open_interactions.pop(after.id, None)
+    _track_open(state, before, after)
 
     _advance(state, t, model, support=True)
     sentiment_weights = model.signals.sentiment_weights

@@ -82,7 +82,9 @@ def measure(state: OrganizationState, as_of: float, model: ScoreModel) -> Measur
         for name, impact, expected_by_days in model.milestone_table:
             if name not in state.milestones:
                 missing += impact * min(1.0, tenure / expected_by_days)
-    open_count, escalated, cancellations, age = _open_support(state.open_interactions, as_of)
+    open_count, escalated, cancellations, age = _open_support(
+        state.open_interactions, as_of, state.open_beyond
+    )
     last_event = state.last_event_at
     expected = expected_recent_activity(dec["activity_baseline"], state, as_of, model)
     expected_logins = expected_recent_logins(dec["logins_baseline"], state, as_of, model)

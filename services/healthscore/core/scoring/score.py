@@ -126,7 +126,7 @@ from healthscore.core.bands import health_band, risk_level_for
 from healthscore.core.enums import HealthStatus, Priority, RiskLevel
 from healthscore.core.scoring.aggregate import decayed_values
 from healthscore.core.scoring.model import COMPONENTS, DAY, ScoreModel
-from healthscore.core.scoring.state import OpenInteraction, OrganizationState
+from healthscore.core.scoring.state import OpenBeyond, OpenInteraction, OrganizationState
 
 MIN_REPORTED_IMPACT = 0.5
 FEATURE_SHARE_WINDOW_DAYS = 7.0  # the week narrowing_feature_use reads the features of
@@ -474,7 +474,9 @@ def score(
 
     # support
     sup = model.support
-    open_count, escalated, open_cancellations, age = _open_support(state.open_interactions, as_of)
+    open_count, escalated, open_cancellations, age = _open_support(
+        state.open_interactions, as_of, state.open_beyond
+    )
     sentiment, complaints = dec["negative_sentiment"], dec["complaints"]
     cancellations, escalations = dec["cancellation_requests"], dec["escalations"]
     if open_count or sentiment or complaints or cancellations or escalations:
@@ -599,15 +601,18 @@ def _milestone_extra(missing: list[tuple[float, str]]) -> str:
 
 
 def _open_support(
-    open_interactions: dict[str, OpenInteraction], as_of: float
+    open_interactions: dict[str, OpenInteraction], as_of: float, beyond: OpenBeyond | None
 ) -> tuple[int, int, int, float]:
     """(open, escalated or urgent, cancellation requests, age in days of the oldest)
-    of the open interactions."""
-    if not open_interactions:
+    of the open interactions, itemized and counted beyond."""
+    if beyond is not None and beyond.count:
+        count, escalated, cancellations = beyond.count, beyond.escalated, beyond.cancellations
+        oldest: float | None = beyond.since
+    elif not open_interactions:
         return 0, 0, 0, 0.0
-    escalated = 0
-    cancellations = 0
-    oldest: float | None = None
+    else:
+        count = escalated = cancellations = 0
+        oldest = None
     for interaction in open_interactions.values():
         if interaction.interaction_type == _CANCELLATION:
             cancellations += 1
@@ -621,7 +626,7 @@ def _open_support(
             oldest = interaction.opened_at
     assert oldest is not None
     age = max(0.0, (as_of - oldest) / DAY)
-    return len(open_interactions), escalated, cancellations, age
+    return count + len(open_interactions), escalated, cancellations, age
 
 
 def _impacts(

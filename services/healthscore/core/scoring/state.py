@@ -20,6 +20,21 @@ class OpenInteraction(msgspec.Struct, frozen=True):
     escalated: bool = False
 
 
+class OpenBeyond(msgspec.Struct):
+    """The open interactions past `MAX_OPEN_INTERACTIONS`, counted, not itemized: what
+    the support component reads of them (an organization with thousands of open
+    interactions would otherwise carry them all in its state, read and written with
+    every batch, and scored with every event)."""
+
+    count: int = 0
+    # of them, escalated or urgent (`open_escalations`), and cancellation requests
+    escalated: int = 0
+    cancellations: int = 0
+    # the earliest opening among those counted since the count was last zero (the
+    # oldest open interaction's age: too old when that one has closed meanwhile)
+    since: float | None = None
+
+
 class AlertState(msgspec.Struct):
     """Where the organization is in its churn-risk episode lifecycle."""
 
@@ -54,7 +69,9 @@ class OrganizationState(msgspec.Struct):
     features: dict[str, list[float]] = msgspec.field(default_factory=dict)
     # user id -> last seen at (pruned to the active-user window)
     users: dict[str, float] = msgspec.field(default_factory=dict)
+    # the open interactions, at most MAX_OPEN_INTERACTIONS; the rest are counted
     open_interactions: dict[str, OpenInteraction] = msgspec.field(default_factory=dict)
+    open_beyond: OpenBeyond | None = None
     # milestone type -> achieved at
     milestones: dict[str, float] = msgspec.field(default_factory=dict)
     # the newest event ids applied (at most 20), newest last: an alert's `caused_by`
@@ -72,6 +89,15 @@ class OrganizationState(msgspec.Struct):
     # organization whose history began before its first event here: its tenure counts
     # from the account's creation, not from the first event the service saw
     created_at: float | None = None
+
+
+MAX_OPEN_INTERACTIONS = 100
+"""Open interactions itemized in the state; the support penalties saturate long before."""
+
+
+def open_interaction_count(state: OrganizationState) -> int:
+    beyond = state.open_beyond
+    return len(state.open_interactions) + (beyond.count if beyond is not None else 0)
 
 
 _encoder = msgspec.json.Encoder()
