@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 
+import asyncpg
 import pytest
 
 from healthscore_lab.devservices import Services
@@ -68,4 +69,29 @@ async def test_a_broker_refusing_idempotence_names_the_setting(
     (line,) = _error_lines(result)
     assert line.startswith("error: the broker refused an idempotent producer (InitProducerId")
     assert "set KAFKA_IDEMPOTENT_PRODUCER=false" in line
+    _assert_quiet(result)
+
+
+async def test_a_database_without_the_latest_migration_names_it(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """`serve --no-migrate` (or a MIGRATION_DATABASE_URL naming another database) against
+    a database one migration behind: refused at start-up, not failing batch after batch."""
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        latest = await conn.fetchrow(
+            "DELETE FROM schema_migrations WHERE version = "
+            "(SELECT max(version) FROM schema_migrations) RETURNING version, name"
+        )
+    finally:
+        await conn.close()
+    assert latest is not None
+    result = await _serve(migrated_database, kafka_bootstrap)
+    assert result.returncode == 2, result.stderr
+    assert _error_lines(result) == [
+        f"error: the database DATABASE_URL names lacks 1 migration(s) this release needs "
+        f"({latest['version']}_{latest['name']}.sql): apply them to it (healthscore migrate, "
+        "or serve without --no-migrate; MIGRATION_DATABASE_URL, when set, must name the "
+        "same database)"
+    ]
     _assert_quiet(result)

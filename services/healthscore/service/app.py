@@ -71,6 +71,7 @@ from healthscore.service.promotion import Promotion
 from healthscore.service.shadow import ShadowGauges, ShadowScorer
 from healthscore.service.sweep import SilenceSweep
 from healthscore.store.db import database_tls, opened, service_pool
+from healthscore.store.migrate import missing_migrations
 
 log = structlog.get_logger(__name__)
 
@@ -456,6 +457,7 @@ async def lifespan(c: Components) -> AsyncIterator[None]:
                 compacted=frozenset({s.health_topic}),
             )
         await stack.enter_async_context(opened(c.pool, s.database_role))
+        await _refuse_an_unmigrated_database(c.pool)
         await start_producer(c.producer, s.kafka_idempotent_producer)
         await install_salvaging_consumer(c.broker, c.corrupt_records, c.offsets.consumer_built)
         # FastStream stops the broker before this exit runs; this stops one whose
@@ -470,6 +472,18 @@ async def lifespan(c: Components) -> AsyncIterator[None]:
         stack.push_async_callback(c.gauges.close)
         await stack.enter_async_context(_loops(background_loops(c), c.stop))
         yield
+
+
+async def _refuse_an_unmigrated_database(pool: asyncpg.Pool[Any]) -> None:
+    async with pool.acquire() as conn:
+        missing = await missing_migrations(conn)
+    if missing:
+        named = missing[0] if len(missing) == 1 else f"{missing[0]} ... {missing[-1]}"
+        raise StartupRefused(
+            f"the database DATABASE_URL names lacks {len(missing)} migration(s) this release "
+            f"needs ({named}): apply them to it (healthscore migrate, or serve without "
+            "--no-migrate; MIGRATION_DATABASE_URL, when set, must name the same database)"
+        )
 
 
 async def _drain(projector: Projector, timeout: float) -> None:

@@ -147,3 +147,25 @@ async def _apply_locked(conn: asyncpg.Connection, migrations: list[Migration]) -
             ) from exc
         newly_applied.append(migration.version)
     return newly_applied
+
+
+async def missing_migrations(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, migrations_dir: Path | None = None
+) -> list[str]:
+    """The shipped migrations the database has not applied (file names, in order).
+
+    What the service checks at start-up on its own connection: a process serving a
+    database that lacks its schema would fail batch after batch on a missing table
+    or column. Versions applied beyond the shipped ones are no reason to refuse (an
+    older release restarting during a rolling upgrade reads a newer schema).
+    """
+    try:
+        rows = await conn.fetch("SELECT version FROM schema_migrations")
+    except asyncpg.UndefinedTableError:
+        rows = []
+    applied = {row["version"] for row in rows}
+    return [
+        m.file_name
+        for m in load_migrations(migrations_dir or migrations_path())
+        if m.version not in applied
+    ]
