@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -10,9 +10,23 @@ import orjson
 
 from healthscore.core.interactions import InteractionRecord
 
+# The latest instant stored as itself: asyncpg sends datetime.max (9999-12-31
+# 23:59:59.999999, the contract's last instant) as PostgreSQL's `infinity`, so one
+# microsecond before it. A float is about 30 µs coarse there: the contract's last
+# instants round up to datetime.max's seconds or past it (9999-12-31T23:59:59.999999Z
+# is 253402300800.0, year 10000 to `fromtimestamp`).
+_LAST_SECONDS = datetime.max.replace(tzinfo=UTC).timestamp()
+_LAST_STORED = datetime.max.replace(tzinfo=UTC) - timedelta(microseconds=1)
+
 
 def to_datetime(seconds: float | None) -> datetime | None:
-    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+    if seconds is None:
+        return None
+    if seconds >= _LAST_SECONDS:
+        # a valid timestamp of the last microseconds of year 9999 (follow_up_at has no
+        # other bound) rounded up in the float: not year 10000, which no datetime holds
+        return _LAST_STORED
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 def to_seconds(value: datetime | None) -> float | None:
