@@ -701,3 +701,38 @@ async def test_a_follow_up_at_the_last_microsecond_of_year_9999_is_stored(
         "SELECT follow_up_at::text FROM support_interactions WHERE follow_up_required",
     )
     assert follow_up == "9999-12-31 23:59:59.999998+00"
+
+
+async def test_an_event_at_the_first_instant_of_year_1_is_stored_as_a_time(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """0001-01-01T00:00:00Z is valid (the contract's first instant) and is datetime.min,
+    which asyncpg sends as PostgreSQL's -infinity: the event's time and its score's day
+    were stored as -infinity. They are stored one microsecond later, as a time."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    org = _org("first-instant")
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        async with running_service(settings) as service:
+            body = _usage(org, 0, datetime(1, 1, 1, tzinfo=UTC), occurred_at="0001-01-01T00:00:00Z")
+            await producer.send_and_wait(topics.usage, orjson.dumps(body), key=org.encode())
+            await wait_caught_up(
+                migrated_database, kafka_bootstrap, settings.consumer_group, [topics.usage]
+            )
+            rejected = [reason for o in service.outcomes for reason in o.rejected]
+    finally:
+        await producer.stop()
+    assert rejected == []
+    stored = await fetchval(
+        migrated_database,
+        "SELECT array_agg(t::text ORDER BY t) FROM ("
+        " SELECT occurred_at AS t FROM processed_events"
+        " UNION ALL SELECT scored_at FROM health_score_history"
+        " UNION ALL SELECT day::timestamptz FROM health_score_history) AS x",
+    )
+    assert stored == [
+        "0001-01-01 00:00:00+00",  # the day
+        "0001-01-01 00:00:00.000001+00",
+        "0001-01-01 00:00:00.000001+00",
+    ]
