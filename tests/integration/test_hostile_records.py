@@ -658,3 +658,81 @@ async def test_a_dead_letter_too_large_for_its_topic_goes_without_its_value(
             f"the record stays at its source offset while the topic retains it"
         ).encode()
     )
+
+
+async def test_a_follow_up_at_the_last_microsecond_of_year_9999_is_stored(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """`follow_up_at` has no bound but the contract's range: 9999-12-31T23:59:59.999999Z
+    is valid. As seconds in a float it rounds up to year 10000, which a datetime cannot
+    hold: the event was dead-lettered as `unprocessable`. It is stored, within the float's
+    precision (and not as PostgreSQL's `infinity`, which asyncpg makes of datetime.max)."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org = _org("last-microsecond-follow-up")
+    events = [
+        _support(org, 0, at),
+        _support(
+            org,
+            1,
+            at,
+            action="follow_up_scheduled",
+            interaction_id=_support(org, 0, at)["interaction_id"],
+            follow_up_at="9999-12-31T23:59:59.999999Z",
+        ),
+        _support(org, 2, at),  # a neighbour, applied either way
+    ]
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        async with running_service(settings) as service:
+            for body in events:
+                await producer.send_and_wait(topics.support, orjson.dumps(body), key=org.encode())
+            await wait_caught_up(
+                migrated_database, kafka_bootstrap, settings.consumer_group, [topics.support]
+            )
+            rejected = [reason for o in service.outcomes for reason in o.rejected]
+    finally:
+        await producer.stop()
+    assert rejected == []
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 3
+    follow_up = await fetchval(
+        migrated_database,
+        "SELECT follow_up_at::text FROM support_interactions WHERE follow_up_required",
+    )
+    assert follow_up == "9999-12-31 23:59:59.999998+00"
+
+
+async def test_an_event_at_the_first_instant_of_year_1_is_stored_as_a_time(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """0001-01-01T00:00:00Z is valid (the contract's first instant) and is datetime.min,
+    which asyncpg sends as PostgreSQL's -infinity: the event's time and its score's day
+    were stored as -infinity. They are stored one microsecond later, as a time."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    org = _org("first-instant")
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        async with running_service(settings) as service:
+            body = _usage(org, 0, datetime(1, 1, 1, tzinfo=UTC), occurred_at="0001-01-01T00:00:00Z")
+            await producer.send_and_wait(topics.usage, orjson.dumps(body), key=org.encode())
+            await wait_caught_up(
+                migrated_database, kafka_bootstrap, settings.consumer_group, [topics.usage]
+            )
+            rejected = [reason for o in service.outcomes for reason in o.rejected]
+    finally:
+        await producer.stop()
+    assert rejected == []
+    stored = await fetchval(
+        migrated_database,
+        "SELECT array_agg(t::text ORDER BY t) FROM ("
+        " SELECT occurred_at AS t FROM processed_events"
+        " UNION ALL SELECT scored_at FROM health_score_history"
+        " UNION ALL SELECT day::timestamptz FROM health_score_history) AS x",
+    )
+    assert stored == [
+        "0001-01-01 00:00:00+00",  # the day
+        "0001-01-01 00:00:00.000001+00",
+        "0001-01-01 00:00:00.000001+00",
+    ]

@@ -20,9 +20,11 @@ from typing import Any
 
 import asyncpg
 import orjson
+import pytest
 from aiokafka import AIOKafkaProducer
 
 from healthscore.core.scoring.model import default_model
+from healthscore.service.ingest import pipeline as pipeline_module
 from healthscore.service.ingest.decode import Decoder, RawRecord
 from healthscore.service.ingest.dlq import DeadLetterQueue
 from healthscore.service.ingest.pipeline import BatchOutcome, BatchPipeline
@@ -422,3 +424,73 @@ async def test_a_recomputed_organization_sees_the_interactions_its_batch_created
     assert outcome.rejected == {"interaction_org_mismatch": 1}
     assert interaction is not None
     assert (str(interaction["organization_id"]), interaction["event_count"]) == (_org(0), 1)
+
+
+async def test_an_interaction_opened_meanwhile_by_another_replica_is_not_overwritten(
+    database_factory: Any,
+    migrated_template: str,
+    producer: AIOKafkaProducer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two replicas, each with one support partition, open the same interaction id for
+    two organizations at once: replica B reads the interactions before replica A's batch
+    commits, and writes after it. The interaction stays organization 0's, as A wrote it;
+    B's event is dead-lettered as `interaction_org_mismatch` (the batch is computed again
+    and finds the owner), and nothing of it counts in organization 1's state."""
+    url = await database_factory(template=migrated_template)
+    log = _Log()
+    shared = str(uuid.uuid5(uuid.NAMESPACE_URL, "owned-raced-interaction"))
+
+    def opened(org: int, kind: str) -> RawRecord:
+        record = log.support(org, "opened", T0)
+        assert record.value is not None
+        body = orjson.loads(record.value)
+        body["interaction_id"] = shared
+        body["interaction_type"] = kind
+        return dataclasses.replace(record, value=orjson.dumps(body))
+
+    batch_a = [opened(0, "complaint")]  # partition 0: replica A
+    batch_b = [opened(1, "billing_inquiry"), log.usage(1, "login", T0)]  # partition 1: B
+    pool_a = await create_pool(url, "healthscore_writer", min_size=1, max_size=1)
+    pool_b = await create_pool(url, "healthscore_writer", min_size=1, max_size=1)
+    a = _pipeline(pool_a, producer, 0)
+    b = _pipeline(pool_b, producer, 0)
+    read_interactions = pipeline_module._read_interactions
+    raced: list[BatchOutcome] = []
+    racing = False
+
+    async def read_then_let_a_commit(conn: Any, events: Any) -> Any:
+        nonlocal racing
+        found = await read_interactions(conn, events)
+        if not racing:  # B's first read: A's batch commits before B writes
+            racing = True
+            raced.append(await a.process(batch_a))
+        return found
+
+    monkeypatch.setattr(pipeline_module, "_read_interactions", read_then_let_a_commit)
+    admin = await asyncpg.connect(url)
+    try:
+        outcome = await b.process(batch_b)
+        row = await admin.fetchrow(
+            "SELECT organization_id, interaction_type, event_count FROM support_interactions "
+            "WHERE id = $1",
+            uuid.UUID(shared),
+        )
+        state = await admin.fetchval(
+            "SELECT state::text FROM organization_state WHERE organization_id = $1",
+            uuid.UUID(_org(1)),
+        )
+    finally:
+        await admin.close()
+        await pool_a.close()
+        await pool_b.close()
+    assert raced and raced[0].applied == 1
+    assert row is not None
+    assert (str(row["organization_id"]), row["interaction_type"], row["event_count"]) == (
+        _org(0),
+        "complaint",
+        1,
+    )
+    assert outcome.rejected == {"interaction_org_mismatch": 1}
+    assert outcome.applied == 1  # organization 1's login
+    assert orjson.loads(state)["open_interactions"] == {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -10,9 +10,35 @@ import orjson
 
 from healthscore.core.interactions import InteractionRecord
 
+# The contract's first and last instants (0001-01-01T00:00:00Z, 9999-12-31T23:59:59.999999Z)
+# are datetime.min and datetime.max, which asyncpg sends as PostgreSQL's -infinity and
+# infinity: they are stored one microsecond inside instead (`storable`).
+_FIRST = datetime.min.replace(tzinfo=UTC)
+_LAST = datetime.max.replace(tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+# A float is about 30 µs coarse at year 9999: its last instants round up to datetime.max's
+# seconds or past it (9999-12-31T23:59:59.999999Z is 253402300800.0, year 10000 to
+# `fromtimestamp`)
+_LAST_SECONDS = _LAST.timestamp()
+
+
+def storable(value: datetime) -> datetime:
+    """`value` (aware), or the nearest instant PostgreSQL stores as itself, not as ±infinity."""
+    if value <= _FIRST:
+        return _FIRST + _MICROSECOND
+    if value >= _LAST:
+        return _LAST - _MICROSECOND
+    return value
+
 
 def to_datetime(seconds: float | None) -> datetime | None:
-    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+    if seconds is None:
+        return None
+    if seconds >= _LAST_SECONDS:
+        # a valid timestamp of the last microseconds of year 9999 (follow_up_at has no
+        # other bound) rounded up in the float: not year 10000, which no datetime holds
+        return _LAST - _MICROSECOND
+    return storable(datetime.fromtimestamp(seconds, UTC))
 
 
 def to_seconds(value: datetime | None) -> float | None:

@@ -160,6 +160,15 @@ SELECT id FROM unnest($1::uuid[]) AS x(id) ORDER BY id
 ON CONFLICT (id) DO NOTHING
 """
 
+# An interaction never moves between organizations. The batch read the stored ones
+# (READ_INTERACTIONS) and dead-letters an event of another organization's, but another
+# replica's batch (another partition) can commit the same id between that read and this
+# write: the row it finds then is another organization's, and overwriting it would give
+# that organization this one's interaction. `event_count` is set to NULL then (the
+# writer may not update `organization_id`), so the statement fails with a not-null
+# violation: a data error, which makes the pipeline
+# apply the batch again in parts (bisection); each part reads the row anew and
+# dead-letters the event as `interaction_org_mismatch`, the rest applies.
 UPSERT_INTERACTIONS = """
 INSERT INTO support_interactions (
     id, organization_id, interaction_type, channel, status, priority, sentiment,
@@ -197,7 +206,10 @@ ON CONFLICT (id) DO UPDATE SET
     first_event_at = EXCLUDED.first_event_at,
     last_event_at = EXCLUDED.last_event_at,
     field_event_times = EXCLUDED.field_event_times,
-    event_count = EXCLUDED.event_count
+    event_count = CASE
+        WHEN support_interactions.organization_id = EXCLUDED.organization_id
+        THEN EXCLUDED.event_count
+    END
 """
 
 INSERT_MILESTONES = """

@@ -56,7 +56,7 @@ from healthscore.service.ingest.owned import OwnedStates
 from healthscore.service.projector import project_in_transaction
 from healthscore.store import Connection, sql
 from healthscore.store.effects_writer import write_effects
-from healthscore.store.records import interaction_from_row
+from healthscore.store.records import interaction_from_row, storable
 from healthscore.store.states import (
     States,
     lock_states,
@@ -341,7 +341,7 @@ class BatchPipeline:
             [tp[1] for tp in partitions],
             [e.event_id for e in bodies],
             [e.organization_id for e in bodies],
-            [e.occurred_at for e in bodies],
+            [storable(e.occurred_at) for e in bodies],
             digests,
             [d.record.topic for d in events],
             [d.record.partition for d in events],
@@ -706,7 +706,7 @@ def _max_event_times(events: list[Decoded]) -> dict[PartitionKey, datetime]:
     result: dict[PartitionKey, datetime] = {}
     for item in events:
         tp = (item.record.topic, item.record.partition)
-        occurred = item.event.occurred_at.astimezone(UTC)
+        occurred = storable(item.event.occurred_at.astimezone(UTC))
         if tp not in result or occurred > result[tp]:
             result[tp] = occurred
     return result
