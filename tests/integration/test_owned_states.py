@@ -494,3 +494,45 @@ async def test_an_interaction_opened_meanwhile_by_another_replica_is_not_overwri
     assert outcome.rejected == {"interaction_org_mismatch": 1}
     assert outcome.applied == 1  # organization 1's login
     assert orjson.loads(state)["open_interactions"] == {}
+
+
+async def test_a_batch_past_its_silence_budget_commits_in_parts_to_the_same_end(
+    database_factory: Any, migrated_template: str, producer: AIOKafkaProducer
+) -> None:
+    """Events a year apart each end a year of silence (1,460 rescorings): a batch past
+    the silence budget commits in parts, and writes what one transaction writes."""
+    log = _Log()
+    batch = [log.usage(0, "login", datetime(1990 + k, 3, 1, tzinfo=UTC)) for k in range(8)]
+    batch += [log.usage(org, "login", T0 + timedelta(hours=org)) for org in range(1, 5)]
+
+    async def run(budget: int) -> tuple[BatchOutcome, dict[str, list[tuple[Any, ...]]]]:
+        url = await database_factory(template=migrated_template)
+        pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=1)
+        try:
+            pipeline = BatchPipeline(
+                pool=pool,
+                decoder=Decoder(USAGE, SUPPORT, 64 * 1024),
+                dlq=DeadLetterQueue(producer, ".dlq"),
+                model=default_model(),
+                consumer_group="owned",
+                rescore_step_seconds=6 * 3600,
+                silence_rescoring=True,
+                owned_states=1000,
+                silence_budget=budget,
+            )
+            outcome = await pipeline.process(batch)
+        finally:
+            await pool.close()
+        return outcome, await _snapshot(url)
+
+    whole, whole_rows = await run(10**9)
+    cut, cut_rows = await run(3_000)  # two years of silence: cut every other event
+    assert whole.transactions == 1
+    assert cut.transactions == 4
+    assert cut.applied == whole.applied == 12
+    assert len(whole_rows["history"]) > 7 * 365
+    # the same rows, but for the versions: each part saved the state once more
+    for rows in (cut_rows, whole_rows):
+        rows["state"] = [row[:2] for row in rows["state"]]
+        rows["queued"] = [row[:1] for row in rows["queued"]]
+    assert cut_rows == whole_rows

@@ -31,6 +31,7 @@ from healthscore.core.effects import (
     compute_batch_effects,
     compute_silence_effects,
     next_silence_rescore,
+    silence_budget_index,
     silence_rescore_times,
 )
 from healthscore.core.events import UsageEvent
@@ -445,3 +446,52 @@ def test_silence_is_rescored_for_a_year_at_most() -> None:
     assert (
         silence_rescore_times(states[ON_THE_HOUR], T0.timestamp() + 9 * SILENCE_HORIZON, STEP) == []
     )
+
+
+def test_a_batch_is_cut_where_its_silence_rescorings_pass_the_budget() -> None:
+    """Events a year apart each end a year of silence: the pipeline cuts the batch
+    where the estimate passes its budget (never before the first event), and the
+    sweep's per-organization limit leaves the rest due, to the same end."""
+    org = uuid.UUID(ON_THE_HOUR)
+    start = datetime(1990, 1, 1, tzinfo=UTC).timestamp()
+
+    def login(at: float) -> UsageEvent:
+        return UsageEvent(
+            event_id=uuid.uuid4(),
+            organization_id=org,
+            type=UsageType.LOGIN,
+            occurred_at=datetime.fromtimestamp(at, UTC),
+        )
+
+    year = SILENCE_HORIZON
+    events = [login(start + k * year) for k in range(6)]
+    per_gap = int((year - STEP) // STEP) + 1  # the estimate of one year of silence
+    assert silence_budget_index(events, {}, STEP, 10**9) is None
+    assert silence_budget_index(events, {}, STEP, per_gap) == 2  # one gap fits, two do not
+    assert silence_budget_index(events, {}, STEP, 0) == 1  # the first event ends no silence
+    held = {ON_THE_HOUR: _state(start - year)}
+    assert silence_budget_index(events, held, STEP, per_gap) == 1
+    # the first event goes whatever it costs: never a cut before it
+    assert silence_budget_index(events[:1], held, STEP, 0) is None
+    # cutting there changes nothing: the same effects in two batches as in one
+    whole: dict[str, OrganizationState] = {}
+    one = compute_batch_effects(events, whole, {}, MODEL, STEP)
+    parts: dict[str, OrganizationState] = {}
+    first = compute_batch_effects(events[:2], parts, {}, MODEL, STEP)
+    second = compute_batch_effects(events[2:], parts, {}, MODEL, STEP)
+    assert len(first.silence_rescorings) + len(second.silence_rescorings) == len(
+        one.silence_rescorings
+    )
+    assert encode_state(parts[ON_THE_HOUR]) == encode_state(whole[ON_THE_HOUR])
+    # the sweep in pages of at most 500 per organization ends where one pass ends
+    swept = {ON_THE_HOUR: _state(start)}
+    limited = {ON_THE_HOUR: _state(start)}
+    watermark = start + 2 * year
+    all_at_once = compute_silence_effects(swept, watermark, STEP, MODEL)
+    made = 0
+    while times := silence_rescore_times(limited[ON_THE_HOUR], watermark, STEP):
+        page = compute_silence_effects(limited, watermark, STEP, MODEL, limit=500)
+        assert len(page.silence_rescorings) == min(500, len(times))
+        made += len(page.silence_rescorings)
+    assert made == len(all_at_once.silence_rescorings)
+    assert encode_state(limited[ON_THE_HOUR]) == encode_state(swept[ON_THE_HOUR])

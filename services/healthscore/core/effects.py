@@ -48,7 +48,7 @@ silence rescoring has come, the day's last decision point's until then.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from healthscore.core.enums import HistoryCause
@@ -247,9 +247,11 @@ def next_silence_rescore(state: OrganizationState, step: float) -> float | None:
     return at if at < state.last_event_at + SILENCE_HORIZON else None
 
 
-def silence_rescore_times(state: OrganizationState, until: float, step: float) -> list[float]:
+def silence_rescore_times(
+    state: OrganizationState, until: float, step: float, limit: int | None = None
+) -> list[float]:
     """The grid points before `until`, and within `SILENCE_HORIZON` of the newest event,
-    at which the silent organization is due (oldest first)."""
+    at which the silent organization is due (oldest first; the first `limit` of them)."""
     last_event = state.last_event_at
     if last_event is None or until <= last_event + step:
         return []  # the common case, per event of an active organization: nothing due
@@ -257,7 +259,42 @@ def silence_rescore_times(state: OrganizationState, until: float, step: float) -
     first = _next_silence_index(state, grid, step)
     assert first is not None
     end = grid.index_at_or_after(min(until, last_event + SILENCE_HORIZON))
+    if limit is not None:
+        end = min(end, first + limit)
     return [grid.at(k) for k in range(first, end)]
+
+
+def silence_budget_index(
+    events: Sequence[Event],
+    states: Mapping[str, OrganizationState],
+    step: float,
+    budget: int,
+) -> int | None:
+    """Where a batch of `events` passes `budget` silence rescorings: the index of the
+    event before which to cut it (never 0: the first event goes, whatever its cost).
+
+    An estimate from each organization's newest event (grid points a step apart in
+    each silence the events end, within `SILENCE_HORIZON`), enough to bound what one
+    transaction computes and holds: every event may end a year of silence, and the
+    decisions do not depend on where a batch is cut.
+    """
+    last = {org: state.last_event_at for org, state in states.items()}
+    work = 0
+    for index, event in enumerate(events):
+        if isinstance(event, ProfileEvent):
+            continue  # not activity: it ends no silence
+        org = str(event.organization_id)
+        t = event.occurred_at.timestamp()
+        newest = last.get(org)
+        if newest is not None and t > newest:
+            silent = min(t, newest + SILENCE_HORIZON) - (newest + step)
+            if silent > 0:
+                work += int(silent // step) + 1
+                if work > budget and index > 0:
+                    return index
+        if newest is None or t > newest:
+            last[org] = t
+    return None
 
 
 def _rescore_silence(
@@ -525,8 +562,10 @@ def compute_silence_effects(
     step: float,
     model: ScoreModel,
     keep_scores: bool = False,
+    limit: int | None = None,
 ) -> BatchEffects:
-    """The sweep: rescore silent organizations at every due grid point below `watermark`.
+    """The sweep: rescore silent organizations at every due grid point below `watermark`
+    (at most `limit` of them each: the rest stay due, for the next pass).
 
     `watermark` is an event time no event still to come precedes (see
     `healthscore.service.sweep`), so none of these rescorings can come out of order
@@ -536,7 +575,7 @@ def compute_silence_effects(
     """
     effects = BatchEffects(states=states, keep_scores=keep_scores)
     for state in states.values():
-        times = silence_rescore_times(state, watermark, step)
+        times = silence_rescore_times(state, watermark, step, limit)
         if times:
             _rescore_silence(state, times, model, effects)
     return effects

@@ -61,6 +61,10 @@ async def event_time_watermark(
     return value
 
 
+SWEEP_BUDGET = 100_000
+"""Silence rescorings one sweep transaction makes at most."""
+
+
 class SilenceSweep:
     def __init__(
         self,
@@ -105,8 +109,14 @@ class SilenceSweep:
             if not rows:
                 return 0
             states, versions = stored_states(rows)
+            # each organization may be a year of silence behind (1,460 grid points):
+            # a page makes at most SWEEP_BUDGET, the rest stay due for the next page
             effects = compute_silence_effects(
-                states, watermark.timestamp(), self._step, self._model
+                states,
+                watermark.timestamp(),
+                self._step,
+                self._model,
+                limit=max(1, SWEEP_BUDGET // len(states)),
             )
             if effects.rescored:
                 await save_locked_states(conn, rescored_states(effects), versions, self._step)

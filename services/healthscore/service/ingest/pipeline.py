@@ -36,7 +36,7 @@ from uuid import UUID
 import asyncpg
 
 from healthscore.core.alignment import AlignmentView, align
-from healthscore.core.effects import BatchEffects, compute_batch_effects
+from healthscore.core.effects import BatchEffects, compute_batch_effects, silence_budget_index
 from healthscore.core.events import Event, SupportEvent
 from healthscore.core.interactions import InteractionRecord
 from healthscore.core.partitions import PartitionKey
@@ -83,6 +83,12 @@ DATA_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+SILENCE_BUDGET = 100_000
+"""Silence rescorings one batch transaction may make: every event may end a year of
+silence (`core.effects.SILENCE_HORIZON`, 1,460 rescorings), so a batch of events a year
+apart would otherwise compute millions in one transaction, and hold them all."""
+
+
 class TooManyUnprocessable(Exception):
     """More records of one batch failed alone than a data problem explains.
 
@@ -125,6 +131,8 @@ class BatchOutcome:
     frontiers: dict[PartitionKey, float] = field(default_factory=dict)
     next_offsets: dict[PartitionKey, int] = field(default_factory=dict)
     rejections: list[Rejection] = field(default_factory=list)
+    # the transactions the batch took (more than one: bisected, or cut in parts)
+    transactions: int = 1
 
     def merge(self, later: BatchOutcome) -> BatchOutcome:
         """This outcome followed by `later` (the parts of a bisected batch)."""
@@ -159,8 +167,11 @@ class BatchPipeline:
         silence_rescoring: bool = False,
         read_model_in_transaction: bool = False,
         owned_states: int = 0,
+        silence_budget: int = SILENCE_BUDGET,
     ) -> None:
         self._pool = pool
+        # silence rescorings one transaction may make (a batch past it is cut in two)
+        self._silence_budget = silence_budget
         # states held between batches (OwnedStates; 0: every batch reads them)
         self._owned = OwnedStates(owned_states)
         # partitions whose offset rows exist (created by this pipeline or found)
@@ -415,9 +426,19 @@ class BatchPipeline:
             outcome.duplicates = len(duplicates)
             for item in duplicates:
                 _count(outcome.duplicates_by_topic, item.record.topic)
-            effects, saved = await self._compute_and_save_states(
-                conn, [d.event for d in new_events], read, marks, outcome
-            )
+            try:
+                effects, saved = await self._compute_and_save_states(
+                    conn, [d.event for d in new_events], read, marks, outcome
+                )
+            except _SilenceBudget as over:
+                # its records before that event in one transaction, the rest after
+                raise _SplitBefore(
+                    next(
+                        index
+                        for index, item in enumerate(decoded)
+                        if isinstance(item, Decoded) and item.event is over.event
+                    )
+                ) from None
             for event, owner in effects.misrouted:
                 dead.append(_misrouted_rejection(events, event, owner))
             if effects.misrouted:
@@ -513,6 +534,10 @@ class BatchPipeline:
                 versions[org] = read_versions[org]
                 if org in read_states:
                     states[org] = read_states[org]
+        if self._silence_step is not None:
+            cut = silence_budget_index(events, states, self._silence_step, self._silence_budget)
+            if cut is not None:
+                raise _SilenceBudget(events[cut])
         interactions = await _read_interactions(conn, events)
         marks.lap("load")
         effects = compute_batch_effects(
@@ -647,6 +672,14 @@ async def _sort_claimed(
                 )
             )
     return fresh, duplicates, conflicts
+
+
+class _SilenceBudget(Exception):
+    """The batch's silence rescorings pass the budget at `event` (cut before it)."""
+
+    def __init__(self, event: Event) -> None:
+        super().__init__(event)
+        self.event = event
 
 
 class _SplitBefore(Exception):
