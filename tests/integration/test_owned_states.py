@@ -101,7 +101,9 @@ def _batches(log: _Log) -> list[list[RawRecord]]:
     return batches
 
 
-def _pipeline(pool: asyncpg.Pool[Any], producer: AIOKafkaProducer, held: int) -> BatchPipeline:
+def _pipeline(
+    pool: asyncpg.Pool[Any], producer: AIOKafkaProducer, held: int, **options: Any
+) -> BatchPipeline:
     return BatchPipeline(
         pool=pool,
         decoder=Decoder(USAGE, SUPPORT, 64 * 1024),
@@ -110,6 +112,7 @@ def _pipeline(pool: asyncpg.Pool[Any], producer: AIOKafkaProducer, held: int) ->
         consumer_group="owned",
         rescore_step_seconds=6 * 3600,
         owned_states=held,
+        **options,
     )
 
 
@@ -509,16 +512,8 @@ async def test_a_batch_past_its_silence_budget_commits_in_parts_to_the_same_end(
         url = await database_factory(template=migrated_template)
         pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=1)
         try:
-            pipeline = BatchPipeline(
-                pool=pool,
-                decoder=Decoder(USAGE, SUPPORT, 64 * 1024),
-                dlq=DeadLetterQueue(producer, ".dlq"),
-                model=default_model(),
-                consumer_group="owned",
-                rescore_step_seconds=6 * 3600,
-                silence_rescoring=True,
-                owned_states=1000,
-                silence_budget=budget,
+            pipeline = _pipeline(
+                pool, producer, 1000, silence_rescoring=True, silence_budget=budget
             )
             outcome = await pipeline.process(batch)
         finally:

@@ -50,6 +50,16 @@ MODEL = default_model()
 ON_THE_HOUR = str(uuid.UUID(int=int(STEP * 1000) * 12_345))
 
 
+def _login(at: float) -> UsageEvent:
+    """A login of the organization whose grid has phase 0, at event time `at`."""
+    return UsageEvent(
+        event_id=uuid.uuid4(),
+        organization_id=uuid.UUID(ON_THE_HOUR),
+        type=UsageType.LOGIN,
+        occurred_at=datetime.fromtimestamp(at, UTC),
+    )
+
+
 def _state(
     last_event: float, last_scored: float | None = None, org: str = ON_THE_HOUR
 ) -> OrganizationState:
@@ -340,18 +350,10 @@ def test_batch_rescores_silence_before_the_event_that_ends_it() -> None:
     t0 = T0.timestamp()
     org = uuid.UUID(ON_THE_HOUR)
 
-    def login(at: float) -> UsageEvent:
-        return UsageEvent(
-            event_id=uuid.uuid4(),
-            organization_id=org,
-            type=UsageType.LOGIN,
-            occurred_at=datetime.fromtimestamp(at, UTC),
-        )
-
     # active at t0 + 10 min, then silent until two days later (an hour after the
     # silence rescoring at 00:00: a decision point, see tests/unit/test_decision_points.py)
     back = t0 + 2 * 86400 + 3600 + 60
-    effects = compute_batch_effects([login(t0 + 600), login(back)], {}, {}, MODEL, STEP)
+    effects = compute_batch_effects([_login(t0 + 600), _login(back)], {}, {}, MODEL, STEP)
     times = [r.scored_at for r in effects.silence_rescorings]
     assert times == [t0 + k * STEP for k in range(2, 9)]
     assert {r.cause for r in effects.silence_rescorings} == {HistoryCause.SWEEP}
@@ -369,7 +371,7 @@ def test_batch_rescores_silence_before_the_event_that_ends_it() -> None:
     ]
     assert [r.health.score for r in history[:2]] == [scores[1], scores[5]]
     # without a step (the sweep off), no silence rescorings at all
-    quiet = compute_batch_effects([login(t0 + 600), login(back)], {}, {}, MODEL)
+    quiet = compute_batch_effects([_login(t0 + 600), _login(back)], {}, {}, MODEL)
     assert quiet.silence_rescorings == []
     assert [r.scored_at for r in quiet.history()] == [t0 + 600, back]
     state = copy.deepcopy(effects.states[str(org)])
@@ -377,7 +379,7 @@ def test_batch_rescores_silence_before_the_event_that_ends_it() -> None:
     # an event in the hour of the silence rescoring (00:01) waits for its decision
     soon = t0 + 2 * 86400 + 60
     waits = compute_batch_effects(
-        [login(t0 + 600), login(soon)], {}, {}, MODEL, STEP, keep_scores=True
+        [_login(t0 + 600), _login(soon)], {}, {}, MODEL, STEP, keep_scores=True
     )
     assert waits.scores[-1] == waits.silence_rescorings[-1]
     assert waits.states[str(org)].last_scored_at == t0 + 8 * STEP
@@ -389,19 +391,11 @@ def test_a_late_event_does_not_rescore_the_same_silence_twice() -> None:
     t0 = T0.timestamp()
     org = uuid.UUID(ON_THE_HOUR)
 
-    def login(at: float) -> UsageEvent:
-        return UsageEvent(
-            event_id=uuid.uuid4(),
-            organization_id=org,
-            type=UsageType.LOGIN,
-            occurred_at=datetime.fromtimestamp(at, UTC),
-        )
-
     states: dict[str, OrganizationState] = {}
-    compute_batch_effects([login(t0)], states, {}, MODEL, STEP)
+    compute_batch_effects([_login(t0)], states, {}, MODEL, STEP)
     swept = compute_silence_effects(states, t0 + 5 * STEP + 1, STEP, MODEL)
     assert [r.scored_at for r in swept.silence_rescorings] == [t0 + k * STEP for k in range(1, 6)]
-    late = compute_batch_effects([login(t0 + 2 * STEP)], states, {}, MODEL, STEP)
+    late = compute_batch_effects([_login(t0 + 2 * STEP)], states, {}, MODEL, STEP)
     assert late.silence_rescorings == []
     assert late.rescored[str(org)].scored_at == t0 + 5 * STEP
     state = states[str(org)]
@@ -418,16 +412,8 @@ def test_silence_is_rescored_for_a_year_at_most() -> None:
     ancient = datetime(1990, 1, 1, tzinfo=UTC).timestamp()
     assert ancient % STEP == 0
 
-    def login(at: float) -> UsageEvent:
-        return UsageEvent(
-            event_id=uuid.uuid4(),
-            organization_id=org,
-            type=UsageType.LOGIN,
-            occurred_at=datetime.fromtimestamp(at, UTC),
-        )
-
     now = T0.timestamp() + 600
-    effects = compute_batch_effects([login(ancient), login(now)], {}, {}, MODEL, STEP)
+    effects = compute_batch_effects([_login(ancient), _login(now)], {}, {}, MODEL, STEP)
     times = [r.scored_at for r in effects.silence_rescorings]
     year = SILENCE_HORIZON // STEP  # grid points a year holds
     assert times == [ancient + k * STEP for k in range(1, int(year))]
@@ -452,19 +438,10 @@ def test_a_batch_is_cut_where_its_silence_rescorings_pass_the_budget() -> None:
     """Events a year apart each end a year of silence: the pipeline cuts the batch
     where the estimate passes its budget (never before the first event), and the
     sweep's per-organization limit leaves the rest due, to the same end."""
-    org = uuid.UUID(ON_THE_HOUR)
     start = datetime(1990, 1, 1, tzinfo=UTC).timestamp()
 
-    def login(at: float) -> UsageEvent:
-        return UsageEvent(
-            event_id=uuid.uuid4(),
-            organization_id=org,
-            type=UsageType.LOGIN,
-            occurred_at=datetime.fromtimestamp(at, UTC),
-        )
-
     year = SILENCE_HORIZON
-    events = [login(start + k * year) for k in range(6)]
+    events = [_login(start + k * year) for k in range(6)]
     per_gap = int((year - STEP) // STEP) + 1  # the estimate of one year of silence
     assert silence_budget_index(events, {}, STEP, 10**9) is None
     assert silence_budget_index(events, {}, STEP, per_gap) == 2  # one gap fits, two do not
