@@ -99,6 +99,9 @@ def service_settings(
         "batch_timeout_ms": 50,
         "relay_interval_seconds": 0.05,
         "ops_port": 0,
+        # a new group's first join waits about a session timeout on the embedded
+        # broker: 3 s instead of the service's 10 s default saves ~6 s per service start
+        "kafka_session_timeout_ms": 3000,
     }
     values.update(extra)
     return Settings.model_construct(**{**Settings().model_dump(), **values})
@@ -231,6 +234,7 @@ class ServiceProcess:
                 "CONSUMER_GROUP": s.consumer_group,
                 "BATCH_MAX_RECORDS": str(s.batch_max_records),
                 "BATCH_TIMEOUT_MS": str(s.batch_timeout_ms),
+                "KAFKA_SESSION_TIMEOUT_MS": str(s.kafka_session_timeout_ms),
                 "RELAY_INTERVAL_SECONDS": str(s.relay_interval_seconds),
                 "OPS_PORT": str(s.ops_port),
                 "LOG_FORMAT": "json",
