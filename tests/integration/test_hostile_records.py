@@ -13,6 +13,7 @@ import json
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -78,6 +79,28 @@ def _reversed_keys(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _reversed_keys(value[key]) for key in reversed(list(value))}
     return value
+
+
+async def _through_the_service(
+    database: str,
+    bootstrap: str,
+    settings: Any,
+    topic: str,
+    records: Sequence[tuple[str, dict[str, Any], int | None]],
+) -> list[str]:
+    """Send `records` (key, body, record timestamp) to `topic` with the service running
+    and wait until it has caught up; the reasons it rejected records for."""
+    producer = await make_producer(bootstrap)
+    try:
+        async with running_service(settings) as service:
+            for key, body, stamp in records:
+                await producer.send_and_wait(
+                    topic, orjson.dumps(body), key=key.encode(), timestamp_ms=stamp
+                )
+            await wait_caught_up(database, bootstrap, settings.consumer_group, [topic])
+            return [reason for o in service.outcomes for reason in o.rejected]
+    finally:
+        await producer.stop()
 
 
 def _dead_by_offset(records: list[Any]) -> dict[tuple[int, int], dict[str, bytes | None]]:
@@ -423,22 +446,10 @@ async def test_a_record_timestamp_past_year_9999_does_not_invalidate_its_event(
     org = _org("microsecond-stamps")
     now_ms = int(datetime.now(UTC).timestamp() * 1000)
     stamps = [now_ms * 1000, now_ms * 1_000_000, now_ms]  # µs, ns, then a sane one
-    producer = await make_producer(kafka_bootstrap)
-    try:
-        async with running_service(settings) as service:
-            for n, stamp in enumerate(stamps):
-                await producer.send_and_wait(
-                    topics.usage,
-                    orjson.dumps(_usage(org, n, at)),
-                    key=org.encode(),
-                    timestamp_ms=stamp,
-                )
-            await wait_caught_up(
-                migrated_database, kafka_bootstrap, settings.consumer_group, [topics.usage]
-            )
-            rejected = [reason for o in service.outcomes for reason in o.rejected]
-    finally:
-        await producer.stop()
+    records = [(org, _usage(org, n, at), stamp) for n, stamp in enumerate(stamps)]
+    rejected = await _through_the_service(
+        migrated_database, kafka_bootstrap, settings, topics.usage, records
+    )
     assert rejected == []
     assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 3
 
@@ -683,17 +694,13 @@ async def test_a_follow_up_at_the_last_microsecond_of_year_9999_is_stored(
         ),
         _support(org, 2, at),  # a neighbour, applied either way
     ]
-    producer = await make_producer(kafka_bootstrap)
-    try:
-        async with running_service(settings) as service:
-            for body in events:
-                await producer.send_and_wait(topics.support, orjson.dumps(body), key=org.encode())
-            await wait_caught_up(
-                migrated_database, kafka_bootstrap, settings.consumer_group, [topics.support]
-            )
-            rejected = [reason for o in service.outcomes for reason in o.rejected]
-    finally:
-        await producer.stop()
+    rejected = await _through_the_service(
+        migrated_database,
+        kafka_bootstrap,
+        settings,
+        topics.support,
+        [(org, body, None) for body in events],
+    )
     assert rejected == []
     assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 3
     follow_up = await fetchval(
@@ -712,17 +719,10 @@ async def test_an_event_at_the_first_instant_of_year_1_is_stored_as_a_time(
     topics = await make_topics(kafka_bootstrap, partitions=1)
     settings = service_settings(migrated_database, kafka_bootstrap, topics)
     org = _org("first-instant")
-    producer = await make_producer(kafka_bootstrap)
-    try:
-        async with running_service(settings) as service:
-            body = _usage(org, 0, datetime(1, 1, 1, tzinfo=UTC), occurred_at="0001-01-01T00:00:00Z")
-            await producer.send_and_wait(topics.usage, orjson.dumps(body), key=org.encode())
-            await wait_caught_up(
-                migrated_database, kafka_bootstrap, settings.consumer_group, [topics.usage]
-            )
-            rejected = [reason for o in service.outcomes for reason in o.rejected]
-    finally:
-        await producer.stop()
+    body = _usage(org, 0, datetime(1, 1, 1, tzinfo=UTC), occurred_at="0001-01-01T00:00:00Z")
+    rejected = await _through_the_service(
+        migrated_database, kafka_bootstrap, settings, topics.usage, [(org, body, None)]
+    )
     assert rejected == []
     stored = await fetchval(
         migrated_database,
