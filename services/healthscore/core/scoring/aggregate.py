@@ -28,7 +28,6 @@ from healthscore.core.enums import (
     InteractionType,
     MilestoneType,
     Outcome,
-    Priority,
     Sentiment,
     UsageType,
 )
@@ -63,8 +62,6 @@ VALUE_ACTIONS: frozenset[str] = frozenset(
     }
 )
 _ESCALATION = InteractionType.ESCALATION.value
-_CANCELLATION = InteractionType.CANCELLATION_REQUEST.value
-_URGENT = Priority.URGENT.value
 _ESCALATED = Outcome.ESCALATED.value
 
 
@@ -263,36 +260,41 @@ def _track_open(
     )
     if counted:
         assert beyond is not None and before is not None
-        _count_beyond(beyond, before, -1)
+        _count_beyond(beyond, _open(before), -1)
         if after.status == "open":
-            _count_beyond(beyond, after, +1)
+            _count_beyond(beyond, _open(after), +1)
         elif beyond.count == 0:
             state.open_beyond = None
         return
     if after.status != "open":
         itemized.pop(after.id, None)
         return
-    opened_at = after.opened_at if after.opened_at is not None else after.first_event_at
+    open_ = _open(after)
     if after.id in itemized or len(itemized) < MAX_OPEN_INTERACTIONS:
-        itemized[after.id] = OpenInteraction(
-            opened_at=opened_at,
-            interaction_type=after.interaction_type,
-            priority=after.priority,
-            escalated=_is_escalated(after),
-        )
+        itemized[after.id] = open_
         return
     if beyond is None:
         beyond = state.open_beyond = OpenBeyond()
-    _count_beyond(beyond, after, +1)
-    if beyond.since is None or opened_at < beyond.since:
-        beyond.since = opened_at
+    _count_beyond(beyond, open_, +1)
+    if beyond.since is None or open_.opened_at < beyond.since:
+        beyond.since = open_.opened_at
 
 
-def _count_beyond(beyond: OpenBeyond, record: InteractionRecord, sign: int) -> None:
+def _open(record: InteractionRecord) -> OpenInteraction:
+    """What the support component needs of `record` while it is open."""
+    return OpenInteraction(
+        opened_at=record.opened_at if record.opened_at is not None else record.first_event_at,
+        interaction_type=record.interaction_type,
+        priority=record.priority,
+        escalated=_is_escalated(record),
+    )
+
+
+def _count_beyond(beyond: OpenBeyond, open_: OpenInteraction, sign: int) -> None:
     beyond.count = max(0, beyond.count + sign)
-    if _is_escalated(record) or record.priority == _URGENT:
+    if open_.strong:
         beyond.escalated = max(0, beyond.escalated + sign)
-    if record.interaction_type == _CANCELLATION:
+    if open_.cancellation:
         beyond.cancellations = max(0, beyond.cancellations + sign)
 
 

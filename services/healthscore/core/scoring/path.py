@@ -98,8 +98,7 @@ def path_to_healthy(
                 continue
             after = score(_with(state, closed | {key}, reached, as_of), as_of, model, False)
             gain = after.score + sum(undone.values()) - level
-            strong = interaction.escalated or interaction.priority == "urgent"
-            factor = "open_escalations" if strong else "open_interactions"
+            factor = "open_escalations" if interaction.strong else "open_interactions"
             if best is None or gain > best[0]:
                 best = (gain, "close", key, factor)
         for milestone in MilestoneType:

@@ -123,16 +123,13 @@ from collections.abc import Callable
 import msgspec
 
 from healthscore.core.bands import health_band, risk_level_for
-from healthscore.core.enums import HealthStatus, Priority, RiskLevel
+from healthscore.core.enums import HealthStatus, RiskLevel
 from healthscore.core.scoring.aggregate import decayed_values
 from healthscore.core.scoring.model import COMPONENTS, DAY, ScoreModel
 from healthscore.core.scoring.state import OpenBeyond, OpenInteraction, OrganizationState
 
 MIN_REPORTED_IMPACT = 0.5
 FEATURE_SHARE_WINDOW_DAYS = 7.0  # the week narrowing_feature_use reads the features of
-_URGENT = Priority.URGENT.value
-_ESCALATION = "escalation"
-_CANCELLATION = "cancellation_request"
 
 # One detail sentence per factor, from its measured value and extra text. Written
 # as f-strings (same format specs as str.format): a factor's text is built for
@@ -614,13 +611,9 @@ def _open_support(
         count = escalated = cancellations = 0
         oldest = None
     for interaction in open_interactions.values():
-        if interaction.interaction_type == _CANCELLATION:
+        if interaction.cancellation:
             cancellations += 1
-        if (
-            interaction.escalated
-            or interaction.priority == _URGENT
-            or interaction.interaction_type == _ESCALATION
-        ):
+        if interaction.strong:
             escalated += 1
         if oldest is None or interaction.opened_at < oldest:
             oldest = interaction.opened_at

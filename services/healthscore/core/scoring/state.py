@@ -19,6 +19,15 @@ class OpenInteraction(msgspec.Struct, frozen=True):
     priority: str | None = None
     escalated: bool = False
 
+    @property
+    def strong(self) -> bool:
+        """Escalated or urgent: what the support component's `open_escalations` counts."""
+        return self.escalated or self.priority == "urgent" or self.interaction_type == "escalation"
+
+    @property
+    def cancellation(self) -> bool:
+        return self.interaction_type == "cancellation_request"
+
 
 class OpenBeyond(msgspec.Struct):
     """The open interactions past `MAX_OPEN_INTERACTIONS`, counted, not itemized: what
