@@ -736,3 +736,44 @@ async def test_an_event_at_the_first_instant_of_year_1_is_stored_as_a_time(
         "0001-01-01 00:00:00.000001+00",
         "0001-01-01 00:00:00.000001+00",
     ]
+
+
+async def test_an_interaction_flipping_its_type_signals_once(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A producer flipping an interaction between complaint and another type (and in
+    and out of escalation) added the signal at every return: twenty flips made eleven
+    decayed complaints of one interaction. It gives each signal once, in any batch and
+    after a restart (the interaction's row remembers, not the process)."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org = _org("type-flips")
+    interaction = _support(org, 0, at)["interaction_id"]
+
+    def flip(n: int, **changes: Any) -> tuple[str, dict[str, Any], None]:
+        body = _support(org, n, at, action="updated", interaction_id=interaction, **changes)
+        return (org, body, None)
+
+    first = [(org, _support(org, 0, at, interaction_type="complaint"), None)]
+    first += [
+        flip(n, interaction_type="billing_inquiry" if n % 2 else "complaint") for n in range(1, 21)
+    ]
+    first += [flip(n, outcome="escalated" if n % 2 else "no_action") for n in range(21, 31)]
+    second = [flip(n, interaction_type="complaint" if n % 2 else "check_in") for n in range(31, 41)]
+    for records in (first, second):  # two runs of the service: the second reads the row
+        rejected = await _through_the_service(
+            migrated_database, kafka_bootstrap, settings, topics.support, records
+        )
+        assert rejected == []
+    decayed = orjson.loads(
+        await fetchval(
+            migrated_database,
+            "SELECT state->'decayed' FROM organization_state WHERE organization_id = $1",
+            uuid.UUID(org),
+        )
+    )
+    # the signals of events seconds apart decay by less than a part in a million
+    assert round(decayed["complaints"], 4) == 1.0
+    assert round(decayed["escalations"], 4) == 1.0
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 41

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TypedDict, Unpack
 from uuid import UUID, uuid4
 
+import msgspec
 import pytest
 
 from healthscore.contracts.enums import (
@@ -261,12 +262,58 @@ def test_complaints_cancellations_and_escalations_count_once_per_interaction(
     assert desk.state.decayed["escalations"] == pytest.approx(2 ** (-1 / 45))  # not again
 
 
-def test_a_stale_type_change_that_loses_the_merge_counts_nothing(model: ScoreModel) -> None:
+def test_a_stale_complaint_counts_once_from_its_own_time(model: ScoreModel) -> None:
+    """The interaction was a complaint at day 1 even if a newer event reclassified it:
+    the signal counts, decayed from its own time, and the type stays the newer one's."""
     desk = Desk(model)
     desk.apply(support(SupportAction.OPENED, 5, 1))
     desk.apply(support(SupportAction.UPDATED, 1, 2, interaction_type=InteractionType.COMPLAINT))
     assert desk.record is not None and desk.record.interaction_type == "technical_support"
-    assert "complaints" not in desk.state.decayed
+    assert desk.state.decayed["complaints"] == pytest.approx(2 ** (-4 / 45))
+    desk.apply(support(SupportAction.UPDATED, 6, 3, interaction_type=InteractionType.COMPLAINT))
+    assert desk.state.decayed["complaints"] == pytest.approx(2 ** (-5 / 45))  # not again
+
+
+def test_a_type_that_flips_back_and_forth_signals_once(model: ScoreModel) -> None:
+    """A producer that flips an interaction's type (or its escalation) back and forth
+    must not add the signal at every return: one interaction, one complaint."""
+    desk = Desk(model)
+    desk.apply(support(SupportAction.OPENED, 0, 1, interaction_type=InteractionType.COMPLAINT))
+    kinds = [InteractionType.BILLING_INQUIRY, InteractionType.COMPLAINT] * 10
+    kinds += [InteractionType.CANCELLATION_REQUEST, InteractionType.BILLING_INQUIRY] * 5
+    for n, kind in enumerate(kinds, start=2):
+        desk.apply(support(SupportAction.UPDATED, 0, n, interaction_type=kind))
+    for n, outcome in enumerate([Outcome.ESCALATED, Outcome.NO_ACTION] * 5, start=100):
+        desk.apply(support(SupportAction.UPDATED, 0, n, outcome=outcome))
+    assert desk.state.decayed["complaints"] == 1.0
+    assert desk.state.decayed["cancellation_requests"] == 1.0
+    assert desk.state.decayed["escalations"] == 1.0
+    assert desk.record is not None
+    # the memory is the interaction's own row: a later event that finds it stored
+    # (another batch, another replica) adds nothing either
+    stored = msgspec.json.decode(msgspec.json.encode(desk.record), type=InteractionRecord)
+    again = Desk(model)
+    again.record = stored
+    again.apply(support(SupportAction.UPDATED, 1, 500, interaction_type=InteractionType.COMPLAINT))
+    assert "complaints" not in again.state.decayed
+
+
+def test_a_row_stored_before_the_signal_memory_does_not_signal_again(model: ScoreModel) -> None:
+    desk = Desk(model)
+    desk.apply(support(SupportAction.OPENED, 0, 1, interaction_type=InteractionType.COMPLAINT,
+                       outcome=Outcome.ESCALATED))  # fmt: skip
+    assert desk.record is not None
+    legacy = msgspec.structs.replace(
+        desk.record,
+        field_event_times={
+            k: v for k, v in desk.record.field_event_times.items() if not k.startswith("_")
+        },
+    )
+    later = Desk(model)
+    later.record = legacy
+    later.apply(support(SupportAction.UPDATED, 1, 2, interaction_type=InteractionType.COMPLAINT))
+    later.apply(support(SupportAction.UPDATED, 1, 3, priority=Priority.HIGH))
+    assert later.state.decayed == {}
 
 
 def test_decay_is_exponential_with_the_configured_half_life(model: ScoreModel) -> None:

@@ -23,6 +23,12 @@ order:
   in field_event_times (the newest follow_up_scheduled and the newest
   resolved/closed event): the time of that resolution if it is later than the
   newest scheduling, else None.
+- The signals an interaction gives its organization (a complaint, a cancellation
+  request, an escalation) are given once in its life, by the first event that
+  carries one, whether or not it wins the merge: a producer flipping the type
+  back and forth adds nothing more. The record remembers them as pseudo-fields
+  (`_signalled_<signal>`: the earliest carrying event, a minimum, so the record
+  still ends the same in every order).
 
 A duplicate delivery of one event id never reaches `merge_interaction`
 (dedupe happens upstream), so `event_count` simply counts.
@@ -32,7 +38,13 @@ from __future__ import annotations
 
 import msgspec
 
-from healthscore.core.enums import InteractionStatus, Priority, SupportAction
+from healthscore.core.enums import (
+    InteractionStatus,
+    InteractionType,
+    Outcome,
+    Priority,
+    SupportAction,
+)
 from healthscore.core.events import SupportEvent
 
 A = SupportAction
@@ -46,6 +58,12 @@ _STATUS_OF: dict[str, str] = {
     A.RESOLVED: InteractionStatus.RESOLVED.value,
     A.CLOSED: InteractionStatus.CLOSED.value,
 }
+# the organization's decayed signals an interaction gives once (scoring's names)
+COMPLAINTS = "complaints"
+CANCELLATION_REQUESTS = "cancellation_requests"
+ESCALATIONS = "escalations"
+SIGNALS: tuple[str, ...] = (COMPLAINTS, CANCELLATION_REQUESTS, ESCALATIONS)
+_MARKER = {signal: f"_signalled_{signal}" for signal in SIGNALS}
 _OPTIONAL_FIELDS: tuple[str, ...] = (
     "interaction_type",
     "channel",
@@ -109,6 +127,38 @@ def _optional_values(event: SupportEvent) -> dict[str, str | float | None]:
 def _plain(value: str | float | None) -> str | float | None:
     # StrEnum members -> plain str, so records compare and encode the same however built
     return str(value) if isinstance(value, str) else value
+
+
+def is_escalated(record: InteractionRecord | None) -> bool:
+    """Whether the interaction reads escalated now (its type or its outcome)."""
+    return record is not None and (
+        record.interaction_type == InteractionType.ESCALATION or record.outcome == Outcome.ESCALATED
+    )
+
+
+def _signals_carried(event: SupportEvent) -> list[str]:
+    carried = []
+    if event.interaction_type == InteractionType.COMPLAINT:
+        carried.append(COMPLAINTS)
+    elif event.interaction_type == InteractionType.CANCELLATION_REQUEST:
+        carried.append(CANCELLATION_REQUESTS)
+    if event.interaction_type == InteractionType.ESCALATION or event.outcome == Outcome.ESCALATED:
+        carried.append(ESCALATIONS)
+    return carried
+
+
+def signals_given(record: InteractionRecord | None) -> frozenset[str]:
+    """The signals this interaction has given its organization: those it remembers,
+    and those it shows now (a row stored before it remembered them)."""
+    if record is None:
+        return frozenset()
+    times = record.field_event_times
+    shows = {
+        COMPLAINTS: record.interaction_type == InteractionType.COMPLAINT,
+        CANCELLATION_REQUESTS: record.interaction_type == InteractionType.CANCELLATION_REQUEST,
+        ESCALATIONS: is_escalated(record),
+    }
+    return frozenset(s for s in SIGNALS if shows[s] or _MARKER[s] in times)
 
 
 def merge_interaction(current: InteractionRecord | None, event: SupportEvent) -> InteractionRecord:
@@ -177,6 +227,12 @@ def merge_interaction(current: InteractionRecord | None, event: SupportEvent) ->
         wins(SCHEDULED_KEY)
     elif action in (A.RESOLVED, A.CLOSED):
         wins(RESOLUTION_KEY)
+
+    for signal in _signals_carried(event):
+        marker = _MARKER[signal]
+        first = _key_of(times.get(marker))
+        if first is None or key < first:
+            times[marker] = entry
 
     scheduled = _key_of(times.get(SCHEDULED_KEY))
     resolution = _key_of(times.get(RESOLUTION_KEY))

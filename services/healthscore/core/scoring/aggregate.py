@@ -25,14 +25,12 @@ from __future__ import annotations
 import math
 
 from healthscore.core.enums import (
-    InteractionType,
     MilestoneType,
-    Outcome,
     Sentiment,
     UsageType,
 )
 from healthscore.core.events import ProfileEvent, SupportEvent, UsageEvent
-from healthscore.core.interactions import InteractionRecord
+from healthscore.core.interactions import InteractionRecord, is_escalated, signals_given
 from healthscore.core.milestones import MilestoneCrossing, crossed
 from healthscore.core.scoring.model import DAY, SIGNALS, ScoreModel
 from healthscore.core.scoring.state import (
@@ -61,8 +59,6 @@ VALUE_ACTIONS: frozenset[str] = frozenset(
         U.CONTRACT_SIGNED,
     }
 )
-_ESCALATION = InteractionType.ESCALATION.value
-_ESCALATED = Outcome.ESCALATED.value
 
 
 def new_state(organization_id: str) -> OrganizationState:
@@ -238,12 +234,6 @@ def apply_usage(
     return crossings
 
 
-def _is_escalated(record: InteractionRecord | None) -> bool:
-    return record is not None and (
-        record.interaction_type == _ESCALATION or record.outcome == _ESCALATED
-    )
-
-
 def _track_open(
     state: OrganizationState, before: InteractionRecord | None, after: InteractionRecord
 ) -> None:
@@ -286,7 +276,7 @@ def _open(record: InteractionRecord) -> OpenInteraction:
         opened_at=record.opened_at if record.opened_at is not None else record.first_event_at,
         interaction_type=record.interaction_type,
         priority=record.priority,
-        escalated=_is_escalated(record),
+        escalated=is_escalated(record),
     )
 
 
@@ -317,15 +307,9 @@ def apply_interaction(
         _add(state, "negative_sentiment", sentiment_weights.negative, t, model)
     elif event.sentiment == Sentiment.VERY_NEGATIVE:
         _add(state, "negative_sentiment", sentiment_weights.very_negative, t, model)
-    kind = after.interaction_type
-    previous_kind = before.interaction_type if before is not None else None
-    if kind != previous_kind:
-        if kind == InteractionType.COMPLAINT:
-            _add(state, "complaints", 1.0, t, model)
-        elif kind == InteractionType.CANCELLATION_REQUEST:
-            _add(state, "cancellation_requests", 1.0, t, model)
-    if _is_escalated(after) and not _is_escalated(before):
-        _add(state, "escalations", 1.0, t, model)
+    # once per interaction and signal: its row remembers what it gave
+    for signal in sorted(signals_given(after) - signals_given(before)):
+        _add(state, signal, 1.0, t, model)
 
 
 def apply_profile(
