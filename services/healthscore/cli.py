@@ -168,7 +168,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     async def main(settings: Settings) -> int:
         if args.migrate:
-            url = settings.migration_database_url or settings.database_url
+            url = administrator_url(settings, args)  # --database-url's, when given
             assert url is not None
             await apply_migrations(url.get_secret_value(), tls=database_tls(settings))
         full_gc_every_batches = tune_garbage_collector(
@@ -591,7 +591,11 @@ def register_service_commands(add: AddCommand) -> None:
         "Run the consumers, outbox relay and silence sweep. Without DATABASE_URL and "
         "KAFKA_BOOTSTRAP_SERVERS, embedded services are started first.",
     )
-    p.add_argument("--database-url")
+    p.add_argument(
+        "--database-url",
+        help="override DATABASE_URL; also the database migrated before start (over "
+        "MIGRATION_DATABASE_URL, as with `migrate --database-url`)",
+    )
     p.add_argument("--bootstrap-servers")
     p.add_argument(
         "--no-migrate",

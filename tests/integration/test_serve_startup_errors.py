@@ -14,6 +14,7 @@ import sys
 import asyncpg
 import pytest
 
+from healthscore.store.migrate import load_migrations, migrations_path
 from healthscore_lab.devservices import Services
 from tests.utils.harness import ServiceProcess, make_topics, service_settings
 
@@ -30,6 +31,9 @@ async def _serve(database_url: str, bootstrap: str, **env: str) -> subprocess.Co
         timeout=120,
         check=False,
     )
+
+
+SHIPPED = [m.version for m in load_migrations(migrations_path())]
 
 
 def _error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
@@ -95,3 +99,44 @@ async def test_a_database_without_the_latest_migration_names_it(
         "same database)"
     ]
     _assert_quiet(result)
+
+
+async def test_serve_migrates_the_database_named_on_its_command_line(
+    migrated_database: str, empty_database: str, kafka_bootstrap: str
+) -> None:
+    """`serve --database-url X` with MIGRATION_DATABASE_URL naming another database
+    migrated that other one and then refused X as unmigrated: the database named on the
+    command line is the one migrated, as with `migrate --database-url`."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    env = ServiceProcess(
+        settings, extra_env={"MIGRATION_DATABASE_URL": migrated_database, "OPS_PORT": "0"}
+    ).env()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "healthscore.cli", "serve", "--no-sweep", "--database-url", empty_database),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        latest = None
+        for _ in range(600):  # until X holds every migration, or the process gave up
+            if process.returncode is not None:
+                break
+            conn = await asyncpg.connect(empty_database)
+            try:
+                exists = await conn.fetchval("SELECT to_regclass('schema_migrations')")
+                if exists is not None:
+                    latest = await conn.fetchval("SELECT max(version) FROM schema_migrations")
+            finally:
+                await conn.close()
+            if latest == SHIPPED[-1]:
+                break
+            await asyncio.sleep(0.1)
+        assert latest == SHIPPED[-1], (await process.communicate())[1].decode()
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        _out, err = await process.communicate()
+    assert "Traceback" not in err.decode(), err.decode()
