@@ -379,6 +379,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         parse_labels,
         parse_profiles,
         profile_records,
+        read_csv_text,
     )
     from healthscore.service.kafka_clients import KafkaConnection
 
@@ -400,11 +401,11 @@ def cmd_import(args: argparse.Namespace) -> int:
         return 2
     try:  # every file checked before anything is applied
         profiles = (
-            parse_profiles(args.profiles.read_text(), str(args.profiles), now)
+            parse_profiles(read_csv_text(args.profiles), str(args.profiles), now)
             if args.profiles
             else []
         )
-        labels = parse_labels(args.labels.read_text(), str(args.labels)) if args.labels else []
+        labels = parse_labels(read_csv_text(args.labels), str(args.labels)) if args.labels else []
     except ImportRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
         for error in exc.errors:

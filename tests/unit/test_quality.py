@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -24,7 +25,13 @@ from healthscore.core.quality import (
 from healthscore.core.scoring.alerts import alert_id_for
 from healthscore.core.scoring.model import DAY, ScoreModel, default_model, v1_model
 from healthscore.core.scoring.state import OrganizationState
-from healthscore.service.imports import ImportRefused, RowError, parse_labels, parse_profiles
+from healthscore.service.imports import (
+    ImportRefused,
+    RowError,
+    parse_labels,
+    parse_profiles,
+    read_csv_text,
+)
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 ORG = uuid.UUID("8a7b6c5d-4e3f-4a1b-9c8d-7e6f5a4b3c2d")
@@ -236,6 +243,27 @@ def test_bad_profile_rows_are_all_reported_with_row_and_column() -> None:
             "got ['org', 'created', 'milestones']",
         )
     ]
+
+
+def test_files_from_spreadsheets_read_or_are_refused_by_line(tmp_path: Path) -> None:
+    """A byte-order mark (Excel's "CSV UTF-8") made the header a mismatch; a file in
+    another encoding, or a field past the csv module's limit, ended in a traceback."""
+    header = "organization_id,created_at,milestones\n"
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + f"{header}{ORG},2024-05-01T00:00:00Z,\n".encode())
+    (profile,) = parse_profiles(read_csv_text(bom), str(bom))
+    assert profile.organization_id == ORG
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes(f"{header}{ORG},,\n{ORG},,caf".encode() + b"\xe9\n")
+    with pytest.raises(ImportRefused) as refused:
+        read_csv_text(latin1)
+    assert [(e.row, e.column) for e in refused.value.errors] == [(3, "-")]
+    assert "byte 0xe9 is not UTF-8" in refused.value.errors[0].reason
+    huge = f'{header}{ORG},,\nnot-a-uuid,,\n{ORG},"{"x" * 200_000}",\n'
+    with pytest.raises(ImportRefused) as refused:
+        parse_profiles(huge, "huge.csv")
+    assert [(e.row, e.column) for e in refused.value.errors] == [(4, "-")]
+    assert "field larger than field limit" in refused.value.errors[0].reason
 
 
 def test_labels_parse_and_refuse_bad_rows() -> None:

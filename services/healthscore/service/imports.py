@@ -30,6 +30,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TypeVar
 from uuid import UUID, uuid5
 
@@ -81,6 +82,18 @@ class ChurnLabel:
     churned_at: datetime | None
 
 
+def read_csv_text(path: Path) -> str:
+    """The file's text, UTF-8 with or without the byte-order mark spreadsheets write;
+    `ImportRefused` naming the line of the first byte that is not UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        reason = f"byte 0x{data[exc.start]:02x} is not UTF-8: save the file as UTF-8 (CSV UTF-8)"
+        raise ImportRefused(str(path), [RowError(line, "-", reason)]) from None
+
+
 def _time(text: str) -> datetime:
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
@@ -98,21 +111,29 @@ def _rows(
     text: str, columns: Sequence[str], source: str
 ) -> tuple[list[tuple[int, dict[str, str]]], list[RowError]]:
     reader = csv.reader(io.StringIO(text))
-    header = [h.strip() for h in next(reader, [])]
+    try:
+        header = [h.strip() for h in next(reader, [])]
+    except csv.Error as exc:
+        raise ImportRefused(source, [RowError(1, "-", f"not CSV: {exc}")]) from None
     if header != list(columns):
         raise ImportRefused(
             source, [RowError(1, "-", f"expected the header {','.join(columns)}, got {header}")]
         )
     rows: list[tuple[int, dict[str, str]]] = []
     errors: list[RowError] = []
-    for number, row in enumerate(reader, start=2):
-        if not row or not any(cell.strip() for cell in row):
-            continue
-        if len(row) > len(columns):
-            errors.append(RowError(number, "-", f"{len(row)} columns, expected {len(columns)}"))
-            continue
-        cells = [cell.strip() for cell in row] + [""] * (len(columns) - len(row))
-        rows.append((number, dict(zip(columns, cells, strict=True))))
+    number = 1
+    try:
+        for number, row in enumerate(reader, start=2):
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            if len(row) > len(columns):
+                errors.append(RowError(number, "-", f"{len(row)} columns, expected {len(columns)}"))
+                continue
+            cells = [cell.strip() for cell in row] + [""] * (len(columns) - len(row))
+            rows.append((number, dict(zip(columns, cells, strict=True))))
+    except csv.Error as exc:  # a NUL byte, a field past the csv module's limit
+        errors.append(RowError(number + 1, "-", f"not CSV: {exc}"))
+        raise ImportRefused(source, errors) from None
     return rows, errors
 
 
