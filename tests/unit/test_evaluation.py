@@ -42,7 +42,13 @@ from healthscore_lab.evaluation.fit import (
     recalibrate,
     snapshot_trend,
 )
-from healthscore_lab.evaluation.log import from_population, load_log
+from healthscore_lab.evaluation.log import (
+    EvaluationInputError,
+    from_population,
+    load_log,
+    parse_labels,
+    parse_profiles,
+)
 from healthscore_lab.evaluation.metrics import DAY, alert_figures, auc, brier, labels_at
 from healthscore_lab.evaluation.policy import simulate_alerts
 from healthscore_lab.evaluation.replay import Backtest, run_backtest
@@ -518,3 +524,19 @@ def test_the_fit_command_refuses_what_it_cannot_do(
     arguments = f"--simulate --organizations 10 --days 20 --version vX {extra}"
     assert run_fit(parser.parse_args(arguments.split())) == 2
     assert error in capsys.readouterr().err
+
+
+def test_the_label_and_profile_files_read_as_the_import_reads_them() -> None:
+    """`evaluate` read them with a parser of its own: an upper-case id never matched the
+    log's organizations, a second label of one organization silently replaced the first,
+    rows of one organization's profile kept the last instead of the earliest times."""
+    org = uuid.uuid4()
+    labels = parse_labels(f"organization_id,churned_at\n{str(org).upper()},\n")
+    assert labels == {str(org): None}
+    with pytest.raises(EvaluationInputError, match="listed twice"):
+        parse_labels(f"organization_id,churned_at\n{org},\n{org},2026-01-01T00:00:00Z\n")
+    profiles = parse_profiles(
+        "organization_id,created_at,milestones\n"
+        f"{org},2024-05-01T00:00:00Z,\n{org},2024-04-01T00:00:00Z,\n{org},2024-06-01T00:00:00Z,\n"
+    )
+    assert profiles[str(org)].created_at == datetime(2024, 4, 1, tzinfo=UTC).timestamp()

@@ -16,14 +16,16 @@ import csv
 import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from uuid import UUID
 
 import orjson
 
-from healthscore.contracts.enums import MilestoneType
 from healthscore.core.events import Event, ProfileEvent
 from healthscore.errors import HealthscoreError
+from healthscore.service import imports as import_files
+from healthscore.service.imports import ImportRefused
 from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord
 from healthscore_lab.simulator.labelled import Population, iter_jsonl
 
@@ -31,6 +33,9 @@ USAGE_TOPIC = "product.usage.v1"
 SUPPORT_TOPIC = "support.interactions.v1"
 PROFILE_TOPIC = "organization.profile.v1"
 DAY = 86_400.0
+
+
+_ANY_TIME = datetime.max.replace(tzinfo=UTC)  # an export's profiles may postdate today
 
 
 class EvaluationInputError(HealthscoreError):
@@ -111,61 +116,44 @@ def _decode_lines(lines: Iterable[bytes], where: str) -> tuple[list[Event], int]
     return events, rejected
 
 
-def _parse_time(text: str, where: str) -> float:
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise EvaluationInputError(f"{where}: not an RFC 3339 time: {text!r}") from None
-    if moment.tzinfo is None:
-        raise EvaluationInputError(f"{where}: time without an offset: {text!r}")
-    return moment.timestamp()
+def _refused(exc: ImportRefused) -> EvaluationInputError:
+    rows = "; ".join(f"{exc.source}: {error}" for error in exc.errors)
+    return EvaluationInputError(f"{exc}: {rows}")
 
 
 def parse_labels(text: str, where: str = "labels") -> dict[str, float | None]:
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if header is None or [h.strip() for h in header[:2]] != ["organization_id", "churned_at"]:
-        raise EvaluationInputError(f"{where}:1: expected the header organization_id,churned_at")
-    labels: dict[str, float | None] = {}
-    for number, row in enumerate(reader, start=2):
-        if not row:
-            continue
-        org = row[0].strip()
-        churned = row[1].strip() if len(row) > 1 else ""
-        labels[org] = _parse_time(churned, f"{where}:{number}") if churned else None
-    return labels
+    """A labels CSV read as `healthscore import --labels` reads it (the same checks)."""
+    try:
+        labels = import_files.parse_labels(text, where)
+    except ImportRefused as exc:
+        raise _refused(exc) from None
+    churned = {
+        str(label.organization_id): label.churned_at.timestamp() if label.churned_at else None
+        for label in labels
+    }
+    # in the file's order (the import sorts by id): the backtest lists organizations so
+    rows = (row for row in list(csv.reader(io.StringIO(text)))[1:] if row and row[0].strip())
+    return {org: churned[org] for org in dict.fromkeys(str(UUID(row[0].strip())) for row in rows)}
 
 
 def parse_profiles(text: str, where: str = "profiles") -> dict[str, OrgProfile]:
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if header is None or [h.strip() for h in header[:3]] != [
-        "organization_id",
-        "created_at",
-        "milestones",
-    ]:
-        raise EvaluationInputError(
-            f"{where}:1: expected the header organization_id,created_at,milestones"
-        )
-    known = {m.value for m in MilestoneType}
-    profiles: dict[str, OrgProfile] = {}
-    for number, row in enumerate(reader, start=2):
-        if not row:
-            continue
-        here = f"{where}:{number}"
-        created = row[1].strip() if len(row) > 1 else ""
-        milestones: dict[str, float] = {}
-        for pair in (row[2] if len(row) > 2 else "").split(";"):
-            if not pair.strip():
-                continue
-            name, _, at = pair.partition("=")
-            if name.strip() not in known:
-                raise EvaluationInputError(f"{here}: unknown milestone {name.strip()!r}")
-            milestones[name.strip()] = _parse_time(at, here)
-        profiles[row[0].strip()] = OrgProfile(
-            _parse_time(created, here) if created else None, milestones
-        )
-    return profiles
+    """A profiles CSV read as `healthscore import --profiles` reads it (rows of one
+    organization merged, the earliest times win); an export's times may be any."""
+    try:
+        profiles = import_files.parse_profiles(text, where, now=_ANY_TIME)
+    except ImportRefused as exc:
+        raise _refused(exc) from None
+    return {
+        str(profile.organization_id): OrgProfile(profile.created_at, profile.milestones)
+        for profile in profiles
+    }
+
+
+def _csv(path: Path) -> str:
+    try:
+        return import_files.read_csv_text(path)
+    except ImportRefused as exc:
+        raise _refused(exc) from None
 
 
 def load_log(
@@ -181,7 +169,7 @@ def load_log(
         decoded, rejected = _decode_lines(handle, str(events))
     if not any(_activity(decoded)):
         raise EvaluationInputError(f"{events}: no valid usage or support events")
-    churned = parse_labels(labels.read_text(), str(labels)) if labels is not None else {}
+    churned = parse_labels(_csv(labels), str(labels)) if labels is not None else {}
     # an organization without a label is taken as retained; one with nothing but a
     # profile in the export was not seen, as a profiles CSV's row of it is not
     for event in _activity(decoded):
@@ -189,7 +177,7 @@ def load_log(
     log = LabelledLog(
         events=decoded,
         churned_at=churned,
-        profiles=parse_profiles(profiles.read_text(), str(profiles)) if profiles else {},
+        profiles=parse_profiles(_csv(profiles), str(profiles)) if profiles else {},
         labels_until=0.0,
         rejected=rejected,
         source=str(events),
