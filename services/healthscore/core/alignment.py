@@ -106,6 +106,8 @@ class Alignment(Generic[Item]):
     held_from: dict[PartitionKey, int]  # partition -> first held-back offset
     frontiers: dict[PartitionKey, float]  # batch's newest event time per partition
     stream_time: float
+    # partitions applied as live traffic (not aligned)
+    live: frozenset[PartitionKey] = frozenset()
 
 
 # (event time, or -inf for a record without one; the record), read once per record
@@ -184,4 +186,4 @@ def align(items: Sequence[Item], view: AlignmentView | None) -> Alignment[Item]:
             held_from[tp] = records[cut][1].record.offset
     # equal times keep the order of the parts (heapq.merge is stable across its inputs)
     applied = [item for _t, item in heapq.merge(*applied_parts, key=itemgetter(0))]
-    return Alignment(applied, held_from, frontiers, stream_time)
+    return Alignment(applied, held_from, frontiers, stream_time, frozenset(live))
