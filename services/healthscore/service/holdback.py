@@ -97,6 +97,20 @@ class HoldBack:
         self._positions.pop(key, None)
         self._frontiers.pop(key, None)
 
+    def reassigned(self, consumer: PausingConsumer, keys: Iterable[PartitionKey]) -> None:
+        """The partitions are assigned and about to be sought to their stored offsets.
+
+        aiokafka fetches a newly assigned partition (from Kafka's committed offset)
+        while the assignment callback still runs, so a batch may have held records of
+        it: fetched from a position the consumer no longer reads from, they are dropped
+        (fetched again from the seek) and their partition resumed.
+        """
+        dropped = [key for key in keys if self._held.pop(key, None) is not None]
+        assignment = consumer.assignment()
+        resumable = [TopicPartition(*k) for k in dropped if TopicPartition(*k) in assignment]
+        if resumable:
+            consumer.resume(*resumable)
+
     def forget(self, keys: Iterable[PartitionKey]) -> None:
         """Partitions revoked: their held records belong to the next owner now."""
         for key in keys:
