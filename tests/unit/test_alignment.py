@@ -179,3 +179,68 @@ def test_a_caught_up_profile_partition_waits_for_activity_being_caught_up_on() -
         always_aligned=frozenset({"p"}),
     )
     assert align([*usage, profile], caught_up).held_from == {}
+
+
+def _consume(log: dict[tuple[str, int], list[float]], fetch: int) -> list[tuple[str, int, int]]:
+    """The order a consumer applies `log` (event hours per partition, in offset order)
+    in, fetching at most `fetch` records of each partition at a time: what the
+    alignment holds back waits, its partition paused, and goes first in the next batch."""
+    high = {key: len(hours) for key, hours in log.items()}
+    fetched = dict.fromkeys(log, 0)
+    positions = dict.fromkeys(log, 0)
+    frontiers: dict[tuple[str, int], float] = {}
+    held: dict[tuple[str, int], list[Decoded | Rejection]] = {}
+    order: list[tuple[str, int, int]] = []
+    for _batch in range(10_000):
+        items = [i for records in held.values() for i in records]
+        for (topic, partition), hours in log.items():
+            if (topic, partition) in held:
+                continue
+            start = fetched[(topic, partition)]
+            items += [
+                item(topic, partition, offset, hours[offset])
+                for offset in range(start, min(start + fetch, len(hours)))
+            ]
+            fetched[(topic, partition)] = min(start + fetch, len(hours))
+        if not items:
+            return order
+        view = AlignmentView(
+            frontiers=dict(frontiers),
+            high_watermarks=high,
+            positions=dict(positions),
+            assigned=frozenset(log),
+        )
+        result = align(items, view)
+        assert result.applied, "every batch makes progress"
+        order += [(i.record.topic, i.record.partition, i.record.offset) for i in result.applied]
+        for key, frontier in result.frontiers.items():
+            frontiers[key] = max(frontiers.get(key, frontier), frontier)
+        for i in result.applied:
+            positions[(i.record.topic, i.record.partition)] = i.record.offset + 1
+        held = {}
+        for i in items:
+            key = (i.record.topic, i.record.partition)
+            if key in result.held_from and i.record.offset >= result.held_from[key]:
+                held.setdefault(key, []).append(i)
+        for key, records in held.items():
+            positions[key] = records[0].record.offset
+    raise AssertionError("the log was not consumed")
+
+
+def test_equal_event_times_are_applied_in_the_same_order_whatever_the_fetch_size() -> None:
+    """Events of several topics at the same instant (producers that send whole seconds)
+    are applied in (event time, partition) order, as a replay with any batch size
+    applies them: a record at exactly the stream time from a partition that sorts after
+    the one defining it used to be applied before that one's next records at the same
+    time (fetched later), so the order depended on where the fetches ended."""
+    log: dict[tuple[str, int], list[float]] = {
+        ("s", 0): [1, 1, 1, 1, 2, 2, 2, 2, 2, 3],
+        ("u", 0): [1, 1, 2, 2, 3, 3, 3],
+        ("u", 1): [0, 1, 2, 2, 2, 2, 3, 4],
+    }
+    in_time_order = sorted(
+        (hours, key, offset) for key, times in log.items() for offset, hours in enumerate(times)
+    )
+    expected = [(key[0], key[1], offset) for _hours, key, offset in in_time_order]
+    for fetch in range(1, 11):
+        assert _consume(log, fetch) == expected, f"fetching {fetch} at a time"

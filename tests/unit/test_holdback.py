@@ -12,6 +12,7 @@ from aiokafka import TopicPartition
 from pydantic import SecretStr
 
 from healthscore.config import Settings
+from healthscore.core.alignment import align
 from healthscore.core.enums import UsageType
 from healthscore.core.events import UsageEvent
 from healthscore.core.partitions import PartitionKey
@@ -253,3 +254,58 @@ async def test_the_composition_root_keeps_the_profile_topic_aligned() -> None:
         assert service.holdback.always_aligned == {"crm.profiles"}
     finally:
         await service.producer.stop()
+
+
+P0: PartitionKey = ("profile", 0)
+
+
+def aligned_batch(
+    buffer: HoldBack, consumer: FakeConsumer, records: list[RawRecord]
+) -> list[tuple[PartitionKey, int]]:
+    """One batch as the handler runs it, aligned by the real alignment; what it applied."""
+    items = buffer.merge(consumer, records)
+    result = align(items, buffer.view(consumer))
+    outcome = outcome_holding(items, result.held_from, result.frontiers)
+    outcome.live = result.live
+    buffer.keep(consumer, outcome, items)
+    return offsets(result.applied)
+
+
+def live_usage_and_profiles(clock: FakeClock) -> tuple[HoldBack, FakeConsumer]:
+    """Usage is live (at its high watermark), profiles are never live; support is assigned."""
+    buffer = HoldBack(
+        CountingDecode(), live_lag_records=100, clock=clock, always_aligned=frozenset({"profile"})
+    )
+    consumer = FakeConsumer(assigned=[U0, S0, P0], highwater={U0: 30, P0: 1})
+    buffer.positioned(U0, 0)
+    buffer.positioned(P0, 0)
+    return buffer, consumer
+
+
+def test_a_partition_the_consumer_does_not_read_holds_no_one_back() -> None:
+    """A partition refused on assignment (stored offset outside the log) is paused and
+    never fetched, so it never has a high watermark: taken for "not fetched yet", it
+    held every profile and every catching-up partition back for good."""
+    buffer, consumer = live_usage_and_profiles(FakeClock())
+    consumer.pause(TopicPartition(*S0))  # refused: not positioned, never fetched
+    assert aligned_batch(buffer, consumer, [raw(U0, 0, 1), raw(P0, 0, 2)]) == [(U0, 0), (P0, 0)]
+    assert not buffer.holding
+
+
+def test_a_partition_that_does_not_deliver_stalls_others_at_most_the_wait_beside_live_traffic() -> (
+    None
+):
+    """Support is far behind and its fetches bring nothing (a broker problem): the
+    profile waits for it at most `max_alignment_wait`, even while live usage records
+    keep every batch applying something (before, only a batch that applied nothing
+    started the wait, so the profile was held as long as usage traffic flowed)."""
+    clock = FakeClock()
+    buffer, consumer = live_usage_and_profiles(clock)
+    consumer.highwaters[TopicPartition(*S0)] = 5_000
+    buffer.positioned(S0, 0)
+    applied = aligned_batch(buffer, consumer, [raw(U0, 0, 1), raw(P0, 0, 2)])
+    assert applied == [(U0, 0)] and buffer.held() == {P0: [0]}
+    for offset in range(1, 26):  # a live usage record every 0.1 s, for 2.5 s
+        clock.now += 0.1
+        applied += aligned_batch(buffer, consumer, [raw(U0, offset, 1 + offset / 100)])
+    assert (P0, 0) in applied

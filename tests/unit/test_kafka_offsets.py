@@ -12,7 +12,9 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
 from healthscore.core.partitions import PartitionKey
-from healthscore.service.holdback import HoldBack
+from healthscore.service.holdback import HoldBack, Item
+from healthscore.service.ingest.decode import RawRecord, Rejection
+from healthscore.service.ingest.pipeline import BatchOutcome
 from healthscore.service.kafka_offsets import ConsumerNotStarted, KafkaOffsets
 from tests.utils.fake_consumer import FakeConsumer
 
@@ -165,3 +167,28 @@ async def test_with_an_interval_the_latest_offsets_go_at_the_flush_or_before_a_r
     await offsets.commit({U0: 7, S0: 2})  # S0 is not assigned here
     await offsets.flush()
     assert consumer.commits[-1] == {U0: 7}
+
+
+async def test_records_held_before_the_assignment_seeks_are_dropped_and_resumed() -> None:
+    """aiokafka fetches newly assigned partitions (from Kafka's committed offset) while
+    `on_partitions_assigned` still awaits PostgreSQL, so a batch can hold records of a
+    partition before the listener seeks it to its stored offset. Kept, they went first
+    in the next batch, from past the stored offset, and the gap guard accepts such a
+    start once the consumer was sought to the stored offset: the records between were
+    skipped, never applied. Dropped, the partition is fetched again from the seek."""
+    offsets, holdback, _ = protocol({U0: 2, S0: 4, U1: 50})
+    consumer = FakeConsumer(assigned=[U0, S0, U1], log_ends={U0: 10, S0: 10, U1: 10})
+    offsets.consumer_built(consumer)
+    early: list[Item] = [
+        Rejection(RawRecord(key[0], key[1], offset, None, b"x"), "invalid_json", "-")
+        for key in (S0, U1)
+        for offset in (7, 8)
+    ]
+    holdback.keep(consumer, BatchOutcome(held_from={S0: 7, U1: 7}), early)
+    assert holdback.held() == {S0: [7, 8], U1: [7, 8]}
+    assert consumer.paused_keys == {S0, U1}
+    await offsets.on_partitions_assigned(tps(U0, S0, U1))
+    assert holdback.held() == {}
+    assert consumer.positions == {U0: 2, S0: 4}
+    # fetched again from the stored offset; the refused partition stays paused
+    assert consumer.paused_keys == {U1}

@@ -27,11 +27,13 @@ lagging partitions instead, which costs nothing once they are live.
 Within the applied set, the partitions are merged by event time, each
 partition keeping its own order (the order the contract promises per
 organization), equal times in (topic, partition) order. Since a lagging
-partition's unfetched records are newer than what it has delivered, every
-batch applies exactly the records up to T: for partitions in event-time
+partition's unfetched records are at least as new as what it has delivered,
+every batch applies exactly the records up to T: for partitions in event-time
 order, the order of application is the event-time order of the whole log,
 whatever the fetch sizes, which is what makes a replay decide like the live
-run.
+run. Equal times are part of that order: a record at exactly T waits when it
+sorts after the partition that defines T (its unfetched records may be at T
+too, and go first), so the cut is at (T, that partition), not at T alone.
 
 The alignment knows records only by the `Alignable` protocol: where a record
 sits (topic, partition, offset) and its event time, if it has one (a
@@ -104,6 +106,8 @@ class Alignment(Generic[Item]):
     held_from: dict[PartitionKey, int]  # partition -> first held-back offset
     frontiers: dict[PartitionKey, float]  # batch's newest event time per partition
     stream_time: float
+    # partitions applied as live traffic (not aligned)
+    live: frozenset[PartitionKey] = frozenset()
 
 
 # (event time, or -inf for a record without one; the record), read once per record
@@ -131,10 +135,13 @@ def align(items: Sequence[Item], view: AlignmentView | None) -> Alignment[Item]:
         if newest != _NO_TIME:
             frontiers[tp] = newest
     live: set[PartitionKey] = set()
+    limiting: PartitionKey | None = None
     if view is None:
         stream_time = math.inf
     else:
-        limits: list[float] = []
+        # (frontier, partition) of each partition that is behind: its unfetched records
+        # sort at or after that pair in (event time, partition) order
+        limits: list[tuple[float, PartitionKey]] = []
         for tp, records in parts.items():
             high = view.high_watermarks.get(tp)
             caught_up = (
@@ -144,20 +151,20 @@ def align(items: Sequence[Item], view: AlignmentView | None) -> Alignment[Item]:
             if caught_up and view.live_lag_records > 0 and tp[0] not in view.always_aligned:
                 live.add(tp)
             if not caught_up and tp in frontiers:
-                limits.append(frontiers[tp])
+                limits.append((frontiers[tp], tp))
         for tp in view.assigned | view.frontiers.keys():
             if tp in parts:
                 continue
             high = view.high_watermarks.get(tp)
             if high is None:
                 # not fetched yet: its first records may be older than anything here
-                limits.append(-math.inf)
+                limits.append((-math.inf, tp))
                 continue
             position = view.positions.get(tp)
             if position is not None and position + view.live_lag_records < high:
                 # behind, and its next records are not here yet
-                limits.append(view.frontiers.get(tp, -math.inf))
-        stream_time = min(limits, default=math.inf)
+                limits.append((view.frontiers.get(tp, -math.inf), tp))
+        stream_time, limiting = min(limits, default=(math.inf, None))
 
     applied_parts: list[list[_Timed[Item]]] = []
     held_from: dict[PartitionKey, int] = {}
@@ -166,8 +173,12 @@ def align(items: Sequence[Item], view: AlignmentView | None) -> Alignment[Item]:
     for tp, records in sorted(parts.items(), key=itemgetter(0)):
         cut = len(records)
         if tp not in live:
+            # at exactly the stream time, only up to the limiting partition: the
+            # limiting partition's next records may be at that time too
+            tie_waits = limiting is not None and tp > limiting
             for index, (t, _item) in enumerate(records):
-                if t > stream_time:  # never a record without a time (-inf)
+                if t > stream_time or (t == stream_time and tie_waits and t != _NO_TIME):
+                    # never a record without a time (-inf)
                     cut = index
                     break
         applied_parts.append(records[:cut])
@@ -175,4 +186,4 @@ def align(items: Sequence[Item], view: AlignmentView | None) -> Alignment[Item]:
             held_from[tp] = records[cut][1].record.offset
     # equal times keep the order of the parts (heapq.merge is stable across its inputs)
     applied = [item for _t, item in heapq.merge(*applied_parts, key=itemgetter(0))]
-    return Alignment(applied, held_from, frontiers, stream_time)
+    return Alignment(applied, held_from, frontiers, stream_time, frozenset(live))

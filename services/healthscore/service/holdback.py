@@ -44,6 +44,8 @@ class PausingConsumer(Protocol):
 
     def pause(self, *partitions: TopicPartition) -> None: ...
 
+    def paused(self) -> set[TopicPartition]: ...
+
     def resume(self, *partitions: TopicPartition) -> None: ...
 
 
@@ -95,6 +97,20 @@ class HoldBack:
         self._positions.pop(key, None)
         self._frontiers.pop(key, None)
 
+    def reassigned(self, consumer: PausingConsumer, keys: Iterable[PartitionKey]) -> None:
+        """The partitions are assigned and about to be sought to their stored offsets.
+
+        aiokafka fetches a newly assigned partition (from Kafka's committed offset)
+        while the assignment callback still runs, so a batch may have held records of
+        it: fetched from a position the consumer no longer reads from, they are dropped
+        (fetched again from the seek) and their partition resumed.
+        """
+        dropped = [key for key in keys if self._held.pop(key, None) is not None]
+        assignment = consumer.assignment()
+        resumable = [TopicPartition(*k) for k in dropped if TopicPartition(*k) in assignment]
+        if resumable:
+            consumer.resume(*resumable)
+
     def forget(self, keys: Iterable[PartitionKey]) -> None:
         """Partitions revoked: their held records belong to the next owner now."""
         for key in keys:
@@ -138,13 +154,22 @@ class HoldBack:
     def view(self, consumer: PausingConsumer) -> AlignmentView | None:
         """What the alignment knows beyond the batch; None: apply the batch unaligned.
 
-        None once batches have applied nothing but held records back for longer
-        than `max_alignment_wait`: a partition that should arrive does not.
+        None once batches have held records back and applied none of the partitions
+        being aligned (live traffic does not count) for longer than
+        `max_alignment_wait`: a partition that should arrive does not.
+
+        A partition paused by someone else (refused on assignment: see
+        `kafka_offsets`) is not read, so it is not waited for.
         """
         blocked = self._blocked_since
         if blocked is not None and self._clock() - blocked > self.max_alignment_wait:
             return None
-        assigned = {(tp.topic, tp.partition): tp for tp in consumer.assignment()}
+        paused = consumer.paused()
+        assigned = {
+            (tp.topic, tp.partition): tp
+            for tp in consumer.assignment()
+            if tp not in paused or (tp.topic, tp.partition) in self._held
+        }
         high: dict[PartitionKey, int] = {}
         for key, tp in assigned.items():
             mark = consumer.highwater(tp)
@@ -195,7 +220,10 @@ class HoldBack:
             consumer.pause(*to_pause)
         if to_resume:
             consumer.resume(*to_resume)
-        if outcome.records == 0 and outcome.held_from:
+        # the wait for a partition that does not deliver runs while nothing but live
+        # traffic is applied: live records apply every batch, whatever the others wait for
+        aligned_progress = any(key not in outcome.live for key in outcome.next_offsets)
+        if outcome.held_from and not aligned_progress:
             if self._blocked_since is None:
                 self._blocked_since = self._clock()
         else:

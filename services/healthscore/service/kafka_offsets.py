@@ -111,6 +111,9 @@ class KafkaOffsets(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         # after a fetch already in flight has delivered records twice
         beginnings = await consumer.beginning_offsets(unknown) if unknown else {}
         outside = await self._outside_the_log(consumer, assigned, stored)
+        # before the seeks: records held from an earlier position would go first (and
+        # pass the gap guard once sought), skipping those between
+        self._holdback.reassigned(consumer, {key_of(tp) for tp in assigned})
         for tp in assigned:
             key = key_of(tp)
             if key in outside:

@@ -130,6 +130,8 @@ class BatchOutcome:
     held_from: dict[PartitionKey, int] = field(default_factory=dict)
     frontiers: dict[PartitionKey, float] = field(default_factory=dict)
     next_offsets: dict[PartitionKey, int] = field(default_factory=dict)
+    # partitions the alignment took for live traffic (applied as they came)
+    live: frozenset[PartitionKey] = frozenset()
     rejections: list[Rejection] = field(default_factory=list)
     # the transactions the batch took (more than one: bisected, or cut in parts)
     transactions: int = 1
@@ -142,6 +144,8 @@ class BatchOutcome:
                 setattr(self, f.name, mine + theirs)
             elif isinstance(mine, list):
                 mine.extend(theirs)
+            elif isinstance(mine, frozenset):
+                setattr(self, f.name, mine | theirs)
             elif f.name in ("first_offsets",):
                 for key, value in theirs.items():
                     mine[key] = min(mine.get(key, value), value)
@@ -245,6 +249,7 @@ class BatchPipeline:
         )
         outcome.held_from = alignment.held_from
         outcome.frontiers = alignment.frontiers
+        outcome.live = alignment.live
         return outcome
 
     async def _apply_isolating(
