@@ -21,6 +21,7 @@ import orjson
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from pydantic import BaseModel
 
+from healthscore.api.auth import one_authorization
 from healthscore.api.cache import changes_by_clock_in
 from healthscore.api.cursor import Cursor, decode_cursor
 from healthscore.api.models import (
@@ -71,7 +72,7 @@ async def _session(
     request: Request, *, writes: bool = False, generic_plans: bool = False
 ) -> AsyncIterator[Session]:
     state: ApiState = request.app.state.api
-    principal = state.verifier.verify(request.headers.get("authorization"))
+    principal = state.verifier.verify(one_authorization(request.headers.getlist("authorization")))
     async with bound_session(
         state.pool, state.signing_key, principal, writes=writes, generic_plans=generic_plans
     ) as session:
@@ -81,7 +82,7 @@ async def _session(
 async def _fetch_as_caller(request: Request, statement: str, *args: Any) -> asyncpg.Record | None:
     """One statement that logs the caller in, reads and logs out (session.fetch_as)."""
     state: ApiState = request.app.state.api
-    principal = state.verifier.verify(request.headers.get("authorization"))
+    principal = state.verifier.verify(one_authorization(request.headers.getlist("authorization")))
     return await fetch_as(state.pool, state.signing_key, principal, statement, *args)
 
 
