@@ -10,6 +10,7 @@ connection.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -366,6 +367,47 @@ async def test_bad_parameters_and_cursors_are_problems(world: World) -> None:
     )
     assert_problem(wrong_sort, 400)
     assert_problem(await world.get("admin", "/api/v1/organizations", cursor="!!nonsense"), 400)
+
+
+def cursor_at(sort: str, value: str | None, row: uuid.UUID) -> str:
+    """A cursor as a client could write it: base64url JSON [sort, value, id]."""
+    raw = json.dumps([sort, value, str(row)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+async def test_input_the_database_cannot_take_is_a_problem_not_a_failed_statement(
+    world: World,
+) -> None:
+    # each of these reached a statement (or uuid.UUID) and failed there, a 500
+    row = world.orgs["bloom"]
+    organizations = "/api/v1/organizations"
+    for sort, value in (
+        ("churn_probability", "abc"),
+        ("churn_probability", "1e999999"),
+        ("health_score", "NaN"),
+        ("score_change_7d", "-Infinity"),
+    ):
+        response = await world.get(
+            "admin", organizations, sort=sort, cursor=cursor_at(sort, value, row)
+        )
+        assert assert_problem(response, 400)["type"].endswith("/invalid-cursor"), (sort, value)
+    interactions = "/api/v1/interactions"
+    for params in (
+        {"cursor": cursor_at("newest", "yesterday", row)},
+        {"cursor": cursor_at("oldest", "2026-01-01T00:00:00", row)},  # no offset
+        {"q": "export", "cursor": cursor_at("relevance", "best", row)},
+        {"q": "export", "cursor": cursor_at("relevance", "nan", row)},
+    ):
+        assert_problem(await world.get("admin", interactions, **params), 400)
+    assert_problem(await world.get("admin", organizations, q="ab\n"), 422)
+    assert_problem(await world.get("admin", interactions, q="exp\x00ort"), 422)
+    # the cursors the API writes still page (an organization's, an interaction's)
+    first = (await world.get("admin", organizations, limit=1)).json()
+    second = await world.get("admin", organizations, limit=1, cursor=first["next_cursor"])
+    assert second.status_code == 200 and second.json()["items"] != first["items"]
+    first = (await world.get("admin", interactions, limit=1)).json()
+    second = await world.get("admin", interactions, limit=1, cursor=first["next_cursor"])
+    assert second.status_code == 200 and second.json()["items"] != first["items"]
 
 
 # --- what support staff and members get ----------------------------------------------------
