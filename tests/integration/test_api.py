@@ -248,6 +248,9 @@ async def test_requests_without_a_valid_token_get_401_problem_json(world: World)
         {"sub": "alice", "exp": 4102444800}, JWT_SECRET, algorithm="HS256"
     )
     unknown_user = bearer(uuid.uuid4())
+    # anyone can write a token's header: its alg is quoted back in the challenge
+    jose = base64.urlsafe_b64encode(json.dumps({"alg": "HS256\u20ac\\" * 50}).encode())
+    odd_alg = "Bearer " + jose.decode().rstrip("=") + ".e30.c2ln"
     cases = {
         "missing": None,
         "basic": "Basic YWxpY2U6c2VjcmV0",
@@ -258,12 +261,17 @@ async def test_requests_without_a_valid_token_get_401_problem_json(world: World)
         "no exp": no_exp,
         "sub not a uuid": not_a_user_id,
         "unknown user": unknown_user,
+        "alg beyond latin-1": odd_alg,
     }
     for case, header in cases.items():
         headers = {} if header is None else {"Authorization": header}
         response = await world.client.get("/api/v1/organizations", headers=headers)
         body = assert_problem(response, 401)
-        assert response.headers["www-authenticate"].startswith("Bearer "), case
+        challenge = response.headers["www-authenticate"]
+        assert challenge.startswith("Bearer "), case
+        description = challenge.partition('error_description="')[2].removesuffix('"')
+        assert description.isascii() and description.isprintable(), case
+        assert '"' not in description and "\\" not in description, case
         assert body["detail"], case
     assert (
         "expired"
