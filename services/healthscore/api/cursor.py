@@ -2,7 +2,9 @@
 
 A cursor is base64url JSON `[sort, value, id]`. It carries no filters, so
 changing a filter with an old cursor still yields a consistent page of the new
-filter; it names its sort, so a cursor of another sort is refused. It is not
+filter; it names its sort, so a cursor of another sort is refused. A row whose sort
+key moves across the cursor between two pages is sent twice or not at all (the next
+page starts at the key, not after the rows sent: docs/design.md). It is not
 signed: a client may write any position, and row-level security still decides
 every row it gets; but its value is read as its sort's type (`numeric_value`,
 `time_value`, `real_value`) before it reaches a statement, so a position this API
