@@ -10,6 +10,7 @@ connection.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -247,6 +248,9 @@ async def test_requests_without_a_valid_token_get_401_problem_json(world: World)
         {"sub": "alice", "exp": 4102444800}, JWT_SECRET, algorithm="HS256"
     )
     unknown_user = bearer(uuid.uuid4())
+    # anyone can write a token's header: its alg is quoted back in the challenge
+    jose = base64.urlsafe_b64encode(json.dumps({"alg": "HS256\u20ac\\" * 50}).encode())
+    odd_alg = "Bearer " + jose.decode().rstrip("=") + ".e30.c2ln"
     cases = {
         "missing": None,
         "basic": "Basic YWxpY2U6c2VjcmV0",
@@ -257,12 +261,17 @@ async def test_requests_without_a_valid_token_get_401_problem_json(world: World)
         "no exp": no_exp,
         "sub not a uuid": not_a_user_id,
         "unknown user": unknown_user,
+        "alg beyond latin-1": odd_alg,
     }
     for case, header in cases.items():
         headers = {} if header is None else {"Authorization": header}
         response = await world.client.get("/api/v1/organizations", headers=headers)
         body = assert_problem(response, 401)
-        assert response.headers["www-authenticate"].startswith("Bearer "), case
+        challenge = response.headers["www-authenticate"]
+        assert challenge.startswith("Bearer "), case
+        description = challenge.partition('error_description="')[2].removesuffix('"')
+        assert description.isascii() and description.isprintable(), case
+        assert '"' not in description and "\\" not in description, case
         assert body["detail"], case
     assert (
         "expired"
@@ -366,6 +375,47 @@ async def test_bad_parameters_and_cursors_are_problems(world: World) -> None:
     )
     assert_problem(wrong_sort, 400)
     assert_problem(await world.get("admin", "/api/v1/organizations", cursor="!!nonsense"), 400)
+
+
+def cursor_at(sort: str, value: str | None, row: uuid.UUID) -> str:
+    """A cursor as a client could write it: base64url JSON [sort, value, id]."""
+    raw = json.dumps([sort, value, str(row)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+async def test_input_the_database_cannot_take_is_a_problem_not_a_failed_statement(
+    world: World,
+) -> None:
+    # each of these reached a statement (or uuid.UUID) and failed there, a 500
+    row = world.orgs["bloom"]
+    organizations = "/api/v1/organizations"
+    for sort, value in (
+        ("churn_probability", "abc"),
+        ("churn_probability", "1e999999"),
+        ("health_score", "NaN"),
+        ("score_change_7d", "-Infinity"),
+    ):
+        response = await world.get(
+            "admin", organizations, sort=sort, cursor=cursor_at(sort, value, row)
+        )
+        assert assert_problem(response, 400)["type"].endswith("/invalid-cursor"), (sort, value)
+    interactions = "/api/v1/interactions"
+    for params in (
+        {"cursor": cursor_at("newest", "yesterday", row)},
+        {"cursor": cursor_at("oldest", "2026-01-01T00:00:00", row)},  # no offset
+        {"q": "export", "cursor": cursor_at("relevance", "best", row)},
+        {"q": "export", "cursor": cursor_at("relevance", "nan", row)},
+    ):
+        assert_problem(await world.get("admin", interactions, **params), 400)
+    assert_problem(await world.get("admin", organizations, q="ab\n"), 422)
+    assert_problem(await world.get("admin", interactions, q="exp\x00ort"), 422)
+    # the cursors the API writes still page (an organization's, an interaction's)
+    first = (await world.get("admin", organizations, limit=1)).json()
+    second = await world.get("admin", organizations, limit=1, cursor=first["next_cursor"])
+    assert second.status_code == 200 and second.json()["items"] != first["items"]
+    first = (await world.get("admin", interactions, limit=1)).json()
+    second = await world.get("admin", interactions, limit=1, cursor=first["next_cursor"])
+    assert second.status_code == 200 and second.json()["items"] != first["items"]
 
 
 # --- what support staff and members get ----------------------------------------------------

@@ -214,6 +214,27 @@ async def test_one_users_answer_never_reaches_another(world: World) -> None:
     ]
 
 
+async def test_two_authorization_headers_are_refused_and_nothing_is_kept_for_either(
+    world: World,
+) -> None:
+    # Starlette's headers.get (the route) takes the first header, the cache took the
+    # last: the answer the route computed for one user was kept under the other's key
+    admin, member = (world.auth(role)["Authorization"] for role in ("admin", "member"))
+    for values in ([member, admin], [admin, member]):
+        for path in (LIST, f"/api/v1/organizations/{world.orgs['bloom']}", "/api/v1/me"):
+            headers = [("Authorization", value) for value in values]
+            both = await world.client.get(path, headers=headers)
+            assert both.status_code == 401, (path, both.text)
+            assert both.json()["detail"] == "send one Authorization header, not several"
+            assert 'error="invalid_request"' in both.headers["www-authenticate"]
+    assert len((await world.get("admin", LIST)).json()["items"]) == 5
+    assert (await world.get("member", LIST)).json()["items"] == []
+    assert (
+        await world.get("member", f"/api/v1/organizations/{world.orgs['bloom']}")
+    ).status_code == 404
+    assert (await world.get("member", "/api/v1/me")).json()["role"] == "member"
+
+
 async def test_concurrent_misses_of_one_key_share_one_computation(world: World) -> None:
     await world.get("admin", LIST)
     await as_writer(

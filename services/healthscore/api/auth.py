@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -164,6 +165,18 @@ class TokenVerifier:
         if len(keys) != 1:
             raise Unauthenticated("the token's signing key is not in the configured key set")
         return keys[0].key
+
+
+def one_authorization(values: Sequence[str]) -> str | None:
+    """The request's one Authorization header (None: none sent).
+
+    Several are refused: which of them the request is answered as would depend on
+    who reads them (Starlette's `headers.get` takes the first), and the response
+    cache must key an answer by the very credential the route computed it under.
+    """
+    if len(values) > 1:
+        raise Unauthenticated("send one Authorization header, not several", "invalid_request")
+    return values[0] if values else None
 
 
 def _bearer(authorization: str | None) -> str:

@@ -35,8 +35,10 @@ answer names its caller (`Endpoint.per_user`: /me, the interactions with
 
 Correctness first:
 
-* only after the bearer token is verified (an unverified caller goes through to
-  the route, which answers 401), and only while the token is still valid (the
+* only after the bearer token is verified (an unverified caller, or one sending
+  several Authorization headers, goes through to the route, which answers 401: the
+  answer is keyed by the credential it was computed under), and only while the
+  token is still valid (the
   database would refuse an expired one: such a request goes through too);
 * the user, or the audience the database put them in, is part of the key, so an
   answer computed under one user's row-level security reaches only users the
@@ -87,7 +89,7 @@ from urllib.parse import parse_qsl
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from healthscore.api.auth import Principal, TokenVerifier, Unauthenticated
+from healthscore.api.auth import Principal, TokenVerifier, Unauthenticated, one_authorization
 from healthscore.api.metrics import ApiMetrics
 from healthscore.store import read_model_changes as t
 
@@ -569,16 +571,16 @@ class CachedReads:
         if endpoint is None:
             await self.app(scope, receive, send)
             return
-        authorization = if_none_match = None
+        authorizations: list[str] = []
+        if_none_match = None
         for name, value in scope["headers"]:
             if name == b"authorization":
-                authorization = value
+                authorizations.append(value.decode("latin-1"))
             elif name == b"if-none-match":
                 if_none_match = value
         try:
-            principal = self.verifier.verify(
-                None if authorization is None else authorization.decode("latin-1")
-            )
+            # the credential the route verifies (several: refused there, never kept)
+            principal = self.verifier.verify(one_authorization(authorizations))
         except Unauthenticated:
             await self.app(scope, receive, send)  # the route answers 401
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 import orjson
@@ -15,6 +16,9 @@ from healthscore.api.cursor import InvalidCursor
 from healthscore.errors import HealthscoreError
 
 MEDIA_TYPE: Final = "application/problem+json"
+# what RFC 6750's error_description may hold (%x20-21 / %x23-5B / %x5D-7E), and how much
+_DESCRIPTION_UNSAFE: Final = re.compile(r'[^\x20-\x7e]|["\\]')
+MAX_DESCRIPTION: Final = 200
 TYPE_BASE: Final = "https://healthscore.invalid/problems/"  # names, not pages
 
 TITLES: Final = {
@@ -70,8 +74,10 @@ async def on_api_problem(request: Request, exc: Exception) -> Response:
 
 async def on_unauthenticated(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Unauthenticated)
-    # RFC 6750: say which scheme and why
-    reason = exc.reason.replace('"', "'")
+    # RFC 6750: say which scheme and why; error_description is printable ASCII without
+    # '"' or a backslash (a reason may quote the token's own header, which anyone can write:
+    # a character beyond latin-1 failed the response as a 500)
+    reason = _DESCRIPTION_UNSAFE.sub("?", exc.reason.replace('"', "'"))[:MAX_DESCRIPTION]
     challenge = f'Bearer realm="healthscore", error="{exc.code}", error_description="{reason}"'
     return problem_response(
         request, 401, "unauthorized", exc.reason, headers={"WWW-Authenticate": challenge}

@@ -12,7 +12,6 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Final, Literal
 
@@ -21,8 +20,15 @@ import orjson
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from pydantic import BaseModel
 
+from healthscore.api.auth import one_authorization
 from healthscore.api.cache import changes_by_clock_in
-from healthscore.api.cursor import Cursor, decode_cursor
+from healthscore.api.cursor import (
+    Cursor,
+    decode_cursor,
+    numeric_value,
+    real_value,
+    time_value,
+)
 from healthscore.api.models import (
     Interaction,
     InteractionPage,
@@ -71,7 +77,7 @@ async def _session(
     request: Request, *, writes: bool = False, generic_plans: bool = False
 ) -> AsyncIterator[Session]:
     state: ApiState = request.app.state.api
-    principal = state.verifier.verify(request.headers.get("authorization"))
+    principal = state.verifier.verify(one_authorization(request.headers.getlist("authorization")))
     async with bound_session(
         state.pool, state.signing_key, principal, writes=writes, generic_plans=generic_plans
     ) as session:
@@ -81,7 +87,7 @@ async def _session(
 async def _fetch_as_caller(request: Request, statement: str, *args: Any) -> asyncpg.Record | None:
     """One statement that logs the caller in, reads and logs out (session.fetch_as)."""
     state: ApiState = request.app.state.api
-    principal = state.verifier.verify(request.headers.get("authorization"))
+    principal = state.verifier.verify(one_authorization(request.headers.getlist("authorization")))
     return await fetch_as(state.pool, state.signing_key, principal, statement, *args)
 
 
@@ -102,7 +108,8 @@ def _page_cursor(
 # --- organizations ------------------------------------------------------------------
 
 OrganizationSort = Literal["churn_probability", "health_score", "score_change_7d"]
-_PREFIX = re.compile(r"^[0-9a-fA-F-]{1,36}$")
+# fullmatch: `$` would also match before a final newline, which uuid.UUID then refuses
+_PREFIX = re.compile(r"[0-9a-fA-F-]{1,36}")
 # An id prefix of this many hex digits or more is searched by its id range first, then
 # sorted: it selects 1/256 of the organizations or fewer (uuids are random), fewer rows
 # than walking the sort's index to fill a page would read (51 * 16^digits). One digit
@@ -124,7 +131,7 @@ def _id_range(prefix: str | None) -> tuple[uuid.UUID | None, uuid.UUID | None]:
     if prefix is None:
         return None, None
     digits = prefix.replace("-", "").lower()
-    if not _PREFIX.match(prefix) or not 0 < len(digits) <= 32:
+    if not _PREFIX.fullmatch(prefix) or not 0 < len(digits) <= 32:
         raise ApiProblem(422, "invalid-request", "q must be the start of an organization id")
     return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
 
@@ -165,7 +172,7 @@ async def list_organizations(
         low,
         high,
     ]
-    key = (Decimal(after.value) if after.value is not None else None) if after else None
+    key = numeric_value(after) if after else None
     after_id = after.id if after else None
     range_first = read_by_id_range_first(q_)
     # the range-first statements read one index range and filter the rows it holds, so
@@ -399,12 +406,8 @@ _INTERACTION_STATEMENTS: Final = {
 }
 
 
-def _cursor_value(sort: str, value: str | None) -> Any:
-    if value is None:
-        return None
-    if sort == "relevance":
-        return float(value)
-    return datetime.fromisoformat(value)
+def _cursor_value(cursor: Cursor) -> Any:
+    return real_value(cursor) if cursor.sort == "relevance" else time_value(cursor)
 
 
 @router.get("/interactions", response_model=InteractionPage, tags=["interactions"])
@@ -440,6 +443,9 @@ async def list_interactions(
 ) -> Response:
     """Support interactions: the support queue, an organization's timeline, search."""
     chosen: str = sort or ("relevance" if q_ else "follow_up" if overdue else "newest")
+    if q_ is not None and "\x00" in q_:
+        # PostgreSQL's text cannot hold it: the statement would fail
+        raise ApiProblem(422, "invalid-request", "q must not contain a NUL character")
     if chosen == "relevance" and not q_:
         raise ApiProblem(422, "invalid-request", "sort=relevance needs q")
     if chosen == "follow_up" and not overdue:
@@ -455,7 +461,7 @@ async def list_interactions(
             [t.value for t in type_] if type_ else None,
             overdue,
             q_,
-            _cursor_value(chosen, after.value) if after else None,
+            _cursor_value(after) if after else None,
             None if after is None else after.value is None,
             after.id if after else None,
             limit + 1,
