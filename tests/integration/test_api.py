@@ -694,3 +694,50 @@ async def test_health_and_readiness(world: World) -> None:
     assert (await world.client.get("/api/docs")).status_code == 200
     openapi = (await world.client.get("/api/openapi.json")).json()
     assert "/api/v1/organizations" in openapi["paths"]
+
+
+# --- failures ------------------------------------------------------------------------
+
+
+async def test_a_database_refusing_the_api_is_a_503_problem_and_passes(
+    world: World, pg_admin_url: str
+) -> None:
+    """The database gone from under the pool, then refusing new connections: each
+    request got a plain-text 500. Now a 503 problem with Retry-After, and the API
+    answers again once the database takes connections."""
+    (login,) = [
+        r["usename"]
+        for r in await superuser_fetch(
+            pg_admin_url,
+            "SELECT DISTINCT usename FROM pg_stat_activity WHERE usename LIKE 't_api_%'",
+        )
+    ]
+    assert (await world.get("admin", "/api/v1/organizations", limit=7)).status_code == 200
+    await superuser_fetch(pg_admin_url, f"ALTER ROLE {login} CONNECTION LIMIT 0")
+    await superuser_fetch(
+        pg_admin_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+        login,
+    )  # fmt: skip
+    try:
+        for limit in (8, 9):  # a connection that was terminated; then none to be had
+            body = assert_problem(
+                await world.get("admin", "/api/v1/organizations", limit=limit), 503
+            )
+            assert body["type"].endswith("/unavailable")
+    finally:
+        await superuser_fetch(pg_admin_url, f"ALTER ROLE {login} CONNECTION LIMIT -1")
+    response = await world.get("admin", "/api/v1/organizations", limit=10)
+    assert response.status_code == 200, response.text
+
+
+async def test_an_unexpected_failure_is_a_500_problem_naming_its_log_entry(world: World) -> None:
+    async def fails() -> None:
+        raise RuntimeError("internal detail that must not reach the caller")
+
+    world.app.add_api_route("/api/fails", fails)
+    transport = httpx.ASGITransport(app=world.app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        response = await client.get("/api/fails")
+    body = assert_problem(response, 500)
+    assert "internal detail" not in response.text
+    assert len(body["error_id"]) == 32 and body["error_id"] in body["detail"]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any, Final
 
+import asyncpg
 import orjson
+import structlog
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -13,9 +16,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from healthscore.api.auth import Unauthenticated
 from healthscore.api.cursor import InvalidCursor
+from healthscore.api.session import DatabaseUnavailable
 from healthscore.errors import HealthscoreError
 
+log = structlog.get_logger(__name__)
+
 MEDIA_TYPE: Final = "application/problem+json"
+RETRY_AFTER_SECONDS: Final = 1
 # what RFC 6750's error_description may hold (%x20-21 / %x23-5B / %x5D-7E), and how much
 _DESCRIPTION_UNSAFE: Final = re.compile(r'[^\x20-\x7e]|["\\]')
 MAX_DESCRIPTION: Final = 200
@@ -103,10 +110,56 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
     return problem_response(request, exc.status_code, kind, str(exc.detail))
 
 
+# the database unreachable, refusing connections or gone mid-request: the client may
+# try again (a 503), unlike a failure of the service's own (a 500)
+UNAVAILABLE: Final[tuple[type[Exception], ...]] = (
+    DatabaseUnavailable,
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+async def on_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning(
+        "api_database_unavailable", path=request.url.path, error=type(exc).__name__,
+        detail=str(exc)[:200],
+    )  # fmt: skip
+    return problem_response(
+        request,
+        503,
+        "unavailable",
+        "the database cannot be reached just now; try again shortly",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    """Anything else: a 500 problem naming an id the log line carries (with the
+    traceback), so a report of it can be found; never the error's own text."""
+    error_id = uuid.uuid4().hex
+    log.error(
+        "api_request_failed", path=request.url.path, method=request.method,
+        error=type(exc).__name__, error_id=error_id, exc_info=exc,
+    )  # fmt: skip
+    return problem_response(
+        request,
+        500,
+        "internal-error",
+        f"the request failed inside the service; it is logged as {error_id}",
+        error_id=error_id,
+    )
+
+
 HANDLERS: Final = {
     ApiProblem: on_api_problem,
     Unauthenticated: on_unauthenticated,
     InvalidCursor: on_invalid_cursor,
     RequestValidationError: on_validation_error,
     StarletteHTTPException: on_http_exception,
+    **dict.fromkeys(UNAVAILABLE, on_unavailable),
+    Exception: on_unexpected,
 }

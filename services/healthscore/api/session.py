@@ -61,6 +61,11 @@ _TOKEN_ALPHABET: Final = re.compile(r"v1\.[0-9]+\.[0-9a-f-]{36}\.[0-9]+\.[0-9a-f
 DB_TOKEN_LIFETIME: Final = timedelta(seconds=60)
 
 
+class DatabaseUnavailable(HealthscoreError):
+    """The request's connection was lost under it: the database is (re)starting, or
+    terminated it; another request may get through (a 503, not a 500)."""
+
+
 class IdentityBindingFailed(HealthscoreError):
     """The database refused the backend's own token: a key or clock misconfiguration."""
 
@@ -218,10 +223,14 @@ async def bound_session(
             # app_login returned the token's user, which mint_token took from principal
             yield Session(conn, principal.user_id)
             await conn.execute(LOGOUT_AND_COMMIT if writes else "ROLLBACK")
-        except BaseException:
+        except BaseException as exc:
             # a lost connection is discarded by the pool; otherwise undo the login
             if not conn.is_closed():
                 # best effort: the pool's reset rolls back what this could not
                 with contextlib.suppress(Exception):
                     await conn.execute("ROLLBACK")
+            elif isinstance(exc, Exception) and not isinstance(exc, HealthscoreError):
+                # whatever asyncpg raised for it (a connection the server terminated
+                # while idle in the pool can fail with an internal client error)
+                raise DatabaseUnavailable(f"the connection was lost: {exc}") from exc
             raise
