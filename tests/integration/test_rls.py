@@ -634,6 +634,7 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
             [[alert], [org], ["risk_raised"], [1], [json.dumps({"kind": "risk_raised"})]],
         ),
         ("TRY_LEADER_LOCK", sql.TRY_LEADER_LOCK, [42]),
+        ("BOUND_IDLE_TRANSACTION", sql.BOUND_IDLE_TRANSACTION, ["75000ms"]),
         ("TRY_SHARD_LOCK", sql.TRY_SHARD_LOCK, [42, 3]),
         ("EVENT_TIME_WATERMARK", sql.EVENT_TIME_WATERMARK, [group, topics]),
         ("PICK_SILENT", sql.PICK_SILENT, [now, 10]),

@@ -6,6 +6,12 @@ crash between them re-publishes the same rows with the same `alert_id`
 (deterministic), which the notification service drops; a different id is
 never minted. One relay is active at a time (a transaction-level advisory
 lock), so an organization's alerts leave in the order they were raised.
+
+The lock is held while the broker acks, so its hold is bounded: the publish fails
+after `publish_timeout`, and PostgreSQL ends the relay's session if its transaction
+stays idle `HOLD_MARGIN_SECONDS` longer than that (a replica frozen or cut off
+mid-page keeps its connection open for hours, and with it every replica's alerts).
+Another replica then publishes the page again, with the same ids.
 """
 
 from __future__ import annotations
@@ -23,6 +29,13 @@ from healthscore.service.periodic import AT_ONCE, LOCK_BUSY_RETRY
 from healthscore.store import locks, sql
 
 log = structlog.get_logger(__name__)
+
+
+# a relay waits this long for the broker's acks of a page at most (the producer's
+# own request timeout, 40 s, fails a publish first)
+PUBLISH_TIMEOUT_SECONDS = 60.0
+# PostgreSQL ends a relay's session idle in its transaction this long past that
+HOLD_MARGIN_SECONDS = 15.0
 
 
 class AlertPublishError(Exception):
@@ -44,6 +57,7 @@ class OutboxRelay:
         batch_size: int = 500,
         after_publish: Callable[[], None] | None = None,
         on_published: Callable[[str], None] | None = None,
+        publish_timeout: float = PUBLISH_TIMEOUT_SECONDS,
     ) -> None:
         self._pool = pool
         self._producer = producer
@@ -53,6 +67,7 @@ class OutboxRelay:
         # after the broker acked and before the rows are marked sent
         self._after_publish = after_publish
         self._on_published = on_published
+        self._publish_timeout = publish_timeout
         self.published: dict[str, int] = {}
 
     async def relay_alerts(self) -> int | None:
@@ -63,6 +78,8 @@ class OutboxRelay:
             async with conn.transaction():
                 if not await conn.fetchval(sql.TRY_LEADER_LOCK, locks.RELAY):
                     return None
+                hold = self._publish_timeout + HOLD_MARGIN_SECONDS
+                await conn.execute(sql.BOUND_IDLE_TRANSACTION, f"{round(hold * 1000)}ms")
                 rows = await conn.fetch(sql.PENDING_ALERTS, self._batch_size)
                 if not rows:
                     return 0
@@ -86,17 +103,18 @@ class OutboxRelay:
     async def _publish_alerts(self, rows: list[Any]) -> None:
         now = datetime.now(UTC).isoformat()
         futures = []
-        for row in rows:
-            payload = orjson.loads(row["payload"])
-            payload["emitted_at"] = now
-            futures.append(
-                await self._producer.send(
-                    self._alert_topic,
-                    value=orjson.dumps(payload),
-                    key=str(row["organization_id"]).encode(),
+        async with asyncio.timeout(self._publish_timeout):
+            for row in rows:
+                payload = orjson.loads(row["payload"])
+                payload["emitted_at"] = now
+                futures.append(
+                    await self._producer.send(
+                        self._alert_topic,
+                        value=orjson.dumps(payload),
+                        key=str(row["organization_id"]).encode(),
+                    )
                 )
-            )
-        await asyncio.gather(*futures)
+            await asyncio.gather(*futures)
         if self._after_publish is not None:
             self._after_publish()
 

@@ -424,6 +424,8 @@ SELECT health_status, risk_level, count(*) AS n FROM customer_health GROUP BY 1,
 
 # one leader at a time (sweep, relays): a transaction-level advisory lock
 TRY_LEADER_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
+# a leader that stops answering inside its transaction loses its session, and the lock
+BOUND_IDLE_TRANSACTION = "SELECT set_config('idle_in_transaction_session_timeout', $1, true)"
 
 # the two-key form: (a purpose, a number within it), e.g. a projector shard
 TRY_SHARD_LOCK = "SELECT pg_try_advisory_xact_lock($1::int, $2::int)"
