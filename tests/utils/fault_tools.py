@@ -12,7 +12,7 @@ import os
 import signal
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -260,10 +260,14 @@ async def assert_exactly_once(
 async def assert_alerts_published(
     bootstrap: str, database_url: str, alert_topic: str, timeout: float = 30.0
 ) -> tuple[int, int]:
-    """Every outbox alert is on the alert topic (at least once). Returns (alerts, copies)."""
+    """Every outbox alert is on the alert topic (at least once), each organization's
+    first seen in the order they were raised (re-sends may follow). Returns (alerts,
+    copies)."""
     conn = await asyncpg.connect(database_url)
     try:
-        rows = await conn.fetch("SELECT alert_id, published_at FROM alert_outbox")
+        rows = await conn.fetch(
+            "SELECT alert_id, organization_id, published_at FROM alert_outbox ORDER BY seq"
+        )
     finally:
         await conn.close()
     expected = {str(r["alert_id"]) for r in rows}
@@ -273,6 +277,14 @@ async def assert_alerts_published(
     )
     ids = [orjson.loads(r.value)["alert_id"] for r in seen]
     assert set(ids) == expected, f"missing {expected - set(ids)}, unknown {set(ids) - expected}"
+    raised: dict[bytes, list[str]] = defaultdict(list)
+    for r in rows:
+        raised[str(r["organization_id"]).encode()].append(str(r["alert_id"]))
+    first_seen: dict[bytes, list[str]] = defaultdict(list)
+    for record, alert_id in zip(seen, ids, strict=True):
+        if alert_id not in first_seen[record.key]:
+            first_seen[record.key].append(alert_id)
+    assert first_seen == raised, "an organization's alerts left out of the order raised"
     return len(expected), len(ids)
 
 
