@@ -114,3 +114,23 @@ async def test_a_relay_that_finds_another_publishing_tries_again_soon(
         await other.close()
         await producer.stop()
         await pool.close()
+
+
+async def test_a_publish_not_acked_in_time_fails_the_page_and_says_so(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    # the relay holds the relay lock while it waits: the wait is bounded
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    await _insert_alerts(migrated_database, uuid.uuid4(), payload_size=10, n=2)
+    pool = await create_pool(migrated_database, "healthscore_writer")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        # no broker round trip fits in a microsecond
+        relay = OutboxRelay(pool, producer, topics.alerts, publish_timeout=1e-6)
+        with pytest.raises(AlertPublishError, match="did not acknowledge 2 alerts"):
+            await relay.relay_alerts()
+        assert await OutboxRelay(pool, producer, topics.alerts).relay_alerts() == 2
+    finally:
+        await producer.stop()
+        await pool.close()

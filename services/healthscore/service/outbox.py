@@ -103,18 +103,25 @@ class OutboxRelay:
     async def _publish_alerts(self, rows: list[Any]) -> None:
         now = datetime.now(UTC).isoformat()
         futures = []
-        async with asyncio.timeout(self._publish_timeout):
-            for row in rows:
-                payload = orjson.loads(row["payload"])
-                payload["emitted_at"] = now
-                futures.append(
-                    await self._producer.send(
-                        self._alert_topic,
-                        value=orjson.dumps(payload),
-                        key=str(row["organization_id"]).encode(),
+        try:
+            async with asyncio.timeout(self._publish_timeout):
+                for row in rows:
+                    payload = orjson.loads(row["payload"])
+                    payload["emitted_at"] = now
+                    futures.append(
+                        await self._producer.send(
+                            self._alert_topic,
+                            value=orjson.dumps(payload),
+                            key=str(row["organization_id"]).encode(),
+                        )
                     )
-                )
-            await asyncio.gather(*futures)
+                await asyncio.gather(*futures)
+        except TimeoutError:
+            # named, for relay_failed and last_error (a bare TimeoutError says nothing)
+            raise TimeoutError(
+                f"the broker did not acknowledge {len(rows)} alerts "
+                f"within {self._publish_timeout:g}s"
+            ) from None
         if self._after_publish is not None:
             self._after_publish()
 
