@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 from healthscore.core.scoring.model import default_model
 from healthscore.service.ingest.pipeline import BatchPipeline
 from healthscore.service.projector import Projector
+from healthscore.store import sql
 from healthscore.store.db import create_pool
 from tests.integration.test_owned_states import _batches, _Log, _org, _pipeline
 
@@ -157,4 +158,30 @@ async def test_a_health_feed_that_fails_leaves_the_batch_to_the_projector(
         assert (await pipeline.process(second)).projected_in_batch == 0
         assert len(await _rows(url, "SELECT * FROM read_model_pending")) == 6
     finally:
+        await pool.close()
+
+
+async def test_projectors_with_different_shard_counts_never_project_one_organization_at_once(
+    database_factory: Any, migrated_template: str, producer: AIOKafkaProducer
+) -> None:
+    """A rolling deploy that changes PROJECTOR_SHARDS runs projectors whose shard locks
+    do not exclude each other: both could project one organization at once, and the
+    one that read the older state could write and publish it after the newer one. The
+    queued entries a pass takes are its own until it commits, whatever the shards."""
+    url = await database_factory(template=migrated_template)
+    pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=2)
+    other = await asyncpg.connect(url)  # another process's pass, one shard, in progress
+    try:
+        pipeline = _pipeline(pool, producer, 1000)
+        _live(pipeline, Projector(pool, default_model(), None, None), [False])
+        await pipeline.process(_batches(_Log())[0])
+        assert len(await _rows(url, "SELECT * FROM read_model_pending")) == 6
+        async with other.transaction():
+            taken = await other.fetch(sql.PENDING_PROJECTION, 1000, 1, 0, 0.0)
+            assert len(taken) == 6
+            two_shards = Projector(pool, default_model(), None, None, shards=2)
+            assert await two_shards.project_once() == 0
+        assert await two_shards.project_once() == 6  # the other pass let them go
+    finally:
+        await other.close()
         await pool.close()

@@ -239,6 +239,11 @@ ON CONFLICT (organization_id, milestone_type) DO NOTHING
 # The queue is split into $2 shards by the organization id's last byte, so that
 # several processes project at once, each shard under its own lock
 # (`locks.PROJECTOR_SHARD`); $3 is the shard.
+# The entries a pass takes are locked until it commits (SKIP LOCKED: another pass
+# leaves them): two passes never project one organization at once, even under
+# shard locks that do not exclude each other (processes with different
+# PROJECTOR_SHARDS during a rolling deploy), so an older state is never written,
+# nor its feed record published, after a newer one.
 PENDING_PROJECTION = """
 SELECT q.organization_id, s.health_version AS version, s.state::text AS state
 FROM read_model_pending q
@@ -247,6 +252,7 @@ WHERE get_byte(uuid_send(q.organization_id), 15) % $2::int = $3::int
   AND q.queued_at <= now() - make_interval(secs => $4::float8)
 ORDER BY q.queued_at, q.organization_id
 LIMIT $1
+FOR UPDATE OF q SKIP LOCKED
 """
 
 OLDEST_PENDING_PROJECTION = "SELECT min(queued_at) FROM read_model_pending"
