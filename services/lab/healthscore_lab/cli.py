@@ -87,17 +87,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     options.dashboard = args.dashboard
     log_path = settings.state_dir.resolve() / "demo.log"
-    try:
-        # a new embedded PostgreSQL each run (keep_data=False): the embedded broker
-        # keeps its topics in memory only, so a kept database would hold offsets
-        # beyond the new topics' ends
-        with (
-            log_to_file(log_path) as summary,
-            with_services(settings, keep_data=False) as (resolved, _services),
-        ):
-            return run(lambda: run_demo(resolved, options, summary))
-    finally:
-        print(f"full log: {log_path}")
+    with log_to_file(log_path) as summary:  # a log that cannot be opened: refused here
+        try:
+            # a new embedded PostgreSQL each run (keep_data=False): the embedded broker
+            # keeps its topics in memory only, so a kept database would hold offsets
+            # beyond the new topics' ends
+            with with_services(settings, keep_data=False) as (resolved, _services):
+                return run(lambda: run_demo(resolved, options, summary))
+        finally:
+            print(f"full log: {log_path}")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
