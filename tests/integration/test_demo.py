@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-async def _demo(state_dir: Path) -> subprocess.CompletedProcess[str]:
+async def _demo(
+    state_dir: Path, dashboard: bool = False, **extra_env: str
+) -> subprocess.CompletedProcess[str]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -40,10 +43,13 @@ async def _demo(state_dir: Path) -> subprocess.CompletedProcess[str]:
         )
     }
     env["STATE_DIR"] = str(state_dir)
-    args = ["demo", "--events", "1500", "--organizations", "40", "--rate", "3000", "--no-dashboard"]
+    env.update(extra_env)
+    command = ["demo", "--events", "1500", "--organizations", "40", "--rate", "3000"]
+    if not dashboard:
+        command.append("--no-dashboard")
     return await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "healthscore.cli", *args],
+        [sys.executable, "-m", "healthscore.cli", *command],
         env=env,
         capture_output=True,
         text=True,
@@ -78,6 +84,23 @@ async def test_demo_twice_processes_events_both_times_and_keeps_the_screen_reada
         assert '"event": "service_started"' in log.read_text()
         assert "database_login_is_superuser" not in log.read_text()
         assert result.stderr == "", result.stderr
+
+
+async def test_a_taken_dashboard_port_is_refused_before_the_demo_runs(tmp_path: Path) -> None:
+    # the dashboard is served at the end: on a taken API_PORT the whole demo ran, then
+    # uvicorn's SystemExit came out as tracebacks ("Task exception was never retrieved",
+    # "Unclosed AIOKafkaProducer") instead of one line naming the setting
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = await _demo(tmp_path, dashboard=True, API_HOST="127.0.0.1", API_PORT=str(port))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stderr.splitlines() == [
+        f"error: the dashboard cannot listen on 127.0.0.1:{port} (Address already in use): "
+        "set API_PORT to a free port (0 = any free port), or run the demo with --no-dashboard"
+    ]
+    assert "producing" not in result.stdout  # said before anything started
 
 
 async def test_a_kept_database_with_profile_offsets_beyond_the_log_is_refused(

@@ -11,8 +11,10 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from healthscore.config import Settings
+from healthscore.errors import MigrationError
 from healthscore.store.db import create_pool
 from healthscore.store.dburl import redact
+from healthscore.store.migrate import apply_migrations
 from tests.utils.harness import (
     make_producer,
     make_topics,
@@ -91,6 +93,25 @@ async def test_the_database_password_never_appears_in_errors_or_settings() -> No
     with pytest.raises((OSError, asyncpg.PostgresError)) as failure:
         await create_pool(url, "healthscore_writer")
     assert secret not in str(failure.value) and secret not in repr(failure.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # libpq and asyncpg take the password (and a client key's) as query parameters too
+        "postgresql://healthscore@127.0.0.1:1/healthscore?password={secret}",
+        "postgresql://healthscore@127.0.0.1:1/healthscore?sslmode=require&PASSWORD={secret}",
+        "postgresql://healthscore:x@127.0.0.1:1/db?sslpassword={secret}&application_name=a",
+    ],
+)
+async def test_a_password_in_the_query_string_is_redacted_too(url: str) -> None:
+    secret = "s3cr3t-pa55word"
+    url = url.format(secret=secret)
+    assert secret not in redact(url)
+    assert redact(url).startswith("postgresql://healthscore")
+    with pytest.raises(MigrationError) as failure:
+        await apply_migrations(url)
+    assert secret not in str(failure.value), failure.value
 
 
 async def test_a_superuser_login_is_flagged_and_a_dedicated_login_is_not(

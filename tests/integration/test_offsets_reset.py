@@ -16,7 +16,9 @@ import uuid
 
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from structlog.testing import capture_logs
 
+from healthscore.service.app import ServiceOptions
 from tests.utils.harness import (
     Topics,
     make_producer,
@@ -120,6 +122,51 @@ async def test_recreated_topics_are_read_from_their_start_after_reset_to_earlies
     # every event of the new topics was applied (they were never seen before)
     assert await _applied_events(migrated_database, second_ids) == len(second_ids)
     assert sum(expected_event_counts(second).values()) == len(second_ids)
+
+
+async def test_a_topic_recreated_under_the_running_service_is_refused_not_silently_waited_on(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    # the refusal on assignment does not see a topic recreated later: the consumer
+    # waited at its old position (past the new log's end) for records that never come,
+    # with lag 0, /readyz ready and nothing logged, however many records arrived
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    settings = service_settings(
+        migrated_database, kafka_bootstrap, topics, group=group, readiness_interval_seconds=0.5
+    )
+    options = ServiceOptions(run_sweep=False, create_topics=False, gauge_interval_seconds=0.5)
+    first = simulated_stream(organizations=5, events=80, seed=303, support_share=0.0)
+    second = simulated_stream(organizations=3, events=20, seed=404, support_share=0.0)
+    second_ids = sorted({m.event_id for m in second if m.valid and m.event_id is not None})
+    with capture_logs() as logs:
+        async with running_service(settings, options) as service:
+            await produce_stream(kafka_bootstrap, topics, first)
+            await wait_caught_up(migrated_database, kafka_bootstrap, group, [topics.usage])
+            await _recreate(kafka_bootstrap, [topics.usage], partitions=1)
+            await produce_stream(kafka_bootstrap, topics, second)
+            key = (topics.usage, 0)
+            for _ in range(600):
+                latest = service.readiness.latest
+                if latest is not None and "partitions" in latest.failed:
+                    break
+                await asyncio.sleep(0.1)
+            assert key in service.offsets.refused, service.offsets.refused
+            assert latest is not None
+            assert latest.checks["partitions"].startswith(f"not consuming {topics.usage}:0: ")
+            assert "above the high watermark" in latest.checks["partitions"]
+            refused = service.metrics.partitions_refused.labels(topics.usage, "0")
+            assert refused._value.get() == 1
+    assert [e["partition"] for e in logs if e["event"] == "partition_refused"] == [0]
+    assert await _applied_events(migrated_database, second_ids) == 0
+
+    # the runbook: offsets-reset --to-earliest with the service stopped, then start it
+    env = _cli_env(migrated_database, kafka_bootstrap, topics)
+    applied = await _reset(env, "--group", group, "--to-earliest", "--topic", topics.usage, "--yes")
+    assert applied.returncode == 0, applied.stderr
+    async with running_service(settings, options):
+        await wait_caught_up(migrated_database, kafka_bootstrap, group, [topics.usage])
+    assert await _applied_events(migrated_database, second_ids) == len(second_ids)
 
 
 async def test_to_latest_uses_true_high_watermarks_and_to_offset_checks_the_log(

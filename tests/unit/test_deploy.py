@@ -269,6 +269,33 @@ def test_the_rules_and_their_tests_query_only_exported_metrics() -> None:
     assert unknown_metrics(expressions) == {}
 
 
+def operations_anchors() -> set[str]:
+    """The anchors GitHub gives docs/operations.md's headings."""
+    anchors = set()
+    for line in (ROOT / "docs" / "operations.md").read_text().splitlines():
+        heading = re.match(r"#{1,6} (.+)", line)
+        if heading:
+            words = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower())
+            anchors.add(words.replace(" ", "-"))
+    return anchors
+
+
+def test_every_alert_links_a_runbook_section_that_exists() -> None:
+    # the on-call engineer paged at night follows the link: it must be there and lead
+    # somewhere (an alert naming no runbook, or a renamed section, leaves them guessing)
+    anchors = operations_anchors()
+    assert {"lag-growing", "stored-offset-outside-the-log", "healthscore-lag"} <= anchors
+    broken = {}
+    for rule in alert_rules():
+        if "alert" not in rule:
+            continue
+        text = " ".join(rule["annotations"].values())
+        links = re.findall(r"Runbook: docs/operations\.md#([\w-]+)", text)
+        if not links or set(links) - anchors:
+            broken[rule["alert"]] = links
+    assert broken == {}
+
+
 # --- compose ----------------------------------------------------------------------
 
 

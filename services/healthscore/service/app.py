@@ -328,7 +328,13 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         outcomes=outcomes,
         corrupt_records=corrupt_records,
         gauges=GaugeRefresher(
-            pool, metrics, kafka, s.consumer_group, topics, o.distribution_interval_seconds
+            pool,
+            metrics,
+            kafka,
+            s.consumer_group,
+            topics,
+            o.distribution_interval_seconds,
+            on_beyond_the_log=offsets.refuse_beyond_the_log,
         ),
         readiness=ReadinessChecker(
             readiness_checks(

@@ -169,6 +169,26 @@ class KafkaOffsets(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
                 )
         return outside
 
+    def refuse_beyond_the_log(self, beyond: Mapping[PartitionKey, tuple[int, int]]) -> None:
+        """Refuse the assigned partitions among `beyond` (stored next offset, high
+        watermark), found while consumed: the topic was recreated under the running
+        service. The client waits at its old position for records that never come (or,
+        on a broker answering OffsetOutOfRange, restarts at the log start and skips what
+        lies below the stored offset as applied); a person decides, as on assignment."""
+        if self._consumer is None:
+            return
+        assignment = self._consumer.assignment()
+        for key, (stored, high) in sorted(beyond.items()):
+            tp = TopicPartition(*key)
+            if key in self.refused or key not in self.assigned or tp not in assignment:
+                continue
+            self._refuse(
+                self._consumer,
+                tp,
+                f"stored next offset {stored} is above the high watermark {high} "
+                "(found while consuming: the topic was recreated?)",
+            )
+
     def _refuse(self, consumer: Any, tp: TopicPartition, why: str) -> None:
         consumer.pause(tp)
         key = key_of(tp)

@@ -1,6 +1,10 @@
 """Small helpers on PostgreSQL URLs (no secrets ever leave through them)."""
 
+import re
 from urllib.parse import urlsplit, urlunsplit
+
+# query parameters libpq and asyncpg read a secret from (the login's, a client key's)
+_SECRET_PARAMETER = re.compile(r"(^|&)((?:ssl)?password)=[^&]*", re.IGNORECASE)
 
 
 def with_database(url: str, database: str) -> str:
@@ -12,7 +16,10 @@ def with_database(url: str, database: str) -> str:
 def redact(url: str) -> str:
     """The URL with any password replaced, for logs and error messages."""
     parts = urlsplit(url)
-    if parts.password is None:
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = _SECRET_PARAMETER.sub(r"\1\2=***", parts.query)
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -14,6 +15,7 @@ from healthscore.cli import (
     settings_from_args,
     with_services,
 )
+from healthscore.errors import StartupRefused
 from healthscore.service.ops.logging import configure_logging
 from healthscore_lab.devservices import resolve_services
 
@@ -48,10 +50,31 @@ def _sleep() -> None:
         time.sleep(3600)
 
 
+def _refuse_a_taken_dashboard_port(host: str, port: int) -> None:
+    """The dashboard is served at the demo's end: say a taken API_PORT before the demo
+    runs, in one line, not as uvicorn's tracebacks after it."""
+    if port == 0:
+        return  # any free port
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise StartupRefused(
+            f"the dashboard cannot listen on {host}:{port} ({exc.strerror or exc}): set "
+            "API_PORT to a free port (0 = any free port), or run the demo with --no-dashboard"
+        ) from exc
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from healthscore_lab.demo import DemoOptions, log_to_file, run_demo
 
     settings = settings_from_args(args)
+    if args.dashboard:
+        _refuse_a_taken_dashboard_port(settings.api_host, settings.api_port)
     if "ops_port" not in settings.model_fields_set:
         settings = settings.model_copy(update={"ops_port": 0})  # any free port
     options = DemoOptions(
@@ -64,17 +87,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     options.dashboard = args.dashboard
     log_path = settings.state_dir.resolve() / "demo.log"
-    try:
-        # a new embedded PostgreSQL each run (keep_data=False): the embedded broker
-        # keeps its topics in memory only, so a kept database would hold offsets
-        # beyond the new topics' ends
-        with (
-            log_to_file(log_path) as summary,
-            with_services(settings, keep_data=False) as (resolved, _services),
-        ):
-            return run(lambda: run_demo(resolved, options, summary))
-    finally:
-        print(f"full log: {log_path}")
+    with log_to_file(log_path) as summary:  # a log that cannot be opened: refused here
+        try:
+            # a new embedded PostgreSQL each run (keep_data=False): the embedded broker
+            # keeps its topics in memory only, so a kept database would hold offsets
+            # beyond the new topics' ends
+            with with_services(settings, keep_data=False) as (resolved, _services):
+                return run(lambda: run_demo(resolved, options, summary))
+        finally:
+            print(f"full log: {log_path}")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

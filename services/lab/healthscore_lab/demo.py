@@ -23,7 +23,7 @@ from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 from urllib.parse import quote, urlsplit, urlunsplit
 from uuid import uuid5
 
@@ -105,6 +105,9 @@ class LogSummary:
     rejected: dict[str, set[tuple[str, int, int]]] = field(default_factory=dict)
     examples: dict[str, str] = field(default_factory=dict)
     other: Counter[str] = field(default_factory=Counter)
+    # the log file's path and, once a write failed (a full disk), why
+    log_path: Path | None = None
+    log_failure: str | None = None
 
     def __call__(
         self, logger: Any, method: str, event: MutableMapping[str, Any]
@@ -142,21 +145,71 @@ class LogSummary:
         if self.other:
             worst = ", ".join(f"{name} x{n}" for name, n in self.other.most_common(5))
             out.append(f"warnings and errors in the log: {worst}")
+        if self.log_failure is not None:
+            out.append(
+                f"the log is incomplete: writing {self.log_path} failed ({self.log_failure}); "
+                "free space there or set STATE_DIR to another directory"
+            )
         return out
+
+
+class _LogFile:
+    """The demo's log file, whose first refused write (a full disk) ends the log, said
+    once on stderr, instead of raising out of every log call of the service."""
+
+    def __init__(self, file: TextIO, summary: LogSummary) -> None:
+        self._file = file
+        self._summary = summary
+
+    def _failed(self, exc: OSError) -> None:
+        if self._summary.log_failure is None:
+            self._summary.log_failure = exc.strerror or str(exc)
+            print(
+                f"warning: the demo's log {self._summary.log_path} cannot be written "
+                f"({self._summary.log_failure}); the demo goes on without it",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def write(self, text: str) -> int:
+        if self._summary.log_failure is None:
+            try:
+                return self._file.write(text)
+            except OSError as exc:
+                self._failed(exc)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._summary.log_failure is None:
+            try:
+                self._file.flush()
+            except OSError as exc:
+                self._failed(exc)
 
 
 @contextmanager
 def log_to_file(path: Path) -> Iterator[LogSummary]:
     """The service's log (JSON lines, INFO and up) into `path`, not onto the screen."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    summary = LogSummary()
-    with path.open("w", encoding="utf-8") as file:
-        _configure(file, summary)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        file = path.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise StartupRefused(
+            f"the demo cannot write its log {path} ({exc.strerror or exc}): set STATE_DIR "
+            "to a writable directory"
+        ) from exc
+    summary = LogSummary(log_path=path)
+    try:
+        # write and flush are all structlog's printer and logging's handler use
+        _configure(cast(TextIO, _LogFile(file, summary)), summary)
+        yield summary
+    finally:
+        logging.getLogger().handlers.clear()
+        structlog.reset_defaults()
         try:
-            yield summary
-        finally:
-            logging.getLogger().handlers.clear()
-            structlog.reset_defaults()
+            file.close()
+        except OSError as exc:  # what the full disk did not take: already said
+            _LogFile(file, summary)._failed(exc)
 
 
 def _configure(file: TextIO, summary: LogSummary) -> None:

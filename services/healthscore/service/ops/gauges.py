@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import asyncpg
@@ -21,6 +22,10 @@ log = structlog.get_logger(__name__)
 BAND_NAMES = ("excellent", "good", "at_risk", "critical")
 RISK_NAMES = ("low", "medium", "high", "critical")
 
+# partitions whose stored next offset is above the high watermark a fetch confirmed:
+# (stored next offset, high watermark)
+BeyondTheLog = Callable[[Mapping[PartitionKey, tuple[int, int]]], None]
+
 
 class GaugeRefresher:
     def __init__(
@@ -31,6 +36,7 @@ class GaugeRefresher:
         group: str,
         topics: list[str],
         distribution_interval: float = 60.0,
+        on_beyond_the_log: BeyondTheLog | None = None,
     ) -> None:
         self._pool = pool
         self._metrics = metrics
@@ -43,16 +49,29 @@ class GaugeRefresher:
         self._distribution_due = 0.0
         # one probe consumer kept between refreshes, opened again after a failure
         self._probe: HighWatermarkProbe | None = None
+        # a topic recreated under the running service: its lag reads 0 and the
+        # consumer waits past the new log's end, so the refresher, which sees both
+        # offsets every few seconds, reports it (the consumer refuses the partition)
+        self._on_beyond_the_log = on_beyond_the_log
 
     async def refresh_lag(self, probe: HighWatermarkProbe) -> None:
         partitions = await probe.partitions(self._topics)
-        watermarks = await probe.high_watermarks(partitions)
+        # the stored offsets first: a batch committing before the high watermarks are
+        # read can then only make the lag look larger, never put a stored offset above
+        # a high watermark (only a recreated or truncated log does)
         async with self._pool.acquire() as conn:
             stored = await stored_offsets(conn, self._group)
-        for tp, high in watermarks.items():
+        fetched, reported = await probe.fetched_high_watermarks(partitions)
+        beyond: dict[PartitionKey, tuple[int, int]] = {}
+        for tp, high in {**reported, **fetched}.items():
             lag = max(0, high - stored.get(tp, 0))
             self.last_lag[tp] = lag
             self._metrics.consumer_lag.labels(tp[0], str(tp[1])).set(lag)
+            # only a high watermark a fetch confirmed: ListOffsets can answer low
+            if tp in fetched and stored.get(tp, 0) > high:
+                beyond[tp] = (stored[tp], high)
+        if beyond and self._on_beyond_the_log is not None:
+            self._on_beyond_the_log(beyond)
 
     async def refresh_outbox(self) -> None:
         async with self._pool.acquire() as conn:

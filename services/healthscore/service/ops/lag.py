@@ -75,10 +75,19 @@ class HighWatermarkProbe:
     async def high_watermarks(
         self, partitions: list[PartitionKey], timeout: float = 5.0
     ) -> dict[PartitionKey, int]:
+        fetched, reported = await self.fetched_high_watermarks(partitions, timeout)
+        # a partition no fetch answered within the timeout: the broker's own answer
+        return {**reported, **fetched}
+
+    async def fetched_high_watermarks(
+        self, partitions: list[PartitionKey], timeout: float = 5.0
+    ) -> tuple[dict[PartitionKey, int], dict[PartitionKey, int]]:
+        """The high watermarks Fetch responses carried within `timeout` (never below
+        the broker's ListOffsets answer), and that answer for every partition."""
         consumer = self._consumer
         tps = [TopicPartition(t, p) for t, p in partitions]
         if not tps:
-            return {}
+            return {}, {}
         consumer.assign(tps)
         reported: dict[Any, int] = await consumer.end_offsets(tps)
         for tp in tps:
@@ -98,10 +107,7 @@ class HighWatermarkProbe:
                 if hw is not None:
                     result[(tp.topic, tp.partition)] = max(hw, reported[tp])
             await asyncio.sleep(0)
-        for tp in tps:
-            # an empty partition never answers a fetch with records; 0 is exact then
-            result.setdefault((tp.topic, tp.partition), reported[tp])
-        return result
+        return result, {(tp.topic, tp.partition): offset for tp, offset in reported.items()}
 
     async def log_starts(self, partitions: list[PartitionKey]) -> dict[PartitionKey, int]:
         """The first offset still in each partition's log (the log start offset)."""
