@@ -21,7 +21,7 @@ from uuid import UUID
 from pydantic import SecretStr
 
 from healthscore.config import Settings
-from healthscore.errors import StartupRefused
+from healthscore.errors import MigrationError, StartupRefused
 from healthscore.service.gctuning import tune_garbage_collector
 from healthscore.service.ops.logging import configure_logging
 
@@ -170,7 +170,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.migrate:
             url = administrator_url(settings, args)  # --database-url's, when given
             assert url is not None
-            await apply_migrations(url.get_secret_value(), tls=database_tls(settings))
+            try:
+                await apply_migrations(url.get_secret_value(), tls=database_tls(settings))
+            except MigrationError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
         full_gc_every_batches = tune_garbage_collector(
             settings.gc_young_threshold, settings.gc_full_every_batches
         )

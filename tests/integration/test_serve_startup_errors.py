@@ -140,3 +140,32 @@ async def test_serve_migrates_the_database_named_on_its_command_line(
             process.terminate()
         _out, err = await process.communicate()
     assert "Traceback" not in err.decode(), err.decode()
+
+
+async def test_an_unreachable_database_or_broker_is_one_line(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """Neither reachable at start-up ended in a 40-70 line traceback; now one line that
+    names the setting, without the password, and exit 2 (the orchestrator restarts)."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nothing listens once the socket is closed
+    database = f"postgresql://someone:s3cret-pw@127.0.0.1:{port}/nowhere"
+    result = await _serve(migrated_database, kafka_bootstrap, DATABASE_URL=database)
+    assert result.returncode == 2, result.stderr
+    (line,) = _error_lines(result)
+    assert line.startswith(
+        f"error: cannot connect to PostgreSQL at DATABASE_URL (postgresql://someone:***@"
+        f"127.0.0.1:{port}/nowhere): "
+    ), line
+    assert "s3cret-pw" not in result.stdout + result.stderr
+    _assert_quiet(result)
+
+    broker = f"127.0.0.1:{port}"
+    result = await _serve(migrated_database, kafka_bootstrap, KAFKA_BOOTSTRAP_SERVERS=broker)
+    assert result.returncode == 2, result.stderr
+    (line,) = _error_lines(result)
+    assert line.startswith(
+        f"error: cannot reach the Kafka brokers at KAFKA_BOOTSTRAP_SERVERS ({broker}): "
+    ), line
+    _assert_quiet(result)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +71,7 @@ from healthscore.service.promotion import Promotion
 from healthscore.service.shadow import ShadowGauges, ShadowScorer
 from healthscore.service.sweep import SilenceSweep
 from healthscore.store.db import database_tls, opened, service_pool
+from healthscore.store.dburl import redact
 from healthscore.store.migrate import missing_migrations
 
 log = structlog.get_logger(__name__)
@@ -454,17 +455,25 @@ async def lifespan(c: Components) -> AsyncIterator[None]:
     async with contextlib.AsyncExitStack() as stack:
         # built in `build`: closed on every way out, whether it started or not
         stack.push_async_callback(c.producer.stop)
-        if c.options.create_topics:
-            await ensure_topics(
-                c.kafka,
-                service_topics(s),
-                s.topic_partitions,
-                s.topic_replication_factor,
-                compacted=frozenset({s.health_topic}),
-            )
-        await stack.enter_async_context(opened(c.pool, s.database_role))
+        with _unreachable_kafka(s):
+            if c.options.create_topics:
+                await ensure_topics(
+                    c.kafka,
+                    service_topics(s),
+                    s.topic_partitions,
+                    s.topic_replication_factor,
+                    compacted=frozenset({s.health_topic}),
+                )
+        try:
+            await stack.enter_async_context(opened(c.pool, s.database_role))
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            url = redact(s.database_url.get_secret_value()) if s.database_url else "?"
+            raise StartupRefused(
+                f"cannot connect to PostgreSQL at DATABASE_URL ({url}): {type(exc).__name__}: {exc}"
+            ) from exc
         await _refuse_an_unmigrated_database(c.pool)
-        await start_producer(c.producer, s.kafka_idempotent_producer)
+        with _unreachable_kafka(s):
+            await start_producer(c.producer, s.kafka_idempotent_producer)
         await install_salvaging_consumer(c.broker, c.corrupt_records, c.offsets.consumer_built)
         # FastStream stops the broker before this exit runs; this stops one whose
         # start failed half-way
@@ -478,6 +487,19 @@ async def lifespan(c: Components) -> AsyncIterator[None]:
         stack.push_async_callback(c.gauges.close)
         await stack.enter_async_context(_loops(background_loops(c), c.stop))
         yield
+
+
+@contextlib.contextmanager
+def _unreachable_kafka(s: Settings) -> Iterator[None]:
+    """A broker that cannot be reached at start-up: one line, not a traceback (the
+    orchestrator restarts the process; the line says what to check)."""
+    try:
+        yield
+    except KafkaConnectionError as exc:
+        raise StartupRefused(
+            f"cannot reach the Kafka brokers at KAFKA_BOOTSTRAP_SERVERS "
+            f"({s.kafka_bootstrap_servers}): {exc}"
+        ) from exc
 
 
 async def _refuse_an_unmigrated_database(pool: asyncpg.Pool[Any]) -> None:
