@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from uuid import UUID
 
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from healthscore.config import Settings
 from healthscore.errors import MigrationError, StartupRefused
@@ -773,6 +773,12 @@ def main(argv: list[str] | None = None) -> int:
         result: int = args.func(args)
     except StartupRefused as exc:  # e.g. replay's service on a taken OPS_PORT
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:  # Settings(): a setting the environment got wrong
+        for error in exc.errors():
+            # the message only, not the value: a URL setting's would show its password
+            name = "_".join(str(part) for part in error["loc"]).upper()
+            print(f"error: {name}: {error['msg']}", file=sys.stderr)
         return 2
     return result
 

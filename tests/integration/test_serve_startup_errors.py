@@ -10,10 +10,12 @@ import asyncio
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import asyncpg
 import pytest
 
+from healthscore.core.scoring.model import DEFAULT_MODEL_PATH
 from healthscore.store.migrate import load_migrations, migrations_path
 from healthscore_lab.devservices import Services
 from tests.utils.harness import ServiceProcess, make_topics, service_settings
@@ -168,4 +170,26 @@ async def test_an_unreachable_database_or_broker_is_one_line(
     assert line.startswith(
         f"error: cannot reach the Kafka brokers at KAFKA_BOOTSTRAP_SERVERS ({broker}): "
     ), line
+    _assert_quiet(result)
+
+
+async def test_a_half_written_model_file_names_its_setting(
+    migrated_database: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A model file cut short (a `fit` killed while writing it, a copy interrupted) was a
+    35-line traceback that named neither the setting nor the file; now one line naming
+    both, exit 2. A shadow model path to no file was pydantic's traceback."""
+    half = tmp_path / "health_model.v9.json"
+    half.write_bytes(DEFAULT_MODEL_PATH.read_bytes()[:300])
+    for setting in ("MODEL_PATH", "SHADOW_MODEL_PATH"):
+        result = await _serve(migrated_database, kafka_bootstrap, **{setting: str(half)})
+        assert result.returncode == 2, result.stderr
+        (line,) = _error_lines(result)
+        assert line.startswith(f"error: {setting}={half} is not a usable model: "), line
+        _assert_quiet(result)
+
+    missing = tmp_path / "health_model.v10.json"
+    result = await _serve(migrated_database, kafka_bootstrap, SHADOW_MODEL_PATH=str(missing))
+    assert result.returncode == 2, result.stderr
+    assert _error_lines(result) == ["error: SHADOW_MODEL_PATH: Path does not point to a file"]
     _assert_quiet(result)

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -41,7 +42,7 @@ from healthscore.config import Settings
 from healthscore.core.partitions import PartitionKey
 from healthscore.core.quality import aggregates_differ
 from healthscore.core.scoring.model import ScoreModel, load_model
-from healthscore.errors import StartupRefused
+from healthscore.errors import ModelConfigError, StartupRefused
 from healthscore.service.batch_log import BatchLog
 from healthscore.service.broker import build_broker
 from healthscore.service.consumers import HELD_IDLE_SECONDS, BatchHandler
@@ -150,6 +151,15 @@ class Components:
     shadow_gauges: ShadowGauges | None = None
 
 
+def _model_setting(name: str, path: Path) -> ScoreModel:
+    """The model a setting names; a file that is not a valid model (e.g. half-written)
+    refuses the start in one line naming the setting, not a traceback."""
+    try:
+        return load_model(path)
+    except ModelConfigError as exc:
+        raise StartupRefused(f"{name}={path} is not a usable model: {exc}") from None
+
+
 def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Components:
     """Every component, wired; nothing opened yet (see `lifespan`)."""
     s, o = settings, options
@@ -160,8 +170,12 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
     bootstrap = s.kafka_bootstrap_servers
     kafka = KafkaConnection.from_settings(s, bootstrap)
     topics = s.input_topics
-    model = load_model(s.model_path)
-    candidate = None if s.shadow_model_path is None else load_model(s.shadow_model_path)
+    model = _model_setting("MODEL_PATH", s.model_path)
+    candidate = (
+        None
+        if s.shadow_model_path is None
+        else _model_setting("SHADOW_MODEL_PATH", s.shadow_model_path)
+    )
     metrics = Metrics()
     pool = service_pool(
         s.database_url.get_secret_value(),
