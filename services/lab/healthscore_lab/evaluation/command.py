@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -267,8 +268,30 @@ def _write_model(
     out: Path, config: dict[str, Any], lines: list[str], current_config: dict[str, Any]
 ) -> None:
     config["changelog"] = [*lines, *current_config.get("changelog", [])]
-    out.write_bytes(orjson.dumps(config, option=orjson.OPT_INDENT_2) + b"\n")
+    write_whole(out, orjson.dumps(config, option=orjson.OPT_INDENT_2) + b"\n")
     print(f"\nwrote {out}")
+
+
+def write_whole(out: Path, data: bytes) -> None:
+    """`data` under `out` whole or not at all: written beside it, flushed to disk, then
+    renamed over it. A crash (or a full disk) mid-write leaves the previous file, which
+    MODEL_PATH may name, instead of a half-written model that the service cannot load."""
+    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:
+        with partial.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, out)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    # the rename itself durable too
+    directory = os.open(out.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def run_fit(args: argparse.Namespace) -> int:
