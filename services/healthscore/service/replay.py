@@ -22,6 +22,7 @@ import uuid
 from dataclasses import dataclass
 
 from healthscore.config import Settings
+from healthscore.errors import StartupRefused
 from healthscore.service.app import ServiceOptions, running
 from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.service.ops.lag import HighWatermarkProbe
@@ -54,10 +55,18 @@ async def replay(
     await apply_migrations(admin_url, tls=tls)
     conn = await connect(admin_url, tls)
     try:
-        if await conn.fetchval("SELECT count(*) FROM organization_state") > 0:
-            raise RuntimeError("replay needs an empty database: organization_state has rows")
+        # progress rows too: a replay killed after batches of dead letters only
+        organizations = await conn.fetchval("SELECT count(*) FROM organization_state")
+        progress = await conn.fetchval("SELECT count(*) FROM consumer_offsets")
     finally:
         await conn.close()
+    if organizations or progress:
+        # its consumer group is new each run: nothing to resume from (operations.md)
+        raise StartupRefused(
+            f"replay needs an empty database: DATABASE_URL's has {organizations} organization "
+            f"state(s) and {progress} stored offset(s) (the live database, or an interrupted "
+            "replay, which cannot be resumed): create a new empty database and replay into it"
+        )
     topics = settings.input_topics
     async with HighWatermarkProbe(KafkaConnection.from_settings(settings)) as probe:
         targets = await probe.high_watermarks(await probe.partitions(topics))
