@@ -1,0 +1,60 @@
+"""`healthscore import --profiles` (straight into the database) while the running
+service applies events of the same organizations: documented as safe. Neither writer
+may lose the other's update (the consumer holds states between batches)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from healthscore.core.scoring.state import decode_state
+from healthscore.service.imports import Profile, apply_profiles
+from tests.utils.harness import make_topics, running_service, service_settings
+from tests.utils.scenarios import (
+    expected_event_counts,
+    produce_stream,
+    simulated_stream,
+    wait_caught_up,
+)
+
+
+async def test_profiles_imported_during_consumption_are_kept_and_no_event_is_lost(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    topics = await make_topics(kafka_bootstrap, partitions=2)
+    inputs = [topics.usage, topics.support]
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    settings = service_settings(
+        migrated_database, kafka_bootstrap, topics, group=group, batch_max_records=20
+    )
+    stream = simulated_stream(organizations=30, events=3000, seed=707)
+    organizations = sorted({m.organization_id for m in stream if m.organization_id})
+    long_ago = (datetime.now(UTC) - timedelta(days=400)).timestamp()
+    profiles = [
+        Profile(uuid.UUID(org), long_ago - i, {"profile_completed": long_ago})
+        for i, org in enumerate(organizations)
+    ]
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        async with running_service(settings):
+            producing = asyncio.create_task(produce_stream(kafka_bootstrap, topics, stream))
+            for _ in range(5):  # pages of 3, again and again while batches run
+                await apply_profiles(conn, profiles, 86400.0, page=3)
+                await asyncio.sleep(0.2)
+            await producing
+            await wait_caught_up(migrated_database, kafka_bootstrap, group, inputs)
+        rows = await conn.fetch(
+            "SELECT organization_id::text AS org, state FROM organization_state"
+        )
+    finally:
+        await conn.close()
+    states = {r["org"]: decode_state(r["state"]) for r in rows}
+    expected = expected_event_counts(stream)
+    assert {org: states[org].event_count for org in expected} == expected
+    for profile in profiles:
+        state = states[str(profile.organization_id)]
+        assert state.created_at == profile.created_at
+        assert state.milestones["profile_completed"] <= long_ago
