@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
+from healthscore.api.auth import Principal
 from healthscore.api.session import audience_of
 from tests.integration import test_api
 from tests.integration.test_api import World, names, superuser_fetch
@@ -139,3 +140,35 @@ async def test_a_demoted_admin_leaves_the_audience(world: World) -> None:
     # the admins' answer is not the demoted user's, in either order
     assert await names(world, "admin") == everyone
     assert await names(world, "second_admin") == []
+
+
+async def test_a_demotion_between_the_audience_and_the_query_keeps_nothing_for_the_admins(
+    world: World,
+) -> None:
+    """An admin demoted after the cache asked their audience and before the route's
+    transaction: the list computed under their new role was kept under the admins'
+    key (a list may lag, so a moved version did not stop it), and every admin was
+    shown the member's empty list. Nothing computed across a change of who may see
+    what is kept."""
+    await second_admin(world)
+    everyone = ["bloom", "vow", "veil", "petal", "aisle"]
+    state = world.app.state.api.cache
+    asked = state.audience_of
+    assert asked is not None
+    demoted = world.users["second_admin"]
+
+    async def demoted_meanwhile(principal: Principal) -> str | None:
+        audience: str | None = await asked(principal)
+        if principal.user_id == demoted:
+            await as_superuser(
+                world, "UPDATE user_profiles SET role = 'member' WHERE id = $1", demoted
+            )
+            await settle(world)  # heard: the cache is cleared before the route runs
+        return audience
+
+    state.audience_of = demoted_meanwhile
+    try:
+        assert await names(world, "second_admin") == []  # the route ran as a member
+    finally:
+        state.audience_of = asked
+    assert await names(world, "admin") == everyone

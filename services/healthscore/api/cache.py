@@ -591,6 +591,8 @@ class CachedReads:
             await self.app(scope, receive, send)
             return
 
+        # who may see what, as of before the owner is decided (see _compute)
+        users_at = state.versions.of(_USERS)
         owner = await state.owner(principal, endpoint)
         query: bytes = scope["query_string"]
         key: Key = (owner, path.encode() + b"?" + query)
@@ -612,7 +614,9 @@ class CachedReads:
                 and key not in state.refreshing
                 and (key, versions) not in state.flights
             ):
-                self._refresh_in_background(scope, endpoint, organization, prefix, key, versions)
+                self._refresh_in_background(
+                    scope, endpoint, organization, prefix, key, versions, users_at
+                )
             await self._send(send, found.answer, if_none_match)
             return
         flight = state.flights.get((key, versions))
@@ -632,7 +636,16 @@ class CachedReads:
         messages: list[Message] = []
         try:
             answer = await self._compute(
-                scope, receive, endpoint, organization, prefix, key, versions, monotonic, messages
+                scope,
+                receive,
+                endpoint,
+                organization,
+                prefix,
+                key,
+                versions,
+                users_at,
+                monotonic,
+                messages,
             )
         except Exception:
             # the framework answered (its 500 problem) before it raised: send that answer
@@ -654,11 +667,17 @@ class CachedReads:
         prefix: str | None,
         key: Key,
         versions: Versions,
+        users_at: Versions,
         monotonic: float,
         messages: list[Message],
     ) -> Answer | None:
         """Run the route for `key` as the one computation at `versions` (concurrent
-        misses share it), its messages into `messages`, and keep its answer."""
+        misses share it), its messages into `messages`, and keep its answer.
+
+        `users_at`: the version of who may see what before the key's owner was
+        decided. Moved since, the answer may have been computed under another role
+        than the key's audience (a demotion between the two): it is not kept, not even
+        a list that may lag. A change heard after the answer is kept clears it."""
         state = self.state
         flight_key = (key, versions)
         future: asyncio.Future[Answer | None] = asyncio.get_running_loop().create_future()
@@ -679,7 +698,8 @@ class CachedReads:
             future.set_result(answer)
         if answer is None:
             return None
-        if self._versions(endpoint, organization, prefix) != versions and not endpoint.may_lag:
+        moved = self._versions(endpoint, organization, prefix) != versions
+        if (moved and not endpoint.may_lag) or state.versions.of(_USERS) != users_at:
             # a list that may lag is kept anyway, at the versions read before it began:
             # it shows every change announced before then, and lags from then on
             self._unkept["moved"].inc()
@@ -705,6 +725,7 @@ class CachedReads:
         prefix: str | None,
         key: Key,
         versions: Versions,
+        users_at: Versions,
     ) -> None:
         state = self.state
         state.refreshing.add(key)
@@ -723,6 +744,7 @@ class CachedReads:
                     prefix,
                     key,
                     versions,
+                    users_at,
                     time.monotonic(),
                     [],
                 )
