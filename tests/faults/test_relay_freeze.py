@@ -25,38 +25,13 @@ import pytest
 
 from healthscore.service.outbox import OutboxRelay
 from healthscore.store.db import create_pool
+from tests.utils.faults import RELAY_THEN_SIGNAL, relay_child_env
 from tests.utils.harness import consume_all, make_producer, make_topics
 
 pytestmark = pytest.mark.faults
 
 # relay A's publish bound (its session ends HOLD_MARGIN_SECONDS after it): short here
 HOLD_SECONDS = 1.0
-
-RELAY_THEN_FREEZE = """
-import asyncio, os, signal
-from aiokafka import AIOKafkaProducer
-from healthscore.store.db import create_pool
-from healthscore.service.outbox import OutboxRelay
-
-async def main():
-    pool = await create_pool(os.environ["RELAY_DATABASE_URL"], "healthscore_writer")
-    producer = AIOKafkaProducer(
-        bootstrap_servers=os.environ["RELAY_BOOTSTRAP"], acks="all", enable_idempotence=False
-    )
-    await producer.start()
-    relay = OutboxRelay(
-        pool, producer, os.environ["RELAY_ALERT_TOPIC"],
-        publish_timeout=float(os.environ["RELAY_HOLD_SECONDS"]),
-        after_publish=lambda: os.kill(os.getpid(), signal.SIGSTOP),
-    )
-    try:
-        published = await relay.relay_alerts()
-        print(f"relay_alerts returned {published}", flush=True)
-    except Exception as exc:
-        print(f"relay_alerts raised {type(exc).__name__}", flush=True)
-
-asyncio.run(main())
-"""
 
 KINDS = ("risk_raised", "risk_escalated", "recovered")
 
@@ -106,17 +81,17 @@ async def test_a_frozen_relay_holding_the_lock_is_taken_over(
     organizations = [uuid.uuid4() for _ in range(4)]
     raised_order = await _insert_episodes(migrated_database, organizations)
 
-    env = dict(os.environ)
-    env.update(
-        RELAY_DATABASE_URL=migrated_database,
-        RELAY_BOOTSTRAP=kafka_bootstrap,
-        RELAY_ALERT_TOPIC=topics.alerts,
-        RELAY_HOLD_SECONDS=str(HOLD_SECONDS),
+    env = relay_child_env(
+        migrated_database,
+        kafka_bootstrap,
+        topics.alerts,
+        "SIGSTOP",
+        RELAY_PUBLISH_TIMEOUT=str(HOLD_SECONDS),
     )
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        RELAY_THEN_FREEZE,
+        RELAY_THEN_SIGNAL,
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,

@@ -240,9 +240,11 @@ async def evict_group_members(bootstrap: str, group: str) -> int:
     return len(members)
 
 
-# The relay in a child process that SIGKILLs itself from the `after_publish` seam:
-# after the broker acked every alert of the page, before the rows are marked sent.
-RELAY_THEN_DIE = """
+# The relay in a child process that sends itself RELAY_SIGNAL (SIGKILL: dies; SIGSTOP:
+# freezes) from the `after_publish` seam: after the broker acked every alert of the
+# page, before the rows are marked sent. RELAY_PUBLISH_TIMEOUT, when set, bounds the
+# publish. What relay_alerts ended with is printed (a frozen relay, thawed).
+RELAY_THEN_SIGNAL = """
 import asyncio, os, signal
 from aiokafka import AIOKafkaProducer
 from healthscore.store.db import create_pool
@@ -254,32 +256,46 @@ async def main():
         bootstrap_servers=os.environ["RELAY_BOOTSTRAP"], acks="all", enable_idempotence=False
     )
     await producer.start()
+    bound = os.environ.get("RELAY_PUBLISH_TIMEOUT")
+    sent = getattr(signal, os.environ["RELAY_SIGNAL"])
     relay = OutboxRelay(
         pool, producer, os.environ["RELAY_ALERT_TOPIC"],
-        after_publish=lambda: os.kill(os.getpid(), signal.SIGKILL),
+        **({"publish_timeout": float(bound)} if bound else {}),
+        after_publish=lambda: os.kill(os.getpid(), sent),
     )
-    await relay.relay_alerts()
-    print("relay_alerts returned: the after_publish kill never happened", flush=True)
+    try:
+        published = await relay.relay_alerts()
+        print(f"relay_alerts returned {published}", flush=True)
+    except Exception as exc:
+        print(f"relay_alerts raised {type(exc).__name__}", flush=True)
 
 asyncio.run(main())
 """
 
 
+def relay_child_env(
+    database_url: str, bootstrap: str, alert_topic: str, signal_name: str, **extra: str
+) -> dict[str, str]:
+    """The environment RELAY_THEN_SIGNAL reads."""
+    env = dict(os.environ)
+    env.update(
+        RELAY_DATABASE_URL=database_url,
+        RELAY_BOOTSTRAP=bootstrap,
+        RELAY_ALERT_TOPIC=alert_topic,
+        RELAY_SIGNAL=signal_name,
+        **extra,
+    )
+    return env
+
+
 def run_relay_then_die(
     database_url: str, bootstrap: str, alert_topic: str, timeout: float = 60.0
 ) -> tuple[int, str]:
-    """Run RELAY_THEN_DIE; return (returncode, output). The child is killed if it hangs."""
-    env = dict(os.environ)
-    env.update(
-        {
-            "RELAY_DATABASE_URL": database_url,
-            "RELAY_BOOTSTRAP": bootstrap,
-            "RELAY_ALERT_TOPIC": alert_topic,
-        }
-    )
+    """RELAY_THEN_SIGNAL with SIGKILL; return (returncode, output). The child is killed
+    if it hangs."""
     child = subprocess.Popen(
-        [sys.executable, "-c", RELAY_THEN_DIE],
-        env=env,
+        [sys.executable, "-c", RELAY_THEN_SIGNAL],
+        env=relay_child_env(database_url, bootstrap, alert_topic, "SIGKILL"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
