@@ -367,6 +367,16 @@ class Settings(BaseSettings):
     def _upper(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
 
+    @field_validator("database_url", "migration_database_url", "api_database_url")
+    @classmethod
+    def _postgresql_url(cls, value: SecretStr | None) -> SecretStr | None:
+        # a URL the client would only refuse at its first connection, in a traceback
+        if value is not None:
+            scheme, sep, _rest = value.get_secret_value().partition("://")
+            if not sep or scheme.lower() not in ("postgresql", "postgres"):
+                raise ValueError("not a PostgreSQL URL (postgresql://user:password@host/db)")
+        return value
+
     @field_validator("database_sslmode", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:

@@ -184,3 +184,15 @@ def test_database_tls_per_mode(pki: tuple[Issued, Issued]) -> None:
     wrong = with_client.model_copy(update={"database_sslkey_password": SecretStr("nope")})
     with pytest.raises(ssl.SSLError):
         database_tls(wrong)
+
+
+@pytest.mark.parametrize("setting", ["database_url", "migration_database_url", "api_database_url"])
+def test_a_database_setting_that_is_not_a_postgresql_url_is_refused_at_load(
+    setting: str,
+) -> None:
+    """`DATABASE_URL=db:5432/x` was taken and failed at the first connection, in a
+    traceback; refused at load, the commands print one line without the value."""
+    for url in ("db:5432/healthscore", "mysql://u:pw@db/x", "host=db dbname=x"):
+        assert "not a PostgreSQL URL" in _problem(**{setting: SecretStr(url)})
+    for url in ("postgresql://u:pw@db/x", "postgres://db/x", "POSTGRESQL://u@/x?host=/tmp"):
+        assert _settings(**{setting: SecretStr(url)})
