@@ -67,8 +67,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["database_url"] = SecretStr(args.database_url)
     if getattr(args, "bootstrap_servers", None):
         overrides["kafka_bootstrap_servers"] = args.bootstrap_servers
-    settings = Settings()
-    return settings.model_copy(update=overrides) if overrides else settings
+    # validated like the environment's values (a copy with them would not be)
+    return Settings(**overrides)
 
 
 def administrator_url(settings: Settings, args: argparse.Namespace) -> SecretStr | None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ssl
+from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from healthscore.cli import settings_from_args
 from healthscore.config import Settings
 from healthscore.store.db import database_tls
 from tests.utils.tls import Issued, issue, make_ca, trusted_subjects
@@ -196,3 +198,10 @@ def test_a_database_setting_that_is_not_a_postgresql_url_is_refused_at_load(
         assert "not a PostgreSQL URL" in _problem(**{setting: SecretStr(url)})
     for url in ("postgresql://u:pw@db/x", "postgres://db/x", "POSTGRESQL://u@/x?host=/tmp"):
         assert _settings(**{setting: SecretStr(url)})
+
+
+def test_a_database_url_on_the_command_line_is_checked_like_the_environments() -> None:
+    with pytest.raises(ValidationError, match="not a PostgreSQL URL"):
+        settings_from_args(Namespace(database_url="db:5432/x", bootstrap_servers=None))
+    good = settings_from_args(Namespace(database_url="postgresql://db/x", bootstrap_servers="k:1"))
+    assert good.database_url is not None and good.kafka_bootstrap_servers == "k:1"
