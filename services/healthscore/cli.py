@@ -515,7 +515,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         stop_on_signals,
         wait_stopped,
     )
-    from healthscore.api.state import ApiConfig, ApiConfigError
+    from healthscore.api.state import ApiConfig, ApiConfigError, database_reachable
     from healthscore.store.db import database_tls
     from healthscore.store.migrate import apply_migrations
 
@@ -545,6 +545,11 @@ def cmd_api(args: argparse.Namespace) -> int:
             except ApiConfigError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
+        try:
+            await database_reachable(config)
+        except ApiConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         stop = asyncio.Event()
         stop_on_signals(stop)
         address = await serve_until(config, settings.api_host, settings.api_port, stop)

@@ -7,6 +7,7 @@ PostgreSQL and broker, with one setting wrong.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -192,4 +193,37 @@ async def test_a_half_written_model_file_names_its_setting(
     result = await _serve(migrated_database, kafka_bootstrap, SHADOW_MODEL_PATH=str(missing))
     assert result.returncode == 2, result.stderr
     assert _error_lines(result) == ["error: SHADOW_MODEL_PATH: Path does not point to a file"]
+    _assert_quiet(result)
+
+
+async def test_the_api_with_its_database_unreachable_is_one_line() -> None:
+    """`healthscore api` whose database cannot be reached ended in the server
+    framework's start-up traceback and exit 3; now one line, without the password."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("API_", "DATABASE_"))},
+        "API_DATABASE_URL": f"postgresql://dash:s3cret-pw@127.0.0.1:{port}/x",
+        "API_JWT_SECRET": "j" * 32,
+        "API_DB_SIGNING_KEY_ID": "1",
+        "API_DB_SIGNING_KEY": "ab" * 32,
+        "API_PORT": "0",
+    }
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "healthscore.cli", "api"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = _error_lines(result)
+    assert line.startswith(
+        f"error: cannot connect to PostgreSQL at API_DATABASE_URL (postgresql://dash:***@"
+        f"127.0.0.1:{port}/x): "
+    ), line
+    assert "s3cret-pw" not in result.stdout + result.stderr
     _assert_quiet(result)

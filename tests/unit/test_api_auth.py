@@ -11,9 +11,12 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from pydantic import SecretStr
 
 from healthscore.api.auth import TokenVerifier, Unauthenticated, issue_hs256
 from healthscore.api.cursor import Cursor, InvalidCursor, decode_cursor
+from healthscore.api.state import ApiConfig, ApiConfigError
+from healthscore.config import Settings
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 USER = uuid.uuid4()
@@ -238,3 +241,23 @@ def test_only_tokens_this_process_minted_are_sent_inline() -> None:
     for bad in (token + "'", "x'); DROP TABLE customer_health; --", token.upper(), ""):
         with pytest.raises(IdentityBindingFailed):
             begin_as(bad)
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [("0123456789abcdef" * 3, "at least 32 bytes"), ("not hex at all", "non-hexadecimal")],
+)
+def test_a_signing_key_too_short_or_not_hex_is_a_configuration_problem(
+    key: str, reason: str
+) -> None:
+    """A 24-byte API_DB_SIGNING_KEY ended `healthscore api` in a traceback (the key's own
+    check raised past the configuration's); now it is named with the other problems."""
+    settings = Settings(
+        _env_file=None,
+        database_url=SecretStr("postgresql://db/x"),
+        api_jwt_secret=SecretStr("j" * 32),
+        api_db_signing_key_id=1,
+        api_db_signing_key=SecretStr(key),
+    )
+    with pytest.raises(ApiConfigError, match=f"API_DB_SIGNING_KEY: .*{reason}"):
+        ApiConfig.from_settings(settings)

@@ -13,7 +13,8 @@ from healthscore.api.invalidation import ReadModelListener
 from healthscore.config import Settings
 from healthscore.errors import HealthscoreError
 from healthscore.store.db import DatabaseTLS, database_tls
-from healthscore.store.identity import SigningKey
+from healthscore.store.dburl import redact
+from healthscore.store.identity import InvalidIdentityToken, SigningKey
 
 
 class ApiConfigError(HealthscoreError):
@@ -74,6 +75,20 @@ class ApiConfig:
         )
 
 
+async def database_reachable(config: ApiConfig) -> None:
+    """One connection to the API's database before the server starts: unreachable, or
+    refusing the login, is one line (`ApiConfigError`), not the server framework's
+    start-up traceback."""
+    try:
+        conn = await asyncpg.connect(config.database_url, ssl=config.tls, timeout=10)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        raise ApiConfigError(
+            f"cannot connect to PostgreSQL at API_DATABASE_URL ({redact(config.database_url)}): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    await conn.close()
+
+
 def _signing_key(settings: Settings, problems: list[str]) -> SigningKey | None:
     key_id, secret = settings.api_db_signing_key_id, settings.api_db_signing_key
     if key_id is None or secret is None:
@@ -84,7 +99,7 @@ def _signing_key(settings: Settings, problems: list[str]) -> SigningKey | None:
         return None
     try:
         return SigningKey(key_id, bytes.fromhex(secret.get_secret_value()))
-    except ValueError as exc:
+    except (ValueError, InvalidIdentityToken) as exc:  # not hex; too short
         problems.append(f"API_DB_SIGNING_KEY: {exc}")
         return None
 
