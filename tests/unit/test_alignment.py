@@ -244,32 +244,3 @@ def test_equal_event_times_are_applied_in_the_same_order_whatever_the_fetch_size
     expected = [(key[0], key[1], offset) for _hours, key, offset in in_time_order]
     for fetch in range(1, 11):
         assert _consume(log, fetch) == expected, f"fetching {fetch} at a time"
-
-
-def test_a_partition_delivered_past_its_last_record_is_caught_up() -> None:
-    """A transactional producer's commit marker (or an aborted transaction) sits after a
-    partition's last record: last record + 1 stays below the high watermark for good,
-    so the partition held every newer record of the others (replay: each batch then
-    waited out the alignment and went unaligned). What the client skipped is
-    delivered: past it, nothing more is to come."""
-    usage = [item("u", 0, n, hours=n) for n in range(3)]  # offsets 0-2, a marker at 3
-    support = [item("s", 0, n, hours=24 * n) for n in range(5)]
-    marks = {("u", 0): 4, ("s", 0): 1000}
-    held = align(usage + support, AlignmentView(high_watermarks=marks))
-    assert held.held_from == {("s", 0): 1}  # without the client's position
-    view = AlignmentView(high_watermarks=marks, delivered={("u", 0): 4})
-    result = align(usage + support, view)
-    assert result.held_from == {}
-    assert len(result.applied) == 8
-    # and outside the batch: applied up to offset 3 (the marker), the client past it
-    outside = AlignmentView(
-        frontiers={("u", 0): (T0 + timedelta(hours=2)).timestamp()},
-        high_watermarks=marks,
-        positions={("u", 0): 3},
-    )
-    assert align(support, outside).held_from == {("s", 0): 1}
-    outside.delivered[("u", 0)] = 4
-    assert align(support, outside).held_from == {}
-    # a client position below the high watermark is records still to come: it waits
-    outside.delivered[("u", 0)] = 3
-    assert align(support, outside).held_from == {("s", 0): 1}

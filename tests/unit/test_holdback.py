@@ -17,7 +17,7 @@ from healthscore.core.enums import UsageType
 from healthscore.core.events import UsageEvent
 from healthscore.core.partitions import PartitionKey
 from healthscore.service.app import ServiceOptions, build
-from healthscore.service.holdback import HoldBack, Item, delivered_position
+from healthscore.service.holdback import HoldBack, Item
 from healthscore.service.ingest.decode import Decoded, RawRecord
 from healthscore.service.ingest.pipeline import BatchOutcome
 from tests.utils.fake_consumer import FakeConsumer
@@ -309,37 +309,3 @@ def test_a_partition_that_does_not_deliver_stalls_others_at_most_the_wait_beside
         clock.now += 0.1
         applied += aligned_batch(buffer, consumer, [raw(U0, offset, 1 + offset / 100)])
     assert (P0, 0) in applied
-
-
-def test_the_view_carries_what_the_client_delivered_and_reads_aiokafkas_position() -> None:
-    """The client's position (past skipped transaction markers) reaches the alignment;
-    read from aiokafka's own state without waiting, none for a client without it."""
-    consumer = FakeConsumer(assigned=[("u", 0), ("s", 0)], highwater={("u", 0): 4})
-    consumer.positions = {("u", 0): 4}
-    buffer = HoldBack(
-        CountingDecode(),
-        delivered=lambda c, tp: consumer.positions.get((tp.topic, tp.partition)),
-    )
-    view = buffer.view(consumer)
-    assert view is not None and view.delivered == {("u", 0): 4}
-    assert delivered_position(consumer, TopicPartition("u", 0)) is None
-
-    class State:
-        has_valid_position, position = True, 7
-
-    class Assignment:
-        def state_value(self, tp: TopicPartition) -> State:
-            return State()
-
-    class Subscription:
-        assignment = Assignment()
-
-    class Subscriptions:
-        subscription = Subscription()
-
-    class Client:  # the shape of aiokafka's AIOKafkaConsumer internals it reads
-        _subscription = Subscriptions()
-
-    assert delivered_position(Client(), TopicPartition("u", 0)) == 7
-    State.has_valid_position = False
-    assert delivered_position(Client(), TopicPartition("u", 0)) is None

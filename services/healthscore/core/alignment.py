@@ -90,10 +90,6 @@ class AlignmentView:
     high_watermarks: dict[PartitionKey, int] = field(default_factory=dict)
     # next offset to apply per partition (what the consumer has consumed so far)
     positions: dict[PartitionKey, int] = field(default_factory=dict)
-    # next offset the Kafka client hands over per partition: below it, everything was
-    # handed over or skipped by the client (transaction markers, aborted transactions),
-    # so a partition delivered up to its high watermark has nothing more to come
-    delivered: dict[PartitionKey, int] = field(default_factory=dict)
     # every partition assigned to the consumer
     assigned: frozenset[PartitionKey] = frozenset()
     # a partition at most this far behind its high watermark is live: not aligned
@@ -148,8 +144,10 @@ def align(items: Sequence[Item], view: AlignmentView | None) -> Alignment[Item]:
         limits: list[tuple[float, PartitionKey]] = []
         for tp, records in parts.items():
             high = view.high_watermarks.get(tp)
-            end = max(records[-1][1].record.offset + 1, view.delivered.get(tp, 0))
-            caught_up = high is not None and end + view.live_lag_records >= high
+            caught_up = (
+                high is not None
+                and records[-1][1].record.offset + 1 + view.live_lag_records >= high
+            )
             if caught_up and view.live_lag_records > 0 and tp[0] not in view.always_aligned:
                 live.add(tp)
             if not caught_up and tp in frontiers:
@@ -163,8 +161,6 @@ def align(items: Sequence[Item], view: AlignmentView | None) -> Alignment[Item]:
                 limits.append((-math.inf, tp))
                 continue
             position = view.positions.get(tp)
-            if position is not None:
-                position = max(position, view.delivered.get(tp, position))
             if position is not None and position + view.live_lag_records < high:
                 # behind, and its next records are not here yet
                 limits.append((view.frontiers.get(tp, -math.inf), tp))

@@ -49,22 +49,6 @@ class PausingConsumer(Protocol):
     def resume(self, *partitions: TopicPartition) -> None: ...
 
 
-def delivered_position(consumer: object, partition: TopicPartition) -> int | None:
-    """The next offset aiokafka will hand over for `partition`: past every record it
-    handed over and every one it skipped (transaction markers, aborted transactions),
-    read without waiting. Its public `position()` would wait for a partition whose
-    position is being reset; this reads the same state, and None when there is none
-    (or the client is not aiokafka's)."""
-    try:
-        assignment = consumer._subscription.subscription.assignment  # type: ignore[attr-defined]
-        state = assignment.state_value(partition)
-        if state is None or not state.has_valid_position:
-            return None
-        return int(state.position)
-    except (AttributeError, TypeError):
-        return None
-
-
 def assigned_keys(consumer: PausingConsumer) -> set[PartitionKey]:
     return {(tp.topic, tp.partition) for tp in consumer.assignment()}
 
@@ -77,10 +61,8 @@ class HoldBack:
         max_alignment_wait: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         always_aligned: frozenset[str] = frozenset(),
-        delivered: Callable[[PausingConsumer, TopicPartition], int | None] = delivered_position,
     ) -> None:
         self._decode = decode
-        self._delivered = delivered
         self._live_lag = live_lag_records
         # topics never applied as live traffic (the profiles: see core.alignment)
         self.always_aligned = always_aligned
@@ -189,14 +171,10 @@ class HoldBack:
             if tp not in paused or (tp.topic, tp.partition) in self._held
         }
         high: dict[PartitionKey, int] = {}
-        delivered: dict[PartitionKey, int] = {}
         for key, tp in assigned.items():
             mark = consumer.highwater(tp)
             if mark is not None:
                 high[key] = mark
-            position = self._delivered(consumer, tp)
-            if position is not None:
-                delivered[key] = position
         self._high = high
         positions = {k: v for k, v in self.start_positions.items() if k in assigned}
         positions.update({k: v for k, v in self._positions.items() if k in assigned})
@@ -204,7 +182,6 @@ class HoldBack:
             frontiers={k: v for k, v in self._frontiers.items() if k in assigned},
             high_watermarks=high,
             positions=positions,
-            delivered=delivered,
             assigned=frozenset(assigned),
             live_lag_records=self._live_lag,
             always_aligned=self.always_aligned,
