@@ -36,7 +36,7 @@ import pytest
 from healthscore.config import DEFAULT_MODEL_PATH
 from healthscore.core.scoring.model import V3_MODEL_PATH, default_model, v3_model
 from healthscore_lab.devservices import Services
-from healthscore_lab.simulator import SimulationConfig, generate
+from healthscore_lab.simulator import SimulatedMessage, SimulationConfig, generate
 from tests.faults.oracle import Oracle
 from tests.faults.test_crash_recovery import (
     _log_tail,
@@ -62,6 +62,22 @@ PAGE = 4  # PROJECTOR_PAGE_SIZE: the promotion queues this many organizations a 
 ORGANIZATIONS = 120
 CANDIDATE = "v4-short-memory"
 ON_V3 = "SELECT count(*) FROM customer_health WHERE score_model_version = 'v3'"
+
+
+def _stream(seed: int) -> list[SimulatedMessage]:
+    """30 days of the simulator's stream, ending now: duplicates, bad records, profiles."""
+    span = timedelta(days=30)
+    config = SimulationConfig(
+        start=datetime.now(UTC) - span,
+        organizations=ORGANIZATIONS,
+        events=3000,
+        seed=seed,
+        span=span - timedelta(minutes=1),
+        duplicate_rate=0.02,
+        malformed_rate=0.002,
+        profile_share=0.2,
+    )
+    return list(generate(config))
 
 
 def _candidate(path: Path) -> Path:
@@ -165,18 +181,7 @@ async def test_promotion_completes_through_a_sigkill_and_a_postgres_restart(
     topics = await make_topics(kafka_bootstrap, partitions=4)
     group = f"promotion-{uuid.uuid4().hex[:8]}"
     settings = service_settings(migrated_database, kafka_bootstrap, topics, group=group)
-    span = timedelta(days=30)
-    config = SimulationConfig(
-        start=datetime.now(UTC) - span,
-        organizations=ORGANIZATIONS,
-        events=3000,
-        seed=20261204,
-        span=span - timedelta(minutes=1),
-        duplicate_rate=0.02,
-        malformed_rate=0.002,
-        profile_share=0.2,
-    )
-    messages = list(generate(config))
+    messages = _stream(seed=20261204)
     first, rest = messages[:2000], messages[2000:]
     # after the switch, events keep arriving for a quarter of the organizations only:
     # the rest are re-projected by the promotion alone
@@ -317,18 +322,7 @@ async def test_rolling_deploy_with_one_replica_per_model(
     topics = await make_topics(kafka_bootstrap, partitions=4)
     group = f"rolling-{uuid.uuid4().hex[:8]}"
     settings = service_settings(migrated_database, kafka_bootstrap, topics, group=group)
-    span = timedelta(days=30)
-    config = SimulationConfig(
-        start=datetime.now(UTC) - span,
-        organizations=ORGANIZATIONS,
-        events=3000,
-        seed=20261205,
-        span=span - timedelta(minutes=1),
-        duplicate_rate=0.02,
-        malformed_rate=0.002,
-        profile_share=0.2,
-    )
-    messages = list(generate(config))
+    messages = _stream(seed=20261205)
     oracle = Oracle.from_stream((m.valid, m.value) for m in messages)
     common = {"PROJECTOR_PAGE_SIZE": str(PAGE)}
     old = ServiceProcess(settings, {**common, "MODEL_PATH": str(V3_MODEL_PATH)})
