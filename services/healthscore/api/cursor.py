@@ -17,14 +17,17 @@ import base64
 import binascii
 import math
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
-from typing import Any
+from decimal import Decimal
+from typing import Any, TypeVar
 
 import orjson
 
 from healthscore.errors import HealthscoreError
+
+T = TypeVar("T")
 
 
 class InvalidCursor(HealthscoreError):
@@ -60,44 +63,31 @@ def decode_cursor(text: str, sort: str) -> Cursor:
 _NUMERIC_EXPONENTS = range(-16, 17)
 
 
-def _invalid(cursor: Cursor) -> InvalidCursor:
-    return InvalidCursor(f"the cursor's position is not a value of sort={cursor.sort}")
+def _position(cursor: Cursor, parse: Callable[[str], T], valid: Callable[[T], bool]) -> T | None:
+    """The cursor's position read as its sort's type; `InvalidCursor` when it is not one."""
+    if cursor.value is None:
+        return None
+    try:
+        value = parse(cursor.value)
+    except (ValueError, ArithmeticError):  # decimal.InvalidOperation is the latter
+        value = None
+    if value is None or not valid(value):
+        raise InvalidCursor(f"the cursor's position is not a value of sort={cursor.sort}")
+    return value
 
 
 def numeric_value(cursor: Cursor) -> Decimal | None:
     """The position of a numeric sort (a score, a probability, a change)."""
-    if cursor.value is None:
-        return None
-    try:
-        value = Decimal(cursor.value)
-    except InvalidOperation:
-        raise _invalid(cursor) from None
-    if not value.is_finite() or value.adjusted() not in _NUMERIC_EXPONENTS:
-        raise _invalid(cursor)
-    return value
+    return _position(
+        cursor, Decimal, lambda v: v.is_finite() and v.adjusted() in _NUMERIC_EXPONENTS
+    )
 
 
 def time_value(cursor: Cursor) -> datetime | None:
     """The position of a timestamp sort, with its offset (as the API writes it)."""
-    if cursor.value is None:
-        return None
-    try:
-        value = datetime.fromisoformat(cursor.value)
-    except ValueError:
-        raise _invalid(cursor) from None
-    if value.tzinfo is None:
-        raise _invalid(cursor)
-    return value
+    return _position(cursor, datetime.fromisoformat, lambda v: v.tzinfo is not None)
 
 
 def real_value(cursor: Cursor) -> float | None:
     """The position of a relevance sort (a similarity, 0 to 1)."""
-    if cursor.value is None:
-        return None
-    try:
-        value = float(cursor.value)
-    except ValueError:
-        raise _invalid(cursor) from None
-    if not math.isfinite(value):
-        raise _invalid(cursor)
-    return value
+    return _position(cursor, float, math.isfinite)
