@@ -13,7 +13,7 @@ from healthscore.api.invalidation import ReadModelListener
 from healthscore.config import Settings
 from healthscore.errors import HealthscoreError
 from healthscore.store.db import DatabaseTLS, database_tls
-from healthscore.store.dburl import redact
+from healthscore.store.dburl import unreachable
 from healthscore.store.identity import InvalidIdentityToken, SigningKey
 
 
@@ -82,10 +82,7 @@ async def database_reachable(config: ApiConfig) -> None:
     try:
         conn = await asyncpg.connect(config.database_url, ssl=config.tls, timeout=10)
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        raise ApiConfigError(
-            f"cannot connect to PostgreSQL at API_DATABASE_URL ({redact(config.database_url)}): "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
+        raise ApiConfigError(unreachable("API_DATABASE_URL", config.database_url, exc)) from exc
     await conn.close()
 
 

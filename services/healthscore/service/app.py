@@ -72,7 +72,7 @@ from healthscore.service.promotion import Promotion
 from healthscore.service.shadow import ShadowGauges, ShadowScorer
 from healthscore.service.sweep import SilenceSweep
 from healthscore.store.db import database_tls, opened, service_pool
-from healthscore.store.dburl import redact
+from healthscore.store.dburl import unreachable
 from healthscore.store.migrate import missing_migrations
 
 log = structlog.get_logger(__name__)
@@ -481,10 +481,8 @@ async def lifespan(c: Components) -> AsyncIterator[None]:
         try:
             await stack.enter_async_context(opened(c.pool, s.database_role))
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-            url = redact(s.database_url.get_secret_value()) if s.database_url else "?"
-            raise StartupRefused(
-                f"cannot connect to PostgreSQL at DATABASE_URL ({url}): {type(exc).__name__}: {exc}"
-            ) from exc
+            url = s.database_url.get_secret_value() if s.database_url else "?"
+            raise StartupRefused(unreachable("DATABASE_URL", url, exc)) from exc
         await _refuse_an_unmigrated_database(c.pool)
         with _unreachable_kafka(s):
             await start_producer(c.producer, s.kafka_idempotent_producer)

@@ -23,3 +23,12 @@ def redact(url: str) -> str:
     if (netloc, query) == (parts.netloc, parts.query):
         return url
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def unreachable(setting: str, url: str, error: BaseException) -> str:
+    """The one line a command prints when the database a setting names cannot be
+    connected to (its password redacted)."""
+    return (
+        f"cannot connect to PostgreSQL at {setting} ({redact(url)}): "
+        f"{type(error).__name__}: {error}"
+    )
