@@ -539,13 +539,9 @@ def cmd_api(args: argparse.Namespace) -> int:
                 assert url is not None
                 await apply_migrations(url.get_secret_value(), tls=database_tls(settings))
             config, identity = await dev_config(settings)
-        else:
-            try:
-                config = ApiConfig.from_settings(settings)
-            except ApiConfigError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
         try:
+            if not args.dev:
+                config = ApiConfig.from_settings(settings)
             await database_reachable(config)
         except ApiConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
