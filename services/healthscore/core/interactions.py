@@ -129,22 +129,26 @@ def _plain(value: str | float | None) -> str | float | None:
     return str(value) if isinstance(value, str) else value
 
 
+def _escalated(interaction_type: str | None, outcome: str | None) -> bool:
+    return interaction_type == InteractionType.ESCALATION or outcome == Outcome.ESCALATED
+
+
 def is_escalated(record: InteractionRecord | None) -> bool:
     """Whether the interaction reads escalated now (its type or its outcome)."""
-    return record is not None and (
-        record.interaction_type == InteractionType.ESCALATION or record.outcome == Outcome.ESCALATED
-    )
+    return record is not None and _escalated(record.interaction_type, record.outcome)
 
 
-def _signals_carried(event: SupportEvent) -> list[str]:
-    carried = []
-    if event.interaction_type == InteractionType.COMPLAINT:
-        carried.append(COMPLAINTS)
-    elif event.interaction_type == InteractionType.CANCELLATION_REQUEST:
-        carried.append(CANCELLATION_REQUESTS)
-    if event.interaction_type == InteractionType.ESCALATION or event.outcome == Outcome.ESCALATED:
-        carried.append(ESCALATIONS)
-    return carried
+def _signals_shown(interaction_type: str | None, outcome: str | None) -> list[str]:
+    """The signals an interaction of this type and outcome stands for (an event's own
+    fields, or a record's)."""
+    shown = []
+    if interaction_type == InteractionType.COMPLAINT:
+        shown.append(COMPLAINTS)
+    elif interaction_type == InteractionType.CANCELLATION_REQUEST:
+        shown.append(CANCELLATION_REQUESTS)
+    if _escalated(interaction_type, outcome):
+        shown.append(ESCALATIONS)
+    return shown
 
 
 def signals_given(record: InteractionRecord | None) -> frozenset[str]:
@@ -153,12 +157,8 @@ def signals_given(record: InteractionRecord | None) -> frozenset[str]:
     if record is None:
         return frozenset()
     times = record.field_event_times
-    shows = {
-        COMPLAINTS: record.interaction_type == InteractionType.COMPLAINT,
-        CANCELLATION_REQUESTS: record.interaction_type == InteractionType.CANCELLATION_REQUEST,
-        ESCALATIONS: is_escalated(record),
-    }
-    return frozenset(s for s in SIGNALS if shows[s] or _MARKER[s] in times)
+    remembered = [signal for signal in SIGNALS if _MARKER[signal] in times]
+    return frozenset(remembered + _signals_shown(record.interaction_type, record.outcome))
 
 
 def merge_interaction(current: InteractionRecord | None, event: SupportEvent) -> InteractionRecord:
@@ -228,7 +228,7 @@ def merge_interaction(current: InteractionRecord | None, event: SupportEvent) ->
     elif action in (A.RESOLVED, A.CLOSED):
         wins(RESOLUTION_KEY)
 
-    for signal in _signals_carried(event):
+    for signal in _signals_shown(event.interaction_type, event.outcome):
         marker = _MARKER[signal]
         first = _key_of(times.get(marker))
         if first is None or key < first:
