@@ -22,18 +22,32 @@ from healthscore_lab.devservices import Services
 from tests.utils.harness import ServiceProcess, make_topics, service_settings
 
 
+async def _cli(
+    *args: str, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "healthscore.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 async def _serve(database_url: str, bootstrap: str, **env: str) -> subprocess.CompletedProcess[str]:
     topics = await make_topics(bootstrap, partitions=1)
     process = ServiceProcess(service_settings(database_url, bootstrap, topics), extra_env=env)
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "healthscore.cli", "serve", "--no-migrate", "--no-sweep"],
-        env=process.env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return await _cli("serve", "--no-migrate", "--no-sweep", env=process.env())
+
+
+def _closed_port() -> int:
+    """A local port nothing listens on (the socket that held it is closed)."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port: int = closed.getsockname()[1]
+    return port
 
 
 SHIPPED = [m.version for m in load_migrations(migrations_path())]
@@ -47,6 +61,14 @@ def _assert_quiet(result: subprocess.CompletedProcess[str]) -> None:
     output = result.stdout + result.stderr
     assert "Traceback" not in output, output
     assert "Unclosed" not in output, output
+
+
+def _refused_in_one_line(result: subprocess.CompletedProcess[str], starting: str) -> None:
+    """Exit 2, one error line that starts so, and nothing else alarming."""
+    assert result.returncode == 2, result.stderr
+    (line,) = _error_lines(result)
+    assert line.startswith(starting), line
+    _assert_quiet(result)
 
 
 async def test_a_taken_ops_port_names_the_setting(
@@ -150,28 +172,21 @@ async def test_an_unreachable_database_or_broker_is_one_line(
 ) -> None:
     """Neither reachable at start-up ended in a 40-70 line traceback; now one line that
     names the setting, without the password, and exit 2 (the orchestrator restarts)."""
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]  # nothing listens once the socket is closed
+    port = _closed_port()
     database = f"postgresql://someone:s3cret-pw@127.0.0.1:{port}/nowhere"
     result = await _serve(migrated_database, kafka_bootstrap, DATABASE_URL=database)
-    assert result.returncode == 2, result.stderr
-    (line,) = _error_lines(result)
-    assert line.startswith(
+    _refused_in_one_line(
+        result,
         f"error: cannot connect to PostgreSQL at DATABASE_URL (postgresql://someone:***@"
-        f"127.0.0.1:{port}/nowhere): "
-    ), line
+        f"127.0.0.1:{port}/nowhere): ",
+    )
     assert "s3cret-pw" not in result.stdout + result.stderr
-    _assert_quiet(result)
 
     broker = f"127.0.0.1:{port}"
     result = await _serve(migrated_database, kafka_bootstrap, KAFKA_BOOTSTRAP_SERVERS=broker)
-    assert result.returncode == 2, result.stderr
-    (line,) = _error_lines(result)
-    assert line.startswith(
-        f"error: cannot reach the Kafka brokers at KAFKA_BOOTSTRAP_SERVERS ({broker}): "
-    ), line
-    _assert_quiet(result)
+    _refused_in_one_line(
+        result, f"error: cannot reach the Kafka brokers at KAFKA_BOOTSTRAP_SERVERS ({broker}): "
+    )
 
 
 async def test_a_half_written_model_file_names_its_setting(
@@ -184,10 +199,7 @@ async def test_a_half_written_model_file_names_its_setting(
     half.write_bytes(DEFAULT_MODEL_PATH.read_bytes()[:300])
     for setting in ("MODEL_PATH", "SHADOW_MODEL_PATH"):
         result = await _serve(migrated_database, kafka_bootstrap, **{setting: str(half)})
-        assert result.returncode == 2, result.stderr
-        (line,) = _error_lines(result)
-        assert line.startswith(f"error: {setting}={half} is not a usable model: "), line
-        _assert_quiet(result)
+        _refused_in_one_line(result, f"error: {setting}={half} is not a usable model: ")
 
     missing = tmp_path / "health_model.v10.json"
     result = await _serve(migrated_database, kafka_bootstrap, SHADOW_MODEL_PATH=str(missing))
@@ -199,9 +211,7 @@ async def test_a_half_written_model_file_names_its_setting(
 async def test_the_api_with_its_database_unreachable_is_one_line() -> None:
     """`healthscore api` whose database cannot be reached ended in the server
     framework's start-up traceback and exit 3; now one line, without the password."""
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+    port = _closed_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("API_", "DATABASE_"))},
         "API_DATABASE_URL": f"postgresql://dash:s3cret-pw@127.0.0.1:{port}/x",
@@ -210,20 +220,10 @@ async def test_the_api_with_its_database_unreachable_is_one_line() -> None:
         "API_DB_SIGNING_KEY": "ab" * 32,
         "API_PORT": "0",
     }
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "healthscore.cli", "api"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 2, result.stderr
-    (line,) = _error_lines(result)
-    assert line.startswith(
+    result = await _cli("api", env=env, timeout=60)
+    _refused_in_one_line(
+        result,
         f"error: cannot connect to PostgreSQL at API_DATABASE_URL (postgresql://dash:***@"
-        f"127.0.0.1:{port}/x): "
-    ), line
+        f"127.0.0.1:{port}/x): ",
+    )
     assert "s3cret-pw" not in result.stdout + result.stderr
-    _assert_quiet(result)
