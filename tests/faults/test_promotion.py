@@ -47,7 +47,13 @@ from tests.faults.test_crash_recovery import (
     check_database,
     check_read_model,
 )
-from tests.utils.faults import Produced, end_offsets, evict_group_members, produce_recorded
+from tests.utils.faults import (
+    TRANSACTIONS_LOCKING,
+    Produced,
+    end_offsets,
+    evict_group_members,
+    produce_recorded,
+)
 from tests.utils.harness import (
     ServiceProcess,
     fetchval,
@@ -104,20 +110,6 @@ def _candidate(path: Path) -> Path:
     return path
 
 
-# the service's backends inside a transaction that has written `$1` (a projector page
-# that upserted customer_health, a shadow page that upserted shadow_health)
-WRITING = """
-SELECT a.pid, a.xact_start
-FROM pg_stat_activity a
-WHERE a.datname = current_database()
-  AND a.pid <> pg_backend_pid()
-  AND (a.application_name = 'healthscore' OR a.usename = 'healthscore_writer')
-  AND a.xact_start IS NOT NULL
-  AND a.state IN ('active', 'idle in transaction')
-  AND EXISTS (SELECT 1 FROM pg_locks l
-              WHERE l.pid = a.pid AND l.relation = $1::regclass
-                AND l.mode = 'RowExclusiveLock' AND l.granted)
-"""
 STILL_OPEN = """
 SELECT count(*) FROM pg_stat_activity
 WHERE pid = $1 AND xact_start = $2 AND state IN ('active', 'idle in transaction')
@@ -132,7 +124,8 @@ async def _kill_while_writing(pid: int, database_url: str, table: str, timeout: 
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            rows = await conn.fetch(WRITING, table)
+            # a projector page that upserted customer_health, a shadow page shadow_health
+            rows = await conn.fetch(TRANSACTIONS_LOCKING, table, ["RowExclusiveLock"])
             if not rows:
                 await asyncio.sleep(0.002)
                 continue

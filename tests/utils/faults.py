@@ -31,13 +31,11 @@ from healthscore_lab.simulator import SimulatedMessage
 from healthscore_lab.simulator.kafka import topic_of
 from tests.utils.harness import consume_all
 
-# A backend of the service (the pool sets application_name 'healthscore'; it logs in with
-# the URL's user and runs as healthscore_writer through the startup `role` setting, so
-# pg_stat_activity.usename names the login user, not the writer role) that is inside a
-# transaction which has written or locked consumer_offsets: the batch transaction. The
-# relay's transactions never touch consumer_offsets; the sweep is off (--no-sweep); the
-# offset read on partition assignment takes only an AccessShareLock.
-BATCH_TRANSACTIONS = """
+# The backends of the service (the pool sets application_name 'healthscore'; it logs in
+# with the URL's user and runs as healthscore_writer through the startup `role` setting,
+# so pg_stat_activity.usename names the login user, not the writer role) inside a
+# transaction that holds a lock of one of the modes `$2` on the table `$1`.
+TRANSACTIONS_LOCKING = """
 SELECT a.pid, a.xact_start, a.state, a.query
 FROM pg_stat_activity a
 WHERE a.datname = current_database()
@@ -48,10 +46,14 @@ WHERE a.datname = current_database()
   AND EXISTS (
       SELECT 1 FROM pg_locks l
       WHERE l.pid = a.pid
-        AND l.relation = 'consumer_offsets'::regclass
-        AND l.mode IN ('RowShareLock', 'RowExclusiveLock')
+        AND l.relation = $1::regclass
+        AND l.mode = ANY($2::text[])
         AND l.granted)
 """
+# The batch transaction: it has written or locked consumer_offsets. The relay's
+# transactions never touch consumer_offsets; the sweep is off (--no-sweep); the offset
+# read on partition assignment takes only an AccessShareLock.
+BATCH_TRANSACTIONS = ("consumer_offsets", ["RowShareLock", "RowExclusiveLock"])
 
 BACKEND = "SELECT xact_start, state, query FROM pg_stat_activity WHERE pid = $1"
 
@@ -152,7 +154,7 @@ async def _frozen_batch_backend(
 ) -> tuple[int, Any] | None:
     """With the service frozen: its backend that is inside a batch transaction, if any."""
     await asyncio.sleep(settle)  # let the backend finish reading what was already sent
-    for row in await conn.fetch(BATCH_TRANSACTIONS):
+    for row in await conn.fetch(TRANSACTIONS_LOCKING, *BATCH_TRANSACTIONS):
         again = await conn.fetchrow(BACKEND, row["pid"])
         if _open_transaction(again, row["xact_start"]):
             return int(row["pid"]), again
@@ -186,7 +188,7 @@ async def kill_inside_batch_transaction(
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not await conn.fetch(BATCH_TRANSACTIONS):
+        if not await conn.fetch(TRANSACTIONS_LOCKING, *BATCH_TRANSACTIONS):
             await asyncio.sleep(0.002)
             continue
         os.kill(pid, signal.SIGSTOP)
