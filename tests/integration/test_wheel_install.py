@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -34,6 +36,14 @@ def install_and_migrate(tmp_path: Path, empty_database: str) -> None:
     shipped = sorted(n.rsplit("/", 1)[1] for n in names if n.endswith(".sql"))
     assert shipped == sorted(m.file_name for m in load_migrations(migrations_path()))
     assert not [n for n in names if n.startswith("healthscore_lab/")], "the lab is not the service"
+    compiled = sorted(n for n in names if n.endswith(".so"))
+    if shutil.which("cc") or shutil.which("gcc"):  # hatch_build.py compiles the core
+        hook = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["tool"]["hatch"]
+        modules = hook["build"]["targets"]["wheel"]["hooks"]["custom"]["compile"]
+        assert [n.split(".")[0] for n in compiled] == sorted(
+            [m.removesuffix(".py") for m in modules] + ["healthscore/core/_compiled__mypyc"]
+        )
+        assert "healthscore/core/compiled.json" in names
 
     # installed as files (not a link to this tree) and imported ahead of the editable install
     target = tmp_path / "site"
@@ -52,6 +62,13 @@ def install_and_migrate(tmp_path: Path, empty_database: str) -> None:
         cwd=elsewhere, env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert where.stdout.strip().startswith(str(target))
+    if compiled:  # the installed wheel runs its compiled core, and passes its own check
+        probe = "from healthscore.compiled import core_is_compiled; print(core_is_compiled())"
+        runs = subprocess.run(
+            [sys.executable, "-c", probe],
+            cwd=elsewhere, env=env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert runs.stdout.strip() == "True"
     done = subprocess.run(
         [sys.executable, "-m", "healthscore.cli", "migrate"],
         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,

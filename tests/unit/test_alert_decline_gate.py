@@ -11,8 +11,9 @@ import pytest
 
 from healthscore.contracts.enums import AlertKind
 from healthscore.core.scoring.aggregate import new_state
-from healthscore.core.scoring.alerts import AlertDecision, evaluate_alert
+from healthscore.core.scoring.alerts import evaluate_alert
 from healthscore.core.scoring.model import DAY, ScoreModel, default_model
+from healthscore.core.scoring.results import AlertDecision
 from healthscore.core.scoring.score import record_score, score_changes
 from tests.unit.test_alerts import health
 

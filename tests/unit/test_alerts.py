@@ -9,14 +9,10 @@ import pytest
 from healthscore.contracts.enums import AlertKind, RiskLevel
 from healthscore.core.bands import health_band, risk_level_for
 from healthscore.core.scoring.aggregate import new_state
-from healthscore.core.scoring.alerts import (
-    ALERT_NAMESPACE,
-    AlertDecision,
-    alert_id_for,
-    evaluate_alert,
-)
+from healthscore.core.scoring.alerts import ALERT_NAMESPACE, alert_id_for, evaluate_alert
 from healthscore.core.scoring.model import DAY, ScoreModel, v1_model
-from healthscore.core.scoring.score import HealthScore, record_score
+from healthscore.core.scoring.results import AlertDecision, HealthScore
+from healthscore.core.scoring.score import record_score
 from healthscore.core.scoring.state import OrganizationState
 
 ORG = "1e2d3c4b-5a69-4788-8796-a5b4c3d2e1f0"

@@ -28,7 +28,8 @@ from healthscore.core.effects import (
 from healthscore.core.enums import InteractionType, SupportAction, UsageType
 from healthscore.core.events import Event, SupportEvent, UsageEvent
 from healthscore.core.scoring.model import ScoreModel, default_model
-from healthscore.core.scoring.score import HealthScore, score
+from healthscore.core.scoring.results import HealthScore
+from healthscore.core.scoring.score import score
 from healthscore.core.scoring.state import OrganizationState, current_as_of
 from healthscore.service.projector import project
 

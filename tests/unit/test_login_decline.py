@@ -20,7 +20,8 @@ from healthscore.core.scoring.model import (
     parse_model,
     v1_model,
 )
-from healthscore.core.scoring.score import HealthScore, score
+from healthscore.core.scoring.results import HealthScore
+from healthscore.core.scoring.score import score
 from healthscore.core.scoring.state import OrganizationState
 from healthscore.errors import ModelConfigError
 

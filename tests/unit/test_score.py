@@ -14,13 +14,8 @@ from healthscore.contracts.enums import HealthStatus, MilestoneType, RiskLevel, 
 from healthscore.core.events import UsageEvent
 from healthscore.core.scoring.aggregate import apply_usage, new_state
 from healthscore.core.scoring.model import DAY, ScoreModel, v1_model
-from healthscore.core.scoring.score import (
-    HealthScore,
-    churn_probability,
-    record_score,
-    score,
-    score_changes,
-)
+from healthscore.core.scoring.results import HealthScore
+from healthscore.core.scoring.score import churn_probability, record_score, score, score_changes
 from healthscore.core.scoring.state import OpenInteraction, OrganizationState
 
 ORG = "5b0c6a36-6f34-4d4e-9d57-0b3d6a1d2c11"

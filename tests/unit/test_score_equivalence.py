@@ -53,7 +53,8 @@ from healthscore.core.scoring.model import (
     v1_model,
     v2_model,
 )
-from healthscore.core.scoring.score import HealthScore, RiskFactor, score
+from healthscore.core.scoring.results import HealthScore, RiskFactor
+from healthscore.core.scoring.score import score
 from healthscore.core.scoring.state import AlertState, OpenInteraction, OrganizationState
 from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord
 from healthscore_lab.simulator import SimulationConfig, generate

@@ -12,7 +12,8 @@ from healthscore.contracts.enums import MilestoneType, UsageType
 from healthscore.core.events import UsageEvent
 from healthscore.core.scoring.aggregate import apply_usage
 from healthscore.core.scoring.model import COMPONENTS, DAY, SIGNALS, default_model, v1_model
-from healthscore.core.scoring.score import HealthScore, churn_probability, score
+from healthscore.core.scoring.results import HealthScore
+from healthscore.core.scoring.score import churn_probability, score
 from healthscore.core.scoring.state import OpenInteraction, OrganizationState
 
 MODEL = default_model()

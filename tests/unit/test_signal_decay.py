@@ -10,7 +10,8 @@ import msgspec
 from healthscore.contracts.enums import AlertKind, AlertTrigger, MilestoneType
 from healthscore.core.scoring.alerts import evaluate_alert
 from healthscore.core.scoring.model import DAY, default_model, v2_model
-from healthscore.core.scoring.score import HealthScore, record_score, score
+from healthscore.core.scoring.results import HealthScore
+from healthscore.core.scoring.score import record_score, score
 from healthscore.core.scoring.state import OpenInteraction, OrganizationState
 
 ORG = "3c4d5e6f-7081-4293-a4b5-c6d7e8f90a1b"

@@ -61,9 +61,10 @@ from healthscore.core.scoring.aggregate import (
     apply_usage,
     new_state,
 )
-from healthscore.core.scoring.alerts import AlertDecision, evaluate_alert
+from healthscore.core.scoring.alerts import evaluate_alert
 from healthscore.core.scoring.model import DAY, ScoreModel
-from healthscore.core.scoring.score import HealthScore, record_score, score
+from healthscore.core.scoring.results import AlertDecision, HealthScore
+from healthscore.core.scoring.score import record_score, score
 from healthscore.core.scoring.state import OrganizationState
 
 # The event-time bucket of the decision rule (`compute_batch_effects`): an idle,

@@ -32,9 +32,10 @@ from uuid import UUID, uuid5
 
 import msgspec
 
-from healthscore.core.scoring.alerts import AlertDecision, evaluate_alert
+from healthscore.core.scoring.alerts import evaluate_alert
 from healthscore.core.scoring.model import DAY, ScoreModel
-from healthscore.core.scoring.score import HealthScore, record_score, score
+from healthscore.core.scoring.results import AlertDecision, HealthScore
+from healthscore.core.scoring.score import record_score, score
 from healthscore.core.scoring.state import AlertState, OrganizationState, current_as_of
 
 # a candidate raise this close to a live one is the same episode, moved

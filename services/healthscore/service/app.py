@@ -38,6 +38,8 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaBroker
 
+from healthscore import __version__
+from healthscore.compiled import core_build
 from healthscore.config import Settings
 from healthscore.core.partitions import PartitionKey
 from healthscore.core.quality import aggregates_differ
@@ -177,6 +179,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         else _model_setting("SHADOW_MODEL_PATH", s.shadow_model_path)
     )
     metrics = Metrics()
+    metrics.build_info.labels(__version__, core_build()).set(1)
     pool = service_pool(
         s.database_url.get_secret_value(),
         s.database_role,
@@ -606,6 +609,7 @@ async def running(
                         group=s.consumer_group,
                         topics=s.input_topics,
                         ops_port=c.ops_port,
+                        core=core_build(),
                     )
                     try:
                         yield c

@@ -44,7 +44,8 @@ import structlog
 from aiokafka.errors import KafkaError
 
 from healthscore.core.scoring.model import ScoreModel
-from healthscore.core.scoring.score import HealthScore, score
+from healthscore.core.scoring.results import HealthScore
+from healthscore.core.scoring.score import score
 from healthscore.core.scoring.state import (
     OrganizationState,
     current_as_of,

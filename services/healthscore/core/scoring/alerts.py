@@ -38,12 +38,10 @@ from __future__ import annotations
 
 from uuid import UUID, uuid5
 
-import msgspec
-
 from healthscore.core.enums import RISK_LEVEL_ORDER, AlertKind, AlertTrigger, RiskLevel
 from healthscore.core.scoring.model import DAY, Alerts, ScoreModel
-from healthscore.core.scoring.path import HealthAction, path_to_healthy
-from healthscore.core.scoring.score import HealthScore
+from healthscore.core.scoring.path import path_to_healthy
+from healthscore.core.scoring.results import AlertDecision, HealthScore
 from healthscore.core.scoring.state import OrganizationState
 
 # Fixed forever: changing it changes every alert id and breaks consumers' dedupe.
@@ -51,17 +49,6 @@ ALERT_NAMESPACE = UUID("6f1c2b8e-3d4a-5e6f-9a0b-1c2d3e4f5a6b")
 DROP_WINDOW_DAYS = 7
 _ALERTABLE = (RiskLevel.HIGH, RiskLevel.CRITICAL)
 _RANK = {level.value: rank for rank, level in enumerate(RISK_LEVEL_ORDER)}
-
-
-class AlertDecision(msgspec.Struct, frozen=True):
-    kind: AlertKind
-    episode: int
-    alert_id: UUID
-    previous_score: float | None
-    trigger: AlertTrigger
-    score_model_version: str = ""
-    # for raises and escalations: the fewest actions out of risk (scoring.path)
-    path_to_healthy: tuple[HealthAction, ...] = ()
 
 
 def alert_id_for(

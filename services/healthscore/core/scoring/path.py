@@ -26,6 +26,7 @@ import msgspec
 
 from healthscore.core.enums import MilestoneType
 from healthscore.core.scoring.model import ScoreModel
+from healthscore.core.scoring.results import HealthAction
 from healthscore.core.scoring.score import churn_probability, score
 from healthscore.core.scoring.state import OrganizationState
 
@@ -46,12 +47,6 @@ _BEHAVIOUR: dict[str, str] = {
     "weak_commercial_momentum": "take payments, upgrade, refer or get reviews",
     "no_client_growth": "add clients",
 }
-
-
-class HealthAction(msgspec.Struct, frozen=True):
-    action: str  # what to do, for a person
-    factor: str  # the risk factor it removes
-    impact: float  # score points it adds (2 decimals)
 
 
 def _with(

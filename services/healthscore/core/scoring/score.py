@@ -120,12 +120,10 @@ import math
 from bisect import bisect_left
 from collections.abc import Callable
 
-import msgspec
-
 from healthscore.core.bands import health_band, risk_level_for
-from healthscore.core.enums import HealthStatus, RiskLevel
 from healthscore.core.scoring.aggregate import decayed_values
 from healthscore.core.scoring.model import COMPONENTS, DAY, ScoreModel
+from healthscore.core.scoring.results import HealthScore, RiskFactor
 from healthscore.core.scoring.state import OpenBeyond, OpenInteraction, OrganizationState
 
 MIN_REPORTED_IMPACT = 0.5
@@ -206,30 +204,6 @@ _DETAILS: dict[str, _Detail] = {
         f"{value:.0f} open escalated or urgent interaction(s) hold the score at or below {extra}."
     ),
 }
-
-
-class RiskFactor(msgspec.Struct, frozen=True, gc=False):
-    """One reason the score is what it is, with its effect in score points.
-
-    The service publishes it as the contract's `RiskFactor` (same fields)."""
-
-    factor: str  # stable machine name, e.g. `inactivity` or `open_escalations`
-    value: float  # the measured input, in the factor's own unit
-    impact: float  # points this factor moved the score (negative lowers it), 2 decimals
-    detail: str  # one human-readable sentence for the dashboard
-
-
-class HealthScore(msgspec.Struct, frozen=True):
-    score: float  # 0..100, 2 decimals
-    status: HealthStatus
-    components: dict[str, float]  # engagement, adoption, milestones, support, growth
-    churn_probability: float  # 0..1, 4 decimals
-    risk_level: RiskLevel
-    risk_factors: list[RiskFactor]  # largest |impact| first, each |impact| >= 0.5
-    segment: str
-    change_7d: float | None
-    change_30d: float | None
-    active_users_30d: int
 
 
 # Each component's deficits, named as risk factors, in COMPONENTS order and in

@@ -246,6 +246,14 @@ class Metrics:
             "Organizations active within 7 days in the last usage volume sample.",
             registry=r,
         )
+        self.build_info = Gauge(
+            "healthscore_build_info",
+            "1, labelled with the service's version and how its scoring core runs: "
+            "compiled (mypyc, as the wheel build makes it where a C compiler exists) or "
+            "pure_python (the same results, more CPU per event).",
+            ["version", "core"],
+            registry=r,
+        )
         self.shadow_info = Gauge(
             "healthscore_shadow_model_info",
             "1 for the candidate model being scored in the shadow (SHADOW_MODEL_PATH).",

@@ -46,6 +46,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 
+from healthscore.compiled import core_build
 from healthscore.core.scoring.model import V2_MODEL_PATH, load_model
 from healthscore.service.kafka_admin import ensure_topics
 from healthscore.service.kafka_clients import KafkaConnection, KafkaSecurity
@@ -1033,6 +1034,8 @@ async def run_bench(stack: Stack, options: BenchOptions) -> BenchReport:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "services": stack.kind,
+            # as installed here: `--service-command` may run another build
+            "core": core_build(),
         },
         settings={
             "partitions": options.partitions,

@@ -18,7 +18,8 @@ from healthscore.core.bands import health_band, risk_level_for
 from healthscore.core.scoring.aggregate import new_state
 from healthscore.core.scoring.alerts import evaluate_alert
 from healthscore.core.scoring.model import Alerts, ScoreModel
-from healthscore.core.scoring.score import HealthScore, record_score, score_changes
+from healthscore.core.scoring.results import HealthScore
+from healthscore.core.scoring.score import record_score, score_changes
 from healthscore_lab.evaluation.replay import Backtest
 
 
