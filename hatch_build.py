@@ -32,6 +32,7 @@ GROUP = "healthscore.core._compiled"  # the shared library of the compiled modul
 
 # `--config-file=`: the repository's mypy settings (strict, the pydantic plugin) are for
 # checking; compiling needs only the types, and the build environment has no pydantic.
+# `--cache-dir`: mypy's cache goes with the rest of the work, not into services/.
 _SETUP = f"""
 import sys
 from mypyc.build import mypycify
@@ -41,7 +42,8 @@ work, *paths = sys.argv[1:]
 setup(
     name="healthscore-compiled-core",
     ext_modules=mypycify(
-        ["--config-file=", *paths], opt_level="3", group_name="{GROUP}", target_dir=work + "/c"
+        ["--config-file=", "--cache-dir=" + work + "/mypy", *paths],
+        opt_level="3", group_name="{GROUP}", target_dir=work + "/c",
     ),
     script_args=["build_ext", "--inplace", "--build-temp", work + "/temp",
                  "--build-lib", work + "/lib", "--parallel", "2"],
@@ -51,30 +53,36 @@ setup(
 
 class CompiledCore(BuildHookInterface):  # type: ignore[type-arg]
     PLUGIN_NAME = "custom"
+    _copy: Path | None = None  # a standard build's copy of the package
 
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
         modules = [str(module) for module in self.config.get("compile", [])]
         sources = Path(self.root, SOURCES)
         if version == "editable":
+            remove_compiled(sources)  # nothing from an earlier build outlives this one
+        if not modules or os.environ.get("HEALTHSCORE_PURE_PYTHON") == "1":
+            return
+        if version == "editable":
             tree = sources
-            remove_compiled(tree)  # nothing from an earlier build outlives this one
-        else:
-            tree = Path(tempfile.mkdtemp(prefix="healthscore-compile-"))
+        else:  # a copy, removed by finalize() once the wheel holds its extensions
+            tree = self._copy = Path(tempfile.mkdtemp(prefix="healthscore-compile-"))
             shutil.copytree(
                 sources / PACKAGE,
                 tree / PACKAGE,
                 ignore=shutil.ignore_patterns("*.so", "__pycache__", "compiled.json"),
             )
-        if not modules or os.environ.get("HEALTHSCORE_PURE_PYTHON") == "1":
-            return
         try:
             compiled = compile_modules(tree, modules)
         except (OSError, subprocess.CalledProcessError) as error:
-            if os.environ.get("HEALTHSCORE_REQUIRE_COMPILED") == "1":
-                raise
             remove_compiled(tree)
             output = getattr(error, "stdout", None) or str(error)
             tail = "\n".join(str(output).strip().splitlines()[-5:])
+            if os.environ.get("HEALTHSCORE_REQUIRE_COMPILED") == "1":
+                self.finalize(version, build_data, "")
+                raise RuntimeError(
+                    "healthscore: the scoring core was not compiled with mypyc and "
+                    f"HEALTHSCORE_REQUIRE_COMPILED=1:\n{tail}"
+                ) from None
             self.app.display_warning(
                 "healthscore: the scoring core was not compiled with mypyc (a C compiler "
                 f"and Python's headers are needed); installing it as pure Python:\n{tail}"
@@ -85,6 +93,11 @@ class CompiledCore(BuildHookInterface):  # type: ignore[type-arg]
         if version != "editable":
             for path in compiled:
                 build_data["force_include"][str(path)] = str(path.relative_to(tree))
+
+    def finalize(self, version: str, build_data: dict[str, Any], artifact_path: str) -> None:
+        if self._copy is not None:
+            shutil.rmtree(self._copy, ignore_errors=True)
+            self._copy = None
 
 
 def compile_modules(tree: Path, modules: list[str]) -> list[Path]:
@@ -116,7 +129,9 @@ def compile_modules(tree: Path, modules: list[str]) -> list[Path]:
 
 
 def remove_compiled(tree: Path) -> None:
-    """Remove every compiled module and the manifest under `tree`'s package."""
-    for path in (tree / PACKAGE).rglob("*" + sysconfig.get_config_var("EXT_SUFFIX")):
+    """Remove every compiled module (of any Python version) and the manifest under
+    `tree`'s package: one manifest guards the extensions of one build, and another
+    interpreter's extensions left beside it would escape the guard."""
+    for path in (tree / PACKAGE).rglob("*.so"):
         path.unlink()
     (tree / MANIFEST).unlink(missing_ok=True)

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tomllib
 import zipfile
 from pathlib import Path
@@ -19,14 +20,37 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 def build_wheel(out: Path) -> Path:
+    temp = out / "tmp"  # the build's temporary directory, to see what it leaves there
+    temp.mkdir(parents=True)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
          "-w", str(out), str(REPOSITORY)],
+        env=os.environ | {"TMPDIR": str(temp)},
         check=True,
         timeout=300,
     )  # fmt: skip
+    assert not list(temp.glob("healthscore-*")), "hatch_build.py left its temporary copy"
     (wheel,) = out.glob("healthscore-*.whl")
     return wheel
+
+
+def test_a_required_compile_that_fails_says_why(tmp_path: Path) -> None:
+    """HEALTHSCORE_REQUIRE_COMPILED=1 (the image's build stage): a failed compile fails
+    the build, and its output says why (the compiler's last lines)."""
+    cc = tmp_path / "cc"
+    cc.write_text("#!/bin/sh\necho 'Python.h: the compiler of this test refuses' >&2\nexit 1\n")
+    cc.chmod(0o755)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path / "dist"), str(REPOSITORY)],
+        env=os.environ | {"CC": str(cc), "HEALTHSCORE_REQUIRE_COMPILED": "1", "TMPDIR": str(temp)},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "the compiler of this test refuses" in done.stdout + done.stderr
+    assert not list(temp.glob("healthscore-*")), "hatch_build.py left its temporary copy"
 
 
 def install_and_migrate(tmp_path: Path, empty_database: str) -> None:
@@ -37,7 +61,8 @@ def install_and_migrate(tmp_path: Path, empty_database: str) -> None:
     assert shipped == sorted(m.file_name for m in load_migrations(migrations_path()))
     assert not [n for n in names if n.startswith("healthscore_lab/")], "the lab is not the service"
     compiled = sorted(n for n in names if n.endswith(".so"))
-    if shutil.which("cc") or shutil.which("gcc"):  # hatch_build.py compiles the core
+    headers = (Path(sysconfig.get_paths()["include"]) / "Python.h").exists()
+    if (shutil.which("cc") or shutil.which("gcc")) and headers:  # hatch_build.py compiles
         hook = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["tool"]["hatch"]
         modules = hook["build"]["targets"]["wheel"]["hooks"]["custom"]["compile"]
         assert [n.split(".")[0] for n in compiled] == sorted(

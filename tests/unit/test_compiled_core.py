@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tomllib
 from pathlib import Path
 
@@ -95,9 +96,14 @@ def test_no_compiled_module_defines_a_msgspec_struct() -> None:
     shutil.which("cc") is None and shutil.which("gcc") is None,
     reason="no C compiler: the build installs the pure-Python core",
 )
+@pytest.mark.skipif(
+    not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists(),
+    reason="no Python headers (Debian: python3-dev): the build installs the pure-Python core",
+)
 def test_the_installed_core_is_compiled_where_it_can_be() -> None:
     assert sorted(compiled_modules()) == sorted(HOOK["compile"]), (
-        "the install did not compile the core (its warning says why): pip install -e ."
+        "the install did not compile the core; pip shows the build hook's warning saying "
+        "why only with -v: pip install -v --no-deps -e ."
     )
     assert core_is_compiled()
 
@@ -142,3 +148,23 @@ def test_a_compiled_module_older_than_its_source_is_refused(
     (package / "core" / "effects.py").write_text("X = 2\n")
     with pytest.raises(ImportError, match=r"healthscore/core/effects.py changed since"):
         check_compiled_sources()
+
+
+def test_an_install_removes_the_extensions_of_every_python_version(tmp_path: Path) -> None:
+    """One manifest guards one build's extensions: another interpreter's, left beside
+    the sources, would run their old code past check_compiled_sources."""
+    from hatch_build import remove_compiled
+
+    core = tmp_path / "healthscore" / "core"
+    core.mkdir(parents=True)
+    (core / "bands.py").write_text("X = 1\n")
+    built = [
+        core / f"bands{sysconfig.get_config_var('EXT_SUFFIX')}",
+        core / "bands.cpython-399-x86_64-linux-gnu.so",
+        core / "_compiled__mypyc.cpython-399-x86_64-linux-gnu.so",
+        core / "compiled.json",
+    ]
+    for path in built:
+        path.write_text("")
+    remove_compiled(tmp_path)
+    assert sorted(p.name for p in core.iterdir()) == ["bands.py"]

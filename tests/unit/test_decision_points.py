@@ -12,9 +12,13 @@ tests/unit/test_silence_rescoring.py.
 from __future__ import annotations
 
 import copy
+import importlib.util
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -68,9 +72,25 @@ def _support(at: datetime, org: uuid.UUID = ON_THE_HOUR) -> SupportEvent:
     )
 
 
+def _effects_source() -> ModuleType:
+    """healthscore.core.effects run from its source: compiled (hatch_build.py), its
+    calls of score() are native and pass by any patch of the module's attribute."""
+    compiled = Path(str(effects_module.__file__))
+    if compiled.suffix == ".py":
+        return effects_module
+    name = "healthscore.core._effects_source"
+    spec = importlib.util.spec_from_file_location(name, compiled.with_name("effects.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve the module's annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
 def score_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
-    """The as-of times of every score() the core computes."""
+    """The as-of times of every score() the core computes (the test's batches run the
+    effects module from its source, where a patch of score() is seen)."""
     calls: list[float] = []
 
     def counted(
@@ -79,7 +99,14 @@ def score_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
         calls.append(as_of)
         return score(state, as_of, model, explain)
 
-    monkeypatch.setattr(effects_module, "score", counted)
+    source = _effects_source()
+    monkeypatch.setattr(source, "score", counted)
+    monkeypatch.setattr(
+        sys.modules[__name__], "compute_batch_effects", source.compute_batch_effects
+    )
+    source.compute_batch_effects([_usage(LATER, org=HALF_PAST)], {}, {}, MODEL)
+    assert calls, "the patch of score() sees no call: the test would pass whatever is scored"
+    calls.clear()
     yield calls
 
 
