@@ -142,6 +142,23 @@ async def _kill_while_writing(pid: int, database_url: str, table: str, timeout: 
         await conn.close()
 
 
+async def _kill_inside_a_page(
+    service: ServiceProcess,
+    database_url: str,
+    table: str,
+    timeout: float,
+    kafka_bootstrap: str,
+    group: str,
+) -> None:
+    """SIGKILL `service` inside one of its transactions writing `table` (a projector
+    page: customer_health; a shadow page: shadow_health); its group forgets it."""
+    assert service.process is not None
+    caught = await _kill_while_writing(service.process.pid, database_url, table, timeout)
+    assert caught, f"no page writing {table} caught open"
+    service.process.wait(10)
+    await evict_group_members(kafka_bootstrap, group)
+
+
 async def _wait(
     database_url: str,
     query: str,
@@ -225,13 +242,9 @@ async def test_promotion_completes_through_a_sigkill_and_a_postgres_restart(
         on_v3.kill()
         await evict_group_members(kafka_bootstrap, group)
         on_v4.start(log)
-        assert on_v4.process is not None
-        in_shadow = await _kill_while_writing(
-            on_v4.process.pid, migrated_database, "shadow_health", 30
+        await _kill_inside_a_page(
+            on_v4, migrated_database, "shadow_health", 30, kafka_bootstrap, group
         )
-        assert in_shadow, "no shadow page caught open"
-        on_v4.process.wait(10)
-        await evict_group_members(kafka_bootstrap, group)
         # 3. started again while events keep coming; SIGKILL inside a projector page
         # with part of the read model promoted, part not
         await _start_and_wait_assigned(on_v4, log, 60)
@@ -249,13 +262,9 @@ async def test_promotion_completes_through_a_sigkill_and_a_postgres_restart(
         left = await _wait(
             migrated_database, ON_V3, lambda n: 0 < n <= scored - 2 * PAGE, 60, on_v4, log
         )
-        assert on_v4.process is not None
-        in_page = await _kill_while_writing(
-            on_v4.process.pid, migrated_database, "customer_health", 15
+        await _kill_inside_a_page(
+            on_v4, migrated_database, "customer_health", 15, kafka_bootstrap, group
         )
-        assert in_page, "no projector page caught open"
-        on_v4.process.wait(10)
-        await evict_group_members(kafka_bootstrap, group)
         await _start_and_wait_assigned(on_v4, log, 60)
         # 4. PostgreSQL crash-stopped while the promotion goes on
         restarted = services.postgres_server is not None

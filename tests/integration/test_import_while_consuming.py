@@ -12,6 +12,7 @@ import asyncpg
 
 from healthscore.core.scoring.state import decode_state
 from healthscore.service.imports import Profile, apply_profiles
+from healthscore.store.states import lock_states
 from tests.utils.harness import make_topics, running_service, service_settings
 from tests.utils.scenarios import (
     expected_event_counts,
@@ -58,3 +59,47 @@ async def test_profiles_imported_during_consumption_are_kept_and_no_event_is_los
         state = states[str(profile.organization_id)]
         assert state.created_at == profile.created_at
         assert state.milestones["profile_completed"] <= long_ago
+
+
+async def test_an_import_page_aborted_by_a_deadlock_is_applied_again(
+    migrated_database: str,
+) -> None:
+    """A page locks its organizations' states in organization order; a batch's checked
+    save updates them in the order its plan decides. Crossed here for certain: the
+    page holds A and waits for B, which the other transaction holds while it asks for
+    A. PostgreSQL aborts the page (it waited first); the page is applied again once
+    the other transaction commits, and nothing of either is lost."""
+    a, b = sorted(str(uuid.uuid4()) for _ in range(2))
+    created = (datetime.now(UTC) - timedelta(days=400)).timestamp()
+    profiles = [Profile(uuid.UUID(org), created, {"profile_completed": created}) for org in (a, b)]
+    bump = (
+        "UPDATE organization_state SET health_version = health_version + 1"
+        " WHERE organization_id = $1"
+    )
+    setup, batch, importer = [await asyncpg.connect(migrated_database) for _ in range(3)]
+    try:
+        async with setup.transaction():
+            _, versions = await lock_states(setup, [a, b])  # both rows exist, no state yet
+        crossed = batch.transaction()
+        await crossed.start()
+        await batch.execute(bump, b)
+        page = asyncio.create_task(apply_profiles(importer, profiles, 86400.0, page=2))
+        waits = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1"
+        while await setup.fetchval(waits, importer.get_server_pid()) != "Lock":
+            assert not page.done(), page
+            await asyncio.sleep(0.01)
+        await batch.execute(bump, a)  # the cycle: returns once the page is aborted
+        await crossed.commit()
+        assert await asyncio.wait_for(page, 30) == 2
+        rows = await setup.fetch(
+            "SELECT organization_id::text AS org, state, health_version FROM organization_state"
+            " WHERE organization_id = ANY($1::uuid[])",
+            [a, b],
+        )
+    finally:
+        for conn in (setup, batch, importer):
+            await conn.close()
+    # each changed once by the other transaction and once by the page
+    assert {r["org"]: r["health_version"] for r in rows} == {o: v + 2 for o, v in versions.items()}
+    for row in rows:
+        assert decode_state(row["state"]).created_at == created

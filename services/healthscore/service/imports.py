@@ -25,6 +25,7 @@ database is not in the log, and a replay into an empty database loses it).
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from collections.abc import Sequence
@@ -34,7 +35,9 @@ from pathlib import Path
 from typing import TypeVar
 from uuid import UUID, uuid5
 
+import asyncpg
 import orjson
+import structlog
 
 from healthscore.contracts.profile import OrganizationProfile
 from healthscore.core.enums import MilestoneType
@@ -43,6 +46,8 @@ from healthscore.core.scoring.state import OrganizationState
 from healthscore.errors import HealthscoreError
 from healthscore.store import Connection, quality, sql
 from healthscore.store.states import lock_states, save_locked_states
+
+log = structlog.get_logger(__name__)
 
 PROFILE_COLUMNS = ("organization_id", "created_at", "milestones")
 LABEL_COLUMNS = ("organization_id", "churned_at")
@@ -216,14 +221,34 @@ def _pages(items: Sequence[_T], size: int) -> list[Sequence[_T]]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
+# A page locks its organizations' state rows in organization order, but a consumer's
+# batch saves the states it holds with one checked UPDATE whose row order the plan
+# decides: the two can deadlock, and PostgreSQL then aborts one of them. An aborted
+# batch is rewound and retried by the consumer; an aborted page is applied again here.
+PAGE_ATTEMPTS = 5
+
+
 async def apply_profiles(
     conn: Connection, profiles: Sequence[Profile], rescore_step_seconds: float, page: int = 500
 ) -> int:
     """Apply `profiles` a page per transaction; how many organizations' states changed."""
     changed = 0
     for chunk in _pages(profiles, page):
-        async with conn.transaction():
-            changed += await _apply_profile_page(conn, chunk, rescore_step_seconds)
+        for attempt in range(1, PAGE_ATTEMPTS + 1):
+            try:
+                async with conn.transaction():
+                    changed += await _apply_profile_page(conn, chunk, rescore_step_seconds)
+                break
+            except asyncpg.TransactionRollbackError as exc:  # a deadlock, a serialization failure
+                if attempt == PAGE_ATTEMPTS:
+                    raise
+                log.warning(
+                    "import_page_retried",
+                    reason=type(exc).__name__,
+                    attempt=attempt,
+                    organizations=len(chunk),
+                )
+                await asyncio.sleep(0.05 * attempt)
     return changed
 
 

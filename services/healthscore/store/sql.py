@@ -88,8 +88,11 @@ ON CONFLICT (organization_id) DO NOTHING
 RETURNING organization_id
 """
 
-# Rows are locked in organization order by every writer (consumers and the
-# sweep), so two transactions never wait on each other in a cycle.
+# Rows are locked in organization order by every writer that locks before it
+# writes (a batch's changed-elsewhere path, the sweep, an import page). A batch's
+# checked save (SAVE_STATES_CHECKED) updates without locking first, in the order its
+# plan decides, so it can deadlock with one of those; PostgreSQL aborts one side and
+# both retry (the batch is rewound, an import page applied again).
 LOCK_STATES = """
 SELECT organization_id, state::text AS state, health_version
 FROM organization_state
