@@ -228,15 +228,7 @@ async def _produce_in_segments(
     for index, gate in enumerate(gates):
         await gate.wait()
         segment = messages[index * size : (index + 1) * size]
-        await produce_recorded(
-            producer,
-            segment,
-            topics.usage,
-            topics.support,
-            rate=rate,
-            log=produced,
-            profile_topic=topics.profile,
-        )
+        await produce_recorded(producer, segment, topics, rate=rate, log=produced)
 
 
 def _pid(service: ServiceProcess, log_path: str) -> int:

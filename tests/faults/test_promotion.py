@@ -47,6 +47,7 @@ from tests.faults.test_crash_recovery import (
     check_database,
     check_read_model,
 )
+from tests.integration.test_score_quality import eager
 from tests.utils.faults import (
     TRANSACTIONS_LOCKING,
     Produced,
@@ -96,16 +97,7 @@ def _candidate(path: Path) -> Path:
             for name in live.half_life_days.__struct_fields__
         },
     )
-    alerts = msgspec.structs.replace(
-        live.alerts,
-        enter_probability=0.0002,
-        exit_probability=0.0001,
-        persist_hours=0.0,
-        immediate_probability=None,
-    )
-    candidate = msgspec.structs.replace(
-        live, version=CANDIDATE, half_life_days=halved, alerts=alerts
-    )
+    candidate = msgspec.structs.replace(eager(live, CANDIDATE), half_life_days=halved)
     path.write_bytes(msgspec.json.encode(candidate))
     return path
 
@@ -213,14 +205,7 @@ async def test_promotion_completes_through_a_sigkill_and_a_postgres_restart(
     try:
         # 1. model v3 consumes the first part; the read model is all v3
         await _start_and_wait_assigned(on_v3, log, 60)
-        await produce_recorded(
-            producer,
-            first,
-            topics.usage,
-            topics.support,
-            log=produced,
-            profile_topic=topics.profile,
-        )
+        await produce_recorded(producer, first, topics, log=produced)
         first_monitor = await asyncpg.connect(migrated_database)
         try:
             await _wait_for_offsets(first_monitor, group, end_offsets(produced), on_v3, 60, log)
@@ -249,15 +234,7 @@ async def test_promotion_completes_through_a_sigkill_and_a_postgres_restart(
         # with part of the read model promoted, part not
         await _start_and_wait_assigned(on_v4, log, 60)
         production = asyncio.create_task(
-            produce_recorded(
-                producer,
-                rest,
-                topics.usage,
-                topics.support,
-                rate=len(rest) / 6.0,
-                log=produced,
-                profile_topic=topics.profile,
-            )
+            produce_recorded(producer, rest, topics, rate=len(rest) / 6.0, log=produced)
         )
         left = await _wait(
             migrated_database, ON_V3, lambda n: 0 < n <= scored - 2 * PAGE, 60, on_v4, log
@@ -339,15 +316,7 @@ async def test_rolling_deploy_with_one_replica_per_model(
     try:
         await _start_and_wait_assigned(old, old_log, 60)
         production = asyncio.create_task(
-            produce_recorded(
-                producer,
-                messages,
-                topics.usage,
-                topics.support,
-                rate=len(messages) / 8.0,
-                log=produced,
-                profile_topic=topics.profile,
-            )
+            produce_recorded(producer, messages, topics, rate=len(messages) / 8.0, log=produced)
         )
         await asyncio.sleep(2.0)
         await _start_and_wait_assigned(new, new_log, 60)

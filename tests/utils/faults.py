@@ -29,7 +29,7 @@ from aiokafka.protocol.group import LeaveGroupRequest
 
 from healthscore_lab.simulator import SimulatedMessage
 from healthscore_lab.simulator.kafka import topic_of
-from tests.utils.harness import consume_all
+from tests.utils.harness import Topics, consume_all
 
 # The backends of the service (the pool sets application_name 'healthscore'; it logs in
 # with the URL's user and runs as healthscore_writer through the startup `role` setting,
@@ -71,13 +71,12 @@ class Produced:
 async def produce_recorded(
     producer: AIOKafkaProducer,
     messages: Iterable[SimulatedMessage],
-    usage_topic: str,
-    support_topic: str,
+    topics: Topics,
     rate: float | None = None,
     log: list[Produced] | None = None,
-    profile_topic: str | None = None,
 ) -> list[Produced]:
-    """Like `healthscore_lab.simulator.produce`, but keep each message's RecordMetadata.
+    """Like `healthscore_lab.simulator.produce` onto the test's input topics, but keep
+    each message's RecordMetadata.
 
     Record timestamps are the event times (a malformed message takes the
     previous one's), as the simulator's producer does. `log`, when given, is
@@ -103,7 +102,7 @@ async def produce_recorded(
                 await asyncio.sleep(max(delay, 0.01))
         if message.occurred_at is not None:
             last_ms = int(message.occurred_at.timestamp() * 1000)
-        topic = topic_of(message, usage_topic, support_topic, profile_topic)
+        topic = topic_of(message, topics.usage, topics.support, topics.profile)
         future = await producer.send(
             topic, value=message.value, key=message.key, timestamp_ms=last_ms
         )
