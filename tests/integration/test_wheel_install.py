@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
-import sysconfig
-import tomllib
 import zipfile
 from pathlib import Path
 
 import asyncpg
 
 from healthscore.store.migrate import load_migrations, migrations_path
-
-REPOSITORY = Path(__file__).resolve().parents[2]
+from tests.utils.compiled import (
+    COMPILED_SOURCES,
+    HAS_C_COMPILER,
+    HAS_PYTHON_HEADERS,
+    REPOSITORY,
+)
 
 
 def build_wheel(out: Path) -> Path:
@@ -61,12 +62,10 @@ def install_and_migrate(tmp_path: Path, empty_database: str) -> None:
     assert shipped == sorted(m.file_name for m in load_migrations(migrations_path()))
     assert not [n for n in names if n.startswith("healthscore_lab/")], "the lab is not the service"
     compiled = sorted(n for n in names if n.endswith(".so"))
-    headers = (Path(sysconfig.get_paths()["include"]) / "Python.h").exists()
-    if (shutil.which("cc") or shutil.which("gcc")) and headers:  # hatch_build.py compiles
-        hook = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["tool"]["hatch"]
-        modules = hook["build"]["targets"]["wheel"]["hooks"]["custom"]["compile"]
+    if HAS_C_COMPILER and HAS_PYTHON_HEADERS:  # hatch_build.py compiles
         assert [n.split(".")[0] for n in compiled] == sorted(
-            [m.removesuffix(".py") for m in modules] + ["healthscore/core/_compiled__mypyc"]
+            [m.removesuffix(".py") for m in COMPILED_SOURCES]
+            + ["healthscore/core/_compiled__mypyc"]
         )
         assert "healthscore/core/compiled.json" in names
 

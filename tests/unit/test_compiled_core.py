@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tomllib
 from pathlib import Path
 
 import msgspec
@@ -29,12 +28,14 @@ from healthscore.core.scoring.model import V2_MODEL_PATH, default_model, load_mo
 from healthscore.core.scoring.state import OrganizationState
 from healthscore.service.ingest.decode import Decoded, Decoder
 from tests.bench.decode_cpu import SUPPORT, USAGE, stream
+from tests.utils.compiled import (
+    COMPILED_SOURCES,
+    HAS_C_COMPILER,
+    HAS_PYTHON_HEADERS,
+    REPOSITORY,
+)
 
-REPOSITORY = Path(__file__).resolve().parents[2]
 SOURCES = REPOSITORY / "services"
-HOOK = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["tool"]["hatch"]["build"][
-    "targets"
-]["wheel"]["hooks"]["custom"]
 
 
 def effects_digest(events: int = 12_000, organizations: int = 300, seed: int = 11) -> str:
@@ -78,7 +79,7 @@ def effects_digest(events: int = 12_000, organizations: int = 300, seed: int = 1
 def test_no_compiled_module_defines_a_msgspec_struct() -> None:
     """mypyc rewrites the annotations of a compiled module's classes (`float | None`
     becomes `type`), and msgspec decodes and describes structs from them."""
-    for module in HOOK["compile"]:
+    for module in COMPILED_SOURCES:
         tree = ast.parse((SOURCES / module).read_text())
         structs = [
             node.name
@@ -93,15 +94,14 @@ def test_no_compiled_module_defines_a_msgspec_struct() -> None:
     os.environ.get("HEALTHSCORE_PURE_PYTHON") == "1", reason="installed pure Python by request"
 )
 @pytest.mark.skipif(
-    shutil.which("cc") is None and shutil.which("gcc") is None,
-    reason="no C compiler: the build installs the pure-Python core",
+    not HAS_C_COMPILER, reason="no C compiler: the build installs the pure-Python core"
 )
 @pytest.mark.skipif(
-    not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists(),
+    not HAS_PYTHON_HEADERS,
     reason="no Python headers (Debian: python3-dev): the build installs the pure-Python core",
 )
 def test_the_installed_core_is_compiled_where_it_can_be() -> None:
-    assert sorted(compiled_modules()) == sorted(HOOK["compile"]), (
+    assert sorted(compiled_modules()) == sorted(COMPILED_SOURCES), (
         "the install did not compile the core; pip shows the build hook's warning saying "
         "why only with -v: pip install -v --no-deps -e ."
     )
