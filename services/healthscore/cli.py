@@ -507,6 +507,43 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
     return run(main)
 
 
+def cmd_state(args: argparse.Namespace) -> int:
+    """Print an organization's stored state as JSON: the column is MessagePack, which
+    psql shows as hex."""
+    import msgspec
+
+    from healthscore.store.states import state_of
+
+    settings = settings_from_args(args)
+    if settings.database_url is None:
+        print("error: set DATABASE_URL", file=sys.stderr)
+        return 2
+
+    async def main() -> int:
+        conn = await _service_connection(settings)
+        if conn is None:
+            return 2
+        try:
+            state, row = await state_of(conn, str(args.organization))
+        finally:
+            await conn.close()
+        if row is None:
+            print(f"error: no state stored for organization {args.organization}", file=sys.stderr)
+            return 1
+        document = {
+            "organization_id": str(args.organization),
+            "health_version": row["health_version"],
+            "last_event_at": row["last_event_at"],
+            "rescore_due_at": row["rescore_due_at"],
+            "updated_at": row["updated_at"],
+            "state": state,
+        }
+        print(msgspec.json.format(msgspec.json.encode(document), indent=2).decode())
+        return 0
+
+    return run(main)
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     from healthscore.api.server import (
         dev_config,
@@ -723,6 +760,15 @@ def register_service_commands(add: AddCommand) -> None:
     )
     p.add_argument("--organization", type=UUID, help="only this organization")
     p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add(
+        "state",
+        cmd_state,
+        "Print an organization's stored scoring state (aggregates, daily scores, alert "
+        "episode) as JSON, with its version and silence due time.",
+    )
+    p.add_argument("organization", type=UUID, metavar="ORGANIZATION_ID")
+    p.add_argument("--database-url", help="override DATABASE_URL")
 
     p = add(
         "api",

@@ -41,7 +41,7 @@ from healthscore.core.alignment import align
 from healthscore.core.effects import compute_batch_effects
 from healthscore.core.interactions import InteractionRecord
 from healthscore.core.scoring.model import default_model, v1_model
-from healthscore.core.scoring.state import OrganizationState, encode_state
+from healthscore.core.scoring.state import OrganizationState, pack_state
 from healthscore.service.ingest.decode import Decoded, Decoder
 from healthscore.service.ops.drift import UsageDrift
 from healthscore.service.ops.metrics import Metrics
@@ -122,10 +122,10 @@ async def main(organizations: int) -> dict[str, Any]:
         await conn.execute("INSERT INTO organizations (id) SELECT unnest($1::uuid[])", ids)
         await conn.execute(
             "INSERT INTO organization_state"
-            " (organization_id, state, last_event_at, health_version) SELECT * FROM"
-            " unnest($1::uuid[], $2::text[]::json[], $3::timestamptz[], $4::bigint[])",
+            " (organization_id, state_msgpack, last_event_at, health_version) SELECT * FROM"
+            " unnest($1::uuid[], $2::bytea[], $3::timestamptz[], $4::bigint[])",
             ids,
-            [encode_state(s).decode() for s in states.values()],
+            [pack_state(s) for s in states.values()],
             [to_datetime(s.last_event_at) for s in states.values()],
             [1] * len(ids),
         )

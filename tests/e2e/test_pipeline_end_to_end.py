@@ -32,6 +32,7 @@ from tests.utils.harness import (
     service_settings,
     wait_for,
 )
+from tests.utils.states import event_counts
 
 BASE = (datetime.now(UTC) - timedelta(days=10)).replace(microsecond=0)
 HEALTHY = str(uuid.uuid5(uuid.NAMESPACE_DNS, "healthy.example"))
@@ -222,12 +223,7 @@ async def test_scripted_scenario_end_to_end(migrated_database: str, kafka_bootst
         health = {
             str(r["organization_id"]): r for r in await conn.fetch("SELECT * FROM customer_health")
         }
-        state_counts = {
-            str(r["organization_id"]): r["n"]
-            for r in await conn.fetch(
-                "SELECT organization_id, (state->>'event_count')::int AS n FROM organization_state"
-            )
-        }
+        state_counts = await event_counts(conn)
     finally:
         await conn.close()
 

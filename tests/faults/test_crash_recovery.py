@@ -37,7 +37,6 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from healthscore.core.scoring.model import default_model
-from healthscore.core.scoring.state import decode_state
 from healthscore.service.projector import project
 from healthscore_lab.simulator import SimulatedMessage, SimulationConfig, generate
 from tests.faults.oracle import Oracle, episode_violations
@@ -59,6 +58,7 @@ from tests.utils.harness import (
     make_topics,
     service_settings,
 )
+from tests.utils.states import stored_states
 
 pytestmark = pytest.mark.faults
 
@@ -314,14 +314,7 @@ async def check_database(conn: asyncpg.Connection[Any], oracle: Oracle) -> None:
     extra = stored_ids - oracle.event_ids
     assert not missing and not extra, (len(missing), len(extra))
 
-    states = {
-        str(r["organization_id"]): r
-        for r in await conn.fetch(
-            "SELECT organization_id, (state->>'event_count')::int AS event_count, "
-            "(state->'totals')::text AS totals, (state->>'created_at')::float8 AS created_at, "
-            "(state->'milestones')::text AS milestones FROM organization_state"
-        )
-    }
+    states = await stored_states(conn)
     assert set(states) == set(oracle.organizations)
     milestones: dict[str, set[str]] = {org: set() for org in oracle.organizations}
     for row in await conn.fetch("SELECT organization_id, milestone_type FROM success_milestones"):
@@ -337,22 +330,21 @@ async def check_database(conn: asyncpg.Connection[Any], oracle: Oracle) -> None:
     wrong: list[str] = []
     for org, expected in oracle.organizations.items():
         state = states[org]
-        if state["event_count"] != expected.event_count:
-            wrong.append(f"{org}: event_count {state['event_count']} != {expected.event_count}")
-        totals = orjson.loads(state["totals"] or "{}")
-        if totals != expected.totals:
-            wrong.append(f"{org}: totals {totals} != {expected.totals}")
+        if state.event_count != expected.event_count:
+            wrong.append(f"{org}: event_count {state.event_count} != {expected.event_count}")
+        if state.totals != expected.totals:
+            wrong.append(f"{org}: totals {state.totals} != {expected.totals}")
         # a milestone a profile announced before usage crossed it is no new milestone;
         # which came first depends on how the topics interleaved, so: crossed ones only,
         # every crossed one unless a profile knew it, and the state knows them all
         crossed, known = expected.milestones, expected.profile_milestones
         if not milestones[org] <= crossed or not crossed - milestones[org] <= known:
             wrong.append(f"{org}: milestones {milestones[org]} against {crossed}, {known}")
-        in_state = set(orjson.loads(state["milestones"] or "{}"))
+        in_state = set(state.milestones)
         if in_state != crossed | known:
             wrong.append(f"{org}: state milestones {in_state} != {crossed | known}")
-        if state["created_at"] != expected.created_at:
-            wrong.append(f"{org}: created_at {state['created_at']} != {expected.created_at}")
+        if state.created_at != expected.created_at:
+            wrong.append(f"{org}: created_at {state.created_at} != {expected.created_at}")
         if interactions[org] != dict(expected.interactions):
             wrong.append(f"{org}: interactions {interactions[org]} != {expected.interactions}")
     assert not wrong, "\n".join(wrong[:20])
@@ -382,10 +374,10 @@ async def check_read_model(
         await asyncio.sleep(0.2)
     model = default_model()
     expected = {}
-    for row in await conn.fetch("SELECT organization_id, state::text AS s FROM organization_state"):
-        health = project(decode_state(row["s"]), model)
+    for org, state in (await stored_states(conn)).items():
+        health = project(state, model)
         if health is not None:
-            expected[str(row["organization_id"])] = (health.score, health.churn_probability)
+            expected[org] = (health.score, health.churn_probability)
     shown = {
         str(r["organization_id"]): (float(r["health_score"]), float(r["churn_probability"]))
         for r in await conn.fetch(

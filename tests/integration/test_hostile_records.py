@@ -32,6 +32,7 @@ from tests.utils.harness import (
     service_settings,
 )
 from tests.utils.scenarios import high_watermarks, stored_offsets, wait_caught_up
+from tests.utils.states import stored_state_in
 
 
 def _org(label: str) -> str:
@@ -320,12 +321,7 @@ async def test_a_reused_event_id_with_another_payload_is_a_conflict(
         await producer.stop()
     assert duplicates == 2
     assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 2
-    quantity = await fetchval(
-        migrated_database,
-        "SELECT (state->>'event_count')::int FROM organization_state WHERE organization_id = $1",
-        uuid.UUID(org),
-    )
-    assert quantity == 1
+    assert (await stored_state_in(migrated_database, org)).event_count == 1
     dead_usage = _dead_by_offset(
         await consume_all(kafka_bootstrap, topics.dlq_usage, 2, settle=0.5)
     )
@@ -766,13 +762,7 @@ async def test_an_interaction_flipping_its_type_signals_once(
             migrated_database, kafka_bootstrap, settings, topics.support, records
         )
         assert rejected == []
-    decayed = orjson.loads(
-        await fetchval(
-            migrated_database,
-            "SELECT state->'decayed' FROM organization_state WHERE organization_id = $1",
-            uuid.UUID(org),
-        )
-    )
+    decayed = (await stored_state_in(migrated_database, org)).decayed
     # the signals of events seconds apart decay by less than a part in a million
     assert round(decayed["complaints"], 4) == 1.0
     assert round(decayed["escalations"], 4) == 1.0

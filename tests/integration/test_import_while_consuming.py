@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from healthscore.core.scoring.state import decode_state
+from healthscore.core.scoring.state import unpack_state
 from healthscore.service.imports import Profile, apply_profiles
 from healthscore.store.states import lock_states
 from tests.utils.harness import make_topics, running_service, service_settings
@@ -20,6 +20,7 @@ from tests.utils.scenarios import (
     simulated_stream,
     wait_caught_up,
 )
+from tests.utils.states import stored_states
 
 
 async def test_profiles_imported_during_consumption_are_kept_and_no_event_is_lost(
@@ -47,12 +48,9 @@ async def test_profiles_imported_during_consumption_are_kept_and_no_event_is_los
                 await asyncio.sleep(0.2)
             await producing
             await wait_caught_up(migrated_database, kafka_bootstrap, group, inputs)
-        rows = await conn.fetch(
-            "SELECT organization_id::text AS org, state FROM organization_state"
-        )
+        states = await stored_states(conn)
     finally:
         await conn.close()
-    states = {r["org"]: decode_state(r["state"]) for r in rows}
     expected = expected_event_counts(stream)
     assert {org: states[org].event_count for org in expected} == expected
     for profile in profiles:
@@ -92,7 +90,8 @@ async def test_an_import_page_aborted_by_a_deadlock_is_applied_again(
         await crossed.commit()
         assert await asyncio.wait_for(page, 30) == 2
         rows = await setup.fetch(
-            "SELECT organization_id::text AS org, state, health_version FROM organization_state"
+            "SELECT organization_id::text AS org, state_msgpack, health_version"
+            " FROM organization_state"
             " WHERE organization_id = ANY($1::uuid[])",
             [a, b],
         )
@@ -102,4 +101,4 @@ async def test_an_import_page_aborted_by_a_deadlock_is_applied_again(
     # each changed once by the other transaction and once by the page
     assert {r["org"]: r["health_version"] for r in rows} == {o: v + 2 for o, v in versions.items()}
     for row in rows:
-        assert decode_state(row["state"]).created_at == created
+        assert unpack_state(row["state_msgpack"]).created_at == created

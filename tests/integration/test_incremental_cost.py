@@ -60,9 +60,11 @@ async def _seed(database_url: str, organizations: int) -> list[str]:
         )
         await conn.execute(
             """
-            INSERT INTO organization_state (organization_id, state, last_event_at, rescore_due_at)
+            INSERT INTO organization_state
+                (organization_id, state_msgpack, last_event_at, rescore_due_at)
             SELECT id,
-                   jsonb_build_object(
+                   -- JSON, as a release before migration 0066 stored it (still read)
+                   convert_to(jsonb_build_object(
                        'organization_id', id::text,
                        'first_event_at', extract(epoch FROM $1::timestamptz),
                        'last_event_at', extract(epoch FROM $1::timestamptz),
@@ -70,7 +72,7 @@ async def _seed(database_url: str, organizations: int) -> list[str]:
                        'event_count', 3,
                        'totals', jsonb_build_object('login', 3),
                        'last_score', 62.5,
-                       'last_scored_at', extract(epoch FROM $1::timestamptz)),
+                       'last_scored_at', extract(epoch FROM $1::timestamptz))::text, 'UTF8'),
                    $1, $1 + interval '6 hours'
             FROM organizations
             """,

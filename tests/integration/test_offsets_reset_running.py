@@ -17,18 +17,15 @@ from tests.utils.scenarios import (
     stored_offsets,
     wait_caught_up,
 )
+from tests.utils.states import event_counts
 
 
 async def _event_counts(database_url: str) -> dict[str, int]:
     conn = await asyncpg.connect(database_url)
     try:
-        rows = await conn.fetch(
-            "SELECT organization_id::text AS org, (state::jsonb->>'event_count')::int AS n "
-            "FROM organization_state"
-        )
+        return await event_counts(conn)
     finally:
         await conn.close()
-    return {r["org"]: r["n"] for r in rows}
 
 
 async def test_reset_to_earliest_under_a_running_consumer_applies_nothing_twice(

@@ -19,11 +19,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import msgspec
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from healthscore.core.scoring.model import default_model
+from healthscore.core.scoring.state import pack_state, unpack_state
 from healthscore.service.ingest import pipeline as pipeline_module
 from healthscore.service.ingest.decode import Decoder, RawRecord
 from healthscore.service.ingest.dlq import DeadLetterQueue
@@ -32,6 +34,7 @@ from healthscore.service.periodic import LOCK_BUSY_RETRY
 from healthscore.service.projector import Projector
 from healthscore.store import locks, sql
 from healthscore.store.db import create_pool
+from tests.utils.states import event_counts, stored_state, stored_states
 
 USAGE, SUPPORT = "usage.owned", "support.owned"
 T0 = datetime(2026, 11, 1, 9, tzinfo=UTC)
@@ -117,7 +120,7 @@ def _pipeline(
 
 
 SNAPSHOT = {
-    "state": "SELECT organization_id, state::text AS s, health_version FROM organization_state",
+    "state": "SELECT organization_id, state_msgpack AS s, health_version FROM organization_state",
     "history": "SELECT organization_id, day, health_score, churn_probability, risk_level, cause "
     "FROM health_score_history",
     "milestones": "SELECT organization_id, milestone_type, achieved_at FROM success_milestones",
@@ -183,23 +186,23 @@ async def test_a_state_changed_by_another_writer_is_read_again(
         pipeline = _pipeline(pool, producer, 1000)
         await pipeline.process(first)
         # another writer (the sweep, a replica) moves organization 1's state on
+        moved = await stored_state(admin, _org(1))
+        assert moved is not None
         await admin.execute(
-            """
-            UPDATE organization_state
-            SET state = jsonb_set(state::jsonb, '{event_count}', '100')::json,
-                health_version = health_version + 1
-            WHERE organization_id = $1
-            """,
+            "UPDATE organization_state SET state_msgpack = $2, health_version = health_version + 1"
+            " WHERE organization_id = $1",
             uuid.UUID(_org(1)),
+            pack_state(msgspec.structs.replace(moved, event_count=100)),
         )
         outcome = await pipeline.process(second)
-        counts = {
-            str(r["organization_id"]): (r["n"], r["health_version"])
+        states = await stored_states(admin)
+        versions = {
+            r["org"]: r["health_version"]
             for r in await admin.fetch(
-                "SELECT organization_id, (state::jsonb->>'event_count')::int AS n, health_version "
-                "FROM organization_state"
+                "SELECT organization_id::text AS org, health_version FROM organization_state"
             )
         }
+        counts = {org: (state.event_count, versions[org]) for org, state in states.items()}
     finally:
         await admin.close()
         await pool.close()
@@ -237,8 +240,7 @@ async def test_a_replica_that_took_the_partition_over_is_not_overwritten(
         conn = await asyncpg.connect(url)
         try:
             row = await conn.fetchrow(
-                "SELECT (state::jsonb->>'event_count')::int AS n, health_version "
-                "FROM organization_state"
+                "SELECT state_msgpack, health_version FROM organization_state"
             )
         finally:
             await conn.close()
@@ -246,7 +248,8 @@ async def test_a_replica_that_took_the_partition_over_is_not_overwritten(
         await pool_a.close()
         await pool_b.close()
     assert outcome.states_changed_elsewhere == 1
-    assert row is not None and (row["n"], row["health_version"]) == (3, 3)
+    assert row is not None
+    assert (unpack_state(row["state_msgpack"]).event_count, row["health_version"]) == (3, 3)
 
 
 async def test_the_queue_holds_an_organization_from_its_first_unprojected_change(
@@ -274,12 +277,7 @@ async def test_the_queue_holds_an_organization_from_its_first_unprojected_change
         projector = Projector(pool, default_model(), None, None)
         assert await projector.project_once() == 1
         assert await queued() == []
-        assert (
-            await admin.fetchval(
-                "SELECT (state::jsonb->>'event_count')::int FROM organization_state"
-            )
-            == 2
-        )
+        assert list((await event_counts(admin)).values()) == [2]
         assert await admin.fetchval("SELECT count(*) FROM customer_health") == 1
 
         await pipeline.process([log.usage(0, "login", T0 + timedelta(hours=2))])  # version 3
@@ -479,10 +477,7 @@ async def test_an_interaction_opened_meanwhile_by_another_replica_is_not_overwri
             "WHERE id = $1",
             uuid.UUID(shared),
         )
-        state = await admin.fetchval(
-            "SELECT state::text FROM organization_state WHERE organization_id = $1",
-            uuid.UUID(_org(1)),
-        )
+        state = await stored_state(admin, _org(1))
     finally:
         await admin.close()
         await pool_a.close()
@@ -496,7 +491,7 @@ async def test_an_interaction_opened_meanwhile_by_another_replica_is_not_overwri
     )
     assert outcome.rejected == {"interaction_org_mismatch": 1}
     assert outcome.applied == 1  # organization 1's login
-    assert orjson.loads(state)["open_interactions"] == {}
+    assert state is not None and state.open_interactions == {}
 
 
 async def test_a_batch_past_its_silence_budget_commits_in_parts_to_the_same_end(

@@ -32,6 +32,7 @@ from tests.utils.scenarios import (
     wait_caught_up,
     wait_outcomes,
 )
+from tests.utils.states import event_counts_in
 
 ORGS = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"poison-org-{i}")) for i in range(4)]
 TRACE_HEADER = ("trace-id", b"poison-test")
@@ -224,9 +225,7 @@ async def test_poison_messages_go_to_the_dlq_unchanged(
         await fetchval(migrated_database, "SELECT count(*) FROM processed_events")
         == valid_count + 1
     )
-    event_total = await fetchval(
-        migrated_database, "SELECT sum((state->>'event_count')::int) FROM organization_state"
-    )
+    event_total = sum((await event_counts_in(migrated_database)).values())
     assert event_total == valid_count + 1
     interaction_events = await fetchval(
         migrated_database,

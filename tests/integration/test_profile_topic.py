@@ -19,7 +19,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from healthscore.core.enums import MilestoneType
-from healthscore.core.scoring.state import OrganizationState, decode_state
+from healthscore.core.scoring.state import OrganizationState
 from healthscore.service.replay import replay
 from healthscore_lab.poison import profile_poison_corpus
 from tests.conftest import DatabaseFactory
@@ -33,6 +33,7 @@ from tests.utils.harness import (
     service_settings,
 )
 from tests.utils.scenarios import high_watermarks, wait_caught_up
+from tests.utils.states import stored_states
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -87,12 +88,9 @@ async def _missing_milestones(database_url: str, organization: uuid.UUID) -> flo
 async def _states(database_url: str) -> dict[uuid.UUID, OrganizationState]:
     conn = await asyncpg.connect(database_url)
     try:
-        rows = await conn.fetch(
-            "SELECT organization_id, state::text AS state FROM organization_state"
-        )
+        return {uuid.UUID(org): state for org, state in (await stored_states(conn)).items()}
     finally:
         await conn.close()
-    return {r["organization_id"]: decode_state(r["state"]) for r in rows}
 
 
 async def _caught_up(database_url: str, bootstrap: str, group: str, topics: Topics) -> None:

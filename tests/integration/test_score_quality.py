@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaProducer
 
 from healthscore.core.enums import MilestoneType
 from healthscore.core.scoring.model import DAY, ScoreModel, default_model, v1_model
-from healthscore.core.scoring.state import decode_state
+from healthscore.core.scoring.state import unpack_state
 from healthscore.service.imports import ImportRefused, apply_profiles, import_labels, parse_labels
 from healthscore.service.imports import parse_profiles as parse_profile_file
 from healthscore.service.ingest.decode import Decoder, RawRecord
@@ -386,9 +386,9 @@ async def test_the_shadow_scorer_sees_a_profile_that_the_live_model_decided_on(
     await feed.apply([feed._record("organization.profile.v1", o, profile)], live)
     assert await scorer.catch_up() == 1
     async with superuser(migrated_database) as conn:
-        state = decode_state(
+        state = unpack_state(
             await conn.fetchval(
-                "SELECT state::text FROM organization_state WHERE organization_id = $1", o
+                "SELECT state_msgpack FROM organization_state WHERE organization_id = $1", o
             )
         )
         shadow = await conn.fetchrow(
@@ -430,18 +430,18 @@ async def test_promotion_reprojects_every_organization_under_the_new_version(
     async with superuser(migrated_database) as conn:
         rows = await conn.fetch(
             "SELECT h.organization_id, h.score_model_version, h.health_score::float8 AS score,"
-            " h.churn_probability::float8 AS p, s.state::text AS state"
+            " h.churn_probability::float8 AS p, s.state_msgpack AS state"
             " FROM customer_health h JOIN organization_state s USING (organization_id)"
         )
     assert len(rows) == 5
     v1_scores = []
     for row in rows:
         assert row["score_model_version"] == new.version
-        expected = project(decode_state(row["state"]), new)
+        expected = project(unpack_state(row["state"]), new)
         assert expected is not None
         assert row["score"] == pytest.approx(expected.score, abs=0.005)
         assert row["p"] == pytest.approx(expected.churn_probability, abs=0.00005)
-        v1 = project(decode_state(row["state"]), old)
+        v1 = project(unpack_state(row["state"]), old)
         assert v1 is not None
         v1_scores.append(v1.score)
     # the v1 scores differed: the promotion changed what the read model shows
@@ -490,7 +490,7 @@ async def test_profiles_import_changes_state_and_read_model_bad_files_change_not
     )
     async with superuser(migrated_database) as conn:
         state_before = await conn.fetchval(
-            "SELECT state::text FROM organization_state WHERE organization_id = $1", known
+            "SELECT state_msgpack FROM organization_state WHERE organization_id = $1", known
         )
     refused = cli(migrated_database, "import", "--profiles", str(bad))
     assert refused.returncode == 1
@@ -499,7 +499,7 @@ async def test_profiles_import_changes_state_and_read_model_bad_files_change_not
     async with superuser(migrated_database) as conn:
         assert (
             await conn.fetchval(
-                "SELECT state::text FROM organization_state WHERE organization_id = $1", known
+                "SELECT state_msgpack FROM organization_state WHERE organization_id = $1", known
             )
             == state_before
         )
@@ -513,9 +513,9 @@ async def test_profiles_import_changes_state_and_read_model_bad_files_change_not
         assert await apply_profiles(writer, profiles, STEP, page=1) == 0  # idempotent
     async with superuser(migrated_database) as conn:
         states = {
-            r["organization_id"]: decode_state(r["state"])
+            r["organization_id"]: unpack_state(r["state_msgpack"])
             for r in await conn.fetch(
-                "SELECT organization_id, state::text AS state FROM organization_state"
+                "SELECT organization_id, state_msgpack FROM organization_state"
             )
         }
         assert await conn.fetchval("SELECT count(*) FROM organizations WHERE id = $1", unknown) == 1

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from healthscore.core.scoring.aggregate import new_state
-from healthscore.core.scoring.state import encode_state
+from healthscore.core.scoring.state import pack_state
 from healthscore.service.ingest.owned import OwnedStates
 
 
-def _saved(*orgs: str, version: int = 1) -> dict[str, tuple[str, int]]:
-    return {org: (encode_state(new_state(org)).decode(), version) for org in orgs}
+def _saved(*orgs: str, version: int = 1) -> dict[str, tuple[bytes, int]]:
+    return {org: (pack_state(new_state(org)), version) for org in orgs}
 
 
 def test_take_removes_and_decodes_what_was_given_back() -> None:

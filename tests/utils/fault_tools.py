@@ -23,8 +23,10 @@ import asyncpg
 import orjson
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from healthscore.core.scoring.state import unpack_state
 from healthscore_lab.simulator import SimulatedMessage, SimulationConfig, generate, produce
 from tests.utils.harness import Topics, consume_all, fetchval
+from tests.utils.states import event_counts
 
 # --------------------------------------------------------------------------- the stream
 
@@ -236,12 +238,7 @@ async def assert_exactly_once(
     try:
         rows = await conn.fetch("SELECT event_id FROM processed_events")
         ids = {str(r["event_id"]) for r in rows}
-        counts = {
-            str(r["organization_id"]): r["n"]
-            for r in await conn.fetch(
-                "SELECT organization_id, (state->>'event_count')::int AS n FROM organization_state"
-            )
-        }
+        counts = await event_counts(conn)
         offsets = {
             (r["topic"], r["partition"]): r["next_offset"]
             for r in await conn.fetch(
@@ -319,8 +316,7 @@ async def dead_letter_sources(bootstrap: str, topics: Topics) -> set[Any]:
 SNAPSHOT_QUERIES: dict[str, str] = {
     "processed_events": "SELECT event_id FROM processed_events ORDER BY 1",
     "org_aggregates": (
-        "SELECT organization_id, (state->>'event_count')::int AS event_count, "
-        "state->'totals' AS totals, last_event_at FROM organization_state ORDER BY 1"
+        "SELECT organization_id, state_msgpack, last_event_at FROM organization_state ORDER BY 1"
     ),
     "milestones": (
         "SELECT organization_id, milestone_type, achieved_at, triggering_event_id, "
@@ -352,13 +348,19 @@ async def snapshot(database_url: str) -> dict[str, list[dict[str, Any]]]:
         result: dict[str, list[dict[str, Any]]] = {}
         for name, query in SNAPSHOT_QUERIES.items():
             rows = await conn.fetch(query)
-            result[name] = [
-                {k: _plain(v) for k, v in dict(r).items() if k not in WALL_CLOCK_COLUMNS}
-                for r in rows
-            ]
+            result[name] = [_snapshot_row(r) for r in rows]
         return result
     finally:
         await conn.close()
+
+
+def _snapshot_row(row: Any) -> dict[str, Any]:
+    out = {k: _plain(v) for k, v in dict(row).items() if k not in WALL_CLOCK_COLUMNS}
+    raw = out.pop("state_msgpack", None)
+    if raw is not None:  # what SQL cannot read of the stored state
+        state = unpack_state(raw)
+        out["event_count"], out["totals"] = state.event_count, state.totals
+    return out
 
 
 def _plain(value: Any) -> Any:

@@ -18,9 +18,11 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import asyncpg
+import msgspec
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from healthscore.core.scoring.state import unpack_state
 from healthscore.service.app import Components
 from healthscore.service.ingest.pipeline import BatchOutcome
 from healthscore.service.kafka_clients import KafkaConnection
@@ -196,10 +198,10 @@ async def snapshot(database_url: str) -> Snapshot:
             str(r["event_id"]) for r in await conn.fetch("SELECT event_id FROM processed_events")
         }
         for r in await conn.fetch(
-            "SELECT organization_id, state::text AS state, last_event_at, rescore_due_at "
+            "SELECT organization_id, state_msgpack, last_event_at, rescore_due_at "
             "FROM organization_state"
         ):
-            state = orjson.loads(r["state"])
+            state = msgspec.to_builtins(unpack_state(r["state_msgpack"]))
             snap.states[str(r["organization_id"])] = {
                 "document": state,
                 "last_event_at": r["last_event_at"],

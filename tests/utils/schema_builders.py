@@ -17,6 +17,8 @@ from typing import Any
 
 import asyncpg
 
+from healthscore.core.scoring.state import OrganizationState, pack_state
+
 T0 = datetime(2025, 8, 1, 12, 0, tzinfo=UTC)
 
 Row = dict[str, Any]
@@ -109,7 +111,7 @@ def support_interaction(organization_id: uuid.UUID, **overrides: Any) -> Row:
 def organization_state(organization_id: uuid.UUID, **overrides: Any) -> Row:
     return {
         "organization_id": organization_id,
-        "state": json.dumps({"logins": 1}),
+        "state_msgpack": pack_state(OrganizationState(str(organization_id), event_count=1)),
         "last_event_at": T0,
         **overrides,
     }

@@ -49,8 +49,8 @@ from healthscore.core.scoring.score import score
 from healthscore.core.scoring.state import (
     OrganizationState,
     current_as_of,
-    decode_state,
     open_interaction_count,
+    unpack_state,
 )
 from healthscore.service.keyed_batches import BatchingProducer, send_keyed
 from healthscore.service.periodic import AT_ONCE, LOCK_BUSY_RETRY
@@ -184,9 +184,9 @@ class Projector:
                 if index % YIELD_EVERY == YIELD_EVERY - 1:
                     # the consumer shares this event loop: let its batches in
                     await asyncio.sleep(0)
-                if row["state"] is None or row["state"] == "null":
+                if row["state"] is None:
                     continue
-                state = decode_state(row["state"])
+                state = unpack_state(row["state"])
                 health = project(state, self._model)
                 if health is not None:
                     page.append(Projected(row["organization_id"], row["version"], state, health))

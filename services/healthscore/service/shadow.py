@@ -48,7 +48,7 @@ from healthscore.core.quality import (
     shadow_score,
 )
 from healthscore.core.scoring.model import DAY, ScoreModel
-from healthscore.core.scoring.state import decode_state
+from healthscore.core.scoring.state import unpack_state
 from healthscore.service.ops.metrics import Metrics
 from healthscore.service.periodic import AT_ONCE
 from healthscore.store import Connection, locks, quality, sql
@@ -94,9 +94,9 @@ class ShadowScorer:
             for index, row in enumerate(rows):
                 if index % YIELD_EVERY == YIELD_EVERY - 1:
                     await asyncio.sleep(0)
-                if row["state"] is None or row["state"] == "null":
+                if row["state"] is None:
                     continue
-                live = decode_state(row["state"])
+                live = unpack_state(row["state"])
                 own = decode_shadow(row["shadow_state"]) if row["shadow_state"] else None
                 # the state is read only when it was written since the candidate's
                 # last look (SHADOW_PAGE): changed, even where it stands no later

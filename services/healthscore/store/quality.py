@@ -15,11 +15,11 @@ outcome labeller and `healthscore import` run them in transactions of their own.
 SHADOW_PAGE = """
 SELECT p.organization_id,
        CASE WHEN h.source_version IS DISTINCT FROM p.health_version
-            THEN p.state::text END AS state,
+            THEN p.state_msgpack END AS state,
        p.health_version,
        h.shadow_state::text AS shadow_state,
        h.started_at
-FROM (SELECT organization_id, health_version, state
+FROM (SELECT organization_id, health_version, state_msgpack
       FROM organization_state
       WHERE organization_id >= $1
       ORDER BY organization_id
@@ -216,11 +216,11 @@ ORDER BY organization_id, episode, kind
 # as long as their ids are random (v4 UUIDs; time-ordered ids would make it a cohort).
 # Range scans of the primary key, read without row locks.
 SAMPLE_STATES = """
-SELECT state::text AS state FROM organization_state
+SELECT state_msgpack AS state FROM organization_state
 WHERE organization_id >= $1 ORDER BY organization_id LIMIT $2
 """
 
 SAMPLE_STATES_BEFORE = """
-SELECT state::text AS state FROM organization_state
+SELECT state_msgpack AS state FROM organization_state
 WHERE organization_id < $1 ORDER BY organization_id LIMIT $2
 """

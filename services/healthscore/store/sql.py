@@ -52,14 +52,14 @@ WITH locked AS (
     RETURNING event_id
 )
 SELECT topic, partition, next_offset, NULL::uuid AS event_id,
-       NULL::uuid AS organization_id, NULL::text AS state, NULL::bigint AS health_version
+       NULL::uuid AS organization_id, NULL::bytea AS state, NULL::bigint AS health_version
 FROM locked
 UNION ALL
 SELECT NULL, NULL, NULL, event_id, NULL, NULL, NULL FROM claimed
 UNION ALL
 -- the states the consumer does not hold (see OwnedStates), without row locks: what it
 -- writes back is checked against `health_version` instead
-SELECT NULL, NULL, NULL, NULL, organization_id, state::text, health_version
+SELECT NULL, NULL, NULL, NULL, organization_id, state_msgpack, health_version
 FROM organization_state
 WHERE organization_id = ANY($11::uuid[])
 """
@@ -82,8 +82,8 @@ ON CONFLICT (id) DO NOTHING
 # locked by the inserting transaction until it ends. RETURNING says which
 # were inserted here; any other was created concurrently and must be locked.
 ENSURE_STATE_ROWS = """
-INSERT INTO organization_state (organization_id, state)
-SELECT id, 'null'::json FROM unnest($1::uuid[]) AS x(id) ORDER BY id
+INSERT INTO organization_state (organization_id)
+SELECT id FROM unnest($1::uuid[]) AS x(id) ORDER BY id
 ON CONFLICT (organization_id) DO NOTHING
 RETURNING organization_id
 """
@@ -94,7 +94,7 @@ RETURNING organization_id
 # plan decides, so it can deadlock with one of those; PostgreSQL aborts one side and
 # both retry (the batch is rewound, an import page applied again).
 LOCK_STATES = """
-SELECT organization_id, state::text AS state, health_version
+SELECT organization_id, state_msgpack AS state, health_version
 FROM organization_state
 WHERE organization_id = ANY($1::uuid[])
 ORDER BY organization_id
@@ -108,12 +108,12 @@ FOR UPDATE
 SAVE_STATES_CHECKED = """
 WITH saved AS (
 UPDATE organization_state s
-SET state = x.state::json,
+SET state_msgpack = x.state,
     last_event_at = x.last_event_at,
     rescore_due_at = x.rescore_due_at,
     health_version = s.health_version + 1,
     updated_at = now()
-FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[])
+FROM unnest($1::uuid[], $2::bytea[], $3::timestamptz[], $4::timestamptz[], $5::bigint[])
      AS x(organization_id, state, last_event_at, rescore_due_at, version)
 WHERE s.organization_id = x.organization_id AND s.health_version = x.version
 RETURNING s.organization_id, s.health_version
@@ -132,9 +132,9 @@ SELECT organization_id, health_version AS version FROM saved
 INSERT_STATES = """
 WITH created AS (
 INSERT INTO organization_state (
-    organization_id, state, last_event_at, rescore_due_at, health_version)
-SELECT organization_id, state::json, last_event_at, rescore_due_at, 1
-FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[])
+    organization_id, state_msgpack, last_event_at, rescore_due_at, health_version)
+SELECT organization_id, state, last_event_at, rescore_due_at, 1
+FROM unnest($1::uuid[], $2::bytea[], $3::timestamptz[], $4::timestamptz[])
      AS x(organization_id, state, last_event_at, rescore_due_at)
 ORDER BY organization_id
 ON CONFLICT (organization_id) DO NOTHING
@@ -248,7 +248,7 @@ ON CONFLICT (organization_id, milestone_type) DO NOTHING
 # PROJECTOR_SHARDS during a rolling deploy), so an older state is never written,
 # nor its feed record published, after a newer one.
 PENDING_PROJECTION = """
-SELECT q.organization_id, s.health_version AS version, s.state::text AS state
+SELECT q.organization_id, s.health_version AS version, s.state_msgpack AS state
 FROM read_model_pending q
 JOIN organization_state s ON s.organization_id = q.organization_id
 WHERE get_byte(uuid_send(q.organization_id), 15) % $2::int = $3::int
@@ -447,10 +447,17 @@ SELECT min(max_event_time) FROM consumer_offsets
 WHERE consumer_group = $1 AND topic = ANY($2::text[])
 """
 
+# one organization's stored state (`healthscore state`)
+STATE_OF = """
+SELECT state_msgpack AS state, health_version, last_event_at, rescore_due_at, updated_at
+FROM organization_state
+WHERE organization_id = $1
+"""
+
 # rescore_due_at is the organization's next silence grid point: due when it lies
 # strictly below the watermark
 PICK_SILENT = """
-SELECT organization_id, state::text AS state, health_version
+SELECT organization_id, state_msgpack AS state, health_version
 FROM organization_state
 WHERE rescore_due_at < $1
 ORDER BY rescore_due_at

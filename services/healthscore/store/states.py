@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from healthscore.core.effects import BatchEffects, next_silence_rescore
-from healthscore.core.scoring.state import OrganizationState, decode_state, encode_state
+from healthscore.core.scoring.state import OrganizationState, pack_state, unpack_state
 from healthscore.store import Connection, sql
 from healthscore.store.records import to_datetime
 
@@ -26,7 +26,7 @@ States = tuple[dict[str, OrganizationState], dict[str, int]]
 def stored_states(rows: Iterable[Any]) -> States:
     """Rows of (organization_id, state, health_version): the decoded states and versions.
 
-    A row created empty (JSON null: by `lock_states`, or by an earlier release)
+    A row created empty (NULL: by `lock_states`; JSON null before migration 0066)
     has a version and no state.
     """
     states: dict[str, OrganizationState] = {}
@@ -34,9 +34,17 @@ def stored_states(rows: Iterable[Any]) -> States:
     for row in rows:
         org = str(row["organization_id"])
         versions[org] = row["health_version"]
-        if row["state"] != "null":
-            states[org] = decode_state(row["state"])
+        if row["state"] is not None:
+            states[org] = unpack_state(row["state"])
     return states, versions
+
+
+async def state_of(conn: Connection, organization: str) -> tuple[OrganizationState | None, Any]:
+    """One organization's stored state (None: none yet) and its row (None: no row)."""
+    row = await conn.fetchrow(sql.STATE_OF, organization)
+    if row is None or row["state"] is None:
+        return None, row
+    return unpack_state(row["state"]), row
 
 
 async def lock_states(conn: Connection, organizations: Sequence[str]) -> States:
@@ -61,9 +69,9 @@ def rescored_states(effects: BatchEffects) -> list[OrganizationState]:
 
 def _state_columns(
     states: list[OrganizationState], rescore_step_seconds: float
-) -> tuple[list[str], list[datetime | None], list[datetime | None]]:
+) -> tuple[list[bytes], list[datetime | None], list[datetime | None]]:
     return (
-        [encode_state(s).decode() for s in states],
+        [pack_state(s) for s in states],
         [to_datetime(s.last_event_at) for s in states],
         [to_datetime(next_silence_rescore(s, rescore_step_seconds)) for s in states],
     )
@@ -74,14 +82,14 @@ async def save_states_checked(
     to_save: Sequence[OrganizationState],
     versions: Mapping[str, int],
     rescore_step_seconds: float,
-) -> tuple[dict[str, tuple[str, int]], set[str]]:
+) -> tuple[dict[str, tuple[bytes, int]], set[str]]:
     """Save states computed from `versions` (absent: no stored row yet) and queue them.
 
-    Returns each saved organization's state as saved (JSON) with its new
+    Returns each saved organization's state as saved (`pack_state`) with its new
     version, and the organizations another writer changed (or created)
     meanwhile, which were not saved.
     """
-    saved: dict[str, tuple[str, int]] = {}
+    saved: dict[str, tuple[bytes, int]] = {}
     for statement, states in (
         (sql.SAVE_STATES_CHECKED, [s for s in to_save if s.organization_id in versions]),
         (sql.INSERT_STATES, [s for s in to_save if s.organization_id not in versions]),
@@ -109,7 +117,7 @@ async def save_locked_states(
     to_save: Sequence[OrganizationState],
     versions: Mapping[str, int],
     rescore_step_seconds: float,
-) -> dict[str, tuple[str, int]]:
+) -> dict[str, tuple[bytes, int]]:
     """`save_states_checked` for rows this transaction locked: none can have moved on."""
     saved, changed = await save_states_checked(conn, to_save, versions, rescore_step_seconds)
     if changed:

@@ -1,7 +1,9 @@
 """Per-organization aggregate state: what the scoring model reads.
 
-Stored as one JSON document per organization (table `organization_state`,
-column `state`), decoded with msgspec. Every update is O(1) in the number of
+Stored as one MessagePack document per organization (table `organization_state`,
+column `state_msgpack`: `pack_state`, `unpack_state`), encoded with msgspec; JSON
+(`encode_state`, `decode_state`) is the readable form, and what releases before
+migration 0066 stored. Every update is O(1) in the number of
 events; the whole state stays bounded (maps are pruned, rings capped).
 
 Times are POSIX seconds (float) so that the pure code needs no tz handling;
@@ -111,6 +113,8 @@ def open_interaction_count(state: OrganizationState) -> int:
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(OrganizationState)
+_packer = msgspec.msgpack.Encoder()
+_unpacker = msgspec.msgpack.Decoder(OrganizationState)
 
 
 def current_as_of(state: OrganizationState) -> float | None:
@@ -131,3 +135,17 @@ def encode_state(state: OrganizationState) -> bytes:
 
 def decode_state(raw: bytes | str) -> OrganizationState:
     return _decoder.decode(raw)
+
+
+def pack_state(state: OrganizationState) -> bytes:
+    """The stored form: MessagePack writes floats as eight bytes, where JSON formats
+    every one as decimal text, and PostgreSQL keeps bytes without parsing them."""
+    return _packer.encode(state)
+
+
+def unpack_state(raw: bytes) -> OrganizationState:
+    """A stored state: MessagePack, or the JSON document an earlier release stored
+    (a JSON object starts with `{`; a MessagePack map never does)."""
+    if raw[:1] == b"{":
+        return _decoder.decode(raw)
+    return _unpacker.decode(raw)

@@ -13,8 +13,8 @@ events computed again in the same transaction.
 A batch takes its organizations' states out (`take`) and gives back only
 what its transaction committed (`give_back`): a batch that fails leaves
 nothing half-applied behind, since the states it mutated are dropped and
-loaded again. States are held as the JSON the batch saved (a third of a
-decoded state's memory), decoded when taken, as a read would; bounded: the
+loaded again. States are held as the bytes the batch saved (`pack_state`: a
+fraction of a decoded state's memory), decoded when taken, as a read would; bounded: the
 least recently used beyond `capacity` go.
 """
 
@@ -23,13 +23,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
-from healthscore.core.scoring.state import OrganizationState, decode_state
+from healthscore.core.scoring.state import OrganizationState, unpack_state
 
 
 class OwnedStates:
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
-        self._held: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._held: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._held)
@@ -47,7 +47,7 @@ class OwnedStates:
             if entry is None:
                 missing.append(org)
             else:
-                states[org] = decode_state(entry[0])
+                states[org] = unpack_state(entry[0])
                 versions[org] = entry[1]
         return states, versions, missing
 
@@ -56,8 +56,8 @@ class OwnedStates:
         held = self._held
         return [org for org in organizations if org not in held]
 
-    def give_back(self, saved: Mapping[str, tuple[str, int]]) -> None:
-        """Hold the committed states (as saved: JSON, version), most recently used."""
+    def give_back(self, saved: Mapping[str, tuple[bytes, int]]) -> None:
+        """Hold the committed states (as saved, with their versions), most recently used."""
         if self._capacity <= 0:
             return
         held = self._held

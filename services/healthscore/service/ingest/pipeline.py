@@ -514,7 +514,7 @@ class BatchPipeline:
         read: States,
         marks: _Marks,
         outcome: BatchOutcome,
-    ) -> tuple[BatchEffects, dict[str, tuple[str, int]]]:
+    ) -> tuple[BatchEffects, dict[str, tuple[bytes, int]]]:
         """Compute the effects of `events` and save the states: first, as the batch's first writes.
 
         States come from what this consumer holds (`OwnedStates`) or are read
@@ -576,7 +576,7 @@ async def _project_own_changes(
     conn: Connection,
     project: ProjectInBatch,
     effects: BatchEffects,
-    saved: Mapping[str, tuple[str, int]],
+    saved: Mapping[str, tuple[bytes, int]],
 ) -> int:
     """Project, in the batch's transaction, the organizations whose queue entry this
     batch made (after its state saves: it holds their rows, so nobody else can queue

@@ -23,7 +23,7 @@ import asyncpg
 
 from healthscore.core.scoring.measure import measure
 from healthscore.core.scoring.model import ScoreModel, UsageVolume
-from healthscore.core.scoring.state import decode_state
+from healthscore.core.scoring.state import unpack_state
 from healthscore.core.scoring.volume import (
     ACTIVE_DAYS,
     USAGE_SCALES,
@@ -71,12 +71,12 @@ class UsageDrift:
             if len(rows) < self._sample_size:  # the key space ended: on from its start
                 more = self._sample_size - len(rows)
                 rows += await conn.fetch(quality.SAMPLE_STATES_BEFORE, start, more)
-        # a row created empty (JSON null) holds no state yet
+        # a row created empty (NULL) holds no state yet
         states = []
         for chunk in range(0, len(rows), CHUNK):
             for row in rows[chunk : chunk + CHUNK]:
-                if row["state"] != "null":
-                    state = decode_state(row["state"])
+                if row["state"] is not None:
+                    state = unpack_state(row["state"])
                     if state.last_event_at is not None:
                         states.append(state)
             await asyncio.sleep(0)  # the consumer's batches go on meanwhile

@@ -34,8 +34,9 @@ RETURNING id
 # The dependent rows of the organizations just inserted (ids passed back in).
 _DEPENDENTS = (
     """
-    INSERT INTO organization_state (organization_id, state, last_event_at, rescore_due_at)
-    SELECT id, json_build_object('organization_id', id::text, 'event_count', 1),
+    INSERT INTO organization_state (organization_id, state_msgpack, last_event_at, rescore_due_at)
+    SELECT id, convert_to(json_build_object('organization_id', id::text, 'event_count', 1)::text,
+                          'UTF8'),
            now() - interval '40 days', now() + interval '3650 days'
     FROM unnest($1::uuid[]) AS x(id)
     """,
