@@ -148,6 +148,28 @@ async def test_metrics_health_readiness_and_docs_of_a_running_service(
             assert value(m, "healthscore_produce_to_commit_seconds_count") == 4
             assert value(m, "healthscore_milestones_achieved_total") == 1  # first_client_added
             assert value(m, "healthscore_rebalances_total", change="assigned") >= 1
+            # the one replica consumes both partitions of each input topic
+            for topic in (topics.usage, topics.support, topics.profile):
+                assert value(m, "healthscore_partitions_assigned", topic=topic) == 2
+            # the gauges refreshed (the lag above settled): counted, none failed
+            assert (
+                value(m, "healthscore_background_steps_total", task="gauge_refresh", outcome="ok")
+                >= 1
+            )
+            for task in ("gauge_refresh", "relay", "projection", "sweep"):
+                assert (
+                    "healthscore_background_steps_total",
+                    (("outcome", "failed"), ("task", task)),
+                ) in m
+                assert (
+                    value(m, "healthscore_background_steps_total", task=task, outcome="failed") == 0
+                )
+            assert (
+                value(
+                    m, "healthscore_background_last_success_timestamp_seconds", task="gauge_refresh"
+                )
+                > 0
+            )
             assert value(m, "healthscore_outbox_backlog_alerts") == 0
             assert ("healthscore_outbox_oldest_unsent_age_seconds", ()) in m
             assert value(m, "healthscore_organizations_by_risk", risk_level="low") == 1

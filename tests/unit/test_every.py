@@ -9,6 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from healthscore.service import periodic
+from healthscore.service.ops.metrics import Metrics
 from healthscore.service.periodic import AT_ONCE, every
 
 
@@ -134,3 +135,58 @@ async def test_a_failed_step_backs_off_whatever_wakes_it() -> None:
     with capture_logs():
         await asyncio.wait_for(every(3600.0, step, stop, "failing", wake=wake), 5)
     assert calls == 1  # the wake did not cut the failure's pause short
+
+
+async def test_each_steps_outcome_is_reported_and_counted() -> None:
+    """The metrics hear of every step: a loop failing quietly shows as failed steps and
+    an old last success, not only as log lines."""
+    stop = asyncio.Event()
+    script = ["fail", "fail", "ok", "stop"]
+    calls = 0
+    metrics = Metrics()
+    metrics.background_started("thing")
+    heard: list[tuple[str, bool]] = []
+
+    def on_step(name: str, failed: bool) -> None:
+        heard.append((name, failed))
+        metrics.background_step(name, failed)
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {"task": "thing", **labels})
+
+    # started, nothing run yet: the series exist at 0
+    assert sample("healthscore_background_steps_total", outcome="failed") == 0
+    assert sample("healthscore_background_last_success_timestamp_seconds") == 0
+
+    async def step() -> None:
+        nonlocal calls
+        what = script[calls]
+        calls += 1
+        if what == "fail":
+            raise RuntimeError("database away")
+        if what == "stop":
+            stop.set()
+
+    before = time.time()
+    with capture_logs():
+        await asyncio.wait_for(every(0.001, step, stop, "thing", on_step=on_step), 5)
+    assert heard == [("thing", True), ("thing", True), ("thing", False), ("thing", False)]
+    assert sample("healthscore_background_steps_total", outcome="failed") == 2
+    assert sample("healthscore_background_steps_total", outcome="ok") == 2
+    last = sample("healthscore_background_last_success_timestamp_seconds")
+    assert last is not None and before <= last <= time.time()
+
+
+def test_partitions_consumed_are_counted_per_input_topic() -> None:
+    metrics = Metrics()
+    metrics.consuming(["usage", "support"], [])
+    metrics.consuming(["usage", "support"], [("usage", 0), ("usage", 3), ("support", 1)])
+
+    def assigned(topic: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "healthscore_partitions_assigned", {"topic": topic}
+        )
+
+    assert (assigned("usage"), assigned("support")) == (2, 1)
+    metrics.consuming(["usage", "support"], [("support", 1)])
+    assert (assigned("usage"), assigned("support")) == (0, 1)

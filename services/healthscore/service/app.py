@@ -213,16 +213,21 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         async with HighWatermarkProbe(kafka) as probe:
             return await probe.high_watermarks(partitions)
 
+    def show_consuming() -> None:
+        metrics.consuming(s.input_topics, offsets.assigned - offsets.refused.keys())
+
     def on_rebalance(change: str, partitions: int) -> None:
         if change == "revoked":
             # their next owner writes them now: what this process holds would only
             # fail its version checks
             pipeline.forget_owned_states()
         metrics.rebalances.labels(change).inc()
+        show_consuming()
         log.info("rebalance", change=change, partitions=partitions)
 
     def on_refused(key: PartitionKey, why: str | None) -> None:
         metrics.partitions_refused.labels(key[0], str(key[1])).set(0 if why is None else 1)
+        show_consuming()
 
     holdback = HoldBack(
         pipeline.decode,
@@ -239,6 +244,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         commit_to_kafka=o.commit_to_kafka,
         commit_interval=s.kafka_commit_interval_ms / 1000,
     )
+    show_consuming()  # nothing yet: every input topic at 0 until the first assignment
     outcomes = BatchLog(metrics)
     wakes = Wakes()
     handler = BatchHandler(
@@ -500,7 +506,7 @@ async def lifespan(c: Components) -> AsyncIterator[None]:
             # no batch commits any more: leave the read model caught up, if quickly
             stack.push_async_callback(_drain, projector, s.projector_drain_on_stop_seconds)
         stack.push_async_callback(c.gauges.close)
-        await stack.enter_async_context(_loops(background_loops(c), c.stop))
+        await stack.enter_async_context(_loops(background_loops(c), c.stop, c.metrics))
         yield
 
 
@@ -535,14 +541,16 @@ async def _drain(projector: Projector, timeout: float) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _loops(loops: list[Loop], stop: asyncio.Event) -> AsyncIterator[None]:
+async def _loops(loops: list[Loop], stop: asyncio.Event, metrics: Metrics) -> AsyncIterator[None]:
     """Every loop in one TaskGroup, on a task of its own (what the service does
     meanwhile never passes through the group). On exit `stop` is set: the loops
-    end at their next pause; what is mid-step then (a probe, a page) is cancelled."""
+    end at their next pause; what is mid-step then (a probe, a page) is cancelled.
+    Each step's outcome is counted (`healthscore_background_steps_total`)."""
 
     async def run() -> None:
         async with asyncio.TaskGroup() as group:
             for loop in loops:
+                metrics.background_started(loop.name)
                 group.create_task(
                     every(
                         loop.interval,
@@ -552,6 +560,7 @@ async def _loops(loops: list[Loop], stop: asyncio.Event) -> AsyncIterator[None]:
                         loop.max_backoff,
                         loop.wake,
                         loop.min_pause,
+                        metrics.background_step,
                     ),
                     name=loop.name,
                 )

@@ -27,6 +27,8 @@ LOCK_BUSY_RETRY = 0.05
 
 # a step returns how long to pause before the next one (None: the loop's interval)
 Step = Callable[[], Awaitable[float | None]]
+# told the loop's name and whether a step failed, after each step
+OnStep = Callable[[str, bool], None]
 
 
 async def pause_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
@@ -62,6 +64,7 @@ async def every(
     max_backoff: float | None = None,
     wake: asyncio.Event | None = None,
     min_pause: float = 0.0,
+    on_step: OnStep | None = None,
 ) -> None:
     """Run `step` until `stop` is set, pausing `interval` (or what the step asks:
     `AT_ONCE` while it has more to do) between steps.
@@ -71,7 +74,8 @@ async def every(
     instead of the step polling for it, and `interval` is the longest it waits for
     work nobody announced. A failed step is logged as `<name>_failed`; the next one
     comes after the interval, or, with `max_backoff`, after a pause that doubles
-    with each failure in a row up to `max_backoff`.
+    with each failure in a row up to `max_backoff`. `on_step` hears of each step's
+    outcome (the metrics: a loop failing quietly is what the logs alone would hide).
     """
     backoff = interval
     while not stop.is_set():
@@ -87,6 +91,8 @@ async def every(
                 backoff = min(backoff * 2, max_backoff)
             pause = backoff
             failed = True
+        if on_step is not None:
+            on_step(name, failed)
         if pause is None:
             pause = interval
         if pause > 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -194,6 +195,27 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.partitions_assigned = Gauge(
+            "healthscore_partitions_assigned",
+            "Input partitions this replica consumes now: assigned to it and not refused "
+            "(healthscore_partition_refused).",
+            ["topic"],
+            registry=r,
+        )
+        self.background_steps = Counter(
+            "healthscore_background_steps_total",
+            "Steps of the background loops (relay, projection, sweep, gauge_refresh, ...) "
+            "by outcome: ok, or failed (logged as <task>_failed and run again).",
+            ["task", "outcome"],
+            registry=r,
+        )
+        self.background_last_success = Gauge(
+            "healthscore_background_last_success_timestamp_seconds",
+            "Unix time of each background loop's last step that did not fail (0: none "
+            "since the process started).",
+            ["task"],
+            registry=r,
+        )
         self.rebalances = Counter(
             "healthscore_rebalances_total",
             "Partition assignment changes.",
@@ -295,6 +317,27 @@ class Metrics:
             "live one (a promotion re-projects them).",
             registry=r,
         )
+
+    def background_started(self, task: str) -> None:
+        """A loop that runs from now on: its series exist before its first step ends
+        (a step that hangs or never succeeds shows as 0, not as nothing)."""
+        for outcome in ("ok", "failed"):
+            self.background_steps.labels(task, outcome)
+        self.background_last_success.labels(task)
+
+    def background_step(self, task: str, failed: bool) -> None:
+        self.background_steps.labels(task, "failed" if failed else "ok").inc()
+        if not failed:
+            self.background_last_success.labels(task).set(time.time())
+
+    def consuming(self, topics: Iterable[str], partitions: Iterable[tuple[str, int]]) -> None:
+        """The input partitions this replica consumes now, counted per topic (every
+        input topic shown, with 0 when it has none)."""
+        counts = dict.fromkeys(topics, 0)
+        for topic, _ in partitions:
+            counts[topic] = counts.get(topic, 0) + 1
+        for topic, count in counts.items():
+            self.partitions_assigned.labels(topic).set(count)
 
     def observe_batch(self, outcome: BatchOutcome, duration: float) -> None:
         self.batch_size.observe(outcome.records)
