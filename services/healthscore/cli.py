@@ -213,12 +213,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
         full_gc_every_batches = tune_garbage_collector(
             settings.gc_young_threshold, settings.gc_full_every_batches
         )
-        result = await replay(
-            settings,
-            publish_alerts=args.publish_alerts,
-            full_gc_every_batches=full_gc_every_batches,
-            sweep=not args.no_sweep,
-        )
+        try:
+            result = await replay(
+                settings,
+                publish_alerts=args.publish_alerts,
+                timeout=args.timeout or None,
+                full_gc_every_batches=full_gc_every_batches,
+                sweep=not args.no_sweep,
+                resume=args.resume,
+            )
+        except TimeoutError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         print(
             f"replayed {result.events_applied} events into {result.organizations} "
             f"organizations, {result.alerts} alerts in the outbox, "
@@ -720,6 +726,20 @@ def register_service_commands(add: AddCommand) -> None:
         "--no-sweep",
         action="store_true",
         help="no silence rescorings (to match a live run that was served with --no-sweep)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with the interrupted replay DATABASE_URL holds (killed, timed out or "
+        "stopped) from the offsets it committed, instead of refusing a non-empty database",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="give up (keeping what was applied: --resume goes on) when the end of the "
+        "topics is not reached within this long (default 3600; 0: no limit)",
     )
     p = add(
         "import",

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -42,14 +44,17 @@ from typing import Any
 import asyncpg
 import pytest
 
+from healthscore.config import Settings
 from healthscore.core.alignment import AlignmentView
 from healthscore.core.effects import BatchEffects, compute_batch_effects
 from healthscore.core.scoring.model import V1_MODEL_PATH, V2_MODEL_PATH
+from healthscore.errors import StartupRefused
 from healthscore.service.app import ServiceOptions
 from healthscore.service.ingest import pipeline as pipeline_module
 from healthscore.service.ingest.decode import Decoded, Rejection
 from healthscore.service.ingest.pipeline import BatchOutcome
 from healthscore.service.replay import replay
+from healthscore.store import sql
 from healthscore_lab.simulator import SimulatedMessage
 from tests.conftest import DatabaseFactory
 from tests.utils.harness import make_topics, running_service, service_settings
@@ -396,3 +401,118 @@ async def test_live_with_the_silence_sweep_decides_like_replay(
     ]
     print(f"alerts at silence rescorings: {len(on_silence)} of {len(live.alerts)}")
     assert on_silence, "silence must raise alerts"
+
+
+# --------------------------------------------------------------------------- resuming
+
+
+def _replay_environment(settings: Settings) -> dict[str, str]:
+    """`settings` as the environment of a `healthscore replay` process."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MIGRATION_DATABASE_URL",)}
+    assert settings.database_url is not None and settings.kafka_bootstrap_servers is not None
+    env.update(
+        {
+            "DATABASE_URL": settings.database_url.get_secret_value(),
+            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+            "KAFKA_IDEMPOTENT_PRODUCER": "false",
+            "USAGE_TOPIC": settings.usage_topic,
+            "SUPPORT_TOPIC": settings.support_topic,
+            "PROFILE_TOPIC": settings.profile_topic,
+            "ALERT_TOPIC": settings.alert_topic,
+            "HEALTH_TOPIC": settings.health_topic,
+            "CONSUMER_GROUP": settings.consumer_group,
+            "BATCH_MAX_RECORDS": str(settings.batch_max_records),
+            "KAFKA_SESSION_TIMEOUT_MS": str(settings.kafka_session_timeout_ms),
+            "OPS_PORT": "0",
+            "PYTHONPATH": os.pathsep.join(["services", "services/lab", "."]),
+        }
+    )
+    return env
+
+
+async def test_a_killed_replay_resumes_to_the_end_an_uninterrupted_one_reaches(
+    kafka_bootstrap: str, database_factory: DatabaseFactory, migrated_template: str
+) -> None:
+    """A replay SIGKILLed after some batches keeps what it committed; run again on the
+    same database it is refused unless asked to resume, and resumed it ends in the state
+    of a replay that was never interrupted (scores, alerts, silence rescorings)."""
+    messages = simulated_stream(organizations=60, events=6000, support_share=0.08, seed=12)
+    topics = await make_topics(kafka_bootstrap, partitions=4)
+    await produce_stream(kafka_bootstrap, topics, messages)
+
+    whole_db = await database_factory(template=migrated_template)
+    await replay(
+        service_settings(whole_db, kafka_bootstrap, topics, batch_max_records=300), timeout=120.0
+    )
+    whole = await snapshot(whole_db)
+
+    killed_db = await database_factory(template=migrated_template)
+    settings = service_settings(killed_db, kafka_bootstrap, topics, batch_max_records=100)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "healthscore.cli",
+        "replay",
+        env=_replay_environment(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    conn = await asyncpg.connect(killed_db)
+    try:
+        deadline = time.monotonic() + 120
+        while not await conn.fetchval("SELECT count(*) FROM processed_events"):
+            assert process.returncode is None, "the replay ended before it was killed"
+            assert time.monotonic() < deadline, "the replay committed nothing"
+            await asyncio.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+        await asyncio.wait_for(process.wait(), 30)
+        applied_before = await conn.fetchval("SELECT count(*) FROM processed_events")
+    finally:
+        await conn.close()
+    assert 0 < applied_before < 6000, applied_before
+    groups = await _stored_groups(killed_db)
+    assert len(groups) == 1 and groups[0].startswith(f"{settings.consumer_group}-replay-")
+
+    with pytest.raises(StartupRefused, match="--resume"):
+        await replay(settings, timeout=120.0)
+    result = await replay(settings, timeout=120.0, resume=True)
+    assert result.events_applied == 6000
+    # went on from the killed one's offsets, not from the log's start under a new group
+    assert await _stored_groups(killed_db) == groups
+    print(f"\nkilled after {applied_before} of 6000 events; resumed in {result.seconds:.1f} s")
+    resumed = await snapshot(killed_db)
+    assert_same_event_set_state(whole, resumed)
+    assert_identical_for(whole, resumed, set(whole.states))
+    assert whole.alerts.keys() == resumed.alerts.keys() and len(whole.alerts) > 0
+    assert await sweep_rescorings(whole_db) == await sweep_rescorings(killed_db)
+
+
+async def _stored_groups(database_url: str) -> list[str]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return [r[0] for r in await conn.fetch(sql.STORED_GROUPS)]
+    finally:
+        await conn.close()
+
+
+async def test_resume_refuses_a_database_that_is_not_one_interrupted_replay(
+    kafka_bootstrap: str, database_factory: DatabaseFactory, migrated_template: str
+) -> None:
+    """The live database (its group's offsets) is never taken for a replay to resume."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    db = await database_factory(template=migrated_template)
+    settings = service_settings(db, kafka_bootstrap, topics)
+    conn = await asyncpg.connect(db)
+    try:
+        await conn.execute(
+            "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset)"
+            " VALUES ($1, $2, 0, 5)",
+            settings.consumer_group,
+            topics.usage,
+        )
+    finally:
+        await conn.close()
+    with pytest.raises(StartupRefused, match="not a replay: the live database"):
+        await replay(settings, timeout=30.0, resume=True)
+    with pytest.raises(StartupRefused, match="needs an empty database"):
+        await replay(settings, timeout=30.0)

@@ -12,6 +12,12 @@ silence rescorings as the live run: batches rescore an organization's silence
 before its next event, and once the log is applied the sweep rescores the
 silent organizations up to the log's watermark (see `healthscore.service.sweep`).
 `sweep=False` matches a live run with `--no-sweep`.
+
+An interrupted replay (killed, timed out, stopped) resumes with `resume=True`:
+its consumer group's offsets are in the database with the effects they
+committed, so it continues from them as a restarted service would, and ends
+where an uninterrupted replay ends (the event-time alignment makes the
+decisions independent of where the batches were cut).
 """
 
 from __future__ import annotations
@@ -26,9 +32,12 @@ from healthscore.errors import StartupRefused
 from healthscore.service.app import ServiceOptions, running
 from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.service.ops.lag import HighWatermarkProbe
+from healthscore.store import sql
 from healthscore.store.db import connect, database_tls
 from healthscore.store.migrate import apply_migrations
 from healthscore.store.offsets import stored_offsets
+
+REPLAY_GROUP_INFIX = "-replay-"
 
 
 @dataclass
@@ -44,11 +53,14 @@ class ReplayResult:
 async def replay(
     settings: Settings,
     publish_alerts: bool = False,
-    timeout: float = 3600.0,
+    timeout: float | None = 3600.0,
     group: str | None = None,
     full_gc_every_batches: int = 0,
     sweep: bool = True,
+    resume: bool = False,
 ) -> ReplayResult:
+    """Replay the input topics into the empty database `settings` names (or, with
+    `resume`, go on with the interrupted replay it holds); `timeout` None: no limit."""
     assert settings.database_url is not None and settings.kafka_bootstrap_servers is not None
     admin_url = (settings.migration_database_url or settings.database_url).get_secret_value()
     tls = database_tls(settings)
@@ -57,20 +69,15 @@ async def replay(
     try:
         # progress rows too: a replay killed after batches of dead letters only
         organizations = await conn.fetchval("SELECT count(*) FROM organization_state")
-        progress = await conn.fetchval("SELECT count(*) FROM consumer_offsets")
+        groups = [r[0] for r in await conn.fetch(sql.STORED_GROUPS)]
     finally:
         await conn.close()
-    if organizations or progress:
-        # its consumer group is new each run: nothing to resume from (operations.md)
-        raise StartupRefused(
-            f"replay needs an empty database: DATABASE_URL's has {organizations} organization "
-            f"state(s) and {progress} stored offset(s) (the live database, or an interrupted "
-            "replay, which cannot be resumed): create a new empty database and replay into it"
-        )
+    replay_group = _group_to_replay(settings, organizations, groups, resume) or (
+        group or f"{settings.consumer_group}{REPLAY_GROUP_INFIX}{uuid.uuid4().hex[:8]}"
+    )
     topics = settings.input_topics
     async with HighWatermarkProbe(KafkaConnection.from_settings(settings)) as probe:
         targets = await probe.high_watermarks(await probe.partitions(topics))
-    replay_group = group or f"{settings.consumer_group}-replay-{uuid.uuid4().hex[:8]}"
     # a replay is a catch-up from start to end: aligned throughout, so that it
     # decides in the log's event-time order whatever its fetch sizes
     replay_settings = settings.model_copy(
@@ -92,15 +99,18 @@ async def replay(
                 await conn.close()
             if all(stored.get(tp, 0) >= end for tp, end in targets.items()):
                 break
-            if time.monotonic() - started > timeout:
-                raise TimeoutError("replay did not reach the end of the topics in time")
+            if timeout is not None and time.monotonic() - started > timeout:
+                raise TimeoutError(
+                    f"replay did not reach the end of the topics within {timeout:.0f} s: "
+                    "what it applied is kept; run it again with --resume to go on"
+                )
             await asyncio.sleep(0.2)
         if service.sweep is not None:
             # the whole log is applied: rescore the silence up to its watermark
             await service.sweep.drain()
         if service.projector is not None:
             # and the read model reflects all of it
-            await service.projector.drain(timeout=timeout)
+            await service.projector.drain(timeout=3600.0 if timeout is None else timeout)
     conn = await connect(admin_url, tls)
     try:
         applied = await conn.fetchval("SELECT count(*) FROM processed_events")
@@ -112,3 +122,35 @@ async def replay(
     finally:
         await conn.close()
     return ReplayResult(applied, organizations, alerts, time.monotonic() - started, silence_days)
+
+
+def _group_to_replay(
+    settings: Settings, organizations: int, groups: list[str], resume: bool
+) -> str | None:
+    """The consumer group of the interrupted replay to go on with (None: the database
+    is empty, replay from the start); refuses any other database."""
+    if not organizations and not groups:
+        return None
+    prefix = f"{settings.consumer_group}{REPLAY_GROUP_INFIX}"
+    replays = [g for g in groups if g.startswith(prefix)]
+    if resume and len(replays) == 1 and len(groups) == 1:
+        return replays[0]
+    if resume:
+        others = [g for g in groups if not g.startswith(prefix)]
+        why = (
+            f"the progress of consumer group(s) {', '.join(others)} (not a replay: the live "
+            "database?)"
+            if others
+            else f"{len(replays)} replays' progress ({', '.join(replays)})"
+            if replays
+            else f"{organizations} organization state(s) and no replay's progress"
+        )
+        raise StartupRefused(
+            f"replay --resume goes on with the one interrupted replay a database holds; "
+            f"DATABASE_URL's holds {why}"
+        )
+    raise StartupRefused(
+        f"replay needs an empty database: DATABASE_URL's has {organizations} organization "
+        f"state(s) and the stored offsets of {len(groups)} consumer group(s) (the live "
+        "database, or an interrupted replay: --resume goes on with that one)"
+    )

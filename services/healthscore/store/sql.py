@@ -447,6 +447,9 @@ SELECT min(max_event_time) FROM consumer_offsets
 WHERE consumer_group = $1 AND topic = ANY($2::text[])
 """
 
+# the consumer groups with stored progress (`healthscore replay` resumes its own)
+STORED_GROUPS = "SELECT DISTINCT consumer_group FROM consumer_offsets ORDER BY 1"
+
 # one organization's stored state (`healthscore state`)
 STATE_OF = """
 SELECT state_msgpack AS state, health_version, last_event_at, rescore_due_at, updated_at
