@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from healthscore.core.scoring.state import OrganizationState, pack_state
 from healthscore.store import db, sql
 from healthscore.store.identity import LOGIN, LOGOUT, SigningKey, mint_token
 from healthscore.store.schema_catalog import (
@@ -570,16 +571,18 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
     group, topics, partitions = "rls-test", ["product.usage.v1"], [0]
     # scores, churn probability, risk factors, feature usage, changes, counts
     health = [[50.0]] * 6 + [[0.3], [json.dumps([])], [json.dumps({})]] + [[None]] * 2 + [[1]] * 3
+    state = OrganizationState(str(org), event_count=1)
     return [
         ("ENSURE_ORGANIZATIONS", sql.ENSURE_ORGANIZATIONS, [[org]]),
-        ("INSERT_STATES", sql.INSERT_STATES, [[org], ['{"logins": 1}'], [now], [now]]),
+        ("INSERT_STATES", sql.INSERT_STATES, [[org], [pack_state(state)], [now], [now]]),
         ("LOCK_STATES", sql.LOCK_STATES, [[org]]),
         ("ENSURE_STATE_ROWS", sql.ENSURE_STATE_ROWS, [[org]]),
         (
             "SAVE_STATES_CHECKED",
             sql.SAVE_STATES_CHECKED,
-            [[org], ['{"logins": 2}'], [now], [now], [1]],
+            [[org], [pack_state(state)], [now], [now], [1]],
         ),
+        ("STATE_OF", sql.STATE_OF, [org]),
         ("ENSURE_OFFSET_ROWS", sql.ENSURE_OFFSET_ROWS, [group, topics, partitions]),
         ("READ_OFFSETS", sql.READ_OFFSETS, [group]),
         ("SAVE_OFFSETS", sql.SAVE_OFFSETS, [group, topics, partitions, [7], [now]]),
