@@ -58,7 +58,7 @@ from tests.utils.harness import (
     make_topics,
     service_settings,
 )
-from tests.utils.states import stored_states
+from tests.utils.states import organizations_without_state, stored_states
 
 pytestmark = pytest.mark.faults
 
@@ -316,6 +316,7 @@ async def check_database(conn: asyncpg.Connection[Any], oracle: Oracle) -> None:
 
     states = await stored_states(conn)
     assert set(states) == set(oracle.organizations)
+    assert await organizations_without_state(conn) == set(), "state rows never saved"
     milestones: dict[str, set[str]] = {org: set() for org in oracle.organizations}
     for row in await conn.fetch("SELECT organization_id, milestone_type FROM success_milestones"):
         milestones.setdefault(str(row["organization_id"]), set()).add(row["milestone_type"])

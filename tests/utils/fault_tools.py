@@ -26,7 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from healthscore.core.scoring.state import unpack_state
 from healthscore_lab.simulator import SimulatedMessage, SimulationConfig, generate, produce
 from tests.utils.harness import Topics, consume_all, fetchval
-from tests.utils.states import event_counts
+from tests.utils.states import event_counts, organizations_without_state
 
 # --------------------------------------------------------------------------- the stream
 
@@ -239,6 +239,7 @@ async def assert_exactly_once(
         rows = await conn.fetch("SELECT event_id FROM processed_events")
         ids = {str(r["event_id"]) for r in rows}
         counts = await event_counts(conn)
+        empty = await organizations_without_state(conn)
         offsets = {
             (r["topic"], r["partition"]): r["next_offset"]
             for r in await conn.fetch(
@@ -251,6 +252,7 @@ async def assert_exactly_once(
         await conn.close()
     assert ids == oracle.event_ids
     assert counts == dict(oracle.per_org)
+    assert empty == set(), "state rows created and never saved"
     assert offsets == {tp: last + 1 for tp, last in last_offsets.items()}
 
 

@@ -201,7 +201,8 @@ async def snapshot(database_url: str) -> Snapshot:
             "SELECT organization_id, state_msgpack, last_event_at, rescore_due_at "
             "FROM organization_state"
         ):
-            state = msgspec.to_builtins(unpack_state(r["state_msgpack"]))
+            raw = r["state_msgpack"]  # NULL: a row created empty (import, another writer)
+            state = None if raw is None else msgspec.to_builtins(unpack_state(raw))
             snap.states[str(r["organization_id"])] = {
                 "document": state,
                 "last_event_at": r["last_event_at"],

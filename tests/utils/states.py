@@ -22,6 +22,15 @@ async def stored_states(conn: Any) -> dict[str, OrganizationState]:
     }
 
 
+async def organizations_without_state(conn: Any) -> set[str]:
+    """Organizations whose row holds no state (created empty and never saved): left out
+    of `stored_states`, so a check of every stored state asks for them apart."""
+    rows = await conn.fetch(
+        "SELECT organization_id::text AS org FROM organization_state WHERE state_msgpack IS NULL"
+    )
+    return {r["org"] for r in rows}
+
+
 async def stored_state(conn: Any, organization: UUID | str) -> OrganizationState | None:
     return (await state_of(conn, str(organization)))[0]
 
