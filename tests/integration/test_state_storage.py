@@ -155,6 +155,30 @@ async def test_a_replica_of_the_previous_release_cannot_write_or_misread_a_state
             with pytest.raises(asyncpg.UndefinedColumnError) as refused:
                 await conn.fetch(statement, *args)
             assert not isinstance(refused.value, DATA_ERRORS)
+        # its first statement of every batch (LOCK_OFFSETS_AND_CLAIM_EVENT_IDS, in short)
+        # claims event ids and reads states in one: refused whole, it claims none, so the
+        # replica taking the partition over applies those events
+        with pytest.raises(asyncpg.UndefinedColumnError):
+            await conn.fetch(
+                "WITH claimed AS (INSERT INTO processed_events"
+                " (event_id, organization_id, occurred_at) VALUES ($1, $2, now())"
+                " RETURNING event_id)"
+                " SELECT event_id, NULL::text AS state FROM claimed"
+                " UNION ALL SELECT NULL, state::text FROM organization_state"
+                " WHERE organization_id = $2",
+                uuid.uuid4(),
+                organization,
+            )
+        # its ENSURE_STATE_ROWS (an empty row as JSON null)
+        with pytest.raises(asyncpg.UndefinedColumnError):
+            await conn.fetch(
+                "INSERT INTO organization_state (organization_id, state)"
+                " SELECT id, 'null'::json FROM unnest($1::uuid[]) AS x(id)"
+                " ON CONFLICT (organization_id) DO NOTHING RETURNING organization_id",
+                [organization],
+            )
+        assert await conn.fetchval("SELECT count(*) FROM processed_events") == 0
+        assert await conn.fetchval("SELECT count(*) FROM organization_state") == 0
     finally:
         await conn.close()
 
