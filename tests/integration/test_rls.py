@@ -585,6 +585,8 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
         ("STATE_OF", sql.STATE_OF, [org]),
         ("ENSURE_OFFSET_ROWS", sql.ENSURE_OFFSET_ROWS, [group, topics, partitions]),
         ("READ_OFFSETS", sql.READ_OFFSETS, [group]),
+        # run by `replay` (as the migration URL's role when set, else the writer)
+        ("STORED_GROUPS", sql.STORED_GROUPS, []),
         ("SAVE_OFFSETS", sql.SAVE_OFFSETS, [group, topics, partitions, [7], [now]]),
         (
             "LOCK_OFFSETS_AND_CLAIM_EVENT_IDS",
