@@ -45,6 +45,8 @@ async def test_bench_smoke(
         alert_rate=10.0,
         work_dir=tmp_path,
         verbose=False,
+        # the live phase's services under cProfile: the profile of live traffic is written
+        profile_latency=tmp_path / "live.pstats",
     )
     report = await run_bench(stack, options)
     print(report.render())
@@ -71,6 +73,8 @@ async def test_bench_smoke(
     assert latency.unmatched == 0 and latency.committed_matched == latency.produced
     assert latency.alert_triggers > 0
     assert latency.alerts_received == latency.alert_triggers
+    summary = (tmp_path / "live.txt").read_text()
+    assert "busy (not in epoll)" in summary and "pipeline.py" in summary
 
     baseline = report.baseline
     assert baseline is not None

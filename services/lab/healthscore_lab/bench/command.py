@@ -78,6 +78,14 @@ def add_arguments(p: Any) -> None:
         "writes PSTATS and a text summary beside it (.txt)",
     )
     p.add_argument(
+        "--profile-latency",
+        type=Path,
+        metavar="PSTATS",
+        help="run the latency phase's service processes under cProfile (live traffic: small "
+        "batches, the projector and relay woken often); writes PSTATS and a text summary "
+        "(.txt). cProfile slows the service: offer a rate it keeps up with under it",
+    )
+    p.add_argument(
         "--service-command",
         metavar="CMD",
         help="run this instead of `python -m healthscore.cli serve` (for A/B runs of a "
@@ -120,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         skew=args.skew,
         profile=args.profile.resolve() if args.profile else None,
+        profile_latency=args.profile_latency.resolve() if args.profile_latency else None,
         keep_databases=args.keep_databases,
         work_dir=args.work_dir,
         service_command=shlex.split(args.service_command) if args.service_command else None,

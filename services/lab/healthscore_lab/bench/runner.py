@@ -100,6 +100,8 @@ class BenchOptions:
     pool_size: int = 4
     seed: int = 7
     profile: Path | None = None
+    # the latency phase's service processes under cProfile (a pstats path)
+    profile_latency: Path | None = None
     keep_databases: bool = False
     drain_timeout: float = 900.0
     work_dir: Path | None = None
@@ -784,7 +786,7 @@ class Bench:
 
     async def latency(self, phase: _Phase, config: WorkloadConfig) -> LatencyResult:
         o = self.options
-        child, log, _ = await self._start_service(phase, "latency")
+        child, log, _ = await self._start_service(phase, "latency", o.profile_latency)
         try:
             await self._settle_promotion(phase, child)
         except BaseException:
@@ -1065,6 +1067,10 @@ async def run_bench(stack: Stack, options: BenchOptions) -> BenchReport:
             profile_path.with_suffix(".txt").write_text(report.profile_summary)
         if not options.skip_latency and last is not None:
             report.latency = await bench.latency(*last)
+            if options.profile_latency is not None:
+                _merge_profiles(options.profile_latency, options.service_processes)
+                summary = profile_summary(options.profile_latency)
+                options.profile_latency.with_suffix(".txt").write_text(summary)
         if options.baseline_events > 0:
             report.baseline = await bench.baseline(options.organizations[-1])
     finally:
