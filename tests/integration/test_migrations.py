@@ -307,6 +307,8 @@ WRITER_PRIVILEGES: dict[str, tuple[set[str], set[str]]] = {
     "shadow_alerts": ({"SELECT"}, {"SELECT", "INSERT"}),
     "churn_labels": ({"SELECT"}, {"SELECT", "INSERT", "UPDATE"}),
     "alert_outcomes": ({"SELECT"}, {"SELECT", "INSERT", "UPDATE"}),
+    # a model version is recorded once and never changed
+    "score_models": ({"SELECT"}, {"SELECT", "INSERT"}),
 }
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 

@@ -22,6 +22,7 @@ from healthscore.service.app import ServiceOptions
 from healthscore.service.ops.asyncapi import HIDDEN_HOST
 from healthscore_lab.devservices import Services
 from tests.utils.harness import (
+    fetchval,
     make_producer,
     make_topics,
     produce_json,
@@ -148,6 +149,11 @@ async def test_metrics_health_readiness_and_docs_of_a_running_service(
             assert value(m, "healthscore_produce_to_commit_seconds_count") == 4
             assert value(m, "healthscore_milestones_achieved_total") == 1  # first_client_added
             assert value(m, "healthscore_rebalances_total", change="assigned") >= 1
+            # the service recorded the model it serves, with its aggregate settings
+            assert (
+                await fetchval(migrated_database, "SELECT version FROM score_models")
+                == service.model.version
+            )
             # the one replica consumes both partitions of each input topic
             for topic in (topics.usage, topics.support, topics.profile):
                 assert value(m, "healthscore_partitions_assigned", topic=topic) == 2

@@ -29,8 +29,10 @@ import msgspec
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from structlog.testing import capture_logs
 
 from healthscore.core.enums import MilestoneType
+from healthscore.core.quality import aggregate_settings, aggregates_differ
 from healthscore.core.scoring.model import DAY, ScoreModel, default_model, v1_model
 from healthscore.core.scoring.state import unpack_state
 from healthscore.service.imports import ImportRefused, apply_profiles, import_labels, parse_labels
@@ -41,7 +43,7 @@ from healthscore.service.ingest.pipeline import BatchPipeline
 from healthscore.service.ops.metrics import Metrics
 from healthscore.service.outcomes import HORIZON_SECONDS, OutcomeLabeller
 from healthscore.service.projector import Projector, project
-from healthscore.service.promotion import Promotion
+from healthscore.service.promotion import Promotion, record_model
 from healthscore.service.shadow import ShadowScorer, compare_shadow
 from healthscore.store import promotion, quality
 from healthscore.store.db import create_pool
@@ -258,6 +260,9 @@ async def test_writer_runs_every_quality_and_promotion_statement(feed: Feed) -> 
         ("ALERT_OUTCOMES", quality.ALERT_OUTCOMES, []),
         ("QUEUE_OTHER_VERSION", promotion.QUEUE_OTHER_VERSION, ["v9", 10]),
         ("COUNT_OTHER_VERSION", promotion.COUNT_OTHER_VERSION, ["v9"]),
+        ("RECORD_MODEL", promotion.RECORD_MODEL, ["v9", "{}"]),
+        ("RECORDED_MODEL", promotion.RECORDED_MODEL, ["v9"]),
+        ("PROMOTED_FROM", promotion.PROMOTED_FROM, ["v9"]),
     ]
     named = {name for name, _, _ in statements}
     for module in (quality, promotion):
@@ -271,7 +276,13 @@ async def test_writer_runs_every_quality_and_promotion_statement(feed: Feed) -> 
                     await conn.execute(query, *args)
                 except asyncpg.PostgresError as exc:
                     raise AssertionError(f"{name} refused to the writer: {exc}") from exc
-        for table in ("shadow_health", "shadow_alerts", "churn_labels", "alert_outcomes"):
+        for table in (
+            "shadow_health",
+            "shadow_alerts",
+            "churn_labels",
+            "alert_outcomes",
+            "score_models",
+        ):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 async with conn.transaction():
                     await conn.execute(f"DELETE FROM {table}")
@@ -401,6 +412,68 @@ async def test_the_shadow_scorer_sees_a_profile_that_the_live_model_decided_on(
 
 
 # --- promotion -------------------------------------------------------------------------
+
+
+async def test_a_promotion_says_which_versions_accumulated_the_aggregates_otherwise(
+    feed: Feed,
+) -> None:
+    """The read model shows organizations under four versions besides the live one:
+    one served with the live model's aggregate settings, one with other half-lives
+    (both recorded by the service that served them), a shipped one never recorded
+    (compared with its file) and one nobody knows. The promotion logs the second as
+    `promotion_aggregates_differ` and the last as unknown, once per process."""
+    live = default_model()
+    slower = msgspec.structs.replace(
+        live,
+        version="v9-slow",
+        half_life_days=msgspec.structs.replace(
+            live.half_life_days, logins=live.half_life_days.logins * 2
+        ),
+    )
+    same = msgspec.structs.replace(live, version="v9-same")
+    for served in (same, slower, live):
+        assert await record_model(feed.pool, served) == []
+    shown = {"v9-same": "same", "v9-slow": "slow", "v1": "v1", "v9-lost": "lost"}
+    for version, name in shown.items():
+        o = org(f"promoted-from-{name}")
+        await feed.apply(feed.logins(o, T, 1), live)
+        await Projector(feed.pool, live, None, None).drain()
+        async with feed.pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE customer_health SET score_model_version = $2 WHERE organization_id = $1",
+                o,
+                version,
+            )
+    promoting = Promotion(
+        feed.pool, live.version, Metrics(), live_aggregates=aggregate_settings(live)
+    )
+    with capture_logs() as logs:
+        await promoting.step()
+        await promoting.step()  # compared once
+    expected_v1 = aggregates_differ(v1_model(), live)
+    differ = [e for e in logs if e["event"] == "promotion_aggregates_differ"]
+    assert [(e["from_version"], e["settings"]) for e in differ] == (
+        [("v1", expected_v1)] if expected_v1 else []
+    ) + [("v9-slow", ["half_life_days"])]
+    unknown = [e["from_version"] for e in logs if e["event"] == "promotion_aggregates_unknown"]
+    assert unknown == ["v9-lost"]
+    assert all(e["live_version"] == live.version for e in differ)
+
+
+async def test_a_model_changed_under_the_same_version_is_named(feed: Feed) -> None:
+    live = default_model()
+    first = msgspec.structs.replace(live, version="v9-edited")
+    edited = msgspec.structs.replace(
+        first,
+        signals=msgspec.structs.replace(
+            first.signals, client_quantity_cap=first.signals.client_quantity_cap + 1
+        ),
+    )
+    assert await record_model(feed.pool, first) == []
+    with capture_logs() as logs:
+        assert await record_model(feed.pool, edited) == ["signals"]
+    assert [e["event"] for e in logs] == ["model_version_reused"]
+    assert await record_model(feed.pool, first) == []  # the first record stands
 
 
 async def test_promotion_reprojects_every_organization_under_the_new_version(

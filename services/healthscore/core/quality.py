@@ -26,8 +26,9 @@ candidate would have accumulated them differently).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import UUID, uuid5
 
 import msgspec
@@ -164,14 +165,24 @@ def shadow_alert_id(decision: AlertDecision, candidate_version: str) -> UUID:
     return uuid5(decision.alert_id, f"shadow:{candidate_version}")
 
 
+AGGREGATE_SETTINGS = ("half_life_days", "signals")
+
+
+def aggregate_settings(model: ScoreModel) -> dict[str, Any]:
+    """The settings under which a model accumulates the state's aggregates (plain
+    JSON values): two models with the same ones build the same decayed sums."""
+    return {name: msgspec.to_builtins(getattr(model, name)) for name in AGGREGATE_SETTINGS}
+
+
+def settings_differ(one: Mapping[str, Any], other: Mapping[str, Any]) -> list[str]:
+    """The aggregate settings (`aggregate_settings`) that differ between two models."""
+    return [name for name in AGGREGATE_SETTINGS if one.get(name) != other.get(name)]
+
+
 def aggregates_differ(live: ScoreModel, candidate: ScoreModel) -> list[str]:
     """Settings under which the candidate would have accumulated the state's
     aggregates differently from the live model (empty: shadow scores are exact)."""
-    return [
-        name
-        for name in ("half_life_days", "signals")
-        if msgspec.to_builtins(getattr(live, name)) != msgspec.to_builtins(getattr(candidate, name))
-    ]
+    return settings_differ(aggregate_settings(live), aggregate_settings(candidate))
 
 
 _shadow_encoder = msgspec.json.Encoder()

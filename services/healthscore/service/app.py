@@ -42,7 +42,7 @@ from healthscore import __version__
 from healthscore.compiled import core_build
 from healthscore.config import Settings
 from healthscore.core.partitions import PartitionKey
-from healthscore.core.quality import aggregates_differ
+from healthscore.core.quality import aggregate_settings, aggregates_differ
 from healthscore.core.scoring.model import ScoreModel, load_model
 from healthscore.errors import ModelConfigError, StartupRefused
 from healthscore.service.batch_log import BatchLog
@@ -70,7 +70,7 @@ from healthscore.service.outbox import OutboxRelay
 from healthscore.service.outcomes import OutcomeLabeller
 from healthscore.service.periodic import Step, every
 from healthscore.service.projector import Projector, catch_up_wait
-from healthscore.service.promotion import Promotion
+from healthscore.service.promotion import Promotion, record_model
 from healthscore.service.shadow import ShadowGauges, ShadowScorer
 from healthscore.service.sweep import SilenceSweep
 from healthscore.store.db import database_tls, opened, service_pool
@@ -381,7 +381,13 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         promotion=(
             None
             if projector is None
-            else Promotion(pool, model.version, metrics, page_size=s.projector_page_size)
+            else Promotion(
+                pool,
+                model.version,
+                metrics,
+                page_size=s.projector_page_size,
+                live_aggregates=aggregate_settings(model),
+            )
         ),
         shadow=shadow,
         shadow_gauges=shadow_gauges,
@@ -493,6 +499,7 @@ async def lifespan(c: Components) -> AsyncIterator[None]:
             url = s.database_url.get_secret_value() if s.database_url else "?"
             raise StartupRefused(unreachable("DATABASE_URL", url, exc)) from exc
         await _refuse_an_unmigrated_database(c.pool)
+        await record_model(c.pool, c.model)
         with _unreachable_kafka(s):
             await start_producer(c.producer, s.kafka_idempotent_producer)
         await install_salvaging_consumer(c.broker, c.corrupt_records, c.offsets.consumer_built)

@@ -15,20 +15,45 @@ scores the 7- and 30-day changes are taken against, the alert episode state)
 stays as the previous model left it; `healthscore replay` recomputes history
 under the new version. During a rolling deploy the processes of the two
 versions re-project each other's organizations until the old ones stop.
+
+A model whose signal half-lives or weights differ from the one promoted from
+reads decayed sums built under the old settings: every service records the
+settings of the version it serves (`score_models`, `record_model`), and the
+promotion logs `promotion_aggregates_differ` for each version it promotes from
+whose settings differ (`promotion_aggregates_unknown` when they were never
+recorded and no shipped model has that version).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
+import orjson
 import structlog
 
+from healthscore.core.quality import aggregate_settings, settings_differ
+from healthscore.core.scoring.model import ScoreModel, shipped_models
 from healthscore.service.ops.metrics import Metrics
 from healthscore.store import promotion
 
 log = structlog.get_logger(__name__)
+
+
+async def record_model(pool: asyncpg.Pool[Any], model: ScoreModel) -> list[str]:
+    """Record the live model's aggregate settings under its version (once per version);
+    return the settings another process recorded otherwise for the same version (a
+    model file changed without a new version: logged, `model_version_reused`)."""
+    settings = aggregate_settings(model)
+    async with pool.acquire() as conn:
+        await conn.execute(promotion.RECORD_MODEL, model.version, orjson.dumps(settings).decode())
+        recorded = await conn.fetchval(promotion.RECORDED_MODEL, model.version)
+    differ = settings_differ(orjson.loads(recorded), settings)
+    if differ:
+        log.warning("model_version_reused", version=model.version, settings=differ)
+    return differ
 
 
 class Promotion:
@@ -39,9 +64,13 @@ class Promotion:
         metrics: Metrics | None = None,
         page_size: int = 500,
         count_interval: float = 60.0,
+        live_aggregates: Mapping[str, Any] | None = None,
     ) -> None:
         self._pool = pool
         self._version = live_version
+        # the live model's aggregate settings (None: not compared)
+        self._aggregates = live_aggregates
+        self._compared = False
         self._metrics = metrics
         self._page = page_size
         # organizations on another version at the latest count (None: not counted yet)
@@ -79,4 +108,39 @@ class Promotion:
         if due or self.remaining is None:
             await self.count()
             self._count_due = time.monotonic() + self._count_interval
+        if self.remaining and not self._compared and self._aggregates is not None:
+            await self.compare_aggregates()
+            self._compared = True
         return None
+
+    async def compare_aggregates(self) -> dict[str, list[str] | None]:
+        """The aggregate settings that differ between the live model and each version the
+        read model still shows (None: unknown), each logged."""
+        assert self._aggregates is not None
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(promotion.PROMOTED_FROM, self._version)
+        compared: dict[str, list[str] | None] = {}
+        for row in rows:
+            version = row["version"]
+            shipped = shipped_models().get(version)
+            if row["aggregates"] is not None:
+                recorded: Mapping[str, Any] | None = orjson.loads(row["aggregates"])
+            else:
+                recorded = None if shipped is None else aggregate_settings(shipped)
+            if recorded is None:
+                compared[version] = None
+                log.warning(
+                    "promotion_aggregates_unknown", from_version=version, live_version=self._version
+                )
+                continue
+            compared[version] = differ = settings_differ(recorded, self._aggregates)
+            if differ:
+                # the stored decayed sums were built under the old settings
+                log.warning(
+                    "promotion_aggregates_differ",
+                    from_version=version,
+                    live_version=self._version,
+                    settings=differ,
+                    fix="healthscore replay recomputes them under the live model",
+                )
+        return compared

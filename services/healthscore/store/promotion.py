@@ -27,3 +27,24 @@ ON CONFLICT (organization_id) DO NOTHING
 COUNT_OTHER_VERSION = """
 SELECT count(*) FROM customer_health WHERE score_model_version <> $1
 """
+
+# The live model ($1) and its aggregate settings ($2), recorded at a service's start
+# once per version; then what is recorded for that version (another process's, when
+# the same version was served with other settings).
+RECORD_MODEL = """
+INSERT INTO score_models (version, aggregates) VALUES ($1, $2::jsonb)
+ON CONFLICT (version) DO NOTHING
+"""
+
+RECORDED_MODEL = "SELECT aggregates::text FROM score_models WHERE version = $1"
+
+# The versions the read model still shows besides the live one ($1), with the
+# aggregate settings each was served with (NULL: served before migration 0067).
+# Reads all of customer_health, as COUNT_OTHER_VERSION does: once per promotion.
+PROMOTED_FROM = """
+SELECT v.version, m.aggregates::text AS aggregates
+FROM (SELECT DISTINCT score_model_version AS version FROM customer_health
+      WHERE score_model_version <> $1) AS v
+LEFT JOIN score_models m ON m.version = v.version
+ORDER BY v.version
+"""

@@ -35,6 +35,8 @@ SERVICE_TABLES: Final = (
     "shadow_alerts",
     "churn_labels",
     "alert_outcomes",
+    # the model versions served, with their aggregate settings (0067)
+    "score_models",
 )
 TABLES: Final = CORE_TABLES + READ_MODEL_TABLES + SERVICE_TABLES
 # service tables the dashboard reads too (0030): the score trail and the alerts

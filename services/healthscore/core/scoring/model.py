@@ -448,6 +448,13 @@ V3_MODEL_PATH = MODEL_DIR / "health_model.v3.json"  # the live model before v4
 
 
 @functools.cache
+def shipped_models() -> dict[str, ScoreModel]:
+    """The models shipped in the package, by version."""
+    models = (load_model(path) for path in sorted(MODEL_DIR.glob("health_model.*.json")))
+    return {model.version: model for model in models}
+
+
+@functools.cache
 def default_model() -> ScoreModel:
     """The shipped model, v4 (loaded once per process)."""
     return load_model(DEFAULT_MODEL_PATH)
