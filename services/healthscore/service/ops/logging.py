@@ -1,4 +1,11 @@
-"""structlog configured once: JSON off a TTY, pretty on one, contextvars first."""
+"""structlog configured once: JSON off a TTY, pretty on one, contextvars first.
+
+The libraries' own log records (asyncpg's pool, aiokafka, uvicorn: the standard
+library's `logging`) go through the same renderer to the same stream, one line
+each with the traceback in its `exception` field: with LOG_FORMAT=json every line
+the process writes is JSON, which a log pipeline can parse (a plain traceback on
+stderr arrives as one entry per line).
+"""
 
 from __future__ import annotations
 
@@ -17,11 +24,12 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
         else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
     )
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            timestamper,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
             renderer,
@@ -30,7 +38,32 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+    handler = _LibraryLogHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.stdlib.add_log_level,
+                timestamper,
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    # a second call replaces its own handler; others (a test runner's) stay
+    for old in [h for h in root.handlers if isinstance(h, _LibraryLogHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    # the libraries' warnings and errors; their info lines are per request or fetch
+    root.setLevel(max(numeric, logging.WARNING))
+
+
+class _LibraryLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The root logger's handler this module installs (told apart from others)."""
 
 
 class _FrameworkLogHandler(logging.Handler):
