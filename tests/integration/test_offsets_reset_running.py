@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import uuid
 
-import asyncpg
-
 from tests.integration.test_offsets_reset import _cli_env, _reset
 from tests.utils.harness import make_topics, running_service, service_settings
 from tests.utils.scenarios import (
@@ -17,15 +15,7 @@ from tests.utils.scenarios import (
     stored_offsets,
     wait_caught_up,
 )
-from tests.utils.states import event_counts
-
-
-async def _event_counts(database_url: str) -> dict[str, int]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        return await event_counts(conn)
-    finally:
-        await conn.close()
+from tests.utils.states import event_counts_in
 
 
 async def test_reset_to_earliest_under_a_running_consumer_applies_nothing_twice(
@@ -48,4 +38,4 @@ async def test_reset_to_earliest_under_a_running_consumer_applies_nothing_twice(
         await produce_stream(kafka_bootstrap, topics, second)
         await wait_caught_up(migrated_database, kafka_bootstrap, group, inputs)
     expected = expected_event_counts([*first, *second])
-    assert await _event_counts(migrated_database) == expected
+    assert await event_counts_in(migrated_database) == expected

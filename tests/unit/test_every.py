@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 from structlog.testing import capture_logs
@@ -11,6 +12,22 @@ from structlog.testing import capture_logs
 from healthscore.service import periodic
 from healthscore.service.ops.metrics import Metrics
 from healthscore.service.periodic import AT_ONCE, every
+
+
+def scripted(script: list[str], stop: asyncio.Event) -> Callable[[], Awaitable[None]]:
+    """A step that follows `script`: "fail" raises, "stop" sets `stop`, others return."""
+    calls = 0
+
+    async def step() -> None:
+        nonlocal calls
+        what = script[calls]
+        calls += 1
+        if what == "fail":
+            raise RuntimeError("down")
+        if what == "stop":
+            stop.set()
+
+    return step
 
 
 async def test_more_work_runs_again_at_once_and_failures_are_logged_and_retried() -> None:
@@ -54,17 +71,7 @@ async def test_failures_back_off_up_to_the_limit_and_a_success_resets_it(
         pauses.append(seconds)
 
     monkeypatch.setattr(periodic, "pause_unless_stopped", pause)
-    script = ["fail", "fail", "fail", "ok", "fail", "stop"]
-    calls = 0
-
-    async def step() -> None:
-        nonlocal calls
-        what = script[calls]
-        calls += 1
-        if what == "fail":
-            raise RuntimeError("down")
-        if what == "stop":
-            stop.set()
+    step = scripted(["fail", "fail", "fail", "ok", "fail", "stop"], stop)
 
     with capture_logs():
         await asyncio.wait_for(every(0.01, step, stop, "thing", max_backoff=0.04), 5)
@@ -141,8 +148,6 @@ async def test_each_steps_outcome_is_reported_and_counted() -> None:
     """The metrics hear of every step: a loop failing quietly shows as failed steps and
     an old last success, not only as log lines."""
     stop = asyncio.Event()
-    script = ["fail", "fail", "ok", "stop"]
-    calls = 0
     metrics = Metrics()
     metrics.background_started("thing")
     heard: list[tuple[str, bool]] = []
@@ -158,15 +163,7 @@ async def test_each_steps_outcome_is_reported_and_counted() -> None:
     assert sample("healthscore_background_steps_total", outcome="failed") == 0
     assert sample("healthscore_background_last_success_timestamp_seconds") == 0
 
-    async def step() -> None:
-        nonlocal calls
-        what = script[calls]
-        calls += 1
-        if what == "fail":
-            raise RuntimeError("database away")
-        if what == "stop":
-            stop.set()
-
+    step = scripted(["fail", "fail", "ok", "stop"], stop)
     before = time.time()
     with capture_logs():
         await asyncio.wait_for(every(0.001, step, stop, "thing", on_step=on_step), 5)
