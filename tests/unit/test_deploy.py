@@ -231,6 +231,9 @@ def test_the_dashboard_has_the_panels_operators_need() -> None:
         "healthscore_read_model_staleness_seconds",  # read-model staleness
         "healthscore_alerts_raised_total",  # alerts by kind
         "healthscore_organizations",  # organizations by band
+        "healthscore_background_last_success_timestamp_seconds",  # a loop not working
+        "healthscore_background_steps_total",  # background loop failures
+        "healthscore_partitions_assigned",  # partitions each replica consumes
     } <= used
     exprs = " ".join(expr for _, expr in dashboard_expressions())
     assert "sum by (topic, reason)" in exprs
