@@ -1,6 +1,6 @@
 """`healthscore replay` killed (SIGKILL) in the middle, then run again on the same
-database: a replay cannot resume (its consumer group is new each run), so the second
-run must refuse clearly, in one line saying what to do, and change nothing."""
+database: without `--resume` the second run must refuse clearly, in one line saying
+what to do, and change nothing; with it, it goes on to the end of the log."""
 
 from __future__ import annotations
 
@@ -45,5 +45,18 @@ async def test_a_replay_killed_half_way_is_refused_on_the_same_database(
     errors = [line for line in again.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, output
     assert "replay needs an empty database" in errors[0], errors
-    assert "a new empty database" in errors[0], errors
+    assert "a new empty database" in errors[0] and "--resume" in errors[0], errors
     assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == before
+
+    resumed = await asyncio.to_thread(
+        subprocess.run,
+        [*command, "--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert resumed.stdout.splitlines()[-1].startswith("replayed 3000 events"), resumed.stdout
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 3000

@@ -151,6 +151,7 @@ def _group_to_replay(
         )
     raise StartupRefused(
         f"replay needs an empty database: DATABASE_URL's has {organizations} organization "
-        f"state(s) and the stored offsets of {len(groups)} consumer group(s) (the live "
-        "database, or an interrupted replay: --resume goes on with that one)"
+        f"state(s) and the stored offsets of {len(groups)} consumer group(s): replay into a "
+        "new empty database, or, if this one holds an interrupted replay, go on with it "
+        "(--resume)"
     )
