@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -21,6 +22,7 @@ def restored_logging() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    logging.captureWarnings(False)
     structlog.reset_defaults()
 
 
@@ -45,3 +47,20 @@ def test_library_records_and_their_tracebacks_are_json_lines(
     assert "Traceback" in failure["exception"]
     assert "ConnectionRefusedError: connection refused" in failure["exception"]
     assert failure["timestamp"].endswith("Z")
+
+
+def test_a_python_warning_is_a_json_line_too(
+    capsys: pytest.CaptureFixture[str], restored_logging: None
+) -> None:
+    """warnings.warn writes to stderr in plain text unless the logging module takes it
+    (a library's deprecation, asyncio's "coroutine was never awaited")."""
+    configure_logging("INFO", "json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("pool size below the floor", UserWarning, stacklevel=1)
+    out, err = capsys.readouterr()
+    assert err == ""
+    (line,) = out.splitlines()
+    record = json.loads(line)
+    assert record["logger"] == "py.warnings" and record["level"] == "warning"
+    assert "UserWarning: pool size below the floor" in record["event"]

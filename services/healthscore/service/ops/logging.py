@@ -2,9 +2,10 @@
 
 The libraries' own log records (asyncpg's pool, aiokafka, uvicorn: the standard
 library's `logging`) go through the same renderer to the same stream, one line
-each with the traceback in its `exception` field: with LOG_FORMAT=json every line
-the process writes is JSON, which a log pipeline can parse (a plain traceback on
-stderr arrives as one entry per line).
+each with the traceback in its `exception` field, and so do Python's warnings
+(`warnings.warn`): with LOG_FORMAT=json every line the process logs is JSON, which
+a log pipeline can parse (a plain traceback on stderr arrives as one entry per
+line). A command's own refusal (`error: ...`, exit 2) stays one plain line on stderr.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     for old in [h for h in root.handlers if isinstance(h, _LibraryLogHandler)]:
         root.removeHandler(old)
     root.addHandler(handler)
+    # warnings.warn (a library's deprecation, "coroutine ... was never awaited") would
+    # write plain text to stderr: the logger py.warnings takes them instead
+    logging.captureWarnings(True)
     # the libraries' warnings and errors; their info lines are per request or fetch
     root.setLevel(max(numeric, logging.WARNING))
 
