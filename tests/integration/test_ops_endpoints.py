@@ -170,6 +170,10 @@ async def test_metrics_health_readiness_and_docs_of_a_running_service(
                 assert (
                     value(m, "healthscore_background_steps_total", task=task, outcome="failed") == 0
                 )
+                assert value(m, "healthscore_background_failures_in_a_row", task=task) == 0
+                # a step running now began a moment ago, or none runs (0)
+                began = value(m, "healthscore_background_step_started_timestamp_seconds", task=task)
+                assert began == 0 or began > time.time() - 600
             assert (
                 value(
                     m, "healthscore_background_last_success_timestamp_seconds", task="gauge_refresh"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -187,3 +188,60 @@ def test_partitions_consumed_are_counted_per_input_topic() -> None:
     assert (assigned("usage"), assigned("support")) == (2, 1)
     metrics.consuming(["usage", "support"], [("support", 1)])
     assert (assigned("usage"), assigned("support")) == (0, 1)
+
+
+async def test_failures_in_a_row_and_a_step_that_never_returns_are_shown() -> None:
+    """What the alert reads: failed steps one after another (one failure of a loop that
+    runs hourly is not a failing loop), and the start of a step that hangs (it never
+    fails, and never succeeds)."""
+    stop = asyncio.Event()
+    script = ["fail", "ok", "fail", "fail", "hang"]
+    calls = 0
+    metrics = Metrics()
+    metrics.background_started("thing")
+    hanging = asyncio.Event()
+
+    def sample(name: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {"task": "thing"})
+
+    in_a_row: list[float | None] = []
+    started_between_steps: list[float | None] = []
+
+    def on_step(name: str, failed: bool) -> None:
+        metrics.background_step(name, failed)
+        in_a_row.append(sample("healthscore_background_failures_in_a_row"))
+        started_between_steps.append(
+            sample("healthscore_background_step_started_timestamp_seconds")
+        )
+
+    async def step() -> None:
+        nonlocal calls
+        what = script[calls]
+        calls += 1
+        if what == "fail":
+            raise RuntimeError("database away")
+        if what == "hang":
+            hanging.set()
+            await asyncio.Event().wait()  # a statement waiting on a lock for ever
+
+    before = time.time()
+    with capture_logs():
+        loop = asyncio.create_task(
+            every(
+                0.001,
+                step,
+                stop,
+                "thing",
+                on_step=on_step,
+                on_begin=metrics.background_step_began,
+            )
+        )
+        await asyncio.wait_for(hanging.wait(), 5)
+        assert in_a_row == [1, 0, 1, 2]
+        assert started_between_steps == [0, 0, 0, 0]
+        began = sample("healthscore_background_step_started_timestamp_seconds")
+        assert began is not None and before <= began <= time.time()
+        assert sample("healthscore_background_failures_in_a_row") == 2
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop

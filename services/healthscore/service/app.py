@@ -568,6 +568,7 @@ async def _loops(loops: list[Loop], stop: asyncio.Event, metrics: Metrics) -> As
                         loop.wake,
                         loop.min_pause,
                         metrics.background_step,
+                        metrics.background_step_began,
                     ),
                     name=loop.name,
                 )

@@ -29,6 +29,8 @@ LOCK_BUSY_RETRY = 0.05
 Step = Callable[[], Awaitable[float | None]]
 # told the loop's name and whether a step failed, after each step
 OnStep = Callable[[str, bool], None]
+# told the loop's name before each step (a step that never returns is seen begun)
+OnBegin = Callable[[str], None]
 
 
 async def pause_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
@@ -65,6 +67,7 @@ async def every(
     wake: asyncio.Event | None = None,
     min_pause: float = 0.0,
     on_step: OnStep | None = None,
+    on_begin: OnBegin | None = None,
 ) -> None:
     """Run `step` until `stop` is set, pausing `interval` (or what the step asks:
     `AT_ONCE` while it has more to do) between steps.
@@ -75,11 +78,14 @@ async def every(
     work nobody announced. A failed step is logged as `<name>_failed`; the next one
     comes after the interval, or, with `max_backoff`, after a pause that doubles
     with each failure in a row up to `max_backoff`. `on_step` hears of each step's
-    outcome (the metrics: a loop failing quietly is what the logs alone would hide).
+    outcome (the metrics: a loop failing quietly is what the logs alone would hide),
+    `on_begin` of each step's start (one that hangs never reaches `on_step`).
     """
     backoff = interval
     while not stop.is_set():
         failed = False
+        if on_begin is not None:
+            on_begin(name)
         try:
             pause = await step()
             backoff = interval

@@ -216,6 +216,20 @@ class Metrics:
             ["task"],
             registry=r,
         )
+        self.background_failures_in_a_row = Gauge(
+            "healthscore_background_failures_in_a_row",
+            "Steps of each background loop that failed one after another since its last "
+            "step that did not (0: the last one did not fail).",
+            ["task"],
+            registry=r,
+        )
+        self.background_step_started = Gauge(
+            "healthscore_background_step_started_timestamp_seconds",
+            "Unix time the step each background loop runs now began (0: between steps); "
+            "a step that never returns shows as an old start.",
+            ["task"],
+            registry=r,
+        )
         self.rebalances = Counter(
             "healthscore_rebalances_total",
             "Partition assignment changes.",
@@ -324,10 +338,20 @@ class Metrics:
         for outcome in ("ok", "failed"):
             self.background_steps.labels(task, outcome)
         self.background_last_success.labels(task)
+        self.background_failures_in_a_row.labels(task)
+        self.background_step_started.labels(task)
+
+    def background_step_began(self, task: str) -> None:
+        self.background_step_started.labels(task).set(time.time())
 
     def background_step(self, task: str, failed: bool) -> None:
+        """A step ended (`failed`: it raised)."""
+        self.background_step_started.labels(task).set(0)
         self.background_steps.labels(task, "failed" if failed else "ok").inc()
-        if not failed:
+        if failed:
+            self.background_failures_in_a_row.labels(task).inc()
+        else:
+            self.background_failures_in_a_row.labels(task).set(0)
             self.background_last_success.labels(task).set(time.time())
 
     def consuming(self, topics: Iterable[str], partitions: Iterable[tuple[str, int]]) -> None:
