@@ -31,6 +31,7 @@ What must match, and what may not:
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import signal
@@ -47,7 +48,8 @@ import pytest
 from healthscore.config import Settings
 from healthscore.core.alignment import AlignmentView
 from healthscore.core.effects import BatchEffects, compute_batch_effects
-from healthscore.core.scoring.model import V1_MODEL_PATH, V2_MODEL_PATH
+from healthscore.core.quality import aggregate_settings
+from healthscore.core.scoring.model import V1_MODEL_PATH, V2_MODEL_PATH, load_model
 from healthscore.errors import StartupRefused
 from healthscore.service.app import ServiceOptions
 from healthscore.service.ingest import pipeline as pipeline_module
@@ -516,3 +518,52 @@ async def test_resume_refuses_a_database_that_is_not_one_interrupted_replay(
         await replay(settings, timeout=30.0, resume=True)
     with pytest.raises(StartupRefused, match="needs an empty database"):
         await replay(settings, timeout=30.0)
+
+
+async def test_resume_goes_on_only_with_the_model_and_the_group_of_the_interrupted_replay(
+    kafka_bootstrap: str, database_factory: DatabaseFactory, migrated_template: str
+) -> None:
+    """An interrupted replay's database holds its group's offsets and the model its
+    service recorded at start: resuming under another MODEL_PATH would score the rest
+    of the log with another model, and a group that merely starts with
+    <CONSUMER_GROUP>-replay- is not one `replay` made."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    db = await database_factory(template=migrated_template)
+    lookalike_db = await database_factory(template=migrated_template)
+    settings = service_settings(db, kafka_bootstrap, topics)
+    live_lookalike = service_settings(lookalike_db, kafka_bootstrap, topics)
+    v1 = load_model(V1_MODEL_PATH)
+    for url, group in (
+        (db, f"{settings.consumer_group}-replay-0123abcd"),
+        (lookalike_db, f"{settings.consumer_group}-replay-eu-west"),
+    ):
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(
+                "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset)"
+                " VALUES ($1, $2, 0, 0)",
+                group,
+                topics.usage,
+            )
+            await conn.execute(
+                "INSERT INTO score_models (version, aggregates) VALUES ($1, $2::jsonb)",
+                v1.version,
+                json.dumps(aggregate_settings(v1)),
+            )
+        finally:
+            await conn.close()
+    with pytest.raises(StartupRefused, match=f"scored with \\(version\\(s\\) {v1.version}\\)"):
+        await replay(settings, timeout=30.0, resume=True)
+    with pytest.raises(StartupRefused, match="not a replay: the live database"):
+        await replay(
+            live_lookalike.model_copy(update={"model_path": V1_MODEL_PATH}),
+            timeout=30.0,
+            resume=True,
+        )
+    # the same model: it goes on (the topics are empty: at their end at once); no
+    # time limit, the read model's drain included
+    result = await replay(
+        settings.model_copy(update={"model_path": V1_MODEL_PATH}), timeout=None, resume=True
+    )
+    assert result.events_applied == 0
+    assert await _stored_groups(db) == [f"{settings.consumer_group}-replay-0123abcd"]

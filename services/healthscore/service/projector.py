@@ -30,6 +30,7 @@ same score again on the compacted feed, never a wrong one.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -270,9 +271,10 @@ class Projector:
             return 0.0
         return max(0.0, (datetime.now(UTC) - oldest).total_seconds())
 
-    async def drain(self, pause: float = 0.05, timeout: float = 300.0) -> int:
-        """Project until the queue is empty (tests, replay); how many projected."""
-        deadline = time.monotonic() + timeout
+    async def drain(self, pause: float = 0.05, timeout: float | None = 300.0) -> int:
+        """Project until the queue is empty (tests, replay); how many projected.
+        `timeout` None: no limit (`healthscore replay --timeout 0`)."""
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
         total = 0
         while True:
             taken = await self.project_once()

@@ -25,14 +25,20 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 from healthscore.config import Settings
-from healthscore.errors import StartupRefused
+from healthscore.core.quality import aggregate_settings, settings_differ
+from healthscore.core.scoring.model import load_model
+from healthscore.errors import ModelConfigError, StartupRefused
 from healthscore.service.app import ServiceOptions, running
 from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.service.ops.lag import HighWatermarkProbe
-from healthscore.store import sql
+from healthscore.store import promotion, sql
 from healthscore.store.db import connect, database_tls
 from healthscore.store.migrate import apply_migrations
 from healthscore.store.offsets import stored_offsets
@@ -70,9 +76,16 @@ async def replay(
         # progress rows too: a replay killed after batches of dead letters only
         organizations = await conn.fetchval("SELECT count(*) FROM organization_state")
         groups = [r[0] for r in await conn.fetch(sql.STORED_GROUPS)]
+        served = {
+            r["version"]: orjson.loads(r["aggregates"])
+            for r in await conn.fetch(promotion.SERVED_MODELS)
+        }
     finally:
         await conn.close()
-    replay_group = _group_to_replay(settings, organizations, groups, resume) or (
+    resumed = _group_to_replay(settings, organizations, groups, resume, group)
+    if resumed is not None:
+        _refuse_another_model(settings, served)
+    replay_group = resumed or (
         group or f"{settings.consumer_group}{REPLAY_GROUP_INFIX}{uuid.uuid4().hex[:8]}"
     )
     topics = settings.input_topics
@@ -110,7 +123,7 @@ async def replay(
             await service.sweep.drain()
         if service.projector is not None:
             # and the read model reflects all of it
-            await service.projector.drain(timeout=3600.0 if timeout is None else timeout)
+            await service.projector.drain(timeout=timeout)
     conn = await connect(admin_url, tls)
     try:
         applied = await conn.fetchval("SELECT count(*) FROM processed_events")
@@ -124,19 +137,47 @@ async def replay(
     return ReplayResult(applied, organizations, alerts, time.monotonic() - started, silence_days)
 
 
+def _refuse_another_model(settings: Settings, served: Mapping[str, Mapping[str, Any]]) -> None:
+    """A resumed replay scores with the model the interrupted one scored with (the
+    versions its service recorded at start, `score_models`): another would leave
+    organizations scored, and their decayed sums accumulated, under two models."""
+    if not served:
+        return  # killed before its service recorded one
+    try:
+        model = load_model(settings.model_path)
+    except ModelConfigError as exc:
+        raise StartupRefused(
+            f"MODEL_PATH={settings.model_path} is not a usable model: {exc}"
+        ) from None
+    differ = settings_differ(served.get(model.version, {}), aggregate_settings(model))
+    if set(served) != {model.version} or differ:
+        raise StartupRefused(
+            f"replay --resume goes on with the model the interrupted replay scored with "
+            f"(version(s) {', '.join(sorted(served))}); MODEL_PATH={settings.model_path} is "
+            f"version {model.version}"
+            + (f" with other {', '.join(differ)}" if set(served) == {model.version} else "")
+            + ": set MODEL_PATH to that model, or replay into a new empty database"
+        )
+
+
 def _group_to_replay(
-    settings: Settings, organizations: int, groups: list[str], resume: bool
+    settings: Settings,
+    organizations: int,
+    groups: list[str],
+    resume: bool,
+    group: str | None = None,
 ) -> str | None:
     """The consumer group of the interrupted replay to go on with (None: the database
-    is empty, replay from the start); refuses any other database."""
+    is empty, replay from the start); refuses any other database. `group`: the replay's
+    group was given, not made from CONSUMER_GROUP."""
     if not organizations and not groups:
         return None
     prefix = f"{settings.consumer_group}{REPLAY_GROUP_INFIX}"
-    replays = [g for g in groups if g.startswith(prefix)]
+    replays = [g for g in groups if (g == group if group else _is_replay_group(prefix, g))]
     if resume and len(replays) == 1 and len(groups) == 1:
         return replays[0]
     if resume:
-        others = [g for g in groups if not g.startswith(prefix)]
+        others = [g for g in groups if g not in replays]
         why = (
             f"the progress of consumer group(s) {', '.join(others)} (not a replay: the live "
             "database?)"
@@ -155,3 +196,10 @@ def _group_to_replay(
         "new empty database, or, if this one holds an interrupted replay, go on with it "
         "(--resume)"
     )
+
+
+def _is_replay_group(prefix: str, group: str) -> bool:
+    """A group `replay` made: CONSUMER_GROUP, -replay-, eight hex digits (a live group
+    merely starting with the prefix is not one)."""
+    suffix = group.removeprefix(prefix)
+    return suffix != group and len(suffix) == 8 and all(c in "0123456789abcdef" for c in suffix)

@@ -38,6 +38,10 @@ ON CONFLICT (version) DO NOTHING
 
 RECORDED_MODEL = "SELECT aggregates::text FROM score_models WHERE version = $1"
 
+# every version recorded, with its aggregate settings (`healthscore replay --resume`
+# checks that it goes on with the model the interrupted replay scored with)
+SERVED_MODELS = "SELECT version, aggregates::text AS aggregates FROM score_models ORDER BY 1"
+
 # The versions the read model still shows besides the live one ($1), with the
 # aggregate settings each was served with (NULL: served before migration 0067).
 # Reads all of customer_health, as COUNT_OTHER_VERSION does: once per promotion.
