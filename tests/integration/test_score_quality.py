@@ -262,6 +262,7 @@ async def test_writer_runs_every_quality_and_promotion_statement(feed: Feed) -> 
         ("COUNT_OTHER_VERSION", promotion.COUNT_OTHER_VERSION, ["v9"]),
         ("RECORD_MODEL", promotion.RECORD_MODEL, ["v9", "{}"]),
         ("RECORDED_MODEL", promotion.RECORDED_MODEL, ["v9"]),
+        ("SERVED_MODELS", promotion.SERVED_MODELS, []),
         ("PROMOTED_FROM", promotion.PROMOTED_FROM, ["v9"]),
     ]
     named = {name for name, _, _ in statements}
