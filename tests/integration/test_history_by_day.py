@@ -7,7 +7,6 @@ a second row for a day.
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -17,8 +16,9 @@ import asyncpg
 import pytest
 
 from healthscore.store import sql
-from healthscore.store.migrate import apply_migrations, load_migrations, migrations_path
+from healthscore.store.migrate import apply_migrations
 from tests.utils import schema_builders as b
+from tests.utils.migrations import migrate_before
 
 DAY1 = datetime(2026, 3, 10, tzinfo=UTC)
 HISTORY = """
@@ -34,12 +34,7 @@ async def _organizations(conn: asyncpg.Connection, n: int) -> list[uuid.UUID]:
 
 
 async def test_migration_keeps_each_days_latest_score(empty_database: str, tmp_path: Path) -> None:
-    before = tmp_path / "before"
-    before.mkdir()
-    for migration in load_migrations(migrations_path()):
-        if migration.version < "0040":
-            shutil.copy(migrations_path() / migration.file_name, before / migration.file_name)
-    await apply_migrations(empty_database, before)
+    await migrate_before(empty_database, "0040", tmp_path / "before")
     conn = await asyncpg.connect(empty_database)
     try:
         a, other = await _organizations(conn, 2)

@@ -11,7 +11,6 @@ fails on the renamed column instead of misreading bytes.
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from pathlib import Path
 
@@ -30,9 +29,10 @@ from healthscore.core.scoring.state import (
 from healthscore.service.ingest.pipeline import DATA_ERRORS
 from healthscore.service.projector import project
 from healthscore.store import sql
-from healthscore.store.migrate import apply_migrations, load_migrations, migrations_path
+from healthscore.store.migrate import apply_migrations
 from healthscore.store.states import lock_states, save_locked_states
 from tests.integration.test_score_quality import cli
+from tests.utils.migrations import migrate_before
 
 
 def _large_state(organization: uuid.UUID) -> OrganizationState:
@@ -74,12 +74,7 @@ async def test_states_stored_as_json_before_0066_are_read_on_and_continued(
     """A database of the previous release: its JSON states (and an empty row, JSON null)
     survive the migration; the service reads them, scores them as before, and saves
     each as MessagePack with its next change."""
-    before = tmp_path / "before"
-    before.mkdir()
-    for migration in load_migrations(migrations_path()):
-        if migration.version < "0066":
-            shutil.copy(migrations_path() / migration.file_name, before / migration.file_name)
-    await apply_migrations(empty_database, before)
+    await migrate_before(empty_database, "0066", tmp_path / "before")
     kept, empty = uuid.uuid4(), uuid.uuid4()
     state = _large_state(kept)
     conn = await asyncpg.connect(empty_database)
@@ -94,7 +89,7 @@ async def test_states_stored_as_json_before_0066_are_read_on_and_continued(
             encode_state(state).decode(),
             empty,
         )
-        assert await apply_migrations(empty_database) == ["0066"]
+        assert (await apply_migrations(empty_database))[0] == "0066"
         rows = {
             r["organization_id"]: r
             for r in await conn.fetch(

@@ -15,8 +15,11 @@ from healthscore.service.ops.metrics import Metrics
 from healthscore.service.periodic import AT_ONCE, every
 
 
-def scripted(script: list[str], stop: asyncio.Event) -> Callable[[], Awaitable[None]]:
-    """A step that follows `script`: "fail" raises, "stop" sets `stop`, others return."""
+def scripted(
+    script: list[str], stop: asyncio.Event, hanging: asyncio.Event | None = None
+) -> Callable[[], Awaitable[None]]:
+    """A step that follows `script`: "fail" raises, "stop" sets `stop`, "hang" sets
+    `hanging` and never returns (a statement waiting on a lock for ever), others return."""
     calls = 0
 
     async def step() -> None:
@@ -27,6 +30,10 @@ def scripted(script: list[str], stop: asyncio.Event) -> Callable[[], Awaitable[N
             raise RuntimeError("down")
         if what == "stop":
             stop.set()
+        if what == "hang":
+            assert hanging is not None
+            hanging.set()
+            await asyncio.Event().wait()
 
     return step
 
@@ -195,8 +202,6 @@ async def test_failures_in_a_row_and_a_step_that_never_returns_are_shown() -> No
     runs hourly is not a failing loop), and the start of a step that hangs (it never
     fails, and never succeeds)."""
     stop = asyncio.Event()
-    script = ["fail", "ok", "fail", "fail", "hang"]
-    calls = 0
     metrics = Metrics()
     metrics.background_started("thing")
     hanging = asyncio.Event()
@@ -214,16 +219,7 @@ async def test_failures_in_a_row_and_a_step_that_never_returns_are_shown() -> No
             sample("healthscore_background_step_started_timestamp_seconds")
         )
 
-    async def step() -> None:
-        nonlocal calls
-        what = script[calls]
-        calls += 1
-        if what == "fail":
-            raise RuntimeError("database away")
-        if what == "hang":
-            hanging.set()
-            await asyncio.Event().wait()  # a statement waiting on a lock for ever
-
+    step = scripted(["fail", "ok", "fail", "fail", "hang"], stop, hanging)
     before = time.time()
     with capture_logs():
         loop = asyncio.create_task(
