@@ -356,6 +356,11 @@ class Settings(BaseSettings):
     api_response_cache_megabytes: int = Field(
         default=64, ge=1, description="Memory the API's kept answers may take per process."
     )
+    api_access_log: bool = Field(
+        default=True,
+        description="Log every read API request (`api_request`: the verified user, method, "
+        "path without the query, status, duration) for an audit of who read what.",
+    )
     log_level: str = "INFO"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     state_dir: Path = Field(

@@ -24,6 +24,7 @@ import httpx
 import jwt
 import pytest
 from fastapi import FastAPI
+from structlog.testing import capture_logs
 
 from healthscore.api.models import (
     HistoryPoint,
@@ -279,6 +280,33 @@ async def test_requests_without_a_valid_token_get_401_problem_json(world: World)
             "detail"
         ]
     )
+
+
+async def test_every_request_is_logged_with_the_user_its_token_proved(world: World) -> None:
+    """The access log: who asked for what and got which answer, a kept (cached) answer
+    too; a refused token is logged without a user; the query's text is not logged;
+    probes and scrapes are not logged at all."""
+    bloom = world.orgs["bloom"]
+    page = f"/api/v1/organizations/{bloom}"
+    with capture_logs() as logs:
+        for _ in range(2):  # the second answer is the response cache's
+            assert (await world.get("admin", page)).status_code == 200
+        prefix = str(world.orgs["vow"])[:4]
+        listed = await world.get("member", "/api/v1/organizations", q=prefix)
+        assert listed.status_code == 200
+        refused = await world.client.get(page, headers={"Authorization": "Bearer not.a.jwt"})
+        assert refused.status_code == 401
+        assert (await world.client.get("/api/healthz")).status_code == 200
+    lines = [e for e in logs if e["event"] == "api_request"]
+    assert [(e["path"], e["status"], e["user_id"]) for e in lines] == [
+        (page, 200, str(world.users["admin"])),
+        (page, 200, str(world.users["admin"])),
+        ("/api/v1/organizations", 200, str(world.users["member"])),
+        (page, 401, None),
+    ]
+    assert all(e["method"] == "GET" and e["duration_ms"] >= 0 for e in lines)
+    assert lines[-1]["token_refused"] == "the bearer token is not a JWT"
+    assert not any("?" in e["path"] or "q=" in json.dumps(e) for e in lines)
 
 
 async def test_me_says_who_the_token_names_and_their_role(world: World) -> None:

@@ -29,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from healthscore.api import problems, routes
+from healthscore.api.access_log import AccessLog
 from healthscore.api.cache import CachedReads, CacheState, ResponseCache
 from healthscore.api.invalidation import ReadModelListener
 from healthscore.api.metrics import ApiMetrics
@@ -137,6 +138,8 @@ def create_app(config: ApiConfig) -> FastAPI:
     app.include_router(routes.router, dependencies=[Depends(bearer)])
     # served in front of the framework (`served`): a hit never enters FastAPI
     app.state.front = CachedReads(app, cache, config.verifier) if cache is not None else None
+    app.state.access_log = AccessLog if config.access_log else None
+    app.state.verifier = config.verifier
     for exc_type, handler in problems.HANDLERS.items():
         app.add_exception_handler(exc_type, handler)
 
@@ -188,9 +191,14 @@ async def _cancelled(task: asyncio.Task[None]) -> None:
 def served(app: FastAPI) -> ASGIApp:
     """What the server runs: the response cache (when the app has one) in front of the
     FastAPI app, so that a kept answer is sent without entering the framework's
-    middleware and routing, all inside the security-header layer."""
+    middleware and routing, all inside the security-header layer, and the access log
+    around everything (`healthscore.api.access_log`, unless API_ACCESS_LOG=false)."""
     front: CachedReads | None = getattr(app.state, "front", None)
-    return SecurityHeaders(front if front is not None else app)
+    served = SecurityHeaders(front if front is not None else app)
+    if getattr(app.state, "access_log", None) is None:
+        return served
+    # outermost: a kept answer is logged like a computed one
+    return AccessLog(served, app.state.verifier)
 
 
 def asgi_app(config: ApiConfig) -> ASGIApp:

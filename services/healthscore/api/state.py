@@ -34,6 +34,8 @@ class ApiConfig:
     cache_entries: int = DEFAULT_MAX_ENTRIES
     cache_bytes: int = DEFAULT_MAX_BYTES
     list_staleness: float = 0.0
+    # one `api_request` line per request (healthscore.api.access_log)
+    access_log: bool = True
 
     @classmethod
     def from_settings(
@@ -72,6 +74,7 @@ class ApiConfig:
             cache_entries=settings.api_response_cache_entries,
             cache_bytes=settings.api_response_cache_megabytes * 1024 * 1024,
             list_staleness=settings.api_list_staleness_seconds,
+            access_log=settings.api_access_log,
         )
 
 
