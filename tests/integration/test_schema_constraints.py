@@ -160,6 +160,8 @@ def valid_row(table: str, organization_id: uuid.UUID, **overrides: Any) -> dict[
         return b.user_profile(**overrides)
     if table == "consumer_offsets":
         return b.consumer_offset(**overrides)
+    if table == "score_models":
+        return b.score_model(**overrides)
     return b.ORGANIZATION_CHILDREN[table](organization_id, **overrides)
 
 

@@ -137,6 +137,14 @@ def consumer_offset(**overrides: Any) -> Row:
     }
 
 
+def score_model(**overrides: Any) -> Row:
+    return {
+        "version": "v9",
+        "aggregates": json.dumps({"half_life_days": {"activity": 7.0}, "signals": {}}),
+        **overrides,
+    }
+
+
 def health_score_history(organization_id: uuid.UUID, **overrides: Any) -> Row:
     return {
         "organization_id": organization_id,
