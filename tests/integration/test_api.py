@@ -24,6 +24,7 @@ import httpx
 import jwt
 import pytest
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from healthscore.api.models import (
@@ -307,6 +308,25 @@ async def test_every_request_is_logged_with_the_user_its_token_proved(world: Wor
     assert all(e["method"] == "GET" and e["duration_ms"] >= 0 for e in lines)
     assert lines[-1]["token_refused"] == "the bearer token is not a JWT"
     assert not any("?" in e["path"] or "q=" in json.dumps(e) for e in lines)
+
+    # and counted by route template and status (the cached answer too)
+    registry: CollectorRegistry = world.app.state.metrics.registry
+
+    def requests(route: str, status: str) -> float | None:
+        return registry.get_sample_value(
+            "healthscore_api_requests_total", {"route": route, "status": status}
+        )
+
+    one = "/api/v1/organizations/{organization_id}"
+    assert requests(one, "200") == 2 and requests(one, "401") == 1
+    assert requests("/api/v1/organizations", "200") == 1
+    assert (
+        registry.get_sample_value("healthscore_api_request_duration_seconds_count", {"route": one})
+        == 3
+    )
+    assert (await world.client.get("/wp-login.php")).status_code == 404
+    assert requests("other", "404") == 1
+    assert requests("/api/healthz", "200") is None
 
 
 async def test_me_says_who_the_token_names_and_their_role(world: World) -> None:

@@ -50,12 +50,15 @@ EXTERNAL_METRICS = {
 
 
 def exported_metric_names() -> set[str]:
-    """Every sample name the service's /metrics can carry (one place knows the module)."""
+    """Every sample name the service's /metrics and the API's /api/metrics can carry
+    (both are scraped: deploy/compose/prometheus.yml, the k8s annotations)."""
+    from healthscore.api.metrics import ApiMetrics
     from healthscore.service.ops.metrics import Metrics
 
     names: set[str] = set()
-    for family in Metrics().registry.collect():
-        names.update(family.name + suffix for suffix in EXPOSED_SUFFIXES[family.type])
+    for registry in (Metrics().registry, ApiMetrics().registry):
+        for family in registry.collect():
+            names.update(family.name + suffix for suffix in EXPOSED_SUFFIXES[family.type])
     return names
 
 

@@ -1,4 +1,6 @@
-"""Who read what: one `api_request` log line per request to the read API.
+"""Who read what: one `api_request` log line per request to the read API, and the
+requests counted by route and status (`healthscore_api_requests_total`,
+`healthscore_api_request_duration_seconds`).
 
 Row-level security decides what a person sees; this says afterwards who asked for
 what and got which answer, for an audit: the user the bearer token proved (never
@@ -13,22 +15,50 @@ layer is in front of the response cache).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Final
 
 import structlog
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from healthscore.api.auth import TokenVerifier, Unauthenticated, one_authorization
+from healthscore.api.metrics import ApiMetrics
 
 log = structlog.get_logger("healthscore.api.access")
 
 UNLOGGED: Final = frozenset({"/api/healthz", "/api/readyz", "/api/metrics"})
 
 
+class RouteLabels:
+    """The metrics' route label of a path: the template of the route that serves it
+    (`/api/v1/organizations/{organization_id}`), or `other` when none does (a label
+    per scanned path would grow without bound; static files are `other` too)."""
+
+    def __init__(self, templates: Iterable[str]) -> None:
+        self._routes = [(compile_path(t)[0], t) for t in sorted(set(templates)) if t]
+
+    def __call__(self, path: str) -> str:
+        for pattern, template in self._routes:
+            if pattern.match(path):
+                return template
+        return "other"
+
+
 class AccessLog:
-    def __init__(self, app: ASGIApp, verifier: TokenVerifier) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        verifier: TokenVerifier,
+        metrics: ApiMetrics | None = None,
+        routes: RouteLabels | None = None,
+        log_requests: bool = True,
+    ) -> None:
         self.app = app
         self.verifier = verifier
+        self.metrics = metrics
+        self.routes = routes or RouteLabels(())
+        self.log_requests = log_requests
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in UNLOGGED:
@@ -46,7 +76,13 @@ class AccessLog:
         try:
             await self.app(scope, receive, noting_status)
         finally:
-            self._log(scope, status, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            if self.metrics is not None:
+                route = self.routes(scope["path"])
+                self.metrics.requests.labels(route, str(status)).inc()
+                self.metrics.request_duration.labels(route).observe(seconds)
+            if self.log_requests:
+                self._log(scope, status, seconds)
 
     def _log(self, scope: Scope, status: int, seconds: float) -> None:
         authorizations = [v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"]

@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from healthscore.api import problems, routes
-from healthscore.api.access_log import AccessLog
+from healthscore.api.access_log import AccessLog, RouteLabels
 from healthscore.api.cache import CachedReads, CacheState, ResponseCache
 from healthscore.api.invalidation import ReadModelListener
 from healthscore.api.metrics import ApiMetrics
@@ -138,8 +138,9 @@ def create_app(config: ApiConfig) -> FastAPI:
     app.include_router(routes.router, dependencies=[Depends(bearer)])
     # served in front of the framework (`served`): a hit never enters FastAPI
     app.state.front = CachedReads(app, cache, config.verifier) if cache is not None else None
-    app.state.access_log = AccessLog if config.access_log else None
+    app.state.access_log = config.access_log
     app.state.verifier = config.verifier
+    app.state.metrics = metrics
     for exc_type, handler in problems.HANDLERS.items():
         app.add_exception_handler(exc_type, handler)
 
@@ -192,13 +193,22 @@ def served(app: FastAPI) -> ASGIApp:
     """What the server runs: the response cache (when the app has one) in front of the
     FastAPI app, so that a kept answer is sent without entering the framework's
     middleware and routing, all inside the security-header layer, and the access log
-    around everything (`healthscore.api.access_log`, unless API_ACCESS_LOG=false)."""
+    and request metrics around everything (`healthscore.api.access_log`; the log lines
+    unless API_ACCESS_LOG=false)."""
     front: CachedReads | None = getattr(app.state, "front", None)
     served = SecurityHeaders(front if front is not None else app)
-    if getattr(app.state, "access_log", None) is None:
-        return served
-    # outermost: a kept answer is logged like a computed one
-    return AccessLog(served, app.state.verifier)
+    # outermost: a kept answer is logged and counted like a computed one
+    return AccessLog(
+        served,
+        app.state.verifier,
+        app.state.metrics,
+        RouteLabels(
+            path
+            for route in [*app.routes, *routes.router.routes]
+            if isinstance(path := getattr(route, "path", None), str)
+        ),
+        log_requests=app.state.access_log,
+    )
 
 
 def asgi_app(config: ApiConfig) -> ASGIApp:

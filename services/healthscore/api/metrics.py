@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# seconds: a kept answer takes about a millisecond, a computed page tens
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class ApiMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self.requests = Counter(
+            "healthscore_api_requests_total",
+            "Requests answered, by route (the template of the route serving the path; "
+            "`other` for a path no route serves, static files among them) and status "
+            "(health, readiness and metrics not counted).",
+            ["route", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "healthscore_api_request_duration_seconds",
+            "From a request's arrival to its response sent, by route.",
+            ["route"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
         self.cache_requests = Counter(
             "healthscore_api_cache_requests_total",
             "GET requests to cached endpoints by outcome: hit (a kept answer), lagging (a "
