@@ -45,7 +45,6 @@ from typing import Any
 import asyncpg
 import pytest
 
-from healthscore.config import Settings
 from healthscore.core.alignment import AlignmentView
 from healthscore.core.effects import BatchEffects, compute_batch_effects
 from healthscore.core.quality import aggregate_settings
@@ -59,7 +58,7 @@ from healthscore.service.replay import replay
 from healthscore.store import sql
 from healthscore_lab.simulator import SimulatedMessage
 from tests.conftest import DatabaseFactory
-from tests.utils.harness import make_topics, running_service, service_settings
+from tests.utils.harness import ServiceProcess, make_topics, running_service, service_settings
 from tests.utils.scenarios import (
     Snapshot,
     assert_identical_for,
@@ -408,30 +407,6 @@ async def test_live_with_the_silence_sweep_decides_like_replay(
 # --------------------------------------------------------------------------- resuming
 
 
-def _replay_environment(settings: Settings) -> dict[str, str]:
-    """`settings` as the environment of a `healthscore replay` process."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MIGRATION_DATABASE_URL",)}
-    assert settings.database_url is not None and settings.kafka_bootstrap_servers is not None
-    env.update(
-        {
-            "DATABASE_URL": settings.database_url.get_secret_value(),
-            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-            "KAFKA_IDEMPOTENT_PRODUCER": "false",
-            "USAGE_TOPIC": settings.usage_topic,
-            "SUPPORT_TOPIC": settings.support_topic,
-            "PROFILE_TOPIC": settings.profile_topic,
-            "ALERT_TOPIC": settings.alert_topic,
-            "HEALTH_TOPIC": settings.health_topic,
-            "CONSUMER_GROUP": settings.consumer_group,
-            "BATCH_MAX_RECORDS": str(settings.batch_max_records),
-            "KAFKA_SESSION_TIMEOUT_MS": str(settings.kafka_session_timeout_ms),
-            "OPS_PORT": "0",
-            "PYTHONPATH": os.pathsep.join(["services", "services/lab", "."]),
-        }
-    )
-    return env
-
-
 async def test_a_killed_replay_resumes_to_the_end_an_uninterrupted_one_reaches(
     kafka_bootstrap: str, database_factory: DatabaseFactory, migrated_template: str
 ) -> None:
@@ -455,7 +430,7 @@ async def test_a_killed_replay_resumes_to_the_end_an_uninterrupted_one_reaches(
         "-m",
         "healthscore.cli",
         "replay",
-        env=_replay_environment(settings),
+        env=ServiceProcess(settings).env(),  # the environment a replay process reads
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
