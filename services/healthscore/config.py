@@ -112,6 +112,14 @@ class Settings(BaseSettings):
         description="Per-partition fetch size: bounds what a consumer buffers in memory.",
     )
     batch_timeout_ms: int = Field(default=50, ge=1)
+    batch_linger_ms: int = Field(
+        default=0,
+        ge=0,
+        description="after a batch smaller than batch_max_records, the consumer takes the "
+        "next fetch only this long after that batch began: live traffic comes in fewer, "
+        "larger batches (each costs a transaction whatever its size), for at most this "
+        "much latency; 0: at once",
+    )
     kafka_fetch_max_wait_ms: int = Field(
         default=20,
         ge=1,

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 from healthscore.core.scoring.model import default_model
 from healthscore.service.ingest.pipeline import BatchPipeline
 from healthscore.service.projector import Projector
-from healthscore.store import sql
+from healthscore.store import locks, sql
 from healthscore.store.db import create_pool
 from tests.integration.test_owned_states import _batches, _Log, _org, _pipeline
 
@@ -177,7 +177,9 @@ async def test_projectors_with_different_shard_counts_never_project_one_organiza
         await pipeline.process(_batches(_Log())[0])
         assert len(await _rows(url, "SELECT * FROM read_model_pending")) == 6
         async with other.transaction():
-            taken = await other.fetch(sql.PENDING_PROJECTION, 1000, 1, 0, 0.0)
+            taken = await other.fetch(
+                sql.PENDING_PROJECTION, 1000, 1, 0, 0.0, locks.PROJECTOR_SHARD
+            )
             assert len(taken) == 6
             two_shards = Projector(pool, default_model(), None, None, shards=2)
             assert await two_shards.project_once() == 0

@@ -649,7 +649,7 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
         ("PENDING_ALERTS", sql.PENDING_ALERTS, [10]),
         ("MARK_ALERTS_SENT", sql.MARK_ALERTS_SENT, [[alert]]),
         ("RECORD_ALERT_FAILURE", sql.RECORD_ALERT_FAILURE, [[alert], "broker down"]),
-        ("PENDING_PROJECTION", sql.PENDING_PROJECTION, [10, 4, 0, 0.0]),
+        ("PENDING_PROJECTION", sql.PENDING_PROJECTION, [10, 4, 0, 0.0, 42]),
         ("OLDEST_PENDING_PROJECTION", sql.OLDEST_PENDING_PROJECTION, []),
         ("READ_MODEL_STALENESS", sql.READ_MODEL_STALENESS, []),
         ("MARK_PROJECTED", sql.MARK_PROJECTED, [[org], [1]]),

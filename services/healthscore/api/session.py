@@ -21,7 +21,9 @@ protocol; the token is our own, of a fixed alphabet), then the request's
 statements, then the ROLLBACK or the logout with the COMMIT. The pool's own
 reset (a `RESET ALL`, closing cursors, unlistening, releasing advisory locks)
 would be one more round trip per request; the API uses none of those, so the
-pool only rolls back a transaction left open (`_reset`).
+pool only rolls back a transaction left open (`rollback_only_reset`, as the
+service's pool). The identity is not session state: it ends with the request's
+transaction.
 
 The organization page and its history take one round trip (`fetch_as`): a store
 function logs the caller in, reads and logs out inside the one statement's own
@@ -46,7 +48,7 @@ from asyncpg.pool import PoolConnectionProxy
 from healthscore.api.auth import Principal, Unauthenticated
 from healthscore.errors import HealthscoreError, UnsafeDatabaseRole
 from healthscore.store import read_api as q
-from healthscore.store.db import ROLE_CHECK, DatabaseTLS
+from healthscore.store.db import ROLE_CHECK, DatabaseTLS, rollback_only_reset
 from healthscore.store.identity import LOGOUT, SigningKey, mint_token
 
 log = structlog.get_logger(__name__)
@@ -91,17 +93,6 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.execute(PREPARE_IDENTITY)
 
 
-async def _reset(conn: asyncpg.Connection) -> None:
-    """The pool's reset, after its own rollback of an open transaction: nothing more.
-
-    asyncpg's default also runs `RESET ALL`, `CLOSE ALL`, `UNLISTEN *` and
-    `pg_advisory_unlock_all()`, one round trip per request; the API sets no
-    session setting (its role and plan_cache_mode are startup settings), opens no
-    cursor outside a transaction, listens to nothing and takes no advisory lock.
-    The identity is not session state: it ends with the request's transaction.
-    """
-
-
 async def create_api_pool(
     database_url: str, role: str, size: int, tls: DatabaseTLS = None
 ) -> asyncpg.Pool[Any]:
@@ -118,7 +109,7 @@ async def create_api_pool(
         max_size=size,
         ssl=tls,
         init=_init_connection,
-        reset=_reset,
+        reset=rollback_only_reset,
         server_settings={
             "application_name": "healthscore-api",
             "role": role,

@@ -173,12 +173,17 @@ class Projector:
     async def _project_shard(self, shard: int, min_age: float) -> int | None:
         started = time.perf_counter()
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval(sql.TRY_SHARD_LOCK, locks.PROJECTOR_SHARD, shard):
-                return None
             rows = await conn.fetch(
-                sql.PENDING_PROJECTION, self._page, self._shards, shard, min_age
+                sql.PENDING_PROJECTION,
+                self._page,
+                self._shards,
+                shard,
+                min_age,
+                locks.PROJECTOR_SHARD,
             )
-            if not rows:
+            if not rows[0]["held"]:
+                return None
+            if rows[0]["organization_id"] is None:
                 return 0
             page = []
             for index, row in enumerate(rows):

@@ -241,21 +241,31 @@ ON CONFLICT (organization_id, milestone_type) DO NOTHING
 # read without row locks: a batch re-queueing an organization never waits.
 # The queue is split into $2 shards by the organization id's last byte, so that
 # several processes project at once, each shard under its own lock
-# (`locks.PROJECTOR_SHARD`); $3 is the shard.
+# (`locks.PROJECTOR_SHARD`, $5); $3 is the shard. The lock is tried in the same
+# statement (one round trip): `held` false means another process has the shard
+# (no entry read); true with a NULL organization, that nothing is ready.
 # The entries a pass takes are locked until it commits (SKIP LOCKED: another pass
 # leaves them): two passes never project one organization at once, even under
 # shard locks that do not exclude each other (processes with different
 # PROJECTOR_SHARDS during a rolling deploy), so an older state is never written,
 # nor its feed record published, after a newer one.
 PENDING_PROJECTION = """
-SELECT q.organization_id, s.health_version AS version, s.state_msgpack AS state
-FROM read_model_pending q
-JOIN organization_state s ON s.organization_id = q.organization_id
-WHERE get_byte(uuid_send(q.organization_id), 15) % $2::int = $3::int
-  AND q.queued_at <= now() - make_interval(secs => $4::float8)
-ORDER BY q.queued_at, q.organization_id
-LIMIT $1
-FOR UPDATE OF q SKIP LOCKED
+WITH shard AS (SELECT pg_try_advisory_xact_lock($5::int, $3::int) AS held)
+SELECT shard.held, p.organization_id, p.version, p.state
+FROM shard
+LEFT JOIN LATERAL (
+    SELECT q.organization_id, s.health_version AS version, s.state_msgpack AS state,
+           q.queued_at
+    FROM read_model_pending q
+    JOIN organization_state s ON s.organization_id = q.organization_id
+    WHERE shard.held
+      AND get_byte(uuid_send(q.organization_id), 15) % $2::int = $3::int
+      AND q.queued_at <= now() - make_interval(secs => $4::float8)
+    ORDER BY q.queued_at, q.organization_id
+    LIMIT $1
+    FOR UPDATE OF q SKIP LOCKED
+) p ON true
+ORDER BY p.queued_at, p.organization_id
 """
 
 OLDEST_PENDING_PROJECTION = "SELECT min(queued_at) FROM read_model_pending"

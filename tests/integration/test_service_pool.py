@@ -1,0 +1,60 @@
+"""The service's pool between uses: only a rollback, no reset round trip.
+
+Real PostgreSQL. asyncpg's default reset (`RESET ALL`, `CLOSE ALL`, `UNLISTEN *`,
+`pg_advisory_unlock_all()`) would be one more round trip per transaction; the
+pool skips it (`rollback_only_reset`), which is safe only while nothing the
+service runs leaves session state behind. These tests hold both halves: a
+released connection sends no reset statement, and what the service does set
+(transaction-local settings and advisory locks, a transaction left open by a
+failure) does not outlive the use.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from healthscore.store import locks, sql
+from healthscore.store.db import create_pool
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_release_sends_no_reset_statement(migrated_database: str) -> None:
+    pool = await create_pool(migrated_database, "healthscore_writer", min_size=1, max_size=1)
+    try:
+        sent: list[str] = []
+        async with pool.acquire() as conn:
+            conn.add_query_logger(lambda record: sent.append(record.query))
+            await conn.fetchval("SELECT 1")
+        # the same connection (one in the pool): its logger is still there
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.fetchval("SELECT 2")
+        assert sent == ["SELECT 1", "BEGIN;", "SELECT 2", "COMMIT;"]
+    finally:
+        await pool.close()
+
+
+async def test_nothing_the_service_sets_outlives_a_use(migrated_database: str) -> None:
+    pool = await create_pool(migrated_database, "healthscore_writer", min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            default = await conn.fetchval("SHOW idle_in_transaction_session_timeout")
+            async with conn.transaction():
+                await conn.execute(sql.BOUND_IDLE_TRANSACTION, "5s")
+                assert await conn.fetchval(sql.TRY_SHARD_LOCK, locks.PROJECTOR_SHARD, 0)
+            # a use that fails inside a transaction it never ends
+            transaction = conn.transaction()
+            await transaction.start()
+            await conn.execute(sql.BOUND_IDLE_TRANSACTION, "7s")
+            assert await conn.fetchval(sql.TRY_SHARD_LOCK, locks.PROJECTOR_SHARD, 1)
+        async with pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == default
+            held = await conn.fetchval(
+                "SELECT count(*) FROM pg_locks"
+                " WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+            )
+            assert held == 0
+            assert await conn.fetchval("SELECT current_user") == "healthscore_writer"
+    finally:
+        await pool.close()
