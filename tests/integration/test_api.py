@@ -744,6 +744,16 @@ async def test_health_and_readiness(world: World) -> None:
     assert "/api/v1/organizations" in openapi["paths"]
 
 
+async def test_every_page_declares_its_icon(world: World) -> None:
+    """A page without an icon link makes the browser fetch /favicon.ico, which the API
+    answers 404: a console error on /api/docs the dashboard's page did not have."""
+    assert (await world.client.get("/favicon.ico")).status_code == 404
+    for path in ("/", "/api/docs"):
+        page = await world.client.get(path)
+        assert page.status_code == 200
+        assert '<link rel="icon" href="data:,">' in page.text, path
+
+
 # --- failures ------------------------------------------------------------------------
 
 

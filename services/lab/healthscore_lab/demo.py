@@ -51,7 +51,9 @@ SELECT organization_id, health_score, health_status, churn_probability, risk_lev
        risk_factors::text AS risk_factors
 FROM customer_health ORDER BY health_score ASC LIMIT $1
 """
-# the lowest-scored organizations that miss milestones: the ones a CRM's history helps
+# the lowest-scored organizations that miss milestones: the ones whose score a CRM's
+# history moves most. It may lower it: two years of tenure make every milestone
+# expected by now, which the earlier ones the profile adds do not all make up for
 PROFILE_CANDIDATES_QUERY = """
 SELECT organization_id, health_score FROM customer_health
 WHERE risk_factors @> '[{"factor": "missing_milestones"}]'
