@@ -112,7 +112,7 @@ class Settings(BaseSettings):
         description="Per-partition fetch size: bounds what a consumer buffers in memory.",
     )
     batch_timeout_ms: int = Field(default=50, ge=1)
-    batch_linger_ms: int = Field(
+    batch_min_interval_ms: int = Field(
         default=0,
         ge=0,
         description="after a batch smaller than batch_max_records, the consumer takes the "

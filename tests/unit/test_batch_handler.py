@@ -4,9 +4,12 @@ a gap is sought back at once."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
+
+import pytest
 
 from healthscore.core.alignment import AlignmentView
 from healthscore.core.partitions import PartitionKey
@@ -51,7 +54,7 @@ def record(offset: int) -> Any:
 
 
 def handler_for(
-    pipeline: ScriptedPipeline, consumer: FakeConsumer
+    pipeline: ScriptedPipeline, consumer: FakeConsumer, min_interval: tuple[float, int] = (0.0, 0)
 ) -> tuple[BatchHandler, KafkaOffsets, list[BatchOutcome], list[str]]:
     holdback = HoldBack(pipeline.decode)
     offsets = KafkaOffsets(None, "g", holdback)  # type: ignore[arg-type]  # no assignment here
@@ -66,6 +69,7 @@ def handler_for(
         retry_backoff=(0.001, 0.004),
         on_failure=lambda exc: seen.append(type(exc).__name__),
         on_gap=lambda gap: seen.append("gap"),
+        min_interval=min_interval,
     )
     return handler, offsets, outcomes, seen
 
@@ -101,3 +105,50 @@ async def test_a_gap_is_sought_back_to_the_stored_offset_without_counting_a_fail
     assert consumer.seeks == [(U0, 8)]
     assert offsets.sought == {U0: 8}
     assert handler.failures == 0 and seen == ["gap"]
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The pauses the handler asks for (none taken)."""
+    asked: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        asked.append(seconds)
+
+    monkeypatch.setattr("healthscore.service.consumers.asyncio.sleep", sleep)
+    return asked
+
+
+async def test_after_a_batch_that_was_not_full_the_handler_waits_out_the_interval(
+    sleeps: list[float],
+) -> None:
+    pipeline = ScriptedPipeline(BatchOutcome(records=2, next_offsets={U0: 12}))
+    handler, _, outcomes, _ = handler_for(pipeline, FakeConsumer(assigned=[U0]), (0.05, 3))
+    await handler([record(10), record(11)])
+    assert len(outcomes) == 1
+    # the rest of the 50 ms since the batch began, not 50 ms more
+    assert len(sleeps) == 1 and 0 < sleeps[0] <= 0.05
+
+
+async def test_a_full_batch_or_no_interval_goes_on_at_once(sleeps: list[float]) -> None:
+    full = ScriptedPipeline(BatchOutcome(records=3, next_offsets={U0: 13}))
+    handler, _, _, _ = handler_for(full, FakeConsumer(assigned=[U0]), (0.05, 3))
+    await handler([record(10), record(11), record(12)])
+    off = ScriptedPipeline(BatchOutcome(records=1, next_offsets={U0: 11}))
+    handler, _, _, _ = handler_for(off, FakeConsumer(assigned=[U0]))
+    await handler([record(10)])
+    assert sleeps == []
+
+
+async def test_a_batch_that_took_longer_than_the_interval_goes_on_at_once(
+    sleeps: list[float],
+) -> None:
+    class Slow(ScriptedPipeline):
+        async def process_items(self, *args: Any, **kwargs: Any) -> BatchOutcome:
+            await asyncio.get_running_loop().run_in_executor(None, lambda: None)
+            return await super().process_items(*args, **kwargs)
+
+    pipeline = Slow(BatchOutcome(records=1, next_offsets={U0: 11}))
+    handler, _, _, _ = handler_for(pipeline, FakeConsumer(assigned=[U0]), (1e-9, 3))
+    await handler([record(10)])
+    assert sleeps == []

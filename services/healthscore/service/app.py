@@ -255,7 +255,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         on_failure=lambda exc: metrics.batch_failures.inc(),
         after_batch=FullCollectionPacer(o.full_gc_every_batches, s.batch_max_records).after_batch,
         on_gap=lambda gap: metrics.offset_gaps.labels(gap.topic).inc(),
-        linger=(s.batch_linger_ms / 1000, s.batch_max_records),
+        min_interval=(s.batch_min_interval_ms / 1000, s.batch_max_records),
     )
     broker = build_broker(
         s,

@@ -61,7 +61,7 @@ class BatchHandler:
         on_failure: Callable[[BaseException], None] | None = None,
         after_batch: Callable[[int], None] | None = None,
         on_gap: Callable[[OffsetGap], None] | None = None,
-        linger: tuple[float, int] = (0.0, 0),
+        min_interval: tuple[float, int] = (0.0, 0),
     ) -> None:
         self._pipeline = pipeline
         self._offsets = offsets
@@ -72,8 +72,8 @@ class BatchHandler:
         self._on_failure = on_failure
         self._after_batch = after_batch
         self._on_gap = on_gap
-        # (seconds, full batch size): see `_linger`
-        self._linger_seconds, self._full_batch = linger
+        # (seconds, full batch size): see `_pace`
+        self._min_interval, self._full_batch = min_interval
         self._lock = asyncio.Lock()
         self.failures = 0
 
@@ -93,18 +93,18 @@ class BatchHandler:
             if self._after_batch is not None:
                 # between batches, while no batch's objects are alive
                 self._after_batch(len(records))
-        await self._linger(started, len(records))
+        await self._pace(started, len(records))
 
-    async def _linger(self, started: float, records: int) -> None:
-        """After a batch that was not full, wait until `linger` seconds after it began
-        before the next fetch is taken: live traffic then comes in fewer, larger
-        batches. Every batch costs the same transaction and round trips whatever its
-        size, and at a few events per batch that cost, not the events, keeps the
-        machine busy (the consumer-side counterpart of a producer's linger.ms). A
-        full batch (catching up) goes on at once."""
-        if self._linger_seconds <= 0 or records >= self._full_batch:
+    async def _pace(self, started: float, records: int) -> None:
+        """After a batch that was not full, wait until `min_interval` seconds after it
+        began before the next fetch is taken: live traffic then comes in fewer, larger
+        batches. Every batch costs a transaction's round trips whatever its size, and
+        at a few events a batch that cost, not the events, keeps the machine busy (the
+        consumer-side counterpart of a producer's linger.ms). A full batch (catching
+        up) goes on at once."""
+        if self._min_interval <= 0 or records >= self._full_batch:
             return
-        left = self._linger_seconds - (time.monotonic() - started)
+        left = self._min_interval - (time.monotonic() - started)
         if left > 0:
             await asyncio.sleep(left)
 
