@@ -109,11 +109,19 @@ export interface Milestone {
   acknowledged_by_name: string | null;
 }
 
+/**
+ * achieved = acknowledged + unacknowledged + from_profile: the milestones with a
+ * row (GET .../milestones) and those known from the CRM profile only.
+ */
 export interface MilestoneCounts {
-  /** Milestones achieved, of 17. */
+  /** Milestones achieved, of 17: the count the score and its missing_milestones factor use, those known from the profile included. */
   achieved: number;
+  /** Milestone rows acknowledged. */
   acknowledged: number;
+  /** Milestone rows still to acknowledge. */
   unacknowledged: number;
+  /** Achieved milestones known only from the organization's CRM profile (organization.profile.v1 or `healthscore import`), reached before its events reached the service: counted in achieved, with no row to acknowledge or reward. */
+  from_profile: number;
   rewards_pending: number;
   rewards_delivered: number;
 }

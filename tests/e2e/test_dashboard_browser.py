@@ -3,7 +3,8 @@
 Headless Chromium (Debian's `chromium` and `chromium-driver`, driven by Selenium)
 opens the page served by `healthscore.api` while the service consumes a stream:
 the admin sees the at-risk organization first, opens it, sees its factors and
-chart, acknowledges a milestone (persisted, attributed to the admin by the
+chart and its milestone count (those its CRM profile gave it included, without a
+row), acknowledges a milestone (persisted, attributed to the admin by the
 database); the list refreshes by itself as new scores land; the support person
 sees only their interactions; the member sees none. Screenshots are saved under
 test-artifacts/e2e/ (or $HEALTHSCORE_TEST_ARTIFACTS).
@@ -108,6 +109,18 @@ def stream() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         }
     )
     return usage, support
+
+
+def crm_profile() -> dict[str, Any]:
+    """The at-risk organization's CRM profile: two milestones reached before its events
+    reached the service (counted in the score, no row to acknowledge)."""
+    before = (BASE - timedelta(days=30)).isoformat()
+    return {
+        "event_id": _id("r-crm-profile"),
+        "organization_id": AT_RISK,
+        "milestones": {"profile_completed": before, "integration_connected": before},
+        "occurred_at": (BASE + timedelta(days=5)).isoformat(),
+    }
 
 
 def by_day(
@@ -231,6 +244,13 @@ async def test_dashboard_in_chromium(
                     "SELECT count(*) FROM processed_events",
                     lambda n, expected=applied: n == expected,
                 )
+            await produce_json(producer, topics.profile, [crm_profile()])
+            applied += 1
+            await wait_for(
+                migrated_database,
+                "SELECT count(*) FROM processed_events",
+                lambda n, expected=applied: n == expected,
+            )
             await name_organizations(migrated_database)
             config, identity = await dev_config(settings)
             config = dataclasses.replace(config, refresh_seconds=1.0)
@@ -273,6 +293,22 @@ async def test_dashboard_in_chromium(
             assert all(r.text.strip() for r in factor_rows)
             assert browser.find_elements(By.CSS_SELECTOR, "#org-components meter")
             await run(screenshot, browser, "admin-organization")
+
+            # the score's milestones: the onboarding row below and two from the CRM profile
+            await run(
+                wait,
+                browser,
+                lambda d: (
+                    d.execute_script(
+                        "const dt = [...document.querySelectorAll('#org-facts dt')]"
+                        ".find(e => e.textContent === 'Milestones');"
+                        "return dt ? dt.nextElementSibling.textContent : null;"
+                    )
+                    == "3 of 17: 1 recorded (1 to acknowledge) + 2 from the CRM profile"
+                ),
+            )
+            note = browser.find_element(By.ID, "milestone-from-profile")
+            assert note.is_displayed() and note.text.startswith("2 more milestones were achieved")
 
             # acknowledge the milestone
             button = await run(

@@ -529,16 +529,36 @@ async def test_organization_page_has_everything(world: World) -> None:
     assert [i["id"] for i in org["open_interactions"]] == [str(world.interactions["overdue"])]
     assert org["open_interactions"][0]["overdue"] is True
     assert org["overdue_follow_ups"] == 1
+    # the score's count (customer_health: 3), of which two have rows: one is known from
+    # the organization's profile only, with nothing to acknowledge
     assert org["milestones"] == {
-        "achieved": 2,
+        "achieved": 3,
         "acknowledged": 0,
         "unacknowledged": 2,
+        "from_profile": 1,
         "rewards_pending": 1,
         "rewards_delivered": 0,
     }
     assert org["last_alert"]["kind"] == "risk_escalated"
     assert org["last_alert"]["risk_level"] == "critical"
     assert org["last_alert"]["published_at"] is None
+
+
+async def test_rows_ahead_of_the_projection_still_add_up(world: World) -> None:
+    # a batch writes its milestone rows with its states; customer_health follows from
+    # the projector: until then the page counts the rows, none of them from the profile
+    bloom = world.orgs["bloom"]
+    conn = await asyncpg.connect(world.url)
+    try:
+        await conn.execute(
+            "UPDATE customer_health SET milestones_achieved = 1 WHERE organization_id = $1", bloom
+        )
+    finally:
+        await conn.close()
+    response = await world.get("admin", f"/api/v1/organizations/{bloom}")
+    assert response.status_code == 200, response.text
+    counts = response.json()["milestones"]
+    assert (counts["achieved"], counts["unacknowledged"], counts["from_profile"]) == (2, 2, 0)
 
 
 async def test_the_page_counts_feature_usage_as_the_projector_stores_it(world: World) -> None:

@@ -103,9 +103,20 @@ class InteractionPage(_Model):
 
 
 class MilestoneCounts(_Model):
-    achieved: int = Field(description="Milestones achieved, of 17.")
-    acknowledged: int
-    unacknowledged: int
+    """achieved = acknowledged + unacknowledged + from_profile: the milestones with a
+    row (GET .../milestones) and those known from the CRM profile only."""
+
+    achieved: int = Field(
+        description="Milestones achieved, of 17: the count the score and its "
+        "missing_milestones factor use, those known from the profile included."
+    )
+    acknowledged: int = Field(description="Milestone rows acknowledged.")
+    unacknowledged: int = Field(description="Milestone rows still to acknowledge.")
+    from_profile: int = Field(
+        description="Achieved milestones known only from the organization's CRM profile "
+        "(organization.profile.v1 or `healthscore import`), reached before its events "
+        "reached the service: counted in achieved, with no row to acknowledge or reward."
+    )
     rewards_pending: int
     rewards_delivered: int
 

@@ -185,6 +185,15 @@ const COMPONENTS = [
   ["support", "Support"], ["growth", "Growth"],
 ];
 
+// achieved is the score's count: the rows below (recorded from the events) and the
+// milestones known only from the CRM profile, which have no row to acknowledge
+function milestoneCount(m) {
+  const recorded = m.acknowledged + m.unacknowledged;
+  if (!m.from_profile) return `${m.achieved} of 17 (${m.unacknowledged} to acknowledge)`;
+  return `${m.achieved} of 17: ${recorded} recorded (${m.unacknowledged} to acknowledge)` +
+    ` + ${m.from_profile} from the CRM profile`;
+}
+
 function renderOrganization(org) {
   const name = org.organization_name || `Organization ${shortId(org.organization_id)}`;
   $("org-title").textContent = name;
@@ -205,10 +214,15 @@ function renderOrganization(org) {
     ["Active users (30 days)", String(org.active_users_30d)],
     ["Open interactions", String(org.open_interactions_count)],
     ["Overdue follow-ups", String(org.overdue_follow_ups)],
-    ["Milestones", `${org.milestones.achieved} of 17 (${org.milestones.unacknowledged} to acknowledge)`],
+    ["Milestones", milestoneCount(org.milestones)],
     ["Last activity", when(org.last_activity_at)],
   ];
   $("org-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
+  const fromProfile = org.milestones.from_profile;
+  $("milestone-from-profile").hidden = fromProfile === 0;
+  $("milestone-from-profile").textContent = `${fromProfile === 1 ? "One more milestone was" : `${fromProfile} more milestones were`} ` +
+    "achieved before the organization's events reached the service (from its CRM profile): " +
+    "counted in the score, nothing to acknowledge or reward.";
   $("org-components").replaceChildren(...COMPONENTS.map(([key, label]) => {
     const value = org.components[key] ?? 0;
     return el("li", {},
