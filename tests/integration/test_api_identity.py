@@ -22,6 +22,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from healthscore.api.auth import Principal
+from healthscore.api.session import DatabaseUnavailable, bound_session
 from healthscore.store.identity import LOGIN, mint_token
 from tests.integration.test_api import World, superuser_fetch, world  # noqa: F401
 from tests.utils.api import api_client, api_config, api_login, bearer, signing_key
@@ -266,3 +268,36 @@ async def test_one_reused_connection_never_carries_identity_into_another_request
             len(world.orgs) if role == "admin" else 0 for role in roles
         ]
         assert await _probe(pool) == clean
+
+
+def _handed_back(proxy: Any) -> bool:
+    """Whether the pool took the proxy's connection back (asyncpg's private state)."""
+    return proxy._con is None
+
+
+async def test_a_connection_the_server_ends_during_a_request_is_unavailable(
+    world: World,  # noqa: F811
+    pg_admin_url: str,
+) -> None:
+    """asyncpg hands a connection the server ended back to the pool at once, and its
+    proxy then refuses every call: the request's cleanup asked it `is_closed()` and
+    raised that InterfaceError, a 500 instead of the 503 a lost database is."""
+    async with (
+        api_login(pg_admin_url, world.url) as login_url,
+        api_client(await api_config(world.url, login_url, pool_size=1)) as (_client, app),
+    ):
+        api = app.state.api
+        principal = Principal(world.users["admin"], datetime.now(UTC) + timedelta(minutes=5))
+        with pytest.raises(DatabaseUnavailable):
+            async with bound_session(api.pool, api.signing_key, principal) as session:
+                pid = await session.conn.fetchval("SELECT pg_backend_pid()")
+                await superuser_fetch(pg_admin_url, "SELECT pg_terminate_backend($1)", pid)
+                for _ in range(500):  # until asyncpg has seen the connection close
+                    if _handed_back(session.conn):
+                        break
+                    await asyncio.sleep(0.01)
+                assert _handed_back(session.conn)
+                await session.conn.fetchval("SELECT 1")
+        # and the pool serves the next request on a new connection
+        async with bound_session(api.pool, api.signing_key, principal) as session:
+            assert await session.conn.fetchval("SELECT app_user_id()") == world.users["admin"]

@@ -186,6 +186,16 @@ async def audience_of(pool: asyncpg.Pool[Any], key: SigningKey, principal: Princ
     return None if row is None else row["audience"]
 
 
+def _lost(conn: PoolConnectionProxy[asyncpg.Record]) -> bool:
+    """Whether the request's connection is gone. When the server ends it while it is
+    checked out, asyncpg hands it back to the pool at once and the proxy refuses every
+    call after that, `is_closed()` included (InterfaceError)."""
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:
+        return True
+
+
 @contextlib.asynccontextmanager
 async def bound_session(
     pool: asyncpg.Pool[Any],
@@ -216,7 +226,7 @@ async def bound_session(
             await conn.execute(LOGOUT_AND_COMMIT if writes else "ROLLBACK")
         except BaseException as exc:
             # a lost connection is discarded by the pool; otherwise undo the login
-            if not conn.is_closed():
+            if not _lost(conn):
                 # best effort: the pool's reset rolls back what this could not
                 with contextlib.suppress(Exception):
                     await conn.execute("ROLLBACK")
