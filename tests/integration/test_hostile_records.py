@@ -31,6 +31,7 @@ from tests.utils.harness import (
     running_service,
     service_settings,
 )
+from tests.utils.raw_batches import batch, produce_batch
 from tests.utils.scenarios import high_watermarks, stored_offsets, wait_caught_up
 from tests.utils.states import stored_state_in
 
@@ -767,3 +768,47 @@ async def test_an_interaction_flipping_its_type_signals_once(
     assert round(decayed["complaints"], 4) == 1.0
     assert round(decayed["escalations"], 4) == 1.0
     assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 41
+
+
+async def test_records_with_neither_key_nor_value_are_dead_lettered_and_passed(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A record with a null key and a null value (a tombstone without a key, which
+    other clients than aiokafka send), and a batch flagged zstd whose bytes are not zstd
+    (read as one stand-in record with neither): their dead letters have neither key nor value,
+    which aiokafka's producer refuses (AssertionError), so the batch failed on every
+    retry and the partition stalled. They are dead-lettered with an empty value and a
+    header saying the record had none; the valid records beside them are applied."""
+    topics = await make_topics(kafka_bootstrap, partitions=2)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org, other = _org("null-record"), _org("null-record-neighbour")
+    producer = await make_producer(kafka_bootstrap)
+    try:
+
+        async def valid(partition: int, key: str, n: int) -> None:
+            body = orjson.dumps(_usage(key, n, at))
+            await producer.send_and_wait(topics.usage, body, key=key.encode(), partition=partition)
+
+        await valid(0, org, 0)
+        null = await produce_batch(kafka_bootstrap, topics.usage, 0, batch([(None, None)]))
+        await valid(0, org, 1)
+        await valid(1, other, 2)
+        not_zstd = batch([(org.encode(), orjson.dumps(_usage(org, 3, at)))], codec=4)
+        unreadable = await produce_batch(kafka_bootstrap, topics.usage, 1, not_zstd)
+        await valid(1, other, 4)
+        async with running_service(settings) as service:
+            await wait_caught_up(
+                migrated_database, kafka_bootstrap, settings.consumer_group, [topics.usage]
+            )
+            failures = service.handler.failures
+    finally:
+        await producer.stop()
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 4
+    dead = _dead_by_offset(await consume_all(kafka_bootstrap, topics.dlq_usage, 2, settle=0.5))
+    assert sorted(dead) == [(0, null), (1, unreadable)]
+    assert dead[(0, null)]["x-error-reason"] == b"empty"
+    assert dead[(1, unreadable)]["x-error-reason"] == b"corrupt_record"
+    for named in dead.values():
+        assert named["x-value-null"] == b"the source record had neither key nor value"
+    assert failures == 0
