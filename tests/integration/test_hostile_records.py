@@ -774,11 +774,14 @@ async def test_records_with_neither_key_nor_value_are_dead_lettered_and_passed(
     migrated_database: str, kafka_bootstrap: str
 ) -> None:
     """A record with a null key and a null value (a tombstone without a key, which
-    other clients than aiokafka send), and a batch flagged zstd whose bytes are not zstd
-    (read as one stand-in record with neither): their dead letters have neither key nor value,
-    which aiokafka's producer refuses (AssertionError), so the batch failed on every
-    retry and the partition stalled. They are dead-lettered with an empty value and a
-    header saying the record had none; the valid records beside them are applied."""
+    other clients than aiokafka send), and batches flagged gzip or zstd whose bytes are
+    not (each read as one stand-in record with neither). Their dead letters had neither
+    key nor value, which aiokafka's producer refuses (AssertionError), so the batch
+    failed on every retry and the partition stalled; and a decompression error raised
+    below aiokafka's reader (gzip's, cramjam's) was not taken for a read failure at all,
+    so the partition stalled before the salvage. They are dead-lettered with an empty
+    value and a header saying the record had none; the valid records beside them are
+    applied."""
     topics = await make_topics(kafka_bootstrap, partitions=2)
     settings = service_settings(migrated_database, kafka_bootstrap, topics)
     at = datetime.now(UTC) - timedelta(hours=1)
@@ -793,6 +796,9 @@ async def test_records_with_neither_key_nor_value_are_dead_lettered_and_passed(
         await valid(0, org, 0)
         null = await produce_batch(kafka_bootstrap, topics.usage, 0, batch([(None, None)]))
         await valid(0, org, 1)
+        not_gzip = batch([(org.encode(), orjson.dumps(_usage(org, 5, at)))], codec=1)
+        ungzipped = await produce_batch(kafka_bootstrap, topics.usage, 0, not_gzip)
+        await valid(0, org, 6)
         await valid(1, other, 2)
         not_zstd = batch([(org.encode(), orjson.dumps(_usage(org, 3, at)))], codec=4)
         unreadable = await produce_batch(kafka_bootstrap, topics.usage, 1, not_zstd)
@@ -804,11 +810,12 @@ async def test_records_with_neither_key_nor_value_are_dead_lettered_and_passed(
             failures = service.handler.failures
     finally:
         await producer.stop()
-    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 4
-    dead = _dead_by_offset(await consume_all(kafka_bootstrap, topics.dlq_usage, 2, settle=0.5))
-    assert sorted(dead) == [(0, null), (1, unreadable)]
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 5
+    dead = _dead_by_offset(await consume_all(kafka_bootstrap, topics.dlq_usage, 3, settle=0.5))
+    assert sorted(dead) == [(0, null), (0, ungzipped), (1, unreadable)]
     assert dead[(0, null)]["x-error-reason"] == b"empty"
-    assert dead[(1, unreadable)]["x-error-reason"] == b"corrupt_record"
+    for where in ((0, ungzipped), (1, unreadable)):
+        assert dead[where]["x-error-reason"] == b"corrupt_record"
     for named in dead.values():
         assert named["x-value-null"] == b"the source record had neither key nor value"
     assert failures == 0

@@ -181,12 +181,20 @@ class FailureSite:
     drained: Records
 
 
+_READERS = ("aiokafka/record/", "aiokafka/codec.py")
+"""Where aiokafka reads fetched records: its record readers and the decompressors they
+call. An error raised below them is a read failure too: a batch whose bytes fail to
+decompress raises from the codec's library (Python's gzip module, cramjam's
+`DecompressionError`), the reader's frame further up the traceback."""
+
+
 def _failure_site(exc: BaseException) -> FailureSite | None:
     """Where aiokafka failed to read a fetched record; None for any other error.
 
     A read failure is a `CorruptRecordException`, or any error raised inside
     aiokafka's record readers (`aiokafka/record/`: the C reader raises a bare
-    `UnicodeDecodeError` for a header key that is not UTF-8).
+    `UnicodeDecodeError` for a header key that is not UTF-8), or below them (in a
+    decompressor: a batch whose compressed bytes are not).
 
     aiokafka internals, used here only: the exception carries neither the
     partition nor the records the call had drained from other partitions (their
@@ -201,10 +209,9 @@ def _failure_site(exc: BaseException) -> FailureSite | None:
     while tb is not None:
         frames.append(tb.tb_frame)
         tb = tb.tb_next
-    innermost = frames[-1].f_code.co_filename.replace("\\", "/") if frames else ""
-    if "aiokafka/record/" not in innermost and not isinstance(
-        exc, kafka_errors.CorruptRecordException
-    ):
+    files = [frame.f_code.co_filename.replace("\\", "/") for frame in frames]
+    reading = any(reader in name for name in files for reader in _READERS)
+    if not reading and not isinstance(exc, kafka_errors.CorruptRecordException):
         return None
     site = FailureSite(None, None, {})
     for frame in frames:
