@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from healthscore.service.app import Components, ServiceOptions
 from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord
@@ -819,3 +819,49 @@ async def test_records_with_neither_key_nor_value_are_dead_lettered_and_passed(
     for named in dead.values():
         assert named["x-value-null"] == b"the source record had neither key nor value"
     assert failures == 0
+
+
+async def test_batches_of_every_codec_a_kafka_producer_may_use_are_read(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """Kafka producers compress with gzip, snappy, lz4 or zstd (lz4 and zstd are common
+    settings of Java and librdkafka producers). aiokafka reads all but gzip only with
+    cramjam installed, which was not a dependency: every snappy, lz4 or zstd batch was
+    read as one corrupt stand-in and dead-lettered, the valid events in it lost (and,
+    before dead letters without key or value were sent, its partition stalled)."""
+    topics = await make_topics(kafka_bootstrap, partitions=2)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org, other = _org("codecs"), _org("codecs-neighbour")
+    n = 0
+    for codec in ("gzip", "snappy", "lz4", "zstd"):
+        producer = AIOKafkaProducer(
+            bootstrap_servers=kafka_bootstrap,
+            enable_idempotence=False,
+            compression_type=codec,
+            linger_ms=200,  # the three records in one compressed batch
+        )
+        await producer.start()
+        try:
+            sent = [
+                await producer.send(
+                    topics.usage,
+                    orjson.dumps(_usage(org, n + i, at)),
+                    key=org.encode(),
+                    partition=0,
+                )
+                for i in range(3)
+            ]
+            await asyncio.gather(*sent)
+        finally:
+            await producer.stop()
+        n += 3
+    rejected = await _through_the_service(
+        migrated_database,
+        kafka_bootstrap,
+        settings,
+        topics.usage,
+        [(other, _usage(other, 100, at), None)],  # a neighbour, uncompressed
+    )
+    assert rejected == []
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 13
