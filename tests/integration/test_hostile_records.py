@@ -30,8 +30,9 @@ from tests.utils.harness import (
     make_topics,
     running_service,
     service_settings,
+    wait_for,
 )
-from tests.utils.raw_batches import batch, produce_batch
+from tests.utils.raw_batches import batch, produce_batch, transaction_marker
 from tests.utils.scenarios import high_watermarks, stored_offsets, wait_caught_up
 from tests.utils.states import stored_state_in
 
@@ -865,3 +866,57 @@ async def test_batches_of_every_codec_a_kafka_producer_may_use_are_read(
     )
     assert rejected == []
     assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 13
+
+
+async def test_transaction_markers_are_passed_over_without_a_gap_or_a_stall(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A transactional producer ends each transaction with a marker (a control batch)
+    that takes an offset and that no client hands over. A marker between two fetches
+    made the next batch look like a gap (rewound, fetched again, counted and logged as
+    one); a marker after a partition's last record left its stored offset one below the
+    high watermark for good: the partition never caught up, and a replay, which waits
+    for the stored offsets to reach the high watermarks, never ended. The stored offset
+    now passes them, with no gap and nothing dead-lettered."""
+    topics = await make_topics(kafka_bootstrap, partitions=2)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org, other = _org("transactions"), _org("transactions-neighbour")
+    producer = await make_producer(kafka_bootstrap)
+
+    async def valid(partition: int, key: str, n: int) -> None:
+        body = orjson.dumps(_usage(key, n, at))
+        await producer.send_and_wait(topics.usage, body, key=key.encode(), partition=partition)
+
+    async def marker(commit: bool = True) -> None:
+        await produce_batch(kafka_bootstrap, topics.usage, 0, transaction_marker(commit=commit))
+
+    try:
+        async with running_service(settings) as service:
+            for n in range(3):
+                await valid(0, org, n)
+            await marker()
+            await wait_for(
+                migrated_database, "SELECT count(*) FROM processed_events", lambda v: v == 3
+            )
+            for n in range(3, 6):
+                await valid(0, org, n)
+            await marker(commit=False)  # an aborted transaction's marker
+            await marker()  # two markers in a row, after the partition's last record
+            await valid(1, other, 6)
+            await wait_caught_up(
+                migrated_database,
+                kafka_bootstrap,
+                settings.consumer_group,
+                [topics.usage],
+                timeout=30,
+            )
+            gaps = _total(service, "healthscore_offset_gaps_total")
+            rejected = [reason for o in service.outcomes for reason in o.rejected]
+    finally:
+        await producer.stop()
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 7
+    stored = await stored_offsets(migrated_database, settings.consumer_group)
+    assert stored == {(topics.usage, 0): 9, (topics.usage, 1): 1}
+    assert gaps == 0
+    assert rejected == []

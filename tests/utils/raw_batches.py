@@ -71,3 +71,22 @@ async def produce_batch(bootstrap: str, topic: str, partition: int, data: bytes)
                 raise error(f"producing a raw batch to {topic}:{partition}")
             return int(offset)
     raise AssertionError(f"no answer for {topic}:{partition}")
+
+
+CONTROL_FLAG = 0x20
+TRANSACTIONAL_FLAG = 0x10
+
+
+def transaction_marker(*, commit: bool = True, producer_id: int = 4242) -> bytes:
+    """A control batch of one commit (or abort) marker, as a transaction coordinator
+    writes at the end of a producer's transaction: it takes an offset, and no client
+    hands it over as a record. (The embedded broker has no transactions, but stores a
+    marker written to it.)"""
+    builder = _DefaultRecordBatchBuilderPy(2, 0, 1, producer_id, 0, -1, 1 << 20)
+    key = struct.pack(">hh", 0, 1 if commit else 0)  # version, type
+    builder.append(0, int(time.time() * 1000), key, struct.pack(">hi", 0, 0), [])
+    raw = bytearray(builder.build())
+    (attributes,) = struct.unpack_from(">h", raw, _ATTRIBUTES_AT)
+    struct.pack_into(">h", raw, _ATTRIBUTES_AT, attributes | CONTROL_FLAG | TRANSACTIONAL_FLAG)
+    struct.pack_into(">I", raw, _CRC_AT, calc_crc32c(bytes(raw[CRC_COVERS_FROM:])))
+    return bytes(raw)
