@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from healthscore.service.app import Components, ServiceOptions
 from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord
@@ -30,7 +30,9 @@ from tests.utils.harness import (
     make_topics,
     running_service,
     service_settings,
+    wait_for,
 )
+from tests.utils.raw_batches import batch, produce_batch, transaction_marker
 from tests.utils.scenarios import high_watermarks, stored_offsets, wait_caught_up
 from tests.utils.states import stored_state_in
 
@@ -767,3 +769,154 @@ async def test_an_interaction_flipping_its_type_signals_once(
     assert round(decayed["complaints"], 4) == 1.0
     assert round(decayed["escalations"], 4) == 1.0
     assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 41
+
+
+async def test_records_with_neither_key_nor_value_are_dead_lettered_and_passed(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A record with a null key and a null value (a tombstone without a key, which
+    other clients than aiokafka send), and batches flagged gzip or zstd whose bytes are
+    not (each read as one stand-in record with neither). Their dead letters had neither
+    key nor value, which aiokafka's producer refuses (AssertionError), so the batch
+    failed on every retry and the partition stalled; and a decompression error raised
+    below aiokafka's reader (gzip's, cramjam's) was not taken for a read failure at all,
+    so the partition stalled before the salvage. They are dead-lettered with an empty
+    value and a header saying the record had none; the valid records beside them are
+    applied."""
+    topics = await make_topics(kafka_bootstrap, partitions=2)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org, other = _org("null-record"), _org("null-record-neighbour")
+    producer = await make_producer(kafka_bootstrap)
+    try:
+
+        async def valid(partition: int, key: str, n: int) -> None:
+            body = orjson.dumps(_usage(key, n, at))
+            await producer.send_and_wait(topics.usage, body, key=key.encode(), partition=partition)
+
+        await valid(0, org, 0)
+        null = await produce_batch(kafka_bootstrap, topics.usage, 0, batch([(None, None)]))
+        await valid(0, org, 1)
+        not_gzip = batch([(org.encode(), orjson.dumps(_usage(org, 5, at)))], codec=1)
+        ungzipped = await produce_batch(kafka_bootstrap, topics.usage, 0, not_gzip)
+        await valid(0, org, 6)
+        await valid(1, other, 2)
+        not_zstd = batch([(org.encode(), orjson.dumps(_usage(org, 3, at)))], codec=4)
+        unreadable = await produce_batch(kafka_bootstrap, topics.usage, 1, not_zstd)
+        await valid(1, other, 4)
+        async with running_service(settings) as service:
+            await wait_caught_up(
+                migrated_database, kafka_bootstrap, settings.consumer_group, [topics.usage]
+            )
+            failures = service.handler.failures
+    finally:
+        await producer.stop()
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 5
+    dead = _dead_by_offset(await consume_all(kafka_bootstrap, topics.dlq_usage, 3, settle=0.5))
+    assert sorted(dead) == [(0, null), (0, ungzipped), (1, unreadable)]
+    assert dead[(0, null)]["x-error-reason"] == b"empty"
+    for where in ((0, ungzipped), (1, unreadable)):
+        assert dead[where]["x-error-reason"] == b"corrupt_record"
+    for named in dead.values():
+        assert named["x-value-null"] == b"the source record had neither key nor value"
+    assert failures == 0
+
+
+async def test_batches_of_every_codec_a_kafka_producer_may_use_are_read(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """Kafka producers compress with gzip, snappy, lz4 or zstd (lz4 and zstd are common
+    settings of Java and librdkafka producers). aiokafka reads all but gzip only with
+    cramjam installed, which was not a dependency: every snappy, lz4 or zstd batch was
+    read as one corrupt stand-in and dead-lettered, the valid events in it lost (and,
+    before dead letters without key or value were sent, its partition stalled)."""
+    topics = await make_topics(kafka_bootstrap, partitions=2)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org, other = _org("codecs"), _org("codecs-neighbour")
+    n = 0
+    for codec in ("gzip", "snappy", "lz4", "zstd"):
+        producer = AIOKafkaProducer(
+            bootstrap_servers=kafka_bootstrap,
+            enable_idempotence=False,
+            compression_type=codec,
+            linger_ms=200,  # the three records in one compressed batch
+        )
+        await producer.start()
+        try:
+            sent = [
+                await producer.send(
+                    topics.usage,
+                    orjson.dumps(_usage(org, n + i, at)),
+                    key=org.encode(),
+                    partition=0,
+                )
+                for i in range(3)
+            ]
+            await asyncio.gather(*sent)
+        finally:
+            await producer.stop()
+        n += 3
+    rejected = await _through_the_service(
+        migrated_database,
+        kafka_bootstrap,
+        settings,
+        topics.usage,
+        [(other, _usage(other, 100, at), None)],  # a neighbour, uncompressed
+    )
+    assert rejected == []
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 13
+
+
+async def test_transaction_markers_are_passed_over_without_a_gap_or_a_stall(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A transactional producer ends each transaction with a marker (a control batch)
+    that takes an offset and that no client hands over. A marker between two fetches
+    made the next batch look like a gap (rewound, fetched again, counted and logged as
+    one); a marker after a partition's last record left its stored offset one below the
+    high watermark for good: the partition never caught up, and a replay, which waits
+    for the stored offsets to reach the high watermarks, never ended. The stored offset
+    now passes them, with no gap and nothing dead-lettered."""
+    topics = await make_topics(kafka_bootstrap, partitions=2)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org, other = _org("transactions"), _org("transactions-neighbour")
+    producer = await make_producer(kafka_bootstrap)
+
+    async def valid(partition: int, key: str, n: int) -> None:
+        body = orjson.dumps(_usage(key, n, at))
+        await producer.send_and_wait(topics.usage, body, key=key.encode(), partition=partition)
+
+    async def marker(commit: bool = True) -> None:
+        await produce_batch(kafka_bootstrap, topics.usage, 0, transaction_marker(commit=commit))
+
+    try:
+        async with running_service(settings) as service:
+            for n in range(3):
+                await valid(0, org, n)
+            await marker()
+            await wait_for(
+                migrated_database, "SELECT count(*) FROM processed_events", lambda v: v == 3
+            )
+            for n in range(3, 6):
+                await valid(0, org, n)
+            await marker(commit=False)  # an aborted transaction's marker
+            await marker()  # two markers in a row, after the partition's last record
+            await valid(1, other, 6)
+            await wait_caught_up(
+                migrated_database,
+                kafka_bootstrap,
+                settings.consumer_group,
+                [topics.usage],
+                timeout=30,
+            )
+            gaps = _total(service, "healthscore_offset_gaps_total")
+            rejected = [reason for o in service.outcomes for reason in o.rejected]
+    finally:
+        await producer.stop()
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 7
+    stored = await stored_offsets(migrated_database, settings.consumer_group)
+    assert stored == {(topics.usage, 0): 9, (topics.usage, 1): 1}
+    assert gaps == 0
+    assert rejected == []

@@ -40,6 +40,7 @@ def to_raw(record: Any) -> RawRecord:
         timestamp_ms=record.timestamp,
         headers=tuple(record.headers or ()),
         corrupt=getattr(record, "corrupt", None),
+        skipped_to=getattr(record, "skipped_to", None),
     )
 
 

@@ -67,6 +67,9 @@ class SalvagedRecord(ConsumerRecord):  # type: ignore[misc]  # aiokafka is untyp
     """A `ConsumerRecord` read by the salvage; `corrupt` says why it is not valid."""
 
     corrupt: str | None = None
+    # set on a stand-in for offsets the client passed without handing over a record
+    # (transaction markers): the next offset after them
+    skipped_to: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,12 +184,20 @@ class FailureSite:
     drained: Records
 
 
+_READERS = ("aiokafka/record/", "aiokafka/codec.py")
+"""Where aiokafka reads fetched records: its record readers and the decompressors they
+call. An error raised below them is a read failure too: a batch whose bytes fail to
+decompress raises from the codec's library (Python's gzip module, cramjam's
+`DecompressionError`), the reader's frame further up the traceback."""
+
+
 def _failure_site(exc: BaseException) -> FailureSite | None:
     """Where aiokafka failed to read a fetched record; None for any other error.
 
     A read failure is a `CorruptRecordException`, or any error raised inside
     aiokafka's record readers (`aiokafka/record/`: the C reader raises a bare
-    `UnicodeDecodeError` for a header key that is not UTF-8).
+    `UnicodeDecodeError` for a header key that is not UTF-8), or below them (in a
+    decompressor: a batch whose compressed bytes are not).
 
     aiokafka internals, used here only: the exception carries neither the
     partition nor the records the call had drained from other partitions (their
@@ -201,10 +212,9 @@ def _failure_site(exc: BaseException) -> FailureSite | None:
     while tb is not None:
         frames.append(tb.tb_frame)
         tb = tb.tb_next
-    innermost = frames[-1].f_code.co_filename.replace("\\", "/") if frames else ""
-    if "aiokafka/record/" not in innermost and not isinstance(
-        exc, kafka_errors.CorruptRecordException
-    ):
+    files = [frame.f_code.co_filename.replace("\\", "/") for frame in frames]
+    reading = any(reader in name for name in files for reader in _READERS)
+    if not reading and not isinstance(exc, kafka_errors.CorruptRecordException):
         return None
     site = FailureSite(None, None, {})
     for frame in frames:
@@ -301,6 +311,8 @@ class SalvagingConsumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is 
         )
         self._key_deserializer_fn = kwargs.get("key_deserializer")
         self._value_deserializer_fn = kwargs.get("value_deserializer")
+        # per partition: the next offset handed over (a record or a stand-in) or sought to
+        self._handed_to: dict[TopicPartition, int] = {}
 
     async def getmany(
         self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
@@ -309,12 +321,73 @@ class SalvagingConsumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is 
             result: Records = await super().getmany(
                 *partitions, timeout_ms=timeout_ms, max_records=max_records
             )
-            return result
         except Exception as exc:
             site = _failure_site(exc)
             if site is None:
                 raise
             return await self._salvage(exc, site, partitions)
+        return await self._with_skips(result)
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        super().seek(partition, offset)
+        self._handed_to[partition] = offset
+
+    async def _with_skips(self, result: Records) -> Records:
+        """`result`, with a stand-in after the records of each partition whose position
+        the client moved past offsets it hands over no record for.
+
+        aiokafka passes transaction markers (control batches) without a record, so a
+        marker after a partition's last record left the stored offset one below the
+        high watermark for good (a replay never ended; the partition never caught up),
+        and a fetch that started after one looked like a gap. Read here, in the call
+        that moved the position, the stand-in travels with the records, so the batch
+        that stores their offsets stores the marker's too. A move with no record at
+        all is believed only when the broker's bytes show nothing but control
+        batches there: an offset reset past deleted records is not a skip.
+        """
+        # every position read before any await: a seek meanwhile (a rebalance) must not
+        # be taken for the client passing offsets
+        moved: list[tuple[TopicPartition, int, int]] = []
+        for tp in sorted(self.assignment()):
+            records = result.get(tp)
+            position = _delivered_position(self, tp)
+            start = records[-1].offset + 1 if records else self._handed_to.get(tp)
+            if position is None:
+                self._handed_to.pop(tp, None)
+                continue
+            self._handed_to[tp] = position
+            if start is not None and position > start:
+                moved.append((tp, start, position))
+        for tp, start, position in moved:
+            records = result.get(tp)
+            # passed within this call's records: aiokafka iterated those batches itself
+            if not records and not await self._only_markers(tp, start, position):
+                continue
+            stand_in = SalvagedRecord(
+                tp.topic, tp.partition, start, -1, 0, None, None, None, -1, -1, (),
+                skipped_to=position,
+            )  # fmt: skip
+            result[tp] = [*(records or []), stand_in]
+        return result
+
+    async def _only_markers(self, tp: TopicPartition, start: int, end: int) -> bool:
+        """The log holds nothing but control batches at offsets `start`..`end - 1`."""
+        try:
+            data = await fetch_partition_bytes(
+                self, tp, start, self._salvage_fetch_bytes, self._salvage_isolation
+            )
+        except kafka_errors.KafkaError:
+            return False
+        covered = start
+        for batch in parse_batches(data):
+            if batch.next_offset <= start:
+                continue
+            if batch.base_offset >= end:
+                break
+            if not batch.control:
+                return False
+            covered = batch.next_offset
+        return covered >= end and _delivered_position(self, tp) == end
 
     async def _salvage(
         self, exc: Exception, site: FailureSite, partitions: tuple[TopicPartition, ...]
@@ -420,6 +493,18 @@ class SalvagingConsumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is 
             record.headers,
             corrupt=record.corrupt,
         )
+
+
+def _delivered_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """aiokafka's position of `tp` read from its state without waiting (its public
+    `position()` waits for a partition being reset); None when it has none."""
+    try:
+        state = consumer._subscription.subscription.assignment.state_value(tp)
+        if state is None or not state.has_valid_position:
+            return None
+        return int(state.position)
+    except (AttributeError, TypeError):
+        return None
 
 
 async def install_salvaging_consumer(

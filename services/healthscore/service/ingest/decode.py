@@ -54,6 +54,14 @@ class RawRecord:
     headers: tuple[tuple[str, bytes | None], ...] = ()
     # set when Kafka's client could not read the record (what failed, where)
     corrupt: str | None = None
+    # set on a stand-in for offsets the client passed with no record to hand over
+    # (transaction markers), `offset` the first of them: the next offset after them
+    skipped_to: int | None = None
+
+    @property
+    def last_offset(self) -> int:
+        """The last offset this record (or stand-in) accounts for."""
+        return self.offset if self.skipped_to is None else self.skipped_to - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +119,10 @@ or by the batch (a conflict with what was applied, a record the database or the
 scoring core refused). `undecodable` is the decoder's safety net: an
 unexpected error while decoding becomes a rejection, never an escaped
 exception that would take the record's whole fetch with it."""
+
+PASSED_OVER = "passed_over"
+"""Not a rejection: the item of a stand-in (`RawRecord.skipped_to`), which the batch
+stores the offset past and neither dead-letters nor counts."""
 
 _PYDANTIC_REASON = {
     "missing": "missing_field",
@@ -179,6 +191,14 @@ class Decoder:
             )
 
     def _decode(self, record: RawRecord) -> Decoded | Rejection:
+        if record.skipped_to is not None:
+            # no record: the batch stores the offset past it, and dead-letters nothing
+            return Rejection(
+                record,
+                PASSED_OVER,
+                f"offsets {record.offset}..{record.skipped_to - 1} hold no record to hand "
+                "over (transaction markers)",
+            )
         if record.corrupt is not None:
             return Rejection(record, "corrupt_record", record.corrupt)
         model = self._models.get(record.topic)

@@ -71,7 +71,12 @@ OWN_HEADERS = frozenset(
 VALUE_OMITTED = "x-value-omitted"
 """The header of a dead letter sent without its value (too large for its topic)."""
 
-_RESERVED = OWN_HEADERS | {VALUE_OMITTED}
+VALUE_NULL = "x-value-null"
+"""The header of a dead letter whose source record had neither key nor value: Kafka
+allows such a record (a tombstone without a key), aiokafka's producer sends none, so
+the dead letter carries an empty value instead of the null one."""
+
+_RESERVED = OWN_HEADERS | {VALUE_OMITTED, VALUE_NULL}
 
 ORIGINAL_PREFIX = "x-original-"
 """Prefixed to a producer's header that is named like one of ours."""
@@ -126,6 +131,13 @@ class DeadLetterQueue:
             value, headers = None, [*dlq_headers(rejection, own_only=True), _omitted(record)]
             if key is not None and len(key) > _LARGEST_KEY_KEPT:
                 key = None
+        if key is None and value is None:
+            # refused by the producer (an AssertionError) on every retry of the batch
+            value = b""
+            if whole:
+                # after ours, before the producer's (each of our names once, in front)
+                ours = len(dlq_headers(rejection, own_only=True))
+                headers.insert(ours, (VALUE_NULL, b"the source record had neither key nor value"))
         return await self._producer.send(
             self.topic_for(record.topic), value=value, key=key, headers=headers
         )

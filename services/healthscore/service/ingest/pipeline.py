@@ -238,7 +238,9 @@ class BatchPipeline:
         `positioned` holds the offsets the consumer was explicitly sought to
         since its last batch of that partition: a fetch from there may start
         later (the log has nothing to hand over in between: transaction
-        markers, compaction), which is no gap.
+        markers, compaction), which is no gap. A stand-in for offsets the
+        client passed (`RawRecord.skipped_to`: transaction markers) moves the
+        stored offset past them and is neither applied nor dead-lettered.
         """
         if not items:
             return BatchOutcome()
@@ -392,7 +394,7 @@ class BatchPipeline:
         for item in decoded:
             record = item.record
             tp = (record.topic, record.partition)
-            last[tp] = max(last.get(tp, -1), record.offset)
+            last[tp] = max(last.get(tp, -1), record.last_offset)
             first[tp] = min(first.get(tp, record.offset), record.offset)
         partitions = sorted(last)
         if not partitions:
@@ -413,11 +415,13 @@ class BatchPipeline:
                 record = item.record
                 tp = (record.topic, record.partition)
                 if record.offset < stored[tp]:
-                    outcome.skipped_replayed += 1
-                    _count(outcome.redelivered_by_topic, record.topic)
+                    if record.skipped_to is None:
+                        outcome.skipped_replayed += 1
+                        _count(outcome.redelivered_by_topic, record.topic)
                     continue
                 first_fresh[tp] = min(first_fresh.get(tp, record.offset), record.offset)
-                fresh.append(item)
+                if record.skipped_to is None:  # a stand-in only moves the offset
+                    fresh.append(item)
             for tp, offset in first_fresh.items():
                 _check_no_gap(tp, offset, stored[tp], positioned)
             events = [d for d in fresh if isinstance(d, Decoded)]
