@@ -113,12 +113,12 @@ class Settings(BaseSettings):
     )
     batch_timeout_ms: int = Field(default=50, ge=1)
     batch_min_interval_ms: int = Field(
-        default=0,
+        default=50,
         ge=0,
         description="after a batch smaller than batch_max_records, the consumer takes the "
         "next fetch only this long after that batch began: live traffic comes in fewer, "
-        "larger batches (each costs a transaction whatever its size), for at most this "
-        "much latency; 0: at once",
+        "larger batches (each costs a transaction's round trips whatever its size), for at "
+        "most this much latency; 0: at once",
     )
     kafka_fetch_max_wait_ms: int = Field(
         default=20,

@@ -97,6 +97,8 @@ def service_settings(
         "health_topic": topics.health,
         "consumer_group": group or f"g-{uuid.uuid4().hex[:8]}",
         "batch_timeout_ms": 50,
+        # tests feed a few records at a time and wait for them: no pacing between batches
+        "batch_min_interval_ms": 0,
         "relay_interval_seconds": 0.05,
         "ops_port": 0,
         # a new group's first join waits about a session timeout on the embedded
@@ -234,6 +236,7 @@ class ServiceProcess:
                 "CONSUMER_GROUP": s.consumer_group,
                 "BATCH_MAX_RECORDS": str(s.batch_max_records),
                 "BATCH_TIMEOUT_MS": str(s.batch_timeout_ms),
+                "BATCH_MIN_INTERVAL_MS": str(s.batch_min_interval_ms),
                 "KAFKA_SESSION_TIMEOUT_MS": str(s.kafka_session_timeout_ms),
                 "RELAY_INTERVAL_SECONDS": str(s.relay_interval_seconds),
                 "OPS_PORT": str(s.ops_port),
