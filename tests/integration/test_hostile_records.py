@@ -920,3 +920,32 @@ async def test_transaction_markers_are_passed_over_without_a_gap_or_a_stall(
     assert stored == {(topics.usage, 0): 9, (topics.usage, 1): 1}
     assert gaps == 0
     assert rejected == []
+
+
+async def test_the_consumer_reads_committed_records_only(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A transactional producer's aborted records are never handed over: the consumer
+    reads with isolation read_committed (the default would apply them). The embedded
+    broker has no transactions (it refuses InitProducerId), so what is shown here is
+    that the running consumer asks for committed records and consumes as before; the
+    filtering itself is the Kafka broker's and aiokafka's (deploy/ runs Apache Kafka)."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    org = _org("committed")
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        async with running_service(settings) as service:
+            assert service.offsets.consumer._isolation_level == "read_committed"
+            for n in range(3):
+                await producer.send_and_wait(
+                    topics.usage,
+                    orjson.dumps(_usage(org, n, datetime.now(UTC) - timedelta(hours=1))),
+                    key=org.encode(),
+                )
+            await wait_caught_up(
+                migrated_database, kafka_bootstrap, settings.consumer_group, [topics.usage]
+            )
+    finally:
+        await producer.stop()
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 3

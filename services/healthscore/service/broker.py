@@ -108,6 +108,9 @@ def build_broker(
         partition_assignment_strategy=ASSIGNORS,
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset="earliest",
+        # an aborted transaction's records are never handed over (on Kafka; the
+        # embedded broker has no transactions); an open one holds its partition
+        isolation_level="read_committed",
         max_records=s.batch_max_records,
         batch_timeout_ms=s.batch_timeout_ms,
         max_partition_fetch_bytes=s.kafka_max_partition_fetch_bytes,
