@@ -22,6 +22,7 @@ import orjson
 
 from healthscore.api.models import OrganizationDetail
 from healthscore.service.imports import Profile, apply_profiles
+from tests.integration.test_api import superuser_fetch
 from tests.utils import schema_builders as b
 from tests.utils.api import api_client, api_config, api_login, bearer
 from tests.utils.harness import (
@@ -53,14 +54,6 @@ def usage(organization: uuid.UUID, kind: str, day: int) -> dict[str, Any]:
         "type": kind,
         "occurred_at": (START + timedelta(days=day)).isoformat(),
     }
-
-
-async def superuser_fetch(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(url)
-    try:
-        return await conn.fetch(query, *args)
-    finally:
-        await conn.close()
 
 
 async def test_the_page_counts_milestones_from_profiles_and_says_they_have_no_row(
