@@ -922,6 +922,56 @@ async def test_transaction_markers_are_passed_over_without_a_gap_or_a_stall(
     assert rejected == []
 
 
+async def test_markers_at_the_start_of_a_fetch_are_passed_over_without_a_gap(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """Markers right after the last record a getmany handed over (the call stopped at
+    `max_records`, or a fetch ended there) are passed by the next call before its
+    first record: that batch started after the stored offset and was taken for a gap
+    (rewound, fetched again, counted in healthscore_offset_gaps_total), once per
+    transaction a fetch boundary fell on. The stand-in now covers them too."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics, batch_max_records=3)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org = _org("leading-markers")
+    producer = await make_producer(kafka_bootstrap)
+
+    async def valid(n: int) -> None:
+        body = orjson.dumps(_usage(org, n, at))
+        await producer.send_and_wait(topics.usage, body, key=org.encode(), partition=0)
+
+    async def marker() -> None:
+        await produce_batch(kafka_bootstrap, topics.usage, 0, transaction_marker())
+
+    try:
+        # all in the log before the consumer starts: the first call stops at the third
+        # record, the next one passes the markers before handing over the fourth
+        for n in range(3):
+            await valid(n)
+        await marker()
+        await marker()
+        for n in range(3, 6):
+            await valid(n)
+        async with running_service(settings) as service:
+            await wait_caught_up(
+                migrated_database,
+                kafka_bootstrap,
+                settings.consumer_group,
+                [topics.usage],
+                timeout=30,
+            )
+            gaps = _total(service, "healthscore_offset_gaps_total")
+            rejected = [reason for o in service.outcomes for reason in o.rejected]
+    finally:
+        await producer.stop()
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 6
+    assert await stored_offsets(migrated_database, settings.consumer_group) == {
+        (topics.usage, 0): 8
+    }
+    assert gaps == 0
+    assert rejected == []
+
+
 async def test_the_consumer_reads_committed_records_only(
     migrated_database: str, kafka_bootstrap: str
 ) -> None:

@@ -333,45 +333,53 @@ class SalvagingConsumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is 
         self._handed_to[partition] = offset
 
     async def _with_skips(self, result: Records) -> Records:
-        """`result`, with a stand-in after the records of each partition whose position
-        the client moved past offsets it hands over no record for.
+        """`result`, with a stand-in for the offsets of each partition that the client
+        moved its position past without handing over a record for.
 
         aiokafka passes transaction markers (control batches) without a record, so a
         marker after a partition's last record left the stored offset one below the
         high watermark for good (a replay never ended; the partition never caught up),
         and a fetch that started after one looked like a gap. Read here, in the call
         that moved the position, the stand-in travels with the records, so the batch
-        that stores their offsets stores the marker's too. A move with no record at
-        all is believed only when the broker's bytes show nothing but control
-        batches there: an offset reset past deleted records is not a skip.
+        that stores their offsets stores the marker's too: after the call's records
+        when passed within them (aiokafka iterated those batches itself), before them
+        when passed ahead of the first (the previous call stopped at `max_records` or
+        its fetch ended right before a marker). A move ahead of any record is believed
+        only when the broker's bytes show nothing but control batches there: an offset
+        reset past deleted records is not a skip.
         """
         # every position read before any await: a seek meanwhile (a rebalance) must not
         # be taken for the client passing offsets
-        moved: list[tuple[TopicPartition, int, int]] = []
+        trailing: dict[TopicPartition, int] = {}
+        # (partition, first offset passed, offset after them, position read)
+        ahead: list[tuple[TopicPartition, int, int, int]] = []
         for tp in sorted(self.assignment()):
             records = result.get(tp)
             position = _delivered_position(self, tp)
-            start = records[-1].offset + 1 if records else self._handed_to.get(tp)
+            handed = self._handed_to.get(tp)
             if position is None:
                 self._handed_to.pop(tp, None)
                 continue
             self._handed_to[tp] = position
-            if start is not None and position > start:
-                moved.append((tp, start, position))
-        for tp, start, position in moved:
-            records = result.get(tp)
-            # passed within this call's records: aiokafka iterated those batches itself
-            if not records and not await self._only_markers(tp, start, position):
+            if not records:
+                if handed is not None and position > handed:
+                    ahead.append((tp, handed, position, position))
                 continue
-            stand_in = SalvagedRecord(
-                tp.topic, tp.partition, start, -1, 0, None, None, None, -1, -1, (),
-                skipped_to=position,
-            )  # fmt: skip
-            result[tp] = [*(records or []), stand_in]
+            if handed is not None and handed < records[0].offset:
+                ahead.append((tp, handed, records[0].offset, position))
+            if position > records[-1].offset + 1:
+                trailing[tp] = position
+        for tp, position in trailing.items():
+            records = result[tp]
+            result[tp] = [*records, _stand_in(tp, records[-1].offset + 1, position)]
+        for tp, start, end, position in ahead:
+            if await self._only_markers(tp, start, end, position):
+                result[tp] = [_stand_in(tp, start, end), *result.get(tp, [])]
         return result
 
-    async def _only_markers(self, tp: TopicPartition, start: int, end: int) -> bool:
-        """The log holds nothing but control batches at offsets `start`..`end - 1`."""
+    async def _only_markers(self, tp: TopicPartition, start: int, end: int, position: int) -> bool:
+        """The log holds nothing but control batches at offsets `start`..`end - 1`, and
+        the partition's position is still `position` (no seek meanwhile)."""
         try:
             data = await fetch_partition_bytes(
                 self, tp, start, self._salvage_fetch_bytes, self._salvage_isolation
@@ -384,10 +392,10 @@ class SalvagingConsumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is 
                 continue
             if batch.base_offset >= end:
                 break
-            if not batch.control:
-                return False
+            if not batch.control or batch.base_offset > covered:
+                return False  # a record, or offsets the bytes do not account for
             covered = batch.next_offset
-        return covered >= end and _delivered_position(self, tp) == end
+        return covered >= end and _delivered_position(self, tp) == position
 
     async def _salvage(
         self, exc: Exception, site: FailureSite, partitions: tuple[TopicPartition, ...]
@@ -493,6 +501,13 @@ class SalvagingConsumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is 
             record.headers,
             corrupt=record.corrupt,
         )
+
+
+def _stand_in(tp: TopicPartition, start: int, end: int) -> SalvagedRecord:
+    """The stand-in for offsets `start`..`end - 1`, passed with no record to hand over."""
+    return SalvagedRecord(
+        tp.topic, tp.partition, start, -1, 0, None, None, None, -1, -1, (), skipped_to=end
+    )
 
 
 def _delivered_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
