@@ -32,7 +32,12 @@ from tests.utils.harness import (
     service_settings,
     wait_for,
 )
-from tests.utils.raw_batches import batch, produce_batch, transaction_marker
+from tests.utils.raw_batches import (
+    batch,
+    compacted_batch,
+    produce_batch,
+    transaction_marker,
+)
 from tests.utils.scenarios import high_watermarks, stored_offsets, wait_caught_up
 from tests.utils.states import stored_state_in
 
@@ -968,6 +973,37 @@ async def test_markers_at_the_start_of_a_fetch_are_passed_over_without_a_gap(
     assert await stored_offsets(migrated_database, settings.consumer_group) == {
         (topics.usage, 0): 8
     }
+    assert gaps == 0
+    assert rejected == []
+
+
+async def test_offsets_with_nothing_to_hand_over_are_passed_at_the_end_of_the_log(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """Offsets a getmany passes with no record and no marker, after the partition's last
+    record: here a batch's offsets after its last record (compaction removed those
+    records; the call before stopped at `max_records` on that record), and, reading
+    committed records, an aborted transaction's batches with their abort marker (the
+    embedded broker has no transactions: tests/unit/test_kafka_records.py reads those
+    bytes). The stand-in was believed only over control batches, so the stored offset
+    stayed below the high watermark for good (the partition never caught up; a replay
+    never ended)."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics, batch_max_records=1)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org = _org("nothing-to-hand-over")
+    kept = (org.encode(), orjson.dumps(_usage(org, 0, at)))
+    await produce_batch(kafka_bootstrap, topics.usage, 0, compacted_batch([kept], span=3))
+    async with running_service(settings) as service:
+        await wait_caught_up(
+            migrated_database, kafka_bootstrap, settings.consumer_group, [topics.usage], timeout=30
+        )
+        gaps = _total(service, "healthscore_offset_gaps_total")
+        rejected = [reason for o in service.outcomes for reason in o.rejected]
+    assert await stored_offsets(migrated_database, settings.consumer_group) == {
+        (topics.usage, 0): 3
+    }
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 1
     assert gaps == 0
     assert rejected == []
 

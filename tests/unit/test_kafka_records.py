@@ -15,9 +15,10 @@ from aiokafka.record.default_records import (
 from aiokafka.record.util import calc_crc32c
 from prometheus_client import CollectorRegistry, Counter
 
-from healthscore.service.kafka_records import ParsedRecord, parse_batches
+from healthscore.service.kafka_records import ParsedRecord, aborted_batches, parse_batches
 from healthscore.service.kafka_salvage import CorruptRecordMonitor, salvage_range
 from tests.utils.corrupt_records import BAD_KEY_BYTES, NotUtf8Key
+from tests.utils.raw_batches import transaction_marker, transactional_batch
 
 GZIP = 1
 ESCAPED = BAD_KEY_BYTES.decode("utf-8", "backslashreplace")
@@ -200,3 +201,33 @@ async def test_the_monitor_counts_each_source_offset_once_and_reports_it() -> No
     assert await monitor.check(recent_seconds=60) is None
     monitor.failed_to_salvage("could not find it")
     assert await monitor.check() == "cannot get past an unreadable record: could not find it"
+
+
+def _at(data: bytes, base_offset: int) -> bytes:
+    """`data` (one batch) as a broker sends it from `base_offset`."""
+    return struct.pack(">q", base_offset) + data[8:]
+
+
+def test_an_aborted_transactions_batches_are_known_and_hand_over_nothing() -> None:
+    """A reader of committed records skips an aborted transaction's batches (aiokafka,
+    with the aborted transactions the Fetch response lists). The salvage, reading the
+    same bytes itself, handed their records over as valid ones; and offsets passed over
+    them with no record were no skip it believed (only control batches were)."""
+    data = b"".join(
+        [
+            _at(transactional_batch([(b"k", b"committed")], producer_id=7), 0),
+            _at(transaction_marker(commit=True, producer_id=7), 1),
+            _at(transactional_batch([(b"k", b"aborted"), (b"k", b"aborted")], producer_id=7), 2),
+            _at(transactional_batch([(b"k", b"other producer")], producer_id=8), 4),
+            _at(transaction_marker(commit=False, producer_id=7), 5),
+            _at(transaction_marker(commit=True, producer_id=8), 6),
+            _at(build([(b"k", b"plain", [])]), 7),
+        ]
+    )
+    batches = parse_batches(data)
+    assert [b.abort_marker for b in batches] == [False, False, False, False, True, False, False]
+    assert aborted_batches(batches) == {2}
+    found = salvage_range(batches, 0, (7, 8), aborted_batches(batches))
+    assert found is not None
+    assert [r.value for r in found[0]] == [b"committed", b"other producer", b"plain"]
+    assert found[1] == 8

@@ -90,3 +90,23 @@ def transaction_marker(*, commit: bool = True, producer_id: int = 4242) -> bytes
     struct.pack_into(">h", raw, _ATTRIBUTES_AT, attributes | CONTROL_FLAG | TRANSACTIONAL_FLAG)
     struct.pack_into(">I", raw, _CRC_AT, calc_crc32c(bytes(raw[CRC_COVERS_FROM:])))
     return bytes(raw)
+
+
+def compacted_batch(records: Sequence[Record], span: int) -> bytes:
+    """A batch of `span` offsets of which compaction kept only `records` (the first ones):
+    a v2 batch keeps its last offset, so readers pass the offsets after its last record
+    with nothing to hand over. (The embedded broker stores it as sent, but serves
+    nothing from a batch with no record at all.)"""
+    raw = bytearray(batch(records))
+    struct.pack_into(">i", raw, 23, span - 1)  # LastOffsetDelta
+    struct.pack_into(">I", raw, _CRC_AT, calc_crc32c(bytes(raw[CRC_COVERS_FROM:])))
+    return bytes(raw)
+
+
+def transactional_batch(records: Sequence[Record], *, producer_id: int = 4242) -> bytes:
+    """A transactional producer's batch of `records` (the embedded broker refuses it: it
+    knows no producer ids; for reading bytes as a broker would send them)."""
+    builder = _DefaultRecordBatchBuilderPy(2, 0, 1, producer_id, 0, 0, 1 << 24)
+    for offset, (key, value) in enumerate(records):
+        builder.append(offset, int(time.time() * 1000), key, value, [])
+    return bytes(builder.build())

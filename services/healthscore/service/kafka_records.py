@@ -24,7 +24,7 @@ and DefaultRecord): aiokafka supplies the CRC-32C and the decompressors.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiokafka.codec import gzip_decode, lz4_decode, snappy_decode, zstd_decode
@@ -35,7 +35,11 @@ LOG_OVERHEAD = 12  # BaseOffset and Length: what precedes the Length's count of 
 CRC_COVERS_FROM = 21  # the CRC covers Attributes to the end of the batch
 CODEC_MASK = 0x07
 LOG_APPEND_TIME_FLAG = 0x08
+TRANSACTIONAL_FLAG = 0x10
 CONTROL_FLAG = 0x20
+# a control record's key: version (int16), type (int16: 0 abort, 1 commit)
+CONTROL_KEY = struct.Struct(">hh")
+ABORT_MARKER = 0
 SHOW_BYTES = 32  # at most this many undecodable bytes quoted in a detail
 
 _DECOMPRESS: dict[int, tuple[str, Callable[[bytes], bytes]]] = {
@@ -73,6 +77,16 @@ class ParsedBatch:
     records: tuple[ParsedRecord, ...]
     # what is wrong with the batch beyond single records (leftover bytes, ...)
     problems: tuple[str, ...] = ()
+    producer_id: int = -1
+    transactional: bool = False
+
+    @property
+    def abort_marker(self) -> bool:
+        """A control batch ending its producer's transaction with an abort."""
+        if not self.control or not self.records or self.records[0].key is None:
+            return False
+        key = self.records[0].key
+        return len(key) >= CONTROL_KEY.size and CONTROL_KEY.unpack_from(key)[1] == ABORT_MARKER
 
     @property
     def damaged(self) -> bool:
@@ -244,7 +258,7 @@ def _read_batch(data: bytes, pos: int, end: int) -> ParsedBatch:
         last_offset_delta,
         first_timestamp,
         max_timestamp,
-        _producer_id,
+        producer_id,
         _producer_epoch,
         _base_sequence,
         count,
@@ -258,6 +272,7 @@ def _read_batch(data: bytes, pos: int, end: int) -> ParsedBatch:
     )
     next_offset = info.last_offset + 1
     control = bool(attributes & CONTROL_FLAG)
+    transactional = bool(attributes & TRANSACTIONAL_FLAG)
     problems: list[str] = []
     computed = calc_crc32c(data[pos + CRC_COVERS_FROM : end])
     crc_problem = None
@@ -276,7 +291,13 @@ def _read_batch(data: bytes, pos: int, end: int) -> ParsedBatch:
         except Exception as exc:
             why = f"{name} decompression failed: {type(exc).__name__}: {str(exc)[:200]}"
             return ParsedBatch(
-                base_offset, next_offset, control, (info.unreadable(base_offset, why),), (why,)
+                base_offset,
+                next_offset,
+                control,
+                (info.unreadable(base_offset, why),),
+                (why,),
+                producer_id=producer_id,
+                transactional=transactional,
             )
 
     records: list[ParsedRecord] = []
@@ -311,7 +332,15 @@ def _read_batch(data: bytes, pos: int, end: int) -> ParsedBatch:
             )
             for r in records
         ]
-    return ParsedBatch(base_offset, next_offset, control, tuple(records), tuple(problems))
+    return ParsedBatch(
+        base_offset,
+        next_offset,
+        control,
+        tuple(records),
+        tuple(problems),
+        producer_id=producer_id,
+        transactional=transactional,
+    )
 
 
 def parse_batches(data: bytes) -> list[ParsedBatch]:
@@ -332,3 +361,24 @@ def parse_batches(data: bytes) -> list[ParsedBatch]:
         batches.append(_read_batch(data, pos, end))
         pos = end
     return batches
+
+
+def aborted_batches(batches: Sequence[ParsedBatch]) -> set[int]:
+    """The base offsets of the transactional batches among `batches` whose transaction
+    they show aborted: their producer's next marker after them is an abort.
+
+    A reader with isolation read_committed skips them (aiokafka with the aborted
+    transactions a Fetch response lists; a transaction's batches are below the last
+    stable offset only once its marker is written). A transaction whose marker is not
+    among `batches` is not known aborted.
+    """
+    open_batches: dict[int, list[int]] = {}
+    aborted: set[int] = set()
+    for batch in batches:
+        if batch.control:
+            ended = open_batches.pop(batch.producer_id, [])
+            if batch.abort_marker:
+                aborted.update(ended)
+        elif batch.transactional:
+            open_batches.setdefault(batch.producer_id, []).append(batch.base_offset)
+    return aborted

@@ -34,7 +34,7 @@ import asyncio
 import functools
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -46,7 +46,12 @@ from aiokafka.consumer.fetcher import Fetcher, PartitionRecords
 from aiokafka.protocol.fetch import FetchRequest
 from prometheus_client import Counter
 
-from healthscore.service.kafka_records import ParsedBatch, ParsedRecord, parse_batches
+from healthscore.service.kafka_records import (
+    ParsedBatch,
+    ParsedRecord,
+    aborted_batches,
+    parse_batches,
+)
 
 if TYPE_CHECKING:
     from faststream.kafka import KafkaBroker
@@ -280,19 +285,23 @@ async def fetch_partition_bytes(
 
 
 def salvage_range(
-    batches: Iterable[ParsedBatch], position: int, failed_batch: tuple[int, int] | None
+    batches: Iterable[ParsedBatch],
+    position: int,
+    failed_batch: tuple[int, int] | None,
+    aborted: Collection[int] = frozenset(),
 ) -> tuple[list[ParsedRecord], int] | None:
     """The records from `position` through the first damaged batch, and the offset after it.
 
     Where no batch reads as damaged (aiokafka failed on something this reader
     accepts), the batch aiokafka was reading ends the range instead. None when
-    neither is among `batches`.
+    neither is among `batches`. The batches whose base offsets are in `aborted`
+    (an aborted transaction's, for a reader of committed records) hand over nothing.
     """
     records: list[ParsedRecord] = []
     for batch in batches:
         if batch.next_offset <= position:
             continue
-        if not batch.control:
+        if not batch.control and batch.base_offset not in aborted:
             records.extend(r for r in batch.records if r.offset >= position)
         if batch.damaged or (failed_batch is not None and batch.base_offset == failed_batch[0]):
             return records, batch.next_offset
@@ -345,8 +354,9 @@ class SalvagingConsumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is 
         when passed within them (aiokafka iterated those batches itself), before them
         when passed ahead of the first (the previous call stopped at `max_records` or
         its fetch ended right before a marker). A move ahead of any record is believed
-        only when the broker's bytes show nothing but control batches there: an offset
-        reset past deleted records is not a skip.
+        only when the broker's bytes there hold nothing aiokafka hands over (markers, an
+        aborted transaction's batches, what compaction left empty): an offset reset past
+        deleted records is not a skip.
         """
         # every position read before any await: a seek meanwhile (a rebalance) must not
         # be taken for the client passing offsets
@@ -378,24 +388,40 @@ class SalvagingConsumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is 
         return result
 
     async def _only_markers(self, tp: TopicPartition, start: int, end: int, position: int) -> bool:
-        """The log holds nothing but control batches at offsets `start`..`end - 1`, and
-        the partition's position is still `position` (no seek meanwhile)."""
+        """The log holds nothing aiokafka hands over at offsets `start`..`end - 1`, and
+        the partition's position is still `position` (no seek meanwhile).
+
+        Nothing to hand over: control batches (transaction markers), an aborted
+        transaction's batches when reading committed records, batches compaction
+        emptied, and no batch at all (compaction removed it).
+        """
         try:
             data = await fetch_partition_bytes(
                 self, tp, start, self._salvage_fetch_bytes, self._salvage_isolation
             )
         except kafka_errors.KafkaError:
             return False
+        batches = parse_batches(data)
+        aborted = self._aborted(batches)
         covered = start
-        for batch in parse_batches(data):
+        for batch in batches:
             if batch.next_offset <= start:
                 continue
             if batch.base_offset >= end:
+                covered = end
                 break
-            if not batch.control or batch.base_offset > covered:
-                return False  # a record, or offsets the bytes do not account for
+            if (
+                not batch.control
+                and batch.base_offset not in aborted
+                and any(start <= r.offset < end for r in batch.records)
+            ):
+                return False
             covered = batch.next_offset
         return covered >= end and _delivered_position(self, tp) == position
+
+    def _aborted(self, batches: list[ParsedBatch]) -> set[int]:
+        """The batches among `batches` this consumer skips as an aborted transaction's."""
+        return aborted_batches(batches) if self._salvage_isolation == READ_COMMITTED else set()
 
     async def _salvage(
         self, exc: Exception, site: FailureSite, partitions: tuple[TopicPartition, ...]
@@ -454,7 +480,8 @@ class SalvagingConsumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is 
             self, tp, position, self._salvage_fetch_bytes, self._salvage_isolation
         )
         failed_batch = site.batch if site.partition == tp else None
-        found = salvage_range(parse_batches(data), position, failed_batch)
+        batches = parse_batches(data)
+        found = salvage_range(batches, position, failed_batch, self._aborted(batches))
         if found is None:
             return None
         records, next_offset = found
