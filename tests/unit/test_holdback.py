@@ -292,6 +292,23 @@ def test_a_partition_the_consumer_does_not_read_holds_no_one_back() -> None:
     assert not buffer.holding
 
 
+def test_a_transaction_left_open_is_no_backlog_to_wait_for() -> None:
+    """Reading committed records, a partition delivers up to its last stable offset: a
+    transaction left open holds back its records and every one after them until it
+    ends. Measured against the high watermark, the partition looked thousands of
+    records behind: each profile waited for it (`max_alignment_wait`, again after every
+    unaligned batch) and the consumer counted as catching up (the live projection off)
+    for as long as the transaction stayed open."""
+    buffer, consumer = live_usage_and_profiles(FakeClock())
+    consumer.highwaters[TopicPartition(*S0)] = 5_000
+    consumer.stable[TopicPartition(*S0)] = 40  # a transaction open from offset 40
+    consumer.stable[TopicPartition(*U0)] = 30
+    buffer.positioned(S0, 40)
+    assert aligned_batch(buffer, consumer, [raw(U0, 0, 1), raw(P0, 0, 2)]) == [(U0, 0), (P0, 0)]
+    assert not buffer.holding
+    assert not buffer.catching_up()
+
+
 def test_a_partition_that_does_not_deliver_stalls_others_at_most_the_wait_beside_live_traffic() -> (
     None
 ):

@@ -20,9 +20,12 @@ class FakeConsumer:
         log_starts: dict[PartitionKey, int] | None = None,
         log_ends: dict[PartitionKey, int] | None = None,
         commit_error: KafkaError | None = None,
+        stable: dict[PartitionKey, int] | None = None,
     ) -> None:
         self._assigned = {TopicPartition(*key) for key in assigned}
         self.highwaters = {TopicPartition(*k): v for k, v in (highwater or {}).items()}
+        # last stable offsets (reading committed records); none: not reported
+        self.stable = {TopicPartition(*k): v for k, v in (stable or {}).items()}
         self.log_starts = {TopicPartition(*k): v for k, v in (log_starts or {}).items()}
         self.log_ends = {TopicPartition(*k): v for k, v in (log_ends or {}).items()}
         self.positions: dict[PartitionKey, int] = {}
@@ -39,6 +42,9 @@ class FakeConsumer:
 
     def highwater(self, partition: TopicPartition) -> int | None:
         return self.highwaters.get(partition)
+
+    def last_stable_offset(self, partition: TopicPartition) -> int | None:
+        return self.stable.get(partition)
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         key = (partition.topic, partition.partition)

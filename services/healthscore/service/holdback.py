@@ -42,11 +42,26 @@ class PausingConsumer(Protocol):
 
     def highwater(self, partition: TopicPartition) -> int | None: ...
 
+    def last_stable_offset(self, partition: TopicPartition) -> int | None: ...
+
     def pause(self, *partitions: TopicPartition) -> None: ...
 
     def paused(self) -> set[TopicPartition]: ...
 
     def resume(self, *partitions: TopicPartition) -> None: ...
+
+
+def fetchable_end(consumer: PausingConsumer, tp: TopicPartition) -> int | None:
+    """Where what the consumer can fetch of `tp` ends, as of its last fetch: the high
+    watermark, or the last stable offset below it. Reading committed records, a
+    transaction left open holds back its records and every one after them until it
+    ends: the partition has delivered all it can (aiokafka reports -1 when reading
+    uncommitted records)."""
+    high = consumer.highwater(tp)
+    stable = consumer.last_stable_offset(tp)
+    if high is None or stable is None or stable < 0:
+        return high
+    return min(high, stable)
 
 
 def assigned_keys(consumer: PausingConsumer) -> set[PartitionKey]:
@@ -172,7 +187,7 @@ class HoldBack:
         }
         high: dict[PartitionKey, int] = {}
         for key, tp in assigned.items():
-            mark = consumer.highwater(tp)
+            mark = fetchable_end(consumer, tp)
             if mark is not None:
                 high[key] = mark
         self._high = high
