@@ -350,8 +350,8 @@ class SalvagingConsumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is 
         high watermark for good (a replay never ended; the partition never caught up),
         and a fetch that started after one looked like a gap. Read here, in the call
         that moved the position, the stand-in travels with the records, so the batch
-        that stores their offsets stores the marker's too: after the call's records
-        when passed within them (aiokafka iterated those batches itself), before them
+        that stores their offsets stores the marker's too: between or after the call's
+        records when passed within them (aiokafka iterated those batches itself), before them
         when passed ahead of the first (the previous call stopped at `max_records` or
         its fetch ended right before a marker). A move ahead of any record is believed
         only when the broker's bytes there hold nothing aiokafka hands over (markers, an
@@ -379,6 +379,8 @@ class SalvagingConsumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is 
                 ahead.append((tp, handed, records[0].offset, position))
             if position > records[-1].offset + 1:
                 trailing[tp] = position
+            if records[-1].offset - records[0].offset + 1 != len(records):
+                result[tp] = records = _with_holes_filled(tp, records)
         for tp, position in trailing.items():
             records = result[tp]
             result[tp] = [*records, _stand_in(tp, records[-1].offset + 1, position)]
@@ -528,6 +530,22 @@ class SalvagingConsumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is 
             record.headers,
             corrupt=record.corrupt,
         )
+
+
+def _with_holes_filled(tp: TopicPartition, records: list[Any]) -> list[Any]:
+    """`records` (of one partition, in offset order) with a stand-in for the offsets
+    between two of them: aiokafka passed those within the call (markers, an aborted
+    transaction, compacted records). Without it a batch cut between the two (the
+    alignment holding the later one back, a bisection, a silence-budget split) stored
+    the offset after the earlier one, and the rest started above it: a gap."""
+    filled: list[Any] = []
+    expected = records[0].offset
+    for record in records:
+        if record.offset > expected:
+            filled.append(_stand_in(tp, expected, record.offset))
+        filled.append(record)
+        expected = record.offset + 1
+    return filled
 
 
 def _stand_in(tp: TopicPartition, start: int, end: int) -> SalvagedRecord:
