@@ -1031,6 +1031,52 @@ async def test_markers_between_records_held_back_by_the_alignment_are_no_gap(
     assert rejected == []
 
 
+async def test_a_marker_before_a_salvaged_batch_is_no_gap(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """The salvage reads a partition's bytes from its position through the batch aiokafka
+    cannot read and hands over their records; a marker among them took an offset it
+    handed nothing for, so the batch started above the stored offset: a gap (rewound,
+    salvaged again). The salvage's records now account for every offset it passes."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org = _org("marker-then-corrupt")
+    producer = await make_producer(kafka_bootstrap)
+
+    async def valid(n: int) -> None:
+        body = orjson.dumps(_usage(org, n, at))
+        await producer.send_and_wait(topics.usage, body, key=org.encode(), partition=0)
+
+    try:
+        async with running_service(settings) as service:
+            await valid(0)
+            await wait_for(
+                migrated_database, "SELECT count(*) FROM processed_events", lambda v: v == 1
+            )
+            await produce_batch(kafka_bootstrap, topics.usage, 0, transaction_marker())
+            undecompressable = batch([(org.encode(), orjson.dumps(_usage(org, 1, at)))], codec=1)
+            await produce_batch(kafka_bootstrap, topics.usage, 0, undecompressable)
+            await valid(2)
+            await wait_caught_up(
+                migrated_database,
+                kafka_bootstrap,
+                settings.consumer_group,
+                [topics.usage],
+                timeout=30,
+            )
+            gaps = _total(service, "healthscore_offset_gaps_total")
+            rejected = [reason for o in service.outcomes for reason in o.rejected]
+    finally:
+        await producer.stop()
+    assert await stored_offsets(migrated_database, settings.consumer_group) == {
+        (topics.usage, 0): 4
+    }
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 2
+    assert rejected == ["corrupt_record"]
+    assert gaps == 0
+
+
 async def test_offsets_with_nothing_to_hand_over_are_passed_at_the_end_of_the_log(
     migrated_database: str, kafka_bootstrap: str
 ) -> None:

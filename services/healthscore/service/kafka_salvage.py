@@ -474,16 +474,21 @@ class SalvagingConsumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is 
     async def _salvage_partition(
         self, tp: TopicPartition, site: FailureSite, error: str
     ) -> list[SalvagedRecord] | None:
-        """The partition's records through its first damaged batch; None if none is found."""
+        """The partition's records through its first damaged batch, a stand-in for each
+        run of offsets among them with no record; None if no damaged batch is found."""
         if tp not in self.assignment():
             return None
         position = await self.position(tp)
+        # the failed call may have passed markers before the damaged batch (the position
+        # moved past them, no record handed over): read from where the last call ended
+        handed = self._handed_to.get(tp)
+        start = handed if handed is not None and handed < position else position
         data = await fetch_partition_bytes(
-            self, tp, position, self._salvage_fetch_bytes, self._salvage_isolation
+            self, tp, start, self._salvage_fetch_bytes, self._salvage_isolation
         )
         failed_batch = site.batch if site.partition == tp else None
         batches = parse_batches(data)
-        found = salvage_range(batches, position, failed_batch, self._aborted(batches))
+        found = salvage_range(batches, start, failed_batch, self._aborted(batches))
         if found is None:
             return None
         records, next_offset = found
@@ -499,13 +504,14 @@ class SalvagingConsumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is 
             "corrupt_batch_salvaged",
             topic=tp.topic,
             partition=tp.partition,
-            from_offset=position,
+            from_offset=start,
             next_offset=next_offset,
             records=len(out),
             corrupt=len(corrupt),
             error=error,
         )
-        return out
+        # the markers (and aborted batches) among them are passed with the records
+        return _with_holes_filled(tp, out, start, next_offset)
 
     def _consumer_record(self, tp: TopicPartition, record: ParsedRecord) -> SalvagedRecord:
         key: Any = record.key
@@ -532,19 +538,24 @@ class SalvagingConsumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is 
         )
 
 
-def _with_holes_filled(tp: TopicPartition, records: list[Any]) -> list[Any]:
+def _with_holes_filled(
+    tp: TopicPartition, records: list[Any], start: int | None = None, end: int | None = None
+) -> list[Any]:
     """`records` (of one partition, in offset order) with a stand-in for the offsets
-    between two of them: aiokafka passed those within the call (markers, an aborted
-    transaction, compacted records). Without it a batch cut between the two (the
-    alignment holding the later one back, a bisection, a silence-budget split) stored
-    the offset after the earlier one, and the rest started above it: a gap."""
+    between two of them, and from `start` and up to `end` when given: offsets passed
+    with nothing to hand over (markers, an aborted transaction, compacted records).
+    Without it a batch cut between two records (the alignment holding the later one
+    back, a bisection, a silence-budget split) stored the offset after the earlier
+    one, and the rest started above it: a gap."""
     filled: list[Any] = []
-    expected = records[0].offset
+    expected = start if start is not None else records[0].offset if records else 0
     for record in records:
         if record.offset > expected:
             filled.append(_stand_in(tp, expected, record.offset))
         filled.append(record)
         expected = record.offset + 1
+    if end is not None and end > expected:
+        filled.append(_stand_in(tp, expected, end))
     return filled
 
 
