@@ -388,7 +388,8 @@ class BatchPipeline:
         self, decoded: list[Decoded | Rejection], positioned: Mapping[PartitionKey, int]
     ) -> BatchOutcome:
         """One transaction: effects, dead letters and offsets of `decoded`."""
-        outcome = BatchOutcome(records=len(decoded))
+        # a stand-in (`RawRecord.skipped_to`) is no record: it only moves the offset
+        outcome = BatchOutcome(records=sum(1 for d in decoded if d.record.skipped_to is None))
         last: dict[PartitionKey, int] = {}
         first = outcome.first_offsets
         for item in decoded:
