@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 
+from healthscore.config import Settings
 from healthscore.service.app import Components, ServiceOptions
 from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord
 from healthscore.service.ingest.pipeline import legacy_payload_digest, payload_digest
@@ -119,6 +120,23 @@ def _dead_by_offset(records: list[Any]) -> dict[tuple[int, int], dict[str, bytes
         assert partition is not None and offset is not None
         out[(int(partition), int(offset))] = named
     return out
+
+
+async def _caught_up(
+    service: Components, settings: Settings, topics: list[str]
+) -> tuple[float, list[str]]:
+    """Wait until the service applied everything of `topics`; its offset gaps and the
+    reasons of what it rejected."""
+    assert settings.database_url is not None
+    await wait_caught_up(
+        settings.database_url.get_secret_value(),
+        str(settings.kafka_bootstrap_servers),
+        settings.consumer_group,
+        topics,
+        timeout=30,
+    )
+    gaps = _total(service, "healthscore_offset_gaps_total")
+    return gaps, [reason for o in service.outcomes for reason in o.rejected]
 
 
 async def test_binary_and_null_headers_do_not_invalidate_or_drop_a_fetch(
@@ -909,15 +927,7 @@ async def test_transaction_markers_are_passed_over_without_a_gap_or_a_stall(
             await marker(commit=False)  # an aborted transaction's marker
             await marker()  # two markers in a row, after the partition's last record
             await valid(1, other, 6)
-            await wait_caught_up(
-                migrated_database,
-                kafka_bootstrap,
-                settings.consumer_group,
-                [topics.usage],
-                timeout=30,
-            )
-            gaps = _total(service, "healthscore_offset_gaps_total")
-            rejected = [reason for o in service.outcomes for reason in o.rejected]
+            gaps, rejected = await _caught_up(service, settings, [topics.usage])
     finally:
         await producer.stop()
     assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 7
@@ -958,15 +968,7 @@ async def test_markers_at_the_start_of_a_fetch_are_passed_over_without_a_gap(
         for n in range(3, 6):
             await valid(n)
         async with running_service(settings) as service:
-            await wait_caught_up(
-                migrated_database,
-                kafka_bootstrap,
-                settings.consumer_group,
-                [topics.usage],
-                timeout=30,
-            )
-            gaps = _total(service, "healthscore_offset_gaps_total")
-            rejected = [reason for o in service.outcomes for reason in o.rejected]
+            gaps, rejected = await _caught_up(service, settings, [topics.usage])
     finally:
         await producer.stop()
     assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 6
@@ -1061,15 +1063,7 @@ async def test_a_marker_before_a_salvaged_batch_is_no_gap(
             undecompressable = batch([(org.encode(), orjson.dumps(_usage(org, 1, at)))], codec=1)
             await produce_batch(kafka_bootstrap, topics.usage, 0, undecompressable)
             await valid(2)
-            await wait_caught_up(
-                migrated_database,
-                kafka_bootstrap,
-                settings.consumer_group,
-                [topics.usage],
-                timeout=30,
-            )
-            gaps = _total(service, "healthscore_offset_gaps_total")
-            rejected = [reason for o in service.outcomes for reason in o.rejected]
+            gaps, rejected = await _caught_up(service, settings, [topics.usage])
     finally:
         await producer.stop()
     assert await stored_offsets(migrated_database, settings.consumer_group) == {
@@ -1098,11 +1092,7 @@ async def test_offsets_with_nothing_to_hand_over_are_passed_at_the_end_of_the_lo
     kept = (org.encode(), orjson.dumps(_usage(org, 0, at)))
     await produce_batch(kafka_bootstrap, topics.usage, 0, compacted_batch([kept], span=3))
     async with running_service(settings) as service:
-        await wait_caught_up(
-            migrated_database, kafka_bootstrap, settings.consumer_group, [topics.usage], timeout=30
-        )
-        gaps = _total(service, "healthscore_offset_gaps_total")
-        rejected = [reason for o in service.outcomes for reason in o.rejected]
+        gaps, rejected = await _caught_up(service, settings, [topics.usage])
     assert await stored_offsets(migrated_database, settings.consumer_group) == {
         (topics.usage, 0): 3
     }
