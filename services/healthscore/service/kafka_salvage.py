@@ -360,7 +360,6 @@ class SalvagingConsumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is 
         """
         # every position read before any await: a seek meanwhile (a rebalance) must not
         # be taken for the client passing offsets
-        trailing: dict[TopicPartition, int] = {}
         # (partition, first offset passed, offset after them, position read)
         ahead: list[tuple[TopicPartition, int, int, int]] = []
         for tp in sorted(self.assignment()):
@@ -377,13 +376,9 @@ class SalvagingConsumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is 
                 continue
             if handed is not None and handed < records[0].offset:
                 ahead.append((tp, handed, records[0].offset, position))
-            if position > records[-1].offset + 1:
-                trailing[tp] = position
-            if records[-1].offset - records[0].offset + 1 != len(records):
-                result[tp] = records = _with_holes_filled(tp, records)
-        for tp, position in trailing.items():
-            records = result[tp]
-            result[tp] = [*records, _stand_in(tp, records[-1].offset + 1, position)]
+            holes = records[-1].offset - records[0].offset + 1 != len(records)
+            if holes or position > records[-1].offset + 1:
+                result[tp] = _with_holes_filled(tp, records, end=position)
         for tp, start, end, position in ahead:
             if await self._only_markers(tp, start, end, position):
                 result[tp] = [_stand_in(tp, start, end), *result.get(tp, [])]
