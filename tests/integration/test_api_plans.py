@@ -393,7 +393,7 @@ async def test_organization_page_statements_use_indexes(session: Session) -> Non
     assert "support_interactions_organization_opened_idx" in indexes(page)
     assert not seq_scans(page) - {"organizations"}, seq_scans(page)
     history = await explain(session, await HISTORY.sql(session), org, 30)
-    assert "health_score_history_organization_scored_idx" in indexes(history)
+    assert "health_score_history_organization_day_key" in indexes(history)
     assert "health_score_history" not in seq_scans(history)
     milestones = await explain(session, q.ORGANIZATION_MILESTONES, org)
     assert "success_milestones" not in seq_scans(milestones)
@@ -428,7 +428,7 @@ GENERIC: dict[str, tuple[str | ReturnedQuery, set[str]]] = {
         },
     ),
     "visible": (q.ORGANIZATION_VISIBLE, {"customer_health_organization_id_key"}),
-    "history": (HISTORY, {"health_score_history_organization_scored_idx"}),
+    "history": (HISTORY, {"health_score_history_organization_day_key"}),
     "milestones": (
         q.ORGANIZATION_MILESTONES,
         {

@@ -69,11 +69,7 @@ EXPECTED_INDEXES = {
     "read_model_pending": {"read_model_pending_pkey", "read_model_pending_queued_at_idx"},
     "processed_events": {"processed_events_pkey", "processed_events_processed_at_idx"},
     "consumer_offsets": {"consumer_offsets_pkey"},
-    "health_score_history": {
-        "health_score_history_pkey",
-        "health_score_history_organization_scored_idx",
-        "health_score_history_organization_day_key",
-    },
+    "health_score_history": {"health_score_history_organization_day_key"},
     "alert_outbox": {
         "alert_outbox_pkey",
         "alert_outbox_unpublished_idx",

@@ -342,7 +342,7 @@ async def test_writer_privileges(migrated_database: str) -> None:
             ("success_milestones", "acknowledged_by", "UPDATE"),
             ("customer_health", "organization_id", "UPDATE"),
             ("health_score_history", "organization_id", "UPDATE"),
-            ("health_score_history", "id", "SELECT"),
+            ("health_score_history", "recorded_at", "SELECT"),
             ("health_score_history", "day", "UPDATE"),
         ):
             assert not await conn.fetchval(
@@ -353,10 +353,6 @@ async def test_writer_privileges(migrated_database: str) -> None:
                 assert not await conn.fetchval(
                     "SELECT has_any_column_privilege($1, $2, 'SELECT')", role, table
                 ), (role, table)
-        assert await conn.fetchval(
-            "SELECT has_sequence_privilege($1, 'health_score_history_id_seq', 'USAGE')",
-            WRITER_ROLE,
-        )
         assert await conn.fetchval(
             "SELECT has_table_privilege($1, $2, 'SELECT')", WRITER_ROLE, MIGRATIONS_TABLE
         )
