@@ -1,4 +1,5 @@
-"""The README's oracle table from docs/evaluation/oracle-*.json (`evaluate --oracle`).
+"""The oracle table of docs/score-quality.md ("What the population allows") from
+docs/evaluation/oracle-*.json (`evaluate --oracle`).
 
 python docs/evaluation/oracle_table.py
 """

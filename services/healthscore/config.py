@@ -245,7 +245,7 @@ class Settings(BaseSettings):
         "not coalesce) projects its own changes in its transaction instead of queueing "
         "them for the projector; changes while catching up are queued and coalesced. Off "
         "by default: its health-feed publication waits for the broker inside every live "
-        "batch (README, Performance, Tenth session)",
+        "batch (docs/performance.md, Tenth session)",
     )
     read_model_staleness_max_seconds: float = Field(
         default=120.0,

@@ -5,7 +5,7 @@ and /readyz back to back, then a backlog drained once quietly and once with
 them. Asserts correctness and that the clients were
 answered; prints the service's CPU per applied event, loaded over quiet (a
 CPU-time ratio, not a timed assertion: too few events here for a stable
-figure; the README quotes the long form).
+figure; docs/performance.md quotes the long form, "Ops endpoints under load").
 """
 
 from __future__ import annotations

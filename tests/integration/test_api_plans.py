@@ -256,7 +256,7 @@ async def test_a_wide_prefix_is_read_by_index_slice_by_slice(session: Session, s
     # one hex digit: the sliced statement, each slice by an index, its sort's or the id
     # range's, whichever the planner judges cheaper for the table's size (here, 5,000
     # organizations, mostly the range: 312 rows; at 100,000 the sort's, about 816 rows
-    # for a page against 6,250: README, "Read side")
+    # for a page against 6,250: docs/read-side.md)
     digits = session.organization_id.hex[: RANGE_FIRST_DIGITS - 1]
     sql, _ = SORTS[sort]
     for cursor in (None, (Decimal("50"), uuid.UUID(int=0))):

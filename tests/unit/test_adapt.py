@@ -1,6 +1,6 @@
 """healthscore adapt: a model's usage scales adapted to a population's own usage volume
-from its event log alone (the full-size figures and their commands are in the README,
-Score quality)."""
+from its event log alone (the full-size figures and their commands are in
+docs/score-quality.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """alerts.decline_points: a raise by the probability threshold also needs a decline.
 
-No shipped model sets it (README "Score quality", "Tried after v4: alerts that need a
+No shipped model sets it (docs/score-quality.md, "Tried after v4: alerts that need a
 decline"); v1-v4 are pinned unchanged by test_score_equivalence.py.
 """
 

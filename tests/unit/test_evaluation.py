@@ -1,6 +1,6 @@
 """healthscore evaluate and fit: the labelled population, the backtest machinery, the
 metrics, and the issue's targets for the shipped model on small simulated populations
-it was not fitted on (the full-size figures and their commands are in the README)."""
+it was not fitted on (the full-size figures and their commands are in docs/score-quality.md)."""
 
 from __future__ import annotations
 

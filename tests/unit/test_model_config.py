@@ -65,7 +65,7 @@ def test_default_model_is_v4_and_complete() -> None:
     # v4 measures logins per active user and the share of the organization's own
     # features in use instead of the whole team's logins (a size factor now), and keeps
     # v3's alert settings; it was written with --force: a little worse than v3 on the
-    # reference held-out organizations, within every target there (README, Score quality)
+    # reference held-out organizations, within every target there (docs/score-quality.md)
     v3 = v3_model()
     assert model.engagement.login_points == 0.0 < v3.engagement.login_points
     assert model.engagement.login_per_user_points > 0.0

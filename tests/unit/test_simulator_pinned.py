@@ -1,7 +1,7 @@
 """The simulated streams are pinned: the same seed and config give exactly these bytes.
 
-Replay determinism, the bench figures in docs/bench/*.json and the README's
-score-quality figures were all produced with these generators; a refactor of
+Replay determinism, the bench figures in docs/bench/*.json and the figures of
+docs/score-quality.md were all produced with these generators; a refactor of
 the simulator must not change one byte of what they emit. Each hash covers
 every field of every message (or, for the labelled population, its JSON lines,
 labels, profiles, summary and latent paths). A deliberate change of the

@@ -1,4 +1,4 @@
-"""Experiment only (README, "Tenth session"): `healthscore serve` with ServiceOptions
+"""Experiment only (docs/performance.md, "Tenth session"): `healthscore serve` with ServiceOptions
 changed by the VARIANT environment variable, for `healthscore bench --service-command`.
 
 VARIANT=nofeed: the default service without the health feed (the projector on).

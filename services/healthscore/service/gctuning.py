@@ -5,7 +5,7 @@ A 3,000-record batch allocates hundreds of thousands of container objects
 commits. With CPython's default thresholds (700, 10, 10) they trigger a young
 collection every few hundred allocations and a full collection every few
 batches, in the middle of a batch, each walking every object the batch holds
-(a tenth of a run's time; the figures are in the README). So `serve` and
+(a tenth of a run's time; the figures are in docs/performance.md, "Levers measured"). So `serve` and
 `replay` freeze what start-up
 built, raise the young threshold, switch the automatic full collection off and
 run one themselves between batches, every few batches, when little is alive.

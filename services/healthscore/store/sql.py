@@ -434,7 +434,7 @@ FROM alert_outbox WHERE published_at IS NULL
 # One scan of customer_health for both distributions. It reads the whole table
 # (a million organizations: a few hundred MB), so it runs on its own, slower
 # interval: at the gauges' 5 s it took a measurable share of the throughput with
-# a million organizations in the tables (README, Performance).
+# a million organizations in the tables (docs/performance.md, "Levers measured").
 DISTRIBUTION = """
 SELECT health_status, risk_level, count(*) AS n FROM customer_health GROUP BY 1, 2
 """

@@ -24,7 +24,7 @@
    third from run to run; CPU per request is the steadier figure.
 
 Prints p50/p95/p99 and CPU per request for each scenario and writes JSON
-(--json-out). Nothing here is asserted: the figures go to the README with the
+(--json-out). Nothing here is asserted: the figures go to docs/read-side.md with the
 command that made them.
 """
 

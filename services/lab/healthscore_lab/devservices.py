@@ -228,7 +228,7 @@ def start_embedded_postgres(data_dir: Path | None) -> tuple[str, Any, Path | Non
 # Server settings of the embedded PostgreSQL (dev, tests, bench) on a machine
 # with memory to spare. With the defaults (128 MB of buffers, a checkpoint per
 # GB of WAL) a 100k-organization run keeps evicting pages and writing
-# full-page images (the gain is in the README's Performance section). deploy/
+# full-page images (the gain is in docs/performance.md, "Levers measured"). deploy/
 # sets the same for the real server.
 EMBEDDED_POSTGRES_SETTINGS: dict[str, str] = {
     "shared_buffers": "1GB",

@@ -151,8 +151,8 @@ class Engagement(_Section, frozen=True):
     # window; unlike few_logins, a small team is not judged for its size
     login_per_user_points: NonNeg = 0.0
     login_per_user_scale: Pos = 5.0
-    # login_decline (0 points in every shipped model: `fit` gives it no weight, README
-    # "Score quality"): the recent logins (`logins`) against what the organization's
+    # login_decline (0 points in every shipped model: `fit` gives it no weight,
+    # docs/score-quality.md): the recent logins (`logins`) against what the organization's
     # own login baseline predicts; the full points are lost when they are
     # `login_decline_full` (a share) below it. Measured against the organization
     # itself, so a population that logs in less at the same health is not judged for it
@@ -227,7 +227,7 @@ class Alerts(_Section, frozen=True):
     # least this many points over 30 days (change_30d <= -decline_points; unknown counts
     # as no decline), the raise at once from immediate_probability excepted. None (every
     # shipped model): no such need. Tried for the shifted setting's false alerts and
-    # not adopted (README "Score quality", "Tried after v4: alerts that need a decline")
+    # not adopted (docs/score-quality.md, "Tried after v4: alerts that need a decline")
     decline_points: NonNeg | None = None
 
 
@@ -290,7 +290,7 @@ class UsageVolume(_Section, frozen=True):
     points where it is positive and the organization used the product within the
     week (0: never positive). Documentation for the score
     itself; `healthscore adapt` compares a deploying population's volume with the one
-    the scales were fitted to and scales them by the ratio (README, Score quality)."""
+    the scales were fitted to and scales them by the ratio (docs/score-quality.md)."""
 
     activity: NonNeg
     logins: NonNeg

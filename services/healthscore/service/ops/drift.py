@@ -1,7 +1,7 @@
 """The live population's usage volume against the one the live model's scales fit.
 
 A model fitted on one population reads a population that uses the product less at
-the same health as less healthy (README, Score quality, "Adapting to a population's
+the same health as less healthy (docs/score-quality.md, "Adapting to a population's
 usage volume"). This step samples organization states every
 `USAGE_DRIFT_INTERVAL_SECONDS`, takes the sample's usage volume
 (`core.scoring.volume`) as of its newest event, and sets

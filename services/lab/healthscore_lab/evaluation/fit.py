@@ -157,11 +157,11 @@ _FIXED = ("growth_baseline",)
 # one user and a handful of clients is not a churn risk for that. Left out of the fit
 # by default (their weight is 0): fitted on one population they rank its churners a
 # little better, but they judge another population's quieter customers as unhealthy
-# (on the shifted simulator setting; the figures are in the README's Scores section).
+# (on the shifted simulator setting; the figures are in docs/score-quality.md).
 # `few_logins` joined them in v4: it counts the whole team's logins, so a one-person
 # team scored like a disengaged one; `few_logins_per_user` measures the same habit
 # without the team's size. These choices were made looking at the shifted
-# population's figures, which is why the README reports fresh seeds too.
+# population's figures, which is why docs/score-quality.md reports fresh seeds too.
 SIZE_FACTORS = (
     "few_logins",
     "low_activity",
