@@ -60,6 +60,7 @@ class BatchLog:
         log.info(
             "batch_committed",
             records=outcome.records,
+            passed_over=outcome.passed_over,
             applied=outcome.applied,
             duplicates=outcome.duplicates,
             replayed_skipped=outcome.skipped_replayed,

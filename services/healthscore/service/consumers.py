@@ -150,7 +150,8 @@ class BatchHandler:
         outcome.timings_ms["decode"] = decode_ms
         self._holdback.keep(consumer, outcome, items)
         await self._offsets.commit(outcome.next_offsets)
-        if self._on_outcome is not None and outcome.records:
+        # a batch of stand-ins only (transaction markers) committed offsets too: logged
+        if self._on_outcome is not None and (outcome.records or outcome.passed_over):
             result = self._on_outcome(outcome, duration)
             if result is not None:
                 await result

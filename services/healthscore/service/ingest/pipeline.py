@@ -106,6 +106,9 @@ class BatchOutcome:
     """What one batch did: the canonical log line and the metrics read this."""
 
     records: int = 0
+    # stand-ins (`RawRecord.skipped_to`: offsets no record was handed over for, such as
+    # transaction markers) whose offsets the batch stored as passed; not records
+    passed_over: int = 0
     skipped_replayed: int = 0
     applied: int = 0
     duplicates: int = 0
@@ -389,7 +392,8 @@ class BatchPipeline:
     ) -> BatchOutcome:
         """One transaction: effects, dead letters and offsets of `decoded`."""
         # a stand-in (`RawRecord.skipped_to`) is no record: it only moves the offset
-        outcome = BatchOutcome(records=sum(1 for d in decoded if d.record.skipped_to is None))
+        stand_ins = sum(1 for d in decoded if d.record.skipped_to is not None)
+        outcome = BatchOutcome(records=len(decoded) - stand_ins, passed_over=stand_ins)
         last: dict[PartitionKey, int] = {}
         first = outcome.first_offsets
         for item in decoded:
