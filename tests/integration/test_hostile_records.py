@@ -1128,3 +1128,62 @@ async def test_the_consumer_reads_committed_records_only(
     finally:
         await producer.stop()
     assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 3
+
+
+async def test_a_rejection_echoing_a_huge_input_still_makes_a_sendable_dead_letter(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """pydantic names a refused dict key in the error's location: a profile whose one
+    milestone name is 150 kB put 150 kB into `x-error-detail` (and the log line), so
+    even the dead letter without its value was too large, and its batch failed on
+    every retry, holding the partition. The detail is bounded now."""
+    topics = await make_topics(kafka_bootstrap, partitions=2)
+    limit = 100_000  # what the service's producer may send
+    settings = service_settings(
+        migrated_database,
+        kafka_bootstrap,
+        topics,
+        max_message_bytes=400_000,
+        kafka_max_request_bytes=limit,
+    )
+    at = datetime.now(UTC) - timedelta(hours=1)
+    victim, neighbour = _org("huge-detail"), _org("huge-detail-neighbour")
+
+    def profile(org: str, name: str, milestones: dict[str, str]) -> bytes:
+        return orjson.dumps(
+            {
+                "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"hostile-profile-{org}-{name}")),
+                "organization_id": org,
+                "created_at": (at - timedelta(days=400)).isoformat(),
+                "milestones": milestones,
+                "occurred_at": at.isoformat(),
+            }
+        )
+
+    earlier = (at - timedelta(days=300)).isoformat()
+    hostile = profile(victim, "bomb", {"m" * 150_000: earlier})
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        bad = await producer.send_and_wait(
+            topics.profile, hostile, key=victim.encode(), partition=0
+        )
+        after = profile(victim, "after", {"onboarding_completed": earlier})
+        await producer.send_and_wait(topics.profile, after, key=victim.encode(), partition=0)
+        beside = profile(neighbour, "beside", {"onboarding_completed": earlier})
+        await producer.send_and_wait(topics.profile, beside, key=neighbour.encode(), partition=1)
+        async with running_service(settings) as service:
+            gaps, reasons = await _caught_up(service, settings, [topics.profile])
+            failures = _total(service, "healthscore_batch_failures_total")
+    finally:
+        await producer.stop()
+    assert gaps == 0 and failures == 0
+    assert reasons == ["unknown_enum"]
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 2
+    (letter,) = await consume_all(kafka_bootstrap, topics.dlq_profile, 1, settle=0.5)
+    named = dict(letter.headers)
+    assert named["x-error-reason"] == b"unknown_enum"
+    assert named["x-source-offset"] == str(bad.offset).encode()
+    detail = named["x-error-detail"]
+    assert detail is not None and len(detail) <= 1024
+    assert detail.startswith(b"milestones.mmmm")
+    assert b"150000 characters" in detail
