@@ -184,9 +184,12 @@ def parse_profiles(
                 errors.append(RowError(number, "milestones", f"unknown milestone {name!r}"))
             else:
                 try:
-                    milestones[name] = _past(_time(at), now).timestamp()
+                    achieved = _past(_time(at), now).timestamp()
                 except ValueError as exc:
                     errors.append(RowError(number, "milestones", f"{name}={at!r}: {exc}"))
+                else:
+                    # named twice in one row: the earliest, as across rows
+                    milestones[name] = min(achieved, milestones.get(name, achieved))
         if org is None or len(errors) > before:
             continue
         state = merged.setdefault(org, new_state(str(org)))
