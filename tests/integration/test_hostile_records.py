@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -1187,3 +1188,79 @@ async def test_a_rejection_echoing_a_huge_input_still_makes_a_sendable_dead_lett
     assert detail is not None and len(detail) <= 1024
     assert detail.startswith(b"milestones.mmmm")
     assert b"150000 characters" in detail
+
+
+async def test_one_organization_on_two_replicas_partitions_is_counted_exactly(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A producer that partitions by something else than the key (a custom partitioner,
+    an explicit partition) puts one organization on partitions two replicas own, so
+    both write its state at once; and reuses one event id on both, each copy another
+    payload. Ownership is only a cache: every save is checked against its version, and
+    a claim counts an id once. Every event counts once in the state, the id once."""
+    topics = await make_topics(kafka_bootstrap, partitions=2)
+    settings = service_settings(
+        migrated_database, kafka_bootstrap, topics, kafka_session_timeout_ms=3000
+    )
+    at = datetime.now(UTC) - timedelta(hours=2)
+    org = _org("two-replicas")
+    reused = str(uuid.uuid5(uuid.NAMESPACE_URL, "hostile-two-replicas-reused"))
+    events = 400
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        async with AsyncExitStack() as stack:
+            replicas = [
+                await stack.enter_async_context(running_service(settings)) for _ in range(2)
+            ]
+            await _each_holds_partitions(replicas, 2 * 3)
+            for start in range(0, events, 20):
+                sent = [
+                    await producer.send(
+                        topics.usage,
+                        orjson.dumps(_usage(org, n, at)),
+                        key=org.encode(),
+                        partition=n % 2,
+                    )
+                    for n in range(start, start + 20)
+                ]
+                # the reused id, once per round on each partition, another quantity each
+                sent += [
+                    await producer.send(
+                        topics.usage,
+                        orjson.dumps(_usage(org, 500, at, event_id=reused, quantity=1 + start + p)),
+                        key=org.encode(),
+                        partition=p,
+                    )
+                    for p in (0, 1)
+                ]
+                await asyncio.gather(*sent)
+            for replica in replicas:
+                await _caught_up(replica, settings, [topics.usage])
+            contended = sum(o.states_changed_elsewhere for r in replicas for o in r.outcomes)
+            rejected: dict[str, int] = {}
+            for outcome in (o for r in replicas for o in r.outcomes):
+                for reason, count in outcome.rejected.items():
+                    rejected[reason] = rejected.get(reason, 0) + count
+            failures = sum(_total(r, "healthscore_batch_failures_total") for r in replicas)
+    finally:
+        await producer.stop()
+    assert failures == 0
+    repeats = 2 * events // 20
+    assert rejected == {"event_id_conflict": repeats - 1}
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == events + 1
+    state = await stored_state_in(migrated_database, org)
+    assert state.event_count == events + 1
+    # quantities: 1 each, and the reused id's copy that won (the first round's: 1 or 2)
+    assert state.totals["feature_used"] in (events + 1, events + 2)
+    assert contended > 0  # both replicas did write the organization
+
+
+async def _each_holds_partitions(replicas: Sequence[Components], total: int) -> None:
+    """Until every replica holds partitions and together they hold `total`, each once."""
+    for _ in range(300):
+        held = [replica.offsets.assigned for replica in replicas]
+        every = [key for keys in held for key in keys]
+        if all(held) and len(every) == len(set(every)) == total:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the group never settled: {held}")
