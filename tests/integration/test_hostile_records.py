@@ -15,17 +15,23 @@ import urllib.request
 import uuid
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from structlog.testing import capture_logs
 
 from healthscore.config import Settings
 from healthscore.service.app import Components, ServiceOptions
 from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord
 from healthscore.service.ingest.pipeline import legacy_payload_digest, payload_digest
+from healthscore_lab.devservices import start_embedded_broker
 from tests.utils.harness import (
+    Topics,
     consume_all,
     fetchval,
     make_producer,
@@ -1264,3 +1270,73 @@ async def _each_holds_partitions(replicas: Sequence[Components], total: int) -> 
             return
         await asyncio.sleep(0.2)
     raise AssertionError(f"the group never settled: {held}")
+
+
+async def test_a_dead_letter_topic_refusing_writes_holds_the_batch_and_says_so(
+    migrated_database: str, tmp_path: Path
+) -> None:
+    """A dead-letter topic that refuses the dead letters (a schema the broker enforces,
+    an ACL, a topic gone with auto-creation off) while the broker is up: the batch must
+    not commit past its rejection, so it is retried, holding every partition in it.
+    The on-call engineer saw `batch_failed_will_retry error=UnknownError` with the
+    batch's first record, nothing naming the dead-letter topic or the record rejected.
+    The error names them now."""
+    topics = Topics(*(f"{name}.refusing" for name in ("u", "s", "a", "h", "p")))
+    registry = tmp_path / "schemas"
+    registry.mkdir()
+    # the dead-letter topic takes JSON objects with an "n" only: no dead letter fits
+    (registry / f"{topics.dlq_usage}.json").write_text(
+        json.dumps(
+            {
+                "type": "object",
+                "properties": {"value": {"type": "object", "required": ["n"]}},
+                "required": ["value"],
+            }
+        )
+    )
+    bootstrap, broker = start_embedded_broker(schema_registry=registry)
+    try:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            names = [*asdict(topics).values(), topics.dlq_usage, topics.dlq_support]
+            await admin.create_topics([NewTopic(n, 2, 1) for n in [*names, topics.dlq_profile]])
+        finally:
+            await admin.close()
+        settings = service_settings(migrated_database, bootstrap, topics)
+        at = datetime.now(UTC) - timedelta(hours=1)
+        org, other = _org("refusing-dlq"), _org("refusing-dlq-other")
+        producer = await make_producer(bootstrap)
+        try:
+            bad = await producer.send_and_wait(
+                topics.usage,
+                orjson.dumps(_usage(org, 0, at, quantity=0)),
+                key=org.encode(),
+                partition=0,
+            )
+            for n, (who, partition) in enumerate([(org, 0), (other, 1)], start=1):
+                await producer.send_and_wait(
+                    topics.usage,
+                    orjson.dumps(_usage(who, n, at)),
+                    key=who.encode(),
+                    partition=partition,
+                )
+            with capture_logs() as logs:
+                async with running_service(settings) as service:
+                    for _ in range(300):
+                        if _total(service, "healthscore_batch_failures_total") >= 1:
+                            break
+                        await asyncio.sleep(0.1)
+            applied = await fetchval(migrated_database, "SELECT count(*) FROM processed_events")
+        finally:
+            await producer.stop()
+    finally:
+        broker.terminate()
+        broker.wait()
+    assert applied == 0  # nothing committed past the rejection
+    (failed, *_) = [log for log in logs if log["event"] == "batch_failed_will_retry"]
+    assert failed["error"] == "DeadLetterRefused"
+    assert failed["message"].startswith(
+        f"{topics.dlq_usage} refused the dead letter of {topics.usage}:0:{bad.offset} "
+        "(out_of_range): UnknownError"
+    )
