@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from structlog.testing import capture_logs
 
 from healthscore.config import Settings
+from healthscore.service import kafka_codecs
 from healthscore.service.app import Components, ServiceOptions
 from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord
 from healthscore.service.ingest.pipeline import legacy_payload_digest, payload_digest
@@ -1340,3 +1342,62 @@ async def test_a_dead_letter_topic_refusing_writes_holds_the_batch_and_says_so(
         f"{topics.dlq_usage} refused the dead letter of {topics.usage}:0:{bad.offset} "
         "(out_of_range): UnknownError"
     )
+
+
+async def test_a_decompression_bomb_is_dead_lettered_without_being_decompressed(
+    migrated_database: str, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of a few compressed kilobytes may hold gigabytes (a zstd frame of 1 GiB of
+    zeros is 32 kB): aiokafka decompressed every batch whole in memory, so one such
+    record, past every size check on the compressed bytes, made each replica that
+    fetched it run out of memory, again after every restart. Batches are decompressed
+    up to a limit now, and one past it is dead-lettered as `corrupt_record`. (Here the
+    limit is 1 MiB and the bombs 4 MiB: without the limit they were read whole and
+    rejected as `too_large`.)"""
+    monkeypatch.setattr(kafka_codecs, "MAX_DECOMPRESSED_BATCH_BYTES", 1 << 20)
+    topics = await make_topics(kafka_bootstrap, partitions=2)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org, other = _org("bomb"), _org("bomb-neighbour")
+    bomb = b" " * (4 << 20)
+    bombs = {}
+    n = 0
+    for codec in ("gzip", "snappy", "lz4", "zstd"):
+        producer = AIOKafkaProducer(
+            bootstrap_servers=kafka_bootstrap,
+            enable_idempotence=False,
+            compression_type=codec,
+            max_request_size=8 << 20,
+        )
+        await producer.start()
+        try:
+            # a valid record before and after it, each batch of its own
+            for value in (
+                orjson.dumps(_usage(org, n, at)),
+                bomb,
+                orjson.dumps(_usage(org, n + 1, at)),
+            ):
+                sent = await producer.send_and_wait(
+                    topics.usage, value, key=org.encode(), partition=0
+                )
+                if value is bomb:
+                    bombs[sent.offset] = codec
+        finally:
+            await producer.stop()
+        n += 2
+    rejected = await _through_the_service(
+        migrated_database,
+        kafka_bootstrap,
+        settings,
+        topics.usage,
+        [(other, _usage(other, 100, at), None)],  # the other partition
+    )
+    assert set(rejected) == {"corrupt_record"}
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == n + 1
+    dead = _dead_by_offset(await consume_all(kafka_bootstrap, topics.dlq_usage, 4, settle=0.5))
+    assert {offset for _, offset in dead} == set(bombs)
+    for (_, offset), named in dead.items():
+        assert named["x-error-reason"] == b"corrupt_record"
+        detail = named["x-error-detail"]
+        assert detail is not None
+        assert f"{bombs[offset]} batch decompresses to more than 1048576 bytes".encode() in detail
