@@ -1401,3 +1401,34 @@ async def test_a_decompression_bomb_is_dead_lettered_without_being_decompressed(
         detail = named["x-error-detail"]
         assert detail is not None
         assert f"{bombs[offset]} batch decompresses to more than 1048576 bytes".encode() in detail
+
+
+async def test_other_spellings_of_one_uuid_are_one_organization_and_one_event(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """The key must be the canonical spelling (Kafka partitions by its bytes), but the
+    body's ids may be spelled as any UUID parser reads them: upper case, braces,
+    `urn:uuid:`, no hyphens. Each is the same organization (one state, every event
+    counted) and the same event id (a repeat is a duplicate, not a second event)."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org = _org("spellings")
+    spellings = [org, org.upper(), "{" + org + "}", "urn:uuid:" + org, org.replace("-", "")]
+    records = [
+        (org, _usage(org, n, at, organization_id=spelled), None)
+        for n, spelled in enumerate(spellings)
+    ]
+    # the first event again, its id spelled otherwise each time
+    first = records[0][1]
+    records += [
+        (org, {**first, "event_id": spelled}, None)
+        for spelled in (first["event_id"].upper(), "urn:uuid:" + first["event_id"])
+    ]
+    rejected = await _through_the_service(
+        migrated_database, kafka_bootstrap, settings, topics.usage, records
+    )
+    assert rejected == []
+    assert await fetchval(migrated_database, "SELECT count(*) FROM organization_state") == 1
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 5
+    assert (await stored_state_in(migrated_database, org)).event_count == 5
