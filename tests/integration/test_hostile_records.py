@@ -14,17 +14,26 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from structlog.testing import capture_logs
 
 from healthscore.config import Settings
+from healthscore.service import kafka_codecs
 from healthscore.service.app import Components, ServiceOptions
 from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord
 from healthscore.service.ingest.pipeline import legacy_payload_digest, payload_digest
+from healthscore_lab.devservices import start_embedded_broker
 from tests.utils.harness import (
+    Topics,
     consume_all,
     fetchval,
     make_producer,
@@ -1128,3 +1137,298 @@ async def test_the_consumer_reads_committed_records_only(
     finally:
         await producer.stop()
     assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 3
+
+
+async def test_a_rejection_echoing_a_huge_input_still_makes_a_sendable_dead_letter(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """pydantic names a refused dict key in the error's location: a profile whose one
+    milestone name is 150 kB put 150 kB into `x-error-detail` (and the log line), so
+    even the dead letter without its value was too large, and its batch failed on
+    every retry, holding the partition. The detail is bounded now."""
+    topics = await make_topics(kafka_bootstrap, partitions=2)
+    limit = 100_000  # what the service's producer may send
+    settings = service_settings(
+        migrated_database,
+        kafka_bootstrap,
+        topics,
+        max_message_bytes=400_000,
+        kafka_max_request_bytes=limit,
+    )
+    at = datetime.now(UTC) - timedelta(hours=1)
+    victim, neighbour = _org("huge-detail"), _org("huge-detail-neighbour")
+
+    def profile(org: str, name: str, milestones: dict[str, str]) -> bytes:
+        return orjson.dumps(
+            {
+                "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"hostile-profile-{org}-{name}")),
+                "organization_id": org,
+                "created_at": (at - timedelta(days=400)).isoformat(),
+                "milestones": milestones,
+                "occurred_at": at.isoformat(),
+            }
+        )
+
+    earlier = (at - timedelta(days=300)).isoformat()
+    hostile = profile(victim, "bomb", {"m" * 150_000: earlier})
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        bad = await producer.send_and_wait(
+            topics.profile, hostile, key=victim.encode(), partition=0
+        )
+        after = profile(victim, "after", {"onboarding_completed": earlier})
+        await producer.send_and_wait(topics.profile, after, key=victim.encode(), partition=0)
+        beside = profile(neighbour, "beside", {"onboarding_completed": earlier})
+        await producer.send_and_wait(topics.profile, beside, key=neighbour.encode(), partition=1)
+        async with running_service(settings) as service:
+            gaps, reasons = await _caught_up(service, settings, [topics.profile])
+            failures = _total(service, "healthscore_batch_failures_total")
+    finally:
+        await producer.stop()
+    assert gaps == 0 and failures == 0
+    assert reasons == ["unknown_enum"]
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 2
+    (letter,) = await consume_all(kafka_bootstrap, topics.dlq_profile, 1, settle=0.5)
+    named = dict(letter.headers)
+    assert named["x-error-reason"] == b"unknown_enum"
+    assert named["x-source-offset"] == str(bad.offset).encode()
+    detail = named["x-error-detail"]
+    assert detail is not None and len(detail) <= 1024
+    assert detail.startswith(b"milestones.mmmm")
+    assert b"150000 characters" in detail
+
+
+async def test_one_organization_on_two_replicas_partitions_is_counted_exactly(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A producer that partitions by something else than the key (a custom partitioner,
+    an explicit partition) puts one organization on partitions two replicas own, so
+    both write its state at once; and reuses one event id on both, each copy another
+    payload. Ownership is only a cache: every save is checked against its version, and
+    a claim counts an id once. Every event counts once in the state, the id once."""
+    topics = await make_topics(kafka_bootstrap, partitions=2)
+    settings = service_settings(
+        migrated_database, kafka_bootstrap, topics, kafka_session_timeout_ms=3000
+    )
+    at = datetime.now(UTC) - timedelta(hours=2)
+    org = _org("two-replicas")
+    reused = str(uuid.uuid5(uuid.NAMESPACE_URL, "hostile-two-replicas-reused"))
+    events = 400
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        async with AsyncExitStack() as stack:
+            replicas = [
+                await stack.enter_async_context(running_service(settings)) for _ in range(2)
+            ]
+            await _each_holds_partitions(replicas, 2 * 3)
+            for start in range(0, events, 20):
+                sent = [
+                    await producer.send(
+                        topics.usage,
+                        orjson.dumps(_usage(org, n, at)),
+                        key=org.encode(),
+                        partition=n % 2,
+                    )
+                    for n in range(start, start + 20)
+                ]
+                # the reused id, once per round on each partition, another quantity each
+                sent += [
+                    await producer.send(
+                        topics.usage,
+                        orjson.dumps(_usage(org, 500, at, event_id=reused, quantity=1 + start + p)),
+                        key=org.encode(),
+                        partition=p,
+                    )
+                    for p in (0, 1)
+                ]
+                await asyncio.gather(*sent)
+            for replica in replicas:
+                await _caught_up(replica, settings, [topics.usage])
+            contended = sum(o.states_changed_elsewhere for r in replicas for o in r.outcomes)
+            rejected: dict[str, int] = {}
+            for outcome in (o for r in replicas for o in r.outcomes):
+                for reason, count in outcome.rejected.items():
+                    rejected[reason] = rejected.get(reason, 0) + count
+            failures = sum(_total(r, "healthscore_batch_failures_total") for r in replicas)
+    finally:
+        await producer.stop()
+    assert failures == 0
+    repeats = 2 * events // 20
+    assert rejected == {"event_id_conflict": repeats - 1}
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == events + 1
+    state = await stored_state_in(migrated_database, org)
+    assert state.event_count == events + 1
+    # quantities: 1 each, and the reused id's copy that won (the first round's: 1 or 2)
+    assert state.totals["feature_used"] in (events + 1, events + 2)
+    assert contended > 0  # both replicas did write the organization
+
+
+async def _each_holds_partitions(replicas: Sequence[Components], total: int) -> None:
+    """Until every replica holds partitions and together they hold `total`, each once."""
+    for _ in range(300):
+        held = [replica.offsets.assigned for replica in replicas]
+        every = [key for keys in held for key in keys]
+        if all(held) and len(every) == len(set(every)) == total:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the group never settled: {held}")
+
+
+async def test_a_dead_letter_topic_refusing_writes_holds_the_batch_and_says_so(
+    migrated_database: str, tmp_path: Path
+) -> None:
+    """A dead-letter topic that refuses the dead letters (a schema the broker enforces,
+    an ACL, a topic gone with auto-creation off) while the broker is up: the batch must
+    not commit past its rejection, so it is retried, holding every partition in it.
+    The on-call engineer saw `batch_failed_will_retry error=UnknownError` with the
+    batch's first record, nothing naming the dead-letter topic or the record rejected.
+    The error names them now."""
+    topics = Topics(*(f"{name}.refusing" for name in ("u", "s", "a", "h", "p")))
+    registry = tmp_path / "schemas"
+    registry.mkdir()
+    # the dead-letter topic takes JSON objects with an "n" only: no dead letter fits
+    (registry / f"{topics.dlq_usage}.json").write_text(
+        json.dumps(
+            {
+                "type": "object",
+                "properties": {"value": {"type": "object", "required": ["n"]}},
+                "required": ["value"],
+            }
+        )
+    )
+    bootstrap, broker = start_embedded_broker(schema_registry=registry)
+    try:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            names = [*asdict(topics).values(), topics.dlq_usage, topics.dlq_support]
+            await admin.create_topics([NewTopic(n, 2, 1) for n in [*names, topics.dlq_profile]])
+        finally:
+            await admin.close()
+        settings = service_settings(migrated_database, bootstrap, topics)
+        at = datetime.now(UTC) - timedelta(hours=1)
+        org, other = _org("refusing-dlq"), _org("refusing-dlq-other")
+        producer = await make_producer(bootstrap)
+        try:
+            bad = await producer.send_and_wait(
+                topics.usage,
+                orjson.dumps(_usage(org, 0, at, quantity=0)),
+                key=org.encode(),
+                partition=0,
+            )
+            for n, (who, partition) in enumerate([(org, 0), (other, 1)], start=1):
+                await producer.send_and_wait(
+                    topics.usage,
+                    orjson.dumps(_usage(who, n, at)),
+                    key=who.encode(),
+                    partition=partition,
+                )
+            with capture_logs() as logs:
+                async with running_service(settings) as service:
+                    for _ in range(300):
+                        if _total(service, "healthscore_batch_failures_total") >= 1:
+                            break
+                        await asyncio.sleep(0.1)
+            applied = await fetchval(migrated_database, "SELECT count(*) FROM processed_events")
+        finally:
+            await producer.stop()
+    finally:
+        broker.terminate()
+        broker.wait()
+    assert applied == 0  # nothing committed past the rejection
+    (failed, *_) = [log for log in logs if log["event"] == "batch_failed_will_retry"]
+    assert failed["error"] == "DeadLetterRefused"
+    assert failed["message"].startswith(
+        f"{topics.dlq_usage} refused the dead letter of {topics.usage}:0:{bad.offset} "
+        "(out_of_range): UnknownError"
+    )
+
+
+async def test_a_decompression_bomb_is_dead_lettered_without_being_decompressed(
+    migrated_database: str, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of a few compressed kilobytes may hold gigabytes (a zstd frame of 1 GiB of
+    zeros is 32 kB): aiokafka decompressed every batch whole in memory, so one such
+    record, past every size check on the compressed bytes, made each replica that
+    fetched it run out of memory, again after every restart. Batches are decompressed
+    up to a limit now, and one past it is dead-lettered as `corrupt_record`. (Here the
+    limit is 1 MiB and the bombs 4 MiB: without the limit they were read whole and
+    rejected as `too_large`.)"""
+    monkeypatch.setattr(kafka_codecs, "MAX_DECOMPRESSED_BATCH_BYTES", 1 << 20)
+    topics = await make_topics(kafka_bootstrap, partitions=2)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org, other = _org("bomb"), _org("bomb-neighbour")
+    bomb = b" " * (4 << 20)
+    bombs = {}
+    n = 0
+    for codec in ("gzip", "snappy", "lz4", "zstd"):
+        producer = AIOKafkaProducer(
+            bootstrap_servers=kafka_bootstrap,
+            enable_idempotence=False,
+            compression_type=codec,
+            max_request_size=8 << 20,
+        )
+        await producer.start()
+        try:
+            # a valid record before and after it, each batch of its own
+            for value in (
+                orjson.dumps(_usage(org, n, at)),
+                bomb,
+                orjson.dumps(_usage(org, n + 1, at)),
+            ):
+                sent = await producer.send_and_wait(
+                    topics.usage, value, key=org.encode(), partition=0
+                )
+                if value is bomb:
+                    bombs[sent.offset] = codec
+        finally:
+            await producer.stop()
+        n += 2
+    rejected = await _through_the_service(
+        migrated_database,
+        kafka_bootstrap,
+        settings,
+        topics.usage,
+        [(other, _usage(other, 100, at), None)],  # the other partition
+    )
+    assert set(rejected) == {"corrupt_record"}
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == n + 1
+    dead = _dead_by_offset(await consume_all(kafka_bootstrap, topics.dlq_usage, 4, settle=0.5))
+    assert {offset for _, offset in dead} == set(bombs)
+    for (_, offset), named in dead.items():
+        assert named["x-error-reason"] == b"corrupt_record"
+        detail = named["x-error-detail"]
+        assert detail is not None
+        assert f"{bombs[offset]} batch decompresses to more than 1048576 bytes".encode() in detail
+
+
+async def test_other_spellings_of_one_uuid_are_one_organization_and_one_event(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """The key must be the canonical spelling (Kafka partitions by its bytes), but the
+    body's ids may be spelled as any UUID parser reads them: upper case, braces,
+    `urn:uuid:`, no hyphens. Each is the same organization (one state, every event
+    counted) and the same event id (a repeat is a duplicate, not a second event)."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org = _org("spellings")
+    spellings = [org, org.upper(), "{" + org + "}", "urn:uuid:" + org, org.replace("-", "")]
+    records = [
+        (org, _usage(org, n, at, organization_id=spelled), None)
+        for n, spelled in enumerate(spellings)
+    ]
+    # the first event again, its id spelled otherwise each time
+    first = records[0][1]
+    records += [
+        (org, {**first, "event_id": spelled}, None)
+        for spelled in (first["event_id"].upper(), "urn:uuid:" + first["event_id"])
+    ]
+    rejected = await _through_the_service(
+        migrated_database, kafka_bootstrap, settings, topics.usage, records
+    )
+    assert rejected == []
+    assert await fetchval(migrated_database, "SELECT count(*) FROM organization_state") == 1
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 5
+    assert (await stored_state_in(migrated_database, org)).event_count == 5

@@ -241,3 +241,40 @@ async def test_import_publish_sends_the_checked_profiles_through_the_log_and_aga
     assert states[UNSEEN].milestones == {"onboarding_completed": LONG_AGO.timestamp()}
     assert sum((await high_watermarks(kafka_bootstrap, [topics.profile])).values()) == 4
     assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 4
+
+
+async def test_import_refuses_a_time_whose_utc_value_is_outside_the_contract(
+    migrated_database: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """`0001-01-01T00:00:00+14:00` parses, but is in year 0 in UTC: the stream's contract
+    refuses it (`out_of_range`), the import took it, and `--publish` then failed with a
+    traceback turning it back into a timestamp (without `--publish`, the state kept a
+    creation 2,025 years before the epoch). It is a row error now, like any bad time."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_IDEMPOTENT_PRODUCER": "false",
+        "PROFILE_TOPIC": topics.profile,
+        "DATABASE_URL": migrated_database,
+    }
+    year_zero = "0001-01-01T00:00:00+14:00"
+    profiles = tmp_path / "profiles.csv"
+    profiles.write_text(
+        "organization_id,created_at,milestones\n"
+        f"{KNOWN},{year_zero},\n"
+        f"{UNSEEN},,onboarding_completed={year_zero}\n"
+    )
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"organization_id,churned_at\n{KNOWN},{year_zero}\n")
+    for args in (("--profiles", str(profiles), "--publish"), ("--labels", str(labels))):
+        refused = _cli("import", *args, **env)
+        assert refused.returncode == 1, refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert "outside 0001-01-01..9999-12-31" in refused.stderr
+    assert (
+        f"{profiles}: row 2, column created_at:"
+        in _cli("import", "--profiles", str(profiles), **env).stderr
+    )
+    assert sum((await high_watermarks(kafka_bootstrap, [topics.profile])).values()) == 0
+    assert await fetchval(migrated_database, "SELECT count(*) FROM organization_state") == 0
+    assert await fetchval(migrated_database, "SELECT count(*) FROM churn_labels") == 0

@@ -15,6 +15,7 @@ import pytest
 from aiokafka.errors import MessageSizeTooLargeError
 
 from healthscore.service.ingest.decode import (
+    MAX_DETAIL_CHARS,
     PIPELINE_REASONS,
     Decoded,
     Decoder,
@@ -41,6 +42,27 @@ def test_decoding_is_total() -> None:
     assert result.reason == "undecodable"
     assert "AttributeError" in result.detail
     assert result.reason in PIPELINE_REASONS
+
+
+def test_a_rejection_detail_quoting_a_huge_input_is_bounded() -> None:
+    """A refused dict key is part of pydantic's error location, so the detail once
+    carried a milestone name of any length (and the dead letter's headers with it)."""
+    decoder = Decoder("usage", "support", 1 << 20, profile_topic="profile")
+    org = str(uuid.uuid4())
+    body = {
+        "event_id": str(uuid.uuid4()),
+        "organization_id": org,
+        "created_at": "2024-01-01T00:00:00Z",
+        "milestones": {"m" * 200_000: "2024-02-01T00:00:00Z"},
+        "occurred_at": "2025-01-01T00:00:00Z",
+    }
+    result = decoder.decode(RawRecord("profile", 0, 0, org.encode(), orjson.dumps(body)))
+    assert isinstance(result, Rejection) and result.reason == "unknown_enum"
+    assert result.detail.startswith("milestones." + "m" * 40 + "…(200000 characters).")
+    assert len(result.detail) < 600  # the field, cut, and the names it may take
+    # any other detail (an exception's message, say) is cut too, saying by how much
+    long = Rejection(result.record, "undecodable", "x" * 50_000)
+    assert len(long.detail) <= MAX_DETAIL_CHARS and long.detail.endswith("(50000 characters)")
 
 
 def test_a_record_the_client_could_not_read_is_rejected_as_corrupt() -> None:

@@ -210,6 +210,20 @@ def test_profiles_parse_and_merge_rows_of_one_organization() -> None:
     assert profiles[other].created_at is None and profiles[other].milestones == {}
 
 
+def test_a_milestone_named_twice_in_one_row_keeps_the_earliest_time() -> None:
+    """Across rows the earliest time wins; within a row the later pair overwrote the
+    earlier one."""
+    text = (
+        "organization_id,created_at,milestones\n"
+        f"{ORG},,onboarding_completed=2024-05-01T00:00:00Z;"
+        "onboarding_completed=2024-09-01T00:00:00Z\n"
+    )
+    (profile,) = parse_profiles(text)
+    assert profile.milestones == {
+        "onboarding_completed": datetime(2024, 5, 1, tzinfo=UTC).timestamp()
+    }
+
+
 def test_bad_profile_rows_are_all_reported_with_row_and_column() -> None:
     text = (
         "organization_id,created_at,milestones\n"

@@ -103,6 +103,13 @@ def _time(text: str) -> datetime:
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         raise ValueError("a time without an offset (write e.g. 2026-03-01T00:00:00Z)")
+    try:
+        # as the contract's `check_representable`: 0001-01-01T00:00:00+14:00 parses, but
+        # its UTC value is in year 0, which no later conversion (a published profile's
+        # timestamp, a score's tenure) can take
+        moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("its UTC value falls outside 0001-01-01..9999-12-31") from None
     return moment
 
 
@@ -177,9 +184,12 @@ def parse_profiles(
                 errors.append(RowError(number, "milestones", f"unknown milestone {name!r}"))
             else:
                 try:
-                    milestones[name] = _past(_time(at), now).timestamp()
+                    achieved = _past(_time(at), now).timestamp()
                 except ValueError as exc:
                     errors.append(RowError(number, "milestones", f"{name}={at!r}: {exc}"))
+                else:
+                    # named twice in one row: the earliest, as across rows
+                    milestones[name] = min(achieved, milestones.get(name, achieved))
         if org is None or len(errors) > before:
             continue
         state = merged.setdefault(org, new_state(str(org)))

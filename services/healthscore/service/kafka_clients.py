@@ -25,6 +25,7 @@ from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLS
 from pydantic import SecretStr
 
 from healthscore.config import KafkaSaslMechanism, KafkaSecurityProtocol, Settings
+from healthscore.service import kafka_codecs
 from healthscore.tls import client_ssl_context
 
 # what only the connection decides
@@ -151,6 +152,7 @@ class KafkaConnection:
         return AIOKafkaProducer(**self._options(options), **options)
 
     def consumer(self, *topics: str, **options: Any) -> AIOKafkaConsumer:
+        kafka_codecs.install()  # whatever reads records decompresses within the limit
         return AIOKafkaConsumer(*topics, **self._options(options), **options)
 
     def admin(self, **options: Any) -> AIOKafkaAdminClient:
@@ -159,4 +161,5 @@ class KafkaConnection:
     def broker(self, **options: Any) -> KafkaBroker:
         """A FastStream broker: its consumers, producer and admin client get the security."""
         self._options(options)
+        kafka_codecs.install()
         return KafkaBroker(self.bootstrap_servers, security=self.security.faststream(), **options)

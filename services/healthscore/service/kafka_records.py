@@ -9,7 +9,8 @@ with what failed and at which offset, together with whatever key, value and
 headers could be read; the records around it are returned as they are.
 
 Only the wire format is used (the layout below is Kafka's DefaultRecordBatch
-and DefaultRecord): aiokafka supplies the CRC-32C and the decompressors.
+and DefaultRecord): aiokafka supplies the CRC-32C, `kafka_codecs` the decompressors
+(aiokafka's, stopping at a size).
 
     RecordBatch: BaseOffset int64, Length int32, PartitionLeaderEpoch int32,
       Magic int8, CRC uint32, Attributes int16, LastOffsetDelta int32,
@@ -27,8 +28,9 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from aiokafka.codec import gzip_decode, lz4_decode, snappy_decode, zstd_decode
 from aiokafka.record.util import calc_crc32c
+
+from healthscore.service.kafka_codecs import gzip_decode, lz4_decode, snappy_decode, zstd_decode
 
 BATCH_HEADER = struct.Struct(">qiibIhiqqqhii")
 LOG_OVERHEAD = 12  # BaseOffset and Length: what precedes the Length's count of bytes

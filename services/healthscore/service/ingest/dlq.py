@@ -13,6 +13,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
+from healthscore.errors import HealthscoreError
 from healthscore.service.ingest.decode import RawRecord, Rejection
 
 
@@ -82,6 +83,12 @@ ORIGINAL_PREFIX = "x-original-"
 """Prefixed to a producer's header that is named like one of ours."""
 
 
+class DeadLetterRefused(HealthscoreError):
+    """The producer or the broker refused a dead letter for another reason than its
+    size (the topic refuses writes, is missing, the broker is away): the batch fails
+    and is retried, as it must not commit past a rejection it could not publish."""
+
+
 class DeadLetterQueue:
     def __init__(self, producer: RecordProducer, suffix: str) -> None:
         self._producer = producer
@@ -107,18 +114,44 @@ class DeadLetterQueue:
                 futures.append(await self._send(rejection, whole=True))
             except TOO_LARGE:
                 futures.append(None)
+            except Exception as exc:
+                raise self._refused(rejection, exc) from exc
         # one wait for all acks, not a round trip per dead letter
         acks = iter(
             await asyncio.gather(*(f for f in futures if f is not None), return_exceptions=True)
         )
+        retried: list[Rejection] = []
         retries = []
         for rejection, future in zip(rejections, futures, strict=True):
             ack = None if future is None else next(acks)
             if future is None or isinstance(ack, TOO_LARGE):
-                retries.append(await self._send(rejection, whole=False))
+                try:
+                    retries.append(await self._send(rejection, whole=False))
+                except Exception as exc:
+                    raise self._refused(rejection, exc) from exc
+                retried.append(rejection)
+            elif isinstance(ack, Exception):
+                raise self._refused(rejection, ack) from ack
             elif isinstance(ack, BaseException):
                 raise ack
-        await asyncio.gather(*retries)
+        for rejection, ack in zip(
+            retried, await asyncio.gather(*retries, return_exceptions=True), strict=True
+        ):
+            if isinstance(ack, Exception):
+                raise self._refused(rejection, ack) from ack
+            if isinstance(ack, BaseException):
+                raise ack
+
+    def _refused(self, rejection: Rejection, exc: Exception) -> DeadLetterRefused:
+        """`exc`, the broker's or the producer's, naming the dead letter it refused: a
+        broker error alone (`UnknownError`) does not say that the dead-letter topic is
+        what holds the batch."""
+        record = rejection.record
+        return DeadLetterRefused(
+            f"{self.topic_for(record.topic)} refused the dead letter of "
+            f"{record.topic}:{record.partition}:{record.offset} ({rejection.reason}): "
+            f"{type(exc).__name__}: {exc}; the batch is retried, nothing is skipped"
+        )
 
     async def _send(self, rejection: Rejection, whole: bool) -> asyncio.Future[Any]:
         """Enqueue the dead letter of `rejection`: whole, or without the value and the
