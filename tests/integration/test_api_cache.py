@@ -147,6 +147,28 @@ async def test_an_acknowledgment_is_seen_at_once_by_its_author(world: World) -> 
     assert (await world.get("admin", page)).json()["milestones"]["acknowledged"] == 1
 
 
+async def test_a_write_that_changed_nothing_keeps_every_answer(world: World) -> None:
+    """Only a write that may have changed something moves the versions: a POST without a
+    valid credential (401), to no route (404) or refused by its route (4xx) keeps every
+    kept answer. Before, any POST under /api/v1/, from anybody, emptied the cache."""
+    kept = await world.get("admin", LIST)
+    assert kept.status_code == 200
+    vow = world.orgs["vow"]
+    acknowledge = f"/api/v1/organizations/{vow}/milestones/first_client_added/acknowledge"
+    reward = f"/api/v1/organizations/{world.orgs['bloom']}/milestones/clients_10/reward"
+    assert (await world.client.post(acknowledge)).status_code == 401
+    forged_admin = {"Authorization": forged(world.users["admin"])}
+    assert (await world.client.post(acknowledge, headers=forged_admin)).status_code == 401
+    assert (await world.client.post("/api/v1/anything")).status_code == 404
+    assert (await world.post("member", "/api/v1/anything")).status_code == 404
+    assert (await world.post("member", acknowledge)).status_code == 404
+    assert (await world.post("admin", reward, {})).status_code == 409
+    assert await hits_without_statements(world, "admin", LIST) == kept.content
+    # a write that changed a row still moves them (its author sees it at once)
+    assert (await world.post("admin", acknowledge)).status_code == 200
+    assert len(world.app.state.api.cache.cache) == 0
+
+
 async def test_a_role_change_invalidates_what_the_user_was_shown(world: World) -> None:
     member = world.users["member"]
     assert await names(world, "member") == []

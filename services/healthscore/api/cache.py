@@ -784,15 +784,35 @@ class CachedReads:
         await send({"type": "http.response.body", "body": answer.body})
 
     async def _write(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Any other method: once it has answered (its transaction is over), every
-        version moves on, so no answer computed before it is served after it."""
+        """A write: once it has answered (its transaction is over), every version moves
+        on, so no answer computed before it is served after it, its author's included.
+
+        Only a write that may have changed something: one whose credential verifies
+        and that is not answered with a client error (4xx: the write routes change
+        nothing when they refuse; a 401 or an unknown path reaches no statement).
+        Anybody could otherwise empty every user's kept answers with one unauthenticated
+        POST. A change made all the same is announced by the database like any other."""
+        try:
+            self.verifier.verify(one_authorization(_authorizations(scope)))
+        except Unauthenticated:
+            await self.app(scope, receive, send)  # the route answers 401, writing nothing
+            return
+        refused = False
 
         async def send_after_commit(message: Message) -> None:
+            nonlocal refused
             if message["type"] == "http.response.start":
-                self.state.changed_everything()
+                refused = 400 <= message["status"] < 500
+                if not refused:
+                    self.state.changed_everything()
             await send(message)
 
         try:
             await self.app(scope, receive, send_after_commit)
         finally:
-            self.state.changed_everything()
+            if not refused:
+                self.state.changed_everything()
+
+
+def _authorizations(scope: Scope) -> list[str]:
+    return [v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"]
