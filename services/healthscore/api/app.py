@@ -104,7 +104,7 @@ def create_app(config: ApiConfig) -> FastAPI:
                     config.database_url,
                     config.database_role,
                     config.tls,
-                    config.signing_key.key_id,
+                    config.signing_key,
                     cache,
                 )
                 task = asyncio.create_task(listener.run(), name="api-cache-listener")
