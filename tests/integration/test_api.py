@@ -849,3 +849,12 @@ async def test_a_request_body_larger_than_any_the_api_takes_is_refused_unread(
     # a body the API takes still reaches the route
     taken = await world.post("admin", reward, {"outcome": "declined"})
     assert taken.status_code == 409  # not acknowledged yet: the route read it
+
+
+async def test_a_method_not_allowed_says_which_are(world: World) -> None:
+    """RFC 9110: a 405 names the methods the resource takes (Allow); the problem handler
+    dropped the header the framework gave."""
+    response = await world.client.delete("/api/v1/organizations", headers=world.auth("admin"))
+    assert response.status_code == 405
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["allow"] == "GET"
