@@ -256,12 +256,17 @@ async def test_only_a_holder_of_a_signing_key_hears_which_organizations_changed(
         for channel in ("healthscore_read_model", t.CHANNEL_PREFIX, t.CHANNEL_PREFIX + "0" * 32):
             await person.add_listener(channel, lambda *a: person_heard.append(str(a[-1])))
         assert await person.fetchval("SELECT count(*) FROM customer_health") == 0
+        await person.execute("CREATE TEMPORARY TABLE user_profiles (id integer)")
         for statement in (
             "SELECT read_model_channel FROM app_signing_keys",
             "SELECT read_model_announce(ARRAY['customer_health'])",
+            # the triggers run as the owner: attached to a table of the person's own, they
+            # would announce whatever it is named on every key's channel
+            "CREATE TRIGGER announce AFTER INSERT ON pg_temp.user_profiles"
+            " FOR EACH STATEMENT EXECUTE FUNCTION public.read_model_changed()",
         ):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                await person.fetchval(statement)
+                await person.execute(statement)
         row = await b.insert_organization_with_children(writer)
         await writer.execute(
             "UPDATE customer_health SET active_users_30d = 7 WHERE organization_id = $1",

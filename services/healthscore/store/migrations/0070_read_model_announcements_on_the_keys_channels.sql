@@ -22,7 +22,10 @@
 -- or retired within the last day (an API still on a key retired longer ago serves
 -- nothing from its cache: the retirement stopped it). The trigger functions run as
 -- healthscore_owner (SECURITY DEFINER, search path pinned) to read the channels;
--- read_model_announce is granted to nobody.
+-- neither they nor read_model_announce are granted to anybody: a trigger fires without
+-- its function's EXECUTE right, which only CREATE TRIGGER asks for (with PUBLIC's, any
+-- session could attach them to a temporary table of its own and send payloads of its
+-- choosing on the API's channel, clearing its cache at will).
 
 ALTER TABLE app_signing_keys
     ADD COLUMN read_model_channel text NOT NULL GENERATED ALWAYS AS (
@@ -115,3 +118,6 @@ END
 $$;
 COMMENT ON FUNCTION read_model_organizations_changed() IS
     'Statement-level trigger with transition tables (new_rows, old_rows): announces (read_model_announce) the organizations whose rows the statement changed (payload <table>:<id>,<id>,..., at most 200 ids each; for organizations, the ids it inserted), or the whole table (payload: its name) past 5,000 organizations or for a row without one; nothing when no row changed.';
+
+REVOKE ALL ON FUNCTION read_model_changed(), read_model_rows_inserted(),
+    read_model_organizations_changed() FROM PUBLIC;
