@@ -27,6 +27,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
+from healthscore.api.app import MAX_BODY_BYTES
 from healthscore.api.models import (
     HistoryPoint,
     Interaction,
@@ -819,3 +820,41 @@ async def test_an_unexpected_failure_is_a_500_problem_naming_its_log_entry(world
     body = assert_problem(response, 500)
     assert "internal detail" not in response.text
     assert len(body["error_id"]) == 32 and body["error_id"] in body["detail"]
+
+
+async def test_a_request_body_larger_than_any_the_api_takes_is_refused_unread(
+    world: World,
+) -> None:
+    """The one body the API takes (a reward's outcome) is a few dozen bytes, but a route
+    reads and parses its whole body before it checks the caller: a 300 MB body sent without
+    any credential took the API process to 1.2 GB. A body over MAX_BODY_BYTES is a 413
+    problem, declared (Content-Length) or streamed (chunked), before anything reads it."""
+    reward = f"/api/v1/organizations/{world.orgs['bloom']}/milestones/first_client_added/reward"
+    large = b'{"outcome": "delivered", "pad": "' + b"x" * (2 * MAX_BODY_BYTES) + b'"}'
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(large), 1000):
+            yield large[start : start + 1000]
+
+    for headers in ({}, world.auth("admin")):
+        for content in (large, chunks()):
+            response = await world.client.post(
+                reward, content=content, headers={"Content-Type": "application/json", **headers}
+            )
+            assert response.status_code == 413, response.text
+            assert response.headers["content-type"] == "application/problem+json"
+            problem = response.json()
+            assert problem["status"] == 413 and problem["type"].endswith("/content-too-large")
+            assert "content-security-policy" in response.headers
+    # a body the API takes still reaches the route
+    taken = await world.post("admin", reward, {"outcome": "declined"})
+    assert taken.status_code == 409  # not acknowledged yet: the route read it
+
+
+async def test_a_method_not_allowed_says_which_are(world: World) -> None:
+    """RFC 9110: a 405 names the methods the resource takes (Allow); the problem handler
+    dropped the header the framework gave."""
+    response = await world.client.delete("/api/v1/organizations", headers=world.auth("admin"))
+    assert response.status_code == 405
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["allow"] == "GET"

@@ -147,6 +147,53 @@ async def test_an_acknowledgment_is_seen_at_once_by_its_author(world: World) -> 
     assert (await world.get("admin", page)).json()["milestones"]["acknowledged"] == 1
 
 
+async def test_a_write_that_changed_nothing_keeps_every_answer(world: World) -> None:
+    """Only a write that may have changed something moves the versions: a POST without a
+    valid credential (401), to no route (404) or refused by its route (4xx) keeps every
+    kept answer. Before, any POST under /api/v1/, from anybody, emptied the cache."""
+    kept = await world.get("admin", LIST)
+    assert kept.status_code == 200
+    vow = world.orgs["vow"]
+    acknowledge = f"/api/v1/organizations/{vow}/milestones/first_client_added/acknowledge"
+    reward = f"/api/v1/organizations/{world.orgs['bloom']}/milestones/clients_10/reward"
+    assert (await world.client.post(acknowledge)).status_code == 401
+    forged_admin = {"Authorization": forged(world.users["admin"])}
+    assert (await world.client.post(acknowledge, headers=forged_admin)).status_code == 401
+    assert (await world.client.post("/api/v1/anything")).status_code == 404
+    assert (await world.post("member", "/api/v1/anything")).status_code == 404
+    assert (await world.post("member", acknowledge)).status_code == 404
+    assert (await world.post("admin", reward, {})).status_code == 409
+    assert await hits_without_statements(world, "admin", LIST) == kept.content
+    # a write that changed a row still moves them (its author sees it at once)
+    assert (await world.post("admin", acknowledge)).status_code == 200
+    assert len(world.app.state.api.cache.cache) == 0
+
+
+async def test_one_users_distinct_requests_cannot_push_out_everybody_elses_answers(
+    world: World,
+) -> None:
+    """Every distinct query string is a key of its own (a parameter the route ignores, a
+    cursor the client wrote), so one member, who sees nothing, could fill the whole cache
+    with empty answers and push out every admin's. A user's own answers hold an eighth of
+    it at most: past that they replace their own least recently used."""
+    store = world.app.state.api.cache.cache
+    store.max_entries = 64
+    kept = await world.get("admin", LIST)
+    page = await world.get("admin", f"/api/v1/organizations/{world.orgs['vow']}")
+    assert kept.status_code == page.status_code == 200
+    for n in range(store.max_entries):
+        assert (await world.get("member", LIST, junk=n)).status_code == 200
+    assert await hits_without_statements(world, "admin", LIST) == kept.content
+    assert (
+        await hits_without_statements(world, "admin", f"/api/v1/organizations/{world.orgs['vow']}")
+        == page.content
+    )
+    # the member's latest answers are kept all the same
+    hits = counted(world, "hit")
+    assert (await world.get("member", LIST, junk=store.max_entries - 1)).status_code == 200
+    assert counted(world, "hit") == hits + 1
+
+
 async def test_a_role_change_invalidates_what_the_user_was_shown(world: World) -> None:
     member = world.users["member"]
     assert await names(world, "member") == []

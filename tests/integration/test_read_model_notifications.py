@@ -18,6 +18,7 @@ import pytest
 
 from healthscore.store import read_model_changes as t
 from tests.utils import schema_builders as b
+from tests.utils.api import with_user
 
 
 class Heard:
@@ -35,11 +36,19 @@ class Heard:
         return taken
 
 
+async def key_channel(conn: asyncpg.Connection) -> str:
+    """The channel of the newest signing key, as the API holding it names it."""
+    secret = await conn.fetchval(
+        "SELECT secret FROM app_signing_keys WHERE retired_at IS NULL ORDER BY key_id DESC"
+    )
+    return t.channel_of(bytes(secret))
+
+
 @pytest.fixture
 async def heard(migrated_database: str) -> AsyncIterator[Heard]:
     conn = await asyncpg.connect(migrated_database)
     heard = Heard(conn)
-    await conn.add_listener(t.CHANNEL, heard)
+    await conn.add_listener(await key_channel(conn), heard)
     try:
         yield heard
     finally:
@@ -227,3 +236,74 @@ async def test_the_api_role_reads_only_when_its_key_retires(migrated_database: s
             assert await conn.fetchval(t.SIGNING_KEY_RETIRES_AT, key_id) == 5.0
     finally:
         await conn.close()
+
+
+async def test_only_a_holder_of_a_signing_key_hears_which_organizations_changed(
+    migrated_database: str, heard: Heard, writer: asyncpg.Connection
+) -> None:
+    """LISTEN takes no privilege, so the announcements go to channels named by the keys'
+    secrets (migration 0070). A direct SQL login in cs_dashboard, which row-level security
+    shows no organization, heard every organization's scores and alerts on the fixed
+    channel healthscore_read_model; it can neither read a channel's name nor send on all
+    of them."""
+    login = f"t_person_{uuid.uuid4().hex[:10]}"
+    await writer.execute(f"CREATE ROLE {login} LOGIN IN ROLE cs_dashboard")
+    person_heard: list[str] = []
+    person = await asyncpg.connect(
+        with_user(migrated_database, login), server_settings={"role": "cs_dashboard"}
+    )
+    try:
+        for channel in ("healthscore_read_model", t.CHANNEL_PREFIX, t.CHANNEL_PREFIX + "0" * 32):
+            await person.add_listener(channel, lambda *a: person_heard.append(str(a[-1])))
+        assert await person.fetchval("SELECT count(*) FROM customer_health") == 0
+        await person.execute("CREATE TEMPORARY TABLE user_profiles (id integer)")
+        for statement in (
+            "SELECT read_model_channel FROM app_signing_keys",
+            "SELECT read_model_announce(ARRAY['customer_health'])",
+            # the triggers run as the owner: attached to a table of the person's own, they
+            # would announce whatever it is named on every key's channel
+            "CREATE TRIGGER announce AFTER INSERT ON pg_temp.user_profiles"
+            " FOR EACH STATEMENT EXECUTE FUNCTION public.read_model_changed()",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await person.execute(statement)
+        row = await b.insert_organization_with_children(writer)
+        await writer.execute(
+            "UPDATE customer_health SET active_users_30d = 7 WHERE organization_id = $1",
+            row.organization_id,
+        )
+        assert f"{t.CUSTOMER_HEALTH}:{row.organization_id}" in await heard.take()
+        await person.fetchval("SELECT 1")  # every notification committed before: sent
+        await asyncio.sleep(0)
+        assert person_heard == []
+        # the API's derivation of the channel is the database's
+        channels = await writer.fetch("SELECT read_model_channel FROM app_signing_keys")
+        assert [r[0] for r in channels] == [await key_channel(writer)]
+    finally:
+        await person.close()
+        await writer.execute(f"DROP ROLE {login}")
+
+
+async def test_every_key_in_use_or_retired_within_a_day_hears_the_announcements(
+    heard: Heard, writer: asyncpg.Connection
+) -> None:
+    new_key = await writer.fetchrow(
+        "INSERT INTO app_signing_keys DEFAULT VALUES RETURNING key_id, secret"
+    )
+    assert new_key is not None
+    new = Heard(writer)
+    await writer.add_listener(t.channel_of(bytes(new_key["secret"])), new)
+    # both keys' holders hear the new key (a row of app_signing_keys)
+    assert await heard.take() == [t.SIGNING_KEYS]
+    await writer.execute(
+        "UPDATE app_signing_keys SET retired_at = now() WHERE key_id <> $1", new_key["key_id"]
+    )
+    assert await heard.take() == [t.SIGNING_KEYS]  # the retirement reaches the retired key
+    assert await new.take() == [t.SIGNING_KEYS]
+    await writer.execute(
+        "UPDATE app_signing_keys SET retired_at = now() - interval '25 hours' WHERE key_id <> $1",
+        new_key["key_id"],
+    )
+    await b.insert_organization_with_children(writer)
+    assert await heard.take() == []
+    assert t.CUSTOMER_HEALTH in {p.partition(":")[0] for p in await new.take()}

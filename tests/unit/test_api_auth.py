@@ -261,3 +261,28 @@ def test_a_signing_key_too_short_or_not_hex_is_a_configuration_problem(
     )
     with pytest.raises(ApiConfigError, match=f"API_DB_SIGNING_KEY: .*{reason}"):
         ApiConfig.from_settings(settings)
+
+
+def test_an_identity_providers_keys_are_taken_only_with_the_audience(tmp_path: Path) -> None:
+    """An identity provider signs the tokens of every application it serves with the keys
+    of its JWKS: without API_JWT_AUDIENCE a token it issued to another application (that
+    application's, replayed here) was a valid credential of the API (RFC 8725, 3.9)."""
+    key, path = _rsa_jwks(tmp_path)
+    claims = {"sub": str(USER), "aud": "another-application", "exp": 4102444800}
+    elsewhere = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "idp-1"})
+
+    def settings(audience: str | None) -> Settings:
+        return Settings(
+            _env_file=None,
+            database_url=SecretStr("postgresql://db/x"),
+            api_jwks_path=path,
+            api_jwt_audience=audience,
+            api_db_signing_key_id=1,
+            api_db_signing_key=SecretStr("ab" * 32),
+        )
+
+    with pytest.raises(ApiConfigError, match="API_JWT_AUDIENCE"):
+        ApiConfig.from_settings(settings(None))
+    config = ApiConfig.from_settings(settings("dashboard"))
+    with pytest.raises(Unauthenticated, match="Audience"):
+        config.verifier.verify(f"Bearer {elsewhere}")

@@ -22,6 +22,7 @@ from healthscore.api.cache import (
     Answer,
     CachedReads,
     CacheState,
+    Key,
     Lagging,
     ReadModelVersions,
     ResponseCache,
@@ -55,7 +56,8 @@ def test_an_answer_is_served_only_at_its_versions_and_while_fresh() -> None:
 
 def test_the_least_recently_used_leave_first_by_count_and_by_bytes() -> None:
     cache = ResponseCache(max_entries=3, max_bytes=8000)
-    keys = [(USER, f"/p{i}".encode()) for i in range(4)]
+    # an audience's answers: no user's share applies
+    keys: list[Key] = [("audience:admin", f"/p{i}".encode()) for i in range(4)]
     for key in keys[:3]:
         cache.put(key, (0,), math.inf, answer())
     assert cache.get(keys[0], (0,), 0.0) is not None  # now the most recent
@@ -73,6 +75,31 @@ def test_the_least_recently_used_leave_first_by_count_and_by_bytes() -> None:
     assert cache.get(keys[0], (1,), 0.0) is None
     cache.clear()
     assert len(cache) == 0 and cache.bytes == 0
+
+
+def test_a_users_own_answers_hold_their_share_and_replace_their_oldest() -> None:
+    cache = ResponseCache(max_entries=16, max_bytes=64_000)  # a user's share: 2, 8,000 bytes
+    other = (uuid.uuid4(), b"/other")
+    cache.put(other, (0,), math.inf, answer())
+    mine: list[Key] = [(USER, f"/p{i}".encode()) for i in range(20)]
+    for key in mine:
+        cache.put(key, (0,), math.inf, answer())
+    assert [k for k in mine if cache.get(k, (0,), 0.0) is not None] == mine[-2:]
+    assert cache.get(other, (0,), 0.0) is not None  # never pushed out by them
+    # by bytes too: three answers of 3,000 bytes do not fit in 8,000
+    big: list[Key] = [(USER, f"/big{i}".encode()) for i in range(3)]
+    for key in big:
+        cache.put(key, (0,), math.inf, answer(b"x" * 2800))
+    assert [k for k in big if cache.get(k, (0,), 0.0) is not None] == big[-2:]
+    assert len(cache) == 3 and cache.get(other, (0,), 0.0) is not None
+    # an audience's answers are not a user's
+    shared: list[Key] = [("audience:admin", f"/s{i}".encode()) for i in range(10)]
+    for key in shared:
+        cache.put(key, (0,), math.inf, answer())
+    assert all(cache.get(k, (0,), 0.0) is not None for k in shared)
+    cache.clear()
+    cache.put(mine[0], (0,), math.inf, answer())
+    assert len(cache) == 1 and cache.get(mine[0], (0,), 0.0) is not None
 
 
 def test_versions_move_per_table_and_an_unknown_payload_moves_all() -> None:

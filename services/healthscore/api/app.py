@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Final
 
+import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPBearer
@@ -53,6 +54,67 @@ SECURITY_HEADERS: Final = [
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
 ]
+
+
+# the largest request body the API takes: a reward's outcome is a few dozen bytes
+MAX_BODY_BYTES: Final = 16 * 1024
+
+
+class BoundedBodies:
+    """Refuses a request body over MAX_BODY_BYTES with a 413 problem before anything reads
+    it, declared (Content-Length) or streamed: a route reads and parses its whole body
+    before it checks the caller, so anybody could make the process hold any amount."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+            await self._refuse(scope, send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                await self.app(scope, _replay([message], receive), send)
+                return
+            body += message.get("body", b"")
+            if len(body) > MAX_BODY_BYTES:
+                await self._refuse(scope, send)
+                return
+            if not message.get("more_body", False):
+                break
+        whole: Message = {"type": "http.request", "body": bytes(body), "more_body": False}
+        await self.app(scope, _replay([whole], receive), send)
+
+    @staticmethod
+    async def _refuse(scope: Scope, send: Send) -> None:
+        body = orjson.dumps(
+            {
+                "type": problems.TYPE_BASE + "content-too-large",
+                "title": "Content too large",
+                "status": 413,
+                "detail": f"a request body of the API is {MAX_BODY_BYTES} bytes at most",
+                "instance": scope["path"],
+            }
+        )
+        headers = [(b"content-type", problems.MEDIA_TYPE.encode()), (b"connection", b"close")]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """`receive` that first gives `messages` (the body read already), then the client's."""
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
 
 
 class SecurityHeaders:
@@ -104,7 +166,7 @@ def create_app(config: ApiConfig) -> FastAPI:
                     config.database_url,
                     config.database_role,
                     config.tls,
-                    config.signing_key.key_id,
+                    config.signing_key,
                     cache,
                 )
                 task = asyncio.create_task(listener.run(), name="api-cache-listener")
@@ -192,11 +254,12 @@ async def _cancelled(task: asyncio.Task[None]) -> None:
 def served(app: FastAPI) -> ASGIApp:
     """What the server runs: the response cache (when the app has one) in front of the
     FastAPI app, so that a kept answer is sent without entering the framework's
-    middleware and routing, all inside the security-header layer, and the access log
+    middleware and routing, behind the bound on request bodies (`BoundedBodies`), all
+    inside the security-header layer, and the access log
     and request metrics around everything (`healthscore.api.access_log`; the log lines
     unless API_ACCESS_LOG=false)."""
     front: CachedReads | None = getattr(app.state, "front", None)
-    served = SecurityHeaders(front if front is not None else app)
+    served = SecurityHeaders(BoundedBodies(front if front is not None else app))
     # outermost: a kept answer is logged and counted like a computed one
     return AccessLog(
         served,

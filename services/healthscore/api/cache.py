@@ -64,7 +64,11 @@ Concurrent misses of the same key at the same versions share one computation
 version, fifty clients asking for the same page cost one query, not fifty.
 
 Memory is bounded: at most `max_entries` answers and `max_bytes` of them, the
-least recently used leaving first.
+least recently used leaving first. One user's own answers (not an audience's) hold
+at most 1/USER_SHARE of either, past which they replace that user's least recently
+used: every distinct query string is a key (a parameter the route ignores, a cursor
+the client wrote), and one member, who sees nothing, could otherwise push every
+other user's answers out with empty ones.
 
 Responses carry an ETag (a digest of the body) and `Cache-Control: private,
 no-cache`, so a browser revalidates with If-None-Match and gets 304 when its copy
@@ -101,6 +105,9 @@ CLOCK_MAX_AGE: Final = 1.0
 KEY_RETIREMENT_MARGIN: Final = 30.0
 DEFAULT_MAX_ENTRIES: Final = 4096
 DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
+# a user's own answers (keyed by their id, not an audience) hold at most this part of
+# the entries and of the bytes; one answer may be as large (ResponseCache.put)
+USER_SHARE: Final = 8
 
 # users whose audience is remembered (all forgotten beyond it, and asked again)
 MAX_AUDIENCE_USERS: Final = 100_000
@@ -340,6 +347,8 @@ class ResponseCache:
         self._on_evict = on_evict
         self.bytes = 0
         self._entries: OrderedDict[Key, _Entry] = OrderedDict()
+        # answers and bytes kept per user (answers kept for an audience are not counted)
+        self._by_user: dict[uuid.UUID, list[int]] = {}
 
     def get(self, key: Key, versions: Versions, now: float) -> Answer | None:
         found = self.lookup(key, versions, now)
@@ -374,26 +383,57 @@ class ResponseCache:
         computed_at: float = -math.inf,
     ) -> None:
         size = answer.size
-        if size > self.max_bytes // 8:  # one huge answer would push out many
+        if size > self.max_bytes // USER_SHARE:  # one huge answer would push out many
             return
-        old = self._entries.pop(key, None)
+        old = self._entries.get(key)
         if old is not None:
-            self.bytes -= old.answer.size
+            self._drop(key, old)
+        user = key[0]
+        if isinstance(user, uuid.UUID):
+            self._make_room_for(user, size)
+            held = self._by_user.setdefault(user, [0, 0])
+            held[0] += 1
+            held[1] += size
         self._entries[key] = _Entry(versions, fresh_until, answer, computed_at)
         self.bytes += size
         while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self.bytes -= evicted.answer.size
+            evicted_key, evicted = next(iter(self._entries.items()))
+            self._drop(evicted_key, evicted)
             if self._on_evict is not None:
                 self._on_evict()
 
+    def _make_room_for(self, user: uuid.UUID, size: int) -> None:
+        """Drop the user's least recently used answers until one more of `size` bytes
+        fits in their share (an audience's answers have none but the cache's)."""
+        held = self._by_user.get(user)
+        if held is None:
+            return
+        entries = max(1, self.max_entries // USER_SHARE)
+        most_bytes = self.max_bytes // USER_SHARE
+        if held[0] < entries and held[1] + size <= most_bytes:
+            return
+        for key in [k for k in self._entries if k[0] == user]:  # oldest first
+            self._drop(key, self._entries[key])
+            if self._on_evict is not None:
+                self._on_evict()
+            if held[0] < entries and held[1] + size <= most_bytes:
+                return
+
     def clear(self) -> None:
         self._entries.clear()
+        self._by_user.clear()
         self.bytes = 0
 
     def _drop(self, key: Key, entry: _Entry) -> None:
         del self._entries[key]
         self.bytes -= entry.answer.size
+        user = key[0]
+        if isinstance(user, uuid.UUID):
+            held = self._by_user[user]
+            held[0] -= 1
+            held[1] -= entry.answer.size
+            if held[0] == 0:
+                del self._by_user[user]
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -784,15 +824,35 @@ class CachedReads:
         await send({"type": "http.response.body", "body": answer.body})
 
     async def _write(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Any other method: once it has answered (its transaction is over), every
-        version moves on, so no answer computed before it is served after it."""
+        """A write: once it has answered (its transaction is over), every version moves
+        on, so no answer computed before it is served after it, its author's included.
+
+        Only a write that may have changed something: one whose credential verifies
+        and that is not answered with a client error (4xx: the write routes change
+        nothing when they refuse; a 401 or an unknown path reaches no statement).
+        Anybody could otherwise empty every user's kept answers with one unauthenticated
+        POST. A change made all the same is announced by the database like any other."""
+        try:
+            self.verifier.verify(one_authorization(_authorizations(scope)))
+        except Unauthenticated:
+            await self.app(scope, receive, send)  # the route answers 401, writing nothing
+            return
+        refused = False
 
         async def send_after_commit(message: Message) -> None:
+            nonlocal refused
             if message["type"] == "http.response.start":
-                self.state.changed_everything()
+                refused = 400 <= message["status"] < 500
+                if not refused:
+                    self.state.changed_everything()
             await send(message)
 
         try:
             await self.app(scope, receive, send_after_commit)
         finally:
-            self.state.changed_everything()
+            if not refused:
+                self.state.changed_everything()
+
+
+def _authorizations(scope: Scope) -> list[str]:
+    return [v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"]

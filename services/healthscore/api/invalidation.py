@@ -1,6 +1,8 @@
 """The response cache's ear: a connection that LISTENs to the database's change
 announcements (migrations 0050, 0051) and tells the cache which tables changed,
-and of which organizations when the announcement names them.
+and of which organizations when the announcement names them. It listens on the
+channel of the API's signing key (migration 0070), which only a holder of the key
+can name.
 
 It runs as the API's database role without a login (LISTEN needs none) on a
 connection of its own, outside the pool. The cache serves only while this
@@ -28,6 +30,7 @@ import structlog
 from healthscore.api.cache import CacheState
 from healthscore.store import read_model_changes as t
 from healthscore.store.db import DatabaseTLS, connect
+from healthscore.store.identity import SigningKey
 
 log = structlog.get_logger(__name__)
 
@@ -43,13 +46,14 @@ class ReadModelListener:
         database_url: str,
         role: str,
         tls: DatabaseTLS,
-        signing_key_id: int,
+        signing_key: SigningKey,
         state: CacheState,
     ) -> None:
         self.database_url = database_url
         self.role = role
         self.tls = tls
-        self.signing_key_id = signing_key_id
+        self.signing_key_id = signing_key.key_id
+        self.channel = t.channel_of(signing_key.secret)
         self.state = state
         self.live = asyncio.Event()  # set while connected (the lease may still lapse)
         self._wake = asyncio.Event()
@@ -68,7 +72,7 @@ class ReadModelListener:
                     server_settings={"application_name": APPLICATION_NAME, "role": self.role},
                 )
                 conn.add_termination_listener(self._closed)
-                await conn.add_listener(t.CHANNEL, self._heard)
+                await conn.add_listener(self.channel, self._heard)
                 self._key_check_due = True
                 await self._round_trip(conn)
                 # what changed while nobody listened was announced to nobody

@@ -107,7 +107,10 @@ async def on_validation_error(request: Request, exc: Exception) -> Response:
 async def on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     kind = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
-    return problem_response(request, exc.status_code, kind, str(exc.detail))
+    # the framework's headers go with it (a 405's Allow, RFC 9110)
+    return problem_response(
+        request, exc.status_code, kind, str(exc.detail), headers=dict(exc.headers or {})
+    )
 
 
 # the database unreachable, refusing connections or gone mid-request: the client may

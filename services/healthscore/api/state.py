@@ -61,6 +61,12 @@ class ApiConfig:
             )
             if not verifier.configured:
                 problems.append("set API_JWT_SECRET (HS256) or API_JWKS_PATH (RS256)")
+            if settings.api_jwks_path is not None and settings.api_jwt_audience is None:
+                # its keys sign the tokens of every application the provider serves
+                problems.append(
+                    "API_JWKS_PATH needs API_JWT_AUDIENCE: without it a token the identity "
+                    "provider issued to another application would be accepted here"
+                )
         if problems or url is None or signing_key is None:
             raise ApiConfigError("; ".join(problems))
         return cls(

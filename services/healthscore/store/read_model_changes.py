@@ -1,6 +1,9 @@
 """What the database announces when the read model changes (migrations 0050, 0051).
 
-Every transaction that changes one of TABLES notifies CHANNEL when it commits.
+Every transaction that changes one of TABLES notifies, when it commits, the channel
+of each signing key in use (`channel_of`, migration 0070): a name derived from the
+key's secret, so that only a holder of the key can LISTEN to the announcements (a
+channel anyone could name told any session which organizations changed).
 The payload is the table's name (the whole table may have changed), or, for
 the tables whose rows each belong to one organization (BY_ORGANIZATION) and the
 inserts into organizations (NAMES_ORGANIZATIONS), the
@@ -11,9 +14,14 @@ listens (healthscore.api.invalidation).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Final
 
-CHANNEL: Final = "healthscore_read_model"
+# app_signing_keys.read_model_channel (migration 0070): this prefix, then the first 32
+# hex digits of HMAC-SHA256(the key's secret, CHANNEL_MESSAGE)
+CHANNEL_PREFIX: Final = "healthscore_read_model_"
+CHANNEL_MESSAGE: Final = b"healthscore read model channel"
 
 # the announced tables, each the payload of its notifications
 CUSTOMER_HEALTH: Final = "customer_health"
@@ -42,6 +50,13 @@ BY_ORGANIZATION: Final = (CUSTOMER_HEALTH, SCORE_HISTORY, MILESTONES, INTERACTIO
 # and deletes announce the whole table)
 NAMES_ORGANIZATIONS: Final = (*BY_ORGANIZATION, ORGANIZATIONS)
 ORGANIZATIONS_SEPARATOR: Final = ":"
+
+
+def channel_of(secret: bytes) -> str:
+    """The channel the database announces changes on for the holders of this signing key
+    (app_signing_keys.read_model_channel)."""
+    digest = hmac.new(secret, CHANNEL_MESSAGE, hashlib.sha256).hexdigest()
+    return CHANNEL_PREFIX + digest[:32]
 
 
 def organizations_changed(payload: str) -> tuple[str, list[str]]:
