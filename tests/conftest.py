@@ -49,7 +49,7 @@ DatabaseFactory = Callable[..., Awaitable[str]]
 
 
 @pytest.fixture(scope="session")
-async def database_factory(pg_admin_url: str) -> AsyncIterator[DatabaseFactory]:
+async def database_factory(services: Services, pg_admin_url: str) -> AsyncIterator[DatabaseFactory]:
     """Create fresh databases; returns a superuser URL for each."""
     created: list[str] = []
 
@@ -66,6 +66,11 @@ async def database_factory(pg_admin_url: str) -> AsyncIterator[DatabaseFactory]:
         return with_database(pg_admin_url, name)
 
     yield create
+    if services.postgres_server is not None:
+        # the embedded server's data directory goes as a whole right after; dropping
+        # hundreds of databases one by one (each a scan of the shared buffers) took
+        # half a minute at the end of the suite
+        return
     conn = await asyncpg.connect(pg_admin_url)
     try:
         for name in created:

