@@ -36,7 +36,7 @@ from healthscore.config import Settings
 from healthscore.errors import MigrationError
 from healthscore.store.db import DatabaseTLS, connect, create_pool, database_tls
 from healthscore.store.migrate import apply_migrations
-from healthscore_lab.devservices import free_port
+from healthscore_lab.devservices import Services, free_port
 from tests.utils.postgres_tls import (
     TlsTerminatingProxy,
     native_tls_postgres,
@@ -120,14 +120,17 @@ def endpoint(request: pytest.FixtureRequest) -> Endpoint:
 
 
 @pytest.fixture
-async def database(endpoint: Endpoint) -> AsyncIterator[str]:
-    """A new, empty database behind the endpoint (made and dropped over TLS)."""
+async def database(endpoint: Endpoint, services: Services) -> AsyncIterator[str]:
+    """A new, empty database behind the endpoint (made and dropped over TLS; not dropped
+    on the session's embedded server, deleted as a whole at the end: a drop there waited
+    11 s for the server's checkpoint late in the suite)."""
     name = f"t_{uuid.uuid4().hex[:16]}"
     conn = await connect(endpoint.url("postgres"), endpoint.tls())
     try:
         await conn.execute(f"CREATE DATABASE {name}")
         yield name
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        if endpoint.kind != "proxy" or services.postgres_server is None:
+            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     finally:
         await conn.close()
 
