@@ -304,6 +304,34 @@ async def test_every_key_in_use_or_retired_within_a_day_hears_the_announcements(
         "UPDATE app_signing_keys SET retired_at = now() - interval '25 hours' WHERE key_id <> $1",
         new_key["key_id"],
     )
+    # the retired key's holder hears that (migration 0071), then nothing more
+    assert await heard.take() == [t.SIGNING_KEYS]
     await b.insert_organization_with_children(writer)
     assert await heard.take() == []
     assert t.CUSTOMER_HEALTH in {p.partition(":")[0] for p in await new.take()}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        # deploy/compose/init/20-api-login.sql re-registering its id with another secret
+        "INSERT INTO app_signing_keys (key_id, secret) OVERRIDING SYSTEM VALUE"
+        " VALUES ($1, decode(repeat('ab', 32), 'hex'))"
+        " ON CONFLICT (key_id) DO UPDATE SET secret = EXCLUDED.secret, retired_at = NULL",
+        "DELETE FROM app_signing_keys WHERE key_id = $1",
+        "UPDATE app_signing_keys SET retired_at = now() - interval '2 days' WHERE key_id = $1",
+        "TRUNCATE app_signing_keys CASCADE",
+    ],
+    ids=["secret-replaced", "deleted", "retired-days-ago", "truncated"],
+)
+async def test_the_holder_of_a_key_hears_the_change_that_takes_its_channel_away(
+    heard: Heard, writer: asyncpg.Connection, change: str
+) -> None:
+    """A change to a key's row that moves or ends its channel is announced on the channel
+    the key had: its holder (a running API) hears app_signing_keys, drops every kept
+    answer and reads its key again, instead of serving them unannounced from then on."""
+    key_id = await writer.fetchval(
+        "SELECT key_id FROM app_signing_keys WHERE retired_at IS NULL ORDER BY key_id DESC"
+    )
+    await writer.execute(change, *([key_id] if "$1" in change else []))
+    assert await heard.take() == [t.SIGNING_KEYS]
