@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 import urllib.error
 import urllib.request
 import uuid
@@ -44,6 +45,7 @@ from tests.utils.harness import (
 )
 from tests.utils.raw_batches import (
     batch,
+    batch_compressed_as,
     compacted_batch,
     produce_batch,
     transaction_marker,
@@ -1401,6 +1403,42 @@ async def test_a_decompression_bomb_is_dead_lettered_without_being_decompressed(
         detail = named["x-error-detail"]
         assert detail is not None
         assert f"{bombs[offset]} batch decompresses to more than 1048576 bytes".encode() in detail
+
+
+async def test_a_snappy_batch_whose_xerial_block_size_is_negative_is_dead_lettered(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A snappy batch (the broker stores it without decompressing) in Kafka's xerial
+    framing whose first block claims -4 bytes: the capped snappy reader stepped back onto
+    the same size without end, holding the event loop and growing until the replica ran
+    out of memory, and so every replica after it. It is a batch that does not
+    decompress: dead-lettered as corrupt_record, the records around it applied."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org = _org("xerial-negative")
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        for n in (0, 1):
+            if n:
+                frame = b"\x82SNAPPY\x00" + struct.pack("!iii", 1, 1, -4)
+                looping = await produce_batch(
+                    kafka_bootstrap, topics.usage, 0, batch_compressed_as(frame, codec=2)
+                )
+            await producer.send_and_wait(
+                topics.usage, orjson.dumps(_usage(org, n, at)), key=org.encode(), partition=0
+            )
+        async with running_service(settings):
+            await wait_caught_up(
+                migrated_database, kafka_bootstrap, settings.consumer_group, [topics.usage]
+            )
+    finally:
+        await producer.stop()
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 2
+    dead = _dead_by_offset(await consume_all(kafka_bootstrap, topics.dlq_usage, 1, settle=0.5))
+    assert list(dead) == [(0, looping)]
+    assert dead[(0, looping)]["x-error-reason"] == b"corrupt_record"
+    assert b"xerial block of -4 bytes" in (dead[(0, looping)]["x-error-detail"] or b"")
 
 
 async def test_other_spellings_of_one_uuid_are_one_organization_and_one_event(

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import resource
+import struct
+import subprocess
+import sys
+
 import aiokafka.codec as aiokafka_codec
 import aiokafka.record.default_records as python_reader
 import pytest
@@ -46,6 +51,48 @@ def test_snappy_in_kafkas_xerial_blocks() -> None:
     assert kafka_codecs.snappy_decode(framed) == BODY
     with pytest.raises(DecompressedTooLarge):
         kafka_codecs.snappy_decode(framed, len(BODY) - 1)
+
+
+_XERIAL_HEADER = b"\x82SNAPPY\x00" + struct.pack("!ii", 1, 1)
+_A_BLOCK = bytes(aiokafka_codec.snappy_encode(b"x" * 100))
+
+
+def _address_space_of_a_gibibyte() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+
+@pytest.mark.parametrize(
+    "blocks",
+    [
+        struct.pack("!i", -4),  # back to its own size: the cursor never moved on
+        struct.pack("!i", len(_A_BLOCK)) + _A_BLOCK + struct.pack("!i", -len(_A_BLOCK) - 8),
+        struct.pack("!i", len(_A_BLOCK) + 1) + _A_BLOCK,  # past the frame's end
+        struct.pack("!i", len(_A_BLOCK)) + _A_BLOCK + b"\x00\x00",  # a size cut short
+    ],
+    ids=["negative", "negative-after-a-block", "past-the-end", "size-cut-short"],
+)
+def test_a_xerial_frame_whose_block_sizes_do_not_fit_is_refused(blocks: bytes) -> None:
+    """A hostile snappy batch of a few bytes (the broker stores it without decompressing)
+    whose xerial block size was negative sent the reader back over the frame without
+    end, collecting views until the process ran out of memory, with the event loop
+    blocked. (Read in a child process of 1 GiB of address space, so that a regression
+    fails with MemoryError instead of taking the machine.)"""
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from healthscore.service.kafka_codecs import snappy_decode; "
+            "snappy_decode(bytes.fromhex(sys.argv[1]))",
+            (_XERIAL_HEADER + blocks).hex(),
+        ],
+        env={"PYTHONPATH": ":".join(sys.path)},
+        preexec_fn=_address_space_of_a_gibibyte,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert child.returncode == 1
+    assert child.stderr.strip().splitlines()[-1].startswith("ValueError: snappy: xerial block")
 
 
 def test_installed_into_aiokafkas_readers() -> None:

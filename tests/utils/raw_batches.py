@@ -49,6 +49,20 @@ def batch(records: Sequence[Record], *, codec: int = 0, timestamp_ms: int | None
     return bytes(raw)
 
 
+def batch_compressed_as(records_section: bytes, codec: int, *, count: int = 1) -> bytes:
+    """A v2 batch flagged `codec` whose compressed records are `records_section` as given
+    (a hostile or broken producer's bytes), claiming `count` records, with a valid CRC."""
+    raw = bytearray(batch([(b"k", b"v")] * count, codec=codec)[: BATCH_HEADER.size])
+    raw += records_section
+    struct.pack_into(">i", raw, _LENGTH_AT, len(raw) - _LENGTH_COVERS_FROM)
+    struct.pack_into(">I", raw, _CRC_AT, calc_crc32c(bytes(raw[CRC_COVERS_FROM:])))
+    return bytes(raw)
+
+
+_LENGTH_AT = 8  # after BaseOffset
+_LENGTH_COVERS_FROM = 12  # BaseOffset and Length themselves
+
+
 async def produce_batch(bootstrap: str, topic: str, partition: int, data: bytes) -> int:
     """Append the batch `data` to the partition as it is; its base offset."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)

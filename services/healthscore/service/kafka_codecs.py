@@ -66,8 +66,16 @@ def snappy_decode(payload: bytes, limit: int | None = None) -> bytes:
         blocks = []
         cursor = 16
         while cursor < len(view):
+            if cursor + 4 > len(view):
+                raise ValueError(f"snappy: xerial block size cut short at byte {cursor}")
             (size,) = struct.unpack_from("!i", view, cursor)
             cursor += 4
+            # a negative size would send the cursor back (a loop without end)
+            if size < 0 or cursor + size > len(view):
+                raise ValueError(
+                    f"snappy: xerial block of {size} bytes at byte {cursor - 4} "
+                    f"does not fit the {len(view)}-byte frame"
+                )
             blocks.append(view[cursor : cursor + size])
             cursor += size
     else:
