@@ -10,6 +10,8 @@ import sys
 import aiokafka.codec as aiokafka_codec
 import aiokafka.record.default_records as python_reader
 import pytest
+from aiokafka.record.legacy_records import LegacyRecordBatch, LegacyRecordBatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
 
 from healthscore.service import kafka_codecs
 from healthscore.service.kafka_codecs import DecompressedTooLarge
@@ -99,3 +101,21 @@ def test_installed_into_aiokafkas_readers() -> None:
     kafka_codecs.install()
     for name, decode in kafka_codecs.DECODERS.items():
         assert getattr(python_reader, name) is decode
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4"])
+def test_an_old_message_set_is_decompressed_within_the_limit_too(
+    codec: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker serves a log written in the old format (magic 0 or 1) as it was written,
+    and aiokafka reads those message sets with readers of their own: a compressed one
+    was decompressed whole by them."""
+    monkeypatch.setattr(kafka_codecs, "MAX_DECOMPRESSED_BATCH_BYTES", len(BODY) - 1)
+    attribute = getattr(LegacyRecordBatch, f"CODEC_{codec.upper()}")
+    builder = LegacyRecordBatchBuilder(1, attribute, 1 << 30)
+    builder.append(0, 1_700_000_000_000, b"key", BODY)
+    kafka_codecs.install()
+    message_set = MemoryRecords(bytes(builder.build())).next_batch()
+    assert message_set is not None
+    with pytest.raises(DecompressedTooLarge, match=f"{codec} batch decompresses"):
+        list(message_set)

@@ -10,10 +10,11 @@ every replica that fetched it would run out of memory, restart, and fetch it aga
 These decompressors are aiokafka's (`aiokafka.codec`), with the same libraries, but
 raise `DecompressedTooLarge` once a batch's records pass `MAX_DECOMPRESSED_BATCH_BYTES`,
 without holding more than that. `install` puts them into aiokafka's record readers (the
-C extension's and the pure-Python one look them up as module globals); the tolerant
-reader (`kafka_records`) uses them too. A batch past the limit then fails to read like
-a batch whose bytes do not decompress: the consumer salvages it and dead-letters its
-offsets as `corrupt_record`, naming the limit.
+C extension's and the pure-Python ones, of v2 batches and of the old message sets, look
+them up as module globals); the tolerant reader (`kafka_records`) uses them too. A
+batch past the limit then fails to read like a batch whose bytes do not decompress:
+the consumer salvages it and dead-letters its offsets as `corrupt_record`, naming the
+limit.
 """
 
 from __future__ import annotations
@@ -133,20 +134,28 @@ DECODERS: dict[str, Decode] = {
     "zstd_decode": zstd_decode,
 }
 
-_READER_MODULES = ("aiokafka.record._crecords.default_records", "aiokafka.record.default_records")
+# aiokafka's record readers, C and pure Python, and the decompressors each calls: v2
+# batches (every codec), and the message sets of magic 0 and 1 that a broker still
+# serves from a log written in the old format (no zstd there)
+_READERS: dict[str, tuple[str, ...]] = {
+    "aiokafka.record._crecords.default_records": tuple(DECODERS),
+    "aiokafka.record.default_records": tuple(DECODERS),
+    "aiokafka.record._crecords.legacy_records": ("gzip_decode", "snappy_decode", "lz4_decode"),
+    "aiokafka.record.legacy_records": ("gzip_decode", "snappy_decode", "lz4_decode"),
+}
 
 
 def install() -> None:
     """Make aiokafka's record readers decompress with these (idempotent); fails loudly
     if a reader no longer calls its decompressors by these names."""
-    for name in _READER_MODULES:
+    for name, functions in _READERS.items():
         try:
             module = importlib.import_module(name)
         except ImportError:  # the C extension is optional
             continue
-        for function, decode in DECODERS.items():
+        for function in functions:
             if not hasattr(module, function):
                 raise RuntimeError(
                     f"{name} has no {function}: batch decompression cannot be capped"
                 )
-            setattr(module, function, decode)
+            setattr(module, function, DECODERS[function])
