@@ -169,6 +169,25 @@ async def test_a_write_that_changed_nothing_keeps_every_answer(world: World) -> 
     assert len(world.app.state.api.cache.cache) == 0
 
 
+async def test_acknowledging_again_keeps_every_answer(world: World) -> None:
+    """Acknowledging a milestone again changes nothing and answers 200 with the existing
+    acknowledgment: any user who sees one acknowledged milestone could repeat it to empty
+    every user's kept answers at will. Only the first acknowledgment moves the versions."""
+    vow = world.orgs["vow"]
+    acknowledge = f"/api/v1/organizations/{vow}/milestones/first_client_added/acknowledge"
+    first = await world.post("admin", acknowledge)
+    assert first.status_code == 200
+    assert len(world.app.state.api.cache.cache) == 0
+    await settle(world)
+    kept = await world.get("admin", LIST)
+    assert kept.status_code == 200
+    for _ in range(3):
+        again = await world.post("admin", acknowledge)
+        assert again.status_code == 200
+        assert again.json()["acknowledged_at"] == first.json()["acknowledged_at"]
+    assert await hits_without_statements(world, "admin", LIST) == kept.content
+
+
 async def test_one_users_distinct_requests_cannot_push_out_everybody_elses_answers(
     world: World,
 ) -> None:

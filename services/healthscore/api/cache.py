@@ -829,9 +829,11 @@ class CachedReads:
 
         Only a write that may have changed something: one whose credential verifies
         and that is not answered with a client error (4xx: the write routes change
-        nothing when they refuse; a 401 or an unknown path reaches no statement).
-        Anybody could otherwise empty every user's kept answers with one unauthenticated
-        POST. A change made all the same is announced by the database like any other."""
+        nothing when they refuse; a 401 or an unknown path reaches no statement), and
+        whose route did not say it changed nothing (`changed_nothing`: acknowledging
+        again). Anybody could otherwise empty every user's kept answers with one
+        unauthenticated POST, any user by repeating one. A change made all the same is
+        announced by the database like any other."""
         try:
             self.verifier.verify(one_authorization(_authorizations(scope)))
         except Unauthenticated:
@@ -842,7 +844,7 @@ class CachedReads:
         async def send_after_commit(message: Message) -> None:
             nonlocal refused
             if message["type"] == "http.response.start":
-                refused = 400 <= message["status"] < 500
+                refused = 400 <= message["status"] < 500 or scope.get(CHANGED_NOTHING, False)
                 if not refused:
                     self.state.changed_everything()
             await send(message)
@@ -850,8 +852,19 @@ class CachedReads:
         try:
             await self.app(scope, receive, send_after_commit)
         finally:
-            if not refused:
+            if not (refused or scope.get(CHANGED_NOTHING, False)):
                 self.state.changed_everything()
+
+
+CHANGED_NOTHING: Final = "healthscore.changed_nothing"
+"""Set (True) in a write's ASGI scope by a route that answers without having changed
+anything (`changed_nothing`): its answer moves no version."""
+
+
+def changed_nothing(scope: Scope) -> None:
+    """The write being answered changed nothing (a repeated acknowledgment): it keeps
+    every kept answer, so that repeating it cannot empty everybody's at will."""
+    scope[CHANGED_NOTHING] = True
 
 
 def _authorizations(scope: Scope) -> list[str]:

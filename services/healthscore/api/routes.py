@@ -21,7 +21,7 @@ from fastapi import APIRouter, Body, Path, Query, Request, Response
 from pydantic import BaseModel
 
 from healthscore.api.auth import one_authorization
-from healthscore.api.cache import changes_by_clock_in
+from healthscore.api.cache import changed_nothing, changes_by_clock_in
 from healthscore.api.cursor import (
     Cursor,
     decode_cursor,
@@ -349,10 +349,14 @@ async def acknowledge_milestone(
     """Acknowledge an achieved milestone. The database records the caller as acknowledger;
     acknowledging again changes nothing and answers the existing acknowledgment."""
     async with _session(request, writes=True) as session:
-        await session.conn.fetchval(q.ACKNOWLEDGE_MILESTONE, organization_id, milestone_type.value)
+        acknowledged = await session.conn.fetchval(
+            q.ACKNOWLEDGE_MILESTONE, organization_id, milestone_type.value
+        )
         row = await session.conn.fetchrow(q.MILESTONE, organization_id, milestone_type.value)
     if row is None:
         raise not_found("milestone")
+    if acknowledged is None:  # acknowledged before: the kept answers stay
+        changed_nothing(request.scope)
     return _milestone(row)
 
 
