@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from tests.integration.test_hostile_records import _org, _usage
+from tests.integration.test_hostile_records import _org, _total, _usage
 from tests.utils.harness import (
     fetchval,
     make_producer,
@@ -52,6 +52,7 @@ async def test_a_batch_of_markers_alone_is_logged_with_the_offsets_it_passed(
                 topics.usage,
             )
             outcomes = list(service.outcomes)
+            sized = _total(service, "healthscore_batch_size_records_count")
     finally:
         await producer.stop()
     passed = [o for o in outcomes if o.passed_over]
@@ -59,6 +60,8 @@ async def test_a_batch_of_markers_alone_is_logged_with_the_offsets_it_passed(
     assert all(o.records == 0 and o.applied == 0 for o in passed)
     assert max(o.next_offsets[(topics.usage, 0)] for o in passed) == 4
     assert sum(o.records for o in outcomes) == 2  # the records, not the markers
+    # nor does the batch-size histogram (or the durations HealthscoreBatchSlow reads)
+    assert sized == sum(1 for o in outcomes if o.records)
     assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 2
     assert await stored_offsets(migrated_database, settings.consumer_group) == {
         (topics.usage, 0): 4

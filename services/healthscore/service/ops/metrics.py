@@ -364,8 +364,9 @@ class Metrics:
             self.partitions_assigned.labels(topic).set(count)
 
     def observe_batch(self, outcome: BatchOutcome, duration: float) -> None:
-        self.batch_size.observe(outcome.records)
-        self.batch_duration.observe(duration)
+        if outcome.records:  # a batch of transaction markers alone is no batch of records
+            self.batch_size.observe(outcome.records)
+            self.batch_duration.observe(duration)
         for topic, count in outcome.consumed_by_topic.items():
             self.events_consumed.labels(topic).inc(count)
         for topic, count in outcome.applied_by_topic.items():
