@@ -22,6 +22,7 @@ from pathlib import Path
 
 import asyncpg
 
+from healthscore.store.sql import UPSERT_SCORE_HISTORY
 from healthscore_lab.devservices import start_embedded_postgres
 
 ORGANIZATIONS = "CREATE TABLE organizations (id uuid PRIMARY KEY);"
@@ -42,49 +43,33 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
-CREATE TRIGGER ti AFTER INSERT ON h REFERENCING NEW TABLE AS new_rows
+CREATE TRIGGER ti AFTER INSERT ON health_score_history REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION changed();
 """
 VARIANTS = {
     # before 0069: identity key, the (organization_id, scored_at DESC) index, day key
     "A_now": f"""
-CREATE TABLE h (
+CREATE TABLE health_score_history (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     organization_id uuid NOT NULL REFERENCES organizations (id) ON DELETE CASCADE,
     {COLUMNS},
-    CONSTRAINT k UNIQUE (organization_id, day));
-CREATE INDEX h_os ON h (organization_id, scored_at DESC);""",
+    CONSTRAINT health_score_history_organization_day_key UNIQUE (organization_id, day));
+CREATE INDEX h_os ON health_score_history (organization_id, scored_at DESC);""",
     # 0069: the day key alone
     "B_pk_day": f"""
-CREATE TABLE h (
+CREATE TABLE health_score_history (
     organization_id uuid NOT NULL REFERENCES organizations (id) ON DELETE CASCADE,
     {COLUMNS},
-    CONSTRAINT k UNIQUE (organization_id, day));""",
+    CONSTRAINT health_score_history_organization_day_key UNIQUE (organization_id, day));""",
     # not done: without the foreign key either
     "C_pk_day_nofk": f"""
-CREATE TABLE h (
+CREATE TABLE health_score_history (
     organization_id uuid NOT NULL,
     {COLUMNS},
-    CONSTRAINT k UNIQUE (organization_id, day));""",
+    CONSTRAINT health_score_history_organization_day_key UNIQUE (organization_id, day));""",
 }
 VARIANTS["B_trig"] = VARIANTS["B_pk_day"] + NOTIFY  # with a statement trigger like 0051's
 
-UPSERT = """
-INSERT INTO h AS h (organization_id, scored_at, health_score, churn_probability,
-                    risk_level, components, score_model_version, cause)
-SELECT organization_id, scored_at, health_score, churn_probability, risk_level,
-       components::jsonb, $7, cause
-FROM unnest($1::uuid[], $2::timestamptz[], $3::float8[], $4::float8[], $5::text[],
-            $6::text[], $8::text[])
-     AS x(organization_id, scored_at, health_score, churn_probability, risk_level,
-          components, cause)
-ON CONFLICT (organization_id, day) DO UPDATE SET
-    scored_at = EXCLUDED.scored_at, health_score = EXCLUDED.health_score,
-    churn_probability = EXCLUDED.churn_probability, risk_level = EXCLUDED.risk_level,
-    components = EXCLUDED.components, score_model_version = EXCLUDED.score_model_version,
-    cause = EXCLUDED.cause, recorded_at = now()
-WHERE EXCLUDED.scored_at >= h.scored_at
-"""
 COMPONENTS = json.dumps(
     {"engagement": 71.2, "adoption": 55.0, "milestone": 80.0, "support": 92.5, "growth": 60.1}
 )
@@ -104,7 +89,7 @@ async def upsert(conn: asyncpg.Connection, batches: list[Batch]) -> None:
         n = len(organizations)
         async with conn.transaction():
             await conn.execute(
-                UPSERT,
+                UPSERT_SCORE_HISTORY,
                 organizations,
                 times,
                 [70.5] * n,
@@ -119,7 +104,9 @@ async def upsert(conn: asyncpg.Connection, batches: list[Batch]) -> None:
 async def one_variant(url: str, name: str, organizations: list[uuid.UUID]) -> float:
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute("DROP TABLE IF EXISTS h; DROP TABLE IF EXISTS organizations;")
+        await conn.execute(
+            "DROP TABLE IF EXISTS health_score_history; DROP TABLE IF EXISTS organizations;"
+        )
         await conn.execute(ORGANIZATIONS + VARIANTS[name])
         await conn.copy_records_to_table("organizations", records=[(o,) for o in organizations])
         await conn.execute("VACUUM ANALYZE organizations")
