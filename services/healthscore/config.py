@@ -327,11 +327,12 @@ class Settings(BaseSettings):
         default=None,
         description="JWKS file (the identity provider's public keys) for RS256 bearer tokens.",
     )
+    # an empty value is refused, not taken as unset: it would require `aud`/`iss` ""
     api_jwt_audience: str | None = Field(
-        default=None, description="Required `aud` of bearer tokens, when set."
+        default=None, min_length=1, description="Required `aud` of bearer tokens, when set."
     )
     api_jwt_issuer: str | None = Field(
-        default=None, description="Required `iss` of bearer tokens, when set."
+        default=None, min_length=1, description="Required `iss` of bearer tokens, when set."
     )
     api_db_signing_key_id: int | None = Field(
         default=None,

@@ -11,7 +11,7 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from healthscore.api.auth import TokenVerifier, Unauthenticated, issue_hs256
 from healthscore.api.cursor import Cursor, InvalidCursor, decode_cursor
@@ -283,6 +283,8 @@ def test_an_identity_providers_keys_are_taken_only_with_the_audience(tmp_path: P
 
     with pytest.raises(ApiConfigError, match="API_JWT_AUDIENCE"):
         ApiConfig.from_settings(settings(None))
+    with pytest.raises(ValidationError, match="api_jwt_audience"):  # not taken as unset
+        settings("")
     config = ApiConfig.from_settings(settings("dashboard"))
     with pytest.raises(Unauthenticated, match="Audience"):
         config.verifier.verify(f"Bearer {elsewhere}")
