@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Final
 
-import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPBearer
@@ -93,14 +92,11 @@ class BoundedBodies:
 
     @staticmethod
     async def _refuse(scope: Scope, send: Send) -> None:
-        body = orjson.dumps(
-            {
-                "type": problems.TYPE_BASE + "content-too-large",
-                "title": "Content too large",
-                "status": 413,
-                "detail": f"a request body of the API is {MAX_BODY_BYTES} bytes at most",
-                "instance": scope["path"],
-            }
+        body = problems.problem_body(
+            413,
+            "content-too-large",
+            f"a request body of the API is {MAX_BODY_BYTES} bytes at most",
+            scope["path"],
         )
         headers = [(b"content-type", problems.MEDIA_TYPE.encode()), (b"connection", b"close")]
         await send({"type": "http.response.start", "status": 413, "headers": headers})

@@ -34,6 +34,7 @@ TITLES: Final = {
     404: "Not found",
     405: "Method not allowed",
     409: "Conflict",
+    413: "Content too large",
     422: "Invalid request",
     500: "Internal error",
     503: "Unavailable",
@@ -55,6 +56,20 @@ def not_found(what: str) -> ApiProblem:
     return ApiProblem(404, "not-found", f"no {what} with that id is visible to you")
 
 
+def problem_body(status: int, kind: str, detail: str | None, instance: str, **extra: Any) -> bytes:
+    """The problem document's bytes (also for answers sent below the framework)."""
+    return orjson.dumps(
+        {
+            "type": TYPE_BASE + kind,
+            "title": TITLES.get(status, "Error"),
+            "status": status,
+            "detail": detail,
+            "instance": instance,
+            **extra,
+        }
+    )
+
+
 def problem_response(
     request: Request,
     status: int,
@@ -63,15 +78,8 @@ def problem_response(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> Response:
-    body = {
-        "type": TYPE_BASE + kind,
-        "title": TITLES.get(status, "Error"),
-        "status": status,
-        "detail": detail,
-        "instance": request.url.path,
-        **extra,
-    }
-    return Response(orjson.dumps(body), status, headers=headers, media_type=MEDIA_TYPE)
+    body = problem_body(status, kind, detail, request.url.path, **extra)
+    return Response(body, status, headers=headers, media_type=MEDIA_TYPE)
 
 
 async def on_api_problem(request: Request, exc: Exception) -> Response:
