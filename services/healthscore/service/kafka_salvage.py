@@ -46,7 +46,6 @@ from aiokafka.consumer.fetcher import Fetcher, PartitionRecords
 from aiokafka.protocol.fetch import FetchRequest
 from prometheus_client import Counter
 
-from healthscore.service import kafka_codecs
 from healthscore.service.kafka_records import (
     ParsedBatch,
     ParsedRecord,
@@ -584,7 +583,6 @@ async def install_salvaging_consumer(
     `start()` connects only if not connected yet. So: connect, swap the builder,
     then start. Fails loudly if FastStream stops building consumers that way.
     """
-    kafka_codecs.install()  # a batch decompressing past the limit reads as corrupt
     await broker.connect()
     config = broker.config.broker_config
     config.builder = salvaging_builder(config.builder, monitor, built)
