@@ -130,17 +130,19 @@ class DeadLetterQueue:
                 except Exception as exc:
                     raise self._refused(rejection, exc) from exc
                 retried.append(rejection)
-            elif isinstance(ack, Exception):
-                raise self._refused(rejection, ack) from ack
-            elif isinstance(ack, BaseException):
-                raise ack
+            else:
+                self._check(rejection, ack)
         for rejection, ack in zip(
             retried, await asyncio.gather(*retries, return_exceptions=True), strict=True
         ):
-            if isinstance(ack, Exception):
-                raise self._refused(rejection, ack) from ack
-            if isinstance(ack, BaseException):
-                raise ack
+            self._check(rejection, ack)
+
+    def _check(self, rejection: Rejection, ack: object) -> None:
+        """Raise what the send of `rejection`'s dead letter failed with, if it did."""
+        if isinstance(ack, Exception):
+            raise self._refused(rejection, ack) from ack
+        if isinstance(ack, BaseException):
+            raise ack
 
     def _refused(self, rejection: Rejection, exc: Exception) -> DeadLetterRefused:
         """`exc`, the broker's or the producer's, naming the dead letter it refused: a
