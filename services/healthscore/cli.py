@@ -415,7 +415,11 @@ def cmd_import(args: argparse.Namespace) -> int:
             if args.profiles
             else []
         )
-        labels = parse_labels(read_csv_text(args.labels), str(args.labels)) if args.labels else []
+        labels = (
+            parse_labels(read_csv_text(args.labels), str(args.labels), known_until or now)
+            if args.labels
+            else []
+        )
     except ImportRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
         for error in exc.errors:
@@ -465,7 +469,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                     f"{changed} states changed (queued for the read model)"
                 )
             if labels:
-                until = known_until or datetime.now(UTC)
+                until = known_until or now
                 await import_labels(conn, labels, until, page=args.page_size)
                 churned = sum(1 for label in labels if label.churned_at is not None)
                 print(

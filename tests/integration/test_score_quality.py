@@ -728,6 +728,13 @@ async def test_labels_import_command_labels_the_pending_episode(
     refused = cli(migrated_database, "import", "--labels", str(bad))
     assert refused.returncode == 1
     assert f"{bad}: row 2, column churned_at: 'soon'" in refused.stderr
+    # a churn after the labels' horizon (here the import time) is no label
+    bad.write_text(
+        f"organization_id,churned_at\n{w},{(datetime.now(UTC) + timedelta(days=3)).isoformat()}\n"
+    )
+    refused = cli(migrated_database, "import", "--labels", str(bad))
+    assert refused.returncode == 1
+    assert "is after the time the labels are known until" in refused.stderr
 
 
 # --- the running service ---------------------------------------------------------------

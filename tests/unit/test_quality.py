@@ -294,3 +294,12 @@ def test_labels_parse_and_refuse_bad_rows() -> None:
         (4, "organization_id"),
         (5, "churned_at"),
     ]
+    # with the time the labels are known until: a churn after it is refused (a label
+    # records a churn that happened), one at it is taken
+    until = datetime(2026, 4, 1, tzinfo=UTC)
+    text = f"organization_id,churned_at\n{ORG},2026-04-01T00:00:00Z\n{other},2026-04-01T00:00:01Z\n"
+    with pytest.raises(ImportRefused) as refused:
+        parse_labels(text, "labels.csv", until)
+    assert [(e.row, e.column) for e in refused.value.errors] == [(3, "churned_at")]
+    assert "after the time the labels are known until" in refused.value.errors[0].reason
+    assert len(parse_labels(text, "labels.csv", datetime(2026, 4, 2, tzinfo=UTC))) == 2

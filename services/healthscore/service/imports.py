@@ -202,9 +202,12 @@ def parse_profiles(
     ]
 
 
-def parse_labels(text: str, source: str = "labels") -> list[ChurnLabel]:
+def parse_labels(
+    text: str, source: str = "labels", known_until: datetime | None = None
+) -> list[ChurnLabel]:
     """Every label of the file; `ImportRefused` with every bad row (an organization
-    listed twice is one)."""
+    listed twice is one, and with `known_until` a churn after it: a label records a
+    churn that happened, and the file is complete only up to then)."""
     rows, errors = _rows(text, LABEL_COLUMNS, source)
     labels: dict[UUID, ChurnLabel] = {}
     for number, cells in rows:
@@ -215,6 +218,17 @@ def parse_labels(text: str, source: str = "labels") -> list[ChurnLabel]:
                 churned = _time(cells["churned_at"])
             except ValueError as exc:
                 errors.append(RowError(number, "churned_at", f"{cells['churned_at']!r}: {exc}"))
+                continue
+            if known_until is not None and churned > known_until:
+                errors.append(
+                    RowError(
+                        number,
+                        "churned_at",
+                        f"{cells['churned_at']!r} is after the time the labels are known "
+                        f"until ({known_until.isoformat()}, --labels-until or the import "
+                        "time): a churn label records a churn that happened",
+                    )
+                )
                 continue
         if org is None:
             continue
