@@ -309,6 +309,8 @@ WRITER_PRIVILEGES: dict[str, tuple[set[str], set[str]]] = {
     "alert_outcomes": ({"SELECT"}, {"SELECT", "INSERT", "UPDATE"}),
     # a model version is recorded once and never changed
     "score_models": ({"SELECT"}, {"SELECT", "INSERT"}),
+    # recorded once by a replay, read by its resume
+    "replay_runs": ({"SELECT"}, {"SELECT", "INSERT"}),
 }
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 

@@ -452,6 +452,14 @@ async def test_a_killed_replay_resumes_to_the_end_an_uninterrupted_one_reaches(
 
     with pytest.raises(StartupRefused, match="--resume"):
         await replay(settings, timeout=120.0)
+    # the killed one ran with the silence sweep and without publishing: a resume with
+    # other options would end elsewhere than an uninterrupted replay, and is refused
+    ran = "ran with \\(neither --no-sweep nor --publish-alerts\\)"
+    with pytest.raises(StartupRefused, match=f"{ran}; this one was given --no-sweep:"):
+        await replay(settings, timeout=120.0, resume=True, sweep=False)
+    with pytest.raises(StartupRefused, match=f"{ran}; this one was given --publish-alerts:"):
+        await replay(settings, timeout=120.0, resume=True, publish_alerts=True)
+    assert await _stored_groups(killed_db) == groups
     result = await replay(settings, timeout=120.0, resume=True)
     assert result.events_applied == 6000
     # went on from the killed one's offsets, not from the log's start under a new group

@@ -587,6 +587,8 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
         ("READ_OFFSETS", sql.READ_OFFSETS, [group]),
         # run by `replay` (as the migration URL's role when set, else the writer)
         ("STORED_GROUPS", sql.STORED_GROUPS, []),
+        ("RECORD_REPLAY_RUN", sql.RECORD_REPLAY_RUN, [f"{group}-replay-0123abcd", True, False]),
+        ("REPLAY_RUN", sql.REPLAY_RUN, [f"{group}-replay-0123abcd"]),
         ("SAVE_OFFSETS", sql.SAVE_OFFSETS, [group, topics, partitions, [7], [now]]),
         (
             "LOCK_OFFSETS_AND_CLAIM_EVENT_IDS",

@@ -145,6 +145,15 @@ def score_model(**overrides: Any) -> Row:
     }
 
 
+def replay_run(**overrides: Any) -> Row:
+    return {
+        "consumer_group": "healthscore-replay-0123abcd",
+        "silence_sweep": True,
+        "publish_alerts": False,
+        **overrides,
+    }
+
+
 def health_score_history(organization_id: uuid.UUID, **overrides: Any) -> Row:
     return {
         "organization_id": organization_id,

@@ -88,6 +88,18 @@ async def replay(
     replay_group = resumed or (
         group or f"{settings.consumer_group}{REPLAY_GROUP_INFIX}{uuid.uuid4().hex[:8]}"
     )
+    conn = await connect(admin_url, tls)
+    try:
+        # before its service starts: a replay killed at once is resumed with the same
+        if resumed is not None:
+            ran = await conn.fetchrow(sql.REPLAY_RUN, resumed)
+            if ran is not None:
+                _refuse_other_options(
+                    ran["silence_sweep"], ran["publish_alerts"], sweep, publish_alerts
+                )
+        await conn.execute(sql.RECORD_REPLAY_RUN, replay_group, sweep, publish_alerts)
+    finally:
+        await conn.close()
     topics = settings.input_topics
     async with HighWatermarkProbe(KafkaConnection.from_settings(settings)) as probe:
         targets = await probe.high_watermarks(await probe.partitions(topics))
@@ -135,6 +147,28 @@ async def replay(
     finally:
         await conn.close()
     return ReplayResult(applied, organizations, alerts, time.monotonic() - started, silence_days)
+
+
+def _refuse_other_options(
+    ran_sweep: bool, ran_publishing: bool, sweep: bool, publish: bool
+) -> None:
+    """A resumed replay runs with the options the interrupted one ran with: the silence
+    sweep on in one part and off in the other would leave history made under two rules,
+    alerts published in one part only would leave the other's unpublished."""
+    if (ran_sweep, ran_publishing) == (sweep, publish):
+        return
+
+    def flags(with_sweep: bool, publishing: bool) -> str:
+        given = [
+            f for f, on in (("--no-sweep", not with_sweep), ("--publish-alerts", publishing)) if on
+        ]
+        return " ".join(given) if given else "neither --no-sweep nor --publish-alerts"
+
+    raise StartupRefused(
+        f"replay --resume goes on with the options the interrupted replay ran with "
+        f"({flags(ran_sweep, ran_publishing)}); this one was given {flags(sweep, publish)}: "
+        "run --resume with the same options, or replay into a new empty database"
+    )
 
 
 def _refuse_another_model(settings: Settings, served: Mapping[str, Mapping[str, Any]]) -> None:

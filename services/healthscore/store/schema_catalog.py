@@ -37,6 +37,8 @@ SERVICE_TABLES: Final = (
     "alert_outcomes",
     # the model versions served, with their aggregate settings (0067)
     "score_models",
+    # the options of each replay, for a resume (0072)
+    "replay_runs",
 )
 TABLES: Final = CORE_TABLES + READ_MODEL_TABLES + SERVICE_TABLES
 # service tables the dashboard reads too (0030): the score trail and the alerts

@@ -460,6 +460,14 @@ WHERE consumer_group = $1 AND topic = ANY($2::text[])
 # the consumer groups with stored progress (`healthscore replay` resumes its own)
 STORED_GROUPS = "SELECT DISTINCT consumer_group FROM consumer_offsets ORDER BY 1"
 
+# the options a replay ran with (`healthscore replay`; migration 0072): recorded once, at
+# its first start, and read by a resume
+RECORD_REPLAY_RUN = """
+INSERT INTO replay_runs (consumer_group, silence_sweep, publish_alerts) VALUES ($1, $2, $3)
+ON CONFLICT (consumer_group) DO NOTHING
+"""
+REPLAY_RUN = "SELECT silence_sweep, publish_alerts FROM replay_runs WHERE consumer_group = $1"
+
 # one organization's stored state (`healthscore state`)
 STATE_OF = """
 SELECT state_msgpack AS state, health_version, last_event_at, rescore_due_at, updated_at
