@@ -98,7 +98,8 @@ async def test_a_taken_dashboard_port_is_refused_before_the_demo_runs(tmp_path: 
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert result.stderr.splitlines() == [
         f"error: the dashboard cannot listen on 127.0.0.1:{port} (Address already in use): "
-        "set API_PORT to a free port (0 = any free port), or run the demo with --no-dashboard"
+        "set API_PORT to a free port (0 = any free port) or API_HOST to another address, "
+        "or run the demo with --no-dashboard"
     ]
     assert "producing" not in result.stdout  # said before anything started
 

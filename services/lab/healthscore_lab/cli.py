@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
-import socket
 import sys
 from typing import Any
 
@@ -15,8 +14,8 @@ from healthscore.cli import (
     settings_from_args,
     with_services,
 )
-from healthscore.errors import StartupRefused
 from healthscore.service.ops.logging import configure_logging
+from healthscore.service.ops.serving import listening_socket
 from healthscore_lab.devservices import resolve_services
 
 
@@ -55,18 +54,8 @@ def _refuse_a_taken_dashboard_port(host: str, port: int) -> None:
     runs, in one line, not as uvicorn's tracebacks after it."""
     if port == 0:
         return  # any free port
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(address)
-    except OSError as exc:
-        raise StartupRefused(
-            f"the dashboard cannot listen on {host}:{port} ({exc.strerror or exc}): set "
-            "API_PORT to a free port (0 = any free port), or run the demo with --no-dashboard"
-        ) from exc
+    what, alternative = "the dashboard", ", or run the demo with --no-dashboard"
+    listening_socket(host, port, what, "API_HOST", "API_PORT", alternative).close()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -28,6 +28,14 @@ GRACEFUL_SECONDS = 2
 
 def bind_ops_socket(host: str, port: int) -> socket.socket:
     """The ops endpoints' listening socket (port 0: any free port)."""
+    return listening_socket(host, port, "the ops endpoints", "OPS_HOST", "OPS_PORT")
+
+
+def listening_socket(
+    host: str, port: int, what: str, host_setting: str, port_setting: str, alternative: str = ""
+) -> socket.socket:
+    """A socket listening on `host`:`port` (port 0: any free port), or `StartupRefused`
+    saying in one line which setting to change (`alternative`: another way out)."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -35,7 +43,7 @@ def bind_ops_socket(host: str, port: int) -> socket.socket:
         sock = socket.socket(family, kind, proto)
     except OSError as exc:
         raise StartupRefused(
-            f"the ops endpoints cannot listen on OPS_HOST={host!r} ({exc}): set OPS_HOST "
+            f"{what} cannot listen on {host_setting}={host!r} ({exc}): set {host_setting} "
             "to an address of this machine"
         ) from exc
     try:
@@ -45,8 +53,9 @@ def bind_ops_socket(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise StartupRefused(
-            f"the ops endpoints cannot listen on {host}:{port} ({exc.strerror or exc}): set "
-            "OPS_PORT to a free port (0 = any free port) or OPS_HOST to another address"
+            f"{what} cannot listen on {host}:{port} ({exc.strerror or exc}): set "
+            f"{port_setting} to a free port (0 = any free port) or {host_setting} to another "
+            f"address{alternative}"
         ) from exc
     return sock
 
