@@ -589,6 +589,8 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
         ("STORED_GROUPS", sql.STORED_GROUPS, []),
         ("RECORD_REPLAY_RUN", sql.RECORD_REPLAY_RUN, [f"{group}-replay-0123abcd", True, False]),
         ("REPLAY_RUN", sql.REPLAY_RUN, [f"{group}-replay-0123abcd"]),
+        ("COUNT_ORGANIZATION_STATES", sql.COUNT_ORGANIZATION_STATES, []),
+        ("REPLAYED", sql.REPLAYED, []),
         ("SAVE_OFFSETS", sql.SAVE_OFFSETS, [group, topics, partitions, [7], [now]]),
         (
             "LOCK_OFFSETS_AND_CLAIM_EVENT_IDS",

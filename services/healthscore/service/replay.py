@@ -74,7 +74,7 @@ async def replay(
     conn = await connect(admin_url, tls)
     try:
         # progress rows too: a replay killed after batches of dead letters only
-        organizations = await conn.fetchval("SELECT count(*) FROM organization_state")
+        organizations = await conn.fetchval(sql.COUNT_ORGANIZATION_STATES)
         groups = [r[0] for r in await conn.fetch(sql.STORED_GROUPS)]
         served = {
             r["version"]: orjson.loads(r["aggregates"])
@@ -138,15 +138,17 @@ async def replay(
             await service.projector.drain(timeout=timeout)
     conn = await connect(admin_url, tls)
     try:
-        applied = await conn.fetchval("SELECT count(*) FROM processed_events")
-        organizations = await conn.fetchval("SELECT count(*) FROM customer_health")
-        alerts = await conn.fetchval("SELECT count(*) FROM alert_outbox")
-        silence_days = await conn.fetchval(
-            "SELECT count(*) FROM health_score_history WHERE cause = 'sweep'"
-        )
+        replayed = await conn.fetchrow(sql.REPLAYED)
+        assert replayed is not None  # one row, always
     finally:
         await conn.close()
-    return ReplayResult(applied, organizations, alerts, time.monotonic() - started, silence_days)
+    return ReplayResult(
+        replayed["events"],
+        replayed["organizations"],
+        replayed["alerts"],
+        time.monotonic() - started,
+        replayed["silence_days"],
+    )
 
 
 def _refuse_other_options(

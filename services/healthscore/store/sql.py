@@ -467,6 +467,16 @@ INSERT INTO replay_runs (consumer_group, silence_sweep, publish_alerts) VALUES (
 ON CONFLICT (consumer_group) DO NOTHING
 """
 REPLAY_RUN = "SELECT silence_sweep, publish_alerts FROM replay_runs WHERE consumer_group = $1"
+# whether a database holds organizations (a replay needs an empty one, or resumes)
+COUNT_ORGANIZATION_STATES = "SELECT count(*) FROM organization_state"
+# what a replay rebuilt: events, organizations in the read model, alerts, and the
+# organization-days whose last score is a silence rescoring
+REPLAYED = """
+SELECT (SELECT count(*) FROM processed_events) AS events,
+       (SELECT count(*) FROM customer_health) AS organizations,
+       (SELECT count(*) FROM alert_outbox) AS alerts,
+       (SELECT count(*) FROM health_score_history WHERE cause = 'sweep') AS silence_days
+"""
 
 # one organization's stored state (`healthscore state`)
 STATE_OF = """
