@@ -454,6 +454,11 @@ async def test_input_the_database_cannot_take_is_a_problem_not_a_failed_statemen
         {"cursor": cursor_at("oldest", "2026-01-01T00:00:00", row)},  # no offset
         {"q": "export", "cursor": cursor_at("relevance", "best", row)},
         {"q": "export", "cursor": cursor_at("relevance", "nan", row)},
+        # no time in UTC (the driver failed to bind it), beyond a real's range
+        {"cursor": cursor_at("newest", "0001-01-01T00:00:00+14:00", row)},
+        {"cursor": cursor_at("oldest", "9999-12-31T23:59:59-14:00", row)},
+        {"q": "export", "cursor": cursor_at("relevance", "1e308", row)},
+        {"q": "export", "cursor": cursor_at("relevance", "-1e39", row)},
     ):
         assert_problem(await world.get("admin", interactions, **params), 400)
     assert_problem(await world.get("admin", organizations, q="ab\n"), 422)
