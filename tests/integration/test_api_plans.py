@@ -386,6 +386,20 @@ async def test_interaction_filters_use_their_indexes(session: Session, case: str
     assert "support_interactions" not in seq_scans(plan), case
 
 
+@pytest.mark.parametrize("statement", [q.LIST_INTERACTIONS_RELEVANCE, q.LIST_INTERACTIONS_NEWEST])
+@pytest.mark.parametrize("text", ["%%%", "___", "\\\\\\", "!?!", " - "])
+async def test_a_search_text_without_a_trigram_reads_no_interaction(
+    session: Session, statement: str, text: str
+) -> None:
+    """pg_trgm takes no trigram from a text without a letter or digit: the index had to
+    be read whole and every row rechecked (a sequential scan of every interaction, for
+    any logged-in user, at every request with a parameter the cache does not know),
+    for a search that matches nothing."""
+    plan = await explain(session, statement, *interaction_args(q=text))
+    read = {n.get("Relation Name") for n in plan} | indexes(plan)
+    assert not {"support_interactions", "support_interactions_subject_trgm_idx"} & read, read
+
+
 async def test_organization_page_statements_use_indexes(session: Session) -> None:
     org = session.organization_id
     page = await explain(session, await PAGE.sql(session), org)
