@@ -863,3 +863,34 @@ async def test_a_method_not_allowed_says_which_are(world: World) -> None:
     assert response.status_code == 405
     assert response.headers["content-type"] == "application/problem+json"
     assert response.headers["allow"] == "GET"
+
+
+async def test_head_is_answered_as_get_without_the_body(world: World) -> None:
+    """RFC 9110: a general-purpose server supports GET and HEAD. Every route declares
+    GET alone, so a HEAD (an uptime monitor's check of /api/healthz) was a 405."""
+    org = world.orgs["bloom"]
+    for path in (
+        "/api/healthz",
+        "/api/v1/organizations",
+        f"/api/v1/organizations/{org}",
+        f"/api/v1/organizations/{org}/history",
+        f"/api/v1/organizations/{org}/milestones",
+        "/api/v1/interactions",
+        "/api/v1/me",
+        "/",
+    ):
+        got = await world.client.get(path, headers=world.auth("admin"))
+        head = await world.client.head(path, headers=world.auth("admin"))
+        assert head.status_code == got.status_code == 200, path
+        assert head.content == b"", path
+        assert head.headers["content-length"] == str(len(got.content)), path
+        assert head.headers.get("etag") == got.headers.get("etag"), path
+    # a HEAD the route refuses is refused as its GET is, without a body
+    for params in ({}, {"limit": 0}):  # no token; a bad parameter
+        got = await world.client.get("/api/v1/organizations", params=params)
+        head = await world.client.head("/api/v1/organizations", params=params)
+        assert head.status_code == got.status_code >= 400 and head.content == b""
+    # a resource without GET still says which methods it takes
+    acknowledge = f"/api/v1/organizations/{org}/milestones/first_client_added/acknowledge"
+    head = await world.client.head(acknowledge, headers=world.auth("admin"))
+    assert head.status_code == 405 and head.headers["allow"] == "POST"
