@@ -894,3 +894,18 @@ async def test_head_is_answered_as_get_without_the_body(world: World) -> None:
     acknowledge = f"/api/v1/organizations/{org}/milestones/first_client_added/acknowledge"
     head = await world.client.head(acknowledge, headers=world.auth("admin"))
     assert head.status_code == 405 and head.headers["allow"] == "POST"
+
+
+async def test_a_request_with_thousands_of_invalid_values_gets_a_short_problem(
+    world: World,
+) -> None:
+    """Each invalid value was listed, with its message in `detail` too: 2,900 repeats of
+    an invalid band (a 64 KiB query string, the server's limit) were answered with 592 kB.
+    The problem names the first few and counts the rest."""
+    response = await world.get("admin", "/api/v1/organizations", health_status=["sad"] * 2900)
+    body = assert_problem(response, 422)
+    assert len(body["errors"]) == 10 and body["errors_unlisted"] == 2890
+    assert body["detail"].endswith("; and 2890 more")
+    assert len(response.content) < 4096
+    one = assert_problem(await world.get("admin", "/api/v1/organizations", limit=0), 422)
+    assert len(one["errors"]) == 1 and one["errors_unlisted"] == 0
