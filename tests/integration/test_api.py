@@ -909,3 +909,25 @@ async def test_a_request_with_thousands_of_invalid_values_gets_a_short_problem(
     assert len(response.content) < 4096
     one = assert_problem(await world.get("admin", "/api/v1/organizations", limit=0), 422)
     assert len(one["errors"]) == 1 and one["errors_unlisted"] == 0
+
+
+async def test_what_a_client_writes_is_logged_and_quoted_in_bounded_length(
+    world: World,
+) -> None:
+    """A path, and a token header's `alg`, are anybody's to write (64 KiB, the server's
+    limit): the access log line and the 401 quoted them whole, lines that container log
+    drivers split (at 16 KiB) into pieces no longer parsed as JSON."""
+    header = base64.urlsafe_b64encode(json.dumps({"alg": "A" * 40_000}).encode())
+    token = header.decode().rstrip("=") + ".e30.c2ln"
+    with capture_logs() as logs:
+        long_path = await world.client.get("/api/v1/" + "x" * 60_000)
+        refused = await world.client.get(
+            "/api/v1/organizations", headers={"Authorization": f"Bearer {token}"}
+        )
+    assert long_path.status_code == 404
+    assert assert_problem(refused, 401)["detail"].startswith("tokens signed with 'AAAA")
+    assert len(refused.content) < 1024
+    lines = [e for e in logs if e["event"] == "api_request"]
+    assert len(lines) == 2
+    assert all(len(json.dumps(e)) < 1024 for e in lines), [len(json.dumps(e)) for e in lines]
+    assert lines[0]["path"].startswith("/api/v1/xxx") and "+59708 characters" in lines[0]["path"]
