@@ -342,20 +342,53 @@ def event_json(event: Event) -> bytes:
 
 
 def canonical_event_json(event: Event) -> bytes:
-    """`event_json` with the keys of every nested object in sorted order.
+    """`event_json` with the keys of every nested object in sorted order and every
+    time in UTC.
 
     JSON objects are unordered, so a producer that re-serializes an event may
-    reorder `properties` or a profile's `milestones`: the payload digest is
-    taken from this form, in which such a repeat is the same event. The
-    top-level fields keep the contract's order, so an event whose nested keys
-    are sorted already (most) digests as `event_json` does.
+    reorder `properties` or a profile's `milestones`, and a time is one instant
+    whatever offset it is written at (`09:00+01:00` is `08:00Z`; the store keeps
+    the instant alone): the payload digest is taken from this form, in which
+    such a repeat is the same event. The top-level fields keep the contract's
+    order, so an event whose nested keys are sorted already and whose times
+    are in UTC (most) digests as `event_json` does.
     """
+    return orjson.dumps(_in_utc(_canonical_fields(event)), option=orjson.OPT_UTC_Z)
+
+
+def offset_kept_event_json(event: Event) -> bytes:
+    """The canonical form of releases from 2026-12-04 until times were put in UTC:
+    nested keys sorted, each time at the offset it was sent with. A repeat of an id
+    such a release claimed is compared with it too (`pipeline.offset_kept_payload_digest`)."""
+    return orjson.dumps(_canonical_fields(event), option=orjson.OPT_UTC_Z)
+
+
+def _canonical_fields(event: Event) -> dict[str, Any]:
     fields = msgspec.structs.asdict(event)
     for name in _NESTED_OBJECTS:
         value = fields.get(name)
         if value:
             fields[name] = _sorted_keys(value)
-    return orjson.dumps(fields, option=orjson.OPT_UTC_Z)
+    return fields
+
+
+_TIME_FIELDS = ("occurred_at", "follow_up_at", "created_at")
+"""The events' fields that hold a time (a profile's milestones hold times too)."""
+
+
+def _in_utc(fields: dict[str, Any]) -> dict[str, Any]:
+    """The event's times (its fields, a profile's milestones) at offset zero; a time
+    already there stays the same object, so most events cost a check per time."""
+    for name in _TIME_FIELDS:
+        value = fields.get(name)
+        if value is not None and value.utcoffset():
+            fields[name] = value.astimezone(UTC)
+    milestones = fields.get("milestones")
+    if milestones:
+        fields["milestones"] = {
+            name: at.astimezone(UTC) if at.utcoffset() else at for name, at in milestones.items()
+        }
+    return fields
 
 
 _NESTED_OBJECTS = ("properties", "milestones")
