@@ -32,8 +32,8 @@ from healthscore.service import kafka_codecs
 from healthscore.service.app import Components, ServiceOptions
 from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord
 from healthscore.service.ingest.pipeline import (
+    as_sent_payload_digest,
     legacy_payload_digest,
-    offset_kept_payload_digest,
     payload_digest,
 )
 from healthscore_lab.devservices import start_embedded_broker
@@ -253,13 +253,15 @@ async def test_records_postgres_cannot_store_are_rejected_at_decode(
     }
 
 
-async def test_a_repeat_with_its_times_at_another_offset_is_a_duplicate(
+async def test_a_repeat_with_its_times_or_numbers_written_otherwise_is_a_duplicate(
     migrated_database: str, kafka_bootstrap: str
 ) -> None:
     """A time is one instant at whatever offset it is written, and the store keeps the
-    instant alone: a producer re-serializing an event in another zone (09:00+01:00 as
-    08:00Z) repeated it, yet the digest kept the offset and the repeat was dead-lettered
-    as an `event_id_conflict` (of a usage, a support event, a profile alike)."""
+    instant alone; a JSON number is its value, and the service reads no property: a
+    producer re-serializing an event in another zone (09:00+01:00 as 08:00Z), or a
+    JavaScript relay (`3.0` as `3`, an empty `properties` dropped), repeated it, yet the
+    digest kept what was written and the repeat was dead-lettered as an
+    `event_id_conflict` (of a usage, a support event, a profile alike)."""
     topics = await make_topics(kafka_bootstrap, partitions=1)
     settings = service_settings(migrated_database, kafka_bootstrap, topics)
     paris = timezone(timedelta(hours=1))
@@ -269,7 +271,8 @@ async def test_a_repeat_with_its_times_at_another_offset_is_a_duplicate(
     def local(moment: datetime) -> str:
         return moment.astimezone(paris).isoformat()
 
-    usage = _usage(org, 1, at, occurred_at=local(at))
+    usage = _usage(org, 1, at, occurred_at=local(at), properties={"seats": 3.0, "of": 1e2})
+    empty = _usage(org, 4, at, properties={})
     support = _support(
         org, 2, at, action="follow_up_scheduled", occurred_at=local(at),
         follow_up_at=local(at + timedelta(days=2)),
@@ -291,6 +294,10 @@ async def test_a_repeat_with_its_times_at_another_offset_is_a_duplicate(
         }
         if "milestones" in body:
             moved["milestones"] = {k: utc(v) for k, v in body["milestones"].items()}
+        if body.get("properties") == {}:
+            del moved["properties"]
+        elif "properties" in body:
+            moved["properties"] = {k: int(v) for k, v in body["properties"].items()}
         return moved
 
     # an id a release that kept the offsets claimed, under its digest: its repeat as
@@ -300,7 +307,7 @@ async def test_a_repeat_with_its_times_at_another_offset_is_a_duplicate(
         RawRecord(topics.usage, 0, 0, org.encode(), orjson.dumps(earlier), None)
     )
     assert isinstance(decoded, Decoded)
-    assert offset_kept_payload_digest(decoded) != payload_digest(decoded)
+    assert as_sent_payload_digest(decoded) != payload_digest(decoded)
     await fetchval(
         migrated_database,
         "INSERT INTO processed_events (event_id, organization_id, occurred_at, payload_digest)"
@@ -308,13 +315,14 @@ async def test_a_repeat_with_its_times_at_another_offset_is_a_duplicate(
         uuid.UUID(earlier["event_id"]),
         uuid.UUID(org),
         decoded.event.occurred_at,
-        offset_kept_payload_digest(decoded),
+        as_sent_payload_digest(decoded),
     )
     producer = await make_producer(kafka_bootstrap)
     try:
         async with running_service(settings) as service:
             for topic, body in (
                 (topics.usage, usage),
+                (topics.usage, empty),
                 (topics.support, support),
                 (topics.profile, profile),
             ):
@@ -332,9 +340,9 @@ async def test_a_repeat_with_its_times_at_another_offset_is_a_duplicate(
     finally:
         await producer.stop()
     assert rejected == []
-    assert duplicates == 4
+    assert duplicates == 5
     state = await stored_state_in(migrated_database, org)
-    assert state.event_count == 2  # the usage and the support event, once each
+    assert state.event_count == 3  # the usages and the support event, once each
 
 
 async def test_a_record_only_the_database_refuses_is_isolated(

@@ -48,9 +48,9 @@ from healthscore.service.ingest.decode import (
     Decoder,
     RawRecord,
     Rejection,
+    as_sent_event_json,
     canonical_event_json,
     event_json,
-    offset_kept_event_json,
 )
 from healthscore.service.ingest.dlq import DeadLetterQueue
 from healthscore.service.ingest.owned import OwnedStates
@@ -626,9 +626,10 @@ def _check_no_gap(
 def payload_digest(item: Decoded) -> bytes:
     """What was applied under an event id: topic and the event as validated.
 
-    The validated form with nested keys sorted and times in UTC, not the raw
-    bytes, so that a producer re-serializing the same event (another key order
-    at any depth, other whitespace, its times at another offset) repeats it
+    The validated form with nested keys sorted, times in UTC and properties'
+    numbers by value (`canonical_event_json`), not the raw bytes, so that a
+    producer re-serializing the same event (another key order at any depth,
+    other whitespace, its times at another offset, `1.0` as `1`) repeats it
     exactly. Digests stored by earlier releases
     are compared with new ones: `canonical_event_json` must give the same
     bytes for the same event forever.
@@ -645,10 +646,11 @@ def legacy_payload_digest(item: Decoded) -> bytes:
     return _digest(item.record.topic, event_json(item.event))
 
 
-def offset_kept_payload_digest(item: Decoded) -> bytes:
-    """The digest releases from 2026-12-04 until times were put in UTC stored: nested
-    keys sorted, times at the offsets sent (compared like `legacy_payload_digest`)."""
-    return _digest(item.record.topic, offset_kept_event_json(item.event))
+def as_sent_payload_digest(item: Decoded) -> bytes:
+    """The digest releases from 2026-12-04 until times were put in UTC and numbers read
+    by value stored: nested keys sorted, the values as sent (compared like
+    `legacy_payload_digest`)."""
+    return _digest(item.record.topic, as_sent_event_json(item.event))
 
 
 def _digest(topic: str, body: bytes) -> bytes:
@@ -682,7 +684,7 @@ async def _sort_claimed(
             fresh.append(item)
         elif (stored := applied.get(event_id)) in (None, digest) or stored in (
             legacy_payload_digest(item),
-            offset_kept_payload_digest(item),
+            as_sent_payload_digest(item),
         ):
             # ids applied before digests were kept count as plain duplicates
             duplicates.append(item)
