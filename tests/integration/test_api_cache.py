@@ -213,6 +213,23 @@ async def test_one_users_distinct_requests_cannot_push_out_everybody_elses_answe
     assert counted(world, "hit") == hits + 1
 
 
+async def test_the_query_strings_a_user_makes_keys_of_count_against_their_share(
+    world: World,
+) -> None:
+    """A key is the path and the whole query string, up to the server's 64 KiB request
+    line with a parameter the route ignores: a member's empty answers under such keys
+    were counted as their few hundred bytes, so 4,096 of them held 256 MiB in a cache
+    bounded at 64 MiB. The key's bytes count with its answer's."""
+    store = world.app.state.api.cache.cache
+    store.max_bytes = 1024 * 1024  # a user's share: 128 KiB
+    junk = "x" * 60_000
+    for n in range(16):
+        response = await world.get("member", LIST, junk=f"{n}{junk}")
+        assert response.status_code == 200
+    assert len(store) <= 2  # two such keys fill the share
+    assert store.bytes >= len(store) * 60_000
+
+
 async def test_a_role_change_invalidates_what_the_user_was_shown(world: World) -> None:
     member = world.users["member"]
     assert await names(world, "member") == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ import asyncpg
 import pytest
 
 from healthscore.api.routes import RANGE_FIRST_DIGITS
+from healthscore.api.session import SEARCH_SETTINGS
 from healthscore.store import read_api as q
 from healthscore.store.identity import LOGIN, SigningKey, mint_token
 from tests.conftest import DatabaseFactory
@@ -384,6 +386,42 @@ async def test_interaction_filters_use_their_indexes(session: Session, case: str
     plan = await explain(session, sql, *interaction_args(**given))
     assert serving in indexes(plan), (case, indexes(plan))
     assert "support_interactions" not in seq_scans(plan), case
+
+
+@pytest.mark.parametrize("statement", [q.LIST_INTERACTIONS_RELEVANCE, q.LIST_INTERACTIONS_NEWEST])
+@pytest.mark.parametrize("text", ["%%%", "___", "\\\\\\", "!?!", " - "])
+async def test_a_search_text_without_a_trigram_reads_no_interaction(
+    session: Session, statement: str, text: str
+) -> None:
+    """pg_trgm takes no trigram from a text without a letter or digit: the index had to
+    be read whole and every row rechecked (a sequential scan of every interaction, for
+    any logged-in user, at every request with a parameter the cache does not know),
+    for a search that matches nothing."""
+    plan = await explain(session, statement, *interaction_args(q=text))
+    read = {n.get("Relation Name") for n in plan} | indexes(plan)
+    assert not {"support_interactions", "support_interactions_subject_trgm_idx"} & read, read
+
+
+async def test_a_long_search_text_reads_the_trigram_index_not_every_interaction(
+    session: Session,
+) -> None:
+    """From about 75 characters (here), the planner judged the index's hundreds of
+    trigrams dearer than reading every interaction and computing each subject's
+    similarity: 0.4-0.6 s on these 20,000 against 5-9 ms by the index, growing with
+    the table, for any user at every request. The route searches with SEARCH_SETTINGS."""
+    rng = random.Random(18)
+    text = " ".join(
+        "".join(
+            rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(rng.randint(3, 9))
+        )
+        for _ in range(40)
+    )[:200]
+    for sql in (q.LIST_INTERACTIONS_RELEVANCE, q.LIST_INTERACTIONS_NEWEST):
+        async with session.conn.transaction():
+            await session.conn.execute(SEARCH_SETTINGS)
+            plan = await explain(session, sql, *interaction_args(q=text))
+        assert "support_interactions_subject_trgm_idx" in indexes(plan), indexes(plan)
+        assert "support_interactions" not in seq_scans(plan)
 
 
 async def test_organization_page_statements_use_indexes(session: Session) -> None:

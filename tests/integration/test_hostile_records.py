@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,11 @@ from healthscore.config import Settings
 from healthscore.service import kafka_codecs
 from healthscore.service.app import Components, ServiceOptions
 from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord
-from healthscore.service.ingest.pipeline import legacy_payload_digest, payload_digest
+from healthscore.service.ingest.pipeline import (
+    as_sent_payload_digest,
+    legacy_payload_digest,
+    payload_digest,
+)
 from healthscore_lab.devservices import start_embedded_broker
 from tests.utils.harness import (
     Topics,
@@ -247,6 +251,98 @@ async def test_records_postgres_cannot_store_are_rejected_at_decode(
     assert {offset: named["x-error-reason"] for (_p, offset), named in dead.items()} == {
         offset: reason.encode() for offset, reason in offsets.items()
     }
+
+
+async def test_a_repeat_with_its_times_or_numbers_written_otherwise_is_a_duplicate(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A time is one instant at whatever offset it is written, and the store keeps the
+    instant alone; a JSON number is its value, and the service reads no property: a
+    producer re-serializing an event in another zone (09:00+01:00 as 08:00Z), or a
+    JavaScript relay (`3.0` as `3`, an empty `properties` dropped), repeated it, yet the
+    digest kept what was written and the repeat was dead-lettered as an
+    `event_id_conflict` (of a usage, a support event, a profile alike)."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    paris = timezone(timedelta(hours=1))
+    at = (datetime.now(UTC) - timedelta(hours=3)).replace(microsecond=0)
+    org = _org("offsets")
+
+    def local(moment: datetime) -> str:
+        return moment.astimezone(paris).isoformat()
+
+    usage = _usage(org, 1, at, occurred_at=local(at), properties={"seats": 3.0, "of": 1e2})
+    empty = _usage(org, 4, at, properties={})
+    support = _support(
+        org, 2, at, action="follow_up_scheduled", occurred_at=local(at),
+        follow_up_at=local(at + timedelta(days=2)),
+    )  # fmt: skip
+    profile = {
+        "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"hostile-profile-{org}")),
+        "organization_id": org,
+        "created_at": local(at - timedelta(days=400)),
+        "milestones": {"onboarding_completed": local(at - timedelta(days=390))},
+        "occurred_at": local(at),
+    }
+
+    def in_utc(body: dict[str, Any]) -> dict[str, Any]:
+        def utc(text: str) -> str:
+            return datetime.fromisoformat(text).astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+        moved: dict[str, Any] = {
+            k: utc(v) if k.endswith("_at") and isinstance(v, str) else v for k, v in body.items()
+        }
+        if "milestones" in body:
+            moved["milestones"] = {k: utc(v) for k, v in body["milestones"].items()}
+        if body.get("properties") == {}:
+            del moved["properties"]
+        elif "properties" in body:
+            moved["properties"] = {k: int(v) for k, v in body["properties"].items()}
+        return moved
+
+    # an id a release that kept the offsets claimed, under its digest: its repeat as
+    # sent is a duplicate too
+    earlier = _usage(org, 3, at, occurred_at=local(at + timedelta(seconds=3)))
+    decoded = Decoder(topics.usage, topics.support, 64 * 1024).decode(
+        RawRecord(topics.usage, 0, 0, org.encode(), orjson.dumps(earlier), None)
+    )
+    assert isinstance(decoded, Decoded)
+    assert as_sent_payload_digest(decoded) != payload_digest(decoded)
+    await fetchval(
+        migrated_database,
+        "INSERT INTO processed_events (event_id, organization_id, occurred_at, payload_digest)"
+        " VALUES ($1, $2, $3, $4) RETURNING event_id",
+        uuid.UUID(earlier["event_id"]),
+        uuid.UUID(org),
+        decoded.event.occurred_at,
+        as_sent_payload_digest(decoded),
+    )
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        async with running_service(settings) as service:
+            for topic, body in (
+                (topics.usage, usage),
+                (topics.usage, empty),
+                (topics.support, support),
+                (topics.profile, profile),
+            ):
+                await producer.send_and_wait(topic, orjson.dumps(body), key=org.encode())
+                await producer.send_and_wait(topic, orjson.dumps(in_utc(body)), key=org.encode())
+            await producer.send_and_wait(topics.usage, orjson.dumps(earlier), key=org.encode())
+            await wait_caught_up(
+                migrated_database,
+                kafka_bootstrap,
+                settings.consumer_group,
+                [topics.usage, topics.support, topics.profile],
+            )
+            rejected = [reason for o in service.outcomes for reason in o.rejected]
+            duplicates = sum(o.duplicates for o in service.outcomes)
+    finally:
+        await producer.stop()
+    assert rejected == []
+    assert duplicates == 5
+    state = await stored_state_in(migrated_database, org)
+    assert state.event_count == 3  # the usages and the support event, once each
 
 
 async def test_a_record_only_the_database_refuses_is_isolated(

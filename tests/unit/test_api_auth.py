@@ -231,13 +231,14 @@ def test_remembered_tokens_are_bounded_least_recently_used_first() -> None:
 
 
 def test_only_tokens_this_process_minted_are_sent_inline() -> None:
-    from healthscore.api.session import IdentityBindingFailed, begin_as
+    from healthscore.api.session import SEARCH_SETTINGS, IdentityBindingFailed, begin_as
     from healthscore.store.identity import SigningKey, mint_token
 
     key = SigningKey(7, bytes(range(32)))
     token = mint_token(key, USER, expires_at=datetime.now(UTC) + timedelta(minutes=1))
     assert begin_as(token) == f"BEGIN; SELECT app_login('{token}')"
     assert "force_generic_plan" in begin_as(token, generic_plans=True)
+    assert SEARCH_SETTINGS in begin_as(token, searching=True)
     for bad in (token + "'", "x'); DROP TABLE customer_health; --", token.upper(), ""):
         with pytest.raises(IdentityBindingFailed):
             begin_as(bad)

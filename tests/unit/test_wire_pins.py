@@ -2,11 +2,13 @@
 
 `processed_events.payload_digest` is compared with digests stored by earlier
 releases (a replayed event whose digest changed would be dead-lettered as an
-`event_id_conflict`; the one change so far, nested keys sorted, keeps the
-earlier form as a second comparison: LEGACY_DIGESTS), and consumers of `customer.churn-risk.v1` and
-`customer.health.v1` compare payloads across replays. The expected values
-below were computed by the release that stored the first digests; whatever
-changes inside the decoder, the pipeline or the scoring core, these must not.
+`event_id_conflict`; each change keeps the earlier forms as further comparisons:
+nested keys sorted (LEGACY_DIGESTS), then times put in UTC and properties' numbers
+read by value (CANONICAL_DIGESTS: the pins below are the as-sent form's), and
+consumers of `customer.churn-risk.v1` and `customer.health.v1` compare payloads
+across replays. The expected values below were computed by the release that stored
+the first digests; whatever changes inside the decoder, the pipeline or the scoring
+core, these must not.
 """
 
 from __future__ import annotations
@@ -16,18 +18,25 @@ import json
 import random
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 import pytest
+from pydantic import AwareDatetime, TypeAdapter
 
 from healthscore.contracts import OrganizationProfile
 from healthscore.core.effects import RaisedAlert
+from healthscore.core.events import ProfileEvent, SupportEvent, UsageEvent
 from healthscore.core.scoring.alerts import evaluate_alert
 from healthscore.core.scoring.model import DAY, v2_model
 from healthscore.core.scoring.score import record_score, score
 from healthscore.core.scoring.state import OpenInteraction, OrganizationState
+from healthscore.service.ingest import decode
 from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord, event_json
-from healthscore.service.ingest.pipeline import legacy_payload_digest, payload_digest
+from healthscore.service.ingest.pipeline import (
+    as_sent_payload_digest,
+    legacy_payload_digest,
+    payload_digest,
+)
 from healthscore.service.projector import Projected, health_message, project
 from healthscore.store.effects_writer import alert_payload
 
@@ -170,6 +179,17 @@ PINNED: list[tuple[str, str, bytes, str]] = [
 # Releases before 2026-12-04 digested nested objects in the order parsed; the pipeline
 # still accepts a repeat under that digest (`legacy_payload_digest`). Where it differs:
 LEGACY_DIGESTS = {"usage_numbers_and_text": "52209f86bcdd651706b224aa4021cde7"}
+# Releases from 2026-12-04 until times were put in UTC and numbers read by value
+# digested the values as sent (`as_sent_payload_digest`: the pins above); where the
+# canonical digest differs (a time at a non-zero offset, an integral fraction):
+CANONICAL_DIGESTS = {
+    "usage_numbers_and_text": "9ac8a8a79bd741c818b0c54b68621ce0",
+    "usage_offset_fraction": "b7939a6bf57e914c078f434514d9431b",
+    "usage_fallback_offset": "2ed6e36c0a60d6e0c49c6c002c557974",
+    "support_every_field": "8f6aba13f82861231ed41fc737325572",
+    "support_fallback_follow_up": "1e77b85117d9f1307d60fa11e3ef9aca",
+    "profile": "07ac087f9e8531599cdda211b555d802",
+}
 
 
 def _decode(decoder: Decoder, topic: str, value: bytes, offset: int = 0) -> Decoded:
@@ -185,7 +205,8 @@ def test_payload_digests_are_pinned(
 ) -> None:
     decoder = Decoder(USAGE, SUPPORT, 64 * 1024, fast=fast)
     decoded = _decode(decoder, topic, value)
-    assert payload_digest(decoded).hex() == digest
+    assert as_sent_payload_digest(decoded).hex() == digest
+    assert payload_digest(decoded).hex() == CANONICAL_DIGESTS.get(name, digest)
     assert legacy_payload_digest(decoded).hex() == LEGACY_DIGESTS.get(name, digest)
 
 
@@ -258,7 +279,8 @@ PROFILE_PINNED: list[tuple[str, bytes, str]] = [
 )
 def test_profile_digests_are_pinned(name: str, value: bytes, digest: str) -> None:
     decoded = _decode(Decoder(USAGE, SUPPORT, 64 * 1024), PROFILE, value)
-    assert payload_digest(decoded).hex() == digest
+    assert as_sent_payload_digest(decoded).hex() == digest
+    assert payload_digest(decoded).hex() == CANONICAL_DIGESTS.get(name, digest)
     validated = OrganizationProfile.model_validate_json(value)
     assert event_json(decoded.event) == validated.model_dump_json().encode()
 
@@ -343,16 +365,87 @@ def _generated(seed: int, count: int) -> list[tuple[str, bytes]]:
     return records
 
 
-GENERATED_DIGEST = "feb16445dcd2ab6023b70fada3ade741"
+GENERATED_DIGEST = "feb16445dcd2ab6023b70fada3ade741"  # as sent
+GENERATED_CANONICAL_DIGEST = "5f591b3305584276560504c77832b3a1"
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "pydantic"])
 def test_digests_of_generated_events_are_pinned(fast: bool) -> None:
     decoder = Decoder(USAGE, SUPPORT, 64 * 1024, fast=fast)
     combined = hashlib.blake2b(digest_size=16)
+    as_sent = hashlib.blake2b(digest_size=16)
     for offset, (topic, value) in enumerate(_generated(20250314, 600)):
-        combined.update(payload_digest(_decode(decoder, topic, value, offset)))
-    assert combined.hexdigest() == GENERATED_DIGEST
+        decoded = _decode(decoder, topic, value, offset)
+        combined.update(payload_digest(decoded))
+        as_sent.update(as_sent_payload_digest(decoded))
+    assert combined.hexdigest() == GENERATED_CANONICAL_DIGEST
+    assert as_sent.hexdigest() == GENERATED_DIGEST
+
+
+def _as_relayed(value: Any) -> Any:
+    """`value` as a JavaScript relay writes it back: a number by its value (`1.0` as
+    `1`, `-0.0` as `0`), an empty object dropped (here: `properties`)."""
+    if isinstance(value, dict):
+        return {k: _as_relayed(v) for k, v in value.items() if v != {} or k != "properties"}
+    if isinstance(value, list):
+        return [_as_relayed(item) for item in value]
+    if type(value) is float and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+def _at_other_offsets(body: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """`body` with every time the contract reads written at another offset, and its
+    numbers as a JavaScript relay writes them."""
+    moved: dict[str, Any] = _as_relayed(body)
+    for name in ("occurred_at", "follow_up_at", "created_at"):
+        if isinstance(moved.get(name), str):
+            moved[name] = _at_another_offset(moved[name], rng)
+    if isinstance(moved.get("milestones"), dict):
+        moved["milestones"] = {
+            name: _at_another_offset(at, rng) for name, at in moved["milestones"].items()
+        }
+    return moved
+
+
+_TIME = TypeAdapter(AwareDatetime)
+
+
+def _at_another_offset(text: str, rng: random.Random) -> str:
+    minutes = rng.choice([-14 * 60, -330, 0, 60, 345, 14 * 60])
+    at = _TIME.validate_python(text)  # as the contract reads it (`z`, `+0100`, ...)
+    return at.astimezone(timezone(timedelta(minutes=minutes))).isoformat()
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "pydantic"])
+def test_a_repeat_with_its_times_or_numbers_written_otherwise_has_the_same_digest(
+    fast: bool,
+) -> None:
+    """A time is one instant at whatever offset it is written (the store keeps the
+    instant), a JSON number its value (`1.0` is `1`), an empty `properties` none: a
+    producer re-serializing an event in another zone, or a JavaScript relay, repeated
+    it, and the repeat was dead-lettered as an `event_id_conflict`."""
+    rng = random.Random(11)
+    decoder = Decoder(USAGE, SUPPORT, 64 * 1024, fast=fast)
+    cases = [(topic, value) for _name, topic, value, _digest in PINNED]
+    cases += [(PROFILE, value) for _name, value, _digest in PROFILE_PINNED]
+    cases += _generated(20251205, 300)
+    moved = 0
+    for topic, value in cases:
+        original = _decode(decoder, topic, value)
+        body = json.dumps(_at_other_offsets(json.loads(value), rng)).encode()
+        repeat = _decode(decoder, topic, body)
+        assert payload_digest(repeat) == payload_digest(original), body
+        moved += as_sent_payload_digest(repeat) != as_sent_payload_digest(original)
+    assert moved >= 250  # the offsets did change what was written
+    # every time an event holds is one the canonical form puts in UTC
+    times = {
+        name
+        for struct in (UsageEvent, SupportEvent, ProfileEvent)
+        for name, hint in get_type_hints(struct).items()
+        if datetime in (hint, *get_args(hint)) and name != "milestones"
+    }
+    assert times == set(decode._TIME_FIELDS)
 
 
 # --------------------------------------------------------------------------- outputs

@@ -113,6 +113,28 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     return replayed
 
 
+class HeadAsGet:
+    """Answers HEAD as GET without the body (RFC 9110: a general-purpose server supports
+    both): the routes declare GET alone, so a HEAD, a load balancer's or an uptime
+    monitor's check of /api/healthz included, was a 405. The status and headers are the
+    GET's (its Content-Length and ETag); the outer layers still see HEAD."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_without_body)
+
+
 class SecurityHeaders:
     """Adds SECURITY_HEADERS to every response (plain ASGI: no per-request task)."""
 
@@ -251,11 +273,12 @@ def served(app: FastAPI) -> ASGIApp:
     """What the server runs: the response cache (when the app has one) in front of the
     FastAPI app, so that a kept answer is sent without entering the framework's
     middleware and routing, behind the bound on request bodies (`BoundedBodies`), all
-    inside the security-header layer, and the access log
+    inside the security-header layer and HEAD answered as GET (`HeadAsGet`), and the
+    access log
     and request metrics around everything (`healthscore.api.access_log`; the log lines
     unless API_ACCESS_LOG=false)."""
     front: CachedReads | None = getattr(app.state, "front", None)
-    served = SecurityHeaders(BoundedBodies(front if front is not None else app))
+    served = HeadAsGet(SecurityHeaders(BoundedBodies(front if front is not None else app)))
     # outermost: a kept answer is logged and counted like a computed one
     return AccessLog(
         served,

@@ -35,6 +35,7 @@ from healthscore.errors import HealthscoreError
 LEEWAY: Final = timedelta(seconds=30)  # clock skew between the IdP and this host
 TOKEN_CACHE_SIZE: Final = 4096  # verified tokens remembered (a few MB at most)
 MAX_CACHED_TOKEN_LENGTH: Final = 8192  # longer tokens are verified every time
+MAX_QUOTED_ALGORITHM: Final = 40  # characters of a refused `alg` a 401 quotes
 
 
 class Unauthenticated(HealthscoreError):
@@ -135,7 +136,12 @@ class TokenVerifier:
         elif algorithm == "RS256" and self.jwks is not None:
             key = self._public_key(header.get("kid"))
         else:
-            raise Unauthenticated(f"tokens signed with {algorithm!r} are not accepted here")
+            # the header is the client's: its `alg` may be any length (the problem, the
+            # challenge and the access log quote it)
+            shown = repr(algorithm)
+            if len(shown) > MAX_QUOTED_ALGORITHM:
+                shown = shown[:MAX_QUOTED_ALGORITHM] + "..."
+            raise Unauthenticated(f"tokens signed with {shown} are not accepted here")
         options = {"require": ["exp", "sub"], "verify_aud": self.audience is not None}
         try:
             claims = jwt.decode(

@@ -63,8 +63,9 @@ Concurrent misses of the same key at the same versions share one computation
 (the first computes, the others wait for its answer): when a write moves a
 version, fifty clients asking for the same page cost one query, not fifty.
 
-Memory is bounded: at most `max_entries` answers and `max_bytes` of them, the
-least recently used leaving first. One user's own answers (not an audience's) hold
+Memory is bounded: at most `max_entries` answers and `max_bytes` of them with their
+keys (a key's query string may be as long as the answer), the least recently used
+leaving first. One user's own answers (not an audience's) hold
 at most 1/USER_SHARE of either, past which they replace that user's least recently
 used: every distinct query string is a key (a parameter the route ignores, a cursor
 the client wrote), and one member, who sees nothing, could otherwise push every
@@ -323,6 +324,9 @@ class _Entry:
     # time.monotonic() before its transaction began: it shows every change announced
     # before then
     computed_at: float
+    # what it holds: the answer and its key (a query string of up to 64 KiB, parameters
+    # the route ignores included, which any client may vary)
+    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,7 +386,7 @@ class ResponseCache:
         answer: Answer,
         computed_at: float = -math.inf,
     ) -> None:
-        size = answer.size
+        size = answer.size + len(key[1])
         if size > self.max_bytes // USER_SHARE:  # one huge answer would push out many
             return
         old = self._entries.get(key)
@@ -394,7 +398,7 @@ class ResponseCache:
             held = self._by_user.setdefault(user, [0, 0])
             held[0] += 1
             held[1] += size
-        self._entries[key] = _Entry(versions, fresh_until, answer, computed_at)
+        self._entries[key] = _Entry(versions, fresh_until, answer, computed_at, size)
         self.bytes += size
         while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
             evicted_key, evicted = next(iter(self._entries.items()))
@@ -426,12 +430,12 @@ class ResponseCache:
 
     def _drop(self, key: Key, entry: _Entry) -> None:
         del self._entries[key]
-        self.bytes -= entry.answer.size
+        self.bytes -= entry.size
         user = key[0]
         if isinstance(user, uuid.UUID):
             held = self._by_user[user]
             held[0] -= 1
-            held[1] -= entry.answer.size
+            held[1] -= entry.size
             if held[0] == 0:
                 del self._by_user[user]
 

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -83,11 +82,24 @@ def numeric_value(cursor: Cursor) -> Decimal | None:
     )
 
 
+def _in_utc_range(value: datetime) -> bool:
+    # the statement binds it in UTC: year 1 at +14:00 or year 9999 at -14:00 is a
+    # time of no year the driver (or Python) can write
+    if value.tzinfo is None:
+        return False
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        return False
+    return True
+
+
 def time_value(cursor: Cursor) -> datetime | None:
     """The position of a timestamp sort, with its offset (as the API writes it)."""
-    return _position(cursor, datetime.fromisoformat, lambda v: v.tzinfo is not None)
+    return _position(cursor, datetime.fromisoformat, _in_utc_range)
 
 
 def real_value(cursor: Cursor) -> float | None:
-    """The position of a relevance sort (a similarity, 0 to 1)."""
-    return _position(cursor, float, math.isfinite)
+    """The position of a relevance sort (a similarity, 0 to 1; bound as a `real`,
+    which 1e308 overflows)."""
+    return _position(cursor, float, lambda v: 0.0 <= v <= 1.0)

@@ -103,13 +103,25 @@ async def on_invalid_cursor(request: Request, exc: Exception) -> Response:
     return problem_response(request, 400, "invalid-cursor", str(exc))
 
 
+# a 422 names this many of a request's invalid values: a query string of 64 KiB with
+# 2,900 repeats of an invalid value was answered with all of them, 592 kB
+MAX_LISTED_ERRORS: Final = 10
+
+
 async def on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
+    found = exc.errors()
     errors = [
-        {"location": list(e.get("loc", ())), "message": e.get("msg", "")} for e in exc.errors()
+        {"location": list(e.get("loc", ())), "message": e.get("msg", "")}
+        for e in found[:MAX_LISTED_ERRORS]
     ]
     detail = "; ".join(f"{'.'.join(map(str, e['location']))}: {e['message']}" for e in errors)
-    return problem_response(request, 422, "invalid-request", detail, errors=errors)
+    unlisted = len(found) - len(errors)
+    if unlisted:
+        detail += f"; and {unlisted} more"
+    return problem_response(
+        request, 422, "invalid-request", detail, errors=errors, errors_unlisted=unlisted
+    )
 
 
 async def on_http_exception(request: Request, exc: Exception) -> Response:

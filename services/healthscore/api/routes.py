@@ -74,12 +74,17 @@ MILESTONE_LIMIT: Final = 17
 
 @asynccontextmanager
 async def _session(
-    request: Request, *, writes: bool = False, generic_plans: bool = False
+    request: Request, *, writes: bool = False, generic_plans: bool = False, searching: bool = False
 ) -> AsyncIterator[Session]:
     state: ApiState = request.app.state.api
     principal = state.verifier.verify(one_authorization(request.headers.getlist("authorization")))
     async with bound_session(
-        state.pool, state.signing_key, principal, writes=writes, generic_plans=generic_plans
+        state.pool,
+        state.signing_key,
+        principal,
+        writes=writes,
+        generic_plans=generic_plans,
+        searching=searching,
     ) as session:
         yield session
 
@@ -456,7 +461,7 @@ async def list_interactions(
         raise ApiProblem(422, "invalid-request", "sort=follow_up needs overdue=true")
     after = decode_cursor(cursor, chosen) if cursor else None
     statement, key = _INTERACTION_STATEMENTS[chosen]
-    async with _session(request) as session:
+    async with _session(request, searching=q_ is not None) as session:
         rows = await session.conn.fetch(
             statement,
             [s.value for s in status] if status else None,

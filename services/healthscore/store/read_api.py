@@ -307,7 +307,10 @@ RETURNING milestone_type
 # --- interactions -----------------------------------------------------------------------
 
 # $1 status[], $2 assigned_to, $3 organization id, $4 interaction_type[], $5 overdue only,
-# $6 search text (pg_trgm word similarity: typos and word order are forgiven), $7 cursor
+# $6 search text (pg_trgm word similarity: typos and word order are forgiven; a text
+# without a trigram, as '%%%' or '!!!', matches nothing, and saying so first keeps the
+# index from being read whole and every row rechecked: planned with the value, the
+# test is a constant), $7 cursor
 # sort value, $8 cursor is in the NULL part, $9 cursor id, $10 limit
 _INTERACTION_COLUMNS = """i.id, i.organization_id, o.name AS organization_name, i.interaction_type,
        i.channel, i.status, i.priority, i.sentiment, i.outcome, i.assigned_to, i.subject,
@@ -323,7 +326,7 @@ _INTERACTION_FILTERS = """
   AND ($4::text[] IS NULL OR i.interaction_type = ANY($4::text[]))
   AND ($5::bool IS NOT TRUE OR (i.follow_up_required AND i.follow_up_completed_at IS NULL
                                 AND i.follow_up_at <= now()))
-  AND ($6::text IS NULL OR $6::text <% i.subject)"""
+  AND ($6::text IS NULL OR (cardinality(show_trgm($6::text)) > 0 AND $6::text <% i.subject))"""
 
 
 def _interactions(rank: str, keyset: str, order: str) -> str:

@@ -342,24 +342,64 @@ def event_json(event: Event) -> bytes:
 
 
 def canonical_event_json(event: Event) -> bytes:
-    """`event_json` with the keys of every nested object in sorted order.
+    """`event_json` as the same event however re-serialized: the keys of every nested
+    object in sorted order, every time in UTC, `properties`' numbers by value.
 
     JSON objects are unordered, so a producer that re-serializes an event may
-    reorder `properties` or a profile's `milestones`: the payload digest is
-    taken from this form, in which such a repeat is the same event. The
-    top-level fields keep the contract's order, so an event whose nested keys
-    are sorted already (most) digests as `event_json` does.
+    reorder `properties` or a profile's `milestones`; a time is one instant
+    whatever offset it is written at (`09:00+01:00` is `08:00Z`; the store keeps
+    the instant alone); and a JSON number is its value (`1.0`, `1e0` and `1` are
+    one number: a JavaScript relay writes `1`), an empty `properties` no
+    properties (the service reads none of them). The payload digest is taken
+    from this form, in which such a repeat is the same event. The top-level
+    fields keep the contract's order, so an event whose nested keys are sorted
+    already, whose times are in UTC and whose properties hold no integral
+    fractions (most) digests as `event_json` does.
     """
     fields = msgspec.structs.asdict(event)
-    for name in _NESTED_OBJECTS:
+    for name in _TIME_FIELDS:
+        value = fields.get(name)
+        if value is not None and value.utcoffset():
+            fields[name] = value.astimezone(UTC)
+    milestones = fields.get("milestones")
+    if milestones:
+        fields["milestones"] = {
+            name: at.astimezone(UTC) if at.utcoffset() else at
+            for name, at in sorted(milestones.items())
+        }
+    if "properties" in fields:
+        fields["properties"] = _by_value(fields["properties"]) or None
+    return orjson.dumps(fields, option=orjson.OPT_UTC_Z)
+
+
+def as_sent_event_json(event: Event) -> bytes:
+    """The canonical form of releases from 2026-12-04 until `canonical_event_json`'s:
+    nested keys sorted, times at the offsets sent, numbers as parsed. A repeat of an
+    id such a release claimed is compared with it too (`pipeline.as_sent_payload_digest`)."""
+    fields = msgspec.structs.asdict(event)
+    for name in ("properties", "milestones"):
         value = fields.get(name)
         if value:
             fields[name] = _sorted_keys(value)
     return orjson.dumps(fields, option=orjson.OPT_UTC_Z)
 
 
-_NESTED_OBJECTS = ("properties", "milestones")
-"""The event fields that hold JSON objects of the producer's (the rest are scalars)."""
+_TIME_FIELDS = ("occurred_at", "follow_up_at", "created_at")
+"""The events' fields that hold a time (a profile's milestones hold times too)."""
+
+_EXACT_INTEGERS = 2.0**63
+"""An integral float below this in magnitude is the integer orjson writes as such."""
+
+
+def _by_value(value: Any) -> Any:
+    """`value` with the keys of every object sorted and every integral float an int."""
+    if isinstance(value, dict):
+        return {key: _by_value(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_by_value(item) for item in value]
+    if type(value) is float and value.is_integer() and -_EXACT_INTEGERS < value < _EXACT_INTEGERS:
+        return int(value)  # -0.0 too: 0
+    return value
 
 
 def _sorted_keys(value: Any) -> Any:

@@ -48,6 +48,7 @@ from healthscore.service.ingest.decode import (
     Decoder,
     RawRecord,
     Rejection,
+    as_sent_event_json,
     canonical_event_json,
     event_json,
 )
@@ -625,9 +626,11 @@ def _check_no_gap(
 def payload_digest(item: Decoded) -> bytes:
     """What was applied under an event id: topic and the event as validated.
 
-    The validated form with nested keys sorted, not the raw bytes, so that a
+    The validated form with nested keys sorted, times in UTC and properties'
+    numbers by value (`canonical_event_json`), not the raw bytes, so that a
     producer re-serializing the same event (another key order at any depth,
-    other whitespace) repeats it exactly. Digests stored by earlier releases
+    other whitespace, its times at another offset, `1.0` as `1`) repeats it
+    exactly. Digests stored by earlier releases
     are compared with new ones: `canonical_event_json` must give the same
     bytes for the same event forever.
     """
@@ -641,6 +644,13 @@ def legacy_payload_digest(item: Decoded) -> bytes:
     compared with this too, so the change of digest is no conflict.
     """
     return _digest(item.record.topic, event_json(item.event))
+
+
+def as_sent_payload_digest(item: Decoded) -> bytes:
+    """The digest releases from 2026-12-04 until times were put in UTC and numbers read
+    by value stored: nested keys sorted, the values as sent (compared like
+    `legacy_payload_digest`)."""
+    return _digest(item.record.topic, as_sent_event_json(item.event))
 
 
 def _digest(topic: str, body: bytes) -> bytes:
@@ -672,8 +682,9 @@ async def _sort_claimed(
             claimed.discard(event_id)  # later copies in this batch compare with this one
             applied[event_id] = digest
             fresh.append(item)
-        elif (stored := applied.get(event_id)) in (None, digest) or (
-            stored == legacy_payload_digest(item)
+        elif (stored := applied.get(event_id)) in (None, digest) or stored in (
+            legacy_payload_digest(item),
+            as_sent_payload_digest(item),
         ):
             # ids applied before digests were kept count as plain duplicates
             duplicates.append(item)
