@@ -12,6 +12,7 @@ from pydantic import SecretStr
 
 from healthscore.api.app import asgi_app
 from healthscore.api.dev import DevIdentity, dev_login_url, prepare_dev_identity
+from healthscore.api.http_limits import BoundedHttpProtocol
 from healthscore.api.state import ApiConfig
 from healthscore.asgi_server import SignalFreeServer
 from healthscore.config import Settings
@@ -29,6 +30,9 @@ def _uvicorn(app: Any, host: str, port: int) -> SignalFreeServer:
             log_config=None,
             access_log=False,
             lifespan="on",
+            # bounded heads and read deadlines (healthscore.api.http_limits); no WebSockets
+            http=BoundedHttpProtocol,
+            ws="none",
             server_header=False,
             # the page polls; idle keep-alive connections are cheap
             timeout_keep_alive=30,
