@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Final
 
+import structlog
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPBearer
@@ -35,6 +36,8 @@ from healthscore.api.invalidation import ReadModelListener
 from healthscore.api.metrics import ApiMetrics
 from healthscore.api.session import audience_of, create_api_pool
 from healthscore.api.state import ApiConfig, ApiState
+
+log = structlog.get_logger(__name__)
 
 STATIC: Final = resources.files("healthscore.api") / "static"
 READY_TIMEOUT: Final = 2.0
@@ -227,8 +230,13 @@ def create_app(config: ApiConfig) -> FastAPI:
             else:
                 async with asyncio.timeout(READY_TIMEOUT):
                     await state.pool.fetchval("SELECT 1")
+        except TimeoutError:
+            problem = f"no answer within {READY_TIMEOUT:g} s"
         except Exception as exc:
-            problem = f"{type(exc).__name__}: {str(exc)[:200]}"
+            # the error's text names hosts, addresses, the login, the database: it goes to
+            # the log, and whoever reaches the API port reads only that it failed
+            log.warning("api_not_ready", check="postgres", error=f"{type(exc).__name__}: {exc}")
+            problem = "unavailable (the api_not_ready log line says why)"
         if problem is None:
             return JSONResponse({"status": "ready"})
         return JSONResponse({"failed": [{"check": "postgres", "problem": problem}]}, 503)
