@@ -213,6 +213,38 @@ async def test_one_users_distinct_requests_cannot_push_out_everybody_elses_answe
     assert counted(world, "hit") == hits + 1
 
 
+async def test_eight_users_together_cannot_push_out_everybody_elses_answers(
+    world: World,
+) -> None:
+    """Each user's own answers hold an eighth of the cache, so eight members asking
+    distinct queries emptied it: every admin's shared answers and every other user's
+    went. The users' answers hold half together, the largest holder giving one up."""
+    store = world.app.state.api.cache.cache
+    store.max_entries = 64
+    conn = await asyncpg.connect(world.url)
+    try:
+        for n in range(8):
+            member = b.user_profile(role="member")
+            await b.insert_row(conn, "user_profiles", member)
+            world.users[f"member{n}"] = member["id"]
+    finally:
+        await conn.close()
+    await settle(world)  # the new profiles dropped every answer: start from here
+    vow_page = f"/api/v1/organizations/{world.orgs['vow']}"
+    kept = {
+        ("admin", LIST): await world.get("admin", LIST),
+        ("admin", vow_page): await world.get("admin", vow_page),
+        # a user's own (not clock-bound: the interactions are kept a second at most)
+        ("support", "/api/v1/me"): await world.get("support", "/api/v1/me"),
+    }
+    assert all(response.status_code == 200 for response in kept.values())
+    for n in range(8):
+        for junk in range(store.max_entries):
+            assert (await world.get(f"member{n}", LIST, junk=junk)).status_code == 200
+    for (role, path), response in kept.items():
+        assert await hits_without_statements(world, role, path) == response.content, path
+
+
 async def test_a_role_change_invalidates_what_the_user_was_shown(world: World) -> None:
     member = world.users["member"]
     assert await names(world, "member") == []
