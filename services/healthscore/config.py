@@ -310,6 +310,13 @@ class Settings(BaseSettings):
     )
     api_host: str = Field(default="127.0.0.1", description="Address `healthscore api` binds.")
     api_port: int = Field(default=8000, ge=0, le=65535, description="Port of `healthscore api`.")
+    api_ops_port: int = Field(
+        default=8081,
+        ge=0,
+        le=65535,
+        description="Port of the API process's Prometheus exposition (`/metrics`), on "
+        "API_HOST apart from the API's: the Service and the Ingress expose API_PORT only.",
+    )
     api_database_url: SecretStr | None = Field(
         default=None,
         description="PostgreSQL URL of the read API: a LOGIN role that is a member of "

@@ -1,4 +1,5 @@
-"""What one connection can make the served API hold: the head's size, the request's time.
+"""The served API: what one connection can make it hold (the head's size, the request's
+time), and what its port answers to anyone who reaches it.
 
 The real `healthscore api` server (uvicorn with its settings, `healthscore.api.server`)
 over a real cs_dashboard login, spoken to over a raw socket as a hostile client
@@ -18,7 +19,7 @@ import pytest
 
 from healthscore.api import http_limits
 from healthscore.api.http_limits import MAX_HEAD_BYTES
-from healthscore.api.server import serve_until, wait_stopped
+from healthscore.api.server import Listening, serve_until, wait_stopped
 from tests.utils.api import api_config, api_login
 
 # the longest a test waits for an answer that must come (the deadline is 1 s here)
@@ -27,20 +28,25 @@ REWARD = "/api/v1/organizations/00000000-0000-0000-0000-000000000000/milestones/
 
 
 @pytest.fixture
-async def port(
+async def listening(
     migrated_database: str, pg_admin_url: str, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[int]:
+) -> AsyncIterator[Listening]:
     monkeypatch.setattr(http_limits, "READ_TIMEOUT", 1.0)
     async with api_login(pg_admin_url, migrated_database) as login_url:
         stop = asyncio.Event()
-        address = await serve_until(
-            await api_config(migrated_database, login_url), "127.0.0.1", 0, stop
+        listening = await serve_until(
+            await api_config(migrated_database, login_url), "127.0.0.1", 0, stop, ops_port=0
         )
         try:
-            yield int(address.rsplit(":", 1)[1])
+            yield listening
         finally:
             stop.set()
             await wait_stopped()
+
+
+@pytest.fixture
+def port(listening: Listening) -> int:
+    return int(listening.api.rsplit(":", 1)[1])
 
 
 async def answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
@@ -155,3 +161,29 @@ async def test_a_kept_alive_connection_waits_for_its_next_request_past_the_deadl
         assert status == 200 and body == b'{"status":"ok"}'
     finally:
         writer.close()
+
+
+async def get(address: str, path: str) -> tuple[int, bytes]:
+    host, port = address.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        status, _, body = await answer(reader)
+    finally:
+        writer.close()
+    return status, body
+
+
+async def test_the_prometheus_exposition_is_on_the_ops_port_only(listening: Listening) -> None:
+    """/api/metrics answered whoever reached the API port (through the Ingress: anyone),
+    while the NetworkPolicy let only the ingress controller reach it, not Prometheus.
+    The exposition is on API_OPS_PORT now, the port only the monitoring reaches."""
+    assert (await get(listening.api, "/api/healthz"))[0] == 200
+    assert (await get(listening.api, "/api/metrics"))[0] == 404
+    assert listening.ops is not None
+    status, body = await get(listening.ops, "/metrics")
+    assert status == 200 and b"healthscore_api_requests_total" in body
+    # the API's own registry: it counted the 404 above
+    assert b'healthscore_api_requests_total{route="other",status="404"} 1.0' in body
+    assert (await get(listening.ops, "/api/v1/me"))[0] == 404  # nothing but the metrics

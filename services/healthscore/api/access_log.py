@@ -27,7 +27,7 @@ from healthscore.api.metrics import ApiMetrics
 
 log = structlog.get_logger("healthscore.api.access")
 
-UNLOGGED: Final = frozenset({"/api/healthz", "/api/readyz", "/api/metrics"})
+UNLOGGED: Final = frozenset({"/api/healthz", "/api/readyz"})
 
 
 class RouteLabels:

@@ -5,7 +5,10 @@
 /api/v1/...            the JSON API (healthscore.api.routes)
 /api/openapi.json      the OpenAPI document; /api/docs browses it
 /api/healthz, /readyz  liveness, readiness (PostgreSQL answers)
-/api/metrics           Prometheus exposition (the response cache's counters)
+
+The Prometheus exposition (requests, the response cache's counters) is not among them:
+`ops_app` serves it at /metrics on a port of its own (API_OPS_PORT), which only the
+monitoring reaches, never whoever reaches the API.
 
 GET answers of /api/v1 are kept per verified user, request and read-model version
 (healthscore.api.cache), invalidated by the database's change announcements
@@ -241,10 +244,6 @@ def create_app(config: ApiConfig) -> FastAPI:
             return JSONResponse({"status": "ready"})
         return JSONResponse({"failed": [{"check": "postgres", "problem": problem}]}, 503)
 
-    @app.get("/api/metrics", include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     return app
 
@@ -278,6 +277,21 @@ def served(app: FastAPI) -> ASGIApp:
     )
 
 
-def asgi_app(config: ApiConfig) -> ASGIApp:
-    """The app as served (`served`)."""
-    return served(create_app(config))
+def ops_app(metrics: ApiMetrics) -> ASGIApp:
+    """The API process's ops port: /metrics, its Prometheus exposition; 404 elsewhere."""
+
+    async def exposition(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan: nothing to start
+            return
+        if scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD"):
+            status, body = 200, generate_latest(metrics.registry)
+            content_type = CONTENT_TYPE_LATEST.encode()
+        else:
+            status, body, content_type = 404, b"not found\n", b"text/plain; charset=utf-8"
+        headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
+
+    return exposition
