@@ -575,6 +575,8 @@ def cmd_api(args: argparse.Namespace) -> int:
         overrides["api_host"] = args.host
     if args.port is not None:
         overrides["api_port"] = args.port
+    if args.ops_port is not None:
+        overrides["api_ops_port"] = args.ops_port
     settings = settings.model_copy(update=overrides)
     configure_logging(settings.log_level, settings.log_format)
 
@@ -595,8 +597,10 @@ def cmd_api(args: argparse.Namespace) -> int:
             return 2
         stop = asyncio.Event()
         stop_on_signals(stop)
-        address = await serve_until(config, settings.api_host, settings.api_port, stop)
-        print_sign_in(address, identity)
+        listening = await serve_until(
+            config, settings.api_host, settings.api_port, stop, ops_port=settings.api_ops_port
+        )
+        print_sign_in(listening.api, identity)
         await wait_stopped()
         return 0
 
@@ -803,6 +807,7 @@ def register_service_commands(add: AddCommand) -> None:
     p.add_argument("--database-url", help="override DATABASE_URL (with --dev: the migration URL)")
     p.add_argument("--host", help="override API_HOST")
     p.add_argument("--port", type=int, help="override API_PORT (0: any free port)")
+    p.add_argument("--ops-port", type=int, help="override API_OPS_PORT (0: any free port)")
     p.add_argument(
         "--dev",
         action="store_true",

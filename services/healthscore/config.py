@@ -7,6 +7,8 @@ from typing import Any, Literal, Self
 from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from healthscore.store.dburl import clients_parse
+
 DEFAULT_MODEL_PATH = Path(__file__).parent / "model" / "health_model.v4.json"
 
 KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -308,6 +310,13 @@ class Settings(BaseSettings):
     )
     api_host: str = Field(default="127.0.0.1", description="Address `healthscore api` binds.")
     api_port: int = Field(default=8000, ge=0, le=65535, description="Port of `healthscore api`.")
+    api_ops_port: int = Field(
+        default=8081,
+        ge=0,
+        le=65535,
+        description="Port of the API process's Prometheus exposition (`/metrics`), on "
+        "API_HOST apart from the API's: the Service and the Ingress expose API_PORT only.",
+    )
     api_database_url: SecretStr | None = Field(
         default=None,
         description="PostgreSQL URL of the read API: a LOGIN role that is a member of "
@@ -389,6 +398,12 @@ class Settings(BaseSettings):
             scheme, sep, _rest = value.get_secret_value().partition("://")
             if not sep or scheme.lower() not in ("postgresql", "postgres"):
                 raise ValueError("not a PostgreSQL URL (postgresql://user:password@host/db)")
+            if not clients_parse(value.get_secret_value()):
+                raise ValueError(
+                    "not a PostgreSQL URL (postgresql://user:password@host:port/db): a port"
+                    " that is not a number or an unmatched bracket; percent-encode"
+                    " @ : / ? # [ ] in the user name and password"
+                )
         return value
 
     @field_validator("database_sslmode", mode="before")

@@ -254,7 +254,7 @@ async def test_dashboard_in_chromium(
             await name_organizations(migrated_database)
             config, identity = await dev_config(settings)
             config = dataclasses.replace(config, refresh_seconds=1.0)
-            address = await serve_until(config, "127.0.0.1", 0, stop)
+            address = (await serve_until(config, "127.0.0.1", 0, stop)).api
             links = identity.links(address)
             run = asyncio.to_thread  # Selenium blocks; the service and the API keep running
 

@@ -770,6 +770,38 @@ async def test_health_and_readiness(world: World) -> None:
     assert "/api/v1/organizations" in openapi["paths"]
 
 
+async def test_readiness_says_the_database_failed_and_only_the_log_says_how(
+    world: World, pg_admin_url: str
+) -> None:
+    """/api/readyz answered the error's own text to anyone reaching the API port: the
+    login's name, a host and its address, a database's name. The log line keeps it."""
+    (row,) = await superuser_fetch(
+        world.url,
+        "SELECT DISTINCT usename FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name = 'healthscore-api'",
+    )
+    api_login = row["usename"]
+    admin = await asyncpg.connect(pg_admin_url)
+    try:
+        await admin.execute(f"ALTER ROLE {api_login} NOLOGIN")
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+            api_login,
+        )
+        await world.app.state.api.pool.expire_connections()
+        with capture_logs() as logs:
+            ready = await world.client.get("/api/readyz")
+        assert ready.status_code == 503
+        (failed,) = ready.json()["failed"]
+        assert failed["check"] == "postgres" and "api_not_ready" in failed["problem"]
+        assert api_login not in ready.text, ready.text
+        (line,) = [e for e in logs if e["event"] == "api_not_ready"]
+        assert api_login in line["error"]  # 'role "t_api_..." is not permitted to log in'
+    finally:
+        await admin.execute(f"ALTER ROLE {api_login} LOGIN")
+        await admin.close()
+
+
 async def test_every_page_declares_its_icon(world: World) -> None:
     """A page without an icon link makes the browser fetch /favicon.ico, which the API
     answers 404: a console error on /api/docs the dashboard's page did not have."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import generate_latest
 from structlog.testing import capture_logs
 
 from healthscore.api.invalidation import APPLICATION_NAME
@@ -230,6 +231,38 @@ async def test_the_query_strings_a_user_makes_keys_of_count_against_their_share(
     assert store.bytes >= len(store) * 60_000
 
 
+async def test_eight_users_together_cannot_push_out_everybody_elses_answers(
+    world: World,
+) -> None:
+    """Each user's own answers hold an eighth of the cache, so eight members asking
+    distinct queries emptied it: every admin's shared answers and every other user's
+    went. The users' answers hold half together, the largest holder giving one up."""
+    store = world.app.state.api.cache.cache
+    store.max_entries = 64
+    conn = await asyncpg.connect(world.url)
+    try:
+        for n in range(8):
+            member = b.user_profile(role="member")
+            await b.insert_row(conn, "user_profiles", member)
+            world.users[f"member{n}"] = member["id"]
+    finally:
+        await conn.close()
+    await settle(world)  # the new profiles dropped every answer: start from here
+    vow_page = f"/api/v1/organizations/{world.orgs['vow']}"
+    kept = {
+        ("admin", LIST): await world.get("admin", LIST),
+        ("admin", vow_page): await world.get("admin", vow_page),
+        # a user's own (not clock-bound: the interactions are kept a second at most)
+        ("support", "/api/v1/me"): await world.get("support", "/api/v1/me"),
+    }
+    assert all(response.status_code == 200 for response in kept.values())
+    for n in range(8):
+        for junk in range(store.max_entries):
+            assert (await world.get(f"member{n}", LIST, junk=junk)).status_code == 200
+    for (role, path), response in kept.items():
+        assert await hits_without_statements(world, role, path) == response.content, path
+
+
 async def test_a_role_change_invalidates_what_the_user_was_shown(world: World) -> None:
     member = world.users["member"]
     assert await names(world, "member") == []
@@ -401,7 +434,7 @@ async def test_the_listeners_loss_disables_the_cache_until_it_is_back(world: Wor
     before = await api_backends(world)
     assert (await world.get("admin", LIST)).status_code == 200
     assert await api_backends(world) == before
-    metrics = (await world.client.get("/api/metrics")).text
+    metrics = generate_latest(world.app.state.metrics.registry).decode()  # the ops port's
     assert "healthscore_api_cache_listener_up 1.0" in metrics
 
 
@@ -421,7 +454,7 @@ async def test_etag_answers_304_until_the_answer_changes(world: World) -> None:
     changed = await world.client.get(LIST, headers=headers)
     assert changed.status_code == 200 and changed.headers["etag"] != etag
     assert changed.json()["items"][0]["score_change_7d"] == -11
-    metrics = (await world.client.get("/api/metrics")).text
+    metrics = generate_latest(world.app.state.metrics.registry).decode()  # the ops port's
     assert "healthscore_api_cache_not_modified_total 1.0" in metrics
 
 

@@ -26,7 +26,7 @@ from healthscore.api.auth import Principal
 from healthscore.api.session import DatabaseUnavailable, bound_session
 from healthscore.store.identity import LOGIN, mint_token
 from tests.integration.test_api import World, superuser_fetch, world  # noqa: F401
-from tests.utils.api import api_client, api_config, api_login, bearer, signing_key
+from tests.utils.api import api_client, api_config, api_login, bearer, signing_key, with_user
 
 # migration 0020's token pattern: the language app_login must still accept, no more
 PATTERN_0020 = re.compile(
@@ -301,3 +301,75 @@ async def test_a_connection_the_server_ends_during_a_request_is_unavailable(
         # and the pool serves the next request on a new connection
         async with bound_session(api.pool, api.signing_key, principal) as session:
             assert await session.conn.fetchval("SELECT app_user_id()") == world.users["admin"]
+
+
+async def test_a_token_bound_to_a_backend_is_good_in_that_session_only(
+    world: World,  # noqa: F811
+    dashboard: asyncpg.Connection,
+    pg_admin_url: str,
+) -> None:
+    key = await signing_key(world.url)
+    admin = world.users["admin"]
+    pid = await dashboard.fetchval("SELECT pg_backend_pid()")
+    token = mint_token(
+        key, admin, expires_at=datetime.now(UTC) + timedelta(minutes=1), backend_pid=pid
+    )
+    async with dashboard.transaction():
+        assert await dashboard.fetchval(LOGIN, token) == admin
+        await dashboard.execute("ROLLBACK AND CHAIN")  # nothing stays logged in
+    async with api_login(pg_admin_url, world.url) as login_url:
+        other = await asyncpg.connect(login_url, server_settings={"role": "cs_dashboard"})
+        try:
+            other_pid = await other.fetchval("SELECT pg_backend_pid()")
+            fields = token.split(".")
+            cases = {
+                "minted for another session": token,
+                # the pid is signed: naming the other session breaks the signature
+                "signature is invalid": ".".join([*fields[:4], str(other_pid), fields[5]]),
+                "malformed": ".".join([*fields[:4], "0" + str(pid), fields[5]]),
+            }
+            for refusal, candidate in cases.items():
+                with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError, match=refusal):
+                    await other.fetchval(LOGIN, candidate)
+            assert await other.fetchval("SELECT app_user_id()") is None
+        finally:
+            await other.close()
+
+
+async def test_the_login_a_monitoring_role_reads_from_pg_stat_activity_is_refused_elsewhere(
+    world: World,  # noqa: F811
+    pg_admin_url: str,
+) -> None:
+    """The API logs in with `BEGIN; SELECT app_login('<token>')` as statement text, which
+    pg_stat_activity shows to pg_monitor's members (and log_statement writes to the
+    log). A person with a cs_dashboard login of their own and that view logged in as
+    the request's admin for the rest of the token's minute; the token now names the
+    API's backend and is refused in any other session."""
+    api = world.app.state.api
+    principal = Principal(world.users["admin"], datetime.now(UTC) + timedelta(minutes=5))
+    monitor, analyst = (f"t_{name}_{uuid.uuid4().hex[:8]}" for name in ("monitor", "analyst"))
+    admin = await asyncpg.connect(pg_admin_url)
+    try:
+        await admin.execute(f"CREATE ROLE {monitor} LOGIN IN ROLE pg_monitor")
+        await admin.execute(f"CREATE ROLE {analyst} LOGIN IN ROLE cs_dashboard")
+        async with bound_session(api.pool, api.signing_key, principal):
+            # the request's transaction is open, its login the backend's last statement
+            rows = await superuser_fetch(
+                with_user(world.url, monitor),
+                "SELECT query FROM pg_stat_activity WHERE application_name = 'healthscore-api'"
+                " AND state = 'idle in transaction'",
+            )
+        (seen,) = [m[1] for r in rows if (m := re.search(r"app_login\('([^']+)'\)", r["query"]))]
+        conn = await asyncpg.connect(with_user(world.url, analyst))
+        try:
+            with pytest.raises(
+                asyncpg.InvalidAuthorizationSpecificationError, match="another session"
+            ):
+                await conn.fetchval(LOGIN, seen)
+            assert await conn.fetchval("SELECT count(*) FROM customer_health") == 0
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f"DROP ROLE IF EXISTS {monitor}")
+        await admin.execute(f"DROP ROLE IF EXISTS {analyst}")
+        await admin.close()

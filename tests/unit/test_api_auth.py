@@ -235,11 +235,15 @@ def test_only_tokens_this_process_minted_are_sent_inline() -> None:
     from healthscore.store.identity import SigningKey, mint_token
 
     key = SigningKey(7, bytes(range(32)))
-    token = mint_token(key, USER, expires_at=datetime.now(UTC) + timedelta(minutes=1))
+    expires_at = datetime.now(UTC) + timedelta(minutes=1)
+    token = mint_token(key, USER, expires_at=expires_at, backend_pid=4242)
+    assert token.startswith("v2.7.") and ".4242." in token
     assert begin_as(token) == f"BEGIN; SELECT app_login('{token}')"
     assert "force_generic_plan" in begin_as(token, generic_plans=True)
     assert SEARCH_SETTINGS in begin_as(token, searching=True)
-    for bad in (token + "'", "x'); DROP TABLE customer_health; --", token.upper(), ""):
+    # a token good in any session is never sent as statement text
+    unbound = mint_token(key, USER, expires_at=expires_at)
+    for bad in (token + "'", "x'); DROP TABLE customer_health; --", token.upper(), "", unbound):
         with pytest.raises(IdentityBindingFailed):
             begin_as(bad)
 

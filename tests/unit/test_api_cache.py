@@ -102,6 +102,35 @@ def test_a_users_own_answers_hold_their_share_and_replace_their_oldest() -> None
     assert len(cache) == 1 and cache.get(mine[0], (0,), 0.0) is not None
 
 
+def test_a_coalition_of_users_cannot_push_out_an_audiences_or_a_small_users_answers() -> None:
+    """Each user holds an eighth at most, so eight users asking distinct queries
+    emptied the cache for everybody. The users' answers hold half of it together (32
+    answers here), and the largest holder gives one up first: a user keeping one
+    answer loses it only to as many users as fill that half, one answer each."""
+    cache = ResponseCache(max_entries=64, max_bytes=1_000_000)
+    shared: list[Key] = [("audience:admin", f"/s{i}".encode()) for i in range(8)]
+    modest: list[Key] = [(uuid.uuid4(), f"/m{i}".encode()) for i in range(2)]
+    for key in shared + modest:
+        cache.put(key, (0,), math.inf, answer())
+    for member in [uuid.uuid4() for _ in range(16)]:
+        for n in range(20):
+            cache.put((member, f"/junk{n}".encode()), (0,), math.inf, answer())
+    assert all(cache.get(k, (0,), 0.0) is not None for k in shared + modest)
+    assert len(cache) <= 64
+    # audiences are bound by the cache alone: they take back what users leave
+    more: list[Key] = [("audience:admin", f"/t{i}".encode()) for i in range(40)]
+    for key in more:
+        cache.put(key, (0,), math.inf, answer())
+    assert len(cache) == 64 and cache.get(more[-1], (0,), 0.0) is not None
+    # and by bytes as by entries
+    cache = ResponseCache(max_entries=1000, max_bytes=64_000)
+    cache.put(shared[0], (0,), math.inf, answer(b"x" * 7000))
+    for member in [uuid.uuid4() for _ in range(20)]:
+        for n in range(4):
+            cache.put((member, f"/junk{n}".encode()), (0,), math.inf, answer(b"x" * 3000))
+    assert cache.get(shared[0], (0,), 0.0) is not None and cache.bytes <= 64_000
+
+
 def test_versions_move_per_table_and_an_unknown_payload_moves_all() -> None:
     versions = ReadModelVersions()
     lists = (t.CUSTOMER_HEALTH, t.ORGANIZATIONS, t.USERS)

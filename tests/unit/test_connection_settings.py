@@ -13,6 +13,7 @@ from pydantic import SecretStr, ValidationError
 from healthscore.cli import settings_from_args
 from healthscore.config import Settings
 from healthscore.store.db import database_tls
+from healthscore.store.dburl import redact
 from tests.utils.tls import Issued, issue, make_ca, trusted_subjects
 
 
@@ -198,6 +199,61 @@ def test_a_database_setting_that_is_not_a_postgresql_url_is_refused_at_load(
         assert "not a PostgreSQL URL" in _problem(**{setting: SecretStr(url)})
     for url in ("postgresql://u:pw@db/x", "postgres://db/x", "POSTGRESQL://u@/x?host=/tmp"):
         assert _settings(**{setting: SecretStr(url)})
+
+
+# URLs asyncpg cannot read: the host forgotten (the password becomes the port), a
+# password's unencoded '/' ending the authority early, or its '[' read as an address
+UNREADABLE_URLS = (
+    "postgresql://healthscore:{secret}/healthscore",
+    "postgresql://healthscore:ab/{secret}@db/healthscore",
+    "postgresql://healthscore:[{secret}@db/healthscore",
+    "postgresql://healthscore:{secret}@[zz]/healthscore",
+    "postgresql://healthscore:{secret}@db:5432x/healthscore",
+)
+
+
+@pytest.mark.parametrize("url", UNREADABLE_URLS)
+def test_a_database_url_the_client_cannot_read_is_refused_at_load_without_its_password(
+    url: str,
+) -> None:
+    """They were taken, and the first connection failed in a traceback of asyncpg's
+    parser: `ValueError: invalid literal for int() with base 10: '<the password>'`."""
+    secret = "S3cretPw"
+    problem = _problem(database_url=SecretStr(url.format(secret=secret)))
+    assert "not a PostgreSQL URL" in problem and "percent-encode" in problem
+    assert "S3cret" not in problem
+    for good in ("postgresql://u:p%2Fw%40d@[::1]:5432/x", "postgresql://u@h1:1,h2,[::1]/x"):
+        assert _settings(database_url=SecretStr(good))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        *UNREADABLE_URLS,
+        "postgresql://healthscore:ab?{secret}@db/x",
+        "postgresql://healthscore:ab#{secret}@db/x",
+        "postgresql://healthscore@db/x?pass%77ord={secret}",
+        "postgresql://healthscore@db/x?a=1&SSLPASSWORD={secret}",
+        "host=db password={secret}",
+    ],
+)
+def test_redact_hides_the_password_of_any_string_and_never_raises(url: str) -> None:
+    """`redact` raised ValueError ('Invalid IPv6 URL') on a password with '[', and
+    returned the URL whole when its password sat where the port goes."""
+    secret = "S3cretPw"
+    assert "S3cret" not in redact(url.format(secret=secret))
+
+
+def test_redact_keeps_what_is_not_a_password() -> None:
+    for url in (
+        "postgresql://u@db:5432/x?sslmode=require",
+        "postgresql:///x?host=/tmp",
+        "postgresql://[::1]:5432,h2/x#f",
+    ):
+        assert redact(url) == url
+    assert redact("postgresql://u:pw@db/x?password=a&b=c") == (
+        "postgresql://u:***@db/x?password=***&b=c"
+    )
 
 
 def test_a_database_url_on_the_command_line_is_checked_like_the_environments() -> None:

@@ -50,7 +50,7 @@ EXTERNAL_METRICS = {
 
 
 def exported_metric_names() -> set[str]:
-    """Every sample name the service's /metrics and the API's /api/metrics can carry
+    """Every sample name the service's /metrics and the API's ops port /metrics can carry
     (both are scraped: deploy/compose/prometheus.yml, the k8s annotations)."""
     from healthscore.api.metrics import ApiMetrics
     from healthscore.service.ops.metrics import Metrics

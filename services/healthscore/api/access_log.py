@@ -27,7 +27,7 @@ from healthscore.api.metrics import ApiMetrics
 
 log = structlog.get_logger("healthscore.api.access")
 
-UNLOGGED: Final = frozenset({"/api/healthz", "/api/readyz", "/api/metrics"})
+UNLOGGED: Final = frozenset({"/api/healthz", "/api/readyz"})
 # a path is logged up to this many characters (the API's longest is 112): anybody may
 # send one of 64 KiB, and a log line that long is split by container log drivers
 # (16 KiB) into pieces no longer parsed as JSON

@@ -5,7 +5,10 @@
 /api/v1/...            the JSON API (healthscore.api.routes)
 /api/openapi.json      the OpenAPI document; /api/docs browses it
 /api/healthz, /readyz  liveness, readiness (PostgreSQL answers)
-/api/metrics           Prometheus exposition (the response cache's counters)
+
+The Prometheus exposition (requests, the response cache's counters) is not among them:
+`ops_app` serves it at /metrics on a port of its own (API_OPS_PORT), which only the
+monitoring reaches, never whoever reaches the API.
 
 GET answers of /api/v1 are kept per verified user, request and read-model version
 (healthscore.api.cache), invalidated by the database's change announcements
@@ -21,6 +24,7 @@ from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Final
 
+import structlog
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPBearer
@@ -35,6 +39,8 @@ from healthscore.api.invalidation import ReadModelListener
 from healthscore.api.metrics import ApiMetrics
 from healthscore.api.session import audience_of, create_api_pool
 from healthscore.api.state import ApiConfig, ApiState
+
+log = structlog.get_logger(__name__)
 
 STATIC: Final = resources.files("healthscore.api") / "static"
 READY_TIMEOUT: Final = 2.0
@@ -249,15 +255,16 @@ def create_app(config: ApiConfig) -> FastAPI:
             else:
                 async with asyncio.timeout(READY_TIMEOUT):
                     await state.pool.fetchval("SELECT 1")
+        except TimeoutError:
+            problem = f"no answer within {READY_TIMEOUT:g} s"
         except Exception as exc:
-            problem = f"{type(exc).__name__}: {str(exc)[:200]}"
+            # the error's text names hosts, addresses, the login, the database: it goes to
+            # the log, and whoever reaches the API port reads only that it failed
+            log.warning("api_not_ready", check="postgres", error=f"{type(exc).__name__}: {exc}")
+            problem = "unavailable (the api_not_ready log line says why)"
         if problem is None:
             return JSONResponse({"status": "ready"})
         return JSONResponse({"failed": [{"check": "postgres", "problem": problem}]}, 503)
-
-    @app.get("/api/metrics", include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     return app
@@ -293,6 +300,21 @@ def served(app: FastAPI) -> ASGIApp:
     )
 
 
-def asgi_app(config: ApiConfig) -> ASGIApp:
-    """The app as served (`served`)."""
-    return served(create_app(config))
+def ops_app(metrics: ApiMetrics) -> ASGIApp:
+    """The API process's ops port: /metrics, its Prometheus exposition; 404 elsewhere."""
+
+    async def exposition(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan: nothing to start
+            return
+        if scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD"):
+            status, body = 200, generate_latest(metrics.registry)
+            content_type = CONTENT_TYPE_LATEST.encode()
+        else:
+            status, body, content_type = 404, b"not found\n", b"text/plain; charset=utf-8"
+        headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
+
+    return exposition

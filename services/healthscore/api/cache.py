@@ -69,7 +69,11 @@ leaving first. One user's own answers (not an audience's) hold
 at most 1/USER_SHARE of either, past which they replace that user's least recently
 used: every distinct query string is a key (a parameter the route ignores, a cursor
 the client wrote), and one member, who sees nothing, could otherwise push every
-other user's answers out with empty ones.
+other user's answers out with empty ones. All users' own answers together hold at
+most 1/USERS_SHARE, past which the user holding the most gives one up: so a
+coalition of logins (eight at an eighth each emptied the cache) never pushes out an
+audience's answers, and a user's few answers stay until every one of as many
+users as fill that part holds as few.
 
 Responses carry an ETag (a digest of the body) and `Cache-Control: private,
 no-cache`, so a browser revalidates with If-None-Match and gets 304 when its copy
@@ -109,6 +113,9 @@ DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 # a user's own answers (keyed by their id, not an audience) hold at most this part of
 # the entries and of the bytes; one answer may be as large (ResponseCache.put)
 USER_SHARE: Final = 8
+# the users' own answers together hold at most this part of the entries and of the
+# bytes: the rest is the audiences' (ResponseCache)
+USERS_SHARE: Final = 2
 
 # users whose audience is remembered (all forgotten beyond it, and asked again)
 MAX_AUDIENCE_USERS: Final = 100_000
@@ -337,8 +344,24 @@ class Lagging:
     computed_at: float
 
 
+@dataclass(slots=True)
+class _Holding:
+    """One user's own answers, least recently used first, and their bytes."""
+
+    keys: OrderedDict[Key, None] = field(default_factory=OrderedDict)
+    bytes: int = 0
+
+
 class ResponseCache:
-    """Answers by key, each valid at its versions; a bounded LRU."""
+    """Answers by key, each valid at its versions; a bounded LRU, fair between users.
+
+    The users' own answers (keyed by a user id, not an audience) hold at most
+    1/USERS_SHARE of the entries and of the bytes together, and one user's at most
+    1/USER_SHARE; past either, the user holding the most gives up their least recently
+    used. So no number of logins asking distinct queries pushes out an audience's
+    answers, and a user with a few answers keeps them until every one of as many
+    others as fill the users' part holds as few (eight users at an eighth each once
+    emptied the whole cache, for everybody)."""
 
     def __init__(
         self,
@@ -351,8 +374,11 @@ class ResponseCache:
         self._on_evict = on_evict
         self.bytes = 0
         self._entries: OrderedDict[Key, _Entry] = OrderedDict()
-        # answers and bytes kept per user (answers kept for an audience are not counted)
-        self._by_user: dict[uuid.UUID, list[int]] = {}
+        # answers kept per user (answers kept for an audience are not counted), and
+        # the users' together
+        self._by_user: dict[uuid.UUID, _Holding] = {}
+        self._users_entries = 0
+        self._users_bytes = 0
 
     def get(self, key: Key, versions: Versions, now: float) -> Answer | None:
         found = self.lookup(key, versions, now)
@@ -371,11 +397,11 @@ class ResponseCache:
             return "expired"
         if entry.versions != versions:
             if now < entry.computed_at + may_lag:
-                self._entries.move_to_end(key)
+                self._used(key)
                 return Lagging(entry.answer, entry.computed_at)
             self._drop(key, entry)
             return "changed"
-        self._entries.move_to_end(key)
+        self._used(key)
         return entry.answer
 
     def put(
@@ -395,48 +421,78 @@ class ResponseCache:
         user = key[0]
         if isinstance(user, uuid.UUID):
             self._make_room_for(user, size)
-            held = self._by_user.setdefault(user, [0, 0])
-            held[0] += 1
-            held[1] += size
+            held = self._by_user.setdefault(user, _Holding())
+            held.keys[key] = None
+            held.bytes += size
+            self._users_entries += 1
+            self._users_bytes += size
         self._entries[key] = _Entry(versions, fresh_until, answer, computed_at, size)
         self.bytes += size
         while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
-            evicted_key, evicted = next(iter(self._entries.items()))
-            self._drop(evicted_key, evicted)
-            if self._on_evict is not None:
-                self._on_evict()
+            if self._users_over(0, 0):
+                self._evict_from(self._largest_holder())
+            else:
+                evicted_key, evicted = next(iter(self._entries.items()))
+                self._evict(evicted_key, evicted)
 
     def _make_room_for(self, user: uuid.UUID, size: int) -> None:
         """Drop the user's least recently used answers until one more of `size` bytes
-        fits in their share (an audience's answers have none but the cache's)."""
-        held = self._by_user.get(user)
-        if held is None:
-            return
+        fits in their share, then the largest holder's until it fits in the users'
+        part (an audience's answers have neither bound but the cache's)."""
         entries = max(1, self.max_entries // USER_SHARE)
         most_bytes = self.max_bytes // USER_SHARE
-        if held[0] < entries and held[1] + size <= most_bytes:
-            return
-        for key in [k for k in self._entries if k[0] == user]:  # oldest first
-            self._drop(key, self._entries[key])
-            if self._on_evict is not None:
-                self._on_evict()
-            if held[0] < entries and held[1] + size <= most_bytes:
-                return
+        held = self._by_user.get(user)
+        while held is not None and (len(held.keys) >= entries or held.bytes + size > most_bytes):
+            self._evict_from(user)
+            held = self._by_user.get(user)
+        while self._users_over(1, size):
+            self._evict_from(self._largest_holder())
+
+    def _users_over(self, entries: int, size: int) -> bool:
+        """Whether the users' answers, with `entries` more of `size` bytes, would hold
+        more than their part (always less than the whole, so one user may keep one)."""
+        if not self._by_user:
+            return False
+        most_entries = max(1, self.max_entries // USERS_SHARE)
+        most_bytes = self.max_bytes // USERS_SHARE
+        return self._users_entries + entries > most_entries or self._users_bytes + size > most_bytes
+
+    def _largest_holder(self) -> uuid.UUID:
+        return max(self._by_user.items(), key=lambda item: (len(item[1].keys), item[1].bytes))[0]
+
+    def _evict_from(self, user: uuid.UUID) -> None:
+        key = next(iter(self._by_user[user].keys))
+        self._evict(key, self._entries[key])
+
+    def _evict(self, key: Key, entry: _Entry) -> None:
+        self._drop(key, entry)
+        if self._on_evict is not None:
+            self._on_evict()
+
+    def _used(self, key: Key) -> None:
+        self._entries.move_to_end(key)
+        user = key[0]
+        if isinstance(user, uuid.UUID):
+            self._by_user[user].keys.move_to_end(key)
 
     def clear(self) -> None:
         self._entries.clear()
         self._by_user.clear()
+        self._users_entries = self._users_bytes = 0
         self.bytes = 0
 
     def _drop(self, key: Key, entry: _Entry) -> None:
         del self._entries[key]
-        self.bytes -= entry.size
+        size = entry.size
+        self.bytes -= size
         user = key[0]
         if isinstance(user, uuid.UUID):
             held = self._by_user[user]
-            held[0] -= 1
-            held[1] -= entry.size
-            if held[0] == 0:
+            del held.keys[key]
+            held.bytes -= size
+            self._users_entries -= 1
+            self._users_bytes -= size
+            if not held.keys:
                 del self._by_user[user]
 
     def __len__(self) -> int:

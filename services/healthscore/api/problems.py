@@ -33,9 +33,11 @@ TITLES: Final = {
     401: "Unauthorized",
     404: "Not found",
     405: "Method not allowed",
+    408: "Request timeout",
     409: "Conflict",
     413: "Content too large",
     422: "Invalid request",
+    431: "Request header fields too large",
     500: "Internal error",
     503: "Unavailable",
 }
@@ -56,18 +58,22 @@ def not_found(what: str) -> ApiProblem:
     return ApiProblem(404, "not-found", f"no {what} with that id is visible to you")
 
 
-def problem_body(status: int, kind: str, detail: str | None, instance: str, **extra: Any) -> bytes:
-    """The problem document's bytes (also for answers sent below the framework)."""
-    return orjson.dumps(
-        {
-            "type": TYPE_BASE + kind,
-            "title": TITLES.get(status, "Error"),
-            "status": status,
-            "detail": detail,
-            "instance": instance,
-            **extra,
-        }
-    )
+def problem_body(
+    status: int, kind: str, detail: str | None, instance: str | None, **extra: Any
+) -> bytes:
+    """The problem document's bytes (also for answers sent below the framework);
+    `instance` None: the request's path is not known (a head refused unread)."""
+    document: dict[str, Any] = {
+        "type": TYPE_BASE + kind,
+        "title": TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+        **extra,
+    }
+    if instance is None:
+        del document["instance"]
+    return orjson.dumps(document)
 
 
 def problem_response(

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import structlog
 import uvicorn
 from pydantic import SecretStr
 
-from healthscore.api.app import asgi_app
+from healthscore.api.app import create_app, ops_app, served
 from healthscore.api.dev import DevIdentity, dev_login_url, prepare_dev_identity
+from healthscore.api.http_limits import BoundedHttpProtocol
 from healthscore.api.state import ApiConfig
 from healthscore.asgi_server import SignalFreeServer
 from healthscore.config import Settings
@@ -20,7 +21,9 @@ from healthscore.store.db import database_tls
 log = structlog.get_logger(__name__)
 
 
-def _uvicorn(app: Any, host: str, port: int) -> SignalFreeServer:
+def _uvicorn(
+    app: Any, host: str, port: int, lifespan: Literal["on", "off"] = "on"
+) -> SignalFreeServer:
     return SignalFreeServer(
         uvicorn.Config(
             app,
@@ -28,7 +31,10 @@ def _uvicorn(app: Any, host: str, port: int) -> SignalFreeServer:
             port=port,
             log_config=None,
             access_log=False,
-            lifespan="on",
+            lifespan=lifespan,
+            # bounded heads and read deadlines (healthscore.api.http_limits); no WebSockets
+            http=BoundedHttpProtocol,
+            ws="none",
             server_header=False,
             # the page polls; idle keep-alive connections are cheap
             timeout_keep_alive=30,
@@ -49,9 +55,27 @@ def stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def serve_until(config: ApiConfig, host: str, port: int, stop: asyncio.Event) -> str:
-    """Start serving; return the address once listening. Stops when `stop` is set."""
-    server = _uvicorn(asgi_app(config), host, port)
+class Listening(NamedTuple):
+    """Where a served API listens: http://host:port of the API, and of its ops port."""
+
+    api: str
+    ops: str | None
+
+
+async def serve_until(
+    config: ApiConfig, host: str, port: int, stop: asyncio.Event, ops_port: int | None = None
+) -> Listening:
+    """Start serving, and the Prometheus exposition on `ops_port` (None: nowhere); return
+    the addresses once listening. Stops when `stop` is set."""
+    app = create_app(config)
+    address = await _start(_uvicorn(served(app), host, port), host, stop)
+    if ops_port is None:
+        return Listening(address, None)
+    ops = _uvicorn(ops_app(app.state.metrics), host, ops_port, lifespan="off")
+    return Listening(address, await _start(ops, host, stop))
+
+
+async def _start(server: SignalFreeServer, host: str, stop: asyncio.Event) -> str:
     task = asyncio.create_task(server.serve())
 
     async def stopper() -> None:
@@ -109,7 +133,8 @@ async def run_dashboard(settings: Settings) -> None:
     config, identity = await dev_config(settings)
     stop = asyncio.Event()
     stop_on_signals(stop)
-    address = await serve_until(config, settings.api_host, settings.api_port, stop)
-    print_sign_in(address, identity)
+    # a person's look at the demo: no ops port (one more port that could be taken)
+    listening = await serve_until(config, settings.api_host, settings.api_port, stop)
+    print_sign_in(listening.api, identity)
     print("serving the dashboard until Ctrl-C", flush=True)
     await wait_stopped()

@@ -17,7 +17,8 @@ creates its (empty) identity table once (`app_identity_prepare()`, migration
 0031), so that a login that is rolled back costs no table creation.
 
 Round trips per request: the BEGIN and the login travel together (simple query
-protocol; the token is our own, of a fixed alphabet), then the request's
+protocol; the token is our own, of a fixed alphabet, and good only on this connection:
+monitoring and statement logs may show the statement), then the request's
 statements, then the ROLLBACK or the logout with the COMMIT. The pool's own
 reset (a `RESET ALL`, closing cursors, unlistening, releasing advisory locks)
 would be one more round trip per request; the API uses none of those, so the
@@ -55,9 +56,13 @@ log = structlog.get_logger(__name__)
 
 # one round trip for both; simple query protocol (no parameters), so two statements
 LOGOUT_AND_COMMIT: Final = LOGOUT + "; COMMIT"
-PREPARE_IDENTITY: Final = "SELECT app_identity_prepare()"
+# the session's identity table, and the pid of its server process as PostgreSQL knows it
+# (a pooler in between reports a pid of its own to the client)
+PREPARE_IDENTITY: Final = "SELECT pg_backend_pid() FROM (SELECT app_identity_prepare()) AS prepared"
 # what mint_token writes: v1.<key id>.<uuid>.<expiry>.<hex>; nothing that could end a literal
-_TOKEN_ALPHABET: Final = re.compile(r"v1\.[0-9]+\.[0-9a-f-]{36}\.[0-9]+\.[0-9a-f]{64}")
+# (bound to the connection's server process: the statement's text is the token, and
+# pg_stat_activity and statement logs show it; elsewhere it is refused, migration 0073)
+_TOKEN_ALPHABET: Final = re.compile(r"v2\.[0-9]+\.[0-9a-f-]{36}\.[0-9]+\.[0-9]+\.[0-9a-f]{64}")
 # a request's database identity outlives no request by much; the bearer
 # token's own expiry caps it too
 DB_TOKEN_LIFETIME: Final = timedelta(seconds=60)
@@ -80,7 +85,21 @@ class Session:
     user_id: uuid.UUID
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+class ApiConnection(asyncpg.Connection):
+    """A connection of the API's pool, with the pid of its server process, which the
+    identity tokens minted for it name."""
+
+    __slots__ = ("backend_pid",)
+
+    backend_pid: int
+
+
+def _backend_pid(conn: PoolConnectionProxy[asyncpg.Record]) -> int:
+    pid: int = conn.backend_pid  # type: ignore[attr-defined]  # the proxy forwards it
+    return pid
+
+
+async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     # JSON columns arrive as Python objects, parsed by orjson
     for json_type in ("json", "jsonb"):
         await conn.set_type_codec(
@@ -90,7 +109,8 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
             schema="pg_catalog",
         )
     # the session's identity table, empty, committed: logins rolled back leave it as is
-    await conn.execute(PREPARE_IDENTITY)
+    assert isinstance(conn, ApiConnection)  # the pool's connection_class
+    conn.backend_pid = await conn.fetchval(PREPARE_IDENTITY)
 
 
 async def create_api_pool(
@@ -109,6 +129,7 @@ async def create_api_pool(
         max_size=size,
         ssl=tls,
         init=_init_connection,
+        connection_class=ApiConnection,
         reset=rollback_only_reset,
         server_settings={
             "application_name": "healthscore-api",
@@ -160,9 +181,9 @@ def begin_as(token: str, *, generic_plans: bool = False, searching: bool = False
     return f"BEGIN; {plans}{search}SELECT app_login('{token}')"
 
 
-def _database_token(key: SigningKey, principal: Principal) -> str:
+def _database_token(key: SigningKey, principal: Principal, backend_pid: int) -> str:
     expires_at = min(datetime.now(UTC) + DB_TOKEN_LIFETIME, principal.expires_at)
-    return mint_token(key, principal.user_id, expires_at=expires_at)
+    return mint_token(key, principal.user_id, expires_at=expires_at, backend_pid=backend_pid)
 
 
 def _refused(exc: asyncpg.InvalidAuthorizationSpecificationError) -> Exception:
@@ -181,8 +202,8 @@ async def fetch_as(
     """The row of `statement`, a call of a store function that logs in with its first
     argument (the caller's token, passed here), reads and logs out by itself: one
     round trip, in the statement's own transaction (a failure rolls the login back)."""
-    token = _database_token(key, principal)
     async with pool.acquire() as conn:
+        token = _database_token(key, principal, _backend_pid(conn))
         try:
             row: asyncpg.Record | None = await conn.fetchrow(statement, token, *args)
         except asyncpg.InvalidAuthorizationSpecificationError as exc:
@@ -223,10 +244,9 @@ async def bound_session(
     request that only reads ends with ROLLBACK, which undoes its login too.
     `generic_plans`, `searching`: see `begin_as`.
     """
-    begin = begin_as(
-        _database_token(key, principal), generic_plans=generic_plans, searching=searching
-    )
     async with pool.acquire() as conn:
+        token = _database_token(key, principal, _backend_pid(conn))
+        begin = begin_as(token, generic_plans=generic_plans, searching=searching)
         try:
             try:
                 await conn.execute(begin)

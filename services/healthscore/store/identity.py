@@ -14,7 +14,10 @@ that key and mints a short-lived token per request or connection checkout:
 The format is fixed by the SQL verifier: ``v1.<key id>.<user id>.<expiry>.<sig>``
 with the canonical lowercase uuid, the expiry in unix seconds and ``sig`` the hex
 HMAC-SHA256 of everything before the last dot. `app_mint_token()` in SQL mints
-the same tokens for administrators.
+the same tokens for administrators. Given the backend's pid (`pg_backend_pid()`), the
+token is ``v2.<key id>.<user id>.<expiry>.<pid>.<sig>``, good in that session only
+(migration 0073): the read API sends its tokens as statement text, which monitoring
+and statement logs may show.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from typing import Final
 from healthscore.errors import HealthscoreError
 
 TOKEN_VERSION: Final = "v1"
+# a token bound to one server process (migration 0073)
+BOUND_TOKEN_VERSION: Final = "v2"
+MAX_BACKEND_PID: Final = 9_999_999_999
 LOGIN: Final = "SELECT app_login($1)"
 LOGOUT: Final = "SELECT app_logout()"
 # what app_signing_keys and the token pattern of app_login() accept
@@ -61,14 +67,22 @@ def signature(secret: bytes, message: bytes) -> str:
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
-def mint_token(key: SigningKey, user_id: uuid.UUID, *, expires_at: datetime) -> str:
-    """A token that makes `user_id` the session's user until `expires_at` (whole seconds)."""
+def mint_token(
+    key: SigningKey, user_id: uuid.UUID, *, expires_at: datetime, backend_pid: int | None = None
+) -> str:
+    """A token that makes `user_id` the session's user until `expires_at` (whole seconds);
+    with `backend_pid`, only in the session of that server process."""
     if expires_at.tzinfo is None:
         raise InvalidIdentityToken("expires_at must be timezone-aware")
     expiry = math.floor(expires_at.timestamp())
     if not 0 <= expiry <= MAX_EXPIRY:
         raise InvalidIdentityToken(f"expires_at out of range: {expires_at.isoformat()}")
-    message = f"{TOKEN_VERSION}.{key.key_id}.{user_id}.{expiry}"
+    if backend_pid is None:
+        message = f"{TOKEN_VERSION}.{key.key_id}.{user_id}.{expiry}"
+    elif 1 <= backend_pid <= MAX_BACKEND_PID:
+        message = f"{BOUND_TOKEN_VERSION}.{key.key_id}.{user_id}.{expiry}.{backend_pid}"
+    else:
+        raise InvalidIdentityToken(f"backend_pid out of range: {backend_pid}")
     return f"{message}.{signature(key.secret, message.encode('ascii'))}"
 
 

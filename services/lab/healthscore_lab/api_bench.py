@@ -183,8 +183,8 @@ class Result:
     consumer_cores: float | None = None
     broker_cores: float | None = None
     machine_cores: float | None = None
-    # the response cache's outcomes over the scenario, from the API processes'
-    # /api/metrics: hits (a kept answer, or a concurrent miss's shared answer) per
+    # the response cache's outcomes over the scenario, from the API processes' ops
+    # ports' /metrics: hits (a kept answer, or a concurrent miss's shared answer) per
     # request, and the requests that ran statements
     cache_hit_ratio: float | None = None
     cache_misses: float | None = None
@@ -613,13 +613,14 @@ _COUNTERS = {
 }
 
 
-async def cache_outcomes(ports: list[int]) -> dict[str, float]:
-    """The response cache's request counters, summed over the API processes."""
+async def cache_outcomes(ops_ports: list[int]) -> dict[str, float]:
+    """The response cache's request counters, summed over the API processes (each one's
+    exposition is on its ops port)."""
     totals = dict.fromkeys(_COUNTERS.values(), 0.0)
-    for port in ports:
+    for port in ops_ports:
         conn = Connection("127.0.0.1", port, "")
         try:
-            status, body = await conn.fetch("/api/metrics")
+            status, body = await conn.fetch("/metrics")
         finally:
             conn.close()
         if status != 200:
@@ -785,6 +786,7 @@ async def run_api_bench(options: BenchSettings) -> dict[str, object]:
             for n in range(options.clients)
         ]
         ports = [free_port() for _ in range(options.api_processes)]
+        ops_ports = [free_port() for _ in range(options.api_processes)]
         base_env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "DATABASE"))}
         api_env = {
             **base_env,
@@ -820,7 +822,10 @@ async def run_api_bench(options: BenchSettings) -> dict[str, object]:
             "LOG_LEVEL": "WARNING",
         }
         command = [sys.executable, "-m", "healthscore.cli"]
-        children = [([*command, "api", "--port", str(port)], api_env) for port in ports]
+        children = [
+            ([*command, "api", "--port", str(port), "--ops-port", str(ops)], api_env)
+            for port, ops in zip(ports, ops_ports, strict=True)
+        ]
         if options.write_rate > 0:
             children.append(([*command, "serve", "--no-migrate", "--no-sweep"], serve_env))
         with _children(children, logs) as processes:
@@ -889,10 +894,12 @@ async def run_api_bench(options: BenchSettings) -> dict[str, object]:
                 cold = await prime(ports, token, targets, options.clients) if targets else None
                 # a short warm-up of each statement's plans and the pool
                 await run_scenario(ports, name, clients, 1.0)
-                cache_before = await cache_outcomes(ports)
+                cache_before = await cache_outcomes(ops_ports)
                 started_at = datetime.now(UTC)
                 result = await run_scenario(ports, name, clients, options.seconds, meter)
-                for key, value in cache_figures(cache_before, await cache_outcomes(ports)).items():
+                for key, value in cache_figures(
+                    cache_before, await cache_outcomes(ops_ports)
+                ).items():
                     setattr(result, key, value)
                 if cold is not None:
                     result.cold_requests, result.cold_p95_ms = cold

@@ -1,0 +1,134 @@
+"""Bounds on what one HTTP connection may make the API hold, in time and in memory.
+
+uvicorn's httptools protocol buffers a request's head without a limit (one header of
+200 MB was taken whole, the process growing by 400 MB: a pod's limit is 256 MiB) and
+waits for the head and the body as long as the client keeps the connection open
+(a request sent a byte a second held its connection and its task for as long as the
+client liked; its keep-alive timeout applies only between requests). Every client
+reaches the server before any credential is checked, so both bounds are the
+server's:
+
+* a request's head (request line and headers) is MAX_HEAD_BYTES at most: a larger
+  one is answered 431 and the connection closed, after at most one more read;
+* a request is READ_TIMEOUT seconds at most from its first byte to its last (or, on
+  a new connection, from its opening): a slower one is answered 408 (or, when its
+  answer has begun, its connection is just closed).
+
+Both answers are problem documents, like every other refusal of the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Final
+
+import structlog
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from healthscore.api import problems
+
+log = structlog.get_logger(__name__)
+
+# a bearer JWT is one or two kilobytes; browsers send a few more headers
+MAX_HEAD_BYTES: Final = 32 * 1024
+# a request's head and its body (16 KiB at most, app.MAX_BODY_BYTES) arrive within this
+READ_TIMEOUT: Final = 15.0
+
+_REASONS: Final = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+def _answer(status: int, kind: str, detail: str, instance: str | None) -> bytes:
+    # the access log cannot see it (a route may still log the answer it sent nowhere)
+    log.info("api_connection_refused", status=status, reason=kind, path=instance)
+    body = problems.problem_body(status, kind, detail, instance)
+    return b"".join(
+        (
+            b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]),
+            b"content-type: " + problems.MEDIA_TYPE.encode() + b"\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+            body,
+        )
+    )
+
+
+class BoundedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with MAX_HEAD_BYTES and READ_TIMEOUT (see above)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        # bytes received since the current head began (its request's first byte)
+        self._head_bytes = 0
+        self._reading_head = True
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
+            self._arm()  # the first bytes of the next request on a kept-alive connection
+        if self._reading_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if (
+            self._reading_head
+            and self._head_bytes > MAX_HEAD_BYTES
+            and not self.transport.is_closing()
+        ):
+            self._refuse(
+                _answer(
+                    431,
+                    "header-fields-too-large",
+                    f"a request's line and headers are {MAX_HEAD_BYTES} bytes at most",
+                    None,  # its path may not have arrived whole
+                )
+            )
+
+    def on_headers_complete(self) -> None:
+        self._reading_head = False
+        self._head_bytes = 0
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self._reading_head = True
+        super().on_message_complete()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(READ_TIMEOUT, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        current = self.cycle is not None and not self.cycle.response_complete
+        if current and self.cycle.response_started:
+            self.transport.close()  # answered already (a refusal before the body)
+            return
+        self._refuse(
+            _answer(
+                408,
+                "request-timeout",
+                f"a request is sent in {READ_TIMEOUT:g} seconds at most",
+                self.scope.get("path") if current else None,
+            )
+        )
+
+    def _refuse(self, answer: bytes) -> None:
+        self._disarm()
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True  # the route's answer, if any, goes nowhere
+        self.transport.write(answer)
+        self.transport.close()
