@@ -363,6 +363,13 @@ class Settings(BaseSettings):
         description="Answers the API keeps per process (per user, request and read-model "
         "version, invalidated by the database's change announcements); 0: no cache.",
     )
+    api_statement_timeout_ms: int = Field(
+        default=5000,
+        ge=0,
+        description="The longest one statement of a read API request may run in PostgreSQL "
+        "(its sessions' statement_timeout); past it the request is a 503 problem saying so "
+        "(a subject search matching most interactions costs about its matches); 0: no limit.",
+    )
     api_list_staleness_seconds: float = Field(
         default=5.0,
         ge=0,

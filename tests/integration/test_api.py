@@ -14,7 +14,7 @@ import base64
 import json
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -844,6 +844,37 @@ async def test_a_database_refusing_the_api_is_a_503_problem_and_passes(
         await superuser_fetch(pg_admin_url, f"ALTER ROLE {login} CONNECTION LIMIT -1")
     response = await world.get("admin", "/api/v1/organizations", limit=10)
     assert response.status_code == 200, response.text
+
+
+async def test_a_statement_past_the_statement_timeout_is_a_503_problem_saying_so(
+    world: World, pg_admin_url: str
+) -> None:
+    """One statement of a request may run API_STATEMENT_TIMEOUT_MS at most (a subject
+    search matching most interactions costs about its matches, asked by anybody at every
+    request): past it the request is a 503 naming the limit, and the next one is
+    answered. A lock held on the read model makes the statement wait past it."""
+    async with api_login(pg_admin_url, world.url) as login_url:
+        config = replace(await api_config(world.url, login_url), statement_timeout_ms=300)
+        async with api_client(config) as (client, _app):
+            path = "/api/v1/organizations"
+            headers = {"Authorization": bearer(world.users["admin"])}
+            assert (await client.get(path, headers=headers)).status_code == 200
+            locker = await asyncpg.connect(world.url)  # the superuser's
+            try:
+                async with locker.transaction():
+                    await locker.execute("LOCK TABLE customer_health IN ACCESS EXCLUSIVE MODE")
+                    with capture_logs() as logs:
+                        response = await client.get(path, headers=headers, params={"limit": 3})
+                    body = assert_problem(response, 503)
+                    assert body["type"].endswith("/too-slow")
+                    assert "API_STATEMENT_TIMEOUT_MS" in body["detail"]
+                    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+                        "api_statement_timeout"
+                    ]
+            finally:
+                await locker.close()
+            response = await client.get(path, headers=headers, params={"limit": 3})
+            assert response.status_code == 200, response.text
 
 
 async def test_an_unexpected_failure_is_a_500_problem_naming_its_log_entry(world: World) -> None:

@@ -179,7 +179,11 @@ def create_app(config: ApiConfig) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_api_pool(
-            config.database_url, config.database_role, config.pool_size, config.tls
+            config.database_url,
+            config.database_role,
+            config.pool_size,
+            config.tls,
+            config.statement_timeout_ms,
         )
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(pool.close)

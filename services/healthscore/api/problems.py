@@ -166,6 +166,19 @@ async def on_unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
+async def on_too_slow(request: Request, exc: Exception) -> Response:
+    """A statement ran past the sessions' statement_timeout (API_STATEMENT_TIMEOUT_MS):
+    the request is too costly as asked, not the database away."""
+    log.warning("api_statement_timeout", path=request.url.path, method=request.method)
+    return problem_response(
+        request,
+        503,
+        "too-slow",
+        "the request took longer in the database than the API allows "
+        "(API_STATEMENT_TIMEOUT_MS); narrow it: a longer search text, a filter",
+    )
+
+
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     """Anything else: a 500 problem naming an id the log line carries (with the
     traceback), so a report of it can be found; never the error's own text."""
@@ -190,5 +203,6 @@ HANDLERS: Final = {
     RequestValidationError: on_validation_error,
     StarletteHTTPException: on_http_exception,
     **dict.fromkeys(UNAVAILABLE, on_unavailable),
+    asyncpg.QueryCanceledError: on_too_slow,
     Exception: on_unexpected,
 }

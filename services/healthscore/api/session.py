@@ -114,11 +114,13 @@ async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
 
 
 async def create_api_pool(
-    database_url: str, role: str, size: int, tls: DatabaseTLS = None
+    database_url: str, role: str, size: int, tls: DatabaseTLS = None, statement_timeout_ms: int = 0
 ) -> asyncpg.Pool[Any]:
     """The API's pool: sessions as `role`, refused if that role skips row-level security.
 
-    The role is a startup setting, so the pool's `RESET ALL` keeps it.
+    The role is a startup setting, so the pool's `RESET ALL` keeps it; so is
+    `statement_timeout_ms` (0: none), the bound of one statement's cost, whatever a
+    request asks.
     `plan_cache_mode=force_custom_plan`: the list statements take optional
     filters (`$1 IS NULL OR ...`), which PostgreSQL folds away only when it
     plans with the values; a generic plan would keep every branch.
@@ -137,6 +139,7 @@ async def create_api_pool(
             "plan_cache_mode": "force_custom_plan",
             # timestamps the statements write as JSON text (the list's items) in UTC
             "TimeZone": "UTC",
+            "statement_timeout": str(statement_timeout_ms),
         },
     )
     async with pool.acquire() as conn:

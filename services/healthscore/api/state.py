@@ -36,6 +36,8 @@ class ApiConfig:
     list_staleness: float = 0.0
     # one `api_request` line per request (healthscore.api.access_log)
     access_log: bool = True
+    # the sessions' statement_timeout (0: none)
+    statement_timeout_ms: int = 5000
 
     @classmethod
     def from_settings(
@@ -81,6 +83,7 @@ class ApiConfig:
             cache_bytes=settings.api_response_cache_megabytes * 1024 * 1024,
             list_staleness=settings.api_list_staleness_seconds,
             access_log=settings.api_access_log,
+            statement_timeout_ms=settings.api_statement_timeout_ms,
         )
 
 
