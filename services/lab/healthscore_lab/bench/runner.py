@@ -237,6 +237,7 @@ class Child:
         self.timeline: list[tuple[float, float]] = []  # (seconds since start, RSS MB)
         self._sampling = threading.Event()
         self._thread: threading.Thread | None = None
+        self._terminated = False
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:
@@ -281,12 +282,21 @@ class Child:
     def peak_rss_mb(self) -> float:
         return self.peak_rss / (1024 * 1024)
 
+    def terminate(self) -> None:
+        """Ask it to stop (SIGTERM), once: a second SIGTERM while it shuts down, after
+        its own handler is gone, kills it where it stands (half-way through writing its
+        cProfile output, say)."""
+        if self.process is None or self._terminated or self.process.poll() is not None:
+            return
+        self._read_status()
+        self._terminated = True
+        self.process.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 120.0) -> None:
         if self.process is None:
             return
         if self.process.poll() is None:
-            self._read_status()
-            self.process.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -370,9 +380,8 @@ class ChildGroup:
         return ", ".join(str(c.log_path) for c in self.children if not c.alive)
 
     def stop(self, timeout: float = 120.0) -> None:
-        for child in self.children:
-            if child.process is not None and child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
+        for child in self.children:  # all at once, then each waited for
+            child.terminate()
         for child in self.children:
             child.stop(timeout)
 
