@@ -208,27 +208,36 @@ async def kill_inside_batch_transaction(
 
 
 async def freeze_inside_batch_transaction(
-    pid: int, conn: asyncpg.Connection[Any], timeout: float, settle: float = 0.03
+    pid: int,
+    conn: asyncpg.Connection[Any],
+    timeout: float,
+    settle: float = 0.03,
+    locking: tuple[str, list[str]] = BATCH_TRANSACTIONS,
 ) -> int | None:
-    """Poll pg_stat_activity until the service is inside a batch transaction and leave
-    it frozen there (SIGSTOP, as a paused VM: its connections stay open); return the
-    backend that holds the batch's locks. None, with the process running again, if no
-    batch transaction was caught within `timeout`.
+    """Poll pg_stat_activity until the service is inside a batch transaction (or one
+    holding the lock `locking` names: a table and lock modes) and leave it frozen
+    there (SIGSTOP, as a paused VM: its connections stay open); return the backend of
+    that transaction. None, with the process running again, if none was caught within
+    `timeout`.
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not await conn.fetch(TRANSACTIONS_LOCKING, *BATCH_TRANSACTIONS):
+        if not await conn.fetch(TRANSACTIONS_LOCKING, *locking):
             await asyncio.sleep(0.002)
             continue
         os.kill(pid, signal.SIGSTOP)
         try:
-            found = await _frozen_batch_backend(conn, settle)
+            await asyncio.sleep(settle)  # the backend finishes reading what was sent
+            for row in await conn.fetch(TRANSACTIONS_LOCKING, *locking):
+                again = await conn.fetchrow(BACKEND, row["pid"])
+                # one that has locked rows (an xid): not one still introspecting types
+                if _open_transaction(again, row["xact_start"]) and await conn.fetchval(
+                    LOCKED_ROWS, row["pid"]
+                ):
+                    return int(row["pid"])
         except BaseException:
             os.kill(pid, signal.SIGCONT)
             raise
-        # one that has locked rows (an xid): not one still introspecting types
-        if found is not None and await conn.fetchval(LOCKED_ROWS, found[0]):
-            return found[0]
         os.kill(pid, signal.SIGCONT)
     return None
 

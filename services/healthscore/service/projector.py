@@ -172,6 +172,18 @@ class Projector:
 
     async def _project_shard(self, shard: int, min_age: float) -> int | None:
         started = time.perf_counter()
+        sent: list[Projected] = []
+        try:
+            return await self._project_page(shard, min_age, started, sent)
+        except Exception:
+            if sent:
+                await queue_again(self._pool, [(p.organization_id, p.version) for p in sent])
+            raise
+
+    async def _project_page(
+        self, shard: int, min_age: float, started: float, sent: list[Projected]
+    ) -> int | None:
+        """One pass over `shard`; `sent` receives the page once its feed is being sent."""
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 sql.PENDING_PROJECTION,
@@ -198,6 +210,7 @@ class Projector:
                     page.append(Projected(row["organization_id"], row["version"], state, health))
             if page:
                 previous = await _upsert_customer_health(conn, page, self._model)
+                sent.extend(page)
                 await self._publish(page, previous)
             await conn.execute(
                 sql.MARK_PROJECTED,
@@ -315,6 +328,27 @@ class Projector:
         """`staleness()`, kept as `latest_staleness` for readiness (a periodic step)."""
         self.latest_staleness = await self.staleness()
         return self.latest_staleness
+
+
+async def queue_again(pool: asyncpg.Pool[Any], sent: Sequence[tuple[UUID | str, int]]) -> None:
+    """Queue organizations (with the versions projected) whose feed was sent by a
+    transaction that then failed.
+
+    Their entries came back with the rollback, unless another process took them
+    meanwhile: a replica frozen inside a pass or a live batch past
+    TRANSACTION_IDLE_LIMIT_SECONDS loses its session, another projects and publishes
+    the newer states, and the thawed one then sends the states it read. The feed is
+    compacted on the organization, so its last record must come from a newer pass:
+    queued again (after the sends were acked), one comes. Best effort: with PostgreSQL
+    away the entry is left to what failed.
+    """
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute(
+                sql.QUEUE_FOR_PROJECTOR, [org for org, _ in sent], [v for _, v in sent]
+            )
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.warning("projection_requeue_failed", organizations=len(sent), error=repr(exc))
 
 
 async def _upsert_customer_health(
