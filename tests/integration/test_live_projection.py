@@ -331,3 +331,49 @@ async def test_a_live_batch_taken_over_before_its_feed_leaves_the_newest_state_l
         await admin.close()
         await pool.close()
         await frozen_pool.close()
+
+
+async def test_a_live_batch_failing_after_its_feed_queues_no_organization_it_created(
+    database_factory: Any, migrated_template: str, kafka_bootstrap: str, producer: AIOKafkaProducer
+) -> None:
+    """A live batch that created its organizations' first states and fails after sending
+    their feed leaves no state behind: queued again, they would be entries the projector
+    can join to no state, never taken, and the read model would look stale forever.
+    (Their `organizations` rows exist, as a label import makes them.)"""
+    url = await database_factory(template=migrated_template)
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    first = _batches(_Log())[0]
+    model = default_model()
+    pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=1)
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(
+            "INSERT INTO organizations (id) SELECT unnest($1::uuid[])",
+            [uuid.UUID(_org(i)) for i in range(6)],
+        )
+
+        async def session_ends() -> None:
+            assert await admin.fetchval(
+                "SELECT bool_or(pg_terminate_backend(l.pid)) FROM pg_locks l"
+                " WHERE l.relation = 'consumer_offsets'::regclass AND l.granted"
+                " AND l.pid <> pg_backend_pid()"
+            )
+
+        pipeline = _pipeline(pool, producer, 0)
+        projector = Projector(
+            pool, model, _TakenOverBeforeItsFeed(producer, session_ends), topics.health
+        )
+        pipeline.project_live_batches(projector.project_in_batch, lambda: True)
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+            await pipeline.process(first)
+        assert await _rows(url, "SELECT * FROM read_model_pending") == []
+        assert await projector.staleness() == 0.0
+        # applied again, it projects them itself
+        assert (await pipeline.process(first)).projected_in_batch == 6
+        assert await _rows(url, "SELECT * FROM read_model_pending") == []
+        assert await _feed(kafka_bootstrap, topics.health, 12) == _newest_on_the_feed(
+            await stored_states(admin), model
+        )
+    finally:
+        await admin.close()
+        await pool.close()

@@ -177,7 +177,7 @@ class Projector:
             return await self._project_page(shard, min_age, started, sent)
         except Exception:
             if sent:
-                await queue_again(self._pool, [(p.organization_id, p.version) for p in sent])
+                await queue_again(self._pool, [p.organization_id for p in sent])
             raise
 
     async def _project_page(
@@ -330,9 +330,8 @@ class Projector:
         return self.latest_staleness
 
 
-async def queue_again(pool: asyncpg.Pool[Any], sent: Sequence[tuple[UUID | str, int]]) -> None:
-    """Queue organizations (with the versions projected) whose feed was sent by a
-    transaction that then failed.
+async def queue_again(pool: asyncpg.Pool[Any], sent: Sequence[UUID | str]) -> None:
+    """Queue organizations whose feed was sent by a transaction that then failed.
 
     Their entries came back with the rollback, unless another process took them
     meanwhile: a replica frozen inside a pass or a live batch past
@@ -344,9 +343,7 @@ async def queue_again(pool: asyncpg.Pool[Any], sent: Sequence[tuple[UUID | str, 
     """
     try:
         async with pool.acquire() as conn:
-            await conn.execute(
-                sql.QUEUE_FOR_PROJECTOR, [org for org, _ in sent], [v for _, v in sent]
-            )
+            await conn.execute(sql.QUEUE_AGAIN, list(sent))
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         log.warning("projection_requeue_failed", organizations=len(sent), error=repr(exc))
 

@@ -320,8 +320,8 @@ class BatchPipeline:
     async def _apply(
         self, decoded: list[Decoded | Rejection], positioned: Mapping[PartitionKey, int]
     ) -> BatchOutcome:
-        # organizations (with their versions) whose health feed a live batch sent
-        sent: list[tuple[str, int]] = []
+        # organizations whose health feed a live batch sent
+        sent: list[str] = []
         try:
             try:
                 return await self._apply_once(decoded, positioned, sent)
@@ -399,7 +399,7 @@ class BatchPipeline:
         self,
         decoded: list[Decoded | Rejection],
         positioned: Mapping[PartitionKey, int],
-        sent: list[tuple[str, int]],
+        sent: list[str],
     ) -> BatchOutcome:
         """One transaction: effects, dead letters and offsets of `decoded` (`sent`: the
         organizations whose health feed it sends, live)."""
@@ -598,12 +598,12 @@ async def _project_own_changes(
     project: ProjectInBatch,
     effects: BatchEffects,
     saved: Mapping[str, tuple[bytes, int]],
-    sent: list[tuple[str, int]],
+    sent: list[str],
 ) -> int:
     """Project, in the batch's transaction, the organizations whose queue entry this
     batch made (after its state saves: it holds their rows, so nobody else can queue
     or change them before it commits); those queued before it stay queued. `sent`
-    receives them with their versions before their feed is sent."""
+    receives them before their feed is sent."""
     states = [s for s in rescored_states(effects) if s.organization_id in saved]
     if not states:
         return 0
@@ -613,7 +613,7 @@ async def _project_own_changes(
         [saved[s.organization_id][1] for s in states],
     )
     own = {str(row["organization_id"]) for row in rows}
-    sent.extend((org, saved[org][1]) for org in sorted(own))
+    sent.extend(sorted(own))
     return await project(
         conn, [(s, saved[s.organization_id][1]) for s in states if s.organization_id in own]
     )
