@@ -1,14 +1,18 @@
-"""A replica frozen inside a batch transaction does not stall its partitions' next owner.
+"""A replica frozen inside a transaction does not stall the other replicas.
 
 `healthscore serve` A consumes a simulated stream and is frozen (SIGSTOP, as a
 paused VM or a host cut off from the network would be: its connections stay open,
-PostgreSQL sees no end of them) while one of its batch transactions holds the row
-locks of its partitions' stored offsets and of the states it saved. The group
-drops A and replica B takes its partitions over. B's batches lock the same offset
-rows: they must not wait for as long as A stays frozen, only until PostgreSQL ends
-A's session for idling in its transaction (`TRANSACTION_IDLE_LIMIT_SECONDS`, short
-here). B applies the whole stream; A, thawed, commits nothing of its cut-off batch
-(its session is gone) and joins the group again; every valid event is applied once.
+PostgreSQL sees no end of them) inside one of its transactions: a batch, holding
+the row locks of its partitions' stored offsets and of the states it saved; or a
+projector pass, holding its shard's lock and queue entries after writing
+`customer_health`. The group drops A and replica B takes its partitions over. B's
+batches lock the same offset rows and its projector needs the same shard: they must
+not wait for as long as A stays frozen, only until PostgreSQL ends A's session for
+idling in its transaction (`TRANSACTION_IDLE_LIMIT_SECONDS`, short here). B applies
+the whole stream and projects it; A, thawed, commits nothing of what was cut off
+(its session is gone), joins the group again, and what it sends then (a pass's
+health feed) is followed by the newest states: every valid event is applied once,
+and the read model and the feed show each organization's stored state.
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ from tests.faults.test_crash_recovery import (
     _start_and_wait_assigned,
     _wait_for_offsets,
     check_database,
+    check_read_model,
 )
 from tests.utils.faults import (
+    BATCH_TRANSACTIONS,
     Produced,
     end_offsets,
     evict_group_members,
@@ -51,10 +57,15 @@ TAKEOVER_TIMEOUT = 90.0
 
 SESSION = "SELECT count(*) FROM pg_stat_activity WHERE pid = $1"
 
+# a projector pass that has written customer_health (live batches do not: off here)
+PROJECTOR_PASS = ("customer_health", ["RowExclusiveLock"])
 
-async def test_a_replica_frozen_inside_a_batch_does_not_stall_the_next_owner(
-    migrated_database: str, kafka_bootstrap: str, tmp_path: Path
+
+@pytest.mark.parametrize("inside", ["batch", "projector_pass"])
+async def test_a_replica_frozen_inside_a_transaction_does_not_stall_the_others(
+    migrated_database: str, kafka_bootstrap: str, tmp_path: Path, inside: str
 ) -> None:
+    locking = BATCH_TRANSACTIONS if inside == "batch" else PROJECTOR_PASS
     topics = await make_topics(kafka_bootstrap, partitions=4)
     group = f"freeze-{uuid.uuid4().hex[:8]}"
     settings = service_settings(
@@ -91,9 +102,11 @@ async def test_a_replica_frozen_inside_a_batch_does_not_stall_the_next_owner(
         while not sum((await stored_offsets(monitor, group)).values()):
             assert time.monotonic() < deadline, "A committed no batch"
             await asyncio.sleep(0.02)
-        backend = await freeze_inside_batch_transaction(frozen.process.pid, monitor, 15.0)
+        backend = await freeze_inside_batch_transaction(
+            frozen.process.pid, monitor, 15.0, locking=locking
+        )
         await production
-        assert backend is not None, "no batch transaction of A caught open"
+        assert backend is not None, f"no {inside} transaction of A caught open"
         held = await stored_offsets(monitor, group)
 
         # A stays frozen; the group forgets it (as its session timeout would) and B joins
@@ -104,11 +117,13 @@ async def test_a_replica_frozen_inside_a_batch_does_not_stall_the_next_owner(
         started = time.monotonic()
         await _wait_for_offsets(monitor, group, ends, successor, TAKEOVER_TIMEOUT, log_b)
         print(
-            "frozen replica:",
+            f"replica frozen inside a {inside}:",
             {"stored_at_freeze": sum(held.values()), "end": sum(ends.values())},
             f"B caught up {time.monotonic() - started:.1f}s after the last produce",
         )
-        # PostgreSQL ended A's session: its locks went with it, its batch with them
+        # while A stays frozen, B projects everything, A's shard included
+        await check_read_model(monitor, kafka_bootstrap, topics, 60.0)
+        # PostgreSQL ended A's session: its locks went with it, its transaction with them
         assert await monitor.fetchval(SESSION, backend) == 0
 
         # A thawed: its cut-off batch fails (the session is gone), it rejoins, nothing
@@ -121,6 +136,7 @@ async def test_a_replica_frozen_inside_a_batch_does_not_stall_the_next_owner(
             await asyncio.sleep(0.1)
         await _wait_for_offsets(monitor, group, ends, frozen, 30.0, log_a)
         await check_database(monitor, oracle)
+        await check_read_model(monitor, kafka_bootstrap, topics, 60.0)
     finally:
         if frozen.process is not None and frozen.alive:
             os.kill(frozen.process.pid, signal.SIGCONT)
