@@ -24,7 +24,11 @@ row locks and entries are removed with SKIP LOCKED on the state rows, so a batch
 never waits for the projector's writes or broker round trips (only for the
 instant between that removal and its commit).
 Publishing and deleting are not atomic: a crash between them publishes the
-same score again on the compacted feed, never a wrong one.
+same score again on the compacted feed, never a wrong one. A pass (or live batch)
+that sent its feed and then failed queues those organizations again
+(`queue_again`): its session may have ended under it (a replica frozen past
+TRANSACTION_IDLE_LIMIT_SECONDS) and another process published newer states before
+its older ones went out.
 """
 
 from __future__ import annotations
