@@ -38,6 +38,14 @@ class Settings(BaseSettings):
         ge=2,
         description="Batch, relay, sweep, gauges, readiness and the quality loops share it.",
     )
+    transaction_idle_limit_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="PostgreSQL ends a `serve` session idle this long inside a transaction "
+        "(idle_in_transaction_session_timeout): a replica frozen or cut off mid-batch or "
+        "mid-projector-pass (its connection open for hours) releases the rows it locks, its "
+        "partitions' offsets among them, instead of stalling their next owner (0: no limit)",
+    )
     database_sslmode: DatabaseSslMode | None = Field(
         default=None,
         description="TLS to PostgreSQL for DATABASE_URL and MIGRATION_DATABASE_URL (overrides "

@@ -13,14 +13,20 @@ import uuid
 from typing import Any
 
 import asyncpg
+import orjson
+import pytest
 from aiokafka import AIOKafkaProducer
 
 from healthscore.core.scoring.model import default_model
+from healthscore.core.scoring.state import current_as_of
 from healthscore.service.ingest.pipeline import BatchPipeline
-from healthscore.service.projector import Projector
+from healthscore.service.projector import Projector, project
 from healthscore.store import locks, sql
 from healthscore.store.db import create_pool
+from healthscore.store.records import to_datetime
 from tests.integration.test_owned_states import _batches, _Log, _org, _pipeline
+from tests.utils.harness import consume_all, make_topics
+from tests.utils.states import stored_states
 
 # what the projector and a live batch both write (not the row's own bookkeeping)
 READ_MODEL = """
@@ -186,4 +192,188 @@ async def test_projectors_with_different_shard_counts_never_project_one_organiza
         assert await two_shards.project_once() == 6  # the other pass let them go
     finally:
         await other.close()
+        await pool.close()
+
+
+class _TakenOverBeforeItsFeed:
+    """The real producer of a projector pass that is taken over right before it sends
+    its health feed, as a replica frozen there is once PostgreSQL ends its idle session
+    (TRANSACTION_IDLE_LIMIT_SECONDS): its session ends, the organizations change, and
+    another process projects and publishes their newer states. Then the pass sends what
+    it read before, as a thawed replica does."""
+
+    def __init__(self, producer: AIOKafkaProducer, take_over: Any) -> None:
+        self._producer = producer
+        self._take_over = take_over
+
+    async def partitions_for(self, topic: str) -> Any:
+        if self._take_over is not None:
+            take_over, self._take_over = self._take_over, None
+            await take_over()
+        return await self._producer.partitions_for(topic)
+
+    def create_batch(self) -> Any:
+        return self._producer.create_batch()
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Any:
+        return await self._producer.send_batch(batch, topic, partition=partition)
+
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> Any:
+        return await self._producer.send(topic, value=value, key=key)
+
+
+async def test_a_pass_taken_over_before_its_feed_leaves_the_newest_state_last_on_it(
+    database_factory: Any, migrated_template: str, kafka_bootstrap: str, producer: AIOKafkaProducer
+) -> None:
+    """A pass whose session ended while it held its page (a replica frozen past the idle
+    limit) sends the scores it read after another process published newer ones: the
+    feed, compacted, keeps an organization's last record. The pass fails, and the
+    organizations it published go back to the queue, so that the newest state is
+    published after its scores."""
+    url = await database_factory(template=migrated_template)
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    first, second, _third = _batches(_Log())
+    model = default_model()
+    frozen_pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=1)
+    pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=2)
+    admin = await asyncpg.connect(url)
+    try:
+        pipeline = _pipeline(pool, producer, 0)
+        other = Projector(pool, model, producer, topics.health)
+        await pipeline.process(first)
+
+        async def take_over() -> None:
+            # PostgreSQL ends the frozen pass's session: the shard lock goes with it
+            ended = await admin.fetchval(
+                "SELECT bool_or(pg_terminate_backend(pid)) FROM pg_locks"
+                " WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"
+            )
+            assert ended
+            await pipeline.process(second)  # the organizations change meanwhile
+            assert await other.drain() == 6  # and another process publishes them
+
+        frozen = Projector(
+            frozen_pool, model, _TakenOverBeforeItsFeed(producer, take_over), topics.health
+        )
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+            await frozen.project_once()
+        await other.drain()
+        states = await stored_states(admin)
+        last = await _feed(kafka_bootstrap, topics.health, 12)
+        assert last == _newest_on_the_feed(states, model)
+    finally:
+        await admin.close()
+        await pool.close()
+        await frozen_pool.close()
+
+
+def _newest_on_the_feed(states: dict[str, Any], model: Any) -> dict[str, tuple[float, str]]:
+    """Each organization's (score, scored_at) as the feed shows its stored state."""
+    newest = {}
+    for org, state in states.items():
+        health = project(state, model)
+        scored_at = to_datetime(current_as_of(state))
+        if health is not None and scored_at is not None:
+            newest[org] = (health.score, scored_at.isoformat())
+    return newest
+
+
+async def _feed(bootstrap: str, topic: str, expect: int) -> dict[str, tuple[float, str]]:
+    """Each organization's last (score, scored_at) on the health feed."""
+    last: dict[str, tuple[float, str]] = {}
+    for record in await consume_all(bootstrap, topic, expect=expect, settle=1.0):
+        body = orjson.loads(record.value)
+        last[body["organization_id"]] = (body["health_score"], body["scored_at"])
+    return last
+
+
+async def test_a_live_batch_taken_over_before_its_feed_leaves_the_newest_state_last_on_it(
+    database_factory: Any, migrated_template: str, kafka_bootstrap: str, producer: AIOKafkaProducer
+) -> None:
+    """The same for a live batch (READ_MODEL_LIVE_IN_BATCH): its session ends before it
+    sends its feed, its partition's next owner applies the batch and the next one and
+    publishes their states, then it sends what it computed. It cannot commit, and the
+    organizations it published are queued, so that the projector publishes them last."""
+    url = await database_factory(template=migrated_template)
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    first, second, _third = _batches(_Log())
+    model = default_model()
+    frozen_pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=1)
+    pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=2)
+    admin = await asyncpg.connect(url)
+    try:
+        owner = _pipeline(pool, producer, 0)
+        projector = Projector(pool, model, producer, topics.health)
+        owner.project_live_batches(projector.project_in_batch, lambda: True)
+
+        async def take_over() -> None:
+            ended = await admin.fetchval(
+                "SELECT bool_or(pg_terminate_backend(l.pid)) FROM pg_locks l"
+                " WHERE l.relation = 'consumer_offsets'::regclass AND l.granted"
+                " AND l.pid <> pg_backend_pid()"
+            )
+            assert ended
+            assert (await owner.process(first)).projected_in_batch == 6
+            assert (await owner.process(second)).projected_in_batch == 6
+
+        frozen = _pipeline(frozen_pool, producer, 0)
+        stale = Projector(
+            frozen_pool, model, _TakenOverBeforeItsFeed(producer, take_over), topics.health
+        )
+        frozen.project_live_batches(stale.project_in_batch, lambda: True)
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+            await frozen.process(first)
+        await projector.drain()
+        assert await _feed(kafka_bootstrap, topics.health, 18) == _newest_on_the_feed(
+            await stored_states(admin), model
+        )
+    finally:
+        await admin.close()
+        await pool.close()
+        await frozen_pool.close()
+
+
+async def test_a_live_batch_failing_after_its_feed_queues_no_organization_it_created(
+    database_factory: Any, migrated_template: str, kafka_bootstrap: str, producer: AIOKafkaProducer
+) -> None:
+    """A live batch that created its organizations' first states and fails after sending
+    their feed leaves no state behind: queued again, they would be entries the projector
+    can join to no state, never taken, and the read model would look stale forever.
+    (Their `organizations` rows exist, as a label import makes them.)"""
+    url = await database_factory(template=migrated_template)
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    first = _batches(_Log())[0]
+    model = default_model()
+    pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=1)
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(
+            "INSERT INTO organizations (id) SELECT unnest($1::uuid[])",
+            [uuid.UUID(_org(i)) for i in range(6)],
+        )
+
+        async def session_ends() -> None:
+            assert await admin.fetchval(
+                "SELECT bool_or(pg_terminate_backend(l.pid)) FROM pg_locks l"
+                " WHERE l.relation = 'consumer_offsets'::regclass AND l.granted"
+                " AND l.pid <> pg_backend_pid()"
+            )
+
+        pipeline = _pipeline(pool, producer, 0)
+        projector = Projector(
+            pool, model, _TakenOverBeforeItsFeed(producer, session_ends), topics.health
+        )
+        pipeline.project_live_batches(projector.project_in_batch, lambda: True)
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+            await pipeline.process(first)
+        assert await _rows(url, "SELECT * FROM read_model_pending") == []
+        assert await projector.staleness() == 0.0
+        # applied again, it projects them itself
+        assert (await pipeline.process(first)).projected_in_batch == 6
+        assert await _rows(url, "SELECT * FROM read_model_pending") == []
+        assert await _feed(kafka_bootstrap, topics.health, 12) == _newest_on_the_feed(
+            await stored_states(admin), model
+        )
+    finally:
+        await admin.close()
         await pool.close()

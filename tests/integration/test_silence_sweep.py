@@ -24,6 +24,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+import pytest
 from aiokafka import AIOKafkaProducer
 
 from healthscore.contracts.enums import AlertKind
@@ -479,3 +480,63 @@ async def test_two_sweepers_never_both_sweep(migrated_database: str, kafka_boots
 async def _sweep_count(conn: asyncpg.Connection[Any]) -> int:
     n = await conn.fetchval("SELECT count(*) FROM health_score_history WHERE cause = 'sweep'")
     return int(n)
+
+
+def _support_record(org: str, action: str, at: datetime, partition: int, offset: int) -> RawRecord:
+    body = {
+        "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"support:{partition}:{offset}:{org}")),
+        "organization_id": org,
+        "interaction_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{org}-{action}-complaint")),
+        "action": action,
+        "interaction_type": "complaint",
+        "channel": "email",
+        "priority": "urgent",
+        "sentiment": "negative",
+        "occurred_at": at.isoformat(),
+    }
+    ts = int(at.timestamp() * 1000)
+    return RawRecord(SUPPORT, partition, offset, org.encode(), orjson.dumps(body), ts)
+
+
+async def _live_then_late(
+    database_url: str, bootstrap: str, delivered_support_before: bool
+) -> list[tuple[str, datetime, float, float]]:
+    """Usage for ten days (the quiet organization's ends at LAST), the sweep, then a
+    complaint of the quiet organization two days after LAST that its support partition
+    delivers only now (that partition was behind). With `delivered_support_before`, the
+    support partition had delivered one record (another organization's, at LAST) first."""
+    quiet, other = _org("late-quiet"), _org("late-other")
+    async with _pipeline(database_url, bootstrap) as feed:
+        offset = 0
+        if delivered_support_before:
+            await feed.apply([_support_record(other, "opened", LAST, 0, 0)])
+            offset = 1
+        await feed.send(_active_history(quiet, LAST), partition=0)
+        await feed.send(_clock(0, 240), partition=1)
+        await feed.send([(other, "login", _at(240), {})], partition=0)
+        await _sweep(feed).drain()
+        await feed.apply([_support_record(quiet, "opened", _at(48), 0, offset)])
+        await _sweep(feed).drain()
+    return [row for row in await _sweep_rows(database_url) if row[0] == quiet]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not fixed: EVENT_TIME_WATERMARK is the min over the offset rows that exist, and "
+    "a partition gets its row with its first batch; holding the sweep on partitions without "
+    "one needs the sweep to know every input partition, and stops it for good on a partition "
+    "that never receives anything (a decision for the design, see the review18 report)",
+)
+async def test_a_partition_that_never_delivered_holds_the_sweep_back(
+    database_factory: DatabaseFactory, migrated_template: str, kafka_bootstrap: str
+) -> None:
+    """A support partition that is behind holds the watermark back whether or not it
+    delivered a record before: the sweep must not rescore an organization through a
+    silence its late complaint lies in (the replay would apply the complaint first)."""
+    held_back = await _live_then_late(
+        await database_factory(template=migrated_template), kafka_bootstrap, True
+    )
+    never_delivered = await _live_then_late(
+        await database_factory(template=migrated_template), kafka_bootstrap, False
+    )
+    assert never_delivered == held_back

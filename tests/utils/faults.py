@@ -57,6 +57,9 @@ BATCH_TRANSACTIONS = ("consumer_offsets", ["RowShareLock", "RowExclusiveLock"])
 
 BACKEND = "SELECT xact_start, state, query FROM pg_stat_activity WHERE pid = $1"
 
+# the backend's transaction has written or locked rows (it has a transaction id)
+LOCKED_ROWS = "SELECT backend_xid IS NOT NULL FROM pg_stat_activity WHERE pid = $1"
+
 
 @dataclass(frozen=True)
 class Produced:
@@ -200,6 +203,41 @@ async def kill_inside_batch_transaction(
             os.kill(pid, signal.SIGKILL)
             row = found[1]
             return KillReport(True, row["state"], row["query"])
+        os.kill(pid, signal.SIGCONT)
+    return None
+
+
+async def freeze_inside_batch_transaction(
+    pid: int,
+    conn: asyncpg.Connection[Any],
+    timeout: float,
+    settle: float = 0.03,
+    locking: tuple[str, list[str]] = BATCH_TRANSACTIONS,
+) -> int | None:
+    """Poll pg_stat_activity until the service is inside a batch transaction (or one
+    holding the lock `locking` names: a table and lock modes) and leave it frozen
+    there (SIGSTOP, as a paused VM: its connections stay open); return the backend of
+    that transaction. None, with the process running again, if none was caught within
+    `timeout`.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not await conn.fetch(TRANSACTIONS_LOCKING, *locking):
+            await asyncio.sleep(0.002)
+            continue
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(settle)  # the backend finishes reading what was sent
+            for row in await conn.fetch(TRANSACTIONS_LOCKING, *locking):
+                again = await conn.fetchrow(BACKEND, row["pid"])
+                # one that has locked rows (an xid): not one still introspecting types
+                if _open_transaction(again, row["xact_start"]) and await conn.fetchval(
+                    LOCKED_ROWS, row["pid"]
+                ):
+                    return int(row["pid"])
+        except BaseException:
+            os.kill(pid, signal.SIGCONT)
+            raise
         os.kill(pid, signal.SIGCONT)
     return None
 

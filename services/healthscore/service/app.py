@@ -186,6 +186,9 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         min_size=1,
         max_size=s.database_pool_size,
         tls=database_tls(s),
+        # a replica frozen mid-batch would otherwise hold its partitions' offset rows
+        # (and its states) from their next owner for as long as its connection lives
+        idle_transaction_limit=s.transaction_idle_limit_seconds,
     )
     producer = kafka.producer(
         acks="all",

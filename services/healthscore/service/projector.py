@@ -24,7 +24,11 @@ row locks and entries are removed with SKIP LOCKED on the state rows, so a batch
 never waits for the projector's writes or broker round trips (only for the
 instant between that removal and its commit).
 Publishing and deleting are not atomic: a crash between them publishes the
-same score again on the compacted feed, never a wrong one.
+same score again on the compacted feed, never a wrong one. A pass (or live batch)
+that sent its feed and then failed queues those organizations again
+(`queue_again`): its session may have ended under it (a replica frozen past
+TRANSACTION_IDLE_LIMIT_SECONDS) and another process published newer states before
+its older ones went out.
 """
 
 from __future__ import annotations
@@ -172,6 +176,18 @@ class Projector:
 
     async def _project_shard(self, shard: int, min_age: float) -> int | None:
         started = time.perf_counter()
+        sent: list[Projected] = []
+        try:
+            return await self._project_page(shard, min_age, started, sent)
+        except Exception:
+            if sent:
+                await queue_again(self._pool, [p.organization_id for p in sent])
+            raise
+
+    async def _project_page(
+        self, shard: int, min_age: float, started: float, sent: list[Projected]
+    ) -> int | None:
+        """One pass over `shard`; `sent` receives the page once its feed is being sent."""
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 sql.PENDING_PROJECTION,
@@ -198,6 +214,7 @@ class Projector:
                     page.append(Projected(row["organization_id"], row["version"], state, health))
             if page:
                 previous = await _upsert_customer_health(conn, page, self._model)
+                sent.extend(page)
                 await self._publish(page, previous)
             await conn.execute(
                 sql.MARK_PROJECTED,
@@ -315,6 +332,24 @@ class Projector:
         """`staleness()`, kept as `latest_staleness` for readiness (a periodic step)."""
         self.latest_staleness = await self.staleness()
         return self.latest_staleness
+
+
+async def queue_again(pool: asyncpg.Pool[Any], sent: Sequence[UUID | str]) -> None:
+    """Queue organizations whose feed was sent by a transaction that then failed.
+
+    Their entries came back with the rollback, unless another process took them
+    meanwhile: a replica frozen inside a pass or a live batch past
+    TRANSACTION_IDLE_LIMIT_SECONDS loses its session, another projects and publishes
+    the newer states, and the thawed one then sends the states it read. The feed is
+    compacted on the organization, so its last record must come from a newer pass:
+    queued again (after the sends were acked), one comes. Best effort: with PostgreSQL
+    away the entry is left to what failed.
+    """
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute(sql.QUEUE_AGAIN, list(sent))
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.warning("projection_requeue_failed", organizations=len(sent), error=repr(exc))
 
 
 async def _upsert_customer_health(

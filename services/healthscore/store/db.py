@@ -77,15 +77,21 @@ def service_pool(
     min_size: int = 1,
     max_size: int = 4,
     tls: DatabaseTLS = None,
+    idle_transaction_limit: float = 0.0,
 ) -> asyncpg.Pool[Any]:
     """The service's pool, not open yet (`opened`): its sessions run as `role`.
 
     Setting the role at connection startup (the startup `role` setting), not
     with SET ROLE after it, makes it the session default (whatever a pool's reset
     ran, it would keep it). Between uses the pool only rolls back
-    (`rollback_only_reset`).
+    (`rollback_only_reset`). `idle_transaction_limit` (seconds, 0: none) is each
+    session's `idle_in_transaction_session_timeout`, set at startup as well (no
+    round trip per transaction): a process that stops mid-transaction without its
+    connection closing (frozen, cut off) holds its row locks that long at most.
     """
     settings = {"role": role} if role else {}
+    if idle_transaction_limit > 0:
+        settings["idle_in_transaction_session_timeout"] = f"{round(idle_transaction_limit * 1000)}"
     return asyncpg.create_pool(
         database_url,
         min_size=min_size,

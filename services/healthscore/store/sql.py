@@ -314,6 +314,20 @@ ORDER BY organization_id
 ON CONFLICT (organization_id) DO NOTHING
 """
 
+# Back to the projector, at their current versions: organizations whose health feed a
+# transaction sent before it failed (`projector.queue_again`). Only those with a saved
+# state: the failed transaction may have been the one creating it, and an entry the
+# projector cannot join to a state would stay queued, and the read model look stale.
+QUEUE_AGAIN = """
+INSERT INTO read_model_pending (organization_id, version)
+SELECT s.organization_id, s.health_version
+FROM organization_state s
+JOIN unnest($1::uuid[]) AS x(organization_id) ON s.organization_id = x.organization_id
+WHERE s.health_version >= 1
+ORDER BY s.organization_id
+ON CONFLICT (organization_id) DO NOTHING
+"""
+
 DEQUEUE_PROJECTED = """
 DELETE FROM read_model_pending WHERE organization_id = ANY($1::uuid[])
 """

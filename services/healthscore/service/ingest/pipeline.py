@@ -54,7 +54,7 @@ from healthscore.service.ingest.decode import (
 )
 from healthscore.service.ingest.dlq import DeadLetterQueue
 from healthscore.service.ingest.owned import OwnedStates
-from healthscore.service.projector import project_in_transaction
+from healthscore.service.projector import project_in_transaction, queue_again
 from healthscore.store import Connection, sql
 from healthscore.store.effects_writer import write_effects
 from healthscore.store.records import interaction_from_row, storable
@@ -321,12 +321,20 @@ class BatchPipeline:
     async def _apply(
         self, decoded: list[Decoded | Rejection], positioned: Mapping[PartitionKey, int]
     ) -> BatchOutcome:
+        # organizations whose health feed a live batch sent
+        sent: list[str] = []
         try:
-            return await self._apply_once(decoded, positioned)
-        except _OffsetRowsGone:
-            # reset or removed since this consumer first saw them: create and start over
-            self._offset_rows.clear()
-            return await self._apply_once(decoded, positioned)
+            try:
+                return await self._apply_once(decoded, positioned, sent)
+            except _OffsetRowsGone:
+                # reset or removed since this consumer first saw them: create and start over
+                self._offset_rows.clear()
+                return await self._apply_once(decoded, positioned, sent)
+        except Exception:
+            if sent:
+                # the feed's last word must come from a committed state (`queue_again`)
+                await queue_again(self._pool, sent)
+            raise
 
     async def _lock_offsets_and_claim(
         self,
@@ -389,9 +397,13 @@ class BatchPipeline:
         return stored, claimed, stored_states(state_rows)
 
     async def _apply_once(
-        self, decoded: list[Decoded | Rejection], positioned: Mapping[PartitionKey, int]
+        self,
+        decoded: list[Decoded | Rejection],
+        positioned: Mapping[PartitionKey, int],
+        sent: list[str],
     ) -> BatchOutcome:
-        """One transaction: effects, dead letters and offsets of `decoded`."""
+        """One transaction: effects, dead letters and offsets of `decoded` (`sent`: the
+        organizations whose health feed it sends, live)."""
         # a stand-in (`RawRecord.skipped_to`) is no record: it only moves the offset
         stand_ins = sum(1 for d in decoded if d.record.skipped_to is not None)
         outcome = BatchOutcome(records=len(decoded) - stand_ins, passed_over=stand_ins)
@@ -487,7 +499,7 @@ class BatchPipeline:
                 project, live = self._live_projection
                 if live():
                     outcome.projected_in_batch = await _project_own_changes(
-                        conn, project, effects, saved
+                        conn, project, effects, saved, sent
                     )
             marks.lap("write")
             # dead letters leave before the commit (see DeadLetterQueue.publish) and
@@ -587,10 +599,12 @@ async def _project_own_changes(
     project: ProjectInBatch,
     effects: BatchEffects,
     saved: Mapping[str, tuple[bytes, int]],
+    sent: list[str],
 ) -> int:
     """Project, in the batch's transaction, the organizations whose queue entry this
     batch made (after its state saves: it holds their rows, so nobody else can queue
-    or change them before it commits); those queued before it stay queued."""
+    or change them before it commits); those queued before it stay queued. `sent`
+    receives them before their feed is sent."""
     states = [s for s in rescored_states(effects) if s.organization_id in saved]
     if not states:
         return 0
@@ -600,6 +614,7 @@ async def _project_own_changes(
         [saved[s.organization_id][1] for s in states],
     )
     own = {str(row["organization_id"]) for row in rows}
+    sent.extend(sorted(own))
     return await project(
         conn, [(s, saved[s.organization_id][1]) for s in states if s.organization_id in own]
     )
