@@ -102,8 +102,12 @@ async def test_a_replica_frozen_inside_a_transaction_does_not_stall_the_others(
         while not sum((await stored_offsets(monitor, group)).values()):
             assert time.monotonic() < deadline, "A committed no batch"
             await asyncio.sleep(0.02)
+        # between two statements: frozen half-way through sending one (a statement's
+        # arguments larger than the socket's buffer), the backend waits for the rest of
+        # the message, which idle_in_transaction_session_timeout does not bound
+        # (docs/design.md, "Ownership")
         backend = await freeze_inside_batch_transaction(
-            frozen.process.pid, monitor, 15.0, locking=locking
+            frozen.process.pid, monitor, 15.0, locking=locking, between_statements=True
         )
         await production
         assert backend is not None, f"no {inside} transaction of A caught open"

@@ -660,6 +660,7 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
         ("DEQUEUE_PROJECTED", sql.DEQUEUE_PROJECTED, [[org]]),
         ("TAKE_OWN_PENDING", sql.TAKE_OWN_PENDING, [[org], [1]]),
         ("QUEUE_FOR_PROJECTOR", sql.QUEUE_FOR_PROJECTOR, [[org], [1]]),
+        ("QUEUE_AGAIN", sql.QUEUE_AGAIN, [[org]]),
         ("OUTBOX_STATS", sql.OUTBOX_STATS, []),
         ("DISTRIBUTION", sql.DISTRIBUTION, []),
         ("db.ROLE_CHECK", db.ROLE_CHECK, []),

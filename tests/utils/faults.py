@@ -213,12 +213,15 @@ async def freeze_inside_batch_transaction(
     timeout: float,
     settle: float = 0.03,
     locking: tuple[str, list[str]] = BATCH_TRANSACTIONS,
+    between_statements: bool = False,
 ) -> int | None:
     """Poll pg_stat_activity until the service is inside a batch transaction (or one
     holding the lock `locking` names: a table and lock modes) and leave it frozen
     there (SIGSTOP, as a paused VM: its connections stay open); return the backend of
     that transaction. None, with the process running again, if none was caught within
-    `timeout`.
+    `timeout`. `between_statements`: only where the backend waits for the next
+    statement ('idle in transaction'), not where the process froze in the middle of
+    sending one (its backend 'active', reading the rest of the message).
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -231,8 +234,11 @@ async def freeze_inside_batch_transaction(
             for row in await conn.fetch(TRANSACTIONS_LOCKING, *locking):
                 again = await conn.fetchrow(BACKEND, row["pid"])
                 # one that has locked rows (an xid): not one still introspecting types
-                if _open_transaction(again, row["xact_start"]) and await conn.fetchval(
-                    LOCKED_ROWS, row["pid"]
+                idle = again is not None and again["state"] == "idle in transaction"
+                if (
+                    _open_transaction(again, row["xact_start"])
+                    and (idle or not between_statements)
+                    and await conn.fetchval(LOCKED_ROWS, row["pid"])
                 ):
                     return int(row["pid"])
         except BaseException:
