@@ -14,7 +14,7 @@ import struct
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta, timezone
@@ -60,6 +60,31 @@ from tests.utils.states import stored_state_in
 
 def _org(label: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"hostile-{label}"))
+
+
+async def _claimed_by_an_earlier_release(
+    database_url: str,
+    usage_topic: str,
+    support_topic: str,
+    body: dict[str, Any],
+    digest: Callable[[Decoded], bytes],
+) -> None:
+    """Record `body`'s id in processed_events as a release that digested it with `digest`
+    (a form other than today's) claimed it."""
+    org = body["organization_id"]
+    record = RawRecord(usage_topic, 0, 0, org.encode(), orjson.dumps(body), None)
+    decoded = Decoder(usage_topic, support_topic, 64 * 1024).decode(record)
+    assert isinstance(decoded, Decoded)
+    assert digest(decoded) != payload_digest(decoded)
+    await fetchval(
+        database_url,
+        "INSERT INTO processed_events (event_id, organization_id, occurred_at, payload_digest)"
+        " VALUES ($1, $2, $3, $4) RETURNING event_id",
+        uuid.UUID(body["event_id"]),
+        uuid.UUID(org),
+        decoded.event.occurred_at,
+        digest(decoded),
+    )
 
 
 def _usage(org: str, n: int, at: datetime, **changes: Any) -> dict[str, Any]:
@@ -303,19 +328,8 @@ async def test_a_repeat_with_its_times_or_numbers_written_otherwise_is_a_duplica
     # an id a release that kept the offsets claimed, under its digest: its repeat as
     # sent is a duplicate too
     earlier = _usage(org, 3, at, occurred_at=local(at + timedelta(seconds=3)))
-    decoded = Decoder(topics.usage, topics.support, 64 * 1024).decode(
-        RawRecord(topics.usage, 0, 0, org.encode(), orjson.dumps(earlier), None)
-    )
-    assert isinstance(decoded, Decoded)
-    assert as_sent_payload_digest(decoded) != payload_digest(decoded)
-    await fetchval(
-        migrated_database,
-        "INSERT INTO processed_events (event_id, organization_id, occurred_at, payload_digest)"
-        " VALUES ($1, $2, $3, $4) RETURNING event_id",
-        uuid.UUID(earlier["event_id"]),
-        uuid.UUID(org),
-        decoded.event.occurred_at,
-        as_sent_payload_digest(decoded),
+    await _claimed_by_an_earlier_release(
+        migrated_database, topics.usage, topics.support, earlier, as_sent_payload_digest
     )
     producer = await make_producer(kafka_bootstrap)
     try:
@@ -412,20 +426,8 @@ async def test_a_reused_event_id_with_another_payload_is_a_conflict(
     # an id a release before nested keys were sorted claimed, under its digest: its
     # repeat, nested keys in the order that release saw, is a duplicate too
     earlier = _usage(org, 3, at, properties={"seats": {"used": 3, "paid": 5}, "plan": "pro"})
-    earlier_record = RawRecord(
-        topics.usage, 0, 0, org.encode(), orjson.dumps(earlier), int(at.timestamp() * 1000)
-    )
-    decoded = Decoder(topics.usage, topics.support, 64 * 1024).decode(earlier_record)
-    assert isinstance(decoded, Decoded)
-    assert legacy_payload_digest(decoded) != payload_digest(decoded)
-    await fetchval(
-        migrated_database,
-        "INSERT INTO processed_events (event_id, organization_id, occurred_at, payload_digest)"
-        " VALUES ($1, $2, $3, $4) RETURNING event_id",
-        uuid.UUID(earlier["event_id"]),
-        uuid.UUID(org),
-        decoded.event.occurred_at,
-        legacy_payload_digest(decoded),
+    await _claimed_by_an_earlier_release(
+        migrated_database, topics.usage, topics.support, earlier, legacy_payload_digest
     )
     producer = await make_producer(kafka_bootstrap)
     try:
