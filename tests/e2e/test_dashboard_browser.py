@@ -16,6 +16,7 @@ import asyncio
 import base64
 import dataclasses
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ import asyncpg
 import pytest
 
 from healthscore.api.server import dev_config, serve_until, wait_stopped
+from healthscore.core.scoring.model import V2_MODEL_PATH
 from tests.e2e.test_pipeline_end_to_end import (
     AT_RISK,
     BASE,
@@ -63,7 +65,7 @@ try:
     from selenium.webdriver.chrome.webdriver import WebDriver
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 except ImportError:  # pragma: no cover - the dev extra installs it
     webdriver = None  # type: ignore[assignment]
 
@@ -133,6 +135,27 @@ def by_day(
             [e for e in support if e["occurred_at"][:10] == day],
         )
         for day in days
+    ]
+
+
+LATE_RISK_INTERACTIONS = 30  # more than the organization page's first page (25)
+
+
+def late_risk_interactions() -> list[dict[str, Any]]:
+    """Many small requests from the late organization: its timeline pages."""
+    at = BASE + timedelta(days=6)
+    return [
+        {
+            "event_id": _id(f"l-question-{n}"),
+            "organization_id": LATE_RISK,
+            "interaction_id": _id(f"l-question-interaction-{n}"),
+            "action": "opened",
+            "occurred_at": (at + timedelta(minutes=n)).isoformat(),
+            "interaction_type": "feedback_survey",
+            "channel": "email",
+            "subject": f"Question {n} about the invoice layout",
+        }
+        for n in range(LATE_RISK_INTERACTIONS)
     ]
 
 
@@ -227,7 +250,11 @@ async def test_dashboard_in_chromium(
     browser: WebDriver, migrated_database: str, kafka_bootstrap: str
 ) -> None:
     topics = await make_topics(kafka_bootstrap, partitions=2)
-    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    # v2: the at-risk organization's cancellation request raises an alert at once (as in
+    # test_scripted_scenario_end_to_end), so its page has an alert and a path to healthy
+    settings = service_settings(
+        migrated_database, kafka_bootstrap, topics, model_path=V2_MODEL_PATH
+    )
     usage, support = stream()
     producer = await make_producer(kafka_bootstrap)
     stop = asyncio.Event()
@@ -264,10 +291,18 @@ async def test_dashboard_in_chromium(
             listed = rows(browser, "org-table", "data-organization")
             assert listed[0] == AT_RISK, listed
             assert HEALTHY in listed
+            # when each score holds for, in words and with its time zone
+            scored = browser.find_element(
+                By.CSS_SELECTOR, f'#org-table tr[data-organization="{AT_RISK}"] time'
+            )
+            assert scored.text.endswith(" ago"), scored.text
+            assert "UTC" in scored.find_element(By.XPATH, "..").text
+            assert "0 to 100" in browser.find_element(By.ID, "list-meaning").text
             await run(screenshot, browser, "admin-at-risk-list")
 
             # the list refreshes by itself when new scores land
             await produce_json(producer, topics.usage, late_risk_events())
+            await produce_json(producer, topics.support, late_risk_interactions())
             await run(
                 wait,
                 browser,
@@ -292,6 +327,21 @@ async def test_dashboard_in_chromium(
             factor_rows = browser.find_elements(By.CSS_SELECTOR, "#factor-table tbody tr")
             assert all(r.text.strip() for r in factor_rows)
             assert browser.find_elements(By.CSS_SELECTOR, "#org-components meter")
+            # the numbers explained: what the score is out of, its band, the churn probability
+            meaning = browser.find_element(By.ID, "org-score-meaning").text
+            assert re.match(
+                r"\d+\.\d of 100 is in the (critical|at risk|good|excellent) band", meaning
+            ), meaning
+            assert "Churn probability" in meaning
+            # the chart's bands are named, not only coloured
+            zones = browser.find_elements(By.CSS_SELECTOR, "#org-chart svg text.zone-label")
+            assert sorted(z.text for z in zones) == ["at risk", "critical", "excellent", "good"]
+            # what to do: the alert's path to healthy, each step with the points it is worth
+            path = await run(
+                wait, browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#org-path li")
+            )
+            assert all("points" in step.text for step in path), [s.text for s in path]
+            assert "Why it fired" in browser.find_element(By.ID, "org-alert").text
             await run(screenshot, browser, "admin-organization")
 
             # the score's milestones: the onboarding row below and two from the CRM profile
@@ -344,6 +394,99 @@ async def test_dashboard_in_chromium(
             assert acknowledged_by == identity.users["admin"]
             assert not js_errors(browser), js_errors(browser)
 
+            # a narrow (phone) viewport: the page fits, tables scroll inside their frame
+            await run(
+                browser.execute_cdp_cmd,
+                "Emulation.setDeviceMetricsOverride",
+                {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": False},
+            )
+            await run(browser.refresh)
+            await run(
+                wait, browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#factor-table tbody tr")
+            )
+            width, scrolled = browser.execute_script(
+                "return [document.documentElement.clientWidth,"
+                " document.documentElement.scrollWidth]"
+            )
+            await run(screenshot, browser, "admin-organization-phone")
+            assert scrolled <= width, (scrolled, width)
+            await run(browser.execute_cdp_cmd, "Emulation.clearDeviceMetricsOverride", {})
+
+            # hundreds of interactions: the timeline shows a page and pages on
+            await run(browser.get, f"{address}/#/org/{LATE_RISK}")
+            await run(
+                wait, browser, lambda d: d.find_element(By.ID, "timeline-more").is_displayed()
+            )
+            more = browser.find_element(By.ID, "timeline-more")
+            assert len(browser.find_elements(By.CSS_SELECTOR, "#org-timeline li")) == 25
+            await run(more.click)
+            await run(
+                wait,
+                browser,
+                lambda d: (
+                    len(d.find_elements(By.CSS_SELECTOR, "#org-timeline li"))
+                    == LATE_RISK_INTERACTIONS
+                    and not d.find_element(By.ID, "timeline-more").is_displayed()
+                ),
+            )
+            assert "30 interactions" in browser.find_element(By.ID, "timeline-count").text
+
+            # an organization the user may not see: said so, nothing of the last one shown
+            await run(browser.get, f"{address}/#/org/{uuid.uuid4()}")
+            await run(
+                wait,
+                browser,
+                lambda d: d.find_element(By.ID, "org-title").text == "Organization not found",
+            )
+            assert not browser.find_element(By.ID, "org-body").is_displayed()
+            assert "not visible" in browser.find_element(By.ID, "org-subtitle").text.replace(
+                "is visible to you", "not visible"
+            )
+            await run(screenshot, browser, "admin-organization-not-found")
+
+            # the service unreachable mid-session: said in words, with the age of what is shown
+            await run(browser.get, f"{address}/#/")
+            await run(wait, browser, lambda d: rows(d, "org-table", "data-organization"))
+            await run(browser.execute_cdp_cmd, "Network.enable", {})
+            await run(
+                browser.execute_cdp_cmd,
+                "Network.setBlockedURLs",
+                {"urls": ["*/api/v1/organizations*"]},
+            )
+            await run(
+                wait,
+                browser,
+                lambda d: "Cannot reach the health service" in d.find_element(By.ID, "status").text,
+            )
+            assert "What you see was loaded at" in browser.find_element(By.ID, "status").text
+            assert rows(browser, "org-table", "data-organization")  # the last answer stays
+            await run(screenshot, browser, "admin-list-service-unreachable")
+            await run(browser.execute_cdp_cmd, "Network.setBlockedURLs", {"urls": []})
+            await run(wait, browser, lambda d: d.find_element(By.ID, "status").text == "")
+
+            # a request the database takes too long over (a 503 too-slow): what to do
+            conn = await asyncpg.connect(migrated_database)
+            try:
+                async with conn.transaction():
+                    await conn.execute("LOCK TABLE customer_health IN ACCESS EXCLUSIVE MODE")
+                    band = Select(browser.find_element(By.ID, "f-band"))
+                    await run(band.select_by_value, "critical")
+                    await run(
+                        wait,
+                        browser,
+                        lambda d: "took too long" in d.find_element(By.ID, "status").text,
+                        30,
+                    )
+            finally:
+                await conn.close()
+            assert "API_STATEMENT_TIMEOUT_MS" not in browser.find_element(By.ID, "status").text
+            await run(screenshot, browser, "admin-list-too-slow")
+            # the lock gone, the next answer clears the message
+            await run(Select(browser.find_element(By.ID, "f-band")).select_by_value, "")
+            await run(wait, browser, lambda d: d.find_element(By.ID, "status").text == "")
+            # only the failed requests themselves are logged, no script error
+            assert not [e for e in js_errors(browser) if "/api/v1/" not in e], js_errors(browser)
+
             # --- support: their interactions only -----------------------------------------
             await run(browser.get, links["support"])
             await run(
@@ -381,6 +524,32 @@ async def test_dashboard_in_chromium(
             await run(wait, browser, lambda d: d.find_element(By.ID, "view-signin").is_displayed())
             assert "Signed out" in browser.find_element(By.ID, "signin-reason").text
             await run(screenshot, browser, "signed-out")
+
+            # the token expires on an organization's page: signed out, saying so, and the
+            # next sign-in comes back to that page
+            await run(browser.get, links["admin"])
+            await run(wait, browser, lambda d: rows(d, "org-table", "data-organization"))
+            await run(browser.get, f"{address}/#/org/{AT_RISK}")
+            await run(wait, browser, lambda d: d.find_element(By.ID, "org-body").is_displayed())
+            expired = identity.token("admin", valid_for=timedelta(minutes=-10))
+            browser.execute_script(
+                "sessionStorage.setItem('healthscore.token', arguments[0])", expired
+            )
+            await run(
+                wait,
+                browser,
+                lambda d: "expired" in d.find_element(By.ID, "signin-reason").text,
+            )
+            assert "Sign in again" in browser.find_element(By.ID, "signin-reason").text
+            await run(browser.get, links["admin"])
+            await run(
+                wait,
+                browser,
+                lambda d: (
+                    d.execute_script("return location.hash") == f"#/org/{AT_RISK}"
+                    and d.find_element(By.ID, "org-body").is_displayed()
+                ),
+            )
     finally:
         stop.set()
         await wait_stopped()

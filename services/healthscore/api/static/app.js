@@ -8,10 +8,12 @@ const TOKEN_KEY = "healthscore.token";
 const REFRESH_SECONDS = Number(
   document.querySelector('meta[name="healthscore-refresh-seconds"]').content) || 15;
 const PAGE = 50;
+const TIMELINE_PAGE = 25;
 
 const $ = (id) => document.getElementById(id);
 const state = { me: null, view: null, orgId: null, timer: null, listItems: 0, visitedList: false,
-  listCursor: null, supportCursor: null, knownFactors: new Set() };
+  listCursor: null, supportCursor: null, timelineCursor: null, knownFactors: new Set(),
+  loadedAt: null, returnTo: null };
 
 // --- the token ------------------------------------------------------------------
 function takeTokenFromFragment() {
@@ -20,7 +22,9 @@ function takeTokenFromFragment() {
     sessionStorage.setItem(TOKEN_KEY, match[1]);
     state.me = null;
     state.visitedList = false;
-    history.replaceState(null, "", location.pathname + "#/");
+    // the token leaves the address bar (and the history) at once
+    history.replaceState(null, "", location.pathname + (state.returnTo || "#/"));
+    state.returnTo = null;
   }
 }
 const token = () => sessionStorage.getItem(TOKEN_KEY);
@@ -81,10 +85,30 @@ const words = (name) => (name || "").replaceAll("_", " ");
 const pct = (p) => `${(p * 100).toFixed(0)}%`;
 const signed = (v) => (v === null || v === undefined ? "—" : `${v > 0 ? "+" : ""}${v.toFixed(1)}`);
 const shortId = (id) => id.slice(0, 8);
+// a time as people read it: the date and time in the viewer's zone, named, and how long
+// ago (or from now) it is, e.g. "Dec 5, 2026, 8:55 AM UTC (3 hours ago)"
+const RELATIVE = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
+function ago(iso) {
+  const seconds = (new Date(iso).getTime() - Date.now()) / 1000;
+  const size = Math.abs(seconds);
+  for (const [unit, length] of [["day", 86400], ["hour", 3600], ["minute", 60]]) {
+    if (size >= length) return RELATIVE.format(Math.round(seconds / length), unit);
+  }
+  return RELATIVE.format(0, "second");
+}
+function absolute(iso) {
+  return new Date(iso).toLocaleString(undefined,
+    { year: "numeric", month: "short", day: "numeric", hour: "numeric", minute: "2-digit", timeZoneName: "short" });
+}
 function when(iso) {
   if (!iso) return "—";
-  const date = new Date(iso);
-  return date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+  return `${absolute(iso)} (${ago(iso)})`;
+}
+// a table cell's time: how long ago first, the date and zone below it
+function timeCell(iso) {
+  if (!iso) return el("td", { text: "—" });
+  return el("td", {}, el("time", { datetime: iso, text: ago(iso) }),
+    el("span", { class: "sub", text: absolute(iso) }));
 }
 function day(iso) {
   return iso ? new Date(iso).toLocaleDateString(undefined, { dateStyle: "medium" }) : "—";
@@ -92,8 +116,9 @@ function day(iso) {
 function badge(kind, value) {
   return el("span", { class: `badge ${kind}-${value}`, text: words(value) });
 }
-function say(message) {
+function say(message, problem = false) {
   $("status").textContent = message;
+  $("status").classList.toggle("problem", problem);
 }
 function showView(name) {
   for (const view of document.querySelectorAll(".view")) view.hidden = view.id !== `view-${name}`;
@@ -103,9 +128,36 @@ function showView(name) {
   }
   state.view = name;
 }
+// what went wrong and what to do, in the user's words (the API's detail is for operators)
+function explain(error) {
+  if (!(error instanceof ApiError)) {
+    return "Cannot reach the health service (the network or the service is down).";
+  }
+  const type = (error.problem && error.problem.type) || "";
+  if (error.status === 503 && type.endsWith("too-slow")) {
+    return "The service took too long to answer this request. Narrow it (a longer search text, a filter) or try again shortly.";
+  }
+  if (error.status === 503 || error.status === 502 || error.status === 504) {
+    return "The health service is unavailable just now.";
+  }
+  if (error.status === 429) return "Too many requests just now; wait a moment.";
+  if (error.status === 403) return "Your role may not do this.";
+  if (error.status >= 500) {
+    const ref = error.problem && error.problem.error_id;
+    return `The request failed inside the health service${ref ? ` (reference ${ref}: report it if this keeps happening)` : ""}.`;
+  }
+  return `The service refused the request: ${error.message}.`;
+}
 function fail(error) {
   if (error instanceof ApiError && error.status === 401) return;
-  say(error instanceof ApiError ? `Could not load: ${error.message}` : `Error: ${error}`);
+  const shown = state.loadedAt
+    ? ` What you see was loaded at ${state.loadedAt.toLocaleTimeString()}; the page tries again every ${REFRESH_SECONDS} s.`
+    : " Reload the page to try again.";
+  say(`${explain(error)}${shown}`, true);
+}
+function loaded() {
+  state.loadedAt = new Date();
+  if ($("status").classList.contains("problem")) say("");
 }
 
 // --- sign in and out ------------------------------------------------------------------
@@ -116,7 +168,10 @@ function signOut(reason) {
   $("nav").hidden = true;
   $("who").hidden = true;
   $("signin-reason").hidden = !reason;
-  $("signin-reason").textContent = reason ? `Signed out: ${reason}` : "";
+  $("signin-reason").textContent = reason
+    ? `Signed out: ${reason}. Sign in again to continue where you were.` : "";
+  // signed out mid-session (an expired token): come back to the same page after signing in
+  if (reason && location.hash.startsWith("#/")) state.returnTo = location.hash;
   showView("signin");
 }
 
@@ -157,7 +212,7 @@ function orgRow(org) {
     el("td", { class: `num ${org.score_change_7d < 0 ? "down" : ""}`, text: signed(org.score_change_7d) }),
     el("td", { class: `num ${org.score_change_30d < 0 ? "down" : ""}`, text: signed(org.score_change_30d) }),
     el("td", { text: reasons.join(", ") || "—" }),
-    el("td", { text: when(org.scored_at) }));
+    timeCell(org.scored_at));
 }
 
 async function loadList({ append = false, refresh = false } = {}) {
@@ -177,6 +232,7 @@ async function loadList({ append = false, refresh = false } = {}) {
   $("factor-names").replaceChildren(
     ...[...state.knownFactors].sort().map((f) => el("option", { value: f })));
   $("list-updated").textContent = `Updated ${new Date().toLocaleTimeString()}; refreshes every ${REFRESH_SECONDS} s`;
+  loaded();
 }
 
 // --- the organization page --------------------------------------------------------------
@@ -200,6 +256,10 @@ function renderOrganization(org) {
   $("org-subtitle").textContent =
     `${org.organization_id}${org.plan ? ` · plan ${org.plan}` : ""} · scored ${when(org.scored_at)}`;
   $("org-score").textContent = org.health_score.toFixed(1);
+  $("org-score-meaning").textContent = `${org.health_score.toFixed(1)} of 100 is in the ${words(org.health_status)} band ` +
+    "(critical below 40, at risk 40 to 60, good 60 to 80, excellent from 80). " +
+    `Churn probability ${pct(org.churn_probability)}: the model's estimate of how likely this ` +
+    "organization is to leave, from its score and its 30-day change.";
   const band = badge("band", org.health_status);
   band.textContent = `${words(org.health_status)} band`;
   const risk = badge("risk", org.risk_level);
@@ -210,7 +270,8 @@ function renderOrganization(org) {
     ["Churn probability", pct(org.churn_probability)],
     ["Change, 7 days", signed(org.score_change_7d)],
     ["Change, 30 days", signed(org.score_change_30d)],
-    ["Trend", org.trend || "—"],
+    ["Since the previous score", org.trend
+      ? `${org.trend} (${org.previous_score.toFixed(1)} → ${org.health_score.toFixed(1)})` : "—"],
     ["Active users (30 days)", String(org.active_users_30d)],
     ["Open interactions", String(org.open_interactions_count)],
     ["Overdue follow-ups", String(org.overdue_follow_ups)],
@@ -244,14 +305,41 @@ function renderOrganization(org) {
       el("span", { class: "num", text: String(uses) })))
     : [el("li", { class: "muted", text: "No feature usage in the window." })]));
   const alert = org.last_alert;
-  $("org-alert").replaceChildren(alert
-    ? el("dl", { class: "facts" },
+  $("org-alert").replaceChildren(...(alert
+    ? [el("dl", { class: "facts" },
       el("dt", { text: "Kind" }), el("dd", {}, badge("alert", alert.kind)),
+      el("dt", { text: "Why it fired" }), el("dd", { text: TRIGGERS[alert.trigger] || words(alert.trigger) || "—" }),
       el("dt", { text: "Risk level" }), el("dd", { text: words(alert.risk_level) }),
       el("dt", { text: "Score then" }), el("dd", { text: alert.health_score === null ? "—" : alert.health_score.toFixed(1) }),
       el("dt", { text: "Raised" }), el("dd", { text: when(alert.created_at) }),
-      el("dt", { text: "Published" }), el("dd", { text: alert.published_at ? when(alert.published_at) : "pending" }))
-    : el("p", { class: "muted", text: "No churn-risk alert yet." }));
+      el("dt", { text: "Published" }), el("dd", { text: alert.published_at ? when(alert.published_at) : "pending" })),
+    ...pathToHealthy(alert, org)]
+    : [el("p", { class: "muted", text: "No churn-risk alert yet." })]));
+}
+
+const TRIGGERS = {
+  probability_threshold: "the churn probability crossed the alert threshold",
+  score_drop: "the score dropped sharply",
+  escalation_step: "the risk level rose a step",
+  recovery: "the organization is out of risk again",
+};
+
+// what to do: the alert's path to healthy, the fewest actions out of risk, each with the
+// score points the model credits it with; an interaction named by its id gets its subject
+function pathToHealthy(alert, org) {
+  if (!alert.path_to_healthy || alert.path_to_healthy.length === 0) return [];
+  const subjects = new Map(org.open_interactions.map((i) => [i.id, i.subject]));
+  const steps = alert.path_to_healthy.map((step) => {
+    const id = step.action.match(/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/);
+    const action = id && subjects.get(id[0])
+      ? step.action.replace(id[0], `“${subjects.get(id[0])}”`) : step.action;
+    return el("li", {}, el("span", { text: action[0].toUpperCase() + action.slice(1) }),
+      el("span", { class: "muted", text: ` (+${step.impact.toFixed(1)} points, ${words(step.factor)})` }));
+  });
+  return [el("h4", { id: "path-title", text: "What to do: the way out of risk" }),
+    el("ol", { class: "path", id: "org-path", "aria-labelledby": "path-title" }, ...steps),
+    el("p", { class: "muted", text: "As named when the alert was raised, largest effect first. " +
+      "Signals only time heals (recent complaints, cancellation requests, sentiment) are not actions." })];
 }
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -284,6 +372,8 @@ function renderChart(history) {
   // the bands behind the line: critical < 40 <= at risk < 60 <= good < 80 <= excellent
   for (const [from, to, cls] of [[0, 40, "critical"], [40, 60, "at_risk"], [60, 80, "good"], [80, 100, "excellent"]]) {
     chart.append(svg("rect", { x: left, y: y(to), width: width - left - right, height: y(from) - y(to), class: `zone zone-${cls}` }));
+    // the band's name in it: its colour is not the only way to tell
+    chart.append(svg("text", { x: left + 6, y: y(to) + 13, class: "zone-label" }, words(cls)));
   }
   for (const v of [0, 40, 60, 80, 100]) {
     chart.append(svg("line", { x1: left, x2: width - right, y1: y(v), y2: y(v), class: "grid" }));
@@ -374,17 +464,39 @@ function interactionItem(i) {
 
 async function loadOrganization(orgId, { refresh = false } = {}) {
   const days = $("history-days").value;
+  // a refresh reloads as many interactions as are on screen (up to 200), in one request
+  const shown = $("org-timeline").children.length;
+  const limit = refresh ? Math.min(Math.max(shown, TIMELINE_PAGE), 200) : TIMELINE_PAGE;
   const [org, history, interactions] = await Promise.all([
     api(`/api/v1/organizations/${orgId}`),
     api(`/api/v1/organizations/${orgId}/history?days=${days}`),
-    api(`/api/v1/interactions${query({ organization_id: orgId, limit: 100 })}`),
+    api(`/api/v1/interactions${query({ organization_id: orgId, limit })}`),
   ]);
   if (state.orgId !== orgId) return;
   renderOrganization(org);
   renderChart(history);
   $("org-timeline").replaceChildren(...interactions.items.map(interactionItem));
-  $("timeline-empty").hidden = interactions.items.length > 0;
+  showTimelinePage(interactions);
+  $("org-body").hidden = false;
   if (!refresh) await loadMilestones(orgId);
+  loaded();
+}
+
+async function loadMoreInteractions(orgId) {
+  const page = await api(`/api/v1/interactions${query({ organization_id: orgId, limit: TIMELINE_PAGE,
+    cursor: state.timelineCursor })}`);
+  if (state.orgId !== orgId) return;
+  $("org-timeline").append(...page.items.map(interactionItem));
+  showTimelinePage(page);
+}
+
+function showTimelinePage(page) {
+  const shown = $("org-timeline").children.length;
+  state.timelineCursor = page.next_cursor;
+  $("timeline-more").hidden = !page.next_cursor;
+  $("timeline-empty").hidden = shown > 0;
+  $("timeline-count").textContent = shown === 0 ? ""
+    : `Newest first; ${shown}${page.next_cursor ? " shown, more below" : (shown === 1 ? " interaction" : " interactions")}.`;
 }
 
 // --- the support view -----------------------------------------------------------------
@@ -403,14 +515,17 @@ function interactionRow(i) {
   const follow = i.follow_up_at && !i.follow_up_completed_at
     ? el("span", { class: i.overdue ? "overdue" : "", text: `${i.overdue ? "Overdue: " : ""}${when(i.follow_up_at)}` })
     : "—";
-  const org = i.organization_name || shortId(i.organization_id);
+  // a name is there only when the organization is visible to the user: then it is a link
+  const org = i.organization_name
+    ? el("a", { href: `#/org/${i.organization_id}`, text: i.organization_name })
+    : shortId(i.organization_id);
   return el("tr", { class: i.overdue ? "overdue-item" : "", "data-interaction": i.id },
     el("th", { scope: "row", text: i.subject || "(no subject)" }),
-    el("td", { text: org }),
+    el("td", {}, org),
     el("td", { text: words(i.interaction_type) || "—" }),
     el("td", {}, badge("priority", i.priority)),
     el("td", {}, badge("status", i.status)),
-    el("td", { text: when(i.opened_at) }),
+    timeCell(i.opened_at),
     el("td", {}, follow));
 }
 
@@ -427,11 +542,14 @@ async function loadSupport({ append = false } = {}) {
   $("interaction-more").hidden = !page.next_cursor;
   $("interaction-empty").hidden = body.rows.length > 0;
   $("support-updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
+  loaded();
 }
 
 // --- routing and refresh ----------------------------------------------------------------
 async function route() {
   clearInterval(state.timer);
+  state.loadedAt = null;
+  say("");
   if (!token()) {
     signOut();
     return;
@@ -439,11 +557,19 @@ async function route() {
   try {
     if (!state.me) await signIn();
     const hash = location.hash || "#/";
-    const org = hash.match(/^#\/org\/([0-9a-f-]{36})$/);
+    const org = hash.match(/^#\/org\/(.*)$/);
+    if (org && !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(org[1])) {
+      throw new ApiError(404, null);
+    }
     if (org) {
       state.orgId = org[1];
       showView("org");
+      // another organization's figures must not stand under this one's title
+      $("org-body").hidden = true;
       $("org-title").textContent = "Loading…";
+      $("org-subtitle").textContent = "";
+      state.timelineCursor = null;
+      $("org-timeline").replaceChildren();
       await loadOrganization(org[1]);
       state.timer = setInterval(() => loadOrganization(org[1], { refresh: true }).catch(fail), REFRESH_SECONDS * 1000);
     } else if (hash === "#/support") {
@@ -467,9 +593,13 @@ async function route() {
     $("main").focus({ preventScroll: true });
   } catch (error) {
     if (error instanceof ApiError && error.status === 404) {
+      state.orgId = null;
       showView("org");
-      $("org-title").textContent = "Not found";
-      $("org-subtitle").textContent = "No organization with that id is visible to you.";
+      $("org-body").hidden = true;
+      $("org-title").textContent = "Organization not found";
+      $("org-subtitle").textContent = "No organization with this address is visible to you: " +
+        "the link may be mistyped, or your role does not cover it. Go back to the list to find it.";
+      return;
     }
     fail(error);
   }
@@ -483,8 +613,10 @@ function start() {
     state.me = null;
     state.visitedList = false;
     $("signin-token").value = "";
-    location.hash = "#/";
-    route();
+    const back = state.returnTo || "#/";
+    state.returnTo = null;
+    if (location.hash === back) route();
+    else location.hash = back;
   });
   $("sign-out").addEventListener("click", () => signOut());
   $("list-filters").addEventListener("submit", (event) => {
@@ -500,6 +632,9 @@ function start() {
   });
   for (const id of ["s-status", "s-mine", "s-overdue"]) $(id).addEventListener("change", () => loadSupport().catch(fail));
   $("interaction-more").addEventListener("click", () => loadSupport({ append: true }).catch(fail));
+  $("timeline-more").addEventListener("click", () => {
+    if (state.orgId) loadMoreInteractions(state.orgId).catch(fail);
+  });
   $("history-days").addEventListener("change", () => {
     if (state.orgId) loadOrganization(state.orgId, { refresh: true }).catch(fail);
   });
