@@ -311,6 +311,22 @@ async def test_dashboard_in_chromium(
             )
             await run(screenshot, browser, "admin-list-refreshed")
 
+            # the keyboard focus survives the list's refresh (its rows are re-rendered):
+            # it stays on the organization's link instead of going back to the page's start
+            browser.execute_script(
+                "const row = document.querySelector(arguments[0]);"
+                "window.focusedRow = row; row.querySelector('a').focus();",
+                f'#org-table tr[data-organization="{AT_RISK}"]',
+            )
+            await run(
+                wait, browser, lambda d: d.execute_script("return !window.focusedRow.isConnected")
+            )
+            focused = browser.execute_script(
+                "const e = document.activeElement;"
+                "return [e.tagName, e.closest('tr') && e.closest('tr').dataset.organization];"
+            )
+            assert focused == ["A", AT_RISK], focused
+
             # open it from the keyboard
             first_link = browser.find_element(
                 By.CSS_SELECTOR, f'#org-table tr[data-organization="{AT_RISK}"] a'
@@ -369,7 +385,7 @@ async def test_dashboard_in_chromium(
                     '#milestone-table tr[data-milestone="onboarding_completed"] button',
                 ),
             )
-            await run(button.click)
+            await run(button.send_keys, Keys.ENTER)  # by keyboard
             await run(
                 wait,
                 browser,
@@ -381,6 +397,11 @@ async def test_dashboard_in_chromium(
                     ).text
                 ),
             )
+            # the keyboard stays in the row, on its next action (the pending reward)
+            label = browser.execute_script(
+                "return document.activeElement.getAttribute('aria-label')"
+            )
+            assert label == "Mark the reward of onboarding completed delivered", label
             await run(screenshot, browser, "admin-milestone-acknowledged")
             conn = await asyncpg.connect(migrated_database)
             try:

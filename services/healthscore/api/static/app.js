@@ -113,6 +113,28 @@ function timeCell(iso) {
 function day(iso) {
   return iso ? new Date(iso).toLocaleDateString(undefined, { dateStyle: "medium" }) : "—";
 }
+// Re-rendering a table's rows (a refresh, an action) must not drop the keyboard focus
+// to the page's start: the focus goes back to the same row (by its data key), to the
+// control at the same place in it, else its first control, else its header cell.
+const ROW_KEYS = ["data-organization", "data-interaction", "data-milestone"];
+function keepingFocus(tbody, render) {
+  const focused = document.activeElement;
+  const row = focused && tbody.contains(focused) ? focused.closest("tr") : null;
+  const key = row && ROW_KEYS.find((k) => row.hasAttribute(k));
+  if (!key) return render();
+  const value = row.getAttribute(key);
+  const place = [...row.querySelectorAll("a, button")].indexOf(focused);
+  const result = render();
+  const again = [...tbody.rows].find((r) => r.getAttribute(key) === value);
+  if (again) {
+    const controls = again.querySelectorAll("a, button:not([disabled])");
+    const target = controls[place] || controls[0] || again.querySelector("th");
+    if (target.tagName === "TH") target.tabIndex = -1;
+    target.focus({ preventScroll: true });
+  }
+  return result;
+}
+
 function badge(kind, value) {
   return el("span", { class: `badge ${kind}-${value}`, text: words(value) });
 }
@@ -224,7 +246,7 @@ async function loadList({ append = false, refresh = false } = {}) {
   const body = $("org-table").tBodies[0];
   const rows = page.items.map(orgRow);
   if (append) body.append(...rows);
-  else body.replaceChildren(...rows);
+  else keepingFocus(body, () => body.replaceChildren(...rows));
   state.listItems = body.rows.length;
   state.listCursor = page.next_cursor;
   $("org-more").hidden = !page.next_cursor;
@@ -403,13 +425,15 @@ function milestoneActions(orgId, m) {
   const cell = el("td", { class: "actions" });
   const base = `/api/v1/organizations/${orgId}/milestones/${m.milestone_type}`;
   const act = async (button, path, body, done) => {
-    button.disabled = true;
+    // busy, not disabled: a disabled button drops the keyboard focus to the page's start
+    if (button.getAttribute("aria-disabled") === "true") return;
+    button.setAttribute("aria-disabled", "true");
     try {
       await api(`${base}/${path}`, { method: "POST", body });
       say(done);
       await loadMilestones(orgId);
     } catch (error) {
-      button.disabled = false;
+      button.removeAttribute("aria-disabled");
       fail(error);
     }
   };
@@ -431,7 +455,8 @@ function milestoneActions(orgId, m) {
 
 async function loadMilestones(orgId) {
   const list = await api(`/api/v1/organizations/${orgId}/milestones`);
-  $("milestone-table").tBodies[0].replaceChildren(...list.items.map((m) => {
+  const body = $("milestone-table").tBodies[0];
+  keepingFocus(body, () => body.replaceChildren(...list.items.map((m) => {
     const reward = m.reward_type
       ? `${words(m.reward_type)}${m.reward_value ? ` (${m.reward_value})` : ""}: ${m.reward_status}`
       : "—";
@@ -444,7 +469,7 @@ async function loadMilestones(orgId) {
       el("td", { class: "acknowledged", text: acknowledged }),
       el("td", { text: reward }),
       milestoneActions(orgId, m));
-  }));
+  })));
   $("milestone-empty").hidden = list.items.length > 0;
 }
 
@@ -537,7 +562,7 @@ async function loadSupport({ append = false } = {}) {
   const body = $("interaction-table").tBodies[0];
   const rows = page.items.map(interactionRow);
   if (append) body.append(...rows);
-  else body.replaceChildren(...rows);
+  else keepingFocus(body, () => body.replaceChildren(...rows));
   state.supportCursor = page.next_cursor;
   $("interaction-more").hidden = !page.next_cursor;
   $("interaction-empty").hidden = body.rows.length > 0;
