@@ -340,6 +340,14 @@ async def test_dashboard_in_chromium(
                     and d.find_elements(By.CSS_SELECTOR, "#org-chart svg circle")
                 ),
             )
+            # where the user is: the window's title names the organization, and its heading
+            # has the focus (a screen reader reads it; the next Tab starts in the page)
+            assert browser.title == "Bloom & Vow Weddings · Customer health", browser.title
+            await run(
+                wait,
+                browser,
+                lambda d: d.execute_script("return document.activeElement.id") == "org-title",
+            )
             factor_rows = browser.find_elements(By.CSS_SELECTOR, "#factor-table tbody tr")
             assert all(r.text.strip() for r in factor_rows)
             assert browser.find_elements(By.CSS_SELECTOR, "#org-components meter")
@@ -538,6 +546,9 @@ async def test_dashboard_in_chromium(
             await run(wait, browser, lambda d: d.find_element(By.ID, "who-role").text == "member")
             await run(wait, browser, lambda d: d.find_element(By.ID, "org-empty").is_displayed())
             assert rows(browser, "org-table", "data-organization") == []
+            # why it is empty (the role, not a filter), without an empty table above it
+            assert "your role (member)" in browser.find_element(By.ID, "org-empty").text
+            assert not browser.find_element(By.ID, "org-table").is_displayed()
             await run(screenshot, browser, "member-sees-nothing")
 
             # --- no token: the sign-in page, and 401 for a forged one ---------------------------

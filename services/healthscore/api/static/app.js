@@ -142,8 +142,22 @@ function say(message, problem = false) {
   $("status").textContent = message;
   $("status").classList.toggle("problem", problem);
 }
+const TITLE = "Customer health";
+function titled(what) {
+  document.title = what ? `${what} · ${TITLE}` : TITLE;
+}
+// after a navigation the view's heading takes the focus: a screen reader reads where
+// the user is, and the next Tab starts in the view
+function focusHeading() {
+  const heading = document.querySelector(`#view-${state.view} h2`);
+  if (!heading) return;
+  heading.tabIndex = -1;
+  heading.focus({ preventScroll: true });
+}
 function showView(name) {
   for (const view of document.querySelectorAll(".view")) view.hidden = view.id !== `view-${name}`;
+  const heading = document.querySelector(`#view-${name} h2`);
+  titled(name === "org" ? "" : heading && heading.textContent);
   for (const link of document.querySelectorAll("#nav a")) {
     if (link.dataset.view === name) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
@@ -251,6 +265,13 @@ async function loadList({ append = false, refresh = false } = {}) {
   state.listCursor = page.next_cursor;
   $("org-more").hidden = !page.next_cursor;
   $("org-empty").hidden = body.rows.length > 0;
+  // no empty table under an empty list, and why it is empty: the filters, or the role
+  $("org-table").parentElement.hidden = body.rows.length === 0;
+  const filtered = params.health_status || params.risk_level || params.factor || params.q;
+  $("org-empty").textContent = filtered
+    ? "No organization visible to you matches these filters; Clear shows them all."
+    : `No organizations are visible to you: your role (${state.me ? state.me.role : "unknown"}) ` +
+      "does not include any organization's health. Ask an administrator if you need it.";
   $("factor-names").replaceChildren(
     ...[...state.knownFactors].sort().map((f) => el("option", { value: f })));
   $("list-updated").textContent = `Updated ${new Date().toLocaleTimeString()}; refreshes every ${REFRESH_SECONDS} s`;
@@ -275,6 +296,7 @@ function milestoneCount(m) {
 function renderOrganization(org) {
   const name = org.organization_name || `Organization ${shortId(org.organization_id)}`;
   $("org-title").textContent = name;
+  titled(name);
   $("org-subtitle").textContent =
     `${org.organization_id}${org.plan ? ` · plan ${org.plan}` : ""} · scored ${when(org.scored_at)}`;
   $("org-score").textContent = org.health_score.toFixed(1);
@@ -566,6 +588,7 @@ async function loadSupport({ append = false } = {}) {
   state.supportCursor = page.next_cursor;
   $("interaction-more").hidden = !page.next_cursor;
   $("interaction-empty").hidden = body.rows.length > 0;
+  $("interaction-table").parentElement.hidden = body.rows.length === 0;
   $("support-updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
   loaded();
 }
@@ -615,15 +638,17 @@ async function route() {
         if (!document.hidden) loadList({ refresh: true }).catch(fail);
       }, REFRESH_SECONDS * 1000);
     }
-    $("main").focus({ preventScroll: true });
+    focusHeading();
   } catch (error) {
     if (error instanceof ApiError && error.status === 404) {
       state.orgId = null;
       showView("org");
       $("org-body").hidden = true;
       $("org-title").textContent = "Organization not found";
+      titled("Organization not found");
       $("org-subtitle").textContent = "No organization with this address is visible to you: " +
         "the link may be mistyped, or your role does not cover it. Go back to the list to find it.";
+      focusHeading();
       return;
     }
     fail(error);
