@@ -348,6 +348,17 @@ async def test_dashboard_in_chromium(
                 browser,
                 lambda d: d.execute_script("return document.activeElement.id") == "org-title",
             )
+            # "Skip to content" skips to the content: it does not navigate to the list
+            skip = browser.find_element(By.CSS_SELECTOR, "a.skip")
+            browser.execute_script("arguments[0].focus()", skip)
+            await run(skip.send_keys, Keys.ENTER)
+            await run(
+                wait,
+                browser,
+                lambda d: d.execute_script("return document.activeElement.id") == "org-title",
+            )
+            assert browser.execute_script("return location.hash") == f"#/org/{AT_RISK}"
+            assert browser.find_element(By.ID, "view-org").is_displayed()
             factor_rows = browser.find_elements(By.CSS_SELECTOR, "#factor-table tbody tr")
             assert all(r.text.strip() for r in factor_rows)
             assert browser.find_elements(By.CSS_SELECTOR, "#org-components meter")

@@ -669,6 +669,12 @@ function start() {
     else location.hash = back;
   });
   $("sign-out").addEventListener("click", () => signOut());
+  // the routes live in the fragment: "#main" would be a navigation (to the list), so
+  // the skip link moves the focus itself
+  document.querySelector(".skip").addEventListener("click", (event) => {
+    event.preventDefault();
+    focusHeading();
+  });
   $("list-filters").addEventListener("submit", (event) => {
     event.preventDefault();
     loadList().catch(fail);
