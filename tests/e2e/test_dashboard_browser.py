@@ -138,7 +138,8 @@ def by_day(
     ]
 
 
-LATE_RISK_INTERACTIONS = 30  # more than the organization page's first page (25)
+# more than two of the organization page's pages (25) and the queue's page (50)
+LATE_RISK_INTERACTIONS = 60
 
 
 def late_risk_interactions() -> list[dict[str, Any]]:
@@ -238,6 +239,12 @@ def rows(driver: WebDriver, table: str, attribute: str) -> list[str]:
         attribute,
     )
     return found
+
+
+def rerendered(driver: WebDriver, selector: str) -> None:
+    """Wait until the page's refresh has replaced the first element `selector` finds."""
+    driver.execute_script("window.refreshMark = document.querySelector(arguments[0])", selector)
+    wait(driver, lambda d: d.execute_script("return !window.refreshMark.isConnected"))
 
 
 def js_errors(driver: WebDriver) -> list[str]:
@@ -457,9 +464,14 @@ async def test_dashboard_in_chromium(
             await run(
                 wait, browser, lambda d: d.find_element(By.ID, "timeline-more").is_displayed()
             )
-            more = browser.find_element(By.ID, "timeline-more")
             assert len(browser.find_elements(By.CSS_SELECTOR, "#org-timeline li")) == 25
-            await run(more.click)
+            await run(browser.find_element(By.ID, "timeline-more").click)
+            await run(
+                wait,
+                browser,
+                lambda d: len(d.find_elements(By.CSS_SELECTOR, "#org-timeline li")) == 50,
+            )
+            await run(browser.find_element(By.ID, "timeline-more").click)
             await run(
                 wait,
                 browser,
@@ -469,7 +481,27 @@ async def test_dashboard_in_chromium(
                     and not d.find_element(By.ID, "timeline-more").is_displayed()
                 ),
             )
-            assert "30 interactions" in browser.find_element(By.ID, "timeline-count").text
+            assert "60 interactions" in browser.find_element(By.ID, "timeline-count").text
+            # the page's refresh keeps what "Show older" brought
+            await run(rerendered, browser, "#org-timeline li")
+            assert len(browser.find_elements(By.CSS_SELECTOR, "#org-timeline li")) == 60
+
+            # the queue too: a refresh does not undo "Show more"
+            await run(browser.get, f"{address}/#/support")
+            await run(browser.find_element(By.ID, "s-mine").click)  # everybody's
+            await run(
+                wait, browser, lambda d: len(rows(d, "interaction-table", "data-interaction")) == 50
+            )
+            await run(browser.find_element(By.ID, "interaction-more").click)
+            await run(
+                wait, browser, lambda d: len(rows(d, "interaction-table", "data-interaction")) > 50
+            )
+            listed_interactions = len(rows(browser, "interaction-table", "data-interaction"))
+            await run(rerendered, browser, "#interaction-table tbody tr")
+            assert (
+                len(rows(browser, "interaction-table", "data-interaction")) == listed_interactions
+            )
+            await run(browser.find_element(By.ID, "s-mine").click)  # as it was
 
             # an organization the user may not see: said so, nothing of the last one shown
             await run(browser.get, f"{address}/#/org/{uuid.uuid4()}")

@@ -54,6 +54,22 @@ async function api(path, options = {}) {
   return body;
 }
 
+// One table's loads (a filter, "Show more", a refresh) may overlap: only the newest
+// one's answer is shown (an older refresh landing last showed the old filter's rows,
+// or undid "Show more"), and a refresh is skipped while another load is on its way.
+const loads = { seq: {}, busy: {} };
+async function newest(table, refresh, path) {
+  if (refresh && loads.busy[table]) return null;
+  const seq = (loads.seq[table] = (loads.seq[table] || 0) + 1);
+  loads.busy[table] = true;
+  try {
+    const answer = await api(path);
+    return seq === loads.seq[table] ? answer : null;
+  } finally {
+    if (seq === loads.seq[table]) loads.busy[table] = false;
+  }
+}
+
 function query(params) {
   const search = new URLSearchParams();
   for (const [key, value] of Object.entries(params)) {
@@ -255,8 +271,9 @@ async function loadList({ append = false, refresh = false } = {}) {
   const params = listParams();
   // a refresh reloads what is on screen (up to 200 rows), in one request
   const limit = refresh ? Math.min(Math.max(state.listItems, PAGE), 200) : PAGE;
-  const page = await api(`/api/v1/organizations${query({ ...params, limit,
+  const page = await newest("list", refresh, `/api/v1/organizations${query({ ...params, limit,
     cursor: append ? state.listCursor : null })}`);
+  if (!page) return;
   const body = $("org-table").tBodies[0];
   const rows = page.items.map(orgRow);
   if (append) body.append(...rows);
@@ -517,22 +534,24 @@ async function loadOrganization(orgId, { refresh = false } = {}) {
   const [org, history, interactions] = await Promise.all([
     api(`/api/v1/organizations/${orgId}`),
     api(`/api/v1/organizations/${orgId}/history?days=${days}`),
-    api(`/api/v1/interactions${query({ organization_id: orgId, limit })}`),
+    newest("timeline", refresh, `/api/v1/interactions${query({ organization_id: orgId, limit })}`),
   ]);
   if (state.orgId !== orgId) return;
   renderOrganization(org);
   renderChart(history);
-  $("org-timeline").replaceChildren(...interactions.items.map(interactionItem));
-  showTimelinePage(interactions);
+  if (interactions) {
+    $("org-timeline").replaceChildren(...interactions.items.map(interactionItem));
+    showTimelinePage(interactions);
+  }
   $("org-body").hidden = false;
   if (!refresh) await loadMilestones(orgId);
   loaded();
 }
 
 async function loadMoreInteractions(orgId) {
-  const page = await api(`/api/v1/interactions${query({ organization_id: orgId, limit: TIMELINE_PAGE,
-    cursor: state.timelineCursor })}`);
-  if (state.orgId !== orgId) return;
+  const page = await newest("timeline", false, `/api/v1/interactions${query({ organization_id: orgId,
+    limit: TIMELINE_PAGE, cursor: state.timelineCursor })}`);
+  if (!page || state.orgId !== orgId) return;
   $("org-timeline").append(...page.items.map(interactionItem));
   showTimelinePage(page);
 }
@@ -576,11 +595,16 @@ function interactionRow(i) {
     el("td", {}, follow));
 }
 
-async function loadSupport({ append = false } = {}) {
+async function loadSupport({ append = false, refresh = false } = {}) {
   const params = supportParams();
-  const page = await api(`/api/v1/interactions${query({ ...params, limit: PAGE,
+  // a refresh reloads what is on screen (up to 200 rows), in one request: "Show more"
+  // must not be undone by the next refresh
+  const shown = $("interaction-table").tBodies[0].rows.length;
+  const limit = refresh ? Math.min(Math.max(shown, PAGE), 200) : PAGE;
+  const page = await newest("support", refresh, `/api/v1/interactions${query({ ...params, limit,
     sort: params.q ? null : (params.overdue ? null : "oldest"),
     cursor: append ? state.supportCursor : null })}`);
+  if (!page) return;
   const body = $("interaction-table").tBodies[0];
   const rows = page.items.map(interactionRow);
   if (append) body.append(...rows);
@@ -624,7 +648,9 @@ async function route() {
       state.orgId = null;
       showView("support");
       await loadSupport();
-      state.timer = setInterval(() => loadSupport().catch(fail), REFRESH_SECONDS * 1000);
+      state.timer = setInterval(() => {
+        if (!document.hidden) loadSupport({ refresh: true }).catch(fail);
+      }, REFRESH_SECONDS * 1000);
     } else if (hash === "#/" && state.me && state.me.role === "support" && !state.visitedList) {
       // support staff start in their queue; the list stays one click away
       state.visitedList = true;
