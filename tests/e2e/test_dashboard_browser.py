@@ -305,6 +305,9 @@ async def test_dashboard_in_chromium(
             assert scored.text.endswith(" ago"), scored.text
             assert "UTC" in scored.find_element(By.XPATH, "..").text
             assert "0 to 100" in browser.find_element(By.ID, "list-meaning").text
+            # no probability is rounded to a certainty (the page's own formatter)
+            shown = browser.execute_script("return [pct(0.996), pct(0.004), pct(0), pct(0.42)]")
+            assert shown == [">99%", "<1%", "0%", "42%"], shown
             await run(screenshot, browser, "admin-at-risk-list")
 
             # the list refreshes by itself when new scores land

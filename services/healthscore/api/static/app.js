@@ -98,7 +98,13 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 const words = (name) => (name || "").replaceAll("_", " ");
-const pct = (p) => `${(p * 100).toFixed(0)}%`;
+// a probability rounded to a whole percent, but never to a certainty it is not:
+// 0.996 is ">99%", not "100%"; 0.004 is "<1%", not "0%"
+const pct = (p) => {
+  if (p > 0 && p < 0.01) return "<1%";
+  if (p < 1 && p > 0.99) return ">99%";
+  return `${(p * 100).toFixed(0)}%`;
+};
 const signed = (v) => (v === null || v === undefined ? "—" : `${v > 0 ? "+" : ""}${v.toFixed(1)}`);
 const shortId = (id) => id.slice(0, 8);
 // a time as people read it: the date and time in the viewer's zone, named, and how long
