@@ -489,6 +489,21 @@ async def test_dashboard_in_chromium(
             await run(rerendered, browser, "#org-timeline li")
             assert len(browser.find_elements(By.CSS_SELECTOR, "#org-timeline li")) == 60
 
+            # a period whose history cannot be loaded: the choice goes back to the period
+            # the chart still shows
+            await run(browser.execute_cdp_cmd, "Network.enable", {})
+            await run(browser.execute_cdp_cmd, "Network.setBlockedURLs", {"urls": ["*/history*"]})
+            await run(Select(browser.find_element(By.ID, "history-days")).select_by_value, "90")
+            await run(
+                wait,
+                browser,
+                lambda d: (
+                    "Cannot reach" in d.find_element(By.ID, "status").text
+                    and d.find_element(By.ID, "history-days").get_attribute("value") == "30"
+                ),
+            )
+            await run(browser.execute_cdp_cmd, "Network.setBlockedURLs", {"urls": []})
+
             # the queue too: a refresh does not undo "Show more"
             await run(browser.get, f"{address}/#/support")
             await run(browser.find_element(By.ID, "s-mine").click)  # everybody's
@@ -554,11 +569,17 @@ async def test_dashboard_in_chromium(
                     )
             finally:
                 await conn.close()
-            assert "API_STATEMENT_TIMEOUT_MS" not in browser.find_element(By.ID, "status").text
+            status = browser.find_element(By.ID, "status").text
+            assert "API_STATEMENT_TIMEOUT_MS" not in status
+            # the unfiltered rows do not stand under the filter they were not loaded for
+            assert rows(browser, "org-table", "data-organization") == []
+            assert "What you see" not in status and "tries again" in status, status
             await run(screenshot, browser, "admin-list-too-slow")
             # the lock gone, the next answer clears the message
             await run(Select(browser.find_element(By.ID, "f-band")).select_by_value, "")
             await run(wait, browser, lambda d: d.find_element(By.ID, "status").text == "")
+            await run(wait, browser, lambda d: rows(d, "org-table", "data-organization"))
+            assert browser.find_element(By.ID, "org-table").is_displayed()
             # only the failed requests themselves are logged, no script error
             assert not [e for e in js_errors(browser) if "/api/v1/" not in e], js_errors(browser)
 

@@ -208,10 +208,32 @@ function explain(error) {
 }
 function fail(error) {
   if (error instanceof ApiError && error.status === 401) return;
+  const retry = state.timer ? ` The page tries again every ${REFRESH_SECONDS} s.` : " Reload the page to try again.";
   const shown = state.loadedAt
-    ? ` What you see was loaded at ${state.loadedAt.toLocaleTimeString()}; the page tries again every ${REFRESH_SECONDS} s.`
-    : " Reload the page to try again.";
-  say(`${explain(error)}${shown}`, true);
+    ? ` What you see was loaded at ${state.loadedAt.toLocaleTimeString()}.`
+    : "";
+  say(`${explain(error)}${shown}${retry}`, true);
+}
+// A filter whose answer failed: the rows of the previous filters must not stand under
+// the new ones, as if they matched them; the table is emptied (the refresh retries).
+function failedFilter(table) {
+  return (error) => {
+    if (!(error instanceof ApiError && error.status === 401)) {
+      const node = $(table);
+      node.tBodies[0].replaceChildren();
+      node.parentElement.hidden = true;
+      state.loadedAt = null;
+      if (table === "org-table") {
+        state.listItems = 0;
+        $("org-more").hidden = true;
+        $("org-empty").hidden = true;
+      } else {
+        $("interaction-more").hidden = true;
+        $("interaction-empty").hidden = true;
+      }
+    }
+    fail(error);
+  };
 }
 function loaded() {
   state.loadedAt = new Date();
@@ -223,6 +245,7 @@ function signOut(reason) {
   sessionStorage.removeItem(TOKEN_KEY);
   state.me = null;
   clearInterval(state.timer);
+  state.timer = null;
   $("nav").hidden = true;
   $("who").hidden = true;
   $("signin-reason").hidden = !reason;
@@ -545,6 +568,7 @@ async function loadOrganization(orgId, { refresh = false } = {}) {
   if (state.orgId !== orgId) return;
   renderOrganization(org);
   renderChart(history);
+  state.historyDays = days;
   if (interactions) {
     $("org-timeline").replaceChildren(...interactions.items.map(interactionItem));
     showTimelinePage(interactions);
@@ -626,6 +650,7 @@ async function loadSupport({ append = false, refresh = false } = {}) {
 // --- routing and refresh ----------------------------------------------------------------
 async function route() {
   clearInterval(state.timer);
+  state.timer = null;
   state.loadedAt = null;
   say("");
   if (!token()) {
@@ -709,22 +734,31 @@ function start() {
   });
   $("list-filters").addEventListener("submit", (event) => {
     event.preventDefault();
-    loadList().catch(fail);
+    loadList().catch(failedFilter("org-table"));
   });
-  $("list-filters").addEventListener("reset", () => setTimeout(() => loadList().catch(fail)));
-  for (const id of ["f-band", "f-risk", "f-sort"]) $(id).addEventListener("change", () => loadList().catch(fail));
+  $("list-filters").addEventListener("reset", () => setTimeout(() => loadList().catch(failedFilter("org-table"))));
+  for (const id of ["f-band", "f-risk", "f-sort"]) {
+    $(id).addEventListener("change", () => loadList().catch(failedFilter("org-table")));
+  }
   $("org-more").addEventListener("click", () => loadList({ append: true }).catch(fail));
   $("support-filters").addEventListener("submit", (event) => {
     event.preventDefault();
-    loadSupport().catch(fail);
+    loadSupport().catch(failedFilter("interaction-table"));
   });
-  for (const id of ["s-status", "s-mine", "s-overdue"]) $(id).addEventListener("change", () => loadSupport().catch(fail));
+  for (const id of ["s-status", "s-mine", "s-overdue"]) {
+    $(id).addEventListener("change", () => loadSupport().catch(failedFilter("interaction-table")));
+  }
   $("interaction-more").addEventListener("click", () => loadSupport({ append: true }).catch(fail));
   $("timeline-more").addEventListener("click", () => {
     if (state.orgId) loadMoreInteractions(state.orgId).catch(fail);
   });
   $("history-days").addEventListener("change", () => {
-    if (state.orgId) loadOrganization(state.orgId, { refresh: true }).catch(fail);
+    if (!state.orgId) return;
+    loadOrganization(state.orgId, { refresh: true }).catch((error) => {
+      // the chart still shows the period before: the choice says so again
+      if (state.historyDays) $("history-days").value = state.historyDays;
+      fail(error);
+    });
   });
   window.addEventListener("hashchange", () => {
     takeTokenFromFragment();
