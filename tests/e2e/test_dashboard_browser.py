@@ -594,6 +594,11 @@ async def test_dashboard_in_chromium(
                 ),
             )
             assert rows(browser, "interaction-table", "data-interaction") == [COMPLAINT]
+            # its follow-up is overdue: said beside the subject, not by the row's colour alone
+            subject = browser.find_element(
+                By.CSS_SELECTOR, f'#interaction-table tr[data-interaction="{COMPLAINT}"] th'
+            )
+            assert "Follow-up overdue" in subject.text, subject.text
             await run(screenshot, browser, "support-queue")
             search = browser.find_element(By.ID, "s-q")
             await run(search.send_keys, "invoice totals", Keys.ENTER)

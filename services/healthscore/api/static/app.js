@@ -616,7 +616,10 @@ function interactionRow(i) {
     ? el("a", { href: `#/org/${i.organization_id}`, text: i.organization_name })
     : shortId(i.organization_id);
   return el("tr", { class: i.overdue ? "overdue-item" : "", "data-interaction": i.id },
-    el("th", { scope: "row", text: i.subject || "(no subject)" }),
+    // "overdue" in words beside the subject: the row's colour is not the only sign, and
+    // on a phone the follow-up column is scrolled out of view
+    el("th", { scope: "row" }, i.subject || "(no subject)",
+      i.overdue ? el("span", { class: "sub overdue", text: "Follow-up overdue" }) : null),
     el("td", {}, org),
     el("td", { text: words(i.interaction_type) || "—" }),
     el("td", {}, badge("priority", i.priority)),
