@@ -297,6 +297,8 @@ async def test_dashboard_in_chromium(
             await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) >= 2)
             listed = rows(browser, "org-table", "data-organization")
             assert listed[0] == AT_RISK, listed
+            # the token left the address bar (and the history entry) at sign-in
+            assert "token" not in browser.current_url, browser.current_url
             assert HEALTHY in listed
             # when each score holds for, in words and with its time zone
             scored = browser.find_element(
@@ -515,6 +517,12 @@ async def test_dashboard_in_chromium(
                 wait, browser, lambda d: len(rows(d, "interaction-table", "data-interaction")) > 50
             )
             listed_interactions = len(rows(browser, "interaction-table", "data-interaction"))
+            # an organization the admin can see is a link to its page
+            link = browser.find_element(
+                By.CSS_SELECTOR, f'#interaction-table tr[data-interaction="{COMPLAINT}"] td a'
+            )
+            assert (link.get_attribute("href") or "").endswith(f"#/org/{AT_RISK}")
+            assert link.text == "Bloom & Vow Weddings"
             await run(rerendered, browser, "#interaction-table tbody tr")
             assert (
                 len(rows(browser, "interaction-table", "data-interaction")) == listed_interactions
