@@ -63,6 +63,7 @@ try:
 
     # Chromium's driver: the DevTools commands and the browser log are its own
     from selenium.webdriver.chrome.webdriver import WebDriver
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -247,6 +248,18 @@ def rerendered(driver: WebDriver, selector: str) -> None:
     wait(driver, lambda d: d.execute_script("return !window.refreshMark.isConnected"))
 
 
+def contrast(first: str, second: str) -> float:
+    """WCAG contrast ratio of two CSS colours given as rgb()/rgba() (opaque)."""
+
+    def luminance(css: str) -> float:
+        channels = [int(c) / 255 for c in re.findall(r"\d+", css)[:3]]
+        linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    high, low = sorted((luminance(first), luminance(second)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
 def js_errors(driver: WebDriver) -> list[str]:
     # selenium leaves get_log unannotated (its entries are dicts of the log's JSON)
     log = driver.get_log("browser")  # type: ignore[no-untyped-call]
@@ -322,6 +335,17 @@ async def test_dashboard_in_chromium(
                 30,
             )
             await run(screenshot, browser, "admin-list-refreshed")
+
+            # the keyboard's focus ring is visible: at least 3:1 against the page (WCAG 1.4.11)
+            browser.execute_script("document.getElementById('f-band').focus()")
+            await run(ActionChains(browser).send_keys(Keys.TAB).perform)
+            ring, page = browser.execute_script(
+                "const e = document.activeElement;"
+                "return [getComputedStyle(e).outlineColor,"
+                " getComputedStyle(e.closest('form')).backgroundColor];"
+            )
+            assert browser.execute_script("return document.activeElement.id") == "f-risk"
+            assert contrast(ring, page) >= 3, (ring, page)
 
             # the keyboard focus survives the list's refresh (its rows are re-rendered):
             # it stays on the organization's link instead of going back to the page's start
