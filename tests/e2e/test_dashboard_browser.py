@@ -320,6 +320,7 @@ async def test_dashboard_in_chromium(
             assert scored.text.endswith(" ago"), scored.text
             assert "UTC" in scored.find_element(By.XPATH, "..").text
             assert "0 to 100" in browser.find_element(By.ID, "list-meaning").text
+            assert "not enough history" in browser.find_element(By.ID, "list-meaning").text
             # no probability is rounded to a certainty (the page's own formatter)
             shown = browser.execute_script("return [pct(0.996), pct(0.004), pct(0), pct(0.42)]")
             assert shown == [">99%", "<1%", "0%", "42%"], shown
@@ -404,6 +405,7 @@ async def test_dashboard_in_chromium(
                 r"\d+\.\d of 100 is in the (critical|at risk|good|excellent) band", meaning
             ), meaning
             assert "Churn probability" in meaning
+            assert "higher is better" in browser.find_element(By.ID, "components-meaning").text
             # the chart's bands are named, not only coloured
             zones = browser.find_elements(By.CSS_SELECTOR, "#org-chart svg text.zone-label")
             assert sorted(z.text for z in zones) == ["at risk", "critical", "excellent", "good"]
@@ -582,6 +584,17 @@ async def test_dashboard_in_chromium(
             )
             assert "What you see was loaded at" in browser.find_element(By.ID, "status").text
             assert rows(browser, "org-table", "data-organization")  # the last answer stays
+            # the refreshes failing again do not re-announce the same message (a live region)
+            browser.execute_script(
+                "window.statusChanges = 0; window.refreshes = 0;"
+                "new MutationObserver(() => window.statusChanges++)"
+                ".observe(document.getElementById('status'), {childList: true, subtree: true,"
+                " characterData: true});"
+                "const fetched = window.fetch;"
+                "window.fetch = (...a) => { window.refreshes++; return fetched(...a); };"
+            )
+            await run(wait, browser, lambda d: d.execute_script("return window.refreshes") >= 3)
+            assert browser.execute_script("return window.statusChanges") == 0
             await run(screenshot, browser, "admin-list-service-unreachable")
             await run(browser.execute_cdp_cmd, "Network.setBlockedURLs", {"urls": []})
             await run(wait, browser, lambda d: d.find_element(By.ID, "status").text == "")

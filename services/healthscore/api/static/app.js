@@ -161,6 +161,8 @@ function badge(kind, value) {
   return el("span", { class: `badge ${kind}-${value}`, text: words(value) });
 }
 function say(message, problem = false) {
+  // the same message again (a refresh failing every few seconds) is not re-announced
+  if ($("status").textContent === message && $("status").classList.contains("problem") === problem) return;
   $("status").textContent = message;
   $("status").classList.toggle("problem", problem);
 }
