@@ -496,6 +496,11 @@ async def test_dashboard_in_chromium(
                 wait, browser, lambda d: d.find_element(By.ID, "timeline-more").is_displayed()
             )
             assert len(browser.find_elements(By.CSS_SELECTOR, "#org-timeline li")) == 25
+            # no milestones: said, without an empty table's header row above it
+            await run(
+                wait, browser, lambda d: d.find_element(By.ID, "milestone-empty").is_displayed()
+            )
+            assert not browser.find_element(By.ID, "milestone-table").is_displayed()
             await run(browser.find_element(By.ID, "timeline-more").click)
             await run(
                 wait,

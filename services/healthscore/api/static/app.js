@@ -373,7 +373,9 @@ function renderOrganization(org) {
   $("org-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
   const fromProfile = org.milestones.from_profile;
   $("milestone-from-profile").hidden = fromProfile === 0;
-  $("milestone-from-profile").textContent = `${fromProfile === 1 ? "One more milestone was" : `${fromProfile} more milestones were`} ` +
+  const recorded = org.milestones.acknowledged + org.milestones.unacknowledged;
+  const more = recorded > 0 ? " more" : "";
+  $("milestone-from-profile").textContent = `${fromProfile === 1 ? `One${more} milestone was` : `${fromProfile}${more} milestones were`} ` +
     "achieved before the organization's events reached the service (from its CRM profile): " +
     "counted in the score, nothing to acknowledge or reward.";
   $("org-components").replaceChildren(...COMPONENTS.map(([key, label]) => {
@@ -391,6 +393,7 @@ function renderOrganization(org) {
       el("td", { class: `num ${f.impact < 0 ? "down" : ""}`, text: signed(f.impact) }),
       el("td", { text: f.detail || "—" }))));
   $("factor-empty").hidden = factors.length > 0;
+  $("factor-table").parentElement.hidden = factors.length === 0;
   const usage = Object.entries(org.feature_usage).sort((a, b) => b[1] - a[1]);
   $("org-usage").replaceChildren(...(usage.length
     ? usage.map(([feature, uses]) => el("li", {}, el("span", { text: words(feature) }),
@@ -449,6 +452,7 @@ function renderChart(history) {
   table.replaceChildren(...points.slice().reverse().map((p) => el("tr", {},
     el("th", { scope: "row", text: p.day }), el("td", { class: "num", text: p.health_score.toFixed(1) }),
     el("td", { class: "num", text: pct(p.churn_probability) }), el("td", { text: words(p.risk_level) }))));
+  $("history-table").closest("details").hidden = points.length === 0;
   if (points.length === 0) {
     figure.replaceChildren(el("p", { class: "muted", text: "No score history in this period." }));
     $("chart-summary").textContent = "";
@@ -541,6 +545,8 @@ async function loadMilestones(orgId) {
       milestoneActions(orgId, m));
   })));
   $("milestone-empty").hidden = list.items.length > 0;
+  // an empty table's header row above "No milestones" says nothing
+  $("milestone-table").parentElement.hidden = list.items.length === 0;
 }
 
 function interactionItem(i) {
