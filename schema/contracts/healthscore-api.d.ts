@@ -2,6 +2,16 @@
 // do not edit. The TypeScript view of the read API for front ends.
 // healthscore read API, version 1.
 
+/** One step of the alert's path to healthy, valued by the scoring model. */
+export interface AlertAction {
+  /** What to do, e.g. `get each active user logging in regularly`. */
+  action: string;
+  /** The risk factor it removes. */
+  factor: string;
+  /** Score points it adds, according to the model. */
+  impact: number;
+}
+
 export type AlertKind = "risk_raised" | "risk_escalated" | "recovered";
 
 export type Channel = "email" | "phone" | "chat" | "video" | "in_app";
@@ -80,6 +90,10 @@ export interface LastAlert {
   churn_probability: number | null;
   risk_level: RiskLevel | null;
   scored_at: string | null;
+  /** Why it fired: `probability_threshold`, `score_drop`, `escalation_step`, `recovery`. */
+  trigger?: string | null;
+  /** The fewest actions, largest first, that bring the organization out of risk, as the alert named them; empty for a recovery. */
+  path_to_healthy?: Array<AlertAction>;
   /** When it was decided (committed). */
   created_at: string;
   /** When it was published; NULL: pending. */

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import dataclasses
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ import asyncpg
 import pytest
 
 from healthscore.api.server import dev_config, serve_until, wait_stopped
+from healthscore.core.scoring.model import V2_MODEL_PATH
 from tests.e2e.test_pipeline_end_to_end import (
     AT_RISK,
     BASE,
@@ -61,9 +63,10 @@ try:
 
     # Chromium's driver: the DevTools commands and the browser log are its own
     from selenium.webdriver.chrome.webdriver import WebDriver
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 except ImportError:  # pragma: no cover - the dev extra installs it
     webdriver = None  # type: ignore[assignment]
 
@@ -133,6 +136,28 @@ def by_day(
             [e for e in support if e["occurred_at"][:10] == day],
         )
         for day in days
+    ]
+
+
+# more than two of the organization page's pages (25) and the queue's page (50)
+LATE_RISK_INTERACTIONS = 60
+
+
+def late_risk_interactions() -> list[dict[str, Any]]:
+    """Many small requests from the late organization: its timeline pages."""
+    at = BASE + timedelta(days=6)
+    return [
+        {
+            "event_id": _id(f"l-question-{n}"),
+            "organization_id": LATE_RISK,
+            "interaction_id": _id(f"l-question-interaction-{n}"),
+            "action": "opened",
+            "occurred_at": (at + timedelta(minutes=n)).isoformat(),
+            "interaction_type": "feedback_survey",
+            "channel": "email",
+            "subject": f"Question {n} about the invoice layout",
+        }
+        for n in range(LATE_RISK_INTERACTIONS)
     ]
 
 
@@ -217,6 +242,24 @@ def rows(driver: WebDriver, table: str, attribute: str) -> list[str]:
     return found
 
 
+def rerendered(driver: WebDriver, selector: str) -> None:
+    """Wait until the page's refresh has replaced the first element `selector` finds."""
+    driver.execute_script("window.refreshMark = document.querySelector(arguments[0])", selector)
+    wait(driver, lambda d: d.execute_script("return !window.refreshMark.isConnected"))
+
+
+def contrast(first: str, second: str) -> float:
+    """WCAG contrast ratio of two CSS colours given as rgb()/rgba() (opaque)."""
+
+    def luminance(css: str) -> float:
+        channels = [int(c) / 255 for c in re.findall(r"\d+", css)[:3]]
+        linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    high, low = sorted((luminance(first), luminance(second)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
 def js_errors(driver: WebDriver) -> list[str]:
     # selenium leaves get_log unannotated (its entries are dicts of the log's JSON)
     log = driver.get_log("browser")  # type: ignore[no-untyped-call]
@@ -227,7 +270,11 @@ async def test_dashboard_in_chromium(
     browser: WebDriver, migrated_database: str, kafka_bootstrap: str
 ) -> None:
     topics = await make_topics(kafka_bootstrap, partitions=2)
-    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    # v2: the at-risk organization's cancellation request raises an alert at once (as in
+    # test_scripted_scenario_end_to_end), so its page has an alert and a path to healthy
+    settings = service_settings(
+        migrated_database, kafka_bootstrap, topics, model_path=V2_MODEL_PATH
+    )
     usage, support = stream()
     producer = await make_producer(kafka_bootstrap)
     stop = asyncio.Event()
@@ -263,11 +310,25 @@ async def test_dashboard_in_chromium(
             await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) >= 2)
             listed = rows(browser, "org-table", "data-organization")
             assert listed[0] == AT_RISK, listed
+            # the token left the address bar (and the history entry) at sign-in
+            assert "token" not in browser.current_url, browser.current_url
             assert HEALTHY in listed
+            # when each score holds for, in words and with its time zone
+            scored = browser.find_element(
+                By.CSS_SELECTOR, f'#org-table tr[data-organization="{AT_RISK}"] time'
+            )
+            assert scored.text.endswith(" ago"), scored.text
+            assert "UTC" in scored.find_element(By.XPATH, "..").text
+            assert "0 to 100" in browser.find_element(By.ID, "list-meaning").text
+            assert "not enough history" in browser.find_element(By.ID, "list-meaning").text
+            # no probability is rounded to a certainty (the page's own formatter)
+            shown = browser.execute_script("return [pct(0.996), pct(0.004), pct(0), pct(0.42)]")
+            assert shown == [">99%", "<1%", "0%", "42%"], shown
             await run(screenshot, browser, "admin-at-risk-list")
 
             # the list refreshes by itself when new scores land
             await produce_json(producer, topics.usage, late_risk_events())
+            await produce_json(producer, topics.support, late_risk_interactions())
             await run(
                 wait,
                 browser,
@@ -275,6 +336,33 @@ async def test_dashboard_in_chromium(
                 30,
             )
             await run(screenshot, browser, "admin-list-refreshed")
+
+            # the keyboard's focus ring is visible: at least 3:1 against the page (WCAG 1.4.11)
+            browser.execute_script("document.getElementById('f-band').focus()")
+            await run(ActionChains(browser).send_keys(Keys.TAB).perform)
+            ring, page = browser.execute_script(
+                "const e = document.activeElement;"
+                "return [getComputedStyle(e).outlineColor,"
+                " getComputedStyle(e.closest('form')).backgroundColor];"
+            )
+            assert browser.execute_script("return document.activeElement.id") == "f-risk"
+            assert contrast(ring, page) >= 3, (ring, page)
+
+            # the keyboard focus survives the list's refresh (its rows are re-rendered):
+            # it stays on the organization's link instead of going back to the page's start
+            browser.execute_script(
+                "const row = document.querySelector(arguments[0]);"
+                "window.focusedRow = row; row.querySelector('a').focus();",
+                f'#org-table tr[data-organization="{AT_RISK}"]',
+            )
+            await run(
+                wait, browser, lambda d: d.execute_script("return !window.focusedRow.isConnected")
+            )
+            focused = browser.execute_script(
+                "const e = document.activeElement;"
+                "return [e.tagName, e.closest('tr') && e.closest('tr').dataset.organization];"
+            )
+            assert focused == ["A", AT_RISK], focused
 
             # open it from the keyboard
             first_link = browser.find_element(
@@ -289,9 +377,44 @@ async def test_dashboard_in_chromium(
                     and d.find_elements(By.CSS_SELECTOR, "#org-chart svg circle")
                 ),
             )
+            # where the user is: the window's title names the organization, and its heading
+            # has the focus (a screen reader reads it; the next Tab starts in the page)
+            assert browser.title == "Bloom & Vow Weddings · Customer health", browser.title
+            await run(
+                wait,
+                browser,
+                lambda d: d.execute_script("return document.activeElement.id") == "org-title",
+            )
+            # "Skip to content" skips to the content: it does not navigate to the list
+            skip = browser.find_element(By.CSS_SELECTOR, "a.skip")
+            browser.execute_script("arguments[0].focus()", skip)
+            await run(skip.send_keys, Keys.ENTER)
+            await run(
+                wait,
+                browser,
+                lambda d: d.execute_script("return document.activeElement.id") == "org-title",
+            )
+            assert browser.execute_script("return location.hash") == f"#/org/{AT_RISK}"
+            assert browser.find_element(By.ID, "view-org").is_displayed()
             factor_rows = browser.find_elements(By.CSS_SELECTOR, "#factor-table tbody tr")
             assert all(r.text.strip() for r in factor_rows)
             assert browser.find_elements(By.CSS_SELECTOR, "#org-components meter")
+            # the numbers explained: what the score is out of, its band, the churn probability
+            meaning = browser.find_element(By.ID, "org-score-meaning").text
+            assert re.match(
+                r"\d+\.\d of 100 is in the (critical|at risk|good|excellent) band", meaning
+            ), meaning
+            assert "Churn probability" in meaning
+            assert "higher is better" in browser.find_element(By.ID, "components-meaning").text
+            # the chart's bands are named, not only coloured
+            zones = browser.find_elements(By.CSS_SELECTOR, "#org-chart svg text.zone-label")
+            assert sorted(z.text for z in zones) == ["at risk", "critical", "excellent", "good"]
+            # what to do: the alert's path to healthy, each step with the points it is worth
+            path = await run(
+                wait, browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#org-path li")
+            )
+            assert all("points" in step.text for step in path), [s.text for s in path]
+            assert "Why it fired" in browser.find_element(By.ID, "org-alert").text
             await run(screenshot, browser, "admin-organization")
 
             # the score's milestones: the onboarding row below and two from the CRM profile
@@ -319,7 +442,7 @@ async def test_dashboard_in_chromium(
                     '#milestone-table tr[data-milestone="onboarding_completed"] button',
                 ),
             )
-            await run(button.click)
+            await run(button.send_keys, Keys.ENTER)  # by keyboard
             await run(
                 wait,
                 browser,
@@ -331,6 +454,11 @@ async def test_dashboard_in_chromium(
                     ).text
                 ),
             )
+            # the keyboard stays in the row, on its next action (the pending reward)
+            label = browser.execute_script(
+                "return document.activeElement.getAttribute('aria-label')"
+            )
+            assert label == "Mark the reward of onboarding completed delivered", label
             await run(screenshot, browser, "admin-milestone-acknowledged")
             conn = await asyncpg.connect(migrated_database)
             try:
@@ -344,6 +472,167 @@ async def test_dashboard_in_chromium(
             assert acknowledged_by == identity.users["admin"]
             assert not js_errors(browser), js_errors(browser)
 
+            # a narrow (phone) viewport: the page fits, tables scroll inside their frame
+            await run(
+                browser.execute_cdp_cmd,
+                "Emulation.setDeviceMetricsOverride",
+                {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": False},
+            )
+            await run(browser.refresh)
+            await run(
+                wait, browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#factor-table tbody tr")
+            )
+            width, scrolled = browser.execute_script(
+                "return [document.documentElement.clientWidth,"
+                " document.documentElement.scrollWidth]"
+            )
+            await run(screenshot, browser, "admin-organization-phone")
+            assert scrolled <= width, (scrolled, width)
+            await run(browser.execute_cdp_cmd, "Emulation.clearDeviceMetricsOverride", {})
+
+            # hundreds of interactions: the timeline shows a page and pages on
+            await run(browser.get, f"{address}/#/org/{LATE_RISK}")
+            await run(
+                wait, browser, lambda d: d.find_element(By.ID, "timeline-more").is_displayed()
+            )
+            assert len(browser.find_elements(By.CSS_SELECTOR, "#org-timeline li")) == 25
+            # no milestones: said, without an empty table's header row above it
+            await run(
+                wait, browser, lambda d: d.find_element(By.ID, "milestone-empty").is_displayed()
+            )
+            assert not browser.find_element(By.ID, "milestone-table").is_displayed()
+            await run(browser.find_element(By.ID, "timeline-more").click)
+            await run(
+                wait,
+                browser,
+                lambda d: len(d.find_elements(By.CSS_SELECTOR, "#org-timeline li")) == 50,
+            )
+            await run(browser.find_element(By.ID, "timeline-more").click)
+            await run(
+                wait,
+                browser,
+                lambda d: (
+                    len(d.find_elements(By.CSS_SELECTOR, "#org-timeline li"))
+                    == LATE_RISK_INTERACTIONS
+                    and not d.find_element(By.ID, "timeline-more").is_displayed()
+                ),
+            )
+            assert "60 interactions" in browser.find_element(By.ID, "timeline-count").text
+            # the page's refresh keeps what "Show older" brought
+            await run(rerendered, browser, "#org-timeline li")
+            assert len(browser.find_elements(By.CSS_SELECTOR, "#org-timeline li")) == 60
+
+            # a period whose history cannot be loaded: the choice goes back to the period
+            # the chart still shows
+            await run(browser.execute_cdp_cmd, "Network.enable", {})
+            await run(browser.execute_cdp_cmd, "Network.setBlockedURLs", {"urls": ["*/history*"]})
+            await run(Select(browser.find_element(By.ID, "history-days")).select_by_value, "90")
+            await run(
+                wait,
+                browser,
+                lambda d: (
+                    "Cannot reach" in d.find_element(By.ID, "status").text
+                    and d.find_element(By.ID, "history-days").get_attribute("value") == "30"
+                ),
+            )
+            await run(browser.execute_cdp_cmd, "Network.setBlockedURLs", {"urls": []})
+
+            # the queue too: a refresh does not undo "Show more"
+            await run(browser.get, f"{address}/#/support")
+            await run(browser.find_element(By.ID, "s-mine").click)  # everybody's
+            await run(
+                wait, browser, lambda d: len(rows(d, "interaction-table", "data-interaction")) == 50
+            )
+            await run(browser.find_element(By.ID, "interaction-more").click)
+            await run(
+                wait, browser, lambda d: len(rows(d, "interaction-table", "data-interaction")) > 50
+            )
+            listed_interactions = len(rows(browser, "interaction-table", "data-interaction"))
+            # an organization the admin can see is a link to its page
+            link = browser.find_element(
+                By.CSS_SELECTOR, f'#interaction-table tr[data-interaction="{COMPLAINT}"] td a'
+            )
+            assert (link.get_attribute("href") or "").endswith(f"#/org/{AT_RISK}")
+            assert link.text == "Bloom & Vow Weddings"
+            await run(rerendered, browser, "#interaction-table tbody tr")
+            assert (
+                len(rows(browser, "interaction-table", "data-interaction")) == listed_interactions
+            )
+            await run(browser.find_element(By.ID, "s-mine").click)  # as it was
+
+            # an organization the user may not see: said so, nothing of the last one shown
+            await run(browser.get, f"{address}/#/org/{uuid.uuid4()}")
+            await run(
+                wait,
+                browser,
+                lambda d: d.find_element(By.ID, "org-title").text == "Organization not found",
+            )
+            assert not browser.find_element(By.ID, "org-body").is_displayed()
+            assert "not visible" in browser.find_element(By.ID, "org-subtitle").text.replace(
+                "is visible to you", "not visible"
+            )
+            await run(screenshot, browser, "admin-organization-not-found")
+
+            # the service unreachable mid-session: said in words, with the age of what is shown
+            await run(browser.get, f"{address}/#/")
+            await run(wait, browser, lambda d: rows(d, "org-table", "data-organization"))
+            await run(browser.execute_cdp_cmd, "Network.enable", {})
+            await run(
+                browser.execute_cdp_cmd,
+                "Network.setBlockedURLs",
+                {"urls": ["*/api/v1/organizations*"]},
+            )
+            await run(
+                wait,
+                browser,
+                lambda d: "Cannot reach the health service" in d.find_element(By.ID, "status").text,
+            )
+            assert "What you see was loaded at" in browser.find_element(By.ID, "status").text
+            assert rows(browser, "org-table", "data-organization")  # the last answer stays
+            # the refreshes failing again do not re-announce the same message (a live region)
+            browser.execute_script(
+                "window.statusChanges = 0; window.refreshes = 0;"
+                "new MutationObserver(() => window.statusChanges++)"
+                ".observe(document.getElementById('status'), {childList: true, subtree: true,"
+                " characterData: true});"
+                "const fetched = window.fetch;"
+                "window.fetch = (...a) => { window.refreshes++; return fetched(...a); };"
+            )
+            await run(wait, browser, lambda d: d.execute_script("return window.refreshes") >= 3)
+            assert browser.execute_script("return window.statusChanges") == 0
+            await run(screenshot, browser, "admin-list-service-unreachable")
+            await run(browser.execute_cdp_cmd, "Network.setBlockedURLs", {"urls": []})
+            await run(wait, browser, lambda d: d.find_element(By.ID, "status").text == "")
+
+            # a request the database takes too long over (a 503 too-slow): what to do
+            conn = await asyncpg.connect(migrated_database)
+            try:
+                async with conn.transaction():
+                    await conn.execute("LOCK TABLE customer_health IN ACCESS EXCLUSIVE MODE")
+                    band = Select(browser.find_element(By.ID, "f-band"))
+                    await run(band.select_by_value, "critical")
+                    await run(
+                        wait,
+                        browser,
+                        lambda d: "took too long" in d.find_element(By.ID, "status").text,
+                        30,
+                    )
+            finally:
+                await conn.close()
+            status = browser.find_element(By.ID, "status").text
+            assert "API_STATEMENT_TIMEOUT_MS" not in status
+            # the unfiltered rows do not stand under the filter they were not loaded for
+            assert rows(browser, "org-table", "data-organization") == []
+            assert "What you see" not in status and "tries again" in status, status
+            await run(screenshot, browser, "admin-list-too-slow")
+            # the lock gone, the next answer clears the message
+            await run(Select(browser.find_element(By.ID, "f-band")).select_by_value, "")
+            await run(wait, browser, lambda d: d.find_element(By.ID, "status").text == "")
+            await run(wait, browser, lambda d: rows(d, "org-table", "data-organization"))
+            assert browser.find_element(By.ID, "org-table").is_displayed()
+            # only the failed requests themselves are logged, no script error
+            assert not [e for e in js_errors(browser) if "/api/v1/" not in e], js_errors(browser)
+
             # --- support: their interactions only -----------------------------------------
             await run(browser.get, links["support"])
             await run(
@@ -355,6 +644,11 @@ async def test_dashboard_in_chromium(
                 ),
             )
             assert rows(browser, "interaction-table", "data-interaction") == [COMPLAINT]
+            # its follow-up is overdue: said beside the subject, not by the row's colour alone
+            subject = browser.find_element(
+                By.CSS_SELECTOR, f'#interaction-table tr[data-interaction="{COMPLAINT}"] th'
+            )
+            assert "Follow-up overdue" in subject.text, subject.text
             await run(screenshot, browser, "support-queue")
             search = browser.find_element(By.ID, "s-q")
             await run(search.send_keys, "invoice totals", Keys.ENTER)
@@ -374,6 +668,9 @@ async def test_dashboard_in_chromium(
             await run(wait, browser, lambda d: d.find_element(By.ID, "who-role").text == "member")
             await run(wait, browser, lambda d: d.find_element(By.ID, "org-empty").is_displayed())
             assert rows(browser, "org-table", "data-organization") == []
+            # why it is empty (the role, not a filter), without an empty table above it
+            assert "your role (member)" in browser.find_element(By.ID, "org-empty").text
+            assert not browser.find_element(By.ID, "org-table").is_displayed()
             await run(screenshot, browser, "member-sees-nothing")
 
             # --- no token: the sign-in page, and 401 for a forged one ---------------------------
@@ -381,6 +678,32 @@ async def test_dashboard_in_chromium(
             await run(wait, browser, lambda d: d.find_element(By.ID, "view-signin").is_displayed())
             assert "Signed out" in browser.find_element(By.ID, "signin-reason").text
             await run(screenshot, browser, "signed-out")
+
+            # the token expires on an organization's page: signed out, saying so, and the
+            # next sign-in comes back to that page
+            await run(browser.get, links["admin"])
+            await run(wait, browser, lambda d: rows(d, "org-table", "data-organization"))
+            await run(browser.get, f"{address}/#/org/{AT_RISK}")
+            await run(wait, browser, lambda d: d.find_element(By.ID, "org-body").is_displayed())
+            expired = identity.token("admin", valid_for=timedelta(minutes=-10))
+            browser.execute_script(
+                "sessionStorage.setItem('healthscore.token', arguments[0])", expired
+            )
+            await run(
+                wait,
+                browser,
+                lambda d: "expired" in d.find_element(By.ID, "signin-reason").text,
+            )
+            assert "Sign in again" in browser.find_element(By.ID, "signin-reason").text
+            await run(browser.get, links["admin"])
+            await run(
+                wait,
+                browser,
+                lambda d: (
+                    d.execute_script("return location.hash") == f"#/org/{AT_RISK}"
+                    and d.find_element(By.ID, "org-body").is_displayed()
+                ),
+            )
     finally:
         stop.set()
         await wait_stopped()

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 import httpx
@@ -202,6 +202,8 @@ async def world(migrated_database: str, pg_admin_url: str) -> AsyncIterator[Worl
             payload = {"kind": kind, "health_score": 35.0, "previous_score": 50.0}
             payload |= {"churn_probability": 0.82, "risk_level": "critical"}
             payload |= {"scored_at": NOW.isoformat()}
+            if kind == "risk_escalated":  # as the service writes it: what to do about it
+                payload |= {"trigger": "escalation_step", "path_to_healthy": PATH_TO_HEALTHY}
             await b.insert_row(
                 conn,
                 "alert_outbox",
@@ -503,6 +505,12 @@ async def test_rows_the_policies_hide_answer_like_missing_ones(world: World, rol
 # --- the organization page ----------------------------------------------------------------
 
 
+PATH_TO_HEALTHY: Final = [
+    {"action": "use the product again", "factor": "inactivity", "impact": 12.5},
+    {"action": "reach first_form_submitted", "factor": "missing_milestones", "impact": 3.0},
+]
+
+
 async def test_organization_page_has_everything(world: World) -> None:
     bloom = world.orgs["bloom"]
     response = await world.get("admin", f"/api/v1/organizations/{bloom}")
@@ -548,6 +556,9 @@ async def test_organization_page_has_everything(world: World) -> None:
     assert org["last_alert"]["kind"] == "risk_escalated"
     assert org["last_alert"]["risk_level"] == "critical"
     assert org["last_alert"]["published_at"] is None
+    # what to do: the alert's path to healthy and why it fired, as the alert said them
+    assert org["last_alert"]["trigger"] == "escalation_step"
+    assert org["last_alert"]["path_to_healthy"] == PATH_TO_HEALTHY
 
 
 async def test_rows_ahead_of_the_projection_still_add_up(world: World) -> None:

@@ -121,6 +121,14 @@ class MilestoneCounts(_Model):
     rewards_delivered: int
 
 
+class AlertAction(_Model):
+    """One step of the alert's path to healthy, valued by the scoring model."""
+
+    action: str = Field(description="What to do, e.g. `get each active user logging in regularly`.")
+    factor: str = Field(description="The risk factor it removes.")
+    impact: float = Field(description="Score points it adds, according to the model.")
+
+
 class LastAlert(_Model):
     """The newest churn-risk alert raised for the organization."""
 
@@ -132,6 +140,16 @@ class LastAlert(_Model):
     churn_probability: float | None
     risk_level: RiskLevel | None
     scored_at: AwareDatetime | None
+    trigger: str | None = Field(
+        default=None,
+        description="Why it fired: `probability_threshold`, `score_drop`, `escalation_step`, "
+        "`recovery`.",
+    )
+    path_to_healthy: list[AlertAction] = Field(
+        default_factory=list,
+        description="The fewest actions, largest first, that bring the organization out of "
+        "risk, as the alert named them; empty for a recovery.",
+    )
     created_at: AwareDatetime = Field(description="When it was decided (committed).")
     published_at: AwareDatetime | None = Field(description="When it was published; NULL: pending.")
 

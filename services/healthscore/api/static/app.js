@@ -8,10 +8,12 @@ const TOKEN_KEY = "healthscore.token";
 const REFRESH_SECONDS = Number(
   document.querySelector('meta[name="healthscore-refresh-seconds"]').content) || 15;
 const PAGE = 50;
+const TIMELINE_PAGE = 25;
 
 const $ = (id) => document.getElementById(id);
 const state = { me: null, view: null, orgId: null, timer: null, listItems: 0, visitedList: false,
-  listCursor: null, supportCursor: null, knownFactors: new Set() };
+  listCursor: null, supportCursor: null, timelineCursor: null, knownFactors: new Set(),
+  loadedAt: null, returnTo: null };
 
 // --- the token ------------------------------------------------------------------
 function takeTokenFromFragment() {
@@ -20,7 +22,9 @@ function takeTokenFromFragment() {
     sessionStorage.setItem(TOKEN_KEY, match[1]);
     state.me = null;
     state.visitedList = false;
-    history.replaceState(null, "", location.pathname + "#/");
+    // the token leaves the address bar (and the history) at once
+    history.replaceState(null, "", location.pathname + (state.returnTo || "#/"));
+    state.returnTo = null;
   }
 }
 const token = () => sessionStorage.getItem(TOKEN_KEY);
@@ -48,6 +52,22 @@ async function api(path, options = {}) {
     throw new ApiError(response.status, body);
   }
   return body;
+}
+
+// One table's loads (a filter, "Show more", a refresh) may overlap: only the newest
+// one's answer is shown (an older refresh landing last showed the old filter's rows,
+// or undid "Show more"), and a refresh is skipped while another load is on its way.
+const loads = { seq: {}, busy: {} };
+async function newest(table, refresh, path) {
+  if (refresh && loads.busy[table]) return null;
+  const seq = (loads.seq[table] = (loads.seq[table] || 0) + 1);
+  loads.busy[table] = true;
+  try {
+    const answer = await api(path);
+    return seq === loads.seq[table] ? answer : null;
+  } finally {
+    if (seq === loads.seq[table]) loads.busy[table] = false;
+  }
 }
 
 function query(params) {
@@ -78,34 +98,148 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 const words = (name) => (name || "").replaceAll("_", " ");
-const pct = (p) => `${(p * 100).toFixed(0)}%`;
+// a probability rounded to a whole percent, but never to a certainty it is not:
+// 0.996 is ">99%", not "100%"; 0.004 is "<1%", not "0%"
+const pct = (p) => {
+  if (p > 0 && p < 0.01) return "<1%";
+  if (p < 1 && p > 0.99) return ">99%";
+  return `${(p * 100).toFixed(0)}%`;
+};
 const signed = (v) => (v === null || v === undefined ? "—" : `${v > 0 ? "+" : ""}${v.toFixed(1)}`);
 const shortId = (id) => id.slice(0, 8);
+// a time as people read it: the date and time in the viewer's zone, named, and how long
+// ago (or from now) it is, e.g. "Dec 5, 2026, 8:55 AM UTC (3 hours ago)"
+const RELATIVE = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
+function ago(iso) {
+  const seconds = (new Date(iso).getTime() - Date.now()) / 1000;
+  const size = Math.abs(seconds);
+  for (const [unit, length] of [["day", 86400], ["hour", 3600], ["minute", 60]]) {
+    if (size >= length) return RELATIVE.format(Math.round(seconds / length), unit);
+  }
+  return RELATIVE.format(0, "second");
+}
+function absolute(iso) {
+  return new Date(iso).toLocaleString(undefined,
+    { year: "numeric", month: "short", day: "numeric", hour: "numeric", minute: "2-digit", timeZoneName: "short" });
+}
 function when(iso) {
   if (!iso) return "—";
-  const date = new Date(iso);
-  return date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+  return `${absolute(iso)} (${ago(iso)})`;
+}
+// a table cell's time: how long ago first, the date and zone below it
+function timeCell(iso) {
+  if (!iso) return el("td", { text: "—" });
+  return el("td", {}, el("time", { datetime: iso, text: ago(iso) }),
+    el("span", { class: "sub", text: absolute(iso) }));
 }
 function day(iso) {
   return iso ? new Date(iso).toLocaleDateString(undefined, { dateStyle: "medium" }) : "—";
 }
+// Re-rendering a table's rows (a refresh, an action) must not drop the keyboard focus
+// to the page's start: the focus goes back to the same row (by its data key), to the
+// control at the same place in it, else its first control, else its header cell.
+const ROW_KEYS = ["data-organization", "data-interaction", "data-milestone"];
+function keepingFocus(tbody, render) {
+  const focused = document.activeElement;
+  const row = focused && tbody.contains(focused) ? focused.closest("tr") : null;
+  const key = row && ROW_KEYS.find((k) => row.hasAttribute(k));
+  if (!key) return render();
+  const value = row.getAttribute(key);
+  const place = [...row.querySelectorAll("a, button")].indexOf(focused);
+  const result = render();
+  const again = [...tbody.rows].find((r) => r.getAttribute(key) === value);
+  if (again) {
+    const controls = again.querySelectorAll("a, button:not([disabled])");
+    const target = controls[place] || controls[0] || again.querySelector("th");
+    if (target.tagName === "TH") target.tabIndex = -1;
+    target.focus({ preventScroll: true });
+  }
+  return result;
+}
+
 function badge(kind, value) {
   return el("span", { class: `badge ${kind}-${value}`, text: words(value) });
 }
-function say(message) {
+function say(message, problem = false) {
+  // the same message again (a refresh failing every few seconds) is not re-announced
+  if ($("status").textContent === message && $("status").classList.contains("problem") === problem) return;
   $("status").textContent = message;
+  $("status").classList.toggle("problem", problem);
+}
+const TITLE = "Customer health";
+function titled(what) {
+  document.title = what ? `${what} · ${TITLE}` : TITLE;
+}
+// after a navigation the view's heading takes the focus: a screen reader reads where
+// the user is, and the next Tab starts in the view
+function focusHeading() {
+  const heading = document.querySelector(`#view-${state.view} h2`);
+  if (!heading) return;
+  heading.tabIndex = -1;
+  heading.focus({ preventScroll: true });
 }
 function showView(name) {
   for (const view of document.querySelectorAll(".view")) view.hidden = view.id !== `view-${name}`;
+  const heading = document.querySelector(`#view-${name} h2`);
+  titled(name === "org" ? "" : heading && heading.textContent);
   for (const link of document.querySelectorAll("#nav a")) {
     if (link.dataset.view === name) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
   state.view = name;
 }
+// what went wrong and what to do, in the user's words (the API's detail is for operators)
+function explain(error) {
+  if (!(error instanceof ApiError)) {
+    return "Cannot reach the health service (the network or the service is down).";
+  }
+  const type = (error.problem && error.problem.type) || "";
+  if (error.status === 503 && type.endsWith("too-slow")) {
+    return "The service took too long to answer this request. Narrow it (a longer search text, a filter) or try again shortly.";
+  }
+  if (error.status === 503 || error.status === 502 || error.status === 504) {
+    return "The health service is unavailable just now.";
+  }
+  if (error.status === 429) return "Too many requests just now; wait a moment.";
+  if (error.status === 403) return "Your role may not do this.";
+  if (error.status >= 500) {
+    const ref = error.problem && error.problem.error_id;
+    return `The request failed inside the health service${ref ? ` (reference ${ref}: report it if this keeps happening)` : ""}.`;
+  }
+  return `The service refused the request: ${error.message}.`;
+}
 function fail(error) {
   if (error instanceof ApiError && error.status === 401) return;
-  say(error instanceof ApiError ? `Could not load: ${error.message}` : `Error: ${error}`);
+  const retry = state.timer ? ` The page tries again every ${REFRESH_SECONDS} s.` : " Reload the page to try again.";
+  const shown = state.loadedAt
+    ? ` What you see was loaded at ${state.loadedAt.toLocaleTimeString()}.`
+    : "";
+  say(`${explain(error)}${shown}${retry}`, true);
+}
+// A filter whose answer failed: the rows of the previous filters must not stand under
+// the new ones, as if they matched them; the table is emptied (the refresh retries).
+function failedFilter(table) {
+  return (error) => {
+    if (!(error instanceof ApiError && error.status === 401)) {
+      const node = $(table);
+      node.tBodies[0].replaceChildren();
+      node.parentElement.hidden = true;
+      state.loadedAt = null;
+      if (table === "org-table") {
+        state.listItems = 0;
+        $("org-more").hidden = true;
+        $("org-empty").hidden = true;
+      } else {
+        $("interaction-more").hidden = true;
+        $("interaction-empty").hidden = true;
+      }
+    }
+    fail(error);
+  };
+}
+function loaded() {
+  state.loadedAt = new Date();
+  if ($("status").classList.contains("problem")) say("");
 }
 
 // --- sign in and out ------------------------------------------------------------------
@@ -113,10 +247,14 @@ function signOut(reason) {
   sessionStorage.removeItem(TOKEN_KEY);
   state.me = null;
   clearInterval(state.timer);
+  state.timer = null;
   $("nav").hidden = true;
   $("who").hidden = true;
   $("signin-reason").hidden = !reason;
-  $("signin-reason").textContent = reason ? `Signed out: ${reason}` : "";
+  $("signin-reason").textContent = reason
+    ? `Signed out: ${reason}. Sign in again to continue where you were.` : "";
+  // signed out mid-session (an expired token): come back to the same page after signing in
+  if (reason && location.hash.startsWith("#/")) state.returnTo = location.hash;
   showView("signin");
 }
 
@@ -157,26 +295,35 @@ function orgRow(org) {
     el("td", { class: `num ${org.score_change_7d < 0 ? "down" : ""}`, text: signed(org.score_change_7d) }),
     el("td", { class: `num ${org.score_change_30d < 0 ? "down" : ""}`, text: signed(org.score_change_30d) }),
     el("td", { text: reasons.join(", ") || "—" }),
-    el("td", { text: when(org.scored_at) }));
+    timeCell(org.scored_at));
 }
 
 async function loadList({ append = false, refresh = false } = {}) {
   const params = listParams();
   // a refresh reloads what is on screen (up to 200 rows), in one request
   const limit = refresh ? Math.min(Math.max(state.listItems, PAGE), 200) : PAGE;
-  const page = await api(`/api/v1/organizations${query({ ...params, limit,
+  const page = await newest("list", refresh, `/api/v1/organizations${query({ ...params, limit,
     cursor: append ? state.listCursor : null })}`);
+  if (!page) return;
   const body = $("org-table").tBodies[0];
   const rows = page.items.map(orgRow);
   if (append) body.append(...rows);
-  else body.replaceChildren(...rows);
+  else keepingFocus(body, () => body.replaceChildren(...rows));
   state.listItems = body.rows.length;
   state.listCursor = page.next_cursor;
   $("org-more").hidden = !page.next_cursor;
   $("org-empty").hidden = body.rows.length > 0;
+  // no empty table under an empty list, and why it is empty: the filters, or the role
+  $("org-table").parentElement.hidden = body.rows.length === 0;
+  const filtered = params.health_status || params.risk_level || params.factor || params.q;
+  $("org-empty").textContent = filtered
+    ? "No organization visible to you matches these filters; Clear shows them all."
+    : `No organizations are visible to you: your role (${state.me ? state.me.role : "unknown"}) ` +
+      "does not include any organization's health. Ask an administrator if you need it.";
   $("factor-names").replaceChildren(
     ...[...state.knownFactors].sort().map((f) => el("option", { value: f })));
   $("list-updated").textContent = `Updated ${new Date().toLocaleTimeString()}; refreshes every ${REFRESH_SECONDS} s`;
+  loaded();
 }
 
 // --- the organization page --------------------------------------------------------------
@@ -197,9 +344,14 @@ function milestoneCount(m) {
 function renderOrganization(org) {
   const name = org.organization_name || `Organization ${shortId(org.organization_id)}`;
   $("org-title").textContent = name;
+  titled(name);
   $("org-subtitle").textContent =
     `${org.organization_id}${org.plan ? ` · plan ${org.plan}` : ""} · scored ${when(org.scored_at)}`;
   $("org-score").textContent = org.health_score.toFixed(1);
+  $("org-score-meaning").textContent = `${org.health_score.toFixed(1)} of 100 is in the ${words(org.health_status)} band ` +
+    "(critical below 40, at risk 40 to 60, good 60 to 80, excellent from 80). " +
+    `Churn probability ${pct(org.churn_probability)}: the model's estimate of how likely this ` +
+    "organization is to leave, from its score and its 30-day change.";
   const band = badge("band", org.health_status);
   band.textContent = `${words(org.health_status)} band`;
   const risk = badge("risk", org.risk_level);
@@ -210,7 +362,8 @@ function renderOrganization(org) {
     ["Churn probability", pct(org.churn_probability)],
     ["Change, 7 days", signed(org.score_change_7d)],
     ["Change, 30 days", signed(org.score_change_30d)],
-    ["Trend", org.trend || "—"],
+    ["Since the previous score", org.trend
+      ? `${org.trend} (${org.previous_score.toFixed(1)} → ${org.health_score.toFixed(1)})` : "—"],
     ["Active users (30 days)", String(org.active_users_30d)],
     ["Open interactions", String(org.open_interactions_count)],
     ["Overdue follow-ups", String(org.overdue_follow_ups)],
@@ -220,7 +373,9 @@ function renderOrganization(org) {
   $("org-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
   const fromProfile = org.milestones.from_profile;
   $("milestone-from-profile").hidden = fromProfile === 0;
-  $("milestone-from-profile").textContent = `${fromProfile === 1 ? "One more milestone was" : `${fromProfile} more milestones were`} ` +
+  const recorded = org.milestones.acknowledged + org.milestones.unacknowledged;
+  const more = recorded > 0 ? " more" : "";
+  $("milestone-from-profile").textContent = `${fromProfile === 1 ? `One${more} milestone was` : `${fromProfile}${more} milestones were`} ` +
     "achieved before the organization's events reached the service (from its CRM profile): " +
     "counted in the score, nothing to acknowledge or reward.";
   $("org-components").replaceChildren(...COMPONENTS.map(([key, label]) => {
@@ -238,20 +393,48 @@ function renderOrganization(org) {
       el("td", { class: `num ${f.impact < 0 ? "down" : ""}`, text: signed(f.impact) }),
       el("td", { text: f.detail || "—" }))));
   $("factor-empty").hidden = factors.length > 0;
+  $("factor-table").parentElement.hidden = factors.length === 0;
   const usage = Object.entries(org.feature_usage).sort((a, b) => b[1] - a[1]);
   $("org-usage").replaceChildren(...(usage.length
     ? usage.map(([feature, uses]) => el("li", {}, el("span", { text: words(feature) }),
       el("span", { class: "num", text: String(uses) })))
     : [el("li", { class: "muted", text: "No feature usage in the window." })]));
   const alert = org.last_alert;
-  $("org-alert").replaceChildren(alert
-    ? el("dl", { class: "facts" },
+  $("org-alert").replaceChildren(...(alert
+    ? [el("dl", { class: "facts" },
       el("dt", { text: "Kind" }), el("dd", {}, badge("alert", alert.kind)),
+      el("dt", { text: "Why it fired" }), el("dd", { text: TRIGGERS[alert.trigger] || words(alert.trigger) || "—" }),
       el("dt", { text: "Risk level" }), el("dd", { text: words(alert.risk_level) }),
       el("dt", { text: "Score then" }), el("dd", { text: alert.health_score === null ? "—" : alert.health_score.toFixed(1) }),
       el("dt", { text: "Raised" }), el("dd", { text: when(alert.created_at) }),
-      el("dt", { text: "Published" }), el("dd", { text: alert.published_at ? when(alert.published_at) : "pending" }))
-    : el("p", { class: "muted", text: "No churn-risk alert yet." }));
+      el("dt", { text: "Published" }), el("dd", { text: alert.published_at ? when(alert.published_at) : "pending" })),
+    ...pathToHealthy(alert, org)]
+    : [el("p", { class: "muted", text: "No churn-risk alert yet." })]));
+}
+
+const TRIGGERS = {
+  probability_threshold: "the churn probability crossed the alert threshold",
+  score_drop: "the score dropped sharply",
+  escalation_step: "the risk level rose a step",
+  recovery: "the organization is out of risk again",
+};
+
+// what to do: the alert's path to healthy, the fewest actions out of risk, each with the
+// score points the model credits it with; an interaction named by its id gets its subject
+function pathToHealthy(alert, org) {
+  if (!alert.path_to_healthy || alert.path_to_healthy.length === 0) return [];
+  const subjects = new Map(org.open_interactions.map((i) => [i.id, i.subject]));
+  const steps = alert.path_to_healthy.map((step) => {
+    const id = step.action.match(/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/);
+    const action = id && subjects.get(id[0])
+      ? step.action.replace(id[0], `“${subjects.get(id[0])}”`) : step.action;
+    return el("li", {}, el("span", { text: action[0].toUpperCase() + action.slice(1) }),
+      el("span", { class: "muted", text: ` (+${step.impact.toFixed(1)} points, ${words(step.factor)})` }));
+  });
+  return [el("h4", { id: "path-title", text: "What to do: the way out of risk" }),
+    el("ol", { class: "path", id: "org-path", "aria-labelledby": "path-title" }, ...steps),
+    el("p", { class: "muted", text: "As named when the alert was raised, largest effect first. " +
+      "Signals only time heals (recent complaints, cancellation requests, sentiment) are not actions." })];
 }
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -269,6 +452,7 @@ function renderChart(history) {
   table.replaceChildren(...points.slice().reverse().map((p) => el("tr", {},
     el("th", { scope: "row", text: p.day }), el("td", { class: "num", text: p.health_score.toFixed(1) }),
     el("td", { class: "num", text: pct(p.churn_probability) }), el("td", { text: words(p.risk_level) }))));
+  $("history-table").closest("details").hidden = points.length === 0;
   if (points.length === 0) {
     figure.replaceChildren(el("p", { class: "muted", text: "No score history in this period." }));
     $("chart-summary").textContent = "";
@@ -284,6 +468,8 @@ function renderChart(history) {
   // the bands behind the line: critical < 40 <= at risk < 60 <= good < 80 <= excellent
   for (const [from, to, cls] of [[0, 40, "critical"], [40, 60, "at_risk"], [60, 80, "good"], [80, 100, "excellent"]]) {
     chart.append(svg("rect", { x: left, y: y(to), width: width - left - right, height: y(from) - y(to), class: `zone zone-${cls}` }));
+    // the band's name in it: its colour is not the only way to tell
+    chart.append(svg("text", { x: left + 6, y: y(to) + 13, class: "zone-label" }, words(cls)));
   }
   for (const v of [0, 40, 60, 80, 100]) {
     chart.append(svg("line", { x1: left, x2: width - right, y1: y(v), y2: y(v), class: "grid" }));
@@ -313,13 +499,15 @@ function milestoneActions(orgId, m) {
   const cell = el("td", { class: "actions" });
   const base = `/api/v1/organizations/${orgId}/milestones/${m.milestone_type}`;
   const act = async (button, path, body, done) => {
-    button.disabled = true;
+    // busy, not disabled: a disabled button drops the keyboard focus to the page's start
+    if (button.getAttribute("aria-disabled") === "true") return;
+    button.setAttribute("aria-disabled", "true");
     try {
       await api(`${base}/${path}`, { method: "POST", body });
       say(done);
       await loadMilestones(orgId);
     } catch (error) {
-      button.disabled = false;
+      button.removeAttribute("aria-disabled");
       fail(error);
     }
   };
@@ -341,7 +529,8 @@ function milestoneActions(orgId, m) {
 
 async function loadMilestones(orgId) {
   const list = await api(`/api/v1/organizations/${orgId}/milestones`);
-  $("milestone-table").tBodies[0].replaceChildren(...list.items.map((m) => {
+  const body = $("milestone-table").tBodies[0];
+  keepingFocus(body, () => body.replaceChildren(...list.items.map((m) => {
     const reward = m.reward_type
       ? `${words(m.reward_type)}${m.reward_value ? ` (${m.reward_value})` : ""}: ${m.reward_status}`
       : "—";
@@ -354,8 +543,10 @@ async function loadMilestones(orgId) {
       el("td", { class: "acknowledged", text: acknowledged }),
       el("td", { text: reward }),
       milestoneActions(orgId, m));
-  }));
+  })));
   $("milestone-empty").hidden = list.items.length > 0;
+  // an empty table's header row above "No milestones" says nothing
+  $("milestone-table").parentElement.hidden = list.items.length === 0;
 }
 
 function interactionItem(i) {
@@ -374,17 +565,42 @@ function interactionItem(i) {
 
 async function loadOrganization(orgId, { refresh = false } = {}) {
   const days = $("history-days").value;
+  // a refresh reloads as many interactions as are on screen (up to 200), in one request
+  const shown = $("org-timeline").children.length;
+  const limit = refresh ? Math.min(Math.max(shown, TIMELINE_PAGE), 200) : TIMELINE_PAGE;
   const [org, history, interactions] = await Promise.all([
     api(`/api/v1/organizations/${orgId}`),
     api(`/api/v1/organizations/${orgId}/history?days=${days}`),
-    api(`/api/v1/interactions${query({ organization_id: orgId, limit: 100 })}`),
+    newest("timeline", refresh, `/api/v1/interactions${query({ organization_id: orgId, limit })}`),
   ]);
   if (state.orgId !== orgId) return;
   renderOrganization(org);
   renderChart(history);
-  $("org-timeline").replaceChildren(...interactions.items.map(interactionItem));
-  $("timeline-empty").hidden = interactions.items.length > 0;
+  state.historyDays = days;
+  if (interactions) {
+    $("org-timeline").replaceChildren(...interactions.items.map(interactionItem));
+    showTimelinePage(interactions);
+  }
+  $("org-body").hidden = false;
   if (!refresh) await loadMilestones(orgId);
+  loaded();
+}
+
+async function loadMoreInteractions(orgId) {
+  const page = await newest("timeline", false, `/api/v1/interactions${query({ organization_id: orgId,
+    limit: TIMELINE_PAGE, cursor: state.timelineCursor })}`);
+  if (!page || state.orgId !== orgId) return;
+  $("org-timeline").append(...page.items.map(interactionItem));
+  showTimelinePage(page);
+}
+
+function showTimelinePage(page) {
+  const shown = $("org-timeline").children.length;
+  state.timelineCursor = page.next_cursor;
+  $("timeline-more").hidden = !page.next_cursor;
+  $("timeline-empty").hidden = shown > 0;
+  $("timeline-count").textContent = shown === 0 ? ""
+    : `Newest first; ${shown}${page.next_cursor ? " shown, more below" : (shown === 1 ? " interaction" : " interactions")}.`;
 }
 
 // --- the support view -----------------------------------------------------------------
@@ -403,35 +619,51 @@ function interactionRow(i) {
   const follow = i.follow_up_at && !i.follow_up_completed_at
     ? el("span", { class: i.overdue ? "overdue" : "", text: `${i.overdue ? "Overdue: " : ""}${when(i.follow_up_at)}` })
     : "—";
-  const org = i.organization_name || shortId(i.organization_id);
+  // a name is there only when the organization is visible to the user: then it is a link
+  const org = i.organization_name
+    ? el("a", { href: `#/org/${i.organization_id}`, text: i.organization_name })
+    : shortId(i.organization_id);
   return el("tr", { class: i.overdue ? "overdue-item" : "", "data-interaction": i.id },
-    el("th", { scope: "row", text: i.subject || "(no subject)" }),
-    el("td", { text: org }),
+    // "overdue" in words beside the subject: the row's colour is not the only sign, and
+    // on a phone the follow-up column is scrolled out of view
+    el("th", { scope: "row" }, i.subject || "(no subject)",
+      i.overdue ? el("span", { class: "sub overdue", text: "Follow-up overdue" }) : null),
+    el("td", {}, org),
     el("td", { text: words(i.interaction_type) || "—" }),
     el("td", {}, badge("priority", i.priority)),
     el("td", {}, badge("status", i.status)),
-    el("td", { text: when(i.opened_at) }),
+    timeCell(i.opened_at),
     el("td", {}, follow));
 }
 
-async function loadSupport({ append = false } = {}) {
+async function loadSupport({ append = false, refresh = false } = {}) {
   const params = supportParams();
-  const page = await api(`/api/v1/interactions${query({ ...params, limit: PAGE,
+  // a refresh reloads what is on screen (up to 200 rows), in one request: "Show more"
+  // must not be undone by the next refresh
+  const shown = $("interaction-table").tBodies[0].rows.length;
+  const limit = refresh ? Math.min(Math.max(shown, PAGE), 200) : PAGE;
+  const page = await newest("support", refresh, `/api/v1/interactions${query({ ...params, limit,
     sort: params.q ? null : (params.overdue ? null : "oldest"),
     cursor: append ? state.supportCursor : null })}`);
+  if (!page) return;
   const body = $("interaction-table").tBodies[0];
   const rows = page.items.map(interactionRow);
   if (append) body.append(...rows);
-  else body.replaceChildren(...rows);
+  else keepingFocus(body, () => body.replaceChildren(...rows));
   state.supportCursor = page.next_cursor;
   $("interaction-more").hidden = !page.next_cursor;
   $("interaction-empty").hidden = body.rows.length > 0;
+  $("interaction-table").parentElement.hidden = body.rows.length === 0;
   $("support-updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
+  loaded();
 }
 
 // --- routing and refresh ----------------------------------------------------------------
 async function route() {
   clearInterval(state.timer);
+  state.timer = null;
+  state.loadedAt = null;
+  say("");
   if (!token()) {
     signOut();
     return;
@@ -439,18 +671,28 @@ async function route() {
   try {
     if (!state.me) await signIn();
     const hash = location.hash || "#/";
-    const org = hash.match(/^#\/org\/([0-9a-f-]{36})$/);
+    const org = hash.match(/^#\/org\/(.*)$/);
+    if (org && !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(org[1])) {
+      throw new ApiError(404, null);
+    }
     if (org) {
       state.orgId = org[1];
       showView("org");
+      // another organization's figures must not stand under this one's title
+      $("org-body").hidden = true;
       $("org-title").textContent = "Loading…";
+      $("org-subtitle").textContent = "";
+      state.timelineCursor = null;
+      $("org-timeline").replaceChildren();
       await loadOrganization(org[1]);
       state.timer = setInterval(() => loadOrganization(org[1], { refresh: true }).catch(fail), REFRESH_SECONDS * 1000);
     } else if (hash === "#/support") {
       state.orgId = null;
       showView("support");
       await loadSupport();
-      state.timer = setInterval(() => loadSupport().catch(fail), REFRESH_SECONDS * 1000);
+      state.timer = setInterval(() => {
+        if (!document.hidden) loadSupport({ refresh: true }).catch(fail);
+      }, REFRESH_SECONDS * 1000);
     } else if (hash === "#/" && state.me && state.me.role === "support" && !state.visitedList) {
       // support staff start in their queue; the list stays one click away
       state.visitedList = true;
@@ -464,12 +706,18 @@ async function route() {
         if (!document.hidden) loadList({ refresh: true }).catch(fail);
       }, REFRESH_SECONDS * 1000);
     }
-    $("main").focus({ preventScroll: true });
+    focusHeading();
   } catch (error) {
     if (error instanceof ApiError && error.status === 404) {
+      state.orgId = null;
       showView("org");
-      $("org-title").textContent = "Not found";
-      $("org-subtitle").textContent = "No organization with that id is visible to you.";
+      $("org-body").hidden = true;
+      $("org-title").textContent = "Organization not found";
+      titled("Organization not found");
+      $("org-subtitle").textContent = "No organization with this address is visible to you: " +
+        "the link may be mistyped, or your role does not cover it. Go back to the list to find it.";
+      focusHeading();
+      return;
     }
     fail(error);
   }
@@ -483,25 +731,45 @@ function start() {
     state.me = null;
     state.visitedList = false;
     $("signin-token").value = "";
-    location.hash = "#/";
-    route();
+    const back = state.returnTo || "#/";
+    state.returnTo = null;
+    if (location.hash === back) route();
+    else location.hash = back;
   });
   $("sign-out").addEventListener("click", () => signOut());
+  // the routes live in the fragment: "#main" would be a navigation (to the list), so
+  // the skip link moves the focus itself
+  document.querySelector(".skip").addEventListener("click", (event) => {
+    event.preventDefault();
+    focusHeading();
+  });
   $("list-filters").addEventListener("submit", (event) => {
     event.preventDefault();
-    loadList().catch(fail);
+    loadList().catch(failedFilter("org-table"));
   });
-  $("list-filters").addEventListener("reset", () => setTimeout(() => loadList().catch(fail)));
-  for (const id of ["f-band", "f-risk", "f-sort"]) $(id).addEventListener("change", () => loadList().catch(fail));
+  $("list-filters").addEventListener("reset", () => setTimeout(() => loadList().catch(failedFilter("org-table"))));
+  for (const id of ["f-band", "f-risk", "f-sort"]) {
+    $(id).addEventListener("change", () => loadList().catch(failedFilter("org-table")));
+  }
   $("org-more").addEventListener("click", () => loadList({ append: true }).catch(fail));
   $("support-filters").addEventListener("submit", (event) => {
     event.preventDefault();
-    loadSupport().catch(fail);
+    loadSupport().catch(failedFilter("interaction-table"));
   });
-  for (const id of ["s-status", "s-mine", "s-overdue"]) $(id).addEventListener("change", () => loadSupport().catch(fail));
+  for (const id of ["s-status", "s-mine", "s-overdue"]) {
+    $(id).addEventListener("change", () => loadSupport().catch(failedFilter("interaction-table")));
+  }
   $("interaction-more").addEventListener("click", () => loadSupport({ append: true }).catch(fail));
+  $("timeline-more").addEventListener("click", () => {
+    if (state.orgId) loadMoreInteractions(state.orgId).catch(fail);
+  });
   $("history-days").addEventListener("change", () => {
-    if (state.orgId) loadOrganization(state.orgId, { refresh: true }).catch(fail);
+    if (!state.orgId) return;
+    loadOrganization(state.orgId, { refresh: true }).catch((error) => {
+      // the chart still shows the period before: the choice says so again
+      if (state.historyDays) $("history-days").value = state.historyDays;
+      fail(error);
+    });
   });
   window.addEventListener("hashchange", () => {
     takeTokenFromFragment();
