@@ -989,8 +989,9 @@ async def test_what_a_client_writes_is_logged_and_quoted_in_bounded_length(
     world: World,
 ) -> None:
     """A path, and a token header's `alg`, are anybody's to write (64 KiB, the server's
-    limit): the access log line and the 401 quoted them whole, lines that container log
-    drivers split (at 16 KiB) into pieces no longer parsed as JSON."""
+    limit): the access log line, the 404's `instance` and the 401 quoted them whole, log
+    lines that container log drivers split (at 16 KiB) into pieces no longer parsed as
+    JSON, and a 404 as large as its request."""
     header = base64.urlsafe_b64encode(json.dumps({"alg": "A" * 40_000}).encode())
     token = header.decode().rstrip("=") + ".e30.c2ln"
     with capture_logs() as logs:
@@ -998,7 +999,9 @@ async def test_what_a_client_writes_is_logged_and_quoted_in_bounded_length(
         refused = await world.client.get(
             "/api/v1/organizations", headers={"Authorization": f"Bearer {token}"}
         )
-    assert long_path.status_code == 404
+    # the 404's problem document quotes the path as the log line does, not 60 kB back
+    assert assert_problem(long_path, 404)["instance"].endswith("(+59708 characters)")
+    assert len(long_path.content) < 1024
     assert assert_problem(refused, 401)["detail"].startswith("tokens signed with 'AAAA")
     assert len(refused.content) < 1024
     lines = [e for e in logs if e["event"] == "api_request"]

@@ -24,20 +24,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from healthscore.api.auth import TokenVerifier, Unauthenticated, one_authorization
 from healthscore.api.metrics import ApiMetrics
+from healthscore.api.problems import shown_path
 
 log = structlog.get_logger("healthscore.api.access")
 
 UNLOGGED: Final = frozenset({"/api/healthz", "/api/readyz"})
-# a path is logged up to this many characters (the API's longest is 112): anybody may
-# send one of 64 KiB, and a log line that long is split by container log drivers
-# (16 KiB) into pieces no longer parsed as JSON
-MAX_LOGGED_PATH: Final = 300
-
-
-def logged_path(path: str) -> str:
-    if len(path) <= MAX_LOGGED_PATH:
-        return path
-    return f"{path[:MAX_LOGGED_PATH]}...(+{len(path) - MAX_LOGGED_PATH} characters)"
 
 
 class RouteLabels:
@@ -107,7 +98,7 @@ class AccessLog:
         log.info(
             "api_request",
             method=scope["method"],
-            path=logged_path(scope["path"]),
+            path=shown_path(scope["path"]),
             status=status,
             duration_ms=round(seconds * 1000, 1),
             user_id=user_id,

@@ -58,6 +58,19 @@ def not_found(what: str) -> ApiProblem:
     return ApiProblem(404, "not-found", f"no {what} with that id is visible to you")
 
 
+# a path is shown (a problem's `instance`, the access log's line) up to this many
+# characters (the API's longest is 112): anybody may send one of 64 KiB, echoed whole
+# in every 404, and a log line that long is split by container log drivers (16 KiB)
+# into pieces no longer parsed as JSON
+MAX_SHOWN_PATH: Final = 300
+
+
+def shown_path(path: str) -> str:
+    if len(path) <= MAX_SHOWN_PATH:
+        return path
+    return f"{path[:MAX_SHOWN_PATH]}...(+{len(path) - MAX_SHOWN_PATH} characters)"
+
+
 def problem_body(
     status: int, kind: str, detail: str | None, instance: str | None, **extra: Any
 ) -> bytes:
@@ -68,7 +81,7 @@ def problem_body(
         "title": TITLES.get(status, "Error"),
         "status": status,
         "detail": detail,
-        "instance": instance,
+        "instance": None if instance is None else shown_path(instance),
         **extra,
     }
     if instance is None:
