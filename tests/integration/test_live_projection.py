@@ -9,7 +9,9 @@ written the organization's newest state.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -222,6 +224,26 @@ class _TakenOverBeforeItsFeed:
         return await self._producer.send(topic, value=value, key=key)
 
 
+@contextlib.asynccontextmanager
+async def _taken_over(
+    database_factory: Any, migrated_template: str, kafka_bootstrap: str
+) -> AsyncIterator[tuple[Any, list[Any], list[Any], Any, Any, Any, asyncpg.Connection]]:
+    """A database and topic, two batches, the model, the pool of the process that will be
+    frozen (one connection), the others' pool and a superuser connection."""
+    url = await database_factory(template=migrated_template)
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    first, second, _third = _batches(_Log())
+    frozen_pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=1)
+    pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=2)
+    admin = await asyncpg.connect(url)
+    try:
+        yield topics, first, second, default_model(), frozen_pool, pool, admin
+    finally:
+        await admin.close()
+        await pool.close()
+        await frozen_pool.close()
+
+
 async def test_a_pass_taken_over_before_its_feed_leaves_the_newest_state_last_on_it(
     database_factory: Any, migrated_template: str, kafka_bootstrap: str, producer: AIOKafkaProducer
 ) -> None:
@@ -230,14 +252,15 @@ async def test_a_pass_taken_over_before_its_feed_leaves_the_newest_state_last_on
     feed, compacted, keeps an organization's last record. The pass fails, and the
     organizations it published go back to the queue, so that the newest state is
     published after its scores."""
-    url = await database_factory(template=migrated_template)
-    topics = await make_topics(kafka_bootstrap, partitions=1)
-    first, second, _third = _batches(_Log())
-    model = default_model()
-    frozen_pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=1)
-    pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=2)
-    admin = await asyncpg.connect(url)
-    try:
+    async with _taken_over(database_factory, migrated_template, kafka_bootstrap) as (
+        topics,
+        first,
+        second,
+        model,
+        frozen_pool,
+        pool,
+        admin,
+    ):
         pipeline = _pipeline(pool, producer, 0)
         other = Projector(pool, model, producer, topics.health)
         await pipeline.process(first)
@@ -261,10 +284,6 @@ async def test_a_pass_taken_over_before_its_feed_leaves_the_newest_state_last_on
         states = await stored_states(admin)
         last = await _feed(kafka_bootstrap, topics.health, 12)
         assert last == _newest_on_the_feed(states, model)
-    finally:
-        await admin.close()
-        await pool.close()
-        await frozen_pool.close()
 
 
 def _newest_on_the_feed(states: dict[str, Any], model: Any) -> dict[str, tuple[float, str]]:
@@ -294,14 +313,15 @@ async def test_a_live_batch_taken_over_before_its_feed_leaves_the_newest_state_l
     sends its feed, its partition's next owner applies the batch and the next one and
     publishes their states, then it sends what it computed. It cannot commit, and the
     organizations it published are queued, so that the projector publishes them last."""
-    url = await database_factory(template=migrated_template)
-    topics = await make_topics(kafka_bootstrap, partitions=1)
-    first, second, _third = _batches(_Log())
-    model = default_model()
-    frozen_pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=1)
-    pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=2)
-    admin = await asyncpg.connect(url)
-    try:
+    async with _taken_over(database_factory, migrated_template, kafka_bootstrap) as (
+        topics,
+        first,
+        second,
+        model,
+        frozen_pool,
+        pool,
+        admin,
+    ):
         owner = _pipeline(pool, producer, 0)
         projector = Projector(pool, model, producer, topics.health)
         owner.project_live_batches(projector.project_in_batch, lambda: True)
@@ -327,10 +347,6 @@ async def test_a_live_batch_taken_over_before_its_feed_leaves_the_newest_state_l
         assert await _feed(kafka_bootstrap, topics.health, 18) == _newest_on_the_feed(
             await stored_states(admin), model
         )
-    finally:
-        await admin.close()
-        await pool.close()
-        await frozen_pool.close()
 
 
 async def test_a_live_batch_failing_after_its_feed_queues_no_organization_it_created(
