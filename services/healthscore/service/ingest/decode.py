@@ -368,7 +368,7 @@ def canonical_event_json(event: Event) -> bytes:
             for name, at in sorted(milestones.items())
         }
     if "properties" in fields:
-        fields["properties"] = _by_value(fields["properties"]) or None
+        fields["properties"] = _sorted_keys(fields["properties"], numbers_by_value=True) or None
     return orjson.dumps(fields, option=orjson.OPT_UTC_Z)
 
 
@@ -391,22 +391,20 @@ _EXACT_INTEGERS = 2.0**63
 """An integral float below this in magnitude is the integer orjson writes as such."""
 
 
-def _by_value(value: Any) -> Any:
-    """`value` with the keys of every object sorted and every integral float an int."""
+def _sorted_keys(value: Any, numbers_by_value: bool = False) -> Any:
+    """`value` with the keys of every object sorted, and with `numbers_by_value` every
+    integral float an int."""
     if isinstance(value, dict):
-        return {key: _by_value(value[key]) for key in sorted(value)}
+        return {key: _sorted_keys(value[key], numbers_by_value) for key in sorted(value)}
     if isinstance(value, list):
-        return [_by_value(item) for item in value]
-    if type(value) is float and value.is_integer() and -_EXACT_INTEGERS < value < _EXACT_INTEGERS:
+        return [_sorted_keys(item, numbers_by_value) for item in value]
+    if (
+        numbers_by_value
+        and type(value) is float
+        and value.is_integer()
+        and -_EXACT_INTEGERS < value < _EXACT_INTEGERS
+    ):
         return int(value)  # -0.0 too: 0
-    return value
-
-
-def _sorted_keys(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _sorted_keys(value[key]) for key in sorted(value)}
-    if isinstance(value, list):
-        return [_sorted_keys(item) for item in value]
     return value
 
 
