@@ -252,15 +252,8 @@ async def test_a_pass_taken_over_before_its_feed_leaves_the_newest_state_last_on
     feed, compacted, keeps an organization's last record. The pass fails, and the
     organizations it published go back to the queue, so that the newest state is
     published after its scores."""
-    async with _taken_over(database_factory, migrated_template, kafka_bootstrap) as (
-        topics,
-        first,
-        second,
-        model,
-        frozen_pool,
-        pool,
-        admin,
-    ):
+    async with _taken_over(database_factory, migrated_template, kafka_bootstrap) as taken:
+        topics, first, second, model, frozen_pool, pool, admin = taken
         pipeline = _pipeline(pool, producer, 0)
         other = Projector(pool, model, producer, topics.health)
         await pipeline.process(first)
@@ -313,15 +306,8 @@ async def test_a_live_batch_taken_over_before_its_feed_leaves_the_newest_state_l
     sends its feed, its partition's next owner applies the batch and the next one and
     publishes their states, then it sends what it computed. It cannot commit, and the
     organizations it published are queued, so that the projector publishes them last."""
-    async with _taken_over(database_factory, migrated_template, kafka_bootstrap) as (
-        topics,
-        first,
-        second,
-        model,
-        frozen_pool,
-        pool,
-        admin,
-    ):
+    async with _taken_over(database_factory, migrated_template, kafka_bootstrap) as taken:
+        topics, first, second, model, frozen_pool, pool, admin = taken
         owner = _pipeline(pool, producer, 0)
         projector = Projector(pool, model, producer, topics.health)
         owner.project_live_batches(projector.project_in_batch, lambda: True)
