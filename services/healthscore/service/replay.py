@@ -80,16 +80,12 @@ async def replay(
             r["version"]: orjson.loads(r["aggregates"])
             for r in await conn.fetch(promotion.SERVED_MODELS)
         }
-    finally:
-        await conn.close()
-    resumed = _group_to_replay(settings, organizations, groups, resume, group)
-    if resumed is not None:
-        _refuse_another_model(settings, served)
-    replay_group = resumed or (
-        group or f"{settings.consumer_group}{REPLAY_GROUP_INFIX}{uuid.uuid4().hex[:8]}"
-    )
-    conn = await connect(admin_url, tls)
-    try:
+        resumed = _group_to_replay(settings, organizations, groups, resume, group)
+        if resumed is not None:
+            _refuse_another_model(settings, served)
+        replay_group = resumed or (
+            group or f"{settings.consumer_group}{REPLAY_GROUP_INFIX}{uuid.uuid4().hex[:8]}"
+        )
         # before its service starts: a replay killed at once is resumed with the same
         if resumed is not None:
             ran = await conn.fetchrow(sql.REPLAY_RUN, resumed)
