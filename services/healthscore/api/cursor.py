@@ -18,12 +18,13 @@ import binascii
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import orjson
 
+from healthscore.contracts._common import utc_representable
 from healthscore.errors import HealthscoreError
 
 T = TypeVar("T")
@@ -85,13 +86,7 @@ def numeric_value(cursor: Cursor) -> Decimal | None:
 def _in_utc_range(value: datetime) -> bool:
     # the statement binds it in UTC: year 1 at +14:00 or year 9999 at -14:00 is a
     # time of no year the driver (or Python) can write
-    if value.tzinfo is None:
-        return False
-    try:
-        value.astimezone(UTC)
-    except OverflowError:
-        return False
-    return True
+    return value.tzinfo is not None and utc_representable(value)
 
 
 def time_value(cursor: Cursor) -> datetime | None:

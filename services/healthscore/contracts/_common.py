@@ -81,20 +81,26 @@ def _leap_second(value: str) -> object:
     return parsed
 
 
-def check_representable(value: datetime) -> datetime:
-    """The UTC value must lie within years 1-9999, as the contract says.
-
-    `0001-01-01T00:00:00+14:00` parses, but its UTC value is in year 0: every
-    later conversion would fail, on every retry of its batch.
-    """
+def utc_representable(value: datetime) -> bool:
+    """Whether `value`'s UTC value lies within years 1-9999: `0001-01-01T00:00:00+14:00`
+    parses, but its UTC value is in year 0, which no later conversion can take."""
     try:
         value.astimezone(UTC)
     except OverflowError:
+        return False
+    return True
+
+
+def check_representable(value: datetime) -> datetime:
+    """The UTC value must lie within years 1-9999, as the contract says
+    (`utc_representable`): every later conversion would fail, on every retry of its
+    batch."""
+    if not utc_representable(value):
         raise PydanticCustomError(
             "out_of_range",
             "its UTC value {value} falls outside 0001-01-01..9999-12-31",
             {"value": value.isoformat()},
-        ) from None
+        )
     return value
 
 

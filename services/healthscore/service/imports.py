@@ -39,6 +39,7 @@ import asyncpg
 import orjson
 import structlog
 
+from healthscore.contracts._common import utc_representable
 from healthscore.contracts.profile import OrganizationProfile
 from healthscore.core.enums import MilestoneType
 from healthscore.core.scoring.aggregate import apply_profile, new_state
@@ -103,13 +104,10 @@ def _time(text: str) -> datetime:
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         raise ValueError("a time without an offset (write e.g. 2026-03-01T00:00:00Z)")
-    try:
-        # as the contract's `check_representable`: 0001-01-01T00:00:00+14:00 parses, but
-        # its UTC value is in year 0, which no later conversion (a published profile's
-        # timestamp, a score's tenure) can take
-        moment.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("its UTC value falls outside 0001-01-01..9999-12-31") from None
+    # as the contract's: no later conversion (a published profile's timestamp, a
+    # score's tenure) could take it
+    if not utc_representable(moment):
+        raise ValueError("its UTC value falls outside 0001-01-01..9999-12-31")
     return moment
 
 
