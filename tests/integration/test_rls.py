@@ -645,7 +645,7 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
         ("TRY_LEADER_LOCK", sql.TRY_LEADER_LOCK, [42]),
         ("BOUND_IDLE_TRANSACTION", sql.BOUND_IDLE_TRANSACTION, ["75000ms"]),
         ("TRY_SHARD_LOCK", sql.TRY_SHARD_LOCK, [42, 3]),
-        ("EVENT_TIME_WATERMARK", sql.EVENT_TIME_WATERMARK, [group, topics]),
+        ("EVENT_TIME_FRONTIERS", sql.EVENT_TIME_FRONTIERS, [group, topics]),
         ("PICK_SILENT", sql.PICK_SILENT, [now, 10]),
         ("COUNT_SILENT", sql.COUNT_SILENT, [now]),
         ("SET_RESCORE_DUE", sql.SET_RESCORE_DUE, [[org], [now]]),

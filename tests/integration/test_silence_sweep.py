@@ -33,11 +33,14 @@ from healthscore.core.scoring.model import default_model
 from healthscore.service.ingest.decode import Decoder, RawRecord
 from healthscore.service.ingest.dlq import DeadLetterQueue
 from healthscore.service.ingest.pipeline import BatchPipeline
+from healthscore.service.kafka_clients import KafkaConnection
+from healthscore.service.ops.lag import UnreadPartitions
 from healthscore.service.projector import Projector
 from healthscore.service.sweep import SilenceSweep
 from healthscore.store import locks
 from healthscore.store.db import create_pool
 from tests.conftest import DatabaseFactory
+from tests.utils.harness import make_topics
 from tests.utils.scenarios import Snapshot, snapshot
 
 USAGE, SUPPORT = "usage.sweep", "support.sweep"
@@ -104,8 +107,9 @@ def _swept_days(events: list[Event], until: datetime) -> list[datetime]:
 class Feed:
     """Usage events into the real pipeline, with consecutive offsets per partition."""
 
-    def __init__(self, pipeline: BatchPipeline) -> None:
+    def __init__(self, pipeline: BatchPipeline, usage: str = USAGE) -> None:
         self.pipeline = pipeline
+        self.usage = usage
         self.offsets: dict[int, int] = {}
         # the read model: projected from the state, as the service does
         self.projector = Projector(pipeline._pool, default_model(), None, None)
@@ -125,7 +129,7 @@ class Feed:
             }
             ts = int(at.timestamp() * 1000)
             value = orjson.dumps(body)
-            records.append(RawRecord(USAGE, partition, offset, org.encode(), value, ts))
+            records.append(RawRecord(self.usage, partition, offset, org.encode(), value, ts))
         return records
 
     async def apply(self, records: list[RawRecord]) -> None:
@@ -137,7 +141,9 @@ class Feed:
 
 
 @contextlib.asynccontextmanager
-async def _pipeline(database_url: str, bootstrap: str) -> AsyncIterator[Feed]:
+async def _pipeline(
+    database_url: str, bootstrap: str, usage: str = USAGE, support: str = SUPPORT
+) -> AsyncIterator[Feed]:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
     await producer.start()
     pool = await create_pool(database_url, "healthscore_writer")
@@ -145,13 +151,14 @@ async def _pipeline(database_url: str, bootstrap: str) -> AsyncIterator[Feed]:
         yield Feed(
             BatchPipeline(
                 pool=pool,
-                decoder=Decoder(USAGE, SUPPORT, 64 * 1024),
+                decoder=Decoder(usage, support, 64 * 1024),
                 dlq=DeadLetterQueue(producer, ".dlq"),
                 model=default_model(),
                 consumer_group=GROUP,
                 rescore_step_seconds=STEP,
                 silence_rescoring=True,
-            )
+            ),
+            usage,
         )
     finally:
         await pool.close()
@@ -482,7 +489,9 @@ async def _sweep_count(conn: asyncpg.Connection[Any]) -> int:
     return int(n)
 
 
-def _support_record(org: str, action: str, at: datetime, partition: int, offset: int) -> RawRecord:
+def _support_record(
+    org: str, action: str, at: datetime, partition: int, offset: int, topic: str = SUPPORT
+) -> RawRecord:
     body = {
         "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"support:{partition}:{offset}:{org}")),
         "organization_id": org,
@@ -495,48 +504,102 @@ def _support_record(org: str, action: str, at: datetime, partition: int, offset:
         "occurred_at": at.isoformat(),
     }
     ts = int(at.timestamp() * 1000)
-    return RawRecord(SUPPORT, partition, offset, org.encode(), orjson.dumps(body), ts)
+    return RawRecord(topic, partition, offset, org.encode(), orjson.dumps(body), ts)
+
+
+async def _in_the_log(bootstrap: str, records: list[RawRecord]) -> None:
+    """Produce `records` for real, each at the offset it names."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+        for record in records:
+            sent = await producer.send_and_wait(
+                record.topic,
+                record.value,
+                key=record.key,
+                partition=record.partition,
+                timestamp_ms=record.timestamp_ms,
+            )
+            assert sent.offset == record.offset
+    finally:
+        await producer.stop()
 
 
 async def _live_then_late(
-    database_url: str, bootstrap: str, delivered_support_before: bool
+    database_url: str, bootstrap: str, delivered_support_before: bool, *, ask_the_log: bool
 ) -> list[tuple[str, datetime, float, float]]:
     """Usage for ten days (the quiet organization's ends at LAST), the sweep, then a
     complaint of the quiet organization two days after LAST that its support partition
-    delivers only now (that partition was behind). With `delivered_support_before`, the
-    support partition had delivered one record (another organization's, at LAST) first."""
+    delivers only now (that partition was behind: the complaint is in its log all along).
+    With `delivered_support_before`, the support partition had delivered one record
+    (another organization's, at LAST) first. `ask_the_log`: the sweep asks the brokers
+    which partitions without stored progress hold records, as `serve` does."""
     quiet, other = _org("late-quiet"), _org("late-other")
-    async with _pipeline(database_url, bootstrap) as feed:
-        offset = 0
-        if delivered_support_before:
-            await feed.apply([_support_record(other, "opened", LAST, 0, 0)])
-            offset = 1
+    topics = await make_topics(bootstrap, partitions=2)
+    earlier = [_support_record(other, "opened", LAST, 0, 0, topics.support)]
+    if not delivered_support_before:
+        earlier = []
+    complaint = _support_record(quiet, "opened", _at(48), 0, len(earlier), topics.support)
+    await _in_the_log(bootstrap, [*earlier, complaint])
+    async with _pipeline(database_url, bootstrap, topics.usage, topics.support) as feed:
+        unread = UnreadPartitions(KafkaConnection(bootstrap), [topics.usage, topics.support])
+        sweep = SilenceSweep(
+            feed.pipeline._pool,
+            default_model(),
+            GROUP,
+            STEP,
+            topics=[topics.usage, topics.support],
+            unread=unread if ask_the_log else None,
+        )
+        if earlier:
+            await feed.apply(earlier)
         await feed.send(_active_history(quiet, LAST), partition=0)
         await feed.send(_clock(0, 240), partition=1)
         await feed.send([(other, "login", _at(240), {})], partition=0)
-        await _sweep(feed).drain()
-        await feed.apply([_support_record(quiet, "opened", _at(48), 0, offset)])
-        await _sweep(feed).drain()
+        await sweep.drain()
+        await feed.apply([complaint])
+        await sweep.drain()
     return [row for row in await _sweep_rows(database_url) if row[0] == quiet]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: EVENT_TIME_WATERMARK is the min over the offset rows that exist, and "
-    "a partition gets its row with its first batch; holding the sweep on partitions without "
-    "one needs the sweep to know every input partition, and stops it for good on a partition "
-    "that never receives anything (a decision for the design, see the review18 report)",
-)
+@pytest.mark.parametrize("ask_the_log", [True, False])
 async def test_a_partition_that_never_delivered_holds_the_sweep_back(
-    database_factory: DatabaseFactory, migrated_template: str, kafka_bootstrap: str
+    database_factory: DatabaseFactory,
+    migrated_template: str,
+    kafka_bootstrap: str,
+    ask_the_log: bool,
 ) -> None:
     """A support partition that is behind holds the watermark back whether or not it
     delivered a record before: the sweep must not rescore an organization through a
-    silence its late complaint lies in (the replay would apply the complaint first)."""
+    silence its late complaint lies in (the replay would apply the complaint first).
+    Without asking the log (`ask_the_log=False`, the sweep before) it did."""
     held_back = await _live_then_late(
-        await database_factory(template=migrated_template), kafka_bootstrap, True
+        await database_factory(template=migrated_template), kafka_bootstrap, True, ask_the_log=True
     )
     never_delivered = await _live_then_late(
-        await database_factory(template=migrated_template), kafka_bootstrap, False
+        await database_factory(template=migrated_template),
+        kafka_bootstrap,
+        False,
+        ask_the_log=ask_the_log,
     )
-    assert never_delivered == held_back
+    assert (never_delivered == held_back) is ask_the_log
+
+
+async def test_unread_partitions_are_those_whose_log_holds_records(kafka_bootstrap: str) -> None:
+    """An empty partition never holds the sweep back, whether or not the process knows
+    the topics' partitions; one holding a record does until it has stored progress."""
+    topics = await make_topics(kafka_bootstrap, partitions=2)
+    inputs = [topics.usage, topics.support]
+    every = [(topic, p) for topic in inputs for p in (0, 1)]
+    kafka = KafkaConnection(kafka_bootstrap)
+    asking, knowing = (
+        UnreadPartitions(kafka, inputs),
+        UnreadPartitions(kafka, inputs, lambda _: every),
+    )
+    for unread in (asking, knowing):
+        assert await unread(frozenset()) == []
+    complaint = _support_record(_org("unread"), "opened", LAST, 1, 0, topics.support)
+    await _in_the_log(kafka_bootstrap, [complaint])
+    for unread in (asking, knowing):
+        assert await unread(frozenset()) == [(topics.support, 1)]
+        assert await unread(frozenset({(topics.support, 1)})) == []

@@ -62,7 +62,7 @@ from healthscore.service.ops.asyncapi import asyncapi_html, asyncapi_json
 from healthscore.service.ops.checks import readiness_checks, readiness_notes
 from healthscore.service.ops.drift import UsageDrift
 from healthscore.service.ops.gauges import GaugeRefresher
-from healthscore.service.ops.lag import HighWatermarkProbe
+from healthscore.service.ops.lag import HighWatermarkProbe, UnreadPartitions
 from healthscore.service.ops.metrics import Metrics
 from healthscore.service.ops.readiness import ReadinessChecker
 from healthscore.service.ops.routes import OpsRoutes
@@ -318,6 +318,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
             topics=s.activity_topics,
             on_run=on_sweep,
             dedupe_retention_days=s.dedupe_retention_days,
+            unread=UnreadPartitions(kafka, s.activity_topics, offsets.partitions_of),
         )
         if o.run_sweep
         else None

@@ -86,6 +86,18 @@ class KafkaOffsets(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
             raise ConsumerNotStarted("the subscriber's consumer is built when the broker starts")
         return self._consumer
 
+    def partitions_of(self, topics: list[str]) -> list[PartitionKey] | None:
+        """The topics' partitions from the consumer's metadata (None before it has it)."""
+        if self._consumer is None:
+            return None
+        result: list[PartitionKey] = []
+        for topic in topics:
+            parts = self._consumer.partitions_for_topic(topic)
+            if not parts:
+                return None
+            result.extend((topic, p) for p in sorted(parts))
+        return result
+
     # -- rebalances
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:

@@ -20,7 +20,10 @@ never precede an older event of that organization, and an event that comes
 later would have been preceded by exactly the same rescorings in a batch.
 The wall clock plays no part: when a producer stops, its partitions hold the
 watermark back (an upstream outage, not customers going quiet) and the sweep
-waits instead of raising an alert storm.
+waits instead of raising an alert storm. A partition that has stored no progress
+yet holds it back too while its log holds records (its replica is starting or
+slow, and those records may be older than the others' events); one whose log is
+empty does not (what it receives later is sent later).
 
 One sweeper at a time across processes: a transaction-level advisory lock;
 rows are taken with SKIP LOCKED so a sweep never waits on a consumer's batch
@@ -31,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -40,6 +43,7 @@ import asyncpg
 import structlog
 
 from healthscore.core.effects import compute_silence_effects, next_silence_rescore
+from healthscore.core.partitions import PartitionKey
 from healthscore.core.scoring.model import ScoreModel
 from healthscore.core.scoring.state import OrganizationState
 from healthscore.service.periodic import AT_ONCE
@@ -51,13 +55,32 @@ from healthscore.store.states import rescored_states, save_locked_states, stored
 log = structlog.get_logger(__name__)
 
 
+# the input partitions without stored progress whose log holds records, given those
+# with stored progress (`ops.lag.UnreadPartitions`)
+UnreadPartitions = Callable[[frozenset[PartitionKey]], Awaitable[list[PartitionKey]]]
+
+
 async def event_time_watermark(
-    conn: Connection, consumer_group: str, topics: Sequence[str]
+    conn: Connection,
+    consumer_group: str,
+    topics: Sequence[str],
+    unread: UnreadPartitions | None = None,
 ) -> datetime | None:
-    """The log's watermark for `consumer_group` (None before any event was applied)."""
-    value: datetime | None = await conn.fetchval(
-        sql.EVENT_TIME_WATERMARK, consumer_group, list(topics)
-    )
+    """The log's watermark for `consumer_group`: None before any event was applied,
+    and while a partition that has records has not applied one (`unread`)."""
+    rows = await conn.fetch(sql.EVENT_TIME_FRONTIERS, consumer_group, list(topics))
+    times = [row["max_event_time"] for row in rows if row["max_event_time"] is not None]
+    if not times:
+        return None
+    if unread is not None:
+        behind = await unread(frozenset((row["topic"], row["partition"]) for row in rows))
+        if behind:
+            log.info(
+                "silence_sweep_waits",
+                unread_partitions=[f"{topic}:{partition}" for topic, partition in behind],
+            )
+            return None
+    value: datetime = min(times)
     return value
 
 
@@ -77,6 +100,7 @@ class SilenceSweep:
         page_size: int = 1000,
         on_run: Callable[[float, list[str]], None] | None = None,
         dedupe_retention_days: int | None = None,
+        unread: UnreadPartitions | None = None,
     ) -> None:
         self._pool = pool
         self._model = model
@@ -87,6 +111,7 @@ class SilenceSweep:
         self._on_run = on_run
         # `step` also forgets event ids older than this (the dedupe window)
         self._dedupe_retention_days = dedupe_retention_days
+        self._unread = unread
         self.runs = 0
         self.rescorings = 0
         self.last_alerts = 0
@@ -98,13 +123,15 @@ class SilenceSweep:
         organizations taken, 0 when none is due or another process sweeps.
         """
         started = time.perf_counter()
+        if watermark is None:
+            # before the transaction: asking the brokers about unread partitions takes
+            # a while, and a watermark read earlier is only lower (it never falls)
+            watermark = await self.watermark()
+            if watermark is None:
+                return 0
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(sql.TRY_LEADER_LOCK, locks.SWEEP):
                 return 0
-            if watermark is None:
-                watermark = await event_time_watermark(conn, self._group, self._topics)
-                if watermark is None:
-                    return 0
             rows = await conn.fetch(sql.PICK_SILENT, watermark, self._page)
             if not rows:
                 return 0
@@ -147,6 +174,11 @@ class SilenceSweep:
         )
         return len(rows)
 
+    async def watermark(self) -> datetime | None:
+        """The log's watermark now (None: nothing to sweep up to yet)."""
+        async with self._pool.acquire() as conn:
+            return await event_time_watermark(conn, self._group, self._topics, self._unread)
+
     def _next_due(self, state: OrganizationState | None) -> datetime | None:
         return None if state is None else to_datetime(next_silence_rescore(state, self._step))
 
@@ -166,10 +198,10 @@ class SilenceSweep:
 
     async def backlog(self) -> int:
         """How many organizations are due below the log's watermark now."""
+        watermark = await self.watermark()
+        if watermark is None:
+            return 0
         async with self._pool.acquire() as conn:
-            watermark = await event_time_watermark(conn, self._group, self._topics)
-            if watermark is None:
-                return 0
             return int(await conn.fetchval(sql.COUNT_SILENT, watermark))
 
     async def purge_processed_events(self, retention_days: int, page: int = 50_000) -> int:

@@ -463,11 +463,12 @@ BOUND_IDLE_TRANSACTION = "SELECT set_config('idle_in_transaction_session_timeout
 # the two-key form: (a purpose, a number within it), e.g. a projector shard
 TRY_SHARD_LOCK = "SELECT pg_try_advisory_xact_lock($1::int, $2::int)"
 
-# The log's event-time watermark: the oldest of the input partitions' newest
-# applied event times. Partitions are read in order, so no event older than it
-# is still to come on any partition that has delivered one (the sweep's clock).
-EVENT_TIME_WATERMARK = """
-SELECT min(max_event_time) FROM consumer_offsets
+# Each input partition's newest applied event time; the log's event-time watermark
+# (the sweep's clock) is their oldest. Partitions are read in order, so no event older
+# than it is still to come on a partition that has delivered one; a partition without
+# a row has applied nothing yet (`service.sweep` asks the log whether it holds records).
+EVENT_TIME_FRONTIERS = """
+SELECT topic, partition, max_event_time FROM consumer_offsets
 WHERE consumer_group = $1 AND topic = ANY($2::text[])
 """
 

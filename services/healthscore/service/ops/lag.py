@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,6 +117,41 @@ class HighWatermarkProbe:
             return {}
         starts: dict[Any, int] = await self._consumer.beginning_offsets(tps)
         return {(tp.topic, tp.partition): offset for tp, offset in starts.items()}
+
+
+class UnreadPartitions:
+    """Input partitions the service has stored no progress for whose log holds records.
+
+    Such a partition is behind before its first batch (its replica is starting, or
+    slow): its records may lie below the event time every other partition reached,
+    so the silence sweep must wait for it. A partition whose log is empty does not
+    hold anything back: what it receives later is sent later.
+    """
+
+    def __init__(
+        self,
+        kafka: KafkaConnection,
+        topics: list[str],
+        known: Callable[[list[str]], list[PartitionKey] | None] = lambda _: None,
+    ) -> None:
+        self._kafka = kafka
+        self._topics = topics
+        # the topics' partitions from metadata the process already holds (None: ask)
+        self._known = known
+
+    async def __call__(self, started: frozenset[PartitionKey]) -> list[PartitionKey]:
+        partitions = self._known(self._topics)
+        if partitions is not None and started.issuperset(partitions):
+            return []  # the usual case, without a request to the brokers
+        async with HighWatermarkProbe(self._kafka) as probe:
+            if partitions is None:
+                partitions = await probe.partitions(self._topics)
+            missing = [p for p in partitions if p not in started]
+            if not missing:
+                return []
+            ends = await probe.high_watermarks(missing)
+            starts = await probe.log_starts(missing)
+        return [p for p in missing if ends[p] > starts[p]]
 
 
 async def consumer_lag(
