@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from healthscore.api import http_limits
-from healthscore.api.http_limits import MAX_HEAD_BYTES
+from healthscore import http_limits
 from healthscore.api.server import Listening, serve_until, wait_stopped
+from healthscore.http_limits import MAX_HEAD_BYTES
 from tests.utils.api import api_config, api_login
 
 # the longest a test waits for an answer that must come (the deadline is 1 s here)

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from healthscore.api.auth import TokenVerifier, Unauthenticated, one_authorization
 from healthscore.api.metrics import ApiMetrics
-from healthscore.api.problems import shown_path
+from healthscore.http_limits import shown_path
 
 log = structlog.get_logger("healthscore.api.access")
 

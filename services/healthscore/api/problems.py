@@ -18,6 +18,7 @@ from healthscore.api.auth import Unauthenticated
 from healthscore.api.cursor import InvalidCursor
 from healthscore.api.session import DatabaseUnavailable
 from healthscore.errors import HealthscoreError
+from healthscore.http_limits import shown_path
 
 log = structlog.get_logger(__name__)
 
@@ -56,19 +57,6 @@ class ApiProblem(HealthscoreError):
 def not_found(what: str) -> ApiProblem:
     # hidden by row-level security or absent: the same answer
     return ApiProblem(404, "not-found", f"no {what} with that id is visible to you")
-
-
-# a path is shown (a problem's `instance`, the access log's line) up to this many
-# characters (the API's longest is 112): anybody may send one of 64 KiB, echoed whole
-# in every 404, and a log line that long is split by container log drivers (16 KiB)
-# into pieces no longer parsed as JSON
-MAX_SHOWN_PATH: Final = 300
-
-
-def shown_path(path: str) -> str:
-    if len(path) <= MAX_SHOWN_PATH:
-        return path
-    return f"{path[:MAX_SHOWN_PATH]}...(+{len(path) - MAX_SHOWN_PATH} characters)"
 
 
 def problem_body(

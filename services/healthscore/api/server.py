@@ -10,15 +10,28 @@ import structlog
 import uvicorn
 from pydantic import SecretStr
 
+from healthscore.api import problems
 from healthscore.api.app import create_app, ops_app, served
 from healthscore.api.dev import DevIdentity, dev_login_url, prepare_dev_identity
-from healthscore.api.http_limits import BoundedHttpProtocol
 from healthscore.api.state import ApiConfig
 from healthscore.asgi_server import SignalFreeServer
 from healthscore.config import Settings
+from healthscore.http_limits import BoundedHttpProtocol
 from healthscore.store.db import database_tls
 
 log = structlog.get_logger(__name__)
+
+
+class ProblemHttpProtocol(BoundedHttpProtocol):
+    """The bounded protocol answering its refusals as the API answers every other:
+    problem documents."""
+
+    refused_event = "api_connection_refused"
+
+    def refusal_body(
+        self, status: int, kind: str, detail: str, instance: str | None
+    ) -> tuple[str, bytes]:
+        return problems.MEDIA_TYPE, problems.problem_body(status, kind, detail, instance)
 
 
 def _uvicorn(
@@ -32,8 +45,8 @@ def _uvicorn(
             log_config=None,
             access_log=False,
             lifespan=lifespan,
-            # bounded heads and read deadlines (healthscore.api.http_limits); no WebSockets
-            http=BoundedHttpProtocol,
+            # bounded heads and read deadlines (healthscore.http_limits); no WebSockets
+            http=ProblemHttpProtocol,
             ws="none",
             server_header=False,
             # the page polls; idle keep-alive connections are cheap

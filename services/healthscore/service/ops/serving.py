@@ -3,8 +3,8 @@
 `bind_ops_socket` runs before anything else opens, so a taken OPS_PORT stops
 start-up with one line naming the setting, before any pool or producer exists;
 port 0 binds any free port, and the socket says which. `serve` hands that
-socket to uvicorn (httptools' parser, no lifespan: FastStream's app runs its
-own around the broker) until the block ends.
+socket to uvicorn (httptools' parser with the bounds of `healthscore.http_limits`,
+no lifespan: FastStream's app runs its own around the broker) until the block ends.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from faststream.asgi.types import ASGIApp
 
 from healthscore.asgi_server import SignalFreeServer
 from healthscore.errors import StartupRefused
+from healthscore.http_limits import BoundedHttpProtocol
 
 # an idle keep-alive connection is closed after this long
 IDLE_TIMEOUT_SECONDS = 60
@@ -75,7 +76,9 @@ async def serve(app: ASGIApp, sock: socket.socket) -> AsyncIterator[None]:
     """Serve `app` on the bound `sock` until the block ends (uvicorn closes the socket)."""
     config = uvicorn.Config(
         app,
-        http="httptools",
+        # bounded heads and read deadlines (healthscore.http_limits): only Prometheus
+        # and the kubelet should reach this port, but nothing else bounds it
+        http=BoundedHttpProtocol,
         ws="none",
         lifespan="off",
         log_config=None,

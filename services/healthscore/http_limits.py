@@ -1,4 +1,4 @@
-"""Bounds on what one HTTP connection may make the API hold, in time and in memory.
+"""Bounds on what one HTTP connection may make a server hold, in time and in memory.
 
 uvicorn's httptools protocol buffers a request's head without a limit (one header of
 200 MB was taken whole, the process growing by 400 MB: a pod's limit is 256 MiB) and
@@ -6,7 +6,8 @@ waits for the head and the body as long as the client keeps the connection open
 (a request sent a byte a second held its connection and its task for as long as the
 client liked; its keep-alive timeout applies only between requests). Every client
 reaches the server before any credential is checked, so both bounds are the
-server's:
+server's; both HTTP servers use them (the read API, `healthscore.api.server`, and
+the ops port of either process):
 
 * a request's head (request line and headers) is MAX_HEAD_BYTES at most: a larger
   one is answered 431 and the connection closed, after at most one more read;
@@ -14,7 +15,8 @@ server's:
   a new connection, from its opening): a slower one is answered 408 (or, when its
   answer has begun, its connection is just closed).
 
-Both answers are problem documents, like every other refusal of the API.
+The answer's body is plain text here; the API answers problem documents instead
+(`healthscore.api.server.ProblemHttpProtocol`).
 """
 
 from __future__ import annotations
@@ -25,35 +27,59 @@ from typing import Any, Final
 import structlog
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from healthscore.api import problems
-
 log = structlog.get_logger(__name__)
 
 # a bearer JWT is one or two kilobytes; browsers send a few more headers
 MAX_HEAD_BYTES: Final = 32 * 1024
-# a request's head and its body (16 KiB at most, app.MAX_BODY_BYTES) arrive within this
-READ_TIMEOUT: Final = 15.0
+# a request's head and its body (the API's are 16 KiB at most) arrive within this
+READ_TIMEOUT = 15.0
+
+# a path is shown (a problem's `instance`, a log line) up to this many characters
+# (the API's longest is 112): anybody may send one of 64 KiB, echoed whole in every
+# 404, and a log line that long is split by container log drivers (16 KiB) into
+# pieces no longer parsed as JSON
+MAX_SHOWN_PATH: Final = 300
+
+
+def shown_path(path: str) -> str:
+    if len(path) <= MAX_SHOWN_PATH:
+        return path
+    return f"{path[:MAX_SHOWN_PATH]}...(+{len(path) - MAX_SHOWN_PATH} characters)"
+
 
 _REASONS: Final = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
-def _answer(status: int, kind: str, detail: str, instance: str | None) -> bytes:
-    # the access log cannot see it (a route may still log the answer it sent nowhere)
-    log.info("api_connection_refused", status=status, reason=kind, path=instance)
-    body = problems.problem_body(status, kind, detail, instance)
-    return b"".join(
-        (
-            b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]),
-            b"content-type: " + problems.MEDIA_TYPE.encode() + b"\r\n",
-            b"content-length: %d\r\n" % len(body),
-            b"connection: close\r\n\r\n",
-            body,
-        )
-    )
-
-
 class BoundedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with MAX_HEAD_BYTES and READ_TIMEOUT (see above)."""
+
+    # the log line of a refused connection (the access log cannot see it)
+    refused_event = "http_connection_refused"
+
+    def refusal_body(
+        self, status: int, kind: str, detail: str, instance: str | None
+    ) -> tuple[str, bytes]:
+        """The refusal's media type and body; `instance` is the request's path, None
+        when it is not known (a head refused unread)."""
+        return "text/plain; charset=utf-8", f"{detail}\n".encode()
+
+    def _answer(self, status: int, kind: str, detail: str, instance: str | None) -> bytes:
+        log.info(
+            self.refused_event,
+            status=status,
+            reason=kind,
+            path=None if instance is None else shown_path(instance),
+        )
+        media_type, body = self.refusal_body(status, kind, detail, instance)
+        return b"".join(
+            (
+                b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]),
+                b"content-type: " + media_type.encode() + b"\r\n",
+                b"content-length: %d\r\n" % len(body),
+                b"connection: close\r\n\r\n",
+                body,
+            )
+        )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -82,7 +108,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             and not self.transport.is_closing()
         ):
             self._refuse(
-                _answer(
+                self._answer(
                     431,
                     "header-fields-too-large",
                     f"a request's line and headers are {MAX_HEAD_BYTES} bytes at most",
@@ -118,7 +144,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self.transport.close()  # answered already (a refusal before the body)
             return
         self._refuse(
-            _answer(
+            self._answer(
                 408,
                 "request-timeout",
                 f"a request is sent in {READ_TIMEOUT:g} seconds at most",
