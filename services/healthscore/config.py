@@ -46,6 +46,26 @@ class Settings(BaseSettings):
         "mid-projector-pass (its connection open for hours) releases the rows it locks, its "
         "partitions' offsets among them, instead of stalling their next owner (0: no limit)",
     )
+    # Above every transaction `serve` and `replay` run legitimately: a batch (claim, its
+    # computing, its states, its dead letters' acknowledgements, sent whole and then, for
+    # those refused as too large, without their value: two broker waits, each cut by the
+    # idle limit), a projector pass (one wait for the health feed), a silence sweep page
+    # (SWEEP_BUDGET rescorings), a shadow page; seconds each, at most about three idle
+    # limits in the worst case allowed. The relay, which holds its transaction while the
+    # broker acknowledges a page (up to 75 s), sets its own bound (outbox.py); `import`,
+    # `migrate` and `offsets-reset` run on connections of their own, without it.
+    transaction_time_limit_seconds: float = Field(
+        default=180.0,
+        ge=0,
+        description="PostgreSQL ends a `serve` (and `replay`) session whose transaction has "
+        "lasted this long (transaction_timeout, PostgreSQL 17 or later; on an older server "
+        "the service says so at start and runs without it): a replica frozen half-way "
+        "through sending a statement (its backend active, waiting for the rest of the "
+        "message, which TRANSACTION_IDLE_LIMIT_SECONDS does not bound) releases its "
+        "partitions' offsets and states to their next owner after this long at most. Keep "
+        "it above a batch's longest run and above TRANSACTION_IDLE_LIMIT_SECONDS "
+        "(0: no limit)",
+    )
     database_sslmode: DatabaseSslMode | None = Field(
         default=None,
         description="TLS to PostgreSQL for DATABASE_URL and MIGRATION_DATABASE_URL (overrides "
@@ -431,6 +451,21 @@ class Settings(BaseSettings):
         problems = [*self._kafka_security_problems(), *self._database_tls_problems()]
         if problems:
             raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _check_transaction_limits(self) -> Self:
+        # a transaction may idle up to the idle limit between two statements: a time limit
+        # at or below it would end transactions that limit allows
+        time_limit, idle_limit = (
+            self.transaction_time_limit_seconds,
+            self.transaction_idle_limit_seconds,
+        )
+        if 0 < time_limit <= idle_limit:
+            raise ValueError(
+                f"TRANSACTION_TIME_LIMIT_SECONDS ({time_limit:g}) must be above "
+                f"TRANSACTION_IDLE_LIMIT_SECONDS ({idle_limit:g}), or 0 (no limit)"
+            )
         return self
 
     def _kafka_security_problems(self) -> list[str]:

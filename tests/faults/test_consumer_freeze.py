@@ -8,7 +8,10 @@ projector pass, holding its shard's lock and queue entries after writing
 `customer_health`. The group drops A and replica B takes its partitions over. B's
 batches lock the same offset rows and its projector needs the same shard: they must
 not wait for as long as A stays frozen, only until PostgreSQL ends A's session for
-idling in its transaction (`TRANSACTION_IDLE_LIMIT_SECONDS`, short here). B applies
+idling in its transaction (`TRANSACTION_IDLE_LIMIT_SECONDS`, short here) or, A frozen
+half-way through sending a batch's states (its backend active, reading the rest of
+the message, not idle), for its transaction's length (`TRANSACTION_TIME_LIMIT_SECONDS`,
+PostgreSQL's transaction_timeout; without it B waits for good). B applies
 the whole stream and projects it; A, thawed, commits nothing of what was cut off
 (its session is gone), joins the group again, and what it sends then (a pass's
 health feed) is followed by the newest states: every valid event is applied once,
@@ -38,7 +41,9 @@ from tests.faults.test_crash_recovery import (
     check_read_model,
 )
 from tests.utils.faults import (
+    BACKEND,
     BATCH_TRANSACTIONS,
+    FreezePoint,
     Produced,
     end_offsets,
     evict_group_members,
@@ -52,6 +57,9 @@ pytestmark = pytest.mark.faults
 
 # how long PostgreSQL lets a session of the service idle inside a transaction (here)
 IDLE_LIMIT_SECONDS = 3
+# how long it lets one's transaction last (PostgreSQL 17+; the tests' server is 18):
+# above the idle limit, and above these batches' and passes' fraction of a second
+TIME_LIMIT_SECONDS = 8
 # B must apply the stream long before this; without the bound it waits for A forever
 TAKEOVER_TIMEOUT = 90.0
 
@@ -60,12 +68,23 @@ SESSION = "SELECT count(*) FROM pg_stat_activity WHERE pid = $1"
 # a projector pass that has written customer_health (live batches do not: off here)
 PROJECTOR_PASS = ("customer_health", ["RowExclusiveLock"])
 
+# where A is frozen: the transaction (a table it locks and the lock modes) and the point
+# in it. Between two statements, its backend is 'idle in transaction', which the idle
+# limit bounds; half-way through sending one (a batch's states, larger than the sockets'
+# buffers), its backend is 'active', waiting on ClientRead for the rest of the message,
+# which only the time limit bounds (without it, B waits for as long as A stays frozen)
+FROZEN: dict[str, tuple[tuple[str, list[str]], FreezePoint]] = {
+    "batch": (BATCH_TRANSACTIONS, "between_statements"),
+    "projector_pass": (PROJECTOR_PASS, "between_statements"),
+    "batch_mid_send": (BATCH_TRANSACTIONS, "mid_send"),
+}
 
-@pytest.mark.parametrize("inside", ["batch", "projector_pass"])
+
+@pytest.mark.parametrize("inside", list(FROZEN))
 async def test_a_replica_frozen_inside_a_transaction_does_not_stall_the_others(
     migrated_database: str, kafka_bootstrap: str, tmp_path: Path, inside: str
 ) -> None:
-    locking = BATCH_TRANSACTIONS if inside == "batch" else PROJECTOR_PASS
+    locking, at = FROZEN[inside]
     topics = await make_topics(kafka_bootstrap, partitions=4)
     group = f"freeze-{uuid.uuid4().hex[:8]}"
     settings = service_settings(
@@ -85,7 +104,10 @@ async def test_a_replica_frozen_inside_a_transaction_does_not_stall_the_others(
     oracle = Oracle.from_stream((m.valid, m.value) for m in messages)
     first, rest = messages[: len(messages) // 2], messages[len(messages) // 2 :]
 
-    env = {"TRANSACTION_IDLE_LIMIT_SECONDS": str(IDLE_LIMIT_SECONDS)}
+    env = {
+        "TRANSACTION_IDLE_LIMIT_SECONDS": str(IDLE_LIMIT_SECONDS),
+        "TRANSACTION_TIME_LIMIT_SECONDS": str(TIME_LIMIT_SECONDS),
+    }
     frozen, successor = ServiceProcess(settings, env), ServiceProcess(settings, env)
     log_a, log_b = str(tmp_path / "a.log"), str(tmp_path / "b.log")
     producer = await make_producer(kafka_bootstrap)
@@ -102,15 +124,21 @@ async def test_a_replica_frozen_inside_a_transaction_does_not_stall_the_others(
         while not sum((await stored_offsets(monitor, group)).values()):
             assert time.monotonic() < deadline, "A committed no batch"
             await asyncio.sleep(0.02)
-        # between two statements: frozen half-way through sending one (a statement's
-        # arguments larger than the socket's buffer), the backend waits for the rest of
-        # the message, which idle_in_transaction_session_timeout does not bound
-        # (docs/design.md, "Ownership")
+        # mid-send: after the backend read what the frozen process had handed to its
+        # socket, it still waits for the rest
         backend = await freeze_inside_batch_transaction(
-            frozen.process.pid, monitor, 15.0, locking=locking, between_statements=True
+            frozen.process.pid,
+            monitor,
+            15.0,
+            settle=0.3 if at == "mid_send" else 0.03,
+            locking=locking,
+            at=at,
         )
+        # what A's backend was doing (before the idle limit can end it)
+        caught = None if backend is None else await monitor.fetchrow(BACKEND, backend)
         await production
         assert backend is not None, f"no {inside} transaction of A caught open"
+        assert caught is not None
         held = await stored_offsets(monitor, group)
 
         # A stays frozen; the group forgets it (as its session timeout would) and B joins
@@ -123,7 +151,9 @@ async def test_a_replica_frozen_inside_a_transaction_does_not_stall_the_others(
         print(
             f"replica frozen inside a {inside}:",
             {"stored_at_freeze": sum(held.values()), "end": sum(ends.values())},
-            f"B caught up {time.monotonic() - started:.1f}s after the last produce",
+            f"B caught up {time.monotonic() - started:.1f}s after the last produce;",
+            f"A's backend was {caught['state']}, {caught['wait_event']}:",
+            (caught["query"] or "")[:60].split(),
         )
         # while A stays frozen, B projects everything, A's shard included
         await check_read_model(monitor, kafka_bootstrap, topics, 60.0)

@@ -11,10 +11,11 @@ failure) does not outlive the use.
 
 from __future__ import annotations
 
+import asyncpg
 import pytest
 
 from healthscore.store import locks, sql
-from healthscore.store.db import create_pool
+from healthscore.store.db import create_pool, opened, service_pool
 
 pytestmark = pytest.mark.asyncio
 
@@ -39,17 +40,19 @@ async def test_nothing_the_service_sets_outlives_a_use(migrated_database: str) -
     try:
         async with pool.acquire() as conn:
             default = await conn.fetchval("SHOW idle_in_transaction_session_timeout")
+            time_limit = await conn.fetchval("SHOW transaction_timeout")
             async with conn.transaction():
-                await conn.execute(sql.BOUND_IDLE_TRANSACTION, "5s")
+                await conn.execute(sql.BOUND_HELD_TRANSACTION, "5s")
                 assert await conn.fetchval(sql.TRY_SHARD_LOCK, locks.PROJECTOR_SHARD, 0)
             # a use that fails inside a transaction it never ends
             transaction = conn.transaction()
             await transaction.start()
-            await conn.execute(sql.BOUND_IDLE_TRANSACTION, "7s")
+            await conn.execute(sql.BOUND_HELD_TRANSACTION, "7s")
             assert await conn.fetchval(sql.TRY_SHARD_LOCK, locks.PROJECTOR_SHARD, 1)
         async with pool.acquire() as conn:
             assert not conn.is_in_transaction()
             assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == default
+            assert await conn.fetchval("SHOW transaction_timeout") == time_limit
             held = await conn.fetchval(
                 "SELECT count(*) FROM pg_locks"
                 " WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
@@ -58,3 +61,29 @@ async def test_nothing_the_service_sets_outlives_a_use(migrated_database: str) -
             assert await conn.fetchval("SELECT current_user") == "healthscore_writer"
     finally:
         await pool.close()
+
+
+async def test_a_transaction_past_the_time_limit_loses_its_session(migrated_database: str) -> None:
+    """TRANSACTION_TIME_LIMIT_SECONDS (PostgreSQL 17+, the tests' server is 18): a
+    transaction that lasts longer, an active statement in it, loses its session; one
+    that bounds itself for a longer wait (the relay) runs past the session's limit,
+    and the next transaction has the session's limit again."""
+    pool = service_pool(
+        migrated_database, "healthscore_writer", min_size=1, max_size=1, transaction_time_limit=1.0
+    )
+    async with opened(pool, "healthscore_writer"):
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW transaction_timeout") == "1s"
+            async with conn.transaction():
+                await conn.execute(sql.BOUND_HELD_TRANSACTION, "5s")
+                await conn.execute("SELECT pg_sleep(2)")
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW transaction_timeout") == "1s"
+            ended = conn.get_server_pid()
+            with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+                async with conn.transaction():
+                    # active, not idle: what idle_in_transaction_session_timeout leaves
+                    await conn.execute("SELECT pg_sleep(2)")
+        async with pool.acquire() as conn:  # a new session, bounded as well
+            assert conn.get_server_pid() != ended
+            assert await conn.fetchval("SHOW transaction_timeout") == "1s"

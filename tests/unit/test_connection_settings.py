@@ -261,3 +261,14 @@ def test_a_database_url_on_the_command_line_is_checked_like_the_environments() -
         settings_from_args(Namespace(database_url="db:5432/x", bootstrap_servers=None))
     good = settings_from_args(Namespace(database_url="postgresql://db/x", bootstrap_servers="k:1"))
     assert good.database_url is not None and good.kafka_bootstrap_servers == "k:1"
+
+
+def test_a_transaction_time_limit_must_be_above_the_idle_limit() -> None:
+    # a transaction may idle up to the idle limit between two statements
+    assert "must be above TRANSACTION_IDLE_LIMIT_SECONDS (60)" in _problem(
+        transaction_time_limit_seconds=60
+    )
+    assert _problem(transaction_idle_limit_seconds=10, transaction_time_limit_seconds=5)
+    assert _settings(transaction_time_limit_seconds=0).transaction_time_limit_seconds == 0
+    assert _settings(transaction_idle_limit_seconds=0, transaction_time_limit_seconds=5)
+    assert _settings().transaction_time_limit_seconds > _settings().transaction_idle_limit_seconds

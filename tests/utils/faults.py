@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -55,7 +55,13 @@ WHERE a.datname = current_database()
 # read on partition assignment takes only an AccessShareLock.
 BATCH_TRANSACTIONS = ("consumer_offsets", ["RowShareLock", "RowExclusiveLock"])
 
-BACKEND = "SELECT xact_start, state, query FROM pg_stat_activity WHERE pid = $1"
+BACKEND = "SELECT xact_start, state, wait_event, query FROM pg_stat_activity WHERE pid = $1"
+
+# Where in its transaction `freeze_inside_batch_transaction` leaves the process: anywhere;
+# between two statements (its backend 'idle in transaction', waiting for the next one); or
+# half-way through sending one (its backend 'active', waiting on ClientRead for the rest of
+# a message larger than the sockets' buffers, as a batch's states are)
+FreezePoint = Literal["anywhere", "between_statements", "mid_send"]
 
 # the backend's transaction has written or locked rows (it has a transaction id)
 LOCKED_ROWS = "SELECT backend_xid IS NOT NULL FROM pg_stat_activity WHERE pid = $1"
@@ -213,15 +219,16 @@ async def freeze_inside_batch_transaction(
     timeout: float,
     settle: float = 0.03,
     locking: tuple[str, list[str]] = BATCH_TRANSACTIONS,
-    between_statements: bool = False,
+    at: FreezePoint = "anywhere",
 ) -> int | None:
     """Poll pg_stat_activity until the service is inside a batch transaction (or one
     holding the lock `locking` names: a table and lock modes) and leave it frozen
     there (SIGSTOP, as a paused VM: its connections stay open); return the backend of
     that transaction. None, with the process running again, if none was caught within
-    `timeout`. `between_statements`: only where the backend waits for the next
-    statement ('idle in transaction'), not where the process froze in the middle of
-    sending one (its backend 'active', reading the rest of the message).
+    `timeout`. `at`: only where the backend waits for the next statement, or only
+    where it waits for the rest of one (`FreezePoint`); a freeze elsewhere is undone
+    and tried again. For `mid_send`, `settle` must let the backend read everything
+    the frozen process had handed to its socket (a tenth of a second and more).
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -234,10 +241,9 @@ async def freeze_inside_batch_transaction(
             for row in await conn.fetch(TRANSACTIONS_LOCKING, *locking):
                 again = await conn.fetchrow(BACKEND, row["pid"])
                 # one that has locked rows (an xid): not one still introspecting types
-                idle = again is not None and again["state"] == "idle in transaction"
                 if (
                     _open_transaction(again, row["xact_start"])
-                    and (idle or not between_statements)
+                    and _frozen_at(again, at)
                     and await conn.fetchval(LOCKED_ROWS, row["pid"])
                 ):
                     return int(row["pid"])
@@ -246,6 +252,14 @@ async def freeze_inside_batch_transaction(
             raise
         os.kill(pid, signal.SIGCONT)
     return None
+
+
+def _frozen_at(backend: Any, at: FreezePoint) -> bool:
+    if at == "between_statements":
+        return bool(backend["state"] == "idle in transaction")
+    if at == "mid_send":
+        return bool(backend["state"] == "active" and backend["wait_event"] == "ClientRead")
+    return True
 
 
 async def read_topic(

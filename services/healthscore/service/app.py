@@ -189,6 +189,8 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         # a replica frozen mid-batch would otherwise hold its partitions' offset rows
         # (and its states) from their next owner for as long as its connection lives
         idle_transaction_limit=s.transaction_idle_limit_seconds,
+        # and one frozen half-way through sending a statement (PostgreSQL 17 or later)
+        transaction_time_limit=s.transaction_time_limit_seconds,
     )
     producer = kafka.producer(
         acks="all",

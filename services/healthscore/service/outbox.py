@@ -10,8 +10,10 @@ lock), so an organization's alerts leave in the order they were raised.
 The lock is held while the broker acks, so its hold is bounded: the publish fails
 after `publish_timeout`, and PostgreSQL ends the relay's session if its transaction
 stays idle `HOLD_MARGIN_SECONDS` longer than that (a replica frozen or cut off
-mid-page keeps its connection open for hours, and with it every replica's alerts).
-Another replica then publishes the page again, with the same ids.
+mid-page keeps its connection open for hours, and with it every replica's alerts),
+or lasts that long from then on (`transaction_timeout`, where the session has one:
+the relay's own, so that a shorter TRANSACTION_TIME_LIMIT_SECONDS does not cut a
+slow publish). Another replica then publishes the page again, with the same ids.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ class OutboxRelay:
                 if not await conn.fetchval(sql.TRY_LEADER_LOCK, locks.RELAY):
                     return None
                 hold = self._publish_timeout + HOLD_MARGIN_SECONDS
-                await conn.execute(sql.BOUND_IDLE_TRANSACTION, f"{round(hold * 1000)}ms")
+                await conn.execute(sql.BOUND_HELD_TRANSACTION, f"{round(hold * 1000)}ms")
                 rows = await conn.fetch(sql.PENDING_ALERTS, self._batch_size)
                 if not rows:
                     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import asyncpg
@@ -13,6 +13,7 @@ import structlog
 
 from healthscore.config import Settings
 from healthscore.errors import UnsafeDatabaseRole
+from healthscore.store import sql
 from healthscore.tls import client_ssl_context
 
 log = structlog.get_logger(__name__)
@@ -64,8 +65,9 @@ async def rollback_only_reset(conn: asyncpg.Connection) -> None:
     asyncpg's default also runs `RESET ALL`, `CLOSE ALL`, `UNLISTEN *` and
     `pg_advisory_unlock_all()`: one more round trip for every transaction, which
     live traffic (a batch every few milliseconds) pays most. The pools that use it
-    set no session setting (role and the like are startup settings; statements use
-    `set_config(..., true)`, transaction-local), open no cursor outside a
+    change no session setting after their connection's start (role and the like are
+    startup settings, `transaction_timeout` is set once as the connection opens;
+    statements use `set_config(..., true)`, transaction-local), open no cursor outside a
     transaction, listen to nothing and take only transaction-level advisory locks
     (the migration's session lock is on a connection of its own).
     """
@@ -78,6 +80,7 @@ def service_pool(
     max_size: int = 4,
     tls: DatabaseTLS = None,
     idle_transaction_limit: float = 0.0,
+    transaction_time_limit: float = 0.0,
 ) -> asyncpg.Pool[Any]:
     """The service's pool, not open yet (`opened`): its sessions run as `role`.
 
@@ -88,6 +91,9 @@ def service_pool(
     session's `idle_in_transaction_session_timeout`, set at startup as well (no
     round trip per transaction): a process that stops mid-transaction without its
     connection closing (frozen, cut off) holds its row locks that long at most.
+    `transaction_time_limit` (seconds, 0: none) is each session's
+    `transaction_timeout` where the server has it (`bound_transaction_time`): the
+    same, for one frozen half-way through sending a statement.
     """
     settings = {"role": role} if role else {}
     if idle_transaction_limit > 0:
@@ -98,8 +104,44 @@ def service_pool(
         max_size=max_size,
         ssl=tls,
         reset=rollback_only_reset,
+        init=bound_transaction_time(transaction_time_limit) if transaction_time_limit > 0 else None,
         server_settings={"application_name": "healthscore", **settings},
     )
+
+
+# the first PostgreSQL with `transaction_timeout`
+TRANSACTION_TIMEOUT_SINCE = 17
+
+
+def bound_transaction_time(
+    limit: float,
+) -> Callable[[asyncpg.Connection], Coroutine[Any, Any, None]]:
+    """A pool's `init`: each new session's `transaction_timeout` is `limit` (seconds).
+
+    Set once per connection, not at startup like the idle limit: a server before
+    17 refuses a startup setting it does not know (the connection fails), and the
+    server's version is known only once connected. There the bound is left out and
+    said once (the pool opens its first connection at the service's start).
+    """
+    said = False
+
+    async def init(conn: asyncpg.Connection) -> None:
+        nonlocal said
+        version = conn.get_server_version()
+        if version.major >= TRANSACTION_TIMEOUT_SINCE:
+            await conn.execute(sql.BOUND_TRANSACTION_TIME, f"{round(limit * 1000)}ms")
+        elif not said:
+            said = True
+            log.warning(
+                "transaction_time_limit_unavailable",
+                server_version=f"{version.major}.{version.minor}",
+                transaction_time_limit_seconds=limit,
+                consequence="a replica frozen half-way through sending a statement holds "
+                "its partitions' rows until it is stopped or its session terminated",
+                advice=f"PostgreSQL {TRANSACTION_TIMEOUT_SINCE} or later has transaction_timeout",
+            )
+
+    return init
 
 
 @contextlib.asynccontextmanager

@@ -457,8 +457,25 @@ SELECT health_status, risk_level, count(*) AS n FROM customer_health GROUP BY 1,
 
 # one leader at a time (sweep, relays): a transaction-level advisory lock
 TRY_LEADER_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
-# a leader that stops answering inside its transaction loses its session, and the lock
-BOUND_IDLE_TRANSACTION = "SELECT set_config('idle_in_transaction_session_timeout', $1, true)"
+# A leader that waits on the broker inside its transaction (the relay: its lock held
+# while a page is acknowledged) sets its own bounds for it: idle that long at most, and
+# where the session has a transaction_timeout (PostgreSQL 17 or later: NULL before; not
+# 0), that long at most from here on, whatever the session's limit (`serve`'s may be
+# shorter than the wait). PostgreSQL starts the timer anew only when none runs: the inner
+# set_config stops it, the outer starts it with $1. Stopping answering, the leader loses
+# its session, and the lock.
+BOUND_HELD_TRANSACTION = """
+SELECT set_config('idle_in_transaction_session_timeout', $1, true),
+       CASE WHEN coalesce(current_setting('transaction_timeout', true), '0') <> '0'
+            THEN set_config(
+                'transaction_timeout',
+                $1 || left(set_config('transaction_timeout', '0', true), 0),
+                true)
+       END
+"""
+
+# each `serve` session's bound on a transaction (PostgreSQL 17 or later; db.py)
+BOUND_TRANSACTION_TIME = "SELECT set_config('transaction_timeout', $1, false)"
 
 # the two-key form: (a purpose, a number within it), e.g. a projector shard
 TRY_SHARD_LOCK = "SELECT pg_try_advisory_xact_lock($1::int, $2::int)"
