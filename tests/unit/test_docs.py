@@ -4,8 +4,9 @@ The on-call engineer and the product teams work from README.md and docs/: a metr
 log line, setting, command, path or link that the code no longer has sends them
 looking for nothing. What can be checked mechanically is checked here: every
 `healthscore_*` metric the docs name is in a registry, with the type and labels its
-table says; every log event the docs name is emitted, and the operations guide's
-table of log lines gives each one's level and fields as the code logs them; the README's
+table says; every `Healthscore*` alert is a rule of deploy/prometheus/alerts.yml;
+every log event the docs name is emitted, and the operations guide's table of log
+lines gives each one's level and fields as the code logs them; the README's
 configuration table lists every setting with its default; the commands and options
 cited exist; every cited file, module and heading link resolves. No services: the
 code is read (ast) or built in-process.
@@ -156,6 +157,14 @@ def test_label_sets_written_after_a_metric_exist() -> None:
             if known is None or not labels <= known[1] | {"le"}:
                 wrong[(doc, name)] = sorted(labels)
     assert wrong == {}
+
+
+def test_every_alert_the_docs_name_is_a_rule() -> None:
+    rules = (ROOT / "deploy" / "prometheus" / "alerts.yml").read_text()
+    defined = set(re.findall(r"^\s*- alert: (\w+)$", rules, re.M))
+    named = {(doc, a) for doc in DOCS for a in re.findall(r"\bHealthscore[A-Z]\w+", doc_text(doc))}
+    assert len(defined) >= 15 and len(named) >= 15
+    assert {(doc, a) for doc, a in named if a not in defined} == set()
 
 
 # --- log events -----------------------------------------------------------------------
