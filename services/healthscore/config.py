@@ -388,8 +388,9 @@ class Settings(BaseSettings):
     api_response_cache_entries: int = Field(
         default=4096,
         ge=0,
-        description="Answers the API keeps per process (per user, request and read-model "
-        "version, invalidated by the database's change announcements); 0: no cache.",
+        description="Answers the API keeps per process (per audience: the admins share "
+        "theirs, anybody else keeps their own; per request and read-model version, "
+        "invalidated by the database's change announcements); 0: no cache.",
     )
     api_statement_timeout_ms: int = Field(
         default=5000,
