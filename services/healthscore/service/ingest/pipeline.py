@@ -423,7 +423,7 @@ class BatchPipeline:
             marks.lap("begin")
             claimable = [d for d in decoded if isinstance(d, Decoded)]
             digests = [payload_digest(d) for d in claimable]
-            to_read = self._owned.absent(sorted({str(d.event.organization_id) for d in claimable}))
+            to_read = self._owned.absent(sorted({d.organization for d in claimable}))
             stored, claimed, read = await self._lock_offsets_and_claim(
                 conn, partitions, claimable, digests, to_read
             )
@@ -455,7 +455,12 @@ class BatchPipeline:
                 _count(outcome.duplicates_by_topic, item.record.topic)
             try:
                 effects, saved = await self._compute_and_save_states(
-                    conn, [d.event for d in new_events], read, marks, outcome
+                    conn,
+                    [d.event for d in new_events],
+                    sorted({d.organization for d in new_events}),
+                    read,
+                    marks,
+                    outcome,
                 )
             except _SilenceBudget as over:
                 # its records before that event in one transaction, the rest after
@@ -533,11 +538,13 @@ class BatchPipeline:
         self,
         conn: Connection,
         events: list[Event],
+        orgs: list[str],
         read: States,
         marks: _Marks,
         outcome: BatchOutcome,
     ) -> tuple[BatchEffects, dict[str, tuple[bytes, int]]]:
-        """Compute the effects of `events` and save the states: first, as the batch's first writes.
+        """Compute the effects of `events` (of the organizations `orgs`, sorted) and save the
+        states: first, as the batch's first writes.
 
         States come from what this consumer holds (`OwnedStates`) or are read
         without locks; each save is checked against the version it was computed
@@ -549,7 +556,6 @@ class BatchPipeline:
         """
         if not events:
             return BatchEffects(), {}
-        orgs = sorted({str(e.organization_id) for e in events})
         states, versions, missing = self._owned.take(orgs)
         outcome.states_held = len(versions)
         outcome.states_read = len(missing)
@@ -776,13 +782,14 @@ def _count(counter: dict[str, int], key: str) -> None:
 
 def _max_event_times(events: list[Decoded]) -> dict[PartitionKey, datetime]:
     """Per partition, the newest event time seen: the sweep's event-time clock."""
-    result: dict[PartitionKey, datetime] = {}
+    newest: dict[PartitionKey, datetime] = {}
     for item in events:
         tp = (item.record.topic, item.record.partition)
-        occurred = storable(item.event.occurred_at.astimezone(UTC))
-        if tp not in result or occurred > result[tp]:
-            result[tp] = occurred
-    return result
+        occurred = item.event.occurred_at
+        # aware times compare as instants: only each partition's newest is converted
+        if tp not in newest or occurred > newest[tp]:
+            newest[tp] = occurred
+    return {tp: storable(occurred.astimezone(UTC)) for tp, occurred in newest.items()}
 
 
 def _misrouted_rejection(events: list[Decoded], event: SupportEvent, owner: str) -> Rejection:
