@@ -344,7 +344,7 @@ class BatchPipeline:
         digests: list[bytes],
         to_read: list[str],
         ensure: bool = False,
-    ) -> tuple[dict[PartitionKey, int], set[UUID], States]:
+    ) -> tuple[dict[PartitionKey, int], set[int], States]:
         """Lock the partitions' stored offsets, claim the ids of the events at or after
         them and read the states of `to_read` (without row locks).
 
@@ -379,13 +379,13 @@ class BatchPipeline:
             to_read,
         )
         stored: dict[PartitionKey, int] = {}
-        claimed: set[UUID] = set()
+        claimed: set[int] = set()  # the claimed event ids' integers (see _sort_claimed)
         state_rows = []
         for row in rows:
             if row["organization_id"] is not None:
                 state_rows.append(row)
             elif row["event_id"] is not None:
-                claimed.add(row["event_id"])
+                claimed.add(row["event_id"].int)
             else:
                 stored[(row["topic"], row["partition"])] = int(row["next_offset"])
         if set(stored) != set(partitions):
@@ -679,26 +679,28 @@ def _digest(topic: str, body: bytes) -> bytes:
 
 
 async def _sort_claimed(
-    conn: Connection, events: list[Decoded], digests: list[bytes], claimed: set[UUID]
+    conn: Connection, events: list[Decoded], digests: list[bytes], claimed: set[int]
 ) -> tuple[list[Decoded], list[Decoded], list[Rejection]]:
     """Split `events` (at or after the stored offsets) by their claimed ids into first
     occurrences, duplicates and conflicts.
 
     A duplicate repeats what was applied under its id (same digest); a
-    conflict reuses the id for another payload and is dead-lettered.
+    conflict reuses the id for another payload and is dead-lettered. Ids are compared
+    as their integers (`UUID.int`, a slot): a `uuid.UUID` hashes in Python, four
+    times per event here.
     """
     if not events:
         return [], [], []
-    applied: dict[UUID, bytes | None] = {}
-    repeated = [d.event.event_id for d in events if d.event.event_id not in claimed]
+    applied: dict[int, bytes | None] = {}
+    repeated = [d.event.event_id for d in events if d.event.event_id.int not in claimed]
     if repeated:
         for row in await conn.fetch(sql.READ_EVENT_DIGESTS, repeated):
-            applied[row["event_id"]] = row["payload_digest"]
+            applied[row["event_id"].int] = row["payload_digest"]
     fresh: list[Decoded] = []
     duplicates: list[Decoded] = []
     conflicts: list[Rejection] = []
     for item, digest in zip(events, digests, strict=True):
-        event_id = item.event.event_id
+        event_id = item.event.event_id.int
         if event_id in claimed:
             claimed.discard(event_id)  # later copies in this batch compare with this one
             applied[event_id] = digest
@@ -714,7 +716,7 @@ async def _sort_claimed(
                 Rejection(
                     item.record,
                     "event_id_conflict",
-                    f"event_id {event_id} was applied before with another payload",
+                    f"event_id {item.event.event_id} was applied before with another payload",
                 )
             )
     return fresh, duplicates, conflicts
