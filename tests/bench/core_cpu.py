@@ -22,7 +22,8 @@ import argparse
 import gc
 import statistics
 import time
-from dataclasses import replace
+
+from msgspec.structs import replace
 
 from healthscore.config import Settings
 from healthscore.core.alignment import align

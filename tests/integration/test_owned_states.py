@@ -13,7 +13,6 @@ computed for them.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -365,7 +364,7 @@ async def test_offset_rows_created_once_and_again_after_a_reset(
         assert await admin.fetchval("SELECT next_offset FROM consumer_offsets") == 6
 
         # below the stored offset: skipped and not claimed, even an id never seen
-        unseen = dataclasses.replace(log.usage(0, "login", T0 + timedelta(hours=7)), offset=1)
+        unseen = msgspec.structs.replace(log.usage(0, "login", T0 + timedelta(hours=7)), offset=1)
         again = await pipeline.process([*second, unseen])
         assert (again.skipped_replayed, again.duplicates, again.applied) == (4, 0, 0)
         assert await admin.fetchval("SELECT count(*) FROM processed_events") == 6
@@ -399,7 +398,7 @@ async def test_a_recomputed_organization_sees_the_interactions_its_batch_created
         assert record.value is not None
         body = orjson.loads(record.value)
         body["interaction_id"] = shared
-        return dataclasses.replace(record, value=orjson.dumps(body))
+        return msgspec.structs.replace(record, value=orjson.dumps(body))
 
     # organization 1's login changes its state: its save finds the other writer's version
     second = [opened(0, 5), log.usage(1, "login", T0 + timedelta(hours=6)), opened(1, 7)]
@@ -448,7 +447,7 @@ async def test_an_interaction_opened_meanwhile_by_another_replica_is_not_overwri
         body = orjson.loads(record.value)
         body["interaction_id"] = shared
         body["interaction_type"] = kind
-        return dataclasses.replace(record, value=orjson.dumps(body))
+        return msgspec.structs.replace(record, value=orjson.dumps(body))
 
     batch_a = [opened(0, "complaint")]  # partition 0: replica A
     batch_b = [opened(1, "billing_inquiry"), log.usage(1, "login", T0)]  # partition 1: B

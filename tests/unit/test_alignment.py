@@ -21,7 +21,7 @@ def item(topic: str, partition: int, offset: int, hours: float) -> Decoded:
         type=UsageType.LOGIN,
         occurred_at=T0 + timedelta(hours=hours),
     )
-    return Decoded(RawRecord(topic, partition, offset, None, b"{}"), event)
+    return Decoded.of(RawRecord(topic, partition, offset, None, b"{}"), event)
 
 
 def bad(topic: str, partition: int, offset: int) -> Rejection:
@@ -158,7 +158,7 @@ def test_a_caught_up_profile_partition_waits_for_activity_being_caught_up_on() -
     usage partition is still hours behind, would rescore its organization's silence
     through hours the backlog holds events of (a replay applies it after them)."""
     usage = [item("u", 0, n, hours=n) for n in range(3)]  # far behind: catching up
-    profile = Decoded(
+    profile = Decoded.of(
         RawRecord("p", 0, 0, None, b"{}"),
         ProfileEvent(
             event_id=uuid.uuid4(), organization_id=ORG, occurred_at=T0 + timedelta(hours=9)

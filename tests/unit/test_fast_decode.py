@@ -101,6 +101,10 @@ def decide(record: RawRecord) -> Decoded | Rejection:
         assert isinstance(fast, Decoded)
         assert_same_event(fast.event, reference.event)
         assert payload_digest(fast) == payload_digest(reference)
+        # what the batch groups and aligns by, carried from the decoder (the message key)
+        for decoded in (fast, reference):
+            assert decoded.organization == str(decoded.event.organization_id)
+            assert decoded.event_time == decoded.event.occurred_at.timestamp()
     return fast
 
 

@@ -45,7 +45,7 @@ class CountingDecode:
                 type=UsageType.LOGIN,
                 occurred_at=T0 + timedelta(hours=float(record.value)),
             )
-            items.append(Decoded(record, event))
+            items.append(Decoded.of(record, event))
         return items
 
 

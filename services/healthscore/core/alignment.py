@@ -110,9 +110,11 @@ class Alignment(Generic[Item]):
     live: frozenset[PartitionKey] = frozenset()
 
 
-# (event time, or -inf for a record without one; the record), read once per record
-_Timed = tuple[float, Item]
+# (event time, or -inf for a record without one; offset; the record), read once per
+# record: the sort and the cut read the tuple, not the record's attributes
+_Timed = tuple[float, int, Item]
 _NO_TIME = -math.inf
+_OFFSET = itemgetter(1)
 
 
 def _by_partition(items: Iterable[Item]) -> dict[PartitionKey, list[_Timed[Item]]]:
@@ -120,10 +122,10 @@ def _by_partition(items: Iterable[Item]) -> dict[PartitionKey, list[_Timed[Item]
     for item in items:
         record = item.record
         t = item.event_time
-        timed = (_NO_TIME if t is None else t, item)
+        timed = (_NO_TIME if t is None else t, record.offset, item)
         parts.setdefault((record.topic, record.partition), []).append(timed)
     for records in parts.values():
-        records.sort(key=lambda timed: timed[1].record.offset)
+        records.sort(key=_OFFSET)
     return parts
 
 
@@ -131,7 +133,7 @@ def align(items: Sequence[Item], view: AlignmentView | None) -> Alignment[Item]:
     parts = _by_partition(items)
     frontiers: dict[PartitionKey, float] = {}
     for tp, records in parts.items():
-        newest = max(t for t, _item in records)
+        newest = max(map(itemgetter(0), records))
         if newest != _NO_TIME:
             frontiers[tp] = newest
     live: set[PartitionKey] = set()
@@ -144,10 +146,7 @@ def align(items: Sequence[Item], view: AlignmentView | None) -> Alignment[Item]:
         limits: list[tuple[float, PartitionKey]] = []
         for tp, records in parts.items():
             high = view.high_watermarks.get(tp)
-            caught_up = (
-                high is not None
-                and records[-1][1].record.offset + 1 + view.live_lag_records >= high
-            )
+            caught_up = high is not None and records[-1][1] + 1 + view.live_lag_records >= high
             if caught_up and view.live_lag_records > 0 and tp[0] not in view.always_aligned:
                 live.add(tp)
             if not caught_up and tp in frontiers:
@@ -176,14 +175,14 @@ def align(items: Sequence[Item], view: AlignmentView | None) -> Alignment[Item]:
             # at exactly the stream time, only up to the limiting partition: the
             # limiting partition's next records may be at that time too
             tie_waits = limiting is not None and tp > limiting
-            for index, (t, _item) in enumerate(records):
+            for index, (t, _offset, _item) in enumerate(records):
                 if t > stream_time or (t == stream_time and tie_waits and t != _NO_TIME):
                     # never a record without a time (-inf)
                     cut = index
                     break
         applied_parts.append(records[:cut])
         if cut < len(records):
-            held_from[tp] = records[cut][1].record.offset
+            held_from[tp] = records[cut][1]
     # equal times keep the order of the parts (heapq.merge is stable across its inputs)
-    applied = [item for _t, item in heapq.merge(*applied_parts, key=itemgetter(0))]
+    applied = [item for _t, _offset, item in heapq.merge(*applied_parts, key=itemgetter(0))]
     return Alignment(applied, held_from, frontiers, stream_time, frozenset(live))

@@ -215,10 +215,13 @@ class HoldBack:
         for key, offset in outcome.next_offsets.items():
             self._positions[key] = offset
         held: dict[PartitionKey, list[Item]] = {}
-        for item in items:
-            key = (item.record.topic, item.record.partition)
-            start = outcome.held_from.get(key)
-            if start is not None and item.record.offset >= start:
+        held_from = outcome.held_from
+        # nothing held back (most batches, and every live one): no record to look at
+        for item in items if held_from else ():
+            record = item.record
+            key = (record.topic, record.partition)
+            start = held_from.get(key)
+            if start is not None and record.offset >= start:
                 held.setdefault(key, []).append(item)
         for key, records in held.items():
             records.sort(key=lambda i: i.record.offset)

@@ -344,7 +344,7 @@ class BatchPipeline:
         digests: list[bytes],
         to_read: list[str],
         ensure: bool = False,
-    ) -> tuple[dict[PartitionKey, int], set[UUID], States]:
+    ) -> tuple[dict[PartitionKey, int], set[int], States]:
         """Lock the partitions' stored offsets, claim the ids of the events at or after
         them and read the states of `to_read` (without row locks).
 
@@ -379,13 +379,13 @@ class BatchPipeline:
             to_read,
         )
         stored: dict[PartitionKey, int] = {}
-        claimed: set[UUID] = set()
+        claimed: set[int] = set()  # the claimed event ids' integers (see _sort_claimed)
         state_rows = []
         for row in rows:
             if row["organization_id"] is not None:
                 state_rows.append(row)
             elif row["event_id"] is not None:
-                claimed.add(row["event_id"])
+                claimed.add(row["event_id"].int)
             else:
                 stored[(row["topic"], row["partition"])] = int(row["next_offset"])
         if set(stored) != set(partitions):
@@ -423,7 +423,7 @@ class BatchPipeline:
             marks.lap("begin")
             claimable = [d for d in decoded if isinstance(d, Decoded)]
             digests = [payload_digest(d) for d in claimable]
-            to_read = self._owned.absent(sorted({str(d.event.organization_id) for d in claimable}))
+            to_read = self._owned.absent(sorted({d.organization for d in claimable}))
             stored, claimed, read = await self._lock_offsets_and_claim(
                 conn, partitions, claimable, digests, to_read
             )
@@ -455,7 +455,12 @@ class BatchPipeline:
                 _count(outcome.duplicates_by_topic, item.record.topic)
             try:
                 effects, saved = await self._compute_and_save_states(
-                    conn, [d.event for d in new_events], read, marks, outcome
+                    conn,
+                    [d.event for d in new_events],
+                    sorted({d.organization for d in new_events}),
+                    read,
+                    marks,
+                    outcome,
                 )
             except _SilenceBudget as over:
                 # its records before that event in one transaction, the rest after
@@ -533,11 +538,13 @@ class BatchPipeline:
         self,
         conn: Connection,
         events: list[Event],
+        orgs: list[str],
         read: States,
         marks: _Marks,
         outcome: BatchOutcome,
     ) -> tuple[BatchEffects, dict[str, tuple[bytes, int]]]:
-        """Compute the effects of `events` and save the states: first, as the batch's first writes.
+        """Compute the effects of `events` (of the organizations `orgs`, sorted) and save the
+        states: first, as the batch's first writes.
 
         States come from what this consumer holds (`OwnedStates`) or are read
         without locks; each save is checked against the version it was computed
@@ -549,7 +556,6 @@ class BatchPipeline:
         """
         if not events:
             return BatchEffects(), {}
-        orgs = sorted({str(e.organization_id) for e in events})
         states, versions, missing = self._owned.take(orgs)
         outcome.states_held = len(versions)
         outcome.states_read = len(missing)
@@ -673,26 +679,28 @@ def _digest(topic: str, body: bytes) -> bytes:
 
 
 async def _sort_claimed(
-    conn: Connection, events: list[Decoded], digests: list[bytes], claimed: set[UUID]
+    conn: Connection, events: list[Decoded], digests: list[bytes], claimed: set[int]
 ) -> tuple[list[Decoded], list[Decoded], list[Rejection]]:
     """Split `events` (at or after the stored offsets) by their claimed ids into first
     occurrences, duplicates and conflicts.
 
     A duplicate repeats what was applied under its id (same digest); a
-    conflict reuses the id for another payload and is dead-lettered.
+    conflict reuses the id for another payload and is dead-lettered. Ids are compared
+    as their integers (`UUID.int`, a slot): a `uuid.UUID` hashes in Python, four
+    times per event here.
     """
     if not events:
         return [], [], []
-    applied: dict[UUID, bytes | None] = {}
-    repeated = [d.event.event_id for d in events if d.event.event_id not in claimed]
+    applied: dict[int, bytes | None] = {}
+    repeated = [d.event.event_id for d in events if d.event.event_id.int not in claimed]
     if repeated:
         for row in await conn.fetch(sql.READ_EVENT_DIGESTS, repeated):
-            applied[row["event_id"]] = row["payload_digest"]
+            applied[row["event_id"].int] = row["payload_digest"]
     fresh: list[Decoded] = []
     duplicates: list[Decoded] = []
     conflicts: list[Rejection] = []
     for item, digest in zip(events, digests, strict=True):
-        event_id = item.event.event_id
+        event_id = item.event.event_id.int
         if event_id in claimed:
             claimed.discard(event_id)  # later copies in this batch compare with this one
             applied[event_id] = digest
@@ -708,7 +716,7 @@ async def _sort_claimed(
                 Rejection(
                     item.record,
                     "event_id_conflict",
-                    f"event_id {event_id} was applied before with another payload",
+                    f"event_id {item.event.event_id} was applied before with another payload",
                 )
             )
     return fresh, duplicates, conflicts
@@ -776,13 +784,14 @@ def _count(counter: dict[str, int], key: str) -> None:
 
 def _max_event_times(events: list[Decoded]) -> dict[PartitionKey, datetime]:
     """Per partition, the newest event time seen: the sweep's event-time clock."""
-    result: dict[PartitionKey, datetime] = {}
+    newest: dict[PartitionKey, datetime] = {}
     for item in events:
         tp = (item.record.topic, item.record.partition)
-        occurred = storable(item.event.occurred_at.astimezone(UTC))
-        if tp not in result or occurred > result[tp]:
-            result[tp] = occurred
-    return result
+        occurred = item.event.occurred_at
+        # aware times compare as instants: only each partition's newest is converted
+        if tp not in newest or occurred > newest[tp]:
+            newest[tp] = occurred
+    return {tp: storable(occurred.astimezone(UTC)) for tp, occurred in newest.items()}
 
 
 def _misrouted_rejection(events: list[Decoded], event: SupportEvent, owner: str) -> Rejection:

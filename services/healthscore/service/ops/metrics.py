@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import time
+from bisect import bisect_right
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -13,6 +15,30 @@ if TYPE_CHECKING:
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 500, 1000, 2500, 5000, 10000, 20000)
+
+
+def observe_each(histogram: Histogram, amounts: list[float]) -> None:
+    """`histogram.observe(amount)` for each of `amounts` (finite), in one increment per
+    bucket: a batch observes one latency per record, and `observe` takes two locked
+    increments and a walk over the buckets for each (about 0.8 us a record).
+
+    The histogram's value objects are prometheus_client's own (`_sum`, `_buckets`,
+    `_upper_bounds`, as `observe` uses them); tests/unit/test_metrics_observe_each.py
+    keeps the exposition equal to observing one by one (the sum up to float rounding).
+    """
+    if not amounts:
+        return
+    histogram._raise_if_not_observable()  # type: ignore[no-untyped-call]
+    ordered = sorted(amounts)
+    histogram._sum.inc(math.fsum(ordered))
+    below = 0  # amounts in the buckets before this one (bucket i: the first bound >= amount)
+    for bucket, bound in zip(histogram._buckets, histogram._upper_bounds, strict=True):
+        upto = bisect_right(ordered, bound, lo=below)
+        if upto > below:
+            bucket.inc(upto - below)
+            below = upto
+        if below == len(ordered):
+            break
 
 
 class Metrics:
@@ -386,5 +412,7 @@ class Metrics:
         states.labels("read").inc(outcome.states_read)
         states.labels("changed_elsewhere").inc(outcome.states_changed_elsewhere)
         now_ms = time.time() * 1000
-        for ts in outcome.record_timestamps_ms:
-            self.produce_to_commit.observe(max(0.0, (now_ms - ts) / 1000))
+        observe_each(
+            self.produce_to_commit,
+            [max(0.0, (now_ms - ts) / 1000) for ts in outcome.record_timestamps_ms],
+        )

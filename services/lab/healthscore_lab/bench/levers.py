@@ -95,7 +95,7 @@ class JsonModeDecoder:
         assert isinstance(event, UsageEvent | SupportEvent)
         if key != event.organization_id:
             return self._fallback.decode(record)
-        return Decoded(record, core_event(event))
+        return Decoded.of(record, core_event(event))
 
 
 def workload_records(events: int) -> list[RawRecord]:
