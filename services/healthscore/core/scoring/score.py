@@ -649,9 +649,11 @@ def record_score(state: OrganizationState, health: HealthScore, as_of: float) ->
     day = int(as_of // DAY)
     daily = state.daily_scores
     daily[str(day)] = health.score
-    newest = max(int(key) for key in daily)
-    for key in [key for key in daily if int(key) < newest - 30]:
-        del daily[key]
+    days = [(int(key), key) for key in daily]  # each key parsed once (a score's hot path)
+    oldest_kept = max(days)[0] - 30
+    for number, key in days:
+        if number < oldest_kept:
+            del daily[key]
     state.last_score = health.score
     state.last_scored_at = as_of
     state.last_churn_probability = health.churn_probability
