@@ -3,6 +3,7 @@ the database says on assignment, refuse what lies outside the log, seek back, co
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -229,3 +230,22 @@ async def test_an_assignment_while_postgresql_restarts_waits_for_the_stored_offs
     assert consumer.positions == {U0: 7, U1: 3}
     assert offsets.assigned == {U0, U1}
     assert offsets.sought == {U0: 7, U1: 3}
+
+
+async def test_an_assignment_waiting_for_postgresql_gives_up_when_the_service_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The consumer's close waits for the assignment callback: a stop must end the
+    wait, or SIGTERM would hang for as long as PostgreSQL stays away."""
+    monkeypatch.setattr(kafka_offsets, "ASSIGNMENT_RETRY_SECONDS", (60.0, 60.0))
+    stop = asyncio.Event()
+    database = RestartingDatabase({U0: 7}, refusals=1_000)
+    offsets = KafkaOffsets(database, "g", HoldBack(lambda records: []), stop=stop)  # type: ignore[arg-type]
+    consumer = FakeConsumer(log_ends={U0: 10})
+    offsets.consumer_built(consumer)
+    assigning = asyncio.ensure_future(offsets.on_partitions_assigned(tps(U0)))
+    await asyncio.sleep(0.05)
+    assert not assigning.done()  # waiting out the 60 s pause
+    stop.set()
+    await asyncio.wait_for(assigning, 5.0)
+    assert consumer.positions == {} and offsets.assigned == set()

@@ -31,6 +31,7 @@ from aiokafka.errors import KafkaError
 
 from healthscore.core.partitions import PartitionKey
 from healthscore.service.holdback import HoldBack
+from healthscore.service.periodic import pause_unless_stopped
 from healthscore.store.offsets import stored_offsets
 
 log = structlog.get_logger(__name__)
@@ -60,8 +61,12 @@ class KafkaOffsets(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         on_refused: Callable[[PartitionKey, str | None], None] | None = None,
         commit_to_kafka: bool = True,
         commit_interval: float = 0.0,
+        stop: asyncio.Event | None = None,
     ) -> None:
         self._pool = pool
+        # set when the service stops: an assignment waiting for PostgreSQL gives up
+        # (the consumer's close waits for this callback, and revokes the partitions)
+        self._stop = stop or asyncio.Event()
         self._group = group
         self._holdback = holdback
         self._on_change = on_change
@@ -127,10 +132,10 @@ class KafkaOffsets(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         outside the log never refused) until the next rebalance. A rebalance while
         PostgreSQL restarts or the broker is away does that; the callback waits it
         out, as a failed batch does (the group drops this member meanwhile if the
-        wait outlasts a rebalance: it rejoins after).
+        wait outlasts a rebalance: it rejoins after), until the service stops.
         """
         delay, longest = ASSIGNMENT_RETRY_SECONDS
-        while True:
+        while not self._stop.is_set():
             try:
                 await self._assign(assigned)
                 return
@@ -148,7 +153,7 @@ class KafkaOffsets(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
                     retry_in_s=round(delay, 2),
                     partitions=len(assigned),
                 )
-            await asyncio.sleep(delay)
+            await pause_unless_stopped(self._stop, delay)
             delay = min(delay * 2, longest)
 
     async def _assign(self, assigned: set[TopicPartition]) -> None:
