@@ -23,6 +23,15 @@ corpus gives it, the read model and the health feed equal to the stored states,
 alert ids unique, the outbox fully published and exactly what the alert topic
 carries. The seed is printed, and added to a failure; `CHAOS_SEED` (and
 `CHAOS_FAULTS`) replay one.
+
+A known failure that is not the service's: the embedded broker (tansu 0.6.0) can
+keep naming a member that left (LeaveGroup acknowledged) as the leader of the
+generation it answers every later JoinGroup with (long seed 1597: the leader was
+elected just before a broker pause and stopped after it); every SyncGroup then
+fails with REBALANCE_IN_PROGRESS and no replica holds partitions again. The
+catch-up wait fails naming the group's state and which replicas started;
+aiokafka's group coordinator logger at DEBUG (the service logs libraries from
+WARNING) shows the loop.
 """
 
 from __future__ import annotations
