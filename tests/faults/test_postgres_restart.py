@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -126,3 +128,61 @@ async def test_service_survives_a_postgres_crash_restart(
         f"{sum(e['replayed_skipped'] for e in committed)} replayed records skipped; "
         f"{alerts} alerts ({copies} copies)"
     )
+
+
+async def test_a_rebalance_while_postgres_restarts_leaves_the_new_owner_ready(
+    services: Services, migrated_database: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Replica B takes A's partitions over (A stopped) while PostgreSQL is down: B's
+    assignment cannot read the stored offsets then. aiokafka logs a failed assignment
+    callback and goes on, so B used to consume every partition without knowing it held
+    them (not ready, Kafka commits dropped, refusals skipped) until the next rebalance.
+    The assignment waits for PostgreSQL instead: B ends ready, holding all of them."""
+    if services.postgres_server is None:
+        pytest.skip("needs the embedded PostgreSQL to restart")
+    topics = await make_topics(kafka_bootstrap, partitions=4)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    first, second = ServiceProcess(settings), ServiceProcess(settings)
+    first_log, second_log = tmp_path / "a.log", tmp_path / "b.log"
+    try:
+        first.start(str(first_log))
+        await _logged(first, first_log, "partitions_assigned")
+        second.start(str(second_log))
+        await _logged(second, second_log, "service_started")
+        restart = asyncio.ensure_future(
+            asyncio.to_thread(services.restart_postgres, "immediate", DOWN_FOR * 3)
+        )
+        await asyncio.sleep(0.5)  # down: the rebalance below meets the outage
+        await asyncio.to_thread(first.terminate)
+        await restart
+        port = int(log_events(second_log, "service_started")[-1]["ops_port"])
+        deadline = time.monotonic() + 30
+        status, body = await asyncio.to_thread(_readyz, port)
+        while status != 200 and time.monotonic() < deadline:
+            assert second.alive, log_tail(second_log)
+            await asyncio.sleep(0.5)
+            status, body = await asyncio.to_thread(_readyz, port)
+    finally:
+        first.kill()
+        second.terminate()
+    assert log_events(second_log, "partition_assignment_failed_will_retry") or any(
+        "failed on partition assignment" in e["event"] for e in log_events(second_log)
+    ), "the rebalance missed the outage"
+    assert status == 200, body
+    assert len(log_events(second_log, "partitions_assigned")[-1]["partitions"]) == 12
+
+
+async def _logged(service: ServiceProcess, path: Path, event: str) -> None:
+    deadline = time.monotonic() + 60
+    while not log_events(path, event):
+        assert service.alive, f"serve exited: {log_tail(path)}"
+        assert time.monotonic() < deadline, f"no {event} within 60 s"
+        await asyncio.sleep(0.1)
+
+
+def _readyz(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()

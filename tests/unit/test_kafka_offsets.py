@@ -3,6 +3,7 @@ the database says on assignment, refuse what lies outside the log, seek back, co
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,6 +13,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
 from healthscore.core.partitions import PartitionKey
+from healthscore.service import kafka_offsets
 from healthscore.service.holdback import HoldBack, Item
 from healthscore.service.ingest.decode import RawRecord, Rejection
 from healthscore.service.ingest.pipeline import BatchOutcome
@@ -192,3 +194,58 @@ async def test_records_held_before_the_assignment_seeks_are_dropped_and_resumed(
     assert consumer.positions == {U0: 2, S0: 4}
     # fetched again from the stored offset; the refused partition stays paused
     assert consumer.paused_keys == {U1}
+
+
+class RestartingDatabase(StoredOffsets):
+    """Stored offsets behind a server that refuses the first `refusals` connections
+    (PostgreSQL restarting: the socket gone, then 'starting up')."""
+
+    def __init__(self, stored: dict[PartitionKey, int], refusals: int) -> None:
+        super().__init__(stored)
+        self.refusals = refusals
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        if self.refusals:
+            self.refusals -= 1
+            raise FileNotFoundError(2, "No such file or directory")
+        yield self
+
+
+async def test_an_assignment_while_postgresql_restarts_waits_for_the_stored_offsets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiokafka logs an exception of `on_partitions_assigned` and goes on with the
+    assignment: the partitions were consumed from Kafka's committed offsets, left out of
+    `assigned` (the replica unready, its Kafka commits dropped, a stored offset outside
+    the log never refused) until the next rebalance. Seen in tests/faults/test_chaos.py
+    with a rebalance while PostgreSQL restarted. The assignment retries instead."""
+    monkeypatch.setattr(kafka_offsets, "ASSIGNMENT_RETRY_SECONDS", (0.001, 0.002), raising=False)
+    database = RestartingDatabase({U0: 7}, refusals=2)
+    offsets = KafkaOffsets(database, "g", HoldBack(lambda records: []))  # type: ignore[arg-type]
+    consumer = FakeConsumer(log_starts={U1: 3}, log_ends={U0: 10, U1: 5})
+    offsets.consumer_built(consumer)
+    await offsets.on_partitions_assigned(tps(U0, U1))
+    assert database.refusals == 0
+    assert consumer.positions == {U0: 7, U1: 3}
+    assert offsets.assigned == {U0, U1}
+    assert offsets.sought == {U0: 7, U1: 3}
+
+
+async def test_an_assignment_waiting_for_postgresql_gives_up_when_the_service_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The consumer's close waits for the assignment callback: a stop must end the
+    wait, or SIGTERM would hang for as long as PostgreSQL stays away."""
+    monkeypatch.setattr(kafka_offsets, "ASSIGNMENT_RETRY_SECONDS", (60.0, 60.0))
+    stop = asyncio.Event()
+    database = RestartingDatabase({U0: 7}, refusals=1_000)
+    offsets = KafkaOffsets(database, "g", HoldBack(lambda records: []), stop=stop)  # type: ignore[arg-type]
+    consumer = FakeConsumer(log_ends={U0: 10})
+    offsets.consumer_built(consumer)
+    assigning = asyncio.ensure_future(offsets.on_partitions_assigned(tps(U0)))
+    await asyncio.sleep(0.05)
+    assert not assigning.done()  # waiting out the 60 s pause
+    stop.set()
+    await asyncio.wait_for(assigning, 5.0)
+    assert consumer.positions == {} and offsets.assigned == set()

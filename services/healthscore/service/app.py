@@ -171,6 +171,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         raise StartupRefused("KAFKA_BOOTSTRAP_SERVERS is not set")
     bootstrap = s.kafka_bootstrap_servers
     kafka = KafkaConnection.from_settings(s, bootstrap)
+    stop = asyncio.Event()  # set when the service stops (`running`)
     topics = s.input_topics
     model = _model_setting("MODEL_PATH", s.model_path)
     candidate = (
@@ -248,6 +249,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         on_refused=on_refused,
         commit_to_kafka=o.commit_to_kafka,
         commit_interval=s.kafka_commit_interval_ms / 1000,
+        stop=stop,
     )
     show_consuming()  # nothing yet: every input topic at 0 until the first assignment
     outcomes = BatchLog(metrics)
@@ -344,7 +346,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         wakes=wakes,
         settings=s,
         options=o,
-        stop=asyncio.Event(),
+        stop=stop,
         ops_port=ops_port,
         model=model,
         metrics=metrics,

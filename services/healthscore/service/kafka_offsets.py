@@ -20,6 +20,7 @@ consumer builder hands it over (`consumer_built`, see `kafka_salvage`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -30,9 +31,13 @@ from aiokafka.errors import KafkaError
 
 from healthscore.core.partitions import PartitionKey
 from healthscore.service.holdback import HoldBack
+from healthscore.service.periodic import pause_unless_stopped
 from healthscore.store.offsets import stored_offsets
 
 log = structlog.get_logger(__name__)
+
+# the first and the longest wait between tries of an assignment that failed
+ASSIGNMENT_RETRY_SECONDS = (0.2, 5.0)
 
 TrueEnds = Callable[[list[PartitionKey]], Awaitable[dict[PartitionKey, int]]]
 
@@ -56,8 +61,12 @@ class KafkaOffsets(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         on_refused: Callable[[PartitionKey, str | None], None] | None = None,
         commit_to_kafka: bool = True,
         commit_interval: float = 0.0,
+        stop: asyncio.Event | None = None,
     ) -> None:
         self._pool = pool
+        # set when the service stops: an assignment waiting for PostgreSQL gives up
+        # (the consumer's close waits for this callback, and revokes the partitions)
+        self._stop = stop or asyncio.Event()
         self._group = group
         self._holdback = holdback
         self._on_change = on_change
@@ -115,6 +124,39 @@ class KafkaOffsets(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
             self._on_change("revoked", len(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Seek the assigned partitions to their stored offsets; retried until it can.
+
+        aiokafka logs an exception of this callback and goes on with the assignment:
+        the partitions would be consumed from Kafka's committed offsets and left out
+        of `assigned` (the replica unready, its Kafka commits dropped, a stored offset
+        outside the log never refused) until the next rebalance. A rebalance while
+        PostgreSQL restarts or the broker is away does that; the callback waits it
+        out, as a failed batch does (the group drops this member meanwhile if the
+        wait outlasts a rebalance: it rejoins after), until the service stops.
+        """
+        delay, longest = ASSIGNMENT_RETRY_SECONDS
+        while not self._stop.is_set():
+            try:
+                await self._assign(assigned)
+                return
+            except (
+                OSError,
+                TimeoutError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                KafkaError,
+            ) as exc:
+                log.warning(
+                    "partition_assignment_failed_will_retry",
+                    error=type(exc).__name__,
+                    message=str(exc)[:300],
+                    retry_in_s=round(delay, 2),
+                    partitions=len(assigned),
+                )
+            await pause_unless_stopped(self._stop, delay)
+            delay = min(delay * 2, longest)
+
+    async def _assign(self, assigned: set[TopicPartition]) -> None:
         consumer = self.consumer
         async with self._pool.acquire() as conn:
             stored = await stored_offsets(conn, self._group)
