@@ -15,10 +15,12 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 import orjson
+
+from healthscore_lab.simulator import SimulatedMessage, SimulationConfig, generate
 
 # usage type -> (milestone, threshold on that type's cumulative quantity), per the contract:
 # "first" milestones at 1, clients at 1/10/50, weddings at 10, the rest named after their type
@@ -157,3 +159,36 @@ def episode_violations(rows: Iterable[tuple[str, int, str, str | None, int]]) ->
 
 def _seq_of(alerts: list[tuple[str, str | None, int]], kind: str) -> int:
     return next(seq for k, _, seq in alerts if k == kind)
+
+
+class StreamPlan(Protocol):
+    """What a fault test's simulated stream is made of."""
+
+    @property
+    def organizations(self) -> int: ...
+    @property
+    def events(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def duplicate_rate(self) -> float: ...
+    @property
+    def malformed_rate(self) -> float: ...
+    @property
+    def profile_share(self) -> float: ...
+
+
+def simulated_stream(plan: StreamPlan, span: timedelta) -> tuple[list[SimulatedMessage], Oracle]:
+    """The simulator's stream of `plan` over `span` ending a minute ago, and its oracle."""
+    config = SimulationConfig(
+        start=datetime.now(UTC) - span,
+        organizations=plan.organizations,
+        events=plan.events,
+        seed=plan.seed,
+        span=span - timedelta(minutes=1),
+        duplicate_rate=plan.duplicate_rate,
+        malformed_rate=plan.malformed_rate,
+        profile_share=plan.profile_share,
+    )
+    messages = list(generate(config))
+    return messages, Oracle.from_stream((m.valid, m.value) for m in messages)

@@ -47,7 +47,7 @@ import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +56,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from healthscore_lab.devservices import Services
-from healthscore_lab.simulator import SimulatedMessage, SimulationConfig, generate
-from tests.faults.oracle import Oracle
+from healthscore_lab.simulator import SimulatedMessage
+from tests.faults.oracle import simulated_stream
 from tests.faults.test_crash_recovery import (
     check_alert_topic,
     check_database,
@@ -368,19 +368,7 @@ async def _run_chaos(
     settings = service_settings(
         database_url, bootstrap, topics, group=group, batch_max_records=plan.batch_max_records
     )
-    span = timedelta(days=20)
-    config = SimulationConfig(
-        start=datetime.now(UTC) - span,
-        organizations=plan.organizations,
-        events=plan.events,
-        seed=plan.seed,
-        span=span - timedelta(minutes=1),
-        duplicate_rate=plan.duplicate_rate,
-        malformed_rate=plan.malformed_rate,
-        profile_share=plan.profile_share,
-    )
-    messages = list(generate(config))
-    oracle = Oracle.from_stream((m.valid, m.value) for m in messages)
+    messages, oracle = simulated_stream(plan, timedelta(days=20))
     env = {
         "TRANSACTION_IDLE_LIMIT_SECONDS": str(IDLE_LIMIT_SECONDS),
         "TRANSACTION_TIME_LIMIT_SECONDS": str(TIME_LIMIT_SECONDS),

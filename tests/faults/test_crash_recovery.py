@@ -27,7 +27,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,8 @@ from aiokafka import AIOKafkaProducer
 
 from healthscore.core.scoring.model import default_model
 from healthscore.service.projector import project
-from healthscore_lab.simulator import SimulatedMessage, SimulationConfig, generate
-from tests.faults.oracle import Oracle, episode_violations
+from healthscore_lab.simulator import SimulatedMessage
+from tests.faults.oracle import Oracle, episode_violations, simulated_stream
 from tests.utils.faults import (
     KillReport,
     Produced,
@@ -117,19 +117,7 @@ async def run_crash_recovery(
     settings = service_settings(
         database_url, bootstrap, topics, group=group, batch_max_records=plan.batch_max_records
     )
-    span = timedelta(days=30)
-    config = SimulationConfig(
-        start=datetime.now(UTC) - span,
-        organizations=plan.organizations,
-        events=plan.events,
-        seed=plan.seed,
-        span=span - timedelta(minutes=1),
-        duplicate_rate=plan.duplicate_rate,
-        malformed_rate=plan.malformed_rate,
-        profile_share=plan.profile_share,
-    )
-    messages = list(generate(config))
-    oracle = Oracle.from_stream((m.valid, m.value) for m in messages)
+    messages, oracle = simulated_stream(plan, timedelta(days=30))
 
     # The stream is released in segments, one per life of the service: once the
     # (re)started service holds its partitions, the next segment is produced at a
