@@ -62,6 +62,7 @@ from tests.faults.test_crash_recovery import (
     check_alert_topic,
     check_database,
     check_read_model,
+    wait_published,
 )
 from tests.utils.fault_tools import log_events, log_tail
 from tests.utils.faults import Produced, end_offsets, produce_recorded, read_topic
@@ -410,7 +411,7 @@ async def _run_chaos(
         await _wait_caught_up(chaos, database_url, group, ends, plan.drain_timeout)
         conn = await asyncpg.connect(database_url)
         try:
-            await _wait_published(conn, chaos, plan.drain_timeout)
+            await wait_published(conn, plan.drain_timeout, check=chaos.check)
             await check_database(conn, oracle)
             projected = await check_read_model(conn, bootstrap, topics, plan.drain_timeout)
             alerts = await check_alert_topic(conn, bootstrap, topics)
@@ -547,20 +548,6 @@ async def check_replicas_ready(chaos: Chaos, timeout: float) -> None:
             break
         await asyncio.sleep(0.5)
     assert not waiting, f"replicas not ready: {waiting}"
-
-
-async def _wait_published(conn: asyncpg.Connection[Any], chaos: Chaos, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    pending = None
-    while time.monotonic() < deadline:
-        chaos.check()
-        pending = await conn.fetchval(
-            "SELECT count(*) FROM alert_outbox WHERE published_at IS NULL"
-        )
-        if pending == 0:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{pending} alerts never published")
 
 
 async def check_poison_dead_lettered(

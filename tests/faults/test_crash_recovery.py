@@ -26,6 +26,7 @@ import json
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -280,16 +281,28 @@ async def _wait_for_offsets(
 
 
 async def _wait_for_relay(conn: asyncpg.Connection[Any], timeout: float, log_path: str) -> None:
+    await wait_published(conn, timeout, lambda: f"\n{_log_tail(log_path)}")
+
+
+async def wait_published(
+    conn: asyncpg.Connection[Any],
+    timeout: float,
+    detail: Callable[[], str] = str,
+    check: Callable[[], None] = lambda: None,
+) -> None:
+    """Until the outbox has no unpublished alert (`check` between looks: raises to stop);
+    past `timeout` fail, with `detail()` appended."""
     deadline = time.monotonic() + timeout
     pending = None
     while time.monotonic() < deadline:
+        check()
         pending = await conn.fetchval(
             "SELECT count(*) FROM alert_outbox WHERE published_at IS NULL"
         )
         if pending == 0:
             return
         await asyncio.sleep(0.1)
-    raise AssertionError(f"{pending} alerts never published:\n{_log_tail(log_path)}")
+    raise AssertionError(f"{pending} alerts never published{detail()}")
 
 
 async def check_database(conn: asyncpg.Connection[Any], oracle: Oracle) -> None:
