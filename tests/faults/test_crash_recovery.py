@@ -41,6 +41,7 @@ from healthscore.core.scoring.model import default_model
 from healthscore.service.projector import project
 from healthscore_lab.simulator import SimulatedMessage
 from tests.faults.oracle import Oracle, episode_violations, simulated_stream
+from tests.utils.fault_tools import log_events
 from tests.utils.faults import (
     KillReport,
     Produced,
@@ -232,12 +233,7 @@ def _log_tail(path: str, lines: int = 30) -> str:
 
 
 def _sum_log_field(path: str, event: str, name: str) -> int:
-    total = 0
-    with open(path, "rb") as f:
-        for line in f:
-            if f'"event": "{event}"'.encode() in line:
-                total += int(json.loads(line).get(name) or 0)
-    return total
+    return sum(int(entry.get(name) or 0) for entry in log_events(path, event))
 
 
 def _count_log_events(path: str, event: str) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
@@ -129,17 +130,23 @@ def stopped(pid: int) -> Iterator[float]:
 
 
 def log_events(path: str | Path, name: str | None = None) -> list[dict[str, Any]]:
-    """The JSON log lines of a `healthscore serve` child (optionally one event name)."""
+    """The JSON log lines of a `healthscore serve` child (optionally one event name).
+
+    A child SIGKILLed between a record and its newline leaves the record complete
+    and the next child's first record on the same line: both are read (a record cut
+    before its end is not).
+    """
+    decoder = json.JSONDecoder()
     found: list[dict[str, Any]] = []
-    for line in Path(path).read_bytes().splitlines():
-        if not line.startswith(b"{"):
-            continue
-        try:
-            entry = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
-        if name is None or entry.get("event") == name:
-            found.append(entry)
+    for line in Path(path).read_text(errors="replace").splitlines():
+        at = 0
+        while line.startswith("{", at):
+            try:
+                entry, at = decoder.raw_decode(line, at)
+            except ValueError:
+                break
+            if isinstance(entry, dict) and (name is None or entry.get("event") == name):
+                found.append(entry)
     return found
 
 
