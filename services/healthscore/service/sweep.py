@@ -47,7 +47,7 @@ from healthscore.core.partitions import PartitionKey
 from healthscore.core.scoring.model import ScoreModel
 from healthscore.core.scoring.state import OrganizationState
 from healthscore.service.periodic import AT_ONCE
-from healthscore.store import Connection, locks, sql
+from healthscore.store import locks, sql
 from healthscore.store.effects_writer import write_effects
 from healthscore.store.records import to_datetime
 from healthscore.store.states import rescored_states, save_locked_states, stored_states
@@ -57,23 +57,20 @@ log = structlog.get_logger(__name__)
 
 # the input partitions without stored progress whose log holds records, given those
 # with stored progress (`ops.lag.UnreadPartitions`)
-UnreadPartitions = Callable[[frozenset[PartitionKey]], Awaitable[list[PartitionKey]]]
+FindUnread = Callable[[frozenset[PartitionKey]], Awaitable[list[PartitionKey]]]
 
 
 async def event_time_watermark(
-    conn: Connection,
-    consumer_group: str,
-    topics: Sequence[str],
-    unread: UnreadPartitions | None = None,
+    frontiers: Sequence[asyncpg.Record], unread: FindUnread | None = None
 ) -> datetime | None:
-    """The log's watermark for `consumer_group`: None before any event was applied,
-    and while a partition that has records has not applied one (`unread`)."""
-    rows = await conn.fetch(sql.EVENT_TIME_FRONTIERS, consumer_group, list(topics))
-    times = [row["max_event_time"] for row in rows if row["max_event_time"] is not None]
+    """The log's watermark from the partitions' stored frontiers (EVENT_TIME_FRONTIERS):
+    None before any event was applied, and while a partition that has records has not
+    applied one (`unread`)."""
+    times = [row["max_event_time"] for row in frontiers if row["max_event_time"] is not None]
     if not times:
         return None
     if unread is not None:
-        behind = await unread(frozenset((row["topic"], row["partition"]) for row in rows))
+        behind = await unread(frozenset((row["topic"], row["partition"]) for row in frontiers))
         if behind:
             log.info(
                 "silence_sweep_waits",
@@ -100,7 +97,7 @@ class SilenceSweep:
         page_size: int = 1000,
         on_run: Callable[[float, list[str]], None] | None = None,
         dedupe_retention_days: int | None = None,
-        unread: UnreadPartitions | None = None,
+        unread: FindUnread | None = None,
     ) -> None:
         self._pool = pool
         self._model = model
@@ -177,7 +174,10 @@ class SilenceSweep:
     async def watermark(self) -> datetime | None:
         """The log's watermark now (None: nothing to sweep up to yet)."""
         async with self._pool.acquire() as conn:
-            return await event_time_watermark(conn, self._group, self._topics, self._unread)
+            frontiers = await conn.fetch(sql.EVENT_TIME_FRONTIERS, self._group, self._topics)
+        # the connection is back in the pool before the brokers are asked (seconds at
+        # most): the batches share the pool
+        return await event_time_watermark(frontiers, self._unread)
 
     def _next_due(self, state: OrganizationState | None) -> datetime | None:
         return None if state is None else to_datetime(next_silence_rescore(state, self._step))
