@@ -44,8 +44,6 @@ import os
 import random
 import signal
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -73,6 +71,7 @@ from tests.utils.harness import (
     fetchval,
     make_producer,
     make_topics,
+    ops_get,
     service_settings,
 )
 
@@ -533,14 +532,6 @@ async def describe_group(chaos: Chaos, group: str) -> Any:
         await admin.close()
 
 
-def readyz(port: int) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
 async def check_replicas_ready(chaos: Chaos, timeout: float) -> None:
     """Every replica running says it is ready (/readyz): it consumes partitions it
     knows it holds (one whose assignment failed half-way did not say so)."""
@@ -552,7 +543,7 @@ async def check_replicas_ready(chaos: Chaos, timeout: float) -> None:
         for replica in chaos.members():
             started = log_events(replica.log_path, "service_started")
             assert started, f"{replica.name} never started:\n{log_tail(replica.log_path)}"
-            status, body = await asyncio.to_thread(readyz, int(started[-1]["ops_port"]))
+            status, body = await ops_get(int(started[-1]["ops_port"]), "/readyz")
             if status != 200:
                 waiting[replica.name] = body
         if not waiting or time.monotonic() > deadline:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,8 +31,15 @@ from tests.utils.fault_tools import (
     produce_stream,
     simulated_stream,
     wait_all_applied,
+    wait_logged,
 )
-from tests.utils.harness import ServiceProcess, make_producer, make_topics, service_settings
+from tests.utils.harness import (
+    ServiceProcess,
+    make_producer,
+    make_topics,
+    ops_get,
+    service_settings,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -146,9 +151,9 @@ async def test_a_rebalance_while_postgres_restarts_leaves_the_new_owner_ready(
     first_log, second_log = tmp_path / "a.log", tmp_path / "b.log"
     try:
         first.start(str(first_log))
-        await _logged(first, first_log, "partitions_assigned")
+        await wait_logged(first, "partitions_assigned", 1, 60)
         second.start(str(second_log))
-        await _logged(second, second_log, "service_started")
+        await wait_logged(second, "service_started", 1, 60)
         restart = asyncio.ensure_future(
             asyncio.to_thread(services.restart_postgres, "immediate", DOWN_FOR * 3)
         )
@@ -157,11 +162,11 @@ async def test_a_rebalance_while_postgres_restarts_leaves_the_new_owner_ready(
         await restart
         port = int(log_events(second_log, "service_started")[-1]["ops_port"])
         deadline = time.monotonic() + 30
-        status, body = await asyncio.to_thread(_readyz, port)
+        status, body = await ops_get(port, "/readyz")
         while status != 200 and time.monotonic() < deadline:
             assert second.alive, log_tail(second_log)
             await asyncio.sleep(0.5)
-            status, body = await asyncio.to_thread(_readyz, port)
+            status, body = await ops_get(port, "/readyz")
     finally:
         first.kill()
         second.terminate()
@@ -170,19 +175,3 @@ async def test_a_rebalance_while_postgres_restarts_leaves_the_new_owner_ready(
     ), "the rebalance missed the outage"
     assert status == 200, body
     assert len(log_events(second_log, "partitions_assigned")[-1]["partitions"]) == 12
-
-
-async def _logged(service: ServiceProcess, path: Path, event: str) -> None:
-    deadline = time.monotonic() + 60
-    while not log_events(path, event):
-        assert service.alive, f"serve exited: {log_tail(path)}"
-        assert time.monotonic() < deadline, f"no {event} within 60 s"
-        await asyncio.sleep(0.1)
-
-
-def _readyz(port: int) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()

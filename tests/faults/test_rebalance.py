@@ -35,6 +35,7 @@ from tests.utils.fault_tools import (
     simulated_stream,
     snapshot,
     wait_all_applied,
+    wait_logged,
 )
 from tests.utils.harness import (
     ServiceProcess,
@@ -49,15 +50,6 @@ pytestmark = pytest.mark.faults
 
 RATE = 1200.0  # messages/s
 SLOW_RATE = 300.0  # messages/s while the second process starts and joins
-
-
-async def wait_logged(service: ServiceProcess, event: str, count: int, timeout: float) -> None:
-    assert service.log_path is not None
-    deadline = time.monotonic() + timeout
-    while len(log_events(service.log_path, event)) < count:
-        assert service.alive, f"serve exited: {log_tail(service.log_path)}"
-        assert time.monotonic() < deadline, f"no {event} #{count} within {timeout}s"
-        await asyncio.sleep(0.2)
 
 
 def assigned_partitions(service: ServiceProcess) -> list[list[str]]:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
@@ -43,6 +41,7 @@ from tests.utils.harness import (
     fetchval,
     make_producer,
     make_topics,
+    ops_get,
     running_service,
     service_settings,
     wait_for,
@@ -535,18 +534,11 @@ async def test_a_stored_offset_beyond_the_log_is_refused_loudly(
         partition,
     )
 
-    def readyz(port: int) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode()
-
     async with running_service(settings) as service:
         assert service.ops_port
         body = ""
         for _ in range(60):  # bounded: readiness is refreshed in the background
-            status, body = await asyncio.to_thread(readyz, service.ops_port)
+            status, body = await ops_get(service.ops_port, "/readyz")
             if "high watermark" in json.loads(body).get("checks", {}).get("partitions", ""):
                 break
             await asyncio.sleep(0.5)

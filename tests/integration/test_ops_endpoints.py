@@ -9,8 +9,6 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -25,24 +23,13 @@ from tests.utils.harness import (
     fetchval,
     make_producer,
     make_topics,
+    ops_get,
     produce_json,
     running_service,
     service_settings,
     wait_for,
 )
 from tests.utils.html import Tags, external_references
-
-
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
-async def get(port: int, path: str) -> tuple[int, str]:
-    return await asyncio.to_thread(_get, port, path)
 
 
 async def ready_within(
@@ -52,7 +39,7 @@ async def ready_within(
     background round, not with the request."""
     deadline = time.monotonic() + seconds
     while True:
-        status, body = await get(port, "/readyz")
+        status, body = await ops_get(port, "/readyz")
         if done(status, body) or time.monotonic() > deadline:
             return status, body
         await asyncio.sleep(0.2)
@@ -101,7 +88,7 @@ async def test_metrics_health_readiness_and_docs_of_a_running_service(
         async with running_service(settings, options) as service:
             port = service.ops_port
             assert port
-            assert await get(port, "/healthz") == (200, '{"status":"ok"}')
+            assert await ops_get(port, "/healthz") == (200, '{"status":"ok"}')
 
             events = [usage(org, "login", now), usage(org, "client_added", now)]
             events.append(dict(events[0]))  # a duplicate
@@ -113,7 +100,7 @@ async def test_metrics_health_readiness_and_docs_of_a_running_service(
 
             async def settled() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
                 for _ in range(100):
-                    status, text = await get(port, "/metrics")
+                    status, text = await ops_get(port, "/metrics")
                     assert status == 200
                     m = samples(text)
                     if (
@@ -209,19 +196,19 @@ async def test_metrics_health_readiness_and_docs_of_a_running_service(
                 assert json.loads(body)["failed"] == ["kafka"], body
                 await ready_within(port, lambda s, _: s == 200)
 
-            status, html = await get(port, "/docs/asyncapi")
+            status, html = await ops_get(port, "/docs/asyncapi")
             assert status == 200 and "asyncapi" in html.lower()
             assert external_references(html) == []
             assert not {tag for tag, _ in Tags(html).tags} & {"script", "link"}
-            status, doc = await get(port, "/docs/asyncapi.json")
+            status, doc = await ops_get(port, "/docs/asyncapi.json")
             assert status == 200
             assert "UsageEvent" in json.loads(doc)["components"]["schemas"]
             # the broker address is internal: not shown unless ASYNCAPI_SHOW_SERVERS=true
             assert kafka_bootstrap not in html and kafka_bootstrap not in doc
             assert {s["host"] for s in json.loads(doc)["servers"].values()} == {HIDDEN_HOST}
-            assert (await get(port, "/nope"))[0] == 404
+            assert (await ops_get(port, "/nope"))[0] == 404
 
-            _, text = await get(port, "/metrics")
+            _, text = await ops_get(port, "/metrics")
     finally:
         await producer.stop()
 
@@ -247,10 +234,10 @@ async def test_the_asyncapi_servers_are_shown_when_configured(
     async with running_service(settings) as service:
         port = service.ops_port
         assert port
-        status, html = await get(port, "/docs/asyncapi")
+        status, html = await ops_get(port, "/docs/asyncapi")
         assert status == 200 and kafka_bootstrap in html
         assert external_references(html) == []
-        status, doc = await get(port, "/docs/asyncapi.json")
+        status, doc = await ops_get(port, "/docs/asyncapi.json")
         assert {s["host"] for s in json.loads(doc)["servers"].values()} == {kafka_bootstrap}
 
 

@@ -26,7 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from healthscore.core.scoring.state import unpack_state
 from healthscore_lab.simulator import SimulatedMessage, SimulationConfig, generate, produce
-from tests.utils.harness import Topics, consume_all, fetchval
+from tests.utils.harness import ServiceProcess, Topics, consume_all, fetchval
 from tests.utils.states import event_counts, organizations_without_state
 
 # --------------------------------------------------------------------------- the stream
@@ -148,6 +148,16 @@ def log_events(path: str | Path, name: str | None = None) -> list[dict[str, Any]
             if isinstance(entry, dict) and (name is None or entry.get("event") == name):
                 found.append(entry)
     return found
+
+
+async def wait_logged(service: ServiceProcess, event: str, count: int, timeout: float) -> None:
+    """Until the `serve` child has logged `event` `count` times (it must stay alive)."""
+    assert service.log_path is not None
+    deadline = time.monotonic() + timeout
+    while len(log_events(service.log_path, event)) < count:
+        assert service.alive, f"serve exited: {log_tail(service.log_path)}"
+        assert time.monotonic() < deadline, f"no {event} #{count} within {timeout}s"
+        await asyncio.sleep(0.2)
 
 
 def log_tail(path: str | Path, chars: int = 3000) -> str:
