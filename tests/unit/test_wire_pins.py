@@ -225,9 +225,7 @@ def _reordered(value: Any, rng: random.Random) -> Any:
 def test_a_repeat_with_its_keys_in_another_order_has_the_same_digest(fast: bool) -> None:
     rng = random.Random(7)
     decoder = Decoder(USAGE, SUPPORT, 64 * 1024, fast=fast)
-    cases = [(topic, value) for _name, topic, value, _digest in PINNED]
-    cases += [(PROFILE, value) for _name, value, _digest in PROFILE_PINNED]
-    cases += _generated(20251204, 300)
+    cases = _repeat_cases(20251204)
     reordered_nested = 0
     for topic, value in cases:
         original = _decode(decoder, topic, value)
@@ -283,6 +281,13 @@ def test_profile_digests_are_pinned(name: str, value: bytes, digest: str) -> Non
     assert payload_digest(decoded).hex() == CANONICAL_DIGESTS.get(name, digest)
     validated = OrganizationProfile.model_validate_json(value)
     assert event_json(decoded.event) == validated.model_dump_json().encode()
+
+
+def _repeat_cases(seed: int) -> list[tuple[str, bytes]]:
+    """(topic, value) of every pinned record and 300 generated ones, to be repeated."""
+    cases = [(topic, value) for _name, topic, value, _digest in PINNED]
+    cases += [(PROFILE, value) for _name, value, _digest in PROFILE_PINNED]
+    return cases + _generated(seed, 300)
 
 
 def _generated(seed: int, count: int) -> list[tuple[str, bytes]]:
@@ -427,9 +432,7 @@ def test_a_repeat_with_its_times_or_numbers_written_otherwise_has_the_same_diges
     it, and the repeat was dead-lettered as an `event_id_conflict`."""
     rng = random.Random(11)
     decoder = Decoder(USAGE, SUPPORT, 64 * 1024, fast=fast)
-    cases = [(topic, value) for _name, topic, value, _digest in PINNED]
-    cases += [(PROFILE, value) for _name, value, _digest in PROFILE_PINNED]
-    cases += _generated(20251205, 300)
+    cases = _repeat_cases(20251205)
     moved = 0
     for topic, value in cases:
         original = _decode(decoder, topic, value)
