@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import orjson
@@ -180,12 +180,11 @@ class StreamPlan(Protocol):
 
 def simulated_stream(plan: StreamPlan, span: timedelta) -> tuple[list[SimulatedMessage], Oracle]:
     """The simulator's stream of `plan` over `span` ending a minute ago, and its oracle."""
-    config = SimulationConfig(
-        start=datetime.now(UTC) - span,
+    config = SimulationConfig.ending_now(
+        span,
         organizations=plan.organizations,
         events=plan.events,
         seed=plan.seed,
-        span=span - timedelta(minutes=1),
         duplicate_rate=plan.duplicate_rate,
         malformed_rate=plan.malformed_rate,
         profile_share=plan.profile_share,

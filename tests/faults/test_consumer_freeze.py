@@ -25,7 +25,7 @@ import os
 import signal
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
@@ -90,13 +90,11 @@ async def test_a_replica_frozen_inside_a_transaction_does_not_stall_the_others(
     settings = service_settings(
         migrated_database, kafka_bootstrap, topics, group=group, batch_max_records=200
     )
-    span = timedelta(days=20)
-    config = SimulationConfig(
-        start=datetime.now(UTC) - span,
+    config = SimulationConfig.ending_now(
+        timedelta(days=20),
         organizations=120,
         events=3000,
         seed=20261205,
-        span=span - timedelta(minutes=1),
         duplicate_rate=0.02,
         malformed_rate=0.002,
     )

@@ -26,7 +26,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
@@ -73,13 +73,11 @@ ON_V3 = "SELECT count(*) FROM customer_health WHERE score_model_version = 'v3'"
 
 def _stream(seed: int) -> list[SimulatedMessage]:
     """30 days of the simulator's stream, ending now: duplicates, bad records, profiles."""
-    span = timedelta(days=30)
-    config = SimulationConfig(
-        start=datetime.now(UTC) - span,
+    config = SimulationConfig.ending_now(
+        timedelta(days=30),
         organizations=ORGANIZATIONS,
         events=3000,
         seed=seed,
-        span=span - timedelta(minutes=1),
         duplicate_rate=0.02,
         malformed_rate=0.002,
         profile_share=0.2,

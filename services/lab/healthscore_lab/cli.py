@@ -88,7 +88,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime, timedelta
+    from datetime import timedelta
 
     from healthscore.service.kafka_clients import KafkaConnection
     from healthscore_lab.simulator import SimulationConfig, generate, produce
@@ -99,13 +99,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             "error: set KAFKA_BOOTSTRAP_SERVERS (see `healthscore dev-services`)", file=sys.stderr
         )
         return 2
-    span = timedelta(days=args.span_days)
-    config = SimulationConfig(
-        start=datetime.now(UTC) - span,
+    config = SimulationConfig.ending_now(
+        timedelta(days=args.span_days),
         organizations=args.organizations,
         events=args.events,
         seed=args.seed,
-        span=span - timedelta(minutes=1),
         duplicate_rate=args.duplicate_rate,
         malformed_rate=args.malformed_rate,
         profile_share=args.profile_share,

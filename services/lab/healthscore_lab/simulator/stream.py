@@ -40,7 +40,7 @@ import random
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from healthscore.contracts.enums import MilestoneType
@@ -106,6 +106,12 @@ class SimulationConfig:
             raise ValueError(f"unknown profiles in profile_mix: {sorted(unknown)}")
         if sum(self.profile_mix.values()) <= 0 or min(self.profile_mix.values()) < 0:
             raise ValueError("profile_mix weights must be non-negative and not all zero")
+
+    @classmethod
+    def ending_now(cls, span: timedelta, **fields: Any) -> SimulationConfig:
+        """A stream over `span` up to a minute ago: every event in the past as the
+        service sees it (`fields`: the rest of the settings)."""
+        return cls(start=datetime.now(UTC) - span, span=span - timedelta(minutes=1), **fields)
 
 
 # --------------------------------------------------------------------------- generate
