@@ -9,8 +9,9 @@ projector pass, holding its shard's lock and queue entries after writing
 batches lock the same offset rows and its projector needs the same shard: they must
 not wait for as long as A stays frozen, only until PostgreSQL ends A's session for
 idling in its transaction (`TRANSACTION_IDLE_LIMIT_SECONDS`, short here) or, A frozen
-half-way through sending a batch's states (its backend active, reading the rest of
-the message, not idle), for its transaction's length (`TRANSACTION_TIME_LIMIT_SECONDS`,
+half-way through sending a batch statement (its Bind delivered, its Execute held back
+by a relay on A's path to PostgreSQL: the backend active, reading the rest, not idle),
+for its transaction's length (`TRANSACTION_TIME_LIMIT_SECONDS`,
 PostgreSQL's transaction_timeout; without it B waits for good). B applies
 the whole stream and projects it; A, thawed, commits nothing of what was cut off
 (its session is gone), joins the group again, and what it sends then (a pass's
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from pydantic import SecretStr
 
 from healthscore_lab.simulator import SimulationConfig, generate
 from tests.faults.oracle import Oracle
@@ -48,10 +50,12 @@ from tests.utils.faults import (
     end_offsets,
     evict_group_members,
     freeze_inside_batch_transaction,
+    freeze_mid_pipeline,
     produce_recorded,
     stored_offsets,
 )
 from tests.utils.harness import ServiceProcess, make_producer, make_topics, service_settings
+from tests.utils.postgres_relay import PostgresRelay
 
 pytestmark = pytest.mark.faults
 
@@ -70,13 +74,13 @@ PROJECTOR_PASS = ("customer_health", ["RowExclusiveLock"])
 
 # where A is frozen: the transaction (a table it locks and the lock modes) and the point
 # in it. Between two statements, its backend is 'idle in transaction', which the idle
-# limit bounds; half-way through sending one (a batch's states, larger than the sockets'
-# buffers), its backend is 'active', waiting on ClientRead for the rest of the message,
-# which only the time limit bounds (without it, B waits for as long as A stays frozen)
-FROZEN: dict[str, tuple[tuple[str, list[str]], FreezePoint]] = {
+# limit bounds; half-way through sending a pipeline (Bind delivered, Execute not), its
+# backend is 'active', waiting on ClientRead for the rest, which only the time limit
+# bounds (without it, B waits for as long as A stays frozen)
+FROZEN: dict[str, tuple[tuple[str, list[str]], FreezePoint | None]] = {
     "batch": (BATCH_TRANSACTIONS, "between_statements"),
     "projector_pass": (PROJECTOR_PASS, "between_statements"),
-    "batch_mid_send": (BATCH_TRANSACTIONS, "mid_send"),
+    "batch_mid_send": (BATCH_TRANSACTIONS, None),
 }
 
 
@@ -106,7 +110,12 @@ async def test_a_replica_frozen_inside_a_transaction_does_not_stall_the_others(
         "TRANSACTION_IDLE_LIMIT_SECONDS": str(IDLE_LIMIT_SECONDS),
         "TRANSACTION_TIME_LIMIT_SECONDS": str(TIME_LIMIT_SECONDS),
     }
-    frozen, successor = ServiceProcess(settings, env), ServiceProcess(settings, env)
+    # A reaches PostgreSQL through a relay that can hold back the rest of a pipeline
+    relay = await PostgresRelay.to(migrated_database)
+    settings_a = settings.model_copy(
+        update={"database_url": SecretStr(relay.url(migrated_database))}
+    )
+    frozen, successor = ServiceProcess(settings_a, env), ServiceProcess(settings, env)
     log_a, log_b = str(tmp_path / "a.log"), str(tmp_path / "b.log")
     producer = await make_producer(kafka_bootstrap)
     monitor = await asyncpg.connect(migrated_database)
@@ -122,15 +131,12 @@ async def test_a_replica_frozen_inside_a_transaction_does_not_stall_the_others(
         while not sum((await stored_offsets(monitor, group)).values()):
             assert time.monotonic() < deadline, "A committed no batch"
             await asyncio.sleep(0.02)
-        # mid-send: after the backend read what the frozen process had handed to its
-        # socket, it still waits for the rest
-        backend = await freeze_inside_batch_transaction(
-            frozen.process.pid,
-            monitor,
-            15.0,
-            settle=0.3 if at == "mid_send" else 0.03,
-            locking=locking,
-            at=at,
+        backend = (
+            await freeze_mid_pipeline(frozen.process.pid, monitor, relay, 15.0, locking)
+            if at is None
+            else await freeze_inside_batch_transaction(
+                frozen.process.pid, monitor, 15.0, locking=locking, at=at
+            )
         )
         # what A's backend was doing (before the idle limit can end it)
         caught = None if backend is None else await monitor.fetchrow(BACKEND, backend)
@@ -176,3 +182,4 @@ async def test_a_replica_frozen_inside_a_transaction_does_not_stall_the_others(
         successor.kill()
         await producer.stop()
         await monitor.close()
+        await relay.close()

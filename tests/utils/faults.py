@@ -30,6 +30,7 @@ from aiokafka.protocol.group import LeaveGroupRequest
 from healthscore_lab.simulator import SimulatedMessage
 from healthscore_lab.simulator.kafka import topic_of
 from tests.utils.harness import Topics, consume_all
+from tests.utils.postgres_relay import PostgresRelay
 
 # The backends of the service (the pool sets application_name 'healthscore'; it logs in
 # with the URL's user and runs as healthscore_writer through the startup `role` setting,
@@ -57,11 +58,10 @@ BATCH_TRANSACTIONS = ("consumer_offsets", ["RowShareLock", "RowExclusiveLock"])
 
 BACKEND = "SELECT xact_start, state, wait_event, query FROM pg_stat_activity WHERE pid = $1"
 
-# Where in its transaction `freeze_inside_batch_transaction` leaves the process: anywhere;
-# between two statements (its backend 'idle in transaction', waiting for the next one); or
-# half-way through sending one (its backend 'active', waiting on ClientRead for the rest of
-# a message larger than the sockets' buffers, as a batch's states are)
-FreezePoint = Literal["anywhere", "between_statements", "mid_send"]
+# Where in its transaction `freeze_inside_batch_transaction` leaves the process: anywhere,
+# or between two statements (its backend 'idle in transaction', waiting for the next one).
+# Half-way through sending a pipeline is `freeze_mid_pipeline`'s
+FreezePoint = Literal["anywhere", "between_statements"]
 
 # the backend's transaction has written or locked rows (it has a transaction id)
 LOCKED_ROWS = "SELECT backend_xid IS NOT NULL FROM pg_stat_activity WHERE pid = $1"
@@ -225,10 +225,8 @@ async def freeze_inside_batch_transaction(
     holding the lock `locking` names: a table and lock modes) and leave it frozen
     there (SIGSTOP, as a paused VM: its connections stay open); return the backend of
     that transaction. None, with the process running again, if none was caught within
-    `timeout`. `at`: only where the backend waits for the next statement, or only
-    where it waits for the rest of one (`FreezePoint`); a freeze elsewhere is undone
-    and tried again. For `mid_send`, `settle` must let the backend read everything
-    the frozen process had handed to its socket (a tenth of a second and more).
+    `timeout`. `at`: only where the backend waits for the next statement
+    (`FreezePoint`); a freeze elsewhere is undone and tried again.
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -257,9 +255,57 @@ async def freeze_inside_batch_transaction(
 def _frozen_at(backend: Any, at: FreezePoint) -> bool:
     if at == "between_statements":
         return bool(backend["state"] == "idle in transaction")
-    if at == "mid_send":
-        return bool(backend["state"] == "active" and backend["wait_event"] == "ClientRead")
     return True
+
+
+async def freeze_mid_pipeline(
+    pid: int,
+    conn: asyncpg.Connection[Any],
+    relay: PostgresRelay,
+    timeout: float,
+    locking: tuple[str, list[str]] = BATCH_TRANSACTIONS,
+) -> int | None:
+    """Leave the service frozen (SIGSTOP) half-way through sending a pipeline inside a
+    batch transaction (or one holding the lock `locking` names): `relay`, its path to
+    PostgreSQL, has delivered a statement's Bind and holds its Execute, so the backend
+    is 'active', waiting on ClientRead, in a transaction that has locked rows. Returns
+    that backend; None, with the process running and the relay passing everything, if
+    none was caught within `timeout`. A cut that fell outside such a transaction is
+    undone and tried again.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not await conn.fetch(TRANSACTIONS_LOCKING, *locking):
+            await asyncio.sleep(0.002)
+            continue
+        try:
+            await asyncio.wait_for(relay.cut_after_next_bind(), 1.0)
+        except TimeoutError:
+            relay.resume()
+            continue
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            # the backend takes a moment to process the Bind it was handed
+            settled = time.monotonic() + 1.0
+            while time.monotonic() < settled:
+                for row in await conn.fetch(TRANSACTIONS_LOCKING, *locking):
+                    again = await conn.fetchrow(BACKEND, row["pid"])
+                    if (
+                        again is not None
+                        and _open_transaction(again, row["xact_start"])
+                        and again["state"] == "active"
+                        and again["wait_event"] == "ClientRead"
+                        and await conn.fetchval(LOCKED_ROWS, row["pid"])
+                    ):
+                        return int(row["pid"])
+                await asyncio.sleep(0.02)
+        except BaseException:
+            relay.resume()
+            os.kill(pid, signal.SIGCONT)
+            raise
+        relay.resume()
+        os.kill(pid, signal.SIGCONT)
+    return None
 
 
 async def read_topic(
