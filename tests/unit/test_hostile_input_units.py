@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka.errors import MessageSizeTooLargeError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from healthscore.service.ingest.decode import (
     MAX_DETAIL_CHARS,
@@ -21,6 +23,7 @@ from healthscore.service.ingest.decode import (
     Decoder,
     RawRecord,
     Rejection,
+    duplicate_key,
 )
 from healthscore.service.ingest.dlq import (
     ORIGINAL_PREFIX,
@@ -243,3 +246,68 @@ async def test_a_dead_letter_the_broker_refuses_as_too_large_goes_without_its_va
     assert (ORIGINAL_PREFIX + VALUE_OMITTED, b"no") in dlq_headers(
         Rejection(posing, "invalid_json", "c")
     )
+
+
+# JSON values a producer may send: nested objects and lists, keys and strings holding
+# quotes, colons, escapes and spaces (what the `":` count must not mistake for keys)
+_JSON_TEXT = st.text(alphabet=st.sampled_from(list('ab": \\\t:{}[],\u00e9')), max_size=6)
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | _JSON_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_JSON_TEXT, inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(_JSON_TEXT, _JSON_VALUES, max_size=5), st.booleans())
+def test_no_repeat_is_found_where_there_is_none(body: dict[str, Any], indent: bool) -> None:
+    text = orjson.dumps(body, option=orjson.OPT_INDENT_2 if indent else 0)
+    assert duplicate_key(text, orjson.loads(text)) is None
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(_JSON_TEXT, _JSON_VALUES, min_size=1, max_size=5), st.data())
+def test_a_repeated_key_is_found_at_any_depth(body: dict[str, Any], data: st.DataObject) -> None:
+    """A key written twice into one object somewhere in the body, with any value."""
+    objects = [body]
+    pending: list[Any] = [body]
+    while pending:
+        item = pending.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, dict | list):
+                pending.append(child)
+            if isinstance(child, dict) and child:
+                objects.append(child)
+    target = data.draw(st.sampled_from(objects))
+    key = data.draw(st.sampled_from(sorted(target)))
+    marker = "\u2603repeat"  # a value no generated text holds: where to write the repeat
+    target[key] = marker
+    # the repeat's colon spaced or not (a spaced one hides from a count of `":`)
+    colon = data.draw(st.sampled_from([b":", b" :", b"\n\t:"]))
+    again = orjson.dumps(key) + colon + data.draw(st.sampled_from([b"null", b'"x"', b"[1]"]))
+    text = orjson.dumps(body).replace(orjson.dumps(marker), orjson.dumps(marker) + b"," + again, 1)
+    assert duplicate_key(text, orjson.loads(text)) == key
+
+
+def test_a_record_with_a_key_twice_is_rejected_naming_it() -> None:
+    """The organization a record is about must be the one every reader sees: the body
+    says another organization first and the key's last (what this parser keeps)."""
+    org, other = str(uuid.uuid4()), str(uuid.uuid4())
+    body = {
+        "event_id": str(uuid.uuid4()),
+        "organization_id": org,
+        "user_id": str(uuid.uuid4()),
+        "type": "login",
+        "occurred_at": "2026-12-01T10:00:00Z",
+    }
+    value = b'{"organization_id":"' + other.encode() + b'",' + orjson.dumps(body)[1:]
+    for fast in (True, False):
+        decoder = Decoder("usage", "support", 65536, fast=fast)
+        result = decoder.decode(RawRecord("usage", 0, 1, org.encode(), value))
+        assert isinstance(result, Rejection)
+        assert result.reason == "duplicate_key"
+        assert "'organization_id' appears twice" in result.detail
+        # the same body written once is valid
+        once = decoder.decode(RawRecord("usage", 0, 2, org.encode(), orjson.dumps(body)))
+        assert isinstance(once, Decoded)

@@ -25,6 +25,12 @@ _NAMESPACE = uuid5(NAMESPACE_URL, "https://healthscore.invalid/poison")
 MAX_MESSAGE_BYTES = 64 * 1024
 """The decoder's default `max_message_bytes` (Settings)."""
 
+STREAMED_CASES = 55
+"""The simulator's malformed messages are drawn from this many first cases of
+`poison_corpus`: the cases it held when the simulated streams were pinned
+(tests/unit/test_simulator_pinned.py), so a case added later changes no stream and
+no figure measured on one. Every case reaches the broker in the poison tests."""
+
 
 @dataclass(frozen=True)
 class PoisonCase:
@@ -254,6 +260,41 @@ def poison_corpus(organization_id: str, now: datetime) -> list[PoisonCase]:
         "support",
         s("follow_up_bare", action="follow_up_scheduled"),
         "invalid_field",
+    )
+    # added after the streams were pinned (the simulator draws from the cases before,
+    # STREAMED_CASES): a key twice in one object, whose value this parser and others
+    # would take from different places
+    other_org = _uuid(org, "another-organization")
+    add(
+        "organization_id_twice",
+        "usage",
+        b'{"organization_id":"' + other_org.encode() + b'",' + orjson.dumps(u("org_twice"))[1:],
+        "duplicate_key",
+    )
+    add(
+        "event_id_twice_escaped",
+        "support",
+        orjson.dumps(s("id_twice"))[:-1]
+        + b',"\\u0065vent_id":"'
+        + _uuid(org, "x").encode()
+        + b'"}',
+        "duplicate_key",
+    )
+    add(
+        "properties_key_twice",
+        "usage",
+        orjson.dumps(u("props_twice", properties={"plan": "basic"})).replace(
+            b'"plan":"basic"', b'"plan":"basic","plan":"premium"'
+        ),
+        "duplicate_key",
+    )
+    add(
+        "key_twice_pretty_printed",
+        "support",
+        orjson.dumps(s("pretty_twice"), option=orjson.OPT_INDENT_2).replace(
+            b'"priority": "normal"', b'"priority": "normal",\n  "priority" : "urgent"'
+        ),
+        "duplicate_key",
     )
     return cases
 

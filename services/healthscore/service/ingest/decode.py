@@ -23,6 +23,7 @@ in `processed_events` are computed from it with nested keys sorted
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
@@ -120,6 +121,7 @@ REASONS = (
     "invalid_utf8",
     "invalid_json",
     "not_an_object",
+    "duplicate_key",
     "missing_key",
     "invalid_key",
     "key_mismatch",
@@ -253,6 +255,14 @@ class Decoder:
             return Rejection(
                 record, "not_an_object", f"expected a JSON object, got {type(body).__name__}"
             )
+        repeated = duplicate_key(value, body)
+        if repeated is not None:
+            return Rejection(
+                record,
+                "duplicate_key",
+                f"the key {_shortened(repeated, 80)!r} appears twice in one JSON object "
+                "(parsers differ on which value counts)",
+            )
         if not record.key:
             return Rejection(record, "missing_key", "message key (organization_id) is missing")
         known = self._keys.get(record.key)
@@ -297,6 +307,71 @@ class Decoder:
 
 
 _FastPath = Callable[[dict[str, Any], datetime], Event | None]
+
+
+# JSON's whitespace: removed, a key written `"k" : 1` counts as one `":` more
+_WHITESPACE = b" \t\n\r"
+
+
+class _RepeatedKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def duplicate_key(value: bytes, body: dict[str, Any]) -> str | None:
+    """A key that one JSON object of `value` holds twice (`body` is `value` parsed), or
+    None. orjson, like most parsers, keeps the last value; others keep the first, so a
+    record such as `{"organization_id": A, ..., "organization_id": B}` would mean one
+    organization to this service and another to the next reader of the topic.
+
+    Every key in the text ends in `"` and a colon, with whitespace between or not, and
+    the text holds `":` elsewhere only inside strings. So when the text has as many
+    `":` as `body` has keys, and no more once its whitespace is removed (no key has
+    whitespace before its colon), there is no repeat; otherwise (a spaced colon, a
+    `":` in a string, a repeat) the text is parsed again, keeping every pair.
+    """
+    quoted_colons = value.count(b'":')
+    if (
+        quoted_colons == _keys_in(body)
+        and value.translate(None, _WHITESPACE).count(b'":') == quoted_colons
+    ):
+        return None
+    try:
+        json.loads(value, object_pairs_hook=_refuse_repeats)
+    except _RepeatedKey as repeated:
+        return repeated.key
+    except RecursionError:
+        return None  # nested deeper than the contract allows: it names that instead
+    return None
+
+
+def _refuse_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen = dict(pairs)
+    if len(seen) < len(pairs):
+        keys: set[str] = set()
+        for key, _ in pairs:
+            if key in keys:
+                raise _RepeatedKey(key)
+            keys.add(key)
+    return seen
+
+
+def _keys_in(body: dict[str, Any]) -> int:
+    """How many keys `body` holds, its nested objects' included."""
+    count = len(body)
+    pending: list[Any] = []
+    for value in body.values():
+        if type(value) is dict or type(value) is list:
+            pending.append(value)
+    while pending:
+        item = pending.pop()
+        if type(item) is dict:
+            count += len(item)
+            item = item.values()
+        for value in item:
+            if type(value) is dict or type(value) is list:
+                pending.append(value)
+    return count
 
 
 def core_event(

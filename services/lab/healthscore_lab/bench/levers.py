@@ -46,6 +46,7 @@ from healthscore.service.ingest.decode import (
     _canonical_uuid,
     _received_at,
     core_event,
+    duplicate_key,
 )
 from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.store import sql
@@ -74,7 +75,9 @@ class LeverResult:
 
 
 class JsonModeDecoder:
-    """The candidate: pydantic parses and validates the bytes in one call."""
+    """The candidate: pydantic parses and validates the bytes in one call. A key twice
+    in one object it would take silently (the last value), so it parses the bytes
+    with orjson as well to ask `duplicate_key`, which needs the keys parsed."""
 
     def __init__(self, fallback: Decoder) -> None:
         self._models: dict[str, type[BaseModel]] = {USAGE: UsageEvent, SUPPORT: SupportEvent}
@@ -84,6 +87,12 @@ class JsonModeDecoder:
         model = self._models[record.topic]
         key = _canonical_uuid(record.key) if record.key else None
         if key is None or record.value is None:
+            return self._fallback.decode(record)
+        try:
+            body = orjson.loads(record.value)
+        except orjson.JSONDecodeError:
+            return self._fallback.decode(record)
+        if not isinstance(body, dict) or duplicate_key(record.value, body) is not None:
             return self._fallback.decode(record)
         try:
             event = model.model_validate_json(

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from healthscore_lab.poison import PoisonCase, poison_corpus
+from healthscore_lab.poison import STREAMED_CASES, PoisonCase, poison_corpus
 from healthscore_lab.simulator.catalogue import DUPLICATE_MEAN_DELAY, MS, TopicKind
 from healthscore_lab.simulator.organizations import OrganizationLookup
 
@@ -62,7 +62,7 @@ def malformed_message(
     """A bad message of the poison corpus, about a random organization (two draws)."""
     victim = organizations[rng.randrange(len(organizations))]
     corpus = poison_corpus(victim.id, last_occurred)
-    return poison_message(corpus[rng.randrange(len(corpus))], victim.id)
+    return poison_message(corpus[rng.randrange(STREAMED_CASES)], victim.id)
 
 
 def poison_message(case: PoisonCase, organization_id: str) -> SimulatedMessage:
