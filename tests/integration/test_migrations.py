@@ -350,6 +350,11 @@ async def test_writer_privileges(migrated_database: str) -> None:
             assert not await conn.fetchval(
                 "SELECT has_column_privilege($1, $2, $3, $4)", WRITER_ROLE, table, column, privilege
             ), (table, column, privilege)
+        # the dashboard acknowledges; who did is the database's to record (0023, 0075)
+        assert not await conn.fetchval(
+            "SELECT has_column_privilege($1, 'success_milestones', 'acknowledged_by', 'UPDATE')",
+            DASHBOARD_ROLE,
+        )
         for role in (WRITER_ROLE, DASHBOARD_ROLE):
             for table in IDENTITY_TABLES:
                 assert not await conn.fetchval(

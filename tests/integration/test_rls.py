@@ -813,15 +813,15 @@ async def test_admin_acknowledges_milestones_support_cannot(
     world: World, connect_as: Connect, style: str
 ) -> None:
     acknowledge = (
-        "UPDATE success_milestones SET acknowledged_at = now(), acknowledged_by = $1,"
+        "UPDATE success_milestones SET acknowledged_at = now(),"
         " reward_status = 'delivered', reward_delivered_at = now()"
-        " WHERE organization_id = $2"
+        " WHERE organization_id = $1"
     )
     support = await connect_as(DASHBOARD_ROLE, world.support, style)
-    assert await support.execute(acknowledge, world.support, world.org_a) == "UPDATE 0"
+    assert await support.execute(acknowledge, world.org_a) == "UPDATE 0"
 
     admin = await connect_as(DASHBOARD_ROLE, world.admin, style)
-    assert await admin.execute(acknowledge, world.admin, world.org_a) == "UPDATE 2"
+    assert await admin.execute(acknowledge, world.org_a) == "UPDATE 2"
     rows = await admin.fetch(
         "SELECT acknowledged_by, reward_status FROM success_milestones"
         " WHERE acknowledged_at IS NOT NULL"
@@ -849,11 +849,19 @@ async def test_acknowledged_by_is_forced_to_the_verified_identity(
         second = await connect_as(DASHBOARD_ROLE, other_admin["id"], style)
         where = " WHERE organization_id = $1"
 
-        # an admin names someone else: the database records the admin
+        # naming an acknowledger is not the dashboard's to do (0075), not even oneself
+        for named in (other_admin["id"], world.admin, None):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+                await admin.execute(
+                    "UPDATE success_milestones SET acknowledged_at = now(), acknowledged_by = $2"
+                    + where,
+                    world.org_a,
+                    named,
+                )
+        assert await acknowledgers() == [None, None]
+        # acknowledging records the admin
         await admin.execute(
-            "UPDATE success_milestones SET acknowledged_at = now(), acknowledged_by = $2" + where,
-            world.org_a,
-            other_admin["id"],
+            "UPDATE success_milestones SET acknowledged_at = now()" + where, world.org_a
         )
         assert await acknowledgers() == [world.admin] * 2
         # a change that leaves the acknowledgment alone keeps its author
@@ -863,21 +871,25 @@ async def test_acknowledged_by_is_forced_to_the_verified_identity(
             world.org_a,
         )
         assert await acknowledgers() == [world.admin] * 2
-        # reassigning, or erasing, the author makes the session the author
-        await second.execute(
+        # a data fix (the owner's session, with a verified identity) that reassigns, or
+        # erases, the author makes that identity the author
+        await superuser.fetchval(LOGIN, world.token(other_admin["id"]))
+        await superuser.execute(
             "UPDATE success_milestones SET acknowledged_by = $2" + where,
             world.org_a,
             world.other_support,
         )
         assert await acknowledgers() == [other_admin["id"]] * 2
-        await admin.execute(
+        await superuser.fetchval(LOGIN, world.token(world.admin))
+        await superuser.execute(
             "UPDATE success_milestones SET acknowledged_by = NULL" + where, world.org_a
         )
         assert await acknowledgers() == [world.admin] * 2
-        # withdrawing the acknowledgment clears both
+        await superuser.fetchval(LOGOUT)
+        # withdrawing the acknowledgment (the dashboard sets only acknowledged_at) clears
+        # both
         await admin.execute(
-            "UPDATE success_milestones SET acknowledged_at = NULL, acknowledged_by = NULL" + where,
-            world.org_a,
+            "UPDATE success_milestones SET acknowledged_at = NULL" + where, world.org_a
         )
         assert await acknowledgers() == [None, None]
 
