@@ -338,6 +338,14 @@ class Settings(BaseSettings):
     )
     api_host: str = Field(default="127.0.0.1", description="Address `healthscore api` binds.")
     api_port: int = Field(default=8000, ge=0, le=65535, description="Port of `healthscore api`.")
+    api_max_connections: int = Field(
+        default=512,
+        ge=1,
+        description="Connections `healthscore api` holds at once (idle keep-alive ones "
+        "included): one more is answered 503 with Retry-After as it opens, and closed. "
+        "Below the process's file descriptor limit (often 1024), which its database "
+        "pool needs too.",
+    )
     api_ops_port: int = Field(
         default=8081,
         ge=0,

@@ -15,6 +15,12 @@ the ops port of either process):
   a new connection, from its opening): a slower one is answered 408 (or, when its
   answer has begun, its connection is just closed).
 
+* a server holds `max_connections` connections at most (`capped`): one more is
+  answered 503 with Retry-After the moment it opens, and closed, so a flood of idle
+  connections cannot take the file descriptors the process needs for its database
+  and broker connections (uvicorn's own `limit_concurrency` answers only once a
+  request's head has arrived, holding the connection until then).
+
 The answer's body is plain text here; the API answers problem documents instead
 (`healthscore.api.server.ProblemHttpProtocol`).
 """
@@ -22,7 +28,8 @@ The answer's body is plain text here; the API answers problem documents instead
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final
+import time
+from typing import Any, Final, Self
 
 import structlog
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -40,6 +47,13 @@ READ_TIMEOUT = 15.0
 # pieces no longer parsed as JSON
 MAX_SHOWN_PATH: Final = 300
 
+# the ops ports' cap: only Prometheus and the kubelet's probes should reach them
+OPS_MAX_CONNECTIONS: Final = 32
+# a refused connection is told to come back after this many seconds
+RETRY_AFTER_SECONDS: Final = 1
+# refusals for too many connections are logged once in this many seconds, with a count
+REFUSALS_LOGGED_EVERY_SECONDS: Final = 1.0
+
 
 def shown_path(path: str) -> str:
     if len(path) <= MAX_SHOWN_PATH:
@@ -47,7 +61,11 @@ def shown_path(path: str) -> str:
     return f"{path[:MAX_SHOWN_PATH]}...(+{len(path) - MAX_SHOWN_PATH} characters)"
 
 
-_REASONS: Final = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_REASONS: Final = {
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
 
 
 class BoundedHttpProtocol(HttpToolsProtocol):
@@ -55,6 +73,18 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     # the log line of a refused connection (the access log cannot see it)
     refused_event = "http_connection_refused"
+    # the log line of connections refused past the cap (one a second at most)
+    crowded_event = "http_connections_refused"
+    # connections held at once; None: no cap (set by `capped`)
+    max_connections: int | None = None
+    # refusals for too many connections since the last such log line, and its time
+    _unlogged_refusals = 0
+    _refusal_logged_at = float("-inf")
+
+    @classmethod
+    def capped(cls, connections: int) -> type[Self]:
+        """This protocol holding at most `connections` connections of its server."""
+        return type(cls.__name__, (cls,), {"max_connections": connections})
 
     def refusal_body(
         self, status: int, kind: str, detail: str, instance: str | None
@@ -63,22 +93,48 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         when it is not known (a head refused unread)."""
         return "text/plain; charset=utf-8", f"{detail}\n".encode()
 
-    def _answer(self, status: int, kind: str, detail: str, instance: str | None) -> bytes:
-        log.info(
-            self.refused_event,
-            status=status,
-            reason=kind,
-            path=None if instance is None else shown_path(instance),
-        )
+    def _answer(
+        self, status: int, kind: str, detail: str, instance: str | None, head: bytes = b""
+    ) -> bytes:
+        """The refusal's bytes (`head`: more header lines), logged."""
+        if status != 503:
+            log.info(
+                self.refused_event,
+                status=status,
+                reason=kind,
+                path=None if instance is None else shown_path(instance),
+            )
         media_type, body = self.refusal_body(status, kind, detail, instance)
         return b"".join(
             (
                 b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]),
                 b"content-type: " + media_type.encode() + b"\r\n",
                 b"content-length: %d\r\n" % len(body),
+                head,
                 b"connection: close\r\n\r\n",
                 body,
             )
+        )
+
+    def _too_many_connections(self) -> bytes:
+        # a flood would log a line per connection: one a second, with the count
+        cls = type(self)
+        cls._unlogged_refusals += 1
+        now = time.monotonic()
+        if now - cls._refusal_logged_at >= REFUSALS_LOGGED_EVERY_SECONDS:
+            log.warning(
+                self.crowded_event,
+                max_connections=self.max_connections,
+                refused=cls._unlogged_refusals,
+            )
+            cls._unlogged_refusals, cls._refusal_logged_at = 0, now
+        return self._answer(
+            503,
+            "too-many-connections",
+            f"this server holds {self.max_connections} connections at most: "
+            f"try again in {RETRY_AFTER_SECONDS} s",
+            None,
+            head=b"retry-after: %d\r\n" % RETRY_AFTER_SECONDS,
         )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -90,6 +146,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # the server's open connections, this one included
+        if self.max_connections is not None and len(self.connections) > self.max_connections:
+            self._refuse(self._too_many_connections())
+            return
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -187,3 +188,47 @@ async def test_the_prometheus_exposition_is_on_the_ops_port_only(listening: List
     # the API's own registry: it counted the 404 above
     assert b'healthscore_api_requests_total{route="other",status="404"} 1.0' in body
     assert (await get(listening.ops, "/api/v1/me"))[0] == 404  # nothing but the metrics
+
+
+async def test_connections_past_the_cap_are_refused_as_they_open(
+    migrated_database: str, pg_admin_url: str
+) -> None:
+    """Connections were not capped: a flood of idle ones held a file descriptor each
+    (the process's limit is often 1024, its database pool's included) for as long as
+    the read deadline. Past API_MAX_CONNECTIONS one is answered 503 with Retry-After
+    the moment it opens and closed; those held are served, and a place freed is taken."""
+    cap = 3
+    async with api_login(pg_admin_url, migrated_database) as login_url:
+        config = dataclasses.replace(
+            await api_config(migrated_database, login_url), max_connections=cap
+        )
+        stop = asyncio.Event()
+        listening = await serve_until(config, "127.0.0.1", 0, stop)
+        port = int(listening.api.rsplit(":", 1)[1])
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(cap)]
+        try:
+            for _ in range(2):  # refused again: the count is of connections open now
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                status, headers, body = await answer(reader)  # without sending a byte
+                writer.close()
+                problem = assert_problem(status, headers, body, 503)
+                assert problem["type"].endswith("/too-many-connections")
+                assert headers["retry-after"] == "1" and str(cap) in problem["detail"]
+            # the held connections are served
+            reader, writer = held.pop()
+            writer.write(b"GET /api/healthz HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            assert (await answer(reader))[0] == 200
+            writer.close()
+            # its place is free once the server has seen it close
+            for _ in range(int(PATIENCE / 0.05)):
+                status = (await get(listening.api, "/api/healthz"))[0]
+                if status != 503:
+                    break
+                await asyncio.sleep(0.05)
+            assert status == 200
+        finally:
+            for _, writer in held:
+                writer.close()
+            stop.set()
+            await wait_stopped()

@@ -62,3 +62,24 @@ async def test_the_ops_port_refuses_a_head_over_its_bound_and_a_slow_request(por
     close = b"GET /healthz HTTP/1.1\r\nHost: ops\r\nConnection: close\r\nX-Pad: "
     status, _, body = await _exchange(port, close, pad, b"\r\n\r\n")
     assert (status, body) == (200, b'{"status":"ok"}')
+
+
+async def test_the_ops_port_holds_at_most_its_cap_of_connections(port: int) -> None:
+    """Only Prometheus and the kubelet should reach it: OPS_MAX_CONNECTIONS at once; one
+    more is answered 503 in plain text as it opens, and closed."""
+    held = [
+        await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(http_limits.OPS_MAX_CONNECTIONS)
+    ]
+    try:
+        status, headers, body = await _exchange(port)
+        assert status == 503, body
+        assert headers["content-type"].startswith("text/plain") and headers["retry-after"] == "1"
+        reader, writer = held.pop()
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: ops\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        assert (await answer(reader))[0] == 200
+        writer.close()
+    finally:
+        for _, writer in held:
+            writer.close()

@@ -173,21 +173,27 @@ LOG_METHODS = {"debug", "info", "warning", "error", "exception", "critical"}
 LEVELS = {"exception": "error"}
 
 
+# a protocol's class attributes naming the log lines it emits (healthscore.http_limits)
+PROTOCOL_EVENTS = ("refused_event", "crowded_event")
+
+
 @cache
 def emitted_events() -> dict[str, tuple[str, frozenset[str]]]:
     """Every log event the service and the API emit: name -> (level, field names; `**`
     when some are passed as a mapping). Read from the source: a logger call whose first
-    argument is a literal (or a choice of literals), or a protocol's `refused_event`."""
+    argument is a literal (or a choice of literals), or a protocol's event attribute
+    (`PROTOCOL_EVENTS`), each class's value taking the level and fields of the call
+    that logs that attribute."""
     events: dict[str, tuple[str, frozenset[str]]] = {}
-    refused_events: list[str] = []
-    refused_call: tuple[str, frozenset[str]] | None = None
+    named: dict[str, list[str]] = {attribute: [] for attribute in PROTOCOL_EVENTS}
+    calls: dict[str, tuple[str, frozenset[str]]] = {}
     for path in (SERVICES / "healthscore").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Assign) and any(
-                isinstance(t, ast.Name) and t.id == "refused_event" for t in node.targets
-            ):
-                assert isinstance(node.value, ast.Constant)
-                refused_events.append(str(node.value.value))
+            if isinstance(node, ast.Assign):
+                for target in node.targets:
+                    if isinstance(target, ast.Name) and target.id in named:
+                        assert isinstance(node.value, ast.Constant)
+                        named[target.id].append(str(node.value.value))
             if not (
                 isinstance(node, ast.Call)
                 and isinstance(node.func, ast.Attribute)
@@ -202,10 +208,11 @@ def emitted_events() -> dict[str, tuple[str, frozenset[str]]]:
             for choice in choices:
                 if isinstance(choice, ast.Constant) and isinstance(choice.value, str):
                     events[choice.value] = (level, fields)
-                elif isinstance(choice, ast.Attribute) and choice.attr == "refused_event":
-                    refused_call = (level, fields)
-    assert refused_call is not None and refused_events
-    events.update(dict.fromkeys(refused_events, refused_call))
+                elif isinstance(choice, ast.Attribute) and choice.attr in named:
+                    calls[choice.attr] = (level, fields)
+    for attribute, values in named.items():
+        assert attribute in calls and values, attribute
+        events.update(dict.fromkeys(values, calls[attribute]))
     return events
 
 

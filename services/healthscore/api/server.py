@@ -16,7 +16,7 @@ from healthscore.api.dev import DevIdentity, dev_login_url, prepare_dev_identity
 from healthscore.api.state import ApiConfig
 from healthscore.asgi_server import SignalFreeServer
 from healthscore.config import Settings
-from healthscore.http_limits import BoundedHttpProtocol
+from healthscore.http_limits import OPS_MAX_CONNECTIONS, BoundedHttpProtocol
 from healthscore.store.db import database_tls
 
 log = structlog.get_logger(__name__)
@@ -27,6 +27,7 @@ class ProblemHttpProtocol(BoundedHttpProtocol):
     problem documents."""
 
     refused_event = "api_connection_refused"
+    crowded_event = "api_connections_refused"
 
     def refusal_body(
         self, status: int, kind: str, detail: str, instance: str | None
@@ -35,7 +36,11 @@ class ProblemHttpProtocol(BoundedHttpProtocol):
 
 
 def _uvicorn(
-    app: Any, host: str, port: int, lifespan: Literal["on", "off"] = "on"
+    app: Any,
+    host: str,
+    port: int,
+    max_connections: int,
+    lifespan: Literal["on", "off"] = "on",
 ) -> SignalFreeServer:
     return SignalFreeServer(
         uvicorn.Config(
@@ -45,8 +50,9 @@ def _uvicorn(
             log_config=None,
             access_log=False,
             lifespan=lifespan,
-            # bounded heads and read deadlines (healthscore.http_limits); no WebSockets
-            http=ProblemHttpProtocol,
+            # bounded heads, read deadlines and connections (healthscore.http_limits);
+            # no WebSockets
+            http=ProblemHttpProtocol.capped(max_connections),
             ws="none",
             server_header=False,
             # the page polls; idle keep-alive connections are cheap
@@ -81,10 +87,10 @@ async def serve_until(
     """Start serving, and the Prometheus exposition on `ops_port` (None: nowhere); return
     the addresses once listening. Stops when `stop` is set."""
     app = create_app(config)
-    address = await _start(_uvicorn(served(app), host, port), host, stop)
+    address = await _start(_uvicorn(served(app), host, port, config.max_connections), host, stop)
     if ops_port is None:
         return Listening(address, None)
-    ops = _uvicorn(ops_app(app.state.metrics), host, ops_port, lifespan="off")
+    ops = _uvicorn(ops_app(app.state.metrics), host, ops_port, OPS_MAX_CONNECTIONS, lifespan="off")
     return Listening(address, await _start(ops, host, stop))
 
 

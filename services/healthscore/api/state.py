@@ -38,6 +38,8 @@ class ApiConfig:
     access_log: bool = True
     # the sessions' statement_timeout (0: none)
     statement_timeout_ms: int = 5000
+    # connections the API's server holds at once (healthscore.http_limits)
+    max_connections: int = 512
 
     @classmethod
     def from_settings(
@@ -84,6 +86,7 @@ class ApiConfig:
             list_staleness=settings.api_list_staleness_seconds,
             access_log=settings.api_access_log,
             statement_timeout_ms=settings.api_statement_timeout_ms,
+            max_connections=settings.api_max_connections,
         )
 
 

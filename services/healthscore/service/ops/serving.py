@@ -19,7 +19,7 @@ from faststream.asgi.types import ASGIApp
 
 from healthscore.asgi_server import SignalFreeServer
 from healthscore.errors import StartupRefused
-from healthscore.http_limits import BoundedHttpProtocol
+from healthscore.http_limits import OPS_MAX_CONNECTIONS, BoundedHttpProtocol
 
 # an idle keep-alive connection is closed after this long
 IDLE_TIMEOUT_SECONDS = 60
@@ -76,9 +76,9 @@ async def serve(app: ASGIApp, sock: socket.socket) -> AsyncIterator[None]:
     """Serve `app` on the bound `sock` until the block ends (uvicorn closes the socket)."""
     config = uvicorn.Config(
         app,
-        # bounded heads and read deadlines (healthscore.http_limits): only Prometheus
-        # and the kubelet should reach this port, but nothing else bounds it
-        http=BoundedHttpProtocol,
+        # bounded heads, read deadlines and connections (healthscore.http_limits): only
+        # Prometheus and the kubelet should reach this port, but nothing else bounds it
+        http=BoundedHttpProtocol.capped(OPS_MAX_CONNECTIONS),
         ws="none",
         lifespan="off",
         log_config=None,
