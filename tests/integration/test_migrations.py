@@ -23,6 +23,8 @@ from healthscore.store.schema_catalog import (
     TABLES,
     WRITER_ROLE,
 )
+from tests.utils import schema_builders as b
+from tests.utils.migrations import migrate_before
 
 # everything a migration can create or change in the public schema
 CATALOG_SNAPSHOT_QUERIES = {
@@ -408,3 +410,33 @@ async def test_migrate_command_migrates_the_database_its_database_url_option_nam
     assert await fetch_val(empty_database, f"SELECT count(*) FROM {MIGRATIONS_TABLE}") == len(
         load_migrations(migrations_path())
     )
+
+
+async def test_subjects_stored_before_are_brought_into_nfc(
+    empty_database: str, tmp_path: Path
+) -> None:
+    """0076: a subject stored decomposed (NFD) before it is stored precomposed (NFC),
+    the form the core now stores and the API searches in; other rows untouched."""
+    await migrate_before(empty_database, "0076", tmp_path / "before")
+    conn = await asyncpg.connect(empty_database)
+    try:
+        organization = b.organization()
+        await b.insert_row(conn, "organizations", organization)
+        rows = [
+            b.support_interaction(organization["id"], subject=subject)
+            for subject in ("Cafe\u0301 menu not saving", "Plain subject", None)
+        ]
+        for row in rows:
+            await b.insert_row(conn, "support_interactions", row)
+        await apply_migrations(empty_database)
+        stored = {
+            r["id"]: r["subject"]
+            for r in await conn.fetch("SELECT id, subject FROM support_interactions")
+        }
+        assert [stored[row["id"]] for row in rows] == [
+            "Caf\u00e9 menu not saving",
+            "Plain subject",
+            None,
+        ]
+    finally:
+        await conn.close()

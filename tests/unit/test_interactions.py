@@ -215,3 +215,15 @@ def test_any_order_of_events_gives_the_identical_record(
         None,
     )
     assert decoded == reference
+
+
+def test_a_subject_is_kept_in_nfc_whatever_form_it_was_sent_in() -> None:
+    """A search compares characters: "café" sent decomposed (e + combining accent, as
+    some ticketing systems send it) must be the "café" a person types."""
+    decomposed = "Cafe\u0301 menu not saving"
+    opened = event(A.OPENED, 0, 1, subject=decomposed)
+    record = merge_interaction(None, opened)
+    assert record.subject == "Caf\u00e9 menu not saving"
+    # an update with the same text in the other form changes nothing a reader sees
+    again = merge_interaction(record, event(A.UPDATED, 1, 2, subject="Caf\u00e9 menu not saving"))
+    assert again.subject == record.subject

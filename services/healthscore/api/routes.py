@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -455,6 +456,8 @@ async def list_interactions(
     if q_ is not None and "\x00" in q_:
         # PostgreSQL's text cannot hold it: the statement would fail
         raise ApiProblem(422, "invalid-request", "q must not contain a NUL character")
+    if q_ is not None:
+        q_ = unicodedata.normalize("NFC", q_)  # as the subjects are stored
     if chosen == "relevance" and not q_:
         raise ApiProblem(422, "invalid-request", "sort=relevance needs q")
     if chosen == "follow_up" and not overdue:

@@ -36,6 +36,8 @@ A duplicate delivery of one event id never reaches `merge_interaction`
 
 from __future__ import annotations
 
+import unicodedata
+
 import msgspec
 
 from healthscore.core.enums import (
@@ -119,7 +121,8 @@ def _optional_values(event: SupportEvent) -> dict[str, str | float | None]:
         "sentiment": event.sentiment,
         "outcome": event.outcome,
         "assigned_to": str(event.assigned_to) if event.assigned_to is not None else None,
-        "subject": event.subject,
+        # one text, one spelling: a search in NFC finds what was sent decomposed
+        "subject": unicodedata.normalize("NFC", event.subject) if event.subject else event.subject,
         "follow_up_at": event.follow_up_at.timestamp() if event.follow_up_at else None,
     }
 
