@@ -55,19 +55,18 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from healthscore_lab.devservices import Services
-from healthscore_lab.simulator import SimulatedMessage
 from tests.faults.oracle import simulated_stream
 from tests.faults.test_crash_recovery import (
     check_alert_topic,
     check_database,
+    check_poison_dead_lettered,
     check_read_model,
     wait_published,
 )
 from tests.utils.fault_tools import log_events, log_tail
-from tests.utils.faults import Produced, end_offsets, produce_recorded, read_topic
+from tests.utils.faults import Produced, end_offsets, produce_recorded
 from tests.utils.harness import (
     ServiceProcess,
-    Topics,
     fetchval,
     make_producer,
     make_topics,
@@ -550,43 +549,3 @@ async def check_replicas_ready(chaos: Chaos, timeout: float) -> None:
             break
         await asyncio.sleep(0.5)
     assert not waiting, f"replicas not ready: {waiting}"
-
-
-async def check_poison_dead_lettered(
-    bootstrap: str, topics: Topics, produced: list[Produced]
-) -> tuple[int, int]:
-    """Each poison record is in its topic's dead-letter queue, by its source coordinates,
-    with the reason the corpus gives it, and unaltered; nothing valid is there. Copies
-    are allowed (a batch redone after its dead letters went out sends them again), a
-    different reason for the same record is not. Returns (poison records, copies)."""
-    poison: dict[tuple[str, int, int], SimulatedMessage] = {
-        (p.topic, p.partition, p.offset): p.message for p in produced if not p.message.valid
-    }
-    reasons: dict[tuple[str, int, int], set[str]] = {}
-    copies = 0
-    for source, dlq in (
-        (topics.usage, topics.dlq_usage),
-        (topics.support, topics.dlq_support),
-        (topics.profile, topics.dlq_profile),
-    ):
-        expect = sum(1 for t, _, _ in poison if t == source)
-        for record in await read_topic(bootstrap, dlq, expect=expect, settle=1.0):
-            headers = {k: (v or b"").decode() for k, v in record.headers}
-            where = (
-                headers["x-source-topic"],
-                int(headers["x-source-partition"]),
-                int(headers["x-source-offset"]),
-            )
-            assert where[0] == source and where in poison, f"a valid record dead-lettered: {where}"
-            assert record.value == poison[where].value, f"dead letter {where} altered"
-            reasons.setdefault(where, set()).add(headers["x-error-reason"])
-            copies += 1
-    missing = set(poison) - set(reasons)
-    assert not missing, f"{len(missing)} poison records never dead-lettered: {sorted(missing)[:5]}"
-    wrong = {
-        where: (seen, poison[where].expected_reason)
-        for where, seen in reasons.items()
-        if seen != {poison[where].expected_reason}
-    }
-    assert not wrong, f"dead letters with another reason than the corpus's: {wrong}"
-    return len(poison), copies

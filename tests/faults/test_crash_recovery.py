@@ -167,7 +167,7 @@ async def run_crash_recovery(
         await check_database(monitor, oracle)
         projected = await check_read_model(monitor, bootstrap, topics, plan.drain_timeout)
         alerts = await check_alert_topic(monitor, bootstrap, topics)
-        dead = await check_dead_letters(bootstrap, topics, produced)
+        dead, _ = await check_poison_dead_lettered(bootstrap, topics, produced)
     finally:
         if not production.done():
             production.cancel()
@@ -413,30 +413,41 @@ async def check_alert_topic(conn: asyncpg.Connection[Any], bootstrap: str, topic
     return len(outbox)
 
 
-async def check_dead_letters(bootstrap: str, topics: Topics, produced: list[Produced]) -> int:
-    """Every malformed message is in its topic's DLQ (at least once); nothing valid is."""
-    malformed = {
-        (p.topic, p.partition, p.offset): p.message.value for p in produced if not p.message.valid
+async def check_poison_dead_lettered(
+    bootstrap: str, topics: Topics, produced: list[Produced]
+) -> tuple[int, int]:
+    """Each poison record is in its topic's dead-letter queue, by its source coordinates,
+    with the reason the corpus gives it, and unaltered; nothing valid is there. Copies
+    are allowed (a batch redone after its dead letters went out sends them again), a
+    different reason for the same record is not. Returns (poison records, copies)."""
+    poison: dict[tuple[str, int, int], SimulatedMessage] = {
+        (p.topic, p.partition, p.offset): p.message for p in produced if not p.message.valid
     }
-    seen: set[tuple[str, int, int]] = set()
+    reasons: dict[tuple[str, int, int], set[str]] = {}
+    copies = 0
     for source, dlq in (
         (topics.usage, topics.dlq_usage),
         (topics.support, topics.dlq_support),
         (topics.profile, topics.dlq_profile),
     ):
-        expect = sum(1 for t, _, _ in malformed if t == source)
+        expect = sum(1 for t, _, _ in poison if t == source)
         for record in await read_topic(bootstrap, dlq, expect=expect, settle=1.0):
-            headers = {k: v.decode() for k, v in record.headers}
-            coordinates = (
+            headers = {k: (v or b"").decode() for k, v in record.headers}
+            where = (
                 headers["x-source-topic"],
                 int(headers["x-source-partition"]),
                 int(headers["x-source-offset"]),
             )
-            assert coordinates[0] == source
-            assert coordinates in malformed, f"a valid message was dead-lettered: {coordinates}"
-            assert record.value == malformed[coordinates], "a dead letter was altered"
-            seen.add(coordinates)
-    assert seen == set(malformed), (
-        f"{len(set(malformed) - seen)} malformed messages not dead-lettered"
-    )
-    return len(malformed)
+            assert where[0] == source and where in poison, f"a valid record dead-lettered: {where}"
+            assert record.value == poison[where].value, f"dead letter {where} altered"
+            reasons.setdefault(where, set()).add(headers["x-error-reason"])
+            copies += 1
+    missing = set(poison) - set(reasons)
+    assert not missing, f"{len(missing)} poison records never dead-lettered: {sorted(missing)[:5]}"
+    wrong = {
+        where: (seen, poison[where].expected_reason)
+        for where, seen in reasons.items()
+        if seen != {poison[where].expected_reason}
+    }
+    assert not wrong, f"dead letters with another reason than the corpus's: {wrong}"
+    return len(poison), copies
