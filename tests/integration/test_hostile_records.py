@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -1366,15 +1367,17 @@ async def _each_holds_partitions(replicas: Sequence[Components], total: int) -> 
     raise AssertionError(f"the group never settled: {held}")
 
 
-async def test_a_dead_letter_topic_refusing_writes_holds_the_batch_and_says_so(
+async def test_a_dead_letter_topic_refusing_writes_holds_only_its_dead_letters(
     migrated_database: str, tmp_path: Path
 ) -> None:
     """A dead-letter topic that refuses the dead letters (a schema the broker enforces,
-    an ACL, a topic gone with auto-creation off) while the broker is up: the batch must
-    not commit past its rejection, so it is retried, holding every partition in it.
-    The on-call engineer saw `batch_failed_will_retry error=UnknownError` with the
-    batch's first record, nothing naming the dead-letter topic or the record rejected.
-    The error names them now."""
+    an ACL, a topic gone with auto-creation off) while the broker is up. The batch used
+    to publish them before committing, so it failed and was retried for as long as the
+    topic refused: every valid record of its partitions waited behind one bad record.
+    Now the batch commits them to the outbox with its offsets: the valid records are
+    applied at once, the other topic's dead letter is published, and only the refused
+    one waits in the outbox, its error recorded and logged, naming the topic and the
+    record, for the relay's next attempt."""
     topics = Topics(*(f"{name}.refusing" for name in ("u", "s", "a", "h", "p")))
     registry = tmp_path / "schemas"
     registry.mkdir()
@@ -1408,6 +1411,12 @@ async def test_a_dead_letter_topic_refusing_writes_holds_the_batch_and_says_so(
                 key=org.encode(),
                 partition=0,
             )
+            bad_support = await producer.send_and_wait(
+                topics.support,
+                orjson.dumps(_support(org, 0, at, action="teleported")),
+                key=org.encode(),
+                partition=0,
+            )
             for n, (who, partition) in enumerate([(org, 0), (other, 1)], start=1):
                 await producer.send_and_wait(
                     topics.usage,
@@ -1416,24 +1425,60 @@ async def test_a_dead_letter_topic_refusing_writes_holds_the_batch_and_says_so(
                     partition=partition,
                 )
             with capture_logs() as logs:
-                async with running_service(settings) as service:
+                async with running_service(settings, ServiceOptions(run_sweep=False)) as service:
+                    await wait_caught_up(
+                        migrated_database,
+                        bootstrap,
+                        settings.consumer_group,
+                        [topics.usage, topics.support],
+                        timeout=60.0,
+                        read_model=False,
+                    )
+                    applied = await fetchval(
+                        migrated_database, "SELECT count(*) FROM processed_events"
+                    )
+                    published = await consume_all(
+                        bootstrap, topics.dlq_support, expect=1, settle=0.5
+                    )
                     for _ in range(300):
-                        if _total(service, "healthscore_batch_failures_total") >= 1:
+                        if any(log["event"] == "dead_letter_relay_failed" for log in logs):
                             break
                         await asyncio.sleep(0.1)
-            applied = await fetchval(migrated_database, "SELECT count(*) FROM processed_events")
+                    conn = await asyncpg.connect(migrated_database)
+                    try:
+                        waiting = await conn.fetch(
+                            "SELECT source_topic, source_partition, source_offset, reason,"
+                            " publish_attempts, last_error FROM dead_letter_outbox"
+                        )
+                    finally:
+                        await conn.close()
+                    failures = _total(service, "healthscore_batch_failures_total")
         finally:
             await producer.stop()
     finally:
         broker.terminate()
         broker.wait()
-    assert applied == 0  # nothing committed past the rejection
-    (failed, *_) = [log for log in logs if log["event"] == "batch_failed_will_retry"]
-    assert failed["error"] == "DeadLetterRefused"
-    assert failed["message"].startswith(
+    assert applied == 2 and failures == 0  # the valid records went on, no batch retried
+    [support_letter] = published
+    headers = dict(support_letter.headers)
+    assert headers["x-source-offset"] == str(bad_support.offset).encode()
+    assert headers["x-error-reason"] == b"unknown_enum"
+    [row] = waiting
+    assert (row["source_topic"], row["source_partition"], row["source_offset"]) == (
+        topics.usage,
+        0,
+        bad.offset,
+    )
+    assert row["reason"] == "out_of_range" and row["publish_attempts"] >= 1
+    refusal = (
         f"{topics.dlq_usage} refused the dead letter of {topics.usage}:0:{bad.offset} "
         "(out_of_range): UnknownError"
     )
+    assert refusal in row["last_error"]
+    failed = [log for log in logs if log["event"] == "dead_letter_relay_failed"]
+    assert failed and refusal in failed[0]["message"]
+    assert failed[0]["error"] == "DeadLetterPublishError"
+    assert not [log for log in logs if log["event"] == "batch_failed_will_retry"]
 
 
 async def test_a_decompression_bomb_is_dead_lettered_without_being_decompressed(

@@ -23,7 +23,6 @@ from aiokafka import AIOKafkaProducer
 
 from healthscore.core.scoring.model import default_model
 from healthscore.service.ingest.decode import Decoder, RawRecord
-from healthscore.service.ingest.dlq import DeadLetterQueue
 from healthscore.service.ingest.pipeline import BatchPipeline
 from healthscore.store.db import create_pool
 from tests.conftest import DatabaseFactory
@@ -165,7 +164,6 @@ async def _measure(database_url: str, bootstrap: str, organizations: int) -> dic
         pipeline = BatchPipeline(
             pool=pool,
             decoder=Decoder(USAGE, SUPPORT, 64 * 1024),
-            dlq=DeadLetterQueue(producer, ".dlq"),
             model=default_model(),
             consumer_group="cost",
             rescore_step_seconds=6 * 3600,

@@ -313,6 +313,8 @@ WRITER_PRIVILEGES: dict[str, tuple[set[str], set[str]]] = {
     "score_models": ({"SELECT"}, {"SELECT", "INSERT"}),
     # recorded once by a replay, read by its resume
     "replay_runs": ({"SELECT"}, {"SELECT", "INSERT"}),
+    # written by batches, its attempts recorded and its rows deleted by the relay
+    "dead_letter_outbox": ({"SELECT", "DELETE"}, {"SELECT", "INSERT", "UPDATE"}),
 }
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 

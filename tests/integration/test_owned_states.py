@@ -27,7 +27,6 @@ from healthscore.core.scoring.model import default_model
 from healthscore.core.scoring.state import pack_state, unpack_state
 from healthscore.service.ingest import pipeline as pipeline_module
 from healthscore.service.ingest.decode import Decoder, RawRecord
-from healthscore.service.ingest.dlq import DeadLetterQueue
 from healthscore.service.ingest.pipeline import BatchOutcome, BatchPipeline
 from healthscore.service.periodic import LOCK_BUSY_RETRY
 from healthscore.service.projector import Projector
@@ -109,7 +108,6 @@ def _pipeline(
     return BatchPipeline(
         pool=pool,
         decoder=Decoder(USAGE, SUPPORT, 64 * 1024),
-        dlq=DeadLetterQueue(producer, ".dlq"),
         model=default_model(),
         consumer_group="owned",
         rescore_step_seconds=6 * 3600,

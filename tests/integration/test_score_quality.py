@@ -38,7 +38,6 @@ from healthscore.core.scoring.state import unpack_state
 from healthscore.service.imports import ImportRefused, apply_profiles, import_labels, parse_labels
 from healthscore.service.imports import parse_profiles as parse_profile_file
 from healthscore.service.ingest.decode import Decoder, RawRecord
-from healthscore.service.ingest.dlq import DeadLetterQueue
 from healthscore.service.ingest.pipeline import BatchPipeline
 from healthscore.service.ops.metrics import Metrics
 from healthscore.service.outcomes import HORIZON_SECONDS, OutcomeLabeller
@@ -103,7 +102,6 @@ class Feed:
         return BatchPipeline(
             pool=self.pool,
             decoder=Decoder(USAGE, SUPPORT, 64 * 1024),
-            dlq=DeadLetterQueue(self.producer, ".dlq"),
             model=model,
             consumer_group=GROUP,
             rescore_step_seconds=STEP,

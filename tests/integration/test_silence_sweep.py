@@ -31,7 +31,6 @@ from healthscore.contracts.enums import AlertKind
 from healthscore.core.scoring.alerts import alert_id_for
 from healthscore.core.scoring.model import default_model
 from healthscore.service.ingest.decode import Decoder, RawRecord
-from healthscore.service.ingest.dlq import DeadLetterQueue
 from healthscore.service.ingest.pipeline import BatchPipeline
 from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.service.ops.lag import UnreadPartitions
@@ -152,7 +151,6 @@ async def _pipeline(
             BatchPipeline(
                 pool=pool,
                 decoder=Decoder(usage, support, 64 * 1024),
-                dlq=DeadLetterQueue(producer, ".dlq"),
                 model=default_model(),
                 consumer_group=GROUP,
                 rescore_step_seconds=STEP,

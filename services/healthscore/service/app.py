@@ -48,6 +48,7 @@ from healthscore.errors import ModelConfigError, StartupRefused
 from healthscore.service.batch_log import BatchLog
 from healthscore.service.broker import build_broker
 from healthscore.service.consumers import HELD_IDLE_SECONDS, BatchHandler
+from healthscore.service.dead_letters import DeadLetterRelay
 from healthscore.service.gctuning import FullCollectionPacer
 from healthscore.service.holdback import HoldBack
 from healthscore.service.ingest.decode import Decoder
@@ -138,6 +139,8 @@ class Components:
     gauges: GaugeRefresher
     readiness: ReadinessChecker
     relay: OutboxRelay | None
+    # publishes what batches dead-lettered (None with the relay off: a replay keeps them)
+    dead_letters: DeadLetterRelay | None
     projector: Projector | None
     sweep: SilenceSweep | None
     # what the batches announce to the relay and the projector
@@ -206,7 +209,6 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         decoder=Decoder(
             s.usage_topic, s.support_topic, s.max_message_bytes, profile_topic=s.profile_topic
         ),
-        dlq=DeadLetterQueue(producer, s.dlq_suffix),
         model=model,
         consumer_group=s.consumer_group,
         rescore_step_seconds=s.silence_rescore_after_seconds,
@@ -277,6 +279,15 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
             producer,
             s.alert_topic,
             on_published=lambda kind: metrics.alerts_published.labels(kind).inc(),
+        )
+        if o.run_relay
+        else None
+    )
+    dead_letters = (
+        DeadLetterRelay(
+            pool,
+            DeadLetterQueue(producer, s.dlq_suffix),
+            on_published=lambda topic, n: metrics.dead_letters_published.labels(topic).inc(n),
         )
         if o.run_relay
         else None
@@ -383,6 +394,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
             notes=readiness_notes(projector, corrupt_records),
         ),
         relay=relay,
+        dead_letters=dead_letters,
         projector=projector,
         sweep=sweep,
         alert_outcomes=OutcomeLabeller(pool, metrics, s.consumer_group, s.activity_topics),
@@ -419,6 +431,7 @@ class Wakes:
     relay, changed states to the projector (they poll only for the rest)."""
 
     relay: asyncio.Event = field(default_factory=asyncio.Event)
+    dead_letters: asyncio.Event = field(default_factory=asyncio.Event)
     projection: asyncio.Event = field(default_factory=asyncio.Event)
 
     def announcing(
@@ -427,6 +440,8 @@ class Wakes:
         def on_outcome(outcome: BatchOutcome, duration: float) -> Awaitable[None] | None:
             if outcome.alerts:
                 self.relay.set()
+            if outcome.rejections:
+                self.dead_letters.set()
             if outcome.applied:
                 self.projection.set()
             return record(outcome, duration)
@@ -452,6 +467,16 @@ def background_loops(c: Components) -> list[Loop]:
                 "relay",
                 LOOP_MAX_BACKOFF_SECONDS,
                 wake=c.wakes.relay,
+            )
+        )
+    if c.dead_letters is not None:
+        loops.append(
+            Loop(
+                s.relay_interval_seconds,
+                c.dead_letters.step,
+                "dead_letter_relay",
+                LOOP_MAX_BACKOFF_SECONDS,
+                wake=c.wakes.dead_letters,
             )
         )
     if c.projector is not None:

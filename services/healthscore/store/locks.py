@@ -12,6 +12,7 @@ RELAY = 0x6865616C7468_01  # "health" + 1
 SWEEP = 0x6865616C7468_03
 SHADOW = 0x6865616C7468_04
 OUTCOMES = 0x6865616C7468_05
+DEAD_LETTER_RELAY = 0x6865616C7468_06
 
 # two-key transaction-level locks (store.sql.TRY_SHARD_LOCK): (purpose, shard). The
 # two-key form is a lock space of its own: these never meet the keys above.

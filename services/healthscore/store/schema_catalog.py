@@ -39,6 +39,8 @@ SERVICE_TABLES: Final = (
     "score_models",
     # the options of each replay, for a resume (0072)
     "replay_runs",
+    # dead letters on their way to <topic>.dlq (0077)
+    "dead_letter_outbox",
 )
 TABLES: Final = CORE_TABLES + READ_MODEL_TABLES + SERVICE_TABLES
 # service tables the dashboard reads too (0030): the score trail and the alerts

@@ -438,6 +438,44 @@ SET publish_attempts = publish_attempts + 1, last_error = $2
 WHERE alert_id = ANY($1::uuid[])
 """
 
+# --- dead letters ----------------------------------------------------------------
+
+# in the batch's transaction, in the batch's order; a source record once
+INSERT_DEAD_LETTERS = """
+INSERT INTO dead_letter_outbox (source_topic, source_partition, source_offset, record_key,
+                                record_value, record_timestamp_ms, record_headers, reason,
+                                detail)
+SELECT topic, partition, "offset", key, value, timestamp_ms, headers, reason, detail
+FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bytea[], $5::bytea[], $6::bigint[],
+            $7::bytea[], $8::text[], $9::text[]) WITH ORDINALITY
+     AS x(topic, partition, "offset", key, value, timestamp_ms, headers, reason, detail, n)
+ORDER BY n
+ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING
+"""
+
+PENDING_DEAD_LETTERS = """
+SELECT id, source_topic, source_partition, source_offset, record_key, record_value,
+       record_timestamp_ms, record_headers, reason, detail, rejected_at
+FROM dead_letter_outbox
+ORDER BY id
+LIMIT $1
+"""
+
+# the broker has them: the topic is their store from now on
+DELETE_DEAD_LETTERS = "DELETE FROM dead_letter_outbox WHERE id = ANY($1::bigint[])"
+
+RECORD_DEAD_LETTER_FAILURE = """
+UPDATE dead_letter_outbox
+SET publish_attempts = publish_attempts + 1, last_error = $2
+WHERE id = ANY($1::bigint[])
+"""
+
+DEAD_LETTER_STATS = """
+SELECT count(*) AS pending,
+       coalesce(extract(epoch FROM now() - min(rejected_at)), 0)::float8 AS oldest_age
+FROM dead_letter_outbox
+"""
+
 # --- ops gauges ------------------------------------------------------------------
 
 OUTBOX_STATS = """

@@ -1,4 +1,5 @@
-"""Dead-letter publishing: the original bytes, unchanged, with headers saying why."""
+"""Dead letters: the original bytes, unchanged, with headers saying why; kept in
+`dead_letter_outbox` (a rejection as a row, and back) until the relay publishes them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import msgspec
 from aiokafka.errors import (
     MessageSizeTooLargeError,
     RecordListTooLargeError,
@@ -31,8 +33,11 @@ class RecordProducer(Protocol):
     ) -> asyncio.Future[Any]: ...
 
 
-def dlq_headers(rejection: Rejection, own_only: bool = False) -> list[tuple[str, bytes | None]]:
-    """The dead letter's headers: ours, then (unless `own_only`) the producer's."""
+def dlq_headers(
+    rejection: Rejection, own_only: bool = False, rejected_at: datetime | None = None
+) -> list[tuple[str, bytes | None]]:
+    """The dead letter's headers: ours, then (unless `own_only`) the producer's;
+    `rejected_at` None: now."""
     record = rejection.record
     headers: list[tuple[str, bytes | None]] = [
         ("x-error-reason", rejection.reason.encode()),
@@ -40,7 +45,7 @@ def dlq_headers(rejection: Rejection, own_only: bool = False) -> list[tuple[str,
         ("x-source-topic", record.topic.encode()),
         ("x-source-partition", str(record.partition).encode()),
         ("x-source-offset", str(record.offset).encode()),
-        ("x-rejected-at", datetime.now(UTC).isoformat().encode()),
+        ("x-rejected-at", (rejected_at or datetime.now(UTC)).isoformat().encode()),
     ]
     if record.timestamp_ms is not None:
         headers.append(("x-source-timestamp-ms", str(record.timestamp_ms).encode()))
@@ -85,8 +90,8 @@ ORIGINAL_PREFIX = "x-original-"
 
 class DeadLetterRefused(HealthscoreError):
     """The producer or the broker refused a dead letter for another reason than its
-    size (the topic refuses writes, is missing, the broker is away): the batch fails
-    and is retried, as it must not commit past a rejection it could not publish."""
+    size (the topic refuses writes, is missing, the broker is away): it stays in the
+    outbox and the relay tries again (`healthscore.service.dead_letters`)."""
 
 
 class DeadLetterQueue:
@@ -97,21 +102,26 @@ class DeadLetterQueue:
     def topic_for(self, source_topic: str) -> str:
         return source_topic + self._suffix
 
-    async def publish(self, rejections: Sequence[Rejection]) -> None:
-        """Publish every rejection and wait for the broker's acks.
+    async def publish(
+        self, rejections: Sequence[Rejection], rejected_at: Sequence[datetime] | None = None
+    ) -> None:
+        """Publish every rejection, in order, and wait for the broker's acks;
+        `rejected_at`: when each was rejected (None: now).
 
-        Called inside the batch transaction, before it commits: if the process
-        dies after this and before the commit, the batch is redone and the
-        dead letters are sent again (at-least-once, identified by their
-        source coordinates), but none is ever lost. A dead letter too large to
-        send (the source topic took a record that, with our headers, the
-        producer or the dead-letter topic refuses) goes without its value and
-        the producer's headers: failing the batch would fail it on every retry.
+        The dead-letter relay calls it with what committed batches wrote to the
+        outbox, and deletes those rows after it returns: if the process dies in
+        between, they are sent again (at-least-once, identified by their source
+        coordinates), but none is ever lost. A dead letter too large to send (the
+        source topic took a record that, with our headers, the producer or the
+        dead-letter topic refuses) goes without its value and the producer's
+        headers: it would be refused again on every attempt.
         """
+        when = list(rejected_at) if rejected_at is not None else [None] * len(rejections)
         futures: list[asyncio.Future[Any] | None] = []
-        for rejection in rejections:  # enqueued in order; refused at once when too large
+        for rejection, at in zip(rejections, when, strict=True):
+            # enqueued in order; refused at once when too large
             try:
-                futures.append(await self._send(rejection, whole=True))
+                futures.append(await self._send(rejection, whole=True, rejected_at=at))
             except TOO_LARGE:
                 futures.append(None)
             except Exception as exc:
@@ -122,11 +132,11 @@ class DeadLetterQueue:
         )
         retried: list[Rejection] = []
         retries = []
-        for rejection, future in zip(rejections, futures, strict=True):
+        for rejection, at, future in zip(rejections, when, futures, strict=True):
             ack = None if future is None else next(acks)
             if future is None or isinstance(ack, TOO_LARGE):
                 try:
-                    retries.append(await self._send(rejection, whole=False))
+                    retries.append(await self._send(rejection, whole=False, rejected_at=at))
                 except Exception as exc:
                     raise self._refused(rejection, exc) from exc
                 retried.append(rejection)
@@ -155,15 +165,20 @@ class DeadLetterQueue:
             f"{type(exc).__name__}: {exc}; the batch is retried, nothing is skipped"
         )
 
-    async def _send(self, rejection: Rejection, whole: bool) -> asyncio.Future[Any]:
+    async def _send(
+        self, rejection: Rejection, whole: bool, rejected_at: datetime | None
+    ) -> asyncio.Future[Any]:
         """Enqueue the dead letter of `rejection`: whole, or without the value and the
         producer's headers."""
         record = rejection.record
         key = record.key
         if whole:
-            value, headers = record.value, dlq_headers(rejection)
+            value, headers = record.value, dlq_headers(rejection, rejected_at=rejected_at)
         else:
-            value, headers = None, [*dlq_headers(rejection, own_only=True), _omitted(record)]
+            value, headers = (
+                None,
+                [*dlq_headers(rejection, own_only=True, rejected_at=rejected_at), _omitted(record)],
+            )
             if key is not None and len(key) > _LARGEST_KEY_KEPT:
                 key = None
         if key is None and value is None:
@@ -171,7 +186,7 @@ class DeadLetterQueue:
             value = b""
             if whole:
                 # after ours, before the producer's (each of our names once, in front)
-                ours = len(dlq_headers(rejection, own_only=True))
+                ours = len(dlq_headers(rejection, own_only=True, rejected_at=rejected_at))
                 headers.insert(ours, (VALUE_NULL, b"the source record had neither key nor value"))
         return await self._producer.send(
             self.topic_for(record.topic), value=value, key=key, headers=headers
@@ -198,3 +213,38 @@ def _omitted(record: RawRecord) -> tuple[str, bytes]:
         "large for the dead-letter topic; the record stays at its source offset while the "
         "topic retains it".encode(),
     )
+
+
+_HEADERS = msgspec.msgpack.Encoder()
+_READ_HEADERS = msgspec.msgpack.Decoder(list[tuple[str, bytes | None]])
+
+
+def dead_letter_columns(rejections: Sequence[Rejection]) -> list[list[Any]]:
+    """`sql.INSERT_DEAD_LETTERS`' arguments for `rejections`, in their order: the source
+    record as it came (the producer's headers as MessagePack) and the rejection."""
+    records = [r.record for r in rejections]
+    return [
+        [r.topic for r in records],
+        [r.partition for r in records],
+        [r.offset for r in records],
+        [r.key for r in records],
+        [r.value for r in records],
+        [r.timestamp_ms for r in records],
+        [_HEADERS.encode(r.headers) for r in records],
+        [r.reason for r in rejections],
+        [r.detail for r in rejections],
+    ]
+
+
+def rejection_of(row: Any) -> Rejection:
+    """The rejection a `sql.PENDING_DEAD_LETTERS` row was written from."""
+    record = RawRecord(
+        row["source_topic"],
+        row["source_partition"],
+        row["source_offset"],
+        row["record_key"],
+        row["record_value"],
+        row["record_timestamp_ms"],
+        tuple(_READ_HEADERS.decode(row["record_headers"])),
+    )
+    return Rejection(record, row["reason"], row["detail"])

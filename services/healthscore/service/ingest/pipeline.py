@@ -52,7 +52,7 @@ from healthscore.service.ingest.decode import (
     canonical_event_json,
     event_json,
 )
-from healthscore.service.ingest.dlq import DeadLetterQueue
+from healthscore.service.ingest.dlq import dead_letter_columns
 from healthscore.service.ingest.owned import OwnedStates
 from healthscore.service.projector import project_in_transaction, queue_again
 from healthscore.store import Connection, sql
@@ -167,7 +167,6 @@ class BatchPipeline:
         self,
         pool: asyncpg.Pool[Any],
         decoder: Decoder,
-        dlq: DeadLetterQueue,
         model: ScoreModel,
         consumer_group: str,
         rescore_step_seconds: float,
@@ -190,7 +189,6 @@ class BatchPipeline:
         self._live_projection: tuple[ProjectInBatch, Callable[[], bool]] | None = None
         self._max_unprocessable = max_unprocessable_per_batch
         self._decoder = decoder
-        self._dlq = dlq
         self._model = model
         self._group = consumer_group
         self._rescore_step = rescore_step_seconds
@@ -307,7 +305,7 @@ class BatchPipeline:
                 _count(outcome.redelivered_by_topic, record.topic)
                 return outcome
             _check_no_gap(tp, record.offset, stored[tp], positioned)
-            await self._dlq.publish([rejection])
+            await conn.execute(sql.INSERT_DEAD_LETTERS, *dead_letter_columns([rejection]))
             await conn.execute(
                 sql.SAVE_OFFSETS, self._group, [tp[0]], [tp[1]], [record.offset + 1], [None]
             )
@@ -507,9 +505,10 @@ class BatchPipeline:
                         conn, project, effects, saved, sent
                     )
             marks.lap("write")
-            # dead letters leave before the commit (see DeadLetterQueue.publish) and
-            # after the writes, so a batch the database refuses sends none
-            await self._dlq.publish(dead)
+            # into the outbox with the offsets: the relay sends them once committed
+            # (healthscore.service.dead_letters), so no dead-letter topic holds a batch
+            if dead:
+                await conn.execute(sql.INSERT_DEAD_LETTERS, *dead_letter_columns(dead))
             marks.lap("dead_letters")
         marks.lap("commit")
         self._owned.give_back(saved)

@@ -76,9 +76,12 @@ class GaugeRefresher:
     async def refresh_outbox(self) -> None:
         async with self._pool.acquire() as conn:
             outbox = await conn.fetchrow(sql.OUTBOX_STATS)
-        assert outbox is not None
+            dead = await conn.fetchrow(sql.DEAD_LETTER_STATS)
+        assert outbox is not None and dead is not None
         self._metrics.outbox_backlog.set(outbox["backlog"])
         self._metrics.outbox_oldest_age.set(outbox["oldest_age"])
+        self._metrics.dead_letters_pending.set(dead["pending"])
+        self._metrics.dead_letters_oldest_age.set(dead["oldest_age"])
 
     async def refresh_distribution(self) -> None:
         async with self._pool.acquire() as conn:

@@ -173,6 +173,23 @@ class Metrics:
             "Age of the oldest unpublished alert (0 when none).",
             registry=r,
         )
+        self.dead_letters_pending = Gauge(
+            "healthscore_dead_letters_pending",
+            "Dead letters committed to the outbox and not yet published to their "
+            "dead-letter topics.",
+            registry=r,
+        )
+        self.dead_letters_oldest_age = Gauge(
+            "healthscore_dead_letters_oldest_pending_age_seconds",
+            "Age of the oldest unpublished dead letter (0 when none).",
+            registry=r,
+        )
+        self.dead_letters_published = Counter(
+            "healthscore_dead_letters_published_total",
+            "Dead letters the relay published, by source topic.",
+            ["topic"],
+            registry=r,
+        )
         self.alerts_raised = Counter(
             "healthscore_alerts_raised_total",
             "Alerts written to the outbox, by kind.",

@@ -1,0 +1,129 @@
+"""The dead-letter relay: what committed batches wrote to `dead_letter_outbox` leaves in
+order, whole (the record as it came, the rejection in the headers), and is deleted only
+once the broker acknowledged it; a crash in between sends it again, never loses it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+
+from healthscore.service.dead_letters import DeadLetterRelay
+from healthscore.service.ingest.decode import RawRecord, Rejection
+from healthscore.service.ingest.dlq import DeadLetterQueue, dead_letter_columns
+from healthscore.service.periodic import AT_ONCE
+from healthscore.store import sql
+from healthscore.store.db import create_pool
+from tests.utils.harness import Topics, consume_all, make_producer, make_topics
+
+
+class Crash(Exception):
+    """The process dying after the broker's ack, before the rows are deleted."""
+
+
+def _rejections(topics: Topics) -> list[Rejection]:
+    return [
+        Rejection(
+            RawRecord(
+                topics.usage,
+                0,
+                offset,
+                b"key-%d" % offset,
+                b'{"n": %d}' % offset,
+                1_700_000_000_000 + offset,
+                (("trace", b"t-%d" % offset), ("empty", None)),
+            ),
+            "missing_field",
+            f"event_id: Field required ({offset})",
+        )
+        for offset in (3, 5, 8)
+    ]
+
+
+async def _pending(url: str) -> list[Any]:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetch("SELECT source_offset FROM dead_letter_outbox ORDER BY id")
+    finally:
+        await conn.close()
+
+
+async def test_dead_letters_leave_in_order_whole_and_a_crash_sends_them_again(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    rejections = _rejections(topics)
+    pool = await create_pool(migrated_database, "healthscore_writer")
+    producer = await make_producer(kafka_bootstrap)
+    dlq = DeadLetterQueue(producer, ".dlq")
+    try:
+        async with pool.acquire() as conn:
+            # a batch's write, twice: a redone batch writes no dead letter twice
+            for _ in range(2):
+                await conn.execute(sql.INSERT_DEAD_LETTERS, *dead_letter_columns(rejections))
+
+        def crash() -> None:
+            raise Crash
+
+        with pytest.raises(Crash):
+            await DeadLetterRelay(pool, dlq, after_publish=crash).relay_dead_letters()
+        # published, not deleted: still pending
+        assert [r["source_offset"] for r in await _pending(migrated_database)] == [3, 5, 8]
+
+        published: list[tuple[str, int]] = []
+        relay = DeadLetterRelay(pool, dlq, on_published=lambda t, n: published.append((t, n)))
+        assert await relay.relay_dead_letters() == 3
+        assert await _pending(migrated_database) == []
+        assert published == [(topics.usage, 3)]
+        assert await relay.step() is None  # nothing left: the loop's own interval
+    finally:
+        await producer.stop()
+        await pool.close()
+
+    letters = await consume_all(kafka_bootstrap, topics.dlq_usage, expect=6, settle=0.5)
+    # each sent twice (the crash's page again), in rejection order each time
+    offsets = [int(dict(r.headers)["x-source-offset"]) for r in letters]
+    assert offsets == [3, 5, 8, 3, 5, 8]
+    for letter, rejection in zip(letters[:3], rejections, strict=True):
+        record = rejection.record
+        assert (letter.key, letter.value) == (record.key, record.value)
+        headers = list(letter.headers)
+        names = [name for name, _ in headers]
+        assert names[:7] == [
+            "x-error-reason",
+            "x-error-detail",
+            "x-source-topic",
+            "x-source-partition",
+            "x-source-offset",
+            "x-rejected-at",
+            "x-source-timestamp-ms",
+        ]
+        own = dict(headers[:7])
+        assert own["x-error-detail"] == rejection.detail.encode()
+        assert own["x-source-timestamp-ms"] == str(record.timestamp_ms).encode()
+        # when the batch rejected it, not when the relay sent it
+        rejected_at = datetime.fromisoformat(own["x-rejected-at"].decode())
+        assert rejected_at.tzinfo is not None and rejected_at <= datetime.now(UTC)
+        # the producer's headers follow, as they came (a null value stays null)
+        assert headers[7:] == list(record.headers)
+
+
+async def test_the_relay_steps_again_at_once_while_dead_letters_wait(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    pool = await create_pool(migrated_database, "healthscore_writer")
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute(sql.INSERT_DEAD_LETTERS, *dead_letter_columns(_rejections(topics)))
+        relay = DeadLetterRelay(pool, DeadLetterQueue(producer, ".dlq"), page_size=2)
+        assert await relay.step() == AT_ONCE  # a page of 2; one more waits
+        assert [r["source_offset"] for r in await _pending(migrated_database)] == [8]
+        assert await relay.step() == AT_ONCE
+        assert await relay.step() is None
+    finally:
+        await producer.stop()
+        await pool.close()
