@@ -1560,3 +1560,41 @@ async def test_other_spellings_of_one_uuid_are_one_organization_and_one_event(
     assert await fetchval(migrated_database, "SELECT count(*) FROM organization_state") == 1
     assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 5
     assert (await stored_state_in(migrated_database, org)).event_count == 5
+
+
+async def test_a_key_twice_beside_nesting_past_the_recursion_limit_is_a_duplicate_key(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """The repeated-key check parsed the text again with Python's json, which gives up
+    (RecursionError) at about 1,000 levels where orjson goes to 1,024; it then let the
+    record through. An unknown field nested 1,000 deep beside a body naming another
+    organization first and the key's last was applied to the key's organization while
+    a reader keeping the first value sees the other. Such a record is a duplicate_key
+    like any; the same nesting without a repeat is a valid record (unknown fields are
+    ignored) and is applied."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org, other = _org("deep-twice"), _org("deep-twice-other")
+    deep = b'"trace":' + b"[" * 1000 + b"]" * 1000 + b","
+    twice = _usage(org, 1, at)
+    repeated = b'{"organization_id":"' + other.encode() + b'",' + deep + orjson.dumps(twice)[1:]
+    once = b"{" + deep + orjson.dumps(_usage(org, 2, at))[1:]
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        async with running_service(settings) as service:
+            bad = await producer.send_and_wait(topics.usage, repeated, key=org.encode())
+            await producer.send_and_wait(topics.usage, once, key=org.encode())
+            await producer.send_and_wait(
+                topics.usage, orjson.dumps(_usage(org, 3, at)), key=org.encode()
+            )
+            _gaps, rejected = await _caught_up(service, settings, [topics.usage])
+    finally:
+        await producer.stop()
+    assert rejected == ["duplicate_key"]
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 2
+    assert (await stored_state_in(migrated_database, org)).event_count == 2
+    dead = _dead_by_offset(await consume_all(kafka_bootstrap, topics.dlq_usage, 1, settle=0.5))
+    named = dead[(bad.partition, bad.offset)]
+    assert named["x-error-reason"] == b"duplicate_key"
+    assert named["x-error-detail"] is not None and b"organization_id" in named["x-error-detail"]
