@@ -1598,3 +1598,52 @@ async def test_a_key_twice_beside_nesting_past_the_recursion_limit_is_a_duplicat
     named = dead[(bad.partition, bad.offset)]
     assert named["x-error-reason"] == b"duplicate_key"
     assert named["x-error-detail"] is not None and b"organization_id" in named["x-error-detail"]
+
+
+async def test_an_interaction_opened_and_resolved_in_one_second_reads_resolved(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A desk stamping to the second gives an interaction handled at once one time for
+    its `opened` and its `resolved` (or `closed`). The event id broke the tie, so when
+    the opening's id sorted after the resolution's the interaction read `open` for
+    good (a resolution time beside it), held the organization's open interactions and
+    a support queue; now the furthest step wins at one instant, in either order."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
+    org = _org("one-second")
+    records = []
+    for n, last in enumerate(("resolved", "closed", "resolved")):
+        interaction = str(uuid.uuid5(uuid.NAMESPACE_URL, f"one-second-{n}"))
+        opened = _support(
+            org,
+            0,
+            at,
+            interaction_id=interaction,
+            event_id=f"ffffffff-0000-4000-8000-00000000000{n}",
+        )
+        ended = _support(
+            org,
+            0,
+            at,
+            interaction_id=interaction,
+            action=last,
+            event_id=f"00000000-0000-4000-8000-00000000000{n}",
+        )
+        # the third interaction's two events arrive the other way round
+        records += (
+            [(org, ended, None), (org, opened, None)]
+            if n == 2
+            else [(org, opened, None), (org, ended, None)]
+        )
+    rejected = await _through_the_service(
+        migrated_database, kafka_bootstrap, settings, topics.support, records
+    )
+    assert rejected == []
+    rows = await fetchval(
+        migrated_database,
+        "SELECT array_agg(status || ' ' || (resolved_at IS NOT NULL OR closed_at IS NOT NULL)"
+        " ORDER BY id) FROM support_interactions",
+    )  # the resolution's (closing's) time set beside every status
+    assert sorted(rows) == ["closed true", "resolved true", "resolved true"]
+    assert (await stored_state_in(migrated_database, org)).open_interactions == {}
