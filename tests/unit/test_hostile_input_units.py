@@ -327,3 +327,34 @@ def test_a_repeat_beside_nesting_as_deep_as_orjson_reads_is_found(depth: int) ->
     assert duplicate_key(twice, orjson.loads(twice)) == "organization_id"
     inner = once.replace(b'"b":2', b'"b":2,"a" :3')  # the repeat down in the nesting
     assert duplicate_key(inner, orjson.loads(inner)) == "a"
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize(
+    "quantity",
+    [b"100000000000000000000", b"-100000000000000000000", b"1e20", b"18446744073709551616"],
+)
+def test_an_integer_beyond_64_bits_is_out_of_range_not_a_wrong_type(
+    fast: bool, quantity: bytes
+) -> None:
+    """orjson reads an integer beyond 64 bits as a float, which the strict integer
+    refused as "Input should be a valid integer": a producer sending 10**20 was told
+    it had not sent an integer. Its value is out of the field's range, and says so."""
+    org = str(uuid.uuid4())
+    value = (
+        b'{"event_id":"%s","organization_id":"%s","type":"login",'
+        b'"occurred_at":"2026-12-01T10:00:00Z","quantity":%s}'
+    ) % (str(uuid.uuid4()).encode(), org.encode(), quantity)
+    result = Decoder("usage", "support", 65536, fast=fast).decode(
+        RawRecord("usage", 0, 1, org.encode(), value)
+    )
+    assert isinstance(result, Rejection)
+    bound = "greater than or equal to 1" if quantity.startswith(b"-") else "less than or equal"
+    assert (result.reason, bound in result.detail) == ("out_of_range", True), result.detail
+    assert result.detail.startswith("quantity: ")
+    # a fraction stays the wrong type
+    fraction = value.replace(quantity, b"2.5")
+    refused = Decoder("usage", "support", 65536, fast=fast).decode(
+        RawRecord("usage", 0, 2, org.encode(), fraction)
+    )
+    assert isinstance(refused, Rejection) and refused.reason == "wrong_type"

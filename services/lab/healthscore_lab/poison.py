@@ -310,6 +310,13 @@ def poison_corpus(organization_id: str, now: datetime) -> list[PoisonCase]:
         + orjson.dumps(u("org_twice_deep"))[1:],
         "duplicate_key",
     )
+    # an integer orjson reads as a float (beyond 64 bits): out of range, not "no integer"
+    add(
+        "quantity_beyond_64_bits",
+        "usage",
+        orjson.dumps(u("q_huge")).replace(b'"quantity":1,', b'"quantity":100000000000000000000,'),
+        "out_of_range",
+    )
     return cases
 
 

@@ -291,7 +291,7 @@ class Decoder:
             try:
                 validated = model.model_validate(body, context={"received_at": received_at})
             except ValidationError as exc:
-                return _rejection_from(record, exc)
+                return _rejection_from(record, _as_sent_integers(model, body, received_at, exc))
             assert isinstance(
                 validated,
                 contracts.UsageEvent | contracts.SupportEvent | contracts.OrganizationProfile,
@@ -569,6 +569,27 @@ def _received_at(record: RawRecord) -> datetime:
     if stamp >= now.timestamp() * 1000:
         return now
     return datetime.fromtimestamp(stamp / 1000, UTC)
+
+
+def _as_sent_integers(
+    model: type[BaseModel], body: dict[str, Any], received_at: datetime, exc: ValidationError
+) -> ValidationError:
+    """`exc`, or, when `body` holds a top-level integer orjson read as a float (one
+    beyond 64 bits: 10**20 is 1e+20 to it), the error of `body` with that float an
+    integer again: a strict integer field refused the float as "not a valid integer"
+    where the producer sent an integer out of the field's range."""
+    floats = {
+        name: int(value)
+        for name, value in body.items()
+        if type(value) is float and value.is_integer() and abs(value) >= _EXACT_INTEGERS
+    }
+    if not floats:
+        return exc
+    try:
+        model.model_validate({**body, **floats}, context={"received_at": received_at})
+    except ValidationError as again:
+        return again
+    return exc
 
 
 _LOCATION_PART_CHARS = 80
