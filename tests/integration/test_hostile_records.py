@@ -1647,3 +1647,55 @@ async def test_an_interaction_opened_and_resolved_in_one_second_reads_resolved(
     )  # the resolution's (closing's) time set beside every status
     assert sorted(rows) == ["closed true", "resolved true", "resolved true"]
     assert (await stored_state_in(migrated_database, org)).open_interactions == {}
+
+
+async def test_text_at_the_edges_of_unicode_is_stored_verbatim(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """Noncharacters, the last code point, bidi controls, line and paragraph separators
+    and a 500-character grapheme cluster are text PostgreSQL stores like any: each
+    subject is stored as sent, each feature counted, nothing rejected."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org = _org("unicode-edges")
+    texts = [
+        "\ufffe\uffff\U0010ffff\U0001fffe",
+        "\u202eevil\u202c \u2066isolate\u2069 \u200f",
+        "line\u2028para\u2029end",
+        "e" + "\u0301" * 499,
+        "\U0001f469\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466" * 50,
+        "\ud7ff\ue000\ufeff",
+    ]
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        async with running_service(settings) as service:
+            for n, text in enumerate(texts):
+                await producer.send_and_wait(
+                    topics.support,
+                    orjson.dumps(_support(org, n, at, subject=text)),
+                    key=org.encode(),
+                )
+                await producer.send_and_wait(
+                    topics.usage,
+                    orjson.dumps(_usage(org, n, at, feature=text[:100])),
+                    key=org.encode(),
+                )
+            _gaps, rejected = await _caught_up(service, settings, [topics.usage, topics.support])
+            # the read model's jsonb keys them too
+            features = await wait_for(
+                migrated_database,
+                "SELECT array_agg(key) FROM customer_health, jsonb_object_keys(feature_usage) key",
+                lambda keys: keys is not None and len(keys) == len(texts),
+            )
+    finally:
+        await producer.stop()
+    assert rejected == []
+    stored = await fetchval(
+        migrated_database,
+        "SELECT array_agg(subject ORDER BY first_event_at) FROM support_interactions",
+    )
+    assert stored == texts
+    state = await stored_state_in(migrated_database, org)
+    assert sorted(state.features) == sorted(text[:100] for text in texts)
+    assert sorted(features) == sorted(state.features)
