@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+import unicodedata
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
@@ -1605,3 +1606,144 @@ async def test_other_spellings_of_one_uuid_are_one_organization_and_one_event(
     assert await fetchval(migrated_database, "SELECT count(*) FROM organization_state") == 1
     assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 5
     assert (await stored_state_in(migrated_database, org)).event_count == 5
+
+
+async def test_a_key_twice_beside_nesting_past_the_recursion_limit_is_a_duplicate_key(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """The repeated-key check parsed the text again with Python's json, which gives up
+    (RecursionError) at about 1,000 levels where orjson goes to 1,024; it then let the
+    record through. An unknown field nested 1,000 deep beside a body naming another
+    organization first and the key's last was applied to the key's organization while
+    a reader keeping the first value sees the other. Such a record is a duplicate_key
+    like any; the same nesting without a repeat is a valid record (unknown fields are
+    ignored) and is applied."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org, other = _org("deep-twice"), _org("deep-twice-other")
+    deep = b'"trace":' + b"[" * 1000 + b"]" * 1000 + b","
+    twice = _usage(org, 1, at)
+    repeated = b'{"organization_id":"' + other.encode() + b'",' + deep + orjson.dumps(twice)[1:]
+    once = b"{" + deep + orjson.dumps(_usage(org, 2, at))[1:]
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        async with running_service(settings) as service:
+            bad = await producer.send_and_wait(topics.usage, repeated, key=org.encode())
+            await producer.send_and_wait(topics.usage, once, key=org.encode())
+            await producer.send_and_wait(
+                topics.usage, orjson.dumps(_usage(org, 3, at)), key=org.encode()
+            )
+            _gaps, rejected = await _caught_up(service, settings, [topics.usage])
+    finally:
+        await producer.stop()
+    assert rejected == ["duplicate_key"]
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 2
+    assert (await stored_state_in(migrated_database, org)).event_count == 2
+    dead = _dead_by_offset(await consume_all(kafka_bootstrap, topics.dlq_usage, 1, settle=0.5))
+    named = dead[(bad.partition, bad.offset)]
+    assert named["x-error-reason"] == b"duplicate_key"
+    assert named["x-error-detail"] is not None and b"organization_id" in named["x-error-detail"]
+
+
+async def test_an_interaction_opened_and_resolved_in_one_second_reads_resolved(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A desk stamping to the second gives an interaction handled at once one time for
+    its `opened` and its `resolved` (or `closed`). The event id broke the tie, so when
+    the opening's id sorted after the resolution's the interaction read `open` for
+    good (a resolution time beside it), held the organization's open interactions and
+    a support queue; now the furthest step wins at one instant, in either order."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
+    org = _org("one-second")
+    records = []
+    for n, last in enumerate(("resolved", "closed", "resolved")):
+        interaction = str(uuid.uuid5(uuid.NAMESPACE_URL, f"one-second-{n}"))
+        opened = _support(
+            org,
+            0,
+            at,
+            interaction_id=interaction,
+            event_id=f"ffffffff-0000-4000-8000-00000000000{n}",
+        )
+        ended = _support(
+            org,
+            0,
+            at,
+            interaction_id=interaction,
+            action=last,
+            event_id=f"00000000-0000-4000-8000-00000000000{n}",
+        )
+        # the third interaction's two events arrive the other way round
+        records += (
+            [(org, ended, None), (org, opened, None)]
+            if n == 2
+            else [(org, opened, None), (org, ended, None)]
+        )
+    rejected = await _through_the_service(
+        migrated_database, kafka_bootstrap, settings, topics.support, records
+    )
+    assert rejected == []
+    rows = await fetchval(
+        migrated_database,
+        "SELECT array_agg(status || ' ' || (resolved_at IS NOT NULL OR closed_at IS NOT NULL)"
+        " ORDER BY id) FROM support_interactions",
+    )  # the resolution's (closing's) time set beside every status
+    assert sorted(rows) == ["closed true", "resolved true", "resolved true"]
+    assert (await stored_state_in(migrated_database, org)).open_interactions == {}
+
+
+async def test_text_at_the_edges_of_unicode_is_stored_verbatim(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """Noncharacters, the last code point, bidi controls, line and paragraph separators
+    and a 500-character grapheme cluster are text PostgreSQL stores like any: each
+    subject is stored as sent (in NFC, the one spelling search uses: the cluster's first
+    accent joins its letter), each feature counted as sent, nothing rejected."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org = _org("unicode-edges")
+    texts = [
+        "\ufffe\uffff\U0010ffff\U0001fffe",
+        "\u202eevil\u202c \u2066isolate\u2069 \u200f",
+        "line\u2028para\u2029end",
+        "e" + "\u0301" * 499,
+        "\U0001f469\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466" * 50,
+        "\ud7ff\ue000\ufeff",
+    ]
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        async with running_service(settings) as service:
+            for n, text in enumerate(texts):
+                await producer.send_and_wait(
+                    topics.support,
+                    orjson.dumps(_support(org, n, at, subject=text)),
+                    key=org.encode(),
+                )
+                await producer.send_and_wait(
+                    topics.usage,
+                    orjson.dumps(_usage(org, n, at, feature=text[:100])),
+                    key=org.encode(),
+                )
+            _gaps, rejected = await _caught_up(service, settings, [topics.usage, topics.support])
+            # the read model's jsonb keys them too
+            features = await wait_for(
+                migrated_database,
+                "SELECT array_agg(key) FROM customer_health, jsonb_object_keys(feature_usage) key",
+                lambda keys: keys is not None and len(keys) == len(texts),
+            )
+    finally:
+        await producer.stop()
+    assert rejected == []
+    stored = await fetchval(
+        migrated_database,
+        "SELECT array_agg(subject ORDER BY first_event_at) FROM support_interactions",
+    )
+    assert stored == [unicodedata.normalize("NFC", text) for text in texts]
+    assert stored[3] == "\u00e9" + "\u0301" * 498  # the only text NFC changes
+    state = await stored_state_in(migrated_database, org)
+    assert sorted(state.features) == sorted(text[:100] for text in texts)
+    assert sorted(features) == sorted(state.features)

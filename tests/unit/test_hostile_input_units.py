@@ -23,6 +23,7 @@ from healthscore.service.ingest.decode import (
     Decoder,
     RawRecord,
     Rejection,
+    _repeated_key,
     duplicate_key,
 )
 from healthscore.service.ingest.dlq import (
@@ -263,6 +264,7 @@ _JSON_VALUES = st.recursive(
 def test_no_repeat_is_found_where_there_is_none(body: dict[str, Any], indent: bool) -> None:
     text = orjson.dumps(body, option=orjson.OPT_INDENT_2 if indent else 0)
     assert duplicate_key(text, orjson.loads(text)) is None
+    assert _repeated_key(text) is None  # the reading for nesting past Python's json
 
 
 @settings(max_examples=400, deadline=None)
@@ -288,6 +290,7 @@ def test_a_repeated_key_is_found_at_any_depth(body: dict[str, Any], data: st.Dat
     again = orjson.dumps(key) + colon + data.draw(st.sampled_from([b"null", b'"x"', b"[1]"]))
     text = orjson.dumps(body).replace(orjson.dumps(marker), orjson.dumps(marker) + b"," + again, 1)
     assert duplicate_key(text, orjson.loads(text)) == key
+    assert _repeated_key(text) == key
 
 
 def test_a_record_with_a_key_twice_is_rejected_naming_it() -> None:
@@ -311,3 +314,47 @@ def test_a_record_with_a_key_twice_is_rejected_naming_it() -> None:
         # the same body written once is valid
         once = decoder.decode(RawRecord("usage", 0, 2, org.encode(), orjson.dumps(body)))
         assert isinstance(once, Decoded)
+
+
+@pytest.mark.parametrize("depth", [1, 500, 990, 1000, 1022])
+def test_a_repeat_beside_nesting_as_deep_as_orjson_reads_is_found(depth: int) -> None:
+    """Python's json (the check's second parse once) gave up at about 1,000 levels, where
+    orjson reads to 1,024, and the repeat beside such nesting went unseen."""
+    nested = b"[" * depth + b'{"a":1,"b":2}' + b"]" * depth
+    once = b'{"organization_id":"x","trace":' + nested + b',"type":"login"}'
+    twice = once[:-1] + b',"organization_id":"y"}'
+    assert duplicate_key(once, orjson.loads(once)) is None
+    assert duplicate_key(twice, orjson.loads(twice)) == "organization_id"
+    inner = once.replace(b'"b":2', b'"b":2,"a" :3')  # the repeat down in the nesting
+    assert duplicate_key(inner, orjson.loads(inner)) == "a"
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize(
+    "quantity",
+    [b"100000000000000000000", b"-100000000000000000000", b"1e20", b"18446744073709551616"],
+)
+def test_an_integer_beyond_64_bits_is_out_of_range_not_a_wrong_type(
+    fast: bool, quantity: bytes
+) -> None:
+    """orjson reads an integer beyond 64 bits as a float, which the strict integer
+    refused as "Input should be a valid integer": a producer sending 10**20 was told
+    it had not sent an integer. Its value is out of the field's range, and says so."""
+    org = str(uuid.uuid4())
+    value = (
+        b'{"event_id":"%s","organization_id":"%s","type":"login",'
+        b'"occurred_at":"2026-12-01T10:00:00Z","quantity":%s}'
+    ) % (str(uuid.uuid4()).encode(), org.encode(), quantity)
+    result = Decoder("usage", "support", 65536, fast=fast).decode(
+        RawRecord("usage", 0, 1, org.encode(), value)
+    )
+    assert isinstance(result, Rejection)
+    bound = "greater than or equal to 1" if quantity.startswith(b"-") else "less than or equal"
+    assert (result.reason, bound in result.detail) == ("out_of_range", True), result.detail
+    assert result.detail.startswith("quantity: ")
+    # a fraction stays the wrong type
+    fraction = value.replace(quantity, b"2.5")
+    refused = Decoder("usage", "support", 65536, fast=fast).decode(
+        RawRecord("usage", 0, 2, org.encode(), fraction)
+    )
+    assert isinstance(refused, Rejection) and refused.reason == "wrong_type"

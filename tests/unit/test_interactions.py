@@ -227,3 +227,30 @@ def test_a_subject_is_kept_in_nfc_whatever_form_it_was_sent_in() -> None:
     # an update with the same text in the other form changes nothing a reader sees
     again = merge_interaction(record, event(A.UPDATED, 1, 2, subject="Caf\u00e9 menu not saving"))
     assert again.subject == record.subject
+
+
+def test_opened_and_resolved_at_one_instant_read_resolved_whatever_their_ids() -> None:
+    """An interaction handled at once (opened and resolved, or closed, stamped the same
+    second): the id decided the tie, so about half such interactions read `open` for
+    good, with a resolution time beside it. At one instant the lifecycle's furthest
+    step wins: closed over resolved over open."""
+    for opened_id, resolved_id in ((1, 2), (2, 1)):
+        opened = event(A.OPENED, 0, opened_id)
+        resolved = event(A.RESOLVED, 0, resolved_id, outcome=Outcome.RESOLVED)
+        for order in ([opened, resolved], [resolved, opened]):
+            record = merge_all(order)
+            assert (record.status, record.resolved_at) == ("resolved", ts(0))
+        closed = event(A.CLOSED, 0, resolved_id + 10)
+        for permuted in itertools.permutations([opened, resolved, closed]):
+            record = merge_all(list(permuted))
+            assert (record.status, record.resolved_at, record.closed_at) == (
+                "closed",
+                ts(0),
+                ts(0),
+            )
+    # a reopen at the instant of a closing: closed too, its time kept (any ids)
+    for reopened_id, closed_id in ((1, 2), (2, 1)):
+        reopened, closed = event(A.REOPENED, 4, reopened_id), event(A.CLOSED, 4, closed_id)
+        for order in ([reopened, closed], [closed, reopened]):
+            record = merge_all([event(A.OPENED, 0, 9), *order])
+            assert (record.status, record.closed_at) == ("closed", ts(4))

@@ -8,7 +8,10 @@ order:
   event_id)``; the key of the event that set a field is kept in
   ``field_event_times[field] = [occurred_at, event_id]`` and a later-arriving
   but older event does not overwrite it. The event id breaks ties so that two
-  events at the same instant resolve the same way in every order.
+  events at the same instant resolve the same way in every order; for the
+  lifecycle (`status`, `resolved_at`, `closed_at`) the step an event takes comes
+  first (closed over resolved over open, `_STEP`), so an interaction opened and
+  resolved in the same second reads resolved whatever the two ids.
 - Optional attributes (interaction_type, channel, priority, sentiment,
   outcome, assigned_to, subject, follow_up_at) are set only by events that
   carry them (non-null), so an `updated` before its `opened` is kept.
@@ -60,6 +63,16 @@ _STATUS_OF: dict[str, str] = {
     A.RESOLVED: InteractionStatus.RESOLVED.value,
     A.CLOSED: InteractionStatus.CLOSED.value,
 }
+# At one instant the lifecycle's furthest step wins: opened (or reopened), then
+# resolved, then closed. An `opened` precedes whatever else happens to its
+# interaction, yet a desk stamping to the second gives an interaction handled at
+# once one time for both, and an id tie-break left half of those open for good.
+# A step is read from the value a field holds, so the stored keys need no more.
+_STEP: dict[str, int] = {
+    InteractionStatus.OPEN.value: 0,
+    InteractionStatus.RESOLVED.value: 1,
+    InteractionStatus.CLOSED.value: 2,
+}
 # the organization's decayed signals an interaction gives once (scoring's names)
 COMPLAINTS = "complaints"
 CANCELLATION_REQUESTS = "cancellation_requests"
@@ -105,6 +118,11 @@ class InteractionRecord(msgspec.Struct):
 
 
 Key = tuple[float, str]
+
+
+def _set(time_set: bool) -> int:
+    """The lifecycle step of a resolution's or a closing's time: set 1, cleared 0."""
+    return 1 if time_set else 0
 
 
 def _key_of(entry: list[float | str] | None) -> Key | None:
@@ -202,10 +220,12 @@ def merge_interaction(current: InteractionRecord | None, event: SupportEvent) ->
         )
     times = record.field_event_times
 
-    def wins(field: str) -> bool:
-        """Whether this event is newer than whatever set `field`; records it if so."""
+    def wins(field: str, step: int = 0, held_step: int = 0) -> bool:
+        """Whether this event is newer than whatever set `field`, at one instant the one
+        taking the further lifecycle step (`step` its own, `held_step` that of the
+        value `field` holds); records it if so."""
         previous = _key_of(times.get(field))
-        if previous is not None and previous >= key:
+        if previous is not None and (previous[0], held_step, previous[1]) >= (t, step, event_id):
             return False
         times[field] = entry
         return True
@@ -216,13 +236,18 @@ def merge_interaction(current: InteractionRecord | None, event: SupportEvent) ->
 
     action = str(event.action)
     status = _STATUS_OF.get(action)
-    if status is not None and wins("status"):
+    if status is not None and wins("status", _STEP[status], _STEP[record.status]):
         record.status = status
     if action == A.OPENED and (record.opened_at is None or t < record.opened_at):
         record.opened_at = t
-    if action in (A.RESOLVED, A.REOPENED) and wins("resolved_at"):
+    # a resolution (a closing) sets its time, a reopen clears it: the step back
+    if action in (A.RESOLVED, A.REOPENED) and wins(
+        "resolved_at", _set(action == A.RESOLVED), _set(record.resolved_at is not None)
+    ):
         record.resolved_at = t if action == A.RESOLVED else None
-    if action in (A.CLOSED, A.REOPENED) and wins("closed_at"):
+    if action in (A.CLOSED, A.REOPENED) and wins(
+        "closed_at", _set(action == A.CLOSED), _set(record.closed_at is not None)
+    ):
         record.closed_at = t if action == A.CLOSED else None
     if action in (A.FOLLOW_UP_SCHEDULED, A.RESOLVED, A.CLOSED) and wins("follow_up_required"):
         record.follow_up_required = action == A.FOLLOW_UP_SCHEDULED

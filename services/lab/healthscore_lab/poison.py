@@ -296,6 +296,27 @@ def poison_corpus(organization_id: str, now: datetime) -> list[PoisonCase]:
         ),
         "duplicate_key",
     )
+    # an unknown field nested past where Python's json gives up (about 1,000 levels;
+    # orjson reads 1,024): the repeat beside it went unseen
+    add(
+        "organization_id_twice_beside_deep_nesting",
+        "usage",
+        b'{"organization_id":"'
+        + other_org.encode()
+        + b'","trace":'
+        + b"[" * 1000
+        + b"]" * 1000
+        + b","
+        + orjson.dumps(u("org_twice_deep"))[1:],
+        "duplicate_key",
+    )
+    # an integer orjson reads as a float (beyond 64 bits): out of range, not "no integer"
+    add(
+        "quantity_beyond_64_bits",
+        "usage",
+        orjson.dumps(u("q_huge")).replace(b'"quantity":1,', b'"quantity":100000000000000000000,'),
+        "out_of_range",
+    )
     return cases
 
 

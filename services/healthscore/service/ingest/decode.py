@@ -291,7 +291,7 @@ class Decoder:
             try:
                 validated = model.model_validate(body, context={"received_at": received_at})
             except ValidationError as exc:
-                return _rejection_from(record, exc)
+                return _rejection_from(record, _as_sent_integers(model, body, received_at, exc))
             assert isinstance(
                 validated,
                 contracts.UsageEvent | contracts.SupportEvent | contracts.OrganizationProfile,
@@ -341,7 +341,9 @@ def duplicate_key(value: bytes, body: dict[str, Any]) -> str | None:
     except _RepeatedKey as repeated:
         return repeated.key
     except RecursionError:
-        return None  # nested deeper than the contract allows: it names that instead
+        # nested deeper than Python's json goes (about 1,000 levels, orjson 1,024): an
+        # unknown field may be, and a repeat beside it went unseen
+        return _repeated_key(value)
     return None
 
 
@@ -354,6 +356,38 @@ def _refuse_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
                 raise _RepeatedKey(key)
             keys.add(key)
     return seen
+
+
+# In text orjson has parsed: a string (escapes and all), or a bracket outside strings
+_STRING_OR_BRACKET = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\]]')
+_COLON_NEXT = re.compile(rb"[ \t\n\r]*:")
+_OPEN_OBJECT, _OPEN_ARRAY, _QUOTE = ord("{"), ord("["), ord('"')
+
+
+def _repeated_key(value: bytes) -> str | None:
+    """The first key written twice in one object of `value` (valid JSON), or None:
+    read token by token with a stack of the open objects' keys, so at any depth (a
+    few times slower than Python's json, hence only where that gives up)."""
+    open_keys: list[set[str] | None] = []  # per open bracket: an object's keys, or None
+    for token in _STRING_OR_BRACKET.finditer(value):
+        text = token.group()
+        first = text[0]
+        if first == _QUOTE:
+            if _COLON_NEXT.match(value, token.end()) is None:
+                continue  # a string value, not a key
+            keys = open_keys[-1]
+            assert keys is not None  # a key followed by a colon is in an object
+            key = json.loads(text) if b"\\" in text else text[1:-1].decode()
+            if key in keys:
+                return key
+            keys.add(key)
+        elif first == _OPEN_OBJECT:
+            open_keys.append(set())
+        elif first == _OPEN_ARRAY:
+            open_keys.append(None)
+        else:
+            open_keys.pop()
+    return None
 
 
 def _keys_in(body: dict[str, Any]) -> int:
@@ -535,6 +569,27 @@ def _received_at(record: RawRecord) -> datetime:
     if stamp >= now.timestamp() * 1000:
         return now
     return datetime.fromtimestamp(stamp / 1000, UTC)
+
+
+def _as_sent_integers(
+    model: type[BaseModel], body: dict[str, Any], received_at: datetime, exc: ValidationError
+) -> ValidationError:
+    """`exc`, or, when `body` holds a top-level integer orjson read as a float (one
+    beyond 64 bits: 10**20 is 1e+20 to it), the error of `body` with that float an
+    integer again: a strict integer field refused the float as "not a valid integer"
+    where the producer sent an integer out of the field's range."""
+    floats = {
+        name: int(value)
+        for name, value in body.items()
+        if type(value) is float and value.is_integer() and abs(value) >= _EXACT_INTEGERS
+    }
+    if not floats:
+        return exc
+    try:
+        model.model_validate({**body, **floats}, context={"received_at": received_at})
+    except ValidationError as again:
+        return again
+    return exc
 
 
 _LOCATION_PART_CHARS = 80
