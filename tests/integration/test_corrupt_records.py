@@ -1,17 +1,20 @@
-"""A record aiokafka cannot parse is dead-lettered; the records around it are applied.
+"""A record aiokafka cannot parse is got past: the records around it are applied.
 
-The corrupt record (a header key that is not UTF-8) is written by aiokafka's
-pure-Python record builder through the real broker, in one producer batch
-with valid events before and after it, while other partitions of both topics
-carry valid events too. The service, with aiokafka's default C reader, must
-get past it: every valid event applied exactly once, the corrupt record in the
-DLQ with reason `corrupt_record` and its source coordinates, the counter and
-the monitor updated, and the stored offsets at the end of every partition;
-then the partition keeps flowing.
+Two kinds, through the real broker, in one producer batch with valid events before
+and after it, while other partitions of both topics carry valid events too; the
+service runs aiokafka's default C reader, which gives up on the whole fetch at either.
+
+* A record whose header key is not UTF-8 (written by aiokafka's pure-Python builder):
+  headers are metadata, and the contract says one that is not UTF-8 never makes a
+  valid event invalid. The event is applied like the others, nothing dead-lettered.
+* A record whose lengths do not add up (a raw batch, its CRC valid): every valid event
+  applied exactly once, the corrupt record in the DLQ with reason `corrupt_record` and
+  its source coordinates, the counter and the monitor updated, and the stored offsets
+  at the end of every partition; then the partition keeps flowing.
 
 This is also the guard on the aiokafka internals kafka_salvage relies on
 (traceback frame locals, the consumer's client): an upgrade that moves them
-makes this test fail rather than the service stall.
+makes these tests fail rather than the service stall.
 """
 
 from __future__ import annotations
@@ -34,12 +37,12 @@ from healthscore.service.kafka_salvage import (
 )
 from healthscore.service.ops.lag import HighWatermarkProbe
 from tests.utils.corrupt_records import (
-    BAD_KEY_BYTES,
     Outgoing,
     produce_with_python_builder,
     read_with_python_reader,
 )
 from tests.utils.harness import (
+    Topics,
     consume_all,
     fetchval,
     make_producer,
@@ -47,6 +50,7 @@ from tests.utils.harness import (
     running_service,
     service_settings,
 )
+from tests.utils.raw_batches import batch, produce_batch, with_crc
 from tests.utils.scenarios import high_watermarks, stored_offsets, wait_caught_up, wait_outcomes
 from tests.utils.states import event_counts_in
 
@@ -88,22 +92,48 @@ async def _batches_of(bootstrap: str, tp: TopicPartition) -> list[tuple[int, int
     return [(b.base_offset, b.next_offset) for b in parse_batches(data)]
 
 
-async def test_a_record_with_a_non_utf8_header_key_is_dead_lettered_and_passed(
+def _valid_elsewhere(
+    topics: Topics, start: datetime, n: int
+) -> tuple[list[tuple[str, int, bytes, dict[str, Any]]], int]:
+    """Valid events on usage partitions 1 and 2 and support partitions 0 and 1."""
+    out: list[tuple[str, int, bytes, dict[str, Any]]] = []
+    for partition, org in ((1, ORGS[1]), (2, ORGS[2])):
+        for _ in range(6):
+            out.append((topics.usage, partition, org.encode(), _usage(org, start, n)))
+            n += 1
+    for partition, org in ((0, ORGS[3]), (1, ORGS[1])):
+        for _ in range(3):
+            out.append((topics.support, partition, org.encode(), _support(org, start, n)))
+            n += 1
+    return out, n
+
+
+async def _applied_ids(database_url: str) -> set[str]:
+    return {
+        str(row)
+        for row in orjson.loads(
+            await fetchval(
+                database_url, "SELECT coalesce(json_agg(event_id), '[]') FROM processed_events"
+            )
+        )
+    }
+
+
+async def test_a_record_with_a_non_utf8_header_key_is_applied(
     migrated_database: str, kafka_bootstrap: str
 ) -> None:
+    """It was dead-lettered as `corrupt_record`, against the contract ("a header that is
+    not UTF-8 never makes a valid event invalid"): its event is applied now, its header
+    key kept readable (backslash-escaped) for whoever reads the record's headers."""
     topics = await make_topics(kafka_bootstrap, partitions=3)
     settings = service_settings(migrated_database, kafka_bootstrap, topics)
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
-
-    # usage partition 0: 5 valid, the corrupt one, 5 valid: one producer batch;
-    # valid events on usage partitions 1 and 2 and support partitions 0 and 1
+    # usage partition 0: 5 valid, the one with the key, 5 valid: one producer batch
     outgoing: list[Outgoing] = []
-    valid: list[dict[str, Any]] = []
-    corrupt_event: dict[str, Any] | None = None
-    n = 0
+    events: list[dict[str, Any]] = []
     for i in range(11):
-        event = _usage(ORGS[0], start + timedelta(seconds=n), n)
-        n += 1
+        event = _usage(ORGS[0], start + timedelta(seconds=i), i)
+        events.append(event)
         outgoing.append(
             Outgoing(
                 topics.usage,
@@ -114,30 +144,57 @@ async def test_a_record_with_a_non_utf8_header_key_is_dead_lettered_and_passed(
                 corrupt_header=i == 5,
             )
         )
-        if i == 5:
-            corrupt_event = event
-        else:
-            valid.append(event)
-    for partition, org in ((1, ORGS[1]), (2, ORGS[2])):
-        for _ in range(6):
-            event = _usage(org, start + timedelta(seconds=n), n)
-            n += 1
-            outgoing.append(Outgoing(topics.usage, partition, org.encode(), orjson.dumps(event)))
-            valid.append(event)
-    for partition, org in ((0, ORGS[3]), (1, ORGS[1])):
-        for _ in range(3):
-            event = _support(org, start + timedelta(seconds=n), n)
-            n += 1
-            outgoing.append(Outgoing(topics.support, partition, org.encode(), orjson.dumps(event)))
-            valid.append(event)
-    assert corrupt_event is not None
-
+    elsewhere, _ = _valid_elsewhere(topics, start, 11)
+    outgoing += [Outgoing(t, p, k, orjson.dumps(e)) for t, p, k, e in elsewhere]
+    events += [e for *_, e in elsewhere]
     offsets = await produce_with_python_builder(kafka_bootstrap, outgoing)
-    bad_index = next(i for i, r in enumerate(outgoing) if r.corrupt_header)
-    bad_offset = offsets[bad_index]
-    assert bad_offset == 5
-    # the premise: the records after the corrupt one are in its batch
+    assert offsets[5] == 5
+    # the premise: aiokafka's reader gives up on that batch (tested below), which holds
+    # the records after it
     assert await _batches_of(kafka_bootstrap, TopicPartition(topics.usage, 0)) == [(0, 11)]
+
+    group, inputs = settings.consumer_group, [topics.usage, topics.support]
+    async with running_service(settings) as service:
+        await wait_caught_up(migrated_database, kafka_bootstrap, group, inputs)
+        outcomes = await wait_outcomes(service, lambda out: sum(o.records for o in out) >= 29)
+        counted = service.metrics.registry.get_sample_value(
+            "healthscore_corrupt_records_total", {"topic": topics.usage}
+        )
+    assert await _applied_ids(migrated_database) == {e["event_id"] for e in events}
+    assert sum((await event_counts_in(migrated_database)).values()) == len(events)
+    assert not any(outcome.rejected for outcome in outcomes)
+    assert counted is None  # no corrupt record
+    assert await consume_all(kafka_bootstrap, topics.dlq_usage, 0, timeout=2.0) == []
+
+
+async def test_a_record_whose_lengths_do_not_add_up_is_dead_lettered_and_passed(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    topics = await make_topics(kafka_bootstrap, partitions=3)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+
+    # usage partition 0: 5 valid, the corrupt one, 5 valid: one batch, as a producer
+    # framed it, whose sixth record says it holds a header past its own end
+    events = [_usage(ORGS[0], start + timedelta(seconds=i), i) for i in range(11)]
+    corrupt_event = events[5]
+    valid = events[:5] + events[6:]
+    raw = bytearray(batch([(ORGS[0].encode(), orjson.dumps(e)) for e in events]))
+    header_count = raw.index(orjson.dumps(corrupt_event)) + len(orjson.dumps(corrupt_event))
+    assert raw[header_count] == 0  # no headers (a zigzag varint)
+    raw[header_count] = 2  # one header, which the record does not hold
+    base = await produce_batch(kafka_bootstrap, topics.usage, 0, with_crc(bytes(raw)))
+    bad_offset = base + 5
+    assert bad_offset == 5
+    elsewhere, n = _valid_elsewhere(topics, start, 11)
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        for topic, partition, key, event in elsewhere:
+            await producer.send_and_wait(topic, orjson.dumps(event), key=key, partition=partition)
+    finally:
+        await producer.stop()
+    valid += [e for *_, e in elsewhere]
+    outgoing_count = 11 + len(elsewhere)
 
     later: list[dict[str, Any]] = []
     group, inputs = settings.consumer_group, [topics.usage, topics.support]
@@ -154,7 +211,7 @@ async def test_a_record_with_a_non_utf8_header_key_is_dead_lettered_and_passed(
         finally:
             await producer.stop()
         await wait_caught_up(migrated_database, kafka_bootstrap, group, inputs)
-        total = len(outgoing) + len(later)
+        total = outgoing_count + len(later)
         outcomes = await wait_outcomes(service, lambda out: sum(o.records for o in out) >= total)
         counted = service.metrics.registry.get_sample_value(
             "healthscore_corrupt_records_total", {"topic": topics.usage}
@@ -165,15 +222,7 @@ async def test_a_record_with_a_non_utf8_header_key_is_dead_lettered_and_passed(
         ready_status, ready_body = service.readiness.status()
 
     # every valid event applied exactly once; the corrupt one not at all
-    applied_ids = {
-        str(row)
-        for row in orjson.loads(
-            await fetchval(
-                migrated_database, "SELECT coalesce(json_agg(event_id), '[]') FROM processed_events"
-            )
-        )
-    }
-    assert applied_ids == {e["event_id"] for e in valid + later}
+    assert await _applied_ids(migrated_database) == {e["event_id"] for e in valid + later}
     event_total = sum((await event_counts_in(migrated_database)).values())
     assert event_total == len(valid) + len(later)
     applied = Counter[str]()
@@ -194,12 +243,9 @@ async def test_a_record_with_a_non_utf8_header_key_is_dead_lettered_and_passed(
     assert named["x-source-partition"] == b"0"
     assert named["x-source-offset"] == str(bad_offset).encode()
     detail = named["x-error-detail"].decode()
-    assert f"offset {bad_offset}" in detail and "not UTF-8" in detail
+    assert f"offset {bad_offset}" in detail and "runs past the end of the record" in detail
     assert record.key == ORGS[0].encode()
     assert record.value == orjson.dumps(corrupt_event)
-    # the producer's headers after ours, the undecodable key escaped
-    escaped = BAD_KEY_BYTES.decode("utf-8", "backslashreplace")
-    assert list(record.headers[-2:]) == [(escaped, b"header-value"), ("trace-id", b"t5")]
 
     # counted once, and shown for readiness
     assert counted == 1.0
@@ -260,8 +306,9 @@ async def _read_with_c_reader(bootstrap: str, topic: str, expect: int) -> list[A
 
 
 async def test_the_consumer_gets_past_it_with_either_aiokafka_reader(kafka_bootstrap: str) -> None:
-    """The C reader raises a bare UnicodeDecodeError, the pure-Python one
-    CorruptRecordException: both are salvaged, every record read exactly once."""
+    """The C reader raises a bare UnicodeDecodeError at a header key that is not UTF-8,
+    the pure-Python one CorruptRecordException: both are salvaged, every record read
+    exactly once, and none is corrupt (the key is kept, escaped)."""
     topics = await make_topics(kafka_bootstrap, partitions=2)
     outgoing = [
         Outgoing(topics.usage, 0, b"k", f"v{i}".encode(), corrupt_header=i in (0, 4))
@@ -274,8 +321,7 @@ async def test_the_consumer_gets_past_it_with_either_aiokafka_reader(kafka_boots
         await read_with_python_reader(kafka_bootstrap, topics.usage, len(outgoing)),
     ):
         assert sorted((p, o) for p, o, _ in got) == expected
-        corrupt = sorted((p, o) for p, o, c in got if c is not None)
-        assert corrupt == [(0, 0), (0, 4)]
+        assert [(p, o) for p, o, c in got if c is not None] == []
 
     # the aiokafka internals the salvage reads: where a plain consumer fails
     plain = AIOKafkaConsumer(

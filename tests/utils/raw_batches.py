@@ -41,12 +41,20 @@ def batch(records: Sequence[Record], *, codec: int = 0, timestamp_ms: int | None
     for offset, (key, value) in enumerate(records):
         builder.append(offset, stamp, key, value, [])
     raw = bytearray(builder.build())
+    assert len(raw) >= BATCH_HEADER.size
     if codec:
         (attributes,) = struct.unpack_from(">h", raw, _ATTRIBUTES_AT)
         struct.pack_into(">h", raw, _ATTRIBUTES_AT, (attributes & ~CODEC_MASK) | codec)
-        struct.pack_into(">I", raw, _CRC_AT, calc_crc32c(bytes(raw[CRC_COVERS_FROM:])))
-    assert len(raw) >= BATCH_HEADER.size
+        return with_crc(bytes(raw))
     return bytes(raw)
+
+
+def with_crc(raw: bytes) -> bytes:
+    """The batch `raw` (its bytes changed after building) with its CRC made valid again,
+    so that only what was changed is wrong with it."""
+    fixed = bytearray(raw)
+    struct.pack_into(">I", fixed, _CRC_AT, calc_crc32c(bytes(fixed[CRC_COVERS_FROM:])))
+    return bytes(fixed)
 
 
 def batch_compressed_as(records_section: bytes, codec: int, *, count: int = 1) -> bytes:
@@ -55,8 +63,7 @@ def batch_compressed_as(records_section: bytes, codec: int, *, count: int = 1) -
     raw = bytearray(batch([(b"k", b"v")] * count, codec=codec)[: BATCH_HEADER.size])
     raw += records_section
     struct.pack_into(">i", raw, _LENGTH_AT, len(raw) - _LENGTH_COVERS_FROM)
-    struct.pack_into(">I", raw, _CRC_AT, calc_crc32c(bytes(raw[CRC_COVERS_FROM:])))
-    return bytes(raw)
+    return with_crc(bytes(raw))
 
 
 _LENGTH_AT = 8  # after BaseOffset
@@ -102,8 +109,7 @@ def transaction_marker(*, commit: bool = True, producer_id: int = 4242) -> bytes
     raw = bytearray(builder.build())
     (attributes,) = struct.unpack_from(">h", raw, _ATTRIBUTES_AT)
     struct.pack_into(">h", raw, _ATTRIBUTES_AT, attributes | CONTROL_FLAG | TRANSACTIONAL_FLAG)
-    struct.pack_into(">I", raw, _CRC_AT, calc_crc32c(bytes(raw[CRC_COVERS_FROM:])))
-    return bytes(raw)
+    return with_crc(bytes(raw))
 
 
 def compacted_batch(records: Sequence[Record], span: int) -> bytes:
@@ -113,8 +119,7 @@ def compacted_batch(records: Sequence[Record], span: int) -> bytes:
     nothing from a batch with no record at all.)"""
     raw = bytearray(batch(records))
     struct.pack_into(">i", raw, 23, span - 1)  # LastOffsetDelta
-    struct.pack_into(">I", raw, _CRC_AT, calc_crc32c(bytes(raw[CRC_COVERS_FROM:])))
-    return bytes(raw)
+    return with_crc(bytes(raw))
 
 
 def transactional_batch(records: Sequence[Record], *, producer_id: int = 4242) -> bytes:

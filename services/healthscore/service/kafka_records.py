@@ -6,7 +6,10 @@ every later fetch starting anywhere in that batch parses the batch from its
 start again, so no seek gets past it. This reader keeps going: a record that
 is framed (its length is readable) but not valid is returned marked `corrupt`
 with what failed and at which offset, together with whatever key, value and
-headers could be read; the records around it are returned as they are.
+headers could be read; the records around it are returned as they are. A header
+key that is not UTF-8 does not make a record corrupt: headers are metadata, and the
+contract says one that is not UTF-8 never makes a valid event invalid. Its bytes are
+kept readable, backslash-escaped (`\xff\xfe`), and the record is handed over.
 
 Only the wire format is used (the layout below is Kafka's DefaultRecordBatch
 and DefaultRecord): aiokafka supplies the CRC-32C, `kafka_codecs` the decompressors
@@ -42,7 +45,6 @@ CONTROL_FLAG = 0x20
 # a control record's key: version (int16), type (int16: 0 abort, 1 commit)
 CONTROL_KEY = struct.Struct(">hh")
 ABORT_MARKER = 0
-SHOW_BYTES = 32  # at most this many undecodable bytes quoted in a detail
 
 _DECOMPRESS: dict[int, tuple[str, Callable[[bytes], bytes]]] = {
     1: ("gzip", gzip_decode),
@@ -69,6 +71,8 @@ class ParsedRecord:
     headers: tuple[Header, ...]
     # why the record is not a valid Kafka record (None: it is); names the offset
     corrupt: str | None = None
+    # a header key was not UTF-8 (kept escaped): valid, but aiokafka fails on it
+    escaped_header_key: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +97,9 @@ class ParsedBatch:
     @property
     def damaged(self) -> bool:
         """aiokafka would fail on this batch."""
-        return bool(self.problems) or any(r.corrupt is not None for r in self.records)
+        return bool(self.problems) or any(
+            r.corrupt is not None or r.escaped_header_key for r in self.records
+        )
 
 
 class _Malformed(Exception):
@@ -144,11 +150,6 @@ class _Reader:
     def nullable(self, what: str) -> bytes | None:
         length = self.varint(f"{what} length")
         return None if length < 0 else self.take(length, what)
-
-
-def _quote(raw: bytes) -> str:
-    shown = repr(raw[:SHOW_BYTES])
-    return shown + ("..." if len(raw) > SHOW_BYTES else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +212,7 @@ def _read_record(buf: bytes, pos: int, limit: int, info: _BatchInfo) -> tuple[Pa
     value: bytes | None = None
     headers: list[Header] = []
     problems: list[str] = []
+    escaped = False
     try:
         key = r.nullable("key")
         value = r.nullable("value")
@@ -224,11 +226,11 @@ def _read_record(buf: bytes, pos: int, limit: int, info: _BatchInfo) -> tuple[Pa
             raw_key = r.take(key_length, f"header #{i} key")
             try:
                 name = raw_key.decode("utf-8")
-            except UnicodeDecodeError as exc:
+            except UnicodeDecodeError:
+                # metadata: a key that is not UTF-8 is kept, escaped, and invalidates
+                # nothing (aiokafka gives up on its batch: the salvage reads it here)
                 name = raw_key.decode("utf-8", "backslashreplace")
-                problems.append(
-                    f"header #{i} key is not UTF-8 at byte {exc.start}: {_quote(raw_key)}"
-                )
+                escaped = True
             headers.append((name, r.nullable(f"header #{i} value")))
         if r.pos != end:
             problems.append(f"{end - r.pos} bytes left over after the headers")
@@ -245,6 +247,7 @@ def _read_record(buf: bytes, pos: int, limit: int, info: _BatchInfo) -> tuple[Pa
         value=value,
         headers=tuple(headers),
         corrupt=corrupt,
+        escaped_header_key=escaped,
     )
     return record, end
 
