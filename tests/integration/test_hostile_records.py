@@ -1427,14 +1427,7 @@ async def test_a_dead_letter_topic_refusing_writes_holds_only_its_dead_letters(
                 )
             with capture_logs() as logs:
                 async with running_service(settings, ServiceOptions(run_sweep=False)) as service:
-                    await wait_caught_up(
-                        migrated_database,
-                        bootstrap,
-                        settings.consumer_group,
-                        [topics.usage, topics.support],
-                        timeout=60.0,
-                        read_model=False,
-                    )
+                    await _caught_up(service, settings, [topics.usage, topics.support])
                     applied = await fetchval(
                         migrated_database, "SELECT count(*) FROM processed_events"
                     )
