@@ -120,6 +120,10 @@ BAD_CHECK_VALUES: dict[str, tuple[str, list[dict[str, Any]]]] = {
     "alert_outbox_kind_check": ("alert_outbox", [{"kind": "risk_lowered"}]),
     "alert_outbox_episode_check": ("alert_outbox", [{"episode": 0}]),
     "alert_outbox_publish_attempts_check": ("alert_outbox", [{"publish_attempts": -1}]),
+    "dead_letter_outbox_publish_attempts_check": (
+        "dead_letter_outbox",
+        [{"publish_attempts": -1}],
+    ),
     "read_model_pending_version_check": ("read_model_pending", [{"version": 0}]),
     "shadow_health_health_score_check": (
         "shadow_health",
@@ -164,6 +168,8 @@ def valid_row(table: str, organization_id: uuid.UUID, **overrides: Any) -> dict[
         return b.score_model(**overrides)
     if table == "replay_runs":
         return b.replay_run(**overrides)
+    if table == "dead_letter_outbox":
+        return b.dead_letter(**overrides)
     return b.ORGANIZATION_CHILDREN[table](organization_id, **overrides)
 
 

@@ -154,6 +154,21 @@ def replay_run(**overrides: Any) -> Row:
     }
 
 
+def dead_letter(**overrides: Any) -> Row:
+    return {
+        "source_topic": "product.usage.v1",
+        "source_partition": 0,
+        "source_offset": 7,
+        "record_key": b"key",
+        "record_value": b"{}",
+        "record_timestamp_ms": None,
+        "record_headers": b"\x90",  # MessagePack: no headers
+        "reason": "missing_field",
+        "detail": "event_id: Field required",
+        **overrides,
+    }
+
+
 def health_score_history(organization_id: uuid.UUID, **overrides: Any) -> Row:
     return {
         "organization_id": organization_id,
