@@ -64,8 +64,7 @@ class DeadLetterRelay:
             async with conn.transaction():
                 if not await conn.fetchval(sql.TRY_LEADER_LOCK, locks.DEAD_LETTER_RELAY):
                     return None
-                hold = self._publish_timeout + HOLD_MARGIN_SECONDS
-                await conn.execute(sql.BOUND_HELD_TRANSACTION, f"{round(hold * 1000)}ms")
+                hold = f"{round((self._publish_timeout + HOLD_MARGIN_SECONDS) * 1000)}ms"
                 rows = await conn.fetch(sql.PENDING_DEAD_LETTERS, self._page_size)
                 if not rows:
                     return 0
@@ -75,6 +74,8 @@ class DeadLetterRelay:
                 sent: list[int] = []
                 for topic, page in by_topic.items():
                     ids = [row["id"] for row in page]
+                    # each topic's publish bounded on its own: the hold's timers restart
+                    await conn.execute(sql.BOUND_HELD_TRANSACTION, hold)
                     try:
                         async with asyncio.timeout(self._publish_timeout):
                             await self._dlq.publish(
