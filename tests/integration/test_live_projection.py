@@ -197,6 +197,12 @@ async def test_projectors_with_different_shard_counts_never_project_one_organiza
         await pool.close()
 
 
+# What a statement on a session PostgreSQL ended raises: which one depends on when the
+# client reads the server's farewell (InternalClientError when the next statement is
+# sent while asyncpg still holds the previous operation open: seen once in CI)
+SESSION_GONE = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
+
+
 class _TakenOverBeforeItsFeed:
     """The real producer of a projector pass that is taken over right before it sends
     its health feed, as a replica frozen there is once PostgreSQL ends its idle session
@@ -271,7 +277,7 @@ async def test_a_pass_taken_over_before_its_feed_leaves_the_newest_state_last_on
         frozen = Projector(
             frozen_pool, model, _TakenOverBeforeItsFeed(producer, take_over), topics.health
         )
-        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+        with pytest.raises(SESSION_GONE):
             await frozen.project_once()
         await other.drain()
         states = await stored_states(admin)
@@ -327,7 +333,7 @@ async def test_a_live_batch_taken_over_before_its_feed_leaves_the_newest_state_l
             frozen_pool, model, _TakenOverBeforeItsFeed(producer, take_over), topics.health
         )
         frozen.project_live_batches(stale.project_in_batch, lambda: True)
-        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+        with pytest.raises(SESSION_GONE):
             await frozen.process(first)
         await projector.drain()
         assert await _feed(kafka_bootstrap, topics.health, 18) == _newest_on_the_feed(
@@ -366,7 +372,7 @@ async def test_a_live_batch_failing_after_its_feed_queues_no_organization_it_cre
             pool, model, _TakenOverBeforeItsFeed(producer, session_ends), topics.health
         )
         pipeline.project_live_batches(projector.project_in_batch, lambda: True)
-        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+        with pytest.raises(SESSION_GONE):
             await pipeline.process(first)
         assert await _rows(url, "SELECT * FROM read_model_pending") == []
         assert await projector.staleness() == 0.0
