@@ -93,17 +93,20 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         when it is not known (a head refused unread)."""
         return "text/plain; charset=utf-8", f"{detail}\n".encode()
 
-    def _answer(
+    def _answer(self, status: int, kind: str, detail: str, instance: str | None) -> bytes:
+        """The refusal's bytes, logged."""
+        log.info(
+            self.refused_event,
+            status=status,
+            reason=kind,
+            path=None if instance is None else shown_path(instance),
+        )
+        return self._refusal(status, kind, detail, instance)
+
+    def _refusal(
         self, status: int, kind: str, detail: str, instance: str | None, head: bytes = b""
     ) -> bytes:
-        """The refusal's bytes (`head`: more header lines), logged."""
-        if status != 503:
-            log.info(
-                self.refused_event,
-                status=status,
-                reason=kind,
-                path=None if instance is None else shown_path(instance),
-            )
+        """The refusal's bytes (`head`: more header lines)."""
         media_type, body = self.refusal_body(status, kind, detail, instance)
         return b"".join(
             (
@@ -128,7 +131,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                 refused=cls._unlogged_refusals,
             )
             cls._unlogged_refusals, cls._refusal_logged_at = 0, now
-        return self._answer(
+        return self._refusal(
             503,
             "too-many-connections",
             f"this server holds {self.max_connections} connections at most: "

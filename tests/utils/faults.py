@@ -236,15 +236,9 @@ async def freeze_inside_batch_transaction(
         os.kill(pid, signal.SIGSTOP)
         try:
             await asyncio.sleep(settle)  # the backend finishes reading what was sent
-            for row in await conn.fetch(TRANSACTIONS_LOCKING, *locking):
-                again = await conn.fetchrow(BACKEND, row["pid"])
-                # one that has locked rows (an xid): not one still introspecting types
-                if (
-                    _open_transaction(again, row["xact_start"])
-                    and _frozen_at(again, at)
-                    and await conn.fetchval(LOCKED_ROWS, row["pid"])
-                ):
-                    return int(row["pid"])
+            caught = await _caught_backend(conn, locking, at)
+            if caught is not None:
+                return caught
         except BaseException:
             os.kill(pid, signal.SIGCONT)
             raise
@@ -252,9 +246,29 @@ async def freeze_inside_batch_transaction(
     return None
 
 
-def _frozen_at(backend: Any, at: FreezePoint) -> bool:
+async def _caught_backend(
+    conn: asyncpg.Connection[Any],
+    locking: tuple[str, list[str]],
+    at: FreezePoint | Literal["mid_pipeline"],
+) -> int | None:
+    """With the service frozen: its backend inside a transaction holding `locking`, at
+    the point `at`, that has locked rows (an xid: not one still introspecting types)."""
+    for row in await conn.fetch(TRANSACTIONS_LOCKING, *locking):
+        again = await conn.fetchrow(BACKEND, row["pid"])
+        if (
+            _open_transaction(again, row["xact_start"])
+            and _frozen_at(again, at)
+            and await conn.fetchval(LOCKED_ROWS, row["pid"])
+        ):
+            return int(row["pid"])
+    return None
+
+
+def _frozen_at(backend: Any, at: FreezePoint | Literal["mid_pipeline"]) -> bool:
     if at == "between_statements":
         return bool(backend["state"] == "idle in transaction")
+    if at == "mid_pipeline":  # a statement bound, the rest of its pipeline awaited
+        return bool(backend["state"] == "active" and backend["wait_event"] == "ClientRead")
     return True
 
 
@@ -288,16 +302,9 @@ async def freeze_mid_pipeline(
             # the backend takes a moment to process the Bind it was handed
             settled = time.monotonic() + 1.0
             while time.monotonic() < settled:
-                for row in await conn.fetch(TRANSACTIONS_LOCKING, *locking):
-                    again = await conn.fetchrow(BACKEND, row["pid"])
-                    if (
-                        again is not None
-                        and _open_transaction(again, row["xact_start"])
-                        and again["state"] == "active"
-                        and again["wait_event"] == "ClientRead"
-                        and await conn.fetchval(LOCKED_ROWS, row["pid"])
-                    ):
-                        return int(row["pid"])
+                caught = await _caught_backend(conn, locking, "mid_pipeline")
+                if caught is not None:
+                    return caught
                 await asyncio.sleep(0.02)
         except BaseException:
             relay.resume()

@@ -21,14 +21,11 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncpg
-import structlog
 
 from healthscore.service.ingest.dlq import DeadLetterQueue, rejection_of
 from healthscore.service.outbox import HOLD_MARGIN_SECONDS, PUBLISH_TIMEOUT_SECONDS
 from healthscore.service.periodic import AT_ONCE, LOCK_BUSY_RETRY
 from healthscore.store import locks, sql
-
-log = structlog.get_logger(__name__)
 
 
 class DeadLetterPublishError(Exception):
