@@ -4,11 +4,15 @@ once the broker acknowledged it; a crash in between sends it again, never loses 
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from structlog.testing import capture_logs
 
 from healthscore.service.dead_letters import DeadLetterRelay
 from healthscore.service.ingest.decode import RawRecord, Rejection
@@ -16,6 +20,7 @@ from healthscore.service.ingest.dlq import DeadLetterQueue, dead_letter_columns
 from healthscore.service.periodic import AT_ONCE
 from healthscore.store import sql
 from healthscore.store.db import create_pool
+from healthscore_lab.devservices import start_embedded_broker
 from tests.utils.harness import Topics, consume_all, make_producer, make_topics
 
 
@@ -23,11 +28,11 @@ class Crash(Exception):
     """The process dying after the broker's ack, before the rows are deleted."""
 
 
-def _rejections(topics: Topics) -> list[Rejection]:
+def _rejections(topics: Topics, topic: str | None = None) -> list[Rejection]:
     return [
         Rejection(
             RawRecord(
-                topics.usage,
+                topic or topics.usage,
                 0,
                 offset,
                 b"key-%d" % offset,
@@ -127,3 +132,71 @@ async def test_the_relay_steps_again_at_once_while_dead_letters_wait(
     finally:
         await producer.stop()
         await pool.close()
+
+
+async def test_a_refused_topics_backlog_holds_back_no_other_topics_dead_letters(
+    migrated_database: str, tmp_path: Path
+) -> None:
+    """A page of the usage topic's dead letters that its dead-letter topic refuses
+    (a schema the broker enforces), then a support topic's dead letter. The relay read
+    the first page in rejection order whatever the topic, so once a page's worth of the
+    refused topic's waited, every page was theirs and the support topic's dead letter
+    never left. Now each topic's page is read apart: it leaves at once, and the refused
+    topic waits on its own schedule, its error recorded."""
+    topics = Topics(*(f"{name}.refused-page" for name in ("u", "s", "a", "h", "p")))
+    registry = tmp_path / "schemas"
+    registry.mkdir()
+    # the usage dead-letter topic takes JSON objects with an "m" only: none of these is
+    (registry / f"{topics.dlq_usage}.json").write_text(
+        json.dumps(
+            {
+                "type": "object",
+                "properties": {"value": {"type": "object", "required": ["m"]}},
+                "required": ["value"],
+            }
+        )
+    )
+    bootstrap, broker = start_embedded_broker(schema_registry=registry)
+    try:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics(
+                [NewTopic(n, 1, 1) for n in (topics.dlq_usage, topics.dlq_support)]
+            )
+        finally:
+            await admin.close()
+        pool = await create_pool(migrated_database, "healthscore_writer")
+        producer = await make_producer(bootstrap)
+        try:
+            async with pool.acquire() as conn:
+                for topic in (topics.usage, topics.support):
+                    await conn.execute(
+                        sql.INSERT_DEAD_LETTERS, *dead_letter_columns(_rejections(topics, topic))
+                    )
+            relay = DeadLetterRelay(pool, DeadLetterQueue(producer, ".dlq"), page_size=3)
+            with capture_logs() as logs:
+                # the support topic's whole page left beside the refused usage page
+                assert await relay.step() == AT_ONCE
+            # the refused topic is not tried again before its pause is over
+            pause = await relay.step()
+            assert pause is not None and 0 < pause <= 0.5
+            reader = await asyncpg.connect(migrated_database)
+            try:
+                waiting = await reader.fetch(
+                    "SELECT source_topic, publish_attempts, last_error FROM dead_letter_outbox"
+                )
+            finally:
+                await reader.close()
+        finally:
+            await producer.stop()
+            await pool.close()
+        letters = await consume_all(bootstrap, topics.dlq_support, expect=3, settle=0.5)
+    finally:
+        broker.terminate()
+        broker.wait()
+    assert [int(dict(r.headers)["x-source-offset"]) for r in letters] == [3, 5, 8]
+    assert {(r["source_topic"], r["publish_attempts"]) for r in waiting} == {(topics.usage, 1)}
+    assert all(f"{topics.dlq_usage} refused" in r["last_error"] for r in waiting)
+    [failed] = [log for log in logs if log["event"] == "dead_letter_relay_failed"]
+    assert failed["error"] == "DeadLetterPublishError"

@@ -5,27 +5,36 @@ A batch writes its dead letters to `dead_letter_outbox` in its own transaction, 
 its offsets (`sql.INSERT_DEAD_LETTERS`): a rejected record is never lost, and a bad
 record holds nothing valid beside it, whatever its dead-letter topic does. The relay
 sends them to `<topic>.dlq` in the order they were rejected, one source topic's
-apart from another's (a topic that refuses its dead letters keeps only its own
-waiting, each attempt's error in `last_error` and a `dead_letter_relay_failed` log
-line), and deletes each page the broker acknowledged. Publishing and deleting are not
-atomic: a crash between them sends a page again (consumers of the dead-letter topics
-deduplicate on the `x-source-*` headers). One relay is active at a time (a
-transaction-level advisory lock), its hold bounded as the alert relay's is
-(`healthscore.service.outbox`).
+apart from another's, and deletes each page the broker acknowledged. A topic that
+refuses its dead letters keeps only its own waiting: each topic's page is read apart
+(`sql.PENDING_DEAD_LETTERS`), and a refused topic is tried again on its own schedule
+(doubling up to `TOPIC_MAX_BACKOFF_SECONDS`) while the others' go on at once, each
+attempt's error in `last_error` and a `dead_letter_relay_failed` log line.
+Publishing and deleting are not atomic: a crash between them sends a page again
+(consumers of the dead-letter topics deduplicate on the `x-source-*` headers). One
+relay is active at a time (a transaction-level advisory lock), its hold bounded as the
+alert relay's is (`healthscore.service.outbox`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
 import asyncpg
+import structlog
 
 from healthscore.service.ingest.dlq import DeadLetterQueue, rejection_of
 from healthscore.service.outbox import HOLD_MARGIN_SECONDS, PUBLISH_TIMEOUT_SECONDS
 from healthscore.service.periodic import AT_ONCE, LOCK_BUSY_RETRY
 from healthscore.store import locks, sql
+
+log = structlog.get_logger(__name__)
+
+TOPIC_FIRST_BACKOFF_SECONDS = 0.5
+TOPIC_MAX_BACKOFF_SECONDS = 5.0
 
 
 class DeadLetterPublishError(Exception):
@@ -50,12 +59,16 @@ class DeadLetterRelay:
         self._on_published = on_published
         # fault-injection seam: after the broker acked, before the rows are deleted
         self._after_publish = after_publish
+        # source topic -> (when to try it again, on time.monotonic(); its last pause)
+        self._refused: dict[str, tuple[float, float]] = {}
 
     async def relay_dead_letters(self) -> int | None:
-        """Publish one page of dead letters; return how many left (None: another
-        process's relay holds the lock). Raises `DeadLetterPublishError` when some
-        source topic's could not be published (the others' left)."""
-        failures: list[tuple[list[int], str]] = []
+        """Publish each source topic's next page of dead letters; return how many were
+        published (None: another process's relay holds the lock). A topic refused
+        before is left out until its pause is over. Raises `DeadLetterPublishError`
+        when some topic's could not be published and no other's were (when others'
+        were, the failure is logged and the relay goes on with them at once)."""
+        failures: list[tuple[str, list[int], str]] = []
         published: dict[str, int] = {}
         async with self._pool.acquire() as conn:
             async with conn.transaction():
@@ -63,11 +76,17 @@ class DeadLetterRelay:
                     return None
                 hold = f"{round((self._publish_timeout + HOLD_MARGIN_SECONDS) * 1000)}ms"
                 rows = await conn.fetch(sql.PENDING_DEAD_LETTERS, self._page_size)
-                if not rows:
-                    return 0
+                now = time.monotonic()
+                # a refused topic whose dead letters are gone (taken, or removed) is no more
+                waiting = {row["source_topic"] for row in rows}
+                self._refused = {t: r for t, r in self._refused.items() if t in waiting}
                 by_topic: dict[str, list[Any]] = {}
                 for row in rows:
-                    by_topic.setdefault(row["source_topic"], []).append(row)
+                    topic = row["source_topic"]
+                    if self._refused.get(topic, (now, 0.0))[0] <= now:
+                        by_topic.setdefault(topic, []).append(row)
+                if not by_topic:
+                    return 0
                 sent: list[int] = []
                 for topic, page in by_topic.items():
                     ids = [row["id"] for row in page]
@@ -82,33 +101,50 @@ class DeadLetterRelay:
                     except TimeoutError:
                         failures.append(
                             (
+                                topic,
                                 ids,
                                 f"{self._dlq.topic_for(topic)}: the broker did not acknowledge "
                                 f"{len(ids)} dead letters within {self._publish_timeout:g}s",
                             )
                         )
                     except Exception as exc:
-                        failures.append((ids, f"{type(exc).__name__}: {exc}"[:500]))
+                        failures.append((topic, ids, f"{type(exc).__name__}: {exc}"[:500]))
                     else:
                         sent += ids
                         published[topic] = len(ids)
+                        self._refused.pop(topic, None)
                 if sent and self._after_publish is not None:
                     self._after_publish()
                 await conn.execute(sql.DELETE_DEAD_LETTERS, sent)
             # after the transaction: the failure records must survive it
-            for ids, error in failures:
+            for topic, ids, error in failures:
                 await conn.execute(sql.RECORD_DEAD_LETTER_FAILURE, ids, error)
+                _, pause = self._refused.get(topic, (0.0, TOPIC_FIRST_BACKOFF_SECONDS / 2))
+                pause = min(pause * 2, TOPIC_MAX_BACKOFF_SECONDS)
+                self._refused[topic] = (time.monotonic() + pause, pause)
         for topic, count in published.items():
             if self._on_published is not None:
                 self._on_published(topic, count)
         if failures:
-            raise DeadLetterPublishError("; ".join(error for _, error in failures))
-        return len(rows)
+            failure = DeadLetterPublishError("; ".join(error for _, _, error in failures))
+            if not published:
+                raise failure
+            log.warning(
+                "dead_letter_relay_failed", error=type(failure).__name__, message=str(failure)[:300]
+            )
+        return len(sent)
+
+    def _next_attempt_in(self) -> float | None:
+        """Seconds until the first refused topic may be tried again (None: none is)."""
+        if not self._refused:
+            return None
+        return max(0.0, min(at for at, _ in self._refused.values()) - time.monotonic())
 
     async def step(self) -> float | None:
-        """Relay one page; the next at once while dead letters are pending, soon while
-        another relay publishes (`periodic.every`)."""
+        """Relay one page of each topic; the next at once while dead letters are
+        published, soon while another relay publishes, when a refused topic's pause is
+        over while only refused topics' wait (`periodic.every`)."""
         published = await self.relay_dead_letters()
         if published is None:
             return LOCK_BUSY_RETRY
-        return AT_ONCE if published > 0 else None
+        return AT_ONCE if published > 0 else self._next_attempt_in()

@@ -453,12 +453,30 @@ ORDER BY n
 ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING
 """
 
+# each source topic's first $1 in rejection order: a topic whose dead letters its
+# dead-letter topic refuses holds back only its own (the topics found by a loose scan of
+# dead_letter_outbox_topic_order, one index probe per topic)
 PENDING_DEAD_LETTERS = """
-SELECT id, source_topic, source_partition, source_offset, record_key, record_value,
-       record_timestamp_ms, record_headers, reason, detail, rejected_at
-FROM dead_letter_outbox
-ORDER BY id
-LIMIT $1
+WITH RECURSIVE topics (source_topic) AS (
+    (SELECT source_topic FROM dead_letter_outbox ORDER BY source_topic LIMIT 1)
+    UNION ALL
+    SELECT (SELECT d.source_topic FROM dead_letter_outbox d
+            WHERE d.source_topic > t.source_topic
+            ORDER BY d.source_topic LIMIT 1)
+    FROM topics t
+    WHERE t.source_topic IS NOT NULL
+)
+SELECT p.*
+FROM topics t
+CROSS JOIN LATERAL (
+    SELECT id, source_topic, source_partition, source_offset, record_key, record_value,
+           record_timestamp_ms, record_headers, reason, detail, rejected_at
+    FROM dead_letter_outbox d
+    WHERE d.source_topic = t.source_topic
+    ORDER BY d.id
+    LIMIT $1
+) p
+ORDER BY p.id
 """
 
 # the broker has them: the topic is their store from now on

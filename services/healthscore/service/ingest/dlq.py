@@ -157,12 +157,12 @@ class DeadLetterQueue:
     def _refused(self, rejection: Rejection, exc: Exception) -> DeadLetterRefused:
         """`exc`, the broker's or the producer's, naming the dead letter it refused: a
         broker error alone (`UnknownError`) does not say that the dead-letter topic is
-        what holds the batch."""
+        what keeps the dead letter waiting."""
         record = rejection.record
         return DeadLetterRefused(
             f"{self.topic_for(record.topic)} refused the dead letter of "
             f"{record.topic}:{record.partition}:{record.offset} ({rejection.reason}): "
-            f"{type(exc).__name__}: {exc}; the batch is retried, nothing is skipped"
+            f"{type(exc).__name__}: {exc}; it stays in the outbox and is tried again"
         )
 
     async def _send(
