@@ -141,6 +141,15 @@ class Settings(BaseSettings):
         ge=64 * 1024,
         description="Per-partition fetch size: bounds what a consumer buffers in memory.",
     )
+    kafka_max_decompressed_batch_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="The most a fetched record batch may take decompressed. A batch past "
+        "it (a decompression bomb: kilobytes of zstd holding gigabytes) is not decompressed "
+        "but dead-lettered as corrupt_record, whole. Raise it above the source topics' "
+        "max.message.bytes times their records' compression ratio if a producer writes "
+        "larger batches.",
+    )
     batch_timeout_ms: int = Field(default=50, ge=1)
     batch_min_interval_ms: int = Field(
         default=50,

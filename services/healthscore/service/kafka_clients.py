@@ -129,6 +129,9 @@ class KafkaConnection:
 
     bootstrap_servers: str
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    # the most a fetched batch may take decompressed, for the whole process: aiokafka's
+    # readers find their decompressors as module globals (kafka_codecs; None: as it is)
+    max_decompressed_batch_bytes: int | None = None
 
     @classmethod
     def from_settings(
@@ -138,7 +141,11 @@ class KafkaConnection:
         bootstrap = bootstrap_servers or settings.kafka_bootstrap_servers
         if bootstrap is None:
             raise ValueError("KAFKA_BOOTSTRAP_SERVERS is not set")
-        return cls(bootstrap, KafkaSecurity.from_settings(settings))
+        return cls(
+            bootstrap,
+            KafkaSecurity.from_settings(settings),
+            settings.kafka_max_decompressed_batch_bytes,
+        )
 
     def _options(self, options: dict[str, Any]) -> dict[str, Any]:
         fixed = CONNECTION_OPTIONS.intersection(options)
@@ -152,7 +159,8 @@ class KafkaConnection:
         return AIOKafkaProducer(**self._options(options), **options)
 
     def consumer(self, *topics: str, **options: Any) -> AIOKafkaConsumer:
-        kafka_codecs.install()  # whatever reads records decompresses within the limit
+        # whatever reads records decompresses within the limit
+        kafka_codecs.install(self.max_decompressed_batch_bytes)
         return AIOKafkaConsumer(*topics, **self._options(options), **options)
 
     def admin(self, **options: Any) -> AIOKafkaAdminClient:
@@ -161,5 +169,5 @@ class KafkaConnection:
     def broker(self, **options: Any) -> KafkaBroker:
         """A FastStream broker: its consumers, producer and admin client get the security."""
         self._options(options)
-        kafka_codecs.install()
+        kafka_codecs.install(self.max_decompressed_batch_bytes)
         return KafkaBroker(self.bootstrap_servers, security=self.security.faststream(), **options)

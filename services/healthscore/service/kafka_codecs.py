@@ -8,13 +8,13 @@ serves the batch as sent, and aiokafka's readers decompress a whole batch in mem
 every replica that fetched it would run out of memory, restart, and fetch it again.
 
 These decompressors are aiokafka's (`aiokafka.codec`), with the same libraries, but
-raise `DecompressedTooLarge` once a batch's records pass `MAX_DECOMPRESSED_BATCH_BYTES`,
-without holding more than that. `install` puts them into aiokafka's record readers (the
-C extension's and the pure-Python ones, of v2 batches and of the old message sets, look
-them up as module globals); the tolerant reader (`kafka_records`) uses them too. A
-batch past the limit then fails to read like a batch whose bytes do not decompress:
-the consumer salvages it and dead-letters its offsets as `corrupt_record`, naming the
-limit.
+raise `DecompressedTooLarge` once a batch's records pass `MAX_DECOMPRESSED_BATCH_BYTES`
+(KAFKA_MAX_DECOMPRESSED_BATCH_BYTES), without holding more than that. `install` puts them
+into aiokafka's record readers (the C extension's and the pure-Python ones, of v2
+batches and of the old message sets, look them up as module globals); the tolerant
+reader (`kafka_records`) uses them too. A batch past the limit then fails to read like a
+batch whose bytes do not decompress: the consumer salvages it and dead-letters its
+offsets as `corrupt_record`, naming the limit.
 """
 
 from __future__ import annotations
@@ -28,10 +28,14 @@ from typing import Protocol
 
 import cramjam
 
-MAX_DECOMPRESSED_BATCH_BYTES = 64 * 1024 * 1024
-"""The most a batch's records may take decompressed. Far above any batch a producer
-writes (a batch is at most the topic's `max.message.bytes` compressed, a few MiB of
-JSON decompressed), far below what a replica can hold."""
+DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES = 64 * 1024 * 1024
+"""The most a batch's records may take decompressed, by default
+(KAFKA_MAX_DECOMPRESSED_BATCH_BYTES). Far above any batch a producer writes with the
+default `max.message.bytes` (1 MiB compressed, a few MiB of JSON decompressed), far
+below what a replica can hold."""
+
+MAX_DECOMPRESSED_BATCH_BYTES = DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES
+"""The process's limit: set by `install` from the settings."""
 
 
 def _limit(limit: int | None) -> int:
@@ -45,7 +49,7 @@ class DecompressedTooLarge(ValueError):
     def __init__(self, codec: str, limit: int) -> None:
         super().__init__(
             f"{codec} batch decompresses to more than {limit} bytes "
-            "(MAX_DECOMPRESSED_BATCH_BYTES): not decompressed"
+            "(KAFKA_MAX_DECOMPRESSED_BATCH_BYTES): not decompressed"
         )
 
 
@@ -145,9 +149,13 @@ _READERS: dict[str, tuple[str, ...]] = {
 }
 
 
-def install() -> None:
-    """Make aiokafka's record readers decompress with these (idempotent); fails loudly
-    if a reader no longer calls its decompressors by these names."""
+def install(limit: int | None = None) -> None:
+    """Make aiokafka's record readers decompress with these, within `limit` bytes a batch
+    (None: the limit as it is; idempotent); fails loudly if a reader no longer calls its
+    decompressors by these names."""
+    global MAX_DECOMPRESSED_BATCH_BYTES
+    if limit is not None:
+        MAX_DECOMPRESSED_BATCH_BYTES = limit
     for name, functions in _READERS.items():
         try:
             module = importlib.import_module(name)
