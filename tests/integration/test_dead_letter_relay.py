@@ -4,14 +4,11 @@ once the broker acknowledged it; a crash in between sends it again, never loses 
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from structlog.testing import capture_logs
 
 from healthscore.service.dead_letters import DeadLetterRelay
@@ -20,8 +17,14 @@ from healthscore.service.ingest.dlq import DeadLetterQueue, dead_letter_columns
 from healthscore.service.periodic import AT_ONCE
 from healthscore.store import sql
 from healthscore.store.db import create_pool
-from healthscore_lab.devservices import start_embedded_broker
-from tests.utils.harness import Topics, consume_all, make_producer, make_topics
+from tests.utils.harness import (
+    Topics,
+    broker_refusing,
+    consume_all,
+    fetch,
+    make_producer,
+    make_topics,
+)
 
 
 class Crash(Exception):
@@ -48,11 +51,7 @@ def _rejections(topics: Topics, topic: str | None = None) -> list[Rejection]:
 
 
 async def _pending(url: str) -> list[Any]:
-    conn = await asyncpg.connect(url)
-    try:
-        return await conn.fetch("SELECT source_offset FROM dead_letter_outbox ORDER BY id")
-    finally:
-        await conn.close()
+    return await fetch(url, "SELECT source_offset FROM dead_letter_outbox ORDER BY id")
 
 
 async def test_dead_letters_leave_in_order_whole_and_a_crash_sends_them_again(
@@ -144,28 +143,9 @@ async def test_a_refused_topics_backlog_holds_back_no_other_topics_dead_letters(
     never left. Now each topic's page is read apart: it leaves at once, and the refused
     topic waits on its own schedule, its error recorded."""
     topics = Topics(*(f"{name}.refused-page" for name in ("u", "s", "a", "h", "p")))
-    registry = tmp_path / "schemas"
-    registry.mkdir()
-    # the usage dead-letter topic takes JSON objects with an "m" only: none of these is
-    (registry / f"{topics.dlq_usage}.json").write_text(
-        json.dumps(
-            {
-                "type": "object",
-                "properties": {"value": {"type": "object", "required": ["m"]}},
-                "required": ["value"],
-            }
-        )
-    )
-    bootstrap, broker = start_embedded_broker(schema_registry=registry)
-    try:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics(
-                [NewTopic(n, 1, 1) for n in (topics.dlq_usage, topics.dlq_support)]
-            )
-        finally:
-            await admin.close()
+    async with broker_refusing(
+        tmp_path / "schemas", topics.dlq_usage, [topics.dlq_support], partitions=1
+    ) as bootstrap:
         pool = await create_pool(migrated_database, "healthscore_writer")
         producer = await make_producer(bootstrap)
         try:
@@ -181,20 +161,14 @@ async def test_a_refused_topics_backlog_holds_back_no_other_topics_dead_letters(
             # the refused topic is not tried again before its pause is over
             pause = await relay.step()
             assert pause is not None and 0 < pause <= 0.5
-            reader = await asyncpg.connect(migrated_database)
-            try:
-                waiting = await reader.fetch(
-                    "SELECT source_topic, publish_attempts, last_error FROM dead_letter_outbox"
-                )
-            finally:
-                await reader.close()
         finally:
             await producer.stop()
             await pool.close()
         letters = await consume_all(bootstrap, topics.dlq_support, expect=3, settle=0.5)
-    finally:
-        broker.terminate()
-        broker.wait()
+    waiting = await fetch(
+        migrated_database,
+        "SELECT source_topic, publish_attempts, last_error FROM dead_letter_outbox",
+    )
     assert [int(dict(r.headers)["x-source-offset"]) for r in letters] == [3, 5, 8]
     assert {(r["source_topic"], r["publish_attempts"]) for r in waiting} == {(topics.usage, 1)}
     assert all(f"{topics.dlq_usage} refused" in r["last_error"] for r in waiting)

@@ -20,11 +20,9 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from structlog.testing import capture_logs
 
 from healthscore.config import Settings
@@ -36,10 +34,11 @@ from healthscore.service.ingest.pipeline import (
     legacy_payload_digest,
     payload_digest,
 )
-from healthscore_lab.devservices import start_embedded_broker
 from tests.utils.harness import (
     Topics,
+    broker_refusing,
     consume_all,
+    fetch,
     fetchval,
     make_producer,
     make_topics,
@@ -1380,27 +1379,10 @@ async def test_a_dead_letter_topic_refusing_writes_holds_only_its_dead_letters(
     one waits in the outbox, its error recorded and logged, naming the topic and the
     record, for the relay's next attempt."""
     topics = Topics(*(f"{name}.refusing" for name in ("u", "s", "a", "h", "p")))
-    registry = tmp_path / "schemas"
-    registry.mkdir()
-    # the dead-letter topic takes JSON objects with an "n" only: no dead letter fits
-    (registry / f"{topics.dlq_usage}.json").write_text(
-        json.dumps(
-            {
-                "type": "object",
-                "properties": {"value": {"type": "object", "required": ["n"]}},
-                "required": ["value"],
-            }
-        )
-    )
-    bootstrap, broker = start_embedded_broker(schema_registry=registry)
-    try:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            names = [*asdict(topics).values(), topics.dlq_usage, topics.dlq_support]
-            await admin.create_topics([NewTopic(n, 2, 1) for n in [*names, topics.dlq_profile]])
-        finally:
-            await admin.close()
+    others = [*asdict(topics).values(), topics.dlq_support, topics.dlq_profile]
+    async with broker_refusing(
+        tmp_path / "schemas", topics.dlq_usage, others, partitions=2
+    ) as bootstrap:
         settings = service_settings(migrated_database, bootstrap, topics)
         at = datetime.now(UTC) - timedelta(hours=1)
         org, other = _org("refusing-dlq"), _org("refusing-dlq-other")
@@ -1438,20 +1420,14 @@ async def test_a_dead_letter_topic_refusing_writes_holds_only_its_dead_letters(
                         if any(log["event"] == "dead_letter_relay_failed" for log in logs):
                             break
                         await asyncio.sleep(0.1)
-                    conn = await asyncpg.connect(migrated_database)
-                    try:
-                        waiting = await conn.fetch(
-                            "SELECT source_topic, source_partition, source_offset, reason,"
-                            " publish_attempts, last_error FROM dead_letter_outbox"
-                        )
-                    finally:
-                        await conn.close()
+                    waiting = await fetch(
+                        migrated_database,
+                        "SELECT source_topic, source_partition, source_offset, reason,"
+                        " publish_attempts, last_error FROM dead_letter_outbox",
+                    )
                     failures = _total(service, "healthscore_batch_failures_total")
         finally:
             await producer.stop()
-    finally:
-        broker.terminate()
-        broker.wait()
     assert applied == 2 and failures == 0  # the valid records went on, no batch retried
     [support_letter] = published
     headers = dict(support_letter.headers)

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -30,6 +31,7 @@ from pydantic import SecretStr
 
 from healthscore.config import Settings
 from healthscore.service.app import Components, ServiceOptions, running
+from healthscore_lab.devservices import start_embedded_broker
 
 
 @dataclass
@@ -206,6 +208,49 @@ async def fetchval(database_url: str, query: str, *args: Any) -> Any:
         return await conn.fetchval(query, *args)
     finally:
         await conn.close()
+
+
+async def fetch(database_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    """Every row of a query, from a short-lived connection."""
+    conn = await asyncpg.connect(database_url, timeout=10)
+    try:
+        return await conn.fetch(query, *args)
+    finally:
+        await conn.close()
+
+
+def _refusing(registry: Path, topic: str) -> Path:
+    """`registry` made a schema registry in which `topic` takes no record."""
+    registry.mkdir()
+    schema = {
+        "type": "object",
+        "properties": {"value": {"type": "object", "required": ["never-sent"]}},
+        "required": ["value"],
+    }
+    (registry / f"{topic}.json").write_bytes(orjson.dumps(schema))
+    return registry
+
+
+@contextlib.asynccontextmanager
+async def broker_refusing(
+    registry: Path, refusing: str, topics: Iterable[str], partitions: int
+) -> AsyncIterator[str]:
+    """A broker of its own (its address) on which `refusing` refuses every record while
+    up (a JSON schema no value matches: an ACL, a schema the broker enforces), with
+    `refusing` and `topics` created; `registry`: an empty directory for the schema."""
+    bootstrap, broker = start_embedded_broker(schema_registry=_refusing(registry, refusing))
+    try:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            names = {refusing, *topics}
+            await admin.create_topics([NewTopic(n, partitions, 1) for n in sorted(names)])
+        finally:
+            await admin.close()
+        yield bootstrap
+    finally:
+        broker.terminate()
+        broker.wait()
 
 
 def _get(port: int, path: str) -> tuple[int, str]:
