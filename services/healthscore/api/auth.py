@@ -163,7 +163,15 @@ class TokenVerifier:
             user_id = uuid.UUID(str(claims["sub"]))
         except ValueError:
             raise Unauthenticated("the token's subject is not a user id") from None
-        return Principal(user_id, datetime.fromtimestamp(int(claims["exp"]), UTC))
+        try:
+            expires_at = datetime.fromtimestamp(int(claims["exp"]), UTC)
+        except (OverflowError, ValueError, OSError):
+            # PyJWT takes any number; a datetime ends with year 9999 (an identity
+            # provider writing milliseconds gives year 58,000): a 500 otherwise
+            raise Unauthenticated(
+                "the token's 'exp' is past year 9999 (seconds since 1970, not milliseconds)"
+            ) from None
+        return Principal(user_id, expires_at)
 
     def _public_key(self, kid: Any) -> Any:
         assert self.jwks is not None
