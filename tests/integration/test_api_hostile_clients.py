@@ -3,11 +3,18 @@ twenty-first session's round), over real PostgreSQL and real roles, never mocked
 
 from __future__ import annotations
 
-import jwt
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
 
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from healthscore.api.auth import TokenVerifier
 from tests.integration import test_api
 from tests.integration.test_api import World, assert_problem
-from tests.utils.api import JWT_SECRET
+from tests.utils.api import JWT_SECRET, api_client, api_config, api_login
 
 world = test_api.world  # the API over the same organizations and users
 LIST = "/api/v1/organizations"
@@ -23,3 +30,36 @@ async def test_a_token_expiring_past_year_9999_is_a_401_not_a_500(world: World) 
             response = await world.client.get(path, headers={"Authorization": f"Bearer {token}"})
             body = assert_problem(response, 401)
             assert "exp" in body["detail"], (exp, body)
+
+
+async def test_a_kid_naming_a_key_of_another_type_in_the_jwks_is_a_401(
+    world: World, pg_admin_url: str, tmp_path: Path
+) -> None:
+    """An identity provider's key set often holds EC (ES256) keys beside its RSA ones, or
+    a symmetric one; the set is public, so anybody can name such a key's `kid` in an
+    RS256 token. That was a 500 (PyJWT's TypeError or InvalidKeyError, past the
+    verifier's handlers): only the set's RS256 keys verify an RS256 token."""
+    signer = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    rsa_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(signer.public_key()))
+    ec_key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    ec_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec_key))
+    oct_jwk = {"kty": "oct", "k": "c2VjcmV0LW9mLWFub3RoZXItYXBwbGljYXRpb24"}
+    keys = [rsa_jwk | {"kid": "rsa"}, ec_jwk | {"kid": "ec"}, oct_jwk | {"kid": "oct"}]
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": keys}))
+    verifier = TokenVerifier.from_files(None, path, audience="dashboard")
+    async with api_login(pg_admin_url, world.url) as login_url:
+        config = replace(await api_config(world.url, login_url), verifier=verifier)
+        async with api_client(config) as (client, _):
+            claims = {
+                "sub": str(world.users["admin"]),
+                "exp": int(time.time()) + 300,
+                "aud": "dashboard",
+            }
+            for kid, status in (("rsa", 200), ("ec", 401), ("oct", 401)):
+                token = jwt.encode(claims, signer, algorithm="RS256", headers={"kid": kid})
+                response = await client.get(LIST, headers={"Authorization": f"Bearer {token}"})
+                if status == 200:
+                    assert response.status_code == 200, response.text
+                else:
+                    assert "key set" in assert_problem(response, 401)["detail"], kid

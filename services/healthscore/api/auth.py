@@ -175,7 +175,13 @@ class TokenVerifier:
 
     def _public_key(self, kid: Any) -> Any:
         assert self.jwks is not None
-        keys = [k for k in self.jwks.keys if kid is None or k.key_id == kid]
+        # the set's RS256 keys only: it may hold EC or symmetric keys too (public, so
+        # anybody can name one), which PyJWT's RS256 fails on with a TypeError (a 500)
+        keys = [
+            k
+            for k in self.jwks.keys
+            if k.algorithm_name == "RS256" and (kid is None or k.key_id == kid)
+        ]
         if len(keys) != 1:
             raise Unauthenticated("the token's signing key is not in the configured key set")
         return keys[0].key
