@@ -63,3 +63,20 @@ async def test_a_kid_naming_a_key_of_another_type_in_the_jwks_is_a_401(
                     assert response.status_code == 200, response.text
                 else:
                     assert "key set" in assert_problem(response, 401)["detail"], kid
+
+
+async def test_a_reward_delivered_at_a_time_postgresql_cannot_hold_is_a_422(world: World) -> None:
+    """`delivered_at` is any aware time to pydantic; one whose UTC instant falls outside
+    years 1-9999 (year 1 at +14:00, 9999-12-31 at -14:00) could not be sent to
+    PostgreSQL: a 500, the reward left pending."""
+    base = f"{LIST}/{world.orgs['bloom']}/milestones/first_client_added"
+    assert (await world.post("admin", f"{base}/acknowledge")).status_code == 200
+    for when in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"):
+        response = await world.post(
+            "admin", f"{base}/reward", {"outcome": "delivered", "delivered_at": when}
+        )
+        assert "delivered_at" in assert_problem(response, 422)["detail"], when
+    milestone = (await world.get("admin", f"{LIST}/{world.orgs['bloom']}/milestones")).json()
+    assert {m["milestone_type"]: m["reward_status"] for m in milestone["items"]}[
+        "first_client_added"
+    ] == "pending"
