@@ -3,6 +3,7 @@ twenty-first session's round), over real PostgreSQL and real roles, never mocked
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import replace
@@ -11,7 +12,7 @@ from pathlib import Path
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from healthscore.api.auth import TokenVerifier
+from healthscore.api.auth import JWKS_RECHECK_SECONDS, TokenVerifier
 from tests.integration import test_api
 from tests.integration.test_api import World, assert_problem
 from tests.utils.api import JWT_SECRET, api_client, api_config, api_login
@@ -80,3 +81,53 @@ async def test_a_reward_delivered_at_a_time_postgresql_cannot_hold_is_a_422(worl
     assert {m["milestone_type"]: m["reward_status"] for m in milestone["items"]}[
         "first_client_added"
     ] == "pending"
+
+
+def _rsa_jwks(path: Path, *keys: tuple[str, rsa.RSAPrivateKey]) -> None:
+    public = [
+        json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key())) | {"kid": kid}
+        for kid, key in keys
+    ]
+    # as a mounted secret is updated: a new file moved into place
+    staged = path.with_suffix(".new")
+    staged.write_text(json.dumps({"keys": public}))
+    staged.replace(path)
+
+
+async def test_the_identity_providers_key_rotation_is_followed_without_a_restart(
+    world: World, pg_admin_url: str, tmp_path: Path
+) -> None:
+    """The identity provider rotates its signing keys (a schedule, or a key withdrawn as
+    compromised) and the operator's mounted JWKS file follows. The API read the file
+    once at start: every token signed with the new key was a 401 ('not in the configured
+    key set') until each API process restarted, and the withdrawn key's tokens, remembered
+    as verified, kept being served. The file is read again when it changes: the new key
+    verifies, the withdrawn one's tokens are refused, those remembered included."""
+    old = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    new = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = tmp_path / "jwks.json"
+    _rsa_jwks(path, ("2026-11", old))
+    verifier = TokenVerifier.from_files(None, path, audience="dashboard")
+    claims = {"sub": str(world.users["admin"]), "exp": int(time.time()) + 300, "aud": "dashboard"}
+    signed_old = jwt.encode(claims, old, algorithm="RS256", headers={"kid": "2026-11"})
+    signed_new = jwt.encode(claims, new, algorithm="RS256", headers={"kid": "2026-12"})
+    async with api_login(pg_admin_url, world.url) as login_url:
+        config = replace(await api_config(world.url, login_url), verifier=verifier)
+        async with api_client(config) as (client, _):
+
+            async def status(token: str) -> int:
+                response = await client.get(LIST, headers={"Authorization": f"Bearer {token}"})
+                return response.status_code
+
+            assert await status(signed_old) == 200
+            assert await status(signed_new) == 401
+            _rsa_jwks(path, ("2026-12", new))  # the old key withdrawn
+            statuses: tuple[int, int] = (0, 0)
+            async with asyncio.timeout(10):
+                while statuses != (200, 401):
+                    await asyncio.sleep(0.2)
+                    statuses = (await status(signed_new), await status(signed_old))
+            # and a file that cannot be read keeps the keys last read (logged)
+            path.write_text("{not json")
+            await asyncio.sleep(JWKS_RECHECK_SECONDS + 0.5)
+            assert (await status(signed_new), await status(signed_old)) == (200, 401)
