@@ -131,3 +131,29 @@ async def test_the_identity_providers_key_rotation_is_followed_without_a_restart
             path.write_text("{not json")
             await asyncio.sleep(JWKS_RECHECK_SECONDS + 0.5)
             assert (await status(signed_new), await status(signed_old)) == (200, 401)
+
+
+async def test_a_reward_body_naming_a_key_twice_is_a_422_and_records_nothing(
+    world: World,
+) -> None:
+    """`{"outcome": "delivered", "outcome": "declined"}`: the API's parser keeps the last
+    value and recorded the reward declined, while a reader that keeps the first (an
+    audit proxy, a WAF, the client's own log) saw it delivered; RFC 8259 leaves names
+    that are not unique to each parser. As on the topics (`duplicate_key`), a key twice
+    is refused, naming it, and nothing is written."""
+    base = f"{LIST}/{world.orgs['bloom']}/milestones/first_client_added"
+    assert (await world.post("admin", f"{base}/acknowledge")).status_code == 200
+    for body in (
+        b'{"outcome": "delivered", "outcome": "declined"}',
+        b'{"outcome": "delivered", "delivered_at": null, "delivered_at": "2026-12-01T00:00:00Z"}',
+    ):
+        response = await world.client.post(
+            f"{base}/reward",
+            content=body,
+            headers={**world.auth("admin"), "Content-Type": "application/json"},
+        )
+        assert "twice" in assert_problem(response, 422)["detail"], body
+    milestones = (await world.get("admin", f"{LIST}/{world.orgs['bloom']}/milestones")).json()
+    assert {m["milestone_type"]: m["reward_status"] for m in milestones["items"]}[
+        "first_client_added"
+    ] == "pending"
