@@ -13,6 +13,13 @@ never the key of a remembered one), until the token's `exp` (no leeway: past
 it, the token is verified again, and refused once the leeway is over), at most
 TOKEN_CACHE_SIZE of them, the least recently used leaving first. Nothing is
 remembered about a token that failed.
+
+An identity provider rotates its keys (on a schedule, or withdrawing a compromised
+one), and the operator's JWKS file (API_JWKS_PATH, a mounted secret) follows: the file
+is looked at again at most every JWKS_RECHECK_SECONDS and read again when it changed,
+and the tokens remembered as verified are then forgotten (one signed with a withdrawn
+key is verified again, and refused). A file that cannot be read or parsed keeps the
+keys last read, logged (`api_jwks_unreadable`).
 """
 
 from __future__ import annotations
@@ -29,13 +36,17 @@ from pathlib import Path
 from typing import Any, Final
 
 import jwt
+import structlog
 
 from healthscore.errors import HealthscoreError
+
+log = structlog.get_logger(__name__)
 
 LEEWAY: Final = timedelta(seconds=30)  # clock skew between the IdP and this host
 TOKEN_CACHE_SIZE: Final = 4096  # verified tokens remembered (a few MB at most)
 MAX_CACHED_TOKEN_LENGTH: Final = 8192  # longer tokens are verified every time
 MAX_QUOTED_ALGORITHM: Final = 40  # characters of a refused `alg` a 401 quotes
+JWKS_RECHECK_SECONDS: Final = 1.0  # how often the JWKS file is looked at for a change
 
 
 class Unauthenticated(HealthscoreError):
@@ -83,8 +94,52 @@ class VerifiedTokens:
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class JwksFile:
+    """The identity provider's key set as its file holds it now: read again when the
+    file changed (its inode, size or modification time), looked at no more often than
+    every JWKS_RECHECK_SECONDS."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp = self._stamp_now()
+        self.keys = jwt.PyJWKSet.from_json(path.read_text())  # unreadable at start: refused
+        self._next_check = time.monotonic() + JWKS_RECHECK_SECONDS
+        self._lock = threading.Lock()
+
+    def _stamp_now(self) -> tuple[int, int, int] | None:
+        try:
+            found = self.path.stat()
+        except OSError:
+            return None
+        return found.st_ino, found.st_size, found.st_mtime_ns
+
+    def refresh(self, now: float) -> bool:
+        """Read the file again if it changed since it was read; whether the keys did."""
+        with self._lock:
+            if now < self._next_check:
+                return False
+            self._next_check = now + JWKS_RECHECK_SECONDS
+            stamp = self._stamp_now()
+            if stamp is None or stamp == self._stamp:
+                return False
+            self._stamp = stamp  # a file that fails is logged once, not every look
+            try:
+                keys = jwt.PyJWKSet.from_json(self.path.read_text())
+            except (OSError, ValueError, jwt.PyJWTError) as exc:
+                # half-written, or replaced by something else: the keys last read stay
+                log.error("api_jwks_unreadable", path=str(self.path), error=str(exc)[:200])
+                return False
+            self.keys = keys
+            log.info("api_jwks_reloaded", path=str(self.path), keys=len(keys.keys))
+            return True
 
 
 @dataclass(frozen=True)
@@ -98,6 +153,8 @@ class TokenVerifier:
     verified: VerifiedTokens = field(
         default_factory=VerifiedTokens, repr=False, compare=False, hash=False
     )
+    # the key set's file, followed as the identity provider rotates its keys (from_files)
+    jwks_file: JwksFile | None = field(default=None, repr=False, compare=False, hash=False)
 
     @classmethod
     def from_files(
@@ -107,9 +164,10 @@ class TokenVerifier:
         audience: str | None = None,
         issuer: str | None = None,
     ) -> TokenVerifier:
-        jwks = jwt.PyJWKSet.from_json(jwks_path.read_text()) if jwks_path is not None else None
+        jwks_file = JwksFile(jwks_path) if jwks_path is not None else None
         secret = hs256_secret.encode() if hs256_secret else None
-        return cls(secret, jwks, audience, issuer)
+        jwks = jwks_file.keys if jwks_file is not None else None
+        return cls(secret, jwks, audience, issuer, jwks_file=jwks_file)
 
     @property
     def configured(self) -> bool:
@@ -118,6 +176,9 @@ class TokenVerifier:
     def verify(self, authorization: str | None) -> Principal:
         token = _bearer(authorization)
         now = time.time()
+        if self.jwks_file is not None and self.jwks_file.refresh(time.monotonic()):
+            # a token remembered may be signed with a key the provider withdrew
+            self.verified.clear()
         principal = self.verified.get(token, now)
         if principal is None:
             principal = self._verify(token)
@@ -133,7 +194,7 @@ class TokenVerifier:
         algorithm = header.get("alg")
         if algorithm == "HS256" and self.hs256_secret is not None:
             key = self.hs256_secret
-        elif algorithm == "RS256" and self.jwks is not None:
+        elif algorithm == "RS256" and self._key_set() is not None:
             key = self._public_key(header.get("kid"))
         else:
             # the header is the client's: its `alg` may be any length (the problem, the
@@ -163,11 +224,29 @@ class TokenVerifier:
             user_id = uuid.UUID(str(claims["sub"]))
         except ValueError:
             raise Unauthenticated("the token's subject is not a user id") from None
-        return Principal(user_id, datetime.fromtimestamp(int(claims["exp"]), UTC))
+        try:
+            expires_at = datetime.fromtimestamp(int(claims["exp"]), UTC)
+        except (OverflowError, ValueError, OSError):
+            # PyJWT takes any number; a datetime ends with year 9999 (an identity
+            # provider writing milliseconds gives year 58,000): a 500 otherwise
+            raise Unauthenticated(
+                "the token's 'exp' is past year 9999 (seconds since 1970, not milliseconds)"
+            ) from None
+        return Principal(user_id, expires_at)
+
+    def _key_set(self) -> jwt.PyJWKSet | None:
+        return self.jwks_file.keys if self.jwks_file is not None else self.jwks
 
     def _public_key(self, kid: Any) -> Any:
-        assert self.jwks is not None
-        keys = [k for k in self.jwks.keys if kid is None or k.key_id == kid]
+        key_set = self._key_set()
+        assert key_set is not None
+        # the set's RS256 keys only: it may hold EC or symmetric keys too (public, so
+        # anybody can name one), which PyJWT's RS256 fails on with a TypeError (a 500)
+        keys = [
+            k
+            for k in key_set.keys
+            if k.algorithm_name == "RS256" and (kid is None or k.key_id == kid)
+        ]
         if len(keys) != 1:
             raise Unauthenticated("the token's signing key is not in the configured key set")
         return keys[0].key

@@ -7,11 +7,12 @@ TypeScript types (schema/contracts/healthscore-api.d.ts).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
+from healthscore.contracts._common import check_representable
 from healthscore.contracts.enums import (
     AlertKind,
     Channel,
@@ -225,7 +226,9 @@ class RewardDelivery(_Model):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     outcome: Literal["delivered", "declined"] = "delivered"
-    delivered_at: AwareDatetime | None = Field(
+    # its UTC value within years 1-9999: PostgreSQL gets it in UTC (`0001-01-01T00:00+14:00`
+    # parses, but no conversion takes it: the statement failed, a 500)
+    delivered_at: Annotated[AwareDatetime, AfterValidator(check_representable)] | None = Field(
         default=None, description="When it was delivered (default: now); only with delivered."
     )
 

@@ -7,6 +7,7 @@ transaction in which row-level security sees the verified user, and answers
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import unicodedata
@@ -383,6 +384,7 @@ async def record_reward(
 ) -> Milestone:
     """Record what happened to an acknowledged milestone's pending reward (pending ->
     delivered or declined). Admins only, as row-level security decides."""
+    _one_value_per_key(await request.body())
     if delivery.outcome == "declined" and delivery.delivered_at is not None:
         raise ApiProblem(422, "invalid-request", "delivered_at goes only with outcome delivered")
     async with _session(request, writes=True) as session:
@@ -403,6 +405,37 @@ async def record_reward(
             raise ApiProblem(409, "not-acknowledged", "acknowledge the milestone first")
         raise ApiProblem(409, "reward-settled", f"the reward is already {row['reward_status']}")
     return _milestone(row)
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _refuse_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _RepeatedKey(key)
+        seen.add(key)
+    return dict(pairs)
+
+
+def _one_value_per_key(body: bytes) -> None:
+    """Refuse a JSON body naming a key twice in one object (422). The framework's parser
+    keeps the last value, a proxy or log that keeps the first would read another write
+    (`"outcome": "delivered", "outcome": "declined"`); RFC 8259 leaves it to each parser,
+    and the topics refuse it too (`duplicate_key`). The body is valid JSON of at most
+    MAX_BODY_BYTES here: the framework parsed it before the route ran."""
+    try:
+        json.loads(body, object_pairs_hook=_refuse_repeats)
+    except _RepeatedKey as exc:
+        shown = repr(exc.args[0])
+        shown = shown if len(shown) <= 40 else shown[:40] + "..."
+        raise ApiProblem(
+            422, "invalid-request", f"the body names the key {shown} twice in one object"
+        ) from None
+    except (ValueError, RecursionError):
+        return  # the framework's parse decided about it
 
 
 # --- interactions -------------------------------------------------------------------
