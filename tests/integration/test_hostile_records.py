@@ -1740,3 +1740,61 @@ async def test_text_at_the_edges_of_unicode_is_stored_verbatim(
     state = await stored_state_in(migrated_database, org)
     assert sorted(state.features) == sorted(text[:100] for text in texts)
     assert sorted(features) == sorted(state.features)
+
+
+async def test_an_event_id_on_two_topics_in_one_batch_keeps_the_applied_payload(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A producer reusing an event id on the usage and the support topic, both records
+    in one batch: the batch applies the first in its (event-time) order and
+    dead-letters the other as a conflict, but the claim stored the digest of whichever
+    its join met first, in (topic, partition) order: the other one's. The applied
+    event's exact repeat was then dead-lettered as `event_id_conflict`, and the
+    refused record's repeat dropped as a duplicate. The claim keeps the batch's
+    order: the digest stored is the applied event's."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org = _org("id-on-two-topics")
+    reused = str(uuid.uuid5(uuid.NAMESPACE_URL, "hostile-id-on-two-topics"))
+    # the usage event first in event time (so first in the batch); the support topic
+    # sorts first by name here (product.usage.v1 sorts first in production, where a
+    # support event first in time went wrong the same way)
+    usage = orjson.dumps(_usage(org, 0, at, event_id=reused))
+    support = orjson.dumps(_support(org, 60, at, event_id=reused))
+    assert topics.support < topics.usage
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        # both in the log before the service starts: its first fetch holds them both
+        await producer.send_and_wait(topics.usage, usage, key=org.encode())
+        refused = await producer.send_and_wait(topics.support, support, key=org.encode())
+        async with running_service(settings) as service:
+            _gaps, rejected = await _caught_up(service, settings, [topics.usage, topics.support])
+            assert rejected == ["event_id_conflict"]
+            assert [o.applied_by_topic for o in service.outcomes if o.applied] == [
+                {topics.usage: 1}
+            ]
+            # each sent again as it was: the applied one is a duplicate, the other
+            # still a conflict
+            await producer.send_and_wait(topics.usage, usage, key=org.encode())
+            refused_again = await producer.send_and_wait(topics.support, support, key=org.encode())
+            _gaps, rejected = await _caught_up(service, settings, [topics.usage, topics.support])
+            duplicates = [o.duplicates_by_topic for o in service.outcomes if o.duplicates]
+    finally:
+        await producer.stop()
+    assert rejected == ["event_id_conflict", "event_id_conflict"]
+    assert duplicates == [{topics.usage: 1}]
+    dead = _dead_by_offset(await consume_all(kafka_bootstrap, topics.dlq_support, 2, settle=0.5))
+    assert set(dead) == {(m.partition, m.offset) for m in (refused, refused_again)}
+    assert await consume_all(kafka_bootstrap, topics.dlq_usage, settle=0.5) == []
+    record = RawRecord(topics.usage, 0, 0, org.encode(), usage, None)
+    applied = Decoder(topics.usage, topics.support, 64 * 1024).decode(record)
+    assert isinstance(applied, Decoded)
+    stored = await fetchval(
+        migrated_database,
+        "SELECT payload_digest FROM processed_events WHERE event_id = $1",
+        uuid.UUID(reused),
+    )
+    assert stored == payload_digest(applied)
+    state = await stored_state_in(migrated_database, org)
+    assert state.event_count == 1 and state.open_interactions == {}
