@@ -540,3 +540,37 @@ def test_the_label_and_profile_files_read_as_the_import_reads_them() -> None:
         f"{org},2024-05-01T00:00:00Z,\n{org},2024-04-01T00:00:00Z,\n{org},2024-06-01T00:00:00Z,\n"
     )
     assert profiles[str(org)].created_at == datetime(2024, 4, 1, tzinfo=UTC).timestamp()
+
+
+def test_an_export_with_repeats_counts_each_event_once(tmp_path: Path) -> None:
+    """An export of the input topics holds what producers sent twice (at-least-once
+    delivery), and a reused id with another payload. The service counts a repeat once
+    and dead-letters the conflict (`event_id_conflict`); `evaluate`, `fit` and `adapt`
+    applied every line, so an organization's repeated events counted twice in the
+    scores they judge and fit. The first of an id, in the order the service applies
+    the log (event time), is kept; a repeat is counted as one, a conflict as rejected."""
+    org = str(uuid.uuid4())
+    at = datetime(2026, 3, 1, 9, tzinfo=UTC)
+
+    def usage(n: int, **changes: Any) -> dict[str, Any]:
+        return {
+            "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"export-repeat-{n}")),
+            "organization_id": org,
+            "type": "login",
+            "occurred_at": datetime.fromtimestamp(at.timestamp() + n * 3600, UTC).isoformat(),
+            **changes,
+        }
+
+    def line(value: dict[str, Any]) -> bytes:
+        return orjson.dumps({"topic": "product.usage.v1", "value": value}) + b"\n"
+
+    first = usage(0)
+    resent = {key: first[key] for key in reversed(list(first))}  # re-serialized
+    lines = [line(first), line(usage(1)), line(resent), line(usage(2)), line(usage(0, quantity=5))]
+    (tmp_path / "events.jsonl").write_bytes(b"".join(lines))
+    loaded = load_log(tmp_path / "events.jsonl", None)
+    assert [str(e.event_id) for e in loaded.events] == [usage(n)["event_id"] for n in range(3)]
+    assert (loaded.duplicates, loaded.rejected) == (1, 1)
+    assert [getattr(e, "quantity", None) for e in loaded.events] == [1, 1, 1]
+    backtest = run_backtest(loaded, default_model(), warmup_days=0)
+    assert len(backtest.path_at) == 3  # each login scored once
