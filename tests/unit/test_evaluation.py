@@ -540,6 +540,10 @@ def test_the_label_and_profile_files_read_as_the_import_reads_them() -> None:
         f"{org},2024-05-01T00:00:00Z,\n{org},2024-04-01T00:00:00Z,\n{org},2024-06-01T00:00:00Z,\n"
     )
     assert profiles[str(org)].created_at == datetime(2024, 4, 1, tzinfo=UTC).timestamp()
+    # lines ending in CR alone (Excel's "CSV (Macintosh)"): read too, in the file's order
+    other = uuid.uuid4()
+    mac = f"organization_id,churned_at\r{other},\r{org},2026-01-01T00:00:00Z\r"
+    assert list(parse_labels(mac)) == [str(other), str(org)]
 
 
 def test_an_export_with_repeats_counts_each_event_once(tmp_path: Path) -> None:

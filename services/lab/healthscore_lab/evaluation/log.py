@@ -153,7 +153,9 @@ def parse_labels(text: str, where: str = "labels") -> dict[str, float | None]:
         for label in labels
     }
     # in the file's order (the import sorts by id): the backtest lists organizations so
-    rows = (row for row in list(csv.reader(io.StringIO(text)))[1:] if row and row[0].strip())
+    rows = (
+        row for row in list(csv.reader(io.StringIO(text, newline="")))[1:] if row and row[0].strip()
+    )
     return {org: churned[org] for org in dict.fromkeys(str(UUID(row[0].strip())) for row in rows)}
 
 
