@@ -578,3 +578,34 @@ def test_an_export_with_repeats_counts_each_event_once(tmp_path: Path) -> None:
     assert [getattr(e, "quantity", None) for e in loaded.events] == [1, 1, 1]
     backtest = run_backtest(loaded, default_model(), warmup_days=0)
     assert len(backtest.path_at) == 3  # each login scored once
+
+
+def test_an_export_is_read_with_a_byte_order_mark_or_refused_saying_why(tmp_path: Path) -> None:
+    """A JSON-lines export saved by a Windows tool starts with a byte-order mark, and
+    one written by a broken exporter may hold a byte that is not UTF-8 or a number no
+    double holds. Each was refused as `events.jsonl:N: expected {"topic": ...,
+    "value": {...}}`, about a line of exactly that shape: the mark is read past now,
+    and a line that is not JSON is refused with the parser's reason and column."""
+    org = str(uuid.uuid4())
+    value = {
+        "event_id": str(uuid.uuid4()),
+        "organization_id": org,
+        "type": "login",
+        "occurred_at": "2026-03-01T09:00:00Z",
+    }
+    line = orjson.dumps({"topic": "product.usage.v1", "value": value}) + b"\n"
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\xef\xbb\xbf" + line)
+    assert [str(e.organization_id) for e in load_log(events, None).events] == [org]
+    events.write_bytes(line + line.replace(b"login", b"log\xe9n"))
+    with pytest.raises(
+        EvaluationInputError, match=r"events\.jsonl:2: byte 0xe9 at column \d+ is not UTF-8"
+    ):
+        load_log(events, None)
+    events.write_bytes(line + b'{"topic": "product.usage.v1", "value": {"quantity": 1e999}}\n')
+    infinite = r"events\.jsonl:2: column 53: number is infinity"
+    with pytest.raises(EvaluationInputError, match=infinite):
+        load_log(events, None)
+    events.write_bytes(b'{"topic": "product.usage.v1"}\n')
+    with pytest.raises(EvaluationInputError, match=r'events\.jsonl:1: expected \{"topic"'):
+        load_log(events, None)

@@ -83,12 +83,17 @@ def _decode_lines(lines: Iterable[bytes], where: str) -> tuple[list[Event], int,
     decoded_events: list[Decoded] = []
     rejected = 0
     for number, line in enumerate(lines, start=1):
+        if number == 1 and line.startswith(_BOM):
+            line = line[len(_BOM) :]  # as Windows tools save UTF-8
         if not line.strip():
             continue
         try:
             wrapper = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise EvaluationInputError(f"{where}:{number}: {_not_json(line, exc)}") from None
+        try:
             topic, value = wrapper["topic"], wrapper["value"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+        except (KeyError, TypeError):
             raise EvaluationInputError(
                 f'{where}:{number}: expected {{"topic": ..., "value": {{...}}}}'
             ) from None
@@ -135,6 +140,23 @@ def _decode_lines(lines: Iterable[bytes], where: str) -> tuple[list[Event], int,
             continue
         events.append(item.event)
     return events, rejected, duplicates
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def _not_json(line: bytes, exc: orjson.JSONDecodeError) -> str:
+    """Why `line` is not JSON, placed in the line (the parser counts the line as its
+    first, and places a byte that is not UTF-8 at the line's start)."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return (
+            f"byte 0x{line[bad.start]:02x} at column {bad.start + 1} is not UTF-8: "
+            "save the export as UTF-8"
+        )
+    reason = str(exc).rsplit(": line ", 1)[0]
+    return f"column {exc.colno}: {reason}"
 
 
 def _refused(exc: ImportRefused) -> EvaluationInputError:
