@@ -1798,3 +1798,46 @@ async def test_an_event_id_on_two_topics_in_one_batch_keeps_the_applied_payload(
     assert stored == payload_digest(applied)
     state = await stored_state_in(migrated_database, org)
     assert state.event_count == 1 and state.open_interactions == {}
+
+
+async def test_subjects_that_nfc_lengthens_are_stored_and_hold_nothing(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """Subjects are stored in NFC, and NFC lengthens some text: U+FB2C (a Hebrew
+    presentation form) is three code points in NFC, U+0958 two. A valid subject of 500
+    such characters (the contract's bound) was 1,000-1,500 in NFC, past the table's
+    500-character check: its record failed alone and was dead-lettered as
+    `unprocessable` (a CheckViolationError the producer can do nothing about), and
+    eleven in one batch were more than a data problem explains, so the batch stopped
+    and was retried for good, holding every valid record of its partitions. Each is
+    stored now, in NFC, its neighbours applied."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org, neighbour = _org("nfc-longer"), _org("nfc-longer-neighbour")
+    texts = ["\ufb2c" * 500, "\u0958" * 500, "\u2adc" * 250 + "x" * 250]
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        # all in the log before the service starts: one batch holds them
+        for n in range(11):
+            await producer.send_and_wait(
+                topics.support,
+                orjson.dumps(_support(org, n, at, subject=texts[n % len(texts)])),
+                key=org.encode(),
+            )
+            await producer.send_and_wait(
+                topics.usage, orjson.dumps(_usage(neighbour, n, at)), key=neighbour.encode()
+            )
+        async with running_service(settings) as service:
+            _gaps, rejected = await _caught_up(service, settings, [topics.usage, topics.support])
+    finally:
+        await producer.stop()
+    assert rejected == []
+    stored = await fetchval(
+        migrated_database,
+        "SELECT array_agg(subject ORDER BY first_event_at) FROM support_interactions",
+    )
+    assert stored == [unicodedata.normalize("NFC", texts[n % len(texts)]) for n in range(11)]
+    assert max(len(subject) for subject in stored) == 1500
+    assert (await stored_state_in(migrated_database, neighbour)).event_count == 11
+    assert len((await stored_state_in(migrated_database, org)).open_interactions) == 11
