@@ -1841,3 +1841,58 @@ async def test_subjects_that_nfc_lengthens_are_stored_and_hold_nothing(
     assert max(len(subject) for subject in stored) == 1500
     assert (await stored_state_in(migrated_database, neighbour)).event_count == 11
     assert len((await stored_state_in(migrated_database, org)).open_interactions) == 11
+
+
+async def test_records_dead_lettered_before_their_batch_failed_are_logged_and_counted(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A batch is bisected down to the records the database refuses, each dead-lettered
+    as `unprocessable` in a transaction of its own; past ten of them the batch stops
+    (`TooManyUnprocessable`) and is fetched again. The parts that committed before it
+    stopped were never reported: their dead letters went out without a
+    `message_rejected` line or a count in healthscore_events_dead_lettered_total (ten of
+    eleven here), and their applied events without a batch line. The database refuses
+    the records by a check of its own (added here: a refusal the decoder cannot know)."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        await conn.execute(
+            "ALTER TABLE support_interactions ADD CONSTRAINT refuses_a_subject"
+            " CHECK (subject IS DISTINCT FROM 'refused')"
+        )
+    finally:
+        await conn.close()
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org, neighbour = _org("refused-by-the-database"), _org("refused-neighbour")
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        # all in the log before the service starts: one batch holds them
+        for n in range(11):
+            await producer.send_and_wait(
+                topics.support,
+                orjson.dumps(_support(org, n, at, subject="refused")),
+                key=org.encode(),
+            )
+            await producer.send_and_wait(
+                topics.usage, orjson.dumps(_usage(neighbour, n, at)), key=neighbour.encode()
+            )
+        with capture_logs() as logs:
+            async with running_service(settings) as service:
+                _gaps, _rejected = await _caught_up(
+                    service, settings, [topics.usage, topics.support]
+                )
+                counted = _total(service, "healthscore_events_dead_lettered_total")
+                failures = _total(service, "healthscore_batch_failures_total")
+                applied = sum(o.applied for o in service.outcomes)
+    finally:
+        await producer.stop()
+    assert failures == 1  # the batch past ten stopped once, and went on from there
+    rejected = [line for line in logs if line["event"] == "message_rejected"]
+    assert sorted(line["offset"] for line in rejected) == list(range(11))
+    assert {line["reason"] for line in rejected} == {"unprocessable"}
+    assert counted == 11
+    assert applied == 11  # the neighbour's events, each reported once
+    assert (await stored_state_in(migrated_database, neighbour)).event_count == 11
+    dead = await consume_all(kafka_bootstrap, topics.dlq_support, 11, settle=0.5)
+    assert len(dead) == 11
