@@ -1721,3 +1721,159 @@ async def test_text_at_the_edges_of_unicode_is_stored_verbatim(
     state = await stored_state_in(migrated_database, org)
     assert sorted(state.features) == sorted(text[:100] for text in texts)
     assert sorted(features) == sorted(state.features)
+
+
+async def test_an_event_id_on_two_topics_in_one_batch_keeps_the_applied_payload(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A producer reusing an event id on the usage and the support topic, both records
+    in one batch: the batch applies the first in its (event-time) order and
+    dead-letters the other as a conflict, but the claim stored the digest of whichever
+    its join met first, in (topic, partition) order: the other one's. The applied
+    event's exact repeat was then dead-lettered as `event_id_conflict`, and the
+    refused record's repeat dropped as a duplicate. The claim keeps the batch's
+    order: the digest stored is the applied event's."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org = _org("id-on-two-topics")
+    reused = str(uuid.uuid5(uuid.NAMESPACE_URL, "hostile-id-on-two-topics"))
+    # the usage event first in event time (so first in the batch); the support topic
+    # sorts first by name here (product.usage.v1 sorts first in production, where a
+    # support event first in time went wrong the same way)
+    usage = orjson.dumps(_usage(org, 0, at, event_id=reused))
+    support = orjson.dumps(_support(org, 60, at, event_id=reused))
+    assert topics.support < topics.usage
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        # both in the log before the service starts: its first fetch holds them both
+        await producer.send_and_wait(topics.usage, usage, key=org.encode())
+        refused = await producer.send_and_wait(topics.support, support, key=org.encode())
+        async with running_service(settings) as service:
+            _gaps, rejected = await _caught_up(service, settings, [topics.usage, topics.support])
+            assert rejected == ["event_id_conflict"]
+            assert [o.applied_by_topic for o in service.outcomes if o.applied] == [
+                {topics.usage: 1}
+            ]
+            # each sent again as it was: the applied one is a duplicate, the other
+            # still a conflict
+            await producer.send_and_wait(topics.usage, usage, key=org.encode())
+            refused_again = await producer.send_and_wait(topics.support, support, key=org.encode())
+            _gaps, rejected = await _caught_up(service, settings, [topics.usage, topics.support])
+            duplicates = [o.duplicates_by_topic for o in service.outcomes if o.duplicates]
+    finally:
+        await producer.stop()
+    assert rejected == ["event_id_conflict", "event_id_conflict"]
+    assert duplicates == [{topics.usage: 1}]
+    dead = _dead_by_offset(await consume_all(kafka_bootstrap, topics.dlq_support, 2, settle=0.5))
+    assert set(dead) == {(m.partition, m.offset) for m in (refused, refused_again)}
+    assert await consume_all(kafka_bootstrap, topics.dlq_usage, settle=0.5) == []
+    record = RawRecord(topics.usage, 0, 0, org.encode(), usage, None)
+    applied = Decoder(topics.usage, topics.support, 64 * 1024).decode(record)
+    assert isinstance(applied, Decoded)
+    stored = await fetchval(
+        migrated_database,
+        "SELECT payload_digest FROM processed_events WHERE event_id = $1",
+        uuid.UUID(reused),
+    )
+    assert stored == payload_digest(applied)
+    state = await stored_state_in(migrated_database, org)
+    assert state.event_count == 1 and state.open_interactions == {}
+
+
+async def test_subjects_that_nfc_lengthens_are_stored_and_hold_nothing(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """Subjects are stored in NFC, and NFC lengthens some text: U+FB2C (a Hebrew
+    presentation form) is three code points in NFC, U+0958 two. A valid subject of 500
+    such characters (the contract's bound) was 1,000-1,500 in NFC, past the table's
+    500-character check: its record failed alone and was dead-lettered as
+    `unprocessable` (a CheckViolationError the producer can do nothing about), and
+    eleven in one batch were more than a data problem explains, so the batch stopped
+    and was retried for good, holding every valid record of its partitions. Each is
+    stored now, in NFC, its neighbours applied."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org, neighbour = _org("nfc-longer"), _org("nfc-longer-neighbour")
+    texts = ["\ufb2c" * 500, "\u0958" * 500, "\u2adc" * 250 + "x" * 250]
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        # all in the log before the service starts: one batch holds them
+        for n in range(11):
+            await producer.send_and_wait(
+                topics.support,
+                orjson.dumps(_support(org, n, at, subject=texts[n % len(texts)])),
+                key=org.encode(),
+            )
+            await producer.send_and_wait(
+                topics.usage, orjson.dumps(_usage(neighbour, n, at)), key=neighbour.encode()
+            )
+        async with running_service(settings) as service:
+            _gaps, rejected = await _caught_up(service, settings, [topics.usage, topics.support])
+    finally:
+        await producer.stop()
+    assert rejected == []
+    stored = await fetchval(
+        migrated_database,
+        "SELECT array_agg(subject ORDER BY first_event_at) FROM support_interactions",
+    )
+    assert stored == [unicodedata.normalize("NFC", texts[n % len(texts)]) for n in range(11)]
+    assert max(len(subject) for subject in stored) == 1500
+    assert (await stored_state_in(migrated_database, neighbour)).event_count == 11
+    assert len((await stored_state_in(migrated_database, org)).open_interactions) == 11
+
+
+async def test_records_dead_lettered_before_their_batch_failed_are_logged_and_counted(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A batch is bisected down to the records the database refuses, each dead-lettered
+    as `unprocessable` in a transaction of its own; past ten of them the batch stops
+    (`TooManyUnprocessable`) and is fetched again. The parts that committed before it
+    stopped were never reported: their dead letters went out without a
+    `message_rejected` line or a count in healthscore_events_dead_lettered_total (ten of
+    eleven here), and their applied events without a batch line. The database refuses
+    the records by a check of its own (added here: a refusal the decoder cannot know)."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        await conn.execute(
+            "ALTER TABLE support_interactions ADD CONSTRAINT refuses_a_subject"
+            " CHECK (subject IS DISTINCT FROM 'refused')"
+        )
+    finally:
+        await conn.close()
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org, neighbour = _org("refused-by-the-database"), _org("refused-neighbour")
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        # all in the log before the service starts: one batch holds them
+        for n in range(11):
+            await producer.send_and_wait(
+                topics.support,
+                orjson.dumps(_support(org, n, at, subject="refused")),
+                key=org.encode(),
+            )
+            await producer.send_and_wait(
+                topics.usage, orjson.dumps(_usage(neighbour, n, at)), key=neighbour.encode()
+            )
+        with capture_logs() as logs:
+            async with running_service(settings) as service:
+                _gaps, _rejected = await _caught_up(
+                    service, settings, [topics.usage, topics.support]
+                )
+                counted = _total(service, "healthscore_events_dead_lettered_total")
+                failures = _total(service, "healthscore_batch_failures_total")
+                applied = sum(o.applied for o in service.outcomes)
+    finally:
+        await producer.stop()
+    assert failures == 1  # the batch past ten stopped once, and went on from there
+    rejected = [line for line in logs if line["event"] == "message_rejected"]
+    assert sorted(line["offset"] for line in rejected) == list(range(11))
+    assert {line["reason"] for line in rejected} == {"unprocessable"}
+    assert counted == 11
+    assert applied == 11  # the neighbour's events, each reported once
+    assert (await stored_state_in(migrated_database, neighbour)).event_count == 11
+    dead = await consume_all(kafka_bootstrap, topics.dlq_support, 11, settle=0.5)
+    assert len(dead) == 11

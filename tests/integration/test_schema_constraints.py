@@ -89,7 +89,7 @@ BAD_CHECK_VALUES: dict[str, tuple[str, list[dict[str, Any]]]] = {
     "support_interactions_priority_check": ("support_interactions", [{"priority": "critical"}]),
     "support_interactions_sentiment_check": ("support_interactions", [{"sentiment": "angry"}]),
     "support_interactions_outcome_check": ("support_interactions", [{"outcome": "won"}]),
-    "support_interactions_subject_check": ("support_interactions", [{"subject": "é" * 501}]),
+    "support_interactions_subject_check": ("support_interactions", [{"subject": "é" * 1501}]),
     "support_interactions_field_event_times_check": (
         "support_interactions",
         [{"field_event_times": "[]"}],

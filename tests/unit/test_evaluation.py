@@ -540,3 +540,72 @@ def test_the_label_and_profile_files_read_as_the_import_reads_them() -> None:
         f"{org},2024-05-01T00:00:00Z,\n{org},2024-04-01T00:00:00Z,\n{org},2024-06-01T00:00:00Z,\n"
     )
     assert profiles[str(org)].created_at == datetime(2024, 4, 1, tzinfo=UTC).timestamp()
+    # lines ending in CR alone (Excel's "CSV (Macintosh)"): read too, in the file's order
+    other = uuid.uuid4()
+    mac = f"organization_id,churned_at\r{other},\r{org},2026-01-01T00:00:00Z\r"
+    assert list(parse_labels(mac)) == [str(other), str(org)]
+
+
+def test_an_export_with_repeats_counts_each_event_once(tmp_path: Path) -> None:
+    """An export of the input topics holds what producers sent twice (at-least-once
+    delivery), and a reused id with another payload. The service counts a repeat once
+    and dead-letters the conflict (`event_id_conflict`); `evaluate`, `fit` and `adapt`
+    applied every line, so an organization's repeated events counted twice in the
+    scores they judge and fit. The first of an id, in the order the service applies
+    the log (event time), is kept; a repeat is counted as one, a conflict as rejected."""
+    org = str(uuid.uuid4())
+    at = datetime(2026, 3, 1, 9, tzinfo=UTC)
+
+    def usage(n: int, **changes: Any) -> dict[str, Any]:
+        return {
+            "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"export-repeat-{n}")),
+            "organization_id": org,
+            "type": "login",
+            "occurred_at": datetime.fromtimestamp(at.timestamp() + n * 3600, UTC).isoformat(),
+            **changes,
+        }
+
+    def line(value: dict[str, Any]) -> bytes:
+        return orjson.dumps({"topic": "product.usage.v1", "value": value}) + b"\n"
+
+    first = usage(0)
+    resent = {key: first[key] for key in reversed(list(first))}  # re-serialized
+    lines = [line(first), line(usage(1)), line(resent), line(usage(2)), line(usage(0, quantity=5))]
+    (tmp_path / "events.jsonl").write_bytes(b"".join(lines))
+    loaded = load_log(tmp_path / "events.jsonl", None)
+    assert [str(e.event_id) for e in loaded.events] == [usage(n)["event_id"] for n in range(3)]
+    assert (loaded.duplicates, loaded.rejected) == (1, 1)
+    assert [getattr(e, "quantity", None) for e in loaded.events] == [1, 1, 1]
+    backtest = run_backtest(loaded, default_model(), warmup_days=0)
+    assert len(backtest.path_at) == 3  # each login scored once
+
+
+def test_an_export_is_read_with_a_byte_order_mark_or_refused_saying_why(tmp_path: Path) -> None:
+    """A JSON-lines export saved by a Windows tool starts with a byte-order mark, and
+    one written by a broken exporter may hold a byte that is not UTF-8 or a number no
+    double holds. Each was refused as `events.jsonl:N: expected {"topic": ...,
+    "value": {...}}`, about a line of exactly that shape: the mark is read past now,
+    and a line that is not JSON is refused with the parser's reason and column."""
+    org = str(uuid.uuid4())
+    value = {
+        "event_id": str(uuid.uuid4()),
+        "organization_id": org,
+        "type": "login",
+        "occurred_at": "2026-03-01T09:00:00Z",
+    }
+    line = orjson.dumps({"topic": "product.usage.v1", "value": value}) + b"\n"
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\xef\xbb\xbf" + line)
+    assert [str(e.organization_id) for e in load_log(events, None).events] == [org]
+    events.write_bytes(line + line.replace(b"login", b"log\xe9n"))
+    with pytest.raises(
+        EvaluationInputError, match=r"events\.jsonl:2: byte 0xe9 at column \d+ is not UTF-8"
+    ):
+        load_log(events, None)
+    events.write_bytes(line + b'{"topic": "product.usage.v1", "value": {"quantity": 1e999}}\n')
+    infinite = r"events\.jsonl:2: column 53: number is infinity"
+    with pytest.raises(EvaluationInputError, match=infinite):
+        load_log(events, None)
+    events.write_bytes(b'{"topic": "product.usage.v1"}\n')
+    with pytest.raises(EvaluationInputError, match=r'events\.jsonl:1: expected \{"topic"'):
+        load_log(events, None)

@@ -280,6 +280,36 @@ def test_files_from_spreadsheets_read_or_are_refused_by_line(tmp_path: Path) -> 
     assert "field larger than field limit" in refused.value.errors[0].reason
 
 
+def test_files_whose_lines_end_in_a_carriage_return_alone_read_as_any(tmp_path: Path) -> None:
+    """Excel's "CSV (Macintosh)" ends each line with CR alone: the reader took a file
+    for one line and refused it, "row 1: not CSV: new-line character seen in unquoted
+    field - do you need to open the file in universal-newline mode?", a question to a
+    Python programmer. Such a file reads as with LF or CRLF, a quoted line break kept
+    inside its cell."""
+    other = uuid.uuid4()
+    rows = [
+        "organization_id,created_at,milestones",
+        f"{ORG},2024-05-01T00:00:00Z,onboarding_completed=2024-05-20T00:00:00Z",
+        f'{other},,"first_client_added=2024-06-01T00:00:00Z;\rprofile_completed=2024-06-02T00:00:00Z"',
+    ]
+    for ending in ("\r", "\n", "\r\n"):
+        mac = tmp_path / "mac.csv"
+        mac.write_bytes(ending.join(rows).encode() + ending.encode())
+        profiles = {p.organization_id: p for p in parse_profiles(read_csv_text(mac), str(mac))}
+        assert profiles[ORG].created_at == datetime(2024, 5, 1, tzinfo=UTC).timestamp()
+        assert sorted(profiles[other].milestones) == ["first_client_added", "profile_completed"]
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes(f"{rows[0]}\r{ORG},,\r{ORG},,caf".encode() + b"\xe9\r")
+    with pytest.raises(ImportRefused) as refused:
+        read_csv_text(latin1)
+    assert [(e.row, e.column) for e in refused.value.errors] == [(3, "-")]
+    labels = parse_labels(f"organization_id,churned_at\r{ORG},2026-04-01T00:00:00Z\r{other},\r")
+    assert {label.organization_id for label in labels} == {ORG, other}
+    with pytest.raises(ImportRefused) as refused:
+        parse_labels(f"organization_id,churned_at\r{ORG},\rx,\r")
+    assert [(e.row, e.column) for e in refused.value.errors] == [(3, "organization_id")]
+
+
 def test_labels_parse_and_refuse_bad_rows() -> None:
     other = uuid.uuid4()
     labels = parse_labels(f"organization_id,churned_at\n{ORG},2026-04-01T00:00:00Z\n{other},\n")

@@ -21,7 +21,7 @@ from healthscore.core.partitions import PartitionKey
 from healthscore.errors import OffsetGap
 from healthscore.service.holdback import HoldBack
 from healthscore.service.ingest.decode import RawRecord
-from healthscore.service.ingest.pipeline import BatchOutcome, BatchPipeline
+from healthscore.service.ingest.pipeline import BatchOutcome, BatchPipeline, PartlyCommitted
 from healthscore.service.kafka_offsets import KafkaOffsets
 
 log = structlog.get_logger(__name__)
@@ -130,7 +130,15 @@ class BatchHandler:
         )
         view = self._holdback.view(consumer)
         try:
-            outcome = await self._pipeline.process_items(items, view, dict(self._offsets.sought))
+            try:
+                outcome = await self._pipeline.process_items(
+                    items, view, dict(self._offsets.sought)
+                )
+            except PartlyCommitted as partly:
+                # parts committed before the rest failed: logged and counted as they
+                # stand (fetched again, they are skipped as applied), then the failure
+                await self._report(partly.committed, time.perf_counter() - started)
+                raise partly.cause from None
         except asyncio.CancelledError:
             raise
         except OffsetGap as gap:
@@ -150,6 +158,9 @@ class BatchHandler:
         outcome.timings_ms["decode"] = decode_ms
         self._holdback.keep(consumer, outcome, items)
         await self._offsets.commit(outcome.next_offsets)
+        await self._report(outcome, duration)
+
+    async def _report(self, outcome: BatchOutcome, duration: float) -> None:
         # a batch of stand-ins only (transaction markers) committed offsets too: logged
         if self._on_outcome is not None and (outcome.records or outcome.passed_over):
             result = self._on_outcome(outcome, duration)

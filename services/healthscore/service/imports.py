@@ -95,9 +95,18 @@ def read_csv_text(path: Path) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
+        before = data[: exc.start]
+        # lines end in LF, CRLF or CR alone (`_lines`)
+        line = before.count(b"\n") + before.count(b"\r") - before.count(b"\r\n") + 1
         reason = f"byte 0x{data[exc.start]:02x} is not UTF-8: save the file as UTF-8 (CSV UTF-8)"
         raise ImportRefused(str(path), [RowError(line, "-", reason)]) from None
+
+
+def _lines(text: str) -> io.StringIO:
+    """`text` for the csv module: lines ending in LF, CRLF or CR alone (Excel's "CSV
+    (Macintosh)"), each kept as written, so the reader keeps a quoted line break in its
+    cell (the csv module's own advice: a file opened with newline="")."""
+    return io.StringIO(text, newline="")
 
 
 def _time(text: str) -> datetime:
@@ -120,7 +129,7 @@ def _past(moment: datetime, now: datetime) -> datetime:
 def _rows(
     text: str, columns: Sequence[str], source: str
 ) -> tuple[list[tuple[int, dict[str, str]]], list[RowError]]:
-    reader = csv.reader(io.StringIO(text))
+    reader = csv.reader(_lines(text))
     try:
         header = [h.strip() for h in next(reader, [])]
     except csv.Error as exc:

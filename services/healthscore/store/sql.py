@@ -44,10 +44,16 @@ WITH locked AS (
     FROM unnest(
         $4::uuid[], $5::uuid[], $6::timestamptz[], $7::bytea[], $8::text[], $9::int[],
         $10::bigint[]
-    ) AS e(event_id, organization_id, occurred_at, payload_digest, topic, partition, record_offset)
+    ) WITH ORDINALITY
+        AS e(event_id, organization_id, occurred_at, payload_digest, topic, partition,
+             record_offset, n)
     JOIN locked l ON l.topic = e.topic AND l.partition = e.partition
     -- below the stored offset: applied or dead-lettered before, not claimed again
     WHERE e.record_offset >= l.next_offset
+    -- in the batch's order: of an id twice in it (two partitions, two topics), the copy
+    -- the batch applies is the first, and its digest must be the one kept; a join
+    -- led by `locked` would give them in (topic, partition) order
+    ORDER BY e.n
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id
 )

@@ -90,6 +90,18 @@ silence (`core.effects.SILENCE_HORIZON`, 1,460 rescorings), so a batch of events
 apart would otherwise compute millions in one transaction, and hold them all."""
 
 
+class PartlyCommitted(Exception):
+    """A batch failed after parts of it committed on their own (a bisection): what
+    those parts did (`committed`: their rejections are in the outbox, their events
+    applied, so they are logged and counted like any batch's) and why the rest failed
+    (`cause`, handled as the batch's failure: the rest is fetched again)."""
+
+    def __init__(self, committed: BatchOutcome, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.committed = committed
+        self.cause = cause
+
+
 class TooManyUnprocessable(Exception):
     """More records of one batch failed alone than a data problem explains.
 
@@ -270,9 +282,7 @@ class BatchPipeline:
         try:
             return await self._apply(items, positioned)
         except _SplitBefore as split:
-            first = await self._apply_isolating(items[: split.index], positioned, unprocessable)
-            second = await self._apply_isolating(items[split.index :], positioned, unprocessable)
-            return first.merge(second)
+            cut = split.index
         except DATA_ERRORS as exc:
             if len(items) == 1:
                 unprocessable[0] += 1
@@ -282,10 +292,16 @@ class BatchPipeline:
                         f"alone; the last with {type(exc).__name__}: {exc}"
                     ) from exc
                 return await self._dead_letter_unprocessable(items[0], exc, positioned)
-            half = len(items) // 2
-            first = await self._apply_isolating(items[:half], positioned, unprocessable)
-            second = await self._apply_isolating(items[half:], positioned, unprocessable)
-            return first.merge(second)
+            cut = len(items) // 2
+        first = await self._apply_isolating(items[:cut], positioned, unprocessable)
+        try:
+            second = await self._apply_isolating(items[cut:], positioned, unprocessable)
+        except PartlyCommitted as partly:
+            raise PartlyCommitted(first.merge(partly.committed), partly.cause) from partly.cause
+        except Exception as exc:
+            # the first part committed: its dead letters and events must not go unsaid
+            raise PartlyCommitted(first, exc) from exc
+        return first.merge(second)
 
     async def _dead_letter_unprocessable(
         self,

@@ -134,7 +134,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     except (HealthscoreError, ModelConfigError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    say(f"{len(log.events)} events ({log.rejected} rejected), {len(log.churned_at)} organizations")
+    repeats = f", {log.duplicates} repeats counted once" if log.duplicates else ""
+    say(
+        f"{len(log.events)} events ({log.rejected} rejected{repeats}), "
+        f"{len(log.churned_at)} organizations"
+    )
     say(f"replaying under {model.version}")
     bt, report = _backtest_and_report(args, log, model, say)
     output: dict[str, Any] = {"report": report}

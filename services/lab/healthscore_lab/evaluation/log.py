@@ -27,6 +27,7 @@ from healthscore.errors import HealthscoreError
 from healthscore.service import imports as import_files
 from healthscore.service.imports import ImportRefused
 from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord
+from healthscore.service.ingest.pipeline import payload_digest
 from healthscore_lab.simulator.labelled import Population, iter_jsonl
 
 USAGE_TOPIC = "product.usage.v1"
@@ -55,6 +56,8 @@ class LabelledLog:
     profiles: dict[str, OrgProfile]
     labels_until: float  # churn is known up to this time
     rejected: int = 0
+    # repeats of an event already in the log (the same id and payload): counted once
+    duplicates: int = 0
     source: str = ""
     population: Population | None = None  # the ground truth, when simulated (the oracle)
     labelled: bool = True  # False: no labels were given (every organization taken as retained)
@@ -73,17 +76,24 @@ def _activity(events: Iterable[Event]) -> Iterator[Event]:
     return (event for event in events if not isinstance(event, ProfileEvent))
 
 
-def _decode_lines(lines: Iterable[bytes], where: str) -> tuple[list[Event], int]:
+def _decode_lines(lines: Iterable[bytes], where: str) -> tuple[list[Event], int, int]:
+    """The log's valid events in event-time order, each id once; how many lines were
+    rejected and how many repeated an event."""
     decoder = Decoder(USAGE_TOPIC, SUPPORT_TOPIC, 64 * 1024, profile_topic=PROFILE_TOPIC)
-    events: list[Event] = []
+    decoded_events: list[Decoded] = []
     rejected = 0
     for number, line in enumerate(lines, start=1):
+        if number == 1 and line.startswith(_BOM):
+            line = line[len(_BOM) :]  # as Windows tools save UTF-8
         if not line.strip():
             continue
         try:
             wrapper = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise EvaluationInputError(f"{where}:{number}: {_not_json(line, exc)}") from None
+        try:
             topic, value = wrapper["topic"], wrapper["value"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+        except (KeyError, TypeError):
             raise EvaluationInputError(
                 f'{where}:{number}: expected {{"topic": ..., "value": {{...}}}}'
             ) from None
@@ -108,12 +118,45 @@ def _decode_lines(lines: Iterable[bytes], where: str) -> tuple[list[Event], int]
         )
         decoded = decoder.decode(record)
         if isinstance(decoded, Decoded):
-            events.append(decoded.event)
+            decoded_events.append(decoded)
         else:
             rejected += 1
     # the service applies the log in event-time order across partitions (alignment)
-    events.sort(key=lambda event: event.occurred_at)
-    return events, rejected
+    decoded_events.sort(key=lambda item: item.event.occurred_at)
+    # and an id once: an export of the topics holds what producers sent twice, which
+    # the service counts once, and a reused id's other payload, which it dead-letters
+    # (`event_id_conflict`); the first applied keeps it
+    applied: dict[UUID, bytes] = {}
+    events: list[Event] = []
+    duplicates = 0
+    for item in decoded_events:
+        digest = payload_digest(item)
+        first = applied.setdefault(item.event.event_id, digest)
+        if first is not digest:
+            if first == digest:
+                duplicates += 1
+            else:
+                rejected += 1
+            continue
+        events.append(item.event)
+    return events, rejected, duplicates
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def _not_json(line: bytes, exc: orjson.JSONDecodeError) -> str:
+    """Why `line` is not JSON, placed in the line (the parser counts the line as its
+    first, and places a byte that is not UTF-8 at the line's start)."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return (
+            f"byte 0x{line[bad.start]:02x} at column {bad.start + 1} is not UTF-8: "
+            "save the export as UTF-8"
+        )
+    reason = str(exc).rsplit(": line ", 1)[0]
+    return f"column {exc.colno}: {reason}"
 
 
 def _refused(exc: ImportRefused) -> EvaluationInputError:
@@ -132,7 +175,9 @@ def parse_labels(text: str, where: str = "labels") -> dict[str, float | None]:
         for label in labels
     }
     # in the file's order (the import sorts by id): the backtest lists organizations so
-    rows = (row for row in list(csv.reader(io.StringIO(text)))[1:] if row and row[0].strip())
+    rows = (
+        row for row in list(csv.reader(io.StringIO(text, newline="")))[1:] if row and row[0].strip()
+    )
     return {org: churned[org] for org in dict.fromkeys(str(UUID(row[0].strip())) for row in rows)}
 
 
@@ -166,7 +211,7 @@ def load_log(
     the labels are known: a horizon is evaluated only at as-of points it fits in.
     Without labels (`healthscore adapt` needs none) every organization is retained."""
     with events.open("rb") as handle:
-        decoded, rejected = _decode_lines(handle, str(events))
+        decoded, rejected, duplicates = _decode_lines(handle, str(events))
     if not any(_activity(decoded)):
         raise EvaluationInputError(f"{events}: no valid usage or support events")
     churned = parse_labels(_csv(labels), str(labels)) if labels is not None else {}
@@ -180,6 +225,7 @@ def load_log(
         profiles=parse_profiles(_csv(profiles), str(profiles)) if profiles else {},
         labels_until=0.0,
         rejected=rejected,
+        duplicates=duplicates,
         source=str(events),
         labelled=labels is not None,
     )
@@ -188,7 +234,7 @@ def load_log(
 
 
 def from_population(population: Population, use_profiles: bool = True) -> LabelledLog:
-    events, rejected = _decode_lines(iter_jsonl(population), "simulated")
+    events, rejected, duplicates = _decode_lines(iter_jsonl(population), "simulated")
     profiles = {
         org: OrgProfile(
             profile.created_at.timestamp(),
@@ -205,6 +251,7 @@ def from_population(population: Population, use_profiles: bool = True) -> Labell
         profiles=profiles if use_profiles else {},
         labels_until=population.labels_until,
         rejected=rejected,
+        duplicates=duplicates,
         source=f"simulated (seed {population.config.seed})",
         population=population,
     )
