@@ -6,8 +6,10 @@ import asyncio
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -70,6 +72,13 @@ async def catalog_snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
         }
     finally:
         await conn.close()
+
+
+def with_user(url: str, user: str) -> str:
+    """The same server and database, another user (the test server trusts its socket)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, f"{user}@{host}", parts.path, parts.query, parts.fragment))
 
 
 async def fetch_val(url: str, query: str, *args: Any) -> Any:
@@ -266,6 +275,53 @@ async def test_existing_superuser_role_is_refused(
     finally:
         await admin.close()
     assert await fetch_val(empty_database, f"SELECT count(*) FROM {MIGRATIONS_TABLE}") == 0
+
+
+@pytest.mark.parametrize("member_of", [WRITER_ROLE, DASHBOARD_ROLE, None])
+async def test_no_login_creates_objects_in_the_public_schema(
+    empty_database: str, pg_admin_url: str, member_of: str | None
+) -> None:
+    """PUBLIC's CREATE on the public schema is gone (0086), even where the database had it.
+
+    PostgreSQL 14 and earlier grant it to PUBLIC, and a cluster upgraded from one keeps
+    it: any login could then plant a function in public that outranks the one an API
+    statement means (the API's sessions search public), and it would run as that
+    session, under its user's identity. Here the database starts as such a cluster
+    leaves it.
+    """
+    superuser = await asyncpg.connect(empty_database)
+    try:
+        await superuser.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+    finally:
+        await superuser.close()
+    await apply_migrations(empty_database)
+    login = f"t_creator_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(pg_admin_url)
+    try:
+        member = f" IN ROLE {member_of}" if member_of else ""
+        await admin.execute(f"CREATE ROLE {login} LOGIN{member}")
+        try:
+            role = {"role": member_of} if member_of else {}
+            conn = await asyncpg.connect(with_user(empty_database, login), server_settings=role)
+            try:
+                assert not await conn.fetchval("SELECT has_schema_privilege('public', 'CREATE')")
+                for statement in (
+                    "CREATE TABLE public.planted (id int)",
+                    "CREATE FUNCTION public.score_trend(integer, integer) RETURNS text"
+                    " LANGUAGE sql AS $$ SELECT 'planted' $$",
+                ):
+                    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="denied"):
+                        await conn.execute(statement)
+            finally:
+                await conn.close()
+        finally:
+            await admin.execute(f"DROP ROLE {login}")
+    finally:
+        await admin.close()
+    # the owner still creates there (the migrations make it own everything)
+    assert await fetch_val(
+        empty_database, "SELECT has_schema_privilege($1, 'public', 'CREATE')", OWNER_ROLE
+    )
 
 
 async def test_owner_owns_every_table_sequence_and_function(migrated_database: str) -> None:

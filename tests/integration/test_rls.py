@@ -762,6 +762,91 @@ async def test_writer_cannot_change_users_or_delete_organizations(
         await checker.close()
 
 
+# --- functions: each role executes what its statements call, PUBLIC nothing of ours -----
+
+# What a statement of the role calls (directly, in a generated column it computes, or in a
+# policy or an invoker function it runs); nothing else of ours (migration 0085). Trigger
+# functions need no EXECUTE: a trigger runs its function whoever fires it.
+NOT_EXECUTABLE = {
+    # the writer's policies are `true` and its statements name no identity (0085)
+    WRITER_ROLE: (
+        "app_user_id()",
+        "app_user_role()",
+        "score_trend(numeric, numeric)",
+        "set_updated_at()",
+        "hmac_sha256(bytea, bytea)",
+    ),
+    # the dashboard reads health_status and risk_level as stored, never computes them
+    DASHBOARD_ROLE: (
+        "health_band(numeric)",
+        "risk_level_for(numeric)",
+        "set_updated_at()",
+        "hmac_sha256(bytea, bytea)",
+    ),
+}
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("role", sorted(NOT_EXECUTABLE))
+async def test_roles_cannot_execute_functions_none_of_their_statements_calls(
+    world: World, connect_as: Connect, role: str, style: str
+) -> None:
+    conn = await connect_as(role, None, style)
+    for function in NOT_EXECUTABLE[role]:
+        assert not await conn.fetchval(
+            "SELECT has_function_privilege(current_user, $1::regprocedure, 'EXECUTE')", function
+        ), f"{role} may execute {function}"
+    calls = {
+        "app_user_id()": "SELECT app_user_id()",
+        "app_user_role()": "SELECT app_user_role()",
+        "score_trend(numeric, numeric)": "SELECT score_trend(50, 40)",
+        "health_band(numeric)": "SELECT health_band(50)",
+        "risk_level_for(numeric)": "SELECT risk_level_for(0.5)",
+        "hmac_sha256(bytea, bytea)": "SELECT hmac_sha256('k'::bytea, 'm'::bytea)",
+    }
+    for function in NOT_EXECUTABLE[role]:
+        if function in calls:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+                await conn.fetchval(calls[function])
+
+
+async def test_a_login_of_no_project_role_executes_none_of_our_functions(
+    world: World, pg_admin_url: str
+) -> None:
+    """PUBLIC (any login that may connect to the database) gets no function of ours."""
+    login = f"t_public_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(pg_admin_url)
+    try:
+        await admin.execute(f"CREATE ROLE {login} LOGIN")
+        try:
+            conn = await asyncpg.connect(with_user(world.url, login))
+            try:
+                executable = await conn.fetch(
+                    """SELECT p.oid::regprocedure::text AS function FROM pg_proc p
+                       WHERE p.pronamespace = 'public'::regnamespace
+                         AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                                         WHERE d.classid = 'pg_proc'::regclass
+                                           AND d.objid = p.oid AND d.deptype = 'e')
+                         AND has_function_privilege(p.oid, 'EXECUTE')
+                       ORDER BY 1"""
+                )
+                assert [r["function"] for r in executable] == []
+                for call in (
+                    "SELECT health_band(50)",
+                    "SELECT risk_level_for(0.5)",
+                    "SELECT score_trend(50, 40)",
+                    "SELECT hmac_sha256('k'::bytea, 'm'::bytea)",
+                ):
+                    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="denied"):
+                        await conn.fetchval(call)
+            finally:
+                await conn.close()
+        finally:
+            await admin.execute(f"DROP ROLE {login}")
+    finally:
+        await admin.close()
+
+
 # --- what dashboard users may change ----------------------------------------------------------
 
 

@@ -1,0 +1,546 @@
+"""The privilege map of the migrated schema, read from the live catalog and pinned.
+
+Every privilege the project's roles and PUBLIC hold on the database's objects, each
+with the code path that needs it (which statement, run by which process, as which
+role). A privilege gained later, by a new migration or a changed one, fails this test
+by name until it is justified here; one lost fails it too (remove its line and its
+reason). Ownership is tests/integration/test_migrations.py's
+(`test_owner_owns_every_table_sequence_and_function`): the owner's own privileges on
+what it owns are not listed. What each role can and cannot do with these privileges,
+in real sessions, is tests/integration/test_rls.py's.
+
+Processes and their roles: `serve` (the consumer, the projector, the sweep, the relays,
+the gauges), `replay`, `import`, `evaluate`, `state`, `lag` and the `offsets` commands
+connect with DATABASE_URL and run as healthscore_writer (DATABASE_ROLE); `api` runs each
+request's session, and its change listener, as cs_dashboard (API_DATABASE_ROLE);
+`migrate` runs as MIGRATION_DATABASE_URL's role and makes healthscore_owner (NOLOGIN)
+own everything; healthscore_owner's SECURITY DEFINER functions run as it.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import asyncpg
+
+from healthscore.store.schema_catalog import ROLES
+
+WRITER = "healthscore_writer"
+DASHBOARD = "cs_dashboard"
+OWNER = "healthscore_owner"
+
+# --- the map -----------------------------------------------------------------------------
+
+ROLE_ATTRIBUTES: Final = {
+    # NOLOGIN: logins are members (deploy/compose/init); never superuser or BYPASSRLS,
+    # which would skip every policy (migration 0001 refuses such a role)
+    role: "NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION INHERIT"
+    for role in ROLES
+}
+
+SCHEMA: Final = {
+    # the migrations make it own every table and function (ALTER ... OWNER TO)
+    f"{OWNER}: CREATE on schema public",
+    f"{OWNER}: USAGE on schema public",
+    f"{WRITER}: USAGE on schema public",
+    f"{DASHBOARD}: USAGE on schema public",
+    # PostgreSQL's default since 15 (no CREATE: 0086 revokes it where a database has it)
+    "PUBLIC: USAGE on schema public",
+}
+
+# whole-table privileges
+TABLES: Final = {
+    # store/sql.py: READ_INTERACTIONS, UPSERT_INTERACTIONS' ON CONFLICT and CASE
+    f"{WRITER}: SELECT on table support_interactions",
+    # UPSERT_CUSTOMER_HEALTH (RETURNING, previous_score), DISTRIBUTION, REPLAYED
+    f"{WRITER}: SELECT on table customer_health",
+    # LOCK_STATES, PICK_SILENT, COUNT_SILENT, PENDING_PROJECTION, STATE_OF, QUEUE_AGAIN
+    f"{WRITER}: SELECT on table organization_state",
+    # READ_EVENT_DIGESTS, REPLAYED; UNCLAIM_EVENT_IDS and PURGE_PROCESSED_EVENTS delete
+    f"{WRITER}: SELECT on table processed_events",
+    f"{WRITER}: DELETE on table processed_events",
+    # READ_OFFSETS, LOCK_OFFSETS_AND_CLAIM_EVENT_IDS, EVENT_TIME_FRONTIERS, STORED_GROUPS
+    f"{WRITER}: SELECT on table consumer_offsets",
+    # the outbox relay: PENDING_ALERTS, OUTBOX_STATS; REPLAYED; quality's outcomes
+    f"{WRITER}: SELECT on table alert_outbox",
+    # the projector: PENDING_PROJECTION (FOR UPDATE), OLDEST_PENDING_PROJECTION;
+    # MARK_PROJECTED, TAKE_OWN_PENDING and DEQUEUE_PROJECTED delete
+    f"{WRITER}: SELECT on table read_model_pending",
+    f"{WRITER}: DELETE on table read_model_pending",
+    # the dead-letter relay: PENDING_DEAD_LETTERS, DEAD_LETTER_STATS; DELETE_DEAD_LETTERS
+    f"{WRITER}: SELECT on table dead_letter_outbox",
+    f"{WRITER}: DELETE on table dead_letter_outbox",
+    # store/quality.py (the shadow scorer in `serve`, `evaluate`, churn-label `import`)
+    f"{WRITER}: SELECT on table shadow_health",
+    f"{WRITER}: SELECT on table shadow_alerts",
+    f"{WRITER}: SELECT on table churn_labels",
+    f"{WRITER}: SELECT on table alert_outcomes",
+    # store/promotion.py: RECORDED_MODEL, SERVED_MODELS (`serve` at start, `promote`)
+    f"{WRITER}: SELECT on table score_models",
+    # REPLAY_RUN (`replay` resuming)
+    f"{WRITER}: SELECT on table replay_runs",
+    # store/migrate.py missing_migrations: `serve` refuses a database lacking migrations
+    f"{WRITER}: SELECT on table schema_migrations",
+    # the read API (store/read_api.py and the page functions of 0052/0074, invoker
+    # functions), under row-level security
+    f"{DASHBOARD}: SELECT on table customer_health",
+    f"{DASHBOARD}: SELECT on table organizations",
+    f"{DASHBOARD}: SELECT on table success_milestones",
+    f"{DASHBOARD}: SELECT on table support_interactions",
+    f"{DASHBOARD}: SELECT on table user_profiles",
+    f"{DASHBOARD}: SELECT on table health_score_history",
+}
+
+_HISTORY_SCORE = (
+    "scored_at health_score churn_probability risk_level components score_model_version cause"
+)
+_HEALTH_COLUMNS = (
+    "health_score engagement_score adoption_score milestone_score support_score growth_score"
+    " churn_probability risk_factors feature_usage previous_score score_change_7d"
+    " score_change_30d active_users_30d open_interactions milestones_achieved"
+    " last_activity_at last_login_at scored_at score_model_version"
+)
+_INTERACTION_COLUMNS = (
+    "interaction_type channel status priority sentiment outcome assigned_to subject"
+    " follow_up_required follow_up_at follow_up_completed_at opened_at resolved_at closed_at"
+    " first_event_at last_event_at field_event_times event_count"
+)
+
+# column privileges: (role, privilege, table) -> the columns
+COLUMNS: Final = {
+    # ENSURE_ORGANIZATIONS / ENSURE_USER_PROFILES: placeholders by id (ON CONFLICT (id)
+    # reads it); the policies of 0021 keep name, plan, role, email at their defaults
+    (WRITER, "INSERT", "organizations"): "id",
+    (WRITER, "SELECT", "organizations"): "id",
+    (WRITER, "INSERT", "user_profiles"): "id",
+    (WRITER, "SELECT", "user_profiles"): "id",
+    # UPSERT_CUSTOMER_HEALTH (previous_score: its DO UPDATE)
+    (WRITER, "INSERT", "customer_health"): "organization_id " + _HEALTH_COLUMNS,
+    (WRITER, "UPDATE", "customer_health"): _HEALTH_COLUMNS,
+    # INSERT_MILESTONES (ON CONFLICT (organization_id, milestone_type) DO NOTHING);
+    # acknowledgments and rewards are the dashboard's
+    (
+        WRITER,
+        "INSERT",
+        "success_milestones",
+    ): "organization_id milestone_type achieved_at triggering_event_id health_score_impact"
+    " reward_type reward_value reward_status",
+    (WRITER, "SELECT", "success_milestones"): "organization_id milestone_type",
+    # UPSERT_INTERACTIONS
+    (WRITER, "INSERT", "support_interactions"): "id organization_id " + _INTERACTION_COLUMNS,
+    (WRITER, "UPDATE", "support_interactions"): _INTERACTION_COLUMNS,
+    # ENSURE_STATE_ROWS, INSERT_STATES; SAVE_STATES_CHECKED, SET_RESCORE_DUE
+    (
+        WRITER,
+        "INSERT",
+        "organization_state",
+    ): "organization_id state_msgpack last_event_at health_version rescore_due_at",
+    (
+        WRITER,
+        "UPDATE",
+        "organization_state",
+    ): "state_msgpack last_event_at health_version updated_at rescore_due_at",
+    # CLAIM (LOCK_OFFSETS_AND_CLAIM_EVENT_IDS)
+    (
+        WRITER,
+        "INSERT",
+        "processed_events",
+    ): "event_id organization_id occurred_at payload_digest",
+    # ENSURE_OFFSET_ROWS; SAVE_OFFSETS (and LOCK_OFFSETS' FOR UPDATE); offsets reset
+    (WRITER, "INSERT", "consumer_offsets"): "consumer_group topic partition next_offset",
+    (WRITER, "UPDATE", "consumer_offsets"): "next_offset max_event_time updated_at",
+    # UPSERT_SCORE_HISTORY: ON CONFLICT (organization_id, day), its DO UPDATE reads the
+    # stored scored_at and (through EXCLUDED) the score columns; REPLAYED reads cause
+    (WRITER, "INSERT", "health_score_history"): "organization_id " + _HISTORY_SCORE,
+    (WRITER, "SELECT", "health_score_history"): "organization_id " + _HISTORY_SCORE + " day",
+    (WRITER, "UPDATE", "health_score_history"): _HISTORY_SCORE + " recorded_at",
+    # INSERT_ALERTS; the relay's MARK_ALERTS_SENT, RECORD_ALERT_FAILURE
+    (WRITER, "INSERT", "alert_outbox"): "alert_id organization_id kind episode payload",
+    (WRITER, "UPDATE", "alert_outbox"): "published_at publish_attempts last_error",
+    # SAVE_STATES_CHECKED, INSERT_STATES, QUEUE_FOR_PROJECTOR, QUEUE_AGAIN; UPDATE for
+    # PENDING_PROJECTION's FOR UPDATE OF q
+    (WRITER, "INSERT", "read_model_pending"): "organization_id version",
+    (WRITER, "UPDATE", "read_model_pending"): "version",
+    # INSERT_DEAD_LETTERS; RECORD_DEAD_LETTER_FAILURE
+    (
+        WRITER,
+        "INSERT",
+        "dead_letter_outbox",
+    ): "source_topic source_partition source_offset record_key record_value"
+    " record_timestamp_ms record_headers reason detail",
+    (WRITER, "UPDATE", "dead_letter_outbox"): "publish_attempts last_error",
+    # store/quality.py: UPSERT_SHADOW_HEALTH, INSERT_SHADOW_ALERTS, UPSERT_CHURN_LABELS,
+    # UPSERT_ALERT_OUTCOMES
+    (
+        WRITER,
+        "INSERT",
+        "shadow_health",
+    ): "organization_id score_model_version health_score churn_probability risk_level"
+    " components scored_at shadow_state source_version started_at",
+    (
+        WRITER,
+        "UPDATE",
+        "shadow_health",
+    ): "health_score churn_probability risk_level components scored_at shadow_state"
+    " source_version updated_at",
+    (
+        WRITER,
+        "INSERT",
+        "shadow_alerts",
+    ): "alert_id score_model_version organization_id kind episode trigger decided_at"
+    " health_score churn_probability",
+    (WRITER, "INSERT", "churn_labels"): "organization_id churned_at known_until",
+    (WRITER, "UPDATE", "churn_labels"): "churned_at known_until imported_at",
+    (
+        WRITER,
+        "INSERT",
+        "alert_outcomes",
+    ): "alert_id organization_id kind episode raised_at outcome churned_at",
+    (WRITER, "UPDATE", "alert_outcomes"): "raised_at outcome churned_at labelled_at",
+    # store/promotion.py RECORD_MODEL; store/sql.py RECORD_REPLAY_RUN
+    (WRITER, "INSERT", "score_models"): "version aggregates",
+    (WRITER, "INSERT", "replay_runs"): "consumer_group silence_sweep publish_alerts",
+    # app_organization_page's alerts (admins only: its policy); not the relay's
+    # bookkeeping (publish_attempts, last_error)
+    (
+        DASHBOARD,
+        "SELECT",
+        "alert_outbox",
+    ): "alert_id organization_id kind episode payload created_at published_at seq",
+    # ACKNOWLEDGE_MILESTONE, RECORD_REWARD (acknowledged_by: the trigger's, 0075)
+    (
+        DASHBOARD,
+        "UPDATE",
+        "success_milestones",
+    ): "reward_status reward_delivered_at acknowledged_at",
+}
+
+FUNCTIONS: Final = {
+    # customer_health's generated columns (health_status, risk_level), computed by
+    # UPSERT_CUSTOMER_HEALTH as the writer: PostgreSQL checks EXECUTE there
+    f"{WRITER}: EXECUTE on function health_band(numeric)",
+    f"{WRITER}: EXECUTE on function risk_level_for(numeric)",
+    # the dashboard policies of 0006/0021/0030
+    f"{DASHBOARD}: EXECUTE on function app_user_id()",
+    f"{DASHBOARD}: EXECUTE on function app_user_role()",
+    # app_organization_page (invoker) computes the trend as cs_dashboard
+    f"{DASHBOARD}: EXECUTE on function score_trend(numeric,numeric)",
+    # api/session.py: each request's login and logout, the connection's identity table
+    f"{DASHBOARD}: EXECUTE on function app_login(text)",
+    f"{DASHBOARD}: EXECUTE on function app_logout()",
+    f"{DASHBOARD}: EXECUTE on function app_identity_prepare()",
+    # store/read_api.py AUDIENCE, ORGANIZATION_PAGE, ORGANIZATION_HISTORY
+    f"{DASHBOARD}: EXECUTE on function app_audience(text)",
+    f"{DASHBOARD}: EXECUTE on function app_organization_page(text,uuid)",
+    f"{DASHBOARD}: EXECUTE on function app_organization_history(text,uuid,integer)",
+    # api/invalidation.py: the listener's key (read_model_changes.SIGNING_KEY_RETIRES_AT)
+    f"{DASHBOARD}: EXECUTE on function app_signing_key_retires_at(integer)",
+}
+
+# SECURITY DEFINER functions (they run as healthscore_owner) and their pinned search_path:
+# pg_temp last, so that no object a session creates is found before ours
+_PINNED = "search_path=pg_catalog, pg_temp"
+SECURITY_DEFINER: Final = {
+    "app_identity_prepare()": _PINNED,
+    "app_login(text)": _PINNED,
+    "app_logout()": _PINNED,
+    "app_signing_key_retires_at(integer)": _PINNED,
+    "app_user_id()": _PINNED,
+    # public after pg_catalog: only healthscore_owner creates there (0086), and its body
+    # names every object schema-qualified (pg_temp, searched first for relations when
+    # unlisted, never shadows one)
+    "app_user_role()": "search_path=pg_catalog, public",
+    "read_model_announce(text[])": _PINNED,
+    "read_model_changed()": _PINNED,
+    "read_model_organizations_changed()": _PINNED,
+    "read_model_rows_inserted()": _PINNED,
+    "success_milestones_acknowledged_by_from_identity()": _PINNED,
+}
+
+_ADMIN = "( SELECT (app_user_role() = 'admin'::text))"
+# row-level security: every table a request-scoped role (cs_dashboard) can read, FORCE'd
+ROW_SECURITY: Final = {
+    "alert_outbox",
+    "customer_health",
+    "health_score_history",
+    "organizations",
+    "success_milestones",
+    "support_interactions",
+    "user_profiles",
+}
+# table, policy -> (command, roles, USING, WITH CHECK)
+POLICIES: Final = {
+    ("alert_outbox", "alert_outbox_dashboard_admin_select"): ("SELECT", DASHBOARD, _ADMIN, None),
+    ("alert_outbox", "alert_outbox_writer_all"): ("ALL", WRITER, "true", "true"),
+    ("customer_health", "customer_health_dashboard_admin_select"): (
+        "SELECT",
+        DASHBOARD,
+        _ADMIN,
+        None,
+    ),
+    ("customer_health", "customer_health_writer_all"): ("ALL", WRITER, "true", "true"),
+    ("health_score_history", "health_score_history_dashboard_admin_select"): (
+        "SELECT",
+        DASHBOARD,
+        _ADMIN,
+        None,
+    ),
+    ("health_score_history", "health_score_history_writer_all"): ("ALL", WRITER, "true", "true"),
+    ("organizations", "organizations_dashboard_admin_select"): ("SELECT", DASHBOARD, _ADMIN, None),
+    ("organizations", "organizations_writer_insert"): (
+        "INSERT",
+        WRITER,
+        None,
+        "((name IS NULL) AND (plan IS NULL))",
+    ),
+    ("organizations", "organizations_writer_select"): ("SELECT", WRITER, "true", None),
+    ("success_milestones", "success_milestones_dashboard_admin_select"): (
+        "SELECT",
+        DASHBOARD,
+        _ADMIN,
+        None,
+    ),
+    ("success_milestones", "success_milestones_dashboard_admin_update"): (
+        "UPDATE",
+        DASHBOARD,
+        _ADMIN,
+        _ADMIN,
+    ),
+    ("success_milestones", "success_milestones_writer_all"): ("ALL", WRITER, "true", "true"),
+    ("support_interactions", "support_interactions_dashboard_admin_select"): (
+        "SELECT",
+        DASHBOARD,
+        _ADMIN,
+        None,
+    ),
+    ("support_interactions", "support_interactions_dashboard_support_select"): (
+        "SELECT",
+        DASHBOARD,
+        "(( SELECT (app_user_role() = 'support'::text))"
+        " AND (assigned_to = ( SELECT app_user_id() AS app_user_id)))",
+        None,
+    ),
+    ("support_interactions", "support_interactions_writer_all"): ("ALL", WRITER, "true", "true"),
+    ("user_profiles", "user_profiles_dashboard_select"): (
+        "SELECT",
+        DASHBOARD,
+        "((id = ( SELECT app_user_id() AS app_user_id))"
+        " OR ( SELECT (app_user_role() = 'admin'::text)))",
+        None,
+    ),
+    # app_user_role() and app_login() (SECURITY DEFINER) read roles and users as the owner
+    ("user_profiles", "user_profiles_owner_select"): ("SELECT", OWNER, "true", None),
+    ("user_profiles", "user_profiles_writer_insert"): (
+        "INSERT",
+        WRITER,
+        None,
+        "((role = 'member'::text) AND (organization_id IS NULL) AND (email IS NULL))",
+    ),
+    ("user_profiles", "user_profiles_writer_select"): ("SELECT", WRITER, "true", None),
+}
+
+
+def expected_privileges() -> set[str]:
+    columns = {
+        f"{role}: {privilege} ({table}.{column})"
+        for (role, privilege, table), names in COLUMNS.items()
+        for column in names.split()
+    }
+    return SCHEMA | TABLES | columns | FUNCTIONS
+
+
+# --- the catalog ------------------------------------------------------------------------
+
+# every ACL entry of a project role or PUBLIC on the schema and its objects, the
+# defaults PostgreSQL applies to a NULL ACL included; an owner's entries on what it owns
+# are ownership, not grants
+_GRANTEES = """
+    WITH grantee AS (
+        SELECT 0::oid AS oid, 'PUBLIC' AS name
+        UNION ALL
+        SELECT oid, rolname FROM pg_roles WHERE rolname = ANY($1::text[])
+    ), ours AS (
+        SELECT p.oid FROM pg_proc p
+        WHERE p.pronamespace = 'public'::regnamespace
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
+                          AND d.objid = p.oid AND d.deptype = 'e')
+    )
+"""
+PRIVILEGES_QUERY: Final = (
+    _GRANTEES
+    + """
+    SELECT g.name || ': ' || a.privilege_type || ' on schema public'
+    FROM pg_namespace n, aclexplode(n.nspacl) a JOIN grantee g ON g.oid = a.grantee
+    WHERE n.nspname = 'public' AND a.grantee <> n.nspowner
+    UNION ALL
+    SELECT g.name || ': ' || a.privilege_type || ' on '
+           || CASE c.relkind WHEN 'S' THEN 'sequence ' ELSE 'table ' END || c.relname
+    FROM pg_class c,
+         aclexplode(coalesce(c.relacl, acldefault(
+             CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END::"char", c.relowner))) a
+    JOIN grantee g ON g.oid = a.grantee
+    WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+      AND a.grantee <> c.relowner
+    UNION ALL
+    SELECT g.name || ': ' || a.privilege_type || ' (' || c.relname || '.' || att.attname || ')'
+    FROM pg_attribute att JOIN pg_class c ON c.oid = att.attrelid,
+         aclexplode(att.attacl) a JOIN grantee g ON g.oid = a.grantee
+    WHERE c.relnamespace = 'public'::regnamespace AND NOT att.attisdropped
+      AND a.grantee <> c.relowner
+    UNION ALL
+    SELECT g.name || ': ' || a.privilege_type || ' on function ' || p.oid::regprocedure::text
+    FROM pg_proc p JOIN ours USING (oid),
+         aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+    JOIN grantee g ON g.oid = a.grantee
+    WHERE a.grantee <> p.proowner
+    UNION ALL
+    SELECT g.name || ': ' || a.privilege_type || ' on type ' || t.typname
+    FROM pg_type t, aclexplode(t.typacl) a JOIN grantee g ON g.oid = a.grantee
+    WHERE t.typnamespace = 'public'::regnamespace AND a.grantee <> t.typowner
+    UNION ALL
+    SELECT 'default privileges of ' || pg_get_userbyid(d.defaclrole) || ' ('
+           || d.defaclobjtype::text || '): ' || d.defaclacl::text
+    FROM pg_default_acl d
+    WHERE d.defaclrole IN (SELECT oid FROM grantee)
+       OR d.defaclnamespace = 'public'::regnamespace
+       OR EXISTS (SELECT 1 FROM aclexplode(d.defaclacl) a JOIN grantee g ON g.oid = a.grantee)
+"""
+)
+
+
+async def catalog_privileges(conn: asyncpg.Connection) -> set[str]:
+    rows = await conn.fetch(PRIVILEGES_QUERY, list(ROLES))
+    return {row[0] for row in rows}
+
+
+def _differences(name: str, expected: set[str], actual: set[str]) -> list[str]:
+    return [
+        f"{item}: not in the privilege map ({name}). Justify it: add it to "
+        "tests/integration/test_privilege_map.py with the statement, process and role "
+        "that need it; or revoke it in a migration"
+        for item in sorted(actual - expected)
+    ] + [
+        f"{item}: in the privilege map ({name}) but not in the catalog: remove it "
+        "and its justification from tests/integration/test_privilege_map.py"
+        for item in sorted(expected - actual)
+    ]
+
+
+# --- the tests -----------------------------------------------------------------------------
+
+
+async def test_every_privilege_of_the_roles_and_public_is_in_the_map(
+    migrated_database: str,
+) -> None:
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        actual = await catalog_privileges(conn)
+    finally:
+        await conn.close()
+    problems = _differences("privileges", expected_privileges(), actual)
+    assert not problems, "\n".join(problems)
+
+
+async def test_role_attributes_and_memberships_are_in_the_map(migrated_database: str) -> None:
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        rows = await conn.fetch(
+            """SELECT rolname,
+                      concat_ws(' ',
+                          CASE WHEN rolcanlogin THEN 'LOGIN' ELSE 'NOLOGIN' END,
+                          CASE WHEN rolsuper THEN 'SUPERUSER' ELSE 'NOSUPERUSER' END,
+                          CASE WHEN rolbypassrls THEN 'BYPASSRLS' ELSE 'NOBYPASSRLS' END,
+                          CASE WHEN rolcreatedb THEN 'CREATEDB' ELSE 'NOCREATEDB' END,
+                          CASE WHEN rolcreaterole THEN 'CREATEROLE' ELSE 'NOCREATEROLE' END,
+                          CASE WHEN rolreplication THEN 'REPLICATION' ELSE 'NOREPLICATION' END,
+                          CASE WHEN rolinherit THEN 'INHERIT' ELSE 'NOINHERIT' END,
+                          CASE WHEN rolconfig IS NOT NULL
+                               THEN 'SET ' || array_to_string(rolconfig, ', ') END)
+                      AS attributes
+               FROM pg_roles WHERE rolname = ANY($1::text[])""",
+            list(ROLES),
+        )
+        # a project role is a member of no role, and no role of the project or predefined
+        # role (pg_read_all_data, ...) is given to one: its logins are the only members
+        memberships = await conn.fetch(
+            """SELECT pg_get_userbyid(m.member) || ' is a member of '
+                      || pg_get_userbyid(m.roleid)
+                      || CASE WHEN m.admin_option THEN ' WITH ADMIN OPTION' ELSE '' END
+               FROM pg_auth_members m
+               JOIN pg_roles r ON r.oid = m.roleid
+               JOIN pg_roles u ON u.oid = m.member
+               WHERE u.rolname = ANY($1::text[])
+                  OR (r.rolname = ANY($1::text[]) AND (m.admin_option OR u.rolsuper))""",
+            list(ROLES),
+        )
+    finally:
+        await conn.close()
+    actual = {f"role {r['rolname']}: {r['attributes']}" for r in rows}
+    expected = {f"role {role}: {attributes}" for role, attributes in ROLE_ATTRIBUTES.items()}
+    problems = _differences("role attributes", expected, actual)
+    problems += _differences("memberships", set(), {r[0] for r in memberships})
+    assert not problems, "\n".join(problems)
+
+
+async def test_policies_and_row_level_security_are_in_the_map(migrated_database: str) -> None:
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        policies = await conn.fetch(
+            """SELECT tablename, policyname, cmd, array_to_string(roles, ',') AS roles,
+                      permissive, qual, with_check
+               FROM pg_policies WHERE schemaname = 'public'"""
+        )
+        tables = await conn.fetch(
+            """SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity,
+                      has_table_privilege($1, c.oid, 'SELECT')
+                      OR has_any_column_privilege($1, c.oid, 'SELECT') AS dashboard_reads
+               FROM pg_class c
+               WHERE c.relnamespace = 'public'::regnamespace
+                 AND c.relkind IN ('r', 'p', 'v', 'm')""",
+            DASHBOARD,
+        )
+    finally:
+        await conn.close()
+
+    def policy(p: asyncpg.Record) -> str:
+        assert p["permissive"] == "PERMISSIVE", p  # no restrictive policy is in the map
+        return (
+            f"policy {p['policyname']} on {p['tablename']}: {p['cmd']} to {p['roles']}"
+            f" USING {p['qual']} WITH CHECK {p['with_check']}"
+        )
+
+    expected = {
+        f"policy {name} on {table}: {cmd} to {roles} USING {using} WITH CHECK {check}"
+        for (table, name), (cmd, roles, using, check) in POLICIES.items()
+    }
+    problems = _differences("policies", expected, {policy(p) for p in policies})
+    forced = {t["relname"] for t in tables if t["relrowsecurity"] and t["relforcerowsecurity"]}
+    problems += _differences(
+        "row-level security",
+        {f"{t}: row-level security, forced" for t in ROW_SECURITY},
+        {f"{t}: row-level security, forced" for t in forced},
+    )
+    # the request-scoped role reads no table that row-level security does not guard
+    problems += [
+        f"{t['relname']}: {DASHBOARD} can read it and it has no forced row-level security"
+        for t in tables
+        if t["dashboard_reads"] and t["relname"] not in forced
+    ]
+    assert not problems, "\n".join(problems)
+
+
+async def test_security_definer_functions_pin_their_search_path(migrated_database: str) -> None:
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        rows = await conn.fetch(
+            """SELECT p.oid::regprocedure::text AS function,
+                      (SELECT s FROM unnest(p.proconfig) s WHERE s LIKE 'search_path=%') AS path
+               FROM pg_proc p
+               WHERE p.pronamespace = 'public'::regnamespace AND p.prosecdef"""
+        )
+    finally:
+        await conn.close()
+    actual = {f"SECURITY DEFINER {r['function']}: {r['path']}" for r in rows}
+    expected = {f"SECURITY DEFINER {f}: {path}" for f, path in SECURITY_DEFINER.items()}
+    problems = _differences("SECURITY DEFINER functions", expected, actual)
+    assert not problems, "\n".join(problems)
