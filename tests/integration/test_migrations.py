@@ -281,7 +281,7 @@ async def test_existing_superuser_role_is_refused(
 async def test_no_login_creates_objects_in_the_public_schema(
     empty_database: str, pg_admin_url: str, member_of: str | None
 ) -> None:
-    """PUBLIC's CREATE on the public schema is gone (0086), even where the database had it.
+    """PUBLIC's CREATE on the public schema is gone (0081), even where the database had it.
 
     PostgreSQL 14 and earlier grant it to PUBLIC, and a cluster upgraded from one keeps
     it: any login could then plant a function in public that outranks the one an API

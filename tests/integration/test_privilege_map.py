@@ -44,7 +44,7 @@ SCHEMA: Final = {
     f"{OWNER}: USAGE on schema public",
     f"{WRITER}: USAGE on schema public",
     f"{DASHBOARD}: USAGE on schema public",
-    # PostgreSQL's default since 15 (no CREATE: 0086 revokes it where a database has it)
+    # PostgreSQL's default since 15 (no CREATE: 0081 revokes it where a database has it)
     "PUBLIC: USAGE on schema public",
 }
 
@@ -246,7 +246,7 @@ SECURITY_DEFINER: Final = {
     "app_logout()": _PINNED,
     "app_signing_key_retires_at(integer)": _PINNED,
     "app_user_id()": _PINNED,
-    # public after pg_catalog: only healthscore_owner creates there (0086), and its body
+    # public after pg_catalog: only healthscore_owner creates there (0081), and its body
     # names every object schema-qualified (pg_temp, searched first for relations when
     # unlisted, never shadows one)
     "app_user_role()": "search_path=pg_catalog, public",

@@ -765,10 +765,10 @@ async def test_writer_cannot_change_users_or_delete_organizations(
 # --- functions: each role executes what its statements call, PUBLIC nothing of ours -----
 
 # What a statement of the role calls (directly, in a generated column it computes, or in a
-# policy or an invoker function it runs); nothing else of ours (migration 0085). Trigger
+# policy or an invoker function it runs); nothing else of ours (migration 0080). Trigger
 # functions need no EXECUTE: a trigger runs its function whoever fires it.
 NOT_EXECUTABLE = {
-    # the writer's policies are `true` and its statements name no identity (0085)
+    # the writer's policies are `true` and its statements name no identity (0080)
     WRITER_ROLE: (
         "app_user_id()",
         "app_user_role()",
