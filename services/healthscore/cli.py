@@ -422,8 +422,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         )
     except ImportRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
-        for error in exc.errors:
-            print(f"  {exc.source}: {error}", file=sys.stderr)
+        for line in exc.lines():
+            print(f"  {line}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)

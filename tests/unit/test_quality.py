@@ -26,6 +26,7 @@ from healthscore.core.scoring.alerts import alert_id_for
 from healthscore.core.scoring.model import DAY, ScoreModel, default_model, v1_model
 from healthscore.core.scoring.state import OrganizationState
 from healthscore.service.imports import (
+    SHOWN_ERRORS,
     ImportRefused,
     RowError,
     parse_labels,
@@ -333,3 +334,18 @@ def test_labels_parse_and_refuse_bad_rows() -> None:
     assert [(e.row, e.column) for e in refused.value.errors] == [(3, "churned_at")]
     assert "after the time the labels are known until" in refused.value.errors[0].reason
     assert len(parse_labels(text, "labels.csv", datetime(2026, 4, 2, tzinfo=UTC))) == 2
+
+
+def test_a_file_wrong_throughout_is_refused_with_its_first_rows_and_a_count() -> None:
+    """Another export's columns, or one field wrong on every row, make every row bad: the
+    command printed each (a million lines for a million rows) and `evaluate` joined them
+    into one message. The first SHOWN_ERRORS are listed, then how many more."""
+    rows = "".join(f"not-an-id-{n},2020-01-01T00:00:00Z,\n" for n in range(1, 1001))
+    with pytest.raises(ImportRefused) as refused:
+        parse_profiles("organization_id,created_at,milestones\n" + rows, "crm.csv")
+    assert len(refused.value.errors) == 1000  # all of them kept for a program
+    lines = refused.value.lines()
+    assert len(lines) == SHOWN_ERRORS + 1
+    assert lines[0].startswith("crm.csv: row 2, column organization_id:")
+    assert lines[-1] == f"... and {1000 - SHOWN_ERRORS} more (the first {SHOWN_ERRORS} shown)"
+    assert refused.value.lines(limit=2000)[-1].startswith("crm.csv: row 1001,")

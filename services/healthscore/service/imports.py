@@ -66,6 +66,10 @@ class RowError:
         return f"row {self.row}, column {self.column}: {self.reason}"
 
 
+SHOWN_ERRORS = 50
+"""Bad rows an error message lists (`ImportRefused.lines`); the count says the rest."""
+
+
 class ImportRefused(HealthscoreError):
     """A file with bad rows: nothing of it was applied."""
 
@@ -73,6 +77,14 @@ class ImportRefused(HealthscoreError):
         self.source = source
         self.errors = sorted(errors, key=lambda error: error.row)  # stable: column order kept
         super().__init__(f"{source}: {len(errors)} bad row(s), nothing applied")
+
+    def lines(self, limit: int = SHOWN_ERRORS) -> list[str]:
+        """The first `limit` bad rows, one line each, and how many more there are: a file
+        wrong throughout (another export's columns) has as many as it has rows."""
+        shown = [f"{self.source}: {error}" for error in self.errors[:limit]]
+        if len(self.errors) > limit:
+            shown.append(f"... and {len(self.errors) - limit} more (the first {limit} shown)")
+        return shown
 
 
 @dataclass(frozen=True, slots=True)

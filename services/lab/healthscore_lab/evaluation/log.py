@@ -160,7 +160,7 @@ def _not_json(line: bytes, exc: orjson.JSONDecodeError) -> str:
 
 
 def _refused(exc: ImportRefused) -> EvaluationInputError:
-    rows = "; ".join(f"{exc.source}: {error}" for error in exc.errors)
+    rows = "; ".join(exc.lines())
     return EvaluationInputError(f"{exc}: {rows}")
 
 
