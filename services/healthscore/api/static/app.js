@@ -262,6 +262,7 @@ async function signIn() {
   say("");
   state.me = await api("/api/v1/me");
   $("who-name").textContent = state.me.full_name || state.me.email || shortId(state.me.user_id);
+  $("who-name").title = $("who-name").textContent;
   $("who-role").textContent = state.me.role;
   $("who-role").className = `badge role-${state.me.role}`;
   $("who").hidden = false;
@@ -285,7 +286,7 @@ function orgRow(org) {
   const name = org.organization_name || `Organization ${shortId(org.organization_id)}`;
   const reasons = org.top_risk_factors.filter((f) => f.impact < 0).map((f) => words(f.factor));
   for (const f of org.top_risk_factors) state.knownFactors.add(f.factor);
-  const link = el("a", { href: `#/org/${org.organization_id}`, text: name });
+  const link = el("a", { href: `#/org/${org.organization_id}`, text: name, class: "clamp", title: name });
   return el("tr", { "data-organization": org.organization_id },
     el("th", { scope: "row" }, link, el("span", { class: "id", text: shortId(org.organization_id) })),
     el("td", { class: "num", text: org.health_score.toFixed(1) }),
@@ -344,6 +345,8 @@ function milestoneCount(m) {
 function renderOrganization(org) {
   const name = org.organization_name || `Organization ${shortId(org.organization_id)}`;
   $("org-title").textContent = name;
+  $("org-title").title = name;
+  $("org-title").classList.add("clamp");
   titled(name);
   $("org-subtitle").textContent =
     `${org.organization_id}${org.plan ? ` · plan ${org.plan}` : ""} · scored ${when(org.scored_at)}`;
@@ -391,7 +394,7 @@ function renderOrganization(org) {
     el("tr", { class: f.impact < 0 ? "hurts" : "" },
       el("th", { scope: "row", text: words(f.factor) }),
       el("td", { class: `num ${f.impact < 0 ? "down" : ""}`, text: signed(f.impact) }),
-      el("td", { text: f.detail || "—" }))));
+      el("td", {}, el("span", { class: "clamp clamp-6", title: f.detail || null, text: f.detail || "—" })))));
   $("factor-empty").hidden = factors.length > 0;
   $("factor-table").parentElement.hidden = factors.length === 0;
   const usage = Object.entries(org.feature_usage).sort((a, b) => b[1] - a[1]);
@@ -540,7 +543,7 @@ async function loadMilestones(orgId) {
     return el("tr", { "data-milestone": m.milestone_type },
       el("th", { scope: "row", text: words(m.milestone_type) }),
       el("td", { text: day(m.achieved_at) }),
-      el("td", { class: "acknowledged", text: acknowledged }),
+      el("td", { class: "acknowledged" }, el("span", { class: "clamp", title: acknowledged, text: acknowledged })),
       el("td", { text: reward }),
       milestoneActions(orgId, m));
   })));
@@ -556,7 +559,8 @@ function interactionItem(i) {
     : null;
   return el("li", { class: i.overdue ? "overdue-item" : "" },
     el("p", { class: "when", text: when(i.opened_at || i.last_event_at) }),
-    el("p", {}, el("strong", { text: i.subject || words(i.interaction_type) || "Interaction" })),
+    el("p", {}, el("strong", { class: "clamp", title: i.subject || null,
+      text: i.subject || words(i.interaction_type) || "Interaction" })),
     el("p", { class: "meta" }, badge("status", i.status), " ", words(i.interaction_type),
       i.channel ? ` · ${words(i.channel)}` : "", ` · priority ${i.priority}`,
       i.sentiment ? ` · ${words(i.sentiment)}` : ""),
@@ -621,12 +625,13 @@ function interactionRow(i) {
     : "—";
   // a name is there only when the organization is visible to the user: then it is a link
   const org = i.organization_name
-    ? el("a", { href: `#/org/${i.organization_id}`, text: i.organization_name })
+    ? el("a", { href: `#/org/${i.organization_id}`, class: "clamp", title: i.organization_name,
+      text: i.organization_name })
     : shortId(i.organization_id);
   return el("tr", { class: i.overdue ? "overdue-item" : "", "data-interaction": i.id },
     // "overdue" in words beside the subject: the row's colour is not the only sign, and
     // on a phone the follow-up column is scrolled out of view
-    el("th", { scope: "row" }, i.subject || "(no subject)",
+    el("th", { scope: "row" }, el("span", { class: "clamp", title: i.subject || null, text: i.subject || "(no subject)" }),
       i.overdue ? el("span", { class: "sub overdue", text: "Follow-up overdue" }) : null),
     el("td", {}, org),
     el("td", { text: words(i.interaction_type) || "—" }),
@@ -681,6 +686,7 @@ async function route() {
       // another organization's figures must not stand under this one's title
       $("org-body").hidden = true;
       $("org-title").textContent = "Loading…";
+      $("org-title").removeAttribute("title");
       $("org-subtitle").textContent = "";
       state.timelineCursor = null;
       $("org-timeline").replaceChildren();
@@ -713,6 +719,7 @@ async function route() {
       showView("org");
       $("org-body").hidden = true;
       $("org-title").textContent = "Organization not found";
+      $("org-title").removeAttribute("title");
       titled("Organization not found");
       $("org-subtitle").textContent = "No organization with this address is visible to you: " +
         "the link may be mistyped, or your role does not cover it. Go back to the list to find it.";
