@@ -490,7 +490,6 @@ async def test_hostile_text_runs_nothing_and_stays_in_its_box(
     )
 
 
-@pytest.mark.xfail(strict=True, reason="a bidi override leaks into the text after it (fixed next)")
 async def test_a_bidi_override_stays_in_its_field(browser: WebDriver, hostile: Hostile) -> None:
     run = asyncio.to_thread
     await run(browser.get, hostile.link("admin"))

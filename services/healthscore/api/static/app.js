@@ -82,18 +82,46 @@ function query(params) {
 }
 
 // --- small helpers ------------------------------------------------------------------
+// A producer's text may open bidi embeddings, overrides or isolates (U+202A-U+202E,
+// U+2066-U+2069) and never close them: they would reorder whatever the page writes after
+// it on the same line (an "Refund \u202E001$" turning "(+12.0 points" around). balanced()
+// closes each one the text opens, at its end, and drops closers it has nothing to close
+// (a lone U+2069 would end the isolate the page puts around it); isolated() also sets
+// the text apart (U+2068 ... U+2069) where the page writes it into a sentence.
+const BIDI_CONTROL = /[\u202A-\u202E\u2066-\u2069]/;
+function balanced(text) {
+  if (typeof text !== "string" || !BIDI_CONTROL.test(text)) return text;
+  const open = [];
+  let out = "";
+  for (const ch of text) {
+    if (ch === "\u202C" || ch === "\u2069") {
+      const at = open.lastIndexOf(ch);
+      // a PDF closes the innermost embedding only; a PDI its isolate and all inside it
+      if (at < 0 || (ch === "\u202C" && at !== open.length - 1)) continue;
+      open.length = at;
+    } else if (ch >= "\u202A" && ch <= "\u202E") {
+      open.push("\u202C");
+    } else if (ch >= "\u2066" && ch <= "\u2068") {
+      open.push("\u2069");
+    }
+    out += ch;
+  }
+  return out + open.reverse().join("");
+}
+const isolated = (text) => `\u2068${balanced(text)}\u2069`;
+
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs)) {
     if (value === undefined || value === null || value === false) continue;
     if (key === "class") node.className = value;
-    else if (key === "text") node.textContent = value;
+    else if (key === "text") node.textContent = balanced(value);
     else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, value === true ? "" : value);
+    else node.setAttribute(key, value === true ? "" : balanced(value));
   }
   for (const child of children) {
     if (child === null || child === undefined) continue;
-    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    node.append(child instanceof Node ? child : document.createTextNode(balanced(String(child))));
   }
   return node;
 }
@@ -261,7 +289,7 @@ function signOut(reason) {
 async function signIn() {
   say("");
   state.me = await api("/api/v1/me");
-  $("who-name").textContent = state.me.full_name || state.me.email || shortId(state.me.user_id);
+  $("who-name").textContent = balanced(state.me.full_name || state.me.email || shortId(state.me.user_id));
   $("who-name").title = $("who-name").textContent;
   $("who-role").textContent = state.me.role;
   $("who-role").className = `badge role-${state.me.role}`;
@@ -343,13 +371,13 @@ function milestoneCount(m) {
 }
 
 function renderOrganization(org) {
-  const name = org.organization_name || `Organization ${shortId(org.organization_id)}`;
+  const name = balanced(org.organization_name || `Organization ${shortId(org.organization_id)}`);
   $("org-title").textContent = name;
   $("org-title").title = name;
   $("org-title").classList.add("clamp");
   titled(name);
   $("org-subtitle").textContent =
-    `${org.organization_id}${org.plan ? ` · plan ${org.plan}` : ""} · scored ${when(org.scored_at)}`;
+    `${org.organization_id}${org.plan ? ` · plan ${isolated(org.plan)}` : ""} · scored ${when(org.scored_at)}`;
   $("org-score").textContent = org.health_score.toFixed(1);
   $("org-score-meaning").textContent = `${org.health_score.toFixed(1)} of 100 is in the ${words(org.health_status)} band ` +
     "(critical below 40, at risk 40 to 60, good 60 to 80, excellent from 80). " +
@@ -430,7 +458,7 @@ function pathToHealthy(alert, org) {
   const steps = alert.path_to_healthy.map((step) => {
     const id = step.action.match(/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/);
     const action = id && subjects.get(id[0])
-      ? step.action.replace(id[0], `“${subjects.get(id[0])}”`) : step.action;
+      ? step.action.replace(id[0], `“${isolated(subjects.get(id[0]))}”`) : step.action;
     return el("li", {}, el("span", { text: action[0].toUpperCase() + action.slice(1) }),
       el("span", { class: "muted", text: ` (+${step.impact.toFixed(1)} points, ${words(step.factor)})` }));
   });
@@ -444,7 +472,7 @@ const SVG = "http://www.w3.org/2000/svg";
 function svg(tag, attrs = {}, text) {
   const node = document.createElementNS(SVG, tag);
   for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
-  if (text !== undefined) node.textContent = text;
+  if (text !== undefined) node.textContent = balanced(text);
   return node;
 }
 
@@ -538,7 +566,7 @@ async function loadMilestones(orgId) {
       ? `${words(m.reward_type)}${m.reward_value ? ` (${m.reward_value})` : ""}: ${m.reward_status}`
       : "—";
     const acknowledged = m.acknowledged_at
-      ? `${when(m.acknowledged_at)} by ${m.acknowledged_by_name || (m.acknowledged_by ? shortId(m.acknowledged_by) : "—")}`
+      ? `${when(m.acknowledged_at)} by ${isolated(m.acknowledged_by_name || (m.acknowledged_by ? shortId(m.acknowledged_by) : "—"))}`
       : "not yet";
     return el("tr", { "data-milestone": m.milestone_type },
       el("th", { scope: "row", text: words(m.milestone_type) }),
