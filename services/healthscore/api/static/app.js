@@ -19,6 +19,7 @@ const state = { me: null, view: null, orgId: null, timer: null, listItems: 0, vi
 function takeTokenFromFragment() {
   const match = location.hash.match(/^#token=([A-Za-z0-9._~+/=-]+)$/);
   if (match) {
+    forget();
     sessionStorage.setItem(TOKEN_KEY, match[1]);
     state.me = null;
     state.visitedList = false;
@@ -37,8 +38,13 @@ class ApiError extends Error {
   }
 }
 
+// an answer to a request made with another token than the one now signed in (the user
+// signed out, or in as someone else, while it was on its way): never shown
+class StaleAnswer extends Error {}
+
 async function api(path, options = {}) {
-  const headers = { Accept: "application/json", Authorization: `Bearer ${token()}` };
+  const sent = token();
+  const headers = { Accept: "application/json", Authorization: `Bearer ${sent}` };
   if (options.body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(path, {
     method: options.method || "GET",
@@ -47,6 +53,7 @@ async function api(path, options = {}) {
     cache: "no-store",
   });
   const body = response.status === 204 ? null : await response.json().catch(() => null);
+  if (token() !== sent) throw new StaleAnswer(path);
   if (!response.ok) {
     if (response.status === 401) signOut(body && body.detail);
     throw new ApiError(response.status, body);
@@ -237,7 +244,7 @@ function explain(error) {
   return `The service refused the request: ${error.message}.`;
 }
 function fail(error) {
-  if (error instanceof ApiError && error.status === 401) return;
+  if ((error instanceof ApiError && error.status === 401) || error instanceof StaleAnswer) return;
   const retry = state.timer ? ` The page tries again every ${REFRESH_SECONDS} s.` : " Reload the page to try again.";
   const shown = state.loadedAt
     ? ` What you see was loaded at ${state.loadedAt.toLocaleTimeString()}.`
@@ -248,7 +255,7 @@ function fail(error) {
 // the new ones, as if they matched them; the table is emptied (the refresh retries).
 function failedFilter(table) {
   return (error) => {
-    if (!(error instanceof ApiError && error.status === 401)) {
+    if (!(error instanceof ApiError && error.status === 401) && !(error instanceof StaleAnswer)) {
       const node = $(table);
       node.tBodies[0].replaceChildren();
       node.parentElement.hidden = true;
@@ -271,9 +278,45 @@ function loaded() {
 }
 
 // --- sign in and out ------------------------------------------------------------------
+// Nothing one user was shown stays in the page for the next one signed in in the same
+// tab: not under the sign-in form, not while the next user's first answers are on
+// their way, not if they fail (the rows would stand as the new user's).
+function forget() {
+  for (const table of ["org-table", "interaction-table", "factor-table", "milestone-table", "history-table"]) {
+    $(table).tBodies[0].replaceChildren();
+  }
+  for (const id of ["factor-names", "org-timeline", "org-facts", "org-components", "org-usage",
+    "org-alert", "org-chart"]) {
+    $(id).replaceChildren();
+  }
+  for (const id of ["org-title", "org-subtitle", "org-score", "org-score-meaning", "chart-summary",
+    "timeline-count", "milestone-from-profile", "list-updated", "support-updated", "who-name",
+    "who-role"]) {
+    $(id).textContent = "";
+  }
+  $("org-title").removeAttribute("title");
+  $("who-name").removeAttribute("title");
+  $("org-body").hidden = true;
+  for (const id of ["org-more", "interaction-more", "timeline-more", "org-empty", "interaction-empty"]) {
+    $(id).hidden = true;
+  }
+  // the last user's searches are theirs too
+  for (const id of ["f-factor", "f-q", "s-q"]) $(id).value = "";
+  state.knownFactors = new Set();
+  Object.assign(state, { orgId: null, listItems: 0, listCursor: null, supportCursor: null,
+    timelineCursor: null, loadedAt: null });
+  // answers still on their way belong to no table now
+  for (const table of Object.keys(loads.seq)) {
+    loads.seq[table] += 1;
+    loads.busy[table] = false;
+  }
+  say("");
+}
+
 function signOut(reason) {
   sessionStorage.removeItem(TOKEN_KEY);
   state.me = null;
+  forget();
   clearInterval(state.timer);
   state.timer = null;
   $("nav").hidden = true;
@@ -762,6 +805,7 @@ function start() {
   takeTokenFromFragment();
   $("signin-form").addEventListener("submit", (event) => {
     event.preventDefault();
+    forget();
     sessionStorage.setItem(TOKEN_KEY, $("signin-token").value.trim());
     state.me = null;
     state.visitedList = false;
