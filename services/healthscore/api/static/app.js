@@ -167,9 +167,8 @@ function timeCell(iso) {
   return el("td", {}, el("time", { datetime: iso, text: ago(iso) }),
     el("span", { class: "sub", text: absolute(iso) }));
 }
-function day(iso) {
-  return iso ? new Date(iso).toLocaleDateString(undefined, { dateStyle: "medium" }) : "—";
-}
+// the time of day now, with its zone: "Updated 1:28:11 PM GMT+13"
+const clock = (date) => date.toLocaleTimeString(undefined, { timeZoneName: "short" });
 // Re-rendering a table's rows (a refresh, an action) must not drop the keyboard focus
 // to the page's start: the focus goes back to the same row (by its data key), to the
 // control at the same place in it, else its first control, else its header cell.
@@ -247,7 +246,7 @@ function fail(error) {
   if ((error instanceof ApiError && error.status === 401) || error instanceof StaleAnswer) return;
   const retry = state.timer ? ` The page tries again every ${REFRESH_SECONDS} s.` : " Reload the page to try again.";
   const shown = state.loadedAt
-    ? ` What you see was loaded at ${state.loadedAt.toLocaleTimeString()}.`
+    ? ` What you see was loaded at ${clock(state.loadedAt)}.`
     : "";
   say(`${explain(error)}${shown}${retry}`, true);
 }
@@ -394,7 +393,7 @@ async function loadList({ append = false, refresh = false } = {}) {
       "does not include any organization's health. Ask an administrator if you need it.";
   $("factor-names").replaceChildren(
     ...[...state.knownFactors].sort().map((f) => el("option", { value: f })));
-  $("list-updated").textContent = `Updated ${new Date().toLocaleTimeString()}; refreshes every ${REFRESH_SECONDS} s`;
+  $("list-updated").textContent = `Updated ${clock(new Date())}; refreshes every ${REFRESH_SECONDS} s`;
   loaded();
 }
 
@@ -566,7 +565,7 @@ function renderChart(history) {
   figure.replaceChildren(chart, legend);
   const first = points[0], last = points[points.length - 1];
   $("chart-summary").textContent = `From ${first.health_score.toFixed(1)} on ${first.day} to ` +
-    `${last.health_score.toFixed(1)} on ${last.day}; churn probability ${pct(first.churn_probability)} to ${pct(last.churn_probability)}.`;
+    `${last.health_score.toFixed(1)} on ${last.day} (days in UTC); churn probability ${pct(first.churn_probability)} to ${pct(last.churn_probability)}.`;
 }
 
 function milestoneActions(orgId, m) {
@@ -613,7 +612,7 @@ async function loadMilestones(orgId) {
       : "not yet";
     return el("tr", { "data-milestone": m.milestone_type },
       el("th", { scope: "row", text: words(m.milestone_type) }),
-      el("td", { text: day(m.achieved_at) }),
+      timeCell(m.achieved_at),
       el("td", { class: "acknowledged" }, el("span", { class: "clamp", title: acknowledged, text: acknowledged })),
       el("td", { text: reward }),
       milestoneActions(orgId, m));
@@ -730,7 +729,7 @@ async function loadSupport({ append = false, refresh = false } = {}) {
   $("interaction-more").hidden = !page.next_cursor;
   $("interaction-empty").hidden = body.rows.length > 0;
   $("interaction-table").parentElement.hidden = body.rows.length === 0;
-  $("support-updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
+  $("support-updated").textContent = `Updated ${clock(new Date())}`;
   loaded();
 }
 
