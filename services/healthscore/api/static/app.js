@@ -19,6 +19,7 @@ const state = { me: null, view: null, orgId: null, timer: null, listItems: 0, vi
 function takeTokenFromFragment() {
   const match = location.hash.match(/^#token=([A-Za-z0-9._~+/=-]+)$/);
   if (match) {
+    forget();
     sessionStorage.setItem(TOKEN_KEY, match[1]);
     state.me = null;
     state.visitedList = false;
@@ -37,8 +38,13 @@ class ApiError extends Error {
   }
 }
 
+// an answer to a request made with another token than the one now signed in (the user
+// signed out, or in as someone else, while it was on its way): never shown
+class StaleAnswer extends Error {}
+
 async function api(path, options = {}) {
-  const headers = { Accept: "application/json", Authorization: `Bearer ${token()}` };
+  const sent = token();
+  const headers = { Accept: "application/json", Authorization: `Bearer ${sent}` };
   if (options.body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(path, {
     method: options.method || "GET",
@@ -47,6 +53,7 @@ async function api(path, options = {}) {
     cache: "no-store",
   });
   const body = response.status === 204 ? null : await response.json().catch(() => null);
+  if (token() !== sent) throw new StaleAnswer(path);
   if (!response.ok) {
     if (response.status === 401) signOut(body && body.detail);
     throw new ApiError(response.status, body);
@@ -82,18 +89,46 @@ function query(params) {
 }
 
 // --- small helpers ------------------------------------------------------------------
+// A producer's text may open bidi embeddings, overrides or isolates (U+202A-U+202E,
+// U+2066-U+2069) and never close them: they would reorder whatever the page writes after
+// it on the same line (an "Refund \u202E001$" turning "(+12.0 points" around). balanced()
+// closes each one the text opens, at its end, and drops closers it has nothing to close
+// (a lone U+2069 would end the isolate the page puts around it); isolated() also sets
+// the text apart (U+2068 ... U+2069) where the page writes it into a sentence.
+const BIDI_CONTROL = /[\u202A-\u202E\u2066-\u2069]/;
+function balanced(text) {
+  if (typeof text !== "string" || !BIDI_CONTROL.test(text)) return text;
+  const open = [];
+  let out = "";
+  for (const ch of text) {
+    if (ch === "\u202C" || ch === "\u2069") {
+      const at = open.lastIndexOf(ch);
+      // a PDF closes the innermost embedding only; a PDI its isolate and all inside it
+      if (at < 0 || (ch === "\u202C" && at !== open.length - 1)) continue;
+      open.length = at;
+    } else if (ch >= "\u202A" && ch <= "\u202E") {
+      open.push("\u202C");
+    } else if (ch >= "\u2066" && ch <= "\u2068") {
+      open.push("\u2069");
+    }
+    out += ch;
+  }
+  return out + open.reverse().join("");
+}
+const isolated = (text) => `\u2068${balanced(text)}\u2069`;
+
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs)) {
     if (value === undefined || value === null || value === false) continue;
     if (key === "class") node.className = value;
-    else if (key === "text") node.textContent = value;
+    else if (key === "text") node.textContent = balanced(value);
     else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, value === true ? "" : value);
+    else node.setAttribute(key, value === true ? "" : balanced(value));
   }
   for (const child of children) {
     if (child === null || child === undefined) continue;
-    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    node.append(child instanceof Node ? child : document.createTextNode(balanced(String(child))));
   }
   return node;
 }
@@ -132,9 +167,8 @@ function timeCell(iso) {
   return el("td", {}, el("time", { datetime: iso, text: ago(iso) }),
     el("span", { class: "sub", text: absolute(iso) }));
 }
-function day(iso) {
-  return iso ? new Date(iso).toLocaleDateString(undefined, { dateStyle: "medium" }) : "—";
-}
+// the time of day now, with its zone: "Updated 1:28:11 PM GMT+13"
+const clock = (date) => date.toLocaleTimeString(undefined, { timeZoneName: "short" });
 // Re-rendering a table's rows (a refresh, an action) must not drop the keyboard focus
 // to the page's start: the focus goes back to the same row (by its data key), to the
 // control at the same place in it, else its first control, else its header cell.
@@ -209,10 +243,10 @@ function explain(error) {
   return `The service refused the request: ${error.message}.`;
 }
 function fail(error) {
-  if (error instanceof ApiError && error.status === 401) return;
+  if ((error instanceof ApiError && error.status === 401) || error instanceof StaleAnswer) return;
   const retry = state.timer ? ` The page tries again every ${REFRESH_SECONDS} s.` : " Reload the page to try again.";
   const shown = state.loadedAt
-    ? ` What you see was loaded at ${state.loadedAt.toLocaleTimeString()}.`
+    ? ` What you see was loaded at ${clock(state.loadedAt)}.`
     : "";
   say(`${explain(error)}${shown}${retry}`, true);
 }
@@ -220,7 +254,7 @@ function fail(error) {
 // the new ones, as if they matched them; the table is emptied (the refresh retries).
 function failedFilter(table) {
   return (error) => {
-    if (!(error instanceof ApiError && error.status === 401)) {
+    if (!(error instanceof ApiError && error.status === 401) && !(error instanceof StaleAnswer)) {
       const node = $(table);
       node.tBodies[0].replaceChildren();
       node.parentElement.hidden = true;
@@ -243,9 +277,45 @@ function loaded() {
 }
 
 // --- sign in and out ------------------------------------------------------------------
+// Nothing one user was shown stays in the page for the next one signed in in the same
+// tab: not under the sign-in form, not while the next user's first answers are on
+// their way, not if they fail (the rows would stand as the new user's).
+function forget() {
+  for (const table of ["org-table", "interaction-table", "factor-table", "milestone-table", "history-table"]) {
+    $(table).tBodies[0].replaceChildren();
+  }
+  for (const id of ["factor-names", "org-timeline", "org-facts", "org-components", "org-usage",
+    "org-alert", "org-chart"]) {
+    $(id).replaceChildren();
+  }
+  for (const id of ["org-title", "org-subtitle", "org-score", "org-score-meaning", "chart-summary",
+    "timeline-count", "milestone-from-profile", "list-updated", "support-updated", "who-name",
+    "who-role"]) {
+    $(id).textContent = "";
+  }
+  $("org-title").removeAttribute("title");
+  $("who-name").removeAttribute("title");
+  $("org-body").hidden = true;
+  for (const id of ["org-more", "interaction-more", "timeline-more", "org-empty", "interaction-empty"]) {
+    $(id).hidden = true;
+  }
+  // the last user's searches are theirs too
+  for (const id of ["f-factor", "f-q", "s-q"]) $(id).value = "";
+  state.knownFactors = new Set();
+  Object.assign(state, { orgId: null, listItems: 0, listCursor: null, supportCursor: null,
+    timelineCursor: null, loadedAt: null });
+  // answers still on their way belong to no table now
+  for (const table of Object.keys(loads.seq)) {
+    loads.seq[table] += 1;
+    loads.busy[table] = false;
+  }
+  say("");
+}
+
 function signOut(reason) {
   sessionStorage.removeItem(TOKEN_KEY);
   state.me = null;
+  forget();
   clearInterval(state.timer);
   state.timer = null;
   $("nav").hidden = true;
@@ -261,7 +331,8 @@ function signOut(reason) {
 async function signIn() {
   say("");
   state.me = await api("/api/v1/me");
-  $("who-name").textContent = state.me.full_name || state.me.email || shortId(state.me.user_id);
+  $("who-name").textContent = balanced(state.me.full_name || state.me.email || shortId(state.me.user_id));
+  $("who-name").title = $("who-name").textContent;
   $("who-role").textContent = state.me.role;
   $("who-role").className = `badge role-${state.me.role}`;
   $("who").hidden = false;
@@ -285,7 +356,7 @@ function orgRow(org) {
   const name = org.organization_name || `Organization ${shortId(org.organization_id)}`;
   const reasons = org.top_risk_factors.filter((f) => f.impact < 0).map((f) => words(f.factor));
   for (const f of org.top_risk_factors) state.knownFactors.add(f.factor);
-  const link = el("a", { href: `#/org/${org.organization_id}`, text: name });
+  const link = el("a", { href: `#/org/${org.organization_id}`, text: name, class: "clamp", title: name });
   return el("tr", { "data-organization": org.organization_id },
     el("th", { scope: "row" }, link, el("span", { class: "id", text: shortId(org.organization_id) })),
     el("td", { class: "num", text: org.health_score.toFixed(1) }),
@@ -322,7 +393,7 @@ async function loadList({ append = false, refresh = false } = {}) {
       "does not include any organization's health. Ask an administrator if you need it.";
   $("factor-names").replaceChildren(
     ...[...state.knownFactors].sort().map((f) => el("option", { value: f })));
-  $("list-updated").textContent = `Updated ${new Date().toLocaleTimeString()}; refreshes every ${REFRESH_SECONDS} s`;
+  $("list-updated").textContent = `Updated ${clock(new Date())}; refreshes every ${REFRESH_SECONDS} s`;
   loaded();
 }
 
@@ -342,11 +413,13 @@ function milestoneCount(m) {
 }
 
 function renderOrganization(org) {
-  const name = org.organization_name || `Organization ${shortId(org.organization_id)}`;
+  const name = balanced(org.organization_name || `Organization ${shortId(org.organization_id)}`);
   $("org-title").textContent = name;
+  $("org-title").title = name;
+  $("org-title").classList.add("clamp");
   titled(name);
   $("org-subtitle").textContent =
-    `${org.organization_id}${org.plan ? ` · plan ${org.plan}` : ""} · scored ${when(org.scored_at)}`;
+    `${org.organization_id}${org.plan ? ` · plan ${isolated(org.plan)}` : ""} · scored ${when(org.scored_at)}`;
   $("org-score").textContent = org.health_score.toFixed(1);
   $("org-score-meaning").textContent = `${org.health_score.toFixed(1)} of 100 is in the ${words(org.health_status)} band ` +
     "(critical below 40, at risk 40 to 60, good 60 to 80, excellent from 80). " +
@@ -391,7 +464,7 @@ function renderOrganization(org) {
     el("tr", { class: f.impact < 0 ? "hurts" : "" },
       el("th", { scope: "row", text: words(f.factor) }),
       el("td", { class: `num ${f.impact < 0 ? "down" : ""}`, text: signed(f.impact) }),
-      el("td", { text: f.detail || "—" }))));
+      el("td", {}, el("span", { class: "clamp clamp-6", title: f.detail || null, text: f.detail || "—" })))));
   $("factor-empty").hidden = factors.length > 0;
   $("factor-table").parentElement.hidden = factors.length === 0;
   const usage = Object.entries(org.feature_usage).sort((a, b) => b[1] - a[1]);
@@ -427,7 +500,7 @@ function pathToHealthy(alert, org) {
   const steps = alert.path_to_healthy.map((step) => {
     const id = step.action.match(/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/);
     const action = id && subjects.get(id[0])
-      ? step.action.replace(id[0], `“${subjects.get(id[0])}”`) : step.action;
+      ? step.action.replace(id[0], `“${isolated(subjects.get(id[0]))}”`) : step.action;
     return el("li", {}, el("span", { text: action[0].toUpperCase() + action.slice(1) }),
       el("span", { class: "muted", text: ` (+${step.impact.toFixed(1)} points, ${words(step.factor)})` }));
   });
@@ -441,7 +514,7 @@ const SVG = "http://www.w3.org/2000/svg";
 function svg(tag, attrs = {}, text) {
   const node = document.createElementNS(SVG, tag);
   for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
-  if (text !== undefined) node.textContent = text;
+  if (text !== undefined) node.textContent = balanced(text);
   return node;
 }
 
@@ -492,7 +565,7 @@ function renderChart(history) {
   figure.replaceChildren(chart, legend);
   const first = points[0], last = points[points.length - 1];
   $("chart-summary").textContent = `From ${first.health_score.toFixed(1)} on ${first.day} to ` +
-    `${last.health_score.toFixed(1)} on ${last.day}; churn probability ${pct(first.churn_probability)} to ${pct(last.churn_probability)}.`;
+    `${last.health_score.toFixed(1)} on ${last.day} (days in UTC); churn probability ${pct(first.churn_probability)} to ${pct(last.churn_probability)}.`;
 }
 
 function milestoneActions(orgId, m) {
@@ -535,12 +608,12 @@ async function loadMilestones(orgId) {
       ? `${words(m.reward_type)}${m.reward_value ? ` (${m.reward_value})` : ""}: ${m.reward_status}`
       : "—";
     const acknowledged = m.acknowledged_at
-      ? `${when(m.acknowledged_at)} by ${m.acknowledged_by_name || (m.acknowledged_by ? shortId(m.acknowledged_by) : "—")}`
+      ? `${when(m.acknowledged_at)} by ${isolated(m.acknowledged_by_name || (m.acknowledged_by ? shortId(m.acknowledged_by) : "—"))}`
       : "not yet";
     return el("tr", { "data-milestone": m.milestone_type },
       el("th", { scope: "row", text: words(m.milestone_type) }),
-      el("td", { text: day(m.achieved_at) }),
-      el("td", { class: "acknowledged", text: acknowledged }),
+      timeCell(m.achieved_at),
+      el("td", { class: "acknowledged" }, el("span", { class: "clamp", title: acknowledged, text: acknowledged })),
       el("td", { text: reward }),
       milestoneActions(orgId, m));
   })));
@@ -556,7 +629,8 @@ function interactionItem(i) {
     : null;
   return el("li", { class: i.overdue ? "overdue-item" : "" },
     el("p", { class: "when", text: when(i.opened_at || i.last_event_at) }),
-    el("p", {}, el("strong", { text: i.subject || words(i.interaction_type) || "Interaction" })),
+    el("p", {}, el("strong", { class: "clamp", title: i.subject || null,
+      text: i.subject || words(i.interaction_type) || "Interaction" })),
     el("p", { class: "meta" }, badge("status", i.status), " ", words(i.interaction_type),
       i.channel ? ` · ${words(i.channel)}` : "", ` · priority ${i.priority}`,
       i.sentiment ? ` · ${words(i.sentiment)}` : ""),
@@ -621,12 +695,13 @@ function interactionRow(i) {
     : "—";
   // a name is there only when the organization is visible to the user: then it is a link
   const org = i.organization_name
-    ? el("a", { href: `#/org/${i.organization_id}`, text: i.organization_name })
+    ? el("a", { href: `#/org/${i.organization_id}`, class: "clamp", title: i.organization_name,
+      text: i.organization_name })
     : shortId(i.organization_id);
   return el("tr", { class: i.overdue ? "overdue-item" : "", "data-interaction": i.id },
     // "overdue" in words beside the subject: the row's colour is not the only sign, and
     // on a phone the follow-up column is scrolled out of view
-    el("th", { scope: "row" }, i.subject || "(no subject)",
+    el("th", { scope: "row" }, el("span", { class: "clamp", title: i.subject || null, text: i.subject || "(no subject)" }),
       i.overdue ? el("span", { class: "sub overdue", text: "Follow-up overdue" }) : null),
     el("td", {}, org),
     el("td", { text: words(i.interaction_type) || "—" }),
@@ -654,7 +729,7 @@ async function loadSupport({ append = false, refresh = false } = {}) {
   $("interaction-more").hidden = !page.next_cursor;
   $("interaction-empty").hidden = body.rows.length > 0;
   $("interaction-table").parentElement.hidden = body.rows.length === 0;
-  $("support-updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
+  $("support-updated").textContent = `Updated ${clock(new Date())}`;
   loaded();
 }
 
@@ -681,6 +756,7 @@ async function route() {
       // another organization's figures must not stand under this one's title
       $("org-body").hidden = true;
       $("org-title").textContent = "Loading…";
+      $("org-title").removeAttribute("title");
       $("org-subtitle").textContent = "";
       state.timelineCursor = null;
       $("org-timeline").replaceChildren();
@@ -713,6 +789,7 @@ async function route() {
       showView("org");
       $("org-body").hidden = true;
       $("org-title").textContent = "Organization not found";
+      $("org-title").removeAttribute("title");
       titled("Organization not found");
       $("org-subtitle").textContent = "No organization with this address is visible to you: " +
         "the link may be mistyped, or your role does not cover it. Go back to the list to find it.";
@@ -727,6 +804,7 @@ function start() {
   takeTokenFromFragment();
   $("signin-form").addEventListener("submit", (event) => {
     event.preventDefault();
+    forget();
     sessionStorage.setItem(TOKEN_KEY, $("signin-token").value.trim());
     state.me = null;
     state.visitedList = false;
