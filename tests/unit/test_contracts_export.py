@@ -1,8 +1,14 @@
 """The exported JSON Schemas and AsyncAPI document match the code."""
 
 import json
+import re
+import uuid
+
+import orjson
 
 from healthscore.contracts.export import CONTRACT_MODELS, render_all, stale_files
+from healthscore.service.ingest.decode import Decoder, RawRecord, Rejection
+from healthscore.service.ops.asyncapi import ORGANIZATION_KEY
 
 
 def test_exported_contract_files_are_current() -> None:
@@ -41,3 +47,40 @@ def test_asyncapi_names_every_topic_and_payload() -> None:
     ):
         assert model in schemas
     assert schemas["UsageEvent"]["properties"]["event_id"]["description"]
+
+
+def test_every_keyed_message_says_its_key_as_the_decoder_checks_it() -> None:
+    """The JSON Schemas describe values only, and a producer building from them alone
+    keyed by an upper-case id (the body accepts any spelling of a UUID) and met
+    `invalid_key`: each message keyed by organization carries a Kafka key binding whose
+    pattern accepts exactly the keys the decoder accepts."""
+    document = json.loads(render_all()["asyncapi.json"])
+    messages = document["components"]["messages"]
+    keyed = {name for name, m in messages.items() if "bindings" in m}
+    assert keyed == {name for name in messages if ".dlq:" not in name}
+    assert len(keyed) == 5  # the three inputs, the alerts, the feed
+    pattern = re.compile(ORGANIZATION_KEY["pattern"])
+    assert all(messages[name]["bindings"]["kafka"]["key"] == ORGANIZATION_KEY for name in keyed)
+    org = uuid.uuid4()
+    decoder = Decoder("usage", "support", 65536)
+    for key in (
+        str(org),
+        str(org).upper(),
+        "{" + str(org) + "}",
+        org.hex,
+        f"urn:uuid:{org}",
+        str(org) + " ",
+        str(org)[:-1] + "G",
+    ):
+        body = {
+            "event_id": str(uuid.uuid4()),
+            "organization_id": str(org),
+            "event_type": "feature_used",
+            "occurred_at": "2026-01-01T00:00:00Z",
+            "user_id": str(uuid.uuid4()),
+            "feature": "invoices",
+        }
+        decoded = decoder.decode(RawRecord("usage", 0, 0, key.encode(), orjson.dumps(body)))
+        accepted = not (isinstance(decoded, Rejection) and decoded.reason == "invalid_key")
+        assert accepted == bool(pattern.fullmatch(key)), key
+    assert pattern.fullmatch(str(org))

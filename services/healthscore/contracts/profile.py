@@ -19,7 +19,10 @@ class OrganizationProfile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", title="OrganizationProfile")
 
     event_id: UUID = Field(description="Idempotency key: the same id delivered twice counts once.")
-    organization_id: UUID = Field(description="The organization; equals the Kafka message key.")
+    organization_id: UUID = Field(
+        description="The organization; equals the Kafka message key, which is this id in "
+        "canonical lowercase text form (8-4-4-4-12 lowercase hex digits)."
+    )
     created_at: TextTimestamp | None = Field(
         default=None,
         description=(

@@ -27,7 +27,10 @@ class SupportEvent(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", title="SupportEvent")
 
     event_id: UUID = Field(description="Idempotency key: the same id delivered twice counts once.")
-    organization_id: UUID = Field(description="The organization; equals the Kafka message key.")
+    organization_id: UUID = Field(
+        description="The organization; equals the Kafka message key, which is this id in "
+        "canonical lowercase text form (8-4-4-4-12 lowercase hex digits)."
+    )
     interaction_id: UUID = Field(description="The interaction; one interaction has many events.")
     action: SupportAction = Field(description="What this event does to the interaction.")
     interaction_type: InteractionType | None = Field(

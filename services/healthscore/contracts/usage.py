@@ -24,7 +24,10 @@ class UsageEvent(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", title="UsageEvent")
 
     event_id: UUID = Field(description="Idempotency key: the same id delivered twice counts once.")
-    organization_id: UUID = Field(description="The organization; equals the Kafka message key.")
+    organization_id: UUID = Field(
+        description="The organization; equals the Kafka message key, which is this id in "
+        "canonical lowercase text form (8-4-4-4-12 lowercase hex digits)."
+    )
     user_id: UUID | None = Field(default=None, description="The acting user, if any.")
     type: UsageType = Field(description="What happened.")
     occurred_at: OccurredAt

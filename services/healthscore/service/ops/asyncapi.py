@@ -43,9 +43,34 @@ HIDDEN_HOST = "<hidden>"
 HIDDEN_NOTE = "The broker address is not shown; set ASYNCAPI_SHOW_SERVERS=true to show it."
 
 
+ORGANIZATION_KEY: dict[str, Any] = {
+    "type": "string",
+    "format": "uuid",
+    "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+    "description": (
+        "The message key: the organization_id in canonical lowercase text form (36 "
+        "characters, UTF-8). Kafka partitions by the key's bytes, so one organization's "
+        "messages keep their order on one partition only when every producer spells it "
+        "alike; another spelling of the same id (upper case, braces, no hyphens) is "
+        "rejected as invalid_key."
+    ),
+}
+"""The Kafka key of every message keyed by organization (the inputs, the alerts, the
+feed), as an AsyncAPI Kafka message binding: the JSON Schemas describe values only."""
+
+
+def _with_keys(document: dict[str, Any]) -> None:
+    """Give each message keyed by organization its Kafka key binding (not the dead
+    letters: theirs is whatever key the rejected record had)."""
+    for name, message in document.get("components", {}).get("messages", {}).items():
+        if ".dlq:" not in name:
+            message["bindings"] = {"kafka": {"key": ORGANIZATION_KEY, "bindingVersion": "0.5.0"}}
+
+
 def asyncapi_document(broker: KafkaBroker, show_servers: bool = False) -> dict[str, Any]:
     """The document as data; the broker address replaced unless `show_servers`."""
     document: dict[str, Any] = json.loads(build_spec(broker).to_specification().to_json())
+    _with_keys(document)
     if not show_servers:
         for server in document.get("servers", {}).values():
             server["host"] = HIDDEN_HOST

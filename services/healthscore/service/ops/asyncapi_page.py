@@ -108,14 +108,19 @@ def _channels(document: dict[str, Any]) -> list[str]:
             name = _ref_name(message_ref, "#/components/messages/")
             message = messages.get(name, message_ref) if name else message_ref
             payload = message.get("payload", {})
+            key = message.get("bindings", {}).get("kafka", {}).get("key")
+            keyed = _text(key["description"]) if key else _e("as the rejected record had it")
             rows.append(
                 f"<tr><td>{_e(message.get('title', name or ''))}</td>"
                 f"<td>{_type(payload)}</td>"
+                f"<td>{keyed}</td>"
                 f"<td>{_e(message.get('contentType', document.get('defaultContentType', '')))}"
                 "</td></tr>"
             )
         if rows:
-            out.append("<table><tr><th>message</th><th>payload</th><th>content type</th></tr>")
+            out.append(
+                "<table><tr><th>message</th><th>payload</th><th>key</th><th>content type</th></tr>"
+            )
             out += rows
             out.append("</table>")
     return out
