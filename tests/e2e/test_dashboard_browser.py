@@ -415,6 +415,11 @@ async def test_dashboard_in_chromium(
             )
             assert all("points" in step.text for step in path), [s.text for s in path]
             assert "Why it fired" in browser.find_element(By.ID, "org-alert").text
+            # the events' time its score holds for, beside when it was decided
+            as_of = browser.find_element(
+                By.XPATH, "//*[@id='org-alert']//dt[text()='Score as of']/following-sibling::dd[1]"
+            ).text
+            assert re.search(r"\d{4}.*\(.*ago\)", as_of), as_of
             await run(screenshot, browser, "admin-organization")
 
             # the score's milestones: the onboarding row below and two from the CRM profile

@@ -479,6 +479,9 @@ function renderOrganization(org) {
       el("dt", { text: "Why it fired" }), el("dd", { text: TRIGGERS[alert.trigger] || words(alert.trigger) || "—" }),
       el("dt", { text: "Risk level" }), el("dd", { text: words(alert.risk_level) }),
       el("dt", { text: "Score then" }), el("dd", { text: alert.health_score === null ? "—" : alert.health_score.toFixed(1) }),
+      // the events' time the alert's score holds for: a catch-up or a replay decides
+      // long after the events, and "raised now at 45" beside today's 14 needs it
+      el("dt", { text: "Score as of" }), el("dd", { text: when(alert.scored_at) }),
       el("dt", { text: "Raised" }), el("dd", { text: when(alert.created_at) }),
       el("dt", { text: "Published" }), el("dd", { text: alert.published_at ? when(alert.published_at) : "pending" })),
     ...pathToHealthy(alert, org)]
