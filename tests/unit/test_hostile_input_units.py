@@ -358,3 +358,37 @@ def test_an_integer_beyond_64_bits_is_out_of_range_not_a_wrong_type(
         RawRecord("usage", 0, 2, org.encode(), fraction)
     )
     assert isinstance(refused, Rejection) and refused.reason == "wrong_type"
+
+
+@pytest.mark.parametrize(
+    ("action", "absent", "named"),
+    [
+        ("opened", {"channel": None}, "channel"),
+        ("opened", {"interaction_type": None, "channel": None}, "interaction_type"),
+        ("follow_up_scheduled", {}, "follow_up_at"),
+    ],
+)
+def test_a_field_its_action_requires_is_a_missing_field_naming_it(
+    action: str, absent: dict[str, None], named: str
+) -> None:
+    """The contract says `channel` is required on `opened`: its absence was
+    `invalid_field` with the detail `(message): Value error, ...`, where an absent field
+    every event requires is `missing_field` naming it. Now both read alike."""
+    org = str(uuid.uuid4())
+    body = {
+        "event_id": str(uuid.uuid4()),
+        "organization_id": org,
+        "interaction_id": str(uuid.uuid4()),
+        "action": action,
+        "occurred_at": "2026-01-01T00:00:00Z",
+        "interaction_type": "check_in",
+        "channel": "email",
+        **absent,
+    }
+    decoded = Decoder("usage", "support", 65536).decode(
+        RawRecord("support", 0, 0, org.encode(), orjson.dumps(body))
+    )
+    assert isinstance(decoded, Rejection)
+    assert decoded.reason == "missing_field"
+    assert decoded.detail.startswith(f"{named}: Field required when action is `{action}`")
+    assert "Value error" not in decoded.detail

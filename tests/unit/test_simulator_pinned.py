@@ -47,7 +47,7 @@ def _digest(messages: Iterable[SimulatedMessage]) -> tuple[str, int]:
     [
         (
             SimulationConfig(start=START),
-            "3e1f5d26a1cbf17f1becb861e80d17cd5d2aaca07d353d9eeb57fb950745fdf6",
+            "dab0ee8752754263f091573cc8788f1ebea28df20244035e200ab20dcf818f2d",
             5055,
         ),
         (
@@ -60,7 +60,7 @@ def _digest(messages: Iterable[SimulatedMessage]) -> tuple[str, int]:
                 duplicate_rate=0.05,
                 malformed_rate=0.01,
             ),
-            "6e29210abd8baf0a74021fb5e0ef2f063aca3417d3ead6713f31cd117f59b389",
+            "e26aa4c04c530df3e534a1652e5a8c1f5ef22e2109adcefc90d7f8d69ee2321d",
             21_200,
         ),
     ],
@@ -82,8 +82,8 @@ def test_simulator_profiles_are_pinned() -> None:
 @pytest.mark.parametrize(
     ("skew", "expected", "seen"),
     [
-        (0.0, "d41c2b0acff8564ce612709cc533a8e3048587042f7abee87de09d90eeed9d52", 16_939),
-        (1.1, "3b1f8a24cef2f52620d41f2f1495e8f58beb90ac97581cdba6e45fb7b3d3074a", 6_083),
+        (0.0, "254c35bf6da48ff92b8b4c674f7c7052a3a99ca22312aa3fc1d11f4c8d403759", 16_939),
+        (1.1, "46e63b3074b92b1386c350dba722091e0db22d820262daa931ded7763c5da09f", 6_083),
     ],
     ids=["uniform", "skewed"],
 )

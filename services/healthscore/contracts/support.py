@@ -4,6 +4,7 @@ from typing import Self
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from healthscore.contracts._common import (
     OccurredAt,
@@ -64,7 +65,17 @@ class SupportEvent(BaseModel):
                 name for name in ("interaction_type", "channel") if getattr(self, name) is None
             ]
             if missing:
-                raise ValueError(f"`opened` requires {', '.join(missing)}")
+                raise _required_by("opened", missing)
         if self.action is SupportAction.FOLLOW_UP_SCHEDULED and self.follow_up_at is None:
-            raise ValueError("`follow_up_scheduled` requires follow_up_at")
+            raise _required_by("follow_up_scheduled", ["follow_up_at"])
         return self
+
+
+def _required_by(action: str, missing: list[str]) -> PydanticCustomError:
+    """A field the action requires is absent (or null): `missing_field` naming it, as for
+    a field every event requires (the decoder takes the field from `field`)."""
+    return PydanticCustomError(
+        "missing",
+        "Field required when action is `{action}` (missing: {fields})",
+        {"field": missing[0], "action": action, "fields": ", ".join(missing)},
+    )

@@ -247,19 +247,19 @@ def poison_corpus(organization_id: str, now: datetime) -> list[PoisonCase]:
         "opened_without_type_and_channel",
         "support",
         s("opened_bare", interaction_type=None, channel=None),
-        "invalid_field",
+        "missing_field",
     )
     add(
         "opened_without_channel",
         "support",
         without(s("opened_no_channel"), "channel"),
-        "invalid_field",
+        "missing_field",
     )
     add(
         "follow_up_without_follow_up_at",
         "support",
         s("follow_up_bare", action="follow_up_scheduled"),
-        "invalid_field",
+        "missing_field",
     )
     # added after the streams were pinned (the simulator draws from the cases before,
     # STREAMED_CASES): a key twice in one object, whose value this parser and others

@@ -601,7 +601,8 @@ def _rejection_from(record: RawRecord, exc: ValidationError) -> Rejection:
     first = errors[0]
     # a location names a dict key as the producer wrote it: a long one is cut
     field = ".".join(_shortened(str(part), _LOCATION_PART_CHARS) for part in first["loc"])
-    field = field or "(message)"
+    # a rule of the whole message about one field (a field an action requires) names it
+    field = field or str(first.get("ctx", {}).get("field", "(message)"))
     kind = first["type"]
     message = first["msg"]
     if kind == "value_error" and "minutes after" in message:
