@@ -122,11 +122,11 @@ class ReadModelListener:
         settling, self._settling = self._settling, []
         try:
             async with asyncio.timeout(HEARTBEAT):
-                if self._key_check_due:
-                    self._key_check_due = False
-                    retires_at = await conn.fetchval(t.SIGNING_KEY_RETIRES_AT, self.signing_key_id)
-                    self.state.key_retires_at = -math.inf if retires_at is None else retires_at
+                await self._check_key(conn)
                 await conn.fetchval(t.ROUND_TRIP)
+                # a key's change heard with that answer is read now, not a round trip
+                # later: a settled listener has the retirement time the change set
+                await self._check_key(conn)
         except BaseException:
             self._settling.extend(settling)
             raise
@@ -135,6 +135,13 @@ class ReadModelListener:
         for waiter in settling:
             if not waiter.done():
                 waiter.set_result(None)
+
+    async def _check_key(self, conn: asyncpg.Connection) -> None:
+        """Read the signing key's retirement time again if a change of it was heard."""
+        if self._key_check_due:
+            self._key_check_due = False
+            retires_at = await conn.fetchval(t.SIGNING_KEY_RETIRES_AT, self.signing_key_id)
+            self.state.key_retires_at = -math.inf if retires_at is None else retires_at
 
     def _heard(self, conn: Any, pid: int, channel: str, payload: object) -> None:
         table, organizations = t.organizations_changed(str(payload))
