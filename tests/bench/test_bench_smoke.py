@@ -74,7 +74,10 @@ async def test_bench_smoke(
     assert latency.alert_triggers > 0
     assert latency.alerts_received == latency.alert_triggers
     summary = (tmp_path / "live.txt").read_text()
-    assert "busy (not in epoll)" in summary and "pipeline.py" in summary
+    # the batch pipeline's own time, by area (the top-25 lists below it rank whatever the
+    # live run's loops spent most on: on a loaded machine the pipeline's functions may
+    # fall out of them, as in one fresh-clone CI run)
+    assert "busy (not in epoll)" in summary and "pipeline + handler glue" in summary
 
     baseline = report.baseline
     assert baseline is not None
