@@ -37,6 +37,9 @@ class LocalServices(Protocol):
     database_url: str
     kafka_bootstrap_servers: str
     broker_supports_idempotence: bool
+    # what to tell the person who started them (a left-over server stopped, stored
+    # progress set back for a new broker)
+    notes: list[str]
 
     def close(self) -> None: ...
 
@@ -54,11 +57,14 @@ def start_local_services(
             "come with the lab: pip install -e '.[dev]')"
         )
     start: Callable[..., LocalServices] = found[0].load()
-    return start(
+    services = start(
         database_url=database_url,
         kafka_bootstrap_servers=kafka_bootstrap_servers,
         data_dir=data_dir,
     )
+    for note in getattr(services, "notes", ()):
+        print(f"note: {note}", file=sys.stderr, flush=True)
+    return services
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
