@@ -9,6 +9,8 @@ Resolution order (shared/architecture.md):
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import ctypes
 import json
@@ -382,7 +384,14 @@ def resolve_services(
     data_dir: Path | None = None,
     prefer_containers: bool = True,
 ) -> Services:
-    """Give real services: the given URLs, else containers, else embedded ones."""
+    """Give real services: the given URLs, else containers, else embedded ones.
+
+    An embedded PostgreSQL that keeps its data (`data_dir`) with an embedded broker
+    started here (new, its topics empty: it keeps them in memory only) has every
+    stored offset of the database set back to the topics' start, and says so in
+    `notes`: offsets of an earlier broker's topics would lie beyond the new ones' ends,
+    and the service would refuse those partitions (`partition_refused`) and apply
+    nothing the producers send."""
     stack = contextlib.ExitStack()
     try:
         return _resolve(stack, database_url, kafka_bootstrap_servers, data_dir, prefer_containers)
@@ -404,6 +413,7 @@ def _resolve(
     postgres_pid: int | None = None
     postgres_server: Any = None
     notes: list[str] = []
+    kept_database = False
     use_containers = (
         prefer_containers
         and (database_url is None or kafka_bootstrap_servers is None)
@@ -428,6 +438,7 @@ def _resolve(
             postgres_pid = server.get_pid()
             postgres_server = server
             kind = "embedded"
+            kept_database = data_dir is not None
     if kafka_bootstrap_servers is None:
         if use_containers:
             from testcontainers.kafka import KafkaContainer
@@ -439,6 +450,10 @@ def _resolve(
             stack.callback(stop_process, broker_process)
             idempotence = False
             kind = "embedded"
+            if kept_database:
+                note = reset_offsets_for_a_new_broker(database_url)
+                if note is not None:
+                    notes.append(note)
     return Services(
         database_url=database_url,
         kafka_bootstrap_servers=kafka_bootstrap_servers,
@@ -449,6 +464,51 @@ def _resolve(
         postgres_pid=postgres_pid,
         postgres_server=postgres_server,
         notes=notes,
+    )
+
+
+# Every stored offset back to the start of its partition (a new broker's topics start
+# at 0), the event-time frontier kept: it is of what the database holds
+# (`offsets-reset --to-earliest` of every group and topic at once). Nothing when the
+# schema is not there yet.
+RESET_OFFSETS_FOR_A_NEW_BROKER = """
+WITH moved AS (
+    UPDATE consumer_offsets SET next_offset = 0, updated_at = now()
+    WHERE next_offset <> 0
+    RETURNING consumer_group, topic
+)
+SELECT count(*) AS partitions,
+       coalesce(string_agg(DISTINCT consumer_group, ', '), '') AS groups,
+       coalesce(string_agg(DISTINCT topic, ', '), '') AS topics
+FROM moved
+"""
+
+
+def reset_offsets_for_a_new_broker(database_url: str) -> str | None:
+    """Set the stored offsets of the kept database back to 0 for the new, empty broker;
+    the line that says so, None when there were none."""
+
+    async def reset() -> Any:
+        import asyncpg
+
+        conn = await asyncpg.connect(database_url)
+        try:
+            if await conn.fetchval("SELECT to_regclass('consumer_offsets')") is None:
+                return None
+            return await conn.fetchrow(RESET_OFFSETS_FOR_A_NEW_BROKER)
+        finally:
+            await conn.close()
+
+    # resolve_services may be called in a running event loop (async tests)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        row = pool.submit(asyncio.run, reset()).result()
+    if row is None or row["partitions"] == 0:
+        return None
+    return (
+        f"the broker is new and its topics empty (it keeps them in memory): the database's "
+        f"stored progress of {row['partitions']} partition(s) ({row['topics']}; consumer "
+        f"group {row['groups']}) is set back to the start, so the service consumes what is "
+        "produced now"
     )
 
 
