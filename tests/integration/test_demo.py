@@ -71,6 +71,16 @@ async def test_demo_twice_processes_events_both_times_and_keeps_the_screen_reada
         moved = re.findall(r"^ +\w{8} +([\d.]+) -> +([\d.]+)$", profiles, re.MULTILINE)
         assert moved and all(after != before for before, after in moved), out
         final = out.split("final dashboard:", 1)[1]
+        # where a producer or `healthscore dead-letters` reaches the demo's services
+        broker = re.search(r"^    export KAFKA_BOOTSTRAP_SERVERS='(127\.0\.0\.1:\d+)'$", out, re.M)
+        assert broker is not None, out
+        assert "    export KAFKA_IDEMPOTENT_PRODUCER=false\n" in out
+        assert re.search(
+            r"^    export DATABASE_URL='postgresql://postgres:@/postgres\?host=", out, re.M
+        )
+        logged = (tmp_path / "demo.log").read_text()
+        assert '"event": "demo_services"' in logged
+        assert f'"kafka_bootstrap_servers": "{broker.group(1)}"' in logged
         assert re.search(r"organizations by band: \w+=\d+", final), (run, out)
         # a new database each run: the whole schema is applied every time
         applied = re.search(r"database schema: (\d+) migration\(s\) applied", out)

@@ -332,6 +332,27 @@ async def _publish_profiles(
         print(f"    {str(organization)[:8]}  {score:5.1f} -> {after.get(organization, score):5.1f}")
 
 
+def _shown_url(url: str) -> str:
+    """The URL as it is when it holds no password (the demo's own server), else redacted."""
+    return redact(url) if urlsplit(url).password else url
+
+
+def _reach_lines(settings: Settings, admin_url: str) -> list[str]:
+    """How a producer, `healthscore dead-letters` or a person reaches the demo's services
+    from another shell while it runs."""
+    lines = [
+        "  from another shell while the demo runs:",
+        f"    export KAFKA_BOOTSTRAP_SERVERS='{settings.kafka_bootstrap_servers}'",
+    ]
+    if not settings.kafka_idempotent_producer:
+        lines.append("    export KAFKA_IDEMPOTENT_PRODUCER=false")
+    shown = _shown_url(admin_url)
+    hidden = " (its password not shown)" if shown != admin_url else ""
+    lines.append(f"    export DATABASE_URL='{shown}'{hidden}")
+    lines.append("    healthscore dead-letters --topic usage   # what the service rejected")
+    return lines
+
+
 async def _create_demo_login(admin_url: str) -> str:
     """A LOGIN role in healthscore_writer on the demo's own server; its URL."""
     password = secrets.token_hex(16)
@@ -433,9 +454,16 @@ async def run_demo(
             print(f"error: {exc}", file=sys.stderr)
             return 2
         try:
-            print(
-                f"service: running, ops endpoints on http://{settings.ops_host}:{service.ops_port}"
-                "/metrics (and /readyz) while the demo runs"
+            ops_url = f"http://{settings.ops_host}:{service.ops_port}"
+            print(f"service: running, ops endpoints on {ops_url}/metrics (and /readyz)")
+            for line in _reach_lines(settings, admin_url):
+                print(line)
+            structlog.get_logger(__name__).info(
+                "demo_services",
+                ops_url=ops_url,
+                kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
+                kafka_idempotent_producer=settings.kafka_idempotent_producer,
+                database_url=_shown_url(admin_url),
             )
             watcher = asyncio.create_task(_watch_alerts(settings, stop, alerts))
             producer = KafkaConnection.from_settings(settings).producer(
