@@ -70,6 +70,8 @@ async def test_demo_twice_processes_events_both_times_and_keeps_the_screen_reada
         profiles = out.split("profiles from the CRM (organization.profile.v1)", 1)[1]
         moved = re.findall(r"^ +\w{8} +([\d.]+) -> +([\d.]+)$", profiles, re.MULTILINE)
         assert moved and all(after != before for before, after in moved), out
+        # why a profile can lower a score, in one line
+        assert "\n  a profile can lower a score: an older account is expected to have" in out
         final = out.split("final dashboard:", 1)[1]
         # where a producer or `healthscore dead-letters` reaches the demo's services
         broker = re.search(r"^    export KAFKA_BOOTSTRAP_SERVERS='(127\.0\.0\.1:\d+)'$", out, re.M)

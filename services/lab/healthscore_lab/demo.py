@@ -328,6 +328,11 @@ async def _publish_profiles(
         f"profiles from the CRM ({settings.profile_topic}): accounts since "
         f"{created.date()} with {len(PROFILE_MILESTONES)} milestones reached before the stream"
     )
+    print(
+        "  a profile can lower a score: an older account is expected to have reached more "
+        "milestones by now, and those it adds may not make up for that (docs/operations.md, "
+        '"Profiles")'
+    )
     for organization, score in before.items():
         print(f"    {str(organization)[:8]}  {score:5.1f} -> {after.get(organization, score):5.1f}")
 
