@@ -37,6 +37,9 @@ class LocalServices(Protocol):
     database_url: str
     kafka_bootstrap_servers: str
     broker_supports_idempotence: bool
+    # what to tell the person who started them (a left-over server stopped, stored
+    # progress set back for a new broker)
+    notes: list[str]
 
     def close(self) -> None: ...
 
@@ -54,11 +57,14 @@ def start_local_services(
             "come with the lab: pip install -e '.[dev]')"
         )
     start: Callable[..., LocalServices] = found[0].load()
-    return start(
+    services = start(
         database_url=database_url,
         kafka_bootstrap_servers=kafka_bootstrap_servers,
         data_dir=data_dir,
     )
+    for note in getattr(services, "notes", ()):
+        print(f"note: {note}", file=sys.stderr, flush=True)
+    return services
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -554,6 +560,49 @@ def cmd_state(args: argparse.Namespace) -> int:
     return run(main)
 
 
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    """Print the dead letters of the input topics' dead-letter topics, from their start."""
+    from aiokafka.errors import KafkaError
+
+    from healthscore.dead_letter_reader import read_dead_letters, report
+    from healthscore.service.kafka_clients import KafkaConnection
+
+    settings = settings_from_args(args)
+    if settings.kafka_bootstrap_servers is None:
+        print(
+            "error: set KAFKA_BOOTSTRAP_SERVERS (the demo and `healthscore dev-services` "
+            "print theirs)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.limit < 1:
+        print("error: --limit must be 1 or more", file=sys.stderr)
+        return 2
+    sources = {
+        "usage": settings.usage_topic,
+        "support": settings.support_topic,
+        "profile": settings.profile_topic,
+    }
+    chosen = args.topic or list(sources)
+    topics = [sources[name] + settings.dlq_suffix for name in chosen]
+
+    async def main() -> int:
+        kafka = KafkaConnection.from_settings(settings)
+        try:
+            readings = [await read_dead_letters(kafka, topic, args.limit) for topic in topics]
+        except KafkaError as exc:
+            print(
+                f"error: cannot read the dead-letter topics: {type(exc).__name__}: {exc}",
+                file=sys.stderr,
+            )
+            return 2
+        for line in report(readings, args.limit):
+            print(line)
+        return 0
+
+    return run(main)
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     from healthscore.api.server import (
         dev_config,
@@ -797,6 +846,26 @@ def register_service_commands(add: AddCommand) -> None:
     )
     p.add_argument("organization", type=UUID, metavar="ORGANIZATION_ID")
     p.add_argument("--database-url", help="override DATABASE_URL")
+
+    p = add(
+        "dead-letters",
+        cmd_dead_letters,
+        "Print the records the service rejected: each dead letter of <topic>.dlq from its "
+        "start (reason, detail, source topic, partition and offset, rejection time, key "
+        "and value, escaped), up to --limit per topic; reads with the Kafka settings, "
+        "commits nothing.",
+    )
+    p.add_argument(
+        "--topic",
+        action="append",
+        choices=["usage", "support", "profile"],
+        help="the source topic whose dead letters to read (USAGE_TOPIC, SUPPORT_TOPIC, "
+        "PROFILE_TOPIC; repeatable; default: all three)",
+    )
+    p.add_argument(
+        "--limit", type=int, default=20, help="dead letters shown per topic (default 20)"
+    )
+    p.add_argument("--bootstrap-servers", help="override KAFKA_BOOTSTRAP_SERVERS")
 
     p = add(
         "api",

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import asyncpg
@@ -70,7 +72,19 @@ async def test_demo_twice_processes_events_both_times_and_keeps_the_screen_reada
         profiles = out.split("profiles from the CRM (organization.profile.v1)", 1)[1]
         moved = re.findall(r"^ +\w{8} +([\d.]+) -> +([\d.]+)$", profiles, re.MULTILINE)
         assert moved and all(after != before for before, after in moved), out
-        final = out.split("final dashboard:", 1)[1]
+        # why a profile can lower a score, in one line
+        assert "\n  a profile can lower a score: an older account is expected to have" in out
+        final = out.split("final dashboard (", 1)[1]
+        # where a producer or `healthscore dead-letters` reaches the demo's services
+        broker = re.search(r"^    export KAFKA_BOOTSTRAP_SERVERS='(127\.0\.0\.1:\d+)'$", out, re.M)
+        assert broker is not None, out
+        assert "    export KAFKA_IDEMPOTENT_PRODUCER=false\n" in out
+        assert re.search(
+            r"^    export DATABASE_URL='postgresql://postgres:@/postgres\?host=", out, re.M
+        )
+        logged = (tmp_path / "demo.log").read_text()
+        assert '"event": "demo_services"' in logged
+        assert f'"kafka_bootstrap_servers": "{broker.group(1)}"' in logged
         assert re.search(r"organizations by band: \w+=\d+", final), (run, out)
         # a new database each run: the whole schema is applied every time
         applied = re.search(r"database schema: (\d+) migration\(s\) applied", out)
@@ -124,3 +138,45 @@ async def test_a_kept_database_with_profile_offsets_beyond_the_log_is_refused(
         await conn.close()
     beyond = await _offsets_beyond_the_log(migrated_database, settings)
     assert beyond == [f"{topics.profile}:0 stored 3, log 0..0"]
+
+
+def test_the_final_dashboard_holds_still_after_it_is_printed(tmp_path: Path) -> None:
+    """The silence sweep runs every SWEEP_INTERVAL_SECONDS (60): its first rescorings of
+    quiet organizations came a minute after the "final" dashboard, raising alerts printed
+    under the sign-in links. The demo makes them before printing it."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "DATABASE_URL",
+            "MIGRATION_DATABASE_URL",
+            "KAFKA_BOOTSTRAP_SERVERS",
+            "OPS_PORT",
+            "LOG_FORMAT",
+        )
+    }
+    env.update({"STATE_DIR": str(tmp_path), "API_PORT": "0"})
+    out = tmp_path / "out"
+    with out.open("wb") as file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "healthscore.cli", "demo"],
+            env=env,
+            stdout=file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while "serving the dashboard until Ctrl-C" not in out.read_text():
+            assert process.poll() is None, out.read_text()
+            assert time.monotonic() < deadline, out.read_text()
+            time.sleep(0.5)
+        time.sleep(75)  # past the sweep loop's first run with the stream's data
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(60)
+    text = out.read_text()
+    after = text.split("final dashboard", 1)[1]
+    assert "ALERT" not in after, after
+    received = int(re.search(r"^alerts received: (\d+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    assert received == text.count("  ALERT "), text

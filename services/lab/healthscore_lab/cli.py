@@ -22,15 +22,24 @@ from healthscore_lab.devservices import resolve_services
 def cmd_dev_services(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     data_dir = None if args.ephemeral else settings.state_dir.resolve() / "pgdata"
-    services = resolve_services(data_dir=data_dir)
+    # a closed terminal (SIGHUP) or `kill` (SIGTERM) stops them as Ctrl-C does, also
+    # while they start; a process killed outright leaves it to PostgreSQL's keeper and
+    # the broker's die_with_parent
+    for sig in ENDING_SIGNALS:
+        signal.signal(sig, _raise_interrupt)
     try:
+        services = resolve_services(data_dir=data_dir)
+    except KeyboardInterrupt:
+        return 130
+    try:
+        for note in services.notes:
+            print(f"# note: {note}", file=sys.stderr, flush=True)
         print(f"# {services.kind} services are up; paste these into another shell:")
         print(f"export DATABASE_URL='{services.database_url}'")
         print(f"export KAFKA_BOOTSTRAP_SERVERS='{services.kafka_bootstrap_servers}'")
         if not services.broker_supports_idempotence:
             print("export KAFKA_IDEMPOTENT_PRODUCER=false")
         print("# Ctrl-C stops them.", flush=True)
-        signal.signal(signal.SIGTERM, _raise_interrupt)
         with contextlib.suppress(KeyboardInterrupt):
             _sleep()
     finally:
@@ -38,8 +47,19 @@ def cmd_dev_services(args: argparse.Namespace) -> int:
     return 0
 
 
+# what ends a command in a terminal besides Ctrl-C: `kill` and a closed terminal
+ENDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def _interrupt_as_ctrl_c(signum: int, frame: Any) -> None:
+    """SIGTERM or SIGHUP taken as Ctrl-C: the demo then stops as Ctrl-C stops it, through
+    whichever SIGINT handling is current (asyncio's runner cancels the demo, the
+    dashboard stops serving, outside a loop KeyboardInterrupt)."""
+    signal.raise_signal(signal.SIGINT)
 
 
 def _sleep() -> None:
@@ -76,6 +96,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     options.dashboard = args.dashboard
     log_path = settings.state_dir.resolve() / "demo.log"
+    # `kill` or a closed terminal end the demo as Ctrl-C does: its services stopped and
+    # removed (a process killed outright leaves that to PostgreSQL's keeper)
+    for sig in ENDING_SIGNALS:
+        signal.signal(sig, _interrupt_as_ctrl_c)
     with log_to_file(log_path) as summary:  # a log that cannot be opened: refused here
         try:
             # a new embedded PostgreSQL each run (keep_data=False): the embedded broker

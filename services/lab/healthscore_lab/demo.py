@@ -34,7 +34,7 @@ from pydantic import SecretStr
 
 from healthscore.config import Settings
 from healthscore.errors import StartupRefused
-from healthscore.service.app import ServiceOptions, running
+from healthscore.service.app import Components, ServiceOptions, running
 from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.service.offsets_reset import read_log_bounds
 from healthscore.store.db import DatabaseTLS, connect, database_tls
@@ -90,6 +90,9 @@ class DemoOptions:
     seed: int = 7
     span_days: int = 30
     settle_seconds: float = 5.0
+    # the most the demo waits for the silence sweep, the read model and the alert relay
+    # to have caught up before the profiles and before the final dashboard
+    settle_timeout_seconds: float = 60.0
     top: int = 8
     profiles: int = 3  # organizations whose history a CRM publishes at the end
     # the demo's own services (started for this run, removed after it)
@@ -328,8 +331,67 @@ async def _publish_profiles(
         f"profiles from the CRM ({settings.profile_topic}): accounts since "
         f"{created.date()} with {len(PROFILE_MILESTONES)} milestones reached before the stream"
     )
+    print(
+        "  a profile can lower a score: an older account is expected to have reached more "
+        "milestones by now, and those it adds may not make up for that (docs/operations.md, "
+        '"Profiles")'
+    )
     for organization, score in before.items():
         print(f"    {str(organization)[:8]}  {score:5.1f} -> {after.get(organization, score):5.1f}")
+
+
+# what is still to be done before the dashboard holds still: organizations queued for
+# the read model, and alerts not yet published
+UNSETTLED_QUERY = """
+SELECT (SELECT count(*) FROM read_model_pending)
+     + (SELECT count(*) FROM alert_outbox WHERE published_at IS NULL)
+"""
+
+
+async def _settle(service: Components, database_url: str, tls: DatabaseTLS, timeout: float) -> bool:
+    """Make the silence sweep's rescorings due below the log's watermark now (the sweep
+    loop would make them within SWEEP_INTERVAL_SECONDS, a minute after the dashboard was
+    printed), then wait for the read model and the alert relay to catch up. The
+    watermark moves only with new events: the scores then hold until the next ones.
+    False when that did not happen within `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    if service.sweep is not None:
+        try:
+            await asyncio.wait_for(service.sweep.drain(), timeout)
+        except TimeoutError:
+            return False
+    conn = await connect(database_url, tls)
+    try:
+        while await conn.fetchval(UNSETTLED_QUERY):
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+    await asyncio.sleep(0.5)  # the alert watcher prints what the relay just published
+    return True
+
+
+def _shown_url(url: str) -> str:
+    """The URL as it is when it holds no password (the demo's own server), else redacted."""
+    return redact(url) if urlsplit(url).password else url
+
+
+def _reach_lines(settings: Settings, admin_url: str) -> list[str]:
+    """How a producer, `healthscore dead-letters` or a person reaches the demo's services
+    from another shell while it runs."""
+    lines = [
+        "  from another shell while the demo runs:",
+        f"    export KAFKA_BOOTSTRAP_SERVERS='{settings.kafka_bootstrap_servers}'",
+    ]
+    if not settings.kafka_idempotent_producer:
+        lines.append("    export KAFKA_IDEMPOTENT_PRODUCER=false")
+    shown = _shown_url(admin_url)
+    hidden = " (its password not shown)" if shown != admin_url else ""
+    lines.append(f"    export DATABASE_URL='{shown}'{hidden}")
+    lines.append("    healthscore dead-letters --topic usage   # what the service rejected")
+    return lines
 
 
 async def _create_demo_login(admin_url: str) -> str:
@@ -433,9 +495,16 @@ async def run_demo(
             print(f"error: {exc}", file=sys.stderr)
             return 2
         try:
-            print(
-                f"service: running, ops endpoints on http://{settings.ops_host}:{service.ops_port}"
-                "/metrics (and /readyz) while the demo runs"
+            ops_url = f"http://{settings.ops_host}:{service.ops_port}"
+            print(f"service: running, ops endpoints on {ops_url}/metrics (and /readyz)")
+            for line in _reach_lines(settings, admin_url):
+                print(line)
+            structlog.get_logger(__name__).info(
+                "demo_services",
+                ops_url=ops_url,
+                kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
+                kafka_idempotent_producer=settings.kafka_idempotent_producer,
+                database_url=_shown_url(admin_url),
             )
             watcher = asyncio.create_task(_watch_alerts(settings, stop, alerts))
             producer = KafkaConnection.from_settings(settings).producer(
@@ -472,8 +541,21 @@ async def run_demo(
                 f"{stats.malformed} bad ones on purpose) in {stats.seconds:.1f}s"
             )
             await asyncio.sleep(options.settle_seconds)  # let the last batches and alerts land
+            # the profiles' "before" is the score the sweep's rescorings left
+            await _settle(service, admin_url, tls, options.settle_timeout_seconds)
             await _publish_profiles(settings, producer, admin_url, tls, options.profiles)
-            print("final dashboard:")
+            settled = await _settle(service, admin_url, tls, options.settle_timeout_seconds)
+            if settled:
+                print(
+                    "final dashboard (the stream's end, with the silence sweep's rescorings "
+                    "of quiet organizations made: it changes only with new events):"
+                )
+            else:
+                print(
+                    "dashboard now (the silence sweep or the read model has not caught up "
+                    f"within {options.settle_timeout_seconds:.0f}s: scores and alerts may "
+                    "still change):"
+                )
             await _print_dashboard(admin_url, options.top, tls)
             print(f"alerts received: {len(alerts)}")
             if options.dashboard:

