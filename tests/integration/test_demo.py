@@ -29,9 +29,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-async def _demo(
-    state_dir: Path, dashboard: bool = False, **extra_env: str
-) -> subprocess.CompletedProcess[str]:
+def _demo_env(state_dir: Path, **extra_env: str) -> dict[str, str]:
+    """This environment without what would point the demo at other services, its state
+    in `state_dir`."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -44,8 +44,13 @@ async def _demo(
             "LOG_FORMAT",
         )
     }
-    env["STATE_DIR"] = str(state_dir)
-    env.update(extra_env)
+    return {**env, "STATE_DIR": str(state_dir), **extra_env}
+
+
+async def _demo(
+    state_dir: Path, dashboard: bool = False, **extra_env: str
+) -> subprocess.CompletedProcess[str]:
+    env = _demo_env(state_dir, **extra_env)
     command = ["demo", "--events", "1500", "--organizations", "40", "--rate", "3000"]
     if not dashboard:
         command.append("--no-dashboard")
@@ -144,19 +149,7 @@ def test_the_final_dashboard_holds_still_after_it_is_printed(tmp_path: Path) -> 
     """The silence sweep runs every SWEEP_INTERVAL_SECONDS (60): its first rescorings of
     quiet organizations came a minute after the "final" dashboard, raising alerts printed
     under the sign-in links. The demo makes them before printing it."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k
-        not in (
-            "DATABASE_URL",
-            "MIGRATION_DATABASE_URL",
-            "KAFKA_BOOTSTRAP_SERVERS",
-            "OPS_PORT",
-            "LOG_FORMAT",
-        )
-    }
-    env.update({"STATE_DIR": str(tmp_path), "API_PORT": "0"})
+    env = _demo_env(tmp_path, API_PORT="0")
     out = tmp_path / "out"
     with out.open("wb") as file:
         process = subprocess.Popen(

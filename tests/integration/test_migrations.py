@@ -6,10 +6,8 @@ import asyncio
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -26,6 +24,7 @@ from healthscore.store.schema_catalog import (
     WRITER_ROLE,
 )
 from tests.utils import schema_builders as b
+from tests.utils.api import temporary_login
 from tests.utils.migrations import migrate_before
 
 # everything a migration can create or change in the public schema
@@ -72,13 +71,6 @@ async def catalog_snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
         }
     finally:
         await conn.close()
-
-
-def with_user(url: str, user: str) -> str:
-    """The same server and database, another user (the test server trusts its socket)."""
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, f"{user}@{host}", parts.path, parts.query, parts.fragment))
 
 
 async def fetch_val(url: str, query: str, *args: Any) -> Any:
@@ -295,29 +287,20 @@ async def test_no_login_creates_objects_in_the_public_schema(
     finally:
         await superuser.close()
     await apply_migrations(empty_database)
-    login = f"t_creator_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(pg_admin_url)
-    try:
-        member = f" IN ROLE {member_of}" if member_of else ""
-        await admin.execute(f"CREATE ROLE {login} LOGIN{member}")
+    async with temporary_login(pg_admin_url, empty_database, member_of, "t_creator") as url:
+        role = {"role": member_of} if member_of else {}
+        conn = await asyncpg.connect(url, server_settings=role)
         try:
-            role = {"role": member_of} if member_of else {}
-            conn = await asyncpg.connect(with_user(empty_database, login), server_settings=role)
-            try:
-                assert not await conn.fetchval("SELECT has_schema_privilege('public', 'CREATE')")
-                for statement in (
-                    "CREATE TABLE public.planted (id int)",
-                    "CREATE FUNCTION public.score_trend(integer, integer) RETURNS text"
-                    " LANGUAGE sql AS $$ SELECT 'planted' $$",
-                ):
-                    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="denied"):
-                        await conn.execute(statement)
-            finally:
-                await conn.close()
+            assert not await conn.fetchval("SELECT has_schema_privilege('public', 'CREATE')")
+            for statement in (
+                "CREATE TABLE public.planted (id int)",
+                "CREATE FUNCTION public.score_trend(integer, integer) RETURNS text"
+                " LANGUAGE sql AS $$ SELECT 'planted' $$",
+            ):
+                with pytest.raises(asyncpg.InsufficientPrivilegeError, match="denied"):
+                    await conn.execute(statement)
         finally:
-            await admin.execute(f"DROP ROLE {login}")
-    finally:
-        await admin.close()
+            await conn.close()
     # the owner still creates there (the migrations make it own everything)
     assert await fetch_val(
         empty_database, "SELECT has_schema_privilege($1, 'public', 'CREATE')", OWNER_ROLE

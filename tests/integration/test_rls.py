@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -41,6 +40,7 @@ from healthscore.store.schema_catalog import (
     WRITER_ROLE,
 )
 from tests.utils import schema_builders as b
+from tests.utils.api import temporary_login, with_user
 
 ALL_ROWS = {"customer_health": 2, "success_milestones": 3, "support_interactions": 4}
 NO_ROWS = dict.fromkeys(READ_MODEL_TABLES, 0)
@@ -118,13 +118,6 @@ async def world(migrated_database: str) -> World:
         support_interactions={i["id"] for i in interactions[:2]},
         key=SigningKey(key["key_id"], key["secret"]),
     )
-
-
-def with_user(url: str, user: str) -> str:
-    """The same server and database, another user (the test server trusts its socket)."""
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, f"{user}@{host}", parts.path, parts.query, parts.fragment))
 
 
 Connect = Callable[..., Awaitable[asyncpg.Connection]]
@@ -814,37 +807,29 @@ async def test_a_login_of_no_project_role_executes_none_of_our_functions(
     world: World, pg_admin_url: str
 ) -> None:
     """PUBLIC (any login that may connect to the database) gets no function of ours."""
-    login = f"t_public_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(pg_admin_url)
-    try:
-        await admin.execute(f"CREATE ROLE {login} LOGIN")
+    async with temporary_login(pg_admin_url, world.url, None, "t_public") as url:
+        conn = await asyncpg.connect(url)
         try:
-            conn = await asyncpg.connect(with_user(world.url, login))
-            try:
-                executable = await conn.fetch(
-                    """SELECT p.oid::regprocedure::text AS function FROM pg_proc p
-                       WHERE p.pronamespace = 'public'::regnamespace
-                         AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                                         WHERE d.classid = 'pg_proc'::regclass
-                                           AND d.objid = p.oid AND d.deptype = 'e')
-                         AND has_function_privilege(p.oid, 'EXECUTE')
-                       ORDER BY 1"""
-                )
-                assert [r["function"] for r in executable] == []
-                for call in (
-                    "SELECT health_band(50)",
-                    "SELECT risk_level_for(0.5)",
-                    "SELECT score_trend(50, 40)",
-                    "SELECT hmac_sha256('k'::bytea, 'm'::bytea)",
-                ):
-                    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="denied"):
-                        await conn.fetchval(call)
-            finally:
-                await conn.close()
+            executable = await conn.fetch(
+                """SELECT p.oid::regprocedure::text AS function FROM pg_proc p
+                   WHERE p.pronamespace = 'public'::regnamespace
+                     AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                                     WHERE d.classid = 'pg_proc'::regclass
+                                       AND d.objid = p.oid AND d.deptype = 'e')
+                     AND has_function_privilege(p.oid, 'EXECUTE')
+                   ORDER BY 1"""
+            )
+            assert [r["function"] for r in executable] == []
+            for call in (
+                "SELECT health_band(50)",
+                "SELECT risk_level_for(0.5)",
+                "SELECT score_trend(50, 40)",
+                "SELECT hmac_sha256('k'::bytea, 'm'::bytea)",
+            ):
+                with pytest.raises(asyncpg.InsufficientPrivilegeError, match="denied"):
+                    await conn.fetchval(call)
         finally:
-            await admin.execute(f"DROP ROLE {login}")
-    finally:
-        await admin.close()
+            await conn.close()
 
 
 # --- what dashboard users may change ----------------------------------------------------------

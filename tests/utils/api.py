@@ -27,6 +27,7 @@ JWT_SECRET = "test-secret-of-the-identity-provider-0123456789"
 
 
 def with_user(url: str, user: str) -> str:
+    """The same server and database, another user (the test server trusts its socket)."""
     parts = urlsplit(url)
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, f"{user}@{host}", parts.path, parts.query, parts.fragment))
@@ -52,10 +53,21 @@ async def signing_key(database_url: str) -> SigningKey:
 @contextlib.asynccontextmanager
 async def api_login(pg_admin_url: str, database_url: str) -> AsyncIterator[str]:
     """A URL of `database_url` as a new LOGIN role in cs_dashboard, dropped afterwards."""
-    login = f"t_api_{uuid.uuid4().hex[:10]}"
+    async with temporary_login(pg_admin_url, database_url, "cs_dashboard", "t_api") as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def temporary_login(
+    pg_admin_url: str, database_url: str, member_of: str | None, prefix: str = "t_login"
+) -> AsyncIterator[str]:
+    """A URL of `database_url` as a new LOGIN role (a member of `member_of`, or of no
+    role: what PUBLIC may do), its sessions ended and the role dropped afterwards."""
+    login = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    member = f" IN ROLE {member_of}" if member_of else ""
     admin = await asyncpg.connect(pg_admin_url)
     try:
-        await admin.execute(f"CREATE ROLE {login} LOGIN IN ROLE cs_dashboard")
+        await admin.execute(f"CREATE ROLE {login} LOGIN{member}")
     finally:
         await admin.close()
     try:
