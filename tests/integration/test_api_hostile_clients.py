@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import jwt
@@ -157,3 +158,33 @@ async def test_a_reward_body_naming_a_key_twice_is_a_422_and_records_nothing(
     assert {m["milestone_type"]: m["reward_status"] for m in milestones["items"]}[
         "first_client_added"
     ] == "pending"
+
+
+async def test_a_reward_delivered_before_its_milestone_or_in_the_future_is_a_422(
+    world: World,
+) -> None:
+    """A delivery dated before the milestone was achieved, or ahead of the clock (a year
+    typed wrong), was recorded as given: the reward's history then said it happened
+    then. Both are 422s naming the rule, and the reward stays pending."""
+    org = world.orgs["bloom"]
+    base = f"{LIST}/{org}/milestones/first_client_added"
+    assert (await world.post("admin", f"{base}/acknowledge")).status_code == 200
+    milestones = (await world.get("admin", f"{LIST}/{org}/milestones")).json()["items"]
+    [milestone] = [m for m in milestones if m["milestone_type"] == "first_client_added"]
+    achieved = datetime.fromisoformat(milestone["achieved_at"])
+    early = (achieved - timedelta(days=1)).isoformat()
+    late = (datetime.now(UTC) + timedelta(days=365)).isoformat()
+    for when, said in ((early, "before the milestone was achieved"), (late, "in the future")):
+        response = await world.post(
+            "admin", f"{base}/reward", {"outcome": "delivered", "delivered_at": when}
+        )
+        assert said in assert_problem(response, 422)["detail"], when
+    milestones = (await world.get("admin", f"{LIST}/{org}/milestones")).json()["items"]
+    assert {m["milestone_type"]: m["reward_status"] for m in milestones}[
+        "first_client_added"
+    ] == "pending"
+    # at the instant it was achieved, and now, are deliveries
+    response = await world.post(
+        "admin", f"{base}/reward", {"outcome": "delivered", "delivered_at": achieved.isoformat()}
+    )
+    assert response.status_code == 200, response.text

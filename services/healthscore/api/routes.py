@@ -14,6 +14,7 @@ import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Final, Literal
 
@@ -46,6 +47,7 @@ from healthscore.api.models import (
 from healthscore.api.problems import ApiProblem, not_found
 from healthscore.api.session import Session, bound_session, fetch_as
 from healthscore.api.state import ApiState
+from healthscore.contracts._common import MAX_FUTURE_SKEW
 from healthscore.contracts.enums import (
     RISK_LEVEL_ORDER,
     HealthStatus,
@@ -387,6 +389,10 @@ async def record_reward(
     _one_value_per_key(await request.body())
     if delivery.outcome == "declined" and delivery.delivered_at is not None:
         raise ApiProblem(422, "invalid-request", "delivered_at goes only with outcome delivered")
+    delivered_at = delivery.delivered_at
+    if delivered_at is not None and delivered_at > datetime.now(UTC) + MAX_FUTURE_SKEW:
+        # a date typed a year off, or a clock ahead: the record would say it happened
+        raise ApiProblem(422, "invalid-request", "delivered_at is in the future")
     async with _session(request, writes=True) as session:
         changed = await session.conn.fetchval(
             q.RECORD_REWARD,
@@ -403,6 +409,13 @@ async def record_reward(
             raise ApiProblem(409, "no-reward", "this milestone grants no reward")
         if row["acknowledged_at"] is None:
             raise ApiProblem(409, "not-acknowledged", "acknowledge the milestone first")
+        if row["reward_status"] == "pending":
+            raise ApiProblem(
+                422,
+                "invalid-request",
+                "delivered_at is before the milestone was achieved "
+                f"({row['achieved_at'].isoformat()})",
+            )
         raise ApiProblem(409, "reward-settled", f"the reward is already {row['reward_status']}")
     return _milestone(row)
 

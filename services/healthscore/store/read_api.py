@@ -294,6 +294,8 @@ RETURNING milestone_type
 """
 
 # $3 delivered | declined, $4 when delivered (NULL: now)
+# a reward is not delivered before its milestone was achieved (the route says which
+# condition failed from the row as it stands)
 RECORD_REWARD: Final = """
 UPDATE success_milestones
 SET reward_status = $3::text,
@@ -301,6 +303,7 @@ SET reward_status = $3::text,
                                THEN coalesce($4::timestamptz, now()) END
 WHERE organization_id = $1 AND milestone_type = $2
   AND reward_status = 'pending' AND acknowledged_at IS NOT NULL
+  AND ($3::text <> 'delivered' OR coalesce($4::timestamptz, now()) >= achieved_at)
 RETURNING milestone_type
 """
 
