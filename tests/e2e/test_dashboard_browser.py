@@ -17,7 +17,6 @@ import base64
 import dataclasses
 import os
 import re
-import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -41,6 +40,7 @@ from tests.e2e.test_pipeline_end_to_end import (
     at_risk_usage,
     healthy_events,
 )
+from tests.utils.browser import CHROMEDRIVER, CHROMIUM, start_chromium
 from tests.utils.harness import (
     make_producer,
     make_topics,
@@ -50,8 +50,6 @@ from tests.utils.harness import (
     wait_for,
 )
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 try:
     from selenium import webdriver
     from selenium.common.exceptions import (
@@ -59,7 +57,6 @@ try:
         StaleElementReferenceException,
         TimeoutException,
     )
-    from selenium.webdriver.chrome.service import Service as ChromeService
 
     # Chromium's driver: the DevTools commands and the browser log are its own
     from selenium.webdriver.chrome.webdriver import WebDriver
@@ -186,20 +183,7 @@ async def name_organizations(database_url: str) -> None:
 
 @pytest.fixture
 def browser() -> Iterator[WebDriver]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",  # CI runs as root
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,1000",
-        "--lang=en-US",
-    ):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=ChromeService(str(CHROMEDRIVER)))
-    driver.set_page_load_timeout(30)
+    driver: WebDriver = start_chromium()
     try:
         yield driver
     finally:

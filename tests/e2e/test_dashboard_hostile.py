@@ -28,21 +28,14 @@ import pytest
 
 from healthscore.api.auth import issue_hs256
 from healthscore.api.server import serve_until, wait_stopped
-from tests.e2e.test_dashboard_browser import (
-    ARTIFACTS,
-    CHROMEDRIVER,
-    CHROMIUM,
-    rows,
-    screenshot,
-    wait,
-)
+from tests.e2e.test_dashboard_browser import ARTIFACTS, rows, screenshot, wait
 from tests.utils import schema_builders as b
 from tests.utils.api import JWT_SECRET, api_config, api_login
+from tests.utils.browser import CHROMEDRIVER, CHROMIUM, start_chromium
 
 try:
     from selenium import webdriver
     from selenium.common.exceptions import WebDriverException
-    from selenium.webdriver.chrome.service import Service as ChromeService
     from selenium.webdriver.chrome.webdriver import WebDriver
     from selenium.webdriver.common.by import By
 except ImportError:  # pragma: no cover - the dev extra installs it
@@ -266,20 +259,7 @@ window.addEventListener('error', (e) => window.__errors.push(String(e.message)))
 
 @pytest.fixture
 def browser() -> Iterator[WebDriver]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,1000",
-        "--lang=en-US",
-    ):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(options=options, service=ChromeService(str(CHROMEDRIVER)))
-    driver.set_page_load_timeout(30)
+    driver: WebDriver = start_chromium(log_performance=True)
     driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": WATCH})
     try:
         yield driver
