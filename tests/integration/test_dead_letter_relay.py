@@ -174,3 +174,36 @@ async def test_a_refused_topics_backlog_holds_back_no_other_topics_dead_letters(
     assert all(f"{topics.dlq_usage} refused" in r["last_error"] for r in waiting)
     [failed] = [log for log in logs if log["event"] == "dead_letter_relay_failed"]
     assert failed["error"] == "DeadLetterPublishError"
+
+
+async def test_pending_dead_letters_are_counted_without_a_scan_of_millions(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """The gauges read the outbox every 5 s in every replica; with a dead-letter topic
+    refusing for hours it holds millions of rows, and count(*) and min(rejected_at) were
+    a scan of all of them each time. Exact up to the cap, the planner's estimate beyond
+    it (here a cap of 2 over 9 rows), the oldest the first in rejection order."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    pool = await create_pool(migrated_database, "healthscore_writer")
+    try:
+        async with pool.acquire() as conn:
+            for topic in (topics.usage, topics.support, topics.profile):
+                await conn.execute(
+                    sql.INSERT_DEAD_LETTERS, *dead_letter_columns(_rejections(topics, topic))
+                )
+            exact = await conn.fetchrow(sql.DEAD_LETTER_STATS, sql.DEAD_LETTERS_COUNTED)
+            plan = "\n".join(
+                r[0]
+                for r in await conn.fetch(
+                    "EXPLAIN " + sql.DEAD_LETTER_STATS, sql.DEAD_LETTERS_COUNTED
+                )
+            )
+        await fetch(migrated_database, "ANALYZE dead_letter_outbox")
+        async with pool.acquire() as conn:
+            estimated = await conn.fetchrow(sql.DEAD_LETTER_STATS, 2)
+    finally:
+        await pool.close()
+    assert exact is not None and estimated is not None
+    assert exact["pending"] == 9 and estimated["pending"] == 9
+    assert 0 <= exact["oldest_age"] < 60
+    assert "Limit" in plan  # the count stops at the cap

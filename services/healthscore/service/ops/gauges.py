@@ -76,7 +76,7 @@ class GaugeRefresher:
     async def refresh_outbox(self) -> None:
         async with self._pool.acquire() as conn:
             outbox = await conn.fetchrow(sql.OUTBOX_STATS)
-            dead = await conn.fetchrow(sql.DEAD_LETTER_STATS)
+            dead = await conn.fetchrow(sql.DEAD_LETTER_STATS, sql.DEAD_LETTERS_COUNTED)
         assert outbox is not None and dead is not None
         self._metrics.outbox_backlog.set(outbox["backlog"])
         self._metrics.outbox_oldest_age.set(outbox["oldest_age"])

@@ -176,7 +176,7 @@ class Metrics:
         self.dead_letters_pending = Gauge(
             "healthscore_dead_letters_pending",
             "Dead letters committed to the outbox and not yet published to their "
-            "dead-letter topics.",
+            "dead-letter topics (exact up to 100,000, beyond that PostgreSQL's estimate).",
             registry=r,
         )
         self.dead_letters_oldest_age = Gauge(
