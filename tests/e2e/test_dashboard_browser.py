@@ -40,7 +40,7 @@ from tests.e2e.test_pipeline_end_to_end import (
     at_risk_usage,
     healthy_events,
 )
-from tests.utils.browser import CHROMEDRIVER, CHROMIUM, start_chromium
+from tests.utils.browser import BROWSER_TEST, start_chromium
 from tests.utils.harness import (
     make_producer,
     make_topics,
@@ -51,7 +51,6 @@ from tests.utils.harness import (
 )
 
 try:
-    from selenium import webdriver
     from selenium.common.exceptions import (
         NoSuchElementException,
         StaleElementReferenceException,
@@ -64,17 +63,10 @@ try:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select, WebDriverWait
-except ImportError:  # pragma: no cover - the dev extra installs it
-    webdriver = None  # type: ignore[assignment]
+except ImportError:  # pragma: no cover - the dev extra installs it; BROWSER_TEST skips
+    pass
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        webdriver is None or CHROMIUM is None or CHROMEDRIVER is None,
-        reason="needs Debian's chromium and chromium-driver packages (.ci/run installs them) "
-        "and selenium",
-    ),
-]
+pytestmark = BROWSER_TEST
 
 ARTIFACTS = (
     Path(

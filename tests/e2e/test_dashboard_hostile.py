@@ -31,23 +31,16 @@ from healthscore.api.server import serve_until, wait_stopped
 from tests.e2e.test_dashboard_browser import ARTIFACTS, rows, screenshot, wait
 from tests.utils import schema_builders as b
 from tests.utils.api import JWT_SECRET, api_config, api_login
-from tests.utils.browser import CHROMEDRIVER, CHROMIUM, start_chromium
+from tests.utils.browser import BROWSER_TEST, start_chromium
 
 try:
-    from selenium import webdriver
     from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.webdriver import WebDriver
     from selenium.webdriver.common.by import By
-except ImportError:  # pragma: no cover - the dev extra installs it
-    webdriver = None  # type: ignore[assignment]
+except ImportError:  # pragma: no cover - the dev extra installs it; BROWSER_TEST skips
+    pass
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        webdriver is None or CHROMIUM is None or CHROMEDRIVER is None,
-        reason="needs Debian's chromium and chromium-driver packages and selenium",
-    ),
-]
+pytestmark = BROWSER_TEST
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 SENTINEL = f"sentinel-{uuid.uuid4().hex}"

@@ -3,11 +3,24 @@ chromium-driver, driven by selenium)."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from typing import Any
 
+import pytest
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
+
+BROWSER_TEST = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        importlib.util.find_spec("selenium") is None or CHROMIUM is None or CHROMEDRIVER is None,
+        reason="needs Debian's chromium and chromium-driver packages (.ci/run installs them) "
+        "and selenium",
+    ),
+]
+"""The marks of a test module that drives Chromium (`pytestmark = BROWSER_TEST`)."""
 
 
 def start_chromium(log_performance: bool = False) -> Any:
