@@ -12,6 +12,7 @@ rules); rejected ones are counted and left out, as the service dead-letters them
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 from collections.abc import Iterable, Iterator
@@ -83,8 +84,8 @@ def _decode_lines(lines: Iterable[bytes], where: str) -> tuple[list[Event], int,
     decoded_events: list[Decoded] = []
     rejected = 0
     for number, line in enumerate(lines, start=1):
-        if number == 1 and line.startswith(_BOM):
-            line = line[len(_BOM) :]  # as Windows tools save UTF-8
+        if number == 1:
+            line = line.removeprefix(codecs.BOM_UTF8)  # as Windows tools save UTF-8
         if not line.strip():
             continue
         try:
@@ -140,9 +141,6 @@ def _decode_lines(lines: Iterable[bytes], where: str) -> tuple[list[Event], int,
             continue
         events.append(item.event)
     return events, rejected, duplicates
-
-
-_BOM = b"\xef\xbb\xbf"
 
 
 def _not_json(line: bytes, exc: orjson.JSONDecodeError) -> str:
