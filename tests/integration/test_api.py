@@ -702,6 +702,10 @@ async def test_support_sees_only_their_interactions_member_none(world: World) ->
 
 async def test_interaction_filters_search_and_pages(world: World) -> None:
     assert await interaction_keys(world, "admin", overdue="true") == ["overdue"]
+    # false is a filter too (it once meant no filter): every interaction but the overdue one
+    assert set(await interaction_keys(world, "admin", overdue="false")) == set(
+        world.interactions
+    ) - {"overdue"}
     assert await interaction_keys(world, "admin", organization_id=str(world.orgs["vow"])) == [
         "unassigned",
         "other",

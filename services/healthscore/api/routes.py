@@ -481,7 +481,11 @@ async def list_interactions(
         Query(alias="type", description="Interaction types to include (repeatable)."),
     ] = None,
     overdue: Annotated[
-        bool | None, Query(description="true: only follow-ups due and not completed.")
+        bool | None,
+        Query(
+            description="true: only follow-ups due and not completed; false: only the "
+            "others (no follow-up due, or done)."
+        ),
     ] = None,
     q_: Annotated[
         str | None,

@@ -309,7 +309,8 @@ RETURNING milestone_type
 
 # --- interactions -----------------------------------------------------------------------
 
-# $1 status[], $2 assigned_to, $3 organization id, $4 interaction_type[], $5 overdue only,
+# $1 status[], $2 assigned_to, $3 organization id, $4 interaction_type[], $5 overdue (true:
+# only those, false: none of them, NULL: either),
 # $6 search text (pg_trgm word similarity: typos and word order are forgiven; a text
 # without a trigram, as '%%%' or '!!!', matches nothing, and saying so first keeps the
 # index from being read whole and every row rechecked: planned with the value, the
@@ -329,6 +330,9 @@ _INTERACTION_FILTERS = """
   AND ($4::text[] IS NULL OR i.interaction_type = ANY($4::text[]))
   AND ($5::bool IS NOT TRUE OR (i.follow_up_required AND i.follow_up_completed_at IS NULL
                                 AND i.follow_up_at <= now()))
+  AND ($5::bool IS NOT FALSE OR NOT coalesce(i.follow_up_required
+                                             AND i.follow_up_completed_at IS NULL
+                                             AND i.follow_up_at <= now(), false))
   AND ($6::text IS NULL OR (cardinality(show_trgm($6::text)) > 0 AND $6::text <% i.subject))"""
 
 
