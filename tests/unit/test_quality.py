@@ -225,6 +225,27 @@ def test_a_milestone_named_twice_in_one_row_keeps_the_earliest_time() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    "written",
+    ["2024-W18-3T00:00:00Z", "20240501T000000Z", "2024-122T00:00:00Z", "2024-05-01T00Z"],
+    ids=["iso_week", "basic", "ordinal_day", "hour_only"],
+)
+def test_profile_times_are_read_as_the_contract_reads_them(written: str) -> None:
+    # Python's fromisoformat takes these ISO 8601 forms; the contract (RFC 3339) does
+    # not, so a profile published from such a row would be a dead letter
+    text = f"organization_id,created_at,milestones\n{ORG},{written},\n"
+    with pytest.raises(ImportRefused) as refused:
+        parse_profiles(text, "p.csv")
+    [error] = refused.value.errors
+    assert (error.row, error.column) == (2, "created_at")
+    assert "not an RFC 3339 time with an offset" in error.reason
+    assert "2026-03-01T00:00:00Z" in error.reason
+    accepted = parse_profiles(
+        f"organization_id,created_at,milestones\n{ORG},2024-05-01 00:00:00+02:00,\n", "p.csv"
+    )
+    assert len(accepted) == 1
+
+
 def test_bad_profile_rows_are_all_reported_with_row_and_column() -> None:
     text = (
         "organization_id,created_at,milestones\n"

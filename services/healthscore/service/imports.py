@@ -38,8 +38,9 @@ from uuid import UUID, uuid5
 import asyncpg
 import orjson
 import structlog
+from pydantic import TypeAdapter, ValidationError
 
-from healthscore.contracts._common import utc_representable
+from healthscore.contracts._common import TextTimestamp, utc_representable
 from healthscore.contracts.profile import OrganizationProfile
 from healthscore.core.enums import MilestoneType
 from healthscore.core.scoring.aggregate import apply_profile, new_state
@@ -114,6 +115,9 @@ def read_csv_text(path: Path) -> str:
         raise ImportRefused(str(path), [RowError(line, "-", reason)]) from None
 
 
+_CONTRACT_TIME: TypeAdapter[datetime] = TypeAdapter(TextTimestamp)
+
+
 def _lines(text: str) -> io.StringIO:
     """`text` for the csv module: lines ending in LF, CRLF or CR alone (Excel's "CSV
     (Macintosh)"), each kept as written, so the reader keeps a quoted line break in its
@@ -122,14 +126,27 @@ def _lines(text: str) -> io.StringIO:
 
 
 def _time(text: str) -> datetime:
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
+    """A time as the contract reads one (RFC 3339 with an offset): not whatever
+    `datetime.fromisoformat` takes (ISO week dates, basic `20260301T0000Z`), which a
+    profile published from the same row would then not be."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is not None and moment.tzinfo is None:
         raise ValueError("a time without an offset (write e.g. 2026-03-01T00:00:00Z)")
-    # as the contract's: no later conversion (a published profile's timestamp, a
-    # score's tenure) could take it
-    if not utc_representable(moment):
-        raise ValueError("its UTC value falls outside 0001-01-01..9999-12-31")
-    return moment
+    try:
+        return _CONTRACT_TIME.validate_python(text)
+    except ValidationError as exc:
+        # as the contract's: no later conversion (a published profile's timestamp, a
+        # score's tenure) could take it
+        if moment is not None and not utc_representable(moment):
+            raise ValueError("its UTC value falls outside 0001-01-01..9999-12-31") from None
+        detail = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        said = "" if detail.startswith("must be") else f" ({detail})"
+        raise ValueError(
+            f"not an RFC 3339 time with an offset{said}: write e.g. 2026-03-01T00:00:00Z"
+        ) from None
 
 
 def _past(moment: datetime, now: datetime) -> datetime:
