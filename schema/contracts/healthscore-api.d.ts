@@ -14,6 +14,27 @@ export interface AlertAction {
 
 export type AlertKind = "risk_raised" | "risk_escalated" | "recovered";
 
+/**
+ * What the live model was accepted on: its figures on organizations held out of
+ * its fit (the model config's evaluation). NULL: the config does not say.
+ */
+export interface Backtest {
+  /** Where the held-out organizations come from, e.g. a simulated population. */
+  source: string | null;
+  held_out_organizations: number | null;
+  /** How often an organization that churned within 30 days scored riskier than one that did not (0.5: a coin; 1: always). */
+  roc_auc_30d: number | null;
+  /** How much better the churn probability forecast than the average churn rate for everyone (0: no better; 1: perfect). */
+  brier_skill: number | null;
+  /** Share of the organizations that churned that were alerted first. */
+  churners_alerted: number | null;
+  /** Median days from the first alert to the churn. */
+  median_lead_days: number | null;
+  false_alerts_per_100_healthy_per_month: number | null;
+  /** Share of alert episodes that churned. */
+  alert_precision: number | null;
+}
+
 export type Channel = "email" | "phone" | "chat" | "video" | "in_app";
 
 /** The five component scores (0-100) behind the composite. */
@@ -98,6 +119,25 @@ export interface LastAlert {
   created_at: string;
   /** When it was published; NULL: pending. */
   published_at: string | null;
+}
+
+/**
+ * The live alerts' outcomes so far: each episode is churned when its organization
+ * churned within 60 days after the alert (the support stream's churn outcomes, or
+ * imported labels), retained when it is known not to have, pending until then.
+ */
+export interface LiveAlerts {
+  episodes_churned: number;
+  episodes_retained: number;
+  episodes_pending: number;
+  /** churned / (churned + retained); NULL: none yet. */
+  precision: number | null;
+  /** Scored organizations known to have churned. */
+  churned_organizations: number;
+  /** Of those, the ones alerted in the 60 days before their churn. */
+  churned_organizations_alerted: number;
+  /** Days from their first alert to the churn: 25th, 50th and 75th percentiles; NULL: none alerted. */
+  lead_days: Array<number> | null;
 }
 
 export interface Me {
@@ -252,6 +292,15 @@ export interface RiskFactor {
 /** Level of a churn probability; edges live in SQL `risk_level_for()`. */
 export type RiskLevel = "low" | "medium" | "high" | "critical";
 
+/** How far to trust the scores: the live model's backtest beside its live record. */
+export interface ScoreQuality {
+  score_model_version: string;
+  backtest: Backtest;
+  live_alerts: LiveAlerts;
+  /** When the live figures were last computed. */
+  computed_at: string;
+}
+
 export type Sentiment = "very_negative" | "negative" | "neutral" | "positive" | "very_positive";
 
 export type UserRole = "admin" | "support" | "member";
@@ -328,6 +377,14 @@ export interface Paths {
       body: RewardDelivery;
       response: Milestone;
       /** application/problem+json on 401, 404, 409, 422 */
+      problem: Problem;
+    };
+  };
+  "/api/v1/score-quality": {
+    /** Get Score Quality */
+    get: {
+      response: ScoreQuality;
+      /** application/problem+json on 401, 404, 422 */
       problem: Problem;
     };
   };

@@ -199,7 +199,9 @@ async def main(organizations: int) -> dict[str, Any]:
             [t for _, t in churned],
         )
         await conn.close()
-        labeller = OutcomeLabeller(pool, Metrics(), "healthscore", [USAGE, SUPPORT])
+        labeller = OutcomeLabeller(
+            pool, Metrics(), "healthscore", [USAGE, SUPPORT], default_model()
+        )
         await measure(results, "label_outcomes_first", pid, organizations, labeller.step)
         await measure(results, "label_outcomes_again", pid, organizations, labeller.step)
         assert labeller.latest is not None

@@ -38,8 +38,12 @@ from healthscore.api.models import (
     OrganizationHistory,
     OrganizationPage,
     RiskFactor,
+    ScoreQuality,
 )
 from healthscore.api.session import create_api_pool
+from healthscore.core.scoring.model import default_model
+from healthscore.service.ops.metrics import Metrics
+from healthscore.service.outcomes import OutcomeLabeller
 from tests.utils import schema_builders as b
 from tests.utils.api import JWT_SECRET, api_client, api_config, api_login, bearer
 
@@ -687,6 +691,50 @@ async def interaction_keys(world: World, role: str, **params: Any) -> list[str]:
     InteractionPage.model_validate(response.json())
     by_id = {str(v): k for k, v in world.interactions.items()}
     return [by_id[i["id"]] for i in response.json()["items"]]
+
+
+async def test_score_quality_shows_admins_the_backtest_beside_the_live_alerts(
+    world: World,
+) -> None:
+    """The figures the outcome labeller of `serve` writes (as the service's role), read
+    back through the API: admins see them, as they see the scores; nobody else."""
+    assert (await world.get("admin", "/api/v1/score-quality")).status_code == 404  # not yet
+    # bloom churns 5 days after its raise (the fixture's alert at NOW)
+    await superuser_fetch(
+        world.url,
+        "INSERT INTO churn_labels (organization_id, churned_at, known_until) VALUES ($1, $2, $3)",
+        world.orgs["bloom"],
+        NOW + timedelta(days=5),
+        NOW + timedelta(days=6),
+    )
+    pool = await asyncpg.create_pool(
+        world.url, min_size=1, max_size=1, server_settings={"role": "healthscore_writer"}
+    )
+    try:
+        model = default_model()
+        labeller = OutcomeLabeller(pool, Metrics(), "healthscore", ["usage"], model)
+        await labeller.step()
+    finally:
+        await pool.close()
+    response = await world.get("admin", "/api/v1/score-quality")
+    assert response.status_code == 200, response.text
+    shown = ScoreQuality.model_validate(response.json())
+    assert shown.score_model_version == model.version
+    held_out = (model.evaluation or {})["held_out"]
+    assert shown.backtest.roc_auc_30d == held_out["auc_30d_churn_probability"]
+    assert shown.backtest.churners_alerted == held_out["recall"]
+    assert (
+        shown.backtest.false_alerts_per_100_healthy_per_month
+        == (held_out["false_alerts_per_100_healthy_per_month"])
+    )
+    assert shown.backtest.source and shown.backtest.held_out_organizations
+    live = shown.live_alerts
+    assert (live.episodes_churned, live.episodes_retained, live.episodes_pending) == (1, 0, 0)
+    assert live.precision == 1.0
+    for role in ("support", "member"):
+        refused = await world.get(role, "/api/v1/score-quality")
+        assert refused.status_code == 404, role
+        assert "admins see them" in refused.json()["detail"]
 
 
 async def test_support_sees_only_their_interactions_member_none(world: World) -> None:

@@ -75,6 +75,8 @@ TABLES: Final = {
     f"{WRITER}: SELECT on table shadow_alerts",
     f"{WRITER}: SELECT on table churn_labels",
     f"{WRITER}: SELECT on table alert_outcomes",
+    # store/quality.py SAVE_SCORE_QUALITY_SUMMARY's ON CONFLICT (the outcome labeller)
+    f"{WRITER}: SELECT on table score_quality_summary",
     # store/promotion.py: RECORDED_MODEL, SERVED_MODELS (`serve` at start, `promote`)
     f"{WRITER}: SELECT on table score_models",
     # REPLAY_RUN (`replay` resuming)
@@ -89,6 +91,8 @@ TABLES: Final = {
     f"{DASHBOARD}: SELECT on table support_interactions",
     f"{DASHBOARD}: SELECT on table user_profiles",
     f"{DASHBOARD}: SELECT on table health_score_history",
+    # store/read_api.py SCORE_QUALITY (admins only: its policy)
+    f"{DASHBOARD}: SELECT on table score_quality_summary",
 }
 
 _HISTORY_SCORE = (
@@ -104,6 +108,11 @@ _INTERACTION_COLUMNS = (
     "interaction_type channel status priority sentiment outcome assigned_to subject"
     " follow_up_required follow_up_at follow_up_completed_at opened_at resolved_at closed_at"
     " first_event_at last_event_at field_event_times event_count"
+)
+
+_SUMMARY_COLUMNS = (
+    "score_model_version backtest episodes_churned episodes_retained episodes_pending"
+    " churners churners_alerted lead_days_quartiles"
 )
 
 # column privileges: (role, privilege, table) -> the columns
@@ -197,6 +206,9 @@ COLUMNS: Final = {
         "alert_outcomes",
     ): "alert_id organization_id kind episode raised_at outcome churned_at",
     (WRITER, "UPDATE", "alert_outcomes"): "raised_at outcome churned_at labelled_at",
+    # store/quality.py SAVE_SCORE_QUALITY_SUMMARY (the outcome labeller in `serve`)
+    (WRITER, "INSERT", "score_quality_summary"): _SUMMARY_COLUMNS,
+    (WRITER, "UPDATE", "score_quality_summary"): _SUMMARY_COLUMNS + " computed_at",
     # store/promotion.py RECORD_MODEL; store/sql.py RECORD_REPLAY_RUN
     (WRITER, "INSERT", "score_models"): "version aggregates",
     (WRITER, "INSERT", "replay_runs"): "consumer_group silence_sweep publish_alerts",
@@ -264,6 +276,7 @@ ROW_SECURITY: Final = {
     "customer_health",
     "health_score_history",
     "organizations",
+    "score_quality_summary",
     "success_milestones",
     "support_interactions",
     "user_profiles",
@@ -294,6 +307,13 @@ POLICIES: Final = {
         "((name IS NULL) AND (plan IS NULL))",
     ),
     ("organizations", "organizations_writer_select"): ("SELECT", WRITER, "true", None),
+    ("score_quality_summary", "score_quality_summary_dashboard_admin_select"): (
+        "SELECT",
+        DASHBOARD,
+        _ADMIN,
+        None,
+    ),
+    ("score_quality_summary", "score_quality_summary_writer_all"): ("ALL", WRITER, "true", "true"),
     ("success_milestones", "success_milestones_dashboard_admin_select"): (
         "SELECT",
         DASHBOARD,

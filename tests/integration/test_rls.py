@@ -878,14 +878,20 @@ async def test_only_admins_read_the_score_trail_and_alerts(
         for org_id in (world.org_a, world.org_b):
             await b.insert_row(superuser, "health_score_history", b.health_score_history(org_id))
             await b.insert_row(superuser, "alert_outbox", b.alert_outbox(org_id))
+        # one row: figures over every organization
+        await superuser.execute(
+            "INSERT INTO score_quality_summary (score_model_version, backtest, episodes_churned,"
+            " episodes_retained, episodes_pending, churners, churners_alerted)"
+            " VALUES ('v4', '{}', 1, 1, 0, 1, 1)"
+        )
     finally:
         await superuser.close()
-    expected = {"admin": 2, "support": 0, "member": 0}
-    for role, rows in expected.items():
+    every = {"health_score_history": 2, "alert_outbox": 2, "score_quality_summary": 1}
+    assert set(every) == set(DASHBOARD_SERVICE_TABLES)
+    for role in ("admin", "support", "member"):
         conn = await connect_as(DASHBOARD_ROLE, getattr(world, role), style)
-        assert await count_rows(conn, DASHBOARD_SERVICE_TABLES) == dict.fromkeys(
-            DASHBOARD_SERVICE_TABLES, rows
-        ), role
+        expected = every if role == "admin" else dict.fromkeys(every, 0)
+        assert await count_rows(conn, DASHBOARD_SERVICE_TABLES) == expected, role
     anonymous = await connect_as(DASHBOARD_ROLE, None, style)
     assert await count_rows(anonymous, DASHBOARD_SERVICE_TABLES) == dict.fromkeys(
         DASHBOARD_SERVICE_TABLES, 0

@@ -256,6 +256,11 @@ async def test_writer_runs_every_quality_and_promotion_statement(feed: Feed) -> 
         ("SAMPLE_STATES", quality.SAMPLE_STATES, [uuid.uuid4(), 10]),
         ("SAMPLE_STATES_BEFORE", quality.SAMPLE_STATES_BEFORE, [uuid.uuid4(), 10]),
         ("ALERT_OUTCOMES", quality.ALERT_OUTCOMES, []),
+        (
+            "SAVE_SCORE_QUALITY_SUMMARY",
+            quality.SAVE_SCORE_QUALITY_SUMMARY,
+            ["v9", "{}", 1, 2, 3, 4, 4, [1.0, 2.0, 3.0]],
+        ),
         ("QUEUE_OTHER_VERSION", promotion.QUEUE_OTHER_VERSION, ["v9", 10]),
         ("COUNT_OTHER_VERSION", promotion.COUNT_OTHER_VERSION, ["v9"]),
         ("RECORD_MODEL", promotion.RECORD_MODEL, ["v9", "{}"]),
@@ -281,6 +286,7 @@ async def test_writer_runs_every_quality_and_promotion_statement(feed: Feed) -> 
             "churn_labels",
             "alert_outcomes",
             "score_models",
+            "score_quality_summary",
         ):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 async with conn.transaction():
@@ -640,7 +646,7 @@ async def test_alert_decisions_are_labelled_from_the_support_stream_and_labels(
             T + timedelta(days=100),
         )
     metrics = Metrics()
-    labeller = OutcomeLabeller(feed.pool, metrics, GROUP, [USAGE, SUPPORT])
+    labeller = OutcomeLabeller(feed.pool, metrics, GROUP, [USAGE, SUPPORT], default_model())
     await labeller.step()
 
     async def labels() -> dict[uuid.UUID, list[tuple[str, str | None]]]:
@@ -679,6 +685,28 @@ async def test_alert_decisions_are_labelled_from_the_support_stream_and_labels(
     lead = "healthscore_alert_lead_time_seconds"
     assert sample(lead, percentile="50") == pytest.approx(10 * DAY)
 
+    async def summary() -> asyncpg.Record:
+        async with superuser(migrated_database) as conn:
+            row = await conn.fetchrow("SELECT * FROM score_quality_summary")
+        assert row is not None
+        return row
+
+    # the dashboard's summary: the same figures beside the live model's backtest
+    first = await summary()
+    assert (first["episodes_churned"], first["episodes_retained"], first["episodes_pending"]) == (
+        1,
+        2,
+        1,
+    )
+    assert (first["churners"], first["churners_alerted"]) == (3, 1)
+    assert first["lead_days_quartiles"] == pytest.approx([10, 10, 10])
+    assert first["score_model_version"] == default_model().version
+    shown = json.loads(first["backtest"])
+    assert shown["figures"]["auc_30d_churn_probability"] == pytest.approx(
+        default_model().evaluation["held_out"]["auc_30d_churn_probability"]  # type: ignore[index]
+    )
+    assert shown["held_out_organizations"] > 0 and shown["source"]
+
     # a later import: z churned 30 days after its raise (and an organization the
     # service has not seen, which counts nowhere)
     async with feed.pool.acquire() as writer:
@@ -697,6 +725,10 @@ async def test_alert_decisions_are_labelled_from_the_support_stream_and_labels(
     assert sample("healthscore_churned_organizations_alerted") == 2
     assert sample(lead, percentile="50") == pytest.approx(20 * DAY)
     assert sample(lead, percentile="75") == pytest.approx(25 * DAY)
+    later = await summary()
+    assert (later["episodes_churned"], later["episodes_retained"]) == (2, 1)
+    assert (later["churners"], later["churners_alerted"]) == (4, 2)
+    assert later["computed_at"] > first["computed_at"]
 
 
 async def test_labels_import_command_labels_the_pending_episode(
@@ -706,7 +738,7 @@ async def test_labels_import_command_labels_the_pending_episode(
     await feed.apply(feed.logins(w, T, 2), quiet(default_model()))
     async with superuser(migrated_database) as conn:
         await insert_live_raise(conn, w, T + timedelta(days=1))
-    labeller = OutcomeLabeller(feed.pool, Metrics(), GROUP, [USAGE, SUPPORT])
+    labeller = OutcomeLabeller(feed.pool, Metrics(), GROUP, [USAGE, SUPPORT], default_model())
     await labeller.step()
     assert labeller.latest is not None and labeller.latest.pending == 1
     labels = tmp_path / "churn.csv"

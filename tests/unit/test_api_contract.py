@@ -14,6 +14,7 @@ ENDPOINTS = {
     ("/api/v1/organizations/{organization_id}/milestones/{milestone_type}/reward", "post"),
     ("/api/v1/interactions", "get"),
     ("/api/v1/me", "get"),
+    ("/api/v1/score-quality", "get"),
 }
 
 

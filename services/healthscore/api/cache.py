@@ -205,6 +205,7 @@ ENDPOINTS: Final = (
         Endpoint((t.INTERACTIONS, t.ORGANIZATIONS, *_IDENTITY), clock_bound=True, per_user=True),
     ),
     (re.compile(r"/api/v1/me"), Endpoint(_IDENTITY, per_user=True)),
+    (re.compile(r"/api/v1/score-quality"), Endpoint((t.SCORE_QUALITY, *_IDENTITY))),
 )
 
 

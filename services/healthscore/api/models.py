@@ -241,6 +241,60 @@ class Me(_Model):
     organization_id: UUID | None
 
 
+class Backtest(_Model):
+    """What the live model was accepted on: its figures on organizations held out of
+    its fit (the model config's evaluation). NULL: the config does not say."""
+
+    source: str | None = Field(
+        description="Where the held-out organizations come from, e.g. a simulated population."
+    )
+    held_out_organizations: int | None
+    roc_auc_30d: float | None = Field(
+        description="How often an organization that churned within 30 days scored riskier "
+        "than one that did not (0.5: a coin; 1: always)."
+    )
+    brier_skill: float | None = Field(
+        description="How much better the churn probability forecast than the average churn "
+        "rate for everyone (0: no better; 1: perfect)."
+    )
+    churners_alerted: float | None = Field(
+        description="Share of the organizations that churned that were alerted first."
+    )
+    median_lead_days: float | None = Field(
+        description="Median days from the first alert to the churn."
+    )
+    false_alerts_per_100_healthy_per_month: float | None
+    alert_precision: float | None = Field(description="Share of alert episodes that churned.")
+
+
+class LiveAlerts(_Model):
+    """The live alerts' outcomes so far: each episode is churned when its organization
+    churned within 60 days after the alert (the support stream's churn outcomes, or
+    imported labels), retained when it is known not to have, pending until then."""
+
+    episodes_churned: int
+    episodes_retained: int
+    episodes_pending: int
+    precision: float | None = Field(description="churned / (churned + retained); NULL: none yet.")
+    churned_organizations: int = Field(description="Scored organizations known to have churned.")
+    churned_organizations_alerted: int = Field(
+        description="Of those, the ones alerted in the 60 days before their churn."
+    )
+    lead_days: list[float] | None = Field(
+        description="Days from their first alert to the churn: 25th, 50th and 75th "
+        "percentiles; NULL: none alerted."
+    )
+
+
+class ScoreQuality(_Model):
+    """How far to trust the scores: the live model's backtest beside its live record."""
+
+    score_model_version: str
+    backtest: Backtest
+    live_alerts: LiveAlerts
+    computed_at: AwareDatetime = Field(description="When the live figures were last computed.")
+
+
 class Problem(_Model):
     """RFC 9457 problem details (application/problem+json)."""
 

@@ -33,8 +33,10 @@ from healthscore.api.cursor import (
     time_value,
 )
 from healthscore.api.models import (
+    Backtest,
     Interaction,
     InteractionPage,
+    LiveAlerts,
     Me,
     Milestone,
     MilestoneList,
@@ -43,6 +45,7 @@ from healthscore.api.models import (
     OrganizationPage,
     Problem,
     RewardDelivery,
+    ScoreQuality,
 )
 from healthscore.api.problems import ApiProblem, not_found
 from healthscore.api.session import Session, bound_session, fetch_as
@@ -536,6 +539,62 @@ async def list_interactions(
         next_cursor = Cursor(chosen, text, last["id"]).encode()
     return _json(
         InteractionPage(items=[_interaction(r) for r in rows[:limit]], next_cursor=next_cursor)
+    )
+
+
+# --- score quality ------------------------------------------------------------------
+
+
+@router.get(
+    "/score-quality",
+    response_model=ScoreQuality,
+    responses={
+        404: {
+            "model": Problem,
+            "description": "Not computed yet, or not visible to you (admins only).",
+        }
+    },
+    tags=["score quality"],
+)
+async def get_score_quality(request: Request) -> ScoreQuality:
+    """How far to trust the scores: what the live model was accepted on (held-out
+    organizations) beside how its live alerts have turned out so far."""
+    async with _session(request, generic_plans=True) as session:
+        row = await session.conn.fetchrow(q.SCORE_QUALITY)
+    if row is None:
+        raise ApiProblem(
+            404,
+            "not-found",
+            "no score quality figures are visible to you: admins see them once the "
+            "service has labelled its alerts (within OUTCOME_INTERVAL_SECONDS of its start)",
+        )
+    shown = orjson.loads(row["backtest"])
+    figures = shown.get("figures", {})
+    labelled = row["episodes_churned"] + row["episodes_retained"]
+    return ScoreQuality(
+        score_model_version=row["score_model_version"],
+        backtest=Backtest(
+            source=shown.get("source"),
+            held_out_organizations=shown.get("held_out_organizations"),
+            roc_auc_30d=figures.get("auc_30d_churn_probability"),
+            brier_skill=figures.get("brier_skill_vs_base_rate"),
+            churners_alerted=figures.get("recall"),
+            median_lead_days=figures.get("median_lead_days"),
+            false_alerts_per_100_healthy_per_month=figures.get(
+                "false_alerts_per_100_healthy_per_month"
+            ),
+            alert_precision=figures.get("precision"),
+        ),
+        live_alerts=LiveAlerts(
+            episodes_churned=row["episodes_churned"],
+            episodes_retained=row["episodes_retained"],
+            episodes_pending=row["episodes_pending"],
+            precision=row["episodes_churned"] / labelled if labelled else None,
+            churned_organizations=row["churners"],
+            churned_organizations_alerted=row["churners_alerted"],
+            lead_days=row["lead_days_quartiles"],
+        ),
+        computed_at=row["computed_at"],
     )
 
 

@@ -26,6 +26,7 @@ candidate would have accumulated them differently).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -195,3 +196,41 @@ def encode_shadow(state: ShadowState) -> bytes:
 
 def decode_shadow(raw: bytes | str) -> ShadowState:
     return _shadow_decoder.decode(raw)
+
+
+# the held-out figures a model config carries (`healthscore fit` and `adapt` write
+# them under evaluation.held_out) that the dashboard shows: ranking, calibration and
+# the alert targets of issue 13
+BACKTEST_FIGURES = (
+    "auc_30d_churn_probability",
+    "brier_skill_vs_base_rate",
+    "recall",
+    "median_lead_days",
+    "false_alerts_per_100_healthy_per_month",
+    "precision",
+)
+
+
+def backtest(model: ScoreModel) -> dict[str, Any]:
+    """What `model` was accepted on: where its held-out figures come from, on how many
+    organizations, and those of `BACKTEST_FIGURES` it has (a finite number each; a
+    model written by hand has none, and says so by an empty `figures`)."""
+    evaluation = model.evaluation or {}
+    held_out = evaluation.get("held_out")
+    figures: dict[str, float] = {}
+    if isinstance(held_out, Mapping):
+        for name in BACKTEST_FIGURES:
+            value = held_out.get(name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if math.isfinite(value):
+                figures[name] = float(value)
+    source = evaluation.get("source")
+    organizations = evaluation.get("held_out_organizations")
+    return {
+        "source": source if isinstance(source, str) else None,
+        "held_out_organizations": organizations
+        if isinstance(organizations, int) and not isinstance(organizations, bool)
+        else None,
+        "figures": figures,
+    }

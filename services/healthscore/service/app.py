@@ -397,7 +397,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         dead_letters=dead_letters,
         projector=projector,
         sweep=sweep,
-        alert_outcomes=OutcomeLabeller(pool, metrics, s.consumer_group, s.activity_topics),
+        alert_outcomes=OutcomeLabeller(pool, metrics, s.consumer_group, s.activity_topics, model),
         usage_drift=UsageDrift.for_model(pool, metrics, model, s.usage_drift_sample_organizations),
         promotion=(
             None

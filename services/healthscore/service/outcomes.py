@@ -7,7 +7,9 @@ the churns the service knows (the support stream's interactions whose outcome is
 `churned`, and the labels `healthscore import --labels` brought), with the
 offline evaluation's definitions (`healthscore.core.quality`); a second computes
 the figures the gauges show. One labeller at a time across processes (an
-advisory lock); every process reads the figures for its own /metrics.
+advisory lock); every process reads the figures for its own /metrics, and the
+labeller writes them, beside its model's backtest, into the one row the
+dashboard shows admins (`score_quality_summary`).
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import orjson
 import structlog
 
-from healthscore.core.quality import ALERT_HORIZON_DAYS
-from healthscore.core.scoring.model import DAY
+from healthscore.core.quality import ALERT_HORIZON_DAYS, backtest
+from healthscore.core.scoring.model import DAY, ScoreModel
 from healthscore.service.ops.metrics import Metrics
 from healthscore.store import Connection, locks, quality, sql
 
@@ -68,22 +71,47 @@ async def outcome_figures(conn: Connection) -> OutcomeFigures:
 
 class OutcomeLabeller:
     def __init__(
-        self, pool: asyncpg.Pool[Any], metrics: Metrics, group: str, topics: Sequence[str]
+        self,
+        pool: asyncpg.Pool[Any],
+        metrics: Metrics,
+        group: str,
+        topics: Sequence[str],
+        model: ScoreModel,
     ) -> None:
         self._pool = pool
         self._metrics = metrics
         self._group = group
         self._topics = list(topics)
+        # its backtest goes into the dashboard's summary beside the live figures
+        self._backtest = orjson.dumps(backtest(model)).decode()
+        self._model_version = model.version
         self.latest: OutcomeFigures | None = None
 
     async def step(self) -> None:
-        """Label what is new, then refresh the gauges (a periodic step)."""
+        """Label what is new, then refresh the gauges (a periodic step); the labeller
+        also rewrites the dashboard's summary (`score_quality_summary`)."""
         async with self._pool.acquire() as conn:
             async with conn.transaction():
                 labelled = None
+                figures = None
                 if await conn.fetchval(sql.TRY_LEADER_LOCK, locks.OUTCOMES):
                     labelled = await label_outcomes(conn, self._group, self._topics)
-            figures = await outcome_figures(conn)
+                    figures = await outcome_figures(conn)
+                    await conn.execute(
+                        quality.SAVE_SCORE_QUALITY_SUMMARY,
+                        self._model_version,
+                        self._backtest,
+                        figures.churned,
+                        figures.retained,
+                        figures.pending,
+                        figures.churners,
+                        figures.churners_alerted,
+                        None
+                        if figures.lead_days_quartiles is None
+                        else list(figures.lead_days_quartiles),
+                    )
+            if figures is None:
+                figures = await outcome_figures(conn)
         if labelled:
             log.info("alert_outcomes_labelled", decisions=labelled)
         self.latest = figures

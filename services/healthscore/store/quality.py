@@ -200,6 +200,25 @@ SELECT e.churned, e.retained, e.pending,
 FROM episodes e
 """  # noqa: S608 (fixed text: the churns CTE, no input)
 
+# The dashboard's summary (migration 0089): the live model's backtest beside the
+# figures OUTCOME_FIGURES just gave, one row, rewritten by the labeller that labelled.
+SAVE_SCORE_QUALITY_SUMMARY = """
+INSERT INTO score_quality_summary AS q (
+    score_model_version, backtest, episodes_churned, episodes_retained, episodes_pending,
+    churners, churners_alerted, lead_days_quartiles)
+VALUES ($1, $2::jsonb, $3, $4, $5, $6, $7, $8::float8[])
+ON CONFLICT (singleton) DO UPDATE SET
+    score_model_version = EXCLUDED.score_model_version,
+    backtest = EXCLUDED.backtest,
+    episodes_churned = EXCLUDED.episodes_churned,
+    episodes_retained = EXCLUDED.episodes_retained,
+    episodes_pending = EXCLUDED.episodes_pending,
+    churners = EXCLUDED.churners,
+    churners_alerted = EXCLUDED.churners_alerted,
+    lead_days_quartiles = EXCLUDED.lead_days_quartiles,
+    computed_at = now()
+"""
+
 # Each alert decision with its label (tests, and operators reading the table)
 ALERT_OUTCOMES = """
 SELECT alert_id, organization_id, kind, episode, raised_at, outcome, churned_at

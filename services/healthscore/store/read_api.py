@@ -384,6 +384,16 @@ LIST_INTERACTIONS_RELEVANCE: Final = _interactions(
 )
 
 
+# --- score quality ----------------------------------------------------------------------
+
+# the one row the outcome labeller writes (migration 0089; admins only, by its policy)
+SCORE_QUALITY: Final = """
+SELECT score_model_version, backtest::text AS backtest, episodes_churned, episodes_retained,
+       episodes_pending, churners, churners_alerted, lead_days_quartiles, computed_at
+FROM score_quality_summary
+"""
+
+
 # --- the caller -------------------------------------------------------------------------
 
 ME: Final = """

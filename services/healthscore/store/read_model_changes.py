@@ -1,4 +1,4 @@
-"""What the database announces when the read model changes (migrations 0050, 0051).
+"""What the database announces when the read model changes (migrations 0050, 0051, 0089).
 
 Every transaction that changes one of TABLES notifies, when it commits, the channel
 of each signing key in use (`channel_of`, migration 0070): a name derived from the
@@ -30,6 +30,7 @@ SCORE_HISTORY: Final = "health_score_history"
 MILESTONES: Final = "success_milestones"
 INTERACTIONS: Final = "support_interactions"
 ALERTS: Final = "alert_outbox"
+SCORE_QUALITY: Final = "score_quality_summary"
 USERS: Final = "user_profiles"
 SIGNING_KEYS: Final = "app_signing_keys"
 # the read model proper
@@ -40,6 +41,7 @@ READ_MODEL: Final = (
     MILESTONES,
     INTERACTIONS,
     ALERTS,
+    SCORE_QUALITY,
 )
 # and what decides who may see what
 TABLES: Final = (*READ_MODEL, USERS, SIGNING_KEYS)

@@ -41,10 +41,13 @@ SERVICE_TABLES: Final = (
     "replay_runs",
     # dead letters on their way to <topic>.dlq (0077)
     "dead_letter_outbox",
+    # the dashboard's score quality figures (0089)
+    "score_quality_summary",
 )
 TABLES: Final = CORE_TABLES + READ_MODEL_TABLES + SERVICE_TABLES
-# service tables the dashboard reads too (0030): the score trail and the alerts
-DASHBOARD_SERVICE_TABLES: Final = ("health_score_history", "alert_outbox")
+# service tables the dashboard reads too: the score trail and the alerts (0030), the
+# score quality figures (0089)
+DASHBOARD_SERVICE_TABLES: Final = ("health_score_history", "alert_outbox", "score_quality_summary")
 DASHBOARD_READABLE_TABLES: Final = CORE_TABLES + READ_MODEL_TABLES + DASHBOARD_SERVICE_TABLES
 # row-level security, FORCE'd: what cs_dashboard reads, bound by its verified user
 ROW_SECURITY_TABLES: Final = CORE_TABLES + READ_MODEL_TABLES + DASHBOARD_SERVICE_TABLES
