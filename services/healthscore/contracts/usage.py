@@ -1,10 +1,10 @@
 """`product.usage.v1`: usage events from product services."""
 
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from healthscore.contracts._common import (
     MAX_PROPERTIES_DEPTH,
@@ -16,6 +16,16 @@ from healthscore.contracts._common import (
 from healthscore.contracts.enums import UsageType
 
 MAX_PROPERTIES_BYTES = 16 * 1024
+
+
+def integral_number(value: object) -> object:
+    """A float without a fraction (`2.0`, `1e3`) as the integer it is: JSON has one number
+    type, and JSON Schema's `integer` is any number whose fraction is zero, so a
+    producer's validated `2.0` is the quantity 2. Anything else is left to the strict
+    integer check (`1.5`, `true` and `"2"` stay refused)."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
 
 
 class UsageEvent(BaseModel):
@@ -31,7 +41,7 @@ class UsageEvent(BaseModel):
     user_id: UUID | None = Field(default=None, description="The acting user, if any.")
     type: UsageType = Field(description="What happened.")
     occurred_at: OccurredAt
-    quantity: int = Field(
+    quantity: Annotated[int, BeforeValidator(integral_number)] = Field(
         default=1, ge=1, le=1_000_000, strict=True, description="How many (1..1,000,000)."
     )
     feature: FeatureText | None = Field(
