@@ -9,7 +9,15 @@ import pytest
 
 from healthscore.service.ingest.decode import Decoded, Rejection
 from healthscore.service.ingest.pipeline import payload_digest
-from tests.utils.schema_instances import BASES, JUDGES, decide, named_fields
+from tests.utils.schema_instances import (
+    BASES,
+    JUDGES,
+    PROFILE,
+    TOPICS,
+    decide,
+    named_fields,
+    schema_of,
+)
 
 # --------------------------------------------------------------------------- findings
 
@@ -74,3 +82,34 @@ def test_a_fraction_or_a_number_out_of_range_is_still_refused(quantity: float, r
     outcome = decide(topic, mutant)
     assert isinstance(outcome, Rejection) and outcome.reason == reason, outcome
     assert outcome.detail.startswith("quantity: ")
+
+
+def _formatted_fields(topic: str) -> dict[str, str]:
+    """Top-level field -> the `format` of its string (uuid or date-time), from the schema."""
+    found = {}
+    for name, node in schema_of(topic)["properties"].items():
+        for branch in [node, *node.get("anyOf", [])]:
+            if "format" in branch:
+                found[name] = branch["format"]
+    return found
+
+
+@pytest.mark.parametrize("topic", TOPICS)
+def test_the_schema_refuses_a_malformed_id_or_time_without_asserting_formats(topic: str) -> None:
+    """In JSON Schema 2020-12 `format` is an annotation unless the validator is told to
+    assert it, and most are not (jsonschema's default, ajv without ajv-formats): the
+    schemas said ids and times by `format` alone, so such a CI passed `"event_id": "5"`
+    and `"occurred_at": "yesterday"`, which the service dead-letters. Each such field
+    now carries a `pattern` as well."""
+    fields = _formatted_fields(topic)
+    assert {"event_id", "organization_id", "occurred_at"} <= set(fields)
+    base = next(body for t, body in BASES if t == topic)
+    for name in fields:
+        for odd in ("5", "yesterday", "2025-03-01", "0b7f4a4e-3d0c-4a53-9c6e"):
+            mutant = {**base, name: odd}
+            assert not JUDGES[topic].annotating.is_valid(mutant), (name, odd)
+            assert named_fields(list(JUDGES[topic].annotating.iter_errors(mutant))) == {name}
+            outcome = decide(topic, mutant)
+            assert isinstance(outcome, Rejection) and outcome.detail.startswith(f"{name}: ")
+    milestones = {**base, "milestones": {"first_referral": "yesterday"}}
+    assert topic != PROFILE or not JUDGES[topic].annotating.is_valid(milestones)

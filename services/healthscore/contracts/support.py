@@ -1,7 +1,6 @@
 """`support.interactions.v1`: support-interaction events from the support desk."""
 
 from typing import Any, Self
-from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -10,6 +9,7 @@ from healthscore.contracts._common import (
     OccurredAt,
     SubjectText,
     TextTimestamp,
+    WireUUID,
     check_not_in_future,
 )
 from healthscore.contracts.enums import (
@@ -61,12 +61,16 @@ class SupportEvent(BaseModel):
         json_schema_extra=_action_rules_schema(),
     )
 
-    event_id: UUID = Field(description="Idempotency key: the same id delivered twice counts once.")
-    organization_id: UUID = Field(
+    event_id: WireUUID = Field(
+        description="Idempotency key: the same id delivered twice counts once."
+    )
+    organization_id: WireUUID = Field(
         description="The organization; equals the Kafka message key, which is this id in "
         "canonical lowercase text form (8-4-4-4-12 lowercase hex digits)."
     )
-    interaction_id: UUID = Field(description="The interaction; one interaction has many events.")
+    interaction_id: WireUUID = Field(
+        description="The interaction; one interaction has many events."
+    )
     action: SupportAction = Field(description="What this event does to the interaction.")
     interaction_type: InteractionType | None = Field(
         default=None, description="Kind of interaction; required on `opened`."
@@ -75,7 +79,7 @@ class SupportEvent(BaseModel):
     priority: Priority | None = Field(default=None, description="Priority.")
     sentiment: Sentiment | None = Field(default=None, description="Customer sentiment.")
     outcome: Outcome | None = Field(default=None, description="Outcome of the interaction.")
-    assigned_to: UUID | None = Field(
+    assigned_to: WireUUID | None = Field(
         default=None, description="The support staff member (a user_profiles id)."
     )
     subject: SubjectText | None = Field(

@@ -1,7 +1,6 @@
 """`product.usage.v1`: usage events from product services."""
 
 from typing import Annotated, Any
-from uuid import UUID
 
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
@@ -10,6 +9,7 @@ from healthscore.contracts._common import (
     MAX_PROPERTIES_DEPTH,
     FeatureText,
     OccurredAt,
+    WireUUID,
     check_json_value,
     check_not_in_future,
 )
@@ -33,12 +33,14 @@ class UsageEvent(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore", title="UsageEvent")
 
-    event_id: UUID = Field(description="Idempotency key: the same id delivered twice counts once.")
-    organization_id: UUID = Field(
+    event_id: WireUUID = Field(
+        description="Idempotency key: the same id delivered twice counts once."
+    )
+    organization_id: WireUUID = Field(
         description="The organization; equals the Kafka message key, which is this id in "
         "canonical lowercase text form (8-4-4-4-12 lowercase hex digits)."
     )
-    user_id: UUID | None = Field(default=None, description="The acting user, if any.")
+    user_id: WireUUID | None = Field(default=None, description="The acting user, if any.")
     type: UsageType = Field(description="What happened.")
     occurred_at: OccurredAt
     quantity: Annotated[int, BeforeValidator(integral_number)] = Field(
