@@ -1,5 +1,5 @@
-"""Instances of the published JSON Schemas: valid ones, generated from each input topic's
-schema, and near-misses, mutated from a valid one field by field.
+"""Instances of the published JSON Schemas: valid ones (a full instance per topic, times
+in every RFC 3339 spelling), and near-misses, mutated from a valid one field by field.
 
 What a producer's CI checks is the schema file in `schema/contracts/`, so that file
 (not the pydantic model) is what instances are generated from and judged by. Two
@@ -25,7 +25,6 @@ from typing import Any
 import msgspec
 import orjson
 from hypothesis import strategies as st
-from hypothesis_jsonschema import from_schema
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 
@@ -43,11 +42,6 @@ TOPICS = (USAGE, SUPPORT, PROFILE)
 
 # the record's timestamp every instance is judged against (a replay's clock: fixed)
 RECEIVED_AT = datetime(2025, 3, 14, 15, 9, 26, 535000, tzinfo=UTC)
-
-# generation only: the published schema's date-time fields drawn from these strategies
-_PAST = "x-healthscore-past-date-time"
-_ANY = "x-healthscore-date-time"
-_UUID = "x-healthscore-uuid"
 
 
 def schema_of(topic: str) -> dict[str, Any]:
@@ -84,9 +78,23 @@ def judges(topic: str) -> Judges:
     # jsonschema checks date-time only with rfc3339-validator installed (a dev dependency)
     assert {"uuid", "date-time"} <= set(FormatChecker().checkers)
     return Judges(
-        Draft202012Validator(schema, format_checker=FormatChecker()),
+        Draft202012Validator(schema, format_checker=_FORMATS),
         Draft202012Validator(schema),
     )
+
+
+_FORMATS = FormatChecker()
+
+
+@_FORMATS.checks("date-time")
+def _date_time(instance: object) -> bool:
+    """jsonschema's date-time (rfc3339-validator), which knows no leap second: RFC 3339's
+    `23:59:60` is checked as `23:59:59` (the service takes it at 23:59 UTC)."""
+    if not isinstance(instance, str):
+        return True
+    if instance[13:19] == ":59:60":
+        instance = f"{instance[:17]}59{instance[19:]}"
+    return bool(FormatChecker().conforms(instance, "date-time"))
 
 
 def named_fields(errors: list[ValidationError]) -> set[str]:
@@ -140,50 +148,6 @@ def rfc3339_texts(latest: datetime) -> st.SearchStrategy[str]:
         st.integers(0, 9),
         st.sampled_from("Tt"),
         st.sampled_from(["Z", "z", ""]),
-    )
-
-
-def _for_generation(node: Any, past: bool) -> Any:
-    """The schema with its formats named for the strategies below: `occurred_at` in the
-    past of `RECEIVED_AT` (the clock rule is beyond any schema), other times anywhere."""
-    if isinstance(node, list):
-        return [_for_generation(item, past) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if key == "properties" and isinstance(value, dict) and "occurred_at" in value:
-            out[key] = {
-                name: _for_generation(sub, past=name == "occurred_at")
-                for name, sub in value.items()
-            }
-        else:
-            out[key] = _for_generation(value, past)
-    if out.get("format") == "date-time":
-        out["format"] = _PAST if past else _ANY
-    elif out.get("format") == "uuid":
-        out["format"] = _UUID
-    return out
-
-
-_UUIDS = st.builds(
-    lambda value, upper: str(value).upper() if upper else str(value),
-    st.uuids(),
-    st.booleans(),
-)
-
-
-def valid_instances(topic: str) -> st.SearchStrategy[dict[str, Any]]:
-    """Instances of the topic's published schema (hypothesis-jsonschema), U+0000 included
-    where the schema allows it, and as UTF-8 as the wire is."""
-    return from_schema(  # type: ignore[return-value]  # an object schema: dicts only
-        _for_generation(schema_of(topic), past=False),
-        custom_formats={
-            _PAST: rfc3339_texts(RECEIVED_AT),
-            _ANY: rfc3339_texts(datetime(9999, 12, 31, tzinfo=UTC)),
-            _UUID: _UUIDS,
-        },
-        codec="utf-8",
     )
 
 
@@ -326,6 +290,8 @@ def beyond_the_schema(topic: str, body: dict[str, Any]) -> str | None:
             _parse(text).astimezone(UTC)
         except OverflowError:
             return "out_of_range"  # a local date in years 1-9999, its UTC value not
+        if text[16:19] == ":60" and _parse(text).astimezone(UTC).strftime("%H:%M") != "23:59":
+            return "invalid_field"  # a leap second is 23:59:60 UTC
     occurred_at = _parse(body["occurred_at"])
     if occurred_at - RECEIVED_AT > MAX_FUTURE_SKEW:
         return "future_timestamp"
@@ -334,9 +300,39 @@ def beyond_the_schema(topic: str, body: dict[str, Any]) -> str | None:
         if any(t is not None and _parse(t) > occurred_at for t in times):
             return "invalid_field"
     properties = body.get("properties") if topic == USAGE else None
-    if isinstance(properties, dict) and (
-        _depth(properties) > MAX_PROPERTIES_DEPTH
-        or len(orjson.dumps(properties)) > MAX_PROPERTIES_BYTES
-    ):
-        return "out_of_range"
+    if isinstance(properties, dict):
+        if _has_nul(properties):
+            return "invalid_text"  # U+0000 in a free-form object: not in the schema
+        if _depth(properties) > MAX_PROPERTIES_DEPTH:
+            return "out_of_range"
+        if len(orjson.dumps(properties)) > MAX_PROPERTIES_BYTES:
+            return "invalid_field"
     return None
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+# What the service reads beyond the schemas' forms (it accepted them before the schemas
+# said their forms; refusing them now would break producers that send them): ids in
+# braces, as `urn:uuid:` or 32 bare digits, times with a space for `T`, an offset
+# without its colon or a decimal comma. Never sent by a producer that validates.
+_LENIENT_UUID = re.compile(
+    r"\{[0-9a-fA-F-]{36}\}|urn:uuid:[0-9a-fA-F-]{36}|[0-9a-fA-F]{32}"
+).fullmatch
+_LENIENT_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:[.,][0-9]+)?"
+    r"(?:[Zz]|[+-][0-9]{2}:?[0-9]{2})"
+).fullmatch
+
+
+def read_beyond_the_schema(value: Any) -> bool:
+    """Whether `value` is one of the spellings the service reads beyond the schemas."""
+    return isinstance(value, str) and bool(_LENIENT_UUID(value) or _LENIENT_TIME(value))
