@@ -3,6 +3,7 @@
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
+from uuid import UUID
 
 from pydantic import (
     AfterValidator,
@@ -20,6 +21,25 @@ MAX_FUTURE_SKEW = timedelta(minutes=5)
 # deeper `properties` objects are refused before anything recurses into them
 MAX_PROPERTIES_DEPTH = 32
 NO_NUL_PATTERN = "^[^\\u0000]*$"
+
+# `format` is an annotation in JSON Schema 2020-12 unless a validator is told to
+# assert it (most are not), so ids and times say their form in a `pattern` as well,
+# in the syntax both ECMA-262 and Python read alike: `$(?!\n)` is the end of the text
+# in both (Python's `$` alone also matches before a final newline).
+UUID_PATTERN = (
+    "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$(?!\\n)"
+)
+_DAY = (
+    "(?:[0-9]{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+    "|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+    # February 29th of leap years: divisible by 4, centuries by 400
+    "|(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:[02468][048]|[13579][26])00)-02-29)"
+)
+# second 60 (a leap second) only in a minute 59; the service takes it at 23:59 UTC only
+_TIME = "(?:[01][0-9]|2[0-3]):(?:[0-5][0-9]:[0-5][0-9]|[0-5]9:60)(?:\\.[0-9]+)?"
+_OFFSET = "(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+DATE_TIME_PATTERN = f"^(?!0000){_DAY}[Tt]{_TIME}{_OFFSET}$(?!\\n)"
+"""RFC 3339's date-time (section 5.6), year 0000 aside (no datetime holds it)."""
 
 
 def check_not_in_future(value: datetime, info: ValidationInfo) -> datetime:
@@ -161,10 +181,16 @@ OccurredAt = Annotated[
     AwareDatetime,
     BeforeValidator(require_text_timestamp),
     AfterValidator(check_representable),
-    Field(description=f"When it happened ({_TIMESTAMP_RULE}); not more than 5 minutes ahead."),
+    Field(
+        description=f"When it happened ({_TIMESTAMP_RULE}); not more than 5 minutes ahead.",
+        json_schema_extra={"pattern": DATE_TIME_PATTERN},
+    ),
 ]
 TextTimestamp = Annotated[
     AwareDatetime,
     BeforeValidator(require_text_timestamp),
     AfterValidator(check_representable),
+    Field(json_schema_extra={"pattern": DATE_TIME_PATTERN}),
 ]
+WireUUID = Annotated[UUID, Field(json_schema_extra={"pattern": UUID_PATTERN})]
+"""An id of an input event."""

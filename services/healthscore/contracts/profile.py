@@ -2,11 +2,15 @@
 events reach the service."""
 
 from typing import Self
-from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from healthscore.contracts._common import OccurredAt, TextTimestamp, check_not_in_future
+from healthscore.contracts._common import (
+    OccurredAt,
+    TextTimestamp,
+    WireUUID,
+    check_not_in_future,
+)
 from healthscore.contracts.enums import MilestoneType
 
 
@@ -18,8 +22,10 @@ class OrganizationProfile(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore", title="OrganizationProfile")
 
-    event_id: UUID = Field(description="Idempotency key: the same id delivered twice counts once.")
-    organization_id: UUID = Field(
+    event_id: WireUUID = Field(
+        description="Idempotency key: the same id delivered twice counts once."
+    )
+    organization_id: WireUUID = Field(
         description="The organization; equals the Kafka message key, which is this id in "
         "canonical lowercase text form (8-4-4-4-12 lowercase hex digits)."
     )

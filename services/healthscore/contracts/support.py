@@ -1,7 +1,6 @@
 """`support.interactions.v1`: support-interaction events from the support desk."""
 
-from typing import Self
-from uuid import UUID
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -10,6 +9,7 @@ from healthscore.contracts._common import (
     OccurredAt,
     SubjectText,
     TextTimestamp,
+    WireUUID,
     check_not_in_future,
 )
 from healthscore.contracts.enums import (
@@ -21,18 +21,56 @@ from healthscore.contracts.enums import (
     SupportAction,
 )
 
+# field -> the actions that require it (absent or null refused: `_action_requirements`)
+REQUIRED_BY_ACTION: dict[str, tuple[SupportAction, ...]] = {
+    "interaction_type": (SupportAction.OPENED,),
+    "channel": (SupportAction.OPENED,),
+    "follow_up_at": (SupportAction.FOLLOW_UP_SCHEDULED,),
+}
+
+
+def _action_rules_schema() -> dict[str, Any]:
+    """`REQUIRED_BY_ACTION` in JSON Schema (if/then per action), so a producer's CI
+    refuses what the service refuses: present and not null."""
+    rules = []
+    for action in SupportAction:
+        fields = [name for name, actions in REQUIRED_BY_ACTION.items() if action in actions]
+        if fields:
+            rules.append(
+                {
+                    "if": {
+                        "properties": {"action": {"const": action.value}},
+                        "required": ["action"],
+                    },
+                    "then": {
+                        "properties": {name: {"not": {"type": "null"}} for name in fields},
+                        "required": fields,
+                    },
+                }
+            )
+    return {"allOf": rules}
+
 
 class SupportEvent(BaseModel):
     """One step in the life of a support interaction."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore", title="SupportEvent")
+    model_config = ConfigDict(
+        frozen=True,
+        extra="ignore",
+        title="SupportEvent",
+        json_schema_extra=_action_rules_schema(),
+    )
 
-    event_id: UUID = Field(description="Idempotency key: the same id delivered twice counts once.")
-    organization_id: UUID = Field(
+    event_id: WireUUID = Field(
+        description="Idempotency key: the same id delivered twice counts once."
+    )
+    organization_id: WireUUID = Field(
         description="The organization; equals the Kafka message key, which is this id in "
         "canonical lowercase text form (8-4-4-4-12 lowercase hex digits)."
     )
-    interaction_id: UUID = Field(description="The interaction; one interaction has many events.")
+    interaction_id: WireUUID = Field(
+        description="The interaction; one interaction has many events."
+    )
     action: SupportAction = Field(description="What this event does to the interaction.")
     interaction_type: InteractionType | None = Field(
         default=None, description="Kind of interaction; required on `opened`."
@@ -41,7 +79,7 @@ class SupportEvent(BaseModel):
     priority: Priority | None = Field(default=None, description="Priority.")
     sentiment: Sentiment | None = Field(default=None, description="Customer sentiment.")
     outcome: Outcome | None = Field(default=None, description="Outcome of the interaction.")
-    assigned_to: UUID | None = Field(
+    assigned_to: WireUUID | None = Field(
         default=None, description="The support staff member (a user_profiles id)."
     )
     subject: SubjectText | None = Field(
@@ -60,14 +98,13 @@ class SupportEvent(BaseModel):
 
     @model_validator(mode="after")
     def _action_requirements(self) -> Self:
-        if self.action is SupportAction.OPENED:
-            missing = [
-                name for name in ("interaction_type", "channel") if getattr(self, name) is None
-            ]
-            if missing:
-                raise _required_by("opened", missing)
-        if self.action is SupportAction.FOLLOW_UP_SCHEDULED and self.follow_up_at is None:
-            raise _required_by("follow_up_scheduled", ["follow_up_at"])
+        missing = [
+            name
+            for name, actions in REQUIRED_BY_ACTION.items()
+            if self.action in actions and getattr(self, name) is None
+        ]
+        if missing:
+            raise _required_by(self.action.value, missing)
         return self
 
 

@@ -1,15 +1,15 @@
 """`product.usage.v1`: usage events from product services."""
 
-from typing import Any
-from uuid import UUID
+from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from healthscore.contracts._common import (
     MAX_PROPERTIES_DEPTH,
     FeatureText,
     OccurredAt,
+    WireUUID,
     check_json_value,
     check_not_in_future,
 )
@@ -18,20 +18,32 @@ from healthscore.contracts.enums import UsageType
 MAX_PROPERTIES_BYTES = 16 * 1024
 
 
+def integral_number(value: object) -> object:
+    """A float without a fraction (`2.0`, `1e3`) as the integer it is: JSON has one number
+    type, and JSON Schema's `integer` is any number whose fraction is zero, so a
+    producer's validated `2.0` is the quantity 2. Anything else is left to the strict
+    integer check (`1.5`, `true` and `"2"` stay refused)."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
 class UsageEvent(BaseModel):
     """One thing an organization's user did in the product."""
 
     model_config = ConfigDict(frozen=True, extra="ignore", title="UsageEvent")
 
-    event_id: UUID = Field(description="Idempotency key: the same id delivered twice counts once.")
-    organization_id: UUID = Field(
+    event_id: WireUUID = Field(
+        description="Idempotency key: the same id delivered twice counts once."
+    )
+    organization_id: WireUUID = Field(
         description="The organization; equals the Kafka message key, which is this id in "
         "canonical lowercase text form (8-4-4-4-12 lowercase hex digits)."
     )
-    user_id: UUID | None = Field(default=None, description="The acting user, if any.")
+    user_id: WireUUID | None = Field(default=None, description="The acting user, if any.")
     type: UsageType = Field(description="What happened.")
     occurred_at: OccurredAt
-    quantity: int = Field(
+    quantity: Annotated[int, BeforeValidator(integral_number)] = Field(
         default=1, ge=1, le=1_000_000, strict=True, description="How many (1..1,000,000)."
     )
     feature: FeatureText | None = Field(
