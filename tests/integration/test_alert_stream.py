@@ -178,3 +178,61 @@ async def test_every_published_alert_keeps_the_contract_and_its_episode(
     assert alerts, "the scripted organizations raise alerts"
     assert {a.body["organization_id"] for a in alerts} >= {cancelling.org}
     assert all_problems(alerts) == []
+
+
+async def test_a_comeback_and_a_late_profile_keep_their_episodes(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    # silent for weeks after a month of daily use (the batch rescores the silence before
+    # the next event: a raise dated in the silence), back in daily use (a recovery), then
+    # a CRM profile after the alerts saying the account is older and far along
+    topics = await make_topics(kafka_bootstrap, partitions=3)
+    base = (datetime.now(UTC) - timedelta(days=60)).replace(microsecond=0)
+    comeback = Script("comeback")
+    for day in range(25):
+        for n, kind in enumerate(("login", "client_added", "form_submitted", "email_sent")):
+            comeback.use(kind, base + timedelta(days=day, hours=n))
+    for day in range(50, 59):
+        for n, kind in enumerate(("login", "client_added", "form_submitted", "email_sent")):
+            comeback.use(kind, base + timedelta(days=day, hours=n))
+    profile = {
+        "event_id": _id(comeback.org, "profile"),
+        "organization_id": comeback.org,
+        "created_at": (base - timedelta(days=700)).isoformat(),
+        "milestones": {"onboarding_completed": (base - timedelta(days=690)).isoformat()},
+        "occurred_at": (base + timedelta(days=59, hours=6)).isoformat(),
+    }
+    settings = service_settings(
+        migrated_database, kafka_bootstrap, topics, model_path=V2_MODEL_PATH
+    )
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        async with running_service(settings, ServiceOptions(run_sweep=False, create_topics=False)):
+            await produce_json(producer, topics.usage, comeback.usage)
+            await wait_for(
+                migrated_database,
+                "SELECT count(*) FROM processed_events",
+                lambda n: n == len(comeback.usage),
+                60.0,
+            )
+            await produce_json(producer, topics.profile, [profile])
+            await wait_for(
+                migrated_database,
+                "SELECT count(*) FROM processed_events",
+                lambda n: n == len(comeback.usage) + 1,
+                60.0,
+            )
+            published = await wait_for(
+                migrated_database,
+                "SELECT count(*) FROM alert_outbox WHERE published_at IS NOT NULL "
+                "HAVING count(*) = (SELECT count(*) FROM alert_outbox)",
+                lambda n: n is not None,
+                60.0,
+            )
+    finally:
+        await producer.stop()
+    alerts = read_alerts(
+        await consume_all(kafka_bootstrap, topics.alerts, expect=published, settle=1.0)
+    )
+    assert [a.body["kind"] for a in alerts][:2] == ["risk_raised", "recovered"]
+    assert all_problems(alerts) == []
