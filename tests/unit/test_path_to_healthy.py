@@ -185,3 +185,38 @@ def test_an_alert_without_the_added_fields_is_still_valid() -> None:
     }
     message = ChurnRiskAlert.model_validate(old)
     assert message.trigger is None and message.path_to_healthy == []
+
+
+@pytest.mark.parametrize("model", [v2_model(), v3_model(), default_model()], ids=["v2", "v3", "v4"])
+def test_no_action_is_valued_past_the_ceiling_that_holds_the_score(model: ScoreModel) -> None:
+    # A fresh cancellation request holds the score at or below a ceiling (v2: 40, v3
+    # and v4: 70) that fades with the request's decayed signal, open or closed: nothing
+    # a CS manager does lifts it before time does. The behavioural shortfalls were
+    # valued at their whole impact on the composite, past the ceiling: v2's alert
+    # promised 52 points (and a way out of risk) to an organization held at 40.
+    state = troubled(
+        open_interactions={},
+        last_usage_at=NOW - 4 * DAY,
+        last_event_at=NOW - 4 * DAY,
+        decay_ref=NOW - 4 * DAY,
+        decayed={
+            "activity": 20.0,
+            "logins": 2.0,
+            "value_actions": 30.0,
+            "activity_baseline": 300.0,
+            "activity_recent": 20.0,
+            "cancellation_requests": 1.0,
+        },
+        users={f"u{i}": NOW - 4 * DAY for i in range(4)},
+        features={f"f{i}": [3.0, NOW - 4 * DAY] for i in range(8)},
+        milestones={m.value: NOW - 150 * DAY for m in MilestoneType},
+    )
+    held = model.ceilings.open_cancellation_request  # the request's weight is 1: fresh
+    health = score(state, NOW, model)
+    assert health.churn_probability >= model.alerts.exit_probability  # at risk
+    behaviour = [f for f in health.risk_factors if not f.factor.startswith("ceiling_")]
+    assert health.score - sum(f.impact for f in behaviour) > held  # undone, past the ceiling
+    path = path_to_healthy(state, NOW, model)
+    assert health.score + sum(a.impact for a in path) <= held + 0.01, path
+    if health.score >= held:  # held at the ceiling now: no action lifts it
+        assert path == [], path

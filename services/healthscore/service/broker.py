@@ -146,7 +146,8 @@ def declare_outputs(broker: KafkaBroker, settings: Settings) -> None:
         schema=ChurnRiskAlert,
         title=f"{settings.alert_topic}:publish",
         description="One alert per risk episode step; key = organization_id; "
-        "alert_id is deterministic, so consumers drop repeats.",
+        "alert_id is deterministic, so consumers drop repeats. Headers: content-type "
+        "application/json and correlation_id, the alert_id (the same on every re-send).",
     )
     broker.publisher(
         settings.health_topic,

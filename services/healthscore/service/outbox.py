@@ -44,9 +44,20 @@ class AlertPublishError(Exception):
     """The broker did not take a page of alerts; they stay pending."""
 
 
+# The headers the AsyncAPI document promises every alert: its content type (the
+# document's defaultContentType) and a correlation id at `correlation_id`, the
+# alert's own id, so that a re-sent alert correlates as it dedupes.
+CONTENT_TYPE = ("content-type", b"application/json")
+CORRELATION_ID_HEADER = "correlation_id"
+
+
 class Producer(Protocol):
     async def send(
-        self, topic: str, value: bytes | None = None, key: bytes | None = None
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> asyncio.Future[Any]: ...
 
 
@@ -110,11 +121,13 @@ class OutboxRelay:
                 for row in rows:
                     payload = orjson.loads(row["payload"])
                     payload["emitted_at"] = now
+                    correlation = (CORRELATION_ID_HEADER, str(row["alert_id"]).encode())
                     futures.append(
                         await self._producer.send(
                             self._alert_topic,
                             value=orjson.dumps(payload),
                             key=str(row["organization_id"]).encode(),
+                            headers=[CONTENT_TYPE, correlation],
                         )
                     )
                 await asyncio.gather(*futures)

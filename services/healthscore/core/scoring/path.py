@@ -10,7 +10,10 @@ model itself:
 - reach a missing success milestone: recomputed with the milestone achieved;
 - undo a behavioural shortfall (inactivity, activity below the organization's
   usual level, few logins, ...): worth the factor's impact, which is exactly
-  what it costs the score (the impacts sum to score - 100).
+  what it costs the composite (the impacts sum to score - 100), up to the
+  ceiling a cancellation request or an escalation holds the score under
+  (`score_ceiling`): points above it never come, so under a ceiling that holds
+  the score these actions are worth nothing until time lifts it.
 
 Signals that only time heals (recent complaints, negative sentiment, past
 escalations and cancellation requests, contraction) are not actions. The
@@ -27,7 +30,7 @@ import msgspec
 from healthscore.core.enums import MilestoneType
 from healthscore.core.scoring.model import ScoreModel
 from healthscore.core.scoring.results import HealthAction
-from healthscore.core.scoring.score import churn_probability, score
+from healthscore.core.scoring.score import churn_probability, score, score_ceiling
 from healthscore.core.scoring.state import OrganizationState
 
 MAX_ACTIONS = 5
@@ -85,14 +88,25 @@ def path_to_healthy(
     undone: dict[str, float] = {}
     current = base
     actions: list[HealthAction] = []
+
+    def reachable(changed: OrganizationState, scored: float, behaviour: float) -> float:
+        """The score of `changed` (scored `scored`) with `behaviour` points of behavioural
+        shortfalls undone: they raise the composite, which the ceilings still hold."""
+        if behaviour == 0.0:
+            return scored
+        return min(scored + behaviour, score_ceiling(changed, as_of, model))
+
     while len(actions) < limit:
-        level = current.score + sum(undone.values())
+        behaviour = sum(undone.values())
+        now = _with(state, closed, reached, as_of)
+        level = reachable(now, current.score, behaviour)
         best: tuple[float, str, str, str] | None = None  # (gain, kind, key, factor)
         for key, interaction in state.open_interactions.items():
             if key in closed:
                 continue
-            after = score(_with(state, closed | {key}, reached, as_of), as_of, model, False)
-            gain = after.score + sum(undone.values()) - level
+            changed = _with(state, closed | {key}, reached, as_of)
+            after = score(changed, as_of, model, False)
+            gain = reachable(changed, after.score, behaviour) - level
             factor = "open_escalations" if interaction.strong else "open_interactions"
             if best is None or gain > best[0]:
                 best = (gain, "close", key, factor)
@@ -100,13 +114,14 @@ def path_to_healthy(
             name = milestone.value
             if name in state.milestones or name in reached:
                 continue
-            after = score(_with(state, closed, reached | {name}, as_of), as_of, model, False)
-            gain = after.score + sum(undone.values()) - level
+            changed = _with(state, closed, reached | {name}, as_of)
+            after = score(changed, as_of, model, False)
+            gain = reachable(changed, after.score, behaviour) - level
             if best is None or gain > best[0]:
                 best = (gain, "reach", name, "missing_milestones")
         for risk in current.risk_factors:
             if risk.factor in _BEHAVIOUR and risk.factor not in undone:
-                gain = -risk.impact
+                gain = reachable(now, current.score, behaviour - risk.impact) - level
                 if best is None or gain > best[0]:
                     best = (gain, "undo", risk.factor, risk.factor)
         if best is None or best[0] < MIN_VALUE:
@@ -120,12 +135,15 @@ def path_to_healthy(
             reached = reached | {key}
             text = f"reach the milestone {key}"
         else:
-            undone[key] = gain
+            # the factor's whole impact comes back to the composite, whatever the
+            # ceiling lets through of it now (a later action may lift the ceiling)
+            undone[key] = -next(r.impact for r in current.risk_factors if r.factor == key)
             text = _BEHAVIOUR[key]
         actions.append(HealthAction(action=text, factor=factor, impact=round(gain, 2)))
         # a behavioural factor's impact does not depend on the support or milestone
         # components (the composite is a weighted mean), so `undone` keeps its value
-        current = score(_with(state, closed, reached, as_of), as_of, model)
-        if out_of_risk(current.score + sum(undone.values())):
+        changed = _with(state, closed, reached, as_of)
+        current = score(changed, as_of, model)
+        if out_of_risk(reachable(changed, current.score, sum(undone.values()))):
             break
     return actions

@@ -496,25 +496,13 @@ def score(
         composite += share * value
     composite = _percent(composite)
     ceiling_impacts: list[_Impact] = []
-    ceilings = model.ceilings
-    if ceilings.follow_signals:  # v2: the ceilings fade with their signals, open or not
-        for factor, strength, ceiling in (
-            ("ceiling_cancellation_request", cancellations, ceilings.open_cancellation_request),
-            ("ceiling_escalation", escalations, ceilings.open_escalation),
+    if cancellations or escalations or open_cancellations or escalated:
+        for factor, strength, held, text in _ceilings(
+            model, cancellations, escalations, open_cancellations, escalated
         ):
-            held = 100.0 - (100.0 - ceiling) * min(1.0, strength)
-            if strength > 0.0 and composite > held:
-                ceiling_impacts.append((held - composite, factor, strength, f"{held:.0f}"))
+            if composite > held:
+                ceiling_impacts.append((held - composite, factor, strength, text))
                 composite = held
-    elif open_cancellations or escalated:  # a ceiling holds only while its signal is open
-        for factor, count, ceiling in (
-            ("ceiling_open_cancellation_request", open_cancellations,
-             ceilings.open_cancellation_request),
-            ("ceiling_open_escalation", escalated, ceilings.open_escalation),
-        ):  # fmt: skip
-            if count and composite > ceiling:
-                ceiling_impacts.append((ceiling - composite, factor, count, f"{ceiling:g}"))
-                composite = ceiling
     final = round(composite, 2)
 
     risk_factors: list[RiskFactor] = []
@@ -543,6 +531,49 @@ def score(
         change_30d=change_30d,
         active_users_30d=active_users,
     )
+
+
+def _ceilings(
+    model: ScoreModel,
+    cancellations: float,
+    escalations: float,
+    open_cancellations: int,
+    escalated: int,
+) -> list[tuple[str, float, float, str]]:
+    """(factor, strength, the level it holds the composite at, that level as text) of
+    each ceiling the signals set, in the order applied."""
+    ceilings = model.ceilings
+    held: list[tuple[str, float, float, str]] = []
+    if ceilings.follow_signals:  # v2: the ceilings fade with their signals, open or not
+        for factor, strength, ceiling in (
+            ("ceiling_cancellation_request", cancellations, ceilings.open_cancellation_request),
+            ("ceiling_escalation", escalations, ceilings.open_escalation),
+        ):
+            if strength > 0.0:
+                level = 100.0 - (100.0 - ceiling) * min(1.0, strength)
+                held.append((factor, strength, level, f"{level:.0f}"))
+    else:  # a ceiling holds only while its signal is open
+        for factor, count, ceiling in (
+            ("ceiling_open_cancellation_request", open_cancellations,
+             ceilings.open_cancellation_request),
+            ("ceiling_open_escalation", escalated, ceilings.open_escalation),
+        ):  # fmt: skip
+            if count:
+                held.append((factor, count, ceiling, f"{ceiling:g}"))
+    return held
+
+
+def score_ceiling(state: OrganizationState, as_of: float, model: ScoreModel) -> float:
+    """The highest score the ceilings let `state` have at `as_of` (100 when none holds):
+    what raising the composite can reach (the path to healthy)."""
+    dec = decayed_values(state, as_of, model)
+    _count, escalated, open_cancellations, _age = _open_support(
+        state.open_interactions, as_of, state.open_beyond
+    )
+    levels = _ceilings(
+        model, dec["cancellation_requests"], dec["escalations"], open_cancellations, escalated
+    )
+    return min([100.0, *(level for _factor, _strength, level, _text in levels)])
 
 
 def _missing_milestones(

@@ -1,0 +1,238 @@
+"""The alert topic as the notification team reads it: real bytes through the real broker
+and the real service, every published alert read back and checked against the exported
+contract (JSON Schema, AsyncAPI key, headers and content type) and the episode promise
+(`tests/utils/alert_stream.py`), over sequences that could break episodes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from healthscore.core.scoring.model import V2_MODEL_PATH
+from healthscore.service.app import ServiceOptions
+from tests.faults.test_relay_crash import at_risk_stream
+from tests.utils.alert_stream import Alert, all_problems, read_alerts
+from tests.utils.harness import (
+    Topics,
+    consume_all,
+    make_producer,
+    make_topics,
+    produce_json,
+    running_service,
+    service_settings,
+    wait_for,
+)
+
+USER = str(uuid.uuid5(uuid.NAMESPACE_DNS, "alert-stream-user"))
+
+
+def _id(*parts: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, ":".join(("alert-stream", *parts))))
+
+
+class Script:
+    """One organization's events, in the order they are sent."""
+
+    def __init__(self, name: str) -> None:
+        self.org = _id(name)
+        self.usage: list[dict[str, Any]] = []
+        self.support: list[dict[str, Any]] = []
+
+    def use(self, kind: str, at: datetime, n: int = 0) -> Script:
+        self.usage.append(
+            {
+                "event_id": _id(self.org, kind, at.isoformat(), str(n)),
+                "organization_id": self.org,
+                "user_id": USER,
+                "type": kind,
+                "occurred_at": at.isoformat(),
+            }
+        )
+        return self
+
+    def ask(self, interaction: str, action: str, at: datetime, **fields: Any) -> Script:
+        self.support.append(
+            {
+                "event_id": _id(self.org, interaction, action, at.isoformat()),
+                "organization_id": self.org,
+                "interaction_id": _id(self.org, interaction),
+                "action": action,
+                "occurred_at": at.isoformat(),
+                **fields,
+            }
+        )
+        return self
+
+
+def _daily_use(script: Script, start: datetime, days: int) -> None:
+    for day in range(days):
+        script.use("login", start + timedelta(days=day))
+
+
+def _scripts(base: datetime) -> Iterator[Script]:
+    # an escalation opened, closed and opened again within minutes, twice over
+    flapping = Script("flapping")
+    _daily_use(flapping, base, 6)
+    t = base + timedelta(days=6)
+    for n in range(3):
+        at = t + timedelta(minutes=10 * n)
+        flapping.ask(
+            f"esc{n}",
+            "opened",
+            at,
+            interaction_type="escalation",
+            channel="phone",
+            priority="urgent",
+            sentiment="very_negative",
+        )
+        flapping.ask(f"esc{n}", "closed", at + timedelta(minutes=4), outcome="resolved")
+    yield flapping
+    # a cancellation request, then its retraction (closed, retained)
+    retracted = Script("retracted")
+    _daily_use(retracted, base, 6)
+    t = base + timedelta(days=6)
+    retracted.ask(
+        "cancel",
+        "opened",
+        t,
+        interaction_type="cancellation_request",
+        channel="email",
+        priority="high",
+        sentiment="negative",
+    )
+    retracted.ask(
+        "cancel", "closed", t + timedelta(hours=2), outcome="retained", sentiment="positive"
+    )
+    yield retracted
+    # support events out of order: the close and an update before the opening
+    unordered = Script("unordered")
+    _daily_use(unordered, base, 6)
+    t = base + timedelta(days=6)
+    unordered.ask(
+        "complaint", "updated", t + timedelta(hours=1), outcome="escalated", priority="urgent"
+    )
+    unordered.ask("complaint", "resolved", t + timedelta(hours=3), outcome="resolved")
+    unordered.ask(
+        "complaint",
+        "opened",
+        t,
+        interaction_type="complaint",
+        channel="chat",
+        priority="high",
+        sentiment="very_negative",
+    )
+    unordered.ask(
+        "cancel",
+        "opened",
+        t + timedelta(hours=2),
+        interaction_type="cancellation_request",
+        channel="phone",
+        priority="urgent",
+        sentiment="very_negative",
+    )
+    yield unordered
+
+
+async def _run(
+    database: str, bootstrap: str, scripts: list[Script], topics: Topics, expect: int
+) -> list[Alert]:
+    settings = service_settings(database, bootstrap, topics, model_path=V2_MODEL_PATH)
+    usage = [e for s in scripts for e in s.usage]
+    support = [e for s in scripts for e in s.support]
+    producer = await make_producer(bootstrap)
+    try:
+        async with running_service(settings, ServiceOptions(run_sweep=False, create_topics=False)):
+            await produce_json(producer, topics.usage, usage)
+            await produce_json(producer, topics.support, support)
+            await wait_for(
+                database,
+                "SELECT count(*) FROM processed_events",
+                lambda n: n == len(usage) + len(support),
+                60.0,
+            )
+            published = await wait_for(
+                database,
+                "SELECT count(*) FROM alert_outbox WHERE published_at IS NOT NULL "
+                "HAVING count(*) = (SELECT count(*) FROM alert_outbox)",
+                lambda n: n is not None and n >= expect,
+                60.0,
+            )
+    finally:
+        await producer.stop()
+    records = await consume_all(bootstrap, topics.alerts, expect=published, settle=1.0)
+    return read_alerts(records)
+
+
+async def test_every_published_alert_keeps_the_contract_and_its_episode(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    topics = await make_topics(kafka_bootstrap, partitions=3)
+    base = (datetime.now(UTC) - timedelta(days=10)).replace(microsecond=0)
+    scripts = list(_scripts(base))
+    cancelling = Script("cancelling")
+    cancelling.usage, cancelling.support = at_risk_stream(cancelling.org, base)
+    scripts.append(cancelling)
+    alerts = await _run(migrated_database, kafka_bootstrap, scripts, topics, expect=1)
+    assert alerts, "the scripted organizations raise alerts"
+    assert {a.body["organization_id"] for a in alerts} >= {cancelling.org}
+    assert all_problems(alerts) == []
+
+
+async def test_a_comeback_and_a_late_profile_keep_their_episodes(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    # silent for weeks after a month of daily use (the batch rescores the silence before
+    # the next event: a raise dated in the silence), back in daily use (a recovery), then
+    # a CRM profile after the alerts saying the account is older and far along
+    topics = await make_topics(kafka_bootstrap, partitions=3)
+    base = (datetime.now(UTC) - timedelta(days=60)).replace(microsecond=0)
+    comeback = Script("comeback")
+    for day in range(25):
+        for n, kind in enumerate(("login", "client_added", "form_submitted", "email_sent")):
+            comeback.use(kind, base + timedelta(days=day, hours=n))
+    for day in range(50, 59):
+        for n, kind in enumerate(("login", "client_added", "form_submitted", "email_sent")):
+            comeback.use(kind, base + timedelta(days=day, hours=n))
+    profile = {
+        "event_id": _id(comeback.org, "profile"),
+        "organization_id": comeback.org,
+        "created_at": (base - timedelta(days=700)).isoformat(),
+        "milestones": {"onboarding_completed": (base - timedelta(days=690)).isoformat()},
+        "occurred_at": (base + timedelta(days=59, hours=6)).isoformat(),
+    }
+    settings = service_settings(
+        migrated_database, kafka_bootstrap, topics, model_path=V2_MODEL_PATH
+    )
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        async with running_service(settings, ServiceOptions(run_sweep=False, create_topics=False)):
+            await produce_json(producer, topics.usage, comeback.usage)
+            await wait_for(
+                migrated_database,
+                "SELECT count(*) FROM processed_events",
+                lambda n: n == len(comeback.usage),
+                60.0,
+            )
+            await produce_json(producer, topics.profile, [profile])
+            await wait_for(
+                migrated_database,
+                "SELECT count(*) FROM processed_events",
+                lambda n: n == len(comeback.usage) + 1,
+                60.0,
+            )
+            published = await wait_for(
+                migrated_database,
+                "SELECT count(*) FROM alert_outbox WHERE published_at IS NOT NULL "
+                "HAVING count(*) = (SELECT count(*) FROM alert_outbox)",
+                lambda n: n is not None,
+                60.0,
+            )
+    finally:
+        await producer.stop()
+    alerts = read_alerts(
+        await consume_all(kafka_bootstrap, topics.alerts, expect=published, settle=1.0)
+    )
+    assert [a.body["kind"] for a in alerts][:2] == ["risk_raised", "recovered"]
+    assert all_problems(alerts) == []
