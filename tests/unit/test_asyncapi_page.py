@@ -59,7 +59,10 @@ def test_the_page_shows_every_channel_and_payload(broker: KafkaBroker) -> None:
     for name in ("UsageEvent", "SupportEvent", "ChurnRiskAlert", "HealthUpdate"):
         assert f'id="schema-{name}"' in page
     # fields with their types and descriptions, and links to the named schemas
-    assert "<code>event_id</code></td><td>string (uuid)</td><td>yes</td>" in page
+    assert "<code>event_id</code></td><td>string (uuid)<br>" in page
+    assert re.search(
+        r"<code>event_id</code></td><td>[^\n]*pattern <code>[^\n]*</td><td>yes</td>", page
+    )
     assert '<a href="#schema-UsageType">UsageType</a>' in page
     # every in-page link has its target
     targets = set(re.findall(r'id="([^"]+)"', page))
