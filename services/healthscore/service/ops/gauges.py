@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping
@@ -19,12 +20,21 @@ from healthscore.store.offsets import stored_offsets
 
 log = structlog.get_logger(__name__)
 
+# The lag's round trips to the brokers, bounded: a broker that hangs, or is gone (the
+# client retries its metadata until its 40 s request timeout), must not hold the
+# PostgreSQL gauges still with it; a broker outage is when the outbox backs up
+LAG_REFRESH_TIMEOUT_SECONDS = 10.0
+
 BAND_NAMES = ("excellent", "good", "at_risk", "critical")
 RISK_NAMES = ("low", "medium", "high", "critical")
 
 # partitions whose stored next offset is above the high watermark a fetch confirmed:
 # (stored next offset, high watermark)
 BeyondTheLog = Callable[[Mapping[PartitionKey, tuple[int, int]]], None]
+
+
+class LagNotRefreshed(Exception):
+    """The high watermarks could not be read in time (logged as gauge_refresh_failed)."""
 
 
 class GaugeRefresher:
@@ -97,21 +107,37 @@ class GaugeRefresher:
             self._metrics.organizations_by_risk.labels(level).set(risks.get(level, 0))
 
     async def refresh(self) -> None:
-        """Lag and outbox now; the band and risk counts when their interval is due
-        (a periodic step). A failure closes the probe: the next refresh opens another."""
+        """Outbox and dead letters, the band and risk counts when their interval is due,
+        then the lag (a periodic step). Each source on its own: the PostgreSQL gauges
+        are refreshed whatever the brokers do, and a failure of either is raised after
+        both were tried. A lag failure closes the probe: the next refresh opens another."""
+        failures: list[Exception] = []
         try:
-            if self._probe is None:
-                probe = HighWatermarkProbe(self._kafka)
-                await probe.__aenter__()
-                self._probe = probe
-            await self.refresh_lag(self._probe)
             await self.refresh_outbox()
             if time.monotonic() >= self._distribution_due:
                 await self.refresh_distribution()
                 self._distribution_due = time.monotonic() + self._distribution_interval
-        except Exception:
+        except Exception as exc:
+            failures.append(exc)
+        try:
+            await asyncio.wait_for(self._refresh_lag(), LAG_REFRESH_TIMEOUT_SECONDS)
+        except Exception as exc:
             await self.close()
-            raise
+            if isinstance(exc, TimeoutError):
+                exc = LagNotRefreshed(
+                    f"the brokers did not answer within {LAG_REFRESH_TIMEOUT_SECONDS:g}s: "
+                    "consumer lag not refreshed"
+                )
+            failures.append(exc)
+        if failures:
+            raise failures[0]
+
+    async def _refresh_lag(self) -> None:
+        if self._probe is None:
+            probe = HighWatermarkProbe(self._kafka)
+            await probe.__aenter__()
+            self._probe = probe
+        await self.refresh_lag(self._probe)
 
     async def close(self) -> None:
         probe, self._probe = self._probe, None
