@@ -300,6 +300,17 @@ async def test_dashboard_in_chromium(
             # no probability is rounded to a certainty (the page's own formatter)
             shown = browser.execute_script("return [pct(0.996), pct(0.004), pct(0), pct(0.42)]")
             assert shown == [">99%", "<1%", "0%", "42%"], shown
+            # how far to trust the scores: the live model's test beside its live record
+            # (the service's outcome labeller wrote it at start)
+            trust = await run(
+                wait, browser, lambda d: d.find_element(By.ID, "trust").is_displayed() and d
+            )
+            await run(browser.find_element(By.CSS_SELECTOR, "#trust summary").click)
+            backtest = browser.find_element(By.ID, "trust-backtest").text
+            backtest = backtest.replace("\u2068", "").replace("\u2069", "")  # the isolates
+            assert backtest.startswith("Before it went live, model v2 was tested on "), backtest
+            assert "held out of its fit" in backtest and "false alerts" in backtest, backtest
+            assert "Live: " in trust.find_element(By.ID, "trust-live").text
             await run(screenshot, browser, "admin-at-risk-list")
 
             # the list refreshes by itself when new scores land
@@ -385,11 +396,11 @@ async def test_dashboard_in_chromium(
             # the chart's bands are named, not only coloured
             zones = browser.find_elements(By.CSS_SELECTOR, "#org-chart svg text.zone-label")
             assert sorted(z.text for z in zones) == ["at risk", "critical", "excellent", "good"]
-            # what to do: the alert's path to healthy, each step with the points it is worth
-            path = await run(
-                wait, browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#org-path li")
-            )
-            assert all("points" in step.text for step in path), [s.text for s in path]
+            # what to do: under v2 the cancellation request holds the score at its ceiling
+            # (40), so the alert names no action: the page says why instead of nothing
+            none = await run(wait, browser, lambda d: d.find_elements(By.ID, "org-path-none"))
+            assert "a signal only time heals" in none[0].text, none[0].text
+            assert not browser.find_elements(By.CSS_SELECTOR, "#org-path li")
             assert "Why it fired" in browser.find_element(By.ID, "org-alert").text
             # the events' time its score holds for, beside when it was decided
             as_of = browser.find_element(
@@ -641,6 +652,9 @@ async def test_dashboard_in_chromium(
             # the organization list shows nothing to support staff
             await run(browser.get, f"{address}/#/")
             await run(wait, browser, lambda d: d.find_element(By.ID, "org-empty").is_displayed())
+            # nor the figures about the scores they do not see
+            assert not browser.find_element(By.ID, "trust").is_displayed()
+            assert browser.find_element(By.ID, "trust-backtest").get_attribute("textContent") == ""
 
             # --- member: nothing ------------------------------------------------------------
             await run(browser.get, links["member"])

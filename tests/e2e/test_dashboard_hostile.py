@@ -211,6 +211,21 @@ async def seed(conn: asyncpg.Connection) -> tuple[dict[str, Any], dict[str, Any]
             ),
         ),
     )
+    # what the admins' "How far to trust these scores" shows comes from the model file
+    # (its version, its evaluation's source): a model written by hand can say anything
+    await conn.execute(
+        "INSERT INTO score_quality_summary (score_model_version, backtest, episodes_churned,"
+        " episodes_retained, episodes_pending, churners, churners_alerted, lead_days_quartiles)"
+        " VALUES ($1, $2::jsonb, 3, 1, 2, 4, 3, '{5,12.5,20}')",
+        f"{RLO}4v{MARKUP}",
+        json.dumps(
+            {
+                "source": f"{LONG}{RLO}{SVG}",
+                "held_out_organizations": 124,
+                "figures": {"auc_30d_churn_probability": 0.93, "recall": 0.8},
+            }
+        ),
+    )
     return orgs, users, interactions
 
 
@@ -396,6 +411,18 @@ async def test_hostile_text_runs_nothing_and_stays_in_its_box(
         ".map(r => r.getBoundingClientRect().height)"
     )
     assert max(heights) < 200, heights
+    # the model file's words in "How far to trust these scores": text, in their own bidi
+    # run, a line rather than 10,000 characters
+    await run(browser.find_element(By.CSS_SELECTOR, "#trust summary").click)
+    backtest = browser.find_element(By.ID, "trust-backtest").get_attribute("textContent")
+    assert MARKUP in backtest and "\u2068\u202e4v" in backtest, backtest[:300]
+    assert len(backtest) < 800, len(backtest)
+    assert "3 of the 4 alerts whose outcome is known" in browser.find_element(
+        By.ID, "trust-live"
+    ).get_attribute("textContent")
+    assert browser.find_element(By.ID, "trust").size["height"] < 300
+    nothing_ran(browser, seen)
+    fits(browser)
 
     # the organization page of the worst one
     await run(browser.get, f"{hostile.address}/#/org/{hostile.orgs['markup']}")

@@ -290,12 +290,13 @@ function forget() {
   }
   for (const id of ["org-title", "org-subtitle", "org-score", "org-score-meaning", "chart-summary",
     "timeline-count", "milestone-from-profile", "list-updated", "support-updated", "who-name",
-    "who-role"]) {
+    "who-role", "trust-backtest", "trust-live"]) {
     $(id).textContent = "";
   }
   $("org-title").removeAttribute("title");
   $("who-name").removeAttribute("title");
   $("org-body").hidden = true;
+  $("trust").hidden = true;
   for (const id of ["org-more", "interaction-more", "timeline-more", "org-empty", "interaction-empty"]) {
     $(id).hidden = true;
   }
@@ -395,6 +396,81 @@ async function loadList({ append = false, refresh = false } = {}) {
     ...[...state.knownFactors].sort().map((f) => el("option", { value: f })));
   $("list-updated").textContent = `Updated ${clock(new Date())}; refreshes every ${REFRESH_SECONDS} s`;
   loaded();
+}
+
+// --- how far to trust the scores (admins: who sees the scores) ------------------------------
+const days = (d) => `${d.toFixed(d < 10 ? 1 : 0)} days`;
+// a model file's words are a line, not a page (whole characters: no half surrogate pair)
+const atMost = (text, n) => {
+  const chars = Array.from(text);
+  return chars.length > n ? `${chars.slice(0, n).join("")}…` : text;
+};
+
+function backtestText(q) {
+  const b = q.backtest;
+  if (b.roc_auc_30d === null && b.churners_alerted === null) {
+    return `Model ${isolated(q.score_model_version)} carries no test figures: it was not fitted by ` +
+      "healthscore fit, so nobody has measured how well it predicts churn.";
+  }
+  const parts = [];
+  if (b.roc_auc_30d !== null) {
+    parts.push(`it ranked an organization that churned within 30 days as riskier than one ` +
+      `that stayed ${pct(b.roc_auc_30d)} of the time`);
+  }
+  if (b.churners_alerted !== null) {
+    let alerted = `it alerted ${pct(b.churners_alerted)} of the organizations that churned`;
+    if (b.median_lead_days !== null) alerted += `, a median ${days(b.median_lead_days)} ahead`;
+    parts.push(alerted);
+  }
+  if (b.false_alerts_per_100_healthy_per_month !== null) {
+    parts.push(`it raised ${b.false_alerts_per_100_healthy_per_month.toFixed(1)} false alerts ` +
+      "a month per 100 organizations that stayed");
+  }
+  const tested = b.held_out_organizations !== null
+    ? `${b.held_out_organizations} organizations held out of its fit` : "organizations held out of its fit";
+  // the model file's own words: isolated, so a bidi control in them reorders nothing else
+  const source = b.source ? ` (${isolated(atMost(b.source, 200))})` : "";
+  return `Before it went live, model ${isolated(q.score_model_version)} was tested on ` +
+    `${tested}${source}: ` +
+    `${parts.join("; ")}.`;
+}
+
+function liveText(q) {
+  const a = q.live_alerts;
+  const labelled = a.episodes_churned + a.episodes_retained;
+  const pending = a.episodes_pending
+    ? ` ${a.episodes_pending} more await their outcome (60 days after the alert).` : "";
+  let text = labelled
+    ? `Live: ${a.episodes_churned} of the ${labelled} alerts whose outcome is known were ` +
+      `followed by churn within 60 days (${pct(a.precision)}).${pending}`
+    : `Live: no alert's outcome is known yet.${pending}`;
+  if (a.churned_organizations) {
+    text += ` ${a.churned_organizations_alerted} of the ${a.churned_organizations} organizations ` +
+      "known to have churned were alerted first";
+    text += a.lead_days ? `, a median ${days(a.lead_days[1])} ahead.` : ".";
+  }
+  return `${text} Figures as of ${absolute(q.computed_at)}.`;
+}
+
+async function loadTrust() {
+  if (!state.me || state.me.role !== "admin") {
+    $("trust").hidden = true;
+    return;
+  }
+  let quality;
+  try {
+    quality = await api("/api/v1/score-quality");
+  } catch (error) {
+    // not computed yet (the service labels its alerts once a minute): nothing to show
+    if (error instanceof ApiError && error.status === 404) {
+      $("trust").hidden = true;
+      return;
+    }
+    throw error;
+  }
+  $("trust-backtest").textContent = backtestText(quality);
+  $("trust-live").textContent = liveText(quality);
+  $("trust").hidden = false;
 }
 
 // --- the organization page --------------------------------------------------------------
@@ -498,7 +574,16 @@ const TRIGGERS = {
 // what to do: the alert's path to healthy, the fewest actions out of risk, each with the
 // score points the model credits it with; an interaction named by its id gets its subject
 function pathToHealthy(alert, org) {
-  if (!alert.path_to_healthy || alert.path_to_healthy.length === 0) return [];
+  if (!alert.path_to_healthy) return [];  // an alert from before the field existed
+  if (alert.path_to_healthy.length === 0) {
+    // a signal only time heals (a cancellation request, an escalation) holds the score
+    // under its ceiling: no action would have lifted it when the alert was raised
+    return [el("h4", { id: "path-title", text: "What to do: the way out of risk" }),
+      el("p", { id: "org-path-none", text: "No action the model counts would have lifted the " +
+        "score when the alert was raised: a signal only time heals (see the reasons above, e.g. " +
+        "a cancellation request) held it under its ceiling. Talk to the customer; the score " +
+        "rises as that signal fades." })];
+  }
   const subjects = new Map(org.open_interactions.map((i) => [i.id, i.subject]));
   const steps = alert.path_to_healthy.map((step) => {
     const id = step.action.match(/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/);
@@ -781,6 +866,7 @@ async function route() {
       state.orgId = null;
       showView("list");
       await loadList();
+      loadTrust().catch(fail);
       state.timer = setInterval(() => {
         if (!document.hidden) loadList({ refresh: true }).catch(fail);
       }, REFRESH_SECONDS * 1000);
