@@ -414,12 +414,11 @@ async def test_hostile_text_runs_nothing_and_stays_in_its_box(
     # the model file's words in "How far to trust these scores": text, in their own bidi
     # run, a line rather than 10,000 characters
     await run(browser.find_element(By.CSS_SELECTOR, "#trust summary").click)
-    backtest = browser.find_element(By.ID, "trust-backtest").get_attribute("textContent")
+    backtest = browser.find_element(By.ID, "trust-backtest").get_attribute("textContent") or ""
     assert MARKUP in backtest and "\u2068\u202e4v" in backtest, backtest[:300]
     assert len(backtest) < 800, len(backtest)
-    assert "3 of the 4 alerts whose outcome is known" in browser.find_element(
-        By.ID, "trust-live"
-    ).get_attribute("textContent")
+    live = browser.find_element(By.ID, "trust-live").get_attribute("textContent") or ""
+    assert "3 of the 4 alerts whose outcome is known" in live, live
     assert browser.find_element(By.ID, "trust").size["height"] < 300
     nothing_ran(browser, seen)
     fits(browser)
