@@ -17,15 +17,18 @@ from tests.utils.html import Tags, external_references
 BOOTSTRAP = "kafka-0.kafka.internal.example:9092,10.20.30.40:9093"
 
 
+SETTINGS = Settings.model_construct()
+
+
 @pytest.fixture(scope="module")
 def broker() -> KafkaBroker:
-    broker = build_broker(Settings.model_construct(), BOOTSTRAP)
+    broker = build_broker(SETTINGS, BOOTSTRAP)
     return broker
 
 
 def test_the_page_loads_nothing_from_elsewhere(broker: KafkaBroker) -> None:
     for show in (False, True):
-        page = asyncapi_html(broker, show)
+        page = asyncapi_html(broker, SETTINGS, show)
         assert external_references(page) == []
         tags = {tag for tag, _ in Tags(page).tags}
         assert not tags & {"script", "link", "img", "iframe", "object", "embed", "base"}
@@ -34,8 +37,8 @@ def test_the_page_loads_nothing_from_elsewhere(broker: KafkaBroker) -> None:
 
 
 def test_the_broker_address_is_hidden_by_default(broker: KafkaBroker) -> None:
-    page = asyncapi_html(broker)
-    document = json.loads(asyncapi_json(broker))
+    page = asyncapi_html(broker, SETTINGS)
+    document = json.loads(asyncapi_json(broker, SETTINGS))
     for host in ("kafka.internal", "10.20.30.40", "9092"):
         assert host not in page
         assert host not in json.dumps(document)
@@ -44,16 +47,16 @@ def test_the_broker_address_is_hidden_by_default(broker: KafkaBroker) -> None:
 
 
 def test_the_broker_address_is_shown_when_configured(broker: KafkaBroker) -> None:
-    page = asyncapi_html(broker, show_servers=True)
-    document = json.loads(asyncapi_json(broker, show_servers=True))
+    page = asyncapi_html(broker, SETTINGS, show_servers=True)
+    document = json.loads(asyncapi_json(broker, SETTINGS, show_servers=True))
     assert {server["host"] for server in document["servers"].values()} == {BOOTSTRAP}
     assert BOOTSTRAP in page
     assert HIDDEN_HOST not in json.dumps(document)
 
 
 def test_the_page_shows_every_channel_and_payload(broker: KafkaBroker) -> None:
-    page = asyncapi_html(broker)
-    document = json.loads(asyncapi_json(broker))
+    page = asyncapi_html(broker, SETTINGS)
+    document = json.loads(asyncapi_json(broker, SETTINGS))
     for channel in document["channels"].values():
         assert f"<code>{channel['address']}</code>" in page
     for name in ("UsageEvent", "SupportEvent", "ChurnRiskAlert", "HealthUpdate"):

@@ -49,6 +49,28 @@ def test_asyncapi_names_every_topic_and_payload() -> None:
     assert schemas["UsageEvent"]["properties"]["event_id"]["description"]
 
 
+def test_each_input_topic_carries_one_record_of_its_own_model() -> None:
+    """The one batch subscriber's annotation (a list of any of the three models) made
+    the document say every input topic carries an array of any input event; and
+    FastStream declared a correlation id header on every message, which only the
+    alerts carry."""
+    document = json.loads(render_all()["asyncapi.json"])
+    messages = document["components"]["messages"]
+    payloads = {}
+    for channel in document["channels"].values():
+        for reference in channel["messages"].values():
+            message = messages[reference["$ref"].rsplit("/", 1)[-1]]
+            payloads[channel["address"]] = message["payload"]
+            correlated = "correlationId" in message
+            assert correlated == (channel["address"] == "customer.churn-risk.v1"), channel
+    assert payloads["product.usage.v1"] == {"$ref": "#/components/schemas/UsageEvent"}
+    assert payloads["support.interactions.v1"] == {"$ref": "#/components/schemas/SupportEvent"}
+    assert payloads["organization.profile.v1"] == {
+        "$ref": "#/components/schemas/OrganizationProfile"
+    }
+    assert not [n for n in document["components"]["schemas"] if n.startswith("healthscore:")]
+
+
 def test_every_keyed_message_says_its_key_as_the_decoder_checks_it() -> None:
     """The JSON Schemas describe values only, and a producer building from them alone
     keyed by an upper-case id (the body accepts any spelling of a UUID) and met

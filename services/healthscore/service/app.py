@@ -623,8 +623,8 @@ def asgi_app(c: Components, on_started: Callable[[], None]) -> AsgiFastStream:
     routes = OpsRoutes(
         c.metrics,
         c.readiness,
-        asyncapi_json=lambda: asyncapi_json(c.broker, show),
-        asyncapi_html=lambda: asyncapi_html(c.broker, show),
+        asyncapi_json=lambda: asyncapi_json(c.broker, c.settings, show),
+        asyncapi_html=lambda: asyncapi_html(c.broker, c.settings, show),
         max_per_second=c.settings.ops_max_requests_per_second,
     )
     return AsgiFastStream(

@@ -134,6 +134,17 @@ def build_broker(
     return broker
 
 
+def input_payloads(settings: Settings) -> dict[str, str]:
+    """Each input topic and the name of its contract model: the one subscriber's
+    annotation names the three together, which the AsyncAPI document would show as
+    every topic carrying any of them (`ops.asyncapi` sets each topic's own)."""
+    return {
+        settings.usage_topic: UsageEvent.__name__,
+        settings.support_topic: SupportEvent.__name__,
+        settings.profile_topic: OrganizationProfile.__name__,
+    }
+
+
 def declare_outputs(broker: KafkaBroker, settings: Settings) -> None:
     """Describe the output topics in the AsyncAPI document.
 

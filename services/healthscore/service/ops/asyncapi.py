@@ -9,6 +9,7 @@ ASYNCAPI_SHOW_SERVERS=true.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from faststream.kafka import KafkaBroker
@@ -16,7 +17,7 @@ from faststream.specification import AsyncAPI
 
 from healthscore import __version__
 from healthscore.config import Settings
-from healthscore.service.broker import build_broker
+from healthscore.service.broker import build_broker, input_payloads
 from healthscore.service.ops.asyncapi_page import render_html
 
 DESCRIPTION = (
@@ -67,10 +68,42 @@ def _with_keys(document: dict[str, Any]) -> None:
             message["bindings"] = {"kafka": {"key": ORGANIZATION_KEY, "bindingVersion": "0.5.0"}}
 
 
-def asyncapi_document(broker: KafkaBroker, show_servers: bool = False) -> dict[str, Any]:
-    """The document as data; the broker address replaced unless `show_servers`."""
+def _as_sent(document: dict[str, Any], inputs: Mapping[str, str], alert_topic: str) -> None:
+    """Each input topic's message is one record of its own contract model (not an array
+    of any of the three, as the batch subscriber's annotation reads), and only the
+    alerts say a correlation id: FastStream declares one on every message, and a
+    producer reading the document would think the service needs or sends one."""
+    components = document.get("components", {})
+    messages = components.get("messages", {})
+    for channel in document.get("channels", {}).values():
+        for reference in channel.get("messages", {}).values():
+            message = messages.get(reference.get("$ref", "").rsplit("/", 1)[-1])
+            if message is None:
+                continue
+            model = inputs.get(channel.get("address"))
+            if model is not None:
+                message["payload"] = {"$ref": f"#/components/schemas/{model}"}
+            if channel.get("address") != alert_topic:
+                message.pop("correlationId", None)
+    schemas = components.get("schemas", {})
+    referenced = json.dumps(document.get("channels", {})) + json.dumps(messages)
+    for name in [n for n in schemas if n.endswith(":Message:Payload")]:
+        if f"#/components/schemas/{name}" not in referenced:
+            del schemas[name]
+
+
+def asyncapi_document(
+    broker: KafkaBroker,
+    show_servers: bool = False,
+    inputs: Mapping[str, str] | None = None,
+    alert_topic: str | None = None,
+) -> dict[str, Any]:
+    """The document as data; the broker address replaced unless `show_servers`.
+    `inputs`: each input topic's model name (`broker.input_payloads`); `alert_topic`:
+    the one topic whose messages carry a correlation id."""
     document: dict[str, Any] = json.loads(build_spec(broker).to_specification().to_json())
     _with_keys(document)
+    _as_sent(document, inputs or {}, alert_topic or "")
     if not show_servers:
         for server in document.get("servers", {}).values():
             server["host"] = HIDDEN_HOST
@@ -78,17 +111,21 @@ def asyncapi_document(broker: KafkaBroker, show_servers: bool = False) -> dict[s
     return document
 
 
-def asyncapi_json(broker: KafkaBroker, show_servers: bool = False) -> str:
-    return json.dumps(asyncapi_document(broker, show_servers))
+def asyncapi_json(broker: KafkaBroker, settings: Settings, show_servers: bool = False) -> str:
+    return json.dumps(_of(broker, settings, show_servers))
 
 
-def asyncapi_html(broker: KafkaBroker, show_servers: bool = False) -> str:
-    return render_html(asyncapi_document(broker, show_servers))
+def asyncapi_html(broker: KafkaBroker, settings: Settings, show_servers: bool = False) -> str:
+    return render_html(_of(broker, settings, show_servers))
+
+
+def _of(broker: KafkaBroker, settings: Settings, show_servers: bool) -> dict[str, Any]:
+    return asyncapi_document(broker, show_servers, input_payloads(settings), settings.alert_topic)
 
 
 def render_asyncapi(settings: Settings) -> str:
     """The document for `settings`, without connecting to anything."""
     # a stand-in address, never a real one: shown as it is
     broker = build_broker(settings, "localhost:9092")
-    document = asyncapi_document(broker, show_servers=True)
+    document = _of(broker, settings, show_servers=True)
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
