@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from healthscore.service.ops.metrics import Metrics
 from healthscore.service.ops.readiness import CHECKER, ReadinessChecker, ReadinessResult
 from healthscore.service.periodic import every
 from tests.utils.fakes import Counted, FakeClock
@@ -192,3 +193,35 @@ def test_interval_and_timeout_must_be_positive() -> None:
         ReadinessChecker({}, interval=0, timeout=1)
     with pytest.raises(ValueError):
         ReadinessChecker({}, interval=1, timeout=0)
+
+
+async def test_the_metrics_say_what_readyz_says() -> None:
+    """Where no orchestrator reads /readyz (Compose), the alert rules read these: each
+    check's failure per round, and readiness itself computed when scraped, so that a
+    stuck checker reads not ready as /readyz answers."""
+    clock = FakeClock()
+    metrics = Metrics()
+    failing = Counted("no input partitions assigned to this process (yet)")
+    checker = ReadinessChecker(
+        {"postgres": Counted(), "partitions": failing},
+        interval=2,
+        timeout=1,
+        clock=clock,
+        on_result=lambda result: metrics.readiness_round(result.checks),
+    )
+    metrics.follow_readiness(checker.status)
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels or None)
+
+    assert sample("healthscore_ready") == 0.0  # no round yet
+    await checker.check_once()
+    assert sample("healthscore_readiness_check_failed", check="partitions") == 1.0
+    assert sample("healthscore_readiness_check_failed", check="postgres") == 0.0
+    assert sample("healthscore_ready") == 0.0
+    failing.answer = None
+    await checker.check_once()
+    assert sample("healthscore_readiness_check_failed", check="partitions") == 0.0
+    assert sample("healthscore_ready") == 1.0
+    clock.now += 7.5  # no round since: stuck
+    assert sample("healthscore_ready") == 0.0

@@ -353,6 +353,21 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
             on_page=lambda scored, _duration: metrics.shadow_scored.inc(scored),
         )
         shadow_gauges = ShadowGauges(pool, metrics, candidate.version, model.version)
+    readiness = ReadinessChecker(
+        readiness_checks(
+            pool,
+            producer,
+            offsets,
+            projector,
+            s.read_model_staleness_max_seconds,
+            corrupt_records,
+        ),
+        interval=s.readiness_interval_seconds,
+        timeout=s.readiness_check_timeout_seconds,
+        notes=readiness_notes(projector, corrupt_records),
+        on_result=lambda result: metrics.readiness_round(result.checks),
+    )
+    metrics.follow_readiness(readiness.status)
     return Components(
         wakes=wakes,
         settings=s,
@@ -380,19 +395,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
             o.distribution_interval_seconds,
             on_beyond_the_log=offsets.refuse_beyond_the_log,
         ),
-        readiness=ReadinessChecker(
-            readiness_checks(
-                pool,
-                producer,
-                offsets,
-                projector,
-                s.read_model_staleness_max_seconds,
-                corrupt_records,
-            ),
-            interval=s.readiness_interval_seconds,
-            timeout=s.readiness_check_timeout_seconds,
-            notes=readiness_notes(projector, corrupt_records),
-        ),
+        readiness=readiness,
         relay=relay,
         dead_letters=dead_letters,
         projector=projector,
@@ -495,7 +498,15 @@ def background_loops(c: Components) -> list[Loop]:
                 min_pause=s.projector_interval_seconds,
             )
         )
-        loops.append(Loop(STALENESS_WATCH_SECONDS, watch_staleness, "staleness_check"))
+        # backs off as the others do: while PostgreSQL is down it failed every second
+        loops.append(
+            Loop(
+                STALENESS_WATCH_SECONDS,
+                watch_staleness,
+                "staleness_check",
+                LOOP_MAX_BACKOFF_SECONDS,
+            )
+        )
     if c.sweep is not None:
         loops.append(Loop(s.sweep_interval_seconds, c.sweep.step, "sweep"))
     loops.append(Loop(s.outcome_interval_seconds, c.alert_outcomes.step, "alert_outcomes"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -266,6 +266,18 @@ class Metrics:
             ["task"],
             registry=r,
         )
+        self.ready = Gauge(
+            "healthscore_ready",
+            "1 while /readyz answers 200 (computed when scraped: a stuck checker reads 0).",
+            registry=r,
+        )
+        self.readiness_check_failed = Gauge(
+            "healthscore_readiness_check_failed",
+            "1 while the latest readiness round found the check failing (its reason is in "
+            "/readyz and the readiness_changed log line), else 0.",
+            ["check"],
+            registry=r,
+        )
         self.background_step_started = Gauge(
             "healthscore_background_step_started_timestamp_seconds",
             "Unix time the step each background loop runs now began (0: between steps); "
@@ -383,6 +395,16 @@ class Metrics:
         self.background_last_success.labels(task)
         self.background_failures_in_a_row.labels(task)
         self.background_step_started.labels(task)
+
+    def follow_readiness(self, status: Callable[[], tuple[int, object]]) -> None:
+        """`healthscore_ready` read from `status` (`ReadinessChecker.status`) when scraped:
+        a checker that stopped finishing rounds reads not ready, as /readyz does."""
+        self.ready.set_function(lambda: float(status()[0] == 200))
+
+    def readiness_round(self, checks: Mapping[str, str]) -> None:
+        """A readiness round's outcome: each check "ok" or why not."""
+        for check, outcome in checks.items():
+            self.readiness_check_failed.labels(check).set(0 if outcome == "ok" else 1)
 
     def background_step_began(self, task: str) -> None:
         self.background_step_started.labels(task).set(time.time())

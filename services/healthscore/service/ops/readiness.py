@@ -54,11 +54,14 @@ class ReadinessChecker:
         retry_interval: float | None = None,
         clock: Clock = time.monotonic,
         notes: Callable[[], dict[str, Any]] | None = None,
+        on_result: Callable[[ReadinessResult], None] | None = None,
     ) -> None:
         if interval <= 0 or timeout <= 0:
             raise ValueError("interval and timeout must be positive")
         # O(1) facts shown beside the checks in /readyz
         self._notes = notes
+        # hears every round's result (the metrics)
+        self._on_result = on_result
         self._checks = dict(checks)
         self.interval = interval
         self.timeout = timeout
@@ -82,6 +85,8 @@ class ReadinessChecker:
         self.rounds += 1
         if previous is None or previous.failed != result.failed:
             log.info("readiness_changed", ready=not result.failed, checks=result.checks)
+        if self._on_result is not None:
+            self._on_result(result)
         return result
 
     async def _run(self, check: Check) -> str:
