@@ -502,6 +502,12 @@ def test_the_evaluate_command_writes_json_and_plots(tmp_path: Path) -> None:
         ("--calibration-only --include-size-factors", "--calibration-only keeps every weight"),
         ("--version v4 --calibration-only", "would replace the current model v4"),
         ("--seed 3 --organizations 4", "no training organization churns"),
+        # one training churner: two of the three folds had no log loss (a traceback)
+        (
+            "--organizations 12 --days 45",
+            "6 training organizations, 1 of them churning within 30 days, and each of the 3 "
+            "cross-validation folds needs one (churners by fold: 0, 1, 0)",
+        ),
     ],
     ids=[
         "unknown-factor",
@@ -509,6 +515,7 @@ def test_the_evaluate_command_writes_json_and_plots(tmp_path: Path) -> None:
         "calibration-only-size-factors",
         "the-current-version",
         "nothing-to-fit",
+        "a-fold-without-a-churner",
     ],
 )
 def test_the_fit_command_refuses_what_it_cannot_do(
@@ -524,6 +531,27 @@ def test_the_fit_command_refuses_what_it_cannot_do(
     arguments = f"--simulate --organizations 10 --days 20 --version vX {extra}"
     assert run_fit(parser.parse_args(arguments.split())) == 2
     assert error in capsys.readouterr().err
+
+
+def test_fit_refuses_a_model_too_few_held_out_organizations_judge(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Five held-out organizations rank and calibrate anything "no worse" than the
+    current model: the recalibrated model was written, judged on one or two churners."""
+    import argparse
+
+    from healthscore_lab.evaluation.command import add_fit_arguments, run_fit
+
+    parser = argparse.ArgumentParser()
+    add_fit_arguments(parser)
+    out = tmp_path / "health_model.vX.json"
+    arguments = "--simulate --organizations 10 --days 60 --calibration-only --version vX"
+    assert run_fit(parser.parse_args([*arguments.split(), "--out", str(out)])) == 1
+    refused = capsys.readouterr().out.splitlines()[-1]
+    assert refused.startswith("refused: too few held-out organizations to judge it by: ")
+    assert "(at least 10 and 10: a larger or longer labelled log)" in refused
+    assert refused.endswith("(--force writes it anyway)")
+    assert not out.exists()
 
 
 def test_the_label_and_profile_files_read_as_the_import_reads_them() -> None:
