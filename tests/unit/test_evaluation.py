@@ -504,6 +504,7 @@ def test_the_evaluate_command_writes_json_and_plots(tmp_path: Path) -> None:
         # a shipped version: the shipped file beside the current model was overwritten
         ("--version v3", "--version v3 is the version of a model shipped with healthscore"),
         ("--version v4 --calibration-only", "--version v4 is the version of a model shipped"),
+        ("--version v5.final!", "--version: must be 1 to 64 letters, digits"),
         ("--seed 3 --organizations 4", "no training organization churns"),
         # one training churner: two of the three folds had no log loss (a traceback)
         (
@@ -518,6 +519,7 @@ def test_the_evaluate_command_writes_json_and_plots(tmp_path: Path) -> None:
         "calibration-only-size-factors",
         "a-shipped-version",
         "the-current-version",
+        "a-version-that-is-no-token",
         "nothing-to-fit",
         "a-fold-without-a-churner",
     ],

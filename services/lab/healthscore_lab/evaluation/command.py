@@ -13,7 +13,12 @@ from typing import Any
 
 import orjson
 
-from healthscore.core.scoring.model import DEFAULT_MODEL_PATH, load_model, shipped_models
+from healthscore.core.scoring.model import (
+    DEFAULT_MODEL_PATH,
+    check_version,
+    load_model,
+    shipped_models,
+)
 from healthscore.errors import HealthscoreError, ModelConfigError
 
 
@@ -256,6 +261,11 @@ def _current_and_out(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Pat
         print(f"error: {exc}", file=sys.stderr)
         return None
     version = args.version
+    try:
+        check_version(version)  # before the fit, not after it
+    except ModelConfigError as exc:
+        print(f"error: --{exc}", file=sys.stderr)
+        return None
     shipped = shipped_models()
     if version in shipped:
         # the service, a promotion and the dashboard take that version for the shipped
