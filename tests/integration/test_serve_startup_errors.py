@@ -7,6 +7,7 @@ PostgreSQL and broker, with one setting wrong.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -206,6 +207,39 @@ async def test_a_half_written_model_file_names_its_setting(
     assert result.returncode == 2, result.stderr
     assert _error_lines(result) == ["error: SHADOW_MODEL_PATH: Path does not point to a file"]
     _assert_quiet(result)
+
+
+async def test_a_model_under_a_shipped_or_the_live_version_with_other_settings_is_refused(
+    migrated_database: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A copy of v4 with its churn calibration edited kept "version": "v4": the service started and
+    published its scores as v4's, and a promotion compared it with the shipped file
+    (score_models records the aggregates alone, so no `model_version_reused` either).
+    A candidate named like the live model but other was shadow-scored under its rows."""
+    config = json.loads(DEFAULT_MODEL_PATH.read_text())
+    config["churn"]["intercept"] += 0.5
+    edited = tmp_path / "health_model.v4.json"
+    edited.write_text(json.dumps(config))
+    result = await _serve(migrated_database, kafka_bootstrap, MODEL_PATH=str(edited))
+    _refused_in_one_line(
+        result,
+        f"error: MODEL_PATH={edited} is version v4 but not the shipped v4: give an edited or "
+        "refitted model a version of its own",
+    )
+    config["version"] = "v4-ours"
+    ours = tmp_path / "health_model.v4-ours.json"
+    ours.write_text(json.dumps(config))
+    config["churn"]["intercept"] += 0.5
+    candidate = tmp_path / "health_model.v4-ours-candidate.json"
+    candidate.write_text(json.dumps(config))
+    result = await _serve(
+        migrated_database, kafka_bootstrap, MODEL_PATH=str(ours), SHADOW_MODEL_PATH=str(candidate)
+    )
+    _refused_in_one_line(
+        result,
+        f"error: SHADOW_MODEL_PATH={candidate} has the live model's version v4-ours but other "
+        "settings: give the candidate a version of its own",
+    )
 
 
 async def test_the_api_with_its_database_unreachable_is_one_line() -> None:

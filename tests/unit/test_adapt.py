@@ -229,10 +229,10 @@ def test_the_adapt_command_needs_no_labels(
 @pytest.mark.parametrize(
     ("arguments", "error"),
     [
-        ("--simulate --version v4", "would replace the current model v4"),
+        ("--simulate --version v4", "--version v4 is the version of a model shipped"),
         (f"--simulate --version v3a --model {V3_MODEL_PATH}", "v3 records no usage_reference"),
     ],
-    ids=["the-current-version", "no-usage-reference"],
+    ids=["a-shipped-version", "no-usage-reference"],
 )
 def test_the_adapt_command_refuses_what_it_cannot_do(
     arguments: str, error: str, capsys: pytest.CaptureFixture[str]

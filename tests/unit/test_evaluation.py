@@ -22,6 +22,7 @@ from healthscore.core.scoring.model import (
     DEFAULT_MODEL_PATH,
     ScoreModel,
     default_model,
+    load_model,
     parse_model,
     v1_model,
     v2_model,
@@ -500,15 +501,27 @@ def test_the_evaluate_command_writes_json_and_plots(tmp_path: Path) -> None:
         ),
         ("--calibration-only --exclude inactivity", "--calibration-only keeps every weight"),
         ("--calibration-only --include-size-factors", "--calibration-only keeps every weight"),
-        ("--version v4 --calibration-only", "would replace the current model v4"),
+        # a shipped version: the shipped file beside the current model was overwritten
+        ("--version v3", "--version v3 is the version of a model shipped with healthscore"),
+        ("--version v4 --calibration-only", "--version v4 is the version of a model shipped"),
+        ("--version v5.final!", "--version: must be 1 to 64 letters, digits"),
         ("--seed 3 --organizations 4", "no training organization churns"),
+        # one training churner: two of the three folds had no log loss (a traceback)
+        (
+            "--organizations 12 --days 45",
+            "6 training organizations, 1 of them churning within 30 days, and each of the 3 "
+            "cross-validation folds needs one (churners by fold: 0, 1, 0)",
+        ),
     ],
     ids=[
         "unknown-factor",
         "calibration-only-excluding",
         "calibration-only-size-factors",
+        "a-shipped-version",
         "the-current-version",
+        "a-version-that-is-no-token",
         "nothing-to-fit",
+        "a-fold-without-a-churner",
     ],
 )
 def test_the_fit_command_refuses_what_it_cannot_do(
@@ -524,6 +537,59 @@ def test_the_fit_command_refuses_what_it_cannot_do(
     arguments = f"--simulate --organizations 10 --days 20 --version vX {extra}"
     assert run_fit(parser.parse_args(arguments.split())) == 2
     assert error in capsys.readouterr().err
+
+
+def test_fit_refuses_a_model_too_few_held_out_organizations_judge(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Five held-out organizations rank and calibrate anything "no worse" than the
+    current model: the recalibrated model was written, judged on one or two churners."""
+    import argparse
+
+    from healthscore_lab.evaluation.command import add_fit_arguments, run_fit
+
+    parser = argparse.ArgumentParser()
+    add_fit_arguments(parser)
+    out = tmp_path / "health_model.vX.json"
+    arguments = "--simulate --organizations 10 --days 60 --calibration-only --version vX"
+    assert run_fit(parser.parse_args([*arguments.split(), "--out", str(out)])) == 1
+    refused = capsys.readouterr().out.splitlines()[-1]
+    assert refused.startswith("refused: too few held-out organizations to judge it by: ")
+    assert "(at least 10 and 10: a larger or longer labelled log)" in refused
+    assert refused.endswith("(--force writes it anyway)")
+    assert not out.exists()
+
+
+def test_fit_writes_the_new_version_beside_its_model_and_never_into_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --model the current model is the shipped one, in the installed package:
+    the new version went beside it, where it was taken for a shipped model."""
+    import argparse
+
+    from healthscore_lab.evaluation.command import add_fit_arguments, run_fit
+
+    def run(arguments: str) -> int:
+        parser = argparse.ArgumentParser()
+        add_fit_arguments(parser)
+        return run_fit(parser.parse_args(arguments.split()))
+
+    quick = "--simulate --organizations 10 --days 60 --calibration-only --force"
+    monkeypatch.chdir(tmp_path)
+    assert run(f"{quick} --version v4-here") == 0
+    assert load_model(tmp_path / "health_model.v4-here.json").version == "v4-here"
+    assert not (DEFAULT_MODEL_PATH.parent / "health_model.v4-here.json").exists()
+    # beside --model when given; never over it
+    ours = tmp_path / "models" / "health_model.v4-ours.json"
+    ours.parent.mkdir()
+    ours.write_bytes(
+        DEFAULT_MODEL_PATH.read_bytes().replace(b'"version": "v4"', b'"version": "v4-ours"')
+    )
+    assert run(f"{quick} --model {ours} --version v4-ours2") == 0
+    assert load_model(ours.with_name("health_model.v4-ours2.json")).version == "v4-ours2"
+    capsys.readouterr()
+    assert run(f"{quick} --model {ours} --version v4-ours") == 2
+    assert "--version v4-ours would replace the current model v4-ours" in capsys.readouterr().err
 
 
 def test_the_label_and_profile_files_read_as_the_import_reads_them() -> None:

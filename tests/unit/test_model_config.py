@@ -202,6 +202,14 @@ def _delete(path: str) -> Callable[[dict[str, Any]], None]:
         (_set("weights.new.support", "high"), "weights.new.support: Expected `float`, got `str`"),
         (_set("weights.new.support", True), "weights.new.support: Expected `float`, got `bool`"),
         (_set("version", 1), "version: Expected `str`, got `int`"),
+        # a version is a key and a label: no blanks, line breaks or pages of text
+        (_set("version", "   "), "version: must be 1 to 64 letters, digits"),
+        (_set("version", "v5\nv6"), "version: must be 1 to 64 letters, digits"),
+        (_set("version", "v5 final"), "version: must be 1 to 64 letters, digits"),
+        (_set("version", "v" * 65), "version: must be 1 to 64 letters, digits"),
+        (_set("version", "x" * 10_000), "version: must be 1 to 64 letters, digits, '.', '_', "
+         "'+' or '-', starting with a letter or digit, not '" + "x" * 40
+         + "... (10000 characters)'"),
         (_set("weights.new", {"engagement": 0, "adoption": 0, "milestones": 0, "support": 0,
                               "growth": 0}),
          "weights.new: the component weights must sum to > 0"),

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import msgspec
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -43,7 +44,7 @@ from healthscore.compiled import core_build
 from healthscore.config import Settings
 from healthscore.core.partitions import PartitionKey
 from healthscore.core.quality import aggregate_settings, aggregates_differ
-from healthscore.core.scoring.model import ScoreModel, load_model
+from healthscore.core.scoring.model import ScoreModel, load_model, shipped_models
 from healthscore.errors import ModelConfigError, StartupRefused
 from healthscore.service.batch_log import BatchLog
 from healthscore.service.broker import build_broker
@@ -160,9 +161,23 @@ def _model_setting(name: str, path: Path) -> ScoreModel:
     """The model a setting names; a file that is not a valid model (e.g. half-written)
     refuses the start in one line naming the setting, not a traceback."""
     try:
-        return load_model(path)
+        model = load_model(path)
     except ModelConfigError as exc:
         raise StartupRefused(f"{name}={path} is not a usable model: {exc}") from None
+    shipped = shipped_models().get(model.version)
+    if shipped is not None and _scoring(model) != _scoring(shipped):
+        # every score it publishes would say it is the shipped model, and a promotion
+        # would compare it with the shipped file's settings
+        raise StartupRefused(
+            f"{name}={path} is version {model.version} but not the shipped "
+            f"{model.version}: give an edited or refitted model a version of its own"
+        )
+    return model
+
+
+def _scoring(model: ScoreModel) -> ScoreModel:
+    """The model without what only documents it (changelog, evaluation)."""
+    return msgspec.structs.replace(model, changelog=[], evaluation=None)
 
 
 def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Components:
@@ -182,6 +197,17 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         if s.shadow_model_path is None
         else _model_setting("SHADOW_MODEL_PATH", s.shadow_model_path)
     )
+    if (
+        candidate is not None
+        and candidate.version == model.version
+        and _scoring(candidate) != _scoring(model)
+    ):
+        # its rows and alerts would be keyed as the live model's version, and the
+        # report would read "candidate v4 against the live model v4"
+        raise StartupRefused(
+            f"SHADOW_MODEL_PATH={s.shadow_model_path} has the live model's version "
+            f"{model.version} but other settings: give the candidate a version of its own"
+        )
     metrics = Metrics()
     metrics.build_info.labels(__version__, core_build()).set(1)
     pool = service_pool(

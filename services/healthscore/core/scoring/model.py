@@ -379,8 +379,25 @@ def _reformat(error: msgspec.ValidationError) -> str:
     return f"{path or '<root>'}: {msg}"
 
 
+# A version names the model in every published score, in a metric label, in database
+# keys (B-tree entries: a few kilobytes at most) and in alert ids: a short token, never
+# whitespace, a line break or a page of text
+VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+
+
+def check_version(version: str) -> None:
+    """Refuse a version that is not a short token; the message names the field."""
+    if not VERSION.fullmatch(version):
+        shown = version if len(version) <= 40 else f"{version[:40]}... ({len(version)} characters)"
+        raise ModelConfigError(
+            "version: must be 1 to 64 letters, digits, '.', '_', '+' or '-', starting with a "
+            f"letter or digit, not {shown!r}"
+        )
+
+
 def _check(config: _ModelConfig) -> None:
     """Rules that span fields; each failure names the path of the field to fix."""
+    check_version(config.version)
     for segment in ("new", "established"):
         weights: ComponentWeights = getattr(config.weights, segment)
         if sum(weights.as_tuple()) <= 0:

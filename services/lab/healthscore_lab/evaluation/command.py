@@ -13,7 +13,12 @@ from typing import Any
 
 import orjson
 
-from healthscore.core.scoring.model import DEFAULT_MODEL_PATH, load_model
+from healthscore.core.scoring.model import (
+    DEFAULT_MODEL_PATH,
+    check_version,
+    load_model,
+    shipped_models,
+)
 from healthscore.errors import HealthscoreError, ModelConfigError
 
 
@@ -256,7 +261,25 @@ def _current_and_out(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Pat
         print(f"error: {exc}", file=sys.stderr)
         return None
     version = args.version
-    out: Path = args.out or Path(path).with_name(f"health_model.{version}.json")
+    try:
+        check_version(version)  # before the fit, not after it
+    except ModelConfigError as exc:
+        print(f"error: --{exc}", file=sys.stderr)
+        return None
+    shipped = shipped_models()
+    if version in shipped:
+        # the service, a promotion and the dashboard take that version for the shipped
+        # model (and the file beside the shipped ones was overwritten)
+        print(
+            f"error: --version {version} is the version of a model shipped with healthscore "
+            f"({', '.join(sorted(shipped))}): give the new model a version of its own",
+            file=sys.stderr,
+        )
+        return None
+    # beside --model; the shipped model's directory is the installed package's, where a
+    # new file would be taken for a shipped model: the working directory then
+    name = f"health_model.{version}.json"
+    out: Path = args.out or (Path(name) if args.model is None else Path(path).with_name(name))
     if version == current.version or out.resolve() == Path(path).resolve():
         # a derived model under its source's name would be taken for it
         print(
@@ -433,7 +456,12 @@ def _add_new_version_arguments(p: argparse.ArgumentParser) -> None:
     add_input_arguments(p)
     p.add_argument("--model", type=Path, help="the current model (default: the shipped one)")
     p.add_argument("--version", required=True, help="the new version, e.g. v3")
-    p.add_argument("--out", type=Path, help="default: health_model.<version>.json beside --model")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="default: health_model.<version>.json beside --model (without --model: in the "
+        "working directory)",
+    )
     p.add_argument("--force", action="store_true", help="write it even if it evaluates worse")
     p.add_argument("--note", action="append", default=[], help="a changelog line (repeatable)")
 

@@ -151,6 +151,11 @@ CEILING_TOLERANCE = 1e-3  # relative log loss a stronger ceiling may cost
 # the minimum times between a recovery and the next raise `fit` may choose from
 COOLDOWNS_HOURS = (24.0, 168.0, 336.0)
 IMMEDIATE_PROBABILITY = 0.75  # the edge of `critical`: raised at once, without persistence
+# the fewest held-out organizations of each kind (churned, never churned) a judgement
+# rests on: below them a held-out ROC AUC or Brier score is one or two organizations'
+# luck, and "not worse than the current model" says nothing
+MIN_HELD_OUT_CHURNERS = 10
+MIN_HELD_OUT_HEALTHY = 10
 # factors that are not fitted: the growth component's constant
 _FIXED = ("growth_baseline",)
 # factors that measure how big a customer is rather than how healthy: a vendor with
@@ -541,6 +546,7 @@ def fit(
     base, held, rows, y = _replay_current(log, current, settings, progress)
     measures = base.snap_measures[rows]
     folds = np.array([_fold_of(base.orgs[o], settings.folds) for o in base.snap_org[rows]])
+    _refuse_folds_without_churn(base, rows, y, folds, settings)
 
     progress("searching the factor shapes (grouped 3-fold cross-validation)")
     config, _loss = search_shapes(measures, y, folds, every_factor_on(current_config), settings)
@@ -571,6 +577,25 @@ def fit(
     )
     result.shapes, result.coefficients = shapes, coefficients
     return result
+
+
+def _refuse_folds_without_churn(
+    bt: Backtest, rows: BoolArray, y: FloatArray, folds: NDArray[np.int64], settings: FitSettings
+) -> None:
+    """Every cross-validation fold needs a training organization that churns within the
+    horizon: a fold without one has no log loss to choose a shape or a ceiling by (with
+    a dozen organizations the choice crashed on the NaN)."""
+    orgs = bt.snap_org[rows]
+    churners = [len(np.unique(orgs[(folds == fold) & (y > 0)])) for fold in range(settings.folds)]
+    if min(churners) == 0:
+        training = len(np.unique(orgs))
+        raise ValueError(
+            f"too few labelled organizations to fit the weights: {training} training "
+            f"organizations, {sum(churners)} of them churning within {settings.horizon_days} "
+            f"days, and each of the {settings.folds} cross-validation folds needs one "
+            f"(churners by fold: {', '.join(map(str, churners))}); give a longer or larger "
+            "labelled log, or keep the current weights with --calibration-only"
+        )
 
 
 def recalibrate(
@@ -748,6 +773,16 @@ def _worse(candidate: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Why the candidate must not replace the current model (empty: it may)."""
     new, old = _summary(candidate), _summary(current)
     reasons = []
+    alerts = candidate["results"]["model"]["alerts"]
+    churned, healthy = alerts["churners"], alerts["healthy_organizations"]
+    if churned < MIN_HELD_OUT_CHURNERS or healthy < MIN_HELD_OUT_HEALTHY:
+        # too few to judge by: the figures below are then noise, even when not worse
+        reasons.append(
+            f"too few held-out organizations to judge it by: {churned} churned and "
+            f"{healthy} never did, of {candidate['organizations']['judged']} held out (at "
+            f"least {MIN_HELD_OUT_CHURNERS} and {MIN_HELD_OUT_HEALTHY}: a larger or longer "
+            "labelled log)"
+        )
     if (new["auc_30d_churn_probability"] or 0) < (old["auc_30d_churn_probability"] or 0):
         reasons.append(
             f"held-out ROC AUC (30 days) {new['auc_30d_churn_probability']} < "
