@@ -159,9 +159,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     async def main() -> int:
         # a line as each migration begins and ends, and for each wait: a long one on a
         # big table, or one waiting for a lock, is seen in the job's log as it happens
-        applied = await apply_migrations(
-            url.get_secret_value(), tls=database_tls(settings), report=_print_flushed
-        )
+        try:
+            applied = await apply_migrations(
+                url.get_secret_value(), tls=database_tls(settings), report=_print_flushed
+            )
+        except MigrationError as exc:
+            # one line, as serve says it: the job's log showed a traceback ending in it
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none (up to date)'}")
         return 0
 

@@ -654,3 +654,43 @@ async def test_a_runner_waiting_for_the_migration_lock_says_who_holds_it(
     assert await asyncio.wait_for(migrating, 30) == ["0001"]
     assert reports[0].startswith("waiting for the migration lock, held by session ")
     assert "healthscore-migrate-1" in reports[0]
+
+
+async def test_a_database_migrated_by_a_newer_release_is_named_so(
+    empty_database: str, tmp_path: Path
+) -> None:
+    # a rollback's migrate job (it runs first), or an older replica's `serve` without
+    # --no-migrate, meets a migration it does not ship: not a file lost from its image
+    newer = write(tmp_path / "newer", {"0001_a.sql": "SELECT 1;", "0002_b.sql": "SELECT 2;"})
+    await apply_migrations(empty_database, newer)
+    older = write(tmp_path / "older", {"0001_a.sql": "SELECT 1;"})
+    with pytest.raises(MigrationError) as raised:
+        await apply_migrations(empty_database, older)
+    assert str(raised.value) == (
+        "the database was migrated by a newer release: 0002_b.sql is applied, this "
+        "release's newest migration is 0001_a.sql. Deploy that release or a later one (an "
+        "older release's replicas run beside it with `serve --no-migrate`, its migrate "
+        "job refuses: see docs/operations.md, Upgrading)"
+    )
+
+
+async def test_the_migrate_command_says_a_refusal_in_one_line(empty_database: str) -> None:
+    # the job's log showed a Python traceback ending in the reason, exit code 1
+    await apply_migrations(empty_database)
+    conn = await asyncpg.connect(empty_database)
+    await conn.execute(
+        f"INSERT INTO {MIGRATIONS_TABLE} (version, name, checksum) "
+        "VALUES ('9999', 'from_the_future', 'x')"
+    )
+    await conn.close()
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "healthscore.cli", "migrate", "--database-url", empty_database],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: the database was migrated by a newer release: ")
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr

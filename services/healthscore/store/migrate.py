@@ -190,6 +190,18 @@ async def _apply_locked(
     rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
     applied = {row["version"]: row for row in rows}
     by_version = {m.version: m for m in migrations}
+    newest = migrations[-1] if migrations else None
+    beyond = [v for v in sorted(applied) if newest is None or v > newest.version]
+    if beyond:
+        # a rollback's migrate job, or an older replica's serve: not a file lost from the image
+        row = applied[beyond[-1]]
+        raise MigrationError(
+            f"the database was migrated by a newer release: {row['version']}_{row['name']}.sql "
+            "is applied, this release's newest migration is "
+            f"{newest.file_name if newest else 'none'}. Deploy that release or a later one "
+            "(an older release's replicas run beside it with `serve --no-migrate`, its "
+            "migrate job refuses: see docs/operations.md, Upgrading)"
+        )
     for version, row in sorted(applied.items()):
         migration = by_version.get(version)
         if migration is None:
