@@ -694,3 +694,51 @@ async def test_the_migrate_command_says_a_refusal_in_one_line(empty_database: st
     assert done.returncode == 2
     assert done.stderr.startswith("error: the database was migrated by a newer release: ")
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+async def test_the_service_login_migrating_an_up_to_date_database_applies_nothing(
+    pg_admin_url: str, migrated_database: str
+) -> None:
+    # `serve` without --no-migrate started with the service's own login (no
+    # MIGRATION_DATABASE_URL): the runner created its history table IF NOT EXISTS, which
+    # asks for CREATE on the schema even when the table is there, and the service died
+    # with a traceback ending in "permission denied for schema public"
+    async with temporary_login(pg_admin_url, migrated_database, WRITER_ROLE, "t_svc") as url:
+        assert await apply_migrations(url) == []
+
+
+async def test_the_service_login_migrating_an_older_database_is_told_what_to_do(
+    pg_admin_url: str, empty_database: str, tmp_path: Path
+) -> None:
+    await migrate_before(empty_database, "0078", tmp_path / "before")
+    async with temporary_login(pg_admin_url, empty_database, WRITER_ROLE, "t_svc") as url:
+        with pytest.raises(MigrationError) as raised:
+            await apply_migrations(url)
+    message = str(raised.value)
+    assert message.startswith("0078_dead_letters_paged_per_source_topic.sql failed: ")
+    assert "InsufficientPrivilegeError" in message
+    assert message.endswith(
+        "migrations run as an administrator that owns the schema: run `healthscore migrate` "
+        "with MIGRATION_DATABASE_URL (or serve with it set), the service with "
+        "`serve --no-migrate`"
+    )
+    # nothing of it applied
+    assert await fetch_val(empty_database, "SELECT max(version) FROM schema_migrations") == "0077"
+
+
+async def test_the_service_login_migrating_an_empty_database_is_told_what_to_do(
+    pg_admin_url: str, empty_database: str, tmp_path: Path
+) -> None:
+    await migrate_before(empty_database, "0002", tmp_path / "before")  # the roles exist
+    admin = await asyncpg.connect(empty_database)
+    await admin.execute("DROP TABLE schema_migrations")
+    await admin.close()
+    async with temporary_login(pg_admin_url, empty_database, WRITER_ROLE, "t_svc") as url:
+        with pytest.raises(MigrationError) as raised:
+            await apply_migrations(url)
+    assert str(raised.value) == (
+        "this login may not create schema_migrations (InsufficientPrivilegeError: "
+        "permission denied for schema public): migrations run as an administrator that "
+        "owns the schema: run `healthscore migrate` with MIGRATION_DATABASE_URL (or serve "
+        "with it set), the service with `serve --no-migrate`"
+    )

@@ -76,6 +76,14 @@ WHERE l.locktype = 'advisory' AND l.granted
   AND l.objsubid = 1
 """
 
+# What a login that may not migrate is told: `serve` without --no-migrate started with
+# the service's own login tries to migrate with it.
+_ADMINISTRATOR = (
+    "migrations run as an administrator that owns the schema: run `healthscore migrate` "
+    "with MIGRATION_DATABASE_URL (or serve with it set), the service with "
+    "`serve --no-migrate`"
+)
+
 Report = Callable[[str], None]
 
 
@@ -186,7 +194,16 @@ async def _check_the_client_is_there(conn: asyncpg.Connection) -> None:
 async def _apply_locked(
     conn: asyncpg.Connection, migrations: list[Migration], report: Report, lock_timeout: float
 ) -> list[str]:
-    await conn.execute(_CREATE_HISTORY)
+    # only when missing: CREATE TABLE IF NOT EXISTS asks for CREATE on the schema even
+    # when the table is there, which the service's login has not (it may read the table)
+    if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NULL"):
+        try:
+            await conn.execute(_CREATE_HISTORY)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise MigrationError(
+                f"this login may not create schema_migrations ({type(exc).__name__}: {exc}): "
+                f"{_ADMINISTRATOR}"
+            ) from exc
     rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
     applied = {row["version"]: row for row in rows}
     by_version = {m.version: m for m in migrations}
@@ -259,6 +276,10 @@ async def _apply_one(
             )
             await asyncio.sleep(pause)
             pause = min(pause * 2, RETRY_PAUSE_MAX_SECONDS)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise MigrationError(
+                f"{migration.file_name} failed: {_describe(exc, migration.sql)}; {_ADMINISTRATOR}"
+            ) from exc
         except asyncpg.PostgresError as exc:
             raise MigrationError(
                 f"{migration.file_name} failed: {_describe(exc, migration.sql)}"
