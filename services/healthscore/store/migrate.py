@@ -286,6 +286,20 @@ async def _apply_one(
             ) from exc
 
 
+async def newer_migrations(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, migrations_dir: Path | None = None
+) -> list[str]:
+    """The migrations applied beyond the newest one shipped (file names, in order): the
+    database was migrated by a newer release."""
+    shipped = load_migrations(migrations_dir or migrations_path())
+    newest = shipped[-1].version if shipped else ""
+    rows = await conn.fetch(
+        "SELECT version, name FROM schema_migrations WHERE version > $1 ORDER BY version",
+        newest,
+    )
+    return [f"{row['version']}_{row['name']}.sql" for row in rows]
+
+
 async def missing_migrations(
     conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, migrations_dir: Path | None = None
 ) -> list[str]:
