@@ -157,11 +157,30 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         return 2
 
     async def main() -> int:
-        applied = await apply_migrations(url.get_secret_value(), tls=database_tls(settings))
+        # a line as each migration begins and ends, and for each wait: a long one on a
+        # big table, or one waiting for a lock, is seen in the job's log as it happens
+        try:
+            applied = await apply_migrations(
+                url.get_secret_value(), tls=database_tls(settings), report=_print_flushed
+            )
+        except MigrationError as exc:
+            # one line, as serve says it: the job's log showed a traceback ending in it
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none (up to date)'}")
         return 0
 
     return run(main)
+
+
+def _print_flushed(line: str) -> None:
+    print(line, flush=True)
+
+
+def _log_migration(line: str) -> None:
+    import structlog
+
+    structlog.get_logger("healthscore.store.migrate").info("migration_progress", detail=line)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -177,7 +196,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             url = administrator_url(settings, args)  # --database-url's, when given
             assert url is not None
             try:
-                await apply_migrations(url.get_secret_value(), tls=database_tls(settings))
+                await apply_migrations(
+                    url.get_secret_value(),
+                    tls=database_tls(settings),
+                    report=_log_migration,
+                )
             except MigrationError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2

@@ -483,3 +483,264 @@ async def test_subjects_stored_before_are_brought_into_nfc(
         ]
     finally:
         await conn.close()
+
+
+# A runner killed mid-migration and a migration waiting for a lock, with a table the
+# service writes to standing in for organization_state (the locks are the same).
+_RUNNER = """
+import asyncio, sys
+from pathlib import Path
+from healthscore.store.migrate import apply_migrations
+asyncio.run(apply_migrations(sys.argv[1], Path(sys.argv[2])))
+"""
+
+
+async def _a_batch_writes(url: str, timeout: float) -> float:
+    """Seconds a batch's write to the table took (TimeoutError past `timeout`)."""
+    conn = await asyncpg.connect(url)
+    try:
+        started = asyncio.get_running_loop().time()
+        async with conn.transaction():
+            await asyncio.wait_for(conn.execute("INSERT INTO busy_table VALUES (1)"), timeout)
+        return asyncio.get_running_loop().time() - started
+    finally:
+        await conn.close()
+
+
+async def _wait_for(url: str, query: str, timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await fetch_val(url, query):
+        assert asyncio.get_running_loop().time() < deadline, f"never true: {query}"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_runner_killed_mid_migration_releases_its_locks_at_once(
+    empty_database: str, tmp_path: Path
+) -> None:
+    # SIGKILL (a pod evicted, OOM, an operator's kill -9) while a long migration holds an
+    # exclusive lock: its session went on to the statement's end, batches waiting behind
+    # it and the next runner waiting for the migration lock without a word
+    conn = await asyncpg.connect(empty_database)
+    await conn.execute("CREATE TABLE busy_table (id int)")
+    await conn.close()
+    migrations = write(
+        tmp_path / "m",
+        {"0001_long.sql": "LOCK TABLE busy_table IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60);"},
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    runner = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _RUNNER, empty_database, str(migrations), env=env
+    )
+    try:
+        await _wait_for(
+            empty_database,
+            "SELECT count(*) > 0 FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' "
+            "AND state = 'active' AND pid <> pg_backend_pid()",
+        )
+    finally:
+        runner.kill()
+        await runner.wait()
+
+    # the batch waits only until PostgreSQL notices the runner gone, not a minute
+    assert await _a_batch_writes(empty_database, timeout=10.0) < 10.0
+    # and the job run again takes the migration lock at once and applies the file
+    assert await asyncio.wait_for(
+        apply_migrations(empty_database, write(tmp_path / "m2", {"0001_long.sql": "SELECT 1;"})),
+        5,
+    ) == ["0001"]
+
+
+async def test_a_migration_waiting_for_a_lock_does_not_hold_the_batches(
+    empty_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an ALTER waiting for its exclusive lock behind a long transaction (a report, a
+    # replay, a forgotten psql) queued every batch writing to the table behind it, for as
+    # long as that transaction ran
+    from healthscore.store import migrate
+
+    monkeypatch.setattr(migrate, "LOCK_TIMEOUT_SECONDS", 0.5, raising=False)
+    monkeypatch.setattr(migrate, "RETRY_PAUSE_SECONDS", 0.5, raising=False)
+    setup = await asyncpg.connect(empty_database)
+    await setup.execute("CREATE TABLE busy_table (id int)")
+    await setup.close()
+    long_reader = await asyncpg.connect(empty_database)
+    await long_reader.execute("BEGIN; SELECT count(*) FROM busy_table")
+    migrating = asyncio.create_task(
+        apply_migrations(
+            empty_database,
+            write(tmp_path / "m", {"0001_alter.sql": "ALTER TABLE busy_table ADD COLUMN y int;"}),
+        )
+    )
+    try:
+        await _wait_for(
+            empty_database,
+            "SELECT count(*) > 0 FROM pg_locks WHERE NOT granted AND mode = 'AccessExclusiveLock'",
+        )
+        # a batch arriving while the ALTER waits is through within the lock timeout
+        assert await _a_batch_writes(empty_database, timeout=5.0) < 3.0
+        assert not migrating.done()
+    finally:
+        await long_reader.execute("COMMIT")
+        await long_reader.close()
+    # the long transaction over, the migration applies on a later try
+    assert await asyncio.wait_for(migrating, 30) == ["0001"]
+    assert (
+        await fetch_val(
+            empty_database,
+            "SELECT count(*) FROM information_schema.columns WHERE column_name = 'y'",
+        )
+        == 1
+    )
+
+
+async def test_a_migration_waiting_for_a_lock_says_who_holds_it(
+    empty_database: str, tmp_path: Path
+) -> None:
+    setup = await asyncpg.connect(empty_database)
+    await setup.execute("CREATE TABLE busy_table (id int)")
+    await setup.close()
+    long_reader = await asyncpg.connect(
+        empty_database, server_settings={"application_name": "quarterly-report"}
+    )
+    await long_reader.execute("BEGIN; SELECT count(*) FROM busy_table")
+    reports: list[str] = []
+    migrating = asyncio.create_task(
+        apply_migrations(
+            empty_database,
+            write(tmp_path / "m", {"0001_alter.sql": "ALTER TABLE busy_table ADD COLUMN y int;"}),
+            report=reports.append,
+            lock_timeout=0.3,
+        )
+    )
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while not any("waited" in line for line in reports):
+            assert asyncio.get_running_loop().time() < deadline, reports
+            await asyncio.sleep(0.05)
+    finally:
+        await long_reader.execute("COMMIT")
+        await long_reader.close()
+    assert await asyncio.wait_for(migrating, 30) == ["0001"]
+    waited = next(line for line in reports if "waited" in line)
+    assert waited.startswith("0001_alter.sql waited 0.3 s for a lock and rolled back")
+    assert "quarterly-report" in waited and "idle in transaction" in waited
+    assert reports[0] == "applying 0001_alter.sql"
+    assert reports[-1].startswith("applied 0001_alter.sql in ")
+
+
+async def test_a_runner_waiting_for_the_migration_lock_says_who_holds_it(
+    empty_database: str, tmp_path: Path
+) -> None:
+    from healthscore.store import locks
+
+    holder = await asyncpg.connect(
+        empty_database, server_settings={"application_name": "healthscore-migrate-1"}
+    )
+    await holder.execute("SELECT pg_advisory_lock($1)", locks.MIGRATION)
+    reports: list[str] = []
+    migrating = asyncio.create_task(
+        apply_migrations(
+            empty_database,
+            write(tmp_path / "m", {"0001_a.sql": "SELECT 1;"}),
+            report=reports.append,
+        )
+    )
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while not reports:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        assert not migrating.done()
+    finally:
+        await holder.close()
+    assert await asyncio.wait_for(migrating, 30) == ["0001"]
+    assert reports[0].startswith("waiting for the migration lock, held by session ")
+    assert "healthscore-migrate-1" in reports[0]
+
+
+async def test_a_database_migrated_by_a_newer_release_is_named_so(
+    empty_database: str, tmp_path: Path
+) -> None:
+    # a rollback's migrate job (it runs first), or an older replica's `serve` without
+    # --no-migrate, meets a migration it does not ship: not a file lost from its image
+    newer = write(tmp_path / "newer", {"0001_a.sql": "SELECT 1;", "0002_b.sql": "SELECT 2;"})
+    await apply_migrations(empty_database, newer)
+    older = write(tmp_path / "older", {"0001_a.sql": "SELECT 1;"})
+    with pytest.raises(MigrationError) as raised:
+        await apply_migrations(empty_database, older)
+    assert str(raised.value) == (
+        "the database was migrated by a newer release: 0002_b.sql is applied, this "
+        "release's newest migration is 0001_a.sql. Deploy that release or a later one (an "
+        "older release's replicas run beside it with `serve --no-migrate`, its migrate "
+        "job refuses: see docs/operations.md, Upgrading)"
+    )
+
+
+async def test_the_migrate_command_says_a_refusal_in_one_line(empty_database: str) -> None:
+    # the job's log showed a Python traceback ending in the reason, exit code 1
+    await apply_migrations(empty_database)
+    conn = await asyncpg.connect(empty_database)
+    await conn.execute(
+        f"INSERT INTO {MIGRATIONS_TABLE} (version, name, checksum) "
+        "VALUES ('9999', 'from_the_future', 'x')"
+    )
+    await conn.close()
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "healthscore.cli", "migrate", "--database-url", empty_database],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: the database was migrated by a newer release: ")
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+async def test_the_service_login_migrating_an_up_to_date_database_applies_nothing(
+    pg_admin_url: str, migrated_database: str
+) -> None:
+    # `serve` without --no-migrate started with the service's own login (no
+    # MIGRATION_DATABASE_URL): the runner created its history table IF NOT EXISTS, which
+    # asks for CREATE on the schema even when the table is there, and the service died
+    # with a traceback ending in "permission denied for schema public"
+    async with temporary_login(pg_admin_url, migrated_database, WRITER_ROLE, "t_svc") as url:
+        assert await apply_migrations(url) == []
+
+
+async def test_the_service_login_migrating_an_older_database_is_told_what_to_do(
+    pg_admin_url: str, empty_database: str, tmp_path: Path
+) -> None:
+    await migrate_before(empty_database, "0078", tmp_path / "before")
+    async with temporary_login(pg_admin_url, empty_database, WRITER_ROLE, "t_svc") as url:
+        with pytest.raises(MigrationError) as raised:
+            await apply_migrations(url)
+    message = str(raised.value)
+    assert message.startswith("0078_dead_letters_paged_per_source_topic.sql failed: ")
+    assert "InsufficientPrivilegeError" in message
+    assert message.endswith(
+        "migrations run as an administrator that owns the schema: run `healthscore migrate` "
+        "with MIGRATION_DATABASE_URL (or serve with it set), the service with "
+        "`serve --no-migrate`"
+    )
+    # nothing of it applied
+    assert await fetch_val(empty_database, "SELECT max(version) FROM schema_migrations") == "0077"
+
+
+async def test_the_service_login_migrating_an_empty_database_is_told_what_to_do(
+    pg_admin_url: str, empty_database: str, tmp_path: Path
+) -> None:
+    await migrate_before(empty_database, "0002", tmp_path / "before")  # the roles exist
+    admin = await asyncpg.connect(empty_database)
+    await admin.execute("DROP TABLE schema_migrations")
+    await admin.close()
+    async with temporary_login(pg_admin_url, empty_database, WRITER_ROLE, "t_svc") as url:
+        with pytest.raises(MigrationError) as raised:
+            await apply_migrations(url)
+    assert str(raised.value) == (
+        "this login may not create schema_migrations (InsufficientPrivilegeError: "
+        "permission denied for schema public): migrations run as an administrator that "
+        "owns the schema: run `healthscore migrate` with MIGRATION_DATABASE_URL (or serve "
+        "with it set), the service with `serve --no-migrate`"
+    )

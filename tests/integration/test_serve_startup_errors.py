@@ -261,3 +261,38 @@ async def test_the_api_with_its_database_unreachable_is_one_line() -> None:
         f"127.0.0.1:{port}/x): ",
     )
     assert "s3cret-pw" not in result.stdout + result.stderr
+
+
+async def test_a_database_migrated_by_a_newer_release_is_said_at_start(
+    migrated_database: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """An older replica of a rolling deploy, or an image rolled back without its
+    database: `serve --no-migrate` starts (every migration it ships is there) and said
+    nothing of the schema it runs on, which its statements may not fit."""
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        await conn.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) "
+            "VALUES ('9999', 'from_a_newer_release', 'x')"
+        )
+    finally:
+        await conn.close()
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    process = ServiceProcess(
+        service_settings(migrated_database, kafka_bootstrap, topics), extra_env={"OPS_PORT": "0"}
+    )
+    log = tmp_path / "serve.log"
+    process.start(str(log))
+    try:
+        for _ in range(600):
+            if "service_started" in log.read_text() or not process.alive:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        process.terminate()
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert "service_started" in [line["event"] for line in lines], log.read_text()
+    (newer,) = [line for line in lines if line["event"] == "schema_newer_than_release"]
+    assert newer["level"] == "warning"
+    assert newer["applied"] == "9999_from_a_newer_release.sql"
+    assert newer["newest_shipped"] == load_migrations(migrations_path())[-1].file_name

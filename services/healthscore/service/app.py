@@ -77,7 +77,12 @@ from healthscore.service.shadow import ShadowGauges, ShadowScorer
 from healthscore.service.sweep import SilenceSweep
 from healthscore.store.db import database_tls, opened, service_pool
 from healthscore.store.dburl import unreachable
-from healthscore.store.migrate import missing_migrations
+from healthscore.store.migrate import (
+    load_migrations,
+    migrations_path,
+    missing_migrations,
+    newer_migrations,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -604,6 +609,15 @@ def _unreachable_kafka(s: Settings) -> Iterator[None]:
 async def _refuse_an_unmigrated_database(pool: asyncpg.Pool[Any]) -> None:
     async with pool.acquire() as conn:
         missing = await missing_migrations(conn)
+        newer = [] if missing else await newer_migrations(conn)
+    if newer:
+        # an older replica of a rolling deploy, or an image rolled back without its
+        # database: it runs on, and says so, as its statements may not fit that schema
+        log.warning(
+            "schema_newer_than_release",
+            applied=newer[-1],
+            newest_shipped=load_migrations(migrations_path())[-1].file_name,
+        )
     if missing:
         named = missing[0] if len(missing) == 1 else f"{missing[0]} ... {missing[-1]}"
         raise StartupRefused(

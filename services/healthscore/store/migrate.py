@@ -7,12 +7,23 @@ in its own transaction together with its row in `schema_migrations`, so a
 failing file leaves nothing behind. A session-level advisory lock serializes
 concurrent runners on one database; a file whose checksum no longer matches
 the applied one (or an applied version whose file is gone) is refused.
+
+A migration waits at most `lock_timeout` seconds for each lock it takes, then rolls
+back and is tried again: while an ALTER waits for its ACCESS EXCLUSIVE lock behind a
+long transaction, every batch asking for the table queues behind the ALTER. The
+migrating session checks every second that its client is still there, so a runner
+killed mid-migration (SIGKILL, a pod evicted) releases its locks at once instead of
+when the statement would have ended.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +46,49 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 COMMENT ON TABLE schema_migrations IS
     'Migrations applied by healthscore.store.migrate: version, file name, sha256 of the file.';
 """
+
+
+# How long a migration waits for each lock before it rolls back and is tried again,
+# and the pauses between tries (doubling): batches queue behind a waiting ALTER.
+LOCK_TIMEOUT_SECONDS = 5.0
+RETRY_PAUSE_SECONDS = 1.0
+RETRY_PAUSE_MAX_SECONDS = 30.0
+
+# The longest transactions of other sessions, named when a migration could not take a
+# lock in time: one of them holds it.
+_LONGEST_TRANSACTIONS = """
+SELECT pid, coalesce(nullif(application_name, ''), usename::text, '?') AS client, state,
+       extract(epoch FROM now() - xact_start)::int AS seconds, left(query, 80) AS query
+FROM pg_stat_activity
+WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid() AND datname = current_database()
+ORDER BY xact_start
+LIMIT 3
+"""
+
+# Who holds the migration lock: another runner, or the session of one that was killed.
+_MIGRATION_LOCK_HOLDER = """
+SELECT a.pid, coalesce(nullif(a.application_name, ''), a.usename::text, '?') AS client,
+       extract(epoch FROM now() - a.backend_start)::int AS seconds
+FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+WHERE l.locktype = 'advisory' AND l.granted
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.classid = ($1::bigint >> 32)::oid AND l.objid = ($1::bigint & 4294967295)::oid
+  AND l.objsubid = 1
+"""
+
+# What a login that may not migrate is told: `serve` without --no-migrate started with
+# the service's own login tries to migrate with it.
+_ADMINISTRATOR = (
+    "migrations run as an administrator that owns the schema: run `healthscore migrate` "
+    "with MIGRATION_DATABASE_URL (or serve with it set), the service with "
+    "`serve --no-migrate`"
+)
+
+Report = Callable[[str], None]
+
+
+def _silent(line: str) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -90,11 +144,18 @@ def _describe(exc: asyncpg.PostgresError, sql: str) -> str:
 
 
 async def apply_migrations(
-    database_url: str, migrations_dir: Path | None = None, tls: DatabaseTLS = None
+    database_url: str,
+    migrations_dir: Path | None = None,
+    tls: DatabaseTLS = None,
+    *,
+    report: Report = _silent,
+    lock_timeout: float | None = None,
 ) -> list[str]:
     """Apply the pending migrations; return the versions applied now (none: []).
 
     `tls`: see `healthscore.store.db.database_tls` (the service's DATABASE_SSLMODE).
+    `report` gets a line for each migration begun and applied, and for each wait;
+    `lock_timeout` defaults to LOCK_TIMEOUT_SECONDS.
     """
     migrations = load_migrations(migrations_dir or migrations_path())
     try:
@@ -102,20 +163,62 @@ async def apply_migrations(
     except (OSError, asyncpg.PostgresError) as exc:
         raise MigrationError(f"cannot connect to {redact(database_url)}: {exc}") from exc
     try:
-        await conn.execute("SELECT pg_advisory_lock($1)", locks.MIGRATION)
+        await _check_the_client_is_there(conn)
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", locks.MIGRATION):
+            holder = await conn.fetchrow(_MIGRATION_LOCK_HOLDER, locks.MIGRATION)
+            who = (
+                f"session {holder['pid']} ({holder['client']}, connected {holder['seconds']} s ago)"
+                if holder
+                else "another session"
+            )
+            report(f"waiting for the migration lock, held by {who}: another migrate runs")
+            await conn.execute("SELECT pg_advisory_lock($1)", locks.MIGRATION)
         try:
-            return await _apply_locked(conn, migrations)
+            return await _apply_locked(
+                conn, migrations, report, lock_timeout or LOCK_TIMEOUT_SECONDS
+            )
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", locks.MIGRATION)
     finally:
         await conn.close()
 
 
-async def _apply_locked(conn: asyncpg.Connection, migrations: list[Migration]) -> list[str]:
-    await conn.execute(_CREATE_HISTORY)
+async def _check_the_client_is_there(conn: asyncpg.Connection) -> None:
+    # PostgreSQL notices a client gone only when it next writes to it: the session of a
+    # runner killed mid-migration went on rewriting (or waiting in a lock queue) with
+    # its locks and the migration lock held until the statement ended
+    with contextlib.suppress(asyncpg.UndefinedObjectError):  # before PostgreSQL 14: none
+        await conn.execute("SET client_connection_check_interval = '1s'")
+
+
+async def _apply_locked(
+    conn: asyncpg.Connection, migrations: list[Migration], report: Report, lock_timeout: float
+) -> list[str]:
+    # only when missing: CREATE TABLE IF NOT EXISTS asks for CREATE on the schema even
+    # when the table is there, which the service's login has not (it may read the table)
+    if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NULL"):
+        try:
+            await conn.execute(_CREATE_HISTORY)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise MigrationError(
+                f"this login may not create schema_migrations ({type(exc).__name__}: {exc}): "
+                f"{_ADMINISTRATOR}"
+            ) from exc
     rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
     applied = {row["version"]: row for row in rows}
     by_version = {m.version: m for m in migrations}
+    newest = migrations[-1] if migrations else None
+    beyond = [v for v in sorted(applied) if newest is None or v > newest.version]
+    if beyond:
+        # a rollback's migrate job, or an older replica's serve: not a file lost from the image
+        row = applied[beyond[-1]]
+        raise MigrationError(
+            f"the database was migrated by a newer release: {row['version']}_{row['name']}.sql "
+            "is applied, this release's newest migration is "
+            f"{newest.file_name if newest else 'none'}. Deploy that release or a later one "
+            "(an older release's replicas run beside it with `serve --no-migrate`, its "
+            "migrate job refuses: see docs/operations.md, Upgrading)"
+        )
     for version, row in sorted(applied.items()):
         migration = by_version.get(version)
         if migration is None:
@@ -132,8 +235,26 @@ async def _apply_locked(conn: asyncpg.Connection, migrations: list[Migration]) -
     for migration in migrations:
         if migration.version in applied:
             continue
+        report(f"applying {migration.file_name}")
+        started = time.monotonic()
+        await _apply_one(conn, migration, report, lock_timeout)
+        report(f"applied {migration.file_name} in {time.monotonic() - started:.1f} s")
+        newly_applied.append(migration.version)
+    return newly_applied
+
+
+async def _apply_one(
+    conn: asyncpg.Connection, migration: Migration, report: Report, lock_timeout: float
+) -> None:
+    """One file and its history row in one transaction; tried again while a lock it
+    needs is not granted within `lock_timeout` (nothing of it stays between tries)."""
+    pause = RETRY_PAUSE_SECONDS
+    while True:
         try:
             async with conn.transaction():
+                await conn.execute(
+                    "SELECT set_config('lock_timeout', $1, true)", f"{int(lock_timeout * 1000)}ms"
+                )
                 await conn.execute(migration.sql)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
@@ -141,12 +262,42 @@ async def _apply_locked(conn: asyncpg.Connection, migrations: list[Migration]) -
                     migration.name,
                     migration.checksum,
                 )
+            return
+        except asyncpg.LockNotAvailableError:
+            longest = await conn.fetch(_LONGEST_TRANSACTIONS)
+            named = "; ".join(
+                f"pid {r['pid']} ({r['client']}, {r['state']}, {r['seconds']} s: {r['query']!r})"
+                for r in longest
+            )
+            report(
+                f"{migration.file_name} waited {lock_timeout:g} s for a lock and rolled back "
+                f"(batches do not queue behind it meanwhile); trying again in {pause:g} s. "
+                f"Longest transactions: {named or 'none now'}"
+            )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RETRY_PAUSE_MAX_SECONDS)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise MigrationError(
+                f"{migration.file_name} failed: {_describe(exc, migration.sql)}; {_ADMINISTRATOR}"
+            ) from exc
         except asyncpg.PostgresError as exc:
             raise MigrationError(
                 f"{migration.file_name} failed: {_describe(exc, migration.sql)}"
             ) from exc
-        newly_applied.append(migration.version)
-    return newly_applied
+
+
+async def newer_migrations(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, migrations_dir: Path | None = None
+) -> list[str]:
+    """The migrations applied beyond the newest one shipped (file names, in order): the
+    database was migrated by a newer release."""
+    shipped = load_migrations(migrations_dir or migrations_path())
+    newest = shipped[-1].version if shipped else ""
+    rows = await conn.fetch(
+        "SELECT version, name FROM schema_migrations WHERE version > $1 ORDER BY version",
+        newest,
+    )
+    return [f"{row['version']}_{row['name']}.sql" for row in rows]
 
 
 async def missing_migrations(
