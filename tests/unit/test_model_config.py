@@ -245,3 +245,19 @@ def test_not_json_and_missing_file_are_config_errors(tmp_path: Path) -> None:
         parse_model(b"{not json")
     with pytest.raises(ModelConfigError, match="cannot read"):
         load_model(tmp_path / "absent.json")
+
+
+@pytest.mark.parametrize("where", ["top", "nested"])
+def test_a_key_named_twice_is_refused(where: str) -> None:
+    """A hand-edited file naming a setting twice: the decoder kept the last one silently,
+    so the model served was not the one its author read at the top of the file."""
+    text = json.dumps(DEFAULT)
+    if where == "top":
+        text = text.replace('{"version": ', '{"version": "v9", "version": ', 1)
+        named = "'version'"
+    else:
+        text = text.replace('"weights": {', '"weights": {"new": {}, ', 1)
+        named = "'new'"
+    assert text != json.dumps(DEFAULT)
+    with pytest.raises(ModelConfigError, match=f"names the key {named} twice"):
+        parse_model(text)
