@@ -109,6 +109,18 @@ def test_churners_decline_for_weeks_before_they_leave() -> None:
     assert drops and float(np.median(drops)) > 0.5
 
 
+def test_labels_naming_none_of_the_logs_organizations_are_refused(
+    small: Population, tmp_path: Path
+) -> None:
+    """Labels exported from another system (other ids) made every organization
+    retained, and `fit` then said "no training organization churns within the horizon"."""
+    (tmp_path / "events.jsonl").write_bytes(b"".join(iter_jsonl(small)))
+    others = "\n".join(f"{uuid.uuid4()},2026-01-01T00:00:00Z" for _ in range(3))
+    (tmp_path / "labels.csv").write_text(f"organization_id,churned_at\n{others}\n")
+    with pytest.raises(EvaluationInputError, match="none of its 3 organizations has a usage"):
+        load_log(tmp_path / "events.jsonl", tmp_path / "labels.csv")
+
+
 def test_the_log_round_trips_through_the_export_files(small: Population, tmp_path: Path) -> None:
     (tmp_path / "events.jsonl").write_bytes(b"".join(iter_jsonl(small)))
     (tmp_path / "labels.csv").write_text(labels_csv(small))

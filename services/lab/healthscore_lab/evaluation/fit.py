@@ -51,6 +51,7 @@ import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -653,7 +654,15 @@ def _replay_current(
     )
     rows = usable & training
     if not label[rows].any():
-        raise ValueError("no training organization churns within the horizon: nothing to fit")
+        churners = sum(1 for at in log.churned_at.values() if at is not None)
+        known = datetime.fromtimestamp(bt.labels_until, UTC).date().isoformat()
+        raise ValueError(
+            f"no training organization churns within {settings.horizon_days:g} days of an "
+            f"as-of point: nothing to fit ({churners} of the log's organizations churn in "
+            f"the labels, which are known until {known}; an as-of point needs "
+            f"{settings.horizon_days:g} days of known labels after it and "
+            f"{settings.warmup_days:g} days of events before it)"
+        )
     return bt, held, rows, label[rows].astype(float)
 
 

@@ -213,10 +213,18 @@ def load_log(
     if not any(_activity(decoded)):
         raise EvaluationInputError(f"{events}: no valid usage or support events")
     churned = parse_labels(_csv(labels), str(labels)) if labels is not None else {}
+    seen = {str(event.organization_id) for event in _activity(decoded)}
+    if churned and not seen & set(churned):
+        # every organization would be taken as retained: the labels of another system,
+        # or of another export, not a population without churn
+        raise EvaluationInputError(
+            f"{labels}: none of its {len(churned)} organizations has a usage or support "
+            f"event in {events}: are the ids those of the same system?"
+        )
     # an organization without a label is taken as retained; one with nothing but a
     # profile in the export was not seen, as a profiles CSV's row of it is not
-    for event in _activity(decoded):
-        churned.setdefault(str(event.organization_id), None)
+    for org in seen:
+        churned.setdefault(org, None)
     log = LabelledLog(
         events=decoded,
         churned_at=churned,
