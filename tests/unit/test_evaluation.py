@@ -572,6 +572,30 @@ def test_fit_refuses_a_model_too_few_held_out_organizations_judge(
     assert not out.exists()
 
 
+def test_fit_refuses_a_log_without_usage_events(
+    small: Population, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An export of the support topic alone (the usage topic forgotten) was fitted and
+    written: it ranked better than v4 on that same log, with no usage to learn from."""
+    import argparse
+
+    from healthscore_lab.evaluation.command import add_fit_arguments, run_fit
+
+    support_only = [line for line in iter_jsonl(small) if b'"product.usage.v1"' not in line]
+    assert support_only and len(support_only) < len(list(iter_jsonl(small)))
+    (tmp_path / "events.jsonl").write_bytes(b"".join(support_only))
+    (tmp_path / "labels.csv").write_text(labels_csv(small))
+    parser = argparse.ArgumentParser()
+    add_fit_arguments(parser)
+    arguments = f"--events {tmp_path / 'events.jsonl'} --labels {tmp_path / 'labels.csv'}"
+    out = tmp_path / "health_model.vX.json"
+    assert (
+        run_fit(parser.parse_args([*arguments.split(), "--version", "vX", "--out", str(out)])) == 2
+    )
+    assert "no product usage event" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_fit_writes_the_new_version_beside_its_model_and_never_into_the_package(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -60,6 +60,7 @@ import orjson
 from numpy.typing import NDArray
 from scipy.optimize import minimize
 
+from healthscore.core.events import UsageEvent
 from healthscore.core.scoring.model import COMPONENTS, Alerts, ScoreModel, parse_model
 from healthscore_lab.evaluation.evaluate import evaluate
 from healthscore_lab.evaluation.log import LabelledLog
@@ -646,6 +647,13 @@ def _replay_current(
 ) -> tuple[Backtest, BoolArray, BoolArray, FloatArray]:
     """The log replayed under the current model; per organization whether it is held
     out; the snapshots fitted on (training organizations, label known), their labels."""
+    if not any(isinstance(event, UsageEvent) for event in log.events):
+        # a support-only export (one topic forgotten) fits usage weights on nothing
+        # and can still rank better than the current model on the same log
+        raise ValueError(
+            f"{log.source}: no product usage event: a model fitted on it learns nothing "
+            "of usage; export every input topic (product.usage.v1 among them)"
+        )
     progress(f"replaying {len(log.events)} events under {current.version}")
     bt = run_backtest(log, current, warmup_days=settings.warmup_days)
     held, training = training_snapshots(bt)
