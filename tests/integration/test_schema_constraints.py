@@ -139,6 +139,21 @@ BAD_CHECK_VALUES: dict[str, tuple[str, list[dict[str, Any]]]] = {
     "shadow_alerts_episode_check": ("shadow_alerts", [{"episode": 0}]),
     "alert_outcomes_kind_check": ("alert_outcomes", [{"kind": "risk_lowered"}]),
     "alert_outcomes_outcome_check": ("alert_outcomes", [{"outcome": "resolved"}]),
+    "score_quality_summary_singleton_check": ("score_quality_summary", [{"singleton": False}]),
+    "score_quality_summary_counts_check": (
+        "score_quality_summary",
+        [
+            {"episodes_churned": -1},
+            {"episodes_retained": -1},
+            {"episodes_pending": -1},
+            {"churners": -1, "churners_alerted": 0},
+            {"churners_alerted": 5},  # more alerted churners than churners
+        ],
+    ),
+    "score_quality_summary_quartiles_check": (
+        "score_quality_summary",
+        [{"lead_days_quartiles": [1.0, 2.0]}],
+    ),
 }
 
 # CHECKs on generated columns: no value can be written; they guard the functions
@@ -170,6 +185,8 @@ def valid_row(table: str, organization_id: uuid.UUID, **overrides: Any) -> dict[
         return b.replay_run(**overrides)
     if table == "dead_letter_outbox":
         return b.dead_letter(**overrides)
+    if table == "score_quality_summary":
+        return b.score_quality_summary(**overrides)
     return b.ORGANIZATION_CHILDREN[table](organization_id, **overrides)
 
 

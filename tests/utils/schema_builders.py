@@ -154,6 +154,20 @@ def replay_run(**overrides: Any) -> Row:
     }
 
 
+def score_quality_summary(**overrides: Any) -> Row:
+    return {
+        "score_model_version": "v4",
+        "backtest": json.dumps({"source": "simulated", "figures": {"recall": 0.8}}),
+        "episodes_churned": 3,
+        "episodes_retained": 1,
+        "episodes_pending": 2,
+        "churners": 4,
+        "churners_alerted": 3,
+        "lead_days_quartiles": [5.0, 12.5, 20.0],
+        **overrides,
+    }
+
+
 def dead_letter(**overrides: Any) -> Row:
     return {
         "source_topic": "product.usage.v1",
