@@ -470,3 +470,50 @@ def test_check_sh_passes() -> None:
     skipped = [line for line in output.splitlines() if "skipped" in line]
     if skipped:
         warnings.warn("deploy/check.sh ran without: " + "; ".join(skipped), stacklevel=1)
+
+
+# --- the manifests as a platform team reviews them ----------------------------------
+
+
+def objects_of(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def the_object(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (found,) = [o for o in objects_of(objects, kind) if o["metadata"]["name"] == name]
+    return found
+
+
+def input_partitions() -> int:
+    """INPUT_PARTITIONS of the topics Job: the partitions of each input topic."""
+    (topics,) = [
+        o
+        for o in objects_of(render("k8s/jobs"), "ConfigMap")
+        if o["metadata"]["name"].startswith("healthscore-topics-")
+    ]
+    return int(topics["data"]["INPUT_PARTITIONS"])
+
+
+def test_every_lag_trigger_reads_the_service_group_as_the_service_connects() -> None:
+    """KEDA's lag of each input topic, read from the cluster the service uses, with the
+    same security: a trigger left in plaintext against a SASL_SSL cluster fails, and an
+    HPA with a failing metric never scales down."""
+    from healthscore.config import Settings
+
+    objects = render("k8s/overlays/example")
+    config = the_object(objects, "ConfigMap", "healthscore-config")["data"]
+    (scaled,) = objects_of(objects, "ScaledObject")
+    triggers = [t for t in scaled["spec"]["triggers"] if t["type"] == "kafka"]
+    assert sorted(t["metadata"]["topic"] for t in triggers) == sorted(
+        Settings(_env_file=None).input_topics
+    )
+    secured = config["KAFKA_SECURITY_PROTOCOL"] != "PLAINTEXT"
+    authentications = {o["metadata"]["name"] for o in objects_of(objects, "TriggerAuthentication")}
+    for trigger in triggers:
+        topic = trigger["metadata"]["topic"]
+        assert trigger["metadata"]["consumerGroup"] == config["CONSUMER_GROUP"], topic
+        assert trigger["metadata"]["bootstrapServers"] == config["KAFKA_BOOTSTRAP_SERVERS"], topic
+        reference = trigger.get("authenticationRef", {}).get("name")
+        if secured:
+            assert reference in authentications, f"{topic}: no authenticationRef on SASL_SSL"
+    assert scaled["spec"]["maxReplicaCount"] <= input_partitions()
