@@ -517,3 +517,62 @@ def test_every_lag_trigger_reads_the_service_group_as_the_service_connects() -> 
         if secured:
             assert reference in authentications, f"{topic}: no authenticationRef on SASL_SSL"
     assert scaled["spec"]["maxReplicaCount"] <= input_partitions()
+
+
+def pod_templates(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(name, pod template) of every Deployment and Job."""
+    return [
+        (o["metadata"]["name"], o["spec"]["template"])
+        for o in objects
+        if o["kind"] in ("Deployment", "Job")
+    ]
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, f"a selector this test cannot read: {selector}"
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def scraped_ports(objects: list[dict[str, Any]], template: dict[str, Any]) -> set[tuple[int, str]]:
+    """(container port, path) the Prometheus Operator's monitors scrape on these pods."""
+    labels = template["metadata"]["labels"]
+    ports = {
+        p["name"]: p["containerPort"]
+        for c in template["spec"]["containers"]
+        for p in c.get("ports", [])
+    }
+    scraped = set()
+    for monitor in objects_of(objects, "PodMonitor"):
+        if selects(monitor["spec"]["selector"], labels):
+            for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+                scraped.add((ports[endpoint["port"]], endpoint.get("path", "/metrics")))
+    for monitor in objects_of(objects, "ServiceMonitor"):
+        for service in objects_of(objects, "Service"):
+            if not selects(monitor["spec"]["selector"], service["metadata"]["labels"]):
+                continue
+            if not selects({"matchLabels": service["spec"]["selector"]}, labels):
+                continue
+            for endpoint in monitor["spec"]["endpoints"]:
+                (port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+                target = port["targetPort"]
+                number = ports[target] if isinstance(target, str) else target
+                scraped.add((number, endpoint.get("path", "/metrics")))
+    return scraped
+
+
+def test_the_prometheus_operator_scrapes_every_pod_that_exports_metrics() -> None:
+    """With components/servicemonitor (the Prometheus Operator instead of the
+    prometheus.io annotations), every pod annotated for scraping is scraped on the
+    annotated port and path: the read API's alerts (HealthscoreApiErrors) and its
+    `up` need its ops port scraped too."""
+    objects = render("k8s/overlays/example")
+    annotated = {
+        name: template
+        for name, template in pod_templates(objects)
+        if template["metadata"].get("annotations", {}).get("prometheus.io/scrape") == "true"
+    }
+    assert set(annotated) == {"healthscore", "healthscore-api"}
+    for name, template in annotated.items():
+        annotations = template["metadata"]["annotations"]
+        wanted = (int(annotations["prometheus.io/port"]), annotations["prometheus.io/path"])
+        assert scraped_ports(objects, template) == {wanted}, name
