@@ -576,3 +576,36 @@ def test_the_prometheus_operator_scrapes_every_pod_that_exports_metrics() -> Non
         annotations = template["metadata"]["annotations"]
         wanted = (int(annotations["prometheus.io/port"]), annotations["prometheus.io/path"])
         assert scraped_ports(objects, template) == {wanted}, name
+
+
+# what the ingress controller and kube-proxy may still route to a pod after its
+# deletion began (endpoint removal and SIGTERM race; a few seconds in large clusters)
+ENDPOINT_PROPAGATION_SECONDS = 5
+
+
+def pre_stop_seconds(container: dict[str, Any]) -> int:
+    """How long a container's preStop hook holds SIGTERM back (0: no hook)."""
+    hook = container.get("lifecycle", {}).get("preStop")
+    if hook is None:
+        return 0
+    if "sleep" in hook:
+        return int(hook["sleep"]["seconds"])
+    command = hook["exec"]["command"]
+    assert command[0] in ("sleep", "/bin/sleep") and len(command) == 2, command
+    return int(command[1])
+
+
+def test_the_api_keeps_serving_until_no_one_routes_to_it() -> None:
+    """On SIGTERM `healthscore api` closes its listener at once, while the Ingress
+    (and kube-proxy) still route new requests to the pod until the endpoint's
+    removal reaches them: every rollout or drain would answer those with 502. A
+    preStop pause keeps it serving meanwhile, and the grace period leaves the drain
+    its time after it."""
+    objects = render("k8s")
+    api = the_object(objects, "Deployment", "healthscore-api")["spec"]["template"]["spec"]
+    (container,) = api["containers"]
+    pause = pre_stop_seconds(container)
+    assert pause >= ENDPOINT_PROPAGATION_SECONDS
+    # the drain after it: requests in flight, each statement within 5 s
+    # (API_STATEMENT_TIMEOUT_MS), with room for a few
+    assert api["terminationGracePeriodSeconds"] >= pause + 20
