@@ -609,3 +609,34 @@ def test_the_api_keeps_serving_until_no_one_routes_to_it() -> None:
     # the drain after it: requests in flight, each statement within 5 s
     # (API_STATEMENT_TIMEOUT_MS), with room for a few
     assert api["terminationGracePeriodSeconds"] >= pause + 20
+
+
+def quantity(value: str | int) -> float:
+    """A Kubernetes quantity (\"500m\", \"1\", \"320Mi\", \"1G\") as a number."""
+    text = str(value)
+    units = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    for unit in sorted(units, key=len, reverse=True):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * units[unit]
+    return float(text)
+
+
+# README, Performance: "RSS < 300 MB per process" (issue #12), met at 279-293 MB at
+# 1M/100k; docs/operations.md, Capacity: "a process ... uses about one core"
+SERVICE_PEAK_RSS_BYTES = 300e6
+SERVICE_BUSY_CORES = 1.0
+
+
+def test_the_consumers_request_what_a_replica_was_measured_to_use() -> None:
+    """The scheduler places pods by their requests and the kubelet evicts first the
+    pods above theirs: a replica that needs 280-300 MB and a core to catch up must
+    ask for them, and its limit must leave room above the measured peak."""
+    objects = render("k8s")
+    spec = the_object(objects, "Deployment", "healthscore")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    requests, limits = container["resources"]["requests"], container["resources"]["limits"]
+    assert quantity(requests["memory"]) >= SERVICE_PEAK_RSS_BYTES
+    assert quantity(limits["memory"]) >= 1.5 * SERVICE_PEAK_RSS_BYTES
+    assert quantity(requests["cpu"]) >= SERVICE_BUSY_CORES
+    # a limit below a core would throttle the one thread that does the work
+    assert quantity(limits.get("cpu", "1000")) >= SERVICE_BUSY_CORES
