@@ -640,3 +640,60 @@ def test_the_consumers_request_what_a_replica_was_measured_to_use() -> None:
     assert quantity(requests["cpu"]) >= SERVICE_BUSY_CORES
     # a limit below a core would throttle the one thread that does the work
     assert quantity(limits.get("cpu", "1000")) >= SERVICE_BUSY_CORES
+
+
+def peer_name(peer: dict[str, Any]) -> str:
+    """A NetworkPolicy peer as a short name: the namespace, an ipBlock's CIDR."""
+    if "ipBlock" in peer:
+        return str(peer["ipBlock"]["cidr"])
+    namespace = str(peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"])
+    pods = peer.get("podSelector", {}).get("matchLabels", {})
+    return namespace + "".join(f"/{k}={v}" for k, v in sorted(pods.items()))
+
+
+def allowed(
+    policies: list[dict[str, Any]], labels: dict[str, str], direction: str
+) -> set[tuple[str, int]] | None:
+    """(peer, port) a pod with these labels may reach (egress) or be reached from
+    (ingress) under the policies; None: no policy isolates it in that direction."""
+    rules_key, peers_key = {"Egress": ("egress", "to"), "Ingress": ("ingress", "from")}[direction]
+    isolating = [
+        p
+        for p in policies
+        if direction in p["spec"]["policyTypes"] and selects(p["spec"]["podSelector"], labels)
+    ]
+    if not isolating:
+        return None
+    return {
+        (peer_name(peer), int(port["port"]))
+        for policy in isolating
+        for rule in policy["spec"].get(rules_key, [])
+        for peer in rule[peers_key]
+        for port in rule["ports"]
+    }
+
+
+def test_each_pod_reaches_only_what_it_talks_to() -> None:
+    """The consumers talk to PostgreSQL and the brokers and are scraped; the read API
+    talks to PostgreSQL only, takes HTTP from the ingress controller and is scraped on
+    its ops port; the migrate Job talks to PostgreSQL, the topics Job to the brokers,
+    and nothing connects to either. Policies add up, so a policy selecting every
+    healthscore pod gives each what any of them needs."""
+    base, jobs = render("k8s"), render("k8s/jobs")
+    policies = objects_of(base, "NetworkPolicy") + objects_of(jobs, "NetworkPolicy")
+    dns = {("kube-system/k8s-app=kube-dns", 53)}
+    postgres, kafka = {("10.0.0.0/8", 5432)}, {("kafka", 9092)}
+    wanted = {
+        "healthscore": (dns | postgres | kafka, {("monitoring", 8080)}),
+        "healthscore-api": (dns | postgres, {("ingress-nginx", 8000), ("monitoring", 8081)}),
+        "healthscore-migrate": (dns | postgres, set()),
+        "healthscore-topics": (dns | kafka, set()),
+    }
+    found = {
+        name: (
+            allowed(policies, template["metadata"]["labels"], "Egress"),
+            allowed(policies, template["metadata"]["labels"], "Ingress"),
+        )
+        for name, template in pod_templates(base) + pod_templates(jobs)
+    }
+    assert found == wanted
