@@ -697,3 +697,37 @@ def test_each_pod_reaches_only_what_it_talks_to() -> None:
         for name, template in pod_templates(base) + pod_templates(jobs)
     }
     assert found == wanted
+
+
+def test_every_pod_runs_unprivileged_on_a_read_only_root() -> None:
+    """Every container of the Deployments and Jobs: a non-root user and group, a
+    read-only root filesystem, no privilege escalation, no capabilities, the
+    runtime's seccomp profile, no service-account token, bounded memory."""
+    problems = []
+    for name, template in pod_templates(render("k8s")) + pod_templates(render("k8s/jobs")):
+        pod = template["spec"]
+        if pod.get("automountServiceAccountToken") is not False:
+            problems.append(f"{name}: a service-account token is mounted")
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            where = f"{name}/{container['name']}"
+            # the container's settings override the pod's
+            security = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
+            if security.get("runAsNonRoot") is not True:
+                problems.append(f"{where}: runAsNonRoot is not true")
+            for key in ("runAsUser", "runAsGroup"):
+                if not security.get(key):
+                    problems.append(f"{where}: {key} unset or 0 (the image decides)")
+            if security.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+                problems.append(f"{where}: seccomp profile is not RuntimeDefault")
+            if security.get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{where}: writable root filesystem")
+            if security.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{where}: privilege escalation allowed")
+            if security.get("capabilities", {}).get("drop") != ["ALL"]:
+                problems.append(f"{where}: capabilities not all dropped")
+            resources = container.get("resources", {})
+            if "memory" not in resources.get("requests", {}):
+                problems.append(f"{where}: no memory request")
+            if "memory" not in resources.get("limits", {}):
+                problems.append(f"{where}: no memory limit")
+    assert problems == []
