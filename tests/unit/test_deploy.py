@@ -731,3 +731,18 @@ def test_every_pod_runs_unprivileged_on_a_read_only_root() -> None:
             if "memory" not in resources.get("limits", {}):
                 problems.append(f"{where}: no memory limit")
     assert problems == []
+
+
+def test_the_jobs_run_one_pod_at_a_time_and_end() -> None:
+    """A Job's replacement pod starts only once the one before has gone (a pod being
+    evicted mid-migration still holds its session until it exits), retries a few
+    times, gives up by a deadline instead of waiting on a lock for ever behind a
+    deploy that already stopped waiting, and is cleaned up after."""
+    for job in objects_of(render("k8s/jobs"), "Job"):
+        name, spec = job["metadata"]["name"], job["spec"]
+        assert spec.get("parallelism", 1) == 1 and spec.get("completions", 1) == 1, name
+        assert spec.get("podReplacementPolicy") == "Failed", name
+        assert 0 < spec.get("backoffLimit", 6) <= 5, name
+        assert 0 < spec.get("activeDeadlineSeconds", 0) <= 4 * 3600, name
+        assert spec.get("ttlSecondsAfterFinished", 0) > 0, name
+        assert spec["template"]["spec"]["restartPolicy"] == "Never", name
