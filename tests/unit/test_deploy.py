@@ -746,3 +746,21 @@ def test_the_jobs_run_one_pod_at_a_time_and_end() -> None:
         assert 0 < spec.get("activeDeadlineSeconds", 0) <= 4 * 3600, name
         assert spec.get("ttlSecondsAfterFinished", 0) > 0, name
         assert spec["template"]["spec"]["restartPolicy"] == "Never", name
+
+
+def test_replicas_spread_over_nodes_and_zones() -> None:
+    """A node or a zone lost takes at most its share of the replicas: each Deployment
+    spreads its own pods over both (preferred, so a small cluster still schedules)."""
+    for deployment in objects_of(render("k8s"), "Deployment"):
+        name = deployment["metadata"]["name"]
+        template = deployment["spec"]["template"]
+        spread = {
+            c["topologyKey"]: c
+            for c in template["spec"].get("topologySpreadConstraints", [])
+            if selects(c["labelSelector"], template["metadata"]["labels"])
+        }
+        assert set(spread) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}, name
+        for constraint in spread.values():
+            assert constraint["maxSkew"] == 1, name
+            # counted within one rollout's pods, not the old ReplicaSet's too
+            assert constraint.get("matchLabelKeys") == ["pod-template-hash"], name
