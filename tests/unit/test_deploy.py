@@ -764,3 +764,26 @@ def test_replicas_spread_over_nodes_and_zones() -> None:
             assert constraint["maxSkew"] == 1, name
             # counted within one rollout's pods, not the old ReplicaSet's too
             assert constraint.get("matchLabelKeys") == ["pod-template-hash"], name
+
+
+def test_no_secret_reaches_a_command_line() -> None:
+    """A process's arguments are readable by every process of the node (ps, /proc,
+    agents that collect them); its environment is not. So a container's command and
+    args name no variable whose value comes from a Secret, and hold no credentials."""
+    problems = []
+    for name, template in pod_templates(render("k8s")) + pod_templates(render("k8s/jobs")):
+        pod = template["spec"]
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            where = f"{name}/{container['name']}"
+            secret_variables = {
+                variable["name"]
+                for variable in container.get("env", [])
+                if "secretKeyRef" in variable.get("valueFrom", {})
+            }
+            words = " ".join(container.get("command", []) + container.get("args", []))
+            for variable in secret_variables:
+                if re.search(rf"\$\{{?\(?{variable}\b", words):
+                    problems.append(f"{where}: ${variable} on the command line")
+            if re.search(r"://[^/\s]*:[^/\s]*@|password=", words, re.IGNORECASE):
+                problems.append(f"{where}: credentials on the command line")
+    assert problems == []
