@@ -787,3 +787,125 @@ def test_no_secret_reaches_a_command_line() -> None:
             if re.search(r"://[^/\s]*:[^/\s]*@|password=", words, re.IGNORECASE):
                 problems.append(f"{where}: credentials on the command line")
     assert problems == []
+
+
+# --- the image (deploy/docker) -------------------------------------------------------
+
+DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
+IMAGE_LOCK = DEPLOY / "docker" / "requirements.txt"
+
+
+def dockerfile_stages() -> list[list[str]]:
+    """The Dockerfile's stages, each a list of its instructions (continuations joined)."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    stages: list[list[str]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.upper().startswith("FROM "):
+            stages.append([])
+        if stages:
+            stages[-1].append(line)
+    return stages
+
+
+def runtime_closure(pins: dict[str, str]) -> tuple[set[str], bool]:
+    """Every distribution the service's wheel needs at run time on Linux (its pyproject
+    dependencies and theirs, extras followed), read from the metadata installed here;
+    and whether that was exact. Below a distribution installed at another version than
+    its pin (a fresh CI virtualenv takes the newest) its requirements are not known for
+    the pinned version, so they are not followed, and the answer is not exact."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    environment = {"sys_platform": "linux", "platform_system": "Linux", "os_name": "posix"}
+    needed: dict[str, set[str]] = {}
+    exact = True
+    pending = [Requirement(text) for text in project_dependencies()]
+    while pending:
+        requirement = pending.pop()
+        if requirement.marker and not requirement.marker.evaluate(environment):
+            continue
+        name = canonicalize_name(requirement.name)
+        if name in needed and set(requirement.extras) <= needed[name]:
+            continue
+        extras = needed.setdefault(name, set())
+        extras.update(requirement.extras)
+        if pins.get(name) != metadata.version(name):
+            exact = False
+            continue
+        for text in metadata.requires(name) or []:
+            child = Requirement(text)
+            wanted = [{**environment, "extra": extra} for extra in ("", *sorted(extras))]
+            if child.marker is None or any(child.marker.evaluate(e) for e in wanted):
+                child.marker = None  # evaluated here, with the parent's extras
+                pending.append(child)
+    return set(needed), exact
+
+
+def image_lock() -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, str] = {}
+    for line in IMAGE_LOCK.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version and re.fullmatch(r"[\w.]+", version), f"not pinned: {line}"
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_the_image_installs_exactly_the_locked_dependencies() -> None:
+    """`pip install` of the wheel alone resolves its dependencies on the day of the
+    build: two builds of one commit could run different libraries, none of them the
+    ones tested. The image installs a lock, every runtime dependency pinned, without
+    resolving anything (--no-deps), and `pip check` fails the build if one is missing."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    final = dockerfile_stages()[-1]
+    installs = [i for i in final if re.match(r"RUN\b.*\bpip install\b", i)]
+    assert installs, "the final stage installs nothing with pip"
+    for install in installs:
+        assert "--no-deps" in install and "requirements.txt" in install, install
+        assert "pip check" in install, install
+    assert IMAGE_LOCK.is_file()
+    pins = image_lock()
+    closure, exact = runtime_closure(pins)
+    assert closure - set(pins) == set(), "not pinned"
+    if exact:  # installed as pinned: nothing pinned that the service does not need
+        assert set(pins) - closure == set()
+    for requirement in map(Requirement, project_dependencies()):
+        name = canonicalize_name(requirement.name)
+        assert requirement.specifier.contains(pins[name], prereleases=True), requirement
+
+
+def project_dependencies() -> list[str]:
+    """The service's run-time dependencies as pyproject.toml declares them."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return list(project["dependencies"])
+
+
+def test_the_image_base_is_pinned_and_carries_no_installer() -> None:
+    """A floating tag (python:3.11-slim) is a different image every few weeks (another
+    Python patch release, and from August 2025 another Debian release): each stage
+    names its Python patch version and Debian release. The running image keeps no pip,
+    setuptools or wheel (nor ensurepip's bundled copies): nothing installs there."""
+    stages = dockerfile_stages()
+    for stage in stages:
+        image = stage[0].split()[1]
+        assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", image), (
+            stage[0]
+        )
+    assert len({stage[0].split()[1] for stage in stages}) == 1, "the stages' Pythons differ"
+    final = " ".join(dockerfile_stages()[-1])
+    assert re.search(r"pip uninstall -y[^&;]*\bpip\b", final), "pip stays in the image"
+    for tool in ("setuptools", "wheel"):
+        assert re.search(rf"pip uninstall -y[^&;]*\b{tool}\b", final), f"{tool} stays"
+    assert "ensurepip/_bundled" in final, "ensurepip's bundled wheels stay"
