@@ -470,3 +470,442 @@ def test_check_sh_passes() -> None:
     skipped = [line for line in output.splitlines() if "skipped" in line]
     if skipped:
         warnings.warn("deploy/check.sh ran without: " + "; ".join(skipped), stacklevel=1)
+
+
+# --- the manifests as a platform team reviews them ----------------------------------
+
+
+def objects_of(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def the_object(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (found,) = [o for o in objects_of(objects, kind) if o["metadata"]["name"] == name]
+    return found
+
+
+def input_partitions() -> int:
+    """INPUT_PARTITIONS of the topics Job: the partitions of each input topic."""
+    (topics,) = [
+        o
+        for o in objects_of(render("k8s/jobs"), "ConfigMap")
+        if o["metadata"]["name"].startswith("healthscore-topics-")
+    ]
+    return int(topics["data"]["INPUT_PARTITIONS"])
+
+
+def test_every_lag_trigger_reads_the_service_group_as_the_service_connects() -> None:
+    """KEDA's lag of each input topic, read from the cluster the service uses, with the
+    same security: a trigger left in plaintext against a SASL_SSL cluster fails, and an
+    HPA with a failing metric never scales down."""
+    from healthscore.config import Settings
+
+    objects = render("k8s/overlays/example")
+    config = the_object(objects, "ConfigMap", "healthscore-config")["data"]
+    (scaled,) = objects_of(objects, "ScaledObject")
+    triggers = [t for t in scaled["spec"]["triggers"] if t["type"] == "kafka"]
+    assert sorted(t["metadata"]["topic"] for t in triggers) == sorted(
+        Settings(_env_file=None).input_topics
+    )
+    secured = config["KAFKA_SECURITY_PROTOCOL"] != "PLAINTEXT"
+    authentications = {o["metadata"]["name"] for o in objects_of(objects, "TriggerAuthentication")}
+    for trigger in triggers:
+        topic = trigger["metadata"]["topic"]
+        assert trigger["metadata"]["consumerGroup"] == config["CONSUMER_GROUP"], topic
+        assert trigger["metadata"]["bootstrapServers"] == config["KAFKA_BOOTSTRAP_SERVERS"], topic
+        reference = trigger.get("authenticationRef", {}).get("name")
+        if secured:
+            assert reference in authentications, f"{topic}: no authenticationRef on SASL_SSL"
+    assert scaled["spec"]["maxReplicaCount"] <= input_partitions()
+
+
+def pod_templates(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(name, pod template) of every Deployment and Job."""
+    return [
+        (o["metadata"]["name"], o["spec"]["template"])
+        for o in objects
+        if o["kind"] in ("Deployment", "Job")
+    ]
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, f"a selector this test cannot read: {selector}"
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def scraped_ports(objects: list[dict[str, Any]], template: dict[str, Any]) -> set[tuple[int, str]]:
+    """(container port, path) the Prometheus Operator's monitors scrape on these pods."""
+    labels = template["metadata"]["labels"]
+    ports = {
+        p["name"]: p["containerPort"]
+        for c in template["spec"]["containers"]
+        for p in c.get("ports", [])
+    }
+    scraped = set()
+    for monitor in objects_of(objects, "PodMonitor"):
+        if selects(monitor["spec"]["selector"], labels):
+            for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+                scraped.add((ports[endpoint["port"]], endpoint.get("path", "/metrics")))
+    for monitor in objects_of(objects, "ServiceMonitor"):
+        for service in objects_of(objects, "Service"):
+            if not selects(monitor["spec"]["selector"], service["metadata"]["labels"]):
+                continue
+            if not selects({"matchLabels": service["spec"]["selector"]}, labels):
+                continue
+            for endpoint in monitor["spec"]["endpoints"]:
+                (port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+                target = port["targetPort"]
+                number = ports[target] if isinstance(target, str) else target
+                scraped.add((number, endpoint.get("path", "/metrics")))
+    return scraped
+
+
+def test_the_prometheus_operator_scrapes_every_pod_that_exports_metrics() -> None:
+    """With components/servicemonitor (the Prometheus Operator instead of the
+    prometheus.io annotations), every pod annotated for scraping is scraped on the
+    annotated port and path: the read API's alerts (HealthscoreApiErrors) and its
+    `up` need its ops port scraped too."""
+    objects = render("k8s/overlays/example")
+    annotated = {
+        name: template
+        for name, template in pod_templates(objects)
+        if template["metadata"].get("annotations", {}).get("prometheus.io/scrape") == "true"
+    }
+    assert set(annotated) == {"healthscore", "healthscore-api"}
+    for name, template in annotated.items():
+        annotations = template["metadata"]["annotations"]
+        wanted = (int(annotations["prometheus.io/port"]), annotations["prometheus.io/path"])
+        assert scraped_ports(objects, template) == {wanted}, name
+
+
+# what the ingress controller and kube-proxy may still route to a pod after its
+# deletion began (endpoint removal and SIGTERM race; a few seconds in large clusters)
+ENDPOINT_PROPAGATION_SECONDS = 5
+
+
+def pre_stop_seconds(container: dict[str, Any]) -> int:
+    """How long a container's preStop hook holds SIGTERM back (0: no hook)."""
+    hook = container.get("lifecycle", {}).get("preStop")
+    if hook is None:
+        return 0
+    if "sleep" in hook:
+        return int(hook["sleep"]["seconds"])
+    command = hook["exec"]["command"]
+    assert command[0] in ("sleep", "/bin/sleep") and len(command) == 2, command
+    return int(command[1])
+
+
+def test_the_api_keeps_serving_until_no_one_routes_to_it() -> None:
+    """On SIGTERM `healthscore api` closes its listener at once, while the Ingress
+    (and kube-proxy) still route new requests to the pod until the endpoint's
+    removal reaches them: every rollout or drain would answer those with 502. A
+    preStop pause keeps it serving meanwhile, and the grace period leaves the drain
+    its time after it."""
+    objects = render("k8s")
+    api = the_object(objects, "Deployment", "healthscore-api")["spec"]["template"]["spec"]
+    (container,) = api["containers"]
+    pause = pre_stop_seconds(container)
+    assert pause >= ENDPOINT_PROPAGATION_SECONDS
+    # the drain after it: requests in flight, each statement within 5 s
+    # (API_STATEMENT_TIMEOUT_MS), with room for a few
+    assert api["terminationGracePeriodSeconds"] >= pause + 20
+
+
+def quantity(value: str | int) -> float:
+    """A Kubernetes quantity (\"500m\", \"1\", \"320Mi\", \"1G\") as a number."""
+    text = str(value)
+    units = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    for unit in sorted(units, key=len, reverse=True):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * units[unit]
+    return float(text)
+
+
+# README, Performance: "RSS < 300 MB per process" (issue #12), met at 279-293 MB at
+# 1M/100k; docs/operations.md, Capacity: "a process ... uses about one core"
+SERVICE_PEAK_RSS_BYTES = 300e6
+SERVICE_BUSY_CORES = 1.0
+
+
+def test_the_consumers_request_what_a_replica_was_measured_to_use() -> None:
+    """The scheduler places pods by their requests and the kubelet evicts first the
+    pods above theirs: a replica that needs 280-300 MB and a core to catch up must
+    ask for them, and its limit must leave room above the measured peak."""
+    objects = render("k8s")
+    spec = the_object(objects, "Deployment", "healthscore")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    requests, limits = container["resources"]["requests"], container["resources"]["limits"]
+    assert quantity(requests["memory"]) >= SERVICE_PEAK_RSS_BYTES
+    assert quantity(limits["memory"]) >= 1.5 * SERVICE_PEAK_RSS_BYTES
+    assert quantity(requests["cpu"]) >= SERVICE_BUSY_CORES
+    # a limit below a core would throttle the one thread that does the work
+    assert quantity(limits.get("cpu", "1000")) >= SERVICE_BUSY_CORES
+
+
+def peer_name(peer: dict[str, Any]) -> str:
+    """A NetworkPolicy peer as a short name: the namespace, an ipBlock's CIDR."""
+    if "ipBlock" in peer:
+        return str(peer["ipBlock"]["cidr"])
+    namespace = str(peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"])
+    pods = peer.get("podSelector", {}).get("matchLabels", {})
+    return namespace + "".join(f"/{k}={v}" for k, v in sorted(pods.items()))
+
+
+def allowed(
+    policies: list[dict[str, Any]], labels: dict[str, str], direction: str
+) -> set[tuple[str, int]] | None:
+    """(peer, port) a pod with these labels may reach (egress) or be reached from
+    (ingress) under the policies; None: no policy isolates it in that direction."""
+    rules_key, peers_key = {"Egress": ("egress", "to"), "Ingress": ("ingress", "from")}[direction]
+    isolating = [
+        p
+        for p in policies
+        if direction in p["spec"]["policyTypes"] and selects(p["spec"]["podSelector"], labels)
+    ]
+    if not isolating:
+        return None
+    return {
+        (peer_name(peer), int(port["port"]))
+        for policy in isolating
+        for rule in policy["spec"].get(rules_key, [])
+        for peer in rule[peers_key]
+        for port in rule["ports"]
+    }
+
+
+def test_each_pod_reaches_only_what_it_talks_to() -> None:
+    """The consumers talk to PostgreSQL and the brokers and are scraped; the read API
+    talks to PostgreSQL only, takes HTTP from the ingress controller and is scraped on
+    its ops port; the migrate Job talks to PostgreSQL, the topics Job to the brokers,
+    and nothing connects to either. Policies add up, so a policy selecting every
+    healthscore pod gives each what any of them needs."""
+    base, jobs = render("k8s"), render("k8s/jobs")
+    policies = objects_of(base, "NetworkPolicy") + objects_of(jobs, "NetworkPolicy")
+    dns = {("kube-system/k8s-app=kube-dns", 53)}
+    postgres, kafka = {("10.0.0.0/8", 5432)}, {("kafka", 9092)}
+    wanted = {
+        "healthscore": (dns | postgres | kafka, {("monitoring", 8080)}),
+        "healthscore-api": (dns | postgres, {("ingress-nginx", 8000), ("monitoring", 8081)}),
+        "healthscore-migrate": (dns | postgres, set()),
+        "healthscore-topics": (dns | kafka, set()),
+    }
+    found = {
+        name: (
+            allowed(policies, template["metadata"]["labels"], "Egress"),
+            allowed(policies, template["metadata"]["labels"], "Ingress"),
+        )
+        for name, template in pod_templates(base) + pod_templates(jobs)
+    }
+    assert found == wanted
+
+
+def test_every_pod_runs_unprivileged_on_a_read_only_root() -> None:
+    """Every container of the Deployments and Jobs: a non-root user and group, a
+    read-only root filesystem, no privilege escalation, no capabilities, the
+    runtime's seccomp profile, no service-account token, bounded memory."""
+    problems = []
+    for name, template in pod_templates(render("k8s")) + pod_templates(render("k8s/jobs")):
+        pod = template["spec"]
+        if pod.get("automountServiceAccountToken") is not False:
+            problems.append(f"{name}: a service-account token is mounted")
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            where = f"{name}/{container['name']}"
+            # the container's settings override the pod's
+            security = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
+            if security.get("runAsNonRoot") is not True:
+                problems.append(f"{where}: runAsNonRoot is not true")
+            for key in ("runAsUser", "runAsGroup"):
+                if not security.get(key):
+                    problems.append(f"{where}: {key} unset or 0 (the image decides)")
+            if security.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+                problems.append(f"{where}: seccomp profile is not RuntimeDefault")
+            if security.get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{where}: writable root filesystem")
+            if security.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{where}: privilege escalation allowed")
+            if security.get("capabilities", {}).get("drop") != ["ALL"]:
+                problems.append(f"{where}: capabilities not all dropped")
+            resources = container.get("resources", {})
+            if "memory" not in resources.get("requests", {}):
+                problems.append(f"{where}: no memory request")
+            if "memory" not in resources.get("limits", {}):
+                problems.append(f"{where}: no memory limit")
+    assert problems == []
+
+
+def test_the_jobs_run_one_pod_at_a_time_and_end() -> None:
+    """A Job's replacement pod starts only once the one before has gone (a pod being
+    evicted mid-migration still holds its session until it exits), retries a few
+    times, gives up by a deadline instead of waiting on a lock for ever behind a
+    deploy that already stopped waiting, and is cleaned up after."""
+    for job in objects_of(render("k8s/jobs"), "Job"):
+        name, spec = job["metadata"]["name"], job["spec"]
+        assert spec.get("parallelism", 1) == 1 and spec.get("completions", 1) == 1, name
+        assert spec.get("podReplacementPolicy") == "Failed", name
+        assert 0 < spec.get("backoffLimit", 6) <= 5, name
+        assert 0 < spec.get("activeDeadlineSeconds", 0) <= 4 * 3600, name
+        assert spec.get("ttlSecondsAfterFinished", 0) > 0, name
+        assert spec["template"]["spec"]["restartPolicy"] == "Never", name
+
+
+def test_replicas_spread_over_nodes_and_zones() -> None:
+    """A node or a zone lost takes at most its share of the replicas: each Deployment
+    spreads its own pods over both (preferred, so a small cluster still schedules)."""
+    for deployment in objects_of(render("k8s"), "Deployment"):
+        name = deployment["metadata"]["name"]
+        template = deployment["spec"]["template"]
+        spread = {
+            c["topologyKey"]: c
+            for c in template["spec"].get("topologySpreadConstraints", [])
+            if selects(c["labelSelector"], template["metadata"]["labels"])
+        }
+        assert set(spread) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}, name
+        for constraint in spread.values():
+            assert constraint["maxSkew"] == 1, name
+            # counted within one rollout's pods, not the old ReplicaSet's too
+            assert constraint.get("matchLabelKeys") == ["pod-template-hash"], name
+
+
+def test_no_secret_reaches_a_command_line() -> None:
+    """A process's arguments are readable by every process of the node (ps, /proc,
+    agents that collect them); its environment is not. So a container's command and
+    args name no variable whose value comes from a Secret, and hold no credentials."""
+    problems = []
+    for name, template in pod_templates(render("k8s")) + pod_templates(render("k8s/jobs")):
+        pod = template["spec"]
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            where = f"{name}/{container['name']}"
+            secret_variables = {
+                variable["name"]
+                for variable in container.get("env", [])
+                if "secretKeyRef" in variable.get("valueFrom", {})
+            }
+            words = " ".join(container.get("command", []) + container.get("args", []))
+            for variable in secret_variables:
+                if re.search(rf"\$\{{?\(?{variable}\b", words):
+                    problems.append(f"{where}: ${variable} on the command line")
+            if re.search(r"://[^/\s]*:[^/\s]*@|password=", words, re.IGNORECASE):
+                problems.append(f"{where}: credentials on the command line")
+    assert problems == []
+
+
+# --- the image (deploy/docker) -------------------------------------------------------
+
+DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
+IMAGE_LOCK = DEPLOY / "docker" / "requirements.txt"
+
+
+def dockerfile_stages() -> list[list[str]]:
+    """The Dockerfile's stages, each a list of its instructions (continuations joined)."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    stages: list[list[str]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.upper().startswith("FROM "):
+            stages.append([])
+        if stages:
+            stages[-1].append(line)
+    return stages
+
+
+def runtime_closure(pins: dict[str, str]) -> tuple[set[str], bool]:
+    """Every distribution the service's wheel needs at run time on Linux (its pyproject
+    dependencies and theirs, extras followed), read from the metadata installed here;
+    and whether that was exact. Below a distribution installed at another version than
+    its pin (a fresh CI virtualenv takes the newest) its requirements are not known for
+    the pinned version, so they are not followed, and the answer is not exact."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    environment = {"sys_platform": "linux", "platform_system": "Linux", "os_name": "posix"}
+    needed: dict[str, set[str]] = {}
+    exact = True
+    pending = [Requirement(text) for text in project_dependencies()]
+    while pending:
+        requirement = pending.pop()
+        if requirement.marker and not requirement.marker.evaluate(environment):
+            continue
+        name = canonicalize_name(requirement.name)
+        if name in needed and set(requirement.extras) <= needed[name]:
+            continue
+        extras = needed.setdefault(name, set())
+        extras.update(requirement.extras)
+        if pins.get(name) != metadata.version(name):
+            exact = False
+            continue
+        for text in metadata.requires(name) or []:
+            child = Requirement(text)
+            wanted = [{**environment, "extra": extra} for extra in ("", *sorted(extras))]
+            if child.marker is None or any(child.marker.evaluate(e) for e in wanted):
+                child.marker = None  # evaluated here, with the parent's extras
+                pending.append(child)
+    return set(needed), exact
+
+
+def image_lock() -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, str] = {}
+    for line in IMAGE_LOCK.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version and re.fullmatch(r"[\w.]+", version), f"not pinned: {line}"
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_the_image_installs_exactly_the_locked_dependencies() -> None:
+    """`pip install` of the wheel alone resolves its dependencies on the day of the
+    build: two builds of one commit could run different libraries, none of them the
+    ones tested. The image installs a lock, every runtime dependency pinned, without
+    resolving anything (--no-deps), and `pip check` fails the build if one is missing."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    final = dockerfile_stages()[-1]
+    installs = [i for i in final if re.match(r"RUN\b.*\bpip install\b", i)]
+    assert installs, "the final stage installs nothing with pip"
+    for install in installs:
+        assert "--no-deps" in install and "requirements.txt" in install, install
+        assert "pip check" in install, install
+    assert IMAGE_LOCK.is_file()
+    pins = image_lock()
+    closure, exact = runtime_closure(pins)
+    assert closure - set(pins) == set(), "not pinned"
+    if exact:  # installed as pinned: nothing pinned that the service does not need
+        assert set(pins) - closure == set()
+    for requirement in map(Requirement, project_dependencies()):
+        name = canonicalize_name(requirement.name)
+        assert requirement.specifier.contains(pins[name], prereleases=True), requirement
+
+
+def project_dependencies() -> list[str]:
+    """The service's run-time dependencies as pyproject.toml declares them."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return list(project["dependencies"])
+
+
+def test_the_image_base_is_pinned_and_carries_no_installer() -> None:
+    """A floating tag (python:3.11-slim) is a different image every few weeks (another
+    Python patch release, and from August 2025 another Debian release): each stage
+    names its Python patch version and Debian release. The running image keeps no pip,
+    setuptools or wheel (nor ensurepip's bundled copies): nothing installs there."""
+    stages = dockerfile_stages()
+    for stage in stages:
+        image = stage[0].split()[1]
+        assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", image), (
+            stage[0]
+        )
+    assert len({stage[0].split()[1] for stage in stages}) == 1, "the stages' Pythons differ"
+    final = " ".join(dockerfile_stages()[-1])
+    assert re.search(r"pip uninstall -y[^&;]*\bpip\b", final), "pip stays in the image"
+    for tool in ("setuptools", "wheel"):
+        assert re.search(rf"pip uninstall -y[^&;]*\b{tool}\b", final), f"{tool} stays"
+    assert "ensurepip/_bundled" in final, "ensurepip's bundled wheels stay"
