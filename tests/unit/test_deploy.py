@@ -909,3 +909,55 @@ def test_the_image_base_is_pinned_and_carries_no_installer() -> None:
     for tool in ("setuptools", "wheel"):
         assert re.search(rf"pip uninstall -y[^&;]*\b{tool}\b", final), f"{tool} stays"
     assert "ensurepip/_bundled" in final, "ensurepip's bundled wheels stay"
+
+
+def test_the_image_healthcheck_judges_whichever_server_the_container_runs() -> None:
+    """The image runs the consumer (`serve`, ops port /readyz) or the read API (`api`,
+    /api/readyz): a healthcheck of the ops port alone left `docker run IMAGE api`
+    unhealthy for good. Its command, run against real local servers."""
+    import http.server
+    import json as json_module
+    import os
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    [line] = [i for stage in dockerfile_stages() for i in stage if i.startswith("HEALTHCHECK")]
+    command = json_module.loads(line[line.index("CMD") + 3 :].strip())
+    assert command[:2] == ["python", "-c"]
+
+    def server(path: str, status: int) -> tuple[http.server.HTTPServer, int]:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(status if self.path == path else 404)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        return httpd, httpd.server_address[1]
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    def healthy(ops_port: int, api_port: int) -> bool:
+        environment = {**os.environ, "OPS_PORT": str(ops_port), "API_PORT": str(api_port)}
+        run = subprocess.run([sys.executable, "-c", command[2]], env=environment, timeout=30)
+        return run.returncode == 0
+
+    ready_consumer, ops = server("/readyz", 200)
+    unready_consumer, ops_503 = server("/readyz", 503)
+    api_server, api = server("/api/readyz", 200)
+    try:
+        assert healthy(ops, free_port())  # the consumer, ready
+        assert not healthy(ops_503, free_port())  # the consumer, not ready
+        assert healthy(free_port(), api)  # `IMAGE api`
+        assert not healthy(free_port(), free_port())  # nothing answers
+    finally:
+        for httpd in (ready_consumer, unready_consumer, api_server):
+            httpd.shutdown()
