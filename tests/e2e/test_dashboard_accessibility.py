@@ -1,0 +1,368 @@
+"""The dashboard against WCAG 2.2 AA in headless Chromium: axe-core on every view and
+state a customer-success person meets, and what axe cannot judge by itself.
+
+axe-core is the copy the `selenium-axe-python` wheel bundles (the dev extra installs
+it): injected into the page served by the real API over a real database (rows written
+as the service writes them, read under row-level security), it is run on each state
+reached in sequence in one browser session: signed out, the at-risk list (its filters,
+"How far to trust these scores" open, no match, a failed refresh), an organization's
+page (chart, its table, factors, path to healthy, milestones, timeline), one with
+nothing yet, one not found, the support queue and its empty state, a member's empty
+list, in the normal colours and with `prefers-contrast: more` and forced colours.
+Any violation of impact serious or critical fails the test; no rule is disabled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.resources
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+
+from healthscore.api.auth import issue_hs256
+from healthscore.api.server import serve_until, wait_stopped
+from tests.e2e.test_dashboard_browser import rows, screenshot, wait
+from tests.utils import schema_builders as b
+from tests.utils.api import JWT_SECRET, api_config, api_login
+from tests.utils.browser import BROWSER_TEST, start_chromium
+
+try:
+    from selenium.webdriver.chrome.webdriver import WebDriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+except ImportError:  # pragma: no cover - the dev extra installs it; BROWSER_TEST skips
+    pass
+
+pytestmark = BROWSER_TEST
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+# WCAG 2.0, 2.1 and 2.2, levels A and AA (axe's tags), and axe's best practices
+AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa", "best-practice"]
+FAILING_IMPACTS = {"serious", "critical"}
+
+
+def axe_source() -> str:
+    """axe-core as the selenium-axe-python wheel ships it (its version in its banner)."""
+    return (
+        importlib.resources.files("selenium_axe_python")
+        .joinpath("axe-core", "axe.min.js")
+        .read_text(encoding="utf-8")
+    )
+
+
+@dataclass
+class World:
+    address: str
+    orgs: dict[str, uuid.UUID]
+    users: dict[str, uuid.UUID]
+
+    def link(self, role: str) -> str:
+        token = issue_hs256(JWT_SECRET, self.users[role], timedelta(minutes=30))
+        return f"{self.address}/#token={token}"
+
+
+def factor(name: str, impact: float, detail: str) -> dict[str, Any]:
+    return {"factor": name, "value": 1.0, "impact": impact, "detail": detail}
+
+
+# key -> (name, plan, score, churn probability, risk factors): one of each band and
+# risk level, so that every badge's colours are on the page
+ORGANIZATIONS = {
+    "bloom": (
+        "Bloom & Vow Weddings",
+        "pro",
+        "22.00",
+        "0.9100",
+        [
+            factor("inactivity", -20, "No activity for 12 days"),
+            factor("open_escalations", -8, "One escalation open"),
+            factor("milestones", 2.5, "Onboarding completed"),
+        ],
+    ),
+    "harbor": ("Harbor Lights Events", "starter", "45.00", "0.5500", []),
+    "evergreen": ("Evergreen Events", "pro", "70.00", "0.2500", []),
+    "sunrise": ("Sunrise Socials", "enterprise", "88.00", "0.0300", []),
+}
+
+
+async def seed(conn: asyncpg.Connection) -> tuple[dict[str, uuid.UUID], dict[str, uuid.UUID]]:
+    orgs: dict[str, uuid.UUID] = {}
+    for key, (name, plan, score, churn, factors) in ORGANIZATIONS.items():
+        org = b.organization(name=name, plan=plan)
+        await b.insert_row(conn, "organizations", org)
+        orgs[key] = org["id"]
+        await b.insert_row(
+            conn,
+            "customer_health",
+            b.customer_health(
+                org["id"],
+                health_score=Decimal(score),
+                churn_probability=Decimal(churn),
+                risk_factors=json.dumps(factors),
+                feature_usage=json.dumps({"guest_list": 14, "seating_chart": 3} if factors else {}),
+                score_change_7d=Decimal("-4.25") if factors else None,
+                score_change_30d=Decimal("2.50") if factors else None,
+                scored_at=NOW - timedelta(hours=2),
+                last_activity_at=NOW - timedelta(days=3),
+            ),
+        )
+    users: dict[str, uuid.UUID] = {}
+    for role, name in (("admin", "Dana Admin"), ("support", "Sam Support"), ("member", "Mo")):
+        user = b.user_profile(role=role, full_name=name)
+        await b.insert_row(conn, "user_profiles", user)
+        users[role] = user["id"]
+    bloom = orgs["bloom"]
+    complaint = None
+    for n, (kind, priority, status, subject, overdue) in enumerate(
+        (
+            ("complaint", "urgent", "open", "Invoice totals are wrong", True),
+            ("technical_support", "high", "open", "Cannot export the guest list", False),
+            ("billing_inquiry", "normal", "resolved", "Which plan includes seating?", False),
+            ("feature_request", "low", "open", "Dark theme for the planner", False),
+        )
+    ):
+        row = b.support_interaction(
+            bloom,
+            assigned_to=users["support"],
+            subject=subject,
+            interaction_type=kind,
+            priority=priority,
+            status=status,
+            sentiment="negative" if overdue else "neutral",
+            follow_up_required=True,
+            follow_up_at=NOW + (timedelta(days=-1) if overdue else timedelta(days=2)),
+            opened_at=NOW - timedelta(days=2, minutes=n),
+        )
+        await b.insert_row(conn, "support_interactions", row)
+        complaint = complaint or row["id"]
+    for milestone, reward in (("first_client_added", "badge"), ("clients_10", "discount")):
+        await b.insert_row(
+            conn,
+            "success_milestones",
+            b.success_milestone(
+                bloom,
+                milestone_type=milestone,
+                reward_type=reward,
+                reward_status="pending",
+                achieved_at=NOW - timedelta(days=3),
+            ),
+        )
+    for days_ago, past, churn, level in (
+        (4, 48, "0.50", "high"),
+        (3, 40, "0.62", "high"),
+        (2, 31, "0.80", "critical"),
+        (1, 22, "0.91", "critical"),
+    ):
+        await b.insert_row(
+            conn,
+            "health_score_history",
+            b.health_score_history(
+                bloom,
+                scored_at=NOW - timedelta(days=days_ago),
+                health_score=Decimal(past),
+                churn_probability=Decimal(churn),
+                risk_level=level,
+            ),
+        )
+    path = [
+        {"action": f"close complaint {complaint}", "factor": "open_escalations", "impact": 8.0},
+        {
+            "action": "get each active user logging in regularly",
+            "factor": "inactivity",
+            "impact": 12.0,
+        },
+    ]
+    await b.insert_row(
+        conn,
+        "alert_outbox",
+        b.alert_outbox(
+            bloom,
+            payload=json.dumps(
+                {
+                    "kind": "risk_raised",
+                    "risk_level": "critical",
+                    "health_score": 22.0,
+                    "trigger": "probability_threshold",
+                    "path_to_healthy": path,
+                }
+            ),
+        ),
+    )
+    await conn.execute(
+        "INSERT INTO score_quality_summary (score_model_version, backtest, episodes_churned,"
+        " episodes_retained, episodes_pending, churners, churners_alerted, lead_days_quartiles)"
+        " VALUES ('v4', $1::jsonb, 3, 1, 2, 4, 3, '{5,12.5,20}')",
+        json.dumps(
+            {
+                "source": "fitted on the 2026 export",
+                "held_out_organizations": 124,
+                "figures": {"auc_30d_churn_probability": 0.93, "recall": 0.8},
+            }
+        ),
+    )
+    return orgs, users
+
+
+@pytest.fixture
+async def world(migrated_database: str, pg_admin_url: str) -> AsyncIterator[World]:
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        orgs, users = await seed(conn)
+    finally:
+        await conn.close()
+    stop = asyncio.Event()
+    async with api_login(pg_admin_url, migrated_database) as login:
+        config = replace(await api_config(migrated_database, login), refresh_seconds=2.0)
+        address = (await serve_until(config, "127.0.0.1", 0, stop)).api
+        try:
+            yield World(address, orgs, users)
+        finally:
+            stop.set()
+            await wait_stopped()
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    driver: WebDriver = start_chromium()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+class Audit:
+    """axe-core run on each state of the page in turn; its violations, by state."""
+
+    def __init__(self, driver: WebDriver) -> None:
+        self.driver = driver
+        self.source = axe_source()
+        self.found: dict[str, list[dict[str, Any]]] = {}
+
+    def check(self, state: str) -> None:
+        # a navigation gives a new document, without axe: injected again
+        if not self.driver.execute_script("return typeof window.axe === 'object'"):
+            self.driver.execute_script(self.source)
+        results: dict[str, Any] = self.driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "axe.run(document, {runOnly: {type: 'tag', values: arguments[0]}})"
+            ".then((r) => done({violations: r.violations, passed: r.passes.length}),"
+            " (e) => done({error: String(e)}));",
+            AXE_TAGS,
+        )
+        assert "error" not in results, results
+        # axe judged the page (a run that checked nothing would pass anything)
+        assert results["passed"] > 0, state
+        self.found[state] = results["violations"]
+        screenshot(self.driver, f"a11y-{state}")
+
+    def failures(self) -> list[str]:
+        """Each violation of impact serious or critical: the state, the rule, where."""
+        return [
+            f"{state}: {v['id']} ({v['impact']}) {[' '.join(n['target']) for n in v['nodes']][:5]}"
+            f" {v['nodes'][0].get('failureSummary', '')!r}"
+            for state, violations in self.found.items()
+            for v in violations
+            if v["impact"] in FAILING_IMPACTS
+        ]
+
+
+def emulate_media(driver: WebDriver, name: str = "", value: str = "") -> None:
+    """Emulates a user preference (`prefers-contrast: more`, `forced-colors: active`), or
+    none when `name` is empty."""
+    features = [{"name": name, "value": value}] if name else []
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": features})
+
+
+def org_page_ready(driver: WebDriver) -> bool:
+    """The organization's page with its milestones' rows and its timeline drawn."""
+    return bool(
+        driver.find_elements(By.CSS_SELECTOR, "#milestone-table tbody tr")
+        and driver.find_elements(By.CSS_SELECTOR, "#org-timeline li")
+    )
+
+
+async def test_axe_finds_nothing_serious_on_any_view(browser: WebDriver, world: World) -> None:
+    run = asyncio.to_thread
+    audit = Audit(browser)
+    address = world.address
+
+    # --- signed out -------------------------------------------------------------------
+    await run(browser.get, f"{address}/")
+    await run(wait, browser, lambda d: d.find_element(By.ID, "view-signin").is_displayed())
+    await run(audit.check, "sign-in")
+    await run(browser.get, f"{address}/#token=forged.token.value")
+    await run(wait, browser, lambda d: d.find_element(By.ID, "signin-reason").is_displayed())
+    await run(audit.check, "signed-out-saying-why")
+
+    # --- the admin's list: filters, how far to trust the scores, no match, a failure ----
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    await run(wait, browser, lambda d: d.find_element(By.ID, "trust").is_displayed())
+    await run(browser.find_element(By.CSS_SELECTOR, "#trust summary").click)
+    await run(audit.check, "list")
+    await run(Select(browser.find_element(By.ID, "f-band")).select_by_value, "excellent")
+    await run(Select(browser.find_element(By.ID, "f-risk")).select_by_value, "critical")
+    await run(wait, browser, lambda d: d.find_element(By.ID, "org-empty").is_displayed())
+    await run(audit.check, "list-no-match")
+    await run(browser.find_element(By.CSS_SELECTOR, "#list-filters button[type=reset]").click)
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    await run(browser.execute_cdp_cmd, "Network.enable", {})
+    await run(
+        browser.execute_cdp_cmd, "Network.setBlockedURLs", {"urls": ["*/api/v1/organizations*"]}
+    )
+    await run(wait, browser, lambda d: "Cannot reach" in d.find_element(By.ID, "status").text)
+    await run(audit.check, "list-unreachable")
+    await run(browser.execute_cdp_cmd, "Network.setBlockedURLs", {"urls": []})
+
+    # --- organizations' pages: everything, nothing yet, not found -----------------------
+    await run(browser.get, f"{address}/#/org/{world.orgs['bloom']}")
+    await run(wait, browser, org_page_ready)
+    await run(browser.find_element(By.CSS_SELECTOR, "#view-org details summary").click)
+    await run(audit.check, "organization")
+    await run(browser.get, f"{address}/#/org/{world.orgs['sunrise']}")
+    await run(wait, browser, lambda d: d.find_element(By.ID, "timeline-empty").is_displayed())
+    await run(wait, browser, lambda d: d.find_element(By.ID, "milestone-empty").is_displayed())
+    await run(audit.check, "organization-with-nothing-yet")
+    await run(browser.get, f"{address}/#/org/{uuid.uuid4()}")
+    await run(
+        wait, browser, lambda d: d.find_element(By.ID, "org-title").text == "Organization not found"
+    )
+    await run(audit.check, "organization-not-found")
+
+    # --- support: the queue, and nothing matching -----------------------------------------
+    await run(browser.get, world.link("support"))
+    await run(wait, browser, lambda d: len(rows(d, "interaction-table", "data-interaction")) == 3)
+    await run(audit.check, "support-queue")
+    await run(Select(browser.find_element(By.ID, "s-status")).select_by_value, "closed")
+    await run(wait, browser, lambda d: d.find_element(By.ID, "interaction-empty").is_displayed())
+    await run(audit.check, "support-queue-empty")
+
+    # --- a member: nothing visible -----------------------------------------------------
+    await run(browser.get, world.link("member"))
+    await run(wait, browser, lambda d: d.find_element(By.ID, "who-role").text == "member")
+    await run(wait, browser, lambda d: d.find_element(By.ID, "org-empty").is_displayed())
+    await run(audit.check, "member-list-empty")
+
+    # --- the admin's views with more contrast asked for, and in forced colours -----------
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    for name, value in (("prefers-contrast", "more"), ("forced-colors", "active")):
+        await run(emulate_media, browser, name, value)
+        await run(browser.get, f"{address}/#/")
+        await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+        await run(audit.check, f"list-{name}")
+        await run(browser.get, f"{address}/#/org/{world.orgs['bloom']}")
+        await run(wait, browser, org_page_ready)
+        await run(audit.check, f"organization-{name}")
+    await run(emulate_media, browser)
+
+    failures = audit.failures()
+    assert not failures, "\n".join(failures)
