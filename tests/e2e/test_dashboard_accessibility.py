@@ -366,3 +366,75 @@ async def test_axe_finds_nothing_serious_on_any_view(browser: WebDriver, world: 
 
     failures = audit.failures()
     assert not failures, "\n".join(failures)
+
+
+# WCAG 1.4.10: 320 CSS px wide is a 1280 px window at 400% zoom
+NARROW = {"width": 320, "height": 640, "deviceScaleFactor": 1, "mobile": False}
+# WCAG 1.4.12's text spacing, as a user's style sheet sets it
+TEXT_SPACING = (
+    "const style = document.createElement('style');"
+    "style.textContent = '* { line-height: 1.5 !important; letter-spacing: .12em !important;"
+    " word-spacing: .16em !important; } p { margin-bottom: 2em !important; }';"
+    "document.head.append(style);"
+)
+
+
+def sticking_out(driver: WebDriver) -> list[str]:
+    """What lies right of the window (the page scrolls sideways), outside the frames
+    that scroll a wide table by themselves."""
+    out: list[str] = driver.execute_script(
+        "const width = document.documentElement.clientWidth;"
+        "return [...document.querySelectorAll('body *')].filter(e => e.offsetParent"
+        " && !e.parentElement.closest('.table-wrap')"
+        " && e.getBoundingClientRect().right > width + 1)"
+        ".map(e => `${e.tagName}#${e.id}.${e.className} ${e.textContent.trim().slice(0, 30)}`);"
+    )
+    return out
+
+
+def lines_of(driver: WebDriver, selector: str) -> dict[str, int]:
+    """How many lines each element's text takes, by its text."""
+    found: dict[str, int] = driver.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll(arguments[0])].map(e => {"
+        " const range = document.createRange(); range.selectNodeContents(e);"
+        " const tops = new Set([...range.getClientRects()].map(r => Math.round(r.top)));"
+        " return [e.textContent, tops.size]; }));",
+        selector,
+    )
+    return found
+
+
+async def test_every_view_reflows_at_400_percent_zoom(browser: WebDriver, world: World) -> None:
+    run = asyncio.to_thread
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    await run(browser.execute_cdp_cmd, "Emulation.setDeviceMetricsOverride", NARROW)
+    for spacing in (False, True):
+        await run(browser.get, f"{world.address}/#/")
+        await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+        if spacing:
+            browser.execute_script(TEXT_SPACING)
+        # the filters wrap inside the window: none is cut off at its right edge
+        assert not sticking_out(browser), sticking_out(browser)
+        await run(browser.get, f"{world.address}/#/org/{world.orgs['bloom']}")
+        await run(wait, browser, org_page_ready)
+        if spacing:
+            browser.execute_script(TEXT_SPACING)
+        await run(screenshot, browser, f"a11y-organization-320px{'-spaced' if spacing else ''}")
+        assert not sticking_out(browser), sticking_out(browser)
+        # the score card's facts stay readable: a figure is not broken over lines (it
+        # was squeezed into a column two letters wide, "+2." above "5")
+        facts = lines_of(browser, "#org-facts dd")
+        assert facts["+2.5"] == 1 and facts["-4.3"] == 1 and facts["91%"] == 1, facts
+        # the chart takes its card's width (the figure's default 40 px margins left it
+        # under 200 px, its labels a few pixels high)
+        chart, card = browser.execute_script(
+            "const svg = document.querySelector('#org-chart svg');"
+            "return [svg.getBoundingClientRect().width,"
+            " svg.closest('.card').getBoundingClientRect().width];"
+        )
+        assert chart >= card * 0.85, (chart, card)
+        await run(browser.get, f"{world.address}/#/support")
+        await run(wait, browser, lambda d: d.find_element(By.ID, "support-updated").text)
+        assert not sticking_out(browser), sticking_out(browser)
+    await run(browser.execute_cdp_cmd, "Emulation.clearDeviceMetricsOverride", {})
