@@ -8,7 +8,8 @@ reached in sequence in one browser session: signed out, the at-risk list (its fi
 "How far to trust these scores" open, no match, a failed refresh), an organization's
 page (chart, its table, factors, path to healthy, milestones, timeline), one with
 nothing yet, one not found, the support queue and its empty state, a member's empty
-list, in the normal colours and with `prefers-contrast: more` and forced colours.
+list; the list and an organization with `prefers-contrast: more` and in forced
+colours; the list, an organization and the queue at 320 px (400% zoom).
 Any violation of impact serious or critical fails the test; no rule is disabled.
 """
 
@@ -47,6 +48,15 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 # WCAG 2.0, 2.1 and 2.2, levels A and AA (axe's tags), and axe's best practices
 AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa", "best-practice"]
 FAILING_IMPACTS = {"serious", "critical"}
+# WCAG 1.4.10: 320 CSS px wide is a 1280 px window at 400% zoom
+NARROW = {"width": 320, "height": 640, "deviceScaleFactor": 1, "mobile": False}
+# WCAG 1.4.12's text spacing, as a user's style sheet sets it
+TEXT_SPACING = (
+    "const style = document.createElement('style');"
+    "style.textContent = '* { line-height: 1.5 !important; letter-spacing: .12em !important;"
+    " word-spacing: .16em !important; } p { margin-bottom: 2em !important; }';"
+    "document.head.append(style);"
+)
 
 
 def axe_source() -> str:
@@ -252,9 +262,11 @@ class Audit:
             self.driver.execute_script(self.source)
         results: dict[str, Any] = self.driver.execute_async_script(
             "const done = arguments[arguments.length - 1];"
-            "axe.run(document, {runOnly: {type: 'tag', values: arguments[0]}})"
+            # after the page's next frame is drawn (its resize observers have run)
+            "requestAnimationFrame(() => requestAnimationFrame(() =>"
+            " axe.run(document, {runOnly: {type: 'tag', values: arguments[0]}})"
             ".then((r) => done({violations: r.violations, passed: r.passes.length}),"
-            " (e) => done({error: String(e)}));",
+            " (e) => done({error: String(e)}))));",
             AXE_TAGS,
         )
         assert "error" not in results, results
@@ -364,19 +376,24 @@ async def test_axe_finds_nothing_serious_on_any_view(browser: WebDriver, world: 
         await run(audit.check, f"organization-{name}")
     await run(emulate_media, browser)
 
+    # --- at 400% zoom: the tables' frames scroll ------------------------------------------
+    await run(browser.execute_cdp_cmd, "Emulation.setDeviceMetricsOverride", NARROW)
+    await run(browser.get, f"{address}/#/")
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    await run(audit.check, "list-320px")
+    await run(browser.get, f"{address}/#/org/{world.orgs['bloom']}")
+    await run(wait, browser, org_page_ready)
+    await run(browser.find_element(By.CSS_SELECTOR, "#view-org details summary").click)
+    await run(audit.check, "organization-320px")
+    await run(browser.get, world.link("support"))
+    await run(wait, browser, lambda d: d.find_element(By.ID, "view-support").is_displayed())
+    await run(Select(browser.find_element(By.ID, "s-status")).select_by_value, "open")
+    await run(wait, browser, lambda d: len(rows(d, "interaction-table", "data-interaction")) == 3)
+    await run(audit.check, "support-queue-320px")
+    await run(browser.execute_cdp_cmd, "Emulation.clearDeviceMetricsOverride", {})
+
     failures = audit.failures()
     assert not failures, "\n".join(failures)
-
-
-# WCAG 1.4.10: 320 CSS px wide is a 1280 px window at 400% zoom
-NARROW = {"width": 320, "height": 640, "deviceScaleFactor": 1, "mobile": False}
-# WCAG 1.4.12's text spacing, as a user's style sheet sets it
-TEXT_SPACING = (
-    "const style = document.createElement('style');"
-    "style.textContent = '* { line-height: 1.5 !important; letter-spacing: .12em !important;"
-    " word-spacing: .16em !important; } p { margin-bottom: 2em !important; }';"
-    "document.head.append(style);"
-)
 
 
 def sticking_out(driver: WebDriver) -> list[str]:
@@ -437,4 +454,18 @@ async def test_every_view_reflows_at_400_percent_zoom(browser: WebDriver, world:
         await run(browser.get, f"{world.address}/#/support")
         await run(wait, browser, lambda d: d.find_element(By.ID, "support-updated").text)
         assert not sticking_out(browser), sticking_out(browser)
+    # the tables' frames that scroll are tab stops (the arrow keys scroll them), named
+    await run(browser.get, f"{world.address}/#/org/{world.orgs['bloom']}")
+    await run(wait, browser, org_page_ready)
+    factors = "#factor-table"
+    frame = f"document.querySelector('{factors}').closest('.table-wrap')"
+    await run(wait, browser, lambda d: d.execute_script(f"return {frame}.tabIndex") == 0)
+    assert browser.execute_script(f"return {frame}.getAttribute('aria-label')") == (
+        "Why: risk factors"
+    )
     await run(browser.execute_cdp_cmd, "Emulation.clearDeviceMetricsOverride", {})
+    # ... and those that fit are not
+    await run(wait, browser, lambda d: d.execute_script(f"return {frame}.tabIndex") == -1)
+    assert (
+        browser.execute_script("return document.querySelectorAll('[tabindex=\"0\"]').length") == 0
+    )

@@ -191,6 +191,34 @@ function keepingFocus(tbody, render) {
   return result;
 }
 
+// A table wider than the window (400% zoom, a phone) scrolls inside its frame: the
+// frame then takes the keyboard focus, so that the arrow keys scroll it where no link
+// or button in it would (browsers that do not make a scrolling box focusable
+// themselves), named after its table; a frame that fits is no tab stop.
+function reachWhenScrolling(frame) {
+  const scrolls = frame.scrollWidth > frame.clientWidth + 1;
+  if (scrolls === frame.hasAttribute("tabindex")) return;
+  if (!scrolls) {
+    for (const name of ["tabindex", "role", "aria-label"]) frame.removeAttribute(name);
+    return;
+  }
+  const table = frame.querySelector("table");
+  const label = table.getAttribute("aria-labelledby");
+  const name = label ? $(label).textContent : (table.caption ? table.caption.textContent : "");
+  frame.setAttribute("tabindex", "0");
+  frame.setAttribute("role", "region");
+  frame.setAttribute("aria-label", name.trim());
+}
+function watchScrollingFrames() {
+  const frames = new ResizeObserver((entries) => {
+    for (const entry of entries) reachWhenScrolling(entry.target.closest(".table-wrap"));
+  });
+  for (const frame of document.querySelectorAll(".table-wrap")) {
+    frames.observe(frame);
+    frames.observe(frame.querySelector("table"));  // its rows change its width
+  }
+}
+
 function badge(kind, value) {
   return el("span", { class: `badge ${kind}-${value}`, text: words(value) });
 }
@@ -891,6 +919,7 @@ async function route() {
 
 function start() {
   takeTokenFromFragment();
+  watchScrollingFrames();
   $("signin-form").addEventListener("submit", (event) => {
     event.preventDefault();
     forget();
