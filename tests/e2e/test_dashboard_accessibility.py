@@ -71,6 +71,7 @@ def axe_source() -> str:
 @dataclass
 class World:
     address: str
+    database_url: str
     orgs: dict[str, uuid.UUID]
     users: dict[str, uuid.UUID]
 
@@ -233,7 +234,7 @@ async def world(migrated_database: str, pg_admin_url: str) -> AsyncIterator[Worl
         config = replace(await api_config(migrated_database, login), refresh_seconds=2.0)
         address = (await serve_until(config, "127.0.0.1", 0, stop)).api
         try:
-            yield World(address, orgs, users)
+            yield World(address, migrated_database, orgs, users)
         finally:
             stop.set()
             await wait_stopped()
@@ -469,3 +470,73 @@ async def test_every_view_reflows_at_400_percent_zoom(browser: WebDriver, world:
     assert (
         browser.execute_script("return document.querySelectorAll('[tabindex=\"0\"]').length") == 0
     )
+
+
+# counts the focus moves, and the list's and the queue's loads, from now on
+WATCH_FOCUS = """
+window.focusMoves = 0;
+document.addEventListener('focusin', () => window.focusMoves++);
+window.loads = 0;
+const fetched = window.fetch;
+window.fetch = (path, ...rest) => {
+  if (/^\\/api\\/v1\\/(organizations|interactions)\\?/.test(path)) window.loads++;
+  return fetched(path, ...rest);
+};
+"""
+
+
+def refreshed(driver: WebDriver, times: int) -> None:
+    """Wait until the page has loaded its table `times` more times, and drawn it."""
+    start = driver.execute_script("return window.loads")
+    wait(driver, lambda d: d.execute_script("return window.loads") >= start + times)
+    driver.execute_async_script(
+        "const done = arguments[0];"
+        "setTimeout(() => requestAnimationFrame(() => requestAnimationFrame(done)), 300)"
+    )
+
+
+async def test_a_refresh_leaves_the_keyboard_focus_alone(browser: WebDriver, world: World) -> None:
+    run = asyncio.to_thread
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    browser.execute_script(WATCH_FOCUS)
+    # a keyboard user on an organization's link while the list refreshes (every 2 s
+    # here): nothing changed, so nothing moves. Focusing it again (a new link in a new
+    # row) had a screen reader read the link out again at every refresh.
+    link = browser.find_element(By.CSS_SELECTOR, "#org-table tbody tr:nth-child(2) th a")
+    browser.execute_script("arguments[0].focus(); window.focusMoves = 0", link)
+    await run(refreshed, browser, 2)
+    assert browser.execute_script("return document.activeElement") == link
+    assert browser.execute_script("return window.focusMoves") == 0
+    # its organization rescored: its row is drawn anew, the focus follows it there
+    harbor = str(world.orgs["harbor"])
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        await conn.execute(
+            "UPDATE customer_health SET health_score = 44 WHERE organization_id = $1",
+            world.orgs["harbor"],
+        )
+    finally:
+        await conn.close()
+    await run(
+        wait,
+        browser,
+        lambda d: d.execute_script(
+            "const e = document.activeElement;"
+            "return e.tagName === 'A' && e.closest('tr').dataset.organization === arguments[0]"
+            " && e.closest('tr').querySelector('td').textContent === '44.0';",
+            harbor,
+        ),
+    )
+    assert browser.execute_script("return window.focusMoves") == 1
+    # the same in the queue (everybody's, the organizations' names links for the admin)
+    await run(browser.get, f"{world.address}/#/support")
+    await run(wait, browser, lambda d: d.find_element(By.ID, "view-support").is_displayed())
+    await run(browser.find_element(By.ID, "s-mine").click)
+    await run(wait, browser, lambda d: len(rows(d, "interaction-table", "data-interaction")) == 3)
+    browser.execute_script(WATCH_FOCUS)
+    link = browser.find_element(By.CSS_SELECTOR, "#interaction-table tbody tr td a")
+    browser.execute_script("arguments[0].focus(); window.focusMoves = 0", link)
+    await run(refreshed, browser, 2)
+    assert browser.execute_script("return document.activeElement") == link
+    assert browser.execute_script("return window.focusMoves") == 0

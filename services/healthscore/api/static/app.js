@@ -191,6 +191,31 @@ function keepingFocus(tbody, render) {
   return result;
 }
 
+// A refresh keeps each row that did not change (the same node, where it is) and puts
+// the new ones around it: focusing a fresh copy of the row the keyboard was on had a
+// screen reader read it out again at every refresh. Rows that changed their order are
+// all put anew (keepingFocus then finds the row again).
+function refreshRows(tbody, fresh) {
+  const keyOf = (row) => ROW_KEYS.map((k) => row.getAttribute(k)).join();
+  const before = new Map([...tbody.rows].map((row) => [keyOf(row), row]));
+  const next = fresh.map((row) => {
+    const same = before.get(keyOf(row));
+    return same && same.isEqualNode(row) ? same : row;
+  });
+  const kept = new Set(next.filter((row) => row.parentNode === tbody));
+  const order = next.filter((row) => kept.has(row));
+  keepingFocus(tbody, () => {
+    if ([...tbody.rows].filter((row) => kept.has(row)).some((row, i) => row !== order[i])) {
+      tbody.replaceChildren(...next);
+      return;
+    }
+    for (const row of [...tbody.rows]) if (!kept.has(row)) row.remove();
+    next.forEach((row, i) => {
+      if (tbody.rows[i] !== row) tbody.insertBefore(row, tbody.rows[i] || null);
+    });
+  });
+}
+
 // A table wider than the window (400% zoom, a phone) scrolls inside its frame: the
 // frame then takes the keyboard focus, so that the arrow keys scroll it where no link
 // or button in it would (browsers that do not make a scrolling box focusable
@@ -408,7 +433,7 @@ async function loadList({ append = false, refresh = false } = {}) {
   const body = $("org-table").tBodies[0];
   const rows = page.items.map(orgRow);
   if (append) body.append(...rows);
-  else keepingFocus(body, () => body.replaceChildren(...rows));
+  else refreshRows(body, rows);
   state.listItems = body.rows.length;
   state.listCursor = page.next_cursor;
   $("org-more").hidden = !page.next_cursor;
@@ -840,7 +865,7 @@ async function loadSupport({ append = false, refresh = false } = {}) {
   const body = $("interaction-table").tBodies[0];
   const rows = page.items.map(interactionRow);
   if (append) body.append(...rows);
-  else keepingFocus(body, () => body.replaceChildren(...rows));
+  else refreshRows(body, rows);
   state.supportCursor = page.next_cursor;
   $("interaction-more").hidden = !page.next_cursor;
   $("interaction-empty").hidden = body.rows.length > 0;
