@@ -38,6 +38,7 @@ from tests.utils.browser import BROWSER_TEST, start_chromium
 try:
     from selenium.webdriver.chrome.webdriver import WebDriver
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select
 except ImportError:  # pragma: no cover - the dev extra installs it; BROWSER_TEST skips
     pass
@@ -540,3 +541,32 @@ async def test_a_refresh_leaves_the_keyboard_focus_alone(browser: WebDriver, wor
     await run(refreshed, browser, 2)
     assert browser.execute_script("return document.activeElement") == link
     assert browser.execute_script("return window.focusMoves") == 0
+
+
+def focused(driver: WebDriver) -> str:
+    found: str = driver.execute_script(
+        "const e = document.activeElement; return `${e.tagName}#${e.id}`;"
+    )
+    return found
+
+
+async def test_signed_out_the_focus_goes_to_the_sign_in(browser: WebDriver, world: World) -> None:
+    run = asyncio.to_thread
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    # "Sign out" by keyboard: the button disappears with the signed-in header; the focus
+    # went with it to the page's start, and a screen reader said nothing of the change
+    await run(browser.find_element(By.ID, "sign-out").send_keys, Keys.ENTER)
+    await run(wait, browser, lambda d: d.find_element(By.ID, "view-signin").is_displayed())
+    assert focused(browser) == "H2#signin-title", focused(browser)
+    # signed out by the service mid-session (the token expired): the focus goes to the
+    # reason, read out, instead of vanishing with the page's content
+    await run(browser.get, world.link("admin"))
+    await run(browser.get, f"{world.address}/#/org/{world.orgs['bloom']}")
+    await run(wait, browser, org_page_ready)
+    browser.find_element(By.CSS_SELECTOR, "#view-org p a").send_keys("")  # the Back link
+    expired = issue_hs256(JWT_SECRET, world.users["admin"], timedelta(minutes=-10))
+    browser.execute_script("sessionStorage.setItem('healthscore.token', arguments[0])", expired)
+    await run(wait, browser, lambda d: d.find_element(By.ID, "signin-reason").is_displayed())
+    assert focused(browser) == "P#signin-reason", focused(browser)
+    assert "expired" in browser.find_element(By.ID, "signin-reason").text

@@ -367,6 +367,8 @@ function forget() {
 }
 
 function signOut(reason) {
+  // signed in until now: the focus was in what is about to be hidden
+  const wasIn = !$("who").hidden;
   sessionStorage.removeItem(TOKEN_KEY);
   state.me = null;
   forget();
@@ -380,6 +382,16 @@ function signOut(reason) {
   // signed out mid-session (an expired token): come back to the same page after signing in
   if (reason && location.hash.startsWith("#/")) state.returnTo = location.hash;
   showView("signin");
+  // the focus would fall to the page's start, and a screen reader say nothing: it goes
+  // to why the user was signed out (read out), else to the sign-in's heading
+  if (wasIn) {
+    if (reason) {
+      $("signin-reason").tabIndex = -1;
+      $("signin-reason").focus();
+    } else {
+      focusHeading();
+    }
+  }
 }
 
 async function signIn() {
