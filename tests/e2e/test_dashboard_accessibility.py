@@ -105,6 +105,9 @@ ORGANIZATIONS = {
 }
 
 
+TIMELINE_INTERACTIONS = 30
+
+
 async def seed(conn: asyncpg.Connection) -> tuple[dict[str, uuid.UUID], dict[str, uuid.UUID]]:
     orgs: dict[str, uuid.UUID] = {}
     for key, (name, plan, score, churn, factors) in ORGANIZATIONS.items():
@@ -155,6 +158,18 @@ async def seed(conn: asyncpg.Connection) -> tuple[dict[str, uuid.UUID], dict[str
         )
         await b.insert_row(conn, "support_interactions", row)
         complaint = complaint or row["id"]
+    # more than a page (25) of the timeline, all resolved (the queues show open ones)
+    for n in range(TIMELINE_INTERACTIONS):
+        await b.insert_row(
+            conn,
+            "support_interactions",
+            b.support_interaction(
+                orgs["harbor"],
+                subject=f"Question {n} about the seating chart",
+                status="resolved",
+                opened_at=NOW - timedelta(days=5, minutes=n),
+            ),
+        )
     for milestone, reward in (("first_client_added", "badge"), ("clients_10", "discount")):
         await b.insert_row(
             conn,
@@ -570,3 +585,43 @@ async def test_signed_out_the_focus_goes_to_the_sign_in(browser: WebDriver, worl
     await run(wait, browser, lambda d: d.find_element(By.ID, "signin-reason").is_displayed())
     assert focused(browser) == "P#signin-reason", focused(browser)
     assert "expired" in browser.find_element(By.ID, "signin-reason").text
+
+
+def status_line(driver: WebDriver) -> str:
+    """The status line's text, which a screen reader reads out (role status)."""
+    assert driver.find_element(By.ID, "status").get_attribute("role") == "status"
+    text: str = driver.find_element(By.ID, "status").text
+    return text
+
+
+async def test_what_a_filter_or_show_more_brought_is_said(browser: WebDriver, world: World) -> None:
+    run = asyncio.to_thread
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    # a filter changes the table, which a screen reader does not read: the status line
+    # says what it brought (it said nothing)
+    await run(Select(browser.find_element(By.ID, "f-band")).select_by_value, "critical")
+    await run(wait, browser, lambda d: status_line(d) == "1 organization shown.")
+    await run(Select(browser.find_element(By.ID, "f-risk")).select_by_value, "low")
+    await run(wait, browser, lambda d: "matches these filters" in status_line(d))
+    await run(browser.find_element(By.CSS_SELECTOR, "#list-filters button[type=reset]").click)
+    await run(wait, browser, lambda d: status_line(d) == "4 organizations shown.")
+    await run(browser.get, f"{world.address}/#/support")
+    await run(wait, browser, lambda d: d.find_element(By.ID, "view-support").is_displayed())
+    await run(browser.find_element(By.ID, "s-mine").click)
+    await run(wait, browser, lambda d: status_line(d) == "3 interactions shown.")
+    # "Show older interactions" brings the last page and hides itself: the focus goes
+    # to the first interaction it brought (it fell to the page's start)
+    await run(browser.get, f"{world.address}/#/org/{world.orgs['harbor']}")
+    more = await run(
+        wait, browser, lambda d: d.find_element(By.ID, "timeline-more").is_displayed() and d
+    )
+    await run(more.find_element(By.ID, "timeline-more").send_keys, Keys.ENTER)
+    await run(wait, browser, lambda d: not d.find_element(By.ID, "timeline-more").is_displayed())
+    await run(
+        wait, browser, lambda d: status_line(d) == f"{TIMELINE_INTERACTIONS} interactions shown."
+    )
+    first_brought = browser.execute_script(
+        "return document.querySelectorAll('#org-timeline li')[25] === document.activeElement"
+    )
+    assert first_brought, focused(browser)

@@ -328,6 +328,23 @@ function loaded() {
   state.loadedAt = new Date();
   if ($("status").classList.contains("problem")) say("");
 }
+// What a filter, Clear or "Show more" brought is said in the status line: a screen
+// reader reads it out, where the table changing says nothing (WCAG 4.1.3); a refresh
+// says nothing.
+function tellShown(count, more, [one, many], none) {
+  if (count === 0) say(none);
+  else say(`${count} ${count === 1 ? one : many} shown${more ? "; more to show" : ""}.`);
+}
+// "Show more" hides itself with the last page: the focus it had would fall to the
+// page's start; it goes to the first item the page brought (a row's link or button,
+// else the row's header cell or the item itself, focusable by script only)
+function focusBrought(button, first) {
+  const lost = !document.activeElement || document.activeElement === document.body;
+  if (!button.hidden || !first || !lost) return;
+  const target = first.querySelector("a, button") || first.querySelector("th") || first;
+  if (!target.matches("a, button")) target.tabIndex = -1;
+  target.focus();
+}
 
 // --- sign in and out ------------------------------------------------------------------
 // Nothing one user was shown stays in the page for the next one signed in in the same
@@ -435,7 +452,7 @@ function orgRow(org) {
     timeCell(org.scored_at));
 }
 
-async function loadList({ append = false, refresh = false } = {}) {
+async function loadList({ append = false, refresh = false, told = false } = {}) {
   const params = listParams();
   // a refresh reloads what is on screen (up to 200 rows), in one request
   const limit = refresh ? Math.min(Math.max(state.listItems, PAGE), 200) : PAGE;
@@ -461,6 +478,11 @@ async function loadList({ append = false, refresh = false } = {}) {
     ...[...state.knownFactors].sort().map((f) => el("option", { value: f })));
   $("list-updated").textContent = `Updated ${clock(new Date())}; refreshes every ${REFRESH_SECONDS} s`;
   loaded();
+  if (told || append) {
+    tellShown(body.rows.length, page.next_cursor, ["organization", "organizations"],
+      $("org-empty").textContent);
+  }
+  if (append) focusBrought($("org-more"), rows[0]);
 }
 
 // --- how far to trust the scores (admins: who sees the scores) ------------------------------
@@ -817,8 +839,11 @@ async function loadMoreInteractions(orgId) {
   const page = await newest("timeline", false, `/api/v1/interactions${query({ organization_id: orgId,
     limit: TIMELINE_PAGE, cursor: state.timelineCursor })}`);
   if (!page || state.orgId !== orgId) return;
-  $("org-timeline").append(...page.items.map(interactionItem));
+  const items = page.items.map(interactionItem);
+  $("org-timeline").append(...items);
   showTimelinePage(page);
+  tellShown($("org-timeline").children.length, page.next_cursor, ["interaction", "interactions"], "");
+  focusBrought($("timeline-more"), items[0]);
 }
 
 function showTimelinePage(page) {
@@ -864,7 +889,7 @@ function interactionRow(i) {
     el("td", {}, follow));
 }
 
-async function loadSupport({ append = false, refresh = false } = {}) {
+async function loadSupport({ append = false, refresh = false, told = false } = {}) {
   const params = supportParams();
   // a refresh reloads what is on screen (up to 200 rows), in one request: "Show more"
   // must not be undone by the next refresh
@@ -884,6 +909,11 @@ async function loadSupport({ append = false, refresh = false } = {}) {
   $("interaction-table").parentElement.hidden = body.rows.length === 0;
   $("support-updated").textContent = `Updated ${clock(new Date())}`;
   loaded();
+  if (told || append) {
+    tellShown(body.rows.length, page.next_cursor, ["interaction", "interactions"],
+      $("interaction-empty").textContent);
+  }
+  if (append) focusBrought($("interaction-more"), rows[0]);
 }
 
 // --- routing and refresh ----------------------------------------------------------------
@@ -978,19 +1008,21 @@ function start() {
   });
   $("list-filters").addEventListener("submit", (event) => {
     event.preventDefault();
-    loadList().catch(failedFilter("org-table"));
+    loadList({ told: true }).catch(failedFilter("org-table"));
   });
-  $("list-filters").addEventListener("reset", () => setTimeout(() => loadList().catch(failedFilter("org-table"))));
+  $("list-filters").addEventListener("reset",
+    () => setTimeout(() => loadList({ told: true }).catch(failedFilter("org-table"))));
   for (const id of ["f-band", "f-risk", "f-sort"]) {
-    $(id).addEventListener("change", () => loadList().catch(failedFilter("org-table")));
+    $(id).addEventListener("change", () => loadList({ told: true }).catch(failedFilter("org-table")));
   }
   $("org-more").addEventListener("click", () => loadList({ append: true }).catch(fail));
   $("support-filters").addEventListener("submit", (event) => {
     event.preventDefault();
-    loadSupport().catch(failedFilter("interaction-table"));
+    loadSupport({ told: true }).catch(failedFilter("interaction-table"));
   });
   for (const id of ["s-status", "s-mine", "s-overdue"]) {
-    $(id).addEventListener("change", () => loadSupport().catch(failedFilter("interaction-table")));
+    $(id).addEventListener("change",
+      () => loadSupport({ told: true }).catch(failedFilter("interaction-table")));
   }
   $("interaction-more").addEventListener("click", () => loadSupport({ append: true }).catch(fail));
   $("timeline-more").addEventListener("click", () => {
