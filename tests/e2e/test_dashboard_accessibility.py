@@ -30,7 +30,7 @@ import pytest
 
 from healthscore.api.auth import issue_hs256
 from healthscore.api.server import serve_until, wait_stopped
-from tests.e2e.test_dashboard_browser import rows, screenshot, wait
+from tests.e2e.test_dashboard_browser import contrast, rows, screenshot, wait
 from tests.utils import schema_builders as b
 from tests.utils.api import JWT_SECRET, api_config, api_login
 from tests.utils.browser import BROWSER_TEST, start_chromium
@@ -625,3 +625,37 @@ async def test_what_a_filter_or_show_more_brought_is_said(browser: WebDriver, wo
         "return document.querySelectorAll('#org-timeline li')[25] === document.activeElement"
     )
     assert first_brought, focused(browser)
+
+
+async def test_the_chart_follows_forced_colours(browser: WebDriver, world: World) -> None:
+    run = asyncio.to_thread
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    # Windows' high-contrast themes: forced colours, here a dark one (white on black)
+    await run(
+        browser.execute_cdp_cmd,
+        "Emulation.setEmulatedMedia",
+        {
+            "features": [
+                {"name": "forced-colors", "value": "active"},
+                {"name": "prefers-color-scheme", "value": "dark"},
+            ]
+        },
+    )
+    await run(browser.get, f"{world.address}/#/org/{world.orgs['bloom']}")
+    await run(wait, browser, org_page_ready)
+    await run(screenshot, browser, "a11y-organization-forced-colours-dark")
+    colours = browser.execute_script(
+        "const of = (selector, property) => [...document.querySelectorAll(selector)]"
+        ".map(e => getComputedStyle(e)[property]);"
+        "return {canvas: getComputedStyle(document.documentElement).backgroundColor,"
+        " text: getComputedStyle(document.body).color,"
+        " labels: of('#org-chart svg text', 'fill'), zones: of('#org-chart .zone', 'fill'),"
+        " lines: [...of('#org-chart .line', 'stroke'), ...of('#org-chart .dot', 'fill')]};"
+    )
+    # the page turns white on black; the chart kept its own colours: pastel bands with
+    # grey labels 11 px high (about 1.4:1), a dark blue line: it follows the theme now
+    assert set(colours["labels"]) == {colours["text"]}, colours
+    assert set(colours["zones"]) == {colours["canvas"]}, colours
+    for line in colours["lines"]:
+        assert contrast(line, colours["canvas"]) >= 3, (line, colours)
