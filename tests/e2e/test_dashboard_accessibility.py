@@ -585,6 +585,13 @@ async def test_signed_out_the_focus_goes_to_the_sign_in(browser: WebDriver, worl
     await run(wait, browser, lambda d: d.find_element(By.ID, "signin-reason").is_displayed())
     assert focused(browser) == "P#signin-reason", focused(browser)
     assert "expired" in browser.find_element(By.ID, "signin-reason").text
+    # a token pasted into the form and refused: the reason appears above the form the
+    # focus is still in (its button), unannounced; the focus goes to it too
+    form = browser.find_element(By.ID, "signin-token")
+    await run(form.send_keys, "not.a.token")
+    await run(browser.find_element(By.CSS_SELECTOR, "#signin-form button").send_keys, Keys.ENTER)
+    await run(wait, browser, lambda d: "not a JWT" in d.find_element(By.ID, "signin-reason").text)
+    assert focused(browser) == "P#signin-reason", focused(browser)
 
 
 def status_line(driver: WebDriver) -> str:

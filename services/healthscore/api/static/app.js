@@ -399,15 +399,14 @@ function signOut(reason) {
   // signed out mid-session (an expired token): come back to the same page after signing in
   if (reason && location.hash.startsWith("#/")) state.returnTo = location.hash;
   showView("signin");
-  // the focus would fall to the page's start, and a screen reader say nothing: it goes
-  // to why the user was signed out (read out), else to the sign-in's heading
-  if (wasIn) {
-    if (reason) {
-      $("signin-reason").tabIndex = -1;
-      $("signin-reason").focus();
-    } else {
-      focusHeading();
-    }
+  // the focus would fall to the page's start, or stay on the form's button while the
+  // reason appears above it, and a screen reader say nothing: it goes to why the user
+  // was signed out or refused (read out), else, signed in until now, to the heading
+  if (reason) {
+    $("signin-reason").tabIndex = -1;
+    $("signin-reason").focus();
+  } else if (wasIn) {
+    focusHeading();
   }
 }
 
