@@ -460,7 +460,7 @@ async def test_dashboard_in_chromium(
             label = browser.execute_script(
                 "return document.activeElement.getAttribute('aria-label')"
             )
-            assert label == "Mark the reward of onboarding completed delivered", label
+            assert label == "Reward delivered for onboarding completed", label
             await run(screenshot, browser, "admin-milestone-acknowledged")
             conn = await asyncpg.connect(migrated_database)
             try:

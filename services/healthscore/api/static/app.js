@@ -763,8 +763,10 @@ function milestoneActions(orgId, m) {
     button.addEventListener("click", () => act(button, "acknowledge", undefined, `${words(m.milestone_type)} acknowledged`));
     cell.append(button);
   } else if (m.reward_status === "pending") {
-    const deliver = el("button", { type: "button", "aria-label": `Mark the reward of ${words(m.milestone_type)} delivered`, text: "Reward delivered" });
-    const decline = el("button", { type: "button", class: "secondary", "aria-label": `Mark the reward of ${words(m.milestone_type)} declined`, text: "Declined" });
+    // each name starts with the words on the button (WCAG 2.5.3: "click Reward
+    // delivered" by voice must find it), then says which milestone's
+    const deliver = el("button", { type: "button", "aria-label": `Reward delivered for ${words(m.milestone_type)}`, text: "Reward delivered" });
+    const decline = el("button", { type: "button", class: "secondary", "aria-label": `Declined, the reward for ${words(m.milestone_type)}`, text: "Declined" });
     deliver.addEventListener("click", () => act(deliver, "reward", { outcome: "delivered" }, "reward recorded as delivered"));
     decline.addEventListener("click", () => act(decline, "reward", { outcome: "declined" }, "reward recorded as declined"));
     cell.append(deliver, " ", decline);
