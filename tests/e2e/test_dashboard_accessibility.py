@@ -675,3 +675,30 @@ async def test_the_chart_follows_forced_colours(browser: WebDriver, world: World
     assert set(colours["zones"]) == {colours["canvas"]}, colours
     for line in colours["lines"]:
         assert contrast(line, colours["canvas"]) >= 3, (line, colours)
+
+
+async def test_a_factor_is_filtered_as_the_list_writes_it(browser: WebDriver, world: World) -> None:
+    run = asyncio.to_thread
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    # the list says "open escalations" (words); the filter wanted "open_escalations" and
+    # refused what the page itself shows with "Please match the requested format."
+    factor = browser.find_element(By.ID, "f-factor")
+    await run(factor.send_keys, "Open escalations", Keys.ENTER)
+    await run(wait, browser, lambda d: status_line(d) == "1 organization shown.")
+    assert rows(browser, "org-table", "data-organization") == [str(world.orgs["bloom"])]
+    # what it cannot take, it says in words what it takes (WCAG 3.3.3)
+    await run(factor.clear)
+    await run(factor.send_keys, "logins!", Keys.ENTER)
+    message = browser.execute_script("return arguments[0].validationMessage", factor)
+    assert "letters, digits" in message.lower(), message
+    identifier = browser.find_element(By.ID, "f-q")
+    await run(factor.clear)
+    await run(identifier.send_keys, "bloom", Keys.ENTER)
+    message = browser.execute_script("return arguments[0].validationMessage", identifier)
+    assert "0 to 9, a to f" in message, message
+    # Clear takes the refusal away with the text (it stood, and no filter applied)
+    await run(browser.find_element(By.CSS_SELECTOR, "#list-filters button[type=reset]").click)
+    await run(wait, browser, lambda d: status_line(d) == "4 organizations shown.")
+    await run(browser.find_element(By.CSS_SELECTOR, "#list-filters button[type=submit]").click)
+    assert browser.execute_script("return arguments[0].validationMessage", identifier) == ""

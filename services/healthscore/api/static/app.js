@@ -371,7 +371,10 @@ function forget() {
     $(id).hidden = true;
   }
   // the last user's searches are theirs too
-  for (const id of ["f-factor", "f-q", "s-q"]) $(id).value = "";
+  for (const id of ["f-factor", "f-q", "s-q"]) {
+    $(id).value = "";
+    $(id).setCustomValidity("");
+  }
   state.knownFactors = new Set();
   Object.assign(state, { orgId: null, listItems: 0, listCursor: null, supportCursor: null,
     timelineCursor: null, loadedAt: null });
@@ -428,7 +431,8 @@ function listParams() {
   return {
     health_status: data.get("health_status"),
     risk_level: data.get("risk_level"),
-    factor: data.get("factor").trim(),
+    // as the list writes a factor ("few logins") or as the API names it ("few_logins")
+    factor: data.get("factor").trim().toLowerCase().replace(/[\s_]+/g, "_"),
     q: data.get("q").trim(),
     sort: data.get("sort"),
   };
@@ -474,7 +478,7 @@ async function loadList({ append = false, refresh = false, told = false } = {}) 
     : `No organizations are visible to you: your role (${state.me ? state.me.role : "unknown"}) ` +
       "does not include any organization's health. Ask an administrator if you need it.";
   $("factor-names").replaceChildren(
-    ...[...state.knownFactors].sort().map((f) => el("option", { value: f })));
+    ...[...state.knownFactors].sort().map((f) => el("option", { value: words(f) })));
   $("list-updated").textContent = `Updated ${clock(new Date())}; refreshes every ${REFRESH_SECONDS} s`;
   loaded();
   if (told || append) {
@@ -1007,12 +1011,25 @@ function start() {
     event.preventDefault();
     focusHeading();
   });
+  // what a filter's field takes, said in words (the browser's own "Please match the
+  // requested format" names no format)
+  for (const [id, format] of [
+    ["f-factor", "Letters, digits, spaces and underscores only, e.g. few logins."],
+    ["f-q", "The characters of an organization id only: 0 to 9, a to f and hyphens, e.g. 3f2a."],
+  ]) {
+    $(id).addEventListener("input", () => {
+      $(id).setCustomValidity("");
+      if ($(id).validity.patternMismatch) $(id).setCustomValidity(format);
+    });
+  }
   $("list-filters").addEventListener("submit", (event) => {
     event.preventDefault();
     loadList({ told: true }).catch(failedFilter("org-table"));
   });
-  $("list-filters").addEventListener("reset",
-    () => setTimeout(() => loadList({ told: true }).catch(failedFilter("org-table"))));
+  $("list-filters").addEventListener("reset", () => {
+    for (const id of ["f-factor", "f-q"]) $(id).setCustomValidity("");
+    setTimeout(() => loadList({ told: true }).catch(failedFilter("org-table")));
+  });
   for (const id of ["f-band", "f-risk", "f-sort"]) {
     $(id).addEventListener("change", () => loadList({ told: true }).catch(failedFilter("org-table")));
   }
