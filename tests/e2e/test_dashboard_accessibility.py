@@ -702,3 +702,30 @@ async def test_a_factor_is_filtered_as_the_list_writes_it(browser: WebDriver, wo
     await run(wait, browser, lambda d: status_line(d) == "4 organizations shown.")
     await run(browser.find_element(By.CSS_SELECTOR, "#list-filters button[type=submit]").click)
     assert browser.execute_script("return arguments[0].validationMessage", identifier) == ""
+
+
+async def test_the_updates_can_be_paused(browser: WebDriver, world: World) -> None:
+    run = asyncio.to_thread
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    browser.execute_script(WATCH_FOCUS)
+    await run(refreshed, browser, 1)
+    # WCAG 2.2.2: content that updates by itself can be paused. A screen-reader user
+    # reading the list or an organization's page row by row had it redrawn under them
+    # every few seconds, with no way to stop it.
+    toggle = browser.find_element(By.ID, "auto-update")
+    assert toggle.is_selected() and "every 2 s" in toggle.find_element(By.XPATH, "..").text
+    await run(toggle.send_keys, Keys.SPACE)  # by keyboard
+    loads = browser.execute_script("return window.loads")
+    await asyncio.sleep(5)  # two and a half periods
+    assert browser.execute_script("return window.loads") == loads
+    assert "paused" in browser.find_element(By.ID, "list-updated").text
+    # paused on the organization's page too (a navigation does not restart it)
+    await run(browser.get, f"{world.address}/#/org/{world.orgs['bloom']}")
+    await run(wait, browser, org_page_ready)
+    browser.execute_script("window.marker = document.querySelector('#org-facts dd')")
+    await asyncio.sleep(5)
+    assert browser.execute_script("return window.marker.isConnected")
+    # and resumed at once
+    await run(browser.find_element(By.ID, "auto-update").send_keys, Keys.SPACE)
+    await run(wait, browser, lambda d: not d.execute_script("return window.marker.isConnected"))

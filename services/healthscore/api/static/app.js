@@ -13,7 +13,7 @@ const TIMELINE_PAGE = 25;
 const $ = (id) => document.getElementById(id);
 const state = { me: null, view: null, orgId: null, timer: null, listItems: 0, visitedList: false,
   listCursor: null, supportCursor: null, timelineCursor: null, knownFactors: new Set(),
-  loadedAt: null, returnTo: null };
+  loadedAt: null, returnTo: null, refresh: null, listStamp: null };
 
 // --- the token ------------------------------------------------------------------
 function takeTokenFromFragment() {
@@ -295,9 +295,29 @@ function explain(error) {
   }
   return `The service refused the request: ${error.message}.`;
 }
+// The view on screen updates itself every REFRESH_SECONDS, unless the user paused it
+// (WCAG 2.2.2: a screen reader reading a table redrawn under it loses its place);
+// the choice holds across the views until the page is reloaded.
+function refreshEvery(refresh) {
+  state.refresh = refresh;
+  schedule();
+}
+function schedule() {
+  clearInterval(state.timer);
+  state.timer = state.refresh && $("auto-update").checked
+    ? setInterval(state.refresh, REFRESH_SECONDS * 1000) : null;
+}
+function stampList() {
+  if (!state.listStamp) return;
+  $("list-updated").textContent = `Updated ${clock(state.listStamp)}; ` +
+    ($("auto-update").checked ? `refreshes every ${REFRESH_SECONDS} s` : "updates paused");
+}
+
 function fail(error) {
   if ((error instanceof ApiError && error.status === 401) || error instanceof StaleAnswer) return;
-  const retry = state.timer ? ` The page tries again every ${REFRESH_SECONDS} s.` : " Reload the page to try again.";
+  const retry = state.timer ? ` The page tries again every ${REFRESH_SECONDS} s.`
+    : (state.refresh ? " Updates are paused: turn them on, or reload the page, to try again."
+      : " Reload the page to try again.");
   const shown = state.loadedAt
     ? ` What you see was loaded at ${clock(state.loadedAt)}.`
     : "";
@@ -377,7 +397,7 @@ function forget() {
   }
   state.knownFactors = new Set();
   Object.assign(state, { orgId: null, listItems: 0, listCursor: null, supportCursor: null,
-    timelineCursor: null, loadedAt: null });
+    timelineCursor: null, loadedAt: null, listStamp: null });
   // answers still on their way belong to no table now
   for (const table of Object.keys(loads.seq)) {
     loads.seq[table] += 1;
@@ -392,8 +412,7 @@ function signOut(reason) {
   sessionStorage.removeItem(TOKEN_KEY);
   state.me = null;
   forget();
-  clearInterval(state.timer);
-  state.timer = null;
+  refreshEvery(null);
   $("nav").hidden = true;
   $("who").hidden = true;
   $("signin-reason").hidden = !reason;
@@ -479,7 +498,8 @@ async function loadList({ append = false, refresh = false, told = false } = {}) 
       "does not include any organization's health. Ask an administrator if you need it.";
   $("factor-names").replaceChildren(
     ...[...state.knownFactors].sort().map((f) => el("option", { value: words(f) })));
-  $("list-updated").textContent = `Updated ${clock(new Date())}; refreshes every ${REFRESH_SECONDS} s`;
+  state.listStamp = new Date();
+  stampList();
   loaded();
   if (told || append) {
     tellShown(body.rows.length, page.next_cursor, ["organization", "organizations"],
@@ -923,8 +943,7 @@ async function loadSupport({ append = false, refresh = false, told = false } = {
 
 // --- routing and refresh ----------------------------------------------------------------
 async function route() {
-  clearInterval(state.timer);
-  state.timer = null;
+  refreshEvery(null);
   state.loadedAt = null;
   say("");
   if (!token()) {
@@ -949,14 +968,14 @@ async function route() {
       state.timelineCursor = null;
       $("org-timeline").replaceChildren();
       await loadOrganization(org[1]);
-      state.timer = setInterval(() => loadOrganization(org[1], { refresh: true }).catch(fail), REFRESH_SECONDS * 1000);
+      refreshEvery(() => loadOrganization(org[1], { refresh: true }).catch(fail));
     } else if (hash === "#/support") {
       state.orgId = null;
       showView("support");
       await loadSupport();
-      state.timer = setInterval(() => {
+      refreshEvery(() => {
         if (!document.hidden) loadSupport({ refresh: true }).catch(fail);
-      }, REFRESH_SECONDS * 1000);
+      });
     } else if (hash === "#/" && state.me && state.me.role === "support" && !state.visitedList) {
       // support staff start in their queue; the list stays one click away
       state.visitedList = true;
@@ -967,9 +986,9 @@ async function route() {
       showView("list");
       await loadList();
       loadTrust().catch(fail);
-      state.timer = setInterval(() => {
+      refreshEvery(() => {
         if (!document.hidden) loadList({ refresh: true }).catch(fail);
-      }, REFRESH_SECONDS * 1000);
+      });
     }
     focusHeading();
   } catch (error) {
@@ -991,6 +1010,12 @@ async function route() {
 
 function start() {
   takeTokenFromFragment();
+  $("auto-update-seconds").textContent = String(REFRESH_SECONDS);
+  $("auto-update").addEventListener("change", () => {
+    schedule();
+    if (state.timer) state.refresh();  // turned on: at once, not a period later
+    stampList();
+  });
   watchScrollingFrames();
   $("signin-form").addEventListener("submit", (event) => {
     event.preventDefault();
