@@ -13,7 +13,7 @@ const TIMELINE_PAGE = 25;
 const $ = (id) => document.getElementById(id);
 const state = { me: null, view: null, orgId: null, timer: null, listItems: 0, visitedList: false,
   listCursor: null, supportCursor: null, timelineCursor: null, knownFactors: new Set(),
-  loadedAt: null, returnTo: null };
+  loadedAt: null, returnTo: null, refresh: null, listStamp: null };
 
 // --- the token ------------------------------------------------------------------
 function takeTokenFromFragment() {
@@ -191,6 +191,59 @@ function keepingFocus(tbody, render) {
   return result;
 }
 
+// A refresh keeps each row that did not change (the same node, where it is) and puts
+// the new ones around it: focusing a fresh copy of the row the keyboard was on had a
+// screen reader read it out again at every refresh. Rows that changed their order are
+// all put anew (keepingFocus then finds the row again).
+function refreshRows(tbody, fresh) {
+  const keyOf = (row) => ROW_KEYS.map((k) => row.getAttribute(k)).join();
+  const before = new Map([...tbody.rows].map((row) => [keyOf(row), row]));
+  const next = fresh.map((row) => {
+    const same = before.get(keyOf(row));
+    return same && same.isEqualNode(row) ? same : row;
+  });
+  const kept = new Set(next.filter((row) => row.parentNode === tbody));
+  const order = next.filter((row) => kept.has(row));
+  keepingFocus(tbody, () => {
+    if ([...tbody.rows].filter((row) => kept.has(row)).some((row, i) => row !== order[i])) {
+      tbody.replaceChildren(...next);
+      return;
+    }
+    for (const row of [...tbody.rows]) if (!kept.has(row)) row.remove();
+    next.forEach((row, i) => {
+      if (tbody.rows[i] !== row) tbody.insertBefore(row, tbody.rows[i] || null);
+    });
+  });
+}
+
+// A table wider than the window (400% zoom, a phone) scrolls inside its frame: the
+// frame then takes the keyboard focus, so that the arrow keys scroll it where no link
+// or button in it would (browsers that do not make a scrolling box focusable
+// themselves), named after its table; a frame that fits is no tab stop.
+function reachWhenScrolling(frame) {
+  const scrolls = frame.scrollWidth > frame.clientWidth + 1;
+  if (scrolls === frame.hasAttribute("tabindex")) return;
+  if (!scrolls) {
+    for (const name of ["tabindex", "role", "aria-label"]) frame.removeAttribute(name);
+    return;
+  }
+  const table = frame.querySelector("table");
+  const label = table.getAttribute("aria-labelledby");
+  const name = label ? $(label).textContent : (table.caption ? table.caption.textContent : "");
+  frame.setAttribute("tabindex", "0");
+  frame.setAttribute("role", "region");
+  frame.setAttribute("aria-label", name.trim());
+}
+function watchScrollingFrames() {
+  const frames = new ResizeObserver((entries) => {
+    for (const entry of entries) reachWhenScrolling(entry.target.closest(".table-wrap"));
+  });
+  for (const frame of document.querySelectorAll(".table-wrap")) {
+    frames.observe(frame);
+    frames.observe(frame.querySelector("table"));  // its rows change its width
+  }
+}
+
 function badge(kind, value) {
   return el("span", { class: `badge ${kind}-${value}`, text: words(value) });
 }
@@ -242,9 +295,29 @@ function explain(error) {
   }
   return `The service refused the request: ${error.message}.`;
 }
+// The view on screen updates itself every REFRESH_SECONDS, unless the user paused it
+// (WCAG 2.2.2: a screen reader reading a table redrawn under it loses its place);
+// the choice holds across the views until the page is reloaded.
+function refreshEvery(refresh) {
+  state.refresh = refresh;
+  schedule();
+}
+function schedule() {
+  clearInterval(state.timer);
+  state.timer = state.refresh && $("auto-update").checked
+    ? setInterval(state.refresh, REFRESH_SECONDS * 1000) : null;
+}
+function stampList() {
+  if (!state.listStamp) return;
+  $("list-updated").textContent = `Updated ${clock(state.listStamp)}; ` +
+    ($("auto-update").checked ? `refreshes every ${REFRESH_SECONDS} s` : "updates paused");
+}
+
 function fail(error) {
   if ((error instanceof ApiError && error.status === 401) || error instanceof StaleAnswer) return;
-  const retry = state.timer ? ` The page tries again every ${REFRESH_SECONDS} s.` : " Reload the page to try again.";
+  const retry = state.timer ? ` The page tries again every ${REFRESH_SECONDS} s.`
+    : (state.refresh ? " Updates are paused: turn them on, or reload the page, to try again."
+      : " Reload the page to try again.");
   const shown = state.loadedAt
     ? ` What you see was loaded at ${clock(state.loadedAt)}.`
     : "";
@@ -275,6 +348,23 @@ function loaded() {
   state.loadedAt = new Date();
   if ($("status").classList.contains("problem")) say("");
 }
+// What a filter, Clear or "Show more" brought is said in the status line: a screen
+// reader reads it out, where the table changing says nothing (WCAG 4.1.3); a refresh
+// says nothing.
+function tellShown(count, more, [one, many], none) {
+  if (count === 0) say(none);
+  else say(`${count} ${count === 1 ? one : many} shown${more ? "; more to show" : ""}.`);
+}
+// "Show more" hides itself with the last page: the focus it had would fall to the
+// page's start; it goes to the first item the page brought (a row's link or button,
+// else the row's header cell or the item itself, focusable by script only)
+function focusBrought(button, first) {
+  const lost = !document.activeElement || document.activeElement === document.body;
+  if (!button.hidden || !first || !lost) return;
+  const target = first.querySelector("a, button") || first.querySelector("th") || first;
+  if (!target.matches("a, button")) target.tabIndex = -1;
+  target.focus();
+}
 
 // --- sign in and out ------------------------------------------------------------------
 // Nothing one user was shown stays in the page for the next one signed in in the same
@@ -301,10 +391,13 @@ function forget() {
     $(id).hidden = true;
   }
   // the last user's searches are theirs too
-  for (const id of ["f-factor", "f-q", "s-q"]) $(id).value = "";
+  for (const id of ["f-factor", "f-q", "s-q"]) {
+    $(id).value = "";
+    $(id).setCustomValidity("");
+  }
   state.knownFactors = new Set();
   Object.assign(state, { orgId: null, listItems: 0, listCursor: null, supportCursor: null,
-    timelineCursor: null, loadedAt: null });
+    timelineCursor: null, loadedAt: null, listStamp: null });
   // answers still on their way belong to no table now
   for (const table of Object.keys(loads.seq)) {
     loads.seq[table] += 1;
@@ -314,11 +407,12 @@ function forget() {
 }
 
 function signOut(reason) {
+  // signed in until now: the focus was in what is about to be hidden
+  const wasIn = !$("who").hidden;
   sessionStorage.removeItem(TOKEN_KEY);
   state.me = null;
   forget();
-  clearInterval(state.timer);
-  state.timer = null;
+  refreshEvery(null);
   $("nav").hidden = true;
   $("who").hidden = true;
   $("signin-reason").hidden = !reason;
@@ -327,6 +421,15 @@ function signOut(reason) {
   // signed out mid-session (an expired token): come back to the same page after signing in
   if (reason && location.hash.startsWith("#/")) state.returnTo = location.hash;
   showView("signin");
+  // the focus would fall to the page's start, or stay on the form's button while the
+  // reason appears above it, and a screen reader say nothing: it goes to why the user
+  // was signed out or refused (read out), else, signed in until now, to the heading
+  if (reason) {
+    $("signin-reason").tabIndex = -1;
+    $("signin-reason").focus();
+  } else if (wasIn) {
+    focusHeading();
+  }
 }
 
 async function signIn() {
@@ -347,7 +450,8 @@ function listParams() {
   return {
     health_status: data.get("health_status"),
     risk_level: data.get("risk_level"),
-    factor: data.get("factor").trim(),
+    // as the list writes a factor ("few logins") or as the API names it ("few_logins")
+    factor: data.get("factor").trim().toLowerCase().replace(/[\s_]+/g, "_"),
     q: data.get("q").trim(),
     sort: data.get("sort"),
   };
@@ -370,7 +474,7 @@ function orgRow(org) {
     timeCell(org.scored_at));
 }
 
-async function loadList({ append = false, refresh = false } = {}) {
+async function loadList({ append = false, refresh = false, told = false } = {}) {
   const params = listParams();
   // a refresh reloads what is on screen (up to 200 rows), in one request
   const limit = refresh ? Math.min(Math.max(state.listItems, PAGE), 200) : PAGE;
@@ -380,7 +484,7 @@ async function loadList({ append = false, refresh = false } = {}) {
   const body = $("org-table").tBodies[0];
   const rows = page.items.map(orgRow);
   if (append) body.append(...rows);
-  else keepingFocus(body, () => body.replaceChildren(...rows));
+  else refreshRows(body, rows);
   state.listItems = body.rows.length;
   state.listCursor = page.next_cursor;
   $("org-more").hidden = !page.next_cursor;
@@ -393,9 +497,15 @@ async function loadList({ append = false, refresh = false } = {}) {
     : `No organizations are visible to you: your role (${state.me ? state.me.role : "unknown"}) ` +
       "does not include any organization's health. Ask an administrator if you need it.";
   $("factor-names").replaceChildren(
-    ...[...state.knownFactors].sort().map((f) => el("option", { value: f })));
-  $("list-updated").textContent = `Updated ${clock(new Date())}; refreshes every ${REFRESH_SECONDS} s`;
+    ...[...state.knownFactors].sort().map((f) => el("option", { value: words(f) })));
+  state.listStamp = new Date();
+  stampList();
   loaded();
+  if (told || append) {
+    tellShown(body.rows.length, page.next_cursor, ["organization", "organizations"],
+      $("org-empty").textContent);
+  }
+  if (append) focusBrought($("org-more"), rows[0]);
 }
 
 // --- how far to trust the scores (admins: who sees the scores) ------------------------------
@@ -677,8 +787,10 @@ function milestoneActions(orgId, m) {
     button.addEventListener("click", () => act(button, "acknowledge", undefined, `${words(m.milestone_type)} acknowledged`));
     cell.append(button);
   } else if (m.reward_status === "pending") {
-    const deliver = el("button", { type: "button", "aria-label": `Mark the reward of ${words(m.milestone_type)} delivered`, text: "Reward delivered" });
-    const decline = el("button", { type: "button", class: "secondary", "aria-label": `Mark the reward of ${words(m.milestone_type)} declined`, text: "Declined" });
+    // each name starts with the words on the button (WCAG 2.5.3: "click Reward
+    // delivered" by voice must find it), then says which milestone's
+    const deliver = el("button", { type: "button", "aria-label": `Reward delivered for ${words(m.milestone_type)}`, text: "Reward delivered" });
+    const decline = el("button", { type: "button", class: "secondary", "aria-label": `Declined, the reward for ${words(m.milestone_type)}`, text: "Declined" });
     deliver.addEventListener("click", () => act(deliver, "reward", { outcome: "delivered" }, "reward recorded as delivered"));
     decline.addEventListener("click", () => act(decline, "reward", { outcome: "declined" }, "reward recorded as declined"));
     cell.append(deliver, " ", decline);
@@ -752,8 +864,11 @@ async function loadMoreInteractions(orgId) {
   const page = await newest("timeline", false, `/api/v1/interactions${query({ organization_id: orgId,
     limit: TIMELINE_PAGE, cursor: state.timelineCursor })}`);
   if (!page || state.orgId !== orgId) return;
-  $("org-timeline").append(...page.items.map(interactionItem));
+  const items = page.items.map(interactionItem);
+  $("org-timeline").append(...items);
   showTimelinePage(page);
+  tellShown($("org-timeline").children.length, page.next_cursor, ["interaction", "interactions"], "");
+  focusBrought($("timeline-more"), items[0]);
 }
 
 function showTimelinePage(page) {
@@ -799,7 +914,7 @@ function interactionRow(i) {
     el("td", {}, follow));
 }
 
-async function loadSupport({ append = false, refresh = false } = {}) {
+async function loadSupport({ append = false, refresh = false, told = false } = {}) {
   const params = supportParams();
   // a refresh reloads what is on screen (up to 200 rows), in one request: "Show more"
   // must not be undone by the next refresh
@@ -812,19 +927,23 @@ async function loadSupport({ append = false, refresh = false } = {}) {
   const body = $("interaction-table").tBodies[0];
   const rows = page.items.map(interactionRow);
   if (append) body.append(...rows);
-  else keepingFocus(body, () => body.replaceChildren(...rows));
+  else refreshRows(body, rows);
   state.supportCursor = page.next_cursor;
   $("interaction-more").hidden = !page.next_cursor;
   $("interaction-empty").hidden = body.rows.length > 0;
   $("interaction-table").parentElement.hidden = body.rows.length === 0;
   $("support-updated").textContent = `Updated ${clock(new Date())}`;
   loaded();
+  if (told || append) {
+    tellShown(body.rows.length, page.next_cursor, ["interaction", "interactions"],
+      $("interaction-empty").textContent);
+  }
+  if (append) focusBrought($("interaction-more"), rows[0]);
 }
 
 // --- routing and refresh ----------------------------------------------------------------
 async function route() {
-  clearInterval(state.timer);
-  state.timer = null;
+  refreshEvery(null);
   state.loadedAt = null;
   say("");
   if (!token()) {
@@ -849,14 +968,14 @@ async function route() {
       state.timelineCursor = null;
       $("org-timeline").replaceChildren();
       await loadOrganization(org[1]);
-      state.timer = setInterval(() => loadOrganization(org[1], { refresh: true }).catch(fail), REFRESH_SECONDS * 1000);
+      refreshEvery(() => loadOrganization(org[1], { refresh: true }).catch(fail));
     } else if (hash === "#/support") {
       state.orgId = null;
       showView("support");
       await loadSupport();
-      state.timer = setInterval(() => {
+      refreshEvery(() => {
         if (!document.hidden) loadSupport({ refresh: true }).catch(fail);
-      }, REFRESH_SECONDS * 1000);
+      });
     } else if (hash === "#/" && state.me && state.me.role === "support" && !state.visitedList) {
       // support staff start in their queue; the list stays one click away
       state.visitedList = true;
@@ -867,9 +986,9 @@ async function route() {
       showView("list");
       await loadList();
       loadTrust().catch(fail);
-      state.timer = setInterval(() => {
+      refreshEvery(() => {
         if (!document.hidden) loadList({ refresh: true }).catch(fail);
-      }, REFRESH_SECONDS * 1000);
+      });
     }
     focusHeading();
   } catch (error) {
@@ -891,6 +1010,13 @@ async function route() {
 
 function start() {
   takeTokenFromFragment();
+  $("auto-update-seconds").textContent = String(REFRESH_SECONDS);
+  $("auto-update").addEventListener("change", () => {
+    schedule();
+    if (state.timer) state.refresh();  // turned on: at once, not a period later
+    stampList();
+  });
+  watchScrollingFrames();
   $("signin-form").addEventListener("submit", (event) => {
     event.preventDefault();
     forget();
@@ -910,21 +1036,36 @@ function start() {
     event.preventDefault();
     focusHeading();
   });
+  // what a filter's field takes, said in words (the browser's own "Please match the
+  // requested format" names no format)
+  for (const [id, format] of [
+    ["f-factor", "Letters, digits, spaces and underscores only, e.g. few logins."],
+    ["f-q", "The characters of an organization id only: 0 to 9, a to f and hyphens, e.g. 3f2a."],
+  ]) {
+    $(id).addEventListener("input", () => {
+      $(id).setCustomValidity("");
+      if ($(id).validity.patternMismatch) $(id).setCustomValidity(format);
+    });
+  }
   $("list-filters").addEventListener("submit", (event) => {
     event.preventDefault();
-    loadList().catch(failedFilter("org-table"));
+    loadList({ told: true }).catch(failedFilter("org-table"));
   });
-  $("list-filters").addEventListener("reset", () => setTimeout(() => loadList().catch(failedFilter("org-table"))));
+  $("list-filters").addEventListener("reset", () => {
+    for (const id of ["f-factor", "f-q"]) $(id).setCustomValidity("");
+    setTimeout(() => loadList({ told: true }).catch(failedFilter("org-table")));
+  });
   for (const id of ["f-band", "f-risk", "f-sort"]) {
-    $(id).addEventListener("change", () => loadList().catch(failedFilter("org-table")));
+    $(id).addEventListener("change", () => loadList({ told: true }).catch(failedFilter("org-table")));
   }
   $("org-more").addEventListener("click", () => loadList({ append: true }).catch(fail));
   $("support-filters").addEventListener("submit", (event) => {
     event.preventDefault();
-    loadSupport().catch(failedFilter("interaction-table"));
+    loadSupport({ told: true }).catch(failedFilter("interaction-table"));
   });
   for (const id of ["s-status", "s-mine", "s-overdue"]) {
-    $(id).addEventListener("change", () => loadSupport().catch(failedFilter("interaction-table")));
+    $(id).addEventListener("change",
+      () => loadSupport({ told: true }).catch(failedFilter("interaction-table")));
   }
   $("interaction-more").addEventListener("click", () => loadSupport({ append: true }).catch(fail));
   $("timeline-more").addEventListener("click", () => {
