@@ -7,7 +7,6 @@ transaction in which row-level security sees the verified user, and answers
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import unicodedata
@@ -60,6 +59,7 @@ from healthscore.contracts.enums import (
     RiskLevel,
 )
 from healthscore.core.bands import RISK_LEVEL_EDGES
+from healthscore.json_keys import repeated_key
 from healthscore.store import read_api as q
 
 PROBLEMS: Final[dict[int | str, dict[str, Any]]] = {
@@ -423,35 +423,17 @@ async def record_reward(
     return _milestone(row)
 
 
-class _RepeatedKey(ValueError):
-    pass
-
-
-def _refuse_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: set[str] = set()
-    for key, _ in pairs:
-        if key in seen:
-            raise _RepeatedKey(key)
-        seen.add(key)
-    return dict(pairs)
-
-
 def _one_value_per_key(body: bytes) -> None:
     """Refuse a JSON body naming a key twice in one object (422). The framework's parser
     keeps the last value, a proxy or log that keeps the first would read another write
     (`"outcome": "delivered", "outcome": "declined"`); RFC 8259 leaves it to each parser,
     and the topics refuse it too (`duplicate_key`). The body is valid JSON of at most
     MAX_BODY_BYTES here: the framework parsed it before the route ran."""
-    try:
-        json.loads(body, object_pairs_hook=_refuse_repeats)
-    except _RepeatedKey as exc:
-        shown = repr(exc.args[0])
-        shown = shown if len(shown) <= 40 else shown[:40] + "..."
+    shown = repeated_key(body)
+    if shown is not None:
         raise ApiProblem(
             422, "invalid-request", f"the body names the key {shown} twice in one object"
-        ) from None
-    except (ValueError, RecursionError):
-        return  # the framework's parse decided about it
+        )
 
 
 # --- interactions -------------------------------------------------------------------

@@ -16,7 +16,6 @@ The meaning of each section is documented with the formulas in
 from __future__ import annotations
 
 import functools
-import json
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +24,7 @@ import msgspec
 
 from healthscore.core.enums import MilestoneType, RewardType
 from healthscore.errors import ModelConfigError
+from healthscore.json_keys import repeated_key
 
 NonNeg = Annotated[float, msgspec.Meta(ge=0)]
 Pos = Annotated[float, msgspec.Meta(gt=0)]
@@ -437,30 +437,13 @@ def _check(config: _ModelConfig) -> None:
         raise ModelConfigError("milestones: the impacts must sum to > 0")
 
 
-class _RepeatedKey(ValueError):
-    pass
-
-
-def _refuse_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: set[str] = set()
-    for key, _ in pairs:
-        if key in seen:
-            raise _RepeatedKey(key)
-        seen.add(key)
-    return dict(pairs)
-
-
 def parse_model(raw: bytes | str) -> ScoreModel:
     """Decode and validate a model config document (JSON text)."""
-    try:
-        # a key named twice in one object: the decoder would keep the last silently,
-        # and a hand-edited file may then serve another setting than its author read
-        json.loads(raw, object_pairs_hook=_refuse_repeats)
-    except _RepeatedKey as exc:
-        shown = repr(exc.args[0])[:40]
-        raise ModelConfigError(f"<root>: names the key {shown} twice in one object") from None
-    except (ValueError, RecursionError):
-        pass  # not JSON: msgspec says where
+    # a key named twice in one object: the decoder would keep the last silently, and a
+    # hand-edited file may then serve another setting than its author read
+    shown = repeated_key(raw)
+    if shown is not None:
+        raise ModelConfigError(f"<root>: names the key {shown} twice in one object")
     try:
         config = msgspec.json.decode(raw, type=_ModelConfig)
     except msgspec.ValidationError as exc:
