@@ -37,6 +37,7 @@ try:
     from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.webdriver import WebDriver
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
 except ImportError:  # pragma: no cover - the dev extra installs it; BROWSER_TEST skips
     pass
 
@@ -533,6 +534,9 @@ async def test_nothing_of_one_user_stays_for_the_next(browser: WebDriver, hostil
     await run(browser.get, f"{hostile.address}/#/support")
     await run(browser.find_element(By.ID, "s-mine").click)  # everybody's
     await run(wait, browser, lambda d: len(rows(d, "interaction-table", "data-interaction")) == 6)
+    await run(Select(browser.find_element(By.ID, "s-status")).select_by_value, "")
+    await run(browser.get, f"{hostile.address}/#/")
+    await run(Select(browser.find_element(By.ID, "f-band")).select_by_value, "critical")
     # signed out: nothing of the admin's answers is left in the page or its storage
     await run(browser.find_element(By.ID, "sign-out").click)
     await run(wait, browser, lambda d: d.find_element(By.ID, "view-signin").is_displayed())
@@ -556,6 +560,13 @@ async def test_nothing_of_one_user_stays_for_the_next(browser: WebDriver, hostil
         "local": 0,
     }, left
     assert browser.execute_script("return (await caches.keys()).length") == 0
+    # nor the filters the admin chose: the next user starts from the defaults
+    filters = browser.execute_script(
+        "return [document.getElementById('s-mine').checked,"
+        " document.getElementById('s-status').value,"
+        " document.getElementById('f-band').value]"
+    )
+    assert filters == [True, "open", ""], filters
 
     # the support person signs in in the same tab while their answers are slow to come:
     # the admin's rows are not shown meanwhile

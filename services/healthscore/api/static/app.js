@@ -395,6 +395,16 @@ function forget() {
     $(id).value = "";
     $(id).setCustomValidity("");
   }
+  // and the filters they chose (set here, not by form.reset(): its handler would load)
+  for (const form of [$("list-filters"), $("support-filters")]) {
+    for (const field of form.elements) {
+      if (field instanceof HTMLSelectElement) {
+        for (const option of field.options) option.selected = option.defaultSelected;
+      } else if (field.type === "checkbox") {
+        field.checked = field.defaultChecked;
+      }
+    }
+  }
   state.knownFactors = new Set();
   Object.assign(state, { orgId: null, listItems: 0, listCursor: null, supportCursor: null,
     timelineCursor: null, loadedAt: null, listStamp: null });
