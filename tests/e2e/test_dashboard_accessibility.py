@@ -20,7 +20,7 @@ import asyncio
 import importlib.resources
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -34,7 +34,7 @@ from healthscore.api.server import serve_until, wait_stopped
 from tests.e2e.test_dashboard_browser import contrast, rows, screenshot, wait
 from tests.utils import schema_builders as b
 from tests.utils.api import JWT_SECRET, api_config, api_login
-from tests.utils.browser import BROWSER_TEST, start_chromium
+from tests.utils.browser import BROWSER_TEST
 
 try:
     from selenium.webdriver.chrome.webdriver import WebDriver
@@ -261,15 +261,6 @@ async def world(migrated_database: str, pg_admin_url: str) -> AsyncIterator[Worl
         finally:
             stop.set()
             await wait_stopped()
-
-
-@pytest.fixture
-def browser() -> Iterator[WebDriver]:
-    driver: WebDriver = start_chromium()
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 class Audit:

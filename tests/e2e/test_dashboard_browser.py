@@ -18,13 +18,12 @@ import dataclasses
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
-import pytest
 
 from healthscore.api.server import dev_config, serve_until, wait_stopped
 from healthscore.core.scoring.model import V2_MODEL_PATH
@@ -40,7 +39,7 @@ from tests.e2e.test_pipeline_end_to_end import (
     at_risk_usage,
     healthy_events,
 )
-from tests.utils.browser import BROWSER_TEST, start_chromium
+from tests.utils.browser import BROWSER_TEST
 from tests.utils.harness import (
     make_producer,
     make_topics,
@@ -171,15 +170,6 @@ async def name_organizations(database_url: str) -> None:
             )
     finally:
         await conn.close()
-
-
-@pytest.fixture
-def browser() -> Iterator[WebDriver]:
-    driver: WebDriver = start_chromium()
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def wait(driver: WebDriver, condition: Callable[[WebDriver], T], timeout: float = 20) -> T:
