@@ -918,10 +918,11 @@ def test_the_image_healthcheck_judges_whichever_server_the_container_runs() -> N
     import http.server
     import json as json_module
     import os
-    import socket
     import subprocess
     import sys
     import threading
+
+    from healthscore_lab.devservices import free_port
 
     [line] = [i for stage in dockerfile_stages() for i in stage if i.startswith("HEALTHCHECK")]
     command = json_module.loads(line[line.index("CMD") + 3 :].strip())
@@ -939,11 +940,6 @@ def test_the_image_healthcheck_judges_whichever_server_the_container_runs() -> N
         httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         return httpd, httpd.server_address[1]
-
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
 
     def healthy(ops_port: int, api_port: int) -> bool:
         environment = {**os.environ, "OPS_PORT": str(ops_port), "API_PORT": str(api_port)}

