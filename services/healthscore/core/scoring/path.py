@@ -87,6 +87,8 @@ def path_to_healthy(
     reached: frozenset[str] = frozenset()
     undone: dict[str, float] = {}
     current = base
+    # the state with the actions so far taken, which `current` scores
+    now = _with(state, closed, reached, as_of)
     actions: list[HealthAction] = []
 
     def reachable(changed: OrganizationState, scored: float, behaviour: float) -> float:
@@ -98,7 +100,6 @@ def path_to_healthy(
 
     while len(actions) < limit:
         behaviour = sum(undone.values())
-        now = _with(state, closed, reached, as_of)
         level = reachable(now, current.score, behaviour)
         best: tuple[float, str, str, str] | None = None  # (gain, kind, key, factor)
         for key, interaction in state.open_interactions.items():
@@ -142,8 +143,8 @@ def path_to_healthy(
         actions.append(HealthAction(action=text, factor=factor, impact=round(gain, 2)))
         # a behavioural factor's impact does not depend on the support or milestone
         # components (the composite is a weighted mean), so `undone` keeps its value
-        changed = _with(state, closed, reached, as_of)
-        current = score(changed, as_of, model)
-        if out_of_risk(reachable(changed, current.score, sum(undone.values()))):
+        now = _with(state, closed, reached, as_of)
+        current = score(now, as_of, model)
+        if out_of_risk(reachable(now, current.score, sum(undone.values()))):
             break
     return actions
