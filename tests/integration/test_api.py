@@ -1054,6 +1054,20 @@ async def test_a_request_with_thousands_of_invalid_values_gets_a_short_problem(
     assert len(one["errors"]) == 1 and one["errors_unlisted"] == 0
 
 
+async def test_a_count_in_the_query_string_is_digits_alone(world: World) -> None:
+    """`int()` reads "1_0" as 10, and " 10", "+10" and Arabic-Indic digits too: a client
+    that sent `limit=1_0` got ten items and no word that its value was odd."""
+    org = (await world.get("admin", "/api/v1/organizations", limit=1)).json()["items"][0]
+    history = f"/api/v1/organizations/{org['organization_id']}/history"
+    for odd in ("1_0", " 10", "10 ", "+10", "\u0661\u0660", "1e1", "10.0"):
+        for path, name in (("/api/v1/organizations", "limit"), (history, "days")):
+            problem = assert_problem(await world.get("admin", path, **{name: odd}), 422)
+            assert [e["location"] for e in problem["errors"]] == [["query", name]], (odd, problem)
+            assert "integer" in problem["errors"][0]["message"], (odd, problem)
+    assert (await world.get("admin", "/api/v1/organizations", limit="10")).status_code == 200
+    assert (await world.get("admin", history, days="007")).status_code == 200
+
+
 async def test_what_a_client_writes_is_logged_and_quoted_in_bounded_length(
     world: World,
 ) -> None:

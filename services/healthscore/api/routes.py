@@ -20,7 +20,8 @@ from typing import Annotated, Any, Final, Literal
 import asyncpg
 import orjson
 from fastapi import APIRouter, Body, Path, Query, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
+from pydantic_core import PydanticCustomError
 
 from healthscore.api.auth import one_authorization
 from healthscore.api.cache import changed_nothing, changes_by_clock_in
@@ -71,7 +72,17 @@ NOT_FOUND: Final[dict[int | str, dict[str, Any]]] = {
 }
 router = APIRouter(prefix="/api/v1", responses=PROBLEMS)
 
-Limit = Annotated[int, Query(ge=1, le=200, description="Items per page.")]
+
+def _written_in_digits(value: object) -> object:
+    """A count in the query string is digits alone: int() also reads "1_0", " 10",
+    "+10" and other scripts' digits, which no client means as a count."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise PydanticCustomError("int_digits", "Input should be an integer written in digits")
+    return value
+
+
+Digits = BeforeValidator(_written_in_digits)
+Limit = Annotated[int, Query(ge=1, le=200, description="Items per page."), Digits]
 CursorText = Annotated[
     str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
 ]
@@ -309,6 +320,7 @@ async def get_history(
     days: Annotated[
         int,
         Query(ge=1, le=365, description="Days (UTC), the last the day of the latest score."),
+        Digits,
     ] = 30,
 ) -> Response:
     """The daily score trail: each day's last score, churn probability and components."""
