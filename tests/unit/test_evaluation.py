@@ -596,6 +596,36 @@ def test_fit_refuses_a_log_without_usage_events(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["fit", "fit --calibration-only"])
+def test_fit_refuses_labels_in_which_every_organization_churns(
+    small: Population, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """Labels marking every organization churned (a contract end date exported for all)
+    were fitted, and the model written whenever the current one ranked as badly on them;
+    on a short log the refusal said "no training organization churns within 30 days",
+    of a log in which every one does. Now refused first, naming the labels."""
+    import argparse
+
+    from healthscore_lab.evaluation.command import add_fit_arguments, run_fit
+
+    (tmp_path / "events.jsonl").write_bytes(b"".join(iter_jsonl(small)))
+    last = max(at for at in small.churned_at.values() if at is not None)
+    every = {org: at or last for org, at in small.churned_at.items()}
+    assert any(at is None for at in small.churned_at.values())
+    lines = [f"{org},{at.isoformat()}" for org, at in every.items()]
+    (tmp_path / "labels.csv").write_text("organization_id,churned_at\n" + "\n".join(lines))
+    parser = argparse.ArgumentParser()
+    add_fit_arguments(parser)
+    arguments = f"--events {tmp_path / 'events.jsonl'} --labels {tmp_path / 'labels.csv'}"
+    flags = command.split()[1:]
+    out = tmp_path / "health_model.vX.json"
+    args = [*arguments.split(), *flags, "--version", "vX", "--out", str(out)]
+    assert run_fit(parser.parse_args(args)) == 2
+    error = capsys.readouterr().err
+    assert f"every one of its {len(every)} organizations churns in the labels" in error
+    assert not out.exists()
+
+
 def test_fit_writes_the_new_version_beside_its_model_and_never_into_the_package(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

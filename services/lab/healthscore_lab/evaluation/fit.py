@@ -654,6 +654,15 @@ def _replay_current(
             f"{log.source}: no product usage event: a model fitted on it learns nothing "
             "of usage; export every input topic (product.usage.v1 among them)"
         )
+    if log.churned_at and all(at is not None for at in log.churned_at.values()):
+        # a population that churns whole is a labels file that marks every organization
+        # (a contract end date exported for all?): fitted on it, a model learns when
+        # customers leave, not which, and is judged against no retained organization
+        raise ValueError(
+            f"{log.source}: every one of its {len(log.churned_at)} organizations churns in "
+            "the labels: a model needs retained ones to tell the churners from (a retained "
+            "organization's churned_at is left empty)"
+        )
     progress(f"replaying {len(log.events)} events under {current.version}")
     bt = run_backtest(log, current, warmup_days=settings.warmup_days)
     held, training = training_snapshots(bt)
