@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -58,6 +57,7 @@ from healthscore_lab.bench.runner import (
     _service_argv,
     _wait_until,
 )
+from healthscore_lab.devservices import free_port
 from healthscore_lab.simulator import Workload
 
 PATHS = ("/metrics", "/readyz")
@@ -332,12 +332,6 @@ async def _cpu_over(pid: int, seconds: float) -> float:
     return process_cpu_seconds(pid) - began
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class OpsLoadOptions:
     events: int = 60_000
@@ -399,7 +393,7 @@ class OpsLoadBench:
 
     def _service(self, phase: Any, name: str) -> tuple[Child, ChildGroup, GroupLog, int]:
         bench = self.bench
-        port = _free_port()
+        port = free_port()
         env = {**_child_env(bench.stack, phase, bench.options), **self.options.service_env}
         env["OPS_PORT"] = str(port)
         child = Child(_service_argv(None), env, bench.work_dir / f"opsload-{name}-service.log")
