@@ -220,3 +220,62 @@ def test_no_action_is_valued_past_the_ceiling_that_holds_the_score(model: ScoreM
     assert health.score + sum(a.impact for a in path) <= held + 0.01, path
     if health.score >= held:  # held at the ceiling now: no action lifts it
         assert path == [], path
+
+
+def three_escalations() -> OrganizationState:
+    """A week-old organization used once, with three urgent escalations open for three
+    days: the open-escalation penalty's cap holds two of them, so closing one is worth
+    little until another is closed (as the alert stream first showed)."""
+    opened = NOW - 3 * DAY
+    return OrganizationState(
+        organization_id=ORG,
+        first_event_at=NOW - 7 * DAY,
+        last_event_at=NOW,
+        last_login_at=NOW - 7 * DAY,
+        last_usage_at=NOW - 7 * DAY,
+        decay_ref=NOW - 7 * DAY,
+        decayed={
+            "activity": 1.0,
+            "activity_baseline": 1.0,
+            "activity_recent": 1.0,
+            "logins": 1.0,
+            "logins_baseline": 1.0,
+            "negative_sentiment": 5.6,
+            "escalations": 2.87,
+        },
+        totals={"login": 1},
+        users={"u1": NOW - 7 * DAY},
+        open_interactions={
+            f"9d8c7b6a-5f4e-4d3c-8b2a-19080706050{n}": OpenInteraction(
+                opened_at=opened + n * 3600, interaction_type="escalation", priority="urgent"
+            )
+            for n in range(3)
+        },
+        support_decay_ref=NOW,
+    )
+
+
+@pytest.mark.parametrize("model", [v2_model(), v3_model()], ids=["v2", "v3"])
+def test_actions_worth_more_together_share_their_points_largest_first(model: ScoreModel) -> None:
+    # Closing the first of three capped escalations adds under a point, the second five:
+    # the path read "close escalation A (+0.66), close escalation B (+5.13)" after the
+    # behavioural steps, not largest first, and told a CS manager that A is hardly worth
+    # closing when B's points need it.
+    state = three_escalations()
+    health = score(state, NOW, model)
+    assert health.churn_probability >= model.alerts.exit_probability  # at risk
+    path = path_to_healthy(state, NOW, model)
+    closes = [a for a in path if a.action.startswith("close ")]
+    assert len(closes) >= 2, path
+    impacts = [a.impact for a in path]
+    assert impacts == sorted(impacts, reverse=True), path
+    # the points are shared, not made up: together they still add what the actions add
+    closed = {a.action.split()[-1] for a in closes}
+    after = msgspec.structs.replace(
+        state,
+        open_interactions={k: v for k, v in state.open_interactions.items() if k not in closed},
+    )
+    behaviour = [a for a in path if not a.action.startswith("close ")]
+    gained = score(after, NOW, model).score - health.score
+    assert sum(a.impact for a in closes) == pytest.approx(gained, abs=0.02 * len(path)), path
+    assert all(a.impact > 0 for a in behaviour)

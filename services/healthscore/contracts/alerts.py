@@ -30,7 +30,11 @@ class HealthAction(BaseModel):
         "`bring product activity back to its usual level`."
     )
     factor: str = Field(description="The risk factor it removes (see `risk_factors`).")
-    impact: float = Field(description="Score points it adds, according to the model.")
+    impact: float = Field(
+        description="Score points it adds, according to the model, taken in the path's "
+        "order; actions worth more together than apart (closing the second of several "
+        "escalations whose penalty is capped) share their points equally."
+    )
 
 
 class ChurnRiskAlert(BaseModel):

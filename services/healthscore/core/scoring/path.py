@@ -21,6 +21,12 @@ search is greedy on the marginal value, recomputed after every choice; since
 the values add up (up to the support and growth clamps), the largest-first
 order reaches the threshold with the fewest actions. At most `limit` actions;
 if even those do not reach the threshold, the list says how far they go.
+
+Where a clamp makes an action worth more once an earlier one is taken (the cap on
+the open-escalation penalty: closing the first of three escalations adds little,
+the second much), the actions out of order share their points equally with those
+before them until the list is largest first again (pool adjacent violators): the
+list then says they go together, and its sum is still what the actions add.
 """
 
 from __future__ import annotations
@@ -140,11 +146,28 @@ def path_to_healthy(
             # ceiling lets through of it now (a later action may lift the ceiling)
             undone[key] = -next(r.impact for r in current.risk_factors if r.factor == key)
             text = _BEHAVIOUR[key]
-        actions.append(HealthAction(action=text, factor=factor, impact=round(gain, 2)))
+        actions.append(HealthAction(action=text, factor=factor, impact=gain))
         # a behavioural factor's impact does not depend on the support or milestone
         # components (the composite is a weighted mean), so `undone` keeps its value
         now = _with(state, closed, reached, as_of)
         current = score(now, as_of, model)
         if out_of_risk(reachable(now, current.score, sum(undone.values()))):
             break
-    return actions
+    return _largest_first(actions)
+
+
+def _largest_first(actions: list[HealthAction]) -> list[HealthAction]:
+    """`actions` in their order, each valued at the mean of its run of actions worth
+    more together than apart (the module's docstring); impacts rounded."""
+    runs: list[tuple[float, int]] = []  # (points, actions) of each run, in order
+    for action in actions:
+        points, count = action.impact, 1
+        while runs and runs[-1][0] / runs[-1][1] < points / count:
+            before, many = runs.pop()
+            points, count = points + before, count + many
+        runs.append((points, count))
+    shares = [points / count for points, count in runs for _ in range(count)]
+    return [
+        msgspec.structs.replace(action, impact=round(share, 2))
+        for action, share in zip(actions, shares, strict=True)
+    ]
