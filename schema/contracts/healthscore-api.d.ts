@@ -10,6 +10,8 @@ export interface AlertAction {
   factor: string;
   /** Score points it adds, according to the model. */
   impact: number;
+  /** The support interaction the action is about (`close ...`), null for an action about no one interaction and in alerts from before the field. */
+  interaction_id?: string | null;
 }
 
 export type AlertKind = "risk_raised" | "risk_escalated" | "recovered";

@@ -183,17 +183,26 @@ async def seed(conn: asyncpg.Connection) -> tuple[dict[str, Any], dict[str, Any]
                 risk_level="high",
             ),
         )
-    # the alert names the bidi subject's interaction: the page puts its subject in words
+    # the alert names the bidi subject's interaction (as data, and in its text for the
+    # consumers before the field): the page puts its subject in words; the last step is
+    # an alert's from before the field, which names its interaction in the text alone
     path = [
         {
             "action": f"close complaint {interactions['bidi']}",
             "factor": "open_escalations",
             "impact": 12.0,
+            "interaction_id": str(interactions["bidi"]),
         },
         {
             "action": "get each active user logging in regularly",
             "factor": "few_logins",
             "impact": 4.5,
+            "interaction_id": None,
+        },
+        {
+            "action": f"close complaint {interactions['long']}",
+            "factor": "open_interactions",
+            "impact": 1.0,
         },
     ]
     await b.insert_row(
@@ -499,6 +508,9 @@ async def test_a_bidi_override_stays_in_its_field(browser: WebDriver, hostile: H
     # the path's first step names the interaction by its subject (which ends in an
     # override): the points after it read left to right
     assert letters_in_order(browser, "#org-path li", "points")
+    steps = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#org-path li")]
+    assert "Refund" in steps[0] and str(hostile.interactions["bidi"]) not in steps[0], steps
+    assert steps[2].startswith("Close complaint “\u2068SSS"), steps  # the text alone: older
     # the plan ends in an override: "scored" after it is not reversed
     assert letters_in_order(browser, "#org-subtitle", "scored")
     # the window's title: the name's override does not reach " · Customer health"

@@ -133,6 +133,26 @@ def _scripts(base: datetime) -> Iterator[Script]:
         sentiment="very_negative",
     )
     yield unordered
+    # three urgent escalations left open: the path closes them, by id (the penalty's cap
+    # makes the second close worth more than the first)
+    stuck = Script("stuck")
+    stuck.use("login", base)
+    t = base + timedelta(days=4)
+    for n in range(3):
+        stuck.ask(
+            f"esc{n}",
+            "opened",
+            t + timedelta(hours=n),
+            interaction_type="escalation",
+            channel="phone",
+            priority="urgent",
+            sentiment="very_negative",
+        )
+    # later events of one interaction (one partition, in order) rescore it past v2's
+    # persistence
+    stuck.ask("esc0", "updated", t + timedelta(days=2, hours=12), sentiment="negative")
+    stuck.ask("esc0", "updated", t + timedelta(days=3), sentiment="negative")
+    yield stuck
 
 
 async def _run(
@@ -178,6 +198,16 @@ async def test_every_published_alert_keeps_the_contract_and_its_episode(
     assert alerts, "the scripted organizations raise alerts"
     assert {a.body["organization_id"] for a in alerts} >= {cancelling.org}
     assert all_problems(alerts) == []
+    stuck = next(s for s in scripts if s.org == _id("stuck"))
+    closes = [
+        action
+        for a in alerts
+        if a.body["organization_id"] == stuck.org
+        for action in a.body["path_to_healthy"]
+        if action["action"].startswith("close ")
+    ]
+    assert closes, "the stuck organization's alert closes its escalations"
+    assert {c["interaction_id"] for c in closes} <= {_id(stuck.org, f"esc{n}") for n in range(3)}
 
 
 async def test_a_comeback_and_a_late_profile_keep_their_episodes(

@@ -11,7 +11,7 @@ import pytest
 from healthscore.contracts.alerts import ChurnRiskAlert
 from healthscore.contracts.enums import AlertKind, AlertTrigger, MilestoneType
 from healthscore.core.effects import RaisedAlert
-from healthscore.core.scoring.alerts import evaluate_alert
+from healthscore.core.scoring.alerts import alert_id_for, evaluate_alert
 from healthscore.core.scoring.model import (
     DAY,
     ScoreModel,
@@ -21,9 +21,11 @@ from healthscore.core.scoring.model import (
     v3_model,
 )
 from healthscore.core.scoring.path import path_to_healthy
+from healthscore.core.scoring.results import AlertDecision
 from healthscore.core.scoring.score import churn_probability, record_score, score
 from healthscore.core.scoring.state import OpenInteraction, OrganizationState
 from healthscore.store.effects_writer import alert_payload
+from tests.utils.alert_stream import ALERT_SCHEMA, VALIDATOR
 
 ORG = "0b7c6f0e-3a1d-4c5e-8f9a-1b2c3d4e5f60"
 NOW = 1_790_000_000.0 // DAY * DAY
@@ -279,3 +281,46 @@ def test_actions_worth_more_together_share_their_points_largest_first(model: Sco
     gained = score(after, NOW, model).score - health.score
     assert sum(a.impact for a in closes) == pytest.approx(gained, abs=0.02 * len(path)), path
     assert all(a.impact > 0 for a in behaviour)
+
+
+def test_an_action_about_one_interaction_names_it_as_data() -> None:
+    # "close escalation <id>" named the interaction only inside its text: a task system
+    # had to parse a sentence meant for a person to know which interaction to close
+    model = v2_model()
+    state = three_escalations()
+    path = path_to_healthy(state, NOW, model)
+    closes = [a for a in path if a.action.startswith("close ")]
+    assert closes, path
+    for action in path:
+        if action in closes:
+            assert action.interaction_id in state.open_interactions
+            assert action.action.endswith(f" {action.interaction_id}")  # the text is as before
+        else:
+            assert action.interaction_id is None
+    decision = AlertDecision(
+        kind=AlertKind.RISK_RAISED,
+        episode=1,
+        alert_id=alert_id_for(ORG, 1, AlertKind.RISK_RAISED),
+        previous_score=None,
+        trigger=AlertTrigger.PROBABILITY_THRESHOLD,
+        score_model_version=model.version,
+        path_to_healthy=tuple(path),
+    )
+    payload = alert_payload(
+        RaisedAlert(
+            organization_id=ORG,
+            decision=decision,
+            health=score(state, NOW, model),
+            scored_at=NOW,
+            caused_by=(),
+        )
+    )
+    wire = msgspec.json.decode(payload)["path_to_healthy"]
+    assert [a["interaction_id"] for a in wire] == [
+        a.interaction_id for a in decision.path_to_healthy
+    ]
+    assert ALERT_SCHEMA["$defs"]["HealthAction"]["properties"]["interaction_id"]
+    errors = [e.message for e in VALIDATOR.iter_errors(msgspec.json.decode(payload))]
+    assert errors == []
+    # and a consumer built before the field still reads the action
+    assert {"action", "factor", "impact"} <= set(wire[0])

@@ -128,6 +128,11 @@ class AlertAction(_Model):
     action: str = Field(description="What to do, e.g. `get each active user logging in regularly`.")
     factor: str = Field(description="The risk factor it removes.")
     impact: float = Field(description="Score points it adds, according to the model.")
+    interaction_id: UUID | None = Field(
+        default=None,
+        description="The support interaction the action is about (`close ...`), null for "
+        "an action about no one interaction and in alerts from before the field.",
+    )
 
 
 class LastAlert(_Model):

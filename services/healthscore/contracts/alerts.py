@@ -35,6 +35,15 @@ class HealthAction(BaseModel):
         "order; actions worth more together than apart (closing the second of several "
         "escalations whose penalty is capped) share their points equally."
     )
+    # added field (optional: consumers built before it keep working)
+    interaction_id: UUID | None = Field(
+        default=None,
+        description=(
+            "The support interaction the action is about (`close ...`: the one to close), "
+            "the same id the text names; null for an action about no one interaction. "
+            "Added field."
+        ),
+    )
 
 
 class ChurnRiskAlert(BaseModel):

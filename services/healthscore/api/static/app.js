@@ -706,9 +706,12 @@ function pathToHealthy(alert, org) {
   }
   const subjects = new Map(org.open_interactions.map((i) => [i.id, i.subject]));
   const steps = alert.path_to_healthy.map((step) => {
-    const id = step.action.match(/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/);
-    const action = id && subjects.get(id[0])
-      ? step.action.replace(id[0], `“${isolated(subjects.get(id[0]))}”`) : step.action;
+    // the interaction the step is about is data (interaction_id); only an alert from
+    // before the field names it in its text alone
+    const id = step.interaction_id !== undefined ? step.interaction_id
+      : (step.action.match(/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/) || [null])[0];
+    const action = id && subjects.get(id) && step.action.includes(id)
+      ? step.action.replace(id, `“${isolated(subjects.get(id))}”`) : step.action;
     return el("li", {}, el("span", { text: action[0].toUpperCase() + action.slice(1) }),
       el("span", { class: "muted", text: ` (+${step.impact.toFixed(1)} points, ${words(step.factor)})` }));
   });

@@ -4,7 +4,8 @@
 `alerts.exit_probability`. The actions are of three kinds, each valued by the
 model itself:
 
-- close an open support interaction (each one by its id): the score is
+- close an open support interaction (each one by its id, in the text and as
+  `interaction_id`): the score is
   recomputed with it closed, so its value includes the open-interaction,
   escalation, unresolved-age and (v1) ceiling points it holds;
 - reach a missing success milestone: recomputed with the milestone achieved;
@@ -134,10 +135,13 @@ def path_to_healthy(
         if best is None or best[0] < MIN_VALUE:
             break
         gain, kind, key, factor = best
+        about: str | None = None
         if kind == "close":
             closed = closed | {key}
             interaction_type = state.open_interactions[key].interaction_type or "interaction"
+            # the id stays in the text too: consumers built before `interaction_id` read it
             text = f"close {interaction_type.replace('_', ' ')} {key}"
+            about = key
         elif kind == "reach":
             reached = reached | {key}
             text = f"reach the milestone {key}"
@@ -146,7 +150,7 @@ def path_to_healthy(
             # ceiling lets through of it now (a later action may lift the ceiling)
             undone[key] = -next(r.impact for r in current.risk_factors if r.factor == key)
             text = _BEHAVIOUR[key]
-        actions.append(HealthAction(action=text, factor=factor, impact=gain))
+        actions.append(HealthAction(action=text, factor=factor, impact=gain, interaction_id=about))
         # a behavioural factor's impact does not depend on the support or milestone
         # components (the composite is a weighted mean), so `undone` keeps its value
         now = _with(state, closed, reached, as_of)

@@ -44,6 +44,9 @@ class HealthAction(msgspec.Struct, frozen=True):
     action: str  # what to do, for a person
     factor: str  # the risk factor it removes
     impact: float  # score points it adds (2 decimals)
+    # the open interaction a `close` action is about (its id): what a task system needs
+    # of the action, which the text names only for a person
+    interaction_id: str | None = None
 
 
 class AlertDecision(msgspec.Struct, frozen=True):
