@@ -221,6 +221,25 @@ async def seed(conn: asyncpg.Connection) -> tuple[dict[str, Any], dict[str, Any]
             ),
         ),
     )
+    # a raise by a sharp drop whose churn probability is below the recovery threshold:
+    # no action, and the alert says why (no_path_reason)
+    await b.insert_row(
+        conn,
+        "alert_outbox",
+        b.alert_outbox(
+            orgs["svg"],
+            payload=json.dumps(
+                {
+                    "kind": "risk_raised",
+                    "risk_level": "low",
+                    "health_score": 41.0,
+                    "trigger": "score_drop",
+                    "path_to_healthy": [],
+                    "no_path_reason": "out_of_risk",
+                }
+            ),
+        ),
+    )
     # what the admins' "How far to trust these scores" shows comes from the model file
     # (its version, its evaluation's source): a model written by hand can say anything
     await conn.execute(
@@ -683,3 +702,20 @@ async def test_the_page_tells_what_the_api_tells(browser: WebDriver, hostile: Ho
     await run(wait, browser, lambda d: "Updated" in d.find_element(By.ID, "list-updated").text)
     updated = browser.find_element(By.ID, "list-updated").text
     assert "GMT+13" in updated or "NZDT" in updated, updated
+
+
+async def test_an_empty_path_says_the_alerts_own_reason(
+    browser: WebDriver, hostile: Hostile
+) -> None:
+    # The page said "a signal only time heals held the score under its ceiling" for every
+    # alert without an action, also for a raise by a sharp drop that was out of risk
+    run = asyncio.to_thread
+    svg = hostile.orgs["svg"]
+    detail = await hostile.api("admin", f"/api/v1/organizations/{svg}")
+    assert detail["last_alert"]["no_path_reason"] == "out_of_risk", detail["last_alert"]
+    await run(browser.get, hostile.link("admin"))
+    await run(wait, browser, lambda d: rows(d, "org-table", "data-organization"))
+    await run(browser.get, f"{hostile.address}/#/org/{svg}")
+    none = await run(wait, browser, lambda d: d.find_elements(By.ID, "org-path-none"))
+    assert "already below the recovery threshold" in none[0].text, none[0].text
+    assert "time heals" not in none[0].text

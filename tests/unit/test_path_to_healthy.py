@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from healthscore.contracts.alerts import ChurnRiskAlert
-from healthscore.contracts.enums import AlertKind, AlertTrigger, MilestoneType
+from healthscore.contracts.enums import AlertKind, AlertTrigger, MilestoneType, NoPathReason
 from healthscore.core.effects import RaisedAlert
 from healthscore.core.scoring.alerts import alert_id_for, evaluate_alert
 from healthscore.core.scoring.model import (
@@ -20,7 +20,7 @@ from healthscore.core.scoring.model import (
     v2_model,
     v3_model,
 )
-from healthscore.core.scoring.path import path_to_healthy
+from healthscore.core.scoring.path import no_path_reason, path_to_healthy
 from healthscore.core.scoring.results import AlertDecision
 from healthscore.core.scoring.score import churn_probability, record_score, score
 from healthscore.core.scoring.state import OpenInteraction, OrganizationState
@@ -324,3 +324,92 @@ def test_an_action_about_one_interaction_names_it_as_data() -> None:
     assert errors == []
     # and a consumer built before the field still reads the action
     assert {"action", "factor", "impact"} <= set(wire[0])
+
+
+def _decide(
+    state: OrganizationState, model: ScoreModel, hours: int = 24 * 8
+) -> list[AlertDecision]:
+    """The alerts the state's rescorings every 6 hours decide (it changes nothing else)."""
+    decisions = []
+    for step in range(0, hours, 6):
+        at = NOW + step * 3600
+        health = score(state, at, model)
+        decision = evaluate_alert(state, state.last_score, health, at, model)
+        record_score(state, health, at)
+        if decision is not None:
+            decisions.append(decision)
+    return decisions
+
+
+def test_an_empty_path_says_why_as_data() -> None:
+    # An alert with no action out of risk could not say why: the dashboard guessed "a
+    # signal only time heals", whatever held the score
+    model = v2_model()
+    # a fresh cancellation request holds the score under v2's ceiling (40)
+    held = troubled(
+        open_interactions={},
+        last_usage_at=NOW - DAY,
+        decay_ref=NOW - DAY,
+        decayed={
+            "activity": 40.0,
+            "logins": 12.0,
+            "value_actions": 30.0,
+            "cancellation_requests": 1.0,
+        },
+        users={f"u{i}": NOW - DAY for i in range(4)},
+        features={f"f{i}": [3.0, NOW - DAY] for i in range(8)},
+        milestones={m.value: NOW - 150 * DAY for m in MilestoneType},
+    )
+    assert path_to_healthy(held, NOW, model) == []
+    assert no_path_reason(held, NOW, model) is NoPathReason.HELD_BY_CEILING
+    raised = _decide(held, model, hours=24)[0]
+    assert raised.kind is AlertKind.RISK_RAISED and raised.path_to_healthy == ()
+    assert raised.no_path_reason is NoPathReason.HELD_BY_CEILING
+    # an alert with actions gives no reason; a recovery is out of risk
+    troubled_alerts = _decide(three_escalations(), model)
+    assert troubled_alerts[0].path_to_healthy and troubled_alerts[0].no_path_reason is None
+    # on the wire, beside the empty path
+    payload = msgspec.json.decode(
+        alert_payload(
+            RaisedAlert(
+                organization_id=ORG,
+                decision=raised,
+                health=score(held, NOW, model),
+                scored_at=NOW,
+                caused_by=(),
+            )
+        )
+    )
+    assert payload["path_to_healthy"] == [] and payload["no_path_reason"] == "held_by_ceiling"
+    assert [e.message for e in VALIDATOR.iter_errors(payload)] == []
+
+
+def test_a_recovery_and_a_drop_without_risk_are_out_of_risk() -> None:
+    model = v1_model()  # v1 raises on a sharp drop (off in v2 and v3)
+    state = troubled(
+        open_interactions={},
+        last_usage_at=NOW - 0.1 * DAY,
+        decay_ref=NOW - 0.1 * DAY,
+        decayed={
+            "activity": 60.0,
+            "logins": 20.0,
+            "activity_baseline": 500.0,
+            "activity_recent": 60.0,
+            "value_actions": 30.0,
+        },
+        users={f"u{i}": NOW - DAY for i in range(4)},
+        features={f"f{i}": [3.0, NOW - DAY] for i in range(8)},
+        daily_scores={str(int(NOW // DAY) - 1): 100.0},
+    )
+    health = score(state, NOW, model)
+    assert health.churn_probability < model.alerts.exit_probability
+    assert 100.0 - health.score > model.alerts.drop_points  # a drop from yesterday's 100
+    decision = evaluate_alert(state, 100.0, health, NOW, model)
+    assert decision is not None and decision.trigger is AlertTrigger.SCORE_DROP
+    assert decision.path_to_healthy == ()
+    assert decision.no_path_reason is NoPathReason.OUT_OF_RISK
+    # the episode recovers once back near its peak: out of risk, nothing to do
+    state.alert.drop_peak = health.score
+    recovered = evaluate_alert(state, health.score, health, NOW + DAY, model)
+    assert recovered is not None and recovered.kind is AlertKind.RECOVERED
+    assert recovered.no_path_reason is NoPathReason.OUT_OF_RISK

@@ -495,7 +495,7 @@ ALERT_PAYLOAD = (
     'sode":1,"score_model_version":"v2","path_to_healthy":[{"action":"bring product a'
     'ctivity back to its usual level","factor":"activity_decline","impact":33.15,"int'
     'eraction_id":null},{"action":"get the team logging in regularly","factor":"few_l'
-    'ogins","impact":21.38,"interaction_id":null}]}'
+    'ogins","impact":21.38,"interaction_id":null}],"no_path_reason":null}'
 )
 
 

@@ -107,6 +107,14 @@ def explanation_problems(alert: Alert) -> list[str]:
         problems.append(f"{where}: path not largest first: {path}")
     if body.get("kind") == "recovered" and path:
         problems.append(f"{where}: a recovery with a path out of risk")
+    # an empty path says why, as data; a path with actions needs no reason
+    reason = body.get("no_path_reason")
+    if not path and reason is None:
+        problems.append(f"{where}: no action out of risk, and no no_path_reason")
+    if path and reason is not None:
+        problems.append(f"{where}: actions out of risk, yet no_path_reason {reason!r}")
+    if body.get("kind") == "recovered" and reason not in (None, "out_of_risk"):
+        problems.append(f"{where}: a recovery whose path is empty for {reason!r}")
     # an action can add at most what separates the score from 100
     if sum(a["impact"] for a in path) > 100.0 - body["health_score"] + 0.01:
         problems.append(f"{where}: actions worth more than 100 - score: {path}")

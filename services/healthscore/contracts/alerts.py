@@ -4,7 +4,13 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from healthscore.contracts.enums import AlertKind, AlertTrigger, HealthStatus, RiskLevel
+from healthscore.contracts.enums import (
+    AlertKind,
+    AlertTrigger,
+    HealthStatus,
+    NoPathReason,
+    RiskLevel,
+)
 
 MAX_CAUSED_BY = 20
 
@@ -91,6 +97,18 @@ class ChurnRiskAlert(BaseModel):
             "The fewest actions that would bring the organization out of risk according "
             "to the model (churn probability below the recovery threshold), largest "
             "first; empty for `recovered`. Added field."
+        ),
+    )
+    no_path_reason: NoPathReason | None = Field(
+        default=None,
+        description=(
+            "Why `path_to_healthy` is empty: `out_of_risk` (the churn probability is "
+            "already below the recovery threshold: every `recovered`, and a raise by a "
+            "sharp score drop alone), `held_by_ceiling` (a signal only time heals, e.g. a "
+            "cancellation request, holds the score under its ceiling: no action lifts it "
+            "until the signal fades) or `time_heals_only` (the risk is in signals no "
+            "action undoes: recent complaints, sentiment, contraction). Null when the "
+            "path names actions, and in alerts from before the field. Added field."
         ),
     )
 

@@ -59,6 +59,7 @@ def alert_payload(alert: RaisedAlert) -> str:
             )
             for a in alert.decision.path_to_healthy
         ],
+        no_path_reason=alert.decision.no_path_reason,
     )
     return message.model_dump_json()
 

@@ -17,7 +17,9 @@ model itself:
   the score these actions are worth nothing until time lifts it.
 
 Signals that only time heals (recent complaints, negative sentiment, past
-escalations and cancellation requests, contraction) are not actions. The
+escalations and cancellation requests, contraction) are not actions. An empty path
+says why (`no_path_reason`): out of risk already, held under a ceiling such a signal
+sets, or at risk by such signals alone. The
 search is greedy on the marginal value, recomputed after every choice; since
 the values add up (up to the support and growth clamps), the largest-first
 order reaches the threshold with the fewest actions. At most `limit` actions;
@@ -34,9 +36,9 @@ from __future__ import annotations
 
 import msgspec
 
-from healthscore.core.enums import MilestoneType
+from healthscore.core.enums import MilestoneType, NoPathReason
 from healthscore.core.scoring.model import ScoreModel
-from healthscore.core.scoring.results import HealthAction
+from healthscore.core.scoring.results import HealthAction, HealthScore
 from healthscore.core.scoring.score import churn_probability, score, score_ceiling
 from healthscore.core.scoring.state import OrganizationState
 
@@ -74,6 +76,24 @@ def _with(
     )
 
 
+def _out_of_risk(base: HealthScore, value: float, model: ScoreModel) -> bool:
+    """Whether a score of `value`, where `base` is now, is below the recovery threshold."""
+    reference = base.score - base.change_30d if base.change_30d is not None else None
+    change = None if reference is None else value - reference
+    return churn_probability(value, change, model) < model.alerts.exit_probability
+
+
+def no_path_reason(state: OrganizationState, as_of: float, model: ScoreModel) -> NoPathReason:
+    """Why `path_to_healthy(state, as_of, model)` is empty (call it only then)."""
+    base = score(state, as_of, model)
+    if _out_of_risk(base, base.score, model):
+        return NoPathReason.OUT_OF_RISK
+    # a ceiling that holds the score is a risk factor of its own (score.py)
+    if any(risk.factor.startswith("ceiling_") for risk in base.risk_factors):
+        return NoPathReason.HELD_BY_CEILING
+    return NoPathReason.TIME_HEALS_ONLY
+
+
 def path_to_healthy(
     state: OrganizationState, as_of: float, model: ScoreModel, limit: int = MAX_ACTIONS
 ) -> list[HealthAction]:
@@ -81,12 +101,9 @@ def path_to_healthy(
     below alerts.exit_probability; [] when it already is. Reads `state`, changes
     nothing."""
     base = score(state, as_of, model)
-    reference = base.score - base.change_30d if base.change_30d is not None else None
-    threshold = model.alerts.exit_probability
 
     def out_of_risk(value: float) -> bool:
-        change = None if reference is None else value - reference
-        return churn_probability(value, change, model) < threshold
+        return _out_of_risk(base, value, model)
 
     if out_of_risk(base.score):
         return []
