@@ -290,6 +290,7 @@ async def test_a_follow_up_scheduled_as_it_is_resolved_stays_to_do(
                 " FROM support_interactions WHERE id = $1",
                 uuid.UUID(interaction),
             )
+            assert row is not None, interaction
             assert dict(row) == {
                 "status": action,
                 "follow_up_required": True,
