@@ -10,7 +10,7 @@ export interface AlertAction {
   factor: string;
   /** Score points it adds, according to the model. */
   impact: number;
-  /** The support interaction the action is about (`close ...`), null for an action about no one interaction and in alerts from before the field. */
+  /** The support interaction the action is about (`close ...`), null for an action about no one interaction; absent in alerts from before the field (their text names the interaction). */
   interaction_id?: string | null;
 }
 

@@ -132,7 +132,8 @@ class AlertAction(_Model):
     interaction_id: UUID | None = Field(
         default=None,
         description="The support interaction the action is about (`close ...`), null for "
-        "an action about no one interaction and in alerts from before the field.",
+        "an action about no one interaction; absent in alerts from before the field (their "
+        "text names the interaction).",
     )
 
 
