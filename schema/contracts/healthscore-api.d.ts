@@ -10,6 +10,8 @@ export interface AlertAction {
   factor: string;
   /** Score points it adds, according to the model. */
   impact: number;
+  /** The support interaction the action is about (`close ...`), null for an action about no one interaction; absent in alerts from before the field (their text names the interaction). */
+  interaction_id?: string | null;
 }
 
 export type AlertKind = "risk_raised" | "risk_escalated" | "recovered";
@@ -115,6 +117,8 @@ export interface LastAlert {
   trigger?: string | null;
   /** The fewest actions, largest first, that bring the organization out of risk, as the alert named them; empty for a recovery. */
   path_to_healthy?: Array<AlertAction>;
+  /** Why the path to healthy is empty, as the alert said: `out_of_risk`, `held_by_ceiling` or `time_heals_only`; null when it names actions and for alerts from before the field (migration 0090). */
+  no_path_reason?: NoPathReason | null;
   /** When it was decided (committed). */
   created_at: string;
   /** When it was published; NULL: pending. */
@@ -186,6 +190,9 @@ export interface MilestoneList {
 }
 
 export type MilestoneType = "onboarding_completed" | "profile_completed" | "first_client_added" | "clients_10" | "clients_50" | "first_form_created" | "first_form_submitted" | "first_journey_launched" | "first_email_sent" | "first_payment_received" | "first_contract_signed" | "integration_connected" | "team_member_invited" | "weddings_completed_10" | "first_review_received" | "first_referral" | "subscription_upgraded";
+
+/** Why an alert's path to healthy names no action (a field of the alert only). */
+export type NoPathReason = "out_of_risk" | "held_by_ceiling" | "time_heals_only";
 
 /** Everything the organization page shows. */
 export interface OrganizationDetail {

@@ -183,17 +183,26 @@ async def seed(conn: asyncpg.Connection) -> tuple[dict[str, Any], dict[str, Any]
                 risk_level="high",
             ),
         )
-    # the alert names the bidi subject's interaction: the page puts its subject in words
+    # the alert names the bidi subject's interaction (as data, and in its text for the
+    # consumers before the field): the page puts its subject in words; the last step is
+    # an alert's from before the field, which names its interaction in the text alone
     path = [
         {
             "action": f"close complaint {interactions['bidi']}",
             "factor": "open_escalations",
             "impact": 12.0,
+            "interaction_id": str(interactions["bidi"]),
         },
         {
             "action": "get each active user logging in regularly",
             "factor": "few_logins",
             "impact": 4.5,
+            "interaction_id": None,
+        },
+        {
+            "action": f"close complaint {interactions['long']}",
+            "factor": "open_interactions",
+            "impact": 1.0,
         },
     ]
     await b.insert_row(
@@ -208,6 +217,25 @@ async def seed(conn: asyncpg.Connection) -> tuple[dict[str, Any], dict[str, Any]
                     "health_score": 22.0,
                     "trigger": "probability_threshold",
                     "path_to_healthy": path,
+                }
+            ),
+        ),
+    )
+    # a raise by a sharp drop whose churn probability is below the recovery threshold:
+    # no action, and the alert says why (no_path_reason)
+    await b.insert_row(
+        conn,
+        "alert_outbox",
+        b.alert_outbox(
+            orgs["svg"],
+            payload=json.dumps(
+                {
+                    "kind": "risk_raised",
+                    "risk_level": "low",
+                    "health_score": 41.0,
+                    "trigger": "score_drop",
+                    "path_to_healthy": [],
+                    "no_path_reason": "out_of_risk",
                 }
             ),
         ),
@@ -499,6 +527,9 @@ async def test_a_bidi_override_stays_in_its_field(browser: WebDriver, hostile: H
     # the path's first step names the interaction by its subject (which ends in an
     # override): the points after it read left to right
     assert letters_in_order(browser, "#org-path li", "points")
+    steps = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#org-path li")]
+    assert "Refund" in steps[0] and str(hostile.interactions["bidi"]) not in steps[0], steps
+    assert steps[2].startswith("Close complaint “\u2068SSS"), steps  # the text alone: older
     # the plan ends in an override: "scored" after it is not reversed
     assert letters_in_order(browser, "#org-subtitle", "scored")
     # the window's title: the name's override does not reach " · Customer health"
@@ -671,3 +702,20 @@ async def test_the_page_tells_what_the_api_tells(browser: WebDriver, hostile: Ho
     await run(wait, browser, lambda d: "Updated" in d.find_element(By.ID, "list-updated").text)
     updated = browser.find_element(By.ID, "list-updated").text
     assert "GMT+13" in updated or "NZDT" in updated, updated
+
+
+async def test_an_empty_path_says_the_alerts_own_reason(
+    browser: WebDriver, hostile: Hostile
+) -> None:
+    # The page said "a signal only time heals held the score under its ceiling" for every
+    # alert without an action, also for a raise by a sharp drop that was out of risk
+    run = asyncio.to_thread
+    svg = hostile.orgs["svg"]
+    detail = await hostile.api("admin", f"/api/v1/organizations/{svg}")
+    assert detail["last_alert"]["no_path_reason"] == "out_of_risk", detail["last_alert"]
+    await run(browser.get, hostile.link("admin"))
+    await run(wait, browser, lambda d: rows(d, "org-table", "data-organization"))
+    await run(browser.get, f"{hostile.address}/#/org/{svg}")
+    none = await run(wait, browser, lambda d: d.find_elements(By.ID, "org-path-none"))
+    assert "already below the recovery threshold" in none[0].text, none[0].text
+    assert "time heals" not in none[0].text

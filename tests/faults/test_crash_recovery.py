@@ -41,6 +41,7 @@ from healthscore.core.scoring.model import default_model
 from healthscore.service.projector import project
 from healthscore_lab.simulator import SimulatedMessage
 from tests.faults.oracle import Oracle, episode_violations, simulated_stream
+from tests.utils.alert_stream import all_problems, read_alerts
 from tests.utils.fault_tools import log_events
 from tests.utils.faults import (
     KillReport,
@@ -410,6 +411,9 @@ async def check_alert_topic(conn: asyncpg.Connection[Any], bootstrap: str, topic
     assert set(on_topic) - set(outbox) == set(), "alerts on the topic that the outbox never had"
     assert set(outbox) - set(on_topic) == set(), "outbox alerts missing from the topic"
     assert on_topic == outbox
+    # and as the notification team reads them: each record valid against the exported
+    # contract, reasons and actions a CS manager can act on, the episode promise kept
+    assert all_problems(read_alerts(records)) == []
     return len(outbox)
 
 

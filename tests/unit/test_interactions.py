@@ -254,3 +254,31 @@ def test_opened_and_resolved_at_one_instant_read_resolved_whatever_their_ids() -
         for order in ([reopened, closed], [closed, reopened]):
             record = merge_all([event(A.OPENED, 0, 9), *order])
             assert (record.status, record.closed_at) == ("closed", ts(4))
+
+
+def test_a_follow_up_scheduled_as_it_is_resolved_stays_to_do_whatever_their_ids() -> None:
+    """A desk resolving an interaction and scheduling its check-in in one action stamps
+    both the same second: the id decided the tie, so about half such follow-ups read
+    done (required false, completed at the resolution) and never showed as due. A
+    resolution cannot complete a follow-up scheduled at its own instant: it stays to do."""
+    for scheduled_id, resolution_id in ((1, 2), (2, 1)):
+        for action in (A.RESOLVED, A.CLOSED):
+            scheduled = event(A.FOLLOW_UP_SCHEDULED, 5, scheduled_id)
+            resolution = event(action, 5, resolution_id)
+            for order in ([scheduled, resolution], [resolution, scheduled]):
+                record = merge_all([event(A.OPENED, 0, 9), *order])
+                assert record.status == action.value
+                assert (record.follow_up_required, record.follow_up_completed_at) == (
+                    True,
+                    None,
+                ), (scheduled_id, resolution_id, action, order)
+    # a resolution after it (a later second) completes it, whatever the ids
+    for scheduled_id, resolution_id in ((1, 2), (2, 1)):
+        record = merge_all(
+            [
+                event(A.OPENED, 0, 9),
+                event(A.FOLLOW_UP_SCHEDULED, 5, scheduled_id),
+                event(A.RESOLVED, 6, resolution_id),
+            ]
+        )
+        assert (record.follow_up_required, record.follow_up_completed_at) == (False, ts(6))

@@ -493,9 +493,9 @@ ALERT_PAYLOAD = (
     'aused_by":["5f0e0c8a-1b2c-4d3e-8f4a-5b6c7d8e9f00"],"scored_at":"2026-09-21T00:00'
     ':00Z","emitted_at":"1970-01-01T00:00:00Z","trigger":"probability_threshold","epi'
     'sode":1,"score_model_version":"v2","path_to_healthy":[{"action":"bring product a'
-    'ctivity back to its usual level","factor":"activity_decline","impact":33.15},{"a'
-    'ction":"get the team logging in regularly","factor":"few_logins","impact":21.38}'
-    "]}"
+    'ctivity back to its usual level","factor":"activity_decline","impact":33.15,"int'
+    'eraction_id":null},{"action":"get the team logging in regularly","factor":"few_l'
+    'ogins","impact":21.38,"interaction_id":null}],"no_path_reason":null}'
 )
 
 

@@ -27,7 +27,7 @@ ASYNCAPI: dict[str, Any] = orjson.loads((CONTRACTS / "asyncapi.json").read_bytes
 ALERT_MESSAGE: dict[str, Any] = ASYNCAPI["components"]["messages"][
     "customer.churn-risk.v1:publish:Message"
 ]
-_VALIDATOR = jsonschema.Draft202012Validator(
+VALIDATOR = jsonschema.Draft202012Validator(
     ALERT_SCHEMA, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
 )
 # an identifier a CS manager cannot act on: a UUID in a sentence meant for a person
@@ -61,7 +61,7 @@ def _header_name(location: str) -> str:
 def record_problems(alert: Alert) -> list[str]:
     """What in one record breaks the JSON Schema or the AsyncAPI message."""
     where = f"p{alert.partition}@{alert.offset}"
-    problems = [f"{where}: schema: {e.message}" for e in _VALIDATOR.iter_errors(alert.body)]
+    problems = [f"{where}: schema: {e.message}" for e in VALIDATOR.iter_errors(alert.body)]
     key_schema = ALERT_MESSAGE["bindings"]["kafka"]["key"]
     key = alert.key.decode() if alert.key is not None else None
     if key is None or not re.fullmatch(key_schema["pattern"], key):
@@ -93,15 +93,28 @@ def explanation_problems(alert: Alert) -> list[str]:
     impacts = [f["impact"] for f in factors]
     if [abs(i) for i in impacts] != sorted((abs(i) for i in impacts), reverse=True):
         problems.append(f"{where}: risk factors not largest impact first: {impacts}")
-    for item in [*factors, *body.get("path_to_healthy", [])]:
-        text = item.get("detail", item.get("action", ""))
-        if _UUID.search(text):
-            problems.append(f"{where}: an internal id in {text!r}")
+    for factor in factors:
+        if _UUID.search(factor["detail"]):
+            problems.append(f"{where}: an internal id in {factor['detail']!r}")
     path = body.get("path_to_healthy", [])
+    for action in path:
+        # an action about one interaction says which as data; its text may name the
+        # same id (consumers built before the field read it there), no other
+        named = set(_UUID.findall(action["action"]))
+        if named - {action.get("interaction_id")}:
+            problems.append(f"{where}: {action!r} names an interaction only in its text")
     if [a["impact"] for a in path] != sorted((a["impact"] for a in path), reverse=True):
         problems.append(f"{where}: path not largest first: {path}")
     if body.get("kind") == "recovered" and path:
         problems.append(f"{where}: a recovery with a path out of risk")
+    # an empty path says why, as data; a path with actions needs no reason
+    reason = body.get("no_path_reason")
+    if not path and reason is None:
+        problems.append(f"{where}: no action out of risk, and no no_path_reason")
+    if path and reason is not None:
+        problems.append(f"{where}: actions out of risk, yet no_path_reason {reason!r}")
+    if body.get("kind") == "recovered" and reason not in (None, "out_of_risk"):
+        problems.append(f"{where}: a recovery whose path is empty for {reason!r}")
     # an action can add at most what separates the score from 100
     if sum(a["impact"] for a in path) > 100.0 - body["health_score"] + 0.01:
         problems.append(f"{where}: actions worth more than 100 - score: {path}")

@@ -20,6 +20,7 @@ from healthscore.contracts.enums import (
     InteractionStatus,
     InteractionType,
     MilestoneType,
+    NoPathReason,
     Outcome,
     Priority,
     RewardStatus,
@@ -128,6 +129,12 @@ class AlertAction(_Model):
     action: str = Field(description="What to do, e.g. `get each active user logging in regularly`.")
     factor: str = Field(description="The risk factor it removes.")
     impact: float = Field(description="Score points it adds, according to the model.")
+    interaction_id: UUID | None = Field(
+        default=None,
+        description="The support interaction the action is about (`close ...`), null for "
+        "an action about no one interaction; absent in alerts from before the field (their "
+        "text names the interaction).",
+    )
 
 
 class LastAlert(_Model):
@@ -150,6 +157,12 @@ class LastAlert(_Model):
         default_factory=list,
         description="The fewest actions, largest first, that bring the organization out of "
         "risk, as the alert named them; empty for a recovery.",
+    )
+    no_path_reason: NoPathReason | None = Field(
+        default=None,
+        description="Why the path to healthy is empty, as the alert said: `out_of_risk`, "
+        "`held_by_ceiling` or `time_heals_only`; null when it names actions and for alerts "
+        "from before the field (migration 0090).",
     )
     created_at: AwareDatetime = Field(description="When it was decided (committed).")
     published_at: AwareDatetime | None = Field(description="When it was published; NULL: pending.")

@@ -4,7 +4,13 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from healthscore.contracts.enums import AlertKind, AlertTrigger, HealthStatus, RiskLevel
+from healthscore.contracts.enums import (
+    AlertKind,
+    AlertTrigger,
+    HealthStatus,
+    NoPathReason,
+    RiskLevel,
+)
 
 MAX_CAUSED_BY = 20
 
@@ -30,7 +36,20 @@ class HealthAction(BaseModel):
         "`bring product activity back to its usual level`."
     )
     factor: str = Field(description="The risk factor it removes (see `risk_factors`).")
-    impact: float = Field(description="Score points it adds, according to the model.")
+    impact: float = Field(
+        description="Score points it adds, according to the model, taken in the path's "
+        "order; actions worth more together than apart (closing the second of several "
+        "escalations whose penalty is capped) share their points equally."
+    )
+    # added field (optional: consumers built before it keep working)
+    interaction_id: UUID | None = Field(
+        default=None,
+        description=(
+            "The support interaction the action is about (`close ...`: the one to close), "
+            "the same id the text names; null for an action about no one interaction. "
+            "Added field."
+        ),
+    )
 
 
 class ChurnRiskAlert(BaseModel):
@@ -78,6 +97,18 @@ class ChurnRiskAlert(BaseModel):
             "The fewest actions that would bring the organization out of risk according "
             "to the model (churn probability below the recovery threshold), largest "
             "first; empty for `recovered`. Added field."
+        ),
+    )
+    no_path_reason: NoPathReason | None = Field(
+        default=None,
+        description=(
+            "Why `path_to_healthy` is empty: `out_of_risk` (the churn probability is "
+            "already below the recovery threshold: every `recovered`, and a raise by a "
+            "sharp score drop alone), `held_by_ceiling` (a signal only time heals, e.g. a "
+            "cancellation request, holds the score under its ceiling: no action lifts it "
+            "until the signal fades) or `time_heals_only` (the risk is in signals no "
+            "action undoes: recent complaints, sentiment, contraction). Null when the "
+            "path names actions, and in alerts from before the field. Added field."
         ),
     )
 

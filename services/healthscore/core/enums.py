@@ -159,6 +159,15 @@ class AlertTrigger(StrEnum):
     RECOVERY = "recovery"  # the probability fell back below the exit threshold
 
 
+# the docstring is the contract's description of the field (JSON Schema)
+class NoPathReason(StrEnum):
+    """Why an alert's path to healthy names no action (a field of the alert only)."""
+
+    OUT_OF_RISK = "out_of_risk"  # the churn probability is already below the recovery threshold
+    HELD_BY_CEILING = "held_by_ceiling"  # a signal only time heals holds the score under a ceiling
+    TIME_HEALS_ONLY = "time_heals_only"  # the risk is in signals no action undoes, only time
+
+
 class AlertOutcome(StrEnum):
     """What became of an alert episode (healthscore.core.quality: within 60 days)."""
 

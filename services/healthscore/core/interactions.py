@@ -20,12 +20,12 @@ order:
 - `resolved_at` / `closed_at` are set by resolved / closed and cleared by a
   later `reopened` (LWW over those pairs of actions).
 - `follow_up_required` is LWW: True by follow_up_scheduled, False by
-  resolved/closed.
+  resolved/closed; at one instant the scheduling wins (`_FOLLOW_UP_STEP`).
 - `opened_at` and `first_event_at` are minima, `last_event_at` a maximum.
 - `follow_up_completed_at` is derived after every merge from two pseudo-fields
   in field_event_times (the newest follow_up_scheduled and the newest
   resolved/closed event): the time of that resolution if it is later than the
-  newest scheduling, else None.
+  newest scheduling (a later instant: not a later id), else None.
 - The signals an interaction gives its organization (a complaint, a cancellation
   request, an escalation) are given once in its life, by the first event that
   carries one, whether or not it wins the merge: a producer flipping the type
@@ -73,6 +73,11 @@ _STEP: dict[str, int] = {
     InteractionStatus.RESOLVED.value: 1,
     InteractionStatus.CLOSED.value: 2,
 }
+# A desk resolving (or closing) an interaction and scheduling its check-in in one
+# action stamps both the same second: the follow-up is what comes after the
+# resolution, which cannot have completed it. An id tie-break marked about half of
+# those follow-ups done, and they never fell due on the support queue.
+_FOLLOW_UP_STEP: dict[bool, int] = {False: 0, True: 1}  # follow_up_required -> step
 # the organization's decayed signals an interaction gives once (scoring's names)
 COMPLAINTS = "complaints"
 CANCELLATION_REQUESTS = "cancellation_requests"
@@ -249,8 +254,13 @@ def merge_interaction(current: InteractionRecord | None, event: SupportEvent) ->
         "closed_at", _set(action == A.CLOSED), _set(record.closed_at is not None)
     ):
         record.closed_at = t if action == A.CLOSED else None
-    if action in (A.FOLLOW_UP_SCHEDULED, A.RESOLVED, A.CLOSED) and wins("follow_up_required"):
-        record.follow_up_required = action == A.FOLLOW_UP_SCHEDULED
+    scheduling = action == A.FOLLOW_UP_SCHEDULED
+    if action in (A.FOLLOW_UP_SCHEDULED, A.RESOLVED, A.CLOSED) and wins(
+        "follow_up_required",
+        _FOLLOW_UP_STEP[scheduling],
+        _FOLLOW_UP_STEP[record.follow_up_required],
+    ):
+        record.follow_up_required = scheduling
     if action == A.FOLLOW_UP_SCHEDULED:
         wins(SCHEDULED_KEY)
     elif action in (A.RESOLVED, A.CLOSED):
@@ -264,7 +274,7 @@ def merge_interaction(current: InteractionRecord | None, event: SupportEvent) ->
 
     scheduled = _key_of(times.get(SCHEDULED_KEY))
     resolution = _key_of(times.get(RESOLUTION_KEY))
-    if scheduled is not None and resolution is not None and resolution > scheduled:
+    if scheduled is not None and resolution is not None and resolution[0] > scheduled[0]:
         record.follow_up_completed_at = resolution[0]
     else:
         record.follow_up_completed_at = None

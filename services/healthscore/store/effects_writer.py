@@ -51,9 +51,15 @@ def alert_payload(alert: RaisedAlert) -> str:
         episode=alert.decision.episode,
         score_model_version=alert.decision.score_model_version or None,
         path_to_healthy=[
-            HealthAction(action=a.action, factor=a.factor, impact=a.impact)
+            HealthAction(
+                action=a.action,
+                factor=a.factor,
+                impact=a.impact,
+                interaction_id=None if a.interaction_id is None else UUID(a.interaction_id),
+            )
             for a in alert.decision.path_to_healthy
         ],
+        no_path_reason=alert.decision.no_path_reason,
     )
     return message.model_dump_json()
 

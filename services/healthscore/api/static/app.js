@@ -696,19 +696,32 @@ const TRIGGERS = {
 function pathToHealthy(alert, org) {
   if (!alert.path_to_healthy) return [];  // an alert from before the field existed
   if (alert.path_to_healthy.length === 0) {
-    // a signal only time heals (a cancellation request, an escalation) holds the score
-    // under its ceiling: no action would have lifted it when the alert was raised
+    // why, as the alert said (no_path_reason); an alert from before the field: most
+    // often a signal only time heals (a cancellation request, an escalation) holding the
+    // score under its ceiling
+    const why = {
+      out_of_risk: "The churn probability was already below the recovery threshold when " +
+        "the alert was raised (a sharp drop in the score raised it, see the reasons above): " +
+        "no action is needed to leave risk; find out what made the score drop.",
+      time_heals_only: "No action the model counts would have lifted the score when the " +
+        "alert was raised: the risk is in signals only time heals (see the reasons above, " +
+        "e.g. recent complaints or negative sentiment). Talk to the customer; the score " +
+        "rises as those signals fade.",
+    }[alert.no_path_reason] || "No action the model counts would have lifted the " +
+      "score when the alert was raised: a signal only time heals (see the reasons above, e.g. " +
+      "a cancellation request) held it under its ceiling. Talk to the customer; the score " +
+      "rises as that signal fades.";
     return [el("h4", { id: "path-title", text: "What to do: the way out of risk" }),
-      el("p", { id: "org-path-none", text: "No action the model counts would have lifted the " +
-        "score when the alert was raised: a signal only time heals (see the reasons above, e.g. " +
-        "a cancellation request) held it under its ceiling. Talk to the customer; the score " +
-        "rises as that signal fades." })];
+      el("p", { id: "org-path-none", text: why })];
   }
   const subjects = new Map(org.open_interactions.map((i) => [i.id, i.subject]));
   const steps = alert.path_to_healthy.map((step) => {
-    const id = step.action.match(/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/);
-    const action = id && subjects.get(id[0])
-      ? step.action.replace(id[0], `“${isolated(subjects.get(id[0]))}”`) : step.action;
+    // the interaction the step is about is data (interaction_id); only an alert from
+    // before the field names it in its text alone
+    const id = step.interaction_id !== undefined ? step.interaction_id
+      : (step.action.match(/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/) || [null])[0];
+    const action = id && subjects.get(id) && step.action.includes(id)
+      ? step.action.replace(id, `“${isolated(subjects.get(id))}”`) : step.action;
     return el("li", {}, el("span", { text: action[0].toUpperCase() + action.slice(1) }),
       el("span", { class: "muted", text: ` (+${step.impact.toFixed(1)} points, ${words(step.factor)})` }));
   });

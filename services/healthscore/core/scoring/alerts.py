@@ -38,9 +38,15 @@ from __future__ import annotations
 
 from uuid import UUID, uuid5
 
-from healthscore.core.enums import RISK_LEVEL_ORDER, AlertKind, AlertTrigger, RiskLevel
+from healthscore.core.enums import (
+    RISK_LEVEL_ORDER,
+    AlertKind,
+    AlertTrigger,
+    NoPathReason,
+    RiskLevel,
+)
 from healthscore.core.scoring.model import DAY, Alerts, ScoreModel
-from healthscore.core.scoring.path import path_to_healthy
+from healthscore.core.scoring.path import no_path_reason, path_to_healthy
 from healthscore.core.scoring.results import AlertDecision, HealthScore
 from healthscore.core.scoring.state import OrganizationState
 
@@ -93,6 +99,11 @@ def _decision(
 ) -> AlertDecision:
     episode = state.alert.episode
     path = () if kind is AlertKind.RECOVERED else tuple(path_to_healthy(state, as_of, model))
+    reason: NoPathReason | None = None
+    if kind is AlertKind.RECOVERED:
+        reason = NoPathReason.OUT_OF_RISK
+    elif not path:
+        reason = no_path_reason(state, as_of, model)
     return AlertDecision(
         kind=kind,
         episode=episode,
@@ -101,6 +112,7 @@ def _decision(
         trigger=trigger,
         score_model_version=model.version,
         path_to_healthy=path,
+        no_path_reason=reason,
     )
 
 

@@ -4,7 +4,8 @@
 `alerts.exit_probability`. The actions are of three kinds, each valued by the
 model itself:
 
-- close an open support interaction (each one by its id): the score is
+- close an open support interaction (each one by its id, in the text and as
+  `interaction_id`): the score is
   recomputed with it closed, so its value includes the open-interaction,
   escalation, unresolved-age and (v1) ceiling points it holds;
 - reach a missing success milestone: recomputed with the milestone achieved;
@@ -16,20 +17,28 @@ model itself:
   the score these actions are worth nothing until time lifts it.
 
 Signals that only time heals (recent complaints, negative sentiment, past
-escalations and cancellation requests, contraction) are not actions. The
+escalations and cancellation requests, contraction) are not actions. An empty path
+says why (`no_path_reason`): out of risk already, held under a ceiling such a signal
+sets, or at risk by such signals alone. The
 search is greedy on the marginal value, recomputed after every choice; since
 the values add up (up to the support and growth clamps), the largest-first
 order reaches the threshold with the fewest actions. At most `limit` actions;
 if even those do not reach the threshold, the list says how far they go.
+
+Where a clamp makes an action worth more once an earlier one is taken (the cap on
+the open-escalation penalty: closing the first of three escalations adds little,
+the second much), the actions out of order share their points equally with those
+before them until the list is largest first again (pool adjacent violators): the
+list then says they go together, and its sum is still what the actions add.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from healthscore.core.enums import MilestoneType
+from healthscore.core.enums import MilestoneType, NoPathReason
 from healthscore.core.scoring.model import ScoreModel
-from healthscore.core.scoring.results import HealthAction
+from healthscore.core.scoring.results import HealthAction, HealthScore
 from healthscore.core.scoring.score import churn_probability, score, score_ceiling
 from healthscore.core.scoring.state import OrganizationState
 
@@ -67,6 +76,24 @@ def _with(
     )
 
 
+def _out_of_risk(base: HealthScore, value: float, model: ScoreModel) -> bool:
+    """Whether a score of `value`, where `base` is now, is below the recovery threshold."""
+    reference = base.score - base.change_30d if base.change_30d is not None else None
+    change = None if reference is None else value - reference
+    return churn_probability(value, change, model) < model.alerts.exit_probability
+
+
+def no_path_reason(state: OrganizationState, as_of: float, model: ScoreModel) -> NoPathReason:
+    """Why `path_to_healthy(state, as_of, model)` is empty (call it only then)."""
+    base = score(state, as_of, model)
+    if _out_of_risk(base, base.score, model):
+        return NoPathReason.OUT_OF_RISK
+    # a ceiling that holds the score is a risk factor of its own (score.py)
+    if any(risk.factor.startswith("ceiling_") for risk in base.risk_factors):
+        return NoPathReason.HELD_BY_CEILING
+    return NoPathReason.TIME_HEALS_ONLY
+
+
 def path_to_healthy(
     state: OrganizationState, as_of: float, model: ScoreModel, limit: int = MAX_ACTIONS
 ) -> list[HealthAction]:
@@ -74,12 +101,9 @@ def path_to_healthy(
     below alerts.exit_probability; [] when it already is. Reads `state`, changes
     nothing."""
     base = score(state, as_of, model)
-    reference = base.score - base.change_30d if base.change_30d is not None else None
-    threshold = model.alerts.exit_probability
 
     def out_of_risk(value: float) -> bool:
-        change = None if reference is None else value - reference
-        return churn_probability(value, change, model) < threshold
+        return _out_of_risk(base, value, model)
 
     if out_of_risk(base.score):
         return []
@@ -128,10 +152,13 @@ def path_to_healthy(
         if best is None or best[0] < MIN_VALUE:
             break
         gain, kind, key, factor = best
+        about: str | None = None
         if kind == "close":
             closed = closed | {key}
             interaction_type = state.open_interactions[key].interaction_type or "interaction"
+            # the id stays in the text too: consumers built before `interaction_id` read it
             text = f"close {interaction_type.replace('_', ' ')} {key}"
+            about = key
         elif kind == "reach":
             reached = reached | {key}
             text = f"reach the milestone {key}"
@@ -140,11 +167,28 @@ def path_to_healthy(
             # ceiling lets through of it now (a later action may lift the ceiling)
             undone[key] = -next(r.impact for r in current.risk_factors if r.factor == key)
             text = _BEHAVIOUR[key]
-        actions.append(HealthAction(action=text, factor=factor, impact=round(gain, 2)))
+        actions.append(HealthAction(action=text, factor=factor, impact=gain, interaction_id=about))
         # a behavioural factor's impact does not depend on the support or milestone
         # components (the composite is a weighted mean), so `undone` keeps its value
         now = _with(state, closed, reached, as_of)
         current = score(now, as_of, model)
         if out_of_risk(reachable(now, current.score, sum(undone.values()))):
             break
-    return actions
+    return _largest_first(actions)
+
+
+def _largest_first(actions: list[HealthAction]) -> list[HealthAction]:
+    """`actions` in their order, each valued at the mean of its run of actions worth
+    more together than apart (the module's docstring); impacts rounded."""
+    runs: list[tuple[float, int]] = []  # (points, actions) of each run, in order
+    for action in actions:
+        points, count = action.impact, 1
+        while runs and runs[-1][0] / runs[-1][1] < points / count:
+            before, many = runs.pop()
+            points, count = points + before, count + many
+        runs.append((points, count))
+    shares = [points / count for points, count in runs for _ in range(count)]
+    return [
+        msgspec.structs.replace(action, impact=round(share, 2))
+        for action, share in zip(actions, shares, strict=True)
+    ]

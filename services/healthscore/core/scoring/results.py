@@ -13,7 +13,7 @@ from uuid import UUID
 
 import msgspec
 
-from healthscore.core.enums import AlertKind, AlertTrigger, HealthStatus, RiskLevel
+from healthscore.core.enums import AlertKind, AlertTrigger, HealthStatus, NoPathReason, RiskLevel
 
 
 class RiskFactor(msgspec.Struct, frozen=True, gc=False):
@@ -44,6 +44,9 @@ class HealthAction(msgspec.Struct, frozen=True):
     action: str  # what to do, for a person
     factor: str  # the risk factor it removes
     impact: float  # score points it adds (2 decimals)
+    # the open interaction a `close` action is about (its id): what a task system needs
+    # of the action, which the text names only for a person
+    interaction_id: str | None = None
 
 
 class AlertDecision(msgspec.Struct, frozen=True):
@@ -55,3 +58,5 @@ class AlertDecision(msgspec.Struct, frozen=True):
     score_model_version: str = ""
     # for raises and escalations: the fewest actions out of risk (scoring.path)
     path_to_healthy: tuple[HealthAction, ...] = ()
+    # why path_to_healthy is empty (None when it names actions): scoring.path
+    no_path_reason: NoPathReason | None = None
