@@ -194,13 +194,19 @@ function keepingFocus(tbody, render) {
 // A refresh keeps each row that did not change (the same node, where it is) and puts
 // the new ones around it: focusing a fresh copy of the row the keyboard was on had a
 // screen reader read it out again at every refresh. Rows that changed their order are
-// all put anew (keepingFocus then finds the row again).
+// all put anew (keepingFocus then finds the row again). A row is compared as it was
+// drawn: what the page added to it since (a "Show all" button) is no change.
+const drawnAs = new WeakMap();
+function drawn(rows) {
+  for (const row of rows) drawnAs.set(row, row.outerHTML);
+  return rows;
+}
 function refreshRows(tbody, fresh) {
   const keyOf = (row) => ROW_KEYS.map((k) => row.getAttribute(k)).join();
   const before = new Map([...tbody.rows].map((row) => [keyOf(row), row]));
-  const next = fresh.map((row) => {
+  const next = drawn(fresh).map((row) => {
     const same = before.get(keyOf(row));
-    return same && same.isEqualNode(row) ? same : row;
+    return same && drawnAs.has(same) && drawnAs.get(same) === drawnAs.get(row) ? same : row;
   });
   const kept = new Set(next.filter((row) => row.parentNode === tbody));
   const order = next.filter((row) => kept.has(row));
@@ -241,6 +247,51 @@ function watchScrollingFrames() {
   for (const frame of document.querySelectorAll(".table-wrap")) {
     frames.observe(frame);
     frames.observe(frame.querySelector("table"));  // its rows change its width
+  }
+}
+
+// A long name or subject is cut to a few lines (.clamp). Where it is cut, a "Show all"
+// button after it shows the whole, and "Show less" cuts it again: the title tooltip
+// that held the whole before no keyboard could open nor pointer keep open (WCAG 2.1.1,
+// 1.4.13). A screen reader reads the whole text either way; the button says whether it
+// is shown (aria-expanded). Whether a text is cut depends on its box's width: measured
+// when it is drawn and again whenever its box changes size (a narrower window, a text
+// that changed).
+const toggles = new WeakMap();
+const clampWatch = new ResizeObserver((entries) => {
+  for (const entry of entries) decorateClamp(entry.target);
+});
+function decorateClamp(text) {
+  let toggle = toggles.get(text);
+  if (!text.isConnected) {
+    if (toggle) toggle.remove();
+    clampWatch.unobserve(text);
+    return;
+  }
+  const shown = text.hasAttribute("data-expanded");
+  if (!shown && text.scrollHeight <= text.clientHeight + 1) {
+    if (toggle) toggle.remove();
+    toggles.delete(text);
+    return;
+  }
+  if (!toggle) {
+    // data-ui: the page's own, not the data's (a refresh leaves it where it is)
+    toggle = el("button", { type: "button", class: "more-text", "data-ui": true });
+    toggle.addEventListener("click", () => {
+      text.toggleAttribute("data-expanded");
+      decorateClamp(text);
+    });
+    toggles.set(text, toggle);
+  }
+  if (text.nextSibling !== toggle) text.after(toggle);
+  const label = shown ? "Show less" : "Show all";
+  if (toggle.textContent !== label) toggle.textContent = label;
+  toggle.setAttribute("aria-expanded", String(shown));
+}
+function watchClamps(root) {
+  for (const text of root.querySelectorAll(".clamp")) {
+    clampWatch.observe(text);
+    decorateClamp(text);
   }
 }
 
@@ -383,7 +434,6 @@ function forget() {
     "who-role", "trust-backtest", "trust-live"]) {
     $(id).textContent = "";
   }
-  $("org-title").removeAttribute("title");
   $("who-name").removeAttribute("title");
   $("org-body").hidden = true;
   $("trust").hidden = true;
@@ -471,7 +521,7 @@ function orgRow(org) {
   const name = org.organization_name || `Organization ${shortId(org.organization_id)}`;
   const reasons = org.top_risk_factors.filter((f) => f.impact < 0).map((f) => words(f.factor));
   for (const f of org.top_risk_factors) state.knownFactors.add(f.factor);
-  const link = el("a", { href: `#/org/${org.organization_id}`, text: name, class: "clamp", title: name });
+  const link = el("a", { href: `#/org/${org.organization_id}`, text: name, class: "clamp" });
   return el("tr", { "data-organization": org.organization_id },
     el("th", { scope: "row" }, link, el("span", { class: "id", text: shortId(org.organization_id) })),
     el("td", { class: "num", text: org.health_score.toFixed(1) }),
@@ -493,8 +543,9 @@ async function loadList({ append = false, refresh = false, told = false } = {}) 
   if (!page) return;
   const body = $("org-table").tBodies[0];
   const rows = page.items.map(orgRow);
-  if (append) body.append(...rows);
+  if (append) body.append(...drawn(rows));
   else refreshRows(body, rows);
+  watchClamps(body);
   state.listItems = body.rows.length;
   state.listCursor = page.next_cursor;
   $("org-more").hidden = !page.next_cursor;
@@ -611,7 +662,6 @@ function milestoneCount(m) {
 function renderOrganization(org) {
   const name = balanced(org.organization_name || `Organization ${shortId(org.organization_id)}`);
   $("org-title").textContent = name;
-  $("org-title").title = name;
   $("org-title").classList.add("clamp");
   titled(name);
   $("org-subtitle").textContent =
@@ -660,7 +710,7 @@ function renderOrganization(org) {
     el("tr", { class: f.impact < 0 ? "hurts" : "" },
       el("th", { scope: "row", text: words(f.factor) }),
       el("td", { class: `num ${f.impact < 0 ? "down" : ""}`, text: signed(f.impact) }),
-      el("td", {}, el("span", { class: "clamp clamp-6", title: f.detail || null, text: f.detail || "—" })))));
+      el("td", {}, el("span", { class: "clamp clamp-6", text: f.detail || "—" })))));
   $("factor-empty").hidden = factors.length > 0;
   $("factor-table").parentElement.hidden = factors.length === 0;
   const usage = Object.entries(org.feature_usage).sort((a, b) => b[1] - a[1]);
@@ -823,10 +873,11 @@ async function loadMilestones(orgId) {
     return el("tr", { "data-milestone": m.milestone_type },
       el("th", { scope: "row", text: words(m.milestone_type) }),
       timeCell(m.achieved_at),
-      el("td", { class: "acknowledged" }, el("span", { class: "clamp", title: acknowledged, text: acknowledged })),
+      el("td", { class: "acknowledged" }, el("span", { class: "clamp", text: acknowledged })),
       el("td", { text: reward }),
       milestoneActions(orgId, m));
   })));
+  watchClamps(body);
   $("milestone-empty").hidden = list.items.length > 0;
   // an empty table's header row above "No milestones" says nothing
   $("milestone-table").parentElement.hidden = list.items.length === 0;
@@ -839,7 +890,7 @@ function interactionItem(i) {
     : null;
   return el("li", { class: i.overdue ? "overdue-item" : "" },
     el("p", { class: "when", text: when(i.opened_at || i.last_event_at) }),
-    el("p", {}, el("strong", { class: "clamp", title: i.subject || null,
+    el("p", {}, el("strong", { class: "clamp",
       text: i.subject || words(i.interaction_type) || "Interaction" })),
     el("p", { class: "meta" }, badge("status", i.status), " ", words(i.interaction_type),
       i.channel ? ` · ${words(i.channel)}` : "", ` · priority ${i.priority}`,
@@ -866,6 +917,7 @@ async function loadOrganization(orgId, { refresh = false } = {}) {
     showTimelinePage(interactions);
   }
   $("org-body").hidden = false;
+  watchClamps($("view-org"));
   if (!refresh) await loadMilestones(orgId);
   loaded();
 }
@@ -876,6 +928,7 @@ async function loadMoreInteractions(orgId) {
   if (!page || state.orgId !== orgId) return;
   const items = page.items.map(interactionItem);
   $("org-timeline").append(...items);
+  watchClamps($("org-timeline"));
   showTimelinePage(page);
   tellShown($("org-timeline").children.length, page.next_cursor, ["interaction", "interactions"], "");
   focusBrought($("timeline-more"), items[0]);
@@ -908,13 +961,12 @@ function interactionRow(i) {
     : "—";
   // a name is there only when the organization is visible to the user: then it is a link
   const org = i.organization_name
-    ? el("a", { href: `#/org/${i.organization_id}`, class: "clamp", title: i.organization_name,
-      text: i.organization_name })
+    ? el("a", { href: `#/org/${i.organization_id}`, class: "clamp", text: i.organization_name })
     : shortId(i.organization_id);
   return el("tr", { class: i.overdue ? "overdue-item" : "", "data-interaction": i.id },
     // "overdue" in words beside the subject: the row's colour is not the only sign, and
     // on a phone the follow-up column is scrolled out of view
-    el("th", { scope: "row" }, el("span", { class: "clamp", title: i.subject || null, text: i.subject || "(no subject)" }),
+    el("th", { scope: "row" }, el("span", { class: "clamp", text: i.subject || "(no subject)" }),
       i.overdue ? el("span", { class: "sub overdue", text: "Follow-up overdue" }) : null),
     el("td", {}, org),
     el("td", { text: words(i.interaction_type) || "—" }),
@@ -936,8 +988,9 @@ async function loadSupport({ append = false, refresh = false, told = false } = {
   if (!page) return;
   const body = $("interaction-table").tBodies[0];
   const rows = page.items.map(interactionRow);
-  if (append) body.append(...rows);
+  if (append) body.append(...drawn(rows));
   else refreshRows(body, rows);
+  watchClamps(body);
   state.supportCursor = page.next_cursor;
   $("interaction-more").hidden = !page.next_cursor;
   $("interaction-empty").hidden = body.rows.length > 0;
@@ -973,7 +1026,6 @@ async function route() {
       // another organization's figures must not stand under this one's title
       $("org-body").hidden = true;
       $("org-title").textContent = "Loading…";
-      $("org-title").removeAttribute("title");
       $("org-subtitle").textContent = "";
       state.timelineCursor = null;
       $("org-timeline").replaceChildren();
@@ -1007,7 +1059,6 @@ async function route() {
       showView("org");
       $("org-body").hidden = true;
       $("org-title").textContent = "Organization not found";
-      $("org-title").removeAttribute("title");
       titled("Organization not found");
       $("org-subtitle").textContent = "No organization with this address is visible to you: " +
         "the link may be mistyped, or your role does not cover it. Go back to the list to find it.";

@@ -1,0 +1,161 @@
+"""The dashboard as customer-success staff use it all day, with a keyboard, a mouse and
+a screen reader, in headless Chromium against the real API over a real database (rows
+written as the service writes them, read under row-level security; the world of
+test_dashboard_accessibility.py): a long name or subject shown whole from the keyboard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from decimal import Decimal
+
+import asyncpg
+
+from tests.e2e.test_dashboard_accessibility import NOW, World, org_page_ready, world  # noqa: F401
+from tests.e2e.test_dashboard_browser import rows, screenshot, wait
+from tests.utils import schema_builders as b
+from tests.utils.browser import BROWSER_TEST
+
+try:
+    from selenium.webdriver.chrome.webdriver import WebDriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.remote.webelement import WebElement
+except ImportError:  # pragma: no cover - the dev extra installs it; BROWSER_TEST skips
+    pass
+
+pytestmark = BROWSER_TEST
+
+LONG_NAME = "Harbor Lights Events and Celebrations " * 8 + "of the Northern Coast (its end)"
+LONG_SUBJECT = (
+    "The seating chart export drops the guests' dietary notes " * 12 + "since Tuesday (its end)"
+)
+
+
+async def lengthen(world: World) -> tuple[str, str]:  # noqa: F811
+    """An organization with a long name, at risk, and an interaction with a long subject
+    on it, open and assigned to the support person: their ids."""
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        org = b.organization(name=LONG_NAME, plan="pro")
+        await b.insert_row(conn, "organizations", org)
+        await b.insert_row(
+            conn,
+            "customer_health",
+            b.customer_health(
+                org["id"],
+                health_score=Decimal("30.00"),
+                churn_probability=Decimal("0.8000"),
+                scored_at=NOW - timedelta(hours=1),
+                last_activity_at=NOW - timedelta(days=2),
+            ),
+        )
+        interaction = b.support_interaction(
+            org["id"],
+            subject=LONG_SUBJECT,
+            assigned_to=world.users["support"],
+            opened_at=NOW - timedelta(hours=3),
+        )
+        await b.insert_row(conn, "support_interactions", interaction)
+    finally:
+        await conn.close()
+    return str(org["id"]), str(interaction["id"])
+
+
+def whole(driver: WebDriver, text: WebElement) -> bool:
+    """The element's whole text is in view: its box is as tall as its text."""
+    shown: bool = driver.execute_script(
+        "return arguments[0].scrollHeight <= arguments[0].clientHeight + 1", text
+    )
+    return shown
+
+
+def shown_whole_by_keyboard(driver: WebDriver, text: WebElement) -> None:
+    """`text` is cut, with no tooltip (which no keyboard opens); the next Tab reaches its
+    "Show all" button, which Enter turns into "Show less" over the whole text."""
+    assert text.get_dom_attribute("title") is None
+    assert not whole(driver, text)
+    # the keyboard's next stop after the text (or after the page's focus, when the text
+    # itself is no tab stop)
+    driver.execute_script(
+        "const t = arguments[0]; if (t.matches('a')) t.focus();"
+        " else { t.tabIndex = -1; t.focus(); t.removeAttribute('tabindex'); }",
+        text,
+    )
+    text.parent.switch_to.active_element.send_keys(Keys.TAB)
+    toggle = driver.switch_to.active_element
+    assert toggle.text == "Show all", (toggle.tag_name, toggle.text)
+    assert toggle.get_attribute("aria-expanded") == "false"
+    toggle.send_keys(Keys.ENTER)
+    wait(driver, lambda d: whole(d, text))
+    assert driver.switch_to.active_element == toggle
+    assert toggle.text == "Show less" and toggle.get_attribute("aria-expanded") == "true"
+    # and cut again
+    toggle.send_keys(Keys.ENTER)
+    wait(driver, lambda d: not whole(d, text))
+    assert toggle.text == "Show all"
+
+
+async def test_a_long_name_or_subject_is_shown_whole_from_the_keyboard(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    run = asyncio.to_thread
+    org, interaction = await lengthen(world)
+    # the at-risk list: the organization's name, a link, cut to three lines with the
+    # rest in a title tooltip that no keyboard could open (WCAG 2.1.1, 1.4.13)
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 5)
+    link = browser.find_element(By.CSS_SELECTOR, f'#org-table tr[data-organization="{org}"] a')
+    await run(wait, browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#org-table .more-text"))
+    await run(shown_whole_by_keyboard, browser, link)
+    # a short name is not cut: no button for it
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#org-table .more-text")) == 1
+    await run(screenshot, browser, "daily-long-name-list")
+    # the organization's page: its heading, and the subject in its timeline
+    await run(browser.get, f"{world.address}/#/org/{org}")
+    await run(wait, browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#org-timeline li"))
+    await run(wait, browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".more-text")) == 2)
+    await run(shown_whole_by_keyboard, browser, browser.find_element(By.ID, "org-title"))
+    subject = browser.find_element(By.CSS_SELECTOR, "#org-timeline li strong")
+    await run(shown_whole_by_keyboard, browser, subject)
+    # the queue (everybody's): the subject and the organization's name
+    await run(browser.get, f"{world.address}/#/support")
+    await run(wait, browser, lambda d: d.find_element(By.ID, "view-support").is_displayed())
+    await run(browser.find_element(By.ID, "s-mine").click)
+    await run(
+        wait, browser, lambda d: interaction in rows(d, "interaction-table", "data-interaction")
+    )
+    row = f'#interaction-table tr[data-interaction="{interaction}"]'
+    await run(wait, browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".more-text")) == 2)
+    await run(
+        shown_whole_by_keyboard, browser, browser.find_element(By.CSS_SELECTOR, f"{row} th span")
+    )
+    await run(
+        shown_whole_by_keyboard, browser, browser.find_element(By.CSS_SELECTOR, f"{row} td a")
+    )
+    assert not uncut_or_unreachable(browser)
+    # at 400% zoom more is cut: each cut text has its button as the window narrows
+    await run(
+        browser.execute_cdp_cmd,
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 320, "height": 640, "deviceScaleFactor": 1, "mobile": False},
+    )
+    await run(wait, browser, lambda d: not uncut_or_unreachable(d))
+    await run(screenshot, browser, "daily-long-subject-queue-320px")
+    await run(browser.execute_cdp_cmd, "Emulation.clearDeviceMetricsOverride", {})
+
+
+def uncut_or_unreachable(driver: WebDriver) -> list[str]:
+    """The texts on view that are cut without a "Show all" button after them, or that
+    have one and are not cut."""
+    found: list[str] = driver.execute_script(
+        "return [...document.querySelectorAll('.clamp')].filter(t => t.offsetParent).filter(t => {"
+        " const cut = t.scrollHeight > t.clientHeight + 1;"
+        " const toggle = !!t.nextElementSibling && t.nextElementSibling.matches('.more-text');"
+        " return cut !== toggle && !t.hasAttribute('data-expanded');"
+        "}).map(t => `${t.textContent.slice(0, 40)} ${t.scrollHeight}/${t.clientHeight}`"
+        " + ` ${t.nextElementSibling && t.nextElementSibling.className}`);"
+    )
+    return found
