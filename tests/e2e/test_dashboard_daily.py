@@ -1,7 +1,8 @@
 """The dashboard as customer-success staff use it all day, with a keyboard, a mouse and
 a screen reader, in headless Chromium against the real API over a real database (rows
 written as the service writes them, read under row-level security; the world of
-test_dashboard_accessibility.py): a long name or subject shown whole from the keyboard.
+test_dashboard_accessibility.py): a long name or subject shown whole from the keyboard;
+an organization's page refreshed in place, with what the user was doing in it kept.
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ from decimal import Decimal
 
 import asyncpg
 
-from tests.e2e.test_dashboard_accessibility import NOW, World, org_page_ready, world  # noqa: F401
+from tests.e2e.test_dashboard_accessibility import (  # noqa: F401
+    NOW,
+    WATCH_FOCUS,
+    World,
+    org_page_ready,
+    world,
+)
 from tests.e2e.test_dashboard_browser import rows, screenshot, wait
 from tests.utils import schema_builders as b
 from tests.utils.browser import BROWSER_TEST
@@ -159,3 +166,89 @@ def uncut_or_unreachable(driver: WebDriver) -> list[str]:
         " + ` ${t.nextElementSibling && t.nextElementSibling.className}`);"
     )
     return found
+
+
+async def test_a_refresh_keeps_what_the_user_was_doing_on_an_organization(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    run = asyncio.to_thread
+    bloom = world.orgs["bloom"]
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        await b.insert_row(
+            conn,
+            "support_interactions",
+            b.support_interaction(bloom, subject=LONG_SUBJECT, opened_at=NOW - timedelta(hours=1)),
+        )
+    finally:
+        await conn.close()
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    await run(browser.get, f"{world.address}/#/org/{bloom}")
+    await run(wait, browser, org_page_ready)
+    await run(wait, browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#org-timeline .more-text"))
+    browser.execute_script(WATCH_FOCUS)
+    # a user reading the long subject: opened it ("Show all", by keyboard), the history's
+    # table open, a risk factor's words selected to copy, the page scrolled to the
+    # timeline; the page refreshes every 2 s here
+    await run(browser.find_element(By.CSS_SELECTOR, "#view-org details summary").click)
+    toggle = browser.find_element(By.CSS_SELECTOR, "#org-timeline .more-text")
+    browser.execute_script(
+        "window.toggle = arguments[0]; arguments[0].focus(); window.focusMoves = 0", toggle
+    )
+    await run(toggle.send_keys, Keys.ENTER)
+    assert toggle.get_attribute("aria-expanded") == "true"
+    browser.execute_script(
+        "const detail = document.querySelector('#factor-table tbody td .clamp');"
+        "window.getSelection().selectAllChildren(detail);"
+        "arguments[0].scrollIntoView({block: 'center'});"
+        "window.scrolledTo = window.scrollY;",
+        toggle,
+    )
+    selected = browser.execute_script("return window.getSelection().toString()")
+    assert selected == "No activity for 12 days", selected
+    # the organization rescored (as the projector writes it): the new figure is shown
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        await conn.execute(
+            "UPDATE customer_health SET health_score = 19, active_users_30d = 2"
+            " WHERE organization_id = $1",
+            bloom,
+        )
+    finally:
+        await conn.close()
+    await run(wait, browser, lambda d: d.find_element(By.ID, "org-score").text == "19.0")
+    await run(
+        wait,
+        browser,
+        lambda d: "19.0 of 100" in d.find_element(By.ID, "org-score-meaning").text,
+    )
+    # ... and the rest is as the user left it: the focus on the same button (never moved),
+    # the subject still whole, the table still open, the words still selected, the page
+    # where it was
+    kept = browser.execute_script(
+        "const toggle = window.toggle;"
+        "return {focused: document.activeElement === toggle, connected: toggle.isConnected,"
+        " expanded: toggle.getAttribute('aria-expanded'), moves: window.focusMoves,"
+        " open: document.querySelector('#view-org details').open,"
+        " selected: window.getSelection().toString(),"
+        " scrolled: Math.abs(window.scrollY - window.scrolledTo)};"
+    )
+    assert kept == {
+        "focused": True,
+        "connected": True,
+        "expanded": "true",
+        "moves": 0,
+        "open": True,
+        "selected": "No activity for 12 days",
+        "scrolled": 0,
+    }, kept
+    assert whole(browser, browser.find_element(By.CSS_SELECTOR, "#org-timeline li strong"))
+    active = browser.execute_script(
+        "const dt = [...document.querySelectorAll('#org-facts dt')]"
+        ".find(e => e.textContent === 'Active users (30 days)');"
+        "return dt.nextElementSibling.textContent;"
+    )
+    assert active == "2", active
+    await run(screenshot, browser, "daily-organization-refreshed-in-place")

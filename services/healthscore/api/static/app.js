@@ -295,6 +295,62 @@ function watchClamps(root) {
   }
 }
 
+// An organization's page is drawn again at every refresh: rebuilt from scratch, it lost
+// what the user was doing in it (the keyboard focus, a text selection, a "Show all"
+// opened, the place a screen reader was reading). update() brings a part of the page to
+// what a fresh drawing of it holds, changing only what differs: what did not change
+// stays the same node. Children are matched by their data-key (an interaction's id, a
+// button's action: a button keeps the listener it was drawn with, so one doing another
+// action is a new button), else by their place and tag; what the page added itself
+// (data-ui) and the attributes it set after drawing (KEPT_ATTRIBUTES) stay.
+const KEPT_ATTRIBUTES = new Set(["tabindex", "data-expanded", "aria-disabled"]);
+const isUi = (node) => node.nodeType === Node.ELEMENT_NODE && node.hasAttribute("data-ui");
+const dataKey = (node) => (node.nodeType === Node.ELEMENT_NODE && node.getAttribute("data-key")) || null;
+function update(target, fresh) {
+  for (const { name } of [...target.attributes]) {
+    if (!fresh.hasAttribute(name) && !KEPT_ATTRIBUTES.has(name)) target.removeAttribute(name);
+  }
+  for (const { name, value } of [...fresh.attributes]) {
+    if (target.getAttribute(name) !== value) target.setAttribute(name, value);
+  }
+  updateChildren(target, [...fresh.childNodes]);
+}
+function updateChildren(target, fresh) {
+  const old = [...target.childNodes].filter((node) => !isUi(node));
+  const keyed = new Map(old.filter(dataKey).map((node) => [dataKey(node), node]));
+  const unkeyed = old.filter((node) => !dataKey(node));
+  let place = 0;
+  const next = fresh.map((node) => {
+    const key = dataKey(node);
+    const match = key ? keyed.get(key) : unkeyed[place++];
+    if (!match || match.nodeName !== node.nodeName) return node;
+    if (key) keyed.delete(key);
+    if (node.nodeType === Node.ELEMENT_NODE) update(match, node);
+    else if (match.nodeValue !== node.nodeValue) match.nodeValue = node.nodeValue;
+    return match;
+  });
+  const kept = new Set(next);
+  for (const node of old) {
+    if (kept.has(node)) continue;
+    if (toggles.has(node)) toggles.get(node).remove();
+    node.remove();
+  }
+  // in order, moving only what is out of place (a node moved loses the focus in it)
+  let at = target.firstChild;
+  for (const node of next) {
+    while (at && isUi(at)) at = at.nextSibling;
+    if (node === at) at = at.nextSibling;
+    else target.insertBefore(node, at);
+    const toggle = toggles.get(node);
+    if (toggle && toggle.parentNode === target && node.nextSibling !== toggle) node.after(toggle);
+  }
+}
+// a text written again only when it changed (written, its selection was lost)
+function setText(node, text) {
+  const value = balanced(text);
+  if (node.textContent !== value) node.textContent = value;
+}
+
 function badge(kind, value) {
   return el("span", { class: `badge ${kind}-${value}`, text: words(value) });
 }
@@ -661,22 +717,22 @@ function milestoneCount(m) {
 
 function renderOrganization(org) {
   const name = balanced(org.organization_name || `Organization ${shortId(org.organization_id)}`);
-  $("org-title").textContent = name;
+  setText($("org-title"), name);
   $("org-title").classList.add("clamp");
   titled(name);
-  $("org-subtitle").textContent =
-    `${org.organization_id}${org.plan ? ` · plan ${isolated(org.plan)}` : ""} · scored ${when(org.scored_at)}`;
-  $("org-score").textContent = org.health_score.toFixed(1);
-  $("org-score-meaning").textContent = `${org.health_score.toFixed(1)} of 100 is in the ${words(org.health_status)} band ` +
+  setText($("org-subtitle"),
+    `${org.organization_id}${org.plan ? ` · plan ${isolated(org.plan)}` : ""} · scored ${when(org.scored_at)}`);
+  setText($("org-score"), org.health_score.toFixed(1));
+  setText($("org-score-meaning"), `${org.health_score.toFixed(1)} of 100 is in the ${words(org.health_status)} band ` +
     "(critical below 40, at risk 40 to 60, good 60 to 80, excellent from 80). " +
     `Churn probability ${pct(org.churn_probability)}: the model's estimate of how likely this ` +
-    "organization is to leave, from its score and its 30-day change.";
+    "organization is to leave, from its score and its 30-day change.");
   const band = badge("band", org.health_status);
   band.textContent = `${words(org.health_status)} band`;
   const risk = badge("risk", org.risk_level);
   risk.textContent = `${words(org.risk_level)} churn risk`;
-  $("org-band").replaceWith(Object.assign(band, { id: "org-band" }));
-  $("org-risk").replaceWith(Object.assign(risk, { id: "org-risk" }));
+  update($("org-band"), Object.assign(band, { id: "org-band" }));
+  update($("org-risk"), Object.assign(risk, { id: "org-risk" }));
   const facts = [
     ["Churn probability", pct(org.churn_probability)],
     ["Change, 7 days", signed(org.score_change_7d)],
@@ -689,15 +745,15 @@ function renderOrganization(org) {
     ["Milestones", milestoneCount(org.milestones)],
     ["Last activity", when(org.last_activity_at)],
   ];
-  $("org-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
+  updateChildren($("org-facts"), facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
   const fromProfile = org.milestones.from_profile;
   $("milestone-from-profile").hidden = fromProfile === 0;
   const recorded = org.milestones.acknowledged + org.milestones.unacknowledged;
   const more = recorded > 0 ? " more" : "";
-  $("milestone-from-profile").textContent = `${fromProfile === 1 ? `One${more} milestone was` : `${fromProfile}${more} milestones were`} ` +
+  setText($("milestone-from-profile"), `${fromProfile === 1 ? `One${more} milestone was` : `${fromProfile}${more} milestones were`} ` +
     "achieved before the organization's events reached the service (from its CRM profile): " +
-    "counted in the score, nothing to acknowledge or reward.";
-  $("org-components").replaceChildren(...COMPONENTS.map(([key, label]) => {
+    "counted in the score, nothing to acknowledge or reward.");
+  updateChildren($("org-components"), COMPONENTS.map(([key, label]) => {
     const value = org.components[key] ?? 0;
     return el("li", {},
       el("span", { class: "label", id: `c-${key}`, text: label }),
@@ -706,7 +762,7 @@ function renderOrganization(org) {
       el("span", { class: "num", text: value.toFixed(0) }));
   }));
   const factors = org.risk_factors.filter((f) => f.impact !== 0);
-  $("factor-table").tBodies[0].replaceChildren(...factors.map((f) =>
+  updateChildren($("factor-table").tBodies[0], factors.map((f) =>
     el("tr", { class: f.impact < 0 ? "hurts" : "" },
       el("th", { scope: "row", text: words(f.factor) }),
       el("td", { class: `num ${f.impact < 0 ? "down" : ""}`, text: signed(f.impact) }),
@@ -714,12 +770,12 @@ function renderOrganization(org) {
   $("factor-empty").hidden = factors.length > 0;
   $("factor-table").parentElement.hidden = factors.length === 0;
   const usage = Object.entries(org.feature_usage).sort((a, b) => b[1] - a[1]);
-  $("org-usage").replaceChildren(...(usage.length
+  updateChildren($("org-usage"), (usage.length
     ? usage.map(([feature, uses]) => el("li", {}, el("span", { text: words(feature) }),
       el("span", { class: "num", text: String(uses) })))
     : [el("li", { class: "muted", text: "No feature usage in the window." })]));
   const alert = org.last_alert;
-  $("org-alert").replaceChildren(...(alert
+  updateChildren($("org-alert"), (alert
     ? [el("dl", { class: "facts" },
       el("dt", { text: "Kind" }), el("dd", {}, badge("alert", alert.kind)),
       el("dt", { text: "Why it fired" }), el("dd", { text: TRIGGERS[alert.trigger] || words(alert.trigger) || "—" }),
@@ -780,13 +836,13 @@ function renderChart(history) {
   const figure = $("org-chart");
   const points = history.points;
   const table = $("history-table").tBodies[0];
-  table.replaceChildren(...points.slice().reverse().map((p) => el("tr", {},
+  updateChildren(table, points.slice().reverse().map((p) => el("tr", {},
     el("th", { scope: "row", text: p.day }), el("td", { class: "num", text: p.health_score.toFixed(1) }),
     el("td", { class: "num", text: pct(p.churn_probability) }), el("td", { text: words(p.risk_level) }))));
   $("history-table").closest("details").hidden = points.length === 0;
   if (points.length === 0) {
-    figure.replaceChildren(el("p", { class: "muted", text: "No score history in this period." }));
-    $("chart-summary").textContent = "";
+    updateChildren(figure, [el("p", { class: "muted", text: "No score history in this period." })]);
+    setText($("chart-summary"), "");
     return;
   }
   const width = 720, height = 240, left = 36, right = 12, top = 12, bottom = 28;
@@ -820,10 +876,10 @@ function renderChart(history) {
   const legend = el("figcaption", { class: "legend" },
     el("span", { class: "key key-score", text: "Health score" }),
     el("span", { class: "key key-churn", text: "Churn probability (%)" }));
-  figure.replaceChildren(chart, legend);
+  updateChildren(figure, [chart, legend]);
   const first = points[0], last = points[points.length - 1];
-  $("chart-summary").textContent = `From ${first.health_score.toFixed(1)} on ${first.day} to ` +
-    `${last.health_score.toFixed(1)} on ${last.day} (days in UTC); churn probability ${pct(first.churn_probability)} to ${pct(last.churn_probability)}.`;
+  setText($("chart-summary"), `From ${first.health_score.toFixed(1)} on ${first.day} to ` +
+    `${last.health_score.toFixed(1)} on ${last.day} (days in UTC); churn probability ${pct(first.churn_probability)} to ${pct(last.churn_probability)}.`);
 }
 
 function milestoneActions(orgId, m) {
@@ -843,14 +899,14 @@ function milestoneActions(orgId, m) {
     }
   };
   if (!m.acknowledged_at) {
-    const button = el("button", { type: "button", "aria-label": `Acknowledge ${words(m.milestone_type)}`, text: "Acknowledge" });
+    const button = el("button", { type: "button", "data-key": `acknowledge ${base}`, "aria-label": `Acknowledge ${words(m.milestone_type)}`, text: "Acknowledge" });
     button.addEventListener("click", () => act(button, "acknowledge", undefined, `${words(m.milestone_type)} acknowledged`));
     cell.append(button);
   } else if (m.reward_status === "pending") {
     // each name starts with the words on the button (WCAG 2.5.3: "click Reward
     // delivered" by voice must find it), then says which milestone's
-    const deliver = el("button", { type: "button", "aria-label": `Reward delivered for ${words(m.milestone_type)}`, text: "Reward delivered" });
-    const decline = el("button", { type: "button", class: "secondary", "aria-label": `Declined, the reward for ${words(m.milestone_type)}`, text: "Declined" });
+    const deliver = el("button", { type: "button", "data-key": `delivered ${base}`, "aria-label": `Reward delivered for ${words(m.milestone_type)}`, text: "Reward delivered" });
+    const decline = el("button", { type: "button", class: "secondary", "data-key": `declined ${base}`, "aria-label": `Declined, the reward for ${words(m.milestone_type)}`, text: "Declined" });
     deliver.addEventListener("click", () => act(deliver, "reward", { outcome: "delivered" }, "reward recorded as delivered"));
     decline.addEventListener("click", () => act(decline, "reward", { outcome: "declined" }, "reward recorded as declined"));
     cell.append(deliver, " ", decline);
@@ -863,14 +919,14 @@ function milestoneActions(orgId, m) {
 async function loadMilestones(orgId) {
   const list = await api(`/api/v1/organizations/${orgId}/milestones`);
   const body = $("milestone-table").tBodies[0];
-  keepingFocus(body, () => body.replaceChildren(...list.items.map((m) => {
+  keepingFocus(body, () => updateChildren(body, list.items.map((m) => {
     const reward = m.reward_type
       ? `${words(m.reward_type)}${m.reward_value ? ` (${m.reward_value})` : ""}: ${m.reward_status}`
       : "—";
     const acknowledged = m.acknowledged_at
       ? `${when(m.acknowledged_at)} by ${isolated(m.acknowledged_by_name || (m.acknowledged_by ? shortId(m.acknowledged_by) : "—"))}`
       : "not yet";
-    return el("tr", { "data-milestone": m.milestone_type },
+    return el("tr", { "data-milestone": m.milestone_type, "data-key": m.milestone_type },
       el("th", { scope: "row", text: words(m.milestone_type) }),
       timeCell(m.achieved_at),
       el("td", { class: "acknowledged" }, el("span", { class: "clamp", text: acknowledged })),
@@ -888,7 +944,7 @@ function interactionItem(i) {
     ? el("span", { class: i.overdue ? "overdue" : "muted",
       text: i.overdue ? `Follow-up overdue since ${when(i.follow_up_at)}` : `Follow-up due ${when(i.follow_up_at)}` })
     : null;
-  return el("li", { class: i.overdue ? "overdue-item" : "" },
+  return el("li", { class: i.overdue ? "overdue-item" : "", "data-key": i.id },
     el("p", { class: "when", text: when(i.opened_at || i.last_event_at) }),
     el("p", {}, el("strong", { class: "clamp",
       text: i.subject || words(i.interaction_type) || "Interaction" })),
@@ -913,7 +969,7 @@ async function loadOrganization(orgId, { refresh = false } = {}) {
   renderChart(history);
   state.historyDays = days;
   if (interactions) {
-    $("org-timeline").replaceChildren(...interactions.items.map(interactionItem));
+    updateChildren($("org-timeline"), interactions.items.map(interactionItem));
     showTimelinePage(interactions);
   }
   $("org-body").hidden = false;
@@ -1026,6 +1082,7 @@ async function route() {
       // another organization's figures must not stand under this one's title
       $("org-body").hidden = true;
       $("org-title").textContent = "Loading…";
+      $("org-title").removeAttribute("data-expanded");
       $("org-subtitle").textContent = "";
       state.timelineCursor = null;
       $("org-timeline").replaceChildren();
