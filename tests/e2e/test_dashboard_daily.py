@@ -2,7 +2,8 @@
 a screen reader, in headless Chromium against the real API over a real database (rows
 written as the service writes them, read under row-level security; the world of
 test_dashboard_accessibility.py): a long name or subject shown whole from the keyboard;
-an organization's page refreshed in place, with what the user was doing in it kept.
+an organization's page refreshed in place, with what the user was doing in it kept;
+back from an organization, the focus on the row it was opened from.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ try:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.remote.webelement import WebElement
+    from selenium.webdriver.support.ui import Select
 except ImportError:  # pragma: no cover - the dev extra installs it; BROWSER_TEST skips
     pass
 
@@ -252,3 +254,96 @@ async def test_a_refresh_keeps_what_the_user_was_doing_on_an_organization(
     )
     assert active == "2", active
     await run(screenshot, browser, "daily-organization-refreshed-in-place")
+
+
+# more than a page (50) of the list, after the four of the world (the least at risk)
+QUIET_ORGANIZATIONS = 55
+
+
+async def add_quiet_organizations(world: World) -> list[str]:  # noqa: F811
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        ids = []
+        for n in range(QUIET_ORGANIZATIONS):
+            org = b.organization(name=f"Quiet Gardens {n:02d}")
+            await b.insert_row(conn, "organizations", org)
+            await b.insert_row(
+                conn,
+                "customer_health",
+                b.customer_health(
+                    org["id"],
+                    health_score=Decimal("85.00"),
+                    churn_probability=Decimal("0.0100"),
+                    scored_at=NOW - timedelta(hours=2),
+                ),
+            )
+            ids.append(str(org["id"]))
+    finally:
+        await conn.close()
+    return ids
+
+
+def focused_row(driver: WebDriver) -> list[str | None]:
+    """The focused element's tag and the organization of its row (None outside rows)."""
+    found: list[str | None] = driver.execute_script(
+        "const e = document.activeElement;"
+        "return [e.tagName, e.closest('tr') && e.closest('tr').dataset.organization];"
+    )
+    return found
+
+
+async def test_back_from_an_organization_the_focus_is_on_its_row(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    run = asyncio.to_thread
+    quiet = await add_quiet_organizations(world)
+    total = len(world.orgs) + QUIET_ORGANIZATIONS
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 50)
+    # a user down the list ("Show more"), opening one of the last organizations by keyboard
+    await run(browser.find_element(By.ID, "org-more").send_keys, Keys.ENTER)
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == total)
+    last = rows(browser, "org-table", "data-organization")[-1]
+    assert last in quiet
+    link = browser.find_element(By.CSS_SELECTOR, f'#org-table tr[data-organization="{last}"] a')
+    await run(link.send_keys, Keys.ENTER)
+    await run(
+        wait, browser, lambda d: d.execute_script("return document.activeElement.id") == "org-title"
+    )
+    # back by the page's link: the focus on the organization's link in its row (it went to
+    # the list's heading, the list cut back to its first page, that row gone)
+    await run(browser.find_element(By.CSS_SELECTOR, "#view-org p a").send_keys, Keys.ENTER)
+    await run(wait, browser, lambda d: focused_row(d) == ["A", last])
+    assert len(rows(browser, "org-table", "data-organization")) == total
+    # and by the browser's Back, from an organization near the top
+    harbor = str(world.orgs["harbor"])
+    link = browser.find_element(By.CSS_SELECTOR, f'#org-table tr[data-organization="{harbor}"] a')
+    await run(link.send_keys, Keys.ENTER)
+    await run(wait, browser, lambda d: d.find_element(By.ID, "org-body").is_displayed())
+    await run(browser.back)
+    await run(wait, browser, lambda d: focused_row(d) == ["A", harbor])
+    # an organization that left the filtered list while it was open: said so, the focus
+    # at the list's heading
+    await run(Select(browser.find_element(By.ID, "f-band")).select_by_value, "critical")
+    await run(
+        wait,
+        browser,
+        lambda d: rows(d, "org-table", "data-organization") == [str(world.orgs["bloom"])],
+    )
+    link = browser.find_element(By.CSS_SELECTOR, "#org-table tbody a")
+    await run(link.send_keys, Keys.ENTER)
+    await run(wait, browser, lambda d: d.find_element(By.ID, "org-body").is_displayed())
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        await conn.execute(
+            "UPDATE customer_health SET health_score = 70 WHERE organization_id = $1",
+            world.orgs["bloom"],
+        )
+    finally:
+        await conn.close()
+    await run(browser.back)
+    await run(wait, browser, lambda d: d.find_element(By.ID, "org-empty").is_displayed())
+    assert browser.execute_script("return document.activeElement.id") == "list-title"
+    status = browser.find_element(By.ID, "status").text.replace("\u2068", "").replace("\u2069", "")
+    assert status.startswith("Bloom & Vow Weddings is no longer in this list"), status

@@ -13,7 +13,7 @@ const TIMELINE_PAGE = 25;
 const $ = (id) => document.getElementById(id);
 const state = { me: null, view: null, orgId: null, timer: null, listItems: 0, visitedList: false,
   listCursor: null, supportCursor: null, timelineCursor: null, knownFactors: new Set(),
-  loadedAt: null, returnTo: null, refresh: null, listStamp: null };
+  loadedAt: null, returnTo: null, refresh: null, listStamp: null, openedFrom: null };
 
 // --- the token ------------------------------------------------------------------
 function takeTokenFromFragment() {
@@ -372,6 +372,34 @@ function focusHeading() {
   heading.tabIndex = -1;
   heading.focus({ preventScroll: true });
 }
+// Back from an organization to the list (or the queue) it was opened from, the focus
+// goes to the link it was opened by, as a browser's Back does on pages of their own (it
+// went to the view's heading, and the user had to find their place again among
+// hundreds of rows). A row no longer there (rescored out of the filters) is said, and
+// the focus goes to the heading.
+function openedFrom(event) {
+  const link = event.target instanceof Element ? event.target.closest('a[href^="#/org/"]') : null;
+  const row = link && link.closest("tr");
+  const key = row && ROW_KEYS.find((k) => row.hasAttribute(k));
+  if (key) state.openedFrom = { view: state.view, key, value: row.getAttribute(key), name: link.textContent };
+}
+function focusReturning(from) {
+  if (!from || from.view !== state.view) {
+    focusHeading();
+    return;
+  }
+  const table = state.view === "list" ? $("org-table") : $("interaction-table");
+  const row = [...table.tBodies[0].rows].find((r) => r.getAttribute(from.key) === from.value);
+  const link = row && row.querySelector('a[href^="#/org/"]');
+  if (link) {
+    link.focus();
+    return;
+  }
+  focusHeading();
+  say(`${isolated(from.name)} is no longer in this ${state.view === "list" ? "list" : "queue"} ` +
+    "(rescored, or it no longer matches the filters): you are at its start.");
+}
+
 function showView(name) {
   for (const view of document.querySelectorAll(".view")) view.hidden = view.id !== `view-${name}`;
   const heading = document.querySelector(`#view-${name} h2`);
@@ -513,7 +541,7 @@ function forget() {
   }
   state.knownFactors = new Set();
   Object.assign(state, { orgId: null, listItems: 0, listCursor: null, supportCursor: null,
-    timelineCursor: null, loadedAt: null, listStamp: null });
+    timelineCursor: null, loadedAt: null, listStamp: null, openedFrom: null });
   // answers still on their way belong to no table now
   for (const table of Object.keys(loads.seq)) {
     loads.seq[table] += 1;
@@ -590,10 +618,11 @@ function orgRow(org) {
     timeCell(org.scored_at));
 }
 
-async function loadList({ append = false, refresh = false, told = false } = {}) {
+async function loadList({ append = false, refresh = false, told = false, again = false } = {}) {
   const params = listParams();
-  // a refresh reloads what is on screen (up to 200 rows), in one request
-  const limit = refresh ? Math.min(Math.max(state.listItems, PAGE), 200) : PAGE;
+  // a refresh, or coming back to the list, reloads what is on screen (up to 200 rows), in
+  // one request: "Show more" must not be undone by opening an organization
+  const limit = refresh || again ? Math.min(Math.max(state.listItems, PAGE), 200) : PAGE;
   const page = await newest("list", refresh, `/api/v1/organizations${query({ ...params, limit,
     cursor: append ? state.listCursor : null })}`);
   if (!page) return;
@@ -1032,12 +1061,12 @@ function interactionRow(i) {
     el("td", {}, follow));
 }
 
-async function loadSupport({ append = false, refresh = false, told = false } = {}) {
+async function loadSupport({ append = false, refresh = false, told = false, again = false } = {}) {
   const params = supportParams();
-  // a refresh reloads what is on screen (up to 200 rows), in one request: "Show more"
-  // must not be undone by the next refresh
+  // a refresh, or coming back to the queue, reloads what is on screen (up to 200 rows),
+  // in one request: "Show more" must not be undone by the next refresh
   const shown = $("interaction-table").tBodies[0].rows.length;
-  const limit = refresh ? Math.min(Math.max(shown, PAGE), 200) : PAGE;
+  const limit = refresh || again ? Math.min(Math.max(shown, PAGE), 200) : PAGE;
   const page = await newest("support", refresh, `/api/v1/interactions${query({ ...params, limit,
     sort: params.q ? null : (params.overdue ? null : "oldest"),
     cursor: append ? state.supportCursor : null })}`);
@@ -1062,6 +1091,9 @@ async function loadSupport({ append = false, refresh = false, told = false } = {
 
 // --- routing and refresh ----------------------------------------------------------------
 async function route() {
+  // back from an organization: where it was opened from
+  const from = state.view === "org" ? state.openedFrom : null;
+  if (state.view === "org") state.openedFrom = null;
   refreshEvery(null);
   state.loadedAt = null;
   say("");
@@ -1091,7 +1123,7 @@ async function route() {
     } else if (hash === "#/support") {
       state.orgId = null;
       showView("support");
-      await loadSupport();
+      await loadSupport({ again: true });
       refreshEvery(() => {
         if (!document.hidden) loadSupport({ refresh: true }).catch(fail);
       });
@@ -1103,13 +1135,13 @@ async function route() {
       state.visitedList = true;
       state.orgId = null;
       showView("list");
-      await loadList();
+      await loadList({ again: true });
       loadTrust().catch(fail);
       refreshEvery(() => {
         if (!document.hidden) loadList({ refresh: true }).catch(fail);
       });
     }
-    focusHeading();
+    focusReturning(from);
   } catch (error) {
     if (error instanceof ApiError && error.status === 404) {
       state.orgId = null;
@@ -1148,6 +1180,7 @@ function start() {
     else location.hash = back;
   });
   $("sign-out").addEventListener("click", () => signOut());
+  document.addEventListener("click", openedFrom);
   // the routes live in the fragment: "#main" would be a navigation (to the list), so
   // the skip link moves the focus itself
   document.querySelector(".skip").addEventListener("click", (event) => {
