@@ -3,7 +3,8 @@ a screen reader, in headless Chromium against the real API over a real database 
 written as the service writes them, read under row-level security; the world of
 test_dashboard_accessibility.py): a long name or subject shown whole from the keyboard;
 an organization's page refreshed in place, with what the user was doing in it kept;
-back from an organization, the focus on the row it was opened from.
+back from an organization, the focus on the row it was opened from; its milestones kept
+up to date with the facts that count them.
 """
 
 from __future__ import annotations
@@ -347,3 +348,56 @@ async def test_back_from_an_organization_the_focus_is_on_its_row(
     assert browser.execute_script("return document.activeElement.id") == "list-title"
     status = browser.find_element(By.ID, "status").text.replace("\u2068", "").replace("\u2069", "")
     assert status.startswith("Bloom & Vow Weddings is no longer in this list"), status
+
+
+def milestone_fact(driver: WebDriver) -> str:
+    found: str = driver.execute_script(
+        "const dt = [...document.querySelectorAll('#org-facts dt')]"
+        ".find(e => e.textContent === 'Milestones');"
+        "return dt.nextElementSibling.textContent;"
+    )
+    return found
+
+
+async def test_the_milestones_follow_the_facts_that_count_them(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    run = asyncio.to_thread
+    bloom = world.orgs["bloom"]
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    await run(browser.get, f"{world.address}/#/org/{bloom}")
+    await run(wait, browser, org_page_ready)
+    assert sorted(rows(browser, "milestone-table", "data-milestone")) == [
+        "clients_10",
+        "first_client_added",
+    ]
+    browser.execute_script(WATCH_FOCUS)
+    button = browser.find_element(
+        By.CSS_SELECTOR, '#milestone-table tr[data-milestone="first_client_added"] button'
+    )
+    browser.execute_script("arguments[0].focus(); window.focusMoves = 0", button)
+    # the organization onboards while its page is open (the service records the milestone)
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        await b.insert_row(
+            conn,
+            "success_milestones",
+            b.success_milestone(
+                bloom, milestone_type="onboarding_completed", achieved_at=NOW - timedelta(hours=1)
+            ),
+        )
+    finally:
+        await conn.close()
+    # the facts count it ("2 to acknowledge"), and its row is there to acknowledge (the
+    # table stayed as the page opened, and the count stood beside rows that lacked it)
+    await run(wait, browser, lambda d: "(2 to acknowledge)" in milestone_fact(d))
+    await run(
+        wait,
+        browser,
+        lambda d: "onboarding_completed" in rows(d, "milestone-table", "data-milestone"),
+    )
+    # the user on the other milestone's button was left there
+    assert browser.execute_script("return document.activeElement") == button
+    assert browser.execute_script("return window.focusMoves") == 0

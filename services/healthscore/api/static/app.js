@@ -947,6 +947,8 @@ function milestoneActions(orgId, m) {
 
 async function loadMilestones(orgId) {
   const list = await api(`/api/v1/organizations/${orgId}/milestones`);
+  // another organization opened while this answer was on its way
+  if (state.orgId !== orgId) return;
   const body = $("milestone-table").tBodies[0];
   keepingFocus(body, () => updateChildren(body, list.items.map((m) => {
     const reward = m.reward_type
@@ -1003,7 +1005,9 @@ async function loadOrganization(orgId, { refresh = false } = {}) {
   }
   $("org-body").hidden = false;
   watchClamps($("view-org"));
-  if (!refresh) await loadMilestones(orgId);
+  // with the facts they are counted in: a milestone achieved or acknowledged since the
+  // page opened was counted above while its row was missing or still said "Acknowledge"
+  await loadMilestones(orgId);
   loaded();
 }
 
