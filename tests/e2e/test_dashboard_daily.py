@@ -4,7 +4,8 @@ written as the service writes them, read under row-level security; the world of
 test_dashboard_accessibility.py): a long name or subject shown whole from the keyboard;
 an organization's page refreshed in place, with what the user was doing in it kept;
 back from an organization, the focus on the row it was opened from; its milestones kept
-up to date with the facts that count them.
+up to date with the facts that count them; a filter typed and not applied left alone
+by the refreshes.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tests.e2e.test_dashboard_accessibility import (  # noqa: F401
     org_page_ready,
     world,
 )
-from tests.e2e.test_dashboard_browser import rows, screenshot, wait
+from tests.e2e.test_dashboard_browser import restamped, rows, screenshot, wait
 from tests.utils import schema_builders as b
 from tests.utils.browser import BROWSER_TEST
 
@@ -401,3 +402,36 @@ async def test_the_milestones_follow_the_facts_that_count_them(
     # the user on the other milestone's button was left there
     assert browser.execute_script("return document.activeElement") == button
     assert browser.execute_script("return window.focusMoves") == 0
+
+
+async def test_a_refresh_does_not_apply_a_filter_the_user_has_not(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    run = asyncio.to_thread
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    listed = rows(browser, "org-table", "data-organization")
+    # a factor being typed, not applied yet (no Enter, no Apply): the list as it was,
+    # refresh after refresh (the refresh applied it: the rows vanished under the user,
+    # "No organization ... matches these filters", unasked and unannounced)
+    await run(browser.find_element(By.ID, "f-factor").send_keys, "few logins")
+    for _ in range(2):
+        await run(restamped, browser, "list-updated")
+    assert rows(browser, "org-table", "data-organization") == listed
+    assert not browser.find_element(By.ID, "org-empty").is_displayed()
+    # applied, it applies
+    await run(browser.find_element(By.ID, "f-factor").send_keys, Keys.ENTER)
+    await run(wait, browser, lambda d: d.find_element(By.ID, "org-empty").is_displayed())
+    # the same in the queue: a search typed, not run
+    await run(browser.get, f"{world.address}/#/support")
+    await run(wait, browser, lambda d: d.find_element(By.ID, "view-support").is_displayed())
+    await run(browser.find_element(By.ID, "s-mine").click)
+    await run(wait, browser, lambda d: len(rows(d, "interaction-table", "data-interaction")) == 3)
+    queued = rows(browser, "interaction-table", "data-interaction")
+    await run(browser.find_element(By.ID, "s-q").send_keys, "invoice")
+    for _ in range(2):
+        await run(restamped, browser, "support-updated")
+    assert rows(browser, "interaction-table", "data-interaction") == queued
+    await run(browser.find_element(By.ID, "s-q").send_keys, Keys.ENTER)
+    await run(wait, browser, lambda d: len(rows(d, "interaction-table", "data-interaction")) == 1)

@@ -13,7 +13,8 @@ const TIMELINE_PAGE = 25;
 const $ = (id) => document.getElementById(id);
 const state = { me: null, view: null, orgId: null, timer: null, listItems: 0, visitedList: false,
   listCursor: null, supportCursor: null, timelineCursor: null, knownFactors: new Set(),
-  loadedAt: null, returnTo: null, refresh: null, listStamp: null, openedFrom: null };
+  loadedAt: null, returnTo: null, refresh: null, listStamp: null, openedFrom: null,
+  applied: { list: null, support: null } };
 
 // --- the token ------------------------------------------------------------------
 function takeTokenFromFragment() {
@@ -541,7 +542,8 @@ function forget() {
   }
   state.knownFactors = new Set();
   Object.assign(state, { orgId: null, listItems: 0, listCursor: null, supportCursor: null,
-    timelineCursor: null, loadedAt: null, listStamp: null, openedFrom: null });
+    timelineCursor: null, loadedAt: null, listStamp: null, openedFrom: null,
+    applied: { list: null, support: null } });
   // answers still on their way belong to no table now
   for (const table of Object.keys(loads.seq)) {
     loads.seq[table] += 1;
@@ -588,6 +590,15 @@ async function signIn() {
 }
 
 // --- the at-risk list -----------------------------------------------------------------
+// The filters a table was last loaded with, which its refreshes, "Show more" and coming
+// back to it keep: a search or factor typed and not yet applied (no Enter, no Apply)
+// was applied by the next refresh, unasked and unannounced (the rows changed under the
+// user, or vanished), and "Show more" brought the next page of another filter's rows.
+function filtersFor(table, read, keep) {
+  if (!keep || !state.applied[table]) state.applied[table] = read();
+  return state.applied[table];
+}
+
 function listParams() {
   const form = $("list-filters");
   const data = new FormData(form);
@@ -619,7 +630,7 @@ function orgRow(org) {
 }
 
 async function loadList({ append = false, refresh = false, told = false, again = false } = {}) {
-  const params = listParams();
+  const params = filtersFor("list", listParams, refresh || append || again);
   // a refresh, or coming back to the list, reloads what is on screen (up to 200 rows), in
   // one request: "Show more" must not be undone by opening an organization
   const limit = refresh || again ? Math.min(Math.max(state.listItems, PAGE), 200) : PAGE;
@@ -1066,7 +1077,7 @@ function interactionRow(i) {
 }
 
 async function loadSupport({ append = false, refresh = false, told = false, again = false } = {}) {
-  const params = supportParams();
+  const params = filtersFor("support", supportParams, refresh || append || again);
   // a refresh, or coming back to the queue, reloads what is on screen (up to 200 rows),
   // in one request: "Show more" must not be undone by the next refresh
   const shown = $("interaction-table").tBodies[0].rows.length;
