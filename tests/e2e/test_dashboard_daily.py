@@ -5,12 +5,13 @@ test_dashboard_accessibility.py): a long name or subject shown whole from the ke
 an organization's page refreshed in place, with what the user was doing in it kept;
 back from an organization, the focus on the row it was opened from; its milestones kept
 up to date with the facts that count them; a filter typed and not applied left alone
-by the refreshes.
+by the refreshes; an organization's page says when it was loaded and whether it updates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import timedelta
 from decimal import Decimal
 
@@ -435,3 +436,31 @@ async def test_a_refresh_does_not_apply_a_filter_the_user_has_not(
     assert rows(browser, "interaction-table", "data-interaction") == queued
     await run(browser.find_element(By.ID, "s-q").send_keys, Keys.ENTER)
     await run(wait, browser, lambda d: len(rows(d, "interaction-table", "data-interaction")) == 1)
+
+
+async def test_an_organization_says_how_old_its_figures_are(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    run = asyncio.to_thread
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    await run(browser.get, f"{world.address}/#/org/{world.orgs['bloom']}")
+    await run(wait, browser, org_page_ready)
+    # as the list says it: the time of the last load, and that it refreshes by itself
+    updated = browser.find_element(By.ID, "org-updated")
+    await run(wait, browser, lambda d: updated.text.endswith("; refreshes every 2 s"))
+    assert updated.text.startswith("Updated "), updated.text
+    # paused (WCAG 2.2.2), the page says so beside the time the figures were loaded at
+    # (it said nothing: paused figures passed for current ones)
+    await run(browser.find_element(By.ID, "auto-update").send_keys, Keys.SPACE)
+    await run(wait, browser, lambda d: updated.text.endswith("; updates paused"))
+    stamp = updated.text
+    await asyncio.sleep(3)  # more than a period: no refresh wrote it again
+    assert updated.text == stamp
+    # another organization's page does not show this one's time before its own load
+    await run(browser.get, f"{world.address}/#/org/{uuid.uuid4()}")
+    await run(
+        wait, browser, lambda d: d.find_element(By.ID, "org-title").text == "Organization not found"
+    )
+    assert browser.find_element(By.ID, "org-updated").text == ""

@@ -13,7 +13,7 @@ const TIMELINE_PAGE = 25;
 const $ = (id) => document.getElementById(id);
 const state = { me: null, view: null, orgId: null, timer: null, listItems: 0, visitedList: false,
   listCursor: null, supportCursor: null, timelineCursor: null, knownFactors: new Set(),
-  loadedAt: null, returnTo: null, refresh: null, listStamp: null, openedFrom: null,
+  loadedAt: null, returnTo: null, refresh: null, listStamp: null, orgStamp: null, openedFrom: null,
   applied: { list: null, support: null } };
 
 // --- the token ------------------------------------------------------------------
@@ -443,10 +443,14 @@ function schedule() {
   state.timer = state.refresh && $("auto-update").checked
     ? setInterval(state.refresh, REFRESH_SECONDS * 1000) : null;
 }
-function stampList() {
-  if (!state.listStamp) return;
-  $("list-updated").textContent = `Updated ${clock(state.listStamp)}; ` +
-    ($("auto-update").checked ? `refreshes every ${REFRESH_SECONDS} s` : "updates paused");
+// when what a view shows was loaded, and whether it updates: the organization's page
+// said neither, so figures paused (or left open over lunch) passed for current ones
+function stampUpdated() {
+  for (const [id, at] of [["list-updated", state.listStamp], ["org-updated", state.orgStamp]]) {
+    if (!at) continue;
+    $(id).textContent = `Updated ${clock(at)}; ` +
+      ($("auto-update").checked ? `refreshes every ${REFRESH_SECONDS} s` : "updates paused");
+  }
 }
 
 function fail(error) {
@@ -515,7 +519,7 @@ function forget() {
     $(id).replaceChildren();
   }
   for (const id of ["org-title", "org-subtitle", "org-score", "org-score-meaning", "chart-summary",
-    "timeline-count", "milestone-from-profile", "list-updated", "support-updated", "who-name",
+    "timeline-count", "milestone-from-profile", "list-updated", "org-updated", "support-updated", "who-name",
     "who-role", "trust-backtest", "trust-live"]) {
     $(id).textContent = "";
   }
@@ -542,7 +546,7 @@ function forget() {
   }
   state.knownFactors = new Set();
   Object.assign(state, { orgId: null, listItems: 0, listCursor: null, supportCursor: null,
-    timelineCursor: null, loadedAt: null, listStamp: null, openedFrom: null,
+    timelineCursor: null, loadedAt: null, listStamp: null, orgStamp: null, openedFrom: null,
     applied: { list: null, support: null } });
   // answers still on their way belong to no table now
   for (const table of Object.keys(loads.seq)) {
@@ -656,7 +660,7 @@ async function loadList({ append = false, refresh = false, told = false, again =
   $("factor-names").replaceChildren(
     ...[...state.knownFactors].sort().map((f) => el("option", { value: words(f) })));
   state.listStamp = new Date();
-  stampList();
+  stampUpdated();
   loaded();
   if (told || append) {
     tellShown(body.rows.length, page.next_cursor, ["organization", "organizations"],
@@ -1019,6 +1023,9 @@ async function loadOrganization(orgId, { refresh = false } = {}) {
   // with the facts they are counted in: a milestone achieved or acknowledged since the
   // page opened was counted above while its row was missing or still said "Acknowledge"
   await loadMilestones(orgId);
+  if (state.orgId !== orgId) return;
+  state.orgStamp = new Date();
+  stampUpdated();
   loaded();
 }
 
@@ -1131,6 +1138,8 @@ async function route() {
       $("org-title").textContent = "Loading…";
       $("org-title").removeAttribute("data-expanded");
       $("org-subtitle").textContent = "";
+      $("org-updated").textContent = "";
+      state.orgStamp = null;
       state.timelineCursor = null;
       $("org-timeline").replaceChildren();
       await loadOrganization(org[1]);
@@ -1164,6 +1173,8 @@ async function route() {
       $("org-body").hidden = true;
       $("org-title").textContent = "Organization not found";
       titled("Organization not found");
+      $("org-updated").textContent = "";
+      state.orgStamp = null;
       $("org-subtitle").textContent = "No organization with this address is visible to you: " +
         "the link may be mistyped, or your role does not cover it. Go back to the list to find it.";
       focusHeading();
@@ -1179,7 +1190,7 @@ function start() {
   $("auto-update").addEventListener("change", () => {
     schedule();
     if (state.timer) state.refresh();  // turned on: at once, not a period later
-    stampList();
+    stampUpdated();
   });
   watchScrollingFrames();
   $("signin-form").addEventListener("submit", (event) => {
