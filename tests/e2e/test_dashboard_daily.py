@@ -5,7 +5,8 @@ test_dashboard_accessibility.py): a long name or subject shown whole from the ke
 an organization's page refreshed in place, with what the user was doing in it kept;
 back from an organization, the focus on the row it was opened from; its milestones kept
 up to date with the facts that count them; a filter typed and not applied left alone
-by the refreshes; an organization's page says when it was loaded and whether it updates.
+by the refreshes; an organization's page and the queue say when they were loaded and
+whether they update.
 """
 
 from __future__ import annotations
@@ -438,7 +439,7 @@ async def test_a_refresh_does_not_apply_a_filter_the_user_has_not(
     await run(wait, browser, lambda d: len(rows(d, "interaction-table", "data-interaction")) == 1)
 
 
-async def test_an_organization_says_how_old_its_figures_are(
+async def test_an_organization_and_the_queue_say_how_old_their_figures_are(
     browser: WebDriver,
     world: World,  # noqa: F811
 ) -> None:
@@ -464,3 +465,16 @@ async def test_an_organization_says_how_old_its_figures_are(
         wait, browser, lambda d: d.find_element(By.ID, "org-title").text == "Organization not found"
     )
     assert browser.find_element(By.ID, "org-updated").text == ""
+    # the queue, paused, says so too (it said "Updated 10:42:07 AM" as if it went on)
+    await run(browser.get, f"{world.address}/#/support")
+    await run(
+        wait,
+        browser,
+        lambda d: d.find_element(By.ID, "support-updated").text.endswith("; updates paused"),
+    )
+    await run(browser.find_element(By.ID, "auto-update").send_keys, Keys.SPACE)
+    await run(
+        wait,
+        browser,
+        lambda d: d.find_element(By.ID, "support-updated").text.endswith("; refreshes every 2 s"),
+    )

@@ -13,7 +13,8 @@ const TIMELINE_PAGE = 25;
 const $ = (id) => document.getElementById(id);
 const state = { me: null, view: null, orgId: null, timer: null, listItems: 0, visitedList: false,
   listCursor: null, supportCursor: null, timelineCursor: null, knownFactors: new Set(),
-  loadedAt: null, returnTo: null, refresh: null, listStamp: null, orgStamp: null, openedFrom: null,
+  loadedAt: null, returnTo: null, refresh: null, listStamp: null, orgStamp: null, supportStamp: null,
+  openedFrom: null,
   applied: { list: null, support: null } };
 
 // --- the token ------------------------------------------------------------------
@@ -444,9 +445,11 @@ function schedule() {
     ? setInterval(state.refresh, REFRESH_SECONDS * 1000) : null;
 }
 // when what a view shows was loaded, and whether it updates: the organization's page
-// said neither, so figures paused (or left open over lunch) passed for current ones
+// said neither and the queue only the first, so figures paused (or left open over
+// lunch) passed for current ones
 function stampUpdated() {
-  for (const [id, at] of [["list-updated", state.listStamp], ["org-updated", state.orgStamp]]) {
+  for (const [id, at] of [["list-updated", state.listStamp], ["org-updated", state.orgStamp],
+    ["support-updated", state.supportStamp]]) {
     if (!at) continue;
     $(id).textContent = `Updated ${clock(at)}; ` +
       ($("auto-update").checked ? `refreshes every ${REFRESH_SECONDS} s` : "updates paused");
@@ -546,7 +549,8 @@ function forget() {
   }
   state.knownFactors = new Set();
   Object.assign(state, { orgId: null, listItems: 0, listCursor: null, supportCursor: null,
-    timelineCursor: null, loadedAt: null, listStamp: null, orgStamp: null, openedFrom: null,
+    timelineCursor: null, loadedAt: null, listStamp: null, orgStamp: null, supportStamp: null,
+  openedFrom: null,
     applied: { list: null, support: null } });
   // answers still on their way belong to no table now
   for (const table of Object.keys(loads.seq)) {
@@ -1102,7 +1106,8 @@ async function loadSupport({ append = false, refresh = false, told = false, agai
   $("interaction-more").hidden = !page.next_cursor;
   $("interaction-empty").hidden = body.rows.length > 0;
   $("interaction-table").parentElement.hidden = body.rows.length === 0;
-  $("support-updated").textContent = `Updated ${clock(new Date())}`;
+  state.supportStamp = new Date();
+  stampUpdated();
   loaded();
   if (told || append) {
     tellShown(body.rows.length, page.next_cursor, ["interaction", "interactions"],
