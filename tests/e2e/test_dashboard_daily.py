@@ -6,7 +6,8 @@ an organization's page refreshed in place, with what the user was doing in it ke
 back from an organization, the focus on the row it was opened from; its milestones kept
 up to date with the facts that count them; a filter typed and not applied left alone
 by the refreshes; an organization's page and the queue say when they were loaded and
-whether they update.
+whether they update; a reward a colleague recorded meanwhile shown as it is, not offered
+again.
 """
 
 from __future__ import annotations
@@ -478,3 +479,45 @@ async def test_an_organization_and_the_queue_say_how_old_their_figures_are(
         browser,
         lambda d: d.find_element(By.ID, "support-updated").text.endswith("; refreshes every 2 s"),
     )
+
+
+async def test_a_reward_recorded_meanwhile_is_shown_as_it_is(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    run = asyncio.to_thread
+    bloom = world.orgs["bloom"]
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    await run(browser.get, f"{world.address}/#/org/{bloom}")
+    await run(wait, browser, org_page_ready)
+    # the updates paused while the user reads; a colleague records the reward meanwhile
+    await run(browser.find_element(By.ID, "auto-update").send_keys, Keys.SPACE)
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        await conn.execute(
+            "UPDATE success_milestones SET reward_status = 'delivered', reward_delivered_at = now()"
+            " WHERE organization_id = $1 AND milestone_type = 'clients_10'",
+            bloom,
+        )
+    finally:
+        await conn.close()
+    row = '#milestone-table tr[data-milestone="clients_10"]'
+    await run(browser.find_element(By.CSS_SELECTOR, f"{row} button").send_keys, Keys.ENTER)
+    # refused (409): said why, and the row shows the reward delivered with nothing more to
+    # do (it went on offering "Reward delivered" and "Declined", each refused in turn)
+    await run(wait, browser, lambda d: "already delivered" in d.find_element(By.ID, "status").text)
+    await run(
+        wait,
+        browser,
+        lambda d: not d.find_elements(By.CSS_SELECTOR, f"{row} button"),
+    )
+    assert "delivered" in browser.find_element(By.CSS_SELECTOR, f"{row} td:nth-of-type(3)").text
+    status = browser.find_element(By.ID, "status").text
+    assert status.startswith("Not recorded: the reward is already delivered."), status
+    # the keyboard stays in the row (on its header cell), not at the page's start
+    focus_row = browser.execute_script(
+        "return document.activeElement.closest('tr') && document.activeElement.closest('tr')"
+        ".dataset.milestone"
+    )
+    assert focus_row == "clients_10", focus_row

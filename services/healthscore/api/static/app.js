@@ -944,6 +944,13 @@ function milestoneActions(orgId, m) {
     } catch (error) {
       button.removeAttribute("aria-disabled");
       fail(error);
+      // refused because the milestone changed meanwhile (a colleague recorded its reward
+      // or acknowledged it, the updates paused): the row kept offering what could no
+      // longer be done; it shows the milestone as it is now, and the message says so
+      if (error instanceof ApiError && error.status === 409) {
+        await loadMilestones(orgId).catch(() => {});
+        say(`Not recorded: ${error.message}. The row shows the milestone as it is now.`, true);
+      }
     }
   };
   if (!m.acknowledged_at) {
