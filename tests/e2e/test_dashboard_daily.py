@@ -7,7 +7,7 @@ back from an organization, the focus on the row it was opened from; its mileston
 up to date with the facts that count them; a filter typed and not applied left alone
 by the refreshes; an organization's page and the queue say when they were loaded and
 whether they update; a reward a colleague recorded meanwhile shown as it is, not offered
-again.
+again; a long name opened in the list stays open, and focused, when its row changes.
 """
 
 from __future__ import annotations
@@ -521,3 +521,43 @@ async def test_a_reward_recorded_meanwhile_is_shown_as_it_is(
         ".dataset.milestone"
     )
     assert focus_row == "clients_10", focus_row
+
+
+async def test_a_name_opened_in_the_list_stays_open_when_its_row_changes(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    run = asyncio.to_thread
+    org, _ = await lengthen(world)
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 5)
+    row = f'#org-table tr[data-organization="{org}"]'
+    toggle = await run(
+        wait, browser, lambda d: d.find_element(By.CSS_SELECTOR, f"{row} .more-text")
+    )
+    browser.execute_script("arguments[0].focus()", toggle)
+    await run(toggle.send_keys, Keys.ENTER)
+    assert whole(browser, browser.find_element(By.CSS_SELECTOR, f"{row} a"))
+    # the organization rescored: its row is drawn anew with the new score
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        await conn.execute(
+            "UPDATE customer_health SET health_score = 27 WHERE organization_id = $1",
+            uuid.UUID(org),
+        )
+    finally:
+        await conn.close()
+    await run(
+        wait,
+        browser,
+        lambda d: d.find_element(By.CSS_SELECTOR, f"{row} td").text == "27.0",
+    )
+    # its name still whole, the focus still on its button, which still says so (the
+    # name was cut again and the focus had gone to the link)
+    assert whole(browser, browser.find_element(By.CSS_SELECTOR, f"{row} a"))
+    focused = browser.execute_script(
+        "const e = document.activeElement;"
+        "return [e.className, e.getAttribute('aria-expanded'),"
+        " e.closest('tr').dataset.organization];"
+    )
+    assert focused == ["more-text", "true", org], focused

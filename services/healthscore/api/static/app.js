@@ -212,15 +212,26 @@ function refreshRows(tbody, fresh) {
   });
   const kept = new Set(next.filter((row) => row.parentNode === tbody));
   const order = next.filter((row) => kept.has(row));
+  // a row drawn anew (its figures changed) keeps the texts its user had opened in full
+  for (const row of next) {
+    const old = before.get(keyOf(row));
+    if (!old || old === row) continue;
+    const opened = [...old.querySelectorAll(".clamp")].map((text) => text.hasAttribute("data-expanded"));
+    row.querySelectorAll(".clamp").forEach((text, i) => {
+      if (opened[i]) text.setAttribute("data-expanded", "");
+    });
+  }
   keepingFocus(tbody, () => {
     if ([...tbody.rows].filter((row) => kept.has(row)).some((row, i) => row !== order[i])) {
       tbody.replaceChildren(...next);
-      return;
+    } else {
+      for (const row of [...tbody.rows]) if (!kept.has(row)) row.remove();
+      next.forEach((row, i) => {
+        if (tbody.rows[i] !== row) tbody.insertBefore(row, tbody.rows[i] || null);
+      });
     }
-    for (const row of [...tbody.rows]) if (!kept.has(row)) row.remove();
-    next.forEach((row, i) => {
-      if (tbody.rows[i] !== row) tbody.insertBefore(row, tbody.rows[i] || null);
-    });
+    // the "Show all" buttons before the focus is put back: one may have had it
+    watchClamps(tbody);
   });
 }
 
