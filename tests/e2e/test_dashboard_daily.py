@@ -352,6 +352,25 @@ async def test_back_from_an_organization_the_focus_is_on_its_row(
     assert browser.execute_script("return document.activeElement.id") == "list-title"
     status = browser.find_element(By.ID, "status").text.replace("\u2068", "").replace("\u2069", "")
     assert status.startswith("Bloom & Vow Weddings is no longer in this list"), status
+    # the queue the same: back on the link of the interaction's row it was opened from
+    await run(browser.get, f"{world.address}/#/support")
+    await run(wait, browser, lambda d: d.find_element(By.ID, "view-support").is_displayed())
+    await run(browser.find_element(By.ID, "s-mine").click)
+    await run(wait, browser, lambda d: len(rows(d, "interaction-table", "data-interaction")) == 3)
+    interaction = rows(browser, "interaction-table", "data-interaction")[2]
+    row = f'#interaction-table tr[data-interaction="{interaction}"]'
+    await run(browser.find_element(By.CSS_SELECTOR, f"{row} td a").send_keys, Keys.ENTER)
+    await run(wait, browser, lambda d: d.find_element(By.ID, "org-body").is_displayed())
+    await run(browser.back)
+    await run(
+        wait,
+        browser,
+        lambda d: d.execute_script(
+            "const e = document.activeElement;"
+            "return e.tagName === 'A' && e.closest('tr').dataset.interaction === arguments[0];",
+            interaction,
+        ),
+    )
 
 
 def milestone_fact(driver: WebDriver) -> str:
