@@ -208,10 +208,16 @@ def rows(driver: WebDriver, table: str, attribute: str) -> list[str]:
     return found
 
 
-def rerendered(driver: WebDriver, selector: str) -> None:
-    """Wait until the page's refresh has replaced the first element `selector` finds."""
-    driver.execute_script("window.refreshMark = document.querySelector(arguments[0])", selector)
-    wait(driver, lambda d: d.execute_script("return !window.refreshMark.isConnected"))
+def timeline_reloaded(driver: WebDriver) -> None:
+    """Wait until the organization page's refresh has loaded its timeline twice more (and
+    drawn it: the page updates it in place, so no node of it need be replaced)."""
+    driver.execute_script(
+        "window.timelineLoads = 0; const fetched = window.fetch;"
+        "window.fetch = (path, ...rest) => {"
+        " if (String(path).startsWith('/api/v1/interactions?')) window.timelineLoads++;"
+        " return fetched(path, ...rest); };"
+    )
+    wait(driver, lambda d: d.execute_script("return window.timelineLoads") >= 2)
 
 
 def restamped(driver: WebDriver, element_id: str) -> None:
@@ -511,7 +517,7 @@ async def test_dashboard_in_chromium(
             )
             assert "60 interactions" in browser.find_element(By.ID, "timeline-count").text
             # the page's refresh keeps what "Show older" brought
-            await run(rerendered, browser, "#org-timeline li")
+            await run(timeline_reloaded, browser)
             assert len(browser.find_elements(By.CSS_SELECTOR, "#org-timeline li")) == 60
 
             # a period whose history cannot be loaded: the choice goes back to the period

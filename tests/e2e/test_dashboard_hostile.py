@@ -671,9 +671,11 @@ async def test_the_page_tells_what_the_api_tells(browser: WebDriver, hostile: Ho
     assert browser.find_element(By.ID, "org-risk").get_attribute("textContent") == (
         f"{detail['risk_level']} churn risk"
     )
+    # the detail's own text (a long one has its "Show all" button after it)
     factors = browser.execute_script(
         "return [...document.querySelectorAll('#factor-table tbody tr')]"
-        ".map(r => [r.cells[0].textContent, r.cells[1].textContent, r.cells[2].textContent])"
+        ".map(r => [r.cells[0].textContent, r.cells[1].textContent,"
+        " r.cells[2].querySelector('.clamp').textContent])"
     )
     expected = [
         [f["factor"].replace("_", " "), f"{f['impact']:.1f}", f["detail"]]

@@ -13,7 +13,9 @@ const TIMELINE_PAGE = 25;
 const $ = (id) => document.getElementById(id);
 const state = { me: null, view: null, orgId: null, timer: null, listItems: 0, visitedList: false,
   listCursor: null, supportCursor: null, timelineCursor: null, knownFactors: new Set(),
-  loadedAt: null, returnTo: null, refresh: null, listStamp: null };
+  loadedAt: null, returnTo: null, refresh: null, listStamp: null, orgStamp: null, supportStamp: null,
+  openedFrom: null,
+  applied: { list: null, support: null } };
 
 // --- the token ------------------------------------------------------------------
 function takeTokenFromFragment() {
@@ -194,25 +196,42 @@ function keepingFocus(tbody, render) {
 // A refresh keeps each row that did not change (the same node, where it is) and puts
 // the new ones around it: focusing a fresh copy of the row the keyboard was on had a
 // screen reader read it out again at every refresh. Rows that changed their order are
-// all put anew (keepingFocus then finds the row again).
+// all put anew (keepingFocus then finds the row again). A row is compared as it was
+// drawn: what the page added to it since (a "Show all" button) is no change.
+const drawnAs = new WeakMap();
+function drawn(rows) {
+  for (const row of rows) drawnAs.set(row, row.outerHTML);
+  return rows;
+}
 function refreshRows(tbody, fresh) {
   const keyOf = (row) => ROW_KEYS.map((k) => row.getAttribute(k)).join();
   const before = new Map([...tbody.rows].map((row) => [keyOf(row), row]));
-  const next = fresh.map((row) => {
+  const next = drawn(fresh).map((row) => {
     const same = before.get(keyOf(row));
-    return same && same.isEqualNode(row) ? same : row;
+    return same && drawnAs.has(same) && drawnAs.get(same) === drawnAs.get(row) ? same : row;
   });
   const kept = new Set(next.filter((row) => row.parentNode === tbody));
   const order = next.filter((row) => kept.has(row));
+  // a row drawn anew (its figures changed) keeps the texts its user had opened in full
+  for (const row of next) {
+    const old = before.get(keyOf(row));
+    if (!old || old === row) continue;
+    const opened = [...old.querySelectorAll(".clamp")].map((text) => text.hasAttribute("data-expanded"));
+    row.querySelectorAll(".clamp").forEach((text, i) => {
+      if (opened[i]) text.setAttribute("data-expanded", "");
+    });
+  }
   keepingFocus(tbody, () => {
     if ([...tbody.rows].filter((row) => kept.has(row)).some((row, i) => row !== order[i])) {
       tbody.replaceChildren(...next);
-      return;
+    } else {
+      for (const row of [...tbody.rows]) if (!kept.has(row)) row.remove();
+      next.forEach((row, i) => {
+        if (tbody.rows[i] !== row) tbody.insertBefore(row, tbody.rows[i] || null);
+      });
     }
-    for (const row of [...tbody.rows]) if (!kept.has(row)) row.remove();
-    next.forEach((row, i) => {
-      if (tbody.rows[i] !== row) tbody.insertBefore(row, tbody.rows[i] || null);
-    });
+    // the "Show all" buttons before the focus is put back: one may have had it
+    watchClamps(tbody);
   });
 }
 
@@ -244,6 +263,107 @@ function watchScrollingFrames() {
   }
 }
 
+// A long name or subject is cut to a few lines (.clamp). Where it is cut, a "Show all"
+// button after it shows the whole, and "Show less" cuts it again: the title tooltip
+// that held the whole before no keyboard could open nor pointer keep open (WCAG 2.1.1,
+// 1.4.13). A screen reader reads the whole text either way; the button says whether it
+// is shown (aria-expanded). Whether a text is cut depends on its box's width: measured
+// when it is drawn and again whenever its box changes size (a narrower window, a text
+// that changed).
+const toggles = new WeakMap();
+const clampWatch = new ResizeObserver((entries) => {
+  for (const entry of entries) decorateClamp(entry.target);
+});
+function decorateClamp(text) {
+  let toggle = toggles.get(text);
+  if (!text.isConnected) {
+    if (toggle) toggle.remove();
+    clampWatch.unobserve(text);
+    return;
+  }
+  const shown = text.hasAttribute("data-expanded");
+  if (!shown && text.scrollHeight <= text.clientHeight + 1) {
+    if (toggle) toggle.remove();
+    toggles.delete(text);
+    return;
+  }
+  if (!toggle) {
+    // data-ui: the page's own, not the data's (a refresh leaves it where it is)
+    toggle = el("button", { type: "button", class: "more-text", "data-ui": true });
+    toggle.addEventListener("click", () => {
+      text.toggleAttribute("data-expanded");
+      decorateClamp(text);
+    });
+    toggles.set(text, toggle);
+  }
+  if (text.nextSibling !== toggle) text.after(toggle);
+  const label = shown ? "Show less" : "Show all";
+  if (toggle.textContent !== label) toggle.textContent = label;
+  toggle.setAttribute("aria-expanded", String(shown));
+}
+function watchClamps(root) {
+  for (const text of root.querySelectorAll(".clamp")) {
+    clampWatch.observe(text);
+    decorateClamp(text);
+  }
+}
+
+// An organization's page is drawn again at every refresh: rebuilt from scratch, it lost
+// what the user was doing in it (the keyboard focus, a text selection, a "Show all"
+// opened, the place a screen reader was reading). update() brings a part of the page to
+// what a fresh drawing of it holds, changing only what differs: what did not change
+// stays the same node. Children are matched by their data-key (an interaction's id, a
+// button's action: a button keeps the listener it was drawn with, so one doing another
+// action is a new button), else by their place and tag; what the page added itself
+// (data-ui) and the attributes it set after drawing (KEPT_ATTRIBUTES) stay.
+const KEPT_ATTRIBUTES = new Set(["tabindex", "data-expanded", "aria-disabled"]);
+const isUi = (node) => node.nodeType === Node.ELEMENT_NODE && node.hasAttribute("data-ui");
+const dataKey = (node) => (node.nodeType === Node.ELEMENT_NODE && node.getAttribute("data-key")) || null;
+function update(target, fresh) {
+  for (const { name } of [...target.attributes]) {
+    if (!fresh.hasAttribute(name) && !KEPT_ATTRIBUTES.has(name)) target.removeAttribute(name);
+  }
+  for (const { name, value } of [...fresh.attributes]) {
+    if (target.getAttribute(name) !== value) target.setAttribute(name, value);
+  }
+  updateChildren(target, [...fresh.childNodes]);
+}
+function updateChildren(target, fresh) {
+  const old = [...target.childNodes].filter((node) => !isUi(node));
+  const keyed = new Map(old.filter(dataKey).map((node) => [dataKey(node), node]));
+  const unkeyed = old.filter((node) => !dataKey(node));
+  let place = 0;
+  const next = fresh.map((node) => {
+    const key = dataKey(node);
+    const match = key ? keyed.get(key) : unkeyed[place++];
+    if (!match || match.nodeName !== node.nodeName) return node;
+    if (key) keyed.delete(key);
+    if (node.nodeType === Node.ELEMENT_NODE) update(match, node);
+    else if (match.nodeValue !== node.nodeValue) match.nodeValue = node.nodeValue;
+    return match;
+  });
+  const kept = new Set(next);
+  for (const node of old) {
+    if (kept.has(node)) continue;
+    if (toggles.has(node)) toggles.get(node).remove();
+    node.remove();
+  }
+  // in order, moving only what is out of place (a node moved loses the focus in it)
+  let at = target.firstChild;
+  for (const node of next) {
+    while (at && isUi(at)) at = at.nextSibling;
+    if (node === at) at = at.nextSibling;
+    else target.insertBefore(node, at);
+    const toggle = toggles.get(node);
+    if (toggle && toggle.parentNode === target && node.nextSibling !== toggle) node.after(toggle);
+  }
+}
+// a text written again only when it changed (written, its selection was lost)
+function setText(node, text) {
+  const value = balanced(text);
+  if (node.textContent !== value) node.textContent = value;
+}
+
 function badge(kind, value) {
   return el("span", { class: `badge ${kind}-${value}`, text: words(value) });
 }
@@ -265,6 +385,34 @@ function focusHeading() {
   heading.tabIndex = -1;
   heading.focus({ preventScroll: true });
 }
+// Back from an organization to the list (or the queue) it was opened from, the focus
+// goes to the link it was opened by, as a browser's Back does on pages of their own (it
+// went to the view's heading, and the user had to find their place again among
+// hundreds of rows). A row no longer there (rescored out of the filters) is said, and
+// the focus goes to the heading.
+function openedFrom(event) {
+  const link = event.target instanceof Element ? event.target.closest('a[href^="#/org/"]') : null;
+  const row = link && link.closest("tr");
+  const key = row && ROW_KEYS.find((k) => row.hasAttribute(k));
+  if (key) state.openedFrom = { view: state.view, key, value: row.getAttribute(key), name: link.textContent };
+}
+function focusReturning(from) {
+  if (!from || from.view !== state.view) {
+    focusHeading();
+    return;
+  }
+  const table = state.view === "list" ? $("org-table") : $("interaction-table");
+  const row = [...table.tBodies[0].rows].find((r) => r.getAttribute(from.key) === from.value);
+  const link = row && row.querySelector('a[href^="#/org/"]');
+  if (link) {
+    link.focus();
+    return;
+  }
+  focusHeading();
+  say(`${isolated(from.name)} is no longer in this ${state.view === "list" ? "list" : "queue"} ` +
+    "(rescored, or it no longer matches the filters): you are at its start.");
+}
+
 function showView(name) {
   for (const view of document.querySelectorAll(".view")) view.hidden = view.id !== `view-${name}`;
   const heading = document.querySelector(`#view-${name} h2`);
@@ -307,10 +455,16 @@ function schedule() {
   state.timer = state.refresh && $("auto-update").checked
     ? setInterval(state.refresh, REFRESH_SECONDS * 1000) : null;
 }
-function stampList() {
-  if (!state.listStamp) return;
-  $("list-updated").textContent = `Updated ${clock(state.listStamp)}; ` +
-    ($("auto-update").checked ? `refreshes every ${REFRESH_SECONDS} s` : "updates paused");
+// when what a view shows was loaded, and whether it updates: the organization's page
+// said neither and the queue only the first, so figures paused (or left open over
+// lunch) passed for current ones
+function stampUpdated() {
+  for (const [id, at] of [["list-updated", state.listStamp], ["org-updated", state.orgStamp],
+    ["support-updated", state.supportStamp]]) {
+    if (!at) continue;
+    $(id).textContent = `Updated ${clock(at)}; ` +
+      ($("auto-update").checked ? `refreshes every ${REFRESH_SECONDS} s` : "updates paused");
+  }
 }
 
 function fail(error) {
@@ -379,11 +533,10 @@ function forget() {
     $(id).replaceChildren();
   }
   for (const id of ["org-title", "org-subtitle", "org-score", "org-score-meaning", "chart-summary",
-    "timeline-count", "milestone-from-profile", "list-updated", "support-updated", "who-name",
+    "timeline-count", "milestone-from-profile", "list-updated", "org-updated", "support-updated", "who-name",
     "who-role", "trust-backtest", "trust-live"]) {
     $(id).textContent = "";
   }
-  $("org-title").removeAttribute("title");
   $("who-name").removeAttribute("title");
   $("org-body").hidden = true;
   $("trust").hidden = true;
@@ -407,7 +560,9 @@ function forget() {
   }
   state.knownFactors = new Set();
   Object.assign(state, { orgId: null, listItems: 0, listCursor: null, supportCursor: null,
-    timelineCursor: null, loadedAt: null, listStamp: null });
+    timelineCursor: null, loadedAt: null, listStamp: null, orgStamp: null, supportStamp: null,
+  openedFrom: null,
+    applied: { list: null, support: null } });
   // answers still on their way belong to no table now
   for (const table of Object.keys(loads.seq)) {
     loads.seq[table] += 1;
@@ -454,6 +609,15 @@ async function signIn() {
 }
 
 // --- the at-risk list -----------------------------------------------------------------
+// The filters a table was last loaded with, which its refreshes, "Show more" and coming
+// back to it keep: a search or factor typed and not yet applied (no Enter, no Apply)
+// was applied by the next refresh, unasked and unannounced (the rows changed under the
+// user, or vanished), and "Show more" brought the next page of another filter's rows.
+function filtersFor(table, read, keep) {
+  if (!keep || !state.applied[table]) state.applied[table] = read();
+  return state.applied[table];
+}
+
 function listParams() {
   const form = $("list-filters");
   const data = new FormData(form);
@@ -471,7 +635,7 @@ function orgRow(org) {
   const name = org.organization_name || `Organization ${shortId(org.organization_id)}`;
   const reasons = org.top_risk_factors.filter((f) => f.impact < 0).map((f) => words(f.factor));
   for (const f of org.top_risk_factors) state.knownFactors.add(f.factor);
-  const link = el("a", { href: `#/org/${org.organization_id}`, text: name, class: "clamp", title: name });
+  const link = el("a", { href: `#/org/${org.organization_id}`, text: name, class: "clamp" });
   return el("tr", { "data-organization": org.organization_id },
     el("th", { scope: "row" }, link, el("span", { class: "id", text: shortId(org.organization_id) })),
     el("td", { class: "num", text: org.health_score.toFixed(1) }),
@@ -484,17 +648,19 @@ function orgRow(org) {
     timeCell(org.scored_at));
 }
 
-async function loadList({ append = false, refresh = false, told = false } = {}) {
-  const params = listParams();
-  // a refresh reloads what is on screen (up to 200 rows), in one request
-  const limit = refresh ? Math.min(Math.max(state.listItems, PAGE), 200) : PAGE;
+async function loadList({ append = false, refresh = false, told = false, again = false } = {}) {
+  const params = filtersFor("list", listParams, refresh || append || again);
+  // a refresh, or coming back to the list, reloads what is on screen (up to 200 rows), in
+  // one request: "Show more" must not be undone by opening an organization
+  const limit = refresh || again ? Math.min(Math.max(state.listItems, PAGE), 200) : PAGE;
   const page = await newest("list", refresh, `/api/v1/organizations${query({ ...params, limit,
     cursor: append ? state.listCursor : null })}`);
   if (!page) return;
   const body = $("org-table").tBodies[0];
   const rows = page.items.map(orgRow);
-  if (append) body.append(...rows);
+  if (append) body.append(...drawn(rows));
   else refreshRows(body, rows);
+  watchClamps(body);
   state.listItems = body.rows.length;
   state.listCursor = page.next_cursor;
   $("org-more").hidden = !page.next_cursor;
@@ -509,7 +675,7 @@ async function loadList({ append = false, refresh = false, told = false } = {}) 
   $("factor-names").replaceChildren(
     ...[...state.knownFactors].sort().map((f) => el("option", { value: words(f) })));
   state.listStamp = new Date();
-  stampList();
+  stampUpdated();
   loaded();
   if (told || append) {
     tellShown(body.rows.length, page.next_cursor, ["organization", "organizations"],
@@ -610,23 +776,22 @@ function milestoneCount(m) {
 
 function renderOrganization(org) {
   const name = balanced(org.organization_name || `Organization ${shortId(org.organization_id)}`);
-  $("org-title").textContent = name;
-  $("org-title").title = name;
+  setText($("org-title"), name);
   $("org-title").classList.add("clamp");
   titled(name);
-  $("org-subtitle").textContent =
-    `${org.organization_id}${org.plan ? ` · plan ${isolated(org.plan)}` : ""} · scored ${when(org.scored_at)}`;
-  $("org-score").textContent = org.health_score.toFixed(1);
-  $("org-score-meaning").textContent = `${org.health_score.toFixed(1)} of 100 is in the ${words(org.health_status)} band ` +
+  setText($("org-subtitle"),
+    `${org.organization_id}${org.plan ? ` · plan ${isolated(org.plan)}` : ""} · scored ${when(org.scored_at)}`);
+  setText($("org-score"), org.health_score.toFixed(1));
+  setText($("org-score-meaning"), `${org.health_score.toFixed(1)} of 100 is in the ${words(org.health_status)} band ` +
     "(critical below 40, at risk 40 to 60, good 60 to 80, excellent from 80). " +
     `Churn probability ${pct(org.churn_probability)}: the model's estimate of how likely this ` +
-    "organization is to leave, from its score and its 30-day change.";
+    "organization is to leave, from its score and its 30-day change.");
   const band = badge("band", org.health_status);
   band.textContent = `${words(org.health_status)} band`;
   const risk = badge("risk", org.risk_level);
   risk.textContent = `${words(org.risk_level)} churn risk`;
-  $("org-band").replaceWith(Object.assign(band, { id: "org-band" }));
-  $("org-risk").replaceWith(Object.assign(risk, { id: "org-risk" }));
+  update($("org-band"), Object.assign(band, { id: "org-band" }));
+  update($("org-risk"), Object.assign(risk, { id: "org-risk" }));
   const facts = [
     ["Churn probability", pct(org.churn_probability)],
     ["Change, 7 days", signed(org.score_change_7d)],
@@ -639,15 +804,15 @@ function renderOrganization(org) {
     ["Milestones", milestoneCount(org.milestones)],
     ["Last activity", when(org.last_activity_at)],
   ];
-  $("org-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
+  updateChildren($("org-facts"), facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
   const fromProfile = org.milestones.from_profile;
   $("milestone-from-profile").hidden = fromProfile === 0;
   const recorded = org.milestones.acknowledged + org.milestones.unacknowledged;
   const more = recorded > 0 ? " more" : "";
-  $("milestone-from-profile").textContent = `${fromProfile === 1 ? `One${more} milestone was` : `${fromProfile}${more} milestones were`} ` +
+  setText($("milestone-from-profile"), `${fromProfile === 1 ? `One${more} milestone was` : `${fromProfile}${more} milestones were`} ` +
     "achieved before the organization's events reached the service (from its CRM profile): " +
-    "counted in the score, nothing to acknowledge or reward.";
-  $("org-components").replaceChildren(...COMPONENTS.map(([key, label]) => {
+    "counted in the score, nothing to acknowledge or reward.");
+  updateChildren($("org-components"), COMPONENTS.map(([key, label]) => {
     const value = org.components[key] ?? 0;
     return el("li", {},
       el("span", { class: "label", id: `c-${key}`, text: label }),
@@ -656,20 +821,20 @@ function renderOrganization(org) {
       el("span", { class: "num", text: value.toFixed(0) }));
   }));
   const factors = org.risk_factors.filter((f) => f.impact !== 0);
-  $("factor-table").tBodies[0].replaceChildren(...factors.map((f) =>
+  updateChildren($("factor-table").tBodies[0], factors.map((f) =>
     el("tr", { class: f.impact < 0 ? "hurts" : "" },
       el("th", { scope: "row", text: words(f.factor) }),
       el("td", { class: `num ${f.impact < 0 ? "down" : ""}`, text: signed(f.impact) }),
-      el("td", {}, el("span", { class: "clamp clamp-6", title: f.detail || null, text: f.detail || "—" })))));
+      el("td", {}, el("span", { class: "clamp clamp-6", text: f.detail || "—" })))));
   $("factor-empty").hidden = factors.length > 0;
   $("factor-table").parentElement.hidden = factors.length === 0;
   const usage = Object.entries(org.feature_usage).sort((a, b) => b[1] - a[1]);
-  $("org-usage").replaceChildren(...(usage.length
+  updateChildren($("org-usage"), (usage.length
     ? usage.map(([feature, uses]) => el("li", {}, el("span", { text: words(feature) }),
       el("span", { class: "num", text: String(uses) })))
     : [el("li", { class: "muted", text: "No feature usage in the window." })]));
   const alert = org.last_alert;
-  $("org-alert").replaceChildren(...(alert
+  updateChildren($("org-alert"), (alert
     ? [el("dl", { class: "facts" },
       el("dt", { text: "Kind" }), el("dd", {}, badge("alert", alert.kind)),
       el("dt", { text: "Why it fired" }), el("dd", { text: TRIGGERS[alert.trigger] || words(alert.trigger) || "—" }),
@@ -743,13 +908,13 @@ function renderChart(history) {
   const figure = $("org-chart");
   const points = history.points;
   const table = $("history-table").tBodies[0];
-  table.replaceChildren(...points.slice().reverse().map((p) => el("tr", {},
+  updateChildren(table, points.slice().reverse().map((p) => el("tr", {},
     el("th", { scope: "row", text: p.day }), el("td", { class: "num", text: p.health_score.toFixed(1) }),
     el("td", { class: "num", text: pct(p.churn_probability) }), el("td", { text: words(p.risk_level) }))));
   $("history-table").closest("details").hidden = points.length === 0;
   if (points.length === 0) {
-    figure.replaceChildren(el("p", { class: "muted", text: "No score history in this period." }));
-    $("chart-summary").textContent = "";
+    updateChildren(figure, [el("p", { class: "muted", text: "No score history in this period." })]);
+    setText($("chart-summary"), "");
     return;
   }
   const width = 720, height = 240, left = 36, right = 12, top = 12, bottom = 28;
@@ -783,10 +948,10 @@ function renderChart(history) {
   const legend = el("figcaption", { class: "legend" },
     el("span", { class: "key key-score", text: "Health score" }),
     el("span", { class: "key key-churn", text: "Churn probability (%)" }));
-  figure.replaceChildren(chart, legend);
+  updateChildren(figure, [chart, legend]);
   const first = points[0], last = points[points.length - 1];
-  $("chart-summary").textContent = `From ${first.health_score.toFixed(1)} on ${first.day} to ` +
-    `${last.health_score.toFixed(1)} on ${last.day} (days in UTC); churn probability ${pct(first.churn_probability)} to ${pct(last.churn_probability)}.`;
+  setText($("chart-summary"), `From ${first.health_score.toFixed(1)} on ${first.day} to ` +
+    `${last.health_score.toFixed(1)} on ${last.day} (days in UTC); churn probability ${pct(first.churn_probability)} to ${pct(last.churn_probability)}.`);
 }
 
 function milestoneActions(orgId, m) {
@@ -803,17 +968,24 @@ function milestoneActions(orgId, m) {
     } catch (error) {
       button.removeAttribute("aria-disabled");
       fail(error);
+      // refused because the milestone changed meanwhile (a colleague recorded its reward
+      // or acknowledged it, the updates paused): the row kept offering what could no
+      // longer be done; it shows the milestone as it is now, and the message says so
+      if (error instanceof ApiError && error.status === 409) {
+        await loadMilestones(orgId).catch(() => {});
+        say(`Not recorded: ${error.message}. The row shows the milestone as it is now.`, true);
+      }
     }
   };
   if (!m.acknowledged_at) {
-    const button = el("button", { type: "button", "aria-label": `Acknowledge ${words(m.milestone_type)}`, text: "Acknowledge" });
+    const button = el("button", { type: "button", "data-key": `acknowledge ${base}`, "aria-label": `Acknowledge ${words(m.milestone_type)}`, text: "Acknowledge" });
     button.addEventListener("click", () => act(button, "acknowledge", undefined, `${words(m.milestone_type)} acknowledged`));
     cell.append(button);
   } else if (m.reward_status === "pending") {
     // each name starts with the words on the button (WCAG 2.5.3: "click Reward
     // delivered" by voice must find it), then says which milestone's
-    const deliver = el("button", { type: "button", "aria-label": `Reward delivered for ${words(m.milestone_type)}`, text: "Reward delivered" });
-    const decline = el("button", { type: "button", class: "secondary", "aria-label": `Declined, the reward for ${words(m.milestone_type)}`, text: "Declined" });
+    const deliver = el("button", { type: "button", "data-key": `delivered ${base}`, "aria-label": `Reward delivered for ${words(m.milestone_type)}`, text: "Reward delivered" });
+    const decline = el("button", { type: "button", class: "secondary", "data-key": `declined ${base}`, "aria-label": `Declined, the reward for ${words(m.milestone_type)}`, text: "Declined" });
     deliver.addEventListener("click", () => act(deliver, "reward", { outcome: "delivered" }, "reward recorded as delivered"));
     decline.addEventListener("click", () => act(decline, "reward", { outcome: "declined" }, "reward recorded as declined"));
     cell.append(deliver, " ", decline);
@@ -825,21 +997,24 @@ function milestoneActions(orgId, m) {
 
 async function loadMilestones(orgId) {
   const list = await api(`/api/v1/organizations/${orgId}/milestones`);
+  // another organization opened while this answer was on its way
+  if (state.orgId !== orgId) return;
   const body = $("milestone-table").tBodies[0];
-  keepingFocus(body, () => body.replaceChildren(...list.items.map((m) => {
+  keepingFocus(body, () => updateChildren(body, list.items.map((m) => {
     const reward = m.reward_type
       ? `${words(m.reward_type)}${m.reward_value ? ` (${m.reward_value})` : ""}: ${m.reward_status}`
       : "—";
     const acknowledged = m.acknowledged_at
       ? `${when(m.acknowledged_at)} by ${isolated(m.acknowledged_by_name || (m.acknowledged_by ? shortId(m.acknowledged_by) : "—"))}`
       : "not yet";
-    return el("tr", { "data-milestone": m.milestone_type },
+    return el("tr", { "data-milestone": m.milestone_type, "data-key": m.milestone_type },
       el("th", { scope: "row", text: words(m.milestone_type) }),
       timeCell(m.achieved_at),
-      el("td", { class: "acknowledged" }, el("span", { class: "clamp", title: acknowledged, text: acknowledged })),
+      el("td", { class: "acknowledged" }, el("span", { class: "clamp", text: acknowledged })),
       el("td", { text: reward }),
       milestoneActions(orgId, m));
   })));
+  watchClamps(body);
   $("milestone-empty").hidden = list.items.length > 0;
   // an empty table's header row above "No milestones" says nothing
   $("milestone-table").parentElement.hidden = list.items.length === 0;
@@ -850,9 +1025,9 @@ function interactionItem(i) {
     ? el("span", { class: i.overdue ? "overdue" : "muted",
       text: i.overdue ? `Follow-up overdue since ${when(i.follow_up_at)}` : `Follow-up due ${when(i.follow_up_at)}` })
     : null;
-  return el("li", { class: i.overdue ? "overdue-item" : "" },
+  return el("li", { class: i.overdue ? "overdue-item" : "", "data-key": i.id },
     el("p", { class: "when", text: when(i.opened_at || i.last_event_at) }),
-    el("p", {}, el("strong", { class: "clamp", title: i.subject || null,
+    el("p", {}, el("strong", { class: "clamp",
       text: i.subject || words(i.interaction_type) || "Interaction" })),
     el("p", { class: "meta" }, badge("status", i.status), " ", words(i.interaction_type),
       i.channel ? ` · ${words(i.channel)}` : "", ` · priority ${i.priority}`,
@@ -875,11 +1050,17 @@ async function loadOrganization(orgId, { refresh = false } = {}) {
   renderChart(history);
   state.historyDays = days;
   if (interactions) {
-    $("org-timeline").replaceChildren(...interactions.items.map(interactionItem));
+    updateChildren($("org-timeline"), interactions.items.map(interactionItem));
     showTimelinePage(interactions);
   }
   $("org-body").hidden = false;
-  if (!refresh) await loadMilestones(orgId);
+  watchClamps($("view-org"));
+  // with the facts they are counted in: a milestone achieved or acknowledged since the
+  // page opened was counted above while its row was missing or still said "Acknowledge"
+  await loadMilestones(orgId);
+  if (state.orgId !== orgId) return;
+  state.orgStamp = new Date();
+  stampUpdated();
   loaded();
 }
 
@@ -889,6 +1070,7 @@ async function loadMoreInteractions(orgId) {
   if (!page || state.orgId !== orgId) return;
   const items = page.items.map(interactionItem);
   $("org-timeline").append(...items);
+  watchClamps($("org-timeline"));
   showTimelinePage(page);
   tellShown($("org-timeline").children.length, page.next_cursor, ["interaction", "interactions"], "");
   focusBrought($("timeline-more"), items[0]);
@@ -921,13 +1103,12 @@ function interactionRow(i) {
     : "—";
   // a name is there only when the organization is visible to the user: then it is a link
   const org = i.organization_name
-    ? el("a", { href: `#/org/${i.organization_id}`, class: "clamp", title: i.organization_name,
-      text: i.organization_name })
+    ? el("a", { href: `#/org/${i.organization_id}`, class: "clamp", text: i.organization_name })
     : shortId(i.organization_id);
   return el("tr", { class: i.overdue ? "overdue-item" : "", "data-interaction": i.id },
     // "overdue" in words beside the subject: the row's colour is not the only sign, and
     // on a phone the follow-up column is scrolled out of view
-    el("th", { scope: "row" }, el("span", { class: "clamp", title: i.subject || null, text: i.subject || "(no subject)" }),
+    el("th", { scope: "row" }, el("span", { class: "clamp", text: i.subject || "(no subject)" }),
       i.overdue ? el("span", { class: "sub overdue", text: "Follow-up overdue" }) : null),
     el("td", {}, org),
     el("td", { text: words(i.interaction_type) || "—" }),
@@ -937,25 +1118,27 @@ function interactionRow(i) {
     el("td", {}, follow));
 }
 
-async function loadSupport({ append = false, refresh = false, told = false } = {}) {
-  const params = supportParams();
-  // a refresh reloads what is on screen (up to 200 rows), in one request: "Show more"
-  // must not be undone by the next refresh
+async function loadSupport({ append = false, refresh = false, told = false, again = false } = {}) {
+  const params = filtersFor("support", supportParams, refresh || append || again);
+  // a refresh, or coming back to the queue, reloads what is on screen (up to 200 rows),
+  // in one request: "Show more" must not be undone by the next refresh
   const shown = $("interaction-table").tBodies[0].rows.length;
-  const limit = refresh ? Math.min(Math.max(shown, PAGE), 200) : PAGE;
+  const limit = refresh || again ? Math.min(Math.max(shown, PAGE), 200) : PAGE;
   const page = await newest("support", refresh, `/api/v1/interactions${query({ ...params, limit,
     sort: params.q ? null : (params.overdue ? null : "oldest"),
     cursor: append ? state.supportCursor : null })}`);
   if (!page) return;
   const body = $("interaction-table").tBodies[0];
   const rows = page.items.map(interactionRow);
-  if (append) body.append(...rows);
+  if (append) body.append(...drawn(rows));
   else refreshRows(body, rows);
+  watchClamps(body);
   state.supportCursor = page.next_cursor;
   $("interaction-more").hidden = !page.next_cursor;
   $("interaction-empty").hidden = body.rows.length > 0;
   $("interaction-table").parentElement.hidden = body.rows.length === 0;
-  $("support-updated").textContent = `Updated ${clock(new Date())}`;
+  state.supportStamp = new Date();
+  stampUpdated();
   loaded();
   if (told || append) {
     tellShown(body.rows.length, page.next_cursor, ["interaction", "interactions"],
@@ -966,6 +1149,9 @@ async function loadSupport({ append = false, refresh = false, told = false } = {
 
 // --- routing and refresh ----------------------------------------------------------------
 async function route() {
+  // back from an organization: where it was opened from
+  const from = state.view === "org" ? state.openedFrom : null;
+  if (state.view === "org") state.openedFrom = null;
   refreshEvery(null);
   state.loadedAt = null;
   say("");
@@ -986,8 +1172,10 @@ async function route() {
       // another organization's figures must not stand under this one's title
       $("org-body").hidden = true;
       $("org-title").textContent = "Loading…";
-      $("org-title").removeAttribute("title");
+      $("org-title").removeAttribute("data-expanded");
       $("org-subtitle").textContent = "";
+      $("org-updated").textContent = "";
+      state.orgStamp = null;
       state.timelineCursor = null;
       $("org-timeline").replaceChildren();
       await loadOrganization(org[1]);
@@ -995,7 +1183,7 @@ async function route() {
     } else if (hash === "#/support") {
       state.orgId = null;
       showView("support");
-      await loadSupport();
+      await loadSupport({ again: true });
       refreshEvery(() => {
         if (!document.hidden) loadSupport({ refresh: true }).catch(fail);
       });
@@ -1007,21 +1195,22 @@ async function route() {
       state.visitedList = true;
       state.orgId = null;
       showView("list");
-      await loadList();
+      await loadList({ again: true });
       loadTrust().catch(fail);
       refreshEvery(() => {
         if (!document.hidden) loadList({ refresh: true }).catch(fail);
       });
     }
-    focusHeading();
+    focusReturning(from);
   } catch (error) {
     if (error instanceof ApiError && error.status === 404) {
       state.orgId = null;
       showView("org");
       $("org-body").hidden = true;
       $("org-title").textContent = "Organization not found";
-      $("org-title").removeAttribute("title");
       titled("Organization not found");
+      $("org-updated").textContent = "";
+      state.orgStamp = null;
       $("org-subtitle").textContent = "No organization with this address is visible to you: " +
         "the link may be mistyped, or your role does not cover it. Go back to the list to find it.";
       focusHeading();
@@ -1037,7 +1226,7 @@ function start() {
   $("auto-update").addEventListener("change", () => {
     schedule();
     if (state.timer) state.refresh();  // turned on: at once, not a period later
-    stampList();
+    stampUpdated();
   });
   watchScrollingFrames();
   $("signin-form").addEventListener("submit", (event) => {
@@ -1053,6 +1242,7 @@ function start() {
     else location.hash = back;
   });
   $("sign-out").addEventListener("click", () => signOut());
+  document.addEventListener("click", openedFrom);
   // the routes live in the fragment: "#main" would be a navigation (to the list), so
   // the skip link moves the focus itself
   document.querySelector(".skip").addEventListener("click", (event) => {

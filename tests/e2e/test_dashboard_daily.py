@@ -1,0 +1,582 @@
+"""The dashboard as customer-success staff use it all day, with a keyboard, a mouse and
+a screen reader, in headless Chromium against the real API over a real database (rows
+written as the service writes them, read under row-level security; the world of
+test_dashboard_accessibility.py): a long name or subject shown whole from the keyboard;
+an organization's page refreshed in place, with what the user was doing in it kept;
+back from an organization, the focus on the row it was opened from; its milestones kept
+up to date with the facts that count them; a filter typed and not applied left alone
+by the refreshes; an organization's page and the queue say when they were loaded and
+whether they update; a reward a colleague recorded meanwhile shown as it is, not offered
+again; a long name opened in the list stays open, and focused, when its row changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+
+import asyncpg
+
+from tests.e2e.test_dashboard_accessibility import (  # noqa: F401
+    NOW,
+    WATCH_FOCUS,
+    World,
+    org_page_ready,
+    world,
+)
+from tests.e2e.test_dashboard_browser import restamped, rows, screenshot, wait
+from tests.utils import schema_builders as b
+from tests.utils.browser import BROWSER_TEST
+
+try:
+    from selenium.webdriver.chrome.webdriver import WebDriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.remote.webelement import WebElement
+    from selenium.webdriver.support.ui import Select
+except ImportError:  # pragma: no cover - the dev extra installs it; BROWSER_TEST skips
+    pass
+
+pytestmark = BROWSER_TEST
+
+LONG_NAME = "Harbor Lights Events and Celebrations " * 8 + "of the Northern Coast (its end)"
+LONG_SUBJECT = (
+    "The seating chart export drops the guests' dietary notes " * 12 + "since Tuesday (its end)"
+)
+
+
+async def lengthen(world: World) -> tuple[str, str]:  # noqa: F811
+    """An organization with a long name, at risk, and an interaction with a long subject
+    on it, open and assigned to the support person: their ids."""
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        org = b.organization(name=LONG_NAME, plan="pro")
+        await b.insert_row(conn, "organizations", org)
+        await b.insert_row(
+            conn,
+            "customer_health",
+            b.customer_health(
+                org["id"],
+                health_score=Decimal("30.00"),
+                churn_probability=Decimal("0.8000"),
+                scored_at=NOW - timedelta(hours=1),
+                last_activity_at=NOW - timedelta(days=2),
+            ),
+        )
+        interaction = b.support_interaction(
+            org["id"],
+            subject=LONG_SUBJECT,
+            assigned_to=world.users["support"],
+            opened_at=NOW - timedelta(hours=3),
+        )
+        await b.insert_row(conn, "support_interactions", interaction)
+    finally:
+        await conn.close()
+    return str(org["id"]), str(interaction["id"])
+
+
+def whole(driver: WebDriver, text: WebElement) -> bool:
+    """The element's whole text is in view: its box is as tall as its text."""
+    shown: bool = driver.execute_script(
+        "return arguments[0].scrollHeight <= arguments[0].clientHeight + 1", text
+    )
+    return shown
+
+
+def shown_whole_by_keyboard(driver: WebDriver, text: WebElement) -> None:
+    """`text` is cut, with no tooltip (which no keyboard opens); the next Tab reaches its
+    "Show all" button, which Enter turns into "Show less" over the whole text."""
+    assert text.get_dom_attribute("title") is None
+    assert not whole(driver, text)
+    # the keyboard's next stop after the text (or after the page's focus, when the text
+    # itself is no tab stop)
+    driver.execute_script(
+        "const t = arguments[0]; if (t.matches('a')) t.focus();"
+        " else { t.tabIndex = -1; t.focus(); t.removeAttribute('tabindex'); }",
+        text,
+    )
+    text.parent.switch_to.active_element.send_keys(Keys.TAB)
+    toggle = driver.switch_to.active_element
+    assert toggle.text == "Show all", (toggle.tag_name, toggle.text)
+    assert toggle.get_attribute("aria-expanded") == "false"
+    toggle.send_keys(Keys.ENTER)
+    wait(driver, lambda d: whole(d, text))
+    assert driver.switch_to.active_element == toggle
+    assert toggle.text == "Show less" and toggle.get_attribute("aria-expanded") == "true"
+    # and cut again
+    toggle.send_keys(Keys.ENTER)
+    wait(driver, lambda d: not whole(d, text))
+    assert toggle.text == "Show all"
+
+
+async def test_a_long_name_or_subject_is_shown_whole_from_the_keyboard(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    run = asyncio.to_thread
+    org, interaction = await lengthen(world)
+    # the at-risk list: the organization's name, a link, cut to three lines with the
+    # rest in a title tooltip that no keyboard could open (WCAG 2.1.1, 1.4.13)
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 5)
+    link = browser.find_element(By.CSS_SELECTOR, f'#org-table tr[data-organization="{org}"] a')
+    await run(wait, browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#org-table .more-text"))
+    await run(shown_whole_by_keyboard, browser, link)
+    # a short name is not cut: no button for it
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#org-table .more-text")) == 1
+    await run(screenshot, browser, "daily-long-name-list")
+    # the organization's page: its heading, and the subject in its timeline
+    await run(browser.get, f"{world.address}/#/org/{org}")
+    await run(wait, browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#org-timeline li"))
+    await run(wait, browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".more-text")) == 2)
+    await run(shown_whole_by_keyboard, browser, browser.find_element(By.ID, "org-title"))
+    subject = browser.find_element(By.CSS_SELECTOR, "#org-timeline li strong")
+    await run(shown_whole_by_keyboard, browser, subject)
+    # the queue (everybody's): the subject and the organization's name
+    await run(browser.get, f"{world.address}/#/support")
+    await run(wait, browser, lambda d: d.find_element(By.ID, "view-support").is_displayed())
+    await run(browser.find_element(By.ID, "s-mine").click)
+    await run(
+        wait, browser, lambda d: interaction in rows(d, "interaction-table", "data-interaction")
+    )
+    row = f'#interaction-table tr[data-interaction="{interaction}"]'
+    await run(wait, browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".more-text")) == 2)
+    await run(
+        shown_whole_by_keyboard, browser, browser.find_element(By.CSS_SELECTOR, f"{row} th span")
+    )
+    await run(
+        shown_whole_by_keyboard, browser, browser.find_element(By.CSS_SELECTOR, f"{row} td a")
+    )
+    assert not uncut_or_unreachable(browser)
+    # at 400% zoom more is cut: each cut text has its button as the window narrows
+    await run(
+        browser.execute_cdp_cmd,
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 320, "height": 640, "deviceScaleFactor": 1, "mobile": False},
+    )
+    await run(wait, browser, lambda d: not uncut_or_unreachable(d))
+    await run(screenshot, browser, "daily-long-subject-queue-320px")
+    await run(browser.execute_cdp_cmd, "Emulation.clearDeviceMetricsOverride", {})
+
+
+def uncut_or_unreachable(driver: WebDriver) -> list[str]:
+    """The texts on view that are cut without a "Show all" button after them, or that
+    have one and are not cut."""
+    found: list[str] = driver.execute_script(
+        "return [...document.querySelectorAll('.clamp')].filter(t => t.offsetParent).filter(t => {"
+        " const cut = t.scrollHeight > t.clientHeight + 1;"
+        " const toggle = !!t.nextElementSibling && t.nextElementSibling.matches('.more-text');"
+        " return cut !== toggle && !t.hasAttribute('data-expanded');"
+        "}).map(t => `${t.textContent.slice(0, 40)} ${t.scrollHeight}/${t.clientHeight}`"
+        " + ` ${t.nextElementSibling && t.nextElementSibling.className}`);"
+    )
+    return found
+
+
+async def test_a_refresh_keeps_what_the_user_was_doing_on_an_organization(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    run = asyncio.to_thread
+    bloom = world.orgs["bloom"]
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        await b.insert_row(
+            conn,
+            "support_interactions",
+            b.support_interaction(bloom, subject=LONG_SUBJECT, opened_at=NOW - timedelta(hours=1)),
+        )
+    finally:
+        await conn.close()
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    await run(browser.get, f"{world.address}/#/org/{bloom}")
+    await run(wait, browser, org_page_ready)
+    await run(wait, browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#org-timeline .more-text"))
+    browser.execute_script(WATCH_FOCUS)
+    # a user reading the long subject: opened it ("Show all", by keyboard), the history's
+    # table open, a risk factor's words selected to copy, the page scrolled to the
+    # timeline; the page refreshes every 2 s here
+    await run(browser.find_element(By.CSS_SELECTOR, "#view-org details summary").click)
+    toggle = browser.find_element(By.CSS_SELECTOR, "#org-timeline .more-text")
+    browser.execute_script(
+        "window.toggle = arguments[0]; arguments[0].focus(); window.focusMoves = 0", toggle
+    )
+    await run(toggle.send_keys, Keys.ENTER)
+    assert toggle.get_attribute("aria-expanded") == "true"
+    browser.execute_script(
+        "const detail = document.querySelector('#factor-table tbody td .clamp');"
+        "window.getSelection().selectAllChildren(detail);"
+        "arguments[0].scrollIntoView({block: 'center'});"
+        "window.scrolledTo = window.scrollY;",
+        toggle,
+    )
+    selected = browser.execute_script("return window.getSelection().toString()")
+    assert selected == "No activity for 12 days", selected
+    # the organization rescored (as the projector writes it): the new figure is shown
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        await conn.execute(
+            "UPDATE customer_health SET health_score = 19, active_users_30d = 2"
+            " WHERE organization_id = $1",
+            bloom,
+        )
+    finally:
+        await conn.close()
+    await run(wait, browser, lambda d: d.find_element(By.ID, "org-score").text == "19.0")
+    await run(
+        wait,
+        browser,
+        lambda d: "19.0 of 100" in d.find_element(By.ID, "org-score-meaning").text,
+    )
+    # ... and the rest is as the user left it: the focus on the same button (never moved),
+    # the subject still whole, the table still open, the words still selected, the page
+    # where it was
+    kept = browser.execute_script(
+        "const toggle = window.toggle;"
+        "return {focused: document.activeElement === toggle, connected: toggle.isConnected,"
+        " expanded: toggle.getAttribute('aria-expanded'), moves: window.focusMoves,"
+        " open: document.querySelector('#view-org details').open,"
+        " selected: window.getSelection().toString(),"
+        " scrolled: Math.abs(window.scrollY - window.scrolledTo)};"
+    )
+    assert kept == {
+        "focused": True,
+        "connected": True,
+        "expanded": "true",
+        "moves": 0,
+        "open": True,
+        "selected": "No activity for 12 days",
+        "scrolled": 0,
+    }, kept
+    assert whole(browser, browser.find_element(By.CSS_SELECTOR, "#org-timeline li strong"))
+    active = browser.execute_script(
+        "const dt = [...document.querySelectorAll('#org-facts dt')]"
+        ".find(e => e.textContent === 'Active users (30 days)');"
+        "return dt.nextElementSibling.textContent;"
+    )
+    assert active == "2", active
+    await run(screenshot, browser, "daily-organization-refreshed-in-place")
+
+
+# more than a page (50) of the list, after the four of the world (the least at risk)
+QUIET_ORGANIZATIONS = 55
+
+
+async def add_quiet_organizations(world: World) -> list[str]:  # noqa: F811
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        ids = []
+        for n in range(QUIET_ORGANIZATIONS):
+            org = b.organization(name=f"Quiet Gardens {n:02d}")
+            await b.insert_row(conn, "organizations", org)
+            await b.insert_row(
+                conn,
+                "customer_health",
+                b.customer_health(
+                    org["id"],
+                    health_score=Decimal("85.00"),
+                    churn_probability=Decimal("0.0100"),
+                    scored_at=NOW - timedelta(hours=2),
+                ),
+            )
+            ids.append(str(org["id"]))
+    finally:
+        await conn.close()
+    return ids
+
+
+def focused_row(driver: WebDriver) -> list[str | None]:
+    """The focused element's tag and the organization of its row (None outside rows)."""
+    found: list[str | None] = driver.execute_script(
+        "const e = document.activeElement;"
+        "return [e.tagName, e.closest('tr') && e.closest('tr').dataset.organization];"
+    )
+    return found
+
+
+async def test_back_from_an_organization_the_focus_is_on_its_row(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    run = asyncio.to_thread
+    quiet = await add_quiet_organizations(world)
+    total = len(world.orgs) + QUIET_ORGANIZATIONS
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 50)
+    # a user down the list ("Show more"), opening one of the last organizations by keyboard
+    await run(browser.find_element(By.ID, "org-more").send_keys, Keys.ENTER)
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == total)
+    last = rows(browser, "org-table", "data-organization")[-1]
+    assert last in quiet
+    link = browser.find_element(By.CSS_SELECTOR, f'#org-table tr[data-organization="{last}"] a')
+    await run(link.send_keys, Keys.ENTER)
+    await run(
+        wait, browser, lambda d: d.execute_script("return document.activeElement.id") == "org-title"
+    )
+    # back by the page's link: the focus on the organization's link in its row (it went to
+    # the list's heading, the list cut back to its first page, that row gone)
+    await run(browser.find_element(By.CSS_SELECTOR, "#view-org p a").send_keys, Keys.ENTER)
+    await run(wait, browser, lambda d: focused_row(d) == ["A", last])
+    assert len(rows(browser, "org-table", "data-organization")) == total
+    # and by the browser's Back, from an organization near the top
+    harbor = str(world.orgs["harbor"])
+    link = browser.find_element(By.CSS_SELECTOR, f'#org-table tr[data-organization="{harbor}"] a')
+    await run(link.send_keys, Keys.ENTER)
+    await run(wait, browser, lambda d: d.find_element(By.ID, "org-body").is_displayed())
+    await run(browser.back)
+    await run(wait, browser, lambda d: focused_row(d) == ["A", harbor])
+    # an organization that left the filtered list while it was open: said so, the focus
+    # at the list's heading
+    await run(Select(browser.find_element(By.ID, "f-band")).select_by_value, "critical")
+    await run(
+        wait,
+        browser,
+        lambda d: rows(d, "org-table", "data-organization") == [str(world.orgs["bloom"])],
+    )
+    link = browser.find_element(By.CSS_SELECTOR, "#org-table tbody a")
+    await run(link.send_keys, Keys.ENTER)
+    await run(wait, browser, lambda d: d.find_element(By.ID, "org-body").is_displayed())
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        await conn.execute(
+            "UPDATE customer_health SET health_score = 70 WHERE organization_id = $1",
+            world.orgs["bloom"],
+        )
+    finally:
+        await conn.close()
+    await run(browser.back)
+    await run(wait, browser, lambda d: d.find_element(By.ID, "org-empty").is_displayed())
+    assert browser.execute_script("return document.activeElement.id") == "list-title"
+    status = browser.find_element(By.ID, "status").text.replace("\u2068", "").replace("\u2069", "")
+    assert status.startswith("Bloom & Vow Weddings is no longer in this list"), status
+    # the queue the same: back on the link of the interaction's row it was opened from
+    await run(browser.get, f"{world.address}/#/support")
+    await run(wait, browser, lambda d: d.find_element(By.ID, "view-support").is_displayed())
+    await run(browser.find_element(By.ID, "s-mine").click)
+    await run(wait, browser, lambda d: len(rows(d, "interaction-table", "data-interaction")) == 3)
+    interaction = rows(browser, "interaction-table", "data-interaction")[2]
+    row = f'#interaction-table tr[data-interaction="{interaction}"]'
+    await run(browser.find_element(By.CSS_SELECTOR, f"{row} td a").send_keys, Keys.ENTER)
+    await run(wait, browser, lambda d: d.find_element(By.ID, "org-body").is_displayed())
+    await run(browser.back)
+    await run(
+        wait,
+        browser,
+        lambda d: d.execute_script(
+            "const e = document.activeElement;"
+            "return e.tagName === 'A' && e.closest('tr').dataset.interaction === arguments[0];",
+            interaction,
+        ),
+    )
+
+
+def milestone_fact(driver: WebDriver) -> str:
+    found: str = driver.execute_script(
+        "const dt = [...document.querySelectorAll('#org-facts dt')]"
+        ".find(e => e.textContent === 'Milestones');"
+        "return dt.nextElementSibling.textContent;"
+    )
+    return found
+
+
+async def test_the_milestones_follow_the_facts_that_count_them(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    run = asyncio.to_thread
+    bloom = world.orgs["bloom"]
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    await run(browser.get, f"{world.address}/#/org/{bloom}")
+    await run(wait, browser, org_page_ready)
+    assert sorted(rows(browser, "milestone-table", "data-milestone")) == [
+        "clients_10",
+        "first_client_added",
+    ]
+    browser.execute_script(WATCH_FOCUS)
+    button = browser.find_element(
+        By.CSS_SELECTOR, '#milestone-table tr[data-milestone="first_client_added"] button'
+    )
+    browser.execute_script("arguments[0].focus(); window.focusMoves = 0", button)
+    # the organization onboards while its page is open (the service records the milestone)
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        await b.insert_row(
+            conn,
+            "success_milestones",
+            b.success_milestone(
+                bloom, milestone_type="onboarding_completed", achieved_at=NOW - timedelta(hours=1)
+            ),
+        )
+    finally:
+        await conn.close()
+    # the facts count it ("2 to acknowledge"), and its row is there to acknowledge (the
+    # table stayed as the page opened, and the count stood beside rows that lacked it)
+    await run(wait, browser, lambda d: "(2 to acknowledge)" in milestone_fact(d))
+    await run(
+        wait,
+        browser,
+        lambda d: "onboarding_completed" in rows(d, "milestone-table", "data-milestone"),
+    )
+    # the user on the other milestone's button was left there
+    assert browser.execute_script("return document.activeElement") == button
+    assert browser.execute_script("return window.focusMoves") == 0
+
+
+async def test_a_refresh_does_not_apply_a_filter_the_user_has_not(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    run = asyncio.to_thread
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    listed = rows(browser, "org-table", "data-organization")
+    # a factor being typed, not applied yet (no Enter, no Apply): the list as it was,
+    # refresh after refresh (the refresh applied it: the rows vanished under the user,
+    # "No organization ... matches these filters", unasked and unannounced)
+    await run(browser.find_element(By.ID, "f-factor").send_keys, "few logins")
+    for _ in range(2):
+        await run(restamped, browser, "list-updated")
+    assert rows(browser, "org-table", "data-organization") == listed
+    assert not browser.find_element(By.ID, "org-empty").is_displayed()
+    # applied, it applies
+    await run(browser.find_element(By.ID, "f-factor").send_keys, Keys.ENTER)
+    await run(wait, browser, lambda d: d.find_element(By.ID, "org-empty").is_displayed())
+    # the same in the queue: a search typed, not run
+    await run(browser.get, f"{world.address}/#/support")
+    await run(wait, browser, lambda d: d.find_element(By.ID, "view-support").is_displayed())
+    await run(browser.find_element(By.ID, "s-mine").click)
+    await run(wait, browser, lambda d: len(rows(d, "interaction-table", "data-interaction")) == 3)
+    queued = rows(browser, "interaction-table", "data-interaction")
+    await run(browser.find_element(By.ID, "s-q").send_keys, "invoice")
+    for _ in range(2):
+        await run(restamped, browser, "support-updated")
+    assert rows(browser, "interaction-table", "data-interaction") == queued
+    await run(browser.find_element(By.ID, "s-q").send_keys, Keys.ENTER)
+    await run(wait, browser, lambda d: len(rows(d, "interaction-table", "data-interaction")) == 1)
+
+
+async def test_an_organization_and_the_queue_say_how_old_their_figures_are(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    run = asyncio.to_thread
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    await run(browser.get, f"{world.address}/#/org/{world.orgs['bloom']}")
+    await run(wait, browser, org_page_ready)
+    # as the list says it: the time of the last load, and that it refreshes by itself
+    updated = browser.find_element(By.ID, "org-updated")
+    await run(wait, browser, lambda d: updated.text.endswith("; refreshes every 2 s"))
+    assert updated.text.startswith("Updated "), updated.text
+    # paused (WCAG 2.2.2), the page says so beside the time the figures were loaded at
+    # (it said nothing: paused figures passed for current ones)
+    await run(browser.find_element(By.ID, "auto-update").send_keys, Keys.SPACE)
+    await run(wait, browser, lambda d: updated.text.endswith("; updates paused"))
+    stamp = updated.text
+    await asyncio.sleep(3)  # more than a period: no refresh wrote it again
+    assert updated.text == stamp
+    # another organization's page does not show this one's time before its own load
+    await run(browser.get, f"{world.address}/#/org/{uuid.uuid4()}")
+    await run(
+        wait, browser, lambda d: d.find_element(By.ID, "org-title").text == "Organization not found"
+    )
+    assert browser.find_element(By.ID, "org-updated").text == ""
+    # the queue, paused, says so too (it said "Updated 10:42:07 AM" as if it went on)
+    await run(browser.get, f"{world.address}/#/support")
+    await run(
+        wait,
+        browser,
+        lambda d: d.find_element(By.ID, "support-updated").text.endswith("; updates paused"),
+    )
+    await run(browser.find_element(By.ID, "auto-update").send_keys, Keys.SPACE)
+    await run(
+        wait,
+        browser,
+        lambda d: d.find_element(By.ID, "support-updated").text.endswith("; refreshes every 2 s"),
+    )
+
+
+async def test_a_reward_recorded_meanwhile_is_shown_as_it_is(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    run = asyncio.to_thread
+    bloom = world.orgs["bloom"]
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    await run(browser.get, f"{world.address}/#/org/{bloom}")
+    await run(wait, browser, org_page_ready)
+    # the updates paused while the user reads; a colleague records the reward meanwhile
+    await run(browser.find_element(By.ID, "auto-update").send_keys, Keys.SPACE)
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        await conn.execute(
+            "UPDATE success_milestones SET reward_status = 'delivered', reward_delivered_at = now()"
+            " WHERE organization_id = $1 AND milestone_type = 'clients_10'",
+            bloom,
+        )
+    finally:
+        await conn.close()
+    row = '#milestone-table tr[data-milestone="clients_10"]'
+    await run(browser.find_element(By.CSS_SELECTOR, f"{row} button").send_keys, Keys.ENTER)
+    # refused (409): said why, and the row shows the reward delivered with nothing more to
+    # do (it went on offering "Reward delivered" and "Declined", each refused in turn)
+    await run(wait, browser, lambda d: "already delivered" in d.find_element(By.ID, "status").text)
+    await run(
+        wait,
+        browser,
+        lambda d: not d.find_elements(By.CSS_SELECTOR, f"{row} button"),
+    )
+    assert "delivered" in browser.find_element(By.CSS_SELECTOR, f"{row} td:nth-of-type(3)").text
+    status = browser.find_element(By.ID, "status").text
+    assert status.startswith("Not recorded: the reward is already delivered."), status
+    # the keyboard stays in the row (on its header cell), not at the page's start
+    focus_row = browser.execute_script(
+        "return document.activeElement.closest('tr') && document.activeElement.closest('tr')"
+        ".dataset.milestone"
+    )
+    assert focus_row == "clients_10", focus_row
+
+
+async def test_a_name_opened_in_the_list_stays_open_when_its_row_changes(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    run = asyncio.to_thread
+    org, _ = await lengthen(world)
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 5)
+    row = f'#org-table tr[data-organization="{org}"]'
+    toggle = await run(
+        wait, browser, lambda d: d.find_element(By.CSS_SELECTOR, f"{row} .more-text")
+    )
+    browser.execute_script("arguments[0].focus()", toggle)
+    await run(toggle.send_keys, Keys.ENTER)
+    assert whole(browser, browser.find_element(By.CSS_SELECTOR, f"{row} a"))
+    # the organization rescored: its row is drawn anew with the new score
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        await conn.execute(
+            "UPDATE customer_health SET health_score = 27 WHERE organization_id = $1",
+            uuid.UUID(org),
+        )
+    finally:
+        await conn.close()
+    await run(
+        wait,
+        browser,
+        lambda d: d.find_element(By.CSS_SELECTOR, f"{row} td").text == "27.0",
+    )
+    # its name still whole, the focus still on its button, which still says so (the
+    # name was cut again and the focus had gone to the link)
+    assert whole(browser, browser.find_element(By.CSS_SELECTOR, f"{row} a"))
+    focused = browser.execute_script(
+        "const e = document.activeElement;"
+        "return [e.className, e.getAttribute('aria-expanded'),"
+        " e.closest('tr').dataset.organization];"
+    )
+    assert focused == ["more-text", "true", org], focused
