@@ -56,7 +56,7 @@ from healthscore.service.ingest.decode import Decoder
 from healthscore.service.ingest.dlq import DeadLetterQueue
 from healthscore.service.ingest.pipeline import BatchOutcome, BatchPipeline
 from healthscore.service.kafka_admin import ensure_topics, service_topics
-from healthscore.service.kafka_clients import KafkaConnection
+from healthscore.service.kafka_clients import KafkaConnection, stop_producer
 from healthscore.service.kafka_offsets import KafkaOffsets
 from healthscore.service.kafka_salvage import CorruptRecordMonitor, install_salvaging_consumer
 from healthscore.service.ops import serving
@@ -92,6 +92,10 @@ STALENESS_WATCH_SECONDS = 1.0
 # how often the promotion looks for organizations the read model shows under
 # another model version (it counts them less often: promotion.Promotion)
 PROMOTION_INTERVAL_SECONDS = 1.0
+# on a stop, how long the producer may flush what it holds: each publisher keeps in
+# PostgreSQL what the broker did not acknowledge, so a stop during a broker outage
+# gives up on it rather than outlast the pod's grace period
+PRODUCER_FLUSH_ON_STOP_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -559,7 +563,7 @@ async def lifespan(c: Components) -> AsyncIterator[None]:
     s = c.settings
     async with contextlib.AsyncExitStack() as stack:
         # built in `build`: closed on every way out, whether it started or not
-        stack.push_async_callback(c.producer.stop)
+        stack.push_async_callback(stop_producer, c.producer, PRODUCER_FLUSH_ON_STOP_SECONDS)
         with _unreachable_kafka(s):
             if c.options.create_topics:
                 await ensure_topics(
@@ -628,8 +632,17 @@ async def _refuse_an_unmigrated_database(pool: asyncpg.Pool[Any]) -> None:
 
 
 async def _drain(projector: Projector, timeout: float) -> None:
-    with contextlib.suppress(Exception):
-        await projector.drain(timeout=timeout)
+    """Project what is queued, for `timeout` at most. The drain's own timeout is
+    checked between passes only, and a pass waits for the health feed's acks (with
+    the broker away, its metadata for the request timeout): cut short, the pass
+    rolls back and its organizations stay queued for the next process."""
+    try:
+        async with asyncio.timeout(timeout):
+            await projector.drain(timeout=timeout)
+    except TimeoutError:
+        log.warning("read_model_drain_cut", seconds=timeout)
+    except Exception as exc:
+        log.warning("read_model_drain_failed", error=type(exc).__name__, message=str(exc)[:300])
 
 
 @contextlib.asynccontextmanager
