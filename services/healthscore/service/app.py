@@ -323,6 +323,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
             pool,
             DeadLetterQueue(producer, s.dlq_suffix),
             on_published=lambda topic, n: metrics.dead_letters_published.labels(topic).inc(n),
+            on_withheld=lambda topic: metrics.dead_letters_withheld.labels(topic).inc(),
         )
         if o.run_relay
         else None
