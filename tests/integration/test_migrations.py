@@ -354,6 +354,8 @@ WRITER_PRIVILEGES: dict[str, tuple[set[str], set[str]]] = {
     "replay_runs": ({"SELECT"}, {"SELECT", "INSERT"}),
     # written by batches, its attempts recorded and its rows deleted by the relay
     "dead_letter_outbox": ({"SELECT", "DELETE"}, {"SELECT", "INSERT", "UPDATE"}),
+    # moved there by the relay (WITHHOLD_DEAD_LETTERS), never changed
+    "dead_letters_withheld": ({"SELECT"}, {"SELECT", "INSERT"}),
     # rewritten by the outcome labeller (SAVE_SCORE_QUALITY_SUMMARY)
     "score_quality_summary": ({"SELECT"}, {"INSERT", "UPDATE"}),
 }

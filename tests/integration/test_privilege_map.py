@@ -70,6 +70,8 @@ TABLES: Final = {
     # the dead-letter relay: PENDING_DEAD_LETTERS, DEAD_LETTER_STATS; DELETE_DEAD_LETTERS
     f"{WRITER}: SELECT on table dead_letter_outbox",
     f"{WRITER}: DELETE on table dead_letter_outbox",
+    # WITHHOLD_DEAD_LETTERS' ON CONFLICT (the dead-letter relay)
+    f"{WRITER}: SELECT on table dead_letters_withheld",
     # store/quality.py (the shadow scorer in `serve`, `evaluate`, churn-label `import`)
     f"{WRITER}: SELECT on table shadow_health",
     f"{WRITER}: SELECT on table shadow_alerts",
@@ -178,6 +180,13 @@ COLUMNS: Final = {
     ): "source_topic source_partition source_offset record_key record_value"
     " record_timestamp_ms record_headers reason detail",
     (WRITER, "UPDATE", "dead_letter_outbox"): "publish_attempts last_error",
+    # the dead-letter relay: WITHHOLD_DEAD_LETTERS
+    (
+        WRITER,
+        "INSERT",
+        "dead_letters_withheld",
+    ): "id source_topic source_partition source_offset record_key record_value"
+    " record_timestamp_ms record_headers reason detail rejected_at refusal",
     # store/quality.py: UPSERT_SHADOW_HEALTH, INSERT_SHADOW_ALERTS, UPSERT_CHURN_LABELS,
     # UPSERT_ALERT_OUTCOMES
     (

@@ -56,7 +56,7 @@ from healthscore.service.ingest.decode import Decoder
 from healthscore.service.ingest.dlq import DeadLetterQueue
 from healthscore.service.ingest.pipeline import BatchOutcome, BatchPipeline
 from healthscore.service.kafka_admin import ensure_topics, service_topics
-from healthscore.service.kafka_clients import KafkaConnection
+from healthscore.service.kafka_clients import KafkaConnection, stop_producer
 from healthscore.service.kafka_offsets import KafkaOffsets
 from healthscore.service.kafka_salvage import CorruptRecordMonitor, install_salvaging_consumer
 from healthscore.service.ops import serving
@@ -92,6 +92,15 @@ STALENESS_WATCH_SECONDS = 1.0
 # how often the promotion looks for organizations the read model shows under
 # another model version (it counts them less often: promotion.Promotion)
 PROMOTION_INTERVAL_SECONDS = 1.0
+# on a stop, how long the producer may flush what it holds: each publisher keeps in
+# PostgreSQL what the broker did not acknowledge, so a stop during a broker outage
+# gives up on it rather than outlast the pod's grace period
+PRODUCER_FLUSH_ON_STOP_SECONDS = 5.0
+# on a stop, how long the background loops may take to end once cancelled, and the
+# pool to close its connections (then it drops them: the server rolls back what they
+# had not committed)
+LOOPS_STOP_SECONDS = 5.0
+POOL_CLOSE_ON_STOP_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +328,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
             pool,
             DeadLetterQueue(producer, s.dlq_suffix),
             on_published=lambda topic, n: metrics.dead_letters_published.labels(topic).inc(n),
+            on_withheld=lambda topic: metrics.dead_letters_withheld.labels(topic).inc(),
         )
         if o.run_relay
         else None
@@ -559,7 +569,7 @@ async def lifespan(c: Components) -> AsyncIterator[None]:
     s = c.settings
     async with contextlib.AsyncExitStack() as stack:
         # built in `build`: closed on every way out, whether it started or not
-        stack.push_async_callback(c.producer.stop)
+        stack.push_async_callback(stop_producer, c.producer, PRODUCER_FLUSH_ON_STOP_SECONDS)
         with _unreachable_kafka(s):
             if c.options.create_topics:
                 await ensure_topics(
@@ -570,7 +580,9 @@ async def lifespan(c: Components) -> AsyncIterator[None]:
                     compacted=frozenset({s.health_topic}),
                 )
         try:
-            await stack.enter_async_context(opened(c.pool, s.database_role))
+            await stack.enter_async_context(
+                opened(c.pool, s.database_role, close_within=POOL_CLOSE_ON_STOP_SECONDS)
+            )
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             url = s.database_url.get_secret_value() if s.database_url else "?"
             raise StartupRefused(unreachable("DATABASE_URL", url, exc)) from exc
@@ -581,7 +593,7 @@ async def lifespan(c: Components) -> AsyncIterator[None]:
         await install_salvaging_consumer(c.broker, c.corrupt_records, c.offsets.consumer_built)
         # FastStream stops the broker before this exit runs; this stops one whose
         # start failed half-way
-        stack.push_async_callback(c.broker.stop)
+        stack.push_async_callback(_stop_unless_stopped, c.broker)
         projector = c.projector
         if projector is not None:
             c.metrics.read_model_staleness_target.set(s.read_model_staleness_target_seconds)
@@ -627,9 +639,27 @@ async def _refuse_an_unmigrated_database(pool: asyncpg.Pool[Any]) -> None:
         )
 
 
+async def _stop_unless_stopped(broker: KafkaBroker) -> None:
+    """Stop `broker` unless its subscribers were stopped already: a stop waits up to
+    its graceful timeout for the batch in flight, and one that did not end the first
+    time (its connection waiting on a server that does not answer) would be waited
+    for again."""
+    if broker.running or any(subscriber.running for subscriber in broker.subscribers):
+        await broker.stop()
+
+
 async def _drain(projector: Projector, timeout: float) -> None:
-    with contextlib.suppress(Exception):
-        await projector.drain(timeout=timeout)
+    """Project what is queued, for `timeout` at most. The drain's own timeout is
+    checked between passes only, and a pass waits for the health feed's acks (with
+    the broker away, its metadata for the request timeout): cut short, the pass
+    rolls back and its organizations stay queued for the next process."""
+    try:
+        async with asyncio.timeout(timeout):
+            await projector.drain(timeout=timeout)
+    except TimeoutError:
+        log.warning("read_model_drain_cut", seconds=timeout)
+    except Exception as exc:
+        log.warning("read_model_drain_failed", error=type(exc).__name__, message=str(exc)[:300])
 
 
 @contextlib.asynccontextmanager
@@ -638,6 +668,8 @@ async def _loops(loops: list[Loop], stop: asyncio.Event, metrics: Metrics) -> As
     meanwhile never passes through the group). On exit `stop` is set: the loops
     end at their next pause; what is mid-step then (a probe, a page) is cancelled.
     Each step's outcome is counted (`healthscore_background_steps_total`)."""
+
+    names = {loop.name for loop in loops}
 
     async def run() -> None:
         async with asyncio.TaskGroup() as group:
@@ -664,8 +696,16 @@ async def _loops(loops: list[Loop], stop: asyncio.Event, metrics: Metrics) -> As
     finally:
         stop.set()
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # a step cancelled while its connection waits on a server that does not answer
+        # (a network path to PostgreSQL that stopped delivering) ends only when that
+        # connection's release does, which has no time limit: the stop goes on without it
+        await asyncio.wait([task], timeout=LOOPS_STOP_SECONDS)
+        if task.done():
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        else:
+            stuck = [t.get_name() for t in asyncio.all_tasks() if t.get_name() in names]
+            log.warning("background_loops_not_stopped", seconds=LOOPS_STOP_SECONDS, loops=stuck)
 
 
 def asgi_app(c: Components, on_started: Callable[[], None]) -> AsgiFastStream:

@@ -25,8 +25,9 @@ from typing import Any
 
 import asyncpg
 import structlog
+from aiokafka.errors import BrokerResponseError
 
-from healthscore.service.ingest.dlq import DeadLetterQueue, rejection_of
+from healthscore.service.ingest.dlq import DeadLetterQueue, DeadLetterRefused, rejection_of
 from healthscore.service.outbox import HOLD_MARGIN_SECONDS, PUBLISH_TIMEOUT_SECONDS
 from healthscore.service.periodic import AT_ONCE, LOCK_BUSY_RETRY
 from healthscore.store import locks, sql
@@ -41,6 +42,17 @@ class DeadLetterPublishError(Exception):
     """The broker did not take some dead letters; they stay in the outbox."""
 
 
+def refusal_of(exc: BaseException) -> str | None:
+    """The broker's answer to a dead letter, when `exc` carries one that no retry
+    changes (a value its schema refuses, a record too large for the topic); None when
+    the broker did not answer (away, timed out) or may answer otherwise later (a
+    leader moving, a topic being created)."""
+    cause = exc.__cause__ if isinstance(exc, DeadLetterRefused) else exc
+    if isinstance(cause, BrokerResponseError) and not cause.retriable:
+        return f"{type(cause).__name__}: {cause}"
+    return None
+
+
 class DeadLetterRelay:
     def __init__(
         self,
@@ -50,6 +62,7 @@ class DeadLetterRelay:
         publish_timeout: float = PUBLISH_TIMEOUT_SECONDS,
         on_published: Callable[[str, int], None] | None = None,
         after_publish: Callable[[], None] | None = None,
+        on_withheld: Callable[[str], None] | None = None,
     ) -> None:
         self._pool = pool
         self._dlq = dlq
@@ -59,6 +72,8 @@ class DeadLetterRelay:
         self._on_published = on_published
         # fault-injection seam: after the broker acked, before the rows are deleted
         self._after_publish = after_publish
+        # (source topic) for each dead letter published as a stand-in, its record kept
+        self._on_withheld = on_withheld
         # source topic -> (when to try it again, on time.monotonic(); its last pause)
         self._refused: dict[str, tuple[float, float]] = {}
 
@@ -70,6 +85,8 @@ class DeadLetterRelay:
         were, the failure is logged and the relay goes on with them at once)."""
         failures: list[tuple[str, list[int], str]] = []
         published: dict[str, int] = {}
+        # (row, the broker's refusal): published as stand-ins, kept in PostgreSQL
+        withholding: list[tuple[Any, str]] = []
         async with self._pool.acquire() as conn:
             async with conn.transaction():
                 if not await conn.fetchval(sql.TRY_LEADER_LOCK, locks.DEAD_LETTER_RELAY):
@@ -108,14 +125,35 @@ class DeadLetterRelay:
                             )
                         )
                     except Exception as exc:
-                        failures.append((topic, ids, f"{type(exc).__name__}: {exc}"[:500]))
+                        if refusal_of(exc) is None:
+                            failures.append((topic, ids, f"{type(exc).__name__}: {exc}"[:500]))
+                            continue
+                        # the broker refused something in the page: one at a time, to
+                        # find what it will not take and stand in for it
+                        await conn.execute(sql.BOUND_HELD_TRANSACTION, hold)
+                        taken, withheld, stopped = await self._one_at_a_time(page)
+                        sent += taken
+                        withholding += withheld
+                        if taken or withheld:
+                            published[topic] = len(taken) + len(withheld)
+                        if stopped is not None:
+                            left = ids[len(taken) + len(withheld) :]
+                            failures.append((topic, left, stopped))
+                        else:
+                            self._refused.pop(topic, None)
                     else:
                         sent += ids
                         published[topic] = len(ids)
                         self._refused.pop(topic, None)
-                if sent and self._after_publish is not None:
+                if (sent or withholding) and self._after_publish is not None:
                     self._after_publish()
                 await conn.execute(sql.DELETE_DEAD_LETTERS, sent)
+                if withholding:
+                    await conn.execute(
+                        sql.WITHHOLD_DEAD_LETTERS,
+                        [row["id"] for row, _ in withholding],
+                        [refusal for _, refusal in withholding],
+                    )
             # after the transaction: the failure records must survive it
             for topic, ids, error in failures:
                 await conn.execute(sql.RECORD_DEAD_LETTER_FAILURE, ids, error)
@@ -125,6 +163,16 @@ class DeadLetterRelay:
         for topic, count in published.items():
             if self._on_published is not None:
                 self._on_published(topic, count)
+        for row, refusal in withholding:
+            log.warning(
+                "dead_letter_withheld",
+                topic=self._dlq.topic_for(row["source_topic"]),
+                source=f"{row['source_topic']}:{row['source_partition']}:{row['source_offset']}",
+                reason=row["reason"],
+                refusal=refusal,
+            )
+            if self._on_withheld is not None:
+                self._on_withheld(row["source_topic"])
         if failures:
             failure = DeadLetterPublishError("; ".join(error for _, _, error in failures))
             if not published:
@@ -132,7 +180,45 @@ class DeadLetterRelay:
             log.warning(
                 "dead_letter_relay_failed", error=type(failure).__name__, message=str(failure)[:300]
             )
-        return len(sent)
+        return len(sent) + len(withholding)
+
+    async def _one_at_a_time(
+        self, page: list[Any]
+    ) -> tuple[list[int], list[tuple[Any, str]], str | None]:
+        """Publish `page` one dead letter at a time, in order, until one cannot go:
+        the ids the broker took, the rows it refused for their content alone (their
+        stand-ins taken instead) with its refusal, and the error that stopped it (None:
+        the page is done). A dead letter refused is for its content alone when the
+        broker answered with an error that no retry changes and then took its
+        stand-in: a topic refusing even that refuses its dead letters, which wait."""
+        taken: list[int] = []
+        withheld: list[tuple[Any, str]] = []
+        try:
+            async with asyncio.timeout(self._publish_timeout):
+                for row in page:
+                    rejection = rejection_of(row)
+                    try:
+                        await self._dlq.publish([rejection], [row["rejected_at"]])
+                    except Exception as exc:
+                        refusal = refusal_of(exc)
+                        if refusal is None:
+                            return taken, withheld, f"{type(exc).__name__}: {exc}"[:500]
+                        try:
+                            await self._dlq.publish_stand_in(rejection, row["rejected_at"], refusal)
+                        except Exception:
+                            return taken, withheld, f"{type(exc).__name__}: {exc}"[:500]
+                        withheld.append((row, refusal))
+                    else:
+                        taken.append(row["id"])
+        except TimeoutError:
+            topic = self._dlq.topic_for(page[0]["source_topic"])
+            return (
+                taken,
+                withheld,
+                f"{topic}: the broker did not acknowledge the dead letters one at a time "
+                f"within {self._publish_timeout:g}s",
+            )
+        return taken, withheld, None
 
     def _next_attempt_in(self) -> float | None:
         """Seconds until the first refused topic may be tried again (None: none is)."""

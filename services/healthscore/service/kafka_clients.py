@@ -14,10 +14,12 @@ credentials) come from `KafkaConnection` only and cannot be overridden.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from faststream.kafka import KafkaBroker
@@ -40,6 +42,8 @@ CONNECTION_OPTIONS = frozenset(
         "security",
     }
 )
+
+log = structlog.get_logger(__name__)
 
 _FASTSTREAM_SASL: dict[str, type[SASLPlaintext | SASLScram256 | SASLScram512]] = {
     "PLAIN": SASLPlaintext,
@@ -171,3 +175,32 @@ class KafkaConnection:
         self._options(options)
         kafka_codecs.install(self.max_decompressed_batch_bytes)
         return KafkaBroker(self.bootstrap_servers, security=self.security.faststream(), **options)
+
+
+async def stop_producer(producer: AIOKafkaProducer, flush_within: float) -> None:
+    """Stop `producer`, waiting at most `flush_within` for what it has not sent yet.
+
+    aiokafka's own `stop` waits until every queued record is acknowledged or expires
+    (its request timeout), and only then closes: with the broker away that outlasted
+    a pod's grace period. Nothing is lost by giving up on them: each of the
+    service's publishers (the alert and dead-letter relays, the health feed) marks a
+    record done in PostgreSQL only once the broker acknowledged it, so what is left
+    here is published by the next process.
+    """
+    stopping = asyncio.ensure_future(producer.stop())
+    done, _ = await asyncio.wait([stopping], timeout=flush_within)
+    if done:
+        stopping.result()  # what it raised, as before
+        return
+    stopping.cancel()
+    log.warning("producer_stopped_unflushed", waited_seconds=flush_within)
+    # the sender first (a batch failed under a running sender is put back in a queue
+    # it is no longer in), then the connections: a request in flight ends with them
+    sender = producer._sender.sender_task
+    if sender is not None:
+        sender.cancel()
+    await producer.client.close()
+    if sender is not None:
+        ended, _ = await asyncio.wait([sender], timeout=1.0)
+        if ended and not sender.cancelled():
+            sender.exception()  # retrieved: the stop has been logged already

@@ -3,6 +3,7 @@ binds, and one-off connections; both with the TLS of DATABASE_SSLMODE."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ssl
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -145,13 +146,26 @@ def bound_transaction_time(
 
 
 @contextlib.asynccontextmanager
-async def opened(pool: asyncpg.Pool[Any], role: str | None) -> AsyncIterator[asyncpg.Pool[Any]]:
-    """Open `pool` (as `role`) for the block; closed at its end."""
+async def opened(
+    pool: asyncpg.Pool[Any], role: str | None, close_within: float | None = None
+) -> AsyncIterator[asyncpg.Pool[Any]]:
+    """Open `pool` (as `role`) for the block; closed at its end, within `close_within`
+    seconds (None: however long): a close waits for every connection's release, which
+    waits on its server, so a server that does not answer held it for good; past the
+    time the connections are dropped (the server rolls back what they had not
+    committed)."""
     await _open(pool, role)
     try:
         yield pool
     finally:
-        await pool.close()
+        if close_within is None:
+            await pool.close()
+        else:
+            try:
+                await asyncio.wait_for(pool.close(), close_within)
+            except TimeoutError:
+                log.warning("database_pool_terminated", waited_seconds=close_within)
+                pool.terminate()
 
 
 async def create_pool(

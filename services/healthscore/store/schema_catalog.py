@@ -41,6 +41,8 @@ SERVICE_TABLES: Final = (
     "replay_runs",
     # dead letters on their way to <topic>.dlq (0077)
     "dead_letter_outbox",
+    # dead letters their topic refused for their content alone (0091)
+    "dead_letters_withheld",
     # the dashboard's score quality figures (0089)
     "score_quality_summary",
 )

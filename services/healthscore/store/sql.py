@@ -488,6 +488,24 @@ ORDER BY p.id
 # the broker has them: the topic is their store from now on
 DELETE_DEAD_LETTERS = "DELETE FROM dead_letter_outbox WHERE id = ANY($1::bigint[])"
 
+# a dead letter its topic refused for its content alone, whose stand-in it took: the
+# record as it came leaves the outbox for dead_letters_withheld, in one statement
+WITHHOLD_DEAD_LETTERS = """
+WITH refused AS (
+    SELECT id, refusal FROM unnest($1::bigint[], $2::text[]) AS x(id, refusal)
+), moved AS (
+    DELETE FROM dead_letter_outbox d USING refused r WHERE d.id = r.id
+    RETURNING d.id, d.source_topic, d.source_partition, d.source_offset, d.record_key,
+              d.record_value, d.record_timestamp_ms, d.record_headers, d.reason, d.detail,
+              d.rejected_at, r.refusal
+)
+INSERT INTO dead_letters_withheld (id, source_topic, source_partition, source_offset,
+                                   record_key, record_value, record_timestamp_ms,
+                                   record_headers, reason, detail, rejected_at, refusal)
+SELECT * FROM moved
+ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING
+"""
+
 RECORD_DEAD_LETTER_FAILURE = """
 UPDATE dead_letter_outbox
 SET publish_attempts = publish_attempts + 1, last_error = $2

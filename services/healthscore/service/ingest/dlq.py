@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import msgspec
+import orjson
 from aiokafka.errors import (
     MessageSizeTooLargeError,
     RecordListTooLargeError,
@@ -82,7 +83,11 @@ VALUE_NULL = "x-value-null"
 allows such a record (a tombstone without a key), aiokafka's producer sends none, so
 the dead letter carries an empty value instead of the null one."""
 
-_RESERVED = OWN_HEADERS | {VALUE_OMITTED, VALUE_NULL}
+VALUE_WITHHELD = "x-value-withheld"
+"""The header of a stand-in: the dead letter its topic refused for its content alone,
+sent as a JSON description without the record's bytes (kept in PostgreSQL)."""
+
+_RESERVED = OWN_HEADERS | {VALUE_OMITTED, VALUE_NULL, VALUE_WITHHELD}
 
 ORIGINAL_PREFIX = "x-original-"
 """Prefixed to a producer's header that is named like one of ours."""
@@ -147,6 +152,43 @@ class DeadLetterQueue:
         ):
             self._check(rejection, ack)
 
+    async def publish_stand_in(
+        self, rejection: Rejection, rejected_at: datetime, refusal: str
+    ) -> None:
+        """Publish, and wait for the ack of, the stand-in of a dead letter its topic
+        refused with `refusal`: the rejection's own headers, `VALUE_WITHHELD` saying
+        why, and a JSON description of the record instead of its bytes (what a
+        schema the topic enforces is likeliest to take). Raises what the producer or
+        the broker raised: a topic that refuses this too refuses its dead letters, not
+        this one's content."""
+        record = rejection.record
+        key = (
+            record.key if record.key is not None and len(record.key) <= _LARGEST_KEY_KEPT else None
+        )
+        description = orjson.dumps(
+            {
+                "withheld": "the dead-letter topic refused this dead letter; the record "
+                "as it came is kept in PostgreSQL (dead_letters_withheld)",
+                "source_topic": record.topic,
+                "source_partition": record.partition,
+                "source_offset": record.offset,
+                "reason": rejection.reason,
+                "value_bytes": None if record.value is None else len(record.value),
+                "key_bytes": None if record.key is None else len(record.key),
+                "headers": len(record.headers),
+                "refused_with": refusal[:_REFUSAL_KEPT],
+            }
+        )
+        headers = [
+            *dlq_headers(rejection, own_only=True, rejected_at=rejected_at),
+            (VALUE_WITHHELD, refusal[:_REFUSAL_KEPT].encode()),
+            ("content-type", b"application/json"),
+        ]
+        ack = await self._producer.send(
+            self.topic_for(record.topic), value=description, key=key, headers=headers
+        )
+        await ack
+
     def _check(self, rejection: Rejection, ack: object) -> None:
         """Raise what the send of `rejection`'s dead letter failed with, if it did."""
         if isinstance(ack, Exception):
@@ -200,6 +242,9 @@ TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeEr
 _LARGEST_KEY_KEPT = 1024
 """A dead letter sent without its value keeps a key up to this size (a hostile key may
 be what made it too large)."""
+
+_REFUSAL_KEPT = 300
+"""A stand-in says this much of the broker's refusal (its error names the record)."""
 
 
 def _omitted(record: RawRecord) -> tuple[str, bytes]:

@@ -190,6 +190,13 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        self.dead_letters_withheld = Counter(
+            "healthscore_dead_letters_withheld_total",
+            "Dead letters their topic refused for their content alone, published as a "
+            "stand-in without the record (kept in dead_letters_withheld), by source topic.",
+            ["topic"],
+            registry=r,
+        )
         self.alerts_raised = Counter(
             "healthscore_alerts_raised_total",
             "Alerts written to the outbox, by kind.",

@@ -1,0 +1,161 @@
+"""A dead letter its topic refuses for its content alone does not hold the topic's
+later dead letters: a stand-in goes in its place, the record stays in PostgreSQL.
+
+A real tansu broker enforces a JSON schema on the usage dead-letter topic (values must
+be JSON objects, as a platform team may require of every topic): the dead letter of a
+record that is not JSON is refused for its bytes, whatever is tried again, while the
+dead letters around it are JSON and taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import orjson
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from structlog.testing import capture_logs
+
+from healthscore.service.app import ServiceOptions
+from healthscore_lab.devservices import start_embedded_broker, stop_process
+from tests.utils.harness import (
+    Topics,
+    consume_all,
+    fetch,
+    make_producer,
+    running_service,
+    service_settings,
+)
+from tests.utils.scenarios import wait_caught_up
+
+
+def _usage(org: str, n: int, at: datetime, **changes: Any) -> bytes:
+    body: dict[str, Any] = {
+        "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"withheld-usage-{org}-{n}")),
+        "organization_id": org,
+        "type": "feature_used",
+        "feature": "calendar",
+        "occurred_at": (at + timedelta(seconds=n)).isoformat(),
+    }
+    body.update(changes)
+    return orjson.dumps(body)
+
+
+def _metric(service: Any, name: str, **labels: str) -> float:
+    return float(
+        sum(
+            sample.value
+            for family in service.metrics.registry.collect()
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        )
+    )
+
+
+async def test_a_dead_letter_its_topic_refuses_for_its_content_holds_no_later_one(
+    migrated_database: str, tmp_path: Path
+) -> None:
+    """Before, the relay kept the refused dead letter first in its topic's order and
+    tried it again every few seconds for good: the dead letters rejected after it, which
+    the topic takes, never left (`healthscore_dead_letters_pending` only grew)."""
+    topics = Topics(*(f"{name}.withheld" for name in ("u", "s", "a", "h", "p")))
+    registry = tmp_path / "schemas"
+    registry.mkdir()
+    # values must be JSON objects: a record that is not JSON makes a dead letter the
+    # topic refuses, while any JSON description of it is taken
+    schema = {"type": "object", "properties": {"value": {"type": "object"}}}
+    (registry / f"{topics.dlq_usage}.json").write_bytes(orjson.dumps(schema))
+    bootstrap, broker = start_embedded_broker(schema_registry=registry)
+    try:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            names = [*(getattr(topics, f) for f in ("usage", "support", "alerts", "health"))]
+            names += [topics.profile, topics.dlq_usage, topics.dlq_support, topics.dlq_profile]
+            await admin.create_topics([NewTopic(n, 1, 1) for n in names])
+        finally:
+            await admin.close()
+        settings = service_settings(migrated_database, bootstrap, topics)
+        at = datetime.now(UTC) - timedelta(hours=1)
+        org = str(uuid.uuid5(uuid.NAMESPACE_URL, "withheld-org"))
+        not_json = b"<usage><feature>calendar</feature></usage>"  # a producer sending XML
+        producer = await make_producer(bootstrap)
+        try:
+            sent = []
+            for value in (
+                _usage(org, 0, at, quantity=0),  # rejected, its dead letter JSON: taken
+                not_json,  # rejected, its dead letter refused for its bytes
+                _usage(org, 1, at),  # valid
+                _usage(org, 2, at, quantity=-5),  # rejected after the refused one
+            ):
+                sent.append(
+                    await producer.send_and_wait(
+                        topics.usage, value, key=org.encode(), headers=[("trace", b"t-1")]
+                    )
+                )
+            with capture_logs() as logs:
+                async with running_service(settings, ServiceOptions(run_sweep=False)) as service:
+                    await wait_caught_up(
+                        migrated_database, bootstrap, settings.consumer_group, [topics.usage]
+                    )
+                    letters = await consume_all(bootstrap, topics.dlq_usage, expect=3, timeout=30)
+                    for _ in range(100):
+                        if not await fetch(migrated_database, "SELECT 1 FROM dead_letter_outbox"):
+                            break
+                        await asyncio.sleep(0.1)
+                    pending = await fetch(
+                        migrated_database,
+                        "SELECT source_offset, last_error FROM dead_letter_outbox",
+                    )
+                    withheld = _metric(
+                        service, "healthscore_dead_letters_withheld_total", topic=topics.usage
+                    )
+                    published = _metric(
+                        service, "healthscore_dead_letters_published_total", topic=topics.usage
+                    )
+        finally:
+            await producer.stop()
+    finally:
+        stop_process(broker)
+
+    assert pending == [], f"dead letters still waiting: {pending}"
+    # all three in their order of rejection: the stand-in in the refused one's place
+    offsets = [dict(letter.headers)["x-source-offset"] for letter in letters]
+    assert offsets == [str(sent[i].offset).encode() for i in (0, 1, 3)]
+    first, stand_in, third = letters
+    assert first.value == _usage(org, 0, at, quantity=0)
+    assert third.value == _usage(org, 2, at, quantity=-5)
+    named = dict(stand_in.headers)
+    assert named["x-error-reason"] == b"invalid_json"
+    assert named["x-source-topic"] == topics.usage.encode()
+    assert named["x-value-withheld"].startswith(b"UnknownError")
+    assert "trace" not in named  # the producer's headers stay with the record
+    description = orjson.loads(stand_in.value)
+    assert description["source_offset"] == sent[1].offset
+    assert description["value_bytes"] == len(not_json)
+    assert "dead_letters_withheld" in description["withheld"]
+    # the record as it came, in PostgreSQL
+    [kept] = await fetch(
+        migrated_database,
+        "SELECT source_topic, source_offset, record_key, record_value, record_headers,"
+        " reason, refusal FROM dead_letters_withheld",
+    )
+    assert (kept["source_topic"], kept["source_offset"]) == (topics.usage, sent[1].offset)
+    assert bytes(kept["record_value"]) == not_json
+    assert bytes(kept["record_key"]) == org.encode()
+    assert msgspec.msgpack.decode(kept["record_headers"]) == [["trace", b"t-1"]]
+    assert kept["reason"] == "invalid_json"
+    assert kept["refusal"].startswith("UnknownError")
+    # counted and said
+    assert withheld == 1 and published == 3
+    [said] = [log for log in logs if log["event"] == "dead_letter_withheld"]
+    assert said["source"] == f"{topics.usage}:0:{sent[1].offset}"
+    assert said["topic"] == topics.dlq_usage and said["reason"] == "invalid_json"
+
+
+pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
