@@ -67,6 +67,10 @@ TABLES: Final = {
     # MARK_PROJECTED, TAKE_OWN_PENDING and DEQUEUE_PROJECTED delete
     f"{WRITER}: SELECT on table read_model_pending",
     f"{WRITER}: DELETE on table read_model_pending",
+    # the projector: OWED_HEALTH_FEED, OLDEST_OWED_HEALTH_FEED, TAKE_OWN_PENDING's
+    # NOT EXISTS; FEED_PUBLISHED deletes
+    f"{WRITER}: SELECT on table health_feed_owed",
+    f"{WRITER}: DELETE on table health_feed_owed",
     # the dead-letter relay: PENDING_DEAD_LETTERS, DEAD_LETTER_STATS; DELETE_DEAD_LETTERS
     f"{WRITER}: SELECT on table dead_letter_outbox",
     f"{WRITER}: DELETE on table dead_letter_outbox",
@@ -172,6 +176,8 @@ COLUMNS: Final = {
     # PENDING_PROJECTION's FOR UPDATE OF q
     (WRITER, "INSERT", "read_model_pending"): "organization_id version",
     (WRITER, "UPDATE", "read_model_pending"): "version",
+    # OWE_HEALTH_FEED (owed_since is its default)
+    (WRITER, "INSERT", "health_feed_owed"): "organization_id",
     # INSERT_DEAD_LETTERS; RECORD_DEAD_LETTER_FAILURE
     (
         WRITER,

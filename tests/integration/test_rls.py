@@ -655,6 +655,10 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
         ("TAKE_OWN_PENDING", sql.TAKE_OWN_PENDING, [[org], [1]]),
         ("QUEUE_FOR_PROJECTOR", sql.QUEUE_FOR_PROJECTOR, [[org], [1]]),
         ("QUEUE_AGAIN", sql.QUEUE_AGAIN, [[org]]),
+        ("OWE_HEALTH_FEED", sql.OWE_HEALTH_FEED, [[org]]),
+        ("OWED_HEALTH_FEED", sql.OWED_HEALTH_FEED, [10, 4, 0]),
+        ("OLDEST_OWED_HEALTH_FEED", sql.OLDEST_OWED_HEALTH_FEED, []),
+        ("FEED_PUBLISHED", sql.FEED_PUBLISHED, [[org]]),
         ("OUTBOX_STATS", sql.OUTBOX_STATS, []),
         (
             "INSERT_DEAD_LETTERS",

@@ -528,6 +528,7 @@ def background_loops(c: Components) -> list[Loop]:
 
         async def watch_staleness() -> None:
             c.metrics.read_model_staleness.set(await projector.measure_staleness())
+            c.metrics.health_feed_owed_age.set(await projector.feed_owed_age())
 
         loops.append(
             Loop(

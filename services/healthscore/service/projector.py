@@ -10,6 +10,13 @@ every event applied shows, decision point or not), upserts `customer_health`,
 publishes the health feed and removes the entries whose state still has the
 version it projected.
 
+The read model does not wait for the broker: a pass commits `customer_health` and
+removes its entries whether or not the feed is acknowledged, and owes the feed of
+what the broker did not take (`health_feed_owed`). A later pass of the shard publishes
+the owed records from `customer_health` (each organization's newest projected score),
+holding those rows (FOR SHARE) until it commits, so that no newer projection of them
+is published before.
+
 It coalesces like Kafka Streams' record cache: an organization changed by many
 batches since the last pass is projected once. When ingest outruns it, each
 pass covers more events per organization, instead of ingest slowing down. Its
@@ -70,6 +77,9 @@ YIELD_EVERY = 50
 # after a failure leaves the feed (and its projection) to the projector this long
 FEED_TIMEOUT_SECONDS = 2.0
 FEED_PAUSE_SECONDS = 30.0
+# a pass waits this long at most for the feed of its page before it commits the read
+# model without it (the feed is then owed); a page is acknowledged in far less
+PASS_FEED_TIMEOUT_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,18 +186,20 @@ class Projector:
 
     async def _project_shard(self, shard: int, min_age: float) -> int | None:
         started = time.perf_counter()
-        sent: list[Projected] = []
+        sent: list[UUID] = []
         try:
             return await self._project_page(shard, min_age, started, sent)
         except Exception:
             if sent:
-                await queue_again(self._pool, [p.organization_id for p in sent])
+                await queue_again(self._pool, sent)
             raise
 
     async def _project_page(
-        self, shard: int, min_age: float, started: float, sent: list[Projected]
+        self, shard: int, min_age: float, started: float, sent: list[UUID]
     ) -> int | None:
-        """One pass over `shard`; `sent` receives the page once its feed is being sent."""
+        """One pass over `shard`; `sent` receives the organizations whose feed is being
+        sent. The read model commits whether or not the feed is acknowledged: what the
+        broker did not take is owed (`health_feed_owed`) and sent by a later pass."""
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 sql.PENDING_PROJECTION,
@@ -199,8 +211,7 @@ class Projector:
             )
             if not rows[0]["held"]:
                 return None
-            if rows[0]["organization_id"] is None:
-                return 0
+            rows = [r for r in rows if r["organization_id"] is not None]
             page = []
             for index, row in enumerate(rows):
                 if index % YIELD_EVERY == YIELD_EVERY - 1:
@@ -212,19 +223,66 @@ class Projector:
                 health = project(state, self._model)
                 if health is not None:
                     page.append(Projected(row["organization_id"], row["version"], state, health))
-            if page:
-                previous = await _upsert_customer_health(conn, page, self._model)
-                sent.extend(page)
-                await self._publish(page, previous)
-            await conn.execute(
-                sql.MARK_PROJECTED,
-                [r["organization_id"] for r in rows],
-                [r["version"] for r in rows],
+            previous = await _upsert_customer_health(conn, page, self._model) if page else {}
+            # read after the upsert: this page's own rows are its newest, and locked
+            owed = (
+                await conn.fetch(sql.OWED_HEALTH_FEED, self._page, self._shards, shard)
+                if self._feeds() and self._feed_up()
+                else []
             )
+            in_page = {p.organization_id for p in page}
+            owed_only = [r for r in owed if r["organization_id"] not in in_page]
+            if not rows and not owed_only:
+                return 0
+            if self._feeds():
+                published = False
+                if (page or owed_only) and self._feed_up():
+                    sent.extend(in_page)
+                    sent.extend(r["organization_id"] for r in owed_only)
+                    published = await self._publish_or_pause(page, previous, owed_only)
+                if published and owed:
+                    await conn.execute(sql.FEED_PUBLISHED, [r["organization_id"] for r in owed])
+                elif not published and page:
+                    await conn.execute(sql.OWE_HEALTH_FEED, list(in_page))
+            if rows:
+                await conn.execute(
+                    sql.MARK_PROJECTED,
+                    [r["organization_id"] for r in rows],
+                    [r["version"] for r in rows],
+                )
         self.projected += len(page)
-        if self._on_pass is not None:
+        if self._on_pass is not None and (rows or owed_only):
             self._on_pass(len(page), time.perf_counter() - started)
-        return len(rows)
+        return len(rows) + len(owed_only)
+
+    def _feeds(self) -> bool:
+        return self._producer is not None and self._health_topic is not None
+
+    def _feed_up(self) -> bool:
+        """Whether the feed did not just fail: after a failure passes owe theirs at once
+        for a while, instead of each waiting for the broker first."""
+        return time.monotonic() >= self._feed_paused_until
+
+    async def _publish_or_pause(
+        self,
+        page: list[Projected],
+        previous: dict[UUID, float | None],
+        owed: Sequence[asyncpg.Record],
+    ) -> bool:
+        """Publish the page's feed and the owed records; False (and the feed paused)
+        when the broker did not acknowledge them in time."""
+        try:
+            await asyncio.wait_for(self._publish(page, previous, owed), PASS_FEED_TIMEOUT_SECONDS)
+        except (TimeoutError, KafkaError) as exc:
+            self._feed_paused_until = time.monotonic() + FEED_PAUSE_SECONDS
+            log.warning(
+                "health_feed_owed",
+                organizations=len(page) + len(owed),
+                error=repr(exc),
+                paused_seconds=FEED_PAUSE_SECONDS,
+            )
+            return False
+        return True
 
     async def project_in_batch(
         self, conn: Connection, states: Sequence[tuple[OrganizationState, int]]
@@ -268,27 +326,39 @@ class Projector:
         live (nothing to coalesce) and the health feed did not just fail in a batch."""
         return self._coalesce_for() == 0.0 and time.monotonic() >= self._feed_paused_until
 
-    async def _publish(self, page: list[Projected], previous: dict[UUID, float | None]) -> None:
+    async def _publish(
+        self,
+        page: list[Projected],
+        previous: dict[UUID, float | None],
+        owed: Sequence[asyncpg.Record] = (),
+    ) -> None:
         if self._producer is None or self._health_topic is None:
             return
         now = datetime.now(UTC)
         version = self._model.version
-        await send_keyed(
-            self._producer,
-            self._health_topic,
-            [
-                (
-                    str(p.organization_id).encode(),
-                    health_message(p, previous.get(p.organization_id), version, now),
-                )
-                for p in page
-            ],
-        )
+        records = [
+            (
+                str(p.organization_id).encode(),
+                health_message(p, previous.get(p.organization_id), version, now),
+            )
+            for p in page
+        ]
+        records += [(str(r["organization_id"]).encode(), owed_message(r, now)) for r in owed]
+        await send_keyed(self._producer, self._health_topic, records)
 
     async def staleness(self) -> float:
         """Seconds since the oldest change not yet projected (0 when none is queued)."""
         async with self._pool.acquire() as conn:
             oldest: datetime | None = await conn.fetchval(sql.OLDEST_PENDING_PROJECTION)
+        if oldest is None:
+            return 0.0
+        return max(0.0, (datetime.now(UTC) - oldest).total_seconds())
+
+    async def feed_owed_age(self) -> float:
+        """Seconds since the oldest health-feed record the broker did not take was owed
+        (0 when none is): how long the feed has lagged the read model."""
+        async with self._pool.acquire() as conn:
+            oldest: datetime | None = await conn.fetchval(sql.OLDEST_OWED_HEALTH_FEED)
         if oldest is None:
             return 0.0
         return max(0.0, (datetime.now(UTC) - oldest).total_seconds())
@@ -381,6 +451,32 @@ async def _upsert_customer_health(
         model.version,
     )
     return {r["organization_id"]: r["previous_score"] for r in rows}
+
+
+def owed_message(row: asyncpg.Record, now: datetime) -> bytes:
+    """The `customer.health.v1` record of an owed organization, from its customer_health
+    row (`sql.OWED_HEALTH_FEED`): what `health_message` sent when it was projected."""
+    return orjson.dumps(
+        {
+            "organization_id": str(row["organization_id"]),
+            "health_score": row["health_score"],
+            "previous_score": row["previous_score"],
+            "health_status": row["health_status"],
+            "churn_probability": row["churn_probability"],
+            "risk_level": row["risk_level"],
+            "components": {
+                "engagement": row["engagement_score"],
+                "adoption": row["adoption_score"],
+                "milestones": row["milestone_score"],
+                "support": row["support_score"],
+                "growth": row["growth_score"],
+            },
+            "risk_factors": orjson.loads(row["risk_factors"]),
+            "score_model_version": row["score_model_version"],
+            "scored_at": row["scored_at"],
+            "emitted_at": now,
+        }
+    )
 
 
 def factor_dicts(factors: Any) -> list[dict[str, Any]]:

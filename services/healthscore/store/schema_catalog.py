@@ -30,6 +30,8 @@ SERVICE_TABLES: Final = (
     "health_score_history",
     "alert_outbox",
     "read_model_pending",
+    # customer_health rows whose health-feed record the broker did not take (0093)
+    "health_feed_owed",
     # score quality (0060): the shadow model, churn labels, live alert outcomes
     "shadow_health",
     "shadow_alerts",

@@ -303,10 +303,14 @@ WHERE q.organization_id IN (
 # back the queue entries its state saves just made (at the versions it saved; an
 # organization queued before it keeps its entry at an older version, and with it the
 # projector's turn). Run after the saves, while the batch holds those state rows.
+# An organization whose health feed is owed (`health_feed_owed`) is the projector's
+# too: it publishes the owed record from customer_health, and a live batch writing and
+# publishing a newer row meanwhile could land before that older record.
 TAKE_OWN_PENDING = """
 DELETE FROM read_model_pending q
 USING unnest($1::uuid[], $2::bigint[]) AS x(organization_id, version)
 WHERE q.organization_id = x.organization_id AND q.version = x.version
+  AND NOT EXISTS (SELECT 1 FROM health_feed_owed o WHERE o.organization_id = q.organization_id)
 RETURNING q.organization_id
 """
 
@@ -337,6 +341,48 @@ ON CONFLICT (organization_id) DO NOTHING
 DEQUEUE_PROJECTED = """
 DELETE FROM read_model_pending WHERE organization_id = ANY($1::uuid[])
 """
+
+# --- the health feed the broker did not take (`health_feed_owed`) -----------------
+
+# A pass whose feed was not acknowledged commits customer_health anyway and owes the
+# feed of its organizations; an organization already owed keeps its older entry (its
+# age is how long the feed has lagged the read model).
+OWE_HEALTH_FEED = """
+INSERT INTO health_feed_owed (organization_id)
+SELECT organization_id FROM unnest($1::uuid[]) AS x(organization_id)
+ORDER BY organization_id
+ON CONFLICT (organization_id) DO NOTHING
+"""
+
+# The owed records of shard $3 of $2 (as PENDING_PROJECTION splits them), oldest first,
+# with what the feed carries: the customer_health row, the newest projected score. Its
+# rows are locked (FOR SHARE) until the pass commits, after the publish: a newer
+# projection cannot be written, let alone published, before this older record goes
+# out. A row another transaction is writing right now is skipped (SKIP LOCKED): that
+# writer publishes its newer score, or owes it.
+OWED_HEALTH_FEED = """
+SELECT o.organization_id, h.health_score::float8 AS health_score,
+       h.previous_score::float8 AS previous_score, h.health_status,
+       h.churn_probability::float8 AS churn_probability, h.risk_level,
+       h.engagement_score::float8 AS engagement_score,
+       h.adoption_score::float8 AS adoption_score,
+       h.milestone_score::float8 AS milestone_score,
+       h.support_score::float8 AS support_score, h.growth_score::float8 AS growth_score,
+       h.risk_factors::text AS risk_factors, h.score_model_version, h.scored_at
+FROM health_feed_owed o
+JOIN customer_health h ON h.organization_id = o.organization_id
+WHERE get_byte(uuid_send(o.organization_id), 15) % $2::int = $3::int
+ORDER BY o.owed_since, o.organization_id
+LIMIT $1
+FOR SHARE OF h SKIP LOCKED
+"""
+
+# published: their customer_health rows are still those the pass read (it holds them)
+FEED_PUBLISHED = """
+DELETE FROM health_feed_owed WHERE organization_id = ANY($1::uuid[])
+"""
+
+OLDEST_OWED_HEALTH_FEED = "SELECT min(owed_since) FROM health_feed_owed"
 
 # previous_score: the score shown before the last change of the score
 UPSERT_CUSTOMER_HEALTH = """

@@ -126,6 +126,12 @@ class Metrics:
             "allows for it).",
             registry=r,
         )
+        self.health_feed_owed_age = Gauge(
+            "healthscore_health_feed_owed_age_seconds",
+            "Age of the oldest customer_health row whose customer.health.v1 record the "
+            "broker did not acknowledge (health_feed_owed; 0 when none is owed).",
+            registry=r,
+        )
         self.read_model_projected = Counter(
             "healthscore_read_model_projected_total",
             "customer_health rows written by the projector (one per organization per pass).",
