@@ -677,6 +677,7 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
         ),
         ("PENDING_DEAD_LETTERS", sql.PENDING_DEAD_LETTERS, [10]),
         ("RECORD_DEAD_LETTER_FAILURE", sql.RECORD_DEAD_LETTER_FAILURE, [[1], "topic refuses"]),
+        ("WITHHOLD_DEAD_LETTERS", sql.WITHHOLD_DEAD_LETTERS, [[1], ["refused for its size"]]),
         ("DELETE_DEAD_LETTERS", sql.DELETE_DEAD_LETTERS, [[1]]),
         ("DEAD_LETTER_STATS", sql.DEAD_LETTER_STATS, [sql.DEAD_LETTERS_COUNTED]),
         ("DISTRIBUTION", sql.DISTRIBUTION, []),
