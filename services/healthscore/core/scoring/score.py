@@ -355,6 +355,23 @@ def score(
     With `explain=False` the risk factors are left empty: the numbers are the
     same, and the per-event rescoring on the hot path skips building them.
     """
+    return _score(state, as_of, model, explain)[0]
+
+
+def score_with_impacts(
+    state: OrganizationState, as_of: float, model: ScoreModel
+) -> tuple[HealthScore, dict[str, float]]:
+    """The explained score, and the impact of each of its risk factors on its own,
+    unrounded: every factor with a shortfall, those folded into minor_factors too.
+    What undoing one factor alone gives back (the path to healthy)."""
+    health, impacts = _score(state, as_of, model, True)
+    return health, {factor: impact for impact, factor, _value, _extra in impacts}
+
+
+def _score(
+    state: OrganizationState, as_of: float, model: ScoreModel, explain: bool
+) -> tuple[HealthScore, list[_Impact]]:
+    """score(), and (explained) every factor's impact in _FACTORS order, then the ceilings'."""
     first = state.first_event_at
     created = state.created_at  # from a profile: the account is older than its first event
     origin = created if created is not None and (first is None or created < first) else first
@@ -506,6 +523,7 @@ def score(
     final = round(composite, 2)
 
     risk_factors: list[RiskFactor] = []
+    impacts: list[_Impact] = []
     if explain:
         measured = (  # the values the factors report, in _FACTORS order
             (silent, activity, logins, active_users, ratio, per_user, login_ratio),
@@ -515,11 +533,12 @@ def score(
             (unawarded, commercial, clients, negative),
         )
         extras = ("", "", _milestone_extra(missing), "", "")
-        risk_factors = _risk_factors(_impacts(shares, deficits, measured, extras) + ceiling_impacts)
+        impacts = _impacts(shares, deficits, measured, extras) + ceiling_impacts
+        risk_factors = _risk_factors(list(impacts))
 
     change_7d, change_30d = score_changes(state, as_of, final)
     probability = round(churn_probability(final, change_30d, model), 4)
-    return HealthScore(
+    health = HealthScore(
         score=final,
         status=health_band(final),
         components=components,
@@ -531,6 +550,7 @@ def score(
         change_30d=change_30d,
         active_users_30d=active_users,
     )
+    return health, impacts
 
 
 def _ceilings(
