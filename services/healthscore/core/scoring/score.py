@@ -189,7 +189,11 @@ _DETAILS: dict[str, _Detail] = {
     "growth_baseline": lambda value, _: (
         f"Growth headroom the model does not award (constant {value:.0f})."
     ),
-    "minor_factors": lambda value, _: f"{value:.0f} smaller factors together.",
+    "minor_factors": lambda value, extra: (
+        f"{value:.0f} smaller factors together, each under {MIN_REPORTED_IMPACT:g} points: {extra}."
+        if value != 1
+        else f"1 smaller factor, under {MIN_REPORTED_IMPACT:g} points: {extra}."
+    ),
     "ceiling_open_cancellation_request": lambda value, extra: (
         f"{value:.0f} open cancellation request(s) hold the score at or below {extra}."
     ),
@@ -534,7 +538,7 @@ def _score(
         )
         extras = ("", "", _milestone_extra(missing), "", "")
         impacts = _impacts(shares, deficits, measured, extras) + ceiling_impacts
-        risk_factors = _risk_factors(list(impacts))
+        risk_factors = _risk_factors(list(impacts), final)
 
     change_7d, change_30d = score_changes(state, as_of, final)
     probability = round(churn_probability(final, change_30d, model), 4)
@@ -666,33 +670,56 @@ def _impacts(
     return impacts
 
 
-def _risk_factors(impacts: list[_Impact]) -> list[RiskFactor]:
-    """Largest |impact| first; those under MIN_REPORTED_IMPACT folded into minor_factors."""
+def _risk_factors(impacts: list[_Impact], health_score: float) -> list[RiskFactor]:
+    """Largest |impact| first; those under MIN_REPORTED_IMPACT folded into minor_factors;
+    the impacts in hundredths, summing exactly to health_score - 100 (_apportion)."""
     impacts.sort(key=lambda item: -abs(item[0]))
     reported: list[_Impact] = []
-    minor_impact, minor_count = 0.0, 0
+    minor_impact = 0.0
+    minor_names: list[str] = []
     for item in impacts:
         if abs(item[0]) < MIN_REPORTED_IMPACT:
             minor_impact += item[0]
-            minor_count += 1
+            minor_names.append(item[1])
         else:
             reported.append(item)
-    minor = abs(minor_impact) >= MIN_REPORTED_IMPACT
-    if minor:
-        reported.append((minor_impact, "minor_factors", minor_count, ""))
+    minor_count = len(minor_names)
+    if minor_count:  # named in its text: which small ones, largest first
+        reported.append((minor_impact, "minor_factors", minor_count, ", ".join(minor_names)))
+    if not reported:
+        return []
+    shares = _apportion([item[0] for item in reported], round((health_score - 100.0) * 100.0))
     factors = [
         RiskFactor(
             factor=factor,
             # a count is an int, which rounds to itself: only a measured float needs round()
             value=float(value) if isinstance(value, int) else round(value, 4),
-            impact=round(impact, 2),
+            impact=hundredths / 100.0,
             detail=_DETAILS[factor](value, extra),
         )
-        for impact, factor, value, extra in reported
+        for (_impact, factor, value, extra), hundredths in zip(reported, shares, strict=True)
+        if hundredths  # only the fold can come to nothing at this precision
     ]
-    if minor:  # it goes where its rounded impact puts it (a stable sort: ties keep their order)
+    if minor_count:  # it goes where its impact puts it (a stable sort: ties keep their order)
         factors.sort(key=lambda item: -abs(item.impact))
     return factors
+
+
+def _apportion(impacts: list[float], total: int) -> list[int]:
+    """`impacts` (all <= 0) in hundredths, summing to `total`: each rounded towards 0 and
+    the hundredths still missing given to those with the largest remainders (ties to
+    the larger impact), so that each is its own within a hundredth, their order stays
+    and a reader adding them up gets the score's distance from 100 exactly."""
+    scaled = [-impact * 100.0 for impact in impacts]
+    units = [math.floor(points) for points in scaled]
+    missing = -total - sum(units)  # 0 <= missing <= len(impacts) when the shortfalls add up
+    by_remainder = sorted(range(len(units)), key=lambda i: units[i] - scaled[i])
+    step = 1 if missing > 0 else -1
+    if missing < 0:  # never while the shortfalls add up: still exact, taken from the smallest
+        by_remainder.reverse()
+    for k in range(abs(missing)):
+        units[by_remainder[k % len(units)]] += step
+    return [-points for points in units]
 
 
 def record_score(state: OrganizationState, health: HealthScore, as_of: float) -> None:
