@@ -97,10 +97,14 @@ Composite
 Risk factors and their impacts
     impact(f) = -(w_c / sum w) * deficit(f), in composite points, so the
     impacts of *all* factors sum exactly to score - 100 (the baseline is 100:
-    every factor is a shortfall from the ideal). Factors with |impact| < 0.5
-    are folded into one `minor_factors` entry (reported only if that sum
-    reaches 0.5 too), so the reported list sums to score - 100 within 0.5
-    plus rounding. Largest |impact| first.
+    every factor is a shortfall from the ideal; a clamped component's factors
+    are scaled to its deficit, a ceiling's points are a factor). Factors with
+    |impact| < 0.5 are folded into one `minor_factors` entry, reported unless
+    it is 0 in hundredths; the reported impacts are in hundredths, apportioned
+    by largest remainder (each rounded towards 0, the hundredths still missing
+    to the largest remainders, ties to the larger impact), so the reported
+    list sums to score - 100 exactly at the precision it is published in, each
+    within 0.01 of its own impact. Largest |impact| first.
 
 Churn probability
     p = logistic(churn.intercept - churn.score_coefficient * score/100
