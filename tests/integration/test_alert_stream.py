@@ -206,6 +206,10 @@ async def test_every_published_alert_keeps_the_contract_and_its_episode(
     assert alerts, "the scripted organizations raise alerts"
     assert {a.body["organization_id"] for a in alerts} >= {cancelling.org}
     assert all_problems(alerts) == []
+    # what a reader adds up of an alert's reasons is its score's distance from 100 exactly
+    for alert in alerts:
+        hundredths = sum(round(f["impact"] * 100) for f in alert.body["risk_factors"])
+        assert hundredths == round((alert.body["health_score"] - 100) * 100), alert.body
     stuck = next(s for s in scripts if s.org == _id("stuck"))
     closes = [
         action

@@ -14,7 +14,7 @@ from healthscore.contracts.enums import HealthStatus, MilestoneType, RiskLevel, 
 from healthscore.core.events import UsageEvent
 from healthscore.core.scoring.aggregate import apply_usage, new_state
 from healthscore.core.scoring.model import DAY, ScoreModel, v1_model
-from healthscore.core.scoring.results import HealthScore
+from healthscore.core.scoring.results import HealthScore, RiskFactor
 from healthscore.core.scoring.score import churn_probability, record_score, score, score_changes
 from healthscore.core.scoring.state import OpenInteraction, OrganizationState
 
@@ -45,6 +45,10 @@ def usage(
 
 def factor_sum(health: HealthScore) -> float:
     return sum(f.impact for f in health.risk_factors)
+
+
+def by_factor(health: HealthScore) -> dict[str, RiskFactor]:
+    return {f.factor: f for f in health.risk_factors}
 
 
 def test_brand_new_org_with_one_login_yesterday_is_excellent_and_low_risk(
@@ -169,13 +173,16 @@ def test_troubled_established_org_hand_computed(model: ScoreModel) -> None:
         "negative_sentiment": -1.0,  # .20 * 5
         "recent_escalations": -1.0,  # .20 * 5
         "complaints": -0.8,  # .20 * 4
-        # missing_milestones: .10 * 1.643836 = 0.16 < 0.5, and alone among the minor ones
+        # missing_milestones: .10 * 1.643836 = 0.16 < 0.5, alone among the minor ones
+        "minor_factors": -0.16,
     }
+    assert by_factor(health)["minor_factors"].detail == (
+        "1 smaller factor, under 0.5 points: missing_milestones."
+    )
     ordered = [abs(f.impact) for f in health.risk_factors]
     assert ordered == sorted(ordered, reverse=True)
-    # every factor is a shortfall from 100: the reported ones sum to score - 100
-    # up to the unreported minor ones (0.16 here)
-    assert factor_sum(health) == pytest.approx(health.score - 100, abs=0.2)
+    # every factor is a shortfall from 100: the reported ones sum to score - 100 exactly
+    assert round(factor_sum(health), 2) == round(health.score - 100, 2)
     by_name = {f.factor: f for f in health.risk_factors}
     assert by_name["inactivity"].value == 16.0
     assert by_name["open_interactions"].value == 2.0
@@ -302,6 +309,9 @@ def test_minor_factors_are_folded_into_one_entry(model: ScoreModel) -> None:
     # growth shortfalls (.10 * 25, .10 * 15) are big enough to name; the small
     # engagement/adoption shortfalls under grace are folded together
     assert names[:2] == ["weak_commercial_momentum", "no_client_growth"]
-    assert "minor_factors" in names
-    assert all(abs(f.impact) >= 0.5 for f in health.risk_factors)
-    assert factor_sum(health) == pytest.approx(health.score - 100, abs=1.0)
+    assert names.count("minor_factors") == 1
+    assert all(abs(f.impact) >= 0.5 for f in health.risk_factors if f.factor != "minor_factors")
+    assert by_factor(health)["minor_factors"].detail.startswith(
+        f"{by_factor(health)['minor_factors'].value:.0f} smaller factors together, each under 0.5"
+    )
+    assert round(factor_sum(health), 2) == round(health.score - 100, 2)

@@ -110,9 +110,11 @@ def test_factor_impacts_explain_the_distance_from_100(state: OrganizationState) 
     health = score(state, NOW, MODEL)
     impacts = [f.impact for f in health.risk_factors]
     assert all(impact <= 0 for impact in impacts)  # every factor is a shortfall
-    assert all(abs(impact) >= 0.5 for impact in impacts)
+    # each at least half a point but the fold of the smaller ones
+    assert all(abs(f.impact) >= 0.5 for f in health.risk_factors if f.factor != "minor_factors")
     assert [abs(i) for i in impacts] == sorted((abs(i) for i in impacts), reverse=True)
-    assert abs(sum(impacts) - (health.score - 100.0)) <= 1.0
+    # exactly, at the published precision (tests/unit/test_risk_factor_sums.py)
+    assert round(sum(impacts), 2) == round(health.score - 100.0, 2)
 
 
 @PROPERTY

@@ -15,14 +15,35 @@ from healthscore.contracts.enums import (
 MAX_CAUSED_BY = 20
 
 
+RISK_FACTORS_SUM = (
+    "The impacts sum exactly to the score minus 100, in hundredths: factors under 0.5 "
+    "points are folded into one `minor_factors` entry (whenever not 0.00), and the "
+    "rounding to hundredths is apportioned by largest remainder."
+)
+
+
 class RiskFactor(BaseModel):
     """One reason the score is what it is, with its effect in score points."""
 
     model_config = ConfigDict(frozen=True, title="RiskFactor")
 
-    factor: str = Field(description="Stable machine name, e.g. `inactivity` or `open_escalations`.")
-    value: float = Field(description="The measured input, in the factor's own unit.")
-    impact: float = Field(description="Points this factor moved the score (negative lowers it).")
+    factor: str = Field(
+        description="Stable machine name, e.g. `inactivity` or `open_escalations`; "
+        "`minor_factors` for the factors under 0.5 points each, together."
+    )
+    value: float = Field(
+        description="The measured input, in the factor's own unit (`minor_factors`: how "
+        "many factors it holds)."
+    )
+    impact: float = Field(
+        description="Points this factor moved the score (negative lowers it), in "
+        "hundredths. The impacts of a score's risk factors sum exactly to the score minus "
+        "100: each is its factor's own impact within 0.01, the rounding apportioned by "
+        "largest remainder (each rounded towards 0, the hundredths still missing given to "
+        "the largest remainders). Every factor but `minor_factors` is at least 0.5 points; "
+        "`minor_factors` holds the smaller ones together and is listed whenever it is not "
+        "0.00."
+    )
     detail: str = Field(description="One human-readable sentence for the dashboard.")
 
 
@@ -71,7 +92,9 @@ class ChurnRiskAlert(BaseModel):
     health_status: HealthStatus = Field(description="The band after the change.")
     churn_probability: float = Field(ge=0, le=1, description="0..1.")
     risk_level: RiskLevel = Field(description="Risk level after the change.")
-    risk_factors: list[RiskFactor] = Field(description="Why: largest impact first.")
+    risk_factors: list[RiskFactor] = Field(
+        description=f"Why: largest impact first. {RISK_FACTORS_SUM}"
+    )
     caused_by: list[UUID] = Field(
         max_length=MAX_CAUSED_BY, description="Event ids (at most 20) that moved the score."
     )
@@ -137,7 +160,7 @@ class HealthUpdate(BaseModel):
     churn_probability: float = Field(ge=0, le=1)
     risk_level: RiskLevel
     components: ComponentScores
-    risk_factors: list[RiskFactor] = Field(description="Largest impact first.")
+    risk_factors: list[RiskFactor] = Field(description=f"Largest impact first. {RISK_FACTORS_SUM}")
     score_model_version: str = Field(description="Version of the scoring model config.")
     scored_at: AwareDatetime = Field(description="The event time the score holds for.")
     emitted_at: AwareDatetime = Field(description="Wall clock at emission.")

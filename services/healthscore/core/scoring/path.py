@@ -10,8 +10,9 @@ model itself:
   escalation, unresolved-age and (v1) ceiling points it holds;
 - reach a missing success milestone: recomputed with the milestone achieved;
 - undo a behavioural shortfall (inactivity, activity below the organization's
-  usual level, few logins, ...): worth the factor's impact, which is exactly
-  what it costs the composite (the impacts sum to score - 100), up to the
+  usual level, few logins, ...): worth the factor's own impact, which is exactly
+  what it costs the composite (the impacts sum to score - 100), rounded on its
+  own (the reported list's impacts carry a share of its rounding), up to the
   ceiling a cancellation request or an escalation holds the score under
   (`score_ceiling`): points above it never come, so under a ceiling that holds
   the score these actions are worth nothing until time lifts it.
@@ -39,7 +40,12 @@ import msgspec
 from healthscore.core.enums import MilestoneType, NoPathReason
 from healthscore.core.scoring.model import ScoreModel
 from healthscore.core.scoring.results import HealthAction, HealthScore
-from healthscore.core.scoring.score import churn_probability, score, score_ceiling
+from healthscore.core.scoring.score import (
+    churn_probability,
+    score,
+    score_ceiling,
+    score_with_impacts,
+)
 from healthscore.core.scoring.state import OrganizationState
 
 MAX_ACTIONS = 5
@@ -100,7 +106,7 @@ def path_to_healthy(
     """The fewest actions (largest first) after which the churn probability falls
     below alerts.exit_probability; [] when it already is. Reads `state`, changes
     nothing."""
-    base = score(state, as_of, model)
+    base, own = score_with_impacts(state, as_of, model)
 
     def out_of_risk(value: float) -> bool:
         return _out_of_risk(base, value, model)
@@ -144,9 +150,10 @@ def path_to_healthy(
             gain = reachable(changed, after.score, behaviour) - level
             if best is None or gain > best[0]:
                 best = (gain, "reach", name, "missing_milestones")
-        for risk in current.risk_factors:
+        for risk in current.risk_factors:  # the factors reported on their own
             if risk.factor in _BEHAVIOUR and risk.factor not in undone:
-                gain = reachable(now, current.score, behaviour - risk.impact) - level
+                alone = round(own[risk.factor], 2)
+                gain = reachable(now, current.score, behaviour - alone) - level
                 if best is None or gain > best[0]:
                     best = (gain, "undo", risk.factor, risk.factor)
         if best is None or best[0] < MIN_VALUE:
@@ -165,13 +172,13 @@ def path_to_healthy(
         else:
             # the factor's whole impact comes back to the composite, whatever the
             # ceiling lets through of it now (a later action may lift the ceiling)
-            undone[key] = -next(r.impact for r in current.risk_factors if r.factor == key)
+            undone[key] = -round(own[key], 2)
             text = _BEHAVIOUR[key]
         actions.append(HealthAction(action=text, factor=factor, impact=gain, interaction_id=about))
         # a behavioural factor's impact does not depend on the support or milestone
         # components (the composite is a weighted mean), so `undone` keeps its value
         now = _with(state, closed, reached, as_of)
-        current = score(now, as_of, model)
+        current, own = score_with_impacts(now, as_of, model)
         if out_of_risk(reachable(now, current.score, sum(undone.values()))):
             break
     return _largest_first(actions)

@@ -23,7 +23,9 @@ class RiskFactor(msgspec.Struct, frozen=True, gc=False):
 
     factor: str  # stable machine name, e.g. `inactivity` or `open_escalations`
     value: float  # the measured input, in the factor's own unit
-    impact: float  # points this factor moved the score (negative lowers it), 2 decimals
+    # points this factor moved the score (negative lowers it), 2 decimals: a score's
+    # impacts sum to score - 100 exactly (the rounding apportioned: scoring.score)
+    impact: float
     detail: str  # one human-readable sentence for the dashboard
 
 
@@ -33,7 +35,8 @@ class HealthScore(msgspec.Struct, frozen=True):
     components: dict[str, float]  # engagement, adoption, milestones, support, growth
     churn_probability: float  # 0..1, 4 decimals
     risk_level: RiskLevel
-    risk_factors: list[RiskFactor]  # largest |impact| first, each |impact| >= 0.5
+    # largest |impact| first, each |impact| >= 0.5 but minor_factors (the smaller ones)
+    risk_factors: list[RiskFactor]
     segment: str
     change_7d: float | None
     change_30d: float | None

@@ -97,10 +97,14 @@ Composite
 Risk factors and their impacts
     impact(f) = -(w_c / sum w) * deficit(f), in composite points, so the
     impacts of *all* factors sum exactly to score - 100 (the baseline is 100:
-    every factor is a shortfall from the ideal). Factors with |impact| < 0.5
-    are folded into one `minor_factors` entry (reported only if that sum
-    reaches 0.5 too), so the reported list sums to score - 100 within 0.5
-    plus rounding. Largest |impact| first.
+    every factor is a shortfall from the ideal; a clamped component's factors
+    are scaled to its deficit, a ceiling's points are a factor). Factors with
+    |impact| < 0.5 are folded into one `minor_factors` entry, reported unless
+    it is 0 in hundredths; the reported impacts are in hundredths, apportioned
+    by largest remainder (each rounded towards 0, the hundredths still missing
+    to the largest remainders, ties to the larger impact), so the reported
+    list sums to score - 100 exactly at the precision it is published in, each
+    within 0.01 of its own impact. Largest |impact| first.
 
 Churn probability
     p = logistic(churn.intercept - churn.score_coefficient * score/100
@@ -189,7 +193,11 @@ _DETAILS: dict[str, _Detail] = {
     "growth_baseline": lambda value, _: (
         f"Growth headroom the model does not award (constant {value:.0f})."
     ),
-    "minor_factors": lambda value, _: f"{value:.0f} smaller factors together.",
+    "minor_factors": lambda value, extra: (
+        f"{value:.0f} smaller factors together, each under {MIN_REPORTED_IMPACT:g} points: {extra}."
+        if value != 1
+        else f"1 smaller factor, under {MIN_REPORTED_IMPACT:g} points: {extra}."
+    ),
     "ceiling_open_cancellation_request": lambda value, extra: (
         f"{value:.0f} open cancellation request(s) hold the score at or below {extra}."
     ),
@@ -355,6 +363,23 @@ def score(
     With `explain=False` the risk factors are left empty: the numbers are the
     same, and the per-event rescoring on the hot path skips building them.
     """
+    return _score(state, as_of, model, explain)[0]
+
+
+def score_with_impacts(
+    state: OrganizationState, as_of: float, model: ScoreModel
+) -> tuple[HealthScore, dict[str, float]]:
+    """The explained score, and the impact of each of its risk factors on its own,
+    unrounded: every factor with a shortfall, those folded into minor_factors too.
+    What undoing one factor alone gives back (the path to healthy)."""
+    health, impacts = _score(state, as_of, model, True)
+    return health, {factor: impact for impact, factor, _value, _extra in impacts}
+
+
+def _score(
+    state: OrganizationState, as_of: float, model: ScoreModel, explain: bool
+) -> tuple[HealthScore, list[_Impact]]:
+    """score(), and (explained) every factor's impact in _FACTORS order, then the ceilings'."""
     first = state.first_event_at
     created = state.created_at  # from a profile: the account is older than its first event
     origin = created if created is not None and (first is None or created < first) else first
@@ -506,6 +531,7 @@ def score(
     final = round(composite, 2)
 
     risk_factors: list[RiskFactor] = []
+    impacts: list[_Impact] = []
     if explain:
         measured = (  # the values the factors report, in _FACTORS order
             (silent, activity, logins, active_users, ratio, per_user, login_ratio),
@@ -515,11 +541,12 @@ def score(
             (unawarded, commercial, clients, negative),
         )
         extras = ("", "", _milestone_extra(missing), "", "")
-        risk_factors = _risk_factors(_impacts(shares, deficits, measured, extras) + ceiling_impacts)
+        impacts = _impacts(shares, deficits, measured, extras) + ceiling_impacts
+        risk_factors = _risk_factors(list(impacts), final)
 
     change_7d, change_30d = score_changes(state, as_of, final)
     probability = round(churn_probability(final, change_30d, model), 4)
-    return HealthScore(
+    health = HealthScore(
         score=final,
         status=health_band(final),
         components=components,
@@ -531,6 +558,7 @@ def score(
         change_30d=change_30d,
         active_users_30d=active_users,
     )
+    return health, impacts
 
 
 def _ceilings(
@@ -646,33 +674,56 @@ def _impacts(
     return impacts
 
 
-def _risk_factors(impacts: list[_Impact]) -> list[RiskFactor]:
-    """Largest |impact| first; those under MIN_REPORTED_IMPACT folded into minor_factors."""
+def _risk_factors(impacts: list[_Impact], health_score: float) -> list[RiskFactor]:
+    """Largest |impact| first; those under MIN_REPORTED_IMPACT folded into minor_factors;
+    the impacts in hundredths, summing exactly to health_score - 100 (_apportion)."""
     impacts.sort(key=lambda item: -abs(item[0]))
     reported: list[_Impact] = []
-    minor_impact, minor_count = 0.0, 0
+    minor_impact = 0.0
+    minor_names: list[str] = []
     for item in impacts:
         if abs(item[0]) < MIN_REPORTED_IMPACT:
             minor_impact += item[0]
-            minor_count += 1
+            minor_names.append(item[1])
         else:
             reported.append(item)
-    minor = abs(minor_impact) >= MIN_REPORTED_IMPACT
-    if minor:
-        reported.append((minor_impact, "minor_factors", minor_count, ""))
+    minor_count = len(minor_names)
+    if minor_count:  # named in its text: which small ones, largest first
+        reported.append((minor_impact, "minor_factors", minor_count, ", ".join(minor_names)))
+    if not reported:
+        return []
+    shares = _apportion([item[0] for item in reported], round((health_score - 100.0) * 100.0))
     factors = [
         RiskFactor(
             factor=factor,
             # a count is an int, which rounds to itself: only a measured float needs round()
             value=float(value) if isinstance(value, int) else round(value, 4),
-            impact=round(impact, 2),
+            impact=hundredths / 100.0,
             detail=_DETAILS[factor](value, extra),
         )
-        for impact, factor, value, extra in reported
+        for (_impact, factor, value, extra), hundredths in zip(reported, shares, strict=True)
+        if hundredths  # only the fold can come to nothing at this precision
     ]
-    if minor:  # it goes where its rounded impact puts it (a stable sort: ties keep their order)
+    if minor_count:  # it goes where its impact puts it (a stable sort: ties keep their order)
         factors.sort(key=lambda item: -abs(item.impact))
     return factors
+
+
+def _apportion(impacts: list[float], total: int) -> list[int]:
+    """`impacts` (all <= 0) in hundredths, summing to `total`: each rounded towards 0 and
+    the hundredths still missing given to those with the largest remainders (ties to
+    the larger impact), so that each is its own within a hundredth, their order stays
+    and a reader adding them up gets the score's distance from 100 exactly."""
+    scaled = [-impact * 100.0 for impact in impacts]
+    units = [math.floor(points) for points in scaled]
+    missing = -total - sum(units)  # 0 <= missing <= len(impacts) when the shortfalls add up
+    by_remainder = sorted(range(len(units)), key=lambda i: units[i] - scaled[i])
+    step = 1 if missing > 0 else -1
+    if missing < 0:  # never while the shortfalls add up: still exact, taken from the smallest
+        by_remainder.reverse()
+    for k in range(abs(missing)):
+        units[by_remainder[k % len(units)]] += step
+    return [-points for points in units]
 
 
 def record_score(state: OrganizationState, health: HealthScore, as_of: float) -> None:

@@ -1,0 +1,112 @@
+"""Every alert decision of a realistic stream pinned by digest, apart from how its
+score explains itself.
+
+An alert carries the score, its risk factors and the path to healthy, which values
+behavioural actions by the factors' impacts (`scoring.path`). A change of how the
+risk factors are reported may re-record the explanation digests, never the decision
+digests: the decisions (kind, episode, alert id, trigger, previous score, the path
+and why it is empty), the scores and the states the stream leaves stay bit for bit.
+Recorded on the simulator's stream of `tests.bench.decode_cpu` through
+`compute_batch_effects` under every shipped model, with silence rescoring as `serve`
+runs it; re-record deliberately (run this file: it prints them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterator
+
+import msgspec
+import pytest
+
+from healthscore.core.effects import BatchEffects, compute_batch_effects
+from healthscore.core.interactions import InteractionRecord
+from healthscore.core.scoring.model import ScoreModel, shipped_models
+from healthscore.core.scoring.state import OrganizationState
+from healthscore.service.ingest.decode import Decoded, Decoder
+from tests.bench.decode_cpu import SUPPORT, USAGE, stream
+
+EVENTS, ORGANIZATIONS, SEED = 12_000, 300, 11
+BATCH = 1_000
+SILENCE_STEP = 6 * 3600.0
+
+# (decisions and scores, explanations) by model version, recorded in explain23 on the
+# code before the risk factors were apportioned; the explanations re-recorded when they
+# were made to sum exactly to score - 100 (the decisions did not move)
+PINS = {
+    "v1": (
+        "d508a9520fd7f5b859792573ab3c915b9bb1b7c8418661edc000bd4038cfeb74",
+        "b3242aa85a69a97d0fd99b5cc27ac192fe6da846648ea3015c62715754934d8f",
+    ),
+    "v2": (
+        "2503b18b7207ad316b734a994b8f3831dcdd53de2cf54d457c7897d133a5a0f6",
+        "6dbea84efe31cdc6254c3a1d79feb687e332ad5469a7d48817dbe2efdfacc3f5",
+    ),
+    "v3": (
+        "bcbc510afc36d72b752886840a65749a1da1f02f227cd32ac0d1d9d3f10ab41e",
+        "88964d6b6070d0c15d12acca37e7f015ac471473b30c2ec6488a48dacea269e8",
+    ),
+    "v4": (
+        "75dc33219fa66543ff1aa07603f543042ef424c828f213ca4ae99af742b0d5b7",
+        "eece61d2b0bfdff394b0cb54138016905ac4d6fb66904d4274e23b4136649c45",
+    ),
+}
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def effects(model: ScoreModel) -> Iterator[BatchEffects]:
+    decoder = Decoder(USAGE, SUPPORT, 64 * 1024)
+    decoded = [decoder.decode(record) for record in stream(EVENTS, ORGANIZATIONS, SEED)]
+    applied = [item.event for item in decoded if isinstance(item, Decoded)]
+    states: dict[str, OrganizationState] = {}
+    interactions: dict[str, InteractionRecord] = {}
+    for start in range(0, len(applied), BATCH):
+        batch = applied[start : start + BATCH]
+        done = compute_batch_effects(
+            batch, states, interactions, model, SILENCE_STEP, keep_scores=True
+        )
+        states.update(done.states)
+        interactions.update(done.interactions)
+        yield done
+
+
+def digests(model: ScoreModel) -> tuple[str, str, Counter[str]]:
+    """(decisions and scores, explanations, what the alerts' paths name) of the stream."""
+    decided, explained = hashlib.sha256(), hashlib.sha256()
+    named: Counter[str] = Counter()
+    for done in effects(model):
+        scores = [r.health for r in done.scores] + [a.health for a in done.alerts]
+        decided.update(
+            _ENCODER.encode(
+                [
+                    sorted(done.states.items()),
+                    [
+                        (r.organization_id, r.previous_score, r.scored_at, r.cause)
+                        for r in done.scores
+                    ],
+                    [(a.organization_id, a.decision, a.scored_at) for a in done.alerts],
+                    [msgspec.structs.replace(health, risk_factors=[]) for health in scores],
+                ]
+            )
+        )
+        explained.update(_ENCODER.encode([health.risk_factors for health in scores]))
+        for alert in done.alerts:
+            named.update(action.factor for action in alert.decision.path_to_healthy)
+    return decided.hexdigest(), explained.hexdigest(), named
+
+
+@pytest.mark.parametrize("version", sorted(PINS))
+def test_alert_decisions_are_bit_for_bit_the_recorded_ones(version: str) -> None:
+    decisions, explanations, named = digests(shipped_models()[version])
+    assert decisions == PINS[version][0], f"an alert decision or a score changed under {version}"
+    assert explanations == PINS[version][1], f"the risk factors changed under {version}"
+    # the paths value behavioural actions by the factors' impacts: the pin covers some
+    assert sum(named[factor] for factor in named if not factor.startswith("open_")) > 0
+
+
+if __name__ == "__main__":  # print the pins, to record them
+    for version in sorted(PINS):
+        decisions, explanations, _named = digests(shipped_models()[version])
+        print(f'    "{version}": ("{decisions}", "{explanations}"),')
