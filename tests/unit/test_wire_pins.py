@@ -489,13 +489,15 @@ ALERT_PAYLOAD = (
     '":1.0,"impact":-4.47,"detail":"1 support interactions are open."},{"factor":"unr'
     'esolved_interaction_age","value":5.0,"impact":-1.1,"detail":"The oldest open sup'
     'port interaction is 5.0 days old."},{"factor":"open_escalations","value":1.0,"im'
-    'pact":-0.66,"detail":"1 open support interactions are escalated or urgent."}],"c'
-    'aused_by":["5f0e0c8a-1b2c-4d3e-8f4a-5b6c7d8e9f00"],"scored_at":"2026-09-21T00:00'
-    ':00Z","emitted_at":"1970-01-01T00:00:00Z","trigger":"probability_threshold","epi'
-    'sode":1,"score_model_version":"v2","path_to_healthy":[{"action":"bring product a'
-    'ctivity back to its usual level","factor":"activity_decline","impact":33.15,"int'
-    'eraction_id":null},{"action":"get the team logging in regularly","factor":"few_l'
-    'ogins","impact":21.38,"interaction_id":null}],"no_path_reason":null}'
+    'pact":-0.66,"detail":"1 open support interactions are escalated or urgent."},{"f'
+    'actor":"minor_factors","value":1.0,"impact":-0.42,"detail":"1 smaller factor, un'
+    'der 0.5 points: inactivity."}],"caused_by":["5f0e0c8a-1b2c-4d3e-8f4a-5b6c7d8e9f0'
+    '0"],"scored_at":"2026-09-21T00:00:00Z","emitted_at":"1970-01-01T00:00:00Z","trig'
+    'ger":"probability_threshold","episode":1,"score_model_version":"v2","path_to_hea'
+    'lthy":[{"action":"bring product activity back to its usual level","factor":"acti'
+    'vity_decline","impact":33.15,"interaction_id":null},{"action":"get the team logg'
+    'ing in regularly","factor":"few_logins","impact":21.38,"interaction_id":null}],"'
+    'no_path_reason":null}'
 )
 
 
@@ -534,8 +536,10 @@ HEALTH_MESSAGE = (
     b'are open."},{"factor":"unresolved_interaction_age","value":5.0,"impact":-1.1,"de'
     b'tail":"The oldest open support interaction is 5.0 days old."},{"factor":"open_es'
     b'calations","value":1.0,"impact":-0.66,"detail":"1 open support interactions are '
-    b'escalated or urgent."}],"score_model_version":"v2","scored_at":"2026-09-21T00:00'
-    b':00+00:00","emitted_at":"2026-09-21T12:00:01.250000+00:00"}'
+    b'escalated or urgent."},{"factor":"minor_factors","value":1.0,"impact":-0.42,"det'
+    b'ail":"1 smaller factor, under 0.5 points: inactivity."}],"score_model_version":"'
+    b'v2","scored_at":"2026-09-21T00:00:00+00:00","emitted_at":"2026-09-21T12:00:01.25'
+    b'0000+00:00"}'
 )
 
 
