@@ -13,6 +13,7 @@ again; a long name opened in the list stays open, and focused, when its row chan
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import timedelta
 from decimal import Decimal
@@ -580,3 +581,46 @@ async def test_a_name_opened_in_the_list_stays_open_when_its_row_changes(
         " e.closest('tr').dataset.organization];"
     )
     assert focused == ["more-text", "true", org], focused
+
+
+async def test_the_risk_factors_shown_add_up_to_the_score(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    """The factors' impacts sum to score - 100 in hundredths; the page showed each one
+    rounded alone to tenths, so four of -10.25 and one of -26.00 at a score of 33.0 read
+    -10.3 four times, -67.2 together: a reader adding them up found 0.2 points nowhere."""
+    run = asyncio.to_thread
+    org = world.orgs["evergreen"]
+    impacts = [-26.0, -10.25, -10.25, -10.25, -10.25]
+    factors = [
+        {"factor": f"factor_{i}", "value": 1.0, "impact": impact, "detail": f"reason {i}"}
+        for i, impact in enumerate(impacts)
+    ]
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        await conn.execute(
+            "UPDATE customer_health SET health_score = 33.00, risk_factors = $2::jsonb "
+            "WHERE organization_id = $1",
+            org,
+            json.dumps(factors),
+        )
+    finally:
+        await conn.close()
+    await run(browser.get, world.link("admin"))
+    await run(browser.get, f"{world.address}/#/org/{org}")
+    await run(
+        wait,
+        browser,
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#factor-table tbody tr")) == 5,
+    )
+    cells = browser.find_elements(By.CSS_SELECTOR, "#factor-table tbody td.num")
+    shown = [Decimal(cell.text.replace("−", "-")) for cell in cells]
+    assert sum(shown) == Decimal("-67.0"), shown
+    # each within a tenth of its own value, the largest first
+    assert all(
+        abs(s - Decimal(str(i))) < Decimal("0.1") for s, i in zip(shown, impacts, strict=True)
+    )
+    total = browser.find_element(By.ID, "factor-sum")
+    assert total.is_displayed()
+    assert total.text == "Together -67.0 points: 100 − 67.0 = 33.0, the score.", total.text

@@ -143,6 +143,20 @@ const pct = (p) => {
   return `${(p * 100).toFixed(0)}%`;
 };
 const signed = (v) => (v === null || v === undefined ? "—" : `${v > 0 ? "+" : ""}${v.toFixed(1)}`);
+// Risk factor impacts (hundredths, summing exactly to score - 100) in the tenths the page
+// shows, apportioned by largest remainder so that they add up to the shown score's
+// tenths minus 100: each rounded alone, seven factors could be three tenths off.
+const inTenths = (impacts, score) => {
+  const floors = impacts.map((v) => Math.floor(Math.round(v * 100) / 10));
+  const left = impacts.map((v, i) => Math.round(v * 100) - floors[i] * 10);
+  const target = Math.round(Number(score.toFixed(1)) * 10) - 1000;
+  let missing = target - floors.reduce((a, b) => a + b, 0);
+  if (missing < 0 || missing > impacts.length) return impacts.map((v) => Math.round(v * 10) / 10);
+  const order = impacts.map((_, i) => i).sort((a, b) => left[b] - left[a] || Math.abs(impacts[b]) - Math.abs(impacts[a]));
+  const tenths = floors.slice();
+  for (const i of order) { if (missing-- <= 0) break; tenths[i] += 1; }
+  return tenths.map((t) => t / 10);
+};
 const shortId = (id) => id.slice(0, 8);
 // a time as people read it: the date and time in the viewer's zone, named, and how long
 // ago (or from now) it is, e.g. "Dec 5, 2026, 8:55 AM UTC (3 hours ago)"
@@ -821,13 +835,18 @@ function renderOrganization(org) {
       el("span", { class: "num", text: value.toFixed(0) }));
   }));
   const factors = org.risk_factors.filter((f) => f.impact !== 0);
-  updateChildren($("factor-table").tBodies[0], factors.map((f) =>
+  const shown = inTenths(factors.map((f) => f.impact), org.health_score);
+  updateChildren($("factor-table").tBodies[0], factors.map((f, i) =>
     el("tr", { class: f.impact < 0 ? "hurts" : "" },
       el("th", { scope: "row", text: words(f.factor) }),
-      el("td", { class: `num ${f.impact < 0 ? "down" : ""}`, text: signed(f.impact) }),
+      el("td", { class: `num ${f.impact < 0 ? "down" : ""}`, text: signed(shown[i]) }),
       el("td", {}, el("span", { class: "clamp clamp-6", text: f.detail || "—" })))));
   $("factor-empty").hidden = factors.length > 0;
   $("factor-table").parentElement.hidden = factors.length === 0;
+  const together = shown.reduce((a, b) => a + b, 0);
+  setText($("factor-sum"), factors.length === 0 ? "" : `Together ${signed(together)} points: ` +
+    `100 ${together < 0 ? "−" : "+"} ${Math.abs(together).toFixed(1)} = ${org.health_score.toFixed(1)}, the score.`);
+  $("factor-sum").hidden = factors.length === 0;
   const usage = Object.entries(org.feature_usage).sort((a, b) => b[1] - a[1]);
   updateChildren($("org-usage"), (usage.length
     ? usage.map(([feature, uses]) => el("li", {}, el("span", { text: words(feature) }),
