@@ -185,6 +185,8 @@ def valid_row(table: str, organization_id: uuid.UUID, **overrides: Any) -> dict[
         return b.replay_run(**overrides)
     if table == "dead_letter_outbox":
         return b.dead_letter(**overrides)
+    if table == "dead_letters_withheld":
+        return b.dead_letter_withheld(**overrides)
     if table == "score_quality_summary":
         return b.score_quality_summary(**overrides)
     return b.ORGANIZATION_CHILDREN[table](organization_id, **overrides)

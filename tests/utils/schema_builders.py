@@ -183,6 +183,15 @@ def dead_letter(**overrides: Any) -> Row:
     }
 
 
+def dead_letter_withheld(**overrides: Any) -> Row:
+    """A dead letter its topic refused, as the relay moves it (migration 0091)."""
+    return dead_letter(**{"id": 1, "rejected_at": T0, "refusal": "InvalidRecordError", **overrides})
+
+
+def health_feed_owed(organization_id: uuid.UUID, **overrides: Any) -> Row:
+    return {"organization_id": organization_id, **overrides}
+
+
 def health_score_history(organization_id: uuid.UUID, **overrides: Any) -> Row:
     return {
         "organization_id": organization_id,
@@ -275,6 +284,7 @@ ORGANIZATION_CHILDREN: dict[str, Callable[..., Row]] = {
     "shadow_alerts": shadow_alert,
     "churn_labels": churn_label,
     "alert_outcomes": alert_outcome,
+    "health_feed_owed": health_feed_owed,
 }
 
 
