@@ -144,7 +144,7 @@ async def test_sigterm_while_the_broker_is_down_stops_within_the_grace_period(
         service.kill()
         stop_process(broker)
     print(f"\nSIGTERM to exit with the broker down: {stop_seconds:.1f}s")
-    assert code == 0, f"exit {code}"
+    assert code == 0, f"exit {code}: " + "".join(first_log.read_text().splitlines(True)[-15:])
     assert stop_seconds < STOP_WITHIN_SECONDS, f"stopped after {stop_seconds:.1f}s"
     assert log_events(first_log, "service_stopped")
 
@@ -195,7 +195,10 @@ async def test_sigterm_while_the_broker_is_down_stops_within_the_grace_period(
     assert {org: s["document"]["event_count"] for org, s in final.states.items()} == counts
     batches = [e for e in log_events(second_log) if e.get("event") == "batch_committed"]
     assert sum(int(b.get("applied", 0)) for b in batches) == len(messages) - applied_first
-    assert sum(int(b.get("duplicates", 0)) for b in batches) == 0
+    # no "duplicates == 0": this test's producer (not idempotent: the embedded broker
+    # refuses it) may retry a send into the broker just started and write a record
+    # twice, which the service rightly skips as a duplicate (seen: 5 of 3,005 records);
+    # each event applied once is what the counts above hold
     # the alert the outage held is published by the restarted service
     assert [str(alert_id)] == [_correlation(r) for r in alerts if _correlation(r) == str(alert_id)]
 
