@@ -13,14 +13,11 @@ import asyncio
 import signal
 import time
 from pathlib import Path
-from typing import Any
-
-import orjson
 
 from healthscore_lab.simulator import produce
+from tests.utils.fault_tools import log_events
 from tests.utils.harness import (
     ServiceProcess,
-    fetchval,
     make_producer,
     make_topics,
     service_settings,
@@ -31,30 +28,10 @@ from tests.utils.scenarios import (
     snapshot,
     stored_offsets,
     wait_caught_up,
+    wait_processed,
 )
 
 STOP_WITHIN_SECONDS = 10.0
-
-
-def _log_events(path: Path) -> list[dict[str, Any]]:
-    events = []
-    for line in path.read_bytes().splitlines():
-        try:
-            events.append(orjson.loads(line))
-        except orjson.JSONDecodeError:
-            continue  # a non-JSON line (e.g. a library's own print)
-    return [e for e in events if isinstance(e, dict)]
-
-
-async def _wait_processed(database_url: str, at_least: int, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    count = 0
-    while time.monotonic() < deadline:
-        count = int(await fetchval(database_url, "SELECT count(*) FROM processed_events"))
-        if count >= at_least:
-            return count
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"only {count} events processed after {timeout}s")
 
 
 async def test_sigterm_stops_cleanly_and_restart_resumes(
@@ -73,11 +50,11 @@ async def test_sigterm_stops_cleanly_and_restart_resumes(
         # a first slice, to know the service consumes; then the rest, paced, so that the
         # service is mid-stream when it is told to stop
         await produce(messages[:200], producer, topics.usage, topics.support)
-        await _wait_processed(migrated_database, 200, timeout=60.0)
+        await wait_processed(migrated_database, 200, timeout=60.0)
         producing = asyncio.create_task(
             produce(messages[200:], producer, topics.usage, topics.support, rate=800.0)
         )
-        await _wait_processed(migrated_database, 1500, timeout=60.0)
+        await wait_processed(migrated_database, 1500, timeout=60.0)
         assert not producing.done(), "the stream ended before the stop; slow it down"
         assert service.process is not None
         stopping = time.monotonic()
@@ -91,7 +68,7 @@ async def test_sigterm_stops_cleanly_and_restart_resumes(
 
     assert code == 0
     assert stop_seconds < STOP_WITHIN_SECONDS
-    first_events = _log_events(first_log)
+    first_events = log_events(first_log)
     names = [e.get("event") for e in first_events]
     assert "service_stopped" in names
     assert "batch_failed_will_retry" not in names
@@ -125,7 +102,7 @@ async def test_sigterm_stops_cleanly_and_restart_resumes(
     assert sum(stored.values()) == len(messages)
 
     # the restart began at the stored offsets: nothing it read had been applied before
-    batches = [e for e in _log_events(second_log) if e.get("event") == "batch_committed"]
+    batches = [e for e in log_events(second_log) if e.get("event") == "batch_committed"]
     assert batches
     assert sum(int(b.get("applied", 0)) for b in batches) == len(messages) - applied_first
     assert sum(int(b.get("duplicates", 0)) for b in batches) == 0

@@ -41,6 +41,7 @@ from tests.utils.scenarios import (
     snapshot,
     stored_offsets,
     wait_caught_up,
+    wait_processed,
 )
 
 # the kubelet kills the process this long after the SIGTERM, mid-stop or not
@@ -51,17 +52,6 @@ GRACE_PERIOD_SECONDS = float(
 )
 # "well inside" it: a bound on a machine whose timings swing, not a measurement
 STOP_WITHIN_SECONDS = GRACE_PERIOD_SECONDS / 2
-
-
-async def _wait_processed(database_url: str, at_least: int, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    count = 0
-    while time.monotonic() < deadline:
-        count = int(await fetchval(database_url, "SELECT count(*) FROM processed_events"))
-        if count >= at_least:
-            return count
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"only {count} events processed after {timeout}s")
 
 
 def _correlation(record: Any) -> str:
@@ -106,12 +96,12 @@ async def test_sigterm_while_the_broker_is_down_stops_within_the_grace_period(
         try:
             await produce(messages[:1000], producer, topics.usage, topics.support)
             service.start(str(first_log))
-            await _wait_processed(migrated_database, 600, timeout=90.0)
+            await wait_processed(migrated_database, 600, timeout=90.0)
             # the rest paced: the broker dies mid-stream, the service mid-batch or near
             rest = asyncio.create_task(
                 produce(messages[1000:], producer, topics.usage, topics.support, rate=400.0)
             )
-            await _wait_processed(migrated_database, 1300, timeout=60.0)
+            await wait_processed(migrated_database, 1300, timeout=60.0)
             assert not rest.done(), "the stream ended before the broker died; slow it down"
             broker.kill()  # SIGKILL: no goodbye to any client
             broker.wait(10)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from healthscore_lab.simulator import produce
-from tests.integration.test_stop_in_broker_outage import GRACE_PERIOD_SECONDS, _wait_processed
+from tests.integration.test_stop_in_broker_outage import GRACE_PERIOD_SECONDS
 from tests.utils.fault_tools import log_events
 from tests.utils.harness import ServiceProcess, make_producer, make_topics, service_settings
 from tests.utils.postgres_relay import PostgresRelay
@@ -31,6 +31,7 @@ from tests.utils.scenarios import (
     snapshot,
     stored_offsets,
     wait_caught_up,
+    wait_processed,
 )
 
 # the kubelet's SIGKILL comes at the grace period: the stop ends before it, with room
@@ -110,11 +111,11 @@ async def test_sigterm_while_postgres_is_unreachable_stops_within_the_grace_peri
     try:
         await produce(messages[:1000], producer, topics.usage, topics.support)
         service.start(str(first_log))
-        await _wait_processed(migrated_database, 600, timeout=90.0)
+        await wait_processed(migrated_database, 600, timeout=90.0)
         rest = asyncio.create_task(
             produce(messages[1000:], producer, topics.usage, topics.support, rate=400.0)
         )
-        await _wait_processed(migrated_database, 1300, timeout=60.0)
+        await wait_processed(migrated_database, 1300, timeout=60.0)
         path.go_silent()  # mid-stream: a batch is in flight, or the next one soon
         await asyncio.sleep(5)
         assert service.process is not None and service.alive
