@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import msgspec
 import orjson
 import pytest
@@ -225,3 +226,72 @@ async def test_the_dead_letters_command_says_a_stand_in_is_not_the_record(
     # the description is still there to read, named as such
     [stand_in] = [line for line in lines if line.startswith("  stand-in:")]
     assert '"value_bytes":42' in stand_in, out
+
+
+async def test_a_record_withheld_at_the_coordinates_of_an_earlier_one_is_kept(
+    migrated_database: str, tmp_path: Path
+) -> None:
+    """A recreated input topic (docs/operations.md, "Recovering from a recreated topic")
+    numbers its records from 0 again. Before, the second record withheld at the
+    coordinates of an earlier one was deleted from dead_letter_outbox and not kept
+    (ON CONFLICT DO NOTHING on its coordinates): its stand-in said the record was in
+    PostgreSQL, and the row there held the other record."""
+    topics = Topics(*(f"{name}.again" for name in ("u", "s", "a", "h", "p")))
+    registry = tmp_path / "schemas"
+    registry.mkdir()
+    schema = {"type": "object", "properties": {"value": {"type": "object"}}}
+    (registry / f"{topics.dlq_usage}.json").write_bytes(orjson.dumps(schema))
+    bootstrap, broker = start_embedded_broker(schema_registry=registry)
+    org = str(uuid.uuid5(uuid.NAMESPACE_URL, "withheld-again-org"))
+    records = (b"<usage>the first</usage>", b"<usage>the second, after the recreate</usage>")
+    try:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            names = [*(getattr(topics, f) for f in ("usage", "support", "alerts", "health"))]
+            names += [topics.profile, topics.dlq_usage, topics.dlq_support, topics.dlq_profile]
+            await admin.create_topics([NewTopic(n, 1, 1) for n in names])
+        finally:
+            await admin.close()
+        settings = service_settings(migrated_database, bootstrap, topics)
+        for n, value in enumerate(records):
+            if n:
+                # the input topic deleted and created again, the service's offsets reset
+                # as the runbook does (--to-earliest: no row)
+                admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+                await admin.start()
+                try:
+                    await admin.delete_topics([topics.usage])
+                    for _ in range(100):
+                        try:
+                            await admin.create_topics([NewTopic(topics.usage, 1, 1)])
+                            break
+                        except Exception:
+                            await asyncio.sleep(0.2)
+                finally:
+                    await admin.close()
+                conn = await asyncpg.connect(migrated_database)
+                try:
+                    await conn.execute("DELETE FROM consumer_offsets")
+                finally:
+                    await conn.close()
+            producer = await make_producer(bootstrap)
+            try:
+                sent = await producer.send_and_wait(topics.usage, value, key=org.encode())
+            finally:
+                await producer.stop()
+            assert sent.offset == 0
+            async with running_service(settings, ServiceOptions(run_sweep=False)):
+                await consume_all(bootstrap, topics.dlq_usage, expect=n + 1, timeout=30)
+                for _ in range(100):
+                    if not await fetch(migrated_database, "SELECT 1 FROM dead_letter_outbox"):
+                        break
+                    await asyncio.sleep(0.1)
+    finally:
+        stop_process(broker)
+
+    kept = await fetch(
+        migrated_database,
+        "SELECT source_offset, record_value FROM dead_letters_withheld ORDER BY id",
+    )
+    assert [bytes(row["record_value"]) for row in kept] == list(records)
