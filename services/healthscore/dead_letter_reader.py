@@ -93,8 +93,22 @@ class DeadLetter:
             f"  key:    {escaped(self.key)}",
         ]
         omitted = self.header("x-value-omitted")
+        withheld = self.header("x-value-withheld")
+        ours = ["x-rejected-at", "x-value-omitted"]
         if omitted is not None:
             lines.append(f"  value:  (not in the dead letter: {escaped(omitted)})")
+        elif withheld is not None:
+            # a stand-in's value describes the record: read as the record, it would be
+            # re-driven to the source topic in its place
+            lines.append(
+                f"  value:  (withheld: a stand-in, not the record; the dead-letter topic "
+                f"refused the dead letter with {escaped(withheld)}; the record as it came "
+                f"is in PostgreSQL: dead_letters_withheld WHERE source_topic = "
+                f"'{h('x-source-topic')}' AND source_partition = {h('x-source-partition')} "
+                f"AND source_offset = {h('x-source-offset')})"
+            )
+            lines.append(f"  stand-in: {escaped(self.value, VALUE_SHOWN)}")
+            ours += ["x-value-withheld", "content-type"]
         else:
             lines.append(f"  value:  {escaped(self.value, VALUE_SHOWN)}")
         others = [
@@ -102,7 +116,7 @@ class DeadLetter:
             for name, value in self.headers
             if not name.startswith("x-error-")
             and not name.startswith("x-source-")
-            and name not in ("x-rejected-at", "x-value-omitted")
+            and name not in ours
         ]
         for name, value in others:
             lines.append(f"  header {escaped(name)}: {escaped(value, 200)}")

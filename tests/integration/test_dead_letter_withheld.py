@@ -15,12 +15,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import msgspec
 import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from structlog.testing import capture_logs
 
+from healthscore.cli import main
 from healthscore.service.app import ServiceOptions
 from healthscore_lab.devservices import start_embedded_broker, stop_process
 from tests.utils.harness import (
@@ -159,3 +161,137 @@ async def test_a_dead_letter_its_topic_refuses_for_its_content_holds_no_later_on
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+
+
+async def test_the_dead_letters_command_says_a_stand_in_is_not_the_record(
+    migrated_database: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before, `healthscore dead-letters` printed a stand-in's JSON description on the
+    `value:` line, as the record's value (and its `x-value-withheld` and `content-type`
+    among the producer's headers): an operator following the re-drive runbook from it
+    would send the description to the source topic, and nothing said that the record
+    is in PostgreSQL."""
+    topics = Topics(*(f"{name}.standin" for name in ("u", "s", "a", "h", "p")))
+    registry = tmp_path / "schemas"
+    registry.mkdir()
+    schema = {"type": "object", "properties": {"value": {"type": "object"}}}
+    (registry / f"{topics.dlq_usage}.json").write_bytes(orjson.dumps(schema))
+    bootstrap, broker = start_embedded_broker(schema_registry=registry)
+    try:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            names = [*(getattr(topics, f) for f in ("usage", "support", "alerts", "health"))]
+            names += [topics.profile, topics.dlq_usage, topics.dlq_support, topics.dlq_profile]
+            await admin.create_topics([NewTopic(n, 1, 1) for n in names])
+        finally:
+            await admin.close()
+        settings = service_settings(migrated_database, bootstrap, topics)
+        org = str(uuid.uuid5(uuid.NAMESPACE_URL, "standin-org"))
+        not_json = b"<usage><feature>calendar</feature></usage>"
+        producer = await make_producer(bootstrap)
+        try:
+            sent = await producer.send_and_wait(
+                topics.usage, not_json, key=org.encode(), headers=[("trace", b"t-1")]
+            )
+            async with running_service(settings, ServiceOptions(run_sweep=False)):
+                await consume_all(bootstrap, topics.dlq_usage, expect=1, timeout=30)
+        finally:
+            await producer.stop()
+
+        monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+        monkeypatch.setenv("USAGE_TOPIC", topics.usage)
+        monkeypatch.setenv("SUPPORT_TOPIC", topics.support)
+        monkeypatch.setenv("PROFILE_TOPIC", topics.profile)
+        capsys.readouterr()
+        code = await asyncio.to_thread(main, ["dead-letters", "--topic", "usage"])
+        out = capsys.readouterr().out
+    finally:
+        stop_process(broker)
+
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0] == f"{topics.dlq_usage}: 1 dead letter(s) from the start"
+    [value] = [line for line in lines if line.startswith("  value:")]
+    # not the description as if it were the record's value: what it is, and where
+    assert value.startswith("  value:  (withheld: a stand-in, not the record;"), out
+    assert "UnknownError" in value, out
+    assert "dead_letters_withheld" in value, out
+    assert f"source_offset = {sent.offset}" in value, out
+    # ours, not the producer's: not listed as a header it sent
+    assert not [line for line in lines if line.startswith("  header ")], out
+    # the description is still there to read, named as such
+    [stand_in] = [line for line in lines if line.startswith("  stand-in:")]
+    assert '"value_bytes":42' in stand_in, out
+
+
+async def test_a_record_withheld_at_the_coordinates_of_an_earlier_one_is_kept(
+    migrated_database: str, tmp_path: Path
+) -> None:
+    """A recreated input topic (docs/operations.md, "Recovering from a recreated topic")
+    numbers its records from 0 again. Before, the second record withheld at the
+    coordinates of an earlier one was deleted from dead_letter_outbox and not kept
+    (ON CONFLICT DO NOTHING on its coordinates): its stand-in said the record was in
+    PostgreSQL, and the row there held the other record."""
+    topics = Topics(*(f"{name}.again" for name in ("u", "s", "a", "h", "p")))
+    registry = tmp_path / "schemas"
+    registry.mkdir()
+    schema = {"type": "object", "properties": {"value": {"type": "object"}}}
+    (registry / f"{topics.dlq_usage}.json").write_bytes(orjson.dumps(schema))
+    bootstrap, broker = start_embedded_broker(schema_registry=registry)
+    org = str(uuid.uuid5(uuid.NAMESPACE_URL, "withheld-again-org"))
+    records = (b"<usage>the first</usage>", b"<usage>the second, after the recreate</usage>")
+    try:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            names = [*(getattr(topics, f) for f in ("usage", "support", "alerts", "health"))]
+            names += [topics.profile, topics.dlq_usage, topics.dlq_support, topics.dlq_profile]
+            await admin.create_topics([NewTopic(n, 1, 1) for n in names])
+        finally:
+            await admin.close()
+        settings = service_settings(migrated_database, bootstrap, topics)
+        for n, value in enumerate(records):
+            if n:
+                # the input topic deleted and created again, the service's offsets reset
+                # as the runbook does (--to-earliest: no row)
+                admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+                await admin.start()
+                try:
+                    await admin.delete_topics([topics.usage])
+                    for _ in range(100):
+                        try:
+                            await admin.create_topics([NewTopic(topics.usage, 1, 1)])
+                            break
+                        except Exception:
+                            await asyncio.sleep(0.2)
+                finally:
+                    await admin.close()
+                conn = await asyncpg.connect(migrated_database)
+                try:
+                    await conn.execute("DELETE FROM consumer_offsets")
+                finally:
+                    await conn.close()
+            producer = await make_producer(bootstrap)
+            try:
+                sent = await producer.send_and_wait(topics.usage, value, key=org.encode())
+            finally:
+                await producer.stop()
+            assert sent.offset == 0
+            async with running_service(settings, ServiceOptions(run_sweep=False)):
+                await consume_all(bootstrap, topics.dlq_usage, expect=n + 1, timeout=30)
+                for _ in range(100):
+                    if not await fetch(migrated_database, "SELECT 1 FROM dead_letter_outbox"):
+                        break
+                    await asyncio.sleep(0.1)
+    finally:
+        stop_process(broker)
+
+    kept = await fetch(
+        migrated_database,
+        "SELECT source_offset, record_value FROM dead_letters_withheld ORDER BY id",
+    )
+    assert [bytes(row["record_value"]) for row in kept] == list(records)

@@ -189,6 +189,9 @@ async def test_an_owed_record_never_lands_after_a_newer_projection(
         down = Projector(pool, model, producer, topics.health)
         await asyncio.wait_for(down.project_once(), 60)
         assert len(await _rows(url, "SELECT * FROM health_feed_owed")) == 6
+        # its records die with it: delivered once the broker is back, they would be
+        # followed (the organizations queued again) and nothing would be owed any more
+        await asyncio.wait_for(producer.stop(), 30)
         bootstrap, broker = start_embedded_broker(port=port)
         await _recreate(bootstrap, topics.health)
         back = await _producer(bootstrap)

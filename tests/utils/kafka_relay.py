@@ -1,0 +1,98 @@
+"""A TCP relay in front of a Kafka broker that can stall one client's requests.
+
+The broker advertises the relay's address, so every connection of every client goes
+through it. Each connection is told apart by the client id of its first request (the
+Kafka request header: size, API key, API version, correlation id, client id). While a
+client id is stalled, what its connections send is held, as a network path that stops
+delivering holds it (TCP keeps it and delivers it, in order, once the path heals),
+and `heal()` forwards it. Real bytes, real broker: nothing of Kafka is imitated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+
+
+class KafkaRelay:
+    """Listen on `port` and relay each connection to the broker at `host:target_port`."""
+
+    def __init__(self, host: str, target_port: int, port: int) -> None:
+        self._target = (host, target_port)
+        self.port = port
+        self._server: asyncio.Server | None = None
+        self._open: dict[str, asyncio.Event] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    def _gate(self, client_id: str) -> asyncio.Event:
+        gate = self._open.get(client_id)
+        if gate is None:
+            gate = self._open[client_id] = asyncio.Event()
+            gate.set()
+        return gate
+
+    def stall(self, client_id: str) -> None:
+        """Hold what `client_id`'s connections send from now on."""
+        self._gate(client_id).clear()
+
+    def heal(self, client_id: str) -> None:
+        """Deliver what was held, in order, and relay again."""
+        self._gate(client_id).set()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.close()
+            return
+        self._writers.add(up_writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            first = await reader.readexactly(4)
+            (size,) = struct.unpack(">i", first)
+            request = await reader.readexactly(size)
+            (length,) = struct.unpack(">h", request[8:10])
+            client_id = request[10 : 10 + max(0, length)].decode(errors="replace")
+            gate = self._gate(client_id)
+            await gate.wait()
+            up_writer.write(first + request)
+            back = asyncio.create_task(self._pipe(up_reader, writer, None))
+            self._tasks.add(back)
+            await self._pipe(reader, up_writer, gate)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                up_writer.close()
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    @staticmethod
+    async def _pipe(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gate: asyncio.Event | None
+    ) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while chunk := await reader.read(65536):
+                if gate is not None:
+                    await gate.wait()
+                writer.write(chunk)
+                await writer.drain()
+        with contextlib.suppress(Exception):
+            writer.close()
