@@ -624,3 +624,30 @@ async def test_the_risk_factors_shown_add_up_to_the_score(
     total = browser.find_element(By.ID, "factor-sum")
     assert total.is_displayed()
     assert total.text == "Together -67.0 points: 100 − 67.0 = 33.0, the score.", total.text
+
+
+async def test_a_long_user_name_in_the_header_is_shown_whole_from_the_keyboard(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    """The header cut a long name to one line with an ellipsis and held the whole in a
+    `title` tooltip, which no keyboard opens (WCAG 2.1.1, 1.4.13)."""
+    run = asyncio.to_thread
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        await conn.execute(
+            "UPDATE user_profiles SET full_name = $2 WHERE id = $1",
+            world.users["admin"],
+            "Dana Admin of the Customer Success Team for the Northern Coast " * 4 + "(its end)",
+        )
+    finally:
+        await conn.close()
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    name = browser.find_element(By.ID, "who-name")
+    await run(wait, browser, lambda d: "Dana Admin" in name.text)
+    assert name.get_dom_attribute("title") is None
+    await run(wait, browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#who .more-text"))
+    await run(shown_whole_by_keyboard, browser, name)
+    assert "(its end)" in name.text
+    await run(screenshot, browser, "daily-long-user-name")

@@ -551,7 +551,7 @@ function forget() {
     "who-role", "trust-backtest", "trust-live"]) {
     $(id).textContent = "";
   }
-  $("who-name").removeAttribute("title");
+  $("who-name").removeAttribute("data-expanded");
   $("org-body").hidden = true;
   $("trust").hidden = true;
   for (const id of ["org-more", "interaction-more", "timeline-more", "org-empty", "interaction-empty"]) {
@@ -615,11 +615,13 @@ async function signIn() {
   say("");
   state.me = await api("/api/v1/me");
   $("who-name").textContent = balanced(state.me.full_name || state.me.email || shortId(state.me.user_id));
-  $("who-name").title = $("who-name").textContent;
+  $("who-name").removeAttribute("data-expanded");
   $("who-role").textContent = state.me.role;
   $("who-role").className = `badge role-${state.me.role}`;
   $("who").hidden = false;
   $("nav").hidden = false;
+  // a long name is cut to two lines, with its "Show all" (a title tooltip opened by no key)
+  watchClamps($("who"));
 }
 
 // --- the at-risk list -----------------------------------------------------------------
