@@ -651,3 +651,49 @@ async def test_a_long_user_name_in_the_header_is_shown_whole_from_the_keyboard(
     await run(shown_whole_by_keyboard, browser, name)
     assert "(its end)" in name.text
     await run(screenshot, browser, "daily-long-user-name")
+
+
+def toggle_names(driver: WebDriver) -> list[tuple[str, str]]:
+    """Each "Show all" / "Show less" button on view: its accessible name (as Chromium
+    computes it for a screen reader) and the start of the text it shows."""
+    found: list[tuple[str, str]] = []
+    for toggle in driver.find_elements(By.CSS_SELECTOR, ".more-text"):
+        if toggle.is_displayed():
+            text = driver.execute_script(
+                "return arguments[0].previousElementSibling.textContent", toggle
+            )
+            found.append((toggle.accessible_name, " ".join(text.split()[:3])))
+    return found
+
+
+async def test_each_show_all_button_says_what_it_shows(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    """Every "Show all" button was named "Show all": a screen reader listing the page's
+    buttons heard it again and again, with nothing to tell which text each opens (WCAG
+    2.4.6); its name now says, and starts with the words on it (2.5.3)."""
+    run = asyncio.to_thread
+    _, interaction = await lengthen(world)
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 5)
+    await run(browser.get, f"{world.address}/#/support")
+    await run(wait, browser, lambda d: d.find_element(By.ID, "view-support").is_displayed())
+    await run(browser.find_element(By.ID, "s-mine").click)
+    await run(
+        wait, browser, lambda d: interaction in rows(d, "interaction-table", "data-interaction")
+    )
+    # the subject and the organization's name in the same row, both cut
+    await run(wait, browser, lambda d: len(toggle_names(d)) == 2)
+    names = toggle_names(browser)
+    assert len({name for name, _ in names}) == 2, names
+    for name, start in names:
+        assert name.startswith("Show all"), names
+        assert start in name, names
+    # opened, it says so the same way
+    toggle = browser.find_element(By.CSS_SELECTOR, "#interaction-table .more-text")
+    browser.execute_script("arguments[0].focus()", toggle)
+    await run(toggle.send_keys, Keys.ENTER)
+    await run(wait, browser, lambda d: toggle.text == "Show less")
+    assert toggle.accessible_name.startswith("Show less"), toggle.accessible_name
+    assert toggle.accessible_name != "Show less"

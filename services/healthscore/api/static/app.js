@@ -313,7 +313,17 @@ function decorateClamp(text) {
   if (text.nextSibling !== toggle) text.after(toggle);
   const label = shown ? "Show less" : "Show all";
   if (toggle.textContent !== label) toggle.textContent = label;
+  // named after the text it shows: a screen reader's list of buttons heard "Show all"
+  // over and over (WCAG 2.4.6); its words first, as on screen (2.5.3)
+  const name = `${label} of “${isolated(opening(text.textContent))}”`;
+  if (toggle.getAttribute("aria-label") !== name) toggle.setAttribute("aria-label", name);
   toggle.setAttribute("aria-expanded", String(shown));
+}
+// a long text's first few words, enough to tell it from the others
+function opening(text) {
+  const all = text.trim().split(/\s+/);
+  const head = all.slice(0, 5).join(" ");
+  return head.length > 40 ? atMost(head, 40) : `${head}${all.length > 5 ? "…" : ""}`;
 }
 function watchClamps(root) {
   for (const text of root.querySelectorAll(".clamp")) {
