@@ -697,3 +697,52 @@ async def test_each_show_all_button_says_what_it_shows(
     await run(wait, browser, lambda d: toggle.text == "Show less")
     assert toggle.accessible_name.startswith("Show less"), toggle.accessible_name
     assert toggle.accessible_name != "Show less"
+
+
+# every request the page makes, with whether its tab was visible then; and, once the tab
+# is shown again, how many it had made by the time the browser told the page so
+COUNT_REQUESTS = """
+window.requests = [];
+const fetched = window.fetch;
+window.fetch = (path, options) => {
+  window.requests.push([String(path), document.visibilityState]);
+  return fetched(path, options);
+};
+// registered after the page's own listener: runs after it, in the same event
+document.addEventListener('visibilitychange', () => {
+  if (!document.hidden) window.requestsWhenShown = window.requests.length;
+});
+"""
+
+
+async def test_an_organization_is_not_refreshed_while_its_tab_is_hidden(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    """The list and the queue skip their refreshes while their tab is hidden; an
+    organization's page went on asking the API every period for nobody to see."""
+    run = asyncio.to_thread
+    bloom = world.orgs["bloom"]
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    await run(browser.get, f"{world.address}/#/org/{bloom}")
+    await run(wait, browser, org_page_ready)
+    browser.execute_script(COUNT_REQUESTS)
+    page = browser.current_window_handle
+    # the user switches to another tab for more than two refresh periods (2 s here)
+    await run(browser.switch_to.new_window, "tab")
+    await asyncio.sleep(5)
+    hidden = browser.current_window_handle
+    await run(browser.switch_to.window, page)
+    await run(wait, browser, lambda d: d.execute_script("return window.requestsWhenShown"))
+    requests = browser.execute_script("return window.requests")
+    assert [path for path, visibility in requests if visibility == "hidden"] == [], requests
+    # back on it, the refresh that fell due meanwhile is made at once, not a period later
+    assert browser.execute_script("return window.requestsWhenShown") >= 1, requests
+    assert any(f"/api/v1/organizations/{bloom}" in path for path, _ in requests), requests
+    await run(
+        wait, browser, lambda d: d.find_element(By.ID, "org-updated").text.startswith("Updated")
+    )
+    browser.switch_to.window(hidden)
+    browser.close()
+    browser.switch_to.window(page)

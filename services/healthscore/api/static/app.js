@@ -11,7 +11,7 @@ const PAGE = 50;
 const TIMELINE_PAGE = 25;
 
 const $ = (id) => document.getElementById(id);
-const state = { me: null, view: null, orgId: null, timer: null, listItems: 0, visitedList: false,
+const state = { me: null, view: null, orgId: null, timer: null, missed: false, listItems: 0, visitedList: false,
   listCursor: null, supportCursor: null, timelineCursor: null, knownFactors: new Set(),
   loadedAt: null, returnTo: null, refresh: null, listStamp: null, orgStamp: null, supportStamp: null,
   openedFrom: null,
@@ -474,10 +474,22 @@ function refreshEvery(refresh) {
   state.refresh = refresh;
   schedule();
 }
+// A view whose tab is hidden is not refreshed (nobody sees it; its requests load the
+// service for nothing): the refresh it missed is made as soon as the tab is shown again.
 function schedule() {
   clearInterval(state.timer);
+  state.missed = false;
   state.timer = state.refresh && $("auto-update").checked
-    ? setInterval(state.refresh, REFRESH_SECONDS * 1000) : null;
+    ? setInterval(() => {
+      if (document.hidden) state.missed = true;
+      else state.refresh();
+    }, REFRESH_SECONDS * 1000) : null;
+}
+function shownAgain() {
+  if (document.hidden || !state.missed || !state.timer) return;
+  // a period from now, not from the tick that was missed
+  schedule();
+  state.refresh();
 }
 // when what a view shows was loaded, and whether it updates: the organization's page
 // said neither and the queue only the first, so figures paused (or left open over
@@ -1215,9 +1227,7 @@ async function route() {
       state.orgId = null;
       showView("support");
       await loadSupport({ again: true });
-      refreshEvery(() => {
-        if (!document.hidden) loadSupport({ refresh: true }).catch(fail);
-      });
+      refreshEvery(() => loadSupport({ refresh: true }).catch(fail));
     } else if (hash === "#/" && state.me && state.me.role === "support" && !state.visitedList) {
       // support staff start in their queue; the list stays one click away
       state.visitedList = true;
@@ -1228,9 +1238,7 @@ async function route() {
       showView("list");
       await loadList({ again: true });
       loadTrust().catch(fail);
-      refreshEvery(() => {
-        if (!document.hidden) loadList({ refresh: true }).catch(fail);
-      });
+      refreshEvery(() => loadList({ refresh: true }).catch(fail));
     }
     focusReturning(from);
   } catch (error) {
@@ -1260,6 +1268,7 @@ function start() {
     stampUpdated();
   });
   watchScrollingFrames();
+  document.addEventListener("visibilitychange", shownAgain);
   $("signin-form").addEventListener("submit", (event) => {
     event.preventDefault();
     forget();
