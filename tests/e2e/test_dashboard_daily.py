@@ -746,3 +746,45 @@ async def test_an_organization_is_not_refreshed_while_its_tab_is_hidden(
     browser.switch_to.window(hidden)
     browser.close()
     browser.switch_to.window(page)
+
+
+async def set_last_alert(world: World, kind: str, **payload: object) -> None:  # noqa: F811
+    """Bloom's last alert made a `kind` one with `payload`'s fields, as the relay writes it."""
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        await conn.execute(
+            "UPDATE alert_outbox SET kind = $2, payload = payload || $3::jsonb"
+            " WHERE organization_id = $1",
+            world.orgs["bloom"],
+            kind,
+            json.dumps({"kind": kind, **payload}),
+        )
+    finally:
+        await conn.close()
+
+
+async def test_a_recovery_alert_does_not_say_how_to_leave_risk(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    """A recovery names no action and says why: `out_of_risk`. The card read it as a raise's
+    reason: under "What to do: the way out of risk", "a sharp drop in the score raised it
+    ... find out what made the score drop", about an organization that had just recovered."""
+    run = asyncio.to_thread
+    await set_last_alert(
+        world,
+        "recovered",
+        trigger="recovery",
+        risk_level="medium",
+        health_score=64.0,
+        path_to_healthy=[],
+        no_path_reason="out_of_risk",
+    )
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    await run(browser.get, f"{world.address}/#/org/{world.orgs['bloom']}")
+    await run(wait, browser, org_page_ready)
+    card = browser.find_element(By.ID, "org-alert").text
+    assert "recovered" in card and "out of risk again" in card, card
+    assert "drop" not in card, card
+    assert not browser.find_elements(By.ID, "path-title"), card

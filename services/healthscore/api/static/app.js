@@ -903,6 +903,9 @@ const TRIGGERS = {
 // score points the model credits it with; an interaction named by its id gets its subject
 function pathToHealthy(alert, org) {
   if (!alert.path_to_healthy) return [];  // an alert from before the field existed
+  // a recovery names no way out of risk because it is out (its out_of_risk is not a
+  // raise's: no sharp drop to look into)
+  if (alert.kind === "recovered") return [];
   if (alert.path_to_healthy.length === 0) {
     // why, as the alert said (no_path_reason); an alert from before the field: most
     // often a signal only time heals (a cancellation request, an escalation) holding the
