@@ -788,3 +788,65 @@ async def test_a_recovery_alert_does_not_say_how_to_leave_risk(
     assert "recovered" in card and "out of risk again" in card, card
     assert "drop" not in card, card
     assert not browser.find_elements(By.ID, "path-title"), card
+
+
+# as the core writes them: the factors under half a point folded into one, named
+MINOR_FACTORS = [
+    {"factor": "inactivity", "value": 12.0, "impact": -40.0, "detail": "No activity for 12 days"},
+    {
+        "factor": "few_logins",
+        "value": 1.0,
+        "impact": -26.0,
+        "detail": "Few logins per active user in the last 30 days (1.0 per user).",
+    },
+    {
+        "factor": "minor_factors",
+        "value": 3,
+        "impact": -0.9,
+        "detail": "3 smaller factors together, each under 0.5 points: "
+        "few_logins_per_user, login_decline, shallow_usage.",
+    },
+]
+
+
+async def with_minor_factors(world: World) -> None:  # noqa: F811
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        await conn.execute(
+            "UPDATE customer_health SET health_score = 33.10, risk_factors = $2::jsonb"
+            " WHERE organization_id = $1",
+            world.orgs["bloom"],
+            json.dumps(MINOR_FACTORS),
+        )
+    finally:
+        await conn.close()
+
+
+def factor_rows(driver: WebDriver) -> dict[str, str]:
+    """Each risk factor's row: its name, and what it says in words."""
+    found: dict[str, str] = driver.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('#factor-table tbody tr')]"
+        ".map(r => [r.cells[0].textContent, r.cells[2].querySelector('.clamp').textContent]))"
+    )
+    return found
+
+
+async def test_the_smaller_factors_are_named_in_words(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    """The row of the factors under half a point named them as the API does, underscores
+    and all ("few_logins_per_user, login_decline, shallow_usage"), beside rows that name
+    them in words ("few logins")."""
+    run = asyncio.to_thread
+    await with_minor_factors(world)
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    await run(browser.get, f"{world.address}/#/org/{world.orgs['bloom']}")
+    await run(wait, browser, lambda d: "minor factors" in factor_rows(d))
+    said = factor_rows(browser)["minor factors"]
+    assert said == (
+        "3 smaller factors together, each under 0.5 points: "
+        "few logins per user, login decline, shallow usage."
+    ), said
+    assert browser.find_element(By.ID, "factor-sum").text.startswith("Together -66.9 points")

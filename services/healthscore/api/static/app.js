@@ -864,7 +864,7 @@ function renderOrganization(org) {
     el("tr", { class: f.impact < 0 ? "hurts" : "" },
       el("th", { scope: "row", text: words(f.factor) }),
       el("td", { class: `num ${f.impact < 0 ? "down" : ""}`, text: signed(shown[i]) }),
-      el("td", {}, el("span", { class: "clamp clamp-6", text: f.detail || "—" })))));
+      el("td", {}, el("span", { class: "clamp clamp-6", text: inWords(f) })))));
   $("factor-empty").hidden = factors.length > 0;
   $("factor-table").parentElement.hidden = factors.length === 0;
   const together = shown.reduce((a, b) => a + b, 0);
@@ -890,6 +890,13 @@ function renderOrganization(org) {
       el("dt", { text: "Published" }), el("dd", { text: alert.published_at ? when(alert.published_at) : "pending" })),
     ...pathToHealthy(alert, org)]
     : [el("p", { class: "muted", text: "No churn-risk alert yet." })]));
+}
+
+// a factor's detail as the page writes factors: the smaller factors' row names them as
+// the API does (few_logins_per_user), beside rows that say "few logins"
+function inWords(f) {
+  if (!f.detail) return "—";
+  return f.factor === "minor_factors" ? f.detail.replace(/[a-z0-9]+(?:_[a-z0-9]+)+/g, words) : f.detail;
 }
 
 const TRIGGERS = {
