@@ -21,7 +21,9 @@ from decimal import Decimal
 import asyncpg
 
 from tests.e2e.test_dashboard_accessibility import (  # noqa: F401
+    NARROW,
     NOW,
+    TEXT_SPACING,
     WATCH_FOCUS,
     World,
     org_page_ready,
@@ -850,3 +852,48 @@ async def test_the_smaller_factors_are_named_in_words(
         "few logins per user, login decline, shallow usage."
     ), said
     assert browser.find_element(By.ID, "factor-sum").text.startswith("Together -66.9 points")
+
+
+def factor_words_out_of_view(driver: WebDriver) -> list[str]:
+    """The risk factors whose words are not within their table's frame as shown (only
+    by scrolling it sideways), and the frame's widths if it scrolls."""
+    found: list[str] = driver.execute_script(
+        "const frame = document.getElementById('factor-table').parentElement;"
+        "const box = frame.getBoundingClientRect();"
+        "const out = [...document.querySelectorAll('#factor-table tbody tr')]"
+        ".filter(r => { const c = r.cells[2].getBoundingClientRect();"
+        " return c.left < box.left - 1 || c.right > box.right + 1; })"
+        ".map(r => r.cells[0].textContent);"
+        "if (frame.scrollWidth > frame.clientWidth + 1)"
+        " out.push(`scrolls: ${frame.scrollWidth} > ${frame.clientWidth}`);"
+        "return out;"
+    )
+    return found
+
+
+async def test_a_factors_words_are_in_view_at_400_percent_zoom(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    """At 320 px (400% zoom, with WCAG 1.4.12's text spacing) the factor table's third
+    column, the factors in words, was wholly outside its frame: to read why the score is
+    low, the user scrolled every row sideways, away from the factor it explains."""
+    run = asyncio.to_thread
+    await with_minor_factors(world)
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    await run(browser.get, f"{world.address}/#/org/{world.orgs['bloom']}")
+    await run(wait, browser, lambda d: "minor factors" in factor_rows(d))
+    await run(browser.execute_cdp_cmd, "Emulation.setDeviceMetricsOverride", NARROW)
+    browser.execute_script(TEXT_SPACING)
+    table = browser.find_element(By.ID, "factor-table")
+    browser.execute_script("arguments[0].scrollIntoView()", table)
+    await run(wait, browser, lambda d: d.execute_script("return innerWidth") == 320)
+    assert factor_words_out_of_view(browser) == []
+    # still a table to a screen reader: a row's name heads its cells, each under its column
+    row = browser.find_element(By.CSS_SELECTOR, "#factor-table tbody tr")
+    cells = [row.find_element(By.TAG_NAME, "th"), *row.find_elements(By.TAG_NAME, "td")]
+    assert [cell.aria_role for cell in cells] == ["rowheader", "cell", "cell"]
+    assert table.aria_role == "table"
+    await run(screenshot, browser, "daily-factors-320px")
+    await run(browser.execute_cdp_cmd, "Emulation.clearDeviceMetricsOverride", {})
