@@ -897,3 +897,63 @@ async def test_a_factors_words_are_in_view_at_400_percent_zoom(
     assert table.aria_role == "table"
     await run(screenshot, browser, "daily-factors-320px")
     await run(browser.execute_cdp_cmd, "Emulation.clearDeviceMetricsOverride", {})
+
+
+async def test_an_alerts_action_on_an_interaction_leads_to_it(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    """An action of the alert's path about one interaction ("close complaint ...", its
+    `interaction_id`) named it by its subject but led nowhere: the user hunted for it in
+    the timeline below; and one no longer open was named by its whole id, 36 characters
+    of hexadecimal in a sentence for a customer-success manager."""
+    run = asyncio.to_thread
+    bloom = world.orgs["bloom"]
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        ids = {
+            row["subject"]: str(row["id"])
+            for row in await conn.fetch(
+                "SELECT id, subject FROM support_interactions WHERE organization_id = $1", bloom
+            )
+        }
+    finally:
+        await conn.close()
+    export, plan = ids["Cannot export the guest list"], ids["Which plan includes seating?"]
+    await set_last_alert(
+        world,
+        "risk_raised",
+        path_to_healthy=[
+            {
+                "action": f"close technical support {export}",
+                "factor": "open_interactions",
+                "impact": 6.0,
+                "interaction_id": export,
+            },
+            {
+                "action": f"close billing inquiry {plan}",
+                "factor": "open_interactions",
+                "impact": 3.0,
+                "interaction_id": plan,
+            },
+        ],
+    )
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    await run(browser.get, f"{world.address}/#/org/{bloom}")
+    await run(wait, browser, org_page_ready)
+    steps = [step.text for step in browser.find_elements(By.CSS_SELECTOR, "#org-path li")]
+    assert not [step for step in steps if export in step or plan in step], steps
+    assert steps[1].startswith("Close billing inquiry (no longer open: see it below)"), steps
+    link = browser.find_element(By.CSS_SELECTOR, "#org-path li a")
+    assert "Cannot export the guest list" in link.text, link.text
+    browser.execute_script("arguments[0].focus()", link)
+    await run(link.send_keys, Keys.ENTER)
+    # the focus on the interaction in the timeline, the page still the organization's
+    await run(
+        wait,
+        browser,
+        lambda d: d.execute_script("return document.activeElement.dataset.key") == export,
+    )
+    assert browser.execute_script("return document.activeElement.closest('#org-timeline')")
+    assert browser.current_url.endswith(f"#/org/{bloom}")

@@ -933,15 +933,24 @@ function pathToHealthy(alert, org) {
       el("p", { id: "org-path-none", text: why })];
   }
   const subjects = new Map(org.open_interactions.map((i) => [i.id, i.subject]));
+  const everyOpenListed = org.open_interactions.length >= org.open_interactions_count;
   const steps = alert.path_to_healthy.map((step) => {
     // the interaction the step is about is data (interaction_id); only an alert from
     // before the field names it in its text alone
     const id = step.interaction_id !== undefined ? step.interaction_id
       : (step.action.match(/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/) || [null])[0];
-    const action = id && subjects.get(id) && step.action.includes(id)
-      ? step.action.replace(id, `“${isolated(subjects.get(id))}”`) : step.action;
-    return el("li", {}, el("span", { text: action[0].toUpperCase() + action.slice(1) }),
-      el("span", { class: "muted", text: ` (+${step.impact.toFixed(1)} points, ${words(step.factor)})` }));
+    const effect = el("span", { class: "muted", text: ` (+${step.impact.toFixed(1)} points, ${words(step.factor)})` });
+    const action = step.action[0].toUpperCase() + step.action.slice(1);
+    if (!id || !step.action.includes(id)) return el("li", {}, el("span", { text: action }), effect);
+    // the interaction by its subject (its id is no words for a reader), a link to it in
+    // the timeline below; one no longer among the open ones by the link alone
+    const [before, after] = action.split(id, 2);
+    const subject = subjects.get(id);
+    const link = el("a", { href: `#/org/${org.organization_id}`, "data-interaction": id,
+      text: subject ? `“${isolated(subject)}”` : "see it below" });
+    const text = subject ? [before, link, after]
+      : [before.trimEnd(), everyOpenListed ? " (no longer open: " : " (", link, `)${after}`];
+    return el("li", {}, el("span", {}, ...text), effect);
   });
   return [el("h4", { id: "path-title", text: "What to do: the way out of risk" }),
     el("ol", { class: "path", id: "org-path", "aria-labelledby": "path-title" }, ...steps),
@@ -1127,6 +1136,24 @@ async function loadMoreInteractions(orgId) {
   showTimelinePage(page);
   tellShown($("org-timeline").children.length, page.next_cursor, ["interaction", "interactions"], "");
   focusBrought($("timeline-more"), items[0]);
+}
+
+// An alert's action about an interaction leads to it in the timeline (older pages
+// brought in as needed): the focus on it, the page staying the organization's.
+async function showInteraction(id) {
+  const orgId = state.orgId;
+  const find = () => [...$("org-timeline").children].find((item) => item.dataset.key === id);
+  for (let pages = 0; !find() && state.timelineCursor && state.orgId === orgId && pages < 10; pages++) {
+    await loadMoreInteractions(orgId);
+  }
+  const item = find();
+  if (state.orgId !== orgId) return;
+  if (!item) {
+    say("That interaction is not among the organization's interactions shown to you.");
+    return;
+  }
+  item.tabIndex = -1;
+  item.focus();
 }
 
 function showTimelinePage(page) {
@@ -1333,6 +1360,12 @@ function start() {
   $("interaction-more").addEventListener("click", () => loadSupport({ append: true }).catch(fail));
   $("timeline-more").addEventListener("click", () => {
     if (state.orgId) loadMoreInteractions(state.orgId).catch(fail);
+  });
+  $("org-alert").addEventListener("click", (event) => {
+    const link = event.target instanceof Element ? event.target.closest("a[data-interaction]") : null;
+    if (!link) return;
+    event.preventDefault();
+    showInteraction(link.dataset.interaction).catch(fail);
   });
   $("history-days").addEventListener("change", () => {
     if (!state.orgId) return;
