@@ -957,3 +957,23 @@ async def test_an_alerts_action_on_an_interaction_leads_to_it(
     )
     assert browser.execute_script("return document.activeElement.closest('#org-timeline')")
     assert browser.current_url.endswith(f"#/org/{bloom}")
+
+
+async def test_factors_that_do_not_add_up_are_not_summed_into_the_score(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    """A score written before the small factors were listed (minor_factors) has factors
+    that do not add up to it: Bloom's -20, -8 and +2.5 at 22.0. The line under them said
+    "Together -25.5 points: 100 − 25.5 = 22.0, the score.", an equation that is false."""
+    run = asyncio.to_thread
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    await run(browser.get, f"{world.address}/#/org/{world.orgs['bloom']}")
+    await run(wait, browser, org_page_ready)
+    total = browser.find_element(By.ID, "factor-sum")
+    assert total.is_displayed()
+    assert "=" not in total.text, total.text
+    assert total.text.startswith("Together -25.5 points. They do not add up to the 78.0"), (
+        total.text
+    )

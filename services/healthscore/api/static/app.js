@@ -868,8 +868,15 @@ function renderOrganization(org) {
   $("factor-empty").hidden = factors.length > 0;
   $("factor-table").parentElement.hidden = factors.length === 0;
   const together = shown.reduce((a, b) => a + b, 0);
-  setText($("factor-sum"), factors.length === 0 ? "" : `Together ${signed(together)} points: ` +
-    `100 ${together < 0 ? "−" : "+"} ${Math.abs(together).toFixed(1)} = ${org.health_score.toFixed(1)}, the score.`);
+  const score = org.health_score.toFixed(1);
+  // a score written before every small factor was listed: its factors do not add up to
+  // it, and the equation would be false
+  const addsUp = Math.round(together * 10) === Math.round(Number(score) * 10) - 1000;
+  setText($("factor-sum"), factors.length === 0 ? "" : addsUp
+    ? `Together ${signed(together)} points: ` +
+      `100 ${together < 0 ? "−" : "+"} ${Math.abs(together).toFixed(1)} = ${score}, the score.`
+    : `Together ${signed(together)} points. They do not add up to the ${(100 - Number(score)).toFixed(1)} ` +
+      "points the score is under 100: it was scored before every small factor was listed.");
   $("factor-sum").hidden = factors.length === 0;
   const usage = Object.entries(org.feature_usage).sort((a, b) => b[1] - a[1]);
   updateChildren($("org-usage"), (usage.length
