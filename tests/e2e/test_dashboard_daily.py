@@ -7,7 +7,11 @@ back from an organization, the focus on the row it was opened from; its mileston
 up to date with the facts that count them; a filter typed and not applied left alone
 by the refreshes; an organization's page and the queue say when they were loaded and
 whether they update; a reward a colleague recorded meanwhile shown as it is, not offered
-again; a long name opened in the list stays open, and focused, when its row changes.
+again; a long name opened in the list stays open, and focused, when its row changes;
+the header's long user name shown whole from the keyboard; each "Show all" named after
+its text; no refresh in a hidden tab; the risk factors in words, readable at 400% zoom
+and summed only when they add up; the last alert's interaction linked, a recovery's
+card without a way out of risk.
 """
 
 from __future__ import annotations
