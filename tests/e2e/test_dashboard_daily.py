@@ -7,7 +7,11 @@ back from an organization, the focus on the row it was opened from; its mileston
 up to date with the facts that count them; a filter typed and not applied left alone
 by the refreshes; an organization's page and the queue say when they were loaded and
 whether they update; a reward a colleague recorded meanwhile shown as it is, not offered
-again; a long name opened in the list stays open, and focused, when its row changes.
+again; a long name opened in the list stays open, and focused, when its row changes;
+the header's long user name shown whole from the keyboard; each "Show all" named after
+its text; no refresh in a hidden tab; the risk factors in words, readable at 400% zoom
+and summed only when they add up; the last alert's interaction linked, a recovery's
+card without a way out of risk.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from decimal import Decimal
 import asyncpg
 
 from tests.e2e.test_dashboard_accessibility import (  # noqa: F401
+    NARROW,
     NOW,
+    TEXT_SPACING,
     WATCH_FOCUS,
     World,
     org_page_ready,
@@ -624,3 +630,354 @@ async def test_the_risk_factors_shown_add_up_to_the_score(
     total = browser.find_element(By.ID, "factor-sum")
     assert total.is_displayed()
     assert total.text == "Together -67.0 points: 100 − 67.0 = 33.0, the score.", total.text
+
+
+async def test_a_long_user_name_in_the_header_is_shown_whole_from_the_keyboard(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    """The header cut a long name to one line with an ellipsis and held the whole in a
+    `title` tooltip, which no keyboard opens (WCAG 2.1.1, 1.4.13)."""
+    run = asyncio.to_thread
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        await conn.execute(
+            "UPDATE user_profiles SET full_name = $2 WHERE id = $1",
+            world.users["admin"],
+            "Dana Admin of the Customer Success Team for the Northern Coast " * 4 + "(its end)",
+        )
+    finally:
+        await conn.close()
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    name = browser.find_element(By.ID, "who-name")
+    await run(wait, browser, lambda d: "Dana Admin" in name.text)
+    assert name.get_dom_attribute("title") is None
+    await run(wait, browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#who .more-text"))
+    await run(shown_whole_by_keyboard, browser, name)
+    assert "(its end)" in name.text
+    await run(screenshot, browser, "daily-long-user-name")
+
+
+def toggle_names(driver: WebDriver) -> list[tuple[str, str]]:
+    """Each "Show all" / "Show less" button on view: its accessible name (as Chromium
+    computes it for a screen reader) and the start of the text it shows."""
+    found: list[tuple[str, str]] = []
+    for toggle in driver.find_elements(By.CSS_SELECTOR, ".more-text"):
+        if toggle.is_displayed():
+            text = driver.execute_script(
+                "return arguments[0].previousElementSibling.textContent", toggle
+            )
+            found.append((toggle.accessible_name, " ".join(text.split()[:3])))
+    return found
+
+
+async def test_each_show_all_button_says_what_it_shows(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    """Every "Show all" button was named "Show all": a screen reader listing the page's
+    buttons heard it again and again, with nothing to tell which text each opens (WCAG
+    2.4.6); its name now says, and starts with the words on it (2.5.3)."""
+    run = asyncio.to_thread
+    _, interaction = await lengthen(world)
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 5)
+    await run(browser.get, f"{world.address}/#/support")
+    await run(wait, browser, lambda d: d.find_element(By.ID, "view-support").is_displayed())
+    await run(browser.find_element(By.ID, "s-mine").click)
+    await run(
+        wait, browser, lambda d: interaction in rows(d, "interaction-table", "data-interaction")
+    )
+    # the subject and the organization's name in the same row, both cut
+    await run(wait, browser, lambda d: len(toggle_names(d)) == 2)
+    names = toggle_names(browser)
+    assert len({name for name, _ in names}) == 2, names
+    for name, start in names:
+        assert name.startswith("Show all"), names
+        assert start in name, names
+    # opened, it says so the same way
+    toggle = browser.find_element(By.CSS_SELECTOR, "#interaction-table .more-text")
+    browser.execute_script("arguments[0].focus()", toggle)
+    await run(toggle.send_keys, Keys.ENTER)
+    await run(wait, browser, lambda d: toggle.text == "Show less")
+    assert toggle.accessible_name.startswith("Show less"), toggle.accessible_name
+    assert toggle.accessible_name != "Show less"
+
+
+# every request the page makes, with whether its tab was visible then; and, once the tab
+# is shown again, how many it had made by the time the browser told the page so
+COUNT_REQUESTS = """
+window.requests = [];
+const fetched = window.fetch;
+window.fetch = (path, options) => {
+  window.requests.push([String(path), document.visibilityState]);
+  return fetched(path, options);
+};
+// registered after the page's own listener: runs after it, in the same event
+document.addEventListener('visibilitychange', () => {
+  if (!document.hidden) window.requestsWhenShown = window.requests.length;
+});
+"""
+
+
+async def test_an_organization_is_not_refreshed_while_its_tab_is_hidden(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    """The list and the queue skip their refreshes while their tab is hidden; an
+    organization's page went on asking the API every period for nobody to see."""
+    run = asyncio.to_thread
+    bloom = world.orgs["bloom"]
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    await run(browser.get, f"{world.address}/#/org/{bloom}")
+    await run(wait, browser, org_page_ready)
+    browser.execute_script(COUNT_REQUESTS)
+    page = browser.current_window_handle
+    # the user switches to another tab for more than two refresh periods (2 s here)
+    await run(browser.switch_to.new_window, "tab")
+    await asyncio.sleep(5)
+    hidden = browser.current_window_handle
+    await run(browser.switch_to.window, page)
+    await run(wait, browser, lambda d: d.execute_script("return window.requestsWhenShown"))
+    requests = browser.execute_script("return window.requests")
+    assert [path for path, visibility in requests if visibility == "hidden"] == [], requests
+    # back on it, the refresh that fell due meanwhile is made at once, not a period later
+    assert browser.execute_script("return window.requestsWhenShown") >= 1, requests
+    assert any(f"/api/v1/organizations/{bloom}" in path for path, _ in requests), requests
+    await run(
+        wait, browser, lambda d: d.find_element(By.ID, "org-updated").text.startswith("Updated")
+    )
+    browser.switch_to.window(hidden)
+    browser.close()
+    browser.switch_to.window(page)
+
+
+async def set_last_alert(world: World, kind: str, **payload: object) -> None:  # noqa: F811
+    """Bloom's last alert made a `kind` one with `payload`'s fields, as the relay writes it."""
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        await conn.execute(
+            "UPDATE alert_outbox SET kind = $2, payload = payload || $3::jsonb"
+            " WHERE organization_id = $1",
+            world.orgs["bloom"],
+            kind,
+            json.dumps({"kind": kind, **payload}),
+        )
+    finally:
+        await conn.close()
+
+
+async def test_a_recovery_alert_does_not_say_how_to_leave_risk(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    """A recovery names no action and says why: `out_of_risk`. The card read it as a raise's
+    reason: under "What to do: the way out of risk", "a sharp drop in the score raised it
+    ... find out what made the score drop", about an organization that had just recovered."""
+    run = asyncio.to_thread
+    await set_last_alert(
+        world,
+        "recovered",
+        trigger="recovery",
+        risk_level="medium",
+        health_score=64.0,
+        path_to_healthy=[],
+        no_path_reason="out_of_risk",
+    )
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    await run(browser.get, f"{world.address}/#/org/{world.orgs['bloom']}")
+    await run(wait, browser, org_page_ready)
+    card = browser.find_element(By.ID, "org-alert").text
+    assert "recovered" in card and "out of risk again" in card, card
+    assert "drop" not in card, card
+    assert not browser.find_elements(By.ID, "path-title"), card
+
+
+# as the core writes them: the factors under half a point folded into one, named
+MINOR_FACTORS = [
+    {"factor": "inactivity", "value": 12.0, "impact": -40.0, "detail": "No activity for 12 days"},
+    {
+        "factor": "few_logins",
+        "value": 1.0,
+        "impact": -26.0,
+        "detail": "Few logins per active user in the last 30 days (1.0 per user).",
+    },
+    {
+        "factor": "minor_factors",
+        "value": 3,
+        "impact": -0.9,
+        "detail": "3 smaller factors together, each under 0.5 points: "
+        "few_logins_per_user, login_decline, shallow_usage.",
+    },
+]
+
+
+async def with_minor_factors(world: World) -> None:  # noqa: F811
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        await conn.execute(
+            "UPDATE customer_health SET health_score = 33.10, risk_factors = $2::jsonb"
+            " WHERE organization_id = $1",
+            world.orgs["bloom"],
+            json.dumps(MINOR_FACTORS),
+        )
+    finally:
+        await conn.close()
+
+
+def factor_rows(driver: WebDriver) -> dict[str, str]:
+    """Each risk factor's row: its name, and what it says in words."""
+    found: dict[str, str] = driver.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('#factor-table tbody tr')]"
+        ".map(r => [r.cells[0].textContent, r.cells[2].querySelector('.clamp').textContent]))"
+    )
+    return found
+
+
+async def test_the_smaller_factors_are_named_in_words(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    """The row of the factors under half a point named them as the API does, underscores
+    and all ("few_logins_per_user, login_decline, shallow_usage"), beside rows that name
+    them in words ("few logins")."""
+    run = asyncio.to_thread
+    await with_minor_factors(world)
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    await run(browser.get, f"{world.address}/#/org/{world.orgs['bloom']}")
+    await run(wait, browser, lambda d: "minor factors" in factor_rows(d))
+    said = factor_rows(browser)["minor factors"]
+    assert said == (
+        "3 smaller factors together, each under 0.5 points: "
+        "few logins per user, login decline, shallow usage."
+    ), said
+    assert browser.find_element(By.ID, "factor-sum").text.startswith("Together -66.9 points")
+
+
+def factor_words_out_of_view(driver: WebDriver) -> list[str]:
+    """The risk factors whose words are not within their table's frame as shown (only
+    by scrolling it sideways), and the frame's widths if it scrolls."""
+    found: list[str] = driver.execute_script(
+        "const frame = document.getElementById('factor-table').parentElement;"
+        "const box = frame.getBoundingClientRect();"
+        "const out = [...document.querySelectorAll('#factor-table tbody tr')]"
+        ".filter(r => { const c = r.cells[2].getBoundingClientRect();"
+        " return c.left < box.left - 1 || c.right > box.right + 1; })"
+        ".map(r => r.cells[0].textContent);"
+        "if (frame.scrollWidth > frame.clientWidth + 1)"
+        " out.push(`scrolls: ${frame.scrollWidth} > ${frame.clientWidth}`);"
+        "return out;"
+    )
+    return found
+
+
+async def test_a_factors_words_are_in_view_at_400_percent_zoom(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    """At 320 px (400% zoom, with WCAG 1.4.12's text spacing) the factor table's third
+    column, the factors in words, was wholly outside its frame: to read why the score is
+    low, the user scrolled every row sideways, away from the factor it explains."""
+    run = asyncio.to_thread
+    await with_minor_factors(world)
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    await run(browser.get, f"{world.address}/#/org/{world.orgs['bloom']}")
+    await run(wait, browser, lambda d: "minor factors" in factor_rows(d))
+    await run(browser.execute_cdp_cmd, "Emulation.setDeviceMetricsOverride", NARROW)
+    browser.execute_script(TEXT_SPACING)
+    table = browser.find_element(By.ID, "factor-table")
+    browser.execute_script("arguments[0].scrollIntoView()", table)
+    await run(wait, browser, lambda d: d.execute_script("return innerWidth") == 320)
+    assert factor_words_out_of_view(browser) == []
+    # still a table to a screen reader: a row's name heads its cells, each under its column
+    row = browser.find_element(By.CSS_SELECTOR, "#factor-table tbody tr")
+    cells = [row.find_element(By.TAG_NAME, "th"), *row.find_elements(By.TAG_NAME, "td")]
+    assert [cell.aria_role for cell in cells] == ["rowheader", "cell", "cell"]
+    assert table.aria_role == "table"
+    await run(screenshot, browser, "daily-factors-320px")
+    await run(browser.execute_cdp_cmd, "Emulation.clearDeviceMetricsOverride", {})
+
+
+async def test_an_alerts_action_on_an_interaction_leads_to_it(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    """An action of the alert's path about one interaction ("close complaint ...", its
+    `interaction_id`) named it by its subject but led nowhere: the user hunted for it in
+    the timeline below; and one no longer open was named by its whole id, 36 characters
+    of hexadecimal in a sentence for a customer-success manager."""
+    run = asyncio.to_thread
+    bloom = world.orgs["bloom"]
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        ids = {
+            row["subject"]: str(row["id"])
+            for row in await conn.fetch(
+                "SELECT id, subject FROM support_interactions WHERE organization_id = $1", bloom
+            )
+        }
+    finally:
+        await conn.close()
+    export, plan = ids["Cannot export the guest list"], ids["Which plan includes seating?"]
+    await set_last_alert(
+        world,
+        "risk_raised",
+        path_to_healthy=[
+            {
+                "action": f"close technical support {export}",
+                "factor": "open_interactions",
+                "impact": 6.0,
+                "interaction_id": export,
+            },
+            {
+                "action": f"close billing inquiry {plan}",
+                "factor": "open_interactions",
+                "impact": 3.0,
+                "interaction_id": plan,
+            },
+        ],
+    )
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    await run(browser.get, f"{world.address}/#/org/{bloom}")
+    await run(wait, browser, org_page_ready)
+    steps = [step.text for step in browser.find_elements(By.CSS_SELECTOR, "#org-path li")]
+    assert not [step for step in steps if export in step or plan in step], steps
+    assert steps[1].startswith("Close billing inquiry (no longer open: see it below)"), steps
+    link = browser.find_element(By.CSS_SELECTOR, "#org-path li a")
+    assert "Cannot export the guest list" in link.text, link.text
+    browser.execute_script("arguments[0].focus()", link)
+    await run(link.send_keys, Keys.ENTER)
+    # the focus on the interaction in the timeline, the page still the organization's
+    await run(
+        wait,
+        browser,
+        lambda d: d.execute_script("return document.activeElement.dataset.key") == export,
+    )
+    assert browser.execute_script("return document.activeElement.closest('#org-timeline')")
+    assert browser.current_url.endswith(f"#/org/{bloom}")
+
+
+async def test_factors_that_do_not_add_up_are_not_summed_into_the_score(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    """A score written before the small factors were listed (minor_factors) has factors
+    that do not add up to it: Bloom's -20, -8 and +2.5 at 22.0. The line under them said
+    "Together -25.5 points: 100 − 25.5 = 22.0, the score.", an equation that is false."""
+    run = asyncio.to_thread
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 4)
+    await run(browser.get, f"{world.address}/#/org/{world.orgs['bloom']}")
+    await run(wait, browser, org_page_ready)
+    total = browser.find_element(By.ID, "factor-sum")
+    assert total.is_displayed()
+    assert "=" not in total.text, total.text
+    assert total.text.startswith("Together -25.5 points. They do not add up to the 78.0"), (
+        total.text
+    )

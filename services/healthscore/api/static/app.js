@@ -11,7 +11,7 @@ const PAGE = 50;
 const TIMELINE_PAGE = 25;
 
 const $ = (id) => document.getElementById(id);
-const state = { me: null, view: null, orgId: null, timer: null, listItems: 0, visitedList: false,
+const state = { me: null, view: null, orgId: null, timer: null, missed: false, listItems: 0, visitedList: false,
   listCursor: null, supportCursor: null, timelineCursor: null, knownFactors: new Set(),
   loadedAt: null, returnTo: null, refresh: null, listStamp: null, orgStamp: null, supportStamp: null,
   openedFrom: null,
@@ -313,7 +313,17 @@ function decorateClamp(text) {
   if (text.nextSibling !== toggle) text.after(toggle);
   const label = shown ? "Show less" : "Show all";
   if (toggle.textContent !== label) toggle.textContent = label;
+  // named after the text it shows: a screen reader's list of buttons heard "Show all"
+  // over and over (WCAG 2.4.6); its words first, as on screen (2.5.3)
+  const name = `${label} of “${isolated(opening(text.textContent))}”`;
+  if (toggle.getAttribute("aria-label") !== name) toggle.setAttribute("aria-label", name);
   toggle.setAttribute("aria-expanded", String(shown));
+}
+// a long text's first few words, enough to tell it from the others
+function opening(text) {
+  const all = text.trim().split(/\s+/);
+  const head = all.slice(0, 5).join(" ");
+  return head.length > 40 ? atMost(head, 40) : `${head}${all.length > 5 ? "…" : ""}`;
 }
 function watchClamps(root) {
   for (const text of root.querySelectorAll(".clamp")) {
@@ -464,10 +474,22 @@ function refreshEvery(refresh) {
   state.refresh = refresh;
   schedule();
 }
+// A view whose tab is hidden is not refreshed (nobody sees it; its requests load the
+// service for nothing): the refresh it missed is made as soon as the tab is shown again.
 function schedule() {
   clearInterval(state.timer);
+  state.missed = false;
   state.timer = state.refresh && $("auto-update").checked
-    ? setInterval(state.refresh, REFRESH_SECONDS * 1000) : null;
+    ? setInterval(() => {
+      if (document.hidden) state.missed = true;
+      else state.refresh();
+    }, REFRESH_SECONDS * 1000) : null;
+}
+function shownAgain() {
+  if (document.hidden || !state.missed || !state.timer) return;
+  // a period from now, not from the tick that was missed
+  schedule();
+  state.refresh();
 }
 // when what a view shows was loaded, and whether it updates: the organization's page
 // said neither and the queue only the first, so figures paused (or left open over
@@ -551,7 +573,7 @@ function forget() {
     "who-role", "trust-backtest", "trust-live"]) {
     $(id).textContent = "";
   }
-  $("who-name").removeAttribute("title");
+  $("who-name").removeAttribute("data-expanded");
   $("org-body").hidden = true;
   $("trust").hidden = true;
   for (const id of ["org-more", "interaction-more", "timeline-more", "org-empty", "interaction-empty"]) {
@@ -615,11 +637,13 @@ async function signIn() {
   say("");
   state.me = await api("/api/v1/me");
   $("who-name").textContent = balanced(state.me.full_name || state.me.email || shortId(state.me.user_id));
-  $("who-name").title = $("who-name").textContent;
+  $("who-name").removeAttribute("data-expanded");
   $("who-role").textContent = state.me.role;
   $("who-role").className = `badge role-${state.me.role}`;
   $("who").hidden = false;
   $("nav").hidden = false;
+  // a long name is cut to two lines, with its "Show all" (a title tooltip opened by no key)
+  watchClamps($("who"));
 }
 
 // --- the at-risk list -----------------------------------------------------------------
@@ -840,12 +864,19 @@ function renderOrganization(org) {
     el("tr", { class: f.impact < 0 ? "hurts" : "" },
       el("th", { scope: "row", text: words(f.factor) }),
       el("td", { class: `num ${f.impact < 0 ? "down" : ""}`, text: signed(shown[i]) }),
-      el("td", {}, el("span", { class: "clamp clamp-6", text: f.detail || "—" })))));
+      el("td", {}, el("span", { class: "clamp clamp-6", text: inWords(f) })))));
   $("factor-empty").hidden = factors.length > 0;
   $("factor-table").parentElement.hidden = factors.length === 0;
   const together = shown.reduce((a, b) => a + b, 0);
-  setText($("factor-sum"), factors.length === 0 ? "" : `Together ${signed(together)} points: ` +
-    `100 ${together < 0 ? "−" : "+"} ${Math.abs(together).toFixed(1)} = ${org.health_score.toFixed(1)}, the score.`);
+  const score = org.health_score.toFixed(1);
+  // a score written before every small factor was listed: its factors do not add up to
+  // it, and the equation would be false
+  const addsUp = Math.round(together * 10) === Math.round(Number(score) * 10) - 1000;
+  setText($("factor-sum"), factors.length === 0 ? "" : addsUp
+    ? `Together ${signed(together)} points: ` +
+      `100 ${together < 0 ? "−" : "+"} ${Math.abs(together).toFixed(1)} = ${score}, the score.`
+    : `Together ${signed(together)} points. They do not add up to the ${(100 - Number(score)).toFixed(1)} ` +
+      "points the score is under 100: it was scored before every small factor was listed.");
   $("factor-sum").hidden = factors.length === 0;
   const usage = Object.entries(org.feature_usage).sort((a, b) => b[1] - a[1]);
   updateChildren($("org-usage"), (usage.length
@@ -868,6 +899,13 @@ function renderOrganization(org) {
     : [el("p", { class: "muted", text: "No churn-risk alert yet." })]));
 }
 
+// a factor's detail as the page writes factors: the smaller factors' row names them as
+// the API does (few_logins_per_user), beside rows that say "few logins"
+function inWords(f) {
+  if (!f.detail) return "—";
+  return f.factor === "minor_factors" ? f.detail.replace(/[a-z0-9]+(?:_[a-z0-9]+)+/g, words) : f.detail;
+}
+
 const TRIGGERS = {
   probability_threshold: "the churn probability crossed the alert threshold",
   score_drop: "the score dropped sharply",
@@ -879,6 +917,9 @@ const TRIGGERS = {
 // score points the model credits it with; an interaction named by its id gets its subject
 function pathToHealthy(alert, org) {
   if (!alert.path_to_healthy) return [];  // an alert from before the field existed
+  // a recovery names no way out of risk because it is out (its out_of_risk is not a
+  // raise's: no sharp drop to look into)
+  if (alert.kind === "recovered") return [];
   if (alert.path_to_healthy.length === 0) {
     // why, as the alert said (no_path_reason); an alert from before the field: most
     // often a signal only time heals (a cancellation request, an escalation) holding the
@@ -899,15 +940,24 @@ function pathToHealthy(alert, org) {
       el("p", { id: "org-path-none", text: why })];
   }
   const subjects = new Map(org.open_interactions.map((i) => [i.id, i.subject]));
+  const everyOpenListed = org.open_interactions.length >= org.open_interactions_count;
   const steps = alert.path_to_healthy.map((step) => {
     // the interaction the step is about is data (interaction_id); only an alert from
     // before the field names it in its text alone
     const id = step.interaction_id !== undefined ? step.interaction_id
       : (step.action.match(/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/) || [null])[0];
-    const action = id && subjects.get(id) && step.action.includes(id)
-      ? step.action.replace(id, `“${isolated(subjects.get(id))}”`) : step.action;
-    return el("li", {}, el("span", { text: action[0].toUpperCase() + action.slice(1) }),
-      el("span", { class: "muted", text: ` (+${step.impact.toFixed(1)} points, ${words(step.factor)})` }));
+    const effect = el("span", { class: "muted", text: ` (+${step.impact.toFixed(1)} points, ${words(step.factor)})` });
+    const action = step.action[0].toUpperCase() + step.action.slice(1);
+    if (!id || !step.action.includes(id)) return el("li", {}, el("span", { text: action }), effect);
+    // the interaction by its subject (its id is no words for a reader), a link to it in
+    // the timeline below; one no longer among the open ones by the link alone
+    const [before, after] = action.split(id, 2);
+    const subject = subjects.get(id);
+    const link = el("a", { href: `#/org/${org.organization_id}`, "data-interaction": id,
+      text: subject ? `“${isolated(subject)}”` : "see it below" });
+    const text = subject ? [before, link, after]
+      : [before.trimEnd(), everyOpenListed ? " (no longer open: " : " (", link, `)${after}`];
+    return el("li", {}, el("span", {}, ...text), effect);
   });
   return [el("h4", { id: "path-title", text: "What to do: the way out of risk" }),
     el("ol", { class: "path", id: "org-path", "aria-labelledby": "path-title" }, ...steps),
@@ -1095,6 +1145,24 @@ async function loadMoreInteractions(orgId) {
   focusBrought($("timeline-more"), items[0]);
 }
 
+// An alert's action about an interaction leads to it in the timeline (older pages
+// brought in as needed): the focus on it, the page staying the organization's.
+async function showInteraction(id) {
+  const orgId = state.orgId;
+  const find = () => [...$("org-timeline").children].find((item) => item.dataset.key === id);
+  for (let pages = 0; !find() && state.timelineCursor && state.orgId === orgId && pages < 10; pages++) {
+    await loadMoreInteractions(orgId);
+  }
+  const item = find();
+  if (state.orgId !== orgId) return;
+  if (!item) {
+    say("That interaction is not among the organization's interactions shown to you.");
+    return;
+  }
+  item.tabIndex = -1;
+  item.focus();
+}
+
 function showTimelinePage(page) {
   const shown = $("org-timeline").children.length;
   state.timelineCursor = page.next_cursor;
@@ -1203,9 +1271,7 @@ async function route() {
       state.orgId = null;
       showView("support");
       await loadSupport({ again: true });
-      refreshEvery(() => {
-        if (!document.hidden) loadSupport({ refresh: true }).catch(fail);
-      });
+      refreshEvery(() => loadSupport({ refresh: true }).catch(fail));
     } else if (hash === "#/" && state.me && state.me.role === "support" && !state.visitedList) {
       // support staff start in their queue; the list stays one click away
       state.visitedList = true;
@@ -1216,9 +1282,7 @@ async function route() {
       showView("list");
       await loadList({ again: true });
       loadTrust().catch(fail);
-      refreshEvery(() => {
-        if (!document.hidden) loadList({ refresh: true }).catch(fail);
-      });
+      refreshEvery(() => loadList({ refresh: true }).catch(fail));
     }
     focusReturning(from);
   } catch (error) {
@@ -1248,6 +1312,7 @@ function start() {
     stampUpdated();
   });
   watchScrollingFrames();
+  document.addEventListener("visibilitychange", shownAgain);
   $("signin-form").addEventListener("submit", (event) => {
     event.preventDefault();
     forget();
@@ -1302,6 +1367,12 @@ function start() {
   $("interaction-more").addEventListener("click", () => loadSupport({ append: true }).catch(fail));
   $("timeline-more").addEventListener("click", () => {
     if (state.orgId) loadMoreInteractions(state.orgId).catch(fail);
+  });
+  $("org-alert").addEventListener("click", (event) => {
+    const link = event.target instanceof Element ? event.target.closest("a[data-interaction]") : null;
+    if (!link) return;
+    event.preventDefault();
+    showInteraction(link.dataset.interaction).catch(fail);
   });
   $("history-days").addEventListener("change", () => {
     if (!state.orgId) return;
