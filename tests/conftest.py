@@ -9,6 +9,7 @@ migrated template (fast: a file copy inside the server), and its own topics.
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -18,6 +19,18 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from healthscore.store.dburl import with_database
 from healthscore_lab.devservices import Services, resolve_services
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Children get Ctrl-C and SIGQUIT as a terminal would send them. A test run started
+    as a background job of a shell without job control (`cmd &` in a script, a CI
+    runner's step) ignores SIGINT and SIGQUIT, and every child inherits that: the
+    `dev-services` and `demo` a test stops with SIGINT ran on for good."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGQUIT) == signal.SIG_IGN:
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
 
 TEMPLATE_DB = "healthscore_template"
 
