@@ -386,17 +386,17 @@ class Projector:
 
     async def staleness(self) -> float:
         """Seconds since the oldest change not yet projected (0 when none is queued)."""
-        async with self._pool.acquire() as conn:
-            oldest: datetime | None = await conn.fetchval(sql.OLDEST_PENDING_PROJECTION)
-        if oldest is None:
-            return 0.0
-        return max(0.0, (datetime.now(UTC) - oldest).total_seconds())
+        return await self._age_of_oldest(sql.OLDEST_PENDING_PROJECTION)
 
     async def feed_owed_age(self) -> float:
         """Seconds since the oldest health-feed record the broker did not take was owed
         (0 when none is): how long the feed has lagged the read model."""
+        return await self._age_of_oldest(sql.OLDEST_OWED_HEALTH_FEED)
+
+    async def _age_of_oldest(self, query: str) -> float:
+        """Seconds since the time `query` returns (0 when it returns none)."""
         async with self._pool.acquire() as conn:
-            oldest: datetime | None = await conn.fetchval(sql.OLDEST_OWED_HEALTH_FEED)
+            oldest: datetime | None = await conn.fetchval(query)
         if oldest is None:
             return 0.0
         return max(0.0, (datetime.now(UTC) - oldest).total_seconds())
@@ -494,26 +494,24 @@ async def _upsert_customer_health(
 def owed_message(row: asyncpg.Record, now: datetime) -> bytes:
     """The `customer.health.v1` record of an owed organization, from its customer_health
     row (`sql.OWED_HEALTH_FEED`): what `health_message` sent when it was projected."""
-    return orjson.dumps(
-        {
-            "organization_id": str(row["organization_id"]),
-            "health_score": row["health_score"],
-            "previous_score": row["previous_score"],
-            "health_status": row["health_status"],
-            "churn_probability": row["churn_probability"],
-            "risk_level": row["risk_level"],
-            "components": {
-                "engagement": row["engagement_score"],
-                "adoption": row["adoption_score"],
-                "milestones": row["milestone_score"],
-                "support": row["support_score"],
-                "growth": row["growth_score"],
-            },
-            "risk_factors": orjson.loads(row["risk_factors"]),
-            "score_model_version": row["score_model_version"],
-            "scored_at": row["scored_at"],
-            "emitted_at": now,
-        }
+    return _feed_record(
+        organization_id=row["organization_id"],
+        health_score=row["health_score"],
+        previous_score=row["previous_score"],
+        health_status=row["health_status"],
+        churn_probability=row["churn_probability"],
+        risk_level=row["risk_level"],
+        components={
+            "engagement": row["engagement_score"],
+            "adoption": row["adoption_score"],
+            "milestones": row["milestone_score"],
+            "support": row["support_score"],
+            "growth": row["growth_score"],
+        },
+        risk_factors=orjson.loads(row["risk_factors"]),
+        score_model_version=row["score_model_version"],
+        scored_at=row["scored_at"],
+        emitted_at=now,
     )
 
 
@@ -542,24 +540,52 @@ def health_message(
 ) -> bytes:
     """A `customer.health.v1` record: the organization's latest score."""
     health = projected.health
+    return _feed_record(
+        organization_id=projected.organization_id,
+        health_score=health.score,
+        previous_score=previous_score,
+        health_status=str(health.status),
+        churn_probability=health.churn_probability,
+        risk_level=str(health.risk_level),
+        components={name: health.components[name] for name in FEED_COMPONENTS},
+        risk_factors=factor_dicts(health.risk_factors),
+        score_model_version=model_version,
+        scored_at=to_datetime(current_as_of(projected.state)),
+        emitted_at=now,
+    )
+
+
+# the components a health feed record carries, in its order
+FEED_COMPONENTS = ("engagement", "adoption", "milestones", "support", "growth")
+
+
+def _feed_record(
+    *,
+    organization_id: UUID,
+    health_score: float,
+    previous_score: float | None,
+    health_status: str,
+    churn_probability: float,
+    risk_level: str,
+    components: dict[str, float],
+    risk_factors: list[dict[str, Any]],
+    score_model_version: str,
+    scored_at: datetime | None,
+    emitted_at: datetime,
+) -> bytes:
+    """One `customer.health.v1` record, whichever source its figures come from."""
     return orjson.dumps(
         {
-            "organization_id": str(projected.organization_id),
-            "health_score": health.score,
+            "organization_id": str(organization_id),
+            "health_score": health_score,
             "previous_score": previous_score,
-            "health_status": str(health.status),
-            "churn_probability": health.churn_probability,
-            "risk_level": str(health.risk_level),
-            "components": {
-                "engagement": health.components["engagement"],
-                "adoption": health.components["adoption"],
-                "milestones": health.components["milestones"],
-                "support": health.components["support"],
-                "growth": health.components["growth"],
-            },
-            "risk_factors": factor_dicts(health.risk_factors),
-            "score_model_version": model_version,
-            "scored_at": to_datetime(current_as_of(projected.state)),
-            "emitted_at": now,
+            "health_status": health_status,
+            "churn_probability": churn_probability,
+            "risk_level": risk_level,
+            "components": components,
+            "risk_factors": risk_factors,
+            "score_model_version": score_model_version,
+            "scored_at": scored_at,
+            "emitted_at": emitted_at,
         }
     )
