@@ -28,7 +28,11 @@ import structlog
 from aiokafka.errors import BrokerResponseError
 
 from healthscore.service.ingest.dlq import DeadLetterQueue, DeadLetterRefused, rejection_of
-from healthscore.service.outbox import HOLD_MARGIN_SECONDS, PUBLISH_TIMEOUT_SECONDS
+from healthscore.service.outbox import (
+    HOLD_MARGIN_SECONDS,
+    PUBLISH_TIMEOUT_SECONDS,
+    failure_text,
+)
 from healthscore.service.periodic import AT_ONCE, LOCK_BUSY_RETRY
 from healthscore.store import locks, sql
 
@@ -126,7 +130,7 @@ class DeadLetterRelay:
                         )
                     except Exception as exc:
                         if refusal_of(exc) is None:
-                            failures.append((topic, ids, f"{type(exc).__name__}: {exc}"[:500]))
+                            failures.append((topic, ids, failure_text(exc)))
                             continue
                         # the broker refused something in the page: one at a time, to
                         # find what it will not take and stand in for it
@@ -202,11 +206,11 @@ class DeadLetterRelay:
                     except Exception as exc:
                         refusal = refusal_of(exc)
                         if refusal is None:
-                            return taken, withheld, f"{type(exc).__name__}: {exc}"[:500]
+                            return taken, withheld, failure_text(exc)
                         try:
                             await self._dlq.publish_stand_in(rejection, row["rejected_at"], refusal)
                         except Exception:
-                            return taken, withheld, f"{type(exc).__name__}: {exc}"[:500]
+                            return taken, withheld, failure_text(exc)
                         withheld.append((row, refusal))
                     else:
                         taken.append(row["id"])

@@ -51,6 +51,12 @@ CONTENT_TYPE = ("content-type", b"application/json")
 CORRELATION_ID_HEADER = "correlation_id"
 
 
+def failure_text(exc: BaseException) -> str:
+    """What a relay records of a failed publish (`last_error`): the error's type and
+    message, bounded."""
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
 class Producer(Protocol):
     async def send(
         self,
@@ -100,7 +106,7 @@ class OutboxRelay:
                 try:
                     await self._publish_alerts(rows)
                 except Exception as exc:
-                    failure = (ids, f"{type(exc).__name__}: {exc}"[:500])
+                    failure = (ids, failure_text(exc))
                 else:
                     await conn.execute(sql.MARK_ALERTS_SENT, ids)
             if failure is not None:
