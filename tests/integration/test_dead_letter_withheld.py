@@ -10,7 +10,9 @@ dead letters around it are JSON and taken.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -59,17 +61,16 @@ def _metric(service: Any, name: str, **labels: str) -> float:
     )
 
 
-async def test_a_dead_letter_its_topic_refuses_for_its_content_holds_no_later_one(
-    migrated_database: str, tmp_path: Path
-) -> None:
-    """Before, the relay kept the refused dead letter first in its topic's order and
-    tried it again every few seconds for good: the dead letters rejected after it, which
-    the topic takes, never left (`healthscore_dead_letters_pending` only grew)."""
-    topics = Topics(*(f"{name}.withheld" for name in ("u", "s", "a", "h", "p")))
+@contextlib.asynccontextmanager
+async def _refusing_dead_letter_broker(
+    tmp_path: Path, suffix: str
+) -> AsyncIterator[tuple[Topics, str]]:
+    """A real broker whose usage dead-letter topic takes only JSON objects (a record that
+    is not JSON makes a dead letter it refuses, while any JSON description of it is
+    taken), with the test's topics (named with `suffix`) created; stopped at the end."""
+    topics = Topics(*(f"{name}.{suffix}" for name in ("u", "s", "a", "h", "p")))
     registry = tmp_path / "schemas"
     registry.mkdir()
-    # values must be JSON objects: a record that is not JSON makes a dead letter the
-    # topic refuses, while any JSON description of it is taken
     schema = {"type": "object", "properties": {"value": {"type": "object"}}}
     (registry / f"{topics.dlq_usage}.json").write_bytes(orjson.dumps(schema))
     bootstrap, broker = start_embedded_broker(schema_registry=registry)
@@ -82,6 +83,18 @@ async def test_a_dead_letter_its_topic_refuses_for_its_content_holds_no_later_on
             await admin.create_topics([NewTopic(n, 1, 1) for n in names])
         finally:
             await admin.close()
+        yield topics, bootstrap
+    finally:
+        stop_process(broker)
+
+
+async def test_a_dead_letter_its_topic_refuses_for_its_content_holds_no_later_one(
+    migrated_database: str, tmp_path: Path
+) -> None:
+    """Before, the relay kept the refused dead letter first in its topic's order and
+    tried it again every few seconds for good: the dead letters rejected after it, which
+    the topic takes, never left (`healthscore_dead_letters_pending` only grew)."""
+    async with _refusing_dead_letter_broker(tmp_path, "withheld") as (topics, bootstrap):
         settings = service_settings(migrated_database, bootstrap, topics)
         at = datetime.now(UTC) - timedelta(hours=1)
         org = str(uuid.uuid5(uuid.NAMESPACE_URL, "withheld-org"))
@@ -122,8 +135,6 @@ async def test_a_dead_letter_its_topic_refuses_for_its_content_holds_no_later_on
                     )
         finally:
             await producer.stop()
-    finally:
-        stop_process(broker)
 
     assert pending == [], f"dead letters still waiting: {pending}"
     # all three in their order of rejection: the stand-in in the refused one's place
@@ -174,21 +185,7 @@ async def test_the_dead_letters_command_says_a_stand_in_is_not_the_record(
     among the producer's headers): an operator following the re-drive runbook from it
     would send the description to the source topic, and nothing said that the record
     is in PostgreSQL."""
-    topics = Topics(*(f"{name}.standin" for name in ("u", "s", "a", "h", "p")))
-    registry = tmp_path / "schemas"
-    registry.mkdir()
-    schema = {"type": "object", "properties": {"value": {"type": "object"}}}
-    (registry / f"{topics.dlq_usage}.json").write_bytes(orjson.dumps(schema))
-    bootstrap, broker = start_embedded_broker(schema_registry=registry)
-    try:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            names = [*(getattr(topics, f) for f in ("usage", "support", "alerts", "health"))]
-            names += [topics.profile, topics.dlq_usage, topics.dlq_support, topics.dlq_profile]
-            await admin.create_topics([NewTopic(n, 1, 1) for n in names])
-        finally:
-            await admin.close()
+    async with _refusing_dead_letter_broker(tmp_path, "standin") as (topics, bootstrap):
         settings = service_settings(migrated_database, bootstrap, topics)
         org = str(uuid.uuid5(uuid.NAMESPACE_URL, "standin-org"))
         not_json = b"<usage><feature>calendar</feature></usage>"
@@ -209,8 +206,6 @@ async def test_the_dead_letters_command_says_a_stand_in_is_not_the_record(
         capsys.readouterr()
         code = await asyncio.to_thread(main, ["dead-letters", "--topic", "usage"])
         out = capsys.readouterr().out
-    finally:
-        stop_process(broker)
 
     assert code == 0, out
     lines = out.splitlines()
@@ -236,23 +231,9 @@ async def test_a_record_withheld_at_the_coordinates_of_an_earlier_one_is_kept(
     coordinates of an earlier one was deleted from dead_letter_outbox and not kept
     (ON CONFLICT DO NOTHING on its coordinates): its stand-in said the record was in
     PostgreSQL, and the row there held the other record."""
-    topics = Topics(*(f"{name}.again" for name in ("u", "s", "a", "h", "p")))
-    registry = tmp_path / "schemas"
-    registry.mkdir()
-    schema = {"type": "object", "properties": {"value": {"type": "object"}}}
-    (registry / f"{topics.dlq_usage}.json").write_bytes(orjson.dumps(schema))
-    bootstrap, broker = start_embedded_broker(schema_registry=registry)
     org = str(uuid.uuid5(uuid.NAMESPACE_URL, "withheld-again-org"))
     records = (b"<usage>the first</usage>", b"<usage>the second, after the recreate</usage>")
-    try:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            names = [*(getattr(topics, f) for f in ("usage", "support", "alerts", "health"))]
-            names += [topics.profile, topics.dlq_usage, topics.dlq_support, topics.dlq_profile]
-            await admin.create_topics([NewTopic(n, 1, 1) for n in names])
-        finally:
-            await admin.close()
+    async with _refusing_dead_letter_broker(tmp_path, "again") as (topics, bootstrap):
         settings = service_settings(migrated_database, bootstrap, topics)
         for n, value in enumerate(records):
             if n:
@@ -287,8 +268,6 @@ async def test_a_record_withheld_at_the_coordinates_of_an_earlier_one_is_kept(
                     if not await fetch(migrated_database, "SELECT 1 FROM dead_letter_outbox"):
                         break
                     await asyncio.sleep(0.1)
-    finally:
-        stop_process(broker)
 
     kept = await fetch(
         migrated_database,
