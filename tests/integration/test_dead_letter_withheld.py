@@ -26,9 +26,9 @@ from structlog.testing import capture_logs
 
 from healthscore.cli import main
 from healthscore.service.app import ServiceOptions
-from healthscore_lab.devservices import start_embedded_broker, stop_process
 from tests.utils.harness import (
     Topics,
+    broker_refusing,
     consume_all,
     fetch,
     make_producer,
@@ -69,23 +69,13 @@ async def _refusing_dead_letter_broker(
     is not JSON makes a dead letter it refuses, while any JSON description of it is
     taken), with the test's topics (named with `suffix`) created; stopped at the end."""
     topics = Topics(*(f"{name}.{suffix}" for name in ("u", "s", "a", "h", "p")))
-    registry = tmp_path / "schemas"
-    registry.mkdir()
     schema = {"type": "object", "properties": {"value": {"type": "object"}}}
-    (registry / f"{topics.dlq_usage}.json").write_bytes(orjson.dumps(schema))
-    bootstrap, broker = start_embedded_broker(schema_registry=registry)
-    try:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            names = [*(getattr(topics, f) for f in ("usage", "support", "alerts", "health"))]
-            names += [topics.profile, topics.dlq_usage, topics.dlq_support, topics.dlq_profile]
-            await admin.create_topics([NewTopic(n, 1, 1) for n in names])
-        finally:
-            await admin.close()
+    others = [topics.usage, topics.support, topics.alerts, topics.health, topics.profile]
+    others += [topics.dlq_support, topics.dlq_profile]
+    async with broker_refusing(
+        tmp_path / "schemas", topics.dlq_usage, others, 1, schema=schema
+    ) as bootstrap:
         yield topics, bootstrap
-    finally:
-        stop_process(broker)
 
 
 async def test_a_dead_letter_its_topic_refuses_for_its_content_holds_no_later_one(

@@ -219,26 +219,34 @@ async def fetch(database_url: str, query: str, *args: Any) -> list[asyncpg.Recor
         await conn.close()
 
 
-def _refusing(registry: Path, topic: str) -> Path:
-    """`registry` made a schema registry in which `topic` takes no record."""
+# a schema no record's value matches: the topic refuses every record
+REFUSES_EVERY_RECORD: dict[str, Any] = {
+    "type": "object",
+    "properties": {"value": {"type": "object", "required": ["never-sent"]}},
+    "required": ["value"],
+}
+
+
+def _refusing(registry: Path, topic: str, schema: dict[str, Any]) -> Path:
+    """`registry` made a schema registry in which `topic` takes what `schema` allows."""
     registry.mkdir()
-    schema = {
-        "type": "object",
-        "properties": {"value": {"type": "object", "required": ["never-sent"]}},
-        "required": ["value"],
-    }
     (registry / f"{topic}.json").write_bytes(orjson.dumps(schema))
     return registry
 
 
 @contextlib.asynccontextmanager
 async def broker_refusing(
-    registry: Path, refusing: str, topics: Iterable[str], partitions: int
+    registry: Path,
+    refusing: str,
+    topics: Iterable[str],
+    partitions: int,
+    schema: dict[str, Any] = REFUSES_EVERY_RECORD,
 ) -> AsyncIterator[str]:
     """A broker of its own (its address) on which `refusing` refuses every record while
-    up (a JSON schema no value matches: an ACL, a schema the broker enforces), with
-    `refusing` and `topics` created; `registry`: an empty directory for the schema."""
-    bootstrap, broker = start_embedded_broker(schema_registry=_refusing(registry, refusing))
+    up (a JSON schema no value matches: an ACL, a schema the broker enforces), or those
+    `schema` does not allow, with `refusing` and `topics` created; `registry`: an empty
+    directory for the schema."""
+    bootstrap, broker = start_embedded_broker(schema_registry=_refusing(registry, refusing, schema))
     try:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
