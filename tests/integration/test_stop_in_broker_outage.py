@@ -31,6 +31,7 @@ from tests.utils.harness import (
     ServiceProcess,
     Topics,
     consume_all,
+    create_topics,
     fetchval,
     make_producer,
     make_topics,
@@ -61,20 +62,10 @@ def _correlation(record: Any) -> str:
 
 async def _recreate(bootstrap: str, topics: Topics, partitions: int) -> None:
     """The test's topics on a fresh broker, under their names."""
+    await create_topics(bootstrap, topics, partitions)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        names = [
-            topics.usage,
-            topics.support,
-            topics.alerts,
-            topics.health,
-            topics.profile,
-            topics.dlq_usage,
-            topics.dlq_support,
-            topics.dlq_profile,
-        ]
-        await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
         await admin.create_topics([NewTopic(f"{topics.usage}.probe", 1, 1)])
     finally:
         await admin.close()

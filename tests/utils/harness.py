@@ -64,6 +64,12 @@ async def make_topics(bootstrap: str, partitions: int = 4) -> Topics:
         health=f"health.{suffix}",
         profile=f"profile.{suffix}",
     )
+    await create_topics(bootstrap, names, partitions)
+    return names
+
+
+async def create_topics(bootstrap: str, names: Topics, partitions: int) -> None:
+    """Every topic of `names` (the inputs, outputs and dead-letter topics) on `bootstrap`."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -84,7 +90,6 @@ async def make_topics(bootstrap: str, partitions: int = 4) -> Topics:
         )
     finally:
         await admin.close()
-    return names
 
 
 def service_settings(
