@@ -4,23 +4,32 @@ support and growth caps and their scaling, the ceilings), under every shipped mo
 
 from __future__ import annotations
 
+from unittest.mock import patch
 from uuid import UUID
 
 import msgspec
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from healthscore.contracts.enums import MilestoneType
+from healthscore.core.scoring import path
 from healthscore.core.scoring.model import DAY, SIGNALS, ScoreModel, parse_model, shipped_models
-from healthscore.core.scoring.score import MIN_REPORTED_IMPACT, _apportion, score_with_impacts
+from healthscore.core.scoring.score import (
+    MIN_REPORTED_IMPACT,
+    _apportion,
+    score,
+    score_ceiling,
+    score_with_impacts,
+)
 from healthscore.core.scoring.state import OpenInteraction, OrganizationState
 
 NOW = 1_790_000_000.0
 # the score is the composite rounded to 2 decimals; the shortfalls sum to the composite
 HALF_HUNDREDTH = 0.005 + 1e-9
 PROPERTY = settings(max_examples=200, deadline=None)
+BEHAVIOUR_FACTORS = frozenset(path._BEHAVIOUR)
 
 
 def clamped(model: ScoreModel) -> ScoreModel:
@@ -248,3 +257,38 @@ def test_apportion_sums_to_the_total_by_largest_remainder(
     impacts: list[float], total: int, expected: list[int]
 ) -> None:
     assert _apportion(impacts, total) == expected
+
+
+def without_ceilings(state: OrganizationState) -> OrganizationState:
+    """`state` without what sets a ceiling: open or past escalations and cancellation
+    requests."""
+    return msgspec.structs.replace(
+        state,
+        decayed={**state.decayed, "escalations": 0.0, "cancellation_requests": 0.0},
+        open_interactions={
+            key: interaction
+            for key, interaction in state.open_interactions.items()
+            if not interaction.escalated
+            and interaction.interaction_type not in ("escalation", "cancellation_request")
+        },
+    )
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@settings(max_examples=100, deadline=None)
+@given(state=states(), later=st.sampled_from([0.0, 1.0, 20.0]) | between(0, 90))
+def test_a_behavioural_action_is_worth_the_impact_listed_beside_it(
+    name: str, state: OrganizationState, later: float
+) -> None:
+    """Undoing a behavioural shortfall gives back the impact the alert lists for that
+    factor, to the hundredth: a CS manager reads both side by side. Where no ceiling
+    holds the score (a ceiling may cap the action), before the actions are pooled."""
+    model, as_of = MODELS[name], NOW + later * DAY
+    state = without_ceilings(state)
+    assume(score_ceiling(state, as_of, model) >= 100.0)
+    listed = {risk.factor: risk.impact for risk in score(state, as_of, model).risk_factors}
+    with patch.object(path, "_largest_first", lambda actions: actions):
+        actions = path.path_to_healthy(state, as_of, model)
+    for action in actions:
+        if action.factor in BEHAVIOUR_FACTORS:
+            assert round(action.impact, 2) == -listed[action.factor], (action, listed)

@@ -10,9 +10,9 @@ model itself:
   escalation, unresolved-age and (v1) ceiling points it holds;
 - reach a missing success milestone: recomputed with the milestone achieved;
 - undo a behavioural shortfall (inactivity, activity below the organization's
-  usual level, few logins, ...): worth the factor's own impact, which is exactly
-  what it costs the composite (the impacts sum to score - 100), rounded on its
-  own (the reported list's impacts carry a share of its rounding), up to the
+  usual level, few logins, ...): worth the factor's impact as the alert lists it
+  beside the score (what it costs the composite, in the hundredths apportioned so
+  the list sums to score - 100), up to the
   ceiling a cancellation request or an escalation holds the score under
   (`score_ceiling`): points above it never come, so under a ceiling that holds
   the score these actions are worth nothing until time lifts it.
@@ -107,6 +107,10 @@ def path_to_healthy(
     below alerts.exit_probability; [] when it already is. Reads `state`, changes
     nothing."""
     base, own = score_with_impacts(state, as_of, model)
+    # a behavioural factor's impact does not depend on the support or milestone
+    # components (the composite is a weighted mean): the action is worth what the
+    # alert lists beside it, to the hundredth
+    listed = {risk.factor: risk.impact for risk in base.risk_factors}
 
     def out_of_risk(value: float) -> bool:
         return _out_of_risk(base, value, model)
@@ -152,7 +156,7 @@ def path_to_healthy(
                 best = (gain, "reach", name, "missing_milestones")
         for risk in current.risk_factors:  # the factors reported on their own
             if risk.factor in _BEHAVIOUR and risk.factor not in undone:
-                alone = round(own[risk.factor], 2)
+                alone = listed.get(risk.factor, own[risk.factor])
                 gain = reachable(now, current.score, behaviour - alone) - level
                 if best is None or gain > best[0]:
                     best = (gain, "undo", risk.factor, risk.factor)
@@ -172,7 +176,7 @@ def path_to_healthy(
         else:
             # the factor's whole impact comes back to the composite, whatever the
             # ceiling lets through of it now (a later action may lift the ceiling)
-            undone[key] = -round(own[key], 2)
+            undone[key] = -listed.get(key, own[key])
             text = _BEHAVIOUR[key]
         actions.append(HealthAction(action=text, factor=factor, impact=gain, interaction_id=about))
         # a behavioural factor's impact does not depend on the support or milestone
