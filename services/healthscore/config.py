@@ -10,6 +10,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from healthscore.store.dburl import clients_parse
 
 DEFAULT_MODEL_PATH = Path(__file__).parent / "model" / "health_model.v4.json"
+# RFC 7518, 3.2: an HS256 key has at least the hash's 256 bits
+MIN_JWT_SECRET_BYTES = 32
+# how the deploy examples' placeholders start (deploy/compose/env.example, the k8s Secret)
+PLACEHOLDER_PREFIX = "change-me"
 
 KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -456,6 +460,25 @@ class Settings(BaseSettings):
                     "not a PostgreSQL URL (postgresql://user:password@host:port/db): a port"
                     " that is not a number or an unmatched bracket; percent-encode"
                     " @ : / ? # [ ] in the user name and password"
+                )
+        return value
+
+    @field_validator("api_jwt_secret")
+    @classmethod
+    def _unguessable_jwt_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # whoever knows it signs tokens of anybody, an admin included: a short one is
+        # found offline from any token the API answered, the examples' placeholder is public
+        if value is not None:
+            secret = value.get_secret_value()
+            if secret.lower().startswith(PLACEHOLDER_PREFIX):
+                raise ValueError(
+                    "still the deploy example's placeholder: set the identity provider's "
+                    "secret (or mount its JWKS and set API_JWKS_PATH)"
+                )
+            if len(secret.encode()) < MIN_JWT_SECRET_BYTES:
+                raise ValueError(
+                    f"an HS256 secret must be at least {MIN_JWT_SECRET_BYTES} bytes "
+                    "(RFC 7518, 3.2): a shorter one is found offline from any token"
                 )
         return value
 

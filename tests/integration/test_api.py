@@ -1091,3 +1091,36 @@ async def test_what_a_client_writes_is_logged_and_quoted_in_bounded_length(
     assert len(lines) == 2
     assert all(len(json.dumps(e)) < 1024 for e in lines), [len(json.dumps(e)) for e in lines]
     assert lines[0]["path"].startswith("/api/v1/xxx") and "+59708 characters" in lines[0]["path"]
+
+
+async def test_no_answer_about_people_is_left_for_a_cache_to_store(
+    world: World, pg_admin_url: str
+) -> None:
+    """An answer names people (a user's email and name, who acknowledged what) or what a
+    person may see. Only the answers the response cache keeps said how a cache may keep
+    them (private, revalidated by ETag); every other one said nothing, so a browser
+    kept it on disk as it liked, still there for the next person at a shared desk once
+    the first signed out: a write's answer (the acknowledgment naming its author), a
+    refusal, and every answer of an API run without the cache (API_RESPONSE_CACHE_ENTRIES
+    =0), /me included. Those are no-store now."""
+    milestone = f"/api/v1/organizations/{world.orgs['bloom']}/milestones/first_client_added"
+    kept = await world.get("admin", "/api/v1/me")
+    assert kept.status_code == 200
+    assert kept.headers["cache-control"] == "private, no-cache"  # revalidated: unchanged
+    written = await world.post("admin", f"{milestone}/acknowledge")
+    assert written.status_code == 200 and written.json()["acknowledged_by"]
+    refused = await world.client.get("/api/v1/me")
+    hidden = await world.get("member", f"/api/v1/organizations/{world.orgs['bloom']}")
+    assert (refused.status_code, hidden.status_code) == (401, 404)
+    for answer in (written, refused, hidden):
+        assert answer.headers.get("cache-control") == "no-store", answer.request.url
+    async with (
+        api_login(pg_admin_url, world.url) as login_url,
+        api_client(
+            replace(await api_config(world.url, login_url, pool_size=2), cache_entries=0)
+        ) as (uncached, _),
+    ):
+        for path in ("/api/v1/me", "/api/v1/organizations", milestone.rpartition("/")[0]):
+            answer = await uncached.get(path, headers=world.auth("admin"))
+            assert answer.status_code == 200, path
+            assert answer.headers.get("cache-control") == "no-store", path

@@ -293,3 +293,25 @@ def test_an_identity_providers_keys_are_taken_only_with_the_audience(tmp_path: P
     config = ApiConfig.from_settings(settings("dashboard"))
     with pytest.raises(Unauthenticated, match="Audience"):
         config.verifier.verify(f"Bearer {elsewhere}")
+
+
+@pytest.mark.parametrize(
+    ("secret", "reason"),
+    [
+        ("hunter2", "at least 32 bytes"),
+        ("j" * 31, "at least 32 bytes"),
+        # deploy/compose/env.example's, as copied to .env and never changed
+        ("change-me-identity-provider-secret", "example's placeholder"),
+        ("CHANGE-ME-IDP-SECRET-of-more-than-32-bytes", "example's placeholder"),
+    ],
+)
+def test_an_hs256_secret_anyone_could_guess_is_refused(secret: str, reason: str) -> None:
+    """API_JWT_SECRET signs the identity provider's tokens: whoever knows it is anybody,
+    an admin included. "hunter2", or the compose example's placeholder kept in .env, was
+    taken; any token the API ever answered (a browser's history, a proxy's log) let
+    anyone find a short secret offline, and the placeholder is public. RFC 7518, 3.2:
+    an HS256 key has at least the hash's 256 bits."""
+    with pytest.raises(ValidationError, match=reason) as refused:
+        Settings(_env_file=None, api_jwt_secret=SecretStr(secret))
+    assert secret not in str(refused.value)  # never the value
+    Settings(_env_file=None, api_jwt_secret=SecretStr("j" * 32))

@@ -10,7 +10,7 @@ from faststream.asgi import AsgiFastStream
 
 from healthscore.service.ops.metrics import Metrics
 from healthscore.service.ops.readiness import ReadinessChecker
-from healthscore.service.ops.routes import OpsRoutes
+from healthscore.service.ops.routes import MAX_RENDERED_ANSWERS, OpsRoutes
 from tests.utils.fakes import Counted, FakeClock
 
 
@@ -94,6 +94,46 @@ async def test_metrics_are_rendered_at_most_once_per_max_age() -> None:
     clock.now += 0.5  # 1 s after the first render: rendered again, with the new value
     assert b"healthscore_batch_failures_total 2.0" in (await call(app, "/metrics"))[2]
     assert app.metrics_renders == 2
+
+
+async def test_metrics_answers_kept_are_bounded_whatever_the_query_and_accept() -> None:
+    """Each rendered exposition was kept per query string and Accept header, forever:
+    whoever reaches the ops port could ask /metrics?n=1, ?n=2, ... (or vary Accept) and
+    every answer, the whole exposition, stayed in the consumer's memory, growing at the
+    pacing's 50 a second without end. A few are kept, the least recent going first; a
+    scraper's usual query is still served from what was kept."""
+    clock = FakeClock(50.0)
+    app, _, _ = make_app(clock=clock)
+    asgi = AsgiFastStream(asgi_routes=app.routes, logger=None)
+
+    async def scrape(query: bytes, accept: bytes = b"text/plain") -> int:
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/metrics",
+            "query_string": query,
+            "headers": [(b"accept", accept)],
+        }
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        await asgi(scope, receive, send)
+        return int(sent[0]["status"])
+
+    assert await scrape(b"") == 200
+    for n in range(300):
+        assert await scrape(b"n=%d" % n) == 200
+        assert await scrape(b"", b"text/plain;q=0.%d" % n) == 200
+    assert app.metrics_answers_kept <= MAX_RENDERED_ANSWERS
+    renders = app.metrics_renders
+    for _ in range(20):  # the scraper's own, asked again within max_age: kept
+        assert await scrape(b"n=299") == 200
+    assert app.metrics_renders == renders
 
 
 async def test_the_asyncapi_documents_are_rendered_once() -> None:

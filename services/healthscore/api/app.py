@@ -141,8 +141,15 @@ class HeadAsGet:
         await self.app({**scope, "method": "GET"}, receive, send_without_body)
 
 
+# an answer of the API the response cache did not mark (it marks what it keeps: private,
+# revalidated by its ETag) is stored by no cache, the browser's disk included: it names
+# people (a write's author, /me) or what one person may see
+NO_STORE: Final = (b"cache-control", b"no-store")
+
+
 class SecurityHeaders:
-    """Adds SECURITY_HEADERS to every response (plain ASGI: no per-request task)."""
+    """Adds SECURITY_HEADERS to every response, and NO_STORE to an API answer without a
+    Cache-Control (plain ASGI: no per-request task)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -151,10 +158,14 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        api = scope["path"].startswith("/api/v1/")
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+                headers = [*message.get("headers", []), *SECURITY_HEADERS]
+                if api and not any(k.lower() == b"cache-control" for k, _ in headers):
+                    headers.append(NO_STORE)
+                message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -41,6 +41,8 @@ Sleep = Callable[[float], Awaitable[None]]
 JSON = "application/json"
 HTML = "text/html; charset=utf-8"
 NO_STORE = {"cache-control": "no-store"}
+# rendered /metrics answers kept at once (per query and Accept: a scraper asks with one)
+MAX_RENDERED_ANSWERS = 8
 
 HEALTHY = AsgiResponse(b'{"status":"ok"}', 200, {"content-type": JSON, **NO_STORE})
 NOT_ALLOWED = AsgiResponse(
@@ -85,7 +87,9 @@ def _get_in_turn(app: ASGIApp, turns: _Turns) -> ASGIApp:
 
 class _Rendered:
     """An ASGI app's answers kept for `max_age` seconds, per query and Accept header:
-    the exposition is rendered once a second however many scrapers ask."""
+    the exposition is rendered once a second however many scrapers ask. At most
+    MAX_RENDERED_ANSWERS of them, the least recently rendered leaving first: anybody
+    can write any query or Accept, each a whole exposition kept."""
 
     def __init__(self, app: ASGIApp, max_age: float, clock: Clock) -> None:
         self._app = app
@@ -93,6 +97,10 @@ class _Rendered:
         self._clock = clock
         self._answers: dict[tuple[bytes, bytes], tuple[float, list[Message]]] = {}
         self.renders = 0
+
+    @property
+    def kept(self) -> dict[tuple[bytes, bytes], tuple[float, list[Message]]]:
+        return self._answers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         accept = b",".join(v for k, v in scope.get("headers", ()) if k.lower() == b"accept")
@@ -113,6 +121,9 @@ class _Rendered:
                 *((name.lower(), value) for name, value in start.get("headers", [])),
                 (b"cache-control", b"no-store"),
             ]
+            self._answers.pop(key, None)
+            while len(self._answers) >= MAX_RENDERED_ANSWERS:
+                del self._answers[next(iter(self._answers))]
             kept = self._answers[key] = (now, messages)
         for message in kept[1]:
             await send(message)
@@ -165,6 +176,10 @@ class OpsRoutes:
     @property
     def metrics_renders(self) -> int:
         return self._metrics.renders
+
+    @property
+    def metrics_answers_kept(self) -> int:
+        return len(self._metrics.kept)
 
     async def _ready(self, scope: Scope, receive: Receive, send: Send) -> None:
         status, body = self._readiness.status()
