@@ -296,6 +296,25 @@ def test_the_log_table_names_every_loop_that_can_fail() -> None:
     assert set(failing_loop_events()) - named == set()
 
 
+# lines that are not `serve`'s: the read API's (`api_...`, in "The read API") and
+# `healthscore import`'s (in "Profiles")
+NOT_SERVE_EVENTS = {"import_page_retried"}
+
+
+def test_the_log_table_has_a_row_for_every_line_serve_logs() -> None:
+    # a line found in the log and not in the table sends the on-call engineer to the code
+    table = log_table()
+    named = set(table) | set(re.findall(r"`(\w+_failed)`", table["<loop>_failed"][2]))
+    serve = {e for e in all_events() if not e.startswith("api_")} - NOT_SERVE_EVENTS
+    assert len(serve) >= 40
+    assert sorted(serve - named) == []
+
+
+def test_every_line_logged_is_named_in_the_operations_guide() -> None:
+    guide = doc_text("docs/operations.md")
+    assert sorted(e for e in all_events() if f"`{e}`" not in guide) == []
+
+
 # "logs `x`", "logged as `x`", "the `x` log line", ...
 _EVENT_NAME = r"([a-z][a-z0-9]*(?:_[a-z0-9]+)+)"
 _CITED_EVENT = re.compile(
