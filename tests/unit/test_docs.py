@@ -125,7 +125,8 @@ def test_every_metric_the_docs_name_is_exported() -> None:
 
 def metric_table_rows() -> Iterator[tuple[str, str, str, set[str]]]:
     """(doc, metric, type, labels) of each metric table row: `| name | type | labels | ...`."""
-    row = re.compile(r"^\| `(healthscore_\w+)` \| ([a-z]+) \| ([^|]*) \|", re.M)
+    # labels may be empty: `| healthscore_ready | gauge | | ... |`
+    row = re.compile(r"^\| `(healthscore_\w+)` \| ([a-z]+) \|([^|]*)\|", re.M)
     for doc in DOCS:
         for name, kind, labels in row.findall(doc_text(doc)):
             # a label's values follow it in parentheses: `measure` (`activity`, ...)
@@ -143,6 +144,23 @@ def test_metric_tables_give_each_metric_its_type_and_labels() -> None:
         if actual != (kind, frozenset(labels)):
             wrong[(doc, name)] = {"documented": (kind, sorted(labels)), "code": actual}
     assert wrong == {}
+
+
+def test_every_row_of_the_operations_guides_metric_tables_is_checked() -> None:
+    # a row the pattern above does not read is a row nothing checks
+    written = re.findall(r"^\| `healthscore_\w+` \|", doc_text("docs/operations.md"), re.M)
+    read = [row for row in metric_table_rows() if row[0] == "docs/operations.md"]
+    assert len(read) == len(written)
+
+
+def test_every_metric_exported_is_named_in_the_operations_guide() -> None:
+    guide = doc_text("docs/operations.md")
+    unnamed = [
+        name
+        for name in registered_metrics()
+        if re.search(rf"`{name}(?:\{{[^}}`]*\}})?`", guide) is None
+    ]
+    assert unnamed == []
 
 
 def test_label_sets_written_after_a_metric_exist() -> None:
