@@ -606,3 +606,100 @@ def test_heading_anchors_follow_githubs_rule(tmp_path: Path, heading: str, ancho
     page = tmp_path / "page.md"
     page.write_text(f"{heading}\n\n```bash\n# not a heading\n```\n{heading}\n")
     assert heading_anchors(page) == {anchor, f"{anchor}-1"}
+
+
+# --- the contract for producers: rejection reasons, dead-letter headers ----------------
+
+
+def all_reasons() -> tuple[str, ...]:
+    from healthscore.service.ingest.decode import PIPELINE_REASONS, REASONS
+
+    return REASONS + PIPELINE_REASONS
+
+
+def test_the_consumer_section_lists_every_rejection_reason() -> None:
+    # the README sends producers here for "every code"
+    guide = doc_text("docs/operations.md")
+    paragraph = guide.split("\n`reason` values: ", 1)[1].split("\n\n", 1)[0]
+    # what the parentheses say about a reason names fields, not reasons
+    listed = re.findall(r"`(\w+)`", without_parentheses(paragraph))
+    assert sorted(listed) == sorted(all_reasons())
+
+
+def producers_section() -> str:
+    return doc_text("README.md").split("\n## For producers", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_reasons_the_producers_section_names_exist() -> None:
+    section = producers_section()
+    examples = re.search(r"a code such as\s+(.*?);", section, re.S)
+    assert examples is not None
+    named = {
+        *re.findall(r"`(\w+)`", examples.group(1)),
+        *re.findall(r"rejected as\s+`(\w+)`", section),
+        *re.findall(r"\(`(\w+)`\)", section),  # "... (`future_timestamp`)"
+        *re.findall(r"`(\w+)` and\s+`\w+` need the stored", section),
+        *re.findall(r"`\w+` and\s+`(\w+)` need the stored", section),
+    } - set(all_events())  # "(`message_rejected`)": the log line
+    assert len(named) >= 10
+    assert sorted(named - set(all_reasons())) == []
+
+
+def header_table() -> list[str]:
+    """The dead-letter headers of the operations guide's table, in its order."""
+    section = doc_text("docs/operations.md").split("\n## Dead-letter topics\n", 1)[1]
+    table = section.split("\n| header | value |\n", 1)[1].split("\n\n", 1)[0]
+    return [
+        name
+        for line in table.splitlines()
+        for name in re.findall(r"`(x-[a-z-]+)`", line.split(" | ")[0])
+    ]
+
+
+def test_the_dead_letter_header_table_lists_the_headers_in_their_order() -> None:
+    from healthscore.service.ingest.decode import RawRecord, Rejection
+    from healthscore.service.ingest.dlq import (
+        VALUE_NULL,
+        VALUE_OMITTED,
+        VALUE_WITHHELD,
+        dlq_headers,
+    )
+
+    record = RawRecord("product.usage.v1", 0, 7, b"k", b"v", 1, headers=(("trace", b"1"),))
+    ours = [name for name, _ in dlq_headers(Rejection(record, "invalid_json", "detail"))][:-1]
+    assert header_table() == [*ours, VALUE_OMITTED, VALUE_NULL, VALUE_WITHHELD]
+
+
+def test_the_headers_the_producers_section_names_exist() -> None:
+    from healthscore.service.ingest.dlq import (
+        ORIGINAL_PREFIX,
+        OWN_HEADERS,
+        VALUE_NULL,
+        VALUE_OMITTED,
+        VALUE_WITHHELD,
+    )
+
+    named = set(re.findall(r"`(x-[a-z<>-]+)`", producers_section()))
+    assert len(named) >= 8
+    known = OWN_HEADERS | {VALUE_OMITTED, VALUE_NULL, VALUE_WITHHELD, ORIGINAL_PREFIX + "<name>"}
+    assert sorted(named - known) == []
+
+
+def test_the_stand_ins_description_is_documented_field_for_field() -> None:
+    # an operator or a consumer of the dead-letter topic reads the stand-in's JSON
+    tree = ast.parse((SERVICES / "healthscore" / "service" / "ingest" / "dlq.py").read_text())
+    (function,) = (
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.AsyncFunctionDef) and n.name == "publish_stand_in"
+    )
+    (description,) = (n for n in ast.walk(function) if isinstance(n, ast.Dict))
+    fields = [k.value for k in description.keys if isinstance(k, ast.Constant)]
+    row = next(
+        line
+        for line in doc_text("docs/operations.md").splitlines()
+        if line.startswith("| `x-value-withheld` |")
+    )
+    described = re.search(r"a JSON object describing the record \(([^)]*)\)", row)
+    assert described is not None
+    assert re.findall(r"`(\w+)`", described.group(1)) == fields
