@@ -703,3 +703,53 @@ def test_the_stand_ins_description_is_documented_field_for_field() -> None:
     described = re.search(r"a JSON object describing the record \(([^)]*)\)", row)
     assert described is not None
     assert re.findall(r"`(\w+)`", described.group(1)) == fields
+
+
+# --- migrations, the commands table, the quick start ----------------------------------
+
+MIGRATIONS = SERVICES / "healthscore" / "store" / "migrations"
+
+
+def cited_migrations(text: str) -> set[str]:
+    """The numbers of "migration 0066", "migrations 0076 and 0079", "migrations 0050-0068",
+    "Migration 0030", "0089's policy" after "migration"."""
+    numbers = set()
+    for run in re.findall(r"\b[Mm]igrations? ((?:\d{4}(?:,? and |, |-|\b))+)", text):
+        numbers.update(re.findall(r"\d{4}", run))
+    return numbers
+
+
+def test_every_migration_the_docs_cite_exists() -> None:
+    shipped = {path.name[:4] for path in MIGRATIONS.glob("*.sql")}
+    cited = {(doc, n) for doc in DOCS for n in cited_migrations(doc_text(doc))}
+    assert len(cited) >= 40
+    assert sorted((doc, n) for doc, n in cited if n not in shipped) == []
+
+
+def test_cited_migrations_reads_each_form() -> None:
+    text = "migration 0066, migrations 0076 and 0079, Migrations 0050-0068 any, migration 0031)"
+    assert cited_migrations(text) == {"0066", "0076", "0079", "0050", "0068", "0031"}
+
+
+def test_the_commands_table_lists_every_command_with_options_it_has() -> None:
+    section = doc_text("README.md").split("\n## Commands\n", 1)[1].split("\n### ", 1)[0]
+    rows = dict(re.findall(r"^\| `healthscore ([a-z-]+)[^`]*` \|(.*)$", section, re.M))
+    commands = command_options()
+    assert sorted(rows) == sorted(commands)
+    wrong = {
+        (command, option)
+        for command, row in rows.items()
+        for option in re.findall(r"(?<![\w-])--[a-z][a-z-]*", row)
+        if option not in commands[command]
+    }
+    assert wrong == set()
+
+
+def test_the_quick_start_commands_are_what_ci_runs() -> None:
+    # "`.ci/run` runs exactly it after the same install"
+    quick = doc_text("README.md").split("\n## Quick start\n", 1)[1].split("\n## ", 1)[0]
+    install, tests = re.findall(r"^```bash\n(.*?)\n```", quick, re.S | re.M)
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert install.startswith("pip install -e '.[dev]' && healthscore ")
+    assert "pip install --quiet -e '.[dev]'" in ci
+    assert tests in ci
