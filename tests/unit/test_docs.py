@@ -753,3 +753,21 @@ def test_the_quick_start_commands_are_what_ci_runs() -> None:
     assert install.startswith("pip install -e '.[dev]' && healthscore ")
     assert "pip install --quiet -e '.[dev]'" in ci
     assert tests in ci
+
+
+def test_the_readiness_table_has_a_row_for_each_check() -> None:
+    # the checks are the keys of the mapping service/ops/checks.py builds
+    source = ast.parse((SERVICES / "healthscore" / "service" / "ops" / "checks.py").read_text())
+    checks = {
+        tuple(str(k.value) for k in node.value.keys if isinstance(k, ast.Constant))
+        for node in ast.walk(source)
+        if isinstance(node, ast.Return) and isinstance(node.value, ast.Dict)
+    }
+    (names,) = (c for c in checks if "postgres" in c)
+    readiness = doc_text("docs/operations.md").split("\n## Readiness\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| ", readiness, re.M)
+    assert [r for r in rows if not r.startswith("healthscore_")] == list(names)
+    gauge = next(
+        line for line in readiness.splitlines() if "`healthscore_readiness_check_failed`" in line
+    )
+    assert re.findall(r"`(\w+)`", gauge.split("(", 1)[1]) == list(names)
