@@ -771,3 +771,20 @@ def test_the_readiness_table_has_a_row_for_each_check() -> None:
         line for line in readiness.splitlines() if "`healthscore_readiness_check_failed`" in line
     )
     assert re.findall(r"`(\w+)`", gauge.split("(", 1)[1]) == list(names)
+
+
+def test_every_test_the_docs_name_exists() -> None:
+    # `test_stop_in_postgres_outage` (a module) or `test_the_...` (a function): where a
+    # claim's evidence is said to be
+    tests = ROOT / "tests"
+    modules = {path.stem for path in tests.rglob("test_*.py")}
+    functions = set(
+        re.findall(
+            r"^\s*(?:async )?def (test_\w+)",
+            "\n".join(p.read_text() for p in tests.rglob("*.py")),
+            re.M,
+        )
+    )
+    named = {(doc, n) for doc in DOCS for n in re.findall(r"\b(test_[a-z0-9_]+)\b", doc_text(doc))}
+    assert len(named) >= 30
+    assert sorted((doc, n) for doc, n in named if n not in modules | functions) == []
