@@ -25,6 +25,7 @@ import orjson
 
 from healthscore.store import erasure
 from tests.conftest import DatabaseFactory
+from tests.integration import test_api
 from tests.utils.api import with_user
 from tests.utils.harness import (
     ServiceProcess,
@@ -37,6 +38,8 @@ from tests.utils.harness import (
     service_settings,
 )
 from tests.utils.scenarios import produce_stream, simulated_stream, wait_caught_up
+
+world = test_api.world  # the read API over a few organizations, with its cache
 
 
 def _usage(org: str, at: datetime) -> dict[str, Any]:
@@ -357,3 +360,75 @@ async def test_an_erasure_committed_while_a_batch_waits_for_its_offsets(
         await eraser.close()
     assert await _rows_of(migrated_database, held) == {}
     assert (await _rows_of(migrated_database, kept))["processed_events"] == 2
+
+
+async def test_the_read_api_stops_showing_it_at_once(world: Any) -> None:
+    """The API's kept answers (its cache) of the organization's page, history and
+    interactions and of the lists go the moment the erasure commits: the cascade's
+    deletes announce themselves like any write (migration 0050's triggers)."""
+    from healthscore.service.erasure import erase_organization
+    from tests.integration.test_api_cache import LIST, hits_without_statements, settle
+
+    vow = world.orgs["vow"]
+    paths = [f"/api/v1/organizations/{vow}{suffix}" for suffix in ("", "/history", "/milestones")]
+    for path in paths:
+        await world.get("admin", path)
+        await hits_without_statements(world, "admin", path)  # kept
+    listed = (await world.get("admin", LIST)).json()["items"]
+    assert str(vow) in {i["organization_id"] for i in listed}
+    queue = (await world.get("support", "/api/v1/interactions")).json()["items"]
+
+    eraser = await asyncpg.connect(world.url, server_settings={"role": "healthscore_eraser"})
+    try:
+        result = await erase_organization(eraser, vow, apply=True)
+    finally:
+        await eraser.close()
+    assert result.first and result.rows["customer_health"] == 1
+    await settle(world)
+
+    for path in paths:
+        assert (await world.get("admin", path)).status_code == 404, path
+    listed = (await world.get("admin", LIST)).json()["items"]
+    assert str(vow) not in {i["organization_id"] for i in listed}
+    after = (await world.get("support", "/api/v1/interactions")).json()["items"]
+    assert all(i.get("organization_id") != str(vow) for i in after)
+    assert len(after) <= len(queue)
+
+
+async def test_an_import_naming_an_erased_organization_skips_it(migrated_database: str) -> None:
+    """A CRM export still listing an erased organization: its profile and label are not
+    applied (they would bring its rows back), the others' are, and the import goes on."""
+    from healthscore.service.erasure import erase_organization
+    from healthscore.service.imports import ChurnLabel, Profile, apply_profiles, import_labels
+
+    gone, kept = uuid.uuid4(), uuid.uuid4()
+    eraser = await asyncpg.connect(
+        migrated_database, server_settings={"role": "healthscore_eraser"}
+    )
+    try:
+        await erase_organization(eraser, gone, apply=True)
+    finally:
+        await eraser.close()
+    created = (datetime.now(UTC) - timedelta(days=400)).timestamp()
+    writer = await asyncpg.connect(
+        migrated_database, server_settings={"role": "healthscore_writer"}
+    )
+    try:
+        profiles = [
+            Profile(org, created, {"first_client_added": created + 86400}) for org in (gone, kept)
+        ]
+        assert (
+            await apply_profiles(
+                writer, sorted(profiles, key=lambda p: p.organization_id), 6 * 3600
+            )
+            == 1
+        )
+        labels = [ChurnLabel(org, None) for org in sorted((gone, kept))]
+        await import_labels(writer, labels, datetime.now(UTC))
+    finally:
+        await writer.close()
+    assert await _rows_of(migrated_database, str(gone)) == {}
+    assert set(await _rows_of(migrated_database, str(kept))) >= {
+        "organization_state",
+        "churn_labels",
+    }

@@ -112,15 +112,24 @@ async def _deleted(conn: asyncpg.Connection) -> dict[str, int]:
     return {row["table_name"]: row["deleted"] for row in await conn.fetch(erasure.ROWS_DELETED)}
 
 
+def _since(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The rows deleted between two readings of one transaction: a session's counters
+    still hold what its earlier transactions (a dry run, a retried attempt) deleted until
+    they are reported, between transactions."""
+    deleted = {table: count - before.get(table, 0) for table, count in after.items()}
+    return {table: count for table, count in deleted.items() if count > 0}
+
+
 async def _erase_rows(conn: asyncpg.Connection, organization: UUID, apply: bool) -> Erasure:
     """Both steps for one organization (rolled back unless `apply`)."""
     result = Erasure(organization)
     try:
         async with conn.transaction():
+            before = await _deleted(conn)
             await conn.execute(erasure.ERASE_LOCK_TIMEOUT)
             await conn.execute(erasure.LOCK_CONSUMERS)
             await conn.execute(erasure.DELETE_ORGANIZATION, organization)
-            result.rows = await _deleted(conn)
+            result.rows = _since(before, await _deleted(conn))
             result.erased_at = await conn.fetchval(
                 erasure.RECORD_TOMBSTONE, organization, orjson.dumps(result.rows).decode()
             )
@@ -134,10 +143,11 @@ async def _erase_rows(conn: asyncpg.Connection, organization: UUID, apply: bool)
         async with conn.transaction():
             keys = key_spellings(organization)
             upper = str(organization).upper().encode()
+            before = await _deleted(conn)
             await conn.execute(erasure.DELETE_PROCESSED_EVENTS, organization)
             await conn.execute(erasure.DELETE_DEAD_LETTERS, keys, canonical, upper)
             await conn.execute(erasure.DELETE_DEAD_LETTERS_WITHHELD, keys, canonical, upper)
-            more = await _deleted(conn)
+            more = _since(before, await _deleted(conn))
             if result.first and more:
                 await conn.execute(
                     erasure.ADD_ROWS_REMOVED, organization, orjson.dumps(more).decode()

@@ -47,8 +47,9 @@ WHERE record_key = ANY($1::bytea[])
    OR position($2::bytea IN record_value) > 0 OR position($3::bytea IN record_value) > 0
 """
 
-# every row this transaction deleted so far, per table (cascades included): what an
-# erasure removes, counted without reading rows row-level security hides from it
+# the rows deleted per table (cascades included), read before and after an erasure's
+# deletes: what it removes, counted without reading rows row-level security hides from
+# it (the counters also hold earlier transactions' deletes not reported yet)
 ROWS_DELETED = """
 SELECT relname AS table_name, n_tup_del AS deleted
 FROM pg_stat_xact_user_tables
