@@ -910,8 +910,9 @@ def register_service_commands(add: AddCommand) -> None:
         "erase",
         cmd_erase,
         "Erase organizations (offboarding, a GDPR art. 17 request): their state, score "
-        "history, interactions, milestones, read model row, alerts not yet published, "
-        "outcomes, labels, shadow rows, event ids and dead letters not yet published; a "
+        "history, interactions, milestones, read model row, alerts (one not yet published "
+        "never is), outcomes, labels, shadow rows, event ids and dead letters not yet "
+        "published; a "
         "tombstone keeps later events, replays and every writer from bringing them back, "
         "and the health feed gets a tombstone record. Prints what it removes per table; "
         "acts only with --yes, one transaction per organization. Safe while serve runs. "
