@@ -93,8 +93,9 @@ def parse_organization_ids(values: Sequence[str], source: str = "--organization"
 
 
 def key_spellings(organization: UUID) -> list[bytes]:
-    """The keys a record of `organization` may carry: the contract's canonical form and
-    the other spellings the service reads (`healthscore.service.ingest.decode`)."""
+    """The keys a dead letter of `organization` may carry: the contract's canonical form
+    (a record refused for its value) and the other spellings of the id, refused as
+    `invalid_key`."""
     canonical = str(organization)
     return [
         form.encode()

@@ -33,8 +33,8 @@ DELETE_ORGANIZATION = "DELETE FROM organizations WHERE id = $1"
 
 DELETE_PROCESSED_EVENTS = "DELETE FROM processed_events WHERE organization_id = $1"
 
-# a dead letter names its organization in its key (as sent: any spelling the service
-# reads) or, with another key or none, in its value
+# a dead letter names its organization in its key (canonical, or another spelling of
+# the id, refused as invalid_key) or, with another key or none, in its value
 DELETE_DEAD_LETTERS = """
 DELETE FROM dead_letter_outbox
 WHERE record_key = ANY($1::bytea[])
