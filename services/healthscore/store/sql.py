@@ -32,8 +32,10 @@ WHERE o.consumer_group = $1 AND o.topic = x.topic AND o.partition = x.partition
 # of the records at or after them, read the states the consumer does not hold.
 LOCK_OFFSETS_AND_CLAIM_EVENT_IDS = """
 WITH erased AS (
-    -- $12: every organization of the batch (the events' and the rejected records' keys)
-    SELECT organization_id FROM erased_organizations WHERE organization_id = ANY($12::uuid[])
+    -- of the organizations whose state is read ($11: those the consumer does not hold,
+    -- and the rejected records' keys); a held one that was erased has no state row any
+    -- more, which its checked save finds (ERASED_AMONG)
+    SELECT organization_id FROM erased_organizations WHERE organization_id = ANY($11::uuid[])
 ), locked AS (
     SELECT o.topic, o.partition, o.next_offset
     FROM consumer_offsets o
@@ -73,8 +75,8 @@ SELECT NULL, NULL, NULL, NULL, organization_id, state_msgpack, health_version
 FROM organization_state
 WHERE organization_id = ANY($11::uuid[])
 UNION ALL
--- the batch's organizations that were erased (migration 0095): their events are
--- skipped, not claimed; an organization is never both erased and stored
+-- those organizations that were erased (migration 0095): their records are skipped,
+-- their events not claimed; an organization is never both erased and stored
 SELECT NULL, NULL, NULL, NULL, organization_id, NULL, NULL
 FROM erased
 """

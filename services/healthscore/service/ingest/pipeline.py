@@ -320,7 +320,7 @@ class BatchPipeline:
         rejection = Rejection(record, "unprocessable", f"{type(exc).__name__}: {str(exc)[:300]}")
         async with self._pool.acquire() as conn, conn.transaction():
             stored, _, _, _ = await self._lock_offsets_and_claim(
-                conn, [tp], [], [], [], [], ensure=True
+                conn, [tp], [], [], [], ensure=True
             )
             if record.offset < stored[tp]:
                 outcome.skipped_replayed = 1
@@ -363,12 +363,12 @@ class BatchPipeline:
         events: list[Decoded],
         digests: list[bytes],
         to_read: list[str],
-        organizations: list[str],
         ensure: bool = False,
     ) -> tuple[dict[PartitionKey, int], set[int], States, set[str]]:
         """Lock the partitions' stored offsets, claim the ids of the events at or after
-        them, read the states of `to_read` (without row locks) and say which of
-        `organizations` were erased (their events are not claimed).
+        them, read the states of `to_read` (without row locks) and say which of them
+        were erased (their events are not claimed; a held organization erased since is
+        found by its checked save, `_compute_and_save_states`).
 
         One round trip: the offset rows are created only for partitions this
         pipeline has not seen yet (they are never removed while it runs, except
@@ -399,7 +399,6 @@ class BatchPipeline:
             [d.record.partition for d in events],
             [d.record.offset for d in events],
             to_read,
-            organizations,
         )
         stored: dict[PartitionKey, int] = {}
         claimed: set[int] = set()  # the claimed event ids' integers (see _sort_claimed)
@@ -450,11 +449,12 @@ class BatchPipeline:
             marks.lap("begin")
             claimable = [d for d in decoded if isinstance(d, Decoded)]
             digests = [payload_digest(d) for d in claimable]
-            organizations = {d.organization for d in claimable}
-            to_read = self._owned.absent(sorted(organizations))
+            to_read = self._owned.absent(sorted({d.organization for d in claimable}))
             rejected_keys = _rejected_organizations(decoded)
+            if rejected_keys:  # rare: their tombstones are read with the states
+                to_read = sorted(rejected_keys.union(to_read))
             stored, claimed, read, erased = await self._lock_offsets_and_claim(
-                conn, partitions, claimable, digests, to_read, sorted(organizations | rejected_keys)
+                conn, partitions, claimable, digests, to_read
             )
             fresh: list[Decoded | Rejection] = []
             first_fresh: dict[PartitionKey, int] = {}
