@@ -432,3 +432,43 @@ async def test_an_import_naming_an_erased_organization_skips_it(migrated_databas
         "organization_state",
         "churn_labels",
     }
+
+
+async def test_erase_across_two_replicas_and_a_rebalance(
+    migrated_database: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Two `serve` replicas share the partitions (and hold their organizations'
+    states); the organization is erased while its events arrive, one replica stops right
+    after (its partitions move to the other, which never held that state), and more
+    events come: nothing of it is written again on either."""
+    topics = await make_topics(kafka_bootstrap, partitions=4)
+    inputs = [topics.usage, topics.support]
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    orgs = [str(uuid.uuid4()) for _ in range(6)]
+    gone = orgs[0]
+    replicas = [ServiceProcess(settings) for _ in range(2)]
+    for index, replica in enumerate(replicas):
+        replica.start(str(tmp_path / f"serve-{index}.log"))
+    try:
+        for org in orgs:
+            await _send(kafka_bootstrap, topics, org, 3, bad=False)
+        await wait_caught_up(migrated_database, kafka_bootstrap, settings.consumer_group, inputs)
+        assert (await _rows_of(migrated_database, gone)).get("organization_state") == 1
+        sending = asyncio.gather(*(_send(kafka_bootstrap, topics, org, 20) for org in orgs))
+        done = await _erase(
+            migrated_database, kafka_bootstrap, topics, "--organization", gone, "--yes"
+        )
+        assert done.returncode == 0, done.stderr
+        replicas[0].terminate()  # a rebalance: the other replica takes its partitions
+        await sending
+        for org in orgs:
+            await _send(kafka_bootstrap, topics, org, 3)
+        await wait_caught_up(migrated_database, kafka_bootstrap, settings.consumer_group, inputs)
+        assert await _rows_of(migrated_database, gone) == {}
+        for org in orgs[1:]:
+            assert (await _rows_of(migrated_database, org)).get("processed_events") == 2 * (
+                3 + 20 + 3
+            )
+    finally:
+        for replica in replicas:
+            replica.terminate()
