@@ -673,7 +673,7 @@ def cmd_state(args: argparse.Namespace) -> int:
     psql shows as hex."""
     import msgspec
 
-    from healthscore.store.states import state_of
+    from healthscore.store.states import erased_among, state_of
 
     settings = settings_from_args(args)
     if settings.database_url is None:
@@ -686,8 +686,16 @@ def cmd_state(args: argparse.Namespace) -> int:
             return 2
         try:
             state, row = await state_of(conn, str(args.organization))
+            erased = row is None and bool(await erased_among(conn, [str(args.organization)]))
         finally:
             await conn.close()
+        if erased:
+            print(
+                f"error: organization {args.organization} was erased (healthscore erase "
+                "--list): its events are skipped",
+                file=sys.stderr,
+            )
+            return 1
         if row is None:
             print(f"error: no state stored for organization {args.organization}", file=sys.stderr)
             return 1

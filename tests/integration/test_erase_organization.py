@@ -246,6 +246,17 @@ async def test_erase_while_serve_runs_and_events_keep_arriving(
     assert await fetchval(
         migrated_database, "SELECT count(*) FROM organization_state WHERE state_msgpack IS NOT NULL"
     ) == len(others)
+    # `healthscore state` says it was erased, not that it was never seen
+    shown = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "healthscore.cli", "state", org],
+        env={**os.environ, "DATABASE_URL": migrated_database},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 1 and "was erased" in shown.stderr, shown.stderr
     # the compacted feed ends on its tombstone
     feed = await _health_feed_of(kafka_bootstrap, topics.health, org)
     assert feed and feed[-1] is None, feed[-3:]
