@@ -388,6 +388,128 @@ def cmd_offsets_reset(args: argparse.Namespace) -> int:
     return run(main)
 
 
+def cmd_erase(args: argparse.Namespace) -> int:
+    import asyncpg
+    from aiokafka.errors import KafkaError
+
+    from healthscore.service.erasure import (
+        ERASER_ROLE,
+        ErasureRefused,
+        erase_organization,
+        format_erasure,
+        parse_organization_ids,
+    )
+    from healthscore.service.kafka_clients import KafkaConnection
+    from healthscore.store import erasure
+    from healthscore.store.db import connect, database_tls
+
+    settings = settings_from_args(args)
+    url = administrator_url(settings, args)
+    if url is None:
+        print(
+            "error: set DATABASE_URL (or MIGRATION_DATABASE_URL, --database-url)", file=sys.stderr
+        )
+        return 2
+    try:
+        ids = parse_organization_ids(args.organization or [])
+        for path in args.file or []:
+            with open(path, encoding="utf-8") as handle:
+                ids += [
+                    o
+                    for o in parse_organization_ids(handle.read().splitlines(), path)
+                    if o not in ids
+                ]
+    except ErasureRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not ids and not args.list:
+        print("error: give --organization ID (repeatable), --file FILE or --list", file=sys.stderr)
+        return 2
+    if ids and args.yes and settings.kafka_bootstrap_servers is None:
+        print(
+            "error: set KAFKA_BOOTSTRAP_SERVERS: the health feed gets a tombstone record for "
+            "each erased organization",
+            file=sys.stderr,
+        )
+        return 2
+
+    async def publish_feed_tombstones(done: list[Any]) -> None:
+        # after the erasure committed: the projector cannot publish it again (its queue
+        # entries and customer_health row are gone), so nothing lands after this record
+        producer = KafkaConnection.from_settings(settings).producer(
+            acks="all", enable_idempotence=settings.kafka_idempotent_producer
+        )
+        try:
+            await producer.start()
+            sent = [
+                await producer.send(settings.health_topic, key=str(org).encode(), value=None)
+                for org in done
+            ]
+            await asyncio.gather(*sent)
+        finally:
+            await producer.stop()
+
+    async def main() -> int:
+        try:
+            conn = await connect(
+                url.get_secret_value(),
+                database_tls(settings),
+                server_settings={"role": ERASER_ROLE},
+            )
+        except (OSError, asyncpg.PostgresError) as exc:
+            hint = ""
+            if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+                hint = f" (GRANT {ERASER_ROLE} TO the login that runs it)"
+            print(f"error: cannot connect as {ERASER_ROLE}: {exc}{hint}", file=sys.stderr)
+            return 2
+        erased: list[Any] = []
+        try:
+            if args.list:
+                for row in await conn.fetch(erasure.ERASED):
+                    print(
+                        f"{row['organization_id']}\t{row['erased_at'].isoformat()}\t"
+                        f"{row['erased_by']}\t{row['rows_removed']}"
+                    )
+            for org in ids:
+                result = await erase_organization(conn, org, apply=args.yes)
+                for line in format_erasure(result, args.yes):
+                    print(line)
+                if args.yes:
+                    erased.append(org)
+        except (OSError, asyncpg.PostgresError) as exc:
+            print(f"error: erasure stopped: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(
+                f"  {len(erased)} of {len(ids)} erased; run the same command again "
+                "(an erased organization is skipped quickly)",
+                file=sys.stderr,
+            )
+            return 2
+        finally:
+            await conn.close()
+        if erased:
+            try:
+                await publish_feed_tombstones(erased)
+            except KafkaError as exc:
+                print(
+                    f"error: erased, but the health feed tombstones were not published "
+                    f"({type(exc).__name__}: {exc}): run the same command again",
+                    file=sys.stderr,
+                )
+                return 2
+            print(
+                f"{len(erased)} organization(s) erased; health feed tombstones published to "
+                f"{settings.health_topic}"
+            )
+        elif ids:
+            print("dry run: nothing removed; run again with --yes to erase")
+        return 0
+
+    return run(main)
+
+
 async def _service_connection(settings: Settings) -> Any:
     """One connection to DATABASE_URL running as the service's role; None (said) if refused."""
     import asyncpg
@@ -551,7 +673,7 @@ def cmd_state(args: argparse.Namespace) -> int:
     psql shows as hex."""
     import msgspec
 
-    from healthscore.store.states import state_of
+    from healthscore.store.states import erased_among, state_of
 
     settings = settings_from_args(args)
     if settings.database_url is None:
@@ -564,8 +686,16 @@ def cmd_state(args: argparse.Namespace) -> int:
             return 2
         try:
             state, row = await state_of(conn, str(args.organization))
+            erased = row is None and bool(await erased_among(conn, [str(args.organization)]))
         finally:
             await conn.close()
+        if erased:
+            print(
+                f"error: organization {args.organization} was erased (healthscore erase "
+                "--list): its events are skipped",
+                file=sys.stderr,
+            )
+            return 1
         if row is None:
             print(f"error: no state stored for organization {args.organization}", file=sys.stderr)
             return 1
@@ -783,6 +913,36 @@ def register_service_commands(add: AddCommand) -> None:
         help="store offset N (must lie within the log) for the selected partitions",
     )
     p.add_argument("--yes", action="store_true", help="apply the change (without it: a dry run)")
+
+    p = add(
+        "erase",
+        cmd_erase,
+        "Erase organizations (offboarding, a GDPR art. 17 request): their state, score "
+        "history, interactions, milestones, read model row, alerts (one not yet published "
+        "never is), outcomes, labels, shadow rows, event ids and dead letters not yet "
+        "published; a "
+        "tombstone keeps later events, replays and every writer from bringing them back, "
+        "and the health feed gets a tombstone record. Prints what it removes per table; "
+        "acts only with --yes, one transaction per organization. Safe while serve runs. "
+        "Runs as healthscore_eraser (the login must be a member).",
+    )
+    p.add_argument("--database-url", help="override MIGRATION_DATABASE_URL / DATABASE_URL")
+    p.add_argument("--bootstrap-servers", help="override KAFKA_BOOTSTRAP_SERVERS")
+    p.add_argument(
+        "--organization", action="append", metavar="ID", help="organization id, repeatable"
+    )
+    p.add_argument(
+        "--file",
+        action="append",
+        metavar="FILE",
+        help="a file of organization ids, one a line (blank lines and # comments skipped)",
+    )
+    p.add_argument(
+        "--list",
+        action="store_true",
+        help="print the erased organizations (id, when, by whom, rows removed), tab-separated",
+    )
+    p.add_argument("--yes", action="store_true", help="erase (without it: a dry run)")
 
     p = add(
         "export-contracts",

@@ -16,6 +16,7 @@ import contextlib
 import socket
 import subprocess
 import time
+import uuid
 from typing import Any
 
 import asyncpg
@@ -148,6 +149,70 @@ async def test_a_feed_record_acknowledged_late_is_followed_by_the_newest_score(
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.stop(), 10)
         await admin.close()
+        await pool.close()
+        await relay.close()
+        stop_process(broker)
+
+
+async def test_a_late_record_of_an_organization_erased_meanwhile_is_followed_by_its_tombstone(
+    database_factory: Any, migrated_template: str
+) -> None:
+    """An organization is erased while a replica's feed of it is stalled: the erasure's
+    tombstone goes out first, then the path heals and the stalled score lands after it.
+    Before, the compacted feed ended on that score: downstream showed an erased
+    organization again. The replica that learns its record landed late publishes the
+    tombstone again."""
+    from healthscore.service.erasure import erase_organization
+    from tests.integration.test_owned_states import _org
+    from tests.utils.harness import consume_all
+
+    url = await database_factory(template=migrated_template)
+    relay_port = free_port()
+    target, broker = _broker_behind(relay_port)
+    relay = KafkaRelay("127.0.0.1", int(target.rsplit(":", 1)[1]), relay_port)
+    await relay.start()
+    bootstrap = f"127.0.0.1:{relay_port}"
+    first, second, _ = _batches(_Log())
+    model = default_model()
+    pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=4)
+    stalled = await _producer(bootstrap, STALLED)
+    other = await _producer(bootstrap, OTHER)
+    gone = _org(3)
+    try:
+        topics = await make_topics(bootstrap, partitions=1)
+        pipeline = _pipeline(pool, other, 0)
+        await pipeline.process(first)
+        mine = Projector(pool, model, stalled, topics.health)
+        assert await mine.project_once() == 6
+        await pipeline.process(second)
+        relay.stall(STALLED)
+        assert await asyncio.wait_for(mine.project_once(), 30) == 6  # owed
+
+        # erased, its tombstone published (as `healthscore erase` does) on the other path
+        eraser = await asyncpg.connect(url, server_settings={"role": "healthscore_eraser"})
+        try:
+            await erase_organization(eraser, uuid.UUID(gone), apply=True)
+        finally:
+            await eraser.close()
+        await other.send_and_wait(topics.health, key=gone.encode(), value=None)
+
+        relay.heal(STALLED)
+        await asyncio.wait_for(stalled.flush(), 30)
+        values: list[bytes | None] = []
+        for _ in range(100):  # the follow-up of the late record has had its turn
+            records = await consume_all(bootstrap, topics.health, timeout=2.0, done=lambda _: False)
+            values = [r.value for r in records if r.key == gone.encode()]
+            if values and values[-1] is None and len(values) >= 4:
+                break
+            await asyncio.sleep(0.1)
+        # its scores, the erasure's tombstone, the stalled score after it, and last a
+        # tombstone again
+        assert None in values[:-1] and values[values.index(None) + 1] is not None, values
+        assert values[-1] is None, values
+    finally:
+        for producer in (stalled, other):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), 10)
         await pool.close()
         await relay.close()
         stop_process(broker)

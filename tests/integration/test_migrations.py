@@ -360,6 +360,9 @@ WRITER_PRIVILEGES: dict[str, tuple[set[str], set[str]]] = {
     "dead_letters_withheld": ({"SELECT"}, {"SELECT", "INSERT"}),
     # rewritten by the outcome labeller (SAVE_SCORE_QUALITY_SUMMARY)
     "score_quality_summary": ({"SELECT"}, {"INSERT", "UPDATE"}),
+    # the tombstones, read by a batch's claim and the statements that create an
+    # organization's first rows; written only by `healthscore erase` (its own role)
+    "erased_organizations": ({"SELECT"}, {"SELECT"}),
 }
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 

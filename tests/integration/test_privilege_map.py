@@ -13,6 +13,7 @@ Processes and their roles: `serve` (the consumer, the projector, the sweep, the 
 the gauges), `replay`, `import`, `evaluate`, `state`, `lag` and the `offsets` commands
 connect with DATABASE_URL and run as healthscore_writer (DATABASE_ROLE); `api` runs each
 request's session, and its change listener, as cs_dashboard (API_DATABASE_ROLE);
+`erase` runs as healthscore_eraser (its login a member of it);
 `migrate` runs as MIGRATION_DATABASE_URL's role and makes healthscore_owner (NOLOGIN)
 own everything; healthscore_owner's SECURITY DEFINER functions run as it.
 """
@@ -28,6 +29,7 @@ from healthscore.store.schema_catalog import ROLES
 WRITER = "healthscore_writer"
 DASHBOARD = "cs_dashboard"
 OWNER = "healthscore_owner"
+ERASER = "healthscore_eraser"
 
 # --- the map -----------------------------------------------------------------------------
 
@@ -44,6 +46,8 @@ SCHEMA: Final = {
     f"{OWNER}: USAGE on schema public",
     f"{WRITER}: USAGE on schema public",
     f"{DASHBOARD}: USAGE on schema public",
+    # `healthscore erase` (store/erasure.py)
+    f"{ERASER}: USAGE on schema public",
     # PostgreSQL's default since 15 (no CREATE: 0081 revokes it where a database has it)
     "PUBLIC: USAGE on schema public",
 }
@@ -99,6 +103,18 @@ TABLES: Final = {
     f"{DASHBOARD}: SELECT on table health_score_history",
     # store/read_api.py SCORE_QUALITY (admins only: its policy)
     f"{DASHBOARD}: SELECT on table score_quality_summary",
+    # the tombstone: LOCK_OFFSETS_AND_CLAIM_EVENT_IDS, ERASED_AMONG and the NOT EXISTS of
+    # INSERT_STATES, ENSURE_ORGANIZATIONS and ENSURE_STATE_ROWS
+    f"{WRITER}: SELECT on table erased_organizations",
+    # `healthscore erase` (store/erasure.py, as healthscore_eraser): RECORD_TOMBSTONE's
+    # ON CONFLICT, ADD_ROWS_REMOVED's WHERE, ERASED (`erase --list`)
+    f"{ERASER}: SELECT on table erased_organizations",
+    # DELETE_ORGANIZATION (its policies below; the data cascades as the owner),
+    # DELETE_PROCESSED_EVENTS, DELETE_DEAD_LETTERS, DELETE_DEAD_LETTERS_WITHHELD
+    f"{ERASER}: DELETE on table organizations",
+    f"{ERASER}: DELETE on table processed_events",
+    f"{ERASER}: DELETE on table dead_letter_outbox",
+    f"{ERASER}: DELETE on table dead_letters_withheld",
 }
 
 _HISTORY_SCORE = (
@@ -240,6 +256,19 @@ COLUMNS: Final = {
         "UPDATE",
         "success_milestones",
     ): "reward_status reward_delivered_at acknowledged_at",
+    # `healthscore erase`: RECORD_TOMBSTONE, ADD_ROWS_REMOVED (erased_at and erased_by are
+    # the database's: now() and session_user)
+    (ERASER, "INSERT", "erased_organizations"): "organization_id rows_removed",
+    (ERASER, "UPDATE", "erased_organizations"): "rows_removed",
+    # the WHERE clauses of DELETE_ORGANIZATION, DELETE_PROCESSED_EVENTS and the two
+    # dead-letter deletes
+    (ERASER, "SELECT", "organizations"): "id",
+    (ERASER, "SELECT", "processed_events"): "organization_id",
+    (ERASER, "SELECT", "dead_letter_outbox"): "record_key record_value",
+    (ERASER, "SELECT", "dead_letters_withheld"): "record_key record_value",
+    # LOCK_CONSUMERS: FOR UPDATE needs UPDATE on a column; it updates none
+    (ERASER, "SELECT", "consumer_offsets"): "consumer_group topic partition",
+    (ERASER, "UPDATE", "consumer_offsets"): "updated_at",
 }
 
 FUNCTIONS: Final = {
@@ -372,6 +401,9 @@ POLICIES: Final = {
         "((role = 'member'::text) AND (organization_id IS NULL) AND (email IS NULL))",
     ),
     ("user_profiles", "user_profiles_writer_select"): ("SELECT", WRITER, "true", None),
+    # `healthscore erase`: DELETE_ORGANIZATION (its WHERE reads the row: SELECT too)
+    ("organizations", "organizations_eraser_select"): ("SELECT", ERASER, "true", None),
+    ("organizations", "organizations_eraser_delete"): ("DELETE", ERASER, "true", None),
 }
 
 

@@ -602,6 +602,7 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
                 [org],
             ],
         ),
+        ("ERASED_AMONG", sql.ERASED_AMONG, [[org]]),
         ("READ_EVENT_DIGESTS", sql.READ_EVENT_DIGESTS, [[event]]),
         ("UNCLAIM_EVENT_IDS", sql.UNCLAIM_EVENT_IDS, [[event]]),
         ("ENSURE_USER_PROFILES", sql.ENSURE_USER_PROFILES, [[user]]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -154,6 +155,11 @@ BAD_CHECK_VALUES: dict[str, tuple[str, list[dict[str, Any]]]] = {
         "score_quality_summary",
         [{"lead_days_quartiles": [1.0, 2.0]}],
     ),
+    # counts per table, an object: never a list of the rows removed
+    "erased_organizations_rows_removed_object": (
+        "erased_organizations",
+        [{"rows_removed": json.dumps([1, 2])}, {"rows_removed": json.dumps("all")}],
+    ),
 }
 
 # CHECKs on generated columns: no value can be written; they guard the functions
@@ -189,6 +195,8 @@ def valid_row(table: str, organization_id: uuid.UUID, **overrides: Any) -> dict[
         return b.dead_letter_withheld(**overrides)
     if table == "score_quality_summary":
         return b.score_quality_summary(**overrides)
+    if table == "erased_organizations":
+        return b.erased_organization(**overrides)
     return b.ORGANIZATION_CHILDREN[table](organization_id, **overrides)
 
 

@@ -47,6 +47,7 @@ LINKED_DOCS = (*DOCS, "docs/performance.md", "docs/score-quality.md")
 NOT_METRICS = {
     "healthscore_owner",
     "healthscore_writer",
+    "healthscore_eraser",
     "healthscore_lab",
     "healthscore_read_model_",
     "healthscore_read_model",

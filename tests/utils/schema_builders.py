@@ -188,6 +188,15 @@ def dead_letter_withheld(**overrides: Any) -> Row:
     return dead_letter(**{"id": 1, "rejected_at": T0, "refusal": "InvalidRecordError", **overrides})
 
 
+def erased_organization(**overrides: Any) -> Row:
+    """A tombstone as `healthscore erase` records it (migration 0095): no organizations row."""
+    return {
+        "organization_id": uuid.uuid4(),
+        "rows_removed": json.dumps({"organizations": 1, "support_interactions": 3}),
+        **overrides,
+    }
+
+
 def health_feed_owed(organization_id: uuid.UUID, **overrides: Any) -> Row:
     return {"organization_id": organization_id, **overrides}
 

@@ -45,6 +45,13 @@ class BatchLog:
                 partition=record.partition,
                 offset=record.offset,
             )
+        if outcome.erased_by_topic:
+            # ids only: the records' content is what the erasure removed
+            log.warning(
+                "erased_organization_events_skipped",
+                organizations=outcome.erased_organizations,
+                records=outcome.erased_by_topic,
+            )
         outcome.rejections = []
         self.recent.append(outcome)
         handled = outcome.records - outcome.skipped_replayed

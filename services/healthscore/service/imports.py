@@ -47,7 +47,7 @@ from healthscore.core.scoring.aggregate import apply_profile, new_state
 from healthscore.core.scoring.state import OrganizationState
 from healthscore.errors import HealthscoreError
 from healthscore.store import Connection, quality, sql
-from healthscore.store.states import lock_states, save_locked_states
+from healthscore.store.states import erased_among, lock_states, save_locked_states
 
 log = structlog.get_logger(__name__)
 
@@ -316,9 +316,16 @@ async def _apply_profile_page(
     conn: Connection, page: Sequence[Profile], rescore_step_seconds: float
 ) -> int:
     states, versions = await lock_states(conn, [str(p.organization_id) for p in page])
+    # read after the locks: an erasure committed before then is seen (a CRM export may
+    # still list an erased organization; its profile would bring its state back)
+    erased = await erased_among(conn, [p.organization_id for p in page])
+    if erased:
+        log.warning("import_skipped_erased", organizations=len(erased))
     saved: list[OrganizationState] = []
     for profile in page:
         org = str(profile.organization_id)
+        if org in erased:
+            continue
         state = states.get(org) or new_state(org)
         before = (state.created_at, dict(state.milestones))
         apply_profile(state, profile.created_at, profile.milestones)
@@ -337,6 +344,10 @@ async def import_labels(
     """Upsert `labels` a page per transaction; how many."""
     for chunk in _pages(labels, page):
         async with conn.transaction():
+            erased = await erased_among(conn, [label.organization_id for label in chunk])
+            if erased:
+                log.warning("import_skipped_erased", organizations=len(erased))
+                chunk = [label for label in chunk if str(label.organization_id) not in erased]
             # a label may name an organization not seen in events yet
             await conn.execute(sql.ENSURE_ORGANIZATIONS, [label.organization_id for label in chunk])
             await conn.execute(

@@ -46,10 +46,11 @@ class BatchingProducer(Protocol):
 async def send_keyed(
     producer: BatchingProducer,
     topic: str,
-    records: list[tuple[bytes, bytes]],
+    records: Sequence[tuple[bytes, bytes | None]],
     acks: list[asyncio.Future[Any]] | None = None,
 ) -> None:
-    """Send (key, value) records and wait until the broker acknowledged all of them.
+    """Send (key, value) records (a None value: a tombstone) and wait until the broker
+    acknowledged all of them.
 
     `acks` receives each send's future as it is made: a caller that stops waiting (a
     timeout) can still learn which of its records the broker took later, since the

@@ -68,6 +68,7 @@ from healthscore.service.keyed_batches import BatchingProducer, send_keyed
 from healthscore.service.periodic import AT_ONCE, LOCK_BUSY_RETRY
 from healthscore.store import Connection, locks, sql
 from healthscore.store.records import to_datetime
+from healthscore.store.states import erased_among
 
 log = structlog.get_logger(__name__)
 
@@ -383,6 +384,30 @@ class Projector:
             return
         log.info("health_feed_acknowledged_late", organizations=len(organizations))
         await queue_again(self._pool, organizations)
+        await self._tombstone_erased(organizations)
+
+    async def _tombstone_erased(self, organizations: list[UUID]) -> None:
+        """Publish the feed's tombstone again for those of `organizations` erased since
+        their late record was sent: it may have landed after the erasure's tombstone, and
+        the compacted feed would end on a score of an erased organization. Best effort,
+        like `queue_again`: the runbook says to run the erasure again when the feed was
+        behind."""
+        if self._producer is None or self._health_topic is None:
+            return
+        try:
+            async with self._pool.acquire() as conn:
+                erased = await erased_among(conn, organizations)
+            if erased:
+                await send_keyed(
+                    self._producer,
+                    self._health_topic,
+                    [(org.encode(), None) for org in sorted(erased)],
+                )
+                log.info("health_feed_tombstones_published_again", organizations=len(erased))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError) as exc:
+            log.warning(
+                "health_feed_tombstones_failed", organizations=len(organizations), error=repr(exc)
+            )
 
     async def staleness(self) -> float:
         """Seconds since the oldest change not yet projected (0 when none is queued)."""

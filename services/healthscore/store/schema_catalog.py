@@ -14,7 +14,9 @@ from typing import Final
 OWNER_ROLE: Final = "healthscore_owner"
 WRITER_ROLE: Final = "healthscore_writer"
 DASHBOARD_ROLE: Final = "cs_dashboard"
-ROLES: Final = (OWNER_ROLE, WRITER_ROLE, DASHBOARD_ROLE)
+# `healthscore erase` (migration 0095)
+ERASER_ROLE: Final = "healthscore_eraser"
+ROLES: Final = (OWNER_ROLE, WRITER_ROLE, DASHBOARD_ROLE, ERASER_ROLE)
 
 MIGRATIONS_TABLE: Final = "schema_migrations"
 
@@ -47,6 +49,8 @@ SERVICE_TABLES: Final = (
     "dead_letters_withheld",
     # the dashboard's score quality figures (0089)
     "score_quality_summary",
+    # erased organizations: the tombstone and the audit trail of `healthscore erase` (0095)
+    "erased_organizations",
 )
 TABLES: Final = CORE_TABLES + READ_MODEL_TABLES + SERVICE_TABLES
 # service tables the dashboard reads too: the score trail and the alerts (0030), the

@@ -31,7 +31,12 @@ WHERE o.consumer_group = $1 AND o.topic = x.topic AND o.partition = x.partition
 # One round trip at the start of a batch: lock the stored offsets, claim the event ids
 # of the records at or after them, read the states the consumer does not hold.
 LOCK_OFFSETS_AND_CLAIM_EVENT_IDS = """
-WITH locked AS (
+WITH erased AS (
+    -- of the organizations whose state is read ($11: those the consumer does not hold,
+    -- and the rejected records' keys); a held one that was erased has no state row any
+    -- more, which its checked save finds (ERASED_AMONG)
+    SELECT organization_id FROM erased_organizations WHERE organization_id = ANY($11::uuid[])
+), locked AS (
     SELECT o.topic, o.partition, o.next_offset
     FROM consumer_offsets o
     JOIN unnest($2::text[], $3::int[]) AS x(t, p) ON o.topic = x.t AND o.partition = x.p
@@ -50,6 +55,7 @@ WITH locked AS (
     JOIN locked l ON l.topic = e.topic AND l.partition = e.partition
     -- below the stored offset: applied or dead-lettered before, not claimed again
     WHERE e.record_offset >= l.next_offset
+      AND e.organization_id <> ALL(ARRAY(SELECT organization_id FROM erased))
     -- in the batch's order: of an id twice in it (two partitions, two topics), the copy
     -- the batch applies is the first, and its digest must be the one kept; a join
     -- led by `locked` would give them in (topic, partition) order
@@ -68,6 +74,17 @@ UNION ALL
 SELECT NULL, NULL, NULL, NULL, organization_id, state_msgpack, health_version
 FROM organization_state
 WHERE organization_id = ANY($11::uuid[])
+UNION ALL
+-- those organizations that were erased (migration 0095): their records are skipped,
+-- their events not claimed; an organization is never both erased and stored
+SELECT NULL, NULL, NULL, NULL, organization_id, NULL, NULL
+FROM erased
+"""
+
+# the organizations of a batch erased since it claimed their events (the rare path
+# of a batch whose saves found rows changed or gone)
+ERASED_AMONG = """
+SELECT organization_id FROM erased_organizations WHERE organization_id = ANY($1::uuid[])
 """
 
 READ_EVENT_DIGESTS = """
@@ -78,9 +95,12 @@ UNCLAIM_EVENT_IDS = """
 DELETE FROM processed_events WHERE event_id = ANY($1::uuid[])
 """
 
+# never an erased organization's (migration 0095): its data is not created again
 ENSURE_ORGANIZATIONS = """
 INSERT INTO organizations (id)
-SELECT id FROM unnest($1::uuid[]) AS x(id) ORDER BY id
+SELECT id FROM unnest($1::uuid[]) AS x(id)
+WHERE NOT EXISTS (SELECT 1 FROM erased_organizations z WHERE z.organization_id = x.id)
+ORDER BY id
 ON CONFLICT (id) DO NOTHING
 """
 
@@ -89,7 +109,9 @@ ON CONFLICT (id) DO NOTHING
 # were inserted here; any other was created concurrently and must be locked.
 ENSURE_STATE_ROWS = """
 INSERT INTO organization_state (organization_id)
-SELECT id FROM unnest($1::uuid[]) AS x(id) ORDER BY id
+SELECT id FROM unnest($1::uuid[]) AS x(id)
+WHERE NOT EXISTS (SELECT 1 FROM erased_organizations z WHERE z.organization_id = x.id)
+ORDER BY id
 ON CONFLICT (organization_id) DO NOTHING
 RETURNING organization_id
 """
@@ -142,6 +164,10 @@ INSERT INTO organization_state (
 SELECT organization_id, state, last_event_at, rescore_due_at, 1
 FROM unnest($1::uuid[], $2::bytea[], $3::timestamptz[], $4::timestamptz[])
      AS x(organization_id, state, last_event_at, rescore_due_at)
+-- an organization erased since the batch claimed its events: left out like one
+-- created meanwhile, and found erased (ERASED_AMONG) when computed again
+WHERE NOT EXISTS (
+    SELECT 1 FROM erased_organizations z WHERE z.organization_id = x.organization_id)
 ORDER BY organization_id
 ON CONFLICT (organization_id) DO NOTHING
 RETURNING organization_id, health_version

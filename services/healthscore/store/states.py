@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from healthscore.core.effects import BatchEffects, next_silence_rescore
 from healthscore.core.scoring.state import OrganizationState, pack_state, unpack_state
@@ -59,6 +60,12 @@ async def lock_states(conn: Connection, organizations: Sequence[str]) -> States:
         states.update(more)
         versions.update(more_versions)
     return states, versions
+
+
+async def erased_among(conn: Connection, organizations: Sequence[str | UUID]) -> set[str]:
+    """Those of `organizations` that were erased (`healthscore erase`): never written again."""
+    rows = await conn.fetch(sql.ERASED_AMONG, list(organizations))
+    return {str(row["organization_id"]) for row in rows}
 
 
 def rescored_states(effects: BatchEffects) -> list[OrganizationState]:

@@ -140,6 +140,10 @@ class BatchOutcome:
     applied_by_topic: dict[str, int] = field(default_factory=dict)
     duplicates_by_topic: dict[str, int] = field(default_factory=dict)
     redelivered_by_topic: dict[str, int] = field(default_factory=dict)
+    # records of erased organizations (migration 0095), skipped: neither applied nor
+    # dead-lettered (a dead letter would copy the erased payload to its topic)
+    erased_by_topic: dict[str, int] = field(default_factory=dict)
+    erased_organizations: list[str] = field(default_factory=list)
     record_timestamps_ms: list[int] = field(default_factory=list)
     first_offsets: dict[PartitionKey, int] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -315,7 +319,9 @@ class BatchPipeline:
         outcome = BatchOutcome(records=1)
         rejection = Rejection(record, "unprocessable", f"{type(exc).__name__}: {str(exc)[:300]}")
         async with self._pool.acquire() as conn, conn.transaction():
-            stored, _, _ = await self._lock_offsets_and_claim(conn, [tp], [], [], [], ensure=True)
+            stored, _, _, _ = await self._lock_offsets_and_claim(
+                conn, [tp], [], [], [], ensure=True
+            )
             if record.offset < stored[tp]:
                 outcome.skipped_replayed = 1
                 _count(outcome.redelivered_by_topic, record.topic)
@@ -358,9 +364,11 @@ class BatchPipeline:
         digests: list[bytes],
         to_read: list[str],
         ensure: bool = False,
-    ) -> tuple[dict[PartitionKey, int], set[int], States]:
+    ) -> tuple[dict[PartitionKey, int], set[int], States, set[str]]:
         """Lock the partitions' stored offsets, claim the ids of the events at or after
-        them and read the states of `to_read` (without row locks).
+        them, read the states of `to_read` (without row locks) and say which of them
+        were erased (their events are not claimed; a held organization erased since is
+        found by its checked save, `_compute_and_save_states`).
 
         One round trip: the offset rows are created only for partitions this
         pipeline has not seen yet (they are never removed while it runs, except
@@ -395,9 +403,13 @@ class BatchPipeline:
         stored: dict[PartitionKey, int] = {}
         claimed: set[int] = set()  # the claimed event ids' integers (see _sort_claimed)
         state_rows = []
+        erased: set[str] = set()
         for row in rows:
             if row["organization_id"] is not None:
-                state_rows.append(row)
+                if row["health_version"] is None:  # a tombstone, not a state row
+                    erased.add(str(row["organization_id"]))
+                else:
+                    state_rows.append(row)
             elif row["event_id"] is not None:
                 claimed.add(row["event_id"].int)
             else:
@@ -408,7 +420,7 @@ class BatchPipeline:
                 raise _OffsetRowsGone(gone)
             raise InvalidStoredOffset(f"offset rows missing for {gone}")
         self._offset_rows.update(partitions)
-        return stored, claimed, stored_states(state_rows)
+        return stored, claimed, stored_states(state_rows), erased
 
     async def _apply_once(
         self,
@@ -438,7 +450,10 @@ class BatchPipeline:
             claimable = [d for d in decoded if isinstance(d, Decoded)]
             digests = [payload_digest(d) for d in claimable]
             to_read = self._owned.absent(sorted({d.organization for d in claimable}))
-            stored, claimed, read = await self._lock_offsets_and_claim(
+            rejected_keys = _rejected_organizations(decoded)
+            if rejected_keys:  # rare: their tombstones are read with the states
+                to_read = sorted(rejected_keys.union(to_read))
+            stored, claimed, read, erased = await self._lock_offsets_and_claim(
                 conn, partitions, claimable, digests, to_read
             )
             fresh: list[Decoded | Rejection] = []
@@ -456,6 +471,8 @@ class BatchPipeline:
                     fresh.append(item)
             for tp, offset in first_fresh.items():
                 _check_no_gap(tp, offset, stored[tp], positioned)
+            if erased:
+                fresh = self._skip_erased(fresh, erased, outcome)
             events = [d for d in fresh if isinstance(d, Decoded)]
             dead = [d for d in fresh if isinstance(d, Rejection)]
             digest_of = {id(d): digest for d, digest in zip(claimable, digests, strict=True)}
@@ -468,7 +485,7 @@ class BatchPipeline:
             for item in duplicates:
                 _count(outcome.duplicates_by_topic, item.record.topic)
             try:
-                effects, saved = await self._compute_and_save_states(
+                effects, saved, erased_since = await self._compute_and_save_states(
                     conn,
                     [d.event for d in new_events],
                     sorted({d.organization for d in new_events}),
@@ -485,6 +502,12 @@ class BatchPipeline:
                         if isinstance(item, Decoded) and item.event is over.event
                     )
                 ) from None
+            if erased_since:
+                # erased after this batch claimed their ids: unclaimed, skipped
+                late = [d for d in new_events if d.organization in erased_since]
+                await conn.execute(sql.UNCLAIM_EVENT_IDS, [d.event.event_id for d in late])
+                new_events = [d for d in new_events if d.organization not in erased_since]
+                _skipped_erased(late, outcome)
             for event, owner in effects.misrouted:
                 dead.append(_misrouted_rejection(events, event, owner))
             if effects.misrouted:
@@ -530,7 +553,11 @@ class BatchPipeline:
         self._owned.give_back(saved)
 
         misrouted = {id(event) for event, _ in effects.misrouted}
+        for topic, count in outcome.erased_by_topic.items():
+            outcome.consumed_by_topic[topic] = outcome.consumed_by_topic.get(topic, 0) + count
         for item in fresh:
+            if isinstance(item, Decoded) and item.organization in erased_since:
+                continue  # counted as erased
             _count(outcome.consumed_by_topic, item.record.topic)
             if item.record.timestamp_ms:
                 outcome.record_timestamps_ms.append(item.record.timestamp_ms)
@@ -549,6 +576,20 @@ class BatchPipeline:
         outcome.next_offsets = next_offsets
         return outcome
 
+    def _skip_erased(
+        self, fresh: list[Decoded | Rejection], erased: set[str], outcome: BatchOutcome
+    ) -> list[Decoded | Rejection]:
+        """`fresh` less the records of erased organizations (counted in `outcome`); a
+        state still held of one is dropped."""
+        kept: list[Decoded | Rejection] = []
+        skipped: list[Decoded | Rejection] = []
+        for item in fresh:
+            org = item.organization if isinstance(item, Decoded) else _key_organization(item)
+            (skipped if org in erased else kept).append(item)
+        _skipped_erased(skipped, outcome)
+        self._owned.take(sorted(erased))
+        return kept
+
     async def _compute_and_save_states(
         self,
         conn: Connection,
@@ -557,7 +598,7 @@ class BatchPipeline:
         read: States,
         marks: _Marks,
         outcome: BatchOutcome,
-    ) -> tuple[BatchEffects, dict[str, tuple[bytes, int]]]:
+    ) -> tuple[BatchEffects, dict[str, tuple[bytes, int]], set[str]]:
         """Compute the effects of `events` (of the organizations `orgs`, sorted) and save the
         states: first, as the batch's first writes.
 
@@ -570,7 +611,7 @@ class BatchPipeline:
         the holder of that row (the sweep) could wait for.
         """
         if not events:
-            return BatchEffects(), {}
+            return BatchEffects(), {}, set()
         states, versions, missing = self._owned.take(orgs)
         outcome.states_held = len(versions)
         outcome.states_read = len(missing)
@@ -596,11 +637,18 @@ class BatchPipeline:
             conn, rescored_states(effects), versions, self._rescore_step
         )
         marks.lap("w_states")
+        erased: set[str] = set()
         if changed:
             outcome.states_changed_elsewhere = len(changed)
+            # a row gone, or refused as new: erased since the batch's claim, perhaps
+            erased = {
+                str(row["organization_id"])
+                for row in await conn.fetch(sql.ERASED_AMONG, sorted(changed))
+            }
+            kept = effects.without(changed)
+            changed -= erased
             again = [e for e in events if str(e.organization_id) in changed]
             fresh, fresh_versions = await lock_states(conn, sorted(changed))
-            kept = effects.without(changed)
             # the interactions the kept organizations made in this batch are not stored
             # yet: an event of a recomputed organization reusing one's id is misrouted
             known = await _read_interactions(conn, again)
@@ -612,7 +660,7 @@ class BatchPipeline:
             effects = kept.merge(redo)
             saved.update(resaved)
             marks.lap("w_changed")
-        return effects, saved
+        return effects, saved, erased
 
 
 async def _project_own_changes(
@@ -649,6 +697,36 @@ async def _read_interactions(conn: Connection, events: list[Event]) -> dict[str,
             record = interaction_from_row(row)
             interactions[record.id] = record
     return interactions
+
+
+def _key_organization(rejection: Rejection) -> str | None:
+    """The organization a rejected record's key names, if it names one."""
+    key = rejection.record.key
+    if key is None:
+        return None
+    try:
+        return str(UUID(key.decode("utf-8", "replace").strip()))
+    except ValueError:
+        return None
+
+
+def _rejected_organizations(decoded: Sequence[Decoded | Rejection]) -> set[str]:
+    """The organizations the keys of the rejected records name (rare: parsed only for them)."""
+    found: set[str] = set()
+    for item in decoded:
+        if isinstance(item, Rejection) and item.record.skipped_to is None:
+            org = _key_organization(item)
+            if org is not None:
+                found.add(org)
+    return found
+
+
+def _skipped_erased(items: Sequence[Decoded | Rejection], outcome: BatchOutcome) -> None:
+    for item in items:
+        _count(outcome.erased_by_topic, item.record.topic)
+        org = item.organization if isinstance(item, Decoded) else _key_organization(item)
+        if org is not None and org not in outcome.erased_organizations:
+            outcome.erased_organizations.append(org)
 
 
 def _check_no_gap(

@@ -69,6 +69,13 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        self.events_erased_skipped = Counter(
+            "healthscore_events_erased_skipped_total",
+            "Records of erased organizations (healthscore erase), skipped: neither applied "
+            "nor dead-lettered.",
+            ["topic"],
+            registry=r,
+        )
         self.events_dead_lettered = Counter(
             "healthscore_events_dead_lettered_total",
             "Records sent to the DLQ, by rejection reason.",
@@ -453,6 +460,8 @@ class Metrics:
             self.events_deduplicated.labels(topic).inc(count)
         for topic, count in outcome.redelivered_by_topic.items():
             self.events_redelivered.labels(topic).inc(count)
+        for topic, count in outcome.erased_by_topic.items():
+            self.events_erased_skipped.labels(topic).inc(count)
         for rejection in outcome.rejections:
             self.events_dead_lettered.labels(rejection.record.topic, rejection.reason).inc()
         for kind, count in outcome.alerts.items():

@@ -1,0 +1,205 @@
+"""`healthscore erase`: remove an organization's data for good (offboarding, GDPR art. 17).
+
+Each organization is erased in its own transaction, as healthscore_eraser
+(migration 0095), while the service may be running:
+
+1. It takes every stored consumer offset row: a batch takes its partitions' rows
+   first, so the erasure waits for the batches in flight, and every batch after it
+   reads the tombstone in the statement that claims its event ids. Then it deletes
+   the `organizations` row (the state, score history, interactions, milestones,
+   read model row, alert outbox and outcomes, labels, shadow rows, queue entries
+   cascade) and records the tombstone, `erased_organizations`. A consumer that held
+   the state finds its row gone when it saves (`save_states_checked`) and the
+   tombstone in its next claim; an erasure committed between a batch's claim and its
+   saves is found then (`sql.ERASED_AMONG`).
+2. A second transaction deletes what names the organization without a foreign key:
+   processed event ids and dead letters not yet published.
+
+Then the compacted health feed gets a tombstone record (the key, no value), so its
+consumers drop the organization too. What this cannot reach (alerts and dead letters
+already published, records in the input topics until their retention) is said in
+docs/operations.md, "Erasing an organization".
+
+Without `apply`, both transactions run and roll back: the counts printed are what
+the erasure would remove (`pg_stat_xact_user_tables`, cascades included; the eraser
+reads none of the rows themselves, which row-level security hides from it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+import orjson
+import structlog
+
+from healthscore.errors import HealthscoreError
+from healthscore.store import erasure
+from healthscore.store.schema_catalog import ERASER_ROLE
+
+log = structlog.get_logger(__name__)
+
+__all__ = ["ERASER_ROLE", "erase_organization", "format_erasure", "parse_organization_ids"]
+
+# an erasure that meets a deadlock (a batch's checked save, an import page) or its lock
+# timeout is run again, as an import page is
+ERASE_ATTEMPTS = 5
+
+
+class ErasureRefused(HealthscoreError):
+    """The ids given cannot be erased as given; the message says why."""
+
+
+class _DryRun(Exception):
+    """Rolls a dry run's transaction back."""
+
+
+@dataclass
+class Erasure:
+    organization_id: UUID
+    rows: dict[str, int] = field(default_factory=dict)
+    # when the first erasure of it committed (None: a dry run of a first erasure)
+    erased_at: datetime | None = None
+    first: bool = False
+
+    @property
+    def total(self) -> int:
+        return sum(self.rows.values())
+
+
+def parse_organization_ids(values: Sequence[str], source: str = "--organization") -> list[UUID]:
+    """The ids in canonical form, each once, in the order given; `ErasureRefused` naming
+    every one that is not a UUID (nothing is erased then)."""
+    ids: list[UUID] = []
+    bad: list[str] = []
+    for value in values:
+        text = value.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            org = UUID(text)
+        except ValueError:
+            bad.append(repr(value))
+            continue
+        if org not in ids:
+            ids.append(org)
+    if bad:
+        raise ErasureRefused(f"{source}: not a UUID: {', '.join(bad[:20])}; nothing erased")
+    return ids
+
+
+def key_spellings(organization: UUID) -> list[bytes]:
+    """The keys a dead letter of `organization` may carry: the contract's canonical form
+    (a record refused for its value) and the other spellings of the id, refused as
+    `invalid_key`."""
+    canonical = str(organization)
+    return [
+        form.encode()
+        for form in (
+            canonical,
+            canonical.upper(),
+            "{" + canonical + "}",
+            "urn:uuid:" + canonical,
+            organization.hex,
+        )
+    ]
+
+
+async def _deleted(conn: asyncpg.Connection) -> dict[str, int]:
+    return {row["table_name"]: row["deleted"] for row in await conn.fetch(erasure.ROWS_DELETED)}
+
+
+def _since(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The rows deleted between two readings of one transaction: a session's counters
+    still hold what its earlier transactions (a dry run, a retried attempt) deleted until
+    they are reported, between transactions."""
+    deleted = {table: count - before.get(table, 0) for table, count in after.items()}
+    return {table: count for table, count in deleted.items() if count > 0}
+
+
+async def _erase_rows(conn: asyncpg.Connection, organization: UUID, apply: bool) -> Erasure:
+    """Both steps for one organization (rolled back unless `apply`)."""
+    result = Erasure(organization)
+    try:
+        async with conn.transaction():
+            before = await _deleted(conn)
+            await conn.execute(erasure.ERASE_LOCK_TIMEOUT)
+            await conn.execute(erasure.LOCK_CONSUMERS)
+            await conn.execute(erasure.DELETE_ORGANIZATION, organization)
+            result.rows = _since(before, await _deleted(conn))
+            result.erased_at = await conn.fetchval(
+                erasure.RECORD_TOMBSTONE, organization, orjson.dumps(result.rows).decode()
+            )
+            result.first = result.erased_at is not None
+            if not apply:
+                raise _DryRun
+    except _DryRun:
+        result.erased_at = None
+    canonical = str(organization).encode()
+    try:
+        async with conn.transaction():
+            keys = key_spellings(organization)
+            upper = str(organization).upper().encode()
+            before = await _deleted(conn)
+            await conn.execute(erasure.DELETE_PROCESSED_EVENTS, organization)
+            await conn.execute(erasure.DELETE_DEAD_LETTERS, keys, canonical, upper)
+            await conn.execute(erasure.DELETE_DEAD_LETTERS_WITHHELD, keys, canonical, upper)
+            more = _since(before, await _deleted(conn))
+            if result.first and more:
+                await conn.execute(
+                    erasure.ADD_ROWS_REMOVED, organization, orjson.dumps(more).decode()
+                )
+            for table, count in more.items():
+                result.rows[table] = result.rows.get(table, 0) + count
+            if not apply:
+                raise _DryRun
+    except _DryRun:
+        pass
+    return result
+
+
+async def erase_organization(conn: asyncpg.Connection, organization: UUID, apply: bool) -> Erasure:
+    """Erase (or, without `apply`, count) one organization, run again on a deadlock."""
+    for attempt in range(1, ERASE_ATTEMPTS + 1):
+        try:
+            result = await _erase_rows(conn, organization, apply)
+        except (asyncpg.TransactionRollbackError, asyncpg.LockNotAvailableError) as exc:
+            if attempt == ERASE_ATTEMPTS:
+                raise
+            log.warning(
+                "erasure_retried",
+                organization_id=str(organization),
+                reason=type(exc).__name__,
+                attempt=attempt,
+            )
+            await asyncio.sleep(0.1 * attempt)
+            continue
+        if apply:
+            log.info(
+                "organization_erased",
+                organization_id=str(organization),
+                first=result.first,
+                rows=result.rows,
+            )
+        return result
+    raise AssertionError("unreachable")
+
+
+def format_erasure(result: Erasure, applied: bool) -> list[str]:
+    """What one organization's erasure removed (or would remove), per table."""
+    verb = "removed" if applied else "would remove"
+    if applied and not result.first:
+        state = " (erased before: its tombstone stays as recorded)"
+    elif not applied and not result.first:
+        state = " (erased before)"
+    else:
+        state = ""
+    lines = [f"organization {result.organization_id}: {verb} {result.total} row(s){state}"]
+    width = max((len(table) for table in result.rows), default=0)
+    for table, count in sorted(result.rows.items()):
+        lines.append(f"  {table:<{width}} {count:>8}")
+    return lines

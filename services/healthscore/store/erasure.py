@@ -1,0 +1,70 @@
+"""The statements of `healthscore erase` (run as healthscore_eraser, migration 0095).
+
+One organization per transaction, in two steps. The first removes everything keyed
+to the organization by a foreign key (deleting its `organizations` row: ON DELETE
+CASCADE) and records the tombstone, while it holds every stored consumer offset: a
+batch locks its partitions' offset rows first, so the erasure waits for the batches
+in flight and every later batch's statements see the tombstone. The second deletes
+what carries the organization without a foreign key (processed event ids, dead
+letters), a scan better not made while consumers wait: no writer adds rows of an
+erased organization to them any more.
+"""
+
+from __future__ import annotations
+
+# a consumer waits at most this long behind an erasure's locks, and an erasure
+# behind a long batch or projector pass fails (and is run again) rather than queue
+ERASE_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', '10s', true)"
+
+LOCK_CONSUMERS = """
+SELECT 1 FROM consumer_offsets
+ORDER BY consumer_group, topic, partition
+FOR UPDATE
+"""
+
+# RETURNING: the first erasure of the organization (a repeat keeps the first's record)
+RECORD_TOMBSTONE = """
+INSERT INTO erased_organizations (organization_id, rows_removed) VALUES ($1, $2::jsonb)
+ON CONFLICT (organization_id) DO NOTHING
+RETURNING erased_at
+"""
+
+DELETE_ORGANIZATION = "DELETE FROM organizations WHERE id = $1"
+
+DELETE_PROCESSED_EVENTS = "DELETE FROM processed_events WHERE organization_id = $1"
+
+# a dead letter names its organization in its key (canonical, or another spelling of
+# the id, refused as invalid_key) or, with another key or none, in its value
+DELETE_DEAD_LETTERS = """
+DELETE FROM dead_letter_outbox
+WHERE record_key = ANY($1::bytea[])
+   OR position($2::bytea IN record_value) > 0 OR position($3::bytea IN record_value) > 0
+"""
+
+DELETE_DEAD_LETTERS_WITHHELD = """
+DELETE FROM dead_letters_withheld
+WHERE record_key = ANY($1::bytea[])
+   OR position($2::bytea IN record_value) > 0 OR position($3::bytea IN record_value) > 0
+"""
+
+# the rows deleted per table (cascades included), read before and after an erasure's
+# deletes: what it removes, counted without reading rows row-level security hides from
+# it (the counters also hold earlier transactions' deletes not reported yet)
+ROWS_DELETED = """
+SELECT relname AS table_name, n_tup_del AS deleted
+FROM pg_stat_xact_user_tables
+WHERE n_tup_del > 0
+ORDER BY relname
+"""
+
+# the second step's counts beside the first's, on the first erasure only
+ADD_ROWS_REMOVED = """
+UPDATE erased_organizations SET rows_removed = rows_removed || $2::jsonb
+WHERE organization_id = $1
+"""
+
+ERASED = """
+SELECT organization_id, erased_at, erased_by, rows_removed::text AS rows_removed
+FROM erased_organizations
+ORDER BY erased_at, organization_id
+"""
