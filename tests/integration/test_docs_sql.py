@@ -26,6 +26,7 @@ PLACEHOLDERS = {
     "'<hex>'": "'00'",
     "<pid>": "0",
     "<old>": "0",
+    "<operator login>": "CURRENT_USER",
 }
 
 # written to show a form, not to be run
