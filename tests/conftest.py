@@ -8,6 +8,7 @@ migrated template (fast: a file copy inside the server), and its own topics.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import uuid
@@ -42,9 +43,25 @@ def services() -> Iterator[Services]:
         kafka_bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
     )
     try:
+        if resolved.postgres_server is not None:
+            asyncio.run(_without_fsync(resolved.database_url))
         yield resolved
     finally:
         resolved.close()
+
+
+async def _without_fsync(admin_url: str) -> None:
+    """The session's own embedded server (its data directory goes at the end) does not
+    wait for the disk at each commit, as the tests' other throw-away clusters do not
+    (`tests/utils/pg_cluster.py`). A commit still writes its WAL before it returns, so a
+    server killed or crash-restarted by a test recovers every commit as before; only an
+    operating-system crash, which no test makes, could lose one."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute("ALTER SYSTEM SET fsync = off")
+        await conn.execute("SELECT pg_reload_conf()")
+    finally:
+        await conn.close()
 
 
 @pytest.fixture(scope="session")

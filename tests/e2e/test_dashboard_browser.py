@@ -46,8 +46,8 @@ from tests.utils.harness import (
     produce_json,
     running_service,
     service_settings,
-    wait_for,
 )
+from tests.utils.scenarios import wait_processed
 
 try:
     from selenium.common.exceptions import (
@@ -270,18 +270,10 @@ async def test_dashboard_in_chromium(
                 await produce_json(producer, topics.usage, day_usage)
                 await produce_json(producer, topics.support, day_support)
                 applied += len(day_usage) + len(day_support)
-                await wait_for(
-                    migrated_database,
-                    "SELECT count(*) FROM processed_events",
-                    lambda n, expected=applied: n == expected,
-                )
+                await wait_processed(migrated_database, applied, exactly=True)
             await produce_json(producer, topics.profile, [crm_profile()])
             applied += 1
-            await wait_for(
-                migrated_database,
-                "SELECT count(*) FROM processed_events",
-                lambda n, expected=applied: n == expected,
-            )
+            await wait_processed(migrated_database, applied, exactly=True)
             await name_organizations(migrated_database)
             config, identity = await dev_config(settings)
             config = dataclasses.replace(config, refresh_seconds=1.0)

@@ -32,6 +32,7 @@ from tests.utils.harness import (
     service_settings,
     wait_for,
 )
+from tests.utils.scenarios import wait_processed
 from tests.utils.states import event_counts
 
 BASE = (datetime.now(UTC) - timedelta(days=10)).replace(microsecond=0)
@@ -187,11 +188,7 @@ async def test_scripted_scenario_end_to_end(migrated_database: str, kafka_bootst
             poison = b'{"event_id": "not-a-uuid"'
             await producer.send_and_wait(topics.usage, poison, key=HEALTHY.encode())
             expected = len(usage) + len(support)
-            await wait_for(
-                migrated_database,
-                "SELECT count(*) FROM processed_events",
-                lambda n: n == expected,
-            )
+            await wait_processed(migrated_database, expected, exactly=True)
             await wait_for(
                 migrated_database,
                 "SELECT count(*) FROM alert_outbox WHERE published_at IS NULL",

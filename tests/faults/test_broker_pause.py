@@ -23,7 +23,6 @@ from tests.utils.fault_tools import (
     assert_exactly_once,
     background,
     dead_letter_sources,
-    poll,
     produce_stream,
     simulated_stream,
     stopped,
@@ -36,6 +35,7 @@ from tests.utils.harness import (
     running_service,
     service_settings,
 )
+from tests.utils.scenarios import wait_processed
 
 pytestmark = pytest.mark.faults
 
@@ -71,12 +71,8 @@ async def test_service_recovers_from_a_paused_broker(
             async with background(
                 produce_stream(producer, messages[:cut], topics, rate=FIRST_PART_RATE)
             ) as first_part:
-                applied_at_pause = await poll(
-                    migrated_database,
-                    "SELECT count(*) FROM processed_events",
-                    lambda n: n >= len(first.event_ids) // 4,
-                    60,
-                    "batches flowing before the pause",
+                applied_at_pause = await wait_processed(
+                    migrated_database, len(first.event_ids) // 4, 60
                 )
                 with stopped(broker_pid) as paused_at:
                     await asyncio.sleep(PAUSE_SECONDS)
@@ -88,13 +84,7 @@ async def test_service_recovers_from_a_paused_broker(
                 resumed = time.monotonic()
                 await asyncio.wait_for(first_part, 60)
             paused_for = resumed - paused_at
-            await poll(
-                migrated_database,
-                "SELECT count(*) FROM processed_events",
-                lambda n: n == len(first.event_ids),
-                60,
-                "the first part applied after the pause",
-            )
+            await wait_processed(migrated_database, len(first.event_ids), 60, exactly=True)
             caught_up_s = time.monotonic() - resumed
             await produce_stream(producer, messages[cut:], topics)
             await wait_all_applied(

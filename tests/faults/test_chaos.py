@@ -80,7 +80,8 @@ pytestmark = pytest.mark.faults
 # transaction lasted this long (a replica frozen mid-batch holds its offset rows until)
 IDLE_LIMIT_SECONDS = 3
 TIME_LIMIT_SECONDS = 8
-SESSION_TIMEOUT_MS = 3000  # the group drops a silent member after this (service_settings)
+# the group drops a silent member after this; the schedule's freezes are cut to it
+SESSION_TIMEOUT_MS = 3000
 
 # what `serve` prints before it exits (code 2) when a dependency is away at start-up
 STARTUP_UNREACHABLE = (
@@ -376,7 +377,12 @@ async def _run_chaos(
     topics = await make_topics(bootstrap, partitions=4)
     group = f"chaos-{uuid.uuid4().hex[:8]}"
     settings = service_settings(
-        database_url, bootstrap, topics, group=group, batch_max_records=plan.batch_max_records
+        database_url,
+        bootstrap,
+        topics,
+        group=group,
+        batch_max_records=plan.batch_max_records,
+        kafka_session_timeout_ms=SESSION_TIMEOUT_MS,
     )
     messages, oracle = simulated_stream(plan, timedelta(days=20))
     env = {

@@ -27,7 +27,6 @@ from tests.utils.fault_tools import (
     log_events,
     log_tail,
     log_time,
-    poll,
     produce_stream,
     simulated_stream,
     wait_all_applied,
@@ -40,6 +39,7 @@ from tests.utils.harness import (
     ops_get,
     service_settings,
 )
+from tests.utils.scenarios import wait_processed
 
 pytestmark = pytest.mark.faults
 
@@ -75,13 +75,8 @@ async def test_service_survives_a_postgres_crash_restart(
             await asyncio.sleep(0.2)
 
         async with background(produce_stream(producer, messages, topics, rate=RATE)) as stream:
-            applied_before = await poll(
-                migrated_database,
-                "SELECT count(*) FROM processed_events",
-                lambda n: n >= len(oracle.event_ids) // 3,
-                60,
-                "a third of the stream applied",
-                alive,
+            applied_before = await wait_processed(
+                migrated_database, len(oracle.event_ids) // 3, 60, also=alive
             )
             old_pg = services.postgres_pid
             crashed_at = datetime.now(UTC)

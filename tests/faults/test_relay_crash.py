@@ -35,8 +35,8 @@ from tests.utils.harness import (
     produce_json,
     running_service,
     service_settings,
-    wait_for,
 )
+from tests.utils.scenarios import wait_processed
 
 pytestmark = pytest.mark.faults
 
@@ -124,12 +124,7 @@ async def test_relay_killed_after_publish_before_mark_resends_the_same_ids(
         async with running_service(settings, options):
             await produce_json(producer, topics.usage, usage)
             await produce_json(producer, topics.support, support)
-            await wait_for(
-                migrated_database,
-                "SELECT count(*) FROM processed_events",
-                lambda n: n == len(usage) + len(support),
-                60.0,
-            )
+            await wait_processed(migrated_database, len(usage) + len(support), 60.0, exactly=True)
     finally:
         await producer.stop()
     outbox = await _outbox(migrated_database)

@@ -32,6 +32,7 @@ from tests.utils.harness import (
     service_settings,
     wait_for,
 )
+from tests.utils.scenarios import wait_processed
 
 USER = str(uuid.uuid5(uuid.NAMESPACE_DNS, "alert-stream-user"))
 
@@ -174,12 +175,7 @@ async def _run(
         async with running_service(settings, ServiceOptions(run_sweep=False, create_topics=False)):
             await produce_json(producer, topics.usage, usage)
             await produce_json(producer, topics.support, support)
-            await wait_for(
-                database,
-                "SELECT count(*) FROM processed_events",
-                lambda n: n == len(usage) + len(support),
-                60.0,
-            )
+            await wait_processed(database, len(usage) + len(support), 60.0, exactly=True)
             published = await wait_for(
                 database,
                 "SELECT count(*) FROM alert_outbox WHERE published_at IS NOT NULL "
@@ -251,19 +247,9 @@ async def test_a_comeback_and_a_late_profile_keep_their_episodes(
     try:
         async with running_service(settings, ServiceOptions(run_sweep=False, create_topics=False)):
             await produce_json(producer, topics.usage, comeback.usage)
-            await wait_for(
-                migrated_database,
-                "SELECT count(*) FROM processed_events",
-                lambda n: n == len(comeback.usage),
-                60.0,
-            )
+            await wait_processed(migrated_database, len(comeback.usage), 60.0, exactly=True)
             await produce_json(producer, topics.profile, [profile])
-            await wait_for(
-                migrated_database,
-                "SELECT count(*) FROM processed_events",
-                lambda n: n == len(comeback.usage) + 1,
-                60.0,
-            )
+            await wait_processed(migrated_database, len(comeback.usage) + 1, 60.0, exactly=True)
             published = await wait_for(
                 migrated_database,
                 "SELECT count(*) FROM alert_outbox WHERE published_at IS NOT NULL "
@@ -312,12 +298,7 @@ async def test_a_relay_killed_before_marking_and_a_replayed_input_keep_the_new_f
         async with running_service(settings, no_relay):
             await produce_json(producer, topics.usage, usage)
             await produce_json(producer, topics.support, support)
-            await wait_for(
-                migrated_database,
-                "SELECT count(*) FROM processed_events",
-                lambda n: n == len(usage) + len(support),
-                60.0,
-            )
+            await wait_processed(migrated_database, len(usage) + len(support), 60.0, exactly=True)
     finally:
         await producer.stop()
     stored = await _outbox_payloads(migrated_database)

@@ -22,7 +22,7 @@ import pytest
 
 from healthscore_lab.demo import _offsets_beyond_the_log
 from healthscore_lab.devservices import docker_available
-from tests.utils.harness import make_topics, service_settings
+from tests.utils.harness import SESSION_TIMEOUT_MS, make_topics, service_settings
 
 pytestmark = pytest.mark.skipif(
     docker_available(), reason="runs the embedded services; containers would be pulled"
@@ -44,7 +44,9 @@ def _demo_env(state_dir: Path, **extra_env: str) -> dict[str, str]:
             "LOG_FORMAT",
         )
     }
-    return {**env, "STATE_DIR": str(state_dir), **extra_env}
+    # the service's first join waits out a session timeout: the harness's, not 10 s
+    short_join = {"KAFKA_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS)}
+    return {**env, **short_join, "STATE_DIR": str(state_dir), **extra_env}
 
 
 async def _demo(

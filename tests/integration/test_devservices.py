@@ -20,6 +20,7 @@ import asyncpg
 import pytest
 
 from healthscore_lab.devservices import docker_available, free_port, resolve_services
+from tests.utils.harness import SESSION_TIMEOUT_MS
 
 ENV_URLS = ("DATABASE_URL", "MIGRATION_DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "OPS_PORT")
 
@@ -116,7 +117,7 @@ def test_serve_consumes_on_the_second_dev_services_session_of_a_kept_database(
                 **env,
                 **exports,
                 "OPS_PORT": str(ops_port),
-                "KAFKA_SESSION_TIMEOUT_MS": "3000",
+                "KAFKA_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
                 "BATCH_TIMEOUT_MS": "50",
             }
             with (tmp_path / f"serve-{session}.log").open("wb") as log:

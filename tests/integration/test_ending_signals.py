@@ -24,6 +24,7 @@ import psutil  # type: ignore[import-untyped,unused-ignore]
 import pytest
 
 from healthscore_lab.devservices import docker_available
+from tests.utils.harness import SESSION_TIMEOUT_MS
 
 pytestmark = pytest.mark.skipif(
     docker_available(), reason="runs the embedded services; containers would be pulled"
@@ -35,6 +36,8 @@ UNSET = ("DATABASE_URL", "MIGRATION_DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "O
 def _start(tmp_path: Path, *command: str, **extra_env: str) -> tuple[subprocess.Popen[bytes], Path]:
     env = {k: v for k, v in os.environ.items() if k not in UNSET}
     env["STATE_DIR"] = str(tmp_path / "state")
+    # the service's first join waits out a session timeout: the harness's, not 10 s
+    env["KAFKA_SESSION_TIMEOUT_MS"] = str(SESSION_TIMEOUT_MS)
     env.update(extra_env)
     out = tmp_path / f"out-{time.monotonic_ns()}"
     with out.open("wb") as file:

@@ -30,8 +30,8 @@ from tests.utils.harness import (
     produce_json,
     running_service,
     service_settings,
-    wait_for,
 )
+from tests.utils.scenarios import wait_processed
 
 ROOT = Path(__file__).resolve().parents[2]
 # labels Prometheus (the scrape target, kube-state-metrics) adds, and a histogram's
@@ -135,9 +135,7 @@ async def test_every_label_the_rules_dashboard_and_runbooks_use_is_exported(
             valid = {"event_id": str(uuid.uuid4()), "organization_id": org, "type": "login"}
             await produce_json(producer, topics.usage, [{**valid, "occurred_at": at}])
             await producer.send_and_wait(topics.usage, b"{not json", key=org.encode())
-            await wait_for(
-                migrated_database, "SELECT count(*) FROM processed_events", lambda n: n == 1
-            )
+            await wait_processed(migrated_database, 1, exactly=True)
             for _ in range(100):
                 _, text = await ops_get(port, "/metrics")
                 scraped = scraped_labels(text)

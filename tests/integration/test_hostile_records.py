@@ -55,7 +55,7 @@ from tests.utils.raw_batches import (
     produce_batch,
     transaction_marker,
 )
-from tests.utils.scenarios import high_watermarks, stored_offsets, wait_caught_up
+from tests.utils.scenarios import high_watermarks, stored_offsets, wait_caught_up, wait_processed
 from tests.utils.states import stored_state_in
 
 
@@ -1022,9 +1022,7 @@ async def test_transaction_markers_are_passed_over_without_a_gap_or_a_stall(
             for n in range(3):
                 await valid(0, org, n)
             await marker()
-            await wait_for(
-                migrated_database, "SELECT count(*) FROM processed_events", lambda v: v == 3
-            )
+            await wait_processed(migrated_database, 3, exactly=True)
             for n in range(3, 6):
                 await valid(0, org, n)
             await marker(commit=False)  # an aborted transaction's marker
@@ -1159,9 +1157,7 @@ async def test_a_marker_before_a_salvaged_batch_is_no_gap(
     try:
         async with running_service(settings) as service:
             await valid(0)
-            await wait_for(
-                migrated_database, "SELECT count(*) FROM processed_events", lambda v: v == 1
-            )
+            await wait_processed(migrated_database, 1, exactly=True)
             await produce_batch(kafka_bootstrap, topics.usage, 0, transaction_marker())
             undecompressable = batch([(org.encode(), orjson.dumps(_usage(org, 1, at)))], codec=1)
             await produce_batch(kafka_bootstrap, topics.usage, 0, undecompressable)

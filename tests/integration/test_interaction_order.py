@@ -25,8 +25,8 @@ from tests.utils.harness import (
     produce_json,
     running_service,
     service_settings,
-    wait_for,
 )
+from tests.utils.scenarios import wait_processed
 
 T0 = (datetime.now(UTC) - timedelta(days=2)).replace(microsecond=0)
 STAFF_A = str(uuid.uuid5(uuid.NAMESPACE_URL, "staff-a"))
@@ -171,12 +171,7 @@ async def test_interaction_converges_whatever_the_order(
                     [bodies[order[step]] for order, (_o, _x, bodies) in stepped],
                 )
                 done += len(stepped)
-                await wait_for(
-                    migrated_database,
-                    "SELECT count(*) FROM processed_events",
-                    lambda n, expected=done: n == expected,
-                    60.0,
-                )
+                await wait_processed(migrated_database, done, 60.0, exactly=True)
     finally:
         await producer.stop()
 
@@ -272,12 +267,7 @@ async def test_a_follow_up_scheduled_as_it_is_resolved_stays_to_do(
             # each event in its own batch: every merge goes through the stored row
             for step in range(3):
                 await produce_json(producer, topics.support, [c[2][step] for c in copies])
-                await wait_for(
-                    migrated_database,
-                    "SELECT count(*) FROM processed_events",
-                    lambda n, expected=4 * (step + 1): n == expected,
-                    60.0,
-                )
+                await wait_processed(migrated_database, 4 * (step + 1), 60.0, exactly=True)
     finally:
         await producer.stop()
     conn = await asyncpg.connect(migrated_database)

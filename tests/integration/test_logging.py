@@ -23,6 +23,7 @@ from tests.utils.harness import (
     service_settings,
     wait_for,
 )
+from tests.utils.scenarios import wait_processed
 
 SUBJECT = "Jane Doe's wedding on June 3rd, call +44 7700 900123"
 
@@ -50,9 +51,7 @@ async def test_batch_and_rejection_lines_carry_coordinates_but_no_personal_data(
         with capture_logs() as logs:
             async with running_service(settings):
                 await produce_json(producer, topics.support, [opened, too_long])
-                await wait_for(
-                    migrated_database, "SELECT count(*) FROM processed_events", lambda n: n == 1
-                )
+                await wait_processed(migrated_database, 1, exactly=True)
                 await wait_for(migrated_database, "SELECT 1", lambda n: n == 1)
     finally:
         await producer.stop()

@@ -22,7 +22,7 @@ from tests.utils.harness import (
     wait_for,
 )
 from tests.utils.raw_batches import produce_batch, transaction_marker
-from tests.utils.scenarios import stored_offsets
+from tests.utils.scenarios import stored_offsets, wait_processed
 
 
 async def test_a_batch_of_markers_alone_is_logged_with_the_offsets_it_passed(
@@ -38,9 +38,7 @@ async def test_a_batch_of_markers_alone_is_logged_with_the_offsets_it_passed(
             for n in range(2):
                 body = orjson.dumps(_usage(org, n, at))
                 await producer.send_and_wait(topics.usage, body, key=org.encode(), partition=0)
-            await wait_for(
-                migrated_database, "SELECT count(*) FROM processed_events", lambda v: v == 2
-            )
+            await wait_processed(migrated_database, 2, exactly=True)
             # the records' batch is committed: the markers come in a fetch of their own
             await produce_batch(kafka_bootstrap, topics.usage, 0, transaction_marker())
             await produce_batch(kafka_bootstrap, topics.usage, 0, transaction_marker(commit=False))

@@ -27,9 +27,9 @@ from tests.utils.harness import (
     produce_json,
     running_service,
     service_settings,
-    wait_for,
 )
 from tests.utils.html import Tags, external_references
+from tests.utils.scenarios import wait_processed
 
 
 async def ready_within(
@@ -94,9 +94,7 @@ async def test_metrics_health_readiness_and_docs_of_a_running_service(
             events.append(dict(events[0]))  # a duplicate
             await produce_json(producer, topics.usage, events)
             await producer.send_and_wait(topics.usage, b"{not json", key=org.encode())
-            await wait_for(
-                migrated_database, "SELECT count(*) FROM processed_events", lambda n: n == 2
-            )
+            await wait_processed(migrated_database, 2, exactly=True)
 
             async def settled() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
                 for _ in range(100):

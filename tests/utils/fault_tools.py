@@ -179,6 +179,7 @@ async def poll(
     what: str = "",
     also: Callable[[], None] | None = None,
     *args: Any,
+    interval: float = 0.2,
 ) -> Any:
     """Poll a query until predicate(value); connection errors (a restarting server) retry."""
     deadline = time.monotonic() + timeout
@@ -193,8 +194,32 @@ async def poll(
         else:
             if predicate(value):
                 return value
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or query}; last {value!r}")
+
+
+async def wait_processed(
+    database_url: str,
+    at_least: int,
+    timeout: float = 30.0,
+    *,
+    exactly: bool = False,
+    also: Callable[[], None] | None = None,
+) -> int:
+    """Wait until `processed_events` holds at least `at_least` event ids (with `exactly`,
+    that many and no more); how many. A failing connection (a restarting server) is
+    tried again; `also` runs before each look (e.g. to fail fast when a child died)."""
+    wanted = at_least
+    counted = await poll(
+        database_url,
+        "SELECT count(*) FROM processed_events",
+        (lambda n: n == wanted) if exactly else (lambda n: n >= wanted),
+        timeout,
+        f"{'' if exactly else 'at least '}{wanted} processed events",
+        also,
+        interval=0.1,
+    )
+    return int(counted)
 
 
 async def wait_all_applied(
@@ -213,15 +238,7 @@ async def wait_all_applied(
     records add no processed event, so "all applied" can be true one batch
     before the consumer has committed its way past them.
     """
-    expected = len(oracle.event_ids)
-    await poll(
-        database_url,
-        "SELECT count(*) FROM processed_events",
-        lambda n: n == expected,
-        timeout,
-        f"{expected} processed events",
-        also,
-    )
+    await wait_processed(database_url, len(oracle.event_ids), timeout, exactly=True, also=also)
     await poll(
         database_url,
         "SELECT count(*) FROM alert_outbox WHERE published_at IS NULL",

@@ -28,7 +28,8 @@ from healthscore.service.ingest.pipeline import BatchOutcome
 from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.service.ops.lag import HighWatermarkProbe
 from healthscore_lab.simulator import SimulatedMessage, SimulationConfig, generate, produce
-from tests.utils.harness import Topics, fetchval
+from tests.utils.fault_tools import wait_processed as wait_processed  # its first home
+from tests.utils.harness import Topics
 
 TP = tuple[str, int]
 
@@ -347,15 +348,3 @@ async def wait_outcomes(
         if predicate(outcomes) or time.monotonic() >= deadline:
             return outcomes
         await asyncio.sleep(0.05)
-
-
-async def wait_processed(database_url: str, at_least: int, timeout: float) -> int:
-    """Wait until `processed_events` holds at least `at_least` event ids; how many."""
-    deadline = time.monotonic() + timeout
-    count = 0
-    while time.monotonic() < deadline:
-        count = int(await fetchval(database_url, "SELECT count(*) FROM processed_events"))
-        if count >= at_least:
-            return count
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"only {count} events processed after {timeout}s")
