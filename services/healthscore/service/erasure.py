@@ -93,9 +93,10 @@ def parse_organization_ids(values: Sequence[str], source: str = "--organization"
 
 
 def key_spellings(organization: UUID) -> list[bytes]:
-    """The keys a dead letter of `organization` may carry: the contract's canonical form
-    (a record refused for its value) and the other spellings of the id, refused as
-    `invalid_key`."""
+    """Keys a dead letter of `organization` may carry: the contract's canonical form (a
+    record refused for its value) and other spellings of the id, refused as
+    `invalid_key`. Examples only: the erasure matches every spelling the consumer reads
+    as the id (`store.erasure.DELETE_DEAD_LETTERS`)."""
     canonical = str(organization)
     return [
         form.encode()
@@ -105,6 +106,9 @@ def key_spellings(organization: UUID) -> list[bytes]:
             "{" + canonical + "}",
             "urn:uuid:" + canonical,
             organization.hex,
+            organization.hex.upper(),
+            "{" + canonical.upper() + "}",
+            " " + canonical + "\n",
         )
     ]
 
@@ -142,12 +146,12 @@ async def _erase_rows(conn: asyncpg.Connection, organization: UUID, apply: bool)
     canonical = str(organization).encode()
     try:
         async with conn.transaction():
-            keys = key_spellings(organization)
             upper = str(organization).upper().encode()
             before = await _deleted(conn)
             await conn.execute(erasure.DELETE_PROCESSED_EVENTS, organization)
-            await conn.execute(erasure.DELETE_DEAD_LETTERS, keys, canonical, upper)
-            await conn.execute(erasure.DELETE_DEAD_LETTERS_WITHHELD, keys, canonical, upper)
+            hex_id = organization.hex
+            await conn.execute(erasure.DELETE_DEAD_LETTERS, hex_id, canonical, upper)
+            await conn.execute(erasure.DELETE_DEAD_LETTERS_WITHHELD, hex_id, canonical, upper)
             more = _since(before, await _deleted(conn))
             if result.first and more:
                 await conn.execute(
