@@ -411,14 +411,13 @@ def cmd_erase(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        ids = parse_organization_ids(args.organization or [])
+        given = dict.fromkeys(parse_organization_ids(args.organization or []))
         for path in args.file or []:
             with open(path, encoding="utf-8") as handle:
-                ids += [
-                    o
-                    for o in parse_organization_ids(handle.read().splitlines(), path)
-                    if o not in ids
-                ]
+                given.update(
+                    dict.fromkeys(parse_organization_ids(handle.read().splitlines(), path))
+                )
+        ids = list(given)
     except ErasureRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

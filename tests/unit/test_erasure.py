@@ -63,3 +63,23 @@ def test_the_output_says_what_was_removed_per_table_and_a_repeat() -> None:
     ]
     repeat = Erasure(ORG, {}, first=False)
     assert "erased before" in format_erasure(repeat, applied=True)[0]
+
+
+def test_a_file_of_many_ids_is_read_in_linear_comparisons(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request file of thousands of ids (an offboarding of a reseller's customers)
+    compares each id with a few others, not with every id before it."""
+    ids = [uuid.UUID(int=n) for n in range(1, 3001)]
+    lines = [str(org) for org in ids] + [str(ids[0]).upper()]
+    compared = 0
+    equal = uuid.UUID.__eq__
+
+    def counted(self: uuid.UUID, other: object) -> bool:
+        nonlocal compared
+        compared += 1
+        return equal(self, other)
+
+    monkeypatch.setattr(uuid.UUID, "__eq__", counted)
+    assert parse_organization_ids(lines, "ids.txt") == ids
+    assert compared <= 2 * len(lines)

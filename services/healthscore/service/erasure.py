@@ -74,7 +74,8 @@ class Erasure:
 def parse_organization_ids(values: Sequence[str], source: str = "--organization") -> list[UUID]:
     """The ids in canonical form, each once, in the order given; `ErasureRefused` naming
     every one that is not a UUID (nothing is erased then)."""
-    ids: list[UUID] = []
+    # a dict keeps the order given; a list's `in` made a file of many ids quadratic
+    ids: dict[UUID, None] = {}
     bad: list[str] = []
     for value in values:
         text = value.strip()
@@ -85,17 +86,17 @@ def parse_organization_ids(values: Sequence[str], source: str = "--organization"
         except ValueError:
             bad.append(repr(value))
             continue
-        if org not in ids:
-            ids.append(org)
+        ids[org] = None
     if bad:
         raise ErasureRefused(f"{source}: not a UUID: {', '.join(bad[:20])}; nothing erased")
-    return ids
+    return list(ids)
 
 
 def key_spellings(organization: UUID) -> list[bytes]:
-    """The keys a dead letter of `organization` may carry: the contract's canonical form
-    (a record refused for its value) and the other spellings of the id, refused as
-    `invalid_key`."""
+    """Keys a dead letter of `organization` may carry: the contract's canonical form (a
+    record refused for its value) and other spellings of the id, refused as
+    `invalid_key`. Examples only: the erasure matches every spelling the consumer reads
+    as the id (`store.erasure.DELETE_DEAD_LETTERS`)."""
     canonical = str(organization)
     return [
         form.encode()
@@ -105,6 +106,9 @@ def key_spellings(organization: UUID) -> list[bytes]:
             "{" + canonical + "}",
             "urn:uuid:" + canonical,
             organization.hex,
+            organization.hex.upper(),
+            "{" + canonical.upper() + "}",
+            " " + canonical + "\n",
         )
     ]
 
@@ -142,12 +146,12 @@ async def _erase_rows(conn: asyncpg.Connection, organization: UUID, apply: bool)
     canonical = str(organization).encode()
     try:
         async with conn.transaction():
-            keys = key_spellings(organization)
             upper = str(organization).upper().encode()
             before = await _deleted(conn)
             await conn.execute(erasure.DELETE_PROCESSED_EVENTS, organization)
-            await conn.execute(erasure.DELETE_DEAD_LETTERS, keys, canonical, upper)
-            await conn.execute(erasure.DELETE_DEAD_LETTERS_WITHHELD, keys, canonical, upper)
+            hex_id = organization.hex
+            await conn.execute(erasure.DELETE_DEAD_LETTERS, hex_id, canonical, upper)
+            await conn.execute(erasure.DELETE_DEAD_LETTERS_WITHHELD, hex_id, canonical, upper)
             more = _since(before, await _deleted(conn))
             if result.first and more:
                 await conn.execute(
