@@ -17,6 +17,8 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -87,6 +89,38 @@ async def _producer(bootstrap: str, client_id: str) -> AIOKafkaProducer:
     return producer
 
 
+@dataclass
+class _StalledPath:
+    """Two replicas' producers on one broker behind a relay that can stall one of them."""
+
+    relay: KafkaRelay
+    bootstrap: str
+    pool: asyncpg.Pool
+    stalled: AIOKafkaProducer
+    other: AIOKafkaProducer
+
+
+@contextlib.asynccontextmanager
+async def _stalled_path(url: str) -> AsyncIterator[_StalledPath]:
+    relay_port = free_port()
+    target, broker = _broker_behind(relay_port)
+    relay = KafkaRelay("127.0.0.1", int(target.rsplit(":", 1)[1]), relay_port)
+    await relay.start()
+    bootstrap = f"127.0.0.1:{relay_port}"
+    pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=4)
+    stalled = await _producer(bootstrap, STALLED)
+    other = await _producer(bootstrap, OTHER)
+    try:
+        yield _StalledPath(relay, bootstrap, pool, stalled, other)
+    finally:
+        for producer in (stalled, other):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), 10)
+        await pool.close()
+        await relay.close()
+        stop_process(broker)
+
+
 async def test_a_feed_record_acknowledged_late_is_followed_by_the_newest_score(
     database_factory: Any, migrated_template: str
 ) -> None:
@@ -95,18 +129,17 @@ async def test_a_feed_record_acknowledged_late_is_followed_by_the_newest_score(
     the newer score and cleared what was owed; the feed showed an older score than
     customer_health until the organization changed again."""
     url = await database_factory(template=migrated_template)
-    relay_port = free_port()
-    target, broker = _broker_behind(relay_port)
-    relay = KafkaRelay("127.0.0.1", int(target.rsplit(":", 1)[1]), relay_port)
-    await relay.start()
-    bootstrap = f"127.0.0.1:{relay_port}"
     first, second, third = _batches(_Log())
     model = default_model()
-    pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=4)
     admin = await asyncpg.connect(url)
-    stalled = await _producer(bootstrap, STALLED)
-    other = await _producer(bootstrap, OTHER)
-    try:
+    async with _stalled_path(url) as path:
+        relay, bootstrap, pool, stalled, other = (
+            path.relay,
+            path.bootstrap,
+            path.pool,
+            path.stalled,
+            path.other,
+        )
         topics = await make_topics(bootstrap, partitions=1)
         pipeline = _pipeline(pool, other, 0)
         await pipeline.process(first)
@@ -144,14 +177,7 @@ async def test_a_feed_record_acknowledged_late_is_followed_by_the_newest_score(
         }
         assert shown == newest
         assert await _feed(bootstrap, topics.health, 18) == newest
-    finally:
-        for producer in (stalled, other):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), 10)
-        await admin.close()
-        await pool.close()
-        await relay.close()
-        stop_process(broker)
+    await admin.close()
 
 
 async def test_a_late_record_of_an_organization_erased_meanwhile_is_followed_by_its_tombstone(
@@ -167,18 +193,17 @@ async def test_a_late_record_of_an_organization_erased_meanwhile_is_followed_by_
     from tests.utils.harness import consume_all
 
     url = await database_factory(template=migrated_template)
-    relay_port = free_port()
-    target, broker = _broker_behind(relay_port)
-    relay = KafkaRelay("127.0.0.1", int(target.rsplit(":", 1)[1]), relay_port)
-    await relay.start()
-    bootstrap = f"127.0.0.1:{relay_port}"
     first, second, _ = _batches(_Log())
     model = default_model()
-    pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=4)
-    stalled = await _producer(bootstrap, STALLED)
-    other = await _producer(bootstrap, OTHER)
     gone = _org(3)
-    try:
+    async with _stalled_path(url) as path:
+        relay, bootstrap, pool, stalled, other = (
+            path.relay,
+            path.bootstrap,
+            path.pool,
+            path.stalled,
+            path.other,
+        )
         topics = await make_topics(bootstrap, partitions=1)
         pipeline = _pipeline(pool, other, 0)
         await pipeline.process(first)
@@ -209,10 +234,3 @@ async def test_a_late_record_of_an_organization_erased_meanwhile_is_followed_by_
         # tombstone again
         assert None in values[:-1] and values[values.index(None) + 1] is not None, values
         assert values[-1] is None, values
-    finally:
-        for producer in (stalled, other):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), 10)
-        await pool.close()
-        await relay.close()
-        stop_process(broker)
