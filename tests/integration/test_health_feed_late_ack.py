@@ -18,8 +18,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import pytest
@@ -89,8 +88,7 @@ async def _producer(bootstrap: str, client_id: str) -> AIOKafkaProducer:
     return producer
 
 
-@dataclass
-class _StalledPath:
+class _StalledPath(NamedTuple):
     """Two replicas' producers on one broker behind a relay that can stall one of them."""
 
     relay: KafkaRelay
@@ -132,14 +130,7 @@ async def test_a_feed_record_acknowledged_late_is_followed_by_the_newest_score(
     first, second, third = _batches(_Log())
     model = default_model()
     admin = await asyncpg.connect(url)
-    async with _stalled_path(url) as path:
-        relay, bootstrap, pool, stalled, other = (
-            path.relay,
-            path.bootstrap,
-            path.pool,
-            path.stalled,
-            path.other,
-        )
+    async with _stalled_path(url) as (relay, bootstrap, pool, stalled, other):
         topics = await make_topics(bootstrap, partitions=1)
         pipeline = _pipeline(pool, other, 0)
         await pipeline.process(first)
@@ -196,14 +187,7 @@ async def test_a_late_record_of_an_organization_erased_meanwhile_is_followed_by_
     first, second, _ = _batches(_Log())
     model = default_model()
     gone = _org(3)
-    async with _stalled_path(url) as path:
-        relay, bootstrap, pool, stalled, other = (
-            path.relay,
-            path.bootstrap,
-            path.pool,
-            path.stalled,
-            path.other,
-        )
+    async with _stalled_path(url) as (relay, bootstrap, pool, stalled, other):
         topics = await make_topics(bootstrap, partitions=1)
         pipeline = _pipeline(pool, other, 0)
         await pipeline.process(first)
