@@ -722,11 +722,15 @@ def _rejected_organizations(decoded: Sequence[Decoded | Rejection]) -> set[str]:
 
 
 def _skipped_erased(items: Sequence[Decoded | Rejection], outcome: BatchOutcome) -> None:
+    # in order of first appearance, each once (a dict: a bulk offboarding may put
+    # thousands in one batch)
+    named = dict.fromkeys(outcome.erased_organizations)
     for item in items:
         _count(outcome.erased_by_topic, item.record.topic)
         org = item.organization if isinstance(item, Decoded) else _key_organization(item)
-        if org is not None and org not in outcome.erased_organizations:
-            outcome.erased_organizations.append(org)
+        if org is not None:
+            named.setdefault(org)
+    outcome.erased_organizations[:] = named
 
 
 def _check_no_gap(
