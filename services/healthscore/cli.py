@@ -467,10 +467,21 @@ def cmd_erase(args: argparse.Namespace) -> int:
         erased: list[Any] = []
         try:
             if args.list:
+                unfinished = 0
                 for row in await conn.fetch(erasure.ERASED):
+                    finished = row["completed_at"]
+                    unfinished += finished is None
                     print(
                         f"{row['organization_id']}\t{row['erased_at'].isoformat()}\t"
-                        f"{row['erased_by']}\t{row['rows_removed']}"
+                        f"{row['erased_by']}\t{row['rows_removed']}\t"
+                        f"{'unfinished' if finished is None else finished.isoformat()}"
+                    )
+                if unfinished:
+                    print(
+                        f"warning: {unfinished} erasure(s) unfinished (the command was "
+                        "interrupted between its steps; their health feed tombstones may be "
+                        "missing too): run `healthscore erase --yes` again for those ids",
+                        file=sys.stderr,
                     )
             for org in ids:
                 result = await erase_organization(conn, org, apply=args.yes)

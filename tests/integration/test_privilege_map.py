@@ -107,7 +107,7 @@ TABLES: Final = {
     # INSERT_STATES, ENSURE_ORGANIZATIONS and ENSURE_STATE_ROWS
     f"{WRITER}: SELECT on table erased_organizations",
     # `healthscore erase` (store/erasure.py, as healthscore_eraser): RECORD_TOMBSTONE's
-    # ON CONFLICT, ADD_ROWS_REMOVED's WHERE, ERASED (`erase --list`)
+    # ON CONFLICT, ERASURE_UNFINISHED, FINISH_ERASURE's WHERE, ERASED (`erase --list`)
     f"{ERASER}: SELECT on table erased_organizations",
     # DELETE_ORGANIZATION (its policies below; the data cascades as the owner),
     # DELETE_PROCESSED_EVENTS, DELETE_DEAD_LETTERS, DELETE_DEAD_LETTERS_WITHHELD
@@ -256,10 +256,10 @@ COLUMNS: Final = {
         "UPDATE",
         "success_milestones",
     ): "reward_status reward_delivered_at acknowledged_at",
-    # `healthscore erase`: RECORD_TOMBSTONE, ADD_ROWS_REMOVED (erased_at and erased_by are
+    # `healthscore erase`: RECORD_TOMBSTONE, FINISH_ERASURE (erased_at and erased_by are
     # the database's: now() and session_user)
     (ERASER, "INSERT", "erased_organizations"): "organization_id rows_removed",
-    (ERASER, "UPDATE", "erased_organizations"): "rows_removed",
+    (ERASER, "UPDATE", "erased_organizations"): "rows_removed completed_at",
     # the WHERE clauses of DELETE_ORGANIZATION, DELETE_PROCESSED_EVENTS and the two
     # dead-letter deletes
     (ERASER, "SELECT", "organizations"): "id",

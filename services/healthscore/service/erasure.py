@@ -8,12 +8,14 @@ Each organization is erased in its own transaction, as healthscore_eraser
    reads the tombstone in the statement that claims its event ids. Then it deletes
    the `organizations` row (the state, score history, interactions, milestones,
    read model row, alert outbox and outcomes, labels, shadow rows, queue entries
-   cascade) and records the tombstone, `erased_organizations`. A consumer that held
-   the state finds its row gone when it saves (`save_states_checked`) and the
-   tombstone in its next claim; an erasure committed between a batch's claim and its
-   saves is found then (`sql.ERASED_AMONG`).
-2. A second transaction deletes what names the organization without a foreign key:
-   processed event ids and dead letters not yet published.
+   cascade) and its dead letters not yet published, and records the tombstone,
+   `erased_organizations`. A consumer that held the state finds its row gone when it
+   saves (`save_states_checked`) and the tombstone in its next claim; an erasure
+   committed between a batch's claim and its saves is found then (`sql.ERASED_AMONG`).
+2. A second transaction deletes its processed event ids (no foreign key, a large
+   table) and marks the erasure finished (`completed_at`). A command killed between
+   the two leaves it unfinished: `erase --list` says so, and the same command run
+   again finishes it.
 
 Then the compacted health feed gets a tombstone record (the key, no value), so its
 consumers drop the organization too. What this cannot reach (alerts and dead letters
@@ -65,6 +67,8 @@ class Erasure:
     # when the first erasure of it committed (None: a dry run of a first erasure)
     erased_at: datetime | None = None
     first: bool = False
+    # erased before by a run that never finished its second step: this run finishes it
+    resumed: bool = False
 
     @property
     def total(self) -> int:
@@ -134,28 +138,32 @@ async def _erase_rows(conn: asyncpg.Connection, organization: UUID, apply: bool)
             await conn.execute(erasure.ERASE_LOCK_TIMEOUT)
             await conn.execute(erasure.LOCK_CONSUMERS)
             await conn.execute(erasure.DELETE_ORGANIZATION, organization)
+            # here, not in the second step: the dead-letter relay would publish them
+            # (the erased payload) were the command killed between the two
+            canonical = str(organization).encode()
+            upper = str(organization).upper().encode()
+            hex_id = organization.hex
+            await conn.execute(erasure.DELETE_DEAD_LETTERS, hex_id, canonical, upper)
+            await conn.execute(erasure.DELETE_DEAD_LETTERS_WITHHELD, hex_id, canonical, upper)
             result.rows = _since(before, await _deleted(conn))
             result.erased_at = await conn.fetchval(
                 erasure.RECORD_TOMBSTONE, organization, orjson.dumps(result.rows).decode()
             )
             result.first = result.erased_at is not None
+            if not result.first:
+                result.resumed = bool(await conn.fetchval(erasure.ERASURE_UNFINISHED, organization))
             if not apply:
                 raise _DryRun
     except _DryRun:
         result.erased_at = None
-    canonical = str(organization).encode()
     try:
         async with conn.transaction():
-            upper = str(organization).upper().encode()
             before = await _deleted(conn)
             await conn.execute(erasure.DELETE_PROCESSED_EVENTS, organization)
-            hex_id = organization.hex
-            await conn.execute(erasure.DELETE_DEAD_LETTERS, hex_id, canonical, upper)
-            await conn.execute(erasure.DELETE_DEAD_LETTERS_WITHHELD, hex_id, canonical, upper)
             more = _since(before, await _deleted(conn))
-            if result.first and more:
+            if result.first or result.resumed:
                 await conn.execute(
-                    erasure.ADD_ROWS_REMOVED, organization, orjson.dumps(more).decode()
+                    erasure.FINISH_ERASURE, organization, orjson.dumps(more).decode()
                 )
             for table, count in more.items():
                 result.rows[table] = result.rows.get(table, 0) + count
@@ -187,6 +195,7 @@ async def erase_organization(conn: asyncpg.Connection, organization: UUID, apply
                 "organization_erased",
                 organization_id=str(organization),
                 first=result.first,
+                resumed=result.resumed,
                 rows=result.rows,
             )
         return result
@@ -196,7 +205,11 @@ async def erase_organization(conn: asyncpg.Connection, organization: UUID, apply
 def format_erasure(result: Erasure, applied: bool) -> list[str]:
     """What one organization's erasure removed (or would remove), per table."""
     verb = "removed" if applied else "would remove"
-    if applied and not result.first:
+    if applied and result.resumed:
+        state = " (erased before, unfinished: finished now)"
+    elif not applied and result.resumed:
+        state = " (erased before, unfinished: --yes finishes it)"
+    elif applied and not result.first:
         state = " (erased before: its tombstone stays as recorded)"
     elif not applied and not result.first:
         state = " (erased before)"

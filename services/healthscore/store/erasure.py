@@ -2,12 +2,14 @@
 
 One organization per transaction, in two steps. The first removes everything keyed
 to the organization by a foreign key (deleting its `organizations` row: ON DELETE
-CASCADE) and records the tombstone, while it holds every stored consumer offset: a
-batch locks its partitions' offset rows first, so the erasure waits for the batches
-in flight and every later batch's statements see the tombstone. The second deletes
-what carries the organization without a foreign key (processed event ids, dead
-letters), a scan better not made while consumers wait: no writer adds rows of an
-erased organization to them any more.
+CASCADE) and its dead letters not yet published, and records the tombstone, while it
+holds every stored consumer offset: a batch locks its partitions' offset rows first,
+so the erasure waits for the batches in flight and every later batch's statements see
+the tombstone. The dead letters go in the first step because the dead-letter relay
+would publish them (the erased payload) were the command killed before the second.
+The second deletes its processed event ids (a scan of a large table, better not made
+while consumers wait: no writer adds ids of an erased organization any more; nothing
+publishes them) and marks the erasure finished (`completed_at`, migration 0096).
 """
 
 from __future__ import annotations
@@ -63,14 +65,22 @@ WHERE n_tup_del > 0
 ORDER BY relname
 """
 
-# the second step's counts beside the first's, on the first erasure only
-ADD_ROWS_REMOVED = """
-UPDATE erased_organizations SET rows_removed = rows_removed || $2::jsonb
-WHERE organization_id = $1
+# an erasure recorded before whose second step never committed (the command killed
+# between its steps): this run finishes it
+ERASURE_UNFINISHED = """
+SELECT completed_at IS NULL FROM erased_organizations WHERE organization_id = $1
+"""
+
+# the second step's counts beside the first's, by the run that finishes the erasure
+FINISH_ERASURE = """
+UPDATE erased_organizations
+SET rows_removed = rows_removed || $2::jsonb, completed_at = now()
+WHERE organization_id = $1 AND completed_at IS NULL
 """
 
 ERASED = """
-SELECT organization_id, erased_at, erased_by, rows_removed::text AS rows_removed
+SELECT organization_id, erased_at, erased_by, rows_removed::text AS rows_removed,
+       completed_at
 FROM erased_organizations
 ORDER BY erased_at, organization_id
 """
