@@ -14,6 +14,10 @@ from healthscore.service.ops.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
+# the erased organizations a skip line names: a bulk offboarding whose organizations
+# keep sending puts thousands in one batch (the metric counts every record)
+ERASED_SAMPLE = 20
+
 
 class BatchLog:
     def __init__(self, metrics: Metrics, keep: int = 200) -> None:
@@ -47,11 +51,15 @@ class BatchLog:
             )
         if outcome.erased_by_topic:
             # ids only: the records' content is what the erasure removed
+            named = outcome.erased_organizations
             log.warning(
                 "erased_organization_events_skipped",
-                organizations=outcome.erased_organizations,
+                organizations=len(named),
+                sample=named[:ERASED_SAMPLE],
                 records=outcome.erased_by_topic,
             )
+            # the summaries kept are bounded as the line is
+            outcome.erased_organizations = named[:ERASED_SAMPLE]
         outcome.rejections = []
         self.recent.append(outcome)
         handled = outcome.records - outcome.skipped_replayed
