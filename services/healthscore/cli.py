@@ -505,10 +505,29 @@ def cmd_erase(args: argparse.Namespace) -> int:
             except KafkaError as exc:
                 print(
                     f"error: erased, but the health feed tombstones were not published "
-                    f"({type(exc).__name__}: {exc}): run the same command again",
+                    f"({type(exc).__name__}: {exc}): they are owed "
+                    "(health_feed_tombstones_owed) and the running service publishes them "
+                    "once its broker takes them; or run the same command again",
                     file=sys.stderr,
                 )
                 return 2
+            try:
+                conn = await connect(
+                    url.get_secret_value(),
+                    database_tls(settings),
+                    server_settings={"role": ERASER_ROLE},
+                )
+                try:
+                    await conn.execute(erasure.FEED_TOMBSTONES_PUBLISHED, erased)
+                finally:
+                    await conn.close()
+            except (OSError, asyncpg.PostgresError) as exc:
+                # published: the service publishes them once more, which is harmless
+                print(
+                    f"warning: tombstones published, but not marked so "
+                    f"({type(exc).__name__}): the service publishes them again",
+                    file=sys.stderr,
+                )
             print(
                 f"{len(erased)} organization(s) erased; health feed tombstones published to "
                 f"{settings.health_topic}"

@@ -91,14 +91,16 @@ async def _send(bootstrap: str, topics: Topics, org: str, count: int, bad: bool 
 
 async def _rows_of(database_url: str, org: str) -> dict[str, int]:
     """Every row of `org` in every table (its id in an organization_id column, its
-    `organizations` row, its dead letters by key), per table; only those with rows."""
+    `organizations` row, its dead letters by key), per table; only those with rows. The
+    erasure's own records (the tombstone, its owed feed tombstone) hold the id only."""
     conn = await asyncpg.connect(database_url)
     try:
         tables = await conn.fetch(
             """SELECT c.table_name FROM information_schema.columns c
                JOIN information_schema.tables t USING (table_schema, table_name)
                WHERE c.table_schema = 'public' AND c.column_name = 'organization_id'
-                 AND t.table_type = 'BASE TABLE' AND c.table_name <> 'erased_organizations'
+                 AND t.table_type = 'BASE TABLE'
+                 AND c.table_name NOT IN ('erased_organizations', 'health_feed_tombstones_owed')
                ORDER BY 1"""
         )
         counts: dict[str, int] = {}

@@ -218,3 +218,51 @@ async def test_a_late_record_of_an_organization_erased_meanwhile_is_followed_by_
         # tombstone again
         assert None in values[:-1] and values[values.index(None) + 1] is not None, values
         assert values[-1] is None, values
+
+
+async def test_an_owed_tombstone_is_published_by_a_pass_once_the_broker_takes_it(
+    database_factory: Any, migrated_template: str
+) -> None:
+    """An erasure whose command could not publish the feed's tombstone (it owes it, in
+    its first transaction): a pass whose path to the broker is stalled keeps it owed,
+    a pass after the path heals publishes it and clears it. Before, nothing but running
+    the erasure again published it: the compacted feed kept the erased organization's
+    last score."""
+    from healthscore.service.erasure import erase_organization
+    from tests.integration.test_owned_states import _org
+    from tests.utils.harness import consume_all
+
+    url = await database_factory(template=migrated_template)
+    first, _, _ = _batches(_Log())
+    model = default_model()
+    gone = _org(3)
+    owed = "SELECT organization_id FROM health_feed_tombstones_owed"
+    async with _stalled_path(url) as (relay, bootstrap, pool, stalled, other):
+        topics = await make_topics(bootstrap, partitions=1)
+        await _pipeline(pool, other, 0).process(first)
+        mine = Projector(pool, model, stalled, topics.health)
+        assert await mine.project_once() == 6
+        eraser = await asyncpg.connect(url, server_settings={"role": "healthscore_eraser"})
+        try:
+            await erase_organization(eraser, uuid.UUID(gone), apply=True)
+        finally:
+            await eraser.close()
+        # the command's own publish never happened: the tombstone is owed
+        assert [str(r[0]) for r in await _rows(url, owed)] == [gone]
+
+        relay.stall(STALLED)
+        assert await asyncio.wait_for(mine.publish_owed_tombstones(), 30) == 0
+        assert [str(r[0]) for r in await _rows(url, owed)] == [gone]
+
+        relay.heal(STALLED)
+        published = 0
+        for _ in range(100):  # the pause after the failure, then a pass
+            published = await asyncio.wait_for(mine.publish_owed_tombstones(), 30)
+            if published:
+                break
+            await asyncio.sleep(0.1)
+        assert published == 1
+        assert await _rows(url, owed) == []
+        records = await consume_all(bootstrap, topics.health, timeout=4.0, done=lambda _: False)
+        values = [r.value for r in records if r.key == gone.encode()]
+        assert values[0] is not None and values[-1] is None, values

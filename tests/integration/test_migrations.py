@@ -363,6 +363,9 @@ WRITER_PRIVILEGES: dict[str, tuple[set[str], set[str]]] = {
     # the tombstones, read by a batch's claim and the statements that create an
     # organization's first rows; written only by `healthscore erase` (its own role)
     "erased_organizations": ({"SELECT"}, {"SELECT"}),
+    # erased organizations' owed feed tombstones (0097): published and deleted by the
+    # projector, owed by it when a late record's tombstone could not be published again
+    "health_feed_tombstones_owed": ({"SELECT", "DELETE"}, {"SELECT", "INSERT"}),
 }
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 

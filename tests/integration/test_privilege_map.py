@@ -115,6 +115,13 @@ TABLES: Final = {
     f"{ERASER}: DELETE on table processed_events",
     f"{ERASER}: DELETE on table dead_letter_outbox",
     f"{ERASER}: DELETE on table dead_letters_withheld",
+    # owed health-feed tombstones (0097): OWE_FEED_TOMBSTONE's ON CONFLICT and
+    # FEED_TOMBSTONES_PUBLISHED (the eraser); OWED_FEED_TOMBSTONES,
+    # FEED_TOMBSTONES_PUBLISHED and OWE_FEED_TOMBSTONES (the projector)
+    f"{ERASER}: SELECT on table health_feed_tombstones_owed",
+    f"{ERASER}: DELETE on table health_feed_tombstones_owed",
+    f"{WRITER}: SELECT on table health_feed_tombstones_owed",
+    f"{WRITER}: DELETE on table health_feed_tombstones_owed",
 }
 
 _HISTORY_SCORE = (
@@ -260,6 +267,9 @@ COLUMNS: Final = {
     # the database's: now() and session_user)
     (ERASER, "INSERT", "erased_organizations"): "organization_id rows_removed",
     (ERASER, "UPDATE", "erased_organizations"): "rows_removed completed_at",
+    # OWE_FEED_TOMBSTONE (the eraser), OWE_FEED_TOMBSTONES (the projector)
+    (ERASER, "INSERT", "health_feed_tombstones_owed"): "organization_id",
+    (WRITER, "INSERT", "health_feed_tombstones_owed"): "organization_id",
     # the WHERE clauses of DELETE_ORGANIZATION, DELETE_PROCESSED_EVENTS and the two
     # dead-letter deletes
     (ERASER, "SELECT", "organizations"): "id",

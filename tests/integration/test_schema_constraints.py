@@ -197,6 +197,8 @@ def valid_row(table: str, organization_id: uuid.UUID, **overrides: Any) -> dict[
         return b.score_quality_summary(**overrides)
     if table == "erased_organizations":
         return b.erased_organization(**overrides)
+    if table == "health_feed_tombstones_owed":
+        return b.health_feed_tombstone_owed(organization_id, **overrides)
     return b.ORGANIZATION_CHILDREN[table](organization_id, **overrides)
 
 
@@ -220,6 +222,11 @@ async def test_every_check_constraint_has_a_bad_value_case(schema_db: asyncpg.Co
 async def test_valid_rows_are_accepted(schema_db: asyncpg.Connection, table: str) -> None:
     async with schema_db.transaction():
         org_id = await new_organization(schema_db)
+        if table == "health_feed_tombstones_owed":
+            # owed only for an erased organization (its foreign key)
+            await b.insert_row(
+                schema_db, "erased_organizations", b.erased_organization(organization_id=org_id)
+            )
         if table != "organizations":
             await b.insert_row(schema_db, table, valid_row(table, org_id))
 

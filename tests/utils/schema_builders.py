@@ -197,6 +197,12 @@ def erased_organization(**overrides: Any) -> Row:
     }
 
 
+def health_feed_tombstone_owed(organization_id: uuid.UUID, **overrides: Any) -> Row:
+    """An erased organization's owed feed tombstone (migration 0097): its
+    erased_organizations row first."""
+    return {"organization_id": organization_id, **overrides}
+
+
 def health_feed_owed(organization_id: uuid.UUID, **overrides: Any) -> Row:
     return {"organization_id": organization_id, **overrides}
 

@@ -18,7 +18,9 @@ Each organization is erased in its own transaction, as healthscore_eraser
    again finishes it.
 
 Then the compacted health feed gets a tombstone record (the key, no value), so its
-consumers drop the organization too. What this cannot reach (alerts and dead letters
+consumers drop the organization too. The first transaction owes it
+(`health_feed_tombstones_owed`, migration 0097): when the command cannot publish it,
+the running service's projector does. What this cannot reach (alerts and dead letters
 already published, records in the input topics until their retention) is said in
 docs/operations.md, "Erasing an organization".
 
@@ -150,6 +152,9 @@ async def _erase_rows(conn: asyncpg.Connection, organization: UUID, apply: bool)
                 erasure.RECORD_TOMBSTONE, organization, orjson.dumps(result.rows).decode()
             )
             result.first = result.erased_at is not None
+            # owed until a broker takes it: the command publishes it below, else the
+            # running service does (a refused publish, a command killed before it)
+            await conn.execute(erasure.OWE_FEED_TOMBSTONE, organization)
             if not result.first:
                 result.resumed = bool(await conn.fetchval(erasure.ERASURE_UNFINISHED, organization))
             if not apply:

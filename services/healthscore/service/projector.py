@@ -41,6 +41,7 @@ its older ones went out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 import time
@@ -81,6 +82,9 @@ FEED_PAUSE_SECONDS = 30.0
 # a pass waits this long at most for the feed of its page before it commits the read
 # model without it (the feed is then owed); a page is acknowledged in far less
 PASS_FEED_TIMEOUT_SECONDS = 10.0
+# how often a pass looks for erased organizations' owed health-feed tombstones (rare:
+# an erasure whose own publish failed)
+OWED_TOMBSTONES_EVERY_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +175,8 @@ class Projector:
         self._feed_paused_until = 0.0
         # feeds given up on, still followed to learn whether the broker took them later
         self._late_feeds: set[asyncio.Task[None]] = set()
+        # when (monotonic) a pass last looked for owed tombstones
+        self._tombstones_looked_at = -math.inf
 
     async def project_once(self) -> int:
         """Project a page of the oldest queued organizations of every shard that no
@@ -182,10 +188,45 @@ class Projector:
         process held the shard)."""
         # from a random shard: processes passing at once mostly take different ones
         first = random.randrange(self._shards)
-        return [
+        taken = [
             await self._project_shard((first + index) % self._shards, min_age)
             for index in range(self._shards)
         ]
+        if time.monotonic() - self._tombstones_looked_at >= OWED_TOMBSTONES_EVERY_SECONDS:
+            self._tombstones_looked_at = time.monotonic()
+            await self.publish_owed_tombstones()
+        return taken
+
+    async def publish_owed_tombstones(self) -> int:
+        """Publish the health-feed tombstones of erased organizations that no broker took
+        yet (`health_feed_tombstones_owed`: the erasure's own publish failed, or its
+        command was killed first); how many were published."""
+        if not self._feeds() or not self._feed_up():
+            return 0
+        assert self._producer is not None and self._health_topic is not None
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(sql.OWED_FEED_TOMBSTONES, self._page)
+        if not rows:
+            return 0
+        erased = [r["organization_id"] for r in rows]
+        try:
+            await asyncio.wait_for(
+                send_keyed(
+                    self._producer,
+                    self._health_topic,
+                    [(str(org).encode(), None) for org in erased],
+                ),
+                PASS_FEED_TIMEOUT_SECONDS,
+            )
+        except (TimeoutError, KafkaError) as exc:
+            # still owed; a tombstone landing late is as good as one in time
+            self._feed_paused_until = time.monotonic() + FEED_PAUSE_SECONDS
+            log.warning("health_feed_tombstones_owed", organizations=len(erased), error=repr(exc))
+            return 0
+        async with self._pool.acquire() as conn:
+            await conn.execute(sql.FEED_TOMBSTONES_PUBLISHED, erased)
+        log.info("health_feed_tombstones_published", organizations=len(erased))
+        return len(erased)
 
     async def _project_shard(self, shard: int, min_age: float) -> int | None:
         started = time.perf_counter()
@@ -394,9 +435,10 @@ class Projector:
         behind."""
         if self._producer is None or self._health_topic is None:
             return
+        erased: set[str] = set()
         try:
             async with self._pool.acquire() as conn:
-                erased = await erased_among(conn, organizations)
+                erased = set(await erased_among(conn, organizations))
             if erased:
                 await send_keyed(
                     self._producer,
@@ -405,8 +447,20 @@ class Projector:
                 )
                 log.info("health_feed_tombstones_published_again", organizations=len(erased))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError) as exc:
+            owed = False
+            if erased:
+                # owed: a later pass publishes them (`publish_owed_tombstones`)
+                with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    async with self._pool.acquire() as conn:
+                        await conn.execute(
+                            sql.OWE_FEED_TOMBSTONES, [UUID(org) for org in sorted(erased)]
+                        )
+                    owed = True
             log.warning(
-                "health_feed_tombstones_failed", organizations=len(organizations), error=repr(exc)
+                "health_feed_tombstones_failed",
+                organizations=len(organizations),
+                owed=owed,
+                error=repr(exc),
             )
 
     async def staleness(self) -> float:

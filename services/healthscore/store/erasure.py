@@ -84,3 +84,15 @@ SELECT organization_id, erased_at, erased_by, rows_removed::text AS rows_removed
 FROM erased_organizations
 ORDER BY erased_at, organization_id
 """
+
+# the health feed's tombstone, owed with the erasure (in its first transaction): the
+# command publishes it, else the running service's projector does (migration 0097)
+OWE_FEED_TOMBSTONE = """
+INSERT INTO health_feed_tombstones_owed (organization_id) VALUES ($1)
+ON CONFLICT (organization_id) DO NOTHING
+"""
+
+# after the command's own publish was acknowledged
+FEED_TOMBSTONES_PUBLISHED = """
+DELETE FROM health_feed_tombstones_owed WHERE organization_id = ANY($1::uuid[])
+"""

@@ -51,6 +51,8 @@ SERVICE_TABLES: Final = (
     "score_quality_summary",
     # erased organizations: the tombstone and the audit trail of `healthscore erase` (0095)
     "erased_organizations",
+    # erased organizations' health-feed tombstones no broker has taken yet (0097)
+    "health_feed_tombstones_owed",
 )
 TABLES: Final = CORE_TABLES + READ_MODEL_TABLES + SERVICE_TABLES
 # service tables the dashboard reads too: the score trail and the alerts (0030), the

@@ -410,6 +410,27 @@ DELETE FROM health_feed_owed WHERE organization_id = ANY($1::uuid[])
 
 OLDEST_OWED_HEALTH_FEED = "SELECT min(owed_since) FROM health_feed_owed"
 
+# erased organizations' health-feed tombstones no broker took yet (migration 0097):
+# oldest first, unlocked (two replicas publishing one twice is harmless: a tombstone
+# again)
+OWED_FEED_TOMBSTONES = """
+SELECT organization_id FROM health_feed_tombstones_owed
+ORDER BY owed_since, organization_id
+LIMIT $1
+"""
+
+FEED_TOMBSTONES_PUBLISHED = """
+DELETE FROM health_feed_tombstones_owed WHERE organization_id = ANY($1::uuid[])
+"""
+
+# a tombstone that could not be published again after a late feed record (the foreign
+# key takes only erased organizations)
+OWE_FEED_TOMBSTONES = """
+INSERT INTO health_feed_tombstones_owed (organization_id)
+SELECT unnest($1::uuid[])
+ON CONFLICT (organization_id) DO NOTHING
+"""
+
 # previous_score: the score shown before the last change of the score
 UPSERT_CUSTOMER_HEALTH = """
 INSERT INTO customer_health AS h (
