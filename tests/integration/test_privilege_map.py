@@ -273,6 +273,8 @@ COLUMNS: Final = {
     # the WHERE clauses of DELETE_ORGANIZATION, DELETE_PROCESSED_EVENTS and the two
     # dead-letter deletes
     (ERASER, "SELECT", "organizations"): "id",
+    # CLAIM_ORGANIZATION: waits for a writer creating the organization (0098)
+    (ERASER, "INSERT", "organizations"): "id",
     (ERASER, "SELECT", "processed_events"): "organization_id",
     (ERASER, "SELECT", "dead_letter_outbox"): "record_key record_value",
     (ERASER, "SELECT", "dead_letters_withheld"): "record_key record_value",
@@ -414,6 +416,13 @@ POLICIES: Final = {
     # `healthscore erase`: DELETE_ORGANIZATION (its WHERE reads the row: SELECT too)
     ("organizations", "organizations_eraser_select"): ("SELECT", ERASER, "true", None),
     ("organizations", "organizations_eraser_delete"): ("DELETE", ERASER, "true", None),
+    # CLAIM_ORGANIZATION (0098): the id only, deleted in the same transaction
+    ("organizations", "organizations_eraser_insert"): (
+        "INSERT",
+        ERASER,
+        None,
+        "((name IS NULL) AND (plan IS NULL))",
+    ),
 }
 
 

@@ -139,6 +139,8 @@ async def _erase_rows(conn: asyncpg.Connection, organization: UUID, apply: bool)
             before = await _deleted(conn)
             await conn.execute(erasure.ERASE_LOCK_TIMEOUT)
             await conn.execute(erasure.LOCK_CONSUMERS)
+            # waits for a transaction creating the organization (not committed yet)
+            claimed = await conn.fetchval(erasure.CLAIM_ORGANIZATION, organization)
             await conn.execute(erasure.DELETE_ORGANIZATION, organization)
             # here, not in the second step: the dead-letter relay would publish them
             # (the erased payload) were the command killed between the two
@@ -148,6 +150,11 @@ async def _erase_rows(conn: asyncpg.Connection, organization: UUID, apply: bool)
             await conn.execute(erasure.DELETE_DEAD_LETTERS, hex_id, canonical, upper)
             await conn.execute(erasure.DELETE_DEAD_LETTERS_WITHHELD, hex_id, canonical, upper)
             result.rows = _since(before, await _deleted(conn))
+            if claimed is not None:
+                # the row the claim inserted: not the organization's
+                result.rows["organizations"] -= 1
+                if not result.rows["organizations"]:
+                    del result.rows["organizations"]
             result.erased_at = await conn.fetchval(
                 erasure.RECORD_TOMBSTONE, organization, orjson.dumps(result.rows).decode()
             )

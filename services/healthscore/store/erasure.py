@@ -31,6 +31,15 @@ ON CONFLICT (organization_id) DO NOTHING
 RETURNING erased_at
 """
 
+# before the delete: a writer's uncommitted row of the id (an import page or batch
+# creating the organization) makes this wait for that transaction, so the delete
+# sees what it created (migration 0098); RETURNING: inserted here, not counted
+CLAIM_ORGANIZATION = """
+INSERT INTO organizations (id) VALUES ($1)
+ON CONFLICT (id) DO NOTHING
+RETURNING id
+"""
+
 DELETE_ORGANIZATION = "DELETE FROM organizations WHERE id = $1"
 
 DELETE_PROCESSED_EVENTS = "DELETE FROM processed_events WHERE organization_id = $1"
