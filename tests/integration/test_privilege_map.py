@@ -110,11 +110,9 @@ TABLES: Final = {
     # ON CONFLICT, ERASURE_UNFINISHED, FINISH_ERASURE's WHERE, ERASED (`erase --list`)
     f"{ERASER}: SELECT on table erased_organizations",
     # DELETE_ORGANIZATION (its policies below; the data cascades as the owner),
-    # DELETE_PROCESSED_EVENTS, DELETE_DEAD_LETTERS, DELETE_DEAD_LETTERS_WITHHELD
+    # DELETE_PROCESSED_EVENTS (DELETE_DEAD_LETTERS: erase_dead_letters(), below)
     f"{ERASER}: DELETE on table organizations",
     f"{ERASER}: DELETE on table processed_events",
-    f"{ERASER}: DELETE on table dead_letter_outbox",
-    f"{ERASER}: DELETE on table dead_letters_withheld",
     # owed health-feed tombstones (0097): OWE_FEED_TOMBSTONE's ON CONFLICT and
     # FEED_TOMBSTONES_PUBLISHED (the eraser); OWED_FEED_TOMBSTONES,
     # FEED_TOMBSTONES_PUBLISHED and OWE_FEED_TOMBSTONES (the projector)
@@ -270,14 +268,11 @@ COLUMNS: Final = {
     # OWE_FEED_TOMBSTONE (the eraser), OWE_FEED_TOMBSTONES (the projector)
     (ERASER, "INSERT", "health_feed_tombstones_owed"): "organization_id",
     (WRITER, "INSERT", "health_feed_tombstones_owed"): "organization_id",
-    # the WHERE clauses of DELETE_ORGANIZATION, DELETE_PROCESSED_EVENTS and the two
-    # dead-letter deletes
+    # the WHERE clauses of DELETE_ORGANIZATION and DELETE_PROCESSED_EVENTS
     (ERASER, "SELECT", "organizations"): "id",
     # CLAIM_ORGANIZATION: waits for a writer creating the organization (0098)
     (ERASER, "INSERT", "organizations"): "id",
     (ERASER, "SELECT", "processed_events"): "organization_id",
-    (ERASER, "SELECT", "dead_letter_outbox"): "record_key record_value",
-    (ERASER, "SELECT", "dead_letters_withheld"): "record_key record_value",
     # LOCK_CONSUMERS: FOR UPDATE needs UPDATE on a column; it updates none
     (ERASER, "SELECT", "consumer_offsets"): "consumer_group topic partition",
     (ERASER, "UPDATE", "consumer_offsets"): "updated_at",
@@ -303,6 +298,8 @@ FUNCTIONS: Final = {
     f"{DASHBOARD}: EXECUTE on function app_organization_history(text,uuid,integer)",
     # api/invalidation.py: the listener's key (read_model_changes.SIGNING_KEY_RETIRES_AT)
     f"{DASHBOARD}: EXECUTE on function app_signing_key_retires_at(integer)",
+    # store/erasure.py DELETE_DEAD_LETTERS (0099): the eraser reads no dead letter
+    f"{ERASER}: EXECUTE on function erase_dead_letters(uuid)",
 }
 
 # SECURITY DEFINER functions (they run as healthscore_owner) and their pinned search_path:
@@ -310,6 +307,8 @@ FUNCTIONS: Final = {
 _PINNED = "search_path=pg_catalog, pg_temp"
 SECURITY_DEFINER: Final = {
     "app_identity_prepare()": _PINNED,
+    # `healthscore erase`: one organization's dead letters, none read by the eraser (0099)
+    "erase_dead_letters(uuid)": _PINNED,
     "app_login(text)": _PINNED,
     "app_logout()": _PINNED,
     "app_signing_key_retires_at(integer)": _PINNED,
@@ -356,11 +355,14 @@ POLICIES: Final = {
     ),
     ("health_score_history", "health_score_history_writer_all"): ("ALL", WRITER, "true", "true"),
     ("organizations", "organizations_dashboard_admin_select"): ("SELECT", DASHBOARD, _ADMIN, None),
+    # never an erased organization's id (0099): its statements leave those out too
     ("organizations", "organizations_writer_insert"): (
         "INSERT",
         WRITER,
         None,
-        "((name IS NULL) AND (plan IS NULL))",
+        "((name IS NULL) AND (plan IS NULL) AND (NOT (EXISTS ( SELECT 1\n"
+        "   FROM erased_organizations z\n"
+        "  WHERE (z.organization_id = organizations.id)))))",
     ),
     ("organizations", "organizations_writer_select"): ("SELECT", WRITER, "true", None),
     ("score_quality_summary", "score_quality_summary_dashboard_admin_select"): (

@@ -144,11 +144,7 @@ async def _erase_rows(conn: asyncpg.Connection, organization: UUID, apply: bool)
             await conn.execute(erasure.DELETE_ORGANIZATION, organization)
             # here, not in the second step: the dead-letter relay would publish them
             # (the erased payload) were the command killed between the two
-            canonical = str(organization).encode()
-            upper = str(organization).upper().encode()
-            hex_id = organization.hex
-            await conn.execute(erasure.DELETE_DEAD_LETTERS, hex_id, canonical, upper)
-            await conn.execute(erasure.DELETE_DEAD_LETTERS_WITHHELD, hex_id, canonical, upper)
+            await conn.execute(erasure.DELETE_DEAD_LETTERS, organization)
             result.rows = _since(before, await _deleted(conn))
             if claimed is not None:
                 # the row the claim inserted: not the organization's

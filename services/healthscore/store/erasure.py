@@ -44,25 +44,12 @@ DELETE_ORGANIZATION = "DELETE FROM organizations WHERE id = $1"
 
 DELETE_PROCESSED_EVENTS = "DELETE FROM processed_events WHERE organization_id = $1"
 
-# a dead letter names its organization in its key (canonical, or any other spelling the
-# consumer reads as the id: `pipeline._key_organization` parses the key as a UUID, so the
-# case, braces, a urn:uuid: prefix, hyphens and surrounding whitespace vary; refused as
-# invalid_key) or, with another key or none, in its value. $1 is the id's 32 hex digits
-DELETE_DEAD_LETTERS = """
-DELETE FROM dead_letter_outbox
-WHERE replace(btrim(replace(replace(
-          lower(btrim(encode(record_key, 'escape'), E' \\t\\n\\r\\f\\x0b')),
-          'urn:', ''), 'uuid:', ''), '{}'), '-', '') = $1::text
-   OR position($2::bytea IN record_value) > 0 OR position($3::bytea IN record_value) > 0
-"""
-
-DELETE_DEAD_LETTERS_WITHHELD = """
-DELETE FROM dead_letters_withheld
-WHERE replace(btrim(replace(replace(
-          lower(btrim(encode(record_key, 'escape'), E' \\t\\n\\r\\f\\x0b')),
-          'urn:', ''), 'uuid:', ''), '{}'), '-', '') = $1::text
-   OR position($2::bytea IN record_value) > 0 OR position($3::bytea IN record_value) > 0
-"""
+# its dead letters not yet published, by key (in any spelling the consumer reads as
+# the id: `pipeline._key_organization` parses the key as a UUID, so the case, braces,
+# a urn:uuid: prefix, hyphens and surrounding whitespace vary; refused as invalid_key)
+# or by the id in the value: erase_dead_letters() (migration 0099), SECURITY DEFINER,
+# so that the eraser reads no dead letter of another organization
+DELETE_DEAD_LETTERS = "SELECT erase_dead_letters($1)"
 
 # the rows deleted per table (cascades included), read before and after an erasure's
 # deletes: what it removes, counted without reading rows row-level security hides from

@@ -1,0 +1,176 @@
+"""Role escalation around `healthscore erase`, with real roles and connections.
+
+As an operator's login that is a member of healthscore_eraser (as the runbook grants
+it): nothing beyond what erasing needs. It must not read other organizations' data (the
+read model, the dead letters' payloads), change the audit trail of an erasure already
+finished, or hand its rights on. As the service's role: no way to undo an erasure (the
+tombstone cannot be deleted or changed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+
+import asyncpg
+import pytest
+
+from healthscore.service.erasure import erase_organization
+from healthscore.service.ingest.decode import RawRecord, Rejection
+from healthscore.service.ingest.dlq import dead_letter_columns
+from healthscore.store import sql
+from tests.integration.test_erase_organization import _eraser_login
+from tests.utils.harness import fetchval
+
+DENIED = (asyncpg.InsufficientPrivilegeError,)
+
+
+async def _dead_letter(database_url: str, org: uuid.UUID, body: bytes) -> None:
+    """A pending dead letter of `org`, and one its topic refused (kept, withheld)."""
+    rejections = [
+        Rejection(RawRecord("product.usage.v1", 0, offset, str(org).encode(), body), "x", "y")
+        for offset in (uuid.uuid4().int % 10**9, uuid.uuid4().int % 10**9 + 1)
+    ]
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(sql.INSERT_DEAD_LETTERS, *dead_letter_columns(rejections))
+        newest = await conn.fetchval("SELECT max(id) FROM dead_letter_outbox")
+        await conn.execute(sql.WITHHOLD_DEAD_LETTERS, [newest], ["too large"])
+    finally:
+        await conn.close()
+
+
+async def test_the_eraser_reads_no_other_organizations_data(migrated_database: str) -> None:
+    other = uuid.uuid4()
+    await _dead_letter(migrated_database, other, b'{"subject": "Jane Doe jane@example.com"}')
+    async with _eraser_login(migrated_database) as (eraser_url, _login):
+        conn = await asyncpg.connect(eraser_url)
+        try:
+            for query in (
+                "SELECT * FROM customer_health",
+                "SELECT * FROM support_interactions",
+                "SELECT state_msgpack FROM organization_state",
+                "SELECT name FROM organizations",
+                "SELECT email FROM user_profiles",
+                "SELECT payload FROM alert_outbox",
+                # other organizations' dead-lettered records: personal data in their values
+                "SELECT record_value FROM dead_letter_outbox",
+                "SELECT record_value FROM dead_letters_withheld",
+                "SELECT record_key FROM dead_letter_outbox",
+            ):
+                with pytest.raises(DENIED):
+                    await conn.fetch(query)
+            # nor can it delete them beyond its organization's
+            with pytest.raises(DENIED):
+                await conn.execute("DELETE FROM dead_letter_outbox")
+            with pytest.raises(DENIED):
+                await conn.execute("DELETE FROM dead_letters_withheld")
+            # nor hand its rights on (PostgreSQL warns and grants nothing, or refuses)
+            for statement in (
+                "GRANT SELECT ON erased_organizations TO PUBLIC",
+                "GRANT INSERT ON erased_organizations TO healthscore_writer",
+            ):
+                with contextlib.suppress(*DENIED):
+                    await conn.execute(statement)
+            with pytest.raises(DENIED):
+                await conn.execute("GRANT healthscore_eraser TO healthscore_writer")
+            # nor take the service's or the owner's
+            for statement in (
+                "SET ROLE healthscore_writer",
+                "SET ROLE healthscore_owner",
+                "DELETE FROM erased_organizations",
+            ):
+                with pytest.raises(DENIED):
+                    await conn.execute(statement)
+        finally:
+            await conn.close()
+    assert not await fetchval(
+        migrated_database, "SELECT has_table_privilege('public', 'erased_organizations', 'SELECT')"
+    )
+    assert not await fetchval(
+        migrated_database,
+        "SELECT has_table_privilege('healthscore_writer', 'erased_organizations', 'INSERT')",
+    )
+    assert await fetchval(migrated_database, "SELECT count(*) FROM dead_letter_outbox") == 1
+    assert await fetchval(migrated_database, "SELECT count(*) FROM dead_letters_withheld") == 1
+
+
+async def test_the_eraser_still_erases_the_dead_letters_of_its_organization(
+    migrated_database: str,
+) -> None:
+    gone, other = uuid.uuid4(), uuid.uuid4()
+    await _dead_letter(migrated_database, other, b'{"subject": "John Roe"}')
+    await _dead_letter(migrated_database, gone, b'{"subject": "Jane Doe"}')
+    eraser = await asyncpg.connect(
+        migrated_database, server_settings={"role": "healthscore_eraser"}
+    )
+    try:
+        result = await erase_organization(eraser, gone, apply=True)
+    finally:
+        await eraser.close()
+    assert result.rows.get("dead_letter_outbox") == 1, result.rows
+    assert result.rows.get("dead_letters_withheld") == 1, result.rows
+    for table in ("dead_letter_outbox", "dead_letters_withheld"):
+        keys = await fetchval(migrated_database, f"SELECT array_agg(record_key) FROM {table}")
+        assert keys == [str(other).encode()], table
+
+
+async def test_a_finished_erasures_audit_trail_cannot_be_changed(migrated_database: str) -> None:
+    org = uuid.uuid4()
+    async with _eraser_login(migrated_database) as (eraser_url, _login):
+        conn = await asyncpg.connect(eraser_url, server_settings={"role": "healthscore_eraser"})
+        try:
+            await erase_organization(conn, org, apply=True)
+            for statement in (
+                "UPDATE erased_organizations SET rows_removed = '{\"organizations\": 0}'",
+                "UPDATE erased_organizations SET completed_at = NULL",
+                "UPDATE erased_organizations SET completed_at = now() - interval '1 year'",
+            ):
+                with pytest.raises(asyncpg.RaiseError, match="finished erasure"):
+                    await conn.execute(statement)
+        finally:
+            await conn.close()
+    row = await fetchval(
+        migrated_database,
+        "SELECT completed_at IS NOT NULL FROM erased_organizations WHERE organization_id = $1",
+        org,
+    )
+    assert row is True
+
+
+async def test_the_service_cannot_undo_an_erasure(migrated_database: str) -> None:
+    org = uuid.uuid4()
+    eraser = await asyncpg.connect(
+        migrated_database, server_settings={"role": "healthscore_eraser"}
+    )
+    try:
+        await erase_organization(eraser, org, apply=True)
+    finally:
+        await eraser.close()
+    writer = await asyncpg.connect(
+        migrated_database, server_settings={"role": "healthscore_writer"}
+    )
+    try:
+        for statement in (
+            "DELETE FROM erased_organizations",
+            "UPDATE erased_organizations SET organization_id = gen_random_uuid()",
+            "TRUNCATE erased_organizations",
+            "INSERT INTO erased_organizations (organization_id) VALUES (gen_random_uuid())",
+            "ALTER TABLE erased_organizations DISABLE TRIGGER ALL",
+            "DROP TABLE erased_organizations",
+        ):
+            with pytest.raises((*DENIED, asyncpg.WrongObjectTypeError)):
+                await writer.execute(statement)
+        # nor create the erased organization's row itself, outside its statements
+        with pytest.raises(DENIED):
+            await writer.execute("INSERT INTO organizations (id) VALUES ($1)", org)
+    finally:
+        await writer.close()
+    assert (
+        await fetchval(
+            migrated_database,
+            "SELECT count(*) FROM erased_organizations WHERE organization_id = $1",
+            org,
+        )
+        == 1
+    )
