@@ -16,10 +16,15 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from healthscore.core.scoring.model import default_model
 from healthscore.service.erasure import erase_organization
 from healthscore.service.imports import Profile, _apply_profile_page
+from healthscore.service.shadow import ShadowScorer
 from tests.integration.test_erase_organization import _rows_of
+from tests.integration.test_score_quality import Feed, T, eager, feed, org, quiet
 from tests.utils.harness import fetchval
+
+__all__ = ["feed"]  # the fixture, used by name
 
 
 async def test_an_import_page_open_when_the_erasure_commits_leaves_nothing(
@@ -71,3 +76,67 @@ async def test_erasing_a_never_seen_organization_counts_no_rows(migrated_databas
         await eraser.close()
     assert result.first and result.rows == {}, result.rows
     assert await _rows_of(migrated_database, str(org)) == {}
+
+
+async def test_a_shadow_page_that_read_an_organization_erased_before_its_write_does_not_fail(
+    feed: Feed, migrated_database: str
+) -> None:
+    """The shadow scorer reads a page of states without row locks, then writes the
+    candidate's scores: an erasure committed in between left a score of an organization
+    whose row is gone, and the page failed on the foreign key (shadow_failed; the next
+    page healed it). The page is held between its read and its write by another
+    session's uncommitted shadow row of the page's first organization."""
+    first, gone = sorted([org("race-a"), org("race-b")])
+    live = quiet(default_model())
+    for organization in (first, gone):
+        await feed.apply(feed.logins(organization, T, 3), live)
+    candidate = eager(default_model(), "v2-race")
+    scorer = ShadowScorer(feed.pool, candidate)
+    holder = await asyncpg.connect(migrated_database)
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute(
+            "INSERT INTO shadow_health (organization_id, score_model_version, health_score,"
+            " churn_probability, risk_level, components, scored_at, shadow_state,"
+            " source_version, started_at) VALUES ($1, $2, 50, 0.1, 'low', '{}', now(),"
+            " '{}', 0, now())",
+            first,
+            candidate.version,
+        )
+        page = asyncio.create_task(scorer.score_page())
+        # the page waits on the held row: its read is done, its write not
+        for _ in range(200):
+            waiting = await holder.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND pid <> pg_backend_pid() AND datname = current_database()"
+            )
+            assert not page.done(), page.result()
+            if waiting:
+                break
+            await asyncio.sleep(0.05)
+        assert waiting == 1, await holder.fetch(
+            "SELECT state, wait_event_type, wait_event, left(query, 60) AS q"
+            " FROM pg_stat_activity WHERE datname = current_database()"
+        )
+        eraser = await asyncpg.connect(
+            migrated_database, server_settings={"role": "healthscore_eraser"}
+        )
+        try:
+            await erase_organization(eraser, gone, apply=True)
+        finally:
+            await eraser.close()
+        await tx.rollback()
+        scored, _wrapped = await asyncio.wait_for(page, 30)
+    finally:
+        await holder.close()
+    assert scored == 1
+    assert await _rows_of(migrated_database, str(gone)) == {}
+    assert (
+        await fetchval(
+            migrated_database,
+            "SELECT count(*) FROM shadow_health WHERE organization_id = $1",
+            first,
+        )
+        == 1
+    )

@@ -59,6 +59,8 @@ log = structlog.get_logger(__name__)
 # organizations scored between two returns to the event loop (the consumer shares it)
 YIELD_EVERY = 50
 WALK_START = UUID(int=0)
+# a page whose write found an organization erased since its read is read again
+PAGE_ATTEMPTS = 3
 
 
 class ShadowScorer:
@@ -84,9 +86,33 @@ class ShadowScorer:
     async def score_page(self) -> tuple[int, bool]:
         """Score one page of the walk; (organizations scored, whether the walk wrapped)."""
         started = time.perf_counter()
+        for attempt in range(1, PAGE_ATTEMPTS + 1):
+            try:
+                page = await self._score_page()
+                break
+            except asyncpg.ForeignKeyViolationError:
+                # an organization of the page was erased between its read and the
+                # write (the page takes no row locks): read again, without it
+                if attempt == PAGE_ATTEMPTS:
+                    raise
+        if page is None:
+            return 0, True
+        rows, scored = page
+        # the page starts at the previous page's last id (unchanged since, or scored
+        # again): a page that reaches no further is the walk's end
+        wrapped = len(rows) < self._page or rows[-1]["organization_id"] == self._cursor
+        self._cursor = WALK_START if wrapped else rows[-1]["organization_id"]
+        self.scored += scored
+        if self._on_page is not None:
+            self._on_page(scored, time.perf_counter() - started)
+        return scored, wrapped
+
+    async def _score_page(self) -> tuple[list[asyncpg.Record], int] | None:
+        """One page's transaction: its rows and how many were scored (None: another
+        process leads the walk)."""
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(sql.TRY_LEADER_LOCK, locks.SHADOW):
-                return 0, True
+                return None
             rows = await conn.fetch(
                 quality.SHADOW_PAGE, self._cursor, self._candidate.version, self._page
             )
@@ -105,14 +131,7 @@ class ShadowScorer:
                     scored.append((row, result))
             if scored:
                 await _write(conn, self._candidate.version, scored)
-        # the page starts at the previous page's last id (unchanged since, or scored
-        # again): a page that reaches no further is the walk's end
-        wrapped = len(rows) < self._page or rows[-1]["organization_id"] == self._cursor
-        self._cursor = WALK_START if wrapped else rows[-1]["organization_id"]
-        self.scored += len(scored)
-        if self._on_page is not None:
-            self._on_page(len(scored), time.perf_counter() - started)
-        return len(scored), wrapped
+        return list(rows), len(scored)
 
     async def step(self) -> float | None:
         """One page; the next at once until the walk wraps, then the loop's pause."""
