@@ -16,9 +16,12 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from healthscore.core.scoring.model import default_model
+from healthscore.core.scoring.model import default_model, v1_model
 from healthscore.service.erasure import erase_organization
 from healthscore.service.imports import Profile, _apply_profile_page
+from healthscore.service.ops.metrics import Metrics
+from healthscore.service.projector import Projector
+from healthscore.service.promotion import Promotion
 from healthscore.service.shadow import ShadowScorer
 from tests.integration.test_erase_organization import _rows_of
 from tests.integration.test_score_quality import Feed, T, eager, feed, org, quiet
@@ -140,3 +143,49 @@ async def test_a_shadow_page_that_read_an_organization_erased_before_its_write_d
         )
         == 1
     )
+
+
+async def test_a_promotion_page_racing_an_erasure_does_not_fail(
+    feed: Feed, migrated_database: str
+) -> None:
+    """A promotion queues a page of organizations scored by another version for
+    re-projection (one INSERT ... SELECT, no row locks): an erasure committed while the
+    statement runs left it queueing an organization whose row is gone. The statement is
+    held by another session's uncommitted queue entry of the page's first organization."""
+    first, gone = sorted([org("promote-race-a"), org("promote-race-b")])
+    old, new = v1_model(), default_model()
+    for organization in (first, gone):
+        await feed.apply(feed.logins(organization, T, 3), old)
+    await Projector(feed.pool, old, None, None).drain()
+    promoting = Promotion(feed.pool, new.version, Metrics(), page_size=10)
+    holder = await asyncpg.connect(migrated_database)
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute(
+            "INSERT INTO read_model_pending (organization_id, version) VALUES ($1, 1)", first
+        )
+        page = asyncio.create_task(promoting.queue_page())
+        for _ in range(200):
+            waiting = await holder.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND pid <> pg_backend_pid() AND datname = current_database()"
+            )
+            assert not page.done(), page.result()
+            if waiting:
+                break
+            await asyncio.sleep(0.05)
+        assert waiting == 1
+        eraser = await asyncpg.connect(
+            migrated_database, server_settings={"role": "healthscore_eraser"}
+        )
+        try:
+            await erase_organization(eraser, gone, apply=True)
+        finally:
+            await eraser.close()
+        await tx.rollback()
+        queued = await asyncio.wait_for(page, 30)
+    finally:
+        await holder.close()
+    assert queued == 1
+    assert await _rows_of(migrated_database, str(gone)) == {}

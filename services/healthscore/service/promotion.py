@@ -56,6 +56,10 @@ async def record_model(pool: asyncpg.Pool[Any], model: ScoreModel) -> list[str]:
     return differ
 
 
+# a page that met an organization erased meanwhile is queued again
+PAGE_ATTEMPTS = 3
+
+
 class Promotion:
     def __init__(
         self,
@@ -89,8 +93,18 @@ class Promotion:
 
     async def queue_page(self) -> int:
         """Queue one page of organizations on another version; how many were queued."""
-        async with self._pool.acquire() as conn:
-            status = await conn.execute(promotion.QUEUE_OTHER_VERSION, self._version, self._page)
+        for attempt in range(1, PAGE_ATTEMPTS + 1):
+            try:
+                async with self._pool.acquire() as conn:
+                    status = await conn.execute(
+                        promotion.QUEUE_OTHER_VERSION, self._version, self._page
+                    )
+                break
+            except asyncpg.ForeignKeyViolationError:
+                # an organization of the page was erased while the statement ran (it
+                # takes no row locks): run it again, without it
+                if attempt == PAGE_ATTEMPTS:
+                    raise
         queued = int(status.split()[-1])
         self.queued += queued
         return queued
