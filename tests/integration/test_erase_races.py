@@ -23,6 +23,7 @@ from healthscore.service.ops.metrics import Metrics
 from healthscore.service.projector import Projector
 from healthscore.service.promotion import Promotion
 from healthscore.service.shadow import ShadowScorer
+from healthscore.service.sweep import SilenceSweep
 from tests.integration.test_erase_organization import _rows_of
 from tests.integration.test_score_quality import Feed, T, eager, feed, org, quiet
 from tests.utils.harness import fetchval
@@ -189,3 +190,70 @@ async def test_a_promotion_page_racing_an_erasure_does_not_fail(
         await holder.close()
     assert queued == 1
     assert await _rows_of(migrated_database, str(gone)) == {}
+
+
+async def test_a_silence_sweep_page_racing_an_erasure_ends_erased(
+    feed: Feed, migrated_database: str
+) -> None:
+    """The silence sweep takes due organizations' state rows (FOR UPDATE) and rescores
+    them; the erasure of one of them runs while the sweep's write is held (by another
+    session's uncommitted queue entry of the page's first organization). The sweep
+    finishes, then the erasure removes what it wrote; neither fails."""
+    first, gone = sorted([org("sweep-race-a"), org("sweep-race-b")])
+    for organization in (first, gone):
+        await feed.apply(feed.logins(organization, T, 3), default_model())
+    admin = await asyncpg.connect(migrated_database)
+    try:
+        await admin.execute(
+            "UPDATE organization_state SET rescore_due_at = $1 WHERE organization_id = ANY($2)",
+            T + timedelta(days=1),
+            [first, gone],
+        )
+    finally:
+        await admin.close()
+    sweep = SilenceSweep(feed.pool, default_model(), "race", 6 * 3600, topics=[])
+    holder = await asyncpg.connect(migrated_database)
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute(
+            "INSERT INTO read_model_pending (organization_id, version) VALUES ($1, 1)"
+            " ON CONFLICT (organization_id) DO UPDATE SET version = 1",
+            first,
+        )
+        page = asyncio.create_task(sweep.run_once(T + timedelta(days=3)))
+        for _ in range(200):
+            waiting = await holder.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND pid <> pg_backend_pid() AND datname = current_database()"
+            )
+            assert not page.done(), page.result()
+            if waiting:
+                break
+            await asyncio.sleep(0.05)
+        assert waiting == 1
+        eraser = await asyncpg.connect(
+            migrated_database, server_settings={"role": "healthscore_eraser"}
+        )
+        try:
+            erasing = asyncio.create_task(erase_organization(eraser, gone, apply=True))
+            await asyncio.sleep(0.5)
+            # it waits for the sweep, which holds the organization's state row
+            assert not erasing.done()
+            await tx.rollback()
+            assert await asyncio.wait_for(page, 30) == 2
+            result = await asyncio.wait_for(erasing, 60)
+        finally:
+            await eraser.close()
+    finally:
+        await holder.close()
+    assert result.first
+    assert await _rows_of(migrated_database, str(gone)) == {}
+    assert (
+        await fetchval(
+            migrated_database,
+            "SELECT count(*) FROM organization_state WHERE organization_id = $1",
+            first,
+        )
+        == 1
+    )
