@@ -15,10 +15,17 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
 
 from healthscore.core.scoring.model import default_model, v1_model
 from healthscore.service.erasure import erase_organization
-from healthscore.service.imports import Profile, _apply_profile_page
+from healthscore.service.imports import (
+    ChurnLabel,
+    Profile,
+    _apply_profile_page,
+    apply_profiles,
+    import_labels,
+)
 from healthscore.service.ops.metrics import Metrics
 from healthscore.service.projector import Projector
 from healthscore.service.promotion import Promotion
@@ -257,3 +264,65 @@ async def test_a_silence_sweep_page_racing_an_erasure_ends_erased(
         )
         == 1
     )
+
+
+async def _waiting(conn: asyncpg.Connection, count: int) -> None:
+    """Until `count` other sessions of the database wait on a lock."""
+    for _ in range(400):
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND pid <> pg_backend_pid() AND datname = current_database()"
+        )
+        if waiting >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{waiting} sessions wait on a lock, not {count}")
+
+
+@pytest.mark.parametrize("imported", ["profiles", "labels"])
+async def test_an_import_page_that_waited_on_the_erasures_claim_creates_nothing(
+    migrated_database: str, imported: str
+) -> None:
+    """The other order: the erasure claims the never-seen organization's id first, then
+    an import page creating it waits on that uncommitted row. Its statement read no
+    tombstone (its snapshot predates the erasure's commit), so once the erasure
+    committed, its row deleted, the page inserted the `organizations` row of an erased
+    organization. The erasure is held between its claim and its commit by another
+    session's uncommitted tombstone of the same id (rolled back)."""
+    org = uuid.uuid4()
+    created = (datetime.now(UTC) - timedelta(days=400)).timestamp()
+    profile = Profile(org, created, {"first_client_added": created + 86400})
+    holder = await asyncpg.connect(migrated_database)
+    writer = await asyncpg.connect(
+        migrated_database, server_settings={"role": "healthscore_writer"}
+    )
+    eraser = await asyncpg.connect(
+        migrated_database, server_settings={"role": "healthscore_eraser"}
+    )
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute(
+            "INSERT INTO erased_organizations (organization_id, rows_removed) VALUES ($1, '{}')",
+            org,
+        )
+        erasing = asyncio.create_task(erase_organization(eraser, org, apply=True))
+        # the erasure has claimed the id and waits on the held tombstone
+        await _waiting(holder, 1)
+        importing = asyncio.create_task(
+            apply_profiles(writer, [profile], 6 * 3600)
+            if imported == "profiles"
+            else import_labels(writer, [ChurnLabel(org, None)], datetime.now(UTC))
+        )
+        # the page waits on the erasure's claimed row
+        await _waiting(holder, 2)
+        await tx.rollback()
+        result = await asyncio.wait_for(erasing, 30)
+        changed = await asyncio.wait_for(importing, 30)
+    finally:
+        await holder.close()
+        await writer.close()
+        await eraser.close()
+    assert result.first and result.rows == {}, result.rows
+    assert changed == (0 if imported == "profiles" else 1)
+    assert await _rows_of(migrated_database, str(org)) == {}

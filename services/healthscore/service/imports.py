@@ -343,20 +343,41 @@ async def import_labels(
 ) -> int:
     """Upsert `labels` a page per transaction; how many."""
     for chunk in _pages(labels, page):
-        async with conn.transaction():
-            erased = await erased_among(conn, [label.organization_id for label in chunk])
-            if erased:
-                log.warning("import_skipped_erased", organizations=len(erased))
-                chunk = [label for label in chunk if str(label.organization_id) not in erased]
-            # a label may name an organization not seen in events yet
-            await conn.execute(sql.ENSURE_ORGANIZATIONS, [label.organization_id for label in chunk])
-            await conn.execute(
-                quality.UPSERT_CHURN_LABELS,
-                [label.organization_id for label in chunk],
-                [label.churned_at for label in chunk],
-                [known_until] * len(chunk),
-            )
+        for attempt in range(1, PAGE_ATTEMPTS + 1):
+            try:
+                async with conn.transaction():
+                    await _apply_label_page(conn, chunk, known_until)
+                break
+            except asyncpg.TransactionRollbackError as exc:
+                # an organization the page creates was erased meanwhile (migration 0100):
+                # the next attempt leaves it out
+                if attempt == PAGE_ATTEMPTS:
+                    raise
+                log.warning(
+                    "import_page_retried",
+                    reason=type(exc).__name__,
+                    attempt=attempt,
+                    organizations=len(chunk),
+                )
+                await asyncio.sleep(0.05 * attempt)
     return len(labels)
+
+
+async def _apply_label_page(
+    conn: Connection, chunk: Sequence[ChurnLabel], known_until: datetime
+) -> None:
+    erased = await erased_among(conn, [label.organization_id for label in chunk])
+    if erased:
+        log.warning("import_skipped_erased", organizations=len(erased))
+        chunk = [label for label in chunk if str(label.organization_id) not in erased]
+    # a label may name an organization not seen in events yet
+    await conn.execute(sql.ENSURE_ORGANIZATIONS, [label.organization_id for label in chunk])
+    await conn.execute(
+        quality.UPSERT_CHURN_LABELS,
+        [label.organization_id for label in chunk],
+        [label.churned_at for label in chunk],
+        [known_until] * len(chunk),
+    )
 
 
 _PROFILE_IDS = UUID("6f1e3c52-8d47-4a0b-9a51-0c2d7e4b8f13")
