@@ -465,6 +465,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
             print(f"error: cannot connect as {ERASER_ROLE}: {exc}{hint}", file=sys.stderr)
             return 2
         erased: list[Any] = []
+        owed_since: list[Any] = []
         try:
             if args.list:
                 unfinished = 0
@@ -489,6 +490,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
                     print(line)
                 if args.yes:
                     erased.append(org)
+                    owed_since.append(result.tombstone_owed_since)
         except (OSError, asyncpg.PostgresError) as exc:
             print(f"error: erasure stopped: {type(exc).__name__}: {exc}", file=sys.stderr)
             print(
@@ -518,7 +520,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
                     server_settings={"role": ERASER_ROLE},
                 )
                 try:
-                    await conn.execute(erasure.FEED_TOMBSTONES_PUBLISHED, erased)
+                    await conn.execute(erasure.FEED_TOMBSTONES_PUBLISHED, erased, owed_since)
                 finally:
                     await conn.close()
             except (OSError, asyncpg.PostgresError) as exc:

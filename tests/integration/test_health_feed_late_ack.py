@@ -266,3 +266,54 @@ async def test_an_owed_tombstone_is_published_by_a_pass_once_the_broker_takes_it
         records = await consume_all(bootstrap, topics.health, timeout=4.0, done=lambda _: False)
         values = [r.value for r in records if r.key == gone.encode()]
         assert values[0] is not None and values[-1] is None, values
+
+
+async def test_a_tombstone_owed_again_while_a_pass_publishes_the_owed_one_stays_owed(
+    database_factory: Any, migrated_template: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass publishes an erased organization's owed tombstone; before it clears the
+    entry, a late feed record of the organization lands after that tombstone, and the
+    replica that learns of it cannot publish the tombstone again: it owes it (the same
+    entry, ON CONFLICT DO NOTHING). The pass then cleared the entry by id, and with it
+    the newer debt: the compacted feed kept the erased organization's late score, and
+    nothing owed its tombstone any more."""
+    from healthscore.service.erasure import erase_organization
+    from healthscore.service.keyed_batches import send_keyed
+    from healthscore.store import sql
+    from tests.integration.test_owned_states import _org
+    from tests.utils.harness import consume_all
+
+    url = await database_factory(template=migrated_template)
+    first, _, _ = _batches(_Log())
+    model = default_model()
+    gone = _org(3)
+    owed = "SELECT organization_id FROM health_feed_tombstones_owed"
+    async with _stalled_path(url) as (_relay, bootstrap, pool, stalled, other):
+        topics = await make_topics(bootstrap, partitions=1)
+        await _pipeline(pool, other, 0).process(first)
+        mine = Projector(pool, model, stalled, topics.health)
+        assert await mine.project_once() == 6
+        eraser = await asyncpg.connect(url, server_settings={"role": "healthscore_eraser"})
+        try:
+            await erase_organization(eraser, uuid.UUID(gone), apply=True)
+        finally:
+            await eraser.close()
+
+        async def late_record_after(producer: Any, topic: str, records: Any) -> None:
+            await send_keyed(producer, topic, records)
+            # another replica's feed record given up on lands after the tombstone...
+            await send_keyed(other, topic, [(gone.encode(), b'{"health_score": 50}')])
+            # ...and its tombstone could not be published again: owed
+            async with pool.acquire() as conn:
+                await conn.execute(sql.OWE_FEED_TOMBSTONES, [uuid.UUID(gone)])
+
+        monkeypatch.setattr(projector_module, "send_keyed", late_record_after)
+        assert await mine.publish_owed_tombstones() == 1
+        monkeypatch.setattr(projector_module, "send_keyed", send_keyed)
+        # the newer debt outlives the pass that paid the older one
+        assert [str(r[0]) for r in await _rows(url, owed)] == [gone]
+        assert await mine.publish_owed_tombstones() == 1
+        assert await _rows(url, owed) == []
+        records = await consume_all(bootstrap, topics.health, timeout=4.0, done=lambda _: False)
+        values = [r.value for r in records if r.key == gone.encode()]
+        assert values[-1] is None, values

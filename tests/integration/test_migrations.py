@@ -365,7 +365,8 @@ WRITER_PRIVILEGES: dict[str, tuple[set[str], set[str]]] = {
     "erased_organizations": ({"SELECT"}, {"SELECT"}),
     # erased organizations' owed feed tombstones (0097): published and deleted by the
     # projector, owed by it when a late record's tombstone could not be published again
-    "health_feed_tombstones_owed": ({"SELECT", "DELETE"}, {"SELECT", "INSERT"}),
+    # owed again: owed_since moves on (0101)
+    "health_feed_tombstones_owed": ({"SELECT", "DELETE"}, {"SELECT", "INSERT", "UPDATE"}),
 }
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 

@@ -268,6 +268,9 @@ COLUMNS: Final = {
     # OWE_FEED_TOMBSTONE (the eraser), OWE_FEED_TOMBSTONES (the projector)
     (ERASER, "INSERT", "health_feed_tombstones_owed"): "organization_id",
     (WRITER, "INSERT", "health_feed_tombstones_owed"): "organization_id",
+    # their ON CONFLICT: owed again, owed_since moves on (0101)
+    (ERASER, "UPDATE", "health_feed_tombstones_owed"): "owed_since",
+    (WRITER, "UPDATE", "health_feed_tombstones_owed"): "owed_since",
     # the WHERE clauses of DELETE_ORGANIZATION and DELETE_PROCESSED_EVENTS
     (ERASER, "SELECT", "organizations"): "id",
     # CLAIM_ORGANIZATION: waits for a writer creating the organization (0098)

@@ -661,7 +661,7 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
         ("OLDEST_OWED_HEALTH_FEED", sql.OLDEST_OWED_HEALTH_FEED, []),
         ("FEED_PUBLISHED", sql.FEED_PUBLISHED, [[org]]),
         ("OWED_FEED_TOMBSTONES", sql.OWED_FEED_TOMBSTONES, [10]),
-        ("FEED_TOMBSTONES_PUBLISHED", sql.FEED_TOMBSTONES_PUBLISHED, [[org]]),
+        ("FEED_TOMBSTONES_PUBLISHED", sql.FEED_TOMBSTONES_PUBLISHED, [[org], [now]]),
         # none: its foreign key takes erased organizations only (the grant is checked)
         ("OWE_FEED_TOMBSTONES", sql.OWE_FEED_TOMBSTONES, [[]]),
         ("OUTBOX_STATS", sql.OUTBOX_STATS, []),

@@ -71,6 +71,8 @@ class Erasure:
     first: bool = False
     # erased before by a run that never finished its second step: this run finishes it
     resumed: bool = False
+    # the feed tombstone's entry this run owed (None: a dry run): its publish clears it
+    tombstone_owed_since: datetime | None = None
 
     @property
     def total(self) -> int:
@@ -157,13 +159,16 @@ async def _erase_rows(conn: asyncpg.Connection, organization: UUID, apply: bool)
             result.first = result.erased_at is not None
             # owed until a broker takes it: the command publishes it below, else the
             # running service does (a refused publish, a command killed before it)
-            await conn.execute(erasure.OWE_FEED_TOMBSTONE, organization)
+            result.tombstone_owed_since = await conn.fetchval(
+                erasure.OWE_FEED_TOMBSTONE, organization
+            )
             if not result.first:
                 result.resumed = bool(await conn.fetchval(erasure.ERASURE_UNFINISHED, organization))
             if not apply:
                 raise _DryRun
     except _DryRun:
         result.erased_at = None
+        result.tombstone_owed_since = None
     try:
         async with conn.transaction():
             before = await _deleted(conn)

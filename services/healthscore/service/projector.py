@@ -224,7 +224,9 @@ class Projector:
             log.warning("health_feed_tombstones_owed", organizations=len(erased), error=repr(exc))
             return 0
         async with self._pool.acquire() as conn:
-            await conn.execute(sql.FEED_TOMBSTONES_PUBLISHED, erased)
+            await conn.execute(
+                sql.FEED_TOMBSTONES_PUBLISHED, erased, [r["owed_since"] for r in rows]
+            )
         log.info("health_feed_tombstones_published", organizations=len(erased))
         return len(erased)
 

@@ -83,12 +83,17 @@ ORDER BY erased_at, organization_id
 
 # the health feed's tombstone, owed with the erasure (in its first transaction): the
 # command publishes it, else the running service's projector does (migration 0097)
+# owed anew by a run again (RETURNING: the entry this run's publish pays, migration 0101)
 OWE_FEED_TOMBSTONE = """
 INSERT INTO health_feed_tombstones_owed (organization_id) VALUES ($1)
-ON CONFLICT (organization_id) DO NOTHING
+ON CONFLICT (organization_id) DO UPDATE SET owed_since = clock_timestamp()
+RETURNING owed_since
 """
 
-# after the command's own publish was acknowledged
+# after the command's own publish was acknowledged: only the entries it owed ($2),
+# not one owed again since by the service
 FEED_TOMBSTONES_PUBLISHED = """
-DELETE FROM health_feed_tombstones_owed WHERE organization_id = ANY($1::uuid[])
+DELETE FROM health_feed_tombstones_owed t
+USING unnest($1::uuid[], $2::timestamptz[]) AS p(organization_id, owed_since)
+WHERE t.organization_id = p.organization_id AND t.owed_since = p.owed_since
 """

@@ -414,21 +414,26 @@ OLDEST_OWED_HEALTH_FEED = "SELECT min(owed_since) FROM health_feed_owed"
 # oldest first, unlocked (two replicas publishing one twice is harmless: a tombstone
 # again)
 OWED_FEED_TOMBSTONES = """
-SELECT organization_id FROM health_feed_tombstones_owed
+SELECT organization_id, owed_since FROM health_feed_tombstones_owed
 ORDER BY owed_since, organization_id
 LIMIT $1
 """
 
+# only the entries as read ($2: their owed_since): one owed again since (a late feed
+# record landed after the tombstone) stays owed (migration 0101)
 FEED_TOMBSTONES_PUBLISHED = """
-DELETE FROM health_feed_tombstones_owed WHERE organization_id = ANY($1::uuid[])
+DELETE FROM health_feed_tombstones_owed t
+USING unnest($1::uuid[], $2::timestamptz[]) AS p(organization_id, owed_since)
+WHERE t.organization_id = p.organization_id AND t.owed_since = p.owed_since
 """
 
 # a tombstone that could not be published again after a late feed record (the foreign
-# key takes only erased organizations)
+# key takes only erased organizations); owed anew, so that a publish of the older debt
+# in flight does not clear it
 OWE_FEED_TOMBSTONES = """
 INSERT INTO health_feed_tombstones_owed (organization_id)
 SELECT unnest($1::uuid[])
-ON CONFLICT (organization_id) DO NOTHING
+ON CONFLICT (organization_id) DO UPDATE SET owed_since = clock_timestamp()
 """
 
 # previous_score: the score shown before the last change of the score
