@@ -174,3 +174,24 @@ async def test_the_service_cannot_undo_an_erasure(migrated_database: str) -> Non
         )
         == 1
     )
+
+
+async def test_the_eraser_cannot_create_an_organization(migrated_database: str) -> None:
+    """Its INSERT of an id (0098) is for the erasure's claim, deleted in the same
+    transaction; an operator's login holding the role could otherwise commit
+    organizations of its own choosing (placeholders the service then scores)."""
+    org = uuid.uuid4()
+    async with _eraser_login(migrated_database) as (eraser_url, _login):
+        conn = await asyncpg.connect(eraser_url, server_settings={"role": "healthscore_eraser"})
+        try:
+            with pytest.raises(DENIED):
+                await conn.execute("INSERT INTO organizations (id) VALUES ($1)", org)
+            # the claim, deleted in its transaction, still passes: the erasure works
+            result = await erase_organization(conn, org, apply=True)
+        finally:
+            await conn.close()
+    assert result.first and result.rows == {}, result.rows
+    assert (
+        await fetchval(migrated_database, "SELECT count(*) FROM organizations WHERE id = $1", org)
+        == 0
+    )
