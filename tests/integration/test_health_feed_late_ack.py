@@ -253,6 +253,9 @@ async def test_an_owed_tombstone_is_published_by_a_pass_once_the_broker_takes_it
         relay.stall(STALLED)
         assert await asyncio.wait_for(mine.publish_owed_tombstones(), 30) == 0
         assert [str(r[0]) for r in await _rows(url, owed)] == [gone]
+        # the feed lags the read model (the organization is gone from it): the owed-feed
+        # gauge, which the feed's alert watches, says so
+        assert await mine.feed_owed_age() > 0
 
         relay.heal(STALLED)
         published = 0
@@ -263,6 +266,7 @@ async def test_an_owed_tombstone_is_published_by_a_pass_once_the_broker_takes_it
             await asyncio.sleep(0.1)
         assert published == 1
         assert await _rows(url, owed) == []
+        assert await mine.feed_owed_age() == 0.0
         records = await consume_all(bootstrap, topics.health, timeout=4.0, done=lambda _: False)
         values = [r.value for r in records if r.key == gone.encode()]
         assert values[0] is not None and values[-1] is None, values

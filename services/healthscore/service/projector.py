@@ -470,8 +470,9 @@ class Projector:
         return await self._age_of_oldest(sql.OLDEST_PENDING_PROJECTION)
 
     async def feed_owed_age(self) -> float:
-        """Seconds since the oldest health-feed record the broker did not take was owed
-        (0 when none is): how long the feed has lagged the read model."""
+        """Seconds since the oldest health-feed record (or erased organization's
+        tombstone) the broker did not take was owed (0 when none is): how long the feed
+        has lagged the read model."""
         return await self._age_of_oldest(sql.OLDEST_OWED_HEALTH_FEED)
 
     async def _age_of_oldest(self, query: str) -> float:

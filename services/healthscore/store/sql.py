@@ -408,7 +408,12 @@ FEED_PUBLISHED = """
 DELETE FROM health_feed_owed WHERE organization_id = ANY($1::uuid[])
 """
 
-OLDEST_OWED_HEALTH_FEED = "SELECT min(owed_since) FROM health_feed_owed"
+# an erased organization's owed tombstone is the feed lagging the read model too (the
+# organization is gone from it); one owed again counts from then
+OLDEST_OWED_HEALTH_FEED = """
+SELECT least((SELECT min(owed_since) FROM health_feed_owed),
+             (SELECT min(owed_since) FROM health_feed_tombstones_owed))
+"""
 
 # erased organizations' health-feed tombstones no broker took yet (migration 0097):
 # oldest first, unlocked (two replicas publishing one twice is harmless: a tombstone

@@ -136,7 +136,9 @@ class Metrics:
         self.health_feed_owed_age = Gauge(
             "healthscore_health_feed_owed_age_seconds",
             "Age of the oldest customer_health row whose customer.health.v1 record the "
-            "broker did not acknowledge (health_feed_owed; 0 when none is owed).",
+            "broker did not acknowledge (health_feed_owed), or of an erased organization's "
+            "feed tombstone not published yet (health_feed_tombstones_owed); 0 when none is "
+            "owed.",
             registry=r,
         )
         self.read_model_projected = Counter(
