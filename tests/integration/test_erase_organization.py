@@ -31,6 +31,7 @@ from tests.utils.harness import (
     ServiceProcess,
     Topics,
     consume_all,
+    erase_now,
     fetch,
     fetchval,
     make_producer,
@@ -379,7 +380,6 @@ async def test_the_read_api_stops_showing_it_at_once(world: Any) -> None:
     """The API's kept answers (its cache) of the organization's page, history and
     interactions and of the lists go the moment the erasure commits: the cascade's
     deletes announce themselves like any write (migration 0050's triggers)."""
-    from healthscore.service.erasure import erase_organization
     from tests.integration.test_api_cache import LIST, hits_without_statements, settle
 
     vow = world.orgs["vow"]
@@ -391,11 +391,7 @@ async def test_the_read_api_stops_showing_it_at_once(world: Any) -> None:
     assert str(vow) in {i["organization_id"] for i in listed}
     queue = (await world.get("support", "/api/v1/interactions")).json()["items"]
 
-    eraser = await asyncpg.connect(world.url, server_settings={"role": "healthscore_eraser"})
-    try:
-        result = await erase_organization(eraser, vow, apply=True)
-    finally:
-        await eraser.close()
+    result = await erase_now(world.url, vow)
     assert result.first and result.rows["customer_health"] == 1
     await settle(world)
 
@@ -411,17 +407,10 @@ async def test_the_read_api_stops_showing_it_at_once(world: Any) -> None:
 async def test_an_import_naming_an_erased_organization_skips_it(migrated_database: str) -> None:
     """A CRM export still listing an erased organization: its profile and label are not
     applied (they would bring its rows back), the others' are, and the import goes on."""
-    from healthscore.service.erasure import erase_organization
     from healthscore.service.imports import ChurnLabel, Profile, apply_profiles, import_labels
 
     gone, kept = uuid.uuid4(), uuid.uuid4()
-    eraser = await asyncpg.connect(
-        migrated_database, server_settings={"role": "healthscore_eraser"}
-    )
-    try:
-        await erase_organization(eraser, gone, apply=True)
-    finally:
-        await eraser.close()
+    await erase_now(migrated_database, gone)
     created = (datetime.now(UTC) - timedelta(days=400)).timestamp()
     writer = await asyncpg.connect(
         migrated_database, server_settings={"role": "healthscore_writer"}

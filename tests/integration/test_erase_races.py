@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -33,9 +34,31 @@ from healthscore.service.shadow import ShadowScorer
 from healthscore.service.sweep import SilenceSweep
 from tests.integration.test_erase_organization import _rows_of
 from tests.integration.test_score_quality import Feed, T, eager, feed, org, quiet
-from tests.utils.harness import fetchval
+from tests.utils.harness import erase_now, fetchval
 
 __all__ = ["feed"]  # the fixture, used by name
+
+
+async def _waiting(
+    conn: asyncpg.Connection, count: int, running: asyncio.Task[Any] | None = None
+) -> None:
+    """Until `count` other sessions of the database wait on a lock; `running`, a task
+    that must not end meanwhile (its statement is the one that should wait)."""
+    waiting = 0
+    for _ in range(400):
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND pid <> pg_backend_pid() AND datname = current_database()"
+        )
+        assert running is None or not running.done(), running.result()
+        if waiting >= count:
+            return
+        await asyncio.sleep(0.05)
+    sessions = await conn.fetch(
+        "SELECT state, wait_event_type, wait_event, left(query, 60) AS q"
+        " FROM pg_stat_activity WHERE datname = current_database()"
+    )
+    raise AssertionError(f"{waiting} sessions wait on a lock, not {count}: {sessions}")
 
 
 async def test_an_import_page_open_when_the_erasure_commits_leaves_nothing(
@@ -78,13 +101,7 @@ async def test_an_import_page_open_when_the_erasure_commits_leaves_nothing(
 async def test_erasing_a_never_seen_organization_counts_no_rows(migrated_database: str) -> None:
     """The runbook's carry-over into a new database: tombstones only, nothing removed."""
     org = uuid.uuid4()
-    eraser = await asyncpg.connect(
-        migrated_database, server_settings={"role": "healthscore_eraser"}
-    )
-    try:
-        result = await erase_organization(eraser, org, apply=True)
-    finally:
-        await eraser.close()
+    result = await erase_now(migrated_database, org)
     assert result.first and result.rows == {}, result.rows
     assert await _rows_of(migrated_database, str(org)) == {}
 
@@ -117,26 +134,8 @@ async def test_a_shadow_page_that_read_an_organization_erased_before_its_write_d
         )
         page = asyncio.create_task(scorer.score_page())
         # the page waits on the held row: its read is done, its write not
-        for _ in range(200):
-            waiting = await holder.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND pid <> pg_backend_pid() AND datname = current_database()"
-            )
-            assert not page.done(), page.result()
-            if waiting:
-                break
-            await asyncio.sleep(0.05)
-        assert waiting == 1, await holder.fetch(
-            "SELECT state, wait_event_type, wait_event, left(query, 60) AS q"
-            " FROM pg_stat_activity WHERE datname = current_database()"
-        )
-        eraser = await asyncpg.connect(
-            migrated_database, server_settings={"role": "healthscore_eraser"}
-        )
-        try:
-            await erase_organization(eraser, gone, apply=True)
-        finally:
-            await eraser.close()
+        await _waiting(holder, 1, page)
+        await erase_now(migrated_database, gone)
         await tx.rollback()
         scored, _wrapped = await asyncio.wait_for(page, 30)
     finally:
@@ -174,23 +173,8 @@ async def test_a_promotion_page_racing_an_erasure_does_not_fail(
             "INSERT INTO read_model_pending (organization_id, version) VALUES ($1, 1)", first
         )
         page = asyncio.create_task(promoting.queue_page())
-        for _ in range(200):
-            waiting = await holder.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND pid <> pg_backend_pid() AND datname = current_database()"
-            )
-            assert not page.done(), page.result()
-            if waiting:
-                break
-            await asyncio.sleep(0.05)
-        assert waiting == 1
-        eraser = await asyncpg.connect(
-            migrated_database, server_settings={"role": "healthscore_eraser"}
-        )
-        try:
-            await erase_organization(eraser, gone, apply=True)
-        finally:
-            await eraser.close()
+        await _waiting(holder, 1, page)
+        await erase_now(migrated_database, gone)
         await tx.rollback()
         queued = await asyncio.wait_for(page, 30)
     finally:
@@ -229,29 +213,14 @@ async def test_a_silence_sweep_page_racing_an_erasure_ends_erased(
             first,
         )
         page = asyncio.create_task(sweep.run_once(T + timedelta(days=3)))
-        for _ in range(200):
-            waiting = await holder.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND pid <> pg_backend_pid() AND datname = current_database()"
-            )
-            assert not page.done(), page.result()
-            if waiting:
-                break
-            await asyncio.sleep(0.05)
-        assert waiting == 1
-        eraser = await asyncpg.connect(
-            migrated_database, server_settings={"role": "healthscore_eraser"}
-        )
-        try:
-            erasing = asyncio.create_task(erase_organization(eraser, gone, apply=True))
-            await asyncio.sleep(0.5)
-            # it waits for the sweep, which holds the organization's state row
-            assert not erasing.done()
-            await tx.rollback()
-            assert await asyncio.wait_for(page, 30) == 2
-            result = await asyncio.wait_for(erasing, 60)
-        finally:
-            await eraser.close()
+        await _waiting(holder, 1, page)
+        erasing = asyncio.create_task(erase_now(migrated_database, gone))
+        await asyncio.sleep(0.5)
+        # it waits for the sweep, which holds the organization's state row
+        assert not erasing.done()
+        await tx.rollback()
+        assert await asyncio.wait_for(page, 30) == 2
+        result = await asyncio.wait_for(erasing, 60)
     finally:
         await holder.close()
     assert result.first
@@ -264,19 +233,6 @@ async def test_a_silence_sweep_page_racing_an_erasure_ends_erased(
         )
         == 1
     )
-
-
-async def _waiting(conn: asyncpg.Connection, count: int) -> None:
-    """Until `count` other sessions of the database wait on a lock."""
-    for _ in range(400):
-        waiting = await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND pid <> pg_backend_pid() AND datname = current_database()"
-        )
-        if waiting >= count:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{waiting} sessions wait on a lock, not {count}")
 
 
 @pytest.mark.parametrize("imported", ["profiles", "labels"])

@@ -20,7 +20,7 @@ from healthscore.service.ingest.decode import RawRecord, Rejection
 from healthscore.service.ingest.dlq import dead_letter_columns
 from healthscore.store import sql
 from tests.integration.test_erase_organization import _eraser_login
-from tests.utils.harness import fetchval
+from tests.utils.harness import erase_now, fetchval
 
 DENIED = (asyncpg.InsufficientPrivilegeError,)
 
@@ -101,13 +101,7 @@ async def test_the_eraser_still_erases_the_dead_letters_of_its_organization(
     gone, other = uuid.uuid4(), uuid.uuid4()
     await _dead_letter(migrated_database, other, b'{"subject": "John Roe"}')
     await _dead_letter(migrated_database, gone, b'{"subject": "Jane Doe"}')
-    eraser = await asyncpg.connect(
-        migrated_database, server_settings={"role": "healthscore_eraser"}
-    )
-    try:
-        result = await erase_organization(eraser, gone, apply=True)
-    finally:
-        await eraser.close()
+    result = await erase_now(migrated_database, gone)
     assert result.rows.get("dead_letter_outbox") == 1, result.rows
     assert result.rows.get("dead_letters_withheld") == 1, result.rows
     for table in ("dead_letter_outbox", "dead_letters_withheld"):
@@ -140,13 +134,7 @@ async def test_a_finished_erasures_audit_trail_cannot_be_changed(migrated_databa
 
 async def test_the_service_cannot_undo_an_erasure(migrated_database: str) -> None:
     org = uuid.uuid4()
-    eraser = await asyncpg.connect(
-        migrated_database, server_settings={"role": "healthscore_eraser"}
-    )
-    try:
-        await erase_organization(eraser, org, apply=True)
-    finally:
-        await eraser.close()
+    await erase_now(migrated_database, org)
     writer = await asyncpg.connect(
         migrated_database, server_settings={"role": "healthscore_writer"}
     )

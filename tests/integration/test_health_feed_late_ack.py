@@ -31,7 +31,7 @@ from healthscore.store.db import create_pool
 from healthscore_lab.devservices import die_with_parent, free_port, stop_process
 from tests.integration.test_live_projection import _feed, _newest_on_the_feed, _rows
 from tests.integration.test_owned_states import _batches, _Log, _pipeline
-from tests.utils.harness import make_topics
+from tests.utils.harness import erase_now, make_topics
 from tests.utils.kafka_relay import KafkaRelay
 from tests.utils.states import stored_states
 
@@ -179,7 +179,6 @@ async def test_a_late_record_of_an_organization_erased_meanwhile_is_followed_by_
     Before, the compacted feed ended on that score: downstream showed an erased
     organization again. The replica that learns its record landed late publishes the
     tombstone again."""
-    from healthscore.service.erasure import erase_organization
     from tests.integration.test_owned_states import _org
     from tests.utils.harness import consume_all
 
@@ -198,11 +197,7 @@ async def test_a_late_record_of_an_organization_erased_meanwhile_is_followed_by_
         assert await asyncio.wait_for(mine.project_once(), 30) == 6  # owed
 
         # erased, its tombstone published (as `healthscore erase` does) on the other path
-        eraser = await asyncpg.connect(url, server_settings={"role": "healthscore_eraser"})
-        try:
-            await erase_organization(eraser, uuid.UUID(gone), apply=True)
-        finally:
-            await eraser.close()
+        await erase_now(url, uuid.UUID(gone))
         await other.send_and_wait(topics.health, key=gone.encode(), value=None)
 
         relay.heal(STALLED)
@@ -228,7 +223,6 @@ async def test_an_owed_tombstone_is_published_by_a_pass_once_the_broker_takes_it
     a pass after the path heals publishes it and clears it. Before, nothing but running
     the erasure again published it: the compacted feed kept the erased organization's
     last score."""
-    from healthscore.service.erasure import erase_organization
     from tests.integration.test_owned_states import _org
     from tests.utils.harness import consume_all
 
@@ -242,11 +236,7 @@ async def test_an_owed_tombstone_is_published_by_a_pass_once_the_broker_takes_it
         await _pipeline(pool, other, 0).process(first)
         mine = Projector(pool, model, stalled, topics.health)
         assert await mine.project_once() == 6
-        eraser = await asyncpg.connect(url, server_settings={"role": "healthscore_eraser"})
-        try:
-            await erase_organization(eraser, uuid.UUID(gone), apply=True)
-        finally:
-            await eraser.close()
+        await erase_now(url, uuid.UUID(gone))
         # the command's own publish never happened: the tombstone is owed
         assert [str(r[0]) for r in await _rows(url, owed)] == [gone]
 
@@ -281,7 +271,6 @@ async def test_a_tombstone_owed_again_while_a_pass_publishes_the_owed_one_stays_
     entry, ON CONFLICT DO NOTHING). The pass then cleared the entry by id, and with it
     the newer debt: the compacted feed kept the erased organization's late score, and
     nothing owed its tombstone any more."""
-    from healthscore.service.erasure import erase_organization
     from healthscore.service.keyed_batches import send_keyed
     from healthscore.store import sql
     from tests.integration.test_owned_states import _org
@@ -297,11 +286,7 @@ async def test_a_tombstone_owed_again_while_a_pass_publishes_the_owed_one_stays_
         await _pipeline(pool, other, 0).process(first)
         mine = Projector(pool, model, stalled, topics.health)
         assert await mine.project_once() == 6
-        eraser = await asyncpg.connect(url, server_settings={"role": "healthscore_eraser"})
-        try:
-            await erase_organization(eraser, uuid.UUID(gone), apply=True)
-        finally:
-            await eraser.close()
+        await erase_now(url, uuid.UUID(gone))
 
         async def late_record_after(producer: Any, topic: str, records: Any) -> None:
             await send_keyed(producer, topic, records)

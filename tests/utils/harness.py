@@ -31,6 +31,7 @@ from pydantic import SecretStr
 
 from healthscore.config import Settings
 from healthscore.service.app import Components, ServiceOptions, running
+from healthscore.service.erasure import Erasure, erase_organization
 from healthscore_lab.devservices import start_embedded_broker
 
 
@@ -218,6 +219,15 @@ async def fetchval(database_url: str, query: str, *args: Any) -> Any:
         return await conn.fetchval(query, *args)
     finally:
         await conn.close()
+
+
+async def erase_now(database_url: str, organization: uuid.UUID) -> Erasure:
+    """`organization` erased (`--yes`) by a session of healthscore_eraser."""
+    eraser = await asyncpg.connect(database_url, server_settings={"role": "healthscore_eraser"})
+    try:
+        return await erase_organization(eraser, organization, apply=True)
+    finally:
+        await eraser.close()
 
 
 async def fetch(database_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
