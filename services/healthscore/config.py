@@ -139,7 +139,7 @@ class Settings(BaseSettings):
         description="Consumer group session timeout: how long a crashed member holds its "
         "partitions before the group reassigns them.",
     )
-    batch_max_records: int = Field(default=3000, ge=1)
+    batch_max_records: int = Field(default=2000, ge=1)
     kafka_max_partition_fetch_bytes: int = Field(
         default=1024 * 1024,
         ge=64 * 1024,

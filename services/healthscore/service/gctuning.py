@@ -1,7 +1,7 @@
 """Garbage-collector settings for the long-running batch processes.
 
-A 3,000-record batch allocates hundreds of thousands of container objects
-(records, contract models, states, row tuples) that live until the batch
+A full batch (thousands of records) allocates hundreds of thousands of container
+objects (records, contract models, states, row tuples) that live until the batch
 commits. With CPython's default thresholds (700, 10, 10) they trigger a young
 collection every few hundred allocations and a full collection every few
 batches, in the middle of a batch, each walking every object the batch holds

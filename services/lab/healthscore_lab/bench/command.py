@@ -19,6 +19,10 @@ def _sizes(text: str) -> list[int]:
 
 
 def add_arguments(p: Any) -> None:
+    # the service's own defaults: the benchmark measures what a deployment runs
+    from healthscore.config import Settings
+
+    batching = Settings.model_fields
     p.add_argument("--events", type=int, default=200_000, help="events preloaded (throughput)")
     p.add_argument(
         "--organizations",
@@ -51,8 +55,8 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--alert-rate", type=float, default=20.0, help="alert triggers per second")
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--partitions", type=int, default=4)
-    p.add_argument("--batch-max-records", type=int, default=3_000)
-    p.add_argument("--batch-timeout-ms", type=int, default=50)
+    p.add_argument("--batch-max-records", type=int, default=batching["batch_max_records"].default)
+    p.add_argument("--batch-timeout-ms", type=int, default=batching["batch_timeout_ms"].default)
     p.add_argument("--pool-size", type=int, default=4)
     p.add_argument(
         "--service-processes",

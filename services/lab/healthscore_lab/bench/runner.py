@@ -47,6 +47,7 @@ import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from healthscore.compiled import core_build
+from healthscore.config import Settings
 from healthscore.core.scoring.model import V2_MODEL_PATH, load_model
 from healthscore.service.kafka_admin import ensure_topics
 from healthscore.service.kafka_clients import KafkaConnection, KafkaSecurity
@@ -95,8 +96,9 @@ class BenchOptions:
     alert_rate: float = 20.0
     skip_latency: bool = False
     partitions: int = 4
-    batch_max_records: int = 3_000
-    batch_timeout_ms: int = 50
+    # the service's own defaults: the benchmark measures what a deployment runs
+    batch_max_records: int = Settings.model_fields["batch_max_records"].default
+    batch_timeout_ms: int = Settings.model_fields["batch_timeout_ms"].default
     pool_size: int = 4
     seed: int = 7
     profile: Path | None = None
