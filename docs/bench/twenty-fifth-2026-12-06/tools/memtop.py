@@ -1,4 +1,5 @@
 """Run `healthscore` under tracemalloc; every 60 s append the top allocation sites by size."""
+
 import os
 import sys
 import threading
@@ -24,16 +25,21 @@ def watch() -> None:
         snap = tracemalloc.take_snapshot()
         current, peak = tracemalloc.get_traced_memory()
         with open(OUT, "a") as out:
-            out.write(f"\n=== {time.monotonic() - started:.0f}s traced {current/1e6:.1f} MB peak {peak/1e6:.1f} MB rss {rss():.0f} MB\n")
+            out.write(
+                f"\n=== {time.monotonic() - started:.0f}s traced {current / 1e6:.1f} MB"
+                f" peak {peak / 1e6:.1f} MB rss {rss():.0f} MB\n"
+            )
             for key in ("filename", "lineno"):
                 for stat in snap.statistics(key)[:15]:
-                    out.write(f"{stat.size/1e6:8.2f} MB {stat.count:9d} {stat.traceback.format()[0].strip()}\n")
+                    site = stat.traceback.format()[0].strip()
+                    out.write(f"{stat.size / 1e6:8.2f} MB {stat.count:9d} {site}\n")
                 out.write("--\n")
 
 
 def run() -> int:
     threading.Thread(target=watch, daemon=True).start()
     from healthscore.cli import main
+
     return main(sys.argv[1:])
 
 

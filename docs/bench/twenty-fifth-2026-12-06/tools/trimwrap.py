@@ -1,4 +1,5 @@
 """Run `healthscore` with malloc_trim(0) after each paced full collection; log its cost."""
+
 import ctypes
 import os
 import sys
@@ -25,4 +26,5 @@ gctuning.FullCollectionPacer.after_batch = after_batch
 
 if __name__ == "__main__":
     from healthscore.cli import main
+
     sys.exit(main(sys.argv[1:]))
