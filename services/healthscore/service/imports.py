@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -288,18 +288,24 @@ def _pages(items: Sequence[_T], size: int) -> list[Sequence[_T]]:
 PAGE_ATTEMPTS = 5
 
 
-async def apply_profiles(
-    conn: Connection, profiles: Sequence[Profile], rescore_step_seconds: float, page: int = 500
+async def _each_page_retried(
+    conn: Connection,
+    items: Sequence[_T],
+    page: int,
+    apply: Callable[[Sequence[_T]], Awaitable[int]],
 ) -> int:
-    """Apply `profiles` a page per transaction; how many organizations' states changed."""
-    changed = 0
-    for chunk in _pages(profiles, page):
+    """`apply` to each page of `items` in a transaction of its own, again after a
+    deadlock or a serialization failure (an organization the page creates erased
+    meanwhile, migration 0100: the next attempt leaves it out); the sum of what the
+    pages returned."""
+    total = 0
+    for chunk in _pages(items, page):
         for attempt in range(1, PAGE_ATTEMPTS + 1):
             try:
                 async with conn.transaction():
-                    changed += await _apply_profile_page(conn, chunk, rescore_step_seconds)
+                    total += await apply(chunk)
                 break
-            except asyncpg.TransactionRollbackError as exc:  # a deadlock, a serialization failure
+            except asyncpg.TransactionRollbackError as exc:
                 if attempt == PAGE_ATTEMPTS:
                     raise
                 log.warning(
@@ -309,7 +315,18 @@ async def apply_profiles(
                     organizations=len(chunk),
                 )
                 await asyncio.sleep(0.05 * attempt)
-    return changed
+    return total
+
+
+async def apply_profiles(
+    conn: Connection, profiles: Sequence[Profile], rescore_step_seconds: float, page: int = 500
+) -> int:
+    """Apply `profiles` a page per transaction; how many organizations' states changed."""
+
+    async def apply(chunk: Sequence[Profile]) -> int:
+        return await _apply_profile_page(conn, chunk, rescore_step_seconds)
+
+    return await _each_page_retried(conn, profiles, page, apply)
 
 
 async def _apply_profile_page(
@@ -342,25 +359,12 @@ async def import_labels(
     conn: Connection, labels: Sequence[ChurnLabel], known_until: datetime, page: int = 500
 ) -> int:
     """Upsert `labels` a page per transaction; how many."""
-    for chunk in _pages(labels, page):
-        for attempt in range(1, PAGE_ATTEMPTS + 1):
-            try:
-                async with conn.transaction():
-                    await _apply_label_page(conn, chunk, known_until)
-                break
-            except asyncpg.TransactionRollbackError as exc:
-                # an organization the page creates was erased meanwhile (migration 0100):
-                # the next attempt leaves it out
-                if attempt == PAGE_ATTEMPTS:
-                    raise
-                log.warning(
-                    "import_page_retried",
-                    reason=type(exc).__name__,
-                    attempt=attempt,
-                    organizations=len(chunk),
-                )
-                await asyncio.sleep(0.05 * attempt)
-    return len(labels)
+
+    async def apply(chunk: Sequence[ChurnLabel]) -> int:
+        await _apply_label_page(conn, chunk, known_until)
+        return len(chunk)
+
+    return await _each_page_retried(conn, labels, page, apply)
 
 
 async def _apply_label_page(
