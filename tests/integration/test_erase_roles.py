@@ -164,18 +164,28 @@ async def test_the_service_cannot_undo_an_erasure(migrated_database: str) -> Non
     )
 
 
-async def test_the_eraser_cannot_create_an_organization(migrated_database: str) -> None:
+@pytest.mark.parametrize("set_role", [True, False], ids=["set_role", "inherited"])
+async def test_the_eraser_cannot_create_an_organization(
+    migrated_database: str, set_role: bool
+) -> None:
     """Its INSERT of an id (0098) is for the erasure's claim, deleted in the same
     transaction; an operator's login holding the role could otherwise commit
-    organizations of its own choosing (placeholders the service then scores)."""
+    organizations of its own choosing (placeholders the service then scores). Whether
+    the login takes the role (as `healthscore erase` does) or uses the privileges it
+    inherits as a member: 0102's check looked at the role's name only, so a member's
+    own name passed it."""
     org = uuid.uuid4()
     async with _eraser_login(migrated_database) as (eraser_url, _login):
-        conn = await asyncpg.connect(eraser_url, server_settings={"role": "healthscore_eraser"})
+        settings = {"role": "healthscore_eraser"} if set_role else {}
+        conn = await asyncpg.connect(eraser_url, server_settings=settings)
         try:
             with pytest.raises(DENIED):
                 await conn.execute("INSERT INTO organizations (id) VALUES ($1)", org)
-            # the claim, deleted in its transaction, still passes: the erasure works
+            # the claim, deleted in its transaction, still passes: the erasure works,
+            # and so does running it again (its claim is not a writer racing it)
             result = await erase_organization(conn, org, apply=True)
+            again = await erase_organization(conn, org, apply=True)
+            assert not again.first and again.rows == {}, again.rows
         finally:
             await conn.close()
     assert result.first and result.rows == {}, result.rows
