@@ -400,7 +400,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
         parse_organization_ids,
     )
     from healthscore.service.kafka_clients import KafkaConnection
-    from healthscore.store import erasure
+    from healthscore.store import erasure, sql
     from healthscore.store.db import connect, database_tls
 
     settings = settings_from_args(args)
@@ -520,7 +520,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
                     server_settings={"role": ERASER_ROLE},
                 )
                 try:
-                    await conn.execute(erasure.FEED_TOMBSTONES_PUBLISHED, erased, owed_since)
+                    # only the entries this run owed, not one the service owed again since
+                    await conn.execute(sql.FEED_TOMBSTONES_PUBLISHED, erased, owed_since)
                 finally:
                     await conn.close()
             except (OSError, asyncpg.PostgresError) as exc:

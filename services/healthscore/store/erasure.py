@@ -89,11 +89,3 @@ INSERT INTO health_feed_tombstones_owed (organization_id) VALUES ($1)
 ON CONFLICT (organization_id) DO UPDATE SET owed_since = clock_timestamp()
 RETURNING owed_since
 """
-
-# after the command's own publish was acknowledged: only the entries it owed ($2),
-# not one owed again since by the service
-FEED_TOMBSTONES_PUBLISHED = """
-DELETE FROM health_feed_tombstones_owed t
-USING unnest($1::uuid[], $2::timestamptz[]) AS p(organization_id, owed_since)
-WHERE t.organization_id = p.organization_id AND t.owed_since = p.owed_since
-"""
