@@ -11,6 +11,11 @@ failure) does not outlive the use.
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import weakref
+from contextvars import ContextVar
+
 import asyncpg
 import pytest
 
@@ -31,6 +36,42 @@ async def test_release_sends_no_reset_statement(migrated_database: str) -> None:
         async with pool.acquire() as conn, conn.transaction():
             await conn.fetchval("SELECT 2")
         assert sent == ["SELECT 1", "BEGIN;", "SELECT 2", "COMMIT;"]
+    finally:
+        await pool.close()
+
+
+class _Batch:
+    """Stands for what FastStream keeps in a context variable while a batch runs: its
+    message, and every record in it."""
+
+
+_current_batch: ContextVar[_Batch | None] = ContextVar("current_batch", default=None)
+
+
+async def test_a_use_keeps_nothing_of_its_context_alive(migrated_database: str) -> None:
+    """asyncpg schedules a new statement's expiry and a released connection's idle
+    close with the context they happen in; the pool schedules neither, so a batch
+    is freed when it ends, not up to five minutes later."""
+    pool = await create_pool(migrated_database, "healthscore_writer", min_size=1, max_size=2)
+    try:
+        batch = _Batch()
+        freed = weakref.ref(batch)
+
+        async def use(held: _Batch) -> None:
+            _current_batch.set(held)
+            async with pool.acquire() as conn, conn.transaction():
+                # a statement new to the connection: prepared and cached
+                await conn.fetchval("SELECT $1::int + 1", 1)
+
+        task = asyncio.create_task(use(batch))  # its own context, as a handler's
+        await task
+        del task, batch
+        for _ in range(3):  # the loop's own references to the finished task go
+            await asyncio.sleep(0)
+        gc.collect()
+        assert freed() is None
+        async with pool.acquire() as conn:  # the statement is cached all the same
+            assert await conn.fetchval("SELECT $1::int + 1", 2) == 3
     finally:
         await pool.close()
 

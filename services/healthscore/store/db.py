@@ -95,6 +95,14 @@ def service_pool(
     `transaction_time_limit` (seconds, 0: none) is each session's
     `transaction_timeout` where the server has it (`bound_transaction_time`): the
     same, for one frozen half-way through sending a statement.
+
+    No timers (`max_cached_statement_lifetime`, `max_inactive_connection_lifetime`
+    0): asyncpg schedules each, as a statement is prepared or a connection released,
+    with the context it runs in, and a batch runs in FastStream's, which holds the
+    batch's message and every record in it: each timer kept a batch alive for up to
+    five minutes after it committed. Statements still leave the cache least recently
+    used first, and PostgreSQL replans them after a migration or an ANALYZE; the
+    pool stays at the size its busiest moment took.
     """
     settings = {"role": role} if role else {}
     if idle_transaction_limit > 0:
@@ -105,6 +113,8 @@ def service_pool(
         max_size=max_size,
         ssl=tls,
         reset=rollback_only_reset,
+        max_cached_statement_lifetime=0,
+        max_inactive_connection_lifetime=0,
         init=bound_transaction_time(transaction_time_limit) if transaction_time_limit > 0 else None,
         server_settings={"application_name": "healthscore", **settings},
     )
