@@ -49,10 +49,11 @@ _current_batch: ContextVar[_Batch | None] = ContextVar("current_batch", default=
 
 
 async def test_a_use_keeps_nothing_of_its_context_alive(migrated_database: str) -> None:
-    """asyncpg schedules a new statement's expiry and a released connection's idle
-    close with the context they happen in; the pool schedules neither, so a batch
-    is freed when it ends, not up to five minutes later."""
-    pool = await create_pool(migrated_database, "healthscore_writer", min_size=1, max_size=2)
+    """asyncpg schedules a new statement's expiry with the context it is prepared in;
+    the pool's statements do not expire, so a batch is freed when it ends, not five
+    minutes later. (A released connection's idle close holds its last use's context
+    until the connection's next use, as here.)"""
+    pool = await create_pool(migrated_database, "healthscore_writer", min_size=1, max_size=1)
     try:
         batch = _Batch()
         freed = weakref.ref(batch)
@@ -66,12 +67,12 @@ async def test_a_use_keeps_nothing_of_its_context_alive(migrated_database: str) 
         task = asyncio.create_task(use(batch))  # its own context, as a handler's
         await task
         del task, batch
+        async with pool.acquire() as conn:  # the next use: the statement is cached
+            assert await conn.fetchval("SELECT $1::int + 1", 2) == 3
         for _ in range(3):  # the loop's own references to the finished task go
             await asyncio.sleep(0)
         gc.collect()
         assert freed() is None
-        async with pool.acquire() as conn:  # the statement is cached all the same
-            assert await conn.fetchval("SELECT $1::int + 1", 2) == 3
     finally:
         await pool.close()
 

@@ -96,13 +96,14 @@ def service_pool(
     `transaction_timeout` where the server has it (`bound_transaction_time`): the
     same, for one frozen half-way through sending a statement.
 
-    No timers (`max_cached_statement_lifetime`, `max_inactive_connection_lifetime`
-    0): asyncpg schedules each, as a statement is prepared or a connection released,
-    with the context it runs in, and a batch runs in FastStream's, which holds the
-    batch's message and every record in it: each timer kept a batch alive for up to
-    five minutes after it committed. Statements still leave the cache least recently
-    used first, and PostgreSQL replans them after a migration or an ANALYZE; the
-    pool stays at the size its busiest moment took.
+    Prepared statements do not expire (`max_cached_statement_lifetime` 0): asyncpg
+    scheduled each one's expiry as it was prepared, with the context it ran in, and a
+    batch runs in FastStream's, which holds the batch's message and every record in
+    it: each timer kept a committed batch alive for five minutes. Statements still
+    leave the cache least recently used first, and PostgreSQL replans them after a
+    migration or an ANALYZE. The idle close of a connection (asyncpg's default, 300 s)
+    stays: it holds the context of the connection's last use only until its next one,
+    and closes a connection before a NAT or firewall could drop it unannounced.
     """
     settings = {"role": role} if role else {}
     if idle_transaction_limit > 0:
@@ -114,7 +115,6 @@ def service_pool(
         ssl=tls,
         reset=rollback_only_reset,
         max_cached_statement_lifetime=0,
-        max_inactive_connection_lifetime=0,
         init=bound_transaction_time(transaction_time_limit) if transaction_time_limit > 0 else None,
         server_settings={"application_name": "healthscore", **settings},
     )
