@@ -69,8 +69,8 @@ class SoakOptions:
     api_clients: int = 2
     tracemalloc: bool = True
     # a quiet spell (no records produced: a night) from this fraction of the run on
-    quiet_from: float = 0.6
-    quiet_seconds: float = 180.0
+    quiet_from: float = 0.55
+    quiet_seconds: float = 240.0
 
 
 @dataclass
@@ -83,6 +83,9 @@ class Counts:
     rebalances: int = 0
     postgres_restarts: int = 0
     ops_requests: int = 0
+    # when the quiet spell began and ended (seconds from the start; -1: it did not)
+    quiet_from_s: float = -1.0
+    quiet_to_s: float = -1.0
 
 
 def _probe_env(options: SoakOptions, warmup: float, total: float) -> dict[str, str]:
@@ -175,7 +178,11 @@ async def _produce_rounds(
         started = time.monotonic()
         quiet = started + options.quiet_from * (until - started)
         while time.monotonic() < until:
-            if quiet <= time.monotonic() < quiet + options.quiet_seconds:
+            now = time.monotonic()
+            if quiet <= now < quiet + options.quiet_seconds:
+                if counts.quiet_from_s < 0:
+                    counts.quiet_from_s = round(now - started, 1)
+                counts.quiet_to_s = round(now - started, 1)
                 await asyncio.sleep(1)
                 continue
             seed += 1
