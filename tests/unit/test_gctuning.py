@@ -93,3 +93,38 @@ def test_pacer_counts_records_so_small_live_batches_collect_rarely(
     assert runs == [2]
     pacer.after_batch()  # a full batch
     assert runs == [2, 2]
+
+
+async def test_pacer_collects_after_its_interval_without_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No records (a quiet night, no partitions): the loop's step collects once the
+    interval has passed since the last collection, whichever ran it."""
+    runs = _record_collections(monkeypatch)
+    now = [0.0]
+    pacer = FullCollectionPacer(3, batch_records=100, max_interval=60.0, clock=lambda: now[0])
+    now[0] = 59.0
+    assert await pacer.step() == pytest.approx(1.0)
+    assert runs == []
+    now[0] = 60.0
+    assert await pacer.step() == 60.0
+    assert runs == [2] and pacer.timed_collections == 1
+    now[0] = 100.0
+    pacer.after_batch()  # traffic: collections between batches...
+    pacer.after_batch()
+    pacer.after_batch()
+    assert runs == [2, 2]
+    now[0] = 150.0
+    assert await pacer.step() == pytest.approx(10.0)  # ...put the timed one off
+    assert runs == [2, 2] and pacer.timed_collections == 1
+
+
+async def test_an_untuned_collector_needs_no_timed_collections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runs = _record_collections(monkeypatch)
+    now = [1000.0]
+    pacer = FullCollectionPacer(0, max_interval=60.0, clock=lambda: now[0])
+    now[0] += 3600
+    assert await pacer.step() is None
+    assert runs == []

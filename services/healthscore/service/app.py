@@ -50,7 +50,10 @@ from healthscore.service.batch_log import BatchLog
 from healthscore.service.broker import build_broker
 from healthscore.service.consumers import HELD_IDLE_SECONDS, BatchHandler
 from healthscore.service.dead_letters import DeadLetterRelay
-from healthscore.service.gctuning import FullCollectionPacer
+from healthscore.service.gctuning import (
+    FULL_COLLECTION_MAX_INTERVAL_SECONDS,
+    FullCollectionPacer,
+)
 from healthscore.service.holdback import HoldBack
 from healthscore.service.ingest.decode import Decoder
 from healthscore.service.ingest.dlq import DeadLetterQueue
@@ -125,6 +128,8 @@ class ServiceOptions:
     # a full garbage collection after every this many batches (0: the interpreter's
     # own schedule); set where the process's collector is tuned (gctuning)
     full_gc_every_batches: int = 0
+    # and one when none ran for this long (no records), by the `full_collection` loop
+    full_gc_max_interval_seconds: float = FULL_COLLECTION_MAX_INTERVAL_SECONDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +151,8 @@ class Components:
     holdback: HoldBack
     offsets: KafkaOffsets
     handler: BatchHandler
+    # the full garbage collections: between batches, and when none ran for a while
+    collections: FullCollectionPacer
     broker: KafkaBroker
     # the recent batch outcomes and totals
     outcomes: BatchLog
@@ -296,13 +303,16 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
     show_consuming()  # nothing yet: every input topic at 0 until the first assignment
     outcomes = BatchLog(metrics)
     wakes = Wakes()
+    collections = FullCollectionPacer(
+        o.full_gc_every_batches, s.batch_max_records, o.full_gc_max_interval_seconds
+    )
     handler = BatchHandler(
         pipeline,
         offsets,
         holdback,
         on_outcome=wakes.announcing(outcomes.record),
         on_failure=lambda exc: metrics.batch_failures.inc(),
-        after_batch=FullCollectionPacer(o.full_gc_every_batches, s.batch_max_records).after_batch,
+        after_batch=collections.after_batch,
         on_gap=lambda gap: metrics.offset_gaps.labels(gap.topic).inc(),
         min_interval=(s.batch_min_interval_ms / 1000, s.batch_max_records),
     )
@@ -424,6 +434,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         holdback=holdback,
         offsets=offsets,
         handler=handler,
+        collections=collections,
         broker=broker,
         outcomes=outcomes,
         corrupt_records=corrupt_records,
@@ -501,6 +512,8 @@ def background_loops(c: Components) -> list[Loop]:
         Loop(o.gauge_interval_seconds, c.gauges.refresh, "gauge_refresh"),
         Loop(s.readiness_interval_seconds, c.readiness.step, "readiness_round"),
     ]
+    if o.full_gc_every_batches > 0 and o.full_gc_max_interval_seconds > 0:
+        loops.append(Loop(o.full_gc_max_interval_seconds, c.collections.step, "full_collection"))
     if s.kafka_commit_interval_ms > 0:
         loops.append(Loop(s.kafka_commit_interval_ms / 1000, c.offsets.flush, "kafka_commit"))
     if c.relay is not None:
