@@ -45,7 +45,7 @@ import asyncpg
 from healthscore.api.auth import issue_hs256
 from healthscore.api.dev import dev_login_url
 from healthscore.store.migrate import apply_migrations
-from healthscore_lab.api_bench import Connection, _signing_key, _users
+from healthscore_lab.api_bench import Connection, _signing_key, _users, stop_all
 from healthscore_lab.devservices import Services, die_with_parent, free_port, resolve_services
 from healthscore_lab.simulator import SimulationConfig, generate
 from healthscore_lab.simulator.kafka import produce
@@ -105,14 +105,7 @@ def _children() -> Iterator[list[subprocess.Popen[bytes]]]:
     try:
         yield started
     finally:
-        for process in started:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in started:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all(started)
 
 
 def _start(

@@ -591,14 +591,19 @@ def _children(
             )
         yield processes
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all(processes)
+
+
+def stop_all(processes: list[subprocess.Popen[bytes]], within: float = 30) -> None:
+    """SIGTERM each process still running, then wait for each; kill one that takes longer."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(within)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 CACHE_OUTCOMES = ("hit", "lagging", "shared", "miss", "bypass")
