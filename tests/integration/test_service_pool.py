@@ -59,10 +59,13 @@ async def test_a_use_keeps_nothing_of_its_context_alive(migrated_database: str) 
         freed = weakref.ref(batch)
 
         async def use(held: _Batch) -> None:
-            _current_batch.set(held)
+            token = _current_batch.set(held)
             async with pool.acquire() as conn, conn.transaction():
                 # a statement new to the connection: prepared and cached
                 await conn.fetchval("SELECT $1::int + 1", 1)
+            # as FastStream does after the handler: only a copy of the context taken
+            # meanwhile (a timer's) still holds the batch, whoever keeps the task
+            _current_batch.reset(token)
 
         task = asyncio.create_task(use(batch))  # its own context, as a handler's
         await task
