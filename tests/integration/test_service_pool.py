@@ -51,26 +51,27 @@ _current_batch: ContextVar[_Batch | None] = ContextVar("current_batch", default=
 async def test_a_use_keeps_nothing_of_its_context_alive(migrated_database: str) -> None:
     """asyncpg schedules a new statement's expiry with the context it is prepared in;
     the pool's statements do not expire, so a batch is freed when it ends, not five
-    minutes later. (A released connection's idle close holds its last use's context
-    until the connection's next use, as here.)"""
+    minutes later."""
     pool = await create_pool(migrated_database, "healthscore_writer", min_size=1, max_size=1)
     try:
         batch = _Batch()
         freed = weakref.ref(batch)
+        # taken and given back outside the batch: the idle close's timer, scheduled as a
+        # connection is released, is not what this test is about
+        async with pool.acquire() as conn:
 
-        async def use(held: _Batch) -> None:
-            token = _current_batch.set(held)
-            async with pool.acquire() as conn, conn.transaction():
-                # a statement new to the connection: prepared and cached
-                await conn.fetchval("SELECT $1::int + 1", 1)
-            # as FastStream does after the handler: only a copy of the context taken
-            # meanwhile (a timer's) still holds the batch, whoever keeps the task
-            _current_batch.reset(token)
+            async def use(held: _Batch) -> None:
+                token = _current_batch.set(held)
+                async with conn.transaction():
+                    # a statement new to the connection: prepared and cached
+                    await conn.fetchval("SELECT $1::int + 1", 1)
+                # as FastStream does after the handler: only a copy of the context
+                # taken meanwhile (a timer's) still holds the batch
+                _current_batch.reset(token)
 
-        task = asyncio.create_task(use(batch))  # its own context, as a handler's
-        await task
-        del task, batch
-        async with pool.acquire() as conn:  # the next use: the statement is cached
+            task = asyncio.create_task(use(batch))  # its own context, as a handler's
+            await task
+            del task, batch
             assert await conn.fetchval("SELECT $1::int + 1", 2) == 3
         for _ in range(3):  # the loop's own references to the finished task go
             await asyncio.sleep(0)
