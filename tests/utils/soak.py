@@ -45,7 +45,7 @@ import asyncpg
 from healthscore.api.auth import issue_hs256
 from healthscore.api.dev import dev_login_url
 from healthscore.store.migrate import apply_migrations
-from healthscore_lab.api_bench import Connection, _signing_key, _users, stop_all
+from healthscore_lab.api_bench import Connection, _sample_ids, _signing_key, _users, stop_all
 from healthscore_lab.devservices import Services, die_with_parent, free_port, resolve_services
 from healthscore_lab.simulator import SimulationConfig, generate
 from healthscore_lab.simulator.kafka import produce
@@ -151,15 +151,30 @@ async def _wait_http(port: int, target: str, timeout: float = 90) -> None:
     raise RuntimeError(f"nothing answered 200 on port {port} {target}")
 
 
-async def _organizations(url: str, count: int) -> list[str]:
-    conn = await asyncpg.connect(url)
-    try:
-        rows = await conn.fetch(
-            "SELECT organization_id FROM customer_health ORDER BY random() LIMIT $1", count
-        )
-    finally:
-        await conn.close()
-    return [str(r["organization_id"]) for r in rows]
+def _inherited_env() -> dict[str, str]:
+    """This process's environment less its API and database settings (the children's own)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "DATABASE"))}
+    env.pop("MIGRATION_DATABASE_URL", None)
+    return env
+
+
+def serve_environment(url: str, bootstrap: str, topics: Topics, group: str) -> dict[str, str]:
+    """A `serve` child's environment: on `url` and `bootstrap`, reading and writing
+    `topics` as consumer group `group`, logging JSON."""
+    return {
+        **_inherited_env(),
+        "DATABASE_URL": url,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA_IDEMPOTENT_PRODUCER": "false",
+        "USAGE_TOPIC": topics.usage,
+        "SUPPORT_TOPIC": topics.support,
+        "PROFILE_TOPIC": topics.profile,
+        "ALERT_TOPIC": topics.alerts,
+        "HEALTH_TOPIC": topics.health,
+        "CONSUMER_GROUP": group,
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
+    }
 
 
 async def _produce_rounds(
@@ -220,7 +235,7 @@ async def _api_client(
         while time.monotonic() < until:
             if time.monotonic() - refreshed > 30:
                 with contextlib.suppress(OSError, asyncpg.PostgresError):
-                    ids = await _organizations(url, 200) or ids
+                    ids = await _sample_ids(url, 200) or ids
                 refreshed = time.monotonic()
             some = rng.choice(ids) if ids else str(uuid.uuid4())
             target = rng.choice(
@@ -276,7 +291,7 @@ async def _erase_some(
     while time.monotonic() + options.erase_every < until:
         await asyncio.sleep(options.erase_every)
         try:
-            ids = await _organizations(url, 3)
+            ids = await _sample_ids(url, 3)
         except (OSError, asyncpg.PostgresError):
             continue
         args = [a for i in ids for a in ("--organization", i)]
@@ -358,22 +373,10 @@ async def run_soak(options: SoakOptions, services: Services) -> dict[str, Any]:
     bootstrap = services.kafka_bootstrap_servers
     await apply_migrations(url)
     topics = await make_topics(bootstrap, partitions=8)
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "DATABASE"))}
-    base.pop("MIGRATION_DATABASE_URL", None)
+    base = _inherited_env()
     serve_env = {
-        **base,
-        "DATABASE_URL": url,
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "KAFKA_IDEMPOTENT_PRODUCER": "false",
-        "USAGE_TOPIC": topics.usage,
-        "SUPPORT_TOPIC": topics.support,
-        "PROFILE_TOPIC": topics.profile,
-        "ALERT_TOPIC": topics.alerts,
-        "HEALTH_TOPIC": topics.health,
-        "CONSUMER_GROUP": "soak",
+        **serve_environment(url, bootstrap, topics, "soak"),
         "SWEEP_INTERVAL_SECONDS": "20",
-        "LOG_FORMAT": "json",
-        "LOG_LEVEL": "INFO",
     }
     probe = _probe_env(options, warmup, total)
     counts = Counts()

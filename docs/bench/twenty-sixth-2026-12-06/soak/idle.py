@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from tests.utils.harness import make_producer, make_topics
-from tests.utils.soak import _children, _http_get, _start
+from tests.utils.soak import _children, _http_get, _start, serve_environment
 
 from healthscore.store.migrate import apply_migrations
 from healthscore_lab.devservices import free_port, resolve_services
@@ -28,20 +28,9 @@ async def main(minutes: float, out: Path) -> None:
         url, bs = s.database_url, s.kafka_bootstrap_servers
         await apply_migrations(url)
         topics = await make_topics(bs, partitions=8)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "DATABASE"))}
+        env = serve_environment(url, bs, topics, "idle")
         env.update(
             {
-                "DATABASE_URL": url,
-                "KAFKA_BOOTSTRAP_SERVERS": bs,
-                "KAFKA_IDEMPOTENT_PRODUCER": "false",
-                "USAGE_TOPIC": topics.usage,
-                "SUPPORT_TOPIC": topics.support,
-                "PROFILE_TOPIC": topics.profile,
-                "ALERT_TOPIC": topics.alerts,
-                "HEALTH_TOPIC": topics.health,
-                "CONSUMER_GROUP": "idle",
-                "LOG_FORMAT": "json",
-                "LOG_LEVEL": "INFO",
                 "SOAK_OUT": str(out),
                 "SOAK_SAMPLE_SECONDS": "15",
                 "SOAK_MIN_COUNT": "20",
