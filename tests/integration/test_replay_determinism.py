@@ -343,7 +343,7 @@ async def test_live_with_the_silence_sweep_decides_like_replay(
 
         def counting(*args: Any, **kwargs: Any) -> BatchEffects:
             effects = compute_batch_effects(*args, **kwargs)
-            in_batches[0] += len(effects.silence_rescorings)
+            in_batches[0] += effects.silence_rescored
             return effects
 
         monkeypatch.setattr(pipeline_module, "compute_batch_effects", counting)

@@ -28,8 +28,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from healthscore.contracts.enums import AlertKind
+from healthscore.core.effects import compute_silence_effects
 from healthscore.core.scoring.alerts import alert_id_for
 from healthscore.core.scoring.model import default_model
+from healthscore.service import sweep as sweep_module
 from healthscore.service.ingest.decode import Decoder, RawRecord
 from healthscore.service.ingest.pipeline import BatchPipeline
 from healthscore.service.kafka_clients import KafkaConnection
@@ -480,6 +482,51 @@ async def test_two_sweepers_never_both_sweep(migrated_database: str, kafka_boots
         await conn.close()
         for pool in pools:
             await pool.close()
+
+
+async def test_a_page_shares_the_event_loop_and_keeps_to_its_budget(
+    migrated_database: str, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A month of silence for 300 organizations: each page makes at most SWEEP_BUDGET
+    rescorings, computed SWEEP_SLICE at most between two yields of the event loop (the
+    consumer's batches and heartbeats share it), and the pages together make every one."""
+    orgs = [_any_org(f"month-{i}") for i in range(300)]
+    async with _pipeline(migrated_database, kafka_bootstrap) as feed:
+        await feed.send([(org, "login", LAST, {}) for org in orgs])
+        sweeper = _sweep(feed)
+        ticks = 0
+        calls: list[tuple[int, int]] = []  # (ticks so far, rescorings made) per computation
+
+        def spied(*args: Any, **kwargs: Any) -> Any:
+            effects = compute_silence_effects(*args, **kwargs)
+            calls.append((ticks, effects.silence_rescored))
+            return effects
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0)
+                ticks += 1
+
+        monkeypatch.setattr(sweep_module, "compute_silence_effects", spied)
+        running = asyncio.create_task(ticker())
+        try:
+            watermark = LAST + timedelta(days=30)
+            pages = []
+            while taken := await sweeper.run_once(watermark=watermark):
+                pages.append((taken, sum(made for _, made in calls)))
+                assert len(calls) > 1
+                assert all(made <= sweep_module.SWEEP_SLICE for _, made in calls)
+                assert all(b[0] > a[0] for a, b in itertools.pairwise(calls)), (
+                    "two slices computed without the loop running anything between them"
+                )
+                assert 0 < pages[-1][1] <= sweep_module.SWEEP_BUDGET
+                calls.clear()
+        finally:
+            running.cancel()
+        due = sum(len(_scores([LAST], watermark)) - 1 for _ in orgs)  # all but the login
+        assert len(pages) >= math.ceil(due / sweep_module.SWEEP_BUDGET)
+        assert sweeper.rescorings == sum(made for _, made in pages) == due
 
 
 async def _sweep_count(conn: asyncpg.Connection[Any]) -> int:

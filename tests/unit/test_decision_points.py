@@ -292,7 +292,7 @@ def test_events_not_decided_are_decided_before_a_silence_rescoring() -> None:
     assert swept.scores[1:] == swept.silence_rescorings
     reference: dict[str, OrganizationState] = {}
     compute_batch_effects(events, reference, {}, MODEL, step, decision_bucket=None)
-    again = compute_silence_effects(reference, last + 3 * step, step, MODEL)
+    again = compute_silence_effects(reference, last + 3 * step, step, MODEL, keep_scores=True)
     assert [(r.scored_at, r.health) for r in swept.silence_rescorings] == [
         (r.scored_at, r.health) for r in again.silence_rescorings
     ]

@@ -353,9 +353,15 @@ def test_batch_rescores_silence_before_the_event_that_ends_it() -> None:
     # active at t0 + 10 min, then silent until two days later (an hour after the
     # silence rescoring at 00:00: a decision point, see tests/unit/test_decision_points.py)
     back = t0 + 2 * 86400 + 3600 + 60
-    effects = compute_batch_effects([_login(t0 + 600), _login(back)], {}, {}, MODEL, STEP)
+    effects = compute_batch_effects(
+        [_login(t0 + 600), _login(back)], {}, {}, MODEL, STEP, keep_scores=True
+    )
     times = [r.scored_at for r in effects.silence_rescorings]
     assert times == [t0 + k * STEP for k in range(2, 9)]
+    # without keep_scores they are counted, not kept (the history keeps a day's last)
+    counted = compute_batch_effects([_login(t0 + 600), _login(back)], {}, {}, MODEL, STEP)
+    assert counted.silence_rescorings == [] and counted.silence_rescored == len(times)
+    assert counted.history() == effects.history()
     assert {r.cause for r in effects.silence_rescorings} == {HistoryCause.SWEEP}
     scores = [r.health.score for r in effects.silence_rescorings]
     assert scores == sorted(scores, reverse=True) and scores[-1] < scores[0]
@@ -372,7 +378,7 @@ def test_batch_rescores_silence_before_the_event_that_ends_it() -> None:
     assert [r.health.score for r in history[:2]] == [scores[1], scores[5]]
     # without a step (the sweep off), no silence rescorings at all
     quiet = compute_batch_effects([_login(t0 + 600), _login(back)], {}, {}, MODEL)
-    assert quiet.silence_rescorings == []
+    assert quiet.silence_rescored == 0
     assert [r.scored_at for r in quiet.history()] == [t0 + 600, back]
     state = copy.deepcopy(effects.states[str(org)])
     assert next_silence_rescore(state, STEP) == t0 + 10 * STEP  # back + a step, on the grid
@@ -393,15 +399,15 @@ def test_a_late_event_does_not_rescore_the_same_silence_twice() -> None:
 
     states: dict[str, OrganizationState] = {}
     compute_batch_effects([_login(t0)], states, {}, MODEL, STEP)
-    swept = compute_silence_effects(states, t0 + 5 * STEP + 1, STEP, MODEL)
+    swept = compute_silence_effects(states, t0 + 5 * STEP + 1, STEP, MODEL, keep_scores=True)
     assert [r.scored_at for r in swept.silence_rescorings] == [t0 + k * STEP for k in range(1, 6)]
     late = compute_batch_effects([_login(t0 + 2 * STEP)], states, {}, MODEL, STEP)
-    assert late.silence_rescorings == []
+    assert late.silence_rescored == 0
     assert late.rescored[str(org)].scored_at == t0 + 5 * STEP
     state = states[str(org)]
     assert state.last_event_at == t0 + 2 * STEP and state.last_scored_at == t0 + 5 * STEP
     assert next_silence_rescore(state, STEP) == t0 + 6 * STEP
-    again = compute_silence_effects(states, t0 + 7 * STEP + 1, STEP, MODEL)
+    again = compute_silence_effects(states, t0 + 7 * STEP + 1, STEP, MODEL, keep_scores=True)
     assert [r.scored_at for r in again.silence_rescorings] == [t0 + 6 * STEP, t0 + 7 * STEP]
 
 
@@ -413,7 +419,9 @@ def test_silence_is_rescored_for_a_year_at_most() -> None:
     assert ancient % STEP == 0
 
     now = T0.timestamp() + 600
-    effects = compute_batch_effects([_login(ancient), _login(now)], {}, {}, MODEL, STEP)
+    effects = compute_batch_effects(
+        [_login(ancient), _login(now)], {}, {}, MODEL, STEP, keep_scores=True
+    )
     times = [r.scored_at for r in effects.silence_rescorings]
     year = SILENCE_HORIZON // STEP  # grid points a year holds
     assert times == [ancient + k * STEP for k in range(1, int(year))]
@@ -427,7 +435,7 @@ def test_silence_is_rescored_for_a_year_at_most() -> None:
     assert next_silence_rescore(late, STEP) is None
     states = {ON_THE_HOUR: _state(T0.timestamp())}
     swept = compute_silence_effects(states, T0.timestamp() + 3 * SILENCE_HORIZON, STEP, MODEL)
-    assert len(swept.silence_rescorings) == year - 1
+    assert swept.silence_rescored == year - 1
     assert next_silence_rescore(states[ON_THE_HOUR], STEP) is None
     assert (
         silence_rescore_times(states[ON_THE_HOUR], T0.timestamp() + 9 * SILENCE_HORIZON, STEP) == []
@@ -456,9 +464,7 @@ def test_a_batch_is_cut_where_its_silence_rescorings_pass_the_budget() -> None:
     parts: dict[str, OrganizationState] = {}
     first = compute_batch_effects(events[:2], parts, {}, MODEL, STEP)
     second = compute_batch_effects(events[2:], parts, {}, MODEL, STEP)
-    assert len(first.silence_rescorings) + len(second.silence_rescorings) == len(
-        one.silence_rescorings
-    )
+    assert first.silence_rescored + second.silence_rescored == one.silence_rescored
     assert encode_state(parts[ON_THE_HOUR]) == encode_state(whole[ON_THE_HOUR])
     # the sweep in pages of at most 500 per organization ends where one pass ends
     swept = {ON_THE_HOUR: _state(start)}
@@ -468,7 +474,7 @@ def test_a_batch_is_cut_where_its_silence_rescorings_pass_the_budget() -> None:
     made = 0
     while times := silence_rescore_times(limited[ON_THE_HOUR], watermark, STEP):
         page = compute_silence_effects(limited, watermark, STEP, MODEL, limit=500)
-        assert len(page.silence_rescorings) == min(500, len(times))
-        made += len(page.silence_rescorings)
-    assert made == len(all_at_once.silence_rescorings)
+        assert page.silence_rescored == min(500, len(times))
+        made += page.silence_rescored
+    assert made == all_at_once.silence_rescored
     assert encode_state(limited[ON_THE_HOUR]) == encode_state(swept[ON_THE_HOUR])

@@ -110,7 +110,9 @@ class BatchEffects:
     milestones: list[tuple[str, MilestoneCrossing]] = field(default_factory=list)
     # each organization's last score of the batch (the read model and the state)
     rescored: dict[str, Rescored] = field(default_factory=dict)
-    # every silence rescoring, in the order made
+    # with keep_scores: every silence rescoring, in the order made; otherwise only
+    # counted (a page of the sweep makes tens of thousands, and the history keeps
+    # one a day of them)
     silence_rescorings: list[Rescored] = field(default_factory=list)
     # with keep_scores: every score the batch made (decision points and silence
     # rescorings), in order; off in the service, which reads none of them (kept,
@@ -123,6 +125,7 @@ class BatchEffects:
     misrouted: list[tuple[SupportEvent, str]] = field(default_factory=list)
     applied: int = 0
     _applied_per_org: dict[str, int] = field(default_factory=dict, repr=False)
+    _silence_per_org: dict[str, int] = field(default_factory=dict, repr=False)
 
     def without(self, organizations: set[str]) -> BatchEffects:
         """These effects less those of `organizations` (their events are computed again).
@@ -154,6 +157,9 @@ class BatchEffects:
             _applied_per_org={
                 o: n for o, n in self._applied_per_org.items() if o not in organizations
             },
+            _silence_per_org={
+                o: n for o, n in self._silence_per_org.items() if o not in organizations
+            },
         )
 
     def merge(self, other: BatchEffects) -> BatchEffects:
@@ -170,7 +176,14 @@ class BatchEffects:
         self.applied += other.applied
         for org, n in other._applied_per_org.items():
             self._applied_per_org[org] = self._applied_per_org.get(org, 0) + n
+        for org, n in other._silence_per_org.items():
+            self._silence_per_org[org] = self._silence_per_org.get(org, 0) + n
         return self
+
+    @property
+    def silence_rescored(self) -> int:
+        """How many silence rescorings these effects made (kept or not)."""
+        return sum(self._silence_per_org.values())
 
     def changed(self) -> list[str]:
         """The organizations whose state the batch changed: it applied an event or
@@ -306,9 +319,12 @@ def _rescore_silence(
 ) -> None:
     """Rescore `state` at each of `times` (its silence rescorings), in order."""
     _decide_pending(state, model, effects)
+    org = state.organization_id
     for as_of in times:
         _rescore(state, as_of, model, effects, state.last_score, HistoryCause.SWEEP, False)
-        effects.silence_rescorings.append(effects.rescored[state.organization_id])
+        if effects.keep_scores:
+            effects.silence_rescorings.append(effects.rescored[org])
+    effects._silence_per_org[org] = effects._silence_per_org.get(org, 0) + len(times)
 
 
 def _rescore(

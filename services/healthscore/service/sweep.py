@@ -42,7 +42,11 @@ from uuid import UUID
 import asyncpg
 import structlog
 
-from healthscore.core.effects import compute_silence_effects, next_silence_rescore
+from healthscore.core.effects import (
+    BatchEffects,
+    compute_silence_effects,
+    next_silence_rescore,
+)
 from healthscore.core.partitions import PartitionKey
 from healthscore.core.scoring.model import ScoreModel
 from healthscore.core.scoring.state import OrganizationState
@@ -81,8 +85,13 @@ async def event_time_watermark(
     return value
 
 
-SWEEP_BUDGET = 100_000
-"""Silence rescorings one sweep transaction makes at most."""
+SWEEP_BUDGET = 20_000
+"""Silence rescorings one sweep transaction makes at most: what it holds until it
+commits, and how long it keeps its organizations' rows."""
+
+SWEEP_SLICE = 1_000
+"""Silence rescorings the sweep computes between two yields of the event loop: the
+consumer's batches, heartbeats and the ops endpoints share the loop."""
 
 
 class SilenceSweep:
@@ -133,15 +142,7 @@ class SilenceSweep:
             if not rows:
                 return 0
             states, versions = stored_states(rows)
-            # each organization may be a year of silence behind (1,460 grid points):
-            # a page makes at most SWEEP_BUDGET, the rest stay due for the next page
-            effects = compute_silence_effects(
-                states,
-                watermark.timestamp(),
-                self._step,
-                self._model,
-                limit=max(1, SWEEP_BUDGET // len(states)),
-            )
+            effects = await self._rescore(states, watermark.timestamp())
             if effects.rescored:
                 await save_locked_states(conn, rescored_states(effects), versions, self._step)
                 await write_effects(conn, effects, self._model)
@@ -154,7 +155,7 @@ class SilenceSweep:
                     [UUID(org) for org in stale],
                     [self._next_due(states.get(org)) for org in stale],
                 )
-        rescorings = len(effects.silence_rescorings)
+        rescorings = effects.silence_rescored
         self.last_alerts = len(effects.alerts)
         if rescorings:
             self.runs += 1
@@ -170,6 +171,25 @@ class SilenceSweep:
             watermark=watermark.isoformat(),
         )
         return len(rows)
+
+    async def _rescore(
+        self, states: dict[str, OrganizationState], watermark: float
+    ) -> BatchEffects:
+        """The page's silence rescorings, a slice of organizations at a time."""
+        # each organization may be a year of silence behind (1,460 grid points):
+        # a page makes at most SWEEP_BUDGET, the rest stay due for the next page
+        limit = max(1, SWEEP_BUDGET // len(states))
+        per_slice = max(1, SWEEP_SLICE // limit)
+        organizations = list(states)
+        effects = BatchEffects(states={})
+        for start in range(0, len(organizations), per_slice):
+            if start:
+                await asyncio.sleep(0)
+            part = {org: states[org] for org in organizations[start : start + per_slice]}
+            effects.merge(
+                compute_silence_effects(part, watermark, self._step, self._model, limit=limit)
+            )
+        return effects
 
     async def watermark(self) -> datetime | None:
         """The log's watermark now (None: nothing to sweep up to yet)."""
