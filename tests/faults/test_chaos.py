@@ -31,7 +31,8 @@ elected just before a broker pause and stopped after it); every SyncGroup then
 fails with REBALANCE_IN_PROGRESS and no replica holds partitions again. The
 catch-up wait fails naming the group's state and which replicas started;
 aiokafka's group coordinator logger at DEBUG (the service logs libraries from
-WARNING) shows the loop.
+WARNING) shows the loop. Its cause, tansu's LeaveGroup of a forming group keeping the
+leaving member as leader, is reproduced on its own in test_group_leader_leaves.py.
 """
 
 from __future__ import annotations
