@@ -483,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-seconds", type=float, default=20.0)
     p.add_argument("--warmup-seconds", type=float)
     p.add_argument("--no-api", action="store_true")
+    p.add_argument("--api-clients", type=int, default=2, help="concurrent API clients")
     p.add_argument("--no-tracemalloc", action="store_true")
     args = p.parse_args(argv)
     options = SoakOptions(
@@ -492,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         sample_seconds=args.sample_seconds,
         warmup_seconds=args.warmup_seconds,
         api=not args.no_api,
+        api_clients=args.api_clients,
         tracemalloc=not args.no_tracemalloc,
     )
     services = resolve_services(prefer_containers=False)
