@@ -6,7 +6,8 @@ default a temporary directory). Excluded from the default run: it takes the minu
 says and both cores. Asserts that after warm-up no kind of object grows in both halves
 of the rest of the run by more than a bounded cache of this traffic could (what a leak
 does: it keeps growing), that serve's live objects stay level while no records come
-(a quiet spell), and prints the figures.
+(a quiet spell), that neither process's RSS passes 300 MB at any sample, and prints the
+figures.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ GROWTH_PER_HALF = 12_000
 # of its last minute against the least of its second minute (the first drains what was
 # produced before it): without full collections it was +43 a second
 QUIET_GROWTH = 2_500
+# issue 12's bound on a process's resident memory, over the whole run: the silence
+# sweep's pages, every new organization of this traffic silent for days, set serve's
+# peak until they were bounded
+RSS_LIMIT_MB = 300.0
 
 
 def _halves(path: Path, warmup: float) -> dict[str, tuple[int, int, int]]:
@@ -76,6 +81,8 @@ async def test_memory_stays_flat_under_varied_traffic(services: Services, tmp_pa
             and counts_[2] - counts_[1] > GROWTH_PER_HALF
         }
         assert not growing, f"{name}: grew in both halves after warm-up: {growing}"
+        peak = max(summary[name]["rss_mb"])
+        assert peak < RSS_LIMIT_MB, f"{name}: peak RSS {peak} MB"
     assert counts["quiet_to_s"] - counts["quiet_from_s"] >= 150
     quiet = _quiet_growth(
         out / f"probe-{summary['serve']['pid']}.jsonl", counts["quiet_from_s"], counts["quiet_to_s"]
