@@ -12,14 +12,13 @@ figures.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 
 from healthscore_lab.devservices import Services
-from tests.utils.soak import SoakOptions, render, run_soak
+from tests.utils.soak import SoakOptions, read_samples, render, run_soak
 
 pytestmark = pytest.mark.soak
 
@@ -38,7 +37,7 @@ RSS_LIMIT_MB = 300.0
 
 
 def _halves(path: Path, warmup: float) -> dict[str, tuple[int, int, int]]:
-    samples = [json.loads(line) for line in path.read_text().splitlines() if line]
+    samples = read_samples(path)
     after = [s for s in samples if s["t"] >= warmup]
     assert len(after) >= 3, "too few samples after warm-up"
     first, middle, last = after[0], after[len(after) // 2], after[-1]
@@ -50,7 +49,7 @@ def _halves(path: Path, warmup: float) -> dict[str, tuple[int, int, int]]:
 
 
 def _quiet_growth(path: Path, quiet_from: float, quiet_to: float) -> int:
-    samples = [json.loads(line) for line in path.read_text().splitlines() if line]
+    samples = read_samples(path)
     second: list[int] = [
         s["objects"] for s in samples if quiet_from + 60 <= s["t"] < quiet_from + 120
     ]

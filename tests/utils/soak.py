@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import random
 import secrets
 import signal
@@ -45,7 +44,14 @@ import asyncpg
 from healthscore.api.auth import issue_hs256
 from healthscore.api.dev import dev_login_url
 from healthscore.store.migrate import apply_migrations
-from healthscore_lab.api_bench import Connection, _sample_ids, _signing_key, _users, stop_all
+from healthscore_lab.api_bench import (
+    Connection,
+    _sample_ids,
+    _signing_key,
+    _users,
+    inherited_environment,
+    stop_all,
+)
 from healthscore_lab.devservices import Services, die_with_parent, free_port, resolve_services
 from healthscore_lab.simulator import SimulationConfig, generate
 from healthscore_lab.simulator.kafka import produce
@@ -151,18 +157,11 @@ async def _wait_http(port: int, target: str, timeout: float = 90) -> None:
     raise RuntimeError(f"nothing answered 200 on port {port} {target}")
 
 
-def _inherited_env() -> dict[str, str]:
-    """This process's environment less its API and database settings (the children's own)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "DATABASE"))}
-    env.pop("MIGRATION_DATABASE_URL", None)
-    return env
-
-
 def serve_environment(url: str, bootstrap: str, topics: Topics, group: str) -> dict[str, str]:
     """A `serve` child's environment: on `url` and `bootstrap`, reading and writing
     `topics` as consumer group `group`, logging JSON."""
     return {
-        **_inherited_env(),
+        **inherited_environment(),
         "DATABASE_URL": url,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "KAFKA_IDEMPOTENT_PRODUCER": "false",
@@ -309,6 +308,11 @@ async def _erase_some(
             counts.erased += len(ids)
 
 
+def read_samples(path: Path) -> list[dict[str, Any]]:
+    """A probe's samples (`probe-<pid>.jsonl`), in order."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
 def summarize(out: Path, names: dict[int, str], warmup: float) -> dict[str, Any]:
     """Each probed process's growth from the first sample after warm-up to the last."""
     result: dict[str, Any] = {}
@@ -316,7 +320,7 @@ def summarize(out: Path, names: dict[int, str], warmup: float) -> dict[str, Any]
         path = out / f"probe-{pid}.jsonl"
         if not path.exists():
             continue
-        samples = [json.loads(line) for line in path.read_text().splitlines() if line]
+        samples = read_samples(path)
         after = [s for s in samples if s["t"] >= warmup]
         if len(after) < 2:
             continue
@@ -373,7 +377,7 @@ async def run_soak(options: SoakOptions, services: Services) -> dict[str, Any]:
     bootstrap = services.kafka_bootstrap_servers
     await apply_migrations(url)
     topics = await make_topics(bootstrap, partitions=8)
-    base = _inherited_env()
+    base = inherited_environment()
     serve_env = {
         **serve_environment(url, bootstrap, topics, "soak"),
         "SWEEP_INTERVAL_SECONDS": "20",

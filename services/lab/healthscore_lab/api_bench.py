@@ -594,6 +594,13 @@ def _children(
         stop_all(processes)
 
 
+def inherited_environment() -> dict[str, str]:
+    """This process's environment less its API and database settings (a child's own)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "DATABASE"))}
+    env.pop("MIGRATION_DATABASE_URL", None)
+    return env
+
+
 def stop_all(processes: list[subprocess.Popen[bytes]], within: float = 30) -> None:
     """SIGTERM each process still running, then wait for each; kill one that takes longer."""
     for process in processes:
@@ -792,7 +799,7 @@ async def run_api_bench(options: BenchSettings) -> dict[str, object]:
         ]
         ports = [free_port() for _ in range(options.api_processes)]
         ops_ports = [free_port() for _ in range(options.api_processes)]
-        base_env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "DATABASE"))}
+        base_env = inherited_environment()
         api_env = {
             **base_env,
             "API_DATABASE_URL": login_url,
