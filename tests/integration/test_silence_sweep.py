@@ -28,10 +28,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from healthscore.contracts.enums import AlertKind
-from healthscore.core.effects import compute_silence_effects
+from healthscore.core.effects import compute_batch_effects, compute_silence_effects
 from healthscore.core.scoring.alerts import alert_id_for
 from healthscore.core.scoring.model import default_model
 from healthscore.service import sweep as sweep_module
+from healthscore.service.ingest import pipeline as pipeline_module
 from healthscore.service.ingest.decode import Decoder, RawRecord
 from healthscore.service.ingest.pipeline import BatchPipeline
 from healthscore.service.kafka_clients import KafkaConnection
@@ -527,6 +528,49 @@ async def test_a_page_shares_the_event_loop_and_keeps_to_its_budget(
         due = sum(len(_scores([LAST], watermark)) - 1 for _ in orgs)  # all but the login
         assert len(pages) >= math.ceil(due / sweep_module.SWEEP_BUDGET)
         assert sweeper.rescorings == sum(made for _, made in pages) == due
+
+
+async def test_a_batch_ending_long_silences_shares_the_event_loop(
+    migrated_database: str, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch whose 60 events each end a month of silence (119 rescorings apiece, in
+    one transaction): the pipeline computes them SILENCE_SLICE at most between two
+    yields of the event loop (heartbeats, the projector and the ops endpoints share
+    it), and makes every one."""
+    orgs = [_org(f"batch-month-{i}") for i in range(60)]
+    back = LAST + timedelta(days=30)
+    async with _pipeline(migrated_database, kafka_bootstrap) as feed:
+        await feed.send([(org, "login", LAST, {}) for org in orgs])
+        ticks = 0
+        calls: list[tuple[int, int]] = []  # (ticks so far, rescorings made) per computation
+
+        def spied(*args: Any, **kwargs: Any) -> Any:
+            effects = compute_batch_effects(*args, **kwargs)
+            calls.append((ticks, effects.silence_rescored))
+            return effects
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0)
+                ticks += 1
+
+        monkeypatch.setattr(pipeline_module, "compute_batch_effects", spied)
+        running = asyncio.create_task(ticker())
+        try:
+            outcome = await feed.pipeline.process(
+                feed.records([(org, "login", back, {}) for org in orgs])
+            )
+        finally:
+            running.cancel()
+    assert outcome.transactions == 1 and outcome.applied == len(orgs)
+    assert len(calls) >= math.ceil(60 * 119 / pipeline_module.SILENCE_SLICE)
+    assert all(made <= pipeline_module.SILENCE_SLICE for _, made in calls)
+    assert all(b[0] > a[0] for a, b in itertools.pairwise(calls)), (
+        "two slices computed without the loop running anything between them"
+    )
+    due = sum(len(_scores([LAST, back], back)) - 2 for _ in orgs)  # all but the logins
+    assert sum(made for _, made in calls) == due == 60 * 119
 
 
 async def _sweep_count(conn: asyncpg.Connection[Any]) -> int:

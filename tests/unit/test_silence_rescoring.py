@@ -33,6 +33,7 @@ from healthscore.core.effects import (
     next_silence_rescore,
     silence_budget_index,
     silence_rescore_times,
+    silence_slices,
 )
 from healthscore.core.events import UsageEvent
 from healthscore.core.scoring.aggregate import new_state
@@ -478,3 +479,75 @@ def test_a_batch_is_cut_where_its_silence_rescorings_pass_the_budget() -> None:
         made += page.silence_rescored
     assert made == all_at_once.silence_rescored
     assert encode_state(limited[ON_THE_HOUR]) == encode_state(swept[ON_THE_HOUR])
+
+
+def _effects_seen(effects: BatchEffects) -> tuple[object, ...]:
+    """Everything the store and the outbox read of a batch's effects, in its order."""
+    return (
+        {org: encode_state(state) for org, state in effects.states.items()},
+        list(effects.rescored.items()),
+        effects.history(),
+        effects.alerts,
+        effects.milestones,
+        effects.misrouted,
+        effects.silence_rescorings,
+        effects.scores,
+        effects.changed(),
+        effects.applied,
+        effects.silence_rescored,
+    )
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+@pytest.mark.parametrize("every", [1, 7, 60, 500])
+def test_a_batch_computed_in_slices_makes_the_effects_of_one_computation(
+    seed: int, every: int
+) -> None:
+    """The pipeline computes a batch that ends long silences a slice at a time
+    (`silence_slices`, the event loop runs in between): the slices, computed one after
+    another over the same states and merged, make exactly what one computation makes,
+    in the same order; each slice ends at most `every` estimated rescorings, unless one
+    event alone ends a longer silence."""
+    log = _log(seed, organizations=12, events=400)
+    held = _log(seed + 100, organizations=12, events=50)  # states the batch continues
+    whole: dict[str, OrganizationState] = {}
+    compute_batch_effects(held, whole, {}, MODEL, STEP)
+    sliced = copy.deepcopy(whole)
+    before = copy.deepcopy(whole)
+    one = compute_batch_effects(log, whole, {}, MODEL, STEP, keep_scores=True)
+    cuts = silence_slices(log, sliced, STEP, every)
+    assert cuts == sorted(set(cuts)) and all(0 < cut < len(log) for cut in cuts)
+    assert len(cuts) > 3, "the log ends too few silences to slice"
+    merged: BatchEffects | None = None
+    for start, end in itertools.pairwise([0, *cuts, len(log)]):
+        part = log[start:end]
+        # the estimate of each slice, from the states as they stand before it
+        estimate = silence_budget_index(part, sliced, STEP, every)
+        assert estimate is None or len(part) == 1, (start, end)
+        effects = compute_batch_effects(part, sliced, {}, MODEL, STEP, keep_scores=True)
+        merged = effects if merged is None else merged.merge(effects)
+    assert merged is not None
+    assert merged.silence_rescored > 0
+    assert _effects_seen(merged) == _effects_seen(one)
+    # fewer cuts with a larger slice, none past the whole batch's estimate
+    total = sum(
+        int((min(b, a + SILENCE_HORIZON) - a - STEP) // STEP) + 1 for a, b in _silences(log, before)
+    )
+    assert silence_slices(log, before, STEP, total) == []
+    assert len(silence_slices(log, before, STEP, every * 4)) <= len(cuts)
+
+
+def _silences(
+    log: list[UsageEvent], states: dict[str, OrganizationState]
+) -> list[tuple[float, float]]:
+    """(newest event, next event) of each silence of a step or more that `log` ends."""
+    last = {org: state.last_event_at for org, state in states.items()}
+    found = []
+    for event in log:
+        org, t = str(event.organization_id), event.occurred_at.timestamp()
+        newest = last.get(org)
+        if newest is not None and t - newest > STEP:
+            found.append((newest, t))
+        if newest is None or t > newest:
+            last[org] = t
+    return found

@@ -48,7 +48,7 @@ silence rescoring has come, the day's last decision point's until then.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from healthscore.core.enums import HistoryCause
@@ -163,7 +163,8 @@ class BatchEffects:
         )
 
     def merge(self, other: BatchEffects) -> BatchEffects:
-        """These effects and `other`'s, of disjoint organizations."""
+        """These effects and `other`'s: of disjoint organizations, or of the events
+        that followed these over the same states and interactions (`silence_slices`)."""
         self.states.update(other.states)
         self.interactions.update(other.interactions)
         self.milestones.extend(other.milestones)
@@ -292,8 +293,43 @@ def silence_budget_index(
     transaction computes and holds: every event may end a year of silence, and the
     decisions do not depend on where a batch is cut.
     """
-    last = {org: state.last_event_at for org, state in states.items()}
     work = 0
+    for index, rescorings in _silence_work(events, states, step):
+        work += rescorings
+        if work > budget and index > 0:
+            return index
+    return None
+
+
+def silence_slices(
+    events: Sequence[Event],
+    states: Mapping[str, OrganizationState],
+    step: float,
+    every: int,
+) -> list[int]:
+    """Where to cut `events` into consecutive parts of about `every` silence rescorings
+    each (the estimate of `silence_budget_index`; an event that ends a longer silence
+    starts a part of its own): the indexes each later part starts at, ascending.
+
+    Computing the parts one after another over the same states and interactions
+    makes exactly the effects of computing them at once, merged (`BatchEffects.merge`):
+    it is the same loop, stopped in between.
+    """
+    cuts: list[int] = []
+    start = work = 0
+    for index, rescorings in _silence_work(events, states, step):
+        if work + rescorings > every and index > start:
+            cuts.append(index)
+            start, work = index, 0
+        work += rescorings
+    return cuts
+
+
+def _silence_work(
+    events: Sequence[Event], states: Mapping[str, OrganizationState], step: float
+) -> Iterator[tuple[int, int]]:
+    """(index, estimated silence rescorings) of each event of `events` that ends a silence."""
+    last = {org: state.last_event_at for org, state in states.items()}
     for index, event in enumerate(events):
         if isinstance(event, ProfileEvent):
             continue  # not activity: it ends no silence
@@ -303,12 +339,9 @@ def silence_budget_index(
         if newest is not None and t > newest:
             silent = min(t, newest + SILENCE_HORIZON) - (newest + step)
             if silent > 0:
-                work += int(silent // step) + 1
-                if work > budget and index > 0:
-                    return index
+                yield index, int(silent // step) + 1
         if newest is None or t > newest:
             last[org] = t
-    return None
 
 
 def _rescore_silence(

@@ -25,6 +25,7 @@ fails alone is found, and that record is dead-lettered as `unprocessable`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -36,7 +37,12 @@ from uuid import UUID
 import asyncpg
 
 from healthscore.core.alignment import AlignmentView, align
-from healthscore.core.effects import BatchEffects, compute_batch_effects, silence_budget_index
+from healthscore.core.effects import (
+    BatchEffects,
+    compute_batch_effects,
+    silence_budget_index,
+    silence_slices,
+)
 from healthscore.core.events import Event, SupportEvent
 from healthscore.core.interactions import InteractionRecord
 from healthscore.core.partitions import PartitionKey
@@ -88,6 +94,11 @@ SILENCE_BUDGET = 100_000
 """Silence rescorings one batch transaction may make: every event may end a year of
 silence (`core.effects.SILENCE_HORIZON`, 1,460 rescorings), so a batch of events a year
 apart would otherwise compute millions in one transaction, and hold them all."""
+
+SILENCE_SLICE = 1_000
+"""Silence rescorings a batch computes between two yields of the event loop (as the
+sweep's `SWEEP_SLICE`): up to `SILENCE_BUDGET` of them take seconds, and heartbeats,
+the projector and the ops endpoints share the loop."""
 
 
 class PartlyCommitted(Exception):
@@ -629,9 +640,7 @@ class BatchPipeline:
                 raise _SilenceBudget(events[cut])
         interactions = await _read_interactions(conn, events)
         marks.lap("load")
-        effects = compute_batch_effects(
-            events, states, interactions, self._model, self._silence_step
-        )
+        effects = await self._compute(events, states, interactions)
         marks.lap("compute")
         saved, changed = await save_states_checked(
             conn, rescored_states(effects), versions, self._rescore_step
@@ -653,7 +662,7 @@ class BatchPipeline:
             # yet: an event of a recomputed organization reusing one's id is misrouted
             known = await _read_interactions(conn, again)
             known.update(kept.interactions)
-            redo = compute_batch_effects(again, fresh, known, self._model, self._silence_step)
+            redo = await self._compute(again, fresh, known)
             resaved = await save_locked_states(
                 conn, rescored_states(redo), fresh_versions, self._rescore_step
             )
@@ -661,6 +670,25 @@ class BatchPipeline:
             saved.update(resaved)
             marks.lap("w_changed")
         return effects, saved, erased
+
+    async def _compute(
+        self,
+        events: list[Event],
+        states: dict[str, OrganizationState],
+        interactions: dict[str, InteractionRecord],
+    ) -> BatchEffects:
+        """The effects of `events`; long silences they end are computed a slice at a
+        time (`SILENCE_SLICE`), giving the event loop back in between."""
+        step = self._silence_step
+        cuts = [] if step is None else silence_slices(events, states, step, SILENCE_SLICE)
+        effects: BatchEffects | None = None
+        for start, end in zip([0, *cuts], [*cuts, len(events)], strict=True):
+            if start:
+                await asyncio.sleep(0)
+            part = compute_batch_effects(events[start:end], states, interactions, self._model, step)
+            effects = part if effects is None else effects.merge(part)
+        assert effects is not None
+        return effects
 
 
 async def _project_own_changes(
