@@ -13,6 +13,7 @@ import contextlib
 import uuid
 
 import asyncpg
+import orjson
 import pytest
 
 from healthscore.service.erasure import erase_organization
@@ -65,6 +66,10 @@ async def test_the_eraser_reads_no_other_organizations_data(migrated_database: s
                 await conn.execute("DELETE FROM dead_letter_outbox")
             with pytest.raises(DENIED):
                 await conn.execute("DELETE FROM dead_letters_withheld")
+            # nor through the function the erasure deletes them with, for an
+            # organization whose erasure is not recorded (migration 0104)
+            with pytest.raises(DENIED, match="no erasure of organization"):
+                await conn.execute("SELECT erase_dead_letters($1)", other)
             # nor hand its rights on (PostgreSQL warns and grants nothing, or refuses)
             for statement in (
                 "GRANT SELECT ON erased_organizations TO PUBLIC",
@@ -107,6 +112,26 @@ async def test_the_eraser_still_erases_the_dead_letters_of_its_organization(
     for table in ("dead_letter_outbox", "dead_letters_withheld"):
         keys = await fetchval(migrated_database, f"SELECT array_agg(record_key) FROM {table}")
         assert keys == [str(other).encode()], table
+    # the audit row counts them (deleted after the tombstone was recorded)
+    audited = await fetchval(
+        migrated_database,
+        "SELECT rows_removed::text FROM erased_organizations WHERE organization_id = $1",
+        gone,
+    )
+    assert orjson.loads(audited) == result.rows
+    # a run again deletes what was dead-lettered since, and keeps the first audit row
+    await _dead_letter(migrated_database, gone, b'{"subject": "Jane Doe, again"}')
+    again = await erase_now(migrated_database, gone)
+    assert not again.first
+    assert again.rows.get("dead_letter_outbox") == 1, again.rows
+    assert (
+        await fetchval(
+            migrated_database,
+            "SELECT rows_removed::text FROM erased_organizations WHERE organization_id = $1",
+            gone,
+        )
+        == audited
+    )
 
 
 async def test_a_finished_erasures_audit_trail_cannot_be_changed(migrated_database: str) -> None:

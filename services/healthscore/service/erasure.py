@@ -144,9 +144,6 @@ async def _erase_rows(conn: asyncpg.Connection, organization: UUID, apply: bool)
             # waits for a transaction creating the organization (not committed yet)
             claimed = await conn.fetchval(erasure.CLAIM_ORGANIZATION, organization)
             await conn.execute(erasure.DELETE_ORGANIZATION, organization)
-            # here, not in the second step: the dead-letter relay would publish them
-            # (the erased payload) were the command killed between the two
-            await conn.execute(erasure.DELETE_DEAD_LETTERS, organization)
             result.rows = _since(before, await _deleted(conn))
             if claimed is not None:
                 # the row the claim inserted: not the organization's
@@ -157,6 +154,17 @@ async def _erase_rows(conn: asyncpg.Connection, organization: UUID, apply: bool)
                 erasure.RECORD_TOMBSTONE, organization, orjson.dumps(result.rows).decode()
             )
             result.first = result.erased_at is not None
+            # here, not in the second step: the dead-letter relay would publish them
+            # (the erased payload) were the command killed between the two; after the
+            # tombstone, which the function requires (migration 0104)
+            counted = await _deleted(conn)
+            await conn.execute(erasure.DELETE_DEAD_LETTERS, organization)
+            dead_letters = _since(counted, await _deleted(conn))
+            if dead_letters and result.first:
+                await conn.execute(
+                    erasure.ADD_ROWS_REMOVED, organization, orjson.dumps(dead_letters).decode()
+                )
+            result.rows.update(dead_letters)
             # owed until a broker takes it: the command publishes it below, else the
             # running service does (a refused publish, a command killed before it)
             result.tombstone_owed_since = await conn.fetchval(

@@ -2,7 +2,7 @@
 
 One organization per transaction, in two steps. The first removes everything keyed
 to the organization by a foreign key (deleting its `organizations` row: ON DELETE
-CASCADE) and its dead letters not yet published, and records the tombstone, while it
+CASCADE), records the tombstone and removes its dead letters not yet published, while it
 holds every stored consumer offset: a batch locks its partitions' offset rows first,
 so the erasure waits for the batches in flight and every later batch's statements see
 the tombstone. The dead letters go in the first step because the dead-letter relay
@@ -48,8 +48,16 @@ DELETE_PROCESSED_EVENTS = "DELETE FROM processed_events WHERE organization_id = 
 # the id: `pipeline._key_organization` parses the key as a UUID, so the case, braces,
 # a urn:uuid: prefix, hyphens and surrounding whitespace vary; refused as invalid_key)
 # or by the id in the value: erase_dead_letters() (migration 0099), SECURITY DEFINER,
-# so that the eraser reads no dead letter of another organization
+# so that the eraser reads no dead letter of another organization; it refuses an
+# organization whose erasure is not recorded (RECORD_TOMBSTONE first, migration 0104)
 DELETE_DEAD_LETTERS = "SELECT erase_dead_letters($1)"
+
+# the first erasure's dead letters, counted after its tombstone was recorded
+ADD_ROWS_REMOVED = """
+UPDATE erased_organizations
+SET rows_removed = rows_removed || $2::jsonb
+WHERE organization_id = $1 AND completed_at IS NULL
+"""
 
 # the rows deleted per table (cascades included), read before and after an erasure's
 # deletes: what it removes, counted without reading rows row-level security hides from
