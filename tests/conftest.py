@@ -41,16 +41,18 @@ def services() -> Iterator[Services]:
     resolved = resolve_services(
         database_url=os.environ.get("DATABASE_URL"),
         kafka_bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
+        # a worker's hundreds of databases: its keeper deletes them after the run
+        remove_in_background=True,
     )
     try:
         if resolved.postgres_server is not None:
-            asyncio.run(_without_fsync(resolved.database_url))
+            asyncio.run(_throw_away_settings(resolved.database_url))
         yield resolved
     finally:
         resolved.close()
 
 
-async def _without_fsync(admin_url: str) -> None:
+async def _throw_away_settings(admin_url: str) -> None:
     """The session's own embedded server (its data directory goes at the end) does not
     wait for the disk at each commit, as the tests' other throw-away clusters do not
     (`tests/utils/pg_cluster.py`). A commit still writes its WAL before it returns, so a
@@ -59,6 +61,10 @@ async def _without_fsync(admin_url: str) -> None:
     conn = await asyncpg.connect(admin_url)
     try:
         await conn.execute("ALTER SYSTEM SET fsync = off")
+        # each test's CREATE DATABASE logs the template's every page: compressed, it
+        # cost 100 ms of CPU a database against 27 ms (docs/performance.md,
+        # "Twenty-eighth session")
+        await conn.execute("ALTER SYSTEM SET wal_compression = off")
         await conn.execute("SELECT pg_reload_conf()")
     finally:
         await conn.close()

@@ -86,6 +86,15 @@ def _pg_ctl(server: Any, *args: str, timeout: float = 60.0) -> None:
             raise ServiceStartError(f"pg_ctl {args[-1]} failed: {out.read()[-2000:]!r}")
 
 
+def _leave_removal_to_the_keeper(server: Any) -> None:
+    """Stop a server on temporary data at once and let its keeper remove the directory
+    in its own time (`resolve_services`' `remove_in_background`)."""
+    stop_embedded_postgres_at_once(server)
+    server.cleanup_mode = "stop"  # its cleanup forgets the handle and deletes nothing
+    server.cleanup()
+    server.keeper_close(wait=False)
+
+
 def stop_embedded_postgres_at_once(server: Any) -> None:
     """Stop a server whose data is about to be deleted without its shutdown checkpoint.
 
@@ -288,9 +297,10 @@ def start_embedded_postgres(
     return str(server.get_uri()), server, root
 
 
-def start_keeper(pgdata: Path, root: Path | None) -> Callable[[], None]:
+def start_keeper(pgdata: Path, root: Path | None) -> Callable[..., None]:
     """Start the keeper of the server on `pgdata` (and of the temporary `root`); return
-    what lets it go once the server is closed (it then finds nothing left to do)."""
+    what lets it go once the server is closed (it then finds nothing left to do, or the
+    temporary directory to remove: `wait` False returns without waiting for that)."""
     read, write = os.pipe()  # not inherited: only this process holds the write end
     try:
         keeper = subprocess.Popen(
@@ -312,11 +322,12 @@ def start_keeper(pgdata: Path, root: Path | None) -> Callable[[], None]:
     finally:
         os.close(read)
 
-    def close() -> None:
+    def close(wait: bool = True) -> None:
         with contextlib.suppress(OSError):
             os.close(write)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            keeper.wait(30)
+        if wait:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                keeper.wait(30)
 
     return close
 
@@ -383,8 +394,13 @@ def resolve_services(
     kafka_bootstrap_servers: str | None = None,
     data_dir: Path | None = None,
     prefer_containers: bool = True,
+    remove_in_background: bool = False,
 ) -> Services:
     """Give real services: the given URLs, else containers, else embedded ones.
+
+    With `remove_in_background`, closing an embedded PostgreSQL on temporary data stops
+    it at once and leaves the deleting of its directory to its keeper, unwaited: the
+    test suite's clusters hold gigabytes of throw-away databases.
 
     An embedded PostgreSQL that keeps its data (`data_dir`) with an embedded broker
     started here (new, its topics empty: it keeps them in memory only) has every
@@ -394,7 +410,14 @@ def resolve_services(
     nothing the producers send."""
     stack = contextlib.ExitStack()
     try:
-        return _resolve(stack, database_url, kafka_bootstrap_servers, data_dir, prefer_containers)
+        return _resolve(
+            stack,
+            database_url,
+            kafka_bootstrap_servers,
+            data_dir,
+            prefer_containers,
+            remove_in_background,
+        )
     except BaseException:  # a failure or an interrupt half-way: stop what did start
         stack.close()
         raise
@@ -406,6 +429,7 @@ def _resolve(
     kafka_bootstrap_servers: str | None,
     data_dir: Path | None,
     prefer_containers: bool,
+    remove_in_background: bool,
 ) -> Services:
     kind = "env"
     idempotence = True
@@ -428,13 +452,16 @@ def _resolve(
             kind = "containers"
         else:
             database_url, server, root = start_embedded_postgres(data_dir, notes)
-            # last in, first out: the keeper goes last, finding nothing left to do
-            stack.callback(server.keeper_close)
-            if root is not None:  # runs after the server's cleanup
-                stack.callback(shutil.rmtree, root, ignore_errors=True)
-            stack.callback(server.cleanup)
-            if root is not None:  # temporary data: no shutdown checkpoint (runs first)
-                stack.callback(stop_embedded_postgres_at_once, server)
+            if root is not None and remove_in_background:
+                stack.callback(_leave_removal_to_the_keeper, server)
+            else:
+                # last in, first out: the keeper goes last, finding nothing left to do
+                stack.callback(server.keeper_close)
+                if root is not None:  # runs after the server's cleanup
+                    stack.callback(shutil.rmtree, root, ignore_errors=True)
+                stack.callback(server.cleanup)
+                if root is not None:  # temporary data: no shutdown checkpoint (runs first)
+                    stack.callback(stop_embedded_postgres_at_once, server)
             postgres_pid = server.get_pid()
             postgres_server = server
             kind = "embedded"
