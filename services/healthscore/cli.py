@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterator
@@ -184,7 +185,7 @@ def _log_migration(line: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from healthscore.service.app import ServiceOptions, running
+    from healthscore.service.app import ServiceOptions, serve_until
     from healthscore.store.db import database_tls
     from healthscore.store.migrate import apply_migrations
 
@@ -211,15 +212,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
             run_sweep=not args.no_sweep,
             full_gc_every_batches=full_gc_every_batches,
         )
-        # a signal during start-up stops the service as soon as it is up
+        # a signal during start-up cancels the start (serve_until)
         stop = asyncio.Event()
         await wait_for_signal(stop.set)
         try:
-            async with running(settings, options):
-                await stop.wait()
+            stopped = await serve_until(stop, settings, options)
         except StartupRefused as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        if not stopped:
+            # what still runs of the start would hold the event loop's shutdown too
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
         return 0
 
     with with_services(settings) as (resolved, _services):

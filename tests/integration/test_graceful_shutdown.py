@@ -14,7 +14,10 @@ import signal
 import time
 from pathlib import Path
 
+from healthscore.service.app import START_UP_STOP_SECONDS
+from healthscore_lab.devservices import free_port, stop_process
 from healthscore_lab.simulator import produce
+from tests.integration.test_health_feed_late_ack import _broker_behind
 from tests.utils.fault_tools import log_events
 from tests.utils.harness import (
     ServiceProcess,
@@ -22,6 +25,7 @@ from tests.utils.harness import (
     make_topics,
     service_settings,
 )
+from tests.utils.kafka_relay import KafkaRelay
 from tests.utils.scenarios import (
     expected_event_counts,
     simulated_stream,
@@ -32,6 +36,7 @@ from tests.utils.scenarios import (
 )
 
 STOP_WITHIN_SECONDS = 10.0
+JOIN_GROUP = 11  # the Kafka API key
 
 
 async def test_sigterm_stops_cleanly_and_restart_resumes(
@@ -110,3 +115,54 @@ async def test_sigterm_stops_cleanly_and_restart_resumes(
         f"\nSIGTERM to exit: {stop_seconds:.2f}s; applied {applied_first} before the stop,"
         f" {len(messages) - applied_first} after the restart"
     )
+
+
+async def test_sigterm_during_a_start_up_that_cannot_end_stops_the_process(
+    migrated_database: str, tmp_path: Path
+) -> None:
+    """`serve` starts, its consumer group never forms (a relay holds every JoinGroup, as
+    a broker whose coordinator does not answer, or the embedded broker's stuck group,
+    does: aiokafka's start waits for its first assignment), then the broker goes away.
+    The start can never end; a SIGTERM cancels it and the process exits at once, 0.
+    Before, a signal during start-up waited for the start to end: the `serve` processes
+    of a killed bench ran on for good."""
+    relay_port = free_port()
+    target, broker = _broker_behind(relay_port)
+    relay = KafkaRelay("127.0.0.1", int(target.rsplit(":", 1)[1]), relay_port)
+    await relay.start()
+    bootstrap = f"127.0.0.1:{relay_port}"
+    log = tmp_path / "serve.log"
+    service: ServiceProcess | None = None
+    try:
+        topics = await make_topics(bootstrap, partitions=1)
+        relay.hold_api(JOIN_GROUP)
+        service = ServiceProcess(service_settings(migrated_database, bootstrap, topics))
+        service.start(str(log))
+        # up to the held join: the background loops run (readiness is logged)
+        deadline = time.monotonic() + 60
+        while not log_events(log, "readiness_changed"):
+            assert service.alive, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "serve did not get as far as its loops"
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)
+        await relay.close()
+        stop_process(broker)
+        await asyncio.sleep(2.0)
+        assert not log_events(log, "service_started"), "the group formed"
+        assert service.process is not None
+        stopping = time.monotonic()
+        service.process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(service.process.wait, START_UP_STOP_SECONDS + 15)
+        stop_seconds = time.monotonic() - stopping
+    finally:
+        if service is not None:
+            service.kill()
+        await relay.close()
+        stop_process(broker)
+    names = [e.get("event") for e in log_events(log)]
+    assert stop_seconds < STOP_WITHIN_SECONDS, (stop_seconds, names[-10:])
+    assert code == 0, log.read_text()[-3000:]
+    assert "start_up_interrupted" in names
+    assert "service_started" not in names
+    assert names[-1] == "service_stopped"
+    assert "Traceback" not in log.read_text()

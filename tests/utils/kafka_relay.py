@@ -23,6 +23,7 @@ class KafkaRelay:
         self.port = port
         self._server: asyncio.Server | None = None
         self._open: dict[str, asyncio.Event] = {}
+        self._apis: dict[int, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -43,6 +44,22 @@ class KafkaRelay:
     def heal(self, client_id: str) -> None:
         """Deliver what was held, in order, and relay again."""
         self._gate(client_id).set()
+
+    def _api_gate(self, api_key: int) -> asyncio.Event:
+        gate = self._apis.get(api_key)
+        if gate is None:
+            gate = self._apis[api_key] = asyncio.Event()
+            gate.set()
+        return gate
+
+    def hold_api(self, api_key: int) -> None:
+        """Hold every request of `api_key` (JoinGroup: 11) from now on, whoever sends it,
+        and what its connection sends after it: a broker that never answers those."""
+        self._api_gate(api_key).clear()
+
+    def release_api(self, api_key: int) -> None:
+        """Deliver the held requests of `api_key`, in order, and relay them again."""
+        self._api_gate(api_key).set()
 
     async def close(self) -> None:
         if self._server is not None:
@@ -72,10 +89,11 @@ class KafkaRelay:
             client_id = request[10 : 10 + max(0, length)].decode(errors="replace")
             gate = self._gate(client_id)
             await gate.wait()
+            await self._api_gate(struct.unpack(">h", request[:2])[0]).wait()
             up_writer.write(first + request)
             back = asyncio.create_task(self._pipe(up_reader, writer, None))
             self._tasks.add(back)
-            await self._pipe(reader, up_writer, gate)
+            await self._requests(reader, up_writer, gate)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -83,6 +101,23 @@ class KafkaRelay:
                 up_writer.close()
             with contextlib.suppress(Exception):
                 writer.close()
+
+    async def _requests(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gate: asyncio.Event
+    ) -> None:
+        """A client's requests, one frame (size, then the request) at a time, each through
+        its client's gate and its API's."""
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readexactly(4)
+                (size,) = struct.unpack(">i", head)
+                request = await reader.readexactly(size)
+                await gate.wait()
+                await self._api_gate(struct.unpack(">h", request[:2])[0]).wait()
+                writer.write(head + request)
+                await writer.drain()
+        with contextlib.suppress(Exception):
+            writer.close()
 
     @staticmethod
     async def _pipe(

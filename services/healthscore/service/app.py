@@ -104,6 +104,11 @@ PRODUCER_FLUSH_ON_STOP_SECONDS = 5.0
 # had not committed)
 LOOPS_STOP_SECONDS = 5.0
 POOL_CLOSE_ON_STOP_SECONDS = 5.0
+# a stop asked for while the service still starts: how long what started may take to
+# stop before the process exits without it. Above the Kafka clients' request timeout
+# (40 s): a consumer's close waits for its group request in flight (a JoinGroup a
+# broker holds); below the deployment's 60 s grace period
+START_UP_STOP_SECONDS = 45.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -773,6 +778,66 @@ async def running(
                         c.stop.set()
     finally:
         log.info("service_stopped")
+
+
+async def serve_until(
+    stop: asyncio.Event,
+    settings: Settings,
+    options: ServiceOptions | None = None,
+    stop_within: float = START_UP_STOP_SECONDS,
+) -> bool:
+    """Run the service until `stop` is set; False when a stop during start-up did not end
+    within `stop_within` seconds (the caller exits without waiting for it).
+
+    A stop set while the service still starts cancels the start: a broker or database
+    that stops answering half-way (a group coordinator that never comes) would hold it,
+    and the signal with it, for good. What had started stops as on any exit.
+    """
+    up = asyncio.Event()
+
+    async def serve() -> None:
+        async with running(settings, options):
+            up.set()
+            await stop.wait()
+
+    service = asyncio.create_task(serve(), name="service")
+    stopped = asyncio.create_task(stop.wait(), name="stop-signal")
+    try:
+        await asyncio.wait([service, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not service.done() and not up.is_set():
+        log.warning("start_up_interrupted", seconds=stop_within)
+        service.cancel()
+        await asyncio.wait([service], timeout=stop_within)
+        if not service.done():
+            log.error("start_up_not_stopped", seconds=stop_within, tasks=_tasks_waiting())
+            return False
+        if not service.cancelled() and service.exception() is not None:
+            # stopping what had started failed: the process stops all the same
+            error = service.exception()
+            log.warning("start_up_stop_failed", error=type(error).__name__, message=str(error))
+        return True
+    await service  # a refused start-up raises here
+    return True
+
+
+def _tasks_waiting(limit: int = 30) -> list[str]:
+    """Each pending task and where it waits, innermost: what holds a stop that hangs."""
+    found: list[str] = []
+    for task in asyncio.all_tasks():
+        if task is asyncio.current_task():
+            continue
+        awaited: Any = task.get_coro()
+        where = ""
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is not None:
+                code = frame.f_code
+                where = f"{code.co_qualname} ({Path(code.co_filename).name}:{frame.f_lineno})"
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+        found.append(f"{task.get_name()}: {where}")
+    return sorted(found)[:limit]
 
 
 async def start_producer(producer: AIOKafkaProducer, idempotent: bool) -> None:
