@@ -14,6 +14,9 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+from faststream.__about__ import SERVICE_NAME as FASTSTREAM_CLIENT_ID
+
 from healthscore.service.app import START_UP_STOP_SECONDS
 from healthscore_lab.devservices import free_port, stop_process
 from healthscore_lab.simulator import produce
@@ -166,3 +169,36 @@ async def test_sigterm_during_a_start_up_that_cannot_end_stops_the_process(
     assert "service_started" not in names
     assert names[-1] == "service_stopped"
     assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.slow
+async def test_a_broker_that_stops_answering_the_consumers_client_at_start_is_one_line(
+    migrated_database: str, tmp_path: Path
+) -> None:
+    """The broker answers the service's producer but never FastStream's client (the
+    relay holds what its connections send): the start fails after the request timeout
+    with one line naming the setting, not a traceback (before, KafkaConnectionError
+    from FastStream's producer escaped). 40 s of the clients' request timeout: slow."""
+    relay_port = free_port()
+    target, broker = _broker_behind(relay_port)
+    relay = KafkaRelay("127.0.0.1", int(target.rsplit(":", 1)[1]), relay_port)
+    await relay.start()
+    bootstrap = f"127.0.0.1:{relay_port}"
+    log = tmp_path / "serve.log"
+    service: ServiceProcess | None = None
+    try:
+        topics = await make_topics(bootstrap, partitions=1)
+        relay.stall(FASTSTREAM_CLIENT_ID)
+        service = ServiceProcess(service_settings(migrated_database, bootstrap, topics))
+        service.start(str(log))
+        assert service.process is not None
+        code = await asyncio.to_thread(service.process.wait, 120)
+    finally:
+        if service is not None:
+            service.kill()
+        await relay.close()
+        stop_process(broker)
+    text = log.read_text()
+    assert code == 2, text[-3000:]
+    assert "error: cannot reach the Kafka brokers at KAFKA_BOOTSTRAP_SERVERS" in text
+    assert "Traceback" not in text

@@ -609,7 +609,8 @@ async def lifespan(c: Components) -> AsyncIterator[None]:
         await record_model(c.pool, c.model)
         with _unreachable_kafka(s):
             await start_producer(c.producer, s.kafka_idempotent_producer)
-        await install_salvaging_consumer(c.broker, c.corrupt_records, c.offsets.consumer_built)
+        with _unreachable_kafka(s):  # it connects FastStream's own producer
+            await install_salvaging_consumer(c.broker, c.corrupt_records, c.offsets.consumer_built)
         # FastStream stops the broker before this exit runs; this stops one whose
         # start failed half-way
         stack.push_async_callback(_stop_unless_stopped, c.broker)
