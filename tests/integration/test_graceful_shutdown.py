@@ -10,17 +10,17 @@ applied exactly once across the two runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from faststream.__about__ import SERVICE_NAME as FASTSTREAM_CLIENT_ID
 
 from healthscore.service.app import START_UP_STOP_SECONDS
-from healthscore_lab.devservices import free_port, stop_process
 from healthscore_lab.simulator import produce
-from tests.integration.test_health_feed_late_ack import _broker_behind
 from tests.utils.fault_tools import log_events
 from tests.utils.harness import (
     ServiceProcess,
@@ -28,7 +28,7 @@ from tests.utils.harness import (
     make_topics,
     service_settings,
 )
-from tests.utils.kafka_relay import KafkaRelay
+from tests.utils.kafka_relay import RelayedBroker, relayed_broker
 from tests.utils.scenarios import (
     expected_event_counts,
     simulated_stream,
@@ -120,6 +120,19 @@ async def test_sigterm_stops_cleanly_and_restart_resumes(
     )
 
 
+@contextlib.asynccontextmanager
+async def _serving_through(
+    broker: RelayedBroker, database: str, log: Path
+) -> AsyncIterator[ServiceProcess]:
+    """`serve` on `database`, its broker `broker`, its log in `log`; killed at the end."""
+    topics = await make_topics(broker.bootstrap, partitions=1)
+    service = ServiceProcess(service_settings(database, broker.bootstrap, topics))
+    try:
+        yield service
+    finally:
+        service.kill()
+
+
 async def test_sigterm_during_a_start_up_that_cannot_end_stops_the_process(
     migrated_database: str, tmp_path: Path
 ) -> None:
@@ -129,17 +142,12 @@ async def test_sigterm_during_a_start_up_that_cannot_end_stops_the_process(
     The start can never end; a SIGTERM cancels it and the process exits at once, 0.
     Before, a signal during start-up waited for the start to end: the `serve` processes
     of a killed bench ran on for good."""
-    relay_port = free_port()
-    target, broker = _broker_behind(relay_port)
-    relay = KafkaRelay("127.0.0.1", int(target.rsplit(":", 1)[1]), relay_port)
-    await relay.start()
-    bootstrap = f"127.0.0.1:{relay_port}"
     log = tmp_path / "serve.log"
-    service: ServiceProcess | None = None
-    try:
-        topics = await make_topics(bootstrap, partitions=1)
-        relay.hold_api(JOIN_GROUP)
-        service = ServiceProcess(service_settings(migrated_database, bootstrap, topics))
+    async with (
+        relayed_broker() as broker,
+        _serving_through(broker, migrated_database, log) as service,
+    ):
+        broker.relay.hold_api(JOIN_GROUP)
         service.start(str(log))
         # up to the held join: the background loops run (readiness is logged)
         deadline = time.monotonic() + 60
@@ -148,8 +156,7 @@ async def test_sigterm_during_a_start_up_that_cannot_end_stops_the_process(
             assert time.monotonic() < deadline, "serve did not get as far as its loops"
             await asyncio.sleep(0.2)
         await asyncio.sleep(1.0)
-        await relay.close()
-        stop_process(broker)
+        await broker.stop()
         await asyncio.sleep(2.0)
         assert not log_events(log, "service_started"), "the group formed"
         assert service.process is not None
@@ -157,11 +164,6 @@ async def test_sigterm_during_a_start_up_that_cannot_end_stops_the_process(
         service.process.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(service.process.wait, START_UP_STOP_SECONDS + 15)
         stop_seconds = time.monotonic() - stopping
-    finally:
-        if service is not None:
-            service.kill()
-        await relay.close()
-        stop_process(broker)
     names = [e.get("event") for e in log_events(log)]
     assert stop_seconds < STOP_WITHIN_SECONDS, (stop_seconds, names[-10:])
     assert code == 0, log.read_text()[-3000:]
@@ -179,25 +181,15 @@ async def test_a_broker_that_stops_answering_the_consumers_client_at_start_is_on
     relay holds what its connections send): the start fails after the request timeout
     with one line naming the setting, not a traceback (before, KafkaConnectionError
     from FastStream's producer escaped). 40 s of the clients' request timeout: slow."""
-    relay_port = free_port()
-    target, broker = _broker_behind(relay_port)
-    relay = KafkaRelay("127.0.0.1", int(target.rsplit(":", 1)[1]), relay_port)
-    await relay.start()
-    bootstrap = f"127.0.0.1:{relay_port}"
     log = tmp_path / "serve.log"
-    service: ServiceProcess | None = None
-    try:
-        topics = await make_topics(bootstrap, partitions=1)
-        relay.stall(FASTSTREAM_CLIENT_ID)
-        service = ServiceProcess(service_settings(migrated_database, bootstrap, topics))
+    async with (
+        relayed_broker() as broker,
+        _serving_through(broker, migrated_database, log) as service,
+    ):
+        broker.relay.stall(FASTSTREAM_CLIENT_ID)
         service.start(str(log))
         assert service.process is not None
         code = await asyncio.to_thread(service.process.wait, 120)
-    finally:
-        if service is not None:
-            service.kill()
-        await relay.close()
-        stop_process(broker)
     text = log.read_text()
     assert code == 2, text[-3000:]
     assert "error: cannot reach the Kafka brokers at KAFKA_BOOTSTRAP_SERVERS" in text

