@@ -175,3 +175,42 @@ def test_the_demo_removes_its_postgres_however_it_ends(
     while root.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not root.exists(), list(root.rglob("*"))[:5]
+
+
+def test_the_keeper_stops_a_temporary_server_whose_holders_file_is_unreadable(
+    tmp_path: Path, stray_postgres: list[int]
+) -> None:
+    """The owner killed outright and the server's holders file unreadable (cut short as
+    it was written, say): the keeper stops the server anyway and removes its temporary
+    directory. Before, it gave up on the server (left running) and deleted the running
+    server's files under it."""
+    script = (
+        "import sys, time\n"
+        "from healthscore_lab.devservices import start_embedded_postgres\n"
+        "url, server, root = start_embedded_postgres(None)\n"
+        "(root / 'pgdata' / '.handle_pids.json').write_text('[12')\n"
+        "print(root, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    temporary = Path(tempfile.mkdtemp(prefix="hs-"))  # short: the socket goes in it
+    env = {k: v for k, v in os.environ.items() if k not in UNSET}
+    env["TMPDIR"] = str(temporary)
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True
+        )
+        assert process.stdout is not None
+        root = Path(process.stdout.readline().strip())
+        postmaster = _postmaster(root / "pgdata")
+        stray_postgres.append(postmaster)
+        process.kill()
+        process.wait(30)
+        # the directory goes only once the server has stopped (checked at the moment it
+        # is seen gone; before, the server ran on without its files until it noticed)
+        deadline = time.monotonic() + 60
+        while root.exists():
+            assert time.monotonic() < deadline, list(root.rglob("*"))[:5]
+            time.sleep(0.02)
+        assert _gone(postmaster, 0), f"its directory went while PostgreSQL {postmaster} ran"
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)

@@ -97,8 +97,17 @@ def main(argv: list[str]) -> int:
     try:
         # temporary data goes right after: no shutdown checkpoint for it
         release(pgdata, owner, immediate=root is not None)
+    except Exception:
+        if root is None:
+            raise
+        # the holders could not be read or changed (a holders file cut short, say): a
+        # temporary server has no holder but its owner, who is gone, so it stops anyway
+        postmaster = running_postmaster(pgdata)
+        if postmaster is not None:
+            stop_postmaster(postmaster, immediate=True)
     finally:
-        if root is not None:
+        # never the directory of a server still running: it would run on without its files
+        if root is not None and running_postmaster(pgdata) is None:
             for _ in range(50):  # a postmaster that just exited may still be removing files
                 shutil.rmtree(root, ignore_errors=True)
                 if not root.exists():
