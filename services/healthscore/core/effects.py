@@ -48,7 +48,7 @@ silence rescoring has come, the day's last decision point's until then.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from healthscore.core.enums import HistoryCause
@@ -293,12 +293,7 @@ def silence_budget_index(
     transaction computes and holds: every event may end a year of silence, and the
     decisions do not depend on where a batch is cut.
     """
-    work = 0
-    for index, rescorings in _silence_work(events, states, step):
-        work += rescorings
-        if work > budget and index > 0:
-            return index
-    return None
+    return silence_plan(events, states, step, budget, budget)[1]
 
 
 def silence_slices(
@@ -315,33 +310,43 @@ def silence_slices(
     makes exactly the effects of computing them at once, merged (`BatchEffects.merge`):
     it is the same loop, stopped in between.
     """
-    cuts: list[int] = []
-    start = work = 0
-    for index, rescorings in _silence_work(events, states, step):
-        if work + rescorings > every and index > start:
-            cuts.append(index)
-            start, work = index, 0
-        work += rescorings
-    return cuts
+    return silence_plan(events, states, step, every)[0]
 
 
-def _silence_work(
-    events: Sequence[Event], states: Mapping[str, OrganizationState], step: float
-) -> Iterator[tuple[int, int]]:
-    """(index, estimated silence rescorings) of each event of `events` that ends a silence."""
+def silence_plan(
+    events: Sequence[Event],
+    states: Mapping[str, OrganizationState],
+    step: float,
+    every: int,
+    budget: int | None = None,
+) -> tuple[list[int], int | None]:
+    """`silence_slices` and `silence_budget_index` in one walk of `events`: the slices'
+    cuts before the budget is passed, and where it is (None: never)."""
     last = {org: state.last_event_at for org, state in states.items()}
+    cuts: list[int] = []
+    start = work = total = 0
     for index, event in enumerate(events):
         if isinstance(event, ProfileEvent):
             continue  # not activity: it ends no silence
         org = str(event.organization_id)
         t = event.occurred_at.timestamp()
         newest = last.get(org)
-        if newest is not None and t > newest:
-            silent = min(t, newest + SILENCE_HORIZON) - (newest + step)
-            if silent > 0:
-                yield index, int(silent // step) + 1
         if newest is None or t > newest:
             last[org] = t
+        if newest is None or t <= newest:
+            continue
+        silent = min(t, newest + SILENCE_HORIZON) - (newest + step)
+        if silent <= 0:
+            continue
+        rescorings = int(silent // step) + 1
+        total += rescorings
+        if budget is not None and total > budget and index > 0:
+            return cuts, index
+        if work + rescorings > every and index > start:
+            cuts.append(index)
+            start, work = index, 0
+        work += rescorings
+    return cuts, None
 
 
 def _rescore_silence(

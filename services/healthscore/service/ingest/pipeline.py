@@ -40,7 +40,7 @@ from healthscore.core.alignment import AlignmentView, align
 from healthscore.core.effects import (
     BatchEffects,
     compute_batch_effects,
-    silence_budget_index,
+    silence_plan,
     silence_slices,
 )
 from healthscore.core.events import Event, SupportEvent
@@ -634,13 +634,16 @@ class BatchPipeline:
                 versions[org] = read_versions[org]
                 if org in read_states:
                     states[org] = read_states[org]
+        cuts: list[int] = []
         if self._silence_step is not None:
-            cut = silence_budget_index(events, states, self._silence_step, self._silence_budget)
-            if cut is not None:
-                raise _SilenceBudget(events[cut])
+            cuts, over = silence_plan(
+                events, states, self._silence_step, SILENCE_SLICE, self._silence_budget
+            )
+            if over is not None:
+                raise _SilenceBudget(events[over])
         interactions = await _read_interactions(conn, events)
         marks.lap("load")
-        effects = await self._compute(events, states, interactions)
+        effects = await self._compute(events, states, interactions, cuts)
         marks.lap("compute")
         saved, changed = await save_states_checked(
             conn, rescored_states(effects), versions, self._rescore_step
@@ -676,11 +679,14 @@ class BatchPipeline:
         events: list[Event],
         states: dict[str, OrganizationState],
         interactions: dict[str, InteractionRecord],
+        cuts: list[int] | None = None,
     ) -> BatchEffects:
         """The effects of `events`; long silences they end are computed a slice at a
-        time (`SILENCE_SLICE`), giving the event loop back in between."""
+        time (`SILENCE_SLICE`; `cuts`, when the caller found them already), giving the
+        event loop back in between."""
         step = self._silence_step
-        cuts = [] if step is None else silence_slices(events, states, step, SILENCE_SLICE)
+        if cuts is None:
+            cuts = [] if step is None else silence_slices(events, states, step, SILENCE_SLICE)
         effects: BatchEffects | None = None
         for start, end in zip([0, *cuts], [*cuts, len(events)], strict=True):
             if start:
