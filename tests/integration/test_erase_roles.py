@@ -113,24 +113,24 @@ async def test_the_eraser_still_erases_the_dead_letters_of_its_organization(
         keys = await fetchval(migrated_database, f"SELECT array_agg(record_key) FROM {table}")
         assert keys == [str(other).encode()], table
     # the audit row counts them (deleted after the tombstone was recorded)
-    audited = await fetchval(
-        migrated_database,
-        "SELECT rows_removed::text FROM erased_organizations WHERE organization_id = $1",
-        gone,
-    )
+    audited = await _rows_removed(migrated_database, gone)
     assert orjson.loads(audited) == result.rows
     # a run again deletes what was dead-lettered since, and keeps the first audit row
     await _dead_letter(migrated_database, gone, b'{"subject": "Jane Doe, again"}')
     again = await erase_now(migrated_database, gone)
     assert not again.first
     assert again.rows.get("dead_letter_outbox") == 1, again.rows
-    assert (
+    assert await _rows_removed(migrated_database, gone) == audited
+
+
+async def _rows_removed(database_url: str, org: uuid.UUID) -> str:
+    """The erasure's audit row's counts, as stored."""
+    return str(
         await fetchval(
-            migrated_database,
+            database_url,
             "SELECT rows_removed::text FROM erased_organizations WHERE organization_id = $1",
-            gone,
+            org,
         )
-        == audited
     )
 
 

@@ -89,36 +89,29 @@ class KafkaRelay:
         if task is not None:
             self._tasks.add(task)
         try:
-            first = await reader.readexactly(4)
-            (size,) = struct.unpack(">i", first)
-            request = await reader.readexactly(size)
-            (length,) = struct.unpack(">h", request[8:10])
-            client_id = request[10 : 10 + max(0, length)].decode(errors="replace")
-            gate = self._gate(client_id)
-            await gate.wait()
-            await self._api_gate(struct.unpack(">h", request[:2])[0]).wait()
-            up_writer.write(first + request)
-            back = asyncio.create_task(self._pipe(up_reader, writer, None))
+            back = asyncio.create_task(self._pipe(up_reader, writer))
             self._tasks.add(back)
-            await self._requests(reader, up_writer, gate)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+            await self._requests(reader, up_writer)
         finally:
             with contextlib.suppress(Exception):
                 up_writer.close()
             with contextlib.suppress(Exception):
                 writer.close()
 
-    async def _requests(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gate: asyncio.Event
-    ) -> None:
+    async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """A client's requests, one frame (size, then the request) at a time, each through
-        its client's gate and its API's."""
+        its client's gate (the client id of the connection's first request: the Kafka
+        request header is size, API key, API version, correlation id, client id) and its
+        API's."""
+        gate: asyncio.Event | None = None
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             while True:
                 head = await reader.readexactly(4)
                 (size,) = struct.unpack(">i", head)
                 request = await reader.readexactly(size)
+                if gate is None:
+                    (length,) = struct.unpack(">h", request[8:10])
+                    gate = self._gate(request[10 : 10 + max(0, length)].decode(errors="replace"))
                 await gate.wait()
                 await self._api_gate(struct.unpack(">h", request[:2])[0]).wait()
                 writer.write(head + request)
@@ -127,13 +120,10 @@ class KafkaRelay:
             writer.close()
 
     @staticmethod
-    async def _pipe(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gate: asyncio.Event | None
-    ) -> None:
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """The broker's answers, as they come."""
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             while chunk := await reader.read(65536):
-                if gate is not None:
-                    await gate.wait()
                 writer.write(chunk)
                 await writer.drain()
         with contextlib.suppress(Exception):
