@@ -29,44 +29,37 @@ class KafkaRelay:
         self._target = (host, target_port)
         self.port = port
         self._server: asyncio.Server | None = None
-        self._open: dict[str, asyncio.Event] = {}
-        self._apis: dict[int, asyncio.Event] = {}
+        # open gates, made on first use: ("client", client id) and ("api", API key)
+        self._gates: dict[tuple[str, str | int], asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
 
-    def _gate(self, client_id: str) -> asyncio.Event:
-        gate = self._open.get(client_id)
+    def _gate(self, kind: str, key: str | int) -> asyncio.Event:
+        gate = self._gates.get((kind, key))
         if gate is None:
-            gate = self._open[client_id] = asyncio.Event()
+            gate = self._gates[(kind, key)] = asyncio.Event()
             gate.set()
         return gate
 
     def stall(self, client_id: str) -> None:
         """Hold what `client_id`'s connections send from now on."""
-        self._gate(client_id).clear()
+        self._gate("client", client_id).clear()
 
     def heal(self, client_id: str) -> None:
         """Deliver what was held, in order, and relay again."""
-        self._gate(client_id).set()
-
-    def _api_gate(self, api_key: int) -> asyncio.Event:
-        gate = self._apis.get(api_key)
-        if gate is None:
-            gate = self._apis[api_key] = asyncio.Event()
-            gate.set()
-        return gate
+        self._gate("client", client_id).set()
 
     def hold_api(self, api_key: int) -> None:
         """Hold every request of `api_key` (JoinGroup: 11) from now on, whoever sends it,
         and what its connection sends after it: a broker that never answers those."""
-        self._api_gate(api_key).clear()
+        self._gate("api", api_key).clear()
 
     def release_api(self, api_key: int) -> None:
         """Deliver the held requests of `api_key`, in order, and relay them again."""
-        self._api_gate(api_key).set()
+        self._gate("api", api_key).set()
 
     async def close(self) -> None:
         if self._server is not None:
@@ -111,9 +104,10 @@ class KafkaRelay:
                 request = await reader.readexactly(size)
                 if gate is None:
                     (length,) = struct.unpack(">h", request[8:10])
-                    gate = self._gate(request[10 : 10 + max(0, length)].decode(errors="replace"))
+                    client_id = request[10 : 10 + max(0, length)].decode(errors="replace")
+                    gate = self._gate("client", client_id)
                 await gate.wait()
-                await self._api_gate(struct.unpack(">h", request[:2])[0]).wait()
+                await self._gate("api", struct.unpack(">h", request[:2])[0]).wait()
                 writer.write(head + request)
                 await writer.drain()
         with contextlib.suppress(Exception):
