@@ -322,6 +322,31 @@ class SalvagingConsumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is 
         self._value_deserializer_fn = kwargs.get("value_deserializer")
         # per partition: the next offset handed over (a record or a stand-in) or sought to
         self._handed_to: dict[TopicPartition, int] = {}
+        self._started = False
+
+    async def start(self) -> None:
+        await super().start()
+        self._started = True
+
+    async def stop(self) -> None:
+        """Stop; a start still waiting for its first assignment stops at once.
+
+        aiokafka's stop lets the group coordinator finish the request in flight, and a
+        start waits for its first assignment: a JoinGroup the coordinator holds (a
+        group that does not form) held a SIGTERM during start-up for the request
+        timeout (40 s). Once the stop has marked the coordinator closing, the client's
+        connections are dropped, which fails what is in flight; the coordinator then
+        gives up instead of joining again. A consumer that has started stops as aiokafka
+        stops it (it leaves its group).
+        """
+        if self._started or self._closed:
+            await super().stop()
+            return
+        stopping = asyncio.ensure_future(super().stop())
+        await asyncio.sleep(0)  # the stop marks the coordinator closing first
+        for connection in list(self._client._conns.values()):
+            connection.close()
+        await stopping
 
     async def getmany(
         self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
