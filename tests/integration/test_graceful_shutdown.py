@@ -141,9 +141,10 @@ async def test_sigterm_during_a_start_up_that_cannot_end_stops_the_process(
     a broker whose coordinator does not answer, or the embedded broker's stuck group,
     does: aiokafka's start waits for its first assignment), and the broker goes away or
     stays, answering everything else. The start can never end; a SIGTERM cancels it and
-    the process exits at once, 0. Before, a signal during start-up waited for the start
-    to end (the `serve` processes of a killed bench ran on for good); and with the
-    broker up, the stop waited for the held JoinGroup's request timeout (40 s)."""
+    the process exits 0 within seconds. Before, a signal during start-up waited for the
+    start to end (the `serve` processes of a killed bench ran on for good); and with the
+    broker up, the stop waited for the held JoinGroup's request timeout (40 s): now
+    for the consumer's grace (`JOIN_GRACE_SECONDS`, 5 s), then it drops its connections."""
     log = tmp_path / "serve.log"
     async with (
         relayed_broker() as broker,
@@ -171,6 +172,8 @@ async def test_sigterm_during_a_start_up_that_cannot_end_stops_the_process(
     assert stop_seconds < STOP_WITHIN_SECONDS, (stop_seconds, names[-10:])
     assert code == 0, log.read_text()[-3000:]
     assert "start_up_interrupted" in names
+    # the held join is cut off after the consumer's grace, only while the broker answers
+    assert ("consumer_start_abandoned" in names) is not broker_goes
     assert "service_started" not in names
     assert names[-1] == "service_stopped"
     assert "Traceback" not in log.read_text()

@@ -308,6 +308,10 @@ def salvage_range(
     return None
 
 
+# how long the stop of a start cut off may wait for the group request in flight
+JOIN_GRACE_SECONDS = 5.0
+
+
 class SalvagingConsumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is untyped
     """An `AIOKafkaConsumer` whose `getmany` gets past records it cannot parse."""
 
@@ -329,23 +333,28 @@ class SalvagingConsumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is 
         self._started = True
 
     async def stop(self) -> None:
-        """Stop; a start still waiting for its first assignment stops at once.
+        """Stop; a start still waiting for its first assignment stops within seconds.
 
         aiokafka's stop lets the group coordinator finish the request in flight, and a
         start waits for its first assignment: a JoinGroup the coordinator holds (a
         group that does not form) held a SIGTERM during start-up for the request
-        timeout (40 s). Once the stop has marked the coordinator closing, the client's
-        connections are dropped, which fails what is in flight; the coordinator then
-        gives up instead of joining again. A consumer that has started stops as aiokafka
-        stops it (it leaves its group).
+        timeout (40 s). The stop is given `JOIN_GRACE_SECONDS` to end as aiokafka ends
+        it: a join the coordinator answers completes and the consumer leaves the group
+        it joined, where a join cut off would leave a member the coordinator waits for
+        until its session times out, delaying the other replicas' rebalance. Past that,
+        the client's connections are dropped (the stop has marked the coordinator
+        closing, so it gives up instead of joining again). A consumer that has started
+        stops as aiokafka stops it.
         """
         if self._started or self._closed:
             await super().stop()
             return
         stopping = asyncio.ensure_future(super().stop())
-        await asyncio.sleep(0)  # the stop marks the coordinator closing first
-        for connection in list(self._client._conns.values()):
-            connection.close()
+        done, _ = await asyncio.wait([stopping], timeout=JOIN_GRACE_SECONDS)
+        if not done:
+            log.warning("consumer_start_abandoned", seconds=JOIN_GRACE_SECONDS)
+            for connection in list(self._client._conns.values()):
+                connection.close()
         await stopping
 
     async def getmany(
