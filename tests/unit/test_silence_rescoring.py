@@ -32,10 +32,11 @@ from healthscore.core.effects import (
     compute_silence_effects,
     next_silence_rescore,
     silence_budget_index,
+    silence_plan,
     silence_rescore_times,
     silence_slices,
 )
-from healthscore.core.events import UsageEvent
+from healthscore.core.events import ProfileEvent, UsageEvent
 from healthscore.core.scoring.aggregate import new_state
 from healthscore.core.scoring.model import DAY, ScoreModel, default_model
 from healthscore.core.scoring.state import OrganizationState, encode_state
@@ -535,6 +536,63 @@ def test_a_batch_computed_in_slices_makes_the_effects_of_one_computation(
     )
     assert silence_slices(log, before, STEP, total) == []
     assert len(silence_slices(log, before, STEP, every * 4)) <= len(cuts)
+
+
+def test_profile_events_count_the_silence_rescored_before_them() -> None:
+    """A profile event moves no organization's newest event, but the silence before it
+    is rescored (a CRM sync of dormant accounts): the plan counts that work at the
+    profile event, and not again at the organization's next event, so such a batch is
+    sliced and bounded like one of activity. Before, profile events counted nothing: a
+    batch of them each ending a year of silence computed in one stretch, unbounded."""
+    orgs = [uuid.UUID(int=(k + 1) * 7_919) for k in range(20)]
+    states: dict[str, OrganizationState] = {}
+    compute_batch_effects(
+        [
+            UsageEvent(
+                event_id=uuid.uuid4(), organization_id=o, type=UsageType.LOGIN, occurred_at=T0
+            )
+            for o in orgs
+        ],
+        states,
+        {},
+        MODEL,
+        STEP,
+    )
+    synced = T0 + timedelta(days=30)
+    batch: list[ProfileEvent | UsageEvent] = [
+        ProfileEvent(event_id=uuid.uuid4(), organization_id=o, occurred_at=synced) for o in orgs
+    ]
+    batch += [
+        UsageEvent(
+            event_id=uuid.uuid4(),
+            organization_id=o,
+            type=UsageType.LOGIN,
+            occurred_at=synced + timedelta(hours=1),
+        )
+        for o in orgs
+    ]
+    whole = copy.deepcopy(states)
+    one = compute_batch_effects(batch, whole, {}, MODEL, STEP)
+    per_organization = one.silence_rescored // len(orgs)
+    assert one.silence_rescored == per_organization * len(orgs) > 100
+    # the estimate: each organization's 30 days at its profile event, within a point
+    every = 5 * per_organization
+    cuts, over = silence_plan(batch, states, STEP, every, 10**9)
+    assert over is None
+    assert cuts and all(cut <= len(orgs) for cut in cuts), cuts  # where the work is
+    assert len(cuts) in (3, 4), cuts
+    budget = one.silence_rescored // 2
+    index = silence_budget_index(batch, states, STEP, budget)
+    assert index is not None and abs(index - len(orgs) // 2) <= 1, index
+    # computed in those slices, the same states and rescorings as at once
+    sliced = copy.deepcopy(states)
+    made = 0
+    for start, end in itertools.pairwise([0, *cuts, len(batch)]):
+        made += compute_batch_effects(batch[start:end], sliced, {}, MODEL, STEP).silence_rescored
+    assert made == one.silence_rescored
+    assert {o: encode_state(s) for o, s in sliced.items()} == {
+        o: encode_state(s) for o, s in whole.items()
+    }
 
 
 def _silences(

@@ -321,23 +321,31 @@ def silence_plan(
     budget: int | None = None,
 ) -> tuple[list[int], int | None]:
     """`silence_slices` and `silence_budget_index` in one walk of `events`: the slices'
-    cuts before the budget is passed, and where it is (None: never)."""
+    cuts before the budget is passed, and where it is (None: never).
+
+    A profile event is not activity (it moves no organization's newest event) but the
+    silence before it is rescored all the same (`compute_batch_effects`): it is counted
+    where it is rescored, and not again by the organization's next event.
+    """
     last = {org: state.last_event_at for org, state in states.items()}
+    # per organization, the time its silence is counted up to within this batch
+    counted: dict[str, float] = {}
     cuts: list[int] = []
     start = work = total = 0
     for index, event in enumerate(events):
-        if isinstance(event, ProfileEvent):
-            continue  # not activity: it ends no silence
         org = str(event.organization_id)
         t = event.occurred_at.timestamp()
         newest = last.get(org)
-        if newest is None or t > newest:
+        if not isinstance(event, ProfileEvent) and (newest is None or t > newest):
             last[org] = t
         if newest is None or t <= newest:
             continue
-        silent = min(t, newest + SILENCE_HORIZON) - (newest + step)
+        since = max(newest + step, counted.get(org, newest))
+        until = min(t, newest + SILENCE_HORIZON)
+        silent = until - since
         if silent <= 0:
             continue
+        counted[org] = until
         rescorings = int(silent // step) + 1
         total += rescorings
         if budget is not None and total > budget and index > 0:
