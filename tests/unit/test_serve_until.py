@@ -28,7 +28,7 @@ def _running(start: str, trace: list[str]) -> Any:
     async def running(settings: Any, options: Any = None) -> AsyncIterator[None]:
         trace.append("starting")
         try:
-            if start == "refused":
+            if start.startswith("refused"):
                 raise StartupRefused("no broker")
             if start == "held":
                 await asyncio.Event().wait()  # a start that never ends
@@ -44,6 +44,8 @@ def _running(start: str, trace: list[str]) -> Any:
             trace.append("up")
             yield
         finally:
+            if start == "refused while cleaning up":
+                await asyncio.sleep(0.5)  # a producer's flush, a pool's close
             trace.append("stopped")
 
     return running
@@ -93,3 +95,13 @@ async def test_a_start_whose_stop_hangs_is_given_up_after_the_bound(
 async def test_a_refused_start_is_raised(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(StartupRefused):
         await _serve(monkeypatch, "refused", 5.0)
+
+
+async def test_a_refused_start_whose_cleanup_a_stop_cuts_short_is_still_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stop comes while a refused start cleans up: the cancel cuts the cleanup
+    short but the refusal is what the caller gets (before, it returned True and the
+    process exited 0 without its error line)."""
+    with pytest.raises(StartupRefused):
+        await _serve(monkeypatch, "refused while cleaning up", 0.1)

@@ -814,13 +814,30 @@ async def serve_until(
         if not service.done():
             log.error("start_up_not_stopped", seconds=stop_within, tasks=_tasks_waiting())
             return False
-        if not service.cancelled() and service.exception() is not None:
+        if service.cancelled():
+            refused = _refusal_cut_short(service)
+            if refused is not None:
+                raise refused  # the start had been refused: the signal only cut its cleanup
+        elif service.exception() is not None:
             # stopping what had started failed: the process stops all the same
             error = service.exception()
             log.warning("start_up_stop_failed", error=type(error).__name__, message=str(error))
         return True
     await service  # a refused start-up raises here
     return True
+
+
+def _refusal_cut_short(task: asyncio.Task[None]) -> StartupRefused | None:
+    """The refusal a cancelled start was unwinding from when the cancel came, if any."""
+    try:
+        task.result()
+    except asyncio.CancelledError as cancelled:
+        cause: BaseException | None = cancelled
+        while cause is not None:
+            if isinstance(cause, StartupRefused):
+                return cause
+            cause = cause.__context__
+    return None
 
 
 def _tasks_waiting(limit: int = 30) -> list[str]:

@@ -342,9 +342,9 @@ class SalvagingConsumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is 
         it: a join the coordinator answers completes and the consumer leaves the group
         it joined, where a join cut off would leave a member the coordinator waits for
         until its session times out, delaying the other replicas' rebalance. Past that,
-        the client's connections are dropped (the stop has marked the coordinator
-        closing, so it gives up instead of joining again). A consumer that has started
-        stops as aiokafka stops it.
+        the client's connections are dropped until the stop ends (the stop has marked
+        the coordinator closing, so it gives up instead of joining again). A consumer
+        that has started stops as aiokafka stops it.
         """
         if self._started or self._closed:
             await super().stop()
@@ -353,8 +353,12 @@ class SalvagingConsumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is 
         done, _ = await asyncio.wait([stopping], timeout=JOIN_GRACE_SECONDS)
         if not done:
             log.warning("consumer_start_abandoned", seconds=JOIN_GRACE_SECONDS)
+        while not done:
+            # again until the stop ends: a connection being opened as they are dropped,
+            # or a request the coordinator sends before it sees it is closing
             for connection in list(self._client._conns.values()):
                 connection.close()
+            done, _ = await asyncio.wait([stopping], timeout=0.05)
         await stopping
 
     async def getmany(
