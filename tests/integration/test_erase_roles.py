@@ -100,6 +100,43 @@ async def test_the_eraser_reads_no_other_organizations_data(migrated_database: s
     assert await fetchval(migrated_database, "SELECT count(*) FROM dead_letters_withheld") == 1
 
 
+async def test_a_tombstone_the_eraser_records_itself_deletes_no_dead_letters(
+    migrated_database: str,
+) -> None:
+    """The eraser may insert a tombstone row itself: with one for an organization whose
+    state is still stored, the function refuses it (migration 0105), so no login can
+    delete an organization's dead letters without erasing the organization. Before, a
+    tombstone alone was enough (0104)."""
+    kept = uuid.uuid4()
+    await fetchval(
+        migrated_database, "INSERT INTO organizations (id) VALUES ($1) RETURNING id", kept
+    )
+    await fetchval(
+        migrated_database,
+        "INSERT INTO organization_state (organization_id) VALUES ($1) RETURNING organization_id",
+        kept,
+    )
+    await _dead_letter(migrated_database, kept, b'{"subject": "Jane Doe"}')
+    async with _eraser_login(migrated_database) as (eraser_url, _login):
+        conn = await asyncpg.connect(eraser_url)
+        try:
+            with pytest.raises(DENIED, match="still has its state"):
+                async with conn.transaction():
+                    await conn.execute(
+                        "INSERT INTO erased_organizations (organization_id, rows_removed)"
+                        " VALUES ($1, '{}')",
+                        kept,
+                    )
+                    await conn.execute("SELECT erase_dead_letters($1)", kept)
+        finally:
+            await conn.close()
+    assert await fetchval(migrated_database, "SELECT count(*) FROM dead_letter_outbox") == 1
+    assert await fetchval(migrated_database, "SELECT count(*) FROM dead_letters_withheld") == 1
+    # the erasure itself, which deletes the organization first, still gets them
+    result = await erase_now(migrated_database, kept)
+    assert result.rows.get("dead_letter_outbox") == 1, result.rows
+
+
 async def test_the_eraser_still_erases_the_dead_letters_of_its_organization(
     migrated_database: str,
 ) -> None:

@@ -50,6 +50,7 @@ DELETE_PROCESSED_EVENTS = "DELETE FROM processed_events WHERE organization_id = 
 # or by the id in the value: erase_dead_letters() (migration 0099), SECURITY DEFINER,
 # so that the eraser reads no dead letter of another organization; it refuses an
 # organization whose erasure is not recorded (RECORD_TOMBSTONE first, migration 0104)
+# or whose state is still stored (DELETE_ORGANIZATION, which cascades, first: 0105)
 DELETE_DEAD_LETTERS = "SELECT erase_dead_letters($1)"
 
 # the first erasure's dead letters, counted after its tombstone was recorded
