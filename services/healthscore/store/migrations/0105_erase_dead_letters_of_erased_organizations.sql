@@ -1,4 +1,4 @@
--- erase_dead_letters() also refuses an organization whose rows are still there.
+-- erase_dead_letters() also refuses an organization whose state is still stored.
 --
 -- 0104 required a recorded erasure (a row in erased_organizations), but the eraser
 -- role may insert that row itself: a login with its rights could record a tombstone
