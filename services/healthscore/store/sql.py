@@ -354,6 +354,9 @@ ON CONFLICT (organization_id) DO NOTHING
 # transaction sent before it failed (`projector.queue_again`). Only those with a saved
 # state: the failed transaction may have been the one creating it, and an entry the
 # projector cannot join to a state would stay queued, and the read model look stale.
+# DO UPDATE, not DO NOTHING: an entry a pass holds right now (it may have published
+# already, before the record this follows up landed) is waited for, and if the pass
+# removes it, inserted again, so a pass after that record republishes the newest state.
 QUEUE_AGAIN = """
 INSERT INTO read_model_pending (organization_id, version)
 SELECT s.organization_id, s.health_version
@@ -361,7 +364,7 @@ FROM organization_state s
 JOIN unnest($1::uuid[]) AS x(organization_id) ON s.organization_id = x.organization_id
 WHERE s.health_version >= 1
 ORDER BY s.organization_id
-ON CONFLICT (organization_id) DO NOTHING
+ON CONFLICT (organization_id) DO UPDATE SET version = EXCLUDED.version
 """
 
 DEQUEUE_PROJECTED = """

@@ -1,0 +1,63 @@
+"""`queue_again` while a projector pass holds the organization's queue entry.
+
+A replica whose feed record landed late (after a newer pass published the newer state)
+queues the organization again so that a pass after that record republishes the
+newest state: the compacted feed must end on it. If a pass holds the entry right now
+(it has read the state and published, and is about to remove the entry), the queueing
+must wait for it and queue anew once the pass removed it. Before, it wrote nothing
+(`ON CONFLICT DO NOTHING` does not wait for a row lock) and the pass then removed the
+entry: no pass came after the late record, and the feed ended on the older state.
+Real PostgreSQL, the service's own statements and role.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+
+from healthscore.service.projector import queue_again
+from healthscore.store import sql
+from healthscore.store.db import create_pool
+
+
+async def test_queueing_again_waits_for_a_pass_holding_the_entry(migrated_database: str) -> None:
+    org = uuid.uuid4()
+    setup = await asyncpg.connect(migrated_database)
+    try:
+        await setup.execute("INSERT INTO organizations (id) VALUES ($1)", org)
+        await setup.execute(
+            "INSERT INTO organization_state (organization_id, health_version) VALUES ($1, 6)", org
+        )
+        await setup.execute(
+            "INSERT INTO read_model_pending (organization_id, version) VALUES ($1, 6)", org
+        )
+    finally:
+        await setup.close()
+    pool = await create_pool(migrated_database, "healthscore_writer")
+    try:
+        async with pool.acquire() as projecting:
+            pass_holds = projecting.transaction()
+            await pass_holds.start()
+            # as a pass takes its page (PENDING_PROJECTION: FOR UPDATE OF q)
+            await projecting.fetch(
+                "SELECT organization_id FROM read_model_pending"
+                " WHERE organization_id = $1 FOR UPDATE",
+                org,
+            )
+            queued = asyncio.ensure_future(queue_again(pool, [org]))
+            await asyncio.sleep(1.0)
+            assert not queued.done(), "queued again beside the pass's entry without waiting"
+            # the pass projected version 6, the state's: it removes the entry
+            await projecting.execute(sql.MARK_PROJECTED, [org], [6])
+            await pass_holds.commit()
+            await asyncio.wait_for(queued, timeout=10)
+        async with pool.acquire() as conn:
+            entry = await conn.fetchrow(
+                "SELECT version FROM read_model_pending WHERE organization_id = $1", org
+            )
+    finally:
+        await pool.close()
+    assert entry is not None, "the pass removed the entry and nothing queued it again"
+    assert entry["version"] == 6
