@@ -71,7 +71,7 @@ TABLES: Final = {
     # MARK_PROJECTED, TAKE_OWN_PENDING and DEQUEUE_PROJECTED delete
     f"{WRITER}: SELECT on table read_model_pending",
     f"{WRITER}: DELETE on table read_model_pending",
-    # the projector: OWED_HEALTH_FEED, OLDEST_OWED_HEALTH_FEED, TAKE_OWN_PENDING's
+    # the projector: OWED_HEALTH_FEED, OWED_HEALTH_FEED_AGE, TAKE_OWN_PENDING's
     # NOT EXISTS; FEED_PUBLISHED deletes
     f"{WRITER}: SELECT on table health_feed_owed",
     f"{WRITER}: DELETE on table health_feed_owed",

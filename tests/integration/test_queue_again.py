@@ -1,4 +1,5 @@
-"""`queue_again` while a projector pass holds the organization's queue entry.
+"""The projector's queue: `queue_again` while a pass holds the organization's entry,
+and the ages its gauges report.
 
 A replica whose feed record landed late (after a newer pass published the newer state)
 queues the organization again so that a pass after that record republishes the
@@ -14,10 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import datetime, timedelta, tzinfo
 
 import asyncpg
+import pytest
 
-from healthscore.service.projector import queue_again
+from healthscore.core.scoring.model import default_model
+from healthscore.service import projector as projector_module
+from healthscore.service.projector import Projector, queue_again
 from healthscore.store import sql
 from healthscore.store.db import create_pool
 
@@ -61,3 +66,47 @@ async def test_queueing_again_waits_for_a_pass_holding_the_entry(migrated_databa
         await pool.close()
     assert entry is not None, "the pass removed the entry and nothing queued it again"
     assert entry["version"] == 6
+
+
+async def test_the_read_models_ages_are_measured_on_the_databases_clock(
+    migrated_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The staleness and the owed feed's age compare times the database wrote: measured
+    on its clock, a replica whose own clock runs behind does not under-report them
+    (before, this process's clock was taken against the database's times: a minute
+    behind read a 100 s old entry as 40 s)."""
+    org = uuid.uuid4()
+    setup = await asyncpg.connect(migrated_database)
+    try:
+        await setup.execute("INSERT INTO organizations (id) VALUES ($1)", org)
+        await setup.execute(
+            "INSERT INTO organization_state (organization_id, health_version) VALUES ($1, 1)", org
+        )
+        await setup.execute(
+            "INSERT INTO read_model_pending (organization_id, version, queued_at)"
+            " VALUES ($1, 1, now() - interval '100 seconds')",
+            org,
+        )
+        await setup.execute(
+            "INSERT INTO health_feed_owed (organization_id, owed_since)"
+            " VALUES ($1, now() - interval '200 seconds')",
+            org,
+        )
+    finally:
+        await setup.close()
+
+    class _Behind(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> datetime:  # type: ignore[override]
+            return datetime.now(tz) - timedelta(seconds=60)
+
+    monkeypatch.setattr(projector_module, "datetime", _Behind)
+    pool = await create_pool(migrated_database, "healthscore_writer")
+    try:
+        projector = Projector(pool, default_model(), None, None)
+        staleness = await projector.staleness()
+        owed = await projector.feed_owed_age()
+    finally:
+        await pool.close()
+    assert 100 <= staleness < 130, staleness
+    assert 200 <= owed < 230, owed

@@ -658,7 +658,7 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
         ("QUEUE_AGAIN", sql.QUEUE_AGAIN, [[org]]),
         ("OWE_HEALTH_FEED", sql.OWE_HEALTH_FEED, [[org]]),
         ("OWED_HEALTH_FEED", sql.OWED_HEALTH_FEED, [10, 4, 0]),
-        ("OLDEST_OWED_HEALTH_FEED", sql.OLDEST_OWED_HEALTH_FEED, []),
+        ("OWED_HEALTH_FEED_AGE", sql.OWED_HEALTH_FEED_AGE, []),
         ("FEED_PUBLISHED", sql.FEED_PUBLISHED, [[org]]),
         ("OWED_FEED_TOMBSTONES", sql.OWED_FEED_TOMBSTONES, [10]),
         ("FEED_TOMBSTONES_PUBLISHED", sql.FEED_TOMBSTONES_PUBLISHED, [[org], [now]]),

@@ -467,21 +467,20 @@ class Projector:
 
     async def staleness(self) -> float:
         """Seconds since the oldest change not yet projected (0 when none is queued)."""
-        return await self._age_of_oldest(sql.OLDEST_PENDING_PROJECTION)
+        return await self._age(sql.READ_MODEL_STALENESS)
 
     async def feed_owed_age(self) -> float:
         """Seconds since the oldest health-feed record (or erased organization's
         tombstone) the broker did not take was owed (0 when none is): how long the feed
         has lagged the read model."""
-        return await self._age_of_oldest(sql.OLDEST_OWED_HEALTH_FEED)
+        return await self._age(sql.OWED_HEALTH_FEED_AGE)
 
-    async def _age_of_oldest(self, query: str) -> float:
-        """Seconds since the time `query` returns (0 when it returns none)."""
+    async def _age(self, query: str) -> float:
+        """The age in seconds `query` measures on the database's clock (the times it
+        compares are the database's: this process's clock must not enter)."""
         async with self._pool.acquire() as conn:
-            oldest: datetime | None = await conn.fetchval(query)
-        if oldest is None:
-            return 0.0
-        return max(0.0, (datetime.now(UTC) - oldest).total_seconds())
+            age: float = await conn.fetchval(query)
+        return max(0.0, age)
 
     async def drain(self, pause: float = 0.05, timeout: float | None = 300.0) -> int:
         """Project until the queue is empty (tests, replay); how many projected.

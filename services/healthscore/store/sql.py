@@ -302,7 +302,8 @@ ORDER BY p.queued_at, p.organization_id
 
 OLDEST_PENDING_PROJECTION = "SELECT min(queued_at) FROM read_model_pending"
 
-# the same age in seconds (0 with nothing queued), for the bench's live sampling
+# the same age in seconds on the database's clock (0 with nothing queued): the
+# staleness gauge, readiness and the bench's live sampling
 READ_MODEL_STALENESS = """
 SELECT coalesce(extract(epoch FROM now() - min(queued_at)), 0)::float8 FROM read_model_pending
 """
@@ -411,11 +412,15 @@ FEED_PUBLISHED = """
 DELETE FROM health_feed_owed WHERE organization_id = ANY($1::uuid[])
 """
 
-# an erased organization's owed tombstone is the feed lagging the read model too (the
-# organization is gone from it); one owed again counts from then
-OLDEST_OWED_HEALTH_FEED = """
-SELECT least((SELECT min(owed_since) FROM health_feed_owed),
-             (SELECT min(owed_since) FROM health_feed_tombstones_owed))
+# the age in seconds of the oldest record owed (0 with none), on the database's
+# clock, as READ_MODEL_STALENESS for the queue: a replica's clock running behind would
+# make the gauge under-report. An erased organization's owed tombstone is the feed
+# lagging the read model too (the organization is gone from it); one owed again
+# counts from then
+OWED_HEALTH_FEED_AGE = """
+SELECT coalesce(extract(epoch FROM now() - least(
+    (SELECT min(owed_since) FROM health_feed_owed),
+    (SELECT min(owed_since) FROM health_feed_tombstones_owed))), 0)::float8
 """
 
 # erased organizations' health-feed tombstones no broker took yet (migration 0097):
