@@ -25,21 +25,11 @@ from healthscore.service import projector as projector_module
 from healthscore.service.projector import Projector, queue_again
 from healthscore.store import sql
 from healthscore.store.db import create_pool
+from tests.utils.harness import fetchval
 
 
 async def test_queueing_again_waits_for_a_pass_holding_the_entry(migrated_database: str) -> None:
-    org = uuid.uuid4()
-    setup = await asyncpg.connect(migrated_database)
-    try:
-        await setup.execute("INSERT INTO organizations (id) VALUES ($1)", org)
-        await setup.execute(
-            "INSERT INTO organization_state (organization_id, health_version) VALUES ($1, 6)", org
-        )
-        await setup.execute(
-            "INSERT INTO read_model_pending (organization_id, version) VALUES ($1, 6)", org
-        )
-    finally:
-        await setup.close()
+    org = await _queued(migrated_database, version=6, queued_seconds_ago=0)
     pool = await create_pool(migrated_database, "healthscore_writer")
     try:
         async with pool.acquire() as projecting:
@@ -75,25 +65,13 @@ async def test_the_read_models_ages_are_measured_on_the_databases_clock(
     on its clock, a replica whose own clock runs behind does not under-report them
     (before, this process's clock was taken against the database's times: a minute
     behind read a 100 s old entry as 40 s)."""
-    org = uuid.uuid4()
-    setup = await asyncpg.connect(migrated_database)
-    try:
-        await setup.execute("INSERT INTO organizations (id) VALUES ($1)", org)
-        await setup.execute(
-            "INSERT INTO organization_state (organization_id, health_version) VALUES ($1, 1)", org
-        )
-        await setup.execute(
-            "INSERT INTO read_model_pending (organization_id, version, queued_at)"
-            " VALUES ($1, 1, now() - interval '100 seconds')",
-            org,
-        )
-        await setup.execute(
-            "INSERT INTO health_feed_owed (organization_id, owed_since)"
-            " VALUES ($1, now() - interval '200 seconds')",
-            org,
-        )
-    finally:
-        await setup.close()
+    org = await _queued(migrated_database, version=1, queued_seconds_ago=100)
+    await fetchval(
+        migrated_database,
+        "INSERT INTO health_feed_owed (organization_id, owed_since)"
+        " VALUES ($1, now() - interval '200 seconds') RETURNING organization_id",
+        org,
+    )
 
     class _Behind(datetime):
         @classmethod
@@ -110,3 +88,27 @@ async def test_the_read_models_ages_are_measured_on_the_databases_clock(
         await pool.close()
     assert 100 <= staleness < 130, staleness
     assert 200 <= owed < 230, owed
+
+
+async def _queued(database_url: str, version: int, queued_seconds_ago: float) -> uuid.UUID:
+    """A new organization with a stored state at `version`, queued for the projector
+    `queued_seconds_ago` (database time)."""
+    org = uuid.uuid4()
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("INSERT INTO organizations (id) VALUES ($1)", org)
+        await conn.execute(
+            "INSERT INTO organization_state (organization_id, health_version) VALUES ($1, $2)",
+            org,
+            version,
+        )
+        await conn.execute(
+            "INSERT INTO read_model_pending (organization_id, version, queued_at)"
+            " VALUES ($1, $2, now() - make_interval(secs => $3))",
+            org,
+            version,
+            float(queued_seconds_ago),
+        )
+    finally:
+        await conn.close()
+    return org
