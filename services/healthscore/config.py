@@ -48,7 +48,9 @@ class Settings(BaseSettings):
         description="PostgreSQL ends a `serve` session idle this long inside a transaction "
         "(idle_in_transaction_session_timeout): a replica frozen or cut off mid-batch or "
         "mid-projector-pass (its connection open for hours) releases the rows it locks, its "
-        "partitions' offsets among them, instead of stalling their next owner (0: no limit)",
+        "partitions' offsets among them, instead of stalling their next owner (0: no "
+        "limit). A projector pass or live batch waits for the health feed for half of it "
+        "at most",
     )
     # Above every transaction `serve` and `replay` run legitimately: a batch (claim, its
     # computing, its states, its dead letters' acknowledgements, sent whole and then, for

@@ -132,6 +132,48 @@ async def test_a_feed_record_acknowledged_late_is_followed_by_the_newest_score(
     await admin.close()
 
 
+async def test_a_pass_cancelled_while_its_feed_is_stalled_is_followed_by_the_newest_score(
+    database_factory: Any, migrated_template: str
+) -> None:
+    """A stop cancels a pass that waits for its feed (the path to the broker stalled):
+    its transaction rolls back, the organizations change, and another replica publishes
+    their newer scores. Then the path heals and the cancelled pass's records land after
+    them. Before, a cancelled pass was not followed up (only failures were, and
+    cancellation is not one): the compacted feed ended on the older scores. `settle`,
+    which the service runs on a stop before its pool closes, waits for the follow-up."""
+    url = await database_factory(template=migrated_template)
+    first, second, third = _batches(_Log())
+    model = default_model()
+    admin = await asyncpg.connect(url)
+    async with _stalled_path(url) as (relay, bootstrap, pool, stalled, other):
+        topics = await make_topics(bootstrap, partitions=1)
+        pipeline = _pipeline(pool, other, 0)
+        await pipeline.process(first)
+        mine = Projector(pool, model, stalled, topics.health)
+        assert await mine.project_once() == 6
+        await pipeline.process(second)
+
+        relay.stall(STALLED)
+        cut = asyncio.ensure_future(mine.project_once())
+        await asyncio.sleep(1.0)  # the pass has sent its page and waits for the acks
+        assert not cut.done()
+        cut.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await cut
+        assert len(await _rows(url, "SELECT * FROM read_model_pending")) == 6  # rolled back
+
+        await pipeline.process(third)
+        theirs = Projector(pool, model, other, topics.health)
+        assert await theirs.drain(timeout=30) == 6
+        relay.heal(STALLED)
+        await mine.settle(30)  # its sends ended (landed late), its organizations queued
+        assert len(await _rows(url, "SELECT * FROM read_model_pending")) == 6
+        await theirs.drain(timeout=30)
+        newest = _newest_on_the_feed(await stored_states(admin), model)
+        assert await _feed(bootstrap, topics.health, 24) == newest
+    await admin.close()
+
+
 async def test_a_late_record_of_an_organization_erased_meanwhile_is_followed_by_its_tombstone(
     database_factory: Any, migrated_template: str
 ) -> None:

@@ -49,7 +49,9 @@ async def _rows(url: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
 
 
 def _live(pipeline: BatchPipeline, projector: Projector, live: list[bool]) -> None:
-    pipeline.project_live_batches(projector.project_in_batch, lambda: live[0])
+    pipeline.project_live_batches(
+        projector.project_in_batch, lambda: live[0], projector.follow_failed_feed
+    )
 
 
 async def test_a_live_batch_writes_what_the_projector_writes_and_queues_nothing(
@@ -155,7 +157,9 @@ async def test_a_health_feed_that_fails_leaves_the_batch_to_the_projector(
     try:
         pipeline = _pipeline(pool, producer, 1000)
         projector = Projector(pool, default_model(), broken, "customer.health.feed-test")
-        pipeline.project_live_batches(projector.project_in_batch, projector.takes_live_batches)
+        pipeline.project_live_batches(
+            projector.project_in_batch, projector.takes_live_batches, projector.follow_failed_feed
+        )
         assert projector.takes_live_batches()
         outcome = await pipeline.process(first)
         assert outcome.applied == 18 and outcome.projected_in_batch == 0
@@ -279,6 +283,7 @@ async def test_a_pass_taken_over_before_its_feed_leaves_the_newest_state_last_on
         )
         with pytest.raises(SESSION_GONE):
             await frozen.project_once()
+        await frozen.settle(30)  # its sends ended, its organizations queued again
         await other.drain()
         states = await stored_states(admin)
         last = await _feed(kafka_bootstrap, topics.health, 12)
@@ -316,7 +321,9 @@ async def test_a_live_batch_taken_over_before_its_feed_leaves_the_newest_state_l
         topics, first, second, model, frozen_pool, pool, admin = taken
         owner = _pipeline(pool, producer, 0)
         projector = Projector(pool, model, producer, topics.health)
-        owner.project_live_batches(projector.project_in_batch, lambda: True)
+        owner.project_live_batches(
+            projector.project_in_batch, lambda: True, projector.follow_failed_feed
+        )
 
         async def take_over() -> None:
             ended = await admin.fetchval(
@@ -332,9 +339,10 @@ async def test_a_live_batch_taken_over_before_its_feed_leaves_the_newest_state_l
         stale = Projector(
             frozen_pool, model, _TakenOverBeforeItsFeed(producer, take_over), topics.health
         )
-        frozen.project_live_batches(stale.project_in_batch, lambda: True)
+        frozen.project_live_batches(stale.project_in_batch, lambda: True, stale.follow_failed_feed)
         with pytest.raises(SESSION_GONE):
             await frozen.process(first)
+        await stale.settle(30)  # its sends ended, its organizations queued again
         await projector.drain()
         assert await _feed(kafka_bootstrap, topics.health, 18) == _newest_on_the_feed(
             await stored_states(admin), model
@@ -371,9 +379,12 @@ async def test_a_live_batch_failing_after_its_feed_queues_no_organization_it_cre
         projector = Projector(
             pool, model, _TakenOverBeforeItsFeed(producer, session_ends), topics.health
         )
-        pipeline.project_live_batches(projector.project_in_batch, lambda: True)
+        pipeline.project_live_batches(
+            projector.project_in_batch, lambda: True, projector.follow_failed_feed
+        )
         with pytest.raises(SESSION_GONE):
             await pipeline.process(first)
+        await projector.settle(30)  # its follow-up queued what had a state
         assert await _rows(url, "SELECT * FROM read_model_pending") == []
         assert await projector.staleness() == 0.0
         # applied again, it projects them itself

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from healthscore.service.ops.checks import readiness_checks
-from healthscore.service.projector import Projector, catch_up_wait
+from healthscore.service.projector import Projector, catch_up_wait, feed_wait
 
 
 @dataclass
@@ -44,3 +44,14 @@ def test_the_projector_waits_only_for_a_backlog_longer_than_the_threshold() -> N
     # a backlog: as long as it takes to apply, at most the window
     assert catch_up_wait(10.0, after=10.0, window=120.0) == 10.0
     assert catch_up_wait(300.0, after=10.0, window=120.0) == 120.0
+
+
+def test_a_transaction_waits_for_the_feed_less_than_postgresqls_idle_limit() -> None:
+    # the default limit (60 s) leaves the waits as they are
+    assert feed_wait(10.0, idle_limit=60.0) == 10.0
+    assert feed_wait(2.0, idle_limit=60.0) == 2.0
+    # a short limit: half of it, so the session is never ended while the feed is awaited
+    assert feed_wait(10.0, idle_limit=3.0) == 1.5
+    assert feed_wait(2.0, idle_limit=3.0) == 1.5
+    # no limit
+    assert feed_wait(10.0, idle_limit=0.0) == 10.0

@@ -364,6 +364,8 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
             page_size=s.projector_page_size,
             on_pass=on_projection,
             shards=s.projector_shards,
+            idle_limit=s.transaction_idle_limit_seconds,
+            on_requeue=lambda outcome: metrics.read_model_requeues.labels(outcome).inc(),
             coalesce_for=lambda: catch_up_wait(
                 holdback.catch_up_lag(),
                 s.read_model_catch_up_after_seconds,
@@ -372,7 +374,9 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         )
     )
     if projector is not None and s.read_model_live_in_batch:
-        pipeline.project_live_batches(projector.project_in_batch, projector.takes_live_batches)
+        pipeline.project_live_batches(
+            projector.project_in_batch, projector.takes_live_batches, projector.follow_failed_feed
+        )
 
     def on_sweep(duration: float, alert_kinds: list[str]) -> None:
         metrics.sweep_runs.inc()
@@ -609,6 +613,10 @@ async def lifespan(c: Components) -> AsyncIterator[None]:
         await record_model(c.pool, c.model)
         with _unreachable_kafka(s):
             await start_producer(c.producer, s.kafka_idempotent_producer)
+        if c.projector is not None:
+            # after the consumer and the projector's loop stopped, before the pool closes
+            # and the producer stops: feeds a stop cut off are followed up (queued again)
+            stack.push_async_callback(c.projector.settle, PRODUCER_FLUSH_ON_STOP_SECONDS)
         with _unreachable_kafka(s):  # it connects FastStream's own producer
             await install_salvaging_consumer(c.broker, c.corrupt_records, c.offsets.consumer_built)
         # FastStream stops the broker before this exit runs; this stops one whose

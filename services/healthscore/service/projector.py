@@ -46,7 +46,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -85,6 +85,20 @@ PASS_FEED_TIMEOUT_SECONDS = 10.0
 # how often a pass looks for erased organizations' owed health-feed tombstones (rare:
 # an erasure whose own publish failed)
 OWED_TOMBSTONES_EVERY_SECONDS = 2.0
+# queueing organizations again after a feed that outlived its transaction: the waits
+# between attempts (PostgreSQL restarting), then the follow-up is given up and counted
+REQUEUE_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+@dataclass(slots=True)
+class SentFeed:
+    """Health-feed records a transaction sends before it commits: their organizations
+    (listed before the send) and the sends' futures. Should the transaction not commit
+    (failed, or cancelled by a stop), the records may land all the same, even later
+    than a newer score another process publishes: `Projector.follow_failed_feed`."""
+
+    organizations: list[UUID | str] = field(default_factory=list)
+    acks: list[asyncio.Future[Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +159,14 @@ def catch_up_wait(backlog_seconds: float, after: float, window: float) -> float:
     return 0.0 if backlog_seconds < after else min(window, backlog_seconds)
 
 
+def feed_wait(wait: float, idle_limit: float) -> float:
+    """How long a transaction waits for the health feed: `wait`, or half of
+    PostgreSQL's idle limit (`idle_limit`, 0: none) when that is less. The transaction
+    idles meanwhile, and a wait the limit cut would end its session: the pass would
+    fail instead of owing its feed."""
+    return min(wait, idle_limit / 2) if idle_limit > 0 else wait
+
+
 class Projector:
     def __init__(
         self,
@@ -156,6 +178,8 @@ class Projector:
         on_pass: Callable[[int, float], None] | None = None,
         shards: int = 1,
         coalesce_for: Callable[[], float] = lambda: 0.0,
+        idle_limit: float = 0.0,
+        on_requeue: Callable[[str], None] | None = None,
     ) -> None:
         self._pool = pool
         self._model = model
@@ -166,6 +190,11 @@ class Projector:
         self._shards = max(1, shards)
         # how old a queued change must be before it is projected (seconds)
         self._coalesce_for = coalesce_for
+        # PostgreSQL ends a session idle this long in a transaction (0: never); a pass
+        # or live batch waits for the feed inside its transaction, so for less than it
+        self._idle_limit = idle_limit
+        # counts each follow-up of a feed that outlived its transaction ("queued", "failed")
+        self._on_requeue = on_requeue
         self.projected = 0
         # the latest `measure_staleness()`, in seconds
         self.latest_staleness = 0.0
@@ -173,7 +202,8 @@ class Projector:
         self.coalescing = 0.0
         # until when (monotonic) live batches leave their changes to the projector
         self._feed_paused_until = 0.0
-        # feeds given up on, still followed to learn whether the broker took them later
+        # feeds given up on or outlived by their transaction, still followed to learn
+        # whether the broker took them (later)
         self._late_feeds: set[asyncio.Task[None]] = set()
         # when (monotonic) a pass last looked for owed tombstones
         self._tombstones_looked_at = -math.inf
@@ -232,20 +262,22 @@ class Projector:
 
     async def _project_shard(self, shard: int, min_age: float) -> int | None:
         started = time.perf_counter()
-        sent: list[UUID] = []
+        sent = SentFeed()
         try:
             return await self._project_page(shard, min_age, started, sent)
-        except Exception:
-            if sent:
-                await queue_again(self._pool, sent)
+        except BaseException:
+            # a stop's cancellation too: what was sent may still land
+            if sent.organizations:
+                self.follow_failed_feed(sent)
             raise
 
     async def _project_page(
-        self, shard: int, min_age: float, started: float, sent: list[UUID]
+        self, shard: int, min_age: float, started: float, sent: SentFeed
     ) -> int | None:
         """One pass over `shard`; `sent` receives the organizations whose feed is being
-        sent. The read model commits whether or not the feed is acknowledged: what the
-        broker did not take is owed (`health_feed_owed`) and sent by a later pass."""
+        sent, and the sends. The read model commits whether or not the feed is
+        acknowledged: what the broker did not take is owed (`health_feed_owed`) and sent
+        by a later pass."""
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 sql.PENDING_PROJECTION,
@@ -283,9 +315,9 @@ class Projector:
             if self._feeds():
                 published = False
                 if (page or owed_only) and self._feed_up():
-                    sent.extend(in_page)
-                    sent.extend(r["organization_id"] for r in owed_only)
-                    published = await self._publish_or_pause(page, previous, owed_only)
+                    sent.organizations.extend(in_page)
+                    sent.organizations.extend(r["organization_id"] for r in owed_only)
+                    published = await self._publish_or_pause(page, previous, owed_only, sent)
                 if published and owed:
                     await conn.execute(sql.FEED_PUBLISHED, [r["organization_id"] for r in owed])
                 elif not published and page:
@@ -301,6 +333,9 @@ class Projector:
             self._on_pass(len(page), time.perf_counter() - started)
         return len(rows) + len(owed_only)
 
+    def _feed_wait(self, wait: float) -> float:
+        return feed_wait(wait, self._idle_limit)
+
     def _feeds(self) -> bool:
         return self._producer is not None and self._health_topic is not None
 
@@ -314,17 +349,21 @@ class Projector:
         page: list[Projected],
         previous: dict[UUID, float | None],
         owed: Sequence[asyncpg.Record],
+        sent: SentFeed,
     ) -> bool:
-        """Publish the page's feed and the owed records; False (and the feed paused)
-        when the broker did not acknowledge them in time."""
-        acks: list[asyncio.Future[Any]] = []
+        """Publish the page's feed and the owed records (their sends into `sent`); False
+        (and the feed paused) when the broker did not acknowledge them in time."""
+        acks = sent.acks
         try:
             await asyncio.wait_for(
-                self._publish(page, previous, owed, acks), PASS_FEED_TIMEOUT_SECONDS
+                self._publish(page, previous, owed, acks),
+                self._feed_wait(PASS_FEED_TIMEOUT_SECONDS),
             )
         except (TimeoutError, KafkaError) as exc:
-            self._follow_late_feed(
-                acks, [p.organization_id for p in page] + [r["organization_id"] for r in owed]
+            self._follow(
+                acks,
+                [p.organization_id for p in page] + [r["organization_id"] for r in owed],
+                after_failure=False,
             )
             self._feed_paused_until = time.monotonic() + FEED_PAUSE_SECONDS
             log.warning(
@@ -337,11 +376,15 @@ class Projector:
         return True
 
     async def project_in_batch(
-        self, conn: Connection, states: Sequence[tuple[OrganizationState, int]]
+        self,
+        conn: Connection,
+        states: Sequence[tuple[OrganizationState, int]],
+        acks: list[asyncio.Future[Any]],
     ) -> int:
         """Project `states` (each as a live batch saved it, with its version) in the
         batch's transaction, and publish their health feed before it commits (a batch
-        that fails is applied again and publishes the same scores, as a pass does).
+        that fails is applied again and publishes the same scores, as a pass does);
+        `acks` receives the sends (the batch follows them up should it not commit).
 
         Only for organizations nobody had queued (`sql.TAKE_OWN_PENDING`): no pass can
         be writing an older state of them meanwhile.
@@ -350,13 +393,13 @@ class Projector:
         page = _projected(states, self._model)
         if page:
             previous = await _upsert_customer_health(conn, page, self._model)
-            acks: list[asyncio.Future[Any]] = []
             try:
                 await asyncio.wait_for(
-                    self._publish(page, previous, acks=acks), FEED_TIMEOUT_SECONDS
+                    self._publish(page, previous, acks=acks),
+                    self._feed_wait(FEED_TIMEOUT_SECONDS),
                 )
             except (TimeoutError, KafkaError) as exc:
-                self._follow_late_feed(acks, [p.organization_id for p in page])
+                self._follow(acks, [p.organization_id for p in page], after_failure=False)
                 # ingestion never waits on the feed: these go back to the projector,
                 # and live batches queue theirs too for a while
                 self._feed_paused_until = time.monotonic() + FEED_PAUSE_SECONDS
@@ -404,30 +447,93 @@ class Projector:
         records += [(str(r["organization_id"]).encode(), owed_message(r, now)) for r in owed]
         await send_keyed(self._producer, self._health_topic, records, acks)
 
-    def _follow_late_feed(
-        self, acks: list[asyncio.Future[Any]], organizations: Sequence[UUID]
+    def follow_failed_feed(self, sent: SentFeed) -> None:
+        """Follow the feed of a pass or live batch that did not commit (failed, or
+        cancelled by a stop). Its entries came back with the rollback, unless its
+        session had ended (a replica frozen past TRANSACTION_IDLE_LIMIT_SECONDS) and
+        another process published newer states meanwhile; and what it sent may land
+        after them. Once its sends have ended, its organizations are queued again, so
+        that a pass publishes their newest score after whatever landed."""
+        self._follow(sent.acks, sent.organizations, after_failure=True)
+
+    def _follow(
+        self,
+        acks: Sequence[asyncio.Future[Any]],
+        organizations: Sequence[UUID | str],
+        after_failure: bool,
     ) -> None:
-        """Follow a feed given up on: the producer still delivers what it was given,
-        possibly after another process published newer scores of these organizations
-        (its path healed, a slow broker caught up), and the compacted feed would end on
-        the older one. When the broker took any of it, they are queued again, so that a
-        pass publishes their newest score after it."""
-        if not acks:
+        """Follow sends given up on (`after_failure` False: a feed not acknowledged in
+        time, its read model committed and the feed owed) or outlived by their
+        transaction (True). The producer still delivers what it was given, possibly
+        after another process published newer scores of these organizations (its path
+        healed, a slow broker caught up), and the compacted feed would end on the
+        older one. When the broker took any of it (after a failure: always), they are
+        queued again. `settle` waits for these on a stop."""
+        if not acks and not after_failure:
             return
-        task = asyncio.create_task(self._queue_again_if_delivered(acks, list(organizations)))
+        task = asyncio.create_task(
+            self._follow_up(list(acks), list(organizations), after_failure),
+            name="health-feed-follow-up",
+        )
         self._late_feeds.add(task)
         task.add_done_callback(self._late_feeds.discard)
 
-    async def _queue_again_if_delivered(
-        self, acks: list[asyncio.Future[Any]], organizations: list[UUID]
+    async def _follow_up(
+        self,
+        acks: list[asyncio.Future[Any]],
+        organizations: list[UUID | str],
+        after_failure: bool,
     ) -> None:
-        # each send ends (acknowledged, refused, expired in the producer): never forever
-        outcomes = await asyncio.gather(*acks, return_exceptions=True)
-        if all(isinstance(outcome, BaseException) for outcome in outcomes):
+        if acks:
+            # each send ends (acknowledged, refused, expired in the producer): never
+            # forever; wait() leaves the futures as they are should this be cancelled
+            await asyncio.wait(acks)
+        delivered = any(not ack.cancelled() and ack.exception() is None for ack in acks)
+        if not delivered and not after_failure:
             return
-        log.info("health_feed_acknowledged_late", organizations=len(organizations))
-        await queue_again(self._pool, organizations)
-        await self._tombstone_erased(organizations)
+        if not after_failure:
+            log.info("health_feed_acknowledged_late", organizations=len(organizations))
+        if await self._queue_again(organizations) and delivered:
+            await self._tombstone_erased([UUID(str(org)) for org in organizations])
+
+    async def _queue_again(self, organizations: Sequence[UUID | str]) -> bool:
+        """`queue_again`, tried again while PostgreSQL is away; counted either way."""
+        for attempt, pause in enumerate((*REQUEUE_RETRY_SECONDS, None)):
+            try:
+                await queue_again(self._pool, organizations)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                if pause is not None:
+                    await asyncio.sleep(pause)
+                    continue
+                # the feed may end on an older score until the organization changes
+                log.error(
+                    "projection_requeue_failed",
+                    organizations=len(organizations),
+                    attempts=attempt + 1,
+                    error=repr(exc),
+                )
+                self._count_requeue("failed")
+                return False
+            self._count_requeue("queued")
+            return True
+        raise AssertionError("unreachable")
+
+    def _count_requeue(self, outcome: str) -> None:
+        if self._on_requeue is not None:
+            self._on_requeue(outcome)
+
+    async def settle(self, within: float) -> None:
+        """On a stop, before the pool closes and the producer stops: let the follow-ups
+        of feeds given up on or outlived by their transaction end (their sends
+        acknowledged or expired, their organizations queued again), `within` seconds
+        at most; those cut are logged (`health_feed_follow_ups_cut`)."""
+        if not self._late_feeds:
+            return
+        _, pending = await asyncio.wait(set(self._late_feeds), timeout=within)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("health_feed_follow_ups_cut", follow_ups=len(pending), seconds=within)
 
     async def _tombstone_erased(self, organizations: list[UUID]) -> None:
         """Publish the feed's tombstone again for those of `organizations` erased since
@@ -524,21 +630,18 @@ class Projector:
 
 
 async def queue_again(pool: asyncpg.Pool[Any], sent: Sequence[UUID | str]) -> None:
-    """Queue organizations whose feed was sent by a transaction that then failed.
+    """Queue organizations whose feed was sent by a transaction that then failed
+    (`Projector.follow_failed_feed`), at their current versions.
 
     Their entries came back with the rollback, unless another process took them
     meanwhile: a replica frozen inside a pass or a live batch past
     TRANSACTION_IDLE_LIMIT_SECONDS loses its session, another projects and publishes
     the newer states, and the thawed one then sends the states it read. The feed is
     compacted on the organization, so its last record must come from a newer pass:
-    queued again (after the sends were acked), one comes. Best effort: with PostgreSQL
-    away the entry is left to what failed.
+    queued again (after the sends ended), one comes.
     """
-    try:
-        async with pool.acquire() as conn:
-            await conn.execute(sql.QUEUE_AGAIN, list(sent))
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        log.warning("projection_requeue_failed", organizations=len(sent), error=repr(exc))
+    async with pool.acquire() as conn:
+        await conn.execute(sql.QUEUE_AGAIN, list(sent))
 
 
 async def _upsert_customer_health(

@@ -60,7 +60,7 @@ from healthscore.service.ingest.decode import (
 )
 from healthscore.service.ingest.dlq import dead_letter_columns
 from healthscore.service.ingest.owned import OwnedStates
-from healthscore.service.projector import project_in_transaction, queue_again
+from healthscore.service.projector import SentFeed, project_in_transaction
 from healthscore.store import Connection, sql
 from healthscore.store.effects_writer import write_effects
 from healthscore.store.records import interaction_from_row, storable
@@ -122,7 +122,10 @@ class TooManyUnprocessable(Exception):
 
 
 # projects states a live batch saved (each with its version) in the batch's transaction
-ProjectInBatch = Callable[[Connection, Sequence[tuple[OrganizationState, int]]], Awaitable[int]]
+ProjectInBatch = Callable[
+    [Connection, Sequence[tuple[OrganizationState, int]], list[asyncio.Future[Any]]],
+    Awaitable[int],
+]
 
 
 @dataclass
@@ -213,7 +216,9 @@ class BatchPipeline:
         # the naive baseline's way: the read model in every batch's transaction
         self._read_model_in_transaction = read_model_in_transaction
         # live projection (`project_live_batches`): how, and whether the consumer is live
-        self._live_projection: tuple[ProjectInBatch, Callable[[], bool]] | None = None
+        self._live_projection: (
+            tuple[ProjectInBatch, Callable[[], bool], Callable[[SentFeed], None]] | None
+        ) = None
         self._max_unprocessable = max_unprocessable_per_batch
         self._decoder = decoder
         self._model = model
@@ -223,7 +228,12 @@ class BatchPipeline:
         # next event (see healthscore.service.sweep), so that it does not depend on timing
         self._silence_step = rescore_step_seconds if silence_rescoring else None
 
-    def project_live_batches(self, project: ProjectInBatch, live: Callable[[], bool]) -> None:
+    def project_live_batches(
+        self,
+        project: ProjectInBatch,
+        live: Callable[[], bool],
+        follow_failed: Callable[[SentFeed], None],
+    ) -> None:
         """Let each batch that starts while `live()` project its own changes in its
         transaction with `project` (the projector's `project_in_batch`), instead of
         queueing them for the projector: live, every organization changes about once a
@@ -233,8 +243,10 @@ class BatchPipeline:
         batch (by the sweep, an import, a promotion, an earlier catching-up batch)
         stays queued: the projector may be writing an older state of it, and its entry
         is what makes the projector write it again when it sees the state moved on.
+        A batch that sent its feed and then did not commit hands the sends to
+        `follow_failed` (the projector's `follow_failed_feed`).
         """
-        self._live_projection = (project, live)
+        self._live_projection = (project, live, follow_failed)
 
     def forget_owned_states(self) -> None:
         self._owned.clear()
@@ -352,8 +364,8 @@ class BatchPipeline:
     async def _apply(
         self, decoded: list[Decoded | Rejection], positioned: Mapping[PartitionKey, int]
     ) -> BatchOutcome:
-        # organizations whose health feed a live batch sent
-        sent: list[str] = []
+        # the health feed a live batch sent
+        sent = SentFeed()
         try:
             try:
                 return await self._apply_once(decoded, positioned, sent)
@@ -361,10 +373,11 @@ class BatchPipeline:
                 # reset or removed since this consumer first saw them: create and start over
                 self._offset_rows.clear()
                 return await self._apply_once(decoded, positioned, sent)
-        except Exception:
-            if sent:
-                # the feed's last word must come from a committed state (`queue_again`)
-                await queue_again(self._pool, sent)
+        except BaseException:
+            # a stop's cancellation too: the feed's last word must come from a
+            # committed state
+            if sent.organizations and self._live_projection is not None:
+                self._live_projection[2](sent)
             raise
 
     async def _lock_offsets_and_claim(
@@ -437,7 +450,7 @@ class BatchPipeline:
         self,
         decoded: list[Decoded | Rejection],
         positioned: Mapping[PartitionKey, int],
-        sent: list[str],
+        sent: SentFeed,
     ) -> BatchOutcome:
         """One transaction: effects, dead letters and offsets of `decoded` (`sent`: the
         organizations whose health feed it sends, live)."""
@@ -549,7 +562,7 @@ class BatchPipeline:
             if self._read_model_in_transaction:
                 await project_in_transaction(conn, rescored_states(effects), self._model)
             elif self._live_projection is not None and saved:
-                project, live = self._live_projection
+                project, live, _ = self._live_projection
                 if live():
                     outcome.projected_in_batch = await _project_own_changes(
                         conn, project, effects, saved, sent
@@ -702,7 +715,7 @@ async def _project_own_changes(
     project: ProjectInBatch,
     effects: BatchEffects,
     saved: Mapping[str, tuple[bytes, int]],
-    sent: list[str],
+    sent: SentFeed,
 ) -> int:
     """Project, in the batch's transaction, the organizations whose queue entry this
     batch made (after its state saves: it holds their rows, so nobody else can queue
@@ -717,9 +730,11 @@ async def _project_own_changes(
         [saved[s.organization_id][1] for s in states],
     )
     own = {str(row["organization_id"]) for row in rows}
-    sent.extend(sorted(own))
+    sent.organizations.extend(sorted(own))
     return await project(
-        conn, [(s, saved[s.organization_id][1]) for s in states if s.organization_id in own]
+        conn,
+        [(s, saved[s.organization_id][1]) for s in states if s.organization_id in own],
+        sent.acks,
     )
 
 

@@ -146,6 +146,16 @@ class Metrics:
             "customer_health rows written by the projector (one per organization per pass).",
             registry=r,
         )
+        self.read_model_requeues = Counter(
+            "healthscore_read_model_requeues_total",
+            "Organizations' follow-ups after health-feed records outlived what sent them (a "
+            "projector pass or live batch that did not commit, or a feed acknowledged after "
+            "it was given up on): queued (for a pass to publish their newest score after "
+            "the late records) or failed (PostgreSQL away through every retry: the feed may "
+            "show an older score until the organization changes).",
+            ["outcome"],
+            registry=r,
+        )
         self.projection_duration = Histogram(
             "healthscore_projection_duration_seconds",
             "Duration of one projector pass (one page of organizations).",
