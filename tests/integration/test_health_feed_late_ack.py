@@ -20,10 +20,11 @@ from typing import Any, NamedTuple
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
+from structlog.testing import capture_logs
 
 from healthscore.core.scoring.model import default_model
 from healthscore.service import projector as projector_module
-from healthscore.service.projector import Projector
+from healthscore.service.projector import Projector, SentFeed
 from healthscore.store.db import create_pool
 from tests.integration.test_live_projection import _feed, _newest_on_the_feed, _rows
 from tests.integration.test_owned_states import _batches, _Log, _pipeline
@@ -132,8 +133,33 @@ async def test_a_feed_record_acknowledged_late_is_followed_by_the_newest_score(
     await admin.close()
 
 
+class _SendsSignalled:
+    """A real producer whose batch sends set `sent`: the test knows the pass's page is
+    on its way (held by the stalled path) and the pass waits for its acks."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+        self.sent = asyncio.Event()
+
+    async def partitions_for(self, topic: str) -> Any:
+        return await self._producer.partitions_for(topic)
+
+    def create_batch(self) -> Any:
+        return self._producer.create_batch()
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Any:
+        ack = await self._producer.send_batch(batch, topic, partition=partition)
+        self.sent.set()
+        return ack
+
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> Any:
+        ack = await self._producer.send(topic, value=value, key=key)
+        self.sent.set()
+        return ack
+
+
 async def test_a_pass_cancelled_while_its_feed_is_stalled_is_followed_by_the_newest_score(
-    database_factory: Any, migrated_template: str
+    database_factory: Any, migrated_template: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A stop cancels a pass that waits for its feed (the path to the broker stalled):
     its transaction rolls back, the organizations change, and another replica publishes
@@ -141,21 +167,29 @@ async def test_a_pass_cancelled_while_its_feed_is_stalled_is_followed_by_the_new
     them. Before, a cancelled pass was not followed up (only failures were, and
     cancellation is not one): the compacted feed ended on the older scores. `settle`,
     which the service runs on a stop before its pool closes, waits for the follow-up."""
+    from tests.utils.harness import consume_all
+
+    # the pass must still be waiting when the stop comes, however slow the machine
+    monkeypatch.setattr(projector_module, "PASS_FEED_TIMEOUT_SECONDS", 60.0)
     url = await database_factory(template=migrated_template)
     first, second, third = _batches(_Log())
     model = default_model()
     admin = await asyncpg.connect(url)
+    requeued: list[str] = []
     async with _stalled_path(url) as (relay, bootstrap, pool, stalled, other):
         topics = await make_topics(bootstrap, partitions=1)
         pipeline = _pipeline(pool, other, 0)
         await pipeline.process(first)
-        mine = Projector(pool, model, stalled, topics.health)
+        signalled = _SendsSignalled(stalled)
+        mine = Projector(pool, model, signalled, topics.health, on_requeue=requeued.append)
         assert await mine.project_once() == 6
         await pipeline.process(second)
 
         relay.stall(STALLED)
+        signalled.sent.clear()
         cut = asyncio.ensure_future(mine.project_once())
-        await asyncio.sleep(1.0)  # the pass has sent its page and waits for the acks
+        await asyncio.wait_for(signalled.sent.wait(), 30)  # its page is on its way
+        await asyncio.sleep(0.2)
         assert not cut.done()
         cut.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -167,11 +201,49 @@ async def test_a_pass_cancelled_while_its_feed_is_stalled_is_followed_by_the_new
         assert await theirs.drain(timeout=30) == 6
         relay.heal(STALLED)
         await mine.settle(30)  # its sends ended (landed late), its organizations queued
-        assert len(await _rows(url, "SELECT * FROM read_model_pending")) == 6
-        await theirs.drain(timeout=30)
+        # the hazard happened: the cut pass's older scores are last on the feed
         newest = _newest_on_the_feed(await stored_states(admin), model)
+        landed = await _feed(bootstrap, topics.health, 18)
+        assert set(landed) == set(newest)
+        assert all(landed[org] != newest[org] for org in newest), (landed, newest)
+        assert requeued == ["queued"]
+        assert len(await _rows(url, "SELECT * FROM read_model_pending")) == 6
+
+        await theirs.drain(timeout=30)
+        records = await consume_all(bootstrap, topics.health, expect=24, settle=1.0)
+        assert len(records) == 24
         assert await _feed(bootstrap, topics.health, 24) == newest
     await admin.close()
+
+
+async def test_a_follow_up_a_stop_cuts_is_counted(
+    database_factory: Any, migrated_template: str
+) -> None:
+    """On a stop, `settle` waits a bounded time for the follow-ups: one whose records the
+    broker never acknowledges (the path still stalled) is cancelled, logged and counted
+    as cut, and a follow-up asked for after it is counted as cut at once."""
+    url = await database_factory(template=migrated_template)
+    first, second, _ = _batches(_Log())
+    model = default_model()
+    outcomes: list[str] = []
+    async with _stalled_path(url) as (relay, bootstrap, pool, stalled, other):
+        topics = await make_topics(bootstrap, partitions=1)
+        pipeline = _pipeline(pool, other, 0)
+        await pipeline.process(first)
+        mine = Projector(pool, model, stalled, topics.health, on_requeue=outcomes.append)
+        assert await mine.project_once() == 6
+        await pipeline.process(second)
+        relay.stall(STALLED)
+        assert await asyncio.wait_for(mine.project_once(), 30) == 6  # owed, followed
+        with capture_logs() as logs:
+            await mine.settle(0.5)
+            mine.follow_failed_feed(SentFeed(["x"], [asyncio.get_running_loop().create_future()]))
+        assert outcomes == ["cut", "cut"]
+        assert [e["event"] for e in logs if e["event"].startswith("health_feed_follow")] == [
+            "health_feed_follow_ups_cut",
+            "health_feed_follow_ups_cut",
+        ]
+        relay.heal(STALLED)
 
 
 async def test_a_late_record_of_an_organization_erased_meanwhile_is_followed_by_its_tombstone(

@@ -376,15 +376,21 @@ async def test_a_live_batch_failing_after_its_feed_queues_no_organization_it_cre
             )
 
         pipeline = _pipeline(pool, producer, 0)
+        outcomes: list[str] = []
         projector = Projector(
-            pool, model, _TakenOverBeforeItsFeed(producer, session_ends), topics.health
+            pool,
+            model,
+            _TakenOverBeforeItsFeed(producer, session_ends),
+            topics.health,
+            on_requeue=outcomes.append,
         )
         pipeline.project_live_batches(
             projector.project_in_batch, lambda: True, projector.follow_failed_feed
         )
         with pytest.raises(SESSION_GONE):
             await pipeline.process(first)
-        await projector.settle(30)  # its follow-up queued what had a state
+        await projector.settle(30)  # its follow-up queued what had a state: none
+        assert outcomes == ["queued"]
         assert await _rows(url, "SELECT * FROM read_model_pending") == []
         assert await projector.staleness() == 0.0
         # applied again, it projects them itself

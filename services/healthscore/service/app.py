@@ -99,6 +99,9 @@ PROMOTION_INTERVAL_SECONDS = 1.0
 # PostgreSQL what the broker did not acknowledge, so a stop during a broker outage
 # gives up on it rather than outlast the pod's grace period
 PRODUCER_FLUSH_ON_STOP_SECONDS = 5.0
+# on a stop, how long the health feed's follow-ups may take (their sends' acks, the
+# re-queue): the feed may end on an older score of those cut, until they change again
+FEED_FOLLOW_UPS_ON_STOP_SECONDS = 5.0
 # on a stop, how long the background loops may take to end once cancelled, and the
 # pool to close its connections (then it drops them: the server rolls back what they
 # had not committed)
@@ -616,7 +619,7 @@ async def lifespan(c: Components) -> AsyncIterator[None]:
         if c.projector is not None:
             # after the consumer and the projector's loop stopped, before the pool closes
             # and the producer stops: feeds a stop cut off are followed up (queued again)
-            stack.push_async_callback(c.projector.settle, PRODUCER_FLUSH_ON_STOP_SECONDS)
+            stack.push_async_callback(c.projector.settle, FEED_FOLLOW_UPS_ON_STOP_SECONDS)
         with _unreachable_kafka(s):  # it connects FastStream's own producer
             await install_salvaging_consumer(c.broker, c.corrupt_records, c.offsets.consumer_built)
         # FastStream stops the broker before this exit runs; this stops one whose
@@ -763,7 +766,7 @@ async def running(
 
     Stopping runs in reverse: the ops routes, then the broker (a batch in flight
     commits or rolls back whole), the background loops, the read model's last
-    projection, the pool and the producer.
+    projection, the health feed's follow-ups, the pool and the producer.
     """
     s = settings
     try:

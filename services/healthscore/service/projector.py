@@ -88,6 +88,11 @@ OWED_TOMBSTONES_EVERY_SECONDS = 2.0
 # queueing organizations again after a feed that outlived its transaction: the waits
 # between attempts (PostgreSQL restarting), then the follow-up is given up and counted
 REQUEUE_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)
+# one attempt's bound (a connection, then the statement, which waits for a pass holding
+# the organization's entry: a page's feed wait at most)
+REQUEUE_ATTEMPT_SECONDS = 15.0
+# on a stop, how long cancelled follow-ups may take to unwind before the pool closes
+FOLLOW_UP_UNWIND_SECONDS = 1.0
 
 
 @dataclass(slots=True)
@@ -99,6 +104,8 @@ class SentFeed:
 
     organizations: list[UUID | str] = field(default_factory=list)
     acks: list[asyncio.Future[Any]] = field(default_factory=list)
+    # followed already (the feed wait ran out before the transaction ended)
+    followed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,8 +210,10 @@ class Projector:
         # until when (monotonic) live batches leave their changes to the projector
         self._feed_paused_until = 0.0
         # feeds given up on or outlived by their transaction, still followed to learn
-        # whether the broker took them (later)
-        self._late_feeds: set[asyncio.Task[None]] = set()
+        # whether the broker took them (later); each with its organizations' count
+        self._late_feeds: dict[asyncio.Task[None], int] = {}
+        # set once a stop waited for them (`settle`): no follow-up starts after it
+        self._settled = False
         # when (monotonic) a pass last looked for owed tombstones
         self._tombstones_looked_at = -math.inf
 
@@ -265,10 +274,9 @@ class Projector:
         sent = SentFeed()
         try:
             return await self._project_page(shard, min_age, started, sent)
-        except BaseException:
+        except (Exception, asyncio.CancelledError):
             # a stop's cancellation too: what was sent may still land
-            if sent.organizations:
-                self.follow_failed_feed(sent)
+            self.follow_failed_feed(sent)
             raise
 
     async def _project_page(
@@ -360,11 +368,7 @@ class Projector:
                 self._feed_wait(PASS_FEED_TIMEOUT_SECONDS),
             )
         except (TimeoutError, KafkaError) as exc:
-            self._follow(
-                acks,
-                [p.organization_id for p in page] + [r["organization_id"] for r in owed],
-                after_failure=False,
-            )
+            self._follow(sent, after_failure=False)
             self._feed_paused_until = time.monotonic() + FEED_PAUSE_SECONDS
             log.warning(
                 "health_feed_owed",
@@ -379,12 +383,12 @@ class Projector:
         self,
         conn: Connection,
         states: Sequence[tuple[OrganizationState, int]],
-        acks: list[asyncio.Future[Any]],
+        sent: SentFeed,
     ) -> int:
         """Project `states` (each as a live batch saved it, with its version) in the
         batch's transaction, and publish their health feed before it commits (a batch
         that fails is applied again and publishes the same scores, as a pass does);
-        `acks` receives the sends (the batch follows them up should it not commit).
+        `sent` receives the sends (the batch follows them up should it not commit).
 
         Only for organizations nobody had queued (`sql.TAKE_OWN_PENDING`): no pass can
         be writing an older state of them meanwhile.
@@ -395,11 +399,11 @@ class Projector:
             previous = await _upsert_customer_health(conn, page, self._model)
             try:
                 await asyncio.wait_for(
-                    self._publish(page, previous, acks=acks),
+                    self._publish(page, previous, acks=sent.acks),
                     self._feed_wait(FEED_TIMEOUT_SECONDS),
                 )
             except (TimeoutError, KafkaError) as exc:
-                self._follow(acks, [p.organization_id for p in page], after_failure=False)
+                self._follow(sent, after_failure=False)
                 # ingestion never waits on the feed: these go back to the projector,
                 # and live batches queue theirs too for a while
                 self._feed_paused_until = time.monotonic() + FEED_PAUSE_SECONDS
@@ -452,31 +456,45 @@ class Projector:
         cancelled by a stop). Its entries came back with the rollback, unless its
         session had ended (a replica frozen past TRANSACTION_IDLE_LIMIT_SECONDS) and
         another process published newer states meanwhile; and what it sent may land
-        after them. Once its sends have ended, its organizations are queued again, so
-        that a pass publishes their newest score after whatever landed."""
-        self._follow(sent.acks, sent.organizations, after_failure=True)
+        after them. Once its sends have ended, if the broker took any, its
+        organizations are queued again, so that a pass publishes their newest score
+        after whatever landed."""
+        self._follow(sent, after_failure=True)
 
-    def _follow(
-        self,
-        acks: Sequence[asyncio.Future[Any]],
-        organizations: Sequence[UUID | str],
-        after_failure: bool,
-    ) -> None:
+    def _follow(self, sent: SentFeed, after_failure: bool) -> None:
         """Follow sends given up on (`after_failure` False: a feed not acknowledged in
         time, its read model committed and the feed owed) or outlived by their
         transaction (True). The producer still delivers what it was given, possibly
         after another process published newer scores of these organizations (its path
         healed, a slow broker caught up), and the compacted feed would end on the
-        older one. When the broker took any of it (after a failure: always), they are
-        queued again. `settle` waits for these on a stop."""
-        if not acks and not after_failure:
+        older one. Once the sends end (taken, refused, or expired; with the idempotent
+        producer never expired: only the broker's answer ends them), the
+        organizations are queued again if the broker took any. `settle` waits for
+        these on a stop. Sends are followed once; none sent, nothing to follow."""
+        if not sent.acks or sent.followed:
+            return
+        sent.followed = True
+        if self._settled:
+            # the stop's wait is over: the pool is closing
+            self._count_requeue("cut")
+            log.warning(
+                "health_feed_follow_ups_cut",
+                follow_ups=1,
+                organizations=len(sent.organizations),
+                seconds=0.0,
+            )
             return
         task = asyncio.create_task(
-            self._follow_up(list(acks), list(organizations), after_failure),
+            self._follow_up(list(sent.acks), list(sent.organizations), after_failure),
             name="health-feed-follow-up",
         )
-        self._late_feeds.add(task)
-        task.add_done_callback(self._late_feeds.discard)
+        self._late_feeds[task] = len(sent.organizations)
+        task.add_done_callback(self._follow_up_done)
+
+    def _follow_up_done(self, task: asyncio.Task[None]) -> None:
+        self._late_feeds.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("health_feed_follow_up_failed", error=repr(task.exception()))
 
     async def _follow_up(
         self,
@@ -484,24 +502,24 @@ class Projector:
         organizations: list[UUID | str],
         after_failure: bool,
     ) -> None:
-        if acks:
-            # each send ends (acknowledged, refused, expired in the producer): never
-            # forever; wait() leaves the futures as they are should this be cancelled
-            await asyncio.wait(acks)
-        delivered = any(not ack.cancelled() and ack.exception() is None for ack in acks)
-        if not delivered and not after_failure:
-            return
+        # wait() leaves the futures as they are should this be cancelled
+        await asyncio.wait(acks)
+        # every outcome read (an unread exception is logged when collected)
+        landed = [not ack.cancelled() and ack.exception() is None for ack in acks]
+        if not any(landed):
+            return  # nothing landed: nothing to follow
         if not after_failure:
             log.info("health_feed_acknowledged_late", organizations=len(organizations))
-        if await self._queue_again(organizations) and delivered:
+        if await self._queue_again(organizations):
             await self._tombstone_erased([UUID(str(org)) for org in organizations])
 
     async def _queue_again(self, organizations: Sequence[UUID | str]) -> bool:
         """`queue_again`, tried again while PostgreSQL is away; counted either way."""
         for attempt, pause in enumerate((*REQUEUE_RETRY_SECONDS, None)):
             try:
-                await queue_again(self._pool, organizations)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                async with asyncio.timeout(REQUEUE_ATTEMPT_SECONDS):
+                    await queue_again(self._pool, organizations)
+            except Exception as exc:  # any: the follow-up must end counted
                 if pause is not None:
                     await asyncio.sleep(pause)
                     continue
@@ -526,14 +544,25 @@ class Projector:
         """On a stop, before the pool closes and the producer stops: let the follow-ups
         of feeds given up on or outlived by their transaction end (their sends
         acknowledged or expired, their organizations queued again), `within` seconds
-        at most; those cut are logged (`health_feed_follow_ups_cut`)."""
-        if not self._late_feeds:
+        at most. Those cut, and any asked for after this, are counted as `cut` and
+        logged (`health_feed_follow_ups_cut`)."""
+        pending: set[asyncio.Task[None]] = set()
+        if self._late_feeds:
+            _, pending = await asyncio.wait(set(self._late_feeds), timeout=within)
+        self._settled = True
+        if not pending:
             return
-        _, pending = await asyncio.wait(set(self._late_feeds), timeout=within)
+        organizations = sum(self._late_feeds.get(task, 0) for task in pending)
         for task in pending:
             task.cancel()
-        if pending:
-            log.warning("health_feed_follow_ups_cut", follow_ups=len(pending), seconds=within)
+            self._count_requeue("cut")
+        await asyncio.wait(pending, timeout=FOLLOW_UP_UNWIND_SECONDS)
+        log.warning(
+            "health_feed_follow_ups_cut",
+            follow_ups=len(pending),
+            organizations=organizations,
+            seconds=within,
+        )
 
     async def _tombstone_erased(self, organizations: list[UUID]) -> None:
         """Publish the feed's tombstone again for those of `organizations` erased since

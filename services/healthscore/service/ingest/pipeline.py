@@ -123,8 +123,7 @@ class TooManyUnprocessable(Exception):
 
 # projects states a live batch saved (each with its version) in the batch's transaction
 ProjectInBatch = Callable[
-    [Connection, Sequence[tuple[OrganizationState, int]], list[asyncio.Future[Any]]],
-    Awaitable[int],
+    [Connection, Sequence[tuple[OrganizationState, int]], SentFeed], Awaitable[int]
 ]
 
 
@@ -373,10 +372,10 @@ class BatchPipeline:
                 # reset or removed since this consumer first saw them: create and start over
                 self._offset_rows.clear()
                 return await self._apply_once(decoded, positioned, sent)
-        except BaseException:
+        except (Exception, asyncio.CancelledError):
             # a stop's cancellation too: the feed's last word must come from a
             # committed state
-            if sent.organizations and self._live_projection is not None:
+            if self._live_projection is not None:
                 self._live_projection[2](sent)
             raise
 
@@ -734,7 +733,7 @@ async def _project_own_changes(
     return await project(
         conn,
         [(s, saved[s.organization_id][1]) for s in states if s.organization_id in own],
-        sent.acks,
+        sent,
     )
 
 

@@ -148,14 +148,18 @@ class Metrics:
         )
         self.read_model_requeues = Counter(
             "healthscore_read_model_requeues_total",
-            "Organizations' follow-ups after health-feed records outlived what sent them (a "
-            "projector pass or live batch that did not commit, or a feed acknowledged after "
-            "it was given up on): queued (for a pass to publish their newest score after "
-            "the late records) or failed (PostgreSQL away through every retry: the feed may "
-            "show an older score until the organization changes).",
+            "Follow-ups (one per pass or batch) of health-feed records that outlived what "
+            "sent them (a projector pass or live batch that did not commit, or records "
+            "given up on after the feed wait) and that the broker took: queued (their "
+            "organizations, for a pass to publish their newest score after the late "
+            "records), failed (PostgreSQL away through every attempt) or cut (by a stop); "
+            "the feed may show an older score of those failed or cut until they change.",
             ["outcome"],
             registry=r,
         )
+        for outcome in ("queued", "failed", "cut"):
+            # at 0 from the start: the first failure shows in increase()
+            self.read_model_requeues.labels(outcome)
         self.projection_duration = Histogram(
             "healthscore_projection_duration_seconds",
             "Duration of one projector pass (one page of organizations).",
