@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from healthscore.service.ops.checks import readiness_checks
-from healthscore.service.projector import Projector, catch_up_wait, feed_wait
+from healthscore.service.projector import CatchUpHolds, Projector, catch_up_wait, feed_wait
 
 
 @dataclass
@@ -55,3 +55,43 @@ def test_a_transaction_waits_for_the_feed_less_than_postgresqls_idle_limit() -> 
     assert feed_wait(2.0, idle_limit=3.0) == 1.5
     # no limit
     assert feed_wait(10.0, idle_limit=0.0) == 10.0
+
+
+def test_a_change_is_held_as_long_as_the_wait_when_it_was_queued() -> None:
+    holds = CatchUpHolds(sample_every=1.0)
+    # the backlog shrinks as fast as time passes: 120 s at the start, 20 s at 100 s
+    for now in range(0, 100):
+        holds.hold(float(now), 120.0 - now)
+    # the current wait would take what was queued before 80 s; each change queued since
+    # the start still waits its own, longer, wait: nothing is due before 120 s
+    assert holds.hold(100.0, 20.0) == 100.0
+    assert holds.hold(110.0, 10.0) == 110.0
+    # at 120 s every change queued so far has waited its own wait
+    assert holds.hold(120.0, 10.0) == 10.0  # what was queued in the last 10 s: its wait
+    # live again: everything queued is taken at once, and a new catch-up starts afresh
+    assert holds.hold(121.0, 0.0) == 0.0
+    assert holds.hold(122.0, 30.0) == 0.0
+
+
+def test_under_a_steady_wait_the_hold_is_that_wait() -> None:
+    holds = CatchUpHolds(sample_every=1.0)
+    assert holds.hold(0.0, 30.0) == 0.0  # queued before the catch-up began: due
+    assert holds.hold(10.0, 30.0) == 10.0
+    for now in range(11, 200):
+        assert holds.hold(float(now), 30.0) == min(30.0, float(now))
+    # the samples older than the newest due one are dropped
+    assert len(holds._samples) <= 32
+
+
+def test_a_wait_that_grows_holds_the_new_changes_longer_only() -> None:
+    holds = CatchUpHolds(sample_every=1.0)
+    for now in range(0, 40):
+        holds.hold(float(now), 10.0)
+    # the backlog grows: changes queued from now on wait 60 s, the older ones 10 s
+    for now in range(40, 50):
+        assert holds.hold(float(now), 60.0) == 10.0  # the 10 s changes keep flowing
+    # every 10 s change (queued until 40 s) is taken by 50 s; the 60 s ones wait theirs
+    for now in range(50, 100):
+        assert holds.hold(float(now), 60.0) == now - 40.0
+    assert holds.hold(100.0, 60.0) == 60.0
+    assert holds.hold(130.0, 60.0) == 60.0

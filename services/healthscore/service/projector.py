@@ -45,6 +45,7 @@ import contextlib
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -166,6 +167,46 @@ def catch_up_wait(backlog_seconds: float, after: float, window: float) -> float:
     return 0.0 if backlog_seconds < after else min(window, backlog_seconds)
 
 
+class CatchUpHolds:
+    """How long the projector leaves queued changes: each change the catch-up wait in
+    force when it was queued (`catch_up_wait`), not the one in force now.
+
+    The wait follows the consumer's backlog, which shrinks as it catches up. Held to the
+    current wait, the changes queued early in a catch-up were taken as the backlog
+    shrank, and each organization was projected again for its next few events. Held to
+    the wait of its own time, a change waits no longer than the backlog it joined took
+    to apply: a reader still sees an event at most twice as late as the backlog made
+    it, and the catch-up's end (the wait back to 0) takes everything queued at once.
+    The waits are sampled every `sample_every` seconds of this process's clock; the hold
+    is an age, so the database's clock compares it with its own times.
+    """
+
+    def __init__(self, sample_every: float = 1.0) -> None:
+        self._every = sample_every
+        # (when, the wait then), since the catch-up began; the first one still due
+        self._samples: deque[tuple[float, float]] = deque()
+
+    def hold(self, now: float, wait: float) -> float:
+        """The age under which queued changes are left now, given the wait in force."""
+        if wait <= 0:
+            self._samples.clear()
+            return 0.0
+        if not self._samples or now - self._samples[-1][0] >= self._every:
+            self._samples.append((now, wait))
+        # what was queued before the catch-up began is due; a sample's span (until the
+        # next one) is due as far as its wait has passed
+        cutoff = self._samples[0][0]
+        newest_due = 0
+        for index, (at, waited) in enumerate(self._samples):
+            if at + waited <= now:
+                ends = self._samples[index + 1][0] if index + 1 < len(self._samples) else now
+                cutoff = max(cutoff, min(now - waited, ends))
+                newest_due = index
+        for _ in range(newest_due):
+            self._samples.popleft()
+        return now - cutoff
+
+
 def feed_wait(wait: float, idle_limit: float) -> float:
     """How long a transaction waits for the health feed: `wait`, or half of
     PostgreSQL's idle limit (`idle_limit`, 0: none) when that is less. The transaction
@@ -197,6 +238,7 @@ class Projector:
         self._shards = max(1, shards)
         # how old a queued change must be before it is projected (seconds)
         self._coalesce_for = coalesce_for
+        self._holds = CatchUpHolds()
         # PostgreSQL ends a session idle this long in a transaction (0: never); a pass
         # or live batch waits for the feed inside its transaction, so for less than it
         self._idle_limit = idle_limit
@@ -207,6 +249,8 @@ class Projector:
         self.latest_staleness = 0.0
         # how long the last pass left changes queued to coalesce them (seconds)
         self.coalescing = 0.0
+        # whether the consumer was catching up at the last pass
+        self._catching_up = False
         # until when (monotonic) live batches leave their changes to the projector
         self._feed_paused_until = 0.0
         # feeds given up on or outlived by their transaction, still followed to learn
@@ -636,16 +680,17 @@ class Projector:
     async def step(self) -> float | None:
         """Project a page per shard; a full page goes on at once, an empty queue waits.
 
-        While the consumer catches up (`coalesce_for`), only changes queued at least
-        that long ago are taken: the organization's later changes are projected with
-        them, one write for many batches. The freshness this costs is none that a
-        reader would see: the events being applied are older than that already.
-        Live changes are taken at once.
+        While the consumer catches up (`coalesce_for`), a change is taken once it has
+        been queued as long as the wait in force when it was queued (`CatchUpHolds`):
+        the organization's later changes are projected with it, one write for many
+        batches. The freshness this costs is none that a reader would see: the events
+        being applied are older than that already. Live changes are taken at once.
         """
-        coalescing = self._coalesce_for()
-        if (coalescing > 0) != (self.coalescing > 0):
-            log.info("read_model_coalescing", seconds=round(coalescing, 1))
-        self.coalescing = coalescing
+        wait = self._coalesce_for()
+        if (wait > 0) != self._catching_up:
+            log.info("read_model_coalescing", seconds=round(wait, 1))
+        self._catching_up = wait > 0
+        self.coalescing = self._holds.hold(time.monotonic(), wait)
         taken = await self._pass(self.coalescing)
         if max(n or 0 for n in taken) >= self._page:
             return AT_ONCE
