@@ -14,6 +14,8 @@ DEFAULT_MODEL_PATH = Path(__file__).parent / "model" / "health_model.v4.json"
 MIN_JWT_SECRET_BYTES = 32
 # how the deploy examples' placeholders start (deploy/compose/env.example, the k8s Secret)
 PLACEHOLDER_PREFIX = "change-me"
+# TRANSACTION_IDLE_LIMIT_SECONDS' floor, when set (0: no limit)
+MIN_TRANSACTION_IDLE_LIMIT_SECONDS = 2.0
 
 KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -49,8 +51,8 @@ class Settings(BaseSettings):
         "(idle_in_transaction_session_timeout): a replica frozen or cut off mid-batch or "
         "mid-projector-pass (its connection open for hours) releases the rows it locks, its "
         "partitions' offsets among them, instead of stalling their next owner (0: no "
-        "limit). A projector pass or live batch waits for the health feed for half of it "
-        "at most",
+        "limit; else at least 2). A projector pass or live batch waits for the health "
+        "feed for half of it at most",
     )
     # Above every transaction `serve` and `replay` run legitimately: a batch (claim, its
     # computing, its states, its dead letters' acknowledgements, sent whole and then, for
@@ -508,6 +510,14 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"TRANSACTION_TIME_LIMIT_SECONDS ({time_limit:g}) must be above "
                 f"TRANSACTION_IDLE_LIMIT_SECONDS ({idle_limit:g}), or 0 (no limit)"
+            )
+        # a projector pass or live batch waits half the idle limit for the broker: under
+        # a second, passes would owe their feed (and pause it) at any broker hiccup
+        if 0 < idle_limit < MIN_TRANSACTION_IDLE_LIMIT_SECONDS:
+            raise ValueError(
+                f"TRANSACTION_IDLE_LIMIT_SECONDS ({idle_limit:g}) must be at least "
+                f"{MIN_TRANSACTION_IDLE_LIMIT_SECONDS:g} (a transaction waits half of it "
+                "for the broker), or 0 (no limit)"
             )
         return self
 

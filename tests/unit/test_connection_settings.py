@@ -272,3 +272,10 @@ def test_a_transaction_time_limit_must_be_above_the_idle_limit() -> None:
     assert _settings(transaction_time_limit_seconds=0).transaction_time_limit_seconds == 0
     assert _settings(transaction_idle_limit_seconds=0, transaction_time_limit_seconds=5)
     assert _settings().transaction_time_limit_seconds > _settings().transaction_idle_limit_seconds
+
+
+def test_an_idle_limit_leaves_the_feed_wait_a_second_at_least() -> None:
+    # a transaction waits half the idle limit for the broker
+    assert "must be at least 2" in _problem(transaction_idle_limit_seconds=1.5)
+    assert _settings(transaction_idle_limit_seconds=2).transaction_idle_limit_seconds == 2
+    assert _settings(transaction_idle_limit_seconds=0).transaction_idle_limit_seconds == 0
