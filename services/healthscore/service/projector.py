@@ -242,7 +242,8 @@ class Projector:
         # PostgreSQL ends a session idle this long in a transaction (0: never); a pass
         # or live batch waits for the feed inside its transaction, so for less than it
         self._idle_limit = idle_limit
-        # counts each follow-up of a feed that outlived its transaction ("queued", "failed")
+        # counts each follow-up of a feed that outlived its transaction ("queued",
+        # "failed", "cut")
         self._on_requeue = on_requeue
         self.projected = 0
         # the latest `measure_staleness()`, in seconds
