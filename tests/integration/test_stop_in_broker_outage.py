@@ -15,12 +15,14 @@ import contextlib
 import signal
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 import yaml
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
@@ -60,8 +62,12 @@ def _correlation(record: Any) -> str:
     return bytes(dict(record.headers).get("correlation_id") or b"").decode()
 
 
-async def _recreate(bootstrap: str, topics: Topics, partitions: int) -> None:
-    """The test's topics on a fresh broker, under their names."""
+@contextlib.asynccontextmanager
+async def _recreated(
+    bootstrap: str, topics: Topics, partitions: int
+) -> AsyncIterator[AIOKafkaProducer]:
+    """The test's topics on a fresh broker, under their names, and a producer the broker
+    has taken a record from already."""
     await create_topics(bootstrap, topics, partitions)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -71,7 +77,9 @@ async def _recreate(bootstrap: str, topics: Topics, partitions: int) -> None:
         await admin.close()
     # a broker just started answered the first produce into its new topics with
     # UnknownError (a run in CI): wait until one to a scratch topic is taken, so the
-    # log written again is written once, at the offsets it had
+    # log written again is written once, at the offsets it had. The same producer then
+    # writes it: a new one met the node not ready yet (NodeNotReadyError, then
+    # UnknownError: a later run in CI)
     producer = await make_producer(bootstrap)
     try:
         deadline = time.monotonic() + 30
@@ -83,6 +91,9 @@ async def _recreate(bootstrap: str, topics: Topics, partitions: int) -> None:
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.5)
+        for topic in (topics.usage, topics.support):
+            await producer.partitions_for(topic)  # their metadata, before the first send
+        yield producer
     finally:
         await producer.stop()
 
@@ -165,12 +176,8 @@ async def test_sigterm_while_the_broker_is_down_stops_within_the_grace_period(
     bootstrap, broker = start_embedded_broker(port=port)
     restarted = ServiceProcess(settings)
     try:
-        await _recreate(bootstrap, topics, partitions)
-        producer = await make_producer(bootstrap)
-        try:
+        async with _recreated(bootstrap, topics, partitions) as producer:
             await produce(messages, producer, topics.usage, topics.support)
-        finally:
-            await producer.stop()
         restarted.start(str(second_log))
         await wait_caught_up(
             migrated_database,
