@@ -26,7 +26,12 @@ from healthscore.core.scoring.model import default_model
 from healthscore.service import projector as projector_module
 from healthscore.service.projector import Projector, SentFeed
 from healthscore.store.db import create_pool
-from tests.integration.test_live_projection import _feed, _newest_on_the_feed, _rows
+from tests.integration.test_live_projection import (
+    RealProducer,
+    _feed,
+    _newest_on_the_feed,
+    _rows,
+)
 from tests.integration.test_owned_states import _batches, _Log, _pipeline
 from tests.utils.harness import erase_now, make_topics
 from tests.utils.kafka_relay import KafkaRelay, relayed_broker
@@ -133,27 +138,21 @@ async def test_a_feed_record_acknowledged_late_is_followed_by_the_newest_score(
     await admin.close()
 
 
-class _SendsSignalled:
+class _SendsSignalled(RealProducer):
     """A real producer whose batch sends set `sent`: the test knows the pass's page is
     on its way (held by the stalled path) and the pass waits for its acks."""
 
     def __init__(self, producer: AIOKafkaProducer) -> None:
-        self._producer = producer
+        super().__init__(producer)
         self.sent = asyncio.Event()
 
-    async def partitions_for(self, topic: str) -> Any:
-        return await self._producer.partitions_for(topic)
-
-    def create_batch(self) -> Any:
-        return self._producer.create_batch()
-
     async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Any:
-        ack = await self._producer.send_batch(batch, topic, partition=partition)
+        ack = await super().send_batch(batch, topic, partition=partition)
         self.sent.set()
         return ack
 
     async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> Any:
-        ack = await self._producer.send(topic, value=value, key=key)
+        ack = await super().send(topic, value=value, key=key)
         self.sent.set()
         return ack
 

@@ -207,21 +207,14 @@ async def test_projectors_with_different_shard_counts_never_project_one_organiza
 SESSION_GONE = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
 
-class _TakenOverBeforeItsFeed:
-    """The real producer of a projector pass that is taken over right before it sends
-    its health feed, as a replica frozen there is once PostgreSQL ends its idle session
-    (TRANSACTION_IDLE_LIMIT_SECONDS): its session ends, the organizations change, and
-    another process projects and publishes their newer states. Then the pass sends what
-    it read before, as a thawed replica does."""
+class RealProducer:
+    """A real producer, as the projector uses it (`BatchingProducer`): each call goes
+    through to it. Tests subclass it to act at one of them."""
 
-    def __init__(self, producer: AIOKafkaProducer, take_over: Any) -> None:
+    def __init__(self, producer: AIOKafkaProducer) -> None:
         self._producer = producer
-        self._take_over = take_over
 
     async def partitions_for(self, topic: str) -> Any:
-        if self._take_over is not None:
-            take_over, self._take_over = self._take_over, None
-            await take_over()
         return await self._producer.partitions_for(topic)
 
     def create_batch(self) -> Any:
@@ -232,6 +225,24 @@ class _TakenOverBeforeItsFeed:
 
     async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> Any:
         return await self._producer.send(topic, value=value, key=key)
+
+
+class _TakenOverBeforeItsFeed(RealProducer):
+    """The real producer of a projector pass that is taken over right before it sends
+    its health feed, as a replica frozen there is once PostgreSQL ends its idle session
+    (TRANSACTION_IDLE_LIMIT_SECONDS): its session ends, the organizations change, and
+    another process projects and publishes their newer states. Then the pass sends what
+    it read before, as a thawed replica does."""
+
+    def __init__(self, producer: AIOKafkaProducer, take_over: Any) -> None:
+        super().__init__(producer)
+        self._take_over = take_over
+
+    async def partitions_for(self, topic: str) -> Any:
+        if self._take_over is not None:
+            take_over, self._take_over = self._take_over, None
+            await take_over()
+        return await super().partitions_for(topic)
 
 
 @contextlib.asynccontextmanager

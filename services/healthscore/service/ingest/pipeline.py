@@ -31,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import asyncpg
@@ -127,6 +127,16 @@ ProjectInBatch = Callable[
 ]
 
 
+class LiveProjection(NamedTuple):
+    """How live batches project their own changes (`BatchPipeline.project_live_batches`)."""
+
+    project: ProjectInBatch
+    # whether the consumer is live now
+    live: Callable[[], bool]
+    # takes the feed a batch sent and did not commit
+    follow_failed: Callable[[SentFeed], None]
+
+
 @dataclass
 class BatchOutcome:
     """What one batch did: the canonical log line and the metrics read this."""
@@ -215,9 +225,7 @@ class BatchPipeline:
         # the naive baseline's way: the read model in every batch's transaction
         self._read_model_in_transaction = read_model_in_transaction
         # live projection (`project_live_batches`): how, and whether the consumer is live
-        self._live_projection: (
-            tuple[ProjectInBatch, Callable[[], bool], Callable[[SentFeed], None]] | None
-        ) = None
+        self._live_projection: LiveProjection | None = None
         self._max_unprocessable = max_unprocessable_per_batch
         self._decoder = decoder
         self._model = model
@@ -245,7 +253,7 @@ class BatchPipeline:
         A batch that sent its feed and then did not commit hands the sends to
         `follow_failed` (the projector's `follow_failed_feed`).
         """
-        self._live_projection = (project, live, follow_failed)
+        self._live_projection = LiveProjection(project, live, follow_failed)
 
     def forget_owned_states(self) -> None:
         self._owned.clear()
@@ -376,7 +384,7 @@ class BatchPipeline:
             # a stop's cancellation too: the feed's last word must come from a
             # committed state
             if self._live_projection is not None:
-                self._live_projection[2](sent)
+                self._live_projection.follow_failed(sent)
             raise
 
     async def _lock_offsets_and_claim(
@@ -560,12 +568,10 @@ class BatchPipeline:
             await write_effects(conn, effects, self._model, outcome.timings_ms, also=[offsets])
             if self._read_model_in_transaction:
                 await project_in_transaction(conn, rescored_states(effects), self._model)
-            elif self._live_projection is not None and saved:
-                project, live, _ = self._live_projection
-                if live():
-                    outcome.projected_in_batch = await _project_own_changes(
-                        conn, project, effects, saved, sent
-                    )
+            elif self._live_projection is not None and saved and self._live_projection.live():
+                outcome.projected_in_batch = await _project_own_changes(
+                    conn, self._live_projection.project, effects, saved, sent
+                )
             marks.lap("write")
             # into the outbox with the offsets: the relay sends them once committed
             # (healthscore.service.dead_letters), so no dead-letter topic holds a batch
