@@ -377,6 +377,7 @@ def cmd_offsets_reset(args: argparse.Namespace) -> int:
                 args.to_offset,
                 apply=args.yes,
                 tls=database_tls(settings),
+                topics_named=bool(args.topic),
             )
         except OffsetsResetError as exc:
             print(f"error: {exc}", file=sys.stderr)

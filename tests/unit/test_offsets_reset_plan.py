@@ -62,3 +62,25 @@ def test_an_empty_partition_without_a_row_stays_without_one() -> None:
     assert plan.changes == []
     recreated = plan_reset("g", [S], None, "earliest", None, {(S, 1): 0}, {(S, 1): 0}, {(S, 1): 9})
     assert recreated.partitions[0].note == "stored offset is above the high watermark; log is empty"
+
+
+def test_a_topic_or_partition_nowhere_is_refused_not_nothing_to_change() -> None:
+    """A mistyped name (the runbook's skip of a poison record names both) exits 2."""
+    with pytest.raises(OffsetsResetError, match=r"topic 'usgae' is not on the broker"):
+        plan_reset("g", ["usgae"], None, "latest", None, STARTS, ENDS, STORED)
+    with pytest.raises(OffsetsResetError, match=r"support has no partition 3 \(partitions .*: 0\)"):
+        plan_reset("g", [S], 3, "offset", 50, STARTS, ENDS, STORED)
+    # a partition only stored (its topic recreated smaller) is still the command's to reset
+    plan = plan_reset("g", [U], 5, "earliest", None, STARTS, ENDS, STORED)
+    assert [(p.partition, p.after) for p in plan.partitions] == [(5, None)]
+
+
+def test_the_service_topics_by_default_may_not_exist_yet() -> None:
+    """No --topic: the input topics, one perhaps never created (nothing to change)."""
+    plan = plan_reset("g", [U, S, "profiles"], None, "latest", None, STARTS, ENDS, STORED, False)
+    assert {p.topic for p in plan.partitions} == {U, S}
+    fresh = plan_reset("g", [U, S], None, "earliest", None, {}, {}, {}, False)
+    assert fresh.partitions == []
+    # a partition none of them has is still refused
+    with pytest.raises(OffsetsResetError, match=r"no topic of usage, support has a partition 7"):
+        plan_reset("g", [U, S], 7, "earliest", None, STARTS, ENDS, STORED, False)

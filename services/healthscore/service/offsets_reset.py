@@ -127,13 +127,32 @@ def plan_reset(
     starts: dict[PartitionKey, int],
     ends: dict[PartitionKey, int],
     stored: dict[PartitionKey, int],
+    topics_named: bool = True,
 ) -> ResetPlan:
-    """What the reset would change; `starts`/`ends` are the broker's partitions."""
-    keys = sorted(
-        k
-        for k in set(ends) | set(stored)
-        if k[0] in topics and (partition is None or k[1] == partition)
-    )
+    """What the reset would change; `starts`/`ends` are the broker's partitions.
+
+    A topic the operator named (`topics_named`), or a partition, that is neither on
+    the broker nor stored for the group is refused: a mistyped name must not pass for
+    "nothing to change" (exit 0). The service's own input topics, when none is named,
+    may not exist yet (a profile topic never created)."""
+    known = set(ends) | set(stored)
+    unknown = []
+    for topic in topics:
+        exists = sorted(p for t, p in known if t == topic)
+        if not exists:
+            if topics_named:
+                unknown.append(f"topic {topic!r} is not on the broker and has no stored offsets")
+        elif partition is not None and partition not in exists and topics_named:
+            unknown.append(
+                f"{topic} has no partition {partition} (partitions on the broker or stored: "
+                + ", ".join(map(str, exists))
+                + ")"
+            )
+    if unknown:
+        raise OffsetsResetError(f"consumer group {group!r}: " + "; ".join(unknown))
+    keys = sorted(k for k in known if k[0] in topics and (partition is None or k[1] == partition))
+    if partition is not None and not keys and any(t in topics for t, _ in known):
+        raise OffsetsResetError(f"no topic of {', '.join(topics)} has a partition {partition}")
     rows: list[PartitionReset] = []
     problems: list[str] = []
     for key in keys:
@@ -247,6 +266,7 @@ async def run_offsets_reset(
     apply: bool,
     out: Callable[[str], None] = print,
     tls: DatabaseTLS = None,
+    topics_named: bool = True,
 ) -> int:
     """The command: plan, show, and apply with `apply`. 0 done (or dry run), 2 refused."""
     starts, ends = await read_log_bounds(kafka, topics)
@@ -255,7 +275,9 @@ async def run_offsets_reset(
     )
     try:
         stored = await selected_offsets(conn, group, topics, partition)
-        plan = plan_reset(group, topics, partition, mode, to_offset, starts, ends, stored)
+        plan = plan_reset(
+            group, topics, partition, mode, to_offset, starts, ends, stored, topics_named
+        )
         for line in format_plan(plan):
             out(line)
         if not plan.changes:
