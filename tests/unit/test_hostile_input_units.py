@@ -114,6 +114,33 @@ def test_a_dead_letter_names_each_of_its_own_headers_once() -> None:
     ]
 
 
+def test_a_dead_letter_rejected_again_keeps_each_rejections_headers_apart() -> None:
+    """A dead letter re-driven and rejected twice: the first rejection's headers, already
+    `x-original-`, move one prefix further, so no name occurs twice; a producer's own
+    `x-original-` header that is not one of ours keeps its name."""
+    first = dlq_headers(
+        Rejection(RawRecord("usage", 0, 7, b"k", b"{}", 1, (("trace", b"t"),)), "a", "one")
+    )
+    second = dlq_headers(
+        Rejection(RawRecord("usage", 1, 9, b"k", b"{}", 2, tuple(first)), "b", "two")
+    )
+    third = dlq_headers(
+        Rejection(
+            RawRecord("usage", 2, 11, b"k", b"{}", 3, (*second, ("x-original-mine", b"m"))),
+            "c",
+            "three",
+        )
+    )
+    names = [name for name, _ in third]
+    assert len(names) == len(set(names)), names
+    by_name = dict(third)
+    assert by_name["x-error-reason"] == b"c"
+    assert by_name[ORIGINAL_PREFIX + "x-error-reason"] == b"b"
+    assert by_name[2 * ORIGINAL_PREFIX + "x-error-reason"] == b"a"
+    assert by_name[2 * ORIGINAL_PREFIX + "x-source-offset"] == b"7"
+    assert by_name["trace"] == b"t" and by_name["x-original-mine"] == b"m"
+
+
 def test_framework_errors_are_counted_and_warnings_are_not() -> None:
     seen: list[str] = []
     logger = framework_logger(seen.append)

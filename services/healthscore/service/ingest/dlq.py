@@ -55,11 +55,19 @@ def dlq_headers(
     # keep the producer's own headers too, after ours; one named like ours (a dead
     # letter re-driven with its headers) is renamed, or a reader taking the last
     # (or the first) header of a name would read the old rejection as this one
-    headers.extend(
-        (ORIGINAL_PREFIX + name if name in _RESERVED else name, value)
-        for name, value in record.headers
-    )
+    headers.extend((_original_name(name), value) for name, value in record.headers)
     return headers
+
+
+def _original_name(name: str) -> str:
+    """A producer header's name on the dead letter: one of ours, or one an earlier
+    rejection already renamed (`x-original-x-error-reason`, a dead letter re-driven
+    twice), takes the prefix once more, so that each rejection's headers keep a name
+    of their own (`x-original-` once: the previous rejection; twice: the one before)."""
+    bare = name
+    while bare.startswith(ORIGINAL_PREFIX):
+        bare = bare[len(ORIGINAL_PREFIX) :]
+    return ORIGINAL_PREFIX + name if bare in _RESERVED else name
 
 
 OWN_HEADERS = frozenset(
