@@ -204,7 +204,21 @@ async def test_metrics_health_readiness_and_docs_of_a_running_service(
             # the broker address is internal: not shown unless ASYNCAPI_SHOW_SERVERS=true
             assert kafka_bootstrap not in html and kafka_bootstrap not in doc
             assert {s["host"] for s in json.loads(doc)["servers"].values()} == {HIDDEN_HOST}
-            assert (await ops_get(port, "/nope"))[0] == 404
+            # a mistyped path: a 404 that names the endpoints (not FastStream's "does
+            # not support regular HTTP", which reads as a port that is not HTTP)
+            status, body = await ops_get(port, "/readz")
+            assert status == 404
+            assert json.loads(body) == {
+                "error": "not found",
+                "endpoints": [
+                    "/docs/asyncapi",
+                    "/docs/asyncapi.json",
+                    "/docs/asyncapi/",
+                    "/healthz",
+                    "/metrics",
+                    "/readyz",
+                ],
+            }
 
             _, text = await ops_get(port, "/metrics")
     finally:

@@ -37,6 +37,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from faststream.asgi import AsgiFastStream
+from faststream.asgi.types import ASGIApp, Receive, Scope, Send
 from faststream.kafka import KafkaBroker
 
 from healthscore import __version__
@@ -70,7 +71,7 @@ from healthscore.service.ops.gauges import GaugeRefresher
 from healthscore.service.ops.lag import HighWatermarkProbe, UnreadPartitions
 from healthscore.service.ops.metrics import Metrics
 from healthscore.service.ops.readiness import ReadinessChecker
-from healthscore.service.ops.routes import OpsRoutes
+from healthscore.service.ops.routes import OpsRoutes, not_found_response
 from healthscore.service.outbox import OutboxRelay
 from healthscore.service.outcomes import OutcomeLabeller
 from healthscore.service.periodic import Step, every
@@ -739,6 +740,20 @@ async def _loops(loops: list[Loop], stop: asyncio.Event, metrics: Metrics) -> As
             log.warning("background_loops_not_stopped", seconds=LOOPS_STOP_SECONDS, loops=stuck)
 
 
+class _OpsApp(AsgiFastStream):
+    """FastStream's ASGI app whose answer to an unknown HTTP path names the routes."""
+
+    def __init__(self, *args: Any, not_found: ASGIApp, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._not_found = not_found
+
+    async def not_found(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().not_found(scope, receive, send)
+            return
+        await self._not_found(scope, receive, send)
+
+
 def asgi_app(c: Components, on_started: Callable[[], None]) -> AsgiFastStream:
     """FastStream's ASGI app: the broker, the ops routes, and `lifespan` around them."""
     show = c.settings.asyncapi_show_servers
@@ -749,8 +764,9 @@ def asgi_app(c: Components, on_started: Callable[[], None]) -> AsgiFastStream:
         asyncapi_html=lambda: asyncapi_html(c.broker, c.settings, show),
         max_per_second=c.settings.ops_max_requests_per_second,
     )
-    return AsgiFastStream(
+    return _OpsApp(
         c.broker,
+        not_found=not_found_response([path for path, _ in routes.routes]),
         asgi_routes=routes.routes,
         lifespan=lambda: lifespan(c),
         after_startup=[on_started],

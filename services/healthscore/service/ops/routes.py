@@ -52,6 +52,13 @@ NOT_ALLOWED = AsgiResponse(
 )
 
 
+def not_found_response(paths: list[str]) -> AsgiResponse:
+    """The answer to a path the ops port does not serve: which ones it does (FastStream's
+    own says the application does not speak HTTP, which misleads whoever mistyped one)."""
+    body = {"error": "not found", "endpoints": sorted(set(paths))}
+    return AsgiResponse(orjson.dumps(body), 404, {"content-type": JSON, **NO_STORE})
+
+
 class _Turns:
     """Answer slots 1/rate apart: each request takes the next free one and waits
     for it. O(1), no queue object; 0 = no pacing."""
