@@ -344,8 +344,9 @@ WRITER_PRIVILEGES: dict[str, tuple[set[str], set[str]]] = {
     "health_score_history": (set(), {"SELECT", "INSERT", "UPDATE"}),  # the day's upsert
     "alert_outbox": ({"SELECT"}, {"SELECT", "INSERT", "UPDATE"}),
     "read_model_pending": ({"SELECT", "DELETE"}, {"SELECT", "INSERT", "UPDATE"}),
-    # owed by a pass whose feed the broker did not take, deleted once published
-    "health_feed_owed": ({"SELECT", "DELETE"}, {"SELECT", "INSERT"}),
+    # owed by a pass whose feed the broker did not take, deleted once published; a
+    # stop's owed for later (its not_before)
+    "health_feed_owed": ({"SELECT", "DELETE"}, {"SELECT", "INSERT", "UPDATE"}),
     "shadow_health": ({"SELECT"}, {"SELECT", "INSERT", "UPDATE"}),
     "shadow_alerts": ({"SELECT"}, {"SELECT", "INSERT"}),
     "churn_labels": ({"SELECT"}, {"SELECT", "INSERT", "UPDATE"}),

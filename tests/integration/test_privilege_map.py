@@ -197,8 +197,9 @@ COLUMNS: Final = {
     # PENDING_PROJECTION's FOR UPDATE OF q
     (WRITER, "INSERT", "read_model_pending"): "organization_id version",
     (WRITER, "UPDATE", "read_model_pending"): "version",
-    # OWE_HEALTH_FEED (owed_since is its default)
-    (WRITER, "INSERT", "health_feed_owed"): "organization_id",
+    # OWE_HEALTH_FEED (owed_since is its default); OWE_HEALTH_FEED_LATER
+    (WRITER, "INSERT", "health_feed_owed"): "not_before organization_id",
+    (WRITER, "UPDATE", "health_feed_owed"): "not_before",
     # INSERT_DEAD_LETTERS; RECORD_DEAD_LETTER_FAILURE
     (
         WRITER,

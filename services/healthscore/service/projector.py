@@ -94,6 +94,8 @@ REQUEUE_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)
 REQUEUE_ATTEMPT_SECONDS = 15.0
 # on a stop, how long cancelled follow-ups may take to unwind before the pool closes
 FOLLOW_UP_UNWIND_SECONDS = 1.0
+# on a stop, how long owing the cut follow-ups' organizations may take
+OWE_LATER_SECONDS = 3.0
 
 
 @dataclass(slots=True)
@@ -228,6 +230,7 @@ class Projector:
         coalesce_for: Callable[[], float] = lambda: 0.0,
         idle_limit: float = 0.0,
         on_requeue: Callable[[str], None] | None = None,
+        republish_after_stop: float = 120.0,
     ) -> None:
         self._pool = pool
         self._model = model
@@ -243,8 +246,10 @@ class Projector:
         # or live batch waits for the feed inside its transaction, so for less than it
         self._idle_limit = idle_limit
         # counts each follow-up of a feed that outlived its transaction ("queued",
-        # "failed", "cut")
+        # "failed", "deferred", "cut")
         self._on_requeue = on_requeue
+        # how long after a stop the follow-ups it cut may still land (`settle`)
+        self._republish_after_stop = republish_after_stop
         self.projected = 0
         # the latest `measure_staleness()`, in seconds
         self.latest_staleness = 0.0
@@ -255,8 +260,8 @@ class Projector:
         # until when (monotonic) live batches leave their changes to the projector
         self._feed_paused_until = 0.0
         # feeds given up on or outlived by their transaction, still followed to learn
-        # whether the broker took them (later); each with its organizations' count
-        self._late_feeds: dict[asyncio.Task[None], int] = {}
+        # whether the broker took them (later); each with its organizations
+        self._late_feeds: dict[asyncio.Task[None], list[UUID | str]] = {}
         # set once a stop waited for them (`settle`): no follow-up starts after it
         self._settled = False
         # when (monotonic) a pass last looked for owed tombstones
@@ -527,13 +532,14 @@ class Projector:
                 follow_ups=1,
                 organizations=len(sent.organizations),
                 seconds=0.0,
+                error="asked for after the stop's wait: the pool is closing",
             )
             return
         task = asyncio.create_task(
             self._follow_up(list(sent.acks), list(sent.organizations), after_failure),
             name="health-feed-follow-up",
         )
-        self._late_feeds[task] = len(sent.organizations)
+        self._late_feeds[task] = list(sent.organizations)
         task.add_done_callback(self._follow_up_done)
 
     def _follow_up_done(self, task: asyncio.Task[None]) -> None:
@@ -589,25 +595,56 @@ class Projector:
         """On a stop, before the pool closes and the producer stops: let the follow-ups
         of feeds given up on or outlived by their transaction end (their sends
         acknowledged or expired, their organizations queued again), `within` seconds
-        at most. Those cut, and any asked for after this, are counted as `cut` and
-        logged (`health_feed_follow_ups_cut`)."""
+        at most. Those still waiting (the broker did not answer) are cancelled and their
+        organizations owed, due only after `republish_after_stop` seconds, by when their
+        records can no longer land: a later pass of any replica republishes the newest
+        scores after them (counted `deferred`, logged `health_feed_follow_ups_deferred`).
+        Should that fail (PostgreSQL away too), and for any follow-up asked for after
+        this, they are counted as `cut` and logged (`health_feed_follow_ups_cut`)."""
         pending: set[asyncio.Task[None]] = set()
         if self._late_feeds:
             _, pending = await asyncio.wait(set(self._late_feeds), timeout=within)
         self._settled = True
         if not pending:
             return
-        organizations = sum(self._late_feeds.get(task, 0) for task in pending)
+        organizations = sorted(
+            {UUID(str(org)) for task in pending for org in self._late_feeds.get(task, [])}
+        )
         for task in pending:
             task.cancel()
-            self._count_requeue("cut")
         await asyncio.wait(pending, timeout=FOLLOW_UP_UNWIND_SECONDS)
+        error = await self._owe_later(organizations)
+        outcome = "deferred" if error is None else "cut"
+        for _ in pending:
+            self._count_requeue(outcome)
+        if error is None:
+            log.info(
+                "health_feed_follow_ups_deferred",
+                follow_ups=len(pending),
+                organizations=len(organizations),
+                seconds=within,
+                republish_after_seconds=self._republish_after_stop,
+            )
+            return
         log.warning(
             "health_feed_follow_ups_cut",
             follow_ups=len(pending),
-            organizations=organizations,
+            organizations=len(organizations),
             seconds=within,
+            error=error,
         )
+
+    async def _owe_later(self, organizations: list[UUID]) -> str | None:
+        """Owe the feed of `organizations`, due after `republish_after_stop` seconds
+        (`sql.OWE_HEALTH_FEED_LATER`); None when done, else what failed."""
+        try:
+            async with asyncio.timeout(OWE_LATER_SECONDS), self._pool.acquire() as conn:
+                await conn.execute(
+                    sql.OWE_HEALTH_FEED_LATER, organizations, self._republish_after_stop
+                )
+        except Exception as exc:  # any: the stop goes on, the loss counted
+            return repr(exc)
+        return None
 
     async def _tombstone_erased(self, organizations: list[UUID]) -> None:
         """Publish the feed's tombstone again for those of `organizations` erased since

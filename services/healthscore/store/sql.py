@@ -402,9 +402,27 @@ SELECT o.organization_id, h.health_score::float8 AS health_score,
 FROM health_feed_owed o
 JOIN customer_health h ON h.organization_id = o.organization_id
 WHERE get_byte(uuid_send(o.organization_id), 15) % $2::int = $3::int
+  AND (o.not_before IS NULL OR o.not_before <= now())
 ORDER BY o.owed_since, o.organization_id
 LIMIT $1
 FOR SHARE OF h SKIP LOCKED
+"""
+
+# On a stop: the feed of organizations whose records a follow-up could not see to an
+# end (`Projector.settle`), owed but due only after $2 seconds, by when nothing the
+# stopping process sent can still land; then a pass republishes their customer_health
+# rows. Only organizations with a row (a cut transaction may have been creating it);
+# one owed already is due no sooner than this asks. Until then a pass that projects
+# such an organization publishes its newer score and leaves the entry (OWED_HEALTH_FEED
+# does not read it, so FEED_PUBLISHED does not delete it).
+OWE_HEALTH_FEED_LATER = """
+INSERT INTO health_feed_owed AS o (organization_id, not_before)
+SELECT h.organization_id, now() + make_interval(secs => $2::float8)
+FROM customer_health h
+JOIN unnest($1::uuid[]) AS x(organization_id) ON h.organization_id = x.organization_id
+ORDER BY h.organization_id
+ON CONFLICT (organization_id) DO UPDATE
+SET not_before = greatest(coalesce(o.not_before, now()), EXCLUDED.not_before)
 """
 
 # published: their customer_health rows are still those the pass read (it holds them)

@@ -152,12 +152,14 @@ class Metrics:
             "sent them (a projector pass or live batch that did not commit, or records "
             "given up on after the feed wait) and that the broker took: queued (their "
             "organizations, for a pass to publish their newest score after the late "
-            "records), failed (PostgreSQL away through every attempt) or cut (by a stop); "
+            "records), failed (PostgreSQL away through every attempt), deferred (a stop "
+            "came first: their organizations owed, republished after "
+            "HEALTH_FEED_REPUBLISH_AFTER_STOP_SECONDS) or cut (by a stop, not owed); "
             "the feed may show an older score of those failed or cut until they change.",
             ["outcome"],
             registry=r,
         )
-        for outcome in ("queued", "failed", "cut"):
+        for outcome in ("queued", "failed", "deferred", "cut"):
             # at 0 from the start: the first failure shows in increase()
             self.read_model_requeues.labels(outcome)
         self.projection_duration = Histogram(
