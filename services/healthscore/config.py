@@ -266,14 +266,14 @@ class Settings(BaseSettings):
     projector_drain_on_stop_seconds: float = Field(
         default=5.0, ge=0, description="on a graceful stop, how long to finish the projection"
     )
-    health_feed_republish_after_stop_seconds: float = Field(
+    health_feed_late_record_seconds: float = Field(
         default=120.0,
         ge=0,
-        description="health-feed records a graceful stop could not follow up (sent by a "
-        "projector pass or live batch that did not commit, or given up on, with no answer "
-        "from the broker within the stop's wait) may still land after a newer score: their "
-        "organizations' newest scores are republished by a later pass, not before this "
-        "long, by when nothing the stopped process sent can still land",
+        description="how long a health-feed record whose send was given up on (a projector "
+        "pass's or live batch's feed not acknowledged within its wait; the follow-ups a "
+        "graceful stop cut) may still land, after a newer score: its organization's feed "
+        "is owed and republished by a later pass of any replica, not before this long, "
+        "even should the replica that sent it die first",
     )
     read_model_staleness_target_seconds: float = Field(
         default=2.0,

@@ -110,11 +110,19 @@ async def test_a_feed_record_acknowledged_late_is_followed_by_the_newest_score(
         assert await asyncio.wait_for(mine.project_once(), 30) == 6
         assert len(await _rows(url, "SELECT * FROM health_feed_owed")) == 6
 
-        # the organizations change; the other replica publishes their newer scores
+        # the organizations change; the other replica publishes their newer scores, and
+        # leaves what was owed: the stalled records may still land, so their debt is due
+        # only after HEALTH_FEED_LATE_RECORD_SECONDS (a SIGKILL of this replica before
+        # it learns they landed must not lose it)
         await pipeline.process(third)
         theirs = Projector(pool, model, other, topics.health)
         assert await theirs.project_once() == 6
-        assert await _rows(url, "SELECT * FROM health_feed_owed") == []
+        assert (
+            await _rows(
+                url, "SELECT not_before > now() + interval '60 seconds' FROM health_feed_owed"
+            )
+            == [(True,)] * 6
+        )
 
         # the path heals: the stalled request lands after the newer scores
         relay.heal(STALLED)
@@ -135,6 +143,54 @@ async def test_a_feed_record_acknowledged_late_is_followed_by_the_newest_score(
         }
         assert shown == newest
         assert await _feed(bootstrap, topics.health, 18) == newest
+    await admin.close()
+
+
+async def test_records_given_up_on_by_a_replica_that_dies_are_republished_after_the_bound(
+    database_factory: Any, migrated_template: str
+) -> None:
+    """A pass gives up on its stalled feed and owes it; the replica then dies (its
+    follow-ups never run). The organizations change, another replica publishes their
+    newer scores, then the stalled older records land. Before, the debt was due at once
+    and that publish cleared it: the compacted feed ended on the older scores until each
+    organization changed again. Now the debt waits until the records cannot land any
+    more, and a pass of the surviving replica republishes the newest scores then."""
+    from tests.utils.harness import consume_all
+
+    bound = 12.0
+    url = await database_factory(template=migrated_template)
+    first, second, third = _batches(_Log())
+    model = default_model()
+    admin = await asyncpg.connect(url)
+    async with _stalled_path(url) as (relay, bootstrap, pool, stalled, other):
+        topics = await make_topics(bootstrap, partitions=1)
+        pipeline = _pipeline(pool, other, 0)
+        await pipeline.process(first)
+        mine = Projector(pool, model, stalled, topics.health, late_record_bound=bound)
+        assert await mine.project_once() == 6
+        await pipeline.process(second)
+        relay.stall(STALLED)
+        assert await asyncio.wait_for(mine.project_once(), 30) == 6  # given up on: owed
+        for follow_up in list(mine._late_feeds):  # the replica dies: no follow-up runs
+            follow_up.cancel()
+
+        await pipeline.process(third)
+        theirs = Projector(pool, model, other, topics.health)
+        assert await theirs.project_once() == 6  # the newer scores; the debt left
+        relay.heal(STALLED)
+        newest = _newest_on_the_feed(await stored_states(admin), model)
+        landed = await _feed(bootstrap, topics.health, 18)
+        assert all(landed[org] != newest[org] for org in newest), (landed, newest)  # hazard
+        due_in = await admin.fetchval(
+            "SELECT extract(epoch FROM min(not_before) - now())::float8 FROM health_feed_owed"
+        )
+        assert due_in > 0, "the test was too slow to see the debt wait"
+        assert await theirs.project_once() == 0
+        await asyncio.sleep(due_in + 0.5)
+        assert await theirs.project_once() == 6  # the owed records, from customer_health
+        assert len(await consume_all(bootstrap, topics.health, expect=24, settle=1.0)) == 24
+        assert await _feed(bootstrap, topics.health, 24) == newest
+        assert await _rows(url, "SELECT * FROM health_feed_owed") == []
     await admin.close()
 
 
@@ -236,7 +292,7 @@ async def test_a_follow_up_a_stop_cuts_is_owed_for_later_and_counted(
             stalled,
             topics.health,
             on_requeue=outcomes.append,
-            republish_after_stop=600.0,
+            late_record_bound=600.0,
         )
         assert await mine.project_once() == 6
         await pipeline.process(second)
@@ -285,7 +341,7 @@ async def test_follow_ups_a_stop_cuts_are_republished_once_they_cannot_land_any_
             stalled,
             topics.health,
             on_requeue=outcomes.append,
-            republish_after_stop=bound,
+            late_record_bound=bound,
         )
         assert await mine.project_once() == 6
         await pipeline.process(second)

@@ -105,7 +105,8 @@ async def test_the_read_model_moves_while_the_broker_is_down_and_the_feed_catche
     producer = await _producer(bootstrap)
     try:
         pipeline = _pipeline(pool, producer, 0)
-        projector = Projector(pool, model, producer, topics.health)
+        # the records given up on may land once the broker is back: owed for after that
+        projector = Projector(pool, model, producer, topics.health, late_record_bound=2.0)
         await pipeline.process(first)
         assert await projector.project_once() == 6
 
@@ -186,7 +187,8 @@ async def test_an_owed_record_never_lands_after_a_newer_projection(
         broker.kill()
         broker.wait(10)
         # the older scores are projected and owed while the broker is away
-        down = Projector(pool, model, producer, topics.health)
+        # due at once: its records die with its producer (stopped below)
+        down = Projector(pool, model, producer, topics.health, late_record_bound=0.0)
         await asyncio.wait_for(down.project_once(), 60)
         assert len(await _rows(url, "SELECT * FROM health_feed_owed")) == 6
         # its records die with it: delivered once the broker is back, they would be

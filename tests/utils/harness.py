@@ -100,8 +100,8 @@ async def create_topics(bootstrap: str, names: Topics, partitions: int) -> None:
 SESSION_TIMEOUT_MS = 1500
 
 
-# HEALTH_FEED_REPUBLISH_AFTER_STOP_SECONDS of the tests' services
-REPUBLISH_AFTER_STOP_SECONDS = 5.0
+# HEALTH_FEED_LATE_RECORD_SECONDS of the tests' services
+LATE_RECORD_SECONDS = 5.0
 
 
 def service_settings(
@@ -125,7 +125,7 @@ def service_settings(
         "kafka_session_timeout_ms": SESSION_TIMEOUT_MS,
         # a stop in a broker pause owes the feed it could not follow up: due soon here,
         # so that the fault tests' check of the feed does not wait two minutes for it
-        "health_feed_republish_after_stop_seconds": REPUBLISH_AFTER_STOP_SECONDS,
+        "health_feed_late_record_seconds": LATE_RECORD_SECONDS,
     }
     values.update(extra)
     return Settings.model_construct(**{**Settings().model_dump(), **values})
@@ -334,9 +334,7 @@ class ServiceProcess:
                 "BATCH_MIN_INTERVAL_MS": str(s.batch_min_interval_ms),
                 "KAFKA_SESSION_TIMEOUT_MS": str(s.kafka_session_timeout_ms),
                 "RELAY_INTERVAL_SECONDS": str(s.relay_interval_seconds),
-                "HEALTH_FEED_REPUBLISH_AFTER_STOP_SECONDS": str(
-                    s.health_feed_republish_after_stop_seconds
-                ),
+                "HEALTH_FEED_LATE_RECORD_SECONDS": str(s.health_feed_late_record_seconds),
                 "OPS_PORT": str(s.ops_port),
                 "LOG_FORMAT": "json",
                 "LOG_LEVEL": "INFO",

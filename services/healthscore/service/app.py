@@ -370,7 +370,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
             shards=s.projector_shards,
             idle_limit=s.transaction_idle_limit_seconds,
             on_requeue=lambda outcome: metrics.read_model_requeues.labels(outcome).inc(),
-            republish_after_stop=s.health_feed_republish_after_stop_seconds,
+            late_record_bound=s.health_feed_late_record_seconds,
             coalesce_for=lambda: catch_up_wait(
                 holdback.catch_up_lag(),
                 s.read_model_catch_up_after_seconds,

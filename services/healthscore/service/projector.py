@@ -230,7 +230,7 @@ class Projector:
         coalesce_for: Callable[[], float] = lambda: 0.0,
         idle_limit: float = 0.0,
         on_requeue: Callable[[str], None] | None = None,
-        republish_after_stop: float = 120.0,
+        late_record_bound: float = 120.0,
     ) -> None:
         self._pool = pool
         self._model = model
@@ -248,8 +248,10 @@ class Projector:
         # counts each follow-up of a feed that outlived its transaction ("queued",
         # "failed", "deferred", "cut")
         self._on_requeue = on_requeue
-        # how long after a stop the follow-ups it cut may still land (`settle`)
-        self._republish_after_stop = republish_after_stop
+        # how long a health-feed record whose send was given up on (a pass's, a live
+        # batch's, a follow-up a stop cut) may still land: its organization's feed is
+        # owed, due only after it (`sql.OWE_HEALTH_FEED_LATER`)
+        self._late_record_bound = late_record_bound
         self.projected = 0
         # the latest `measure_staleness()`, in seconds
         self.latest_staleness = 0.0
@@ -378,6 +380,15 @@ class Projector:
                     published = await self._publish_or_pause(page, previous, owed_only, sent)
                 if published and owed:
                     await conn.execute(sql.FEED_PUBLISHED, [r["organization_id"] for r in owed])
+                elif not published and sent.acks:
+                    # given up on, not refused: the records may still land, after a newer
+                    # score published meanwhile, even should this process die before
+                    # its follow-up sees them land. Owed for after they no longer can.
+                    await conn.execute(
+                        sql.OWE_HEALTH_FEED_LATER,
+                        sorted({UUID(str(org)) for org in sent.organizations}),
+                        self._late_record_bound,
+                    )
                 elif not published and page:
                     await conn.execute(sql.OWE_HEALTH_FEED, list(in_page))
             if rows:
@@ -462,6 +473,14 @@ class Projector:
                     [p.organization_id for p in page],
                     [p.version for p in page],
                 )
+                if sent.acks:
+                    # the records may still land after the projector's newer ones (as a
+                    # pass's given up on): their newest scores again once they cannot
+                    await conn.execute(
+                        sql.OWE_HEALTH_FEED_LATER,
+                        [p.organization_id for p in page],
+                        self._late_record_bound,
+                    )
                 log.warning(
                     "health_feed_failed_in_batch",
                     organizations=len(page),
@@ -596,7 +615,7 @@ class Projector:
         of feeds given up on or outlived by their transaction end (their sends
         acknowledged or expired, their organizations queued again), `within` seconds
         at most. Those still waiting (the broker did not answer) are cancelled and their
-        organizations owed, due only after `republish_after_stop` seconds, by when their
+        organizations owed, due only after `late_record_bound` seconds, by when their
         records can no longer land: a later pass of any replica republishes the newest
         scores after them (counted `deferred`, logged `health_feed_follow_ups_deferred`).
         Should that fail (PostgreSQL away too), and for any follow-up asked for after
@@ -623,7 +642,7 @@ class Projector:
                 follow_ups=len(pending),
                 organizations=len(organizations),
                 seconds=within,
-                republish_after_seconds=self._republish_after_stop,
+                due_after_seconds=self._late_record_bound,
             )
             return
         log.warning(
@@ -635,12 +654,12 @@ class Projector:
         )
 
     async def _owe_later(self, organizations: list[UUID]) -> str | None:
-        """Owe the feed of `organizations`, due after `republish_after_stop` seconds
+        """Owe the feed of `organizations`, due after `late_record_bound` seconds
         (`sql.OWE_HEALTH_FEED_LATER`); None when done, else what failed."""
         try:
             async with asyncio.timeout(OWE_LATER_SECONDS), self._pool.acquire() as conn:
                 await conn.execute(
-                    sql.OWE_HEALTH_FEED_LATER, organizations, self._republish_after_stop
+                    sql.OWE_HEALTH_FEED_LATER, organizations, self._late_record_bound
                 )
         except Exception as exc:  # any: the stop goes on, the loss counted
             return repr(exc)

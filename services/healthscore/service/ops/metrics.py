@@ -154,7 +154,7 @@ class Metrics:
             "organizations, for a pass to publish their newest score after the late "
             "records), failed (PostgreSQL away through every attempt), deferred (a stop "
             "came first: their organizations owed, republished after "
-            "HEALTH_FEED_REPUBLISH_AFTER_STOP_SECONDS) or cut (by a stop, not owed); "
+            "HEALTH_FEED_LATE_RECORD_SECONDS) or cut (by a stop, not owed); "
             "the feed may show an older score of those failed or cut until they change.",
             ["outcome"],
             registry=r,

@@ -1,14 +1,16 @@
--- Health-feed records a stop cut off are republished once they can no longer be
--- overtaken.
+-- Health-feed records that may still land are republished once they no longer can.
 --
--- On a stop, the projector waits 5 s for the follow-ups of feed records sent by
--- transactions that did not commit, or given up on (their sends may still land, after
--- a newer score another replica published). A stop during a broker outage cut them:
--- the compacted feed could end on an older score until the organization changed
--- again. The stop now owes them instead, due only after a bound
--- (HEALTH_FEED_REPUBLISH_AFTER_STOP_SECONDS) past which nothing the stopped process
--- sent can still land: a later pass of any replica republishes their customer_health
--- rows, the newest scores, after whatever did.
+-- A projector pass (or live batch) whose feed the broker did not acknowledge within its
+-- wait commits the read model and owes the feed; the records it sent may still land,
+-- after a newer score another replica published. Its follow-up queued the
+-- organizations again once they landed, but the debt was due at once: a pass of
+-- another replica published the newer score and cleared it, and if the replica that
+-- sent them died first (SIGKILL) or stopped during the broker outage (the follow-ups
+-- cut), the compacted feed ended on the older score until the organization changed.
+-- Such a debt is now due only after a bound (HEALTH_FEED_LATE_RECORD_SECONDS) past
+-- which the records can no longer land: no pass publishes it or clears it before (a
+-- pass projecting the organization meanwhile publishes its newer score and leaves the
+-- entry), a pass of any replica republishes the newest score after.
 ALTER TABLE health_feed_owed ADD COLUMN not_before timestamptz;
 COMMENT ON COLUMN health_feed_owed.not_before IS
     'Not published before this time (null: at once): set by a stop for records it could not follow up, which may still land until then.';
