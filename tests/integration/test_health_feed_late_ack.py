@@ -146,6 +146,30 @@ async def test_a_feed_record_acknowledged_late_is_followed_by_the_newest_score(
     await admin.close()
 
 
+async def _republished_after_the_bound(
+    admin: asyncpg.Connection, bootstrap: str, topic: str, theirs: Projector, model: Any
+) -> None:
+    """The tail of the late-record tests: the stalled older records have landed after the
+    newer scores (the hazard), the debt waits for its bound (a pass publishes nothing
+    before it), and a pass after it republishes the newest scores, the feed's last."""
+    from tests.utils.harness import consume_all
+
+    newest = _newest_on_the_feed(await stored_states(admin), model)
+    landed = await _feed(bootstrap, topic, 18)
+    assert all(landed[org] != newest[org] for org in newest), (landed, newest)  # hazard
+    due_in = await admin.fetchval(
+        "SELECT extract(epoch FROM min(not_before) - now())::float8 FROM health_feed_owed"
+    )
+    assert due_in is not None, "nothing owed: the newer scores cleared the debt"
+    assert due_in > 0, "the test was too slow to see the debt wait"
+    assert await theirs.project_once() == 0
+    await asyncio.sleep(due_in + 0.5)
+    assert await theirs.project_once() == 6  # the owed records, from customer_health
+    assert len(await consume_all(bootstrap, topic, expect=24, settle=1.0)) == 24
+    assert await _feed(bootstrap, topic, 24) == newest
+    assert await admin.fetch("SELECT * FROM health_feed_owed") == []
+
+
 async def test_records_given_up_on_by_a_replica_that_dies_are_republished_after_the_bound(
     database_factory: Any, migrated_template: str
 ) -> None:
@@ -155,9 +179,6 @@ async def test_records_given_up_on_by_a_replica_that_dies_are_republished_after_
     and that publish cleared it: the compacted feed ended on the older scores until each
     organization changed again. Now the debt waits until the records cannot land any
     more, and a pass of the surviving replica republishes the newest scores then."""
-    from tests.utils.harness import consume_all
-
-    bound = 12.0
     url = await database_factory(template=migrated_template)
     first, second, third = _batches(_Log())
     model = default_model()
@@ -166,7 +187,7 @@ async def test_records_given_up_on_by_a_replica_that_dies_are_republished_after_
         topics = await make_topics(bootstrap, partitions=1)
         pipeline = _pipeline(pool, other, 0)
         await pipeline.process(first)
-        mine = Projector(pool, model, stalled, topics.health, late_record_bound=bound)
+        mine = Projector(pool, model, stalled, topics.health, late_record_bound=12.0)
         assert await mine.project_once() == 6
         await pipeline.process(second)
         relay.stall(STALLED)
@@ -178,19 +199,7 @@ async def test_records_given_up_on_by_a_replica_that_dies_are_republished_after_
         theirs = Projector(pool, model, other, topics.health)
         assert await theirs.project_once() == 6  # the newer scores; the debt left
         relay.heal(STALLED)
-        newest = _newest_on_the_feed(await stored_states(admin), model)
-        landed = await _feed(bootstrap, topics.health, 18)
-        assert all(landed[org] != newest[org] for org in newest), (landed, newest)  # hazard
-        due_in = await admin.fetchval(
-            "SELECT extract(epoch FROM min(not_before) - now())::float8 FROM health_feed_owed"
-        )
-        assert due_in > 0, "the test was too slow to see the debt wait"
-        assert await theirs.project_once() == 0
-        await asyncio.sleep(due_in + 0.5)
-        assert await theirs.project_once() == 6  # the owed records, from customer_health
-        assert len(await consume_all(bootstrap, topics.health, expect=24, settle=1.0)) == 24
-        assert await _feed(bootstrap, topics.health, 24) == newest
-        assert await _rows(url, "SELECT * FROM health_feed_owed") == []
+        await _republished_after_the_bound(admin, bootstrap, topics.health, theirs, model)
     await admin.close()
 
 
@@ -314,18 +323,16 @@ async def test_a_follow_up_a_stop_cuts_is_owed_for_later_and_counted(
         relay.heal(STALLED)
 
 
-async def test_follow_ups_a_stop_cuts_are_republished_once_they_cannot_land_any_more(
-    database_factory: Any, migrated_template: str
+async def test_a_stop_owes_the_feed_of_a_pass_it_cancelled_for_after_the_bound(
+    database_factory: Any, migrated_template: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A stop during a stall cut a pass's follow-up (its feed given up on, never
-    answered). Another replica then publishes the organizations' newer scores; the
-    path heals and the stalled older records land after them. Before, the compacted
-    feed ended there, on the older scores, until each organization changed again. The
-    stop owed them for later: not published before the bound (the records could still
-    land), a pass after it republishes their newest scores."""
-    from tests.utils.harness import consume_all
-
-    bound = 12.0
+    """A stop cancels a pass waiting for its stalled feed (its transaction rolls back:
+    nothing of it is owed) and its follow-up never gets an answer within the stop's
+    wait. Another replica publishes the organizations' newer scores, then the stalled
+    older records land. Before, the follow-up was cut and the compacted feed ended on
+    the older scores until each organization changed again; the stop now owes them for
+    after the bound, and a pass of the other replica republishes the newest then."""
+    monkeypatch.setattr(projector_module, "PASS_FEED_TIMEOUT_SECONDS", 60.0)
     url = await database_factory(template=migrated_template)
     first, second, third = _batches(_Log())
     model = default_model()
@@ -335,39 +342,34 @@ async def test_follow_ups_a_stop_cuts_are_republished_once_they_cannot_land_any_
         topics = await make_topics(bootstrap, partitions=1)
         pipeline = _pipeline(pool, other, 0)
         await pipeline.process(first)
+        signalled = _SendsSignalled(stalled)
         mine = Projector(
             pool,
             model,
-            stalled,
+            signalled,
             topics.health,
             on_requeue=outcomes.append,
-            late_record_bound=bound,
+            late_record_bound=12.0,
         )
         assert await mine.project_once() == 6
         await pipeline.process(second)
         relay.stall(STALLED)
-        assert await asyncio.wait_for(mine.project_once(), 30) == 6  # given up on: owed
+        signalled.sent.clear()
+        cut = asyncio.ensure_future(mine.project_once())
+        await asyncio.wait_for(signalled.sent.wait(), 30)  # its page is on its way
+        await asyncio.sleep(0.2)
+        cut.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await cut
+        assert await admin.fetch("SELECT * FROM health_feed_owed") == []  # rolled back
         await mine.settle(0.5)
         assert outcomes == ["deferred"]
 
         await pipeline.process(third)
         theirs = Projector(pool, model, other, topics.health)
-        assert await theirs.drain(timeout=30) == 6  # the newer scores; the owed not due
+        assert await theirs.drain(timeout=30) == 6  # the newer scores; the debt left
         relay.heal(STALLED)
-        newest = _newest_on_the_feed(await stored_states(admin), model)
-        landed = await _feed(bootstrap, topics.health, 18)
-        assert all(landed[org] != newest[org] for org in newest), (landed, newest)  # hazard
-        due_in = await admin.fetchval(
-            "SELECT extract(epoch FROM min(not_before) - now())::float8 FROM health_feed_owed"
-        )
-        assert due_in > 0, "the test was too slow to see the entries wait"
-        assert await theirs.project_once() == 0  # not due: nothing published
-        await asyncio.sleep(due_in + 0.5)
-        assert await theirs.project_once() == 6  # the owed records, from customer_health
-        records = await consume_all(bootstrap, topics.health, expect=24, settle=1.0)
-        assert len(records) == 24
-        assert await _feed(bootstrap, topics.health, 24) == newest
-        assert await _rows(url, "SELECT * FROM health_feed_owed") == []
+        await _republished_after_the_bound(admin, bootstrap, topics.health, theirs, model)
     await admin.close()
 
 
