@@ -222,6 +222,22 @@ class _SendsSignalled(RealProducer):
         return ack
 
 
+async def _cancel_a_pass_in_flight(
+    mine: Projector, signalled: _SendsSignalled, relay: KafkaRelay
+) -> None:
+    """Stall the path and cancel a pass of `mine` (a stop) while its page is on its way
+    (PASS_FEED_TIMEOUT_SECONDS long enough that it is still waiting)."""
+    relay.stall(STALLED)
+    signalled.sent.clear()
+    cut = asyncio.ensure_future(mine.project_once())
+    await asyncio.wait_for(signalled.sent.wait(), 30)  # its page is on its way
+    await asyncio.sleep(0.2)
+    assert not cut.done()
+    cut.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await cut
+
+
 async def test_a_pass_cancelled_while_its_feed_is_stalled_is_followed_by_the_newest_score(
     database_factory: Any, migrated_template: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -249,15 +265,7 @@ async def test_a_pass_cancelled_while_its_feed_is_stalled_is_followed_by_the_new
         assert await mine.project_once() == 6
         await pipeline.process(second)
 
-        relay.stall(STALLED)
-        signalled.sent.clear()
-        cut = asyncio.ensure_future(mine.project_once())
-        await asyncio.wait_for(signalled.sent.wait(), 30)  # its page is on its way
-        await asyncio.sleep(0.2)
-        assert not cut.done()
-        cut.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await cut
+        await _cancel_a_pass_in_flight(mine, signalled, relay)
         assert len(await _rows(url, "SELECT * FROM read_model_pending")) == 6  # rolled back
 
         await pipeline.process(third)
@@ -353,14 +361,7 @@ async def test_a_stop_owes_the_feed_of_a_pass_it_cancelled_for_after_the_bound(
         )
         assert await mine.project_once() == 6
         await pipeline.process(second)
-        relay.stall(STALLED)
-        signalled.sent.clear()
-        cut = asyncio.ensure_future(mine.project_once())
-        await asyncio.wait_for(signalled.sent.wait(), 30)  # its page is on its way
-        await asyncio.sleep(0.2)
-        cut.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await cut
+        await _cancel_a_pass_in_flight(mine, signalled, relay)
         assert await admin.fetch("SELECT * FROM health_feed_owed") == []  # rolled back
         await mine.settle(0.5)
         assert outcomes == ["deferred"]
