@@ -34,7 +34,9 @@ def test_consume_cpu_reads_the_whole_log() -> None:
         cwd=ROOT,
         env={
             **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(ROOT / "services" / "lab"), str(ROOT)]),
+            "PYTHONPATH": os.pathsep.join(
+                [str(ROOT / "services"), str(ROOT / "services" / "lab"), str(ROOT)]
+            ),
         },
         capture_output=True,
         text=True,

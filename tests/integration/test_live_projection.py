@@ -169,6 +169,8 @@ async def test_a_health_feed_that_fails_leaves_the_batch_to_the_projector(
         assert not projector.takes_live_batches()
         assert (await pipeline.process(second)).projected_in_batch == 0
         assert len(await _rows(url, "SELECT * FROM read_model_pending")) == 6
+        # refused, not unanswered: nothing can land later, nothing owed for later
+        assert await _rows(url, "SELECT * FROM health_feed_owed") == []
     finally:
         await pool.close()
 

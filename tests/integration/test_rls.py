@@ -657,9 +657,10 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
         ("QUEUE_FOR_PROJECTOR", sql.QUEUE_FOR_PROJECTOR, [[org], [1]]),
         ("QUEUE_AGAIN", sql.QUEUE_AGAIN, [[org]]),
         ("OWE_HEALTH_FEED", sql.OWE_HEALTH_FEED, [[org]]),
+        ("OWE_HEALTH_FEED_LATER", sql.OWE_HEALTH_FEED_LATER, [[org], 120.0]),
         ("OWED_HEALTH_FEED", sql.OWED_HEALTH_FEED, [10, 4, 0]),
         ("OWED_HEALTH_FEED_AGE", sql.OWED_HEALTH_FEED_AGE, []),
-        ("FEED_PUBLISHED", sql.FEED_PUBLISHED, [[org]]),
+        ("FEED_PUBLISHED", sql.FEED_PUBLISHED, [[org], [None]]),
         ("OWED_FEED_TOMBSTONES", sql.OWED_FEED_TOMBSTONES, [10]),
         ("FEED_TOMBSTONES_PUBLISHED", sql.FEED_TOMBSTONES_PUBLISHED, [[org], [now]]),
         # none: its foreign key takes erased organizations only (the grant is checked)

@@ -141,7 +141,10 @@ def plan_reset(
         exists = sorted(p for t, p in known if t == topic)
         if not exists:
             if topics_named:
-                unknown.append(f"topic {topic!r} is not on the broker and has no stored offsets")
+                unknown.append(
+                    f"topic {topic!r} is not on the broker and has no stored offset"
+                    + ("" if partition is None else f" for partition {partition}")
+                )
         elif partition is not None and partition not in exists and topics_named:
             unknown.append(
                 f"{topic} has no partition {partition} (partitions on the broker or stored: "

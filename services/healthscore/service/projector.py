@@ -111,6 +111,12 @@ class SentFeed:
     followed: bool = False
 
 
+def in_flight(sent: SentFeed) -> bool:
+    """Whether some of the sends have no answer yet (given up on, not refused): they
+    may still land."""
+    return any(not ack.done() for ack in sent.acks)
+
+
 @dataclass(frozen=True, slots=True)
 class Projected:
     organization_id: UUID
@@ -379,8 +385,12 @@ class Projector:
                     sent.organizations.extend(r["organization_id"] for r in owed_only)
                     published = await self._publish_or_pause(page, previous, owed_only, sent)
                 if published and owed:
-                    await conn.execute(sql.FEED_PUBLISHED, [r["organization_id"] for r in owed])
-                elif not published and sent.acks:
+                    await conn.execute(
+                        sql.FEED_PUBLISHED,
+                        [r["organization_id"] for r in owed],
+                        [r["not_before"] for r in owed],
+                    )
+                elif not published and in_flight(sent):
                     # given up on, not refused: the records may still land, after a newer
                     # score published meanwhile, even should this process die before
                     # its follow-up sees them land. Owed for after they no longer can.
@@ -473,7 +483,7 @@ class Projector:
                     [p.organization_id for p in page],
                     [p.version for p in page],
                 )
-                if sent.acks:
+                if in_flight(sent):
                     # the records may still land after the projector's newer ones (as a
                     # pass's given up on): their newest scores again once they cannot
                     await conn.execute(
@@ -572,8 +582,17 @@ class Projector:
         organizations: list[UUID | str],
         after_failure: bool,
     ) -> None:
-        # wait() leaves the futures as they are should this be cancelled
-        await asyncio.wait(acks)
+        # A transaction that did not commit left no debt; a pass's give-up owed one due
+        # after the bound from then. While the records are still unanswered they can
+        # land at any time: the debt is renewed (a lease), so that it falls due only
+        # a bound after this process last could have sent them, should it die first.
+        renew = after_failure
+        while pending := [ack for ack in acks if not ack.done()]:
+            if renew and self._late_record_bound > 0:
+                await self._renew_debt(organizations)
+            renew = True
+            # wait() leaves the futures as they are should this be cancelled
+            await asyncio.wait(pending, timeout=max(1.0, self._late_record_bound / 3))
         # every outcome read (an unread exception is logged when collected)
         landed = [not ack.cancelled() and ack.exception() is None for ack in acks]
         if not any(landed):
@@ -626,9 +645,7 @@ class Projector:
         self._settled = True
         if not pending:
             return
-        organizations = sorted(
-            {UUID(str(org)) for task in pending for org in self._late_feeds.get(task, [])}
-        )
+        organizations = [org for task in pending for org in self._late_feeds.get(task, [])]
         for task in pending:
             task.cancel()
         await asyncio.wait(pending, timeout=FOLLOW_UP_UNWIND_SECONDS)
@@ -640,7 +657,7 @@ class Projector:
             log.info(
                 "health_feed_follow_ups_deferred",
                 follow_ups=len(pending),
-                organizations=len(organizations),
+                organizations=len(set(organizations)),
                 seconds=within,
                 due_after_seconds=self._late_record_bound,
             )
@@ -648,22 +665,37 @@ class Projector:
         log.warning(
             "health_feed_follow_ups_cut",
             follow_ups=len(pending),
-            organizations=len(organizations),
+            organizations=len(set(organizations)),
             seconds=within,
             error=error,
         )
 
-    async def _owe_later(self, organizations: list[UUID]) -> str | None:
+    async def _owe_later(self, organizations: Sequence[UUID | str]) -> str | None:
         """Owe the feed of `organizations`, due after `late_record_bound` seconds
-        (`sql.OWE_HEALTH_FEED_LATER`); None when done, else what failed."""
+        (`sql.OWE_HEALTH_FEED_LATER`); None when every one is owed, else why not (what
+        failed, or how many have no saved state: erased since, whose late record only
+        the follow-up's tombstone covers)."""
+        wanted: list[UUID] = []
         try:
+            wanted = sorted({UUID(str(org)) for org in organizations})
             async with asyncio.timeout(OWE_LATER_SECONDS), self._pool.acquire() as conn:
-                await conn.execute(
-                    sql.OWE_HEALTH_FEED_LATER, organizations, self._late_record_bound
+                status = await conn.execute(
+                    sql.OWE_HEALTH_FEED_LATER, wanted, self._late_record_bound
                 )
-        except Exception as exc:  # any: the stop goes on, the loss counted
+        except Exception as exc:  # any: the caller goes on, the loss counted
             return repr(exc)
+        owed = int(status.rsplit(" ", 1)[-1])
+        if owed < len(wanted):
+            return f"{len(wanted) - owed} of {len(wanted)} organizations have no saved state"
         return None
+
+    async def _renew_debt(self, organizations: Sequence[UUID | str]) -> None:
+        """A follow-up's lease on its organizations' debt (`_follow_up`)."""
+        error = await self._owe_later(organizations)
+        if error is not None:
+            log.warning(
+                "health_feed_debt_not_renewed", organizations=len(organizations), error=error
+            )
 
     async def _tombstone_erased(self, organizations: list[UUID]) -> None:
         """Publish the feed's tombstone again for those of `organizations` erased since

@@ -330,14 +330,18 @@ WHERE q.organization_id IN (
 # back the queue entries its state saves just made (at the versions it saved; an
 # organization queued before it keeps its entry at an older version, and with it the
 # projector's turn). Run after the saves, while the batch holds those state rows.
-# An organization whose health feed is owed (`health_feed_owed`) is the projector's
-# too: it publishes the owed record from customer_health, and a live batch writing and
-# publishing a newer row meanwhile could land before that older record.
+# An organization whose health feed is owed (`health_feed_owed`) and due is the
+# projector's too: it publishes the owed record from customer_health, and a live batch
+# writing and publishing a newer row meanwhile could land before that older record. A
+# debt not due yet no pass reads; once due, a pass skips the row a batch holds.
 TAKE_OWN_PENDING = """
 DELETE FROM read_model_pending q
 USING unnest($1::uuid[], $2::bigint[]) AS x(organization_id, version)
 WHERE q.organization_id = x.organization_id AND q.version = x.version
-  AND NOT EXISTS (SELECT 1 FROM health_feed_owed o WHERE o.organization_id = q.organization_id)
+  AND NOT EXISTS (
+      SELECT 1 FROM health_feed_owed o
+      WHERE o.organization_id = q.organization_id
+        AND (o.not_before IS NULL OR o.not_before <= now()))
 RETURNING q.organization_id
 """
 
@@ -391,7 +395,7 @@ ON CONFLICT (organization_id) DO NOTHING
 # out. A row another transaction is writing right now is skipped (SKIP LOCKED): that
 # writer publishes its newer score, or owes it.
 OWED_HEALTH_FEED = """
-SELECT o.organization_id, h.health_score::float8 AS health_score,
+SELECT o.organization_id, o.not_before, h.health_score::float8 AS health_score,
        h.previous_score::float8 AS previous_score, h.health_status,
        h.churn_probability::float8 AS churn_probability, h.risk_level,
        h.engagement_score::float8 AS engagement_score,
@@ -408,36 +412,47 @@ LIMIT $1
 FOR SHARE OF h SKIP LOCKED
 """
 
-# On a stop: the feed of organizations whose records a follow-up could not see to an
-# end (`Projector.settle`), owed but due only after $2 seconds, by when nothing the
-# stopping process sent can still land; then a pass republishes their customer_health
-# rows. Only organizations with a row (a cut transaction may have been creating it);
-# one owed already is due no sooner than this asks. Until then a pass that projects
-# such an organization publishes its newer score and leaves the entry (OWED_HEALTH_FEED
-# does not read it, so FEED_PUBLISHED does not delete it).
+# The feed of organizations whose records were sent and not answered (a pass or live
+# batch gave up on them, or did not commit; a stop cut their follow-up), owed but due
+# only after $2 seconds, by when they can no longer land; then a pass republishes their
+# customer_health rows (one not written yet, the cut transaction's first, waits for
+# it: OWED_HEALTH_FEED joins it). The follow-up renews it while the records are still
+# unanswered (`Projector._follow_up`). Any organization with a saved state (an erased
+# one has none: the caller counts what was not owed); one owed already is due no
+# sooner than this asks. Until then a pass that projects such an organization
+# publishes its newer score and leaves the entry (OWED_HEALTH_FEED does not read it,
+# FEED_PUBLISHED clears only what it read).
 OWE_HEALTH_FEED_LATER = """
 INSERT INTO health_feed_owed AS o (organization_id, not_before)
-SELECT h.organization_id, now() + make_interval(secs => $2::float8)
-FROM customer_health h
-JOIN unnest($1::uuid[]) AS x(organization_id) ON h.organization_id = x.organization_id
-ORDER BY h.organization_id
+SELECT s.organization_id, now() + make_interval(secs => $2::float8)
+FROM organization_state s
+JOIN unnest($1::uuid[]) AS x(organization_id) ON s.organization_id = x.organization_id
+WHERE s.health_version >= 1
+ORDER BY s.organization_id
 ON CONFLICT (organization_id) DO UPDATE
 SET not_before = greatest(coalesce(o.not_before, now()), EXCLUDED.not_before)
 """
 
-# published: their customer_health rows are still those the pass read (it holds them)
+# published: their customer_health rows are still those the pass read (it holds them).
+# Only the entries as read ($2: their not_before): one owed for later meanwhile (a
+# stop's `settle` or another replica's pass gave up on the organization's records,
+# which may still land) is not this pass's to clear, as with FEED_TOMBSTONES_PUBLISHED
 FEED_PUBLISHED = """
-DELETE FROM health_feed_owed WHERE organization_id = ANY($1::uuid[])
+DELETE FROM health_feed_owed o
+USING unnest($1::uuid[], $2::timestamptz[]) AS p(organization_id, not_before)
+WHERE o.organization_id = p.organization_id AND o.not_before IS NOT DISTINCT FROM p.not_before
 """
 
 # the age in seconds of the oldest record owed (0 with none), on the database's
 # clock, as READ_MODEL_STALENESS for the queue: a replica's clock running behind would
-# make the gauge under-report. An erased organization's owed tombstone is the feed
-# lagging the read model too (the organization is gone from it); one owed again
-# counts from then
+# make the gauge under-report. A debt owed for later (records that may still land)
+# counts from when it falls due: until then nothing says the feed is behind. An erased
+# organization's owed tombstone is the feed lagging the read model too (the
+# organization is gone from it); one owed again counts from then
 OWED_HEALTH_FEED_AGE = """
 SELECT coalesce(extract(epoch FROM now() - least(
-    (SELECT min(owed_since) FROM health_feed_owed),
+    (SELECT min(coalesce(greatest(owed_since, not_before), owed_since)) FROM health_feed_owed
+     WHERE not_before IS NULL OR not_before <= now()),
     (SELECT min(owed_since) FROM health_feed_tombstones_owed))), 0)::float8
 """
 
