@@ -532,6 +532,68 @@ async def test_a_late_record_of_an_organization_erased_meanwhile_is_followed_by_
         assert values[-1] is None, values
 
 
+async def test_an_organization_erased_while_its_record_may_land_is_tombstoned_last(
+    database_factory: Any, migrated_template: str
+) -> None:
+    """As above, but the replica whose stalled record may still land dies before it
+    does (no follow-up publishes the tombstone again). Before, the erasure's delete
+    cascaded the organization's feed debt away: the score landed after the tombstone and
+    stayed the erased organization's last record on the compacted feed. The erasure
+    now carries the debt's due time over to the tombstone it owes, and a pass publishes
+    the tombstone again once due."""
+    from tests.integration.test_owned_states import _org
+    from tests.utils.harness import consume_all
+
+    url = await database_factory(template=migrated_template)
+    first, second, _ = _batches(_Log())
+    model = default_model()
+    gone = _org(3)
+    admin = await asyncpg.connect(url)
+    async with _stalled_path(url) as (relay, bootstrap, pool, stalled, other):
+        topics = await make_topics(bootstrap, partitions=1)
+        pipeline = _pipeline(pool, other, 0)
+        await pipeline.process(first)
+        mine = Projector(pool, model, stalled, topics.health, late_record_bound=12.0)
+        assert await mine.project_once() == 6
+        await pipeline.process(second)
+        relay.stall(STALLED)
+        assert await asyncio.wait_for(mine.project_once(), 30) == 6  # owed for later
+
+        # erased, its tombstone published at once on the other path (as `healthscore
+        # erase` does), and marked published as the command marks it
+        erased = await erase_now(url, uuid.UUID(gone))
+        await other.send_and_wait(topics.health, key=gone.encode(), value=None)
+        await admin.execute(
+            sql.FEED_TOMBSTONES_PUBLISHED, [uuid.UUID(gone)], [erased.tombstone_owed_since]
+        )
+        # its last renewal (after the erasure: the erased organization's tombstone)
+        async with pool.acquire() as conn:
+            assert await conn.fetchval(sql.OWE_HEALTH_FEED_LATER, [uuid.UUID(gone)], 12.0) == 1
+        for follow_up in list(mine._late_feeds):  # the replica dies
+            follow_up.cancel()
+        relay.heal(STALLED)
+        await asyncio.wait_for(stalled.flush(), 30)
+
+        theirs = Projector(pool, model, other, topics.health)
+        due_in = await admin.fetchval(
+            "SELECT extract(epoch FROM not_before - now())::float8"
+            " FROM health_feed_tombstones_owed WHERE organization_id = $1",
+            uuid.UUID(gone),
+        )
+        assert due_in is not None, "the erasure dropped the debt: no tombstone will follow"
+        assert due_in > 0, "the test was too slow to see the tombstone wait"
+        assert await theirs.publish_owed_tombstones() == 0
+        await asyncio.sleep(due_in + 0.5)
+        assert await theirs.publish_owed_tombstones() == 1
+        records = await consume_all(bootstrap, topics.health, timeout=2.0, done=lambda _: False)
+        values = [r.value for r in records if r.key == gone.encode()]
+        # its score, the erasure's tombstone, the stalled score after it, a tombstone last
+        assert None in values[:-1] and values[values.index(None) + 1] is not None, values
+        assert values[-1] is None, values
+        assert await admin.fetch("SELECT * FROM health_feed_tombstones_owed") == []
+    await admin.close()
+
+
 async def test_an_owed_tombstone_is_published_by_a_pass_once_the_broker_takes_it(
     database_factory: Any, migrated_template: str
 ) -> None:

@@ -266,12 +266,15 @@ COLUMNS: Final = {
     # the database's: now() and session_user)
     (ERASER, "INSERT", "erased_organizations"): "organization_id rows_removed",
     (ERASER, "UPDATE", "erased_organizations"): "rows_removed completed_at",
-    # OWE_FEED_TOMBSTONE (the eraser), OWE_FEED_TOMBSTONES (the projector)
-    (ERASER, "INSERT", "health_feed_tombstones_owed"): "organization_id",
-    (WRITER, "INSERT", "health_feed_tombstones_owed"): "organization_id",
-    # their ON CONFLICT: owed again, owed_since moves on (0101)
-    (ERASER, "UPDATE", "health_feed_tombstones_owed"): "owed_since",
-    (WRITER, "UPDATE", "health_feed_tombstones_owed"): "owed_since",
+    # OWE_FEED_TOMBSTONE (the eraser), OWE_FEED_TOMBSTONES and OWE_HEALTH_FEED_LATER
+    # (the projector); not_before: due again after a record that may land (0107)
+    (ERASER, "INSERT", "health_feed_tombstones_owed"): "not_before organization_id",
+    (WRITER, "INSERT", "health_feed_tombstones_owed"): "not_before organization_id",
+    # their ON CONFLICT: owed again, owed_since moves on (0101), not_before (0107)
+    (ERASER, "UPDATE", "health_feed_tombstones_owed"): "not_before owed_since",
+    (WRITER, "UPDATE", "health_feed_tombstones_owed"): "not_before owed_since",
+    # FEED_DEBT_NOT_DUE: the feed debt the erasure's delete cascades away (0107)
+    (ERASER, "SELECT", "health_feed_owed"): "not_before organization_id",
     # the WHERE clauses of DELETE_ORGANIZATION and DELETE_PROCESSED_EVENTS
     (ERASER, "SELECT", "organizations"): "id",
     # CLAIM_ORGANIZATION: waits for a writer creating the organization (0098)

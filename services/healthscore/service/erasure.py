@@ -143,6 +143,7 @@ async def _erase_rows(conn: asyncpg.Connection, organization: UUID, apply: bool)
             await conn.execute(erasure.LOCK_CONSUMERS)
             # waits for a transaction creating the organization (not committed yet)
             claimed = await conn.fetchval(erasure.CLAIM_ORGANIZATION, organization)
+            feed_debt_due = await conn.fetchval(erasure.FEED_DEBT_NOT_DUE, organization)
             await conn.execute(erasure.DELETE_ORGANIZATION, organization)
             result.rows = _since(before, await _deleted(conn))
             if claimed is not None:
@@ -167,8 +168,9 @@ async def _erase_rows(conn: asyncpg.Connection, organization: UUID, apply: bool)
             result.rows.update(dead_letters)
             # owed until a broker takes it: the command publishes it below, else the
             # running service does (a refused publish, a command killed before it)
+            # due again after a record of it that may still land (its feed debt)
             result.tombstone_owed_since = await conn.fetchval(
-                erasure.OWE_FEED_TOMBSTONE, organization
+                erasure.OWE_FEED_TOMBSTONE, organization, feed_debt_due
             )
             if not result.first:
                 result.resumed = bool(await conn.fetchval(erasure.ERASURE_UNFINISHED, organization))

@@ -671,22 +671,21 @@ class Projector:
         )
 
     async def _owe_later(self, organizations: Sequence[UUID | str]) -> str | None:
-        """Owe the feed of `organizations`, due after `late_record_bound` seconds
-        (`sql.OWE_HEALTH_FEED_LATER`); None when every one is owed, else why not (what
-        failed, or how many have no saved state: erased since, whose late record only
-        the follow-up's tombstone covers)."""
+        """Owe the feed of `organizations` (an erased one's tombstone), due after
+        `late_record_bound` seconds (`sql.OWE_HEALTH_FEED_LATER`); None when every one is
+        owed, else why not (what failed, or how many have neither a saved state nor an
+        erasure: one whose first state the cut transaction was creating)."""
         wanted: list[UUID] = []
         try:
             wanted = sorted({UUID(str(org)) for org in organizations})
             async with asyncio.timeout(OWE_LATER_SECONDS), self._pool.acquire() as conn:
-                status = await conn.execute(
+                owed = await conn.fetchval(
                     sql.OWE_HEALTH_FEED_LATER, wanted, self._late_record_bound
                 )
         except Exception as exc:  # any: the caller goes on, the loss counted
             return repr(exc)
-        owed = int(status.rsplit(" ", 1)[-1])
         if owed < len(wanted):
-            return f"{len(wanted) - owed} of {len(wanted)} organizations have no saved state"
+            return f"{len(wanted) - owed} of {len(wanted)} organizations are nowhere to owe"
         return None
 
     async def _renew_debt(self, organizations: Sequence[UUID | str]) -> None:

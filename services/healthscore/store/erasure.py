@@ -90,11 +90,19 @@ FROM erased_organizations
 ORDER BY erased_at, organization_id
 """
 
+# a feed record of the organization sent and not answered may still land until this
+# (its debt, migration 0106): read before the delete cascades it away
+FEED_DEBT_NOT_DUE = """
+SELECT not_before FROM health_feed_owed WHERE organization_id = $1 AND not_before > now()
+"""
+
 # the health feed's tombstone, owed with the erasure (in its first transaction): the
 # command publishes it, else the running service's projector does (migration 0097)
-# owed anew by a run again (RETURNING: the entry this run's publish pays, migration 0101)
+# owed anew by a run again (RETURNING: the entry this run's publish pays, migration 0101);
+# $2: due again then, after a record that may still land (FEED_DEBT_NOT_DUE, 0107)
 OWE_FEED_TOMBSTONE = """
-INSERT INTO health_feed_tombstones_owed (organization_id) VALUES ($1)
-ON CONFLICT (organization_id) DO UPDATE SET owed_since = clock_timestamp()
+INSERT INTO health_feed_tombstones_owed AS t (organization_id, not_before) VALUES ($1, $2)
+ON CONFLICT (organization_id) DO UPDATE
+SET owed_since = clock_timestamp(), not_before = greatest(t.not_before, EXCLUDED.not_before)
 RETURNING owed_since
 """

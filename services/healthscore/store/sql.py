@@ -421,8 +421,11 @@ FOR SHARE OF h SKIP LOCKED
 # one has none: the caller counts what was not owed); one owed already is due no
 # sooner than this asks. Until then a pass that projects such an organization
 # publishes its newer score and leaves the entry (OWED_HEALTH_FEED does not read it,
-# FEED_PUBLISHED clears only what it read).
+# FEED_PUBLISHED clears only what it read). An erased organization's record may land
+# after its tombstone: its tombstone is owed (again) for then (migration 0107). The
+# number of organizations owed either way.
 OWE_HEALTH_FEED_LATER = """
+WITH feed AS (
 INSERT INTO health_feed_owed AS o (organization_id, not_before)
 SELECT s.organization_id, now() + make_interval(secs => $2::float8)
 FROM organization_state s
@@ -431,6 +434,19 @@ WHERE s.health_version >= 1
 ORDER BY s.organization_id
 ON CONFLICT (organization_id) DO UPDATE
 SET not_before = greatest(coalesce(o.not_before, now()), EXCLUDED.not_before)
+RETURNING 1
+),
+tombstones AS (
+INSERT INTO health_feed_tombstones_owed AS t (organization_id, not_before)
+SELECT z.organization_id, now() + make_interval(secs => $2::float8)
+FROM erased_organizations z
+JOIN unnest($1::uuid[]) AS x(organization_id) ON z.organization_id = x.organization_id
+ORDER BY z.organization_id
+ON CONFLICT (organization_id) DO UPDATE
+SET not_before = greatest(coalesce(t.not_before, now()), EXCLUDED.not_before)
+RETURNING 1
+)
+SELECT (SELECT count(*) FROM feed) + (SELECT count(*) FROM tombstones)
 """
 
 # published: their customer_health rows are still those the pass read (it holds them).
@@ -453,24 +469,30 @@ OWED_HEALTH_FEED_AGE = """
 SELECT coalesce(extract(epoch FROM now() - least(
     (SELECT min(coalesce(greatest(owed_since, not_before), owed_since)) FROM health_feed_owed
      WHERE not_before IS NULL OR not_before <= now()),
-    (SELECT min(owed_since) FROM health_feed_tombstones_owed))), 0)::float8
+    (SELECT min(coalesce(greatest(owed_since, not_before), owed_since))
+     FROM health_feed_tombstones_owed
+     WHERE not_before IS NULL OR not_before <= now()))), 0)::float8
 """
 
 # erased organizations' health-feed tombstones no broker took yet (migration 0097):
 # oldest first, unlocked (two replicas publishing one twice is harmless: a tombstone
-# again)
+# again). One due later (a record of the organization may land until then, migration
+# 0107; the erasure published it at once) waits until then.
 OWED_FEED_TOMBSTONES = """
-SELECT organization_id, owed_since FROM health_feed_tombstones_owed
+SELECT organization_id, owed_since, not_before FROM health_feed_tombstones_owed
+WHERE not_before IS NULL OR not_before <= now()
 ORDER BY owed_since, organization_id
 LIMIT $1
 """
 
 # only the entries as read ($2: their owed_since): one owed again since (a late feed
-# record landed after the tombstone) stays owed (migration 0101)
+# record landed after the tombstone) stays owed (migration 0101); and only those due:
+# the erasure's own publish leaves one due later, to be published again then (0107)
 FEED_TOMBSTONES_PUBLISHED = """
 DELETE FROM health_feed_tombstones_owed t
 USING unnest($1::uuid[], $2::timestamptz[]) AS p(organization_id, owed_since)
 WHERE t.organization_id = p.organization_id AND t.owed_since = p.owed_since
+  AND (t.not_before IS NULL OR t.not_before <= now())
 """
 
 # a tombstone that could not be published again after a late feed record (the foreign
