@@ -13,7 +13,8 @@
 -- entry), a pass of any replica republishes the newest score after.
 ALTER TABLE health_feed_owed ADD COLUMN not_before timestamptz;
 COMMENT ON COLUMN health_feed_owed.not_before IS
-    'Not published before this time (null: at once): set by a stop for records it could not follow up, which may still land until then.';
+    'Not published before this time (null: at once): records of the organization were sent and not answered (given up on, or their transaction did not commit), and may land until then; renewed while the sender waits for them.';
 
--- OWE_HEALTH_FEED_LATER (the projector, on a stop): ON CONFLICT DO UPDATE SET not_before
+-- OWE_HEALTH_FEED_LATER (the projector: a pass's or live batch's give-up, a follow-up's
+-- renewal, a stop's cut follow-ups): ON CONFLICT DO UPDATE SET not_before
 GRANT INSERT (not_before), UPDATE (not_before) ON health_feed_owed TO healthscore_writer;
