@@ -236,6 +236,11 @@ async def test_to_latest_uses_true_high_watermarks_and_to_offset_checks_the_log(
         (topics.usage, 1): 3,
     }
 
+    # a mistyped group: nothing stored, said so (a group may rightly start here)
+    typo = await _reset(env, "--group", group + "x", "--topic", topics.usage, "--to-earliest")
+    assert typo.returncode == 0, typo.stderr
+    assert f"note: consumer group '{group}x' has no stored offsets" in typo.stdout
+
     same = await _reset(env, "--group", group, "--topic", topics.usage, "--to-latest")
     assert same.returncode == 0, same.stderr
     assert "dry run" in same.stdout

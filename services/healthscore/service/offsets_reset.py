@@ -283,6 +283,12 @@ async def run_offsets_reset(
         )
         for line in format_plan(plan):
             out(line)
+        if not stored and plan.partitions:
+            # a mistyped --group reads like a group that never consumed these topics
+            out(
+                f"note: consumer group {group!r} has no stored offsets for these topics: "
+                "is it the service's (CONSUMER_GROUP)?"
+            )
         if not plan.changes:
             out("nothing to change")
             return 0
