@@ -393,6 +393,83 @@ async def test_a_live_batch_whose_feed_is_unanswered_owes_it_for_later(
         relay.heal(STALLED)
 
 
+async def test_a_give_up_whose_transaction_then_fails_is_owed_again_at_once(
+    database_factory: Any, migrated_template: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass gives up on its stalled feed (its debt written in its transaction), then the
+    transaction fails: the debt rolls back with it while the records are still on their
+    way. It is owed again at once, not at the lease's next round (a third of the bound:
+    a replica killed meanwhile would have left nothing). Review 31c's reproduction."""
+    url = await database_factory(template=migrated_template)
+    first, second, _ = _batches(_Log())
+    async with _stalled_path(url) as (relay, bootstrap, pool, stalled, other):
+        topics = await make_topics(bootstrap, partitions=1)
+        pipeline = _pipeline(pool, other, 0)
+        await pipeline.process(first)
+        mine = Projector(pool, default_model(), stalled, topics.health, late_record_bound=600.0)
+        assert await mine.project_once() == 6
+        await pipeline.process(second)
+        relay.stall(STALLED)
+        monkeypatch.setattr(sql, "MARK_PROJECTED", "SELECT 1/0, $1::uuid[], $2::bigint[]")
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            await asyncio.wait_for(mine.project_once(), 30)
+        owed = "SELECT count(*) FROM health_feed_owed WHERE not_before > now() + interval '500 s'"
+        for _ in range(50):
+            if await _rows(url, owed) == [(6,)]:
+                break
+            await asyncio.sleep(0.1)
+        assert await _rows(url, owed) == [(6,)]
+        await mine.settle(0.5)
+        relay.heal(STALLED)
+
+
+async def test_a_renewal_waiting_on_an_erasure_owes_its_tombstone(
+    database_factory: Any, migrated_template: str
+) -> None:
+    """A renewal of X and Y waits behind X's erasure (between its delete and its commit):
+    once the erasure commits, X's feed debt can no longer be written (a foreign key
+    violation, for the whole statement). Tried again, X is an erased organization whose
+    tombstone is owed for later and Y's debt is renewed; before, both were left as they
+    were and a stop counted every follow-up cut. Review 31c's reproduction."""
+    from healthscore.store import erasure
+
+    url = await database_factory(template=migrated_template)
+    pool = await create_pool(url, "healthscore_writer", min_size=2, max_size=4)
+    eraser = await asyncpg.connect(url, server_settings={"role": "healthscore_eraser"})
+    try:
+        first, _, _ = _batches(_Log())
+        await _pipeline(pool, None, 0).process(first)
+        await Projector(pool, default_model(), None, None).drain(timeout=30)
+        orgs = sorted(r[0] for r in await _rows(url, "SELECT organization_id FROM customer_health"))
+        x, y = orgs[0], orgs[1]
+        async with pool.acquire() as conn:
+            await conn.execute(sql.OWE_HEALTH_FEED_LATER, [x, y], 60.0)
+        due = "SELECT not_before FROM health_feed_owed WHERE organization_id = $1"
+        before = (await _rows(url, due, y))[0][0]
+        async with eraser.transaction():
+            await eraser.fetchval(erasure.CLAIM_ORGANIZATION, x)
+            carried = await eraser.fetchval(erasure.FEED_DEBT_NOT_DUE, x)
+            await eraser.execute(erasure.DELETE_ORGANIZATION, x)
+            renewing = Projector(pool, default_model(), None, None, late_record_bound=120.0)
+            owe = asyncio.ensure_future(renewing._owe_later([x, y]))
+            await asyncio.sleep(0.5)
+            assert not owe.done()  # waits for the erasure
+            await eraser.fetchval(erasure.RECORD_TOMBSTONE, x, "{}")
+            await eraser.fetchval(erasure.OWE_FEED_TOMBSTONE, x, carried)
+        assert await owe is None
+        assert (await _rows(url, due, y))[0][0] > before
+        tombstone = await _rows(
+            url,
+            "SELECT not_before > now() + interval '100 s' FROM health_feed_tombstones_owed"
+            " WHERE organization_id = $1",
+            x,
+        )
+        assert tombstone == [(True,)]
+    finally:
+        await eraser.close()
+        await pool.close()
+
+
 async def test_a_follow_up_a_stop_cuts_is_owed_for_later_and_counted(
     database_factory: Any, migrated_template: str
 ) -> None:

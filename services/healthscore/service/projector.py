@@ -46,7 +46,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -272,6 +272,8 @@ class Projector:
         self._late_feeds: dict[asyncio.Task[None], list[UUID | str]] = {}
         # set once a stop waited for them (`settle`): no follow-up starts after it
         self._settled = False
+        # renews the follow-ups' debts while any waits (`_lease_debts`)
+        self._lease: asyncio.Task[None] | None = None
         # when (monotonic) a pass last looked for owed tombstones
         self._tombstones_looked_at = -math.inf
 
@@ -538,6 +540,10 @@ class Projector:
         after them. Once its sends have ended, if the broker took any, its
         organizations are queued again, so that a pass publishes their newest score
         after whatever landed."""
+        if sent.followed and in_flight(sent):
+            # given up on first (its debt in the transaction that just rolled back): the
+            # follow-up runs, but the debt must be owed again now, not at the lease's round
+            self._track(self._renew_debts(sent.organizations), list(sent.organizations))
         self._follow(sent, after_failure=True)
 
     def _follow(self, sent: SentFeed, after_failure: bool) -> None:
@@ -564,12 +570,19 @@ class Projector:
                 error="asked for after the stop's wait: the pool is closing",
             )
             return
-        task = asyncio.create_task(
+        self._track(
             self._follow_up(list(sent.acks), list(sent.organizations), after_failure),
-            name="health-feed-follow-up",
+            list(sent.organizations),
         )
-        self._late_feeds[task] = list(sent.organizations)
+
+    def _track(self, work: Coroutine[Any, Any, None], organizations: list[UUID | str]) -> None:
+        """Run `work` (a follow-up, or a debt owed at once) as a task `settle` waits for,
+        and keep the lease on the debts of the follow-ups' organizations running."""
+        task = asyncio.create_task(work, name="health-feed-follow-up")
+        self._late_feeds[task] = organizations
         task.add_done_callback(self._follow_up_done)
+        if self._late_record_bound > 0 and (self._lease is None or self._lease.done()):
+            self._lease = asyncio.create_task(self._lease_debts(), name="health-feed-debt-lease")
 
     def _follow_up_done(self, task: asyncio.Task[None]) -> None:
         self._late_feeds.pop(task, None)
@@ -582,17 +595,13 @@ class Projector:
         organizations: list[UUID | str],
         after_failure: bool,
     ) -> None:
-        # A transaction that did not commit left no debt; a pass's give-up owed one due
-        # after the bound from then. While the records are still unanswered they can
-        # land at any time: the debt is renewed (a lease), so that it falls due only
-        # a bound after this process last could have sent them, should it die first.
-        renew = after_failure
-        while pending := [ack for ack in acks if not ack.done()]:
-            if renew and self._late_record_bound > 0:
-                await self._renew_debt(organizations)
-            renew = True
-            # wait() leaves the futures as they are should this be cancelled
-            await asyncio.wait(pending, timeout=max(1.0, self._late_record_bound / 3))
+        # A transaction that did not commit left no debt (a pass's give-up owed one, due
+        # a bound later): owed now while its records are unanswered; the lease renews it
+        # while they stay so (`_lease_debts`)
+        if after_failure and any(not ack.done() for ack in acks):
+            await self._renew_debts(organizations)
+        # wait() leaves the futures as they are should this be cancelled
+        await asyncio.wait(acks)
         # every outcome read (an unread exception is logged when collected)
         landed = [not ack.cancelled() and ack.exception() is None for ack in acks]
         if not any(landed):
@@ -643,6 +652,8 @@ class Projector:
         if self._late_feeds:
             _, pending = await asyncio.wait(set(self._late_feeds), timeout=within)
         self._settled = True
+        if self._lease is not None:
+            self._lease.cancel()
         if not pending:
             return
         organizations = [org for task in pending for org in self._late_feeds.get(task, [])]
@@ -679,22 +690,44 @@ class Projector:
         try:
             wanted = sorted({UUID(str(org)) for org in organizations})
             async with asyncio.timeout(OWE_LATER_SECONDS), self._pool.acquire() as conn:
-                owed = await conn.fetchval(
-                    sql.OWE_HEALTH_FEED_LATER, wanted, self._late_record_bound
-                )
+                for attempt in range(2):
+                    try:
+                        owed = await conn.fetchval(
+                            sql.OWE_HEALTH_FEED_LATER, wanted, self._late_record_bound
+                        )
+                        break
+                    except asyncpg.ForeignKeyViolationError:
+                        # an erasure of one of them committed while this waited on it:
+                        # again, it is an erased organization now (its tombstone owed)
+                        if attempt:
+                            raise
         except Exception as exc:  # any: the caller goes on, the loss counted
             return repr(exc)
         if owed < len(wanted):
             return f"{len(wanted) - owed} of {len(wanted)} organizations are nowhere to owe"
         return None
 
-    async def _renew_debt(self, organizations: Sequence[UUID | str]) -> None:
-        """A follow-up's lease on its organizations' debt (`_follow_up`)."""
+    async def _renew_debts(self, organizations: Sequence[UUID | str]) -> None:
+        """Owe (again) the feed of `organizations` for later, logging a failure."""
         error = await self._owe_later(organizations)
         if error is not None:
             log.warning(
-                "health_feed_debt_not_renewed", organizations=len(organizations), error=error
+                "health_feed_debt_not_renewed",
+                organizations=len(set(organizations)),
+                error=error,
             )
+
+    async def _lease_debts(self) -> None:
+        """While follow-ups wait for records the broker has not answered, renew their
+        organizations' debts every third of the bound, in one statement for all of them,
+        so that each falls due only a bound after this process last could send; ends
+        when no follow-up is left (the next one starts it again)."""
+        while True:
+            await asyncio.sleep(max(1.0, self._late_record_bound / 3))
+            waiting = {org for orgs in self._late_feeds.values() for org in orgs}
+            if not waiting or self._settled:
+                return
+            await self._renew_debts(sorted(waiting, key=str))
 
     async def _tombstone_erased(self, organizations: list[UUID]) -> None:
         """Publish the feed's tombstone again for those of `organizations` erased since

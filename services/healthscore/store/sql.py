@@ -462,16 +462,14 @@ WHERE o.organization_id = p.organization_id AND o.not_before IS NOT DISTINCT FRO
 # the age in seconds of the oldest record owed (0 with none), on the database's
 # clock, as READ_MODEL_STALENESS for the queue: a replica's clock running behind would
 # make the gauge under-report. A debt owed for later (records that may still land)
-# counts from when it falls due: until then nothing says the feed is behind. An erased
-# organization's owed tombstone is the feed lagging the read model too (the
+# counts from when it was first owed too: during a broker outage every give-up is one,
+# renewed while the broker does not answer, and the feed is behind all that time. An
+# erased organization's owed tombstone is the feed lagging the read model too (the
 # organization is gone from it); one owed again counts from then
 OWED_HEALTH_FEED_AGE = """
 SELECT coalesce(extract(epoch FROM now() - least(
-    (SELECT min(coalesce(greatest(owed_since, not_before), owed_since)) FROM health_feed_owed
-     WHERE not_before IS NULL OR not_before <= now()),
-    (SELECT min(coalesce(greatest(owed_since, not_before), owed_since))
-     FROM health_feed_tombstones_owed
-     WHERE not_before IS NULL OR not_before <= now()))), 0)::float8
+    (SELECT min(owed_since) FROM health_feed_owed),
+    (SELECT min(owed_since) FROM health_feed_tombstones_owed))), 0)::float8
 """
 
 # erased organizations' health-feed tombstones no broker took yet (migration 0097):
