@@ -273,8 +273,6 @@ COLUMNS: Final = {
     # their ON CONFLICT: owed again, owed_since moves on (0101), not_before (0107)
     (ERASER, "UPDATE", "health_feed_tombstones_owed"): "not_before owed_since",
     (WRITER, "UPDATE", "health_feed_tombstones_owed"): "not_before owed_since",
-    # FEED_DEBT_NOT_DUE: the feed debt the erasure's delete cascades away (0107)
-    (ERASER, "SELECT", "health_feed_owed"): "not_before organization_id",
     # the WHERE clauses of DELETE_ORGANIZATION and DELETE_PROCESSED_EVENTS
     (ERASER, "SELECT", "organizations"): "id",
     # CLAIM_ORGANIZATION: waits for a writer creating the organization (0098)
@@ -307,6 +305,8 @@ FUNCTIONS: Final = {
     f"{DASHBOARD}: EXECUTE on function app_signing_key_retires_at(integer)",
     # store/erasure.py DELETE_DEAD_LETTERS (0099): the eraser reads no dead letter
     f"{ERASER}: EXECUTE on function erase_dead_letters(uuid)",
+    # store/erasure.py FEED_DEBT_NOT_DUE (0107): the organization's feed debt, no other's
+    f"{ERASER}: EXECUTE on function erased_feed_debt_due(uuid)",
 }
 
 # SECURITY DEFINER functions (they run as healthscore_owner) and their pinned search_path:
@@ -316,6 +316,8 @@ SECURITY_DEFINER: Final = {
     "app_identity_prepare()": _PINNED,
     # `healthscore erase`: one organization's dead letters, none read by the eraser (0099)
     "erase_dead_letters(uuid)": _PINNED,
+    # `healthscore erase`: the organization's feed debt, locked, no other read (0107)
+    "erased_feed_debt_due(uuid)": _PINNED,
     "app_login(text)": _PINNED,
     "app_logout()": _PINNED,
     "app_signing_key_retires_at(integer)": _PINNED,

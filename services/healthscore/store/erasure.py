@@ -91,10 +91,9 @@ ORDER BY erased_at, organization_id
 """
 
 # a feed record of the organization sent and not answered may still land until this
-# (its debt, migration 0106): read before the delete cascades it away
-FEED_DEBT_NOT_DUE = """
-SELECT not_before FROM health_feed_owed WHERE organization_id = $1 AND not_before > now()
-"""
+# (its debt, migration 0106): read, and locked, before the delete cascades it away, by
+# a function running as the owner (the eraser reads no other organization's debt, 0107)
+FEED_DEBT_NOT_DUE = "SELECT erased_feed_debt_due($1)"
 
 # the health feed's tombstone, owed with the erasure (in its first transaction): the
 # command publishes it, else the running service's projector does (migration 0097)

@@ -16,5 +16,21 @@ COMMENT ON COLUMN health_feed_tombstones_owed.not_before IS
 -- time, and ON CONFLICT DO UPDATE SET not_before
 GRANT INSERT (not_before), UPDATE (not_before) ON health_feed_tombstones_owed TO healthscore_writer;
 GRANT INSERT (not_before), UPDATE (not_before) ON health_feed_tombstones_owed TO healthscore_eraser;
--- the eraser reads the organization's feed debt before the delete cascades it away
-GRANT SELECT (organization_id, not_before) ON health_feed_owed TO healthscore_eraser;
+-- The eraser reads the organization's feed debt before the delete cascades it away,
+-- and that organization's only (it reads no other organization's rows): a function
+-- running as the owner, which also locks the debt, so that a sender's renewal waits for
+-- the erasure (and, failing on the foreign key after it, owes the tombstone instead)
+-- rather than committing between this read and the delete.
+CREATE FUNCTION erased_feed_debt_due(organization uuid) RETURNS timestamptz
+    LANGUAGE sql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT o.not_before FROM public.health_feed_owed o
+    WHERE o.organization_id = organization AND o.not_before > now()
+    FOR UPDATE
+$$;
+ALTER FUNCTION erased_feed_debt_due(uuid) OWNER TO healthscore_owner;
+COMMENT ON FUNCTION erased_feed_debt_due(uuid) IS
+    'For `healthscore erase`: when a health-feed record of the organization sent and not answered may still land (its feed debt, locked until the erasure commits), so that its tombstone is owed again then; no other organization''s debt is readable to the eraser.';
+REVOKE ALL ON FUNCTION erased_feed_debt_due(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION erased_feed_debt_due(uuid) TO healthscore_eraser;
