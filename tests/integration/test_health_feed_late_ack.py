@@ -477,6 +477,31 @@ async def test_a_renewal_waiting_on_an_erasure_owes_its_tombstone(
         await pool.close()
 
 
+async def test_a_feed_the_broker_refuses_is_owed_at_once(
+    database_factory: Any, migrated_template: str, tmp_path: Any
+) -> None:
+    """Refused, every send answered with an error: nothing of it can land later, so its
+    debt is due at once (not held for HEALTH_FEED_LATE_RECORD_SECONDS, which would keep
+    the feed behind a fixed refusal two more minutes)."""
+    from tests.utils.harness import broker_refusing
+
+    url = await database_factory(template=migrated_template)
+    first, _, _ = _batches(_Log())
+    topic = f"customer.health.refused-{uuid.uuid4().hex[:6]}"
+    async with broker_refusing(tmp_path / "registry", topic, [], 1) as bootstrap:
+        producer = await _producer(bootstrap, "refused")
+        pool = await create_pool(url, "healthscore_writer", min_size=1, max_size=2)
+        try:
+            await _pipeline(pool, producer, 0).process(first)
+            mine = Projector(pool, default_model(), producer, topic, late_record_bound=600.0)
+            assert await asyncio.wait_for(mine.project_once(), 30) == 6
+            owed = await _rows(url, "SELECT not_before FROM health_feed_owed")
+            assert owed == [(None,)] * 6
+        finally:
+            await pool.close()
+            await asyncio.wait_for(producer.stop(), 10)
+
+
 async def test_a_follow_up_a_stop_cuts_is_owed_for_later_and_counted(
     database_factory: Any, migrated_template: str
 ) -> None:
