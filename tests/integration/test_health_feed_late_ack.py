@@ -502,6 +502,31 @@ async def test_a_feed_the_broker_refuses_is_owed_at_once(
             await asyncio.wait_for(producer.stop(), 10)
 
 
+async def test_a_live_batch_takes_an_organization_whose_debt_is_not_due(
+    database_factory: Any, migrated_template: str
+) -> None:
+    """An organization owed for later (its records may still land) stays on the live
+    path: no pass reads the debt before it falls due, and then it skips the row a batch
+    holds. Only a due debt leaves the organization to the projector."""
+    url = await database_factory(template=migrated_template)
+    first, second, _ = _batches(_Log())
+    async with _stalled_path(url) as (_relay, bootstrap, pool, _stalled, other):
+        topics = await make_topics(bootstrap, partitions=1)
+        pipeline = _pipeline(pool, other, 1000)
+        live = Projector(pool, default_model(), other, topics.health)
+        pipeline.project_live_batches(
+            live.project_in_batch, live.takes_live_batches, live.follow_failed_feed
+        )
+        assert (await pipeline.process(first)).projected_in_batch == 6
+        orgs = [r[0] for r in await _rows(url, "SELECT organization_id FROM customer_health")]
+        async with pool.acquire() as conn:
+            assert await conn.fetchval(sql.OWE_HEALTH_FEED_LATER, orgs[:2], 600.0) == 2
+            await conn.execute(sql.OWE_HEALTH_FEED, orgs[2:3])  # due at once
+        assert (await pipeline.process(second)).projected_in_batch == 5
+        queued = [r[0] for r in await _rows(url, "SELECT organization_id FROM read_model_pending")]
+        assert queued == orgs[2:3]
+
+
 async def test_a_follow_up_a_stop_cuts_is_owed_for_later_and_counted(
     database_factory: Any, migrated_template: str
 ) -> None:
