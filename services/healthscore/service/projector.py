@@ -540,7 +540,7 @@ class Projector:
         after them. Once its sends have ended, if the broker took any, its
         organizations are queued again, so that a pass publishes their newest score
         after whatever landed."""
-        if sent.followed and in_flight(sent):
+        if sent.followed and in_flight(sent) and not self._settled:
             # given up on first (its debt in the transaction that just rolled back): the
             # follow-up runs, but the debt must be owed again now, not at the lease's round
             self._track(self._renew_debts(sent.organizations), list(sent.organizations))
