@@ -111,10 +111,10 @@ class SentFeed:
     followed: bool = False
 
 
-def in_flight(sent: SentFeed) -> bool:
+def in_flight(acks: Sequence[asyncio.Future[Any]]) -> bool:
     """Whether some of the sends have no answer yet (given up on, not refused): they
     may still land."""
-    return any(not ack.done() for ack in sent.acks)
+    return any(not ack.done() for ack in acks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,7 +392,7 @@ class Projector:
                         [r["organization_id"] for r in owed],
                         [r["not_before"] for r in owed],
                     )
-                elif not published and in_flight(sent):
+                elif not published and in_flight(sent.acks):
                     # given up on, not refused: the records may still land, after a newer
                     # score published meanwhile, even should this process die before
                     # its follow-up sees them land. Owed for after they no longer can.
@@ -485,7 +485,7 @@ class Projector:
                     [p.organization_id for p in page],
                     [p.version for p in page],
                 )
-                if in_flight(sent):
+                if in_flight(sent.acks):
                     # the records may still land after the projector's newer ones (as a
                     # pass's given up on): their newest scores again once they cannot
                     await conn.execute(
@@ -540,7 +540,7 @@ class Projector:
         after them. Once its sends have ended, if the broker took any, its
         organizations are queued again, so that a pass publishes their newest score
         after whatever landed."""
-        if sent.followed and in_flight(sent) and not self._settled:
+        if sent.followed and in_flight(sent.acks) and not self._settled:
             # given up on first (its debt in the transaction that just rolled back): the
             # follow-up runs, but the debt must be owed again now, not at the lease's round
             self._track(self._renew_debts(sent.organizations), list(sent.organizations))
@@ -598,7 +598,7 @@ class Projector:
         # A transaction that did not commit left no debt (a pass's give-up owed one, due
         # a bound later): owed now while its records are unanswered; the lease renews it
         # while they stay so (`_lease_debts`)
-        if after_failure and any(not ack.done() for ack in acks):
+        if after_failure and in_flight(acks):
             await self._renew_debts(organizations)
         # wait() leaves the futures as they are should this be cancelled
         await asyncio.wait(acks)
