@@ -87,6 +87,49 @@ async def _stalled_path(url: str) -> AsyncIterator[_StalledPath]:
             await pool.close()
 
 
+class _Replicas(NamedTuple):
+    """Two replicas behind the relay, the first batch applied and projected by `mine`
+    (the stalled replica: its path works until `give_up` stalls it)."""
+
+    relay: KafkaRelay
+    bootstrap: str
+    pool: asyncpg.Pool
+    stalled: AIOKafkaProducer
+    other: AIOKafkaProducer
+    producer: Any  # what `mine` sends with: `stalled`, or `wrap(stalled)`
+    health: str
+    pipeline: Any
+    mine: Projector
+    batches: list[Any]  # the three of test_owned_states._batches
+
+    async def give_up(self) -> None:
+        """The second batch applied, the path stalled: `mine`'s pass gives up on its
+        feed and owes it."""
+        await self.pipeline.process(self.batches[1])
+        self.relay.stall(STALLED)
+        assert await asyncio.wait_for(self.mine.project_once(), 30) == 6
+
+
+@contextlib.asynccontextmanager
+async def _replicas(
+    url: str, *, wrap: Any = None, **projector_options: Any
+) -> AsyncIterator[_Replicas]:
+    """`_stalled_path`, a topic, a pipeline on the other replica's producer, and the
+    stalled replica's projector (its producer wrapped by `wrap`, if given) after its
+    first pass."""
+    batches = _batches(_Log())
+    async with _stalled_path(url) as (relay, bootstrap, pool, stalled, other):
+        topics = await make_topics(bootstrap, partitions=1)
+        pipeline = _pipeline(pool, other, 0)
+        await pipeline.process(batches[0])
+        producer = stalled if wrap is None else wrap(stalled)
+        mine = Projector(pool, default_model(), producer, topics.health, **projector_options)
+        assert await mine.project_once() == 6  # the path works: the feed is published
+        yield _Replicas(
+            relay, bootstrap, pool, stalled, other, producer, topics.health, pipeline, mine, batches
+        )
+
+
 async def test_a_feed_record_acknowledged_late_is_followed_by_the_newest_score(
     database_factory: Any, migrated_template: str
 ) -> None:
@@ -95,28 +138,19 @@ async def test_a_feed_record_acknowledged_late_is_followed_by_the_newest_score(
     the newer score and cleared what was owed; the feed showed an older score than
     customer_health until the organization changed again."""
     url = await database_factory(template=migrated_template)
-    first, second, third = _batches(_Log())
     model = default_model()
     admin = await asyncpg.connect(url)
-    async with _stalled_path(url) as (relay, bootstrap, pool, stalled, other):
-        topics = await make_topics(bootstrap, partitions=1)
-        pipeline = _pipeline(pool, other, 0)
-        await pipeline.process(first)
-        mine = Projector(pool, model, stalled, topics.health)
-        assert await mine.project_once() == 6  # the path works: the feed is published
-
+    async with _replicas(url) as r:
         # the path stalls: the pass times out on its feed and owes it
-        await pipeline.process(second)
-        relay.stall(STALLED)
-        assert await asyncio.wait_for(mine.project_once(), 30) == 6
+        await r.give_up()
         assert len(await _rows(url, "SELECT * FROM health_feed_owed")) == 6
 
         # the organizations change; the other replica publishes their newer scores, and
         # leaves what was owed: the stalled records may still land, so their debt is due
         # only after HEALTH_FEED_LATE_RECORD_SECONDS (a SIGKILL of this replica before
         # it learns they landed must not lose it)
-        await pipeline.process(third)
-        theirs = Projector(pool, model, other, topics.health)
+        await r.pipeline.process(r.batches[2])
+        theirs = Projector(r.pool, model, r.other, r.health)
         assert await theirs.project_once() == 6
         assert (
             await _rows(
@@ -126,24 +160,24 @@ async def test_a_feed_record_acknowledged_late_is_followed_by_the_newest_score(
         )
 
         # the path heals: the stalled request lands after the newer scores
-        relay.heal(STALLED)
-        await asyncio.wait_for(stalled.flush(), 30)  # its sends have all ended
+        r.relay.heal(STALLED)
+        await asyncio.wait_for(r.stalled.flush(), 30)  # its sends have all ended
         for _ in range(50):  # and what follows them has had its turn
             if await _rows(url, "SELECT * FROM read_model_pending"):
                 break
             await asyncio.sleep(0.1)
         # any replica's passes, as the service runs them, until nothing is left
-        for projector in (theirs, mine, theirs):
+        for projector in (theirs, r.mine, theirs):
             await projector.drain(timeout=30)
         newest = _newest_on_the_feed(await stored_states(admin), model)
         shown = {
-            str(r[0]): (float(r[1]), r[2].isoformat())
-            for r in await _rows(
+            str(row[0]): (float(row[1]), row[2].isoformat())
+            for row in await _rows(
                 url, "SELECT organization_id, health_score, scored_at FROM customer_health"
             )
         }
         assert shown == newest
-        assert await _feed(bootstrap, topics.health, 18) == newest
+        assert await _feed(r.bootstrap, r.health, 18) == newest
     await admin.close()
 
 
@@ -180,6 +214,16 @@ async def _republished_after_the_bound(
     assert await admin.fetch("SELECT * FROM health_feed_owed") == []
 
 
+async def _newer_scores_then_the_stalled_records(admin: asyncpg.Connection, r: _Replicas) -> None:
+    """The organizations change and the other replica publishes their newer scores (the
+    stalled replica's debt left), then the path heals: `_republished_after_the_bound`."""
+    await r.pipeline.process(r.batches[2])
+    theirs = Projector(r.pool, default_model(), r.other, r.health)
+    assert await theirs.drain(timeout=30) == 6  # the newer scores; the debt left
+    r.relay.heal(STALLED)
+    await _republished_after_the_bound(admin, r.bootstrap, r.health, theirs, default_model())
+
+
 async def test_records_given_up_on_by_a_replica_that_dies_are_republished_after_the_bound(
     database_factory: Any, migrated_template: str
 ) -> None:
@@ -190,25 +234,11 @@ async def test_records_given_up_on_by_a_replica_that_dies_are_republished_after_
     organization changed again. Now the debt waits until the records cannot land any
     more, and a pass of the surviving replica republishes the newest scores then."""
     url = await database_factory(template=migrated_template)
-    first, second, third = _batches(_Log())
-    model = default_model()
     admin = await asyncpg.connect(url)
-    async with _stalled_path(url) as (relay, bootstrap, pool, stalled, other):
-        topics = await make_topics(bootstrap, partitions=1)
-        pipeline = _pipeline(pool, other, 0)
-        await pipeline.process(first)
-        mine = Projector(pool, model, stalled, topics.health, late_record_bound=12.0)
-        assert await mine.project_once() == 6
-        await pipeline.process(second)
-        relay.stall(STALLED)
-        assert await asyncio.wait_for(mine.project_once(), 30) == 6  # given up on: owed
-        _dies(mine)
-
-        await pipeline.process(third)
-        theirs = Projector(pool, model, other, topics.health)
-        assert await theirs.project_once() == 6  # the newer scores; the debt left
-        relay.heal(STALLED)
-        await _republished_after_the_bound(admin, bootstrap, topics.health, theirs, model)
+    async with _replicas(url, late_record_bound=12.0) as r:
+        await r.give_up()  # given up on: owed
+        _dies(r.mine)
+        await _newer_scores_then_the_stalled_records(admin, r)
     await admin.close()
 
 
@@ -261,39 +291,31 @@ async def test_a_pass_cancelled_while_its_feed_is_stalled_is_followed_by_the_new
     # the pass must still be waiting when the stop comes, however slow the machine
     monkeypatch.setattr(projector_module, "PASS_FEED_TIMEOUT_SECONDS", 60.0)
     url = await database_factory(template=migrated_template)
-    first, second, third = _batches(_Log())
     model = default_model()
     admin = await asyncpg.connect(url)
     requeued: list[str] = []
-    async with _stalled_path(url) as (relay, bootstrap, pool, stalled, other):
-        topics = await make_topics(bootstrap, partitions=1)
-        pipeline = _pipeline(pool, other, 0)
-        await pipeline.process(first)
-        signalled = _SendsSignalled(stalled)
-        mine = Projector(pool, model, signalled, topics.health, on_requeue=requeued.append)
-        assert await mine.project_once() == 6
-        await pipeline.process(second)
-
-        await _cancel_a_pass_in_flight(mine, signalled, relay)
+    async with _replicas(url, wrap=_SendsSignalled, on_requeue=requeued.append) as r:
+        await r.pipeline.process(r.batches[1])
+        await _cancel_a_pass_in_flight(r.mine, r.producer, r.relay)
         assert len(await _rows(url, "SELECT * FROM read_model_pending")) == 6  # rolled back
 
-        await pipeline.process(third)
-        theirs = Projector(pool, model, other, topics.health)
+        await r.pipeline.process(r.batches[2])
+        theirs = Projector(r.pool, model, r.other, r.health)
         assert await theirs.drain(timeout=30) == 6
-        relay.heal(STALLED)
-        await mine.settle(30)  # its sends ended (landed late), its organizations queued
+        r.relay.heal(STALLED)
+        await r.mine.settle(30)  # its sends ended (landed late), its organizations queued
         # the hazard happened: the cut pass's older scores are last on the feed
         newest = _newest_on_the_feed(await stored_states(admin), model)
-        landed = await _feed(bootstrap, topics.health, 18)
+        landed = await _feed(r.bootstrap, r.health, 18)
         assert set(landed) == set(newest)
         assert all(landed[org] != newest[org] for org in newest), (landed, newest)
         assert requeued == ["queued"]
         assert len(await _rows(url, "SELECT * FROM read_model_pending")) == 6
 
         await theirs.drain(timeout=30)
-        records = await consume_all(bootstrap, topics.health, expect=24, settle=1.0)
+        records = await consume_all(r.bootstrap, r.health, expect=24, settle=1.0)
         assert len(records) == 24
-        assert await _feed(bootstrap, topics.health, 24) == newest
+        assert await _feed(r.bootstrap, r.health, 24) == newest
     await admin.close()
 
 
@@ -348,27 +370,14 @@ async def test_a_debt_is_renewed_while_its_records_are_unanswered(
     was cleared while the records could still land."""
     bound = 9.0
     url = await database_factory(template=migrated_template)
-    first, second, third = _batches(_Log())
-    model = default_model()
     admin = await asyncpg.connect(url)
-    async with _stalled_path(url) as (relay, bootstrap, pool, stalled, other):
-        topics = await make_topics(bootstrap, partitions=1)
-        pipeline = _pipeline(pool, other, 0)
-        await pipeline.process(first)
-        mine = Projector(pool, model, stalled, topics.health, late_record_bound=bound)
-        assert await mine.project_once() == 6
-        await pipeline.process(second)
-        relay.stall(STALLED)
-        assert await asyncio.wait_for(mine.project_once(), 30) == 6  # given up on: owed
-        theirs = Projector(pool, model, other, topics.health)
+    async with _replicas(url, late_record_bound=bound) as r:
+        await r.give_up()  # given up on: owed
+        theirs = Projector(r.pool, default_model(), r.other, r.health)
         await asyncio.sleep(bound + 2.0)  # past the first bound: renewed meanwhile
         assert await theirs.project_once() == 0
-        _dies(mine)
-
-        await pipeline.process(third)
-        assert await theirs.project_once() == 6  # the newer scores; the debt left
-        relay.heal(STALLED)
-        await _republished_after_the_bound(admin, bootstrap, topics.health, theirs, model)
+        _dies(r.mine)
+        await _newer_scores_then_the_stalled_records(admin, r)
     await admin.close()
 
 
@@ -408,26 +417,20 @@ async def test_a_give_up_whose_transaction_then_fails_is_owed_again_at_once(
     way. It is owed again at once, not at the lease's next round (a third of the bound:
     a replica killed meanwhile would have left nothing). Review 31c's reproduction."""
     url = await database_factory(template=migrated_template)
-    first, second, _ = _batches(_Log())
-    async with _stalled_path(url) as (relay, bootstrap, pool, stalled, other):
-        topics = await make_topics(bootstrap, partitions=1)
-        pipeline = _pipeline(pool, other, 0)
-        await pipeline.process(first)
-        mine = Projector(pool, default_model(), stalled, topics.health, late_record_bound=600.0)
-        assert await mine.project_once() == 6
-        await pipeline.process(second)
-        relay.stall(STALLED)
+    async with _replicas(url, late_record_bound=600.0) as r:
+        await r.pipeline.process(r.batches[1])
+        r.relay.stall(STALLED)
         monkeypatch.setattr(sql, "MARK_PROJECTED", "SELECT 1/0, $1::uuid[], $2::bigint[]")
         with pytest.raises(asyncpg.DivisionByZeroError):
-            await asyncio.wait_for(mine.project_once(), 30)
+            await asyncio.wait_for(r.mine.project_once(), 30)
         owed = "SELECT count(*) FROM health_feed_owed WHERE not_before > now() + interval '500 s'"
         for _ in range(50):
             if await _rows(url, owed) == [(6,)]:
                 break
             await asyncio.sleep(0.1)
         assert await _rows(url, owed) == [(6,)]
-        await mine.settle(0.5)
-        relay.heal(STALLED)
+        await r.mine.settle(0.5)
+        r.relay.heal(STALLED)
 
 
 async def test_a_renewal_waiting_on_an_erasure_owes_its_tombstone(
@@ -535,32 +538,16 @@ async def test_a_follow_up_a_stop_cuts_is_owed_for_later_and_counted(
     owed for later (due after the bound) and counted `deferred`; a follow-up asked for
     after it is counted as cut at once (the pool is closing)."""
     url = await database_factory(template=migrated_template)
-    first, second, _ = _batches(_Log())
-    model = default_model()
     outcomes: list[str] = []
-    async with _stalled_path(url) as (relay, bootstrap, pool, stalled, other):
-        topics = await make_topics(bootstrap, partitions=1)
-        pipeline = _pipeline(pool, other, 0)
-        await pipeline.process(first)
-        mine = Projector(
-            pool,
-            model,
-            stalled,
-            topics.health,
-            on_requeue=outcomes.append,
-            late_record_bound=600.0,
-        )
-        assert await mine.project_once() == 6
-        await pipeline.process(second)
-        relay.stall(STALLED)
-        assert await asyncio.wait_for(mine.project_once(), 30) == 6  # owed, followed
+    async with _replicas(url, on_requeue=outcomes.append, late_record_bound=600.0) as r:
+        await r.give_up()  # owed, followed
         due = "SELECT organization_id, not_before FROM health_feed_owed ORDER BY 1"
         given_up = await _rows(url, due)
         assert len(given_up) == 6
         await asyncio.sleep(0.2)
         with capture_logs() as logs:
-            await mine.settle(0.5)
-            mine.follow_failed_feed(SentFeed(["x"], [asyncio.get_running_loop().create_future()]))
+            await r.mine.settle(0.5)
+            r.mine.follow_failed_feed(SentFeed(["x"], [asyncio.get_running_loop().create_future()]))
         assert outcomes == ["deferred", "cut"]
         assert [e["event"] for e in logs if e["event"].startswith("health_feed_follow")] == [
             "health_feed_follow_ups_deferred",
@@ -570,7 +557,7 @@ async def test_a_follow_up_a_stop_cuts_is_owed_for_later_and_counted(
         stopped = await _rows(url, due)
         assert [org for org, _ in stopped] == [org for org, _ in given_up]
         assert all(s[1] > g[1] for s, g in zip(stopped, given_up, strict=True))
-        relay.heal(STALLED)
+        r.relay.heal(STALLED)
 
 
 async def test_a_stop_owes_the_feed_of_a_pass_it_cancelled_for_after_the_bound(
@@ -584,26 +571,13 @@ async def test_a_stop_owes_the_feed_of_a_pass_it_cancelled_for_after_the_bound(
     after the bound, and a pass of the other replica republishes the newest then."""
     monkeypatch.setattr(projector_module, "PASS_FEED_TIMEOUT_SECONDS", 60.0)
     url = await database_factory(template=migrated_template)
-    first, second, third = _batches(_Log())
-    model = default_model()
     admin = await asyncpg.connect(url)
     outcomes: list[str] = []
-    async with _stalled_path(url) as (relay, bootstrap, pool, stalled, other):
-        topics = await make_topics(bootstrap, partitions=1)
-        pipeline = _pipeline(pool, other, 0)
-        await pipeline.process(first)
-        signalled = _SendsSignalled(stalled)
-        mine = Projector(
-            pool,
-            model,
-            signalled,
-            topics.health,
-            on_requeue=outcomes.append,
-            late_record_bound=12.0,
-        )
-        assert await mine.project_once() == 6
-        await pipeline.process(second)
-        await _cancel_a_pass_in_flight(mine, signalled, relay)
+    async with _replicas(
+        url, wrap=_SendsSignalled, on_requeue=outcomes.append, late_record_bound=12.0
+    ) as r:
+        await r.pipeline.process(r.batches[1])
+        await _cancel_a_pass_in_flight(r.mine, r.producer, r.relay)
         # rolled back, nothing of it owed by the pass; its follow-up owes it at once
         owed = "SELECT count(*) FROM health_feed_owed WHERE not_before > now()"
         for _ in range(50):
@@ -611,14 +585,9 @@ async def test_a_stop_owes_the_feed_of_a_pass_it_cancelled_for_after_the_bound(
                 break
             await asyncio.sleep(0.1)
         assert await admin.fetchval(owed) == 6
-        await mine.settle(0.5)
+        await r.mine.settle(0.5)
         assert outcomes == ["deferred"]
-
-        await pipeline.process(third)
-        theirs = Projector(pool, model, other, topics.health)
-        assert await theirs.drain(timeout=30) == 6  # the newer scores; the debt left
-        relay.heal(STALLED)
-        await _republished_after_the_bound(admin, bootstrap, topics.health, theirs, model)
+        await _newer_scores_then_the_stalled_records(admin, r)
     await admin.close()
 
 
@@ -634,29 +603,20 @@ async def test_a_late_record_of_an_organization_erased_meanwhile_is_followed_by_
     from tests.utils.harness import consume_all
 
     url = await database_factory(template=migrated_template)
-    first, second, _ = _batches(_Log())
-    model = default_model()
     gone = _org(3)
-    async with _stalled_path(url) as (relay, bootstrap, pool, stalled, other):
-        topics = await make_topics(bootstrap, partitions=1)
-        pipeline = _pipeline(pool, other, 0)
-        await pipeline.process(first)
-        mine = Projector(pool, model, stalled, topics.health)
-        assert await mine.project_once() == 6
-        await pipeline.process(second)
-        relay.stall(STALLED)
-        assert await asyncio.wait_for(mine.project_once(), 30) == 6  # owed
+    async with _replicas(url) as r:
+        await r.give_up()  # owed
 
         # erased, its tombstone published (as `healthscore erase` does) on the other path
         await erase_now(url, uuid.UUID(gone))
-        await other.send_and_wait(topics.health, key=gone.encode(), value=None)
+        await r.other.send_and_wait(r.health, key=gone.encode(), value=None)
 
-        relay.heal(STALLED)
-        await asyncio.wait_for(stalled.flush(), 30)
+        r.relay.heal(STALLED)
+        await asyncio.wait_for(r.stalled.flush(), 30)
         values: list[bytes | None] = []
         for _ in range(100):  # the follow-up of the late record has had its turn
-            records = await consume_all(bootstrap, topics.health, timeout=2.0, done=lambda _: False)
-            values = [r.value for r in records if r.key == gone.encode()]
+            records = await consume_all(r.bootstrap, r.health, timeout=2.0, done=lambda _: False)
+            values = [rec.value for rec in records if rec.key == gone.encode()]
             if values and values[-1] is None and len(values) >= 4:
                 break
             await asyncio.sleep(0.1)
@@ -679,34 +639,25 @@ async def test_an_organization_erased_while_its_record_may_land_is_tombstoned_la
     from tests.utils.harness import consume_all
 
     url = await database_factory(template=migrated_template)
-    first, second, _ = _batches(_Log())
-    model = default_model()
     gone = _org(3)
     admin = await asyncpg.connect(url)
-    async with _stalled_path(url) as (relay, bootstrap, pool, stalled, other):
-        topics = await make_topics(bootstrap, partitions=1)
-        pipeline = _pipeline(pool, other, 0)
-        await pipeline.process(first)
-        mine = Projector(pool, model, stalled, topics.health, late_record_bound=12.0)
-        assert await mine.project_once() == 6
-        await pipeline.process(second)
-        relay.stall(STALLED)
-        assert await asyncio.wait_for(mine.project_once(), 30) == 6  # owed for later
+    async with _replicas(url, late_record_bound=12.0) as r:
+        await r.give_up()  # owed for later
 
         # erased, its tombstone published at once on the other path (as `healthscore
         # erase` does), and marked published as the command marks it
         erased = await erase_now(url, uuid.UUID(gone))
-        await other.send_and_wait(topics.health, key=gone.encode(), value=None)
+        await r.other.send_and_wait(r.health, key=gone.encode(), value=None)
         await admin.execute(
             sql.FEED_TOMBSTONES_PUBLISHED, [uuid.UUID(gone)], [erased.tombstone_owed_since]
         )
         # the replica dies before its lease renews anything (a renewal after the erasure
         # owes the tombstone too: test_a_renewal_waiting_on_an_erasure_owes_its_tombstone)
-        _dies(mine)
-        relay.heal(STALLED)
-        await asyncio.wait_for(stalled.flush(), 30)
+        _dies(r.mine)
+        r.relay.heal(STALLED)
+        await asyncio.wait_for(r.stalled.flush(), 30)
 
-        theirs = Projector(pool, model, other, topics.health)
+        theirs = Projector(r.pool, default_model(), r.other, r.health)
         due_in = await admin.fetchval(
             "SELECT extract(epoch FROM not_before - now())::float8"
             " FROM health_feed_tombstones_owed WHERE organization_id = $1",
@@ -717,8 +668,8 @@ async def test_an_organization_erased_while_its_record_may_land_is_tombstoned_la
         assert await theirs.publish_owed_tombstones() == 0
         await asyncio.sleep(due_in + 0.5)
         assert await theirs.publish_owed_tombstones() == 1
-        records = await consume_all(bootstrap, topics.health, timeout=2.0, done=lambda _: False)
-        values = [r.value for r in records if r.key == gone.encode()]
+        records = await consume_all(r.bootstrap, r.health, timeout=2.0, done=lambda _: False)
+        values = [rec.value for rec in records if rec.key == gone.encode()]
         # its score, the erasure's tombstone, the stalled score after it, a tombstone last
         assert None in values[:-1] and values[values.index(None) + 1] is not None, values
         assert values[-1] is None, values
@@ -738,38 +689,32 @@ async def test_an_owed_tombstone_is_published_by_a_pass_once_the_broker_takes_it
     from tests.utils.harness import consume_all
 
     url = await database_factory(template=migrated_template)
-    first, _, _ = _batches(_Log())
-    model = default_model()
     gone = _org(3)
     owed = "SELECT organization_id FROM health_feed_tombstones_owed"
-    async with _stalled_path(url) as (relay, bootstrap, pool, stalled, other):
-        topics = await make_topics(bootstrap, partitions=1)
-        await _pipeline(pool, other, 0).process(first)
-        mine = Projector(pool, model, stalled, topics.health)
-        assert await mine.project_once() == 6
+    async with _replicas(url) as r:
         await erase_now(url, uuid.UUID(gone))
         # the command's own publish never happened: the tombstone is owed
-        assert [str(r[0]) for r in await _rows(url, owed)] == [gone]
+        assert [str(row[0]) for row in await _rows(url, owed)] == [gone]
 
-        relay.stall(STALLED)
-        assert await asyncio.wait_for(mine.publish_owed_tombstones(), 30) == 0
-        assert [str(r[0]) for r in await _rows(url, owed)] == [gone]
+        r.relay.stall(STALLED)
+        assert await asyncio.wait_for(r.mine.publish_owed_tombstones(), 30) == 0
+        assert [str(row[0]) for row in await _rows(url, owed)] == [gone]
         # the feed lags the read model (the organization is gone from it): the owed-feed
         # gauge, which the feed's alert watches, says so
-        assert await mine.feed_owed_age() > 0
+        assert await r.mine.feed_owed_age() > 0
 
-        relay.heal(STALLED)
+        r.relay.heal(STALLED)
         published = 0
         for _ in range(100):  # the pause after the failure, then a pass
-            published = await asyncio.wait_for(mine.publish_owed_tombstones(), 30)
+            published = await asyncio.wait_for(r.mine.publish_owed_tombstones(), 30)
             if published:
                 break
             await asyncio.sleep(0.1)
         assert published == 1
         assert await _rows(url, owed) == []
-        assert await mine.feed_owed_age() == 0.0
-        records = await consume_all(bootstrap, topics.health, timeout=4.0, done=lambda _: False)
-        values = [r.value for r in records if r.key == gone.encode()]
+        assert await r.mine.feed_owed_age() == 0.0
+        records = await consume_all(r.bootstrap, r.health, timeout=4.0, done=lambda _: False)
+        values = [rec.value for rec in records if rec.key == gone.encode()]
         assert values[0] is not None and values[-1] is None, values
 
 
@@ -788,32 +733,26 @@ async def test_a_tombstone_owed_again_while_a_pass_publishes_the_owed_one_stays_
     from tests.utils.harness import consume_all
 
     url = await database_factory(template=migrated_template)
-    first, _, _ = _batches(_Log())
-    model = default_model()
     gone = _org(3)
     owed = "SELECT organization_id FROM health_feed_tombstones_owed"
-    async with _stalled_path(url) as (_relay, bootstrap, pool, stalled, other):
-        topics = await make_topics(bootstrap, partitions=1)
-        await _pipeline(pool, other, 0).process(first)
-        mine = Projector(pool, model, stalled, topics.health)
-        assert await mine.project_once() == 6
+    async with _replicas(url) as r:
         await erase_now(url, uuid.UUID(gone))
 
         async def late_record_after(producer: Any, topic: str, records: Any) -> None:
             await send_keyed(producer, topic, records)
             # another replica's feed record given up on lands after the tombstone...
-            await send_keyed(other, topic, [(gone.encode(), b'{"health_score": 50}')])
+            await send_keyed(r.other, topic, [(gone.encode(), b'{"health_score": 50}')])
             # ...and its tombstone could not be published again: owed
-            async with pool.acquire() as conn:
+            async with r.pool.acquire() as conn:
                 await conn.execute(sql.OWE_FEED_TOMBSTONES, [uuid.UUID(gone)])
 
         monkeypatch.setattr(projector_module, "send_keyed", late_record_after)
-        assert await mine.publish_owed_tombstones() == 1
+        assert await r.mine.publish_owed_tombstones() == 1
         monkeypatch.setattr(projector_module, "send_keyed", send_keyed)
         # the newer debt outlives the pass that paid the older one
-        assert [str(r[0]) for r in await _rows(url, owed)] == [gone]
-        assert await mine.publish_owed_tombstones() == 1
+        assert [str(row[0]) for row in await _rows(url, owed)] == [gone]
+        assert await r.mine.publish_owed_tombstones() == 1
         assert await _rows(url, owed) == []
-        records = await consume_all(bootstrap, topics.health, timeout=4.0, done=lambda _: False)
-        values = [r.value for r in records if r.key == gone.encode()]
+        records = await consume_all(r.bootstrap, r.health, timeout=4.0, done=lambda _: False)
+        values = [rec.value for rec in records if rec.key == gone.encode()]
         assert values[-1] is None, values
