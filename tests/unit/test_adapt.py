@@ -5,6 +5,7 @@ docs/score-quality.md)."""
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -211,7 +212,7 @@ def _run(arguments: str) -> int:
 def test_the_adapt_command_needs_no_labels(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    population = generate_population(shifted(organizations=40, days=40, seed=404))
+    population = generate_population(shifted(organizations=60, days=40, seed=404))
     events = tmp_path / "events.jsonl"
     events.write_bytes(b"".join(iter_jsonl(population)))
     out = tmp_path / "adapted.json"
@@ -224,6 +225,23 @@ def test_the_adapt_command_needs_no_labels(
     assert note == "why"
     assert written["changelog"][2:] == V4_CONFIG["changelog"]
     assert load_model(out).engagement.login_per_user_scale < 6.0
+
+
+def test_the_adapt_command_refuses_a_volume_from_too_few_organizations(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One organization's log gave usage ratios up to 3.1, written unjudged with exit 0
+    (review 32): a median of a dozen organizations is noise, not a population's."""
+    population = generate_population(shifted(organizations=20, days=40, seed=404))
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"".join(iter_jsonl(population)))
+    out = tmp_path / "adapted.json"
+    assert _run(f"--events {events} --version v4-few --out {out}") == 1
+    said = capsys.readouterr().out
+    assert re.search(r"refused: only \d+ training organizations \(at least 30\)", said), said
+    assert not out.exists()
+    assert _run(f"--events {events} --version v4-few --out {out} --force") == 0
+    assert out.exists()
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ it was not fitted on (the full-size figures and their commands are in docs/score
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -729,15 +730,215 @@ def test_an_export_is_read_with_a_byte_order_mark_or_refused_saying_why(tmp_path
     events = tmp_path / "events.jsonl"
     events.write_bytes(b"\xef\xbb\xbf" + line)
     assert [str(e.organization_id) for e in load_log(events, None).events] == [org]
+    # a record of an input topic whose value is not JSON is one the service dead-letters:
+    # rejected, counted, its reason kept (before, the whole export was refused: an input
+    # topic keeps such a record forever)
     events.write_bytes(line + line.replace(b"login", b"log\xe9n"))
+    loaded = load_log(events, None)
+    assert loaded.rejected == 1 and len(loaded.events) == 1
+    assert re.fullmatch(
+        r".*events\.jsonl:2: the value is not JSON \(byte 0xe9 at column \d+ is not UTF-8.*",
+        loaded.rejections[0],
+    )
+    events.write_bytes(line + b'{"topic": "product.usage.v1", "value": {"quantity": 1e999}}\n')
+    (infinite,) = load_log(events, None).rejections
+    assert infinite.startswith(f"{events}:2: the value is not JSON (column 53: number is infinity")
+    events.write_bytes(line + b'{"topic":"product.usage.v1","value":}\n')  # a tombstone
+    assert load_log(events, None).rejected == 1
+    # a line that is no export's wrapper is still refused, saying why
+    events.write_bytes(line + b"log\xe9n\n")
     with pytest.raises(
         EvaluationInputError, match=r"events\.jsonl:2: byte 0xe9 at column \d+ is not UTF-8"
     ):
         load_log(events, None)
-    events.write_bytes(line + b'{"topic": "product.usage.v1", "value": {"quantity": 1e999}}\n')
-    infinite = r"events\.jsonl:2: column 53: number is infinity"
-    with pytest.raises(EvaluationInputError, match=infinite):
-        load_log(events, None)
     events.write_bytes(b'{"topic": "product.usage.v1"}\n')
     with pytest.raises(EvaluationInputError, match=r'events\.jsonl:1: expected \{"topic"'):
         load_log(events, None)
+
+
+# ------------------------------------------------------------------ hostile exports (review 32)
+
+
+def _export(population: Population, tmp_path: Path, extra: list[bytes] | None = None) -> Path:
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"".join(iter_jsonl(population)) + b"".join(extra or []))
+    (tmp_path / "labels.csv").write_text(labels_csv(population))
+    return events
+
+
+def _login(occurred_at: str, **wrapper: Any) -> bytes:
+    value = {
+        "event_id": str(uuid.uuid4()),
+        "organization_id": str(uuid.uuid4()),
+        "type": "login",
+        "occurred_at": occurred_at,
+    }
+    return orjson.dumps({"topic": "product.usage.v1", **wrapper, "value": value}) + b"\n"
+
+
+@pytest.mark.parametrize("when", ["2015-01-01T00:00:00Z", "2026-01-01T00:00:00Z"])
+def test_an_export_with_a_stray_dated_event_is_refused_naming_it(
+    small: Population, tmp_path: Path, when: str
+) -> None:
+    """One login a year off (a producer's clock) stretched every organization's as-of
+    points: ROC AUC 0.934 -> 0.291 (or 0.452, and the false-alert target "met"), exit
+    0, no word. It is refused, named, unless the export carries the records' timestamps
+    (then the service's own future-time rule rejects a future-dated one)."""
+    events = _export(small, tmp_path, [_login(when)])
+    with pytest.raises(EvaluationInputError, match=r"1 events lie more than 30 days outside"):
+        load_log(events, tmp_path / "labels.csv")
+    clean = load_log(_export(small, tmp_path), tmp_path / "labels.csv")
+    assert clean.rejected == 0
+
+
+def test_an_exports_record_timestamp_judges_future_events_as_the_service_did(
+    small: Population, tmp_path: Path
+) -> None:
+    """With the record's timestamp (`kcat -f '{..."timestamp":%T,...}'`), an event dated
+    more than five minutes after its record is rejected as `future_timestamp`, as the
+    service dead-lettered it; without one it is judged against its own time."""
+    at = datetime.fromtimestamp(small.labels_until - 100 * DAY, UTC)
+    sent_ms = int(at.timestamp() * 1000) - 3600_000  # produced an hour before its time
+    ahead = _login(at.isoformat(), timestamp=sent_ms)
+    loaded = load_log(_export(small, tmp_path, [ahead]), tmp_path / "labels.csv")
+    assert loaded.rejected == 1
+    assert "future_timestamp" in loaded.rejections[0]
+    plain = _login(at.isoformat())
+    assert load_log(_export(small, tmp_path, [plain]), tmp_path / "labels.csv").rejected == 0
+    with pytest.raises(EvaluationInputError, match="timestamp must be the record's"):
+        load_log(
+            _export(small, tmp_path, [_login(at.isoformat(), timestamp="yesterday")]),
+            tmp_path / "labels.csv",
+        )
+
+
+def test_a_churn_after_the_labels_horizon_is_neither_a_hit_nor_a_churner() -> None:
+    """A raise on day 10, a churn on day 40, the log ending on day 20 and labels known
+    until day 30: precision counted the episode true (the churn was in the labels
+    file) while the false-alert rate counted its organization healthy; the churn is not
+    known, so the episode's outcome is not either."""
+    figures = alert_figures(
+        [(0, 10 * DAY)],
+        np.array([40 * DAY]),
+        first_seen=np.zeros(1),
+        selected=[0],
+        first_point=0.0,
+        end=20 * DAY,
+        labels_until=30 * DAY,
+    )
+    assert (figures.episodes, figures.episodes_known, figures.precision) == (1, 0, None)
+    assert figures.churners == 0  # nor a churner to recall
+    assert figures.healthy_organizations == 1 and figures.false_alerts_on_healthy == 1
+    # once the churn is known, a hit and no false alert
+    known = alert_figures(
+        [(0, 10 * DAY)],
+        np.array([40 * DAY]),
+        first_seen=np.zeros(1),
+        selected=[0],
+        first_point=0.0,
+        end=20 * DAY,
+        labels_until=45 * DAY,
+    )
+    assert (known.true_episodes, known.precision, known.churners_alerted) == (1, 1.0, 1)
+    assert known.false_alerts_on_healthy == 0
+
+
+def _evaluate(arguments: list[str]) -> int:
+    import argparse
+
+    from healthscore_lab.evaluation.command import add_evaluate_arguments
+
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    return run_evaluate(parser.parse_args(arguments))
+
+
+def test_the_written_log_evaluates_as_the_simulation_did(tmp_path: Path) -> None:
+    """`--write-log` writes the labels' horizon beside the files: evaluated with it, the
+    files give the simulation's figures. Before, the default horizon (last event + 30
+    days) cut the labels file's later churns and judged them both ways: 5.60 false
+    alerts against 4.75 on one population."""
+    simulated = ["--simulate", "--organizations", "40", "--days", "30", "--judge", "all"]
+    log = tmp_path / "log"
+    assert _evaluate([*simulated, "--write-log", str(log), "--json", str(tmp_path / "a")]) == 0
+    until = (log / "labels_until.txt").read_text().strip()
+    files = ["--events", str(log / "events.jsonl"), "--labels", str(log / "labels.csv")]
+    files += ["--profiles", str(log / "profiles.csv"), "--judge", "all"]
+    assert _evaluate([*files, "--labels-until", until, "--json", str(tmp_path / "b")]) == 0
+    a, b = (orjson.loads((tmp_path / name).read_bytes()) for name in "ab")
+    assert a["organizations"] == b["organizations"]
+    # the same figures (the baselines' unrounded mean forecasts to the last bits: their
+    # rows come in another order)
+    assert _rounded(a["results"]) == _rounded(b["results"])
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 9)
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_rounded(item) for item in value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [
+        (["--labels-until", "2025-02-01T00:00:00"], "--labels-until needs an offset"),
+        (["--labels-until", "2999-01-01T00:00:00Z"], "is after now"),
+        (["--labels-until", "2025-01-20T00:00:00Z"], "nothing to judge"),
+        (["--write-log", "elsewhere"], "--write-log goes with --simulate"),
+    ],
+    ids=["no-offset", "future", "before-any-known-label", "write-log-with-events"],
+)
+def test_evaluate_refuses_an_export_it_cannot_judge_saying_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], error: str
+) -> None:
+    """A labels horizon before any as-of point's 30 days was a TypeError traceback."""
+    log = tmp_path / "log"
+    simulated = ["--simulate", "--organizations", "40", "--days", "30", "--write-log", str(log)]
+    assert _evaluate([*simulated, "--json", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    files = ["--events", str(log / "events.jsonl"), "--labels", str(log / "labels.csv")]
+    assert _evaluate([*files, *arguments]) == 2
+    assert error in capsys.readouterr().err
+
+
+def test_labels_without_a_churner_judge_without_a_skill_figure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every organization retained (a young deployment's first labels): the base rate
+    is never wrong, so there is no Brier skill to measure. Before: ZeroDivisionError."""
+    log = tmp_path / "log"
+    simulated = ["--simulate", "--organizations", "40", "--days", "30", "--write-log", str(log)]
+    assert _evaluate([*simulated, "--json", str(tmp_path / "a")]) == 0
+    rows = (log / "labels.csv").read_text().splitlines()
+    retained = [rows[0], *(row.split(",")[0] + "," for row in rows[1:])]
+    (log / "retained.csv").write_text("\n".join(retained) + "\n")
+    until = (log / "labels_until.txt").read_text().strip()
+    files = ["--events", str(log / "events.jsonl"), "--labels", str(log / "retained.csv")]
+    out = tmp_path / "report.json"
+    assert _evaluate([*files, "--labels-until", until, "--judge", "all", "--json", str(out)]) == 0
+    report = orjson.loads(out.read_bytes())
+    assert report["results"]["model"]["brier_skill_vs_base_rate"] is None
+    assert report["targets"]["brier_skill_vs_base_rate"]["met"] is None
+
+
+def test_the_candidates_episodes_are_compared_on_the_organizations_judged(
+    small: Population, small_backtest: Backtest
+) -> None:
+    """Both reports beside the comparison judge the held-out organizations; the episode
+    comparison counted every organization, so a fitted candidate's own training
+    organizations counted as its gains (review 32)."""
+    from healthscore_lab.evaluation.compare import compare_episodes
+
+    candidate = run_backtest(from_population(small), v2_model())
+    every = compare_episodes(small_backtest, candidate)
+    held = compare_episodes(small_backtest, candidate, organizations="held_out")
+    assert any(not is_held_out(org) for org in every["per_organization"])
+    assert held["per_organization"]
+    assert all(is_held_out(org) for org in held["per_organization"])
+    assert held["per_organization"] == {
+        org: changes for org, changes in every["per_organization"].items() if is_held_out(org)
+    }

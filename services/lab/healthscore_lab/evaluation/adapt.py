@@ -67,6 +67,11 @@ class AdaptResult:
     reasons: list[str] = field(default_factory=list)
 
 
+# Fewer training organizations than this: their median volume is too noisy to scale
+# a model by (one organization's gave ratios up to 3.1); written only with --force
+MIN_TRAINING_ORGANIZATIONS = 30
+
+
 def adapted_config(
     current_config: Config, reference: dict[str, float], volume: dict[str, float], version: str
 ) -> tuple[Config, dict[str, float]]:
@@ -115,9 +120,17 @@ def adapt(
         "training_organizations": int((~held).sum()),
         "usage_ratios": ratios,
     }
+    few = (
+        [
+            f"only {record['training_organizations']} training organizations (at least "
+            f"{MIN_TRAINING_ORGANIZATIONS}): their median usage is noise, not the population's"
+        ]
+        if record["training_organizations"] < MIN_TRAINING_ORGANIZATIONS
+        else []
+    )
     if not log.labelled:
         config["evaluation"] = {**record, "judged": False}
-        return AdaptResult(config, _model(config), volume, ratios)
+        return AdaptResult(config, _model(config), volume, ratios, accepted=not few, reasons=few)
     model = _model(config)
     progress(f"replaying under {version}; judging it on the held-out organizations")
     adapted = run_backtest(log, model, warmup_days=WARMUP_DAYS)
@@ -130,7 +143,7 @@ def adapt(
         "held_out": _summary(candidate),
         "current_model_held_out": {current.version: _summary(current_report)},
     }
-    reasons = _worse(candidate, current_report)
+    reasons = few + _worse(candidate, current_report)
     return AdaptResult(
         config, _model(config), volume, ratios, candidate, current_report, not reasons, reasons
     )

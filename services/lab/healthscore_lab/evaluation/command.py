@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,8 @@ def add_input_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--labels-until",
-        help="RFC 3339 time up to which churn is known (default: last event + 30 days)",
+        help="RFC 3339 time up to which churn is known (default: the last event, or the "
+        "latest churn in the labels if later)",
     )
     sim = p.add_argument_group("simulation settings (with --simulate)")
     sim.add_argument("--organizations", type=int, help="default: the setting's (300)")
@@ -55,7 +57,9 @@ def add_input_arguments(p: argparse.ArgumentParser) -> None:
         "--write-log",
         type=Path,
         metavar="DIR",
-        help="with --simulate: also write events.jsonl, labels.csv and profiles.csv there",
+        help="with --simulate: also write events.jsonl, labels.csv, profiles.csv and "
+        "labels_until.txt (the --labels-until that evaluates those files as --simulate "
+        "did) there",
     )
 
 
@@ -67,11 +71,11 @@ def _log(args: argparse.Namespace, labels_required: bool = True) -> Any:
     if args.events is not None:
         if args.labels is None and labels_required:
             raise EvaluationInputError("--events needs --labels")
+        if args.write_log is not None:
+            raise EvaluationInputError("--write-log goes with --simulate (--events is a log)")
         until = None
         if args.labels_until:
-            from datetime import datetime
-
-            until = datetime.fromisoformat(args.labels_until).timestamp()
+            until = _labels_until(args.labels_until)
         return load_log(
             args.events, args.labels, None if args.no_profiles else args.profiles, until
         )
@@ -101,11 +105,54 @@ def _log(args: argparse.Namespace, labels_required: bool = True) -> Any:
                 handle.write(line)
         (args.write_log / "labels.csv").write_text(labels_csv(population))
         (args.write_log / "profiles.csv").write_text(profiles_csv(population))
+        # how far the simulated labels are known: `--events` with these files and this
+        # `--labels-until` evaluates as `--simulate` did
+        (args.write_log / "labels_until.txt").write_text(
+            datetime.fromtimestamp(population.labels_until, UTC).isoformat() + "\n"
+        )
     log = from_population(population, use_profiles=not args.no_profiles)
     log.source = f"simulated {args.simulate} " + ", ".join(
         f"{k}={v}" for k, v in {"seed": population.config.seed, **overrides}.items()
     )
     return log
+
+
+def _labels_until(text: str) -> float:
+    """--labels-until: an RFC 3339 time with its offset (without one it would be read in
+    the machine's zone), not after now (nobody knows yet who churns later)."""
+    from datetime import UTC, datetime
+
+    from healthscore_lab.evaluation.log import EvaluationInputError
+
+    try:
+        until = datetime.fromisoformat(text)
+    except ValueError:
+        raise EvaluationInputError(f"--labels-until {text!r} is not an RFC 3339 time") from None
+    if until.tzinfo is None:
+        raise EvaluationInputError(
+            "--labels-until needs an offset (e.g. 2026-03-01T00:00:00Z)"
+        ) from None
+    if until > datetime.now(UTC):
+        raise EvaluationInputError(
+            f"--labels-until {until.isoformat()} is after now: the labels can be complete "
+            "only up to now"
+        )
+    return until.timestamp()
+
+
+def _say_log(log: Any, say: Any) -> None:
+    """What the log holds: its events, those rejected as the service would (the first
+    few with their reasons), repeats, organizations, and how far the labels are known."""
+    repeats = f", {log.duplicates} repeats counted once" if log.duplicates else ""
+    say(
+        f"{len(log.events)} events ({log.rejected} rejected{repeats}), "
+        f"{len(log.churned_at)} organizations, labels known until "
+        f"{datetime.fromtimestamp(log.labels_until, UTC).isoformat()}"
+    )
+    for rejection in log.rejections:
+        say(f"  rejected: {rejection}")
+    if log.rejected > len(log.rejections):
+        say(f"  and {log.rejected - len(log.rejections)} more rejected")
 
 
 def _progress(quiet: bool) -> Any:
@@ -139,21 +186,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
     except (HealthscoreError, ModelConfigError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    repeats = f", {log.duplicates} repeats counted once" if log.duplicates else ""
-    say(
-        f"{len(log.events)} events ({log.rejected} rejected{repeats}), "
-        f"{len(log.churned_at)} organizations"
-    )
+    _say_log(log, say)
     say(f"replaying under {model.version}")
-    bt, report = _backtest_and_report(args, log, model, say)
-    output: dict[str, Any] = {"report": report}
-    if candidate is not None:
-        say(f"replaying under the candidate {candidate.version}")
-        candidate_bt = run_backtest(log, candidate)
-        output["candidate_report"] = evaluate(
-            candidate_bt, candidate, source=log.source, organizations=args.judge
-        )
-        output["episodes"] = compare_episodes(bt, candidate_bt)
+    try:
+        bt, report = _backtest_and_report(args, log, model, say)
+        output: dict[str, Any] = {"report": report}
+        if candidate is not None:
+            say(f"replaying under the candidate {candidate.version}")
+            candidate_bt = run_backtest(log, candidate)
+            output["candidate_report"] = evaluate(
+                candidate_bt, candidate, source=log.source, organizations=args.judge
+            )
+            output["episodes"] = compare_episodes(bt, candidate_bt, organizations=args.judge)
+    except ValueError as exc:  # a log too short or labels too early to judge anything
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.plots is not None:
         for path in write_plots(bt, report, args.plots):
             say(f"wrote {path}")
@@ -347,6 +394,7 @@ def run_fit(args: argparse.Namespace) -> int:
     settings = FitSettings(exclude=size + tuple(args.exclude))
     try:
         log = _log(args)
+        _say_log(log, say)
         if args.calibration_only:
             result = recalibrate(log, current, current_config, version, settings, progress=say)
         else:
@@ -385,6 +433,7 @@ def run_adapt(args: argparse.Namespace) -> int:
     current, current_config, out = loaded
     try:
         log = _log(args, labels_required=False)
+        _say_log(log, say)
         result = adapt(log, current, current_config, args.version, progress=say)
     except (HealthscoreError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

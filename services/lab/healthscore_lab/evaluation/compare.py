@@ -19,6 +19,7 @@ from healthscore.contracts.enums import AlertKind
 from healthscore.core.quality import ALERT_HORIZON_DAYS, WINDOW_DAYS, compare_raises, median
 from healthscore_lab.evaluation.metrics import DAY
 from healthscore_lab.evaluation.replay import Backtest
+from healthscore_lab.evaluation.split import is_held_out
 
 
 def _raises(bt: Backtest) -> dict[str, list[float]]:
@@ -30,10 +31,20 @@ def _raises(bt: Backtest) -> dict[str, list[float]]:
 
 
 def compare_episodes(
-    live: Backtest, candidate: Backtest, window_days: float = WINDOW_DAYS
+    live: Backtest,
+    candidate: Backtest,
+    window_days: float = WINDOW_DAYS,
+    organizations: str = "all",
 ) -> dict[str, Any]:
+    """`organizations` "held_out": only the held-out organizations' episodes (those the
+    two reports beside it judge; a fitted candidate's training organizations would
+    count its own fit as gains)."""
     live_raises, candidate_raises = _raises(live), _raises(candidate)
+    if organizations == "held_out":
+        live_raises = {org: t for org, t in live_raises.items() if is_held_out(org)}
+        candidate_raises = {org: t for org, t in candidate_raises.items() if is_held_out(org)}
     churn = {org: live.churn[index] for index, org in enumerate(live.orgs)}
+    known = live.labels_until
     per_org: dict[str, dict[str, Any]] = {}
     moved: list[float] = []
     added = dropped = added_before_churn = dropped_before_churn = 0
@@ -45,7 +56,7 @@ def compare_episodes(
         churned = churn.get(org, math.nan)
 
         def before_churn(t: float, churned: float = churned) -> bool:
-            return bool(t < churned <= t + ALERT_HORIZON_DAYS * DAY)
+            return bool(t < churned <= min(t + ALERT_HORIZON_DAYS * DAY, known))
 
         added += len(new)
         dropped += len(gone)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -50,6 +51,14 @@ TARGETS = {
     "median_lead_days": 14.0,
     "false_alerts_per_100_healthy_per_month": 5.0,  # at most
 }
+
+
+def _skill(brier_30d: float | None, base_brier: float) -> float | None:
+    """1 - brier / the base rate's; none against a base rate that is never wrong (no
+    churner among the organizations judged: there is no skill to measure)."""
+    if brier_30d is None or base_brier <= 0:
+        return None
+    return _round(1 - brier_30d / base_brier)
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:
@@ -111,6 +120,14 @@ def evaluate(
     baselines = fit_baselines(bt.snap_measures, fitted, label, snap_fold) if 30 in fitted else []
     test = {h: usable[h] & snap_held for h in HORIZONS}
     y30 = label[30][test[30]]
+    if not len(y30):
+        known = datetime.fromtimestamp(bt.labels_until, UTC).date().isoformat()
+        raise ValueError(
+            f"no {'held-out ' if organizations == 'held_out' else ''}as-of point with 30 days "
+            f"of known labels after it: nothing to judge (the labels are known until "
+            f"{known}; an as-of point needs 30 days of them after it, and 14 days of "
+            "events before it)"
+        )
     # the constant forecast, cross-fitted like the baselines: the other folds' rate
     rates = np.zeros(len(bt.snap_at))
     for fold in range(FOLDS):
@@ -144,7 +161,7 @@ def evaluate(
         "alerts": alerts_of(model_raised),
         "alert_triggers": _trigger_counts(bt, held),
     }
-    model_entry["brier_skill_vs_base_rate"] = _round(1 - model_entry["brier_30d"] / base_brier)
+    model_entry["brier_skill_vs_base_rate"] = _skill(model_entry["brier_30d"], base_brier)
     results: dict[str, Any] = {"model": model_entry}
     alerts = model.alerts
     for baseline in baselines:
@@ -173,7 +190,7 @@ def evaluate(
             ],
             "alerts": alerts_of(raised),
         }
-        entry["brier_skill_vs_base_rate"] = _round(1 - entry["brier_30d"] / base_brier)
+        entry["brier_skill_vs_base_rate"] = _skill(entry["brier_30d"], base_brier)
         results[baseline.name] = entry
     results["base_rate"] = {"rate": _round(base_rate), "brier_30d": _round(base_brier)}
     if oracle is not None:
@@ -255,7 +272,7 @@ def _oracle_entry(
         "alerts_at_model_rule": alerts_of(at_model_rule),
         "monte_carlo": {"paths": oracle.paths, "seed": oracle.seed},
     }
-    entry["brier_skill_vs_base_rate"] = _round(1 - entry["brier_30d"] / base_brier)
+    entry["brier_skill_vs_base_rate"] = _skill(entry["brier_30d"], base_brier)
     if y30.any() and not y30.all():
         draws = bootstrap_auc(
             bt.snap_org[rows],

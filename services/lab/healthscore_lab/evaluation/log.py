@@ -1,13 +1,15 @@
 """A labelled event log: decoded events, churn labels and profiles.
 
 Two sources: the labelled population simulator (`from_population`), or a user's
-own export (`load_log`): JSON lines, each ``{"topic": ..., "value": {...}}`` in
-log order, as exported from the input topics (profiles from
-`organization.profile.v1` among them); a labels CSV
-``organization_id,churned_at`` (empty when retained); optionally a profiles CSV
-``organization_id,created_at,milestones`` (``name=achieved_at`` pairs joined
-by ``;``). Every event goes through the service's own decoder (the contract's
-rules); rejected ones are counted and left out, as the service dead-letters them.
+own export (`load_log`): JSON lines, each ``{"topic": ..., "timestamp": ms,
+"value": {...}}`` in log order, as exported from the input topics (profiles from
+`organization.profile.v1` among them; ``timestamp``, the record's, optional); a
+labels CSV ``organization_id,churned_at`` (empty when retained); optionally a
+profiles CSV ``organization_id,created_at,milestones`` (``name=achieved_at`` pairs
+joined by ``;``). Every event goes through the service's own decoder (the
+contract's rules); rejected ones are counted and left out, as the service
+dead-letters them: a value that is not JSON (or none, a tombstone) too, as an export
+of a topic holding one copies it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,6 +42,20 @@ DAY = 86_400.0
 
 _ANY_TIME = datetime.max.replace(tzinfo=UTC)  # an export's profiles may postdate today
 
+# A line whose wrapper names a topic and then holds a value that is not JSON: the
+# record a producer sent as bytes that are not JSON (or a tombstone), copied by the
+# export as it was; the service dead-letters it, so it is counted as rejected
+_WRAPPED_NOT_JSON = re.compile(
+    rb'^\s*\{\s*"topic"\s*:\s*"([^"\\]+)"\s*,'
+    rb'(?:\s*"timestamp"\s*:\s*-?\d+\s*,)?\s*"value"\s*:'
+)
+
+# How far an event may lie from the bulk of the log's times (its 0.1% and 99.9%
+# quantiles) before the log is refused: one stray-dated event (a producer's clock a
+# year off) stretches every organization's as-of points and rewrites every figure
+STRAY_DAYS = 30.0
+STRAY_QUANTILE = 0.001
+
 
 class EvaluationInputError(HealthscoreError):
     """A labelled log that cannot be evaluated (the message says which file and line)."""
@@ -59,6 +76,9 @@ class LabelledLog:
     rejected: int = 0
     # repeats of an event already in the log (the same id and payload): counted once
     duplicates: int = 0
+    # the first rejected lines, each `file:line: reason` (what the service's dead
+    # letters would say of them)
+    rejections: list[str] = field(default_factory=list)
     source: str = ""
     population: Population | None = None  # the ground truth, when simulated (the oracle)
     labelled: bool = True  # False: no labels were given (every organization taken as retained)
@@ -77,12 +97,36 @@ def _activity(events: Iterable[Event]) -> Iterator[Event]:
     return (event for event in events if not isinstance(event, ProfileEvent))
 
 
-def _decode_lines(lines: Iterable[bytes], where: str) -> tuple[list[Event], int, int]:
+REJECTIONS_KEPT = 5
+
+
+@dataclass
+class _Decoded:
+    events: list[Event]
+    rejected: int
+    duplicates: int
+    rejections: list[str]
+
+
+def _decode_lines(lines: Iterable[bytes], where: str) -> _Decoded:
     """The log's valid events in event-time order, each id once; how many lines were
-    rejected and how many repeated an event."""
+    rejected (the first few with their reasons) and how many repeated an event.
+
+    A record's own timestamp (``"timestamp"``, milliseconds, as the export writes it)
+    judges "not in the future" as the service judged it; without one, the event is
+    judged against its own time, as a replay does (so a future-dated event the service
+    dead-lettered is applied: `refuse_stray_events` catches the far ones)."""
     decoder = Decoder(USAGE_TOPIC, SUPPORT_TOPIC, 64 * 1024, profile_topic=PROFILE_TOPIC)
-    decoded_events: list[Decoded] = []
+    decoded_events: list[tuple[int, Decoded]] = []
+    rejections: list[str] = []
     rejected = 0
+
+    def reject(number: int, reason: str) -> None:
+        nonlocal rejected
+        rejected += 1
+        if len(rejections) < REJECTIONS_KEPT:
+            rejections.append(f"{where}:{number}: {reason}")
+
     for number, line in enumerate(lines, start=1):
         if number == 1:
             line = line.removeprefix(codecs.BOM_UTF8)  # as Windows tools save UTF-8
@@ -91,6 +135,11 @@ def _decode_lines(lines: Iterable[bytes], where: str) -> tuple[list[Event], int,
         try:
             wrapper = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
+            wrapped = _WRAPPED_NOT_JSON.match(line)
+            if wrapped is not None and wrapped.group(1).decode() in _TOPICS:
+                # a record that is not JSON: the service dead-letters it
+                reject(number, f"the value is not JSON ({_not_json(line, exc)})")
+                continue
             raise EvaluationInputError(f"{where}:{number}: {_not_json(line, exc)}") from None
         try:
             topic, value = wrapper["topic"], wrapper["value"]
@@ -98,13 +147,18 @@ def _decode_lines(lines: Iterable[bytes], where: str) -> tuple[list[Event], int,
             raise EvaluationInputError(
                 f'{where}:{number}: expected {{"topic": ..., "value": {{...}}}}'
             ) from None
-        if topic not in (USAGE_TOPIC, SUPPORT_TOPIC, PROFILE_TOPIC):
+        if topic not in _TOPICS:
             raise EvaluationInputError(f"{where}:{number}: unknown topic {topic!r}")
+        stamp = wrapper.get("timestamp")
+        if stamp is not None and (isinstance(stamp, bool) or not isinstance(stamp, int)):
+            raise EvaluationInputError(
+                f"{where}:{number}: timestamp must be the record's, in milliseconds"
+            )
         raw = orjson.dumps(value)
         key = value.get("organization_id") if isinstance(value, dict) else None
         occurred = value.get("occurred_at") if isinstance(value, dict) else None
-        timestamp_ms = None
-        if isinstance(occurred, str):
+        timestamp_ms = stamp
+        if timestamp_ms is None and isinstance(occurred, str):
             try:  # judged "not in the future" against its own time, as a replay does
                 timestamp_ms = int(datetime.fromisoformat(occurred).timestamp() * 1000) + 1000
             except ValueError:
@@ -119,28 +173,60 @@ def _decode_lines(lines: Iterable[bytes], where: str) -> tuple[list[Event], int,
         )
         decoded = decoder.decode(record)
         if isinstance(decoded, Decoded):
-            decoded_events.append(decoded)
+            decoded_events.append((number, decoded))
         else:
-            rejected += 1
+            reject(number, f"{decoded.reason}: {decoded.detail}")
     # the service applies the log in event-time order across partitions (alignment)
-    decoded_events.sort(key=lambda item: item.event.occurred_at)
+    decoded_events.sort(key=lambda item: item[1].event.occurred_at)
     # and an id once: an export of the topics holds what producers sent twice, which
     # the service counts once, and a reused id's other payload, which it dead-letters
     # (`event_id_conflict`); the first applied keeps it
     applied: dict[UUID, bytes] = {}
     events: list[Event] = []
     duplicates = 0
-    for item in decoded_events:
+    for number, item in decoded_events:
         digest = payload_digest(item)
         first = applied.setdefault(item.event.event_id, digest)
         if first is not digest:
             if first == digest:
                 duplicates += 1
             else:
-                rejected += 1
+                reject(
+                    number, f"event_id_conflict: {item.event.event_id} applied with another payload"
+                )
             continue
         events.append(item.event)
-    return events, rejected, duplicates
+    return _Decoded(events, rejected, duplicates, rejections)
+
+
+_TOPICS = (USAGE_TOPIC, SUPPORT_TOPIC, PROFILE_TOPIC)
+
+
+def refuse_stray_events(events: list[Event], where: str) -> None:
+    """Refuse a log with usage or support events more than STRAY_DAYS outside the bulk
+    of its times, naming them: the as-of points run from the first event to the last,
+    for every organization."""
+    times = sorted(event.occurred_at.timestamp() for event in _activity(events))
+    cut = int(len(times) * STRAY_QUANTILE)
+    low, high = times[cut] - STRAY_DAYS * DAY, times[len(times) - 1 - cut] + STRAY_DAYS * DAY
+    stray = [
+        event for event in _activity(events) if not low <= event.occurred_at.timestamp() <= high
+    ]
+    if stray:
+        shown = ", ".join(f"{e.event_id} at {e.occurred_at.isoformat()}" for e in stray[:5])
+        more = f" and {len(stray) - 5} more" if len(stray) > 5 else ""
+        raise EvaluationInputError(
+            f"{where}: {len(stray)} events lie more than {STRAY_DAYS:g} days outside the "
+            f"bulk of the log ({_day(low + STRAY_DAYS * DAY)} to "
+            f"{_day(high - STRAY_DAYS * DAY)}): {shown}{more}. A producer's clock? They "
+            "would stretch every organization's as-of points; remove them from the export, "
+            "or export with the records' timestamps (the service refuses those dated "
+            "ahead of theirs)"
+        )
+
+
+def _day(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).date().isoformat()
 
 
 def _not_json(line: bytes, exc: orjson.JSONDecodeError) -> str:
@@ -205,13 +291,18 @@ def load_log(
     profiles: Path | None = None,
     labels_until: float | None = None,
 ) -> LabelledLog:
-    """A user's export. `labels_until` (default: the last event + 30 days) is how far
-    the labels are known: a horizon is evaluated only at as-of points it fits in.
-    Without labels (`healthscore adapt` needs none) every organization is retained."""
+    """A user's export. `labels_until` is how far the labels are known (default: the
+    last event, or the latest churn in the labels if later: what an export and the
+    billing labels taken the same day know): a horizon is evaluated only at as-of
+    points it fits in, and a churn after it is not known. Without labels
+    (`healthscore adapt` needs none) every organization is retained."""
     with events.open("rb") as handle:
-        decoded, rejected, duplicates = _decode_lines(handle, str(events))
+        read = _decode_lines(handle, str(events))
+    decoded = read.events
     if not any(_activity(decoded)):
-        raise EvaluationInputError(f"{events}: no valid usage or support events")
+        first = f" (rejected: {'; '.join(read.rejections)})" if read.rejections else ""
+        raise EvaluationInputError(f"{events}: no valid usage or support events{first}")
+    refuse_stray_events(decoded, str(events))
     churned = parse_labels(_csv(labels), str(labels)) if labels is not None else {}
     seen = {str(event.organization_id) for event in _activity(decoded)}
     if churned and not seen & set(churned):
@@ -230,17 +321,21 @@ def load_log(
         churned_at=churned,
         profiles=parse_profiles(_csv(profiles), str(profiles)) if profiles else {},
         labels_until=0.0,
-        rejected=rejected,
-        duplicates=duplicates,
+        rejected=read.rejected,
+        duplicates=read.duplicates,
+        rejections=read.rejections,
         source=str(events),
         labelled=labels is not None,
     )
-    log.labels_until = labels_until if labels_until is not None else log.last_event_at + 30 * DAY
+    if labels_until is None:
+        churns = [at for at in churned.values() if at is not None]
+        labels_until = max([log.last_event_at, *churns])
+    log.labels_until = labels_until
     return log
 
 
 def from_population(population: Population, use_profiles: bool = True) -> LabelledLog:
-    events, rejected, duplicates = _decode_lines(iter_jsonl(population), "simulated")
+    read = _decode_lines(iter_jsonl(population), "simulated")
     profiles = {
         org: OrgProfile(
             profile.created_at.timestamp(),
@@ -249,15 +344,16 @@ def from_population(population: Population, use_profiles: bool = True) -> Labell
         for org, profile in population.profiles.items()
     }
     return LabelledLog(
-        events=events,
+        events=read.events,
         churned_at={
             org: at.timestamp() if at is not None else None
             for org, at in population.churned_at.items()
         },
         profiles=profiles if use_profiles else {},
         labels_until=population.labels_until,
-        rejected=rejected,
-        duplicates=duplicates,
+        rejected=read.rejected,
+        duplicates=read.duplicates,
+        rejections=read.rejections,
         source=f"simulated (seed {population.config.seed})",
         population=population,
     )

@@ -12,10 +12,12 @@ Definitions (all on the organizations selected, normally the held-out ones):
 - **Reliability table**: snapshots binned by forecast (tenths), mean forecast
   against the observed rate in each bin.
 - **Alerts** (`risk_raised` only: one per episode): an episode is *true* when
-  the organization churns within `alert_horizon_days` (60) after it was raised.
-  *Precision*: true episodes over episodes whose outcome is known (raised at
-  least that long before labels_until). *Recall*: the share of churners (churn
-  between the first as-of point and the last event + 30 days) with an episode
+  the organization churns within `alert_horizon_days` (60) after it was raised
+  (and by labels_until: a churn after it is not known, here as below).
+  *Precision*: true episodes over episodes whose outcome is known (true, or raised
+  at least that long before labels_until). *Recall*: the share of churners (churn
+  between the first as-of point and the last event + 30 days, or labels_until if
+  earlier) with an episode
   raised in the `alert_horizon_days` before their churn; *lead time*: churn
   minus the first such raise. *False alerts per 100 healthy organizations per
   month*: episodes of organizations that never churn (up to labels_until),
@@ -131,13 +133,15 @@ def alert_figures(
     for org, times in by_org.items():
         for at in times:
             episodes += 1
-            hit = bool(churn[org] > at and churn[org] <= at + horizon)
+            # a churn after labels_until is not known: the episode's outcome is not
+            # either (and its organization is counted healthy below, as far as known)
+            hit = bool(at < churn[org] <= min(at + horizon, labels_until))
             if hit or at + horizon <= labels_until:
                 known += 1
                 true += hit
     churners = alerted = 0
     leads: list[float] = []
-    recall_end = end + RECALL_WINDOW_DAYS * DAY
+    recall_end = min(end + RECALL_WINDOW_DAYS * DAY, labels_until)
     for org in chosen:
         at = churn[org]
         if not (first_point <= at <= recall_end):
