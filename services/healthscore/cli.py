@@ -598,6 +598,15 @@ def cmd_import(args: argparse.Namespace) -> int:
     if known_until is not None and known_until.tzinfo is None:
         print("error: --labels-until needs an offset (e.g. 2026-03-01T00:00:00Z)", file=sys.stderr)
         return 2
+    if known_until is not None and known_until > now:
+        # nobody knows now who churns later: every raise of a retained organization
+        # would be labelled retained at once, and a notice of a later end taken as a churn
+        print(
+            f"error: --labels-until {known_until.isoformat()} is after the import's time "
+            f"{now.isoformat()}: the labels can be complete only up to now",
+            file=sys.stderr,
+        )
+        return 2
     try:  # every file checked before anything is applied
         profiles = (
             parse_profiles(read_csv_text(args.profiles), str(args.profiles), now)
@@ -643,6 +652,8 @@ def cmd_import(args: argparse.Namespace) -> int:
             except KafkaError as exc:
                 print(f"error: cannot publish: {type(exc).__name__}: {exc}", file=sys.stderr)
                 return 2
+        if args.labels is not None and not labels:
+            print(f"labels: no organization in {args.labels} (nothing imported)")
         if not labels and (publish or not profiles):
             return 0
         conn = await _service_connection(settings)
@@ -675,6 +686,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_shadow_report(args: argparse.Namespace) -> int:
 
     from healthscore.core.scoring.model import load_model
+    from healthscore.errors import ModelConfigError
     from healthscore.service.shadow import compare_shadow, format_comparison
 
     settings = settings_from_args(args)
@@ -682,12 +694,22 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
         print("error: set DATABASE_URL", file=sys.stderr)
         return 2
     candidate = args.candidate
-    if candidate is None:
-        if settings.shadow_model_path is None:
-            print("error: give --candidate VERSION or set SHADOW_MODEL_PATH", file=sys.stderr)
+    if candidate is None and settings.shadow_model_path is None:
+        print("error: give --candidate VERSION or set SHADOW_MODEL_PATH", file=sys.stderr)
+        return 2
+    # as `serve` says it: the setting, its file, why
+    named = [("MODEL_PATH", settings.model_path)]
+    if args.candidate is None and settings.shadow_model_path is not None:
+        named.append(("SHADOW_MODEL_PATH", settings.shadow_model_path))
+    versions: dict[str, str] = {}
+    for name, path in named:
+        try:
+            versions[name] = load_model(path).version
+        except (ModelConfigError, OSError) as exc:
+            print(f"error: {name}={path} is not a usable model: {exc}", file=sys.stderr)
             return 2
-        candidate = load_model(settings.shadow_model_path).version
-    live = load_model(settings.model_path).version
+    live = versions["MODEL_PATH"]
+    candidate = versions.get("SHADOW_MODEL_PATH", candidate)
 
     async def main() -> int:
         conn = await _service_connection(settings)
@@ -697,6 +719,14 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
             report = await compare_shadow(conn, candidate, args.organization)
         finally:
             await conn.close()
+        if report.organizations_scored == 0:
+            # an empty comparison would read as "the candidate changes nothing"
+            print(
+                f"error: no shadow scores of the candidate {candidate}: no replica has "
+                "scored with it as SHADOW_MODEL_PATH",
+                file=sys.stderr,
+            )
+            return 1
         if args.json:
             print(json.dumps({"live_model": live, **report.as_json()}, indent=2))
         else:
@@ -873,6 +903,13 @@ def cmd_export_contracts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def register_service_commands(add: AddCommand) -> None:
     """The service's own subcommands."""
     p = add("migrate", cmd_migrate, "Apply schema migrations to DATABASE_URL.")
@@ -1043,7 +1080,10 @@ def register_service_commands(add: AddCommand) -> None:
         help="the labels are complete up to this time (RFC 3339; default: now)",
     )
     p.add_argument(
-        "--page-size", type=int, default=500, help="rows applied per transaction (default 500)"
+        "--page-size",
+        type=_positive_int,
+        default=500,
+        help="rows applied per transaction (default 500)",
     )
 
     p = add(

@@ -368,6 +368,8 @@ WRITER_PRIVILEGES: dict[str, tuple[set[str], set[str]]] = {
     # projector, owed by it when a late record's tombstone could not be published again
     # owed again: owed_since moves on (0101)
     "health_feed_tombstones_owed": ({"SELECT", "DELETE"}, {"SELECT", "INSERT", "UPDATE"}),
+    # a shadow candidate version's settings, recorded once and never changed (0108)
+    "shadow_models": ({"SELECT"}, {"SELECT", "INSERT"}),
 }
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 

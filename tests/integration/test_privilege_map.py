@@ -83,6 +83,8 @@ TABLES: Final = {
     # store/quality.py (the shadow scorer in `serve`, `evaluate`, churn-label `import`)
     f"{WRITER}: SELECT on table shadow_health",
     f"{WRITER}: SELECT on table shadow_alerts",
+    # RECORD_SHADOW_MODEL's ON CONFLICT, RECORDED_SHADOW_MODEL (the shadow scorer)
+    f"{WRITER}: SELECT on table shadow_models",
     f"{WRITER}: SELECT on table churn_labels",
     f"{WRITER}: SELECT on table alert_outcomes",
     # store/quality.py SAVE_SCORE_QUALITY_SUMMARY's ON CONFLICT (the outcome labeller)
@@ -235,6 +237,7 @@ COLUMNS: Final = {
         "shadow_alerts",
     ): "alert_id score_model_version organization_id kind episode trigger decided_at"
     " health_score churn_probability",
+    (WRITER, "INSERT", "shadow_models"): "score_model_version scoring",
     (WRITER, "INSERT", "churn_labels"): "organization_id churned_at known_until",
     (WRITER, "UPDATE", "churn_labels"): "churned_at known_until imported_at",
     (

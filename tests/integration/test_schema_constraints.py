@@ -187,6 +187,8 @@ def valid_row(table: str, organization_id: uuid.UUID, **overrides: Any) -> dict[
         return b.consumer_offset(**overrides)
     if table == "score_models":
         return b.score_model(**overrides)
+    if table == "shadow_models":
+        return b.shadow_model(**overrides)
     if table == "replay_runs":
         return b.replay_run(**overrides)
     if table == "dead_letter_outbox":

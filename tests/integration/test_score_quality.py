@@ -213,11 +213,14 @@ async def insert_live_raise(
     return alert_id
 
 
-def cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(
+    database_url: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
         "PYTHONPATH": f"{REPO / 'services'}:{REPO / 'services' / 'lab'}",
+        **(env or {}),
     }
     return subprocess.run(
         [sys.executable, "-m", "healthscore.cli", *args],
@@ -250,8 +253,10 @@ async def test_writer_runs_every_quality_and_promotion_statement(feed: Feed) -> 
         ),
         ("SHADOW_RAISES", quality.SHADOW_RAISES, ["v9", None]),
         ("SHADOW_COUNT", quality.SHADOW_COUNT, ["v9"]),
+        ("RECORD_SHADOW_MODEL", quality.RECORD_SHADOW_MODEL, ["v9", "{}"]),
+        ("RECORDED_SHADOW_MODEL", quality.RECORDED_SHADOW_MODEL, ["v9"]),
         ("UPSERT_CHURN_LABELS", quality.UPSERT_CHURN_LABELS, [[o], [now], [now]]),
-        ("LABEL_ALERT_OUTCOMES", quality.LABEL_ALERT_OUTCOMES, [GROUP, [USAGE], HORIZON_SECONDS]),
+        ("LABEL_ALERT_OUTCOMES", quality.LABEL_ALERT_OUTCOMES, [now, HORIZON_SECONDS]),
         ("OUTCOME_FIGURES", quality.OUTCOME_FIGURES, [HORIZON_SECONDS]),
         ("SAMPLE_STATES", quality.SAMPLE_STATES, [uuid.uuid4(), 10]),
         ("SAMPLE_STATES_BEFORE", quality.SAMPLE_STATES_BEFORE, [uuid.uuid4(), 10]),
@@ -286,6 +291,7 @@ async def test_writer_runs_every_quality_and_promotion_statement(feed: Feed) -> 
             "churn_labels",
             "alert_outcomes",
             "score_models",
+            "shadow_models",
             "score_quality_summary",
         ):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
@@ -296,8 +302,37 @@ async def test_writer_runs_every_quality_and_promotion_statement(feed: Feed) -> 
 # --- shadow scoring --------------------------------------------------------------------
 
 
-async def test_shadow_scorer_scores_changed_organizations_and_reports_episode_changes(
+async def test_a_candidate_restarted_under_its_version_with_other_settings_scores_nothing(
     feed: Feed, migrated_database: str
+) -> None:
+    """A candidate's rows carry its version alone: a second candidate under the same
+    version (a rerun of `adapt --version v4-ours --force`) inherited them. Organizations
+    that had not changed kept the first candidate's scores and raises, and
+    `shadow-report` showed them as the second's (review 32's reproduction: 3 raises
+    "added" by a candidate that never raises). The version's settings are recorded at
+    its first score; a candidate whose settings differ scores nothing and says why."""
+    orgs = [org(f"shadow-reuse-{i}") for i in range(3)]
+    for o in orgs:
+        await feed.apply(feed.logins(o, T, 3), quiet(default_model()))
+    first = eager(default_model(), "v2-reused")
+    assert await ShadowScorer(feed.pool, first).catch_up() == 3
+    second = msgspec.structs.replace(quiet(default_model()), version="v2-reused")
+    with capture_logs() as logs:
+        scorer = ShadowScorer(feed.pool, second)
+        assert await scorer.catch_up() == 0
+        await feed.apply(feed.logins(orgs[0], T + timedelta(days=3), 1), quiet(default_model()))
+        assert await scorer.catch_up() == 0  # not even a changed organization
+    assert scorer.refused == ["alerts"]
+    assert [e["settings"] for e in logs if e["event"] == "shadow_model_version_reused"] == [
+        ["alerts"]
+    ]
+    # the first candidate again (a replica still running it): scores on
+    again = ShadowScorer(feed.pool, eager(default_model(), "v2-reused"))
+    assert await again.catch_up() == 1 and again.refused == []
+
+
+async def test_shadow_scorer_scores_changed_organizations_and_reports_episode_changes(
+    feed: Feed, migrated_database: str, tmp_path: Path
 ) -> None:
     orgs = [org(f"shadow-{i}") for i in range(5)]
     live = quiet(default_model())
@@ -379,6 +414,16 @@ async def test_shadow_scorer_scores_changed_organizations_and_reports_episode_ch
     )
     assert one.returncode == 0, one.stderr
     assert "added 1, dropped 1, moved 0" in one.stdout
+    # review 32: a version nothing scored printed an empty report ("the candidate
+    # changes nothing"); a SHADOW_MODEL_PATH that is no model, a traceback
+    unknown = cli(migrated_database, "shadow-report", "--candidate", "v2-never")
+    assert unknown.returncode == 1
+    assert "no shadow scores of the candidate v2-never" in unknown.stderr
+    not_a_model = tmp_path / "half-written.json"
+    not_a_model.write_text('{"version": "v9"')
+    broken = cli(migrated_database, "shadow-report", env={"SHADOW_MODEL_PATH": str(not_a_model)})
+    assert broken.returncode == 2 and "Traceback" not in broken.stderr
+    assert broken.stderr.startswith("error: ") and "half-written.json" in broken.stderr
 
 
 async def test_the_shadow_scorer_sees_a_profile_that_the_live_model_decided_on(
@@ -565,6 +610,8 @@ async def test_profiles_import_changes_state_and_read_model_bad_files_change_not
         f"{known},{T.isoformat()},\n"
         f"{unknown},2020-01-01,\n"
         f"{known},,first_million=2020-01-01T00:00:00Z\n"
+        # a mistyped year: the earliest time wins, so no later file could correct it
+        f"{unknown},0202-04-01T00:00:00Z,\n"
     )
     async with superuser(migrated_database) as conn:
         state_before = await conn.fetchval(
@@ -574,6 +621,8 @@ async def test_profiles_import_changes_state_and_read_model_bad_files_change_not
     assert refused.returncode == 1
     assert f"{bad}: row 3, column created_at:" in refused.stderr
     assert f"{bad}: row 4, column milestones: unknown milestone 'first_million'" in refused.stderr
+    mistyped = f"{bad}: row 5, column created_at: '0202-04-01T00:00:00Z': before 1990-01-01"
+    assert mistyped in refused.stderr
     async with superuser(migrated_database) as conn:
         assert (
             await conn.fetchval(
@@ -731,6 +780,82 @@ async def test_alert_decisions_are_labelled_from_the_support_stream_and_labels(
     assert later["computed_at"] > first["computed_at"]
 
 
+async def test_no_episode_is_labelled_retained_while_a_support_partition_is_unread(
+    feed: Feed, migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """The labeller's watermark waits, as the silence sweep's does, for an input
+    partition whose log holds records none of which is applied yet: the churn that
+    labels an episode may be in it. Before, such a partition (no stored progress) was
+    left out of the minimum: an episode raised 70 days before the usage stream's
+    frontier was labelled `retained` though its support stream was not read yet
+    (review 32)."""
+    from healthscore.service.kafka_clients import KafkaConnection
+    from healthscore.service.ops.lag import UnreadPartitions
+
+    topics = await make_topics(kafka_bootstrap, partitions=2)
+    z = org("unread-z")
+    pipeline = BatchPipeline(
+        pool=feed.pool,
+        decoder=Decoder(topics.usage, topics.support, 64 * 1024),
+        model=quiet(default_model()),
+        consumer_group=GROUP,
+        rescore_step_seconds=STEP,
+        silence_rescoring=False,
+    )
+    # usage partition 0 and support partition 0 reach T + 70 days, applied (usage
+    # partition 1 holds nothing: it holds nothing back)
+    logins = feed.logins(z, T - timedelta(days=5), 3) + feed.logins(org("unread-clock"), T, 71)
+    usage = [
+        msgspec.structs.replace(r, topic=topics.usage, partition=0, offset=i)
+        for i, r in enumerate(logins)
+    ]
+    assert (await pipeline.process(usage)).applied == len(usage)
+    clock = [
+        msgspec.structs.replace(r, topic=topics.support, partition=0, offset=i)
+        for i, r in enumerate(feed.churn(org("unread-clock"), T + timedelta(days=70)))
+    ]
+    assert (await pipeline.process(clock)).applied == 2
+    # support partition 1 holds z's churn, 30 days after its raise, not read yet
+    churn = [
+        msgspec.structs.replace(r, topic=topics.support, partition=1, offset=i)
+        for i, r in enumerate(feed.churn(z, T + timedelta(days=30)))
+    ]
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        for record in churn:
+            sent = await producer.send_and_wait(
+                record.topic, record.value, key=record.key, partition=1
+            )
+            assert sent.offset == record.offset
+    finally:
+        await producer.stop()
+    async with superuser(migrated_database) as conn:
+        await insert_live_raise(conn, z, T)
+
+    async def outcome() -> str | None:
+        async with superuser(migrated_database) as conn:
+            rows = await conn.fetch(
+                "SELECT outcome FROM alert_outcomes WHERE organization_id = $1", z
+            )
+        assert len(rows) == 1
+        found: str | None = rows[0]["outcome"]
+        return found
+
+    inputs = [topics.usage, topics.support]
+    unread = UnreadPartitions(KafkaConnection(kafka_bootstrap), inputs)
+    labeller = OutcomeLabeller(feed.pool, Metrics(), GROUP, inputs, default_model(), unread=unread)
+    with capture_logs() as logs:
+        await labeller.step()
+    assert await outcome() is None  # not known: its support stream is not read yet
+    assert [e["unread_partitions"] for e in logs if e["event"] == "alert_outcomes_wait"] == [
+        [f"{topics.support}:1"]
+    ]
+    # the partition's records applied: the churn labels the episode
+    assert (await pipeline.process(churn)).applied == 2
+    await labeller.step()
+    assert await outcome() == "churned"
+
+
 async def test_labels_import_command_labels_the_pending_episode(
     feed: Feed, migrated_database: str, tmp_path: Path
 ) -> None:
@@ -758,6 +883,19 @@ async def test_labels_import_command_labels_the_pending_episode(
     refused = cli(migrated_database, "import", "--labels", str(bad))
     assert refused.returncode == 1
     assert f"{bad}: row 2, column churned_at: 'soon'" in refused.stderr
+    # review 32: a labels horizon after now labelled yesterday's raises retained at
+    # once; a page of -1 rows imported nothing and said so with exit 0, of 0 a traceback
+    future = cli(
+        migrated_database, "import", "--labels", str(labels), "--labels-until", "2999-01-01T00:00Z"
+    )
+    assert future.returncode == 2 and "is after the import's time" in future.stderr
+    for size in ("0", "-1"):
+        paged = cli(migrated_database, "import", "--labels", str(labels), "--page-size", size)
+        assert paged.returncode == 2 and "must be at least 1" in paged.stderr
+    empty = tmp_path / "empty.csv"
+    empty.write_text("organization_id,churned_at\n")
+    said = cli(migrated_database, "import", "--labels", str(empty))
+    assert said.returncode == 0 and "no organization in" in said.stdout
     # a churn after the labels' horizon (here the import time) is no label
     bad.write_text(
         f"organization_id,churned_at\n{w},{(datetime.now(UTC) + timedelta(days=3)).isoformat()}\n"

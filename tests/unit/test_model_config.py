@@ -212,7 +212,11 @@ def _delete(path: str) -> Callable[[dict[str, Any]], None]:
          + "... (10000 characters)'"),
         (_set("weights.new", {"engagement": 0, "adoption": 0, "milestones": 0, "support": 0,
                               "growth": 0}),
-         "weights.new: the component weights must sum to > 0"),
+         "weights.new: the component weights must sum to a finite number > 0"),
+        # each finite, their sum not: every score 0, every probability 0.999 (review 32)
+        (_set("weights.new", {"engagement": 1e308, "adoption": 1e308, "milestones": 1e308,
+                              "support": 1e308, "growth": 1e308}),
+         "weights.new: the component weights must sum to a finite number > 0"),
         (_delete("milestones.first_referral"), "milestones.first_referral: missing required field"),
         (_set("milestones.clients_50.impact", -1), "milestones.clients_50.impact: must be >= 0"),
         (_set("milestones.clients_50.reward", {"type": "gold"}),

@@ -145,6 +145,14 @@ def score_model(**overrides: Any) -> Row:
     }
 
 
+def shadow_model(**overrides: Any) -> Row:
+    return {
+        "score_model_version": "v9-candidate",
+        "scoring": json.dumps({"version": "v9-candidate", "alerts": {"enter_probability": 0.3}}),
+        **overrides,
+    }
+
+
 def replay_run(**overrides: Any) -> Row:
     return {
         "consumer_group": "healthscore-replay-0123abcd",

@@ -80,7 +80,10 @@ class ChurnRiskAlert(BaseModel):
 
     alert_id: UUID = Field(
         description=(
-            "Deterministic for (organization, episode, kind): a replay re-emits the same id."
+            "Deterministic for (organization, episode, kind), and for `risk_escalated` the "
+            "level escalated to: a replay re-emits the same id. An episode may escalate "
+            "twice (to `high`, then `critical`), each alert with its own id: deduplicate "
+            "on alert_id, not on (organization, episode, kind)."
         )
     )
     organization_id: UUID = Field(description="The organization; also the message key.")

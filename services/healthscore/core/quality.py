@@ -175,6 +175,20 @@ def aggregate_settings(model: ScoreModel) -> dict[str, Any]:
     return {name: msgspec.to_builtins(getattr(model, name)) for name in AGGREGATE_SETTINGS}
 
 
+def scoring_settings(model: ScoreModel) -> dict[str, Any]:
+    """Every setting a model scores by (plain JSON values): the model without what only
+    documents it (changelog, evaluation)."""
+    settings: dict[str, Any] = msgspec.to_builtins(
+        msgspec.structs.replace(model, changelog=[], evaluation=None)
+    )
+    return settings
+
+
+def scoring_differs(one: Mapping[str, Any], other: Mapping[str, Any]) -> list[str]:
+    """The settings (`scoring_settings`) that differ between two models, by name."""
+    return sorted(name for name in one.keys() | other.keys() if one.get(name) != other.get(name))
+
+
 def settings_differ(one: Mapping[str, Any], other: Mapping[str, Any]) -> list[str]:
     """The aggregate settings (`aggregate_settings`) that differ between two models."""
     return [name for name in AGGREGATE_SETTINGS if one.get(name) != other.get(name)]

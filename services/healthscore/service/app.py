@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import msgspec
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -44,7 +43,7 @@ from healthscore import __version__
 from healthscore.compiled import core_build
 from healthscore.config import Settings
 from healthscore.core.partitions import PartitionKey
-from healthscore.core.quality import aggregate_settings, aggregates_differ
+from healthscore.core.quality import aggregate_settings, aggregates_differ, scoring_settings
 from healthscore.core.scoring.model import ScoreModel, load_model, shipped_models
 from healthscore.errors import ModelConfigError, StartupRefused
 from healthscore.service.batch_log import BatchLog
@@ -195,7 +194,7 @@ def _model_setting(name: str, path: Path) -> ScoreModel:
     except ModelConfigError as exc:
         raise StartupRefused(f"{name}={path} is not a usable model: {exc}") from None
     shipped = shipped_models().get(model.version)
-    if shipped is not None and _scoring(model) != _scoring(shipped):
+    if shipped is not None and scoring_settings(model) != scoring_settings(shipped):
         # every score it publishes would say it is the shipped model, and a promotion
         # would compare it with the shipped file's settings
         raise StartupRefused(
@@ -203,11 +202,6 @@ def _model_setting(name: str, path: Path) -> ScoreModel:
             f"{model.version}: give an edited or refitted model a version of its own"
         )
     return model
-
-
-def _scoring(model: ScoreModel) -> ScoreModel:
-    """The model without what only documents it (changelog, evaluation)."""
-    return msgspec.structs.replace(model, changelog=[], evaluation=None)
 
 
 def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Components:
@@ -230,7 +224,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
     if (
         candidate is not None
         and candidate.version == model.version
-        and _scoring(candidate) != _scoring(model)
+        and scoring_settings(candidate) != scoring_settings(model)
     ):
         # its rows and alerts would be keyed as the live model's version, and the
         # report would read "candidate v4 against the live model v4"
@@ -389,6 +383,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         for kind in alert_kinds:
             metrics.alerts_raised.labels(kind).inc()
 
+    unread = UnreadPartitions(kafka, s.activity_topics, offsets.partitions_of)
     sweep = (
         SilenceSweep(
             pool,
@@ -398,7 +393,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
             topics=s.activity_topics,
             on_run=on_sweep,
             dedupe_retention_days=s.dedupe_retention_days,
-            unread=UnreadPartitions(kafka, s.activity_topics, offsets.partitions_of),
+            unread=unread,
         )
         if o.run_sweep
         else None
@@ -466,7 +461,9 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         dead_letters=dead_letters,
         projector=projector,
         sweep=sweep,
-        alert_outcomes=OutcomeLabeller(pool, metrics, s.consumer_group, s.activity_topics, model),
+        alert_outcomes=OutcomeLabeller(
+            pool, metrics, s.consumer_group, s.activity_topics, model, unread=unread
+        ),
         usage_drift=UsageDrift.for_model(pool, metrics, model, s.usage_drift_sample_organizations),
         promotion=(
             None

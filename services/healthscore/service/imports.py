@@ -149,9 +149,19 @@ def _time(text: str) -> datetime:
         ) from None
 
 
+# A profile's earliest time wins (a later profile cannot move it back), so a mistyped
+# year (0202 for 2022) would be permanent: times before this are refused as such
+EARLIEST_PROFILE_TIME = datetime(1990, 1, 1, tzinfo=UTC)
+
+
 def _past(moment: datetime, now: datetime) -> datetime:
     if moment > now:
         raise ValueError(f"after the import's time {now.isoformat()}")
+    if moment < EARLIEST_PROFILE_TIME:
+        raise ValueError(
+            f"before {EARLIEST_PROFILE_TIME.date().isoformat()}: a mistyped year? (the "
+            "earliest time of a profile wins: a later file could not correct it)"
+        )
     return moment
 
 
@@ -278,6 +288,8 @@ def parse_labels(
 
 
 def _pages(items: Sequence[_T], size: int) -> list[Sequence[_T]]:
+    if size < 1:  # a page of none would import nothing and say nothing
+        raise ValueError(f"a page holds at least one row, not {size}")
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 

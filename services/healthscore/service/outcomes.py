@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -26,6 +27,7 @@ import structlog
 from healthscore.core.quality import ALERT_HORIZON_DAYS, backtest
 from healthscore.core.scoring.model import DAY, ScoreModel
 from healthscore.service.ops.metrics import Metrics
+from healthscore.service.sweep import FindUnread, event_time_watermark
 from healthscore.store import Connection, locks, quality, sql
 
 log = structlog.get_logger(__name__)
@@ -49,9 +51,10 @@ class OutcomeFigures:
         return self.churned / labelled if labelled else None
 
 
-async def label_outcomes(conn: Connection, group: str, topics: Sequence[str]) -> int:
-    """Label (or relabel) the decisions whose outcome is new or changed; how many."""
-    status = await conn.execute(quality.LABEL_ALERT_OUTCOMES, group, list(topics), HORIZON_SECONDS)
+async def label_outcomes(conn: Connection, watermark: datetime | None) -> int:
+    """Label (or relabel) the decisions whose outcome is new or changed; how many.
+    `watermark`: how far the input streams have been read (None: not known yet)."""
+    status = await conn.execute(quality.LABEL_ALERT_OUTCOMES, watermark, HORIZON_SECONDS)
     return int(status.split()[-1])
 
 
@@ -77,11 +80,16 @@ class OutcomeLabeller:
         group: str,
         topics: Sequence[str],
         model: ScoreModel,
+        unread: FindUnread | None = None,
     ) -> None:
         self._pool = pool
         self._metrics = metrics
         self._group = group
         self._topics = list(topics)
+        # the input partitions whose log holds records none of which is applied yet: the
+        # watermark is not known while there is one (a support partition not read yet
+        # may hold the churn that labels an episode)
+        self._unread = unread
         # its backtest goes into the dashboard's summary beside the live figures
         self._backtest = orjson.dumps(backtest(model)).decode()
         self._model_version = model.version
@@ -91,11 +99,15 @@ class OutcomeLabeller:
         """Label what is new, then refresh the gauges (a periodic step); the labeller
         also rewrites the dashboard's summary (`score_quality_summary`)."""
         async with self._pool.acquire() as conn:
+            frontiers = await conn.fetch(sql.EVENT_TIME_FRONTIERS, self._group, self._topics)
+        # as the sweep's: the connection back in the pool before the brokers are asked
+        watermark = await event_time_watermark(frontiers, self._unread, "alert_outcomes_wait")
+        async with self._pool.acquire() as conn:
             async with conn.transaction():
                 labelled = None
                 figures = None
                 if await conn.fetchval(sql.TRY_LEADER_LOCK, locks.OUTCOMES):
-                    labelled = await label_outcomes(conn, self._group, self._topics)
+                    labelled = await label_outcomes(conn, watermark)
                     figures = await outcome_figures(conn)
                     await conn.execute(
                         quality.SAVE_SCORE_QUALITY_SUMMARY,

@@ -44,6 +44,8 @@ from healthscore.core.quality import (
     decode_shadow,
     encode_shadow,
     median,
+    scoring_differs,
+    scoring_settings,
     shadow_alert_id,
     shadow_score,
 )
@@ -78,6 +80,10 @@ class ShadowScorer:
         # the last organization id of the previous page (the nil UUID: from the first)
         self._cursor = WALK_START
         self.scored = 0
+        self._settings = scoring_settings(candidate)
+        # the settings the version was recorded with that differ from this candidate's
+        # (None: not checked yet): while any differ, nothing is scored
+        self.refused: list[str] | None = None
 
     @property
     def version(self) -> str:
@@ -113,6 +119,10 @@ class ShadowScorer:
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(sql.TRY_LEADER_LOCK, locks.SHADOW):
                 return None
+            if self.refused is None:
+                self.refused = await self._check_version(conn)
+            if self.refused:
+                return None
             rows = await conn.fetch(
                 quality.SHADOW_PAGE, self._cursor, self._candidate.version, self._page
             )
@@ -132,6 +142,25 @@ class ShadowScorer:
             if scored:
                 await _write(conn, self._candidate.version, scored)
         return list(rows), len(scored)
+
+    async def _check_version(self, conn: Connection) -> list[str]:
+        """Record the candidate's settings under its version, or compare them with those
+        recorded: the version's rows (scores, episode states, alerts) are another
+        candidate's when they differ, and scoring on from them would mix the two."""
+        version = self._candidate.version
+        await conn.execute(
+            quality.RECORD_SHADOW_MODEL, version, orjson.dumps(self._settings).decode()
+        )
+        recorded = await conn.fetchval(quality.RECORDED_SHADOW_MODEL, version)
+        differ = scoring_differs(orjson.loads(recorded), self._settings)
+        if differ:
+            log.error(
+                "shadow_model_version_reused",
+                version=version,
+                settings=differ,
+                hint="give the candidate a version of its own; nothing is shadow-scored",
+            )
+        return differ
 
     async def step(self) -> float | None:
         """One page; the next at once until the walk wraps, then the loop's pause."""

@@ -65,11 +65,13 @@ FindUnread = Callable[[frozenset[PartitionKey]], Awaitable[list[PartitionKey]]]
 
 
 async def event_time_watermark(
-    frontiers: Sequence[asyncpg.Record], unread: FindUnread | None = None
+    frontiers: Sequence[asyncpg.Record],
+    unread: FindUnread | None = None,
+    waiting: str = "silence_sweep_waits",
 ) -> datetime | None:
     """The log's watermark from the partitions' stored frontiers (EVENT_TIME_FRONTIERS):
     None before any event was applied, and while a partition that has records has not
-    applied one (`unread`)."""
+    applied one (`unread`; logged as `waiting`)."""
     times = [row["max_event_time"] for row in frontiers if row["max_event_time"] is not None]
     if not times:
         return None
@@ -77,7 +79,7 @@ async def event_time_watermark(
         behind = await unread(frozenset((row["topic"], row["partition"]) for row in frontiers))
         if behind:
             log.info(
-                "silence_sweep_waits",
+                waiting,
                 unread_partitions=[f"{topic}:{partition}" for topic, partition in behind],
             )
             return None

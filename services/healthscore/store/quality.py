@@ -85,6 +85,14 @@ WHERE s.score_model_version = $1 AND s.kind = 'risk_raised'
 ORDER BY 1, 2, 3
 """
 
+# The candidate's scoring settings under its version, the first time it scores
+RECORD_SHADOW_MODEL = """
+INSERT INTO shadow_models (score_model_version, scoring) VALUES ($1, $2::jsonb)
+ON CONFLICT (score_model_version) DO NOTHING
+"""
+
+RECORDED_SHADOW_MODEL = "SELECT scoring::text FROM shadow_models WHERE score_model_version = $1"
+
 SHADOW_COUNT = """
 SELECT count(*) AS organizations, min(started_at) AS since, max(scored_at) AS scored_until
 FROM shadow_health WHERE score_model_version = $1
@@ -113,17 +121,15 @@ churns AS (
 )"""
 
 # Label every alert decision with its episode's outcome (healthscore.core.quality):
-# churned when a churn falls within ($3 seconds] after the episode's raise;
+# churned when a churn falls within ($2 seconds] after the episode's raise;
 # retained when none does and the raise lies at least that long before what is
-# known: the log's event-time watermark ($1 group, $2 input topics: the support
-# stream has been read that far) or the organization's imported labels. New
-# decisions are inserted unlabelled (NULL) and labelled once known; a label that
-# changes (a late import) is updated. Set-based, over the outbox's raises.
+# known: the log's event-time watermark ($1, NULL while unknown: the support
+# stream has been read that far, `sweep.event_time_watermark`) or the
+# organization's imported labels. New decisions are inserted unlabelled (NULL)
+# and labelled once known; a label that changes (a late import) is updated.
+# Set-based, over the outbox's raises.
 LABEL_ALERT_OUTCOMES = f"""
-WITH watermark AS (
-    SELECT min(max_event_time) AS at FROM consumer_offsets
-    WHERE consumer_group = $1 AND topic = ANY($2::text[])
-),
+WITH watermark AS (SELECT $1::timestamptz AS at),
 {_CHURNS},
 raised AS (
     SELECT organization_id, episode, min((payload->>'scored_at')::timestamptz) AS raised_at
@@ -135,7 +141,7 @@ judged AS (
            (SELECT min(c.churned_at) FROM churns c
             WHERE c.organization_id = r.organization_id
               AND c.churned_at > r.raised_at
-              AND c.churned_at <= r.raised_at + make_interval(secs => $3)) AS churned_at,
+              AND c.churned_at <= r.raised_at + make_interval(secs => $2)) AS churned_at,
            greatest((SELECT at FROM watermark),
                     (SELECT known_until FROM churn_labels l
                      WHERE l.organization_id = r.organization_id)) AS known_until
@@ -144,7 +150,7 @@ judged AS (
 labelled AS (
     SELECT a.alert_id, a.organization_id, a.kind, a.episode, j.raised_at, j.churned_at,
            CASE WHEN j.churned_at IS NOT NULL THEN 'churned'
-                WHEN j.raised_at + make_interval(secs => $3) <= j.known_until THEN 'retained'
+                WHEN j.raised_at + make_interval(secs => $2) <= j.known_until THEN 'retained'
            END AS outcome
     FROM alert_outbox a
     LEFT JOIN judged j ON j.organization_id = a.organization_id AND j.episode = a.episode

@@ -53,6 +53,8 @@ SERVICE_TABLES: Final = (
     "erased_organizations",
     # erased organizations' health-feed tombstones no broker has taken yet (0097)
     "health_feed_tombstones_owed",
+    # each shadow candidate version's scoring settings (0108)
+    "shadow_models",
 )
 TABLES: Final = CORE_TABLES + READ_MODEL_TABLES + SERVICE_TABLES
 # service tables the dashboard reads too: the score trail and the alerts (0030), the

@@ -16,6 +16,7 @@ The meaning of each section is documented with the formulas in
 from __future__ import annotations
 
 import functools
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -401,8 +402,11 @@ def _check(config: _ModelConfig) -> None:
     check_version(config.version)
     for segment in ("new", "established"):
         weights: ComponentWeights = getattr(config.weights, segment)
-        if sum(weights.as_tuple()) <= 0:
-            raise ModelConfigError(f"weights.{segment}: the component weights must sum to > 0")
+        total_weight = sum(weights.as_tuple())
+        if not (0 < total_weight < math.inf):  # each finite, their sum may overflow
+            raise ModelConfigError(
+                f"weights.{segment}: the component weights must sum to a finite number > 0"
+            )
     eng = config.engagement
     total = (
         eng.recency_points
