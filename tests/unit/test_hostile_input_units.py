@@ -27,6 +27,7 @@ from healthscore.service.ingest.decode import (
     duplicate_key,
 )
 from healthscore.service.ingest.dlq import (
+    EARLIER_REJECTIONS_KEPT,
     ORIGINAL_PREFIX,
     OWN_HEADERS,
     VALUE_OMITTED,
@@ -139,6 +140,22 @@ def test_a_dead_letter_rejected_again_keeps_each_rejections_headers_apart() -> N
     assert by_name[2 * ORIGINAL_PREFIX + "x-error-reason"] == b"a"
     assert by_name[2 * ORIGINAL_PREFIX + "x-source-offset"] == b"7"
     assert by_name["trace"] == b"t" and by_name["x-original-mine"] == b"m"
+
+
+def test_a_dead_letter_re_driven_in_a_loop_keeps_the_newest_rejections_only() -> None:
+    """Each rejection adds seven headers: a record re-driven again and again grew
+    without bound (until its topic refused it as too large). The newest
+    EARLIER_REJECTIONS_KEPT earlier rejections are kept, and the producer's headers."""
+    headers: tuple[tuple[str, bytes | None], ...] = (("trace", b"t"),)
+    for round_ in range(10):
+        record = RawRecord("usage", 0, round_, b"k", b"{}", 1, headers)
+        headers = tuple(dlq_headers(Rejection(record, f"r{round_}", "again")))
+    by_name = dict(headers)
+    assert len(by_name) == len(headers)
+    reasons = [by_name.get(depth * ORIGINAL_PREFIX + "x-error-reason") for depth in range(10)]
+    assert reasons == [b"r9", b"r8", b"r7", b"r6", b"r5", None, None, None, None, None]
+    assert len(headers) == (1 + EARLIER_REJECTIONS_KEPT) * len(OWN_HEADERS) + 1
+    assert by_name["trace"] == b"t"
 
 
 def test_framework_errors_are_counted_and_warnings_are_not() -> None:

@@ -101,7 +101,7 @@ class OutcomeLabeller:
         async with self._pool.acquire() as conn:
             frontiers = await conn.fetch(sql.EVENT_TIME_FRONTIERS, self._group, self._topics)
         # as the sweep's: the connection back in the pool before the brokers are asked
-        watermark = await event_time_watermark(frontiers, self._unread, "alert_outcomes_wait")
+        watermark = await event_time_watermark(frontiers, self._unread, for_sweep=False)
         async with self._pool.acquire() as conn:
             async with conn.transaction():
                 labelled = None

@@ -67,11 +67,12 @@ FindUnread = Callable[[frozenset[PartitionKey]], Awaitable[list[PartitionKey]]]
 async def event_time_watermark(
     frontiers: Sequence[asyncpg.Record],
     unread: FindUnread | None = None,
-    waiting: str = "silence_sweep_waits",
+    for_sweep: bool = True,
 ) -> datetime | None:
     """The log's watermark from the partitions' stored frontiers (EVENT_TIME_FRONTIERS):
     None before any event was applied, and while a partition that has records has not
-    applied one (`unread`; logged as `waiting`)."""
+    applied one (`unread`; logged for the sweep or, `for_sweep` False, the outcome
+    labeller)."""
     times = [row["max_event_time"] for row in frontiers if row["max_event_time"] is not None]
     if not times:
         return None
@@ -79,7 +80,7 @@ async def event_time_watermark(
         behind = await unread(frozenset((row["topic"], row["partition"]) for row in frontiers))
         if behind:
             log.info(
-                waiting,
+                "silence_sweep_waits" if for_sweep else "alert_outcomes_wait",
                 unread_partitions=[f"{topic}:{partition}" for topic, partition in behind],
             )
             return None

@@ -55,19 +55,33 @@ def dlq_headers(
     # keep the producer's own headers too, after ours; one named like ours (a dead
     # letter re-driven with its headers) is renamed, or a reader taking the last
     # (or the first) header of a name would read the old rejection as this one
-    headers.extend((_original_name(name), value) for name, value in record.headers)
+    for name, value in record.headers:
+        renamed = _original_name(name)
+        if renamed is not None:
+            headers.append((renamed, value))
     return headers
 
 
-def _original_name(name: str) -> str:
+EARLIER_REJECTIONS_KEPT = 4
+"""How many earlier rejections' headers a dead letter re-driven again and again keeps
+(the newest): each adds seven headers, and a record re-driven in a loop would grow
+until its topic refused it."""
+
+
+def _original_name(name: str) -> str | None:
     """A producer header's name on the dead letter: one of ours, or one an earlier
     rejection already renamed (`x-original-x-error-reason`, a dead letter re-driven
     twice), takes the prefix once more, so that each rejection's headers keep a name
-    of their own (`x-original-` once: the previous rejection; twice: the one before)."""
+    of their own (`x-original-` once: the previous rejection; twice: the one before).
+    None: a rejection older than EARLIER_REJECTIONS_KEPT, left out."""
     bare = name
+    depth = 0
     while bare.startswith(ORIGINAL_PREFIX):
         bare = bare[len(ORIGINAL_PREFIX) :]
-    return ORIGINAL_PREFIX + name if bare in _RESERVED else name
+        depth += 1
+    if bare not in _RESERVED:
+        return name
+    return ORIGINAL_PREFIX + name if depth < EARLIER_REJECTIONS_KEPT else None
 
 
 OWN_HEADERS = frozenset(
