@@ -817,28 +817,24 @@ def test_a_churn_after_the_labels_horizon_is_neither_a_hit_nor_a_churner() -> No
     until day 30: precision counted the episode true (the churn was in the labels
     file) while the false-alert rate counted its organization healthy; the churn is not
     known, so the episode's outcome is not either."""
-    figures = alert_figures(
-        [(0, 10 * DAY)],
-        np.array([40 * DAY]),
-        first_seen=np.zeros(1),
-        selected=[0],
-        first_point=0.0,
-        end=20 * DAY,
-        labels_until=30 * DAY,
-    )
+
+    def known_until(day: float) -> Any:
+        return alert_figures(
+            [(0, 10 * DAY)],
+            np.array([40 * DAY]),
+            first_seen=np.zeros(1),
+            selected=[0],
+            first_point=0.0,
+            end=20 * DAY,
+            labels_until=day * DAY,
+        )
+
+    figures = known_until(30)
     assert (figures.episodes, figures.episodes_known, figures.precision) == (1, 0, None)
     assert figures.churners == 0  # nor a churner to recall
     assert figures.healthy_organizations == 1 and figures.false_alerts_on_healthy == 1
     # once the churn is known, a hit and no false alert
-    known = alert_figures(
-        [(0, 10 * DAY)],
-        np.array([40 * DAY]),
-        first_seen=np.zeros(1),
-        selected=[0],
-        first_point=0.0,
-        end=20 * DAY,
-        labels_until=45 * DAY,
-    )
+    known = known_until(45)
     assert (known.true_episodes, known.precision, known.churners_alerted) == (1, 1.0, 1)
     assert known.false_alerts_on_healthy == 0
 
