@@ -89,3 +89,50 @@ async def test_the_outbox_gauges_keep_counting_while_the_broker_is_down(
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+
+
+async def test_the_notification_queue_gauge_shows_a_listener_that_pins_it(
+    migrated_database: str,
+) -> None:
+    """A session that LISTENs and idles in a transaction keeps PostgreSQL's notification
+    queue from being truncated; full, every write that notifies (the read model's, in
+    the consumers' batches) fails. Nothing watched it (review 32b, F3): the gauge
+    `HealthscoreNotificationQueueFilling` reads rises while the listener holds it and
+    falls once it is gone."""
+    from healthscore.service.kafka_clients import KafkaConnection
+    from healthscore.service.ops.gauges import GaugeRefresher
+    from healthscore.service.ops.metrics import Metrics
+    from healthscore.store.db import create_pool
+
+    metrics = Metrics()
+    pool = await create_pool(migrated_database, "healthscore_writer", min_size=1, max_size=2)
+    listener = await asyncpg.connect(migrated_database)
+    sender = await asyncpg.connect(migrated_database)
+    try:
+        refresher = GaugeRefresher(pool, metrics, KafkaConnection("localhost:1"), "g", ["t"])
+
+        async def usage() -> float:
+            await refresher.refresh_outbox()
+            return float(metrics.notification_queue_usage._value.get())
+
+        assert await usage() == 0.0
+        await listener.add_listener("pinned", lambda *_: None)
+        await listener.execute("BEGIN; SELECT 1")  # then idle in the transaction
+        await sender.execute(
+            "SELECT pg_notify('pinned', repeat('x', 7900) || i) FROM generate_series(1, 3000) i"
+        )
+        pinned = await usage()
+        assert pinned > 0.002, pinned  # about 24 MB of the queue's 8 GB (distinct payloads:
+        # a transaction's repeats of one notification are sent once)
+        await listener.close()
+        for _ in range(50):
+            await sender.execute("SELECT pg_notify('pinned', 'x')")  # lets it truncate
+            if await usage() < pinned:
+                break
+            await asyncio.sleep(0.1)
+        assert await usage() < pinned
+    finally:
+        if not listener.is_closed():
+            await listener.close()
+        await sender.close()
+        await pool.close()

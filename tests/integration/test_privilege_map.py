@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Final
 
 import asyncpg
+import pytest
 
 from healthscore.store.schema_catalog import ROLES
 
@@ -644,3 +645,96 @@ async def test_security_definer_functions_pin_their_search_path(migrated_databas
     expected = {f"SECURITY DEFINER {f}: {path}" for f, path in SECURITY_DEFINER.items()}
     problems = _differences("SECURITY DEFINER functions", expected, actual)
     assert not problems, "\n".join(problems)
+
+
+# --- advisory locks (migration 0109) -----------------------------------------------------
+
+# the lock-taking functions, and which project role may execute each (PUBLIC: none)
+ADVISORY_LOCKS: Final = {
+    # TRY_LEADER_LOCK, TRY_SHARD_LOCK, PENDING_PROJECTION's shard lock (store/sql.py)
+    "pg_try_advisory_xact_lock(bigint)": {WRITER},
+    "pg_try_advisory_xact_lock(integer,integer)": {WRITER},
+    # the migration lock (store/migrate.py), for a migration login in healthscore_owner,
+    # and the service's login (`serve` checks the migrations under it)
+    "pg_try_advisory_lock(bigint)": {OWNER, WRITER},
+    "pg_advisory_lock(bigint)": {OWNER, WRITER},
+    **{
+        f"{name}({args})": set()
+        for name in (
+            "pg_advisory_lock_shared",
+            "pg_try_advisory_lock_shared",
+            "pg_advisory_xact_lock",
+            "pg_advisory_xact_lock_shared",
+            "pg_try_advisory_xact_lock_shared",
+        )
+        for args in ("bigint", "integer,integer")
+    },
+    "pg_advisory_lock(integer,integer)": set(),
+    "pg_try_advisory_lock(integer,integer)": set(),
+}
+
+
+async def test_only_the_services_roles_may_take_advisory_locks(migrated_database: str) -> None:
+    """Any login could take any advisory lock: a dashboard login holding the service's
+    leader and shard keys stopped every background loop, silently (review 32b, F1)."""
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        rows = await conn.fetch(
+            """SELECT p.oid::regprocedure::text AS fn,
+                      coalesce(array_agg(g.rolname) FILTER (WHERE g.rolname IS NOT NULL),
+                               '{}') AS roles,
+                      bool_or(a.grantee = 0) AS public
+               FROM pg_proc p
+               LEFT JOIN LATERAL aclexplode(coalesce(p.proacl, acldefault('f', p.proowner)))
+                    a ON true
+               LEFT JOIN pg_roles g ON g.oid = a.grantee AND g.rolname = ANY($1::text[])
+               WHERE p.pronamespace = 'pg_catalog'::regnamespace
+                 AND p.proname LIKE 'pg%advisory%lock%' AND p.proname NOT LIKE '%unlock%'
+               GROUP BY 1""",
+            list(ROLES),
+        )
+    finally:
+        await conn.close()
+    found = {row["fn"].replace(", ", ","): (set(row["roles"]), row["public"]) for row in rows}
+    assert set(found) == set(ADVISORY_LOCKS)
+    assert {fn: roles for fn, (roles, _public) in found.items()} == ADVISORY_LOCKS
+    assert not any(public for _roles, public in found.values())
+
+
+async def test_a_dashboard_login_cannot_hold_the_services_locks(
+    migrated_database: str, pg_admin_url: str
+) -> None:
+    """The review's reproduction: a person's cs_dashboard login takes the alert relay's
+    leader key; the service's own statement then got no lock, for as long as that
+    session lived. Refused now; the writer still takes it."""
+    import uuid
+
+    from healthscore.store import locks, sql
+    from healthscore.store.db import create_pool
+    from tests.utils.api import with_user
+
+    analyst = f"t_analyst_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(pg_admin_url)
+    try:
+        await admin.execute(f"CREATE ROLE {analyst} LOGIN IN ROLE cs_dashboard")
+        person = await asyncpg.connect(with_user(migrated_database, analyst))
+        try:
+            for statement in (
+                "SELECT pg_advisory_lock($1::bigint)",
+                "SELECT pg_try_advisory_lock($1::bigint)",
+                "SELECT pg_advisory_lock_shared($1::bigint)",
+            ):
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await person.fetchval(statement, locks.RELAY)
+            assert await person.fetchval("SELECT pg_advisory_unlock_all()") is None
+        finally:
+            await person.close()
+        pool = await create_pool(migrated_database, WRITER, min_size=1, max_size=1)
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                assert await conn.fetchval(sql.TRY_LEADER_LOCK, locks.RELAY) is True
+        finally:
+            await pool.close()
+    finally:
+        await admin.execute(f"DROP ROLE IF EXISTS {analyst}")
+        await admin.close()

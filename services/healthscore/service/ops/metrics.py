@@ -215,6 +215,14 @@ class Metrics:
             "Age of the oldest unpublished dead letter (0 when none).",
             registry=r,
         )
+        self.notification_queue_usage = Gauge(
+            "healthscore_notification_queue_usage",
+            "Fraction of PostgreSQL's notification queue in use (0..1; "
+            "pg_notification_queue_usage). A session that LISTENs and idles in a "
+            "transaction pins it; full, every transaction that notifies (the consumers' "
+            "batches, through the read model's announcements) fails at commit.",
+            registry=r,
+        )
         self.dead_letters_published = Counter(
             "healthscore_dead_letters_published_total",
             "Dead letters the relay published, by source topic.",
