@@ -46,6 +46,7 @@ EXTERNAL_METRICS = {
     "up": "Prometheus, one per scrape target",
     "kube_deployment_spec_replicas": "kube-state-metrics",
     "kube_deployment_status_replicas_ready": "kube-state-metrics",
+    "kube_deployment_status_observed_generation": "kube-state-metrics",
 }
 
 
@@ -978,3 +979,33 @@ def test_the_image_healthcheck_judges_whichever_server_the_container_runs() -> N
     finally:
         for httpd in (ready_consumer, unready_consumer, api_server):
             httpd.shutdown()
+
+
+def test_every_disruption_budget_lets_unready_pods_go() -> None:
+    """With the default policy (IfHealthyBudget) an unready pod is evicted only while the
+    budget is met: the API's pods all unready (PostgreSQL away, a rotated password)
+    made every node drain hang on them (review 32c)."""
+    budgets = [
+        doc
+        for path in (ROOT / "deploy" / "k8s").rglob("*.yaml")
+        for doc in yaml.safe_load_all(path.read_text())
+        if isinstance(doc, dict) and doc.get("kind") == "PodDisruptionBudget"
+    ]
+    assert len(budgets) >= 2
+    for budget in budgets:
+        assert budget["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow", budget
+
+
+def test_the_consumers_are_annotated_for_scraping_once() -> None:
+    """Pods and their Service both annotated: an annotation-based Prometheus (the
+    community chart's pod and endpoint jobs) scraped every replica twice, and every sum
+    in the rules and the dashboard doubled (review 32c)."""
+    scraped = [
+        (path.name, doc["kind"])
+        for path in (ROOT / "deploy" / "k8s").rglob("*.yaml")
+        for doc in yaml.safe_load_all(path.read_text())
+        if isinstance(doc, dict)
+        and doc.get("kind") == "Service"
+        and "prometheus.io/scrape" in (doc.get("metadata", {}).get("annotations") or {})
+    ]
+    assert scraped == []
