@@ -214,8 +214,9 @@ export interface OrganizationDetail {
   trend: "improving" | "declining" | "stable" | null;
   active_users_30d: number;
   open_interactions_count: number;
+  /** Follow-ups due and not done, whatever their interaction's status (a resolved interaction with a check-in scheduled counts once it is due). */
   overdue_follow_ups: number;
-  /** The 20 newest open ones. */
+  /** The 20 newest open ones, and those with a follow-up pending. */
   open_interactions: Array<Interaction>;
   milestones: MilestoneCounts;
   last_activity_at: string | null;

@@ -601,6 +601,39 @@ async def test_the_page_counts_feature_usage_as_the_projector_stores_it(world: W
     assert response.json()["feature_usage"] == {"forms": 4, "journeys": 2}
 
 
+async def test_an_overdue_follow_up_of_a_resolved_interaction_is_counted_and_listed(
+    world: World,
+) -> None:
+    """ "Resolve the ticket, then schedule a check-in": the interaction stays resolved
+    with a follow-up pending. Once due, the page said "Overdue follow-ups: 0" and did not
+    list it, while its interaction list flagged it overdue (review 32b, F2)."""
+    vow = world.orgs["vow"]
+    conn = await asyncpg.connect(world.url)
+    try:
+        before = (await world.get("admin", f"/api/v1/organizations/{vow}")).json()
+        row = b.support_interaction(
+            vow,
+            assigned_to=world.users["support"],
+            status="resolved",
+            subject="Check back after the fix",
+            follow_up_required=True,
+            follow_up_at=NOW - timedelta(days=3),
+            opened_at=NOW - timedelta(days=5),
+            resolved_at=NOW - timedelta(days=4),
+        )
+        await b.insert_row(conn, "support_interactions", row)
+    finally:
+        await conn.close()
+    page = (await world.get("admin", f"/api/v1/organizations/{vow}")).json()
+    assert page["overdue_follow_ups"] == before["overdue_follow_ups"] + 1
+    listed = {i["id"]: i for i in page["open_interactions"]}
+    assert listed[str(row["id"])]["status"] == "resolved"
+    assert listed[str(row["id"])]["overdue"] is True
+    # the support queue's "overdue follow-ups only" (any status, as the dashboard asks)
+    queue = await world.get("support", "/api/v1/interactions", overdue="true", assigned_to="me")
+    assert str(row["id"]) in [i["id"] for i in queue.json()["items"]]
+
+
 async def test_history_is_the_last_score_of_each_day(world: World) -> None:
     bloom = world.orgs["bloom"]
     response = await world.get("admin", f"/api/v1/organizations/{bloom}/history", days=30)

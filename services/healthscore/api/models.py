@@ -187,8 +187,13 @@ class OrganizationDetail(_Model):
     trend: Literal["improving", "declining", "stable"] | None
     active_users_30d: int
     open_interactions_count: int
-    overdue_follow_ups: int
-    open_interactions: list[Interaction] = Field(description="The 20 newest open ones.")
+    overdue_follow_ups: int = Field(
+        description="Follow-ups due and not done, whatever their interaction's status (a "
+        "resolved interaction with a check-in scheduled counts once it is due)."
+    )
+    open_interactions: list[Interaction] = Field(
+        description="The 20 newest open ones, and those with a follow-up pending."
+    )
     milestones: MilestoneCounts
     last_activity_at: AwareDatetime | None
     last_login_at: AwareDatetime | None

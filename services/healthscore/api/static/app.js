@@ -1178,7 +1178,9 @@ function supportParams() {
   const q = data.get("q").trim();
   return {
     q: q.length >= 3 ? q : null,
-    status: data.get("status"),
+    // an overdue follow-up may belong to a resolved interaction (a check-in scheduled
+    // after the fix): "overdue only" looks at every status
+    status: data.get("overdue") ? null : data.get("status"),
     assigned_to: data.get("mine") ? "me" : null,
     overdue: data.get("overdue") ? "true" : null,
   };
