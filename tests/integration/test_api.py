@@ -288,6 +288,15 @@ async def test_requests_without_a_valid_token_get_401_problem_json(world: World)
             "detail"
         ]
     )
+    # a token past its exp is refused by the verifier itself, within the leeway too: it
+    # was accepted there and refused by the database (its own token lives no longer),
+    # and the access log named its subject as the request's user (review 32b, F4)
+    lately = bearer(world.users["admin"], valid_for=timedelta(seconds=-10))
+    with capture_logs() as logs:
+        response = await world.client.get("/api/v1/me", headers={"Authorization": lately})
+    assert "expired" in assert_problem(response, 401)["detail"]
+    (line,) = [e for e in logs if e["event"] == "api_request"]
+    assert line["user_id"] is None and line["token_refused"] == "the token has expired"
 
 
 async def test_every_request_is_logged_with_the_user_its_token_proved(world: World) -> None:
@@ -304,6 +313,11 @@ async def test_every_request_is_logged_with_the_user_its_token_proved(world: Wor
         assert listed.status_code == 200
         refused = await world.client.get(page, headers={"Authorization": "Bearer not.a.jwt"})
         assert refused.status_code == 401
+        # well signed, but its subject is no user: refused by the database, no user's
+        # request (review 32b, F4: it was logged as that subject's, with a warning that
+        # sent on-call to the database)
+        stranger = await world.client.get(page, headers={"Authorization": bearer(uuid.uuid4())})
+        assert stranger.status_code == 401
         assert (await world.client.get("/api/healthz")).status_code == 200
     lines = [e for e in logs if e["event"] == "api_request"]
     assert [(e["path"], e["status"], e["user_id"]) for e in lines] == [
@@ -311,9 +325,12 @@ async def test_every_request_is_logged_with_the_user_its_token_proved(world: Wor
         (page, 200, str(world.users["admin"])),
         ("/api/v1/organizations", 200, str(world.users["member"])),
         (page, 401, None),
+        (page, 401, None),
     ]
     assert all(e["method"] == "GET" and e["duration_ms"] >= 0 for e in lines)
-    assert lines[-1]["token_refused"] == "the bearer token is not a JWT"
+    assert lines[-2]["token_refused"] == "the bearer token is not a JWT"
+    assert lines[-1]["token_refused"] == "the token's subject is not a known user"
+    assert not [e for e in logs if e["event"] == "api_audience_unknown"]
     assert not any("?" in e["path"] or "q=" in json.dumps(e) for e in lines)
 
     # and counted by route template and status (the cached answer too)
@@ -325,11 +342,11 @@ async def test_every_request_is_logged_with_the_user_its_token_proved(world: Wor
         )
 
     one = "/api/v1/organizations/{organization_id}"
-    assert requests(one, "200") == 2 and requests(one, "401") == 1
+    assert requests(one, "200") == 2 and requests(one, "401") == 2
     assert requests("/api/v1/organizations", "200") == 1
     assert (
         registry.get_sample_value("healthscore_api_request_duration_seconds_count", {"route": one})
-        == 3
+        == 4
     )
     assert (await world.client.get("/wp-login.php")).status_code == 404
     assert requests("other", "404") == 1

@@ -150,15 +150,16 @@ def test_a_verified_token_is_remembered_until_it_expires(
     assert verifier.verify(f"Bearer {token}") == first
     assert len(calls) == 1 and len(verifier.verified) == 1
 
-    # at its exp the remembered principal is gone and the token is checked again:
-    # within the leeway it still passes, past it it is refused
+    # at its exp the remembered principal is gone and the token is checked again, and
+    # refused: no leeway on exp (the database token minted for a request may not outlive
+    # it, so a token within a leeway was refused there after all: review 32b, F4)
     exp = first.expires_at.timestamp()
     monkeypatch.setattr("healthscore.api.auth.time.time", lambda: exp)
-    assert verifier.verify(f"Bearer {token}") == first
-    assert len(calls) == 2 and len(verifier.verified) == 0  # not remembered at exp
-    monkeypatch.setattr("healthscore.api.auth.time.time", lambda: exp + 60)
-    with pytest.raises(Unauthenticated, match="expired"), jwt_clock(exp + 60):
+    with pytest.raises(Unauthenticated, match="expired"), jwt_clock(exp):
         verifier.verify(f"Bearer {token}")
+    assert len(calls) == 2 and len(verifier.verified) == 0  # not remembered at exp
+    monkeypatch.setattr("healthscore.api.auth.time.time", lambda: exp - 1)
+    assert verifier.verify(f"Bearer {token}") == first  # a second before it: accepted
 
 
 def jwt_clock(at: float) -> Any:
@@ -177,10 +178,10 @@ def jwt_clock(at: float) -> Any:
 
 def test_an_expired_token_is_never_served_from_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     verifier = TokenVerifier(hs256_secret=SECRET.encode())
-    # expired ten seconds ago: within the leeway, so verification passes, but a token
-    # past its exp is not remembered
+    # expired ten seconds ago: refused (no leeway on exp), and not remembered
     token = issue_hs256(SECRET, USER, timedelta(seconds=-10))
-    assert verifier.verify(f"Bearer {token}").user_id == USER
+    with pytest.raises(Unauthenticated, match="expired"):
+        verifier.verify(f"Bearer {token}")
     assert len(verifier.verified) == 0
     # a remembered entry is dropped, not served, once the clock passes its exp
     fresh = issue_hs256(SECRET, USER, timedelta(seconds=30))

@@ -95,6 +95,10 @@ class AccessLog:
                 user_id = str(self.verifier.verify(one_authorization(authorizations)).user_id)
             except Unauthenticated as exc:
                 refused = exc.reason
+        # refused past the signature (the route's own refusal, e.g. an unknown subject)
+        later = (scope.get("state") or {}).get("token_refused")
+        if later is not None:
+            user_id, refused = None, later
         log.info(
             "api_request",
             method=scope["method"],

@@ -9,8 +9,8 @@ A dashboard sends the same token with every request until it expires, and
 verifying it (base64, JSON, the signature, the claims) is a noticeable part of
 a request's cost, so each verifier remembers the tokens it verified: by the
 whole token string (its signature included, so a forged or altered token is
-never the key of a remembered one), until the token's `exp` (no leeway: past
-it, the token is verified again, and refused once the leeway is over), at most
+never the key of a remembered one), until the token's `exp` (past it, the token is
+verified again and refused: `exp` has no leeway, `nbf` and `iat` have LEEWAY), at most
 TOKEN_CACHE_SIZE of them, the least recently used leaving first. Nothing is
 remembered about a token that failed.
 
@@ -42,7 +42,10 @@ from healthscore.errors import HealthscoreError
 
 log = structlog.get_logger(__name__)
 
-LEEWAY: Final = timedelta(seconds=30)  # clock skew between the IdP and this host
+# clock skew between the IdP and this host, for `nbf` and `iat`; none for `exp`: the
+# database token minted for a request lives no longer than the caller's token, so a
+# token within a leeway past its exp was refused by the database after all
+LEEWAY: Final = timedelta(seconds=30)
 TOKEN_CACHE_SIZE: Final = 4096  # verified tokens remembered (a few MB at most)
 MAX_CACHED_TOKEN_LENGTH: Final = 8192  # longer tokens are verified every time
 MAX_QUOTED_ALGORITHM: Final = 40  # characters of a refused `alg` a 401 quotes
@@ -232,6 +235,8 @@ class TokenVerifier:
             raise Unauthenticated(
                 "the token's 'exp' is past year 9999 (seconds since 1970, not milliseconds)"
             ) from None
+        if expires_at.timestamp() <= time.time():  # PyJWT's leeway applied to exp too
+            raise Unauthenticated("the token has expired")
         return Principal(user_id, expires_at)
 
     def _key_set(self) -> jwt.PyJWKSet | None:

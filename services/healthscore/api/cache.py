@@ -540,6 +540,8 @@ class CacheState:
         else:
             try:
                 audience = await self.audience_of(principal)
+            except Unauthenticated:  # an unknown subject: the route answers it 401
+                return user
             except Exception as exc:  # the route meets the same failure and answers it
                 log.warning("api_audience_unknown", error=str(exc))
                 return user

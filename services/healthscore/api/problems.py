@@ -100,6 +100,9 @@ async def on_unauthenticated(request: Request, exc: Exception) -> Response:
     # '"' or a backslash (a reason may quote the token's own header, which anyone can write:
     # a character beyond latin-1 failed the response as a 500)
     reason = _DESCRIPTION_UNSAFE.sub("?", exc.reason.replace('"', "'"))[:MAX_DESCRIPTION]
+    # for the access log: a token whose signature it verifies may still be refused here
+    # (by the database: an unknown subject), and is then no user's request
+    request.state.token_refused = exc.reason
     challenge = f'Bearer realm="healthscore", error="{exc.code}", error_description="{reason}"'
     return problem_response(
         request, 401, "unauthorized", exc.reason, headers={"WWW-Authenticate": challenge}
