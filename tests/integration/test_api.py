@@ -1156,7 +1156,9 @@ async def test_no_answer_about_people_is_left_for_a_cache_to_store(
     milestone = f"/api/v1/organizations/{world.orgs['bloom']}/milestones/first_client_added"
     kept = await world.get("admin", "/api/v1/me")
     assert kept.status_code == 200
-    assert kept.headers["cache-control"] == "private, no-cache"  # revalidated: unchanged
+    # a kept answer too (review 32b, F6: it was private, no-cache, which a browser may
+    # store on disk)
+    assert kept.headers["cache-control"] == "private, no-store"
     written = await world.post("admin", f"{milestone}/acknowledge")
     assert written.status_code == 200 and written.json()["acknowledged_by"]
     refused = await world.client.get("/api/v1/me")

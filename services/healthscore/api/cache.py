@@ -612,8 +612,11 @@ def _matches(if_none_match: bytes | None, etag: bytes) -> bool:
 
 
 _WRITES: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# no-store like every other answer (one naming people must not stay on a shared desk's
+# disk, and whether an answer was kept must not decide that); the ETag still answers 304
+# to a client that sends If-None-Match itself
 _CACHE_HEADERS: Final = [
-    (b"cache-control", b"private, no-cache"),
+    (b"cache-control", b"private, no-store"),
     (b"vary", b"authorization"),
 ]
 

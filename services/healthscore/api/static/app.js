@@ -773,7 +773,10 @@ function liveText(q) {
       "known to have churned were alerted first";
     text += a.lead_days ? `, a median ${days(a.lead_days[1])} ahead.` : ".";
   }
-  return `${text} Figures as of ${absolute(q.computed_at)}.`;
+  // the outcomes of every alert the service has raised, under whichever model was live
+  // then: after a promotion they are mostly the earlier models' (review 32b, F8)
+  return `${text} These count the alerts of every model live so far, not only ` +
+    `${isolated(q.score_model_version)}'s. Figures as of ${absolute(q.computed_at)}.`;
 }
 
 async function loadTrust() {
