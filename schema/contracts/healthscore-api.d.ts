@@ -53,6 +53,17 @@ export interface Components {
   growth?: number | null;
 }
 
+/**
+ * How current the scores are: what "Updated" on the dashboard cannot say (that is
+ * when the browser fetched).
+ */
+export interface Freshness {
+  /** Seconds since the oldest change of an organization's state not yet shown in its score was applied (0: every score is current). Large while the service catches up on a backlog: scores are then as old as the events applied. */
+  read_model_staleness_seconds: number;
+  /** When this was measured (the database's clock). */
+  as_of: string;
+}
+
 /** Band of a 0-100 health score; edges live in SQL `health_band()`. */
 export type HealthStatus = "excellent" | "good" | "at_risk" | "critical";
 
@@ -315,6 +326,14 @@ export type UserRole = "admin" | "support" | "member";
 
 /** Every endpoint: its parameters, body and success response. */
 export interface Paths {
+  "/api/v1/freshness": {
+    /** Freshness */
+    get: {
+      response: Freshness;
+      /** application/problem+json on 401, 422 */
+      problem: Problem;
+    };
+  };
   "/api/v1/interactions": {
     /** List Interactions */
     get: {

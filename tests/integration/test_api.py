@@ -651,6 +651,29 @@ async def test_an_overdue_follow_up_of_a_resolved_interaction_is_counted_and_lis
     assert str(row["id"]) in [i["id"] for i in queue.json()["items"]]
 
 
+async def test_freshness_says_how_far_the_scores_are_behind_the_events(world: World) -> None:
+    """The dashboard's "Updated" is when the browser fetched; nothing said how old the
+    scores themselves were (review 32b, F7). /freshness: the age of the oldest change
+    not yet projected, for any signed-in user (one figure, no organization's)."""
+    conn = await asyncpg.connect(world.url)
+    try:
+        await conn.execute("DELETE FROM read_model_pending")
+        current = await world.get("member", "/api/v1/freshness")
+        assert current.status_code == 200, current.text
+        assert current.json()["read_model_staleness_seconds"] == 0
+        await b.insert_row(
+            conn,
+            "read_model_pending",
+            b.read_model_pending(world.orgs["vow"], queued_at=NOW - timedelta(minutes=5)),
+        )
+    finally:
+        await conn.close()
+    behind = (await world.get("admin", "/api/v1/freshness")).json()
+    assert 295 <= behind["read_model_staleness_seconds"] <= 600, behind
+    assert datetime.fromisoformat(behind["as_of"]) >= NOW
+    assert_problem(await world.client.get("/api/v1/freshness"), 401)
+
+
 async def test_history_is_the_last_score_of_each_day(world: World) -> None:
     bloom = world.orgs["bloom"]
     response = await world.get("admin", f"/api/v1/organizations/{bloom}/history", days=30)

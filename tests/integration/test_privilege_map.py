@@ -305,6 +305,8 @@ FUNCTIONS: Final = {
     f"{DASHBOARD}: EXECUTE on function app_audience(text)",
     f"{DASHBOARD}: EXECUTE on function app_organization_page(text,uuid)",
     f"{DASHBOARD}: EXECUTE on function app_organization_history(text,uuid,integer)",
+    # store/read_api.py READ_MODEL_STALENESS (0111): the dashboard's freshness
+    f"{DASHBOARD}: EXECUTE on function app_read_model_staleness()",
     # api/invalidation.py: the listener's key (read_model_changes.SIGNING_KEY_RETIRES_AT)
     f"{DASHBOARD}: EXECUTE on function app_signing_key_retires_at(integer)",
     # store/erasure.py DELETE_DEAD_LETTERS (0099): the eraser reads no dead letter
@@ -322,6 +324,8 @@ SECURITY_DEFINER: Final = {
     "erase_dead_letters(uuid)": _PINNED,
     # `healthscore erase`: the organization's feed debt, locked, no other read (0107)
     "erased_feed_debt_due(uuid)": _PINNED,
+    # the read API: the read model's staleness, no organization's row (0111)
+    "app_read_model_staleness()": _PINNED,
     "app_login(text)": _PINNED,
     "app_logout()": _PINNED,
     "app_signing_key_retires_at(integer)": _PINNED,

@@ -15,6 +15,7 @@ ENDPOINTS = {
     ("/api/v1/interactions", "get"),
     ("/api/v1/me", "get"),
     ("/api/v1/score-quality", "get"),
+    ("/api/v1/freshness", "get"),
 }
 
 

@@ -251,6 +251,19 @@ class RewardDelivery(_Model):
     )
 
 
+class Freshness(_Model):
+    """How current the scores are: what "Updated" on the dashboard cannot say (that is
+    when the browser fetched)."""
+
+    read_model_staleness_seconds: float = Field(
+        ge=0,
+        description="Seconds since the oldest change of an organization's state not yet "
+        "shown in its score was applied (0: every score is current). Large while the "
+        "service catches up on a backlog: scores are then as old as the events applied.",
+    )
+    as_of: AwareDatetime = Field(description="When this was measured (the database's clock).")
+
+
 class Me(_Model):
     user_id: UUID
     email: str | None

@@ -34,6 +34,7 @@ from healthscore.api.cursor import (
 )
 from healthscore.api.models import (
     Backtest,
+    Freshness,
     Interaction,
     InteractionPage,
     LiveAlerts,
@@ -590,6 +591,19 @@ async def get_score_quality(request: Request) -> ScoreQuality:
         ),
         computed_at=row["computed_at"],
     )
+
+
+# --- freshness ----------------------------------------------------------------------
+
+
+@router.get("/freshness", response_model=Freshness, tags=["organizations"])
+async def freshness(request: Request) -> Freshness:
+    """How far the scores are behind the events the service applied (one figure for
+    every organization; the dashboard shows it beside when it last fetched)."""
+    async with _session(request, generic_plans=True) as session:
+        row = await session.conn.fetchrow(q.READ_MODEL_FRESHNESS)
+    assert row is not None
+    return Freshness(read_model_staleness_seconds=row["staleness"], as_of=row["as_of"])
 
 
 # --- the caller ---------------------------------------------------------------------

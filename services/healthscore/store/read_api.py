@@ -394,6 +394,12 @@ FROM score_quality_summary
 """
 
 
+# --- freshness --------------------------------------------------------------------------
+
+# how far the read model is behind the events applied (migration 0111), and the
+# database's clock it was read by
+READ_MODEL_FRESHNESS: Final = "SELECT app_read_model_staleness() AS staleness, now() AS as_of"
+
 # --- the caller -------------------------------------------------------------------------
 
 ME: Final = """

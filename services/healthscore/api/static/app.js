@@ -499,8 +499,27 @@ function stampUpdated() {
     ["support-updated", state.supportStamp]]) {
     if (!at) continue;
     $(id).textContent = `Updated ${clock(at)}; ` +
-      ($("auto-update").checked ? `refreshes every ${REFRESH_SECONDS} s` : "updates paused");
+      ($("auto-update").checked ? `refreshes every ${REFRESH_SECONDS} s` : "updates paused") +
+      (id === "support-updated" ? "" : freshnessText());
   }
+}
+// "Updated" is when the browser fetched; how far the scores themselves are behind the
+// events the service applied is the read model's staleness (GET /api/v1/freshness)
+const STALE_SECONDS = 60;
+function freshnessText() {
+  const s = state.staleness;
+  if (s === null || s === undefined) return "";
+  if (s < STALE_SECONDS) return ". Scores are current.";
+  const behind = s < 7200 ? `${Math.round(s / 60)} min` : `${Math.round(s / 3600)} h`;
+  return `. Scores are about ${behind} behind the events applied: the service is catching up.`;
+}
+async function loadFreshness() {
+  try {
+    state.staleness = (await api("/api/v1/freshness")).read_model_staleness_seconds;
+  } catch (error) {
+    state.staleness = null;  // unknown: say nothing rather than "current"
+  }
+  stampUpdated();
 }
 
 function fail(error) {
@@ -714,6 +733,7 @@ async function loadList({ append = false, refresh = false, told = false, again =
     ...[...state.knownFactors].sort().map((f) => el("option", { value: words(f) })));
   state.listStamp = new Date();
   stampUpdated();
+  loadFreshness();
   loaded();
   if (told || append) {
     tellShown(body.rows.length, page.next_cursor, ["organization", "organizations"],
@@ -1133,6 +1153,7 @@ async function loadOrganization(orgId, { refresh = false } = {}) {
   if (state.orgId !== orgId) return;
   state.orgStamp = new Date();
   stampUpdated();
+  loadFreshness();
   loaded();
 }
 
