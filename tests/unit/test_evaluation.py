@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -787,6 +788,9 @@ def test_an_export_with_a_stray_dated_event_is_refused_naming_it(
     events = _export(small, tmp_path, [_login(when)])
     with pytest.raises(EvaluationInputError, match=r"1 events lie more than 30 days outside"):
         load_log(events, tmp_path / "labels.csv")
+    # real ones (a pilot months before the bulk) are kept when asked (review 32d)
+    kept = load_log(events, tmp_path / "labels.csv", keep_stray_events=True)
+    assert len(kept.events) == len(from_population(small).events) + 1
     clean = load_log(_export(small, tmp_path), tmp_path / "labels.csv")
     assert clean.rejected == 0
 
@@ -938,3 +942,17 @@ def test_the_candidates_episodes_are_compared_on_the_organizations_judged(
     assert held["per_organization"] == {
         org: changes for org, changes in every["per_organization"].items() if is_held_out(org)
     }
+
+
+def test_the_default_labels_horizon_is_never_after_now(small: Population, tmp_path: Path) -> None:
+    """A churn dated ahead (a notice of a later end) pushed the default horizon past
+    now, the value --labels-until refuses: episodes counted known whose outcome nobody
+    knows yet (review 32d: precision 1.0 -> 0.357 on one population)."""
+    events = _export(small, tmp_path)
+    rows = (tmp_path / "labels.csv").read_text().splitlines()
+    org = rows[1].split(",")[0]
+    rows[1] = f"{org},2999-01-01T00:00:00Z"
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    before = time.time()
+    log = load_log(events, tmp_path / "labels.csv")
+    assert before <= log.labels_until <= time.time()

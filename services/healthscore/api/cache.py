@@ -76,8 +76,8 @@ audience's answers, and a user's few answers stay until every one of as many
 users as fill that part holds as few.
 
 Responses carry an ETag (a digest of the body) and `Cache-Control: private,
-no-cache`, so a browser revalidates with If-None-Match and gets 304 when its copy
-is still the answer.
+no-store`: no browser keeps them on disk, and a client that sends If-None-Match
+itself gets 304 when its copy is still the answer.
 """
 
 from __future__ import annotations

@@ -40,9 +40,16 @@ def add_input_arguments(p: argparse.ArgumentParser) -> None:
         help="CSV organization_id,created_at,milestones (name=time;...), optional",
     )
     p.add_argument(
+        "--keep-stray-events",
+        action="store_true",
+        help="with --events: keep events more than 30 days outside the bulk of the log's "
+        "times (refused by default: a producer's clock a year off stretches every "
+        "organization's as-of points)",
+    )
+    p.add_argument(
         "--labels-until",
         help="RFC 3339 time up to which churn is known (default: the last event, or the "
-        "latest churn in the labels if later)",
+        "latest churn in the labels if later, and not after now)",
     )
     sim = p.add_argument_group("simulation settings (with --simulate)")
     sim.add_argument("--organizations", type=int, help="default: the setting's (300)")
@@ -77,7 +84,11 @@ def _log(args: argparse.Namespace, labels_required: bool = True) -> Any:
         if args.labels_until:
             until = _labels_until(args.labels_until)
         return load_log(
-            args.events, args.labels, None if args.no_profiles else args.profiles, until
+            args.events,
+            args.labels,
+            None if args.no_profiles else args.profiles,
+            until,
+            keep_stray_events=args.keep_stray_events,
         )
     from healthscore_lab.simulator.labelled import (
         PRESETS,

@@ -18,6 +18,7 @@ import codecs
 import csv
 import io
 import re
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -220,8 +221,9 @@ def refuse_stray_events(events: list[Event], where: str) -> None:
             f"bulk of the log ({_day(low + STRAY_DAYS * DAY)} to "
             f"{_day(high - STRAY_DAYS * DAY)}): {shown}{more}. A producer's clock? They "
             "would stretch every organization's as-of points; remove them from the export, "
-            "or export with the records' timestamps (the service refuses those dated "
-            "ahead of theirs)"
+            "export with the records' timestamps (the service refuses those dated ahead "
+            "of theirs), or, if they are real (a pilot before the bulk), pass "
+            "--keep-stray-events"
         )
 
 
@@ -290,6 +292,8 @@ def load_log(
     labels: Path | None,
     profiles: Path | None = None,
     labels_until: float | None = None,
+    *,
+    keep_stray_events: bool = False,
 ) -> LabelledLog:
     """A user's export. `labels_until` is how far the labels are known (default: the
     last event, or the latest churn in the labels if later: what an export and the
@@ -302,7 +306,8 @@ def load_log(
     if not any(_activity(decoded)):
         first = f" (rejected: {'; '.join(read.rejections)})" if read.rejections else ""
         raise EvaluationInputError(f"{events}: no valid usage or support events{first}")
-    refuse_stray_events(decoded, str(events))
+    if not keep_stray_events:
+        refuse_stray_events(decoded, str(events))
     churned = parse_labels(_csv(labels), str(labels)) if labels is not None else {}
     seen = {str(event.organization_id) for event in _activity(decoded)}
     if churned and not seen & set(churned):
@@ -328,8 +333,10 @@ def load_log(
         labelled=labels is not None,
     )
     if labels_until is None:
+        # a churn dated after now (a notice of a later end) is no knowledge of the time
+        # up to it: --labels-until refuses a time after now, so does the default
         churns = [at for at in churned.values() if at is not None]
-        labels_until = max([log.last_event_at, *churns])
+        labels_until = min(max([log.last_event_at, *churns]), time.time())
     log.labels_until = labels_until
     return log
 
