@@ -685,9 +685,13 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_shadow_report(args: argparse.Namespace) -> int:
 
-    from healthscore.core.scoring.model import load_model
+    import orjson
+
+    from healthscore.core.quality import scoring_differs, scoring_settings
+    from healthscore.core.scoring.model import ScoreModel, load_model
     from healthscore.errors import ModelConfigError
     from healthscore.service.shadow import compare_shadow, format_comparison
+    from healthscore.store import quality
 
     settings = settings_from_args(args)
     if settings.database_url is None:
@@ -701,15 +705,17 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
     named = [("MODEL_PATH", settings.model_path)]
     if args.candidate is None and settings.shadow_model_path is not None:
         named.append(("SHADOW_MODEL_PATH", settings.shadow_model_path))
-    versions: dict[str, str] = {}
+    models: dict[str, ScoreModel] = {}
     for name, path in named:
         try:
-            versions[name] = load_model(path).version
+            models[name] = load_model(path)
         except (ModelConfigError, OSError) as exc:
             print(f"error: {name}={path} is not a usable model: {exc}", file=sys.stderr)
             return 2
-    live = versions["MODEL_PATH"]
-    candidate = versions.get("SHADOW_MODEL_PATH", candidate)
+    live = models["MODEL_PATH"].version
+    shadow = models.get("SHADOW_MODEL_PATH")
+    if shadow is not None:
+        candidate = shadow.version
 
     async def main() -> int:
         conn = await _service_connection(settings)
@@ -717,8 +723,20 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
             return 2
         try:
             report = await compare_shadow(conn, candidate, args.organization)
+            recorded = await conn.fetchval(quality.RECORDED_SHADOW_MODEL, candidate)
         finally:
             await conn.close()
+        if shadow is not None and recorded is not None:
+            differ = scoring_differs(orjson.loads(recorded), scoring_settings(shadow))
+            if differ:
+                # the scorer refuses this file (shadow_model_version_reused): the rows
+                # are those of the candidate first scored under the version
+                print(
+                    f"warning: SHADOW_MODEL_PATH's {candidate} is not the candidate these "
+                    f"rows were scored by (settings differ: {', '.join(differ)}); give it "
+                    "a version of its own",
+                    file=sys.stderr,
+                )
         if report.organizations_scored == 0:
             # an empty comparison would read as "the candidate changes nothing"
             print(

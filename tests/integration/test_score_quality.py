@@ -33,7 +33,13 @@ from structlog.testing import capture_logs
 
 from healthscore.core.enums import MilestoneType
 from healthscore.core.quality import aggregate_settings, aggregates_differ
-from healthscore.core.scoring.model import DAY, ScoreModel, default_model, v1_model
+from healthscore.core.scoring.model import (
+    DAY,
+    DEFAULT_MODEL_PATH,
+    ScoreModel,
+    default_model,
+    v1_model,
+)
 from healthscore.core.scoring.state import unpack_state
 from healthscore.service.imports import ImportRefused, apply_profiles, import_labels, parse_labels
 from healthscore.service.imports import parse_profiles as parse_profile_file
@@ -303,7 +309,7 @@ async def test_writer_runs_every_quality_and_promotion_statement(feed: Feed) -> 
 
 
 async def test_a_candidate_restarted_under_its_version_with_other_settings_scores_nothing(
-    feed: Feed, migrated_database: str
+    feed: Feed, migrated_database: str, tmp_path: Path
 ) -> None:
     """A candidate's rows carry its version alone: a second candidate under the same
     version (a rerun of `adapt --version v4-ours --force`) inherited them. Organizations
@@ -329,6 +335,20 @@ async def test_a_candidate_restarted_under_its_version_with_other_settings_score
     # the first candidate again (a replica still running it): scores on
     again = ShadowScorer(feed.pool, eager(default_model(), "v2-reused"))
     assert await again.catch_up() == 1 and again.refused == []
+    # the report for the second one's file says whose rows it shows
+    config = orjson.loads(DEFAULT_MODEL_PATH.read_bytes())
+    config["version"] = "v2-reused"
+    config["alerts"]["enter_probability"] = 0.9999
+    (tmp_path / "second.json").write_bytes(orjson.dumps(config))
+    report = cli(
+        migrated_database,
+        "shadow-report",
+        env={"SHADOW_MODEL_PATH": str(tmp_path / "second.json")},
+    )
+    assert report.returncode == 0, report.stderr
+    assert "is not the candidate these rows were scored by (settings differ: alerts)" in (
+        report.stderr
+    )
 
 
 async def test_shadow_scorer_scores_changed_organizations_and_reports_episode_changes(
@@ -804,7 +824,11 @@ async def test_no_episode_is_labelled_retained_while_a_support_partition_is_unre
     )
     # usage partition 0 and support partition 0 reach T + 70 days, applied (usage
     # partition 1 holds nothing: it holds nothing back)
-    logins = feed.logins(z, T - timedelta(days=5), 3) + feed.logins(org("unread-clock"), T, 71)
+    logins = (
+        feed.logins(z, T - timedelta(days=5), 3)
+        + feed.logins(org("unread-kept"), T - timedelta(days=5), 3)
+        + feed.logins(org("unread-clock"), T, 71)
+    )
     usage = [
         msgspec.structs.replace(r, topic=topics.usage, partition=0, offset=i)
         for i, r in enumerate(logins)
@@ -829,13 +853,15 @@ async def test_no_episode_is_labelled_retained_while_a_support_partition_is_unre
             assert sent.offset == record.offset
     finally:
         await producer.stop()
+    kept = org("unread-kept")  # raised, never churns: retained once the log is read
     async with superuser(migrated_database) as conn:
         await insert_live_raise(conn, z, T)
+        await insert_live_raise(conn, kept, T)
 
-    async def outcome() -> str | None:
+    async def outcome(organization: uuid.UUID = z) -> str | None:
         async with superuser(migrated_database) as conn:
             rows = await conn.fetch(
-                "SELECT outcome FROM alert_outcomes WHERE organization_id = $1", z
+                "SELECT outcome FROM alert_outcomes WHERE organization_id = $1", organization
             )
         assert len(rows) == 1
         found: str | None = rows[0]["outcome"]
@@ -854,6 +880,29 @@ async def test_no_episode_is_labelled_retained_while_a_support_partition_is_unre
     assert (await pipeline.process(churn)).applied == 2
     await labeller.step()
     assert await outcome() == "churned"
+    # support partition 1 reaches T + 70 days too: the log is read past kept's horizon
+    later = [
+        msgspec.structs.replace(r, topic=topics.support, partition=1, offset=2 + i)
+        for i, r in enumerate(feed.churn(org("unread-clock-1"), T + timedelta(days=70)))
+    ]
+    assert (await pipeline.process(later)).applied == 2
+    await labeller.step()
+    assert await outcome(kept) == "retained"
+    # a partition not read yet again (usage partition 1 receives its first record): the
+    # watermark is unknown, and what it labelled stays (review 32d: retained episodes
+    # flipped back to unlabelled until the partition's first batch)
+    first = feed.logins(org("unread-late"), T + timedelta(days=70), 1)[0]
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        await producer.send_and_wait(topics.usage, first.value, key=first.key, partition=1)
+    finally:
+        await producer.stop()
+    with capture_logs() as logs:
+        await labeller.step()
+    assert [e["unread_partitions"] for e in logs if e["event"] == "alert_outcomes_wait"] == [
+        [f"{topics.usage}:1"]
+    ]
+    assert (await outcome(kept), await outcome()) == ("retained", "churned")
 
 
 async def test_labels_import_command_labels_the_pending_episode(

@@ -116,12 +116,15 @@ class ShadowScorer:
     async def _score_page(self) -> tuple[list[asyncpg.Record], int] | None:
         """One page's transaction: its rows and how many were scored (None: another
         process leads the walk)."""
+        if self.refused is None:
+            # committed on its own before any page: a page's rollback must not leave the
+            # version unrecorded while this scorer goes on as if it were
+            async with self._pool.acquire() as conn:
+                self.refused = await self._check_version(conn)
+        if self.refused:
+            return None
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(sql.TRY_LEADER_LOCK, locks.SHADOW):
-                return None
-            if self.refused is None:
-                self.refused = await self._check_version(conn)
-            if self.refused:
                 return None
             rows = await conn.fetch(
                 quality.SHADOW_PAGE, self._cursor, self._candidate.version, self._page

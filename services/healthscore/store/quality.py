@@ -126,7 +126,9 @@ churns AS (
 # known: the log's event-time watermark ($1, NULL while unknown: the support
 # stream has been read that far, `sweep.event_time_watermark`) or the
 # organization's imported labels. New decisions are inserted unlabelled (NULL)
-# and labelled once known; a label that changes (a late import) is updated.
+# and labelled once known; a label that changes (a late import) is updated. While
+# the watermark is not known, a label it gave stays (a churn read meanwhile still
+# relabels): an input partition not read yet must not flip retained episodes back.
 # Set-based, over the outbox's raises.
 LABEL_ALERT_OUTCOMES = f"""
 WITH watermark AS (SELECT $1::timestamptz AS at),
@@ -162,11 +164,14 @@ FROM labelled
 ORDER BY alert_id
 ON CONFLICT (alert_id) DO UPDATE SET
     raised_at = EXCLUDED.raised_at,
-    outcome = EXCLUDED.outcome,
+    outcome = coalesce(EXCLUDED.outcome, CASE WHEN $1::timestamptz IS NULL THEN o.outcome END),
     churned_at = EXCLUDED.churned_at,
     labelled_at = now()
 WHERE (o.raised_at, o.outcome, o.churned_at)
-      IS DISTINCT FROM (EXCLUDED.raised_at, EXCLUDED.outcome, EXCLUDED.churned_at)
+      IS DISTINCT FROM (EXCLUDED.raised_at,
+                        coalesce(EXCLUDED.outcome,
+                                 CASE WHEN $1::timestamptz IS NULL THEN o.outcome END),
+                        EXCLUDED.churned_at)
 """  # noqa: S608 (fixed text: the churns CTE, no input)
 
 # The live alerts' figures, as the offline evaluation defines them
