@@ -723,6 +723,21 @@ async def test_the_service_login_migrating_an_up_to_date_database_applies_nothin
         assert await apply_migrations(url) == []
 
 
+async def test_a_login_that_may_not_take_the_migration_lock_is_told_what_to_do(
+    pg_admin_url: str, migrated_database: str
+) -> None:
+    """Migration 0109 leaves advisory locks to the owner's members and the service's
+    login: another login running `migrate` (the eraser's, by mistake) met a raw
+    permission error on the lock, without the hint every other refusal gives."""
+    async with temporary_login(
+        pg_admin_url, migrated_database, "healthscore_eraser", "t_er"
+    ) as url:
+        with pytest.raises(MigrationError) as raised:
+            await apply_migrations(url)
+    assert "permission denied for function pg_try_advisory_lock" in str(raised.value)
+    assert str(raised.value).endswith("the service with `serve --no-migrate`")
+
+
 async def test_the_service_login_migrating_an_older_database_is_told_what_to_do(
     pg_admin_url: str, empty_database: str, tmp_path: Path
 ) -> None:

@@ -164,7 +164,13 @@ async def apply_migrations(
         raise MigrationError(f"cannot connect to {redact(database_url)}: {exc}") from exc
     try:
         await _check_the_client_is_there(conn)
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", locks.MIGRATION):
+        try:
+            locked = await conn.fetchval("SELECT pg_try_advisory_lock($1)", locks.MIGRATION)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            # migration 0109 leaves the lock to the owner's members and the service's
+            # login: any other login may not migrate either
+            raise MigrationError(f"{exc}: {_ADMINISTRATOR}") from exc
+        if not locked:
             holder = await conn.fetchrow(_MIGRATION_LOCK_HOLDER, locks.MIGRATION)
             who = (
                 f"session {holder['pid']} ({holder['client']}, connected {holder['seconds']} s ago)"

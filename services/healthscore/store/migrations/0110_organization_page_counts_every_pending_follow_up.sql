@@ -4,7 +4,7 @@
 -- status); once due, the page said "Overdue follow-ups: 0" and did not list it, while the
 -- interaction list of the same page flagged it overdue. overdue_follow_ups and the next
 -- due time (clock_changes_in) now count every follow-up required and not done, and
--- open_interactions lists, beside the open ones, those with a follow-up pending.
+-- open_interactions lists, after the open ones, those with a follow-up pending.
 --
 -- Replaced in place (CREATE OR REPLACE keeps the function's owner, grants and plan
 -- settings; they are stated again so that this file alone says what the function is).
@@ -94,7 +94,7 @@ BEGIN
                    'follow_up_at', n.follow_up_at, 'follow_up_completed_at', n.follow_up_completed_at,
                    'opened_at', n.opened_at, 'resolved_at', n.resolved_at, 'closed_at', n.closed_at,
                    'last_event_at', n.last_event_at, 'overdue', n.overdue, 'rank', NULL)
-                   ORDER BY n.opened_at DESC NULLS FIRST, n.id) AS items
+                   ORDER BY n.status <> 'open', n.opened_at DESC NULLS FIRST, n.id) AS items
         FROM (
             SELECT i.*,
                    coalesce(i.follow_up_required AND i.follow_up_completed_at IS NULL
@@ -103,7 +103,9 @@ BEGIN
             WHERE i.organization_id = h.organization_id
               AND (i.status = 'open'
                    OR (i.follow_up_required AND i.follow_up_completed_at IS NULL))
-            ORDER BY i.opened_at DESC NULLS FIRST, i.id
+            -- the open ones first: a follow-up pending never crowds an open one out of
+            -- the 20 (the dashboard compares the list with open_interactions_count)
+            ORDER BY i.status <> 'open', i.opened_at DESC NULLS FIRST, i.id
             LIMIT 20
         ) AS n
     ) AS i ON true
