@@ -661,10 +661,11 @@ async def test_freshness_says_how_far_the_scores_are_behind_the_events(world: Wo
         current = await world.get("member", "/api/v1/freshness")
         assert current.status_code == 200, current.text
         assert current.json()["read_model_staleness_seconds"] == 0
-        await b.insert_row(
-            conn,
-            "read_model_pending",
-            b.read_model_pending(world.orgs["vow"], queued_at=NOW - timedelta(minutes=5)),
+        # on the database's clock (NOW is this module's import time)
+        await conn.execute(
+            "INSERT INTO read_model_pending (organization_id, version, queued_at)"
+            " VALUES ($1, 1, now() - interval '5 minutes')",
+            world.orgs["vow"],
         )
     finally:
         await conn.close()

@@ -795,8 +795,7 @@ function liveText(q) {
   }
   // the outcomes of every alert the service has raised, under whichever model was live
   // then: after a promotion they are mostly the earlier models' (review 32b, F8)
-  return `${text} These count the alerts of every model live so far, not only ` +
-    `${isolated(q.score_model_version)}'s. Figures as of ${absolute(q.computed_at)}.`;
+  return `${text} Figures as of ${absolute(q.computed_at)}, over every model's alerts.`;
 }
 
 async function loadTrust() {
@@ -962,8 +961,11 @@ function pathToHealthy(alert, org) {
     return [el("h4", { id: "path-title", text: "What to do: the way out of risk" }),
       el("p", { id: "org-path-none", text: why })];
   }
-  const subjects = new Map(org.open_interactions.map((i) => [i.id, i.subject]));
-  const everyOpenListed = org.open_interactions.length >= org.open_interactions_count;
+  // the list also holds interactions no longer open whose follow-up is pending: a step
+  // about one of those names it as no longer open
+  const open = org.open_interactions.filter((i) => i.status === "open");
+  const subjects = new Map(open.map((i) => [i.id, i.subject]));
+  const everyOpenListed = open.length >= org.open_interactions_count;
   const steps = alert.path_to_healthy.map((step) => {
     // the interaction the step is about is data (interaction_id); only an alert from
     // before the field names it in its text alone
