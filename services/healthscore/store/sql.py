@@ -696,6 +696,10 @@ DEAD_LETTERS_COUNTED = 100_000
 
 # --- ops gauges ------------------------------------------------------------------
 
+# The share of the cluster's notification queue in use (the read model's announcements
+# go through it; a listener idle in a transaction keeps it from being truncated)
+NOTIFICATION_QUEUE_USAGE = "SELECT pg_notification_queue_usage()"
+
 OUTBOX_STATS = """
 SELECT count(*) AS backlog,
        coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_age
@@ -712,10 +716,6 @@ SELECT health_status, risk_level, count(*) AS n FROM customer_health GROUP BY 1,
 # --- silence sweep -------------------------------------------------------------
 
 # one leader at a time (sweep, relays): a transaction-level advisory lock
-# The share of the cluster's notification queue in use (the read model's announcements
-# go through it; a listener idle in a transaction keeps it from being truncated)
-NOTIFICATION_QUEUE_USAGE = "SELECT pg_notification_queue_usage()"
-
 TRY_LEADER_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
 # A leader that waits on the broker inside its transaction (the relay: its lock held
 # while a page is acknowledged) sets its own bounds for it: idle that long at most, and
