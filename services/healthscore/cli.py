@@ -685,13 +685,9 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_shadow_report(args: argparse.Namespace) -> int:
 
-    import orjson
-
-    from healthscore.core.quality import scoring_differs, scoring_settings
     from healthscore.core.scoring.model import ScoreModel, load_model
     from healthscore.errors import ModelConfigError
-    from healthscore.service.shadow import compare_shadow, format_comparison
-    from healthscore.store import quality
+    from healthscore.service.shadow import compare_shadow, format_comparison, recorded_otherwise
 
     settings = settings_from_args(args)
     if settings.database_url is None:
@@ -723,20 +719,18 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
             return 2
         try:
             report = await compare_shadow(conn, candidate, args.organization)
-            recorded = await conn.fetchval(quality.RECORDED_SHADOW_MODEL, candidate)
+            differ = await recorded_otherwise(conn, shadow) if shadow is not None else []
         finally:
             await conn.close()
-        if shadow is not None and recorded is not None:
-            differ = scoring_differs(orjson.loads(recorded), scoring_settings(shadow))
-            if differ:
-                # the scorer refuses this file (shadow_model_version_reused): the rows
-                # are those of the candidate first scored under the version
-                print(
-                    f"warning: SHADOW_MODEL_PATH's {candidate} is not the candidate these "
-                    f"rows were scored by (settings differ: {', '.join(differ)}); give it "
-                    "a version of its own",
-                    file=sys.stderr,
-                )
+        if differ:
+            # the scorer refuses this file (shadow_model_version_reused): the rows are
+            # those of the candidate first scored under the version
+            print(
+                f"warning: SHADOW_MODEL_PATH's {candidate} is not the candidate these rows "
+                f"were scored by (settings differ: {', '.join(differ)}); give it a version "
+                "of its own",
+                file=sys.stderr,
+            )
         if report.organizations_scored == 0:
             # an empty comparison would read as "the candidate changes nothing"
             print(

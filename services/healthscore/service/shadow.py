@@ -154,8 +154,7 @@ class ShadowScorer:
         await conn.execute(
             quality.RECORD_SHADOW_MODEL, version, orjson.dumps(self._settings).decode()
         )
-        recorded = await conn.fetchval(quality.RECORDED_SHADOW_MODEL, version)
-        differ = scoring_differs(orjson.loads(recorded), self._settings)
+        differ = await recorded_otherwise(conn, self._candidate)
         if differ:
             log.error(
                 "shadow_model_version_reused",
@@ -179,6 +178,15 @@ class ShadowScorer:
             total += scored
             if wrapped:
                 return total
+
+
+async def recorded_otherwise(conn: Connection, candidate: ScoreModel) -> list[str]:
+    """The settings the candidate's version was recorded with (its first score) that
+    differ from `candidate`'s; empty when they are its own, or none are recorded."""
+    recorded = await conn.fetchval(quality.RECORDED_SHADOW_MODEL, candidate.version)
+    if recorded is None:
+        return []
+    return scoring_differs(orjson.loads(recorded), scoring_settings(candidate))
 
 
 async def _write(
