@@ -131,8 +131,6 @@ def _log(args: argparse.Namespace, labels_required: bool = True) -> Any:
 def _labels_until(text: str) -> float:
     """--labels-until: an RFC 3339 time with its offset (without one it would be read in
     the machine's zone), not after now (nobody knows yet who churns later)."""
-    from datetime import UTC, datetime
-
     from healthscore_lab.evaluation.log import EvaluationInputError
 
     try:
@@ -140,9 +138,7 @@ def _labels_until(text: str) -> float:
     except ValueError:
         raise EvaluationInputError(f"--labels-until {text!r} is not an RFC 3339 time") from None
     if until.tzinfo is None:
-        raise EvaluationInputError(
-            "--labels-until needs an offset (e.g. 2026-03-01T00:00:00Z)"
-        ) from None
+        raise EvaluationInputError("--labels-until needs an offset (e.g. 2026-03-01T00:00:00Z)")
     if until > datetime.now(UTC):
         raise EvaluationInputError(
             f"--labels-until {until.isoformat()} is after now: the labels can be complete "
