@@ -305,8 +305,10 @@ FUNCTIONS: Final = {
     f"{DASHBOARD}: EXECUTE on function app_audience(text)",
     f"{DASHBOARD}: EXECUTE on function app_organization_page(text,uuid)",
     f"{DASHBOARD}: EXECUTE on function app_organization_history(text,uuid,integer)",
-    # store/read_api.py READ_MODEL_STALENESS (0111): the dashboard's freshness
+    # store/read_api.py READ_MODEL_FRESHNESS (0111): the dashboard's freshness; and
+    # store/sql.py READ_MODEL_STALENESS (0112): the service's gauge, the same figure
     f"{DASHBOARD}: EXECUTE on function app_read_model_staleness()",
+    f"{WRITER}: EXECUTE on function app_read_model_staleness()",
     # api/invalidation.py: the listener's key (read_model_changes.SIGNING_KEY_RETIRES_AT)
     f"{DASHBOARD}: EXECUTE on function app_signing_key_retires_at(integer)",
     # store/erasure.py DELETE_DEAD_LETTERS (0099): the eraser reads no dead letter

@@ -303,10 +303,9 @@ ORDER BY p.queued_at, p.organization_id
 OLDEST_PENDING_PROJECTION = "SELECT min(queued_at) FROM read_model_pending"
 
 # the same age in seconds on the database's clock (0 with nothing queued): the
-# staleness gauge, readiness and the bench's live sampling
-READ_MODEL_STALENESS = """
-SELECT coalesce(extract(epoch FROM now() - min(queued_at)), 0)::float8 FROM read_model_pending
-"""
+# staleness gauge, readiness and the bench's live sampling; the function (migrations
+# 0111, 0112) is the read API's freshness too: one definition for both
+READ_MODEL_STALENESS = "SELECT app_read_model_staleness()"
 
 # An entry stays when its state moved on since the projector read it (a newer
 # version: committed after the read) and when a writer holds the state row right
