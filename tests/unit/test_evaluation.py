@@ -473,26 +473,9 @@ def test_v2_does_better_than_v1_on_the_same_log(small: Population) -> None:
 
 
 def test_the_evaluate_command_writes_json_and_plots(tmp_path: Path) -> None:
-    import argparse
-
-    from healthscore_lab.evaluation.command import add_evaluate_arguments
-
-    parser = argparse.ArgumentParser()
-    add_evaluate_arguments(parser)
-    args = parser.parse_args(
-        [
-            "--simulate",
-            "--organizations",
-            "40",
-            "--days",
-            "30",
-            "--json",
-            str(tmp_path / "report.json"),
-            "--plots",
-            str(tmp_path / "plots"),
-        ]
-    )
-    assert run_evaluate(args) == 0
+    simulated = ["--simulate", "--organizations", "40", "--days", "30"]
+    outputs = ["--json", str(tmp_path / "report.json"), "--plots", str(tmp_path / "plots")]
+    assert _evaluate([*simulated, *outputs]) == 0
     report = orjson.loads((tmp_path / "report.json").read_bytes())
     assert set(report["results"]) >= {
         "model",
