@@ -153,9 +153,12 @@ labelled AS (
     SELECT a.alert_id, a.organization_id, a.kind, a.episode, j.raised_at, j.churned_at,
            CASE WHEN j.churned_at IS NOT NULL THEN 'churned'
                 WHEN j.raised_at + make_interval(secs => $2) <= j.known_until THEN 'retained'
+                -- the watermark unknown: what it labelled before stays
+                WHEN (SELECT at FROM watermark) IS NULL THEN prev.outcome
            END AS outcome
     FROM alert_outbox a
     LEFT JOIN judged j ON j.organization_id = a.organization_id AND j.episode = a.episode
+    LEFT JOIN alert_outcomes prev ON prev.alert_id = a.alert_id
 )
 INSERT INTO alert_outcomes AS o (
     alert_id, organization_id, kind, episode, raised_at, outcome, churned_at)
@@ -164,14 +167,11 @@ FROM labelled
 ORDER BY alert_id
 ON CONFLICT (alert_id) DO UPDATE SET
     raised_at = EXCLUDED.raised_at,
-    outcome = coalesce(EXCLUDED.outcome, CASE WHEN $1::timestamptz IS NULL THEN o.outcome END),
+    outcome = EXCLUDED.outcome,
     churned_at = EXCLUDED.churned_at,
     labelled_at = now()
 WHERE (o.raised_at, o.outcome, o.churned_at)
-      IS DISTINCT FROM (EXCLUDED.raised_at,
-                        coalesce(EXCLUDED.outcome,
-                                 CASE WHEN $1::timestamptz IS NULL THEN o.outcome END),
-                        EXCLUDED.churned_at)
+      IS DISTINCT FROM (EXCLUDED.raised_at, EXCLUDED.outcome, EXCLUDED.churned_at)
 """  # noqa: S608 (fixed text: the churns CTE, no input)
 
 # The live alerts' figures, as the offline evaluation defines them
