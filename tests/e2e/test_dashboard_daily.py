@@ -3,7 +3,8 @@ a screen reader, in headless Chromium against the real API over a real database 
 written as the service writes them, read under row-level security; the world of
 test_dashboard_accessibility.py): a long name or subject shown whole from the keyboard;
 an organization's page refreshed in place, with what the user was doing in it kept;
-back from an organization, the focus on the row it was opened from; its milestones kept
+back from an organization, the focus on the row it was opened from; "Show more" showing
+an organization rescored meanwhile once; its milestones kept
 up to date with the facts that count them; a filter typed and not applied left alone
 by the refreshes; an organization's page and the queue say when they were loaded and
 whether they update; a reward a colleague recorded meanwhile shown as it is, not offered
@@ -379,6 +380,35 @@ async def test_back_from_an_organization_the_focus_is_on_its_row(
             interaction,
         ),
     )
+
+
+async def test_show_more_brings_a_rescored_organization_once(
+    browser: WebDriver,
+    world: World,  # noqa: F811
+) -> None:
+    run = asyncio.to_thread
+    await add_quiet_organizations(world)
+    total = len(world.orgs) + QUIET_ORGANIZATIONS
+    await run(browser.get, world.link("admin"))
+    await run(wait, browser, lambda d: len(rows(d, "org-table", "data-organization")) == 50)
+    # the riskiest organization, rescored while the first page is on screen, now sorts
+    # after every quiet one: the next page (rows after the last shown) brings it again
+    first = rows(browser, "org-table", "data-organization")[0]
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        await conn.execute(
+            "UPDATE customer_health SET churn_probability = 0.0001 WHERE organization_id = $1",
+            uuid.UUID(first),
+        )
+    finally:
+        await conn.close()
+    await run(browser.find_element(By.ID, "org-more").send_keys, Keys.ENTER)
+    await run(wait, browser, lambda d: d.find_element(By.ID, "org-more").get_attribute("hidden"))
+    shown = rows(browser, "org-table", "data-organization")
+    assert shown.count(first) == 1, shown
+    # where the newer page puts it: last, below every quiet organization
+    assert shown[-1] == first
+    assert len(shown) == total
 
 
 def milestone_fact(driver: WebDriver) -> str:

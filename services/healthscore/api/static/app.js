@@ -217,8 +217,17 @@ function drawn(rows) {
   for (const row of rows) drawnAs.set(row, row.outerHTML);
   return rows;
 }
+const keyOf = (row) => ROW_KEYS.map((k) => row.getAttribute(k)).join();
+// "Show more" asks for the rows after the last one shown (keyset pages): a row rescored
+// since the first page may come again, and stands where the newer page puts it, once
+function appendRows(tbody, fresh) {
+  const keys = new Set(fresh.map(keyOf));
+  keepingFocus(tbody, () => {
+    for (const row of [...tbody.rows]) if (keys.has(keyOf(row))) row.remove();
+    tbody.append(...drawn(fresh));
+  });
+}
 function refreshRows(tbody, fresh) {
-  const keyOf = (row) => ROW_KEYS.map((k) => row.getAttribute(k)).join();
   const before = new Map([...tbody.rows].map((row) => [keyOf(row), row]));
   const next = drawn(fresh).map((row) => {
     const same = before.get(keyOf(row));
@@ -715,7 +724,7 @@ async function loadList({ append = false, refresh = false, told = false, again =
   if (!page) return;
   const body = $("org-table").tBodies[0];
   const rows = page.items.map(orgRow);
-  if (append) body.append(...drawn(rows));
+  if (append) appendRows(body, rows);
   else refreshRows(body, rows);
   watchClamps(body);
   state.listItems = body.rows.length;
@@ -1245,7 +1254,7 @@ async function loadSupport({ append = false, refresh = false, told = false, agai
   if (!page) return;
   const body = $("interaction-table").tBodies[0];
   const rows = page.items.map(interactionRow);
-  if (append) body.append(...drawn(rows));
+  if (append) appendRows(body, rows);
   else refreshRows(body, rows);
   watchClamps(body);
   state.supportCursor = page.next_cursor;
