@@ -354,7 +354,7 @@ export interface Paths {
   "/api/v1/organizations": {
     /** List Organizations */
     get: {
-      query: { health_status?: Array<HealthStatus> | null; risk_level?: Array<RiskLevel> | null; factor?: string | null; q?: string | null; sort?: "churn_probability" | "health_score" | "score_change_7d"; limit?: number; cursor?: string | null; };
+      query: { health_status?: Array<HealthStatus> | null; risk_level?: Array<RiskLevel> | null; factor?: string | null; q?: string | null; name?: string | null; sort?: "churn_probability" | "health_score" | "score_change_7d"; limit?: number; cursor?: string | null; };
       response: OrganizationPage;
       /** application/problem+json on 401, 422 */
       problem: Problem;

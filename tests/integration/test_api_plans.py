@@ -208,14 +208,23 @@ async def test_each_filter_with_each_sort_uses_an_index(
         assert serving in used, (name, sort, used)  # selective: the filter's index wins
 
 
+@pytest.mark.parametrize("sort", SORTS)
+async def test_a_name_search_reads_the_names_index_then_each_organization_by_id(
+    session: Session, sort: str
+) -> None:
+    plan = await explain(
+        session, q.LIST_ORGANIZATIONS_NAMED[sort], None, None, None, ["org", "4217"], None, None, 51
+    )
+    assert "organizations_name_words_idx" in indexes(plan), indexes(plan)
+    # the few organizations named so, each looked up by its id: no table read whole
+    assert "customer_health_organization_id_key" in indexes(plan), indexes(plan)
+    assert not seq_scans(plan) & {"customer_health", "organizations"}, seq_scans(plan)
+
+
 # The id-prefix search (q) by the prefix's width (routes.RANGE_FIRST_DIGITS): a narrow
 # prefix reads its id range once and sorts it, with one plan per connection (the route's
 # generic plans); a wide one (one hex digit, 1/16 of the ids) walks the sort's indexes.
-RANGE_FIRST = {
-    "churn_probability": q.LIST_ORGANIZATIONS_IN_RANGE_BY_CHURN,
-    "health_score": q.LIST_ORGANIZATIONS_IN_RANGE_BY_SCORE,
-    "score_change_7d": q.LIST_ORGANIZATIONS_IN_RANGE_BY_CHANGE_7D,
-}
+RANGE_FIRST = q.LIST_ORGANIZATIONS_IN_RANGE
 
 
 def id_range(digits: str) -> tuple[uuid.UUID, uuid.UUID]:

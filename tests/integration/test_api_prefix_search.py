@@ -158,11 +158,7 @@ def test_the_prefixes_above_take_both_statements() -> None:
     assert not read_by_id_range_first(None)
 
 
-RANGE_FIRST = {
-    "churn_probability": q.LIST_ORGANIZATIONS_IN_RANGE_BY_CHURN,
-    "health_score": q.LIST_ORGANIZATIONS_IN_RANGE_BY_SCORE,
-    "score_change_7d": q.LIST_ORGANIZATIONS_IN_RANGE_BY_CHANGE_7D,
-}
+RANGE_FIRST = q.LIST_ORGANIZATIONS_IN_RANGE
 SLICED = {
     "churn_probability": q.LIST_ORGANIZATIONS_BY_CHURN,
     "health_score": q.LIST_ORGANIZATIONS_BY_SCORE,

@@ -139,11 +139,6 @@ _PREFIX = re.compile(r"[0-9a-fA-F-]{1,36}")
 # than walking the sort's index to fill a page would read (51 * 16^digits). One digit
 # (1/16) walks the sort's index (read_api.py, "prefix search").
 RANGE_FIRST_DIGITS: Final = 2
-_RANGE_FIRST: Final[dict[str, str]] = {
-    "churn_probability": q.LIST_ORGANIZATIONS_IN_RANGE_BY_CHURN,
-    "health_score": q.LIST_ORGANIZATIONS_IN_RANGE_BY_SCORE,
-    "score_change_7d": q.LIST_ORGANIZATIONS_IN_RANGE_BY_CHANGE_7D,
-}
 
 
 def read_by_id_range_first(prefix: str | None) -> bool:
@@ -158,6 +153,23 @@ def _id_range(prefix: str | None) -> tuple[uuid.UUID | None, uuid.UUID | None]:
     if not _PREFIX.fullmatch(prefix) or not 0 < len(digits) <= 32:
         raise ApiProblem(422, "invalid-request", "q must be the start of an organization id")
     return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
+
+
+# a word of a name: letters and digits (punctuation, spaces and "_" separate words, as
+# they do in the index's 'simple' parsing), so no character typed is query syntax
+_NAME_WORD = re.compile(r"[^\W_]+")
+NAME_WORDS_AT_MOST: Final = 8
+
+
+def name_words(name: str) -> list[str]:
+    """The words of a name search, as the name's words are indexed (migration 0113)."""
+    # NFC as names are typed (and mostly stored): "é" one character, not e + accent
+    words = _NAME_WORD.findall(unicodedata.normalize("NFC", name))
+    if len(words) > NAME_WORDS_AT_MOST:
+        raise ApiProblem(
+            422, "invalid-request", f"name may hold at most {NAME_WORDS_AT_MOST} words"
+        )
+    return words
 
 
 @router.get("/organizations", response_model=OrganizationPage, tags=["organizations"])
@@ -176,6 +188,15 @@ async def list_organizations(
     q_: Annotated[
         str | None, Query(alias="q", max_length=36, description="Organization id prefix.")
     ] = None,
+    name: Annotated[
+        str | None,
+        Query(
+            max_length=100,
+            description="Words of the organization's name, each the start of a word in "
+            "it, in any order, case ignored (`bloom vow`: Bloom & Vow Weddings); "
+            "punctuation separates words. Not with q.",
+        ),
+    ] = None,
     sort: Annotated[
         OrganizationSort,
         Query(
@@ -188,6 +209,9 @@ async def list_organizations(
 ) -> Response:
     """Organizations by churn probability (or score, or weekly change), with filters."""
     after = decode_cursor(cursor, sort) if cursor else None
+    words = name_words(name) if name is not None and name.strip() else None
+    if words is not None and q_ is not None:
+        raise ApiProblem(422, "invalid-request", "give q (an id prefix) or name, not both")
     low, high = _id_range(q_)
     filters: list[Any] = [
         [s.value for s in health_status] if health_status else None,
@@ -202,8 +226,19 @@ async def list_organizations(
     # the range-first statements read one index range and filter the rows it holds, so
     # one plan per connection serves every request (no planning per request)
     async with _session(request, generic_plans=range_first) as session:
-        if range_first:
-            rows = await session.conn.fetch(_RANGE_FIRST[sort], *filters, key, after_id, limit + 1)
+        if words is not None:
+            # a name without a letter or digit ('!!!') names no organization
+            rows = (
+                await session.conn.fetch(
+                    q.LIST_ORGANIZATIONS_NAMED[sort], *filters[:3], words, key, after_id, limit + 1
+                )
+                if words
+                else []
+            )
+        elif range_first:
+            rows = await session.conn.fetch(
+                q.LIST_ORGANIZATIONS_IN_RANGE[sort], *filters, key, after_id, limit + 1
+            )
         elif sort == "churn_probability":
             exact, low_edge, high_edge = _churn_range(risk_level)
             wanted = set(risk_level) if risk_level else set(RiskLevel)

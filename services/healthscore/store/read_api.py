@@ -204,48 +204,86 @@ LIST_ORGANIZATIONS_WITHOUT_CHANGE_7D: Final = _org_list(
 # rows for a page).
 # $1 health_status[], $2 risk_level[], $3 factor, $4/$5 the id range (given), $6 cursor
 # sort value, $7 cursor id, $8 limit.
-def _range_list(order: str, keyset: str, sort_key: str) -> str:
+def _selected_list(
+    selection: str, order: str, keyset: str, sort_key: str, cursor: tuple[str, str, str]
+) -> str:
+    value, last_id, limit = cursor
     return _org_list(
         [
             f"""SELECT {_ORG_COLUMNS}
     FROM customer_health
-    WHERE organization_id BETWEEN $4::uuid AND $5::uuid
+    WHERE {selection}
       AND ($1::text[] IS NULL OR health_status = ANY($1::text[]))
       AND ($2::text[] IS NULL OR risk_level = ANY($2::text[]))
       AND ($3::jsonb IS NULL OR risk_factors @> $3::jsonb)
-      AND {keyset}
+      AND {keyset.format(value=value, id=last_id)}
     ORDER BY {order}
-    LIMIT $8"""
+    LIMIT {limit}"""
         ],
         order,
         sort_key,
+        limit=limit,
     )
 
 
-LIST_ORGANIZATIONS_IN_RANGE_BY_CHURN: Final = _range_list(
-    "churn_probability DESC, organization_id",
-    """($6::numeric IS NULL OR churn_probability < $6::numeric
-           OR (churn_probability = $6::numeric AND organization_id > $7::uuid))""",
-    "u.churn_probability",
-)
+# each sort's keyset, its cursor's value and id as {value} and {id}; the 7-day change's
+# both parts in one (ascending puts NULL last): a cursor with no value (value NULL, id
+# given) is in the NULL part, as in the statements above
+_KEYSETS: Final = {
+    "churn_probability": (
+        "churn_probability DESC, organization_id",
+        """({value}::numeric IS NULL OR churn_probability < {value}::numeric
+           OR (churn_probability = {value}::numeric AND organization_id > {id}::uuid))""",
+        "u.churn_probability",
+    ),
+    "health_score": (
+        "health_score, organization_id",
+        """({value}::numeric IS NULL OR health_score > {value}::numeric
+           OR (health_score = {value}::numeric AND organization_id > {id}::uuid))""",
+        "u.health_score",
+    ),
+    "score_change_7d": (
+        "score_change_7d, organization_id",
+        """({id}::uuid IS NULL
+           OR (score_change_7d IS NULL
+               AND ({value}::numeric IS NOT NULL OR organization_id > {id}::uuid))
+           OR score_change_7d > {value}::numeric
+           OR (score_change_7d = {value}::numeric AND organization_id > {id}::uuid))""",
+        "u.score_change_7d",
+    ),
+}
 
-LIST_ORGANIZATIONS_IN_RANGE_BY_SCORE: Final = _range_list(
-    "health_score, organization_id",
-    """($6::numeric IS NULL OR health_score > $6::numeric
-           OR (health_score = $6::numeric AND organization_id > $7::uuid))""",
-    "u.health_score",
-)
+LIST_ORGANIZATIONS_IN_RANGE: Final = {
+    sort: _selected_list(
+        "organization_id BETWEEN $4::uuid AND $5::uuid", *keyset, cursor=("$6", "$7", "$8")
+    )
+    for sort, keyset in _KEYSETS.items()
+}
 
-# both parts of the 7-day-change order in one statement (ascending puts NULL last): a
-# cursor with no value ($6 NULL, $7 given) is in the NULL part, as in the two above
-LIST_ORGANIZATIONS_IN_RANGE_BY_CHANGE_7D: Final = _range_list(
-    "score_change_7d, organization_id",
-    """($7::uuid IS NULL
-           OR (score_change_7d IS NULL AND ($6::numeric IS NOT NULL OR organization_id > $7::uuid))
-           OR score_change_7d > $6::numeric
-           OR (score_change_7d = $6::numeric AND organization_id > $7::uuid))""",
-    "u.score_change_7d",
-)
+# --- name search ------------------------------------------------------------------------
+
+# The organizations whose name has a word starting with each word searched ('bloom vow'
+# finds "Bloom & Vow Weddings"), read from organizations_name_words_idx (migration 0113),
+# then sorted and paged like the lists above. The words come as an array of letters and
+# digits (routes.name_words), so nothing typed is read as query syntax, and are made a
+# prefix query here by functions the planner folds with the value (a subquery would
+# hide it, and the planner read every organization). Names are read under the caller's
+# row-level security: an organization whose name the caller may not see is not found.
+# $1-$3 the filters, $4 the words (text[], not empty), $5 cursor sort value, $6 cursor
+# id, $7 limit.
+LIST_ORGANIZATIONS_NAMED: Final = {
+    sort: _selected_list(
+        """organization_id IN (
+          SELECT n.id FROM organizations n
+          WHERE n.name IS NOT NULL
+            AND to_tsvector('simple'::regconfig, n.name) @@ to_tsquery(
+                'simple'::regconfig, array_to_string($4::text[], ':* & ') || ':*'))""",
+        *keyset,
+        cursor=("$5", "$6", "$7"),
+    )
+    for sort, keyset in _KEYSETS.items()
+}
+
 
 # The organization page and its history: each one statement that logs the caller in,
 # builds the response model's JSON text in PostgreSQL and logs out (migration 0052), so

@@ -701,6 +701,13 @@ def scenarios(ids: list[str]) -> list[tuple[str, list[str]]]:
         ),
         # two digits: about 390 of 100,000 organizations each, pages of 50
         ("list: q=<2-digit id prefix>", [org_list(q=i[:2]) for i in ids[:200]]),
+        # a name as staff type it: 12 or fewer organizations ("4217" starts 4217 and
+        # 42170-42179), and a word every organization's name has (the worst case)
+        (
+            "list: name=<a name>",
+            [org_list(name=f"bench {n * 397 % 99_000 + 1}") for n in range(200)],
+        ),
+        ("list: name=<a word of every name>", [org_list(name="weddings")]),
         ("organization page", [f"/api/v1/organizations/{i}" for i in ids]),
         ("organization history (30 days)", [f"/api/v1/organizations/{i}/history" for i in ids]),
     ]

@@ -684,15 +684,22 @@ function filtersFor(table, read, keep) {
   return state.applied[table];
 }
 
+// the search box takes a name or an id's start: hex digits and hyphens with a digit
+// among them are an id ("3f2a"); anything else is a name's words ("bloom", "cafe")
+const ID_START = /^(?=[^0-9]*[0-9])[0-9a-fA-F-]{1,36}$/;
+
 function listParams() {
   const form = $("list-filters");
   const data = new FormData(form);
+  const search = data.get("q").trim();
+  const byId = ID_START.test(search);
   return {
     health_status: data.get("health_status"),
     risk_level: data.get("risk_level"),
     // as the list writes a factor ("few logins") or as the API names it ("few_logins")
     factor: data.get("factor").trim().toLowerCase().replace(/[\s_]+/g, "_"),
-    q: data.get("q").trim(),
+    q: byId ? search : null,
+    name: byId ? null : search,
     sort: data.get("sort"),
   };
 }
@@ -733,7 +740,7 @@ async function loadList({ append = false, refresh = false, told = false, again =
   $("org-empty").hidden = body.rows.length > 0;
   // no empty table under an empty list, and why it is empty: the filters, or the role
   $("org-table").parentElement.hidden = body.rows.length === 0;
-  const filtered = params.health_status || params.risk_level || params.factor || params.q;
+  const filtered = params.health_status || params.risk_level || params.factor || params.q || params.name;
   $("org-empty").textContent = filtered
     ? "No organization visible to you matches these filters; Clear shows them all."
     : `No organizations are visible to you: your role (${state.me ? state.me.role : "unknown"}) ` +
@@ -1374,7 +1381,6 @@ function start() {
   // requested format" names no format)
   for (const [id, format] of [
     ["f-factor", "Letters, digits, spaces and underscores only, e.g. few logins."],
-    ["f-q", "The characters of an organization id only: 0 to 9, a to f and hyphens, e.g. 3f2a."],
   ]) {
     $(id).addEventListener("input", () => {
       $(id).setCustomValidity("");
@@ -1386,7 +1392,7 @@ function start() {
     loadList({ told: true }).catch(failedFilter("org-table"));
   });
   $("list-filters").addEventListener("reset", () => {
-    for (const id of ["f-factor", "f-q"]) $(id).setCustomValidity("");
+    $("f-factor").setCustomValidity("");
     setTimeout(() => loadList({ told: true }).catch(failedFilter("org-table")));
   });
   for (const id of ["f-band", "f-risk", "f-sort"]) {
