@@ -710,13 +710,14 @@ async def test_a_corrected_resend_in_the_batch_of_its_misrouted_original_is_appl
 async def test_an_event_dated_centuries_back_costs_a_year_of_silence_at_most(
     migrated_database: str, kafka_bootstrap: str
 ) -> None:
-    """A first event dated in year 1 (the contract admits it), then a current one: the
-    batch rescored every 6 hours of the silence in between (some three million
-    rescorings in one transaction) before its neighbours could commit; now one year."""
+    """A first event dated decades back (1990, the contract's earliest; year 1 was
+    admitted until it was refused), then a current one: the batch rescored every 6
+    hours of the silence in between (some three million rescorings in one transaction
+    from year 1) before its neighbours could commit; now one year."""
     topics = await make_topics(kafka_bootstrap, partitions=2)
     settings = service_settings(migrated_database, kafka_bootstrap, topics)
     at = datetime.now(UTC) - timedelta(hours=1)
-    ancient = datetime(1, 1, 3, tzinfo=UTC)
+    ancient = datetime(1990, 1, 3, tzinfo=UTC)
     org = _org("ancient")
     neighbours = [_org(f"ancient-neighbour-{i}") for i in range(4)]
     bodies = [(org, _usage(org, 0, ancient)), (org, _usage(org, 1, at))]
@@ -834,32 +835,41 @@ async def test_a_follow_up_at_the_last_microsecond_of_year_9999_is_stored(
     assert follow_up == "9999-12-31 23:59:59.999998+00"
 
 
-async def test_an_event_at_the_first_instant_of_year_1_is_stored_as_a_time(
+async def test_a_zero_value_time_is_refused_and_cannot_age_its_organization(
     migrated_database: str, kafka_bootstrap: str
 ) -> None:
-    """0001-01-01T00:00:00Z is valid (the contract's first instant) and is datetime.min,
-    which asyncpg sends as PostgreSQL's -infinity: the event's time and its score's day
-    were stored as -infinity. They are stored one microsecond later, as a time."""
+    """A producer's unset time (Go's zero time 0001-01-01T00:00:00Z, an unset Unix time
+    1970-01-01) was applied: the organization's first event, which nothing later can
+    move, made a week-old customer an established one with milestones missing, and
+    nothing said so. Such times are dead-lettered as out_of_range, naming the rule; the
+    organization's real events are applied, its first one its first."""
     topics = await make_topics(kafka_bootstrap, partitions=1)
     settings = service_settings(migrated_database, kafka_bootstrap, topics)
-    org = _org("first-instant")
-    body = _usage(org, 0, datetime(1, 1, 1, tzinfo=UTC), occurred_at="0001-01-01T00:00:00Z")
-    rejected = await _through_the_service(
-        migrated_database, kafka_bootstrap, settings, topics.usage, [(org, body, None)]
-    )
-    assert rejected == []
-    stored = await fetchval(
-        migrated_database,
-        "SELECT array_agg(t::text ORDER BY t) FROM ("
-        " SELECT occurred_at AS t FROM processed_events"
-        " UNION ALL SELECT scored_at FROM health_score_history"
-        " UNION ALL SELECT day::timestamptz FROM health_score_history) AS x",
-    )
-    assert stored == [
-        "0001-01-01 00:00:00+00",  # the day
-        "0001-01-01 00:00:00.000001+00",
-        "0001-01-01 00:00:00.000001+00",
+    at = datetime.now(UTC) - timedelta(hours=1)
+    org = _org("zero-time")
+    zero_time = "0001-01-01T00:00:00Z"  # Go's zero time.Time
+    records = [
+        (org, _usage(org, 0, at, occurred_at=zero_time), None),
+        (org, _usage(org, 1, at, occurred_at="1970-01-01T00:00:00Z"), None),
+        (org, _usage(org, 2, at, occurred_at="1989-12-31T23:59:59-01:00"), None),
+        (org, _usage(org, 3, at), None),
+        (org, _support(org, 4, at, follow_up_required=True, follow_up_at=zero_time), None),
     ]
+    rejected = await _through_the_service(
+        migrated_database, kafka_bootstrap, settings, topics.usage, records[:4]
+    )
+    rejected += await _through_the_service(
+        migrated_database, kafka_bootstrap, settings, topics.support, records[4:]
+    )
+    assert rejected == ["out_of_range", "out_of_range"]  # the reasons of each run
+    letters = await consume_all(kafka_bootstrap, topics.dlq_usage, 3, settle=0.5)
+    letters += await consume_all(kafka_bootstrap, topics.dlq_support, 1, settle=0.5)
+    assert len(letters) == 4
+    details = [dict(r.headers)["x-error-detail"] for r in letters]
+    assert all(d is not None and b"is before 1990" in d for d in details), details
+    state = await stored_state_in(migrated_database, org)
+    assert state.first_event_at == (at + timedelta(seconds=3)).timestamp()
+    assert await fetchval(migrated_database, "SELECT count(*) FROM processed_events") == 1
 
 
 async def test_an_interaction_flipping_its_type_signals_once(

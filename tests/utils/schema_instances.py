@@ -136,11 +136,11 @@ def _rfc3339(utc: datetime, offset_minutes: int, digits: int, sep: str, zulu: st
 def rfc3339_texts(latest: datetime) -> st.SearchStrategy[str]:
     """RFC 3339 timestamps up to `latest` (UTC), in every spelling the grammar allows:
     `T`/`t`, `Z`/`z`/`+00:00`/`-00:00`, offsets to ±23:59, 0 to 9 fractional digits;
-    the UTC value and the local date both within years 1-9999 (a day inside)."""
+    the UTC value and the local date both within years 1990-9999 (a day inside)."""
     return st.builds(
         _rfc3339,
         st.datetimes(
-            min_value=datetime(1, 1, 2),
+            min_value=datetime(1990, 1, 2),
             max_value=min(latest.replace(tzinfo=None), datetime(9999, 12, 30)),
             timezones=st.just(UTC),
         ),

@@ -18,6 +18,13 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 MAX_FUTURE_SKEW = timedelta(minutes=5)
+# An organization's earliest time wins (its first event fixes its tenure, a profile's
+# creation date and milestones cannot move later), so a zero-value time, Go's
+# 0001-01-01T00:00:00Z or an unset Unix time 1970-01-01, would be permanent: times
+# written with a year before this one are refused as out of range, by the topics (the
+# schemas' pattern says it too: the year as written, offsets aside) and by
+# `healthscore import`
+EARLIEST_PLAUSIBLE_YEAR = 1990
 # deeper `properties` objects are refused before anything recurses into them
 MAX_PROPERTIES_DEPTH = 32
 NO_NUL_PATTERN = "^[^\\u0000]*$"
@@ -38,8 +45,8 @@ _DAY = (
 # second 60 (a leap second) only in a minute 59; the service takes it at 23:59 UTC only
 _TIME = "(?:[01][0-9]|2[0-3]):(?:[0-5][0-9]:[0-5][0-9]|[0-5]9:60)(?:\\.[0-9]+)?"
 _OFFSET = "(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
-DATE_TIME_PATTERN = f"^(?!0000){_DAY}[Tt]{_TIME}{_OFFSET}$(?!\\n)"
-"""RFC 3339's date-time (section 5.6), year 0000 aside (no datetime holds it)."""
+DATE_TIME_PATTERN = f"^(?!0|1[0-8]|19[0-8]){_DAY}[Tt]{_TIME}{_OFFSET}$(?!\\n)"
+"""RFC 3339's date-time (section 5.6), from year 1990 (EARLIEST_PLAUSIBLE_YEAR)."""
 
 
 def check_not_in_future(value: datetime, info: ValidationInfo) -> datetime:
@@ -124,6 +131,18 @@ def check_representable(value: datetime) -> datetime:
     return value
 
 
+def check_plausible(value: datetime) -> datetime:
+    """Written with a year from EARLIEST_PLAUSIBLE_YEAR on."""
+    if value.year < EARLIEST_PLAUSIBLE_YEAR:
+        raise PydanticCustomError(
+            "out_of_range",
+            "year {year} is before {earliest}: a zero-value or unset time (0001-01-01, "
+            "1970-01-01)?",
+            {"year": value.year, "earliest": EARLIEST_PLAUSIBLE_YEAR},
+        )
+    return value
+
+
 def check_text(value: str) -> str:
     """PostgreSQL text cannot hold U+0000: refuse it here, not in the database."""
     if "\x00" in value:
@@ -176,11 +195,15 @@ SubjectText = Annotated[
     AfterValidator(check_text),
     Field(json_schema_extra={"pattern": NO_NUL_PATTERN}),
 ]
-_TIMESTAMP_RULE = "RFC 3339 with an offset; its UTC value within 0001-01-01..9999-12-31"
+_TIMESTAMP_RULE = (
+    "RFC 3339 with an offset, written with a year from 1990; its UTC value within "
+    "0001-01-01..9999-12-31"
+)
 OccurredAt = Annotated[
     AwareDatetime,
     BeforeValidator(require_text_timestamp),
     AfterValidator(check_representable),
+    AfterValidator(check_plausible),
     Field(
         description=f"When it happened ({_TIMESTAMP_RULE}); not more than 5 minutes ahead.",
         json_schema_extra={"pattern": DATE_TIME_PATTERN},
@@ -190,6 +213,7 @@ TextTimestamp = Annotated[
     AwareDatetime,
     BeforeValidator(require_text_timestamp),
     AfterValidator(check_representable),
+    AfterValidator(check_plausible),
     Field(json_schema_extra={"pattern": DATE_TIME_PATTERN}),
 ]
 WireUUID = Annotated[UUID, Field(json_schema_extra={"pattern": UUID_PATTERN})]

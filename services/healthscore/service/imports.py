@@ -40,7 +40,11 @@ import orjson
 import structlog
 from pydantic import TypeAdapter, ValidationError
 
-from healthscore.contracts._common import TextTimestamp, utc_representable
+from healthscore.contracts._common import (
+    EARLIEST_PLAUSIBLE_YEAR,
+    TextTimestamp,
+    utc_representable,
+)
 from healthscore.contracts.profile import OrganizationProfile
 from healthscore.core.enums import MilestoneType
 from healthscore.core.scoring.aggregate import apply_profile, new_state
@@ -142,6 +146,13 @@ def _time(text: str) -> datetime:
         # score's tenure) could take it
         if moment is not None and not utc_representable(moment):
             raise ValueError("its UTC value falls outside 0001-01-01..9999-12-31") from None
+        if moment is not None and moment.year < EARLIEST_PLAUSIBLE_YEAR:
+            # the earliest time of a profile wins (a later profile cannot move it back),
+            # so a mistyped year (0202 for 2022) would be permanent
+            raise ValueError(
+                f"before {EARLIEST_PLAUSIBLE_YEAR}-01-01: a mistyped year? (the "
+                "earliest time of an organization wins: no later file could correct it)"
+            ) from None
         detail = exc.errors()[0]["msg"].removeprefix("Value error, ")
         said = "" if detail.startswith("must be") else f" ({detail})"
         raise ValueError(
@@ -149,19 +160,9 @@ def _time(text: str) -> datetime:
         ) from None
 
 
-# A profile's earliest time wins (a later profile cannot move it back), so a mistyped
-# year (0202 for 2022) would be permanent: times before this are refused as such
-EARLIEST_PROFILE_TIME = datetime(1990, 1, 1, tzinfo=UTC)
-
-
 def _past(moment: datetime, now: datetime) -> datetime:
     if moment > now:
         raise ValueError(f"after the import's time {now.isoformat()}")
-    if moment < EARLIEST_PROFILE_TIME:
-        raise ValueError(
-            f"before {EARLIEST_PROFILE_TIME.date().isoformat()}: a mistyped year? (the "
-            "earliest time of a profile wins: a later file could not correct it)"
-        )
     return moment
 
 

@@ -39,7 +39,11 @@ from pydantic_core import PydanticCustomError
 
 from healthscore.contracts import SupportEvent as SupportModel
 from healthscore.contracts import UsageEvent as UsageModel
-from healthscore.contracts._common import MAX_FUTURE_SKEW, check_json_value
+from healthscore.contracts._common import (
+    EARLIEST_PLAUSIBLE_YEAR,
+    MAX_FUTURE_SKEW,
+    check_json_value,
+)
 from healthscore.contracts.usage import MAX_PROPERTIES_BYTES
 from healthscore.core.enums import (
     Channel,
@@ -116,16 +120,17 @@ _RFC3339: Final = re.compile(
 
 
 def _timestamp(text: str) -> datetime | None:
-    """An RFC 3339 timestamp whose UTC value is within years 1-9999, else None.
+    """An RFC 3339 timestamp written with a year from 1990 (the contract's
+    EARLIEST_PLAUSIBLE_YEAR) whose UTC value is within years 1-9999, else None.
 
     The pattern keeps `fromisoformat` to the form where it agrees with
     pydantic's parser (it alone would take `+01:60` or `12:00:00.Z`).
     """
-    if _RFC3339(text) is None:
+    if _RFC3339(text) is None or int(text[:4]) < EARLIEST_PLAUSIBLE_YEAR:
         return None
     try:
         value = datetime.fromisoformat(text)  # refuses 02-30 and the like
-        if value.year == 1 or value.year == 9999:
+        if value.year == 9999:
             value.astimezone(UTC)
     except (ValueError, OverflowError):
         return None
