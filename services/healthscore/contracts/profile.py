@@ -23,7 +23,9 @@ class OrganizationProfile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", title="OrganizationProfile")
 
     event_id: WireUUID = Field(
-        description="Idempotency key: the same id delivered twice counts once."
+        description="Idempotency key: the same id delivered twice counts once, within "
+        "the service's dedupe window (DEDUPE_RETENTION_DAYS, 14 days by default, after "
+        "the first was applied)."
     )
     organization_id: WireUUID = Field(
         description="The organization; equals the Kafka message key, which is this id in "
