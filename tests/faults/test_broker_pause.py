@@ -116,6 +116,10 @@ async def test_service_recovers_from_a_paused_broker(
             assert offset >= last[tp], f"{tp} went back from {last[tp]} to {offset}"
             last[tp] = offset
 
+    # the freeze overlapped the work: batches were flowing (part of the first part
+    # applied, not all) and the producer still had sends in flight at SIGCONT
+    assert 0 < applied_at_pause < len(first.event_ids), applied_at_pause
+    assert not sent_while_paused, "the producer finished before the broker froze"
     alerts, copies = await assert_alerts_published(
         kafka_bootstrap, migrated_database, topics.alerts
     )

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import asyncpg
 import orjson
+import pytest
 
 from healthscore.service.ingest.decode import RawRecord, Rejection
 from healthscore.service.ingest.dlq import dead_letter_columns
@@ -50,6 +51,8 @@ from tests.utils.harness import (
     make_topics,
     service_settings,
 )
+
+pytestmark = pytest.mark.faults
 
 
 def _erase_process(

@@ -92,9 +92,9 @@ async def test_two_processes_with_rebalances_match_a_single_process(
         # the first leaves (SIGTERM, graceful) while the last third flows in
         async with background(produce_stream(producer, parts[2], topics, rate=RATE)) as last:
             await asyncio.sleep(len(parts[2]) / RATE / 3)
+            left_mid_stream = not last.done()  # told to leave while the stream flows
             await asyncio.to_thread(first.terminate)
             timings["first_left"] = time.monotonic() - started
-            left_mid_stream = not last.done()
             await asyncio.wait_for(last, 60)
         assert first.process is not None and first.process.returncode == 0
         await wait_logged(second, "partitions_assigned", 2, 60)
@@ -120,6 +120,9 @@ async def test_two_processes_with_rebalances_match_a_single_process(
     await assert_exactly_once(
         migrated_database, oracle, producer.last_offsets, settings.consumer_group
     )
+    # the rebalances happened while records flowed (else this is two quiet hand-overs)
+    assert joined_mid_stream, "the second process joined after the middle third was sent"
+    assert left_mid_stream, "the first process left after the last third was sent"
     await assert_alerts_published(kafka_bootstrap, migrated_database, topics.alerts)
     # both processes did real work, and the second ended up with every partition
     assert first.log_path is not None and second.log_path is not None

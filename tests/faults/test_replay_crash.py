@@ -9,8 +9,12 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from tests.utils.harness import ServiceProcess, fetchval, make_topics, service_settings, wait_for
 from tests.utils.scenarios import produce_stream, simulated_stream
+
+pytestmark = pytest.mark.faults
 
 
 def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -34,7 +38,11 @@ async def test_a_replay_killed_half_way_is_refused_on_the_same_database(
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(30)
+    # the kill landed half-way: the replay was still running, its log not all applied
+    # (else the refusal and the resumed run below would prove nothing)
+    assert first.returncode == -signal.SIGKILL
     before = await fetchval(migrated_database, "SELECT count(*) FROM processed_events")
+    assert 0 < before < 3000, before
 
     again = await asyncio.to_thread(
         subprocess.run, command, env=env, capture_output=True, text=True, timeout=300, check=False

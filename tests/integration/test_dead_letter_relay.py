@@ -4,7 +4,8 @@ once the broker acknowledged it; a crash in between sends it again, never loses 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import asyncio
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,11 @@ async def test_dead_letters_leave_in_order_whole_and_a_crash_sends_them_again(
             # a batch's write, twice: a redone batch writes no dead letter twice
             for _ in range(2):
                 await conn.execute(sql.INSERT_DEAD_LETTERS, *dead_letter_columns(rejections))
+            stored = await conn.fetch(
+                "SELECT rejected_at FROM dead_letter_outbox ORDER BY source_offset"
+            )
+        rejected_at = [r["rejected_at"] for r in stored]
+        await asyncio.sleep(0.05)  # the relay's clock reads later than the batch's
 
         def crash() -> None:
             raise Crash
@@ -90,6 +96,9 @@ async def test_dead_letters_leave_in_order_whole_and_a_crash_sends_them_again(
     # each sent twice (the crash's page again), in rejection order each time
     offsets = [int(dict(r.headers)["x-source-offset"]) for r in letters]
     assert offsets == [3, 5, 8, 3, 5, 8]
+    # each copy carries when the batch rejected the record, not when the relay sent it
+    stamps = [datetime.fromisoformat(dict(r.headers)["x-rejected-at"].decode()) for r in letters]
+    assert stamps == rejected_at * 2
     for letter, rejection in zip(letters[:3], rejections, strict=True):
         record = rejection.record
         assert (letter.key, letter.value) == (record.key, record.value)
@@ -107,9 +116,6 @@ async def test_dead_letters_leave_in_order_whole_and_a_crash_sends_them_again(
         own = dict(headers[:7])
         assert own["x-error-detail"] == rejection.detail.encode()
         assert own["x-source-timestamp-ms"] == str(record.timestamp_ms).encode()
-        # when the batch rejected it, not when the relay sent it
-        rejected_at = datetime.fromisoformat(own["x-rejected-at"].decode())
-        assert rejected_at.tzinfo is not None and rejected_at <= datetime.now(UTC)
         # the producer's headers follow, as they came (a null value stays null)
         assert headers[7:] == list(record.headers)
 
