@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-import time
 import uuid
 from datetime import timedelta
 
@@ -312,6 +311,17 @@ class ClockBoundApp(CountingApp):
         await super().__call__(scope, receive, send)
 
 
+class TickingClock:
+    """A fake monotonic clock a second on at each reading, from `start`."""
+
+    def __init__(self, start: float) -> None:
+        self.next = start
+
+    def __call__(self) -> float:
+        self.next += 1.0
+        return self.next - 1.0
+
+
 async def test_a_clock_bound_answer_is_kept_as_long_as_its_route_says() -> None:
     secret = "a-test-secret-of-at-least-32-bytes-long"
     token = issue_hs256(secret, USER, timedelta(minutes=5))
@@ -321,16 +331,18 @@ async def test_a_clock_bound_answer_is_kept_as_long_as_its_route_says() -> None:
         state = CacheState(ResponseCache(), ApiMetrics())
         state.live(until=math.inf)
         app = CachedReads(
-            ClockBoundApp(seconds), state, TokenVerifier(hs256_secret=secret.encode())
+            ClockBoundApp(seconds),
+            state,
+            TokenVerifier(hs256_secret=secret.encode()),
+            clock=TickingClock(1000.0),
         )
         await call(app, "GET", page, token)
         entries = list(state.cache._entries.values())
         kept[seconds] = None if not entries else entries[0].fresh_until
-    now = time.monotonic()
     assert kept[0.0] is None  # due already: not kept
-    no_max_age, half_a_minute = kept[None], kept[30.0]
-    assert no_max_age is not None and now < no_max_age <= now + CLOCK_MAX_AGE
-    assert half_a_minute is not None and now + 25 < half_a_minute <= now + 30
+    # counted from the clock's first reading, before the route ran (1000): not later
+    assert kept[None] == 1000.0 + CLOCK_MAX_AGE
+    assert kept[30.0] == 1030.0
     assert kept[math.inf] == math.inf
 
 

@@ -87,17 +87,37 @@ async def test_a_committed_batch_is_committed_to_kafka_and_reported() -> None:
     assert offsets.sought == {}
 
 
-async def test_a_failed_batch_is_sought_back_and_retried_after_a_pause() -> None:
-    pipeline = ScriptedPipeline(ConnectionError("postgres restarting"))
+async def test_a_failed_batch_is_sought_back_and_retried_after_a_pause(
+    sleeps: list[float],
+) -> None:
+    down = ConnectionError("postgres restarting")
+    done = BatchOutcome(records=2, next_offsets={U0: 12})
+    pipeline = ScriptedPipeline(down, down, down, down, done, down)
     consumer = FakeConsumer(assigned=[U0])
     handler, _, outcomes, seen = handler_for(pipeline, consumer)
     await handler([record(10), record(11)])
     assert consumer.seeks == [(U0, 10)]
     assert consumer.commits == [] and outcomes == []
     assert handler.failures == 1 and seen == ["ConnectionError"]
+    # the pause before the batch is fetched again: the shortest first
+    assert sleeps == [0.001]
+    # each failure in a row doubles it, up to the longest (0.004)
+    for _ in range(3):
+        await handler([record(10), record(11)])
+    assert sleeps == [0.001, 0.002, 0.004, 0.004]
+    assert handler.failures == 4 and consumer.commits == []
+    # a batch that commits goes on at once, and the next failure starts short again
+    await handler([record(10), record(11)])
+    assert consumer.commits == [{U0: 12}] and outcomes == [done]
+    assert sleeps == [0.001, 0.002, 0.004, 0.004]
+    await handler([record(12)])
+    assert sleeps == [0.001, 0.002, 0.004, 0.004, 0.001]
+    assert handler.failures == 5
 
 
-async def test_a_gap_is_sought_back_to_the_stored_offset_without_counting_a_failure() -> None:
+async def test_a_gap_is_sought_back_to_the_stored_offset_without_counting_a_failure(
+    sleeps: list[float],
+) -> None:
     pipeline = ScriptedPipeline(OffsetGap(U0[0], U0[1], stored=8, first=10))
     consumer = FakeConsumer(assigned=[U0])
     handler, offsets, _, seen = handler_for(pipeline, consumer)
@@ -105,6 +125,7 @@ async def test_a_gap_is_sought_back_to_the_stored_offset_without_counting_a_fail
     assert consumer.seeks == [(U0, 8)]
     assert offsets.sought == {U0: 8}
     assert handler.failures == 0 and seen == ["gap"]
+    assert sleeps == []  # fetched again at once, no pause
 
 
 @pytest.fixture

@@ -40,12 +40,40 @@ def test_a_batch_past_the_limit_is_refused_naming_it(codec: str) -> None:
         decode(_encode(codec, BODY), len(BODY) - 1)
 
 
-@pytest.mark.parametrize("codec", CODECS)
-def test_bytes_that_do_not_decompress_still_fail_as_they_did(codec: str) -> None:
-    compressed = _encode(codec, BODY)
-    with pytest.raises(Exception) as failed:
-        kafka_codecs.DECODERS[f"{codec}_decode"](compressed[: len(compressed) // 2])
-    assert not isinstance(failed.value, DecompressedTooLarge)
+def _cut_in_half(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def _xerial_with_its_last_block_cut() -> bytes:
+    """Kafka's xerial framing intact, its one block cut short (its size restated to fit).
+    A frame cut anywhere fails the framing check first, a ValueError of this project's
+    (`test_a_xerial_frame_whose_block_sizes_do_not_fit_is_refused`)."""
+    block = _cut_in_half(bytes(aiokafka_codec.snappy_encode(BODY[:32768], False)))
+    return b"\x82SNAPPY\x00" + struct.pack("!ii", 1, 1) + struct.pack("!i", len(block)) + block
+
+
+@pytest.mark.parametrize(
+    ("codec", "undecompressible"),
+    [
+        ("gzip", _cut_in_half(_encode("gzip", BODY))),
+        ("snappy", _cut_in_half(bytes(aiokafka_codec.snappy_encode(BODY, False)))),
+        ("snappy", _xerial_with_its_last_block_cut()),
+        ("lz4", _cut_in_half(_encode("lz4", BODY))),
+        ("zstd", _cut_in_half(_encode("zstd", BODY))),
+    ],
+    ids=["gzip", "snappy", "snappy-xerial", "lz4", "zstd"],
+)
+def test_bytes_that_do_not_decompress_still_fail_as_they_did(
+    codec: str, undecompressible: bytes
+) -> None:
+    """The same exception, of the same type, as aiokafka's own decompressor raises on
+    the same bytes (not `DecompressedTooLarge`, nor any other)."""
+    with pytest.raises(Exception) as theirs:
+        getattr(aiokafka_codec, f"{codec}_decode")(undecompressible)
+    with pytest.raises(Exception) as ours:
+        kafka_codecs.DECODERS[f"{codec}_decode"](undecompressible)
+    assert type(ours.value) is type(theirs.value)
+    assert str(ours.value) == str(theirs.value)
 
 
 def test_snappy_in_kafkas_xerial_blocks() -> None:

@@ -9,6 +9,7 @@ of everything the service derives in PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 import uuid
 from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -335,9 +336,13 @@ def organizations_by_topic(messages: Iterable[SimulatedMessage]) -> tuple[set[st
 
 
 async def wait_outcomes(
-    service: Components, predicate: Callable[[list[BatchOutcome]], bool], timeout: float = 15.0
+    service: Components,
+    predicate: Callable[[list[BatchOutcome]], bool],
+    timeout: float = 15.0,
+    what: str = "",
 ) -> list[BatchOutcome]:
-    """Wait until the service's recorded batch outcomes satisfy `predicate`.
+    """Wait until the service's recorded batch outcomes satisfy `predicate`; fail
+    (AssertionError) if they do not within `timeout` seconds.
 
     A batch's outcome is recorded after its transaction commits (and after the
     Kafka commit), so the stored offsets can reach the end a moment earlier.
@@ -345,6 +350,23 @@ async def wait_outcomes(
     deadline = time.monotonic() + timeout
     while True:
         outcomes = list(service.outcomes)
-        if predicate(outcomes) or time.monotonic() >= deadline:
+        if predicate(outcomes):
             return outcomes
+        if time.monotonic() >= deadline:
+            break
         await asyncio.sleep(0.05)
+    if not what:
+        try:
+            what = inspect.getsource(predicate).strip()
+        except (OSError, TypeError):
+            what = repr(predicate)
+    rejected: dict[str, int] = {}
+    for outcome in outcomes:
+        for reason, n in outcome.rejected.items():
+            rejected[reason] = rejected.get(reason, 0) + n
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for batch outcomes that satisfy {what}; "
+        f"last {len(outcomes)} outcomes: records={sum(o.records for o in outcomes)} "
+        f"applied={sum(o.applied for o in outcomes)} "
+        f"duplicates={sum(o.duplicates for o in outcomes)} rejected={rejected}"
+    )

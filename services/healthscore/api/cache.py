@@ -637,12 +637,21 @@ def _answer(messages: list[Message]) -> Answer | None:
 
 
 class CachedReads:
-    """ASGI middleware in front of the API's routes: serves and keeps GET answers."""
+    """ASGI middleware in front of the API's routes: serves and keeps GET answers
+    (`clock`: the monotonic clock they are kept by; a test passes a fake)."""
 
-    def __init__(self, app: ASGIApp, state: CacheState, verifier: TokenVerifier) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        state: CacheState,
+        verifier: TokenVerifier,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.app = app
         self.state = state
         self.verifier = verifier
+        self._clock = clock
         m = state.metrics.cache_requests
         self._hit = m.labels(outcome="hit")
         self._shared = m.labels(outcome="shared")
@@ -691,7 +700,7 @@ class CachedReads:
             await self.app(scope, receive, send)  # the route answers 401
             return
         state = self.state
-        wall, monotonic = time.time(), time.monotonic()
+        wall, monotonic = time.time(), self._clock()
         if principal.expires_at.timestamp() <= wall or not state.serving(wall, monotonic):
             self._bypass.inc()
             await self.app(scope, receive, send)
@@ -809,7 +818,7 @@ class CachedReads:
             # a list that may lag is kept anyway, at the versions read before it began:
             # it shows every change announced before then, and lags from then on
             self._unkept["moved"].inc()
-        elif not state.serving(time.time(), time.monotonic()):
+        elif not state.serving(time.time(), self._clock()):
             self._unkept["not_serving"].inc()
         else:
             fresh_until = math.inf
@@ -851,7 +860,7 @@ class CachedReads:
                     key,
                     versions,
                     users_at,
-                    time.monotonic(),
+                    self._clock(),
                     [],
                 )
             except Exception as exc:  # the next request past the bound computes it
