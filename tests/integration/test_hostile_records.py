@@ -862,7 +862,7 @@ async def test_a_zero_value_time_is_refused_and_cannot_age_its_organization(
     rejected += await _through_the_service(
         migrated_database, kafka_bootstrap, settings, topics.support, records[4:]
     )
-    assert rejected == ["out_of_range", "out_of_range"]  # the reasons of each run
+    assert set(rejected) == {"out_of_range"}  # each batch's reasons: however cut
     letters = await consume_all(kafka_bootstrap, topics.dlq_usage, 3, settle=0.5)
     letters += await consume_all(kafka_bootstrap, topics.dlq_support, 1, settle=0.5)
     assert len(letters) == 4
