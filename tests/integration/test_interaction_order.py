@@ -19,6 +19,9 @@ from typing import Any
 import asyncpg
 import orjson
 
+from healthscore.store.identity import LOGIN, mint_token
+from tests.utils import schema_builders as b
+from tests.utils.api import api_login, signing_key
 from tests.utils.harness import (
     make_producer,
     make_topics,
@@ -290,3 +293,102 @@ async def test_a_follow_up_scheduled_as_it_is_resolved_stays_to_do(
             }, (interaction, action)
     finally:
         await conn.close()
+
+
+# The desk unassigns an interaction, clears its sentiment and cancels its follow-up by
+# sending those fields as null (the contract types them "or null"); null was taken for
+# "left out", so the former assignee kept it (the support role's row-level security
+# shows a support user the interactions assigned to them) and it never reached the
+# triage queue. Rank: (occurred_at hours, body).
+NULLS: list[tuple[float, dict[str, Any]]] = [
+    (
+        0,
+        {
+            "action": "opened",
+            "interaction_type": "billing_inquiry",
+            "channel": "email",
+            "assigned_to": STAFF_A,
+            "subject": "Invoice wrong",
+            "sentiment": "negative",
+        },
+    ),
+    (0.5, {"action": "updated", "subject": None}),  # older than the subject set at 3h
+    (1, {"action": "updated", "assigned_to": STAFF_B}),
+    (2, {"action": "updated", "assigned_to": None, "sentiment": None}),  # unassigned
+    (3, {"action": "updated", "subject": "Invoice wrong (March)"}),
+    (4, {"action": "follow_up_scheduled", "follow_up_at": _at(28)}),
+    (5, {"action": "updated", "follow_up_at": None}),  # the check-in called off
+]
+NULL_ORDERS = [[0, 1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1, 0], [3, 2, 6, 1, 0, 5, 4]]
+
+
+async def test_a_field_sent_as_null_is_cleared_by_the_latest_event(
+    migrated_database: str, kafka_bootstrap: str, pg_admin_url: str
+) -> None:
+    topics = await make_topics(kafka_bootstrap, partitions=2)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    copies = []
+    for copy, order in enumerate(NULL_ORDERS):
+        org = str(uuid.uuid5(uuid.NAMESPACE_URL, f"null-clears-org-{copy}"))
+        interaction = str(uuid.uuid5(uuid.NAMESPACE_URL, f"null-clears-{copy}"))
+        bodies = [
+            {
+                "event_id": _event_id(rank, 200 + copy),
+                "organization_id": org,
+                "interaction_id": interaction,
+                "occurred_at": _at(hours),
+                **body,
+            }
+            for rank, (hours, body) in enumerate(NULLS)
+        ]
+        copies.append((interaction, [bodies[i] for i in order]))
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        await b.insert_row(
+            conn, "user_profiles", b.user_profile(id=uuid.UUID(STAFF_B), role="support")
+        )
+    finally:
+        await conn.close()
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        async with running_service(settings):
+            # one event of each copy per round, each round committed before the next
+            for step in range(len(NULLS)):
+                await produce_json(producer, topics.support, [c[1][step] for c in copies])
+                await wait_processed(
+                    migrated_database, len(copies) * (step + 1), 60.0, exactly=True
+                )
+    finally:
+        await producer.stop()
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        rows = await conn.fetch(
+            "SELECT assigned_to, sentiment, subject, follow_up_required, follow_up_at, status"
+            " FROM support_interactions WHERE id = ANY($1::uuid[])",
+            [uuid.UUID(interaction) for interaction, _ in copies],
+        )
+    finally:
+        await conn.close()
+    assert [dict(r) for r in rows] == [
+        {
+            "assigned_to": None,  # unassigned at 2h: on the triage queue
+            "sentiment": None,
+            "subject": "Invoice wrong (March)",  # the null at 0.5h is older
+            "follow_up_required": True,
+            "follow_up_at": None,  # called off at 5h
+            "status": "open",
+        }
+    ] * len(copies)
+    # the former assignee no longer sees them, under row-level security
+    key = await signing_key(migrated_database)
+    async with api_login(pg_admin_url, migrated_database) as login_url:
+        dashboard = await asyncpg.connect(login_url, server_settings={"role": "cs_dashboard"})
+        try:
+            token = mint_token(
+                key, uuid.UUID(STAFF_B), expires_at=datetime.now(UTC) + timedelta(hours=1)
+            )
+            await dashboard.fetchval(LOGIN, token)
+            seen = await dashboard.fetchval("SELECT count(*) FROM support_interactions")
+        finally:
+            await dashboard.close()
+    assert seen == 0

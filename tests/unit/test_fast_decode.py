@@ -121,7 +121,8 @@ def test_wire_structs_mirror_the_models() -> None:
     assert UsageWire.__struct_fields__ == tuple(UsageEvent.model_fields)
     assert SupportWire.__struct_fields__ == tuple(SupportEvent.model_fields)
     assert events.UsageEvent.__struct_fields__ == tuple(UsageEvent.model_fields)
-    assert events.SupportEvent.__struct_fields__ == tuple(SupportEvent.model_fields)
+    # and the core's, which adds what no model field says: the fields sent as null
+    assert events.SupportEvent.__struct_fields__ == (*SupportEvent.model_fields, "cleared")
 
     class Changed(UsageEvent):
         campaign: str | None = None
@@ -379,6 +380,16 @@ SUPPORT_EDGES: dict[str, dict[str, Any]] = {
     "subject_nul": _support(subject="\x00"),
     "subject_missing": _support(subject=_MISSING),
     "assigned": _support(assigned_to="9c4f5d1b-86e7-4f4b-8d8a-3a4b5c6d7e8f"),
+    # null sets a field to none (cleared), left out leaves it: both paths tell them apart
+    "every_null": _support(action="updated", sentiment=None, subject=None),
+    "none_sent": _support(
+        action="updated",
+        sentiment=_MISSING,
+        outcome=_MISSING,
+        assigned_to=_MISSING,
+        subject=_MISSING,
+        follow_up_at=_MISSING,
+    ),
     "assigned_bad": _support(assigned_to="staff-7"),
     "every_enum": _support(
         action="resolved", priority="urgent", sentiment="very_negative", outcome="churned"
@@ -406,6 +417,27 @@ def test_usage_edge_cases(name: str) -> None:
 def test_support_edge_cases(name: str) -> None:
     record = _record(SUPPORT, ORG.encode(), json.dumps(SUPPORT_EDGES[name]).encode())
     decide(record)
+
+
+def test_a_field_sent_as_null_is_told_from_one_left_out() -> None:
+    def cleared(name: str) -> frozenset[str]:
+        record = _record(SUPPORT, ORG.encode(), json.dumps(SUPPORT_EDGES[name]).encode())
+        decoded = decide(record)
+        assert isinstance(decoded, Decoded) and took_fast_path(record)
+        assert isinstance(decoded.event, events.SupportEvent)
+        return decoded.event.cleared
+
+    every = {"sentiment", "outcome", "assigned_to", "subject", "follow_up_at"}
+    assert cleared("every_null") == every
+    assert cleared("none_sent") == frozenset()
+    # and the digest is the same either way: a repeat of the id is one event, as before
+    digests = set()
+    for name in ("every_null", "none_sent"):
+        record = _record(SUPPORT, ORG.encode(), json.dumps(SUPPORT_EDGES[name]).encode())
+        decoded = decide(record)
+        assert isinstance(decoded, Decoded)
+        digests.add(payload_digest(decoded))
+    assert len(digests) == 1
 
 
 @pytest.mark.parametrize("timestamp", [*TIMESTAMPS, *NON_STRING_TIMESTAMPS])

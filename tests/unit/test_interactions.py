@@ -20,7 +20,7 @@ from healthscore.contracts.enums import (
     Sentiment,
     SupportAction,
 )
-from healthscore.core.events import SupportEvent
+from healthscore.core.events import CLEARABLE, SupportEvent
 from healthscore.core.interactions import InteractionRecord, merge_interaction
 
 ORG = UUID("9d3c0b7e-1b2a-4c8d-8e9f-0a1b2c3d4e5f")
@@ -192,7 +192,13 @@ def event_sets(draw: st.DrawFn) -> list[SupportEvent]:
         minute = draw(st.integers(min_value=0, max_value=4))  # few minutes: many ties
         fields = {name: draw(strategy) for name, strategy in _optional.items()}
         fields = {k: v for k, v in fields.items() if v is not None}
-        events.append(event(action, minute, draw(st.integers(0, 3)) * 100 + n, **fields))
+        # a field null may clear is left out, set, or sent as null
+        cleared = frozenset(
+            name for name in CLEARABLE if name not in fields and draw(st.booleans())
+        )
+        events.append(
+            event(action, minute, draw(st.integers(0, 3)) * 100 + n, cleared=cleared, **fields)
+        )
     return events
 
 
@@ -282,3 +288,24 @@ def test_a_follow_up_scheduled_as_it_is_resolved_stays_to_do_whatever_their_ids(
             ]
         )
         assert (record.follow_up_required, record.follow_up_completed_at) == (False, ts(6))
+
+
+def test_a_field_sent_as_null_is_cleared_when_it_is_the_latest() -> None:
+    """The contract types sentiment, outcome, assigned_to, subject and follow_up_at "or
+    null": null is a value, and the latest event wins per field, null included; a field
+    left out changes nothing. (Null read as left out kept an unassigned interaction with
+    its former assignee.)"""
+    staff = UUID(int=7)
+    opened = event(A.OPENED, 0, 1, assigned_to=staff, sentiment=Sentiment.NEGATIVE, subject="x")
+    unassigned = event(A.UPDATED, 2, 2, cleared=frozenset({"assigned_to", "sentiment"}))
+    older_null = event(A.UPDATED, 1, 3, cleared=frozenset({"subject"}))
+    newer_subject = event(A.UPDATED, 3, 4, subject="y")
+    left_out = event(A.UPDATED, 4, 5, priority=Priority.HIGH)
+    for order in itertools.permutations([opened, unassigned, older_null, newer_subject, left_out]):
+        record = merge_all(list(order))
+        assert (record.assigned_to, record.sentiment) == (None, None)
+        assert record.subject == "y"  # the null at minute 1 is older than "y"
+        assert record.field_event_times["assigned_to"] == [ts(2), str(UUID(int=2))]
+    # a null older than the value it would clear clears nothing
+    kept = merge_all([event(A.UPDATED, -1, 6, cleared=frozenset({"assigned_to"})), opened])
+    assert kept.assigned_to == str(staff)

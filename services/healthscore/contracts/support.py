@@ -51,6 +51,12 @@ def _action_rules_schema() -> dict[str, Any]:
     return {"allOf": rules}
 
 
+_NULL_CLEARS = (
+    "Null sets it to none when this event is the field's latest (by occurred_at, then "
+    "event_id); left out, the field keeps its value."
+)
+
+
 class SupportEvent(BaseModel):
     """One step in the life of a support interaction."""
 
@@ -79,19 +85,27 @@ class SupportEvent(BaseModel):
     )
     channel: Channel | None = Field(default=None, description="Channel; required on `opened`.")
     priority: Priority | None = Field(default=None, description="Priority.")
-    sentiment: Sentiment | None = Field(default=None, description="Customer sentiment.")
-    outcome: Outcome | None = Field(default=None, description="Outcome of the interaction.")
+    sentiment: Sentiment | None = Field(
+        default=None, description=f"Customer sentiment. {_NULL_CLEARS}"
+    )
+    outcome: Outcome | None = Field(
+        default=None, description=f"Outcome of the interaction. {_NULL_CLEARS}"
+    )
     assigned_to: WireUUID | None = Field(
-        default=None, description="The support staff member (a user_profiles id)."
+        default=None,
+        description="The support staff member (a user_profiles id); null: unassigned "
+        f"(back to triage). {_NULL_CLEARS}",
     )
     subject: SubjectText | None = Field(
-        default=None, description="Subject, stored verbatim and searchable."
+        default=None,
+        description=f"Subject, stored in Unicode NFC and searchable. {_NULL_CLEARS}",
     )
     follow_up_at: TextTimestamp | None = Field(
         default=None,
         description=(
-            "When to follow up; with `follow_up_scheduled`. RFC 3339 with an offset; "
-            "its UTC value within 0001-01-01..9999-12-31."
+            "When to follow up; with `follow_up_scheduled`. RFC 3339 with an offset, "
+            f"written with a year from 1990; its UTC value within 0001-01-01..9999-12-31. "
+            f"{_NULL_CLEARS}"
         ),
     )
     occurred_at: OccurredAt

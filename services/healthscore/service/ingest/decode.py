@@ -36,7 +36,13 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from healthscore import contracts
-from healthscore.core.events import Event, ProfileEvent, SupportEvent, UsageEvent
+from healthscore.core.events import (
+    CLEARABLE,
+    Event,
+    ProfileEvent,
+    SupportEvent,
+    UsageEvent,
+)
 from healthscore.service.ingest.fastdecode import fast_support_event, fast_usage_event
 
 # The three per-record types are msgspec structs, not dataclasses: built in C (a frozen
@@ -446,7 +452,27 @@ def core_event(
         subject=validated.subject,
         follow_up_at=validated.follow_up_at,
         occurred_at=validated.occurred_at,
+        cleared=frozenset(
+            name
+            for name in CLEARABLE
+            if name in validated.model_fields_set and getattr(validated, name) is None
+        ),
     )
+
+
+_NOT_CONTRACT_FIELDS = ("cleared",)
+"""Fields of the core's events that the contract models do not have (events.py)."""
+
+
+def _contract_fields(core: type[msgspec.Struct]) -> tuple[str, ...]:
+    return tuple(f for f in core.__struct_fields__ if f not in _NOT_CONTRACT_FIELDS)
+
+
+def _contract_dict(event: Event) -> dict[str, Any]:
+    """The event's contract fields, as `msgspec.structs.asdict` gives them."""
+    fields = msgspec.structs.asdict(event)
+    fields.pop("cleared", None)
+    return fields
 
 
 def event_json(event: Event) -> bytes:
@@ -458,7 +484,7 @@ def event_json(event: Event) -> bytes:
     `properties` as parsed (orjson and pydantic write numbers and text alike;
     tests/unit/test_fast_decode.py compares the two on generated bodies).
     """
-    return orjson.dumps(msgspec.structs.asdict(event), option=orjson.OPT_UTC_Z)
+    return orjson.dumps(_contract_dict(event), option=orjson.OPT_UTC_Z)
 
 
 def canonical_event_json(event: Event) -> bytes:
@@ -476,7 +502,7 @@ def canonical_event_json(event: Event) -> bytes:
     already, whose times are in UTC and whose properties hold no integral
     fractions (most) digests as `event_json` does.
     """
-    fields = msgspec.structs.asdict(event)
+    fields = _contract_dict(event)
     for name in _TIME_FIELDS:
         value = fields.get(name)
         if value is not None and value.utcoffset():
@@ -496,7 +522,7 @@ def as_sent_event_json(event: Event) -> bytes:
     """The canonical form of releases from 2026-12-04 until `canonical_event_json`'s:
     nested keys sorted, times at the offsets sent, numbers as parsed. A repeat of an
     id such a release claimed is compared with it too (`pipeline.as_sent_payload_digest`)."""
-    fields = msgspec.structs.asdict(event)
+    fields = _contract_dict(event)
     for name in ("properties", "milestones"):
         value = fields.get(name)
         if value:
@@ -530,7 +556,7 @@ def _sorted_keys(value: Any, numbers_by_value: bool = False) -> Any:
 
 def _check_fields(core: type[msgspec.Struct], model: type[BaseModel]) -> None:
     """Refuse to start if a contract model and the core's event differ in fields."""
-    if core.__struct_fields__ != tuple(model.model_fields):
+    if _contract_fields(core) != tuple(model.model_fields):
         raise RuntimeError(f"{core.__module__}.{core.__name__} does not mirror {model.__name__}")
 
 

@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, TypeVar
 from uuid import UUID
 
 import msgspec
 import orjson
+from msgspec import UNSET, UnsetType
 from pydantic import BaseModel
 from pydantic_core import PydanticCustomError
 
@@ -54,7 +55,9 @@ from healthscore.core.enums import (
     SupportAction,
     UsageType,
 )
-from healthscore.core.events import SupportEvent, UsageEvent
+from healthscore.core.events import CLEARABLE, SupportEvent, UsageEvent
+
+_T = TypeVar("_T")
 
 # --------------------------------------------------------------------------- wire structs
 
@@ -77,7 +80,10 @@ class UsageWire(msgspec.Struct, kw_only=True, frozen=True, gc=False):
 
 
 class SupportWire(msgspec.Struct, kw_only=True, frozen=True, gc=False):
-    """SupportEvent's fields and msgspec-checkable rules, in the model's field order."""
+    """SupportEvent's fields and msgspec-checkable rules, in the model's field order.
+
+    The fields null may clear (events.CLEARABLE) tell a field left out (UNSET) from one
+    sent as null (None)."""
 
     event_id: UUID
     organization_id: UUID
@@ -86,11 +92,11 @@ class SupportWire(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     interaction_type: InteractionType | None = None
     channel: Channel | None = None
     priority: Priority | None = None
-    sentiment: Sentiment | None = None
-    outcome: Outcome | None = None
-    assigned_to: UUID | None = None
-    subject: Annotated[str, msgspec.Meta(max_length=500)] | None = None
-    follow_up_at: str | None = None
+    sentiment: Sentiment | UnsetType | None = UNSET
+    outcome: Outcome | UnsetType | None = UNSET
+    assigned_to: UUID | UnsetType | None = UNSET
+    subject: Annotated[str, msgspec.Meta(max_length=500)] | UnsetType | None = UNSET
+    follow_up_at: str | UnsetType | None = UNSET
     occurred_at: str
 
 
@@ -203,11 +209,11 @@ def fast_support_event(body: dict[str, Any], received_at: datetime) -> SupportEv
     if occurred_at is None:
         return None
     follow_up_at = None
-    if wire.follow_up_at is not None:
+    if isinstance(wire.follow_up_at, str):
         follow_up_at = _timestamp(wire.follow_up_at)
         if follow_up_at is None:
             return None
-    subject = wire.subject
+    subject = _given(wire.subject)
     if subject is not None and "\x00" in subject:
         return None
     action = wire.action
@@ -224,10 +230,16 @@ def fast_support_event(body: dict[str, Any], received_at: datetime) -> SupportEv
         interaction_type=wire.interaction_type,
         channel=wire.channel,
         priority=wire.priority,
-        sentiment=wire.sentiment,
-        outcome=wire.outcome,
-        assigned_to=wire.assigned_to,
+        sentiment=_given(wire.sentiment),
+        outcome=_given(wire.outcome),
+        assigned_to=_given(wire.assigned_to),
         subject=subject,
         follow_up_at=follow_up_at,
         occurred_at=occurred_at,
+        cleared=frozenset(name for name in CLEARABLE if getattr(wire, name) is None),
     )
+
+
+def _given(value: _T | UnsetType) -> _T | None:
+    """A field's value, None when it was left out."""
+    return None if isinstance(value, UnsetType) else value
