@@ -78,6 +78,8 @@ async def test_batch_and_rejection_lines_carry_coordinates_but_no_personal_data(
     assert rejected[0]["reason"] == "out_of_range"
     assert rejected[0]["topic"] == topics.support
     assert rejected[0]["offset"] == 1 and rejected[0]["partition"] == 0
+    # which organization (the message key as sent): the dead letter need not be fetched
+    assert rejected[0]["key"] == org, rejected[0]
     assert "subject" in rejected[0]["detail"]
     # the subject (personal data) never reaches the logs
     assert not any("Jane Doe" in str(entry) for entry in logs)

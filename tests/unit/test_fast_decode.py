@@ -729,3 +729,15 @@ def test_generated_bodies_are_often_valid() -> None:
     sample()
     assert accepted[USAGE] > 10
     assert accepted[SUPPORT] > 10
+
+
+def test_a_detail_never_carries_a_control_character() -> None:
+    """A detail quotes the input (a refused UUID's character, a key's name); a raw line
+    break in it split the x-error-detail header of a kcat `%h` line in two."""
+    record = _record(SUPPORT, ORG.encode(), b"{}")
+    rejection = Rejection(record, "invalid_uuid", "assigned_to: bad character '\n' at 3\x7f")
+    assert rejection.detail == "assigned_to: bad character '\\x0a' at 3\\x7f"
+    body = _support(assigned_to="9c4f5d1b-86e7-4f4b-8d8a-3a4b5c6d7e8\n")
+    refused = decide(_record(SUPPORT, ORG.encode(), json.dumps(body).encode()))
+    assert isinstance(refused, Rejection)
+    assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in refused.detail), refused.detail

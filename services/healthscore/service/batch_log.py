@@ -19,6 +19,16 @@ log = structlog.get_logger(__name__)
 ERASED_SAMPLE = 20
 
 
+def shown_key(key: bytes | None) -> str | None:
+    """A message key for a log line: text (bytes that are not UTF-8 escaped), at most
+    80 characters, control characters escaped."""
+    if key is None:
+        return None
+    text = key[:120].decode("utf-8", "backslashreplace")
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:80])
+    return text + ("…" if len(key) > 80 else "")
+
+
 class BatchLog:
     def __init__(self, metrics: Metrics, keep: int = 200) -> None:
         self._metrics = metrics
@@ -48,6 +58,10 @@ class BatchLog:
                 topic=record.topic,
                 partition=record.partition,
                 offset=record.offset,
+                # the message key: the organization, as the producer sent it
+                key=shown_key(record.key),
+                # what the dead letter does not say (interaction_org_mismatch: the owner)
+                logged=rejection.logged or None,
             )
         if outcome.erased_by_topic:
             # ids only: the records' content is what the erasure removed

@@ -96,13 +96,20 @@ class Rejection(msgspec.Struct, frozen=True, gc=False):
     record: RawRecord
     reason: str
     detail: str
+    # for the on-call engineer's log line only, never the dead letter's headers (which
+    # the producing team reads): what the detail may not say, another organization's id
+    logged: str = ""
 
     def __post_init__(self) -> None:
         # a detail may quote the input (pydantic puts a refused dict key in its
         # location): bounded, or the dead letter's headers alone could pass what its
-        # topic takes (failing the batch on every retry), and the log line with them
-        if len(self.detail) > MAX_DETAIL_CHARS:
-            msgspec.structs.force_setattr(self, "detail", _shortened(self.detail, MAX_DETAIL_CHARS))
+        # topic takes (failing the batch on every retry), and the log line with them;
+        # control characters escaped (a raw line break split a header read line by line)
+        detail = _CONTROL.sub(_escaped, self.detail)
+        if len(detail) > MAX_DETAIL_CHARS:
+            detail = _shortened(detail, MAX_DETAIL_CHARS)
+        if detail is not self.detail:
+            msgspec.structs.force_setattr(self, "detail", detail)
 
     @property
     def event_time(self) -> None:
@@ -112,6 +119,12 @@ class Rejection(msgspec.Struct, frozen=True, gc=False):
 
 MAX_DETAIL_CHARS = 1000
 """A rejection's `detail` (the `x-error-detail` header, the log line) is cut to this."""
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return f"\\x{ord(match[0]):02x}"
 
 
 def _shortened(text: str, limit: int) -> str:

@@ -947,9 +947,12 @@ def _max_event_times(events: list[Decoded]) -> dict[PartitionKey, datetime]:
 
 def _misrouted_rejection(events: list[Decoded], event: SupportEvent, owner: str) -> Rejection:
     record = next(d.record for d in events if d.event is event)
+    # the producing team reads the dead letter: which other organization holds the
+    # interaction is for the log (the on-call engineer), not for them
     return Rejection(
         record,
         "interaction_org_mismatch",
-        f"interaction {event.interaction_id} belongs to organization {owner}, "
+        f"interaction {event.interaction_id} belongs to another organization, "
         f"not {event.organization_id}",
+        logged=f"owner {owner}",
     )
