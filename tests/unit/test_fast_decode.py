@@ -741,3 +741,28 @@ def test_a_detail_never_carries_a_control_character() -> None:
     refused = decide(_record(SUPPORT, ORG.encode(), json.dumps(body).encode()))
     assert isinstance(refused, Rejection)
     assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in refused.detail), refused.detail
+
+
+def test_a_detail_locates_the_fault_inside_properties_and_names_every_field() -> None:
+    """`properties: contains U+0000 at character 3` did not say which of a 16 KiB
+    object's strings; a record missing two fields named one, "(+1 more)", and took a
+    re-drive per error."""
+
+    def detail(body: dict[str, Any], topic: str = USAGE) -> str:
+        refused = decide(_record(topic, ORG.encode(), json.dumps(body).encode()))
+        assert isinstance(refused, Rejection)
+        return refused.detail
+
+    nul = detail(_usage(properties={"a": "x", "b": {"c": ["ok", "ba\x00d"]}}))
+    assert nul.startswith("properties: contains U+0000 at character 2 of b.c[1],"), nul
+    key = detail(_usage(properties={"plan": {"odd key\x00": 1}}))
+    assert 'of plan["odd key\\u0000"] (its name)' in key, key
+    deep: dict[str, Any] = {}
+    inner = deep
+    for _ in range(40):
+        inner["n"] = {}
+        inner = inner["n"]
+    assert f"(at {'.'.join(['n'] * 32)})" in detail(_usage(properties=deep))
+    both = detail(_support(event_id=_MISSING, interaction_id=_MISSING), SUPPORT)
+    assert "event_id: Field required" in both and "interaction_id: Field required" in both
+    assert "more)" not in both

@@ -1,5 +1,6 @@
 """Field types and rules shared by the input contracts."""
 
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -155,29 +156,57 @@ def check_text(value: str) -> str:
 
 
 def check_json_value(value: Any) -> None:
-    """Depth and NUL checks of a free-form JSON value, without recursion.
+    """Depth and NUL checks of a free-form JSON value, without recursion; an error
+    says where in the value (`b.c[1]`), which a producer needs in a 16 KiB object.
 
     A few hundred levels of nesting would make any recursive consumer (the
     serializer measuring its size among them) raise outside validation.
     """
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    stack: list[tuple[Any, int, str]] = [(value, 1, "")]
     while stack:
-        item, depth = stack.pop()
+        item, depth, path = stack.pop()
         if isinstance(item, dict):
-            children: Any = [*item.keys(), *item.values()]
+            if depth > MAX_PROPERTIES_DEPTH:
+                _too_deep(path)
+            for key, child in item.items():
+                inner = _member(path, key)
+                if isinstance(key, str) and "\x00" in key:
+                    _nul(f"{inner} (its name)", key)
+                stack.append((child, depth + 1, inner))
         elif isinstance(item, list):
-            children = item
-        else:
-            if isinstance(item, str):
-                check_text(item)
-            continue
-        if depth > MAX_PROPERTIES_DEPTH:
-            raise PydanticCustomError(
-                "too_deep",
-                "nested deeper than {limit} levels",
-                {"limit": MAX_PROPERTIES_DEPTH},
-            )
-        stack.extend((child, depth + 1) for child in children)
+            if depth > MAX_PROPERTIES_DEPTH:
+                _too_deep(path)
+            stack.extend((child, depth + 1, f"{path}[{i}]") for i, child in enumerate(item))
+        elif isinstance(item, str) and "\x00" in item:
+            _nul(path, item)
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,79}")
+
+
+def _member(path: str, key: object) -> str:
+    """`path` and a member's name: `.name`, or `["name"]` (cut when long) for any other."""
+    name = str(key)
+    if _PLAIN_NAME.fullmatch(name):
+        return f"{path}.{name}" if path else name
+    shown = name if len(name) <= 40 else f"{name[:37]}..."
+    return f"{path}[{json.dumps(shown, ensure_ascii=True)}]"
+
+
+def _nul(path: str, text: str) -> None:
+    raise PydanticCustomError(
+        "nul_character",
+        "contains U+0000 at character {index} of {where}, which text columns cannot store",
+        {"index": text.index("\x00"), "where": path or "the value"},
+    )
+
+
+def _too_deep(path: str) -> None:
+    raise PydanticCustomError(
+        "too_deep",
+        "nested deeper than {limit} levels (at {where})",
+        {"limit": MAX_PROPERTIES_DEPTH, "where": path or "the value"},
+    )
 
 
 # The length limit comes before the NUL check: one counted after a validator is

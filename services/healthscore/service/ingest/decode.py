@@ -635,18 +635,28 @@ _LOCATION_PART_CHARS = 80
 """A part of a refused field's location (a dict key as sent) is cut to this."""
 
 
+_ERRORS_NAMED = 5
+"""A rejection's detail names this many of the record's errors (a producer fixing one
+field at a time needed one re-drive round trip per error)."""
+
+
 def _rejection_from(record: RawRecord, exc: ValidationError) -> Rejection:
     errors = exc.errors(include_url=False, include_input=False)
     first = errors[0]
-    # a location names a dict key as the producer wrote it: a long one is cut
-    field = ".".join(_shortened(str(part), _LOCATION_PART_CHARS) for part in first["loc"])
-    # a rule of the whole message about one field (a field an action requires) names it
-    field = field or str(first.get("ctx", {}).get("field", "(message)"))
     kind = first["type"]
-    message = first["msg"]
-    if kind == "value_error" and "minutes after" in message:
+    if kind == "value_error" and "minutes after" in first["msg"]:
         reason = "future_timestamp"
     else:
         reason = _PYDANTIC_REASON.get(kind, "invalid_field")
-    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-    return Rejection(record, reason, f"{field}: {message}{more}")
+    named = "; ".join(_error_text(error) for error in errors[:_ERRORS_NAMED])
+    more = f" (+{len(errors) - _ERRORS_NAMED} more)" if len(errors) > _ERRORS_NAMED else ""
+    return Rejection(record, reason, f"{named}{more}")
+
+
+def _error_text(error: Any) -> str:
+    """`field: message`: the field as located (a dict key as the producer wrote it, cut
+    when long), or, for a rule of the whole message about one field (a field an action
+    requires), the field it names."""
+    field = ".".join(_shortened(str(part), _LOCATION_PART_CHARS) for part in error["loc"])
+    field = field or str(error.get("ctx", {}).get("field", "(message)"))
+    return f"{field}: {error['msg']}"
