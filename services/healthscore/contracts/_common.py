@@ -74,13 +74,17 @@ def require_text_timestamp(value: object) -> object:
         return value
     if not isinstance(value, str):
         raise ValueError("must be an RFC 3339 timestamp string with an offset")
-    if not value[:1].isdigit() or len(value) < 20:
+    if _DATE_AND_SECONDS.match(value) is None or len(value) < 20:
+        # a date, `T` (or a space, read as always), hours, minutes and seconds: the
+        # parser alone also took `2024-01-01_00:00:00Z` and `2024-01-01T00:00+01:00`,
+        # which no schema-valid producer sends and nothing documented
         raise ValueError("must be an RFC 3339 timestamp string with an offset")
     if value[16:19] == ":60":
         return _leap_second(value)
     return value
 
 
+_DATE_AND_SECONDS = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}")
 _LEAP_SECOND = re.compile(r"(\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d):60(?:[.,]\d+)?([Zz]|[+-]\d\d:\d\d)")
 _AWARE: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
 
