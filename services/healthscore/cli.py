@@ -797,7 +797,8 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     """Print the dead letters of the input topics' dead-letter topics, from their start."""
     from aiokafka.errors import KafkaError
 
-    from healthscore.dead_letter_reader import read_dead_letters, report
+    from healthscore.dead_letter_reader import Selection, read_dead_letters, report
+    from healthscore.service.ingest.decode import PIPELINE_REASONS, REASONS
     from healthscore.service.kafka_clients import KafkaConnection
 
     settings = settings_from_args(args)
@@ -811,6 +812,34 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     if args.limit < 1:
         print("error: --limit must be 1 or more", file=sys.stderr)
         return 2
+    known = {*REASONS, *PIPELINE_REASONS}
+    unknown = sorted(set(args.reason or ()) - known)
+    if unknown:
+        print(
+            f"error: no dead letter has the reason {', '.join(unknown)}: the reasons are "
+            f"{', '.join(sorted(known))}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.source_partition is not None and args.source_offset is None:
+        print("error: --source-partition goes with --source-offset", file=sys.stderr)
+        return 2
+    selection = Selection(
+        args.limit,
+        newest=args.newest,
+        reasons=frozenset(args.reason or ()),
+        source_partition=args.source_partition,
+        source_offset=args.source_offset,
+    )
+    matching = ""
+    if selection.filtered:
+        said = [f"reason {' or '.join(sorted(selection.reasons))}"] if selection.reasons else []
+        if args.source_offset is not None:
+            partition = (
+                f" partition {args.source_partition}" if args.source_partition is not None else ""
+            )
+            said.append(f"source{partition} offset {args.source_offset}")
+        matching = f" ({', '.join(said)})"
     sources = {
         "usage": settings.usage_topic,
         "support": settings.support_topic,
@@ -822,14 +851,14 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     async def main() -> int:
         kafka = KafkaConnection.from_settings(settings)
         try:
-            readings = [await read_dead_letters(kafka, topic, args.limit) for topic in topics]
+            readings = [await read_dead_letters(kafka, topic, selection) for topic in topics]
         except KafkaError as exc:
             print(
                 f"error: cannot read the dead-letter topics: {type(exc).__name__}: {exc}",
                 file=sys.stderr,
             )
             return 2
-        for line in report(readings, args.limit):
+        for line in report(readings, args.limit, args.newest, matching):
             print(line)
         return 0
 
@@ -1138,6 +1167,25 @@ def register_service_commands(add: AddCommand) -> None:
     p.add_argument(
         "--limit", type=int, default=20, help="dead letters shown per topic (default 20)"
     )
+    p.add_argument(
+        "--newest",
+        action="store_true",
+        help="the latest --limit (by rejection time), not the first: in an incident the "
+        "oldest are likely fixed already",
+    )
+    p.add_argument(
+        "--reason",
+        action="append",
+        help="only dead letters of this x-error-reason, e.g. invalid_json (repeatable; "
+        "reads the whole topic)",
+    )
+    p.add_argument(
+        "--source-offset",
+        type=int,
+        help="only the dead letter of the source record at this offset (with "
+        "--source-partition, of that partition; reads the whole topic)",
+    )
+    p.add_argument("--source-partition", type=int, help="with --source-offset")
     p.add_argument("--bootstrap-servers", help="override KAFKA_BOOTSTRAP_SERVERS")
 
     p = add(

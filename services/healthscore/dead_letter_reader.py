@@ -1,4 +1,6 @@
-"""`healthscore dead-letters`: read a dead-letter topic from its start, for a person.
+"""`healthscore dead-letters`: read a dead-letter topic, for a person: from its start, or
+its newest letters (in an incident, the oldest are likely fixed already), of one reason
+or one source record.
 
 The documented way was Kafka's console consumer or kcat, neither on a fresh machine.
 This reads `<source topic><DLQ_SUFFIX>` with the service's own client settings (TLS,
@@ -125,7 +127,8 @@ class DeadLetter:
 
 @dataclass
 class Reading:
-    """What one dead-letter topic gave: the dead letters read, and how many more it held."""
+    """What one dead-letter topic gave: the dead letters read, and how many more it held
+    (that the filter let through)."""
 
     topic: str
     exists: bool
@@ -133,9 +136,47 @@ class Reading:
     more: int
 
 
-async def read_dead_letters(kafka: KafkaConnection, topic: str, limit: int) -> Reading:
-    """The first `limit` dead letters of `topic` (partition by partition, each from its
-    start), up to the end the topic had when the reading began."""
+@dataclass(frozen=True)
+class Selection:
+    """Which dead letters to show: the first `limit` from the start, or with `newest` the
+    latest `limit` (by rejection time); only those of `reasons` (when given) and of one
+    source partition and offset (when given)."""
+
+    limit: int
+    newest: bool = False
+    reasons: frozenset[str] = frozenset()
+    source_partition: int | None = None
+    source_offset: int | None = None
+
+    @property
+    def filtered(self) -> bool:
+        return bool(self.reasons) or self.source_offset is not None
+
+    def takes(self, letter: DeadLetter) -> bool:
+        if (
+            self.reasons
+            and (letter.header("x-error-reason") or b"").decode("utf-8", "replace")
+            not in self.reasons
+        ):
+            return False
+        if self.source_offset is not None:
+            if letter.header("x-source-offset") != str(self.source_offset).encode():
+                return False
+            if (
+                self.source_partition is not None
+                and letter.header("x-source-partition") != str(self.source_partition).encode()
+            ):
+                return False
+        return True
+
+
+async def read_dead_letters(
+    kafka: KafkaConnection, topic: str, selection: Selection | int
+) -> Reading:
+    """The dead letters of `topic` that `selection` asks for, up to the end the topic had
+    when the reading began (an int: the first that many, as before)."""
+    chosen = selection if isinstance(selection, Selection) else Selection(selection)
+    limit = chosen.limit
     consumer = kafka.consumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
@@ -145,39 +186,61 @@ async def read_dead_letters(kafka: KafkaConnection, topic: str, limit: int) -> R
             TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
         ]
         consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
         # the true high watermarks (the embedded broker's ListOffsets can answer short)
         log_starts, log_ends = await read_log_bounds(kafka, [topic])
         starts = {tp: log_starts.get((topic, tp.partition), 0) for tp in partitions}
         ends = {tp: log_ends.get((topic, tp.partition), 0) for tp in partitions}
-        following = dict(starts)  # each partition's first offset not shown
-        letters: list[DeadLetter] = []
+        if chosen.newest and not chosen.filtered:
+            # the newest of all are among each partition's last `limit`
+            starts = {tp: max(starts[tp], ends[tp] - limit) for tp in partitions}
+        # a filter reads the whole log (what it lets through may be anywhere); the first
+        # `limit` from the start stop reading once they are found
+        stop_at_limit = not chosen.newest and not chosen.filtered
+        taken: list[DeadLetter] = []
+        unread = 0
         for tp in partitions:
-            while len(letters) < limit and following[tp] < ends[tp]:
+            consumer.seek(tp, starts[tp])
+            following = starts[tp]  # the partition's first offset not read
+            while following < ends[tp] and not (stop_at_limit and len(taken) >= limit):
                 batch = (await consumer.getmany(tp, timeout_ms=1000)).get(tp, [])
                 for record in batch:
-                    if record.offset >= ends[tp] or len(letters) >= limit:
+                    if record.offset >= ends[tp]:
                         break
-                    letters.append(
-                        DeadLetter(
-                            topic,
-                            tp.partition,
-                            record.offset,
-                            record.key,
-                            record.value,
-                            [(name, value) for name, value in record.headers],
-                        )
+                    following = record.offset + 1
+                    letter = DeadLetter(
+                        topic,
+                        tp.partition,
+                        record.offset,
+                        record.key,
+                        record.value,
+                        [(name, value) for name, value in record.headers],
                     )
-                    following[tp] = record.offset + 1
+                    if chosen.takes(letter):
+                        taken.append(letter)
+                    if stop_at_limit and len(taken) >= limit:
+                        break
                 if not batch and await consumer.position(tp) >= ends[tp]:
                     break  # the rest of the log holds no record (control records)
-        more = sum(max(0, ends[tp] - following[tp]) for tp in partitions)
-        return Reading(topic, True, letters, more)
+            unread += max(0, ends[tp] - following)
+            if chosen.newest and not chosen.filtered:
+                unread += starts[tp] - log_starts.get((topic, tp.partition), 0)
+        if chosen.newest:
+            # newest last, as a log reads; the rejection time orders partitions alike
+            taken.sort(key=lambda d: (d.header("x-rejected-at") or b"", d.partition, d.offset))
+            shown = taken[-limit:]
+        else:
+            shown = taken[:limit]
+        # unfiltered, every letter not shown; filtered, the matches not shown
+        more = len(taken) - len(shown) + (0 if chosen.filtered else unread)
+        return Reading(topic, True, shown, more)
     finally:
         await consumer.stop()
 
 
-def report(readings: Iterable[Reading], limit: int) -> list[str]:
+def report(
+    readings: Iterable[Reading], limit: int, newest: bool = False, matching: str = ""
+) -> list[str]:
+    """The readings for a person; `matching` says what a filter let through."""
     out: list[str] = []
     for reading in readings:
         if not reading.exists:
@@ -185,11 +248,16 @@ def report(readings: Iterable[Reading], limit: int) -> list[str]:
             continue
         shown = len(reading.letters)
         if not shown:
-            out.append(f"{reading.topic}: no dead letters")
+            out.append(f"{reading.topic}: no dead letters{matching}")
             continue
-        out.append(f"{reading.topic}: {shown} dead letter(s) from the start")
+        where = "the newest, oldest first" if newest else "from the start"
+        out.append(f"{reading.topic}: {shown} dead letter(s) {where}{matching}")
         for letter in reading.letters:
             out.extend(letter.lines())
         if reading.more:
-            out.append(f"{reading.topic}: {reading.more} more after these (--limit {limit} shown)")
+            beside = "before" if newest else "after"
+            out.append(
+                f"{reading.topic}: {reading.more} more{matching} {beside} these "
+                f"(--limit {limit} shown)"
+            )
     return out
