@@ -61,9 +61,9 @@ async def _throw_away_settings(admin_url: str) -> None:
     conn = await asyncpg.connect(admin_url)
     try:
         await conn.execute("ALTER SYSTEM SET fsync = off")
-        # each test's CREATE DATABASE logs the template's every page: compressed, it
-        # cost 100 ms of CPU a database against 27 ms (docs/performance.md,
-        # "Twenty-eighth session")
+        # each test's CREATE DATABASE logs the template's every page: compressed, a
+        # creation took 101-118 ms against 26-28 ms on tmpfs, about 80 ms of it CPU
+        # (docs/performance.md, "Twenty-eighth session")
         await conn.execute("ALTER SYSTEM SET wal_compression = off")
         await conn.execute("SELECT pg_reload_conf()")
     finally:
