@@ -148,3 +148,47 @@ async def test_a_superuser_login_is_flagged_and_a_dedicated_login_is_not(
             await conn.execute(f"DROP ROLE {login}")
         finally:
             await conn.close()
+
+
+async def test_fields_the_contract_does_not_name_are_counted_and_named_once(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A producer's misspelled `qty` (for `quantity`) was ignored in silence: the event
+    applied with quantity 1. It is still applied (the contract ignores unknown fields:
+    a newer producer's field must break nothing), counted, and named in the log the
+    first time this process sees it on the topic."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    org = str(uuid.uuid4())
+    at = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    bodies = [
+        {
+            "event_id": str(uuid.uuid4()),
+            "organization_id": org,
+            "type": "client_added",
+            "qty": 5,
+            "occurred_at": at,
+        }
+        for _ in range(3)
+    ]
+    bodies.append(dict(bodies[0], event_id=str(uuid.uuid4()), qty=None, campaign="spring"))
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        with capture_logs() as logs:
+            async with running_service(settings) as service:
+                await produce_json(producer, topics.usage, bodies)
+                await wait_processed(migrated_database, 4, exactly=True)
+                await wait_for(migrated_database, "SELECT 1", lambda n: n == 1)
+                counted = service.metrics.registry.get_sample_value(
+                    "healthscore_events_with_unknown_fields_total", {"topic": topics.usage}
+                )
+    finally:
+        await producer.stop()
+    assert counted == 4
+    named = [e for e in logs if e["event"] == "unknown_fields"]
+    # qty once (three records carried it), campaign once when first seen
+    assert [(e["topic"], e["fields"]) for e in named] == [
+        (topics.usage, ["qty"]),
+        (topics.usage, ["campaign"]),
+    ], named
+    assert named[0]["partition"] == 0 and named[0]["offset"] == 0

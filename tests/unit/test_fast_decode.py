@@ -768,3 +768,21 @@ def test_a_detail_locates_the_fault_inside_properties_and_names_every_field() ->
     both = detail(_support(event_id=_MISSING, interaction_id=_MISSING), SUPPORT)
     assert "event_id: Field required" in both and "interaction_id: Field required" in both
     assert "more)" not in both
+
+
+def test_fields_the_contract_does_not_name_are_named_beside_the_event() -> None:
+    """Ignored as the contract says, but told: a misspelled `qty` was lost in silence."""
+    usage = decide(_record(USAGE, ORG.encode(), json.dumps(USAGE_EDGES["unknown_fields"]).encode()))
+    assert isinstance(usage, Decoded) and usage.unknown == ("campaign", "extra", "z")
+    body = _support(tags=["a"], **{"x" * 200: 1})
+    support = decide(_record(SUPPORT, ORG.encode(), json.dumps(body).encode()))
+    assert isinstance(support, Decoded) and support.unknown[0] == "tags"
+    assert support.unknown[1].startswith("x") and len(support.unknown[1]) < 100  # cut
+    plain = decide(_record(USAGE, ORG.encode(), json.dumps(_usage()).encode()))
+    assert isinstance(plain, Decoded) and plain.unknown == ()
+    many = decide(
+        _record(
+            USAGE, ORG.encode(), json.dumps(_usage(**{f"f{n:02d}": n for n in range(20)})).encode()
+        )
+    )
+    assert isinstance(many, Decoded) and many.unknown == tuple(f"f{n:02d}" for n in range(8))

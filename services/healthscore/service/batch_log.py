@@ -17,6 +17,8 @@ log = structlog.get_logger(__name__)
 # the erased organizations a skip line names: a bulk offboarding whose organizations
 # keep sending puts thousands in one batch (the metric counts every record)
 ERASED_SAMPLE = 20
+# the (topic, field name) pairs logged as unknown, at most: names are the producers'
+UNKNOWN_FIELDS_LOGGED = 200
 
 
 def shown_key(key: bytes | None) -> str | None:
@@ -34,6 +36,7 @@ class BatchLog:
         self._metrics = metrics
         # the latest summaries (their rejections dropped: those hold the records)
         self.recent: deque[BatchOutcome] = deque(maxlen=keep)
+        self._unknown_seen: set[tuple[str, str]] = set()
         # since start: records handled (redeliveries skipped not counted), events
         # applied, duplicates, rejections; wall-clock times of the first and last
         # commit that handled a record
@@ -62,6 +65,20 @@ class BatchLog:
                 key=shown_key(record.key),
                 # what the dead letter does not say (interaction_org_mismatch: the owner)
                 logged=rejection.logged or None,
+            )
+        for topic, names, partition, offset in outcome.unknown_field_samples:
+            new = [n for n in names if (topic, n) not in self._unknown_seen]
+            if not new or len(self._unknown_seen) >= UNKNOWN_FIELDS_LOGGED:
+                continue
+            self._unknown_seen.update((topic, n) for n in new)
+            # once per field name and topic in this process: a producer sending an extra
+            # field sends it in every record
+            log.warning(
+                "unknown_fields",
+                topic=topic,
+                fields=new,
+                partition=partition,
+                offset=offset,
             )
         if outcome.erased_by_topic:
             # ids only: the records' content is what the erasure removed

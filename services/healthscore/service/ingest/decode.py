@@ -85,6 +85,9 @@ class Decoded(msgspec.Struct, frozen=True, gc=False):
     # the event's time in POSIX seconds (what the alignment orders by): read once, as
     # a held-back record is aligned again with every batch until it is applied
     event_time: float
+    # top-level fields the contract does not name (ignored, as it says), at most
+    # UNKNOWN_NAMED of them, each cut: a misspelled field ("qty") is lost, so it is told
+    unknown: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, record: RawRecord, event: Event) -> Decoded:
@@ -229,6 +232,8 @@ class Decoder:
         self._keys: dict[bytes, tuple[UUID, str]] = {}
         # records the fast path left to pydantic, rejections among them
         self.fallbacks = 0
+        # each topic's contract fields (others are ignored, and named in Decoded.unknown)
+        self._fields = {topic: frozenset(m.model_fields) for topic, m in self._models.items()}
 
     def decode(self, record: RawRecord) -> Decoded | Rejection:
         """Total: every record becomes an event or a rejection with a reason."""
@@ -322,8 +327,17 @@ class Decoder:
                 "key_mismatch",
                 f"message key {key} differs from organization_id {event.organization_id}",
             )
-        return Decoded(record, event, organization, event.occurred_at.timestamp())
+        unknown = () if body.keys() <= self._fields[record.topic] else self._unknown(record, body)
+        return Decoded(record, event, organization, event.occurred_at.timestamp(), unknown)
 
+    def _unknown(self, record: RawRecord, body: dict[str, Any]) -> tuple[str, ...]:
+        known = self._fields[record.topic]
+        names = sorted(_shortened(name, _LOCATION_PART_CHARS) for name in body if name not in known)
+        return tuple(names[:UNKNOWN_NAMED])
+
+
+UNKNOWN_NAMED = 8
+"""Unknown fields a decoded event names (a body may hold hundreds)."""
 
 _FastPath = Callable[[dict[str, Any], datetime], Event | None]
 

@@ -167,6 +167,12 @@ class BatchOutcome:
     # dead-lettered (a dead letter would copy the erased payload to its topic)
     erased_by_topic: dict[str, int] = field(default_factory=dict)
     erased_organizations: list[str] = field(default_factory=list)
+    # applied records that carried fields the contract does not name, by topic; and a
+    # few of them (topic, the names, partition, offset) for the log's first sighting
+    unknown_fields_by_topic: dict[str, int] = field(default_factory=dict)
+    unknown_field_samples: list[tuple[str, tuple[str, ...], int, int]] = field(
+        default_factory=list
+    )
     record_timestamps_ms: list[int] = field(default_factory=list)
     first_offsets: dict[PartitionKey, int] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -590,6 +596,13 @@ class BatchPipeline:
             _count(outcome.consumed_by_topic, item.record.topic)
             if item.record.timestamp_ms:
                 outcome.record_timestamps_ms.append(item.record.timestamp_ms)
+            if isinstance(item, Decoded) and item.unknown:
+                _count(outcome.unknown_fields_by_topic, item.record.topic)
+                if len(outcome.unknown_field_samples) < UNKNOWN_FIELD_SAMPLES:
+                    record = item.record
+                    outcome.unknown_field_samples.append(
+                        (record.topic, item.unknown, record.partition, record.offset)
+                    )
         for item in new_events:
             if id(item.event) not in misrouted:
                 _count(outcome.applied_by_topic, item.record.topic)
@@ -927,6 +940,10 @@ class _Marks:
         now = time.perf_counter()
         self._into[phase] = round((now - self._last) * 1000, 1)
         self._last = now
+
+
+UNKNOWN_FIELD_SAMPLES = 20
+"""Records with unknown fields a batch keeps for the log (it counts them all)."""
 
 
 def _count(counter: dict[str, int], key: str) -> None:

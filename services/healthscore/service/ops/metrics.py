@@ -76,6 +76,13 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        self.events_with_unknown_fields = Counter(
+            "healthscore_events_with_unknown_fields_total",
+            "Records applied that carried top-level fields the contract does not name "
+            "(ignored: a misspelled field is lost; the unknown_fields log line names them).",
+            ["topic"],
+            registry=r,
+        )
         self.events_dead_lettered = Counter(
             "healthscore_events_dead_lettered_total",
             "Records sent to the DLQ, by rejection reason.",
@@ -488,6 +495,8 @@ class Metrics:
             self.events_redelivered.labels(topic).inc(count)
         for topic, count in outcome.erased_by_topic.items():
             self.events_erased_skipped.labels(topic).inc(count)
+        for topic, count in outcome.unknown_fields_by_topic.items():
+            self.events_with_unknown_fields.labels(topic).inc(count)
         for rejection in outcome.rejections:
             self.events_dead_lettered.labels(rejection.record.topic, rejection.reason).inc()
         for kind, count in outcome.alerts.items():
