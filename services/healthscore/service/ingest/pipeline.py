@@ -170,9 +170,7 @@ class BatchOutcome:
     # applied records that carried fields the contract does not name, by topic; and a
     # few of them (topic, the names, partition, offset) for the log's first sighting
     unknown_fields_by_topic: dict[str, int] = field(default_factory=dict)
-    unknown_field_samples: list[tuple[str, tuple[str, ...], int, int]] = field(
-        default_factory=list
-    )
+    unknown_field_samples: list[tuple[str, tuple[str, ...], int, int]] = field(default_factory=list)
     record_timestamps_ms: list[int] = field(default_factory=list)
     first_offsets: dict[PartitionKey, int] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
