@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, TypeVar
+from typing import Annotated, Any, Final
 from uuid import UUID
 
 import msgspec
@@ -56,8 +56,6 @@ from healthscore.core.enums import (
     UsageType,
 )
 from healthscore.core.events import CLEARABLE, SupportEvent, UsageEvent
-
-_T = TypeVar("_T")
 
 # --------------------------------------------------------------------------- wire structs
 
@@ -125,6 +123,9 @@ _RFC3339: Final = re.compile(
 ).fullmatch
 
 
+_EARLIEST_YEAR: Final = f"{EARLIEST_PLAUSIBLE_YEAR:04d}"
+
+
 def _timestamp(text: str) -> datetime | None:
     """An RFC 3339 timestamp written with a year from 1990 (the contract's
     EARLIEST_PLAUSIBLE_YEAR) whose UTC value is within years 1-9999, else None.
@@ -132,7 +133,8 @@ def _timestamp(text: str) -> datetime | None:
     The pattern keeps `fromisoformat` to the form where it agrees with
     pydantic's parser (it alone would take `+01:60` or `12:00:00.Z`).
     """
-    if _RFC3339(text) is None or int(text[:4]) < EARLIEST_PLAUSIBLE_YEAR:
+    # the pattern starts with the year's four digits: compared as text, before parsing
+    if _RFC3339(text) is None or text < _EARLIEST_YEAR:
         return None
     try:
         value = datetime.fromisoformat(text)  # refuses 02-30 and the like
@@ -213,7 +215,7 @@ def fast_support_event(body: dict[str, Any], received_at: datetime) -> SupportEv
         follow_up_at = _timestamp(wire.follow_up_at)
         if follow_up_at is None:
             return None
-    subject = _given(wire.subject)
+    subject = None if wire.subject is UNSET else wire.subject
     if subject is not None and "\x00" in subject:
         return None
     action = wire.action
@@ -230,16 +232,27 @@ def fast_support_event(body: dict[str, Any], received_at: datetime) -> SupportEv
         interaction_type=wire.interaction_type,
         channel=wire.channel,
         priority=wire.priority,
-        sentiment=_given(wire.sentiment),
-        outcome=_given(wire.outcome),
-        assigned_to=_given(wire.assigned_to),
+        sentiment=None if wire.sentiment is UNSET else wire.sentiment,
+        outcome=None if wire.outcome is UNSET else wire.outcome,
+        assigned_to=None if wire.assigned_to is UNSET else wire.assigned_to,
         subject=subject,
         follow_up_at=follow_up_at,
         occurred_at=occurred_at,
-        cleared=frozenset(name for name in CLEARABLE if getattr(wire, name) is None),
+        cleared=_cleared(wire),
     )
 
 
-def _given(value: _T | UnsetType) -> _T | None:
-    """A field's value, None when it was left out."""
-    return None if isinstance(value, UnsetType) else value
+_NONE_CLEARED: Final = frozenset[str]()
+
+
+def _cleared(wire: SupportWire) -> frozenset[str]:
+    """The fields of CLEARABLE sent as null (most events send none: checked first)."""
+    if (
+        wire.sentiment is not None
+        and wire.outcome is not None
+        and wire.assigned_to is not None
+        and wire.subject is not None
+        and wire.follow_up_at is not None
+    ):
+        return _NONE_CLEARED
+    return frozenset(name for name in CLEARABLE if getattr(wire, name) is None)
