@@ -295,11 +295,11 @@ async def test_a_follow_up_scheduled_as_it_is_resolved_stays_to_do(
         await conn.close()
 
 
-# The desk unassigns an interaction, clears its sentiment and cancels its follow-up by
-# sending those fields as null (the contract types them "or null"); null was taken for
-# "left out", so the former assignee kept it (the support role's row-level security
-# shows a support user the interactions assigned to them) and it never reached the
-# triage queue. Rank: (occurred_at hours, body).
+# The desk unassigns an interaction and retracts its sentiment by naming them in
+# `cleared` (null means "left out", as it always has: producers that write every field
+# send it); there was no way to, so the former assignee kept it (the support role's
+# row-level security shows a support user the interactions assigned to them) and it
+# never reached the triage queue. Rank: (occurred_at hours, body).
 NULLS: list[tuple[float, dict[str, Any]]] = [
     (
         0,
@@ -312,17 +312,18 @@ NULLS: list[tuple[float, dict[str, Any]]] = [
             "sentiment": "negative",
         },
     ),
-    (0.5, {"action": "updated", "subject": None}),  # older than the subject set at 3h
+    (0.5, {"action": "updated", "cleared": ["subject"]}),  # older than the subject at 3h
     (1, {"action": "updated", "assigned_to": STAFF_B}),
-    (2, {"action": "updated", "assigned_to": None, "sentiment": None}),  # unassigned
+    (2, {"action": "updated", "cleared": ["assigned_to", "sentiment"]}),  # unassigned
     (3, {"action": "updated", "subject": "Invoice wrong (March)"}),
-    (4, {"action": "follow_up_scheduled", "follow_up_at": _at(28)}),
-    (5, {"action": "updated", "follow_up_at": None}),  # the check-in called off
+    # a producer writing every field: null is "left out", it clears nothing
+    (4, {"action": "updated", "assigned_to": None, "subject": None, "priority": "high"}),
+    (5, {"action": "updated", "sentiment": None, "outcome": None}),
 ]
 NULL_ORDERS = [[0, 1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1, 0], [3, 2, 6, 1, 0, 5, 4]]
 
 
-async def test_a_field_sent_as_null_is_cleared_by_the_latest_event(
+async def test_a_field_named_in_cleared_is_set_to_none_by_the_latest_event(
     migrated_database: str, kafka_bootstrap: str, pg_admin_url: str
 ) -> None:
     topics = await make_topics(kafka_bootstrap, partitions=2)
@@ -363,7 +364,7 @@ async def test_a_field_sent_as_null_is_cleared_by_the_latest_event(
     conn = await asyncpg.connect(migrated_database)
     try:
         rows = await conn.fetch(
-            "SELECT assigned_to, sentiment, subject, follow_up_required, follow_up_at, status"
+            "SELECT assigned_to, sentiment, subject, priority, status"
             " FROM support_interactions WHERE id = ANY($1::uuid[])",
             [uuid.UUID(interaction) for interaction, _ in copies],
         )
@@ -373,9 +374,8 @@ async def test_a_field_sent_as_null_is_cleared_by_the_latest_event(
         {
             "assigned_to": None,  # unassigned at 2h: on the triage queue
             "sentiment": None,
-            "subject": "Invoice wrong (March)",  # the null at 0.5h is older
-            "follow_up_required": True,
-            "follow_up_at": None,  # called off at 5h
+            "subject": "Invoice wrong (March)",  # the clearing at 0.5h is older; null at 4h
+            "priority": "high",
             "status": "open",
         }
     ] * len(copies)

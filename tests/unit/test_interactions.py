@@ -192,10 +192,8 @@ def event_sets(draw: st.DrawFn) -> list[SupportEvent]:
         minute = draw(st.integers(min_value=0, max_value=4))  # few minutes: many ties
         fields = {name: draw(strategy) for name, strategy in _optional.items()}
         fields = {k: v for k, v in fields.items() if v is not None}
-        # a field null may clear is left out, set, or sent as null
-        cleared = frozenset(
-            name for name in CLEARABLE if name not in fields and draw(st.booleans())
-        )
+        # a field an event may clear is left out, set, or named in `cleared`
+        cleared = tuple(name for name in CLEARABLE if name not in fields and draw(st.booleans()))
         events.append(
             event(action, minute, draw(st.integers(0, 3)) * 100 + n, cleared=cleared, **fields)
         )
@@ -290,15 +288,22 @@ def test_a_follow_up_scheduled_as_it_is_resolved_stays_to_do_whatever_their_ids(
         assert (record.follow_up_required, record.follow_up_completed_at) == (False, ts(6))
 
 
-def test_a_field_sent_as_null_is_cleared_when_it_is_the_latest() -> None:
-    """The contract types sentiment, outcome, assigned_to, subject and follow_up_at "or
-    null": null is a value, and the latest event wins per field, null included; a field
-    left out changes nothing. (Null read as left out kept an unassigned interaction with
-    its former assignee.)"""
+def test_a_field_named_in_cleared_is_set_to_none_when_it_is_the_latest() -> None:
+    """An event names the fields it sets to none (`cleared`: an unassigned interaction
+    stayed with its former assignee, as null means "left out"); the latest event wins per
+    field, a clearing included; a field left out (or null) changes nothing."""
     staff = UUID(int=7)
     opened = event(A.OPENED, 0, 1, assigned_to=staff, sentiment=Sentiment.NEGATIVE, subject="x")
-    unassigned = event(A.UPDATED, 2, 2, cleared=frozenset({"assigned_to", "sentiment"}))
-    older_null = event(A.UPDATED, 1, 3, cleared=frozenset({"subject"}))
+    unassigned = event(
+        A.UPDATED,
+        2,
+        2,
+        cleared=(
+            "assigned_to",
+            "sentiment",
+        ),
+    )
+    older_null = event(A.UPDATED, 1, 3, cleared=("subject",))
     newer_subject = event(A.UPDATED, 3, 4, subject="y")
     left_out = event(A.UPDATED, 4, 5, priority=Priority.HIGH)
     for order in itertools.permutations([opened, unassigned, older_null, newer_subject, left_out]):
@@ -307,5 +312,5 @@ def test_a_field_sent_as_null_is_cleared_when_it_is_the_latest() -> None:
         assert record.subject == "y"  # the null at minute 1 is older than "y"
         assert record.field_event_times["assigned_to"] == [ts(2), str(UUID(int=2))]
     # a null older than the value it would clear clears nothing
-    kept = merge_all([event(A.UPDATED, -1, 6, cleared=frozenset({"assigned_to"})), opened])
+    kept = merge_all([event(A.UPDATED, -1, 6, cleared=("assigned_to",)), opened])
     assert kept.assigned_to == str(staff)

@@ -207,6 +207,18 @@ BASES: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     (
+        SUPPORT,
+        {
+            "event_id": "8a8f0f6e-1a43-4c0e-9a5e-0d6f2b7f1c05",
+            "organization_id": ORG,
+            "interaction_id": "7e6d5c4b-3a29-4817-a6f5-e4d3c2b1a090",
+            "action": "updated",
+            "priority": "high",
+            "cleared": ["assigned_to", "sentiment"],
+            "occurred_at": TS,
+        },
+    ),
+    (
         PROFILE,
         {
             "event_id": "8a8f0f6e-1a43-4c0e-9a5e-0d6f2b7f1c04",
@@ -299,6 +311,9 @@ def beyond_the_schema(topic: str, body: dict[str, Any]) -> str | None:
         times = [body.get("created_at"), *(body.get("milestones") or {}).values()]
         if any(t is not None and _parse(t) > occurred_at for t in times):
             return "invalid_field"
+    cleared = body.get("cleared") if topic == SUPPORT else None
+    if isinstance(cleared, list) and any(body.get(name) is not None for name in cleared):
+        return "invalid_field"  # a field both set and cleared: a rule across two fields
     properties = body.get("properties") if topic == USAGE else None
     if isinstance(properties, dict):
         if _has_nul(properties):

@@ -1,6 +1,6 @@
 """`support.interactions.v1`: support-interaction events from the support desk."""
 
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -51,10 +51,12 @@ def _action_rules_schema() -> dict[str, Any]:
     return {"allOf": rules}
 
 
-_NULL_CLEARS = (
-    "Null sets it to none when this event is the field's latest (by occurred_at, then "
-    "event_id); left out, the field keeps its value."
-)
+_LEFT_AS_IT_IS = "Null, or left out: the interaction keeps its value (see `cleared`)."
+
+# the fields an event may set to none, by naming them in `cleared` (an explicit list:
+# null has always meant "not this event's business", and producers that write every
+# field send it so)
+ClearableField = Literal["assigned_to", "sentiment", "outcome", "subject"]
 
 
 class SupportEvent(BaseModel):
@@ -86,31 +88,46 @@ class SupportEvent(BaseModel):
     channel: Channel | None = Field(default=None, description="Channel; required on `opened`.")
     priority: Priority | None = Field(default=None, description="Priority.")
     sentiment: Sentiment | None = Field(
-        default=None, description=f"Customer sentiment. {_NULL_CLEARS}"
+        default=None, description=f"Customer sentiment. {_LEFT_AS_IT_IS}"
     )
     outcome: Outcome | None = Field(
-        default=None, description=f"Outcome of the interaction. {_NULL_CLEARS}"
+        default=None, description=f"Outcome of the interaction. {_LEFT_AS_IT_IS}"
     )
     assigned_to: WireUUID | None = Field(
         default=None,
-        description="The support staff member (a user_profiles id); null: unassigned "
-        f"(back to triage). {_NULL_CLEARS}",
+        description=f"The support staff member (a user_profiles id). {_LEFT_AS_IT_IS}",
     )
     subject: SubjectText | None = Field(
         default=None,
-        description=f"Subject, stored in Unicode NFC and searchable. {_NULL_CLEARS}",
+        description=f"Subject, stored in Unicode NFC and searchable. {_LEFT_AS_IT_IS}",
     )
     follow_up_at: TextTimestamp | None = Field(
         default=None,
         description=(
             "When to follow up; with `follow_up_scheduled`. RFC 3339 with an offset, "
-            f"written with a year from 1990; its UTC value within 0001-01-01..9999-12-31. "
-            f"{_NULL_CLEARS}"
+            "written with a year from 1990; its UTC value within 0001-01-01..9999-12-31."
         ),
     )
     occurred_at: OccurredAt
+    cleared: list[ClearableField] | None = Field(
+        default=None,
+        max_length=4,
+        json_schema_extra={"uniqueItems": True},
+        description='Fields this event sets to none (e.g. `["assigned_to"]`: unassigned, '
+        "back to the triage queue), each by the rule of any value: the latest event "
+        "(occurred_at, then event_id) wins per field. A field named here must not also "
+        "carry a value in the same event. Added to v1: a producer that does not send it "
+        "changes nothing.",
+    )
 
     _future = field_validator("occurred_at")(check_not_in_future)
+
+    @field_validator("cleared")
+    @classmethod
+    def _each_once(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) < len(value):
+            raise PydanticCustomError("value_error", "names a field twice")
+        return value or None  # an empty list clears nothing, as none does
 
     @model_validator(mode="after")
     def _action_requirements(self) -> Self:
@@ -121,6 +138,13 @@ class SupportEvent(BaseModel):
         ]
         if missing:
             raise _required_by(self.action.value, missing)
+        both = [name for name in self.cleared or () if getattr(self, name) is not None]
+        if both:
+            raise PydanticCustomError(
+                "value_error",
+                "{fields} both set and cleared in one event",
+                {"field": "cleared", "fields": ", ".join(both)},
+            )
         return self
 
 

@@ -10,9 +10,7 @@ They carry every field of the contract, in the contract's order, not only
 the ones the core reads (`properties` is not read here): the service derives
 an event's payload digest from them (`healthscore.service.ingest.decode.event_json`),
 and the decoder refuses to start if a contract model and its struct drift
-apart. Timestamps are aware datetimes; identifiers are UUIDs. A support event
-also says which of its nullable fields it sent as null (`cleared`): null sets the
-field to none, where a field left out leaves it as it is.
+apart. Timestamps are aware datetimes; identifiers are UUIDs.
 """
 
 from __future__ import annotations
@@ -63,14 +61,12 @@ class SupportEvent(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     subject: str | None = None
     follow_up_at: datetime | None = None
     occurred_at: datetime
-    # the fields of CLEARABLE the event sent as null (the latest event wins per field,
-    # null included); not a contract field, and no part of the payload digest: absent
-    # and null were one event to the dedupe before null meant "none", and stay so
-    cleared: frozenset[str] = frozenset()
+    # the fields this event sets to none (of CLEARABLE), as the producer listed them
+    cleared: tuple[str, ...] = ()
 
 
-CLEARABLE = ("sentiment", "outcome", "assigned_to", "subject", "follow_up_at")
-"""The support fields the contract types "or null": null there is a value, "none"."""
+CLEARABLE = ("assigned_to", "sentiment", "outcome", "subject")
+"""The support fields an event may set to none by naming them in `cleared`."""
 
 
 class ProfileEvent(msgspec.Struct, kw_only=True, frozen=True, gc=False):

@@ -14,11 +14,11 @@ order:
   resolved in the same second reads resolved whatever the two ids.
 - Optional attributes (interaction_type, channel, priority, sentiment,
   outcome, assigned_to, subject, follow_up_at) are set only by events that
-  carry them, so an `updated` before its `opened` is kept. The ones the
-  contract types "or null" (`events.CLEARABLE`) are cleared by an event that
-  sends them as null (`event.cleared`), by the same rule: the latest wins, so a
-  desk that unassigns an interaction takes it from its assignee (whom the
-  support role's row-level security shows it to) back to the triage queue.
+  carry them (non-null), so an `updated` before its `opened` is kept. Those of
+  `events.CLEARABLE` are set to none by an event that names them in `cleared`,
+  by the same rule: the latest wins, so a desk that unassigns an interaction
+  takes it from its assignee (whom the support role's row-level security shows
+  it to) back to the triage queue.
 - `status` is set by opened/reopened (open), resolved, closed; `updated` and
   `follow_up_scheduled` leave it alone. Before any such event it reads `open`.
 - `resolved_at` / `closed_at` are set by resolved / closed and cleared by a

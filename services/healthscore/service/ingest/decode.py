@@ -36,13 +36,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from healthscore import contracts
-from healthscore.core.events import (
-    CLEARABLE,
-    Event,
-    ProfileEvent,
-    SupportEvent,
-    UsageEvent,
-)
+from healthscore.core.events import Event, ProfileEvent, SupportEvent, UsageEvent
 from healthscore.service.ingest.fastdecode import fast_support_event, fast_usage_event
 
 # The three per-record types are msgspec structs, not dataclasses: built in C (a frozen
@@ -479,26 +473,24 @@ def core_event(
         subject=validated.subject,
         follow_up_at=validated.follow_up_at,
         occurred_at=validated.occurred_at,
-        cleared=frozenset(
-            name
-            for name in CLEARABLE
-            if name in validated.model_fields_set and getattr(validated, name) is None
-        ),
+        cleared=tuple(validated.cleared or ()),
     )
 
 
-_NOT_CONTRACT_FIELDS = ("cleared",)
-"""Fields of the core's events that the contract models do not have (events.py)."""
-
-
-def _contract_fields(core: type[msgspec.Struct]) -> tuple[str, ...]:
-    return tuple(f for f in core.__struct_fields__ if f not in _NOT_CONTRACT_FIELDS)
+_ADDED_FIELDS = ("cleared",)
+"""Fields added to a contract after payload digests were first stored: left out of an
+event's JSON when empty, so an event that does not use them digests as it did."""
 
 
 def _contract_dict(event: Event) -> dict[str, Any]:
-    """The event's contract fields, as `msgspec.structs.asdict` gives them."""
+    """The event's fields, as `msgspec.structs.asdict` gives them, the added ones only
+    when they hold something."""
     fields = msgspec.structs.asdict(event)
-    fields.pop("cleared", None)
+    for name in _ADDED_FIELDS:
+        if name in fields:
+            value = fields.pop(name)
+            if value:
+                fields[name] = list(value)
     return fields
 
 
@@ -542,6 +534,8 @@ def canonical_event_json(event: Event) -> bytes:
         }
     if "properties" in fields:
         fields["properties"] = _sorted_keys(fields["properties"], numbers_by_value=True) or None
+    if "cleared" in fields:
+        fields["cleared"] = sorted(fields["cleared"])  # a set of names, in any order
     return orjson.dumps(fields, option=orjson.OPT_UTC_Z)
 
 
@@ -583,7 +577,7 @@ def _sorted_keys(value: Any, numbers_by_value: bool = False) -> Any:
 
 def _check_fields(core: type[msgspec.Struct], model: type[BaseModel]) -> None:
     """Refuse to start if a contract model and the core's event differ in fields."""
-    if _contract_fields(core) != tuple(model.model_fields):
+    if core.__struct_fields__ != tuple(model.model_fields):
         raise RuntimeError(f"{core.__module__}.{core.__name__} does not mirror {model.__name__}")
 
 

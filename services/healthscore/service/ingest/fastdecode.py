@@ -34,7 +34,6 @@ from uuid import UUID
 
 import msgspec
 import orjson
-from msgspec import UNSET, UnsetType
 from pydantic import BaseModel
 from pydantic_core import PydanticCustomError
 
@@ -45,6 +44,7 @@ from healthscore.contracts._common import (
     MAX_FUTURE_SKEW,
     check_json_value,
 )
+from healthscore.contracts.support import ClearableField
 from healthscore.contracts.usage import MAX_PROPERTIES_BYTES
 from healthscore.core.enums import (
     Channel,
@@ -55,7 +55,7 @@ from healthscore.core.enums import (
     SupportAction,
     UsageType,
 )
-from healthscore.core.events import CLEARABLE, SupportEvent, UsageEvent
+from healthscore.core.events import SupportEvent, UsageEvent
 
 # --------------------------------------------------------------------------- wire structs
 
@@ -78,10 +78,7 @@ class UsageWire(msgspec.Struct, kw_only=True, frozen=True, gc=False):
 
 
 class SupportWire(msgspec.Struct, kw_only=True, frozen=True, gc=False):
-    """SupportEvent's fields and msgspec-checkable rules, in the model's field order.
-
-    The fields null may clear (events.CLEARABLE) tell a field left out (UNSET) from one
-    sent as null (None)."""
+    """SupportEvent's fields and msgspec-checkable rules, in the model's field order."""
 
     event_id: UUID
     organization_id: UUID
@@ -90,12 +87,13 @@ class SupportWire(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     interaction_type: InteractionType | None = None
     channel: Channel | None = None
     priority: Priority | None = None
-    sentiment: Sentiment | UnsetType | None = UNSET
-    outcome: Outcome | UnsetType | None = UNSET
-    assigned_to: UUID | UnsetType | None = UNSET
-    subject: Annotated[str, msgspec.Meta(max_length=500)] | UnsetType | None = UNSET
-    follow_up_at: str | UnsetType | None = UNSET
+    sentiment: Sentiment | None = None
+    outcome: Outcome | None = None
+    assigned_to: UUID | None = None
+    subject: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    follow_up_at: str | None = None
     occurred_at: str
+    cleared: Annotated[list[ClearableField], msgspec.Meta(max_length=4)] | None = None
 
 
 def _check_mirrors(wire: type[msgspec.Struct], model: type[BaseModel]) -> None:
@@ -215,9 +213,14 @@ def fast_support_event(body: dict[str, Any], received_at: datetime) -> SupportEv
         follow_up_at = _timestamp(wire.follow_up_at)
         if follow_up_at is None:
             return None
-    subject = None if wire.subject is UNSET else wire.subject
+    subject = wire.subject
     if subject is not None and "\x00" in subject:
         return None
+    cleared = wire.cleared
+    if cleared and (
+        len(set(cleared)) < len(cleared) or any(getattr(wire, n) is not None for n in cleared)
+    ):
+        return None  # named twice, or set and cleared: pydantic says which
     action = wire.action
     if action is SupportAction.OPENED:
         if wire.interaction_type is None or wire.channel is None:
@@ -232,27 +235,11 @@ def fast_support_event(body: dict[str, Any], received_at: datetime) -> SupportEv
         interaction_type=wire.interaction_type,
         channel=wire.channel,
         priority=wire.priority,
-        sentiment=None if wire.sentiment is UNSET else wire.sentiment,
-        outcome=None if wire.outcome is UNSET else wire.outcome,
-        assigned_to=None if wire.assigned_to is UNSET else wire.assigned_to,
+        sentiment=wire.sentiment,
+        outcome=wire.outcome,
+        assigned_to=wire.assigned_to,
         subject=subject,
         follow_up_at=follow_up_at,
         occurred_at=occurred_at,
-        cleared=_cleared(wire),
+        cleared=tuple(cleared) if cleared else (),
     )
-
-
-_NONE_CLEARED: Final = frozenset[str]()
-
-
-def _cleared(wire: SupportWire) -> frozenset[str]:
-    """The fields of CLEARABLE sent as null (most events send none: checked first)."""
-    if (
-        wire.sentiment is not None
-        and wire.outcome is not None
-        and wire.assigned_to is not None
-        and wire.subject is not None
-        and wire.follow_up_at is not None
-    ):
-        return _NONE_CLEARED
-    return frozenset(name for name in CLEARABLE if getattr(wire, name) is None)
