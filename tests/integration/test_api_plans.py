@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from healthscore.api.routes import RANGE_FIRST_DIGITS
+from healthscore.api.routes import RANGE_FIRST_DIGITS, name_query
 from healthscore.api.session import SEARCH_SETTINGS
 from healthscore.store import read_api as q
 from healthscore.store.identity import LOGIN, SigningKey, mint_token
@@ -213,7 +213,15 @@ async def test_a_name_search_reads_the_names_index_then_each_organization_by_id(
     session: Session, sort: str
 ) -> None:
     plan = await explain(
-        session, q.LIST_ORGANIZATIONS_NAMED[sort], None, None, None, ["org", "4217"], None, None, 51
+        session,
+        q.LIST_ORGANIZATIONS_NAMED[sort],
+        None,
+        None,
+        None,
+        name_query("org 4217"),
+        None,
+        None,
+        51,
     )
     assert "organizations_name_words_idx" in indexes(plan), indexes(plan)
     # the few organizations named so, each looked up by its id: no table read whole

@@ -74,17 +74,17 @@ def require_text_timestamp(value: object) -> object:
         return value
     if not isinstance(value, str):
         raise ValueError("must be an RFC 3339 timestamp string with an offset")
-    if _DATE_AND_SECONDS.match(value) is None or len(value) < 20:
-        # a date, `T` (or a space, read as always), hours, minutes and seconds: the
-        # parser alone also took `2024-01-01_00:00:00Z` and `2024-01-01T00:00+01:00`,
-        # which no schema-valid producer sends and nothing documented
+    if _DATE_AND_TIME.match(value) is None:
+        # a date, `T` (or a space, read as always), hours and minutes (the seconds may be
+        # left out, as Java's OffsetDateTime.toString() leaves out zero seconds): the
+        # parser alone also took `2024-01-01_00:00:00Z`
         raise ValueError("must be an RFC 3339 timestamp string with an offset")
     if value[16:19] == ":60":
         return _leap_second(value)
     return value
 
 
-_DATE_AND_SECONDS = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}")
+_DATE_AND_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}[^0-9]")
 _LEAP_SECOND = re.compile(r"(\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d):60(?:[.,]\d+)?([Zz]|[+-]\d\d:\d\d)")
 _AWARE: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
 
@@ -164,37 +164,46 @@ def check_json_value(value: Any) -> None:
     says where in the value (`b.c[1]`), which a producer needs in a 16 KiB object.
 
     A few hundred levels of nesting would make any recursive consumer (the
-    serializer measuring its size among them) raise outside validation.
+    serializer measuring its size among them) raise outside validation. Each item
+    carries its place as a link to its parent's (built into a path only for an error).
     """
-    stack: list[tuple[Any, int, str]] = [(value, 1, "")]
+    stack: list[tuple[Any, int, _Place]] = [(value, 1, None)]
     while stack:
-        item, depth, path = stack.pop()
+        item, depth, place = stack.pop()
         if isinstance(item, dict):
             if depth > MAX_PROPERTIES_DEPTH:
-                _too_deep(path)
+                _too_deep(_path(place))
             for key, child in item.items():
-                inner = _member(path, key)
                 if isinstance(key, str) and "\x00" in key:
-                    _nul(f"{inner} (its name)", key)
-                stack.append((child, depth + 1, inner))
+                    _nul(f"{_path((key, place))} (its name)", key)
+                stack.append((child, depth + 1, (key, place)))
         elif isinstance(item, list):
             if depth > MAX_PROPERTIES_DEPTH:
-                _too_deep(path)
-            stack.extend((child, depth + 1, f"{path}[{i}]") for i, child in enumerate(item))
+                _too_deep(_path(place))
+            stack.extend((child, depth + 1, (i, place)) for i, child in enumerate(item))
         elif isinstance(item, str) and "\x00" in item:
-            _nul(path, item)
+            _nul(_path(place), item)
 
+
+_Place = tuple[Any, Any] | None
+"""Where an item is: (its key or index, its parent's place), None at the top."""
 
 _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,79}")
 
 
-def _member(path: str, key: object) -> str:
-    """`path` and a member's name: `.name`, or `["name"]` (cut when long) for any other."""
-    name = str(key)
-    if _PLAIN_NAME.fullmatch(name):
-        return f"{path}.{name}" if path else name
-    shown = name if len(name) <= 40 else f"{name[:37]}..."
-    return f"{path}[{json.dumps(shown, ensure_ascii=True)}]"
+def _path(place: _Place) -> str:
+    """`b.c[1]`: members as `.name` (or `["name"]`, cut when long), items as `[i]`."""
+    parts: list[str] = []
+    while place is not None:
+        key, place = place
+        if isinstance(key, int):
+            parts.append(f"[{key}]")
+        elif _PLAIN_NAME.fullmatch(name := str(key)):
+            parts.append(f".{name}")
+        else:
+            shown = name if len(name) <= 40 else f"{name[:37]}..."
+            parts.append(f"[{json.dumps(shown, ensure_ascii=True)}]")
+    return "".join(reversed(parts)).removeprefix(".")
 
 
 def _nul(path: str, text: str) -> None:

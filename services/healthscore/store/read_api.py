@@ -264,20 +264,19 @@ LIST_ORGANIZATIONS_IN_RANGE: Final = {
 
 # The organizations whose name has a word starting with each word searched ('bloom vow'
 # finds "Bloom & Vow Weddings"), read from organizations_name_words_idx (migration 0113),
-# then sorted and paged like the lists above. The words come as an array of letters and
-# digits (routes.name_words), so nothing typed is read as query syntax, and are made a
-# prefix query here by functions the planner folds with the value (a subquery would
-# hide it, and the planner read every organization). Names are read under the caller's
-# row-level security: an organization whose name the caller may not see is not found.
-# $1-$3 the filters, $4 the words (text[], not empty), $5 cursor sort value, $6 cursor
-# id, $7 limit.
+# then sorted and paged like the lists above. $4 is the text-search query
+# (routes.name_query: each word quoted, a prefix), parsed by the configuration that
+# parsed the names, a constant the planner reads with its value. Names are read under
+# the caller's row-level security: an organization whose name the caller may not see is
+# not found. $1-$3 the filters, $4 the query, $5 cursor sort value, $6 cursor id,
+# $7 limit.
 LIST_ORGANIZATIONS_NAMED: Final = {
     sort: _selected_list(
         """organization_id IN (
           SELECT n.id FROM organizations n
           WHERE n.name IS NOT NULL
-            AND to_tsvector('simple'::regconfig, n.name) @@ to_tsquery(
-                'simple'::regconfig, array_to_string($4::text[], ':* & ') || ':*'))""",
+            AND to_tsvector('simple'::regconfig, n.name)
+                @@ to_tsquery('simple'::regconfig, $4::text))""",
         *keyset,
         cursor=("$5", "$6", "$7"),
     )

@@ -684,9 +684,10 @@ function filtersFor(table, read, keep) {
   return state.applied[table];
 }
 
-// the search box takes a name or an id's start: hex digits and hyphens with a digit
-// among them are an id ("3f2a"); anything else is a name's words ("bloom", "cafe")
-const ID_START = /^(?=[^0-9]*[0-9])[0-9a-fA-F-]{1,36}$/;
+// the search box takes a name or an id's start: four or more hex digits and hyphens
+// with a digit among them are an id ("3f2a"); anything else is a name's words ("bloom",
+// "cafe", and names such as "F5", "B2B" or "365")
+const ID_START = /^(?=[^0-9]*[0-9])[0-9a-fA-F-]{4,36}$/;
 
 function listParams() {
   const form = $("list-filters");

@@ -117,11 +117,13 @@ class Rejection(msgspec.Struct, frozen=True, gc=False):
 MAX_DETAIL_CHARS = 1000
 """A rejection's `detail` (the `x-error-detail` header, the log line) is cut to this."""
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 controls, DEL and the characters str.splitlines() and log viewers break lines at
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _escaped(match: re.Match[str]) -> str:
-    return f"\\x{ord(match[0]):02x}"
+    code = ord(match[0])
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def _shortened(text: str, limit: int) -> str:

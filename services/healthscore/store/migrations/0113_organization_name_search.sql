@@ -13,9 +13,14 @@ COMMENT ON INDEX organizations_name_words_idx IS
 -- Under row-level security a condition that is not LEAKPROOF is evaluated after the
 -- policies and is never an index condition (migration 0030): the search would read
 -- every organization's name. The text-search match is pure and raises nothing; the
--- parsing of a name raises only for a name whose words exceed 1 MB (telling at most
--- that some name is that long), so both are marked, as 0030 marks the filters' functions
--- (a superuser only; elsewhere the search is correct, only slower).
+-- parsing of a name raises (or sends a NOTICE) only by its length (a name over 1 MB of
+-- words, a word over 2 KB), never by what it says, so both are marked, as 0030 marks the
+-- filters' functions (a superuser only; elsewhere the search is correct, only slower).
+-- What the marks allow besides, as 0030's do for the subject search: the policy is a
+-- per-row filter, so a search that hidden names match reads them before the policy
+-- drops them, and its time says, coarsely, how common a word is among names the caller
+-- cannot see; and the mark is the function's, for any configuration argument (no
+-- statement here passes one from a column).
 DO $leakproof$
 DECLARE
     fn regprocedure;
