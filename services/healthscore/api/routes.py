@@ -199,9 +199,10 @@ async def list_organizations(
         str | None,
         Query(
             max_length=100,
-            description="Words of the organization's name, each the start of a word in "
-            "it, in any order, case ignored (`bloom vow`: Bloom & Vow Weddings); "
-            "punctuation separates words. Not with q.",
+            description="Words of the organization's name (split at white space), each "
+            "the start of a word in it as PostgreSQL's text search splits names, in any "
+            "order, case ignored (`bloom vow`: Bloom & Vow Weddings; `shop.com`: Shop.com "
+            "Ltd); at most 8. Not with q.",
         ),
     ] = None,
     sort: Annotated[
@@ -219,7 +220,7 @@ async def list_organizations(
     searched = name is not None and bool(name.strip())
     if searched and q_ is not None:
         raise ApiProblem(422, "invalid-request", "give q (an id prefix) or name, not both")
-    words = name_query(name) if searched and name is not None else None
+    text_query = name_query(name) if searched and name is not None else None
     low, high = _id_range(q_)
     filters: list[Any] = [
         [s.value for s in health_status] if health_status else None,
@@ -238,9 +239,14 @@ async def list_organizations(
             # a name without a letter or digit ('!!!') names no organization
             rows = (
                 await session.conn.fetch(
-                    q.LIST_ORGANIZATIONS_NAMED[sort], *filters[:3], words, key, after_id, limit + 1
+                    q.LIST_ORGANIZATIONS_NAMED[sort],
+                    *filters[:3],
+                    text_query,
+                    key,
+                    after_id,
+                    limit + 1,
                 )
-                if words is not None
+                if text_query is not None
                 else []
             )
         elif range_first:
