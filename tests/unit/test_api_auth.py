@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,8 @@ from pydantic import SecretStr, ValidationError
 
 from healthscore.api.auth import TokenVerifier, Unauthenticated, issue_hs256
 from healthscore.api.cursor import Cursor, InvalidCursor, decode_cursor
+from healthscore.api.dev import DevSetupFailed
+from healthscore.api.server import dev_config
 from healthscore.api.state import ApiConfig, ApiConfigError
 from healthscore.config import Settings
 
@@ -316,3 +319,19 @@ def test_an_hs256_secret_anyone_could_guess_is_refused(secret: str, reason: str)
         Settings(_env_file=None, api_jwt_secret=SecretStr(secret))
     assert secret not in str(refused.value)  # never the value
     Settings(_env_file=None, api_jwt_secret=SecretStr("j" * 32))
+
+
+@pytest.mark.parametrize(
+    "setting", [{"api_jwt_secret": SecretStr("j" * 32)}, {"api_jwks_path": Path(__file__)}]
+)
+def test_dev_sign_in_is_refused_beside_an_identity_providers_key(
+    setting: dict[str, Any],
+) -> None:
+    """`api --dev` signed its printed links with API_JWT_SECRET when it was set: twelve
+    hours of admin access in a terminal's scrollback or a CI log, under the identity
+    provider's own secret. Refused before anything is read or written."""
+    settings = Settings(
+        _env_file=None, database_url=SecretStr("postgresql://nobody@127.0.0.1:1/x"), **setting
+    )
+    with pytest.raises(DevSetupFailed, match="unset API_JWT_SECRET and API_JWKS_PATH"):
+        asyncio.run(dev_config(settings))

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from healthscore.api.auth import TokenVerifier, issue_hs256
-from healthscore.errors import HealthscoreError
+from healthscore.errors import StartupRefused
 from healthscore.store import identity as sign_in_sql
 from healthscore.store.db import DatabaseTLS, connect
 from healthscore.store.identity import SigningKey
@@ -30,8 +30,9 @@ LINK_LIFETIME: Final = timedelta(hours=12)
 DEV_LOGIN_ROLE: Final = "healthscore_api_dev"
 
 
-class DevSetupFailed(HealthscoreError):
-    """Development sign-in could not be prepared (no signing key, no rights)."""
+class DevSetupFailed(StartupRefused):
+    """Development sign-in could not be prepared (no signing key, no rights, an identity
+    provider's secret set): `healthscore api --dev` says so in one line."""
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,7 @@ class DevIdentity:
         return {role: f"{base_url}/#token={self.token(role)}" for role in self.users}
 
 
-async def prepare_dev_identity(
-    admin_url: str, tls: DatabaseTLS = None, jwt_secret: str | None = None
-) -> DevIdentity:
+async def prepare_dev_identity(admin_url: str, tls: DatabaseTLS = None) -> DevIdentity:
     conn = await connect(admin_url, tls)
     try:
         key = await conn.fetchrow(sign_in_sql.NEWEST_KEY)
@@ -83,10 +82,7 @@ async def prepare_dev_identity(
         ) from exc
     finally:
         await conn.close()
-    identity = DevIdentity(SigningKey(key["key_id"], bytes(key["secret"])), users)
-    if jwt_secret:
-        identity.jwt_secret = jwt_secret
-    return identity
+    return DevIdentity(SigningKey(key["key_id"], bytes(key["secret"])), users)
 
 
 async def _ensure_user(conn: asyncpg.Connection, user: DevUser) -> uuid.UUID:

@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from healthscore.api import problems
 from healthscore.api.app import create_app, ops_app, served
-from healthscore.api.dev import DevIdentity, dev_login_url, prepare_dev_identity
+from healthscore.api.dev import DevIdentity, DevSetupFailed, dev_login_url, prepare_dev_identity
 from healthscore.api.state import ApiConfig
 from healthscore.asgi_server import SignalFreeServer
 from healthscore.config import Settings
@@ -123,11 +123,17 @@ async def wait_stopped() -> None:
 
 async def dev_config(settings: Settings) -> tuple[ApiConfig, DevIdentity]:
     """--dev: the key from the database, three users, a login role in cs_dashboard."""
+    if settings.api_jwt_secret is not None or settings.api_jwks_path is not None:
+        # the links are printed (a terminal, its scrollback, a CI log): signed with the
+        # identity provider's secret they would be twelve hours of anybody's admin access
+        raise DevSetupFailed(
+            "--dev signs its printed sign-in links with a key of its own: unset "
+            "API_JWT_SECRET and API_JWKS_PATH (an identity provider's), or run without --dev"
+        )
     admin = settings.migration_database_url or settings.database_url
     assert admin is not None
     tls = database_tls(settings)
-    secret = settings.api_jwt_secret.get_secret_value() if settings.api_jwt_secret else None
-    identity = await prepare_dev_identity(admin.get_secret_value(), tls, secret)
+    identity = await prepare_dev_identity(admin.get_secret_value(), tls)
     overrides: dict[str, Any] = {}
     if settings.api_database_url is None:
         url = await dev_login_url(admin.get_secret_value(), tls)
