@@ -918,6 +918,8 @@ async def test_health_and_readiness(world: World) -> None:
     page = await world.client.get("/")
     assert page.status_code == 200 and "Customer health" in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["strict-transport-security"] == "max-age=31536000"
+    assert "camera=()" in page.headers["permissions-policy"]
     assert (await world.client.get("/static/app.js")).status_code == 200
     assert (await world.client.get("/api/docs")).status_code == 200
     openapi = (await world.client.get("/api/openapi.json")).json()

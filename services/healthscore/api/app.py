@@ -58,6 +58,11 @@ SECURITY_HEADERS: Final = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
+    # served over TLS at the ingress: browsers keep to HTTPS for a year (a browser
+    # ignores it on plain HTTP, as in development)
+    (b"strict-transport-security", b"max-age=31536000"),
+    # the page uses no device: none for anything it might load
+    (b"permissions-policy", b"camera=(), microphone=(), geolocation=(), payment=(), usb=()"),
 ]
 
 
