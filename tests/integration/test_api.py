@@ -332,6 +332,19 @@ async def test_every_request_is_logged_with_the_user_its_token_proved(world: Wor
     assert lines[-1]["token_refused"] == "the token's subject is not a known user"
     assert not [e for e in logs if e["event"] == "api_audience_unknown"]
     assert not any("?" in e["path"] or "q=" in json.dumps(e) for e in lines)
+    assert lines[2]["params"] == ["q"] and prefix not in json.dumps(lines[2])
+    assert lines[0]["params"] is None and lines[0]["organization_id"] is None
+    # an organization's timeline names it in the query: the audit can tell whose
+    # interactions were read (the path alone could not), never what was searched
+    with capture_logs() as logs:
+        timeline = await world.get(
+            "admin", "/api/v1/interactions", organization_id=str(bloom), q="Jane Doe's refund"
+        )
+        assert timeline.status_code == 200
+    (line,) = [e for e in logs if e["event"] == "api_request"]
+    assert line["organization_id"] == str(bloom)
+    assert line["params"] == ["organization_id", "q"]
+    assert "Jane" not in json.dumps(line)
 
     # and counted by route template and status (the cached answer too)
     registry: CollectorRegistry = world.app.state.metrics.registry

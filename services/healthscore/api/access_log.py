@@ -5,18 +5,23 @@ requests counted by route and status (`healthscore_api_requests_total`,
 Row-level security decides what a person sees; this says afterwards who asked for
 what and got which answer, for an audit: the user the bearer token proved (never
 a user id the client claims), the method, the path (the organization a page
-names is in it; the query string is not logged: a search's text is the
-searcher's), the status and the time taken. A request whose token was refused is
-logged too, with the reason and no user. Health probes and scrapes are not logged.
+names is in it), the organization a query names (`organization_id=`: an
+organization's timeline), the names of the other query parameters (their values
+are not logged: a search's text is the searcher's), the status and the time taken.
+A request whose token was refused is logged too, with the reason and no user. Health
+probes and scrapes are not logged.
 The line is written when the response has been sent, kept answers included (this
 layer is in front of the response cache).
 """
 
 from __future__ import annotations
 
+import re
 import time
+import uuid
 from collections.abc import Iterable
 from typing import Final
+from urllib.parse import parse_qsl
 
 import structlog
 from starlette.routing import compile_path
@@ -99,12 +104,39 @@ class AccessLog:
         later = (scope.get("state") or {}).get("token_refused")
         if later is not None:
             user_id, refused = None, later
+        organization, names = _query_for_audit(scope.get("query_string", b""))
         log.info(
             "api_request",
             method=scope["method"],
             path=shown_path(scope["path"]),
+            organization_id=organization,
+            params=names,
             status=status,
             duration_ms=round(seconds * 1000, 1),
             user_id=user_id,
             **({"token_refused": refused} if refused else {}),
         )
+
+
+_AUDIT_PARAMS: Final = 12
+"""Query parameter names a line lists at most (a scanner may send hundreds)."""
+
+
+def _query_for_audit(query: bytes) -> tuple[str | None, list[str] | None]:
+    """The organization a query string names (a UUID, as given), and the names of its
+    parameters (none of their values: a search's text is the searcher's)."""
+    if not query:
+        return None, None
+    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    organization = next((v for k, v in pairs if k == "organization_id"), None)
+    if organization is not None:
+        try:
+            organization = str(uuid.UUID(organization))
+        except ValueError:
+            organization = None  # the API refused it: nothing was read
+    # a name a client made up (control characters, any length) is no parameter of ours
+    names = sorted({k if _PARAM_NAME.fullmatch(k) else "(other)" for k, _ in pairs})
+    return organization, names[:_AUDIT_PARAMS]
+
+
+_PARAM_NAME: Final = re.compile(r"[a-z_]{1,40}")
