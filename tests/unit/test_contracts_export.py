@@ -7,7 +7,14 @@ import uuid
 import orjson
 
 from healthscore.contracts.export import CONTRACT_MODELS, render_all, stale_files
-from healthscore.service.ingest.decode import Decoder, RawRecord, Rejection
+from healthscore.service.ingest.decode import (
+    PIPELINE_REASONS,
+    REASONS,
+    Decoder,
+    RawRecord,
+    Rejection,
+)
+from healthscore.service.ingest.dlq import dlq_headers
 from healthscore.service.ops.asyncapi import ORGANIZATION_KEY
 
 
@@ -106,3 +113,27 @@ def test_every_keyed_message_says_its_key_as_the_decoder_checks_it() -> None:
         accepted = not (isinstance(decoded, Rejection) and decoded.reason == "invalid_key")
         assert accepted == bool(pattern.fullmatch(key)), key
     assert pattern.fullmatch(str(org))
+
+
+def test_every_dead_letter_message_says_its_headers_and_every_reason() -> None:
+    """The dead letters' messages declared a binary payload and nothing else: a tool
+    reading `<topic>.dlq` learned its headers and reason codes from the operations guide
+    only. Each says them now, the reasons exactly those the service gives."""
+    document = json.loads(render_all()["asyncapi.json"])
+    messages = document["components"]["messages"]
+    dead = {name: m for name, m in messages.items() if ".dlq:" in name}
+    assert len(dead) == 3  # one per input topic
+    for message in dead.values():
+        headers = message["headers"]
+        assert set(headers["properties"]["x-error-reason"]["enum"]) == {
+            *REASONS,
+            *PIPELINE_REASONS,
+        }
+        assert {"x-error-reason", "x-source-offset", "x-rejected-at"} <= set(headers["required"])
+    # and the headers the relay writes are the ones it declares
+    record = RawRecord("product.usage.v1", 3, 42, b"k", b"v", 1700000000000)
+    written = {
+        name for name, _ in dlq_headers(Rejection(record, "invalid_json", "not valid JSON"), True)
+    }
+    properties = next(iter(dead.values()))["headers"]["properties"]
+    assert written <= set(properties), written - set(properties)

@@ -18,6 +18,7 @@ from faststream.specification import AsyncAPI
 from healthscore import __version__
 from healthscore.config import Settings
 from healthscore.service.broker import build_broker, input_payloads
+from healthscore.service.ingest.decode import MAX_DETAIL_CHARS, PIPELINE_REASONS, REASONS
 from healthscore.service.ops.asyncapi_page import render_html
 
 DESCRIPTION = (
@@ -26,7 +27,8 @@ DESCRIPTION = (
     "health scores in PostgreSQL, and publishes churn-risk alerts (with the risk "
     "factors that drove them) and a compacted feed of the latest scores. Invalid "
     "input goes unchanged to `<topic>.dlq` with headers x-error-reason, "
-    "x-error-detail, x-source-topic, x-source-partition, x-source-offset."
+    "x-error-detail, x-source-topic, x-source-partition, x-source-offset, x-rejected-at "
+    "(each dead-letter message's headers schema lists them and the reason codes)."
 )
 
 
@@ -68,6 +70,71 @@ def _with_keys(document: dict[str, Any]) -> None:
             message["bindings"] = {"kafka": {"key": ORGANIZATION_KEY, "bindingVersion": "0.5.0"}}
 
 
+def _dead_letter_headers() -> dict[str, Any]:
+    """The headers of a dead letter, as a JSON Schema of string values (Kafka header
+    values are bytes; these are UTF-8 text), the reason codes enumerated: what a tool
+    reading `<topic>.dlq` may rely on (docs/operations.md, "Dead-letter topics")."""
+    def text(description: str, **more: Any) -> dict[str, Any]:
+        return {"type": "string", "description": description, **more}
+
+    digits = {"pattern": "^[0-9]+$"}
+    return {
+        "type": "object",
+        "required": [
+            "x-error-reason",
+            "x-error-detail",
+            "x-source-topic",
+            "x-source-partition",
+            "x-source-offset",
+            "x-rejected-at",
+        ],
+        "properties": {
+            "x-error-reason": text(
+                "Why the record was rejected (the metric's reason label).",
+                enum=sorted({*REASONS, *PIPELINE_REASONS}),
+            ),
+            "x-error-detail": text(
+                "Each field at fault and its rule (up to five; inside properties, where); "
+                "control characters escaped.",
+                maxLength=MAX_DETAIL_CHARS,
+            ),
+            "x-source-topic": text("The topic the record was read from."),
+            "x-source-partition": text("Its partition.", **digits),
+            "x-source-offset": text("Its offset.", **digits),
+            "x-rejected-at": text(
+                "When the batch rejected it (ISO 8601), the same in every copy.",
+                format="date-time",
+            ),
+            "x-source-timestamp-ms": text("The record's timestamp, if it had one.", **digits),
+            "x-value-omitted": text(
+                "Only on a dead letter sent without its value (too large with these "
+                "headers): the value's size and the producer's headers left out."
+            ),
+            "x-value-null": text(
+                "Only when the source record had neither key nor value: the dead letter's "
+                "value is empty instead of null."
+            ),
+            "x-value-withheld": text(
+                "Only on a stand-in (the dead-letter topic refused the dead letter for "
+                "its content): the broker's error; the value describes the record, kept "
+                "in PostgreSQL (dead_letters_withheld)."
+            ),
+        },
+        "additionalProperties": {
+            "type": "string",
+            "description": "The producer's own headers, as they came (one named like "
+            "these as x-original-<name>).",
+        },
+    }
+
+
+def _with_dead_letter_headers(document: dict[str, Any]) -> None:
+    headers = _dead_letter_headers()
+    for name, message in document.get("components", {}).get("messages", {}).items():
+        if ".dlq:" in name:
+            message["headers"] = headers
+
+
 def _as_sent(document: dict[str, Any], inputs: Mapping[str, str], alert_topic: str) -> None:
     """Each input topic's message is one record of its own contract model (not an array
     of any of the three, as the batch subscriber's annotation reads), and only the
@@ -103,6 +170,7 @@ def asyncapi_document(
     the one topic whose messages carry a correlation id."""
     document: dict[str, Any] = json.loads(build_spec(broker).to_specification().to_json())
     _with_keys(document)
+    _with_dead_letter_headers(document)
     _as_sent(document, inputs or {}, alert_topic or "")
     if not show_servers:
         for server in document.get("servers", {}).values():
