@@ -155,6 +155,18 @@ def test_users_and_features_are_tracked_and_bounded(model: ScoreModel) -> None:
     assert f"f{MAX_FEATURES + 2}" in state.features
 
 
+def test_a_feature_is_one_feature_however_its_producer_spells_it(model: ScoreModel) -> None:
+    """Review 33 L5: "Reports", "reports " and "REPORTS" counted as three features (the
+    breadth of adoption the score reads), and "café" sent decomposed as another; a name
+    of spaces counted as a feature."""
+    state = new_state("o")
+    spellings = ["Reports", "reports ", "REPORTS", "Cafe\u0301", "café", "   "]
+    for i, feature in enumerate(spellings):
+        apply_usage(state, usage(UsageType.FEATURE_USED, 1 + i / 100, feature=feature), model)
+    assert sorted(state.features) == ["café", "reports"]
+    assert state.features["reports"][0] == 3.0 and state.features["café"][0] == 2.0
+
+
 def test_users_not_seen_for_90_days_are_pruned(model: ScoreModel) -> None:
     state = new_state(str(ORG))
     old = uuid4()

@@ -23,6 +23,7 @@ occasional prune of the user and feature maps when they reach their caps.
 from __future__ import annotations
 
 import math
+import unicodedata
 
 from healthscore.core.enums import (
     MilestoneType,
@@ -174,6 +175,15 @@ def _prune_users(state: OrganizationState, t: float) -> None:
     state.users = {uid: seen_at for seen_at, uid in kept}
 
 
+def feature_name(feature: str) -> str:
+    """A feature as the adoption breadth counts it: "Reports", "reports " and "reports"
+    are one feature (producers differ in case and spacing), in Unicode NFC ("café" one
+    way); "" when nothing is left (no feature)."""
+    if feature.isascii():
+        return feature.strip().lower()
+    return unicodedata.normalize("NFC", feature).strip().casefold()
+
+
 def _use_feature(state: OrganizationState, feature: str, t: float) -> None:
     features = state.features
     entry = features.get(feature)
@@ -206,7 +216,9 @@ def apply_usage(
     if state.event_count % USER_PRUNE_EVERY == 0 and state.users:
         _prune_users(state, t)
     if kind == U.FEATURE_USED and event.feature:
-        _use_feature(state, event.feature, t)
+        name = feature_name(event.feature)
+        if name:
+            _use_feature(state, name, t)
 
     signals = model.signals
     _advance(state, t, model, support=False)

@@ -74,6 +74,7 @@ def _dead_letter_headers() -> dict[str, Any]:
     """The headers of a dead letter, as a JSON Schema of string values (Kafka header
     values are bytes; these are UTF-8 text), the reason codes enumerated: what a tool
     reading `<topic>.dlq` may rely on (docs/operations.md, "Dead-letter topics")."""
+
     def text(description: str, **more: Any) -> dict[str, Any]:
         return {"type": "string", "description": description, **more}
 
