@@ -15,6 +15,7 @@ letter is by definition a record that broke the contract.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -196,11 +197,15 @@ async def read_dead_letters(
         # a filter reads the whole log (what it lets through may be anywhere); the first
         # `limit` from the start stop reading once they are found
         stop_at_limit = not chosen.newest and not chosen.filtered
+        # at most `limit` letters held: the first ones, or each partition's newest (a
+        # spike of one reason may be millions); the others only counted
         taken: list[DeadLetter] = []
+        matched = 0
         unread = 0
         for tp in partitions:
             consumer.seek(tp, starts[tp])
             following = starts[tp]  # the partition's first offset not read
+            newest: deque[DeadLetter] = deque(maxlen=limit)
             while following < ends[tp] and not (stop_at_limit and len(taken) >= limit):
                 batch = (await consumer.getmany(tp, timeout_ms=1000)).get(tp, [])
                 for record in batch:
@@ -216,11 +221,16 @@ async def read_dead_letters(
                         [(name, value) for name, value in record.headers],
                     )
                     if chosen.takes(letter):
-                        taken.append(letter)
+                        matched += 1
+                        if chosen.newest:
+                            newest.append(letter)
+                        elif len(taken) < limit:
+                            taken.append(letter)
                     if stop_at_limit and len(taken) >= limit:
                         break
                 if not batch and await consumer.position(tp) >= ends[tp]:
                     break  # the rest of the log holds no record (control records)
+            taken.extend(newest)
             unread += max(0, ends[tp] - following)
             if chosen.newest and not chosen.filtered:
                 unread += starts[tp] - log_starts.get((topic, tp.partition), 0)
@@ -231,7 +241,7 @@ async def read_dead_letters(
         else:
             shown = taken[:limit]
         # unfiltered, every letter not shown; filtered, the matches not shown
-        more = len(taken) - len(shown) + (0 if chosen.filtered else unread)
+        more = matched - len(shown) + (0 if chosen.filtered else unread)
         return Reading(topic, True, shown, more)
     finally:
         await consumer.stop()

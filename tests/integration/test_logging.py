@@ -161,34 +161,38 @@ async def test_fields_the_contract_does_not_name_are_counted_and_named_once(
     settings = service_settings(migrated_database, kafka_bootstrap, topics)
     org = str(uuid.uuid4())
     at = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
-    bodies = [
-        {
+
+    def body(**extra: object) -> dict[str, object]:
+        return {
             "event_id": str(uuid.uuid4()),
             "organization_id": org,
             "type": "client_added",
-            "qty": 5,
             "occurred_at": at,
+            **extra,
         }
-        for _ in range(3)
-    ]
-    bodies.append(dict(bodies[0], event_id=str(uuid.uuid4()), qty=None, campaign="spring"))
+
+    # a harmless extra field in every record, and, well past the first 20 of them, one
+    # record with a misspelled quantity: a batch's samples were the first 20 records
+    # with any unknown field, so the misspelling was never named
+    bodies = [body(trace_id=f"t{n}") for n in range(30)]
+    bodies.append(body(trace_id="t30", qty=5))
     producer = await make_producer(kafka_bootstrap)
     try:
         with capture_logs() as logs:
             async with running_service(settings) as service:
                 await produce_json(producer, topics.usage, bodies)
-                await wait_processed(migrated_database, 4, exactly=True)
+                await wait_processed(migrated_database, len(bodies), exactly=True)
                 await wait_for(migrated_database, "SELECT 1", lambda n: n == 1)
                 counted = service.metrics.registry.get_sample_value(
                     "healthscore_events_with_unknown_fields_total", {"topic": topics.usage}
                 )
     finally:
         await producer.stop()
-    assert counted == 4
+    assert counted == len(bodies)
     named = [e for e in logs if e["event"] == "unknown_fields"]
-    # qty once (three records carried it), campaign once when first seen
+    # each name once, when first seen, with a record that carried it
     assert [(e["topic"], e["fields"]) for e in named] == [
+        (topics.usage, ["trace_id"]),
         (topics.usage, ["qty"]),
-        (topics.usage, ["campaign"]),
     ], named
-    assert named[0]["partition"] == 0 and named[0]["offset"] == 0
+    assert named[0]["offset"] == 0 and named[1]["offset"] == 30

@@ -314,3 +314,15 @@ def test_a_field_named_in_cleared_is_set_to_none_when_it_is_the_latest() -> None
     # a null older than the value it would clear clears nothing
     kept = merge_all([event(A.UPDATED, -1, 6, cleared=("assigned_to",)), opened])
     assert kept.assigned_to == str(staff)
+
+
+def test_at_one_instant_a_value_wins_over_a_clearing_whatever_the_ids() -> None:
+    """Unassigned and reassigned in the same second: the event ids decided, and the
+    interaction ended unassigned about half the time, out of the new assignee's view."""
+    staff = UUID(int=7)
+    opened = event(A.OPENED, 0, 1, assigned_to=UUID(int=8))
+    for clear_id, set_id in ((2, 3), (3, 2)):
+        unassigned = event(A.UPDATED, 1, clear_id, cleared=("assigned_to",))
+        reassigned = event(A.UPDATED, 1, set_id, assigned_to=staff)
+        for order in itertools.permutations([opened, unassigned, reassigned]):
+            assert merge_all(list(order)).assigned_to == str(staff), (clear_id, order)

@@ -311,9 +311,6 @@ def beyond_the_schema(topic: str, body: dict[str, Any]) -> str | None:
         times = [body.get("created_at"), *(body.get("milestones") or {}).values()]
         if any(t is not None and _parse(t) > occurred_at for t in times):
             return "invalid_field"
-    cleared = body.get("cleared") if topic == SUPPORT else None
-    if isinstance(cleared, list) and any(body.get(name) is not None for name in cleared):
-        return "invalid_field"  # a field both set and cleared: a rule across two fields
     properties = body.get("properties") if topic == USAGE else None
     if isinstance(properties, dict):
         if _has_nul(properties):

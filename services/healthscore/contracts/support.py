@@ -1,6 +1,6 @@
 """`support.interactions.v1`: support-interaction events from the support desk."""
 
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -48,6 +48,17 @@ def _action_rules_schema() -> dict[str, Any]:
                     },
                 }
             )
+    # a field named in `cleared` carries no value in the same event
+    for name in get_args(ClearableField):
+        rules.append(
+            {
+                "if": {
+                    "properties": {"cleared": {"type": "array", "contains": {"const": name}}},
+                    "required": ["cleared"],
+                },
+                "then": {"properties": {name: {"type": "null"}}},
+            }
+        )
     return {"allOf": rules}
 
 
@@ -142,8 +153,8 @@ class SupportEvent(BaseModel):
         if both:
             raise PydanticCustomError(
                 "value_error",
-                "{fields} both set and cleared in one event",
-                {"field": "cleared", "fields": ", ".join(both)},
+                "set and named in cleared in one event ({fields})",
+                {"field": both[0], "fields": ", ".join(both)},
             )
         return self
 

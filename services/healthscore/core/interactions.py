@@ -130,7 +130,8 @@ Key = tuple[float, str]
 
 
 def _set(time_set: bool) -> int:
-    """The lifecycle step of a resolution's or a closing's time: set 1, cleared 0."""
+    """The step of a field's value at one instant: set 1, cleared 0 (a resolution's or a
+    closing's time, an attribute named in `cleared`)."""
     return 1 if time_set else 0
 
 
@@ -239,11 +240,14 @@ def merge_interaction(current: InteractionRecord | None, event: SupportEvent) ->
         times[field] = entry
         return True
 
+    # at one instant a value wins over a clearing (a desk unassigning and reassigning in
+    # the same second meant the new assignee), whatever the two ids; among values, or
+    # among clearings, the id decides
     for field, value in _optional_values(event).items():
-        if value is not None and wins(field):
+        if value is not None and wins(field, 1, _set(getattr(record, field) is not None)):
             setattr(record, field, _plain(value))
     for field in event.cleared:
-        if wins(field):
+        if wins(field, 0, _set(getattr(record, field) is not None)):
             setattr(record, field, None)
 
     action = str(event.action)

@@ -17,7 +17,8 @@ log = structlog.get_logger(__name__)
 # the erased organizations a skip line names: a bulk offboarding whose organizations
 # keep sending puts thousands in one batch (the metric counts every record)
 ERASED_SAMPLE = 20
-# the (topic, field name) pairs logged as unknown, at most: names are the producers'
+# the (topic, field name) pairs logged as unknown, at most, per topic: names are the
+# producers' (one topic's many extra fields leave the others' to be told)
 UNKNOWN_FIELDS_LOGGED = 200
 
 
@@ -36,7 +37,7 @@ class BatchLog:
         self._metrics = metrics
         # the latest summaries (their rejections dropped: those hold the records)
         self.recent: deque[BatchOutcome] = deque(maxlen=keep)
-        self._unknown_seen: set[tuple[str, str]] = set()
+        self._unknown_seen: dict[str, set[str]] = {}
         # since start: records handled (redeliveries skipped not counted), events
         # applied, duplicates, rejections; wall-clock times of the first and last
         # commit that handled a record
@@ -67,10 +68,11 @@ class BatchLog:
                 logged=rejection.logged or None,
             )
         for topic, names, partition, offset in outcome.unknown_field_samples:
-            new = [n for n in names if (topic, n) not in self._unknown_seen]
-            if not new or len(self._unknown_seen) >= UNKNOWN_FIELDS_LOGGED:
+            seen = self._unknown_seen.setdefault(topic, set())
+            new = [n for n in names if n not in seen]
+            if not new or len(seen) >= UNKNOWN_FIELDS_LOGGED:
                 continue
-            self._unknown_seen.update((topic, n) for n in new)
+            seen.update(new)
             # once per field name and topic in this process: a producer sending an extra
             # field sends it in every record
             log.warning(

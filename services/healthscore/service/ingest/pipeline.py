@@ -586,6 +586,7 @@ class BatchPipeline:
         self._owned.give_back(saved)
 
         misrouted = {id(event) for event, _ in effects.misrouted}
+        sampled: set[tuple[str, tuple[str, ...]]] = set()
         for topic, count in outcome.erased_by_topic.items():
             outcome.consumed_by_topic[topic] = outcome.consumed_by_topic.get(topic, 0) + count
         for item in fresh:
@@ -595,9 +596,15 @@ class BatchPipeline:
             if item.record.timestamp_ms:
                 outcome.record_timestamps_ms.append(item.record.timestamp_ms)
             if isinstance(item, Decoded) and item.unknown:
-                _count(outcome.unknown_fields_by_topic, item.record.topic)
-                if len(outcome.unknown_field_samples) < UNKNOWN_FIELD_SAMPLES:
-                    record = item.record
+                record = item.record
+                _count(outcome.unknown_fields_by_topic, record.topic)
+                # one sample per set of names: a harmless extra field every record
+                # carries must not crowd out the misspelled one a few records carry
+                if (
+                    len(outcome.unknown_field_samples) < UNKNOWN_FIELD_SAMPLES
+                    and (record.topic, item.unknown) not in sampled
+                ):
+                    sampled.add((record.topic, item.unknown))
                     outcome.unknown_field_samples.append(
                         (record.topic, item.unknown, record.partition, record.offset)
                     )

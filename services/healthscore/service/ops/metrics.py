@@ -78,7 +78,8 @@ class Metrics:
         )
         self.events_with_unknown_fields = Counter(
             "healthscore_events_with_unknown_fields_total",
-            "Records applied that carried top-level fields the contract does not name "
+            "Records read (applied, or duplicates) that carried top-level fields the "
+            "contract does not name "
             "(ignored: a misspelled field is lost; the unknown_fields log line names them).",
             ["topic"],
             registry=r,
