@@ -19,9 +19,8 @@ import asyncpg
 import httpx
 import pytest
 
-from healthscore.api.models import OrganizationPage
 from tests.utils import schema_builders as b
-from tests.utils.api import api_client, api_config, api_login, bearer
+from tests.utils.api import api_client, api_config, api_login, bearer, every_organization_page
 
 FIRST = ["Bloom", "Harbor", "Golden", "Silver", "Rosé", "Ivory"]
 SECOND = ["& Vow", "Lights", "Gate", "Petal", "O'Brien"]
@@ -119,21 +118,7 @@ async def crowd(
 
 
 async def paged(crowd: Crowd, params: dict[str, Any], auth: dict[str, str]) -> list[str]:
-    seen: list[str] = []
-    cursor: str | None = None
-    for _ in range(200):
-        response = await crowd.client.get(
-            "/api/v1/organizations",
-            params={**params, **({"cursor": cursor} if cursor else {})},
-            headers=auth,
-        )
-        assert response.status_code == 200, response.text
-        page = OrganizationPage.model_validate(response.json())
-        seen += [str(item.organization_id) for item in page.items]
-        cursor = page.next_cursor
-        if cursor is None:
-            return seen
-    raise AssertionError("the cursor never ran out")
+    return await every_organization_page(crowd.client, params, auth)
 
 
 async def owner_order(crowd: Crowd, ids: list[str], sort: str, condition: str) -> list[str]:

@@ -20,11 +20,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from healthscore.api.models import OrganizationPage
 from healthscore.api.routes import RANGE_FIRST_DIGITS, read_by_id_range_first
 from healthscore.store import read_api as q
 from tests.utils import schema_builders as b
-from tests.utils.api import api_client, api_config, api_login, bearer
+from tests.utils.api import api_client, api_config, api_login, bearer, every_organization_page
 
 # 600 organizations; 144 of them made to start with "ab", 96 of those with "abc", 48 "abcd"
 GENERATE = """
@@ -107,21 +106,7 @@ async def owner_ids(crowd: Crowd, prefix: str, sort: str, condition: str) -> lis
 
 
 async def paged_ids(crowd: Crowd, params: dict[str, Any]) -> list[str]:
-    seen: list[str] = []
-    cursor: str | None = None
-    for _ in range(200):
-        response = await crowd.client.get(
-            "/api/v1/organizations",
-            params={**params, **({"cursor": cursor} if cursor else {})},
-            headers=crowd.auth,
-        )
-        assert response.status_code == 200, response.text
-        page = OrganizationPage.model_validate(response.json())
-        seen += [str(item.organization_id) for item in page.items]
-        cursor = page.next_cursor
-        if cursor is None:
-            return seen
-    raise AssertionError("the cursor never ran out")
+    return await every_organization_page(crowd.client, params, crowd.auth)
 
 
 @pytest.mark.parametrize("prefix", ["a", "ab", "abc", "abcd", "abcd-"])

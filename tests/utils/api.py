@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from healthscore.api.app import create_app, served
 from healthscore.api.auth import TokenVerifier, issue_hs256
+from healthscore.api.models import OrganizationPage
 from healthscore.api.state import ApiConfig
 from healthscore.store.identity import SigningKey
 
@@ -101,3 +102,25 @@ async def api_client(config: ApiConfig) -> AsyncIterator[tuple[httpx.AsyncClient
         transport = httpx.ASGITransport(app=served(app))
         async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
             yield client, app
+
+
+async def every_organization_page(
+    client: httpx.AsyncClient, params: dict[str, Any], headers: dict[str, str]
+) -> list[str]:
+    """The organization ids of `/api/v1/organizations` with `params`, every page followed
+    by its cursor, in the order served."""
+    seen: list[str] = []
+    cursor: str | None = None
+    for _ in range(200):
+        response = await client.get(
+            "/api/v1/organizations",
+            params={**params, **({"cursor": cursor} if cursor else {})},
+            headers=headers,
+        )
+        assert response.status_code == 200, response.text
+        page = OrganizationPage.model_validate(response.json())
+        seen += [str(item.organization_id) for item in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            return seen
+    raise AssertionError("the cursor never ran out")

@@ -19,6 +19,7 @@ from healthscore import __version__
 from healthscore.config import Settings
 from healthscore.service.broker import build_broker, input_payloads
 from healthscore.service.ingest.decode import MAX_DETAIL_CHARS, PIPELINE_REASONS, REASONS
+from healthscore.service.ingest.dlq import OWN_HEADERS
 from healthscore.service.ops.asyncapi_page import render_html
 
 DESCRIPTION = (
@@ -81,14 +82,9 @@ def _dead_letter_headers() -> dict[str, Any]:
     digits = {"pattern": "^[0-9]+$"}
     return {
         "type": "object",
-        "required": [
-            "x-error-reason",
-            "x-error-detail",
-            "x-source-topic",
-            "x-source-partition",
-            "x-source-offset",
-            "x-rejected-at",
-        ],
+        # every dead letter has the relay's own headers, the record's timestamp when
+        # the record had one
+        "required": sorted(OWN_HEADERS - {"x-source-timestamp-ms"}),
         "properties": {
             "x-error-reason": text(
                 "Why the record was rejected (the metric's reason label).",
