@@ -22,6 +22,7 @@ from structlog.testing import capture_logs
 
 from healthscore.api.invalidation import APPLICATION_NAME
 from healthscore.api.session import IdentityBindingFailed
+from healthscore.store import sql
 from tests.integration import test_api
 from tests.integration.test_api import NOW, World, forged, names, superuser_fetch
 from tests.utils import schema_builders as b
@@ -668,3 +669,22 @@ async def test_a_list_lags_a_score_write_within_its_bound_but_never_a_role_table
             before_value,
         )
         await settle(world)
+
+
+async def test_a_new_assignees_placeholder_profile_keeps_every_answer(world: World) -> None:
+    """The service inserts a placeholder profile (id only) for each support assignee it
+    first sees in events; each announced the whole user_profiles table, and every kept
+    answer of every API process was dropped (review 32b). A placeholder sees nothing and
+    is shown nowhere: it keeps them; a real profile inserted still drops them."""
+    kept = await world.get("admin", LIST)
+    assert kept.status_code == 200
+    await as_writer(world, sql.ENSURE_USER_PROFILES, [uuid.uuid4(), uuid.uuid4()])
+    await settle(world)
+    assert await hits_without_statements(world, "admin", LIST) == kept.content
+    await as_superuser(
+        world,
+        "INSERT INTO user_profiles (id, role, email) VALUES ($1, 'admin', 'new@example.com')",
+        uuid.uuid4(),
+    )
+    await settle(world)
+    assert len(world.app.state.api.cache.cache) == 0

@@ -339,6 +339,7 @@ SECURITY_DEFINER: Final = {
     "read_model_announce(text[])": _PINNED,
     "read_model_changed()": _PINNED,
     "read_model_organizations_changed()": _PINNED,
+    "read_model_profiles_inserted()": _PINNED,
     "read_model_rows_inserted()": _PINNED,
     "success_milestones_acknowledged_by_from_identity()": _PINNED,
 }
