@@ -107,10 +107,12 @@ async def test_placeholder_inserts_announce_only_new_rows(
 ) -> None:
     known = uuid.uuid4()
     ensure = "INSERT INTO {} (id) SELECT unnest($1::uuid[]) ON CONFLICT (id) DO NOTHING"
-    # new organizations are named (migration 0063): they change no other organization's page
-    for table, payload in ((t.ORGANIZATIONS, f"{t.ORGANIZATIONS}:{known}"), (t.USERS, t.USERS)):
+    # new organizations are named (migration 0063): they change no other organization's
+    # page; a new assignee's placeholder profile announces nothing (migration 0114: it
+    # changes what no kept answer says, and cleared them all)
+    for table, payload in ((t.ORGANIZATIONS, [f"{t.ORGANIZATIONS}:{known}"]), (t.USERS, [])):
         await writer.execute(ensure.format(table), [known])
-        assert await heard.take() == [payload]
+        assert await heard.take() == payload
         await writer.execute(ensure.format(table), [known])  # nothing inserted
         assert await heard.take() == []
     fresh = uuid.uuid4()

@@ -126,7 +126,8 @@ class SupportEvent(BaseModel):
         json_schema_extra={"uniqueItems": True},
         description='Fields this event sets to none (e.g. `["assigned_to"]`: unassigned, '
         "back to the triage queue), each by the rule of any value: the latest event "
-        "(occurred_at, then event_id) wins per field. A field named here must not also "
+        "(occurred_at, then event_id) wins per field, and at one instant a value wins "
+        "over a clearing. A field named here must not also "
         "carry a value in the same event. Added to v1: a producer that does not send it "
         "changes nothing.",
     )
