@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import TopicPartition
 
+from healthscore.printable import escaped
 from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.service.offsets_reset import read_log_bounds
 
@@ -28,41 +29,6 @@ from healthscore.service.offsets_reset import read_log_bounds
 TOPIC_NAMES = ("usage", "support", "profile")
 VALUE_SHOWN = 2000
 """Characters of a value printed at most (the rest is counted)."""
-
-
-def escaped(data: bytes | str | None, limit: int | None = None) -> str:
-    """Printable text: UTF-8 as it reads (a byte that is not UTF-8 as \\xNN, NN 80 or
-    above), every character that is not printable (controls, escape sequences,
-    bidirectional overrides, line breaks) and the backslash itself escaped, so the output
-    is one line that says exactly what the bytes were. Over `limit` characters, cut,
-    saying how long it was."""
-    if data is None:
-        return "(none)"
-    # invalid bytes decode to lone surrogates U+DC80..U+DCFF, printed as \xNN
-    text = _escape_chars(
-        data.decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
-    )
-    if limit is not None and len(text) > limit:
-        return f"{text[:limit]}... ({len(text)} characters in all)"
-    return text
-
-
-def _escape_chars(text: str) -> str:
-    out: list[str] = []
-    for char in text:
-        if char == "\\":
-            out.append("\\\\")
-        elif char.isprintable():
-            out.append(char)
-        elif 0xDC80 <= ord(char) <= 0xDCFF:  # a byte that is not UTF-8
-            out.append(f"\\x{ord(char) - 0xDC00:02x}")
-        elif ord(char) < 0x80:  # an ASCII control (a byte not UTF-8 is 0x80 or above)
-            out.append(f"\\x{ord(char):02x}")
-        elif ord(char) < 0x10000:
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(f"\\U{ord(char):08x}")
-    return "".join(out)
 
 
 @dataclass
@@ -171,13 +137,12 @@ class Selection:
         return True
 
 
-async def read_dead_letters(
-    kafka: KafkaConnection, topic: str, selection: Selection | int
-) -> Reading:
-    """The dead letters of `topic` that `selection` asks for, up to the end the topic had
-    when the reading began (an int: the first that many, as before)."""
-    chosen = selection if isinstance(selection, Selection) else Selection(selection)
+async def read_dead_letters(kafka: KafkaConnection, topic: str, chosen: Selection) -> Reading:
+    """The dead letters of `topic` that `chosen` asks for, up to the end the topic had
+    when the reading began."""
     limit = chosen.limit
+    # unfiltered, the newest of all are among each partition's last `limit`
+    windowed = chosen.newest and not chosen.filtered
     consumer = kafka.consumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
@@ -191,9 +156,9 @@ async def read_dead_letters(
         log_starts, log_ends = await read_log_bounds(kafka, [topic])
         starts = {tp: log_starts.get((topic, tp.partition), 0) for tp in partitions}
         ends = {tp: log_ends.get((topic, tp.partition), 0) for tp in partitions}
-        if chosen.newest and not chosen.filtered:
-            # the newest of all are among each partition's last `limit`
-            starts = {tp: max(starts[tp], ends[tp] - limit) for tp in partitions}
+        reads_from = {
+            tp: max(starts[tp], ends[tp] - limit) if windowed else starts[tp] for tp in partitions
+        }
         # a filter reads the whole log (what it lets through may be anywhere); the first
         # `limit` from the start stop reading once they are found
         stop_at_limit = not chosen.newest and not chosen.filtered
@@ -203,8 +168,8 @@ async def read_dead_letters(
         matched = 0
         unread = 0
         for tp in partitions:
-            consumer.seek(tp, starts[tp])
-            following = starts[tp]  # the partition's first offset not read
+            consumer.seek(tp, reads_from[tp])
+            following = reads_from[tp]  # the partition's first offset not read
             newest: deque[DeadLetter] = deque(maxlen=limit)
             while following < ends[tp] and not (stop_at_limit and len(taken) >= limit):
                 batch = (await consumer.getmany(tp, timeout_ms=1000)).get(tp, [])
@@ -231,9 +196,8 @@ async def read_dead_letters(
                 if not batch and await consumer.position(tp) >= ends[tp]:
                     break  # the rest of the log holds no record (control records)
             taken.extend(newest)
-            unread += max(0, ends[tp] - following)
-            if chosen.newest and not chosen.filtered:
-                unread += starts[tp] - log_starts.get((topic, tp.partition), 0)
+            # after what was read, and before the window
+            unread += max(0, ends[tp] - following) + reads_from[tp] - starts[tp]
         if chosen.newest:
             # newest last, as a log reads; the rejection time orders partitions alike
             taken.sort(key=lambda d: (d.header("x-rejected-at") or b"", d.partition, d.offset))

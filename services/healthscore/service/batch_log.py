@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import structlog
 
+from healthscore.printable import escaped
 from healthscore.service.ingest.pipeline import BatchOutcome
 from healthscore.service.ops.metrics import Metrics
 
@@ -23,13 +24,10 @@ UNKNOWN_FIELDS_LOGGED = 200
 
 
 def shown_key(key: bytes | None) -> str | None:
-    """A message key for a log line: text (bytes that are not UTF-8 escaped), at most
-    80 characters, control characters escaped."""
-    if key is None:
-        return None
-    text = key[:120].decode("utf-8", "backslashreplace")
-    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:80])
-    return text + ("…" if len(key) > 80 else "")
+    """A message key for a log line, as `healthscore dead-letters` prints it (escaped,
+    one line), at most 80 characters; a key may be megabytes: only its first KiB is read
+    (the length said is that KiB's)."""
+    return None if key is None else escaped(key[:1024], 80)
 
 
 class BatchLog:
