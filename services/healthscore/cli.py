@@ -831,15 +831,6 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         source_partition=args.source_partition,
         source_offset=args.source_offset,
     )
-    matching = ""
-    if selection.filtered:
-        said = [f"reason {' or '.join(sorted(selection.reasons))}"] if selection.reasons else []
-        if args.source_offset is not None:
-            partition = (
-                f" partition {args.source_partition}" if args.source_partition is not None else ""
-            )
-            said.append(f"source{partition} offset {args.source_offset}")
-        matching = f" ({', '.join(said)})"
     sources = {
         "usage": settings.usage_topic,
         "support": settings.support_topic,
@@ -858,7 +849,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        for line in report(readings, args.limit, args.newest, matching):
+        for line in report(readings, selection):
             print(line)
         return 0
 

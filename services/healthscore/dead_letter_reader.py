@@ -119,6 +119,18 @@ class Selection:
     def filtered(self) -> bool:
         return bool(self.reasons) or self.source_offset is not None
 
+    @property
+    def matching(self) -> str:
+        """What the filter lets through, for a person: ` (reason a or b, source partition
+        3 offset 9)`; empty without a filter."""
+        said = [f"reason {' or '.join(sorted(self.reasons))}"] if self.reasons else []
+        if self.source_offset is not None:
+            partition = (
+                f" partition {self.source_partition}" if self.source_partition is not None else ""
+            )
+            said.append(f"source{partition} offset {self.source_offset}")
+        return f" ({', '.join(said)})" if said else ""
+
     def takes(self, letter: DeadLetter) -> bool:
         if (
             self.reasons
@@ -211,10 +223,9 @@ async def read_dead_letters(kafka: KafkaConnection, topic: str, chosen: Selectio
         await consumer.stop()
 
 
-def report(
-    readings: Iterable[Reading], limit: int, newest: bool = False, matching: str = ""
-) -> list[str]:
-    """The readings for a person; `matching` says what a filter let through."""
+def report(readings: Iterable[Reading], selection: Selection) -> list[str]:
+    """The readings for a person, saying what `selection` asked for."""
+    limit, newest, matching = selection.limit, selection.newest, selection.matching
     out: list[str] = []
     for reading in readings:
         if not reading.exists:
