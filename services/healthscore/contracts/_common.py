@@ -3,7 +3,7 @@
 import json
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 from uuid import UUID
 
 from pydantic import (
@@ -151,11 +151,7 @@ def check_plausible(value: datetime) -> datetime:
 def check_text(value: str) -> str:
     """PostgreSQL text cannot hold U+0000: refuse it here, not in the database."""
     if "\x00" in value:
-        raise PydanticCustomError(
-            "nul_character",
-            "contains U+0000 at character {index}, which text columns cannot store",
-            {"index": value.index("\x00")},
-        )
+        _nul("", value)
     return value
 
 
@@ -182,7 +178,7 @@ def check_json_value(value: Any) -> None:
                 _too_deep(_path(place))
             stack.extend((child, depth + 1, (i, place)) for i, child in enumerate(item))
         elif isinstance(item, str) and "\x00" in item:
-            _nul(_path(place), item)
+            _nul(_path(place) or "the value", item)
 
 
 _Place = tuple[Any, Any] | None
@@ -206,15 +202,17 @@ def _path(place: _Place) -> str:
     return "".join(reversed(parts)).removeprefix(".")
 
 
-def _nul(path: str, text: str) -> None:
+def _nul(path: str, text: str) -> NoReturn:
+    """Refuse `text` for its U+0000, saying where in a JSON value it is (`path`; none for
+    a field's own text)."""
     raise PydanticCustomError(
         "nul_character",
-        "contains U+0000 at character {index} of {where}, which text columns cannot store",
-        {"index": text.index("\x00"), "where": path or "the value"},
+        "contains U+0000 at character {index}{where}, which text columns cannot store",
+        {"index": text.index("\x00"), "where": f" of {path}" if path else ""},
     )
 
 
-def _too_deep(path: str) -> None:
+def _too_deep(path: str) -> NoReturn:
     raise PydanticCustomError(
         "too_deep",
         "nested deeper than {limit} levels (at {where})",
