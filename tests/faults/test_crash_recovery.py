@@ -50,6 +50,7 @@ from tests.utils.faults import (
     evict_group_members,
     freeze_classify_kill,
     kill_inside_batch_transaction,
+    kill_while_a_live_batch_awaits_its_feed,
     produce_recorded,
     read_topic,
     stored_offsets,
@@ -149,7 +150,11 @@ async def run_crash_recovery(
             await asyncio.sleep(rng.uniform(0.1, 0.8 * plan.segment_seconds))
             pid = _pid(service, log_path)
             report: KillReport | None = None
-            if number % 2 == 0:  # every other kill hunts for an open batch transaction
+            if plan.live_in_batch:  # every kill hunts for a live batch's feed in flight
+                report = await kill_while_a_live_batch_awaits_its_feed(
+                    pid, monitor, plan.hunt_timeout
+                )
+            elif number % 2 == 0:  # every other kill hunts for an open batch transaction
                 report = await kill_inside_batch_transaction(pid, monitor, plan.hunt_timeout)
             if report is None:  # a kill at a random moment, classified all the same
                 report = await freeze_classify_kill(pid, monitor)
@@ -194,6 +199,7 @@ async def run_crash_recovery(
         "alerts": alerts,
         "kills": len(reports),
         "kills_in_batch_transaction": in_transaction,
+        "kills_with_feed_in_flight": sum(r.feed_in_flight for r in reports),
         "projected_organizations": projected,
         "projected_in_batch": _sum_log_field(log_path, "batch_committed", "projected_in_batch"),
         "batches_committed": batches,
@@ -205,6 +211,9 @@ async def run_crash_recovery(
     assert in_transaction >= 1, f"no kill landed inside a batch transaction: {reports}"
     if plan.live_in_batch:
         assert summary["projected_in_batch"], "no live batch projected its own changes"
+        assert any(r.feed_in_flight for r in reports), (
+            f"no kill landed between a live batch's projection and its commit: {reports}"
+        )
 
 
 async def _produce_in_segments(

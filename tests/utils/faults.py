@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,6 +58,16 @@ WHERE a.datname = current_database()
 BATCH_TRANSACTIONS = ("consumer_offsets", ["RowShareLock", "RowExclusiveLock"])
 
 BACKEND = "SELECT xact_start, state, wait_event, query FROM pg_stat_activity WHERE pid = $1"
+
+# a transaction that has written the read model (a projector pass, or a live batch
+# projecting its own changes)
+PROJECTED = ("customer_health", ["RowExclusiveLock"])
+
+HOLDS_LOCK = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_locks WHERE pid = $1 AND relation = $2::regclass AND mode = ANY($3::text[])
+)
+"""
 
 # Where in its transaction `freeze_inside_batch_transaction` leaves the process: anywhere,
 # or between two statements (its backend 'idle in transaction', waiting for the next one).
@@ -144,6 +155,9 @@ class KillReport:
     in_transaction: bool
     backend_state: str | None
     query: str | None
+    # a live batch that had written its projection (customer_health) and not committed:
+    # its health feed sent or awaited (`kill_while_a_live_batch_awaits_its_feed`)
+    feed_in_flight: bool = False
 
 
 def _open_transaction(row: Any, xact_start: datetime | None) -> bool:
@@ -209,6 +223,33 @@ async def kill_inside_batch_transaction(
             os.kill(pid, signal.SIGKILL)
             row = found[1]
             return KillReport(True, row["state"], row["query"])
+        os.kill(pid, signal.SIGCONT)
+    return None
+
+
+async def kill_while_a_live_batch_awaits_its_feed(
+    pid: int, conn: asyncpg.Connection[Any], timeout: float
+) -> KillReport | None:
+    """SIGKILL the service while a live batch (READ_MODEL_LIVE_IN_BATCH) waits between its
+    projection and its commit: its backend idle in the transaction that stores the
+    batch's offsets, its last statement the customer_health upsert, so the process is
+    publishing the health feed of what it projected. A projector pass writes
+    customer_health too, but stores no offsets: a freeze on one is undone. None, with
+    the process running, if no such moment was caught within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        backend = await freeze_inside_batch_transaction(
+            pid, conn, left, locking=PROJECTED, at="between_statements"
+        )
+        if backend is None:
+            return None
+        row = await conn.fetchrow(BACKEND, backend)
+        query = str(row["query"] or "") if row is not None else ""
+        if await conn.fetchval(HOLDS_LOCK, backend, *BATCH_TRANSACTIONS) and re.search(
+            r"\bcustomer_health\b", query
+        ):
+            os.kill(pid, signal.SIGKILL)
+            return KillReport(True, "idle in transaction", query, feed_in_flight=True)
         os.kill(pid, signal.SIGCONT)
     return None
 
