@@ -36,6 +36,7 @@ from tests.utils.harness import (
     fetchval,
     make_producer,
     make_topics,
+    running_service,
     service_settings,
 )
 from tests.utils.scenarios import produce_stream, simulated_stream, wait_caught_up
@@ -474,3 +475,52 @@ async def test_erase_across_two_replicas_and_a_rebalance(
     finally:
         for replica in replicas:
             replica.terminate()
+
+
+async def test_late_records_of_an_erased_organization_without_its_key_are_not_dead_lettered(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A late record of an erased organization that its key does not name (no key, a key
+    that is no id, another organization's key) is rejected by the decoder; the dead-letter
+    topic would copy its payload, the erased organization's personal data among it. It is
+    skipped as the erased organization's instead, by the id in its value, as the erasure
+    finds its dead letters; the other organization's valid record beside it is applied."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(migrated_database, kafka_bootstrap, topics)
+    erased, other = str(uuid.uuid4()), str(uuid.uuid4())
+    inputs = [topics.usage, topics.support]
+    async with running_service(settings):
+        await _send(kafka_bootstrap, topics, erased, 2, bad=False)
+        await wait_caught_up(migrated_database, kafka_bootstrap, settings.consumer_group, inputs)
+        assert (await erase_now(migrated_database, uuid.UUID(erased))).first
+        now = datetime.now(UTC) - timedelta(seconds=30)
+        late = _support(erased, now)  # "Jane Doe (jane@example.com) cannot log in"
+        producer = await make_producer(kafka_bootstrap)
+        try:
+            for key in (None, b"not-an-id", other.encode(), erased.upper().encode()):
+                await producer.send_and_wait(topics.support, orjson.dumps(late), key=key)
+            # and a value the decoder cannot read at all, the id inside it
+            await producer.send_and_wait(
+                topics.usage, b'{"organization_id": "' + erased.upper().encode() + b'", "x": ['
+            )
+            await producer.send_and_wait(
+                topics.usage, orjson.dumps(_usage(other, now)), key=other.encode()
+            )
+        finally:
+            await producer.stop()
+        await wait_caught_up(migrated_database, kafka_bootstrap, settings.consumer_group, inputs)
+    dead = [
+        r
+        for topic in (topics.dlq_usage, topics.dlq_support)
+        for r in await consume_all(kafka_bootstrap, topic, timeout=3.0, done=lambda _: False)
+    ]
+    assert dead == [], [(r.topic, r.key, r.value[:80]) for r in dead]
+    assert await _rows_of(migrated_database, erased) == {}
+    assert (
+        await fetchval(
+            migrated_database,
+            "SELECT count(*) FROM processed_events WHERE organization_id = $1",
+            uuid.UUID(other),
+        )
+        == 1
+    )

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -542,7 +544,7 @@ class BatchPipeline:
                 late = [d for d in new_events if d.organization in erased_since]
                 await conn.execute(sql.UNCLAIM_EVENT_IDS, [d.event.event_id for d in late])
                 new_events = [d for d in new_events if d.organization not in erased_since]
-                _skipped_erased(late, outcome)
+                _skipped_erased(late, erased_since, outcome)
             for event, owner in effects.misrouted:
                 dead.append(_misrouted_rejection(events, event, owner))
             if effects.misrouted:
@@ -631,9 +633,12 @@ class BatchPipeline:
         kept: list[Decoded | Rejection] = []
         skipped: list[Decoded | Rejection] = []
         for item in fresh:
-            org = item.organization if isinstance(item, Decoded) else _key_organization(item)
-            (skipped if org in erased else kept).append(item)
-        _skipped_erased(skipped, outcome)
+            if isinstance(item, Decoded):
+                gone = item.organization in erased
+            else:
+                gone = not erased.isdisjoint(_rejection_organizations(item))
+            (skipped if gone else kept).append(item)
+        _skipped_erased(skipped, erased, outcome)
         self._owned.take(sorted(erased))
         return kept
 
@@ -782,26 +787,51 @@ def _key_organization(rejection: Rejection) -> str | None:
         return None
 
 
+# an id as the erasure finds it in a dead letter's value (`erase_dead_letters()`,
+# migration 0099: the canonical spelling, either case)
+_UUID_IN_VALUE = re.compile(
+    rb"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+# ids looked up per rejected record, its key's and the first ones in its value: a
+# value is bounded by the topic's message size, not its ids
+IDS_PER_REJECTION = 64
+
+
+def _rejection_organizations(rejection: Rejection) -> list[str]:
+    """The organizations a rejected record may be about: the one its key names and
+    the ids its value holds (one without a key, or a key that names another or
+    nothing, must not reach a dead-letter topic when it is an erased organization's)."""
+    found = dict.fromkeys(
+        str(UUID(m.group().decode())).lower()
+        for m in itertools.islice(
+            _UUID_IN_VALUE.finditer(rejection.record.value or b""), IDS_PER_REJECTION
+        )
+    )
+    org = _key_organization(rejection)
+    return [org, *found] if org is not None else list(found)
+
+
 def _rejected_organizations(decoded: Sequence[Decoded | Rejection]) -> set[str]:
-    """The organizations the keys of the rejected records name (rare: parsed only for them)."""
+    """The organizations the rejected records may be about (rare: parsed only for them)."""
     found: set[str] = set()
     for item in decoded:
         if isinstance(item, Rejection) and item.record.skipped_to is None:
-            org = _key_organization(item)
-            if org is not None:
-                found.add(org)
+            found.update(_rejection_organizations(item))
     return found
 
 
-def _skipped_erased(items: Sequence[Decoded | Rejection], outcome: BatchOutcome) -> None:
+def _skipped_erased(
+    items: Sequence[Decoded | Rejection], erased: set[str], outcome: BatchOutcome
+) -> None:
     # in order of first appearance, each once (a dict: a bulk offboarding may put
-    # thousands in one batch)
+    # thousands in one batch); a rejected record by the erased organization it names
     named = dict.fromkeys(outcome.erased_organizations)
     for item in items:
         _count(outcome.erased_by_topic, item.record.topic)
-        org = item.organization if isinstance(item, Decoded) else _key_organization(item)
-        if org is not None:
-            named.setdefault(org)
+        if isinstance(item, Decoded):
+            named.setdefault(item.organization)
+        else:
+            named.update(dict.fromkeys(o for o in _rejection_organizations(item) if o in erased))
     outcome.erased_organizations[:] = named
 
 
