@@ -269,7 +269,12 @@ async def test_scripted_scenario_end_to_end(migrated_database: str, kafka_bootst
     assert levels == sorted(levels, key=["low", "medium", "high", "critical"].index)
     raised = [b for b in bodies if b["kind"] == AlertKind.RISK_RAISED]
     assert len(raised) == 1
-    assert raised[0]["alert_id"] == str(alert_id_for(AT_RISK, 1, AlertKind.RISK_RAISED))
+    raised_at = datetime.fromisoformat(raised[0]["scored_at"]).timestamp()
+    assert raised[0]["alert_id"] == str(
+        alert_id_for(AT_RISK, 1, AlertKind.RISK_RAISED, raised_at=raised_at)
+    )
+    # each alert of the episode names its raise
+    assert {b["episode_id"] for b in bodies} == {raised[0]["alert_id"]}
     assert raised[0]["risk_factors"] and raised[0]["caused_by"]
     assert all(r.key == AT_RISK.encode() for r in alerts)
 

@@ -63,14 +63,21 @@ def kinds(decisions: list[AlertDecision | None]) -> list[AlertKind | None]:
     return [d.kind if d else None for d in decisions]
 
 
-def test_alert_ids_are_uuid5_of_org_episode_kind_and_level() -> None:
-    raised = alert_id_for(ORG, 1, AlertKind.RISK_RAISED)
-    assert raised == uuid5(ALERT_NAMESPACE, f"{ORG}:1:risk_raised:")
-    escalated = alert_id_for(ORG, 1, AlertKind.RISK_ESCALATED, RiskLevel.CRITICAL)
-    assert escalated == uuid5(ALERT_NAMESPACE, f"{ORG}:1:risk_escalated:critical")
+def test_alert_ids_are_uuid5_of_org_episode_kind_level_and_raise_time() -> None:
+    at = T0 + 0.0004  # whole milliseconds
+    raised = alert_id_for(ORG, 1, AlertKind.RISK_RAISED, raised_at=at)
+    assert raised == uuid5(ALERT_NAMESPACE, f"{ORG}:1:risk_raised::{round(T0 * 1000)}")
+    escalated = alert_id_for(ORG, 1, AlertKind.RISK_ESCALATED, RiskLevel.CRITICAL, raised_at=at)
+    assert escalated == uuid5(
+        ALERT_NAMESPACE, f"{ORG}:1:risk_escalated:critical:{round(T0 * 1000)}"
+    )
     # the level counts only for escalations
-    assert alert_id_for(ORG, 1, AlertKind.RISK_RAISED, RiskLevel.HIGH) == raised
-    assert len({raised, escalated, alert_id_for(ORG, 2, AlertKind.RISK_RAISED)}) == 3
+    assert alert_id_for(ORG, 1, AlertKind.RISK_RAISED, RiskLevel.HIGH, raised_at=at) == raised
+    again = alert_id_for(ORG, 2, AlertKind.RISK_RAISED, raised_at=at)
+    # the same number raised at another time (a database rebuilt by a replay under
+    # another model numbers episodes from 1 again): another id
+    renumbered = alert_id_for(ORG, 1, AlertKind.RISK_RAISED, raised_at=at + DAY)
+    assert len({raised, escalated, again, renumbered}) == 4
     assert UUID("6f1c2b8e-3d4a-5e6f-9a0b-1c2d3e4f5a6b") == ALERT_NAMESPACE  # never change it
 
 
@@ -101,11 +108,17 @@ def test_raise_escalate_hover_recover_cooldown_new_episode(model: ScoreModel) ->
     raised, escalated, recovered, raised_again = (d for d in decisions if d is not None)
     assert raised.episode == escalated.episode == recovered.episode == 1
     assert raised_again.episode == 2
-    assert raised.alert_id == alert_id_for(ORG, 1, AlertKind.RISK_RAISED)
-    assert escalated.alert_id == alert_id_for(ORG, 1, AlertKind.RISK_ESCALATED, RiskLevel.CRITICAL)
-    assert recovered.alert_id == alert_id_for(ORG, 1, AlertKind.RECOVERED)
-    assert raised_again.alert_id == alert_id_for(ORG, 2, AlertKind.RISK_RAISED)
+    first, second = T0 + 1 * HOUR, T0 + 33 * HOUR  # the episodes' raises
+    assert raised.alert_id == alert_id_for(ORG, 1, AlertKind.RISK_RAISED, raised_at=first)
+    assert escalated.alert_id == alert_id_for(
+        ORG, 1, AlertKind.RISK_ESCALATED, RiskLevel.CRITICAL, raised_at=first
+    )
+    assert recovered.alert_id == alert_id_for(ORG, 1, AlertKind.RECOVERED, raised_at=first)
+    assert raised_again.alert_id == alert_id_for(ORG, 2, AlertKind.RISK_RAISED, raised_at=second)
     assert raised_again.alert_id != raised.alert_id
+    # each alert names its episode's raise
+    assert raised.episode_id == escalated.episode_id == recovered.episode_id == raised.alert_id
+    assert raised_again.episode_id == raised_again.alert_id
     assert raised.previous_score == 50.0
 
 
@@ -152,7 +165,9 @@ def test_a_sharp_drop_raises_even_at_low_probability(model: ScoreModel) -> None:
     # climbs high enough to be alert-worthy: an escalation to "high" within the episode
     escalated = run.step(T0 + DAY + 3 * HOUR, 0.55, score=48.0)
     assert escalated is not None and escalated.kind is AlertKind.RISK_ESCALATED
-    assert escalated.alert_id == alert_id_for(ORG, 1, AlertKind.RISK_ESCALATED, RiskLevel.HIGH)
+    assert escalated.alert_id == alert_id_for(
+        ORG, 1, AlertKind.RISK_ESCALATED, RiskLevel.HIGH, raised_at=T0 + DAY + HOUR
+    )
     # back within recover_drop_points (7.5) of the peak: 85 >= 92 - 7.5 -> recovered
     assert run.step(T0 + DAY + 4 * HOUR, 0.05, score=80.0) is None
     recovered = run.step(T0 + DAY + 5 * HOUR, 0.03, score=85.0)

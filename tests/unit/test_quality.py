@@ -143,7 +143,12 @@ def test_a_candidate_equal_to_the_live_model_scores_and_alerts_as_it_does() -> N
         assert result.health.score == state.last_score
         assert (result.decision.kind if result.decision else None) is live_kind
         if result.decision is not None:
-            live_id = alert_id_for(str(ORG), result.decision.episode, result.decision.kind)
+            live_id = alert_id_for(
+                str(ORG),
+                result.decision.episode,
+                result.decision.kind,
+                raised_at=state.alert.raised_at or 0.0,
+            )
             if result.decision.kind is not AlertKind.RISK_ESCALATED:
                 assert result.decision.alert_id == live_id
             assert shadow_alert_id(result.decision, candidate.version) != live_id

@@ -80,10 +80,14 @@ class ChurnRiskAlert(BaseModel):
 
     alert_id: UUID = Field(
         description=(
-            "Deterministic for (organization, episode, kind), and for `risk_escalated` the "
-            "level escalated to: a replay re-emits the same id. An episode may escalate "
-            "twice (to `high`, then `critical`), each alert with its own id: deduplicate "
-            "on alert_id, not on (organization, episode, kind)."
+            "Deterministic for (organization, episode, kind, the event time the episode "
+            "was raised at), and for `risk_escalated` the level escalated to: a replay of "
+            "the same events under the same model re-emits the same id, and an episode "
+            "of a database rebuilt by a replay (whose episode numbers start again) never "
+            "reuses an earlier episode's. An episode may escalate twice (to `high`, then "
+            "`critical`), each alert with its own id: deduplicate on alert_id, not on "
+            "(organization, episode, kind). Delivery is at least once: a resend carries "
+            "the same id (and a new `emitted_at`)."
         )
     )
     organization_id: UUID = Field(description="The organization; also the message key.")
@@ -113,6 +117,15 @@ class ChurnRiskAlert(BaseModel):
     )
     episode: int | None = Field(
         default=None, ge=1, description="The organization's risk episode number. Added field."
+    )
+    episode_id: UUID | None = Field(
+        default=None,
+        description=(
+            "The `alert_id` of this episode's `risk_raised`, carried by each alert of the "
+            "episode: a `risk_escalated` or `recovered` is tied to its raise by it (one "
+            "whose raise you never received was raised before you started consuming). "
+            "Added field."
+        ),
     )
     score_model_version: str | None = Field(
         default=None, description="The scoring model that scored it, e.g. `v2`. Added field."

@@ -60,6 +60,7 @@ def alert_payload(alert: RaisedAlert) -> str:
             for a in alert.decision.path_to_healthy
         ],
         no_path_reason=alert.decision.no_path_reason,
+        episode_id=alert.decision.episode_id,
     )
     return message.model_dump_json()
 

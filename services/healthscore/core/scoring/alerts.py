@@ -29,9 +29,13 @@ hovers at a threshold). The state machine lives in `state.alert`:
   once from immediate_probability excepted); until then the time above the
   threshold keeps counting.
 
-Alert ids are uuid5(ALERT_NAMESPACE, "{organization}:{episode}:{kind}:{level}")
-with the level only for risk_escalated (empty otherwise): a replay of the same
-events re-emits the same ids, and a new episode gets new ones.
+Alert ids are uuid5(ALERT_NAMESPACE, "{organization}:{episode}:{kind}:{level}:{raised}")
+with the level only for risk_escalated (empty otherwise) and `raised` the event time
+the episode was raised at, in whole milliseconds: a replay of the same events under the
+same model re-emits the same ids, and a new episode gets new ones, also in a database
+rebuilt by a replay under another model, whose episode numbers start again at 1 (an id
+of the number alone repeated an earlier episode's, and consumers deduplicating on it
+dropped the new alert).
 """
 
 from __future__ import annotations
@@ -58,11 +62,18 @@ _RANK = {level.value: rank for rank, level in enumerate(RISK_LEVEL_ORDER)}
 
 
 def alert_id_for(
-    organization_id: str, episode: int, kind: AlertKind, level: RiskLevel | None = None
+    organization_id: str,
+    episode: int,
+    kind: AlertKind,
+    level: RiskLevel | None = None,
+    *,
+    raised_at: float,
 ) -> UUID:
-    """The deterministic id; `level` counts only for risk_escalated."""
+    """The deterministic id; `level` counts only for risk_escalated; `raised_at`, the
+    event time the episode was raised at (the same for each of its alerts)."""
     suffix = level.value if kind is AlertKind.RISK_ESCALATED and level is not None else ""
-    return uuid5(ALERT_NAMESPACE, f"{organization_id}:{episode}:{kind.value}:{suffix}")
+    raised = round(raised_at * 1000)
+    return uuid5(ALERT_NAMESPACE, f"{organization_id}:{episode}:{kind.value}:{suffix}:{raised}")
 
 
 def recent_peak(state: OrganizationState, previous: float | None, as_of: float) -> float | None:
@@ -98,6 +109,8 @@ def _decision(
     model: ScoreModel,
 ) -> AlertDecision:
     episode = state.alert.episode
+    # every raise sets it before its decision, so each alert of an episode reads its own
+    raised_at = state.alert.raised_at or 0.0
     path = () if kind is AlertKind.RECOVERED else tuple(path_to_healthy(state, as_of, model))
     reason: NoPathReason | None = None
     if kind is AlertKind.RECOVERED:
@@ -107,7 +120,10 @@ def _decision(
     return AlertDecision(
         kind=kind,
         episode=episode,
-        alert_id=alert_id_for(state.organization_id, episode, kind, level),
+        alert_id=alert_id_for(state.organization_id, episode, kind, level, raised_at=raised_at),
+        episode_id=alert_id_for(
+            state.organization_id, episode, AlertKind.RISK_RAISED, raised_at=raised_at
+        ),
         previous_score=previous,
         trigger=trigger,
         score_model_version=model.version,

@@ -63,3 +63,5 @@ class AlertDecision(msgspec.Struct, frozen=True):
     path_to_healthy: tuple[HealthAction, ...] = ()
     # why path_to_healthy is empty (None when it names actions): scoring.path
     no_path_reason: NoPathReason | None = None
+    # the alert_id of the episode's risk_raised: every alert of the episode carries it
+    episode_id: UUID | None = None
