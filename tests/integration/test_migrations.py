@@ -564,6 +564,34 @@ async def test_a_runner_killed_mid_migration_releases_its_locks_at_once(
     ) == ["0001"]
 
 
+async def test_a_runner_lost_with_its_node_is_found_dead_within_minutes(
+    empty_database: str, tmp_path: Path
+) -> None:
+    # a node lost mid-migration sends no FIN: the kernel's keepalive default (two hours)
+    # kept the session, its locks and the migration lock; a runner frozen between two
+    # statements kept them for good. The migration's session is bounded for both
+    migrations = write(
+        tmp_path / "m",
+        {
+            "0001_seen.sql": "CREATE TABLE seen AS SELECT"
+            " current_setting('tcp_keepalives_idle') AS idle,"
+            " current_setting('tcp_keepalives_interval') AS interval,"
+            " current_setting('tcp_keepalives_count') AS count,"
+            " current_setting('idle_in_transaction_session_timeout') AS idle_in_transaction,"
+            " inet_client_addr() IS NOT NULL AS over_tcp;"
+        },
+    )
+    assert await apply_migrations(empty_database, migrations) == ["0001"]
+    conn = await asyncpg.connect(empty_database)
+    try:
+        seen = await conn.fetchrow("SELECT * FROM seen")
+    finally:
+        await conn.close()
+    assert seen is not None and seen["idle_in_transaction"] == "1min"
+    if seen["over_tcp"]:  # the tests connect over a Unix socket, which has no keepalives
+        assert (seen["idle"], seen["interval"], seen["count"]) == ("30", "10", "3")
+
+
 async def test_a_migration_waiting_for_a_lock_does_not_hold_the_batches(
     empty_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

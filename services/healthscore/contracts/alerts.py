@@ -103,7 +103,13 @@ class ChurnRiskAlert(BaseModel):
         description=f"Why: largest impact first. {RISK_FACTORS_SUM}"
     )
     caused_by: list[UUID] = Field(
-        max_length=MAX_CAUSED_BY, description="Event ids (at most 20) that moved the score."
+        max_length=MAX_CAUSED_BY,
+        description=(
+            "The ids of the organization's newest events applied up to the alert (at most "
+            "20, in the order applied; a usage and a support event of one instant may be "
+            "applied in either order). An alert the passage of time raised (silence) "
+            "names the events before the silence, not a cause in the stream."
+        ),
     )
     scored_at: AwareDatetime = Field(description="The event time the score holds for.")
     emitted_at: AwareDatetime = Field(description="Wall clock at emission.")

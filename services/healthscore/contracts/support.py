@@ -129,7 +129,9 @@ class SupportEvent(BaseModel):
         "(occurred_at, then event_id) wins per field, and at one instant a value wins "
         "over a clearing. A field named here must not also "
         "carry a value in the same event. Added to v1: a producer that does not send it "
-        "changes nothing.",
+        "changes nothing; send it only once every replica of the service runs a release "
+        "that reads it (an older one ignores it and the clearing is lost: the operator "
+        "says when).",
     )
 
     _future = field_validator("occurred_at")(check_not_in_future)

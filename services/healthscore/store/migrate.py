@@ -189,12 +189,25 @@ async def apply_migrations(
         await conn.close()
 
 
+# a runner whose node is lost sends no FIN: its session is found dead by TCP keepalives
+# (this often, after this long idle, this many unanswered) instead of the kernel's
+# default two hours, and one frozen between statements by the idle limit; either way
+# its locks and the migration lock go with the session
+MIGRATION_SESSION_GUARDS = (
+    "SELECT set_config('tcp_keepalives_idle', '30', false),"
+    " set_config('tcp_keepalives_interval', '10', false),"
+    " set_config('tcp_keepalives_count', '3', false),"
+    " set_config('idle_in_transaction_session_timeout', '60s', false)"
+)
+
+
 async def _check_the_client_is_there(conn: asyncpg.Connection) -> None:
     # PostgreSQL notices a client gone only when it next writes to it: the session of a
     # runner killed mid-migration went on rewriting (or waiting in a lock queue) with
     # its locks and the migration lock held until the statement ended
     with contextlib.suppress(asyncpg.UndefinedObjectError):  # before PostgreSQL 14: none
         await conn.execute("SET client_connection_check_interval = '1s'")
+    await conn.execute(MIGRATION_SESSION_GUARDS)
 
 
 async def _apply_locked(
