@@ -3,7 +3,8 @@
 # their configs are not changed). Runs in the apache/kafka image.
 #
 # Env: BOOTSTRAP, INPUT_PARTITIONS, DLQ_PARTITIONS, REPLICATION_FACTOR,
-#      MIN_INSYNC_REPLICAS; topic names default to the contract's.
+#      MIN_INSYNC_REPLICAS, INPUT_RETENTION_MS (-1: forever, the default);
+#      topic names default to the contract's.
 #      COMMAND_CONFIG: a client properties file for a secured cluster, e.g.
 #        security.protocol=SASL_SSL
 #        sasl.mechanism=SCRAM-SHA-512
@@ -18,6 +19,7 @@ P=${INPUT_PARTITIONS:-12}
 DLQ_P=${DLQ_PARTITIONS:-3}
 RF=${REPLICATION_FACTOR:-1}
 ISR=${MIN_INSYNC_REPLICAS:-1}
+INPUT_RETENTION=${INPUT_RETENTION_MS:--1}
 USAGE_TOPIC=${USAGE_TOPIC:-product.usage.v1}
 SUPPORT_TOPIC=${SUPPORT_TOPIC:-support.interactions.v1}
 PROFILE_TOPIC=${PROFILE_TOPIC:-organization.profile.v1}
@@ -45,15 +47,18 @@ create() {  # name partitions config...
 
 # Inputs, keyed by organization_id and partitioned alike (the consumer that owns
 # an organization's usage partition owns its support and profile partitions). Not
-# compacted, profiles included: each adds to what the ones before said. Kept forever: `healthscore replay`
-# rebuilds all state from them, and can only replay what is still there.
+# compacted, profiles included: each adds to what the ones before said. Kept forever by
+# default: `healthscore replay` rebuilds all state from them, and can only replay what is
+# still there; but an erased organization's records (support subjects: free text) stay
+# as long (docs/operations.md, "What it cannot remove"). INPUT_RETENTION_MS bounds them,
+# and what a replay can rebuild with them.
 # max.message.bytes caps what producers can send (the service dead-letters
 # anything above MAX_MESSAGE_BYTES, 64 KiB by default); keeping it well under
 # the service producer's KAFKA_MAX_REQUEST_BYTES (16 MiB) and the dead-letter
 # topics' limit below means a rejected record always fits into the dead-letter
 # topic with its headers (one that does not goes without its value, x-value-omitted).
 for t in "$USAGE_TOPIC" "$SUPPORT_TOPIC" "$PROFILE_TOPIC"; do
-  create "$t" "$P" cleanup.policy=delete retention.ms=-1 max.message.bytes=524288
+  create "$t" "$P" cleanup.policy=delete "retention.ms=$INPUT_RETENTION" max.message.bytes=524288
 done
 
 # Dead letters: the rejected bytes unchanged plus x-error-* headers. Kept 30
