@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from healthscore.service.app import ServiceOptions
 from healthscore.service.ops.asyncapi import HIDDEN_HOST
+from healthscore.store.migrate import load_migrations, migrations_path
 from healthscore_lab.devservices import Services
 from tests.utils.harness import (
     fetchval,
@@ -158,6 +159,10 @@ async def test_metrics_health_readiness_and_docs_of_a_running_service(
             assert value(m, "healthscore_produce_to_commit_seconds_count") == 4
             assert value(m, "healthscore_milestones_achieved_total") == 1  # first_client_added
             assert value(m, "healthscore_rebalances_total", change="assigned") >= 1
+            # which release runs: the newest migration it ships
+            newest = load_migrations(migrations_path())[-1].version
+            build = [dict(key) for sample, key in m if sample == "healthscore_build_info"]
+            assert [labels["schema"] for labels in build] == [newest], build
             # the service recorded the model it serves, with its aggregate settings
             assert (
                 await fetchval(migrated_database, "SELECT version FROM score_models")

@@ -1009,3 +1009,22 @@ def test_the_consumers_are_annotated_for_scraping_once() -> None:
         and "prometheus.io/scrape" in (doc.get("metadata", {}).get("annotations") or {})
     ]
     assert scraped == []
+
+
+def test_the_service_and_its_jobs_pin_one_image() -> None:
+    # the jobs are applied apart (before the service, deleted and applied again on
+    # every release), so they carry their own pin: a release that bumps one and not
+    # the other migrates with the old image and starts replicas that refuse the
+    # unmigrated database (crash-looping, one old pod already gone: maxSurge 0)
+    def pins(path: Path) -> dict[str, tuple[str, str]]:
+        images = yaml.safe_load(path.read_text()).get("images", [])
+        return {i["name"]: (i.get("newName", i["name"]), str(i["newTag"])) for i in images}
+
+    base = pins(DEPLOY / "k8s/base/kustomization.yaml")
+    jobs = pins(DEPLOY / "k8s/jobs/kustomization.yaml")
+    assert base and base == jobs, (base, jobs)
+    # an overlay that sets the tag says where the jobs' is set too
+    example = (DEPLOY / "k8s/overlays/example/kustomization.yaml").read_text()
+    tags = {tag for _, tag in pins(DEPLOY / "k8s/overlays/example/kustomization.yaml").values()}
+    assert tags == {tag for _, tag in base.values()}, tags
+    assert "k8s/jobs/kustomization.yaml" in example

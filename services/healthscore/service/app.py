@@ -233,7 +233,9 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
             f"{model.version} but other settings: give the candidate a version of its own"
         )
     metrics = Metrics()
-    metrics.build_info.labels(__version__, core_build()).set(1)
+    metrics.build_info.labels(
+        __version__, load_migrations(migrations_path())[-1].version, core_build()
+    ).set(1)
     pool = service_pool(
         s.database_url.get_secret_value(),
         s.database_role,

@@ -393,10 +393,11 @@ class Metrics:
         )
         self.build_info = Gauge(
             "healthscore_build_info",
-            "1, labelled with the service's version and how its scoring core runs: "
-            "compiled (mypyc, as the wheel build makes it where a C compiler exists) or "
-            "pure_python (the same results, more CPU per event).",
-            ["version", "core"],
+            "1, labelled with the service's version, the newest migration it ships "
+            "(`schema`: which release a replica runs, as a rollout moves) and how its "
+            "scoring core runs: compiled (mypyc, as the wheel build makes it where a C "
+            "compiler exists) or pure_python (the same results, more CPU per event).",
+            ["version", "schema", "core"],
             registry=r,
         )
         self.shadow_info = Gauge(
