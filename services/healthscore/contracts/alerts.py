@@ -74,7 +74,15 @@ class HealthAction(BaseModel):
 
 
 class ChurnRiskAlert(BaseModel):
-    """A change in an organization's churn risk, for the notification service."""
+    """A change in an organization's churn risk, for the notification service.
+
+    Delivered at least once, keyed by the organization: its alerts share a partition
+    and are published in the order decided (a resend carries the same `alert_id` and a
+    new `emitted_at`; deduplicate on `alert_id`). One episode yields one `risk_raised`,
+    at most one `risk_escalated` per level step and one `recovered`, each naming the
+    raise by `episode_id`. An erased organization gets no further alert, and its alerts
+    not yet sent never are; no alert says so: its key's tombstone (a null value) on the
+    health feed `customer.health.v1` is the signal to erase the copies you keep."""
 
     model_config = ConfigDict(frozen=True, title="ChurnRiskAlert")
 
