@@ -793,6 +793,53 @@ def cmd_state(args: argparse.Namespace) -> int:
     return run(main)
 
 
+def cmd_export_organization(args: argparse.Namespace) -> int:
+    """A subject-access request: every row held of one organization, as JSON."""
+    import asyncpg
+    import orjson
+
+    from healthscore.service.subject_access import SubjectAccessRefused, export_organization
+    from healthscore.store.db import connect, database_tls
+
+    settings = settings_from_args(args)
+    url = administrator_url(settings, args)
+    if url is None:
+        print(
+            "error: set MIGRATION_DATABASE_URL (or DATABASE_URL, --database-url)", file=sys.stderr
+        )
+        return 2
+
+    async def main() -> int:
+        try:
+            conn = await connect(url.get_secret_value(), database_tls(settings))
+        except (OSError, asyncpg.PostgresError) as exc:
+            print(f"error: cannot connect: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 2
+        try:
+            document = await export_organization(conn, args.organization)
+        except SubjectAccessRefused as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            await conn.close()
+        text = orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
+        if args.out:
+            # personal data: readable by its owner only
+            fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(text)
+        else:
+            sys.stdout.buffer.write(text)
+        counts = {name: len(rows) for name, rows in document["tables"].items() if rows}
+        counts.update({name: len(rows) for name, rows in document["dead_letters"].items() if rows})
+        shown = ", ".join(f"{name} {count}" for name, count in counts.items()) or "no rows"
+        erased = " (erased: only the erasure's records are left)" if document["erased"] else ""
+        print(f"organization {args.organization}: {shown}{erased}", file=sys.stderr)
+        return 0
+
+    return run(main)
+
+
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     """Print the dead letters of the input topics' dead-letter topics, from their start."""
     from aiokafka.errors import KafkaError
@@ -1139,6 +1186,19 @@ def register_service_commands(add: AddCommand) -> None:
     )
     p.add_argument("organization", type=UUID, metavar="ORGANIZATION_ID")
     p.add_argument("--database-url", help="override DATABASE_URL")
+
+    p = add(
+        "export-organization",
+        cmd_export_organization,
+        "A subject-access request (GDPR art. 15): every row held of one organization in "
+        "PostgreSQL (state decoded, interactions, history, milestones, alerts, profiles, "
+        "event ids, dead letters naming it) as JSON, and where else its data lives. Runs "
+        "as the administrator's login (MIGRATION_DATABASE_URL): row-level security hides "
+        "rows from any other, and it refuses one.",
+    )
+    p.add_argument("organization", type=UUID, metavar="ORGANIZATION_ID")
+    p.add_argument("--database-url", help="override MIGRATION_DATABASE_URL / DATABASE_URL")
+    p.add_argument("--out", metavar="FILE", help="write it to FILE (mode 0600), not stdout")
 
     p = add(
         "dead-letters",

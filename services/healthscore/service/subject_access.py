@@ -1,0 +1,107 @@
+"""A subject-access request (GDPR art. 15): everything the service holds of one
+organization in PostgreSQL, as one JSON document, and where else its data lives.
+
+The stored scoring state is MessagePack (user ids and feature names inside it): it
+is decoded here, as `healthscore state` does. Binary columns are given as UTF-8 text
+where they are text (a dead letter's record as it came), as base64 otherwise.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import msgspec
+import orjson
+
+from healthscore.core.scoring.state import unpack_state
+from healthscore.errors import HealthscoreError
+from healthscore.store import subject_access as q
+
+# what the export cannot read, for the answer to the requester (docs/operations.md,
+# "What it cannot remove" says the same of an erasure)
+KEPT_ELSEWHERE = (
+    "the input topics (product.usage.v1, support.interactions.v1, "
+    "organization.profile.v1): every record the producers sent, for the topics' retention",
+    "the dead-letter topics (<topic>.dlq): records refused, as sent, for 30 days",
+    "the alert topic (customer.churn-risk.v1) and the notification service's copies",
+    "the health feed (customer.health.v1): the newest score, until an erasure's tombstone",
+    "PostgreSQL backups and WAL archives, for their retention",
+    "the service's logs: organization ids, never interaction text or names",
+)
+
+
+class SubjectAccessRefused(HealthscoreError):
+    """The export cannot be complete as asked; the message says why."""
+
+
+def _value(value: Any, type_name: str) -> Any:
+    if value is None:
+        return None
+    if type_name in ("json", "jsonb") and isinstance(value, str):
+        return orjson.loads(value)
+    if isinstance(value, bytes):
+        try:
+            return {"utf8": value.decode("utf-8")}
+        except UnicodeDecodeError:
+            return {"base64": base64.b64encode(value).decode()}
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, Decimal):
+        return float(value)
+    return value
+
+
+async def _rows(conn: asyncpg.Connection, query: str, *args: Any) -> list[dict[str, Any]]:
+    statement = await conn.prepare(query)
+    types = [a.type.name for a in statement.get_attributes()]
+    return [
+        {key: _value(value, kind) for (key, value), kind in zip(row.items(), types, strict=True)}
+        for row in await statement.fetch(*args)
+    ]
+
+
+async def export_organization(conn: asyncpg.Connection, organization: UUID) -> dict[str, Any]:
+    """Every row held of `organization`, by table; its state decoded; its dead letters."""
+    if not await conn.fetchval(q.READS_EVERY_ROW):
+        raise SubjectAccessRefused(
+            "the export reads past row-level security: run it as the administrator's login "
+            "(MIGRATION_DATABASE_URL, a superuser or BYPASSRLS role); any other would "
+            "leave rows out without a word"
+        )
+    tables = {
+        name: await _rows(conn, query, organization)
+        for name, query in q.ORGANIZATION_TABLES.items()
+    }
+    state = None
+    for row in tables["organization_state"]:
+        raw = row.pop("state_msgpack", None)
+        if raw is not None:
+            packed = base64.b64decode(raw["base64"]) if "base64" in raw else raw["utf8"].encode()
+            state = msgspec.to_builtins(unpack_state(packed))
+    canonical = str(organization)
+    dead_letters = {
+        name: await _rows(
+            conn,
+            query,
+            organization.hex,
+            canonical.encode(),
+            canonical.upper().encode(),
+        )
+        for name, query in q.DEAD_LETTERS.items()
+    }
+    return {
+        "organization_id": canonical,
+        "exported_at": datetime.now(UTC).isoformat(),
+        "erased": bool(tables["erased_organizations"]),
+        "tables": tables,
+        "state": state,
+        "dead_letters": dead_letters,
+        "kept_elsewhere": list(KEPT_ELSEWHERE),
+    }
