@@ -1114,7 +1114,8 @@ def register_service_commands(add: AddCommand) -> None:
     p.add_argument(
         "--publish-alerts",
         action="store_true",
-        help="also publish the rebuilt alerts (off: they stay in the outbox)",
+        help="also publish the rebuilt alerts and health feed (off: they stay in the "
+        "database); refused while the live service's consumer group has members",
     )
     p.add_argument(
         "--no-sweep",

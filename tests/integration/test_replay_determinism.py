@@ -550,3 +550,35 @@ async def test_resume_goes_on_only_with_the_model_and_the_group_of_the_interrupt
     )
     assert result.events_applied == 0
     assert await _stored_groups(db) == [f"{settings.consumer_group}-replay-0123abcd"]
+
+
+async def test_a_publishing_replay_beside_the_live_service_is_refused(
+    migrated_database: str,
+    kafka_bootstrap: str,
+    database_factory: DatabaseFactory,
+    migrated_template: str,
+) -> None:
+    """`--publish-alerts` makes the replay a second sender of alerts beside the live
+    service's relay: refused while the live group has members, allowed once it stops."""
+    messages = simulated_stream(organizations=10, events=300, support_share=0.08, seed=5)
+    topics = await make_topics(kafka_bootstrap, partitions=2)
+    await produce_stream(kafka_bootstrap, topics, messages)
+    live = service_settings(migrated_database, kafka_bootstrap, topics)
+    replay_db = await database_factory(template=migrated_template)
+    settings = service_settings(
+        replay_db, kafka_bootstrap, topics, consumer_group=live.consumer_group
+    )
+    async with running_service(live):
+        await wait_caught_up(
+            migrated_database,
+            kafka_bootstrap,
+            live.consumer_group,
+            [topics.usage, topics.support, topics.profile],
+        )
+        with pytest.raises(StartupRefused, match="while the live service runs"):
+            await replay(settings, timeout=120.0, publish_alerts=True)
+        # nothing was started for it: no group, no run recorded
+        assert await _stored_groups(replay_db) == []
+        # without publishing it is the runbook's step 2, beside the live service
+        result = await replay(settings, timeout=120.0)
+    assert result.events_applied == sum(expected_event_counts(messages).values())

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from aiokafka.errors import KafkaError
 
 from healthscore.config import Settings
 from healthscore.core.quality import aggregate_settings, settings_differ
@@ -68,6 +69,8 @@ async def replay(
     """Replay the input topics into the empty database `settings` names (or, with
     `resume`, go on with the interrupted replay it holds); `timeout` None: no limit."""
     assert settings.database_url is not None and settings.kafka_bootstrap_servers is not None
+    if publish_alerts:
+        await _refuse_beside_a_live_service(settings)
     admin_url = (settings.migration_database_url or settings.database_url).get_secret_value()
     tls = database_tls(settings)
     await apply_migrations(admin_url, tls=tls)
@@ -189,6 +192,33 @@ def _refuse_another_model(settings: Settings, served: Mapping[str, Mapping[str, 
             f"version {model.version}"
             + (f" with other {', '.join(differ)}" if set(served) == {model.version} else "")
             + ": set MODEL_PATH to that model, or replay into a new empty database"
+        )
+
+
+async def _refuse_beside_a_live_service(settings: Settings) -> None:
+    """A replay that publishes is a second sender of alerts (and of the health feed)
+    beside the live service's: an organization's replayed alerts would interleave with
+    its live ones on the topic, an old `risk_raised` landing after a live `recovered`.
+    Refused while the live consumer group has members (the runbook stops it first)."""
+    admin = KafkaConnection.from_settings(settings).admin()
+    try:
+        await admin.start()
+        coordinator = await admin.find_coordinator(settings.consumer_group)
+        described = await admin.describe_consumer_groups([settings.consumer_group], coordinator)
+    except KafkaError as exc:
+        raise StartupRefused(
+            f"--publish-alerts: cannot tell whether the live service (consumer group "
+            f"{settings.consumer_group!r}) runs: {exc!r}"
+        ) from exc
+    finally:
+        await admin.close()
+    members = sum(len(group[5]) for response in described for group in response.groups)
+    if members:
+        raise StartupRefused(
+            f"--publish-alerts while the live service runs ({members} member(s) in consumer "
+            f"group {settings.consumer_group!r}): its alerts and the replay's would "
+            "interleave on the alert topic; stop the service first (docs/operations.md, "
+            "Replay after a model change), or replay without --publish-alerts"
         )
 
 
