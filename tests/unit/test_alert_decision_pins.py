@@ -14,8 +14,10 @@ runs it; re-record deliberately (run this file: it prints them).
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -114,3 +116,22 @@ if __name__ == "__main__":  # print the pins, to record them
     for version in sorted(PINS):
         decisions, explanations, _named = digests(shipped_models()[version])
         print(f'    "{version}": ("{decisions}", "{explanations}"),')
+
+
+def test_the_contract_lists_every_risk_factor_name_a_score_reports() -> None:
+    # a notification template is keyed on the names: the published schema lists them
+    # (x-known-values), and every shipped model's scores and paths report only those
+    schema = json.loads(
+        (Path(__file__).parents[2] / "schema/contracts/customer.churn-risk.v1.json").read_text()
+    )
+    known = set(schema["$defs"]["RiskFactor"]["properties"]["factor"]["x-known-values"])
+    assert set(schema["$defs"]["HealthAction"]["properties"]["factor"]["x-known-values"]) == known
+    reported: set[str] = set()
+    for model in shipped_models().values():
+        for done in effects(model):
+            for health in [r.health for r in done.scores] + [a.health for a in done.alerts]:
+                reported.update(f.factor for f in health.risk_factors)
+            for alert in done.alerts:
+                reported.update(a.factor for a in alert.decision.path_to_healthy)
+    assert reported - known == set()
+    assert len(reported) >= 10, reported  # the stream exercises many of them

@@ -11,6 +11,7 @@ from healthscore.contracts.enums import (
     NoPathReason,
     RiskLevel,
 )
+from healthscore.core.scoring.score import RISK_FACTOR_NAMES
 
 MAX_CAUSED_BY = 20
 
@@ -29,7 +30,11 @@ class RiskFactor(BaseModel):
 
     factor: str = Field(
         description="Stable machine name, e.g. `inactivity` or `open_escalations`; "
-        "`minor_factors` for the factors under 0.5 points each, together."
+        "`minor_factors` for the factors under 0.5 points each, together; `ceiling_*` for "
+        "what a ceiling (an open escalation, a cancellation request) removes. The names "
+        "a release may report are listed in `x-known-values`; a later release may add "
+        "one: show an unknown name as a generic reason (its `detail`).",
+        json_schema_extra={"x-known-values": list(RISK_FACTOR_NAMES)},
     )
     value: float = Field(
         description="The measured input, in the factor's own unit (`minor_factors`: how "
@@ -56,7 +61,10 @@ class HealthAction(BaseModel):
         description="What to do, e.g. `close escalation <interaction id>` or "
         "`bring product activity back to its usual level`."
     )
-    factor: str = Field(description="The risk factor it removes (see `risk_factors`).")
+    factor: str = Field(
+        description="The risk factor it removes (see `risk_factors`).",
+        json_schema_extra={"x-known-values": list(RISK_FACTOR_NAMES)},
+    )
     impact: float = Field(
         description="Score points it adds, according to the model, taken in the path's "
         "order; actions worth more together than apart (closing the second of several "

@@ -213,6 +213,9 @@ _DETAILS: dict[str, _Detail] = {
     ),
 }
 
+# every risk factor's name a score may report (the contract lists them for consumers)
+RISK_FACTOR_NAMES: tuple[str, ...] = tuple(_DETAILS)
+
 
 # Each component's deficits, named as risk factors, in COMPONENTS order and in
 # the order score() lists them (and their measured values). The order is part of
