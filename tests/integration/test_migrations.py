@@ -564,6 +564,13 @@ async def test_a_runner_killed_mid_migration_releases_its_locks_at_once(
     ) == ["0001"]
 
 
+_ROLE_IN_THIS_DATABASE = """
+DO $do$ BEGIN
+    EXECUTE format('ALTER ROLE CURRENT_USER IN DATABASE %I {setting}', current_database());
+END $do$
+"""
+
+
 async def test_a_runner_lost_with_its_node_is_found_dead_within_minutes(
     empty_database: str, tmp_path: Path
 ) -> None:
@@ -578,16 +585,28 @@ async def test_a_runner_lost_with_its_node_is_found_dead_within_minutes(
             " current_setting('tcp_keepalives_interval') AS interval,"
             " current_setting('tcp_keepalives_count') AS count,"
             " current_setting('idle_in_transaction_session_timeout') AS idle_in_transaction,"
+            " current_setting('statement_timeout') AS statement_timeout,"
             " inet_client_addr() IS NOT NULL AS over_tcp;"
         },
     )
-    assert await apply_migrations(empty_database, migrations) == ["0001"]
+    # an administrator role with a statement timeout of its own (a DBA's default), in
+    # this test's database only (the role is the whole test run's)
     conn = await asyncpg.connect(empty_database)
     try:
-        seen = await conn.fetchrow("SELECT * FROM seen")
+        await conn.execute(_ROLE_IN_THIS_DATABASE.format(setting="SET statement_timeout = ''1s''"))
     finally:
         await conn.close()
+    try:
+        assert await apply_migrations(empty_database, migrations) == ["0001"]
+    finally:
+        conn = await asyncpg.connect(empty_database)
+        try:
+            await conn.execute(_ROLE_IN_THIS_DATABASE.format(setting="RESET statement_timeout"))
+            seen = await conn.fetchrow("SELECT * FROM seen")
+        finally:
+            await conn.close()
     assert seen is not None and seen["idle_in_transaction"] == "1min"
+    assert seen["statement_timeout"] == "0", seen
     if seen["over_tcp"]:  # the tests connect over a Unix socket, which has no keepalives
         assert (seen["idle"], seen["interval"], seen["count"]) == ("30", "10", "3")
 

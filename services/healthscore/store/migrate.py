@@ -192,12 +192,17 @@ async def apply_migrations(
 # a runner whose node is lost sends no FIN: its session is found dead by TCP keepalives
 # (this often, after this long idle, this many unanswered) instead of the kernel's
 # default two hours, and one frozen between statements by the idle limit; either way
-# its locks and the migration lock go with the session
+# its locks and the migration lock go with the session. The administrator role's own
+# statement_timeout would fail a long rewrite the same way on every try, and its
+# lock_timeout the wait for the migration lock: neither applies to a migration (each
+# migration bounds its lock waits itself, below)
 MIGRATION_SESSION_GUARDS = (
     "SELECT set_config('tcp_keepalives_idle', '30', false),"
     " set_config('tcp_keepalives_interval', '10', false),"
     " set_config('tcp_keepalives_count', '3', false),"
-    " set_config('idle_in_transaction_session_timeout', '60s', false)"
+    " set_config('idle_in_transaction_session_timeout', '60s', false),"
+    " set_config('statement_timeout', '0', false),"
+    " set_config('lock_timeout', '0', false)"
 )
 
 
