@@ -44,6 +44,7 @@ from healthscore.api.session import create_api_pool
 from healthscore.core.scoring.model import default_model
 from healthscore.service.ops.metrics import Metrics
 from healthscore.service.outcomes import OutcomeLabeller
+from healthscore.store.migrate import load_migrations, migrations_path
 from tests.utils import schema_builders as b
 from tests.utils.api import JWT_SECRET, api_client, api_config, api_login, bearer
 
@@ -968,6 +969,53 @@ async def test_readiness_says_the_database_failed_and_only_the_log_says_how(
         assert api_login in line["error"]  # 'role "t_api_..." is not permitted to log in'
     finally:
         await admin.execute(f"ALTER ROLE {api_login} LOGIN")
+        await admin.close()
+
+
+async def test_readiness_waits_for_the_migrations_its_release_needs(
+    migrated_database: str, pg_admin_url: str
+) -> None:
+    """A new release's API on a database its migrate job has not brought up to date
+    answered ready and failed the requests whose functions a migration adds: it stays
+    unready, naming what is missing, until the migrations are applied."""
+    newest = load_migrations(migrations_path())[-1]
+    admin = await asyncpg.connect(migrated_database)
+    try:
+        # the database as the previous release left it, as far as the history says
+        await admin.execute("DELETE FROM schema_migrations WHERE version = $1", newest.version)
+        async with (
+            api_login(pg_admin_url, migrated_database) as login_url,
+            api_client(await api_config(migrated_database, login_url, pool_size=2)) as (
+                client,
+                _app,
+            ),
+        ):
+            with capture_logs() as logs:
+                ready = await client.get("/api/readyz")
+            assert ready.status_code == 503, ready.text
+            (failed,) = ready.json()["failed"]
+            assert failed["check"] == "schema" and newest.file_name in failed["problem"]
+            assert [e["first"] for e in logs if e["event"] == "api_schema_missing"] == [
+                newest.file_name
+            ]
+            # before 0115 the role cannot tell which migrations are applied: unready too
+            await admin.execute(
+                "ALTER FUNCTION app_applied_migrations() RENAME TO app_applied_migrations_gone"
+            )
+            before = await client.get("/api/readyz")
+            assert before.status_code == 503 and "0115 at least" in before.text, before.text
+            await admin.execute(
+                "ALTER FUNCTION app_applied_migrations_gone() RENAME TO app_applied_migrations"
+            )
+            # the migrate job runs: ready from the next probe on
+            await admin.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                newest.version,
+                newest.name,
+                newest.checksum,
+            )
+            assert (await client.get("/api/readyz")).json() == {"status": "ready"}
+    finally:
         await admin.close()
 
 

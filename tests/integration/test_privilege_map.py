@@ -45,6 +45,8 @@ SCHEMA: Final = {
     # the migrations make it own every table and function (ALTER ... OWNER TO)
     f"{OWNER}: CREATE on schema public",
     f"{OWNER}: USAGE on schema public",
+    # app_applied_migrations() (SECURITY DEFINER, the owner's) reads the runner's table
+    f"{OWNER}: SELECT on table schema_migrations",
     f"{WRITER}: USAGE on schema public",
     f"{DASHBOARD}: USAGE on schema public",
     # `healthscore erase` (store/erasure.py)
@@ -308,6 +310,8 @@ FUNCTIONS: Final = {
     # store/read_api.py READ_MODEL_FRESHNESS (0111): the dashboard's freshness; and
     # store/sql.py READ_MODEL_STALENESS (0112): the service's gauge, the same figure
     f"{DASHBOARD}: EXECUTE on function app_read_model_staleness()",
+    # the API's readiness: the migrations applied (migration 0115)
+    f"{DASHBOARD}: EXECUTE on function app_applied_migrations()",
     f"{WRITER}: EXECUTE on function app_read_model_staleness()",
     # api/invalidation.py: the listener's key (read_model_changes.SIGNING_KEY_RETIRES_AT)
     f"{DASHBOARD}: EXECUTE on function app_signing_key_retires_at(integer)",
@@ -324,6 +328,7 @@ SECURITY_DEFINER: Final = {
     "app_identity_prepare()": _PINNED,
     # `healthscore erase`: one organization's dead letters, none read by the eraser (0099)
     "erase_dead_letters(uuid)": _PINNED,
+    "app_applied_migrations()": _PINNED,
     # `healthscore erase`: the organization's feed debt, locked, no other read (0107)
     "erased_feed_debt_due(uuid)": _PINNED,
     # the read API: the read model's staleness, no organization's row (0111)

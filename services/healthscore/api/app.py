@@ -22,8 +22,9 @@ import contextlib
 import functools
 from collections.abc import AsyncIterator
 from importlib import resources
-from typing import Final
+from typing import Any, Final
 
+import asyncpg
 import structlog
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -39,6 +40,7 @@ from healthscore.api.invalidation import ReadModelListener
 from healthscore.api.metrics import ApiMetrics
 from healthscore.api.session import audience_of, create_api_pool
 from healthscore.api.state import ApiConfig, ApiState
+from healthscore.store.migrate import load_migrations, migrations_path
 
 log = structlog.get_logger(__name__)
 
@@ -265,29 +267,63 @@ def create_app(config: ApiConfig) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    schema_ready = False
+
     @app.get("/api/readyz", include_in_schema=False)
     async def readyz(request: Request) -> Response:
+        # every migration this release needs was applied: checked until it is (a schema
+        # only moves forward)
+        nonlocal schema_ready
         state: ApiState | None = getattr(request.app.state, "api", None)
         problem: str | None = None
+        check = "postgres"
         try:
             if state is None:
                 problem = "not started"
             else:
-                async with asyncio.timeout(READY_TIMEOUT):
-                    await state.pool.fetchval("SELECT 1")
+                async with asyncio.timeout(READY_TIMEOUT), state.pool.acquire() as conn:
+                    await conn.fetchval("SELECT 1")
+                    if not schema_ready:
+                        check = "schema"
+                        problem = await _missing_migrations(conn)
+                        schema_ready = problem is None
         except TimeoutError:
             problem = f"no answer within {READY_TIMEOUT:g} s"
         except Exception as exc:
             # the error's text names hosts, addresses, the login, the database: it goes to
             # the log, and whoever reaches the API port reads only that it failed
-            log.warning("api_not_ready", check="postgres", error=f"{type(exc).__name__}: {exc}")
+            log.warning("api_not_ready", check=check, error=f"{type(exc).__name__}: {exc}")
             problem = "unavailable (the api_not_ready log line says why)"
         if problem is None:
             return JSONResponse({"status": "ready"})
-        return JSONResponse({"failed": [{"check": "postgres", "problem": problem}]}, 503)
+        return JSONResponse({"failed": [{"check": check, "problem": problem}]}, 503)
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     return app
+
+
+# the migrations this release ships, and the statement that reads the applied ones as
+# the request-scoped role may (migration 0115)
+SHIPPED_MIGRATIONS: Final = load_migrations(migrations_path())
+APPLIED_MIGRATIONS: Final = "SELECT app_applied_migrations()"
+
+
+async def _missing_migrations(conn: Any) -> str | None:
+    """What the database lacks of the migrations this release needs (None: nothing): a
+    pod of a new release on a database its migrate job has not brought up to date
+    (not run yet, or run with the old image) stays unready, so the rollout waits and
+    the old pods keep serving."""
+    try:
+        applied = {row[0] for row in await conn.fetch(APPLIED_MIGRATIONS)}
+    except asyncpg.UndefinedFunctionError:
+        # the function that tells this role which are applied is itself a migration
+        return "the database lacks this release's migrations (0115 at least): run the migrate job"
+    missing = [m.file_name for m in SHIPPED_MIGRATIONS if m.version not in applied]
+    if not missing:
+        return None
+    named = missing[0] if len(missing) == 1 else f"{missing[0]} ... {missing[-1]}"
+    log.warning("api_schema_missing", missing=len(missing), first=missing[0], last=missing[-1])
+    return f"the database lacks {len(missing)} migration(s) this release needs ({named})"
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:
