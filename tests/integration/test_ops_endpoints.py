@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -211,6 +212,7 @@ async def test_metrics_health_readiness_and_docs_of_a_running_service(
                 "partitions": "ok",
                 "read_model": "ok",
                 "corrupt_records": "ok",
+                "batches": "ok",
             }
             assert document["failed"] == [] and document["checked_at"]
             assert document["age_seconds"] < service.readiness.stale_after
@@ -286,3 +288,50 @@ async def test_the_asyncapi_servers_are_shown_when_configured(
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+
+
+async def test_a_replica_whose_batches_keep_failing_is_not_ready(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A release that fails every batch (here: PostgreSQL refuses every new event id)
+    answered ready as long as PostgreSQL and the broker answered, and a rollout carried
+    it to every replica. Once batches have failed for a while without one committing,
+    `batches` fails; the first that commits makes it ready again."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(
+        migrated_database, kafka_bootstrap, topics, readiness_interval_seconds=0.5
+    )
+    org = str(uuid.uuid4())
+    conn = await asyncpg.connect(migrated_database)
+    producer = await make_producer(kafka_bootstrap)
+    try:
+        await conn.execute(
+            """CREATE FUNCTION refuse_event_ids() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN RAISE EXCEPTION 'injected: every batch fails'; END $$;
+               CREATE TRIGGER refuse_event_ids BEFORE INSERT ON processed_events
+               FOR EACH STATEMENT EXECUTE FUNCTION refuse_event_ids()"""
+        )
+        options = ServiceOptions(run_sweep=False, create_topics=False)
+        async with running_service(settings, options) as service:
+            port = service.ops_port
+            assert port
+            status, body = await ready_within(port, lambda status, _: status == 200)
+            assert status == 200, body
+            now = datetime.now(UTC) - timedelta(minutes=1)
+            await produce_json(producer, topics.usage, [usage(org, "login", now)])
+            status, body = await ready_within(
+                port, lambda status, body: status == 503 and "batches" in body
+            )
+            assert status == 503, body
+            checks = json.loads(body)["checks"]
+            assert "none committed" in checks["batches"], checks
+            assert "injected: every batch fails" in checks["batches"], checks
+            assert checks["postgres"] == checks["kafka"] == "ok", checks
+            # the fault mended: the batch commits at its next retry, and readiness follows
+            await conn.execute("DROP TRIGGER refuse_event_ids ON processed_events")
+            await wait_processed(migrated_database, 1, exactly=True)
+            status, body = await ready_within(port, lambda status, _: status == 200)
+            assert status == 200, body
+    finally:
+        await producer.stop()
+        await conn.close()

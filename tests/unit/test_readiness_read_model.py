@@ -19,7 +19,7 @@ class ProjectorAt:
 async def read_model_check(staleness: float, coalescing: float) -> str | None:
     none = cast(Any, None)
     projector = cast(Projector, ProjectorAt(staleness, coalescing))
-    checks = readiness_checks(none, none, none, projector, 120.0, none)
+    checks = readiness_checks(none, none, none, projector, 120.0, none, none)
     return await checks["read_model"]()
 
 

@@ -423,6 +423,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
             projector,
             s.read_model_staleness_max_seconds,
             corrupt_records,
+            handler,
         ),
         interval=s.readiness_interval_seconds,
         timeout=s.readiness_check_timeout_seconds,

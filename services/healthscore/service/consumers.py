@@ -77,6 +77,11 @@ class BatchHandler:
         self._min_interval, self._full_batch = min_interval
         self._lock = asyncio.Lock()
         self.failures = 0
+        # since when batches have failed without one committing (time.monotonic; None:
+        # the last one committed), how many, and the last one's error: readiness reads them
+        self.failing_since: float | None = None
+        self.failing_batches = 0
+        self.last_failure = ""
 
     async def __call__(self, records: Sequence[Any]) -> None:
         started = time.monotonic()
@@ -158,6 +163,7 @@ class BatchHandler:
         outcome.timings_ms["decode"] = decode_ms
         self._holdback.keep(consumer, outcome, items)
         await self._offsets.commit(outcome.next_offsets)
+        self.failing_since, self.failing_batches = None, 0
         await self._report(outcome, duration)
 
     async def _report(self, outcome: BatchOutcome, duration: float) -> None:
@@ -185,6 +191,10 @@ class BatchHandler:
                 self._on_gap(exc)
         else:
             self.failures += 1
+            if self.failing_since is None:
+                self.failing_since = time.monotonic()
+            self.failing_batches += 1
+            self.last_failure = f"{type(exc).__name__}: {str(exc)[:200]}"
             if self._on_failure is not None:
                 self._on_failure(exc)
         first: dict[PartitionKey, int] = {}

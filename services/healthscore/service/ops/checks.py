@@ -6,16 +6,24 @@ beside the checks in /readyz that do not make the service unready.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
+from healthscore.service.consumers import BatchHandler
 from healthscore.service.kafka_offsets import KafkaOffsets
 from healthscore.service.kafka_salvage import CorruptRecordMonitor
 from healthscore.service.ops.readiness import Check
 from healthscore.service.projector import Projector
+
+# batches failing this long, this many in a row, without one committing: not ready (a
+# release that fails every batch holds its rollout instead of replacing every replica;
+# the Deployment's minReadySeconds is longer than a failing start-up takes to show it)
+BATCHES_FAILING_UNREADY_SECONDS = 10.0
+BATCHES_FAILING_UNREADY_COUNT = 3
 
 
 def readiness_checks(
@@ -25,6 +33,7 @@ def readiness_checks(
     projector: Projector | None,
     staleness_max_seconds: float,
     corrupt_records: CorruptRecordMonitor,
+    handler: BatchHandler,
 ) -> dict[str, Check]:
     async def postgres() -> str | None:
         async with pool.acquire() as conn:
@@ -66,12 +75,25 @@ def readiness_checks(
         # consumer cannot get past makes the service unready
         return corrupt_records.stuck()
 
+    async def batches() -> str | None:
+        since = handler.failing_since
+        if since is None or handler.failing_batches < BATCHES_FAILING_UNREADY_COUNT:
+            return None
+        failing = time.monotonic() - since
+        if failing < BATCHES_FAILING_UNREADY_SECONDS:
+            return None
+        return (
+            f"{handler.failing_batches} batches in a row failed over {failing:.0f} s, none "
+            f"committed (the last: {handler.last_failure}); batch_failed_will_retry says why"
+        )
+
     return {
         "postgres": postgres,
         "kafka": kafka,
         "partitions": partitions,
         "read_model": read_model,
         "corrupt_records": corrupt,
+        "batches": batches,
     }
 
 
