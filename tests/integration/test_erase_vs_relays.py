@@ -4,9 +4,10 @@ The alert relay and the dead-letter relay read a page, publish it (for as long a
 the broker takes, up to their publish timeout) and only then mark or delete its rows.
 An erasure that committed in between deleted rows already on their way: the alert of
 an organization the operator had just certified erased reached the notification
-service, and its dead letter (the erased payload) the dead-letter topic. The relays
-now hold their page's rows (FOR SHARE) until their transaction ends, so the erasure
-waits for the page in flight and the publish comes before the erasure, never after.
+service, and its dead letter (the erased payload) the dead-letter topic. The erasure
+now takes both relays' leader locks first (migration 0116), so it waits for the page in
+flight and the publish comes before the erasure, never after; and it takes them before
+the stored offsets, so a broker slow to acknowledge holds up the erasure, not the batches.
 
 Real PostgreSQL, the relays as the service's role, the erasure as healthscore_eraser,
 the records through the real broker: the producer is the real one, wrapped so that
@@ -35,13 +36,19 @@ from tests.utils.harness import consume_all, erase_now, fetchval, make_producer,
 
 class ErasedMidPage:
     """The real producer; its first send starts the erasure of `organization` and waits
-    until the erasure waits on a lock (the page's rows) before it goes to the broker."""
+    until the erasure waits on a lock (the page's relay) before it goes to the broker,
+    `slow` seconds later (a broker slow to acknowledge)."""
 
-    def __init__(self, producer: Any, database_url: str, organization: uuid.UUID) -> None:
+    def __init__(
+        self, producer: Any, database_url: str, organization: uuid.UUID, slow: float = 0.0
+    ) -> None:
         self._producer = producer
         self._database_url = database_url
         self._organization = organization
+        self._slow = slow
         self.erasing: asyncio.Task[Erasure] | None = None
+        # while the erasure waited: whether a batch could take the stored offsets' rows
+        self.offsets_free: bool | None = None
 
     async def send(self, *args: Any, **kwargs: Any) -> Any:
         if self.erasing is None:
@@ -49,6 +56,14 @@ class ErasedMidPage:
             monitor = await asyncpg.connect(self._database_url)
             try:
                 await _waiting(monitor, 1, self.erasing)
+                if self._slow:
+                    await asyncio.sleep(self._slow)
+                    assert not self.erasing.done(), self.erasing.result()
+                    async with monitor.transaction():
+                        # what a batch takes first: free while the erasure waits
+                        self.offsets_free = bool(
+                            await monitor.fetch("SELECT 1 FROM consumer_offsets FOR UPDATE NOWAIT")
+                        )
             finally:
                 await monitor.close()
         return await self._producer.send(*args, **kwargs)
@@ -121,3 +136,41 @@ async def test_a_dead_letter_in_a_page_in_flight_goes_out_before_the_erasure_com
     assert erasure.first and "dead_letter_outbox" not in erasure.rows, erasure.rows
     assert [r.value for r in published] == [value]
     assert await fetchval(migrated_database, "SELECT count(*) FROM dead_letter_outbox") == 0
+
+
+async def test_an_erasure_behind_a_slow_page_holds_no_batch_up(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """A broker slow to acknowledge holds the relay's page longer than an erasure's lock
+    timeout (10 s): the erasure waits for the relay before it takes the stored offsets,
+    so batches go on meanwhile, and it does not give up."""
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    organization, alert_id = uuid.uuid4(), uuid.uuid4()
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        await conn.execute("INSERT INTO organizations (id) VALUES ($1)", organization)
+        await conn.execute(
+            "INSERT INTO alert_outbox (alert_id, organization_id, kind, episode, payload)"
+            " VALUES ($1, $2, 'risk_raised', 1, '{}')",
+            alert_id,
+            organization,
+        )
+        await conn.execute(
+            "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset)"
+            " VALUES ('g', $1, 0, 0)",
+            topics.usage,
+        )
+    finally:
+        await conn.close()
+    pool = await create_pool(migrated_database, "healthscore_writer")
+    producer = await make_producer(kafka_bootstrap)
+    wrapped = ErasedMidPage(producer, migrated_database, organization, slow=12.0)
+    try:
+        assert await OutboxRelay(pool, wrapped, topics.alerts).relay_alerts() == 1
+        assert wrapped.erasing is not None
+        erasure = await asyncio.wait_for(wrapped.erasing, 30)
+    finally:
+        await producer.stop()
+        await pool.close()
+    assert wrapped.offsets_free is True
+    assert erasure.first and erasure.rows.get("alert_outbox") == 1, erasure.rows

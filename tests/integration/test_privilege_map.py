@@ -20,6 +20,7 @@ own everything; healthscore_owner's SECURITY DEFINER functions run as it.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 import asyncpg
@@ -317,6 +318,8 @@ FUNCTIONS: Final = {
     f"{DASHBOARD}: EXECUTE on function app_signing_key_retires_at(integer)",
     # store/erasure.py DELETE_DEAD_LETTERS (0099): the eraser reads no dead letter
     f"{ERASER}: EXECUTE on function erase_dead_letters(uuid)",
+    # WAIT_FOR_THE_RELAYS: the relays' leader locks (migration 0116)
+    f"{ERASER}: EXECUTE on function erasure_waits_for_the_relays()",
     # store/erasure.py FEED_DEBT_NOT_DUE (0107): the organization's feed debt, no other's
     f"{ERASER}: EXECUTE on function erased_feed_debt_due(uuid)",
 }
@@ -329,6 +332,7 @@ SECURITY_DEFINER: Final = {
     # `healthscore erase`: one organization's dead letters, none read by the eraser (0099)
     "erase_dead_letters(uuid)": _PINNED,
     "app_applied_migrations()": _PINNED,
+    "erasure_waits_for_the_relays()": _PINNED,
     # `healthscore erase`: the organization's feed debt, locked, no other read (0107)
     "erased_feed_debt_due(uuid)": _PINNED,
     # the read API: the read model's staleness, no organization's row (0111)
@@ -670,18 +674,20 @@ ADVISORY_LOCKS: Final = {
     # and the service's login (`serve` checks the migrations under it)
     "pg_try_advisory_lock(bigint)": {OWNER, WRITER},
     "pg_advisory_lock(bigint)": {OWNER, WRITER},
+    # erasure_waits_for_the_relays() (SECURITY DEFINER, the owner's): the relays' keys
+    "pg_advisory_xact_lock(bigint)": {OWNER},
     **{
         f"{name}({args})": set()
         for name in (
             "pg_advisory_lock_shared",
             "pg_try_advisory_lock_shared",
-            "pg_advisory_xact_lock",
             "pg_advisory_xact_lock_shared",
             "pg_try_advisory_xact_lock_shared",
         )
         for args in ("bigint", "integer,integer")
     },
     "pg_advisory_lock(integer,integer)": set(),
+    "pg_advisory_xact_lock(integer,integer)": set(),
     "pg_try_advisory_lock(integer,integer)": set(),
 }
 
@@ -750,3 +756,15 @@ async def test_a_dashboard_login_cannot_hold_the_services_locks(
     finally:
         await admin.execute(f"DROP ROLE IF EXISTS {analyst}")
         await admin.close()
+
+
+def test_the_erasure_waits_for_the_relays_keys() -> None:
+    """Migration 0116 writes the relays' leader keys as numbers: they are store/locks.py's."""
+    from pathlib import Path
+
+    from healthscore.store import locks
+    from healthscore.store.migrate import migrations_path
+
+    (migration,) = Path(migrations_path()).glob("0116_*.sql")
+    keys = [int(k) for k in re.findall(r"pg_advisory_xact_lock\((\d+)\)", migration.read_text())]
+    assert keys == [locks.RELAY, locks.DEAD_LETTER_RELAY]

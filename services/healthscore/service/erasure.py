@@ -139,6 +139,11 @@ async def _erase_rows(conn: asyncpg.Connection, organization: UUID, apply: bool)
     try:
         async with conn.transaction():
             before = await _deleted(conn)
+            if apply:
+                # an alert or dead letter of it on its way out goes before the erasure;
+                # none after (a dry run deletes nothing, and holds no relay up)
+                await conn.execute(erasure.RELAYS_LOCK_TIMEOUT)
+                await conn.execute(erasure.WAIT_FOR_THE_RELAYS)
             await conn.execute(erasure.ERASE_LOCK_TIMEOUT)
             await conn.execute(erasure.LOCK_CONSUMERS)
             # waits for a transaction creating the organization (not committed yet)

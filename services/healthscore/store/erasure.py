@@ -18,6 +18,12 @@ from __future__ import annotations
 # behind a long batch or projector pass fails (and is run again) rather than queue
 ERASE_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', '10s', true)"
 
+# first, holding nothing a batch waits for: the relays' pages in flight (a page holds
+# its leader lock while the broker acknowledges it: 60 s at most, plus its margin, per
+# dead-letter topic), then no page until the erasure commits (migration 0116)
+RELAYS_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', '300s', true)"
+WAIT_FOR_THE_RELAYS = "SELECT erasure_waits_for_the_relays()"
+
 LOCK_CONSUMERS = """
 SELECT 1 FROM consumer_offsets
 ORDER BY consumer_group, topic, partition

@@ -587,15 +587,12 @@ ON CONFLICT (alert_id) DO NOTHING
 
 # --- the outbox relay ------------------------------------------------------------
 
-# FOR SHARE: held until the page is marked sent, so an erasure (whose cascade deletes
-# them) waits for the page in flight, and a page read after it no longer holds them
 PENDING_ALERTS = """
 SELECT alert_id, organization_id, kind, payload::text AS payload
 FROM alert_outbox
 WHERE published_at IS NULL
 ORDER BY seq
 LIMIT $1
-FOR SHARE
 """
 
 MARK_ALERTS_SENT = """
@@ -627,8 +624,7 @@ ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING
 
 # each source topic's first $1 in rejection order: a topic whose dead letters its
 # dead-letter topic refuses holds back only its own (the topics found by a loose scan of
-# dead_letter_outbox_topic_order, one index probe per topic); FOR SHARE as
-# PENDING_ALERTS: an erasure's erase_dead_letters() waits for the page in flight
+# dead_letter_outbox_topic_order, one index probe per topic)
 PENDING_DEAD_LETTERS = """
 WITH RECURSIVE topics (source_topic) AS (
     (SELECT source_topic FROM dead_letter_outbox ORDER BY source_topic LIMIT 1)
@@ -648,7 +644,6 @@ CROSS JOIN LATERAL (
     WHERE d.source_topic = t.source_topic
     ORDER BY d.id
     LIMIT $1
-    FOR SHARE
 ) p
 ORDER BY p.id
 """
