@@ -90,8 +90,9 @@ class ChurnRiskAlert(BaseModel):
     at most one `risk_escalated` per level step and one `recovered`, each naming the
     raise by `episode_id`. An erased organization gets no further alert, and its alerts
     not yet sent are not sent after the erasure (but for a page whose publish had timed
-    out just before it, which the producer may still deliver); no alert says so: its key's tombstone (a null value) on the
-    health feed `customer.health.v1` is the signal to erase the copies you keep."""
+    out just before it, which the producer may still deliver); no alert says so: its
+    key's tombstone (a null value) on the health feed `customer.health.v1` is the signal
+    to erase the copies you keep."""
 
     model_config = ConfigDict(frozen=True, title="ChurnRiskAlert")
 
