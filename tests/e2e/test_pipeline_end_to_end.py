@@ -269,9 +269,9 @@ async def test_scripted_scenario_end_to_end(migrated_database: str, kafka_bootst
     assert levels == sorted(levels, key=["low", "medium", "high", "critical"].index)
     raised = [b for b in bodies if b["kind"] == AlertKind.RISK_RAISED]
     assert len(raised) == 1
-    raised_at = datetime.fromisoformat(raised[0]["scored_at"]).timestamp()
+    raised_day = int(datetime.fromisoformat(raised[0]["scored_at"]).timestamp() // 86400)
     assert raised[0]["alert_id"] == str(
-        alert_id_for(AT_RISK, 1, AlertKind.RISK_RAISED, raised_at=raised_at)
+        alert_id_for(AT_RISK, 1, AlertKind.RISK_RAISED, raised_day=raised_day)
     )
     # each alert of the episode names its raise
     assert {b["episode_id"] for b in bodies} == {raised[0]["alert_id"]}

@@ -130,24 +130,24 @@ async def test_relay_killed_after_publish_before_mark_resends_the_same_ids(
     outbox = await _outbox(migrated_database)
     assert {r["organization_id"] for r in outbox.values()} == set(AT_RISK)
     assert all(r["published_at"] is None for r in outbox.values())
-    # the ids the contract promises, by construction: each episode's by the event time of
-    # its raise (the raise's scored_at), which every alert of it names (episode_id)
-    raised_at = {
-        (row["organization_id"], row["episode"]): datetime.fromisoformat(
-            orjson.loads(row["payload"])["scored_at"]
-        ).timestamp()
+    # the ids the contract promises, by construction: each episode's by the event-time day
+    # of its raise (the raise's scored_at), which every alert of it names (episode_id)
+    raised_on = {
+        (row["organization_id"], row["episode"]): int(
+            datetime.fromisoformat(orjson.loads(row["payload"])["scored_at"]).timestamp() // 86400
+        )
         for row in outbox.values()
         if row["kind"] == AlertKind.RISK_RAISED
     }
     for alert_id, row in outbox.items():
         level = RiskLevel(row["level"]) if row["kind"] == AlertKind.RISK_ESCALATED else None
-        at = raised_at[(row["organization_id"], row["episode"])]
+        day = raised_on[(row["organization_id"], row["episode"])]
         expected = alert_id_for(
-            row["organization_id"], row["episode"], AlertKind(row["kind"]), level, raised_at=at
+            row["organization_id"], row["episode"], AlertKind(row["kind"]), level, raised_day=day
         )
         assert alert_id == str(expected)
         episode_id = alert_id_for(
-            row["organization_id"], row["episode"], AlertKind.RISK_RAISED, raised_at=at
+            row["organization_id"], row["episode"], AlertKind.RISK_RAISED, raised_day=day
         )
         assert orjson.loads(row["payload"])["episode_id"] == str(episode_id)
 

@@ -305,7 +305,7 @@ async def test_quiet_organization_drifts_down_and_alerts(
             # raised by the sweep, on the grid, not by an event
             assert raised_at > LAST and raised_at.timestamp() % STEP == 0
             assert alerts[0]["alert_id"] == alert_id_for(
-                quiet, 1, AlertKind.RISK_RAISED, raised_at=raised_at.timestamp()
+                quiet, 1, AlertKind.RISK_RAISED, raised_day=int(raised_at.timestamp() // 86400)
             )
             # the fitted models raise from their enter threshold (v3: 0.3, risk level medium) up
             assert raised["churn_probability"] >= default_model().alerts.enter_probability

@@ -38,23 +38,24 @@ SILENCE_STEP = 6 * 3600.0
 # were made to sum exactly to score - 100 (the decisions did not move); the decisions of
 # v2-v4 re-recorded when a behavioural action took its factor's listed impact (only
 # the paths' impacts moved, by hundredths: checked with the impacts zeroed); every
-# decision digest re-recorded when alert ids took the raise's event time and decisions
-# their episode_id (the digests with both neutralized equal before and after)
+# decision digest re-recorded when alert ids took the raise's event-time day, decisions
+# their episode_id and the alert state `dated_ids` (the digests with the three
+# neutralized are equal before and after)
 PINS = {
     "v1": (
-        "430f83aad35c0eeeef31c65e4f54385591919fbf3f6135ba4ae9dd5590130b84",
+        "afd23716cf433f663cf7c19cdf5ee1223e59d6b0a67fce2a71fe923f551f8380",
         "b3242aa85a69a97d0fd99b5cc27ac192fe6da846648ea3015c62715754934d8f",
     ),
     "v2": (
-        "3f97de503477df0ac1d481a36b0bf1d313bb0802cfdb14c03f1b06f4262a1c97",
+        "3f14335a00dbffa9a6ed6192163cd1b2e85ca8fffd2bd0c98d1c60d5a6aed5b8",
         "6dbea84efe31cdc6254c3a1d79feb687e332ad5469a7d48817dbe2efdfacc3f5",
     ),
     "v3": (
-        "7bb31fd5eae2bb29d944ecdc0a59d5b6b1b8e23f1b7e9802200da6769af0a03a",
+        "04d0616d46fedcfad17c602de079b565357b646e99fee5a049606bda4ce4e835",
         "88964d6b6070d0c15d12acca37e7f015ac471473b30c2ec6488a48dacea269e8",
     ),
     "v4": (
-        "62e6ed13da8ad9a27e005b024c7cc8c4c5e406a14bcc5e6c4fbc75882f111543",
+        "414d7546975f885952d04097430d84168e156a7b11cd5de839108d7fb314d5ef",
         "eece61d2b0bfdff394b0cb54138016905ac4d6fb66904d4274e23b4136649c45",
     ),
 }

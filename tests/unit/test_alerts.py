@@ -63,22 +63,48 @@ def kinds(decisions: list[AlertDecision | None]) -> list[AlertKind | None]:
     return [d.kind if d else None for d in decisions]
 
 
-def test_alert_ids_are_uuid5_of_org_episode_kind_level_and_raise_time() -> None:
-    at = T0 + 0.0004  # whole milliseconds
-    raised = alert_id_for(ORG, 1, AlertKind.RISK_RAISED, raised_at=at)
-    assert raised == uuid5(ALERT_NAMESPACE, f"{ORG}:1:risk_raised::{round(T0 * 1000)}")
-    escalated = alert_id_for(ORG, 1, AlertKind.RISK_ESCALATED, RiskLevel.CRITICAL, raised_at=at)
-    assert escalated == uuid5(
-        ALERT_NAMESPACE, f"{ORG}:1:risk_escalated:critical:{round(T0 * 1000)}"
-    )
+def test_alert_ids_are_uuid5_of_org_episode_kind_level_and_raise_day() -> None:
+    day = int(T0 // DAY)
+    raised = alert_id_for(ORG, 1, AlertKind.RISK_RAISED, raised_day=day)
+    assert raised == uuid5(ALERT_NAMESPACE, f"{ORG}:1:risk_raised::{day}")
+    escalated = alert_id_for(ORG, 1, AlertKind.RISK_ESCALATED, RiskLevel.CRITICAL, raised_day=day)
+    assert escalated == uuid5(ALERT_NAMESPACE, f"{ORG}:1:risk_escalated:critical:{day}")
     # the level counts only for escalations
-    assert alert_id_for(ORG, 1, AlertKind.RISK_RAISED, RiskLevel.HIGH, raised_at=at) == raised
-    again = alert_id_for(ORG, 2, AlertKind.RISK_RAISED, raised_at=at)
-    # the same number raised at another time (a database rebuilt by a replay under
+    assert alert_id_for(ORG, 1, AlertKind.RISK_RAISED, RiskLevel.HIGH, raised_day=day) == raised
+    again = alert_id_for(ORG, 2, AlertKind.RISK_RAISED, raised_day=day)
+    # the same number raised on another day (a database rebuilt by a replay under
     # another model numbers episodes from 1 again): another id
-    renumbered = alert_id_for(ORG, 1, AlertKind.RISK_RAISED, raised_at=at + DAY)
-    assert len({raised, escalated, again, renumbered}) == 4
+    renumbered = alert_id_for(ORG, 1, AlertKind.RISK_RAISED, raised_day=day + 1)
+    # an episode raised before ids carried the day: the id of its own scheme
+    undated = alert_id_for(ORG, 1, AlertKind.RISK_RAISED, raised_day=None)
+    assert undated == uuid5(ALERT_NAMESPACE, f"{ORG}:1:risk_raised:")
+    assert len({raised, escalated, again, renumbered, undated}) == 5
     assert UUID("6f1c2b8e-3d4a-5e6f-9a0b-1c2d3e4f5a6b") == ALERT_NAMESPACE  # never change it
+
+
+def test_an_episode_open_at_the_upgrade_keeps_the_ids_of_its_raise() -> None:
+    """A state whose episode the previous release raised (ids without the day): its
+    escalation and recovery carry that scheme's ids, and episode_id the raise's id the
+    consumer did receive; the next episode carries the day."""
+    run = Run(v1_model())
+    raised = run.step(T0 + HOUR, 0.55)
+    assert raised is not None and run.state.alert.dated_ids
+    run.state.alert.dated_ids = False  # as the previous release stored it
+    escalated = run.step(T0 + 2 * HOUR, 0.80)
+    recovered = run.step(T0 + 3 * HOUR, 0.30)
+    assert escalated is not None and recovered is not None
+    old_raise = uuid5(ALERT_NAMESPACE, f"{ORG}:1:risk_raised:")
+    assert escalated.alert_id == uuid5(ALERT_NAMESPACE, f"{ORG}:1:risk_escalated:critical")
+    assert recovered.alert_id == uuid5(ALERT_NAMESPACE, f"{ORG}:1:recovered:")
+    assert escalated.episode_id == recovered.episode_id == old_raise
+    again = run.step(T0 + 40 * HOUR, 0.60)
+    assert again is not None and again.episode == 2 and run.state.alert.dated_ids
+    day = int((T0 + 40 * HOUR) // DAY)
+    assert (
+        again.alert_id
+        == again.episode_id
+        == alert_id_for(ORG, 2, AlertKind.RISK_RAISED, raised_day=day)
+    )
 
 
 def full_episode(model: ScoreModel) -> list[AlertDecision | None]:
@@ -108,13 +134,14 @@ def test_raise_escalate_hover_recover_cooldown_new_episode(model: ScoreModel) ->
     raised, escalated, recovered, raised_again = (d for d in decisions if d is not None)
     assert raised.episode == escalated.episode == recovered.episode == 1
     assert raised_again.episode == 2
-    first, second = T0 + 1 * HOUR, T0 + 33 * HOUR  # the episodes' raises
-    assert raised.alert_id == alert_id_for(ORG, 1, AlertKind.RISK_RAISED, raised_at=first)
+    # the days the episodes were raised on
+    first, second = int((T0 + 1 * HOUR) // DAY), int((T0 + 33 * HOUR) // DAY)
+    assert raised.alert_id == alert_id_for(ORG, 1, AlertKind.RISK_RAISED, raised_day=first)
     assert escalated.alert_id == alert_id_for(
-        ORG, 1, AlertKind.RISK_ESCALATED, RiskLevel.CRITICAL, raised_at=first
+        ORG, 1, AlertKind.RISK_ESCALATED, RiskLevel.CRITICAL, raised_day=first
     )
-    assert recovered.alert_id == alert_id_for(ORG, 1, AlertKind.RECOVERED, raised_at=first)
-    assert raised_again.alert_id == alert_id_for(ORG, 2, AlertKind.RISK_RAISED, raised_at=second)
+    assert recovered.alert_id == alert_id_for(ORG, 1, AlertKind.RECOVERED, raised_day=first)
+    assert raised_again.alert_id == alert_id_for(ORG, 2, AlertKind.RISK_RAISED, raised_day=second)
     assert raised_again.alert_id != raised.alert_id
     # each alert names its episode's raise
     assert raised.episode_id == escalated.episode_id == recovered.episode_id == raised.alert_id
@@ -166,7 +193,7 @@ def test_a_sharp_drop_raises_even_at_low_probability(model: ScoreModel) -> None:
     escalated = run.step(T0 + DAY + 3 * HOUR, 0.55, score=48.0)
     assert escalated is not None and escalated.kind is AlertKind.RISK_ESCALATED
     assert escalated.alert_id == alert_id_for(
-        ORG, 1, AlertKind.RISK_ESCALATED, RiskLevel.HIGH, raised_at=T0 + DAY + HOUR
+        ORG, 1, AlertKind.RISK_ESCALATED, RiskLevel.HIGH, raised_day=int((T0 + DAY + HOUR) // DAY)
     )
     # back within recover_drop_points (7.5) of the peak: 85 >= 92 - 7.5 -> recovered
     assert run.step(T0 + DAY + 4 * HOUR, 0.05, score=80.0) is None

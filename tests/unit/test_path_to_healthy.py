@@ -300,7 +300,7 @@ def test_an_action_about_one_interaction_names_it_as_data() -> None:
     decision = AlertDecision(
         kind=AlertKind.RISK_RAISED,
         episode=1,
-        alert_id=alert_id_for(ORG, 1, AlertKind.RISK_RAISED, raised_at=0.0),
+        alert_id=alert_id_for(ORG, 1, AlertKind.RISK_RAISED, raised_day=0),
         previous_score=None,
         trigger=AlertTrigger.PROBABILITY_THRESHOLD,
         score_model_version=model.version,

@@ -147,7 +147,7 @@ def test_a_candidate_equal_to_the_live_model_scores_and_alerts_as_it_does() -> N
                 str(ORG),
                 result.decision.episode,
                 result.decision.kind,
-                raised_at=state.alert.raised_at or 0.0,
+                raised_day=int((state.alert.raised_at or 0.0) // 86400),
             )
             if result.decision.kind is not AlertKind.RISK_ESCALATED:
                 assert result.decision.alert_id == live_id

@@ -477,7 +477,7 @@ def _troubled() -> OrganizationState:
 
 
 ALERT_PAYLOAD = (
-    '{"alert_id":"584b0363-bb5d-5aef-8a24-d020638db177","organization_id":"0b7c6f0e-3'
+    '{"alert_id":"28826cda-90ff-5003-8045-e3e8b9aa35b6","organization_id":"0b7c6f0e-3'
     'a1d-4c5e-8f9a-1b2c3d4e5f60","kind":"risk_raised","health_score":32.96,"previous_'
     'score":null,"health_status":"critical","churn_probability":0.947,"risk_level":"c'
     'ritical","risk_factors":[{"factor":"activity_decline","value":0.2703,"impact":-3'
@@ -493,8 +493,8 @@ ALERT_PAYLOAD = (
     'actor":"minor_factors","value":1.0,"impact":-0.42,"detail":"1 smaller factor, un'
     'der 0.5 points: inactivity."}],"caused_by":["5f0e0c8a-1b2c-4d3e-8f4a-5b6c7d8e9f0'
     '0"],"scored_at":"2026-09-21T00:00:00Z","emitted_at":"1970-01-01T00:00:00Z","trig'
-    'ger":"probability_threshold","episode":1,"episode_id":"584b0363-bb5d-5aef-8a24-d'
-    '020638db177","score_model_version":"v2","path_to_healthy":[{"action":"bring prod'
+    'ger":"probability_threshold","episode":1,"episode_id":"28826cda-90ff-5003-8045-e'
+    '3e8b9aa35b6","score_model_version":"v2","path_to_healthy":[{"action":"bring prod'
     'uct activity back to its usual level","factor":"activity_decline","impact":33.15'
     ',"interaction_id":null},{"action":"get the team logging in regularly","factor":"'
     'few_logins","impact":21.38,"interaction_id":null}],"no_path_reason":null}'

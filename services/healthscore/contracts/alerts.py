@@ -98,11 +98,12 @@ class ChurnRiskAlert(BaseModel):
 
     alert_id: UUID = Field(
         description=(
-            "Deterministic for (organization, episode, kind, the event time the episode "
-            "was raised at), and for `risk_escalated` the level escalated to: a replay of "
-            "the same events under the same model re-emits the same id, and an episode "
-            "of a database rebuilt by a replay (whose episode numbers start again) never "
-            "reuses an earlier episode's. An episode may escalate twice (to `high`, then "
+            "Deterministic for (organization, episode, kind, the event-time day the "
+            "episode was raised on), and for `risk_escalated` the level escalated to: a "
+            "replay of the same events under the same model re-emits the same id, and an "
+            "episode of a database rebuilt by a replay (whose episode numbers start again) "
+            "reuses an earlier episode's only if raised on the same day with the same "
+            "number. An episode may escalate twice (to `high`, then "
             "`critical`), each alert with its own id: deduplicate on alert_id, not on "
             "(organization, episode, kind). Delivery is at least once: a resend carries "
             "the same id (and a new `emitted_at`)."
@@ -147,8 +148,9 @@ class ChurnRiskAlert(BaseModel):
         description=(
             "The `alert_id` of this episode's `risk_raised`, carried by each alert of the "
             "episode: a `risk_escalated` or `recovered` is tied to its raise by it (one "
-            "whose raise you never received was raised before you started consuming). "
-            "Added field."
+            "whose raise you never received was raised before you started consuming, or "
+            "in a database the operator rebuilt). Absent from alerts of releases before "
+            "it. Added field."
         ),
     )
     score_model_version: str | None = Field(

@@ -29,13 +29,15 @@ hovers at a threshold). The state machine lives in `state.alert`:
   once from immediate_probability excepted); until then the time above the
   threshold keeps counting.
 
-Alert ids are uuid5(ALERT_NAMESPACE, "{organization}:{episode}:{kind}:{level}:{raised}")
-with the level only for risk_escalated (empty otherwise) and `raised` the event time
-the episode was raised at, in whole milliseconds: a replay of the same events under the
-same model re-emits the same ids, and a new episode gets new ones, also in a database
-rebuilt by a replay under another model, whose episode numbers start again at 1 (an id
-of the number alone repeated an earlier episode's, and consumers deduplicating on it
-dropped the new alert).
+Alert ids are uuid5(ALERT_NAMESPACE, "{organization}:{episode}:{kind}:{level}:{day}")
+with the level only for risk_escalated (empty otherwise) and `day` the event-time day
+(days since the epoch) the episode was raised on: a replay of the same events under the
+same model re-emits the same ids (a raise the replay makes an event earlier or later
+the same day too), and a new episode gets new ones, also in a database rebuilt by a
+replay under another model, whose episode numbers start again at 1 (an id of the number
+alone repeated an earlier episode's, and consumers deduplicating on it dropped the new
+alert). An episode raised before the day was in the ids (`AlertState.dated_ids` False)
+keeps the ids of its raise's scheme, without it, to its end.
 """
 
 from __future__ import annotations
@@ -67,13 +69,14 @@ def alert_id_for(
     kind: AlertKind,
     level: RiskLevel | None = None,
     *,
-    raised_at: float,
+    raised_day: int | None,
 ) -> UUID:
-    """The deterministic id; `level` counts only for risk_escalated; `raised_at`, the
-    event time the episode was raised at (the same for each of its alerts)."""
+    """The deterministic id; `level` counts only for risk_escalated; `raised_day`, the
+    event-time day the episode was raised on (the same for each of its alerts; None for
+    an episode raised before ids carried it)."""
     suffix = level.value if kind is AlertKind.RISK_ESCALATED and level is not None else ""
-    raised = round(raised_at * 1000)
-    return uuid5(ALERT_NAMESPACE, f"{organization_id}:{episode}:{kind.value}:{suffix}:{raised}")
+    name = f"{organization_id}:{episode}:{kind.value}:{suffix}"
+    return uuid5(ALERT_NAMESPACE, name if raised_day is None else f"{name}:{raised_day}")
 
 
 def recent_peak(state: OrganizationState, previous: float | None, as_of: float) -> float | None:
@@ -109,8 +112,9 @@ def _decision(
     model: ScoreModel,
 ) -> AlertDecision:
     episode = state.alert.episode
-    # every raise sets it before its decision, so each alert of an episode reads its own
-    raised_at = state.alert.raised_at or 0.0
+    # every raise sets them before its decision, so each alert of an episode reads its own
+    alert = state.alert
+    raised_day = int((alert.raised_at or 0.0) // DAY) if alert.dated_ids else None
     path = () if kind is AlertKind.RECOVERED else tuple(path_to_healthy(state, as_of, model))
     reason: NoPathReason | None = None
     if kind is AlertKind.RECOVERED:
@@ -120,9 +124,9 @@ def _decision(
     return AlertDecision(
         kind=kind,
         episode=episode,
-        alert_id=alert_id_for(state.organization_id, episode, kind, level, raised_at=raised_at),
+        alert_id=alert_id_for(state.organization_id, episode, kind, level, raised_day=raised_day),
         episode_id=alert_id_for(
-            state.organization_id, episode, AlertKind.RISK_RAISED, raised_at=raised_at
+            state.organization_id, episode, AlertKind.RISK_RAISED, raised_day=raised_day
         ),
         previous_score=previous,
         trigger=trigger,
@@ -211,6 +215,7 @@ def evaluate_alert(
     alert.in_episode = True
     alert.level = level.value
     alert.raised_at = as_of
+    alert.dated_ids = True
     alert.drop_peak = None if high else peak
     alert.above_since = None
     trigger = AlertTrigger.PROBABILITY_THRESHOLD if high else AlertTrigger.SCORE_DROP

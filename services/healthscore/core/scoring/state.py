@@ -60,6 +60,9 @@ class AlertState(msgspec.Struct):
     # idle: since when the churn probability has been at or above the enter threshold
     # (only tracked when the model asks for persistence: alerts.persist_hours > 0)
     above_since: float | None = None
+    # the current (or last) episode's alert ids carry the day it was raised on: every
+    # episode raised since they do; one raised before keeps its scheme to its end
+    dated_ids: bool = False
 
 
 class OrganizationState(msgspec.Struct):
