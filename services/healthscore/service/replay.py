@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,6 +195,23 @@ def _refuse_another_model(settings: Settings, served: Mapping[str, Mapping[str, 
         )
 
 
+def live_members(group_name: str, groups: Sequence[Sequence[Any]]) -> int:
+    """The members of the live group in a DescribeGroups answer (each group: error code,
+    group id, state, protocol type, protocol, members, ...). aiokafka hands back a
+    group's error code instead of raising it: an unauthorized describe or a coordinator
+    still loading lists no members, which must not read as "the live service is
+    stopped", so any error refuses."""
+    failed = [group[0] for group in groups if group[0] != 0]
+    if failed or not groups:
+        raise StartupRefused(
+            f"--publish-alerts: cannot tell whether the live service (consumer group "
+            f"{group_name!r}) runs: the broker answered "
+            f"{f'error code {failed[0]}' if failed else 'no group'} (the replay's login "
+            "needs Describe on that group)"
+        )
+    return sum(len(group[5]) for group in groups)
+
+
 async def _refuse_beside_a_live_service(settings: Settings) -> None:
     """A replay that publishes is a second sender of alerts (and of the health feed)
     beside the live service's: an organization's replayed alerts would interleave with
@@ -212,7 +229,9 @@ async def _refuse_beside_a_live_service(settings: Settings) -> None:
         ) from exc
     finally:
         await admin.close()
-    members = sum(len(group[5]) for response in described for group in response.groups)
+    members = live_members(
+        settings.consumer_group, [group for response in described for group in response.groups]
+    )
     if members:
         raise StartupRefused(
             f"--publish-alerts while the live service runs ({members} member(s) in consumer "
