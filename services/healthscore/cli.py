@@ -820,12 +820,21 @@ def cmd_export_organization(args: argparse.Namespace) -> int:
         except SubjectAccessRefused as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except asyncpg.PostgresError as exc:
+            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 2
         finally:
             await conn.close()
         text = orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
         if args.out:
-            # personal data: readable by its owner only
-            fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            # personal data: readable by its owner only, whatever the file was before,
+            # and never through a link someone left at that name
+            try:
+                fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            except OSError as exc:
+                print(f"error: {args.out}: {exc.strerror}", file=sys.stderr)
+                return 2
+            os.fchmod(fd, 0o600)
             with os.fdopen(fd, "wb") as out:
                 out.write(text)
         else:

@@ -100,6 +100,12 @@ async def test_an_organizations_data_exported_whole_and_nobody_elses(
                     Rejection(
                         RawRecord(topics.support, 0, 902, other.encode(), b"{"), "invalid_json", "-"
                     ),
+                    # the other organization's record, merely mentioning this one: its own
+                    Rejection(
+                        RawRecord(topics.support, 0, 903, other.encode(), value),
+                        "key_mismatch",
+                        "-",
+                    ),
                 ]
             ),
         )
@@ -107,6 +113,8 @@ async def test_an_organizations_data_exported_whole_and_nobody_elses(
         await conn.close()
 
     out = tmp_path / "export.json"
+    out.write_text("an earlier file, readable by all")
+    out.chmod(0o644)
     done = await _export(migrated_database, org, "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert f"organization {org}:" in done.stderr and "support_interactions 3" in done.stderr
@@ -135,8 +143,16 @@ async def test_an_organizations_data_exported_whole_and_nobody_elses(
     # its dead letters: the one keyed by it and the one naming it in its value
     dead = document["dead_letters"]["dead_letter_outbox"]
     assert [row["source_offset"] for row in dead] == [900, 901], dead
+    # the other organization's record naming it: counted, not handed over
+    assert document["dead_letters_of_other_organizations_naming_it"] == 1
     # nothing of the other organization anywhere in the answer
     assert other not in out.read_text()
+    # a link left at the name is not followed
+    link = tmp_path / "link.json"
+    link.symlink_to(tmp_path / "elsewhere.json")
+    refused = await _export(migrated_database, org, "--out", str(link))
+    assert refused.returncode == 2 and "link.json" in refused.stderr, refused.stderr
+    assert not (tmp_path / "elsewhere.json").exists()
     assert document["kept_elsewhere"]
 
     # erased: only the erasure's own records are left to show

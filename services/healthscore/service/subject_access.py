@@ -27,7 +27,8 @@ from healthscore.store import subject_access as q
 KEPT_ELSEWHERE = (
     "the input topics (product.usage.v1, support.interactions.v1, "
     "organization.profile.v1): every record the producers sent, for the topics' retention",
-    "the dead-letter topics (<topic>.dlq): records refused, as sent, for 30 days",
+    "the dead-letter topics (<topic>.dlq): records refused, as sent, for their retention "
+    "(30 days as shipped)",
     "the alert topic (customer.churn-risk.v1) and the notification service's copies",
     "the health feed (customer.health.v1): the newest score, until an erasure's tombstone",
     "PostgreSQL backups and WAL archives, for their retention",
@@ -67,14 +68,51 @@ async def _rows(conn: asyncpg.Connection, query: str, *args: Any) -> list[dict[s
     ]
 
 
+def _key_organization(key: Any) -> UUID | None:
+    """The organization a dead letter's key names, read as the consumer reads it (braces,
+    a urn:uuid: prefix, case and surrounding white space aside); None: it names none."""
+    if not isinstance(key, dict) or "utf8" not in key:
+        return None
+    text = key["utf8"].strip()
+    try:
+        return UUID(text)  # UUID() takes braces and urn:uuid: itself
+    except ValueError:
+        return None
+
+
+def _its_dead_letters(
+    rows: list[dict[str, Any]], organization: UUID
+) -> tuple[list[dict[str, Any]], int]:
+    """The dead letters that are the organization's: keyed by it, or naming it in their
+    value without a key that names another. One keyed to another organization (its
+    value merely mentions this one) is that organization's record, personal data
+    included: counted, not handed over. (The erasure's rule deletes both: deleting too
+    much is safe there, disclosing is not here.)"""
+    kept: list[dict[str, Any]] = []
+    others = 0
+    for row in rows:
+        owner = _key_organization(row.get("record_key"))
+        if owner is None or owner == organization:
+            kept.append(row)
+        else:
+            others += 1
+    return kept, others
+
+
 async def export_organization(conn: asyncpg.Connection, organization: UUID) -> dict[str, Any]:
-    """Every row held of `organization`, by table; its state decoded; its dead letters."""
+    """Every row held of `organization`, by table; its state decoded; its dead letters;
+    read in one snapshot (a batch committing meanwhile shows whole or not at all)."""
     if not await conn.fetchval(q.READS_EVERY_ROW):
         raise SubjectAccessRefused(
             "the export reads past row-level security: run it as the administrator's login "
             "(MIGRATION_DATABASE_URL, a superuser or BYPASSRLS role); any other would "
             "leave rows out without a word"
         )
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        return await _export(conn, organization)
+
+
+async def _export(conn: asyncpg.Connection, organization: UUID) -> dict[str, Any]:
     tables = {
         name: await _rows(conn, query, organization)
         for name, query in q.ORGANIZATION_TABLES.items()
@@ -86,16 +124,14 @@ async def export_organization(conn: asyncpg.Connection, organization: UUID) -> d
             packed = base64.b64decode(raw["base64"]) if "base64" in raw else raw["utf8"].encode()
             state = msgspec.to_builtins(unpack_state(packed))
     canonical = str(organization)
-    dead_letters = {
-        name: await _rows(
-            conn,
-            query,
-            organization.hex,
-            canonical.encode(),
-            canonical.upper().encode(),
+    dead_letters: dict[str, list[dict[str, Any]]] = {}
+    of_others = 0
+    for name, query in q.DEAD_LETTERS.items():
+        rows = await _rows(
+            conn, query, organization.hex, canonical.encode(), canonical.upper().encode()
         )
-        for name, query in q.DEAD_LETTERS.items()
-    }
+        dead_letters[name], others = _its_dead_letters(rows, organization)
+        of_others += others
     return {
         "organization_id": canonical,
         "exported_at": datetime.now(UTC).isoformat(),
@@ -103,5 +139,7 @@ async def export_organization(conn: asyncpg.Connection, organization: UUID) -> d
         "tables": tables,
         "state": state,
         "dead_letters": dead_letters,
+        # rejected records keyed to other organizations whose value names this one
+        "dead_letters_of_other_organizations_naming_it": of_others,
         "kept_elsewhere": list(KEPT_ELSEWHERE),
     }
