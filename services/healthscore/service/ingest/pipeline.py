@@ -487,7 +487,9 @@ class BatchPipeline:
             claimable = [d for d in decoded if isinstance(d, Decoded)]
             digests = [payload_digest(d) for d in claimable]
             to_read = self._owned.absent(sorted({d.organization for d in claimable}))
-            rejected_keys = _rejected_organizations(decoded)
+            # each rejected record's organizations, read once (its value searched)
+            named = _rejected_organizations(decoded)
+            rejected_keys = set().union(*named.values()) if named else set()
             if rejected_keys:  # rare: their tombstones are read with the states
                 to_read = sorted(rejected_keys.union(to_read))
             stored, claimed, read, erased = await self._lock_offsets_and_claim(
@@ -509,7 +511,7 @@ class BatchPipeline:
             for tp, offset in first_fresh.items():
                 _check_no_gap(tp, offset, stored[tp], positioned)
             if erased:
-                fresh = self._skip_erased(fresh, erased, outcome)
+                fresh = self._skip_erased(fresh, erased, named, outcome)
             events = [d for d in fresh if isinstance(d, Decoded)]
             dead = [d for d in fresh if isinstance(d, Rejection)]
             digest_of = {id(d): digest for d, digest in zip(claimable, digests, strict=True)}
@@ -544,7 +546,7 @@ class BatchPipeline:
                 late = [d for d in new_events if d.organization in erased_since]
                 await conn.execute(sql.UNCLAIM_EVENT_IDS, [d.event.event_id for d in late])
                 new_events = [d for d in new_events if d.organization not in erased_since]
-                _skipped_erased(late, erased_since, outcome)
+                _skipped_erased(late, erased_since, named, outcome)
             for event, owner in effects.misrouted:
                 dead.append(_misrouted_rejection(events, event, owner))
             if effects.misrouted:
@@ -626,7 +628,11 @@ class BatchPipeline:
         return outcome
 
     def _skip_erased(
-        self, fresh: list[Decoded | Rejection], erased: set[str], outcome: BatchOutcome
+        self,
+        fresh: list[Decoded | Rejection],
+        erased: set[str],
+        named: Mapping[int, list[str]],
+        outcome: BatchOutcome,
     ) -> list[Decoded | Rejection]:
         """`fresh` less the records of erased organizations (counted in `outcome`); a
         state still held of one is dropped."""
@@ -636,9 +642,9 @@ class BatchPipeline:
             if isinstance(item, Decoded):
                 gone = item.organization in erased
             else:
-                gone = not erased.isdisjoint(_rejection_organizations(item))
+                gone = not erased.isdisjoint(named.get(id(item), ()))
             (skipped if gone else kept).append(item)
-        _skipped_erased(skipped, erased, outcome)
+        _skipped_erased(skipped, erased, named, outcome)
         self._owned.take(sorted(erased))
         return kept
 
@@ -811,28 +817,32 @@ def _rejection_organizations(rejection: Rejection) -> list[str]:
     return [org, *found] if org is not None else list(found)
 
 
-def _rejected_organizations(decoded: Sequence[Decoded | Rejection]) -> set[str]:
-    """The organizations the rejected records may be about (rare: parsed only for them)."""
-    found: set[str] = set()
-    for item in decoded:
-        if isinstance(item, Rejection) and item.record.skipped_to is None:
-            found.update(_rejection_organizations(item))
-    return found
+def _rejected_organizations(decoded: Sequence[Decoded | Rejection]) -> dict[int, list[str]]:
+    """The organizations each rejected record may be about, by the record's id() (rare:
+    parsed only for them, once per batch)."""
+    return {
+        id(item): _rejection_organizations(item)
+        for item in decoded
+        if isinstance(item, Rejection) and item.record.skipped_to is None
+    }
 
 
 def _skipped_erased(
-    items: Sequence[Decoded | Rejection], erased: set[str], outcome: BatchOutcome
+    items: Sequence[Decoded | Rejection],
+    erased: set[str],
+    named: Mapping[int, list[str]],
+    outcome: BatchOutcome,
 ) -> None:
     # in order of first appearance, each once (a dict: a bulk offboarding may put
     # thousands in one batch); a rejected record by the erased organization it names
-    named = dict.fromkeys(outcome.erased_organizations)
+    shown = dict.fromkeys(outcome.erased_organizations)
     for item in items:
         _count(outcome.erased_by_topic, item.record.topic)
         if isinstance(item, Decoded):
-            named.setdefault(item.organization)
+            shown.setdefault(item.organization)
         else:
-            named.update(dict.fromkeys(o for o in _rejection_organizations(item) if o in erased))
-    outcome.erased_organizations[:] = named
+            shown.update(dict.fromkeys(o for o in named.get(id(item), ()) if o in erased))
+    outcome.erased_organizations[:] = shown
 
 
 def _check_no_gap(
