@@ -72,12 +72,10 @@ class ErasedMidPage:
         return getattr(self._producer, name)
 
 
-async def test_an_alert_in_a_page_in_flight_goes_out_before_the_erasure_commits(
-    migrated_database: str, kafka_bootstrap: str
-) -> None:
-    topics = await make_topics(kafka_bootstrap, partitions=1)
+async def _pending_alert(database_url: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """An organization with an alert the relay has not published: (its id, the alert's)."""
     organization, alert_id = uuid.uuid4(), uuid.uuid4()
-    conn = await asyncpg.connect(migrated_database)
+    conn = await asyncpg.connect(database_url)
     try:
         await conn.execute("INSERT INTO organizations (id) VALUES ($1)", organization)
         await conn.execute(
@@ -89,6 +87,14 @@ async def test_an_alert_in_a_page_in_flight_goes_out_before_the_erasure_commits(
         )
     finally:
         await conn.close()
+    return organization, alert_id
+
+
+async def test_an_alert_in_a_page_in_flight_goes_out_before_the_erasure_commits(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    organization, alert_id = await _pending_alert(migrated_database)
     pool = await create_pool(migrated_database, "healthscore_writer")
     producer = await make_producer(kafka_bootstrap)
     wrapped = ErasedMidPage(producer, migrated_database, organization)
@@ -145,16 +151,9 @@ async def test_an_erasure_behind_a_slow_page_holds_no_batch_up(
     timeout (10 s): the erasure waits for the relay before it takes the stored offsets,
     so batches go on meanwhile, and it does not give up."""
     topics = await make_topics(kafka_bootstrap, partitions=1)
-    organization, alert_id = uuid.uuid4(), uuid.uuid4()
+    organization, _alert_id = await _pending_alert(migrated_database)
     conn = await asyncpg.connect(migrated_database)
     try:
-        await conn.execute("INSERT INTO organizations (id) VALUES ($1)", organization)
-        await conn.execute(
-            "INSERT INTO alert_outbox (alert_id, organization_id, kind, episode, payload)"
-            " VALUES ($1, $2, 'risk_raised', 1, '{}')",
-            alert_id,
-            organization,
-        )
         await conn.execute(
             "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset)"
             " VALUES ('g', $1, 0, 0)",
