@@ -16,6 +16,7 @@ from healthscore.service.ingest.decode import (
 )
 from healthscore.service.ingest.dlq import dlq_headers
 from healthscore.service.ops.asyncapi import ORGANIZATION_KEY
+from healthscore.service.outbox import CONTENT_TYPE, CORRELATION_ID_HEADER
 
 
 def test_exported_contract_files_are_current() -> None:
@@ -137,3 +138,15 @@ def test_every_dead_letter_message_says_its_headers_and_every_reason() -> None:
     }
     properties = next(iter(dead.values()))["headers"]["properties"]
     assert written <= set(properties), written - set(properties)
+
+
+def test_the_alert_message_says_its_headers() -> None:
+    """The alert message declared a correlation id but not the headers that carry it: a
+    notification consumer generated from the document did not know `content-type` or
+    `correlation_id` (review 34b L1). They are the relay's own constants."""
+    document = json.loads(render_all()["asyncapi.json"])
+    messages = document["components"]["messages"]
+    (alert,) = [m for name, m in messages.items() if "churn-risk" in name]
+    headers = alert["headers"]
+    assert set(headers["required"]) == {CONTENT_TYPE[0], CORRELATION_ID_HEADER}
+    assert headers["properties"][CONTENT_TYPE[0]]["const"] == CONTENT_TYPE[1].decode()

@@ -21,6 +21,7 @@ from healthscore.service.broker import build_broker, input_payloads
 from healthscore.service.ingest.decode import MAX_DETAIL_CHARS, PIPELINE_REASONS, REASONS
 from healthscore.service.ingest.dlq import OWN_HEADERS
 from healthscore.service.ops.asyncapi_page import render_html
+from healthscore.service.outbox import CONTENT_TYPE, CORRELATION_ID_HEADER
 
 DESCRIPTION = (
     "Consumes product usage and support-interaction events and organization profiles "
@@ -132,6 +133,23 @@ def _with_dead_letter_headers(document: dict[str, Any]) -> None:
             message["headers"] = headers
 
 
+def _alert_headers() -> dict[str, Any]:
+    """The headers the outbox relay puts on every alert (`service.outbox`)."""
+    name, value = CONTENT_TYPE
+    return {
+        "type": "object",
+        "properties": {
+            name: {"type": "string", "const": value.decode()},
+            CORRELATION_ID_HEADER: {
+                "type": "string",
+                "format": "uuid",
+                "description": "The alert's alert_id, the same on every re-send.",
+            },
+        },
+        "required": [name, CORRELATION_ID_HEADER],
+    }
+
+
 def _as_sent(document: dict[str, Any], inputs: Mapping[str, str], alert_topic: str) -> None:
     """Each input topic's message is one record of its own contract model (not an array
     of any of the three, as the batch subscriber's annotation reads), and only the
@@ -149,6 +167,8 @@ def _as_sent(document: dict[str, Any], inputs: Mapping[str, str], alert_topic: s
                 message["payload"] = {"$ref": f"#/components/schemas/{model}"}
             if channel.get("address") != alert_topic:
                 message.pop("correlationId", None)
+            else:
+                message["headers"] = _alert_headers()
     schemas = components.get("schemas", {})
     referenced = json.dumps(document.get("channels", {})) + json.dumps(messages)
     for name in [n for n in schemas if n.endswith(":Message:Payload")]:
