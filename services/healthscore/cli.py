@@ -145,7 +145,7 @@ async def wait_for_signal(on_signal: Callable[[], None]) -> None:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from healthscore.store.db import database_tls
-    from healthscore.store.migrate import apply_migrations
+    from healthscore.store.migrate import apply_migrations, plan_migrations, summary
 
     settings = settings_from_args(args)
     url = administrator_url(settings, args)
@@ -157,7 +157,24 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         )
         return 2
 
+    async def plan() -> int:
+        try:
+            pending = await plan_migrations(url.get_secret_value(), tls=database_tls(settings))
+        except MigrationError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if not pending:
+            print("nothing to apply (up to date)")
+            return 0
+        print(f"would apply {len(pending)} migration(s), in this order:")
+        for migration in pending:
+            print(f"  {migration.file_name}: {summary(migration)}")
+        print("what each costs on a big database: docs/operations.md, Upgrading")
+        return 0
+
     async def main() -> int:
+        if args.plan:
+            return await plan()
         # a line as each migration begins and ends, and for each wait: a long one on a
         # big table, or one waiting for a lock, is seen in the job's log as it happens
         try:
@@ -1005,6 +1022,12 @@ def register_service_commands(add: AddCommand) -> None:
         "--database-url",
         help="the database to migrate (overrides MIGRATION_DATABASE_URL and DATABASE_URL; "
         "needs rights to create roles)",
+    )
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="only say what it would apply (each file and what it is for), or why it "
+        "would refuse; takes no lock and changes nothing",
     )
 
     p = add(

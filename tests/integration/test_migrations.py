@@ -13,7 +13,13 @@ import asyncpg
 import pytest
 
 from healthscore.errors import MigrationError
-from healthscore.store.migrate import apply_migrations, load_migrations, migrations_path
+from healthscore.store.migrate import (
+    apply_migrations,
+    load_migrations,
+    migrations_path,
+    plan_migrations,
+    summary,
+)
 from healthscore.store.schema_catalog import (
     DASHBOARD_ROLE,
     IDENTITY_TABLES,
@@ -467,6 +473,57 @@ async def test_migrate_command_migrates_the_database_its_database_url_option_nam
     assert await fetch_val(empty_database, f"SELECT count(*) FROM {MIGRATIONS_TABLE}") == len(
         load_migrations(migrations_path())
     )
+
+
+async def _migrate_plan(database_url: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "MIGRATION_DATABASE_URL"}
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "healthscore.cli", "migrate", "--plan"],
+        env={**env, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_migrate_plan_says_what_a_deploy_would_apply_and_changes_nothing(
+    empty_database: str,
+) -> None:
+    """Before a deploy, the operator reads which migrations it will run, each with what
+    it is for, or the refusal it would meet; nothing is applied or locked."""
+    shipped = load_migrations(migrations_path())
+    assert [m.version for m in await plan_migrations(empty_database)] == [
+        m.version for m in shipped
+    ]
+    await apply_migrations(empty_database)
+    assert await plan_migrations(empty_database) == []
+    newest = shipped[-1]
+    conn = await asyncpg.connect(empty_database)
+    try:
+        # the database as the previous release left it, as far as the history says
+        await conn.execute("DELETE FROM schema_migrations WHERE version = $1", newest.version)
+        planned = await _migrate_plan(empty_database)
+        assert planned.returncode == 0, planned.stderr
+        assert planned.stdout.splitlines()[:2] == [
+            "would apply 1 migration(s), in this order:",
+            f"  {newest.file_name}: {summary(newest)}",
+        ]
+        assert summary(newest)  # every migration says what it is for in its first line
+        # nothing applied by the plan
+        assert not await conn.fetchval(
+            "SELECT count(*) FROM schema_migrations WHERE version = $1", newest.version
+        )
+        # a database a newer release migrated: the refusal the deploy would meet, exit 2
+        await conn.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) VALUES ('9999', 'later', 'x')"
+        )
+        refused = await _migrate_plan(empty_database)
+        assert refused.returncode == 2 and "migrated by a newer release" in refused.stderr
+    finally:
+        await conn.close()
+    assert all(summary(m) for m in shipped), [m.file_name for m in shipped if not summary(m)]
 
 
 async def test_subjects_stored_before_are_brought_into_nfc(

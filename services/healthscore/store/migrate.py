@@ -23,9 +23,10 @@ import contextlib
 import hashlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -230,6 +231,24 @@ async def _apply_locked(
             ) from exc
     rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
     applied = {row["version"]: row for row in rows}
+    _refuse_a_history_it_does_not_fit(applied, migrations)
+    newly_applied: list[str] = []
+    for migration in migrations:
+        if migration.version in applied:
+            continue
+        report(f"applying {migration.file_name}")
+        started = time.monotonic()
+        await _apply_one(conn, migration, report, lock_timeout)
+        report(f"applied {migration.file_name} in {time.monotonic() - started:.1f} s")
+        newly_applied.append(migration.version)
+    return newly_applied
+
+
+def _refuse_a_history_it_does_not_fit(
+    applied: Mapping[str, Any], migrations: list[Migration]
+) -> None:
+    """The database's history against the files: a newer release's migrations, an
+    applied file missing or changed, each refused with what to do."""
     by_version = {m.version: m for m in migrations}
     newest = migrations[-1] if migrations else None
     beyond = [v for v in sorted(applied) if newest is None or v > newest.version]
@@ -255,16 +274,40 @@ async def _apply_locked(
                 f"(checksum {row['checksum'][:12]} applied, {migration.checksum[:12]} on disk); "
                 "add a new migration instead of editing an applied one"
             )
-    newly_applied: list[str] = []
-    for migration in migrations:
-        if migration.version in applied:
-            continue
-        report(f"applying {migration.file_name}")
-        started = time.monotonic()
-        await _apply_one(conn, migration, report, lock_timeout)
-        report(f"applied {migration.file_name} in {time.monotonic() - started:.1f} s")
-        newly_applied.append(migration.version)
-    return newly_applied
+
+
+async def plan_migrations(
+    database_url: str, tls: DatabaseTLS = None, migrations_dir: Path | None = None
+) -> list[Migration]:
+    """The migrations `apply_migrations` would apply now, in order, or its refusal
+    (MigrationError), without taking a lock or changing anything: what a deploy is about
+    to run, for the operator to read before it does (`healthscore migrate --plan`)."""
+    migrations = load_migrations(migrations_dir or migrations_path())
+    try:
+        conn = await connect(database_url, tls)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise MigrationError(f"cannot connect to {redact(database_url)}: {exc}") from exc
+    try:
+        if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NULL"):
+            rows = []
+        else:
+            rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
+    finally:
+        await conn.close()
+    applied = {row["version"]: row for row in rows}
+    _refuse_a_history_it_does_not_fit(applied, migrations)
+    return [m for m in migrations if m.version not in applied]
+
+
+def summary(migration: Migration) -> str:
+    """The first line of the file's leading comment: what the migration is for."""
+    for line in migration.sql.splitlines():
+        text = line.strip()
+        if text.startswith("--"):
+            return text.lstrip("-").strip()
+        if text:
+            break
+    return ""
 
 
 async def _apply_one(
