@@ -847,12 +847,17 @@ def cmd_export_organization(args: argparse.Namespace) -> int:
             # personal data: readable by its owner only, whatever the file was before,
             # and never through a link someone left at that name
             try:
-                fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+                fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             except OSError as exc:
                 print(f"error: {args.out}: {exc.strerror}", file=sys.stderr)
                 return 2
-            os.fchmod(fd, 0o600)
             with os.fdopen(fd, "wb") as out:
+                try:
+                    os.fchmod(fd, 0o600)  # before anything is written: another's file
+                except OSError as exc:  # is refused whole, not emptied
+                    print(f"error: {args.out}: {exc.strerror}", file=sys.stderr)
+                    return 2
+                out.truncate(0)
                 out.write(text)
         else:
             sys.stdout.buffer.write(text)

@@ -768,3 +768,7 @@ def test_the_erasure_waits_for_the_relays_keys() -> None:
     (migration,) = Path(migrations_path()).glob("0116_*.sql")
     keys = [int(k) for k in re.findall(r"pg_advisory_xact_lock\((\d+)\)", migration.read_text())]
     assert keys == [locks.RELAY, locks.DEAD_LETTER_RELAY]
+    # 0117 replaced it: the dead-letter relay's first, so alerts never wait behind it
+    (migration,) = Path(migrations_path()).glob("0117_*.sql")
+    keys = [int(k) for k in re.findall(r"pg_advisory_xact_lock\((\d+)\)", migration.read_text())]
+    assert keys == [locks.DEAD_LETTER_RELAY, locks.RELAY]

@@ -106,6 +106,18 @@ async def test_an_organizations_data_exported_whole_and_nobody_elses(
                         "key_mismatch",
                         "-",
                     ),
+                    # without a key, the other organization's, mentioning this one
+                    Rejection(
+                        RawRecord(
+                            topics.support,
+                            0,
+                            904,
+                            None,
+                            orjson.dumps({**_support(other, datetime.now(UTC)), "note": org}),
+                        ),
+                        "missing_key",
+                        "-",
+                    ),
                 ]
             ),
         )
@@ -144,7 +156,7 @@ async def test_an_organizations_data_exported_whole_and_nobody_elses(
     dead = document["dead_letters"]["dead_letter_outbox"]
     assert [row["source_offset"] for row in dead] == [900, 901], dead
     # the other organization's record naming it: counted, not handed over
-    assert document["dead_letters_of_other_organizations_naming_it"] == 1
+    assert document["dead_letters_of_other_organizations_naming_it"] == 2
     # nothing of the other organization anywhere in the answer
     assert other not in out.read_text()
     # a link left at the name is not followed

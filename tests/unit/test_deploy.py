@@ -1028,3 +1028,22 @@ def test_the_service_and_its_jobs_pin_one_image() -> None:
     tags = {tag for _, tag in pins(DEPLOY / "k8s/overlays/example/kustomization.yaml").values()}
     assert tags == {tag for _, tag in base.values()}, tags
     assert "k8s/jobs/kustomization.yaml" in example
+
+
+def test_a_rollout_waits_longer_than_a_failing_release_takes_to_turn_unready() -> None:
+    # minReadySeconds must outlast what `batches` needs to fail (its window, a check
+    # round) plus what the probe needs to report it (failureThreshold periods): shorter,
+    # and a release failing every batch counts as available and replaces the next replica
+    from healthscore.config import Settings
+    from healthscore.service.ops.checks import BATCHES_FAILING_UNREADY_SECONDS
+
+    deployment = yaml.safe_load((DEPLOY / "k8s/base/deployment.yaml").read_text())
+    spec = deployment["spec"]
+    (container,) = [c for c in spec["template"]["spec"]["containers"] if "readinessProbe" in c]
+    probe = container["readinessProbe"]
+    shows = (
+        BATCHES_FAILING_UNREADY_SECONDS
+        + Settings().readiness_interval_seconds
+        + probe["periodSeconds"] * probe["failureThreshold"]
+    )
+    assert spec["minReadySeconds"] > shows, (spec["minReadySeconds"], shows)

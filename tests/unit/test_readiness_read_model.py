@@ -3,6 +3,7 @@ readiness check that allows for it."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -95,3 +96,31 @@ def test_a_wait_that_grows_holds_the_new_changes_longer_only() -> None:
         assert holds.hold(float(now), 60.0) == now - 40.0
     assert holds.hold(100.0, 60.0) == 60.0
     assert holds.hold(130.0, 60.0) == 60.0
+
+
+@dataclass
+class HandlerAt:
+    failing_since: float | None
+    failing_batches: int
+    last_failure: str
+    last_failed_at: float
+
+
+async def batches_check(handler: HandlerAt) -> str | None:
+    none = cast(Any, None)
+    checks = readiness_checks(none, none, none, none, 120.0, none, cast(Any, handler))
+    return await checks["batches"]()
+
+
+async def test_batches_failing_for_a_while_make_a_replica_unready_until_stale() -> None:
+    now = time.monotonic()
+    # failing for a minute, the last failure just now: not ready
+    failing = HandlerAt(now - 60, 12, "UndefinedColumnError: x", now)
+    problem = await batches_check(failing)
+    assert problem is not None and "12 batches in a row" in problem and "x" in problem
+    # too few, or too short, or none failing: ready
+    assert await batches_check(HandlerAt(now - 60, 2, "e", now)) is None
+    assert await batches_check(HandlerAt(now - 5, 5, "e", now)) is None
+    assert await batches_check(HandlerAt(None, 0, "", 0.0)) is None
+    # the last failure long ago and none since (its partitions went elsewhere): ready
+    assert await batches_check(HandlerAt(now - 600, 12, "e", now - 300)) is None

@@ -82,6 +82,7 @@ class BatchHandler:
         self.failing_since: float | None = None
         self.failing_batches = 0
         self.last_failure = ""
+        self.last_failed_at = 0.0
 
     async def __call__(self, records: Sequence[Any]) -> None:
         started = time.monotonic()
@@ -195,6 +196,7 @@ class BatchHandler:
                 self.failing_since = time.monotonic()
             self.failing_batches += 1
             self.last_failure = f"{type(exc).__name__}: {str(exc)[:200]}"
+            self.last_failed_at = time.monotonic()
             if self._on_failure is not None:
                 self._on_failure(exc)
         first: dict[PartitionKey, int] = {}

@@ -9,6 +9,7 @@ where they are text (a dead letter's record as it came), as base64 otherwise.
 from __future__ import annotations
 
 import base64
+import re
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -80,19 +81,38 @@ def _key_organization(key: Any) -> UUID | None:
         return None
 
 
+_ORGANIZATION_FIELD = re.compile(r'"organization_id"\s*:\s*"([^"]{32,45})"')
+
+
+def _value_organization(value: Any) -> UUID | None:
+    """The organization a dead letter's value says it is about (its `organization_id`,
+    read from text that may not be valid JSON); None: it says none."""
+    if not isinstance(value, dict) or "utf8" not in value:
+        return None
+    found = _ORGANIZATION_FIELD.search(value["utf8"])
+    try:
+        return UUID(found.group(1)) if found else None
+    except ValueError:
+        return None
+
+
 def _its_dead_letters(
     rows: list[dict[str, Any]], organization: UUID
 ) -> tuple[list[dict[str, Any]], int]:
-    """The dead letters that are the organization's: keyed by it, or naming it in their
-    value without a key that names another. One keyed to another organization (its
-    value merely mentions this one) is that organization's record, personal data
-    included: counted, not handed over. (The erasure's rule deletes both: deleting too
-    much is safe there, disclosing is not here.)"""
+    """The dead letters that are the organization's: neither its key nor its value's
+    `organization_id` names another organization. One that does (keyed to another, its
+    value merely mentioning this one; or keyed to this one, its value another's) holds
+    that organization's data, personal data included: counted, not handed over. (The
+    erasure's rule deletes all of them: deleting too much is safe there, disclosing is
+    not here.)"""
     kept: list[dict[str, Any]] = []
     others = 0
     for row in rows:
-        owner = _key_organization(row.get("record_key"))
-        if owner is None or owner == organization:
+        named = {
+            _key_organization(row.get("record_key")),
+            _value_organization(row.get("record_value")),
+        } - {None}
+        if named <= {organization}:
             kept.append(row)
         else:
             others += 1

@@ -19,9 +19,16 @@ from __future__ import annotations
 ERASE_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', '10s', true)"
 
 # first, holding nothing a batch waits for: the relays' pages in flight (a page holds
-# its leader lock while the broker acknowledges it: 60 s at most, plus its margin, per
-# dead-letter topic), then no page until the erasure commits (migration 0116)
-RELAYS_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', '300s', true)"
+# its leader lock while the broker acknowledges it: 75 s at most per topic, the
+# dead-letter relay's up to three input topics and a one-at-a-time pass), then no page
+# until the erasure commits (migrations 0116, 0117). No statement timeout cancels that
+# wait, and an erasure whose client stalls mid-transaction lets the relays go within a
+# minute
+RELAYS_LOCK_TIMEOUT = (
+    "SELECT set_config('lock_timeout', '600s', true),"
+    " set_config('statement_timeout', '0', true),"
+    " set_config('idle_in_transaction_session_timeout', '60s', true)"
+)
 WAIT_FOR_THE_RELAYS = "SELECT erasure_waits_for_the_relays()"
 
 LOCK_CONSUMERS = """

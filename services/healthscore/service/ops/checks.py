@@ -24,6 +24,10 @@ from healthscore.service.projector import Projector
 # the Deployment's minReadySeconds is longer than a failing start-up takes to show it)
 BATCHES_FAILING_UNREADY_SECONDS = 10.0
 BATCHES_FAILING_UNREADY_COUNT = 3
+# a failure older than this, with none since, is not the batches failing now: a batch
+# that failed is fetched again within seconds (the retry's pause is 5 s at most), so
+# this says its partitions went to another replica or stopped delivering
+BATCHES_FAILURE_FRESH_SECONDS = 30.0
 
 
 def readiness_checks(
@@ -79,7 +83,10 @@ def readiness_checks(
         since = handler.failing_since
         if since is None or handler.failing_batches < BATCHES_FAILING_UNREADY_COUNT:
             return None
-        failing = time.monotonic() - since
+        now = time.monotonic()
+        if now - handler.last_failed_at > BATCHES_FAILURE_FRESH_SECONDS:
+            return None
+        failing = now - since
         if failing < BATCHES_FAILING_UNREADY_SECONDS:
             return None
         return (
