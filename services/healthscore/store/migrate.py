@@ -159,10 +159,7 @@ async def apply_migrations(
     `lock_timeout` defaults to LOCK_TIMEOUT_SECONDS.
     """
     migrations = load_migrations(migrations_dir or migrations_path())
-    try:
-        conn = await connect(database_url, tls)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise MigrationError(f"cannot connect to {redact(database_url)}: {exc}") from exc
+    conn = await _connect(database_url, tls)
     try:
         await _check_the_client_is_there(conn)
         try:
@@ -276,6 +273,13 @@ def _refuse_a_history_it_does_not_fit(
             )
 
 
+async def _connect(database_url: str, tls: DatabaseTLS) -> asyncpg.Connection:
+    try:
+        return await connect(database_url, tls)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise MigrationError(f"cannot connect to {redact(database_url)}: {exc}") from exc
+
+
 async def plan_migrations(
     database_url: str, tls: DatabaseTLS = None, migrations_dir: Path | None = None
 ) -> list[Migration]:
@@ -283,10 +287,7 @@ async def plan_migrations(
     (MigrationError), without taking a lock or changing anything: what a deploy is about
     to run, for the operator to read before it does (`healthscore migrate --plan`)."""
     migrations = load_migrations(migrations_dir or migrations_path())
-    try:
-        conn = await connect(database_url, tls)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise MigrationError(f"cannot connect to {redact(database_url)}: {exc}") from exc
+    conn = await _connect(database_url, tls)
     try:
         if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NULL"):
             rows = []
