@@ -1230,7 +1230,7 @@ def register_service_commands(add: AddCommand) -> None:
         cmd_export_organization,
         "A subject-access request (GDPR art. 15): every row held of one organization in "
         "PostgreSQL (state decoded, interactions, history, milestones, alerts, profiles, "
-        "event ids, dead letters naming it) as JSON, and where else its data lives. Runs "
+        "event ids, its dead letters) as JSON, and where else its data lives. Runs "
         "as the administrator's login (MIGRATION_DATABASE_URL): row-level security hides "
         "rows from any other, and it refuses one.",
     )
