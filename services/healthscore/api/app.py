@@ -40,7 +40,8 @@ from healthscore.api.invalidation import ReadModelListener
 from healthscore.api.metrics import ApiMetrics
 from healthscore.api.session import audience_of, create_api_pool
 from healthscore.api.state import ApiConfig, ApiState
-from healthscore.store.migrate import load_migrations, migrations_path
+from healthscore.store import read_api
+from healthscore.store.migrate import named_run, not_applied
 
 log = structlog.get_logger(__name__)
 
@@ -302,28 +303,23 @@ def create_app(config: ApiConfig) -> FastAPI:
     return app
 
 
-# the migrations this release ships, and the statement that reads the applied ones as
-# the request-scoped role may (migration 0115)
-SHIPPED_MIGRATIONS: Final = load_migrations(migrations_path())
-APPLIED_MIGRATIONS: Final = "SELECT app_applied_migrations()"
-
-
 async def _missing_migrations(conn: Any) -> str | None:
     """What the database lacks of the migrations this release needs (None: nothing): a
     pod of a new release on a database its migrate job has not brought up to date
     (not run yet, or run with the old image) stays unready, so the rollout waits and
     the old pods keep serving."""
     try:
-        applied = {row[0] for row in await conn.fetch(APPLIED_MIGRATIONS)}
+        applied = {row[0] for row in await conn.fetch(read_api.APPLIED_MIGRATIONS)}
     except asyncpg.UndefinedFunctionError:
         # the function that tells this role which are applied is itself a migration
         return "the database lacks this release's migrations (0115 at least): run the migrate job"
-    missing = [m.file_name for m in SHIPPED_MIGRATIONS if m.version not in applied]
+    missing = not_applied(applied)
     if not missing:
         return None
-    named = missing[0] if len(missing) == 1 else f"{missing[0]} ... {missing[-1]}"
     log.warning("api_schema_missing", missing=len(missing), first=missing[0], last=missing[-1])
-    return f"the database lacks {len(missing)} migration(s) this release needs ({named})"
+    return (
+        f"the database lacks {len(missing)} migration(s) this release needs ({named_run(missing)})"
+    )
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:

@@ -84,6 +84,7 @@ from healthscore.store.migrate import (
     load_migrations,
     migrations_path,
     missing_migrations,
+    named_run,
     newer_migrations,
 )
 
@@ -664,11 +665,11 @@ async def _refuse_an_unmigrated_database(pool: asyncpg.Pool[Any]) -> None:
             newest_shipped=load_migrations(migrations_path())[-1].file_name,
         )
     if missing:
-        named = missing[0] if len(missing) == 1 else f"{missing[0]} ... {missing[-1]}"
         raise StartupRefused(
             f"the database DATABASE_URL names lacks {len(missing)} migration(s) this release "
-            f"needs ({named}): apply them to it (healthscore migrate, or serve without "
-            "--no-migrate; MIGRATION_DATABASE_URL, when set, must name the same database)"
+            f"needs ({named_run(missing)}): apply them to it (healthscore migrate, or serve "
+            "without --no-migrate; MIGRATION_DATABASE_URL, when set, must name the same "
+            "database)"
         )
 
 

@@ -23,7 +23,7 @@ import contextlib
 import hashlib
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,6 +187,11 @@ async def apply_migrations(
         await conn.close()
 
 
+# the applied migrations, and whether there is a history at all (an empty database)
+HISTORY = "SELECT version, name, checksum FROM schema_migrations"
+NO_HISTORY = "SELECT to_regclass('schema_migrations') IS NULL"
+
+
 # a runner whose node is lost sends no FIN: its session is found dead by TCP keepalives
 # (this often, after this long idle, this many unanswered) instead of the kernel's
 # default two hours, and one frozen between statements by the idle limit; either way
@@ -218,7 +223,7 @@ async def _apply_locked(
 ) -> list[str]:
     # only when missing: CREATE TABLE IF NOT EXISTS asks for CREATE on the schema even
     # when the table is there, which the service's login has not (it may read the table)
-    if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NULL"):
+    if await conn.fetchval(NO_HISTORY):
         try:
             await conn.execute(_CREATE_HISTORY)
         except asyncpg.InsufficientPrivilegeError as exc:
@@ -226,7 +231,7 @@ async def _apply_locked(
                 f"this login may not create schema_migrations ({type(exc).__name__}: {exc}): "
                 f"{_ADMINISTRATOR}"
             ) from exc
-    rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
+    rows = await conn.fetch(HISTORY)
     applied = {row["version"]: row for row in rows}
     _refuse_a_history_it_does_not_fit(applied, migrations)
     newly_applied: list[str] = []
@@ -289,10 +294,7 @@ async def plan_migrations(
     migrations = load_migrations(migrations_dir or migrations_path())
     conn = await _connect(database_url, tls)
     try:
-        if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NULL"):
-            rows = []
-        else:
-            rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
+        rows = [] if await conn.fetchval(NO_HISTORY) else await conn.fetch(HISTORY)
     finally:
         await conn.close()
     applied = {row["version"]: row for row in rows}
@@ -379,12 +381,20 @@ async def missing_migrations(
     older release restarting during a rolling upgrade reads a newer schema).
     """
     try:
-        rows = await conn.fetch("SELECT version FROM schema_migrations")
+        rows = await conn.fetch(HISTORY)
     except asyncpg.UndefinedTableError:
         rows = []
-    applied = {row["version"] for row in rows}
-    return [
-        m.file_name
-        for m in load_migrations(migrations_dir or migrations_path())
-        if m.version not in applied
-    ]
+    return not_applied({row["version"] for row in rows}, migrations_dir)
+
+
+def not_applied(applied: Collection[str], migrations_dir: Path | None = None) -> list[str]:
+    """The shipped migrations (file names, in order) whose versions are not in `applied`."""
+    migrations = load_migrations(migrations_dir or migrations_path())
+    return [m.file_name for m in migrations if m.version not in applied]
+
+
+def named_run(file_names: Sequence[str]) -> str:
+    """A run of migrations as an operator reads it: the one, or the first ... the last."""
+    if len(file_names) == 1:
+        return file_names[0]
+    return f"{file_names[0]} ... {file_names[-1]}"

@@ -437,6 +437,10 @@ FROM score_quality_summary
 # database's clock it was read by
 READ_MODEL_FRESHNESS: Final = "SELECT app_read_model_staleness() AS staleness, now() AS as_of"
 
+# the readiness's schema check: the applied migrations' versions, as the request-scoped
+# role may read them (migration 0115)
+APPLIED_MIGRATIONS: Final = "SELECT app_applied_migrations()"
+
 # --- the caller -------------------------------------------------------------------------
 
 ME: Final = """
