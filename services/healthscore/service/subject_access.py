@@ -21,6 +21,7 @@ import orjson
 
 from healthscore.core.scoring.state import unpack_state
 from healthscore.errors import HealthscoreError
+from healthscore.service.ingest.decode import key_organization
 from healthscore.store import subject_access as q
 
 # what the export cannot read, for the answer to the requester (docs/operations.md,
@@ -33,7 +34,8 @@ KEPT_ELSEWHERE = (
     "the alert topic (customer.churn-risk.v1) and the notification service's copies",
     "the health feed (customer.health.v1): the newest score, until an erasure's tombstone",
     "PostgreSQL backups and WAL archives, for their retention",
-    "the service's logs: organization ids, never interaction text or names",
+    "the service's logs: organization ids, never an interaction's subject or a profile's "
+    "name or e-mail; the names of fields a producer chose do appear",
 )
 
 
@@ -70,15 +72,11 @@ async def _rows(conn: asyncpg.Connection, query: str, *args: Any) -> list[dict[s
 
 
 def _key_organization(key: Any) -> UUID | None:
-    """The organization a dead letter's key names, read as the consumer reads it (braces,
-    a urn:uuid: prefix, case and surrounding white space aside); None: it names none."""
+    """The organization a dead letter's key (as exported) names, read as the consumer
+    reads it; a key that is no UTF-8 text names none, there as here."""
     if not isinstance(key, dict) or "utf8" not in key:
         return None
-    text = key["utf8"].strip()
-    try:
-        return UUID(text)  # UUID() takes braces and urn:uuid: itself
-    except ValueError:
-        return None
+    return key_organization(key["utf8"].encode())
 
 
 _ORGANIZATION_FIELD = re.compile(r'"organization_id"\s*:\s*"([^"]{32,45})"')

@@ -58,7 +58,7 @@ DELETE_ORGANIZATION = "DELETE FROM organizations WHERE id = $1"
 DELETE_PROCESSED_EVENTS = "DELETE FROM processed_events WHERE organization_id = $1"
 
 # its dead letters not yet published, by key (in any spelling the consumer reads as
-# the id: `pipeline._key_organization` parses the key as a UUID, so the case, braces,
+# the id: `decode.key_organization` parses the key as a UUID, so the case, braces,
 # a urn:uuid: prefix, hyphens and surrounding whitespace vary; refused as invalid_key)
 # or by the id in the value: erase_dead_letters() (migration 0099), SECURITY DEFINER,
 # so that the eraser reads no dead letter of another organization; it refuses an

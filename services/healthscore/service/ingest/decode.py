@@ -599,6 +599,19 @@ def _canonical_uuid(key: bytes) -> UUID | None:
     return UUID(key.decode("ascii"))
 
 
+def key_organization(key: bytes | None) -> UUID | None:
+    """The organization a message key names in any spelling UUID() reads (case, braces, a
+    urn:uuid: prefix, no hyphens, surrounding white space), the contract's canonical form
+    or not: whose a refused record is (the erasure and the subject-access export read
+    keys so too); None: it names none."""
+    if key is None:
+        return None
+    try:
+        return UUID(key.decode("utf-8", "replace").strip())
+    except ValueError:
+        return None
+
+
 def _received_at(record: RawRecord) -> datetime:
     """The clock `occurred_at` is judged against: the record's timestamp.
 

@@ -59,6 +59,7 @@ from healthscore.service.ingest.decode import (
     as_sent_event_json,
     canonical_event_json,
     event_json,
+    key_organization,
 )
 from healthscore.service.ingest.dlq import dead_letter_columns
 from healthscore.service.ingest.owned import OwnedStates
@@ -784,13 +785,8 @@ async def _read_interactions(conn: Connection, events: list[Event]) -> dict[str,
 
 def _key_organization(rejection: Rejection) -> str | None:
     """The organization a rejected record's key names, if it names one."""
-    key = rejection.record.key
-    if key is None:
-        return None
-    try:
-        return str(UUID(key.decode("utf-8", "replace").strip()))
-    except ValueError:
-        return None
+    organization = key_organization(rejection.record.key)
+    return None if organization is None else str(organization)
 
 
 # an id as the erasure finds it in a dead letter's value (`erase_dead_letters()`,
