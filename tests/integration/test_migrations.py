@@ -259,9 +259,12 @@ async def test_roles_are_unprivileged_and_cannot_log_in(migrated_database: str) 
 
 
 async def test_existing_superuser_role_is_refused(
-    empty_database: str, pg_admin_url: str, tmp_path: Path
+    empty_database: str, pg_admin_url: str, migrated_template: str
 ) -> None:
-    """A pre-existing role of ours with BYPASSRLS would silently void RLS: refuse it."""
+    """A pre-existing role of ours with BYPASSRLS would silently void RLS: refuse it.
+
+    The roles are the cluster's: the migrated template's migrations create them in this
+    worker's server, whatever tests ran before (alone, this test once found none)."""
     admin = await asyncpg.connect(pg_admin_url)
     try:
         await admin.execute(f"ALTER ROLE {DASHBOARD_ROLE} BYPASSRLS")
