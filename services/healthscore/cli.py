@@ -657,9 +657,15 @@ def cmd_import(args: argparse.Namespace) -> int:
             await asyncio.gather(*sent)
         finally:
             await producer.stop()
+        empty = len(profiles) - len(sent)
         print(
             f"profiles: {len(profiles)} organizations in {args.profiles}, "
-            f"published to {settings.profile_topic}"
+            f"{len(sent)} published to {settings.profile_topic}"
+            + (
+                f" ({empty} with neither a creation time nor a milestone: not sent)"
+                if empty
+                else ""
+            )
         )
 
     async def main() -> int:

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from healthscore.core.enums import MilestoneType
 from healthscore.core.scoring.state import OrganizationState
 from healthscore.service.replay import replay
-from healthscore_lab.poison import profile_poison_corpus
+from healthscore_lab.poison import MISROUTED_USAGE, profile_poison_corpus
 from tests.conftest import DatabaseFactory
 from tests.utils.harness import (
     Topics,
@@ -129,6 +129,11 @@ async def test_profiles_through_the_broker_count_once_bad_ones_dead_letter_and_r
                     producer, topics.usage, str(VICTIM).encode(), orjson.dumps(_login(VICTIM, n))
                 )
             await _send(producer, topics.profile, str(KNOWN).encode(), good)  # a repeat
+            # the usage event first sent to the profile topic, now to its own: applied
+            # (taken there as an empty profile, it had claimed the id, and this copy was
+            # dead-lettered as an event_id_conflict)
+            (misrouted,) = (case for case in poison if case.name == MISROUTED_USAGE)
+            await _send(producer, topics.usage, misrouted.key, misrouted.value)
             await _caught_up(live_db, kafka_bootstrap, settings.consumer_group, topics)
             dead = await consume_all(kafka_bootstrap, topics.dlq_profile, expect=len(poison))
     finally:
@@ -157,7 +162,8 @@ async def test_profiles_through_the_broker_count_once_bad_ones_dead_letter_and_r
         )
         == 1
     )
-    assert live[VICTIM].event_count == len(poison) and live[VICTIM].created_at is None
+    assert live[VICTIM].event_count == len(poison) + 1 and live[VICTIM].created_at is None
+    assert sum((await high_watermarks(kafka_bootstrap, [topics.dlq_usage])).values()) == 0
 
     reasons = {r.value: dict(r.headers).get("x-error-reason", b"").decode() for r in dead}
     assert reasons == {case.value: case.expected_reason for case in poison}
@@ -230,7 +236,7 @@ async def test_import_publish_sends_the_checked_profiles_through_the_log_and_aga
         for _ in range(2):  # the same file twice: new events that change nothing
             sent = _cli("import", "--profiles", str(good), "--publish", **env)
             assert sent.returncode == 0, sent.stderr
-            assert f"2 organizations in {good}, published to {topics.profile}" in sent.stdout
+            assert f"2 organizations in {good}, 2 published to {topics.profile}" in sent.stdout
         await _caught_up(migrated_database, kafka_bootstrap, settings.consumer_group, topics)
     # a second publish is no event_id_conflict (its records say another occurred_at)
     assert sum((await high_watermarks(kafka_bootstrap, [topics.dlq_profile])).values()) == 0

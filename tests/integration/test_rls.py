@@ -600,6 +600,7 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
                 [0],
                 [0],
                 [org],
+                [org],
             ],
         ),
         ("ERASED_AMONG", sql.ERASED_AMONG, [[org]]),

@@ -779,6 +779,40 @@ def test_a_detail_locates_the_fault_inside_properties_and_names_every_field() ->
     assert "more)" not in both
 
 
+def test_properties_are_measured_before_they_are_walked() -> None:
+    """A 64 KiB `properties` of thousands of members was walked member by member (its
+    depth, its U+0000) before its size was taken: 26 ms a record, and any record may be
+    that. Over 16 KiB it is refused for its size, whatever else it holds; within it the
+    cheap look (the serialized text, the depth level by level) decides as the walk
+    does, at the depth limit's edge and for a string that holds the text `\\u0000`."""
+
+    def nested(levels: int) -> dict[str, Any]:
+        top: dict[str, Any] = {}
+        inner = top
+        for _ in range(levels - 1):
+            inner["n"] = {}
+            inner = inner["n"]
+        return top
+
+    def decided(properties: dict[str, Any]) -> Decoded | Rejection:
+        return decide(
+            _record(USAGE, ORG.encode(), json.dumps(_usage(properties=properties)).encode())
+        )
+
+    big = decided({**{f"k{n}": [] for n in range(4000)}, "z": "a\x00b", "deep": nested(40)})
+    assert isinstance(big, Rejection) and big.reason == "invalid_field"
+    assert "bytes serialized; the limit is 16 KiB" in big.detail, big.detail
+    assert isinstance(decided({"a": "x\\u0000y", "\\u0000": 1}), Decoded)
+    assert isinstance(decided(nested(32)), Decoded)
+    assert isinstance(decided({"a": [nested(30)]}), Decoded)
+    for too_deep in (nested(33), {"a": [nested(31)]}, nested(300)):
+        refused = decided(too_deep)
+        assert isinstance(refused, Rejection) and refused.reason == "out_of_range", refused
+    refused = decided({"a": ["ok", {"b": "x\x00"}]})
+    assert isinstance(refused, Rejection) and refused.reason == "invalid_text"
+    assert "of a[1].b" in refused.detail, refused.detail
+
+
 def test_fields_the_contract_does_not_name_are_named_beside_the_event() -> None:
     """Ignored as the contract says, but told: a misspelled `qty` was lost in silence."""
     usage = decide(_record(USAGE, ORG.encode(), json.dumps(USAGE_EDGES["unknown_fields"]).encode()))

@@ -95,6 +95,25 @@ def test_a_record_timestamp_past_year_9999_is_only_a_clock(fast: bool, unit: int
             assert isinstance(result, Decoded), result
         else:
             assert isinstance(result, Rejection) and result.reason == verdict, result
+            assert result.detail.endswith("(the consumer's clock)"), result.detail
+
+
+def test_a_future_timestamp_refusal_names_the_clock_it_was_judged_against() -> None:
+    """An event a minute old, in a record whose timestamp runs ten minutes behind it (a
+    producer's skewed clock, a stream processor passing an input record's timestamp
+    on), is refused: the record's timestamp is the reference, so that a replay judges
+    as the live run did. The detail says so (it named a bare time the producer could
+    not place)."""
+    org = str(uuid.uuid4())
+    now = datetime.now(UTC)
+    body = {"event_id": str(uuid.uuid4()), "organization_id": org, "type": "login"}
+    value = orjson.dumps({**body, "occurred_at": (now - timedelta(minutes=1)).isoformat()})
+    stamp = int((now - timedelta(minutes=11)).timestamp() * 1000)
+    for fast in (True, False):
+        decoder = Decoder("usage", "support", 65536, fast=fast)
+        result = decoder.decode(RawRecord("usage", 0, 1, org.encode(), value, stamp))
+        assert isinstance(result, Rejection) and result.reason == "future_timestamp", result
+        assert result.detail.endswith("(the Kafka record's timestamp)"), result.detail
 
 
 def test_a_dead_letter_names_each_of_its_own_headers_once() -> None:

@@ -195,6 +195,18 @@ def test_an_empty_profile_is_valid_and_changes_nothing() -> None:
     assert (after.created_at, after.milestones) == (before.created_at, before.milestones)
 
 
+def test_a_file_row_that_knows_nothing_is_not_published() -> None:
+    """A CSV row with an organization and nothing else changes nothing when imported;
+    published, it is a profile the topic would take only as long as no usage or support
+    field rides along (`healthscore import --publish` says how many it left out)."""
+    other = uuid.uuid5(ORG, "other")
+    text = f"organization_id,created_at,milestones\n{ORG},{LONG_AGO.isoformat()},\n{other},,\n"
+    profiles = parse_profiles(text, "crm.csv", START)
+    assert len(profiles) == 2
+    ((key, _value),) = profile_records(profiles, START)
+    assert key == str(ORG).encode()
+
+
 def test_two_publishes_of_one_file_never_share_an_event_id_with_another_payload() -> None:
     """The service dedupes on (event id, payload digest): an id two publishes share
     while their `occurred_at` differs would dead-letter the second as a conflict."""

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, NoReturn
 from uuid import UUID
 
+import orjson
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -62,8 +63,10 @@ def check_not_in_future(value: datetime, info: ValidationInfo) -> datetime:
     if reference is None:
         reference = datetime.now(UTC)
     if value - reference > MAX_FUTURE_SKEW:
+        what = context.get("received_as")
         raise ValueError(
-            f"occurred_at {value.isoformat()} is more than 5 minutes after {reference.isoformat()}"
+            f"occurred_at {value.isoformat()} is more than 5 minutes after "
+            f"{reference.isoformat()}" + (f" ({what})" if what else "")
         )
     return value
 
@@ -153,6 +156,43 @@ def check_text(value: str) -> str:
     if "\x00" in value:
         _nul("", value)
     return value
+
+
+def checked_json_size(value: Any, max_bytes: int) -> int:
+    """The size of `value` serialized (UTF-8 bytes, as on the wire), after
+    `check_json_value`'s rules, cheapest first: a value over `max_bytes` is measured
+    and not walked (a 64 KiB object of thousands of members cost 26 ms a record to walk,
+    and any record may be that); one within it is walked item by item only when a
+    cheaper look finds a container past the depth limit or something like U+0000 in
+    the serialized text (orjson writes it `\\u0000`; a string holding that text
+    itself is walked for nothing and passes)."""
+    try:
+        serialized = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        check_json_value(value)  # nested past orjson's limit, far past this one: raises
+        raise
+    if len(serialized) > max_bytes:
+        return len(serialized)
+    if b"\\u0000" in serialized or not _within_depth(value):
+        check_json_value(value)
+    return len(serialized)
+
+
+def _within_depth(value: Any) -> bool:
+    """No object or array nested deeper than MAX_PROPERTIES_DEPTH (the top one is at 1)."""
+    level = [value] if type(value) is dict or type(value) is list else []
+    depth = 1
+    while level:
+        if depth > MAX_PROPERTIES_DEPTH:
+            return False
+        level = [
+            child
+            for item in level
+            for child in (item.values() if type(item) is dict else item)
+            if type(child) is dict or type(child) is list
+        ]
+        depth += 1
+    return True
 
 
 def check_json_value(value: Any) -> None:
@@ -245,7 +285,12 @@ OccurredAt = Annotated[
     AfterValidator(check_representable),
     AfterValidator(check_plausible),
     Field(
-        description=f"When it happened ({_TIMESTAMP_RULE}); not more than 5 minutes ahead.",
+        description=(
+            f"When it happened ({_TIMESTAMP_RULE}); not more than 5 minutes ahead of the "
+            "Kafka record's timestamp (the time it was sent: a producer passing an older "
+            "record's timestamp on has its events refused as future_timestamp), or of the "
+            "consumer's clock where that is earlier or the record has none."
+        ),
         json_schema_extra={"pattern": DATE_TIME_PATTERN},
     ),
 ]

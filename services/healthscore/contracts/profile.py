@@ -1,9 +1,10 @@
 """`organization.profile.v1`: what a CRM knows of an organization from before its
 events reach the service."""
 
-from typing import Self
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from healthscore.contracts._common import (
     OccurredAt,
@@ -18,7 +19,9 @@ class OrganizationProfile(BaseModel):
     """An organization's history from before the stream: when its account was created
     and the success milestones it reached. Missing data is not bad data: the score
     counts tenure from the creation and expects only the milestones really missing.
-    Order-independent and idempotent: the earliest time of each wins."""
+    Order-independent and idempotent: the earliest time of each wins. One with neither a
+    creation time nor a milestone is refused when it has a usage or support event's
+    fields (`type`, `interaction_id`, `action`, ...): an event sent to the wrong topic."""
 
     model_config = ConfigDict(frozen=True, extra="ignore", title="OrganizationProfile")
 
@@ -40,10 +43,12 @@ class OrganizationProfile(BaseModel):
     )
     milestones: dict[MilestoneType, TextTimestamp] = Field(
         default_factory=dict,
+        max_length=len(MilestoneType),
         description=(
             "Success milestones reached before the stream: contract name -> when it was "
             "reached (RFC 3339 with an offset; not after occurred_at). They count in the "
-            "score; they are not acknowledged as new milestones."
+            "score; they are not acknowledged as new milestones. At most one per "
+            "milestone type."
         ),
     )
     occurred_at: OccurredAt = Field(
@@ -57,6 +62,41 @@ class OrganizationProfile(BaseModel):
 
     _future = field_validator("occurred_at")(check_not_in_future)
 
+    @field_validator("milestones", mode="before")
+    @classmethod
+    def _at_most_one_per_type(cls, value: Any) -> Any:
+        # counted before each entry is validated: a value of thousands of names (all
+        # but a few necessarily unknown) cost a pydantic error each, 90 ms a record
+        if isinstance(value, dict) and len(value) > len(MilestoneType):
+            raise PydanticCustomError(
+                "too_long",
+                "{count} entries; there are {types} milestone types",
+                {"count": len(value), "types": len(MilestoneType)},
+            )
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_another_topics_event(cls, data: Any) -> Any:
+        """A record that says nothing a profile says (no creation time, no milestone) and
+        has the fields of a usage or support event is one sent to the wrong topic:
+        taken as an empty profile, it claimed the event's id, and the event's resend to
+        the right topic was refused as a conflicting reuse of that id. A profile that
+        says nothing and nothing else stays valid (a CRM that knows nothing yet)."""
+        if not isinstance(data, dict):
+            return data
+        if data.get("created_at") is not None or data.get("milestones"):
+            return data
+        other = sorted(set(data) & _OTHER_EVENTS_FIELDS)
+        if not other:
+            return data
+        raise PydanticCustomError(
+            "wrong_topic",
+            "no created_at and no milestones, and the fields of another topic's event "
+            "({fields}): a usage or support event sent to the profile topic?",
+            {"field": "(message)", "fields": ", ".join(other)},
+        )
+
     @model_validator(mode="after")
     def _known_when_sent(self) -> Self:
         late = [
@@ -67,3 +107,11 @@ class OrganizationProfile(BaseModel):
         if late:
             raise ValueError(f"{', '.join(late)} after occurred_at (a profile says what was known)")
         return self
+
+
+# fields of the other input topics' events (product.usage.v1, support.interactions.v1)
+# that a profile does not have; each of those events has `type` or `interaction_id`
+# and `action`
+_OTHER_EVENTS_FIELDS = frozenset(
+    {"type", "quantity", "feature", "user_id", "interaction_id", "action", "interaction_type"}
+)

@@ -2,7 +2,6 @@
 
 from typing import Annotated, Any
 
-import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from healthscore.contracts._common import (
@@ -10,8 +9,8 @@ from healthscore.contracts._common import (
     FeatureText,
     OccurredAt,
     WireUUID,
-    check_json_value,
     check_not_in_future,
+    checked_json_size,
 )
 from healthscore.contracts.enums import UsageType
 
@@ -65,8 +64,7 @@ class UsageEvent(BaseModel):
     @classmethod
     def _properties_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None:
-            check_json_value(value)
-            size = len(orjson.dumps(value))  # UTF-8 bytes, as on the wire
+            size = checked_json_size(value, MAX_PROPERTIES_BYTES)
             if size > MAX_PROPERTIES_BYTES:
                 raise ValueError(f"properties is {size} bytes serialized; the limit is 16 KiB")
         return value

@@ -32,10 +32,12 @@ WHERE o.consumer_group = $1 AND o.topic = x.topic AND o.partition = x.partition
 # of the records at or after them, read the states the consumer does not hold.
 LOCK_OFFSETS_AND_CLAIM_EVENT_IDS = """
 WITH erased AS (
-    -- of the organizations whose state is read ($11: those the consumer does not hold,
-    -- and the rejected records' keys); a held one that was erased has no state row any
-    -- more, which its checked save finds (ERASED_AMONG)
-    SELECT organization_id FROM erased_organizations WHERE organization_id = ANY($11::uuid[])
+    -- of the organizations whose state is read ($11: those the consumer does not hold)
+    -- and of those the rejected records name ($12: their keys and the ids in their
+    -- values, whose states are not read); a held one that was erased has no state row
+    -- any more, which its checked save finds (ERASED_AMONG)
+    SELECT organization_id FROM erased_organizations
+    WHERE organization_id = ANY($11::uuid[]) OR organization_id = ANY($12::uuid[])
 ), locked AS (
     SELECT o.topic, o.partition, o.next_offset
     FROM consumer_offsets o

@@ -320,6 +320,10 @@ def poison_corpus(organization_id: str, now: datetime) -> list[PoisonCase]:
     return cases
 
 
+MISROUTED_USAGE = "profile_misrouted_usage_event"
+"""The profile corpus's case that is a valid `product.usage.v1` event (a login)."""
+
+
 def profile_poison_corpus(organization_id: str, now: datetime) -> list[PoisonCase]:
     """Bad `organization.profile.v1` messages, for one organization, judged at `now`.
 
@@ -363,6 +367,19 @@ def profile_poison_corpus(organization_id: str, now: datetime) -> list[PoisonCas
          p("y", created_at="0001-01-01T00:00:00+14:00"), "out_of_range", key),
         ("profile_far_future", p("f", occurred_at=_timestamp(now + timedelta(days=1))),
          "future_timestamp", key),
+        # another topic's events sent here: as empty profiles they claimed their ids
+        (MISROUTED_USAGE, {"event_id": _uuid(org, "profile:misrouted-usage"),
+                           "organization_id": org, "type": "login",
+                           "occurred_at": _timestamp(occurred)}, "invalid_field", key),
+        ("profile_misrouted_support_event",
+         {"event_id": _uuid(org, "profile:misrouted-support"), "organization_id": org,
+          "interaction_id": _uuid(org, "profile:misrouted-interaction"), "action": "opened",
+          "interaction_type": "check_in", "channel": "email",
+          "occurred_at": _timestamp(occurred)}, "invalid_field", key),
+        # more names than there are milestone types (each one an error to build)
+        ("profile_thousands_of_milestones",
+         p("many", milestones={f"m{i}": _timestamp(occurred) for i in range(500)}),
+         "out_of_range", key),
     ]  # fmt: skip
     return [
         PoisonCase(name, "profile", message_key, orjson.dumps(body), reason)

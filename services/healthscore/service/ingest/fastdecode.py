@@ -42,7 +42,7 @@ from healthscore.contracts import UsageEvent as UsageModel
 from healthscore.contracts._common import (
     EARLIEST_PLAUSIBLE_YEAR,
     MAX_FUTURE_SKEW,
-    check_json_value,
+    checked_json_size,
 )
 from healthscore.contracts.support import ClearableField
 from healthscore.contracts.usage import MAX_PROPERTIES_BYTES
@@ -152,21 +152,10 @@ def _occurred_at(text: str, received_at: datetime) -> datetime | None:
 
 def _properties_ok(value: dict[str, Any]) -> bool:
     """The contract's rules for `properties`: depth, no U+0000, at most 16 KiB."""
-    for key, item in value.items():
-        if "\x00" in key:
-            return False
-        kind = type(item)
-        if kind is str:
-            if "\x00" in item:
-                return False
-        elif kind is dict or kind is list:
-            # nested: the contract's own walk decides
-            try:
-                check_json_value(value)
-            except PydanticCustomError:
-                return False
-            break
-    return len(orjson.dumps(value)) <= MAX_PROPERTIES_BYTES
+    try:
+        return checked_json_size(value, MAX_PROPERTIES_BYTES) <= MAX_PROPERTIES_BYTES
+    except (PydanticCustomError, orjson.JSONEncodeError):
+        return False
 
 
 # --------------------------------------------------------------------------- events

@@ -401,12 +401,14 @@ class BatchPipeline:
         events: list[Decoded],
         digests: list[bytes],
         to_read: list[str],
+        rejected_ids: Sequence[str] = (),
         ensure: bool = False,
     ) -> tuple[dict[PartitionKey, int], set[int], States, set[str]]:
         """Lock the partitions' stored offsets, claim the ids of the events at or after
         them, read the states of `to_read` (without row locks) and say which of them
-        were erased (their events are not claimed; a held organization erased since is
-        found by its checked save, `_compute_and_save_states`).
+        and of `rejected_ids` were erased (their events are not claimed; a held
+        organization erased since is found by its checked save,
+        `_compute_and_save_states`).
 
         One round trip: the offset rows are created only for partitions this
         pipeline has not seen yet (they are never removed while it runs, except
@@ -437,6 +439,7 @@ class BatchPipeline:
             [d.record.partition for d in events],
             [d.record.offset for d in events],
             to_read,
+            list(rejected_ids),
         )
         stored: dict[PartitionKey, int] = {}
         claimed: set[int] = set()  # the claimed event ids' integers (see _sort_claimed)
@@ -488,13 +491,12 @@ class BatchPipeline:
             claimable = [d for d in decoded if isinstance(d, Decoded)]
             digests = [payload_digest(d) for d in claimable]
             to_read = self._owned.absent(sorted({d.organization for d in claimable}))
-            # each rejected record's organizations, read once (its value searched)
+            # each rejected record's organizations (its value searched once): whether
+            # they were erased, looked up with the states, theirs not read
             named = _rejected_organizations(decoded)
-            rejected_keys = set().union(*named.values()) if named else set()
-            if rejected_keys:  # rare: their tombstones are read with the states
-                to_read = sorted(rejected_keys.union(to_read))
+            rejected_ids = sorted(set().union(*named.values())) if named else []
             stored, claimed, read, erased = await self._lock_offsets_and_claim(
-                conn, partitions, claimable, digests, to_read
+                conn, partitions, claimable, digests, to_read, rejected_ids
             )
             fresh: list[Decoded | Rejection] = []
             first_fresh: dict[PartitionKey, int] = {}
@@ -598,7 +600,9 @@ class BatchPipeline:
             if isinstance(item, Decoded) and item.organization in erased_since:
                 continue  # counted as erased
             _count(outcome.consumed_by_topic, item.record.topic)
-            if item.record.timestamp_ms:
+            # a dead-lettered record's timestamp is the broken producer's too: one at
+            # 1970 added 57 years to the latency's sum
+            if item.record.timestamp_ms and isinstance(item, Decoded):
                 outcome.record_timestamps_ms.append(item.record.timestamp_ms)
             if isinstance(item, Decoded) and item.unknown:
                 record = item.record
@@ -921,7 +925,8 @@ async def _sort_claimed(
                 Rejection(
                     item.record,
                     "event_id_conflict",
-                    f"event_id {item.event.event_id} was applied before with another payload",
+                    f"event_id {item.event.event_id} was applied before with another "
+                    "payload (another body or organization) or from another input topic",
                 )
             )
     return fresh, duplicates, conflicts

@@ -104,7 +104,8 @@ class Metrics:
         )
         self.produce_to_commit = Histogram(
             "healthscore_produce_to_commit_seconds",
-            "Kafka record timestamp (producer time) to the commit of its effects.",
+            "Kafka record timestamp (producer time) to the commit of its effects, for "
+            "records that passed the contract.",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
