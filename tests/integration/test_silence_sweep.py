@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import math
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ import asyncpg
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from structlog.testing import capture_logs
 
 from healthscore.contracts.enums import AlertKind
 from healthscore.core.effects import compute_batch_effects, compute_silence_effects
@@ -37,6 +39,7 @@ from healthscore.service.ingest.decode import Decoder, RawRecord
 from healthscore.service.ingest.pipeline import BatchPipeline
 from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.service.ops.lag import UnreadPartitions
+from healthscore.service.periodic import AT_ONCE
 from healthscore.service.projector import Projector
 from healthscore.service.sweep import SilenceSweep
 from healthscore.store import locks
@@ -691,3 +694,60 @@ async def test_unread_partitions_are_those_whose_log_holds_records(kafka_bootstr
     for unread in (asking, knowing):
         assert await unread(frozenset()) == [(topics.support, 1)]
         assert await unread(frozenset({(topics.support, 1)})) == []
+
+
+async def test_the_event_ids_purge_is_logged_counted_and_not_held_by_full_pages(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """Event ids past the dedupe window are forgotten after a page that was not full,
+    and at least once a minute while full pages follow each other (a long backlog of
+    silent organizations held the purge off for as long as it lasted, review 35a M4);
+    each purge that forgot ids logs `event_ids_purged` and counts them."""
+    orgs = [_any_org(f"purge-{i}") for i in range(12)]
+    purged: list[int] = []
+    async with _pipeline(migrated_database, kafka_bootstrap) as feed:
+        await feed.send([(org, "login", LAST, {}) for org in orgs])
+        await feed.send([(_any_org("purge-clock"), "login", LAST + timedelta(days=30), {})])
+        sweep = SilenceSweep(
+            feed.pipeline._pool,
+            default_model(),
+            GROUP,
+            STEP,
+            topics=[USAGE, SUPPORT],
+            page_size=2,
+            dedupe_retention_days=14,
+            on_purge=purged.append,
+        )
+        conn = await asyncpg.connect(migrated_database)
+        try:
+
+            async def age(n: int) -> None:
+                await conn.execute(
+                    "UPDATE processed_events SET processed_at = now() - interval '20 days'"
+                    " WHERE event_id IN (SELECT event_id FROM processed_events"
+                    " WHERE processed_at > now() - interval '1 day' LIMIT $1)",
+                    n,
+                )
+
+            async def kept() -> int:
+                return int(await conn.fetchval("SELECT count(*) FROM processed_events"))
+
+            total = await kept()
+            await age(3)
+            with capture_logs() as logs:
+                assert await sweep.step() == AT_ONCE  # a full page
+            assert sum(purged) == 3 and await kept() == total - 3
+            (line,) = [entry for entry in logs if entry["event"] == "event_ids_purged"]
+            assert line["rows"] == 3
+            await age(2)
+            assert await sweep.step() == AT_ONCE  # full again, a minute not up
+            assert sum(purged) == 3 and await kept() == total - 3
+            sweep._purged_at = time.monotonic() - sweep_module.PURGE_INTERVAL_SECONDS
+            assert await sweep.step() == AT_ONCE
+            assert sum(purged) == 5 and await kept() == total - 5
+            with capture_logs() as logs:
+                while await sweep.step() is not None:  # the backlog's end: a purge again
+                    pass
+            assert not [entry for entry in logs if entry["event"] == "event_ids_purged"]
+        finally:
+            await conn.close()

@@ -237,6 +237,8 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
     metrics.build_info.labels(
         __version__, load_migrations(migrations_path())[-1].version, core_build()
     ).set(1)
+    if o.run_sweep:  # the sweep's replicas purge the event ids past it
+        metrics.dedupe_retention.set(s.dedupe_retention_days * 86_400)
     pool = service_pool(
         s.database_url.get_secret_value(),
         s.database_role,
@@ -397,6 +399,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
             on_run=on_sweep,
             dedupe_retention_days=s.dedupe_retention_days,
             unread=unread,
+            on_purge=metrics.event_ids_purged.inc,
         )
         if o.run_sweep
         else None

@@ -92,6 +92,9 @@ SWEEP_BUDGET = 20_000
 """Silence rescorings one sweep transaction makes at most: what it holds until it
 commits, and how long it keeps its organizations' rows."""
 
+PURGE_INTERVAL_SECONDS = 60.0
+"""The event ids' purge runs at least this often while the sweep's pages are full."""
+
 SWEEP_SLICE = 1_000
 """Silence rescorings the sweep computes between two yields of the event loop: the
 consumer's batches, heartbeats and the ops endpoints share the loop."""
@@ -110,6 +113,7 @@ class SilenceSweep:
         on_run: Callable[[float, list[str]], None] | None = None,
         dedupe_retention_days: int | None = None,
         unread: FindUnread | None = None,
+        on_purge: Callable[[int], None] | None = None,
     ) -> None:
         self._pool = pool
         self._model = model
@@ -120,6 +124,8 @@ class SilenceSweep:
         self._on_run = on_run
         # `step` also forgets event ids older than this (the dedupe window)
         self._dedupe_retention_days = dedupe_retention_days
+        self._on_purge = on_purge
+        self._purged_at: float | None = None  # monotonic; None: not yet in this process
         self._unread = unread
         self.runs = 0
         self.rescorings = 0
@@ -228,7 +234,10 @@ class SilenceSweep:
             return int(await conn.fetchval(sql.COUNT_SILENT, watermark))
 
     async def purge_processed_events(self, retention_days: int, page: int = 50_000) -> int:
-        """Forget event ids older than the dedupe window (wall clock of processing)."""
+        """Forget event ids older than the dedupe window (wall clock of processing), a
+        page per statement; logged (`event_ids_purged`) and counted when any went."""
+        started = time.perf_counter()
+        self._purged_at = time.monotonic()
         cutoff = datetime.now(UTC) - timedelta(days=retention_days)
         total = 0
         while True:
@@ -236,13 +245,29 @@ class SilenceSweep:
                 status = await conn.execute(sql.PURGE_PROCESSED_EVENTS, cutoff, page)
             deleted = int(status.split()[-1])
             total += deleted
+            if deleted and self._on_purge is not None:
+                self._on_purge(deleted)
             if deleted < page:
-                return total
+                break
+        if total:
+            log.info(
+                "event_ids_purged",
+                rows=total,
+                older_than=cutoff.isoformat(),
+                seconds=round(time.perf_counter() - started, 3),
+            )
+        return total
 
     async def step(self) -> float | None:
-        """Sweep one page (the next at once when it was full), then purge old event ids."""
-        if await self.run_once() >= self._page:
-            return AT_ONCE  # a full page: more are due
-        if self._dedupe_retention_days is not None:
+        """Sweep one page (the next at once when it was full), then purge old event ids:
+        after a page that was not full, and at least every PURGE_INTERVAL_SECONDS while
+        full pages follow each other (a long backlog of silent organizations kept the
+        event ids from being forgotten for as long as it lasted)."""
+        full = await self.run_once() >= self._page
+        if self._dedupe_retention_days is not None and (not full or self._purge_overdue()):
             await self.purge_processed_events(self._dedupe_retention_days)
-        return None
+        return AT_ONCE if full else None
+
+    def _purge_overdue(self) -> bool:
+        purged = self._purged_at
+        return purged is None or time.monotonic() - purged >= PURGE_INTERVAL_SECONDS

@@ -129,7 +129,9 @@ churns AS (
 # and labelled once known; a label that changes (a late import) is updated. While
 # the watermark is not known, a label it gave stays (a churn read meanwhile still
 # relabels): an input partition not read yet must not flip retained episodes back.
-# Set-based, over the outbox's raises.
+# Set-based, over the outbox's raises. Only new and changed labels reach the INSERT:
+# ON CONFLICT locks the row it conflicts with before its WHERE is weighed, so a run
+# that passed every alert locked (and wrote to the WAL) every row, every minute.
 LABEL_ALERT_OUTCOMES = f"""
 WITH watermark AS (SELECT $1::timestamptz AS at),
 {_CHURNS},
@@ -155,7 +157,10 @@ labelled AS (
                 WHEN j.raised_at + make_interval(secs => $2) <= j.known_until THEN 'retained'
                 -- the watermark unknown: what it labelled before stays
                 WHEN (SELECT at FROM watermark) IS NULL THEN prev.outcome
-           END AS outcome
+           END AS outcome,
+           prev.alert_id IS NULL AS new,
+           prev.raised_at AS was_raised_at, prev.outcome AS was_outcome,
+           prev.churned_at AS was_churned_at
     FROM alert_outbox a
     LEFT JOIN judged j ON j.organization_id = a.organization_id AND j.episode = a.episode
     LEFT JOIN alert_outcomes prev ON prev.alert_id = a.alert_id
@@ -164,6 +169,9 @@ INSERT INTO alert_outcomes AS o (
     alert_id, organization_id, kind, episode, raised_at, outcome, churned_at)
 SELECT alert_id, organization_id, kind, episode, raised_at, outcome, churned_at
 FROM labelled
+WHERE new
+   OR (raised_at, outcome, churned_at)
+      IS DISTINCT FROM (was_raised_at, was_outcome, was_churned_at)
 ORDER BY alert_id
 ON CONFLICT (alert_id) DO UPDATE SET
     raised_at = EXCLUDED.raised_at,

@@ -803,6 +803,12 @@ WHERE s.organization_id = x.organization_id
 
 # --- dedupe retention ----------------------------------------------------------
 
+# how far behind the purge is (the processed_at index's first entry)
+OLDEST_EVENT_ID_AGE = """
+SELECT coalesce(extract(epoch FROM now() - min(processed_at)), 0)::float8
+FROM processed_events
+"""
+
 PURGE_PROCESSED_EVENTS = """
 DELETE FROM processed_events
 WHERE ctid = ANY(ARRAY(

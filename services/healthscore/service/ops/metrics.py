@@ -285,6 +285,22 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.event_ids_purged = Counter(
+            "healthscore_event_ids_purged_total",
+            "Event ids forgotten past the dedupe window (DEDUPE_RETENTION_DAYS).",
+            registry=r,
+        )
+        self.event_ids_oldest_age = Gauge(
+            "healthscore_event_ids_oldest_age_seconds",
+            "Age of the oldest event id kept for deduplication (by when it was applied); "
+            "0 when none.",
+            registry=r,
+        )
+        self.dedupe_retention = Gauge(
+            "healthscore_dedupe_retention_seconds",
+            "The dedupe window this replica purges event ids after (DEDUPE_RETENTION_DAYS).",
+            registry=r,
+        )
         self.organization_states = Counter(
             "healthscore_organization_states_total",
             "Organization states a batch started from: held by the consumer since its last "
