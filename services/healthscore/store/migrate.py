@@ -302,6 +302,63 @@ async def plan_migrations(
     return [m for m in migrations if m.version not in applied]
 
 
+# What the migrations set outside the schema's own objects, which pg_dump does not
+# carry (marks on system and extension functions, their grants): after a restore into
+# a new server the database is "up to date" by its history and lacks them.
+LEAKPROOF_FUNCTIONS = (
+    # 0030: the dashboard's filters and pages under row-level security
+    "pg_catalog.jsonb_contains(jsonb, jsonb)",
+    *(f"pg_catalog.numeric_{op}(numeric, numeric)" for op in ("eq", "ne", "lt", "le", "gt", "ge")),
+    "word_similarity_op(text, text)",
+    # 0113: the name search
+    "pg_catalog.to_tsvector(regconfig, text)",
+    "pg_catalog.ts_match_vq(tsvector, tsquery)",
+)
+NOT_LEAKPROOF = """
+SELECT f FROM unnest($1::text[]) WITH ORDINALITY AS x(f, n)
+JOIN pg_catalog.pg_proc p ON p.oid = pg_catalog.to_regprocedure(x.f)
+WHERE NOT p.proleakproof
+ORDER BY n
+"""
+# 0109: any login may take the service's advisory locks while PUBLIC may execute these
+ADVISORY_LOCKS_OPEN_TO_PUBLIC = """
+SELECT p.oid::regprocedure::text
+FROM pg_catalog.pg_proc p
+WHERE p.pronamespace = 'pg_catalog'::regnamespace
+  AND p.proname ~ '^pg_(try_)?advisory_(xact_)?lock(_shared)?$'
+  AND (p.proacl IS NULL OR EXISTS (
+      SELECT 1 FROM aclexplode(p.proacl) a WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'))
+ORDER BY 1
+"""
+
+
+async def missing_marks(database_url: str, tls: DatabaseTLS = None) -> list[str]:
+    """What the applied migrations set that this database lacks (a dump restored into a
+    new server, migrations applied by a login that was no superuser), each a line
+    saying what it costs; [] when nothing is missing."""
+    conn = await _connect(database_url, tls)
+    try:
+        leaky = [row[0] for row in await conn.fetch(NOT_LEAKPROOF, list(LEAKPROOF_FUNCTIONS))]
+        open_locks = [row[0] for row in await conn.fetch(ADVISORY_LOCKS_OPEN_TO_PUBLIC)]
+    finally:
+        await conn.close()
+    lines = []
+    if leaky:
+        lines.append(
+            f"not LEAKPROOF: {', '.join(leaky)}: the dashboard's filters, pages and name "
+            "search read past their indexes under row-level security (correct, slower); "
+            "as a superuser, ALTER FUNCTION ... LEAKPROOF each (docs/operations.md, "
+            "the read API's LEAKPROOF marks)"
+        )
+    if open_locks:
+        lines.append(
+            f"PUBLIC may take advisory locks ({len(open_locks)} functions, "
+            f"{open_locks[0]} among them): any login can hold the service's leader locks "
+            "and stop its loops; revoke as migration 0109 does (docs/operations.md)"
+        )
+    return lines
+
+
 def summary(migration: Migration) -> str:
     """The first line of the file's leading comment: what the migration is for."""
     for line in migration.sql.splitlines():
