@@ -667,7 +667,7 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
         # none: its foreign key takes erased organizations only (the grant is checked)
         ("OWE_FEED_TOMBSTONES", sql.OWE_FEED_TOMBSTONES, [[]]),
         ("OUTBOX_STATS", sql.OUTBOX_STATS, []),
-        ("OLDEST_EVENT_ID_AGE", sql.OLDEST_EVENT_ID_AGE, []),
+        ("OLDEST_EVENT_ID", sql.OLDEST_EVENT_ID, []),
         ("NOTIFICATION_QUEUE_USAGE", sql.NOTIFICATION_QUEUE_USAGE, []),
         (
             "INSERT_DEAD_LETTERS",

@@ -733,9 +733,7 @@ async def test_alert_decisions_are_labelled_from_the_support_stream_and_labels(
         # a row an ON CONFLICT ... DO UPDATE met is locked (its xmax set) whether or not
         # its WHERE let the update through
         async with superuser(migrated_database) as conn:
-            return int(
-                await conn.fetchval("SELECT count(*) FROM alert_outcomes WHERE xmax <> 0")
-            )
+            return int(await conn.fetchval("SELECT count(*) FROM alert_outcomes WHERE xmax <> 0"))
 
     # a run with nothing new labels nothing and locks no row: every run locked every
     # alert ever raised and wrote it to the WAL (10.8 MB a minute at 200,000 alerts)

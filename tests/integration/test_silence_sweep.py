@@ -733,21 +733,37 @@ async def test_the_event_ids_purge_is_logged_counted_and_not_held_by_full_pages(
                 return int(await conn.fetchval("SELECT count(*) FROM processed_events"))
 
             total = await kept()
+            assert sweep.oldest_event_id_age() == 0.0  # no purge in this process yet
             await age(3)
             with capture_logs() as logs:
                 assert await sweep.step() == AT_ONCE  # a full page
             assert sum(purged) == 3 and await kept() == total - 3
             (line,) = [entry for entry in logs if entry["event"] == "event_ids_purged"]
             assert line["rows"] == 3
+            # the oldest kept is one applied by this test, not one of the aged ones
+            assert 0.0 < sweep.oldest_event_id_age() < 3600.0
             await age(2)
             assert await sweep.step() == AT_ONCE  # full again, a minute not up
             assert sum(purged) == 3 and await kept() == total - 3
+            # a purge that fails (here the writer may not delete) is logged and does not
+            # hold the backlog back: the step still asks for the next page at once
+            oldest = sweep.oldest_event_id_at
+            await conn.execute("REVOKE DELETE ON processed_events FROM healthscore_writer")
+            try:
+                sweep._purged_at = time.monotonic() - sweep_module.PURGE_INTERVAL_SECONDS
+                with capture_logs() as logs:
+                    assert await sweep.step() == AT_ONCE
+            finally:
+                await conn.execute("GRANT DELETE ON processed_events TO healthscore_writer")
+            (failed,) = [entry for entry in logs if entry["event"] == "event_ids_purge_failed"]
+            assert failed["error"] == "InsufficientPrivilegeError"
+            assert sum(purged) == 3 and sweep.oldest_event_id_at == oldest
             sweep._purged_at = time.monotonic() - sweep_module.PURGE_INTERVAL_SECONDS
             assert await sweep.step() == AT_ONCE
             assert sum(purged) == 5 and await kept() == total - 5
-            with capture_logs() as logs:
-                while await sweep.step() is not None:  # the backlog's end: a purge again
-                    pass
-            assert not [entry for entry in logs if entry["event"] == "event_ids_purged"]
+            await age(1)
+            while await sweep.step() is not None:  # to the backlog's end, then a purge
+                pass
+            assert sum(purged) == 6 and await kept() == total - 6
         finally:
             await conn.close()

@@ -404,6 +404,8 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
         if o.run_sweep
         else None
     )
+    if sweep is not None:
+        metrics.event_ids_oldest_age.set_function(sweep.oldest_event_id_age)
     corrupt_records = CorruptRecordMonitor(metrics.corrupt_records)
     shadow = shadow_gauges = None
     if candidate is not None:

@@ -413,7 +413,7 @@ def profile_records(profiles: Sequence[Profile], sent_at: datetime) -> list[tupl
     records: list[tuple[bytes, bytes]] = []
     for profile in profiles:
         if profile.created_at is None and not profile.milestones:
-            continue  # a row that knows nothing: the contract refuses a profile saying nothing
+            continue  # a row that knows nothing: its profile would change nothing
         org = str(profile.organization_id)
         milestones = {
             name: datetime.fromtimestamp(at, UTC).isoformat()

@@ -126,6 +126,7 @@ class SilenceSweep:
         self._dedupe_retention_days = dedupe_retention_days
         self._on_purge = on_purge
         self._purged_at: float | None = None  # monotonic; None: not yet in this process
+        self.oldest_event_id_at: datetime | None = None  # as of the last purge
         self._unread = unread
         self.runs = 0
         self.rescorings = 0
@@ -235,7 +236,10 @@ class SilenceSweep:
 
     async def purge_processed_events(self, retention_days: int, page: int = 50_000) -> int:
         """Forget event ids older than the dedupe window (wall clock of processing), a
-        page per statement; logged (`event_ids_purged`) and counted when any went."""
+        page per statement; logged (`event_ids_purged`) and counted when any went. Then
+        `oldest_event_id_at` is the oldest id kept: its age is the gauge the purge is
+        watched by, read here once a purge and not on every scrape (right after a purge
+        the index's first entries are dead ones that every such read steps over)."""
         started = time.perf_counter()
         self._purged_at = time.monotonic()
         cutoff = datetime.now(UTC) - timedelta(days=retention_days)
@@ -249,6 +253,10 @@ class SilenceSweep:
                 self._on_purge(deleted)
             if deleted < page:
                 break
+        async with self._pool.acquire() as conn:
+            oldest = await conn.fetchval(sql.OLDEST_EVENT_ID)
+        # none kept: none older than now, and a purge failing from here on ages it
+        self.oldest_event_id_at = oldest if oldest is not None else datetime.now(UTC)
         if total:
             log.info(
                 "event_ids_purged",
@@ -258,14 +266,24 @@ class SilenceSweep:
             )
         return total
 
+    def oldest_event_id_age(self) -> float:
+        """Seconds since the oldest event id kept at the last purge was applied; 0 before
+        this process's first purge."""
+        oldest = self.oldest_event_id_at
+        return 0.0 if oldest is None else (datetime.now(UTC) - oldest).total_seconds()
+
     async def step(self) -> float | None:
         """Sweep one page (the next at once when it was full), then purge old event ids:
         after a page that was not full, and at least every PURGE_INTERVAL_SECONDS while
         full pages follow each other (a long backlog of silent organizations kept the
-        event ids from being forgotten for as long as it lasted)."""
+        event ids from being forgotten for as long as it lasted). A purge that fails is
+        logged and tried again then: it does not hold the sweep's backlog back."""
         full = await self.run_once() >= self._page
         if self._dedupe_retention_days is not None and (not full or self._purge_overdue()):
-            await self.purge_processed_events(self._dedupe_retention_days)
+            try:
+                await self.purge_processed_events(self._dedupe_retention_days)
+            except Exception as exc:
+                log.warning("event_ids_purge_failed", error=type(exc).__name__, message=str(exc))
         return AT_ONCE if full else None
 
     def _purge_overdue(self) -> bool:

@@ -302,9 +302,11 @@ async def plan_migrations(
     return [m for m in migrations if m.version not in applied]
 
 
-# What the migrations set outside the schema's own objects, which pg_dump does not
-# carry (marks on system and extension functions, their grants): after a restore into
-# a new server the database is "up to date" by its history and lacks them.
+# What the migrations set on system and extension functions, which the history cannot
+# vouch for: pg_dump carries no LEAKPROOF mark on them (a restore into a new server
+# lacks every one), and their grants only where the restore runs as a superuser with
+# privileges (not with -x, nor a dump of the service's schema alone); a database
+# migrated by a login that was no superuser never had them.
 LEAKPROOF_FUNCTIONS = (
     # 0030: the dashboard's filters and pages under row-level security
     "pg_catalog.jsonb_contains(jsonb, jsonb)",
@@ -314,9 +316,15 @@ LEAKPROOF_FUNCTIONS = (
     "pg_catalog.to_tsvector(regconfig, text)",
     "pg_catalog.ts_match_vq(tsvector, tsquery)",
 )
+# a name without its schema is pg_trgm's, found in the extension's schema wherever it is
 NOT_LEAKPROOF = """
 SELECT f FROM unnest($1::text[]) WITH ORDINALITY AS x(f, n)
-JOIN pg_catalog.pg_proc p ON p.oid = pg_catalog.to_regprocedure(x.f)
+JOIN pg_catalog.pg_proc p ON p.oid = coalesce(
+    pg_catalog.to_regprocedure(x.f),
+    pg_catalog.to_regprocedure(
+        (SELECT pg_catalog.quote_ident(s.nspname) FROM pg_catalog.pg_extension e
+         JOIN pg_catalog.pg_namespace s ON s.oid = e.extnamespace
+         WHERE e.extname = 'pg_trgm') || '.' || x.f))
 WHERE NOT p.proleakproof
 ORDER BY n
 """
@@ -352,8 +360,9 @@ async def missing_marks(database_url: str, tls: DatabaseTLS = None) -> list[str]
         )
     if open_locks:
         lines.append(
-            f"PUBLIC may take advisory locks ({len(open_locks)} functions, "
-            f"{open_locks[0]} among them): any login can hold the service's leader locks "
+            f"PUBLIC may take advisory locks ({open_locks[0]}"
+            + (f" and {len(open_locks) - 1} more" if len(open_locks) > 1 else "")
+            + "): any login can hold the service's leader locks "
             "and stop its loops; revoke as migration 0109 does (docs/operations.md)"
         )
     return lines

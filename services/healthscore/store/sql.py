@@ -803,11 +803,9 @@ WHERE s.organization_id = x.organization_id
 
 # --- dedupe retention ----------------------------------------------------------
 
-# how far behind the purge is (the processed_at index's first entry)
-OLDEST_EVENT_ID_AGE = """
-SELECT coalesce(extract(epoch FROM now() - min(processed_at)), 0)::float8
-FROM processed_events
-"""
+# the oldest event id kept (the processed_at index's first live entry): how far behind
+# the purge is
+OLDEST_EVENT_ID = "SELECT min(processed_at) FROM processed_events"
 
 PURGE_PROCESSED_EVENTS = """
 DELETE FROM processed_events

@@ -88,9 +88,7 @@ class GaugeRefresher:
             outbox = await conn.fetchrow(sql.OUTBOX_STATS)
             dead = await conn.fetchrow(sql.DEAD_LETTER_STATS, sql.DEAD_LETTERS_COUNTED)
             notify = await conn.fetchval(sql.NOTIFICATION_QUEUE_USAGE)
-            oldest_event_id = await conn.fetchval(sql.OLDEST_EVENT_ID_AGE)
         assert outbox is not None and dead is not None
-        self._metrics.event_ids_oldest_age.set(oldest_event_id)
         self._metrics.notification_queue_usage.set(notify)
         self._metrics.outbox_backlog.set(outbox["backlog"])
         self._metrics.outbox_oldest_age.set(outbox["oldest_age"])

@@ -292,8 +292,8 @@ class Metrics:
         )
         self.event_ids_oldest_age = Gauge(
             "healthscore_event_ids_oldest_age_seconds",
-            "Age of the oldest event id kept for deduplication (by when it was applied); "
-            "0 when none.",
+            "Age of the oldest event id kept for deduplication (by when it was applied), "
+            "as of this replica's last purge; 0 on a replica that does not purge.",
             registry=r,
         )
         self.dedupe_retention = Gauge(
