@@ -316,6 +316,14 @@ class Settings(BaseSettings):
         "0: every batch reads its organizations' states)",
     )
     dedupe_retention_days: int = Field(default=14, ge=1)
+    history_retention_days: int | None = Field(
+        default=None,
+        ge=32,
+        description=(
+            "Days of score history kept (the sweep's replicas delete older days, hourly); "
+            "unset: kept until the organization is erased."
+        ),
+    )
     silence_rescore_after_seconds: float = Field(
         default=6 * 3600,
         gt=0,

@@ -646,6 +646,7 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
         ("COUNT_SILENT", sql.COUNT_SILENT, [now]),
         ("SET_RESCORE_DUE", sql.SET_RESCORE_DUE, [[org], [now]]),
         ("PURGE_PROCESSED_EVENTS", sql.PURGE_PROCESSED_EVENTS, [now, 10]),
+        ("PURGE_SCORE_HISTORY", sql.PURGE_SCORE_HISTORY, [now.date(), 10]),
         ("PENDING_ALERTS", sql.PENDING_ALERTS, [10]),
         ("MARK_ALERTS_SENT", sql.MARK_ALERTS_SENT, [[alert]]),
         ("RECORD_ALERT_FAILURE", sql.RECORD_ALERT_FAILURE, [[alert], "broker down"]),

@@ -767,3 +767,83 @@ async def test_the_event_ids_purge_is_logged_counted_and_not_held_by_full_pages(
             assert sum(purged) == 6 and await kept() == total - 6
         finally:
             await conn.close()
+
+
+async def test_the_score_history_is_purged_past_its_retention_and_never_its_last_month(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    """HISTORY_RETENTION_DAYS: the sweep's replicas delete the days before the cutoff
+    (hourly, logged and counted); the writer's function cannot delete the last 31 days
+    whatever cutoff it is given (the owner's policies, migration 0118). The history was
+    kept until the organization was erased (review 35a M1)."""
+    org = _any_org("history-retention")
+    today = datetime.now(UTC).date()
+    purged: list[int] = []
+    async with _pipeline(migrated_database, kafka_bootstrap) as feed:
+        await feed.send([(org, "login", LAST, {})])
+        sweep = SilenceSweep(
+            feed.pipeline._pool,
+            default_model(),
+            GROUP,
+            STEP,
+            topics=[USAGE, SUPPORT],
+            history_retention_days=60,
+            on_history_purge=purged.append,
+        )
+        conn = await asyncpg.connect(migrated_database)
+        try:
+            columns = [
+                row[0]
+                for row in await conn.fetch(
+                    "SELECT column_name FROM information_schema.columns"
+                    " WHERE table_name = 'health_score_history' AND is_generated = 'NEVER'"
+                    " AND column_name <> 'scored_at' ORDER BY ordinal_position"
+                )
+            ]
+            listed = ", ".join(columns)  # the catalog's names, no input
+
+            async def a_day(ago: int) -> None:
+                # `day` is generated from `scored_at`: noon UTC of that day
+                noon = datetime.combine(today - timedelta(days=ago), datetime.min.time(), UTC)
+                await conn.execute(
+                    f"INSERT INTO health_score_history ({listed}, scored_at)"
+                    f" SELECT {listed}, $2 FROM health_score_history"
+                    " WHERE organization_id = $1 LIMIT 1",
+                    uuid.UUID(org),
+                    noon + timedelta(hours=12),
+                )
+
+            async def days() -> list[int]:
+                rows = await conn.fetch(
+                    "SELECT day FROM health_score_history WHERE organization_id = $1",
+                    uuid.UUID(org),
+                )
+                return sorted((today - row["day"]).days for row in rows)
+
+            for ago in (75, 61, 59, 33, 20, 0):
+                await a_day(ago)
+            before = await days()
+            assert max(before) > 80  # the login's own day, about 90 days ago
+            with capture_logs() as logs:
+                await sweep.step()
+            assert await days() == [0, 20, 33, 59]
+            assert sum(purged) == len(before) - 4
+            (line,) = [entry for entry in logs if entry["event"] == "score_history_purged"]
+            assert line["rows"] == sum(purged)
+            # hourly: a day past the cutoff written now waits for the next hour
+            await a_day(70)
+            await sweep.step()
+            assert await days() == [0, 20, 33, 59, 70]
+            sweep._history_purged_at = (
+                time.monotonic() - sweep_module.HISTORY_PURGE_INTERVAL_SECONDS
+            )
+            await sweep.step()
+            assert await days() == [0, 20, 33, 59]
+            # the writer's function and a cutoff of tomorrow: the last 31 days stay
+            async with feed.pipeline._pool.acquire() as writer:
+                gone = await writer.fetchval(
+                    "SELECT purge_score_history($1, 1000)", today + timedelta(days=1)
+                )
+            assert gone == 2 and await days() == [0, 20]
+        finally:
+            await conn.close()

@@ -400,6 +400,8 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
             dedupe_retention_days=s.dedupe_retention_days,
             unread=unread,
             on_purge=metrics.event_ids_purged.inc,
+            history_retention_days=s.history_retention_days,
+            on_history_purge=metrics.score_history_purged.inc,
         )
         if o.run_sweep
         else None

@@ -95,6 +95,10 @@ commits, and how long it keeps its organizations' rows."""
 PURGE_INTERVAL_SECONDS = 60.0
 """The event ids' purge runs at least this often while the sweep's pages are full."""
 
+HISTORY_PURGE_INTERVAL_SECONDS = 3600.0
+"""The score history's purge (HISTORY_RETENTION_DAYS) runs at most this often: its
+cutoff moves a day a day."""
+
 SWEEP_SLICE = 1_000
 """Silence rescorings the sweep computes between two yields of the event loop: the
 consumer's batches, heartbeats and the ops endpoints share the loop."""
@@ -114,6 +118,8 @@ class SilenceSweep:
         dedupe_retention_days: int | None = None,
         unread: FindUnread | None = None,
         on_purge: Callable[[int], None] | None = None,
+        history_retention_days: int | None = None,
+        on_history_purge: Callable[[int], None] | None = None,
     ) -> None:
         self._pool = pool
         self._model = model
@@ -127,6 +133,10 @@ class SilenceSweep:
         self._on_purge = on_purge
         self._purged_at: float | None = None  # monotonic; None: not yet in this process
         self.oldest_event_id_at: datetime | None = None  # as of the last purge
+        # `step` also deletes the score history's days older than this, hourly
+        self._history_retention_days = history_retention_days
+        self._on_history_purge = on_history_purge
+        self._history_purged_at: float | None = None  # monotonic
         self._unread = unread
         self.runs = 0
         self.rescorings = 0
@@ -266,6 +276,30 @@ class SilenceSweep:
             )
         return total
 
+    async def purge_score_history(self, retention_days: int, page: int = 10_000) -> int:
+        """Delete the score history's days before the retention's cutoff (UTC days), a
+        page per statement; logged (`score_history_purged`) and counted when any went."""
+        started = time.perf_counter()
+        self._history_purged_at = time.monotonic()
+        before = datetime.now(UTC).date() - timedelta(days=retention_days)
+        total = 0
+        while True:
+            async with self._pool.acquire() as conn:
+                deleted = int(await conn.fetchval(sql.PURGE_SCORE_HISTORY, before, page))
+            total += deleted
+            if deleted and self._on_history_purge is not None:
+                self._on_history_purge(deleted)
+            if deleted < page:
+                break
+        if total:
+            log.info(
+                "score_history_purged",
+                rows=total,
+                before=before.isoformat(),
+                seconds=round(time.perf_counter() - started, 3),
+            )
+        return total
+
     def oldest_event_id_age(self) -> float:
         """Seconds since the oldest event id kept at the last purge was applied; 0 before
         this process's first purge."""
@@ -284,8 +318,21 @@ class SilenceSweep:
                 await self.purge_processed_events(self._dedupe_retention_days)
             except Exception as exc:
                 log.warning("event_ids_purge_failed", error=type(exc).__name__, message=str(exc))
+        if self._history_retention_days is not None and _due(
+            self._history_purged_at, HISTORY_PURGE_INTERVAL_SECONDS
+        ):
+            try:
+                await self.purge_score_history(self._history_retention_days)
+            except Exception as exc:
+                log.warning(
+                    "score_history_purge_failed", error=type(exc).__name__, message=str(exc)
+                )
         return AT_ONCE if full else None
 
     def _purge_overdue(self) -> bool:
-        purged = self._purged_at
-        return purged is None or time.monotonic() - purged >= PURGE_INTERVAL_SECONDS
+        return _due(self._purged_at, PURGE_INTERVAL_SECONDS)
+
+
+def _due(last: float | None, interval: float) -> bool:
+    """Whether a purge last begun at `last` (monotonic; None: never) is due again."""
+    return last is None or time.monotonic() - last >= interval

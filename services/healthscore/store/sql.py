@@ -807,6 +807,9 @@ WHERE s.organization_id = x.organization_id
 # the purge is
 OLDEST_EVENT_ID = "SELECT min(processed_at) FROM processed_events"
 
+# HISTORY_RETENTION_DAYS: a page of the days before the cutoff (migration 0118)
+PURGE_SCORE_HISTORY = "SELECT purge_score_history($1, $2)"
+
 PURGE_PROCESSED_EVENTS = """
 DELETE FROM processed_events
 WHERE ctid = ANY(ARRAY(

@@ -290,6 +290,11 @@ class Metrics:
             "Event ids forgotten past the dedupe window (DEDUPE_RETENTION_DAYS).",
             registry=r,
         )
+        self.score_history_purged = Counter(
+            "healthscore_score_history_purged_total",
+            "Score history rows deleted past HISTORY_RETENTION_DAYS.",
+            registry=r,
+        )
         self.event_ids_oldest_age = Gauge(
             "healthscore_event_ids_oldest_age_seconds",
             "Age of the oldest event id kept for deduplication (by when it was applied), "
