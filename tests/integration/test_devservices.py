@@ -46,10 +46,22 @@ def _exports(text: str) -> dict[str, str]:
     return dict(re.findall(r"^export (\w+)='?([^'\n]*)'?$", text, re.MULTILINE))
 
 
-def _wait_until(what: str, check: Callable[[], bool], timeout: float = 120.0) -> None:
+def _tails(*paths: Path) -> str:
+    return " | ".join(path.read_text(errors="replace")[-2000:] for path in paths)
+
+
+def _wait_until(
+    what: str,
+    check: Callable[[], bool],
+    timeout: float = 240.0,
+    said: Callable[[], str] = lambda: "",
+) -> None:
+    """Wait for `check`; a bound, not a measure: on a loaded machine (four test workers and
+    other work) a start of the embedded services once took more than 120 s. `said`: what
+    the process printed, for the failure's message."""
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, what
+        assert time.monotonic() < deadline, f"{what}; it said: {said()}"
         time.sleep(0.3)
 
 
@@ -111,7 +123,11 @@ def test_serve_consumes_on_the_second_dev_services_session_of_a_kept_database(
             )
         serve: subprocess.Popen[bytes] | None = None
         try:
-            _wait_until("dev-services up", functools.partial(_printed, out, "Ctrl-C stops them"))
+            _wait_until(
+                "dev-services up",
+                functools.partial(_printed, out, "Ctrl-C stops them"),
+                said=functools.partial(_tails, out, err),
+            )
             exports = _exports(out.read_text())
             service_env = {
                 **env,
