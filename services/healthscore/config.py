@@ -320,7 +320,8 @@ class Settings(BaseSettings):
         default=None,
         ge=32,
         description=(
-            "Days of score history kept (the sweep's replicas delete older days, hourly); "
+            "Days of score history kept (the sweep's replicas delete older days once a UTC "
+            "day); "
             "unset: kept until the organization is erased."
         ),
     )

@@ -319,7 +319,7 @@ FUNCTIONS: Final = {
     # store/erasure.py DELETE_DEAD_LETTERS (0099): the eraser reads no dead letter
     f"{ERASER}: EXECUTE on function erase_dead_letters(uuid)",
     # store/sql.py PURGE_SCORE_HISTORY (0118): HISTORY_RETENTION_DAYS, never the last 31 days
-    f"{WRITER}: EXECUTE on function purge_score_history(date,integer)",
+    f"{WRITER}: EXECUTE on function purge_score_history(date,uuid[])",
     # WAIT_FOR_THE_RELAYS: the relays' leader locks (migration 0116)
     f"{ERASER}: EXECUTE on function erasure_waits_for_the_relays()",
     # store/erasure.py FEED_DEBT_NOT_DUE (0107): the organization's feed debt, no other's
@@ -336,7 +336,7 @@ SECURITY_DEFINER: Final = {
     "app_applied_migrations()": _PINNED,
     "erasure_waits_for_the_relays()": _PINNED,
     # HISTORY_RETENTION_DAYS: the owner's policies bound what it deletes (0118)
-    "purge_score_history(date,integer)": _PINNED,
+    "purge_score_history(date,uuid[])": _PINNED,
     # `healthscore erase`: the organization's feed debt, locked, no other read (0107)
     "erased_feed_debt_due(uuid)": _PINNED,
     # the read API: the read model's staleness, no organization's row (0111)
@@ -387,17 +387,17 @@ POLICIES: Final = {
         None,
     ),
     ("health_score_history", "health_score_history_writer_all"): ("ALL", WRITER, "true", "true"),
-    # purge_score_history() (0118, SECURITY DEFINER): only days past the last 31
+    # purge_score_history() (0118, SECURITY DEFINER): only days past the last 31 (UTC)
     ("health_score_history", "health_score_history_owner_purge_delete"): (
         "DELETE",
         OWNER,
-        "(day < (CURRENT_DATE - 31))",
+        "(day < (((now() AT TIME ZONE 'UTC'::text))::date - 31))",
         None,
     ),
     ("health_score_history", "health_score_history_owner_purge_select"): (
         "SELECT",
         OWNER,
-        "(day < (CURRENT_DATE - 31))",
+        "(day < (((now() AT TIME ZONE 'UTC'::text))::date - 31))",
         None,
     ),
     ("organizations", "organizations_dashboard_admin_select"): ("SELECT", DASHBOARD, _ADMIN, None),

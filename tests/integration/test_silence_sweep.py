@@ -773,9 +773,10 @@ async def test_the_score_history_is_purged_past_its_retention_and_never_its_last
     migrated_database: str, kafka_bootstrap: str
 ) -> None:
     """HISTORY_RETENTION_DAYS: the sweep's replicas delete the days before the cutoff
-    (hourly, logged and counted); the writer's function cannot delete the last 31 days
-    whatever cutoff it is given (the owner's policies, migration 0118). The history was
-    kept until the organization was erased (review 35a M1)."""
+    (once a UTC day, organization by organization, logged and counted); the writer's
+    function cannot delete the last 31 days whatever cutoff it is given (the owner's
+    policies, migration 0118). The history was kept until the organization was erased
+    (review 35a M1)."""
     org = _any_org("history-retention")
     today = datetime.now(UTC).date()
     purged: list[int] = []
@@ -820,30 +821,32 @@ async def test_the_score_history_is_purged_past_its_retention_and_never_its_last
                 )
                 return sorted((today - row["day"]).days for row in rows)
 
-            for ago in (75, 61, 59, 33, 20, 0):
+            for ago in (75, 61, 59, 33, 32, 31, 20, 0):
                 await a_day(ago)
             before = await days()
             assert max(before) > 80  # the login's own day, about 90 days ago
             with capture_logs() as logs:
                 await sweep.step()
-            assert await days() == [0, 20, 33, 59]
-            assert sum(purged) == len(before) - 4
+            assert await days() == [0, 20, 31, 32, 33, 59]
+            assert sum(purged) == len(before) - 6
             (line,) = [entry for entry in logs if entry["event"] == "score_history_purged"]
             assert line["rows"] == sum(purged)
-            # hourly: a day past the cutoff written now waits for the next hour
+            # once a day: a day past the cutoff written now waits for the next UTC day
             await a_day(70)
             await sweep.step()
-            assert await days() == [0, 20, 33, 59, 70]
-            sweep._history_purged_at = (
-                time.monotonic() - sweep_module.HISTORY_PURGE_INTERVAL_SECONDS
-            )
+            assert await days() == [0, 20, 31, 32, 33, 59, 70]
+            sweep._history_purged_before = None  # as when the day turns
             await sweep.step()
-            assert await days() == [0, 20, 33, 59]
-            # the writer's function and a cutoff of tomorrow: the last 31 days stay
-            async with feed.pipeline._pool.acquire() as writer:
+            assert await days() == [0, 20, 31, 32, 33, 59]
+            # the writer's function and a cutoff of tomorrow: the last 31 days stay (its
+            # session's own time zone does not move them)
+            async with feed.pipeline._pool.acquire() as writer, writer.transaction():
+                await writer.execute("SET LOCAL TimeZone = 'Pacific/Kiritimati'")
                 gone = await writer.fetchval(
-                    "SELECT purge_score_history($1, 1000)", today + timedelta(days=1)
+                    "SELECT purge_score_history($1, $2)",
+                    today + timedelta(days=1),
+                    [uuid.UUID(org)],
                 )
-            assert gone == 2 and await days() == [0, 20]
+            assert gone == 3 and await days() == [0, 20, 31]
         finally:
             await conn.close()

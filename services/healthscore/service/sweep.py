@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -95,9 +95,6 @@ commits, and how long it keeps its organizations' rows."""
 PURGE_INTERVAL_SECONDS = 60.0
 """The event ids' purge runs at least this often while the sweep's pages are full."""
 
-HISTORY_PURGE_INTERVAL_SECONDS = 3600.0
-"""The score history's purge (HISTORY_RETENTION_DAYS) runs at most this often: its
-cutoff moves a day a day."""
 
 SWEEP_SLICE = 1_000
 """Silence rescorings the sweep computes between two yields of the event loop: the
@@ -133,10 +130,11 @@ class SilenceSweep:
         self._on_purge = on_purge
         self._purged_at: float | None = None  # monotonic; None: not yet in this process
         self.oldest_event_id_at: datetime | None = None  # as of the last purge
-        # `step` also deletes the score history's days older than this, hourly
+        # `step` also deletes the score history's days older than this, once a UTC day
         self._history_retention_days = history_retention_days
         self._on_history_purge = on_history_purge
-        self._history_purged_at: float | None = None  # monotonic
+        # the cutoff of the last pass that finished: the next is due when the day turns
+        self._history_purged_before: date | None = None
         self._unread = unread
         self.runs = 0
         self.rescorings = 0
@@ -276,21 +274,28 @@ class SilenceSweep:
             )
         return total
 
-    async def purge_score_history(self, retention_days: int, page: int = 10_000) -> int:
-        """Delete the score history's days before the retention's cutoff (UTC days), a
-        page per statement; logged (`score_history_purged`) and counted when any went."""
+    async def purge_score_history(self, retention_days: int, page: int = 500) -> int:
+        """Delete the score history's days before the retention's cutoff (UTC days),
+        `page` organizations a statement, each through the history's key; logged
+        (`score_history_purged`) and counted when any went. Done once a UTC day: the
+        cutoff moves a day a day."""
         started = time.perf_counter()
-        self._history_purged_at = time.monotonic()
         before = datetime.now(UTC).date() - timedelta(days=retention_days)
         total = 0
+        after: UUID | None = None
         while True:
             async with self._pool.acquire() as conn:
-                deleted = int(await conn.fetchval(sql.PURGE_SCORE_HISTORY, before, page))
+                ids = [row[0] for row in await conn.fetch(sql.ORGANIZATIONS_AFTER, after, page)]
+                if not ids:
+                    break
+                deleted = int(await conn.fetchval(sql.PURGE_SCORE_HISTORY, before, ids))
             total += deleted
             if deleted and self._on_history_purge is not None:
                 self._on_history_purge(deleted)
-            if deleted < page:
+            if len(ids) < page:
                 break
+            after = ids[-1]
+        self._history_purged_before = before
         if total:
             log.info(
                 "score_history_purged",
@@ -318,11 +323,12 @@ class SilenceSweep:
                 await self.purge_processed_events(self._dedupe_retention_days)
             except Exception as exc:
                 log.warning("event_ids_purge_failed", error=type(exc).__name__, message=str(exc))
-        if self._history_retention_days is not None and _due(
-            self._history_purged_at, HISTORY_PURGE_INTERVAL_SECONDS
+        retention = self._history_retention_days
+        if retention is not None and self._history_purged_before != (
+            datetime.now(UTC).date() - timedelta(days=retention)
         ):
             try:
-                await self.purge_score_history(self._history_retention_days)
+                await self.purge_score_history(retention)
             except Exception as exc:
                 log.warning(
                     "score_history_purge_failed", error=type(exc).__name__, message=str(exc)
@@ -330,9 +336,5 @@ class SilenceSweep:
         return AT_ONCE if full else None
 
     def _purge_overdue(self) -> bool:
-        return _due(self._purged_at, PURGE_INTERVAL_SECONDS)
-
-
-def _due(last: float | None, interval: float) -> bool:
-    """Whether a purge last begun at `last` (monotonic; None: never) is due again."""
-    return last is None or time.monotonic() - last >= interval
+        purged = self._purged_at
+        return purged is None or time.monotonic() - purged >= PURGE_INTERVAL_SECONDS

@@ -807,7 +807,11 @@ WHERE s.organization_id = x.organization_id
 # the purge is
 OLDEST_EVENT_ID = "SELECT min(processed_at) FROM processed_events"
 
-# HISTORY_RETENTION_DAYS: a page of the days before the cutoff (migration 0118)
+# HISTORY_RETENTION_DAYS (migration 0118): the organizations a page at a time, by id,
+# and their days before the cutoff
+ORGANIZATIONS_AFTER = """
+SELECT id FROM organizations WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2
+"""
 PURGE_SCORE_HISTORY = "SELECT purge_score_history($1, $2)"
 
 PURGE_PROCESSED_EVENTS = """
