@@ -265,7 +265,13 @@ class SilenceSweep:
             oldest = await conn.fetchval(sql.OLDEST_EVENT_ID)
         # none kept: none older than now, and a purge failing from here on ages it
         self.oldest_event_id_at = oldest if oldest is not None else datetime.now(UTC)
-        _log_purged("event_ids_purged", total, started, older_than=cutoff.isoformat())
+        if total:
+            log.info(
+                "event_ids_purged",
+                rows=total,
+                older_than=cutoff.isoformat(),
+                seconds=round(time.perf_counter() - started, 3),
+            )
         return total
 
     async def purge_score_history(self, retention_days: int, page: int = 500) -> int:
@@ -290,7 +296,13 @@ class SilenceSweep:
                 break
             after = ids[-1]
         self._history_purged_before = before
-        _log_purged("score_history_purged", total, started, before=before.isoformat())
+        if total:
+            log.info(
+                "score_history_purged",
+                rows=total,
+                before=before.isoformat(),
+                seconds=round(time.perf_counter() - started, 3),
+            )
         return total
 
     def oldest_event_id_age(self) -> float:
@@ -326,9 +338,3 @@ class SilenceSweep:
     def _purge_overdue(self) -> bool:
         purged = self._purged_at
         return purged is None or time.monotonic() - purged >= PURGE_INTERVAL_SECONDS
-
-
-def _log_purged(event: str, rows: int, started: float, **cutoff: str) -> None:
-    """A purge's line, when it deleted anything: how many rows, before what, how long."""
-    if rows:
-        log.info(event, rows=rows, **cutoff, seconds=round(time.perf_counter() - started, 3))
