@@ -120,6 +120,12 @@ async def test_a_dead_letter_its_topic_refuses_for_its_content_holds_no_later_on
                     withheld = _metric(
                         service, "healthscore_dead_letters_withheld_total", topic=topics.usage
                     )
+                    # the rows kept for an operator, as the gauges' next refresh counts them
+                    for _ in range(150):
+                        kept_rows = _metric(service, "healthscore_dead_letters_withheld_kept")
+                        if kept_rows == 1:
+                            break
+                        await asyncio.sleep(0.1)
                     published = _metric(
                         service, "healthscore_dead_letters_published_total", topic=topics.usage
                     )
@@ -156,6 +162,7 @@ async def test_a_dead_letter_its_topic_refuses_for_its_content_holds_no_later_on
     assert kept["refusal"].startswith("UnknownError")
     # counted and said
     assert withheld == 1 and published == 3
+    assert kept_rows == 1  # the gauge the DBA watches the table by
     [said] = [log for log in logs if log["event"] == "dead_letter_withheld"]
     assert said["source"] == f"{topics.usage}:0:{sent[1].offset}"
     assert said["topic"] == topics.dlq_usage and said["reason"] == "invalid_json"

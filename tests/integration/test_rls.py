@@ -670,6 +670,7 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
         ("OWE_FEED_TOMBSTONES", sql.OWE_FEED_TOMBSTONES, [[]]),
         ("OUTBOX_STATS", sql.OUTBOX_STATS, []),
         ("OLDEST_EVENT_ID", sql.OLDEST_EVENT_ID, []),
+        ("DEAD_LETTERS_WITHHELD_KEPT", sql.DEAD_LETTERS_WITHHELD_KEPT, [10]),
         ("NOTIFICATION_QUEUE_USAGE", sql.NOTIFICATION_QUEUE_USAGE, []),
         (
             "INSERT_DEAD_LETTERS",

@@ -701,6 +701,11 @@ DEAD_LETTERS_COUNTED = 100_000
 # go through it; a listener idle in a transaction keeps it from being truncated)
 NOTIFICATION_QUEUE_USAGE = "SELECT pg_notification_queue_usage()"
 
+# the records the dead-letter topics refused, kept for an operator (counted up to $1)
+DEAD_LETTERS_WITHHELD_KEPT = """
+SELECT count(*) FROM (SELECT 1 FROM dead_letters_withheld LIMIT $1) AS kept
+"""
+
 OUTBOX_STATS = """
 SELECT count(*) AS backlog,
        coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_age

@@ -88,8 +88,10 @@ class GaugeRefresher:
             outbox = await conn.fetchrow(sql.OUTBOX_STATS)
             dead = await conn.fetchrow(sql.DEAD_LETTER_STATS, sql.DEAD_LETTERS_COUNTED)
             notify = await conn.fetchval(sql.NOTIFICATION_QUEUE_USAGE)
+            withheld = await conn.fetchval(sql.DEAD_LETTERS_WITHHELD_KEPT, sql.DEAD_LETTERS_COUNTED)
         assert outbox is not None and dead is not None
         self._metrics.notification_queue_usage.set(notify)
+        self._metrics.dead_letters_withheld_kept.set(withheld)
         self._metrics.outbox_backlog.set(outbox["backlog"])
         self._metrics.outbox_oldest_age.set(outbox["oldest_age"])
         self._metrics.dead_letters_pending.set(dead["pending"])

@@ -238,6 +238,13 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        self.dead_letters_withheld_kept = Gauge(
+            "healthscore_dead_letters_withheld_kept",
+            "Rows of dead_letters_withheld: records their dead-letter topic refused, kept "
+            "for an operator to read and delete (refreshed every 5 s; counted up to "
+            "100,000).",
+            registry=r,
+        )
         self.dead_letters_withheld = Counter(
             "healthscore_dead_letters_withheld_total",
             "Dead letters their topic refused for their content alone, published as a "
