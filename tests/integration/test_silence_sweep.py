@@ -169,8 +169,10 @@ async def _pipeline(
         await producer.stop()
 
 
-def _sweep(feed: Feed) -> SilenceSweep:
-    return SilenceSweep(feed.pipeline._pool, default_model(), GROUP, STEP, topics=[USAGE, SUPPORT])
+def _sweep(feed: Feed, **options: Any) -> SilenceSweep:
+    return SilenceSweep(
+        feed.pipeline._pool, default_model(), GROUP, STEP, topics=[USAGE, SUPPORT], **options
+    )
 
 
 def _active_history(org: str, end: datetime, days: int = 14) -> list[Event]:
@@ -708,16 +710,7 @@ async def test_the_event_ids_purge_is_logged_counted_and_not_held_by_full_pages(
     async with _pipeline(migrated_database, kafka_bootstrap) as feed:
         await feed.send([(org, "login", LAST, {}) for org in orgs])
         await feed.send([(_any_org("purge-clock"), "login", LAST + timedelta(days=30), {})])
-        sweep = SilenceSweep(
-            feed.pipeline._pool,
-            default_model(),
-            GROUP,
-            STEP,
-            topics=[USAGE, SUPPORT],
-            page_size=2,
-            dedupe_retention_days=14,
-            on_purge=purged.append,
-        )
+        sweep = _sweep(feed, page_size=2, dedupe_retention_days=14, on_purge=purged.append)
         conn = await asyncpg.connect(migrated_database)
         try:
 
@@ -782,15 +775,7 @@ async def test_the_score_history_is_purged_past_its_retention_and_never_its_last
     purged: list[int] = []
     async with _pipeline(migrated_database, kafka_bootstrap) as feed:
         await feed.send([(org, "login", LAST, {})])
-        sweep = SilenceSweep(
-            feed.pipeline._pool,
-            default_model(),
-            GROUP,
-            STEP,
-            topics=[USAGE, SUPPORT],
-            history_retention_days=60,
-            on_history_purge=purged.append,
-        )
+        sweep = _sweep(feed, history_retention_days=60, on_history_purge=purged.append)
         conn = await asyncpg.connect(migrated_database)
         try:
             columns = [

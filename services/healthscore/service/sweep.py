@@ -280,7 +280,7 @@ class SilenceSweep:
         (`score_history_purged`) and counted when any went. Done once a UTC day: the
         cutoff moves a day a day."""
         started = time.perf_counter()
-        before = datetime.now(UTC).date() - timedelta(days=retention_days)
+        before = _history_cutoff(retention_days)
         total = 0
         after: UUID | None = None
         while True:
@@ -324,9 +324,7 @@ class SilenceSweep:
             except Exception as exc:
                 log.warning("event_ids_purge_failed", error=type(exc).__name__, message=str(exc))
         retention = self._history_retention_days
-        if retention is not None and self._history_purged_before != (
-            datetime.now(UTC).date() - timedelta(days=retention)
-        ):
+        if retention is not None and self._history_purged_before != _history_cutoff(retention):
             try:
                 await self.purge_score_history(retention)
             except Exception as exc:
@@ -338,3 +336,8 @@ class SilenceSweep:
     def _purge_overdue(self) -> bool:
         purged = self._purged_at
         return purged is None or time.monotonic() - purged >= PURGE_INTERVAL_SECONDS
+
+
+def _history_cutoff(retention_days: int) -> date:
+    """The first day of score history `retention_days` keeps (UTC days)."""
+    return datetime.now(UTC).date() - timedelta(days=retention_days)

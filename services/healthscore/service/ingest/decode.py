@@ -298,7 +298,7 @@ class Decoder:
                 self._keys.clear()
             known = self._keys[record.key] = (parsed, record.key.decode("ascii"))
         key, organization = known
-        received_at = _received_at(record)
+        received_at, received_as = _received_at(record)
         fast = self._fast.get(record.topic)
         event: Event | None = None
         if fast is not None:
@@ -308,12 +308,11 @@ class Decoder:
                 event = None  # never a verdict: pydantic decides
         if event is None:
             self.fallbacks += 1
+            context = validation_context(received_at, received_as)
             try:
-                validated = model.model_validate(body, context=_judged_at(record, received_at))
+                validated = model.model_validate(body, context=context)
             except ValidationError as exc:
-                return _rejection_from(
-                    record, _as_sent_integers(model, body, received_at, exc, record)
-                )
+                return _rejection_from(record, _as_sent_integers(model, body, context, exc))
             assert isinstance(
                 validated,
                 contracts.UsageEvent | contracts.SupportEvent | contracts.OrganizationProfile,
@@ -613,8 +612,14 @@ def key_organization(key: bytes | None) -> UUID | None:
         return None
 
 
-def _received_at(record: RawRecord) -> datetime:
-    """The clock `occurred_at` is judged against: the record's timestamp.
+_RECORD_TIMESTAMP = "the Kafka record's timestamp"
+_CONSUMER_CLOCK = "the consumer's clock"
+
+
+def _received_at(record: RawRecord) -> tuple[datetime, str]:
+    """The clock `occurred_at` is judged against: the record's timestamp; and which
+    clock it was, for a refusal to name (a producer whose record timestamps run behind
+    its events' times has to know the record's timestamp was the reference).
 
     Using the record timestamp makes a replay judge each event exactly as the
     live run did; taking the earlier of it and the wall clock stops a producer
@@ -622,37 +627,28 @@ def _received_at(record: RawRecord) -> datetime:
     """
     stamp = record.timestamp_ms
     if stamp is None or stamp <= 0:
-        return datetime.now(UTC)
+        return datetime.now(UTC), _CONSUMER_CLOCK
     if stamp < (time.time() - 1) * 1000:
         # well before the wall clock: the earlier of the two (cheaper)
-        return datetime.fromtimestamp(stamp / 1000, UTC)
+        return datetime.fromtimestamp(stamp / 1000, UTC), _RECORD_TIMESTAMP
     # compared before converting: a stamp in micro- or nanoseconds lies past year
     # 9999, where a datetime cannot go, and is no reason to refuse a valid event
     now = datetime.now(UTC)
     if stamp >= now.timestamp() * 1000:
-        return now
-    return datetime.fromtimestamp(stamp / 1000, UTC)
+        return now, _CONSUMER_CLOCK
+    return datetime.fromtimestamp(stamp / 1000, UTC), _RECORD_TIMESTAMP
 
 
-def _judged_at(record: RawRecord, received_at: datetime) -> dict[str, Any]:
-    """The validation context: the clock `occurred_at` is judged against and what it is
-    (a refusal names it: a producer whose record timestamps run behind its events'
-    times, a stream processor passing an input record's timestamp on, has to know that
-    the record's timestamp, not the consumer's clock, was the reference)."""
-    stamp = record.timestamp_ms
-    from_record = stamp is not None and round(received_at.timestamp() * 1000) == stamp
-    return {
-        "received_at": received_at,
-        "received_as": "the Kafka record's timestamp" if from_record else "the consumer's clock",
-    }
+def validation_context(received_at: datetime, received_as: str) -> dict[str, Any]:
+    """The contracts' validation context (`check_not_in_future`): the clock and its name."""
+    return {"received_at": received_at, "received_as": received_as}
 
 
 def _as_sent_integers(
     model: type[BaseModel],
     body: dict[str, Any],
-    received_at: datetime,
+    context: dict[str, Any],
     exc: ValidationError,
-    record: RawRecord,
 ) -> ValidationError:
     """`exc`, or, when `body` holds a top-level integer orjson read as a float (one
     beyond 64 bits: 10**20 is 1e+20 to it), the error of `body` with that float an
@@ -666,7 +662,7 @@ def _as_sent_integers(
     if not floats:
         return exc
     try:
-        model.model_validate({**body, **floats}, context=_judged_at(record, received_at))
+        model.model_validate({**body, **floats}, context=context)
     except ValidationError as again:
         return again
     return exc

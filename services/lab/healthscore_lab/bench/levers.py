@@ -47,6 +47,7 @@ from healthscore.service.ingest.decode import (
     _received_at,
     core_event,
     duplicate_key,
+    validation_context,
 )
 from healthscore.service.kafka_clients import KafkaConnection
 from healthscore.store import sql
@@ -96,7 +97,7 @@ class JsonModeDecoder:
             return self._fallback.decode(record)
         try:
             event = model.model_validate_json(
-                record.value, context={"received_at": _received_at(record)}
+                record.value, context=validation_context(*_received_at(record))
             )
         except ValidationError:
             # the reason a producer reads comes from the ordered checks
