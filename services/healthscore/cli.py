@@ -424,9 +424,10 @@ def cmd_erase(args: argparse.Namespace) -> int:
     from aiokafka.errors import KafkaError
 
     from healthscore.service.erasure import (
+        ERASE_PAGE,
         ERASER_ROLE,
         ErasureRefused,
-        erase_organization,
+        erase_organizations,
         format_erasure,
         parse_organization_ids,
     )
@@ -515,13 +516,14 @@ def cmd_erase(args: argparse.Namespace) -> int:
                         "missing too): run `healthscore erase --yes` again for those ids",
                         file=sys.stderr,
                     )
-            for org in ids:
-                result = await erase_organization(conn, org, apply=args.yes)
-                for line in format_erasure(result, args.yes):
-                    print(line)
-                if args.yes:
-                    erased.append(org)
-                    owed_since.append(result.tombstone_owed_since)
+            for start in range(0, len(ids), ERASE_PAGE):
+                page = ids[start : start + ERASE_PAGE]
+                for result in await erase_organizations(conn, page, apply=args.yes):
+                    for line in format_erasure(result, args.yes):
+                        print(line)
+                    if args.yes:
+                        erased.append(result.organization_id)
+                        owed_since.append(result.tombstone_owed_since)
         except (OSError, asyncpg.PostgresError) as exc:
             print(f"error: erasure stopped: {type(exc).__name__}: {exc}", file=sys.stderr)
             print(

@@ -370,7 +370,7 @@ async def test_an_erasure_committed_while_a_batch_waits_for_its_offsets(
         migrated_database, server_settings={"role": "healthscore_eraser"}
     )
     try:
-        await eraser.execute(erasure.DELETE_PROCESSED_EVENTS, uuid.UUID(held))
+        await eraser.execute(erasure.DELETE_PROCESSED_EVENTS, [uuid.UUID(held)])
     finally:
         await eraser.close()
     assert await _rows_of(migrated_database, held) == {}

@@ -13,9 +13,10 @@ Each organization is erased in its own transaction, as healthscore_eraser
    saves (`save_states_checked`) and the tombstone in its next claim; an erasure
    committed between a batch's claim and its saves is found then (`sql.ERASED_AMONG`).
 2. A second transaction deletes its processed event ids (no foreign key, a large
-   table) and marks the erasure finished (`completed_at`). A command killed between
-   the two leaves it unfinished: `erase --list` says so, and the same command run
-   again finishes it.
+   table without an index on the organization: one scan for a page of organizations
+   whose first steps committed) and marks the erasure finished (`completed_at`). A
+   command killed between the two leaves it unfinished: `erase --list` says so, and
+   the same command run again finishes it.
 
 Then the compacted health feed gets a tombstone record (the key, no value), so its
 consumers drop the organization too. The first transaction owes it
@@ -32,9 +33,11 @@ reads none of the rows themselves, which row-level security hides from it).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import functools
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -47,11 +50,24 @@ from healthscore.store.schema_catalog import ERASER_ROLE
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["ERASER_ROLE", "erase_organization", "format_erasure", "parse_organization_ids"]
+_T = TypeVar("_T")
+
+__all__ = [
+    "ERASER_ROLE",
+    "ERASE_PAGE",
+    "erase_organization",
+    "erase_organizations",
+    "format_erasure",
+    "parse_organization_ids",
+]
 
 # an erasure that meets a deadlock (a batch's checked save, an import page) or its lock
 # timeout is run again, as an import page is
 ERASE_ATTEMPTS = 5
+
+# organizations whose event ids one statement deletes: `processed_events` has no index
+# on the organization, so each statement scans it
+ERASE_PAGE = 500
 
 
 class ErasureRefused(HealthscoreError):
@@ -133,8 +149,8 @@ def _since(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {table: count for table, count in deleted.items() if count > 0}
 
 
-async def _erase_rows(conn: asyncpg.Connection, organization: UUID, apply: bool) -> Erasure:
-    """Both steps for one organization (rolled back unless `apply`)."""
+async def _first_step(conn: asyncpg.Connection, organization: UUID, apply: bool) -> Erasure:
+    """Everything but the event ids, for one organization (rolled back unless `apply`)."""
     result = Erasure(organization)
     try:
         async with conn.transaction():
@@ -184,50 +200,96 @@ async def _erase_rows(conn: asyncpg.Connection, organization: UUID, apply: bool)
     except _DryRun:
         result.erased_at = None
         result.tombstone_owed_since = None
+    return result
+
+
+async def _second_step(conn: asyncpg.Connection, results: list[Erasure], apply: bool) -> None:
+    """The event ids of a page of organizations, in one scan, and their erasures marked
+    finished (rolled back unless `apply`); adds what it removed to `results`."""
+    removed: dict[UUID, int] = {}
     try:
         async with conn.transaction():
-            before = await _deleted(conn)
-            await conn.execute(erasure.DELETE_PROCESSED_EVENTS, organization)
-            more = _since(before, await _deleted(conn))
-            if result.first or result.resumed:
-                await conn.execute(
-                    erasure.FINISH_ERASURE, organization, orjson.dumps(more).decode()
+            rows = await conn.fetch(
+                erasure.DELETE_PROCESSED_EVENTS, [result.organization_id for result in results]
+            )
+            removed = {row["organization_id"]: row["removed"] for row in rows}
+            finished = [
+                (
+                    result.organization_id,
+                    orjson.dumps(_event_ids(removed, result.organization_id)).decode(),
                 )
-            for table, count in more.items():
-                result.rows[table] = result.rows.get(table, 0) + count
+                for result in results
+                if result.first or result.resumed
+            ]
+            if finished:
+                await conn.executemany(erasure.FINISH_ERASURE, finished)
             if not apply:
                 raise _DryRun
     except _DryRun:
         pass
-    return result
+    for result in results:
+        for table, count in _event_ids(removed, result.organization_id).items():
+            result.rows[table] = result.rows.get(table, 0) + count
 
 
-async def erase_organization(conn: asyncpg.Connection, organization: UUID, apply: bool) -> Erasure:
-    """Erase (or, without `apply`, count) one organization, run again on a deadlock."""
+def _event_ids(removed: dict[UUID, int], organization: UUID) -> dict[str, int]:
+    count = removed.get(organization, 0)
+    return {"processed_events": count} if count else {}
+
+
+async def _retried(step: Callable[[], Awaitable[_T]], organizations: list[UUID]) -> _T:
     for attempt in range(1, ERASE_ATTEMPTS + 1):
         try:
-            result = await _erase_rows(conn, organization, apply)
+            return await step()
         except (asyncpg.TransactionRollbackError, asyncpg.LockNotAvailableError) as exc:
             if attempt == ERASE_ATTEMPTS:
                 raise
             log.warning(
                 "erasure_retried",
-                organization_id=str(organization),
+                organization_id=str(organizations[0]),
+                organizations=len(organizations),
                 reason=type(exc).__name__,
                 attempt=attempt,
             )
             await asyncio.sleep(0.1 * attempt)
-            continue
-        if apply:
+    raise AssertionError("unreachable")
+
+
+async def erase_organizations(
+    conn: asyncpg.Connection, organizations: Sequence[UUID], apply: bool
+) -> list[Erasure]:
+    """Erase (or, without `apply`, count) a page of organizations: each one's first
+    step in its own transaction, then the event ids of them all in one (at most
+    `ERASE_PAGE` organizations, each once); a step that meets a deadlock or its lock
+    timeout is run again."""
+    if len(organizations) > ERASE_PAGE or len(set(organizations)) != len(organizations):
+        raise ValueError(f"at most {ERASE_PAGE} organizations, each once")
+    results = []
+    for organization in organizations:
+        results.append(
+            await _retried(
+                functools.partial(_first_step, conn, organization, apply),
+                [organization],
+            )
+        )
+    if results:
+        await _retried(functools.partial(_second_step, conn, results, apply), list(organizations))
+    if apply:
+        for result in results:
             log.info(
                 "organization_erased",
-                organization_id=str(organization),
+                organization_id=str(result.organization_id),
                 first=result.first,
                 resumed=result.resumed,
                 rows=result.rows,
             )
-        return result
-    raise AssertionError("unreachable")
+    return results
+
+
+async def erase_organization(conn: asyncpg.Connection, organization: UUID, apply: bool) -> Erasure:
+    """Erase (or, without `apply`, count) one organization."""
+    (result,) = await erase_organizations(conn, [organization], apply)
+    return result
 
 
 def format_erasure(result: Erasure, applied: bool) -> list[str]:
