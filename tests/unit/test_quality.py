@@ -375,3 +375,20 @@ def test_a_file_wrong_throughout_is_refused_with_its_first_rows_and_a_count() ->
     assert lines[0].startswith("crm.csv: row 2, column organization_id:")
     assert lines[-1] == f"... and {1000 - SHOWN_ERRORS} more (the first {SHOWN_ERRORS} shown)"
     assert refused.value.lines(limit=2000)[-1].startswith("crm.csv: row 1001,")
+
+
+def test_the_nil_uuid_is_no_organization_in_an_import() -> None:
+    # as the topics refuse it: a spreadsheet's empty id exported as zeros would make one
+    # organization of every row without one
+    nil = "00000000-0000-0000-0000-000000000000"
+    with pytest.raises(ImportRefused) as refused:
+        parse_profiles(f"organization_id,created_at,milestones\n{nil},2024-05-01T00:00:00Z,\n")
+    [error] = refused.value.errors
+    assert (error.row, error.column, error.reason) == (
+        2,
+        "organization_id",
+        "the nil UUID is not an id",
+    )
+    with pytest.raises(ImportRefused) as refused:
+        parse_labels(f"organization_id,churned_at\n{ORG},\n{nil.replace('-', '')},\n")
+    assert [(e.row, e.column) for e in refused.value.errors] == [(3, "organization_id")]

@@ -301,5 +301,24 @@ TextTimestamp = Annotated[
     AfterValidator(check_plausible),
     Field(json_schema_extra={"pattern": DATE_TIME_PATTERN}),
 ]
-WireUUID = Annotated[UUID, Field(json_schema_extra={"pattern": UUID_PATTERN})]
-"""An id of an input event."""
+NIL_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+def check_not_nil(value: UUID) -> UUID:
+    """The nil UUID is what an unset id serializes to, not an id: taken, it would make
+    one event, organization, interaction or user of everything sent without one."""
+    if value.int == 0:
+        raise PydanticCustomError(
+            "uuid_nil",
+            "the nil UUID (all zeros) is not an id: an unset id? Send the real one, or "
+            "null where the field may be empty",
+        )
+    return value
+
+
+WireUUID = Annotated[
+    UUID,
+    AfterValidator(check_not_nil),
+    Field(json_schema_extra={"pattern": UUID_PATTERN, "not": {"const": NIL_UUID}}),
+]
+"""An id of an input event: any UUID but the nil one."""

@@ -198,10 +198,15 @@ def _rows(
 
 def _organization(number: int, value: str, errors: list[RowError]) -> UUID | None:
     try:
-        return UUID(value)
+        organization = UUID(value)
     except ValueError:
         errors.append(RowError(number, "organization_id", f"not a UUID: {value!r}"))
         return None
+    if organization.int == 0:
+        # as the topics refuse it (contracts._common.check_not_nil)
+        errors.append(RowError(number, "organization_id", "the nil UUID is not an id"))
+        return None
+    return organization
 
 
 def parse_profiles(

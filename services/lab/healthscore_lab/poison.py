@@ -317,6 +317,21 @@ def poison_corpus(organization_id: str, now: datetime) -> list[PoisonCase]:
         orjson.dumps(u("q_huge")).replace(b'"quantity":1,', b'"quantity":100000000000000000000,'),
         "out_of_range",
     )
+    # the nil UUID, what an unset id serializes to: taken, every event sent without an
+    # id would be one event (the first counted, the rest duplicates or conflicts), and
+    # every organization, interaction or user without one a single one
+    nil = "00000000-0000-0000-0000-000000000000"
+    add("usage_event_id_nil", "usage", u("nil_event", event_id=nil), "invalid_uuid")
+    add(
+        "organization_id_nil",
+        "usage",
+        u("nil_org", organization_id=nil),
+        "invalid_uuid",
+        message_key=nil.encode(),
+    )
+    add("user_id_nil", "usage", u("nil_user", user_id=nil), "invalid_uuid")
+    add("interaction_id_nil", "support", s("nil_interaction", interaction_id=nil), "invalid_uuid")
+    add("assigned_to_nil", "support", s("nil_assignee", assigned_to=nil), "invalid_uuid")
     return cases
 
 
@@ -376,6 +391,9 @@ def profile_poison_corpus(organization_id: str, now: datetime) -> list[PoisonCas
           "interaction_id": _uuid(org, "profile:misrouted-interaction"), "action": "opened",
           "interaction_type": "check_in", "channel": "email",
           "occurred_at": _timestamp(occurred)}, "invalid_field", key),
+        ("profile_organization_id_nil",
+         p("nil", organization_id="00000000-0000-0000-0000-000000000000"), "invalid_uuid",
+         b"00000000-0000-0000-0000-000000000000"),
         # more names than there are milestone types (each one an error to build)
         ("profile_thousands_of_milestones",
          p("many", milestones={f"m{i}": _timestamp(occurred) for i in range(500)}),

@@ -176,6 +176,7 @@ _PYDANTIC_REASON = {
     "uuid_parsing": "invalid_uuid",
     "uuid_type": "invalid_uuid",
     "uuid_version": "invalid_uuid",
+    "uuid_nil": "invalid_uuid",
     "enum": "unknown_enum",
     "int_type": "wrong_type",
     "int_parsing": "wrong_type",

@@ -150,6 +150,11 @@ def _occurred_at(text: str, received_at: datetime) -> datetime | None:
     return value
 
 
+def _nil(*ids: UUID | None) -> bool:
+    """Is one of them the nil UUID, which the contract refuses (`check_not_nil`)?"""
+    return any(i is not None and i.int == 0 for i in ids)
+
+
 def _properties_ok(value: dict[str, Any]) -> bool:
     """The contract's rules for `properties`: depth, no U+0000, at most 16 KiB."""
     try:
@@ -166,6 +171,8 @@ def fast_usage_event(body: dict[str, Any], received_at: datetime) -> UsageEvent 
     try:
         wire = msgspec.convert(body, UsageWire)
     except msgspec.ValidationError:
+        return None
+    if _nil(wire.event_id, wire.organization_id, wire.user_id):
         return None
     occurred_at = _occurred_at(wire.occurred_at, received_at)
     if occurred_at is None:
@@ -193,6 +200,8 @@ def fast_support_event(body: dict[str, Any], received_at: datetime) -> SupportEv
     try:
         wire = msgspec.convert(body, SupportWire)
     except msgspec.ValidationError:
+        return None
+    if _nil(wire.event_id, wire.organization_id, wire.interaction_id, wire.assigned_to):
         return None
     occurred_at = _occurred_at(wire.occurred_at, received_at)
     if occurred_at is None:
