@@ -72,7 +72,6 @@ EXPECTED_INDEXES = {
     "health_score_history": {"health_score_history_organization_day_key"},
     "alert_outbox": {
         "alert_outbox_pkey",
-        "alert_outbox_unpublished_idx",
         "alert_outbox_organization_id_idx",
         "alert_outbox_pending_seq_idx",
     },
