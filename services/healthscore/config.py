@@ -227,6 +227,13 @@ class Settings(BaseSettings):
         description="organizations in that sample (a random run of the id space)",
     )
     sweep_interval_seconds: float = Field(default=60.0, gt=0)
+    silence_settle_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="the silence sweep leaves alone an organization a batch applied events "
+        "to within this long: its events are still arriving (a backfill of its history "
+        "behind the other organizations' events); 0: no wait",
+    )
     relay_interval_seconds: float = Field(
         default=1.0,
         gt=0,

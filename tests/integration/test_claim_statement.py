@@ -30,6 +30,7 @@ async def test_rejected_records_organizations_are_checked_for_erasure_not_read(
             [pack_state(OrganizationState(str(o), event_count=3)) for o in (stored, held_absent)],
             [now, now],
             [now, now],
+            True,
         )
         await conn.execute("INSERT INTO erased_organizations (organization_id) VALUES ($1)", erased)
         await conn.execute(sql.ENSURE_OFFSET_ROWS, group, topics, partitions)

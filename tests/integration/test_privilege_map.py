@@ -176,12 +176,13 @@ COLUMNS: Final = {
         WRITER,
         "INSERT",
         "organization_state",
-    ): "organization_id state_msgpack last_event_at health_version rescore_due_at",
+    ): "organization_id state_msgpack last_event_at health_version rescore_due_at"
+    " events_applied_at",
     (
         WRITER,
         "UPDATE",
         "organization_state",
-    ): "state_msgpack last_event_at health_version updated_at rescore_due_at",
+    ): "state_msgpack last_event_at health_version updated_at rescore_due_at events_applied_at",
     # CLAIM (LOCK_OFFSETS_AND_CLAIM_EVENT_IDS)
     (
         WRITER,

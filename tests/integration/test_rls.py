@@ -567,13 +567,13 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
     state = OrganizationState(str(org), event_count=1)
     return [
         ("ENSURE_ORGANIZATIONS", sql.ENSURE_ORGANIZATIONS, [[org]]),
-        ("INSERT_STATES", sql.INSERT_STATES, [[org], [pack_state(state)], [now], [now]]),
+        ("INSERT_STATES", sql.INSERT_STATES, [[org], [pack_state(state)], [now], [now], True]),
         ("LOCK_STATES", sql.LOCK_STATES, [[org]]),
         ("ENSURE_STATE_ROWS", sql.ENSURE_STATE_ROWS, [[org]]),
         (
             "SAVE_STATES_CHECKED",
             sql.SAVE_STATES_CHECKED,
-            [[org], [pack_state(state)], [now], [now], [1]],
+            [[org], [pack_state(state)], [now], [now], [1], True],
         ),
         ("STATE_OF", sql.STATE_OF, [org]),
         ("ENSURE_OFFSET_ROWS", sql.ENSURE_OFFSET_ROWS, [group, topics, partitions]),
@@ -642,8 +642,8 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
         ("BOUND_TRANSACTION_TIME", sql.BOUND_TRANSACTION_TIME, ["180000ms"]),
         ("TRY_SHARD_LOCK", sql.TRY_SHARD_LOCK, [42, 3]),
         ("EVENT_TIME_FRONTIERS", sql.EVENT_TIME_FRONTIERS, [group, topics]),
-        ("PICK_SILENT", sql.PICK_SILENT, [now, 10]),
-        ("COUNT_SILENT", sql.COUNT_SILENT, [now]),
+        ("PICK_SILENT", sql.PICK_SILENT, [now, 10, 60.0]),
+        ("COUNT_SILENT", sql.COUNT_SILENT, [now, 60.0]),
         ("SET_RESCORE_DUE", sql.SET_RESCORE_DUE, [[org], [now]]),
         ("PURGE_PROCESSED_EVENTS", sql.PURGE_PROCESSED_EVENTS, [now, 10]),
         ("ORGANIZATIONS_AFTER", sql.ORGANIZATIONS_AFTER, [None, 10]),

@@ -53,7 +53,7 @@ async def test_a_state_of_several_kilobytes_is_stored_as_it_is(migrated_database
     conn = await asyncpg.connect(migrated_database)
     try:
         await conn.execute("INSERT INTO organizations (id) VALUES ($1)", organization)
-        await conn.fetch(sql.INSERT_STATES, [organization], [document], [None], [None])
+        await conn.fetch(sql.INSERT_STATES, [organization], [document], [None], [None], False)
         row = await conn.fetchrow(
             "SELECT pg_column_size(state_msgpack), state_msgpack FROM organization_state "
             "WHERE organization_id = $1",
@@ -186,7 +186,9 @@ async def test_the_state_command_prints_a_stored_state_as_json(migrated_database
     conn = await asyncpg.connect(migrated_database)
     try:
         await conn.execute("INSERT INTO organizations (id) VALUES ($1)", organization)
-        await conn.fetch(sql.INSERT_STATES, [organization], [pack_state(state)], [None], [None])
+        await conn.fetch(
+            sql.INSERT_STATES, [organization], [pack_state(state)], [None], [None], False
+        )
     finally:
         await conn.close()
     shown = cli(migrated_database, "state", str(organization))

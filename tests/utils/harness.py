@@ -126,6 +126,9 @@ def service_settings(
         # a stop in a broker pause owes the feed it could not follow up: due soon here,
         # so that the fault tests' check of the feed does not wait two minutes for it
         "health_feed_late_record_seconds": LATE_RECORD_SECONDS,
+        # the sweep takes what is due at once: tests wait for its rescorings right after
+        # the batches (test_backfill_behind_the_watermark sets its own)
+        "silence_settle_seconds": 0.0,
     }
     values.update(extra)
     return Settings.model_construct(**{**Settings().model_dump(), **values})
@@ -340,6 +343,7 @@ class ServiceProcess:
                 "KAFKA_SESSION_TIMEOUT_MS": str(s.kafka_session_timeout_ms),
                 "RELAY_INTERVAL_SECONDS": str(s.relay_interval_seconds),
                 "HEALTH_FEED_LATE_RECORD_SECONDS": str(s.health_feed_late_record_seconds),
+                "SILENCE_SETTLE_SECONDS": str(s.silence_settle_seconds),
                 "OPS_PORT": str(s.ops_port),
                 "LOG_FORMAT": "json",
                 "LOG_LEVEL": "INFO",

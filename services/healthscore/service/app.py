@@ -402,6 +402,7 @@ def build(settings: Settings, options: ServiceOptions, ops_port: int) -> Compone
             on_purge=metrics.event_ids_purged.inc,
             history_retention_days=s.history_retention_days,
             on_history_purge=metrics.score_history_purged.inc,
+            settle_seconds=s.silence_settle_seconds,
         )
         if o.run_sweep
         else None

@@ -18,12 +18,25 @@ read in order, so for a log whose partitions are in event-time order no event
 older than the watermark is still to come: a rescoring the sweep makes can
 never precede an older event of that organization, and an event that comes
 later would have been preceded by exactly the same rescorings in a batch.
-The wall clock plays no part: when a producer stops, its partitions hold the
+The wall clock decides only when, never which: when a producer stops, its partitions hold the
 watermark back (an upstream outage, not customers going quiet) and the sweep
 waits instead of raising an alert storm. A partition that has stored no progress
 yet holds it back too while its log holds records (its replica is starting or
 slow, and those records may be older than the others' events); one whose log is
 empty does not (what it receives later is sent later).
+
+A producer may still send one organization's events far behind its partition's
+others (a backfill of its history, a client's queue flushed after days offline): the
+watermark is then past events of it still to come, and between two of its batches the
+organization looked weeks silent, was rescored in silence up to the watermark and got
+alerts that the rest of its history then recovered (and that a replay, applying that
+history at once, does not make). So the sweep leaves alone an organization a batch
+applied events to within `settle_seconds` (SILENCE_SETTLE_SECONDS, processing time:
+`organization_state.events_applied_at`). Deferring a rescoring changes no result, only
+when it is made: a batch makes the same rescorings before the organization's next
+event, and `drain` (the end of a replay) takes every organization due. A backfill that
+pauses longer than that between two records of the organization is still judged
+silent meanwhile.
 
 One sweeper at a time across processes: a transaction-level advisory lock;
 rows are taken with SKIP LOCKED so a sweep never waits on a consumer's batch
@@ -117,6 +130,7 @@ class SilenceSweep:
         on_purge: Callable[[int], None] | None = None,
         history_retention_days: int | None = None,
         on_history_purge: Callable[[int], None] | None = None,
+        settle_seconds: float = 0.0,
     ) -> None:
         self._pool = pool
         self._model = model
@@ -136,16 +150,23 @@ class SilenceSweep:
         # the cutoff of the last pass that finished: the next is due when the day turns
         self._history_purged_before: date | None = None
         self._unread = unread
+        # an organization a batch applied events to this recently is not taken: its
+        # events are still arriving (a backfill behind the watermark), module doc
+        self._settle = settle_seconds
         self.runs = 0
         self.rescorings = 0
         self.last_alerts = 0
 
-    async def run_once(self, watermark: datetime | None = None) -> int:
+    async def run_once(
+        self, watermark: datetime | None = None, settle_seconds: float | None = None
+    ) -> int:
         """Rescore one page of due organizations up to the log's watermark; return how many.
 
-        `watermark` overrides the log's (tests and tools). Returns the number of
+        `watermark` overrides the log's (tests and tools), `settle_seconds` the sweep's
+        (0: take organizations whatever a batch applied lately). Returns the number of
         organizations taken, 0 when none is due or another process sweeps.
         """
+        settle = self._settle if settle_seconds is None else settle_seconds
         started = time.perf_counter()
         if watermark is None:
             # before the transaction: asking the brokers about unread partitions takes
@@ -156,7 +177,7 @@ class SilenceSweep:
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(sql.TRY_LEADER_LOCK, locks.SWEEP):
                 return 0
-            rows = await conn.fetch(sql.PICK_SILENT, watermark, self._page)
+            rows = await conn.fetch(sql.PICK_SILENT, watermark, self._page, settle)
             if not rows:
                 return 0
             states, versions = stored_states(rows)
@@ -223,11 +244,13 @@ class SilenceSweep:
     async def drain(self, pause: float = 0.05) -> int:
         """Sweep until nothing is due below the watermark; how many organizations taken.
 
-        Waits its turn while another sweeper holds the lock or a batch holds rows.
+        For the end of a log (replay, the demo): nothing is arriving any more, so it
+        takes the organizations a batch applied events to lately too. Waits its turn
+        while another sweeper holds the lock or a batch holds rows.
         """
         total = 0
         while True:
-            taken = await self.run_once()
+            taken = await self.run_once(settle_seconds=0.0)
             total += taken
             if taken == 0:
                 if await self.backlog() == 0:
@@ -240,7 +263,7 @@ class SilenceSweep:
         if watermark is None:
             return 0
         async with self._pool.acquire() as conn:
-            return int(await conn.fetchval(sql.COUNT_SILENT, watermark))
+            return int(await conn.fetchval(sql.COUNT_SILENT, watermark, 0.0))
 
     async def purge_processed_events(self, retention_days: int, page: int = 50_000) -> int:
         """Forget event ids older than the dedupe window (wall clock of processing), a

@@ -89,8 +89,11 @@ async def save_states_checked(
     to_save: Sequence[OrganizationState],
     versions: Mapping[str, int],
     rescore_step_seconds: float,
+    events_applied: bool = False,
 ) -> tuple[dict[str, tuple[bytes, int]], set[str]]:
-    """Save states computed from `versions` (absent: no stored row yet) and queue them.
+    """Save states computed from `versions` (absent: no stored row yet) and queue them;
+    `events_applied`: a batch applied events to them (the sweep waits for organizations
+    whose events are still arriving, migration 0120).
 
     Returns each saved organization's state as saved (`pack_state`) with its new
     version, and the organizations another writer changed (or created)
@@ -107,10 +110,16 @@ async def save_states_checked(
         encoded, last_events, due = _state_columns(states, rescore_step_seconds)
         if statement is sql.INSERT_STATES:
             await conn.execute(sql.ENSURE_ORGANIZATIONS, ids)
-            rows = await conn.fetch(statement, ids, encoded, last_events, due)
+            rows = await conn.fetch(statement, ids, encoded, last_events, due, events_applied)
         else:
             rows = await conn.fetch(
-                statement, ids, encoded, last_events, due, [versions[o] for o in ids]
+                statement,
+                ids,
+                encoded,
+                last_events,
+                due,
+                [versions[o] for o in ids],
+                events_applied,
             )
         by_org = dict(zip(ids, encoded, strict=True))
         for row in rows:
@@ -124,9 +133,12 @@ async def save_locked_states(
     to_save: Sequence[OrganizationState],
     versions: Mapping[str, int],
     rescore_step_seconds: float,
+    events_applied: bool = False,
 ) -> dict[str, tuple[bytes, int]]:
     """`save_states_checked` for rows this transaction locked: none can have moved on."""
-    saved, changed = await save_states_checked(conn, to_save, versions, rescore_step_seconds)
+    saved, changed = await save_states_checked(
+        conn, to_save, versions, rescore_step_seconds, events_applied
+    )
     if changed:
         raise RuntimeError(f"state rows changed under lock: {sorted(changed)[:5]}")
     return saved

@@ -698,7 +698,7 @@ class BatchPipeline:
         effects = await self._compute(events, states, interactions, cuts)
         marks.lap("compute")
         saved, changed = await save_states_checked(
-            conn, rescored_states(effects), versions, self._rescore_step
+            conn, rescored_states(effects), versions, self._rescore_step, events_applied=True
         )
         marks.lap("w_states")
         erased: set[str] = set()
@@ -719,7 +719,7 @@ class BatchPipeline:
             known.update(kept.interactions)
             redo = await self._compute(again, fresh, known)
             resaved = await save_locked_states(
-                conn, rescored_states(redo), fresh_versions, self._rescore_step
+                conn, rescored_states(redo), fresh_versions, self._rescore_step, events_applied=True
             )
             effects = kept.merge(redo)
             saved.update(resaved)
