@@ -72,8 +72,10 @@ done
 # Churn-risk alerts for the notification service, keyed by organization_id.
 create "$ALERT_TOPIC" "$P" cleanup.policy=delete retention.ms=2592000000
 
-# Latest score per organization: compacted.
-create "$HEALTH_TOPIC" "$P" cleanup.policy=compact min.compaction.lag.ms=60000
+# Latest score per organization: compacted. An erasure's tombstone record here is the
+# alerts' consumers' one signal to drop the organization: kept as long as the alerts.
+create "$HEALTH_TOPIC" "$P" cleanup.policy=compact min.compaction.lag.ms=60000 \
+  delete.retention.ms=2592000000
 
 "$KT" --bootstrap-server "$BOOTSTRAP" ${CLIENT[@]+"${CLIENT[@]}"} --describe \
   --topic "$USAGE_TOPIC|$SUPPORT_TOPIC|$PROFILE_TOPIC|$ALERT_TOPIC|$HEALTH_TOPIC|.*\\$DLQ_SUFFIX" \

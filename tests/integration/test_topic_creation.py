@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import uuid
 
-from aiokafka.errors import InvalidReplicationFactorError
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import InvalidReplicationFactorError, KafkaError
 
-from healthscore.service.kafka_admin import ensure_topics
+from healthscore.config import Settings
+from healthscore.service.kafka_admin import ensure_topics, service_topics, topic_configs
 from healthscore.service.kafka_clients import KafkaConnection
 
 
@@ -33,5 +35,43 @@ async def test_missing_topics_are_created_with_the_replication_factor(
             assert {len(p["replicas"]) for p in partitions} == {3}
         # existing topics are left alone (and are no error)
         await ensure_topics(kafka, [name], 3, 3)
+    finally:
+        await admin.close()
+
+
+async def test_missing_topics_get_the_topics_jobs_configs(kafka_bootstrap: str) -> None:
+    # what deploy/compose/create-topics.sh gives them: inputs kept forever (replay),
+    # alerts 30 days, and the health feed's tombstones (an erasure's signal) as long
+    settings = Settings.model_construct(
+        **{
+            **Settings().model_dump(),
+            **{
+                name: f"{name}.{uuid.uuid4().hex[:8]}"
+                for name in ("usage_topic", "support_topic", "profile_topic")
+            },
+            "alert_topic": f"alerts.{uuid.uuid4().hex[:8]}",
+            "health_topic": f"health.{uuid.uuid4().hex[:8]}",
+        }
+    )
+    kafka = KafkaConnection(kafka_bootstrap)
+    wanted = topic_configs(settings)
+    await ensure_topics(kafka, service_topics(settings), 1, configs=wanted)
+    admin = kafka.admin()
+    await admin.start()
+    try:
+        assert set(service_topics(settings)) <= set(await admin.list_topics())
+        try:
+            described = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, name) for name in wanted]
+            )
+        except KafkaError:
+            return  # a broker without DescribeConfigs: created with them all the same
+        for response in described:
+            for resource in response.resources:
+                name, entries = resource[3], resource[4]
+                given = {entry[0]: entry[1] for entry in entries}
+                for key, value in wanted[name].items():
+                    if key in given:
+                        assert given[key] == value, (name, key, given[key])
     finally:
         await admin.close()

@@ -58,7 +58,7 @@ from healthscore.service.holdback import HoldBack
 from healthscore.service.ingest.decode import Decoder
 from healthscore.service.ingest.dlq import DeadLetterQueue
 from healthscore.service.ingest.pipeline import BatchOutcome, BatchPipeline
-from healthscore.service.kafka_admin import ensure_topics, service_topics
+from healthscore.service.kafka_admin import ensure_topics, service_topics, topic_configs
 from healthscore.service.kafka_clients import KafkaConnection, stop_producer
 from healthscore.service.kafka_offsets import KafkaOffsets
 from healthscore.service.kafka_salvage import CorruptRecordMonitor, install_salvaging_consumer
@@ -614,7 +614,7 @@ async def lifespan(c: Components) -> AsyncIterator[None]:
                     service_topics(s),
                     s.topic_partitions,
                     s.topic_replication_factor,
-                    compacted=frozenset({s.health_topic}),
+                    configs=topic_configs(s),
                 )
         try:
             await stack.enter_async_context(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from aiokafka.admin import NewTopic
@@ -22,16 +23,50 @@ def service_topics(settings: Settings) -> list[str]:
 
 COMPACTED = {"cleanup.policy": "compact"}
 
+THIRTY_DAYS_MS = str(30 * 24 * 3600 * 1000)
+
+
+def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """The configs `deploy/compose/create-topics.sh` (the deployment's topics job) gives
+    each topic, min.insync.replicas aside: what `serve` creates a missing topic with.
+
+    The inputs are kept forever (a replay rebuilds from them, and alert ids are
+    deterministic only as far as it can); dead letters and alerts 30 days; the
+    compacted health feed keeps a tombstone (an erasure's one signal to the alerts'
+    consumers) as long as the alerts it follows.
+    """
+    configs = {
+        topic: {"cleanup.policy": "delete", "retention.ms": "-1", "max.message.bytes": "524288"}
+        for topic in settings.input_topics
+    }
+    for topic in settings.dlq_topics.values():
+        configs[topic] = {
+            "cleanup.policy": "delete",
+            "retention.ms": THIRTY_DAYS_MS,
+            "max.message.bytes": "2097152",
+        }
+    configs[settings.alert_topic] = {"cleanup.policy": "delete", "retention.ms": THIRTY_DAYS_MS}
+    configs[settings.health_topic] = {
+        **COMPACTED,
+        "min.compaction.lag.ms": "60000",
+        "delete.retention.ms": THIRTY_DAYS_MS,
+    }
+    return configs
+
 
 def new_topics(
-    names: list[str], partitions: int, replication_factor: int, compacted: frozenset[str]
+    names: list[str],
+    partitions: int,
+    replication_factor: int,
+    compacted: frozenset[str],
+    configs: Mapping[str, Mapping[str, str]],
 ) -> list[NewTopic]:
     return [
         NewTopic(
             name,
             partitions,
             replication_factor,
-            topic_configs=COMPACTED if name in compacted else {},
+            topic_configs=dict(configs.get(name, COMPACTED if name in compacted else {})),
         )
         for name in names
     ]
@@ -43,8 +78,10 @@ async def ensure_topics(
     partitions: int,
     replication_factor: int = 1,
     compacted: frozenset[str] = frozenset(),
+    configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> None:
-    """Create the missing ones of `topics` (existing topics are left as they are)."""
+    """Create the missing ones of `topics`, each with its `configs` (or compacted when
+    named in `compacted`); existing topics are left as they are."""
     admin = kafka.admin()
     await admin.start()
     try:
@@ -52,7 +89,7 @@ async def ensure_topics(
         missing = [t for t in topics if t not in existing]
         if missing:
             response = await admin.create_topics(
-                new_topics(missing, partitions, replication_factor, compacted)
+                new_topics(missing, partitions, replication_factor, compacted, configs or {})
             )
             raise_topic_errors(response)
     finally:
