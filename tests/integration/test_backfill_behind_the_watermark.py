@@ -91,14 +91,14 @@ async def test_an_organization_backfilled_behind_the_watermark_gets_no_silence_a
                     await producer.flush()
                     await asyncio.sleep(0.2)
             await producer.flush()
-            org = uuid.UUID(backfilled)
+            backfilled_id = uuid.UUID(backfilled)
             expected = len(_history(backfilled, now - timedelta(days=1)))
             applied = 0
             for _ in range(600):
                 applied = await fetchval(
                     migrated_database,
                     "SELECT count(*) FROM processed_events WHERE organization_id = $1",
-                    org,
+                    backfilled_id,
                 )
                 if applied == expected:
                     break
@@ -114,7 +114,7 @@ async def test_an_organization_backfilled_behind_the_watermark_gets_no_silence_a
                         "SELECT c.scored_at > s.last_event_at FROM customer_health c "
                         "JOIN organization_state s USING (organization_id) "
                         "WHERE organization_id = $1",
-                        org,
+                        backfilled_id,
                     )
                 )
                 if swept:
@@ -124,7 +124,7 @@ async def test_an_organization_backfilled_behind_the_watermark_gets_no_silence_a
             alerts = await fetchval(
                 migrated_database,
                 "SELECT count(*) FROM alert_outbox WHERE organization_id = $1",
-                org,
+                backfilled_id,
             )
     finally:
         await producer.stop()

@@ -59,8 +59,9 @@ def new_topics(
     partitions: int,
     replication_factor: int,
     compacted: frozenset[str],
-    configs: Mapping[str, Mapping[str, str]],
+    configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[NewTopic]:
+    configs = configs or {}
     return [
         NewTopic(
             name,
@@ -89,7 +90,7 @@ async def ensure_topics(
         missing = [t for t in topics if t not in existing]
         if missing:
             response = await admin.create_topics(
-                new_topics(missing, partitions, replication_factor, compacted, configs or {})
+                new_topics(missing, partitions, replication_factor, compacted, configs)
             )
             raise_topic_errors(response)
     finally:

@@ -120,7 +120,8 @@ class OutboxRelay:
         return len(rows)
 
     async def _publish_alerts(self, rows: list[Any]) -> None:
-        now = datetime.now(UTC).isoformat()
+        # spelled as the payload's other times (pydantic's): `Z`, not `+00:00`
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         futures = []
         try:
             async with asyncio.timeout(self._publish_timeout):
