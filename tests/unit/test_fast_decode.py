@@ -35,7 +35,15 @@ from healthscore.contracts.enums import (
 )
 from healthscore.core import events
 from healthscore.core.events import Event
-from healthscore.service.ingest.decode import Decoded, Decoder, RawRecord, Rejection, event_json
+from healthscore.service.ingest import decode
+from healthscore.service.ingest.decode import (
+    Decoded,
+    Decoder,
+    RawRecord,
+    Rejection,
+    event_json,
+    well_formed_escapes,
+)
 from healthscore.service.ingest.fastdecode import SupportWire, UsageWire, _check_mirrors
 from healthscore.service.ingest.pipeline import payload_digest
 from healthscore_lab.poison import poison_corpus
@@ -829,3 +837,124 @@ def test_fields_the_contract_does_not_name_are_named_beside_the_event() -> None:
         )
     )
     assert isinstance(many, Decoded) and many.unknown == tuple(f"f{n:02d}" for n in range(8))
+
+
+# --------------------------------------------------------------------------- lone surrogates
+
+# JSON.stringify writes a lone UTF-16 surrogate (text cut inside an emoji: `.slice()`) as
+# an escape, which JSON.parse and Ajv take; orjson refused the record as invalid_json. It
+# is read as U+FFFD, as toWellFormed() and Go's encoding/json read it.
+LONE_SURROGATES = {
+    "high": (b"\\ud800", "\ufffd"),
+    "low": (b"\\udc00", "\ufffd"),
+    "reversed_pair": (b"\\ude00\\ud83d", "\ufffd\ufffd"),
+    "emoji_cut_after_its_high_half": (b"\\uD83D", "\ufffd"),
+}
+_MARK = "LONE-SURROGATE-HERE"
+_AT_MARK = f"x{_MARK}y"
+# where the escape is put: (topic, body with the mark, what the decoded record holds there)
+SURROGATE_PLACES: dict[str, tuple[str, dict[str, Any], Any]] = {
+    "subject": (SUPPORT, _support(subject=_AT_MARK), lambda d: d.event.subject),
+    "feature": (USAGE, _usage(feature=_AT_MARK), lambda d: d.event.feature),
+    "properties_value": (
+        USAGE,
+        _usage(properties={"note": [_AT_MARK]}),
+        lambda d: d.event.properties["note"][0],
+    ),
+    "properties_name": (
+        USAGE,
+        _usage(properties={_AT_MARK: 1}),
+        lambda d: next(iter(d.event.properties)),
+    ),
+    "unknown_field_value_usage": (USAGE, _usage(note=_AT_MARK), None),
+    "unknown_field_value_support": (SUPPORT, _support(note={"a": _AT_MARK}), None),
+    "unknown_field_name": (SUPPORT, _support(**{_AT_MARK: 1}), lambda d: d.unknown[0]),
+}
+
+
+def _with_escape(body: dict[str, Any], escape: bytes) -> bytes:
+    value = json.dumps(body).encode()
+    assert value.count(_MARK.encode()) == 1
+    return value.replace(_MARK.encode(), escape)
+
+
+@pytest.mark.parametrize("surrogate", LONE_SURROGATES)
+@pytest.mark.parametrize("place", SURROGATE_PLACES)
+def test_a_lone_surrogate_escape_is_read_as_the_replacement_character(
+    place: str, surrogate: str
+) -> None:
+    topic, body, read = SURROGATE_PLACES[place]
+    escape, replaced = LONE_SURROGATES[surrogate]
+    value = _with_escape(body, escape)
+    decoded = decide(_record(topic, ORG.encode(), value))  # both paths, the same event
+    assert isinstance(decoded, Decoded), decoded
+    assert decoded.record.value == value  # the record as sent
+    if read is not None:
+        assert read(decoded) == f"x{replaced}y"
+    # the event is the one of the same text written with U+FFFD
+    written = decide(_record(topic, ORG.encode(), _with_escape(body, replaced.encode())))
+    assert isinstance(written, Decoded)
+    assert_same_event(decoded.event, written.event)
+    assert payload_digest(decoded) == payload_digest(written)
+
+
+@pytest.mark.parametrize(
+    ("escape", "text"),
+    [
+        (b"\\\\ud800", "\\ud800"),  # an escaped backslash, then text: no escape at all
+        (b"\\\\\\ud800", "\\\ufffd"),  # an escaped backslash, then a lone surrogate
+        (b"\\ud83d\\ude00", "\U0001f600"),  # a pair
+        (b"\\uD83D\\uDE00", "\U0001f600"),
+        (b"\\ud800\\ud800\\udc00", "\ufffd\U00010000"),  # a lone high, then a pair
+        (b"\\u005cud800", "\\ud800"),  # a backslash written as an escape, then text
+    ],
+)
+def test_escaped_backslashes_and_pairs_are_left_as_they_are(escape: bytes, text: str) -> None:
+    value = _with_escape(_support(subject=_AT_MARK), escape)
+    decoded = decide(_record(SUPPORT, ORG.encode(), value))
+    assert isinstance(decoded, Decoded) and isinstance(decoded.event, events.SupportEvent)
+    assert decoded.event.subject == f"x{text}y"
+    repaired = well_formed_escapes(value)
+    assert len(repaired) == len(value)
+    if "\ufffd" not in text:
+        assert repaired == value  # nothing to repair: nothing changed
+
+
+def test_only_a_record_orjson_refused_for_a_surrogate_is_repaired(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    repaired: list[bytes] = []
+
+    def counted(value: bytes) -> bytes:
+        repaired.append(value)
+        return well_formed_escapes(value)
+
+    monkeypatch.setattr(decode, "well_formed_escapes", counted)
+    decoder = Decoder(USAGE, SUPPORT, 64 * 1024)
+    plain = json.dumps(_support(subject="caf\u00e9 \U0001f600")).encode()
+    assert isinstance(decoder.decode(_record(SUPPORT, ORG.encode(), plain)), Decoded)
+    truncated = decoder.decode(_record(SUPPORT, ORG.encode(), plain[:40]))
+    assert isinstance(truncated, Rejection) and truncated.reason == "invalid_json"
+    assert repaired == []
+    lone = _with_escape(_support(subject=_AT_MARK), b"\\ud800")
+    assert isinstance(decoder.decode(_record(SUPPORT, ORG.encode(), lone)), Decoded)
+    assert repaired == [lone]
+
+
+def test_a_repaired_record_refused_for_another_rule_keeps_its_bytes() -> None:
+    # 500 characters and the half of an emoji: one character too many, as Ajv counts it
+    long = _with_escape(_support(subject="s" * 500 + _MARK), b"\\ud83d")
+    refused = decide(_record(SUPPORT, ORG.encode(), long))
+    assert isinstance(refused, Rejection) and refused.reason == "out_of_range", refused
+    assert refused.record.value == long  # what the dead letter carries: the bytes as sent
+    # JSON broken after the escape: the error, at its place in the text as sent
+    broken = _with_escape(_support(subject=_AT_MARK), b"\\ud800").replace(b"}", b",}")
+    refused = decide(_record(SUPPORT, ORG.encode(), broken))
+    assert isinstance(refused, Rejection) and refused.reason == "invalid_json"
+    assert "surrogate" not in refused.detail
+    assert f"(char {broken.index(b',}')})" in refused.detail, refused.detail  # the comma
+    # two names that differ only in their lone surrogates are one name twice once read
+    twice = json.dumps(_usage(properties={"aMARK1": 1, "aMARK2": 2})).encode()
+    twice = twice.replace(b"MARK1", b"\\ud800").replace(b"MARK2", b"\\udc00")
+    refused = decide(_record(USAGE, ORG.encode(), twice))
+    assert isinstance(refused, Rejection) and refused.reason == "duplicate_key", refused

@@ -113,3 +113,114 @@ def test_the_schema_refuses_a_malformed_id_or_time_without_asserting_formats(top
             assert isinstance(outcome, Rejection) and outcome.detail.startswith(f"{name}: ")
     milestones = {**base, "milestones": {"first_referral": "yesterday"}}
     assert topic != PROFILE or not JUDGES[topic].annotating.is_valid(milestones)
+
+
+# --------------------------------------------------------------------------- review 36c
+
+_OTHER_EVENTS = {
+    "type": "login",
+    "quantity": 1,
+    "feature": "reports",
+    "user_id": "5d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
+    "interaction_id": "7e6d5c4b-3a29-4817-a6f5-e4d3c2b1a090",
+    "action": "opened",
+    "interaction_type": "check_in",
+}
+_PROFILE_FACTS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "created_at_null": {"created_at": None},
+    "milestones_empty": {"milestones": {}},
+    "both_empty": {"created_at": None, "milestones": {}},
+    "created_at": {"created_at": "2023-05-01T00:00:00Z"},
+    "a_milestone": {"milestones": {"first_client_added": "2023-06-01T12:00:00-04:00"}},
+}
+
+
+@pytest.mark.parametrize("facts", _PROFILE_FACTS)
+@pytest.mark.parametrize("field", _OTHER_EVENTS)
+def test_a_profile_with_another_topics_fields_is_refused_by_the_schema_too(
+    field: str, facts: str
+) -> None:
+    """A profile without a creation time or a milestone that has a usage or support
+    event's field is such an event sent to the wrong topic: the service refused it and
+    the schema took it (review 36c, F3). The schema now says it (if/then), and a field
+    present with null no longer counts for either (a CRM writing every field it has)."""
+    bare = {k: v for k, v in BASES[4][1].items() if k not in ("created_at", "milestones")}
+    says_something = facts in ("created_at", "a_milestone")
+    for value in (_OTHER_EVENTS[field], None):
+        profile = {**bare, **_PROFILE_FACTS[facts], field: value}
+        valid = JUDGES[PROFILE].agree(profile)
+        outcome = decide(PROFILE, profile)
+        assert valid == (says_something or value is None), profile
+        assert isinstance(outcome, Decoded) == valid, (profile, outcome)
+        if not valid:
+            assert isinstance(outcome, Rejection) and outcome.reason == "invalid_field"
+            assert outcome.detail.startswith("(message): ") and f"({field})" in outcome.detail
+            assert named_fields(JUDGES[PROFILE].errors(profile)) == {field}
+
+
+def test_the_profile_schema_names_every_field_of_another_topic() -> None:
+    schema = schema_of(PROFILE)
+    (rule,) = schema["allOf"]
+    assert set(rule["then"]["properties"]) == set(_OTHER_EVENTS)
+    for name in _OTHER_EVENTS:
+        assert f"`{name}`" in schema["description"], name
+
+
+def test_unique_items_sits_in_the_array_branch_of_cleared() -> None:
+    """Beside the anyOf with null, `uniqueItems` made Ajv's strict mode refuse to compile
+    the support schema (review 36c, F4): a keyword of arrays where no type is array."""
+    for topic in TOPICS:
+        for node in _walk(schema_of(topic)):
+            for keyword in ("uniqueItems", "minItems", "maxItems"):
+                if keyword in node:
+                    assert node.get("type") == "array", (topic, keyword, node)
+    topic, body = BASES[3]
+    twice = {**body, "cleared": ["assigned_to", "assigned_to"]}
+    assert not JUDGES[topic].agree(twice)
+    assert named_fields(JUDGES[topic].errors(twice)) == {"cleared"}
+    outcome = decide(topic, twice)
+    assert isinstance(outcome, Rejection) and outcome.detail.startswith("cleared: ")
+
+
+def _walk(node: Any) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            found.append(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("leap_second", "applied"),
+    [
+        ("2016-12-31T23:59:60Z", True),
+        ("2017-01-01T05:44:60+05:45", True),
+        ("2017-01-01T12:44:60+12:45", True),
+        ("2016-12-31T23:44:60-00:15", True),
+        ("2016-12-31T23:59:60+05:45", False),
+    ],
+)
+def test_a_leap_second_at_any_offset_is_valid_where_the_service_applies_it(
+    leap_second: str, applied: bool
+) -> None:
+    """23:59:60 UTC written at +05:45 is 05:44:60: the pattern took second 60 only in a
+    minute ending in 9, so it refused what the service applies (review 36c, F5); and it
+    took `23:59:60+05:45` (18:14 UTC), which the service refuses. The formats are not
+    asserted here: jsonschema's date-time check knows no leap second."""
+    for topic, body in BASES:
+        for name in ("occurred_at", "follow_up_at", "created_at"):
+            if body.get(name) is None or (topic, name) == (PROFILE, "occurred_at"):
+                continue  # (a profile's times lie before its occurred_at)
+            mutant = {**body, name: leap_second}
+            assert JUDGES[topic].annotating.is_valid(mutant) == applied, (topic, name)
+            outcome = decide(topic, mutant)
+            assert isinstance(outcome, Decoded) == applied, (topic, name, outcome)
+            if not applied:
+                assert isinstance(outcome, Rejection) and outcome.reason == "invalid_field"
+                assert outcome.detail.startswith(f"{name}: ")

@@ -29,26 +29,61 @@ MAX_FUTURE_SKEW = timedelta(minutes=5)
 EARLIEST_PLAUSIBLE_YEAR = 1990
 # deeper `properties` objects are refused before anything recurses into them
 MAX_PROPERTIES_DEPTH = 32
-NO_NUL_PATTERN = "^[^\\u0000]*$"
-
 # `format` is an annotation in JSON Schema 2020-12 unless a validator is told to
-# assert it (most are not), so ids and times say their form in a `pattern` as well,
-# in the syntax both ECMA-262 and Python read alike: `$(?!\n)` is the end of the text
-# in both (Python's `$` alone also matches before a final newline).
-UUID_PATTERN = (
-    "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$(?!\\n)"
-)
+# assert it (most are not), so ids and times say their form in a `pattern` as well.
+# The patterns are written in the syntax ECMA-262 (Ajv), RE2 (Go's regexp, which has no
+# lookaround and no `\u` escape) and Python's re read alike: no lookahead, `\x00` for
+# U+0000. Python's `$` also matches before a final newline (the others' only at the
+# end), so an id's length is fixed beside its pattern and a time refuses a newline in a
+# `not` of its own (tests/unit/test_schema_portability.py).
+NO_NUL_PATTERN = "^[^\\x00]*$"
+UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+UUID_LENGTH = 36
+# the year as written, from EARLIEST_PLAUSIBLE_YEAR (1990), spelled out
+_YEAR = "(?:199[0-9]|[2-9][0-9]{3})"
+# February 29th of the leap years from 1990: divisible by 4, centuries by 400
+_LEAP_YEAR = "(?:199[26]|[2-9][0-9](?:0[48]|[2468][048]|[13579][26])|(?:[2468][048]|[3579][26])00)"
 _DAY = (
-    "(?:[0-9]{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+    f"(?:{_YEAR}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
     "|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))"
-    # February 29th of leap years: divisible by 4, centuries by 400
-    "|(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:[02468][048]|[13579][26])00)-02-29)"
+    f"|{_LEAP_YEAR}-02-29)"
 )
-# second 60 (a leap second) only in a minute 59; the service takes it at 23:59 UTC only
-_TIME = "(?:[01][0-9]|2[0-3]):(?:[0-5][0-9]:[0-5][0-9]|[0-5]9:60)(?:\\.[0-9]+)?"
-_OFFSET = "(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
-DATE_TIME_PATTERN = f"^(?!0|1[0-8]|19[0-8]){_DAY}[Tt]{_TIME}{_OFFSET}$(?!\\n)"
+_HOURS = "(?:[01][0-9]|2[0-3])"
+_FRACTION = "(?:\\.[0-9]+)?"
+_OFFSET = f"(?:[Zz]|[+-]{_HOURS}:[0-5][0-9])"
+
+
+def _leap_second_pattern() -> str:
+    """Second 60 (a leap second) with its offset: in a local minute whose last digit is
+    that of 23:59 UTC at the offset (59 at `Z`, `:00` or `:30`; 44 at +05:45 or +12:45,
+    as 23:59:60 UTC is written 05:44:60+05:45), the offset's minute coupled to the
+    time's without a lookahead. The service takes it at 23:59 UTC only (its hour, and
+    a minute's tens, are a rule beyond the schema)."""
+    alternatives = []
+    for digit in range(10):
+        ahead = (digit + 1) % 10  # local minute = 59 + the offset's minutes
+        behind = (9 - digit) % 10  # local minute = 59 - the offset's minutes
+        zulu = "[Zz]|" if digit == 9 else ""
+        offsets = f"{zulu}\\+{_HOURS}:[0-5]{ahead}|-{_HOURS}:[0-5]{behind}"
+        alternatives.append(f"[0-5]{digit}:60{_FRACTION}(?:{offsets})")
+    return f"(?:{'|'.join(alternatives)})"
+
+
+_TIME = f"{_HOURS}:(?:[0-5][0-9]:[0-5][0-9]{_FRACTION}{_OFFSET}|{_leap_second_pattern()})"
+DATE_TIME_PATTERN = f"^{_DAY}[Tt]{_TIME}$"
 """RFC 3339's date-time (section 5.6), from year 1990 (EARLIEST_PLAUSIBLE_YEAR)."""
+
+
+def date_time_schema() -> dict[str, Any]:
+    """A time's form in JSON Schema, beside its `format`: the pattern, and no newline
+    (Python's `$` matches before a final one)."""
+    return {"pattern": DATE_TIME_PATTERN, "not": {"pattern": "\\n"}}
+
+
+def uuid_schema() -> dict[str, Any]:
+    """An id's form in JSON Schema, beside its `format`: the pattern and the length (37
+    characters with a final newline, which Python's `$` matches before)."""
+    return {"pattern": UUID_PATTERN, "minLength": UUID_LENGTH, "maxLength": UUID_LENGTH}
 
 
 def check_not_in_future(value: datetime, info: ValidationInfo) -> datetime:
@@ -291,7 +326,7 @@ OccurredAt = Annotated[
             "record's timestamp on has its events refused as future_timestamp), or of the "
             "consumer's clock where that is earlier or the record has none."
         ),
-        json_schema_extra={"pattern": DATE_TIME_PATTERN},
+        json_schema_extra=date_time_schema(),
     ),
 ]
 TextTimestamp = Annotated[
@@ -299,7 +334,7 @@ TextTimestamp = Annotated[
     BeforeValidator(require_text_timestamp),
     AfterValidator(check_representable),
     AfterValidator(check_plausible),
-    Field(json_schema_extra={"pattern": DATE_TIME_PATTERN}),
+    Field(json_schema_extra=date_time_schema()),
 ]
 NIL_UUID = "00000000-0000-0000-0000-000000000000"
 
@@ -319,6 +354,6 @@ def check_not_nil(value: UUID) -> UUID:
 WireUUID = Annotated[
     UUID,
     AfterValidator(check_not_nil),
-    Field(json_schema_extra={"pattern": UUID_PATTERN, "not": {"const": NIL_UUID}}),
+    Field(json_schema_extra={**uuid_schema(), "not": {"const": NIL_UUID}}),
 ]
 """An id of an input event: any UUID but the nil one."""

@@ -14,6 +14,42 @@ from healthscore.contracts._common import (
 )
 from healthscore.contracts.enums import MilestoneType
 
+# fields of the other input topics' events (product.usage.v1, support.interactions.v1)
+# that a profile does not have; each of those events has `type` or `interaction_id`
+# and `action`
+_OTHER_EVENTS_FIELDS = (
+    "type",
+    "quantity",
+    "feature",
+    "user_id",
+    "interaction_id",
+    "action",
+    "interaction_type",
+)
+
+
+def _misrouted_event_schema() -> dict[str, Any]:
+    """`_not_another_topics_event` in JSON Schema, so a producer's CI refuses what the
+    service refuses: without a creation time (absent or null) and without a milestone
+    (absent or `{}`), each field of another topic's event is absent or null."""
+    said_something = {
+        "anyOf": [
+            {"required": ["created_at"], "properties": {"created_at": {"not": {"type": "null"}}}},
+            {
+                "required": ["milestones"],
+                "properties": {"milestones": {"type": "object", "minProperties": 1}},
+            },
+        ]
+    }
+    return {
+        "allOf": [
+            {
+                "if": {"not": said_something},
+                "then": {"properties": {name: {"type": "null"} for name in _OTHER_EVENTS_FIELDS}},
+            }
+        ]
+    }
+
 
 class OrganizationProfile(BaseModel):
     """An organization's history from before the stream: when its account was created
@@ -21,9 +57,15 @@ class OrganizationProfile(BaseModel):
     counts tenure from the creation and expects only the milestones really missing.
     Order-independent and idempotent: the earliest time of each wins. One with neither a
     creation time nor a milestone is refused when it has a usage or support event's
-    fields (`type`, `interaction_id`, `action`, ...): an event sent to the wrong topic."""
+    fields, any of `type`, `quantity`, `feature`, `user_id`, `interaction_id`, `action`
+    or `interaction_type` not null: an event sent to the wrong topic."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore", title="OrganizationProfile")
+    model_config = ConfigDict(
+        frozen=True,
+        extra="ignore",
+        title="OrganizationProfile",
+        json_schema_extra=_misrouted_event_schema(),
+    )
 
     event_id: WireUUID = Field(
         description="Idempotency key: the same id delivered twice counts once, within "
@@ -84,12 +126,14 @@ class OrganizationProfile(BaseModel):
         has the fields of a usage or support event is one sent to the wrong topic:
         taken as an empty profile, it claimed the event's id, and the event's resend to
         the right topic was refused as a conflicting reuse of that id. A profile that
-        says nothing and nothing else stays valid (a CRM that knows nothing yet)."""
+        says nothing and nothing else stays valid (a CRM that knows nothing yet), and so
+        does one whose fields of another event are null (a CRM's record writing every
+        field it has). The schema says it too (`_misrouted_event_schema`)."""
         if not isinstance(data, dict):
             return data
         if data.get("created_at") is not None or data.get("milestones"):
             return data
-        other = sorted(set(data) & _OTHER_EVENTS_FIELDS)
+        other = sorted(name for name in _OTHER_EVENTS_FIELDS if data.get(name) is not None)
         if not other:
             return data
         raise PydanticCustomError(
@@ -109,11 +153,3 @@ class OrganizationProfile(BaseModel):
         if late:
             raise ValueError(f"{', '.join(late)} after occurred_at (a profile says what was known)")
         return self
-
-
-# fields of the other input topics' events (product.usage.v1, support.interactions.v1)
-# that a profile does not have; each of those events has `type` or `interaction_id`
-# and `action`
-_OTHER_EVENTS_FIELDS = frozenset(
-    {"type", "quantity", "feature", "user_id", "interaction_id", "action", "interaction_type"}
-)

@@ -1,6 +1,6 @@
 """`support.interactions.v1`: support-interaction events from the support desk."""
 
-from typing import Any, Literal, Self, get_args
+from typing import Annotated, Any, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -120,10 +120,13 @@ class SupportEvent(BaseModel):
         ),
     )
     occurred_at: OccurredAt
-    cleared: list[ClearableField] | None = Field(
+    # `uniqueItems` on the list itself, not beside the anyOf with null: there Ajv's
+    # strict mode refuses to compile the schema (a keyword of arrays, no array type)
+    cleared: (
+        Annotated[list[ClearableField], Field(json_schema_extra={"uniqueItems": True})] | None
+    ) = Field(
         default=None,
         max_length=4,
-        json_schema_extra={"uniqueItems": True},
         description='Fields this event sets to none (e.g. `["assigned_to"]`: unassigned, '
         "back to the triage queue), each by the rule of any value: the latest event "
         "(occurred_at, then event_id) wins per field, and at one instant a value wins "

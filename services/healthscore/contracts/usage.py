@@ -53,8 +53,11 @@ class UsageEvent(BaseModel):
     properties: dict[str, Any] | None = Field(
         default=None,
         description=(
-            "Optional free-form object, at most 16 KiB serialized and "
-            f"{MAX_PROPERTIES_DEPTH} levels deep; strings without U+0000."
+            f"Optional free-form object, at most {MAX_PROPERTIES_BYTES:,} bytes (16 KiB) "
+            "measured as compact UTF-8 JSON, re-serialized without whitespace "
+            "(`Buffer.byteLength(JSON.stringify(properties))` in Node.js, not the "
+            f"string's `.length`), and {MAX_PROPERTIES_DEPTH} levels deep; strings and "
+            "names without U+0000; numbers finite (`1e400` makes the record invalid_json)."
         ),
     )
 

@@ -332,6 +332,25 @@ def poison_corpus(organization_id: str, now: datetime) -> list[PoisonCase]:
     add("user_id_nil", "usage", u("nil_user", user_id=nil), "invalid_uuid")
     add("interaction_id_nil", "support", s("nil_interaction", interaction_id=nil), "invalid_uuid")
     add("assigned_to_nil", "support", s("nil_assignee", assigned_to=nil), "invalid_uuid")
+    # a lone surrogate escape (JSON.stringify of text cut inside an emoji) is read as
+    # U+FFFD: a record refused for something else keeps its bytes as sent in the dead
+    # letter; two names that differ only in their lone surrogates are one name twice
+    add(
+        "subject_too_long_with_a_lone_surrogate",
+        "support",
+        orjson.dumps(s("long_lone", subject="x" * 500)).replace(
+            b'"subject":"' + b"x" * 500, b'"subject":"' + b"x" * 500 + b"\\ud83d"
+        ),
+        "out_of_range",
+    )
+    add(
+        "properties_names_differing_in_lone_surrogates",
+        "usage",
+        orjson.dumps(u("lone_names", properties={"note": 1})).replace(
+            b'"note":1', b'"note\\ud800":1,"note\\udc00":2'
+        ),
+        "duplicate_key",
+    )
     return cases
 
 

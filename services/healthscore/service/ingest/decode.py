@@ -6,6 +6,15 @@ contract model. The rejection's `reason` is a short stable code (a metric
 label and the `x-error-reason` DLQ header); `detail` says exactly what was
 wrong, naming the field, without echoing personal data.
 
+JSON is what orjson reads, with one allowance: an escaped lone UTF-16 surrogate
+(`"\\ud83d"`, what JavaScript's JSON.stringify writes for a string cut inside an
+emoji, and which JSON.parse and Ajv take) is read as U+FFFD, as JavaScript's
+`toWellFormed()` and Go's encoding/json read it (`well_formed_escapes`; only a record
+orjson refused for it pays for the repair). The repaired text is what is parsed and
+checked for repeated keys; a rejection keeps the record's bytes as sent. Numbers
+beyond a double's range (`1e400`) and nesting deeper than 1,023 levels, anywhere in a
+record, stay `invalid_json`.
+
 The contract is checked in two ways. A fast path (`ingest/fastdecode.py`,
 msgspec) builds the event for the ordinary valid record; whatever it cannot
 vouch for goes to the pydantic models, which alone name rejections. Both
@@ -271,7 +280,17 @@ class Decoder:
         try:
             body: Any = orjson.loads(value)
         except orjson.JSONDecodeError as exc:
-            return Rejection(record, "invalid_json", f"not valid JSON: {exc}")
+            if "surrogate" not in str(exc):
+                return Rejection(record, "invalid_json", f"not valid JSON: {exc}")
+            # a lone surrogate escape (`JSON.stringify` of a string cut inside an emoji),
+            # which JSON.parse and a schema validator take: U+FFFD, as JavaScript's
+            # toWellFormed() and Go's encoding/json read it. The record (a dead letter's
+            # value) keeps the bytes as sent
+            value = well_formed_escapes(value)
+            try:
+                body = orjson.loads(value)
+            except orjson.JSONDecodeError as again:
+                return Rejection(record, "invalid_json", f"not valid JSON: {again}")
         if not isinstance(body, dict):
             return Rejection(
                 record, "not_an_object", f"expected a JSON object, got {type(body).__name__}"
@@ -338,6 +357,38 @@ UNKNOWN_NAMED = 8
 """Unknown fields a decoded event names (a body may hold hundreds)."""
 
 _FastPath = Callable[[dict[str, Any], datetime], Event | None]
+
+
+# In JSON text, left to right: an escaped backslash (kept: `\\ud800` is text, no
+# escape), a surrogate pair (kept), or a surrogate escape alone (replaced). Outside
+# strings valid JSON has no backslash, and inside one every backslash starts an escape,
+# so a match never begins inside another escape.
+_SURROGATE_ESCAPE = re.compile(
+    rb"\\\\"
+    rb"|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    rb"|\\u[dD][89a-fA-F][0-9a-fA-F]{2}"
+)
+_LONE_SURROGATE_LENGTH = len(b"\\ud800")
+
+
+def _replacement_for_lone(match: re.Match[bytes]) -> bytes:
+    text = match.group()
+    return b"\\ufffd" if len(text) == _LONE_SURROGATE_LENGTH else text
+
+
+def well_formed_escapes(value: bytes) -> bytes:
+    """`value` (JSON text) with each escape of a lone UTF-16 surrogate (`\\ud800`,
+    `\\udc00`, either half of a reversed pair) replaced by `\\ufffd`, U+FFFD, as
+    JavaScript's `String.prototype.toWellFormed()` and Go's encoding/json read them.
+
+    orjson refuses such an escape (a Python str could hold it, but neither UTF-8 nor
+    PostgreSQL text can), while JSON.parse, and so Ajv, take it: a producer cutting
+    text to a length with `.slice()` emits one whenever the cut falls inside an emoji,
+    and its CI passes the record. Escaped backslashes and valid pairs are left as they
+    are; the text keeps its length (an escape is six bytes either way), so a later
+    parse error's position still holds.
+    """
+    return _SURROGATE_ESCAPE.sub(_replacement_for_lone, value)
 
 
 # JSON's whitespace: removed, a key written `"k" : 1` counts as one `":` more
