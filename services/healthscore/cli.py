@@ -826,6 +826,56 @@ def cmd_state(args: argparse.Namespace) -> int:
     return run(main)
 
 
+def cmd_episodes_left_open(args: argparse.Namespace) -> int:
+    """The risk episodes an old database published and a rebuilt one does not continue."""
+    from pydantic import SecretStr
+
+    from healthscore.service.episodes import OpenEpisode, format_left_open, left_open
+    from healthscore.store import sql
+
+    settings = settings_from_args(args)
+    if settings.database_url is None:
+        print("error: set DATABASE_URL (the new database)", file=sys.stderr)
+        return 2
+    old_settings = settings.model_copy(update={"database_url": SecretStr(args.old_database_url)})
+
+    async def open_episodes(of: Settings, include_unpublished: bool) -> list[OpenEpisode] | None:
+        conn = await _service_connection(of)
+        if conn is None:
+            return None
+        try:
+            rows = await conn.fetch(sql.OPEN_EPISODES, include_unpublished)
+        finally:
+            await conn.close()
+        return [
+            OpenEpisode(
+                r["organization_id"], r["episode_id"], r["kind"], r["risk_level"], r["scored_at"]
+            )
+            for r in rows
+        ]
+
+    async def main() -> int:
+        # the old database: what the notification service was sent; the new one: every
+        # alert the replay decided (the switch marks them sent without sending them)
+        old = await open_episodes(old_settings, include_unpublished=False)
+        new = await open_episodes(settings, include_unpublished=True)
+        if old is None or new is None:
+            return 2
+        found = left_open(old, new)
+        for line in format_left_open(found):
+            print(line)
+        elsewhere = sum(1 for row in found if row.new is not None)
+        print(
+            f"{len(found)} of {len(old)} open episode(s) left open: "
+            f"{len(found) - elsewhere} not at risk in the new database, {elsewhere} in "
+            "another episode",
+            file=sys.stderr,
+        )
+        return 0
+
+    return run(main)
+
+
 def cmd_export_organization(args: argparse.Namespace) -> int:
     """A subject-access request: every row held of one organization, as JSON."""
     import asyncpg
@@ -1240,6 +1290,20 @@ def register_service_commands(add: AddCommand) -> None:
     )
     p.add_argument("organization", type=UUID, metavar="ORGANIZATION_ID")
     p.add_argument("--database-url", help="override DATABASE_URL")
+
+    p = add(
+        "episodes-left-open",
+        cmd_episodes_left_open,
+        "After a replay into a new database (a model change): the risk episodes the old "
+        "database published and left open that the new one does not continue (out of "
+        "risk there, or in an episode of another id), tab-separated: organization, the "
+        "episode's id, its level, when last scored, the new database's state. Nothing "
+        "closes them on the alert topic: hand the list to the notification team.",
+    )
+    p.add_argument(
+        "--old-database-url", required=True, help="the database the live service used until now"
+    )
+    p.add_argument("--database-url", help="the new database (default DATABASE_URL)")
 
     p = add(
         "export-organization",

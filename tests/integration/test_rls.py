@@ -643,6 +643,7 @@ def service_statements(now: datetime) -> list[tuple[str, str, list[Any]]]:
         ("TRY_SHARD_LOCK", sql.TRY_SHARD_LOCK, [42, 3]),
         ("EVENT_TIME_FRONTIERS", sql.EVENT_TIME_FRONTIERS, [group, topics]),
         ("PICK_SILENT", sql.PICK_SILENT, [now, 10, 60.0]),
+        ("OPEN_EPISODES", sql.OPEN_EPISODES, [True]),
         ("COUNT_SILENT", sql.COUNT_SILENT, [now, 60.0]),
         ("SET_RESCORE_DUE", sql.SET_RESCORE_DUE, [[org], [now]]),
         ("PURGE_PROCESSED_EVENTS", sql.PURGE_PROCESSED_EVENTS, [now, 10]),

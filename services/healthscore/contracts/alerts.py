@@ -149,8 +149,12 @@ class ChurnRiskAlert(BaseModel):
             "The `alert_id` of this episode's `risk_raised`, carried by each alert of the "
             "episode: a `risk_escalated` or `recovered` is tied to its raise by it (one "
             "whose raise you never received was raised before you started consuming, or "
-            "in a database the operator rebuilt). Absent from alerts of releases before "
-            "it. Added field."
+            "in a database the operator rebuilt). An organization has one open episode at "
+            "a time: an alert naming another episode than the one you hold open for it "
+            "supersedes yours (a database rebuilt by a replay under another model decides "
+            "the episodes again; its operator lists those it leaves with no further "
+            "alert, `healthscore episodes-left-open`). Absent from alerts of releases "
+            "before it. Added field."
         ),
     )
     score_model_version: str | None = Field(

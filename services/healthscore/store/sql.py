@@ -831,3 +831,23 @@ DELETE FROM processed_events
 WHERE ctid = ANY(ARRAY(
     SELECT ctid FROM processed_events WHERE processed_at < $1 LIMIT $2))
 """
+
+# --- episodes left open by a rebuilt database ----------------------------------
+
+# each organization's open risk episode: its newest alert (in the order decided) when
+# that is not a recovery; $1 false: among the alerts published only (what the
+# notification service was sent)
+OPEN_EPISODES = """
+SELECT organization_id, episode_id, kind, risk_level, scored_at
+FROM (
+    SELECT DISTINCT ON (organization_id)
+           organization_id, (payload->>'episode_id')::uuid AS episode_id, kind,
+           payload->>'risk_level' AS risk_level,
+           (payload->>'scored_at')::timestamptz AS scored_at
+    FROM alert_outbox
+    WHERE $1 OR published_at IS NOT NULL
+    ORDER BY organization_id, seq DESC
+) newest
+WHERE kind <> 'recovered'
+ORDER BY organization_id
+"""
