@@ -92,7 +92,12 @@ class ChurnRiskAlert(BaseModel):
     not yet sent are not sent after the erasure (but for a page whose publish had timed
     out just before it, which the producer may still deliver); no alert says so: its
     key's tombstone (a null value) on the health feed `customer.health.v1` is the signal
-    to erase the copies you keep."""
+    to erase the copies you keep, and the ids it names to drop their later alerts (the
+    two topics are not ordered against each other). An alert leaves without waiting for
+    the dashboard's read model: for a moment (seconds live, up to
+    READ_MODEL_CATCH_UP_WINDOW_SECONDS while the service catches up) the dashboard and
+    the health feed may still show the score from before it; the alert's own figures
+    are the new ones."""
 
     model_config = ConfigDict(frozen=True, title="ChurnRiskAlert")
 
