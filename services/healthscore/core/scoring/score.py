@@ -137,6 +137,17 @@ FEATURE_SHARE_WINDOW_DAYS = 7.0  # the week narrowing_feature_use reads the feat
 # as f-strings (same format specs as str.format): a factor's text is built for
 # every reported factor, and a template's .format(**kwargs) costs twice as much.
 _Detail = Callable[[float, str], str]
+
+
+def _count(value: float, one: str, many: str) -> str:
+    """`value` things, the noun agreeing (the detail goes verbatim into a CSM's message)."""
+    return f"{value:.0f} {one if round(value) == 1 else many}"
+
+
+def _are(value: float) -> str:
+    return "is" if round(value) == 1 else "are"
+
+
 _DETAILS: dict[str, _Detail] = {
     "inactivity": lambda value, _: f"No product activity for {value:.1f} days.",
     "low_activity": lambda value, _: (
@@ -154,7 +165,7 @@ _DETAILS: dict[str, _Detail] = {
         f"Recent logins are {value:.0%} of this organization's usual level."
     ),
     "narrow_feature_adoption": lambda value, _: (
-        f"{value:.0f} distinct features used in the last 30 days."
+        f"{_count(value, 'distinct feature', 'distinct features')} used in the last 30 days."
     ),
     "shallow_usage": lambda value, _: (
         "Few recent value actions: clients, forms, journeys, emails, payments, contracts "
@@ -164,11 +175,15 @@ _DETAILS: dict[str, _Detail] = {
         f"{value:.0%} of the features this organization uses were used in the last week."
     ),
     "missing_milestones": lambda value, extra: (
-        f"{value:.0f} success milestones expected by now are missing{extra}."
+        f"{_count(value, 'success milestone', 'success milestones')} expected by now "
+        f"{_are(value)} missing{extra}."
     ),
-    "open_interactions": lambda value, _: f"{value:.0f} support interactions are open.",
+    "open_interactions": lambda value, _: (
+        f"{_count(value, 'support interaction', 'support interactions')} {_are(value)} open."
+    ),
     "open_escalations": lambda value, _: (
-        f"{value:.0f} open support interactions are escalated or urgent."
+        f"{_count(value, 'open support interaction', 'open support interactions')} "
+        f"{_are(value)} escalated or urgent."
     ),
     "unresolved_interaction_age": lambda value, _: (
         f"The oldest open support interaction is {value:.1f} days old."
