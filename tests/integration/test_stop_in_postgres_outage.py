@@ -45,7 +45,8 @@ class SilentPath:
 
     def __init__(self, database_url: str) -> None:
         self._database_url = database_url
-        self._silent = asyncio.Event()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self._writers: list[asyncio.StreamWriter] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
@@ -65,7 +66,11 @@ class SilentPath:
         return relay.url(self._database_url)
 
     def go_silent(self) -> None:
-        self._silent.set()
+        self._flowing.clear()
+
+    def speak_again(self) -> None:
+        """Deliver again what was held, and go on (a frozen server resumed)."""
+        self._flowing.set()
 
     async def cut(self) -> None:
         assert self._server is not None
@@ -89,8 +94,7 @@ class SilentPath:
 
     async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         while data := await source.read(65536):
-            if self._silent.is_set():
-                await asyncio.Event().wait()  # held for good: only `cut` ends it
+            await self._flowing.wait()  # held while silent: `speak_again` or `cut` ends it
             sink.write(data)
             await sink.drain()
         sink.close()

@@ -225,3 +225,54 @@ async def test_the_metrics_say_what_readyz_says() -> None:
     assert sample("healthscore_ready") == 1.0
     clock.now += 7.5  # no round since: stuck
     assert sample("healthscore_ready") == 0.0
+
+
+async def test_a_check_whose_cancellation_never_finishes_does_not_hold_the_round() -> None:
+    # a query cancelled on a PostgreSQL that stopped answering: the pool gives the
+    # connection back only once the server answers the cancel request (asyncpg shields
+    # that wait); asyncio.wait_for waited for it, and no round finished again
+    started = asyncio.Event()
+    release = asyncio.Event()
+    calls = 0
+
+    async def frozen_server() -> None:
+        nonlocal calls
+        calls += 1
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await asyncio.shield(release.wait())
+            raise
+
+    clock = FakeClock()
+    checker = ReadinessChecker(
+        {"postgres": frozen_server, "kafka": Counted()}, interval=1, timeout=0.05, clock=clock
+    )
+    await asyncio.wait_for(checker.check_once(), 2)
+    status, body = checker.status()
+    assert status == 503
+    assert body["failed"] == ["postgres"]
+    assert body["checks"]["postgres"] == "no answer within 0.05s"
+    # the next rounds report it by name with how long it has gone unanswered, and do
+    # not start another query beside the one still waiting
+    clock.now += 30
+    await asyncio.wait_for(checker.check_once(), 2)
+    assert checker.status()[1]["checks"]["postgres"] == "no answer for 30s (limit 0.05s)"
+    assert calls == 1
+    release.set()
+
+
+async def test_a_slow_check_answers_in_a_later_round() -> None:
+    answer = asyncio.Event()
+
+    async def slow() -> str | None:
+        await answer.wait()
+        return None
+
+    checker = ReadinessChecker({"postgres": slow}, interval=1, timeout=0.05)
+    await checker.check_once()
+    assert checker.status()[0] == 503
+    answer.set()
+    await checker.check_once()
+    assert checker.status()[0] == 200

@@ -1,8 +1,15 @@
 """Readiness, checked in the background: /readyz serves the latest result.
 
 A periodic step (`step`, run by `periodic.every`) runs every check, all at
-once, each cut off after its own timeout, and keeps the outcome with the time
-it finished. A request reads
+once, and keeps the outcome with the time it finished: a check without an answer
+within the timeout is reported so (`no answer within 2s`) and left running, not
+waited for. Cancelling it and waiting for the cancellation to finish is what
+`asyncio.wait_for` does, and a query cancelled on a PostgreSQL that stopped
+answering (a frozen host, a path that drops packets) gives its connection back only
+once the server answers the cancel request: the round never finished, and /readyz
+said only that the checker was stuck, with `postgres: ok` from the round before
+(review 36b). A check still running from an earlier round is not started again:
+its name is reported with how long it has gone unanswered, until it finishes. A request reads
 that outcome (a few dictionary reads): it never waits on PostgreSQL or the
 broker, so twenty scrapers and probes cost no round trips and cannot make one
 another time out. A result older than `stale_after` counts as not ready: a
@@ -71,10 +78,14 @@ class ReadinessChecker:
         self._clock = clock
         self.latest: ReadinessResult | None = None
         self.rounds = 0
+        # a check's run that had not answered when its round ended, and when it began
+        self._unanswered: dict[str, tuple[asyncio.Task[str | None], float]] = {}
 
     async def check_once(self) -> ReadinessResult:
         """Run every check concurrently; store and return the result."""
-        outcomes = await asyncio.gather(*(self._run(check) for check in self._checks.values()))
+        outcomes = await asyncio.gather(
+            *(self._run(name, check) for name, check in self._checks.items())
+        )
         result = ReadinessResult(
             checks=dict(zip(self._checks, outcomes, strict=True)),
             finished=self._clock(),
@@ -89,11 +100,22 @@ class ReadinessChecker:
             self._on_result(result)
         return result
 
-    async def _run(self, check: Check) -> str:
+    async def _run(self, name: str, check: Check) -> str:
+        earlier = self._unanswered.pop(name, None)
+        if earlier is not None and not earlier[0].done():
+            task, started = earlier
+        else:
+            task, started = asyncio.ensure_future(check()), self._clock()
+            task.add_done_callback(_retrieved)
+        done, _ = await asyncio.wait({task}, timeout=self.timeout)
+        if not done:
+            self._unanswered[name] = (task, started)
+            waited = self._clock() - started
+            if waited <= 2 * self.timeout:
+                return f"no answer within {self.timeout:g}s"
+            return f"no answer for {waited:.0f}s (limit {self.timeout:g}s)"
         try:
-            problem = await asyncio.wait_for(check(), self.timeout)
-        except TimeoutError:
-            return f"no answer within {self.timeout:g}s"
+            problem = task.result()
         except Exception as exc:
             return f"{type(exc).__name__}: {str(exc)[:200]}"
         return "ok" if problem is None else problem
@@ -133,3 +155,10 @@ class ReadinessChecker:
             # what an operator should know that does not make the service unready
             body["notes"] = self._notes()
         return (503 if failed else 200), body
+
+
+def _retrieved(task: asyncio.Task[str | None]) -> None:
+    """A check that finished after its round was reported without it: its outcome is
+    the next round's, and an exception it ended with is not an unhandled one."""
+    if not task.cancelled():
+        task.exception()

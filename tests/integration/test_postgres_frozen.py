@@ -1,0 +1,57 @@
+"""A PostgreSQL that stops answering, as a frozen host or a path that drops packets
+does: connections stay open and no byte comes back (review 36b, H1).
+
+Readiness cut each check off after 2 s by cancelling it and waiting for the
+cancellation, and a cancelled query gives its connection back to the pool only once
+the server answers the cancel request: the round never finished, /readyz said only
+that the checker was stuck with `postgres: ok` from the round before, and
+`healthscore_readiness_check_failed{check="postgres"}` stayed 0, so the alert made for
+it never fired. Real bytes to the real server through a TCP path that goes silent.
+"""
+
+from __future__ import annotations
+
+import json
+
+from healthscore.service.app import ServiceOptions
+from tests.integration.test_ops_endpoints import ready_within, samples
+from tests.integration.test_stop_in_postgres_outage import SilentPath
+from tests.utils.harness import make_topics, ops_get, running_service, service_settings
+
+
+async def test_a_postgresql_that_stops_answering_is_named_by_readiness(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    path = SilentPath(migrated_database)
+    await path.start()
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    settings = service_settings(path.url(), kafka_bootstrap, topics, readiness_interval_seconds=0.5)
+    options = ServiceOptions(run_sweep=False, create_topics=False)
+    try:
+        async with running_service(settings, options) as service:
+            port = service.ops_port
+            status, _ = await ready_within(port, lambda s, _: s == 200, 60)
+            assert status == 200
+            path.go_silent()
+            try:
+                status, body = await ready_within(
+                    port, lambda s, b: s == 503 and "postgres" in json.loads(b)["failed"]
+                )
+                checks = json.loads(body)["checks"]
+                assert checks["postgres"].startswith("no answer"), checks
+                _, text = await ops_get(port, "/metrics")
+                failed = samples(text)[
+                    ("healthscore_readiness_check_failed", (("check", "postgres"),))
+                ]
+                assert failed == 1.0
+                # later rounds still name it, with how long it has gone unanswered
+                status, body = await ready_within(
+                    port, lambda s, b: "no answer for" in json.loads(b)["checks"]["postgres"]
+                )
+                assert json.loads(body)["checks"]["postgres"].endswith("(limit 2s)"), body
+            finally:
+                path.speak_again()
+            status, body = await ready_within(port, lambda s, _: s == 200, 60)
+            assert status == 200, body
+    finally:
+        await path.cut()
