@@ -252,3 +252,38 @@ async def test_failures_in_a_row_and_a_step_that_never_returns_are_shown() -> No
         loop.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await loop
+
+
+async def test_a_failure_raised_while_handling_another_names_both() -> None:
+    # a projector pass whose transaction the server ended (waiting on a lock) fails its
+    # rollback on the closed connection: that error alone said nothing of the lock
+    stop = asyncio.Event()
+
+    class Closed(Exception):
+        pass
+
+    async def step() -> None:
+        stop.set()
+        try:
+            raise TimeoutError("terminating connection due to transaction timeout")
+        except TimeoutError:
+            raise Closed("the underlying connection is closed") from None
+
+    async def masked() -> None:
+        stop.set()
+        try:
+            raise TimeoutError("terminating connection due to transaction timeout")
+        except TimeoutError:
+            raise Closed("the underlying connection is closed")  # noqa: B904
+
+    with capture_logs() as logs:
+        await asyncio.wait_for(every(0.001, masked, stop, "projection"), 5)
+    [line] = logs
+    assert line["event"] == "projection_failed"
+    assert line["message"] == "the underlying connection is closed"
+    assert line["during"] == "TimeoutError: terminating connection due to transaction timeout"
+    stop.clear()
+    with capture_logs() as logs:
+        await asyncio.wait_for(every(0.001, step, stop, "projection"), 5)
+    # `from None` still keeps the context (suppressed only from tracebacks): named too
+    assert logs[0]["during"] is not None

@@ -92,7 +92,12 @@ async def every(
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning(f"{name}_failed", error=type(exc).__name__, message=str(exc)[:300])
+            # an error raised while handling another (a rollback on a connection the
+            # server closed) hides the first one: it says what happened
+            handled = exc.__context__
+            during = None if handled is None else f"{type(handled).__name__}: {handled}"[:300]
+            error, message = type(exc).__name__, str(exc)[:300]
+            log.warning(f"{name}_failed", error=error, message=message, during=during)
             if max_backoff is not None:
                 backoff = min(backoff * 2, max_backoff)
             pause = backoff
