@@ -187,3 +187,31 @@ async def test_unpaced_when_max_per_second_is_zero() -> None:
     app = OpsRoutes(Metrics(), checker, lambda: "{}", lambda: "", max_per_second=0, sleep=sleep)
     for _ in range(10):
         assert (await call(app, "/healthz"))[0] == 200
+
+
+async def test_a_metrics_client_that_went_away_is_no_error() -> None:
+    # a scraper that gave up while waiting its turn (or connected while the port was
+    # not yet served): prometheus-client reads http.disconnect and sends nothing; the
+    # kept answer indexed the first message and logged an IndexError traceback
+    app, _, _ = make_app()
+    asgi = AsgiFastStream(asgi_routes=app.routes, logger=None)
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/metrics",
+        "query_string": b"",
+        "headers": [],
+    }
+    sent: list[Any] = []
+
+    async def gone() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await asgi(scope, gone, send)
+    assert sent == []
+    assert app.metrics_renders == 0
+    status, _, body = await call(app, "/metrics")  # the next scraper gets its answer
+    assert status == 200 and b"healthscore_batch_failures_total" in body

@@ -121,6 +121,10 @@ class _Rendered:
                 messages.append(message)
 
             await self._app(scope, receive, keep)
+            if not messages:
+                # the client went away before its turn (prometheus-client answers an
+                # http.disconnect with nothing): nothing to send, nothing to keep
+                return
             self.renders += 1
             start = messages[0]
             # ASGI header names are lower case (prometheus-client sends Content-Type)
