@@ -47,6 +47,7 @@ class GaugeRefresher:
         topics: list[str],
         distribution_interval: float = 60.0,
         on_beyond_the_log: BeyondTheLog | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
         self._metrics = metrics
@@ -54,6 +55,11 @@ class GaugeRefresher:
         self._group = group
         self._topics = topics
         self.last_lag: dict[PartitionKey, int] = {}
+        # a partition with records to consume: its stored offset, and since when (the
+        # clock) it has not moved; a consumer that stops fetching one partition while
+        # the others go on shows nowhere else (review 36b: ready, nothing logged)
+        self._still: dict[PartitionKey, tuple[int, float]] = {}
+        self._clock = clock
         # the band and risk counts read all of customer_health: on their own, slower interval
         self._distribution_interval = distribution_interval
         self._distribution_due = 0.0
@@ -73,15 +79,30 @@ class GaugeRefresher:
             stored = await stored_offsets(conn, self._group)
         fetched, reported = await probe.fetched_high_watermarks(partitions)
         beyond: dict[PartitionKey, tuple[int, int]] = {}
+        now = self._clock()
         for tp, high in {**reported, **fetched}.items():
             lag = max(0, high - stored.get(tp, 0))
             self.last_lag[tp] = lag
             self._metrics.consumer_lag.labels(tp[0], str(tp[1])).set(lag)
+            self._metrics.partition_stalled.labels(tp[0], str(tp[1])).set(
+                self._stalled_for(tp, stored.get(tp, 0), lag, now)
+            )
             # only a high watermark a fetch confirmed: ListOffsets can answer low
             if tp in fetched and stored.get(tp, 0) > high:
                 beyond[tp] = (stored[tp], high)
         if beyond and self._on_beyond_the_log is not None:
             self._on_beyond_the_log(beyond)
+
+    def _stalled_for(self, tp: PartitionKey, stored: int, lag: int, now: float) -> float:
+        """Seconds `tp` has had records to consume without its stored offset moving."""
+        if lag <= 0:
+            self._still.pop(tp, None)
+            return 0.0
+        seen = self._still.get(tp)
+        if seen is None or seen[0] != stored:
+            self._still[tp] = (stored, now)
+            return 0.0
+        return now - seen[1]
 
     async def refresh_outbox(self) -> None:
         async with self._pool.acquire() as conn:

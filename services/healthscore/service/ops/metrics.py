@@ -203,6 +203,13 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.partition_stalled = Gauge(
+            "healthscore_partition_stalled_seconds",
+            "How long a partition with records to consume has gone without its stored "
+            "offset moving (0: it moves, or has nothing to consume).",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.outbox_backlog = Gauge(
             "healthscore_outbox_backlog_alerts",
             "Alerts committed but not yet published.",
