@@ -295,6 +295,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return run(main)
 
 
+# how long `healthscore lag` waits for PostgreSQL, then for the lag's reads
+LAG_COMMAND_TIMEOUT_SECONDS = 15.0
+
+
 def cmd_lag(args: argparse.Namespace) -> int:
     import asyncpg
     from aiokafka.errors import KafkaError
@@ -312,17 +316,30 @@ def cmd_lag(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         role = {"role": settings.database_role} if settings.database_role else {}
+        # a diagnostic in an incident: which side does not answer, said within seconds
+        # (a frozen PostgreSQL took asyncpg's 60 s and printed "TimeoutError: ")
+        side = "PostgreSQL (DATABASE_URL)"
         try:
-            conn = await connect(url, database_tls(settings), server_settings=role)
+            async with asyncio.timeout(LAG_COMMAND_TIMEOUT_SECONDS):
+                conn = await connect(url, database_tls(settings), server_settings=role)
             try:
-                lags = await consumer_lag(
-                    KafkaConnection.from_settings(settings),
-                    conn,
-                    group,
-                    settings.input_topics,
-                )
+                side = "PostgreSQL or the brokers"
+                async with asyncio.timeout(LAG_COMMAND_TIMEOUT_SECONDS):
+                    lags = await consumer_lag(
+                        KafkaConnection.from_settings(settings),
+                        conn,
+                        group,
+                        settings.input_topics,
+                    )
             finally:
-                await conn.close()
+                conn.terminate()
+        except TimeoutError:
+            print(
+                f"error: cannot measure lag: {side} did not answer within "
+                f"{LAG_COMMAND_TIMEOUT_SECONDS:g}s",
+                file=sys.stderr,
+            )
+            return 2
         except (OSError, asyncpg.PostgresError, KafkaError) as exc:
             print(f"error: cannot measure lag: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 2

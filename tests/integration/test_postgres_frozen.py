@@ -11,7 +11,11 @@ it never fired. Real bytes to the real server through a TCP path that goes silen
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import subprocess
+import sys
 
 from healthscore.service.app import ServiceOptions
 from tests.integration.test_ops_endpoints import ready_within, samples
@@ -55,3 +59,28 @@ async def test_a_postgresql_that_stops_answering_is_named_by_readiness(
             assert status == 200, body
     finally:
         await path.cut()
+
+
+async def test_healthscore_lag_names_a_postgresql_that_does_not_answer(
+    migrated_database: str, kafka_bootstrap: str
+) -> None:
+    # the runbooks' first tool took 61 s and printed "TimeoutError: " (review 36b, L1)
+    path = SilentPath(migrated_database)
+    await path.start()
+    path.go_silent()
+    env = dict(os.environ)
+    env.update({"DATABASE_URL": path.url(), "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap})
+    try:
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "healthscore.cli", "lag"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        await path.cut()
+    assert done.returncode == 2, done.stdout
+    assert "PostgreSQL (DATABASE_URL) did not answer within 15s" in done.stderr, done.stderr
