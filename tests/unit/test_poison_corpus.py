@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
+import orjson
 import pytest
 
 from healthscore.service.ingest.decode import REASONS, Decoder, RawRecord, Rejection
@@ -111,3 +112,38 @@ def test_naive_now_is_refused() -> None:
         poison_corpus(ORG, NOW.replace(tzinfo=None))
     with pytest.raises(ValueError):
         profile_poison_corpus(ORG, NOW.replace(tzinfo=None))
+
+
+def test_an_event_on_the_other_activity_topic_is_told_so() -> None:
+    # a support event on the usage topic was told "type: Field required" (review 36b L4)
+    key = ORG.encode()
+    support = {
+        "event_id": str(uuid.uuid4()),
+        "organization_id": ORG,
+        "interaction_id": str(uuid.uuid4()),
+        "action": "opened",
+        "interaction_type": "check_in",
+        "channel": "email",
+        "occurred_at": NOW.isoformat(),
+    }
+    usage = {
+        "event_id": str(uuid.uuid4()),
+        "organization_id": ORG,
+        "type": "login",
+        "occurred_at": NOW.isoformat(),
+    }
+    for kind, body, hint in (
+        ("usage", support, "a support.interactions.v1 event"),
+        ("support", usage, "a product.usage.v1 event"),
+    ):
+        case = PoisonCase("misrouted", kind, key, orjson.dumps(body), "missing_field")  # type: ignore[arg-type]
+        rejection = _decode(case, NOW)
+        assert rejection.reason == "missing_field"
+        assert f"(it looks like {hint}" in rejection.detail, rejection.detail
+        assert rejection.detail.endswith("sent to the wrong topic?)")
+    # a usage event that only lacks its type is not called misrouted
+    alone = {k: v for k, v in usage.items() if k != "type"}
+    rejection = _decode(
+        PoisonCase("no_type", "usage", key, orjson.dumps(alone), "missing_field"), NOW
+    )
+    assert "wrong topic" not in rejection.detail

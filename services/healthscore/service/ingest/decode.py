@@ -332,7 +332,8 @@ class Decoder:
             try:
                 validated = model.model_validate(body, context=context)
             except ValidationError as exc:
-                return _rejection_from(record, _as_sent_integers(model, body, context, exc))
+                rejection = _rejection_from(record, _as_sent_integers(model, body, context, exc))
+                return _misrouted(model, body, rejection)
             assert isinstance(
                 validated,
                 contracts.UsageEvent | contracts.SupportEvent | contracts.OrganizationProfile,
@@ -727,6 +728,24 @@ _LOCATION_PART_CHARS = 80
 _ERRORS_NAMED = 5
 """A rejection's detail names this many of the record's errors (a producer fixing one
 field at a time needed one re-drive round trip per error)."""
+
+
+def _misrouted(model: type[BaseModel], body: dict[str, Any], rejection: Rejection) -> Rejection:
+    """`rejection`, its detail saying so when the record looks like the other activity
+    topic's event: a support event on the usage topic was told `type: Field required`,
+    which sends its producer to add a field, not to the right topic."""
+    if (
+        model is contracts.UsageEvent
+        and "type" not in body
+        and {"action", "interaction_id"} <= body.keys()
+    ):
+        other = "a support.interactions.v1 event (action, interaction_id)"
+    elif model is contracts.SupportEvent and "type" in body and "action" not in body:
+        other = "a product.usage.v1 event (type, no action)"
+    else:
+        return rejection
+    detail = f"{rejection.detail} (it looks like {other}: sent to the wrong topic?)"
+    return Rejection(rejection.record, rejection.reason, detail, rejection.logged)
 
 
 def _rejection_from(record: RawRecord, exc: ValidationError) -> Rejection:
