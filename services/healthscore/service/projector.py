@@ -223,6 +223,10 @@ def feed_wait(wait: float, idle_limit: float) -> float:
     return min(wait, idle_limit / 2) if idle_limit > 0 else wait
 
 
+COALESCING_LOGGED_AFTER = 30.0
+"""Seconds a start or end of coalescing holds before `read_model_coalescing` says so."""
+
+
 class Projector:
     def __init__(
         self,
@@ -265,6 +269,9 @@ class Projector:
         self.coalescing = 0.0
         # whether the consumer was catching up at the last pass
         self._catching_up = False
+        # since when it has been as it is, and what the log last said
+        self._catching_up_since = 0.0
+        self._logged_catching_up = False
         # until when (monotonic) live batches leave their changes to the projector
         self._feed_paused_until = 0.0
         # feeds given up on or outlived by their transaction, still followed to learn
@@ -808,9 +815,18 @@ class Projector:
         being applied are older than that already. Live changes are taken at once.
         """
         wait = self._coalesce_for()
+        now = time.monotonic()
         if (wait > 0) != self._catching_up:
+            self._catching_up = wait > 0
+            self._catching_up_since = now
+        # logged once a change has held COALESCING_LOGGED_AFTER: a partition hovering
+        # at the live threshold turned it on and off 16 times a minute (review 36b)
+        if (
+            self._catching_up != self._logged_catching_up
+            and now - self._catching_up_since >= COALESCING_LOGGED_AFTER
+        ):
+            self._logged_catching_up = self._catching_up
             log.info("read_model_coalescing", seconds=round(wait, 1))
-        self._catching_up = wait > 0
         self.coalescing = self._holds.hold(time.monotonic(), wait)
         taken = await self._pass(self.coalescing)
         if max(n or 0 for n in taken) >= self._page:
