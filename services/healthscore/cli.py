@@ -845,6 +845,7 @@ def cmd_state(args: argparse.Namespace) -> int:
 
 def cmd_episodes_left_open(args: argparse.Namespace) -> int:
     """The risk episodes an old database published and a rebuilt one does not continue."""
+    import asyncpg
     from pydantic import SecretStr
 
     from healthscore.service.episodes import OpenEpisode, format_left_open, left_open
@@ -862,6 +863,12 @@ def cmd_episodes_left_open(args: argparse.Namespace) -> int:
             return None
         try:
             rows = await conn.fetch(sql.OPEN_EPISODES, include_unpublished)
+        except (OSError, asyncpg.PostgresError) as exc:
+            which = "the old database" if of is old_settings else "the new database"
+            print(
+                f"error: cannot read {which}'s alerts: {type(exc).__name__}: {exc}", file=sys.stderr
+            )
+            return None
         finally:
             await conn.close()
         return [

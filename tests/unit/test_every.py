@@ -287,3 +287,17 @@ async def test_a_failure_raised_while_handling_another_names_both() -> None:
         await asyncio.wait_for(every(0.001, step, stop, "projection"), 5)
     # `from None` still keeps the context (suppressed only from tracebacks): named too
     assert logs[0]["during"] is not None
+
+
+async def test_a_timeout_is_not_said_to_happen_during_a_cancellation() -> None:
+    # asyncio.timeout raises its TimeoutError from the CancelledError it sent
+    stop = asyncio.Event()
+
+    async def step() -> None:
+        stop.set()
+        async with asyncio.timeout(0.001):
+            await asyncio.sleep(1)
+
+    with capture_logs() as logs:
+        await asyncio.wait_for(every(0.001, step, stop, "relay"), 5)
+    assert logs[0]["error"] == "TimeoutError" and logs[0]["during"] is None

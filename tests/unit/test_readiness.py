@@ -276,3 +276,25 @@ async def test_a_slow_check_answers_in_a_later_round() -> None:
     answer.set()
     await checker.check_once()
     assert checker.status()[0] == 200
+
+
+async def test_a_check_that_ends_cancelled_is_failed_and_close_cancels_those_waiting() -> None:
+    # a CancelledError from the task's result() ended the readiness loop (review 36d)
+    async def cancels() -> None:
+        raise asyncio.CancelledError
+
+    never = asyncio.Event()
+
+    async def hangs() -> None:
+        await never.wait()
+
+    checker = ReadinessChecker({"postgres": cancels, "kafka": hangs}, interval=1, timeout=0.05)
+    await checker.check_once()
+    assert checker.status()[1]["checks"] == {
+        "postgres": "cancelled",
+        "kafka": "no answer within 0.05s",
+    }
+    [(task, _)] = checker._unanswered.values()
+    checker.close()
+    await asyncio.sleep(0)
+    assert task.cancelled() and not checker._unanswered

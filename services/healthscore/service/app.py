@@ -625,6 +625,8 @@ async def lifespan(c: Components) -> AsyncIterator[None]:
             raise StartupRefused(unreachable("DATABASE_URL", url, exc)) from exc
         await _refuse_an_unmigrated_database(c.pool)
         await record_model(c.pool, c.model)
+        # before the pool closes: a check still waiting on a server that stopped answering
+        stack.callback(c.readiness.close)
         with _unreachable_kafka(s):
             await start_producer(c.producer, s.kafka_idempotent_producer)
         if c.projector is not None:

@@ -95,6 +95,8 @@ async def every(
             # an error raised while handling another (a rollback on a connection the
             # server closed) hides the first one: it says what happened
             handled = exc.__context__
+            if isinstance(handled, asyncio.CancelledError):
+                handled = None  # how asyncio.timeout raises its TimeoutError: nothing more
             during = None if handled is None else f"{type(handled).__name__}: {handled}"[:300]
             error, message = type(exc).__name__, str(exc)[:300]
             log.warning(f"{name}_failed", error=error, message=message, during=during)

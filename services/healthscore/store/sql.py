@@ -143,7 +143,8 @@ SET state_msgpack = x.state,
     rescore_due_at = x.rescore_due_at,
     health_version = s.health_version + 1,
     updated_at = now(),
-    events_applied_at = CASE WHEN $6::boolean THEN now() ELSE s.events_applied_at END
+    events_applied_at = CASE WHEN $6::boolean THEN statement_timestamp()
+                             ELSE s.events_applied_at END
 FROM unnest($1::uuid[], $2::bytea[], $3::timestamptz[], $4::timestamptz[], $5::bigint[])
      AS x(organization_id, state, last_event_at, rescore_due_at, version)
 WHERE s.organization_id = x.organization_id AND s.health_version = x.version
@@ -166,7 +167,7 @@ INSERT INTO organization_state (
     organization_id, state_msgpack, last_event_at, rescore_due_at, health_version,
     events_applied_at)
 SELECT organization_id, state, last_event_at, rescore_due_at, 1,
-       CASE WHEN $5::boolean THEN now() END
+       CASE WHEN $5::boolean THEN statement_timestamp() END
 FROM unnest($1::uuid[], $2::bytea[], $3::timestamptz[], $4::timestamptz[])
      AS x(organization_id, state, last_event_at, rescore_due_at)
 -- an organization erased since the batch claimed its events: left out like one
@@ -788,12 +789,14 @@ WHERE organization_id = $1
 
 # rescore_due_at is the organization's next silence grid point: due when it lies
 # strictly below the watermark, unless a batch applied events to it in the last $3
-# seconds (they are still arriving: migration 0120)
+# seconds (they are still arriving: migration 0120; stamped when the batch saved it,
+# statement_timestamp(), not when its transaction began)
 PICK_SILENT = """
 SELECT organization_id, state_msgpack AS state, health_version
 FROM organization_state
 WHERE rescore_due_at < $1
-  AND (events_applied_at IS NULL OR events_applied_at < now() - make_interval(secs => $3))
+  AND ($3 = 0 OR events_applied_at IS NULL
+       OR events_applied_at < now() - make_interval(secs => $3))
 ORDER BY rescore_due_at
 LIMIT $2
 FOR UPDATE SKIP LOCKED
@@ -802,7 +805,8 @@ FOR UPDATE SKIP LOCKED
 COUNT_SILENT = """
 SELECT count(*) FROM organization_state
 WHERE rescore_due_at < $1
-  AND (events_applied_at IS NULL OR events_applied_at < now() - make_interval(secs => $2))
+  AND ($2 = 0 OR events_applied_at IS NULL
+       OR events_applied_at < now() - make_interval(secs => $2))
 """
 
 # rows picked with nothing due after all (a due time stored under another step)

@@ -114,11 +114,19 @@ class ReadinessChecker:
             if waited <= 2 * self.timeout:
                 return f"no answer within {self.timeout:g}s"
             return f"no answer for {waited:.0f}s (limit {self.timeout:g}s)"
+        if task.cancelled():
+            return "cancelled"  # a CancelledError from result() would end the loop
         try:
             problem = task.result()
         except Exception as exc:
             return f"{type(exc).__name__}: {str(exc)[:200]}"
         return "ok" if problem is None else problem
+
+    def close(self) -> None:
+        """Cancel the checks still waiting for an answer (the service stops)."""
+        for task, _ in self._unanswered.values():
+            task.cancel()
+        self._unanswered.clear()
 
     async def step(self) -> float | None:
         """One round (a periodic step, every `interval`); while not ready the next
