@@ -515,6 +515,13 @@ def cmd_erase(args: argparse.Namespace) -> int:
             return 2
         erased: list[Any] = []
         owed_since: list[Any] = []
+        # the page's organizations whose first step committed (`--yes`)
+        half_done: list[Any] = []
+
+        def note_first_step(result: Any) -> None:
+            if args.yes:
+                half_done.append(result.organization_id)
+
         try:
             if args.list:
                 unfinished = 0
@@ -535,7 +542,10 @@ def cmd_erase(args: argparse.Namespace) -> int:
                     )
             for start in range(0, len(ids), ERASE_PAGE):
                 page = ids[start : start + ERASE_PAGE]
-                for result in await erase_organizations(conn, page, apply=args.yes):
+                half_done.clear()
+                for result in await erase_organizations(
+                    conn, page, apply=args.yes, on_first_step=note_first_step
+                ):
                     for line in format_erasure(result, args.yes):
                         print(line)
                     if args.yes:
@@ -548,6 +558,15 @@ def cmd_erase(args: argparse.Namespace) -> int:
                 "(an erased organization is skipped quickly)",
                 file=sys.stderr,
             )
+            if half_done:
+                # their first steps committed: rows and dead letters gone, tombstones
+                # recorded and owed (the service publishes them); event ids not yet
+                print(
+                    f"  {len(half_done)} more erased but unfinished (their event ids not "
+                    "yet removed; `erase --list` shows them): the same command finishes "
+                    "them",
+                    file=sys.stderr,
+                )
             return 2
         finally:
             await conn.close()

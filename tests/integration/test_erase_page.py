@@ -160,3 +160,51 @@ async def test_erase_a_file_of_organizations(
     assert "3 organization(s) erased" in done.stdout, done.stdout
     for org in orgs:
         assert (await _health_feed_of(kafka_bootstrap, topics.health, str(org)))[-1:] == [None]
+
+
+async def test_a_page_stopped_before_its_event_ids_says_which_are_erased_but_unfinished(
+    migrated_database: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    # the second step waits on a lock a session holds on one event id, and is cancelled
+    # there: the page's first steps committed, the command said "0 of 3 erased" of them
+    counts = {uuid.uuid4(): 2 for _ in range(3)}
+    await _with_event_ids(migrated_database, counts)
+    orgs = list(counts)
+    listing = tmp_path / "offboarded.txt"
+    listing.write_text("".join(f"{org}\n" for org in orgs))
+    topics = await make_topics(kafka_bootstrap, partitions=1)
+    holder = await asyncpg.connect(migrated_database)
+    try:
+        async with _eraser_login(migrated_database) as (eraser_url, login), holder.transaction():
+            await holder.execute(
+                "SELECT 1 FROM processed_events WHERE organization_id = $1 FOR UPDATE", orgs[-1]
+            )
+            erase = asyncio.create_task(
+                _erase(eraser_url, kafka_bootstrap, topics, "--file", str(listing), "--yes")
+            )
+            waiting = None
+            for _ in range(600):
+                waiting = await fetchval(
+                    migrated_database,
+                    "SELECT pid FROM pg_stat_activity WHERE usename = $1"
+                    " AND wait_event_type = 'Lock'",
+                    login,
+                )
+                if waiting is not None or erase.done():
+                    break
+                await asyncio.sleep(0.05)
+            assert waiting is not None, (await erase).stderr
+            await fetchval(migrated_database, "SELECT pg_cancel_backend($1)", waiting)
+            done = await erase
+    finally:
+        await holder.close()
+    assert done.returncode == 2, done.stdout
+    assert "0 of 3 erased" in done.stderr, done.stderr
+    assert "3 more erased but unfinished" in done.stderr, done.stderr
+    unfinished = await fetchval(
+        migrated_database,
+        "SELECT count(*) FROM erased_organizations"
+        " WHERE organization_id = ANY($1::uuid[]) AND completed_at IS NULL",
+        orgs,
+    )
+    assert unfinished == 3

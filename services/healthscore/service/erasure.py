@@ -256,22 +256,26 @@ async def _retried(step: Callable[[], Awaitable[_T]], organizations: list[UUID])
 
 
 async def erase_organizations(
-    conn: asyncpg.Connection, organizations: Sequence[UUID], apply: bool
+    conn: asyncpg.Connection,
+    organizations: Sequence[UUID],
+    apply: bool,
+    on_first_step: Callable[[Erasure], None] | None = None,
 ) -> list[Erasure]:
     """Erase (or, without `apply`, count) a page of organizations: each one's first
     step in its own transaction, then the event ids of them all in one (at most
     `ERASE_PAGE` organizations, each once); a step that meets a deadlock or its lock
-    timeout is run again."""
+    timeout is run again. `on_first_step` hears of each first step as it commits: a
+    page stopped before its second step leaves those erased, unfinished."""
     if len(organizations) > ERASE_PAGE or len(set(organizations)) != len(organizations):
         raise ValueError(f"at most {ERASE_PAGE} organizations, each once")
     results = []
     for organization in organizations:
-        results.append(
-            await _retried(
-                functools.partial(_first_step, conn, organization, apply),
-                [organization],
-            )
+        result = await _retried(
+            functools.partial(_first_step, conn, organization, apply), [organization]
         )
+        results.append(result)
+        if on_first_step is not None:
+            on_first_step(result)
     if results:
         await _retried(functools.partial(_second_step, conn, results, apply), list(organizations))
     if apply:
