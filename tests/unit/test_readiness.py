@@ -298,3 +298,21 @@ async def test_a_check_that_ends_cancelled_is_failed_and_close_cancels_those_wai
     checker.close()
     await asyncio.sleep(0)
     assert task.cancelled() and not checker._unanswered
+
+
+async def test_a_round_cancelled_while_it_waits_leaves_its_checks_to_close() -> None:
+    never = asyncio.Event()
+
+    async def hangs() -> None:
+        await never.wait()
+
+    checker = ReadinessChecker({"postgres": hangs}, interval=1, timeout=10)
+    round_ = asyncio.ensure_future(checker.check_once())
+    await asyncio.sleep(0.01)
+    round_.cancel()  # the service stops in the middle of a round
+    with pytest.raises(asyncio.CancelledError):
+        await round_
+    [(task, _)] = checker._unanswered.values()
+    checker.close()
+    await asyncio.sleep(0)
+    assert task.cancelled()

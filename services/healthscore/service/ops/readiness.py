@@ -107,9 +107,13 @@ class ReadinessChecker:
         else:
             task, started = asyncio.ensure_future(check()), self._clock()
             task.add_done_callback(_retrieved)
+        # kept before the wait: a round cancelled in it (the service stops) leaves the
+        # check to `close`
+        self._unanswered[name] = (task, started)
         done, _ = await asyncio.wait({task}, timeout=self.timeout)
-        if not done:
-            self._unanswered[name] = (task, started)
+        if done:
+            del self._unanswered[name]
+        else:
             waited = self._clock() - started
             if waited <= 2 * self.timeout:
                 return f"no answer within {self.timeout:g}s"
