@@ -34,8 +34,12 @@ class KafkaRelay:
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+    async def start(self, listening: socket.socket | None = None) -> None:
+        """Serve on `listening` (bound to `port` already) or bind `port` now."""
+        if listening is not None:
+            self._server = await asyncio.start_server(self._serve, sock=listening)
+        else:
+            self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
 
     def _gate(self, kind: str, key: str | int) -> asyncio.Event:
         gate = self._gates.get((kind, key))
@@ -167,10 +171,16 @@ class RelayedBroker(NamedTuple):
 @contextlib.asynccontextmanager
 async def relayed_broker() -> AsyncIterator[RelayedBroker]:
     """A broker of the test's own, every connection to it through a relay."""
-    relay_port = free_port()
+    # the relay's port bound before the broker starts advertising it: a port only
+    # looked up free was taken by another xdist worker while the broker started
+    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(100)
+    relay_port = listening.getsockname()[1]
     target, process = broker_behind(relay_port)
     relay = KafkaRelay("127.0.0.1", int(target.rsplit(":", 1)[1]), relay_port)
-    await relay.start()
+    await relay.start(listening)
     broker = RelayedBroker(relay, f"127.0.0.1:{relay_port}", process)
     try:
         yield broker
