@@ -8,7 +8,12 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import InvalidReplicationFactorError, KafkaError
 
 from healthscore.config import Settings
-from healthscore.service.kafka_admin import ensure_topics, service_topics, topic_configs
+from healthscore.service.kafka_admin import (
+    COMPACTED,
+    ensure_topics,
+    service_topics,
+    topic_configs,
+)
 from healthscore.service.kafka_clients import KafkaConnection
 
 
@@ -22,7 +27,7 @@ async def test_missing_topics_are_created_with_the_replication_factor(
     try:
         brokers = len((await admin.describe_cluster())["brokers"])
         try:
-            await ensure_topics(kafka, [name, name + ".c"], 3, 3, frozenset({name + ".c"}))
+            await ensure_topics(kafka, [name, name + ".c"], 3, 3, {name + ".c": COMPACTED})
         except InvalidReplicationFactorError:
             # a real single-node Kafka refuses 3 replicas: the factor reached the
             # broker, and the refusal is raised instead of passing silently

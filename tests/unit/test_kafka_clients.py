@@ -22,7 +22,7 @@ import healthscore_lab
 from healthscore.config import Settings
 from healthscore.service.app import ServiceOptions, build
 from healthscore.service.broker import build_broker
-from healthscore.service.kafka_admin import new_topics, raise_topic_errors
+from healthscore.service.kafka_admin import COMPACTED, new_topics, raise_topic_errors
 from healthscore.service.kafka_clients import KafkaConnection, KafkaSecurity
 from healthscore.service.kafka_salvage import (
     CorruptRecordMonitor,
@@ -309,7 +309,7 @@ async def test_connection_options_cannot_be_overridden_by_a_caller() -> None:
 
 def test_topics_are_created_with_the_replication_factor() -> None:
     settings = _settings(topic_replication_factor=3)
-    topics = new_topics(["a", "b"], 12, settings.topic_replication_factor, frozenset({"b"}))
+    topics = new_topics(["a", "b"], 12, settings.topic_replication_factor, {"b": COMPACTED})
     assert [(t.name, t.num_partitions, t.replication_factor) for t in topics] == [
         ("a", 12, 3),
         ("b", 12, 3),

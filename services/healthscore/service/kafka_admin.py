@@ -58,17 +58,11 @@ def new_topics(
     names: list[str],
     partitions: int,
     replication_factor: int,
-    compacted: frozenset[str],
     configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[NewTopic]:
     configs = configs or {}
     return [
-        NewTopic(
-            name,
-            partitions,
-            replication_factor,
-            topic_configs=dict(configs.get(name, COMPACTED if name in compacted else {})),
-        )
+        NewTopic(name, partitions, replication_factor, topic_configs=dict(configs.get(name, {})))
         for name in names
     ]
 
@@ -78,11 +72,10 @@ async def ensure_topics(
     topics: list[str],
     partitions: int,
     replication_factor: int = 1,
-    compacted: frozenset[str] = frozenset(),
     configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> None:
-    """Create the missing ones of `topics`, each with its `configs` (or compacted when
-    named in `compacted`); existing topics are left as they are."""
+    """Create the missing ones of `topics`, each with its `configs`; existing topics
+    are left as they are."""
     admin = kafka.admin()
     await admin.start()
     try:
@@ -90,7 +83,7 @@ async def ensure_topics(
         missing = [t for t in topics if t not in existing]
         if missing:
             response = await admin.create_topics(
-                new_topics(missing, partitions, replication_factor, compacted, configs)
+                new_topics(missing, partitions, replication_factor, configs)
             )
             raise_topic_errors(response)
     finally:

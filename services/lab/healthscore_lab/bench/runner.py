@@ -49,7 +49,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from healthscore.compiled import core_build
 from healthscore.config import Settings
 from healthscore.core.scoring.model import V2_MODEL_PATH, load_model
-from healthscore.service.kafka_admin import ensure_topics
+from healthscore.service.kafka_admin import COMPACTED, ensure_topics
 from healthscore.service.kafka_clients import KafkaConnection, KafkaSecurity
 from healthscore.store import sql
 from healthscore.store.dburl import with_database
@@ -590,7 +590,7 @@ class Bench:
             ],
             self.options.partitions,
             self.stack.replication_factor,
-            compacted=frozenset({topics["health"]}),
+            configs={topics["health"]: COMPACTED},
         )
         return _Phase(name, database, url, topics, f"bench-{self.run_id}-{name}")
 
