@@ -1134,7 +1134,10 @@ async def test_markers_between_records_held_back_by_the_alignment_are_no_gap(
             gaps = _total(service, "healthscore_offset_gaps_total")
             held = [o.held_from for o in service.outcomes if o.held_from]
             rejected = [reason for o in service.outcomes for reason in o.rejected]
-            records = sum(o.records for o in service.outcomes)
+            # a batch may run on a fetch aiokafka made before the assignment's seek,
+            # which then hands those records over again, below the stored offset and
+            # skipped: counted in `records`, not as handled (what the metrics count)
+            records = sum(o.records - o.skipped_replayed for o in service.outcomes)
     finally:
         await producer.stop()
     assert held  # the case: records held back behind a marker
