@@ -20,6 +20,7 @@ import sys
 from healthscore.service.app import ServiceOptions
 from tests.integration.test_ops_endpoints import ready_within, samples
 from tests.integration.test_stop_in_postgres_outage import SilentPath
+from tests.utils.api import api_client, api_config, api_login
 from tests.utils.harness import make_topics, ops_get, running_service, service_settings
 
 
@@ -84,3 +85,43 @@ async def test_healthscore_lag_names_a_postgresql_that_does_not_answer(
         await path.cut()
     assert done.returncode == 2, done.stdout
     assert "PostgreSQL (DATABASE_URL) did not answer within 15s" in done.stderr, done.stderr
+
+
+async def test_the_api_readiness_answers_while_postgresql_does_not(
+    migrated_database: str, pg_admin_url: str
+) -> None:
+    """/api/readyz cut its query off after 2 s the way readiness once did (review 36b):
+    the cancelled query gave its connection back only once the server answered, so the
+    probe hung with the server, each probe holding one more connection. It answers that
+    PostgreSQL does not, and probes arriving meanwhile share the one query in flight."""
+    async with api_login(pg_admin_url, migrated_database) as login_url:
+        path = SilentPath(login_url)
+        await path.start()
+        try:
+            config = await api_config(migrated_database, path.url(), pool_size=2)
+            async with api_client(config) as (client, _app):
+                assert (await client.get("/api/readyz")).status_code == 200
+                path.go_silent()
+                try:
+                    # the bound fails the test instead of hanging it: far above 2 s
+                    async with asyncio.timeout(30):
+                        first, second = await asyncio.gather(
+                            client.get("/api/readyz"), client.get("/api/readyz")
+                        )
+                        later = [await client.get("/api/readyz") for _ in range(4)]
+                    for answer in (first, second, *later):
+                        assert answer.status_code == 503, answer.text
+                        (failed,) = answer.json()["failed"]
+                        assert failed["check"] == "postgres", failed
+                        assert failed["problem"].startswith("no answer"), failed
+                    assert "no answer for" in later[-1].json()["failed"][0]["problem"]
+                finally:
+                    path.speak_again()
+                for _ in range(150):  # the server answers again: ready from then on
+                    if (await client.get("/api/readyz")).status_code == 200:
+                        break
+                    await asyncio.sleep(0.2)
+                else:
+                    raise AssertionError("/api/readyz not ready once PostgreSQL answered")
+        finally:
+            await path.cut()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any, Final
 
@@ -42,6 +42,7 @@ from healthscore.api.session import audience_of, create_api_pool
 from healthscore.api.state import ApiConfig, ApiState
 from healthscore.store import read_api
 from healthscore.store.migrate import named_run, not_applied
+from healthscore.unanswered import BoundedCheck
 
 log = structlog.get_logger(__name__)
 
@@ -195,6 +196,9 @@ def create_app(config: ApiConfig) -> FastAPI:
         metrics.cache_entries.set_function(lambda: len(store))
         metrics.cache_bytes.set_function(lambda: store.bytes)
 
+    # run when the lifespan ends, before the pool closes
+    closing: list[Callable[[], None]] = []
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_api_pool(
@@ -206,6 +210,8 @@ def create_app(config: ApiConfig) -> FastAPI:
         )
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(pool.close)
+            for close in closing:
+                stack.callback(close)
             listener = None
             if cache is not None:
                 cache.audience_of = functools.partial(audience_of, pool, config.signing_key)
@@ -270,31 +276,44 @@ def create_app(config: ApiConfig) -> FastAPI:
 
     schema_ready = False
 
-    @app.get("/api/readyz", include_in_schema=False)
-    async def readyz(request: Request) -> Response:
-        # every migration this release needs was applied: checked until it is (a schema
-        # only moves forward)
+    async def database_ready(state: ApiState) -> tuple[str, str | None]:
+        """The check that failed and why (None: ready). Every migration this release
+        needs was applied: checked until it is (a schema only moves forward)."""
         nonlocal schema_ready
-        state: ApiState | None = getattr(request.app.state, "api", None)
-        problem: str | None = None
         check = "postgres"
         try:
-            if state is None:
-                problem = "not started"
-            else:
-                async with asyncio.timeout(READY_TIMEOUT), state.pool.acquire() as conn:
-                    await conn.fetchval("SELECT 1")
-                    if not schema_ready:
-                        check = "schema"
-                        problem = await _missing_migrations(conn)
-                        schema_ready = problem is None
-        except TimeoutError:
-            problem = f"no answer within {READY_TIMEOUT:g} s"
+            async with state.pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+                if schema_ready:
+                    return check, None
+                check = "schema"
+                problem = await _missing_migrations(conn)
+                schema_ready = problem is None
+                return check, problem
         except Exception as exc:
             # the error's text names hosts, addresses, the login, the database: it goes to
             # the log, and whoever reaches the API port reads only that it failed
             log.warning("api_not_ready", check=check, error=f"{type(exc).__name__}: {exc}")
-            problem = "unavailable (the api_not_ready log line says why)"
+            return check, "unavailable (the api_not_ready log line says why)"
+
+    # a query without an answer is left running, not cancelled, and shared by the
+    # probes that come meanwhile (see healthscore.unanswered)
+    ready_check = BoundedCheck[tuple[str, str | None]](READY_TIMEOUT)
+    closing.append(ready_check.close)
+
+    @app.get("/api/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> Response:
+        state: ApiState | None = getattr(request.app.state, "api", None)
+        check: str = "postgres"
+        problem: str | None = "not started"
+        if state is not None:
+            run = await ready_check.answer(functools.partial(database_ready, state))
+            if isinstance(run, str):
+                problem = run
+            elif run.cancelled():
+                problem = "cancelled (the API is stopping)"
+            else:
+                check, problem = run.result()
         if problem is None:
             return JSONResponse({"status": "ready"})
         return JSONResponse({"failed": [{"check": check, "problem": problem}]}, 503)

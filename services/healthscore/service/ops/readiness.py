@@ -3,19 +3,14 @@
 A periodic step (`step`, run by `periodic.every`) runs every check, all at
 once, and keeps the outcome with the time it finished: a check without an answer
 within the timeout is reported so (`no answer within 2s`) and left running, not
-waited for. Cancelling it and waiting for the cancellation to finish is what
-`asyncio.wait_for` does, and a query cancelled on a PostgreSQL that stopped
-answering (a frozen host, a path that drops packets) gives its connection back only
-once the server answers the cancel request: the round never finished, and /readyz
-said only that the checker was stuck, with `postgres: ok` from the round before
-(review 36b). A check still running from an earlier round is not started again:
-its name is reported with how long it has gone unanswered, until it finishes. A request reads
-that outcome (a few dictionary reads): it never waits on PostgreSQL or the
-broker, so twenty scrapers and probes cost no round trips and cannot make one
-another time out. A result older than `stale_after` counts as not ready: a
-checker that stopped finishing rounds is itself a failure. While not ready it
-checks again sooner (`retry_interval`), so start-up and recovery show within
-half a second instead of a whole interval.
+waited for (`healthscore.unanswered` says why); a check still running from an
+earlier round is not started again: its name is reported with how long it has gone
+unanswered, until it finishes. A request reads that outcome (a few dictionary
+reads): it never waits on PostgreSQL or the broker, so twenty scrapers and probes
+cost no round trips and cannot make one another time out. A result older than
+`stale_after` counts as not ready: a checker that stopped finishing rounds is itself
+a failure. While not ready it checks again sooner (`retry_interval`), so start-up
+and recovery show within half a second instead of a whole interval.
 """
 
 from __future__ import annotations
@@ -28,6 +23,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+
+from healthscore.unanswered import BoundedCheck
 
 log = structlog.get_logger(__name__)
 
@@ -78,8 +75,8 @@ class ReadinessChecker:
         self._clock = clock
         self.latest: ReadinessResult | None = None
         self.rounds = 0
-        # a check's run that had not answered when its round ended, and when it began
-        self._unanswered: dict[str, tuple[asyncio.Task[str | None], float]] = {}
+        # each check's run, left running when it has no answer within the timeout
+        self._runs = {name: BoundedCheck[str | None](timeout, clock) for name in self._checks}
 
     async def check_once(self) -> ReadinessResult:
         """Run every check concurrently; store and return the result."""
@@ -101,36 +98,21 @@ class ReadinessChecker:
         return result
 
     async def _run(self, name: str, check: Check) -> str:
-        earlier = self._unanswered.pop(name, None)
-        if earlier is not None and not earlier[0].done():
-            task, started = earlier
-        else:
-            task, started = asyncio.ensure_future(check()), self._clock()
-            task.add_done_callback(_retrieved)
-        # kept before the wait: a round cancelled in it (the service stops) leaves the
-        # check to `close`
-        self._unanswered[name] = (task, started)
-        done, _ = await asyncio.wait({task}, timeout=self.timeout)
-        if done:
-            del self._unanswered[name]
-        else:
-            waited = self._clock() - started
-            if waited <= 2 * self.timeout:
-                return f"no answer within {self.timeout:g}s"
-            return f"no answer for {waited:.0f}s (limit {self.timeout:g}s)"
-        if task.cancelled():
+        run = await self._runs[name].answer(check)
+        if isinstance(run, str):
+            return run
+        if run.cancelled():
             return "cancelled"  # a CancelledError from result() would end the loop
         try:
-            problem = task.result()
+            problem = run.result()
         except Exception as exc:
             return f"{type(exc).__name__}: {str(exc)[:200]}"
         return "ok" if problem is None else problem
 
     def close(self) -> None:
         """Cancel the checks still waiting for an answer (the service stops)."""
-        for task, _ in self._unanswered.values():
-            task.cancel()
-        self._unanswered.clear()
+        for run in self._runs.values():
+            run.close()
 
     async def step(self) -> float | None:
         """One round (a periodic step, every `interval`); while not ready the next
@@ -167,10 +149,3 @@ class ReadinessChecker:
             # what an operator should know that does not make the service unready
             body["notes"] = self._notes()
         return (503 if failed else 200), body
-
-
-def _retrieved(task: asyncio.Task[str | None]) -> None:
-    """A check that finished after its round was reported without it: its outcome is
-    the next round's, and an exception it ended with is not an unhandled one."""
-    if not task.cancelled():
-        task.exception()
