@@ -46,6 +46,8 @@ def _running(start: str, trace: list[str]) -> Any:
         finally:
             if start == "refused while cleaning up":
                 await asyncio.sleep(0.5)  # a producer's flush, a pool's close
+            if start == "slow to stop":
+                await asyncio.sleep(0.35)  # a step of the stop that waits on a dead broker
             trace.append("stopped")
 
     return running
@@ -70,6 +72,29 @@ async def test_a_started_service_stops_when_asked(monkeypatch: pytest.MonkeyPatc
     assert stopped
     assert trace == ["starting", "up", "stopped"]
     assert events == []
+
+
+async def test_a_stop_that_takes_long_names_where_it_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a stop with the broker killed hung in CI with nothing logged after the signal
+    monkeypatch.setattr(app, "STOP_REPORT_SECONDS", 0.1)
+    trace: list[str] = []
+    monkeypatch.setattr(app, "running", _running("slow to stop", trace))
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.1, stop.set)
+    with capture_logs() as logs:
+        assert await asyncio.wait_for(app.serve_until(stop, Settings()), timeout=10)
+    assert trace == ["starting", "up", "stopped"]
+    slow = [entry for entry in logs if entry["event"] == "stop_slow"]
+    assert [entry["seconds"] for entry in slow] == pytest.approx([0.1, 0.2, 0.3][: len(slow)])
+    assert len(slow) >= 2  # every 0.1 s until it ends; the timer's slack may drop the last
+    # the step itself, inside the context manager the task shows only as __aexit__
+    assert any(
+        t.startswith("async generator _running.<locals>.running: ")
+        and "running (test_serve_until.py:" in t
+        for t in slow[0]["tasks"]
+    ), slow[0]
 
 
 async def test_a_stop_during_a_start_that_never_ends_cancels_it(

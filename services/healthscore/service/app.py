@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +115,10 @@ POOL_CLOSE_ON_STOP_SECONDS = 5.0
 # (40 s): a consumer's close waits for its group request in flight (a JoinGroup a
 # broker holds); below the deployment's 60 s grace period
 START_UP_STOP_SECONDS = 45.0
+# a stop of the running service that takes longer than this is logged with each task
+# and where it waits, and again at each multiple: whatever then ends the process (the
+# kubelet's SIGKILL after the grace period), the log names the step that held it
+STOP_REPORT_SECONDS = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -862,8 +868,19 @@ async def serve_until(
             error = service.exception()
             log.warning("start_up_stop_failed", error=type(error).__name__, message=str(error))
         return True
+    if stop.is_set():
+        await _report_a_slow_stop(service)
     await service  # a refused start-up raises here
     return True
+
+
+async def _report_a_slow_stop(service: asyncio.Task[None]) -> None:
+    waited = 0.0
+    while not service.done():
+        await asyncio.wait([service], timeout=STOP_REPORT_SECONDS)
+        waited += STOP_REPORT_SECONDS
+        if not service.done():
+            log.warning("stop_slow", seconds=waited, tasks=_tasks_waiting())
 
 
 def _refusal_cut_short(task: asyncio.Task[None]) -> StartupRefused | None:
@@ -880,21 +897,41 @@ def _refusal_cut_short(task: asyncio.Task[None]) -> StartupRefused | None:
 
 
 def _tasks_waiting(limit: int = 30) -> list[str]:
-    """Each pending task and where it waits, innermost: what holds a stop that hangs."""
+    """Each pending task and where it waits, innermost: what holds a stop that hangs.
+
+    A task inside an `async with` of an async generator's context manager (the
+    service's `running`, FastStream's lifespan) shows only `__aexit__`: the generator
+    is not reachable from it, so each running async generator is listed too (found
+    through the garbage collector: this runs only when a stop or start hangs)."""
     found: list[str] = []
     for task in asyncio.all_tasks():
-        if task is asyncio.current_task():
-            continue
-        awaited: Any = task.get_coro()
-        where = ""
-        while awaited is not None:
-            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
-            if frame is not None:
-                code = frame.f_code
-                where = f"{code.co_qualname} ({Path(code.co_filename).name}:{frame.f_lineno})"
-            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
-        found.append(f"{task.get_name()}: {where}")
+        if task is not asyncio.current_task():
+            found.append(f"{task.get_name()}: {_innermost(task.get_coro())}")
+    for generator in gc.get_objects():
+        if isinstance(generator, types.AsyncGeneratorType) and generator.ag_running:
+            found.append(f"async generator {generator.__qualname__}: {_innermost(generator)}")
     return sorted(found)[:limit]
+
+
+def _innermost(awaited: Any, depth: int = 3) -> str:
+    """Where a coroutine (or async generator) and what it awaits wait: the innermost
+    `depth` frames, outermost first (the library's frame, then its caller's)."""
+    frames: list[str] = []
+    while awaited is not None:
+        frame = (
+            getattr(awaited, "cr_frame", None)
+            or getattr(awaited, "gi_frame", None)
+            or getattr(awaited, "ag_frame", None)
+        )
+        if frame is not None:
+            code = frame.f_code
+            frames.append(f"{code.co_qualname} ({Path(code.co_filename).name}:{frame.f_lineno})")
+        awaited = (
+            getattr(awaited, "cr_await", None)
+            or getattr(awaited, "gi_yieldfrom", None)
+            or getattr(awaited, "ag_await", None)
+        )
+    return " > ".join(frames[-depth:])
 
 
 async def start_producer(producer: AIOKafkaProducer, idempotent: bool) -> None:
