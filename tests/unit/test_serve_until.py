@@ -48,6 +48,10 @@ def _running(start: str, trace: list[str]) -> Any:
                 await asyncio.sleep(0.5)  # a producer's flush, a pool's close
             if start == "slow to stop":
                 await asyncio.sleep(0.35)  # a step of the stop that waits on a dead broker
+            if start == "never stops":
+                hang = asyncio.ensure_future(asyncio.sleep(3600))
+                _hanging.append(hang)
+                await asyncio.shield(hang)  # a step that waits for good, cancelled or not
             trace.append("stopped")
 
     return running
@@ -74,27 +78,51 @@ async def test_a_started_service_stops_when_asked(monkeypatch: pytest.MonkeyPatc
     assert events == []
 
 
+async def _stop_of_a_running(
+    monkeypatch: pytest.MonkeyPatch, start: str
+) -> tuple[bool, list[str], list[Any]]:
+    monkeypatch.setattr(app, "STOP_REPORT_SECONDS", 0.1)
+    trace: list[str] = []
+    monkeypatch.setattr(app, "running", _running(start, trace))
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.1, stop.set)
+    with capture_logs() as logs:
+        stopped = await asyncio.wait_for(
+            app.serve_until(stop, Settings(), stop_within=0.6), timeout=10
+        )
+    return stopped, trace, [e for e in logs if str(e["event"]).startswith("stop_")]
+
+
 async def test_a_stop_that_takes_long_names_where_it_waits(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # a stop with the broker killed hung in CI with nothing logged after the signal
-    monkeypatch.setattr(app, "STOP_REPORT_SECONDS", 0.1)
-    trace: list[str] = []
-    monkeypatch.setattr(app, "running", _running("slow to stop", trace))
-    stop = asyncio.Event()
-    asyncio.get_running_loop().call_later(0.1, stop.set)
-    with capture_logs() as logs:
-        assert await asyncio.wait_for(app.serve_until(stop, Settings()), timeout=10)
+    stopped, trace, logs = await _stop_of_a_running(monkeypatch, "slow to stop")
+    assert stopped
     assert trace == ["starting", "up", "stopped"]
-    slow = [entry for entry in logs if entry["event"] == "stop_slow"]
-    assert [entry["seconds"] for entry in slow] == pytest.approx([0.1, 0.2, 0.3][: len(slow)])
-    assert len(slow) >= 2  # every 0.1 s until it ends; the timer's slack may drop the last
-    # the step itself, inside the context manager the task shows only as __aexit__
+    [slow] = logs
+    assert slow["event"] == "stop_slow" and slow["seconds"] == 0.1
+    # the step itself: inside the context manager the task shows only as __aexit__
     assert any(
         t.startswith("async generator _running.<locals>.running: ")
         and "running (test_serve_until.py:" in t
-        for t in slow[0]["tasks"]
-    ), slow[0]
+        for t in slow["tasks"]
+    ), slow
+
+
+async def test_a_stop_that_does_not_end_is_given_up_after_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stopped, trace, logs = await _stop_of_a_running(monkeypatch, "never stops")
+    assert not stopped  # the process exits without it
+    assert trace == ["starting", "up"]
+    assert [(e["event"], e["seconds"]) for e in logs] == [
+        ("stop_slow", 0.1),
+        ("stop_not_finished", 0.6),
+    ]
+    assert any("never stops" in t or "running (test_serve_until.py:" in t for t in logs[1]["tasks"])
+    for hang in _hanging:
+        hang.cancel()
 
 
 async def test_a_stop_during_a_start_that_never_ends_cancels_it(
