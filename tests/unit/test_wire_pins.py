@@ -552,3 +552,23 @@ def test_a_health_message_is_pinned() -> None:
     projected = Projected(uuid.UUID(ALERT_ORG), 3, state, health)
     emitted = datetime(2026, 9, 21, 12, 0, 1, 250000, tzinfo=UTC)
     assert health_message(projected, 71.5, model.version, emitted) == HEALTH_MESSAGE
+
+
+def test_the_pinned_health_message_is_valid_as_published() -> None:
+    # the feed's bytes against its JSON Schema, patterns and formats checked: a pattern
+    # the service's own output fails would fail every consumer that validates
+    import jsonschema
+
+    from healthscore.contracts.export import render_schemas
+
+    schema = json.loads(render_schemas()["customer.health.v1.json"])
+    validator = jsonschema.validators.validator_for(schema)
+    assert validator is jsonschema.Draft202012Validator  # picked by its `$schema`
+    errors = list(
+        validator(schema, format_checker=validator.FORMAT_CHECKER).iter_errors(
+            json.loads(HEALTH_MESSAGE)
+        )
+    )
+    assert errors == []
+    wrong = {**json.loads(HEALTH_MESSAGE), "organization_id": "not-a-uuid"}
+    assert not jsonschema.Draft202012Validator(schema).is_valid(wrong)  # no format checker

@@ -1,9 +1,11 @@
 """Outputs: `customer.churn-risk.v1` alerts and the `customer.health.v1` feed."""
 
+from typing import Annotated
 from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from healthscore.contracts._common import date_time_schema, uuid_schema
 from healthscore.contracts.enums import (
     AlertKind,
     AlertTrigger,
@@ -14,6 +16,11 @@ from healthscore.contracts.enums import (
 from healthscore.core.scoring.score import RISK_FACTOR_NAMES
 
 MAX_CAUSED_BY = 20
+
+# the schema's patterns beside `format`, as on the input topics: a consumer whose
+# validator takes `format` as a label (Ajv without ajv-formats, Go's) still checks them
+Id = Annotated[UUID, Field(json_schema_extra=uuid_schema())]
+Time = Annotated[AwareDatetime, Field(json_schema_extra=date_time_schema())]
 
 
 RISK_FACTORS_SUM = (
@@ -71,7 +78,7 @@ class HealthAction(BaseModel):
         "escalations whose penalty is capped) share their points equally."
     )
     # added field (optional: consumers built before it keep working)
-    interaction_id: UUID | None = Field(
+    interaction_id: Id | None = Field(
         default=None,
         description=(
             "The support interaction the action is about (`close ...`: the one to close), "
@@ -101,7 +108,7 @@ class ChurnRiskAlert(BaseModel):
 
     model_config = ConfigDict(frozen=True, title="ChurnRiskAlert")
 
-    alert_id: UUID = Field(
+    alert_id: Id = Field(
         description=(
             "Deterministic for (organization, episode, kind, the event-time day the "
             "episode was raised on), and for `risk_escalated` the level escalated to: a "
@@ -114,7 +121,7 @@ class ChurnRiskAlert(BaseModel):
             "the same id (and a new `emitted_at`)."
         )
     )
-    organization_id: UUID = Field(description="The organization; also the message key.")
+    organization_id: Id = Field(description="The organization; also the message key.")
     kind: AlertKind = Field(description="`risk_raised`, `risk_escalated` or `recovered`.")
     health_score: float = Field(ge=0, le=100, description="0..100, after the change.")
     previous_score: float | None = Field(
@@ -126,7 +133,7 @@ class ChurnRiskAlert(BaseModel):
     risk_factors: list[RiskFactor] = Field(
         description=f"Why: largest impact first. {RISK_FACTORS_SUM}"
     )
-    caused_by: list[UUID] = Field(
+    caused_by: list[Id] = Field(
         max_length=MAX_CAUSED_BY,
         description=(
             "The ids of the organization's newest events applied up to the alert (at most "
@@ -135,8 +142,8 @@ class ChurnRiskAlert(BaseModel):
             "names the events before the silence, not a cause in the stream."
         ),
     )
-    scored_at: AwareDatetime = Field(description="The event time the score holds for.")
-    emitted_at: AwareDatetime = Field(description="Wall clock at emission.")
+    scored_at: Time = Field(description="The event time the score holds for.")
+    emitted_at: Time = Field(description="Wall clock at emission.")
     # added fields (optional: consumers built before them keep working)
     trigger: AlertTrigger | None = Field(
         default=None,
@@ -148,7 +155,7 @@ class ChurnRiskAlert(BaseModel):
     episode: int | None = Field(
         default=None, ge=1, description="The organization's risk episode number. Added field."
     )
-    episode_id: UUID | None = Field(
+    episode_id: Id | None = Field(
         default=None,
         description=(
             "The `alert_id` of this episode's `risk_raised`, carried by each alert of the "
@@ -204,7 +211,7 @@ class HealthUpdate(BaseModel):
 
     model_config = ConfigDict(frozen=True, title="HealthUpdate")
 
-    organization_id: UUID = Field(description="The organization; also the message key.")
+    organization_id: Id = Field(description="The organization; also the message key.")
     health_score: float = Field(ge=0, le=100, description="0..100.")
     previous_score: float | None = Field(default=None, ge=0, le=100)
     health_status: HealthStatus
@@ -213,5 +220,5 @@ class HealthUpdate(BaseModel):
     components: ComponentScores
     risk_factors: list[RiskFactor] = Field(description=f"Largest impact first. {RISK_FACTORS_SUM}")
     score_model_version: str = Field(description="Version of the scoring model config.")
-    scored_at: AwareDatetime = Field(description="The event time the score holds for.")
-    emitted_at: AwareDatetime = Field(description="Wall clock at emission.")
+    scored_at: Time = Field(description="The event time the score holds for.")
+    emitted_at: Time = Field(description="Wall clock at emission.")

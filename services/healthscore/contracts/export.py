@@ -22,6 +22,9 @@ CONTRACT_MODELS: dict[str, type[BaseModel]] = {
 }
 
 
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
 def default_schema_dir() -> Path:
     return Path(__file__).resolve().parents[3] / "schema" / "contracts"
 
@@ -32,6 +35,9 @@ def render_schemas() -> dict[str, str]:
     for name, model in CONTRACT_MODELS.items():
         schema = model.model_json_schema(mode="validation")
         schema["$id"] = f"healthscore/{name}"
+        # the dialect named, as validators that pick one by it (jsonschema's
+        # `validator_for`, Go's) otherwise assume theirs
+        schema["$schema"] = JSON_SCHEMA_DIALECT
         rendered[name] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
     return rendered
 
