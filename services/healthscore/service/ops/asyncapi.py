@@ -52,6 +52,9 @@ ORGANIZATION_KEY: dict[str, Any] = {
     "type": "string",
     "format": "uuid",
     "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+    # Python's `$` matches before a final newline: the length refuses it (36c)
+    "minLength": 36,
+    "maxLength": 36,
     "description": (
         "The message key: the organization_id in canonical lowercase text form (36 "
         "characters, UTF-8). Kafka partitions by the key's bytes, so one organization's "
@@ -80,7 +83,7 @@ def _dead_letter_headers() -> dict[str, Any]:
     def text(description: str, **more: Any) -> dict[str, Any]:
         return {"type": "string", "description": description, **more}
 
-    digits = {"pattern": "^[0-9]+$"}
+    digits = {"pattern": "^[0-9]+$", "not": {"pattern": "\\n"}}  # `$` and a final newline
     return {
         "type": "object",
         # every dead letter has the relay's own headers, the record's timestamp when
