@@ -348,9 +348,9 @@ async def test_an_erasure_committed_while_a_batch_waits_for_its_offsets(
         erasing = eraser.transaction()
         await erasing.start()
         await eraser.execute(erasure.LOCK_CONSUMERS)
-        for org in (held, new):
-            await eraser.execute(erasure.DELETE_ORGANIZATION, uuid.UUID(org))
+        for org in (held, new):  # as the erasure does: recorded, then deleted (0121)
             await eraser.fetchval(erasure.RECORD_TOMBSTONE, uuid.UUID(org), "{}")
+            await eraser.execute(erasure.DELETE_ORGANIZATION, uuid.UUID(org))
         batch = asyncio.create_task(pipeline.process(second))
         await asyncio.sleep(0.5)
         assert not batch.done()  # waiting for the offsets the erasure holds

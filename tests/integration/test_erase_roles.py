@@ -255,3 +255,36 @@ async def test_the_eraser_cannot_create_an_organization(
         await fetchval(migrated_database, "SELECT count(*) FROM organizations WHERE id = $1", org)
         == 0
     )
+
+
+async def test_the_eraser_deletes_no_organization_whose_erasure_is_not_recorded(
+    migrated_database: str,
+) -> None:
+    """A login holding the role deleted an organization by hand: its data cascaded away
+    with no audit row, no tombstone (its next event created it again), its event ids
+    and dead letters left (review 37b, M2). Only a recorded erasure's row goes now."""
+    org = uuid.uuid4()
+    owner = await asyncpg.connect(migrated_database)
+    try:
+        await owner.execute("INSERT INTO organizations (id) VALUES ($1)", org)
+    finally:
+        await owner.close()
+    async with _eraser_login(migrated_database) as (eraser_url, _login):
+        conn = await asyncpg.connect(eraser_url, server_settings={"role": "healthscore_eraser"})
+        try:
+            assert await conn.execute("DELETE FROM organizations WHERE id = $1", org) == "DELETE 0"
+            assert await conn.execute("DELETE FROM organizations") == "DELETE 0"
+            result = await erase_organization(conn, org, apply=True)
+        finally:
+            await conn.close()
+    assert result.first and result.rows == {"organizations": 1}, result.rows
+    recorded = await fetchval(
+        migrated_database,
+        "SELECT rows_removed::text FROM erased_organizations WHERE organization_id = $1",
+        org,
+    )
+    assert orjson.loads(recorded) == {"organizations": 1}
+    assert (
+        await fetchval(migrated_database, "SELECT count(*) FROM organizations WHERE id = $1", org)
+        == 0
+    )

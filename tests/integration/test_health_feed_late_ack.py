@@ -459,12 +459,12 @@ async def test_a_renewal_waiting_on_an_erasure_owes_its_tombstone(
         async with eraser.transaction():
             await eraser.fetchval(erasure.CLAIM_ORGANIZATION, x)
             carried = await eraser.fetchval(erasure.FEED_DEBT_NOT_DUE, x)
+            await eraser.fetchval(erasure.RECORD_TOMBSTONE, x, "{}")  # then the delete (0121)
             await eraser.execute(erasure.DELETE_ORGANIZATION, x)
             renewing = Projector(pool, default_model(), None, None, late_record_bound=120.0)
             owe = asyncio.ensure_future(renewing._owe_later([x, y]))
             await asyncio.sleep(0.5)
             assert not owe.done()  # waits for the erasure
-            await eraser.fetchval(erasure.RECORD_TOMBSTONE, x, "{}")
             await eraser.fetchval(erasure.OWE_FEED_TOMBSTONE, x, carried)
         assert await owe is None
         assert (await _rows(url, due, y))[0][0] > before

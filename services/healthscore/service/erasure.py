@@ -165,6 +165,10 @@ async def _first_step(conn: asyncpg.Connection, organization: UUID, apply: bool)
             # waits for a transaction creating the organization (not committed yet)
             claimed = await conn.fetchval(erasure.CLAIM_ORGANIZATION, organization)
             feed_debt_due = await conn.fetchval(erasure.FEED_DEBT_NOT_DUE, organization)
+            # recorded before the delete, which the eraser may make of a recorded
+            # erasure only (migration 0121); its counts added once known
+            result.erased_at = await conn.fetchval(erasure.RECORD_TOMBSTONE, organization, "{}")
+            result.first = result.erased_at is not None
             await conn.execute(erasure.DELETE_ORGANIZATION, organization)
             result.rows = _since(before, await _deleted(conn))
             if claimed is not None:
@@ -172,10 +176,10 @@ async def _first_step(conn: asyncpg.Connection, organization: UUID, apply: bool)
                 result.rows["organizations"] -= 1
                 if not result.rows["organizations"]:
                     del result.rows["organizations"]
-            result.erased_at = await conn.fetchval(
-                erasure.RECORD_TOMBSTONE, organization, orjson.dumps(result.rows).decode()
-            )
-            result.first = result.erased_at is not None
+            if result.rows and result.first:
+                await conn.execute(
+                    erasure.ADD_ROWS_REMOVED, organization, orjson.dumps(result.rows).decode()
+                )
             # here, not in the second step: the dead-letter relay would publish them
             # (the erased payload) were the command killed between the two; after the
             # tombstone, which the function requires (migration 0104)
