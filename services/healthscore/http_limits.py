@@ -15,11 +15,17 @@ the ops port of either process):
   a new connection, from its opening): a slower one is answered 408 (or, when its
   answer has begun, its connection is just closed).
 
-* a server holds `max_connections` connections at most (`capped`): one more is
-  answered 503 with Retry-After the moment it opens, and closed, so a flood of idle
+* a server holds `max_connections` connections at most (`capped`), so a flood of idle
   connections cannot take the file descriptors the process needs for its database
   and broker connections (uvicorn's own `limit_concurrency` answers only once a
-  request's head has arrived, holding the connection until then).
+  request's head has arrived, holding the connection until then). One more makes
+  room by closing the held connection idle the longest: one the server owes nothing
+  (no request, or only part of a head, since it opened or since its last answer
+  went out whole); when every one held is owed an answer (a whole head in, its
+  answer not yet written out), the new one is answered 503 with Retry-After the
+  moment it opens, and closed. Before, connections that sent nothing, opened again
+  as each reached the read deadline, held every place: the kubelet's liveness probe
+  was answered 503 for as long as they liked.
 
 The answer's body is plain text here; the API answers problem documents instead
 (`healthscore.api.server.ProblemHttpProtocol`).
@@ -51,7 +57,8 @@ MAX_SHOWN_PATH: Final = 300
 OPS_MAX_CONNECTIONS: Final = 32
 # a refused connection is told to come back after this many seconds
 RETRY_AFTER_SECONDS: Final = 1
-# refusals for too many connections are logged once in this many seconds, with a count
+# refusals for too many connections, and idle connections closed to make room, are
+# logged once in this many seconds each, with a count
 REFUSALS_LOGGED_EVERY_SECONDS: Final = 1.0
 
 
@@ -80,6 +87,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     # refusals for too many connections since the last such log line, and its time
     _unlogged_refusals = 0
     _refusal_logged_at = float("-inf")
+    # idle connections closed to make room since the last such log line, and its time
+    _unlogged_evictions = 0
+    _eviction_logged_at = float("-inf")
 
     @classmethod
     def capped(cls, connections: int) -> type[Self]:
@@ -140,17 +150,66 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             head=b"retry-after: %d\r\n" % RETRY_AFTER_SECONDS,
         )
 
+    def _make_room(self) -> bool:
+        """Close the held connection idle the longest (`_idle`) to make room for this
+        one; False when every other one is owed an answer."""
+        # O(connections), only at the cap: the set is uvicorn's, unordered
+        oldest: BoundedHttpProtocol | None = None
+        for other in self.connections:
+            if (
+                isinstance(other, BoundedHttpProtocol)
+                and other is not self
+                and other._idle()
+                and (oldest is None or other._idle_since < oldest._idle_since)
+            ):
+                oldest = other
+        if oldest is None:
+            return False
+        # a plain close, as uvicorn's keep-alive timeout does: no request of its is
+        # outstanding, and an answer written now could be read, by a client sending
+        # on its kept-alive connection at this moment, as the answer to that request
+        oldest.transport.close()
+        cls = type(self)
+        cls._unlogged_evictions += 1
+        now = time.monotonic()
+        if now - cls._eviction_logged_at >= REFUSALS_LOGGED_EVERY_SECONDS:
+            log.warning(
+                "http_connections_evicted",
+                max_connections=self.max_connections,
+                evicted=cls._unlogged_evictions,
+            )
+            cls._unlogged_evictions, cls._eviction_logged_at = 0, now
+        return True
+
+    def _idle(self) -> bool:
+        """The server owes this connection nothing: no request of its has its head in
+        and its answer not yet written out whole (a connection that sent nothing, part
+        of a head, or whose last answer went out: kept alive, or its body still coming
+        after the answer)."""
+        return (
+            (self.cycle is None or self.cycle.response_complete)
+            and not self.transport.is_closing()
+            # an answer still in the write buffer is being delivered
+            and not self.transport.get_write_buffer_size()
+        )
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
         # bytes received since the current head began (its request's first byte)
         self._head_bytes = 0
         self._reading_head = True
+        # since when the server has owed this connection nothing (`_idle`)
+        self._idle_since = self.loop.time()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         # the server's open connections, this one included
-        if self.max_connections is not None and len(self.connections) > self.max_connections:
+        if (
+            self.max_connections is not None
+            and len(self.connections) > self.max_connections
+            and not self._make_room()
+        ):
             self._refuse(self._too_many_connections())
             return
         self._arm()
@@ -188,6 +247,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._disarm()
         self._reading_head = True
         super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        self._idle_since = self.loop.time()
+        super().on_response_complete()
 
     def _arm(self) -> None:
         self._disarm()
