@@ -3,6 +3,7 @@ fields that carry it (trigger, episode, score_model_version, path_to_healthy).""
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
 import msgspec
@@ -320,10 +321,16 @@ def test_an_action_about_one_interaction_names_it_as_data() -> None:
         a.interaction_id for a in decision.path_to_healthy
     ]
     assert ALERT_SCHEMA["$defs"]["HealthAction"]["properties"]["interaction_id"]
-    errors = [e.message for e in VALIDATOR.iter_errors(msgspec.json.decode(payload))]
+    errors = [e.message for e in VALIDATOR.iter_errors(_as_published(msgspec.json.decode(payload)))]
     assert errors == []
     # and a consumer built before the field still reads the action
     assert {"action", "factor", "impact"} <= set(wire[0])
+
+
+def _as_published(payload: dict[str, Any]) -> dict[str, Any]:
+    """An outbox payload as the relay publishes it: its `emitted_at` (the epoch, a
+    placeholder) stamped with the wall clock, as `outbox._publish_alerts` does."""
+    return {**payload, "emitted_at": "2026-09-21T00:00:01.250000Z"}
 
 
 def _decide(
@@ -381,7 +388,7 @@ def test_an_empty_path_says_why_as_data() -> None:
         )
     )
     assert payload["path_to_healthy"] == [] and payload["no_path_reason"] == "held_by_ceiling"
-    assert [e.message for e in VALIDATOR.iter_errors(payload)] == []
+    assert [e.message for e in VALIDATOR.iter_errors(_as_published(payload))] == []
 
 
 def test_a_recovery_and_a_drop_without_risk_are_out_of_risk() -> None:
