@@ -144,6 +144,7 @@ async def hammer(port: int, clients: int) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    print(HAMMER_READY, flush=True)  # a SIGTERM from now on ends it with its summary
     stats = {path: PathStats() for path in PATHS}
     began = time.monotonic()
     tasks = [
@@ -418,7 +419,7 @@ class OpsLoadBench:
             await _wait_until(assigned, 120, "the idle service to start", group, 0.05)
             await asyncio.sleep(2)  # start-up settles (first readiness rounds, gauges)
             quiet_before = await _cpu_over(pid, seconds)
-            clients = _start_clients(port, self.options.clients, clients_out)
+            clients = await _start_clients(port, self.options.clients, clients_out)
             try:
                 await asyncio.sleep(1)  # connected, and the turn queue full
                 loaded = await _cpu_over(pid, seconds)
@@ -451,7 +452,7 @@ class OpsLoadBench:
         clients_out = work_dir / f"opsload-{label}-{index}-clients.json"
         clients_out.unlink(missing_ok=True)
         if label == "loaded":  # asking before the server listens: no start-up race
-            clients = _start_clients(port, o.clients, clients_out)
+            clients = await _start_clients(port, o.clients, clients_out)
         try:
             group.start()
             assert child.process is not None
@@ -500,10 +501,30 @@ class OpsLoadBench:
         return run
 
 
-def _start_clients(port: int, count: int, out: Path) -> subprocess.Popen[bytes]:
+HAMMER_READY = "hammering"
+
+
+async def _start_clients(port: int, count: int, out: Path) -> subprocess.Popen[bytes]:
+    """The hammer, once it takes a SIGTERM as the end of its run: stopped before (its
+    imports take seconds on a loaded machine), it died without its summary."""
+    process = _spawn_hammer(port, count, out)
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(120):
+            line = await asyncio.to_thread(process.stdout.readline)
+    except BaseException:
+        process.kill()
+        raise
+    if line.strip() != HAMMER_READY.encode():
+        process.kill()
+        raise RuntimeError(f"the hammer did not start: {line!r} (exit {process.wait()})")
+    return process
+
+
+def _spawn_hammer(port: int, count: int, out: Path) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "healthscore_lab.bench.opsload", "hammer", "--port", str(port)]
     argv += ["--clients", str(count), "--out", str(out)]
-    return subprocess.Popen(argv)
+    return subprocess.Popen(argv, stdout=subprocess.PIPE)
 
 
 def _stop_clients(clients: subprocess.Popen[bytes]) -> None:
