@@ -943,3 +943,43 @@ def test_the_default_labels_horizon_is_never_after_now(small: Population, tmp_pa
     before = time.time()
     log = load_log(events, tmp_path / "labels.csv")
     assert before <= log.labels_until <= time.time()
+
+
+def test_labels_and_events_that_disagree_are_said_and_judged_on_what_is_seen(
+    small: Population, tmp_path: Path
+) -> None:
+    """A labelled organization without events counted as a churner no alert saw (recall
+    0.786 -> 0.458 with 20 of them) and passed fit's gate of enough held-out ones; one
+    whose churn came before its first event was dropped from every figure while counted
+    as judged; one with events and no label row was taken as retained without a word
+    (review 37a). The first two are left out, all three said."""
+    (tmp_path / "events.jsonl").write_bytes(b"".join(iter_jsonl(small)))
+    direct = from_population(small)
+    first_seen: dict[str, float] = {}
+    for event in direct.events:
+        first_seen.setdefault(str(event.organization_id), event.occurred_at.timestamp())
+    churners = sorted(org for org, at in direct.churned_at.items() if at and org in first_seen)
+    retained = sorted(org for org, at in direct.churned_at.items() if not at and org in first_seen)
+    ghosts = sorted(str(uuid.uuid4()) for _ in range(2))
+    unlabelled, earlier = churners[0], retained[0]
+    rows = ["organization_id,churned_at"]
+    for org, at in direct.churned_at.items():
+        if org == unlabelled:
+            continue
+        if org == earlier:  # a churn of an earlier contract
+            at = first_seen[org] - 30 * DAY
+        rows.append(f"{org},{datetime.fromtimestamp(at, UTC).isoformat() if at else ''}")
+    rows += [f"{ghost},2025-02-01T00:00:00Z" for ghost in ghosts]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    loaded = load_log(tmp_path / "events.jsonl", tmp_path / "labels.csv", None, small.labels_until)
+    never_seen = sorted(org for org in direct.churned_at if org not in first_seen)
+    assert loaded.mismatches == {
+        "labelled_without_events": sorted([*ghosts, *never_seen]),
+        "churned_before_first_event": [earlier],
+        "events_without_label": [unlabelled],
+    }
+    assert set(loaded.churned_at) == set(first_seen) - {earlier}
+    assert loaded.churned_at[unlabelled] is None  # taken as retained, and said
+    assert all(str(event.organization_id) != earlier for event in loaded.events)
+    backtest = run_backtest(loaded, default_model())
+    assert set(backtest.orgs) == set(first_seen) - {earlier}

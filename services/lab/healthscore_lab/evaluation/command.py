@@ -160,6 +160,27 @@ def _say_log(log: Any, say: Any) -> None:
         say(f"  rejected: {rejection}")
     if log.rejected > len(log.rejections):
         say(f"  and {log.rejected - len(log.rejections)} more rejected")
+    for kind, ids in getattr(log, "mismatches", {}).items():
+        sample = ", ".join(ids[:MISMATCH_SAMPLE]) + (", ..." if len(ids) > MISMATCH_SAMPLE else "")
+        say(f"  {len(ids)} {_mismatch_said(kind)}: {sample}")
+
+
+MISMATCH_SAMPLE = 3
+
+
+def _mismatch_said(kind: str) -> str:
+    """How `_say_log` names a disagreement between the labels and the events."""
+    from healthscore_lab.evaluation import log as kinds
+
+    return {
+        kinds.WITHOUT_EVENTS: "labelled organizations have no usage or support event in the "
+        "log: left out, not judged (the labels of another shard or system?)",
+        kinds.CHURNED_BEFORE_EVENTS: "organizations churned before their first event: left "
+        "out with their events (a churn of an earlier contract? leave churned_at empty, or "
+        "give the churn that followed the events)",
+        kinds.WITHOUT_LABEL: "organizations with events have no label row: taken as retained "
+        "(a labels file may list the churns alone; a partial one counts churners as retained)",
+    }[kind]
 
 
 def _progress(quiet: bool) -> Any:
