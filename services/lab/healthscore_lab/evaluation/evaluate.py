@@ -67,6 +67,12 @@ def _round(value: float | None, digits: int = 4) -> float | None:
     return round(float(value), digits)
 
 
+def _mean(values: Any) -> float | None:
+    """The mean to two decimals; None of no value (labels without a churner judged:
+    numpy's mean of nothing warned on stderr, review 37a L4)."""
+    return _round(values.mean(), 2) if values.size else None
+
+
 def _alerts_dict(figures: Any) -> dict[str, Any]:
     return {
         "episodes": figures.episodes,
@@ -326,8 +332,8 @@ def _contributions(
     components = {
         name: {
             "auc_alone": _round(auc(y, -bt.snap_components[rows, index])),
-            "mean_churners": _round(bt.snap_components[rows][y, index].mean(), 2),
-            "mean_retained": _round(bt.snap_components[rows][~y, index].mean(), 2),
+            "mean_churners": _mean(bt.snap_components[rows][y, index]),
+            "mean_retained": _mean(bt.snap_components[rows][~y, index]),
         }
         for index, name in enumerate(COMPONENTS)
     }
@@ -338,8 +344,8 @@ def _contributions(
             continue
         without = auc(y, -(scores - column))
         factors[name] = {
-            "mean_impact_churners": _round(column[y].mean(), 2),
-            "mean_impact_retained": _round(column[~y].mean(), 2),
+            "mean_impact_churners": _mean(column[y]),
+            "mean_impact_retained": _mean(column[~y]),
             "score_auc_without": _round(without),
             "auc_change_without": _round((without or 0) - (base or 0)),
         }
