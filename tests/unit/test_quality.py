@@ -392,3 +392,25 @@ def test_the_nil_uuid_is_no_organization_in_an_import() -> None:
     with pytest.raises(ImportRefused) as refused:
         parse_labels(f"organization_id,churned_at\n{ORG},\n{nil.replace('-', '')},\n")
     assert [(e.row, e.column) for e in refused.value.errors] == [(3, "organization_id")]
+
+
+def test_a_warehouse_exports_null_and_hour_offsets_are_refused_with_their_fix() -> None:
+    # a psql \copy writes `+00`; a SQL client `NULL`: both refused, saying what to write
+    # instead (before: pydantic's "unexpected extra characters", review 37a L1)
+    text = (
+        "organization_id,churned_at\n"
+        f"{ORG},NULL\n"
+        f"{uuid.uuid4()},2025-05-02 16:54:04.566575+00\n"
+        f"{uuid.uuid4()},\n"
+    )
+    with pytest.raises(ImportRefused) as refused:
+        parse_labels(text, "l.csv")
+    reasons = [(e.row, e.reason) for e in refused.value.errors]
+    assert reasons == [
+        (2, "'NULL': a null written as text: leave the cell empty"),
+        (
+            3,
+            "'2025-05-02 16:54:04.566575+00': an offset without its minutes (as psql "
+            "prints a timestamptz): write +00:00, not +00",
+        ),
+    ]

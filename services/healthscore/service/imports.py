@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -129,6 +130,10 @@ def _lines(text: str) -> io.StringIO:
     return io.StringIO(text, newline="")
 
 
+_NULL_SPELLINGS = frozenset({"null", "none", "nil", "n/a", "na", "nan", "\\n"})
+_HOUR_ONLY_OFFSET = re.compile(r"[0-9][+-][0-9]{2}\s*$")
+
+
 def _time(text: str) -> datetime:
     """A time as the contract reads one (RFC 3339 with an offset): not whatever
     `datetime.fromisoformat` takes (ISO week dates, basic `20260301T0000Z`), which a
@@ -152,6 +157,14 @@ def _time(text: str) -> datetime:
             raise ValueError(
                 f"before {EARLIEST_PLAUSIBLE_YEAR}-01-01: a mistyped year? (the "
                 "earliest time of an organization wins: no later file could correct it)"
+            ) from None
+        # spellings a warehouse export writes (review 37a): said with their fix
+        if text.strip().lower() in _NULL_SPELLINGS:
+            raise ValueError("a null written as text: leave the cell empty") from None
+        if _HOUR_ONLY_OFFSET.search(text):
+            raise ValueError(
+                "an offset without its minutes (as psql prints a timestamptz): write "
+                "+00:00, not +00"
             ) from None
         detail = exc.errors()[0]["msg"].removeprefix("Value error, ")
         said = "" if detail.startswith("must be") else f" ({detail})"

@@ -248,8 +248,9 @@ def _not_json(line: bytes, exc: orjson.JSONDecodeError) -> str:
 
 
 def _refused(exc: ImportRefused) -> EvaluationInputError:
-    rows = "; ".join(exc.lines())
-    return EvaluationInputError(f"{exc}: {rows}")
+    # one row a line: a file's 67 rows on one line were 6,494 characters (review 37a)
+    rows = "\n  ".join(exc.lines())
+    return EvaluationInputError(f"{exc}:\n  {rows}")
 
 
 def parse_labels(text: str, where: str = "labels") -> dict[str, float | None]:
