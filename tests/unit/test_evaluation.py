@@ -987,3 +987,18 @@ def test_labels_and_events_that_disagree_are_said_and_judged_on_what_is_seen(
     assert all(str(event.organization_id) != earlier for event in loaded.events)
     backtest = run_backtest(loaded, default_model())
     assert set(backtest.orgs) == set(first_seen) - {earlier}
+
+
+def test_an_export_of_a_deployments_own_topic_names_is_read_as_the_service_reads_them(
+    small: Population, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kcat -f '%t'` writes the topic's real name: a deployment whose service reads
+    `USAGE_TOPIC=acme.usage` had its export refused as an unknown topic (review 37a M2)."""
+    lines = b"".join(iter_jsonl(small)).replace(b'"product.usage.v1"', b'"acme.usage"')
+    (tmp_path / "events.jsonl").write_bytes(lines)
+    with pytest.raises(EvaluationInputError, match=r"unknown topic 'acme\.usage' .*USAGE_TOPIC"):
+        load_log(tmp_path / "events.jsonl", None)
+    monkeypatch.setenv("USAGE_TOPIC", "acme.usage")
+    loaded = load_log(tmp_path / "events.jsonl", None, None, small.labels_until)
+    direct = from_population(small)
+    assert [e.event_id for e in loaded.events] == [e.event_id for e in direct.events]

@@ -120,6 +120,7 @@ def _decode_lines(lines: Iterable[bytes], where: str) -> _Decoded:
     judged against its own time, as a replay does (so a future-dated event the service
     dead-lettered is applied: `refuse_stray_events` catches the far ones)."""
     decoder = Decoder(USAGE_TOPIC, SUPPORT_TOPIC, 64 * 1024, profile_topic=PROFILE_TOPIC)
+    names = topic_names()
     decoded_events: list[tuple[int, Decoded]] = []
     rejections: list[str] = []
     rejected = 0
@@ -139,7 +140,7 @@ def _decode_lines(lines: Iterable[bytes], where: str) -> _Decoded:
             wrapper = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             wrapped = _WRAPPED_NOT_JSON.match(line)
-            if wrapped is not None and wrapped.group(1).decode() in _TOPICS:
+            if wrapped is not None and wrapped.group(1).decode() in names:
                 # a record that is not JSON: the service dead-letters it
                 reject(number, f"the value is not JSON ({_not_json(line, exc)})")
                 continue
@@ -150,8 +151,14 @@ def _decode_lines(lines: Iterable[bytes], where: str) -> _Decoded:
             raise EvaluationInputError(
                 f'{where}:{number}: expected {{"topic": ..., "value": {{...}}}}'
             ) from None
-        if topic not in _TOPICS:
-            raise EvaluationInputError(f"{where}:{number}: unknown topic {topic!r}")
+        if topic not in names:
+            known = ", ".join(sorted(names))
+            raise EvaluationInputError(
+                f"{where}:{number}: unknown topic {topic!r} (read: {known}; a deployment's "
+                "own names as the service takes them: USAGE_TOPIC, SUPPORT_TOPIC, "
+                "PROFILE_TOPIC)"
+            )
+        topic = names[topic]
         stamp = wrapper.get("timestamp")
         if stamp is not None and (isinstance(stamp, bool) or not isinstance(stamp, int)):
             raise EvaluationInputError(
@@ -202,7 +209,19 @@ def _decode_lines(lines: Iterable[bytes], where: str) -> _Decoded:
     return _Decoded(events, rejected, duplicates, rejections)
 
 
-_TOPICS = (USAGE_TOPIC, SUPPORT_TOPIC, PROFILE_TOPIC)
+def topic_names() -> dict[str, str]:
+    """Each topic name an export may hold -> the contract's name the decoder reads it
+    as: the contract's names, and a deployment's own as the service takes them
+    (`USAGE_TOPIC`, `SUPPORT_TOPIC`, `PROFILE_TOPIC`; `kcat -f '%t'` writes the topic's
+    real name: those were refused as unknown, review 37a M2)."""
+    from healthscore.config import Settings
+
+    settings = Settings()
+    names = {topic: topic for topic in (USAGE_TOPIC, SUPPORT_TOPIC, PROFILE_TOPIC)}
+    names[settings.usage_topic] = USAGE_TOPIC
+    names[settings.support_topic] = SUPPORT_TOPIC
+    names[settings.profile_topic] = PROFILE_TOPIC
+    return names
 
 
 def refuse_stray_events(events: list[Event], where: str) -> None:
