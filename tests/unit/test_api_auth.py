@@ -66,6 +66,14 @@ def test_expired_forged_and_unsigned_tokens_are_refused() -> None:
     no_sub = jwt.encode({"exp": 4102444800}, SECRET, algorithm="HS256")
     with pytest.raises(Unauthenticated, match="'sub'"):
         verifier.verify(f"Bearer {no_sub}")
+    # a time written as a string: PyJWT read "4102444800" as the number (review 37b L2)
+    for claim in ("exp", "nbf", "iat"):
+        times: dict[str, object] = {"sub": str(USER), "exp": 4102444800, claim: "1700000000"}
+        if claim == "exp":
+            times["exp"] = "4102444800"
+        written = jwt.encode(times, SECRET, algorithm="HS256")
+        with pytest.raises(Unauthenticated, match=f"'{claim}' is not a number"):
+            verifier.verify(f"Bearer {written}")
 
 
 def test_audience_and_issuer_are_checked_when_configured() -> None:

@@ -145,6 +145,10 @@ class JwksFile:
             return True
 
 
+# the claims that are times (RFC 7519, 4.1.4-4.1.6)
+NUMERIC_DATES = ("exp", "nbf", "iat")
+
+
 @dataclass(frozen=True)
 class TokenVerifier:
     """Verifies bearer tokens. Each algorithm is accepted only when its key is configured."""
@@ -223,6 +227,12 @@ class TokenVerifier:
             raise Unauthenticated(f"the token has no {exc.claim!r} claim") from None
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated(f"the token is not valid: {exc}") from None
+        for name in NUMERIC_DATES:
+            # RFC 7519's NumericDate is a JSON number; PyJWT takes a numeric string too
+            value = claims.get(name)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if value is not None and not number:
+                raise Unauthenticated(f"the token's {name!r} is not a number (seconds since 1970)")
         try:
             user_id = uuid.UUID(str(claims["sub"]))
         except ValueError:
