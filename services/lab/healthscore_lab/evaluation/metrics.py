@@ -8,7 +8,9 @@ Definitions (all on the organizations selected, normally the held-out ones):
 - **ROC AUC** of a risk figure over those snapshots (the score counts as risk
   when negated), ties counted half.
 - **Brier score** of a probability: mean (p - label)^2; the **base rate**
-  forecast is the constant training-set rate.
+  forecast is a constant rate cross-fitted like the baselines: each snapshot is
+  forecast the rate of the other four folds of organizations (`evaluate`); the rate
+  the report prints beside it is that of every organization's usable snapshots.
 - **Reliability table**: snapshots binned by forecast (tenths), mean forecast
   against the observed rate in each bin.
 - **Alerts** (`risk_raised` only: one per episode): an episode is *true* when
