@@ -241,7 +241,11 @@ def test_the_adapt_command_refuses_a_volume_from_too_few_organizations(
     assert re.search(r"refused: only \d+ training organizations \(at least 30\)", said), said
     assert not out.exists()
     assert _run(f"--events {events} --version v4-few --out {out} --force") == 0
-    assert out.exists()
+    # and says so: it read like a model accepted (the dashboard shows its evaluation)
+    written = orjson.loads(out.read_bytes())
+    [reason] = written["evaluation"]["forced_past"]
+    assert reason.startswith("only ") and "training organizations" in reason
+    assert written["changelog"][1] == f"written with --force past the refusal: {reason}."
 
 
 @pytest.mark.parametrize(

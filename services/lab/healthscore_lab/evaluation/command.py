@@ -446,8 +446,17 @@ def run_fit(args: argparse.Namespace) -> int:
         f"{version}: {what} by `healthscore fit` on {log.source} "
         f"(training organizations only); held-out figures in `evaluation`."
     )
-    _write_model(out, config, [line, *args.note], current_config)
+    _write_model(out, config, [line, *_forced(config, result), *args.note], current_config)
     return 0
+
+
+def _forced(config: dict[str, Any], result: Any) -> list[str]:
+    """A model written with --force past a refusal says so, in its `evaluation` (which
+    the dashboard shows admins) and its changelog: it read like one accepted (37a L3)."""
+    if result.accepted:
+        return []
+    config.setdefault("evaluation", {})["forced_past"] = list(result.reasons)
+    return [f"written with --force past the refusal: {'; '.join(result.reasons)}."]
 
 
 def run_adapt(args: argparse.Namespace) -> int:
@@ -486,7 +495,8 @@ def run_adapt(args: argparse.Namespace) -> int:
         f"the usage volume of {log.source} (training organizations' events only, no labels): "
         f"times {ratios}; {judged} in `evaluation`."
     )
-    _write_model(out, result.config, [line, *args.note], current_config)
+    forced = _forced(result.config, result)
+    _write_model(out, result.config, [line, *forced, *args.note], current_config)
     return 0
 
 
