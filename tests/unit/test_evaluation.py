@@ -1002,3 +1002,13 @@ def test_an_export_of_a_deployments_own_topic_names_is_read_as_the_service_reads
     loaded = load_log(tmp_path / "events.jsonl", None, None, small.labels_until)
     direct = from_population(small)
     assert [e.event_id for e in loaded.events] == [e.event_id for e in direct.events]
+
+
+def test_a_simulation_running_past_today_is_refused_saying_how_long_it_may_be(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # its events after now were rejected as future, and its labels_until.txt was
+    # refused by --labels-until (review 37a L5)
+    assert _evaluate(["--simulate", "--organizations", "10", "--days", "5000"]) == 2
+    error = capsys.readouterr().err
+    assert re.search(r"--days 5000: the simulation starts 2025-01-06 .* --days \d+ at most", error)

@@ -108,7 +108,20 @@ def _log(args: argparse.Namespace, labels_required: bool = True) -> Any:
         )
         if value is not None
     }
-    population = generate_population(replace(config, **overrides))
+    config = replace(config, **overrides)
+    # its events judged "not in the future" as the service judges them, and its labels
+    # known up to `labels_until`: a simulation running past today lost its last events
+    # and wrote a --labels-until that --labels-until refuses (review 37a L5)
+    longest = (datetime.now(UTC) - config.start).days - config.follow_up_days
+    if config.days > longest:
+        from healthscore_lab.evaluation.log import EvaluationInputError
+
+        raise EvaluationInputError(
+            f"--days {config.days}: the simulation starts {config.start.date().isoformat()} "
+            f"and knows its churns {config.follow_up_days} days after its last day, so "
+            f"--days {longest} at most today"
+        )
+    population = generate_population(config)
     if args.write_log is not None:
         args.write_log.mkdir(parents=True, exist_ok=True)
         with (args.write_log / "events.jsonl").open("wb") as handle:
