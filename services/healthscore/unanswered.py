@@ -54,7 +54,8 @@ class BoundedCheck(Generic[T]):
 
 
 def _retrieved(run: asyncio.Future[T]) -> None:
-    """A run that finished after its wait ended without it: its outcome is the next
-    wait's, and an exception it ended with is not an unhandled one."""
+    """A run that finished after its wait ended without it: its outcome is dropped (the
+    next wait starts a run of its own), and an exception it ended with is not an
+    unhandled one."""
     if not run.cancelled():
         run.exception()

@@ -262,7 +262,9 @@ async def test_the_eraser_deletes_no_organization_whose_erasure_is_not_recorded(
 ) -> None:
     """A login holding the role deleted an organization by hand: its data cascaded away
     with no audit row, no tombstone (its next event created it again), its event ids
-    and dead letters left (review 37b, M2). Only a recorded erasure's row goes now."""
+    and dead letters left (review 37b, M2). A delete without the erasure recorded first
+    is refused now (the role may still insert a record itself and then delete: the
+    audit row then names its login, but its counts are the login's own)."""
     org = uuid.uuid4()
     owner = await asyncpg.connect(migrated_database)
     try:
@@ -272,8 +274,13 @@ async def test_the_eraser_deletes_no_organization_whose_erasure_is_not_recorded(
     async with _eraser_login(migrated_database) as (eraser_url, _login):
         conn = await asyncpg.connect(eraser_url, server_settings={"role": "healthscore_eraser"})
         try:
-            assert await conn.execute("DELETE FROM organizations WHERE id = $1", org) == "DELETE 0"
-            assert await conn.execute("DELETE FROM organizations") == "DELETE 0"
+            by_hand = ("DELETE FROM organizations WHERE id = $1", "DELETE FROM organizations")
+            for statement in by_hand:
+                arguments = (org,) if "$1" in statement else ()
+                # refused, not a row hidden: an older release's erase, which deletes
+                # first, would have deleted nothing and recorded the erasure finished
+                with pytest.raises(DENIED, match="has no recorded erasure"):
+                    await conn.execute(statement, *arguments)
             result = await erase_organization(conn, org, apply=True)
         finally:
             await conn.close()

@@ -462,17 +462,9 @@ POLICIES: Final = {
         "((role = 'member'::text) AND (organization_id IS NULL) AND (email IS NULL))",
     ),
     ("user_profiles", "user_profiles_writer_select"): ("SELECT", WRITER, "true", None),
-    # `healthscore erase`: DELETE_ORGANIZATION (its WHERE reads the row: SELECT too), of
-    # an organization whose erasure RECORD_TOMBSTONE recorded first (0121: a hand-made
-    # delete left no audit row and no tombstone)
+    # `healthscore erase`: DELETE_ORGANIZATION (its WHERE reads the row: SELECT too)
     ("organizations", "organizations_eraser_select"): ("SELECT", ERASER, "true", None),
-    ("organizations", "organizations_eraser_delete"): (
-        "DELETE",
-        ERASER,
-        "(EXISTS ( SELECT 1\n   FROM erased_organizations z\n"
-        "  WHERE (z.organization_id = organizations.id)))",
-        None,
-    ),
+    ("organizations", "organizations_eraser_delete"): ("DELETE", ERASER, "true", None),
     # CLAIM_ORGANIZATION (0098): the id only, deleted in the same transaction
     ("organizations", "organizations_eraser_insert"): (
         "INSERT",

@@ -116,9 +116,11 @@ POOL_CLOSE_ON_STOP_SECONDS = 5.0
 # broker holds); below the deployment's 60 s grace period
 START_UP_STOP_SECONDS = 45.0
 # a stop of the running service that takes longer than this is logged with each task
-# and where it waits (its bounded steps take about 25 s at most together, with both
-# the broker and PostgreSQL gone); one not ended after `START_UP_STOP_SECONDS` is given
-# up on as a start is: the process exits without it, the log naming what held it
+# and where it waits (its bounded steps take about 27 s at most together, with both
+# the broker and PostgreSQL gone; the consumer's own stop is bounded by aiokafka's
+# request timeout alone); one not ended after `START_UP_STOP_SECONDS` is given up on as
+# a start is: the process exits without it (nothing committed is lost), the log naming
+# what held it
 STOP_REPORT_SECONDS = 30.0
 
 
