@@ -28,6 +28,8 @@ END
 $$;
 ALTER FUNCTION organizations_erasure_recorded() OWNER TO healthscore_owner;
 REVOKE ALL ON FUNCTION organizations_erasure_recorded() FROM PUBLIC;
+COMMENT ON FUNCTION organizations_erasure_recorded() IS
+    'Refuses a delete of an organizations row by healthscore_eraser whose erasure is not recorded in erased_organizations (`healthscore erase` records it first).';
 
 CREATE TRIGGER organizations_erasure_recorded
     BEFORE DELETE ON organizations
