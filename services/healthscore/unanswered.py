@@ -36,7 +36,7 @@ class BoundedCheck(Generic[T]):
         run = self._run
         if run is None or run.done():
             run = self._run = asyncio.ensure_future(check())
-            run.add_done_callback(_retrieved)
+            run.add_done_callback(retrieved)
             self._started = self._clock()
         done, _ = await asyncio.wait({run}, timeout=self.timeout)
         if done:
@@ -53,7 +53,7 @@ class BoundedCheck(Generic[T]):
         self._run = None
 
 
-def _retrieved(run: asyncio.Future[T]) -> None:
+def retrieved(run: asyncio.Future[T]) -> None:
     """A run that finished after its wait ended without it: its outcome is dropped (the
     next wait starts a run of its own), and an exception it ended with is not an
     unhandled one."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -17,6 +16,7 @@ from healthscore.service.ops.lag import HighWatermarkProbe
 from healthscore.service.ops.metrics import Metrics
 from healthscore.store import sql
 from healthscore.store.offsets import stored_offsets
+from healthscore.unanswered import BoundedCheck, retrieved
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +65,10 @@ class GaugeRefresher:
         self._distribution_due = 0.0
         # one probe consumer kept between refreshes, opened again after a failure
         self._probe: HighWatermarkProbe | None = None
+        # the lag's refresh, waited for at most its bound and not cancelled past it: a
+        # cancelled wait for a broker gone may itself wait (CI: the outbox gauges stood
+        # still for 30 s after a broker's kill, no refresh failure counted)
+        self._lag_run = BoundedCheck[None](LAG_REFRESH_TIMEOUT_SECONDS)
         # a topic recreated under the running service: its lag reads 0 and the
         # consumer waits past the new log's end, so the refresher, which sees both
         # offsets every few seconds, reports it (the consumer refuses the partition)
@@ -144,16 +148,20 @@ class GaugeRefresher:
                 self._distribution_due = time.monotonic() + self._distribution_interval
         except Exception as exc:
             failures.append(exc)
-        try:
-            await asyncio.wait_for(self._refresh_lag(), LAG_REFRESH_TIMEOUT_SECONDS)
-        except Exception as exc:
-            await self.close()
-            if isinstance(exc, TimeoutError):
-                exc = LagNotRefreshed(
+        run = await self._lag_run.answer(self._refresh_lag)
+        if isinstance(run, str):  # still running: the next refresh waits for it again
+            failures.append(
+                LagNotRefreshed(
                     f"the brokers did not answer within {LAG_REFRESH_TIMEOUT_SECONDS:g}s: "
-                    "consumer lag not refreshed"
+                    f"consumer lag not refreshed ({run})"
                 )
-            failures.append(exc)
+            )
+        elif run.cancelled() or run.exception() is not None:
+            await self._close_probe()
+            error = None if run.cancelled() else run.exception()
+            failures.append(
+                error if isinstance(error, Exception) else LagNotRefreshed("lag refresh cancelled")
+            )
         if failures:
             raise failures[0]
 
@@ -164,8 +172,16 @@ class GaugeRefresher:
             self._probe = probe
         await self.refresh_lag(self._probe)
 
-    async def close(self) -> None:
+    async def _close_probe(self) -> None:
+        """Close the probe (the next refresh opens another), waiting for that at most
+        the lag's bound: a close left running ends on its own."""
         probe, self._probe = self._probe, None
         if probe is not None:
-            with contextlib.suppress(Exception):
-                await probe.__aexit__(None, None, None)
+            closing = asyncio.ensure_future(probe.__aexit__(None, None, None))
+            closing.add_done_callback(retrieved)
+            await asyncio.wait({closing}, timeout=LAG_REFRESH_TIMEOUT_SECONDS)
+
+    async def close(self) -> None:
+        """At a stop: the lag's refresh still running is cancelled, the probe closed."""
+        self._lag_run.close()
+        await self._close_probe()
