@@ -46,8 +46,16 @@ class BoundedCheck(Generic[T]):
             return f"no answer within {self.timeout:g}s"
         return f"no answer for {waited:.0f}s (limit {self.timeout:g}s)"
 
+    @property
+    def unanswered_for(self) -> float:
+        """How long the run in progress has gone without an answer (0: none runs)."""
+        if self._run is None or self._run.done():
+            return 0.0
+        return self._clock() - self._started
+
     def close(self) -> None:
-        """Cancel a run still waiting for its answer (the process stops)."""
+        """Cancel a run still waiting for its answer, without waiting for it (the
+        process stops, or the run is given up on): the next wait starts another."""
         if self._run is not None and not self._run.done():
             self._run.cancel()
         self._run = None

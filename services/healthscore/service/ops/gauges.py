@@ -24,6 +24,9 @@ log = structlog.get_logger(__name__)
 # client retries its metadata until its 40 s request timeout), must not hold the
 # PostgreSQL gauges still with it; a broker outage is when the outbox backs up
 LAG_REFRESH_TIMEOUT_SECONDS = 10.0
+# a lag refresh still without an answer after this long (past the client's own 40 s
+# request timeout) is given up on, and its probe closed: the next opens another
+LAG_REFRESH_ABANDONED_AFTER_SECONDS = 60.0
 
 BAND_NAMES = ("excellent", "good", "at_risk", "critical")
 RISK_NAMES = ("low", "medium", "high", "critical")
@@ -150,6 +153,9 @@ class GaugeRefresher:
             failures.append(exc)
         run = await self._lag_run.answer(self._refresh_lag)
         if isinstance(run, str):  # still running: the next refresh waits for it again
+            if self._lag_run.unanswered_for > LAG_REFRESH_ABANDONED_AFTER_SECONDS:
+                self._lag_run.close()
+                await self._close_probe()
             failures.append(
                 LagNotRefreshed(
                     f"the brokers did not answer within {LAG_REFRESH_TIMEOUT_SECONDS:g}s: "
