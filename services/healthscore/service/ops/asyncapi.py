@@ -17,6 +17,7 @@ from faststream.specification import AsyncAPI
 
 from healthscore import __version__
 from healthscore.config import Settings
+from healthscore.contracts._common import UUID_LENGTH
 from healthscore.service.broker import build_broker, input_payloads
 from healthscore.service.ingest.decode import MAX_DETAIL_CHARS, PIPELINE_REASONS, REASONS
 from healthscore.service.ingest.dlq import OWN_HEADERS
@@ -53,8 +54,8 @@ ORGANIZATION_KEY: dict[str, Any] = {
     "format": "uuid",
     "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
     # Python's `$` matches before a final newline: the length refuses it (36c)
-    "minLength": 36,
-    "maxLength": 36,
+    "minLength": UUID_LENGTH,
+    "maxLength": UUID_LENGTH,
     "description": (
         "The message key: the organization_id in canonical lowercase text form (36 "
         "characters, UTF-8). Kafka partitions by the key's bytes, so one organization's "

@@ -173,7 +173,7 @@ def _say_log(log: Any, say: Any) -> None:
         say(f"  rejected: {rejection}")
     if log.rejected > len(log.rejections):
         say(f"  and {log.rejected - len(log.rejections)} more rejected")
-    for kind, ids in getattr(log, "mismatches", {}).items():
+    for kind, ids in log.mismatches.items():
         sample = ", ".join(ids[:MISMATCH_SAMPLE]) + (", ..." if len(ids) > MISMATCH_SAMPLE else "")
         say(f"  {len(ids)} {_mismatch_said(kind)}: {sample}")
 

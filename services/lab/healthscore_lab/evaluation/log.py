@@ -20,7 +20,7 @@ import io
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -335,7 +335,11 @@ def load_log(
     if not keep_stray_events:
         refuse_stray_events(decoded, str(events))
     churned = parse_labels(_csv(labels), str(labels)) if labels is not None else {}
-    seen = {str(event.organization_id) for event in _activity(decoded)}
+    # each organization's first usage or support event (the log is in event-time order)
+    first_seen: dict[str, float] = {}
+    for event in _activity(decoded):
+        first_seen.setdefault(str(event.organization_id), event.occurred_at.timestamp())
+    seen = first_seen.keys()
     if churned and not seen & set(churned):
         # every organization would be taken as retained: the labels of another system,
         # or of another export, not a population without churn
@@ -343,7 +347,7 @@ def load_log(
             f"{labels}: none of its {len(churned)} organizations has a usage or support "
             f"event in {events}: are the ids those of the same system?"
         )
-    mismatches = _mismatches(decoded, churned) if labels is not None else {}
+    mismatches = _mismatches(first_seen, churned) if labels is not None else {}
     left_out = {*mismatches.get(WITHOUT_EVENTS, ()), *mismatches.get(CHURNED_BEFORE_EVENTS, ())}
     for org in left_out:
         del churned[org]
@@ -381,7 +385,9 @@ CHURNED_BEFORE_EVENTS = "churned_before_first_event"
 WITHOUT_LABEL = "events_without_label"
 
 
-def _mismatches(events: Sequence[Event], churned: dict[str, float | None]) -> dict[str, list[str]]:
+def _mismatches(
+    first_seen: dict[str, float], churned: dict[str, float | None]
+) -> dict[str, list[str]]:
     """Where a labels file and its events disagree, each kind's ids (sorted).
 
     A labelled organization with no usage or support event cannot be judged: counted,
@@ -390,10 +396,8 @@ def _mismatches(events: Sequence[Event], churned: dict[str, float | None]) -> di
     whose churn comes before its first event (a churn of an earlier contract) has no
     as-of point before its churn: it was dropped from every figure while counted as
     judged. Both are left out, and said. One with events and no label row is taken as
-    retained (a labels file of the churns alone is a valid form), and said too."""
-    first_seen: dict[str, float] = {}
-    for event in _activity(events):  # in event-time order: the first is the earliest
-        first_seen.setdefault(str(event.organization_id), event.occurred_at.timestamp())
+    retained (a labels file of the churns alone is a valid form), and said too.
+    `first_seen`: each organization's first usage or support event time."""
     found = {
         WITHOUT_EVENTS: sorted(org for org in churned if org not in first_seen),
         CHURNED_BEFORE_EVENTS: sorted(
