@@ -41,7 +41,7 @@ class BoundedCheck(Generic[T]):
         done, _ = await asyncio.wait({run}, timeout=self.timeout)
         if done:
             return run
-        waited = self._clock() - self._started
+        waited = self.unanswered_for
         if waited <= 2 * self.timeout:
             return f"no answer within {self.timeout:g}s"
         return f"no answer for {waited:.0f}s (limit {self.timeout:g}s)"
